@@ -1,0 +1,359 @@
+/*
+ * libsparkinfer — public C API.
+ *
+ * An embeddable library that serves a decoder-only LLM from one process or a cluster of
+ * processes (pipeline and tensor parallelism over a pluggable transport).
+ *
+ * Usage outline:
+ *   spk_cluster_config cc; spk_cluster_config_init(&cc);      // 1 rank unless configured
+ *   spk_cluster *cl; spk_cluster_open(&cc, &cl);
+ *   spk_model_config mc; spk_model_config_init(&mc); mc.path = "model.gguf";
+ *   spk_model *m; spk_model_load(cl, &mc, &m);
+ *   spk_request r; spk_request_init(&r); r.prompt = ids; r.n_prompt = n; r.max_tokens = 64;
+ *   uint64_t id; spk_submit(m, &r, 1, &id);
+ *   spk_event ev[16]; size_t n; spk_poll(m, ev, 16, &n, 1000);  // until a finish event
+ *   spk_model_free(m); spk_cluster_close(cl);
+ *
+ * Conventions:
+ *  - Every function returns an spk_status (or a value documented otherwise). On error the
+ *    calling thread's detail message is available from spk_last_error().
+ *  - Configuration and request structs start with `struct_size`; always fill them with the
+ *    matching *_init() function first. The library reads min(struct_size, its own size) bytes
+ *    and uses defaults for the rest, so fields can be appended without breaking the ABI.
+ *  - Threads: functions marked "thread-safe" may be called concurrently from any thread.
+ *    Everything else must not race with calls on the same handle. Close/free functions must not
+ *    race with any other call on that handle.
+ *  - The ABI promise is in docs/ABI.md.
+ */
+#ifndef SPARKINFER_H
+#define SPARKINFER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(SPK_BUILDING_LIBRARY) && defined(__GNUC__)
+#define SPK_API __attribute__((visibility("default")))
+#else
+#define SPK_API
+#endif
+
+/** Compile-time version of the header. */
+#define SPK_VERSION_MAJOR 0
+#define SPK_VERSION_MINOR 1
+#define SPK_VERSION_PATCH 0
+/** major*10000 + minor*100 + patch; this formula never changes. */
+#define SPK_VERSION_NUMBER (SPK_VERSION_MAJOR * 10000 + SPK_VERSION_MINOR * 100 + SPK_VERSION_PATCH)
+#define SPK_VERSION_STRING "0.1.0"
+
+/**
+ * Status codes. Numbers are fixed forever; a retired code keeps its slot.
+ */
+typedef enum spk_status {
+    SPK_OK = 0,                 /**< success */
+    SPK_ERR_INVALID_ARG = 1,    /**< NULL pointer, bad size, value out of range */
+    SPK_ERR_NOMEM = 2,          /**< allocation failed */
+    SPK_ERR_IO = 3,             /**< file or socket I/O failed */
+    SPK_ERR_FORMAT = 4,         /**< malformed model file or network message */
+    SPK_ERR_UNSUPPORTED = 5,    /**< feature, type or layout not supported (yet) */
+    SPK_ERR_TIMEOUT = 6,        /**< a deadline passed */
+    SPK_ERR_PEER_LOST = 7,      /**< a cluster peer died or stopped answering */
+    SPK_ERR_AUTH = 8,           /**< cluster key check failed */
+    SPK_ERR_VERSION = 9,        /**< library or protocol version mismatch */
+    SPK_ERR_BUSY = 10,          /**< queue full; retry later */
+    SPK_ERR_NOT_FOUND = 11,     /**< unknown id, key or name */
+    SPK_ERR_STATE = 12,         /**< call not valid in the handle's current state */
+    SPK_ERR_CANCELLED = 13,     /**< operation was cancelled */
+    SPK_ERR_INTERNAL = 14,      /**< a bug in the library; please report */
+    SPK_ERR_TRANSPORT = 15,     /**< transport failure other than a lost peer */
+    SPK_ERR_TOO_LONG = 16,      /**< input longer than a limit (context, buffer) */
+    SPK_STATUS_COUNT            /**< number of codes; do not use as a status */
+} spk_status;
+
+/* ---------------------------------------------------------------------------------------- */
+/* Version, build info, errors, logging                                                     */
+/* ---------------------------------------------------------------------------------------- */
+
+/** Runtime version as SPK_VERSION_NUMBER of the library actually loaded. Thread-safe. */
+SPK_API unsigned spk_version_number(void);
+
+/** Runtime version string ("0.1.0"); static storage. Thread-safe. */
+SPK_API const char *spk_version_string(void);
+
+/**
+ * Build information: a static string of `key=value` pairs separated by ';', e.g.
+ * "version=0.1.0;backends=cpu;transports=tcp,nccl;simd=avx2,avx512". Thread-safe.
+ */
+SPK_API const char *spk_build_info(void);
+
+/** Static English name of a status code ("invalid argument"); never NULL. Thread-safe. */
+SPK_API const char *spk_status_str(spk_status status);
+
+/**
+ * Detail message of the last error on the calling thread (e.g. "tensor blk.3.attn_q.weight:
+ * offset 9120 + size 4096 past end of file (11000 bytes)"). Empty string if none. The pointer is
+ * valid until the next library call on this thread. Thread-safe (per-thread storage).
+ */
+SPK_API const char *spk_last_error(void);
+
+/** Log levels for spk_set_log_callback. */
+typedef enum spk_log_level {
+    SPK_LOG_DEBUG = 0,
+    SPK_LOG_INFO = 1,
+    SPK_LOG_WARN = 2,
+    SPK_LOG_ERROR = 3,
+    SPK_LOG_NONE = 4
+} spk_log_level;
+
+/** A log sink: called with a NUL-terminated message without trailing newline. */
+typedef void (*spk_log_fn)(spk_log_level level, const char *msg, void *user);
+
+/**
+ * Route library log messages of at least `min_level` to `fn` (NULL: default sink, which writes
+ * to stderr at WARN and above). The library never writes to stdout. Thread-safe; messages already
+ * being emitted may still reach the old sink.
+ */
+SPK_API void spk_set_log_callback(spk_log_fn fn, void *user, spk_log_level min_level);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Cluster                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+/** An open cluster membership (one per process). Opaque. */
+typedef struct spk_cluster spk_cluster;
+
+/** Cluster configuration; fill with spk_cluster_config_init() first. */
+typedef struct spk_cluster_config {
+    size_t struct_size;         /**< sizeof(spk_cluster_config), set by init */
+    int rank;                   /**< this process's rank; -1: from SPK_RANK, else 0 */
+    int world_size;             /**< number of ranks; 0: from SPK_WORLD_SIZE, else 1 */
+    const char *coordinator;    /**< "host:port" rank 0 listens on; NULL: SPK_COORDINATOR,
+                                     else "127.0.0.1:29500" */
+    const char *cluster_key;    /**< shared secret; NULL: SPK_CLUSTER_KEY, else none */
+    const char *transport;      /**< "auto" (default), "tcp", "nccl", "verbs" or a plugin .so path */
+    int allow_open_cluster;     /**< 1: allow a keyless cluster on a non-loopback address */
+    int n_threads;              /**< compute threads per rank; 0: number of online CPUs */
+    int connect_timeout_ms;     /**< how long ranks wait for each other at open (default 30000) */
+    int peer_timeout_ms;        /**< a silent peer is declared lost after this (default 10000) */
+    int heartbeat_ms;           /**< heartbeat period (default 1000) */
+} spk_cluster_config;
+
+/** Fill `cfg` with defaults and set struct_size. Returns SPK_ERR_INVALID_ARG on NULL. */
+SPK_API spk_status spk_cluster_config_init(spk_cluster_config *cfg);
+
+/**
+ * Join (rank > 0) or start (rank 0) a cluster. With world_size 1 no socket is opened.
+ * On success *out owns the membership; release it with spk_cluster_close().
+ * Errors: INVALID_ARG, TIMEOUT (peers did not arrive), AUTH, VERSION, IO, UNSUPPORTED.
+ * On error *out is NULL and nothing is left open.
+ */
+SPK_API spk_status spk_cluster_open(const spk_cluster_config *cfg, spk_cluster **out);
+
+/**
+ * Worker loop (rank > 0): execute the driver's commands until the driver closes the cluster
+ * (returns SPK_OK) or a peer is lost (SPK_ERR_PEER_LOST). On rank 0: SPK_ERR_STATE.
+ */
+SPK_API spk_status spk_cluster_serve(spk_cluster *cluster);
+
+/** This process's rank, or -1 if `cluster` is NULL. Thread-safe. */
+SPK_API int spk_cluster_rank(const spk_cluster *cluster);
+
+/** Number of ranks, or -1 if `cluster` is NULL. Thread-safe. */
+SPK_API int spk_cluster_world_size(const spk_cluster *cluster);
+
+/**
+ * Leave the cluster and free it. Always returns (within the peer timeout, even if peers are
+ * dead). All models loaded on the cluster must have been freed. NULL is a no-op returning SPK_OK.
+ */
+SPK_API spk_status spk_cluster_close(spk_cluster *cluster);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Model                                                                                    */
+/* ---------------------------------------------------------------------------------------- */
+
+/** A loaded model together with its serving engine. Opaque. */
+typedef struct spk_model spk_model;
+
+/** Model configuration; fill with spk_model_config_init() first. */
+typedef struct spk_model_config {
+    size_t struct_size;         /**< sizeof(spk_model_config), set by init */
+    const char *path;           /**< GGUF file (required) */
+    int pp;                     /**< pipeline stages; 0: auto (1 on a single rank) */
+    int tp;                     /**< tensor-parallel ranks per stage; 0: auto */
+    int n_ctx;                  /**< max tokens per sequence; 0: min(model's, 4096) */
+    int max_seqs;               /**< max sequences in flight; 0: default (8) */
+    int n_threads;              /**< compute threads; 0: the cluster's setting */
+    int queue_capacity;         /**< max queued requests before SPK_ERR_BUSY; 0: 1024 */
+} spk_model_config;
+
+/** Fill `cfg` with defaults and set struct_size. */
+SPK_API spk_status spk_model_config_init(spk_model_config *cfg);
+
+/**
+ * Load a model on the cluster (call on rank 0; workers follow inside spk_cluster_serve) and start
+ * its engine thread. The file is memory-mapped and validated before any use.
+ * Errors: INVALID_ARG, IO, FORMAT (malformed file, message names the field), UNSUPPORTED
+ * (architecture, tensor type or layout), NOMEM. On error *out is NULL.
+ */
+SPK_API spk_status spk_model_load(spk_cluster *cluster, const spk_model_config *cfg,
+                                  spk_model **out);
+
+/**
+ * Stop the engine (in-flight requests end with a cancelled event that nobody will poll),
+ * unmap and free. NULL is a no-op returning SPK_OK. Must not race with other calls on `model`.
+ */
+SPK_API spk_status spk_model_free(spk_model *model);
+
+/** Shape and identity of a loaded model. */
+typedef struct spk_model_info {
+    size_t struct_size;         /**< set by the caller to sizeof(spk_model_info) */
+    char arch[32];              /**< "llama" */
+    char name[128];             /**< general.name, truncated */
+    int n_layers;
+    int n_embd;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    int n_ff;
+    int n_vocab;
+    int n_ctx_train;            /**< context length the model was trained with */
+    int n_ctx;                  /**< context length this load serves */
+    int32_t bos_token;          /**< -1 if none */
+    int32_t eos_token;          /**< -1 if none */
+    uint64_t n_params;          /**< number of weight elements */
+    uint64_t weight_bytes;      /**< bytes of weights in the file */
+} spk_model_info;
+
+/**
+ * Fill `info` (caller sets info->struct_size first). Thread-safe.
+ */
+SPK_API spk_status spk_model_get_info(const spk_model *model, spk_model_info *info);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Tokens and text                                                                          */
+/* ---------------------------------------------------------------------------------------- */
+
+/**
+ * Tokenize `len` bytes of UTF-8 `text` into `tokens` (capacity `cap`). `add_special`: prepend
+ * BOS if the model asks for it. `parse_special`: turn special-token text (e.g. "<|im_end|>")
+ * into its token instead of ordinary text. *n_out receives the number of tokens; if it exceeds
+ * `cap`, SPK_ERR_TOO_LONG is returned, nothing past `cap` is written, and *n_out is the size
+ * needed. Thread-safe.
+ */
+SPK_API spk_status spk_tokenize(const spk_model *model, const char *text, size_t len,
+                                int add_special, int parse_special, int32_t *tokens, size_t cap,
+                                size_t *n_out);
+
+/**
+ * Turn tokens back into UTF-8 bytes (special tokens rendered as their text unless
+ * `skip_special`). Output is not NUL-terminated. Capacity rules as spk_tokenize. Thread-safe.
+ */
+SPK_API spk_status spk_detokenize(const spk_model *model, const int32_t *tokens, size_t n,
+                                  int skip_special, char *buf, size_t cap, size_t *n_out);
+
+/** Incremental detokenizer that only emits complete UTF-8 sequences. Opaque. */
+typedef struct spk_detokenizer spk_detokenizer;
+
+/** Create a streaming detokenizer for `model` (which must outlive it). */
+SPK_API spk_status spk_detokenizer_new(const spk_model *model, int skip_special,
+                                       spk_detokenizer **out);
+
+/**
+ * Feed one token; append to `buf` the bytes that now form complete UTF-8 characters (bytes of a
+ * character split across tokens are held back). `cap` of 64 bytes is always enough for a token.
+ * Pass token -1 to flush: held-back bytes of an invalid sequence come out as U+FFFD.
+ */
+SPK_API spk_status spk_detokenizer_push(spk_detokenizer *d, int32_t token, char *buf,
+                                        size_t cap, size_t *n_out);
+
+/** Free a detokenizer; NULL is a no-op. */
+SPK_API void spk_detokenizer_free(spk_detokenizer *d);
+
+/** One chat message for spk_chat_apply. */
+typedef struct spk_chat_message {
+    const char *role;           /**< "system", "user" or "assistant" */
+    const char *content;        /**< UTF-8, NUL-terminated */
+} spk_chat_message;
+
+/**
+ * Render messages with the model's chat template (ChatML for SmolLM2, Llama-3 headers for
+ * Llama 3); `add_assistant` appends the opening of the assistant turn. NUL-terminates `buf` if
+ * room; *n_out excludes the NUL. Capacity rules as spk_tokenize. Errors: UNSUPPORTED if the
+ * model has no template this library knows. Thread-safe.
+ */
+SPK_API spk_status spk_chat_apply(const spk_model *model, const spk_chat_message *msgs,
+                                  size_t n_msgs, int add_assistant, char *buf, size_t cap,
+                                  size_t *n_out);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Requests and events                                                                      */
+/* ---------------------------------------------------------------------------------------- */
+
+/** A generation request; fill with spk_request_init() first. */
+typedef struct spk_request {
+    size_t struct_size;         /**< sizeof(spk_request), set by init; also the array stride */
+    const int32_t *prompt;      /**< prompt token ids (copied at submit) */
+    size_t n_prompt;            /**< >= 1 */
+    int max_tokens;             /**< tokens to generate, >= 1 (default 128) */
+    float temperature;          /**< 0: greedy (default 0.8) */
+    int top_k;                  /**< 0: off (default 40) */
+    float top_p;                /**< 1: off (default 0.95) */
+    uint64_t seed;              /**< RNG seed; the same seed gives the same tokens */
+    const int32_t *stop_tokens; /**< generation ends after emitting one of these (copied) */
+    size_t n_stop;
+    int ignore_eos;             /**< 1: do not stop at the model's end-of-generation tokens */
+} spk_request;
+
+/** Fill `req` with defaults and set struct_size. */
+SPK_API spk_status spk_request_init(spk_request *req);
+
+/** Why a request ended. */
+typedef enum spk_finish {
+    SPK_FINISH_NONE = 0,        /**< not finished: more events follow */
+    SPK_FINISH_LENGTH = 1,      /**< max_tokens reached */
+    SPK_FINISH_STOP = 2,        /**< a stop or end-of-generation token was produced */
+    SPK_FINISH_CANCELLED = 3,   /**< spk_cancel() */
+    SPK_FINISH_ERROR = 4        /**< see the event's status */
+} spk_finish;
+
+/** A token event, or a final event carrying the finish reason. */
+typedef struct spk_event {
+    uint64_t request_id;
+    int32_t token;              /**< generated token, -1 on an event without a token */
+    int32_t position;           /**< index of the token in the sequence (prompt included) */
+    int32_t finish;             /**< spk_finish; the last event of a request is non-NONE */
+    int32_t status;             /**< spk_status; SPK_OK unless finish == SPK_FINISH_ERROR */
+    int32_t reserved[4];        /**< zero */
+} spk_event;
+
+/**
+ * Queue `n` requests (array stride reqs[0].struct_size) and return their ids in `ids` at once.
+ * All-or-nothing: INVALID_ARG if any request is malformed (NULL prompt, n_prompt 0, token out of
+ * vocabulary, bad sampling values), BUSY if the queue cannot take all of them. A prompt too long
+ * for the context is accepted and then ends with an error event (TOO_LONG). Thread-safe.
+ */
+SPK_API spk_status spk_submit(spk_model *model, const spk_request *reqs, size_t n,
+                              uint64_t *ids);
+
+/**
+ * Wait up to `timeout_ms` (0: do not wait, -1: forever) for events; copy at most `cap` into
+ * `events` and set *n_out. Returns SPK_OK (possibly with *n_out 0 on timeout), or the engine's
+ * fatal error (e.g. PEER_LOST). Thread-safe; each event goes to exactly one caller.
+ */
+SPK_API spk_status spk_poll(spk_model *model, spk_event *events, size_t cap, size_t *n_out,
+                            int timeout_ms);
+
+/**
+ * Cancel a request: it ends with a SPK_FINISH_CANCELLED event and frees its resources at once.
+ * NOT_FOUND if the id is unknown or already finished. Thread-safe.
+ */
+SPK_API spk_status spk_cancel(spk_model *model, uint64_t request_id);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SPARKINFER_H */

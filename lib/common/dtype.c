@@ -1,0 +1,110 @@
+/* Element type table and scalar half/bfloat16 conversions. */
+#include "common/dtype.h"
+
+#include <string.h>
+
+static const spk_dtype_info infos[] = {
+    [SPK_DT_F32] = {"F32", 1, 4},
+    [SPK_DT_F16] = {"F16", 1, 2},
+    [SPK_DT_Q4_0] = {"Q4_0", SPK_QK4_0, sizeof(spk_block_q4_0)},
+    [SPK_DT_Q4_1] = {"Q4_1", SPK_QK4_1, sizeof(spk_block_q4_1)},
+    [SPK_DT_Q8_0] = {"Q8_0", SPK_QK8_0, sizeof(spk_block_q8_0)},
+    [SPK_DT_Q4_K] = {"Q4_K", SPK_QK_K, sizeof(spk_block_q4_K)},
+    [SPK_DT_Q6_K] = {"Q6_K", SPK_QK_K, sizeof(spk_block_q6_K)},
+    [SPK_DT_BF16] = {"BF16", 1, 2},
+};
+
+_Static_assert(sizeof(spk_block_q4_0) == 18, "q4_0 layout");
+_Static_assert(sizeof(spk_block_q4_1) == 20, "q4_1 layout");
+_Static_assert(sizeof(spk_block_q8_0) == 34, "q8_0 layout");
+_Static_assert(sizeof(spk_block_q8_1) == 36, "q8_1 layout");
+_Static_assert(sizeof(spk_block_q4_K) == 144, "q4_K layout");
+_Static_assert(sizeof(spk_block_q6_K) == 210, "q6_K layout");
+
+const spk_dtype_info *spk_dtype_get(uint32_t type)
+{
+    if (type >= sizeof infos / sizeof infos[0] || infos[type].name == NULL)
+        return NULL;
+    return &infos[type];
+}
+
+size_t spk_dtype_row_size(spk_dtype t, size_t n)
+{
+    const spk_dtype_info *i = spk_dtype_get((uint32_t)t);
+    return i ? n / i->block * i->type_size : 0;
+}
+
+float spk_f16_to_f32(spk_f16 h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t mant = h & 0x3ff;
+    uint32_t bits;
+    if (exp == 0) {
+        if (mant == 0) {
+            bits = sign;
+        } else { /* subnormal: normalize */
+            int e = -1;
+            do {
+                e++;
+                mant <<= 1;
+            } while ((mant & 0x400) == 0);
+            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((mant & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (mant << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+spk_f16 spk_f32_to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000;
+    int32_t exp = (int32_t)((x >> 23) & 0xff) - 127 + 15;
+    uint32_t mant = x & 0x7fffff;
+    if (((x >> 23) & 0xff) == 0xff) /* inf/nan */
+        return (spk_f16)(sign | 0x7c00 | (mant ? 0x200 : 0));
+    if (exp >= 31)
+        return (spk_f16)(sign | 0x7c00);
+    if (exp <= 0) {
+        if (exp < -10)
+            return (spk_f16)sign;
+        mant |= 0x800000;
+        uint32_t shift = (uint32_t)(14 - exp);
+        uint32_t half = mant >> shift;
+        uint32_t rem = mant & ((1u << shift) - 1);
+        uint32_t mid = 1u << (shift - 1);
+        if (rem > mid || (rem == mid && (half & 1)))
+            half++;
+        return (spk_f16)(sign | half);
+    }
+    uint32_t h = sign | ((uint32_t)exp << 10) | (mant >> 13);
+    uint32_t rem = mant & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
+        h++; /* may carry into the exponent: still correct rounding */
+    return (spk_f16)h;
+}
+
+float spk_bf16_to_f32(uint16_t b)
+{
+    uint32_t bits = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t spk_f32_to_bf16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffff) > 0x7f800000)
+        return (uint16_t)((x >> 16) | 0x40);
+    x += 0x7fff + ((x >> 16) & 1);
+    return (uint16_t)(x >> 16);
+}

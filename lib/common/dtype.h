@@ -1,0 +1,66 @@
+/*
+ * Tensor element types (numbered as in the GGUF/ggml format) and their block layouts.
+ * Quantized types store `block` elements in `type_size` bytes.
+ */
+#ifndef SPK_COMMON_DTYPE_H
+#define SPK_COMMON_DTYPE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum spk_dtype {
+    SPK_DT_F32 = 0,
+    SPK_DT_F16 = 1,
+    SPK_DT_Q4_0 = 2,
+    SPK_DT_Q4_1 = 3,
+    SPK_DT_Q8_0 = 8,
+    SPK_DT_Q8_1 = 9,   /* activations only (never accepted from a file) */
+    SPK_DT_Q4_K = 12,
+    SPK_DT_Q6_K = 14,
+    SPK_DT_BF16 = 30,
+} spk_dtype;
+
+#define SPK_QK4_0 32
+#define SPK_QK4_1 32
+#define SPK_QK8_0 32
+#define SPK_QK8_1 32
+#define SPK_QK_K 256
+#define SPK_K_SCALE_SIZE 12
+
+typedef uint16_t spk_f16; /* IEEE half, raw bits */
+
+typedef struct { spk_f16 d; uint8_t qs[SPK_QK4_0 / 2]; } spk_block_q4_0;          /* 18 B */
+typedef struct { spk_f16 d, m; uint8_t qs[SPK_QK4_1 / 2]; } spk_block_q4_1;       /* 20 B */
+typedef struct { spk_f16 d; int8_t qs[SPK_QK8_0]; } spk_block_q8_0;               /* 34 B */
+typedef struct { spk_f16 d, s; int8_t qs[SPK_QK8_1]; } spk_block_q8_1;            /* 36 B: s = d*sum(qs) */
+typedef struct {
+    spk_f16 d, dmin;
+    uint8_t scales[SPK_K_SCALE_SIZE];
+    uint8_t qs[SPK_QK_K / 2];
+} spk_block_q4_K;                                                                  /* 144 B */
+typedef struct {
+    uint8_t ql[SPK_QK_K / 2];
+    uint8_t qh[SPK_QK_K / 4];
+    int8_t scales[SPK_QK_K / 16];
+    spk_f16 d;
+} spk_block_q6_K;                                                                  /* 210 B */
+
+/* Layout facts of a type: elements per block and bytes per block; 0 for unknown types. */
+typedef struct spk_dtype_info {
+    const char *name;
+    uint32_t block;
+    uint32_t type_size;
+} spk_dtype_info;
+
+/* Info for a ggml type id, or NULL if this library does not support it. */
+const spk_dtype_info *spk_dtype_get(uint32_t type);
+
+/* Bytes of a row of `n` elements (n must be a multiple of the block size). */
+size_t spk_dtype_row_size(spk_dtype t, size_t n);
+
+float spk_f16_to_f32(spk_f16 h);
+spk_f16 spk_f32_to_f16(float f);
+float spk_bf16_to_f32(uint16_t b);
+uint16_t spk_f32_to_bf16(float f);
+
+#endif

@@ -1,0 +1,31 @@
+/*
+ * Per-thread error detail and the library's log sink.
+ * Every failing internal function sets a message naming the thing and the numbers involved.
+ */
+#ifndef SPK_COMMON_ERROR_H
+#define SPK_COMMON_ERROR_H
+
+#include "sparkinfer/sparkinfer.h"
+
+#if defined(__GNUC__)
+#define SPK_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define SPK_PRINTF(a, b)
+#endif
+
+/* Record `fmt` as this thread's error detail and return `st` (so: return spk_err(...)). */
+spk_status spk_err(spk_status st, const char *fmt, ...) SPK_PRINTF(2, 3);
+
+/* Prefix the current detail with "what: " (adds context on the way up). Returns `st`. */
+spk_status spk_err_prefix(spk_status st, const char *fmt, ...) SPK_PRINTF(2, 3);
+
+/* Clear this thread's error detail. */
+void spk_err_clear(void);
+
+/* Current detail (never NULL). */
+const char *spk_err_msg(void);
+
+/* Emit a log line through the user's callback (or stderr for WARN and above by default). */
+void spk_log(spk_log_level level, const char *fmt, ...) SPK_PRINTF(2, 3);
+
+#endif

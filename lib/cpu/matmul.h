@@ -1,0 +1,35 @@
+/*
+ * Matrix multiply of float activations against (quantized) weight matrices.
+ * Weights are row-major [n_out][n_in] in a GGUF type; activations are first quantized to the
+ * matching activation format (e.g. Q8_1 for Q4_1 weights), once per input, then any number of
+ * weight matrices can be applied to them. SIMD paths are chosen at run time.
+ */
+#ifndef SPK_CPU_MATMUL_H
+#define SPK_CPU_MATMUL_H
+
+#include <stddef.h>
+
+#include "common/dtype.h"
+
+/* Activation format used with weights of type `wtype` (F32 for float weights). */
+spk_dtype spk_act_type(spk_dtype wtype);
+
+/* Bytes needed for n_tok quantized activation rows of n values for weights of `wtype`. */
+size_t spk_act_size(spk_dtype wtype, int n, int n_tok);
+
+/* Quantize rows [tok0, tok1) of x (n_tok x n floats, row-major) into act.
+ * Thread-sliced use: each thread passes its own token range (or call once for all). */
+void spk_act_quantize(void *act, spk_dtype wtype, const float *x, int n, int tok0, int tok1);
+
+/* Whether (wtype, n_in) is supported: type known and n_in a multiple of its block. */
+int spk_matmul_supported(spk_dtype wtype, int n_in);
+
+/*
+ * out[t * ld_out + r] = dot(w row r, activation row t) for r in [row0, row1), t < n_tok.
+ * act comes from spk_act_quantize with the same wtype and n_in. Threads call this with
+ * disjoint row ranges (see spk_split; rows in multiples of 16 are best).
+ */
+void spk_matmul(float *out, int ld_out, const void *w, spk_dtype wtype, const void *act,
+                int n_in, int n_tok, int row0, int row1);
+
+#endif

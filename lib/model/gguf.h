@@ -1,0 +1,100 @@
+/*
+ * GGUF v2/v3 reader: maps a file (or wraps a caller's buffer), validates every header field,
+ * the metadata and the tensor table before anything uses them, and answers lookups.
+ */
+#ifndef SPK_MODEL_GGUF_H
+#define SPK_MODEL_GGUF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/dtype.h"
+#include "sparkinfer/sparkinfer.h"
+
+/* Metadata value types, numbered as in the GGUF spec. */
+typedef enum gguf_vtype {
+    GGUF_UINT8 = 0, GGUF_INT8 = 1, GGUF_UINT16 = 2, GGUF_INT16 = 3, GGUF_UINT32 = 4,
+    GGUF_INT32 = 5, GGUF_FLOAT32 = 6, GGUF_BOOL = 7, GGUF_STRING = 8, GGUF_ARRAY = 9,
+    GGUF_UINT64 = 10, GGUF_INT64 = 11, GGUF_FLOAT64 = 12, GGUF_VTYPE_COUNT
+} gguf_vtype;
+
+/* A string inside the mapped file: not NUL-terminated. */
+typedef struct gguf_str {
+    const char *ptr;
+    uint64_t len;
+} gguf_str;
+
+typedef struct gguf_kv {
+    gguf_str key;
+    gguf_vtype type;
+    union {
+        uint64_t u;       /* UINT8..UINT64, BOOL */
+        int64_t i;        /* INT8..INT64 */
+        double f;         /* FLOAT32, FLOAT64 */
+        gguf_str s;       /* STRING */
+        struct {
+            gguf_vtype type;      /* element type (never ARRAY: nested arrays are rejected) */
+            uint64_t count;
+            const uint8_t *data;  /* first element in the file */
+            uint64_t nbytes;      /* bytes the elements occupy */
+        } arr;
+    } v;
+} gguf_kv;
+
+#define GGUF_MAX_DIMS 4
+
+typedef struct gguf_tensor {
+    gguf_str name;
+    uint32_t n_dims;
+    uint64_t ne[GGUF_MAX_DIMS];  /* ne[0] is the contiguous (row) dimension; unused dims are 1 */
+    spk_dtype type;
+    uint64_t n_elements;
+    uint64_t offset;             /* from the start of the data section */
+    uint64_t nbytes;
+    const void *data;            /* inside the mapping, aligned to `alignment` */
+} gguf_tensor;
+
+typedef struct gguf_file {
+    const uint8_t *base;         /* mapping or caller buffer */
+    size_t size;
+    int owns_map;
+    uint32_t version;
+    uint64_t alignment;
+    uint64_t data_offset;
+    uint64_t n_kv;
+    gguf_kv *kv;
+    uint64_t n_tensors;
+    gguf_tensor *tensors;
+    char path[512];
+} gguf_file;
+
+/* Map and validate `path`. FORMAT/UNSUPPORTED/IO with a message naming the field on error. */
+spk_status gguf_open(const char *path, gguf_file **out);
+
+/* Validate a caller-owned buffer (must outlive the result). Used by tests and the fuzzer. */
+spk_status gguf_open_memory(const void *buf, size_t len, gguf_file **out);
+
+void gguf_close(gguf_file *f);
+
+/* Lookups: NULL / NOT_FOUND if absent. Typed getters convert between integer types when the
+ * value fits, and report FORMAT (naming the key) when the type is wrong. */
+const gguf_kv *gguf_find(const gguf_file *f, const char *key);
+spk_status gguf_get_u32(const gguf_file *f, const char *key, uint32_t *out);
+spk_status gguf_get_i64(const gguf_file *f, const char *key, int64_t *out);
+spk_status gguf_get_f32(const gguf_file *f, const char *key, float *out);
+spk_status gguf_get_bool(const gguf_file *f, const char *key, bool *out);
+spk_status gguf_get_str(const gguf_file *f, const char *key, gguf_str *out);
+/* An array whose elements have type `elem` (any type if elem == GGUF_VTYPE_COUNT). */
+spk_status gguf_get_arr(const gguf_file *f, const char *key, gguf_vtype elem, const gguf_kv **out);
+
+/* Walk an array of strings: start with *pos = 0; each call returns the next string.
+ * (Strings were bounds-checked at open.) */
+gguf_str gguf_arr_str_next(const gguf_kv *arr, uint64_t *pos);
+
+const gguf_tensor *gguf_find_tensor(const gguf_file *f, const char *name);
+
+/* Compare a gguf_str with a C string. */
+bool gguf_str_eq(gguf_str s, const char *c);
+
+#endif

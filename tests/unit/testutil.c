@@ -1,0 +1,86 @@
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+const char *spk_test_model_path(void)
+{
+    static char buf[4096];
+    const char *p = getenv("SPK_TEST_MODEL");
+    if (p && *p && access(p, R_OK) == 0)
+        return p;
+    const char *cache = getenv("SPK_CACHE");
+    if (cache && *cache)
+        snprintf(buf, sizeof buf, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", cache);
+    else
+        snprintf(buf, sizeof buf, "%s/.cache/sparkinfer/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+                 getenv("HOME") ? getenv("HOME") : "/root");
+    return access(buf, R_OK) == 0 ? buf : NULL;
+}
+
+void spk_test_skip(const char *reason)
+{
+    printf("SKIP: %s\n", reason);
+    fflush(stdout);
+    exit(SPK_TEST_SKIP);
+}
+
+uint64_t spk_test_rand(uint64_t *s)
+{
+    uint64_t x = *s ? *s : 0x9E3779B97F4A7C15ull;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *s = x;
+    return x;
+}
+
+float spk_test_randf(uint64_t *s, float lo, float hi)
+{
+    for (;;) {
+        float u = (float)((spk_test_rand(s) >> 40) * (1.0 / 16777216.0));
+        float v = lo + (hi - lo) * u;
+        if (v != 0.0f)
+            return v;
+    }
+}
+
+void spk_test_fill(float *x, size_t n, uint64_t seed, float lo, float hi)
+{
+    uint64_t s = seed * 2654435761u + 1;
+    for (size_t i = 0; i < n; i++)
+        x[i] = spk_test_randf(&s, lo, hi);
+}
+
+int spk_test_run(Suite *s)
+{
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? 0 : 1;
+}
+
+char *spk_test_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    if (buf) {
+        buf[n] = '\0';
+        if (len)
+            *len = (size_t)n;
+    }
+    return buf;
+}

@@ -1,0 +1,31 @@
+/* Helpers shared by the unit tests: model lookup, seeded random data, running a Check suite. */
+#ifndef SPK_TESTUTIL_H
+#define SPK_TESTUTIL_H
+
+#include <check.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Exit code a test program uses when it cannot run here (ctest counts it as skipped). */
+#define SPK_TEST_SKIP 77
+
+/* Path of the default model (SPK_TEST_MODEL, else the cache path) or NULL if not present. */
+const char *spk_test_model_path(void);
+
+/* Print "SKIP: <reason>" and exit SPK_TEST_SKIP. */
+void spk_test_skip(const char *reason) __attribute__((noreturn));
+
+/* Deterministic xorshift random numbers. */
+uint64_t spk_test_rand(uint64_t *state);
+/* Uniform in [lo, hi), never exactly 0. */
+float spk_test_randf(uint64_t *state, float lo, float hi);
+void spk_test_fill(float *x, size_t n, uint64_t seed, float lo, float hi);
+
+/* Run a suite (no fork when under a sanitizer is not needed: Check forks by default) and
+ * return the process exit code: 0 if all passed. */
+int spk_test_run(Suite *s);
+
+/* Read a whole file into a malloc'd NUL-terminated buffer; NULL on failure. */
+char *spk_test_read_file(const char *path, size_t *len);
+
+#endif
