@@ -1,0 +1,44 @@
+/*
+ * Transport selection (lib/transport/): the built-in vtables, "auto" choice and plugin loading.
+ * The rest of the library reaches a transport only through the public vtable in transport.h.
+ */
+#ifndef SPK_TRANSPORT_REGISTRY_H
+#define SPK_TRANSPORT_REGISTRY_H
+
+#include "sparkinfer/transport.h"
+
+/* Built-in vtables (NULL when not compiled in). */
+const spk_transport *spk_transport_tcp(void);
+const spk_transport *spk_transport_nccl(void);
+const spk_transport *spk_transport_verbs(void);
+
+/* A selected transport: its vtable and, for a plugin, the dlopen handle that keeps it loaded. */
+typedef struct spk_transport_handle {
+    const spk_transport *vt;
+    void *dl; /* NULL for built-ins */
+} spk_transport_handle;
+
+/*
+ * Pick a transport. `name_or_path`: "auto" (or NULL), "tcp", "nccl", "verbs", or a path to a
+ * plugin .so (anything containing '/' or ending in ".so"). `mem`: the SPK_TRANSPORT_MEM_* kind
+ * the caller's buffers live in; "auto" picks nccl for CUDA memory, else verbs if a device
+ * exists (probe), else tcp. Checks the vtable's abi_version (1..SPK_TRANSPORT_ABI_VERSION) and
+ * that every mandatory method is set, and that it accepts `mem`.
+ * Errors: NOT_FOUND (unknown name, not compiled in, plugin missing or without the symbol),
+ * UNSUPPORTED (probe failed for an explicitly named transport, or memory kind not accepted),
+ * VERSION (plugin ABI too new or 0), INVALID_ARG. On error *out is zeroed.
+ */
+spk_status spk_transport_select(const char *name_or_path, unsigned mem, spk_transport_handle *out);
+
+/* Unload a plugin handle (no-op for built-ins); zeroes *h. */
+void spk_transport_release(spk_transport_handle *h);
+
+/* Fill `p` with struct_size, the bootstrap, timeout, no CUDA device, no options, and the
+ * library's own set_error/log callbacks. */
+void spk_transport_params_init(spk_transport_init_params *p, const spk_transport_bootstrap *bs,
+                               int timeout_ms);
+
+/* Validate a vtable as the loader does (abi version, mandatory methods). INVALID_ARG/VERSION. */
+spk_status spk_transport_check_vtable(const spk_transport *vt, const char *origin);
+
+#endif
