@@ -6,7 +6,7 @@
 #      $SPK_CACHE/llamacpp/dl and checks the sdist's sha256.
 #   2. Extracts it to $SPK_CACHE/llamacpp/src/llama_cpp_python-0.3.36.
 #   3. Configures the vendored llama.cpp with cmake (Release, CPU only, GGML_NATIVE=ON, no OpenSSL,
-#      no curl, no server/tests/examples) in $SPK_CACHE/llamacpp/build and builds only the targets we
+#      no server/tests/examples) in $SPK_CACHE/llamacpp/build and builds only the targets we
 #      use: libllama (shared, with libggml*), llama-bench, llama-batched-bench, llama-tokenize.
 #   4. Makes a throwaway virtualenv $SPK_CACHE/llamacpp/venv with the sdist's pure-Python `llama_cpp`
 #      package on its path (a .pth file) and LLAMA_CPP_LIB_PATH pointing at the library built in
@@ -57,20 +57,23 @@ if [ ! -f "$SRC/.spk-extracted" ]; then
     touch "$SRC/.spk-extracted"
 fi
 
-# 3. configure + build
-if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+# 3. configure (again when the options below change) + build
+cmake_args=(
+    -DCMAKE_BUILD_TYPE=Release
+    -DBUILD_SHARED_LIBS=ON
+    -DGGML_NATIVE=ON -DGGML_CCACHE=OFF
+    -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGML_BLAS=OFF -DGGML_RPC=OFF
+    -DLLAMA_OPENSSL=OFF -DLLAMA_LLGUIDANCE=OFF
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF
+    -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_BUILD_TOOLS=ON
+)
+# (this llama.cpp has no LLAMA_CURL option any more; downloads would need OpenSSL, which is off)
+if [ ! -f "$BUILD/CMakeCache.txt" ] || [ "$(cat "$BUILD/.spk-cmake-args" 2>/dev/null)" != "${cmake_args[*]}" ]; then
     gen=()
-    if command -v ninja >/dev/null 2>&1; then gen=(-G Ninja); fi
+    if [ ! -f "$BUILD/CMakeCache.txt" ] && command -v ninja >/dev/null 2>&1; then gen=(-G Ninja); fi
     log "configuring llama.cpp in $BUILD"
-    cmake -S "$LCPP" -B "$BUILD" "${gen[@]}" \
-        -DCMAKE_BUILD_TYPE=Release \
-        -DBUILD_SHARED_LIBS=ON \
-        -DGGML_NATIVE=ON \
-        -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGML_BLAS=OFF -DGGML_RPC=OFF \
-        -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DLLAMA_LLGUIDANCE=OFF \
-        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
-        -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_BUILD_TOOLS=ON \
-        >&2
+    cmake -S "$LCPP" -B "$BUILD" "${gen[@]}" "${cmake_args[@]}" >&2
+    printf '%s' "${cmake_args[*]}" > "$BUILD/.spk-cmake-args"
 fi
 log "building ${TARGETS[*]} with -j$JOBS"
 t0=$(date +%s)
@@ -79,7 +82,7 @@ log "build step took $(( $(date +%s) - t0 )) s"
 
 BIN=$BUILD/bin
 LIBDIR=$(dirname "$(find "$BUILD" -name 'libllama.so' -print -quit)")
-[ -n "$LIBDIR" ] && [ -f "$LIBDIR/libllama.so" ] || die "libllama.so not found under $BUILD"
+if [ ! -f "$LIBDIR/libllama.so" ]; then die "libllama.so not found under $BUILD"; fi
 for t in llama-bench llama-batched-bench llama-tokenize; do
     [ -x "$BIN/$t" ] || die "$BIN/$t was not built"
 done
