@@ -1,0 +1,182 @@
+/* Transport selection: built-in vtables by name, "auto", and plugins loaded with dlopen. */
+#include "transport/registry.h"
+
+#include <dlfcn.h>
+#include <string.h>
+
+#include "common/error.h"
+
+#if !SPK_HAVE_NCCL
+const spk_transport *spk_transport_nccl(void)
+{
+    return NULL;
+}
+#endif
+#if !SPK_HAVE_VERBS
+const spk_transport *spk_transport_verbs(void)
+{
+    return NULL;
+}
+#endif
+
+static spk_status lib_set_error(spk_status st, const char *msg)
+{
+    return spk_err(st, "%s", msg ? msg : "(no message)");
+}
+
+static void lib_log(spk_log_level level, const char *msg)
+{
+    spk_log(level, "%s", msg ? msg : "");
+}
+
+void spk_transport_params_init(spk_transport_init_params *p, const spk_transport_bootstrap *bs,
+                               int timeout_ms)
+{
+    memset(p, 0, sizeof *p);
+    p->struct_size = sizeof *p;
+    p->bootstrap = bs;
+    p->timeout_ms = timeout_ms > 0 ? timeout_ms : 30000;
+    p->cuda_device = -1;
+    p->options = NULL;
+    p->set_error = lib_set_error;
+    p->log = lib_log;
+}
+
+spk_status spk_transport_check_vtable(const spk_transport *vt, const char *origin)
+{
+    if (!vt)
+        return spk_err(SPK_ERR_INVALID_ARG, "transport %s: vtable is NULL", origin);
+    if (vt->abi_version == 0 || vt->abi_version > SPK_TRANSPORT_ABI_VERSION)
+        return spk_err(SPK_ERR_VERSION,
+                       "transport %s: plugin ABI version %u, this library supports 1..%d", origin,
+                       vt->abi_version, SPK_TRANSPORT_ABI_VERSION);
+    if (!vt->name || !vt->name[0])
+        return spk_err(SPK_ERR_INVALID_ARG, "transport %s: vtable has no name", origin);
+    const char *missing = NULL;
+    if (!vt->probe)
+        missing = "probe";
+    else if (!vt->init)
+        missing = "init";
+    else if (!vt->rank || !vt->world_size)
+        missing = "rank/world_size";
+    else if (!vt->send || !vt->recv || !vt->sendrecv)
+        missing = "send/recv/sendrecv";
+    else if (!vt->allreduce || !vt->allgather || !vt->barrier)
+        missing = "allreduce/allgather/barrier";
+    else if (!vt->abort || !vt->finalize)
+        missing = "abort/finalize";
+    else if ((vt->isend || vt->irecv || vt->test) && !(vt->isend && vt->irecv && vt->test))
+        missing = "isend/irecv/test (all three or none)";
+    if (missing)
+        return spk_err(SPK_ERR_INVALID_ARG, "transport %s (\"%s\"): mandatory method %s is NULL",
+                       origin, vt->name, missing);
+    if ((vt->mem_flags & (SPK_TRANSPORT_MEM_HOST | SPK_TRANSPORT_MEM_CUDA)) == 0)
+        return spk_err(SPK_ERR_INVALID_ARG, "transport %s (\"%s\"): mem_flags 0x%x accepts no memory",
+                       origin, vt->name, vt->mem_flags);
+    return SPK_OK;
+}
+
+static spk_status accept_mem(const spk_transport *vt, unsigned mem)
+{
+    if (mem && (vt->mem_flags & mem) != mem)
+        return spk_err(SPK_ERR_UNSUPPORTED, "transport \"%s\" does not accept %s memory", vt->name,
+                       (mem & SPK_TRANSPORT_MEM_CUDA) ? "CUDA device" : "host");
+    return SPK_OK;
+}
+
+static spk_status load_plugin(const char *path, unsigned mem, spk_transport_handle *out)
+{
+    void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!dl)
+        return spk_err(SPK_ERR_NOT_FOUND, "transport plugin %s: dlopen failed: %s", path, dlerror());
+    void *sym = dlsym(dl, SPK_TRANSPORT_PLUGIN_SYMBOL);
+    if (!sym) {
+        dlclose(dl);
+        return spk_err(SPK_ERR_NOT_FOUND, "transport plugin %s: no symbol %s", path,
+                       SPK_TRANSPORT_PLUGIN_SYMBOL);
+    }
+    spk_transport_plugin_fn fn;
+    memcpy(&fn, &sym, sizeof fn); /* object pointer to function pointer, as POSIX allows */
+    const spk_transport *vt = fn();
+    spk_status st = spk_transport_check_vtable(vt, path);
+    if (st == SPK_OK)
+        st = accept_mem(vt, mem);
+    if (st != SPK_OK) {
+        dlclose(dl);
+        return st;
+    }
+    out->vt = vt;
+    out->dl = dl;
+    spk_log(SPK_LOG_INFO, "transport plugin %s loaded: \"%s\" ABI %u", path, vt->name, vt->abi_version);
+    return SPK_OK;
+}
+
+static spk_status builtin(const char *name, const spk_transport *vt, unsigned mem, int must_probe,
+                          spk_transport_handle *out)
+{
+    if (!vt)
+        return spk_err(SPK_ERR_NOT_FOUND, "transport \"%s\" is not compiled into this library",
+                       name);
+    spk_status st = spk_transport_check_vtable(vt, name);
+    if (st == SPK_OK)
+        st = accept_mem(vt, mem);
+    if (st != SPK_OK)
+        return st;
+    if (must_probe) {
+        char why[256] = "";
+        if (vt->probe(why, sizeof why) != SPK_OK)
+            return spk_err(SPK_ERR_UNSUPPORTED, "transport \"%s\" cannot run here: %s", name, why);
+    }
+    out->vt = vt;
+    out->dl = NULL;
+    return SPK_OK;
+}
+
+static int usable(const spk_transport *vt, unsigned mem, char *why, size_t cap)
+{
+    if (!vt)
+        return 0;
+    if (mem && (vt->mem_flags & mem) != mem)
+        return 0;
+    return vt->probe(why, cap) == SPK_OK;
+}
+
+spk_status spk_transport_select(const char *name, unsigned mem, spk_transport_handle *out)
+{
+    if (!out)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_transport_select: out is NULL");
+    memset(out, 0, sizeof *out);
+    if (!name || !*name || strcmp(name, "auto") == 0) {
+        char why[256] = "";
+        if ((mem & SPK_TRANSPORT_MEM_CUDA) && usable(spk_transport_nccl(), mem, why, sizeof why))
+            return builtin("nccl", spk_transport_nccl(), mem, 0, out);
+        if (usable(spk_transport_verbs(), mem, why, sizeof why))
+            return builtin("verbs", spk_transport_verbs(), mem, 0, out);
+        if (usable(spk_transport_tcp(), mem, why, sizeof why))
+            return builtin("tcp", spk_transport_tcp(), mem, 0, out);
+        return spk_err(SPK_ERR_UNSUPPORTED, "transport auto: no transport accepts %s memory here",
+                       (mem & SPK_TRANSPORT_MEM_CUDA) ? "CUDA device" : "host");
+    }
+    size_t len = strlen(name);
+    if (strchr(name, '/') || (len > 3 && strcmp(name + len - 3, ".so") == 0))
+        return load_plugin(name, mem, out);
+    if (strcmp(name, "tcp") == 0)
+        return builtin(name, spk_transport_tcp(), mem, 1, out);
+    if (strcmp(name, "nccl") == 0)
+        return builtin(name, spk_transport_nccl(), mem, 1, out);
+    if (strcmp(name, "verbs") == 0)
+        return builtin(name, spk_transport_verbs(), mem, 1, out);
+    return spk_err(SPK_ERR_NOT_FOUND,
+                   "unknown transport \"%s\" (expected auto, tcp, nccl, verbs or a plugin .so path)",
+                   name);
+}
+
+void spk_transport_release(spk_transport_handle *h)
+{
+    if (!h)
+        return;
+    if (h->dl)
+        dlclose(h->dl);
+    h->vt = NULL;
+    h->dl = NULL;
+}

@@ -1,0 +1,7 @@
+/* nccl transport: placeholder until the implementation lands (reports "not compiled in"). */
+#include "transport/registry.h"
+
+const spk_transport *spk_transport_nccl(void)
+{
+    return NULL;
+}

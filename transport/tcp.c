@@ -1,0 +1,848 @@
+/*
+ * TCP transport: a full mesh of data sockets (separate from the control plane) set up through the
+ * bootstrap, a poll()-driven full-duplex progress engine, ring collectives for N ranks and direct
+ * exchange for small messages or two ranks.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "transport/reduce.h"
+#include "transport/registry.h"
+#include "transport/tcp_mesh.h"
+
+#define SPK_TCP_FMT(a, b) __attribute__((format(printf, a, b)))
+#define TCP_DEFAULT_SOCKBUF (4 << 20)
+#define TCP_DIRECT_MAX_BYTES (64 << 10) /* all-reduce: all-to-all below this, ring above */
+#define TCP_IO_SLICE (1 << 20)          /* bytes moved per syscall before looking elsewhere */
+
+typedef struct tcp_peer {
+    int fd;
+    char addr[80]; /* "host:port" for messages */
+} tcp_peer;
+
+struct spk_transport_comm {
+    int rank, world;
+    int timeout_ms;
+    tcp_peer *peers;
+    int abort_pipe[2];
+    atomic_int aborted;
+    spk_status broken; /* sticky failure; SPK_OK while healthy */
+    spk_status (*set_error)(spk_status, const char *);
+    void (*log)(spk_log_level, const char *);
+    uint8_t nonce[64];
+    size_t nonce_len;
+    char local_addr[64];
+    int sockbuf;
+    uint8_t *scratch;
+    size_t scratch_cap;
+    pthread_mutex_t kids_mu;
+    struct spk_transport_comm **kids;
+    int n_kids, cap_kids;
+    struct spk_transport_comm *parent;
+};
+
+typedef spk_transport_comm tcp_comm;
+
+/* ---------------------------------------------------------------------------------------- */
+/* small helpers                                                                            */
+/* ---------------------------------------------------------------------------------------- */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static spk_status errf(spk_status (*set_error)(spk_status, const char *), spk_status st,
+                       const char *fmt, ...) SPK_TCP_FMT(3, 4);
+static spk_status errf(spk_status (*set_error)(spk_status, const char *), spk_status st,
+                       const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return set_error(st, msg);
+}
+
+static void logf_(void (*log)(spk_log_level, const char *), spk_log_level lv, const char *fmt, ...)
+    SPK_TCP_FMT(3, 4);
+static void logf_(void (*log)(spk_log_level, const char *), spk_log_level lv, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    log(lv, msg);
+}
+
+static int timeout_of(const tcp_comm *c, int timeout_ms)
+{
+    return timeout_ms > 0 ? timeout_ms : c->timeout_ms;
+}
+
+/* Shut every data socket down (peers see EOF at once) without closing the descriptors, which
+ * another thread may be polling. Safe from any thread. */
+static void shutdown_all(tcp_comm *c)
+{
+    for (int p = 0; p < c->world; p++)
+        if (c->peers[p].fd >= 0)
+            shutdown(c->peers[p].fd, SHUT_RDWR);
+}
+
+/* Mark the comm broken with `st` (first failure wins) and tell the peers by closing the streams. */
+static spk_status fail(tcp_comm *c, spk_status st, const char *fmt, ...) SPK_TCP_FMT(3, 4);
+static spk_status fail(tcp_comm *c, spk_status st, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (c->broken == SPK_OK)
+        c->broken = st;
+    shutdown_all(c);
+    logf_(c->log, SPK_LOG_WARN, "%s", msg);
+    return c->set_error(st, msg);
+}
+
+static spk_status check_usable(tcp_comm *c, const char *what)
+{
+    if (c->broken != SPK_OK)
+        return errf(c->set_error, c->broken, "tcp rank %d: %s on a broken communicator (%s earlier)",
+                    c->rank, what, c->broken == SPK_ERR_PEER_LOST ? "peer lost" : "failure");
+    if (atomic_load(&c->aborted)) {
+        c->broken = SPK_ERR_CANCELLED;
+        return errf(c->set_error, SPK_ERR_CANCELLED, "tcp rank %d: %s: communicator aborted",
+                    c->rank, what);
+    }
+    return SPK_OK;
+}
+
+static uint8_t *scratch(tcp_comm *c, size_t bytes)
+{
+    if (bytes > c->scratch_cap) {
+        uint8_t *p = realloc(c->scratch, bytes);
+        if (!p)
+            return NULL;
+        c->scratch = p;
+        c->scratch_cap = bytes;
+    }
+    return c->scratch;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* progress engine                                                                          */
+/* ---------------------------------------------------------------------------------------- */
+
+/* One direction of a transfer with one peer. A receive may fold its bytes into `acc` as they
+ * arrive (acc += received, element-wise), but never past what `gate` (a send of the same
+ * region) has already sent. */
+typedef struct tcp_op {
+    int peer;
+    int is_recv;
+    uint8_t *buf;
+    size_t len, done;
+    uint8_t *acc;
+    const struct tcp_op *gate;
+    spk_transport_dtype dt;
+    size_t esz, reduced; /* bytes already folded into acc */
+} tcp_op;
+
+static void op_send(tcp_op *o, int peer, const void *buf, size_t len)
+{
+    memset(o, 0, sizeof *o);
+    o->peer = peer;
+    o->buf = (uint8_t *)(uintptr_t)buf;
+    o->len = len;
+}
+
+static void op_recv(tcp_op *o, int peer, void *buf, size_t len)
+{
+    memset(o, 0, sizeof *o);
+    o->peer = peer;
+    o->is_recv = 1;
+    o->buf = buf;
+    o->len = len;
+}
+
+static void fold(tcp_op *o)
+{
+    if (!o->acc)
+        return;
+    size_t upto = o->done;
+    if (o->gate && o->gate->done < upto)
+        upto = o->gate->done;
+    upto -= upto % o->esz;
+    if (upto > o->reduced) {
+        spk_tr_sum_into(o->acc + o->reduced, o->buf + o->reduced, (upto - o->reduced) / o->esz,
+                        o->dt);
+        o->reduced = upto;
+    }
+}
+
+static spk_status peer_lost(tcp_comm *c, int p, const char *what, const char *why)
+{
+    return fail(c, SPK_ERR_PEER_LOST, "tcp rank %d: %s: lost peer rank %d (%s): %s", c->rank, what,
+                p, c->peers[p].addr, why);
+}
+
+/* Move bytes for one op as far as the socket allows. Returns OK, or a failure. */
+static spk_status pump(tcp_comm *c, tcp_op *o, const char *what)
+{
+    int fd = c->peers[o->peer].fd;
+    size_t budget = 4 * (size_t)TCP_IO_SLICE;
+    while (o->done < o->len && budget > 0) {
+        size_t n = o->len - o->done;
+        if (n > TCP_IO_SLICE)
+            n = TCP_IO_SLICE;
+        ssize_t r = o->is_recv ? recv(fd, o->buf + o->done, n, MSG_DONTWAIT)
+                               : send(fd, o->buf + o->done, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (r > 0) {
+            o->done += (size_t)r;
+            budget = budget > (size_t)r ? budget - (size_t)r : 0;
+            continue;
+        }
+        if (r == 0 && o->is_recv)
+            return peer_lost(c, o->peer, what, "connection closed (EOF)");
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            break;
+        if (errno == ECONNRESET || errno == EPIPE || errno == ENOTCONN || errno == ETIMEDOUT ||
+            errno == EHOSTUNREACH || errno == ENETUNREACH)
+            return peer_lost(c, o->peer, what, strerror(errno));
+        return fail(c, SPK_ERR_TRANSPORT, "tcp rank %d: %s: %s to rank %d (%s) failed: %s", c->rank,
+                    what, o->is_recv ? "recv" : "send", o->peer, c->peers[o->peer].addr,
+                    strerror(errno));
+    }
+    fold(o);
+    return SPK_OK;
+}
+
+/*
+ * Run `ops` until all are done, the deadline passes, a peer is lost or the comm is aborted.
+ * `watch_all`: also treat a hang-up from any peer not involved in the ops as a lost peer (used by
+ * collectives, where every rank takes part).
+ */
+static spk_status run_ops(tcp_comm *c, tcp_op *ops, int n, int timeout_ms, int watch_all,
+                          const char *what)
+{
+    int64_t start = now_ms(), deadline = start + timeout_ms;
+    struct pollfd pfd[c->world + 1];
+    int who[c->world + 1];
+    for (;;) {
+        int pending = 0;
+        for (int i = 0; i < n; i++) {
+            fold(&ops[i]);
+            if (ops[i].done < ops[i].len || (ops[i].acc && ops[i].reduced < ops[i].len))
+                pending = 1;
+        }
+        if (!pending)
+            return SPK_OK;
+        if (atomic_load(&c->aborted)) {
+            if (c->broken == SPK_OK)
+                c->broken = SPK_ERR_CANCELLED;
+            return errf(c->set_error, SPK_ERR_CANCELLED, "tcp rank %d: %s: aborted", c->rank, what);
+        }
+        int np = 0;
+        for (int p = 0; p < c->world; p++) {
+            if (p == c->rank || c->peers[p].fd < 0)
+                continue;
+            short ev = 0;
+            for (int i = 0; i < n; i++)
+                if (ops[i].peer == p && ops[i].done < ops[i].len)
+                    ev |= ops[i].is_recv ? POLLIN : POLLOUT;
+            if (!ev && !watch_all)
+                continue;
+            if (!(ev & POLLIN))
+                ev |= POLLRDHUP;
+            pfd[np] = (struct pollfd){.fd = c->peers[p].fd, .events = ev};
+            who[np++] = p;
+        }
+        pfd[np] = (struct pollfd){.fd = c->abort_pipe[0], .events = POLLIN};
+        who[np] = -1;
+        int64_t left = deadline - now_ms();
+        if (left <= 0) {
+            int p = -1;
+            size_t got = 0, want = 0;
+            for (int i = 0; i < n; i++)
+                if (ops[i].done < ops[i].len) {
+                    p = ops[i].peer;
+                    got = ops[i].done;
+                    want = ops[i].len;
+                    break;
+                }
+            return fail(c, SPK_ERR_TIMEOUT,
+                        "tcp rank %d: %s timed out after %d ms waiting for rank %d (%s): %zu of "
+                        "%zu bytes moved",
+                        c->rank, what, timeout_ms, p, p >= 0 ? c->peers[p].addr : "?", got, want);
+        }
+        int r = poll(pfd, (nfds_t)np + 1, left > 1000 ? 1000 : (int)left);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return fail(c, SPK_ERR_TRANSPORT, "tcp rank %d: %s: poll: %s", c->rank, what,
+                        strerror(errno));
+        }
+        if (pfd[np].revents)
+            continue; /* abort: reported at the top of the loop */
+        for (int k = 0; k < np; k++) {
+            short re = pfd[k].revents;
+            int p = who[k];
+            if (!re)
+                continue;
+            int involved = 0;
+            for (int i = 0; i < n; i++) {
+                if (ops[i].peer != p || ops[i].done >= ops[i].len)
+                    continue;
+                involved = 1;
+                spk_status st = pump(c, &ops[i], what);
+                if (st != SPK_OK)
+                    return st;
+            }
+            if (!involved && (re & (POLLRDHUP | POLLHUP | POLLERR)))
+                return peer_lost(c, p, what, "peer closed its data connection");
+            if (involved && (re & (POLLHUP | POLLERR)) && !(re & POLLIN)) {
+                /* a send toward a dead peer: let the next send report the error */
+                for (int i = 0; i < n; i++)
+                    if (ops[i].peer == p && !ops[i].is_recv && ops[i].done < ops[i].len) {
+                        spk_status st = pump(c, &ops[i], what);
+                        if (st != SPK_OK)
+                            return st;
+                    }
+                if (re & POLLERR)
+                    return peer_lost(c, p, what, "socket error");
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* point-to-point                                                                           */
+/* ---------------------------------------------------------------------------------------- */
+
+static spk_status check_peer(tcp_comm *c, int peer, const char *what)
+{
+    if (peer < 0 || peer >= c->world || peer == c->rank)
+        return errf(c->set_error, SPK_ERR_INVALID_ARG,
+                    "tcp rank %d: %s: peer %d out of range (world %d, not self)", c->rank, what,
+                    peer, c->world);
+    return SPK_OK;
+}
+
+static spk_status check_mem(tcp_comm *c, unsigned mem, const char *what)
+{
+    if (mem != SPK_TRANSPORT_MEM_HOST && mem != 0)
+        return errf(c->set_error, SPK_ERR_UNSUPPORTED,
+                    "tcp: %s: memory kind 0x%x not accepted (host memory only)", what, mem);
+    return SPK_OK;
+}
+
+static spk_status tcp_sendrecv(tcp_comm *c, int sp, const void *sbuf, size_t sbytes, int rp,
+                               void *rbuf, size_t rbytes, unsigned mem, int timeout_ms)
+{
+    spk_status st = check_mem(c, mem, "sendrecv");
+    if (st == SPK_OK && sbytes)
+        st = check_peer(c, sp, "sendrecv");
+    if (st == SPK_OK && rbytes)
+        st = check_peer(c, rp, "sendrecv");
+    if (st == SPK_OK && ((sbytes && !sbuf) || (rbytes && !rbuf)))
+        st = errf(c->set_error, SPK_ERR_INVALID_ARG, "tcp: sendrecv: NULL buffer");
+    if (st == SPK_OK)
+        st = check_usable(c, "sendrecv");
+    if (st != SPK_OK)
+        return st;
+    tcp_op ops[2];
+    int n = 0;
+    if (sbytes)
+        op_send(&ops[n++], sp, sbuf, sbytes);
+    if (rbytes)
+        op_recv(&ops[n++], rp, rbuf, rbytes);
+    return run_ops(c, ops, n, timeout_of(c, timeout_ms), 0, "sendrecv");
+}
+
+static spk_status tcp_send(tcp_comm *c, int peer, const void *buf, size_t bytes, unsigned mem,
+                           int timeout_ms)
+{
+    return tcp_sendrecv(c, peer, buf, bytes, -1, NULL, 0, mem, timeout_ms);
+}
+
+static spk_status tcp_recv(tcp_comm *c, int peer, void *buf, size_t bytes, unsigned mem,
+                           int timeout_ms)
+{
+    return tcp_sendrecv(c, -1, NULL, 0, peer, buf, bytes, mem, timeout_ms);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* collectives                                                                              */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Every rank sends `bytes` of `mine` to every other rank; rank p's bytes land at all + p*bytes. */
+static spk_status all_to_all(tcp_comm *c, const void *mine, uint8_t *all, size_t bytes, int tmo,
+                             const char *what)
+{
+    int w = c->world;
+    tcp_op ops[2 * w];
+    int n = 0;
+    for (int p = 0; p < w; p++) {
+        if (p == c->rank)
+            continue;
+        op_send(&ops[n++], p, mine, bytes);
+        op_recv(&ops[n++], p, all + (size_t)p * bytes, bytes);
+    }
+    return run_ops(c, ops, n, tmo, 1, what);
+}
+
+static spk_status tcp_allreduce(tcp_comm *c, void *buf, size_t count, spk_transport_dtype dt,
+                                unsigned mem, int timeout_ms)
+{
+    size_t esz = spk_tr_dtype_size(dt);
+    spk_status st = check_mem(c, mem, "allreduce");
+    if (st == SPK_OK && esz == 0)
+        st = errf(c->set_error, SPK_ERR_UNSUPPORTED, "tcp: allreduce: dtype %d not supported",
+                  (int)dt);
+    if (st == SPK_OK && count && !buf)
+        st = errf(c->set_error, SPK_ERR_INVALID_ARG, "tcp: allreduce: NULL buffer");
+    if (st == SPK_OK && count > SIZE_MAX / esz / (size_t)c->world)
+        st = errf(c->set_error, SPK_ERR_INVALID_ARG, "tcp: allreduce: count %zu too large", count);
+    if (st == SPK_OK)
+        st = check_usable(c, "allreduce");
+    if (st != SPK_OK || c->world == 1 || count == 0)
+        return st;
+    int w = c->world, r = c->rank, tmo = timeout_of(c, timeout_ms);
+    size_t bytes = count * esz;
+    uint8_t *b = buf;
+    if (w == 2) {
+        /* direct exchange, folded as it arrives, never past what we have already sent */
+        uint8_t *tmp = scratch(c, bytes);
+        if (!tmp)
+            return errf(c->set_error, SPK_ERR_NOMEM, "tcp: allreduce: %zu bytes scratch", bytes);
+        tcp_op ops[2];
+        op_send(&ops[0], 1 - r, b, bytes);
+        op_recv(&ops[1], 1 - r, tmp, bytes);
+        ops[1].acc = b;
+        ops[1].gate = &ops[0];
+        ops[1].dt = dt;
+        ops[1].esz = esz;
+        return run_ops(c, ops, 2, tmo, 1, "allreduce");
+    }
+    if (bytes * (size_t)w <= TCP_DIRECT_MAX_BYTES) {
+        uint8_t *all = scratch(c, bytes * (size_t)w);
+        if (!all)
+            return errf(c->set_error, SPK_ERR_NOMEM, "tcp: allreduce: scratch");
+        memcpy(all + (size_t)r * bytes, b, bytes);
+        st = all_to_all(c, b, all, bytes, tmo, "allreduce");
+        if (st != SPK_OK)
+            return st;
+        const void *ins[w];
+        for (int p = 0; p < w; p++)
+            ins[p] = all + (size_t)p * bytes;
+        spk_tr_sum_ordered(b, ins, w, count, dt);
+        return SPK_OK;
+    }
+    /* ring: reduce-scatter then all-gather; chunk k ends fully reduced on rank k-1 */
+    int right = (r + 1) % w, left = (r + w - 1) % w;
+    size_t max_chunk = (count / (size_t)w + 1) * esz;
+    uint8_t *tmp = scratch(c, max_chunk);
+    if (!tmp)
+        return errf(c->set_error, SPK_ERR_NOMEM, "tcp: allreduce: scratch");
+    for (int s = 0; s < w - 1; s++) {
+        size_t so, sl, ro, rl;
+        spk_tr_chunk(count, w, ((r - s) % w + w) % w, &so, &sl);
+        spk_tr_chunk(count, w, ((r - s - 1) % w + w) % w, &ro, &rl);
+        tcp_op ops[2];
+        int n = 0;
+        if (sl)
+            op_send(&ops[n++], right, b + so * esz, sl * esz);
+        if (rl) {
+            tcp_op *o = &ops[n++];
+            op_recv(o, left, tmp, rl * esz);
+            o->acc = b + ro * esz;
+            o->dt = dt;
+            o->esz = esz;
+        }
+        if ((st = run_ops(c, ops, n, tmo, 1, "allreduce")) != SPK_OK)
+            return st;
+    }
+    for (int s = 0; s < w - 1; s++) {
+        size_t so, sl, ro, rl;
+        spk_tr_chunk(count, w, ((r + 1 - s) % w + w) % w, &so, &sl);
+        spk_tr_chunk(count, w, ((r - s) % w + w) % w, &ro, &rl);
+        tcp_op ops[2];
+        int n = 0;
+        if (sl)
+            op_send(&ops[n++], right, b + so * esz, sl * esz);
+        if (rl)
+            op_recv(&ops[n++], left, b + ro * esz, rl * esz);
+        if ((st = run_ops(c, ops, n, tmo, 1, "allreduce")) != SPK_OK)
+            return st;
+    }
+    return SPK_OK;
+}
+
+static spk_status tcp_allgather(tcp_comm *c, const void *mine, void *all, size_t bpr, unsigned mem,
+                                int timeout_ms)
+{
+    spk_status st = check_mem(c, mem, "allgather");
+    if (st == SPK_OK && bpr && (!mine || !all))
+        st = errf(c->set_error, SPK_ERR_INVALID_ARG, "tcp: allgather: NULL buffer");
+    if (st == SPK_OK && bpr > SIZE_MAX / (size_t)c->world)
+        st = errf(c->set_error, SPK_ERR_INVALID_ARG, "tcp: allgather: %zu bytes too large", bpr);
+    if (st == SPK_OK)
+        st = check_usable(c, "allgather");
+    if (st != SPK_OK || bpr == 0)
+        return st;
+    int w = c->world, r = c->rank, tmo = timeout_of(c, timeout_ms);
+    uint8_t *a = all;
+    if (a + (size_t)r * bpr != (const uint8_t *)mine)
+        memmove(a + (size_t)r * bpr, mine, bpr);
+    if (w == 1)
+        return SPK_OK;
+    if (w == 2 || bpr * (size_t)w <= TCP_DIRECT_MAX_BYTES)
+        return all_to_all(c, a + (size_t)r * bpr, a, bpr, tmo, "allgather");
+    int right = (r + 1) % w, left = (r + w - 1) % w;
+    for (int s = 0; s < w - 1; s++) {
+        int sb = ((r - s) % w + w) % w, rb = ((r - s - 1) % w + w) % w;
+        tcp_op ops[2];
+        op_send(&ops[0], right, a + (size_t)sb * bpr, bpr);
+        op_recv(&ops[1], left, a + (size_t)rb * bpr, bpr);
+        if ((st = run_ops(c, ops, 2, tmo, 1, "allgather")) != SPK_OK)
+            return st;
+    }
+    return SPK_OK;
+}
+
+static spk_status tcp_barrier(tcp_comm *c, int timeout_ms)
+{
+    spk_status st = check_usable(c, "barrier");
+    if (st != SPK_OK || c->world == 1)
+        return st;
+    uint8_t one = 1, all[c->world];
+    return all_to_all(c, &one, all, 1, timeout_of(c, timeout_ms), "barrier");
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* setup, split, abort, finalize (lib/transport/tcp_mesh.c opens the sockets)              */
+/* ---------------------------------------------------------------------------------------- */
+
+static int tcp_rank(const tcp_comm *c)
+{
+    return c ? c->rank : -1;
+}
+
+static int tcp_world(const tcp_comm *c)
+{
+    return c ? c->world : -1;
+}
+
+static spk_status tcp_probe(char *why, size_t cap)
+{
+    if (why && cap)
+        why[0] = '\0';
+    return SPK_OK;
+}
+
+static void tcp_abort(tcp_comm *c)
+{
+    if (!c)
+        return;
+    atomic_store(&c->aborted, 1);
+    shutdown_all(c);
+    uint8_t x = 1;
+    ssize_t rc = write(c->abort_pipe[1], &x, 1); /* pipe full means already signalled */
+    (void)rc;
+    pthread_mutex_lock(&c->kids_mu);
+    for (int i = 0; i < c->n_kids; i++)
+        tcp_abort(c->kids[i]);
+    pthread_mutex_unlock(&c->kids_mu);
+}
+
+static void free_comm(tcp_comm *c)
+{
+    if (!c)
+        return;
+    if (c->peers)
+        for (int p = 0; p < c->world; p++)
+            if (c->peers[p].fd >= 0)
+                close(c->peers[p].fd);
+    if (c->abort_pipe[0] >= 0)
+        close(c->abort_pipe[0]);
+    if (c->abort_pipe[1] >= 0)
+        close(c->abort_pipe[1]);
+    pthread_mutex_destroy(&c->kids_mu);
+    free(c->kids);
+    free(c->peers);
+    free(c->scratch);
+    sodium_memzero(c->nonce, sizeof c->nonce);
+    free(c);
+}
+
+static spk_status tcp_finalize(tcp_comm *c)
+{
+    if (!c)
+        return SPK_OK;
+    if (c->parent) {
+        tcp_comm *pa = c->parent;
+        pthread_mutex_lock(&pa->kids_mu);
+        for (int i = 0; i < pa->n_kids; i++)
+            if (pa->kids[i] == c) {
+                pa->kids[i] = pa->kids[--pa->n_kids];
+                break;
+            }
+        pthread_mutex_unlock(&pa->kids_mu);
+    }
+    free_comm(c);
+    return SPK_OK;
+}
+
+typedef struct sub_bs {
+    tcp_comm *parent;
+    int *members; /* parent ranks, in new-rank order */
+    int n, me;
+    int timeout_ms;
+} sub_bs;
+
+/* Bootstrap of a split group: a direct exchange among the members over the parent's sockets. */
+static spk_status sub_allgather(void *ctx, const void *mine, void *all, size_t bpr, int timeout_ms)
+{
+    sub_bs *s = ctx;
+    uint8_t *a = all;
+    memmove(a + (size_t)s->me * bpr, mine, bpr);
+    tcp_op ops[2 * s->n];
+    int n = 0;
+    for (int i = 0; i < s->n; i++) {
+        if (i == s->me)
+            continue;
+        op_send(&ops[n++], s->members[i], a + (size_t)s->me * bpr, bpr);
+        op_recv(&ops[n++], s->members[i], a + (size_t)i * bpr, bpr);
+    }
+    return run_ops(s->parent, ops, n, timeout_ms > 0 ? timeout_ms : s->timeout_ms, 0, "split");
+}
+
+static spk_status sub_barrier(void *ctx, int timeout_ms)
+{
+    sub_bs *s = ctx;
+    uint8_t one = 1, all[s->n];
+    return sub_allgather(ctx, &one, all, 1, timeout_ms);
+}
+
+static spk_status comm_create(const spk_transport_init_params *p, const spk_transport_bootstrap *bs,
+                              const char *options, tcp_comm *parent, tcp_comm **out)
+{
+    tcp_comm *c = calloc(1, sizeof *c);
+    if (!c)
+        return errf(p->set_error, SPK_ERR_NOMEM, "tcp: out of memory");
+    c->abort_pipe[0] = c->abort_pipe[1] = -1;
+    pthread_mutex_init(&c->kids_mu, NULL);
+    c->rank = bs->rank;
+    c->world = bs->world_size;
+    c->timeout_ms = p->timeout_ms;
+    c->set_error = p->set_error;
+    c->log = p->log;
+    c->parent = parent;
+    c->sockbuf = TCP_DEFAULT_SOCKBUF;
+    const char *sb = options ? strstr(options, "sockbuf=") : NULL;
+    if (sb)
+        c->sockbuf = atoi(sb + 8);
+    if (bs->cluster_nonce_len > sizeof c->nonce) {
+        crypto_generichash(c->nonce, 32, bs->cluster_nonce, bs->cluster_nonce_len, NULL, 0);
+        c->nonce_len = 32;
+    } else if (bs->cluster_nonce_len) {
+        memcpy(c->nonce, bs->cluster_nonce, bs->cluster_nonce_len);
+        c->nonce_len = bs->cluster_nonce_len;
+    }
+    snprintf(c->local_addr, sizeof c->local_addr, "%s",
+             bs->local_addr && *bs->local_addr ? bs->local_addr : "127.0.0.1");
+    c->peers = calloc((size_t)c->world, sizeof *c->peers);
+    int *fds = calloc((size_t)c->world, sizeof *fds);
+    char(*addrs)[SPK_TCP_ADDR_LEN] = calloc((size_t)c->world, sizeof *addrs);
+    spk_status st = SPK_OK;
+    if (!c->peers || !fds || !addrs)
+        st = errf(p->set_error, SPK_ERR_NOMEM, "tcp: out of memory for %d peers", c->world);
+    else if (pipe2(c->abort_pipe, O_NONBLOCK | O_CLOEXEC) != 0)
+        st = errf(p->set_error, SPK_ERR_IO, "tcp: pipe: %s", strerror(errno));
+    if (st == SPK_OK) {
+        for (int i = 0; i < c->world; i++)
+            c->peers[i].fd = -1;
+        spk_tcp_mesh_cfg mc = {bs, c->nonce, c->nonce_len, c->local_addr, c->sockbuf,
+                               p->timeout_ms, p->set_error, p->log};
+        st = spk_tcp_mesh_connect(&mc, fds, addrs);
+    }
+    if (st == SPK_OK)
+        for (int i = 0; i < c->world; i++) {
+            c->peers[i].fd = fds[i];
+            memcpy(c->peers[i].addr, addrs[i], sizeof c->peers[i].addr);
+        }
+    free(fds);
+    free(addrs);
+    if (st == SPK_OK && parent) {
+        pthread_mutex_lock(&parent->kids_mu);
+        if (parent->n_kids == parent->cap_kids) {
+            int cap = parent->cap_kids ? 2 * parent->cap_kids : 4;
+            tcp_comm **k = realloc(parent->kids, (size_t)cap * sizeof *k);
+            if (k) {
+                parent->kids = k;
+                parent->cap_kids = cap;
+            }
+        }
+        if (parent->n_kids < parent->cap_kids)
+            parent->kids[parent->n_kids++] = c;
+        else
+            st = errf(p->set_error, SPK_ERR_NOMEM, "tcp: out of memory");
+        pthread_mutex_unlock(&parent->kids_mu);
+    }
+    if (st != SPK_OK) {
+        c->parent = NULL;
+        free_comm(c);
+        return st;
+    }
+    logf_(c->log, SPK_LOG_DEBUG, "tcp transport rank %d/%d: data mesh up on %s", c->rank, c->world,
+          c->local_addr);
+    *out = c;
+    return SPK_OK;
+}
+
+static spk_status tcp_init(const spk_transport_init_params *params, spk_transport_comm **out)
+{
+    if (out)
+        *out = NULL;
+    if (!params || !out || params->struct_size < offsetof(spk_transport_init_params, log) +
+                                                     sizeof params->log)
+        return params && params->set_error
+                   ? params->set_error(SPK_ERR_INVALID_ARG, "tcp: init: bad arguments")
+                   : SPK_ERR_INVALID_ARG;
+    spk_transport_init_params p;
+    memset(&p, 0, sizeof p);
+    memcpy(&p, params, params->struct_size < sizeof p ? params->struct_size : sizeof p);
+    if (!p.set_error || !p.log)
+        return p.set_error ? p.set_error(SPK_ERR_INVALID_ARG, "tcp: init: log callback is NULL")
+                           : SPK_ERR_INVALID_ARG;
+    const spk_transport_bootstrap *b = p.bootstrap;
+    if (!b || b->struct_size < offsetof(spk_transport_bootstrap, local_addr) + sizeof b->local_addr)
+        return errf(p.set_error, SPK_ERR_INVALID_ARG, "tcp: init: bootstrap missing or too old");
+    spk_transport_bootstrap bs;
+    memset(&bs, 0, sizeof bs);
+    memcpy(&bs, b, b->struct_size < sizeof bs ? b->struct_size : sizeof bs);
+    if (bs.world_size < 1 || bs.world_size > 4096 || bs.rank < 0 || bs.rank >= bs.world_size ||
+        !bs.allgather || !bs.barrier || (bs.cluster_nonce_len && !bs.cluster_nonce))
+        return errf(p.set_error, SPK_ERR_INVALID_ARG,
+                    "tcp: init: bad bootstrap (rank %d, world %d, allgather %s)", bs.rank,
+                    bs.world_size, bs.allgather ? "set" : "NULL");
+    if (p.timeout_ms <= 0)
+        return errf(p.set_error, SPK_ERR_INVALID_ARG, "tcp: init: timeout_ms %d must be > 0",
+                    p.timeout_ms);
+    return comm_create(&p, &bs, p.options, NULL, out);
+}
+
+static spk_status tcp_split(tcp_comm *c, int color, int key, tcp_comm **out, int timeout_ms)
+{
+    if (out)
+        *out = NULL;
+    if (!c || !out)
+        return c ? errf(c->set_error, SPK_ERR_INVALID_ARG, "tcp: split: out is NULL")
+                 : SPK_ERR_INVALID_ARG;
+    int w = c->world, tmo = timeout_of(c, timeout_ms);
+    uint8_t mine[8], *all = malloc((size_t)w * 8);
+    int *members = malloc((size_t)w * sizeof *members);
+    spk_status st = SPK_OK;
+    if (!all || !members) {
+        st = errf(c->set_error, SPK_ERR_NOMEM, "tcp: split: out of memory");
+        goto done;
+    }
+    for (int i = 0; i < 4; i++) {
+        mine[i] = (uint8_t)((uint32_t)color >> (8 * i));
+        mine[4 + i] = (uint8_t)((uint32_t)key >> (8 * i));
+    }
+    if ((st = tcp_allgather(c, mine, all, 8, SPK_TRANSPORT_MEM_HOST, tmo)) != SPK_OK || color < 0)
+        goto done;
+    int n = 0, me = -1;
+    for (int r = 0; r < w; r++) {
+        const uint8_t *q = all + (size_t)r * 8;
+        int32_t rc = (int32_t)((uint32_t)q[0] | (uint32_t)q[1] << 8 | (uint32_t)q[2] << 16 |
+                               (uint32_t)q[3] << 24);
+        if (rc == color)
+            members[n++] = r;
+    }
+    /* stable insertion sort by key (ties keep parent-rank order) */
+    for (int i = 1; i < n; i++) {
+        int m = members[i], j = i;
+        const uint8_t *qm = all + (size_t)m * 8 + 4;
+        int32_t km = (int32_t)((uint32_t)qm[0] | (uint32_t)qm[1] << 8 | (uint32_t)qm[2] << 16 |
+                               (uint32_t)qm[3] << 24);
+        while (j > 0) {
+            const uint8_t *qj = all + (size_t)members[j - 1] * 8 + 4;
+            int32_t kj = (int32_t)((uint32_t)qj[0] | (uint32_t)qj[1] << 8 |
+                                   (uint32_t)qj[2] << 16 | (uint32_t)qj[3] << 24);
+            if (kj <= km)
+                break;
+            members[j] = members[j - 1];
+            j--;
+        }
+        members[j] = m;
+    }
+    for (int i = 0; i < n; i++)
+        if (members[i] == c->rank)
+            me = i;
+    sub_bs sb = {c, members, n, me, tmo};
+    spk_transport_bootstrap bs = {sizeof bs, me, n, &sb, sub_allgather, sub_barrier,
+                                  c->nonce, c->nonce_len, c->local_addr};
+    spk_transport_init_params p;
+    memset(&p, 0, sizeof p);
+    p.struct_size = sizeof p;
+    p.bootstrap = &bs;
+    p.timeout_ms = c->timeout_ms;
+    p.cuda_device = -1;
+    p.set_error = c->set_error;
+    p.log = c->log;
+    char opt[32];
+    snprintf(opt, sizeof opt, "sockbuf=%d", c->sockbuf);
+    st = comm_create(&p, &bs, opt, c, out);
+done:
+    free(all);
+    free(members);
+    return st;
+}
+
+
+const spk_transport *spk_transport_tcp(void)
+{
+    static const spk_transport vt = {
+        .name = "tcp",
+        .abi_version = SPK_TRANSPORT_ABI_VERSION,
+        .mem_flags = SPK_TRANSPORT_MEM_HOST,
+        .probe = tcp_probe,
+        .init = tcp_init,
+        .rank = tcp_rank,
+        .world_size = tcp_world,
+        .send = tcp_send,
+        .recv = tcp_recv,
+        .sendrecv = tcp_sendrecv,
+        .allreduce = tcp_allreduce,
+        .allgather = tcp_allgather,
+        .barrier = tcp_barrier,
+        .split = tcp_split,
+        .abort = tcp_abort,
+        .finalize = tcp_finalize,
+    };
+    return &vt;
+}
