@@ -61,7 +61,8 @@ typedef struct gguf_file {
     int owns_map;
     uint32_t version;
     uint64_t alignment;
-    uint64_t data_offset;
+    uint64_t data_offset;        /* start of the data section (aligned); may equal or, in a
+                                    file without tensors, pass `size` */
     uint64_t n_kv;
     gguf_kv *kv;
     uint64_t n_tensors;
@@ -69,12 +70,24 @@ typedef struct gguf_file {
     char path[512];
 } gguf_file;
 
-/* Map and validate `path`. FORMAT/UNSUPPORTED/IO with a message naming the field on error. */
+/* Map `path` read-only (MAP_PRIVATE; the fd is closed before returning) and validate it.
+ * Errors: IO (open/fstat/mmap, with strerror), FORMAT (malformed, empty or short file),
+ * UNSUPPORTED (GGUF v1, unknown or big-endian version, tensor type this library lacks),
+ * NOMEM. The message names the file, the item (key, tensor) and the numbers. On error *out is
+ * NULL and nothing is left mapped. Checked before use: every string/array length against the
+ * bytes left; kv and tensor counts against the bytes left (before anything is allocated, so the
+ * tables take at most a small multiple of the file size); nested arrays; value types; bools;
+ * duplicate keys and tensor names; general.alignment (uint32, nonzero power of two, default
+ * 32); n_dims 1..4; dimensions nonzero, < 2^63, product without overflow; ne[0] a multiple of
+ * the block size; offsets aligned, inside the data section and not overlapping.
+ * The result is read-only and may be shared by threads; gguf_close must not race. */
 spk_status gguf_open(const char *path, gguf_file **out);
 
-/* Validate a caller-owned buffer (must outlive the result). Used by tests and the fuzzer. */
+/* Validate a caller-owned buffer (must outlive the result). Used by tests and the fuzzer.
+ * Same checks and errors as gguf_open; messages name the file "<memory>". */
 spk_status gguf_open_memory(const void *buf, size_t len, gguf_file **out);
 
+/* Unmap (if gguf_open mapped it) and free. NULL is fine. */
 void gguf_close(gguf_file *f);
 
 /* Lookups: NULL / NOT_FOUND if absent. Typed getters convert between integer types when the
@@ -96,5 +109,17 @@ const gguf_tensor *gguf_find_tensor(const gguf_file *f, const char *name);
 
 /* Compare a gguf_str with a C string. */
 bool gguf_str_eq(gguf_str s, const char *c);
+
+/* Element i of an integer or bool array as int64; false if i is out of range, the elements are
+ * not integers, or a uint64 element exceeds INT64_MAX. Elements need not be aligned. */
+bool gguf_arr_int(const gguf_kv *arr, uint64_t i, int64_t *out);
+
+/* Element i of a float or integer array as double; false if out of range or not numeric. */
+bool gguf_arr_float(const gguf_kv *arr, uint64_t i, double *out);
+
+/* Static names for messages: a metadata value type ("uint32") and a ggml tensor type id
+ * ("Q4_K", also for ids this library does not support, e.g. 6 -> "Q5_0"); "unknown" otherwise. */
+const char *gguf_vtype_name(uint32_t t);
+const char *gguf_type_name(uint32_t t);
 
 #endif
