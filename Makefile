@@ -1,0 +1,46 @@
+# Convenience wrapper around CMake for people and CI.
+#   make demo   install what is missing, build, fetch the default model, generate text
+#   make test   install what is missing, build (normal + ASan/UBSan), run every test
+#   make bench  single-node speed against llama.cpp (BENCHMARKS.md section 2)
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+JOBS       ?= 2
+CMAKE_ARGS ?=
+MODEL      ?= $(shell echo $${SPK_CACHE:-$$HOME/.cache/sparkinfer})/models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+.PHONY: all deps model build build-asan test test-fast demo bench clean
+
+all: build
+
+deps:
+	@bash scripts/deps.sh
+
+model: deps
+	@bash scripts/fetch-model.sh >/dev/null
+
+build: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS) >/dev/null
+	cmake --build $(BUILD) -j$(JOBS)
+
+build-asan: deps
+	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPK_SANITIZE=ON -DSPK_BUILD_EXAMPLES=ON $(CMAKE_ARGS) >/dev/null
+	cmake --build $(ASAN_BUILD) -j$(JOBS)
+
+# Every test, in the normal build and again under ASan+UBSan.
+test: model build build-asan
+	cd $(BUILD) && SPK_TEST_MODEL=$(MODEL) ctest --output-on-failure -j1
+	cd $(ASAN_BUILD) && SPK_TEST_MODEL=$(MODEL) ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		ctest --output-on-failure -j1
+
+test-fast: model build
+	cd $(BUILD) && SPK_TEST_MODEL=$(MODEL) ctest --output-on-failure -j1
+
+demo: model build
+	$(BUILD)/examples/spk-generate --model $(MODEL) --chat --max-tokens 96 \
+		--prompt "What is the capital of France? Answer in two sentences."
+
+bench: model build
+	bash bench/vs-llamacpp.sh --model $(MODEL) --threads 2 --build-dir $(BUILD)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -1,0 +1,146 @@
+/*
+ * spk-generate: generate a continuation of a prompt with the default (or a given) model.
+ *
+ *   spk-generate [--model PATH] --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]
+ *                [--top-p P] [--seed S] [--chat] [--print-ids] [--threads N] [--ignore-eos]
+ *
+ * Prints the continuation on stdout as it is generated (with --print-ids, then the generated
+ * token ids on one line), and prefill / decode speed on stderr.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "common.h"
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: spk-generate [--model PATH] --prompt TEXT [--max-tokens N] [--temperature T]\n"
+                    "                    [--top-k K] [--top-p P] [--seed S] [--chat] [--print-ids]\n"
+                    "                    [--threads N] [--ignore-eos]\n");
+}
+
+int main(int argc, char **argv)
+{
+    const char *model_path = ex_default_model(), *prompt = NULL;
+    int max_tokens = 128, chat = 0, print_ids = 0, threads = 0, ignore_eos = 0, top_k = 40;
+    float temperature = 0.0f, top_p = 0.95f;
+    uint64_t seed = 42;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--chat")) chat = 1;
+        else if (!strcmp(a, "--print-ids")) print_ids = 1;
+        else if (!strcmp(a, "--ignore-eos")) ignore_eos = 1;
+        else if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(); return 0; }
+        else if (!v) { usage(); return 2; }
+        else if (!strcmp(a, "--model")) { model_path = v; i++; }
+        else if (!strcmp(a, "--prompt")) { prompt = v; i++; }
+        else if (!strcmp(a, "--max-tokens")) { max_tokens = atoi(v); i++; }
+        else if (!strcmp(a, "--temperature")) { temperature = strtof(v, NULL); i++; }
+        else if (!strcmp(a, "--top-k")) { top_k = atoi(v); i++; }
+        else if (!strcmp(a, "--top-p")) { top_p = strtof(v, NULL); i++; }
+        else if (!strcmp(a, "--seed")) { seed = strtoull(v, NULL, 10); i++; }
+        else if (!strcmp(a, "--threads")) { threads = atoi(v); i++; }
+        else { fprintf(stderr, "spk-generate: unknown option %s\n", a); usage(); return 2; }
+    }
+    if (!prompt) { usage(); return 2; }
+
+    spk_cluster_config cc;
+    spk_cluster_config_init(&cc);
+    cc.n_threads = threads;
+    spk_cluster *cl = NULL;
+    if (ex_fail("cluster", spk_cluster_open(&cc, &cl)))
+        return 1;
+    spk_model_config mc;
+    spk_model_config_init(&mc);
+    mc.path = model_path;
+    mc.max_seqs = 1;
+    spk_model *m = NULL;
+    if (ex_fail(model_path, spk_model_load(cl, &mc, &m))) {
+        spk_cluster_close(cl);
+        return 1;
+    }
+    int rc = 1;
+    char *text = NULL;
+    int32_t *ids = NULL, *gen = NULL;
+    spk_detokenizer *dt = NULL;
+    size_t len = strlen(prompt), n = 0;
+    if (chat) {
+        spk_chat_message msg = {"user", prompt};
+        size_t need = 0;
+        spk_status st = spk_chat_apply(m, &msg, 1, 1, NULL, 0, &need);
+        if (st != SPK_OK && st != SPK_ERR_TOO_LONG) { ex_fail("chat template", st); goto out; }
+        text = malloc(need + 1);
+        if (!text || ex_fail("chat template", spk_chat_apply(m, &msg, 1, 1, text, need + 1, &need)))
+            goto out;
+        prompt = text;
+        len = need;
+    }
+    size_t cap = len + 16;
+    ids = malloc(cap * sizeof *ids);
+    gen = malloc((size_t)(max_tokens > 0 ? max_tokens : 1) * sizeof *gen);
+    if (!ids || !gen || ex_fail("tokenize", spk_tokenize(m, prompt, len, 1, chat, ids, cap, &n)))
+        goto out;
+    if (n == 0) { fprintf(stderr, "spk-generate: the prompt has no tokens\n"); goto out; }
+    spk_request r;
+    spk_request_init(&r);
+    r.prompt = ids;
+    r.n_prompt = n;
+    r.max_tokens = max_tokens;
+    r.temperature = temperature;
+    r.top_k = top_k;
+    r.top_p = top_p;
+    r.seed = seed;
+    r.ignore_eos = ignore_eos;
+    uint64_t id;
+    double t0 = ex_now(), t_first = 0;
+    if (ex_fail("submit", spk_submit(m, &r, 1, &id)) || ex_fail("detokenizer", spk_detokenizer_new(m, 1, &dt)))
+        goto out;
+    int n_gen = 0, done = 0;
+    char piece[1024];
+    while (!done) {
+        spk_event ev[64];
+        size_t ne = 0;
+        if (ex_fail("poll", spk_poll(m, ev, 64, &ne, -1)))
+            goto out;
+        for (size_t i = 0; i < ne; i++) {
+            if (ev[i].token >= 0) {
+                if (n_gen == 0)
+                    t_first = ex_now();
+                gen[n_gen++] = ev[i].token;
+                size_t pn = 0;
+                if (spk_detokenizer_push(dt, ev[i].token, piece, sizeof piece, &pn) == SPK_OK)
+                    fwrite(piece, 1, pn, stdout);
+                fflush(stdout);
+            }
+            if (ev[i].finish != SPK_FINISH_NONE) {
+                done = 1;
+                if (ev[i].finish == SPK_FINISH_ERROR) {
+                    fprintf(stderr, "\nspk-generate: request failed: %s\n", spk_status_str(ev[i].status));
+                    goto out;
+                }
+            }
+        }
+    }
+    double t1 = ex_now();
+    size_t pn = 0;
+    if (spk_detokenizer_push(dt, -1, piece, sizeof piece, &pn) == SPK_OK)
+        fwrite(piece, 1, pn, stdout);
+    printf("\n");
+    if (print_ids) {
+        for (int i = 0; i < n_gen; i++)
+            printf("%s%d", i ? " " : "", gen[i]);
+        printf("\n");
+    }
+    fprintf(stderr, "prefill: %zu tokens, %.1f tok/s; decode: %d tokens, %.1f tok/s\n", n,
+            (double)n / (t_first - t0), n_gen - 1, n_gen > 1 ? (n_gen - 1) / (t1 - t_first) : 0.0);
+    rc = 0;
+out:
+    spk_detokenizer_free(dt);
+    free(text);
+    free(ids);
+    free(gen);
+    spk_model_free(m);
+    spk_cluster_close(cl);
+    return rc;
+}

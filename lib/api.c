@@ -1,0 +1,270 @@
+/*
+ * The public API: argument checks, handle lifetimes, version and build info. Work is done by
+ * the modules below (model/, engine/, cluster/); nothing else lives here.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cluster/cluster.h"
+#include "common/error.h"
+#include "cpu/features.h"
+#include "engine/engine.h"
+#include "model/chat.h"
+#include "model/gguf.h"
+#include "model/llama.h"
+#include "model/tokenizer.h"
+
+struct spk_model {
+    spk_cluster *cluster;
+    gguf_file *file;
+    spk_hparams hp;
+    spk_weights w;
+    spk_tok *tok;
+    spk_llama *llm;
+    spk_engine *engine;
+    int n_ctx;
+    char name[128];
+};
+
+struct spk_detokenizer {
+    spk_tok_stream s;
+};
+
+unsigned spk_version_number(void) { return SPK_VERSION_NUMBER; }
+
+const char *spk_version_string(void) { return SPK_VERSION_STRING; }
+
+static char build_info[256];
+static pthread_once_t build_info_once = PTHREAD_ONCE_INIT;
+
+static void build_info_init(void)
+{
+    snprintf(build_info, sizeof build_info, "version=%s;backends=cpu%s;transports=tcp%s%s;simd=%s",
+             SPK_VERSION_STRING, SPK_HAVE_CUDA ? ",cuda" : "", SPK_HAVE_NCCL ? ",nccl" : "",
+             SPK_HAVE_VERBS ? ",verbs" : "", spk_cpu_simd_names());
+}
+
+const char *spk_build_info(void)
+{
+    pthread_once(&build_info_once, build_info_init);
+    return build_info;
+}
+
+/* Copy a caller's config struct of size `size` into ours, which holds defaults already. */
+static spk_status copy_config(void *dst, size_t dst_size, const void *src, size_t src_size, size_t min_size,
+                              const char *what)
+{
+    if (src_size < min_size || src_size > 65536)
+        return spk_err(SPK_ERR_INVALID_ARG, "%s: struct_size %zu is not a valid size (use the init function)",
+                       what, src_size);
+    memcpy(dst, src, src_size < dst_size ? src_size : dst_size);
+    return SPK_OK;
+}
+
+spk_status spk_model_config_init(spk_model_config *cfg)
+{
+    if (!cfg)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_model_config_init: cfg is NULL");
+    memset(cfg, 0, sizeof *cfg);
+    cfg->struct_size = sizeof *cfg;
+    return SPK_OK;
+}
+
+spk_status spk_request_init(spk_request *req)
+{
+    if (!req)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_request_init: req is NULL");
+    memset(req, 0, sizeof *req);
+    req->struct_size = sizeof *req;
+    req->max_tokens = 128;
+    req->temperature = 0.8f;
+    req->top_k = 40;
+    req->top_p = 0.95f;
+    return SPK_OK;
+}
+
+static bool eog_cb(const void *ctx, int32_t tok) { return spk_tok_is_eog(ctx, tok); }
+
+spk_status spk_model_load(spk_cluster *cluster, const spk_model_config *cfg_in, spk_model **out)
+{
+    if (out)
+        *out = NULL;
+    if (!cluster || !cfg_in || !out)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_model_load: NULL argument");
+    spk_model_config cfg;
+    spk_model_config_init(&cfg);
+    spk_status st = copy_config(&cfg, sizeof cfg, cfg_in, cfg_in->struct_size,
+                                offsetof(spk_model_config, path) + sizeof(char *), "spk_model_load");
+    if (st != SPK_OK)
+        return st;
+    cfg.struct_size = sizeof cfg;
+    if (!cfg.path)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_model_load: path is NULL");
+    if (cfg.pp < 0 || cfg.tp < 0 || cfg.n_ctx < 0 || cfg.max_seqs < 0 || cfg.max_seqs > 4096 ||
+        cfg.n_threads < 0 || cfg.n_threads > 1024 || cfg.queue_capacity < 0 || cfg.queue_capacity > 1 << 20)
+        return spk_err(SPK_ERR_INVALID_ARG,
+                       "spk_model_load: out of range: pp %d tp %d n_ctx %d max_seqs %d n_threads %d queue %d",
+                       cfg.pp, cfg.tp, cfg.n_ctx, cfg.max_seqs, cfg.n_threads, cfg.queue_capacity);
+    int world = spk_cluster_world_size(cluster);
+    if ((cfg.pp > 1 || cfg.tp > 1) || world > 1)
+        return spk_err(SPK_ERR_UNSUPPORTED, "spk_model_load: pp %d x tp %d over %d ranks: model partitioning "
+                       "is not built yet (single rank only)", cfg.pp, cfg.tp, world);
+    if (spk_cluster_rank(cluster) != 0)
+        return spk_err(SPK_ERR_STATE, "spk_model_load: call on rank 0; workers use spk_cluster_serve");
+
+    spk_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return spk_err(SPK_ERR_NOMEM, "spk_model_load: out of memory");
+    m->cluster = cluster;
+    if ((st = gguf_open(cfg.path, &m->file)) != SPK_OK)
+        goto fail;
+    if ((st = spk_llama_load(m->file, &m->hp, &m->w)) != SPK_OK)
+        goto fail;
+    if ((st = spk_tok_load(m->file, m->hp.n_vocab, &m->tok)) != SPK_OK)
+        goto fail;
+    gguf_str name;
+    if (gguf_find(m->file, "general.name") && gguf_get_str(m->file, "general.name", &name) == SPK_OK)
+        snprintf(m->name, sizeof m->name, "%.*s", (int)(name.len > 127 ? 127 : name.len), name.ptr);
+    spk_err_clear();
+    m->n_ctx = cfg.n_ctx ? cfg.n_ctx : (m->hp.n_ctx_train < 4096 ? m->hp.n_ctx_train : 4096);
+    if (m->n_ctx > m->hp.n_ctx_train * 4 || m->n_ctx > 1 << 20) {
+        st = spk_err(SPK_ERR_INVALID_ARG, "spk_model_load: n_ctx %d too large (model trained on %d)", m->n_ctx,
+                     m->hp.n_ctx_train);
+        goto fail;
+    }
+    int max_seqs = cfg.max_seqs ? cfg.max_seqs : 8;
+    int threads = cfg.n_threads ? cfg.n_threads : spk_cluster_n_threads(cluster);
+    int max_tok = 512;
+    if ((st = spk_llama_create(&m->hp, &m->w, m->n_ctx, max_seqs, max_tok, threads, &m->llm)) != SPK_OK)
+        goto fail;
+    spk_engine_params ep = {
+        .llm = m->llm, .n_vocab = m->hp.n_vocab, .n_ctx = m->n_ctx, .max_seqs = max_seqs,
+        .queue_capacity = cfg.queue_capacity ? cfg.queue_capacity : 1024, .is_eog = eog_cb, .eog_ctx = m->tok,
+    };
+    if ((st = spk_engine_start(&ep, &m->engine)) != SPK_OK)
+        goto fail;
+    *out = m;
+    return SPK_OK;
+fail:
+    spk_model_free(m);
+    return st;
+}
+
+spk_status spk_model_free(spk_model *m)
+{
+    if (!m)
+        return SPK_OK;
+    spk_engine_stop(m->engine);
+    spk_llama_free(m->llm);
+    spk_tok_free(m->tok);
+    spk_llama_weights_free(&m->w);
+    gguf_close(m->file);
+    free(m);
+    return SPK_OK;
+}
+
+spk_status spk_model_get_info(const spk_model *m, spk_model_info *info)
+{
+    if (!m || !info)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_model_get_info: NULL argument");
+    size_t size = info->struct_size;
+    if (size < offsetof(spk_model_info, n_layers) || size > 65536)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_model_get_info: struct_size %zu is not valid", size);
+    spk_model_info mi;
+    memset(&mi, 0, sizeof mi);
+    mi.struct_size = size;
+    snprintf(mi.arch, sizeof mi.arch, "%s", m->hp.arch);
+    snprintf(mi.name, sizeof mi.name, "%s", m->name);
+    mi.n_layers = m->hp.n_layers;
+    mi.n_embd = m->hp.n_embd;
+    mi.n_heads = m->hp.n_heads;
+    mi.n_kv_heads = m->hp.n_kv_heads;
+    mi.head_dim = m->hp.head_dim;
+    mi.n_ff = m->hp.n_ff;
+    mi.n_vocab = m->hp.n_vocab;
+    mi.n_ctx_train = m->hp.n_ctx_train;
+    mi.n_ctx = m->n_ctx;
+    mi.bos_token = spk_tok_bos(m->tok);
+    mi.eos_token = spk_tok_eos(m->tok);
+    mi.n_params = m->w.n_params;
+    mi.weight_bytes = m->w.n_bytes;
+    memcpy(info, &mi, size < sizeof mi ? size : sizeof mi);
+    return SPK_OK;
+}
+
+spk_status spk_tokenize(const spk_model *m, const char *text, size_t len, int add_special, int parse_special,
+                        int32_t *tokens, size_t cap, size_t *n_out)
+{
+    if (!m || (!text && len) || (!tokens && cap) || !n_out)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_tokenize: NULL argument");
+    return spk_tok_encode(m->tok, text ? text : "", len, add_special != 0, parse_special != 0, tokens, cap, n_out);
+}
+
+spk_status spk_detokenize(const spk_model *m, const int32_t *tokens, size_t n, int skip_special, char *buf,
+                          size_t cap, size_t *n_out)
+{
+    if (!m || (!tokens && n) || (!buf && cap) || !n_out)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_detokenize: NULL argument");
+    return spk_tok_decode(m->tok, tokens, n, skip_special != 0, buf, cap, n_out);
+}
+
+spk_status spk_detokenizer_new(const spk_model *m, int skip_special, spk_detokenizer **out)
+{
+    if (out)
+        *out = NULL;
+    if (!m || !out)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_detokenizer_new: NULL argument");
+    spk_detokenizer *d = calloc(1, sizeof *d);
+    if (!d)
+        return spk_err(SPK_ERR_NOMEM, "spk_detokenizer_new: out of memory");
+    spk_tok_stream_init(&d->s, m->tok, skip_special != 0);
+    *out = d;
+    return SPK_OK;
+}
+
+spk_status spk_detokenizer_push(spk_detokenizer *d, int32_t token, char *buf, size_t cap, size_t *n_out)
+{
+    if (!d || (!buf && cap) || !n_out)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_detokenizer_push: NULL argument");
+    return spk_tok_stream_push(&d->s, token, buf, cap, n_out);
+}
+
+void spk_detokenizer_free(spk_detokenizer *d) { free(d); }
+
+spk_status spk_chat_apply(const spk_model *m, const spk_chat_message *msgs, size_t n_msgs, int add_assistant,
+                          char *buf, size_t cap, size_t *n_out)
+{
+    if (!m || (!msgs && n_msgs) || (!buf && cap) || !n_out)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_chat_apply: NULL argument");
+    for (size_t i = 0; i < n_msgs; i++)
+        if (!msgs[i].role || !msgs[i].content)
+            return spk_err(SPK_ERR_INVALID_ARG, "spk_chat_apply: message %zu has a NULL role or content", i);
+    return spk_chat_render(m->file, msgs, n_msgs, add_assistant != 0, buf, cap, n_out);
+}
+
+spk_status spk_submit(spk_model *m, const spk_request *reqs, size_t n, uint64_t *ids)
+{
+    if (!m || (!reqs && n) || (!ids && n))
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_submit: NULL argument");
+    if (n > 1 << 20)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_submit: %zu requests at once", n);
+    return spk_engine_submit(m->engine, reqs, n, ids);
+}
+
+spk_status spk_poll(spk_model *m, spk_event *events, size_t cap, size_t *n_out, int timeout_ms)
+{
+    if (n_out)
+        *n_out = 0;
+    if (!m || !events || cap == 0 || !n_out || timeout_ms < -1)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_poll: NULL argument, zero capacity or timeout %d", timeout_ms);
+    return spk_engine_poll(m->engine, events, cap, n_out, timeout_ms);
+}
+
+spk_status spk_cancel(spk_model *m, uint64_t request_id)
+{
+    if (!m)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_cancel: model is NULL");
+    return spk_engine_cancel(m->engine, request_id);
+}

@@ -1,0 +1,440 @@
+/* The serving engine: request queue, sequence slots, batched steps, event queue. */
+#include "engine/engine.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/error.h"
+#include "engine/sampler.h"
+
+typedef struct req {
+    uint64_t id;
+    int32_t *tokens;          /* prompt followed by generated tokens; capacity cap */
+    int n_prompt, n_tokens, cap;
+    int n_cached;             /* tokens whose KV is in the cache */
+    int max_tokens, n_gen;
+    spk_sampling sp;
+    spk_rng rng;
+    int32_t *stop;
+    int n_stop;
+    bool ignore_eos;
+    bool cancel;
+    int slot;                 /* -1 while queued */
+    struct req *next;
+} req;
+
+struct spk_engine {
+    spk_engine_params p;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t work_cv;   /* engine waits for requests / event room */
+    pthread_cond_t event_cv;  /* pollers wait for events */
+    bool stopping;
+    spk_status fatal;
+    uint64_t next_id;
+    req *queue_head, *queue_tail;
+    int n_queued;
+    req **slots;              /* [max_seqs] */
+    int n_active;
+    spk_event *events;        /* ring */
+    size_t ev_cap, ev_head, ev_len;
+    /* engine-thread-only step buffers */
+    int max_tok;
+    int32_t *b_tok, *b_pos, *b_seq;
+    uint8_t *b_want;
+    req **b_req;              /* request owning each logits row */
+    float *logits;
+    spk_sampler_scratch scratch;
+};
+
+static void free_req(req *r)
+{
+    if (!r)
+        return;
+    free(r->tokens);
+    free(r->stop);
+    free(r);
+}
+
+/* Caller holds mu. Waits for room unless stopping. */
+static void push_event(spk_engine *e, uint64_t id, int32_t tok, int32_t pos, spk_finish fin, spk_status st)
+{
+    while (e->ev_len == e->ev_cap && !e->stopping)
+        pthread_cond_wait(&e->work_cv, &e->mu);
+    if (e->ev_len == e->ev_cap)
+        return;
+    spk_event *ev = &e->events[(e->ev_head + e->ev_len) % e->ev_cap];
+    memset(ev, 0, sizeof *ev);
+    ev->request_id = id;
+    ev->token = tok;
+    ev->position = pos;
+    ev->finish = fin;
+    ev->status = st;
+    e->ev_len++;
+    pthread_cond_broadcast(&e->event_cv);
+}
+
+static void finish_slot(spk_engine *e, req *r)
+{
+    e->slots[r->slot] = NULL;
+    e->n_active--;
+    free_req(r);
+}
+
+/* Caller holds mu: move queued requests into free slots, reject impossible ones. */
+static void admit(spk_engine *e)
+{
+    for (int s = 0; s < e->p.max_seqs && e->queue_head; s++) {
+        if (e->slots[s])
+            continue;
+        req *r = e->queue_head;
+        e->queue_head = r->next;
+        if (!e->queue_head)
+            e->queue_tail = NULL;
+        e->n_queued--;
+        r->next = NULL;
+        if (r->cancel) {
+            push_event(e, r->id, -1, -1, SPK_FINISH_CANCELLED, SPK_OK);
+            free_req(r);
+            s--;
+            continue;
+        }
+        if (r->n_prompt >= e->p.n_ctx) {
+            push_event(e, r->id, -1, -1, SPK_FINISH_ERROR, SPK_ERR_TOO_LONG);
+            free_req(r);
+            s--;
+            continue;
+        }
+        r->slot = s;
+        e->slots[s] = r;
+        e->n_active++;
+    }
+}
+
+static bool is_stop(const spk_engine *e, const req *r, int32_t tok)
+{
+    for (int i = 0; i < r->n_stop; i++)
+        if (r->stop[i] == tok)
+            return true;
+    return !r->ignore_eos && e->p.is_eog && e->p.is_eog(e->p.eog_ctx, tok);
+}
+
+/* Engine thread: one step over the active sequences. Returns false if there was nothing to do. */
+static bool step(spk_engine *e)
+{
+    int n = 0, n_rows = 0;
+    pthread_mutex_lock(&e->mu);
+    admit(e);
+    for (int s = 0; s < e->p.max_seqs; s++) {
+        req *r = e->slots[s];
+        if (r && r->cancel) {
+            push_event(e, r->id, -1, -1, SPK_FINISH_CANCELLED, SPK_OK);
+            finish_slot(e, r);
+        }
+    }
+    /* decode tokens first (one per running sequence), then prompt chunks in the budget left */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int s = 0; s < e->p.max_seqs && n < e->max_tok; s++) {
+            req *r = e->slots[s];
+            if (!r)
+                continue;
+            int todo = r->n_tokens - r->n_cached;
+            bool decoding = r->n_cached >= r->n_prompt;
+            if ((pass == 0) != decoding || todo <= 0)
+                continue;
+            int take = todo < e->max_tok - n ? todo : e->max_tok - n;
+            for (int i = 0; i < take; i++) {
+                int pos = r->n_cached + i;
+                e->b_tok[n] = r->tokens[pos];
+                e->b_pos[n] = pos;
+                e->b_seq[n] = s;
+                e->b_want[n] = (pos == r->n_tokens - 1);
+                if (e->b_want[n])
+                    e->b_req[n_rows++] = r;
+                n++;
+            }
+            r->n_cached += take;
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (n == 0)
+        return false;
+
+    spk_batch b = {n, e->b_tok, e->b_pos, e->b_seq, e->b_want};
+    spk_status st = spk_llama_forward(e->p.llm, &b, e->logits);
+
+    pthread_mutex_lock(&e->mu);
+    for (int i = 0; i < n_rows; i++) {
+        req *r = e->b_req[i];
+        if (st != SPK_OK) {
+            push_event(e, r->id, -1, -1, SPK_FINISH_ERROR, st);
+            finish_slot(e, r);
+            continue;
+        }
+        int32_t tok = spk_sample(e->logits + (size_t)i * e->p.n_vocab, e->p.n_vocab, &r->sp, &r->rng,
+                                 &e->scratch);
+        int pos = r->n_tokens;
+        r->tokens[r->n_tokens++] = tok;
+        r->n_gen++;
+        spk_finish fin = SPK_FINISH_NONE;
+        if (is_stop(e, r, tok))
+            fin = SPK_FINISH_STOP;
+        else if (r->n_gen >= r->max_tokens || r->n_tokens >= e->p.n_ctx)
+            fin = SPK_FINISH_LENGTH;
+        if (r->cancel)
+            fin = SPK_FINISH_CANCELLED;
+        push_event(e, r->id, tok, pos, fin, SPK_OK);
+        if (fin != SPK_FINISH_NONE)
+            finish_slot(e, r);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return true;
+}
+
+static void *engine_main(void *arg)
+{
+    spk_engine *e = arg;
+    for (;;) {
+        pthread_mutex_lock(&e->mu);
+        while (!e->stopping && e->n_active == 0 && !e->queue_head)
+            pthread_cond_wait(&e->work_cv, &e->mu);
+        bool stop = e->stopping;
+        pthread_mutex_unlock(&e->mu);
+        if (stop)
+            break;
+        step(e);
+    }
+    return NULL;
+}
+
+spk_status spk_engine_start(const spk_engine_params *p, spk_engine **out)
+{
+    *out = NULL;
+    spk_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return spk_err(SPK_ERR_NOMEM, "engine: out of memory");
+    e->p = *p;
+    e->next_id = 1;
+    e->max_tok = spk_llama_max_tok(p->llm);
+    e->ev_cap = (size_t)p->queue_capacity * 4 + 4096;
+    e->slots = calloc((size_t)p->max_seqs, sizeof *e->slots);
+    e->events = calloc(e->ev_cap, sizeof *e->events);
+    e->b_tok = calloc((size_t)e->max_tok, sizeof(int32_t));
+    e->b_pos = calloc((size_t)e->max_tok, sizeof(int32_t));
+    e->b_seq = calloc((size_t)e->max_tok, sizeof(int32_t));
+    e->b_want = calloc((size_t)e->max_tok, 1);
+    e->b_req = calloc((size_t)e->max_tok, sizeof(req *));
+    e->logits = calloc((size_t)e->max_tok * (size_t)p->n_vocab, sizeof(float));
+    int sc = spk_sampler_scratch_init(&e->scratch, p->n_vocab);
+    if (!e->slots || !e->events || !e->b_tok || !e->b_pos || !e->b_seq || !e->b_want || !e->b_req ||
+        !e->logits || sc != 0) {
+        spk_engine_stop(e);
+        return spk_err(SPK_ERR_NOMEM, "engine: out of memory for buffers");
+    }
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->work_cv, NULL);
+    pthread_cond_init(&e->event_cv, NULL);
+    if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
+        pthread_mutex_destroy(&e->mu);
+        pthread_cond_destroy(&e->work_cv);
+        pthread_cond_destroy(&e->event_cv);
+        e->thread = 0;
+        spk_engine_stop(e);
+        return spk_err(SPK_ERR_INTERNAL, "engine: cannot start thread");
+    }
+    *out = e;
+    return SPK_OK;
+}
+
+void spk_engine_stop(spk_engine *e)
+{
+    if (!e)
+        return;
+    if (e->thread) {
+        pthread_mutex_lock(&e->mu);
+        e->stopping = true;
+        pthread_cond_broadcast(&e->work_cv);
+        pthread_cond_broadcast(&e->event_cv);
+        pthread_mutex_unlock(&e->mu);
+        pthread_join(e->thread, NULL);
+        pthread_mutex_destroy(&e->mu);
+        pthread_cond_destroy(&e->work_cv);
+        pthread_cond_destroy(&e->event_cv);
+    }
+    while (e->queue_head) {
+        req *r = e->queue_head;
+        e->queue_head = r->next;
+        free_req(r);
+    }
+    if (e->slots)
+        for (int s = 0; s < e->p.max_seqs; s++)
+            free_req(e->slots[s]);
+    free(e->slots);
+    free(e->events);
+    free(e->b_tok);
+    free(e->b_pos);
+    free(e->b_seq);
+    free(e->b_want);
+    free(e->b_req);
+    free(e->logits);
+    spk_sampler_scratch_free(&e->scratch);
+    free(e);
+}
+
+static spk_status check_request(const spk_engine *e, const spk_request *r, size_t i)
+{
+    if (r->struct_size < offsetof(spk_request, n_stop) + sizeof r->n_stop || r->struct_size > 4096)
+        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: struct_size %zu (use spk_request_init)", i,
+                       r->struct_size);
+    if (!r->prompt || r->n_prompt == 0)
+        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: empty prompt", i);
+    if (r->n_prompt > (size_t)1 << 24)
+        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: prompt of %zu tokens", i, r->n_prompt);
+    for (size_t j = 0; j < r->n_prompt; j++)
+        if (r->prompt[j] < 0 || r->prompt[j] >= e->p.n_vocab)
+            return spk_err(SPK_ERR_INVALID_ARG, "request %zu: prompt token %zu = %d outside vocabulary (%d)",
+                           i, j, r->prompt[j], e->p.n_vocab);
+    if (r->max_tokens < 1)
+        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: max_tokens %d < 1", i, r->max_tokens);
+    if (!(r->temperature >= 0.0f && r->temperature <= 100.0f))
+        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: temperature %g out of [0, 100]", i, r->temperature);
+    if (r->top_k < 0)
+        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: top_k %d < 0", i, r->top_k);
+    if (!(r->top_p > 0.0f && r->top_p <= 1.0f))
+        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: top_p %g out of (0, 1]", i, r->top_p);
+    if (r->n_stop > 1024 || (r->n_stop && !r->stop_tokens))
+        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: %zu stop tokens", i, r->n_stop);
+    return SPK_OK;
+}
+
+spk_status spk_engine_submit(spk_engine *e, const spk_request *reqs, size_t n, uint64_t *ids)
+{
+    if (n == 0)
+        return SPK_OK;
+    size_t stride = reqs[0].struct_size;
+    if (stride < offsetof(spk_request, n_stop) + sizeof(size_t) || stride > 4096)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_submit: struct_size %zu (use spk_request_init)", stride);
+    req **made = calloc(n, sizeof *made);
+    if (!made)
+        return spk_err(SPK_ERR_NOMEM, "spk_submit: out of memory");
+    spk_status st = SPK_OK;
+    for (size_t i = 0; i < n && st == SPK_OK; i++) {
+        spk_request r;
+        spk_request_init(&r);
+        const spk_request *src = (const spk_request *)((const char *)reqs + i * stride);
+        memcpy(&r, src, src->struct_size < sizeof r ? src->struct_size : sizeof r);
+        if (src->struct_size != stride) {
+            st = spk_err(SPK_ERR_INVALID_ARG, "request %zu: struct_size %zu differs from the first (%zu)",
+                         i, src->struct_size, stride);
+            break;
+        }
+        if ((st = check_request(e, &r, i)) != SPK_OK)
+            break;
+        req *q = calloc(1, sizeof *q);
+        size_t cap = r.n_prompt + (size_t)r.max_tokens;
+        if (cap > (size_t)e->p.n_ctx)
+            cap = r.n_prompt > (size_t)e->p.n_ctx ? r.n_prompt : (size_t)e->p.n_ctx;
+        if (q) {
+            q->tokens = malloc(cap * sizeof(int32_t));
+            q->stop = r.n_stop ? malloc(r.n_stop * sizeof(int32_t)) : NULL;
+        }
+        if (!q || !q->tokens || (r.n_stop && !q->stop)) {
+            free_req(q);
+            st = spk_err(SPK_ERR_NOMEM, "spk_submit: out of memory for request %zu", i);
+            break;
+        }
+        memcpy(q->tokens, r.prompt, r.n_prompt * sizeof(int32_t));
+        if (r.n_stop)
+            memcpy(q->stop, r.stop_tokens, r.n_stop * sizeof(int32_t));
+        q->n_prompt = q->n_tokens = (int)r.n_prompt;
+        q->cap = (int)cap;
+        q->max_tokens = r.max_tokens;
+        q->sp = (spk_sampling){r.temperature, r.top_k, r.top_p};
+        spk_rng_seed(&q->rng, r.seed);
+        q->n_stop = (int)r.n_stop;
+        q->ignore_eos = r.ignore_eos != 0;
+        q->slot = -1;
+        made[i] = q;
+    }
+    if (st == SPK_OK) {
+        pthread_mutex_lock(&e->mu);
+        if (e->fatal != SPK_OK) {
+            st = spk_err(e->fatal, "spk_submit: engine stopped after a fatal error");
+        } else if ((size_t)e->n_queued + n > (size_t)e->p.queue_capacity) {
+            st = spk_err(SPK_ERR_BUSY, "spk_submit: queue full (%d queued, capacity %d)", e->n_queued,
+                         e->p.queue_capacity);
+        } else {
+            for (size_t i = 0; i < n; i++) {
+                made[i]->id = e->next_id++;
+                ids[i] = made[i]->id;
+                if (e->queue_tail)
+                    e->queue_tail->next = made[i];
+                else
+                    e->queue_head = made[i];
+                e->queue_tail = made[i];
+                e->n_queued++;
+                made[i] = NULL;
+            }
+            pthread_cond_broadcast(&e->work_cv);
+        }
+        pthread_mutex_unlock(&e->mu);
+    }
+    for (size_t i = 0; i < n; i++)
+        free_req(made[i]);
+    free(made);
+    return st;
+}
+
+spk_status spk_engine_poll(spk_engine *e, spk_event *ev, size_t cap, size_t *n_out, int timeout_ms)
+{
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    if (timeout_ms > 0) {
+        dl.tv_sec += timeout_ms / 1000;
+        dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (dl.tv_nsec >= 1000000000L) {
+            dl.tv_sec++;
+            dl.tv_nsec -= 1000000000L;
+        }
+    }
+    pthread_mutex_lock(&e->mu);
+    while (e->ev_len == 0 && timeout_ms != 0 && !e->stopping && e->fatal == SPK_OK) {
+        if (timeout_ms < 0)
+            pthread_cond_wait(&e->event_cv, &e->mu);
+        else if (pthread_cond_timedwait(&e->event_cv, &e->mu, &dl) == ETIMEDOUT)
+            break;
+    }
+    size_t n = e->ev_len < cap ? e->ev_len : cap;
+    for (size_t i = 0; i < n; i++)
+        ev[i] = e->events[(e->ev_head + i) % e->ev_cap];
+    e->ev_head = (e->ev_head + n) % e->ev_cap;
+    e->ev_len -= n;
+    if (n)
+        pthread_cond_broadcast(&e->work_cv);
+    spk_status st = n == 0 && e->fatal != SPK_OK ? e->fatal : SPK_OK;
+    pthread_mutex_unlock(&e->mu);
+    *n_out = n;
+    return st == SPK_OK ? SPK_OK : spk_err(st, "spk_poll: engine failed");
+}
+
+spk_status spk_engine_cancel(spk_engine *e, uint64_t id)
+{
+    /* The engine thread emits the cancelled event and frees the request at its next step. */
+    bool found = false;
+    pthread_mutex_lock(&e->mu);
+    for (req *r = e->queue_head; r && !found; r = r->next)
+        if (r->id == id && !r->cancel)
+            r->cancel = found = true;
+    for (int s = 0; s < e->p.max_seqs && !found; s++)
+        if (e->slots[s] && e->slots[s]->id == id && !e->slots[s]->cancel)
+            e->slots[s]->cancel = found = true;
+    if (found)
+        pthread_cond_broadcast(&e->work_cv);
+    pthread_mutex_unlock(&e->mu);
+    if (!found)
+        return spk_err(SPK_ERR_NOT_FOUND, "spk_cancel: no pending request %llu", (unsigned long long)id);
+    return SPK_OK;
+}

@@ -1,0 +1,34 @@
+/*
+ * Serving engine: a thread that owns the model's run state, takes queued requests into
+ * sequence slots, runs batched forward steps (prompt chunks and decode tokens together),
+ * samples, and hands token events to pollers. submit/poll/cancel are thread-safe.
+ */
+#ifndef SPK_ENGINE_ENGINE_H
+#define SPK_ENGINE_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "model/llama.h"
+
+typedef struct spk_engine spk_engine;
+
+typedef struct spk_engine_params {
+    spk_llama *llm;                      /* run state (owned by the caller, used only by the engine thread) */
+    int n_vocab;
+    int n_ctx;
+    int max_seqs;                        /* sequence slots in the run state */
+    int queue_capacity;
+    bool (*is_eog)(const void *ctx, int32_t token);
+    const void *eog_ctx;
+} spk_engine_params;
+
+spk_status spk_engine_start(const spk_engine_params *p, spk_engine **out);
+/* Stop the thread, drop pending work, free. */
+void spk_engine_stop(spk_engine *e);
+
+spk_status spk_engine_submit(spk_engine *e, const spk_request *reqs, size_t n, uint64_t *ids);
+spk_status spk_engine_poll(spk_engine *e, spk_event *ev, size_t cap, size_t *n_out, int timeout_ms);
+spk_status spk_engine_cancel(spk_engine *e, uint64_t id);
+
+#endif
