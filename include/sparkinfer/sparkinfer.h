@@ -263,8 +263,9 @@ SPK_API spk_status spk_detokenizer_new(const spk_model *model, int skip_special,
 
 /**
  * Feed one token; append to `buf` the bytes that now form complete UTF-8 characters (bytes of a
- * character split across tokens are held back). `cap` of 64 bytes is always enough for a token.
- * Pass token -1 to flush: held-back bytes of an invalid sequence come out as U+FFFD.
+ * character split across tokens are held back). If `cap` is too small: SPK_ERR_TOO_LONG, the
+ * state is unchanged and *n_out is the size needed. Pass token -1 to flush: held-back bytes of an
+ * incomplete sequence come out as U+FFFD. INVALID_ARG for a token out of the vocabulary.
  */
 SPK_API spk_status spk_detokenizer_push(spk_detokenizer *d, int32_t token, char *buf,
                                         size_t cap, size_t *n_out);
