@@ -21,13 +21,20 @@ spk_status spk_err(spk_status st, const char *fmt, ...)
 
 spk_status spk_err_prefix(spk_status st, const char *fmt, ...)
 {
-    char prefix[256], old[ERR_CAP];
+    char old[ERR_CAP];
+    memcpy(old, tl_err, sizeof old);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    int n = vsnprintf(tl_err, sizeof tl_err, fmt, ap);
     va_end(ap);
-    memcpy(old, tl_err, sizeof old);
-    snprintf(tl_err, sizeof tl_err, "%s: %s", prefix, old);
+    if (n >= 0 && (size_t)n + 2 < sizeof tl_err) {
+        size_t room = sizeof tl_err - (size_t)n;
+        tl_err[n] = ':';
+        tl_err[n + 1] = ' ';
+        size_t copy = strnlen(old, room - 3);
+        memcpy(tl_err + n + 2, old, copy);
+        tl_err[(size_t)n + 2 + copy] = '\0';
+    }
     return st;
 }
 
