@@ -1,0 +1,115 @@
+/* CPU feature detection (once, at first use) and the force-scalar test hook. */
+#include "cpu/features.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "cpu/quant.h"
+
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1UL << 20)
+#endif
+#endif
+
+static spk_cpu_features g_features;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static atomic_int g_force_scalar;
+static char g_names[64];
+
+/* The rule for each kernel level (cpu/quant.h): which features its code may use. */
+static int isa_usable(const spk_cpu_features *f, int isa)
+{
+    switch (isa) {
+    case SPK_ISA_SCALAR:
+        return 1;
+#if defined(__x86_64__) || defined(__i386__)
+    case SPK_ISA_AVX2:
+        return f->avx2 && f->fma && f->f16c;
+    case SPK_ISA_AVX512:
+        return f->avx2 && f->fma && f->f16c && f->avx512f && f->avx512bw && f->avx512vl &&
+               f->avx512vnni;
+#endif
+#if defined(__aarch64__)
+    case SPK_ISA_NEON:
+        return f->neon;
+#endif
+    default:
+        return 0;
+    }
+}
+
+static void detect(void)
+{
+    spk_cpu_features f;
+    memset(&f, 0, sizeof f);
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    f.avx2 = __builtin_cpu_supports("avx2") != 0;
+    f.fma = __builtin_cpu_supports("fma") != 0;
+    /* f16c has no __builtin_cpu_supports name in older compilers; every CPU with AVX2 and
+     * FMA shipped so far has it, and the AVX2 paths check avx2 && fma. */
+    f.f16c = f.avx2 && f.fma;
+    f.avx512f = __builtin_cpu_supports("avx512f") != 0;
+    f.avx512bw = __builtin_cpu_supports("avx512bw") != 0;
+    f.avx512vl = __builtin_cpu_supports("avx512vl") != 0;
+    f.avx512vnni = __builtin_cpu_supports("avx512vnni") != 0;
+#if defined(__clang__) && __clang_major__ < 15
+    f.avxvnni = 0;
+#else
+    f.avxvnni = __builtin_cpu_supports("avxvnni") != 0;
+#endif
+#elif defined(__aarch64__)
+    f.neon = 1;
+#if defined(__linux__)
+    f.dotprod = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#endif
+#endif
+    g_features = f;
+
+    g_names[0] = '\0';
+    const char *sep = "";
+    if (isa_usable(&f, SPK_ISA_AVX2)) {
+        strcat(g_names, "avx2");
+        sep = ",";
+    }
+    if (isa_usable(&f, SPK_ISA_AVX512)) {
+        strcat(g_names, sep);
+        strcat(g_names, "avx512");
+        sep = ",";
+    }
+    if (isa_usable(&f, SPK_ISA_NEON)) {
+        strcat(g_names, sep);
+        strcat(g_names, f.dotprod ? "neon,dotprod" : "neon");
+    }
+}
+
+int spk_cpu_isa_usable(int isa)
+{
+    pthread_once(&g_once, detect);
+    return isa_usable(&g_features, isa);
+}
+
+const spk_cpu_features *spk_cpu_get_features(void)
+{
+    pthread_once(&g_once, detect);
+    return &g_features;
+}
+
+const char *spk_cpu_simd_names(void)
+{
+    pthread_once(&g_once, detect);
+    return g_names;
+}
+
+void spk_cpu_force_scalar(int on)
+{
+    atomic_store(&g_force_scalar, on ? 1 : 0);
+}
+
+int spk_cpu_scalar_forced(void)
+{
+    return atomic_load_explicit(&g_force_scalar, memory_order_relaxed);
+}

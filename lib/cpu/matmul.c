@@ -1,0 +1,162 @@
+/*
+ * Matmul entry points: activation formats and sizes, and run-time dispatch to the kernel table
+ * of the best instruction set this CPU has (tables are built once, at first use).
+ */
+#include "cpu/matmul.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "cpu/features.h"
+#include "cpu/quant.h"
+
+static spk_mm_table g_tables[SPK_ISA_COUNT];
+static int g_best = SPK_ISA_SCALAR;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static atomic_int g_forced = -1;
+
+/* Missing entries of a level fall back to the level below it (scalar at the bottom). */
+static void inherit(spk_mm_table *t, const spk_mm_table *below)
+{
+    for (int i = 0; i < SPK_MM_NTYPES; i++)
+        if (!t->mm[i])
+            t->mm[i] = below->mm[i];
+    if (!t->q8_quantize)
+        t->q8_quantize = below->q8_quantize;
+}
+
+static void init_tables(void)
+{
+    spk_mm_fill_scalar(&g_tables[SPK_ISA_SCALAR]);
+    for (int i = 1; i < SPK_ISA_COUNT; i++)
+        g_tables[i] = g_tables[SPK_ISA_SCALAR];
+#if defined(__x86_64__) || defined(__i386__)
+    if (spk_cpu_isa_usable(SPK_ISA_AVX2)) {
+        spk_mm_fill_avx2(&g_tables[SPK_ISA_AVX2]);
+        inherit(&g_tables[SPK_ISA_AVX2], &g_tables[SPK_ISA_SCALAR]);
+        g_best = SPK_ISA_AVX2;
+    }
+    if (spk_cpu_isa_usable(SPK_ISA_AVX512)) {
+        spk_mm_fill_avx512(&g_tables[SPK_ISA_AVX512]);
+        inherit(&g_tables[SPK_ISA_AVX512], &g_tables[SPK_ISA_AVX2]);
+        g_best = SPK_ISA_AVX512;
+    }
+#endif
+#if defined(__aarch64__)
+    if (spk_cpu_isa_usable(SPK_ISA_NEON)) {
+        spk_mm_fill_neon(&g_tables[SPK_ISA_NEON]);
+        inherit(&g_tables[SPK_ISA_NEON], &g_tables[SPK_ISA_SCALAR]);
+        g_best = SPK_ISA_NEON;
+    }
+#endif
+}
+
+static int current_isa(void)
+{
+    pthread_once(&g_once, init_tables);
+    if (spk_cpu_scalar_forced())
+        return SPK_ISA_SCALAR;
+    int f = atomic_load_explicit(&g_forced, memory_order_relaxed);
+    return f >= 0 ? f : g_best;
+}
+
+int spk_matmul_isa_usable(int isa)
+{
+    pthread_once(&g_once, init_tables);
+    return isa == SPK_ISA_SCALAR || (isa > SPK_ISA_SCALAR && isa < SPK_ISA_COUNT &&
+                                     spk_cpu_isa_usable(isa) && isa <= g_best);
+}
+
+void spk_matmul_force_isa(int isa)
+{
+    atomic_store(&g_forced, spk_matmul_isa_usable(isa) ? isa : -1);
+}
+
+const char *spk_matmul_isa_name(void)
+{
+    static const char *const names[SPK_ISA_COUNT] = {"scalar", "avx2", "avx512", "neon"};
+    return names[current_isa()];
+}
+
+spk_dtype spk_act_type(spk_dtype wtype)
+{
+    switch (wtype) {
+    case SPK_DT_Q4_1:
+    case SPK_DT_Q4_K:
+        return SPK_DT_Q8_1;
+    case SPK_DT_Q4_0:
+    case SPK_DT_Q8_0:
+    case SPK_DT_Q6_K:
+        return SPK_DT_Q8_0;
+    default:
+        return SPK_DT_F32;
+    }
+}
+
+static int is_float_type(spk_dtype t)
+{
+    return t == SPK_DT_F32 || t == SPK_DT_F16 || t == SPK_DT_BF16;
+}
+
+int spk_matmul_supported(spk_dtype wtype, int n_in)
+{
+    if (n_in <= 0)
+        return 0;
+    switch (wtype) {
+    case SPK_DT_F32:
+    case SPK_DT_F16:
+    case SPK_DT_BF16:
+        return 1;
+    case SPK_DT_Q4_0:
+    case SPK_DT_Q4_1:
+    case SPK_DT_Q8_0:
+        return n_in % 32 == 0;
+    case SPK_DT_Q4_K:
+    case SPK_DT_Q6_K:
+        return n_in % SPK_QK_K == 0;
+    default:
+        return 0;
+    }
+}
+
+static size_t act_row_bytes(spk_dtype wtype, int n)
+{
+    return is_float_type(wtype) ? spk_f32_row_bytes(n) : spk_q8_row_bytes(n);
+}
+
+size_t spk_act_size(spk_dtype wtype, int n, int n_tok)
+{
+    if (!spk_matmul_supported(wtype, n) || n_tok <= 0)
+        return 0;
+    return act_row_bytes(wtype, n) * (size_t)n_tok;
+}
+
+void spk_act_quantize(void *act, spk_dtype wtype, const float *x, int n, int tok0, int tok1)
+{
+    if (!spk_matmul_supported(wtype, n))
+        return;
+    const size_t rb = act_row_bytes(wtype, n);
+    if (is_float_type(wtype)) {
+        for (int t = tok0; t < tok1; t++) {
+            float *dst = (float *)((uint8_t *)act + (size_t)t * rb);
+            const float *src = x + (size_t)t * (size_t)n;
+            for (int i = 0; i < n; i++)
+                dst[i] = src[i];
+        }
+        return;
+    }
+    spk_act_kernel q = g_tables[current_isa()].q8_quantize;
+    for (int t = tok0; t < tok1; t++)
+        q((uint8_t *)act + (size_t)t * rb, x + (size_t)t * (size_t)n, n);
+}
+
+void spk_matmul(float *out, int ld_out, const void *w, spk_dtype wtype, const void *act,
+                int n_in, int n_tok, int row0, int row1)
+{
+    if (!spk_matmul_supported(wtype, n_in) || n_tok <= 0 || row0 >= row1)
+        return;
+    spk_mm_kernel k = g_tables[current_isa()].mm[wtype];
+    k(out, ld_out, w, spk_dtype_row_size(wtype, (size_t)n_in), act, act_row_bytes(wtype, n_in),
+      n_in, n_tok, row0, row1);
+}

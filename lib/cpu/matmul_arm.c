@@ -1,0 +1,116 @@
+/*
+ * aarch64 NEON matmul kernels (NEON is baseline on aarch64): Q4_0, Q4_1, Q8_0 against the Q8
+ * planar activations and F32 weights, one row and one token at a time. Missing types fall back
+ * to cpu/quant.c. (A dotprod/i8mm tiled path is future work.)
+ */
+#if defined(__aarch64__)
+
+#include <arm_neon.h>
+#include <stdint.h>
+
+#include "cpu/quant.h"
+
+enum { K_Q4_0, K_Q4_1, K_Q8_0 };
+
+static inline float h2f(const uint8_t *p)
+{
+    spk_f16 h;
+    __builtin_memcpy(&h, p, 2);
+    return spk_f16_to_f32(h);
+}
+
+/* int32 lanes summing w[i] * a[i] over 32 bytes each. */
+static inline int32x4_t dot32(int8x16_t w0, int8x16_t w1, const int8_t *a)
+{
+    const int8x16_t a0 = vld1q_s8(a), a1 = vld1q_s8(a + 16);
+    int16x8_t p = vmull_s8(vget_low_s8(w0), vget_low_s8(a0));
+    p = vmlal_s8(p, vget_high_s8(w0), vget_high_s8(a0));
+    int16x8_t q = vmull_s8(vget_low_s8(w1), vget_low_s8(a1));
+    q = vmlal_s8(q, vget_high_s8(w1), vget_high_s8(a1));
+    return vaddq_s32(vpaddlq_s16(p), vpaddlq_s16(q));
+}
+
+static inline float dot_row(int kind, const uint8_t *w, const uint8_t *act, int n)
+{
+    const size_t bs = kind == K_Q4_0 ? 18 : kind == K_Q4_1 ? 20 : 34;
+    const float *ds = (const float *)(act + n);
+    float acc = 0.0f;
+    for (int b = 0; b < n / 32; b++) {
+        const uint8_t *p = w + (size_t)b * bs;
+        int8x16_t w0, w1;
+        if (kind == K_Q8_0) {
+            w0 = vld1q_s8((const int8_t *)p + 2);
+            w1 = vld1q_s8((const int8_t *)p + 18);
+        } else {
+            const uint8x16_t x = vld1q_u8(p + (kind == K_Q4_1 ? 4 : 2));
+            w0 = vreinterpretq_s8_u8(vandq_u8(x, vdupq_n_u8(15)));
+            w1 = vreinterpretq_s8_u8(vshrq_n_u8(x, 4));
+            if (kind == K_Q4_0) {
+                w0 = vsubq_s8(w0, vdupq_n_s8(8));
+                w1 = vsubq_s8(w1, vdupq_n_s8(8));
+            }
+        }
+        const int isum = vaddvq_s32(dot32(w0, w1, (const int8_t *)act + 32 * b));
+        acc += h2f(p) * ds[2 * b] * (float)isum;
+        if (kind == K_Q4_1)
+            acc += h2f(p + 2) * ds[2 * b + 1];
+    }
+    return acc;
+}
+
+static void mm_q(int kind, float *out, int ld, const void *w, size_t wrow, const void *act,
+                 size_t arow, int n, int n_tok, int row0, int row1)
+{
+    for (int r = row0; r < row1; r++)
+        for (int t = 0; t < n_tok; t++)
+            out[(size_t)t * (size_t)ld + (size_t)r] =
+                dot_row(kind, (const uint8_t *)w + (size_t)r * wrow,
+                        (const uint8_t *)act + (size_t)t * arow, n);
+}
+
+#define MM_Q(name, kind)                                                                           \
+    static void name(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, \
+                     int n, int n_tok, int row0, int row1)                                         \
+    {                                                                                              \
+        mm_q(kind, out, ld, w, wrow, act, arow, n, n_tok, row0, row1);                             \
+    }
+
+MM_Q(mm_q4_0_neon, K_Q4_0)
+MM_Q(mm_q4_1_neon, K_Q4_1)
+MM_Q(mm_q8_0_neon, K_Q8_0)
+
+static void mm_f32_neon(float *out, int ld, const void *w, size_t wrow, const void *act,
+                        size_t arow, int n, int n_tok, int row0, int row1)
+{
+    for (int r = row0; r < row1; r++) {
+        const float *wr = (const float *)((const uint8_t *)w + (size_t)r * wrow);
+        for (int t = 0; t < n_tok; t++) {
+            const float *a = (const float *)((const uint8_t *)act + (size_t)t * arow);
+            float32x4_t s0 = vdupq_n_f32(0.0f), s1 = vdupq_n_f32(0.0f);
+            int i = 0;
+            for (; i + 8 <= n; i += 8) {
+                s0 = vfmaq_f32(s0, vld1q_f32(wr + i), vld1q_f32(a + i));
+                s1 = vfmaq_f32(s1, vld1q_f32(wr + i + 4), vld1q_f32(a + i + 4));
+            }
+            float s = vaddvq_f32(vaddq_f32(s0, s1));
+            for (; i < n; i++)
+                s += wr[i] * a[i];
+            out[(size_t)t * (size_t)ld + (size_t)r] = s;
+        }
+    }
+}
+
+void spk_mm_fill_neon(spk_mm_table *t)
+{
+    for (int i = 0; i < SPK_MM_NTYPES; i++)
+        t->mm[i] = 0;
+    t->q8_quantize = 0;
+    t->mm[SPK_DT_Q4_0] = mm_q4_0_neon;
+    t->mm[SPK_DT_Q4_1] = mm_q4_1_neon;
+    t->mm[SPK_DT_Q8_0] = mm_q8_0_neon;
+    t->mm[SPK_DT_F32] = mm_f32_neon;
+}
+
+#else
+typedef int spk_matmul_arm_unused; /* ISO C forbids an empty translation unit */
+#endif

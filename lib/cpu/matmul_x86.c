@@ -1,0 +1,627 @@
+/*
+ * x86-64 matmul kernels: AVX2+FMA+F16C and AVX-512 (F, BW, VL, VNNI). Each function carries its
+ * own target attribute, so the file builds with default flags; cpu/matmul.c only calls a level's
+ * table when the CPU has what the level needs. Results agree with cpu/quant.c up to float
+ * summation order.
+ *
+ * Register tiles: R weight rows x T tokens per pass, so each weight block is loaded and unpacked
+ * once per T tokens (batched decode / prefill) and each activation block once per R rows.
+ */
+#if defined(__x86_64__) || defined(__i386__)
+
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "cpu/quant.h"
+
+#define TGT2 "avx2,fma,f16c"
+#define TGT5 "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"
+#define A2 __attribute__((target(TGT2)))
+#define A5 __attribute__((target(TGT5)))
+#define I2 static inline __attribute__((always_inline, target(TGT2)))
+#define I5 static inline __attribute__((always_inline, target(TGT5)))
+
+/* Weight kinds sharing the "int8 dot, per-block scale, per-block correction" kernels. */
+enum { K_Q4_0, K_Q4_1, K_Q8_0 };
+
+static inline size_t kind_block_bytes(int kind)
+{
+    return kind == K_Q4_0 ? sizeof(spk_block_q4_0)
+                          : kind == K_Q4_1 ? sizeof(spk_block_q4_1) : sizeof(spk_block_q8_0);
+}
+
+/* Offset of the quants in a block. */
+static inline size_t kind_qs_off(int kind)
+{
+    return kind == K_Q4_1 ? 4 : 2;
+}
+
+/* Factor of the correction sum(dw * s) (or sum(m * s) for Q4_1) in the result: Q4_0 stores
+ * q = w/d + 8 (unsigned), the Q8_0 AVX-512 path uses w + 128 (unsigned). */
+static inline float kind_corr(int kind, int avx512)
+{
+    return kind == K_Q4_1 ? 1.0f : kind == K_Q4_0 ? -8.0f : (avx512 ? -128.0f : 0.0f);
+}
+
+static inline uint32_t ld32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static inline uint32_t ld16(const uint8_t *p)
+{
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+/* ================================ AVX2 ======================================================= */
+
+I2 float hsum256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Weights of one block as 32 bytes in element order (Q4: unsigned 0..15; Q8: signed). */
+I2 __m256i w_block_avx2(int kind, const uint8_t *bp)
+{
+    const uint8_t *qs = bp + kind_qs_off(kind);
+    if (kind == K_Q8_0)
+        return _mm256_loadu_si256((const __m256i *)qs);
+    __m128i x = _mm_loadu_si128((const __m128i *)qs);
+    __m256i y = _mm256_inserti128_si256(_mm256_castsi128_si256(x), _mm_srli_epi16(x, 4), 1);
+    return _mm256_and_si256(y, _mm256_set1_epi8(15));
+}
+
+/* [d, m, 0, 0] for Q4_1, [d, d, 0, 0] otherwise. */
+I2 __m128 dm_block(int kind, const uint8_t *bp)
+{
+    uint32_t v = kind == K_Q4_1 ? ld32(bp) : (ld16(bp) * 0x10001u);
+    return _mm_cvtph_ps(_mm_cvtsi32_si128((int)v));
+}
+
+I2 __m256i dot_block_avx2(int kind, __m256i w, __m256i a)
+{
+    __m256i p;
+    if (kind == K_Q8_0)
+        p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+    else
+        p = _mm256_maddubs_epi16(w, a);
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+I2 void tile_q_avx2(int kind, int R, int T, float *out, int ld, const uint8_t *w, size_t wrow,
+                    const uint8_t *act, size_t arow, int n, int r0, int t0)
+{
+    const int nb = n / 32;
+    const size_t bs = kind_block_bytes(kind);
+    __m256 acc[4][4];
+    __m128 corr[4][4];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) {
+            acc[r][t] = _mm256_setzero_ps();
+            corr[r][t] = _mm_setzero_ps();
+        }
+    const uint8_t *wr[4], *at[4];
+    for (int r = 0; r < R; r++)
+        wr[r] = w + (size_t)(r0 + r) * wrow;
+    for (int t = 0; t < T; t++)
+        at[t] = act + (size_t)(t0 + t) * arow;
+    for (int b = 0; b < nb; b++) {
+        __m256i wv[4];
+        __m128 dm[4];
+        for (int r = 0; r < R; r++) {
+            wv[r] = w_block_avx2(kind, wr[r] + (size_t)b * bs);
+            dm[r] = dm_block(kind, wr[r] + (size_t)b * bs);
+        }
+        for (int t = 0; t < T; t++) {
+            const __m256i a = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * b));
+            const __m128 ds = _mm_castsi128_ps(
+                _mm_loadl_epi64((const __m128i *)(at[t] + n + 8 * (size_t)b)));
+            for (int r = 0; r < R; r++) {
+                const __m256 f = _mm256_cvtepi32_ps(dot_block_avx2(kind, wv[r], a));
+                const __m128 p = _mm_mul_ps(dm[r], ds); /* [dw*da, m*s or dw*s, 0, 0] */
+                acc[r][t] = _mm256_fmadd_ps(f, _mm256_broadcastss_ps(p), acc[r][t]);
+                if (kind != K_Q8_0)
+                    corr[r][t] = _mm_add_ps(corr[r][t], p);
+            }
+        }
+    }
+    const float k = kind_corr(kind, 0);
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) {
+            float c = _mm_cvtss_f32(_mm_movehdup_ps(corr[r][t]));
+            out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + r)] = hsum256(acc[r][t]) + k * c;
+        }
+}
+
+I2 void mm_q_avx2(int kind, float *out, int ld, const void *w, size_t wrow, const void *act,
+                  size_t arow, int n, int n_tok, int row0, int row1)
+{
+    for (int t = 0; t < n_tok;) {
+        const int tn = n_tok - t >= 4 ? 4 : n_tok - t;
+        int r = row0;
+        switch (tn) {
+        case 1:
+            for (; r + 4 <= row1; r += 4)
+                tile_q_avx2(kind, 4, 1, out, ld, w, wrow, act, arow, n, r, t);
+            for (; r < row1; r++)
+                tile_q_avx2(kind, 1, 1, out, ld, w, wrow, act, arow, n, r, t);
+            break;
+        case 2:
+            for (; r < row1; r++)
+                tile_q_avx2(kind, 1, 2, out, ld, w, wrow, act, arow, n, r, t);
+            break;
+        case 3:
+            for (; r < row1; r++)
+                tile_q_avx2(kind, 1, 3, out, ld, w, wrow, act, arow, n, r, t);
+            break;
+        default:
+            for (; r < row1; r++)
+                tile_q_avx2(kind, 1, 4, out, ld, w, wrow, act, arow, n, r, t);
+            break;
+        }
+        t += tn;
+    }
+}
+
+#define MM_Q(isa, name, kind)                                                                      \
+    static void name(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, \
+                     int n, int n_tok, int row0, int row1)                                         \
+    {                                                                                              \
+        mm_q_##isa(kind, out, ld, w, wrow, act, arow, n, n_tok, row0, row1);                        \
+    }
+
+A2 MM_Q(avx2, mm_q4_0_avx2, K_Q4_0)
+A2 MM_Q(avx2, mm_q4_1_avx2, K_Q4_1)
+A2 MM_Q(avx2, mm_q8_0_avx2, K_Q8_0)
+
+/* ---- float weights (F32, F16, BF16) against f32 activations ---- */
+
+enum { F_F32, F_F16, F_BF16 };
+
+I2 __m256 w8_avx2(int kind, const uint8_t *row, int i)
+{
+    if (kind == F_F32)
+        return _mm256_loadu_ps((const float *)row + i);
+    __m128i h = _mm_loadu_si128((const __m128i *)(row + 2 * (size_t)i));
+    if (kind == F_F16)
+        return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+static inline float w1(int kind, const uint8_t *row, int i)
+{
+    if (kind == F_F32) {
+        float f;
+        memcpy(&f, row + 4 * (size_t)i, 4);
+        return f;
+    }
+    uint16_t h;
+    memcpy(&h, row + 2 * (size_t)i, 2);
+    return kind == F_F16 ? spk_f16_to_f32(h) : spk_bf16_to_f32(h);
+}
+
+I2 void tile_f_avx2(int kind, int R, int T, float *out, int ld, const uint8_t *w, size_t wrow,
+                    const uint8_t *act, size_t arow, int n, int r0, int t0)
+{
+    __m256 acc[4][4];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++)
+            acc[r][t] = _mm256_setzero_ps();
+    const uint8_t *wr[4];
+    const float *at[4];
+    for (int r = 0; r < R; r++)
+        wr[r] = w + (size_t)(r0 + r) * wrow;
+    for (int t = 0; t < T; t++)
+        at[t] = (const float *)(act + (size_t)(t0 + t) * arow);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 wv[4];
+        for (int r = 0; r < R; r++)
+            wv[r] = w8_avx2(kind, wr[r], i);
+        for (int t = 0; t < T; t++) {
+            const __m256 a = _mm256_loadu_ps(at[t] + i);
+            for (int r = 0; r < R; r++)
+                acc[r][t] = _mm256_fmadd_ps(wv[r], a, acc[r][t]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) {
+            float s = hsum256(acc[r][t]);
+            for (int j = i; j < n; j++)
+                s += w1(kind, wr[r], j) * at[t][j];
+            out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + r)] = s;
+        }
+}
+
+I2 void mm_f_avx2(int kind, float *out, int ld, const void *w, size_t wrow, const void *act,
+                  size_t arow, int n, int n_tok, int row0, int row1)
+{
+    for (int t = 0; t < n_tok;) {
+        const int tn = n_tok - t >= 4 ? 4 : n_tok - t;
+        int r = row0;
+        switch (tn) {
+        case 1:
+            for (; r + 4 <= row1; r += 4)
+                tile_f_avx2(kind, 4, 1, out, ld, w, wrow, act, arow, n, r, t);
+            for (; r < row1; r++)
+                tile_f_avx2(kind, 1, 1, out, ld, w, wrow, act, arow, n, r, t);
+            break;
+        case 2:
+            for (; r + 2 <= row1; r += 2)
+                tile_f_avx2(kind, 2, 2, out, ld, w, wrow, act, arow, n, r, t);
+            for (; r < row1; r++)
+                tile_f_avx2(kind, 1, 2, out, ld, w, wrow, act, arow, n, r, t);
+            break;
+        case 3:
+            for (; r + 2 <= row1; r += 2)
+                tile_f_avx2(kind, 2, 3, out, ld, w, wrow, act, arow, n, r, t);
+            for (; r < row1; r++)
+                tile_f_avx2(kind, 1, 3, out, ld, w, wrow, act, arow, n, r, t);
+            break;
+        default:
+            for (; r + 2 <= row1; r += 2)
+                tile_f_avx2(kind, 2, 4, out, ld, w, wrow, act, arow, n, r, t);
+            for (; r < row1; r++)
+                tile_f_avx2(kind, 1, 4, out, ld, w, wrow, act, arow, n, r, t);
+            break;
+        }
+        t += tn;
+    }
+}
+
+#define MM_F(isa, name, kind)                                                                      \
+    static void name(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, \
+                     int n, int n_tok, int row0, int row1)                                         \
+    {                                                                                              \
+        mm_f_##isa(kind, out, ld, w, wrow, act, arow, n, n_tok, row0, row1);                        \
+    }
+
+A2 MM_F(avx2, mm_f32_avx2, F_F32)
+A2 MM_F(avx2, mm_f16_avx2, F_F16)
+A2 MM_F(avx2, mm_bf16_avx2, F_BF16)
+
+/* ---- activation quantizer (bit-identical to spk_q8_quantize_row_ref) ---- */
+
+/* roundf(): add 0.5 minus one ulp with the sign of v, truncate. Exact for |v| < 2^23. */
+I2 __m256i round_away_avx2(__m256 v)
+{
+    const __m256 half = _mm256_castsi256_ps(_mm256_set1_epi32(0x3EFFFFFF));
+    const __m256 sign = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000u)));
+    __m256i q = _mm256_cvttps_epi32(_mm256_add_ps(v, _mm256_or_ps(half, sign)));
+    q = _mm256_min_epi32(q, _mm256_set1_epi32(127));
+    return _mm256_max_epi32(q, _mm256_set1_epi32(-127));
+}
+
+A2 static void q8_quantize_avx2(void *dst, const float *x, int n)
+{
+    int8_t *q = (int8_t *)dst;
+    float *ds = (float *)((uint8_t *)dst + n);
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int b = 0; b < n / 32; b++) {
+        const float *xb = x + 32 * b;
+        __m256 v[4];
+        __m256 m = _mm256_setzero_ps();
+        for (int j = 0; j < 4; j++) {
+            v[j] = _mm256_loadu_ps(xb + 8 * j);
+            m = _mm256_max_ps(m, _mm256_and_ps(v[j], absm));
+        }
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        const float amax = _mm_cvtss_f32(h);
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const __m256 vid = _mm256_set1_ps(id);
+        __m256i qi[4];
+        for (int j = 0; j < 4; j++)
+            qi[j] = round_away_avx2(_mm256_mul_ps(v[j], vid));
+        __m256i s = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+        const int sum = _mm_cvtsi128_si32(s4);
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]), _mm256_packs_epi32(qi[2], qi[3]));
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(q + 32 * b), p);
+        const float d16 = _cvtsh_ss(_cvtss_sh(d, 0));
+        ds[2 * b] = d16;
+        ds[2 * b + 1] = d16 * (float)sum;
+    }
+}
+
+A2 void spk_mm_fill_avx2(spk_mm_table *t)
+{
+    memset(t, 0, sizeof *t);
+    t->mm[SPK_DT_Q4_0] = mm_q4_0_avx2;
+    t->mm[SPK_DT_Q4_1] = mm_q4_1_avx2;
+    t->mm[SPK_DT_Q8_0] = mm_q8_0_avx2;
+    t->mm[SPK_DT_F32] = mm_f32_avx2;
+    t->mm[SPK_DT_F16] = mm_f16_avx2;
+    t->mm[SPK_DT_BF16] = mm_bf16_avx2;
+    t->q8_quantize = q8_quantize_avx2;
+}
+
+/* ================================ AVX-512 ==================================================== */
+
+/*
+ * Two blocks (64 weights) per 512-bit step. Q4 weights unpack to 128-bit lanes
+ * [b0 lo, b1 lo, b0 hi, b1 hi] and the activations are shuffled to match; Q8_0 keeps element
+ * order and is made unsigned (w + 128) for vpdpbusd, corrected with -128 * dw * s.
+ */
+I5 __m512i w_pair_512(int kind, const uint8_t *b0, const uint8_t *b1)
+{
+    const size_t o = kind_qs_off(kind);
+    if (kind == K_Q8_0) {
+        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b0 + o))),
+                                       _mm256_loadu_si256((const __m256i *)(b1 + o)), 1);
+        return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
+    }
+    __m256i y = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + o))),
+                                        _mm_loadu_si128((const __m128i *)(b1 + o)), 1);
+    const __m256i m = _mm256_set1_epi8(15);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(y, m)),
+                              _mm256_and_si256(_mm256_srli_epi16(y, 4), m), 1);
+}
+
+/* [d0, m0, d1, m1] for Q4_1, [d0, d0, d1, d1] otherwise. */
+I5 __m128 dm_pair(int kind, const uint8_t *b0, const uint8_t *b1)
+{
+    if (kind == K_Q4_1)
+        return _mm_cvtph_ps(_mm_insert_epi32(_mm_cvtsi32_si128((int)ld32(b0)), (int)ld32(b1), 1));
+    __m128 d = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(ld16(b0) | (ld16(b1) << 16))));
+    return _mm_unpacklo_ps(d, d);
+}
+
+I5 void tile_q_512(int kind, int R, int T, float *out, int ld, const uint8_t *w, size_t wrow,
+                   const uint8_t *act, size_t arow, int n, int r0, int t0)
+{
+    const int nb = n / 32;
+    const size_t bs = kind_block_bytes(kind);
+    /* lane i of the int32 dot comes from block (idx[i] / 2) of the pair */
+    const __m512i idx = kind == K_Q8_0
+                            ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2)
+                            : _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 0, 0, 0, 0, 2, 2, 2, 2);
+    __m512 acc[4][4];
+    __m128 corr[4][4];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) {
+            acc[r][t] = _mm512_setzero_ps();
+            corr[r][t] = _mm_setzero_ps();
+        }
+    const uint8_t *wr[4], *at[4];
+    for (int r = 0; r < R; r++)
+        wr[r] = w + (size_t)(r0 + r) * wrow;
+    for (int t = 0; t < T; t++)
+        at[t] = act + (size_t)(t0 + t) * arow;
+    int b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        __m512i wv[4];
+        __m128 dm[4];
+        __m512 dwl[4];
+        for (int r = 0; r < R; r++) {
+            const uint8_t *p = wr[r] + (size_t)b * bs;
+            wv[r] = w_pair_512(kind, p, p + bs);
+            dm[r] = dm_pair(kind, p, p + bs);
+            dwl[r] = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(dm[r]));
+        }
+        for (int t = 0; t < T; t++) {
+            __m512i a = _mm512_loadu_si512((const void *)(at[t] + 32 * b));
+            if (kind != K_Q8_0)
+                a = _mm512_shuffle_i64x2(a, a, 0xD8);
+            const __m128 ds = _mm_loadu_ps((const float *)(at[t] + n) + 2 * b);
+            const __m512 dal = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(ds));
+            for (int r = 0; r < R; r++) {
+                const __m512i dp = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[r], a);
+                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_mul_ps(dwl[r], dal), acc[r][t]);
+                corr[r][t] = _mm_fmadd_ps(dm[r], ds, corr[r][t]);
+            }
+        }
+    }
+    if (b < nb) { /* odd block count: last block alone, 256 bits */
+        __m256i wv[4];
+        __m128 dm[4];
+        for (int r = 0; r < R; r++) {
+            const uint8_t *p = wr[r] + (size_t)b * bs;
+            wv[r] = w_block_avx2(kind, p);
+            if (kind == K_Q8_0)
+                wv[r] = _mm256_xor_si256(wv[r], _mm256_set1_epi8((char)0x80));
+            dm[r] = dm_block(kind, p);
+        }
+        for (int t = 0; t < T; t++) {
+            const __m256i a = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * b));
+            const __m128 ds = _mm_castsi128_ps(
+                _mm_loadl_epi64((const __m128i *)(at[t] + n + 8 * (size_t)b)));
+            for (int r = 0; r < R; r++) {
+                const __m256i dp = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv[r], a);
+                const __m128 p = _mm_mul_ps(dm[r], ds);
+                const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(dp), _mm256_broadcastss_ps(p));
+                acc[r][t] = _mm512_add_ps(acc[r][t], _mm512_zextps256_ps512(f));
+                corr[r][t] = _mm_add_ps(corr[r][t], p);
+            }
+        }
+    }
+    const float k = kind_corr(kind, 1);
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) {
+            const __m128 h = _mm_movehdup_ps(corr[r][t]); /* lanes 1 and 3 hold the terms */
+            const float c = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehl_ps(h, h)));
+            out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + r)] = _mm512_reduce_add_ps(acc[r][t]) + k * c;
+        }
+}
+
+I5 void mm_q_512(int kind, float *out, int ld, const void *w, size_t wrow, const void *act,
+                 size_t arow, int n, int n_tok, int row0, int row1)
+{
+    for (int t = 0; t < n_tok;) {
+        const int tn = n_tok - t >= 4 ? 4 : n_tok - t;
+        int r = row0;
+        switch (tn) {
+        case 1:
+            for (; r + 4 <= row1; r += 4)
+                tile_q_512(kind, 4, 1, out, ld, w, wrow, act, arow, n, r, t);
+            for (; r < row1; r++)
+                tile_q_512(kind, 1, 1, out, ld, w, wrow, act, arow, n, r, t);
+            break;
+        case 2:
+            for (; r + 2 <= row1; r += 2)
+                tile_q_512(kind, 2, 2, out, ld, w, wrow, act, arow, n, r, t);
+            for (; r < row1; r++)
+                tile_q_512(kind, 1, 2, out, ld, w, wrow, act, arow, n, r, t);
+            break;
+        case 3:
+            for (; r + 2 <= row1; r += 2)
+                tile_q_512(kind, 2, 3, out, ld, w, wrow, act, arow, n, r, t);
+            for (; r < row1; r++)
+                tile_q_512(kind, 1, 3, out, ld, w, wrow, act, arow, n, r, t);
+            break;
+        default:
+            for (; r + 2 <= row1; r += 2)
+                tile_q_512(kind, 2, 4, out, ld, w, wrow, act, arow, n, r, t);
+            for (; r < row1; r++)
+                tile_q_512(kind, 1, 4, out, ld, w, wrow, act, arow, n, r, t);
+            break;
+        }
+        t += tn;
+    }
+}
+
+A5 MM_Q(512, mm_q4_0_512, K_Q4_0)
+A5 MM_Q(512, mm_q4_1_512, K_Q4_1)
+A5 MM_Q(512, mm_q8_0_512, K_Q8_0)
+
+/* ---- float weights ---- */
+
+I5 __m512 w16_512(int kind, const uint8_t *row, int i, __mmask16 m)
+{
+    if (kind == F_F32)
+        return _mm512_maskz_loadu_ps(m, (const float *)row + i);
+    __m256i h = _mm256_maskz_loadu_epi16(m, row + 2 * (size_t)i);
+    if (kind == F_F16)
+        return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+I5 void tile_f_512(int kind, int R, int T, float *out, int ld, const uint8_t *w, size_t wrow,
+                   const uint8_t *act, size_t arow, int n, int r0, int t0)
+{
+    __m512 acc[4][4];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++)
+            acc[r][t] = _mm512_setzero_ps();
+    const uint8_t *wr[4];
+    const float *at[4];
+    for (int r = 0; r < R; r++)
+        wr[r] = w + (size_t)(r0 + r) * wrow;
+    for (int t = 0; t < T; t++)
+        at[t] = (const float *)(act + (size_t)(t0 + t) * arow);
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m512 wv[4];
+        for (int r = 0; r < R; r++)
+            wv[r] = w16_512(kind, wr[r], i, m);
+        for (int t = 0; t < T; t++) {
+            const __m512 a = _mm512_maskz_loadu_ps(m, at[t] + i);
+            for (int r = 0; r < R; r++)
+                acc[r][t] = _mm512_fmadd_ps(wv[r], a, acc[r][t]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++)
+            out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + r)] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+I5 void mm_f_512(int kind, float *out, int ld, const void *w, size_t wrow, const void *act,
+                 size_t arow, int n, int n_tok, int row0, int row1)
+{
+    for (int t = 0; t < n_tok;) {
+        const int tn = n_tok - t >= 4 ? 4 : n_tok - t;
+        int r = row0;
+        switch (tn) {
+        case 1:
+            for (; r + 4 <= row1; r += 4)
+                tile_f_512(kind, 4, 1, out, ld, w, wrow, act, arow, n, r, t);
+            for (; r < row1; r++)
+                tile_f_512(kind, 1, 1, out, ld, w, wrow, act, arow, n, r, t);
+            break;
+        case 2:
+            for (; r + 4 <= row1; r += 4)
+                tile_f_512(kind, 4, 2, out, ld, w, wrow, act, arow, n, r, t);
+            for (; r < row1; r++)
+                tile_f_512(kind, 1, 2, out, ld, w, wrow, act, arow, n, r, t);
+            break;
+        case 3:
+            for (; r + 4 <= row1; r += 4)
+                tile_f_512(kind, 4, 3, out, ld, w, wrow, act, arow, n, r, t);
+            for (; r < row1; r++)
+                tile_f_512(kind, 1, 3, out, ld, w, wrow, act, arow, n, r, t);
+            break;
+        default:
+            for (; r + 4 <= row1; r += 4)
+                tile_f_512(kind, 4, 4, out, ld, w, wrow, act, arow, n, r, t);
+            for (; r < row1; r++)
+                tile_f_512(kind, 1, 4, out, ld, w, wrow, act, arow, n, r, t);
+            break;
+        }
+        t += tn;
+    }
+}
+
+A5 MM_F(512, mm_f32_512, F_F32)
+A5 MM_F(512, mm_f16_512, F_F16)
+A5 MM_F(512, mm_bf16_512, F_BF16)
+
+/* ---- activation quantizer ---- */
+
+I5 __m512i round_away_512(__m512 v)
+{
+    const __m512i half = _mm512_set1_epi32(0x3EFFFFFF);
+    const __m512i sign = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int)0x80000000u));
+    __m512i q = _mm512_cvttps_epi32(_mm512_add_ps(v, _mm512_castsi512_ps(_mm512_or_si512(half, sign))));
+    q = _mm512_min_epi32(q, _mm512_set1_epi32(127));
+    return _mm512_max_epi32(q, _mm512_set1_epi32(-127));
+}
+
+A5 static void q8_quantize_512(void *dst, const float *x, int n)
+{
+    int8_t *q = (int8_t *)dst;
+    float *ds = (float *)((uint8_t *)dst + n);
+    for (int b = 0; b < n / 32; b++) {
+        const __m512 v0 = _mm512_loadu_ps(x + 32 * b), v1 = _mm512_loadu_ps(x + 32 * b + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const __m512 vid = _mm512_set1_ps(id);
+        const __m512i q0 = round_away_512(_mm512_mul_ps(v0, vid));
+        const __m512i q1 = round_away_512(_mm512_mul_ps(v1, vid));
+        _mm_storeu_si128((__m128i *)(q + 32 * b), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(q + 32 * b + 16), _mm512_cvtepi32_epi8(q1));
+        const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        const float d16 = _cvtsh_ss(_cvtss_sh(d, 0));
+        ds[2 * b] = d16;
+        ds[2 * b + 1] = d16 * (float)sum;
+    }
+}
+
+A5 void spk_mm_fill_avx512(spk_mm_table *t)
+{
+    memset(t, 0, sizeof *t);
+    t->mm[SPK_DT_Q4_0] = mm_q4_0_512;
+    t->mm[SPK_DT_Q4_1] = mm_q4_1_512;
+    t->mm[SPK_DT_Q8_0] = mm_q8_0_512;
+    t->mm[SPK_DT_F32] = mm_f32_512;
+    t->mm[SPK_DT_F16] = mm_f16_512;
+    t->mm[SPK_DT_BF16] = mm_bf16_512;
+    t->q8_quantize = q8_quantize_512;
+}
+
+#else
+typedef int spk_matmul_x86_unused; /* ISO C forbids an empty translation unit */
+#endif

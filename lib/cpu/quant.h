@@ -1,0 +1,88 @@
+/*
+ * Quantized blocks on the CPU: per-type dequantizers, the activation format the matmul kernels
+ * read, and the per-ISA kernel tables that cpu/matmul.c dispatches through.
+ */
+#ifndef SPK_CPU_QUANT_H
+#define SPK_CPU_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/dtype.h"
+
+/*
+ * Activation rows for quantized weights ("Q8 planar"), one per token, spk_q8_row_bytes(n) apart:
+ *   int8_t qs[n]                    q = roundf(x / d), as ggml's reference quantizer
+ *   float  ds[2 * n/32]             pairs (d, s) per block of 32: d = amax/127 rounded to f16
+ *                                   (as the reference stores it), s = d * sum(q) (exact in f32)
+ * The same rows serve Q4_0, Q4_1, Q8_0 (Q8_0/Q8_1 semantics), Q4_K and Q6_K weights.
+ * Float weights (F32, F16, BF16) take plain f32 rows, spk_f32_row_bytes(n) apart.
+ */
+#define SPK_ACT_BLOCK 32
+
+static inline size_t spk_q8_row_bytes(int n)
+{
+    size_t b = (size_t)n + (size_t)(n / SPK_ACT_BLOCK) * 8;
+    return (b + 63) & ~(size_t)63;
+}
+
+static inline size_t spk_f32_row_bytes(int n)
+{
+    return ((size_t)n * 4 + 63) & ~(size_t)63;
+}
+
+/* Quantize one row of n floats (n multiple of 32) into a Q8 planar row (portable reference). */
+void spk_q8_quantize_row_ref(void *dst, const float *x, int n);
+
+/* Dequantize n elements (a multiple of the type's block) of a row of `type`.
+ * Returns 0 on success, -1 if the type is not one this file knows (nothing written). */
+int spk_quant_dequantize_row(float *out, const void *src, spk_dtype type, int n);
+
+/* Per-type dequantizers of whole blocks (n a multiple of the block size). */
+void spk_dequant_q4_0(float *out, const void *src, int n);
+void spk_dequant_q4_1(float *out, const void *src, int n);
+void spk_dequant_q8_0(float *out, const void *src, int n);
+void spk_dequant_q4_K(float *out, const void *src, int n);
+void spk_dequant_q6_K(float *out, const void *src, int n);
+
+/*
+ * Kernel signature: out[t * ld_out + r] for r in [row0, row1), t < n_tok.
+ * w points at row 0, rows wrow bytes apart; act points at token 0, rows arow bytes apart.
+ */
+typedef void (*spk_mm_kernel)(float *out, int ld_out, const void *w, size_t wrow, const void *act,
+                              size_t arow, int n_in, int n_tok, int row0, int row1);
+typedef void (*spk_act_kernel)(void *dst, const float *x, int n);
+
+/* Instruction-set levels, in increasing order on x86. */
+enum { SPK_ISA_SCALAR = 0, SPK_ISA_AVX2 = 1, SPK_ISA_AVX512 = 2, SPK_ISA_NEON = 3, SPK_ISA_COUNT = 4 };
+
+/* A kernel table: one matmul kernel per weight type (NULL: not in this ISA) and the Q8 quantizer. */
+#define SPK_MM_NTYPES 31
+typedef struct spk_mm_table {
+    spk_mm_kernel mm[SPK_MM_NTYPES];
+    spk_act_kernel q8_quantize; /* NULL: use the reference */
+} spk_mm_table;
+
+void spk_mm_fill_scalar(spk_mm_table *t);
+#if defined(__x86_64__) || defined(__i386__)
+void spk_mm_fill_avx2(spk_mm_table *t);
+void spk_mm_fill_avx512(spk_mm_table *t);
+#endif
+#if defined(__aarch64__)
+void spk_mm_fill_neon(spk_mm_table *t);
+#endif
+
+/* Test hooks (cpu/matmul.c): whether an ISA level is usable here, and forcing one
+ * (-1: automatic, the best usable). spk_cpu_force_scalar(1) still wins over a forced level. */
+int spk_matmul_isa_usable(int isa);
+void spk_matmul_force_isa(int isa);
+/* Name of the ISA level spk_matmul uses now ("scalar", "avx2", "avx512", "neon"). */
+const char *spk_matmul_isa_name(void);
+
+/* cpu/features.c: whether spk_cpu_force_scalar(1) is in effect, and whether this CPU has what
+ * the kernels of an ISA level use (x86 AVX2: avx2+fma+f16c; AVX512: that plus avx512 f, bw, vl,
+ * vnni; NEON: aarch64). */
+int spk_cpu_scalar_forced(void);
+int spk_cpu_isa_usable(int isa);
+
+#endif

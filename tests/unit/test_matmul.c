@@ -1,0 +1,443 @@
+/*
+ * Quantized matmul kernels (cpu/matmul.c, cpu/quant.c, cpu/matmul_x86.c) against a float64
+ * reference, for every weight type and every SIMD level this CPU can run.
+ *
+ * Weights are random blocks (random f16 scales, random quants), decoded by this file's own
+ * dequantizers in double. Two references:
+ *  - exact: sum w_i * x_i over the float activations. The activation quantizer rounds to nearest
+ *    with d = amax/127 stored as f16 (relative error <= 2^-11), so |x_i - q_i * d16| <= d/2 +
+ *    127 * d * 2^-11 < 0.57 d per element, and the result may differ by at most
+ *    sum_blocks 0.57 d_b sum_{i in b} |w_i|, plus float rounding (below).
+ *  - quantized: sum w_i * q_i * d16_b, decoding the documented activation layout. Only float
+ *    rounding separates the kernel from it: the kernels sum exact integer block dots, scale them
+ *    (3 roundings) and add at most n/32 + 2 terms per accumulator lane, so the error is below
+ *    (n/32 + 16) * 2^-23 * S, where S bounds every partial sum: S = sum_i W_i (|a_i|), with W_i
+ *    the largest weight magnitude any path forms (|d|(|q| + 128) for Q8_0, |d q| + |m| ...).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/dtype.h"
+#include "cpu/features.h"
+#include "cpu/matmul.h"
+#include "cpu/quant.h"
+#include "testutil.h"
+
+static const spk_dtype k_types[] = {SPK_DT_Q4_0, SPK_DT_Q4_1, SPK_DT_Q8_0, SPK_DT_Q4_K,
+                                    SPK_DT_Q6_K, SPK_DT_F32,  SPK_DT_F16,  SPK_DT_BF16};
+#define N_TYPES (int)(sizeof k_types / sizeof k_types[0])
+
+static float f16r(uint64_t *s, float lo, float hi)
+{
+    float v = spk_test_randf(s, lo, hi);
+    if (spk_test_rand(s) & 1)
+        v = -v;
+    return v;
+}
+
+/* ---- random weight rows and this test's own float64 decoders ------------------------------- */
+
+static void fill_blocks(uint8_t *w, spk_dtype t, int n, int rows, uint64_t *s)
+{
+    const size_t rb = spk_dtype_row_size(t, (size_t)n);
+    for (int r = 0; r < rows; r++) {
+        uint8_t *row = w + (size_t)r * rb;
+        for (size_t i = 0; i < rb; i++)
+            row[i] = (uint8_t)spk_test_rand(s);
+        const int nb = n / (int)spk_dtype_get(t)->block;
+        for (int b = 0; b < nb; b++) {
+            switch (t) {
+            case SPK_DT_Q4_0: {
+                spk_block_q4_0 *x = (spk_block_q4_0 *)row + b;
+                x->d = spk_f32_to_f16(f16r(s, 0.001f, 0.02f));
+                break;
+            }
+            case SPK_DT_Q4_1: {
+                spk_block_q4_1 *x = (spk_block_q4_1 *)row + b;
+                x->d = spk_f32_to_f16(f16r(s, 0.001f, 0.02f));
+                x->m = spk_f32_to_f16(f16r(s, 0.01f, 0.15f));
+                break;
+            }
+            case SPK_DT_Q8_0: {
+                spk_block_q8_0 *x = (spk_block_q8_0 *)row + b;
+                x->d = spk_f32_to_f16(f16r(s, 0.0001f, 0.002f));
+                break; /* quants: all of -128..127 */
+            }
+            case SPK_DT_Q4_K: {
+                spk_block_q4_K *x = (spk_block_q4_K *)row + b;
+                x->d = spk_f32_to_f16(f16r(s, 0.0001f, 0.001f));
+                x->dmin = spk_f32_to_f16(f16r(s, 0.0001f, 0.001f));
+                break;
+            }
+            case SPK_DT_Q6_K: {
+                spk_block_q6_K *x = (spk_block_q6_K *)row + b;
+                x->d = spk_f32_to_f16(f16r(s, 0.00001f, 0.0002f));
+                break;
+            }
+            case SPK_DT_F32:
+                ((float *)row)[b] = f16r(s, 0.001f, 1.0f);
+                break;
+            case SPK_DT_F16:
+                ((spk_f16 *)row)[b] = spk_f32_to_f16(f16r(s, 0.001f, 1.0f));
+                break;
+            case SPK_DT_BF16:
+                ((uint16_t *)row)[b] = spk_f32_to_bf16(f16r(s, 0.001f, 1.0f));
+                break;
+            default:
+                break;
+            }
+        }
+    }
+}
+
+/* Decode n weights of one row: w[i] the value, mag[i] the largest magnitude a kernel may form
+ * for it while summing (for the float-rounding bound). */
+static void decode_row(double *w, double *mag, const uint8_t *row, spk_dtype t, int n)
+{
+    switch (t) {
+    case SPK_DT_Q4_0:
+    case SPK_DT_Q4_1:
+        for (int b = 0; b < n / 32; b++) {
+            const uint8_t *p = row + (size_t)b * (t == SPK_DT_Q4_0 ? 18 : 20);
+            const uint16_t *h = (const uint16_t *)p;
+            const double d = spk_f16_to_f32(h[0]);
+            const double m = t == SPK_DT_Q4_1 ? spk_f16_to_f32(h[1]) : -8.0 * d;
+            const uint8_t *qs = p + (t == SPK_DT_Q4_0 ? 2 : 4);
+            for (int j = 0; j < 16; j++) {
+                const int q0 = qs[j] & 15, q1 = qs[j] >> 4;
+                w[32 * b + j] = d * q0 + m;
+                w[32 * b + j + 16] = d * q1 + m;
+                mag[32 * b + j] = fabs(d) * q0 + fabs(m);
+                mag[32 * b + j + 16] = fabs(d) * q1 + fabs(m);
+            }
+        }
+        break;
+    case SPK_DT_Q8_0:
+        for (int b = 0; b < n / 32; b++) {
+            const spk_block_q8_0 *x = (const spk_block_q8_0 *)row + b;
+            const double d = spk_f16_to_f32(x->d);
+            for (int j = 0; j < 32; j++) {
+                w[32 * b + j] = d * x->qs[j];
+                mag[32 * b + j] = fabs(d) * (abs(x->qs[j]) + 128);
+            }
+        }
+        break;
+    case SPK_DT_Q4_K:
+        for (int b = 0; b < n / 256; b++) {
+            const spk_block_q4_K *x = (const spk_block_q4_K *)row + b;
+            const double d = spk_f16_to_f32(x->d), dmin = spk_f16_to_f32(x->dmin);
+            for (int sb = 0; sb < 8; sb++) {
+                int sc, m;
+                const uint8_t *k = x->scales;
+                if (sb < 4) {
+                    sc = k[sb] & 0x3f;
+                    m = k[sb + 4] & 0x3f;
+                } else {
+                    sc = (k[sb + 4] & 0x0f) | ((k[sb - 4] & 0xc0) >> 2);
+                    m = (k[sb + 4] >> 4) | ((k[sb] & 0xc0) >> 2);
+                }
+                for (int l = 0; l < 32; l++) {
+                    const uint8_t byte = x->qs[(sb / 2) * 32 + l];
+                    const int q = (sb & 1) ? byte >> 4 : byte & 15;
+                    const int i = 256 * b + 32 * sb + l;
+                    w[i] = d * sc * q - dmin * m;
+                    mag[i] = fabs(d) * sc * q + fabs(dmin) * m;
+                }
+            }
+        }
+        break;
+    case SPK_DT_Q6_K:
+        for (int b = 0; b < n / 256; b++) {
+            const spk_block_q6_K *x = (const spk_block_q6_K *)row + b;
+            const double d = spk_f16_to_f32(x->d);
+            for (int i = 0; i < 256; i++) {
+                const int half = i / 128, j = i % 128, l = j % 32, quarter = j / 32;
+                const uint8_t lo = x->ql[half * 64 + (quarter & 1) * 32 + l];
+                const int low4 = quarter < 2 ? lo & 15 : lo >> 4;
+                const int high2 = (x->qh[half * 32 + l] >> (2 * quarter)) & 3;
+                const int q = (low4 | (high2 << 4)) - 32;
+                w[256 * b + i] = d * x->scales[i / 16] * q;
+                mag[256 * b + i] = fabs(d * x->scales[i / 16]) * (abs(q) + 64);
+            }
+        }
+        break;
+    case SPK_DT_F32:
+        for (int i = 0; i < n; i++)
+            w[i] = ((const float *)row)[i];
+        break;
+    case SPK_DT_F16:
+        for (int i = 0; i < n; i++)
+            w[i] = spk_f16_to_f32(((const spk_f16 *)row)[i]);
+        break;
+    case SPK_DT_BF16:
+        for (int i = 0; i < n; i++)
+            w[i] = spk_bf16_to_f32(((const uint16_t *)row)[i]);
+        break;
+    default:
+        break;
+    }
+    if (t == SPK_DT_F32 || t == SPK_DT_F16 || t == SPK_DT_BF16)
+        for (int i = 0; i < n; i++)
+            mag[i] = fabs(w[i]);
+}
+
+static int is_float(spk_dtype t)
+{
+    return t == SPK_DT_F32 || t == SPK_DT_F16 || t == SPK_DT_BF16;
+}
+
+/* The activation values the kernels see, decoded from the documented Q8 planar layout. */
+static void decode_act(double *a, double *dblk, const uint8_t *act, spk_dtype t, int n)
+{
+    if (is_float(t)) {
+        for (int i = 0; i < n; i++)
+            a[i] = ((const float *)act)[i];
+        return;
+    }
+    const int8_t *q = (const int8_t *)act;
+    const float *ds = (const float *)(act + n);
+    for (int i = 0; i < n; i++) {
+        a[i] = q[i] * (double)ds[2 * (i / 32)];
+        dblk[i / 32] = ds[2 * (i / 32)];
+    }
+}
+
+/* ---- the check ------------------------------------------------------------------------------ */
+
+static int n_isas(int *isas)
+{
+    int k = 0;
+    for (int i = 0; i < SPK_ISA_COUNT; i++)
+        if (spk_matmul_isa_usable(i))
+            isas[k++] = i;
+    return k;
+}
+
+static void use_isa(int isa)
+{
+    spk_cpu_force_scalar(isa == SPK_ISA_SCALAR);
+    spk_matmul_force_isa(isa);
+}
+
+static void check_case(spk_dtype t, int n_in, int n_out, int n_tok, int row0, int row1, uint64_t seed)
+{
+    uint64_t s = seed;
+    const size_t rb = spk_dtype_row_size(t, (size_t)n_in);
+    uint8_t *w = malloc(rb * (size_t)n_out);
+    float *x = malloc(sizeof(float) * (size_t)n_in * (size_t)n_tok);
+    const size_t asz = spk_act_size(t, n_in, n_tok);
+    ck_assert_uint_gt(asz, 0);
+    uint8_t *act = malloc(asz);
+    const int ld = n_out + 3;
+    float *out = malloc(sizeof(float) * (size_t)ld * (size_t)n_tok);
+    double *wd = malloc(sizeof(double) * (size_t)n_in * (size_t)n_out);
+    double *mag = malloc(sizeof(double) * (size_t)n_in * (size_t)n_out);
+    double *ad = malloc(sizeof(double) * (size_t)n_in);
+    double *dblk = malloc(sizeof(double) * (size_t)(n_in / 32 + 1));
+    ck_assert(w && x && act && out && wd && mag && ad && dblk);
+
+    fill_blocks(w, t, n_in, n_out, &s);
+    for (int r = 0; r < n_out; r++)
+        decode_row(wd + (size_t)r * n_in, mag + (size_t)r * n_in, w + (size_t)r * rb, t, n_in);
+    for (int i = 0; i < n_in * n_tok; i++)
+        x[i] = f16r(&s, 0.01f, 2.0f) * (i % 37 == 5 ? 8.0f : 1.0f); /* some outliers */
+
+    int isas[SPK_ISA_COUNT];
+    const int ni = n_isas(isas);
+    for (int k = 0; k < ni; k++) {
+        use_isa(isas[k]);
+        /* quantize in two thread-like slices */
+        spk_act_quantize(act, t, x, n_in, 0, n_tok / 2);
+        spk_act_quantize(act, t, x, n_in, n_tok / 2, n_tok);
+        for (int i = 0; i < ld * n_tok; i++)
+            out[i] = -12345.0f;
+        spk_matmul(out, ld, w, t, act, n_in, n_tok, row0, row1);
+        const size_t arow = asz / (size_t)n_tok;
+        for (int tk = 0; tk < n_tok; tk++) {
+            const float *xt = x + (size_t)tk * n_in;
+            decode_act(ad, dblk, act + (size_t)tk * arow, t, n_in);
+            for (int r = 0; r < ld; r++) {
+                const float got = out[(size_t)tk * ld + r];
+                if (r < row0 || r >= row1) {
+                    ck_assert_msg(got == -12345.0f, "%s isa %d: wrote row %d outside [%d,%d)",
+                                  spk_dtype_get(t)->name, isas[k], r, row0, row1);
+                    continue;
+                }
+                const double *wr = wd + (size_t)r * n_in, *mr = mag + (size_t)r * n_in;
+                double exact = 0, quant = 0, qbound = 0, smag = 0;
+                for (int i = 0; i < n_in; i++) {
+                    exact += wr[i] * xt[i];
+                    quant += wr[i] * ad[i];
+                    smag += mr[i] * (fabs(xt[i]) + fabs(ad[i]));
+                    if (!is_float(t))
+                        qbound += 0.57 * dblk[i / 32] * fabs(wr[i]);
+                }
+                const double fbound = (n_in + 16) * ldexp(1.0, -23) * smag + 1e-30;
+                ck_assert_msg(fabs(got - quant) <= fbound,
+                              "%s isa %d n_in %d tok %d/%d row %d: got %.9g, quantized-act ref %.9g "
+                              "(diff %.3g > bound %.3g)",
+                              spk_dtype_get(t)->name, isas[k], n_in, tk, n_tok, r, got, quant,
+                              fabs(got - quant), fbound);
+                ck_assert_msg(fabs(got - exact) <= qbound + fbound,
+                              "%s isa %d n_in %d tok %d/%d row %d: got %.9g, exact ref %.9g "
+                              "(diff %.3g > bound %.3g)",
+                              spk_dtype_get(t)->name, isas[k], n_in, tk, n_tok, r, got, exact,
+                              fabs(got - exact), qbound + fbound);
+            }
+        }
+    }
+    use_isa(-1);
+    spk_cpu_force_scalar(0);
+    free(w);
+    free(x);
+    free(act);
+    free(out);
+    free(wd);
+    free(mag);
+    free(ad);
+    free(dblk);
+}
+
+static const int k_ntok[] = {1, 3, 4, 7, 16};
+
+/* _i indexes k_types: every type, both a short odd-block row and a model-sized row. */
+START_TEST(test_matmul_matches_float64_reference)
+{
+    const spk_dtype t = k_types[_i];
+    const int kq = t == SPK_DT_Q4_K || t == SPK_DT_Q6_K;
+    const int sizes[2] = {is_float(t) ? 37 : kq ? 256 : 96, is_float(t) ? 203 : kq ? 512 : 576};
+    for (int si = 0; si < 2; si++)
+        for (size_t ti = 0; ti < sizeof k_ntok / sizeof k_ntok[0]; ti++) {
+            const int nt = k_ntok[ti];
+            check_case(t, sizes[si], 23, nt, 0, 23, 100u + (uint64_t)(_i * 10 + si) * 7 + ti);
+            check_case(t, sizes[si], 23, nt, 3, 22, 200u + (uint64_t)(_i * 10 + si) * 7 + ti);
+            check_case(t, sizes[si], 23, nt, 5, 6, 300u + (uint64_t)(_i * 10 + si) * 7 + ti);
+        }
+}
+END_TEST
+
+/* The SIMD activation quantizers give the reference's bytes exactly, including ties (x.5 rounds
+ * away from zero), zero blocks and blocks whose amax is tiny. */
+START_TEST(test_act_quantize_matches_reference_bitwise)
+{
+    enum { N = 32 * 12 };
+    float x[N];
+    uint64_t s = 77;
+    for (int i = 0; i < N; i++)
+        x[i] = f16r(&s, 0.0f, 3.0f);
+    for (int j = 0; j < 32; j++) {
+        x[j] = (float)j - 15.5f;  /* block 0: amax 127 below makes d == 1: exact ties */
+        x[32 + j] = 0.0f;         /* block 1: all zero */
+        x[64 + j] = 1e-30f * (float)(j - 16); /* block 2: tiny */
+    }
+    x[31] = 127.0f;
+    x[5] = -2.5f;
+    x[6] = 2.5f;
+    const size_t sz = spk_q8_row_bytes(N);
+    uint8_t *ref = calloc(1, sz), *got = calloc(1, sz);
+    ck_assert(ref && got);
+    spk_q8_quantize_row_ref(ref, x, N);
+    ck_assert_int_eq(((const int8_t *)ref)[5], -3);
+    ck_assert_int_eq(((const int8_t *)ref)[6], 3);
+    ck_assert_int_eq(((const int8_t *)ref)[31], 127);
+    int isas[SPK_ISA_COUNT];
+    const int ni = n_isas(isas);
+    for (int k = 0; k < ni; k++) {
+        use_isa(isas[k]);
+        memset(got, 0xAA, sz);
+        spk_act_quantize(got, SPK_DT_Q4_1, x, N, 0, 1);
+        ck_assert_msg(memcmp(ref, got, (size_t)N + 8 * (N / 32)) == 0, "isa %s differs from reference",
+                      spk_matmul_isa_name());
+    }
+    use_isa(-1);
+    /* every element within d/2 + the f16 rounding of d */
+    const int8_t *q = (const int8_t *)ref;
+    const float *ds = (const float *)(ref + N);
+    for (int i = 0; i < N; i++) {
+        const double d = ds[2 * (i / 32)];
+        if (i / 32 == 2)
+            continue; /* d below the f16 range rounds to 0, as in the reference format */
+        ck_assert_msg(fabs(x[i] - q[i] * d) <= 0.57 * d + 1e-37, "element %d: %g vs %d*%g", i,
+                      (double)x[i], q[i], d);
+    }
+    for (int b = 0; b < N / 32; b++) {
+        int sum = 0;
+        for (int j = 0; j < 32; j++)
+            sum += q[32 * b + j];
+        ck_assert(ds[2 * b + 1] == ds[2 * b] * (float)sum);
+    }
+    free(ref);
+    free(got);
+}
+END_TEST
+
+/* The per-type dequantizers agree with this test's own decoders. */
+START_TEST(test_dequantize_matches_decoder)
+{
+    const spk_dtype t = k_types[_i];
+    const int n = 512;
+    uint64_t s = 9 + (uint64_t)_i;
+    const size_t rb = spk_dtype_row_size(t, (size_t)n);
+    uint8_t *w = malloc(rb);
+    float *got = malloc(sizeof(float) * n);
+    double *ref = malloc(sizeof(double) * n), *mag = malloc(sizeof(double) * n);
+    ck_assert(w && got && ref && mag);
+    fill_blocks(w, t, n, 1, &s);
+    decode_row(ref, mag, w, t, n);
+    ck_assert_int_eq(spk_quant_dequantize_row(got, w, t, n), 0);
+    for (int i = 0; i < n; i++)
+        ck_assert_msg(fabs(got[i] - ref[i]) <= 1e-6 * mag[i] + 1e-30, "%s element %d: %.9g vs %.9g",
+                      spk_dtype_get(t)->name, i, (double)got[i], ref[i]);
+    free(w);
+    free(got);
+    free(ref);
+    free(mag);
+}
+END_TEST
+
+/* Sizes and support answers: unsupported types and ragged rows are refused, not computed. */
+START_TEST(test_support_and_sizes)
+{
+    ck_assert(spk_matmul_supported(SPK_DT_Q4_1, 576));
+    ck_assert(!spk_matmul_supported(SPK_DT_Q4_1, 577));
+    ck_assert(!spk_matmul_supported(SPK_DT_Q4_K, 288));
+    ck_assert(spk_matmul_supported(SPK_DT_Q4_K, 512));
+    ck_assert(spk_matmul_supported(SPK_DT_F16, 37));
+    ck_assert(!spk_matmul_supported(SPK_DT_Q8_1, 64));
+    ck_assert(!spk_matmul_supported((spk_dtype)7, 64));
+    ck_assert(!spk_matmul_supported(SPK_DT_Q8_0, 0));
+    ck_assert_uint_eq(spk_act_size((spk_dtype)99, 64, 1), 0);
+    ck_assert_uint_ge(spk_act_size(SPK_DT_Q4_1, 576, 3), 3 * (576 + 18 * 8));
+    ck_assert_uint_ge(spk_act_size(SPK_DT_F32, 37, 2), 2 * 37 * 4);
+    ck_assert_int_eq(spk_act_type(SPK_DT_Q4_1), SPK_DT_Q8_1);
+    ck_assert_int_eq(spk_act_type(SPK_DT_Q8_0), SPK_DT_Q8_0);
+    ck_assert_int_eq(spk_act_type(SPK_DT_F16), SPK_DT_F32);
+    float o = 1.0f;
+    spk_matmul(&o, 1, NULL, (spk_dtype)99, NULL, 64, 1, 0, 1); /* refused: nothing touched */
+    ck_assert(o == 1.0f);
+    ck_assert_ptr_nonnull(spk_cpu_simd_names());
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("matmul");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, test_matmul_matches_float64_reference, 0, N_TYPES);
+    tcase_add_test(tc, test_act_quantize_matches_reference_bitwise);
+    tcase_add_loop_test(tc, test_dequantize_matches_decoder, 0, N_TYPES);
+    tcase_add_test(tc, test_support_and_sizes);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    const spk_cpu_features *f = spk_cpu_get_features();
+    printf("simd: %s (avx2 %d avx512f %d vnni %d)\n", spk_cpu_simd_names(), f->avx2, f->avx512f,
+           f->avx512vnni);
+    return spk_test_run(suite());
+}
