@@ -33,6 +33,7 @@
 
 typedef struct tcp_peer {
     int fd;
+    int gone; /* hung up outside any operation with us (finished or dead): no longer watched */
     char addr[80]; /* "host:port" for messages */
 } tcp_peer;
 
@@ -43,6 +44,7 @@ struct spk_transport_comm {
     int abort_pipe[2];
     atomic_int aborted;
     spk_status broken; /* sticky failure; SPK_OK while healthy */
+    int fail_code;     /* urgent byte sent to peers on failure: 1 + lost rank, or 255 */
     spk_status (*set_error)(spk_status, const char *);
     void (*log)(spk_log_level, const char *);
     uint8_t nonce[64];
@@ -100,13 +102,22 @@ static int timeout_of(const tcp_comm *c, int timeout_ms)
     return timeout_ms > 0 ? timeout_ms : c->timeout_ms;
 }
 
-/* Shut every data socket down (peers see EOF at once) without closing the descriptors, which
- * another thread may be polling. Safe from any thread. */
-static void shutdown_all(tcp_comm *c)
+/*
+ * Tell every peer that this comm failed and close the streams (without closing the descriptors,
+ * which another thread may be polling): one TCP urgent byte (1 + the rank we lost, or 255) then
+ * shutdown. Peers watch for urgent data during collectives, so a failure spreads to ranks that
+ * are not talking to the dead one right now, while a peer that simply finished and closed its
+ * comm (plain FIN) is not mistaken for a failure. Safe from any thread.
+ */
+static void signal_failure(tcp_comm *c, int code)
 {
+    uint8_t b = (uint8_t)code;
     for (int p = 0; p < c->world; p++)
-        if (c->peers[p].fd >= 0)
+        if (c->peers[p].fd >= 0) {
+            ssize_t r = send(c->peers[p].fd, &b, 1, MSG_OOB | MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)r;
             shutdown(c->peers[p].fd, SHUT_RDWR);
+        }
 }
 
 /* Mark the comm broken with `st` (first failure wins) and tell the peers by closing the streams. */
@@ -118,9 +129,10 @@ static spk_status fail(tcp_comm *c, spk_status st, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    if (c->broken == SPK_OK)
+    if (c->broken == SPK_OK) {
         c->broken = st;
-    shutdown_all(c);
+        signal_failure(c, c->fail_code ? c->fail_code : 255);
+    }
     logf_(c->log, SPK_LOG_WARN, "%s", msg);
     return c->set_error(st, msg);
 }
@@ -202,8 +214,26 @@ static void fold(tcp_op *o)
 
 static spk_status peer_lost(tcp_comm *c, int p, const char *what, const char *why)
 {
+    if (!c->fail_code)
+        c->fail_code = p < 254 ? p + 1 : 255;
     return fail(c, SPK_ERR_PEER_LOST, "tcp rank %d: %s: lost peer rank %d (%s): %s", c->rank, what,
                 p, c->peers[p].addr, why);
+}
+
+/* Peer p sent the urgent failure byte: it lost a rank (named in the byte) or failed itself. */
+static spk_status peer_failed(tcp_comm *c, int p, const char *what)
+{
+    uint8_t b = 255;
+    if (recv(c->peers[p].fd, &b, 1, MSG_OOB | MSG_DONTWAIT) != 1)
+        b = 255;
+    int lost = b >= 1 && b < 255 ? b - 1 : -1;
+    if (lost >= 0 && lost < c->world && lost != c->rank) {
+        c->fail_code = b;
+        return fail(c, SPK_ERR_PEER_LOST,
+                    "tcp rank %d: %s: lost peer rank %d (%s): reported by rank %d (%s)", c->rank,
+                    what, lost, c->peers[lost].addr, p, c->peers[p].addr);
+    }
+    return peer_lost(c, p, what, "it failed or aborted its communicator");
 }
 
 /* Move bytes for one op as far as the socket allows. Returns OK, or a failure. */
@@ -266,7 +296,7 @@ static spk_status run_ops(tcp_comm *c, tcp_op *ops, int n, int timeout_ms, int w
         }
         int np = 0;
         for (int p = 0; p < c->world; p++) {
-            if (p == c->rank || c->peers[p].fd < 0)
+            if (p == c->rank || c->peers[p].fd < 0 || c->peers[p].gone)
                 continue;
             short ev = 0;
             for (int i = 0; i < n; i++)
@@ -274,9 +304,7 @@ static spk_status run_ops(tcp_comm *c, tcp_op *ops, int n, int timeout_ms, int w
                     ev |= ops[i].is_recv ? POLLIN : POLLOUT;
             if (!ev && !watch_all)
                 continue;
-            if (!(ev & POLLIN))
-                ev |= POLLRDHUP;
-            pfd[np] = (struct pollfd){.fd = c->peers[p].fd, .events = ev};
+            pfd[np] = (struct pollfd){.fd = c->peers[p].fd, .events = (short)(ev | POLLPRI)};
             who[np++] = p;
         }
         pfd[np] = (struct pollfd){.fd = c->abort_pipe[0], .events = POLLIN};
@@ -311,6 +339,8 @@ static spk_status run_ops(tcp_comm *c, tcp_op *ops, int n, int timeout_ms, int w
             int p = who[k];
             if (!re)
                 continue;
+            if (re & POLLPRI)
+                return peer_failed(c, p, what);
             int involved = 0;
             for (int i = 0; i < n; i++) {
                 if (ops[i].peer != p || ops[i].done >= ops[i].len)
@@ -320,19 +350,10 @@ static spk_status run_ops(tcp_comm *c, tcp_op *ops, int n, int timeout_ms, int w
                 if (st != SPK_OK)
                     return st;
             }
-            if (!involved && (re & (POLLRDHUP | POLLHUP | POLLERR)))
-                return peer_lost(c, p, what, "peer closed its data connection");
-            if (involved && (re & (POLLHUP | POLLERR)) && !(re & POLLIN)) {
-                /* a send toward a dead peer: let the next send report the error */
-                for (int i = 0; i < n; i++)
-                    if (ops[i].peer == p && !ops[i].is_recv && ops[i].done < ops[i].len) {
-                        spk_status st = pump(c, &ops[i], what);
-                        if (st != SPK_OK)
-                            return st;
-                    }
-                if (re & POLLERR)
-                    return peer_lost(c, p, what, "socket error");
-            }
+            if (!involved && (re & (POLLHUP | POLLERR)))
+                c->peers[p].gone = 1; /* finished and closed, or dead: its neighbours will tell */
+            else if (involved && (re & POLLERR))
+                return peer_lost(c, p, what, "socket error");
         }
     }
 }
@@ -358,18 +379,18 @@ static spk_status check_mem(tcp_comm *c, unsigned mem, const char *what)
     return SPK_OK;
 }
 
-static spk_status tcp_sendrecv(tcp_comm *c, int sp, const void *sbuf, size_t sbytes, int rp,
-                               void *rbuf, size_t rbytes, unsigned mem, int timeout_ms)
+static spk_status p2p(tcp_comm *c, int sp, const void *sbuf, size_t sbytes, int rp, void *rbuf,
+                      size_t rbytes, unsigned mem, int timeout_ms, const char *what)
 {
-    spk_status st = check_mem(c, mem, "sendrecv");
+    spk_status st = check_mem(c, mem, what);
     if (st == SPK_OK && sbytes)
-        st = check_peer(c, sp, "sendrecv");
+        st = check_peer(c, sp, what);
     if (st == SPK_OK && rbytes)
-        st = check_peer(c, rp, "sendrecv");
+        st = check_peer(c, rp, what);
     if (st == SPK_OK && ((sbytes && !sbuf) || (rbytes && !rbuf)))
-        st = errf(c->set_error, SPK_ERR_INVALID_ARG, "tcp: sendrecv: NULL buffer");
+        st = errf(c->set_error, SPK_ERR_INVALID_ARG, "tcp: %s: NULL buffer", what);
     if (st == SPK_OK)
-        st = check_usable(c, "sendrecv");
+        st = check_usable(c, what);
     if (st != SPK_OK)
         return st;
     tcp_op ops[2];
@@ -378,19 +399,25 @@ static spk_status tcp_sendrecv(tcp_comm *c, int sp, const void *sbuf, size_t sby
         op_send(&ops[n++], sp, sbuf, sbytes);
     if (rbytes)
         op_recv(&ops[n++], rp, rbuf, rbytes);
-    return run_ops(c, ops, n, timeout_of(c, timeout_ms), 0, "sendrecv");
+    return run_ops(c, ops, n, timeout_of(c, timeout_ms), 0, what);
+}
+
+static spk_status tcp_sendrecv(tcp_comm *c, int sp, const void *sbuf, size_t sbytes, int rp,
+                               void *rbuf, size_t rbytes, unsigned mem, int timeout_ms)
+{
+    return p2p(c, sp, sbuf, sbytes, rp, rbuf, rbytes, mem, timeout_ms, "sendrecv");
 }
 
 static spk_status tcp_send(tcp_comm *c, int peer, const void *buf, size_t bytes, unsigned mem,
                            int timeout_ms)
 {
-    return tcp_sendrecv(c, peer, buf, bytes, -1, NULL, 0, mem, timeout_ms);
+    return p2p(c, peer, buf, bytes, -1, NULL, 0, mem, timeout_ms, "send");
 }
 
 static spk_status tcp_recv(tcp_comm *c, int peer, void *buf, size_t bytes, unsigned mem,
                            int timeout_ms)
 {
-    return tcp_sendrecv(c, -1, NULL, 0, peer, buf, bytes, mem, timeout_ms);
+    return p2p(c, -1, NULL, 0, peer, buf, bytes, mem, timeout_ms, "recv");
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -567,7 +594,7 @@ static void tcp_abort(tcp_comm *c)
     if (!c)
         return;
     atomic_store(&c->aborted, 1);
-    shutdown_all(c);
+    signal_failure(c, 255);
     uint8_t x = 1;
     ssize_t rc = write(c->abort_pipe[1], &x, 1); /* pipe full means already signalled */
     (void)rc;
