@@ -1,0 +1,590 @@
+/*
+ * Bootstrap: the driver accepts and authenticates ranks until all have joined; a worker connects
+ * (retrying with backoff) and proves itself. Handshake on a fresh connection:
+ *   driver -> CHALLENGE {nonce_d, session}
+ *   joiner -> HELLO     {rank, world, nonce_w, HMAC(key, "hello" | nonce_d | nonce_w | rank | world)}
+ *   driver -> RESPONSE  {HMAC(key, "response" | nonce_w | nonce_d | rank | world)} + VERSION
+ *   joiner -> VERSION
+ *   driver -> BARRIER round 0 once every rank has joined.
+ * Nothing but the fixed-size CHALLENGE/HELLO is parsed before the key is proven.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cluster/cluster_internal.h"
+#include "common/error.h"
+
+#define LABEL_HELLO "spk1-hello"
+#define LABEL_RESPONSE "spk1-response"
+
+void spk_cluster_mac(const spk_cluster *c, const char *label, const uint8_t *a, const uint8_t *b,
+                     uint32_t rank, uint32_t world, uint8_t out[SPK_PROTO_MAC_BYTES])
+{
+    static const uint8_t empty_key[1] = {0};
+    crypto_auth_hmacsha256_state st;
+    uint8_t rw[8];
+    spk_le_put32(rw, rank);
+    spk_le_put32(rw + 4, world);
+    crypto_auth_hmacsha256_init(&st, c->key_len ? (const uint8_t *)c->key : empty_key, c->key_len);
+    crypto_auth_hmacsha256_update(&st, (const uint8_t *)label, strlen(label) + 1);
+    crypto_auth_hmacsha256_update(&st, a, SPK_PROTO_NONCE_BYTES);
+    if (b)
+        crypto_auth_hmacsha256_update(&st, b, SPK_PROTO_NONCE_BYTES);
+    crypto_auth_hmacsha256_update(&st, rw, sizeof rw);
+    crypto_auth_hmacsha256_final(&st, out);
+    sodium_memzero(&st, sizeof st);
+}
+
+static void derive_cluster_nonce(spk_cluster *c)
+{
+    spk_cluster_mac(c, "spk1-cluster-nonce", c->session, NULL, 0, (uint32_t)c->world,
+                    c->cluster_nonce);
+}
+
+static void send_error(int fd, uint64_t seq, spk_status st, uint32_t rank, const char *text)
+{
+    spk_proto_msg m = {0};
+    m.h.type = SPK_MSG_ERROR;
+    m.h.seq = seq;
+    m.u.error.status = (uint32_t)st;
+    m.u.error.rank = rank;
+    m.u.error.msg = text;
+    size_t n = strlen(text);
+    m.u.error.msg_len = (uint32_t)(n > SPK_PROTO_MAX_MSG ? SPK_PROTO_MAX_MSG : n);
+    spk_net_send_msg(fd, &m, spk_net_now_ms() + 500); /* best effort */
+}
+
+static void version_text(char *out, size_t cap, uint32_t lib, uint32_t proto)
+{
+    snprintf(out, cap, "library %u.%u.%u (%u), protocol %u", lib / 10000, lib / 100 % 100,
+             lib % 100, lib, proto);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Driver                                                                                   */
+/* ---------------------------------------------------------------------------------------- */
+
+typedef enum { PEND_HELLO, PEND_VERSION } pend_state;
+
+typedef struct pending {
+    int fd;
+    char addr[SPK_NET_ADDR_CAP];
+    pend_state state;
+    int64_t deadline;
+    uint8_t nonce[SPK_PROTO_NONCE_BYTES];
+    uint32_t rank;
+    uint64_t rx_seq;
+    uint8_t buf[SPK_PROTO_HEADER_SIZE + 256];
+    size_t len;
+} pending;
+
+#define MAX_PENDING 64
+
+static void refuse(pending *p, int *n_refused, spk_status st, const char *why_log,
+                   const char *why_peer)
+{
+    spk_log(SPK_LOG_WARN, "cluster: refused connection from %s: %s", p->addr, why_log);
+    if (why_peer)
+        send_error(p->fd, 3, st, SPK_PROTO_NO_RANK, why_peer);
+    close(p->fd);
+    p->fd = -1;
+    (*n_refused)++;
+}
+
+/* Fail the whole join: tell the ranks already joined why, so they do not wait for nothing. */
+static void abort_joined(spk_cluster *c, spk_status st, const char *why)
+{
+    for (int r = 1; r < c->world; r++) {
+        spk_peer *pr = &c->peers[r];
+        if (pr->fd >= 0) {
+            send_error(pr->fd, ++pr->tx_seq, st, SPK_PROTO_NO_RANK, why);
+            close(pr->fd);
+            pr->fd = -1;
+        }
+    }
+}
+
+/* Handle one complete frame of a pending connection. Returns 1 if the rank joined, 0 to
+ * continue, -1 if the connection was dropped, or -2 on a fatal version mismatch (c's error
+ * detail set, status in *fatal). */
+static int pending_frame(spk_cluster *c, pending *p, const spk_proto_msg *m, int *n_refused,
+                         spk_status *fatal)
+{
+    char why[512];
+    if (m->h.seq != ++p->rx_seq) {
+        snprintf(why, sizeof why, "frame sequence %llu, expected %llu",
+                 (unsigned long long)m->h.seq, (unsigned long long)p->rx_seq);
+        refuse(p, n_refused, SPK_ERR_FORMAT, why, NULL);
+        return -1;
+    }
+    if (p->state == PEND_HELLO) {
+        if (m->h.type != SPK_MSG_HELLO) {
+            snprintf(why, sizeof why, "first message is %s, expected HELLO",
+                     spk_proto_type_name(m->h.type));
+            refuse(p, n_refused, SPK_ERR_FORMAT, why, NULL);
+            return -1;
+        }
+        uint8_t mac[SPK_PROTO_MAC_BYTES];
+        spk_cluster_mac(c, LABEL_HELLO, p->nonce, m->u.hello.nonce, m->u.hello.rank,
+                        m->u.hello.world_size, mac);
+        if (sodium_memcmp(mac, m->u.hello.mac, sizeof mac) != 0) {
+            int peer_keyed = (m->h.flags & SPK_PROTO_F_KEYED) != 0;
+            snprintf(why, sizeof why, "claims rank %u but failed the cluster key check (%s)",
+                     m->u.hello.rank,
+                     !peer_keyed && c->key_len ? "it has no cluster key"
+                     : peer_keyed && !c->key_len ? "it has a key, this driver has none"
+                                                 : "wrong key");
+            refuse(p, n_refused, SPK_ERR_AUTH, why, "authentication failed: cluster key mismatch");
+            return -1;
+        }
+        if ((int)m->u.hello.world_size != c->world) {
+            snprintf(why, sizeof why, "rank %u has world size %u, the driver has %d",
+                     m->u.hello.rank, m->u.hello.world_size, c->world);
+            refuse(p, n_refused, SPK_ERR_INVALID_ARG, why, why);
+            return -1;
+        }
+        if (c->peers[m->u.hello.rank].fd >= 0) {
+            snprintf(why, sizeof why, "rank %u already joined from %s", m->u.hello.rank,
+                     c->peers[m->u.hello.rank].addr);
+            refuse(p, n_refused, SPK_ERR_STATE, why, why);
+            return -1;
+        }
+        p->rank = m->u.hello.rank;
+        spk_proto_msg out = {0};
+        out.h.type = SPK_MSG_RESPONSE;
+        out.h.seq = 2;
+        spk_cluster_mac(c, LABEL_RESPONSE, m->u.hello.nonce, p->nonce, p->rank,
+                        (uint32_t)c->world, out.u.response.mac);
+        spk_status st = spk_net_send_msg(p->fd, &out, p->deadline);
+        if (st == SPK_OK) {
+            memset(&out, 0, sizeof out);
+            out.h.type = SPK_MSG_VERSION;
+            out.h.seq = 3;
+            out.u.version.lib_version = c->my_lib_version;
+            out.u.version.proto_version = c->my_proto_version;
+            st = spk_net_send_msg(p->fd, &out, p->deadline);
+        }
+        if (st != SPK_OK) {
+            snprintf(why, sizeof why, "rank %u: %s", p->rank, spk_err_msg());
+            refuse(p, n_refused, st, why, NULL);
+            return -1;
+        }
+        p->state = PEND_VERSION;
+        return 0;
+    }
+    /* PEND_VERSION */
+    if (m->h.type == SPK_MSG_ERROR) {
+        snprintf(why, sizeof why, "rank %u gave up: %.*s", p->rank, (int)m->u.error.msg_len,
+                 m->u.error.msg);
+        refuse(p, n_refused, SPK_ERR_STATE, why, NULL);
+        if (m->u.error.status == SPK_ERR_VERSION || m->u.error.status == SPK_ERR_AUTH) {
+            *fatal = (spk_status)m->u.error.status;
+            spk_err(*fatal, "rank %u (%s): %s", p->rank, p->addr, why);
+            return -2;
+        }
+        return -1;
+    }
+    if (m->h.type != SPK_MSG_VERSION) {
+        snprintf(why, sizeof why, "rank %u sent %s, expected VERSION", p->rank,
+                 spk_proto_type_name(m->h.type));
+        refuse(p, n_refused, SPK_ERR_FORMAT, why, NULL);
+        return -1;
+    }
+    if (m->u.version.lib_version != c->my_lib_version ||
+        m->u.version.proto_version != c->my_proto_version) {
+        char theirs[128], mine[128], text[1024];
+        version_text(theirs, sizeof theirs, m->u.version.lib_version, m->u.version.proto_version);
+        version_text(mine, sizeof mine, c->my_lib_version, c->my_proto_version);
+        snprintf(text, sizeof text, "version mismatch: rank %u (%s) runs %s; the driver runs %s",
+                 p->rank, p->addr, theirs, mine);
+        spk_log(SPK_LOG_ERROR, "cluster: %s", text);
+        send_error(p->fd, 4, SPK_ERR_VERSION, p->rank, text);
+        close(p->fd);
+        p->fd = -1;
+        *fatal = SPK_ERR_VERSION;
+        spk_err(SPK_ERR_VERSION, "%s", text);
+        return -2;
+    }
+    spk_peer *pr = &c->peers[p->rank];
+    pr->fd = p->fd;
+    pr->rx_seq = p->rx_seq;
+    pr->tx_seq = 3;
+    snprintf(pr->addr, sizeof pr->addr, "%s", p->addr);
+    p->fd = -1;
+    spk_log(SPK_LOG_INFO, "cluster: rank %u joined from %s", p->rank, pr->addr);
+    return 1;
+}
+
+spk_status spk_cluster_join_driver(spk_cluster *c, int64_t deadline_ms)
+{
+    int lfd = -1;
+    spk_status st = spk_net_listen(c->host, c->port, &lfd);
+    if (st != SPK_OK)
+        return spk_err_prefix(st, "cluster driver");
+    randombytes_buf(c->session, sizeof c->session);
+    derive_cluster_nonce(c);
+
+    pending pend[MAX_PENDING];
+    for (int i = 0; i < MAX_PENDING; i++)
+        pend[i].fd = -1;
+    int joined = 0, n_refused = 0;
+    spk_status fatal = SPK_OK;
+    int handshake_ms = c->cfg.peer_timeout_ms > 5000 ? c->cfg.peer_timeout_ms : 5000;
+
+    while (joined < c->world - 1 && fatal == SPK_OK) {
+        int64_t now = spk_net_now_ms();
+        if (now >= deadline_ms)
+            break;
+        struct pollfd pfd[1 + MAX_PENDING + SPK_PROTO_MAX_RANKS];
+        int idx_pend[MAX_PENDING] = {0}, np = 0;
+        int64_t next = deadline_ms;
+        pfd[np++] = (struct pollfd){.fd = lfd, .events = POLLIN};
+        for (int i = 0; i < MAX_PENDING; i++) {
+            if (pend[i].fd < 0)
+                continue;
+            if (pend[i].deadline <= now) {
+                refuse(&pend[i], &n_refused, SPK_ERR_TIMEOUT, "handshake not finished in time",
+                       NULL);
+                continue;
+            }
+            if (pend[i].deadline < next)
+                next = pend[i].deadline;
+            idx_pend[i] = np;
+            pfd[np++] = (struct pollfd){.fd = pend[i].fd, .events = POLLIN};
+        }
+        int first_joined = np;
+        for (int r = 1; r < c->world; r++)
+            if (c->peers[r].fd >= 0)
+                pfd[np++] = (struct pollfd){.fd = c->peers[r].fd, .events = POLLIN};
+        int rc = poll(pfd, (nfds_t)np, (int)(next - now));
+        if (rc < 0 && errno != EINTR) {
+            st = spk_err(SPK_ERR_IO, "cluster driver: poll: %s", strerror(errno));
+            fatal = st;
+            break;
+        }
+        if (rc <= 0)
+            continue;
+        /* A joined rank that speaks or hangs up before the start left the cluster. */
+        for (int k = first_joined; k < np; k++) {
+            if (!pfd[k].revents)
+                continue;
+            for (int r = 1; r < c->world; r++) {
+                if (c->peers[r].fd != pfd[k].fd)
+                    continue;
+                spk_log(SPK_LOG_WARN, "cluster: rank %d (%s) left before all ranks joined", r,
+                        c->peers[r].addr);
+                close(c->peers[r].fd);
+                c->peers[r].fd = -1;
+                joined--;
+            }
+        }
+        for (int i = 0; i < MAX_PENDING; i++) {
+            pending *p = &pend[i];
+            if (p->fd < 0 || !pfd[idx_pend[i]].revents)
+                continue;
+            ssize_t k = recv(p->fd, p->buf + p->len, sizeof p->buf - p->len, MSG_DONTWAIT);
+            if (k == 0 || (k < 0 && errno != EAGAIN && errno != EINTR)) {
+                refuse(p, &n_refused, SPK_ERR_PEER_LOST, "closed during the handshake", NULL);
+                continue;
+            }
+            if (k < 0)
+                continue;
+            p->len += (size_t)k;
+            for (;;) {
+                spk_proto_msg m;
+                size_t used = 0;
+                st = spk_proto_decode(p->buf, p->len, &m, &used);
+                if (st != SPK_OK) {
+                    char why[768];
+                    snprintf(why, sizeof why, "not a sparkinfer peer (%s)", spk_err_msg());
+                    refuse(p, &n_refused, SPK_ERR_FORMAT, why, NULL);
+                    break;
+                }
+                if (used == 0) {
+                    if (p->len == sizeof p->buf) /* valid header, payload too big to be ours */
+                        refuse(p, &n_refused, SPK_ERR_FORMAT, "handshake frame too large", NULL);
+                    break;
+                }
+                int res = pending_frame(c, p, &m, &n_refused, &fatal);
+                if (res < 0 || p->fd < 0) {
+                    if (res == -2)
+                        st = fatal;
+                    break;
+                }
+                memmove(p->buf, p->buf + used, p->len - used);
+                p->len -= used;
+                if (res == 1) {
+                    joined++;
+                    break;
+                }
+            }
+            if (fatal != SPK_OK)
+                break;
+        }
+        if (fatal != SPK_OK)
+            break;
+        if (pfd[0].revents & POLLIN) {
+            for (;;) {
+                struct sockaddr_storage ss;
+                socklen_t sl = sizeof ss;
+                int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC | SOCK_NONBLOCK);
+                if (fd < 0)
+                    break;
+                spk_net_prepare(fd);
+                int slot = -1;
+                for (int i = 0; i < MAX_PENDING && slot < 0; i++)
+                    if (pend[i].fd < 0)
+                        slot = i;
+                char addr[SPK_NET_ADDR_CAP];
+                spk_net_addr_str((struct sockaddr *)&ss, sl, addr, sizeof addr);
+                if (slot < 0) {
+                    spk_log(SPK_LOG_WARN, "cluster: refused connection from %s: too many "
+                                          "handshakes in progress", addr);
+                    close(fd);
+                    n_refused++;
+                    continue;
+                }
+                pending *p = &pend[slot];
+                memset(p, 0, sizeof *p);
+                p->fd = fd;
+                snprintf(p->addr, sizeof p->addr, "%s", addr);
+                p->state = PEND_HELLO;
+                int64_t dl = spk_net_now_ms() + handshake_ms;
+                p->deadline = dl < deadline_ms ? dl : deadline_ms;
+                randombytes_buf(p->nonce, sizeof p->nonce);
+                spk_proto_msg m = {0};
+                m.h.type = SPK_MSG_CHALLENGE;
+                m.h.flags = c->key_len ? SPK_PROTO_F_KEYED : 0;
+                m.h.seq = 1;
+                memcpy(m.u.challenge.nonce, p->nonce, sizeof p->nonce);
+                memcpy(m.u.challenge.session, c->session, sizeof c->session);
+                if (spk_net_send_msg(fd, &m, p->deadline) != SPK_OK)
+                    refuse(p, &n_refused, SPK_ERR_IO, "could not send the challenge", NULL);
+            }
+        }
+    }
+    for (int i = 0; i < MAX_PENDING; i++)
+        if (pend[i].fd >= 0)
+            close(pend[i].fd);
+    close(lfd);
+
+    if (fatal != SPK_OK) {
+        char why[SPK_CLUSTER_FAIL_CAP];
+        snprintf(why, sizeof why, "%s", spk_err_msg());
+        abort_joined(c, fatal, why);
+        return spk_err(fatal, "%s", why);
+    }
+    if (joined < c->world - 1) {
+        char missing[256] = "";
+        size_t off = 0;
+        for (int r = 1; r < c->world && off + 16 < sizeof missing; r++)
+            if (c->peers[r].fd < 0)
+                off += (size_t)snprintf(missing + off, sizeof missing - off, "%s%d",
+                                        off ? ", " : "", r);
+        char why[1024];
+        snprintf(why, sizeof why,
+                 "cluster driver at %s: rank(s) %s of world size %d did not join within %d ms "
+                 "(%d connection(s) refused, see the log)",
+                 c->coordinator, missing, c->world, c->cfg.connect_timeout_ms, n_refused);
+        abort_joined(c, SPK_ERR_TIMEOUT, why);
+        return spk_err(SPK_ERR_TIMEOUT, "%s", why);
+    }
+    /* Everyone is here: start. */
+    for (int r = 1; r < c->world; r++) {
+        spk_peer *pr = &c->peers[r];
+        spk_proto_msg m = {0};
+        m.h.type = SPK_MSG_BARRIER;
+        m.h.seq = ++pr->tx_seq;
+        m.u.barrier.round = 0;
+        st = spk_net_send_msg(pr->fd, &m, spk_net_now_ms() + c->cfg.peer_timeout_ms);
+        if (st != SPK_OK) {
+            char why[512];
+            snprintf(why, sizeof why, "cluster driver: rank %d (%s) lost at start: %s", r,
+                     pr->addr, spk_err_msg());
+            abort_joined(c, SPK_ERR_PEER_LOST, why);
+            return spk_err(SPK_ERR_PEER_LOST, "%s", why);
+        }
+        pr->alive = 1;
+        pr->last_rx_ms = spk_net_now_ms();
+    }
+    spk_net_local_host(c->peers[1].fd, c->local_addr, sizeof c->local_addr);
+    return SPK_OK;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Worker                                                                                   */
+/* ---------------------------------------------------------------------------------------- */
+
+/* One join attempt on a connected socket. *retry = 1 if trying again may help. */
+static spk_status worker_handshake(spk_cluster *c, int fd, int64_t deadline_ms, int *retry)
+{
+    spk_peer *d = &c->peers[0];
+    spk_proto_msg m;
+    uint8_t *pl = NULL;
+    *retry = 0;
+    spk_status st = spk_net_recv_frame(fd, deadline_ms, &m, &pl);
+    if (st == SPK_ERR_PEER_LOST) {
+        *retry = 1; /* e.g. the driver refused us because its handshake table was full */
+        return spk_err(st, "driver at %s closed the connection before the challenge",
+                       c->coordinator);
+    }
+    if (st == SPK_ERR_FORMAT)
+        return spk_err(SPK_ERR_FORMAT, "%s is not a sparkinfer driver: %s", c->coordinator,
+                       spk_err_msg());
+    if (st != SPK_OK)
+        return spk_err_prefix(st, "waiting for the driver's challenge from %s", c->coordinator);
+    free(pl);
+    if (m.h.type != SPK_MSG_CHALLENGE || m.h.seq != 1)
+        return spk_err(SPK_ERR_FORMAT, "driver at %s sent %s first, expected CHALLENGE",
+                       c->coordinator, spk_proto_type_name(m.h.type));
+    int driver_keyed = (m.h.flags & SPK_PROTO_F_KEYED) != 0;
+    uint8_t nonce_d[SPK_PROTO_NONCE_BYTES], nonce_w[SPK_PROTO_NONCE_BYTES];
+    memcpy(nonce_d, m.u.challenge.nonce, sizeof nonce_d);
+    memcpy(c->session, m.u.challenge.session, sizeof c->session);
+    randombytes_buf(nonce_w, sizeof nonce_w);
+
+    spk_proto_msg out = {0};
+    out.h.type = SPK_MSG_HELLO;
+    out.h.flags = c->key_len ? SPK_PROTO_F_KEYED : 0;
+    out.h.seq = 1;
+    out.u.hello.rank = (uint32_t)c->rank;
+    out.u.hello.world_size = (uint32_t)c->world;
+    memcpy(out.u.hello.nonce, nonce_w, sizeof nonce_w);
+    spk_cluster_mac(c, LABEL_HELLO, nonce_d, nonce_w, (uint32_t)c->rank, (uint32_t)c->world,
+                    out.u.hello.mac);
+    st = spk_net_send_msg(fd, &out, deadline_ms);
+    if (st != SPK_OK)
+        return spk_err_prefix(st, "sending HELLO to %s", c->coordinator);
+
+    st = spk_net_recv_frame(fd, deadline_ms, &m, &pl);
+    if (st != SPK_OK) {
+        if (st == SPK_ERR_PEER_LOST)
+            *retry = 1;
+        return spk_err_prefix(st, "waiting for the driver's response from %s", c->coordinator);
+    }
+    if (m.h.type == SPK_MSG_ERROR) {
+        spk_status es = (spk_status)m.u.error.status;
+        if (es == SPK_ERR_AUTH)
+            spk_err(es, "driver at %s refused rank %d: %.*s (%s)", c->coordinator, c->rank,
+                    (int)m.u.error.msg_len, m.u.error.msg,
+                    driver_keyed && !c->key_len ? "the driver requires a key; none is set here"
+                    : !driver_keyed && c->key_len ? "the driver has no key; one is set here"
+                                                  : "the keys differ");
+        else
+            spk_err(es, "driver at %s refused rank %d: %.*s", c->coordinator, c->rank,
+                    (int)m.u.error.msg_len, m.u.error.msg);
+        free(pl);
+        return es;
+    }
+    if (m.h.type != SPK_MSG_RESPONSE || m.h.seq != 2) {
+        free(pl);
+        return spk_err(SPK_ERR_FORMAT, "driver at %s sent %s, expected RESPONSE", c->coordinator,
+                       spk_proto_type_name(m.h.type));
+    }
+    uint8_t mac[SPK_PROTO_MAC_BYTES];
+    spk_cluster_mac(c, LABEL_RESPONSE, nonce_w, nonce_d, (uint32_t)c->rank, (uint32_t)c->world,
+                    mac);
+    int ok = sodium_memcmp(mac, m.u.response.mac, sizeof mac) == 0;
+    free(pl);
+    if (!ok) {
+        spk_log(SPK_LOG_WARN, "cluster: driver at %s failed the cluster key check", c->coordinator);
+        return spk_err(SPK_ERR_AUTH, "driver at %s failed to prove the cluster key",
+                       c->coordinator);
+    }
+    derive_cluster_nonce(c);
+
+    /* Versions: read the driver's, send ours, then compare (so both sides can report). */
+    st = spk_net_recv_frame(fd, deadline_ms, &m, &pl);
+    if (st != SPK_OK)
+        return spk_err_prefix(st, "waiting for the driver's VERSION from %s", c->coordinator);
+    free(pl);
+    if (m.h.type != SPK_MSG_VERSION || m.h.seq != 3)
+        return spk_err(SPK_ERR_FORMAT, "driver at %s sent %s, expected VERSION", c->coordinator,
+                       spk_proto_type_name(m.h.type));
+    uint32_t dlib = m.u.version.lib_version, dproto = m.u.version.proto_version;
+    memset(&out, 0, sizeof out);
+    out.h.type = SPK_MSG_VERSION;
+    out.h.seq = 2;
+    out.u.version.lib_version = c->my_lib_version;
+    out.u.version.proto_version = c->my_proto_version;
+    st = spk_net_send_msg(fd, &out, deadline_ms);
+    if (dlib != c->my_lib_version || dproto != c->my_proto_version) {
+        char theirs[128], mine[128];
+        version_text(theirs, sizeof theirs, dlib, dproto);
+        version_text(mine, sizeof mine, c->my_lib_version, c->my_proto_version);
+        spk_log(SPK_LOG_ERROR, "cluster: version mismatch: driver at %s runs %s; rank %d runs %s",
+                c->coordinator, theirs, c->rank, mine);
+        return spk_err(SPK_ERR_VERSION, "version mismatch: driver at %s runs %s; rank %d runs %s",
+                       c->coordinator, theirs, c->rank, mine);
+    }
+    if (st != SPK_OK)
+        return spk_err_prefix(st, "sending VERSION to %s", c->coordinator);
+
+    /* Wait for the start signal: every rank has joined. */
+    st = spk_net_recv_frame(fd, deadline_ms, &m, &pl);
+    if (st == SPK_ERR_TIMEOUT)
+        return spk_err(SPK_ERR_TIMEOUT, "rank %d joined %s but not all %d ranks arrived within "
+                                        "%d ms", c->rank, c->coordinator, c->world,
+                       c->cfg.connect_timeout_ms);
+    if (st != SPK_OK)
+        return spk_err_prefix(st == SPK_ERR_PEER_LOST ? SPK_ERR_PEER_LOST : st,
+                              "rank 0 (driver, %s) lost while waiting for all ranks",
+                              c->coordinator);
+    if (m.h.type == SPK_MSG_ERROR) {
+        spk_status es = (spk_status)m.u.error.status;
+        spk_err(es, "driver at %s: %.*s", c->coordinator, (int)m.u.error.msg_len, m.u.error.msg);
+        free(pl);
+        return es;
+    }
+    free(pl);
+    if (m.h.type != SPK_MSG_BARRIER || m.h.seq != 4 || m.u.barrier.round != 0)
+        return spk_err(SPK_ERR_FORMAT, "driver at %s sent %s, expected the start BARRIER",
+                       c->coordinator, spk_proto_type_name(m.h.type));
+    d->fd = fd;
+    d->tx_seq = 2;
+    d->rx_seq = 4;
+    d->alive = 1;
+    d->last_rx_ms = spk_net_now_ms();
+    snprintf(d->addr, sizeof d->addr, "%s", c->coordinator);
+    spk_net_local_host(fd, c->local_addr, sizeof c->local_addr);
+    return SPK_OK;
+}
+
+spk_status spk_cluster_join_worker(spk_cluster *c, int64_t deadline_ms)
+{
+    int64_t backoff = 50;
+    int attempts = 0;
+    for (;;) {
+        int fd = -1;
+        attempts++;
+        spk_status st = spk_net_connect(c->host, c->port, deadline_ms, &fd);
+        int retry = 1;
+        if (st == SPK_OK) {
+            st = worker_handshake(c, fd, deadline_ms, &retry);
+            if (st == SPK_OK)
+                return SPK_OK;
+            close(fd);
+        }
+        if (!retry || st == SPK_ERR_TIMEOUT)
+            return spk_err_prefix(st, "rank %d joining %s (attempt %d)", c->rank, c->coordinator,
+                                  attempts);
+        int64_t now = spk_net_now_ms();
+        if (now + backoff >= deadline_ms) {
+            char last[512];
+            snprintf(last, sizeof last, "%s", spk_err_msg());
+            return spk_err(SPK_ERR_TIMEOUT, "rank %d: could not join the driver at %s within %d ms "
+                                            "(%d attempts; last: %s)", c->rank, c->coordinator,
+                           c->cfg.connect_timeout_ms, attempts, last);
+        }
+        struct timespec ts = {.tv_sec = backoff / 1000, .tv_nsec = (backoff % 1000) * 1000000};
+        nanosleep(&ts, NULL);
+        backoff = backoff * 2 > 1000 ? 1000 : backoff * 2;
+    }
+}
