@@ -21,10 +21,13 @@ uint32_t spk_tok_byte_to_cp(uint8_t b)
 {
     if (byte_is_direct(b))
         return b;
-    uint32_t n = 0;
-    for (unsigned c = 0; c < b; c++)
-        n += !byte_is_direct(c);
-    return 256 + n;
+    if (b <= 0x20)
+        return 256 + b;                 /* 0x00..0x20 -> 256..288 */
+    if (b == 0x7F)
+        return 256 + 33;
+    if (b <= 0xA0)
+        return 256 + 34 + (b - 0x80u);  /* 0x80..0xA0 -> 290..322 */
+    return 256 + 67;                    /* 0xAD */
 }
 
 int spk_tok_cp_to_byte(uint32_t cp)
@@ -32,14 +35,13 @@ int spk_tok_cp_to_byte(uint32_t cp)
     if (cp < 256)
         return byte_is_direct(cp) ? (int)cp : -1;
     uint32_t n = cp - 256;
-    for (unsigned c = 0; c < 256; c++) {
-        if (!byte_is_direct(c)) {
-            if (n == 0)
-                return (int)c;
-            n--;
-        }
-    }
-    return -1;
+    if (n <= 32)
+        return (int)n;
+    if (n == 33)
+        return 0x7F;
+    if (n <= 66)
+        return (int)(0x80 + n - 34);
+    return n == 67 ? 0xAD : -1;
 }
 
 /* ---- hashing ------------------------------------------------------------------------------ */

@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "model/chat.h"
+#include "model/gguf.h"
 #include "model/tok_internal.h"
 #include "model/tokenizer.h"
 #include "testutil.h"
@@ -619,6 +620,105 @@ START_TEST(test_long_inputs_encode_and_round_trip)
 }
 END_TEST
 
+/* ---- the GGUF adapter, on a GGUF built in memory ---------------------------------------------- */
+
+typedef struct gbuf {
+    uint8_t *p;
+    size_t n, cap;
+} gbuf;
+
+static void gput(gbuf *b, const void *d, size_t n)
+{
+    if (b->n + n > b->cap) {
+        b->cap = (b->n + n) * 2 + 256;
+        b->p = realloc(b->p, b->cap);
+    }
+    memcpy(b->p + b->n, d, n);
+    b->n += n;
+}
+static void gu32(gbuf *b, uint32_t v) { gput(b, &v, 4); }
+static void gu64(gbuf *b, uint64_t v) { gput(b, &v, 8); }
+static void gstr(gbuf *b, const char *s, size_t n) { gu64(b, n); gput(b, s, n); }
+static void gkey(gbuf *b, const char *k, uint32_t type) { gstr(b, k, strlen(k)); gu32(b, type); }
+
+/* tokenizer.ggml.* for the tiny vocabulary; `pre` and the token_type count can be spoiled. */
+static gbuf tiny_gguf(const vocab *v, const char *pre, int n_types)
+{
+    gbuf b = {0};
+    gput(&b, "GGUF", 4);
+    gu32(&b, 3);
+    gu64(&b, 0); /* tensors */
+    gu64(&b, 7); /* kv pairs */
+    gkey(&b, "tokenizer.ggml.model", GGUF_STRING);
+    gstr(&b, "gpt2", 4);
+    gkey(&b, "tokenizer.ggml.pre", GGUF_STRING);
+    gstr(&b, pre, strlen(pre));
+    gkey(&b, "tokenizer.ggml.tokens", GGUF_ARRAY);
+    gu32(&b, GGUF_STRING);
+    gu64(&b, (uint64_t)v->n);
+    for (int i = 0; i < v->n; i++)
+        gstr(&b, v->tok[i].ptr, v->tok[i].len);
+    gkey(&b, "tokenizer.ggml.token_type", GGUF_ARRAY);
+    gu32(&b, GGUF_INT32);
+    gu64(&b, (uint64_t)n_types);
+    for (int i = 0; i < n_types; i++)
+        gu32(&b, (uint32_t)v->type[i]);
+    gkey(&b, "tokenizer.ggml.merges", GGUF_ARRAY);
+    gu32(&b, GGUF_STRING);
+    gu64(&b, (uint64_t)v->nm);
+    for (int i = 0; i < v->nm; i++)
+        gstr(&b, v->mg[i].ptr, v->mg[i].len);
+    gkey(&b, "tokenizer.ggml.eos_token_id", GGUF_UINT32);
+    gu32(&b, ID_IME);
+    gkey(&b, "tokenizer.ggml.add_bos_token", GGUF_BOOL);
+    uint8_t f = 0;
+    gput(&b, &f, 1);
+    while (b.n % 32) /* pad to the (default) alignment of the data section */
+        gput(&b, &f, 1);
+    return b;
+}
+
+START_TEST(test_gguf_metadata_builds_the_same_tokenizer)
+{
+    vocab *v = tiny_vocab();
+    gbuf b = tiny_gguf(v, "smollm", v->n);
+    gguf_file *f;
+    ck_assert_msg(gguf_open_memory(b.p, b.n, &f) == SPK_OK, "gguf: %s", spk_err_msg());
+    spk_tok *tok;
+    ck_assert_msg(spk_tok_load(f, v->n, &tok) == SPK_OK, "load: %s", spk_err_msg());
+    int32_t ids[8];
+    size_t n = enc(tok, "hello world", false, ids, 8);
+    ck_assert_uint_eq(n, 2);
+    ck_assert_int_eq(ids[0], id_hello);
+    ck_assert_int_eq(ids[1], id_gworld);
+    ck_assert_int_eq(spk_tok_eos(tok), ID_IME);
+    ck_assert_int_eq(spk_tok_bos(tok), -1);
+    ck_assert(!spk_tok_add_bos(tok));
+    ck_assert_int_eq(spk_tok_type(tok, ID_USER), SPK_TOKTYPE_USER_DEFINED);
+    spk_tok_free(tok);
+    /* the embedding's row count must agree with the vocabulary */
+    ck_assert_int_eq(spk_tok_load(f, v->n + 1, &tok), SPK_ERR_FORMAT);
+    ck_assert_ptr_null(tok);
+    gguf_close(f);
+    free(b.p);
+
+    b = tiny_gguf(v, "qwen2", v->n);
+    ck_assert_int_eq(gguf_open_memory(b.p, b.n, &f), SPK_OK);
+    ck_assert_int_eq(spk_tok_load(f, 0, &tok), SPK_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "'qwen2'"));
+    gguf_close(f);
+    free(b.p);
+
+    b = tiny_gguf(v, "smollm", v->n - 1);
+    ck_assert_int_eq(gguf_open_memory(b.p, b.n, &f), SPK_OK);
+    ck_assert_int_eq(spk_tok_load(f, 0, &tok), SPK_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "token_type"));
+    gguf_close(f);
+    free(b.p);
+    vocab_free(v);
+}
+END_TEST
+
 /* ---- chat templates -------------------------------------------------------------------------- */
 
 static const char k_smol_tmpl[] =
@@ -720,6 +820,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_bytes_without_a_token_are_dropped);
     tcase_add_test(tc, test_concurrent_encodes_agree);
     tcase_add_test(tc, test_long_inputs_encode_and_round_trip);
+    tcase_add_test(tc, test_gguf_metadata_builds_the_same_tokenizer);
     tcase_add_test(tc, test_chatml_adds_the_templates_default_system_message);
     tcase_add_test(tc, test_llama3_headers_and_trimmed_content);
     tcase_add_test(tc, test_chat_unknown_template_and_capacity);
