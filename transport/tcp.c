@@ -332,8 +332,8 @@ static spk_status run_ops(tcp_comm *c, tcp_op *ops, int n, int timeout_ms, int w
             return fail(c, SPK_ERR_TRANSPORT, "tcp rank %d: %s: poll: %s", c->rank, what,
                         strerror(errno));
         }
-        if (pfd[np].revents)
-            continue; /* abort: reported at the top of the loop */
+        if (pfd[np].revents || atomic_load(&c->aborted))
+            continue; /* abort (which also makes peers answer with failure bytes): see the top */
         for (int k = 0; k < np; k++) {
             short re = pfd[k].revents;
             int p = who[k];
