@@ -97,7 +97,7 @@ I2 __m256i dot_block_avx2(int kind, __m256i w, __m256i a)
 }
 
 I2 void tile_q_avx2(int kind, int R, int T, float *out, int ld, const uint8_t *w, size_t wrow,
-                    const uint8_t *act, size_t arow, int n, int r0, int t0)
+                    const uint8_t *act, size_t arow, int n, int r0, int rs, int t0)
 {
     const int nb = n / 32;
     const size_t bs = kind_block_bytes(kind);
@@ -110,7 +110,7 @@ I2 void tile_q_avx2(int kind, int R, int T, float *out, int ld, const uint8_t *w
         }
     const uint8_t *wr[4], *at[4];
     for (int r = 0; r < R; r++)
-        wr[r] = w + (size_t)(r0 + r) * wrow;
+        wr[r] = w + (size_t)(r0 + r * rs) * wrow;
     for (int t = 0; t < T; t++)
         at[t] = act + (size_t)(t0 + t) * arow;
     for (int b = 0; b < nb; b++) {
@@ -137,34 +137,38 @@ I2 void tile_q_avx2(int kind, int R, int T, float *out, int ld, const uint8_t *w
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) {
             float c = _mm_cvtss_f32(_mm_movehdup_ps(corr[r][t]));
-            out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + r)] = hsum256(acc[r][t]) + k * c;
+            out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + r * rs)] = hsum256(acc[r][t]) + k * c;
         }
 }
 
+/* Tiles take their R rows q apart (q = rows / R), so each tile row walks its own long
+ * sequential stream of memory: hardware prefetchers follow a few such streams well, but not R
+ * interleaved neighbouring rows. */
 I2 void mm_q_avx2(int kind, float *out, int ld, const void *w, size_t wrow, const void *act,
                   size_t arow, int n, int n_tok, int row0, int row1)
 {
     for (int t = 0; t < n_tok;) {
         const int tn = n_tok - t >= 4 ? 4 : n_tok - t;
-        int r = row0;
         switch (tn) {
-        case 1:
-            for (; r + 4 <= row1; r += 4)
-                tile_q_avx2(kind, 4, 1, out, ld, w, wrow, act, arow, n, r, t);
-            for (; r < row1; r++)
-                tile_q_avx2(kind, 1, 1, out, ld, w, wrow, act, arow, n, r, t);
+        case 1: {
+            const int q = (row1 - row0) / 4;
+            for (int i = 0; i < q; i++)
+                tile_q_avx2(kind, 4, 1, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+            for (int r = row0 + 4 * q; r < row1; r++)
+                tile_q_avx2(kind, 1, 1, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
+        }
         case 2:
-            for (; r < row1; r++)
-                tile_q_avx2(kind, 1, 2, out, ld, w, wrow, act, arow, n, r, t);
+            for (int r = row0; r < row1; r++)
+                tile_q_avx2(kind, 1, 2, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
         case 3:
-            for (; r < row1; r++)
-                tile_q_avx2(kind, 1, 3, out, ld, w, wrow, act, arow, n, r, t);
+            for (int r = row0; r < row1; r++)
+                tile_q_avx2(kind, 1, 3, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
         default:
-            for (; r < row1; r++)
-                tile_q_avx2(kind, 1, 4, out, ld, w, wrow, act, arow, n, r, t);
+            for (int r = row0; r < row1; r++)
+                tile_q_avx2(kind, 1, 4, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
         }
         t += tn;
@@ -209,7 +213,7 @@ static inline float w1(int kind, const uint8_t *row, int i)
 }
 
 I2 void tile_f_avx2(int kind, int R, int T, float *out, int ld, const uint8_t *w, size_t wrow,
-                    const uint8_t *act, size_t arow, int n, int r0, int t0)
+                    const uint8_t *act, size_t arow, int n, int r0, int rs, int t0)
 {
     __m256 acc[4][4];
     for (int r = 0; r < R; r++)
@@ -218,7 +222,7 @@ I2 void tile_f_avx2(int kind, int R, int T, float *out, int ld, const uint8_t *w
     const uint8_t *wr[4];
     const float *at[4];
     for (int r = 0; r < R; r++)
-        wr[r] = w + (size_t)(r0 + r) * wrow;
+        wr[r] = w + (size_t)(r0 + r * rs) * wrow;
     for (int t = 0; t < T; t++)
         at[t] = (const float *)(act + (size_t)(t0 + t) * arow);
     int i = 0;
@@ -237,41 +241,51 @@ I2 void tile_f_avx2(int kind, int R, int T, float *out, int ld, const uint8_t *w
             float s = hsum256(acc[r][t]);
             for (int j = i; j < n; j++)
                 s += w1(kind, wr[r], j) * at[t][j];
-            out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + r)] = s;
+            out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + r * rs)] = s;
         }
 }
 
+/* Tiles take their R rows q apart (q = rows / R), so each tile row walks its own long
+ * sequential stream of memory: hardware prefetchers follow a few such streams well, but not R
+ * interleaved neighbouring rows. */
 I2 void mm_f_avx2(int kind, float *out, int ld, const void *w, size_t wrow, const void *act,
                   size_t arow, int n, int n_tok, int row0, int row1)
 {
     for (int t = 0; t < n_tok;) {
         const int tn = n_tok - t >= 4 ? 4 : n_tok - t;
-        int r = row0;
         switch (tn) {
-        case 1:
-            for (; r + 4 <= row1; r += 4)
-                tile_f_avx2(kind, 4, 1, out, ld, w, wrow, act, arow, n, r, t);
-            for (; r < row1; r++)
-                tile_f_avx2(kind, 1, 1, out, ld, w, wrow, act, arow, n, r, t);
+        case 1: {
+            const int q = (row1 - row0) / 4;
+            for (int i = 0; i < q; i++)
+                tile_f_avx2(kind, 4, 1, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+            for (int r = row0 + 4 * q; r < row1; r++)
+                tile_f_avx2(kind, 1, 1, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
-        case 2:
-            for (; r + 2 <= row1; r += 2)
-                tile_f_avx2(kind, 2, 2, out, ld, w, wrow, act, arow, n, r, t);
-            for (; r < row1; r++)
-                tile_f_avx2(kind, 1, 2, out, ld, w, wrow, act, arow, n, r, t);
+        }
+        case 2: {
+            const int q = (row1 - row0) / 2;
+            for (int i = 0; i < q; i++)
+                tile_f_avx2(kind, 2, 2, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+            for (int r = row0 + 2 * q; r < row1; r++)
+                tile_f_avx2(kind, 1, 2, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
-        case 3:
-            for (; r + 2 <= row1; r += 2)
-                tile_f_avx2(kind, 2, 3, out, ld, w, wrow, act, arow, n, r, t);
-            for (; r < row1; r++)
-                tile_f_avx2(kind, 1, 3, out, ld, w, wrow, act, arow, n, r, t);
+        }
+        case 3: {
+            const int q = (row1 - row0) / 2;
+            for (int i = 0; i < q; i++)
+                tile_f_avx2(kind, 2, 3, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+            for (int r = row0 + 2 * q; r < row1; r++)
+                tile_f_avx2(kind, 1, 3, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
-        default:
-            for (; r + 2 <= row1; r += 2)
-                tile_f_avx2(kind, 2, 4, out, ld, w, wrow, act, arow, n, r, t);
-            for (; r < row1; r++)
-                tile_f_avx2(kind, 1, 4, out, ld, w, wrow, act, arow, n, r, t);
+        }
+        default: {
+            const int q = (row1 - row0) / 2;
+            for (int i = 0; i < q; i++)
+                tile_f_avx2(kind, 2, 4, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+            for (int r = row0 + 2 * q; r < row1; r++)
+                tile_f_avx2(kind, 1, 4, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
+        }
         }
         t += tn;
     }
@@ -381,7 +395,7 @@ I5 __m128 dm_pair(int kind, const uint8_t *b0, const uint8_t *b1)
 }
 
 I5 void tile_q_512(int kind, int R, int T, float *out, int ld, const uint8_t *w, size_t wrow,
-                   const uint8_t *act, size_t arow, int n, int r0, int t0)
+                   const uint8_t *act, size_t arow, int n, int r0, int rs, int t0)
 {
     const int nb = n / 32;
     const size_t bs = kind_block_bytes(kind);
@@ -398,7 +412,7 @@ I5 void tile_q_512(int kind, int R, int T, float *out, int ld, const uint8_t *w,
         }
     const uint8_t *wr[4], *at[4];
     for (int r = 0; r < R; r++)
-        wr[r] = w + (size_t)(r0 + r) * wrow;
+        wr[r] = w + (size_t)(r0 + r * rs) * wrow;
     for (int t = 0; t < T; t++)
         at[t] = act + (size_t)(t0 + t) * arow;
     int b = 0;
@@ -453,41 +467,51 @@ I5 void tile_q_512(int kind, int R, int T, float *out, int ld, const uint8_t *w,
         for (int t = 0; t < T; t++) {
             const __m128 h = _mm_movehdup_ps(corr[r][t]); /* lanes 1 and 3 hold the terms */
             const float c = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehl_ps(h, h)));
-            out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + r)] = _mm512_reduce_add_ps(acc[r][t]) + k * c;
+            out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + r * rs)] = _mm512_reduce_add_ps(acc[r][t]) + k * c;
         }
 }
 
+/* Tiles take their R rows q apart (q = rows / R), so each tile row walks its own long
+ * sequential stream of memory: hardware prefetchers follow a few such streams well, but not R
+ * interleaved neighbouring rows. */
 I5 void mm_q_512(int kind, float *out, int ld, const void *w, size_t wrow, const void *act,
-                 size_t arow, int n, int n_tok, int row0, int row1)
+                  size_t arow, int n, int n_tok, int row0, int row1)
 {
     for (int t = 0; t < n_tok;) {
         const int tn = n_tok - t >= 4 ? 4 : n_tok - t;
-        int r = row0;
         switch (tn) {
-        case 1:
-            for (; r + 4 <= row1; r += 4)
-                tile_q_512(kind, 4, 1, out, ld, w, wrow, act, arow, n, r, t);
-            for (; r < row1; r++)
-                tile_q_512(kind, 1, 1, out, ld, w, wrow, act, arow, n, r, t);
+        case 1: {
+            const int q = (row1 - row0) / 4;
+            for (int i = 0; i < q; i++)
+                tile_q_512(kind, 4, 1, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+            for (int r = row0 + 4 * q; r < row1; r++)
+                tile_q_512(kind, 1, 1, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
-        case 2:
-            for (; r + 2 <= row1; r += 2)
-                tile_q_512(kind, 2, 2, out, ld, w, wrow, act, arow, n, r, t);
-            for (; r < row1; r++)
-                tile_q_512(kind, 1, 2, out, ld, w, wrow, act, arow, n, r, t);
+        }
+        case 2: {
+            const int q = (row1 - row0) / 2;
+            for (int i = 0; i < q; i++)
+                tile_q_512(kind, 2, 2, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+            for (int r = row0 + 2 * q; r < row1; r++)
+                tile_q_512(kind, 1, 2, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
-        case 3:
-            for (; r + 2 <= row1; r += 2)
-                tile_q_512(kind, 2, 3, out, ld, w, wrow, act, arow, n, r, t);
-            for (; r < row1; r++)
-                tile_q_512(kind, 1, 3, out, ld, w, wrow, act, arow, n, r, t);
+        }
+        case 3: {
+            const int q = (row1 - row0) / 2;
+            for (int i = 0; i < q; i++)
+                tile_q_512(kind, 2, 3, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+            for (int r = row0 + 2 * q; r < row1; r++)
+                tile_q_512(kind, 1, 3, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
-        default:
-            for (; r + 2 <= row1; r += 2)
-                tile_q_512(kind, 2, 4, out, ld, w, wrow, act, arow, n, r, t);
-            for (; r < row1; r++)
-                tile_q_512(kind, 1, 4, out, ld, w, wrow, act, arow, n, r, t);
+        }
+        default: {
+            const int q = (row1 - row0) / 2;
+            for (int i = 0; i < q; i++)
+                tile_q_512(kind, 2, 4, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+            for (int r = row0 + 2 * q; r < row1; r++)
+                tile_q_512(kind, 1, 4, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
+        }
         }
         t += tn;
     }
@@ -510,7 +534,7 @@ I5 __m512 w16_512(int kind, const uint8_t *row, int i, __mmask16 m)
 }
 
 I5 void tile_f_512(int kind, int R, int T, float *out, int ld, const uint8_t *w, size_t wrow,
-                   const uint8_t *act, size_t arow, int n, int r0, int t0)
+                   const uint8_t *act, size_t arow, int n, int r0, int rs, int t0)
 {
     __m512 acc[4][4];
     for (int r = 0; r < R; r++)
@@ -519,7 +543,7 @@ I5 void tile_f_512(int kind, int R, int T, float *out, int ld, const uint8_t *w,
     const uint8_t *wr[4];
     const float *at[4];
     for (int r = 0; r < R; r++)
-        wr[r] = w + (size_t)(r0 + r) * wrow;
+        wr[r] = w + (size_t)(r0 + r * rs) * wrow;
     for (int t = 0; t < T; t++)
         at[t] = (const float *)(act + (size_t)(t0 + t) * arow);
     for (int i = 0; i < n; i += 16) {
@@ -535,40 +559,50 @@ I5 void tile_f_512(int kind, int R, int T, float *out, int ld, const uint8_t *w,
     }
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++)
-            out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + r)] = _mm512_reduce_add_ps(acc[r][t]);
+            out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + r * rs)] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
+/* Tiles take their R rows q apart (q = rows / R), so each tile row walks its own long
+ * sequential stream of memory: hardware prefetchers follow a few such streams well, but not R
+ * interleaved neighbouring rows. */
 I5 void mm_f_512(int kind, float *out, int ld, const void *w, size_t wrow, const void *act,
-                 size_t arow, int n, int n_tok, int row0, int row1)
+                  size_t arow, int n, int n_tok, int row0, int row1)
 {
     for (int t = 0; t < n_tok;) {
         const int tn = n_tok - t >= 4 ? 4 : n_tok - t;
-        int r = row0;
         switch (tn) {
-        case 1:
-            for (; r + 4 <= row1; r += 4)
-                tile_f_512(kind, 4, 1, out, ld, w, wrow, act, arow, n, r, t);
-            for (; r < row1; r++)
-                tile_f_512(kind, 1, 1, out, ld, w, wrow, act, arow, n, r, t);
+        case 1: {
+            const int q = (row1 - row0) / 4;
+            for (int i = 0; i < q; i++)
+                tile_f_512(kind, 4, 1, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+            for (int r = row0 + 4 * q; r < row1; r++)
+                tile_f_512(kind, 1, 1, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
-        case 2:
-            for (; r + 4 <= row1; r += 4)
-                tile_f_512(kind, 4, 2, out, ld, w, wrow, act, arow, n, r, t);
-            for (; r < row1; r++)
-                tile_f_512(kind, 1, 2, out, ld, w, wrow, act, arow, n, r, t);
+        }
+        case 2: {
+            const int q = (row1 - row0) / 4;
+            for (int i = 0; i < q; i++)
+                tile_f_512(kind, 4, 2, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+            for (int r = row0 + 4 * q; r < row1; r++)
+                tile_f_512(kind, 1, 2, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
-        case 3:
-            for (; r + 4 <= row1; r += 4)
-                tile_f_512(kind, 4, 3, out, ld, w, wrow, act, arow, n, r, t);
-            for (; r < row1; r++)
-                tile_f_512(kind, 1, 3, out, ld, w, wrow, act, arow, n, r, t);
+        }
+        case 3: {
+            const int q = (row1 - row0) / 4;
+            for (int i = 0; i < q; i++)
+                tile_f_512(kind, 4, 3, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+            for (int r = row0 + 4 * q; r < row1; r++)
+                tile_f_512(kind, 1, 3, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
-        default:
-            for (; r + 4 <= row1; r += 4)
-                tile_f_512(kind, 4, 4, out, ld, w, wrow, act, arow, n, r, t);
-            for (; r < row1; r++)
-                tile_f_512(kind, 1, 4, out, ld, w, wrow, act, arow, n, r, t);
+        }
+        default: {
+            const int q = (row1 - row0) / 4;
+            for (int i = 0; i < q; i++)
+                tile_f_512(kind, 4, 4, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+            for (int r = row0 + 4 * q; r < row1; r++)
+                tile_f_512(kind, 1, 4, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
+        }
         }
         t += tn;
     }
