@@ -24,8 +24,8 @@ static int bench(const spk_transport *vt, spk_transport_comm *c)
         return 1;
     if (r == 0) {
         printf("# transport %s, %d ranks; p2p between ranks 0 and 1, all-reduce f32 sum\n", vt->name, w);
-        printf("# %10s %12s %12s %12s %12s %12s %12s\n", "size(B)", "p2p-lat(us)", "p2p-bw(GB/s)",
-               "ar-time(us)", "ar-algbw", "ar-busbw", "ar-8KiB?");
+        printf("# %10s %12s %12s %12s %12s %12s\n", "size(B)", "p2p-lat(us)", "p2p-bw(GB/s)",
+               "ar-time(us)", "ar-algbw", "ar-busbw");
     }
     for (size_t bytes = 4096; bytes <= max; bytes *= 4) {
         int it = bench_iters(bytes);
