@@ -111,7 +111,7 @@ static void peer_lost(spk_cluster *c, spk_peer *p, const char *reason)
         shutdown(p->fd, SHUT_RDWR);
         return;
     }
-    spk_cluster_fail(c, SPK_ERR_PEER_LOST, p->rank, "peer lost: rank %d (%s%s): %s", p->rank,
+    spk_cluster_fail(c, SPK_ERR_PEER_LOST, p->rank, "rank %d (%s%s) lost: %s", p->rank,
                      p->rank == 0 ? "driver, " : "", p->addr, reason);
 }
 

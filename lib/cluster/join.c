@@ -313,17 +313,14 @@ spk_status spk_cluster_join_driver(spk_cluster *c, int64_t deadline_ms)
                     break;
                 }
                 int res = pending_frame(c, p, &m, &n_refused, &fatal);
-                if (res < 0 || p->fd < 0) {
-                    if (res == -2)
-                        st = fatal;
+                if (res == 1) {
+                    joined++; /* the connection now belongs to peers[rank] */
                     break;
                 }
+                if (res < 0 || p->fd < 0)
+                    break;
                 memmove(p->buf, p->buf + used, p->len - used);
                 p->len -= used;
-                if (res == 1) {
-                    joined++;
-                    break;
-                }
             }
             if (fatal != SPK_OK)
                 break;
@@ -539,7 +536,7 @@ static spk_status worker_handshake(spk_cluster *c, int fd, int64_t deadline_ms, 
                               c->coordinator);
     if (m.h.type == SPK_MSG_ERROR) {
         spk_status es = (spk_status)m.u.error.status;
-        spk_err(es, "driver at %s: %.*s", c->coordinator, (int)m.u.error.msg_len, m.u.error.msg);
+        spk_err(es, "the driver gave up: %.*s", (int)m.u.error.msg_len, m.u.error.msg);
         free(pl);
         return es;
     }
