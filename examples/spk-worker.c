@@ -72,7 +72,7 @@ int main(int argc, char **argv)
     spk_cluster_config cfg;
     spk_cluster_config_init(&cfg);
     const char *key_file = NULL;
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
@@ -104,7 +104,6 @@ int main(int argc, char **argv)
         }
         if (bad)
             return EXIT_USAGE;
-        i++;
     }
     char *key = NULL;
     if (key_file) {
