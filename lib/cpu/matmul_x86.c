@@ -141,14 +141,30 @@ I2 void tile_q_avx2(int kind, int R, int T, float *out, int ld, const uint8_t *w
         }
 }
 
-/* Tiles take their R rows q apart (q = rows / R), so each tile row walks its own long
- * sequential stream of memory: hardware prefetchers follow a few such streams well, but not R
- * interleaved neighbouring rows. */
+/*
+ * Row order of the drivers below. Tiles take their R rows q apart (q = rows / R), so each tile
+ * row walks its own long sequential stream of memory: hardware prefetchers follow a few such
+ * streams well, but not R interleaved neighbouring rows. With more than 4 tokens the rows are
+ * cut into chunks of about 64 KiB of weights, and all token groups run over a chunk while it
+ * is in cache, so weights come from memory once per call, not once per 4 tokens.
+ */
+static inline int chunk_rows(size_t wrow, int n_tok, int rows)
+{
+    if (n_tok <= 4)
+        return rows > 0 ? rows : 1;
+    size_t c = (64u << 10) / (wrow ? wrow : 1);
+    return c < 16 ? 16 : (int)c;
+}
+
 I2 void mm_q_avx2(int kind, float *out, int ld, const void *w, size_t wrow, const void *act,
                   size_t arow, int n, int n_tok, int row0, int row1)
 {
+    const int rows = row1 - row0, ch = chunk_rows(wrow, n_tok, rows);
+    for (int c0 = row0; c0 < row1; c0 += ch) {
+    const int c1 = row1 - c0 > ch ? c0 + ch : row1;
     for (int t = 0; t < n_tok;) {
         const int tn = n_tok - t >= 4 ? 4 : n_tok - t;
+        const int row0 = c0, row1 = c1;
         switch (tn) {
         case 1: {
             const int q = (row1 - row0) / 4;
@@ -172,6 +188,7 @@ I2 void mm_q_avx2(int kind, float *out, int ld, const void *w, size_t wrow, cons
             break;
         }
         t += tn;
+    }
     }
 }
 
@@ -245,14 +262,15 @@ I2 void tile_f_avx2(int kind, int R, int T, float *out, int ld, const uint8_t *w
         }
 }
 
-/* Tiles take their R rows q apart (q = rows / R), so each tile row walks its own long
- * sequential stream of memory: hardware prefetchers follow a few such streams well, but not R
- * interleaved neighbouring rows. */
 I2 void mm_f_avx2(int kind, float *out, int ld, const void *w, size_t wrow, const void *act,
                   size_t arow, int n, int n_tok, int row0, int row1)
 {
+    const int rows = row1 - row0, ch = chunk_rows(wrow, n_tok, rows);
+    for (int c0 = row0; c0 < row1; c0 += ch) {
+    const int c1 = row1 - c0 > ch ? c0 + ch : row1;
     for (int t = 0; t < n_tok;) {
         const int tn = n_tok - t >= 4 ? 4 : n_tok - t;
+        const int row0 = c0, row1 = c1;
         switch (tn) {
         case 1: {
             const int q = (row1 - row0) / 4;
@@ -288,6 +306,7 @@ I2 void mm_f_avx2(int kind, float *out, int ld, const void *w, size_t wrow, cons
         }
         }
         t += tn;
+    }
     }
 }
 
@@ -471,14 +490,15 @@ I5 void tile_q_512(int kind, int R, int T, float *out, int ld, const uint8_t *w,
         }
 }
 
-/* Tiles take their R rows q apart (q = rows / R), so each tile row walks its own long
- * sequential stream of memory: hardware prefetchers follow a few such streams well, but not R
- * interleaved neighbouring rows. */
 I5 void mm_q_512(int kind, float *out, int ld, const void *w, size_t wrow, const void *act,
                   size_t arow, int n, int n_tok, int row0, int row1)
 {
+    const int rows = row1 - row0, ch = chunk_rows(wrow, n_tok, rows);
+    for (int c0 = row0; c0 < row1; c0 += ch) {
+    const int c1 = row1 - c0 > ch ? c0 + ch : row1;
     for (int t = 0; t < n_tok;) {
         const int tn = n_tok - t >= 4 ? 4 : n_tok - t;
+        const int row0 = c0, row1 = c1;
         switch (tn) {
         case 1: {
             const int q = (row1 - row0) / 4;
@@ -514,6 +534,7 @@ I5 void mm_q_512(int kind, float *out, int ld, const void *w, size_t wrow, const
         }
         }
         t += tn;
+    }
     }
 }
 
@@ -562,14 +583,15 @@ I5 void tile_f_512(int kind, int R, int T, float *out, int ld, const uint8_t *w,
             out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + r * rs)] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
-/* Tiles take their R rows q apart (q = rows / R), so each tile row walks its own long
- * sequential stream of memory: hardware prefetchers follow a few such streams well, but not R
- * interleaved neighbouring rows. */
 I5 void mm_f_512(int kind, float *out, int ld, const void *w, size_t wrow, const void *act,
                   size_t arow, int n, int n_tok, int row0, int row1)
 {
+    const int rows = row1 - row0, ch = chunk_rows(wrow, n_tok, rows);
+    for (int c0 = row0; c0 < row1; c0 += ch) {
+    const int c1 = row1 - c0 > ch ? c0 + ch : row1;
     for (int t = 0; t < n_tok;) {
         const int tn = n_tok - t >= 4 ? 4 : n_tok - t;
+        const int row0 = c0, row1 = c1;
         switch (tn) {
         case 1: {
             const int q = (row1 - row0) / 4;
@@ -605,6 +627,7 @@ I5 void mm_f_512(int kind, float *out, int ld, const void *w, size_t wrow, const
         }
         }
         t += tn;
+    }
     }
 }
 

@@ -318,6 +318,18 @@ START_TEST(test_matmul_matches_float64_reference)
 }
 END_TEST
 
+/* Many rows and more than 4 tokens: the kernels cut rows into cache-sized chunks and run every
+ * token group over each chunk; chunk and tile edges must not lose or repeat rows. */
+START_TEST(test_matmul_chunked_rows)
+{
+    const spk_dtype t = k_types[_i];
+    const int kq = t == SPK_DT_Q4_K || t == SPK_DT_Q6_K;
+    const int n_in = is_float(t) ? 203 : kq ? 256 : 576;
+    check_case(t, n_in, 401, 5, 7, 398, 500u + (uint64_t)_i);
+    check_case(t, n_in, 401, 16, 0, 401, 600u + (uint64_t)_i);
+}
+END_TEST
+
 /* The SIMD activation quantizers give the reference's bytes exactly, including ties (x.5 rounds
  * away from zero), zero blocks and blocks whose amax is tiny. */
 START_TEST(test_act_quantize_matches_reference_bitwise)
@@ -427,6 +439,7 @@ static Suite *suite(void)
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 120);
     tcase_add_loop_test(tc, test_matmul_matches_float64_reference, 0, N_TYPES);
+    tcase_add_loop_test(tc, test_matmul_chunked_rows, 0, N_TYPES);
     tcase_add_test(tc, test_act_quantize_matches_reference_bitwise);
     tcase_add_loop_test(tc, test_dequantize_matches_decoder, 0, N_TYPES);
     tcase_add_test(tc, test_support_and_sizes);
