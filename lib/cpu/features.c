@@ -4,6 +4,9 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 #include "cpu/quant.h"
 
@@ -49,18 +52,19 @@ static void detect(void)
     __builtin_cpu_init();
     f.avx2 = __builtin_cpu_supports("avx2") != 0;
     f.fma = __builtin_cpu_supports("fma") != 0;
-    /* f16c has no __builtin_cpu_supports name in older compilers; every CPU with AVX2 and
-     * FMA shipped so far has it, and the AVX2 paths check avx2 && fma. */
-    f.f16c = f.avx2 && f.fma;
     f.avx512f = __builtin_cpu_supports("avx512f") != 0;
     f.avx512bw = __builtin_cpu_supports("avx512bw") != 0;
     f.avx512vl = __builtin_cpu_supports("avx512vl") != 0;
     f.avx512vnni = __builtin_cpu_supports("avx512vnni") != 0;
-#if defined(__clang__) && __clang_major__ < 15
-    f.avxvnni = 0;
-#else
-    f.avxvnni = __builtin_cpu_supports("avxvnni") != 0;
-#endif
+    /* Not every compiler knows "f16c"/"avxvnni" for __builtin_cpu_supports: read CPUID. Both
+     * need the AVX register state the OS enables, which the avx2 answer above already implies. */
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (__get_cpuid(1, &a, &b, &c, &d))
+        f.f16c = f.avx2 && (c & (1u << 29)) != 0;
+    if (__get_cpuid_max(0, NULL) >= 7) {
+        __cpuid_count(7, 1, a, b, c, d);
+        f.avxvnni = f.avx2 && (a & (1u << 4)) != 0;
+    }
 #elif defined(__aarch64__)
     f.neon = 1;
 #if defined(__linux__)

@@ -430,6 +430,11 @@ START_TEST(test_support_and_sizes)
     spk_matmul(&o, 1, NULL, (spk_dtype)99, NULL, 64, 1, 0, 1); /* refused: nothing touched */
     ck_assert(o == 1.0f);
     ck_assert_ptr_nonnull(spk_cpu_simd_names());
+    const spk_cpu_features *f = spk_cpu_get_features();
+    if (f->avx2) /* every CPU with AVX2 so far has F16C: a zero here is a detection bug */
+        ck_assert(f->f16c);
+    if (f->avx512vnni)
+        ck_assert(f->avx512f);
 }
 END_TEST
 
