@@ -47,7 +47,8 @@ spk_transport_comm *spk_cluster_transport(const spk_cluster *c, const spk_transp
 
 spk_status spk_cluster_transport_connect(spk_cluster *c)
 {
-    if (c->world == 1)
+    /* "none": control plane only (every rank must say so; tests and control-only users). */
+    if (c->world == 1 || strcmp(c->transport_name, "none") == 0)
         return SPK_OK;
     const spk_transport_bootstrap *bs = spk_cluster_bootstrap(c);
     /* Every rank picks, then all compare: "auto" may resolve differently on different boxes. */

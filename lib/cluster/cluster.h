@@ -50,6 +50,13 @@ typedef spk_status (*spk_cluster_handler)(spk_cluster *c, uint32_t cmd_id, const
 spk_status spk_cluster_set_handler(spk_cluster *c, uint32_t cmd_id, spk_cluster_handler fn,
                                    void *user);
 
+/*
+ * Worker command loop: dispatch the driver's commands to the registered handlers until the
+ * driver closes the cluster (SPK_OK) or the cluster fails (PEER_LOST, ...). STATE on rank 0.
+ * The public spk_cluster_serve() registers the model's handlers and then runs this.
+ */
+spk_status spk_cluster_serve_loop(spk_cluster *c);
+
 /* Set the reply payload (copied; at most SPK_PROTO_MAX_PAYLOAD - 1034 bytes). */
 spk_status spk_cluster_reply_set(spk_cluster_reply *r, const void *data, size_t len);
 
@@ -97,8 +104,8 @@ spk_status spk_cluster_health(spk_cluster *c);
  * (with its message), or SPK_ERR_TIMEOUT. Thread-safe. */
 spk_status spk_cluster_wait_failure(spk_cluster *c, int timeout_ms);
 
-/* The connected transport communicator and its vtable (NULL/NULL with world size 1 or if no
- * transport could be connected at open). Owned by the cluster. */
+/* The connected transport communicator and its vtable (NULL/NULL with world size 1 or with
+ * transport "none", which keeps the cluster to its control plane). Owned by the cluster. */
 spk_transport_comm *spk_cluster_transport(const spk_cluster *c, const spk_transport **vt);
 
 /* Bootstrap interface over the control plane (valid while the cluster is open), for transports

@@ -333,7 +333,7 @@ static void run_command(spk_cluster *c, spk_frame *f)
     free(reply.data);
 }
 
-spk_status spk_cluster_serve(spk_cluster *c)
+spk_status spk_cluster_serve_loop(spk_cluster *c)
 {
     if (!c)
         return spk_err(SPK_ERR_INVALID_ARG, "spk_cluster_serve: cluster is NULL");
@@ -365,6 +365,13 @@ spk_status spk_cluster_serve(spk_cluster *c)
         run_command(c, f);
         spk_cluster_frame_free(f);
     }
+}
+
+/* The public entry point. Weak so that lib/api.c may define the real one (registering the model
+ * handlers, then calling spk_cluster_serve_loop) without a duplicate symbol. */
+__attribute__((weak)) spk_status spk_cluster_serve(spk_cluster *c)
+{
+    return spk_cluster_serve_loop(c);
 }
 
 /* ---------------------------------------------------------------------------------------- */
