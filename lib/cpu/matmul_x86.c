@@ -410,8 +410,9 @@ I5 __m128 dm_pair(int kind, const uint8_t *b0, const uint8_t *b1)
 {
     if (kind == K_Q4_1)
         return _mm_cvtph_ps(_mm_insert_epi32(_mm_cvtsi32_si128((int)ld32(b0)), (int)ld32(b1), 1));
-    __m128 d = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(ld16(b0) | (ld16(b1) << 16))));
-    return _mm_unpacklo_ps(d, d);
+    /* 32 bits from each block: d and two quant bytes; keep d twice */
+    const __m128i h = _mm_insert_epi32(_mm_cvtsi32_si128((int)ld32(b0)), (int)ld32(b1), 1);
+    return _mm_cvtph_ps(_mm_shufflelo_epi16(h, 0xA0));
 }
 
 I5 void tile_q_512(int kind, int R, int T, float *out, int ld, const uint8_t *w, size_t wrow,
@@ -491,6 +492,116 @@ I5 void tile_q_512(int kind, int R, int T, float *out, int ld, const uint8_t *w,
         }
 }
 
+/*
+ * The same computation in 256-bit VNNI (AVX512-VL), two blocks per step: Zen 4 splits 512-bit
+ * ops in two anyway, and at 256 bits the lane shuffles the 512-bit tile needs disappear. Q4: the
+ * low and high nibbles of both blocks meet the matching activation halves in two chained
+ * vpdpbusd, giving int32 lanes [b0 x4, b1 x4]; Q8_0: one vpdpbusd per block and a vphaddd,
+ * giving [b0, b0, b1, b1] per 128-bit lane.
+ */
+I5 void tile_qv_512(int kind, int R, int T, float *out, int ld, const uint8_t *w, size_t wrow,
+                    const uint8_t *act, size_t arow, int n, int r0, int rs, int t0)
+{
+    const int nb = n / 32;
+    const size_t bs = kind_block_bytes(kind), o = kind_qs_off(kind);
+    const __m256i idx = kind == K_Q8_0 ? _mm256_setr_epi32(0, 0, 2, 2, 0, 0, 2, 2)
+                                       : _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
+    const __m256i m4 = _mm256_set1_epi8(15), x80 = _mm256_set1_epi8((char)0x80);
+    __m256 acc[4][4];
+    __m128 corr[4][4];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) {
+            acc[r][t] = _mm256_setzero_ps();
+            corr[r][t] = _mm_setzero_ps();
+        }
+    const uint8_t *wr[4], *at[4];
+    for (int r = 0; r < R; r++)
+        wr[r] = w + (size_t)(r0 + r * rs) * wrow;
+    for (int t = 0; t < T; t++)
+        at[t] = act + (size_t)(t0 + t) * arow;
+    int b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        __m256i w0[4], w1[4];
+        __m128 dm[4];
+        for (int r = 0; r < R; r++) {
+            const uint8_t *p = wr[r] + (size_t)b * bs;
+            if (kind == K_Q8_0) {
+                w0[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + o)), x80);
+                w1[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + bs + o)), x80);
+            } else {
+                const __m256i y = _mm256_inserti128_si256(
+                    _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(p + o))),
+                    _mm_loadu_si128((const __m128i *)(p + bs + o)), 1);
+                w0[r] = _mm256_and_si256(y, m4);                        /* [b0 lo, b1 lo] */
+                w1[r] = _mm256_and_si256(_mm256_srli_epi16(y, 4), m4); /* [b0 hi, b1 hi] */
+            }
+            dm[r] = dm_pair(kind, p, p + bs);
+        }
+        for (int t = 0; t < T; t++) {
+            __m256i a0 = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * b));
+            __m256i a1 = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * b + 32));
+            if (kind != K_Q8_0) {
+                const __m256i lo = _mm256_permute2x128_si256(a0, a1, 0x20);
+                a1 = _mm256_permute2x128_si256(a0, a1, 0x31);
+                a0 = lo;
+            }
+            const __m128 ds = _mm_loadu_ps((const float *)(at[t] + n) + 2 * b);
+            for (int r = 0; r < R; r++) {
+                __m256i dp;
+                if (kind == K_Q8_0)
+                    dp = _mm256_hadd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), w0[r], a0),
+                                           _mm256_dpbusd_epi32(_mm256_setzero_si256(), w1[r], a1));
+                else
+                    dp = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), w0[r], a0),
+                                             w1[r], a1);
+                const __m128 p = _mm_mul_ps(dm[r], ds); /* [d0 da0, m0 s0 | d0 s0, d1 da1, ...] */
+                corr[r][t] = _mm_add_ps(corr[r][t], p);
+                const __m256 sc = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(p), idx);
+                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dp), sc, acc[r][t]);
+            }
+        }
+    }
+    if (b < nb) { /* odd block count: last block alone */
+        __m256i wv[4];
+        __m128 dm[4];
+        for (int r = 0; r < R; r++) {
+            const uint8_t *p = wr[r] + (size_t)b * bs;
+            wv[r] = w_block_avx2(kind, p);
+            if (kind == K_Q8_0)
+                wv[r] = _mm256_xor_si256(wv[r], x80);
+            dm[r] = dm_block(kind, p);
+        }
+        for (int t = 0; t < T; t++) {
+            const __m256i a = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * b));
+            const __m128 ds = _mm_castsi128_ps(
+                _mm_loadl_epi64((const __m128i *)(at[t] + n + 8 * (size_t)b)));
+            for (int r = 0; r < R; r++) {
+                const __m256i dp = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv[r], a);
+                const __m128 p = _mm_mul_ps(dm[r], ds);
+                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dp), _mm256_broadcastss_ps(p), acc[r][t]);
+                corr[r][t] = _mm_add_ps(corr[r][t], p);
+            }
+        }
+    }
+    const float k = kind_corr(kind, 1);
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) {
+            const __m128 h = _mm_movehdup_ps(corr[r][t]);
+            const float c = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehl_ps(h, h)));
+            out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + r * rs)] = hsum256(acc[r][t]) + k * c;
+        }
+}
+
+/* Q8_0 keeps the 512-bit tile (its 256-bit form needs a vphaddd per block pair); Q4 types use
+ * the 256-bit one (measured on Zen 4: Q4_1 +40% at 1 token, +30% at 4; Q8_0 -20%). */
+#define TQ(...)                                                                                    \
+    do {                                                                                           \
+        if (kind == K_Q8_0)                                                                        \
+            tile_q_512(__VA_ARGS__);                                                               \
+        else                                                                                       \
+            tile_qv_512(__VA_ARGS__);                                                              \
+    } while (0)
+
 I5 void mm_q_512(int kind, float *out, int ld, const void *w, size_t wrow, const void *act,
                   size_t arow, int n, int n_tok, int row0, int row1)
 {
@@ -504,33 +615,33 @@ I5 void mm_q_512(int kind, float *out, int ld, const void *w, size_t wrow, const
         case 1: {
             const int q = (row1 - row0) / 4;
             for (int i = 0; i < q; i++)
-                tile_q_512(kind, 4, 1, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+                TQ(kind, 4, 1, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
             for (int r = row0 + 4 * q; r < row1; r++)
-                tile_q_512(kind, 1, 1, out, ld, w, wrow, act, arow, n, r, 0, t);
+                TQ(kind, 1, 1, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
         }
         case 2: {
             const int q = (row1 - row0) / 2;
             for (int i = 0; i < q; i++)
-                tile_q_512(kind, 2, 2, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+                TQ(kind, 2, 2, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
             for (int r = row0 + 2 * q; r < row1; r++)
-                tile_q_512(kind, 1, 2, out, ld, w, wrow, act, arow, n, r, 0, t);
+                TQ(kind, 1, 2, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
         }
         case 3: {
             const int q = (row1 - row0) / 2;
             for (int i = 0; i < q; i++)
-                tile_q_512(kind, 2, 3, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+                TQ(kind, 2, 3, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
             for (int r = row0 + 2 * q; r < row1; r++)
-                tile_q_512(kind, 1, 3, out, ld, w, wrow, act, arow, n, r, 0, t);
+                TQ(kind, 1, 3, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
         }
         default: {
             const int q = (row1 - row0) / 2;
             for (int i = 0; i < q; i++)
-                tile_q_512(kind, 2, 4, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+                TQ(kind, 2, 4, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
             for (int r = row0 + 2 * q; r < row1; r++)
-                tile_q_512(kind, 1, 4, out, ld, w, wrow, act, arow, n, r, 0, t);
+                TQ(kind, 1, 4, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
         }
         }
