@@ -148,15 +148,48 @@ void spk_rope_freqs(float *freqs, int rot_dim, float theta, const spk_rope_scali
     }
 }
 
-void spk_rope(float *x, int n_heads, int head_dim, int rot_dim, int pos, const float *freqs)
+/* The cos/sin of the last (pos, freqs) this thread rotated by: every layer rotates Q and K at
+ * the same position with the same table, so all but the first call per token skip the trig.
+ * Keyed on the table's contents, not its address, so a rewritten table is never stale. */
+#define ROPE_CACHE_MAX 256
+typedef struct rope_cache {
+    int pos, half;
+    float f[ROPE_CACHE_MAX], c[ROPE_CACHE_MAX], s[ROPE_CACHE_MAX];
+} rope_cache;
+static _Thread_local rope_cache tl_rope = {.half = -1};
+
+static void rope_angle(float *c, float *s, int pos, float freq)
 {
     const double two_pi = 6.283185307179586476925;
-    for (int i = 0; i < rot_dim / 2; i++) {
-        /* Reduce the angle in double: pos * freq reaches 1e5 radians at long contexts, where a
-         * float angle would be off by ~1e-2. */
-        double a = (double)pos * freqs[i];
-        a -= two_pi * floor(a * (1.0 / two_pi));
-        float c = cosf((float)a), s = sinf((float)a);
+    /* Reduce the angle in double: pos * freq reaches 1e5 radians at long contexts, where a
+     * float angle would be off by ~1e-2. */
+    double a = (double)pos * freq;
+    a -= two_pi * floor(a * (1.0 / two_pi));
+    *c = cosf((float)a);
+    *s = sinf((float)a);
+}
+
+void spk_rope(float *x, int n_heads, int head_dim, int rot_dim, int pos, const float *freqs)
+{
+    int half = rot_dim / 2;
+    rope_cache *rc = &tl_rope;
+    int cached = half <= ROPE_CACHE_MAX;
+    if (cached && !(rc->half == half && rc->pos == pos &&
+                    memcmp(rc->f, freqs, (size_t)half * sizeof(float)) == 0)) {
+        for (int i = 0; i < half; i++)
+            rope_angle(&rc->c[i], &rc->s[i], pos, freqs[i]);
+        memcpy(rc->f, freqs, (size_t)half * sizeof(float));
+        rc->half = half;
+        rc->pos = pos;
+    }
+    for (int i = 0; i < half; i++) {
+        float c, s;
+        if (cached) {
+            c = rc->c[i];
+            s = rc->s[i];
+        } else {
+            rope_angle(&c, &s, pos, freqs[i]);
+        }
         for (int h = 0; h < n_heads; h++) {
             float *p = x + (size_t)h * head_dim + 2 * i;
             float x0 = p[0], x1 = p[1];

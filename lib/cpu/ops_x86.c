@@ -81,6 +81,13 @@ I2 float hsum8(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
+I2 float hmax4(__m128 s)
+{
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
 I2 float hmax8(__m256 v)
 {
     __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -233,6 +240,72 @@ A2 static float dot_f16_avx2(const float *q, const spk_f16 *k, int n)
     return s;
 }
 
+/* Four horizontal sums at once: lanes of the result are sum(a), sum(b), sum(c), sum(d). */
+I2 __m128 hsum8x4(__m256 a, __m256 b, __m256 c, __m256 d)
+{
+    __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
+    __m256 abcd = _mm256_hadd_ps(ab, cd);
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+/* scratch[t] = scale * q.k_t for all t; returns the largest. Rows go four at a time with two
+ * accumulators each, so the FMA chains and the reductions of different rows overlap. */
+A2 static float scores_avx2(float *scratch, const float *q, const spk_f16 *k, int n_kv,
+                            int head_dim, int stride, float scale)
+{
+    int hd8 = head_dim & ~7;
+    __m128 mxv = _mm_set1_ps(-FLT_MAX), sv = _mm_set1_ps(scale);
+    int t = 0;
+    for (; t + 4 <= n_kv; t += 4) {
+        const spk_f16 *k0 = k + (size_t)t * stride, *k1 = k0 + stride, *k2 = k1 + stride,
+                      *k3 = k2 + stride;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+               a3 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps(),
+               b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
+        int d = 0;
+        for (; d + 16 <= hd8; d += 16) {
+            __m256 qa = _mm256_loadu_ps(q + d), qb = _mm256_loadu_ps(q + d + 8);
+            a0 = _mm256_fmadd_ps(qa, ldh8(k0 + d), a0);
+            a1 = _mm256_fmadd_ps(qa, ldh8(k1 + d), a1);
+            a2 = _mm256_fmadd_ps(qa, ldh8(k2 + d), a2);
+            a3 = _mm256_fmadd_ps(qa, ldh8(k3 + d), a3);
+            b0 = _mm256_fmadd_ps(qb, ldh8(k0 + d + 8), b0);
+            b1 = _mm256_fmadd_ps(qb, ldh8(k1 + d + 8), b1);
+            b2 = _mm256_fmadd_ps(qb, ldh8(k2 + d + 8), b2);
+            b3 = _mm256_fmadd_ps(qb, ldh8(k3 + d + 8), b3);
+        }
+        if (d < hd8) {
+            __m256 qa = _mm256_loadu_ps(q + d);
+            a0 = _mm256_fmadd_ps(qa, ldh8(k0 + d), a0);
+            a1 = _mm256_fmadd_ps(qa, ldh8(k1 + d), a1);
+            a2 = _mm256_fmadd_ps(qa, ldh8(k2 + d), a2);
+            a3 = _mm256_fmadd_ps(qa, ldh8(k3 + d), a3);
+        }
+        __m128 s4 = hsum8x4(_mm256_add_ps(a0, b0), _mm256_add_ps(a1, b1),
+                            _mm256_add_ps(a2, b2), _mm256_add_ps(a3, b3));
+        if (hd8 < head_dim) {
+            float tail[4] = {0, 0, 0, 0};
+            for (int j = hd8; j < head_dim; j++) {
+                tail[0] += q[j] * h2f(k0[j]);
+                tail[1] += q[j] * h2f(k1[j]);
+                tail[2] += q[j] * h2f(k2[j]);
+                tail[3] += q[j] * h2f(k3[j]);
+            }
+            s4 = _mm_add_ps(s4, _mm_loadu_ps(tail));
+        }
+        s4 = _mm_mul_ps(s4, sv);
+        _mm_storeu_ps(scratch + t, s4);
+        mxv = _mm_max_ps(mxv, s4);
+    }
+    float mx = hmax4(mxv);
+    for (; t < n_kv; t++) {
+        float s = scale * dot_f16_avx2(q, k + (size_t)t * stride, head_dim);
+        scratch[t] = s;
+        mx = s > mx ? s : mx;
+    }
+    return mx;
+}
+
 A2 void spk_attn_head_avx2(float *out, const float *q, const spk_f16 *k, const spk_f16 *v,
                            int n_kv, int head_dim, int stride, float scale, float *scratch)
 {
@@ -240,12 +313,7 @@ A2 void spk_attn_head_avx2(float *out, const float *q, const spk_f16 *k, const s
         out[d] = 0.0f;
     if (n_kv <= 0)
         return;
-    float mx = -FLT_MAX;
-    for (int t = 0; t < n_kv; t++) {
-        float s = scale * dot_f16_avx2(q, k + (size_t)t * stride, head_dim);
-        scratch[t] = s;
-        mx = s > mx ? s : mx;
-    }
+    float mx = scores_avx2(scratch, q, k, n_kv, head_dim, stride, scale);
     float inv = 1.0f / exp_sub_sum_avx2(scratch, n_kv, mx);
     /* out += p_t * v_t in tiles of 64 dims (128 bytes of f16 = two cache lines per row), the
      * tile's accumulators held in registers across all t, so each V row is read once. */
@@ -403,6 +471,77 @@ A5 static float dot_f16_avx512(const float *q, const spk_f16 *k, int n)
     return s;
 }
 
+/* Four horizontal sums at once (lanes: sum(a), sum(b), sum(c), sum(d)). */
+I5 __m128 hsum16x4(__m512 a, __m512 b, __m512 c, __m512 d)
+{
+    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a),
+                              _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+    __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b),
+                              _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(b), 1)));
+    __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c),
+                              _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(c), 1)));
+    __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d),
+                              _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(d), 1)));
+    return hsum8x4(a8, b8, c8, d8);
+}
+
+/* As scores_avx2, 16 dims per step. */
+A5 static float scores_avx512(float *scratch, const float *q, const spk_f16 *k, int n_kv,
+                              int head_dim, int stride, float scale)
+{
+    int hd16 = head_dim & ~15;
+    __m128 mxv = _mm_set1_ps(-FLT_MAX), sv = _mm_set1_ps(scale);
+    int t = 0;
+    for (; t + 4 <= n_kv; t += 4) {
+        const spk_f16 *k0 = k + (size_t)t * stride, *k1 = k0 + stride, *k2 = k1 + stride,
+                      *k3 = k2 + stride;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
+               a3 = _mm512_setzero_ps(), b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps(),
+               b2 = _mm512_setzero_ps(), b3 = _mm512_setzero_ps();
+        int d = 0;
+        for (; d + 32 <= hd16; d += 32) {
+            __m512 qa = _mm512_loadu_ps(q + d), qb = _mm512_loadu_ps(q + d + 16);
+            a0 = _mm512_fmadd_ps(qa, ldh16(k0 + d), a0);
+            a1 = _mm512_fmadd_ps(qa, ldh16(k1 + d), a1);
+            a2 = _mm512_fmadd_ps(qa, ldh16(k2 + d), a2);
+            a3 = _mm512_fmadd_ps(qa, ldh16(k3 + d), a3);
+            b0 = _mm512_fmadd_ps(qb, ldh16(k0 + d + 16), b0);
+            b1 = _mm512_fmadd_ps(qb, ldh16(k1 + d + 16), b1);
+            b2 = _mm512_fmadd_ps(qb, ldh16(k2 + d + 16), b2);
+            b3 = _mm512_fmadd_ps(qb, ldh16(k3 + d + 16), b3);
+        }
+        if (d < hd16) {
+            __m512 qa = _mm512_loadu_ps(q + d);
+            a0 = _mm512_fmadd_ps(qa, ldh16(k0 + d), a0);
+            a1 = _mm512_fmadd_ps(qa, ldh16(k1 + d), a1);
+            a2 = _mm512_fmadd_ps(qa, ldh16(k2 + d), a2);
+            a3 = _mm512_fmadd_ps(qa, ldh16(k3 + d), a3);
+        }
+        __m128 s4 = hsum16x4(_mm512_add_ps(a0, b0), _mm512_add_ps(a1, b1),
+                             _mm512_add_ps(a2, b2), _mm512_add_ps(a3, b3));
+        if (hd16 < head_dim) {
+            float tail[4] = {0, 0, 0, 0};
+            for (int j = hd16; j < head_dim; j++) {
+                tail[0] += q[j] * h2f(k0[j]);
+                tail[1] += q[j] * h2f(k1[j]);
+                tail[2] += q[j] * h2f(k2[j]);
+                tail[3] += q[j] * h2f(k3[j]);
+            }
+            s4 = _mm_add_ps(s4, _mm_loadu_ps(tail));
+        }
+        s4 = _mm_mul_ps(s4, sv);
+        _mm_storeu_ps(scratch + t, s4);
+        mxv = _mm_max_ps(mxv, s4);
+    }
+    float mx = hmax4(mxv);
+    for (; t < n_kv; t++) {
+        float s = scale * dot_f16_avx512(q, k + (size_t)t * stride, head_dim);
+        scratch[t] = s;
+        mx = s > mx ? s : mx;
+    }
+    return mx;
+}
+
 A5 void spk_attn_head_avx512(float *out, const float *q, const spk_f16 *k, const spk_f16 *v,
                              int n_kv, int head_dim, int stride, float scale, float *scratch)
 {
@@ -410,12 +549,7 @@ A5 void spk_attn_head_avx512(float *out, const float *q, const spk_f16 *k, const
         out[d] = 0.0f;
     if (n_kv <= 0)
         return;
-    float mx = -FLT_MAX;
-    for (int t = 0; t < n_kv; t++) {
-        float s = scale * dot_f16_avx512(q, k + (size_t)t * stride, head_dim);
-        scratch[t] = s;
-        mx = s > mx ? s : mx;
-    }
+    float mx = scores_avx512(scratch, q, k, n_kv, head_dim, stride, scale);
     float inv = 1.0f / exp_sub_sum_avx512(scratch, n_kv, mx);
     /* Tiles of 64 dims with register accumulators, as in the AVX2 version. */
     int d0 = 0;

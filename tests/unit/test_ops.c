@@ -260,8 +260,27 @@ START_TEST(test_rope_rotates_adjacent_pairs_like_float64)
             for (int h = 0; h < n_heads; h++)
                 for (int d = rot; d < head_dim; d++)
                     ck_assert(x[h * head_dim + d] == x0[h * head_dim + d]);
+            /* Same position and table again (the cached cos/sin path): same result. */
+            memcpy(x, x0, sizeof x);
+            spk_rope(x, n_heads, head_dim, rot, pos, freqs);
+            check_close(x, ref, n_heads * head_dim, 2e-6, 0, "rope again", 0);
         }
     }
+    /* The same buffer rewritten with another theta, same position and size: the new table is
+     * used (nothing stale from the previous call). */
+    spk_rope_freqs(freqs, 32, 10000.0f, NULL);
+    spk_rope(x, n_heads, head_dim, 32, 4095, freqs);
+    spk_rope_freqs(freqs, 32, 500000.0f, NULL);
+    spk_test_fill(x0, n_heads * head_dim, 4242, -1.0f, 1.0f);
+    memcpy(x, x0, sizeof x);
+    spk_rope(x, n_heads, head_dim, 32, 4095, freqs);
+    for (int h = 0; h < n_heads; h++)
+        for (int i = 0; i < 16; i++) {
+            double a = 4095.0 * freqs[i];
+            double u = x0[h * head_dim + 2 * i], v = x0[h * head_dim + 2 * i + 1];
+            ck_assert_double_eq_tol(x[h * head_dim + 2 * i], u * cos(a) - v * sin(a), 2e-6);
+            ck_assert_double_eq_tol(x[h * head_dim + 2 * i + 1], u * sin(a) + v * cos(a), 2e-6);
+        }
 }
 END_TEST
 
