@@ -484,11 +484,75 @@ START_TEST(sigpipe_never_kills)
     kill(pid[1], SIGKILL);
     char big[65536] = {0};
     spk_status st = SPK_OK;
-    for (int i = 0; i < 50 && st == SPK_OK; i++)
+    /* Keep sending into the dying connection until the loss shows (EPIPE/ECONNRESET inside). */
+    int64_t dl = t_now_ms() + 3000;
+    while (st == SPK_OK && t_now_ms() < dl) {
         st = spk_cluster_command_send(c, 1, CMD_ADD, big, sizeof big, 0, NULL);
+        t_sleep_ms(1);
+    }
     ck_assert_int_eq(st, SPK_ERR_PEER_LOST);
     ck_assert_int_eq(spk_cluster_close(c), SPK_OK);
     t_wait_exit(pid[1], 2000);
+}
+END_TEST
+
+/* Fork a child that sends `sig` to `pid` after `ms` milliseconds. */
+static pid_t signal_later(pid_t pid, int sig, int ms)
+{
+    fflush(stdout);
+    pid_t k = fork();
+    if (k == 0) {
+        t_sleep_ms(ms);
+        kill(pid, sig);
+        _exit(0);
+    }
+    return k;
+}
+
+START_TEST(blocked_barrier_is_released_by_a_killed_worker)
+{
+    pid_t pid[3];
+    spk_set_log_callback(NULL, NULL, SPK_LOG_NONE);
+    spk_cluster *c = start(3, pid);
+    pid_t k = signal_later(pid[2], SIGKILL, 300);
+    int64_t t0 = t_now_ms();
+    /* The workers never enter this barrier: only the lost peer can end it before 20 s. */
+    ck_assert_int_eq(spk_cluster_barrier(c, 20000), SPK_ERR_PEER_LOST);
+    int64_t dt = t_now_ms() - t0;
+    printf("barrier released by SIGKILL after %lld ms: %s\n", (long long)dt, spk_last_error());
+    ck_assert_ptr_nonnull(strstr(spk_last_error(), "rank 2"));
+    ck_assert_int_lt(dt, 300 + T_PEER_MS);
+    ck_assert_int_eq(t_wait_exit(pid[1], 3 * T_PEER_MS), SPK_ERR_PEER_LOST);
+    spk_cluster_close(c);
+    t_wait_exit(pid[2], 2000);
+    t_wait_exit(k, 2000);
+}
+END_TEST
+
+START_TEST(stopped_worker_aborts_a_blocked_transport_call)
+{
+    pid_t pid[2];
+    spk_set_log_callback(NULL, NULL, SPK_LOG_NONE);
+    spk_cluster *c = start(2, pid);
+    const spk_transport *vt = NULL;
+    spk_transport_comm *comm = spk_cluster_transport(c, &vt);
+    ck_assert_ptr_nonnull(comm);
+    pid_t k = signal_later(pid[1], SIGSTOP, 300);
+    float x[256] = {1.0f};
+    int64_t t0 = t_now_ms();
+    /* The worker never joins: its transport connection stays up, so only the control plane's
+     * heartbeat timeout (and the abort it triggers) can end this call before its 20 s. */
+    spk_status st = vt->allreduce(comm, x, 256, SPK_TRANSPORT_F32, SPK_TRANSPORT_MEM_HOST, 20000);
+    int64_t dt = t_now_ms() - t0;
+    printf("transport all-reduce ended with %s after %lld ms (worker stopped at 300 ms)\n",
+           spk_status_str(st), (long long)dt);
+    ck_assert(st == SPK_ERR_CANCELLED || st == SPK_ERR_PEER_LOST);
+    ck_assert_int_lt(dt, 300 + T_PEER_MS + 500);
+    ck_assert_int_eq(spk_cluster_health(c), SPK_ERR_PEER_LOST);
+    spk_cluster_close(c);
+    kill(pid[1], SIGKILL);
+    t_wait_exit(pid[1], 2000);
+    t_wait_exit(k, 2000);
 }
 END_TEST
 
@@ -511,6 +575,8 @@ static Suite *suite(void)
     tcase_add_test(t, killed_driver_workers_get_peer_lost);
     tcase_add_test(t, stopped_driver_workers_get_peer_lost);
     tcase_add_test(t, sigpipe_never_kills);
+    tcase_add_test(t, blocked_barrier_is_released_by_a_killed_worker);
+    tcase_add_test(t, stopped_worker_aborts_a_blocked_transport_call);
     suite_add_tcase(s, t);
     return s;
 }
