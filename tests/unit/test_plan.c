@@ -1,0 +1,486 @@
+/* Partition plan and cost model: layouts partition layers, heads, MLP columns and vocabulary
+ * exactly; layer ranges are cost-optimal; invalid layouts name their constraint; the cost model
+ * agrees in direction with the published two-DGX-Spark study and is monotonic in hardware. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "model/gguf.h"
+#include "plan/cost.h"
+#include "plan/plan.h"
+#include "plan/shape.h"
+#include "testutil.h"
+
+static spk_shape preset(const char *name)
+{
+    spk_shape s;
+    ck_assert_int_eq(spk_shape_preset(name, &s), SPK_OK);
+    return s;
+}
+
+/* Every invariant a plan must satisfy, checked through the rank accessor. */
+static void check_partition(const spk_shape *s, int pp, int tp)
+{
+    spk_plan p;
+    ck_assert_msg(spk_plan_make(s, pp, tp, &p) == SPK_OK, "%s pp %d tp %d: %s", s->name, pp, tp, spk_err_msg());
+    ck_assert_int_eq(p.world, pp * tp);
+    int layer_owner[4096];
+    for (int l = 0; l < s->n_layers; l++)
+        layer_owner[l] = 0;
+    for (int st = 0; st < pp; st++) {
+        ck_assert_int_ge(p.stage[st].l1 - p.stage[st].l0, 1);
+        ck_assert_int_eq(p.stage[st].l0, st == 0 ? 0 : p.stage[st - 1].l1);
+        for (int l = p.stage[st].l0; l < p.stage[st].l1; l++) {
+            layer_owner[l]++;
+            ck_assert_int_eq(spk_plan_stage_of_layer(&p, l), st);
+        }
+    }
+    for (int l = 0; l < s->n_layers; l++)
+        ck_assert_msg(layer_owner[l] == 1, "layer %d owned by %d stages", l, layer_owner[l]);
+    ck_assert_int_eq(p.stage[pp - 1].l1, s->n_layers);
+
+    /* TP parts: contiguous, exact cover, KV-group granularity, whole quant blocks */
+    const int g = s->n_heads / s->n_kv_heads, blk = spk_shape_block(s);
+    int kv = 0, f = 0, fe = 0, v = 0;
+    for (int t = 0; t < tp; t++) {
+        const spk_plan_tpart *pt = &p.part[t];
+        ck_assert_int_eq(pt->kv0, kv);
+        ck_assert_int_gt(pt->kv1, pt->kv0);
+        ck_assert_int_eq(pt->q0, pt->kv0 * g);
+        ck_assert_int_eq(pt->q1, pt->kv1 * g);
+        /* as even as possible: sizes differ by at most one, larger first */
+        int ksz = pt->kv1 - pt->kv0;
+        ck_assert_int_ge(ksz, s->n_kv_heads / tp);
+        ck_assert_int_le(ksz, (s->n_kv_heads + tp - 1) / tp);
+        if (t > 0)
+            ck_assert_int_le(ksz, p.part[t - 1].kv1 - p.part[t - 1].kv0);
+        kv = pt->kv1;
+        ck_assert_int_eq(pt->f0, f);
+        if (tp > 1 && s->n_ff > 0) {
+            ck_assert_int_eq(pt->f0 % blk, 0);
+            ck_assert_int_eq(pt->f1 % blk, 0);
+            ck_assert_int_gt(pt->f1, pt->f0);
+            ck_assert_int_le(abs((pt->f1 - pt->f0) - (p.part[0].f1 - p.part[0].f0)), blk);
+        }
+        f = pt->f1;
+        ck_assert_int_eq(pt->fe0, fe);
+        if (tp > 1 && s->n_experts > 0) {
+            ck_assert_int_eq(pt->fe0 % blk, 0);
+            ck_assert_int_gt(pt->fe1, pt->fe0);
+        }
+        fe = pt->fe1;
+        ck_assert_int_eq(pt->v0, v);
+        ck_assert_int_le(abs((pt->v1 - pt->v0) - (p.part[0].v1 - p.part[0].v0)), 1);
+        v = pt->v1;
+        if (tp > 1)
+            ck_assert_int_eq((long long)pt->q0 * s->head_dim % blk, 0);
+    }
+    ck_assert_int_eq(kv, s->n_kv_heads);
+    ck_assert_int_eq(f, s->n_ff);
+    ck_assert_int_eq(fe, s->n_experts ? s->n_ff_expert : 0);
+    ck_assert_int_eq(v, s->n_vocab);
+
+    /* rank mapping: stage = r / tp, tp rank = r % tp; neighbours; head only on the last stage */
+    for (int r = 0; r < p.world; r++) {
+        spk_rank_slice rs;
+        ck_assert_int_eq(spk_plan_rank(&p, r, &rs), SPK_OK);
+        ck_assert_int_eq(rs.stage, r / tp);
+        ck_assert_int_eq(rs.tp_rank, r % tp);
+        ck_assert_int_eq(spk_plan_rank_of(&p, rs.stage, rs.tp_rank), r);
+        ck_assert_int_eq(rs.l0, p.stage[rs.stage].l0);
+        ck_assert_int_eq(rs.l1, p.stage[rs.stage].l1);
+        ck_assert_int_eq(rs.kv0, p.part[rs.tp_rank].kv0);
+        ck_assert(rs.embeds == (rs.stage == 0));
+        ck_assert(rs.has_head == (rs.stage == pp - 1));
+        if (rs.has_head) {
+            ck_assert_int_eq(rs.v0, p.part[rs.tp_rank].v0);
+            ck_assert_int_eq(rs.v1, p.part[rs.tp_rank].v1);
+        } else {
+            ck_assert_int_eq(rs.v1 - rs.v0, 0);
+        }
+        ck_assert_int_eq(rs.prev_rank, rs.stage > 0 ? r - tp : -1);
+        ck_assert_int_eq(rs.next_rank, rs.stage < pp - 1 ? r + tp : -1);
+        ck_assert(spk_plan_rank_bytes(&p, r) > 0);
+    }
+    spk_rank_slice rs;
+    ck_assert_int_eq(spk_plan_rank(&p, p.world, &rs), SPK_ERR_INVALID_ARG);
+    ck_assert_int_eq(spk_plan_rank(&p, -1, &rs), SPK_ERR_INVALID_ARG);
+}
+
+START_TEST(smollm2_layouts_partition_exactly)
+{
+    spk_shape s = preset("smollm2-135m");
+    const int layouts[][2] = {{1, 1}, {2, 1}, {3, 1}, {1, 2}, {1, 3}, {2, 2}, {30, 1}, {10, 3}};
+    for (size_t i = 0; i < sizeof layouts / sizeof layouts[0]; i++)
+        check_partition(&s, layouts[i][0], layouts[i][1]);
+    spk_shape t = preset("tiny");
+    check_partition(&t, 1, 4);
+    check_partition(&t, 4, 4);
+    check_partition(&t, 2, 2);
+    spk_shape m = preset("tiny-moe");
+    check_partition(&m, 2, 2);
+    check_partition(&m, 1, 4);
+    const char *big[] = {"llama-3.1-8b", "mistral-small-24b", "gpt-oss-20b", "gpt-oss-120b"};
+    for (int i = 0; i < 4; i++) {
+        spk_shape b = preset(big[i]);
+        check_partition(&b, 2, 1);
+        check_partition(&b, 1, 2);
+        check_partition(&b, 2, 4);
+        check_partition(&b, 1, 8);
+        check_partition(&b, 4, 2);
+    }
+}
+END_TEST
+
+START_TEST(smollm2_tp_splits_as_documented)
+{
+    spk_shape s = preset("smollm2-135m");
+    spk_plan p;
+    /* 3 KV groups over TP 2: 2 + 1 (query heads 6 + 3); MLP 1536 = 48 blocks: 768 + 768 */
+    ck_assert_int_eq(spk_plan_make(&s, 1, 2, &p), SPK_OK);
+    ck_assert_int_eq(p.part[0].kv1 - p.part[0].kv0, 2);
+    ck_assert_int_eq(p.part[1].kv1 - p.part[1].kv0, 1);
+    ck_assert_int_eq(p.part[0].q1 - p.part[0].q0, 6);
+    ck_assert_int_eq(p.part[1].q0, 6);
+    ck_assert_int_eq(p.part[1].q1, 9);
+    ck_assert_int_eq(p.part[0].f1, 768);
+    ck_assert_int_eq(p.part[1].f1, 1536);
+    ck_assert_int_eq(p.part[0].v1, 24576);
+    /* TP 3: 1 + 1 + 1 KV groups, 512 MLP columns each, 16384 vocabulary rows each */
+    ck_assert_int_eq(spk_plan_make(&s, 1, 3, &p), SPK_OK);
+    for (int t = 0; t < 3; t++) {
+        ck_assert_int_eq(p.part[t].kv0, t);
+        ck_assert_int_eq(p.part[t].q0, 3 * t);
+        ck_assert_int_eq(p.part[t].f1 - p.part[t].f0, 512);
+        ck_assert_int_eq(p.part[t].v1 - p.part[t].v0, 16384);
+    }
+    /* Llama-3.1-8B over TP 3: 14336 = 448 blocks -> 150 + 149 + 149 blocks; 8 KV -> 3 + 3 + 2 */
+    spk_shape l = preset("llama-3.1-8b");
+    ck_assert_int_eq(spk_plan_make(&l, 1, 3, &p), SPK_OK);
+    ck_assert_int_eq(p.part[0].f1, 150 * 32);
+    ck_assert_int_eq(p.part[1].f1 - p.part[1].f0, 149 * 32);
+    ck_assert_int_eq(p.part[2].kv1 - p.part[2].kv0, 2);
+    char buf[256];
+    spk_plan_make(&s, 2, 2, &p);
+    ck_assert_ptr_nonnull(strstr(spk_plan_describe(&p, buf, sizeof buf), "kv heads 2+1"));
+}
+END_TEST
+
+/* Brute force: no other contiguous split with >= 1 layer per stage has a smaller largest stage
+ * cost (layer bytes; last stage + head, first stage + one embedding row). */
+static double best_max_cost(int L, int pp, double c, double ef, double el)
+{
+    if (pp == 1)
+        return L * c + ef + el;
+    double best = INFINITY;
+    /* recursive over the first stage's size for small cases */
+    for (int n0 = 1; n0 <= L - (pp - 1); n0++) {
+        double first = n0 * c + ef;
+        /* remaining pp-1 stages, first of them no longer "first" */
+        double rest;
+        if (pp == 2) {
+            rest = (L - n0) * c + el;
+        } else {
+            /* pp 3: split remaining into middle and last */
+            rest = INFINITY;
+            for (int n1 = 1; n1 <= L - n0 - 1; n1++) {
+                double m = fmax(n1 * c, (L - n0 - n1) * c + el);
+                rest = fmin(rest, m);
+            }
+        }
+        best = fmin(best, fmax(first, rest));
+    }
+    return best;
+}
+
+START_TEST(layer_ranges_minimize_the_largest_stage)
+{
+    const char *names[] = {"smollm2-135m", "llama-3.1-8b", "gpt-oss-120b", "tiny", "mistral-small-24b"};
+    for (int i = 0; i < 5; i++) {
+        spk_shape s = preset(names[i]);
+        double c = spk_shape_layer_bytes(&s), ef = s.n_embd * spk_shape_bph(&s), el = spk_shape_head_bytes(&s);
+        for (int pp = 2; pp <= 3; pp++) {
+            spk_plan p;
+            ck_assert_int_eq(spk_plan_make(&s, pp, 1, &p), SPK_OK);
+            double worst = 0;
+            for (int st = 0; st < pp; st++)
+                worst = fmax(worst, p.stage[st].cost);
+            double opt = best_max_cost(s.n_layers, pp, c, ef, el);
+            ck_assert_msg(fabs(worst - opt) <= 1e-9 * opt, "%s pp %d: largest stage %.0f, optimum %.0f", s.name,
+                          pp, worst, opt);
+        }
+    }
+    /* The head is expensive: SmolLM2's last stage holds fewer layers than the first. */
+    spk_shape s = preset("smollm2-135m");
+    spk_plan p;
+    spk_plan_make(&s, 2, 1, &p);
+    ck_assert_int_lt(p.stage[1].l1 - p.stage[1].l0, p.stage[0].l1 - p.stage[0].l0);
+}
+END_TEST
+
+static void expect_error(const spk_shape *s, int pp, int tp, spk_status want, const char *fragment)
+{
+    spk_plan p;
+    spk_status st = spk_plan_make(s, pp, tp, &p);
+    ck_assert_msg(st == want, "pp %d tp %d: status %d, want %d (%s)", pp, tp, st, want, spk_err_msg());
+    ck_assert_msg(strstr(spk_err_msg(), fragment) != NULL, "message '%s' lacks '%s'", spk_err_msg(), fragment);
+}
+
+START_TEST(invalid_layouts_name_their_constraint)
+{
+    spk_shape s = preset("smollm2-135m");
+    expect_error(&s, 0, 1, SPK_ERR_INVALID_ARG, "must be >= 1");
+    expect_error(&s, 1, -2, SPK_ERR_INVALID_ARG, "must be >= 1");
+    expect_error(&s, 31, 1, SPK_ERR_UNSUPPORTED, "pp 31 > 30 layers");
+    expect_error(&s, 1, 4, SPK_ERR_UNSUPPORTED, "tp 4 > 3 KV heads: heads are split at KV-group granularity");
+    expect_error(&s, 100000, 100000, SPK_ERR_INVALID_ARG, "> 1024");
+    expect_error(&s, 300, 1, SPK_ERR_INVALID_ARG, "pp 300 > 256");
+    spk_shape t = preset("tiny");
+    t.n_ff = 1000; /* not whole 32-blocks */
+    expect_error(&t, 1, 2, SPK_ERR_UNSUPPORTED, "n_ff 1000 is not a whole number of 32-element quant blocks");
+    check_partition(&t, 2, 1); /* no TP: no block constraint */
+    t.n_ff = 64; /* 2 blocks */
+    expect_error(&t, 1, 4, SPK_ERR_UNSUPPORTED, "only 2 quant blocks of 32, fewer than tp");
+    t = preset("tiny");
+    t.head_dim = 12; /* tp 2: second part starts at query head 4 -> column 48 */
+    expect_error(&t, 1, 2, SPK_ERR_UNSUPPORTED, "column 48");
+    spk_shape m = preset("tiny-moe");
+    m.n_ff_expert = 100;
+    expect_error(&m, 1, 2, SPK_ERR_UNSUPPORTED, "n_ff_expert 100");
+    t = preset("tiny");
+    t.n_heads = 6; /* not a multiple of 4 KV heads */
+    expect_error(&t, 1, 1, SPK_ERR_INVALID_ARG, "n_heads 6 is not a multiple of n_kv_heads 4");
+    t = preset("tiny");
+    t.bytes_per_weight = 0;
+    expect_error(&t, 1, 1, SPK_ERR_INVALID_ARG, "bytes per element");
+    spk_plan p;
+    ck_assert_int_eq(spk_plan_make(NULL, 1, 1, &p), SPK_ERR_INVALID_ARG);
+    spk_shape x;
+    ck_assert_int_eq(spk_shape_preset("llama-9000", &x), SPK_ERR_NOT_FOUND);
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "gpt-oss-120b"));
+}
+END_TEST
+
+/* ---- cost model ------------------------------------------------------------------------------ */
+
+static double scen(const char *model, int pp, int tp, int batch, const spk_hw *hw)
+{
+    spk_shape s = preset(model);
+    spk_cost c;
+    ck_assert_int_eq(spk_cost_scenario(&s, pp, tp, batch, 1024, 1024, hw, &c), SPK_OK);
+    ck_assert(c.tok_s > 0 && isfinite(c.tok_s));
+    return c.tok_s;
+}
+
+START_TEST(cost_agrees_with_study_direction)
+{
+    spk_hw hw;
+    spk_hw_dgx_spark(&hw);
+    /* gpt-oss-120b: PP ahead at batch 64 and 128, TP ahead at batch 1 (balanced 1024/1024) */
+    ck_assert(scen("gpt-oss-120b", 2, 1, 128, &hw) > scen("gpt-oss-120b", 1, 2, 128, &hw));
+    ck_assert(scen("gpt-oss-120b", 2, 1, 64, &hw) > scen("gpt-oss-120b", 1, 2, 64, &hw));
+    ck_assert(scen("gpt-oss-120b", 1, 2, 1, &hw) > scen("gpt-oss-120b", 2, 1, 1, &hw));
+    /* Llama-3.1-8B: TP ahead at most of the batch sizes 1..128 */
+    const int bs[] = {1, 2, 4, 8, 16, 32, 64, 128};
+    int tp_wins = 0;
+    for (int i = 0; i < 8; i++)
+        tp_wins += scen("llama-3.1-8b", 1, 2, bs[i], &hw) > scen("llama-3.1-8b", 2, 1, bs[i], &hw);
+    ck_assert_int_ge(tp_wins, 5);
+    /* TP wins at batch 1 for every study model, in decode too */
+    const char *models[] = {"gpt-oss-120b", "gpt-oss-20b", "llama-3.1-8b"};
+    for (int i = 0; i < 3; i++) {
+        spk_shape s = preset(models[i]);
+        spk_cost a, b;
+        spk_cost_decode(&s, 2, 1, 1, 1024, &hw, &a);
+        spk_cost_decode(&s, 1, 2, 1, 1024, &hw, &b);
+        ck_assert_msg(b.tok_s > a.tok_s, "%s batch 1: TP %.1f vs PP %.1f", models[i], b.tok_s, a.tok_s);
+    }
+    /* The planner's own choice follows: TP at batch 1, PP at 128 for gpt-oss-120b */
+    spk_shape s = preset("gpt-oss-120b");
+    int pp, tp;
+    ck_assert_int_eq(spk_plan_choose(&s, 2, 1, &hw, &pp, &tp), SPK_OK);
+    ck_assert(pp == 1 && tp == 2);
+    ck_assert_int_eq(spk_plan_choose(&s, 2, 128, &hw, &pp, &tp), SPK_OK);
+    ck_assert(pp == 2 && tp == 1);
+    /* ... and it is the all-reduce bandwidth that decides: at link rate TP wins at 128 too */
+    spk_hw fast;
+    spk_hw_init(&fast);
+    ck_assert(scen("gpt-oss-120b", 1, 2, 128, &fast) > scen("gpt-oss-120b", 2, 1, 128, &fast));
+}
+END_TEST
+
+START_TEST(pp_gives_no_speedup_at_batch_1)
+{
+    spk_hw hw;
+    spk_hw_dgx_spark(&hw);
+    const char *models[] = {"llama-3.1-8b", "gpt-oss-120b", "smollm2-135m"};
+    for (int i = 0; i < 3; i++) {
+        spk_shape s = preset(models[i]);
+        spk_cost one, two;
+        ck_assert_int_eq(spk_cost_decode(&s, 1, 1, 1, 512, &hw, &one), SPK_OK);
+        ck_assert_int_eq(spk_cost_decode(&s, 2, 1, 1, 512, &hw, &two), SPK_OK);
+        ck_assert_int_eq(two.micro_batches, 1);
+        ck_assert(two.step_s >= one.step_s); /* only one stage works at a time, plus transfers */
+        ck_assert(two.step_s < one.step_s * 1.05);
+    }
+}
+END_TEST
+
+START_TEST(moe_reads_only_touched_experts)
+{
+    spk_hw hw;
+    spk_hw_init(&hw);
+    spk_shape s = preset("gpt-oss-120b");
+    spk_cost c1, c128, c4096;
+    spk_cost_decode(&s, 1, 1, 1, 0, &hw, &c1);
+    spk_cost_decode(&s, 1, 1, 128, 0, &hw, &c128);
+    spk_cost_decode(&s, 1, 1, 4096, 0, &hw, &c4096);
+    /* batch 1: attention + router + 4 experts per layer, plus head and one embedding row */
+    double E = s.n_embd, Q = s.n_heads * s.head_dim, KV = s.n_kv_heads * s.head_dim;
+    double per_layer = (E * (Q + 2 * KV) + Q * E + E * s.n_experts) * s.bytes_per_weight +
+                       4 * 3.0 * s.n_ff_expert * E * spk_shape_bpe(&s);
+    double want = per_layer * s.n_layers + (double)s.n_vocab * E * 2 + E * 2;
+    ck_assert_msg(fabs(c1.weight_bytes - want) < 1e-6 * want, "%g vs %g", c1.weight_bytes, want);
+    /* 128 tokens hit E(1-(1-k/E)^B) = 125.9 of 128 experts; thousands hit all */
+    double all = spk_shape_layer_bytes(&s) * s.n_layers;
+    ck_assert(c128.weight_bytes > 0.95 * all && c128.weight_bytes < all + spk_shape_head_bytes(&s) * 2);
+    ck_assert(c4096.weight_bytes > c128.weight_bytes);
+}
+END_TEST
+
+START_TEST(more_hardware_is_never_slower)
+{
+    const char *models[] = {"smollm2-135m", "llama-3.1-8b", "gpt-oss-120b", "tiny-moe"};
+    const int layouts[][2] = {{1, 1}, {2, 1}, {1, 2}, {2, 2}, {4, 1}, {1, 4}};
+    const int bs[] = {1, 3, 16, 128};
+    for (int mi = 0; mi < 4; mi++) {
+        spk_shape s = preset(models[mi]);
+        for (int li = 0; li < 6; li++) {
+            spk_plan p;
+            if (spk_plan_make(&s, layouts[li][0], layouts[li][1], &p) != SPK_OK)
+                continue;
+            for (int bi = 0; bi < 4; bi++) {
+                for (int knob = 0; knob < 5; knob++) {
+                    double prev = 0, prev_sc = 0;
+                    for (double f = 0.25; f <= 16; f *= 2) {
+                        spk_hw hw;
+                        spk_hw_dgx_spark(&hw);
+                        switch (knob) {
+                        case 0: hw.mem_bw_GBps *= f; break;
+                        case 1: hw.tflops *= f; break;
+                        case 2: hw.link_Gbps *= f; break;
+                        case 3: hw.allreduce_busbw_GBps *= f; break;
+                        default: hw.allreduce_latency_us /= f; hw.link_latency_us /= f; break;
+                        }
+                        spk_cost d, sc;
+                        ck_assert_int_eq(spk_cost_decode(&s, p.pp, p.tp, bs[bi], 700, &hw, &d), SPK_OK);
+                        ck_assert_int_eq(spk_cost_scenario(&s, p.pp, p.tp, bs[bi], 300, 200, &hw, &sc), SPK_OK);
+                        ck_assert_msg(d.tok_s >= prev * (1 - 1e-12), "%s pp%d tp%d b%d knob %d x%g: %g < %g",
+                                      s.name, p.pp, p.tp, bs[bi], knob, f, d.tok_s, prev);
+                        ck_assert_msg(sc.tok_s >= prev_sc * (1 - 1e-12), "%s pp%d tp%d b%d knob %d x%g: run %g < %g",
+                                      s.name, p.pp, p.tp, bs[bi], knob, f, sc.tok_s, prev_sc);
+                        prev = d.tok_s;
+                        prev_sc = sc.tok_s;
+                    }
+                }
+            }
+        }
+    }
+    /* more context never makes decode faster; a bigger batch never lowers throughput much */
+    spk_shape s = preset("llama-3.1-8b");
+    spk_hw hw;
+    spk_hw_init(&hw);
+    spk_cost a, b;
+    spk_cost_decode(&s, 1, 1, 8, 100, &hw, &a);
+    spk_cost_decode(&s, 1, 1, 8, 4000, &hw, &b);
+    ck_assert(b.step_s > a.step_s);
+}
+END_TEST
+
+START_TEST(prefill_and_choose_behave)
+{
+    spk_hw hw;
+    spk_hw_init(&hw);
+    spk_shape s = preset("llama-3.1-8b");
+    spk_cost c;
+    ck_assert_int_eq(spk_cost_prefill(&s, 1, 1, 4, 2048, &hw, &c), SPK_OK);
+    /* long prompts are compute bound: 2 * params * tokens / peak is a lower bound */
+    double params = spk_shape_layer_bytes(&s) / 2 * s.n_layers;
+    ck_assert(c.step_s >= 2 * params * 4 * 2048 / 100e12);
+    ck_assert(c.step_s < 3 * 2 * (params + 1.05e9) * 4 * 2048 / 100e12);
+    /* one rank: the only layout */
+    int pp, tp;
+    ck_assert_int_eq(spk_plan_choose(&s, 1, 8, &hw, &pp, &tp), SPK_OK);
+    ck_assert(pp == 1 && tp == 1);
+    /* every layout ranked for SmolLM2 on 6 ranks is valid and sorted */
+    spk_shape m = preset("smollm2-135m");
+    spk_cost r[8];
+    int n;
+    ck_assert_int_eq(spk_plan_rank_layouts(&m, 6, 8, 512, 0, &hw, r, 8, &n), SPK_OK);
+    ck_assert_int_eq(n, 3); /* 6x1, 3x2, 2x3; 1x6 is invalid (3 KV heads) */
+    for (int i = 1; i < n; i++)
+        ck_assert(r[i].tok_s <= r[i - 1].tok_s);
+    /* world 7 with 3 KV heads and 30 layers: only pp 7 */
+    ck_assert_int_eq(spk_plan_rank_layouts(&m, 7, 8, 512, 0, &hw, r, 8, &n), SPK_OK);
+    ck_assert_int_eq(n, 1);
+    ck_assert_int_eq(r[0].pp, 7);
+    /* nothing valid: the error names the constraint */
+    ck_assert_int_eq(spk_plan_rank_layouts(&m, 31, 8, 512, 0, &hw, r, 8, &n), SPK_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "pp 31 > 30 layers"));
+    spk_hw bad = hw;
+    bad.mem_bw_GBps = 0;
+    ck_assert_int_eq(spk_cost_decode(&s, 1, 1, 1, 1, &bad, &c), SPK_ERR_INVALID_ARG);
+    ck_assert_int_eq(spk_cost_decode(&s, 1, 1, 0, 1, &hw, &c), SPK_ERR_INVALID_ARG);
+    ck_assert_int_eq(spk_cost_decode(&s, 1, 9, 1, 1, &hw, &c), SPK_ERR_UNSUPPORTED);
+}
+END_TEST
+
+START_TEST(shape_from_default_model_file)
+{
+    gguf_file *f;
+    ck_assert_int_eq(gguf_open(spk_test_model_path(), &f), SPK_OK);
+    spk_shape s;
+    ck_assert_msg(spk_shape_from_gguf(f, &s) == SPK_OK, "%s", spk_err_msg());
+    gguf_close(f);
+    spk_shape p = preset("smollm2-135m");
+    ck_assert_int_eq(s.n_layers, p.n_layers);
+    ck_assert_int_eq(s.n_embd, p.n_embd);
+    ck_assert_int_eq(s.n_heads, p.n_heads);
+    ck_assert_int_eq(s.n_kv_heads, p.n_kv_heads);
+    ck_assert_int_eq(s.head_dim, p.head_dim);
+    ck_assert_int_eq(s.n_ff, p.n_ff);
+    ck_assert_int_eq(s.n_vocab, p.n_vocab);
+    ck_assert_int_eq(s.tied_embeddings, 1);
+    ck_assert(fabs(s.bytes_per_weight - 0.625) < 1e-9);  /* Q4_1 */
+    ck_assert(fabs(spk_shape_bph(&s) - 34.0 / 32) < 1e-9); /* Q8_0 token_embd */
+    ck_assert_int_eq(spk_shape_block(&s), 32);
+    spk_plan a, b;
+    ck_assert_int_eq(spk_plan_make(&s, 2, 2, &a), SPK_OK);
+    ck_assert_int_eq(spk_plan_make(&p, 2, 2, &b), SPK_OK);
+    ck_assert_int_eq(a.stage[0].l1, b.stage[0].l1); /* the preset mirrors the file */
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("plan");
+    TCase *tc = tcase_create("plan");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, smollm2_layouts_partition_exactly);
+    tcase_add_test(tc, smollm2_tp_splits_as_documented);
+    tcase_add_test(tc, layer_ranges_minimize_the_largest_stage);
+    tcase_add_test(tc, invalid_layouts_name_their_constraint);
+    tcase_add_test(tc, cost_agrees_with_study_direction);
+    tcase_add_test(tc, pp_gives_no_speedup_at_batch_1);
+    tcase_add_test(tc, moe_reads_only_touched_experts);
+    tcase_add_test(tc, more_hardware_is_never_slower);
+    tcase_add_test(tc, prefill_and_choose_behave);
+    if (spk_test_model_path())
+        tcase_add_test(tc, shape_from_default_model_file);
+    else
+        printf("note: default model not found; shape_from_default_model_file not run\n");
+    suite_add_tcase(s, tc);
+    return spk_test_run(s);
+}
