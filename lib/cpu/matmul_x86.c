@@ -385,24 +385,14 @@ A2 void spk_mm_fill_avx2(spk_mm_table *t)
 
 /* ================================ AVX-512 ==================================================== */
 
-/*
- * Two blocks (64 weights) per 512-bit step. Q4 weights unpack to 128-bit lanes
- * [b0 lo, b1 lo, b0 hi, b1 hi] and the activations are shuffled to match; Q8_0 keeps element
- * order and is made unsigned (w + 128) for vpdpbusd, corrected with -128 * dw * s.
- */
-I5 __m512i w_pair_512(int kind, const uint8_t *b0, const uint8_t *b1)
+/* Q8_0: two blocks (64 weights) per 512-bit step, in element order, made unsigned (w + 128) for
+ * vpdpbusd and corrected with -128 * dw * s. */
+I5 __m512i w_pair_q8(const uint8_t *b0, const uint8_t *b1)
 {
-    const size_t o = kind_qs_off(kind);
-    if (kind == K_Q8_0) {
-        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b0 + o))),
-                                       _mm256_loadu_si256((const __m256i *)(b1 + o)), 1);
-        return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
-    }
-    __m256i y = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + o))),
-                                        _mm_loadu_si128((const __m128i *)(b1 + o)), 1);
-    const __m256i m = _mm256_set1_epi8(15);
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(y, m)),
-                              _mm256_and_si256(_mm256_srli_epi16(y, 4), m), 1);
+    const __m512i v = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b0 + 2))),
+        _mm256_loadu_si256((const __m256i *)(b1 + 2)), 1);
+    return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
 }
 
 /* [d0, m0, d1, m1] for Q4_1, [d0, d0, d1, d1] otherwise. */
@@ -415,15 +405,13 @@ I5 __m128 dm_pair(int kind, const uint8_t *b0, const uint8_t *b1)
     return _mm_cvtph_ps(_mm_shufflelo_epi16(h, 0xA0));
 }
 
-I5 void tile_q_512(int kind, int R, int T, float *out, int ld, const uint8_t *w, size_t wrow,
+I5 void tile_q8_512(int kind, int R, int T, float *out, int ld, const uint8_t *w, size_t wrow,
                    const uint8_t *act, size_t arow, int n, int r0, int rs, int t0)
 {
     const int nb = n / 32;
     const size_t bs = kind_block_bytes(kind);
     /* lane i of the int32 dot comes from block (idx[i] / 2) of the pair */
-    const __m512i idx = kind == K_Q8_0
-                            ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2)
-                            : _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 0, 0, 0, 0, 2, 2, 2, 2);
+    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
     __m512 acc[4][4];
     __m128 corr[4][4];
     for (int r = 0; r < R; r++)
@@ -443,14 +431,12 @@ I5 void tile_q_512(int kind, int R, int T, float *out, int ld, const uint8_t *w,
         __m512 dwl[4];
         for (int r = 0; r < R; r++) {
             const uint8_t *p = wr[r] + (size_t)b * bs;
-            wv[r] = w_pair_512(kind, p, p + bs);
+            wv[r] = w_pair_q8(p, p + bs);
             dm[r] = dm_pair(kind, p, p + bs);
             dwl[r] = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(dm[r]));
         }
         for (int t = 0; t < T; t++) {
-            __m512i a = _mm512_loadu_si512((const void *)(at[t] + 32 * b));
-            if (kind != K_Q8_0)
-                a = _mm512_shuffle_i64x2(a, a, 0xD8);
+            const __m512i a = _mm512_loadu_si512((const void *)(at[t] + 32 * b));
             const __m128 ds = _mm_loadu_ps((const float *)(at[t] + n) + 2 * b);
             const __m512 dal = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(ds));
             for (int r = 0; r < R; r++) {
@@ -465,9 +451,7 @@ I5 void tile_q_512(int kind, int R, int T, float *out, int ld, const uint8_t *w,
         __m128 dm[4];
         for (int r = 0; r < R; r++) {
             const uint8_t *p = wr[r] + (size_t)b * bs;
-            wv[r] = w_block_avx2(kind, p);
-            if (kind == K_Q8_0)
-                wv[r] = _mm256_xor_si256(wv[r], _mm256_set1_epi8((char)0x80));
+            wv[r] = _mm256_xor_si256(w_block_avx2(kind, p), _mm256_set1_epi8((char)0x80));
             dm[r] = dm_block(kind, p);
         }
         for (int t = 0; t < T; t++) {
@@ -493,20 +477,18 @@ I5 void tile_q_512(int kind, int R, int T, float *out, int ld, const uint8_t *w,
 }
 
 /*
- * The same computation in 256-bit VNNI (AVX512-VL), two blocks per step: Zen 4 splits 512-bit
- * ops in two anyway, and at 256 bits the lane shuffles the 512-bit tile needs disappear. Q4: the
- * low and high nibbles of both blocks meet the matching activation halves in two chained
- * vpdpbusd, giving int32 lanes [b0 x4, b1 x4]; Q8_0: one vpdpbusd per block and a vphaddd,
- * giving [b0, b0, b1, b1] per 128-bit lane.
+ * Q4_0/Q4_1 in 256-bit VNNI (AVX512-VL), two blocks per step: Zen 4 splits 512-bit ops in two
+ * anyway, and at 256 bits the per-block lane shuffles disappear. The low and high nibbles of
+ * both blocks meet the matching activation halves in two chained vpdpbusd, giving int32 lanes
+ * [b0 x4, b1 x4].
  */
 I5 void tile_qv_512(int kind, int R, int T, float *out, int ld, const uint8_t *w, size_t wrow,
                     const uint8_t *act, size_t arow, int n, int r0, int rs, int t0)
 {
     const int nb = n / 32;
     const size_t bs = kind_block_bytes(kind), o = kind_qs_off(kind);
-    const __m256i idx = kind == K_Q8_0 ? _mm256_setr_epi32(0, 0, 2, 2, 0, 0, 2, 2)
-                                       : _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
-    const __m256i m4 = _mm256_set1_epi8(15), x80 = _mm256_set1_epi8((char)0x80);
+    const __m256i idx = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
+    const __m256i m4 = _mm256_set1_epi8(15);
     __m256 acc[4][4];
     __m128 corr[4][4];
     for (int r = 0; r < R; r++)
@@ -525,36 +507,23 @@ I5 void tile_qv_512(int kind, int R, int T, float *out, int ld, const uint8_t *w
         __m128 dm[4];
         for (int r = 0; r < R; r++) {
             const uint8_t *p = wr[r] + (size_t)b * bs;
-            if (kind == K_Q8_0) {
-                w0[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + o)), x80);
-                w1[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + bs + o)), x80);
-            } else {
-                const __m256i y = _mm256_inserti128_si256(
-                    _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(p + o))),
-                    _mm_loadu_si128((const __m128i *)(p + bs + o)), 1);
-                w0[r] = _mm256_and_si256(y, m4);                        /* [b0 lo, b1 lo] */
-                w1[r] = _mm256_and_si256(_mm256_srli_epi16(y, 4), m4); /* [b0 hi, b1 hi] */
-            }
+            const __m256i y = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(p + o))),
+                _mm_loadu_si128((const __m128i *)(p + bs + o)), 1);
+            w0[r] = _mm256_and_si256(y, m4);                        /* [b0 lo, b1 lo] */
+            w1[r] = _mm256_and_si256(_mm256_srli_epi16(y, 4), m4); /* [b0 hi, b1 hi] */
             dm[r] = dm_pair(kind, p, p + bs);
         }
         for (int t = 0; t < T; t++) {
-            __m256i a0 = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * b));
-            __m256i a1 = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * b + 32));
-            if (kind != K_Q8_0) {
-                const __m256i lo = _mm256_permute2x128_si256(a0, a1, 0x20);
-                a1 = _mm256_permute2x128_si256(a0, a1, 0x31);
-                a0 = lo;
-            }
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * b));
+            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * b + 32));
+            const __m256i a0 = _mm256_permute2x128_si256(x0, x1, 0x20); /* [a0 lo, a1 lo] */
+            const __m256i a1 = _mm256_permute2x128_si256(x0, x1, 0x31); /* [a0 hi, a1 hi] */
             const __m128 ds = _mm_loadu_ps((const float *)(at[t] + n) + 2 * b);
             for (int r = 0; r < R; r++) {
-                __m256i dp;
-                if (kind == K_Q8_0)
-                    dp = _mm256_hadd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), w0[r], a0),
-                                           _mm256_dpbusd_epi32(_mm256_setzero_si256(), w1[r], a1));
-                else
-                    dp = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), w0[r], a0),
-                                             w1[r], a1);
-                const __m128 p = _mm_mul_ps(dm[r], ds); /* [d0 da0, m0 s0 | d0 s0, d1 da1, ...] */
+                const __m256i dp = _mm256_dpbusd_epi32(
+                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), w0[r], a0), w1[r], a1);
+                const __m128 p = _mm_mul_ps(dm[r], ds); /* [d0 da0, m0 s0 (Q4_0: d0 s0), d1 da1, ...] */
                 corr[r][t] = _mm_add_ps(corr[r][t], p);
                 const __m256 sc = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(p), idx);
                 acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dp), sc, acc[r][t]);
@@ -567,8 +536,6 @@ I5 void tile_qv_512(int kind, int R, int T, float *out, int ld, const uint8_t *w
         for (int r = 0; r < R; r++) {
             const uint8_t *p = wr[r] + (size_t)b * bs;
             wv[r] = w_block_avx2(kind, p);
-            if (kind == K_Q8_0)
-                wv[r] = _mm256_xor_si256(wv[r], x80);
             dm[r] = dm_block(kind, p);
         }
         for (int t = 0; t < T; t++) {
@@ -597,7 +564,7 @@ I5 void tile_qv_512(int kind, int R, int T, float *out, int ld, const uint8_t *w
 #define TQ(...)                                                                                    \
     do {                                                                                           \
         if (kind == K_Q8_0)                                                                        \
-            tile_q_512(__VA_ARGS__);                                                               \
+            tile_q8_512(__VA_ARGS__);                                                               \
         else                                                                                       \
             tile_qv_512(__VA_ARGS__);                                                              \
     } while (0)
