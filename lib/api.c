@@ -15,6 +15,8 @@
 #include "model/gguf.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
+#include "plan/plan.h"
+#include "plan/shape.h"
 
 struct spk_model {
     spk_cluster *cluster;
@@ -22,7 +24,7 @@ struct spk_model {
     spk_hparams hp;
     spk_weights w;
     spk_tok *tok;
-    spk_llama *llm;
+    spk_exec *exec;
     spk_engine *engine;
     int n_ctx;
     char name[128];
@@ -107,13 +109,12 @@ spk_status spk_model_load(spk_cluster *cluster, const spk_model_config *cfg_in, 
         return spk_err(SPK_ERR_INVALID_ARG,
                        "spk_model_load: out of range: pp %d tp %d n_ctx %d max_seqs %d n_threads %d queue %d",
                        cfg.pp, cfg.tp, cfg.n_ctx, cfg.max_seqs, cfg.n_threads, cfg.queue_capacity);
-    int world = spk_cluster_world_size(cluster);
-    if ((cfg.pp > 1 || cfg.tp > 1) || world > 1)
-        return spk_err(SPK_ERR_UNSUPPORTED, "spk_model_load: pp %d x tp %d over %d ranks: model partitioning "
-                       "is not built yet (single rank only)", cfg.pp, cfg.tp, world);
     if (spk_cluster_rank(cluster) != 0)
-        return spk_err(SPK_ERR_STATE, "spk_model_load: call on rank 0; workers use spk_cluster_serve");
-
+        return spk_err(SPK_ERR_STATE, "spk_model_load: call on rank 0; workers load inside spk_cluster_serve");
+    const int world = spk_cluster_world_size(cluster);
+    if ((cfg.pp && world % cfg.pp) || (cfg.tp && world % cfg.tp) || (cfg.pp && cfg.tp && cfg.pp * cfg.tp != world))
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_model_load: pp %d x tp %d does not match the cluster's %d ranks",
+                       cfg.pp, cfg.tp, world);
     spk_model *m = calloc(1, sizeof *m);
     if (!m)
         return spk_err(SPK_ERR_NOMEM, "spk_model_load: out of memory");
@@ -137,10 +138,23 @@ spk_status spk_model_load(spk_cluster *cluster, const spk_model_config *cfg_in, 
     int max_seqs = cfg.max_seqs ? cfg.max_seqs : 8;
     int threads = cfg.n_threads ? cfg.n_threads : spk_cluster_n_threads(cluster);
     int max_tok = 512;
-    if ((st = spk_llama_create(&m->hp, &m->w, m->n_ctx, max_seqs, max_tok, threads, &m->llm)) != SPK_OK)
+    int pp = cfg.pp, tp = cfg.tp;
+    if (!pp && !tp) { /* the planner picks: measured link figures come with the cluster */
+        spk_shape shape;
+        if ((st = spk_shape_from_gguf(m->file, &shape)) != SPK_OK)
+            goto fail;
+        if ((st = spk_exec_choose_layout(cluster, &shape, max_seqs, NULL, &pp, &tp)) != SPK_OK)
+            goto fail;
+    } else if (!pp) {
+        pp = world / tp;
+    } else if (!tp) {
+        tp = world / pp;
+    }
+    spk_exec_params xp = {cfg.path, pp, tp, m->n_ctx, max_seqs, max_tok, threads};
+    if ((st = spk_exec_open(world > 1 ? cluster : NULL, m->file, &m->hp, &m->w, &xp, &m->exec)) != SPK_OK)
         goto fail;
     spk_engine_params ep = {
-        .llm = m->llm, .n_vocab = m->hp.n_vocab, .n_ctx = m->n_ctx, .max_seqs = max_seqs,
+        .exec = m->exec, .max_tok = max_tok, .n_vocab = m->hp.n_vocab, .n_ctx = m->n_ctx, .max_seqs = max_seqs,
         .queue_capacity = cfg.queue_capacity ? cfg.queue_capacity : 1024, .is_eog = eog_cb, .eog_ctx = m->tok,
     };
     if ((st = spk_engine_start(&ep, &m->engine)) != SPK_OK)
@@ -157,7 +171,7 @@ spk_status spk_model_free(spk_model *m)
     if (!m)
         return SPK_OK;
     spk_engine_stop(m->engine);
-    spk_llama_free(m->llm);
+    spk_exec_close(m->exec);
     spk_tok_free(m->tok);
     spk_llama_weights_free(&m->w);
     gguf_close(m->file);
@@ -267,4 +281,19 @@ spk_status spk_cancel(spk_model *m, uint64_t request_id)
     if (!m)
         return spk_err(SPK_ERR_INVALID_ARG, "spk_cancel: model is NULL");
     return spk_engine_cancel(m->engine, request_id);
+}
+
+spk_status spk_cluster_serve(spk_cluster *cluster)
+{
+    if (!cluster)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_cluster_serve: cluster is NULL");
+    if (spk_cluster_rank(cluster) == 0)
+        return spk_err(SPK_ERR_STATE, "spk_cluster_serve: rank 0 is the driver and does not serve");
+    spk_exec_worker *wk = NULL;
+    spk_status st = spk_exec_worker_register(cluster, &wk);
+    if (st != SPK_OK)
+        return st;
+    st = spk_cluster_serve_loop(cluster);
+    spk_exec_worker_free(cluster, wk);
+    return st;
 }

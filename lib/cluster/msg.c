@@ -367,13 +367,6 @@ spk_status spk_cluster_serve_loop(spk_cluster *c)
     }
 }
 
-/* The public entry point. Weak so that lib/api.c may define the real one (registering the model
- * handlers, then calling spk_cluster_serve_loop) without a duplicate symbol. */
-__attribute__((weak)) spk_status spk_cluster_serve(spk_cluster *c)
-{
-    return spk_cluster_serve_loop(c);
-}
-
 /* ---------------------------------------------------------------------------------------- */
 /* Collectives over the control plane (star through the driver)                            */
 /* ---------------------------------------------------------------------------------------- */

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "common/error.h"
+#include "engine/exec.h"
 #include "engine/sampler.h"
 
 typedef struct req {
@@ -46,8 +47,8 @@ struct spk_engine {
     int32_t *b_tok, *b_pos, *b_seq;
     uint8_t *b_want;
     req **b_req;              /* request owning each logits row */
-    float *logits;
-    spk_sampler_scratch scratch;
+    spk_row *b_rows;          /* sampling of each logits row */
+    int32_t *b_out;           /* sampled token of each row */
 };
 
 static void free_req(req *r)
@@ -152,8 +153,10 @@ static bool step(spk_engine *e)
                 e->b_pos[n] = pos;
                 e->b_seq[n] = s;
                 e->b_want[n] = (pos == r->n_tokens - 1);
-                if (e->b_want[n])
+                if (e->b_want[n]) {
+                    e->b_rows[n_rows] = (spk_row){r->sp, spk_rng_uniform(&r->rng)};
                     e->b_req[n_rows++] = r;
+                }
                 n++;
             }
             r->n_cached += take;
@@ -164,9 +167,28 @@ static bool step(spk_engine *e)
         return false;
 
     spk_batch b = {n, e->b_tok, e->b_pos, e->b_seq, e->b_want};
-    spk_status st = spk_llama_forward(e->p.llm, &b, e->logits);
+    spk_status st = spk_exec_step(e->p.exec, &b, e->b_rows, n_rows, e->b_out);
 
     pthread_mutex_lock(&e->mu);
+    if (st == SPK_ERR_PEER_LOST || st == SPK_ERR_TIMEOUT || st == SPK_ERR_TRANSPORT || st == SPK_ERR_CANCELLED) {
+        /* the cluster is gone: every request ends with this error, new ones are refused */
+        spk_log(SPK_LOG_ERROR, "engine: step failed: %s", spk_err_msg());
+        e->fatal = st;
+        for (int s = 0; s < e->p.max_seqs; s++)
+            if (e->slots[s]) {
+                push_event(e, e->slots[s]->id, -1, -1, SPK_FINISH_ERROR, st);
+                finish_slot(e, e->slots[s]);
+            }
+        while (e->queue_head) {
+            req *r = e->queue_head;
+            e->queue_head = r->next;
+            push_event(e, r->id, -1, -1, SPK_FINISH_ERROR, st);
+            free_req(r);
+        }
+        e->queue_tail = NULL;
+        e->n_queued = 0;
+        n_rows = 0;
+    }
     for (int i = 0; i < n_rows; i++) {
         req *r = e->b_req[i];
         if (st != SPK_OK) {
@@ -174,8 +196,7 @@ static bool step(spk_engine *e)
             finish_slot(e, r);
             continue;
         }
-        int32_t tok = spk_sample(e->logits + (size_t)i * e->p.n_vocab, e->p.n_vocab, &r->sp, &r->rng,
-                                 &e->scratch);
+        int32_t tok = e->b_out[i];
         int pos = r->n_tokens;
         r->tokens[r->n_tokens++] = tok;
         r->n_gen++;
@@ -199,7 +220,7 @@ static void *engine_main(void *arg)
     spk_engine *e = arg;
     for (;;) {
         pthread_mutex_lock(&e->mu);
-        while (!e->stopping && e->n_active == 0 && !e->queue_head)
+        while (!e->stopping && ((e->n_active == 0 && !e->queue_head) || e->fatal != SPK_OK))
             pthread_cond_wait(&e->work_cv, &e->mu);
         bool stop = e->stopping;
         pthread_mutex_unlock(&e->mu);
@@ -218,7 +239,7 @@ spk_status spk_engine_start(const spk_engine_params *p, spk_engine **out)
         return spk_err(SPK_ERR_NOMEM, "engine: out of memory");
     e->p = *p;
     e->next_id = 1;
-    e->max_tok = spk_llama_max_tok(p->llm);
+    e->max_tok = p->max_tok;
     e->ev_cap = (size_t)p->queue_capacity * 4 + 4096;
     e->slots = calloc((size_t)p->max_seqs, sizeof *e->slots);
     e->events = calloc(e->ev_cap, sizeof *e->events);
@@ -227,10 +248,10 @@ spk_status spk_engine_start(const spk_engine_params *p, spk_engine **out)
     e->b_seq = calloc((size_t)e->max_tok, sizeof(int32_t));
     e->b_want = calloc((size_t)e->max_tok, 1);
     e->b_req = calloc((size_t)e->max_tok, sizeof(req *));
-    e->logits = calloc((size_t)e->max_tok * (size_t)p->n_vocab, sizeof(float));
-    int sc = spk_sampler_scratch_init(&e->scratch, p->n_vocab);
+    e->b_rows = calloc((size_t)e->max_tok, sizeof(spk_row));
+    e->b_out = calloc((size_t)e->max_tok, sizeof(int32_t));
     if (!e->slots || !e->events || !e->b_tok || !e->b_pos || !e->b_seq || !e->b_want || !e->b_req ||
-        !e->logits || sc != 0) {
+        !e->b_rows || !e->b_out) {
         spk_engine_stop(e);
         return spk_err(SPK_ERR_NOMEM, "engine: out of memory for buffers");
     }
@@ -279,8 +300,8 @@ void spk_engine_stop(spk_engine *e)
     free(e->b_seq);
     free(e->b_want);
     free(e->b_req);
-    free(e->logits);
-    spk_sampler_scratch_free(&e->scratch);
+    free(e->b_rows);
+    free(e->b_out);
     free(e);
 }
 

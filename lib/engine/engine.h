@@ -9,12 +9,13 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "model/llama.h"
+#include "engine/exec.h"
 
 typedef struct spk_engine spk_engine;
 
 typedef struct spk_engine_params {
-    spk_llama *llm;                      /* run state (owned by the caller, used only by the engine thread) */
+    spk_exec *exec;                      /* model executor (owned by the caller, used only by the engine thread) */
+    int max_tok;                         /* tokens per step */
     int n_vocab;
     int n_ctx;
     int max_seqs;                        /* sequence slots in the run state */

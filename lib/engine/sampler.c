@@ -105,28 +105,63 @@ static void select_top(int32_t *idx, int n, int k, const float *logits)
     qsort(idx, (size_t)k, sizeof *idx, cmp_desc);
 }
 
-int32_t spk_sample(const float *logits, int n, const spk_sampling *p, spk_rng *rng,
-                   spk_sampler_scratch *s)
+static int cand_cmp(const void *a, const void *b)
+{
+    const spk_cand *x = a, *y = b;
+    if (x->id < 0 || y->id < 0)
+        return (x->id < 0) - (y->id < 0);
+    if (x->logit != y->logit)
+        return x->logit > y->logit ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+int spk_sample_k(const spk_sampling *p, int n_local)
 {
     if (p->temperature <= 0.0f || p->top_k == 1)
-        return spk_argmax(logits, n);
-    int k = p->top_k > 0 && p->top_k < n ? p->top_k : n;
+        return 1 < n_local ? 1 : n_local;
+    return p->top_k > 0 && p->top_k < n_local ? p->top_k : n_local;
+}
+
+void spk_top_cands(const float *logits, int n, int k, int32_t base, spk_cand *out, spk_sampler_scratch *s)
+{
+    if (k == 1) {
+        int32_t b = spk_argmax(logits, n);
+        out[0] = (spk_cand){logits[b], b + base};
+        return;
+    }
     for (int i = 0; i < n; i++)
         s->idx[i] = i;
     tl_cmp_logits = logits;
     select_top(s->idx, n, k, logits);
+    for (int i = 0; i < k; i++)
+        out[i] = (spk_cand){logits[s->idx[i]], s->idx[i] + base};
+}
+
+int32_t spk_sample_cands(spk_cand *c, int n, const spk_sampling *p, double u)
+{
+    qsort(c, (size_t)n, sizeof *c, cand_cmp);
+    while (n > 0 && c[n - 1].id < 0)
+        n--;
+    if (n == 0)
+        return -1;
+    int k = spk_sample_k(p, n);
+    if (k == 1)
+        return c[0].id;
     const double inv_t = 1.0 / p->temperature;
-    const float maxl = logits[s->idx[0]];
+    const float maxl = c[0].logit;
     double sum = 0;
-    for (int i = 0; i < k; i++) {
-        s->p[i] = (float)exp((logits[s->idx[i]] - maxl) * inv_t);
-        sum += s->p[i];
-    }
+    /* probabilities in double, kept in a small stack buffer when possible */
+    double stackp[256];
+    double *pr = k <= 256 ? stackp : malloc(sizeof(double) * (size_t)k);
+    if (!pr)
+        return c[0].id;
+    for (int i = 0; i < k; i++)
+        sum += pr[i] = exp((c[i].logit - maxl) * inv_t);
     int keep = k;
     if (p->top_p > 0.0f && p->top_p < 1.0f) {
         double cum = 0;
         for (int i = 0; i < k; i++) {
-            cum += s->p[i] / sum;
+            cum += pr[i] / sum;
             if (cum >= p->top_p) {
                 keep = i + 1;
                 break;
@@ -134,13 +169,39 @@ int32_t spk_sample(const float *logits, int n, const spk_sampling *p, spk_rng *r
         }
         sum = 0;
         for (int i = 0; i < keep; i++)
-            sum += s->p[i];
+            sum += pr[i];
     }
-    double u = spk_rng_uniform(rng) * sum, acc = 0;
+    double x = u * sum, acc = 0;
+    int32_t pick = c[keep - 1].id;
     for (int i = 0; i < keep; i++) {
-        acc += s->p[i];
-        if (u < acc)
-            return s->idx[i];
+        acc += pr[i];
+        if (x < acc) {
+            pick = c[i].id;
+            break;
+        }
     }
-    return s->idx[keep - 1];
+    if (pr != stackp)
+        free(pr);
+    return pick;
+}
+
+int32_t spk_sample_u(const float *logits, int n, const spk_sampling *p, double u, spk_sampler_scratch *s)
+{
+    int k = spk_sample_k(p, n);
+    if (k == 1)
+        return spk_argmax(logits, n);
+    spk_cand stackc[256];
+    spk_cand *c = k <= 256 ? stackc : malloc(sizeof(spk_cand) * (size_t)k);
+    if (!c)
+        return spk_argmax(logits, n);
+    spk_top_cands(logits, n, k, 0, c, s);
+    int32_t t = spk_sample_cands(c, k, p, u);
+    if (c != stackc)
+        free(c);
+    return t;
+}
+
+int32_t spk_sample(const float *logits, int n, const spk_sampling *p, spk_rng *rng, spk_sampler_scratch *s)
+{
+    return spk_sample_u(logits, n, p, spk_rng_uniform(rng), s);
 }

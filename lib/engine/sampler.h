@@ -39,4 +39,27 @@ int32_t spk_argmax(const float *logits, int n);
 int32_t spk_sample(const float *logits, int n, const spk_sampling *p, spk_rng *rng,
                    spk_sampler_scratch *s);
 
+/* Same, with the uniform draw u in [0, 1) supplied by the caller (the driver draws it from the
+ * request's RNG so any rank can sample the same token). */
+int32_t spk_sample_u(const float *logits, int n, const spk_sampling *p, double u,
+                     spk_sampler_scratch *s);
+
+/* A sampling candidate: a vocabulary id and its logit. */
+typedef struct spk_cand {
+    float logit;
+    int32_t id;
+} spk_cand;
+
+/* How many candidates per row sampling with `p` needs from a shard of n_local logits
+ * (1 for greedy, top_k, or all of them when top-k is off). */
+int spk_sample_k(const spk_sampling *p, int n_local);
+
+/* The k best of n logits (ids offset by `base`), best first, ties by lower id. k <= n. */
+void spk_top_cands(const float *logits, int n, int k, int32_t base, spk_cand *out,
+                   spk_sampler_scratch *s);
+
+/* Merge candidate lists (n entries in any order; entries with id < 0 are padding) and sample
+ * from their best k as spk_sample_u would from the whole vocabulary. Reorders `c`. */
+int32_t spk_sample_cands(spk_cand *c, int n, const spk_sampling *p, double u);
+
 #endif

@@ -6,6 +6,8 @@
 #include "model/llama.h"
 
 #include <math.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -237,16 +239,132 @@ spk_status spk_llama_load(const gguf_file *f, spk_hparams *hp, spk_weights *w)
 
 void spk_llama_weights_free(spk_weights *w)
 {
+    for (int i = 0; i < w->n_owned; i++)
+        free(w->owned[i]);
+    free(w->owned);
     free(w->layers);
-    w->layers = NULL;
+    memset(w, 0, sizeof *w);
+}
+
+/* ---- slicing for pipeline / tensor parallelism -------------------------------------------- */
+
+void spk_shard_full(const spk_hparams *hp, spk_shard *sh)
+{
+    memset(sh, 0, sizeof *sh);
+    sh->l1 = hp->n_layers;
+    sh->h1 = hp->n_heads;
+    sh->kv1 = hp->n_kv_heads;
+    sh->f1 = hp->n_ff;
+    sh->v1 = hp->n_vocab;
+    sh->first = sh->last = true;
+}
+
+static spk_status check_shard(const spk_hparams *hp, const spk_shard *sh)
+{
+    const int g = hp->n_heads / hp->n_kv_heads;
+    if (sh->l0 < 0 || sh->l1 > hp->n_layers || sh->l0 >= sh->l1 || sh->kv0 < 0 || sh->kv1 > hp->n_kv_heads ||
+        sh->kv0 >= sh->kv1 || sh->h0 != sh->kv0 * g || sh->h1 != sh->kv1 * g || sh->f0 < 0 ||
+        sh->f1 > hp->n_ff || sh->f0 >= sh->f1 || sh->v0 < 0 || sh->v1 > hp->n_vocab || sh->v0 >= sh->v1)
+        return spk_err(SPK_ERR_INVALID_ARG,
+                       "shard: layers [%d,%d) heads [%d,%d) kv [%d,%d) ffn [%d,%d) vocab [%d,%d) do not fit "
+                       "the model (%d layers, %d/%d heads, ffn %d, vocab %d)",
+                       sh->l0, sh->l1, sh->h0, sh->h1, sh->kv0, sh->kv1, sh->f0, sh->f1, sh->v0, sh->v1,
+                       hp->n_layers, hp->n_heads, hp->n_kv_heads, hp->n_ff, hp->n_vocab);
+    return SPK_OK;
+}
+
+/* Rows [r0, r1) of a matrix: a view into the mapping. */
+static spk_wmat rows_of(const spk_wmat *m, int r0, int r1)
+{
+    spk_wmat out = *m;
+    out.data = (const uint8_t *)m->data + (size_t)r0 * spk_dtype_row_size(m->type, (size_t)m->n_in);
+    out.n_out = r1 - r0;
+    return out;
+}
+
+/* Drop the mapping's pages of a matrix we copied from (they are file-backed: re-read on demand). */
+static void release_pages(const spk_wmat *m)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)m->data, e = a + spk_dtype_row_size(m->type, (size_t)m->n_in) * (size_t)m->n_out;
+    a &= ~(uintptr_t)(pg - 1);
+    madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
+/* Columns [c0, c1) of a matrix: copied into an owned buffer (whole quantization blocks). */
+static spk_status cols_of(spk_weights *w, const spk_wmat *m, int c0, int c1, spk_wmat *out)
+{
+    if (c0 == 0 && c1 == m->n_in) {
+        *out = *m;
+        return SPK_OK;
+    }
+    const spk_dtype_info *ti = spk_dtype_get(m->type);
+    if (!ti || c0 % (int)ti->block || c1 % (int)ti->block || !spk_matmul_supported(m->type, c1 - c0))
+        return spk_err(SPK_ERR_UNSUPPORTED, "shard: columns [%d,%d) of a %s matrix are not whole blocks of %u",
+                       c0, c1, ti ? ti->name : "?", ti ? ti->block : 0);
+    size_t src_row = spk_dtype_row_size(m->type, (size_t)m->n_in), dst_row = spk_dtype_row_size(m->type, (size_t)(c1 - c0));
+    size_t off = (size_t)c0 / ti->block * ti->type_size;
+    uint8_t *buf = malloc(dst_row * (size_t)m->n_out);
+    void **owned = realloc(w->owned, sizeof(void *) * (size_t)(w->n_owned + 1));
+    if (!buf || !owned) {
+        free(buf);
+        if (owned)
+            w->owned = owned;
+        return spk_err(SPK_ERR_NOMEM, "shard: out of memory for a %zu-byte weight slice", dst_row * (size_t)m->n_out);
+    }
+    w->owned = owned;
+    w->owned[w->n_owned++] = buf;
+    for (int r = 0; r < m->n_out; r++)
+        memcpy(buf + (size_t)r * dst_row, (const uint8_t *)m->data + (size_t)r * src_row + off, dst_row);
+    release_pages(m);
+    *out = *m;
+    out->data = buf;
+    out->n_in = c1 - c0;
+    w->n_bytes += dst_row * (size_t)m->n_out;
+    return SPK_OK;
+}
+
+spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const spk_shard *sh, spk_weights *out)
+{
+    memset(out, 0, sizeof *out);
+    TRY(check_shard(hp, sh));
+    const int HD = hp->head_dim, nl = sh->l1 - sh->l0;
+    out->out_norm = full->out_norm;
+    out->rope_factors = full->rope_factors;
+    out->tok_embd = full->tok_embd;
+    out->output = rows_of(&full->output, sh->v0, sh->v1);
+    out->layers = calloc((size_t)nl, sizeof *out->layers);
+    if (!out->layers)
+        return spk_err(SPK_ERR_NOMEM, "shard: out of memory");
+    spk_status st = SPK_OK;
+    for (int i = 0; i < nl && st == SPK_OK; i++) {
+        const spk_layer *F = &full->layers[sh->l0 + i];
+        spk_layer *L = &out->layers[i];
+        L->attn_norm = F->attn_norm;
+        L->ffn_norm = F->ffn_norm;
+        L->wq = rows_of(&F->wq, sh->h0 * HD, sh->h1 * HD);
+        L->wk = rows_of(&F->wk, sh->kv0 * HD, sh->kv1 * HD);
+        L->wv = rows_of(&F->wv, sh->kv0 * HD, sh->kv1 * HD);
+        L->w_gate = rows_of(&F->w_gate, sh->f0, sh->f1);
+        L->w_up = rows_of(&F->w_up, sh->f0, sh->f1);
+        st = cols_of(out, &F->wo, sh->h0 * HD, sh->h1 * HD, &L->wo);
+        if (st == SPK_OK)
+            st = cols_of(out, &F->w_down, sh->f0, sh->f1, &L->w_down);
+    }
+    if (st != SPK_OK) {
+        spk_llama_weights_free(out);
+        return st;
+    }
+    return SPK_OK;
 }
 
 /* ---- run state ---------------------------------------------------------------------------- */
 
 struct spk_llama {
     spk_hparams hp;
+    spk_shard sh;
     const spk_weights *w;
-    int n_ctx, n_seq, max_tok, kv_dim, q_dim;
+    int n_ctx, n_seq, max_tok, n_layers, n_heads, n_kv, kv_dim, q_dim, n_ff, n_out;
     spk_pool *pool;
     float *x, *xb, *xb2, *q, *k, *v, *att, *hb, *hb2, *freqs, *scratch;
     void *act;
@@ -254,8 +372,10 @@ struct spk_llama {
     int *rows;          /* token index of each logits row */
     /* the call in progress */
     const spk_batch *b;
-    float *logits;
+    const float *hidden_in;
+    float *out;
     int n_rows;
+    spk_status ar_status;
 };
 
 static void *xcalloc(size_t n, size_t size, spk_status *st)
@@ -268,24 +388,41 @@ static void *xcalloc(size_t n, size_t size, spk_status *st)
     return p;
 }
 
-spk_status spk_llama_create(const spk_hparams *hp, const spk_weights *w, int n_ctx, int n_seq,
-                            int max_tok, int n_threads, spk_llama **out)
+static size_t act_need(const spk_wmat *m, int max_tok)
+{
+    return spk_act_size(m->type, m->n_in, max_tok);
+}
+
+spk_status spk_llama_create(const spk_hparams *hp, const spk_weights *w, const spk_shard *sh, int n_ctx,
+                            int n_seq, int max_tok, int n_threads, spk_llama **out)
 {
     *out = NULL;
     if (n_ctx < 1 || n_seq < 1 || max_tok < 1 || n_threads < 1 || n_ctx > 1 << 24 || n_seq > 4096 ||
         max_tok > 1 << 16)
         return spk_err(SPK_ERR_INVALID_ARG, "llama: bad n_ctx %d / n_seq %d / max_tok %d / threads %d",
                        n_ctx, n_seq, max_tok, n_threads);
+    spk_shard full;
+    if (!sh) {
+        spk_shard_full(hp, &full);
+        sh = &full;
+    }
+    TRY(check_shard(hp, sh));
     spk_llama *m = calloc(1, sizeof *m);
     if (!m)
         return spk_err(SPK_ERR_NOMEM, "llama: out of memory");
     m->hp = *hp;
+    m->sh = *sh;
     m->w = w;
     m->n_ctx = n_ctx;
     m->n_seq = n_seq;
     m->max_tok = max_tok;
-    m->kv_dim = hp->n_kv_heads * hp->head_dim;
-    m->q_dim = hp->n_heads * hp->head_dim;
+    m->n_layers = sh->l1 - sh->l0;
+    m->n_heads = sh->h1 - sh->h0;
+    m->n_kv = sh->kv1 - sh->kv0;
+    m->kv_dim = m->n_kv * hp->head_dim;
+    m->q_dim = m->n_heads * hp->head_dim;
+    m->n_ff = sh->f1 - sh->f0;
+    m->n_out = sh->v1 - sh->v0;
     spk_status st = spk_pool_create(n_threads, &m->pool);
     const size_t T = (size_t)max_tok, E = (size_t)hp->n_embd;
     m->x = xcalloc(T * E, sizeof(float), &st);
@@ -295,27 +432,22 @@ spk_status spk_llama_create(const spk_hparams *hp, const spk_weights *w, int n_c
     m->k = xcalloc(T * (size_t)m->kv_dim, sizeof(float), &st);
     m->v = xcalloc(T * (size_t)m->kv_dim, sizeof(float), &st);
     m->att = xcalloc(T * (size_t)m->q_dim, sizeof(float), &st);
-    m->hb = xcalloc(T * (size_t)hp->n_ff, sizeof(float), &st);
-    m->hb2 = xcalloc(T * (size_t)hp->n_ff, sizeof(float), &st);
+    m->hb = xcalloc(T * (size_t)m->n_ff, sizeof(float), &st);
+    m->hb2 = xcalloc(T * (size_t)m->n_ff, sizeof(float), &st);
     m->freqs = xcalloc((size_t)hp->rot_dim / 2, sizeof(float), &st);
     m->scratch = xcalloc((size_t)n_threads * (size_t)n_ctx, sizeof(float), &st);
     m->rows = xcalloc(T, sizeof(int), &st);
-    size_t act = 0;
-    const spk_wmat *mats[] = {&w->layers[0].wq, &w->layers[0].wo, &w->layers[0].w_down, &w->output};
-    for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) {
-        size_t s = spk_act_size(mats[i]->type, mats[i]->n_in, max_tok);
-        act = s > act ? s : act;
-    }
-    for (int l = 0; l < hp->n_layers; l++) { /* types may differ per layer */
+    size_t act = sh->last ? act_need(&w->output, max_tok) : 0;
+    for (int l = 0; l < m->n_layers; l++) { /* types may differ per layer */
         const spk_layer *L = &w->layers[l];
         const spk_wmat *lm[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
         for (size_t i = 0; i < 7; i++) {
-            size_t s = spk_act_size(lm[i]->type, lm[i]->n_in, max_tok);
+            size_t s = act_need(lm[i], max_tok);
             act = s > act ? s : act;
         }
     }
     m->act = xcalloc(act, 1, &st);
-    size_t kv = (size_t)hp->n_layers * (size_t)n_seq * (size_t)n_ctx * (size_t)m->kv_dim;
+    size_t kv = (size_t)m->n_layers * (size_t)n_seq * (size_t)n_ctx * (size_t)m->kv_dim;
     m->kc = xcalloc(kv, sizeof(spk_f16), &st);
     m->vc = xcalloc(kv, sizeof(spk_f16), &st);
     if (st != SPK_OK) {
@@ -359,6 +491,7 @@ void spk_llama_free(spk_llama *m)
 
 int spk_llama_n_ctx(const spk_llama *m) { return m->n_ctx; }
 int spk_llama_max_tok(const spk_llama *m) { return m->max_tok; }
+int spk_llama_n_out(const spk_llama *m) { return m->n_out; }
 
 /* ---- forward ------------------------------------------------------------------------------ */
 
@@ -381,6 +514,17 @@ static void matmul_part(spk_llama *m, float *out, const spk_wmat *w, int n_tok, 
         spk_matmul(out, w->n_out, w->data, w->type, m->act, w->n_in, n_tok, lo, hi);
 }
 
+/* Sum the partial products of the TP group (one thread talks, the others wait), then barrier. */
+static void tp_reduce(spk_llama *m, float *buf, int n_tok, int ith)
+{
+    spk_pool_barrier(m->pool);
+    if (m->sh.allreduce) {
+        if (ith == 0 && m->ar_status == SPK_OK)
+            m->ar_status = m->sh.allreduce(m->sh.ar_ctx, buf, (size_t)n_tok * (size_t)m->hp.n_embd);
+        spk_pool_barrier(m->pool);
+    }
+}
+
 static size_t kv_offset(const spk_llama *m, int layer, int seq, int pos)
 {
     return (((size_t)layer * (size_t)m->n_seq + (size_t)seq) * (size_t)m->n_ctx + (size_t)pos) *
@@ -393,22 +537,26 @@ static void forward_thread(void *arg, int ith, int nth)
     const spk_hparams *hp = &m->hp;
     const spk_weights *w = m->w;
     const spk_batch *b = m->b;
-    const int T = b->n_tok, E = hp->n_embd, HD = hp->head_dim, F = hp->n_ff;
+    const int T = b->n_tok, E = hp->n_embd, HD = hp->head_dim, F = m->n_ff;
     const float scale = 1.0f / sqrtf((float)HD);
     const int group = hp->n_heads / hp->n_kv_heads;
     int t0, t1;
     spk_split(T, 1, ith, nth, &t0, &t1);
     float *scratch = m->scratch + (size_t)ith * (size_t)m->n_ctx;
 
-    const size_t erow = spk_dtype_row_size(w->tok_embd.type, (size_t)E);
-    for (int t = t0; t < t1; t++)
-        spk_dequantize_row(m->x + (size_t)t * E, (const uint8_t *)w->tok_embd.data + (size_t)b->token[t] * erow,
-                           w->tok_embd.type, E);
+    if (m->sh.first) {
+        const size_t erow = spk_dtype_row_size(w->tok_embd.type, (size_t)E);
+        for (int t = t0; t < t1; t++)
+            spk_dequantize_row(m->x + (size_t)t * E,
+                               (const uint8_t *)w->tok_embd.data + (size_t)b->token[t] * erow, w->tok_embd.type, E);
+    } else {
+        memcpy(m->x + (size_t)t0 * E, m->hidden_in + (size_t)t0 * E, sizeof(float) * (size_t)(t1 - t0) * (size_t)E);
+    }
     spk_pool_barrier(m->pool);
 
-    for (int l = 0; l < hp->n_layers; l++) {
+    for (int l = 0; l < m->n_layers; l++) {
         const spk_layer *L = &w->layers[l];
-        /* attention block */
+        /* attention block: this rank's heads */
         for (int t = t0; t < t1; t++)
             spk_rmsnorm(m->xb + (size_t)t * E, m->x + (size_t)t * E, L->attn_norm, E, hp->eps);
         quantize_for(m, &L->wq, m->xb, T, ith, nth);
@@ -418,26 +566,27 @@ static void forward_thread(void *arg, int ith, int nth)
         spk_pool_barrier(m->pool);
         for (int t = t0; t < t1; t++) {
             float *q = m->q + (size_t)t * m->q_dim, *k = m->k + (size_t)t * m->kv_dim;
-            spk_rope(q, hp->n_heads, HD, hp->rot_dim, b->pos[t], m->freqs);
-            spk_rope(k, hp->n_kv_heads, HD, hp->rot_dim, b->pos[t], m->freqs);
+            spk_rope(q, m->n_heads, HD, hp->rot_dim, b->pos[t], m->freqs);
+            spk_rope(k, m->n_kv, HD, hp->rot_dim, b->pos[t], m->freqs);
             size_t off = kv_offset(m, l, b->seq[t], b->pos[t]);
             spk_f32_to_f16_row(m->kc + off, k, m->kv_dim);
             spk_f32_to_f16_row(m->vc + off, m->v + (size_t)t * m->kv_dim, m->kv_dim);
         }
         spk_pool_barrier(m->pool);
         int w0, w1;
-        spk_split(T * hp->n_heads, 1, ith, nth, &w0, &w1);
+        spk_split(T * m->n_heads, 1, ith, nth, &w0, &w1);
         for (int wi = w0; wi < w1; wi++) {
-            int t = wi / hp->n_heads, h = wi % hp->n_heads;
-            size_t base = kv_offset(m, l, b->seq[t], 0) + (size_t)(h / group) * HD;
+            int t = wi / m->n_heads, h = wi % m->n_heads;
+            int kvh = (m->sh.h0 + h) / group - m->sh.kv0;
+            size_t base = kv_offset(m, l, b->seq[t], 0) + (size_t)kvh * HD;
             spk_attn_head(m->att + (size_t)t * m->q_dim + (size_t)h * HD, m->q + (size_t)t * m->q_dim + (size_t)h * HD,
                           m->kc + base, m->vc + base, b->pos[t] + 1, HD, m->kv_dim, scale, scratch);
         }
         spk_pool_barrier(m->pool);
         quantize_for(m, &L->wo, m->att, T, ith, nth);
         matmul_part(m, m->xb2, &L->wo, T, ith, nth);
-        spk_pool_barrier(m->pool);
-        /* MLP block */
+        tp_reduce(m, m->xb2, T, ith);
+        /* MLP block: this rank's intermediate columns */
         for (int t = t0; t < t1; t++) {
             spk_add(m->x + (size_t)t * E, m->x + (size_t)t * E, m->xb2 + (size_t)t * E, E);
             spk_rmsnorm(m->xb + (size_t)t * E, m->x + (size_t)t * E, L->ffn_norm, E, hp->eps);
@@ -450,9 +599,13 @@ static void forward_thread(void *arg, int ith, int nth)
             spk_swiglu(m->hb + (size_t)t * F, m->hb + (size_t)t * F, m->hb2 + (size_t)t * F, F);
         quantize_for(m, &L->w_down, m->hb, T, ith, nth);
         matmul_part(m, m->xb2, &L->w_down, T, ith, nth);
-        spk_pool_barrier(m->pool);
+        tp_reduce(m, m->xb2, T, ith);
         for (int t = t0; t < t1; t++)
             spk_add(m->x + (size_t)t * E, m->x + (size_t)t * E, m->xb2 + (size_t)t * E, E);
+    }
+    if (!m->sh.last) { /* hand the hidden states to the next stage */
+        memcpy(m->out + (size_t)t0 * E, m->x + (size_t)t0 * E, sizeof(float) * (size_t)(t1 - t0) * (size_t)E);
+        return;
     }
     if (m->n_rows == 0)
         return;
@@ -466,10 +619,10 @@ static void forward_thread(void *arg, int ith, int nth)
     int lo, hi;
     spk_split(w->output.n_out, 16, ith, nth, &lo, &hi);
     if (lo < hi)
-        spk_matmul(m->logits, w->output.n_out, w->output.data, w->output.type, m->act, E, m->n_rows, lo, hi);
+        spk_matmul(m->out, w->output.n_out, w->output.data, w->output.type, m->act, E, m->n_rows, lo, hi);
 }
 
-spk_status spk_llama_forward(spk_llama *m, const spk_batch *b, float *logits)
+spk_status spk_llama_forward(spk_llama *m, const spk_batch *b, const float *hidden_in, float *out)
 {
     if (!b || b->n_tok < 1 || b->n_tok > m->max_tok || !b->token || !b->pos || !b->seq)
         return spk_err(SPK_ERR_INVALID_ARG, "llama forward: bad batch (n_tok %d, max %d)",
@@ -488,12 +641,18 @@ spk_status spk_llama_forward(spk_llama *m, const spk_batch *b, float *logits)
         if (b->want_logits && b->want_logits[i])
             m->rows[n_rows++] = i;
     }
-    if (n_rows && !logits)
-        return spk_err(SPK_ERR_INVALID_ARG, "llama forward: logits requested but no buffer");
+    if ((n_rows || !m->sh.last) && !out)
+        return spk_err(SPK_ERR_INVALID_ARG, "llama forward: no output buffer");
+    if (!m->sh.first && !hidden_in)
+        return spk_err(SPK_ERR_INVALID_ARG, "llama forward: a later pipeline stage needs its input hidden states");
     m->b = b;
-    m->logits = logits;
+    m->hidden_in = hidden_in;
+    m->out = out;
     m->n_rows = n_rows;
+    m->ar_status = SPK_OK;
     spk_pool_run(m->pool, forward_thread, m);
     m->b = NULL;
+    if (m->ar_status != SPK_OK)
+        return spk_err_prefix(m->ar_status, "llama forward: tensor-parallel all-reduce");
     return SPK_OK;
 }

@@ -43,24 +43,49 @@ typedef struct spk_weights {
     spk_wmat output;                 /* [n_vocab][n_embd]; tok_embd when tied */
     spk_layer *layers;               /* [n_layers] */
     const float *rope_factors;       /* [rot_dim/2] frequency divisors, or NULL */
+    void **owned;                    /* buffers of copied slices (shards only) */
+    int n_owned;
     uint64_t n_params, n_bytes;
 } spk_weights;
 
-/* Read hyperparameters and locate/validate every weight (shape, type, layer count). */
+/* Read hyperparameters and locate/validate every weight (shape, type, layer count). Only
+ * pointers into the mapping are taken: no weight page is touched. */
 spk_status spk_llama_load(const gguf_file *f, spk_hparams *hp, spk_weights *w);
 void spk_llama_weights_free(spk_weights *w);
 
-/* Run state: activations and the KV cache, allocated once. */
+/*
+ * What one rank computes (pipeline stage x tensor-parallel slice): layers [l0, l1); query heads
+ * [h0, h1) = KV heads [kv0, kv1) times the group size; MLP intermediate columns [f0, f1); output
+ * vocabulary rows [v0, v1). The first stage embeds, the last applies the final norm and head.
+ */
+typedef struct spk_shard {
+    int l0, l1, h0, h1, kv0, kv1, f0, f1, v0, v1;
+    bool first, last;
+    /* Sum `n` floats in place across the tensor-parallel group; NULL when the group is 1. */
+    spk_status (*allreduce)(void *ctx, float *buf, size_t n);
+    void *ar_ctx;
+} spk_shard;
+
+/* The whole model on one rank. */
+void spk_shard_full(const spk_hparams *hp, spk_shard *sh);
+
+/* This shard's weights from the full set: row slices are views into the mapping; column slices
+ * of the row-parallel matrices (attention output, MLP down) are copied (whole quant blocks) and
+ * the mapping's pages they came from are released. Free with spk_llama_weights_free. */
+spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const spk_shard *sh,
+                           spk_weights *out);
+
+/* Run state: activations and the KV cache of this shard, allocated once. */
 typedef struct spk_llama spk_llama;
 
-/* n_seq sequences of up to n_ctx tokens each; up to max_tok tokens per forward call. */
-spk_status spk_llama_create(const spk_hparams *hp, const spk_weights *w, int n_ctx, int n_seq,
-                            int max_tok, int n_threads, spk_llama **out);
+/* n_seq sequences of up to n_ctx tokens each; up to max_tok tokens per forward call.
+ * `w` comes from spk_llama_shard(sh) (sh NULL: the whole model; w may be the full weights). */
+spk_status spk_llama_create(const spk_hparams *hp, const spk_weights *w, const spk_shard *sh,
+                            int n_ctx, int n_seq, int max_tok, int n_threads, spk_llama **out);
 void spk_llama_free(spk_llama *m);
 
 /* One batch: token i of sequence seq[i] at position pos[i] (positions of a sequence must be
- * contiguous with what its cache already holds). For each i with want_logits[i], a row of
- * n_vocab logits is written to logits (in order). Returns INVALID_ARG on bad ids/positions. */
+ * contiguous with what its cache already holds). */
 typedef struct spk_batch {
     int n_tok;
     const int32_t *token;
@@ -68,9 +93,17 @@ typedef struct spk_batch {
     const int32_t *seq;
     const uint8_t *want_logits;
 } spk_batch;
-spk_status spk_llama_forward(spk_llama *m, const spk_batch *b, float *logits);
+
+/*
+ * Run this shard on a batch. A non-first stage reads hidden_in [n_tok][n_embd]. A non-last stage
+ * writes its output hidden states [n_tok][n_embd] to `out`; the last stage writes, for each i with
+ * want_logits[i] (in order), a row of (v1 - v0) logits to `out`. INVALID_ARG on bad ids/positions;
+ * a failed TP all-reduce returns its status.
+ */
+spk_status spk_llama_forward(spk_llama *m, const spk_batch *b, const float *hidden_in, float *out);
 
 int spk_llama_n_ctx(const spk_llama *m);
 int spk_llama_max_tok(const spk_llama *m);
+int spk_llama_n_out(const spk_llama *m);   /* logits per row: v1 - v0 */
 
 #endif

@@ -4,19 +4,19 @@
 set -euo pipefail
 BUILD=$1
 LIB=$(ls "$BUILD"/libsparkinfer.so.0.* | head -n1)
-bad=$(nm -D --defined-only "$LIB" | awk '{print $3}' | grep -v '^spk_' | grep -v '^SPARKINFER_' || true)
+bad=$(nm -D --defined-only "$LIB" | awk '{sub(/@.*/, "", $3); print $3}' | grep -v '^spk_' | grep -v '^SPARKINFER_' || true)
 if [ -n "$bad" ]; then
     echo "FAIL: exported symbols without the spk_ prefix:"; echo "$bad"; exit 1
 fi
-n=$(nm -D --defined-only "$LIB" | awk '{print $3}' | grep -c '^spk_')
+n=$(nm -D --defined-only "$LIB" | awk '{sub(/@.*/, "", $3); print $3}' | grep -c '^spk_')
 for sym in spk_version_number spk_cluster_open spk_model_load spk_submit spk_poll spk_cancel spk_tokenize; do
-    nm -D --defined-only "$LIB" | awk '{print $3}' | grep -qx "$sym" || { echo "FAIL: $sym not exported"; exit 1; }
+    nm -D --defined-only "$LIB" | awk '{sub(/@.*/, "", $3); print $3}' | grep -qx "$sym" || { echo "FAIL: $sym not exported"; exit 1; }
 done
 soname=$(objdump -p "$LIB" | awk '/SONAME/{print $2}')
 [ "$soname" = libsparkinfer.so.0 ] || { echo "FAIL: SONAME is '$soname'"; exit 1; }
 # Every exported function is declared in the public headers.
 ROOT=$2
-for s in $(nm -D --defined-only "$LIB" | awk '$2=="T"{print $3}'); do
+for s in $(nm -D --defined-only "$LIB" | awk '$2=="T"{sub(/@.*/, "", $3); print $3}'); do
     grep -q "\b$s\b" "$ROOT"/include/sparkinfer/*.h || { echo "FAIL: $s exported but not in a public header"; exit 1; }
 done
 echo "ok: $n exported symbols, all spk_-prefixed and declared; SONAME $soname"

@@ -36,7 +36,7 @@ cc "$WORK/app.c" -o "$WORK/app" $(pkg-config --cflags --libs sparkinfer)
 LD_LIBRARY_PATH="$LIBDIR" "$WORK/app"
 # shellcheck disable=SC2046
 cc "$WORK/app.c" -o "$WORK/app_static" $(pkg-config --cflags sparkinfer) "$LIBDIR/libsparkinfer.a" \
-    $(pkg-config --libs-only-l --static sparkinfer | sed 's/-lsparkinfer//')
+    $(pkg-config --libs --static sparkinfer | sed "s/-lsparkinfer//")
 "$WORK/app_static"
 mkdir -p "$WORK/cm"
 cat > "$WORK/cm/CMakeLists.txt" <<'CM'

@@ -130,7 +130,7 @@ static void model_teardown(void)
     spk_cluster_close(cl);
 }
 
-START_TEST(model_info_and_pp_tp_unsupported)
+START_TEST(model_info_and_bad_layouts)
 {
     spk_model_info info;
     memset(&info, 0, sizeof info);
@@ -150,10 +150,11 @@ START_TEST(model_info_and_pp_tp_unsupported)
     spk_model_config mc;
     spk_model_config_init(&mc);
     mc.path = spk_test_model_path();
-    mc.pp = 2;
+    mc.pp = 2; /* a 1-rank cluster cannot hold two stages */
     spk_model *m2 = NULL;
-    ck_assert_int_eq(spk_model_load(cl, &mc, &m2), SPK_ERR_UNSUPPORTED);
-    ck_assert_ptr_nonnull(strstr(spk_last_error(), "pp"));
+    ck_assert_int_eq(spk_model_load(cl, &mc, &m2), SPK_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(spk_last_error(), "pp 2"));
+    ck_assert_ptr_null(m2);
 }
 END_TEST
 
@@ -329,7 +330,7 @@ int main(void)
         TCase *tm = tcase_create("model");
         tcase_add_checked_fixture(tm, model_setup, model_teardown);
         tcase_set_timeout(tm, 300);
-        tcase_add_test(tm, model_info_and_pp_tp_unsupported);
+        tcase_add_test(tm, model_info_and_bad_layouts);
         tcase_add_test(tm, tokenize_capacity_and_round_trip);
         tcase_add_test(tm, submit_poll_generates_and_bad_requests_fail);
         tcase_add_test(tm, cancel_and_queue_full);

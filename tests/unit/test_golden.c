@@ -67,7 +67,7 @@ START_TEST(logprobs_match_llamacpp)
         int n = cJSON_GetArraySize(toks);
         ck_assert_int_eq(cJSON_GetArraySize(pos), n);
         spk_llama *m;
-        ck_assert_int_eq(spk_llama_create(&hp, &W, 128, 1, n, 2, &m), SPK_OK);
+        ck_assert_int_eq(spk_llama_create(&hp, &W, NULL, 128, 1, n, 2, &m), SPK_OK);
         int32_t *tk = malloc(sizeof(int32_t) * (size_t)n), *ps = malloc(sizeof(int32_t) * (size_t)n),
                 *sq = calloc((size_t)n, sizeof(int32_t));
         uint8_t *want = malloc((size_t)n);
@@ -78,7 +78,7 @@ START_TEST(logprobs_match_llamacpp)
         }
         float *logits = malloc(sizeof(float) * (size_t)n * (size_t)hp.n_vocab);
         spk_batch b = {n, tk, ps, sq, want};
-        ck_assert_int_eq(spk_llama_forward(m, &b, logits), SPK_OK);
+        ck_assert_int_eq(spk_llama_forward(m, &b, NULL, logits), SPK_OK);
         int seq_agree = 0;
         for (int i = 0; i < n; i++) {
             float *lp = logits + (size_t)i * (size_t)hp.n_vocab;
@@ -111,11 +111,17 @@ START_TEST(logprobs_match_llamacpp)
     }
     printf("overall: top-1 agreement %d/%d; |logprob - llama.cpp| over the reference top-10: "
            "mean %.4f, max %.4f (%d values)\n", top1_agree, n_pos, sum_diff / n_cmp, max_diff, n_cmp);
-    /* Both sides quantize activations to 8 bits for the Q4_1 matmuls and keep the KV cache in
-     * f16, but reduce in a different order: differences of a few hundredths are expected. */
-    ck_assert_int_ge(top1_agree, n_pos - 2);
-    ck_assert_double_lt(sum_diff / n_cmp, 0.03);
-    ck_assert_double_lt(max_diff, 0.25);
+    /* Both sides quantize activations to 8 bits for the matmuls and keep the KV cache in f16, but
+     * round differently elsewhere (llama.cpp also rounds q and the attention weights to f16).
+     * Against an exact float64 forward pass of the same dequantized weights
+     * (tests/ref/np-forward.py), llama.cpp itself is off by a mean 0.08-0.12 and a max 0.5-0.9
+     * per sequence, and so are we; between the two of us: mean 0.126, max 1.25 (at a token with
+     * log-prob below -6), 189/192 top-1 (the 3 misses are near-ties of < 0.1 nats).
+     * The bounds leave room for that and fail on any real defect (a wrong rope, norm or head
+     * gives a mean above 1 and top-1 agreement near chance). */
+    ck_assert_int_ge(top1_agree, n_pos * 95 / 100);
+    ck_assert_double_lt(sum_diff / n_cmp, 0.2);
+    ck_assert_double_lt(max_diff, 2.0);
     cJSON_Delete(root);
     free(txt);
 }
@@ -125,7 +131,7 @@ START_TEST(incremental_decode_matches_prefill)
 {
     enum { N = 24 };
     spk_llama *m;
-    ck_assert_int_eq(spk_llama_create(&hp, &W, 64, 2, N, 2, &m), SPK_OK);
+    ck_assert_int_eq(spk_llama_create(&hp, &W, NULL, 64, 2, N, 2, &m), SPK_OK);
     int32_t tk[N], ps[N], sq[N];
     uint8_t want[N];
     for (int i = 0; i < N; i++) {
@@ -136,13 +142,13 @@ START_TEST(incremental_decode_matches_prefill)
     }
     float *full = malloc(sizeof(float) * N * (size_t)hp.n_vocab), *one = malloc(sizeof(float) * (size_t)hp.n_vocab);
     spk_batch b = {N, tk, ps, sq, want};
-    ck_assert_int_eq(spk_llama_forward(m, &b, full), SPK_OK);
+    ck_assert_int_eq(spk_llama_forward(m, &b, NULL, full), SPK_OK);
     double maxd = 0;
     for (int i = 0; i < N; i++) { /* same tokens, one at a time, into sequence slot 1 */
         int32_t s1 = 1;
         uint8_t w1 = 1;
         spk_batch b1 = {1, &tk[i], &ps[i], &s1, &w1};
-        ck_assert_int_eq(spk_llama_forward(m, &b1, one), SPK_OK);
+        ck_assert_int_eq(spk_llama_forward(m, &b1, NULL, one), SPK_OK);
         for (int v = 0; v < hp.n_vocab; v++) {
             double d = fabs(one[v] - full[(size_t)i * (size_t)hp.n_vocab + (size_t)v]);
             maxd = d > maxd ? d : maxd;
@@ -159,24 +165,24 @@ END_TEST
 START_TEST(forward_rejects_bad_batches)
 {
     spk_llama *m;
-    ck_assert_int_eq(spk_llama_create(&hp, &W, 16, 1, 4, 1, &m), SPK_OK);
+    ck_assert_int_eq(spk_llama_create(&hp, &W, NULL, 16, 1, 4, 1, &m), SPK_OK);
     int32_t tk = hp.n_vocab, ps = 0, sq = 0;
     uint8_t w = 1;
     float *lg = malloc(sizeof(float) * (size_t)hp.n_vocab);
     spk_batch b = {1, &tk, &ps, &sq, &w};
-    ck_assert_int_eq(spk_llama_forward(m, &b, lg), SPK_ERR_INVALID_ARG);
+    ck_assert_int_eq(spk_llama_forward(m, &b, NULL, lg), SPK_ERR_INVALID_ARG);
     tk = 1;
     ps = 16;
-    ck_assert_int_eq(spk_llama_forward(m, &b, lg), SPK_ERR_INVALID_ARG);
+    ck_assert_int_eq(spk_llama_forward(m, &b, NULL, lg), SPK_ERR_INVALID_ARG);
     ps = 0;
     sq = 1;
-    ck_assert_int_eq(spk_llama_forward(m, &b, lg), SPK_ERR_INVALID_ARG);
+    ck_assert_int_eq(spk_llama_forward(m, &b, NULL, lg), SPK_ERR_INVALID_ARG);
     sq = 0;
     b.n_tok = 5;
-    ck_assert_int_eq(spk_llama_forward(m, &b, lg), SPK_ERR_INVALID_ARG);
+    ck_assert_int_eq(spk_llama_forward(m, &b, NULL, lg), SPK_ERR_INVALID_ARG);
     b.n_tok = 1;
-    ck_assert_int_eq(spk_llama_forward(m, &b, NULL), SPK_ERR_INVALID_ARG);
-    ck_assert_int_eq(spk_llama_forward(m, &b, lg), SPK_OK);
+    ck_assert_int_eq(spk_llama_forward(m, &b, NULL, NULL), SPK_ERR_INVALID_ARG);
+    ck_assert_int_eq(spk_llama_forward(m, &b, NULL, lg), SPK_OK);
     free(lg);
     spk_llama_free(m);
 }

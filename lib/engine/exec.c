@@ -1,0 +1,654 @@
+/*
+ * Step executor over one process or a PP x TP cluster.
+ *
+ * Ranks: rank r is stage r / tp, tensor-parallel index r % tp; rank 0 (the driver) is stage 0,
+ * index 0. A step: the driver sends the batch (COMMAND over the control plane) to every worker,
+ * then every rank runs its shard: stage s > 0 receives hidden states from rank (s-1)*tp + t,
+ * stage s < pp-1 sends its output to rank (s+1)*tp + t; inside a stage the TP group all-reduces
+ * after the attention-output and MLP-down projections. The last stage computes logits for its
+ * vocabulary shard; each TP rank offers its best candidates per row, the group all-gathers them
+ * and samples the same token everywhere (the driver supplied each row's uniform draw), and the
+ * last stage's index-0 rank returns the tokens in its reply to the driver.
+ * Wire data is little-endian (asserted at compile time: x86-64 and aarch64 Linux are).
+ */
+#include "engine/exec.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cluster/cluster.h"
+#include "common/error.h"
+#include "plan/cost.h"
+#include "plan/plan.h"
+#include "plan/shape.h"
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the step protocol is written for little-endian hosts"
+#endif
+
+#define CMD_LOAD (SPK_CLUSTER_CMD_USER + 0x100)
+#define CMD_STEP (SPK_CLUSTER_CMD_USER + 0x101)
+#define CMD_UNLOAD (SPK_CLUSTER_CMD_USER + 0x102)
+#define STEP_MAGIC 0x53504b53u /* "SKPS" */
+#define DATA_TIMEOUT_MS 120000
+
+struct spk_exec {
+    spk_cluster *c;            /* NULL: one process */
+    int rank, world, pp, tp, stage, t;
+    gguf_file *own_file;       /* workers open their own */
+    spk_hparams own_hp;
+    spk_weights own_full;
+    spk_hparams hp;
+    spk_weights w;             /* this shard's weights */
+    spk_shard sh;
+    spk_llama *llm;
+    const spk_transport *vt;
+    spk_transport_comm *comm, *tp_comm;
+    int max_tok;
+    float *hidden_in, *out;    /* [max_tok][n_embd] / [max_tok][max(n_embd, n_out)] */
+    spk_cand *cands, *all_cands;
+    int cand_cap;              /* per rank */
+    spk_sampler_scratch scratch;
+    uint8_t *msg;              /* encoded step (driver) */
+    size_t msg_cap;
+};
+
+uint64_t spk_rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long long size = 0, res = 0;
+    if (!f)
+        return 0;
+    if (fscanf(f, "%llu %llu", &size, &res) != 2)
+        res = 0;
+    fclose(f);
+    return (uint64_t)res * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+/* ---- encoding --------------------------------------------------------------------------- */
+
+typedef struct wbuf {
+    uint8_t *p;
+    size_t len, cap;
+    int oom;
+} wbuf;
+
+static void put(wbuf *b, const void *src, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->len + n > b->cap) {
+        size_t cap = (b->cap ? b->cap * 2 : 256) + n;
+        uint8_t *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, src, n);
+    b->len += n;
+}
+
+static void put_u32(wbuf *b, uint32_t v) { put(b, &v, 4); }
+
+typedef struct rbuf {
+    const uint8_t *p;
+    size_t len, off;
+} rbuf;
+
+static int get(rbuf *b, void *dst, size_t n)
+{
+    if (n > b->len - b->off)
+        return -1;
+    memcpy(dst, b->p + b->off, n);
+    b->off += n;
+    return 0;
+}
+
+/* ---- shard setup ------------------------------------------------------------------------ */
+
+static spk_status tp_allreduce(void *ctx, float *buf, size_t n)
+{
+    spk_exec *e = ctx;
+    return e->vt->allreduce(e->tp_comm, buf, n, SPK_TRANSPORT_F32, SPK_TRANSPORT_MEM_HOST, DATA_TIMEOUT_MS);
+}
+
+/* Connect this rank's groups (collective over all ranks, so done before anything that can fail
+ * on one rank only, like opening the file). */
+static spk_status make_groups(spk_exec *e, int pp, int tp)
+{
+    e->pp = pp;
+    e->tp = tp;
+    e->stage = e->rank / tp;
+    e->t = e->rank % tp;
+    if (!e->c || e->world == 1)
+        return SPK_OK;
+    e->comm = spk_cluster_transport(e->c, &e->vt);
+    if (!e->comm)
+        return spk_err(SPK_ERR_STATE, "rank %d: the cluster has no connected transport", e->rank);
+    if (tp > 1) {
+        if (!e->vt->split)
+            return spk_err(SPK_ERR_UNSUPPORTED, "transport \"%s\" cannot split groups: tp %d needs it", e->vt->name, tp);
+        spk_status st = e->vt->split(e->comm, e->stage, e->t, &e->tp_comm, DATA_TIMEOUT_MS);
+        if (st != SPK_OK)
+            return spk_err_prefix(st, "rank %d: making the tensor-parallel group", e->rank);
+    }
+    return SPK_OK;
+}
+
+static spk_status setup(spk_exec *e, const gguf_file *f, const spk_hparams *hp, const spk_weights *full,
+                        const spk_exec_params *p)
+{
+    e->hp = *hp;
+    e->max_tok = p->max_tok;
+    spk_shape shape;
+    spk_status st = spk_shape_from_gguf(f, &shape); /* real byte rates: the Q8_0 head weighs in */
+    if (st != SPK_OK)
+        return st;
+    spk_plan plan;
+    st = spk_plan_make(&shape, p->pp, p->tp, &plan);
+    if (st != SPK_OK)
+        return st;
+    st = spk_plan_shard(&plan, e->rank, &e->sh);
+    if (st != SPK_OK)
+        return st;
+    if (e->tp_comm) {
+        e->sh.allreduce = tp_allreduce;
+        e->sh.ar_ctx = e;
+    }
+    if ((st = spk_llama_shard(hp, full, &e->sh, &e->w)) != SPK_OK)
+        return st;
+    if ((st = spk_llama_create(hp, &e->w, &e->sh, p->n_ctx, p->n_seq, p->max_tok, p->n_threads, &e->llm)) != SPK_OK)
+        return st;
+    int n_out = e->sh.v1 - e->sh.v0;
+    size_t E = (size_t)hp->n_embd, T = (size_t)p->max_tok;
+    e->hidden_in = malloc(sizeof(float) * T * E);
+    e->out = malloc(sizeof(float) * T * (E > (size_t)n_out ? E : (size_t)n_out));
+    e->cand_cap = n_out; /* worst case: top-k off, every id of the shard is a candidate */
+    if (!e->hidden_in || !e->out || spk_sampler_scratch_init(&e->scratch, n_out) != 0)
+        return spk_err(SPK_ERR_NOMEM, "rank %d: out of memory for step buffers", e->rank);
+    return SPK_OK;
+}
+
+static void exec_free(spk_exec *e)
+{
+    if (!e)
+        return;
+    spk_llama_free(e->llm);
+    spk_llama_weights_free(&e->w);
+    if (e->tp_comm)
+        e->vt->finalize(e->tp_comm);
+    spk_llama_weights_free(&e->own_full);
+    gguf_close(e->own_file);
+    free(e->hidden_in);
+    free(e->out);
+    free(e->cands);
+    free(e->all_cands);
+    free(e->msg);
+    spk_sampler_scratch_free(&e->scratch);
+    free(e);
+}
+
+static void encode_load(wbuf *b, const spk_exec_params *p)
+{
+    uint32_t v[6] = {(uint32_t)p->pp, (uint32_t)p->tp, (uint32_t)p->n_ctx, (uint32_t)p->n_seq,
+                     (uint32_t)p->max_tok, (uint32_t)strlen(p->path)};
+    put(b, v, sizeof v);
+    put(b, p->path, strlen(p->path));
+}
+
+spk_status spk_exec_open(spk_cluster *c, const gguf_file *f, const spk_hparams *hp, const spk_weights *full,
+                         const spk_exec_params *p, spk_exec **out)
+{
+    *out = NULL;
+    spk_exec *e = calloc(1, sizeof *e);
+    if (!e)
+        return spk_err(SPK_ERR_NOMEM, "exec: out of memory");
+    e->c = c;
+    e->world = c ? spk_cluster_world_size(c) : 1;
+    e->rank = 0;
+    if (p->pp * p->tp != e->world) {
+        int world = e->world;
+        free(e);
+        return spk_err(SPK_ERR_INVALID_ARG, "layout pp %d x tp %d needs %d ranks, the cluster has %d", p->pp,
+                       p->tp, p->pp * p->tp, world);
+    }
+    uint32_t *req = NULL;
+    wbuf b = {0};
+    spk_status st = SPK_OK;
+    if (e->world > 1) {
+        encode_load(&b, p);
+        req = calloc((size_t)e->world, sizeof *req);
+        if (b.oom || !req)
+            st = spk_err(SPK_ERR_NOMEM, "exec: out of memory");
+        for (int r = 1; r < e->world && st == SPK_OK; r++)
+            st = spk_cluster_command_send(c, r, CMD_LOAD, b.p, b.len, 1, &req[r]);
+    }
+    if (st == SPK_OK)
+        st = make_groups(e, p->pp, p->tp);
+    if (st == SPK_OK)
+        st = setup(e, f, hp, full, p);
+    if (st == SPK_OK)
+        spk_log(SPK_LOG_INFO, "rank 0: stage %d/%d tp %d/%d layers [%d,%d) kv heads [%d,%d) ffn [%d,%d) vocab [%d,%d); "
+                "resident %.1f MiB", e->stage, e->pp, e->t, e->tp, e->sh.l0, e->sh.l1, e->sh.kv0, e->sh.kv1,
+                e->sh.f0, e->sh.f1, e->sh.v0, e->sh.v1, (double)spk_rss_bytes() / 1048576.0);
+    for (int r = 1; r < e->world && req; r++) {
+        void *rep = NULL;
+        size_t rl = 0;
+        spk_status rs = req[r] ? spk_cluster_command_wait(c, r, req[r], -1, &rep, &rl) : SPK_ERR_STATE;
+        if (rs == SPK_OK && rl == 8) {
+            uint64_t rss;
+            memcpy(&rss, rep, 8);
+            spk_log(SPK_LOG_INFO, "rank %d: model shard loaded, resident %.1f MiB", r, (double)rss / 1048576.0);
+        }
+        free(rep);
+        if (rs != SPK_OK && st == SPK_OK && req[r])
+            st = rs;
+    }
+    free(req);
+    free(b.p);
+    if (st != SPK_OK) {
+        if (e->world > 1)
+            spk_cluster_broadcast(c, CMD_UNLOAD, NULL, 0, 10000);
+        exec_free(e);
+        return st;
+    }
+    *out = e;
+    return SPK_OK;
+}
+
+void spk_exec_close(spk_exec *e)
+{
+    if (!e)
+        return;
+    if (e->world > 1 && spk_cluster_health(e->c) == SPK_OK)
+        spk_cluster_broadcast(e->c, CMD_UNLOAD, NULL, 0, 10000);
+    exec_free(e);
+}
+
+/* ---- layout choice ------------------------------------------------------------------------ */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* This machine's memory bandwidth (GB/s) from a 32 MiB copy, best of three. */
+static double measure_mem_bw(void)
+{
+    const size_t n = 32u << 20;
+    char *a = malloc(n), *b = malloc(n);
+    double best = 0;
+    if (a && b) {
+        memset(a, 1, n);
+        memset(b, 2, n);
+        for (int i = 0; i < 3; i++) {
+            double t = now_s();
+            memcpy(b, a, n);
+            t = now_s() - t;
+            double bw = 2.0 * (double)n / t / 1e9; /* read + write */
+            best = bw > best ? bw : best;
+            a[i] = b[n - 1 - (size_t)i];
+        }
+    }
+    free(a);
+    free(b);
+    return best > 0 ? best : 10.0;
+}
+
+spk_status spk_exec_choose_layout(spk_cluster *c, const spk_shape *shape, int batch, spk_hw *hw_out, int *pp,
+                                  int *tp)
+{
+    const int world = c ? spk_cluster_world_size(c) : 1;
+    spk_hw hw;
+    spk_hw_init(&hw);
+    hw.mem_bw_GBps = measure_mem_bw();
+    hw.tflops = 0.1 * spk_cluster_n_threads(c); /* a CPU core does ~50-100 GFLOP/s of int8 dot products */
+    hw.step_overhead_us = 200;                  /* CPU: thread dispatch, control message per step */
+    hw.act_bytes = 4;                           /* hidden states and all-reduces travel as F32 */
+    if (world > 1) {
+        /* latency: small round trips to rank 1; bandwidth: a 4 MiB echo (it crosses twice) */
+        static char small[64];
+        double best_rtt = 1e9, best_bw = 0;
+        for (int i = 0; i < 5; i++) {
+            double t = now_s();
+            spk_status st = spk_cluster_call(c, 1, SPK_CLUSTER_CMD_PING, small, sizeof small, NULL, NULL, 10000);
+            if (st != SPK_OK)
+                return spk_err_prefix(st, "measuring the link to rank 1");
+            t = now_s() - t;
+            best_rtt = t < best_rtt ? t : best_rtt;
+        }
+        const size_t big = 4u << 20;
+        char *buf = calloc(1, big);
+        if (!buf)
+            return spk_err(SPK_ERR_NOMEM, "out of memory");
+        for (int i = 0; i < 2; i++) {
+            double t = now_s();
+            spk_status st = spk_cluster_call(c, 1, SPK_CLUSTER_CMD_PING, buf, big, NULL, NULL, 30000);
+            t = now_s() - t;
+            if (st != SPK_OK) {
+                free(buf);
+                return spk_err_prefix(st, "measuring the link to rank 1");
+            }
+            double bw = 2.0 * (double)big * 8 / t / 1e9;
+            best_bw = bw > best_bw ? bw : best_bw;
+        }
+        free(buf);
+        hw.link_latency_us = best_rtt / 2 * 1e6;
+        hw.link_Gbps = best_bw;
+        hw.allreduce_latency_us = best_rtt * 1e6; /* two ranks: one exchange */
+        hw.allreduce_busbw_GBps = best_bw / 8;
+    }
+    if (hw_out)
+        *hw_out = hw;
+    if (world == 1) {
+        *pp = *tp = 1;
+        return SPK_OK;
+    }
+    spk_status st = spk_plan_choose(shape, world, batch, &hw, pp, tp);
+    if (st == SPK_OK)
+        spk_log(SPK_LOG_INFO, "planner: measured %.1f GB/s memory, link %.2f Gb/s, %.0f us latency: pp %d x tp %d "
+                "for batch %d", hw.mem_bw_GBps, hw.link_Gbps, hw.link_latency_us, *pp, *tp, batch);
+    return st;
+}
+
+/* ---- one step ----------------------------------------------------------------------------- */
+
+/* This rank's part of a step; on the last stage, tokens for the rows (on every TP rank). */
+static spk_status run_shard(spk_exec *e, const spk_batch *b, const spk_row *rows, int n_rows, int32_t *tokens)
+{
+    const size_t E = (size_t)e->hp.n_embd;
+    spk_status st;
+    if (e->stage > 0) {
+        st = e->vt->recv(e->comm, (e->stage - 1) * e->tp + e->t, e->hidden_in, sizeof(float) * E * (size_t)b->n_tok,
+                         SPK_TRANSPORT_MEM_HOST, DATA_TIMEOUT_MS);
+        if (st != SPK_OK)
+            return spk_err_prefix(st, "rank %d: receiving hidden states", e->rank);
+    }
+    if ((st = spk_llama_forward(e->llm, b, e->hidden_in, e->out)) != SPK_OK)
+        return st;
+    if (e->stage < e->pp - 1) {
+        st = e->vt->send(e->comm, (e->stage + 1) * e->tp + e->t, e->out, sizeof(float) * E * (size_t)b->n_tok,
+                         SPK_TRANSPORT_MEM_HOST, DATA_TIMEOUT_MS);
+        return st == SPK_OK ? SPK_OK : spk_err_prefix(st, "rank %d: sending hidden states", e->rank);
+    }
+    /* last stage: candidates from this vocabulary shard, merged across the TP group */
+    const int n_out = e->sh.v1 - e->sh.v0;
+    int k = 1;
+    for (int i = 0; i < n_rows; i++) {
+        int ki = spk_sample_k(&rows[i].sp, n_out);
+        k = ki > k ? ki : k;
+    }
+    if (!e->cands) { /* sized once, for the worst case */
+        e->cands = malloc(sizeof(spk_cand) * (size_t)e->max_tok * (size_t)e->cand_cap);
+        e->all_cands = e->tp > 1 ? malloc(sizeof(spk_cand) * (size_t)e->max_tok * (size_t)e->cand_cap * (size_t)e->tp) : NULL;
+        if (!e->cands || (e->tp > 1 && !e->all_cands))
+            return spk_err(SPK_ERR_NOMEM, "rank %d: out of memory for sampling candidates", e->rank);
+    }
+    for (int i = 0; i < n_rows; i++) {
+        spk_cand *c = e->cands + (size_t)i * (size_t)k;
+        int ki = spk_sample_k(&rows[i].sp, n_out);
+        spk_top_cands(e->out + (size_t)i * (size_t)n_out, n_out, ki, e->sh.v0, c, &e->scratch);
+        for (int j = ki; j < k; j++)
+            c[j] = (spk_cand){0.0f, -1};
+    }
+    spk_cand *all = e->cands;
+    int per_row = k;
+    if (e->tp > 1) {
+        /* every TP rank's shard has the same size up to one row, so k agrees except when top-k
+         * is off; agree on the largest k first */
+        int32_t mine = k, ks[64];
+        if (e->tp > 64)
+            return spk_err(SPK_ERR_UNSUPPORTED, "tp %d > 64", e->tp);
+        st = e->vt->allgather(e->tp_comm, &mine, ks, sizeof mine, SPK_TRANSPORT_MEM_HOST, DATA_TIMEOUT_MS);
+        if (st != SPK_OK)
+            return spk_err_prefix(st, "rank %d: agreeing on candidate counts", e->rank);
+        int kmax = 0;
+        for (int r = 0; r < e->tp; r++)
+            kmax = ks[r] > kmax ? ks[r] : kmax;
+        if (kmax > e->cand_cap)
+            return spk_err(SPK_ERR_INTERNAL, "rank %d: %d candidates per row exceed the shard", e->rank, kmax);
+        if (kmax != k) { /* re-pad rows to kmax, back to front */
+            for (int i = n_rows - 1; i >= 0; i--) {
+                memmove(e->cands + (size_t)i * (size_t)kmax, e->cands + (size_t)i * (size_t)k, sizeof(spk_cand) * (size_t)k);
+                for (int j = k; j < kmax; j++)
+                    e->cands[(size_t)i * (size_t)kmax + (size_t)j] = (spk_cand){0.0f, -1};
+            }
+            k = kmax;
+        }
+        size_t bytes = sizeof(spk_cand) * (size_t)n_rows * (size_t)k;
+        st = e->vt->allgather(e->tp_comm, e->cands, e->all_cands, bytes, SPK_TRANSPORT_MEM_HOST, DATA_TIMEOUT_MS);
+        if (st != SPK_OK)
+            return spk_err_prefix(st, "rank %d: gathering sampling candidates", e->rank);
+        all = e->all_cands; /* rank-major: [r][row][k] */
+        per_row = k * e->tp;
+    }
+    spk_cand *row = malloc(sizeof(spk_cand) * (size_t)per_row);
+    if (!row)
+        return spk_err(SPK_ERR_NOMEM, "rank %d: out of memory", e->rank);
+    for (int i = 0; i < n_rows; i++) {
+        if (e->tp > 1)
+            for (int r = 0; r < e->tp; r++)
+                memcpy(row + (size_t)r * (size_t)k, all + ((size_t)r * (size_t)n_rows + (size_t)i) * (size_t)k,
+                       sizeof(spk_cand) * (size_t)k);
+        else
+            memcpy(row, all + (size_t)i * (size_t)k, sizeof(spk_cand) * (size_t)k);
+        tokens[i] = spk_sample_cands(row, per_row, &rows[i].sp, rows[i].u);
+    }
+    free(row);
+    return SPK_OK;
+}
+
+static void encode_step(wbuf *w, const spk_batch *b, const spk_row *rows, int n_rows)
+{
+    put_u32(w, STEP_MAGIC);
+    put_u32(w, (uint32_t)b->n_tok);
+    put_u32(w, (uint32_t)n_rows);
+    put(w, b->token, sizeof(int32_t) * (size_t)b->n_tok);
+    put(w, b->pos, sizeof(int32_t) * (size_t)b->n_tok);
+    put(w, b->seq, sizeof(int32_t) * (size_t)b->n_tok);
+    put(w, b->want_logits, (size_t)b->n_tok);
+    for (int i = 0; i < n_rows; i++) {
+        put(w, &rows[i].sp.temperature, 4);
+        put(w, &rows[i].sp.top_k, 4);
+        put(w, &rows[i].sp.top_p, 4);
+        put(w, &rows[i].u, 8);
+    }
+}
+
+spk_status spk_exec_step(spk_exec *e, const spk_batch *b, const spk_row *rows, int n_rows, int32_t *tokens)
+{
+    if (e->world == 1)
+        return run_shard(e, b, rows, n_rows, tokens);
+    wbuf w = {e->msg, 0, e->msg_cap, 0};
+    encode_step(&w, b, rows, n_rows);
+    e->msg = w.p;
+    e->msg_cap = w.cap;
+    if (w.oom)
+        return spk_err(SPK_ERR_NOMEM, "step: out of memory encoding the batch");
+    const int last0 = (e->pp - 1) * e->tp; /* index-0 rank of the last stage */
+    uint32_t req = 0;
+    spk_status st = SPK_OK;
+    for (int r = 1; r < e->world && st == SPK_OK; r++)
+        st = spk_cluster_command_send(e->c, r, CMD_STEP, w.p, w.len, r == last0, r == last0 ? &req : NULL);
+    if (st != SPK_OK)
+        return st;
+    spk_status mine = run_shard(e, b, rows, n_rows, tokens);
+    if (mine != SPK_OK) {
+        /* our part failed (e.g. a peer died); the cluster reports the cause */
+        spk_status h = spk_cluster_health(e->c);
+        return h != SPK_OK ? h : mine;
+    }
+    if (last0 != 0) {
+        void *rep = NULL;
+        size_t rl = 0;
+        st = spk_cluster_command_wait(e->c, last0, req, -1, &rep, &rl);
+        if (st == SPK_OK && rl != sizeof(int32_t) * (size_t)n_rows)
+            st = spk_err(SPK_ERR_FORMAT, "step: rank %d returned %zu bytes of tokens, expected %zu", last0, rl,
+                         sizeof(int32_t) * (size_t)n_rows);
+        if (st == SPK_OK)
+            memcpy(tokens, rep, rl);
+        free(rep);
+    }
+    return st;
+}
+
+/* ---- worker side -------------------------------------------------------------------------- */
+
+struct spk_exec_worker {
+    spk_exec *e;
+    int32_t *tok, *pos, *seq;
+    uint8_t *want;
+    spk_row *rows;
+    int32_t *out_tokens;
+};
+
+static spk_status on_load(spk_cluster *c, uint32_t cmd, const void *data, size_t len, spk_cluster_reply *reply,
+                          void *user)
+{
+    (void)cmd;
+    spk_exec_worker *wk = user;
+    rbuf b = {data, len, 0};
+    uint32_t v[6];
+    if (get(&b, v, sizeof v) != 0 || v[5] > 4096 || len - b.off != v[5])
+        return spk_err(SPK_ERR_FORMAT, "load command: malformed (%zu bytes)", len);
+    if (wk->e)
+        return spk_err(SPK_ERR_STATE, "load command: a model is already loaded on rank %d", spk_cluster_rank(c));
+    char path[4097];
+    memcpy(path, (const char *)data + b.off, v[5]);
+    path[v[5]] = '\0';
+    spk_exec_params p = {path, (int)v[0], (int)v[1], (int)v[2], (int)v[3], (int)v[4], spk_cluster_n_threads(c)};
+    int world = spk_cluster_world_size(c);
+    if (p.pp < 1 || p.tp < 1 || p.pp * p.tp != world || p.n_ctx < 1 || p.n_seq < 1 || p.max_tok < 1 ||
+        p.max_tok > 1 << 16)
+        return spk_err(SPK_ERR_FORMAT, "load command: bad layout pp %d tp %d (world %d) or sizes", p.pp, p.tp, world);
+    spk_exec *e = calloc(1, sizeof *e);
+    if (!e)
+        return spk_err(SPK_ERR_NOMEM, "out of memory");
+    e->c = c;
+    e->world = world;
+    e->rank = spk_cluster_rank(c);
+    spk_status st = make_groups(e, p.pp, p.tp);
+    if (st == SPK_OK)
+        st = gguf_open(path, &e->own_file);
+    if (st == SPK_OK)
+        st = spk_llama_load(e->own_file, &e->own_hp, &e->own_full);
+    if (st == SPK_OK)
+        st = setup(e, e->own_file, &e->own_hp, &e->own_full, &p);
+    size_t T = (size_t)p.max_tok;
+    wk->tok = malloc(sizeof(int32_t) * T);
+    wk->pos = malloc(sizeof(int32_t) * T);
+    wk->seq = malloc(sizeof(int32_t) * T);
+    wk->want = malloc(T);
+    wk->rows = malloc(sizeof(spk_row) * T);
+    wk->out_tokens = malloc(sizeof(int32_t) * T);
+    if (st == SPK_OK && (!wk->tok || !wk->pos || !wk->seq || !wk->want || !wk->rows || !wk->out_tokens))
+        st = spk_err(SPK_ERR_NOMEM, "out of memory");
+    if (st != SPK_OK) {
+        exec_free(e);
+        return spk_err_prefix(st, "rank %d", spk_cluster_rank(c));
+    }
+    wk->e = e;
+    spk_log(SPK_LOG_INFO, "rank %d: stage %d/%d tp %d/%d layers [%d,%d) kv heads [%d,%d) ffn [%d,%d) vocab [%d,%d)",
+            e->rank, e->stage, e->pp, e->t, e->tp, e->sh.l0, e->sh.l1, e->sh.kv0, e->sh.kv1, e->sh.f0, e->sh.f1,
+            e->sh.v0, e->sh.v1);
+    uint64_t rss = spk_rss_bytes();
+    return spk_cluster_reply_set(reply, &rss, sizeof rss);
+}
+
+static spk_status on_step(spk_cluster *c, uint32_t cmd, const void *data, size_t len, spk_cluster_reply *reply,
+                          void *user)
+{
+    (void)cmd;
+    spk_exec_worker *wk = user;
+    spk_exec *e = wk->e;
+    if (!e)
+        return spk_err(SPK_ERR_STATE, "step command on rank %d with no model loaded", spk_cluster_rank(c));
+    rbuf b = {data, len, 0};
+    uint32_t h[3];
+    if (get(&b, h, sizeof h) != 0 || h[0] != STEP_MAGIC || h[1] < 1 || h[1] > (uint32_t)e->max_tok || h[2] > h[1])
+        return spk_err(SPK_ERR_FORMAT, "step command: bad header (%zu bytes)", len);
+    int n = (int)h[1], n_rows = (int)h[2];
+    if (get(&b, wk->tok, 4 * (size_t)n) || get(&b, wk->pos, 4 * (size_t)n) || get(&b, wk->seq, 4 * (size_t)n) ||
+        get(&b, wk->want, (size_t)n))
+        return spk_err(SPK_ERR_FORMAT, "step command: truncated batch");
+    int wanted = 0;
+    for (int i = 0; i < n; i++)
+        wanted += wk->want[i] != 0;
+    if (wanted != n_rows)
+        return spk_err(SPK_ERR_FORMAT, "step command: %d rows announced, %d wanted", n_rows, wanted);
+    for (int i = 0; i < n_rows; i++) {
+        spk_row *r = &wk->rows[i];
+        if (get(&b, &r->sp.temperature, 4) || get(&b, &r->sp.top_k, 4) || get(&b, &r->sp.top_p, 4) ||
+            get(&b, &r->u, 8))
+            return spk_err(SPK_ERR_FORMAT, "step command: truncated rows");
+    }
+    if (b.off != len)
+        return spk_err(SPK_ERR_FORMAT, "step command: %zu trailing bytes", len - b.off);
+    spk_batch batch = {n, wk->tok, wk->pos, wk->seq, wk->want};
+    spk_status st = run_shard(e, &batch, wk->rows, n_rows, wk->out_tokens);
+    if (st != SPK_OK)
+        return st;
+    if (e->stage == e->pp - 1 && e->t == 0)
+        return spk_cluster_reply_set(reply, wk->out_tokens, sizeof(int32_t) * (size_t)n_rows);
+    return SPK_OK;
+}
+
+static void worker_unload(spk_exec_worker *wk)
+{
+    exec_free(wk->e);
+    wk->e = NULL;
+    free(wk->tok);
+    free(wk->pos);
+    free(wk->seq);
+    free(wk->want);
+    free(wk->rows);
+    free(wk->out_tokens);
+    wk->tok = wk->pos = wk->seq = wk->out_tokens = NULL;
+    wk->want = NULL;
+    wk->rows = NULL;
+}
+
+static spk_status on_unload(spk_cluster *c, uint32_t cmd, const void *data, size_t len, spk_cluster_reply *reply,
+                            void *user)
+{
+    (void)c, (void)cmd, (void)data, (void)len, (void)reply;
+    worker_unload(user);
+    return SPK_OK;
+}
+
+spk_status spk_exec_worker_register(spk_cluster *c, spk_exec_worker **out)
+{
+    spk_exec_worker *wk = calloc(1, sizeof *wk);
+    if (!wk)
+        return spk_err(SPK_ERR_NOMEM, "out of memory");
+    spk_status st = spk_cluster_set_handler(c, CMD_LOAD, on_load, wk);
+    if (st == SPK_OK)
+        st = spk_cluster_set_handler(c, CMD_STEP, on_step, wk);
+    if (st == SPK_OK)
+        st = spk_cluster_set_handler(c, CMD_UNLOAD, on_unload, wk);
+    if (st != SPK_OK) {
+        spk_exec_worker_free(c, wk);
+        return st;
+    }
+    *out = wk;
+    return SPK_OK;
+}
+
+void spk_exec_worker_free(spk_cluster *c, spk_exec_worker *wk)
+{
+    if (!wk)
+        return;
+    spk_cluster_set_handler(c, CMD_LOAD, NULL, NULL);
+    spk_cluster_set_handler(c, CMD_STEP, NULL, NULL);
+    spk_cluster_set_handler(c, CMD_UNLOAD, NULL, NULL);
+    worker_unload(wk);
+    free(wk);
+}

@@ -1,0 +1,61 @@
+/*
+ * Step executor: runs one batch through the model on this process alone, or across the ranks
+ * of a cluster (pipeline stages pass hidden states, tensor-parallel groups all-reduce and sample
+ * over vocabulary shards), and returns one sampled token per logits row.
+ */
+#ifndef SPK_ENGINE_EXEC_H
+#define SPK_ENGINE_EXEC_H
+
+#include <stdint.h>
+
+#include "engine/sampler.h"
+#include "model/gguf.h"
+#include "model/llama.h"
+
+typedef struct spk_exec spk_exec;
+
+/* Sampling for one logits row; u is the request's uniform draw for this token. */
+typedef struct spk_row {
+    spk_sampling sp;
+    double u;
+} spk_row;
+
+typedef struct spk_exec_params {
+    const char *path;             /* model file (workers open it themselves) */
+    int pp, tp;                   /* pp * tp == world size of the cluster */
+    int n_ctx, n_seq, max_tok, n_threads;
+} spk_exec_params;
+
+/*
+ * Driver side: build this rank's shard from an already loaded file and weights (borrowed; they
+ * must outlive the executor), and with a cluster of several ranks tell every worker to load its
+ * own. cluster may be NULL (one process). Errors name the failing rank.
+ */
+spk_status spk_exec_open(spk_cluster *cluster, const gguf_file *f, const spk_hparams *hp,
+                         const spk_weights *full, const spk_exec_params *p, spk_exec **out);
+
+/* Release this rank's shard and tell the workers to release theirs. */
+void spk_exec_close(spk_exec *e);
+
+/* Run one step; tokens[i] is the token sampled for the i-th row with want_logits. */
+spk_status spk_exec_step(spk_exec *e, const spk_batch *b, const spk_row *rows, int n_rows,
+                         int32_t *tokens);
+
+/* Choose pp x tp for the cluster: measures this machine's memory bandwidth and the control link
+ * to rank 1 (latency and bandwidth), then asks the cost model (lib/plan/cost.h) for the best
+ * layout at `batch` concurrent sequences. The figures used go to *hw (may be NULL). */
+struct spk_hw;
+struct spk_shape;
+spk_status spk_exec_choose_layout(spk_cluster *c, const struct spk_shape *shape, int batch,
+                                  struct spk_hw *hw, int *pp, int *tp);
+
+/* Resident memory of this process in bytes (from /proc/self/statm; 0 if unknown). */
+uint64_t spk_rss_bytes(void);
+
+/* Worker side: handle the driver's model commands while spk_cluster_serve runs. The returned
+ * state is freed (with any model it holds) by spk_exec_worker_free after serve returns. */
+typedef struct spk_exec_worker spk_exec_worker;
+spk_status spk_exec_worker_register(spk_cluster *c, spk_exec_worker **out);
+void spk_exec_worker_free(spk_cluster *c, spk_exec_worker *w);
+
+#endif

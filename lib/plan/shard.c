@@ -1,0 +1,49 @@
+/* Adapters between the plan and the llama forward pass's shard description. */
+#include <stdio.h>
+#include <string.h>
+
+#include "model/llama.h"
+#include "plan/plan.h"
+
+void spk_shape_from_hparams(const spk_hparams *hp, spk_shape *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!hp)
+        return;
+    snprintf(out->name, sizeof out->name, "%s", hp->arch[0] ? hp->arch : "model");
+    out->n_layers = hp->n_layers;
+    out->n_embd = hp->n_embd;
+    out->n_heads = hp->n_heads;
+    out->n_kv_heads = hp->n_kv_heads;
+    out->head_dim = hp->head_dim;
+    out->n_ff = hp->n_ff;
+    out->n_vocab = hp->n_vocab;
+    out->quant_block = 32;
+    out->bytes_per_weight = 1.0;
+    out->bytes_per_kv = 2.0;
+}
+
+spk_status spk_plan_shard(const spk_plan *p, int rank, spk_shard *out)
+{
+    spk_rank_slice r;
+    if (!out)
+        return spk_plan_rank(p, rank, NULL);
+    spk_status st = spk_plan_rank(p, rank, &r);
+    if (st)
+        return st;
+    const spk_plan_tpart *t = &p->part[r.tp_rank];
+    memset(out, 0, sizeof *out);
+    out->l0 = r.l0;
+    out->l1 = r.l1;
+    out->h0 = r.q0;
+    out->h1 = r.q1;
+    out->kv0 = r.kv0;
+    out->kv1 = r.kv1;
+    out->f0 = r.f0;
+    out->f1 = r.f1;
+    out->v0 = t->v0; /* every rank gets its part's rows; only the last stage uses them */
+    out->v1 = t->v1;
+    out->first = r.embeds;
+    out->last = r.has_head;
+    return SPK_OK;
+}
