@@ -3,7 +3,11 @@
  *
  *   spk-generate [--model PATH] --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]
  *                [--top-p P] [--seed S] [--chat] [--print-ids] [--threads N] [--ignore-eos]
+ *                [--pp P|auto] [--tp T|auto] [--coordinator HOST:PORT] [--transport T] [--verbose]
  *
+ * With --pp/--tp and no --coordinator, the P*T-1 extra ranks are started here as local
+ * spk-worker processes on loopback (each with --threads threads). With --coordinator, this is
+ * rank 0 of a cluster whose workers were started elsewhere with spk-worker.
  * Prints the continuation on stdout as it is generated (with --print-ids, then the generated
  * token ids on one line), and prefill / decode speed on stderr.
  */
@@ -11,18 +15,22 @@
 #include <string.h>
 
 #include "common.h"
+#include "launch.h"
 
 static void usage(void)
 {
     fprintf(stderr, "usage: spk-generate [--model PATH] --prompt TEXT [--max-tokens N] [--temperature T]\n"
                     "                    [--top-k K] [--top-p P] [--seed S] [--chat] [--print-ids]\n"
-                    "                    [--threads N] [--ignore-eos]\n");
+                    "                    [--threads N] [--ignore-eos] [--pp P|auto] [--tp T|auto]\n"
+                    "                    [--coordinator HOST:PORT] [--transport T] [--verbose]\n");
 }
 
 int main(int argc, char **argv)
 {
     const char *model_path = ex_default_model(), *prompt = NULL;
     int max_tokens = 128, chat = 0, print_ids = 0, threads = 0, ignore_eos = 0, top_k = 40;
+    int pp = 1, tp = 1, world = 0, verbose = 0;
+    const char *coordinator = NULL, *transport = NULL;
     float temperature = 0.0f, top_p = 0.95f;
     uint64_t seed = 42;
     for (int i = 1; i < argc; i++) {
@@ -31,6 +39,7 @@ int main(int argc, char **argv)
         if (!strcmp(a, "--chat")) chat = 1;
         else if (!strcmp(a, "--print-ids")) print_ids = 1;
         else if (!strcmp(a, "--ignore-eos")) ignore_eos = 1;
+        else if (!strcmp(a, "--verbose")) verbose = 1;
         else if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(); return 0; }
         else if (!v) { usage(); return 2; }
         else if (!strcmp(a, "--model")) { model_path = v; i++; }
@@ -41,23 +50,50 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--top-p")) { top_p = strtof(v, NULL); i++; }
         else if (!strcmp(a, "--seed")) { seed = strtoull(v, NULL, 10); i++; }
         else if (!strcmp(a, "--threads")) { threads = atoi(v); i++; }
+        else if (!strcmp(a, "--pp")) { pp = strcmp(v, "auto") ? atoi(v) : 0; i++; }
+        else if (!strcmp(a, "--tp")) { tp = strcmp(v, "auto") ? atoi(v) : 0; i++; }
+        else if (!strcmp(a, "--world")) { world = atoi(v); i++; }
+        else if (!strcmp(a, "--coordinator")) { coordinator = v; i++; }
+        else if (!strcmp(a, "--transport")) { transport = v; i++; }
         else { fprintf(stderr, "spk-generate: unknown option %s\n", a); usage(); return 2; }
     }
     if (!prompt) { usage(); return 2; }
+    if (pp < 0 || tp < 0 || pp > 64 || tp > 64) { fprintf(stderr, "spk-generate: bad --pp/--tp\n"); return 2; }
+    if (!world)
+        world = (pp ? pp : 1) * (tp ? tp : 1);
+    if ((!pp || !tp) && world == 1) {
+        fprintf(stderr, "spk-generate: --pp/--tp auto need --world N (the number of ranks)\n");
+        return 2;
+    }
+    if (verbose)
+        spk_set_log_callback(NULL, NULL, SPK_LOG_INFO);
 
-    spk_cluster_config cc;
-    spk_cluster_config_init(&cc);
-    cc.n_threads = threads;
     spk_cluster *cl = NULL;
-    if (ex_fail("cluster", spk_cluster_open(&cc, &cl)))
-        return 1;
+    if (world > 1 && !coordinator) {
+        if (!(cl = ex_launch_local(world, threads ? threads : 1, transport)))
+            return 1;
+    } else {
+        spk_cluster_config cc;
+        spk_cluster_config_init(&cc);
+        cc.n_threads = threads;
+        cc.rank = 0;
+        cc.world_size = world;
+        cc.coordinator = coordinator;
+        if (transport)
+            cc.transport = transport;
+        if (ex_fail("cluster", spk_cluster_open(&cc, &cl)))
+            return 1;
+    }
     spk_model_config mc;
     spk_model_config_init(&mc);
     mc.path = model_path;
     mc.max_seqs = 1;
+    mc.pp = pp;
+    mc.tp = tp;
     spk_model *m = NULL;
     if (ex_fail(model_path, spk_model_load(cl, &mc, &m))) {
         spk_cluster_close(cl);
+        ex_reap_workers(5000);
         return 1;
     }
     int rc = 1;
@@ -142,5 +178,6 @@ out:
     free(gen);
     spk_model_free(m);
     spk_cluster_close(cl);
+    ex_reap_workers(5000);
     return rc;
 }
