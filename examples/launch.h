@@ -41,7 +41,7 @@ static void ex_on_signal(int sig)
 }
 
 /* Wait up to timeout_ms for the workers to exit by themselves, then kill and reap the rest. */
-static void ex_reap_workers(int timeout_ms)
+static inline void ex_reap_workers(int timeout_ms)
 {
     for (int waited = 0;; waited += 20) {
         int left = 0;
@@ -86,16 +86,31 @@ static int ex_free_port(void)
  * spk-worker processes (found next to this program). Returns the cluster or NULL (message on
  * stderr). `threads` is per rank.
  */
-static spk_cluster *ex_launch_local(int world, int threads, const char *transport)
+static inline spk_cluster *ex_launch_with(const char *worker, int world, int threads, const char *transport,
+                                   int peer_timeout_ms);
+
+static inline spk_cluster *ex_launch_local(int world, int threads, const char *transport)
 {
-    char self[4096], worker[4200], coord[64], key[65], rank_s[16], world_s[16], threads_s[16];
+    char self[4096], worker[4200];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0 || world > EX_MAX_WORKERS) {
+    if (n <= 0) {
         fprintf(stderr, "launch: cannot find this program's directory\n");
         return NULL;
     }
     self[n] = '\0';
     snprintf(worker, sizeof worker, "%s/spk-worker", dirname(self));
+    return ex_launch_with(worker, world, threads, transport, 0);
+}
+
+/* As ex_launch_local with an explicit spk-worker path; peer_timeout_ms 0: the default. */
+static inline spk_cluster *ex_launch_with(const char *worker, int world, int threads, const char *transport,
+                                   int peer_timeout_ms)
+{
+    char coord[64], key[65], rank_s[16], world_s[16], threads_s[16], pto_s[16];
+    if (world > EX_MAX_WORKERS) {
+        fprintf(stderr, "launch: at most %d ranks\n", EX_MAX_WORKERS);
+        return NULL;
+    }
     if (access(worker, X_OK) != 0) {
         fprintf(stderr, "launch: %s: %s\n", worker, strerror(errno));
         return NULL;
@@ -115,6 +130,7 @@ static spk_cluster *ex_launch_local(int world, int threads, const char *transpor
     snprintf(coord, sizeof coord, "127.0.0.1:%d", port);
     snprintf(world_s, sizeof world_s, "%d", world);
     snprintf(threads_s, sizeof threads_s, "%d", threads);
+    snprintf(pto_s, sizeof pto_s, "%d", peer_timeout_ms > 0 ? peer_timeout_ms : 10000);
     signal(SIGINT, ex_on_signal);
     signal(SIGTERM, ex_on_signal);
     signal(SIGHUP, ex_on_signal);
@@ -125,8 +141,9 @@ static spk_cluster *ex_launch_local(int world, int threads, const char *transpor
         if (pid == 0) {
             prctl(PR_SET_PDEATHSIG, SIGKILL);
             setenv("SPK_CLUSTER_KEY", key, 1);
-            char *args[] = {worker, "--coordinator", coord, "--rank", rank_s, "--world", world_s, "--threads",
-                            threads_s, "--transport", (char *)(transport ? transport : "auto"), NULL};
+            char *args[] = {(char *)worker, "--coordinator", coord, "--rank", rank_s, "--world", world_s,
+                            "--threads", threads_s, "--transport", (char *)(transport ? transport : "auto"),
+                            "--peer-timeout", pto_s, NULL};
             execv(worker, args);
             _exit(127);
         }
@@ -146,6 +163,8 @@ static spk_cluster *ex_launch_local(int world, int threads, const char *transpor
     cc.cluster_key = key;
     cc.n_threads = threads;
     cc.transport = transport ? transport : "auto";
+    if (peer_timeout_ms > 0)
+        cc.peer_timeout_ms = peer_timeout_ms;
     spk_cluster *cl = NULL;
     spk_status st = spk_cluster_open(&cc, &cl);
     if (st != SPK_OK) {

@@ -208,6 +208,22 @@ spk_status spk_model_get_info(const spk_model *m, spk_model_info *info)
     return SPK_OK;
 }
 
+spk_status spk_model_get_rank_stats(spk_model *m, int rank, spk_rank_stats *stats)
+{
+    if (!m || !stats)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_model_get_rank_stats: NULL argument");
+    size_t size = stats->struct_size;
+    if (size < offsetof(spk_rank_stats, rank) + sizeof(int) || size > 65536)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_model_get_rank_stats: struct_size %zu is not valid", size);
+    spk_rank_stats st;
+    spk_status r = spk_exec_rank_stats(m->exec, rank, &st);
+    if (r != SPK_OK)
+        return r;
+    st.struct_size = size;
+    memcpy(stats, &st, size < sizeof st ? size : sizeof st);
+    return SPK_OK;
+}
+
 spk_status spk_tokenize(const spk_model *m, const char *text, size_t len, int add_special, int parse_special,
                         int32_t *tokens, size_t cap, size_t *n_out)
 {

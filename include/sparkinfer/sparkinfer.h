@@ -232,6 +232,24 @@ typedef struct spk_model_info {
  */
 SPK_API spk_status spk_model_get_info(const spk_model *model, spk_model_info *info);
 
+/** What one rank of a loaded model holds. */
+typedef struct spk_rank_stats {
+    size_t struct_size;         /**< set by the caller to sizeof(spk_rank_stats) */
+    int rank;
+    int stage;                  /**< pipeline stage of the rank */
+    int tp_rank;                /**< index inside its tensor-parallel group */
+    int layer_begin, layer_end; /**< layers [begin, end) */
+    uint64_t weight_bytes;      /**< bytes of weights the rank's share covers */
+    uint64_t resident_bytes;    /**< the rank process's resident memory now */
+} spk_rank_stats;
+
+/**
+ * Ask rank `rank` of the model's cluster what it holds (a control-plane round trip for a worker).
+ * Caller sets stats->struct_size first. Errors: INVALID_ARG (rank out of range, bad size),
+ * PEER_LOST. Thread-safe.
+ */
+SPK_API spk_status spk_model_get_rank_stats(spk_model *model, int rank, spk_rank_stats *stats);
+
 /* ---------------------------------------------------------------------------------------- */
 /* Tokens and text                                                                          */
 /* ---------------------------------------------------------------------------------------- */

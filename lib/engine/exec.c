@@ -32,6 +32,7 @@
 #define CMD_LOAD (SPK_CLUSTER_CMD_USER + 0x100)
 #define CMD_STEP (SPK_CLUSTER_CMD_USER + 0x101)
 #define CMD_UNLOAD (SPK_CLUSTER_CMD_USER + 0x102)
+#define CMD_STATS (SPK_CLUSTER_CMD_USER + 0x103)
 #define STEP_MAGIC 0x53504b53u /* "SKPS" */
 #define DATA_TIMEOUT_MS 120000
 
@@ -500,6 +501,38 @@ spk_status spk_exec_step(spk_exec *e, const spk_batch *b, const spk_row *rows, i
     return st;
 }
 
+static void fill_stats(const spk_exec *e, spk_rank_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    st->struct_size = sizeof *st;
+    st->rank = e->rank;
+    st->stage = e->stage;
+    st->tp_rank = e->t;
+    st->layer_begin = e->sh.l0;
+    st->layer_end = e->sh.l1;
+    st->weight_bytes = e->w.n_bytes;
+    st->resident_bytes = spk_rss_bytes();
+}
+
+spk_status spk_exec_rank_stats(spk_exec *e, int rank, spk_rank_stats *out)
+{
+    if (rank < 0 || rank >= e->world)
+        return spk_err(SPK_ERR_INVALID_ARG, "rank %d outside the cluster (%d ranks)", rank, e->world);
+    if (rank == 0) {
+        fill_stats(e, out);
+        return SPK_OK;
+    }
+    void *rep = NULL;
+    size_t rl = 0;
+    spk_status st = spk_cluster_call(e->c, rank, CMD_STATS, NULL, 0, &rep, &rl, 30000);
+    if (st == SPK_OK && rl != sizeof *out)
+        st = spk_err(SPK_ERR_FORMAT, "rank %d sent %zu bytes of stats, expected %zu", rank, rl, sizeof *out);
+    if (st == SPK_OK)
+        memcpy(out, rep, sizeof *out);
+    free(rep);
+    return st;
+}
+
 /* ---- worker side -------------------------------------------------------------------------- */
 
 struct spk_exec_worker {
@@ -601,6 +634,18 @@ static spk_status on_step(spk_cluster *c, uint32_t cmd, const void *data, size_t
     return SPK_OK;
 }
 
+static spk_status on_stats(spk_cluster *c, uint32_t cmd, const void *data, size_t len, spk_cluster_reply *reply,
+                          void *user)
+{
+    (void)cmd, (void)data, (void)len;
+    spk_exec_worker *wk = user;
+    if (!wk->e)
+        return spk_err(SPK_ERR_STATE, "stats command on rank %d with no model loaded", spk_cluster_rank(c));
+    spk_rank_stats st;
+    fill_stats(wk->e, &st);
+    return spk_cluster_reply_set(reply, &st, sizeof st);
+}
+
 static void worker_unload(spk_exec_worker *wk)
 {
     exec_free(wk->e);
@@ -634,6 +679,8 @@ spk_status spk_exec_worker_register(spk_cluster *c, spk_exec_worker **out)
         st = spk_cluster_set_handler(c, CMD_STEP, on_step, wk);
     if (st == SPK_OK)
         st = spk_cluster_set_handler(c, CMD_UNLOAD, on_unload, wk);
+    if (st == SPK_OK)
+        st = spk_cluster_set_handler(c, CMD_STATS, on_stats, wk);
     if (st != SPK_OK) {
         spk_exec_worker_free(c, wk);
         return st;
@@ -649,6 +696,7 @@ void spk_exec_worker_free(spk_cluster *c, spk_exec_worker *wk)
     spk_cluster_set_handler(c, CMD_LOAD, NULL, NULL);
     spk_cluster_set_handler(c, CMD_STEP, NULL, NULL);
     spk_cluster_set_handler(c, CMD_UNLOAD, NULL, NULL);
+    spk_cluster_set_handler(c, CMD_STATS, NULL, NULL);
     worker_unload(wk);
     free(wk);
 }

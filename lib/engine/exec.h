@@ -49,6 +49,9 @@ struct spk_shape;
 spk_status spk_exec_choose_layout(spk_cluster *c, const struct spk_shape *shape, int batch,
                                   struct spk_hw *hw, int *pp, int *tp);
 
+/* What `rank` holds (a round trip to a worker). */
+spk_status spk_exec_rank_stats(spk_exec *e, int rank, spk_rank_stats *out);
+
 /* Resident memory of this process in bytes (from /proc/self/statm; 0 if unknown). */
 uint64_t spk_rss_bytes(void);
 

@@ -320,8 +320,12 @@ static spk_status cols_of(spk_weights *w, const spk_wmat *m, int c0, int c1, spk
     *out = *m;
     out->data = buf;
     out->n_in = c1 - c0;
-    w->n_bytes += dst_row * (size_t)m->n_out;
     return SPK_OK;
+}
+
+static uint64_t wmat_bytes(const spk_wmat *m)
+{
+    return (uint64_t)spk_dtype_row_size(m->type, (size_t)m->n_in) * (uint64_t)m->n_out;
 }
 
 spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const spk_shard *sh, spk_weights *out)
@@ -355,6 +359,20 @@ spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const
         spk_llama_weights_free(out);
         return st;
     }
+    uint64_t bytes = 0;
+    for (int i = 0; i < nl; i++) {
+        const spk_layer *L = &out->layers[i];
+        bytes += wmat_bytes(&L->wq) + wmat_bytes(&L->wk) + wmat_bytes(&L->wv) + wmat_bytes(&L->wo) +
+                 wmat_bytes(&L->w_gate) + wmat_bytes(&L->w_up) + wmat_bytes(&L->w_down) +
+                 2 * sizeof(float) * (uint64_t)hp->n_embd;
+    }
+    if (sh->first)
+        bytes += wmat_bytes(&out->tok_embd);
+    if (sh->last) { /* a tied head on the embedding stage is the same bytes, counted once */
+        bool tied_here = sh->first && full->output.data == full->tok_embd.data;
+        bytes += (tied_here ? 0 : wmat_bytes(&out->output)) + sizeof(float) * (uint64_t)hp->n_embd;
+    }
+    out->n_bytes = bytes;
     return SPK_OK;
 }
 

@@ -1,0 +1,288 @@
+/*
+ * The model split over real processes (spk-worker ranks on loopback, TCP transport): greedy
+ * generations of several prompts, submitted together, equal one rank's for every layout
+ * (PP token for token; TP up to the first near-tie of one rank's logits, see test_shard for
+ * why TP cannot be bit-exact); each rank holds only its share; killing a rank mid-generation
+ * ends the requests with an error event within the peer timeout and leaves no process behind.
+ */
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include "../../examples/launch.h"
+#include "model/gguf.h"
+#include "model/llama.h"
+#include "testutil.h"
+
+#define WORKER SPK_TEST_BIN_DIR "/examples/spk-worker"
+enum { N_PROMPTS = 3, GEN = 64, MAX_PROMPT = 32 };
+
+static const char *prompts[N_PROMPTS] = {
+    "The capital of France is",
+    "def fibonacci(n):\n    ",
+    "Once upon a time, in a small village,",
+};
+static int32_t ptok[N_PROMPTS][MAX_PROMPT];
+static size_t plen[N_PROMPTS];
+static int32_t ref[N_PROMPTS][GEN];
+static int ref_clear[N_PROMPTS];       /* generated tokens before one rank's first near-tie */
+static spk_rank_stats ref_stats;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static spk_model *load(spk_cluster *cl, int pp, int tp)
+{
+    spk_model_config mc;
+    spk_model_config_init(&mc);
+    mc.path = spk_test_model_path();
+    mc.pp = pp;
+    mc.tp = tp;
+    mc.n_ctx = 128;
+    mc.max_seqs = N_PROMPTS;
+    spk_model *m = NULL;
+    ck_assert_msg(spk_model_load(cl, &mc, &m) == SPK_OK, "load pp %d tp %d: %s", pp, tp, spk_last_error());
+    return m;
+}
+
+/* Submit every prompt at once; collect GEN greedy tokens each. */
+static void generate(spk_model *m, int32_t out[N_PROMPTS][GEN])
+{
+    spk_request r[N_PROMPTS];
+    uint64_t ids[N_PROMPTS];
+    for (int i = 0; i < N_PROMPTS; i++) {
+        spk_request_init(&r[i]);
+        r[i].prompt = ptok[i];
+        r[i].n_prompt = plen[i];
+        r[i].max_tokens = GEN;
+        r[i].temperature = 0;
+        r[i].ignore_eos = 1;
+    }
+    ck_assert_int_eq(spk_submit(m, r, N_PROMPTS, ids), SPK_OK);
+    int n[N_PROMPTS] = {0}, done = 0;
+    while (done < N_PROMPTS) {
+        spk_event ev[64];
+        size_t ne;
+        ck_assert_int_eq(spk_poll(m, ev, 64, &ne, 60000), SPK_OK);
+        ck_assert_uint_gt(ne, 0);
+        for (size_t k = 0; k < ne; k++) {
+            int i = (int)(ev[k].request_id - ids[0]);
+            ck_assert(i >= 0 && i < N_PROMPTS);
+            ck_assert_int_ne(ev[k].finish, SPK_FINISH_ERROR);
+            if (ev[k].token >= 0)
+                out[i][n[i]++] = ev[k].token;
+            done += ev[k].finish != SPK_FINISH_NONE;
+        }
+    }
+    for (int i = 0; i < N_PROMPTS; i++)
+        ck_assert_int_eq(n[i], GEN);
+}
+
+/* One rank's logits along its own greedy path: where is the first near-tie (top-2 < 0.5)? */
+static void find_near_ties(void)
+{
+    gguf_file *f;
+    spk_hparams hp;
+    spk_weights w;
+    spk_llama *m;
+    ck_assert_int_eq(gguf_open(spk_test_model_path(), &f), SPK_OK);
+    ck_assert_int_eq(spk_llama_load(f, &hp, &w), SPK_OK);
+    ck_assert_int_eq(spk_llama_create(&hp, &w, NULL, 128, 1, MAX_PROMPT + GEN, 2, &m), SPK_OK);
+    float *lg = malloc(sizeof(float) * (MAX_PROMPT + GEN) * (size_t)hp.n_vocab);
+    for (int i = 0; i < N_PROMPTS; i++) {
+        int32_t tok[MAX_PROMPT + GEN], pos[MAX_PROMPT + GEN], seq[MAX_PROMPT + GEN];
+        uint8_t want[MAX_PROMPT + GEN];
+        int n = 0;
+        for (size_t k = 0; k < plen[i]; k++)
+            tok[n++] = ptok[i][k];
+        for (int k = 0; k < GEN - 1; k++)
+            tok[n++] = ref[i][k];
+        for (int k = 0; k < n; k++) {
+            pos[k] = k;
+            seq[k] = 0;
+            want[k] = k >= (int)plen[i] - 1;
+        }
+        spk_batch b = {n, tok, pos, seq, want};
+        ck_assert_int_eq(spk_llama_forward(m, &b, NULL, lg), SPK_OK);
+        ref_clear[i] = GEN;
+        for (int g = 0; g < GEN; g++) {
+            const float *x = lg + (size_t)g * (size_t)hp.n_vocab;
+            float a = -INFINITY, b2 = -INFINITY;
+            for (int v = 0; v < hp.n_vocab; v++) {
+                if (x[v] > a) {
+                    b2 = a;
+                    a = x[v];
+                } else if (x[v] > b2) {
+                    b2 = x[v];
+                }
+            }
+            if (a - b2 < 0.5f) {
+                ref_clear[i] = g;
+                break;
+            }
+        }
+    }
+    free(lg);
+    spk_llama_free(m);
+    spk_llama_weights_free(&w);
+    gguf_close(f);
+}
+
+static void setup(void)
+{
+    spk_cluster_config cc;
+    spk_cluster_config_init(&cc);
+    cc.rank = 0;
+    cc.world_size = 1;
+    cc.n_threads = 1;
+    spk_cluster *cl;
+    ck_assert_int_eq(spk_cluster_open(&cc, &cl), SPK_OK);
+    spk_model *m = load(cl, 1, 1);
+    for (int i = 0; i < N_PROMPTS; i++)
+        ck_assert_int_eq(spk_tokenize(m, prompts[i], strlen(prompts[i]), 1, 0, ptok[i], MAX_PROMPT, &plen[i]),
+                         SPK_OK);
+    generate(m, ref);
+    ref_stats.struct_size = sizeof ref_stats;
+    ck_assert_int_eq(spk_model_get_rank_stats(m, 0, &ref_stats), SPK_OK);
+    spk_model_free(m);
+    spk_cluster_close(cl);
+    find_near_ties();
+    printf("one rank: weights %.1f MiB, resident %.1f MiB; clear greedy prefix %d/%d/%d of %d\n",
+           ref_stats.weight_bytes / 1048576.0, ref_stats.resident_bytes / 1048576.0, ref_clear[0], ref_clear[1],
+           ref_clear[2], GEN);
+}
+
+static void check_layout(int pp, int tp)
+{
+    double t0 = now();
+    spk_cluster *cl = ex_launch_with(WORKER, pp * tp, 1, "tcp", 0);
+    ck_assert_ptr_nonnull(cl);
+    spk_model *m = load(cl, pp, tp);
+    int32_t out[N_PROMPTS][GEN];
+    generate(m, out);
+    for (int i = 0; i < N_PROMPTS; i++) {
+        int same = 0;
+        while (same < GEN && out[i][same] == ref[i][same])
+            same++;
+        printf("pp %d x tp %d, prompt %d: %d/%d tokens equal to one rank\n", pp, tp, i, same, GEN);
+        if (tp == 1)
+            ck_assert_int_eq(same, GEN);
+        else
+            ck_assert_int_ge(same, ref_clear[i]);
+    }
+    for (int r = 0; r < pp * tp; r++) {
+        spk_rank_stats st = {.struct_size = sizeof st};
+        ck_assert_int_eq(spk_model_get_rank_stats(m, r, &st), SPK_OK);
+        ck_assert_int_eq(st.rank, r);
+        printf("  rank %d (stage %d, tp %d, layers %d-%d): weights %.1f MiB, resident %.1f MiB\n", r, st.stage,
+               st.tp_rank, st.layer_begin, st.layer_end - 1, st.weight_bytes / 1048576.0,
+               st.resident_bytes / 1048576.0);
+        ck_assert_uint_lt(st.weight_bytes, ref_stats.weight_bytes * 3 / 4);
+        if (r > 0) /* workers hold only their share (the driver also holds the tokenizer and engine) */
+            ck_assert_uint_lt(st.resident_bytes, ref_stats.resident_bytes * 9 / 10);
+    }
+    spk_rank_stats bad = {.struct_size = sizeof bad};
+    ck_assert_int_eq(spk_model_get_rank_stats(m, pp * tp, &bad), SPK_ERR_INVALID_ARG);
+    spk_model_free(m);
+    spk_cluster_close(cl);
+    ex_reap_workers(5000);
+    printf("pp %d x tp %d: %.1f s\n", pp, tp, now() - t0);
+}
+
+START_TEST(pp2) { check_layout(2, 1); }
+END_TEST
+START_TEST(pp3) { check_layout(3, 1); }
+END_TEST
+START_TEST(tp2) { check_layout(1, 2); }
+END_TEST
+START_TEST(tp3) { check_layout(1, 3); }
+END_TEST
+START_TEST(pp2_tp2) { check_layout(2, 2); }
+END_TEST
+
+/* Kill `victim` once tokens flow; the driver's requests must end with an error event. */
+static void kill_during_generation(int pp, int tp, int victim)
+{
+    const int timeout_ms = 2000;
+    spk_cluster *cl = ex_launch_with(WORKER, pp * tp, 1, "tcp", timeout_ms);
+    ck_assert_ptr_nonnull(cl);
+    spk_model *m = load(cl, pp, tp);
+    spk_request r;
+    spk_request_init(&r);
+    r.prompt = ptok[0];
+    r.n_prompt = plen[0];
+    r.max_tokens = 100; /* n_ctx 128 */
+    r.ignore_eos = 1;
+    uint64_t id;
+    ck_assert_int_eq(spk_submit(m, &r, 1, &id), SPK_OK);
+    int got = 0, finished = 0;
+    double t_kill = 0, t_err = 0;
+    spk_event ev[16];
+    size_t ne;
+    while (!finished) {
+        spk_status st = spk_poll(m, ev, 16, &ne, 30000);
+        ck_assert_msg(st == SPK_OK || st == SPK_ERR_PEER_LOST, "poll: %s", spk_status_str(st));
+        ck_assert(ne > 0 || st != SPK_OK);
+        for (size_t k = 0; k < ne; k++) {
+            if (ev[k].token >= 0 && ++got == 3) {
+                kill(ex_workers[victim - 1], SIGKILL);
+                t_kill = now();
+            }
+            if (ev[k].finish != SPK_FINISH_NONE) {
+                ck_assert_int_eq(ev[k].finish, SPK_FINISH_ERROR);
+                ck_assert_int_eq(ev[k].status, SPK_ERR_PEER_LOST);
+                t_err = now();
+                finished = 1;
+            }
+        }
+    }
+    ck_assert(t_kill > 0);
+    printf("pp %d x tp %d: rank %d killed; error event after %.0f ms (peer timeout %d ms)\n", pp, tp, victim,
+           (t_err - t_kill) * 1e3, timeout_ms);
+    ck_assert_double_lt(t_err - t_kill, timeout_ms / 1e3 + 1.0);
+    ck_assert_int_ne(spk_submit(m, &r, 1, &id), SPK_OK); /* the engine stays failed */
+    double t_close = now();
+    spk_model_free(m);
+    spk_cluster_close(cl);
+    ck_assert_double_lt(now() - t_close, timeout_ms / 1e3 + 2.0);
+    ex_reap_workers(timeout_ms + 2000);
+    for (int i = 0; i < pp * tp - 1; i++) /* nobody left behind */
+        ck_assert_int_eq(ex_workers[i], 0);
+}
+
+START_TEST(kill_middle_stage) { kill_during_generation(3, 1, 1); }
+END_TEST
+START_TEST(kill_last_stage) { kill_during_generation(2, 1, 1); }
+END_TEST
+START_TEST(kill_tp_peer) { kill_during_generation(1, 2, 1); }
+END_TEST
+
+int main(void)
+{
+    if (!spk_test_model_path())
+        spk_test_skip("default model not found (run scripts/fetch-model.sh or set SPK_TEST_MODEL)");
+    if (access(WORKER, X_OK) != 0)
+        spk_test_skip("spk-worker not built (examples disabled)");
+    Suite *s = suite_create("dist");
+    TCase *tc = tcase_create("layouts");
+    tcase_add_unchecked_fixture(tc, setup, NULL);
+    tcase_set_timeout(tc, 900);
+    tcase_add_test(tc, pp2);
+    tcase_add_test(tc, pp3);
+    tcase_add_test(tc, tp2);
+    tcase_add_test(tc, tp3);
+    tcase_add_test(tc, pp2_tp2);
+    tcase_add_test(tc, kill_middle_stage);
+    tcase_add_test(tc, kill_last_stage);
+    tcase_add_test(tc, kill_tp_peer);
+    suite_add_tcase(s, tc);
+    return spk_test_run(s);
+}
