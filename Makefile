@@ -35,9 +35,10 @@ test: model build build-asan
 test-fast: model build
 	cd $(BUILD) && SPK_TEST_MODEL=$(MODEL) ctest --output-on-failure -j1
 
+# A 2-rank pipeline-parallel cluster on this machine: the driver starts one spk-worker itself.
 demo: model build
-	$(BUILD)/examples/spk-generate --model $(MODEL) --chat --max-tokens 96 \
-		--prompt "What is the capital of France? Answer in two sentences."
+	$(BUILD)/examples/spk-generate --model $(MODEL) --pp 2 --threads 1 --chat --max-tokens 120 \
+		--prompt "Give me three tips for staying healthy."
 
 bench: model build
 	bash bench/vs-llamacpp.sh --model $(MODEL) --threads 2 --build-dir $(BUILD)
