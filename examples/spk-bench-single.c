@@ -1,15 +1,20 @@
 /*
- * spk-bench-single: prefill and decode speed at batch 1 on one rank, like llama-bench's
- * pp/tg tests (BENCHMARKS.md section 2). Prompt tokens are drawn from a fixed seed.
+ * spk-bench-single: prefill and decode speed like llama-bench's pp/tg tests (BENCHMARKS.md
+ * sections 2 and 4). Prompt tokens are drawn from a fixed seed.
  *
- *   spk-bench-single [--model PATH] [--threads N] [--prompt-tokens 512] [--gen-tokens 128] [--reps 3]
+ *   spk-bench-single [--model PATH] [--threads N] [--prompt-tokens 512] [--gen-tokens 128]
+ *                    [--reps 3] [--batch B] [--pp P] [--tp T]
  *
+ * Prefill: one prompt of --prompt-tokens. Decode: B concurrent requests of a one-token prompt,
+ * each generating --gen-tokens; decode tok/s = all generated tokens / wall time. With --pp/--tp
+ * the extra ranks are started as local spk-worker processes with --threads threads each.
  * Prints per-run figures on stderr and the medians on stdout as prefill_tok_s=... decode_tok_s=...
  */
 #include <stdint.h>
 #include <string.h>
 
 #include "common.h"
+#include "launch.h"
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -17,97 +22,116 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Run one request to completion; return seconds from submit to the last event. */
-static double run(spk_model *m, const int32_t *prompt, size_t n, int gen, int *ok)
+/* Run `batch` requests (prompt i starts at prompt + i) to completion; return seconds from submit
+ * to the last event. */
+static double run(spk_model *m, const int32_t *prompt, size_t n, int gen, int batch, int *ok)
 {
-    spk_request r;
-    spk_request_init(&r);
-    r.prompt = prompt;
-    r.n_prompt = n;
-    r.max_tokens = gen;
-    r.temperature = 0;
-    r.ignore_eos = 1;
-    uint64_t id;
+    spk_request r[256];
+    uint64_t ids[256];
+    for (int i = 0; i < batch; i++) {
+        spk_request_init(&r[i]);
+        r[i].prompt = prompt + i;
+        r[i].n_prompt = n;
+        r[i].max_tokens = gen;
+        r[i].temperature = 0;
+        r[i].ignore_eos = 1;
+    }
     double t0 = ex_now();
     *ok = 0;
-    if (ex_fail("submit", spk_submit(m, &r, 1, &id)))
+    if (ex_fail("submit", spk_submit(m, r, (size_t)batch, ids)))
         return 0;
-    for (;;) {
-        spk_event ev[64];
+    int done = 0, good = 0;
+    while (done < batch) {
+        spk_event ev[256];
         size_t ne;
-        if (ex_fail("poll", spk_poll(m, ev, 64, &ne, -1)))
+        if (ex_fail("poll", spk_poll(m, ev, 256, &ne, -1)))
             return 0;
         for (size_t i = 0; i < ne; i++)
             if (ev[i].finish != SPK_FINISH_NONE) {
-                *ok = ev[i].finish == SPK_FINISH_LENGTH;
-                return ex_now() - t0;
+                done++;
+                good += ev[i].finish == SPK_FINISH_LENGTH;
             }
     }
+    *ok = good == batch;
+    return ex_now() - t0;
 }
 
 int main(int argc, char **argv)
 {
     const char *model_path = ex_default_model();
-    int threads = 2, n_prompt = 512, n_gen = 128, reps = 3;
+    int threads = 2, n_prompt = 512, n_gen = 128, reps = 3, batch = 1, pp = 1, tp = 1;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--model")) model_path = argv[i + 1];
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--prompt-tokens")) n_prompt = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--gen-tokens")) n_gen = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--reps")) reps = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--batch")) batch = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--pp")) pp = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--tp")) tp = atoi(argv[i + 1]);
         else { fprintf(stderr, "spk-bench-single: unknown option %s\n", argv[i]); return 2; }
     }
-    if (n_prompt < 1 || n_gen < 1 || reps < 1 || reps > 100) {
+    if (n_prompt < 1 || n_gen < 1 || reps < 1 || reps > 100 || batch < 1 || batch > 256 || pp < 1 || tp < 1 ||
+        pp * tp > 64) {
         fprintf(stderr, "spk-bench-single: bad sizes\n");
         return 2;
     }
-    spk_cluster_config cc;
-    spk_cluster_config_init(&cc);
-    cc.n_threads = threads;
     spk_cluster *cl = NULL;
-    if (ex_fail("cluster", spk_cluster_open(&cc, &cl)))
-        return 1;
+    if (pp * tp > 1) {
+        if (!(cl = ex_launch_local(pp * tp, threads, "tcp")))
+            return 1;
+    } else {
+        spk_cluster_config cc;
+        spk_cluster_config_init(&cc);
+        cc.n_threads = threads;
+        if (ex_fail("cluster", spk_cluster_open(&cc, &cl)))
+            return 1;
+    }
     spk_model_config mc;
     spk_model_config_init(&mc);
     mc.path = model_path;
-    mc.max_seqs = 1;
+    mc.max_seqs = batch;
+    mc.pp = pp;
+    mc.tp = tp;
     mc.n_ctx = n_prompt + n_gen + 8;
     spk_model *m = NULL;
     if (ex_fail(model_path, spk_model_load(cl, &mc, &m))) {
         spk_cluster_close(cl);
+        ex_reap_workers(5000);
         return 1;
     }
     spk_model_info info = {.struct_size = sizeof info};
     spk_model_get_info(m, &info);
-    int32_t *prompt = malloc((size_t)n_prompt * sizeof *prompt);
+    int32_t *prompt = malloc((size_t)(n_prompt + batch) * sizeof *prompt);
     uint64_t s = 12345;
-    for (int i = 0; i < n_prompt; i++) {
+    for (int i = 0; i < n_prompt + batch; i++) {
         s = s * 6364136223846793005ull + 1442695040888963407ull;
         prompt[i] = (int32_t)((s >> 33) % (uint64_t)info.n_vocab);
     }
-    double *pp = calloc((size_t)reps, sizeof *pp), *tg = calloc((size_t)reps, sizeof *tg);
+    double *ppr = calloc((size_t)reps, sizeof *ppr), *tg = calloc((size_t)reps, sizeof *tg);
     int ok = 1, rc = 0;
-    run(m, prompt, 16, 4, &ok); /* warm-up: page in the weights */
+    run(m, prompt, 16, 4, 1, &ok); /* warm-up: page in the weights */
     for (int r = 0; r < reps && ok; r++) {
-        double t = run(m, prompt, (size_t)n_prompt, 1, &ok);
-        pp[r] = n_prompt / t;
+        double t = run(m, prompt, (size_t)n_prompt, 1, 1, &ok);
+        ppr[r] = n_prompt / t;
         if (ok)
-            t = run(m, prompt, 1, n_gen, &ok);
-        tg[r] = n_gen / t;
-        fprintf(stderr, "rep %d: prefill %.1f tok/s, decode %.1f tok/s\n", r, pp[r], tg[r]);
+            t = run(m, prompt, 1, n_gen, batch, &ok);
+        tg[r] = (double)n_gen * batch / t;
+        fprintf(stderr, "rep %d: prefill %.1f tok/s, decode %.1f tok/s\n", r, ppr[r], tg[r]);
     }
     if (ok) {
-        qsort(pp, (size_t)reps, sizeof *pp, cmp_double);
+        qsort(ppr, (size_t)reps, sizeof *ppr, cmp_double);
         qsort(tg, (size_t)reps, sizeof *tg, cmp_double);
-        printf("prefill_tok_s=%.2f\ndecode_tok_s=%.2f\n", pp[reps / 2], tg[reps / 2]);
+        printf("prefill_tok_s=%.2f\ndecode_tok_s=%.2f\n", ppr[reps / 2], tg[reps / 2]);
     } else {
         fprintf(stderr, "spk-bench-single: a run failed\n");
         rc = 1;
     }
-    free(pp);
+    free(ppr);
     free(tg);
     free(prompt);
     spk_model_free(m);
     spk_cluster_close(cl);
+    ex_reap_workers(5000);
     return rc;
 }

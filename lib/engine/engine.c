@@ -23,6 +23,7 @@ typedef struct req {
     int n_stop;
     bool ignore_eos;
     bool cancel;
+    bool busy;                /* its next token is being computed in a micro-batch */
     int slot;                 /* -1 while queued */
     struct req *next;
 } req;
@@ -42,14 +43,22 @@ struct spk_engine {
     int n_active;
     spk_event *events;        /* ring */
     size_t ev_cap, ev_head, ev_len;
-    /* engine-thread-only step buffers */
+    /* engine-thread-only: micro-batches in flight (a ring of `depth`, oldest at mb_head) */
     int max_tok;
-    int32_t *b_tok, *b_pos, *b_seq;
-    uint8_t *b_want;
-    req **b_req;              /* request owning each logits row */
-    spk_row *b_rows;          /* sampling of each logits row */
-    int32_t *b_out;           /* sampled token of each row */
+    int depth, mb_head, n_inflight;
+    struct mbatch *mbs;
 };
+
+/* One micro-batch: the tokens of a step and, per logits row, its request and sampling. */
+typedef struct mbatch {
+    spk_exec_ticket t;
+    int n, n_rows;
+    int32_t *tok, *pos, *seq;
+    uint8_t *want;
+    req **rq;
+    spk_row *rows;
+    int32_t *out;
+} mbatch;
 
 static void free_req(req *r)
 {
@@ -123,24 +132,41 @@ static bool is_stop(const spk_engine *e, const req *r, int32_t tok)
     return !r->ignore_eos && e->p.is_eog && e->p.is_eog(e->p.eog_ctx, tok);
 }
 
-/* Engine thread: one step over the active sequences. Returns false if there was nothing to do. */
-static bool step(spk_engine *e)
+/* Caller holds mu: the cluster is gone; every request ends with `st`, new ones are refused. */
+static void fail_all(spk_engine *e, spk_status st)
 {
-    int n = 0, n_rows = 0;
-    pthread_mutex_lock(&e->mu);
-    admit(e);
-    for (int s = 0; s < e->p.max_seqs; s++) {
-        req *r = e->slots[s];
-        if (r && r->cancel) {
-            push_event(e, r->id, -1, -1, SPK_FINISH_CANCELLED, SPK_OK);
-            finish_slot(e, r);
+    spk_log(SPK_LOG_ERROR, "engine: step failed: %s", spk_err_msg());
+    e->fatal = st;
+    for (int s = 0; s < e->p.max_seqs; s++)
+        if (e->slots[s]) {
+            push_event(e, e->slots[s]->id, -1, -1, SPK_FINISH_ERROR, st);
+            finish_slot(e, e->slots[s]);
         }
+    while (e->queue_head) {
+        req *r = e->queue_head;
+        e->queue_head = r->next;
+        push_event(e, r->id, -1, -1, SPK_FINISH_ERROR, st);
+        free_req(r);
     }
-    /* decode tokens first (one per running sequence), then prompt chunks in the budget left */
+    e->queue_tail = NULL;
+    e->n_queued = 0;
+    e->n_inflight = 0; /* their requests are gone */
+}
+
+static bool is_cluster_failure(spk_status st)
+{
+    return st == SPK_ERR_PEER_LOST || st == SPK_ERR_TIMEOUT || st == SPK_ERR_TRANSPORT || st == SPK_ERR_CANCELLED;
+}
+
+/* Caller holds mu: fill micro-batch b from sequences not awaiting a token, at most max_seqs of
+ * them: decode tokens first, then prompt chunks in the token budget left. */
+static void build(spk_engine *e, mbatch *b, int max_seqs)
+{
+    int n = 0, n_rows = 0, seqs = 0;
     for (int pass = 0; pass < 2; pass++) {
-        for (int s = 0; s < e->p.max_seqs && n < e->max_tok; s++) {
+        for (int s = 0; s < e->p.max_seqs && n < e->max_tok && seqs < max_seqs; s++) {
             req *r = e->slots[s];
-            if (!r)
+            if (!r || r->busy)
                 continue;
             int todo = r->n_tokens - r->n_cached;
             bool decoding = r->n_cached >= r->n_prompt;
@@ -149,54 +175,37 @@ static bool step(spk_engine *e)
             int take = todo < e->max_tok - n ? todo : e->max_tok - n;
             for (int i = 0; i < take; i++) {
                 int pos = r->n_cached + i;
-                e->b_tok[n] = r->tokens[pos];
-                e->b_pos[n] = pos;
-                e->b_seq[n] = s;
-                e->b_want[n] = (pos == r->n_tokens - 1);
-                if (e->b_want[n]) {
-                    e->b_rows[n_rows] = (spk_row){r->sp, spk_rng_uniform(&r->rng)};
-                    e->b_req[n_rows++] = r;
+                b->tok[n] = r->tokens[pos];
+                b->pos[n] = pos;
+                b->seq[n] = s;
+                b->want[n] = (pos == r->n_tokens - 1);
+                if (b->want[n]) {
+                    b->rows[n_rows] = (spk_row){r->sp, spk_rng_uniform(&r->rng)};
+                    b->rq[n_rows++] = r;
+                    r->busy = true;
                 }
                 n++;
             }
-            r->n_cached += take;
+            r->n_cached += take; /* later chunks may follow at once: stages run in order */
+            seqs++;
         }
     }
-    pthread_mutex_unlock(&e->mu);
-    if (n == 0)
-        return false;
+    b->n = n;
+    b->n_rows = n_rows;
+}
 
-    spk_batch b = {n, e->b_tok, e->b_pos, e->b_seq, e->b_want};
-    spk_status st = spk_exec_step(e->p.exec, &b, e->b_rows, n_rows, e->b_out);
-
-    pthread_mutex_lock(&e->mu);
-    if (st == SPK_ERR_PEER_LOST || st == SPK_ERR_TIMEOUT || st == SPK_ERR_TRANSPORT || st == SPK_ERR_CANCELLED) {
-        /* the cluster is gone: every request ends with this error, new ones are refused */
-        spk_log(SPK_LOG_ERROR, "engine: step failed: %s", spk_err_msg());
-        e->fatal = st;
-        for (int s = 0; s < e->p.max_seqs; s++)
-            if (e->slots[s]) {
-                push_event(e, e->slots[s]->id, -1, -1, SPK_FINISH_ERROR, st);
-                finish_slot(e, e->slots[s]);
-            }
-        while (e->queue_head) {
-            req *r = e->queue_head;
-            e->queue_head = r->next;
-            push_event(e, r->id, -1, -1, SPK_FINISH_ERROR, st);
-            free_req(r);
-        }
-        e->queue_tail = NULL;
-        e->n_queued = 0;
-        n_rows = 0;
-    }
-    for (int i = 0; i < n_rows; i++) {
-        req *r = e->b_req[i];
+/* Caller holds mu: hand out the sampled tokens of a finished micro-batch. */
+static void deliver(spk_engine *e, mbatch *b, spk_status st)
+{
+    for (int i = 0; i < b->n_rows; i++) {
+        req *r = b->rq[i];
+        r->busy = false;
         if (st != SPK_OK) {
             push_event(e, r->id, -1, -1, SPK_FINISH_ERROR, st);
             finish_slot(e, r);
             continue;
         }
-        int32_t tok = e->b_out[i];
+        int32_t tok = b->out[i];
         int pos = r->n_tokens;
         r->tokens[r->n_tokens++] = tok;
         r->n_gen++;
@@ -211,6 +220,59 @@ static bool step(spk_engine *e)
         if (fin != SPK_FINISH_NONE)
             finish_slot(e, r);
     }
+}
+
+/*
+ * Engine thread: start a micro-batch if the pipeline has room and some sequence has work,
+ * otherwise finish the oldest one in flight. With one stage every micro-batch is finished
+ * before the next starts; with P stages up to P are in flight, each with about 1/P of the
+ * running sequences, so every stage has work. Returns false if there was nothing to do.
+ */
+static bool step(spk_engine *e)
+{
+    mbatch *b = NULL;
+    pthread_mutex_lock(&e->mu);
+    admit(e);
+    for (int s = 0; s < e->p.max_seqs; s++) {
+        req *r = e->slots[s];
+        if (r && r->cancel && !r->busy) {
+            push_event(e, r->id, -1, -1, SPK_FINISH_CANCELLED, SPK_OK);
+            finish_slot(e, r);
+        }
+    }
+    if (e->n_inflight < e->depth && e->fatal == SPK_OK) {
+        b = &e->mbs[(e->mb_head + e->n_inflight) % e->depth];
+        int per_mb = (e->n_active + e->depth - 1) / e->depth;
+        build(e, b, per_mb > 0 ? per_mb : 1);
+        if (b->n == 0)
+            b = NULL;
+    }
+    pthread_mutex_unlock(&e->mu);
+
+    if (b) {
+        spk_batch batch = {b->n, b->tok, b->pos, b->seq, b->want};
+        spk_status st = spk_exec_begin(e->p.exec, &batch, b->rows, b->n_rows, b->out, &b->t);
+        pthread_mutex_lock(&e->mu);
+        if (is_cluster_failure(st))
+            fail_all(e, st);
+        else if (st != SPK_OK)
+            deliver(e, b, st);
+        else
+            e->n_inflight++;
+        pthread_mutex_unlock(&e->mu);
+        return true;
+    }
+    if (e->n_inflight == 0)
+        return false;
+    mbatch *o = &e->mbs[e->mb_head];
+    spk_status st = spk_exec_finish(e->p.exec, &o->t, o->out);
+    pthread_mutex_lock(&e->mu);
+    e->mb_head = (e->mb_head + 1) % e->depth;
+    e->n_inflight--;
+    if (is_cluster_failure(st))
+        fail_all(e, st);
+    else
+        deliver(e, o, st);
     pthread_mutex_unlock(&e->mu);
     return true;
 }
@@ -243,15 +305,22 @@ spk_status spk_engine_start(const spk_engine_params *p, spk_engine **out)
     e->ev_cap = (size_t)p->queue_capacity * 4 + 4096;
     e->slots = calloc((size_t)p->max_seqs, sizeof *e->slots);
     e->events = calloc(e->ev_cap, sizeof *e->events);
-    e->b_tok = calloc((size_t)e->max_tok, sizeof(int32_t));
-    e->b_pos = calloc((size_t)e->max_tok, sizeof(int32_t));
-    e->b_seq = calloc((size_t)e->max_tok, sizeof(int32_t));
-    e->b_want = calloc((size_t)e->max_tok, 1);
-    e->b_req = calloc((size_t)e->max_tok, sizeof(req *));
-    e->b_rows = calloc((size_t)e->max_tok, sizeof(spk_row));
-    e->b_out = calloc((size_t)e->max_tok, sizeof(int32_t));
-    if (!e->slots || !e->events || !e->b_tok || !e->b_pos || !e->b_seq || !e->b_want || !e->b_req ||
-        !e->b_rows || !e->b_out) {
+    e->depth = spk_exec_depth(p->exec);
+    e->mbs = calloc((size_t)e->depth, sizeof *e->mbs);
+    bool ok = e->slots && e->events && e->mbs;
+    for (int i = 0; ok && i < e->depth; i++) {
+        mbatch *b = &e->mbs[i];
+        size_t T = (size_t)e->max_tok;
+        b->tok = calloc(T, sizeof(int32_t));
+        b->pos = calloc(T, sizeof(int32_t));
+        b->seq = calloc(T, sizeof(int32_t));
+        b->want = calloc(T, 1);
+        b->rq = calloc(T, sizeof(req *));
+        b->rows = calloc(T, sizeof(spk_row));
+        b->out = calloc(T, sizeof(int32_t));
+        ok = b->tok && b->pos && b->seq && b->want && b->rq && b->rows && b->out;
+    }
+    if (!ok) {
         spk_engine_stop(e);
         return spk_err(SPK_ERR_NOMEM, "engine: out of memory for buffers");
     }
@@ -295,13 +364,17 @@ void spk_engine_stop(spk_engine *e)
             free_req(e->slots[s]);
     free(e->slots);
     free(e->events);
-    free(e->b_tok);
-    free(e->b_pos);
-    free(e->b_seq);
-    free(e->b_want);
-    free(e->b_req);
-    free(e->b_rows);
-    free(e->b_out);
+    for (int i = 0; e->mbs && i < e->depth; i++) {
+        mbatch *b = &e->mbs[i];
+        free(b->tok);
+        free(b->pos);
+        free(b->seq);
+        free(b->want);
+        free(b->rq);
+        free(b->rows);
+        free(b->out);
+    }
+    free(e->mbs);
     free(e);
 }
 

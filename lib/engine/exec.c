@@ -464,10 +464,18 @@ static void encode_step(wbuf *w, const spk_batch *b, const spk_row *rows, int n_
     }
 }
 
-spk_status spk_exec_step(spk_exec *e, const spk_batch *b, const spk_row *rows, int n_rows, int32_t *tokens)
+int spk_exec_depth(const spk_exec *e) { return e->pp; }
+
+spk_status spk_exec_begin(spk_exec *e, const spk_batch *b, const spk_row *rows, int n_rows, int32_t *tokens,
+                          spk_exec_ticket *t)
 {
-    if (e->world == 1)
+    t->req = 0;
+    t->n_rows = n_rows;
+    t->done = 0;
+    if (e->world == 1) {
+        t->done = 1;
         return run_shard(e, b, rows, n_rows, tokens);
+    }
     wbuf w = {e->msg, 0, e->msg_cap, 0};
     encode_step(&w, b, rows, n_rows);
     e->msg = w.p;
@@ -475,30 +483,44 @@ spk_status spk_exec_step(spk_exec *e, const spk_batch *b, const spk_row *rows, i
     if (w.oom)
         return spk_err(SPK_ERR_NOMEM, "step: out of memory encoding the batch");
     const int last0 = (e->pp - 1) * e->tp; /* index-0 rank of the last stage */
-    uint32_t req = 0;
     spk_status st = SPK_OK;
     for (int r = 1; r < e->world && st == SPK_OK; r++)
-        st = spk_cluster_command_send(e->c, r, CMD_STEP, w.p, w.len, r == last0, r == last0 ? &req : NULL);
+        st = spk_cluster_command_send(e->c, r, CMD_STEP, w.p, w.len, r == last0, r == last0 ? &t->req : NULL);
     if (st != SPK_OK)
         return st;
-    spk_status mine = run_shard(e, b, rows, n_rows, tokens);
-    if (mine != SPK_OK) {
+    st = run_shard(e, b, rows, n_rows, tokens);
+    if (st != SPK_OK) {
         /* our part failed (e.g. a peer died); the cluster reports the cause */
         spk_status h = spk_cluster_health(e->c);
-        return h != SPK_OK ? h : mine;
+        return h != SPK_OK ? h : st;
     }
-    if (last0 != 0) {
-        void *rep = NULL;
-        size_t rl = 0;
-        st = spk_cluster_command_wait(e->c, last0, req, -1, &rep, &rl);
-        if (st == SPK_OK && rl != sizeof(int32_t) * (size_t)n_rows)
-            st = spk_err(SPK_ERR_FORMAT, "step: rank %d returned %zu bytes of tokens, expected %zu", last0, rl,
-                         sizeof(int32_t) * (size_t)n_rows);
-        if (st == SPK_OK)
-            memcpy(tokens, rep, rl);
-        free(rep);
-    }
+    t->done = last0 == 0; /* the driver is the last stage: tokens are in already */
+    return SPK_OK;
+}
+
+spk_status spk_exec_finish(spk_exec *e, spk_exec_ticket *t, int32_t *tokens)
+{
+    if (t->done)
+        return SPK_OK;
+    const int last0 = (e->pp - 1) * e->tp;
+    void *rep = NULL;
+    size_t rl = 0;
+    spk_status st = spk_cluster_command_wait(e->c, last0, t->req, -1, &rep, &rl);
+    if (st == SPK_OK && rl != sizeof(int32_t) * (size_t)t->n_rows)
+        st = spk_err(SPK_ERR_FORMAT, "step: rank %d returned %zu bytes of tokens, expected %zu", last0, rl,
+                     sizeof(int32_t) * (size_t)t->n_rows);
+    if (st == SPK_OK)
+        memcpy(tokens, rep, rl);
+    free(rep);
+    t->done = 1;
     return st;
+}
+
+spk_status spk_exec_step(spk_exec *e, const spk_batch *b, const spk_row *rows, int n_rows, int32_t *tokens)
+{
+    spk_exec_ticket t;
+    spk_status st = spk_exec_begin(e, b, rows, n_rows, tokens, &t);
+    return st == SPK_OK ? spk_exec_finish(e, &t, tokens) : st;
 }
 
 static void fill_stats(const spk_exec *e, spk_rank_stats *st)

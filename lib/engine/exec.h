@@ -41,6 +41,23 @@ void spk_exec_close(spk_exec *e);
 spk_status spk_exec_step(spk_exec *e, const spk_batch *b, const spk_row *rows, int n_rows,
                          int32_t *tokens);
 
+/*
+ * The same in two halves, so a pipeline can hold several micro-batches: begin sends the batch to
+ * the workers and runs this rank's stage (returning as soon as its hidden states are handed to
+ * the next stage); finish waits for the last stage's tokens. Micro-batches finish in the order
+ * they began; at most spk_exec_depth() are worth keeping in flight. `tokens` must stay valid
+ * until finish (it is written by begin when this rank is the last stage).
+ */
+typedef struct spk_exec_ticket {
+    uint32_t req;
+    int n_rows;
+    int done;
+} spk_exec_ticket;
+int spk_exec_depth(const spk_exec *e);
+spk_status spk_exec_begin(spk_exec *e, const spk_batch *b, const spk_row *rows, int n_rows,
+                          int32_t *tokens, spk_exec_ticket *t);
+spk_status spk_exec_finish(spk_exec *e, spk_exec_ticket *t, int32_t *tokens);
+
 /* Choose pp x tp for the cluster: measures this machine's memory bandwidth and the control link
  * to rank 1 (latency and bandwidth), then asks the cost model (lib/plan/cost.h) for the best
  * layout at `batch` concurrent sequences. The figures used go to *hw (may be NULL). */

@@ -185,7 +185,8 @@ static void check_layout(int pp, int tp)
         printf("  rank %d (stage %d, tp %d, layers %d-%d): weights %.1f MiB, resident %.1f MiB\n", r, st.stage,
                st.tp_rank, st.layer_begin, st.layer_end - 1, st.weight_bytes / 1048576.0,
                st.resident_bytes / 1048576.0);
-        ck_assert_uint_lt(st.weight_bytes, ref_stats.weight_bytes * 3 / 4);
+        /* stage 0 maps the whole embedding table (only looked-up rows are read) */
+        ck_assert_uint_lt(st.weight_bytes, ref_stats.weight_bytes * 9 / 10);
         if (r > 0) /* workers hold only their share (the driver also holds the tokenizer and engine) */
             ck_assert_uint_lt(st.resident_bytes, ref_stats.resident_bytes * 9 / 10);
     }
