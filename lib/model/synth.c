@@ -364,27 +364,66 @@ static const char *const k_common[] = {
 /* English letters by frequency: the systematic part enumerates frequent letters first. */
 static const char k_letters[] = "etaoinshrdlcumwfgypbvkjxqz";
 
-/* Add the prefix chain of `s` (len bytes; the first unit may be the 2-byte space mark): each
- * prefix of two or more units not yet present becomes a token made of (shorter prefix) + (next
- * character). Stops when the vocabulary is full. */
-static spk_status add_chain(vocab *v, const char *s, size_t len)
+/* The merge that makes the pair (a, b) of adjacent pieces of one buffer (a at a_off, a_len
+ * bytes, b right after it with b_len bytes): the id of the token made by exactly that split
+ * (its rank: later merges have larger ids), or -1. */
+static int pair_merge(const vocab *v, const char *s, size_t a_off, size_t a_len, size_t b_len)
 {
-    size_t first = (len >= 2 && memcmp(s, SPACE_MARK, 2) == 0) ? 2 : 1;
-    for (size_t end = first + 1; end <= len && v->n < v->max; end++)
-        if (vocab_find(v, s, end) < 0) {
-            spk_status st = vocab_add(v, s, end, (uint32_t)(end - 1));
-            if (st != SPK_OK)
-                return st;
+    int id = vocab_find(v, s + a_off, a_len + b_len);
+    return id >= SPK_SYNTH_MIN_VOCAB && v->merge_left[id] == a_len ? id : -1;
+}
+
+/*
+ * Make the word `s` (len <= 32 bytes; the first unit may be the 2-byte space mark) encode to a
+ * single token, the way a BPE vocabulary grows: encode it with the merges so far (lowest rank,
+ * leftmost first, as the tokenizer does), then add a merge of two adjacent pieces whose join is
+ * not a token yet, and repeat. A new merge only joins pieces the old merges leave alone, so the
+ * word's pieces shrink by at least one each round. Stops when the vocabulary is full or no pair
+ * can be added (the word then stays in several pieces).
+ */
+static spk_status add_word(vocab *v, const char *s, size_t len)
+{
+    size_t cut[34], n = 0; /* piece k is s[cut[k], cut[k+1]) */
+    for (size_t i = 0; i < len; i += (i == 0 && len >= 2 && memcmp(s, SPACE_MARK, 2) == 0) ? 2 : 1)
+        cut[n++] = i;
+    cut[n] = len;
+    while (n > 1 && v->n < v->max) {
+        /* encode with the existing merges */
+        for (;;) {
+            int best = -1;
+            size_t at = 0;
+            for (size_t k = 0; k + 1 < n; k++) {
+                int id = pair_merge(v, s, cut[k], cut[k + 1] - cut[k], cut[k + 2] - cut[k + 1]);
+                if (id >= 0 && (best < 0 || id < best)) {
+                    best = id;
+                    at = k;
+                }
+            }
+            if (best < 0)
+                break;
+            memmove(&cut[at + 1], &cut[at + 2], (n - at - 1) * sizeof *cut);
+            n--;
         }
+        if (n == 1)
+            break;
+        /* one new merge: the leftmost pair whose join is new */
+        size_t k = 0;
+        while (k + 1 < n && vocab_find(v, s + cut[k], cut[k + 2] - cut[k]) >= 0)
+            k++;
+        if (k + 1 >= n)
+            break;
+        spk_status st = vocab_add(v, s + cut[k], cut[k + 2] - cut[k], (uint32_t)(cut[k + 1] - cut[k]));
+        if (st != SPK_OK)
+            return st;
+    }
     return SPK_OK;
 }
 
 /*
  * Build the whole vocabulary: 256 byte tokens (id = byte value, GPT-2 unicode form), the three
- * special tokens, then merged tokens until n_vocab: prefix chains of the common words, then all
+ * special tokens, then merged tokens until n_vocab: the common words made whole, then all
  * letter strings of length 1, 2, 3 ... (with and without a leading space mark) in frequency
- * order. Every merged token is (a token) + (a one-character token) and every prefix of a token
- * is a token, so each merge "left right" names existing tokens and makes a new one.
+ * order. Each merge "left right" joins two existing tokens into a new one.
  */
 static spk_status vocab_build(vocab *v, int n_vocab)
 {
@@ -421,16 +460,16 @@ static spk_status vocab_build(vocab *v, int n_vocab)
         }
         size_t cl = strlen(c);
         memcpy(word + n, c, cl);
-        if ((st = add_chain(v, word, n + cl)) != SPK_OK)
+        if ((st = add_word(v, word, n + cl)) != SPK_OK)
             return st;
     }
     /* Systematic letter strings: length L = 1 (spaced only), 2, 3, ... */
     const int A = (int)(sizeof k_letters - 1);
-    for (int L = 1; v->n < v->max && L < 16; L++) {
+    for (int L = 1; v->n < v->max && L <= 24; L++) {
         for (int spaced = 0; spaced < 2 && v->n < v->max; spaced++) {
             if (L == 1 && !spaced)
                 continue; /* single letters are byte tokens */
-            int idx[16] = {0};
+            int idx[24] = {0};
             for (;;) {
                 size_t n = 0;
                 if (spaced) {
@@ -439,7 +478,7 @@ static spk_status vocab_build(vocab *v, int n_vocab)
                 }
                 for (int k = 0; k < L; k++)
                     word[n++] = k_letters[idx[k]];
-                if ((st = add_chain(v, word, n)) != SPK_OK)
+                if ((st = add_word(v, word, n)) != SPK_OK)
                     return st;
                 if (v->n >= v->max)
                     break;
@@ -631,7 +670,7 @@ static void write_header(writer *w, const spk_synth_params *p, const vocab *v, c
     w_bytes(w, "GGUF", 4);
     w_u32(w, 3);
     w_u64(w, (uint64_t)nt);
-    w_u64(w, 31); /* metadata pairs below */
+    w_u64(w, 30); /* metadata pairs below */
     char name[128];
     snprintf(name, sizeof name, "synthetic %s seed %llu", p->preset[0] ? p->preset : "custom",
              (unsigned long long)p->seed);
@@ -668,10 +707,14 @@ static void write_header(writer *w, const spk_synth_params *p, const vocab *v, c
     w_u32(w, 8);
     w_u64(w, (uint64_t)n_merges);
     for (int i = SPK_SYNTH_MIN_VOCAB; i < v->n; i++) {
-        char m[160];
+        char m[64];
         const char *s = v->buf + v->off[i];
         uint32_t len = v->off[i + 1] - v->off[i], ll = v->merge_left[i];
-        /* merged tokens are short letter strings (< 40 bytes) */
+        if (len + 1 > sizeof m || ll == 0 || ll >= len) { /* never: merged tokens are short */
+            if (w->st == SPK_OK)
+                w->st = spk_err(SPK_ERR_INTERNAL, "synth: token %d (%u bytes) has no valid merge", i, len);
+            return;
+        }
         memcpy(m, s, ll);
         m[ll] = ' ';
         memcpy(m + ll + 1, s + ll, len - ll);
@@ -684,8 +727,8 @@ static void write_header(writer *w, const spk_synth_params *p, const vocab *v, c
     kv_bool(w, "tokenizer.ggml.add_bos_token", false);                    /* 27 */
     kv_bool(w, "tokenizer.ggml.add_eos_token", false);                    /* 28 */
     kv_cstr(w, "tokenizer.chat_template", k_chat_template);               /* 29 */
-    kv_u32(w, "synthetic.seed_lo", (uint32_t)p->seed);                    /* 30 */
-    kv_u32(w, "synthetic.seed_hi", (uint32_t)(p->seed >> 32));            /* 31 */
+    kv_key(w, "synthetic.seed", 10 /* UINT64 */);                         /* 30 */
+    w_u64(w, p->seed);
     for (int i = 0; i < nt; i++) {
         w_str(w, t[i].name, strlen(t[i].name));
         w_u32(w, t[i].ne1 ? 2 : 1);
@@ -742,6 +785,7 @@ static void write_tensor(writer *w, const spk_synth_params *p, const tdesc *t, i
 
 static spk_status prepare(const spk_synth_params *p, vocab *v, tdesc **tt, int *nt)
 {
+    memset(v, 0, sizeof *v);
     spk_status st = spk_synth_check(p);
     if (st != SPK_OK)
         return st;

@@ -49,8 +49,8 @@ void spk_synth_params_init(spk_synth_params *p);
  *                      rope theta 500000 with Llama 3.1 frequency scaling
  *   mistral-small-24b  40 layers, 5120 embd, 32 / 8 heads of 128, ff 32768, vocab 131072,
  *                      untied, rope theta 1e8
- * Big shapes give big files (Q4_1 matrices, Q8_0 embeddings): llama-3.1-8b is about 5.2 GB,
- * mistral-small-24b about 14.6 GB; see spk_synth_file_size. NOT_FOUND (listing the names) for
+ * Big shapes give big files (Q4_1 matrices, Q8_0 embeddings): llama-3.1-8b is about 5.25 GB,
+ * mistral-small-24b about 15.0 GB; see spk_synth_file_size. NOT_FOUND (listing the names) for
  * an unknown name, INVALID_ARG for NULL.
  */
 spk_status spk_synth_preset(const char *name, spk_synth_params *p);
