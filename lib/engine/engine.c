@@ -46,6 +46,7 @@ struct spk_engine {
     /* engine-thread-only: micro-batches in flight (a ring of `depth`, oldest at mb_head) */
     int max_tok;
     int depth, mb_head, n_inflight;
+    int chunk;                /* prompt tokens per micro-batch and sequence */
     struct mbatch *mbs;
 };
 
@@ -173,6 +174,8 @@ static void build(spk_engine *e, mbatch *b, int max_seqs)
             if ((pass == 0) != decoding || todo <= 0)
                 continue;
             int take = todo < e->max_tok - n ? todo : e->max_tok - n;
+            if (!decoding && take > e->chunk)
+                take = e->chunk; /* with a pipeline, prompt chunks overlap across stages */
             for (int i = 0; i < take; i++) {
                 int pos = r->n_cached + i;
                 b->tok[n] = r->tokens[pos];
@@ -306,6 +309,9 @@ spk_status spk_engine_start(const spk_engine_params *p, spk_engine **out)
     e->slots = calloc((size_t)p->max_seqs, sizeof *e->slots);
     e->events = calloc(e->ev_cap, sizeof *e->events);
     e->depth = spk_exec_depth(p->exec);
+    e->chunk = e->depth > 1 ? e->max_tok / (2 * e->depth) : e->max_tok;
+    if (e->chunk < 32)
+        e->chunk = 32;
     e->mbs = calloc((size_t)e->depth, sizeof *e->mbs);
     bool ok = e->slots && e->events && e->mbs;
     for (int i = 0; ok && i < e->depth; i++) {

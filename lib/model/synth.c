@@ -761,14 +761,28 @@ static float embd_std(const spk_synth_params *p)
     return s < 0.02f ? 0.02f : s > 0.08f ? 0.08f : s;
 }
 
+/* The final norm's weights: logits of standard deviation about 3 (as trained models have) for
+ * any width, whatever the head's scale. */
+static float out_norm_gain(const spk_synth_params *p)
+{
+    return 3.0f / (embd_std(p) * sqrtf((float)p->n_embd));
+}
+
 /* Generate and write tensor i row by row. `row` holds ne0 floats, `q` a quantized row. */
 static void write_tensor(writer *w, const spk_synth_params *p, const tdesc *t, int i, float *row, void *q)
 {
     uint64_t s = p->seed ^ (0xD1B54A32D192ED03ull * (uint64_t)(i + 1));
     splitmix64(&s);
     const int rows = t->ne1 ? t->ne1 : 1;
-    const float sd = t->kind == T_EMBD ? embd_std(p) : t->kind == T_NORM ? 0.01f : 0.02f;
-    const float mean = t->kind == T_NORM ? 1.0f : 0.0f;
+    float sd, mean = 0.0f;
+    if (t->kind == T_EMBD) {
+        sd = embd_std(p);
+    } else if (t->kind == T_NORM) {
+        sd = 0.01f;
+        mean = strcmp(t->name, "output_norm.weight") == 0 ? out_norm_gain(p) : 1.0f;
+    } else {
+        sd = 1.25f / sqrtf((float)t->ne0); /* unit-gain layers: 0.02 at n_in 4096 */
+    }
     for (int r = 0; r < rows && w->st == SPK_OK; r++) {
         if (t->kind == T_ROPE) {
             for (int j = 0; j < t->ne0; j++)

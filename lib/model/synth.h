@@ -69,9 +69,12 @@ spk_status spk_synth_file_size(const spk_synth_params *p, uint64_t *bytes);
  * Write a GGUF v3 file (general.alignment 32) with the llama metadata the loader reads, a GPT-2
  * style vocabulary (byte tokens, the three ChatML special tokens, then merged English letter
  * sequences, each with its merge), a ChatML chat template, and random weights that depend only
- * on the seed (byte-identical files for equal parameters): matrices ~N(0, 0.02), embeddings and
- * the output head ~N(0, s) with s = 1/sqrt(n_embd) clamped to [0.02, 0.08] (logits of order
- * one), norm weights 1 + N(0, 0.01). Streams tensor by tensor (memory stays a few rows), into
+ * on the seed (byte-identical files for equal parameters): matrices ~N(0, 1.25/sqrt(n_in))
+ * (0.02 at n_in 4096: each layer adds a signal of order one, so greedy output depends on the
+ * context instead of echoing the input token, as it does with 0.02 at small widths), embeddings
+ * and the output head ~N(0, s) with s = 1/sqrt(n_embd) clamped to [0.02, 0.08], norm weights
+ * 1 + N(0, 0.01) except the final norm, scaled so logits have a standard deviation of about 3
+ * (softmax neither flat nor one-hot; top-2 margins mostly well above rounding). Streams tensor by tensor (memory stays a few rows), into
  * "<path>.tmp" renamed to `path` at the end; on error nothing is left at `path`'s temporary
  * name. Errors: the check's, IO (naming the file and strerror), NOMEM.
  */
