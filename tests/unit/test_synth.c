@@ -327,7 +327,7 @@ START_TEST(other_weight_types_and_an_untied_head_load)
         p.n_embd = 64;
         p.n_heads = 4;
         p.n_kv_heads = 2;
-        p.head_dim = 0; /* 64 / 4 */
+        p.head_dim = i % 2 ? 32 : 0; /* 0: 64 / 4; 32: query width 128 != n_embd (as Mistral) */
         p.n_ff = 128;
         p.n_vocab = 300;
         p.wtype = wt[i];
@@ -341,7 +341,8 @@ START_TEST(other_weight_types_and_an_untied_head_load)
         ck_assert_msg(spk_synth_write(path, &p) == SPK_OK, "%s", spk_last_error());
         loaded L;
         load_all(path, &L);
-        ck_assert_int_eq(L.hp.head_dim, 16);
+        ck_assert_int_eq(L.hp.head_dim, i % 2 ? 32 : 16);
+        check_tensor(L.f, "blk.0.attn_output.weight", wt[i], 4 * (uint64_t)L.hp.head_dim, 64);
         ck_assert_int_eq(L.hp.n_vocab, 300);
         check_tensor(L.f, "blk.1.ffn_up.weight", wt[i], 64, 128);
         check_tensor(L.f, "token_embd.weight", wt[(i + 1) % 5], 64, 300);
@@ -350,7 +351,7 @@ START_TEST(other_weight_types_and_an_untied_head_load)
         /* Llama 3.1 rope scaling: divisors from 1 (high frequencies) to 8 (low ones) */
         ck_assert_ptr_nonnull(L.w.rope_factors);
         ck_assert_float_eq(L.w.rope_factors[0], 1.0f);
-        ck_assert_float_eq(L.w.rope_factors[7], 8.0f);
+        ck_assert_float_eq(L.w.rope_factors[L.hp.rot_dim / 2 - 1], 8.0f);
         /* and the forward pass reads every type */
         spk_llama *m = NULL;
         ck_assert_int_eq(spk_llama_create(&L.hp, &L.w, NULL, 16, 1, 4, 1, &m), SPK_OK);
