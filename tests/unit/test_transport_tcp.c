@@ -434,7 +434,7 @@ END_TEST
 
 /* ---- command-line modes (netns test, benchmark) ---- */
 
-static int bench(const spk_transport *vt, spk_transport_comm *c);
+static inline int bench(const spk_transport *vt, spk_transport_comm *c);
 
 static int rank_bench(const spk_transport *vt, th_boot *b, int rfd, void *arg)
 {
@@ -495,7 +495,8 @@ static int cli(int argc, char **argv)
     return rc;
 }
 
-#include "test_transport_bench.h"
+#define NET_BENCH_ERRMSG th_last_err
+#include "../../examples/net_bench.h"
 
 int main(int argc, char **argv)
 {
