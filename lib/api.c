@@ -150,11 +150,22 @@ spk_status spk_model_load(spk_cluster *cluster, const spk_model_config *cfg_in, 
     } else if (!tp) {
         tp = world / pp;
     }
-    spk_exec_params xp = {cfg.path, pp, tp, m->n_ctx, max_seqs, max_tok, threads};
+    const int block_size = 16;
+    const uint64_t block_bytes = (uint64_t)m->hp.n_layers * 2u * block_size * (uint64_t)m->hp.n_kv_heads *
+                                 (uint64_t)m->hp.head_dim * sizeof(uint16_t);
+    uint64_t n_blocks = cfg.kv_cache_bytes ? cfg.kv_cache_bytes / block_bytes
+                                           : (uint64_t)max_seqs * (uint64_t)((m->n_ctx + block_size - 1) / block_size);
+    if (n_blocks < 1 || n_blocks > (1u << 26)) {
+        st = spk_err(SPK_ERR_INVALID_ARG, "spk_model_load: a KV cache of %llu bytes holds %llu blocks of %d positions "
+                     "(%llu bytes each)", (unsigned long long)cfg.kv_cache_bytes, (unsigned long long)n_blocks,
+                     block_size, (unsigned long long)block_bytes);
+        goto fail;
+    }
+    spk_exec_params xp = {cfg.path, pp, tp, m->n_ctx, (int)n_blocks, block_size, max_tok, threads};
     if ((st = spk_exec_open(world > 1 ? cluster : NULL, m->file, &m->hp, &m->w, &xp, &m->exec)) != SPK_OK)
         goto fail;
     spk_engine_params ep = {
-        .exec = m->exec, .max_tok = max_tok, .n_vocab = m->hp.n_vocab, .n_ctx = m->n_ctx, .max_seqs = max_seqs,
+        .exec = m->exec, .max_tok = max_tok, .n_blocks = (int)n_blocks, .block_size = block_size, .n_vocab = m->hp.n_vocab, .n_ctx = m->n_ctx, .max_seqs = max_seqs,
         .queue_capacity = cfg.queue_capacity ? cfg.queue_capacity : 1024, .is_eog = eog_cb, .eog_ctx = m->tok,
     };
     if ((st = spk_engine_start(&ep, &m->engine)) != SPK_OK)
@@ -221,6 +232,24 @@ spk_status spk_model_get_rank_stats(spk_model *m, int rank, spk_rank_stats *stat
         return r;
     st.struct_size = size;
     memcpy(stats, &st, size < sizeof st ? size : sizeof st);
+    return SPK_OK;
+}
+
+spk_status spk_model_get_stats(spk_model *m, spk_model_stats *stats)
+{
+    if (!m || !stats)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_model_get_stats: NULL argument");
+    size_t size = stats->struct_size;
+    if (size < sizeof(size_t) || size > 65536)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_model_get_stats: struct_size %zu is not valid", size);
+    spk_engine_stats_t es;
+    spk_engine_stats(m->engine, &es);
+    spk_model_stats out = {
+        .struct_size = size, .n_queued = es.n_queued, .n_running = es.n_running,
+        .kv_blocks_total = es.kv_blocks_total, .kv_blocks_free = es.kv_blocks_free,
+        .kv_block_size = es.kv_block_size, .n_preempted = es.n_preempted, .n_generated = es.n_generated,
+    };
+    memcpy(stats, &out, size < sizeof out ? size : sizeof out);
     return SPK_OK;
 }
 

@@ -187,6 +187,9 @@ typedef struct spk_model_config {
     int max_seqs;               /**< max sequences in flight; 0: default (8) */
     int n_threads;              /**< compute threads; 0: the cluster's setting */
     int queue_capacity;         /**< max queued requests before SPK_ERR_BUSY; 0: 1024 */
+    uint64_t kv_cache_bytes;    /**< KV cache of the whole model (each rank holds its share), in
+                                     blocks of 16 positions; 0: max_seqs full contexts. When blocks
+                                     run out the newest sequences are preempted and recomputed. */
 } spk_model_config;
 
 /** Fill `cfg` with defaults and set struct_size. */
@@ -249,6 +252,21 @@ typedef struct spk_rank_stats {
  * PEER_LOST. Thread-safe.
  */
 SPK_API spk_status spk_model_get_rank_stats(spk_model *model, int rank, spk_rank_stats *stats);
+
+/** Serving counters of a loaded model. */
+typedef struct spk_model_stats {
+    size_t struct_size;         /**< set by the caller to sizeof(spk_model_stats) */
+    int n_queued;               /**< requests waiting for a sequence slot */
+    int n_running;              /**< requests holding a slot */
+    int kv_blocks_total;        /**< KV cache blocks */
+    int kv_blocks_free;
+    int kv_block_size;          /**< positions per block */
+    uint64_t n_preempted;       /**< sequences preempted for lack of KV blocks (recomputed later) */
+    uint64_t n_generated;       /**< tokens generated since load */
+} spk_model_stats;
+
+/** Fill `stats` (caller sets stats->struct_size first). Thread-safe. */
+SPK_API spk_status spk_model_get_stats(spk_model *model, spk_model_stats *stats);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Tokens and text                                                                          */

@@ -24,6 +24,9 @@ typedef struct req {
     bool ignore_eos;
     bool cancel;
     bool busy;                /* its next token is being computed in a micro-batch */
+    int inflight;             /* micro-batches in flight holding its tokens */
+    int32_t *blocks;          /* its KV blocks, in position order */
+    int n_blocks;
     int slot;                 /* -1 while queued */
     struct req *next;
 } req;
@@ -47,16 +50,23 @@ struct spk_engine {
     int max_tok;
     int depth, mb_head, n_inflight;
     int chunk;                /* prompt tokens per micro-batch and sequence */
+    /* paged KV cache: free block ids (a stack) */
+    int block_size, n_blocks, max_blocks_per_seq;
+    int32_t *free_blocks;
+    int n_free;
+    uint64_t n_preempted, n_generated;
     struct mbatch *mbs;
 };
 
 /* One micro-batch: the tokens of a step and, per logits row, its request and sampling. */
 typedef struct mbatch {
     spk_exec_ticket t;
-    int n, n_rows;
+    int n, n_rows, n_seqs, n_table;
     int32_t *tok, *pos, *seq;
     uint8_t *want;
-    req **rq;
+    req **rq;                 /* per logits row */
+    req **sq;                 /* per batch sequence */
+    int32_t *table_off, *table;
     spk_row *rows;
     int32_t *out;
 } mbatch;
@@ -67,6 +77,7 @@ static void free_req(req *r)
         return;
     free(r->tokens);
     free(r->stop);
+    free(r->blocks);
     free(r);
 }
 
@@ -88,8 +99,18 @@ static void push_event(spk_engine *e, uint64_t id, int32_t tok, int32_t pos, spk
     pthread_cond_broadcast(&e->event_cv);
 }
 
+/* Caller holds mu: give r's KV blocks back. */
+static void release_blocks(spk_engine *e, req *r)
+{
+    for (int i = 0; i < r->n_blocks; i++)
+        e->free_blocks[e->n_free++] = r->blocks[i];
+    r->n_blocks = 0;
+    r->n_cached = 0;
+}
+
 static void finish_slot(spk_engine *e, req *r)
 {
+    release_blocks(e, r);
     e->slots[r->slot] = NULL;
     e->n_active--;
     free_req(r);
@@ -113,7 +134,8 @@ static void admit(spk_engine *e)
             s--;
             continue;
         }
-        if (r->n_prompt >= e->p.n_ctx) {
+        if (r->n_prompt >= e->p.n_ctx || (r->n_tokens + e->block_size) / e->block_size > e->n_blocks) {
+            /* longer than the context, or than the whole KV cache: this request's error */
             push_event(e, r->id, -1, -1, SPK_FINISH_ERROR, SPK_ERR_TOO_LONG);
             free_req(r);
             s--;
@@ -159,11 +181,49 @@ static bool is_cluster_failure(spk_status st)
     return st == SPK_ERR_PEER_LOST || st == SPK_ERR_TIMEOUT || st == SPK_ERR_TRANSPORT || st == SPK_ERR_CANCELLED;
 }
 
+/* Caller holds mu: push r back to the front of the queue; its KV is dropped and recomputed when
+ * it runs again (its tokens so far, prompt and generated, become the prompt to prefill). */
+static void preempt(spk_engine *e, req *r)
+{
+    release_blocks(e, r);
+    e->slots[r->slot] = NULL;
+    e->n_active--;
+    r->slot = -1;
+    r->next = e->queue_head;
+    e->queue_head = r;
+    if (!e->queue_tail)
+        e->queue_tail = r;
+    e->n_queued++;
+    e->n_preempted++;
+}
+
+/* Caller holds mu: make r hold `need` blocks, preempting the newest other sequences that have
+ * nothing in flight when the free list runs dry. Returns false if it cannot. */
+static bool ensure_blocks(spk_engine *e, req *r, int need)
+{
+    while (r->n_blocks < need) {
+        if (e->n_free == 0) {
+            req *victim = NULL;
+            for (int s = 0; s < e->p.max_seqs; s++) {
+                req *x = e->slots[s];
+                if (x && x != r && !x->busy && x->inflight == 0 && x->n_blocks > 0 && (!victim || x->id > victim->id))
+                    victim = x;
+            }
+            if (!victim || victim->id < r->id)
+                return false; /* never preempt an older sequence for a newer one */
+            preempt(e, victim);
+            continue;
+        }
+        r->blocks[r->n_blocks++] = e->free_blocks[--e->n_free];
+    }
+    return true;
+}
+
 /* Caller holds mu: fill micro-batch b from sequences not awaiting a token, at most max_seqs of
- * them: decode tokens first, then prompt chunks in the token budget left. */
+ * them, oldest first: decode tokens first, then prompt chunks in the token budget left. */
 static void build(spk_engine *e, mbatch *b, int max_seqs)
 {
-    int n = 0, n_rows = 0, seqs = 0;
+    int n = 0, n_rows = 0, seqs = 0, n_table = 0;
     for (int pass = 0; pass < 2; pass++) {
         for (int s = 0; s < e->p.max_seqs && n < e->max_tok && seqs < max_seqs; s++) {
             req *r = e->slots[s];
@@ -176,11 +236,30 @@ static void build(spk_engine *e, mbatch *b, int max_seqs)
             int take = todo < e->max_tok - n ? todo : e->max_tok - n;
             if (!decoding && take > e->chunk)
                 take = e->chunk; /* with a pipeline, prompt chunks overlap across stages */
+            int need = (r->n_cached + take - 1) / e->block_size + 1;
+            if (!ensure_blocks(e, r, need)) {
+                take = r->n_blocks * e->block_size - r->n_cached; /* what its blocks still hold */
+                if (take <= 0) {
+                    if (e->n_free + r->n_blocks == e->n_blocks && r->inflight == 0) {
+                        /* it holds the whole cache and still needs more: it can never finish */
+                        push_event(e, r->id, -1, -1, SPK_FINISH_ERROR, SPK_ERR_TOO_LONG);
+                        finish_slot(e, r);
+                    }
+                    continue;
+                }
+                need = r->n_blocks;
+            }
+            if (e->slots[s] != r) /* (cannot happen: r is never its own victim) */
+                continue;
+            b->sq[seqs] = r;
+            b->table_off[seqs] = n_table;
+            memcpy(b->table + n_table, r->blocks, sizeof(int32_t) * (size_t)need);
+            n_table += need;
             for (int i = 0; i < take; i++) {
                 int pos = r->n_cached + i;
                 b->tok[n] = r->tokens[pos];
                 b->pos[n] = pos;
-                b->seq[n] = s;
+                b->seq[n] = seqs;
                 b->want[n] = (pos == r->n_tokens - 1);
                 if (b->want[n]) {
                     b->rows[n_rows] = (spk_row){r->sp, spk_rng_uniform(&r->rng)};
@@ -190,16 +269,21 @@ static void build(spk_engine *e, mbatch *b, int max_seqs)
                 n++;
             }
             r->n_cached += take; /* later chunks may follow at once: stages run in order */
+            r->inflight++;
             seqs++;
         }
     }
     b->n = n;
     b->n_rows = n_rows;
+    b->n_seqs = seqs;
+    b->n_table = n_table;
 }
 
 /* Caller holds mu: hand out the sampled tokens of a finished micro-batch. */
 static void deliver(spk_engine *e, mbatch *b, spk_status st)
 {
+    for (int i = 0; i < b->n_seqs; i++)
+        b->sq[i]->inflight--;
     for (int i = 0; i < b->n_rows; i++) {
         req *r = b->rq[i];
         r->busy = false;
@@ -210,6 +294,7 @@ static void deliver(spk_engine *e, mbatch *b, spk_status st)
         }
         int32_t tok = b->out[i];
         int pos = r->n_tokens;
+        e->n_generated++;
         r->tokens[r->n_tokens++] = tok;
         r->n_gen++;
         spk_finish fin = SPK_FINISH_NONE;
@@ -238,7 +323,7 @@ static bool step(spk_engine *e)
     admit(e);
     for (int s = 0; s < e->p.max_seqs; s++) {
         req *r = e->slots[s];
-        if (r && r->cancel && !r->busy) {
+        if (r && r->cancel && !r->busy && r->inflight == 0) {
             push_event(e, r->id, -1, -1, SPK_FINISH_CANCELLED, SPK_OK);
             finish_slot(e, r);
         }
@@ -253,7 +338,9 @@ static bool step(spk_engine *e)
     pthread_mutex_unlock(&e->mu);
 
     if (b) {
-        spk_batch batch = {b->n, b->tok, b->pos, b->seq, b->want};
+        spk_batch batch = {.n_tok = b->n, .token = b->tok, .pos = b->pos, .seq = b->seq, .want_logits = b->want,
+                           .n_seqs = b->n_seqs, .table_off = b->table_off, .block_table = b->table,
+                           .n_table = b->n_table};
         spk_status st = spk_exec_begin(e->p.exec, &batch, b->rows, b->n_rows, b->out, &b->t);
         pthread_mutex_lock(&e->mu);
         if (is_cluster_failure(st))
@@ -309,11 +396,18 @@ spk_status spk_engine_start(const spk_engine_params *p, spk_engine **out)
     e->slots = calloc((size_t)p->max_seqs, sizeof *e->slots);
     e->events = calloc(e->ev_cap, sizeof *e->events);
     e->depth = spk_exec_depth(p->exec);
+    e->block_size = p->block_size;
+    e->n_blocks = p->n_blocks;
+    e->max_blocks_per_seq = (p->n_ctx + p->block_size - 1) / p->block_size;
+    e->free_blocks = calloc((size_t)p->n_blocks, sizeof(int32_t));
+    for (int i = 0; e->free_blocks && i < p->n_blocks; i++)
+        e->free_blocks[i] = p->n_blocks - 1 - i; /* pop order 0, 1, 2...: fresh sequences get runs */
+    e->n_free = p->n_blocks;
     e->chunk = e->depth > 1 ? e->max_tok / (2 * e->depth) : e->max_tok;
     if (e->chunk < 32)
         e->chunk = 32;
     e->mbs = calloc((size_t)e->depth, sizeof *e->mbs);
-    bool ok = e->slots && e->events && e->mbs;
+    bool ok = e->slots && e->events && e->mbs && e->free_blocks;
     for (int i = 0; ok && i < e->depth; i++) {
         mbatch *b = &e->mbs[i];
         size_t T = (size_t)e->max_tok;
@@ -322,9 +416,12 @@ spk_status spk_engine_start(const spk_engine_params *p, spk_engine **out)
         b->seq = calloc(T, sizeof(int32_t));
         b->want = calloc(T, 1);
         b->rq = calloc(T, sizeof(req *));
+        b->sq = calloc(T, sizeof(req *));
+        b->table_off = calloc(T, sizeof(int32_t));
+        b->table = calloc((size_t)p->max_seqs * (size_t)e->max_blocks_per_seq, sizeof(int32_t));
         b->rows = calloc(T, sizeof(spk_row));
         b->out = calloc(T, sizeof(int32_t));
-        ok = b->tok && b->pos && b->seq && b->want && b->rq && b->rows && b->out;
+        ok = b->tok && b->pos && b->seq && b->want && b->rq && b->sq && b->table_off && b->table && b->rows && b->out;
     }
     if (!ok) {
         spk_engine_stop(e);
@@ -377,10 +474,14 @@ void spk_engine_stop(spk_engine *e)
         free(b->seq);
         free(b->want);
         free(b->rq);
+        free(b->sq);
+        free(b->table_off);
+        free(b->table);
         free(b->rows);
         free(b->out);
     }
     free(e->mbs);
+    free(e->free_blocks);
     free(e);
 }
 
@@ -438,10 +539,11 @@ spk_status spk_engine_submit(spk_engine *e, const spk_request *reqs, size_t n, u
         if (cap > (size_t)e->p.n_ctx)
             cap = r.n_prompt > (size_t)e->p.n_ctx ? r.n_prompt : (size_t)e->p.n_ctx;
         if (q) {
+            q->blocks = malloc(sizeof(int32_t) * (size_t)((e->p.n_ctx + e->block_size - 1) / e->block_size + 1));
             q->tokens = malloc(cap * sizeof(int32_t));
             q->stop = r.n_stop ? malloc(r.n_stop * sizeof(int32_t)) : NULL;
         }
-        if (!q || !q->tokens || (r.n_stop && !q->stop)) {
+        if (!q || !q->tokens || !q->blocks || (r.n_stop && !q->stop)) {
             free_req(q);
             st = spk_err(SPK_ERR_NOMEM, "spk_submit: out of memory for request %zu", i);
             break;
@@ -537,4 +639,17 @@ spk_status spk_engine_cancel(spk_engine *e, uint64_t id)
     if (!found)
         return spk_err(SPK_ERR_NOT_FOUND, "spk_cancel: no pending request %llu", (unsigned long long)id);
     return SPK_OK;
+}
+
+void spk_engine_stats(spk_engine *e, spk_engine_stats_t *st)
+{
+    pthread_mutex_lock(&e->mu);
+    st->n_queued = e->n_queued;
+    st->n_running = e->n_active;
+    st->kv_blocks_total = e->n_blocks;
+    st->kv_blocks_free = e->n_free;
+    st->kv_block_size = e->block_size;
+    st->n_preempted = e->n_preempted;
+    st->n_generated = e->n_generated;
+    pthread_mutex_unlock(&e->mu);
 }

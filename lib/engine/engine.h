@@ -16,6 +16,7 @@ typedef struct spk_engine spk_engine;
 typedef struct spk_engine_params {
     spk_exec *exec;                      /* model executor (owned by the caller, used only by the engine thread) */
     int max_tok;                         /* tokens per step */
+    int n_blocks, block_size;            /* the executor's paged KV cache */
     int n_vocab;
     int n_ctx;
     int max_seqs;                        /* sequence slots in the run state */
@@ -31,5 +32,12 @@ void spk_engine_stop(spk_engine *e);
 spk_status spk_engine_submit(spk_engine *e, const spk_request *reqs, size_t n, uint64_t *ids);
 spk_status spk_engine_poll(spk_engine *e, spk_event *ev, size_t cap, size_t *n_out, int timeout_ms);
 spk_status spk_engine_cancel(spk_engine *e, uint64_t id);
+
+typedef struct spk_engine_stats_t {
+    int n_queued, n_running;
+    int kv_blocks_total, kv_blocks_free, kv_block_size;
+    uint64_t n_preempted, n_generated;
+} spk_engine_stats_t;
+void spk_engine_stats(spk_engine *e, spk_engine_stats_t *st);
 
 #endif

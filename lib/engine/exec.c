@@ -164,7 +164,8 @@ static spk_status setup(spk_exec *e, const gguf_file *f, const spk_hparams *hp, 
     }
     if ((st = spk_llama_shard(hp, full, &e->sh, &e->w)) != SPK_OK)
         return st;
-    if ((st = spk_llama_create(hp, &e->w, &e->sh, p->n_ctx, p->n_seq, p->max_tok, p->n_threads, &e->llm)) != SPK_OK)
+    if ((st = spk_llama_create_paged(hp, &e->w, &e->sh, p->n_ctx, p->n_blocks, p->block_size, p->max_tok,
+                                     p->n_threads, &e->llm)) != SPK_OK)
         return st;
     int n_out = e->sh.v1 - e->sh.v0;
     size_t E = (size_t)hp->n_embd, T = (size_t)p->max_tok;
@@ -197,8 +198,8 @@ static void exec_free(spk_exec *e)
 
 static void encode_load(wbuf *b, const spk_exec_params *p)
 {
-    uint32_t v[6] = {(uint32_t)p->pp, (uint32_t)p->tp, (uint32_t)p->n_ctx, (uint32_t)p->n_seq,
-                     (uint32_t)p->max_tok, (uint32_t)strlen(p->path)};
+    uint32_t v[7] = {(uint32_t)p->pp, (uint32_t)p->tp, (uint32_t)p->n_ctx, (uint32_t)p->n_blocks,
+                     (uint32_t)p->block_size, (uint32_t)p->max_tok, (uint32_t)strlen(p->path)};
     put(b, v, sizeof v);
     put(b, p->path, strlen(p->path));
 }
@@ -456,6 +457,10 @@ static void encode_step(wbuf *w, const spk_batch *b, const spk_row *rows, int n_
     put(w, b->pos, sizeof(int32_t) * (size_t)b->n_tok);
     put(w, b->seq, sizeof(int32_t) * (size_t)b->n_tok);
     put(w, b->want_logits, (size_t)b->n_tok);
+    put_u32(w, (uint32_t)b->n_seqs);
+    put(w, b->table_off, sizeof(int32_t) * (size_t)b->n_seqs);
+    put_u32(w, (uint32_t)b->n_table);
+    put(w, b->block_table, sizeof(int32_t) * (size_t)b->n_table);
     for (int i = 0; i < n_rows; i++) {
         put(w, &rows[i].sp.temperature, 4);
         put(w, &rows[i].sp.top_k, 4);
@@ -559,6 +564,8 @@ spk_status spk_exec_rank_stats(spk_exec *e, int rank, spk_rank_stats *out)
 
 struct spk_exec_worker {
     spk_exec *e;
+    int32_t *table_off, *table;
+    int table_cap;
     int32_t *tok, *pos, *seq;
     uint8_t *want;
     spk_row *rows;
@@ -571,18 +578,19 @@ static spk_status on_load(spk_cluster *c, uint32_t cmd, const void *data, size_t
     (void)cmd;
     spk_exec_worker *wk = user;
     rbuf b = {data, len, 0};
-    uint32_t v[6];
-    if (get(&b, v, sizeof v) != 0 || v[5] > 4096 || len - b.off != v[5])
+    uint32_t v[7];
+    if (get(&b, v, sizeof v) != 0 || v[6] > 4096 || len - b.off != v[6])
         return spk_err(SPK_ERR_FORMAT, "load command: malformed (%zu bytes)", len);
     if (wk->e)
         return spk_err(SPK_ERR_STATE, "load command: a model is already loaded on rank %d", spk_cluster_rank(c));
     char path[4097];
-    memcpy(path, (const char *)data + b.off, v[5]);
-    path[v[5]] = '\0';
-    spk_exec_params p = {path, (int)v[0], (int)v[1], (int)v[2], (int)v[3], (int)v[4], spk_cluster_n_threads(c)};
+    memcpy(path, (const char *)data + b.off, v[6]);
+    path[v[6]] = '\0';
+    spk_exec_params p = {path, (int)v[0], (int)v[1], (int)v[2], (int)v[3], (int)v[4], (int)v[5],
+                         spk_cluster_n_threads(c)};
     int world = spk_cluster_world_size(c);
-    if (p.pp < 1 || p.tp < 1 || p.pp * p.tp != world || p.n_ctx < 1 || p.n_seq < 1 || p.max_tok < 1 ||
-        p.max_tok > 1 << 16)
+    if (p.pp < 1 || p.tp < 1 || p.pp * p.tp != world || p.n_ctx < 1 || p.n_blocks < 1 || p.block_size < 1 ||
+        p.max_tok < 1 || p.max_tok > 1 << 16)
         return spk_err(SPK_ERR_FORMAT, "load command: bad layout pp %d tp %d (world %d) or sizes", p.pp, p.tp, world);
     spk_exec *e = calloc(1, sizeof *e);
     if (!e)
@@ -604,6 +612,11 @@ static spk_status on_load(spk_cluster *c, uint32_t cmd, const void *data, size_t
     wk->want = malloc(T);
     wk->rows = malloc(sizeof(spk_row) * T);
     wk->out_tokens = malloc(sizeof(int32_t) * T);
+    wk->table_off = malloc(sizeof(int32_t) * T);
+    wk->table_cap = p.n_blocks; /* a batch's sequences never share blocks */
+    wk->table = malloc(sizeof(int32_t) * (size_t)p.n_blocks);
+    if (st == SPK_OK && (!wk->table_off || !wk->table))
+        st = spk_err(SPK_ERR_NOMEM, "out of memory");
     if (st == SPK_OK && (!wk->tok || !wk->pos || !wk->seq || !wk->want || !wk->rows || !wk->out_tokens))
         st = spk_err(SPK_ERR_NOMEM, "out of memory");
     if (st != SPK_OK) {
@@ -634,6 +647,10 @@ static spk_status on_step(spk_cluster *c, uint32_t cmd, const void *data, size_t
     if (get(&b, wk->tok, 4 * (size_t)n) || get(&b, wk->pos, 4 * (size_t)n) || get(&b, wk->seq, 4 * (size_t)n) ||
         get(&b, wk->want, (size_t)n))
         return spk_err(SPK_ERR_FORMAT, "step command: truncated batch");
+    uint32_t n_seqs, n_table;
+    if (get(&b, &n_seqs, 4) || n_seqs < 1 || n_seqs > (uint32_t)n || get(&b, wk->table_off, 4 * (size_t)n_seqs) ||
+        get(&b, &n_table, 4) || n_table > (uint32_t)wk->table_cap || get(&b, wk->table, 4 * (size_t)n_table))
+        return spk_err(SPK_ERR_FORMAT, "step command: bad block tables");
     int wanted = 0;
     for (int i = 0; i < n; i++)
         wanted += wk->want[i] != 0;
@@ -647,7 +664,9 @@ static spk_status on_step(spk_cluster *c, uint32_t cmd, const void *data, size_t
     }
     if (b.off != len)
         return spk_err(SPK_ERR_FORMAT, "step command: %zu trailing bytes", len - b.off);
-    spk_batch batch = {n, wk->tok, wk->pos, wk->seq, wk->want};
+    spk_batch batch = {.n_tok = n, .token = wk->tok, .pos = wk->pos, .seq = wk->seq, .want_logits = wk->want,
+                       .n_seqs = (int)n_seqs, .table_off = wk->table_off, .block_table = wk->table,
+                       .n_table = (int)n_table};
     spk_status st = run_shard(e, &batch, wk->rows, n_rows, wk->out_tokens);
     if (st != SPK_OK)
         return st;
@@ -678,6 +697,9 @@ static void worker_unload(spk_exec_worker *wk)
     free(wk->want);
     free(wk->rows);
     free(wk->out_tokens);
+    free(wk->table_off);
+    free(wk->table);
+    wk->table_off = wk->table = NULL;
     wk->tok = wk->pos = wk->seq = wk->out_tokens = NULL;
     wk->want = NULL;
     wk->rows = NULL;

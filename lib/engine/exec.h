@@ -23,7 +23,9 @@ typedef struct spk_row {
 typedef struct spk_exec_params {
     const char *path;             /* model file (workers open it themselves) */
     int pp, tp;                   /* pp * tp == world size of the cluster */
-    int n_ctx, n_seq, max_tok, n_threads;
+    int n_ctx;                    /* max tokens per sequence */
+    int n_blocks, block_size;     /* paged KV cache (every rank holds its share of each block) */
+    int max_tok, n_threads;
 } spk_exec_params;
 
 /*

@@ -383,10 +383,16 @@ struct spk_llama {
     spk_shard sh;
     const spk_weights *w;
     int n_ctx, n_seq, max_tok, n_layers, n_heads, n_kv, kv_dim, q_dim, n_ff, n_out;
+    int block_size, n_blocks;   /* KV cache: n_blocks blocks of block_size rows per layer */
+    size_t kv_rows;             /* n_blocks * block_size */
+    int n_threads;
     spk_pool *pool;
     float *x, *xb, *xb2, *q, *k, *v, *att, *hb, *hb2, *freqs, *scratch;
     void *act;
-    spk_f16 *kc, *vc;
+    spk_f16 *kc, *vc;           /* [layer][kv_rows][kv_dim] */
+    spk_f16 *gk, *gv;           /* per thread: one KV head's rows gathered from scattered blocks */
+    struct gather_state { int layer, seq, kvh, rows; } *gs; /* what each thread's gather holds */
+    uint8_t *contig;            /* per batch sequence: its blocks are consecutive */
     int *rows;          /* token index of each logits row */
     /* the call in progress */
     const spk_batch *b;
@@ -415,10 +421,24 @@ spk_status spk_llama_create(const spk_hparams *hp, const spk_weights *w, const s
                             int n_seq, int max_tok, int n_threads, spk_llama **out)
 {
     *out = NULL;
-    if (n_ctx < 1 || n_seq < 1 || max_tok < 1 || n_threads < 1 || n_ctx > 1 << 24 || n_seq > 4096 ||
-        max_tok > 1 << 16)
-        return spk_err(SPK_ERR_INVALID_ARG, "llama: bad n_ctx %d / n_seq %d / max_tok %d / threads %d",
-                       n_ctx, n_seq, max_tok, n_threads);
+    if (n_seq < 1 || n_seq > 4096 || n_ctx < 1 || n_ctx > 1 << 24)
+        return spk_err(SPK_ERR_INVALID_ARG, "llama: bad n_ctx %d / n_seq %d", n_ctx, n_seq);
+    const int bs = 16;
+    spk_status st = spk_llama_create_paged(hp, w, sh, n_ctx, n_seq * ((n_ctx + bs - 1) / bs), bs, max_tok,
+                                           n_threads, out);
+    if (st == SPK_OK)
+        (*out)->n_seq = n_seq;
+    return st;
+}
+
+spk_status spk_llama_create_paged(const spk_hparams *hp, const spk_weights *w, const spk_shard *sh, int n_ctx,
+                                  int n_blocks, int block_size, int max_tok, int n_threads, spk_llama **out)
+{
+    *out = NULL;
+    if (n_ctx < 1 || n_blocks < 1 || block_size < 1 || block_size > 4096 || max_tok < 1 || n_threads < 1 ||
+        n_ctx > 1 << 24 || (int64_t)n_blocks * block_size > (int64_t)1 << 30 || max_tok > 1 << 16)
+        return spk_err(SPK_ERR_INVALID_ARG, "llama: bad n_ctx %d / %d KV blocks of %d / max_tok %d / threads %d",
+                       n_ctx, n_blocks, block_size, max_tok, n_threads);
     spk_shard full;
     if (!sh) {
         spk_shard_full(hp, &full);
@@ -432,7 +452,11 @@ spk_status spk_llama_create(const spk_hparams *hp, const spk_weights *w, const s
     m->sh = *sh;
     m->w = w;
     m->n_ctx = n_ctx;
-    m->n_seq = n_seq;
+    m->n_seq = 0; /* paged: the batch carries block tables */
+    m->block_size = block_size;
+    m->n_blocks = n_blocks;
+    m->kv_rows = (size_t)n_blocks * (size_t)block_size;
+    m->n_threads = n_threads;
     m->max_tok = max_tok;
     m->n_layers = sh->l1 - sh->l0;
     m->n_heads = sh->h1 - sh->h0;
@@ -465,9 +489,14 @@ spk_status spk_llama_create(const spk_hparams *hp, const spk_weights *w, const s
         }
     }
     m->act = xcalloc(act, 1, &st);
-    size_t kv = (size_t)m->n_layers * (size_t)n_seq * (size_t)n_ctx * (size_t)m->kv_dim;
+    size_t kv = (size_t)m->n_layers * m->kv_rows * (size_t)m->kv_dim;
     m->kc = xcalloc(kv, sizeof(spk_f16), &st);
     m->vc = xcalloc(kv, sizeof(spk_f16), &st);
+    size_t g = (size_t)n_threads * (size_t)n_ctx * (size_t)hp->head_dim;
+    m->gk = xcalloc(g, sizeof(spk_f16), &st);
+    m->gv = xcalloc(g, sizeof(spk_f16), &st);
+    m->gs = xcalloc((size_t)n_threads, sizeof *m->gs, &st);
+    m->contig = xcalloc((size_t)max_tok, 1, &st);
     if (st != SPK_OK) {
         spk_llama_free(m);
         return st;
@@ -504,10 +533,16 @@ void spk_llama_free(spk_llama *m)
     free(m->act);
     free(m->kc);
     free(m->vc);
+    free(m->gk);
+    free(m->gv);
+    free(m->gs);
+    free(m->contig);
     free(m);
 }
 
 int spk_llama_n_ctx(const spk_llama *m) { return m->n_ctx; }
+int spk_llama_block_size(const spk_llama *m) { return m->block_size; }
+int spk_llama_n_blocks(const spk_llama *m) { return m->n_blocks; }
 int spk_llama_max_tok(const spk_llama *m) { return m->max_tok; }
 int spk_llama_n_out(const spk_llama *m) { return m->n_out; }
 
@@ -543,10 +578,50 @@ static void tp_reduce(spk_llama *m, float *buf, int n_tok, int ith)
     }
 }
 
-static size_t kv_offset(const spk_llama *m, int layer, int seq, int pos)
+/* Block `i` of batch sequence `seq`: from its block table, or implicit (sequence slots of
+ * n_ctx rows) when the batch has none. */
+static int seq_block(const spk_llama *m, const spk_batch *b, int seq, int i)
 {
-    return (((size_t)layer * (size_t)m->n_seq + (size_t)seq) * (size_t)m->n_ctx + (size_t)pos) *
-           (size_t)m->kv_dim;
+    if (b->block_table)
+        return b->block_table[b->table_off[seq] + i];
+    return seq * ((m->n_ctx + m->block_size - 1) / m->block_size) + i;
+}
+
+/* Element offset of the KV row of (seq, pos) in `layer`. */
+static size_t kv_offset(const spk_llama *m, const spk_batch *b, int layer, int seq, int pos)
+{
+    size_t row = (size_t)seq_block(m, b, seq, pos / m->block_size) * (size_t)m->block_size +
+                 (size_t)(pos % m->block_size);
+    return ((size_t)layer * m->kv_rows + row) * (size_t)m->kv_dim;
+}
+
+/* K and V rows 0..n-1 of one KV head of (layer, seq): straight from the cache when the
+ * sequence's blocks are consecutive, else gathered into this thread's buffer (kept across calls,
+ * so the tokens of a prompt chunk extend it instead of gathering again). */
+static void kv_rows(spk_llama *m, const spk_batch *b, int layer, int seq, int kvh, int n, int ith,
+                    const spk_f16 **k, const spk_f16 **v, int *stride)
+{
+    const int HD = m->hp.head_dim;
+    if (!b->block_table || m->contig[seq]) {
+        size_t base = kv_offset(m, b, layer, seq, 0) + (size_t)kvh * HD;
+        *k = m->kc + base;
+        *v = m->vc + base;
+        *stride = m->kv_dim;
+        return;
+    }
+    struct gather_state *g = &m->gs[ith];
+    spk_f16 *gk = m->gk + (size_t)ith * (size_t)m->n_ctx * HD, *gv = m->gv + (size_t)ith * (size_t)m->n_ctx * HD;
+    int from = (g->layer == layer && g->seq == seq && g->kvh == kvh) ? g->rows : 0;
+    for (int p = from; p < n; p++) {
+        size_t off = kv_offset(m, b, layer, seq, p) + (size_t)kvh * HD;
+        memcpy(gk + (size_t)p * HD, m->kc + off, sizeof(spk_f16) * (size_t)HD);
+        memcpy(gv + (size_t)p * HD, m->vc + off, sizeof(spk_f16) * (size_t)HD);
+    }
+    if (n > from)
+        *g = (struct gather_state){layer, seq, kvh, n};
+    *k = gk;
+    *v = gv;
+    *stride = HD;
 }
 
 static void forward_thread(void *arg, int ith, int nth)
@@ -557,7 +632,6 @@ static void forward_thread(void *arg, int ith, int nth)
     const spk_batch *b = m->b;
     const int T = b->n_tok, E = hp->n_embd, HD = hp->head_dim, F = m->n_ff;
     const float scale = 1.0f / sqrtf((float)HD);
-    const int group = hp->n_heads / hp->n_kv_heads;
     int t0, t1;
     spk_split(T, 1, ith, nth, &t0, &t1);
     float *scratch = m->scratch + (size_t)ith * (size_t)m->n_ctx;
@@ -586,19 +660,25 @@ static void forward_thread(void *arg, int ith, int nth)
             float *q = m->q + (size_t)t * m->q_dim, *k = m->k + (size_t)t * m->kv_dim;
             spk_rope(q, m->n_heads, HD, hp->rot_dim, b->pos[t], m->freqs);
             spk_rope(k, m->n_kv, HD, hp->rot_dim, b->pos[t], m->freqs);
-            size_t off = kv_offset(m, l, b->seq[t], b->pos[t]);
+            size_t off = kv_offset(m, b, l, b->seq[t], b->pos[t]);
             spk_f32_to_f16_row(m->kc + off, k, m->kv_dim);
             spk_f32_to_f16_row(m->vc + off, m->v + (size_t)t * m->kv_dim, m->kv_dim);
         }
         spk_pool_barrier(m->pool);
+        /* work items ordered (kv head, token, query head of the group) so a thread's share
+         * mostly walks one sequence's KV head and its gathers grow instead of repeating */
         int w0, w1;
         spk_split(T * m->n_heads, 1, ith, nth, &w0, &w1);
+        m->gs[ith].layer = -1;
         for (int wi = w0; wi < w1; wi++) {
-            int t = wi / m->n_heads, h = wi % m->n_heads;
-            int kvh = (m->sh.h0 + h) / group - m->sh.kv0;
-            size_t base = kv_offset(m, l, b->seq[t], 0) + (size_t)kvh * HD;
+            int local_g = m->n_heads / m->n_kv; /* query heads per KV head on this rank */
+            int kvh = wi / (T * local_g), rem = wi % (T * local_g), t = rem / local_g;
+            int h = kvh * local_g + rem % local_g;
+            const spk_f16 *kr, *vr;
+            int stride;
+            kv_rows(m, b, l, b->seq[t], kvh, b->pos[t] + 1, ith, &kr, &vr, &stride);
             spk_attn_head(m->att + (size_t)t * m->q_dim + (size_t)h * HD, m->q + (size_t)t * m->q_dim + (size_t)h * HD,
-                          m->kc + base, m->vc + base, b->pos[t] + 1, HD, m->kv_dim, scale, scratch);
+                          kr, vr, b->pos[t] + 1, HD, stride, scale, scratch);
         }
         spk_pool_barrier(m->pool);
         quantize_for(m, &L->wo, m->att, T, ith, nth);
@@ -650,12 +730,24 @@ spk_status spk_llama_forward(spk_llama *m, const spk_batch *b, const float *hidd
         if (b->token[i] < 0 || b->token[i] >= m->hp.n_vocab)
             return spk_err(SPK_ERR_INVALID_ARG, "llama forward: token %d out of vocabulary (%d)",
                            b->token[i], m->hp.n_vocab);
-        if (b->seq[i] < 0 || b->seq[i] >= m->n_seq)
-            return spk_err(SPK_ERR_INVALID_ARG, "llama forward: sequence slot %d out of range (%d)",
-                           b->seq[i], m->n_seq);
+        int n_seqs = b->block_table ? b->n_seqs : m->n_seq;
+        if (b->seq[i] < 0 || b->seq[i] >= n_seqs)
+            return spk_err(SPK_ERR_INVALID_ARG, "llama forward: sequence %d out of range (%d)", b->seq[i], n_seqs);
         if (b->pos[i] < 0 || b->pos[i] >= m->n_ctx)
             return spk_err(SPK_ERR_INVALID_ARG, "llama forward: position %d outside context %d",
                            b->pos[i], m->n_ctx);
+        if (b->block_table) {
+            int need = b->pos[i] / m->block_size + 1;
+            if (b->table_off[b->seq[i]] < 0 || (int64_t)b->table_off[b->seq[i]] + need > b->n_table)
+                return spk_err(SPK_ERR_INVALID_ARG, "llama forward: block table of sequence %d too short for "
+                               "position %d", b->seq[i], b->pos[i]);
+            for (int j = 0; j < need; j++) {
+                int blk = b->block_table[b->table_off[b->seq[i]] + j];
+                if (blk < 0 || blk >= m->n_blocks)
+                    return spk_err(SPK_ERR_INVALID_ARG, "llama forward: KV block %d out of range (%d)", blk,
+                                   m->n_blocks);
+            }
+        }
         if (b->want_logits && b->want_logits[i])
             m->rows[n_rows++] = i;
     }
@@ -663,6 +755,19 @@ spk_status spk_llama_forward(spk_llama *m, const spk_batch *b, const float *hidd
         return spk_err(SPK_ERR_INVALID_ARG, "llama forward: no output buffer");
     if (!m->sh.first && !hidden_in)
         return spk_err(SPK_ERR_INVALID_ARG, "llama forward: a later pipeline stage needs its input hidden states");
+    if (b->block_table && (b->n_seqs < 1 || b->n_seqs > m->max_tok || !b->table_off))
+        return spk_err(SPK_ERR_INVALID_ARG, "llama forward: %d sequences in a paged batch", b->n_seqs);
+    /* which sequences' blocks are consecutive (attention reads them in place) */
+    int n_seqs = b->block_table ? b->n_seqs : 0;
+    memset(m->contig, 1, (size_t)m->max_tok);
+    for (int i = 0; i < b->n_tok && b->block_table; i++) {
+        int s0 = b->seq[i], need = b->pos[i] / m->block_size + 1;
+        const int32_t *tab = b->block_table + b->table_off[s0];
+        for (int j = 1; j < need && m->contig[s0]; j++)
+            if (tab[j] != tab[0] + j)
+                m->contig[s0] = 0;
+    }
+    (void)n_seqs;
     m->b = b;
     m->hidden_in = hidden_in;
     m->out = out;

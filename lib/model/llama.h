@@ -78,10 +78,17 @@ spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const
 /* Run state: activations and the KV cache of this shard, allocated once. */
 typedef struct spk_llama spk_llama;
 
-/* n_seq sequences of up to n_ctx tokens each; up to max_tok tokens per forward call.
+/* n_seq sequences of up to n_ctx tokens each, each with its own slot of the KV cache (batches
+ * carry no block tables; seq[i] is the slot); up to max_tok tokens per forward call.
  * `w` comes from spk_llama_shard(sh) (sh NULL: the whole model; w may be the full weights). */
 spk_status spk_llama_create(const spk_hparams *hp, const spk_weights *w, const spk_shard *sh,
                             int n_ctx, int n_seq, int max_tok, int n_threads, spk_llama **out);
+
+/* A paged KV cache of n_blocks blocks of block_size positions (per layer of this shard);
+ * every batch carries the block tables of its sequences. */
+spk_status spk_llama_create_paged(const spk_hparams *hp, const spk_weights *w, const spk_shard *sh,
+                                  int n_ctx, int n_blocks, int block_size, int max_tok,
+                                  int n_threads, spk_llama **out);
 void spk_llama_free(spk_llama *m);
 
 /* One batch: token i of sequence seq[i] at position pos[i] (positions of a sequence must be
@@ -90,8 +97,14 @@ typedef struct spk_batch {
     int n_tok;
     const int32_t *token;
     const int32_t *pos;
-    const int32_t *seq;
+    const int32_t *seq;              /* slot (no block tables) or index into the tables below */
     const uint8_t *want_logits;
+    /* paged KV (NULL block_table: slots): sequence s's blocks are
+     * block_table[table_off[s] ...], covering every position up to its largest in the batch */
+    int n_seqs;
+    const int32_t *table_off;
+    const int32_t *block_table;
+    int n_table;
 } spk_batch;
 
 /*
@@ -103,6 +116,8 @@ typedef struct spk_batch {
 spk_status spk_llama_forward(spk_llama *m, const spk_batch *b, const float *hidden_in, float *out);
 
 int spk_llama_n_ctx(const spk_llama *m);
+int spk_llama_block_size(const spk_llama *m);
+int spk_llama_n_blocks(const spk_llama *m);
 int spk_llama_max_tok(const spk_llama *m);
 int spk_llama_n_out(const spk_llama *m);   /* logits per row: v1 - v0 */
 

@@ -112,7 +112,7 @@ static void find_near_ties(void)
             seq[k] = 0;
             want[k] = k >= (int)plen[i] - 1;
         }
-        spk_batch b = {n, tok, pos, seq, want};
+        spk_batch b = {.n_tok = n, .token = tok, .pos = pos, .seq = seq, .want_logits = want};
         ck_assert_int_eq(spk_llama_forward(m, &b, NULL, lg), SPK_OK);
         ref_clear[i] = GEN;
         for (int g = 0; g < GEN; g++) {

@@ -77,7 +77,7 @@ START_TEST(logprobs_match_llamacpp)
             want[i] = 1;
         }
         float *logits = malloc(sizeof(float) * (size_t)n * (size_t)hp.n_vocab);
-        spk_batch b = {n, tk, ps, sq, want};
+        spk_batch b = {.n_tok = n, .token = tk, .pos = ps, .seq = sq, .want_logits = want};
         ck_assert_int_eq(spk_llama_forward(m, &b, NULL, logits), SPK_OK);
         int seq_agree = 0;
         for (int i = 0; i < n; i++) {
@@ -141,13 +141,13 @@ START_TEST(incremental_decode_matches_prefill)
         want[i] = 1;
     }
     float *full = malloc(sizeof(float) * N * (size_t)hp.n_vocab), *one = malloc(sizeof(float) * (size_t)hp.n_vocab);
-    spk_batch b = {N, tk, ps, sq, want};
+    spk_batch b = {.n_tok = N, .token = tk, .pos = ps, .seq = sq, .want_logits = want};
     ck_assert_int_eq(spk_llama_forward(m, &b, NULL, full), SPK_OK);
     double maxd = 0;
     for (int i = 0; i < N; i++) { /* same tokens, one at a time, into sequence slot 1 */
         int32_t s1 = 1;
         uint8_t w1 = 1;
-        spk_batch b1 = {1, &tk[i], &ps[i], &s1, &w1};
+        spk_batch b1 = {.n_tok = 1, .token = &tk[i], .pos = &ps[i], .seq = &s1, .want_logits = &w1};
         ck_assert_int_eq(spk_llama_forward(m, &b1, NULL, one), SPK_OK);
         for (int v = 0; v < hp.n_vocab; v++) {
             double d = fabs(one[v] - full[(size_t)i * (size_t)hp.n_vocab + (size_t)v]);
@@ -169,7 +169,7 @@ START_TEST(forward_rejects_bad_batches)
     int32_t tk = hp.n_vocab, ps = 0, sq = 0;
     uint8_t w = 1;
     float *lg = malloc(sizeof(float) * (size_t)hp.n_vocab);
-    spk_batch b = {1, &tk, &ps, &sq, &w};
+    spk_batch b = {.n_tok = 1, .token = &tk, .pos = &ps, .seq = &sq, .want_logits = &w};
     ck_assert_int_eq(spk_llama_forward(m, &b, NULL, lg), SPK_ERR_INVALID_ARG);
     tk = 1;
     ps = 16;

@@ -72,7 +72,7 @@ typedef struct job {
 static void *run_job(void *arg)
 {
     job *j = arg;
-    spk_batch b = {N, tk, ps, sq, want};
+    spk_batch b = {.n_tok = N, .token = tk, .pos = ps, .seq = sq, .want_logits = want};
     j->st = spk_llama_forward(j->m, &b, j->in, j->out);
     return NULL;
 }
@@ -91,7 +91,7 @@ static void setup(void)
     ref = malloc(sizeof(float) * N * (size_t)hp.n_vocab);
     spk_llama *m;
     ck_assert_int_eq(spk_llama_create(&hp, &full, NULL, 64, 1, N, 1, &m), SPK_OK);
-    spk_batch b = {N, tk, ps, sq, want};
+    spk_batch b = {.n_tok = N, .token = tk, .pos = ps, .seq = sq, .want_logits = want};
     ck_assert_int_eq(spk_llama_forward(m, &b, NULL, ref), SPK_OK);
     spk_llama_free(m);
 }
@@ -115,7 +115,7 @@ static double run_layout(int pp, int tp, int depth, double *mean, int *top1_bad)
         one.l1 = depth;
         want_ref = malloc(sizeof(float) * N * (size_t)hp.n_vocab);
         ck_assert_int_eq(spk_llama_create(&hp, &full, &one, 64, 1, N, 1, &m1), SPK_OK);
-        spk_batch b = {N, tk, ps, sq, want};
+        spk_batch b = {.n_tok = N, .token = tk, .pos = ps, .seq = sq, .want_logits = want};
         ck_assert_int_eq(spk_llama_forward(m1, &b, NULL, want_ref), SPK_OK);
         spk_llama_free(m1);
     }

@@ -358,7 +358,7 @@ START_TEST(other_weight_types_and_an_untied_head_load)
         int32_t tok[3] = {'a', 300 - 1, SPK_SYNTH_TOK_IM_START}, pos[3] = {0, 1, 2}, seq[3] = {0, 0, 0};
         uint8_t want[3] = {0, 0, 1};
         float lg[300];
-        spk_batch b = {3, tok, pos, seq, want};
+        spk_batch b = {.n_tok = 3, .token = tok, .pos = pos, .seq = seq, .want_logits = want};
         ck_assert_msg(spk_llama_forward(m, &b, NULL, lg) == SPK_OK, "%s", spk_last_error());
         check_logits(lg, 300, spk_dtype_get(wt[i])->name);
         spk_llama_free(m);
@@ -386,7 +386,7 @@ START_TEST(forward_gives_finite_nondegenerate_logits)
         want[i] = 1;
     }
     float *lg = malloc(sizeof(float) * (size_t)V * 8);
-    spk_batch b = {(int)n, tok, pos, seq, want};
+    spk_batch b = {.n_tok = (int)n, .token = tok, .pos = pos, .seq = seq, .want_logits = want};
     ck_assert_msg(spk_llama_forward(m, &b, NULL, lg) == SPK_OK, "%s", spk_last_error());
     for (size_t i = 0; i < n; i++)
         check_logits(lg + i * (size_t)V, V, "prompt");
@@ -406,7 +406,7 @@ START_TEST(forward_gives_finite_nondegenerate_logits)
         for (int i = 1; i < V; i++)
             next = last[i] > last[next] ? i : next;
         distinct += !seen[next]++;
-        spk_batch d = {1, &next, &p, seq, want};
+        spk_batch d = {.n_tok = 1, .token = &next, .pos = &p, .seq = seq, .want_logits = want};
         ck_assert_int_eq(spk_llama_forward(m, &d, NULL, lg), SPK_OK);
         check_logits(lg, V, "decode");
         last = lg;

@@ -1,0 +1,244 @@
+/*
+ * The serving engine on one rank: many concurrent requests of mixed lengths all complete with
+ * the right number of tokens and, greedy or seeded, each equals the same request run alone;
+ * cancel frees the request's KV blocks at once; with fewer KV blocks than the requests need,
+ * sequences are preempted and recomputed and the outputs do not change.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sparkinfer/sparkinfer.h"
+#include "testutil.h"
+
+enum { N_REQ = 64, MAX_GEN = 24, MAX_PROMPT = 40 };
+
+static spk_cluster *cl;
+static int32_t prompts[N_REQ][MAX_PROMPT];
+static int plen[N_REQ], glen[N_REQ];
+static float temps[N_REQ];
+
+static spk_model *load(int max_seqs, uint64_t kv_bytes)
+{
+    spk_model_config mc;
+    spk_model_config_init(&mc);
+    mc.path = spk_test_model_path();
+    mc.max_seqs = max_seqs;
+    mc.n_ctx = 128;
+    mc.kv_cache_bytes = kv_bytes;
+    spk_model *m = NULL;
+    ck_assert_msg(spk_model_load(cl, &mc, &m) == SPK_OK, "%s", spk_last_error());
+    return m;
+}
+
+static void setup(void)
+{
+    spk_cluster_config cc;
+    spk_cluster_config_init(&cc);
+    cc.rank = 0;
+    cc.world_size = 1;
+    cc.n_threads = 2;
+    ck_assert_int_eq(spk_cluster_open(&cc, &cl), SPK_OK);
+    uint64_t s = 99;
+    for (int i = 0; i < N_REQ; i++) {
+        plen[i] = 1 + (int)(spk_test_rand(&s) % MAX_PROMPT);
+        glen[i] = 1 + (int)(spk_test_rand(&s) % MAX_GEN);
+        temps[i] = i % 2 ? 0.0f : 0.9f; /* half greedy, half seeded sampling */
+        for (int k = 0; k < plen[i]; k++)
+            prompts[i][k] = 100 + (int)(spk_test_rand(&s) % 40000);
+    }
+}
+
+static void teardown(void) { spk_cluster_close(cl); }
+
+static void make_req(spk_request *r, int i)
+{
+    spk_request_init(r);
+    r->prompt = prompts[i];
+    r->n_prompt = (size_t)plen[i];
+    r->max_tokens = glen[i];
+    r->temperature = temps[i];
+    r->seed = 1000 + (uint64_t)i;
+    r->ignore_eos = 1;
+}
+
+/* Submit requests [first, first+n) at once and collect their tokens. */
+static void run(spk_model *m, int first, int n, int32_t out[][MAX_GEN], int *n_out)
+{
+    spk_request r[N_REQ];
+    uint64_t ids[N_REQ];
+    for (int i = 0; i < n; i++)
+        make_req(&r[i], first + i);
+    ck_assert_int_eq(spk_submit(m, r, (size_t)n, ids), SPK_OK);
+    for (int i = 0; i < n; i++)
+        n_out[first + i] = 0;
+    int done = 0;
+    while (done < n) {
+        spk_event ev[128];
+        size_t ne;
+        ck_assert_int_eq(spk_poll(m, ev, 128, &ne, 60000), SPK_OK);
+        ck_assert_uint_gt(ne, 0);
+        for (size_t k = 0; k < ne; k++) {
+            int i = first + (int)(ev[k].request_id - ids[0]);
+            ck_assert(i >= first && i < first + n);
+            ck_assert_int_ne(ev[k].finish, SPK_FINISH_ERROR);
+            if (ev[k].token >= 0) {
+                ck_assert_int_lt(n_out[i], MAX_GEN);
+                ck_assert_int_eq(ev[k].position, plen[i] + n_out[i]);
+                out[i][n_out[i]++] = ev[k].token;
+            }
+            if (ev[k].finish != SPK_FINISH_NONE) {
+                ck_assert_int_eq(ev[k].finish, SPK_FINISH_LENGTH);
+                done++;
+            }
+        }
+    }
+}
+
+static int32_t alone[N_REQ][MAX_GEN];
+static int n_alone[N_REQ];
+
+static void run_alone(void)
+{
+    spk_model *m = load(1, 0);
+    for (int i = 0; i < N_REQ; i++)
+        run(m, i, 1, alone, n_alone);
+    spk_model_free(m);
+}
+
+START_TEST(concurrent_requests_equal_runs_alone)
+{
+    run_alone();
+    spk_model *m = load(N_REQ, 0);
+    static int32_t got[N_REQ][MAX_GEN];
+    int n_got[N_REQ];
+    run(m, 0, N_REQ, got, n_got);
+    for (int i = 0; i < N_REQ; i++) {
+        ck_assert_int_eq(n_got[i], glen[i]);
+        ck_assert_msg(memcmp(got[i], alone[i], sizeof(int32_t) * (size_t)glen[i]) == 0,
+                      "request %d (temperature %.1f) differs when batched", i, temps[i]);
+    }
+    spk_model_stats st = {.struct_size = sizeof st};
+    ck_assert_int_eq(spk_model_get_stats(m, &st), SPK_OK);
+    ck_assert_int_eq(st.kv_blocks_free, st.kv_blocks_total); /* every block came back */
+    ck_assert_int_eq(st.n_running, 0);
+    spk_model_free(m);
+}
+END_TEST
+
+START_TEST(kv_pressure_preempts_and_recomputes)
+{
+    run_alone();
+    /* 24 blocks of 16 positions for 16 sequences of up to 64 tokens: far too few at once */
+    const uint64_t per_block = 30ull * 2 * 16 * 3 * 64 * 2;
+    spk_model *m = load(16, 24 * per_block);
+    static int32_t got[N_REQ][MAX_GEN];
+    int n_got[N_REQ];
+    run(m, 0, N_REQ, got, n_got);
+    for (int i = 0; i < N_REQ; i++) {
+        ck_assert_int_eq(n_got[i], glen[i]);
+        ck_assert_msg(memcmp(got[i], alone[i], sizeof(int32_t) * (size_t)glen[i]) == 0,
+                      "request %d differs after preemption", i);
+    }
+    spk_model_stats st = {.struct_size = sizeof st};
+    ck_assert_int_eq(spk_model_get_stats(m, &st), SPK_OK);
+    printf("KV pressure: %d blocks, %llu preemptions, %llu tokens\n", st.kv_blocks_total,
+           (unsigned long long)st.n_preempted, (unsigned long long)st.n_generated);
+    ck_assert_int_eq(st.kv_blocks_total, 24);
+    ck_assert_uint_gt(st.n_preempted, 0);
+    ck_assert_int_eq(st.kv_blocks_free, 24);
+    spk_model_free(m);
+}
+END_TEST
+
+START_TEST(cancel_frees_blocks_at_once)
+{
+    spk_model *m = load(4, 0);
+    spk_model_stats st = {.struct_size = sizeof st};
+    spk_request r;
+    make_req(&r, 0);
+    r.max_tokens = 100;
+    uint64_t id;
+    ck_assert_int_eq(spk_submit(m, &r, 1, &id), SPK_OK);
+    int got = 0, fin = 0;
+    while (!fin) {
+        spk_event ev[16];
+        size_t ne;
+        ck_assert_int_eq(spk_poll(m, ev, 16, &ne, 30000), SPK_OK);
+        for (size_t k = 0; k < ne; k++) {
+            if (ev[k].token >= 0 && ++got == 5) {
+                ck_assert_int_eq(spk_model_get_stats(m, &st), SPK_OK);
+                ck_assert_int_lt(st.kv_blocks_free, st.kv_blocks_total); /* it holds blocks */
+                ck_assert_int_eq(spk_cancel(m, id), SPK_OK);
+            }
+            if (ev[k].finish != SPK_FINISH_NONE) {
+                ck_assert_int_eq(ev[k].finish, SPK_FINISH_CANCELLED);
+                fin = 1;
+            }
+        }
+    }
+    ck_assert_int_lt(got, 100);
+    ck_assert_int_eq(spk_model_get_stats(m, &st), SPK_OK);
+    ck_assert_int_eq(st.kv_blocks_free, st.kv_blocks_total);
+    ck_assert_int_eq(st.n_running, 0);
+    st.struct_size = 1;
+    ck_assert_int_eq(spk_model_get_stats(m, &st), SPK_ERR_INVALID_ARG);
+    spk_model_free(m);
+}
+END_TEST
+
+START_TEST(kv_cache_smaller_than_one_sequence)
+{
+    /* 2 blocks = 32 positions: a 40-token prompt can never fit; a short one can, until it grows */
+    const uint64_t per_block = 30ull * 2 * 16 * 3 * 64 * 2;
+    spk_model *m = load(2, 2 * per_block);
+    spk_request r;
+    make_req(&r, 0);
+    int32_t longp[40];
+    for (int i = 0; i < 40; i++)
+        longp[i] = 300 + i;
+    r.prompt = longp;
+    r.n_prompt = 40;
+    uint64_t id;
+    ck_assert_int_eq(spk_submit(m, &r, 1, &id), SPK_OK);
+    spk_event ev[64];
+    size_t ne;
+    ck_assert_int_eq(spk_poll(m, ev, 64, &ne, 30000), SPK_OK);
+    ck_assert_uint_eq(ne, 1);
+    ck_assert_int_eq(ev[0].finish, SPK_FINISH_ERROR);
+    ck_assert_int_eq(ev[0].status, SPK_ERR_TOO_LONG);
+    r.n_prompt = 20;
+    r.max_tokens = 30; /* grows past 32 positions */
+    ck_assert_int_eq(spk_submit(m, &r, 1, &id), SPK_OK);
+    int got = 0;
+    for (;;) {
+        ck_assert_int_eq(spk_poll(m, ev, 64, &ne, 30000), SPK_OK);
+        size_t k;
+        for (k = 0; k < ne && ev[k].finish == SPK_FINISH_NONE; k++)
+            got++;
+        if (k < ne) {
+            ck_assert_int_eq(ev[k].finish, SPK_FINISH_ERROR);
+            ck_assert_int_eq(ev[k].status, SPK_ERR_TOO_LONG);
+            break;
+        }
+    }
+    ck_assert_int_eq(got, 32 - 20 + 1); /* positions 20..31 filled the cache; the last token needs no KV */
+    spk_model_free(m);
+}
+END_TEST
+
+int main(void)
+{
+    if (!spk_test_model_path())
+        spk_test_skip("default model not found (run scripts/fetch-model.sh or set SPK_TEST_MODEL)");
+    Suite *s = suite_create("engine");
+    TCase *tc = tcase_create("engine");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 900);
+    tcase_add_test(tc, concurrent_requests_equal_runs_alone);
+    tcase_add_test(tc, kv_pressure_preempts_and_recomputes);
+    tcase_add_test(tc, cancel_frees_blocks_at_once);
+    tcase_add_test(tc, kv_cache_smaller_than_one_sequence);
+    suite_add_tcase(s, tc);
+    return spk_test_run(s);
+}
