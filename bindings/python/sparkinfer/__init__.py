@@ -9,12 +9,15 @@
 The library is loaded from $SPARKINFER_LIB, else ctypes.util.find_library("sparkinfer"), else
 libsparkinfer.so.0 on the loader path. Every failing call raises a SparkinferError subclass
 carrying the status code, the library's name for it and its detail message. Thread rules are
-in the docstring of sparkinfer.core.
+in the docstring of sparkinfer.model.
 """
 
 from ._lib import HEADER_VERSION_STRING
-from .core import (Cluster, Detokenizer, Event, Finish, Generation, LogLevel, Model, ModelInfo, ModelStats, Output, RankStats,
-                   Request, build_info, set_log_callback, status_str, version, version_number)
+from .cluster import Cluster
+from .library import build_info, set_log_callback, status_str, version, version_number
+from .model import Model
+from .stream import Detokenizer, Generation
+from .types import Event, Finish, LogLevel, ModelInfo, ModelStats, Output, RankStats, Request
 from .errors import (AuthError, Busy, Cancelled, FormatError, InternalError, InvalidArgument, IOFailure,
                      NoMemory, NotFound, PeerLost, SparkinferError, StateError, Status, Timeout, TooLong,
                      TransportError, Unsupported, VersionMismatch, error_class)

@@ -54,14 +54,14 @@ def test_init_functions_fill_the_mirrored_structs_at_the_right_offsets():
         ctypes.memset(raw, 0xAB, 4096)
         assert getattr(C.load(), init)(ctypes.cast(raw, ctypes.POINTER(cls))) == 0
         assert ctypes.c_size_t.from_buffer(raw).value == ctypes.sizeof(cls), cls.__name__
-    r, st = C.init_struct(sparkinfer.core._lib, C.spk_request, "spk_request_init")
+    r, st = C.init_struct(sparkinfer._base._lib, C.spk_request, "spk_request_init")
     assert st == 0 and r.struct_size == ctypes.sizeof(C.spk_request)
     assert (r.max_tokens, r.top_k, r.n_prompt, r.n_stop, r.ignore_eos, r.seed) == (128, 40, 0, 0, 0, 0)
     assert r.temperature == pytest.approx(0.8) and r.top_p == pytest.approx(0.95)
-    c, _ = C.init_struct(sparkinfer.core._lib, C.spk_cluster_config, "spk_cluster_config_init")
+    c, _ = C.init_struct(sparkinfer._base._lib, C.spk_cluster_config, "spk_cluster_config_init")
     assert (c.rank, c.world_size, c.connect_timeout_ms, c.peer_timeout_ms, c.heartbeat_ms) == (-1, 0, 30000, 10000, 1000)
     assert c.transport == b"auto"
-    m, _ = C.init_struct(sparkinfer.core._lib, C.spk_model_config, "spk_model_config_init")
+    m, _ = C.init_struct(sparkinfer._base._lib, C.spk_model_config, "spk_model_config_init")
     assert (m.pp, m.tp, m.n_ctx, m.max_seqs, m.n_threads, m.queue_capacity, m.kv_cache_bytes) == (0,) * 7
     assert ctypes.sizeof(C.spk_event) == 40
 

@@ -1,6 +1,4 @@
 """Every failure raises the exception class of its status; per-request errors stay per request."""
-import math
-import os
 import time
 
 import pytest

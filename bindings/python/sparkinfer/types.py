@@ -1,0 +1,154 @@
+"""Enums and data classes of the API: finish reasons, log levels, model info and stats,
+requests, events and outputs."""
+
+import dataclasses
+import enum
+from typing import List, Optional, Sequence, Union
+
+from ._base import status_name
+from .errors import SparkinferError, Status, make_error
+
+
+class Finish(enum.IntEnum):
+    """Why a request ended (spk_finish)."""
+    NONE = 0
+    LENGTH = 1
+    STOP = 2
+    CANCELLED = 3
+    ERROR = 4
+
+
+class LogLevel(enum.IntEnum):
+    """spk_log_level."""
+    DEBUG = 0
+    INFO = 1
+    WARN = 2
+    ERROR = 3
+    NONE = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """Shape and identity of a loaded model (spk_model_info). Token ids are None if absent."""
+    arch: str
+    name: str
+    n_layers: int
+    n_embd: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    n_ff: int
+    n_vocab: int
+    n_ctx_train: int
+    n_ctx: int
+    bos_token: Optional[int]
+    eos_token: Optional[int]
+    n_params: int
+    weight_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RankStats:
+    """What one rank of a loaded model holds (spk_rank_stats)."""
+    rank: int
+    stage: int
+    tp_rank: int
+    layer_begin: int
+    layer_end: int
+    weight_bytes: int
+    resident_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelStats:
+    """Serving counters of a loaded model (spk_model_stats)."""
+    n_queued: int
+    n_running: int
+    kv_blocks_total: int
+    kv_blocks_free: int
+    kv_block_size: int
+    n_preempted: int
+    n_generated: int
+
+
+@dataclasses.dataclass
+class Request:
+    """A generation request (spk_request).
+
+    ``prompt`` is token ids or text; text is tokenized with ``add_special`` (prepend BOS if the
+    model wants it) and ``parse_special`` (turn "<|im_start|>"-style text into special tokens,
+    on by default so the output of :meth:`Model.chat` can be passed directly). Sampling fields
+    left as None take the library's defaults from spk_request_init (max_tokens 128,
+    temperature 0.8, top_k 40, top_p 0.95, seed 0). temperature 0 is greedy. Generation stops
+    after any of ``stop_tokens`` or, unless ``ignore_eos``, the model's end-of-generation tokens.
+    """
+    prompt: Union[str, bytes, Sequence[int]]
+    max_tokens: Optional[int] = None
+    temperature: Optional[float] = None
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    seed: Optional[int] = None
+    stop_tokens: Sequence[int] = ()
+    ignore_eos: bool = False
+    add_special: bool = True
+    parse_special: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """A token event, or a final event with the finish reason (spk_event).
+
+    ``token``/``position`` are None on an event without a token (e.g. cancelled, error). The
+    last event of a request has ``finish`` != Finish.NONE; ``status`` is Status.OK unless
+    ``finish`` is Finish.ERROR.
+    """
+    request_id: int
+    token: Optional[int]
+    position: Optional[int]
+    finish: Finish
+    status: Status
+
+    @property
+    def finished(self) -> bool:
+        return self.finish != Finish.NONE
+
+    def error(self) -> Optional[SparkinferError]:
+        """The request's error as an exception (not raised), or None."""
+        if self.finish != Finish.ERROR:
+            return None
+        return make_error(self.status, "request %d ended with an error" % self.request_id,
+                          status_name(self.status), "request")
+
+
+def _event_from_c(e):
+    try:
+        fin = Finish(e.finish)
+    except ValueError:
+        fin = e.finish
+    try:
+        st = Status(e.status)
+    except ValueError:
+        st = e.status
+    return Event(int(e.request_id), None if e.token < 0 else int(e.token),
+                 None if e.position < 0 else int(e.position), fin, st)
+
+
+@dataclasses.dataclass
+class Output:
+    """The result of one request of :meth:`Model.generate_many`."""
+    request_id: int
+    tokens: List[int]
+    text: str
+    finish: Finish
+    status: Status
+
+    def error(self) -> Optional[SparkinferError]:
+        """The request's error as an exception (not raised), or None."""
+        if self.finish != Finish.ERROR:
+            return None
+        return make_error(self.status, "request %d ended with an error" % self.request_id,
+                          status_name(self.status), "request")
+
+
+_SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "seed", "stop_tokens", "ignore_eos",
+                  "add_special", "parse_special")
