@@ -105,7 +105,6 @@ static unsigned ww_sleep(waitword *w, unsigned old)
     pthread_mutex_unlock(&w->mu);
 #endif
     atomic_fetch_sub_explicit(&w->sleepers, 1, memory_order_relaxed);
-    atomic_thread_fence(memory_order_acquire);
     return v;
 }
 
