@@ -27,48 +27,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "bench_chart.h"
-#include "bench_util.h"
+#include "bench_report.h"
 #include "common.h"
 #include "launch.h"
 #include "model/gguf.h"
 #include "model/synth.h"
 #include "plan/shape.h"
 
-#define MAX_LIST 16
-#define MAX_REPS 20
-#define MAX_BATCH 4096
-
-static const struct { const char *name; int isl, osl; } SCEN[] = {
-    {"balanced", 1024, 1024}, {"prefill-heavy", 2048, 128}, {"decode-heavy", 128, 2048}};
-#define N_SCEN ((int)(sizeof SCEN / sizeof *SCEN))
-
-typedef struct layout {
-    char name[24];
-    int pp, tp, world;  /* pp == tp == 0: the planner picks for `world` ranks */
-} layout;
-
-typedef struct run {
-    int scen, batch, lay, isl, osl;
-    int pp, tp;                 /* what ran (the planner's pick for auto) */
-    int status;                 /* 0 ok, 1 skipped, 2 failed */
-    char note[256];
-    double tok_s, ttft_ms, tpot_ms, wall_s; /* of the median repetition */
-    long out_tokens;
-    int n_rep;
-    double rep_tok_s[MAX_REPS];
-} run;
-
-typedef struct opts {
-    const char *model, *preset, *json, *chart;
-    uint64_t seed;
-    double scale;
-    int scen[N_SCEN], n_scen;
-    int batch[MAX_LIST], n_batch;
-    layout lay[MAX_LIST];
-    int n_lay;
-    int threads, reps;
-} opts;
 
 static void usage(FILE *f)
 {
@@ -87,7 +52,14 @@ static void usage(FILE *f)
             "  --threads N        total compute threads, split over the ranks (default: online CPUs)\n"
             "  --reps N           repetitions per run; the median tok/s is reported (default 1)\n"
             "  --json FILE        write every run, the parameters and the machine as JSON\n"
-            "  --chart FILE       write an SVG chart of output tok/s against batch size\n",
+            "  --chart FILE       write an SVG chart of output tok/s against batch size\n"
+            "  --coordinator HOST:PORT --world N\n"
+            "                     run the multi-rank layouts on a real cluster: this process is rank 0 and\n"
+            "                     listens there; start `spk-worker --coordinator HOST:PORT --rank R --world N`\n"
+            "                     on each other node (same SPK_CLUSTER_KEY); every layout must use 1 or N\n"
+            "                     ranks; --threads is then this rank's threads (workers take their own)\n"
+            "  --transport T      with --coordinator: auto (default), tcp, nccl, verbs or a plugin .so;\n"
+            "                     local ranks always use tcp over loopback\n",
             MAX_BATCH);
 }
 
@@ -224,6 +196,12 @@ static int parse_args(int argc, char **argv, opts *o)
         else if (!strcmp(a, "--scenarios")) scen = v;
         else if (!strcmp(a, "--batch")) batch = v;
         else if (!strcmp(a, "--layouts")) lays = v;
+        else if (!strcmp(a, "--coordinator")) o->coordinator = v;
+        else if (!strcmp(a, "--transport")) o->transport = v;
+        else if (!strcmp(a, "--world")) {
+            if (parse_int(v, 2, EX_MAX_WORKERS, &o->world))
+                return bad("--world: '%s' is not a rank count in 2..64%s", v, "");
+        }
         else if (!strcmp(a, "--seed")) {
             char *end;
             errno = 0;
@@ -251,6 +229,16 @@ static int parse_args(int argc, char **argv, opts *o)
         (rc = each_item("--layouts", lays, add_layout, o)))
         return rc;
     qsort(o->batch, (size_t)o->n_batch, sizeof *o->batch, cmp_int);
+    if (!o->coordinator != !o->world)
+        return bad("--coordinator and --world go together%s%s", "", "");
+    if (o->transport && !o->coordinator)
+        return bad("--transport applies to a real cluster (--coordinator); local ranks use tcp%s%s", "", "");
+    for (int i = 0; o->coordinator && i < o->n_lay; i++)
+        if (o->lay[i].world != 1 && o->lay[i].world != o->world) {
+            char w[16];
+            snprintf(w, sizeof w, "%d", o->world);
+            return bad("--layouts: '%s' does not use 1 rank or the cluster's %s ranks", o->lay[i].name, w);
+        }
     return 0;
 }
 
@@ -570,167 +558,101 @@ done:
 
 /* ---- output ------------------------------------------------------------------------------- */
 
-static const char *status_name(int s) { return s == 0 ? "ok" : s == 1 ? "skipped" : "failed"; }
-
-static void layout_label(const run *r, const layout *L, char *buf, size_t cap)
+/* The ranks for layout L: one process, local spk-worker ranks, or the real cluster (opened once
+ * and kept in *remote). NULL with r->note set if it did not open. */
+static spk_cluster *open_cluster(const opts *o, const layout *L, spk_cluster **remote, int *remote_lost, run *r)
 {
-    if (!L->pp && r->status == 0 && r->pp > 1 && r->tp > 1)
-        snprintf(buf, cap, "%s(pp%dtp%d)", L->name, r->pp, r->tp);
-    else if (!L->pp && r->status == 0 && r->pp * r->tp > 1)
-        snprintf(buf, cap, "%s(%s%d)", L->name, r->pp > 1 ? "pp" : "tp", r->pp > 1 ? r->pp : r->tp);
-    else if (!L->pp && r->status == 0)
-        snprintf(buf, cap, "%s(1)", L->name);
-    else
-        snprintf(buf, cap, "%s", L->name);
-}
-
-static int write_json(const char *path, const opts *o, const char *model_path, const char *model_name,
-                      const spk_shape *s, uint64_t file_bytes, const run *runs, int n_runs)
-{
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        fprintf(stderr, "spk-bench: %s: %s\n", path, strerror(errno));
-        return 1;
-    }
-    char cpu[256], date[64];
-    cpu_model(cpu, sizeof cpu);
-    time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    struct utsname u;
-    int have_u = uname(&u) == 0;
-    fprintf(f, "{\n  \"tool\": \"spk-bench\",\n  \"library_version\": ");
-    json_str(f, spk_version_string());
-    fprintf(f, ",\n  \"date\": ");
-    json_str(f, date);
-    fprintf(f, ",\n  \"machine\": {\"cpu\": ");
-    json_str(f, cpu);
-    fprintf(f, ", \"cpus_online\": %ld, \"mem_total_bytes\": %llu, \"kernel\": ", sysconf(_SC_NPROCESSORS_ONLN),
-            (unsigned long long)meminfo_bytes("MemTotal"));
-    json_str(f, have_u ? u.release : "");
-    fprintf(f, ", \"arch\": ");
-    json_str(f, have_u ? u.machine : "");
-    fprintf(f, ", \"build_info\": ");
-    json_str(f, spk_build_info());
-    fprintf(f, ", \"shared\": true},\n  \"model\": {\"path\": ");
-    json_str(f, model_path);
-    fprintf(f, ", \"preset\": ");
-    if (o->preset)
-        json_str(f, o->preset);
-    else
-        fputs("null", f);
-    fprintf(f, ", \"name\": ");
-    json_str(f, model_name);
-    fprintf(f, ", \"file_bytes\": %llu, \"n_layers\": %d, \"n_embd\": %d, \"n_heads\": %d, \"n_kv_heads\": %d, "
-               "\"head_dim\": %d, \"n_ff\": %d, \"n_vocab\": %d},\n",
-            (unsigned long long)file_bytes, s->n_layers, s->n_embd, s->n_heads, s->n_kv_heads, s->head_dim, s->n_ff,
-            s->n_vocab);
-    fprintf(f, "  \"params\": {\"seed\": %llu, \"scale\": ", (unsigned long long)o->seed);
-    json_num(f, o->scale);
-    fprintf(f, ", \"threads\": %d, \"reps\": %d, \"transport\": \"tcp\", \"sampling\": \"greedy, ignore_eos\", "
-               "\"scenarios\": [", o->threads, o->reps);
-    for (int i = 0; i < o->n_scen; i++)
-        fprintf(f, "%s{\"name\": \"%s\", \"isl\": %d, \"osl\": %d}", i ? ", " : "", SCEN[o->scen[i]].name,
-                SCEN[o->scen[i]].isl, SCEN[o->scen[i]].osl);
-    fprintf(f, "], \"batches\": [");
-    for (int i = 0; i < o->n_batch; i++)
-        fprintf(f, "%s%d", i ? ", " : "", o->batch[i]);
-    fprintf(f, "], \"layouts\": [");
-    for (int i = 0; i < o->n_lay; i++) {
-        fputs(i ? ", " : "", f);
-        json_str(f, o->lay[i].name);
-    }
-    fprintf(f, "]},\n  \"runs\": [\n");
-    for (int i = 0; i < n_runs; i++) {
-        const run *r = &runs[i];
-        const layout *L = &o->lay[r->lay];
-        fprintf(f, "    {\"scenario\": \"%s\", \"isl\": %d, \"osl\": %d, \"batch\": %d, \"layout\": ",
-                SCEN[r->scen].name, r->isl, r->osl, r->batch);
-        json_str(f, L->name);
-        fprintf(f, ", \"world\": %d, \"pp\": %d, \"tp\": %d, \"threads_per_rank\": %d, \"status\": \"%s\"", L->world,
-                r->pp, r->tp, L->world > 1 ? (o->threads / L->world > 1 ? o->threads / L->world : 1) : o->threads,
-                status_name(r->status));
-        if (r->note[0]) {
-            fprintf(f, ", \"note\": ");
-            json_str(f, r->note);
-        }
-        if (r->status == 0) {
-            fprintf(f, ", \"output_tokens\": %ld, \"wall_s\": ", r->out_tokens);
-            json_num(f, r->wall_s);
-            fprintf(f, ", \"output_tok_s\": ");
-            json_num(f, r->tok_s);
-            fprintf(f, ", \"ttft_ms\": ");
-            json_num(f, r->ttft_ms);
-            fprintf(f, ", \"tpot_ms\": ");
-            json_num(f, r->tpot_ms);
-            fprintf(f, ", \"rep_output_tok_s\": [");
-            for (int k = 0; k < r->n_rep; k++) {
-                fputs(k ? ", " : "", f);
-                json_num(f, r->rep_tok_s[k]);
+    spk_cluster *cl = NULL;
+    spk_cluster_config cc;
+    spk_cluster_config_init(&cc);
+    if (L->world == 1) {
+        cc.n_threads = o->threads;
+        if (spk_cluster_open(&cc, &cl) != SPK_OK)
+            cl = NULL;
+    } else if (o->coordinator) {
+        if (!*remote && !*remote_lost) {
+            cc.rank = 0;
+            cc.world_size = o->world;
+            cc.coordinator = o->coordinator;
+            cc.transport = o->transport ? o->transport : "auto";
+            cc.n_threads = o->threads;
+            fprintf(stderr, "spk-bench: waiting for %d worker(s) at %s\n", o->world - 1, o->coordinator);
+            if (spk_cluster_open(&cc, remote) != SPK_OK) {
+                *remote = NULL;
+                *remote_lost = 1;
             }
-            fputc(']', f);
         }
-        fprintf(f, "}%s\n", i + 1 < n_runs ? "," : "");
+        cl = *remote;
+    } else {
+        cl = ex_launch_local(L->world, o->threads / L->world > 1 ? o->threads / L->world : 1, "tcp");
     }
-    fprintf(f, "  ]\n}\n");
-    if (fclose(f)) {
-        fprintf(stderr, "spk-bench: %s: %s\n", path, strerror(errno));
-        return 1;
-    }
-    return 0;
+    if (!cl)
+        snprintf(r->note, sizeof r->note, "cluster of %d ranks did not open: %s", L->world,
+                 *remote_lost && L->world > 1 && o->coordinator ? "lost earlier or never opened" : spk_last_error());
+    return cl;
 }
 
-static int write_chart(const char *path, const opts *o, const char *model_name, const run *runs, int n_runs)
+static void close_cluster(spk_cluster *cl, spk_cluster **remote)
 {
-    double *y = malloc(sizeof(double) * (size_t)(o->n_scen * o->n_lay * o->n_batch));
-    const char *titles[N_SCEN], *names[MAX_LIST];
-    char tbuf[N_SCEN][96], sub[512], title[256], cpu[256];
-    if (!y)
-        return 1;
-    for (int i = 0; i < o->n_scen * o->n_lay * o->n_batch; i++)
-        y[i] = NAN;
-    for (int i = 0; i < n_runs; i++) {
-        const run *r = &runs[i];
-        int p = 0, b = 0;
-        while (o->scen[p] != r->scen)
-            p++;
-        while (o->batch[b] != r->batch)
-            b++;
-        if (r->status == 0)
-            y[((size_t)p * o->n_lay + r->lay) * o->n_batch + b] = r->tok_s;
-    }
-    for (int p = 0; p < o->n_scen; p++) {
-        int s = o->scen[p], il = (int)lround(SCEN[s].isl * o->scale), ol = (int)lround(SCEN[s].osl * o->scale);
-        snprintf(tbuf[p], sizeof tbuf[p], "%s (ISL %d / OSL %d)", SCEN[s].name, il < 1 ? 1 : il, ol < 1 ? 1 : ol);
-        titles[p] = tbuf[p];
-    }
-    for (int l = 0; l < o->n_lay; l++)
-        names[l] = strcmp(o->lay[l].name, "1") ? o->lay[l].name : "1 rank";
-    cpu_model(cpu, sizeof cpu);
-    snprintf(title, sizeof title, "spk-bench: output tokens/s, %s", model_name);
-    snprintf(sub, sizeof sub, "%s, %d threads in total, TCP between local ranks, greedy, median of %d; %s", cpu,
-             o->threads, o->reps, spk_version_string());
-    bench_chart c = {title, sub, "output tok/s", "batch size", o->n_scen, titles, o->n_batch, o->batch,
-                     o->n_lay, names, y};
-    FILE *f = fopen(path, "w");
-    int rc = !f || bench_chart_svg(f, &c) != 0;
-    if (f && fclose(f))
-        rc = 1;
-    if (rc)
-        fprintf(stderr, "spk-bench: %s: %s\n", path, f ? "write failed" : strerror(errno));
-    free(y);
-    return rc;
+    if (!cl)
+        return;
+    spk_cluster_close(cl);
+    if (cl == *remote)
+        *remote = NULL;
+    else
+        ex_reap_workers(5000);
 }
 
-static int run_order(const void *a, const void *b)
+/* Every layout x scenario x batch in that order (one cluster per layout); the number that failed. */
+static int run_grid(const opts *o, const char *path, const spk_shape *shape, uint64_t file_bytes, run *runs,
+                    int n_runs)
 {
-    const run *x = a, *y = b;
-    if (x->scen != y->scen)
-        return x->scen - y->scen;
-    if (x->batch != y->batch)
-        return x->batch - y->batch;
-    return x->lay - y->lay;
+    progress pg = {.n = n_runs, .tty = isatty(2)};
+    char what[128];
+    int i = 0, failed = 0, remote_lost = 0;
+    spk_cluster *remote = NULL;
+    double t_start = ex_now();
+    for (int l = 0; l < o->n_lay; l++) {
+        const layout *L = &o->lay[l];
+        spk_cluster *cl = NULL;
+        for (int s = 0; s < o->n_scen; s++)
+            for (int b = 0; b < o->n_batch; b++, i++) {
+                run *r = &runs[i];
+                r->lay = l;
+                r->scen = o->scen[s];
+                r->batch = o->batch[b];
+                r->isl = (int)lround(SCEN[r->scen].isl * o->scale);
+                r->osl = (int)lround(SCEN[r->scen].osl * o->scale);
+                r->isl = r->isl < 1 ? 1 : r->isl;
+                r->osl = r->osl < 1 ? 1 : r->osl;
+                snprintf(what, sizeof what, "%s %d/%d, batch %d, %s", SCEN[r->scen].name, r->isl, r->osl, r->batch,
+                         L->name);
+                pg.i = i + 1;
+                pg.what = what;
+                pg.last = 0;
+                int fatal = 0;
+                if (!cl && !(cl = open_cluster(o, L, &remote, &remote_lost, r)))
+                    r->status = 2; /* reopened for the next run if a run lost it */
+                else
+                    do_run(cl, o, path, shape, file_bytes, r, &pg, &fatal);
+                failed += r->status == 2;
+                if (pg.tty)
+                    fprintf(stderr, "\r%100s\r", "");
+                if (!pg.tty || r->status)
+                    fprintf(stderr, "[run %d/%d] %s: %s%s%s (%.0f s elapsed)\n", i + 1, n_runs, what,
+                            r->status ? status_name(r->status) : "", r->status ? ": " : "",
+                            r->status ? r->note : "done", ex_now() - t_start);
+                if (fatal) {
+                    remote_lost |= cl == remote;
+                    close_cluster(cl, &remote);
+                    cl = NULL;
+                }
+            }
+        if (cl != remote)
+            close_cluster(cl, &remote);
+    }
+    close_cluster(remote, &remote);
+    return failed;
 }
 
 int main(int argc, char **argv)
@@ -774,85 +696,9 @@ int main(int argc, char **argv)
     run *runs = calloc((size_t)n_runs, sizeof *runs);
     if (!runs)
         return 1;
-    progress pg = {.n = n_runs, .tty = isatty(2)};
-    char what[128];
-    int i = 0, failed = 0;
-    double t_start = ex_now();
-    for (int l = 0; l < o.n_lay; l++) {
-        const layout *L = &o.lay[l];
-        spk_cluster *cl = NULL;
-        for (int s = 0; s < o.n_scen; s++)
-            for (int b = 0; b < o.n_batch; b++, i++) {
-                run *r = &runs[i];
-                r->lay = l;
-                r->scen = o.scen[s];
-                r->batch = o.batch[b];
-                r->isl = (int)lround(SCEN[r->scen].isl * o.scale);
-                r->osl = (int)lround(SCEN[r->scen].osl * o.scale);
-                r->isl = r->isl < 1 ? 1 : r->isl;
-                r->osl = r->osl < 1 ? 1 : r->osl;
-                snprintf(what, sizeof what, "%s %d/%d, batch %d, %s", SCEN[r->scen].name, r->isl, r->osl, r->batch,
-                         L->name);
-                pg.i = i + 1;
-                pg.what = what;
-                pg.last = 0;
-                if (!cl) { /* one cluster per layout, reopened if a run lost it */
-                    if (L->world == 1) {
-                        spk_cluster_config cc;
-                        spk_cluster_config_init(&cc);
-                        cc.n_threads = o.threads;
-                        if (spk_cluster_open(&cc, &cl) != SPK_OK)
-                            cl = NULL;
-                    } else {
-                        int per = o.threads / L->world > 1 ? o.threads / L->world : 1;
-                        cl = ex_launch_local(L->world, per, "tcp");
-                    }
-                    if (!cl) {
-                        r->status = 2;
-                        snprintf(r->note, sizeof r->note, "cluster of %d ranks did not open: %s", L->world,
-                                 spk_last_error());
-                    }
-                }
-                int fatal = 0;
-                if (cl)
-                    do_run(cl, &o, path, &shape, (uint64_t)sb.st_size, r, &pg, &fatal);
-                if (r->status)
-                    failed += r->status == 2;
-                if (pg.tty)
-                    fprintf(stderr, "\r%100s\r", "");
-                if (!pg.tty || r->status)
-                    fprintf(stderr, "[run %d/%d] %s: %s%s%s (%.0f s elapsed)\n", i + 1, n_runs, what,
-                            r->status ? status_name(r->status) : "", r->status ? ": " : "",
-                            r->status ? r->note : "done", ex_now() - t_start);
-                if (fatal) {
-                    spk_cluster_close(cl);
-                    ex_reap_workers(5000);
-                    cl = NULL;
-                }
-            }
-        if (cl) {
-            spk_cluster_close(cl);
-            ex_reap_workers(5000);
-        }
-    }
+    int failed = run_grid(&o, path, &shape, (uint64_t)sb.st_size, runs, n_runs);
 
-    qsort(runs, (size_t)n_runs, sizeof *runs, run_order);
-    printf("# spk-bench: %s, %d threads in total, median of %d rep(s); output tok/s = output tokens / "
-           "(last token - submit)\n", model_name, o.threads, o.reps);
-    printf("%-14s %6s %6s %6s %-12s %10s %10s %9s\n", "scenario", "ISL", "OSL", "batch", "layout", "tok/s",
-           "TTFT ms", "TPOT ms");
-    for (int k = 0; k < n_runs; k++) {
-        const run *r = &runs[k];
-        char lab[48];
-        layout_label(r, &o.lay[r->lay], lab, sizeof lab);
-        if (r->status == 0)
-            printf("%-14s %6d %6d %6d %-12s %10.1f %10.1f %9.2f\n", SCEN[r->scen].name, r->isl, r->osl, r->batch,
-                   lab, r->tok_s, r->ttft_ms, r->tpot_ms);
-        else
-            printf("%-14s %6d %6d %6d %-12s %10s %10s %9s  %s\n", SCEN[r->scen].name, r->isl, r->osl, r->batch, lab,
-                   "-", "-", "-", r->note);
-    }
-    fflush(stdout);
+    print_table(&o, model_name, runs, n_runs);
     rc = failed ? 1 : 0;
     if (o.json && write_json(o.json, &o, path, model_name, &shape, (uint64_t)sb.st_size, runs, n_runs))
         rc = 1;

@@ -106,5 +106,41 @@ EOF
 }
 check "the SVG is well-formed XML with 3 panels x 3 lines, labels and a legend" svg_ok
 
+# ---- a "real" cluster: a worker started by hand, spk-bench as rank 0 with --coordinator ----
+check "--coordinator without --world is a usage error" usage_case "go together" --preset tiny --coordinator 127.0.0.1:1
+check "a layout of another size than --world is a usage error" usage_case "does not use 1 rank" \
+    --preset tiny --coordinator 127.0.0.1:1 --world 2 --layouts 1,pp2tp2
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export SPK_CLUSTER_KEY=spk-bench-test-key
+"$B/examples/spk-worker" --coordinator "127.0.0.1:$port" --rank 1 --world 2 --threads 1 >"$TMP/worker.log" 2>&1 &
+wpid=$!
+"$BENCH" --preset tiny --scale 0.02 --batch 2 --scenarios balanced --layouts 1,pp2,tp2,auto --threads 1 \
+    --coordinator "127.0.0.1:$port" --world 2 --transport tcp --json "$TMP/remote.json" >"$TMP/rtable" 2>"$TMP/rerr"
+rc=$?
+cat "$TMP/rtable"
+check "the grid over a hand-started worker exits 0" [ $rc -eq 0 ]
+[ $rc -eq 0 ] || cat "$TMP/rerr" "$TMP/worker.log"
+worker_done() { # the worker served all three multi-rank layouts and left when the driver closed
+    for _ in $(seq 50); do kill -0 $wpid 2>/dev/null || break; sleep 0.1; done
+    ! kill -0 $wpid 2>/dev/null && wait $wpid
+}
+check "the worker served every multi-rank layout and exited 0 when spk-bench closed" worker_done
+kill $wpid 2>/dev/null
+remote_ok() {
+    python3 - "$TMP/remote.json" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["params"]["cluster"] == {"coordinator": d["params"]["cluster"]["coordinator"], "world": 2}, d["params"]
+assert d["params"]["transport"] == "tcp", d["params"]
+runs = {r["layout"]: r for r in d["runs"]}
+assert sorted(runs) == ["1", "auto", "pp2", "tp2"], runs.keys()
+for r in runs.values():
+    assert r["status"] == "ok" and r["output_tok_s"] > 0 and r["output_tokens"] == 2 * 20, r
+assert (runs["pp2"]["pp"], runs["pp2"]["tp"]) == (2, 1) and (runs["tp2"]["pp"], runs["tp2"]["tp"]) == (1, 2)
+assert runs["auto"]["pp"] * runs["auto"]["tp"] == 2, runs["auto"]   # the planner's pick, read back
+EOF
+}
+check "the remote grid's JSON: 4 runs ok, the cluster recorded, auto's pick read back" remote_ok
+
 [ $fail -eq 0 ] && echo "PASS" || echo "FAILED"
 exit $fail
