@@ -479,7 +479,8 @@ class Model:
         fields (max_tokens, temperature, top_k, top_p, seed, stop_tokens, ignore_eos,
         add_special, parse_special). `skip_special` drops special tokens such as "<|im_end|>"
         from the text. Leaving the loop early (break, close()) cancels the request. A request
-        that ends with an error raises it (e.g. TooLong) from the iterator."""
+        that ends with an error raises it (e.g. TooLong) from the iterator. With `timeout_s`,
+        waiting longer than that for the next event cancels the request and raises Timeout."""
         bad = set(sampling) - set(_SAMPLING_KEYS)
         if bad:
             raise TypeError("generate() got unexpected keyword arguments: %s" % ", ".join(sorted(bad)))
@@ -492,9 +493,8 @@ class Model:
         objects; `sampling` applies to the items that are not Requests. When the queue is full
         the rest are submitted as room frees up. A request that fails ends with finish ERROR
         and its status in its Output (not raised); malformed requests raise InvalidArgument.
-        Interrupting (Ctrl-C, timeout) cancels the requests still running.
-
-        With Timeout raised after `timeout_s` seconds."""
+        With `timeout_s`, raises Timeout when the requests have not all finished by then.
+        Interrupting (Ctrl-C, timeout) cancels the requests still running."""
         bad = set(sampling) - set(_SAMPLING_KEYS)
         if bad:
             raise TypeError("generate_many() got unexpected keyword arguments: %s" % ", ".join(sorted(bad)))
