@@ -384,7 +384,9 @@ SPK_API spk_status spk_poll(spk_model *model, spk_event *events, size_t cap, siz
                             int timeout_ms);
 
 /**
- * Cancel a request: it ends with a SPK_FINISH_CANCELLED event and frees its resources at once.
+ * Cancel a request: it ends with a SPK_FINISH_CANCELLED event; its KV blocks are freed at the
+ * engine's next step, before that event is delivered (a micro-batch already computing it
+ * finishes first).
  * NOT_FOUND if the id is unknown or already finished. Thread-safe.
  */
 SPK_API spk_status spk_cancel(spk_model *model, uint64_t request_id);
