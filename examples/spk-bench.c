@@ -638,10 +638,12 @@ static int run_grid(const opts *o, const char *path, const spk_shape *shape, uin
                 failed += r->status == 2;
                 if (pg.tty)
                     fprintf(stderr, "\r%100s\r", "");
-                if (!pg.tty || r->status)
-                    fprintf(stderr, "[run %d/%d] %s: %s%s%s (%.0f s elapsed)\n", i + 1, n_runs, what,
-                            r->status ? status_name(r->status) : "", r->status ? ": " : "",
-                            r->status ? r->note : "done", ex_now() - t_start);
+                if (r->status)
+                    fprintf(stderr, "[run %d/%d] %s: %s: %s (%.0f s elapsed)\n", i + 1, n_runs, what,
+                            status_name(r->status), r->note, ex_now() - t_start);
+                else
+                    fprintf(stderr, "[run %d/%d] %s: %.1f output tok/s (%.0f s elapsed)\n", i + 1, n_runs, what,
+                            r->tok_s, ex_now() - t_start);
                 if (fatal) {
                     remote_lost |= cl == remote;
                     close_cluster(cl, &remote);

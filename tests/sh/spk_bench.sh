@@ -58,7 +58,7 @@ check "the tiny grid exits 0" [ $rc -eq 0 ]
 [ $rc -eq 0 ] || cat "$TMP/progress"
 check "the preset file was written to \$SPK_CACHE/synth" [ -s "$SPK_CACHE/synth/tiny-0.gguf" ]
 check "the table has 18 rows with figures" [ "$(grep -cE '^(balanced|prefill-heavy|decode-heavy) +[0-9]+ +[0-9]+ +[14] +(1|pp2|tp2) +[0-9.]+ ' "$TMP/table")" -eq 18 ]
-check "a progress line per run on stderr" [ "$(grep -c '^\[run [0-9]*/18\]' "$TMP/progress")" -eq 18 ]
+check "a progress line per finished run on stderr" [ "$(grep -c '^\[run [0-9]*/18\] .*: [0-9.]* output tok/s' "$TMP/progress")" -eq 18 ]
 
 json_ok() {
     python3 - "$TMP/out.json" <<'EOF'
