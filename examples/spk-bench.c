@@ -300,6 +300,10 @@ static int preset_file(const char *name, uint64_t seed, char *path, size_t cap)
 
 /* ---- one run ------------------------------------------------------------------------------ */
 
+/* A run with no new token for this long is abandoned (a prefill step of an 8B model on a few CPU
+ * cores takes seconds, not minutes). */
+#define STALL_S 600
+
 typedef struct req_time {
     uint64_t id;
     int idx;
@@ -422,6 +426,11 @@ static int measure(spk_model *m, const int32_t *prompts, int batch, int isl, int
                     goto out;
                 }
             }
+        }
+        if (t - (done_tok ? tlast : t0) > STALL_S) { /* a wedged engine must not hang the whole grid */
+            snprintf(note, note_cap, "no token for %d s (%ld of %ld tokens done)", STALL_S, done_tok, total);
+            *fatal = 1;
+            goto out;
         }
         show(pg, done_tok, total, t - t0, 0);
     }
