@@ -11,12 +11,15 @@
 #include "sparkinfer/sparkinfer.h"
 #include "testutil.h"
 
-enum { N_REQ = 64, MAX_GEN = 24, MAX_PROMPT = 40 };
+enum { N_MAX = 64, MAX_GEN = 24, MAX_PROMPT = 40 };
+
+/* 64 requests; SPK_TEST_SMALL (set for the slow TSan run) uses 12. */
+static int N_REQ = N_MAX;
 
 static spk_cluster *cl;
-static int32_t prompts[N_REQ][MAX_PROMPT];
-static int plen[N_REQ], glen[N_REQ];
-static float temps[N_REQ];
+static int32_t prompts[N_MAX][MAX_PROMPT];
+static int plen[N_MAX], glen[N_MAX];
+static float temps[N_MAX];
 
 static spk_model *load(int max_seqs, uint64_t kv_bytes)
 {
@@ -65,8 +68,8 @@ static void make_req(spk_request *r, int i)
 /* Submit requests [first, first+n) at once and collect their tokens. */
 static void run(spk_model *m, int first, int n, int32_t out[][MAX_GEN], int *n_out)
 {
-    spk_request r[N_REQ];
-    uint64_t ids[N_REQ];
+    spk_request r[N_MAX] = {{0}};
+    uint64_t ids[N_MAX];
     for (int i = 0; i < n; i++)
         make_req(&r[i], first + i);
     ck_assert_int_eq(spk_submit(m, r, (size_t)n, ids), SPK_OK);
@@ -95,8 +98,8 @@ static void run(spk_model *m, int first, int n, int32_t out[][MAX_GEN], int *n_o
     }
 }
 
-static int32_t alone[N_REQ][MAX_GEN];
-static int n_alone[N_REQ];
+static int32_t alone[N_MAX][MAX_GEN];
+static int n_alone[N_MAX];
 
 static void run_alone(void)
 {
@@ -110,8 +113,8 @@ START_TEST(concurrent_requests_equal_runs_alone)
 {
     run_alone();
     spk_model *m = load(N_REQ, 0);
-    static int32_t got[N_REQ][MAX_GEN];
-    int n_got[N_REQ];
+    static int32_t got[N_MAX][MAX_GEN];
+    int n_got[N_MAX];
     run(m, 0, N_REQ, got, n_got);
     for (int i = 0; i < N_REQ; i++) {
         ck_assert_int_eq(n_got[i], glen[i]);
@@ -129,11 +132,13 @@ END_TEST
 START_TEST(kv_pressure_preempts_and_recomputes)
 {
     run_alone();
-    /* 24 blocks of 16 positions for 16 sequences of up to 64 tokens: far too few at once */
+    /* 24 (8 for the small run) blocks of 16 positions for sequences of up to 64 tokens each:
+     * far too few for all at once */
     const uint64_t per_block = 30ull * 2 * 16 * 3 * 64 * 2;
-    spk_model *m = load(16, 24 * per_block);
-    static int32_t got[N_REQ][MAX_GEN];
-    int n_got[N_REQ];
+    const int blocks = N_REQ == N_MAX ? 24 : 8;
+    spk_model *m = load(16, (uint64_t)blocks * per_block);
+    static int32_t got[N_MAX][MAX_GEN];
+    int n_got[N_MAX];
     run(m, 0, N_REQ, got, n_got);
     for (int i = 0; i < N_REQ; i++) {
         ck_assert_int_eq(n_got[i], glen[i]);
@@ -144,9 +149,9 @@ START_TEST(kv_pressure_preempts_and_recomputes)
     ck_assert_int_eq(spk_model_get_stats(m, &st), SPK_OK);
     printf("KV pressure: %d blocks, %llu preemptions, %llu tokens\n", st.kv_blocks_total,
            (unsigned long long)st.n_preempted, (unsigned long long)st.n_generated);
-    ck_assert_int_eq(st.kv_blocks_total, 24);
+    ck_assert_int_eq(st.kv_blocks_total, blocks);
     ck_assert_uint_gt(st.n_preempted, 0);
-    ck_assert_int_eq(st.kv_blocks_free, 24);
+    ck_assert_int_eq(st.kv_blocks_free, blocks);
     spk_model_free(m);
 }
 END_TEST
@@ -231,6 +236,8 @@ int main(void)
 {
     if (!spk_test_model_path())
         spk_test_skip("default model not found (run scripts/fetch-model.sh or set SPK_TEST_MODEL)");
+    if (getenv("SPK_TEST_SMALL"))
+        N_REQ = 12;
     Suite *s = suite_create("engine");
     TCase *tc = tcase_create("engine");
     tcase_add_checked_fixture(tc, setup, teardown);
