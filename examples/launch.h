@@ -176,4 +176,30 @@ static inline spk_cluster *ex_launch_with(const char *worker, int world, int thr
     return cl;
 }
 
+/*
+ * The driver's cluster for an example program: with world > 1 and no coordinator, local workers
+ * started here (threads per rank, at least 1); otherwise rank 0 of `world` ranks at
+ * `coordinator` (NULL: one process, or SPK_COORDINATOR). NULL on failure (message on stderr).
+ */
+static inline spk_cluster *ex_open_cluster(int world, int threads, const char *coordinator, const char *transport)
+{
+    if (world > 1 && !coordinator)
+        return ex_launch_local(world, threads > 0 ? threads : 1, transport ? transport : "tcp");
+    spk_cluster_config cc;
+    spk_cluster_config_init(&cc);
+    cc.n_threads = threads;
+    cc.rank = 0;
+    cc.world_size = world;
+    cc.coordinator = coordinator;
+    if (transport)
+        cc.transport = transport;
+    spk_cluster *cl = NULL;
+    spk_status st = spk_cluster_open(&cc, &cl);
+    if (st != SPK_OK) {
+        fprintf(stderr, "cluster: %s: %s\n", spk_status_str(st), spk_last_error());
+        return NULL;
+    }
+    return cl;
+}
+
 #endif

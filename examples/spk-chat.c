@@ -126,17 +126,9 @@ int main(int argc, char **argv)
     }
     if (pp < 1 || tp < 1 || pp * tp > 64 || max_tokens < 1)
         return 2;
-    spk_cluster *cl = NULL;
-    if (pp * tp > 1) {
-        if (!(cl = ex_launch_local(pp * tp, threads ? threads : 1, "tcp")))
-            return 1;
-    } else {
-        spk_cluster_config cc;
-        spk_cluster_config_init(&cc);
-        cc.n_threads = threads;
-        if (ex_fail("cluster", spk_cluster_open(&cc, &cl)))
-            return 1;
-    }
+    spk_cluster *cl = ex_open_cluster(pp * tp, threads, NULL, "tcp");
+    if (!cl)
+        return 1;
     spk_model_config mc;
     spk_model_config_init(&mc);
     mc.path = model_path;

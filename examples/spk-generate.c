@@ -68,22 +68,9 @@ int main(int argc, char **argv)
     if (verbose)
         spk_set_log_callback(NULL, NULL, SPK_LOG_INFO);
 
-    spk_cluster *cl = NULL;
-    if (world > 1 && !coordinator) {
-        if (!(cl = ex_launch_local(world, threads ? threads : 1, transport)))
-            return 1;
-    } else {
-        spk_cluster_config cc;
-        spk_cluster_config_init(&cc);
-        cc.n_threads = threads;
-        cc.rank = 0;
-        cc.world_size = world;
-        cc.coordinator = coordinator;
-        if (transport)
-            cc.transport = transport;
-        if (ex_fail("cluster", spk_cluster_open(&cc, &cl)))
-            return 1;
-    }
+    spk_cluster *cl = ex_open_cluster(world, threads, coordinator, transport);
+    if (!cl)
+        return 1;
     spk_model_config mc;
     spk_model_config_init(&mc);
     mc.path = model_path;
