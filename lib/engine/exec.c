@@ -16,12 +16,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cluster/cluster.h"
 #include "common/error.h"
-#include "plan/cost.h"
 #include "plan/plan.h"
 #include "plan/shape.h"
 
@@ -50,8 +48,9 @@ struct spk_exec {
     spk_transport_comm *comm, *tp_comm;
     int max_tok;
     float *hidden_in, *out;    /* [max_tok][n_embd] / [max_tok][max(n_embd, n_out)] */
-    spk_cand *cands, *all_cands;
-    int cand_cap;              /* per rank */
+    spk_cand *cands, *all_cands, *row; /* row: one logits row's candidates from every TP rank */
+    size_t cands_len;                  /* capacity of cands, in candidates */
+    size_t row_len;                    /* capacity of row, in candidates per TP rank */
     spk_sampler_scratch scratch;
     uint8_t *msg;              /* encoded step (driver) */
     size_t msg_cap;
@@ -171,7 +170,6 @@ static spk_status setup(spk_exec *e, const gguf_file *f, const spk_hparams *hp, 
     size_t E = (size_t)hp->n_embd, T = (size_t)p->max_tok;
     e->hidden_in = malloc(sizeof(float) * T * E);
     e->out = malloc(sizeof(float) * T * (E > (size_t)n_out ? E : (size_t)n_out));
-    e->cand_cap = n_out; /* worst case: top-k off, every id of the shard is a candidate */
     if (!e->hidden_in || !e->out || spk_sampler_scratch_init(&e->scratch, n_out) != 0)
         return spk_err(SPK_ERR_NOMEM, "rank %d: out of memory for step buffers", e->rank);
     return SPK_OK;
@@ -191,6 +189,7 @@ static void exec_free(spk_exec *e)
     free(e->out);
     free(e->cands);
     free(e->all_cands);
+    free(e->row);
     free(e->msg);
     spk_sampler_scratch_free(&e->scratch);
     free(e);
@@ -273,94 +272,6 @@ void spk_exec_close(spk_exec *e)
     exec_free(e);
 }
 
-/* ---- layout choice ------------------------------------------------------------------------ */
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-/* This machine's memory bandwidth (GB/s) from a 32 MiB copy, best of three. */
-static double measure_mem_bw(void)
-{
-    const size_t n = 32u << 20;
-    char *a = malloc(n), *b = malloc(n);
-    double best = 0;
-    if (a && b) {
-        memset(a, 1, n);
-        memset(b, 2, n);
-        for (int i = 0; i < 3; i++) {
-            double t = now_s();
-            memcpy(b, a, n);
-            t = now_s() - t;
-            double bw = 2.0 * (double)n / t / 1e9; /* read + write */
-            best = bw > best ? bw : best;
-            a[i] = b[n - 1 - (size_t)i];
-        }
-    }
-    free(a);
-    free(b);
-    return best > 0 ? best : 10.0;
-}
-
-spk_status spk_exec_choose_layout(spk_cluster *c, const spk_shape *shape, int batch, spk_hw *hw_out, int *pp,
-                                  int *tp)
-{
-    const int world = c ? spk_cluster_world_size(c) : 1;
-    spk_hw hw;
-    spk_hw_init(&hw);
-    hw.mem_bw_GBps = measure_mem_bw();
-    hw.tflops = 0.1 * spk_cluster_n_threads(c); /* a CPU core does ~50-100 GFLOP/s of int8 dot products */
-    hw.step_overhead_us = 200;                  /* CPU: thread dispatch, control message per step */
-    hw.act_bytes = 4;                           /* hidden states and all-reduces travel as F32 */
-    if (world > 1) {
-        /* latency: small round trips to rank 1; bandwidth: a 4 MiB echo (it crosses twice) */
-        static char small[64];
-        double best_rtt = 1e9, best_bw = 0;
-        for (int i = 0; i < 5; i++) {
-            double t = now_s();
-            spk_status st = spk_cluster_call(c, 1, SPK_CLUSTER_CMD_PING, small, sizeof small, NULL, NULL, 10000);
-            if (st != SPK_OK)
-                return spk_err_prefix(st, "measuring the link to rank 1");
-            t = now_s() - t;
-            best_rtt = t < best_rtt ? t : best_rtt;
-        }
-        const size_t big = 4u << 20;
-        char *buf = calloc(1, big);
-        if (!buf)
-            return spk_err(SPK_ERR_NOMEM, "out of memory");
-        for (int i = 0; i < 2; i++) {
-            double t = now_s();
-            spk_status st = spk_cluster_call(c, 1, SPK_CLUSTER_CMD_PING, buf, big, NULL, NULL, 30000);
-            t = now_s() - t;
-            if (st != SPK_OK) {
-                free(buf);
-                return spk_err_prefix(st, "measuring the link to rank 1");
-            }
-            double bw = 2.0 * (double)big * 8 / t / 1e9;
-            best_bw = bw > best_bw ? bw : best_bw;
-        }
-        free(buf);
-        hw.link_latency_us = best_rtt / 2 * 1e6;
-        hw.link_Gbps = best_bw;
-        hw.allreduce_latency_us = best_rtt * 1e6; /* two ranks: one exchange */
-        hw.allreduce_busbw_GBps = best_bw / 8;
-    }
-    if (hw_out)
-        *hw_out = hw;
-    if (world == 1) {
-        *pp = *tp = 1;
-        return SPK_OK;
-    }
-    spk_status st = spk_plan_choose(shape, world, batch, &hw, pp, tp);
-    if (st == SPK_OK)
-        spk_log(SPK_LOG_INFO, "planner: measured %.1f GB/s memory, link %.2f Gb/s, %.0f us latency: pp %d x tp %d "
-                "for batch %d", hw.mem_bw_GBps, hw.link_Gbps, hw.link_latency_us, *pp, *tp, batch);
-    return st;
-}
-
 /* ---- one step ----------------------------------------------------------------------------- */
 
 /* This rank's part of a step; on the last stage, tokens for the rows (on every TP rank). */
@@ -388,11 +299,34 @@ static spk_status run_shard(spk_exec *e, const spk_batch *b, const spk_row *rows
         int ki = spk_sample_k(&rows[i].sp, n_out);
         k = ki > k ? ki : k;
     }
-    if (!e->cands) { /* sized once, for the worst case */
-        e->cands = malloc(sizeof(spk_cand) * (size_t)e->max_tok * (size_t)e->cand_cap);
-        e->all_cands = e->tp > 1 ? malloc(sizeof(spk_cand) * (size_t)e->max_tok * (size_t)e->cand_cap * (size_t)e->tp) : NULL;
-        if (!e->cands || (e->tp > 1 && !e->all_cands))
-            return spk_err(SPK_ERR_NOMEM, "rank %d: out of memory for sampling candidates", e->rank);
+    if (e->tp > 1) { /* shard sizes differ by a row at most, so k can differ when top-k is off */
+        int32_t mine = k, ks[64];
+        if (e->tp > 64)
+            return spk_err(SPK_ERR_UNSUPPORTED, "tp %d > 64", e->tp);
+        st = e->vt->allgather(e->tp_comm, &mine, ks, sizeof mine, SPK_TRANSPORT_MEM_HOST, DATA_TIMEOUT_MS);
+        if (st != SPK_OK)
+            return spk_err_prefix(st, "rank %d: agreeing on candidate counts", e->rank);
+        for (int r = 0; r < e->tp; r++)
+            k = ks[r] > k ? ks[r] : k;
+    }
+    size_t need = (size_t)n_rows * (size_t)k;
+    if (need > e->cands_len) { /* grows to the largest step seen, then stays */
+        spk_cand *c = realloc(e->cands, sizeof(spk_cand) * need);
+        spk_cand *a = e->tp > 1 ? realloc(e->all_cands, sizeof(spk_cand) * need * (size_t)e->tp) : NULL;
+        if (c)
+            e->cands = c;
+        if (a)
+            e->all_cands = a;
+        if (!c || (e->tp > 1 && !a))
+            return spk_err(SPK_ERR_NOMEM, "rank %d: out of memory for %zu sampling candidates", e->rank, need);
+        e->cands_len = need;
+    }
+    if ((size_t)k > e->row_len) {
+        spk_cand *r = realloc(e->row, sizeof(spk_cand) * (size_t)k * (size_t)e->tp);
+        if (!r)
+            return spk_err(SPK_ERR_NOMEM, "rank %d: out of memory for %d sampling candidates", e->rank, k);
+        e->row = r;
+        e->row_len = (size_t)k;
     }
     for (int i = 0; i < n_rows; i++) {
         spk_cand *c = e->cands + (size_t)i * (size_t)k;
@@ -404,27 +338,6 @@ static spk_status run_shard(spk_exec *e, const spk_batch *b, const spk_row *rows
     spk_cand *all = e->cands;
     int per_row = k;
     if (e->tp > 1) {
-        /* every TP rank's shard has the same size up to one row, so k agrees except when top-k
-         * is off; agree on the largest k first */
-        int32_t mine = k, ks[64];
-        if (e->tp > 64)
-            return spk_err(SPK_ERR_UNSUPPORTED, "tp %d > 64", e->tp);
-        st = e->vt->allgather(e->tp_comm, &mine, ks, sizeof mine, SPK_TRANSPORT_MEM_HOST, DATA_TIMEOUT_MS);
-        if (st != SPK_OK)
-            return spk_err_prefix(st, "rank %d: agreeing on candidate counts", e->rank);
-        int kmax = 0;
-        for (int r = 0; r < e->tp; r++)
-            kmax = ks[r] > kmax ? ks[r] : kmax;
-        if (kmax > e->cand_cap)
-            return spk_err(SPK_ERR_INTERNAL, "rank %d: %d candidates per row exceed the shard", e->rank, kmax);
-        if (kmax != k) { /* re-pad rows to kmax, back to front */
-            for (int i = n_rows - 1; i >= 0; i--) {
-                memmove(e->cands + (size_t)i * (size_t)kmax, e->cands + (size_t)i * (size_t)k, sizeof(spk_cand) * (size_t)k);
-                for (int j = k; j < kmax; j++)
-                    e->cands[(size_t)i * (size_t)kmax + (size_t)j] = (spk_cand){0.0f, -1};
-            }
-            k = kmax;
-        }
         size_t bytes = sizeof(spk_cand) * (size_t)n_rows * (size_t)k;
         st = e->vt->allgather(e->tp_comm, e->cands, e->all_cands, bytes, SPK_TRANSPORT_MEM_HOST, DATA_TIMEOUT_MS);
         if (st != SPK_OK)
@@ -432,9 +345,7 @@ static spk_status run_shard(spk_exec *e, const spk_batch *b, const spk_row *rows
         all = e->all_cands; /* rank-major: [r][row][k] */
         per_row = k * e->tp;
     }
-    spk_cand *row = malloc(sizeof(spk_cand) * (size_t)per_row);
-    if (!row)
-        return spk_err(SPK_ERR_NOMEM, "rank %d: out of memory", e->rank);
+    spk_cand *row = e->row;
     for (int i = 0; i < n_rows; i++) {
         if (e->tp > 1)
             for (int r = 0; r < e->tp; r++)
@@ -444,7 +355,6 @@ static spk_status run_shard(spk_exec *e, const spk_batch *b, const spk_row *rows
             memcpy(row, all + (size_t)i * (size_t)k, sizeof(spk_cand) * (size_t)k);
         tokens[i] = spk_sample_cands(row, per_row, &rows[i].sp, rows[i].u);
     }
-    free(row);
     return SPK_OK;
 }
 

@@ -69,6 +69,9 @@ typedef struct spk_shard {
 /* The whole model on one rank. */
 void spk_shard_full(const spk_hparams *hp, spk_shard *sh);
 
+/* INVALID_ARG (naming the ranges) unless `sh` fits the model. */
+spk_status spk_shard_check(const spk_hparams *hp, const spk_shard *sh);
+
 /* This shard's weights from the full set: row slices are views into the mapping; column slices
  * of the row-parallel matrices (attention output, MLP down) are copied (whole quant blocks) and
  * the mapping's pages they came from are released. Free with spk_llama_weights_free. */

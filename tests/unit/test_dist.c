@@ -242,6 +242,52 @@ START_TEST(tp4_synthetic)
 }
 END_TEST
 
+/* Sampling across vocabulary shards: with top-k off every id of each shard is a candidate, with
+ * top-k each shard offers its best k; either way the same seed gives the same tokens. */
+START_TEST(tp2_seeded_sampling_is_reproducible)
+{
+    spk_cluster *cl = ex_launch_with(WORKER, 2, 1, "tcp", 0);
+    ck_assert_ptr_nonnull(cl);
+    spk_model *m = load(cl, 1, 2);
+    int32_t out[2][2][24];
+    for (int round = 0; round < 2; round++) {
+        spk_request r[2];
+        uint64_t ids[2];
+        for (int i = 0; i < 2; i++) {
+            spk_request_init(&r[i]);
+            r[i].prompt = ptok[i];
+            r[i].n_prompt = plen[i];
+            r[i].max_tokens = 24;
+            r[i].temperature = 0.9f;
+            r[i].top_k = i == 0 ? 0 : 20;
+            r[i].top_p = i == 0 ? 1.0f : 0.9f;
+            r[i].seed = 77 + (uint64_t)i;
+            r[i].ignore_eos = 1;
+        }
+        ck_assert_int_eq(spk_submit(m, r, 2, ids), SPK_OK);
+        int n[2] = {0, 0}, done = 0;
+        while (done < 2) {
+            spk_event ev[64];
+            size_t ne;
+            ck_assert_int_eq(spk_poll(m, ev, 64, &ne, 60000), SPK_OK);
+            for (size_t k = 0; k < ne; k++) {
+                int i = (int)(ev[k].request_id - ids[0]);
+                ck_assert_int_ne(ev[k].finish, SPK_FINISH_ERROR);
+                if (ev[k].token >= 0) {
+                    ck_assert(ev[k].token < 49152);
+                    out[round][i][n[i]++] = ev[k].token;
+                }
+                done += ev[k].finish != SPK_FINISH_NONE;
+            }
+        }
+    }
+    ck_assert(memcmp(out[0], out[1], sizeof out[0]) == 0);
+    spk_model_free(m);
+    spk_cluster_close(cl);
+    ex_reap_workers(5000);
+}
+END_TEST
+
 /* Kill `victim` once tokens flow; the driver's requests must end with an error event. */
 static void kill_during_generation(int pp, int tp, int victim)
 {
@@ -315,6 +361,7 @@ int main(void)
     tcase_add_test(tc, tp3);
     tcase_add_test(tc, pp2_tp2);
     tcase_add_test(tc, tp4_synthetic);
+    tcase_add_test(tc, tp2_seeded_sampling_is_reproducible);
     tcase_add_test(tc, kill_middle_stage);
     tcase_add_test(tc, kill_last_stage);
     tcase_add_test(tc, kill_tp_peer);

@@ -1,0 +1,375 @@
+/*
+ * llama architecture: hyperparameters and weights from a validated GGUF file (pointers into the
+ * mapping, nothing read yet), and the slices of them one rank of a PP x TP layout holds.
+ */
+#include "model/llama.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "cpu/matmul.h"
+
+/* ---- loading ------------------------------------------------------------------------------ */
+
+static spk_status get_u32_key(const gguf_file *f, const char *arch, const char *suffix, bool required,
+                              uint32_t dflt, uint32_t *out)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    if (!gguf_find(f, key)) {
+        if (required)
+            return spk_err(SPK_ERR_FORMAT, "%s: missing metadata key '%s'", f->path, key);
+        *out = dflt;
+        return SPK_OK;
+    }
+    return gguf_get_u32(f, key, out);
+}
+
+static spk_status get_f32_key(const gguf_file *f, const char *arch, const char *suffix, float dflt,
+                              float *out)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    if (!gguf_find(f, key)) {
+        *out = dflt;
+        return SPK_OK;
+    }
+    return gguf_get_f32(f, key, out);
+}
+
+static spk_status find_mat(const gguf_file *f, const char *name, int n_in, int n_out, spk_wmat *out)
+{
+    const gguf_tensor *t = gguf_find_tensor(f, name);
+    if (!t)
+        return spk_err(SPK_ERR_FORMAT, "%s: missing tensor '%s'", f->path, name);
+    if (t->n_dims != 2 || t->ne[0] != (uint64_t)n_in || t->ne[1] != (uint64_t)n_out)
+        return spk_err(SPK_ERR_FORMAT,
+                       "%s: tensor '%s' has shape [%llu, %llu] (%u dims), expected [%d, %d]", f->path,
+                       name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1], t->n_dims,
+                       n_in, n_out);
+    if (!spk_matmul_supported(t->type, n_in))
+        return spk_err(SPK_ERR_UNSUPPORTED, "%s: tensor '%s': type %s not supported for matmul",
+                       f->path, name, spk_dtype_get(t->type) ? spk_dtype_get(t->type)->name : "?");
+    out->data = t->data;
+    out->type = t->type;
+    out->n_in = n_in;
+    out->n_out = n_out;
+    return SPK_OK;
+}
+
+static spk_status find_vec(const gguf_file *f, const char *name, int n, const float **out)
+{
+    const gguf_tensor *t = gguf_find_tensor(f, name);
+    if (!t)
+        return spk_err(SPK_ERR_FORMAT, "%s: missing tensor '%s'", f->path, name);
+    if (t->type != SPK_DT_F32 || t->n_elements != (uint64_t)n || t->ne[0] != (uint64_t)n)
+        return spk_err(SPK_ERR_FORMAT, "%s: tensor '%s' must be F32 [%d], has %llu elements of type %d",
+                       f->path, name, n, (unsigned long long)t->n_elements, (int)t->type);
+    *out = t->data;
+    return SPK_OK;
+}
+
+#define TRY(x)                                                                                     \
+    do {                                                                                           \
+        spk_status st_ = (x);                                                                      \
+        if (st_ != SPK_OK)                                                                         \
+            return st_;                                                                            \
+    } while (0)
+
+static spk_status load_hparams(const gguf_file *f, spk_hparams *hp)
+{
+    gguf_str arch;
+    TRY(gguf_get_str(f, "general.architecture", &arch));
+    if (!gguf_str_eq(arch, "llama"))
+        return spk_err(SPK_ERR_UNSUPPORTED, "%s: architecture '%.*s' is not supported (llama only)",
+                       f->path, (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
+    snprintf(hp->arch, sizeof hp->arch, "llama");
+    uint32_t n_layers, n_embd, n_heads, n_kv, n_ff, n_ctx, head_dim, rot_dim;
+    TRY(get_u32_key(f, hp->arch, "block_count", true, 0, &n_layers));
+    TRY(get_u32_key(f, hp->arch, "embedding_length", true, 0, &n_embd));
+    TRY(get_u32_key(f, hp->arch, "attention.head_count", true, 0, &n_heads));
+    TRY(get_u32_key(f, hp->arch, "attention.head_count_kv", false, n_heads, &n_kv));
+    TRY(get_u32_key(f, hp->arch, "feed_forward_length", true, 0, &n_ff));
+    TRY(get_u32_key(f, hp->arch, "context_length", false, 2048, &n_ctx));
+    if (n_layers < 1 || n_layers > 1024 || n_embd < 1 || n_embd > 65536 || n_heads < 1 ||
+        n_heads > 1024 || n_kv < 1 || n_heads % n_kv != 0 || n_ff < 1 || n_ff > 1 << 20 || n_ctx < 1)
+        return spk_err(SPK_ERR_FORMAT,
+                       "%s: bad hyperparameters: layers %u, embd %u, heads %u, kv heads %u, ff %u, ctx %u",
+                       f->path, n_layers, n_embd, n_heads, n_kv, n_ff, n_ctx);
+    TRY(get_u32_key(f, hp->arch, "attention.key_length", false, n_embd / n_heads, &head_dim));
+    TRY(get_u32_key(f, hp->arch, "rope.dimension_count", false, head_dim, &rot_dim));
+    if (head_dim < 2 || head_dim > 1024 || head_dim % 2 || rot_dim > head_dim || rot_dim % 2 || rot_dim == 0)
+        return spk_err(SPK_ERR_FORMAT, "%s: bad head_dim %u / rope dims %u", f->path, head_dim, rot_dim);
+    hp->n_layers = (int)n_layers;
+    hp->n_embd = (int)n_embd;
+    hp->n_heads = (int)n_heads;
+    hp->n_kv_heads = (int)n_kv;
+    hp->n_ff = (int)n_ff;
+    hp->n_ctx_train = (int)(n_ctx > 1u << 24 ? 1u << 24 : n_ctx);
+    hp->head_dim = (int)head_dim;
+    hp->rot_dim = (int)rot_dim;
+    TRY(get_f32_key(f, hp->arch, "attention.layer_norm_rms_epsilon", 1e-5f, &hp->eps));
+    TRY(get_f32_key(f, hp->arch, "rope.freq_base", 10000.0f, &hp->rope_theta));
+    if (!(hp->eps > 0 && hp->eps < 1) || !(hp->rope_theta > 1 && hp->rope_theta < 1e12f))
+        return spk_err(SPK_ERR_FORMAT, "%s: bad rms eps %g or rope theta %g", f->path, hp->eps,
+                       hp->rope_theta);
+    memset(&hp->scaling, 0, sizeof hp->scaling);
+    char key[128];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", hp->arch);
+    gguf_str stype;
+    if (gguf_find(f, key)) {
+        TRY(gguf_get_str(f, key, &stype));
+        if (gguf_str_eq(stype, "linear")) {
+            TRY(get_f32_key(f, hp->arch, "rope.scaling.factor", 1.0f, &hp->scaling.factor));
+            if (!(hp->scaling.factor >= 1.0f && hp->scaling.factor < 1e6f))
+                return spk_err(SPK_ERR_FORMAT, "%s: bad rope scaling factor %g", f->path,
+                               hp->scaling.factor);
+        } else if (!gguf_str_eq(stype, "none")) {
+            return spk_err(SPK_ERR_UNSUPPORTED, "%s: rope scaling type '%.*s' not supported",
+                           f->path, (int)(stype.len > 32 ? 32 : stype.len), stype.ptr);
+        }
+    }
+    return SPK_OK;
+}
+
+/* Tensors named blk.N.* must have N < n_layers (a file with extra layers is malformed). */
+static spk_status check_layer_names(const gguf_file *f, int n_layers)
+{
+    for (uint64_t i = 0; i < f->n_tensors; i++) {
+        gguf_str n = f->tensors[i].name;
+        if (n.len < 5 || memcmp(n.ptr, "blk.", 4) != 0)
+            continue;
+        uint64_t idx = 0;
+        size_t j = 4;
+        while (j < n.len && n.ptr[j] >= '0' && n.ptr[j] <= '9' && idx < 1u << 20)
+            idx = idx * 10 + (uint64_t)(n.ptr[j++] - '0');
+        if (j == 4 || idx >= (uint64_t)n_layers)
+            return spk_err(SPK_ERR_FORMAT, "%s: tensor '%.*s' is outside block_count %d", f->path,
+                           (int)(n.len > 96 ? 96 : n.len), n.ptr, n_layers);
+    }
+    return SPK_OK;
+}
+
+static uint64_t mat_params(const spk_wmat *m) { return (uint64_t)m->n_in * (uint64_t)m->n_out; }
+
+spk_status spk_llama_load(const gguf_file *f, spk_hparams *hp, spk_weights *w)
+{
+    memset(w, 0, sizeof *w);
+    TRY(load_hparams(f, hp));
+    const gguf_tensor *te = gguf_find_tensor(f, "token_embd.weight");
+    if (!te)
+        return spk_err(SPK_ERR_FORMAT, "%s: missing tensor 'token_embd.weight'", f->path);
+    if (te->n_dims != 2 || te->ne[1] < 1 || te->ne[1] > 1u << 24)
+        return spk_err(SPK_ERR_FORMAT, "%s: token_embd.weight has a bad shape", f->path);
+    hp->n_vocab = (int)te->ne[1];
+    uint32_t nv;
+    TRY(get_u32_key(f, hp->arch, "vocab_size", false, (uint32_t)hp->n_vocab, &nv));
+    if (nv != (uint32_t)hp->n_vocab)
+        return spk_err(SPK_ERR_FORMAT, "%s: vocab_size %u but token_embd has %d rows", f->path, nv,
+                       hp->n_vocab);
+    TRY(check_layer_names(f, hp->n_layers));
+
+    const int E = hp->n_embd, Q = hp->n_heads * hp->head_dim, KV = hp->n_kv_heads * hp->head_dim;
+    TRY(find_mat(f, "token_embd.weight", E, hp->n_vocab, &w->tok_embd));
+    TRY(find_vec(f, "output_norm.weight", E, &w->out_norm));
+    if (gguf_find_tensor(f, "output.weight"))
+        TRY(find_mat(f, "output.weight", E, hp->n_vocab, &w->output));
+    else
+        w->output = w->tok_embd;
+    /* Llama-3.x rope scaling is stored as per-frequency divisors (converted from the model's
+     * rope_scaling config by the GGUF writer). */
+    if (gguf_find_tensor(f, "rope_freqs.weight"))
+    {
+        TRY(find_vec(f, "rope_freqs.weight", hp->rot_dim / 2, &w->rope_factors));
+        for (int i = 0; i < hp->rot_dim / 2; i++)
+            if (!(w->rope_factors[i] > 0.0f && w->rope_factors[i] < 1e9f))
+                return spk_err(SPK_ERR_FORMAT, "%s: rope_freqs.weight[%d] = %g is not a positive factor",
+                               f->path, i, w->rope_factors[i]);
+    }
+
+    w->layers = calloc((size_t)hp->n_layers, sizeof *w->layers);
+    if (!w->layers)
+        return spk_err(SPK_ERR_NOMEM, "out of memory for %d layers", hp->n_layers);
+    uint64_t np = mat_params(&w->tok_embd) + (uint64_t)E;
+    if (w->output.data != w->tok_embd.data)
+        np += mat_params(&w->output);
+    for (int l = 0; l < hp->n_layers; l++) {
+        spk_layer *L = &w->layers[l];
+        char name[96];
+        spk_status st = SPK_OK;
+#define MAT(field, tname, nin, nout)                                                               \
+    if (st == SPK_OK) {                                                                            \
+        snprintf(name, sizeof name, "blk.%d." tname ".weight", l);                                 \
+        st = find_mat(f, name, nin, nout, &L->field);                                              \
+        np += mat_params(&L->field);                                                               \
+    }
+#define VEC(field, tname)                                                                          \
+    if (st == SPK_OK) {                                                                            \
+        snprintf(name, sizeof name, "blk.%d." tname ".weight", l);                                 \
+        st = find_vec(f, name, E, &L->field);                                                      \
+        np += (uint64_t)E;                                                                         \
+    }
+        VEC(attn_norm, "attn_norm");
+        VEC(ffn_norm, "ffn_norm");
+        MAT(wq, "attn_q", E, Q);
+        MAT(wk, "attn_k", E, KV);
+        MAT(wv, "attn_v", E, KV);
+        MAT(wo, "attn_output", Q, E);
+        MAT(w_gate, "ffn_gate", E, hp->n_ff);
+        MAT(w_up, "ffn_up", E, hp->n_ff);
+        MAT(w_down, "ffn_down", hp->n_ff, E);
+#undef MAT
+#undef VEC
+        if (st != SPK_OK) {
+            spk_llama_weights_free(w);
+            return st;
+        }
+    }
+    w->n_params = np;
+    for (uint64_t i = 0; i < f->n_tensors; i++)
+        w->n_bytes += f->tensors[i].nbytes;
+    return SPK_OK;
+}
+
+void spk_llama_weights_free(spk_weights *w)
+{
+    for (int i = 0; i < w->n_owned; i++)
+        free(w->owned[i]);
+    free(w->owned);
+    free(w->layers);
+    memset(w, 0, sizeof *w);
+}
+
+/* ---- slicing for pipeline / tensor parallelism -------------------------------------------- */
+
+void spk_shard_full(const spk_hparams *hp, spk_shard *sh)
+{
+    memset(sh, 0, sizeof *sh);
+    sh->l1 = hp->n_layers;
+    sh->h1 = hp->n_heads;
+    sh->kv1 = hp->n_kv_heads;
+    sh->f1 = hp->n_ff;
+    sh->v1 = hp->n_vocab;
+    sh->first = sh->last = true;
+}
+
+spk_status spk_shard_check(const spk_hparams *hp, const spk_shard *sh)
+{
+    const int g = hp->n_heads / hp->n_kv_heads;
+    if (sh->l0 < 0 || sh->l1 > hp->n_layers || sh->l0 >= sh->l1 || sh->kv0 < 0 || sh->kv1 > hp->n_kv_heads ||
+        sh->kv0 >= sh->kv1 || sh->h0 != sh->kv0 * g || sh->h1 != sh->kv1 * g || sh->f0 < 0 ||
+        sh->f1 > hp->n_ff || sh->f0 >= sh->f1 || sh->v0 < 0 || sh->v1 > hp->n_vocab || sh->v0 >= sh->v1)
+        return spk_err(SPK_ERR_INVALID_ARG,
+                       "shard: layers [%d,%d) heads [%d,%d) kv [%d,%d) ffn [%d,%d) vocab [%d,%d) do not fit "
+                       "the model (%d layers, %d/%d heads, ffn %d, vocab %d)",
+                       sh->l0, sh->l1, sh->h0, sh->h1, sh->kv0, sh->kv1, sh->f0, sh->f1, sh->v0, sh->v1,
+                       hp->n_layers, hp->n_heads, hp->n_kv_heads, hp->n_ff, hp->n_vocab);
+    return SPK_OK;
+}
+
+/* Rows [r0, r1) of a matrix: a view into the mapping. */
+static spk_wmat rows_of(const spk_wmat *m, int r0, int r1)
+{
+    spk_wmat out = *m;
+    out.data = (const uint8_t *)m->data + (size_t)r0 * spk_dtype_row_size(m->type, (size_t)m->n_in);
+    out.n_out = r1 - r0;
+    return out;
+}
+
+/* Drop the mapping's pages of a matrix we copied from (they are file-backed: re-read on demand). */
+static void release_pages(const spk_wmat *m)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)m->data, e = a + spk_dtype_row_size(m->type, (size_t)m->n_in) * (size_t)m->n_out;
+    a &= ~(uintptr_t)(pg - 1);
+    madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
+/* Columns [c0, c1) of a matrix: copied into an owned buffer (whole quantization blocks). */
+static spk_status cols_of(spk_weights *w, const spk_wmat *m, int c0, int c1, spk_wmat *out)
+{
+    if (c0 == 0 && c1 == m->n_in) {
+        *out = *m;
+        return SPK_OK;
+    }
+    const spk_dtype_info *ti = spk_dtype_get(m->type);
+    if (!ti || c0 % (int)ti->block || c1 % (int)ti->block || !spk_matmul_supported(m->type, c1 - c0))
+        return spk_err(SPK_ERR_UNSUPPORTED, "shard: columns [%d,%d) of a %s matrix are not whole blocks of %u",
+                       c0, c1, ti ? ti->name : "?", ti ? ti->block : 0);
+    size_t src_row = spk_dtype_row_size(m->type, (size_t)m->n_in), dst_row = spk_dtype_row_size(m->type, (size_t)(c1 - c0));
+    size_t off = (size_t)c0 / ti->block * ti->type_size;
+    uint8_t *buf = malloc(dst_row * (size_t)m->n_out);
+    void **owned = realloc(w->owned, sizeof(void *) * (size_t)(w->n_owned + 1));
+    if (!buf || !owned) {
+        free(buf);
+        if (owned)
+            w->owned = owned;
+        return spk_err(SPK_ERR_NOMEM, "shard: out of memory for a %zu-byte weight slice", dst_row * (size_t)m->n_out);
+    }
+    w->owned = owned;
+    w->owned[w->n_owned++] = buf;
+    for (int r = 0; r < m->n_out; r++)
+        memcpy(buf + (size_t)r * dst_row, (const uint8_t *)m->data + (size_t)r * src_row + off, dst_row);
+    release_pages(m);
+    *out = *m;
+    out->data = buf;
+    out->n_in = c1 - c0;
+    return SPK_OK;
+}
+
+static uint64_t wmat_bytes(const spk_wmat *m)
+{
+    return (uint64_t)spk_dtype_row_size(m->type, (size_t)m->n_in) * (uint64_t)m->n_out;
+}
+
+spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const spk_shard *sh, spk_weights *out)
+{
+    memset(out, 0, sizeof *out);
+    TRY(spk_shard_check(hp, sh));
+    const int HD = hp->head_dim, nl = sh->l1 - sh->l0;
+    out->out_norm = full->out_norm;
+    out->rope_factors = full->rope_factors;
+    out->tok_embd = full->tok_embd;
+    out->output = rows_of(&full->output, sh->v0, sh->v1);
+    out->layers = calloc((size_t)nl, sizeof *out->layers);
+    if (!out->layers)
+        return spk_err(SPK_ERR_NOMEM, "shard: out of memory");
+    spk_status st = SPK_OK;
+    for (int i = 0; i < nl && st == SPK_OK; i++) {
+        const spk_layer *F = &full->layers[sh->l0 + i];
+        spk_layer *L = &out->layers[i];
+        L->attn_norm = F->attn_norm;
+        L->ffn_norm = F->ffn_norm;
+        L->wq = rows_of(&F->wq, sh->h0 * HD, sh->h1 * HD);
+        L->wk = rows_of(&F->wk, sh->kv0 * HD, sh->kv1 * HD);
+        L->wv = rows_of(&F->wv, sh->kv0 * HD, sh->kv1 * HD);
+        L->w_gate = rows_of(&F->w_gate, sh->f0, sh->f1);
+        L->w_up = rows_of(&F->w_up, sh->f0, sh->f1);
+        st = cols_of(out, &F->wo, sh->h0 * HD, sh->h1 * HD, &L->wo);
+        if (st == SPK_OK)
+            st = cols_of(out, &F->w_down, sh->f0, sh->f1, &L->w_down);
+    }
+    if (st != SPK_OK) {
+        spk_llama_weights_free(out);
+        return st;
+    }
+    uint64_t bytes = 0;
+    for (int i = 0; i < nl; i++) {
+        const spk_layer *L = &out->layers[i];
+        bytes += wmat_bytes(&L->wq) + wmat_bytes(&L->wk) + wmat_bytes(&L->wv) + wmat_bytes(&L->wo) +
+                 wmat_bytes(&L->w_gate) + wmat_bytes(&L->w_up) + wmat_bytes(&L->w_down) +
+                 2 * sizeof(float) * (uint64_t)hp->n_embd;
+    }
+    if (sh->first)
+        bytes += wmat_bytes(&out->tok_embd);
+    if (sh->last) { /* a tied head on the embedding stage is the same bytes, counted once */
+        bool tied_here = sh->first && full->output.data == full->tok_embd.data;
+        bytes += (tied_here ? 0 : wmat_bytes(&out->output)) + sizeof(float) * (uint64_t)hp->n_embd;
+    }
+    out->n_bytes = bytes;
+    return SPK_OK;
+}
