@@ -16,6 +16,7 @@
 
 #include "transport/reduce.h"
 #include "transport/registry.h"
+#include "transport/util.h"
 
 struct spk_transport_comm {
     ncclComm_t nc;
@@ -33,26 +34,6 @@ struct spk_transport_comm {
 };
 
 typedef spk_transport_comm nc_comm;
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static spk_status errf(spk_status (*set_error)(spk_status, const char *), spk_status st,
-                       const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static spk_status errf(spk_status (*set_error)(spk_status, const char *), spk_status st,
-                       const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return set_error(st, msg);
-}
 
 static spk_status nccl_probe(char *why, size_t cap)
 {
@@ -115,7 +96,7 @@ static spk_status map_nccl(ncclResult_t r)
  */
 static spk_status nc_wait(nc_comm *c, ncclResult_t enq, int sync, int timeout_ms, const char *what)
 {
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = spk_tr_now_ms() + timeout_ms;
     if (enq != ncclSuccess && enq != ncclInProgress)
         return nc_fail(c, map_nccl(enq), "nccl rank %d: %s: %s (%s)", c->rank, what,
                        ncclGetErrorString(enq), c->nc ? ncclGetLastError(c->nc) : "");
@@ -124,7 +105,7 @@ static spk_status nc_wait(nc_comm *c, ncclResult_t enq, int sync, int timeout_ms
             nc_abort_now(c);
             if (c->broken == SPK_OK)
                 c->broken = SPK_ERR_CANCELLED;
-            return errf(c->set_error, SPK_ERR_CANCELLED, "nccl rank %d: %s: aborted", c->rank, what);
+            return spk_tr_errf(c->set_error, SPK_ERR_CANCELLED, "nccl rank %d: %s: aborted", c->rank, what);
         }
         ncclResult_t ae = ncclSuccess;
         ncclCommGetAsyncError(c->nc, &ae);
@@ -143,7 +124,7 @@ static spk_status nc_wait(nc_comm *c, ncclResult_t enq, int sync, int timeout_ms
                 return nc_fail(c, SPK_ERR_TRANSPORT, "nccl rank %d: %s: CUDA error %s", c->rank,
                                what, cudaGetErrorString(e));
         }
-        if (now_ms() >= deadline)
+        if (spk_tr_now_ms() >= deadline)
             return nc_fail(c, SPK_ERR_TIMEOUT,
                            "nccl rank %d: %s: no completion within %d ms (a peer stopped "
                            "answering?); communicator aborted",
@@ -163,17 +144,17 @@ static int tmo(const nc_comm *c, int timeout_ms)
 static spk_status nc_usable(nc_comm *c, unsigned mem, const char *what)
 {
     if (mem != SPK_TRANSPORT_MEM_HOST && mem != SPK_TRANSPORT_MEM_CUDA)
-        return errf(c->set_error, SPK_ERR_UNSUPPORTED, "nccl: %s: memory kind 0x%x", what, mem);
+        return spk_tr_errf(c->set_error, SPK_ERR_UNSUPPORTED, "nccl: %s: memory kind 0x%x", what, mem);
     if (c->broken != SPK_OK)
-        return errf(c->set_error, c->broken, "nccl rank %d: %s on a broken communicator", c->rank,
+        return spk_tr_errf(c->set_error, c->broken, "nccl rank %d: %s on a broken communicator", c->rank,
                     what);
     if (atomic_load(&c->aborted)) {
         nc_abort_now(c);
         c->broken = SPK_ERR_CANCELLED;
-        return errf(c->set_error, SPK_ERR_CANCELLED, "nccl rank %d: %s: aborted", c->rank, what);
+        return spk_tr_errf(c->set_error, SPK_ERR_CANCELLED, "nccl rank %d: %s: aborted", c->rank, what);
     }
     if (cudaSetDevice(c->device) != cudaSuccess)
-        return errf(c->set_error, SPK_ERR_TRANSPORT, "nccl: cudaSetDevice(%d) failed", c->device);
+        return spk_tr_errf(c->set_error, SPK_ERR_TRANSPORT, "nccl: cudaSetDevice(%d) failed", c->device);
     return SPK_OK;
 }
 
@@ -219,14 +200,14 @@ static spk_status nc_sendrecv_impl(nc_comm *c, int sp, const void *sbuf, size_t 
         return st;
     if ((sb && (sp < 0 || sp >= c->world || sp == c->rank)) ||
         (rb && (rp < 0 || rp >= c->world || rp == c->rank)) || (sb && !sbuf) || (rb && !rbuf))
-        return errf(c->set_error, SPK_ERR_INVALID_ARG,
+        return spk_tr_errf(c->set_error, SPK_ERR_INVALID_ARG,
                     "nccl rank %d: %s: bad peer or buffer (send to %d, recv from %d, world %d)",
                     c->rank, what, sp, rp, c->world);
     int t = tmo(c, timeout_ms);
     void *ds = sb ? stage(c, mem, (void *)(uintptr_t)sbuf, 0, sb + rb) : NULL;
     void *dr = rb ? stage(c, mem, rbuf, sb, sb + rb) : NULL;
     if ((sb && !ds) || (rb && !dr))
-        return errf(c->set_error, SPK_ERR_NOMEM, "nccl: %s: no device memory for staging", what);
+        return spk_tr_errf(c->set_error, SPK_ERR_NOMEM, "nccl: %s: no device memory for staging", what);
     if (sb && mem == SPK_TRANSPORT_MEM_HOST && (st = h2d(c, ds, sbuf, sb)) != SPK_OK)
         return st;
     ncclResult_t r = ncclGroupStart();
@@ -270,16 +251,16 @@ static spk_status nc_allreduce(nc_comm *c, void *buf, size_t count, spk_transpor
                        : dt == SPK_TRANSPORT_F16 ? ncclFloat16
                        : dt == SPK_TRANSPORT_BF16 ? ncclBfloat16 : (ncclDataType_t)-1;
     if ((int)t < 0)
-        return errf(c->set_error, SPK_ERR_UNSUPPORTED, "nccl: allreduce: dtype %d", (int)dt);
+        return spk_tr_errf(c->set_error, SPK_ERR_UNSUPPORTED, "nccl: allreduce: dtype %d", (int)dt);
     if (count == 0)
         return SPK_OK;
     if (!buf)
-        return errf(c->set_error, SPK_ERR_INVALID_ARG, "nccl: allreduce: NULL buffer");
+        return spk_tr_errf(c->set_error, SPK_ERR_INVALID_ARG, "nccl: allreduce: NULL buffer");
     size_t bytes = count * spk_tr_dtype_size(dt);
     int to = tmo(c, timeout_ms);
     void *d = stage(c, mem, buf, 0, bytes);
     if (!d)
-        return errf(c->set_error, SPK_ERR_NOMEM, "nccl: allreduce: no device memory for staging");
+        return spk_tr_errf(c->set_error, SPK_ERR_NOMEM, "nccl: allreduce: no device memory for staging");
     if (mem == SPK_TRANSPORT_MEM_HOST && (st = h2d(c, d, buf, bytes)) != SPK_OK)
         return st;
     st = nc_wait(c, ncclAllReduce(d, d, count, t, ncclSum, c->nc, c->stream), 1, to, "allreduce");
@@ -295,12 +276,12 @@ static spk_status nc_allgather(nc_comm *c, const void *mine, void *all, size_t b
     if (st != SPK_OK || bpr == 0)
         return st;
     if (!mine || !all)
-        return errf(c->set_error, SPK_ERR_INVALID_ARG, "nccl: allgather: NULL buffer");
+        return spk_tr_errf(c->set_error, SPK_ERR_INVALID_ARG, "nccl: allgather: NULL buffer");
     size_t total = bpr * (size_t)c->world;
     int to = tmo(c, timeout_ms);
     uint8_t *d = stage(c, mem, all, 0, total);
     if (!d)
-        return errf(c->set_error, SPK_ERR_NOMEM, "nccl: allgather: no device memory for staging");
+        return spk_tr_errf(c->set_error, SPK_ERR_NOMEM, "nccl: allgather: no device memory for staging");
     const void *src = mine;
     if (mem == SPK_TRANSPORT_MEM_HOST) {
         if ((st = h2d(c, d + (size_t)c->rank * bpr, mine, bpr)) != SPK_OK)
@@ -366,7 +347,7 @@ static spk_status nc_shell(const spk_transport_init_params *p, int rank, int wor
 {
     nc_comm *c = calloc(1, sizeof *c);
     if (!c)
-        return errf(p->set_error, SPK_ERR_NOMEM, "nccl: out of memory");
+        return spk_tr_errf(p->set_error, SPK_ERR_NOMEM, "nccl: out of memory");
     c->rank = rank;
     c->world = world;
     c->device = device;
@@ -382,7 +363,7 @@ static spk_status nc_shell(const spk_transport_init_params *p, int rank, int wor
         e = cudaMemset(c->one, 0, sizeof(int));
     if (e != cudaSuccess) {
         nc_finalize(c);
-        return errf(p->set_error, SPK_ERR_TRANSPORT, "nccl: CUDA device %d setup failed: %s",
+        return spk_tr_errf(p->set_error, SPK_ERR_TRANSPORT, "nccl: CUDA device %d setup failed: %s",
                     device, cudaGetErrorString(e));
     }
     *out = c;
@@ -403,26 +384,26 @@ static spk_status nccl_init(const spk_transport_init_params *params, spk_transpo
     const spk_transport_bootstrap *bs = p.bootstrap;
     if (bs->world_size < 1 || bs->rank < 0 || bs->rank >= bs->world_size || !bs->allgather ||
         p.timeout_ms <= 0)
-        return errf(p.set_error, SPK_ERR_INVALID_ARG, "nccl: init: bad bootstrap or timeout");
+        return spk_tr_errf(p.set_error, SPK_ERR_INVALID_ARG, "nccl: init: bad bootstrap or timeout");
     char why[256];
     if (nccl_probe(why, sizeof why) != SPK_OK)
-        return errf(p.set_error, SPK_ERR_UNSUPPORTED, "nccl: %s", why);
+        return spk_tr_errf(p.set_error, SPK_ERR_UNSUPPORTED, "nccl: %s", why);
     int ndev = 0;
     cudaGetDeviceCount(&ndev);
     int device = p.cuda_device >= 0 ? p.cuda_device : 0;
     if (device >= ndev)
-        return errf(p.set_error, SPK_ERR_INVALID_ARG, "nccl: CUDA device %d of %d", device, ndev);
+        return spk_tr_errf(p.set_error, SPK_ERR_INVALID_ARG, "nccl: CUDA device %d of %d", device, ndev);
     ncclUniqueId id;
     memset(&id, 0, sizeof id);
     if (bs->rank == 0) {
         ncclResult_t r = ncclGetUniqueId(&id);
         if (r != ncclSuccess)
-            return errf(p.set_error, SPK_ERR_TRANSPORT, "nccl: ncclGetUniqueId: %s",
+            return spk_tr_errf(p.set_error, SPK_ERR_TRANSPORT, "nccl: ncclGetUniqueId: %s",
                         ncclGetErrorString(r));
     }
     uint8_t *all = malloc(sizeof id * (size_t)bs->world_size);
     if (!all)
-        return errf(p.set_error, SPK_ERR_NOMEM, "nccl: out of memory");
+        return spk_tr_errf(p.set_error, SPK_ERR_NOMEM, "nccl: out of memory");
     spk_status st = bs->allgather(bs->ctx, &id, all, sizeof id, p.timeout_ms);
     memcpy(&id, all, sizeof id); /* rank 0's */
     free(all);
@@ -437,7 +418,7 @@ static spk_status nccl_init(const spk_transport_init_params *params, spk_transpo
     if (r != ncclSuccess && r != ncclInProgress) {
         c->nc = NULL;
         nc_finalize(c);
-        return errf(p.set_error, SPK_ERR_TRANSPORT, "nccl: ncclCommInitRankConfig: %s",
+        return spk_tr_errf(p.set_error, SPK_ERR_TRANSPORT, "nccl: ncclCommInitRankConfig: %s",
                     ncclGetErrorString(r));
     }
     if ((st = nc_wait(c, r, 0, p.timeout_ms, "init")) != SPK_OK) {
@@ -453,7 +434,7 @@ static spk_status nc_split(nc_comm *c, int color, int key, nc_comm **out, int ti
     if (out)
         *out = NULL;
     if (!out)
-        return errf(c->set_error, SPK_ERR_INVALID_ARG, "nccl: split: out is NULL");
+        return spk_tr_errf(c->set_error, SPK_ERR_INVALID_ARG, "nccl: split: out is NULL");
     spk_status st = nc_usable(c, SPK_TRANSPORT_MEM_CUDA, "split");
     if (st != SPK_OK)
         return st;

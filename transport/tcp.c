@@ -24,6 +24,7 @@
 
 #include "transport/reduce.h"
 #include "transport/registry.h"
+#include "transport/util.h"
 #include "transport/tcp_mesh.h"
 
 #define SPK_TCP_FMT(a, b) __attribute__((format(printf, a, b)))
@@ -64,26 +65,6 @@ typedef spk_transport_comm tcp_comm;
 /* ---------------------------------------------------------------------------------------- */
 /* small helpers                                                                            */
 /* ---------------------------------------------------------------------------------------- */
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static spk_status errf(spk_status (*set_error)(spk_status, const char *), spk_status st,
-                       const char *fmt, ...) SPK_TCP_FMT(3, 4);
-static spk_status errf(spk_status (*set_error)(spk_status, const char *), spk_status st,
-                       const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return set_error(st, msg);
-}
 
 static void logf_(void (*log)(spk_log_level, const char *), spk_log_level lv, const char *fmt, ...)
     SPK_TCP_FMT(3, 4);
@@ -140,11 +121,11 @@ static spk_status fail(tcp_comm *c, spk_status st, const char *fmt, ...)
 static spk_status check_usable(tcp_comm *c, const char *what)
 {
     if (c->broken != SPK_OK)
-        return errf(c->set_error, c->broken, "tcp rank %d: %s on a broken communicator (%s earlier)",
+        return spk_tr_errf(c->set_error, c->broken, "tcp rank %d: %s on a broken communicator (%s earlier)",
                     c->rank, what, c->broken == SPK_ERR_PEER_LOST ? "peer lost" : "failure");
     if (atomic_load(&c->aborted)) {
         c->broken = SPK_ERR_CANCELLED;
-        return errf(c->set_error, SPK_ERR_CANCELLED, "tcp rank %d: %s: communicator aborted",
+        return spk_tr_errf(c->set_error, SPK_ERR_CANCELLED, "tcp rank %d: %s: communicator aborted",
                     c->rank, what);
     }
     return SPK_OK;
@@ -277,7 +258,7 @@ static spk_status pump(tcp_comm *c, tcp_op *o, const char *what)
 static spk_status run_ops(tcp_comm *c, tcp_op *ops, int n, int timeout_ms, int watch_all,
                           const char *what)
 {
-    int64_t start = now_ms(), deadline = start + timeout_ms;
+    int64_t start = spk_tr_now_ms(), deadline = start + timeout_ms;
     struct pollfd pfd[c->world + 1];
     int who[c->world + 1];
     for (;;) {
@@ -292,7 +273,7 @@ static spk_status run_ops(tcp_comm *c, tcp_op *ops, int n, int timeout_ms, int w
         if (atomic_load(&c->aborted)) {
             if (c->broken == SPK_OK)
                 c->broken = SPK_ERR_CANCELLED;
-            return errf(c->set_error, SPK_ERR_CANCELLED, "tcp rank %d: %s: aborted", c->rank, what);
+            return spk_tr_errf(c->set_error, SPK_ERR_CANCELLED, "tcp rank %d: %s: aborted", c->rank, what);
         }
         int np = 0;
         for (int p = 0; p < c->world; p++) {
@@ -309,7 +290,7 @@ static spk_status run_ops(tcp_comm *c, tcp_op *ops, int n, int timeout_ms, int w
         }
         pfd[np] = (struct pollfd){.fd = c->abort_pipe[0], .events = POLLIN};
         who[np] = -1;
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - spk_tr_now_ms();
         if (left <= 0) {
             int p = -1;
             size_t got = 0, want = 0;
@@ -365,7 +346,7 @@ static spk_status run_ops(tcp_comm *c, tcp_op *ops, int n, int timeout_ms, int w
 static spk_status check_peer(tcp_comm *c, int peer, const char *what)
 {
     if (peer < 0 || peer >= c->world || peer == c->rank)
-        return errf(c->set_error, SPK_ERR_INVALID_ARG,
+        return spk_tr_errf(c->set_error, SPK_ERR_INVALID_ARG,
                     "tcp rank %d: %s: peer %d out of range (world %d, not self)", c->rank, what,
                     peer, c->world);
     return SPK_OK;
@@ -374,7 +355,7 @@ static spk_status check_peer(tcp_comm *c, int peer, const char *what)
 static spk_status check_mem(tcp_comm *c, unsigned mem, const char *what)
 {
     if (mem != SPK_TRANSPORT_MEM_HOST && mem != 0)
-        return errf(c->set_error, SPK_ERR_UNSUPPORTED,
+        return spk_tr_errf(c->set_error, SPK_ERR_UNSUPPORTED,
                     "tcp: %s: memory kind 0x%x not accepted (host memory only)", what, mem);
     return SPK_OK;
 }
@@ -388,7 +369,7 @@ static spk_status p2p(tcp_comm *c, int sp, const void *sbuf, size_t sbytes, int 
     if (st == SPK_OK && rbytes)
         st = check_peer(c, rp, what);
     if (st == SPK_OK && ((sbytes && !sbuf) || (rbytes && !rbuf)))
-        st = errf(c->set_error, SPK_ERR_INVALID_ARG, "tcp: %s: NULL buffer", what);
+        st = spk_tr_errf(c->set_error, SPK_ERR_INVALID_ARG, "tcp: %s: NULL buffer", what);
     if (st == SPK_OK)
         st = check_usable(c, what);
     if (st != SPK_OK)
@@ -446,12 +427,12 @@ static spk_status tcp_allreduce(tcp_comm *c, void *buf, size_t count, spk_transp
     size_t esz = spk_tr_dtype_size(dt);
     spk_status st = check_mem(c, mem, "allreduce");
     if (st == SPK_OK && esz == 0)
-        st = errf(c->set_error, SPK_ERR_UNSUPPORTED, "tcp: allreduce: dtype %d not supported",
+        st = spk_tr_errf(c->set_error, SPK_ERR_UNSUPPORTED, "tcp: allreduce: dtype %d not supported",
                   (int)dt);
     if (st == SPK_OK && count && !buf)
-        st = errf(c->set_error, SPK_ERR_INVALID_ARG, "tcp: allreduce: NULL buffer");
+        st = spk_tr_errf(c->set_error, SPK_ERR_INVALID_ARG, "tcp: allreduce: NULL buffer");
     if (st == SPK_OK && count > SIZE_MAX / esz / (size_t)c->world)
-        st = errf(c->set_error, SPK_ERR_INVALID_ARG, "tcp: allreduce: count %zu too large", count);
+        st = spk_tr_errf(c->set_error, SPK_ERR_INVALID_ARG, "tcp: allreduce: count %zu too large", count);
     if (st == SPK_OK)
         st = check_usable(c, "allreduce");
     if (st != SPK_OK || c->world == 1 || count == 0)
@@ -463,7 +444,7 @@ static spk_status tcp_allreduce(tcp_comm *c, void *buf, size_t count, spk_transp
         /* direct exchange, folded as it arrives, never past what we have already sent */
         uint8_t *tmp = scratch(c, bytes);
         if (!tmp)
-            return errf(c->set_error, SPK_ERR_NOMEM, "tcp: allreduce: %zu bytes scratch", bytes);
+            return spk_tr_errf(c->set_error, SPK_ERR_NOMEM, "tcp: allreduce: %zu bytes scratch", bytes);
         tcp_op ops[2];
         op_send(&ops[0], 1 - r, b, bytes);
         op_recv(&ops[1], 1 - r, tmp, bytes);
@@ -476,7 +457,7 @@ static spk_status tcp_allreduce(tcp_comm *c, void *buf, size_t count, spk_transp
     if (bytes * (size_t)w <= TCP_DIRECT_MAX_BYTES) {
         uint8_t *all = scratch(c, bytes * (size_t)w);
         if (!all)
-            return errf(c->set_error, SPK_ERR_NOMEM, "tcp: allreduce: scratch");
+            return spk_tr_errf(c->set_error, SPK_ERR_NOMEM, "tcp: allreduce: scratch");
         memcpy(all + (size_t)r * bytes, b, bytes);
         st = all_to_all(c, b, all, bytes, tmo, "allreduce");
         if (st != SPK_OK)
@@ -492,7 +473,7 @@ static spk_status tcp_allreduce(tcp_comm *c, void *buf, size_t count, spk_transp
     size_t max_chunk = (count / (size_t)w + 1) * esz;
     uint8_t *tmp = scratch(c, max_chunk);
     if (!tmp)
-        return errf(c->set_error, SPK_ERR_NOMEM, "tcp: allreduce: scratch");
+        return spk_tr_errf(c->set_error, SPK_ERR_NOMEM, "tcp: allreduce: scratch");
     for (int s = 0; s < w - 1; s++) {
         size_t so, sl, ro, rl;
         spk_tr_chunk(count, w, ((r - s) % w + w) % w, &so, &sl);
@@ -532,9 +513,9 @@ static spk_status tcp_allgather(tcp_comm *c, const void *mine, void *all, size_t
 {
     spk_status st = check_mem(c, mem, "allgather");
     if (st == SPK_OK && bpr && (!mine || !all))
-        st = errf(c->set_error, SPK_ERR_INVALID_ARG, "tcp: allgather: NULL buffer");
+        st = spk_tr_errf(c->set_error, SPK_ERR_INVALID_ARG, "tcp: allgather: NULL buffer");
     if (st == SPK_OK && bpr > SIZE_MAX / (size_t)c->world)
-        st = errf(c->set_error, SPK_ERR_INVALID_ARG, "tcp: allgather: %zu bytes too large", bpr);
+        st = spk_tr_errf(c->set_error, SPK_ERR_INVALID_ARG, "tcp: allgather: %zu bytes too large", bpr);
     if (st == SPK_OK)
         st = check_usable(c, "allgather");
     if (st != SPK_OK || bpr == 0)
@@ -678,7 +659,7 @@ static spk_status comm_create(const spk_transport_init_params *p, const spk_tran
 {
     tcp_comm *c = calloc(1, sizeof *c);
     if (!c)
-        return errf(p->set_error, SPK_ERR_NOMEM, "tcp: out of memory");
+        return spk_tr_errf(p->set_error, SPK_ERR_NOMEM, "tcp: out of memory");
     c->abort_pipe[0] = c->abort_pipe[1] = -1;
     pthread_mutex_init(&c->kids_mu, NULL);
     c->rank = bs->rank;
@@ -705,9 +686,9 @@ static spk_status comm_create(const spk_transport_init_params *p, const spk_tran
     char(*addrs)[SPK_TCP_ADDR_LEN] = calloc((size_t)c->world, sizeof *addrs);
     spk_status st = SPK_OK;
     if (!c->peers || !fds || !addrs)
-        st = errf(p->set_error, SPK_ERR_NOMEM, "tcp: out of memory for %d peers", c->world);
+        st = spk_tr_errf(p->set_error, SPK_ERR_NOMEM, "tcp: out of memory for %d peers", c->world);
     else if (pipe2(c->abort_pipe, O_NONBLOCK | O_CLOEXEC) != 0)
-        st = errf(p->set_error, SPK_ERR_IO, "tcp: pipe: %s", strerror(errno));
+        st = spk_tr_errf(p->set_error, SPK_ERR_IO, "tcp: pipe: %s", strerror(errno));
     if (st == SPK_OK) {
         for (int i = 0; i < c->world; i++)
             c->peers[i].fd = -1;
@@ -735,7 +716,7 @@ static spk_status comm_create(const spk_transport_init_params *p, const spk_tran
         if (parent->n_kids < parent->cap_kids)
             parent->kids[parent->n_kids++] = c;
         else
-            st = errf(p->set_error, SPK_ERR_NOMEM, "tcp: out of memory");
+            st = spk_tr_errf(p->set_error, SPK_ERR_NOMEM, "tcp: out of memory");
         pthread_mutex_unlock(&parent->kids_mu);
     }
     if (st != SPK_OK) {
@@ -766,17 +747,17 @@ static spk_status tcp_init(const spk_transport_init_params *params, spk_transpor
                            : SPK_ERR_INVALID_ARG;
     const spk_transport_bootstrap *b = p.bootstrap;
     if (!b || b->struct_size < offsetof(spk_transport_bootstrap, local_addr) + sizeof b->local_addr)
-        return errf(p.set_error, SPK_ERR_INVALID_ARG, "tcp: init: bootstrap missing or too old");
+        return spk_tr_errf(p.set_error, SPK_ERR_INVALID_ARG, "tcp: init: bootstrap missing or too old");
     spk_transport_bootstrap bs;
     memset(&bs, 0, sizeof bs);
     memcpy(&bs, b, b->struct_size < sizeof bs ? b->struct_size : sizeof bs);
     if (bs.world_size < 1 || bs.world_size > 4096 || bs.rank < 0 || bs.rank >= bs.world_size ||
         !bs.allgather || !bs.barrier || (bs.cluster_nonce_len && !bs.cluster_nonce))
-        return errf(p.set_error, SPK_ERR_INVALID_ARG,
+        return spk_tr_errf(p.set_error, SPK_ERR_INVALID_ARG,
                     "tcp: init: bad bootstrap (rank %d, world %d, allgather %s)", bs.rank,
                     bs.world_size, bs.allgather ? "set" : "NULL");
     if (p.timeout_ms <= 0)
-        return errf(p.set_error, SPK_ERR_INVALID_ARG, "tcp: init: timeout_ms %d must be > 0",
+        return spk_tr_errf(p.set_error, SPK_ERR_INVALID_ARG, "tcp: init: timeout_ms %d must be > 0",
                     p.timeout_ms);
     return comm_create(&p, &bs, p.options, NULL, out);
 }
@@ -786,14 +767,14 @@ static spk_status tcp_split(tcp_comm *c, int color, int key, tcp_comm **out, int
     if (out)
         *out = NULL;
     if (!c || !out)
-        return c ? errf(c->set_error, SPK_ERR_INVALID_ARG, "tcp: split: out is NULL")
+        return c ? spk_tr_errf(c->set_error, SPK_ERR_INVALID_ARG, "tcp: split: out is NULL")
                  : SPK_ERR_INVALID_ARG;
     int w = c->world, tmo = timeout_of(c, timeout_ms);
     uint8_t mine[8], *all = malloc((size_t)w * 8);
     int *members = malloc((size_t)w * sizeof *members);
     spk_status st = SPK_OK;
     if (!all || !members) {
-        st = errf(c->set_error, SPK_ERR_NOMEM, "tcp: split: out of memory");
+        st = spk_tr_errf(c->set_error, SPK_ERR_NOMEM, "tcp: split: out of memory");
         goto done;
     }
     for (int i = 0; i < 4; i++) {

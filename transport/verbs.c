@@ -18,6 +18,7 @@
 
 #include "transport/reduce.h"
 #include "transport/registry.h"
+#include "transport/util.h"
 #include "transport/ring.h"
 #include "transport/verbs_wire.h"
 
@@ -51,26 +52,6 @@ struct spk_transport_comm {
 };
 
 typedef spk_transport_comm vb_comm;
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static spk_status errf(spk_status (*set_error)(spk_status, const char *), spk_status st,
-                       const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static spk_status errf(spk_status (*set_error)(spk_status, const char *), spk_status st,
-                       const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return set_error(st, msg);
-}
 
 static spk_status vb_fail(vb_comm *c, spk_status st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -165,11 +146,11 @@ static spk_status vb_sendrecv_impl(vb_comm *c, int sp, const void *sbuf, size_t 
                                    void *rbuf, size_t rb, int timeout_ms, const char *what)
 {
     if (c->broken != SPK_OK)
-        return errf(c->set_error, c->broken, "verbs rank %d: %s on a broken communicator",
+        return spk_tr_errf(c->set_error, c->broken, "verbs rank %d: %s on a broken communicator",
                     c->rank, what);
     vb_xfer s = {sp, sbuf, NULL, sb, 0, 0}, r = {rp, NULL, rbuf, rb, 0, 0};
     size_t s_chunks = spk_verbs_chunks(sb, VB_CHUNK), s_acked = 0;
-    int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : c->timeout_ms);
+    int64_t deadline = spk_tr_now_ms() + (timeout_ms > 0 ? timeout_ms : c->timeout_ms);
     while (s_acked < s_chunks || r.done < r.len) {
         if (atomic_load(&c->aborted))
             return vb_fail(c, SPK_ERR_CANCELLED, "verbs rank %d: %s: aborted", c->rank, what);
@@ -214,7 +195,7 @@ static spk_status vb_sendrecv_impl(vb_comm *c, int sp, const void *sbuf, size_t 
                 return vb_fail(c, SPK_ERR_TRANSPORT, "verbs: re-post receive failed");
             pr->next_recv_slot = (slot + 1) % VB_SLOTS;
         }
-        if (now_ms() > deadline)
+        if (spk_tr_now_ms() > deadline)
             return vb_fail(c, SPK_ERR_TIMEOUT,
                            "verbs rank %d: %s timed out (sent %zu/%zu chunks to %d, received "
                            "%zu/%zu bytes from %d)",
@@ -226,10 +207,10 @@ static spk_status vb_sendrecv_impl(vb_comm *c, int sp, const void *sbuf, size_t 
 static spk_status check_args(vb_comm *c, unsigned mem, const char *what)
 {
     if (mem == SPK_TRANSPORT_MEM_CUDA)
-        return errf(c->set_error, SPK_ERR_UNSUPPORTED,
+        return spk_tr_errf(c->set_error, SPK_ERR_UNSUPPORTED,
                     "verbs: %s: CUDA device memory needs GPUDirect RDMA, not supported yet", what);
     if (mem != SPK_TRANSPORT_MEM_HOST)
-        return errf(c->set_error, SPK_ERR_UNSUPPORTED, "verbs: %s: memory kind 0x%x", what, mem);
+        return spk_tr_errf(c->set_error, SPK_ERR_UNSUPPORTED, "verbs: %s: memory kind 0x%x", what, mem);
     return SPK_OK;
 }
 
@@ -239,7 +220,7 @@ static spk_status vb_sendrecv(vb_comm *c, int sp, const void *sbuf, size_t sb, i
     spk_status st = check_args(c, mem, "sendrecv");
     if (st == SPK_OK && ((sb && (sp < 0 || sp >= c->world || sp == c->rank || !sbuf)) ||
                          (rb && (rp < 0 || rp >= c->world || rp == c->rank || !rbuf))))
-        st = errf(c->set_error, SPK_ERR_INVALID_ARG, "verbs: bad peer (%d/%d, world %d) or buffer",
+        st = spk_tr_errf(c->set_error, SPK_ERR_INVALID_ARG, "verbs: bad peer (%d/%d, world %d) or buffer",
                   sp, rp, c->world);
     return st != SPK_OK ? st : vb_sendrecv_impl(c, sp, sbuf, sb, rp, rbuf, rb, timeout_ms, "sendrecv");
 }
@@ -267,14 +248,14 @@ static spk_status vb_allreduce(vb_comm *c, void *buf, size_t count, spk_transpor
     size_t esz = spk_tr_dtype_size(dt);
     spk_status st = check_args(c, mem, "allreduce");
     if (st == SPK_OK && !esz)
-        st = errf(c->set_error, SPK_ERR_UNSUPPORTED, "verbs: allreduce: dtype %d", (int)dt);
+        st = spk_tr_errf(c->set_error, SPK_ERR_UNSUPPORTED, "verbs: allreduce: dtype %d", (int)dt);
     if (st != SPK_OK || c->world == 1 || count == 0)
         return st;
     size_t need = (count / (size_t)c->world + 1) * esz;
     if (need > c->scratch_cap) {
         uint8_t *p = realloc(c->scratch, need);
         if (!p)
-            return errf(c->set_error, SPK_ERR_NOMEM, "verbs: allreduce scratch %zu bytes", need);
+            return spk_tr_errf(c->set_error, SPK_ERR_NOMEM, "verbs: allreduce scratch %zu bytes", need);
         c->scratch = p;
         c->scratch_cap = need;
     }
@@ -387,13 +368,13 @@ static spk_status verbs_init(const spk_transport_init_params *params, spk_transp
     const spk_transport_bootstrap *bs = params->bootstrap;
     if (bs->world_size < 1 || bs->rank < 0 || bs->rank >= bs->world_size || !bs->allgather ||
         params->timeout_ms <= 0)
-        return errf(params->set_error, SPK_ERR_INVALID_ARG, "verbs: init: bad bootstrap");
+        return spk_tr_errf(params->set_error, SPK_ERR_INVALID_ARG, "verbs: init: bad bootstrap");
     char why[256];
     if (verbs_probe(why, sizeof why) != SPK_OK)
-        return errf(params->set_error, SPK_ERR_UNSUPPORTED, "verbs: %s", why);
+        return spk_tr_errf(params->set_error, SPK_ERR_UNSUPPORTED, "verbs: %s", why);
     vb_comm *c = calloc(1, sizeof *c);
     if (!c)
-        return errf(params->set_error, SPK_ERR_NOMEM, "verbs: out of memory");
+        return spk_tr_errf(params->set_error, SPK_ERR_NOMEM, "verbs: out of memory");
     c->rank = bs->rank;
     c->world = bs->world_size;
     c->timeout_ms = params->timeout_ms;
@@ -418,7 +399,7 @@ static spk_status verbs_init(const spk_transport_init_params *params, spk_transp
         posix_memalign((void **)&c->region, 4096, total) != 0 ||
         !(c->mr = ibv_reg_mr(c->pd, c->region, total,
                              IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE))) {
-        st = errf(params->set_error, SPK_ERR_TRANSPORT,
+        st = spk_tr_errf(params->set_error, SPK_ERR_TRANSPORT,
                   "verbs: device setup (open, port %u, PD, CQ, %zu-byte MR) failed: %s", c->port,
                   total, strerror(errno));
         goto out;
@@ -426,7 +407,7 @@ static spk_status verbs_init(const spk_transport_init_params *params, spk_transp
     mine = calloc((size_t)w, SPK_VERBS_CONN_LEN);
     all = calloc((size_t)w * (size_t)w, SPK_VERBS_CONN_LEN);
     if (!mine || !all) {
-        st = errf(params->set_error, SPK_ERR_NOMEM, "verbs: out of memory");
+        st = spk_tr_errf(params->set_error, SPK_ERR_NOMEM, "verbs: out of memory");
         goto out;
     }
     for (int p = 0; p < w; p++) {
@@ -438,7 +419,7 @@ static spk_status verbs_init(const spk_transport_init_params *params, spk_transp
         struct ibv_qp_init_attr qa = {.send_cq = c->cq, .recv_cq = c->cq, .qp_type = IBV_QPT_RC,
                                       .cap = {VB_SLOTS, VB_SLOTS, 1, 1, 0}};
         if (!(pe->qp = ibv_create_qp(c->pd, &qa))) {
-            st = errf(params->set_error, SPK_ERR_TRANSPORT, "verbs: ibv_create_qp for rank %d", p);
+            st = spk_tr_errf(params->set_error, SPK_ERR_TRANSPORT, "verbs: ibv_create_qp for rank %d", p);
             goto out;
         }
         spk_verbs_conn me = {pe->qp->qp_num, randombytes_uniform(0xffffff), pa.lid, {0},
@@ -455,17 +436,17 @@ static spk_status verbs_init(const spk_transport_init_params *params, spk_transp
         if (spk_verbs_conn_decode(mine + (size_t)p * SPK_VERBS_CONN_LEN, &me) != 0 ||
             spk_verbs_conn_decode(all + ((size_t)p * (size_t)w + (size_t)c->rank) * SPK_VERBS_CONN_LEN,
                                   &peer) != 0) {
-            st = errf(params->set_error, SPK_ERR_FORMAT, "verbs: malformed connection record of rank %d", p);
+            st = spk_tr_errf(params->set_error, SPK_ERR_FORMAT, "verbs: malformed connection record of rank %d", p);
             break;
         }
         if (connect_qp(c, c->peers[p].qp, &me, &peer) != 0) {
-            st = errf(params->set_error, SPK_ERR_TRANSPORT, "verbs: connecting QP to rank %d: %s", p,
+            st = spk_tr_errf(params->set_error, SPK_ERR_TRANSPORT, "verbs: connecting QP to rank %d: %s", p,
                       strerror(errno));
             break;
         }
         for (int s = 0; s < VB_SLOTS && st == SPK_OK; s++)
             if (post_recv(c, p, s) != 0)
-                st = errf(params->set_error, SPK_ERR_TRANSPORT, "verbs: pre-posting receives");
+                st = spk_tr_errf(params->set_error, SPK_ERR_TRANSPORT, "verbs: pre-posting receives");
     }
     /* no rank may send before every peer has pre-posted its receives */
     if (st == SPK_OK && bs->barrier)
