@@ -139,7 +139,7 @@ spk_status spk_model_load(spk_cluster *cluster, const spk_model_config *cfg_in, 
     int threads = cfg.n_threads ? cfg.n_threads : spk_cluster_n_threads(cluster);
     int max_tok = 512;
     int pp = cfg.pp, tp = cfg.tp;
-    if (!pp && !tp) { /* the planner picks: measured link figures come with the cluster */
+    if (!pp && !tp) { /* the planner picks, from the model's shape and measured machine/link figures */
         spk_shape shape;
         if ((st = spk_shape_from_gguf(m->file, &shape)) != SPK_OK)
             goto fail;
@@ -165,7 +165,8 @@ spk_status spk_model_load(spk_cluster *cluster, const spk_model_config *cfg_in, 
     if ((st = spk_exec_open(world > 1 ? cluster : NULL, m->file, &m->hp, &m->w, &xp, &m->exec)) != SPK_OK)
         goto fail;
     spk_engine_params ep = {
-        .exec = m->exec, .max_tok = max_tok, .n_blocks = (int)n_blocks, .block_size = block_size, .n_vocab = m->hp.n_vocab, .n_ctx = m->n_ctx, .max_seqs = max_seqs,
+        .exec = m->exec, .max_tok = max_tok, .n_blocks = (int)n_blocks, .block_size = block_size,
+        .n_vocab = m->hp.n_vocab, .n_ctx = m->n_ctx, .max_seqs = max_seqs,
         .queue_capacity = cfg.queue_capacity ? cfg.queue_capacity : 1024, .is_eog = eog_cb, .eog_ctx = m->tok,
     };
     if ((st = spk_engine_start(&ep, &m->engine)) != SPK_OK)
