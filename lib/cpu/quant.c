@@ -35,41 +35,7 @@ void spk_q8_quantize_row_ref(void *dst, const float *x, int n)
     }
 }
 
-/* ---- dequantizers ------------------------------------------------------------------------------ */
-
-void spk_dequant_q4_0(float *out, const void *src, int n)
-{
-    const spk_block_q4_0 *x = src;
-    for (int b = 0; b < n / SPK_QK4_0; b++, out += SPK_QK4_0) {
-        const float d = spk_f16_to_f32(x[b].d);
-        for (int j = 0; j < SPK_QK4_0 / 2; j++) {
-            out[j] = d * (float)((x[b].qs[j] & 15) - 8);
-            out[j + 16] = d * (float)((x[b].qs[j] >> 4) - 8);
-        }
-    }
-}
-
-void spk_dequant_q4_1(float *out, const void *src, int n)
-{
-    const spk_block_q4_1 *x = src;
-    for (int b = 0; b < n / SPK_QK4_1; b++, out += SPK_QK4_1) {
-        const float d = spk_f16_to_f32(x[b].d), m = spk_f16_to_f32(x[b].m);
-        for (int j = 0; j < SPK_QK4_1 / 2; j++) {
-            out[j] = d * (float)(x[b].qs[j] & 15) + m;
-            out[j + 16] = d * (float)(x[b].qs[j] >> 4) + m;
-        }
-    }
-}
-
-void spk_dequant_q8_0(float *out, const void *src, int n)
-{
-    const spk_block_q8_0 *x = src;
-    for (int b = 0; b < n / SPK_QK8_0; b++, out += SPK_QK8_0) {
-        const float d = spk_f16_to_f32(x[b].d);
-        for (int j = 0; j < SPK_QK8_0; j++)
-            out[j] = d * (float)x[b].qs[j];
-    }
-}
+/* ---- K-quant unpacking (for the scalar dot products) ---------------------------------------- */
 
 /* 6-bit scale and min of sub-block j (0..7) of a Q4_K super-block. */
 static void q4k_scale_min(const uint8_t *s, int j, int *sc, int *m)
@@ -93,23 +59,6 @@ static void q4k_unpack(uint8_t *q, const spk_block_q4_K *x)
         }
 }
 
-void spk_dequant_q4_K(float *out, const void *src, int n)
-{
-    const spk_block_q4_K *x = src;
-    uint8_t q[SPK_QK_K];
-    for (int b = 0; b < n / SPK_QK_K; b++, out += SPK_QK_K) {
-        const float d = spk_f16_to_f32(x[b].d), dmin = spk_f16_to_f32(x[b].dmin);
-        q4k_unpack(q, &x[b]);
-        for (int j = 0; j < 8; j++) {
-            int sc, m;
-            q4k_scale_min(x[b].scales, j, &sc, &m);
-            const float d1 = d * (float)sc, m1 = dmin * (float)m;
-            for (int l = 0; l < 32; l++)
-                out[j * 32 + l] = d1 * (float)q[j * 32 + l] - m1;
-        }
-    }
-}
-
 /* The 256 signed 6-bit values (-32..31) of a Q6_K super-block, in element order. */
 static void q6k_unpack(int8_t *q, const spk_block_q6_K *x)
 {
@@ -122,46 +71,6 @@ static void q6k_unpack(int8_t *q, const spk_block_q6_K *x)
             y[l + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
             y[l + 96] = (int8_t)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
         }
-    }
-}
-
-void spk_dequant_q6_K(float *out, const void *src, int n)
-{
-    const spk_block_q6_K *x = src;
-    int8_t q[SPK_QK_K];
-    for (int b = 0; b < n / SPK_QK_K; b++, out += SPK_QK_K) {
-        const float d = spk_f16_to_f32(x[b].d);
-        q6k_unpack(q, &x[b]);
-        for (int i = 0; i < SPK_QK_K; i++)
-            out[i] = d * (float)x[b].scales[i / 16] * (float)q[i];
-    }
-}
-
-int spk_quant_dequantize_row(float *out, const void *src, spk_dtype type, int n)
-{
-    switch (type) {
-    case SPK_DT_F32:
-        memcpy(out, src, (size_t)n * sizeof(float));
-        return 0;
-    case SPK_DT_F16: {
-        const spk_f16 *h = src;
-        for (int i = 0; i < n; i++)
-            out[i] = spk_f16_to_f32(h[i]);
-        return 0;
-    }
-    case SPK_DT_BF16: {
-        const uint16_t *h = src;
-        for (int i = 0; i < n; i++)
-            out[i] = spk_bf16_to_f32(h[i]);
-        return 0;
-    }
-    case SPK_DT_Q4_0: spk_dequant_q4_0(out, src, n); return 0;
-    case SPK_DT_Q4_1: spk_dequant_q4_1(out, src, n); return 0;
-    case SPK_DT_Q8_0: spk_dequant_q8_0(out, src, n); return 0;
-    case SPK_DT_Q4_K: spk_dequant_q4_K(out, src, n); return 0;
-    case SPK_DT_Q6_K: spk_dequant_q6_K(out, src, n); return 0;
-    default:
-        return -1;
     }
 }
 

@@ -34,16 +34,7 @@ static inline size_t spk_f32_row_bytes(int n)
 /* Quantize one row of n floats (n multiple of 32) into a Q8 planar row (portable reference). */
 void spk_q8_quantize_row_ref(void *dst, const float *x, int n);
 
-/* Dequantize n elements (a multiple of the type's block) of a row of `type`.
- * Returns 0 on success, -1 if the type is not one this file knows (nothing written). */
-int spk_quant_dequantize_row(float *out, const void *src, spk_dtype type, int n);
-
-/* Per-type dequantizers of whole blocks (n a multiple of the block size). */
-void spk_dequant_q4_0(float *out, const void *src, int n);
-void spk_dequant_q4_1(float *out, const void *src, int n);
-void spk_dequant_q8_0(float *out, const void *src, int n);
-void spk_dequant_q4_K(float *out, const void *src, int n);
-void spk_dequant_q6_K(float *out, const void *src, int n);
+/* (Dequantizing a row: spk_dequantize_row in cpu/ops.h.) */
 
 /*
  * Kernel signature: out[t * ld_out + r] for r in [row0, row1), t < n_tok.

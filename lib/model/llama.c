@@ -39,6 +39,7 @@ struct spk_llama {
     struct gather_state { int layer, seq, kvh, rows; } *gs; /* what each thread's gather holds */
     uint8_t *contig;            /* per batch sequence: its blocks are consecutive */
     int *rows;          /* token index of each logits row */
+    int *rows_need;     /* per batch sequence: blocks its positions reach */
     /* the call in progress */
     const spk_batch *b;
     const float *hidden_in;
@@ -142,6 +143,7 @@ spk_status spk_llama_create_paged(const spk_hparams *hp, const spk_weights *w, c
     m->gv = xcalloc(g, sizeof(spk_f16), &st);
     m->gs = xcalloc((size_t)n_threads, sizeof *m->gs, &st);
     m->contig = xcalloc((size_t)max_tok, 1, &st);
+    m->rows_need = xcalloc((size_t)max_tok, sizeof(int), &st);
     if (st != SPK_OK) {
         spk_llama_free(m);
         return st;
@@ -182,6 +184,7 @@ void spk_llama_free(spk_llama *m)
     free(m->gv);
     free(m->gs);
     free(m->contig);
+    free(m->rows_need);
     free(m);
 }
 
@@ -365,54 +368,65 @@ static void forward_thread(void *arg, int ith, int nth)
         spk_matmul(m->out, w->output.n_out, w->output.data, w->output.type, m->act, E, m->n_rows, lo, hi);
 }
 
+/* Validate a paged batch's block tables once per sequence (up to its largest position in the
+ * batch) and note which sequences' blocks are consecutive (attention reads those in place). */
+static spk_status check_tables(spk_llama *m, const spk_batch *b)
+{
+    if (b->n_seqs < 1 || b->n_seqs > m->max_tok || !b->table_off || b->n_table < 0)
+        return spk_err(SPK_ERR_INVALID_ARG, "llama forward: %d sequences in a paged batch", b->n_seqs);
+    int *need = m->rows_need;
+    memset(need, 0, sizeof(int) * (size_t)b->n_seqs);
+    for (int i = 0; i < b->n_tok; i++) {
+        int blocks = b->pos[i] / m->block_size + 1;
+        need[b->seq[i]] = blocks > need[b->seq[i]] ? blocks : need[b->seq[i]];
+    }
+    for (int s = 0; s < b->n_seqs; s++) {
+        m->contig[s] = 1;
+        if (!need[s])
+            continue;
+        if (b->table_off[s] < 0 || (int64_t)b->table_off[s] + need[s] > b->n_table)
+            return spk_err(SPK_ERR_INVALID_ARG, "llama forward: block table of sequence %d holds fewer than %d blocks",
+                           s, need[s]);
+        const int32_t *tab = b->block_table + b->table_off[s];
+        for (int j = 0; j < need[s]; j++) {
+            if (tab[j] < 0 || tab[j] >= m->n_blocks)
+                return spk_err(SPK_ERR_INVALID_ARG, "llama forward: KV block %d out of range (%d)", tab[j],
+                               m->n_blocks);
+            if (tab[j] != tab[0] + j)
+                m->contig[s] = 0;
+        }
+    }
+    return SPK_OK;
+}
+
 spk_status spk_llama_forward(spk_llama *m, const spk_batch *b, const float *hidden_in, float *out)
 {
     if (!b || b->n_tok < 1 || b->n_tok > m->max_tok || !b->token || !b->pos || !b->seq)
         return spk_err(SPK_ERR_INVALID_ARG, "llama forward: bad batch (n_tok %d, max %d)",
                        b ? b->n_tok : -1, m->max_tok);
+    const int n_seqs = b->block_table ? b->n_seqs : m->n_seq;
     int n_rows = 0;
     for (int i = 0; i < b->n_tok; i++) {
         if (b->token[i] < 0 || b->token[i] >= m->hp.n_vocab)
             return spk_err(SPK_ERR_INVALID_ARG, "llama forward: token %d out of vocabulary (%d)",
                            b->token[i], m->hp.n_vocab);
-        int n_seqs = b->block_table ? b->n_seqs : m->n_seq;
         if (b->seq[i] < 0 || b->seq[i] >= n_seqs)
             return spk_err(SPK_ERR_INVALID_ARG, "llama forward: sequence %d out of range (%d)", b->seq[i], n_seqs);
         if (b->pos[i] < 0 || b->pos[i] >= m->n_ctx)
             return spk_err(SPK_ERR_INVALID_ARG, "llama forward: position %d outside context %d",
                            b->pos[i], m->n_ctx);
-        if (b->block_table) {
-            int need = b->pos[i] / m->block_size + 1;
-            if (b->table_off[b->seq[i]] < 0 || (int64_t)b->table_off[b->seq[i]] + need > b->n_table)
-                return spk_err(SPK_ERR_INVALID_ARG, "llama forward: block table of sequence %d too short for "
-                               "position %d", b->seq[i], b->pos[i]);
-            for (int j = 0; j < need; j++) {
-                int blk = b->block_table[b->table_off[b->seq[i]] + j];
-                if (blk < 0 || blk >= m->n_blocks)
-                    return spk_err(SPK_ERR_INVALID_ARG, "llama forward: KV block %d out of range (%d)", blk,
-                                   m->n_blocks);
-            }
-        }
         if (b->want_logits && b->want_logits[i])
             m->rows[n_rows++] = i;
+    }
+    if (b->block_table) {
+        spk_status st = check_tables(m, b);
+        if (st != SPK_OK)
+            return st;
     }
     if ((n_rows || !m->sh.last) && !out)
         return spk_err(SPK_ERR_INVALID_ARG, "llama forward: no output buffer");
     if (!m->sh.first && !hidden_in)
         return spk_err(SPK_ERR_INVALID_ARG, "llama forward: a later pipeline stage needs its input hidden states");
-    if (b->block_table && (b->n_seqs < 1 || b->n_seqs > m->max_tok || !b->table_off))
-        return spk_err(SPK_ERR_INVALID_ARG, "llama forward: %d sequences in a paged batch", b->n_seqs);
-    /* which sequences' blocks are consecutive (attention reads them in place) */
-    int n_seqs = b->block_table ? b->n_seqs : 0;
-    memset(m->contig, 1, (size_t)m->max_tok);
-    for (int i = 0; i < b->n_tok && b->block_table; i++) {
-        int s0 = b->seq[i], need = b->pos[i] / m->block_size + 1;
-        const int32_t *tab = b->block_table + b->table_off[s0];
-        for (int j = 1; j < need && m->contig[s0]; j++)
-            if (tab[j] != tab[0] + j)
-                m->contig[s0] = 0;
-    }
-    (void)n_seqs;
     m->b = b;
     m->hidden_in = hidden_in;
     m->out = out;

@@ -183,6 +183,26 @@ START_TEST(forward_rejects_bad_batches)
     b.n_tok = 1;
     ck_assert_int_eq(spk_llama_forward(m, &b, NULL, NULL), SPK_ERR_INVALID_ARG);
     ck_assert_int_eq(spk_llama_forward(m, &b, NULL, lg), SPK_OK);
+    spk_llama_free(m);
+
+    /* a paged cache of 4 blocks of 4: malformed block tables are refused before any use */
+    ck_assert_int_eq(spk_llama_create_paged(&hp, &W, NULL, 16, 4, 4, 4, 1, &m), SPK_OK);
+    int32_t toks[2] = {1, 2}, pos[2] = {0, 5}, seq[2] = {0, 0}, off[1] = {0}, tab[2] = {3, 1};
+    uint8_t wants[2] = {0, 1};
+    spk_batch pb = {.n_tok = 2, .token = toks, .pos = pos, .seq = seq, .want_logits = wants,
+                    .n_seqs = 1, .table_off = off, .block_table = tab, .n_table = 2};
+    ck_assert_int_eq(spk_llama_forward(m, &pb, NULL, lg), SPK_OK); /* blocks 3, 1: gathered */
+    pb.table_off = NULL;
+    ck_assert_int_eq(spk_llama_forward(m, &pb, NULL, lg), SPK_ERR_INVALID_ARG);
+    pb.table_off = off;
+    pb.n_table = 1; /* position 5 needs two blocks */
+    ck_assert_int_eq(spk_llama_forward(m, &pb, NULL, lg), SPK_ERR_INVALID_ARG);
+    pb.n_table = 2;
+    tab[1] = 4; /* past the cache */
+    ck_assert_int_eq(spk_llama_forward(m, &pb, NULL, lg), SPK_ERR_INVALID_ARG);
+    tab[1] = 1;
+    pb.n_seqs = 0;
+    ck_assert_int_eq(spk_llama_forward(m, &pb, NULL, lg), SPK_ERR_INVALID_ARG);
     free(lg);
     spk_llama_free(m);
 }
