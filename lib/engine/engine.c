@@ -249,8 +249,6 @@ static void build(spk_engine *e, mbatch *b, int max_seqs)
                 }
                 need = r->n_blocks;
             }
-            if (e->slots[s] != r) /* (cannot happen: r is never its own victim) */
-                continue;
             b->sq[seqs] = r;
             b->table_off[seqs] = n_table;
             memcpy(b->table + n_table, r->blocks, sizeof(int32_t) * (size_t)need);

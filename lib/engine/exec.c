@@ -431,13 +431,6 @@ spk_status spk_exec_finish(spk_exec *e, spk_exec_ticket *t, int32_t *tokens)
     return st;
 }
 
-spk_status spk_exec_step(spk_exec *e, const spk_batch *b, const spk_row *rows, int n_rows, int32_t *tokens)
-{
-    spk_exec_ticket t;
-    spk_status st = spk_exec_begin(e, b, rows, n_rows, tokens, &t);
-    return st == SPK_OK ? spk_exec_finish(e, &t, tokens) : st;
-}
-
 static void fill_stats(const spk_exec *e, spk_rank_stats *st)
 {
     memset(st, 0, sizeof *st);

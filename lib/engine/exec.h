@@ -39,12 +39,9 @@ spk_status spk_exec_open(spk_cluster *cluster, const gguf_file *f, const spk_hpa
 /* Release this rank's shard and tell the workers to release theirs. */
 void spk_exec_close(spk_exec *e);
 
-/* Run one step; tokens[i] is the token sampled for the i-th row with want_logits. */
-spk_status spk_exec_step(spk_exec *e, const spk_batch *b, const spk_row *rows, int n_rows,
-                         int32_t *tokens);
-
 /*
- * The same in two halves, so a pipeline can hold several micro-batches: begin sends the batch to
+ * Run one step in two halves, so a pipeline can hold several micro-batches; tokens[i] is the
+ * token sampled for the i-th row with want_logits. begin sends the batch to
  * the workers and runs this rank's stage (returning as soon as its hidden states are handed to
  * the next stage); finish waits for the last stage's tokens. Micro-batches finish in the order
  * they began; at most spk_exec_depth() are worth keeping in flight. `tokens` must stay valid

@@ -76,8 +76,9 @@ static int cmp_desc(const void *a, const void *b)
     return (i > j) - (i < j);
 }
 
-/* Move the k largest to the front (unordered) by repeated partitioning, then sort them. */
-static void select_top(int32_t *idx, int n, int k, const float *logits)
+/* Move the k largest of tl_cmp_logits (set by the caller) to the front by repeated partitioning,
+ * then sort them. */
+static void select_top(int32_t *idx, int n, int k)
 {
     int lo = 0, hi = n - 1;
     while (lo < hi) {
@@ -101,7 +102,6 @@ static void select_top(int32_t *idx, int n, int k, const float *logits)
         else
             break;
     }
-    (void)logits;
     qsort(idx, (size_t)k, sizeof *idx, cmp_desc);
 }
 
@@ -132,7 +132,7 @@ void spk_top_cands(const float *logits, int n, int k, int32_t base, spk_cand *ou
     for (int i = 0; i < n; i++)
         s->idx[i] = i;
     tl_cmp_logits = logits;
-    select_top(s->idx, n, k, logits);
+    select_top(s->idx, n, k);
     for (int i = 0; i < k; i++)
         out[i] = (spk_cand){logits[s->idx[i]], s->idx[i] + base};
 }
