@@ -10,8 +10,8 @@
 static double now(void){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+t.tv_nsec*1e-9;}
 int main(int argc, char **argv){
   if (argc < 2) { fprintf(stderr, "usage: gemm_vs_openblas MODEL.gguf\n"); return 2; }
-  gguf_file *f; gguf_open(argv[1],&f);
-  const gguf_tensor *t=gguf_find_tensor(f,"blk.0.ffn_up.weight"); int n_in=576,n_out=1536,T=512;
+  spk_gguf_file *f; spk_gguf_open(argv[1],&f);
+  const spk_gguf_tensor *t=spk_gguf_find_tensor(f,"blk.0.ffn_up.weight"); int n_in=576,n_out=1536,T=512;
   float *x=malloc(4*T*n_in),*y=malloc(4*T*n_out),*wf=malloc(4*n_in*n_out); for(int i=0;i<T*n_in;i++)x[i]=(i%97)*0.01f-0.4f;
   void *act=malloc(spk_act_size(t->type,n_in,T));
   double best1=1e9,best2=1e9,best3=1e9;

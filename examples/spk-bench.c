@@ -684,19 +684,19 @@ int main(int argc, char **argv)
         fprintf(stderr, "spk-bench: %s: %s\n", path, strerror(errno));
         return 1;
     }
-    gguf_file *gf = NULL;
+    spk_gguf_file *gf = NULL;
     spk_shape shape;
-    if (ex_fail(path, gguf_open(path, &gf)) || ex_fail(path, spk_shape_from_gguf(gf, &shape))) {
-        gguf_close(gf);
+    if (ex_fail(path, spk_gguf_open(path, &gf)) || ex_fail(path, spk_shape_from_gguf(gf, &shape))) {
+        spk_gguf_close(gf);
         return 1;
     }
     char model_name[160];
-    gguf_str gname;
-    if (gguf_find(gf, "general.name") && gguf_get_str(gf, "general.name", &gname) == SPK_OK)
+    spk_gguf_str gname;
+    if (spk_gguf_find(gf, "general.name") && spk_gguf_get_str(gf, "general.name", &gname) == SPK_OK)
         snprintf(model_name, sizeof model_name, "%.*s", (int)(gname.len > 120 ? 120 : gname.len), gname.ptr);
     else
         snprintf(model_name, sizeof model_name, "%.150s", strrchr(path, '/') ? strrchr(path, '/') + 1 : path);
-    gguf_close(gf);
+    spk_gguf_close(gf);
     if (shape.n_experts) {
         fprintf(stderr, "spk-bench: %s: UNSUPPORTED: mixture-of-experts models are not supported yet\n", path);
         return 1;

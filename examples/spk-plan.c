@@ -336,11 +336,11 @@ int main(int argc, char **argv)
             return 1;
         }
     } else {
-        gguf_file *f;
-        spk_status st = gguf_open(model, &f);
+        spk_gguf_file *f;
+        spk_status st = spk_gguf_open(model, &f);
         if (st == SPK_OK) {
             st = spk_shape_from_gguf(f, &s);
-            gguf_close(f);
+            spk_gguf_close(f);
         }
         if (st) {
             fprintf(stderr, "spk-plan: %s: %s\n", spk_status_str(st), spk_err_msg());

@@ -20,7 +20,7 @@
 
 struct spk_model {
     spk_cluster *cluster;
-    gguf_file *file;
+    spk_gguf_file *file;
     spk_hparams hp;
     spk_weights w;
     spk_tok *tok;
@@ -119,14 +119,14 @@ spk_status spk_model_load(spk_cluster *cluster, const spk_model_config *cfg_in, 
     if (!m)
         return spk_err(SPK_ERR_NOMEM, "spk_model_load: out of memory");
     m->cluster = cluster;
-    if ((st = gguf_open(cfg.path, &m->file)) != SPK_OK)
+    if ((st = spk_gguf_open(cfg.path, &m->file)) != SPK_OK)
         goto fail;
     if ((st = spk_llama_load(m->file, &m->hp, &m->w)) != SPK_OK)
         goto fail;
     if ((st = spk_tok_load(m->file, m->hp.n_vocab, &m->tok)) != SPK_OK)
         goto fail;
-    gguf_str name;
-    if (gguf_find(m->file, "general.name") && gguf_get_str(m->file, "general.name", &name) == SPK_OK)
+    spk_gguf_str name;
+    if (spk_gguf_find(m->file, "general.name") && spk_gguf_get_str(m->file, "general.name", &name) == SPK_OK)
         snprintf(m->name, sizeof m->name, "%.*s", (int)(name.len > 127 ? 127 : name.len), name.ptr);
     spk_err_clear();
     m->n_ctx = cfg.n_ctx ? cfg.n_ctx : (m->hp.n_ctx_train < 4096 ? m->hp.n_ctx_train : 4096);
@@ -186,7 +186,7 @@ spk_status spk_model_free(spk_model *m)
     spk_exec_close(m->exec);
     spk_tok_free(m->tok);
     spk_llama_weights_free(&m->w);
-    gguf_close(m->file);
+    spk_gguf_close(m->file);
     free(m);
     return SPK_OK;
 }

@@ -37,7 +37,7 @@
 struct spk_exec {
     spk_cluster *c;            /* NULL: one process */
     int rank, world, pp, tp, stage, t;
-    gguf_file *own_file;       /* workers open their own */
+    spk_gguf_file *own_file;       /* workers open their own */
     spk_hparams own_hp;
     spk_weights own_full;
     spk_hparams hp;
@@ -141,7 +141,7 @@ static spk_status make_groups(spk_exec *e, int pp, int tp)
     return SPK_OK;
 }
 
-static spk_status setup(spk_exec *e, const gguf_file *f, const spk_hparams *hp, const spk_weights *full,
+static spk_status setup(spk_exec *e, const spk_gguf_file *f, const spk_hparams *hp, const spk_weights *full,
                         const spk_exec_params *p)
 {
     e->hp = *hp;
@@ -184,7 +184,7 @@ static void exec_free(spk_exec *e)
     if (e->tp_comm)
         e->vt->finalize(e->tp_comm);
     spk_llama_weights_free(&e->own_full);
-    gguf_close(e->own_file);
+    spk_gguf_close(e->own_file);
     free(e->hidden_in);
     free(e->out);
     free(e->cands);
@@ -203,7 +203,7 @@ static void encode_load(wbuf *b, const spk_exec_params *p)
     put(b, p->path, strlen(p->path));
 }
 
-spk_status spk_exec_open(spk_cluster *c, const gguf_file *f, const spk_hparams *hp, const spk_weights *full,
+spk_status spk_exec_open(spk_cluster *c, const spk_gguf_file *f, const spk_hparams *hp, const spk_weights *full,
                          const spk_exec_params *p, spk_exec **out)
 {
     *out = NULL;
@@ -503,7 +503,7 @@ static spk_status on_load(spk_cluster *c, uint32_t cmd, const void *data, size_t
     e->rank = spk_cluster_rank(c);
     spk_status st = make_groups(e, p.pp, p.tp);
     if (st == SPK_OK)
-        st = gguf_open(path, &e->own_file);
+        st = spk_gguf_open(path, &e->own_file);
     if (st == SPK_OK)
         st = spk_llama_load(e->own_file, &e->own_hp, &e->own_full);
     if (st == SPK_OK)

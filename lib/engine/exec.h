@@ -33,7 +33,7 @@ typedef struct spk_exec_params {
  * must outlive the executor), and with a cluster of several ranks tell every worker to load its
  * own. cluster may be NULL (one process). Errors name the failing rank.
  */
-spk_status spk_exec_open(spk_cluster *cluster, const gguf_file *f, const spk_hparams *hp,
+spk_status spk_exec_open(spk_cluster *cluster, const spk_gguf_file *f, const spk_hparams *hp,
                          const spk_weights *full, const spk_exec_params *p, spk_exec **out);
 
 /* Release this rank's shard and tell the workers to release theirs. */

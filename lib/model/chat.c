@@ -163,17 +163,17 @@ spk_status spk_chat_render_template(const char *tmpl, size_t len, const spk_chat
     return SPK_OK;
 }
 
-spk_status spk_chat_render(const gguf_file *f, const spk_chat_message *msgs, size_t n,
+spk_status spk_chat_render(const spk_gguf_file *f, const spk_chat_message *msgs, size_t n,
                            bool add_assistant, char *buf, size_t cap, size_t *n_out)
 {
     if (n_out)
         *n_out = 0;
     if (!f)
         return spk_err(SPK_ERR_INVALID_ARG, "chat: NULL model file");
-    if (!gguf_find(f, "tokenizer.chat_template"))
+    if (!spk_gguf_find(f, "tokenizer.chat_template"))
         return spk_err(SPK_ERR_UNSUPPORTED, "chat: %s has no tokenizer.chat_template", f->path);
-    gguf_str t;
-    spk_status st = gguf_get_str(f, "tokenizer.chat_template", &t);
+    spk_gguf_str t;
+    spk_status st = spk_gguf_get_str(f, "tokenizer.chat_template", &t);
     if (st != SPK_OK)
         return st;
     return spk_chat_render_template(t.ptr, (size_t)t.len, msgs, n, add_assistant, buf, cap, n_out);

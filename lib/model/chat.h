@@ -34,7 +34,7 @@ spk_status spk_chat_render_template(const char *tmpl, size_t len, const spk_chat
                                     size_t *n_out);
 
 /* The same with the file's tokenizer.chat_template (UNSUPPORTED if the file has none). */
-spk_status spk_chat_render(const gguf_file *f, const spk_chat_message *msgs, size_t n,
+spk_status spk_chat_render(const spk_gguf_file *f, const spk_chat_message *msgs, size_t n,
                            bool add_assistant, char *buf, size_t cap, size_t *n_out);
 
 #endif

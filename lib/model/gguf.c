@@ -41,7 +41,7 @@ static const uint8_t scalar_size[GGUF_VTYPE_COUNT] = {
     [GGUF_UINT64] = 8, [GGUF_INT64] = 8,  [GGUF_FLOAT64] = 8,
 };
 
-const char *gguf_vtype_name(uint32_t t)
+const char *spk_gguf_vtype_name(uint32_t t)
 {
     static const char *const names[GGUF_VTYPE_COUNT] = {
         "uint8", "int8", "uint16", "int16", "uint32", "int32", "float32",
@@ -50,7 +50,7 @@ const char *gguf_vtype_name(uint32_t t)
     return t < GGUF_VTYPE_COUNT ? names[t] : "unknown";
 }
 
-const char *gguf_type_name(uint32_t t)
+const char *spk_gguf_type_name(uint32_t t)
 {
     /* ggml's type ids, including those this library cannot compute with. */
     static const char *const names[] = {
@@ -119,7 +119,7 @@ static spk_status rd_u64(reader *r, uint64_t *v, const char *ctx, const char *fi
     return st;
 }
 
-static spk_status rd_str(reader *r, gguf_str *s, const char *ctx, const char *field)
+static spk_status rd_str(reader *r, spk_gguf_str *s, const char *ctx, const char *field)
 {
     uint64_t len;
     spk_status st = rd_u64(r, &len, ctx, field);
@@ -135,11 +135,11 @@ static spk_status rd_str(reader *r, gguf_str *s, const char *ctx, const char *fi
     return SPK_OK;
 }
 
-static int shown(gguf_str s) { return s.len > SHOWN ? SHOWN : (int)s.len; }
+static int shown(spk_gguf_str s) { return s.len > SHOWN ? SHOWN : (int)s.len; }
 
 /* ---- metadata ----------------------------------------------------------------------------- */
 
-static void decode_scalar(gguf_vtype t, const uint8_t *b, gguf_kv *kv)
+static void decode_scalar(spk_gguf_vtype t, const uint8_t *b, spk_gguf_kv *kv)
 {
     uint64_t u = le(b, scalar_size[t]);
     switch (t) {
@@ -159,7 +159,7 @@ static void decode_scalar(gguf_vtype t, const uint8_t *b, gguf_kv *kv)
     }
 }
 
-static spk_status read_array(reader *r, gguf_kv *kv, const char *ctx)
+static spk_status read_array(reader *r, spk_gguf_kv *kv, const char *ctx)
 {
     uint32_t et;
     uint64_t count;
@@ -197,7 +197,7 @@ static spk_status read_array(reader *r, gguf_kv *kv, const char *ctx)
         if (count > left(r) / esz)
             return fail(r, SPK_ERR_FORMAT,
                         "%s: array count %llu of %s (%zu bytes each) past end of file (%zu bytes left)",
-                        ctx, (unsigned long long)count, gguf_vtype_name(et), esz, left(r));
+                        ctx, (unsigned long long)count, spk_gguf_vtype_name(et), esz, left(r));
         const uint8_t *b = r->p + r->pos;
         if (et == GGUF_BOOL)
             for (uint64_t i = 0; i < count; i++)
@@ -206,14 +206,14 @@ static spk_status read_array(reader *r, gguf_kv *kv, const char *ctx)
                                 ctx, (unsigned long long)i, b[i]);
         r->pos += (size_t)count * esz;
     }
-    kv->v.arr.type = (gguf_vtype)et;
+    kv->v.arr.type = (spk_gguf_vtype)et;
     kv->v.arr.count = count;
     kv->v.arr.data = r->p + start;
     kv->v.arr.nbytes = r->pos - start;
     return SPK_OK;
 }
 
-static spk_status read_kv(reader *r, uint64_t idx, gguf_kv *kv)
+static spk_status read_kv(reader *r, uint64_t idx, spk_gguf_kv *kv)
 {
     char ctx[SHOWN + 64];
     snprintf(ctx, sizeof ctx, "kv %llu", (unsigned long long)idx);
@@ -229,13 +229,13 @@ static spk_status read_kv(reader *r, uint64_t idx, gguf_kv *kv)
     if (t >= GGUF_VTYPE_COUNT)
         return fail(r, SPK_ERR_FORMAT, "%s: bad value type %u (valid: 0..%d)", ctx, t,
                     GGUF_VTYPE_COUNT - 1);
-    kv->type = (gguf_vtype)t;
+    kv->type = (spk_gguf_vtype)t;
     if (t == GGUF_STRING)
         return rd_str(r, &kv->v.s, ctx, "string");
     if (t == GGUF_ARRAY)
         return read_array(r, kv, ctx);
     const uint8_t *b = NULL;
-    if ((st = take(r, scalar_size[t], &b, ctx, gguf_vtype_name(t))) != SPK_OK)
+    if ((st = take(r, scalar_size[t], &b, ctx, spk_gguf_vtype_name(t))) != SPK_OK)
         return st;
     if (t == GGUF_BOOL && b[0] > 1)
         return fail(r, SPK_ERR_FORMAT, "%s: bool value %u is not 0 or 1", ctx, b[0]);
@@ -243,7 +243,7 @@ static spk_status read_kv(reader *r, uint64_t idx, gguf_kv *kv)
     return SPK_OK;
 }
 
-static int str_cmp(gguf_str a, gguf_str b)
+static int str_cmp(spk_gguf_str a, spk_gguf_str b)
 {
     size_t n = a.len < b.len ? (size_t)a.len : (size_t)b.len;
     int c = n ? memcmp(a.ptr, b.ptr, n) : 0;
@@ -256,31 +256,31 @@ static int str_cmp(gguf_str a, gguf_str b)
  * occurrence first whatever qsort does. */
 static int kv_ptr_cmp(const void *a, const void *b)
 {
-    const gguf_kv *x = *(const gguf_kv *const *)a, *y = *(const gguf_kv *const *)b;
+    const spk_gguf_kv *x = *(const spk_gguf_kv *const *)a, *y = *(const spk_gguf_kv *const *)b;
     int c = str_cmp(x->key, y->key);
     return c ? c : (x > y) - (x < y);
 }
 
 static int tensor_name_cmp(const void *a, const void *b)
 {
-    const gguf_tensor *x = *(const gguf_tensor *const *)a, *y = *(const gguf_tensor *const *)b;
+    const spk_gguf_tensor *x = *(const spk_gguf_tensor *const *)a, *y = *(const spk_gguf_tensor *const *)b;
     int c = str_cmp(x->name, y->name);
     return c ? c : (x > y) - (x < y);
 }
 
 static int tensor_off_cmp(const void *a, const void *b)
 {
-    const gguf_tensor *x = *(const gguf_tensor *const *)a, *y = *(const gguf_tensor *const *)b;
+    const spk_gguf_tensor *x = *(const spk_gguf_tensor *const *)a, *y = *(const spk_gguf_tensor *const *)b;
     if (x->offset != y->offset)
         return x->offset < y->offset ? -1 : 1;
     return (x > y) - (x < y);
 }
 
-static spk_status check_duplicate_keys(const reader *r, const gguf_file *f)
+static spk_status check_duplicate_keys(const reader *r, const spk_gguf_file *f)
 {
     if (f->n_kv < 2)
         return SPK_OK;
-    const gguf_kv **idx = malloc((size_t)f->n_kv * sizeof *idx);
+    const spk_gguf_kv **idx = malloc((size_t)f->n_kv * sizeof *idx);
     if (!idx)
         return fail(r, SPK_ERR_NOMEM, "no memory to sort %llu keys", (unsigned long long)f->n_kv);
     for (uint64_t i = 0; i < f->n_kv; i++)
@@ -296,15 +296,15 @@ static spk_status check_duplicate_keys(const reader *r, const gguf_file *f)
     return st;
 }
 
-static spk_status read_alignment(const reader *r, gguf_file *f)
+static spk_status read_alignment(const reader *r, spk_gguf_file *f)
 {
     f->alignment = GGUF_DEFAULT_ALIGNMENT;
-    const gguf_kv *kv = gguf_find(f, "general.alignment");
+    const spk_gguf_kv *kv = spk_gguf_find(f, "general.alignment");
     if (!kv)
         return SPK_OK;
     if (kv->type != GGUF_UINT32)
         return fail(r, SPK_ERR_FORMAT, "key 'general.alignment' has type %s, expected uint32",
-                    gguf_vtype_name(kv->type));
+                    spk_gguf_vtype_name(kv->type));
     if (kv->v.u == 0 || (kv->v.u & (kv->v.u - 1)) != 0)
         return fail(r, SPK_ERR_FORMAT, "key 'general.alignment': %llu is not a nonzero power of two",
                     (unsigned long long)kv->v.u);
@@ -314,7 +314,7 @@ static spk_status read_alignment(const reader *r, gguf_file *f)
 
 /* ---- tensor table ------------------------------------------------------------------------- */
 
-static spk_status read_tensor_info(reader *r, uint64_t idx, gguf_tensor *t)
+static spk_status read_tensor_info(reader *r, uint64_t idx, spk_gguf_tensor *t)
 {
     char ctx[SHOWN + 64];
     snprintf(ctx, sizeof ctx, "tensor %llu", (unsigned long long)idx);
@@ -354,7 +354,7 @@ static spk_status read_tensor_info(reader *r, uint64_t idx, gguf_tensor *t)
     const spk_dtype_info *info = spk_dtype_get(type);
     if (!info)
         return fail(r, SPK_ERR_UNSUPPORTED, "%s: tensor type %u (%s) is not supported", ctx, type,
-                    gguf_type_name(type));
+                    spk_gguf_type_name(type));
     t->type = (spk_dtype)type;
     if (t->ne[0] % info->block != 0)
         return fail(r, SPK_ERR_FORMAT,
@@ -368,11 +368,11 @@ static spk_status read_tensor_info(reader *r, uint64_t idx, gguf_tensor *t)
     return rd_u64(r, &t->offset, ctx, "offset");
 }
 
-static spk_status check_tensors(const reader *r, gguf_file *f)
+static spk_status check_tensors(const reader *r, spk_gguf_file *f)
 {
     uint64_t data_size = f->data_offset <= f->size ? f->size - f->data_offset : 0;
     for (uint64_t i = 0; i < f->n_tensors; i++) {
-        gguf_tensor *t = &f->tensors[i];
+        spk_gguf_tensor *t = &f->tensors[i];
         if (t->offset % f->alignment != 0)
             return fail(r, SPK_ERR_FORMAT,
                         "tensor '%.*s': offset %llu is not a multiple of the alignment %llu",
@@ -387,7 +387,7 @@ static spk_status check_tensors(const reader *r, gguf_file *f)
     }
     if (f->n_tensors < 2)
         return SPK_OK;
-    const gguf_tensor **idx = malloc((size_t)f->n_tensors * sizeof *idx);
+    const spk_gguf_tensor **idx = malloc((size_t)f->n_tensors * sizeof *idx);
     if (!idx)
         return fail(r, SPK_ERR_NOMEM, "no memory to sort %llu tensors",
                     (unsigned long long)f->n_tensors);
@@ -404,7 +404,7 @@ static spk_status check_tensors(const reader *r, gguf_file *f)
     if (st == SPK_OK) {
         qsort(idx, (size_t)f->n_tensors, sizeof *idx, tensor_off_cmp);
         for (uint64_t i = 1; i < f->n_tensors && st == SPK_OK; i++) {
-            const gguf_tensor *a = idx[i - 1], *b = idx[i];
+            const spk_gguf_tensor *a = idx[i - 1], *b = idx[i];
             if (a->offset + a->nbytes > b->offset) /* both ends were checked: no overflow */
                 st = fail(r, SPK_ERR_FORMAT,
                           "tensor '%.*s' (offset %llu, size %llu) overlaps tensor '%.*s' (offset %llu)",
@@ -419,7 +419,7 @@ static spk_status check_tensors(const reader *r, gguf_file *f)
 
 /* ---- the whole file ----------------------------------------------------------------------- */
 
-static spk_status parse(gguf_file *f)
+static spk_status parse(spk_gguf_file *f)
 {
     reader rr = {f->base, f->size, 0, f->path}, *r = &rr;
     if (f->size == 0)
@@ -503,35 +503,35 @@ static spk_status parse(gguf_file *f)
     return check_tensors(r, f);
 }
 
-static spk_status finish_open(gguf_file *f, gguf_file **out)
+static spk_status finish_open(spk_gguf_file *f, spk_gguf_file **out)
 {
     spk_status st = parse(f);
     if (st != SPK_OK) {
-        gguf_close(f);
+        spk_gguf_close(f);
         return st;
     }
     *out = f;
     return SPK_OK;
 }
 
-spk_status gguf_open_memory(const void *buf, size_t len, gguf_file **out)
+spk_status spk_gguf_open_memory(const void *buf, size_t len, spk_gguf_file **out)
 {
     if (!out || (!buf && len))
-        return spk_err(SPK_ERR_INVALID_ARG, "gguf_open_memory: NULL %s", out ? "buffer" : "out");
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_gguf_open_memory: NULL %s", out ? "buffer" : "out");
     *out = NULL;
-    gguf_file *f = calloc(1, sizeof *f);
+    spk_gguf_file *f = calloc(1, sizeof *f);
     if (!f)
-        return spk_err(SPK_ERR_NOMEM, "gguf_open_memory: no memory");
+        return spk_err(SPK_ERR_NOMEM, "spk_gguf_open_memory: no memory");
     f->base = buf;
     f->size = len;
     snprintf(f->path, sizeof f->path, "<memory>");
     return finish_open(f, out);
 }
 
-spk_status gguf_open(const char *path, gguf_file **out)
+spk_status spk_gguf_open(const char *path, spk_gguf_file **out)
 {
     if (!path || !out)
-        return spk_err(SPK_ERR_INVALID_ARG, "gguf_open: NULL %s", path ? "out" : "path");
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_gguf_open: NULL %s", path ? "out" : "path");
     *out = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -562,7 +562,7 @@ spk_status gguf_open(const char *path, gguf_file **out)
     close(fd);
     if (map == MAP_FAILED)
         return spk_err(SPK_ERR_IO, "%s: mmap of %zu bytes failed: %s", path, size, strerror(e));
-    gguf_file *f = calloc(1, sizeof *f);
+    spk_gguf_file *f = calloc(1, sizeof *f);
     if (!f) {
         munmap(map, size);
         return spk_err(SPK_ERR_NOMEM, "%s: no memory", path);
@@ -574,7 +574,7 @@ spk_status gguf_open(const char *path, gguf_file **out)
     return finish_open(f, out);
 }
 
-void gguf_close(gguf_file *f)
+void spk_gguf_close(spk_gguf_file *f)
 {
     if (!f)
         return;
@@ -587,61 +587,61 @@ void gguf_close(gguf_file *f)
 
 /* ---- lookups ------------------------------------------------------------------------------ */
 
-bool gguf_str_eq(gguf_str s, const char *c)
+bool spk_gguf_str_eq(spk_gguf_str s, const char *c)
 {
     size_t n = strlen(c);
     return s.len == n && (n == 0 || memcmp(s.ptr, c, n) == 0);
 }
 
-const gguf_kv *gguf_find(const gguf_file *f, const char *key)
+const spk_gguf_kv *spk_gguf_find(const spk_gguf_file *f, const char *key)
 {
     if (!f || !key)
         return NULL;
     for (uint64_t i = 0; i < f->n_kv; i++)
-        if (gguf_str_eq(f->kv[i].key, key))
+        if (spk_gguf_str_eq(f->kv[i].key, key))
             return &f->kv[i];
     return NULL;
 }
 
-const gguf_tensor *gguf_find_tensor(const gguf_file *f, const char *name)
+const spk_gguf_tensor *spk_gguf_find_tensor(const spk_gguf_file *f, const char *name)
 {
     if (!f || !name)
         return NULL;
     for (uint64_t i = 0; i < f->n_tensors; i++)
-        if (gguf_str_eq(f->tensors[i].name, name))
+        if (spk_gguf_str_eq(f->tensors[i].name, name))
             return &f->tensors[i];
     return NULL;
 }
 
-static spk_status lookup(const gguf_file *f, const char *key, const gguf_kv **kv)
+static spk_status lookup(const spk_gguf_file *f, const char *key, const spk_gguf_kv **kv)
 {
     if (!f || !key)
         return spk_err(SPK_ERR_INVALID_ARG, "gguf lookup: NULL %s", f ? "key" : "file");
-    *kv = gguf_find(f, key);
+    *kv = spk_gguf_find(f, key);
     if (!*kv)
         return spk_err(SPK_ERR_NOT_FOUND, "%s: key '%s' not found", f->path, key);
     return SPK_OK;
 }
 
-static bool is_unsigned(gguf_vtype t)
+static bool is_unsigned(spk_gguf_vtype t)
 {
     return t == GGUF_UINT8 || t == GGUF_UINT16 || t == GGUF_UINT32 || t == GGUF_UINT64;
 }
 
-static bool is_signed(gguf_vtype t)
+static bool is_signed(spk_gguf_vtype t)
 {
     return t == GGUF_INT8 || t == GGUF_INT16 || t == GGUF_INT32 || t == GGUF_INT64;
 }
 
-static spk_status wrong_type(const gguf_file *f, const char *key, gguf_vtype got, const char *want)
+static spk_status wrong_type(const spk_gguf_file *f, const char *key, spk_gguf_vtype got, const char *want)
 {
     return spk_err(SPK_ERR_FORMAT, "%s: key '%s' has type %s, expected %s", f->path, key,
-                   gguf_vtype_name(got), want);
+                   spk_gguf_vtype_name(got), want);
 }
 
-spk_status gguf_get_u32(const gguf_file *f, const char *key, uint32_t *out)
+spk_status spk_gguf_get_u32(const spk_gguf_file *f, const char *key, uint32_t *out)
 {
-    const gguf_kv *kv;
+    const spk_gguf_kv *kv;
     spk_status st = lookup(f, key, &kv);
     if (st != SPK_OK)
         return st;
@@ -662,9 +662,9 @@ spk_status gguf_get_u32(const gguf_file *f, const char *key, uint32_t *out)
     return wrong_type(f, key, kv->type, "an integer");
 }
 
-spk_status gguf_get_i64(const gguf_file *f, const char *key, int64_t *out)
+spk_status spk_gguf_get_i64(const spk_gguf_file *f, const char *key, int64_t *out)
 {
-    const gguf_kv *kv;
+    const spk_gguf_kv *kv;
     spk_status st = lookup(f, key, &kv);
     if (st != SPK_OK)
         return st;
@@ -682,9 +682,9 @@ spk_status gguf_get_i64(const gguf_file *f, const char *key, int64_t *out)
     return wrong_type(f, key, kv->type, "an integer");
 }
 
-spk_status gguf_get_f32(const gguf_file *f, const char *key, float *out)
+spk_status spk_gguf_get_f32(const spk_gguf_file *f, const char *key, float *out)
 {
-    const gguf_kv *kv;
+    const spk_gguf_kv *kv;
     spk_status st = lookup(f, key, &kv);
     if (st != SPK_OK)
         return st;
@@ -704,9 +704,9 @@ spk_status gguf_get_f32(const gguf_file *f, const char *key, float *out)
     return SPK_OK;
 }
 
-spk_status gguf_get_bool(const gguf_file *f, const char *key, bool *out)
+spk_status spk_gguf_get_bool(const spk_gguf_file *f, const char *key, bool *out)
 {
-    const gguf_kv *kv;
+    const spk_gguf_kv *kv;
     spk_status st = lookup(f, key, &kv);
     if (st != SPK_OK)
         return st;
@@ -716,9 +716,9 @@ spk_status gguf_get_bool(const gguf_file *f, const char *key, bool *out)
     return SPK_OK;
 }
 
-spk_status gguf_get_str(const gguf_file *f, const char *key, gguf_str *out)
+spk_status spk_gguf_get_str(const spk_gguf_file *f, const char *key, spk_gguf_str *out)
 {
-    const gguf_kv *kv;
+    const spk_gguf_kv *kv;
     spk_status st = lookup(f, key, &kv);
     if (st != SPK_OK)
         return st;
@@ -728,9 +728,9 @@ spk_status gguf_get_str(const gguf_file *f, const char *key, gguf_str *out)
     return SPK_OK;
 }
 
-spk_status gguf_get_arr(const gguf_file *f, const char *key, gguf_vtype elem, const gguf_kv **out)
+spk_status spk_gguf_get_arr(const spk_gguf_file *f, const char *key, spk_gguf_vtype elem, const spk_gguf_kv **out)
 {
-    const gguf_kv *kv;
+    const spk_gguf_kv *kv;
     spk_status st = lookup(f, key, &kv);
     if (st != SPK_OK)
         return st;
@@ -738,14 +738,14 @@ spk_status gguf_get_arr(const gguf_file *f, const char *key, gguf_vtype elem, co
         return wrong_type(f, key, kv->type, "array");
     if (elem != GGUF_VTYPE_COUNT && kv->v.arr.type != elem)
         return spk_err(SPK_ERR_FORMAT, "%s: key '%s' is an array of %s, expected an array of %s",
-                       f->path, key, gguf_vtype_name(kv->v.arr.type), gguf_vtype_name(elem));
+                       f->path, key, spk_gguf_vtype_name(kv->v.arr.type), spk_gguf_vtype_name(elem));
     *out = kv;
     return SPK_OK;
 }
 
-gguf_str gguf_arr_str_next(const gguf_kv *arr, uint64_t *pos)
+spk_gguf_str spk_gguf_arr_str_next(const spk_gguf_kv *arr, uint64_t *pos)
 {
-    gguf_str s = {NULL, 0};
+    spk_gguf_str s = {NULL, 0};
     if (!arr || !pos || arr->type != GGUF_ARRAY || arr->v.arr.type != GGUF_STRING)
         return s;
     uint64_t n = arr->v.arr.nbytes;
@@ -760,14 +760,14 @@ gguf_str gguf_arr_str_next(const gguf_kv *arr, uint64_t *pos)
     return s;
 }
 
-bool gguf_arr_int(const gguf_kv *arr, uint64_t i, int64_t *out)
+bool spk_gguf_arr_int(const spk_gguf_kv *arr, uint64_t i, int64_t *out)
 {
     if (!arr || !out || arr->type != GGUF_ARRAY || i >= arr->v.arr.count)
         return false;
-    gguf_vtype t = arr->v.arr.type;
+    spk_gguf_vtype t = arr->v.arr.type;
     if (!is_signed(t) && !is_unsigned(t) && t != GGUF_BOOL)
         return false;
-    gguf_kv one;
+    spk_gguf_kv one;
     decode_scalar(t, arr->v.arr.data + i * scalar_size[t], &one);
     if (is_signed(t)) {
         *out = one.v.i;
@@ -779,19 +779,19 @@ bool gguf_arr_int(const gguf_kv *arr, uint64_t i, int64_t *out)
     return true;
 }
 
-bool gguf_arr_float(const gguf_kv *arr, uint64_t i, double *out)
+bool spk_gguf_arr_float(const spk_gguf_kv *arr, uint64_t i, double *out)
 {
     if (!arr || !out || arr->type != GGUF_ARRAY || i >= arr->v.arr.count)
         return false;
-    gguf_vtype t = arr->v.arr.type;
+    spk_gguf_vtype t = arr->v.arr.type;
     if (t == GGUF_FLOAT32 || t == GGUF_FLOAT64) {
-        gguf_kv one;
+        spk_gguf_kv one;
         decode_scalar(t, arr->v.arr.data + i * scalar_size[t], &one);
         *out = one.v.f;
         return true;
     }
     int64_t v;
-    if (!gguf_arr_int(arr, i, &v))
+    if (!spk_gguf_arr_int(arr, i, &v))
         return false;
     *out = (double)v;
     return true;

@@ -50,7 +50,7 @@ typedef struct spk_weights {
 
 /* Read hyperparameters and locate/validate every weight (shape, type, layer count). Only
  * pointers into the mapping are taken: no weight page is touched. */
-spk_status spk_llama_load(const gguf_file *f, spk_hparams *hp, spk_weights *w);
+spk_status spk_llama_load(const spk_gguf_file *f, spk_hparams *hp, spk_weights *w);
 void spk_llama_weights_free(spk_weights *w);
 
 /*

@@ -15,35 +15,35 @@
 
 /* ---- loading ------------------------------------------------------------------------------ */
 
-static spk_status get_u32_key(const gguf_file *f, const char *arch, const char *suffix, bool required,
+static spk_status get_u32_key(const spk_gguf_file *f, const char *arch, const char *suffix, bool required,
                               uint32_t dflt, uint32_t *out)
 {
     char key[128];
     snprintf(key, sizeof key, "%s.%s", arch, suffix);
-    if (!gguf_find(f, key)) {
+    if (!spk_gguf_find(f, key)) {
         if (required)
             return spk_err(SPK_ERR_FORMAT, "%s: missing metadata key '%s'", f->path, key);
         *out = dflt;
         return SPK_OK;
     }
-    return gguf_get_u32(f, key, out);
+    return spk_gguf_get_u32(f, key, out);
 }
 
-static spk_status get_f32_key(const gguf_file *f, const char *arch, const char *suffix, float dflt,
+static spk_status get_f32_key(const spk_gguf_file *f, const char *arch, const char *suffix, float dflt,
                               float *out)
 {
     char key[128];
     snprintf(key, sizeof key, "%s.%s", arch, suffix);
-    if (!gguf_find(f, key)) {
+    if (!spk_gguf_find(f, key)) {
         *out = dflt;
         return SPK_OK;
     }
-    return gguf_get_f32(f, key, out);
+    return spk_gguf_get_f32(f, key, out);
 }
 
-static spk_status find_mat(const gguf_file *f, const char *name, int n_in, int n_out, spk_wmat *out)
+static spk_status find_mat(const spk_gguf_file *f, const char *name, int n_in, int n_out, spk_wmat *out)
 {
-    const gguf_tensor *t = gguf_find_tensor(f, name);
+    const spk_gguf_tensor *t = spk_gguf_find_tensor(f, name);
     if (!t)
         return spk_err(SPK_ERR_FORMAT, "%s: missing tensor '%s'", f->path, name);
     if (t->n_dims != 2 || t->ne[0] != (uint64_t)n_in || t->ne[1] != (uint64_t)n_out)
@@ -61,9 +61,9 @@ static spk_status find_mat(const gguf_file *f, const char *name, int n_in, int n
     return SPK_OK;
 }
 
-static spk_status find_vec(const gguf_file *f, const char *name, int n, const float **out)
+static spk_status find_vec(const spk_gguf_file *f, const char *name, int n, const float **out)
 {
-    const gguf_tensor *t = gguf_find_tensor(f, name);
+    const spk_gguf_tensor *t = spk_gguf_find_tensor(f, name);
     if (!t)
         return spk_err(SPK_ERR_FORMAT, "%s: missing tensor '%s'", f->path, name);
     if (t->type != SPK_DT_F32 || t->n_elements != (uint64_t)n || t->ne[0] != (uint64_t)n)
@@ -80,11 +80,11 @@ static spk_status find_vec(const gguf_file *f, const char *name, int n, const fl
             return st_;                                                                            \
     } while (0)
 
-static spk_status load_hparams(const gguf_file *f, spk_hparams *hp)
+static spk_status load_hparams(const spk_gguf_file *f, spk_hparams *hp)
 {
-    gguf_str arch;
-    TRY(gguf_get_str(f, "general.architecture", &arch));
-    if (!gguf_str_eq(arch, "llama"))
+    spk_gguf_str arch;
+    TRY(spk_gguf_get_str(f, "general.architecture", &arch));
+    if (!spk_gguf_str_eq(arch, "llama"))
         return spk_err(SPK_ERR_UNSUPPORTED, "%s: architecture '%.*s' is not supported (llama only)",
                        f->path, (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
     snprintf(hp->arch, sizeof hp->arch, "llama");
@@ -120,15 +120,15 @@ static spk_status load_hparams(const gguf_file *f, spk_hparams *hp)
     memset(&hp->scaling, 0, sizeof hp->scaling);
     char key[128];
     snprintf(key, sizeof key, "%s.rope.scaling.type", hp->arch);
-    gguf_str stype;
-    if (gguf_find(f, key)) {
-        TRY(gguf_get_str(f, key, &stype));
-        if (gguf_str_eq(stype, "linear")) {
+    spk_gguf_str stype;
+    if (spk_gguf_find(f, key)) {
+        TRY(spk_gguf_get_str(f, key, &stype));
+        if (spk_gguf_str_eq(stype, "linear")) {
             TRY(get_f32_key(f, hp->arch, "rope.scaling.factor", 1.0f, &hp->scaling.factor));
             if (!(hp->scaling.factor >= 1.0f && hp->scaling.factor < 1e6f))
                 return spk_err(SPK_ERR_FORMAT, "%s: bad rope scaling factor %g", f->path,
                                hp->scaling.factor);
-        } else if (!gguf_str_eq(stype, "none")) {
+        } else if (!spk_gguf_str_eq(stype, "none")) {
             return spk_err(SPK_ERR_UNSUPPORTED, "%s: rope scaling type '%.*s' not supported",
                            f->path, (int)(stype.len > 32 ? 32 : stype.len), stype.ptr);
         }
@@ -137,10 +137,10 @@ static spk_status load_hparams(const gguf_file *f, spk_hparams *hp)
 }
 
 /* Tensors named blk.N.* must have N < n_layers (a file with extra layers is malformed). */
-static spk_status check_layer_names(const gguf_file *f, int n_layers)
+static spk_status check_layer_names(const spk_gguf_file *f, int n_layers)
 {
     for (uint64_t i = 0; i < f->n_tensors; i++) {
-        gguf_str n = f->tensors[i].name;
+        spk_gguf_str n = f->tensors[i].name;
         if (n.len < 5 || memcmp(n.ptr, "blk.", 4) != 0)
             continue;
         uint64_t idx = 0;
@@ -156,11 +156,11 @@ static spk_status check_layer_names(const gguf_file *f, int n_layers)
 
 static uint64_t mat_params(const spk_wmat *m) { return (uint64_t)m->n_in * (uint64_t)m->n_out; }
 
-spk_status spk_llama_load(const gguf_file *f, spk_hparams *hp, spk_weights *w)
+spk_status spk_llama_load(const spk_gguf_file *f, spk_hparams *hp, spk_weights *w)
 {
     memset(w, 0, sizeof *w);
     TRY(load_hparams(f, hp));
-    const gguf_tensor *te = gguf_find_tensor(f, "token_embd.weight");
+    const spk_gguf_tensor *te = spk_gguf_find_tensor(f, "token_embd.weight");
     if (!te)
         return spk_err(SPK_ERR_FORMAT, "%s: missing tensor 'token_embd.weight'", f->path);
     if (te->n_dims != 2 || te->ne[1] < 1 || te->ne[1] > 1u << 24)
@@ -176,13 +176,13 @@ spk_status spk_llama_load(const gguf_file *f, spk_hparams *hp, spk_weights *w)
     const int E = hp->n_embd, Q = hp->n_heads * hp->head_dim, KV = hp->n_kv_heads * hp->head_dim;
     TRY(find_mat(f, "token_embd.weight", E, hp->n_vocab, &w->tok_embd));
     TRY(find_vec(f, "output_norm.weight", E, &w->out_norm));
-    if (gguf_find_tensor(f, "output.weight"))
+    if (spk_gguf_find_tensor(f, "output.weight"))
         TRY(find_mat(f, "output.weight", E, hp->n_vocab, &w->output));
     else
         w->output = w->tok_embd;
     /* Llama-3.x rope scaling is stored as per-frequency divisors (converted from the model's
      * rope_scaling config by the GGUF writer). */
-    if (gguf_find_tensor(f, "rope_freqs.weight"))
+    if (spk_gguf_find_tensor(f, "rope_freqs.weight"))
     {
         TRY(find_vec(f, "rope_freqs.weight", hp->rot_dim / 2, &w->rope_factors));
         for (int i = 0; i < hp->rot_dim / 2; i++)

@@ -9,13 +9,13 @@
 #include "model/tok_internal.h"
 
 /* Optional token id key: absent -> -1; present -> must be an integer that fits. */
-static spk_status opt_id(const gguf_file *f, const char *key, int32_t *out)
+static spk_status opt_id(const spk_gguf_file *f, const char *key, int32_t *out)
 {
     *out = -1;
-    if (!gguf_find(f, key))
+    if (!spk_gguf_find(f, key))
         return SPK_OK;
     int64_t v;
-    spk_status st = gguf_get_i64(f, key, &v);
+    spk_status st = spk_gguf_get_i64(f, key, &v);
     if (st != SPK_OK)
         return st;
     if (v < -1 || v > INT32_MAX)
@@ -24,23 +24,23 @@ static spk_status opt_id(const gguf_file *f, const char *key, int32_t *out)
     return SPK_OK;
 }
 
-static spk_status opt_bool(const gguf_file *f, const char *key, int *out)
+static spk_status opt_bool(const spk_gguf_file *f, const char *key, int *out)
 {
     *out = -1;
-    if (!gguf_find(f, key))
+    if (!spk_gguf_find(f, key))
         return SPK_OK;
     bool b;
-    spk_status st = gguf_get_bool(f, key, &b);
+    spk_status st = spk_gguf_get_bool(f, key, &b);
     if (st == SPK_OK)
         *out = b;
     return st;
 }
 
 /* Copy a metadata string into a NUL-terminated buffer. */
-static spk_status get_cstr(const gguf_file *f, const char *key, char *dst, size_t cap)
+static spk_status get_cstr(const spk_gguf_file *f, const char *key, char *dst, size_t cap)
 {
-    gguf_str s;
-    spk_status st = gguf_get_str(f, key, &s);
+    spk_gguf_str s;
+    spk_status st = spk_gguf_get_str(f, key, &s);
     if (st != SPK_OK)
         return st;
     if (s.len >= cap)
@@ -54,7 +54,7 @@ static spk_status get_cstr(const gguf_file *f, const char *key, char *dst, size_
 }
 
 /* Read a string array into spk_tok_str entries pointing into the mapping. */
-static spk_status read_strs(const gguf_file *f, const gguf_kv *arr, const char *key,
+static spk_status read_strs(const spk_gguf_file *f, const spk_gguf_kv *arr, const char *key,
                             spk_tok_str **out)
 {
     uint64_t n = arr->v.arr.count;
@@ -65,7 +65,7 @@ static spk_status read_strs(const gguf_file *f, const gguf_kv *arr, const char *
     uint64_t pos = 0;
     for (uint64_t i = 0; i < n; i++) {
         uint64_t before = pos;
-        gguf_str s = gguf_arr_str_next(arr, &pos);
+        spk_gguf_str s = spk_gguf_arr_str_next(arr, &pos);
         if (pos == before) {
             free(v);
             return spk_err(SPK_ERR_FORMAT, "%s: %s entry %llu of %llu is truncated", f->path, key,
@@ -78,7 +78,7 @@ static spk_status read_strs(const gguf_file *f, const gguf_kv *arr, const char *
     return SPK_OK;
 }
 
-spk_status spk_tok_load(const gguf_file *f, int64_t n_vocab, spk_tok **out)
+spk_status spk_tok_load(const spk_gguf_file *f, int64_t n_vocab, spk_tok **out)
 {
     if (!out)
         return spk_err(SPK_ERR_INVALID_ARG, "spk_tok_load: out is NULL");
@@ -89,7 +89,7 @@ spk_status spk_tok_load(const gguf_file *f, int64_t n_vocab, spk_tok **out)
     spk_status st;
     if ((st = get_cstr(f, "tokenizer.ggml.model", model, sizeof model)))
         return st;
-    if (gguf_find(f, "tokenizer.ggml.pre") &&
+    if (spk_gguf_find(f, "tokenizer.ggml.pre") &&
         (st = get_cstr(f, "tokenizer.ggml.pre", pre, sizeof pre)))
         return st;
 
@@ -101,18 +101,18 @@ spk_status spk_tok_load(const gguf_file *f, int64_t n_vocab, spk_tok **out)
     if (strcmp(model, "gpt2") != 0)
         return spk_tok_new(&spec, out); /* reports the unsupported model */
 
-    const gguf_kv *tokens = NULL, *types = NULL, *merges = NULL;
+    const spk_gguf_kv *tokens = NULL, *types = NULL, *merges = NULL;
     spk_tok_str *tok_strs = NULL, *merge_strs = NULL;
     int32_t *type_vals = NULL;
-    if ((st = gguf_get_arr(f, "tokenizer.ggml.tokens", GGUF_STRING, &tokens)))
+    if ((st = spk_gguf_get_arr(f, "tokenizer.ggml.tokens", GGUF_STRING, &tokens)))
         goto done;
     if ((st = read_strs(f, tokens, "tokenizer.ggml.tokens", &tok_strs)))
         goto done;
     spec.n_tokens = (size_t)tokens->v.arr.count;
     spec.tokens = tok_strs;
 
-    if (gguf_find(f, "tokenizer.ggml.token_type")) {
-        if ((st = gguf_get_arr(f, "tokenizer.ggml.token_type", GGUF_VTYPE_COUNT, &types)))
+    if (spk_gguf_find(f, "tokenizer.ggml.token_type")) {
+        if ((st = spk_gguf_get_arr(f, "tokenizer.ggml.token_type", GGUF_VTYPE_COUNT, &types)))
             goto done;
         if (types->v.arr.count != tokens->v.arr.count) {
             st = spk_err(SPK_ERR_FORMAT, "%s: tokenizer.ggml.token_type has %llu entries but there are %llu tokens",
@@ -127,7 +127,7 @@ spk_status spk_tok_load(const gguf_file *f, int64_t n_vocab, spk_tok **out)
         }
         for (size_t i = 0; i < spec.n_tokens; i++) {
             int64_t t;
-            if (!gguf_arr_int(types, i, &t) || t < INT32_MIN || t > INT32_MAX) {
+            if (!spk_gguf_arr_int(types, i, &t) || t < INT32_MIN || t > INT32_MAX) {
                 st = spk_err(SPK_ERR_FORMAT, "%s: tokenizer.ggml.token_type entry %zu is not a small integer",
                              f->path, i);
                 goto done;
@@ -136,8 +136,8 @@ spk_status spk_tok_load(const gguf_file *f, int64_t n_vocab, spk_tok **out)
         }
         spec.token_types = type_vals;
     }
-    if (gguf_find(f, "tokenizer.ggml.merges")) {
-        if ((st = gguf_get_arr(f, "tokenizer.ggml.merges", GGUF_STRING, &merges)))
+    if (spk_gguf_find(f, "tokenizer.ggml.merges")) {
+        if ((st = spk_gguf_get_arr(f, "tokenizer.ggml.merges", GGUF_STRING, &merges)))
             goto done;
         if ((st = read_strs(f, merges, "tokenizer.ggml.merges", &merge_strs)))
             goto done;

@@ -69,7 +69,7 @@ spk_status spk_tok_new(const spk_tok_spec *spec, spk_tok **out);
  * (pass the embedding rows; 0 to skip). Errors as spk_tok_new, plus NOT_FOUND/FORMAT for absent
  * or mistyped keys (message names the key).
  */
-spk_status spk_tok_load(const gguf_file *f, int64_t n_vocab, spk_tok **out);
+spk_status spk_tok_load(const spk_gguf_file *f, int64_t n_vocab, spk_tok **out);
 
 void spk_tok_free(spk_tok *tok);
 

@@ -63,24 +63,24 @@ spk_status spk_shape_preset(const char *name, spk_shape *out)
 
 /* ---- from a GGUF file ---------------------------------------------------------------------- */
 
-static spk_status arch_u32(const gguf_file *f, const char *arch, const char *suffix, uint32_t dflt,
+static spk_status arch_u32(const spk_gguf_file *f, const char *arch, const char *suffix, uint32_t dflt,
                            bool required, uint32_t *out)
 {
     char key[160];
     snprintf(key, sizeof key, "%s.%s", arch, suffix);
-    if (!gguf_find(f, key)) {
+    if (!spk_gguf_find(f, key)) {
         if (required)
             return spk_err(SPK_ERR_FORMAT, "%s: missing metadata key '%s'", f->path, key);
         *out = dflt;
         return SPK_OK;
     }
-    return gguf_get_u32(f, key, out);
+    return spk_gguf_get_u32(f, key, out);
 }
 
 /* Bytes per element and block size of a tensor, if present. */
-static bool tensor_rate(const gguf_file *f, const char *name, double *bpe, int *block)
+static bool tensor_rate(const spk_gguf_file *f, const char *name, double *bpe, int *block)
 {
-    const gguf_tensor *t = gguf_find_tensor(f, name);
+    const spk_gguf_tensor *t = spk_gguf_find_tensor(f, name);
     if (!t || t->n_elements == 0)
         return false;
     *bpe = (double)t->nbytes / (double)t->n_elements;
@@ -90,13 +90,13 @@ static bool tensor_rate(const gguf_file *f, const char *name, double *bpe, int *
     return true;
 }
 
-spk_status spk_shape_from_gguf(const gguf_file *f, spk_shape *out)
+spk_status spk_shape_from_gguf(const spk_gguf_file *f, spk_shape *out)
 {
     if (!f || !out)
         return spk_err(SPK_ERR_INVALID_ARG, "shape_from_gguf: file or out is NULL");
     memset(out, 0, sizeof *out);
-    gguf_str a;
-    spk_status st = gguf_get_str(f, "general.architecture", &a);
+    spk_gguf_str a;
+    spk_status st = spk_gguf_get_str(f, "general.architecture", &a);
     if (st)
         return st;
     char arch[64];
@@ -139,7 +139,7 @@ spk_status spk_shape_from_gguf(const gguf_file *f, spk_shape *out)
         out->n_sliding_layers = (int)nl / 2; /* the alternating pattern of the known SWA families */
     }
 
-    const gguf_tensor *emb = gguf_find_tensor(f, "token_embd.weight");
+    const spk_gguf_tensor *emb = spk_gguf_find_tensor(f, "token_embd.weight");
     if (!emb || emb->n_dims != 2 || emb->ne[0] != ne)
         return spk_err(SPK_ERR_FORMAT, "%s: missing or mis-shaped token_embd.weight", f->path);
     out->n_vocab = emb->ne[1] > (1u << 24) ? 0 : (int)emb->ne[1];
@@ -160,7 +160,7 @@ spk_status spk_shape_from_gguf(const gguf_file *f, spk_shape *out)
         blk = b > blk ? b : blk;
     }
     out->quant_block = blk;
-    out->tied_embeddings = gguf_find_tensor(f, "output.weight") == NULL;
+    out->tied_embeddings = spk_gguf_find_tensor(f, "output.weight") == NULL;
     if (tensor_rate(f, out->tied_embeddings ? "token_embd.weight" : "output.weight", &r, NULL))
         out->bytes_per_head = r;
     out->bytes_per_kv = 2.0;

@@ -14,6 +14,6 @@
  * bytes per element from blk.0 tensors and the output head (token_embd when tied); quant block
  * from the row-parallel tensors. FORMAT if a required key or tensor is missing or out of range,
  * INVALID_ARG if the result fails spk_shape_check. */
-spk_status spk_shape_from_gguf(const gguf_file *f, spk_shape *out);
+spk_status spk_shape_from_gguf(const spk_gguf_file *f, spk_shape *out);
 
 #endif

@@ -24,8 +24,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     if (size)
         memcpy(buf, data, size);
-    gguf_file *f = NULL;
-    spk_status st = gguf_open_memory(buf, size, &f);
+    spk_gguf_file *f = NULL;
+    spk_status st = spk_gguf_open_memory(buf, size, &f);
     if (st != SPK_OK && st != SPK_ERR_FORMAT && st != SPK_ERR_UNSUPPORTED)
         abort();
     if (st != SPK_OK) {
@@ -35,7 +35,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     for (uint64_t i = 0; i < f->n_tensors; i++) {
-        const gguf_tensor *t = &f->tensors[i];
+        const spk_gguf_tensor *t = &f->tensors[i];
         const uint8_t *d = t->data;
         if (d < buf || t->nbytes > size || d + t->nbytes > buf + size ||
             t->offset % f->alignment != 0)
@@ -46,20 +46,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (t->name.len < sizeof name) {
             memcpy(name, t->name.ptr, (size_t)t->name.len);
             name[t->name.len] = '\0';
-            if (strlen(name) == t->name.len && gguf_find_tensor(f, name) != t)
+            if (strlen(name) == t->name.len && spk_gguf_find_tensor(f, name) != t)
                 abort(); /* names are unique, so lookup must return this one */
         }
     }
     for (uint64_t i = 0; i < f->n_kv; i++) {
-        const gguf_kv *kv = &f->kv[i];
+        const spk_gguf_kv *kv = &f->kv[i];
         if (kv->type == GGUF_STRING && kv->v.s.len)
             sink ^= (uint8_t)kv->v.s.ptr[kv->v.s.len - 1];
         if (kv->type != GGUF_ARRAY)
             continue;
         if (kv->v.arr.type == GGUF_STRING) {
             uint64_t pos = 0, n = 0;
-            gguf_str s;
-            while ((s = gguf_arr_str_next(kv, &pos)).ptr) {
+            spk_gguf_str s;
+            while ((s = spk_gguf_arr_str_next(kv, &pos)).ptr) {
                 if (s.len)
                     sink ^= (uint8_t)s.ptr[s.len - 1];
                 n++;
@@ -69,23 +69,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         } else if (kv->v.arr.count) {
             int64_t iv;
             double dv;
-            sink ^= (uint8_t)gguf_arr_int(kv, kv->v.arr.count - 1, &iv);
-            sink ^= (uint8_t)gguf_arr_float(kv, kv->v.arr.count - 1, &dv);
+            sink ^= (uint8_t)spk_gguf_arr_int(kv, kv->v.arr.count - 1, &iv);
+            sink ^= (uint8_t)spk_gguf_arr_float(kv, kv->v.arr.count - 1, &dv);
         }
     }
     uint32_t u;
     int64_t i64;
     float fl;
     bool b;
-    gguf_str s;
-    const gguf_kv *arr;
-    sink ^= (uint8_t)gguf_get_u32(f, "general.alignment", &u);
-    sink ^= (uint8_t)gguf_get_i64(f, "llama.block_count", &i64);
-    sink ^= (uint8_t)gguf_get_f32(f, "llama.rope.freq_base", &fl);
-    sink ^= (uint8_t)gguf_get_bool(f, "tokenizer.ggml.add_bos_token", &b);
-    sink ^= (uint8_t)gguf_get_str(f, "general.architecture", &s);
-    sink ^= (uint8_t)gguf_get_arr(f, "tokenizer.ggml.tokens", GGUF_STRING, &arr);
-    gguf_close(f);
+    spk_gguf_str s;
+    const spk_gguf_kv *arr;
+    sink ^= (uint8_t)spk_gguf_get_u32(f, "general.alignment", &u);
+    sink ^= (uint8_t)spk_gguf_get_i64(f, "llama.block_count", &i64);
+    sink ^= (uint8_t)spk_gguf_get_f32(f, "llama.rope.freq_base", &fl);
+    sink ^= (uint8_t)spk_gguf_get_bool(f, "tokenizer.ggml.add_bos_token", &b);
+    sink ^= (uint8_t)spk_gguf_get_str(f, "general.architecture", &s);
+    sink ^= (uint8_t)spk_gguf_get_arr(f, "tokenizer.ggml.tokens", GGUF_STRING, &arr);
+    spk_gguf_close(f);
     free(buf);
     return 0;
 }

@@ -19,4 +19,11 @@ ROOT=$2
 for s in $(nm -D --defined-only "$LIB" | awk '$2=="T"{sub(/@.*/, "", $3); print $3}'); do
     grep -q "\b$s\b" "$ROOT"/include/sparkinfer/*.h || { echo "FAIL: $s exported but not in a public header"; exit 1; }
 done
+# The static library leaks its internals into the caller's namespace: every global it defines
+# is spk_-prefixed too (an unprefixed gguf_open would clash with ggml's).
+A="$BUILD"/libsparkinfer.a
+bad=$(nm --defined-only "$A" 2>/dev/null | awk 'NF==3 && $2 ~ /[TDBRCGSV]/ {print $3}' | grep -v '^spk_' | sort -u || true)
+if [ -n "$bad" ]; then
+    echo "FAIL: global symbols of libsparkinfer.a without the spk_ prefix:"; echo "$bad"; exit 1
+fi
 echo "ok: $n exported symbols, all spk_-prefixed and declared; SONAME $soname"

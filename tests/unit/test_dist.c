@@ -91,11 +91,11 @@ static void generate(spk_model *m, int32_t out[N_PROMPTS][GEN])
 /* One rank's logits along its own greedy path: where is the first near-tie (top-2 < 0.5)? */
 static void find_near_ties(void)
 {
-    gguf_file *f;
+    spk_gguf_file *f;
     spk_hparams hp;
     spk_weights w;
     spk_llama *m;
-    ck_assert_int_eq(gguf_open(model_path, &f), SPK_OK);
+    ck_assert_int_eq(spk_gguf_open(model_path, &f), SPK_OK);
     ck_assert_int_eq(spk_llama_load(f, &hp, &w), SPK_OK);
     ck_assert_int_eq(spk_llama_create(&hp, &w, NULL, 128, 1, MAX_PROMPT + GEN, 2, &m), SPK_OK);
     float *lg = malloc(sizeof(float) * (MAX_PROMPT + GEN) * (size_t)hp.n_vocab);
@@ -135,7 +135,7 @@ static void find_near_ties(void)
     free(lg);
     spk_llama_free(m);
     spk_llama_weights_free(&w);
-    gguf_close(f);
+    spk_gguf_close(f);
 }
 
 /* One rank's greedy outputs (and near-ties) for model_path. */

@@ -1,7 +1,7 @@
 /*
  * GGUF reader: valid files built in memory by a small writer below (every value type, every
  * supported tensor type) must read back field by field with data pointers on the right bytes,
- * both from memory and through gguf_open; a corpus of malformed files must each give a clean
+ * both from memory and through spk_gguf_open; a corpus of malformed files must each give a clean
  * error naming the thing (and must not read out of bounds or allocate from claimed counts).
  */
 #include <check.h>
@@ -239,15 +239,15 @@ static void build_all(built *b, uint32_t version, const uint32_t *align)
 }
 
 /* Exact-size heap copy, so ASan catches any read past the end. */
-static gguf_file *open_copy(const uint8_t *p, size_t n, spk_status *st, uint8_t **copy)
+static spk_gguf_file *open_copy(const uint8_t *p, size_t n, spk_status *st, uint8_t **copy)
 {
     *copy = malloc(n ? n : 1);
     ck_assert_ptr_nonnull(*copy);
     if (n)
         memcpy(*copy, p, n);
-    gguf_file *f = (gguf_file *)0x1;
+    spk_gguf_file *f = (spk_gguf_file *)0x1;
     spk_err_clear();
-    *st = gguf_open_memory(*copy, n, &f);
+    *st = spk_gguf_open_memory(*copy, n, &f);
     if (*st != SPK_OK)
         ck_assert_ptr_null(f);
     return f;
@@ -255,182 +255,182 @@ static gguf_file *open_copy(const uint8_t *p, size_t n, spk_status *st, uint8_t 
 
 /* ---- checking a valid file field by field ------------------------------------------------- */
 
-static void check_all_kvs(const gguf_file *f)
+static void check_all_kvs(const spk_gguf_file *f)
 {
     uint32_t u32;
     int64_t i64;
     float f32;
     bool bl;
-    gguf_str s;
-    const gguf_kv *kv;
+    spk_gguf_str s;
+    const spk_gguf_kv *kv;
 
-    ck_assert_uint_eq(f->n_kv, 30 + (gguf_find(f, "general.alignment") != NULL));
-    ck_assert_int_eq(gguf_get_str(f, "general.architecture", &s), SPK_OK);
-    ck_assert(gguf_str_eq(s, "llama"));
+    ck_assert_uint_eq(f->n_kv, 30 + (spk_gguf_find(f, "general.alignment") != NULL));
+    ck_assert_int_eq(spk_gguf_get_str(f, "general.architecture", &s), SPK_OK);
+    ck_assert(spk_gguf_str_eq(s, "llama"));
 
-    kv = gguf_find(f, "t.u8");
+    kv = spk_gguf_find(f, "t.u8");
     ck_assert_ptr_nonnull(kv);
     ck_assert_int_eq(kv->type, GGUF_UINT8);
     ck_assert_uint_eq(kv->v.u, 200);
-    kv = gguf_find(f, "t.i8");
+    kv = spk_gguf_find(f, "t.i8");
     ck_assert_int_eq(kv->type, GGUF_INT8);
     ck_assert_int_eq(kv->v.i, -100);
-    kv = gguf_find(f, "t.u16");
+    kv = spk_gguf_find(f, "t.u16");
     ck_assert_int_eq(kv->type, GGUF_UINT16);
     ck_assert_uint_eq(kv->v.u, 60000);
-    kv = gguf_find(f, "t.i16");
+    kv = spk_gguf_find(f, "t.i16");
     ck_assert_int_eq(kv->type, GGUF_INT16);
     ck_assert_int_eq(kv->v.i, -30000);
-    kv = gguf_find(f, "t.u32");
+    kv = spk_gguf_find(f, "t.u32");
     ck_assert_int_eq(kv->type, GGUF_UINT32);
     ck_assert_uint_eq(kv->v.u, 4000000000u);
-    kv = gguf_find(f, "t.i32");
+    kv = spk_gguf_find(f, "t.i32");
     ck_assert_int_eq(kv->type, GGUF_INT32);
     ck_assert_int_eq(kv->v.i, -2000000000);
-    kv = gguf_find(f, "t.f32");
+    kv = spk_gguf_find(f, "t.f32");
     ck_assert_int_eq(kv->type, GGUF_FLOAT32);
     ck_assert(kv->v.f == 1.5);
-    kv = gguf_find(f, "t.bool");
+    kv = spk_gguf_find(f, "t.bool");
     ck_assert_int_eq(kv->type, GGUF_BOOL);
     ck_assert_uint_eq(kv->v.u, 1);
-    kv = gguf_find(f, "t.str");
+    kv = spk_gguf_find(f, "t.str");
     ck_assert_int_eq(kv->type, GGUF_STRING);
-    ck_assert(gguf_str_eq(kv->v.s, "hello gguf"));
+    ck_assert(spk_gguf_str_eq(kv->v.s, "hello gguf"));
     ck_assert(kv->v.s.ptr > (const char *)f->base && kv->v.s.ptr < (const char *)f->base + f->size);
-    kv = gguf_find(f, "t.u64");
+    kv = spk_gguf_find(f, "t.u64");
     ck_assert_int_eq(kv->type, GGUF_UINT64);
     ck_assert_uint_eq(kv->v.u, 0x8000000000000005ull);
-    kv = gguf_find(f, "t.i64");
+    kv = spk_gguf_find(f, "t.i64");
     ck_assert_int_eq(kv->type, GGUF_INT64);
     ck_assert_int_eq(kv->v.i, -(1ll << 40));
-    kv = gguf_find(f, "t.f64");
+    kv = spk_gguf_find(f, "t.f64");
     ck_assert_int_eq(kv->type, GGUF_FLOAT64);
     ck_assert(kv->v.f == -3.25);
-    kv = gguf_find(f, "t.empty");
+    kv = spk_gguf_find(f, "t.empty");
     ck_assert_int_eq(kv->type, GGUF_STRING);
     ck_assert_uint_eq(kv->v.s.len, 0);
-    ck_assert_ptr_null(gguf_find(f, "t.missing"));
-    ck_assert_ptr_null(gguf_find(f, "t.u")); /* prefix of a key is not the key */
+    ck_assert_ptr_null(spk_gguf_find(f, "t.missing"));
+    ck_assert_ptr_null(spk_gguf_find(f, "t.u")); /* prefix of a key is not the key */
 
     /* typed getters: conversions where the value fits, FORMAT naming the key where not */
-    ck_assert_int_eq(gguf_get_u32(f, "t.u8", &u32), SPK_OK);
+    ck_assert_int_eq(spk_gguf_get_u32(f, "t.u8", &u32), SPK_OK);
     ck_assert_uint_eq(u32, 200);
-    ck_assert_int_eq(gguf_get_u32(f, "t.u32", &u32), SPK_OK);
+    ck_assert_int_eq(spk_gguf_get_u32(f, "t.u32", &u32), SPK_OK);
     ck_assert_uint_eq(u32, 4000000000u);
-    ck_assert_int_eq(gguf_get_u32(f, "t.small", &u32), SPK_OK);
+    ck_assert_int_eq(spk_gguf_get_u32(f, "t.small", &u32), SPK_OK);
     ck_assert_uint_eq(u32, 77);
-    ck_assert_int_eq(gguf_get_u32(f, "t.neg", &u32), SPK_ERR_FORMAT);
+    ck_assert_int_eq(spk_gguf_get_u32(f, "t.neg", &u32), SPK_ERR_FORMAT);
     ck_assert_ptr_nonnull(strstr(spk_err_msg(), "'t.neg'"));
-    ck_assert_int_eq(gguf_get_u32(f, "t.u64", &u32), SPK_ERR_FORMAT);
+    ck_assert_int_eq(spk_gguf_get_u32(f, "t.u64", &u32), SPK_ERR_FORMAT);
     ck_assert_ptr_nonnull(strstr(spk_err_msg(), "'t.u64'"));
-    ck_assert_int_eq(gguf_get_u32(f, "t.str", &u32), SPK_ERR_FORMAT);
+    ck_assert_int_eq(spk_gguf_get_u32(f, "t.str", &u32), SPK_ERR_FORMAT);
     ck_assert_ptr_nonnull(strstr(spk_err_msg(), "type string"));
-    ck_assert_int_eq(gguf_get_u32(f, "t.f32", &u32), SPK_ERR_FORMAT);
-    ck_assert_int_eq(gguf_get_u32(f, "t.missing", &u32), SPK_ERR_NOT_FOUND);
+    ck_assert_int_eq(spk_gguf_get_u32(f, "t.f32", &u32), SPK_ERR_FORMAT);
+    ck_assert_int_eq(spk_gguf_get_u32(f, "t.missing", &u32), SPK_ERR_NOT_FOUND);
     ck_assert_ptr_nonnull(strstr(spk_err_msg(), "'t.missing'"));
 
-    ck_assert_int_eq(gguf_get_i64(f, "t.i8", &i64), SPK_OK);
+    ck_assert_int_eq(spk_gguf_get_i64(f, "t.i8", &i64), SPK_OK);
     ck_assert_int_eq(i64, -100);
-    ck_assert_int_eq(gguf_get_i64(f, "t.i64", &i64), SPK_OK);
+    ck_assert_int_eq(spk_gguf_get_i64(f, "t.i64", &i64), SPK_OK);
     ck_assert_int_eq(i64, -(1ll << 40));
-    ck_assert_int_eq(gguf_get_i64(f, "t.u32", &i64), SPK_OK);
+    ck_assert_int_eq(spk_gguf_get_i64(f, "t.u32", &i64), SPK_OK);
     ck_assert_int_eq(i64, 4000000000ll);
-    ck_assert_int_eq(gguf_get_i64(f, "t.u64", &i64), SPK_ERR_FORMAT);
-    ck_assert_int_eq(gguf_get_i64(f, "t.bool", &i64), SPK_ERR_FORMAT);
+    ck_assert_int_eq(spk_gguf_get_i64(f, "t.u64", &i64), SPK_ERR_FORMAT);
+    ck_assert_int_eq(spk_gguf_get_i64(f, "t.bool", &i64), SPK_ERR_FORMAT);
 
-    ck_assert_int_eq(gguf_get_f32(f, "t.f32", &f32), SPK_OK);
+    ck_assert_int_eq(spk_gguf_get_f32(f, "t.f32", &f32), SPK_OK);
     ck_assert(f32 == 1.5f);
-    ck_assert_int_eq(gguf_get_f32(f, "t.f64", &f32), SPK_OK);
+    ck_assert_int_eq(spk_gguf_get_f32(f, "t.f64", &f32), SPK_OK);
     ck_assert(f32 == -3.25f);
-    ck_assert_int_eq(gguf_get_f32(f, "t.u16", &f32), SPK_OK);
+    ck_assert_int_eq(spk_gguf_get_f32(f, "t.u16", &f32), SPK_OK);
     ck_assert(f32 == 60000.0f);
-    ck_assert_int_eq(gguf_get_f32(f, "t.str", &f32), SPK_ERR_FORMAT);
+    ck_assert_int_eq(spk_gguf_get_f32(f, "t.str", &f32), SPK_ERR_FORMAT);
 
-    ck_assert_int_eq(gguf_get_bool(f, "t.bool", &bl), SPK_OK);
+    ck_assert_int_eq(spk_gguf_get_bool(f, "t.bool", &bl), SPK_OK);
     ck_assert(bl);
-    ck_assert_int_eq(gguf_get_bool(f, "t.bool0", &bl), SPK_OK);
+    ck_assert_int_eq(spk_gguf_get_bool(f, "t.bool0", &bl), SPK_OK);
     ck_assert(!bl);
-    ck_assert_int_eq(gguf_get_bool(f, "t.u8", &bl), SPK_ERR_FORMAT);
+    ck_assert_int_eq(spk_gguf_get_bool(f, "t.u8", &bl), SPK_ERR_FORMAT);
 
-    ck_assert_int_eq(gguf_get_str(f, "t.str", &s), SPK_OK);
+    ck_assert_int_eq(spk_gguf_get_str(f, "t.str", &s), SPK_OK);
     ck_assert_uint_eq(s.len, 10);
     ck_assert_mem_eq(s.ptr, "hello gguf", 10);
-    ck_assert_int_eq(gguf_get_str(f, "t.u8", &s), SPK_ERR_FORMAT);
-    ck_assert_int_eq(gguf_get_str(f, "nope", &s), SPK_ERR_NOT_FOUND);
+    ck_assert_int_eq(spk_gguf_get_str(f, "t.u8", &s), SPK_ERR_FORMAT);
+    ck_assert_int_eq(spk_gguf_get_str(f, "nope", &s), SPK_ERR_NOT_FOUND);
 
     /* arrays */
-    const gguf_kv *a;
+    const spk_gguf_kv *a;
     int64_t iv;
     double dv;
-    ck_assert_int_eq(gguf_get_arr(f, "t.arr.u8", GGUF_UINT8, &a), SPK_OK);
+    ck_assert_int_eq(spk_gguf_get_arr(f, "t.arr.u8", GGUF_UINT8, &a), SPK_OK);
     ck_assert_uint_eq(a->v.arr.count, 3);
     ck_assert_uint_eq(a->v.arr.nbytes, 3);
     ck_assert_mem_eq(a->v.arr.data, "\x01\x02\xff", 3);
-    ck_assert(gguf_arr_int(a, 2, &iv) && iv == 255);
-    ck_assert(!gguf_arr_int(a, 3, &iv));
-    ck_assert_int_eq(gguf_get_arr(f, "t.arr.u8", GGUF_UINT32, &a), SPK_ERR_FORMAT);
+    ck_assert(spk_gguf_arr_int(a, 2, &iv) && iv == 255);
+    ck_assert(!spk_gguf_arr_int(a, 3, &iv));
+    ck_assert_int_eq(spk_gguf_get_arr(f, "t.arr.u8", GGUF_UINT32, &a), SPK_ERR_FORMAT);
     ck_assert_ptr_nonnull(strstr(spk_err_msg(), "array of uint8"));
-    ck_assert_int_eq(gguf_get_arr(f, "t.u8", GGUF_VTYPE_COUNT, &a), SPK_ERR_FORMAT);
+    ck_assert_int_eq(spk_gguf_get_arr(f, "t.u8", GGUF_VTYPE_COUNT, &a), SPK_ERR_FORMAT);
 
-    ck_assert_int_eq(gguf_get_arr(f, "t.arr.i8", GGUF_INT8, &a), SPK_OK);
-    ck_assert(gguf_arr_int(a, 0, &iv) && iv == -1);
-    ck_assert(gguf_arr_int(a, 1, &iv) && iv == 127);
-    ck_assert_int_eq(gguf_get_arr(f, "t.arr.u16", GGUF_UINT16, &a), SPK_OK);
+    ck_assert_int_eq(spk_gguf_get_arr(f, "t.arr.i8", GGUF_INT8, &a), SPK_OK);
+    ck_assert(spk_gguf_arr_int(a, 0, &iv) && iv == -1);
+    ck_assert(spk_gguf_arr_int(a, 1, &iv) && iv == 127);
+    ck_assert_int_eq(spk_gguf_get_arr(f, "t.arr.u16", GGUF_UINT16, &a), SPK_OK);
     ck_assert_uint_eq(a->v.arr.nbytes, 4);
-    ck_assert(gguf_arr_int(a, 0, &iv) && iv == 65535);
-    ck_assert(gguf_arr_int(a, 1, &iv) && iv == 7);
-    ck_assert_int_eq(gguf_get_arr(f, "t.arr.i16", GGUF_INT16, &a), SPK_OK);
-    ck_assert(gguf_arr_int(a, 0, &iv) && iv == -300);
-    ck_assert_int_eq(gguf_get_arr(f, "t.arr.u32", GGUF_UINT32, &a), SPK_OK);
+    ck_assert(spk_gguf_arr_int(a, 0, &iv) && iv == 65535);
+    ck_assert(spk_gguf_arr_int(a, 1, &iv) && iv == 7);
+    ck_assert_int_eq(spk_gguf_get_arr(f, "t.arr.i16", GGUF_INT16, &a), SPK_OK);
+    ck_assert(spk_gguf_arr_int(a, 0, &iv) && iv == -300);
+    ck_assert_int_eq(spk_gguf_get_arr(f, "t.arr.u32", GGUF_UINT32, &a), SPK_OK);
     ck_assert_uint_eq(a->v.arr.nbytes, 12);
-    ck_assert(gguf_arr_int(a, 2, &iv) && iv == 3000000000ll);
-    ck_assert_int_eq(gguf_get_arr(f, "t.arr.i32", GGUF_INT32, &a), SPK_OK);
-    ck_assert(gguf_arr_int(a, 0, &iv) && iv == -5);
-    ck_assert(gguf_arr_float(a, 1, &dv) && dv == 7.0);
-    ck_assert_int_eq(gguf_get_arr(f, "t.arr.f32", GGUF_FLOAT32, &a), SPK_OK);
-    ck_assert(gguf_arr_float(a, 0, &dv) && dv == 0.5);
-    ck_assert(gguf_arr_float(a, 1, &dv) && dv == -2.0);
-    ck_assert(!gguf_arr_int(a, 0, &iv)); /* floats are not integers */
-    ck_assert_int_eq(gguf_get_arr(f, "t.arr.bool", GGUF_BOOL, &a), SPK_OK);
-    ck_assert(gguf_arr_int(a, 0, &iv) && iv == 1);
-    ck_assert(gguf_arr_int(a, 1, &iv) && iv == 0);
-    ck_assert_int_eq(gguf_get_arr(f, "t.arr.u64", GGUF_UINT64, &a), SPK_OK);
-    ck_assert(gguf_arr_int(a, 0, &iv) && iv == (1ll << 40));
-    ck_assert(!gguf_arr_int(a, 1, &iv)); /* UINT64_MAX does not fit in int64 */
-    ck_assert_int_eq(gguf_get_arr(f, "t.arr.i64", GGUF_INT64, &a), SPK_OK);
-    ck_assert(gguf_arr_int(a, 0, &iv) && iv == INT64_MIN);
-    ck_assert_int_eq(gguf_get_arr(f, "t.arr.f64", GGUF_FLOAT64, &a), SPK_OK);
-    ck_assert(gguf_arr_float(a, 0, &dv) && dv == 1.5);
-    ck_assert_int_eq(gguf_get_arr(f, "t.arr.empty", GGUF_VTYPE_COUNT, &a), SPK_OK);
+    ck_assert(spk_gguf_arr_int(a, 2, &iv) && iv == 3000000000ll);
+    ck_assert_int_eq(spk_gguf_get_arr(f, "t.arr.i32", GGUF_INT32, &a), SPK_OK);
+    ck_assert(spk_gguf_arr_int(a, 0, &iv) && iv == -5);
+    ck_assert(spk_gguf_arr_float(a, 1, &dv) && dv == 7.0);
+    ck_assert_int_eq(spk_gguf_get_arr(f, "t.arr.f32", GGUF_FLOAT32, &a), SPK_OK);
+    ck_assert(spk_gguf_arr_float(a, 0, &dv) && dv == 0.5);
+    ck_assert(spk_gguf_arr_float(a, 1, &dv) && dv == -2.0);
+    ck_assert(!spk_gguf_arr_int(a, 0, &iv)); /* floats are not integers */
+    ck_assert_int_eq(spk_gguf_get_arr(f, "t.arr.bool", GGUF_BOOL, &a), SPK_OK);
+    ck_assert(spk_gguf_arr_int(a, 0, &iv) && iv == 1);
+    ck_assert(spk_gguf_arr_int(a, 1, &iv) && iv == 0);
+    ck_assert_int_eq(spk_gguf_get_arr(f, "t.arr.u64", GGUF_UINT64, &a), SPK_OK);
+    ck_assert(spk_gguf_arr_int(a, 0, &iv) && iv == (1ll << 40));
+    ck_assert(!spk_gguf_arr_int(a, 1, &iv)); /* UINT64_MAX does not fit in int64 */
+    ck_assert_int_eq(spk_gguf_get_arr(f, "t.arr.i64", GGUF_INT64, &a), SPK_OK);
+    ck_assert(spk_gguf_arr_int(a, 0, &iv) && iv == INT64_MIN);
+    ck_assert_int_eq(spk_gguf_get_arr(f, "t.arr.f64", GGUF_FLOAT64, &a), SPK_OK);
+    ck_assert(spk_gguf_arr_float(a, 0, &dv) && dv == 1.5);
+    ck_assert_int_eq(spk_gguf_get_arr(f, "t.arr.empty", GGUF_VTYPE_COUNT, &a), SPK_OK);
     ck_assert_uint_eq(a->v.arr.count, 0);
     ck_assert_uint_eq(a->v.arr.nbytes, 0);
 
-    ck_assert_int_eq(gguf_get_arr(f, "t.arr.str", GGUF_STRING, &a), SPK_OK);
+    ck_assert_int_eq(spk_gguf_get_arr(f, "t.arr.str", GGUF_STRING, &a), SPK_OK);
     ck_assert_uint_eq(a->v.arr.count, 4);
     ck_assert_uint_eq(a->v.arr.nbytes, 4 * 8 + 1 + 2 + 0 + 6);
     static const char *const want[] = {"a", "bc", "", "d\xc3\xa9j\xc3\xa0"};
     uint64_t pos = 0;
     for (int i = 0; i < 4; i++) {
-        gguf_str e = gguf_arr_str_next(a, &pos);
-        ck_assert_msg(gguf_str_eq(e, want[i]), "string element %d", i);
+        spk_gguf_str e = spk_gguf_arr_str_next(a, &pos);
+        ck_assert_msg(spk_gguf_str_eq(e, want[i]), "string element %d", i);
     }
     ck_assert_uint_eq(pos, a->v.arr.nbytes);
-    ck_assert_ptr_null(gguf_arr_str_next(a, &pos).ptr); /* past the last one */
+    ck_assert_ptr_null(spk_gguf_arr_str_next(a, &pos).ptr); /* past the last one */
     pos = 0;
-    ck_assert_ptr_null(gguf_arr_str_next(gguf_find(f, "t.arr.u32"), &pos).ptr);
+    ck_assert_ptr_null(spk_gguf_arr_str_next(spk_gguf_find(f, "t.arr.u32"), &pos).ptr);
 }
 
-static void check_all_tensors(const gguf_file *f, const built *b, uint64_t align)
+static void check_all_tensors(const spk_gguf_file *f, const built *b, uint64_t align)
 {
     ck_assert_uint_eq(f->n_tensors, N_ALL);
     ck_assert_uint_eq(f->alignment, align);
     ck_assert_uint_eq(f->data_offset, b->data_offset);
     ck_assert_uint_eq(f->data_offset % align, 0);
     for (size_t i = 0; i < N_ALL; i++) {
-        const gguf_tensor *t = &f->tensors[i];
+        const spk_gguf_tensor *t = &f->tensors[i];
         const tspec *s = &all_tensors[i];
-        ck_assert_msg(gguf_str_eq(t->name, s->name), "tensor %zu name", i);
-        ck_assert_ptr_eq(gguf_find_tensor(f, s->name), t);
+        ck_assert_msg(spk_gguf_str_eq(t->name, s->name), "tensor %zu name", i);
+        ck_assert_ptr_eq(spk_gguf_find_tensor(f, s->name), t);
         ck_assert_uint_eq(t->n_dims, s->n_dims);
         for (uint32_t d = 0; d < GGUF_MAX_DIMS; d++)
             ck_assert_uint_eq(t->ne[d], d < s->n_dims ? s->ne[d] : 1);
@@ -447,8 +447,8 @@ static void check_all_tensors(const gguf_file *f, const built *b, uint64_t align
             ck_assert_msg(d[k] == pattern(i, k), "tensor %s byte %llu", s->name,
                           (unsigned long long)k);
     }
-    ck_assert_ptr_null(gguf_find_tensor(f, "blk.0"));
-    ck_assert_ptr_null(gguf_find_tensor(f, "nope"));
+    ck_assert_ptr_null(spk_gguf_find_tensor(f, "blk.0"));
+    ck_assert_ptr_null(spk_gguf_find_tensor(f, "nope"));
 }
 
 START_TEST(valid_file_reads_back_every_field_from_memory)
@@ -457,7 +457,7 @@ START_TEST(valid_file_reads_back_every_field_from_memory)
     build_all(&b, 3, NULL);
     spk_status st;
     uint8_t *copy;
-    gguf_file *f = open_copy(b.w.p, b.w.n, &st, &copy);
+    spk_gguf_file *f = open_copy(b.w.p, b.w.n, &st, &copy);
     ck_assert_msg(st == SPK_OK, "open: %s", spk_err_msg());
     ck_assert_uint_eq(f->version, 3);
     ck_assert_ptr_eq(f->base, copy);
@@ -465,7 +465,7 @@ START_TEST(valid_file_reads_back_every_field_from_memory)
     ck_assert_int_eq(f->owns_map, 0);
     check_all_kvs(f);
     check_all_tensors(f, &b, 32);
-    gguf_close(f);
+    spk_gguf_close(f);
     free(copy);
     w_free(&b.w);
 }
@@ -479,12 +479,12 @@ START_TEST(version_2_and_custom_alignment_are_honoured)
         build_all(&b, 2, &aligns[k]);
         spk_status st;
         uint8_t *copy;
-        gguf_file *f = open_copy(b.w.p, b.w.n, &st, &copy);
+        spk_gguf_file *f = open_copy(b.w.p, b.w.n, &st, &copy);
         ck_assert_msg(st == SPK_OK, "alignment %u: %s", aligns[k], spk_err_msg());
         ck_assert_uint_eq(f->version, 2);
         check_all_kvs(f);
         check_all_tensors(f, &b, aligns[k]);
-        gguf_close(f);
+        spk_gguf_close(f);
         free(copy);
         w_free(&b.w);
     }
@@ -497,14 +497,14 @@ START_TEST(file_without_tensors_or_kvs_is_valid)
     w_header(&w, 3, 0, 0);
     spk_status st;
     uint8_t *copy;
-    gguf_file *f = open_copy(w.p, w.n, &st, &copy);
+    spk_gguf_file *f = open_copy(w.p, w.n, &st, &copy);
     ck_assert_msg(st == SPK_OK, "%s", spk_err_msg());
     ck_assert_uint_eq(f->n_kv, 0);
     ck_assert_uint_eq(f->n_tensors, 0);
     ck_assert_uint_eq(f->alignment, 32);
-    ck_assert_ptr_null(gguf_find(f, "x"));
-    ck_assert_ptr_null(gguf_find_tensor(f, "x"));
-    gguf_close(f);
+    ck_assert_ptr_null(spk_gguf_find(f, "x"));
+    ck_assert_ptr_null(spk_gguf_find_tensor(f, "x"));
+    spk_gguf_close(f);
     free(copy);
     w_free(&w);
 }
@@ -531,15 +531,15 @@ static void write_temp(char *path, const void *p, size_t n)
     close(fd);
 }
 
-START_TEST(gguf_open_maps_a_file_and_closes_the_fd)
+START_TEST(spk_gguf_open_maps_a_file_and_closes_the_fd)
 {
     built b;
     build_all(&b, 3, NULL);
     char path[64];
     write_temp(path, b.w.p, b.w.n);
     int fds = count_fds();
-    gguf_file *f = NULL;
-    spk_status st = gguf_open(path, &f);
+    spk_gguf_file *f = NULL;
+    spk_status st = spk_gguf_open(path, &f);
     ck_assert_msg(st == SPK_OK, "open: %s", spk_err_msg());
     ck_assert_int_eq(count_fds(), fds); /* the mapping stays, the descriptor does not */
     ck_assert_int_eq(f->owns_map, 1);
@@ -548,15 +548,15 @@ START_TEST(gguf_open_maps_a_file_and_closes_the_fd)
     ck_assert_mem_eq(f->base, b.w.p, b.w.n);
     check_all_kvs(f);
     check_all_tensors(f, &b, 32);
-    gguf_close(f);
-    gguf_close(NULL);
+    spk_gguf_close(f);
+    spk_gguf_close(NULL);
 
     /* a malformed file on disk: FORMAT, message starts with the path, nothing leaks */
     w_patch(&b.w, 4, 99, 4);
     unlink(path);
     write_temp(path, b.w.p, b.w.n);
-    f = (gguf_file *)0x1;
-    ck_assert_int_eq(gguf_open(path, &f), SPK_ERR_UNSUPPORTED);
+    f = (spk_gguf_file *)0x1;
+    ck_assert_int_eq(spk_gguf_open(path, &f), SPK_ERR_UNSUPPORTED);
     ck_assert_ptr_null(f);
     ck_assert_int_eq(strncmp(spk_err_msg(), path, strlen(path)), 0);
     ck_assert_int_eq(count_fds(), fds);
@@ -564,25 +564,25 @@ START_TEST(gguf_open_maps_a_file_and_closes_the_fd)
 
     /* empty file: FORMAT */
     write_temp(path, "", 0);
-    ck_assert_int_eq(gguf_open(path, &f), SPK_ERR_FORMAT);
+    ck_assert_int_eq(spk_gguf_open(path, &f), SPK_ERR_FORMAT);
     ck_assert_ptr_nonnull(strstr(spk_err_msg(), "empty"));
     unlink(path);
     w_free(&b.w);
 }
 END_TEST
 
-START_TEST(gguf_open_reports_io_errors_with_strerror)
+START_TEST(spk_gguf_open_reports_io_errors_with_strerror)
 {
-    gguf_file *f = (gguf_file *)0x1;
-    ck_assert_int_eq(gguf_open("/nonexistent/dir/model.gguf", &f), SPK_ERR_IO);
+    spk_gguf_file *f = (spk_gguf_file *)0x1;
+    ck_assert_int_eq(spk_gguf_open("/nonexistent/dir/model.gguf", &f), SPK_ERR_IO);
     ck_assert_ptr_null(f);
     ck_assert_ptr_nonnull(strstr(spk_err_msg(), "/nonexistent/dir/model.gguf"));
     ck_assert_ptr_nonnull(strstr(spk_err_msg(), "No such file"));
-    ck_assert_int_eq(gguf_open("/tmp", &f), SPK_ERR_IO);
+    ck_assert_int_eq(spk_gguf_open("/tmp", &f), SPK_ERR_IO);
     ck_assert_ptr_nonnull(strstr(spk_err_msg(), "/tmp"));
-    ck_assert_int_eq(gguf_open(NULL, &f), SPK_ERR_INVALID_ARG);
-    ck_assert_int_eq(gguf_open_memory(NULL, 5, &f), SPK_ERR_INVALID_ARG);
-    ck_assert_int_eq(gguf_open_memory("GGUF", 4, NULL), SPK_ERR_INVALID_ARG);
+    ck_assert_int_eq(spk_gguf_open(NULL, &f), SPK_ERR_INVALID_ARG);
+    ck_assert_int_eq(spk_gguf_open_memory(NULL, 5, &f), SPK_ERR_INVALID_ARG);
+    ck_assert_int_eq(spk_gguf_open_memory("GGUF", 4, NULL), SPK_ERR_INVALID_ARG);
 }
 END_TEST
 
@@ -866,7 +866,7 @@ START_TEST(malformed_file_gives_a_clean_error_naming_the_problem)
     uint8_t *copy;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    gguf_file *f = open_copy(w.p, w.n, &st, &copy);
+    spk_gguf_file *f = open_copy(w.p, w.n, &st, &copy);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     const char *msg = spk_err_msg();
     ck_assert_msg(st == c->want, "%s: status %d (%s), want %d; message: %s", c->name, st,
@@ -897,7 +897,7 @@ START_TEST(claimed_counts_are_bounded_by_the_file_before_allocating)
         ck_assert_uint_eq(w.n, 100);
         spk_status st;
         uint8_t *copy;
-        gguf_file *f = open_copy(w.p, w.n, &st, &copy);
+        spk_gguf_file *f = open_copy(w.p, w.n, &st, &copy);
         ck_assert_ptr_null(f);
         ck_assert_msg(st == SPK_ERR_FORMAT, "case %zu: %s", k, spk_err_msg());
         ck_assert_ptr_nonnull(strstr(spk_err_msg(), "needs at least"));
@@ -924,7 +924,7 @@ START_TEST(truncation_at_every_byte_offset_is_a_format_error)
     for (size_t len = 0; len < b.w.n; len++) {
         spk_status st;
         uint8_t *copy;
-        gguf_file *f = open_copy(b.w.p, len, &st, &copy);
+        spk_gguf_file *f = open_copy(b.w.p, len, &st, &copy);
         ck_assert_msg(st == SPK_ERR_FORMAT && f == NULL, "truncated to %zu of %zu: status %d (%s)",
                       len, b.w.n, st, spk_err_msg());
         ck_assert_msg(strncmp(spk_err_msg(), "<memory>: ", 10) == 0 && strlen(spk_err_msg()) > 20,
@@ -934,9 +934,9 @@ START_TEST(truncation_at_every_byte_offset_is_a_format_error)
     /* and the whole file is fine */
     spk_status st;
     uint8_t *copy;
-    gguf_file *f = open_copy(b.w.p, b.w.n, &st, &copy);
+    spk_gguf_file *f = open_copy(b.w.p, b.w.n, &st, &copy);
     ck_assert_int_eq(st, SPK_OK);
-    gguf_close(f);
+    spk_gguf_close(f);
     free(copy);
     w_free(&b.w);
 }
@@ -961,29 +961,29 @@ START_TEST(random_byte_mutations_never_crash_and_accepted_files_are_consistent)
         }
         size_t len = (spk_test_rand(&seed) % 8) == 0 ? (size_t)(spk_test_rand(&seed) % b.w.n)
                                                        : b.w.n;
-        gguf_file *f = NULL;
-        spk_status st = gguf_open_memory(m, len, &f);
+        spk_gguf_file *f = NULL;
+        spk_status st = spk_gguf_open_memory(m, len, &f);
         ck_assert_msg(st == SPK_OK || st == SPK_ERR_FORMAT || st == SPK_ERR_UNSUPPORTED,
                       "iteration %d: status %d", it, st);
         if (st == SPK_OK) {
             ok++;
             for (uint64_t i = 0; i < f->n_tensors; i++) {
-                const gguf_tensor *t = &f->tensors[i];
+                const spk_gguf_tensor *t = &f->tensors[i];
                 const uint8_t *d = t->data;
                 ck_assert(d >= m && d + t->nbytes <= m + len);
                 if (t->nbytes)
                     ck_assert_uint_eq(d[0] | d[t->nbytes - 1], d[0] | d[t->nbytes - 1]);
             }
             for (uint64_t i = 0; i < f->n_kv; i++) {
-                const gguf_kv *kv = &f->kv[i];
+                const spk_gguf_kv *kv = &f->kv[i];
                 if (kv->type == GGUF_ARRAY && kv->v.arr.type == GGUF_STRING) {
                     uint64_t pos = 0, n = 0;
-                    while (gguf_arr_str_next(kv, &pos).ptr)
+                    while (spk_gguf_arr_str_next(kv, &pos).ptr)
                         n++;
                     ck_assert_uint_eq(n, kv->v.arr.count);
                 }
             }
-            gguf_close(f);
+            spk_gguf_close(f);
         } else {
             bad++;
             ck_assert_ptr_null(f);
@@ -1003,8 +1003,8 @@ static Suite *gguf_suite(void)
     tcase_add_test(tc, valid_file_reads_back_every_field_from_memory);
     tcase_add_test(tc, version_2_and_custom_alignment_are_honoured);
     tcase_add_test(tc, file_without_tensors_or_kvs_is_valid);
-    tcase_add_test(tc, gguf_open_maps_a_file_and_closes_the_fd);
-    tcase_add_test(tc, gguf_open_reports_io_errors_with_strerror);
+    tcase_add_test(tc, spk_gguf_open_maps_a_file_and_closes_the_fd);
+    tcase_add_test(tc, spk_gguf_open_reports_io_errors_with_strerror);
     suite_add_tcase(s, tc);
     tc = tcase_create("malformed");
     tcase_set_timeout(tc, 60);

@@ -12,21 +12,21 @@
 #include "model/llama.h"
 #include "testutil.h"
 
-static gguf_file *gf;
+static spk_gguf_file *gf;
 static spk_hparams hp;
 static spk_weights W;
 
 static void setup(void)
 {
     const char *path = spk_test_model_path();
-    ck_assert_int_eq(gguf_open(path, &gf), SPK_OK);
+    ck_assert_int_eq(spk_gguf_open(path, &gf), SPK_OK);
     ck_assert_msg(spk_llama_load(gf, &hp, &W) == SPK_OK, "%s", spk_last_error());
 }
 
 static void teardown(void)
 {
     spk_llama_weights_free(&W);
-    gguf_close(gf);
+    spk_gguf_close(gf);
 }
 
 static void log_softmax(float *x, int n)

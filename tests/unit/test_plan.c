@@ -439,11 +439,11 @@ END_TEST
 
 START_TEST(shape_from_default_model_file)
 {
-    gguf_file *f;
-    ck_assert_int_eq(gguf_open(spk_test_model_path(), &f), SPK_OK);
+    spk_gguf_file *f;
+    ck_assert_int_eq(spk_gguf_open(spk_test_model_path(), &f), SPK_OK);
     spk_shape s;
     ck_assert_msg(spk_shape_from_gguf(f, &s) == SPK_OK, "%s", spk_err_msg());
-    gguf_close(f);
+    spk_gguf_close(f);
     spk_shape p = preset("smollm2-135m");
     ck_assert_int_eq(s.n_layers, p.n_layers);
     ck_assert_int_eq(s.n_embd, p.n_embd);

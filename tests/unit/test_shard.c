@@ -23,7 +23,7 @@
 
 enum { N = 20 };
 
-static gguf_file *gf;
+static spk_gguf_file *gf;
 static spk_hparams hp;
 static spk_weights full;
 static float *ref; /* [N][n_vocab], the whole model on one rank */
@@ -80,7 +80,7 @@ static void *run_job(void *arg)
 static void setup(void)
 {
     const char *path = spk_test_model_path();
-    ck_assert_int_eq(gguf_open(path, &gf), SPK_OK);
+    ck_assert_int_eq(spk_gguf_open(path, &gf), SPK_OK);
     ck_assert_int_eq(spk_llama_load(gf, &hp, &full), SPK_OK);
     for (int i = 0; i < N; i++) {
         tk[i] = (i * 104729 + 7) % hp.n_vocab;
@@ -100,7 +100,7 @@ static void teardown(void)
 {
     free(ref);
     spk_llama_weights_free(&full);
-    gguf_close(gf);
+    spk_gguf_close(gf);
 }
 
 /* Run layout pp x tp over the first `depth` layers (depth < n_layers only with pp 1); return

@@ -194,7 +194,7 @@ END_TEST
 /* ---- the files load ---- */
 
 typedef struct loaded {
-    gguf_file *f;
+    spk_gguf_file *f;
     spk_hparams hp;
     spk_weights w;
     spk_tok *tok;
@@ -202,7 +202,7 @@ typedef struct loaded {
 
 static void load_all(const char *path, loaded *L)
 {
-    ck_assert_msg(gguf_open(path, &L->f) == SPK_OK, "%s", spk_last_error());
+    ck_assert_msg(spk_gguf_open(path, &L->f) == SPK_OK, "%s", spk_last_error());
     ck_assert_msg(spk_llama_load(L->f, &L->hp, &L->w) == SPK_OK, "%s", spk_last_error());
     ck_assert_msg(spk_tok_load(L->f, L->hp.n_vocab, &L->tok) == SPK_OK, "%s", spk_last_error());
 }
@@ -211,12 +211,12 @@ static void unload(loaded *L)
 {
     spk_tok_free(L->tok);
     spk_llama_weights_free(&L->w);
-    gguf_close(L->f);
+    spk_gguf_close(L->f);
 }
 
-static void check_tensor(const gguf_file *f, const char *name, spk_dtype type, uint64_t ne0, uint64_t ne1)
+static void check_tensor(const spk_gguf_file *f, const char *name, spk_dtype type, uint64_t ne0, uint64_t ne1)
 {
-    const gguf_tensor *t = gguf_find_tensor(f, name);
+    const spk_gguf_tensor *t = spk_gguf_find_tensor(f, name);
     ck_assert_msg(t != NULL, "missing %s", name);
     ck_assert_int_eq(t->type, type);
     ck_assert_uint_eq(t->ne[0], ne0);
@@ -241,11 +241,11 @@ START_TEST(presets_load_with_reader_loader_and_tokenizer)
         ck_assert_uint_eq(L.f->alignment, 32);
         ck_assert_uint_eq(L.f->data_offset % 32, 0);
         ck_assert_uint_eq(L.f->n_tensors, 2 + 9 * 4);
-        gguf_str s;
-        ck_assert_int_eq(gguf_get_str(L.f, "general.name", &s), SPK_OK);
-        ck_assert(gguf_str_eq(s, names[k]));
-        ck_assert_int_eq(gguf_get_str(L.f, "tokenizer.ggml.pre", &s), SPK_OK);
-        ck_assert(gguf_str_eq(s, "smollm"));
+        spk_gguf_str s;
+        ck_assert_int_eq(spk_gguf_get_str(L.f, "general.name", &s), SPK_OK);
+        ck_assert(spk_gguf_str_eq(s, names[k]));
+        ck_assert_int_eq(spk_gguf_get_str(L.f, "tokenizer.ggml.pre", &s), SPK_OK);
+        ck_assert(spk_gguf_str_eq(s, "smollm"));
         ck_assert_int_eq(L.hp.n_layers, 4);
         ck_assert_int_eq(L.hp.n_embd, 256);
         ck_assert_int_eq(L.hp.n_heads, 8);
@@ -260,7 +260,7 @@ START_TEST(presets_load_with_reader_loader_and_tokenizer)
         check_tensor(L.f, "blk.3.attn_k.weight", SPK_DT_Q4_1, 256, 128);
         check_tensor(L.f, "blk.2.ffn_down.weight", SPK_DT_Q4_1, 512, 256);
         check_tensor(L.f, "blk.1.ffn_norm.weight", SPK_DT_F32, 256, 1);
-        ck_assert_ptr_null(gguf_find_tensor(L.f, "output.weight"));
+        ck_assert_ptr_null(spk_gguf_find_tensor(L.f, "output.weight"));
         ck_assert_ptr_eq(L.w.output.data, L.w.tok_embd.data); /* tied */
         /* norms are 1 + small noise, not 0 and not all equal */
         const float *nw = L.w.layers[0].attn_norm;
@@ -282,8 +282,8 @@ START_TEST(presets_load_with_reader_loader_and_tokenizer)
         ck_assert_int_eq(spk_tok_find(L.tok, "<|im_start|>", 12), SPK_SYNTH_TOK_IM_START);
         ck_assert_int_eq(spk_tok_find(L.tok, "\xC4\xA0", 2), ' '); /* byte 0x20 in GPT-2 form */
         ck_assert_int_eq(spk_tok_find(L.tok, "\xC4\xA0the", 5) >= SPK_SYNTH_MIN_VOCAB, 1);
-        const gguf_kv *merges;
-        ck_assert_int_eq(gguf_get_arr(L.f, "tokenizer.ggml.merges", GGUF_STRING, &merges), SPK_OK);
+        const spk_gguf_kv *merges;
+        ck_assert_int_eq(spk_gguf_get_arr(L.f, "tokenizer.ggml.merges", GGUF_STRING, &merges), SPK_OK);
         ck_assert_uint_eq(merges->v.arr.count, 1024 - SPK_SYNTH_MIN_VOCAB);
         unload(&L);
     }
@@ -470,14 +470,14 @@ START_TEST(same_seed_same_bytes_other_seed_other_bytes)
     ck_assert_uint_eq(la, lc); /* same shape, same size */
     ck_assert(memcmp(da, dc, la) != 0);
     /* the weights differ, not just the name: compare the last tensor's bytes */
-    gguf_file *fa, *fc;
-    ck_assert_int_eq(gguf_open_memory(da, la, &fa), SPK_OK);
-    ck_assert_int_eq(gguf_open_memory(dc, lc, &fc), SPK_OK);
-    const gguf_tensor *ta = gguf_find_tensor(fa, "blk.1.ffn_down.weight");
-    const gguf_tensor *tc = gguf_find_tensor(fc, "blk.1.ffn_down.weight");
+    spk_gguf_file *fa, *fc;
+    ck_assert_int_eq(spk_gguf_open_memory(da, la, &fa), SPK_OK);
+    ck_assert_int_eq(spk_gguf_open_memory(dc, lc, &fc), SPK_OK);
+    const spk_gguf_tensor *ta = spk_gguf_find_tensor(fa, "blk.1.ffn_down.weight");
+    const spk_gguf_tensor *tc = spk_gguf_find_tensor(fc, "blk.1.ffn_down.weight");
     ck_assert(memcmp(ta->data, tc->data, ta->nbytes) != 0);
-    gguf_close(fa);
-    gguf_close(fc);
+    spk_gguf_close(fa);
+    spk_gguf_close(fc);
     free(da);
     free(db);
     free(dc);

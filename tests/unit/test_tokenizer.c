@@ -682,8 +682,8 @@ START_TEST(test_gguf_metadata_builds_the_same_tokenizer)
 {
     vocab *v = tiny_vocab();
     gbuf b = tiny_gguf(v, "smollm", v->n);
-    gguf_file *f;
-    ck_assert_msg(gguf_open_memory(b.p, b.n, &f) == SPK_OK, "gguf: %s", spk_err_msg());
+    spk_gguf_file *f;
+    ck_assert_msg(spk_gguf_open_memory(b.p, b.n, &f) == SPK_OK, "gguf: %s", spk_err_msg());
     spk_tok *tok;
     ck_assert_msg(spk_tok_load(f, v->n, &tok) == SPK_OK, "load: %s", spk_err_msg());
     int32_t ids[8];
@@ -699,21 +699,21 @@ START_TEST(test_gguf_metadata_builds_the_same_tokenizer)
     /* the embedding's row count must agree with the vocabulary */
     ck_assert_int_eq(spk_tok_load(f, v->n + 1, &tok), SPK_ERR_FORMAT);
     ck_assert_ptr_null(tok);
-    gguf_close(f);
+    spk_gguf_close(f);
     free(b.p);
 
     b = tiny_gguf(v, "qwen2", v->n);
-    ck_assert_int_eq(gguf_open_memory(b.p, b.n, &f), SPK_OK);
+    ck_assert_int_eq(spk_gguf_open_memory(b.p, b.n, &f), SPK_OK);
     ck_assert_int_eq(spk_tok_load(f, 0, &tok), SPK_ERR_UNSUPPORTED);
     ck_assert_ptr_nonnull(strstr(spk_err_msg(), "'qwen2'"));
-    gguf_close(f);
+    spk_gguf_close(f);
     free(b.p);
 
     b = tiny_gguf(v, "smollm", v->n - 1);
-    ck_assert_int_eq(gguf_open_memory(b.p, b.n, &f), SPK_OK);
+    ck_assert_int_eq(spk_gguf_open_memory(b.p, b.n, &f), SPK_OK);
     ck_assert_int_eq(spk_tok_load(f, 0, &tok), SPK_ERR_FORMAT);
     ck_assert_ptr_nonnull(strstr(spk_err_msg(), "token_type"));
-    gguf_close(f);
+    spk_gguf_close(f);
     free(b.p);
     vocab_free(v);
 }

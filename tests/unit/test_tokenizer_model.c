@@ -13,21 +13,21 @@
 #include "model/tokenizer.h"
 #include "testutil.h"
 
-static gguf_file *g_file;
+static spk_gguf_file *g_file;
 static spk_tok *g_tok;
 
 static void setup(void)
 {
     const char *path = spk_test_model_path();
     ck_assert_ptr_nonnull(path);
-    ck_assert_msg(gguf_open(path, &g_file) == SPK_OK, "gguf_open: %s", spk_err_msg());
+    ck_assert_msg(spk_gguf_open(path, &g_file) == SPK_OK, "spk_gguf_open: %s", spk_err_msg());
     ck_assert_msg(spk_tok_load(g_file, 49152, &g_tok) == SPK_OK, "spk_tok_load: %s", spk_err_msg());
 }
 
 static void teardown(void)
 {
     spk_tok_free(g_tok);
-    gguf_close(g_file);
+    spk_gguf_close(g_file);
     g_tok = NULL;
     g_file = NULL;
 }
