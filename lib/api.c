@@ -161,7 +161,7 @@ spk_status spk_model_load(spk_cluster *cluster, const spk_model_config *cfg_in, 
                      block_size, (unsigned long long)block_bytes);
         goto fail;
     }
-    spk_exec_params xp = {cfg.path, pp, tp, m->n_ctx, (int)n_blocks, block_size, max_tok, threads};
+    spk_exec_params xp = {cfg.path, pp, tp, m->n_ctx, (int)n_blocks, block_size, max_tok, threads, max_seqs};
     if ((st = spk_exec_open(world > 1 ? cluster : NULL, m->file, &m->hp, &m->w, &xp, &m->exec)) != SPK_OK)
         goto fail;
     spk_engine_params ep = {

@@ -243,7 +243,13 @@ typedef struct spk_rank_stats {
     int tp_rank;                /**< index inside its tensor-parallel group */
     int layer_begin, layer_end; /**< layers [begin, end) */
     uint64_t weight_bytes;      /**< bytes of weights the rank's share covers */
-    uint64_t resident_bytes;    /**< the rank process's resident memory now */
+    uint64_t resident_bytes;    /**< the rank process's resident memory now (includes file pages
+                                     the kernel mapped in; depends on the page cache) */
+    uint64_t kv_cache_bytes;    /**< bytes of the rank's KV cache */
+    uint64_t owned_bytes;       /**< what the rank holds for the model: its weights (mapped slices
+                                     and copied ones) plus everything it allocated to run them
+                                     (KV cache, activations, step buffers); independent of the
+                                     page cache */
 } spk_rank_stats;
 
 /**

@@ -18,6 +18,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "cluster/cluster.h"
 #include "common/error.h"
 #include "plan/plan.h"
@@ -27,7 +29,7 @@
 #error "the step protocol is written for little-endian hosts"
 #endif
 
-#define CMD_LOAD (SPK_CLUSTER_CMD_USER + 0x100)
+#define CMD_LOAD SPK_EXEC_CMD_LOAD
 #define CMD_STEP (SPK_CLUSTER_CMD_USER + 0x101)
 #define CMD_UNLOAD (SPK_CLUSTER_CMD_USER + 0x102)
 #define CMD_STATS (SPK_CLUSTER_CMD_USER + 0x103)
@@ -46,12 +48,13 @@ struct spk_exec {
     spk_llama *llm;
     const spk_transport *vt;
     spk_transport_comm *comm, *tp_comm;
-    int max_tok;
-    float *hidden_in, *out;    /* [max_tok][n_embd] / [max_tok][max(n_embd, n_out)] */
+    int max_tok, max_rows;
+    float *hidden_in, *out;    /* [max_tok][n_embd] / that, or on the last stage [max_rows][n_out] if larger */
     spk_cand *cands, *all_cands, *row; /* row: one logits row's candidates from every TP rank */
     size_t cands_len;                  /* capacity of cands, in candidates */
     size_t row_len;                    /* capacity of row, in candidates per TP rank */
     spk_sampler_scratch scratch;
+    uint64_t buf_bytes;        /* hidden_in and out */
     uint8_t *msg;              /* encoded step (driver) */
     size_t msg_cap;
 };
@@ -146,6 +149,7 @@ static spk_status setup(spk_exec *e, const spk_gguf_file *f, const spk_hparams *
 {
     e->hp = *hp;
     e->max_tok = p->max_tok;
+    e->max_rows = p->max_rows;
     spk_shape shape;
     spk_status st = spk_shape_from_gguf(f, &shape); /* real byte rates: the Q8_0 head weighs in */
     if (st != SPK_OK)
@@ -168,8 +172,13 @@ static spk_status setup(spk_exec *e, const spk_gguf_file *f, const spk_hparams *
         return st;
     int n_out = e->sh.v1 - e->sh.v0;
     size_t E = (size_t)hp->n_embd, T = (size_t)p->max_tok;
+    /* out: hidden states, or on the last stage logits rows of this vocabulary shard */
+    size_t out_len = T * E;
+    if (e->sh.last && (size_t)p->max_rows * (size_t)n_out > out_len)
+        out_len = (size_t)p->max_rows * (size_t)n_out;
     e->hidden_in = malloc(sizeof(float) * T * E);
-    e->out = malloc(sizeof(float) * T * (E > (size_t)n_out ? E : (size_t)n_out));
+    e->out = malloc(sizeof(float) * out_len);
+    e->buf_bytes = sizeof(float) * (T * E + out_len);
     if (!e->hidden_in || !e->out || spk_sampler_scratch_init(&e->scratch, n_out) != 0)
         return spk_err(SPK_ERR_NOMEM, "rank %d: out of memory for step buffers", e->rank);
     return SPK_OK;
@@ -195,11 +204,15 @@ static void exec_free(spk_exec *e)
     free(e);
 }
 
-static void encode_load(wbuf *b, const spk_exec_params *p)
+#define LOAD_VERSION SPK_EXEC_LOAD_VERSION
+
+static void encode_load(wbuf *b, const spk_exec_params *p, const uint8_t id[SPK_GGUF_ID_BYTES])
 {
-    uint32_t v[7] = {(uint32_t)p->pp, (uint32_t)p->tp, (uint32_t)p->n_ctx, (uint32_t)p->n_blocks,
-                     (uint32_t)p->block_size, (uint32_t)p->max_tok, (uint32_t)strlen(p->path)};
+    uint32_t v[SPK_EXEC_LOAD_WORDS] = {LOAD_VERSION, (uint32_t)p->pp, (uint32_t)p->tp, (uint32_t)p->n_ctx,
+                                       (uint32_t)p->n_blocks, (uint32_t)p->block_size, (uint32_t)p->max_tok,
+                                       (uint32_t)strlen(p->path), (uint32_t)p->max_rows};
     put(b, v, sizeof v);
+    put(b, id, SPK_GGUF_ID_BYTES);
     put(b, p->path, strlen(p->path));
 }
 
@@ -223,7 +236,9 @@ spk_status spk_exec_open(spk_cluster *c, const spk_gguf_file *f, const spk_hpara
     wbuf b = {0};
     spk_status st = SPK_OK;
     if (e->world > 1) {
-        encode_load(&b, p);
+        uint8_t id[SPK_GGUF_ID_BYTES];
+        spk_gguf_identity(f, id);
+        encode_load(&b, p, id);
         req = calloc((size_t)e->world, sizeof *req);
         if (b.oom || !req)
             st = spk_err(SPK_ERR_NOMEM, "exec: out of memory");
@@ -387,6 +402,8 @@ spk_status spk_exec_begin(spk_exec *e, const spk_batch *b, const spk_row *rows, 
     t->req = 0;
     t->n_rows = n_rows;
     t->done = 0;
+    if (n_rows > e->max_rows)
+        return spk_err(SPK_ERR_INVALID_ARG, "step: %d logits rows, the executor holds %d", n_rows, e->max_rows);
     if (e->world == 1) {
         t->done = 1;
         return run_shard(e, b, rows, n_rows, tokens);
@@ -442,6 +459,8 @@ static void fill_stats(const spk_exec *e, spk_rank_stats *st)
     st->layer_end = e->sh.l1;
     st->weight_bytes = e->w.n_bytes;
     st->resident_bytes = spk_rss_bytes();
+    st->kv_cache_bytes = spk_llama_kv_bytes(e->llm);
+    st->owned_bytes = e->w.n_bytes + spk_llama_alloc_bytes(e->llm) + e->buf_bytes;
 }
 
 spk_status spk_exec_rank_stats(spk_exec *e, int rank, spk_rank_stats *out)
@@ -475,26 +494,36 @@ struct spk_exec_worker {
     int32_t *out_tokens;
 };
 
+static void worker_unload(spk_exec_worker *wk);
+
 static spk_status on_load(spk_cluster *c, uint32_t cmd, const void *data, size_t len, spk_cluster_reply *reply,
                           void *user)
 {
     (void)cmd;
     spk_exec_worker *wk = user;
     rbuf b = {data, len, 0};
-    uint32_t v[7];
-    if (get(&b, v, sizeof v) != 0 || v[6] > 4096 || len - b.off != v[6])
+    uint32_t v[SPK_EXEC_LOAD_WORDS];
+    uint8_t id[SPK_GGUF_ID_BYTES], own_id[SPK_GGUF_ID_BYTES];
+    if (get(&b, v, 4) != 0 || v[0] != LOAD_VERSION)
+        return spk_err(SPK_ERR_VERSION, "load command: version %u, this rank speaks %u (%zu bytes)",
+                       len >= 4 ? v[0] : 0, LOAD_VERSION, len);
+    if (get(&b, v + 1, sizeof v - 4) != 0 || get(&b, id, sizeof id) != 0 || v[7] > 4096 || len - b.off != v[7])
         return spk_err(SPK_ERR_FORMAT, "load command: malformed (%zu bytes)", len);
     if (wk->e)
         return spk_err(SPK_ERR_STATE, "load command: a model is already loaded on rank %d", spk_cluster_rank(c));
     char path[4097];
-    memcpy(path, (const char *)data + b.off, v[6]);
-    path[v[6]] = '\0';
-    spk_exec_params p = {path, (int)v[0], (int)v[1], (int)v[2], (int)v[3], (int)v[4], (int)v[5],
-                         spk_cluster_n_threads(c)};
+    memcpy(path, (const char *)data + b.off, v[7]);
+    path[v[7]] = '\0';
     int world = spk_cluster_world_size(c);
-    if (p.pp < 1 || p.tp < 1 || p.pp * p.tp != world || p.n_ctx < 1 || p.n_blocks < 1 || p.block_size < 1 ||
-        p.max_tok < 1 || p.max_tok > 1 << 16)
-        return spk_err(SPK_ERR_FORMAT, "load command: bad layout pp %d tp %d (world %d) or sizes", p.pp, p.tp, world);
+    /* sizes from a peer: ranges here, then what this machine can hold (spk_llama_create_paged) */
+    if (v[1] < 1 || v[2] < 1 || v[1] * (uint64_t)v[2] != (uint64_t)world || v[3] < 1 || v[3] > 1u << 24 ||
+        v[4] < 1 || v[4] > 1u << 30 || v[5] < 1 || v[5] > 4096 || v[6] < 1 || v[6] > 1u << 16 || v[8] < 1 ||
+        v[8] > v[6])
+        return spk_err(SPK_ERR_FORMAT,
+                       "load command: bad layout pp %u tp %u (world %d) or sizes (n_ctx %u, %u KV blocks of %u, "
+                       "max_tok %u, max_rows %u)", v[1], v[2], world, v[3], v[4], v[5], v[6], v[8]);
+    spk_exec_params p = {path, (int)v[1], (int)v[2], (int)v[3], (int)v[4], (int)v[5], (int)v[6],
+                         spk_cluster_n_threads(c), (int)v[8]};
     spk_exec *e = calloc(1, sizeof *e);
     if (!e)
         return spk_err(SPK_ERR_NOMEM, "out of memory");
@@ -504,26 +533,35 @@ static spk_status on_load(spk_cluster *c, uint32_t cmd, const void *data, size_t
     spk_status st = make_groups(e, p.pp, p.tp);
     if (st == SPK_OK)
         st = spk_gguf_open(path, &e->own_file);
+    if (st == SPK_OK) {
+        spk_gguf_identity(e->own_file, own_id);
+        if (sodium_memcmp(id, own_id, sizeof id) != 0)
+            st = spk_err(SPK_ERR_INVALID_ARG,
+                         "the model file %s here (%zu bytes) is not the driver's: its size, header or weights "
+                         "differ (all ranks must load the same file)", path, e->own_file->size);
+    }
     if (st == SPK_OK)
         st = spk_llama_load(e->own_file, &e->own_hp, &e->own_full);
     if (st == SPK_OK)
         st = setup(e, e->own_file, &e->own_hp, &e->own_full, &p);
-    size_t T = (size_t)p.max_tok;
-    wk->tok = malloc(sizeof(int32_t) * T);
-    wk->pos = malloc(sizeof(int32_t) * T);
-    wk->seq = malloc(sizeof(int32_t) * T);
-    wk->want = malloc(T);
-    wk->rows = malloc(sizeof(spk_row) * T);
-    wk->out_tokens = malloc(sizeof(int32_t) * T);
-    wk->table_off = malloc(sizeof(int32_t) * T);
-    wk->table_cap = p.n_blocks; /* a batch's sequences never share blocks */
-    wk->table = malloc(sizeof(int32_t) * (size_t)p.n_blocks);
-    if (st == SPK_OK && (!wk->table_off || !wk->table))
-        st = spk_err(SPK_ERR_NOMEM, "out of memory");
-    if (st == SPK_OK && (!wk->tok || !wk->pos || !wk->seq || !wk->want || !wk->rows || !wk->out_tokens))
-        st = spk_err(SPK_ERR_NOMEM, "out of memory");
+    if (st == SPK_OK) {
+        size_t T = (size_t)p.max_tok;
+        wk->tok = malloc(sizeof(int32_t) * T);
+        wk->pos = malloc(sizeof(int32_t) * T);
+        wk->seq = malloc(sizeof(int32_t) * T);
+        wk->want = malloc(T);
+        wk->rows = malloc(sizeof(spk_row) * T);
+        wk->out_tokens = malloc(sizeof(int32_t) * T);
+        wk->table_off = malloc(sizeof(int32_t) * T);
+        wk->table_cap = p.n_blocks; /* a batch's sequences never share blocks */
+        wk->table = malloc(sizeof(int32_t) * (size_t)p.n_blocks);
+        if (!wk->table_off || !wk->table || !wk->tok || !wk->pos || !wk->seq || !wk->want || !wk->rows ||
+            !wk->out_tokens)
+            st = spk_err(SPK_ERR_NOMEM, "out of memory for step buffers");
+    }
     if (st != SPK_OK) {
-        exec_free(e);
+        wk->e = e;
+        worker_unload(wk);
         return spk_err_prefix(st, "rank %d", spk_cluster_rank(c));
     }
     wk->e = e;
@@ -544,7 +582,8 @@ static spk_status on_step(spk_cluster *c, uint32_t cmd, const void *data, size_t
         return spk_err(SPK_ERR_STATE, "step command on rank %d with no model loaded", spk_cluster_rank(c));
     rbuf b = {data, len, 0};
     uint32_t h[3];
-    if (get(&b, h, sizeof h) != 0 || h[0] != STEP_MAGIC || h[1] < 1 || h[1] > (uint32_t)e->max_tok || h[2] > h[1])
+    if (get(&b, h, sizeof h) != 0 || h[0] != STEP_MAGIC || h[1] < 1 || h[1] > (uint32_t)e->max_tok || h[2] > h[1] ||
+        h[2] > (uint32_t)e->max_rows)
         return spk_err(SPK_ERR_FORMAT, "step command: bad header (%zu bytes)", len);
     int n = (int)h[1], n_rows = (int)h[2];
     if (get(&b, wk->tok, 4 * (size_t)n) || get(&b, wk->pos, 4 * (size_t)n) || get(&b, wk->seq, 4 * (size_t)n) ||

@@ -562,6 +562,9 @@ spk_status spk_gguf_open(const char *path, spk_gguf_file **out)
     close(fd);
     if (map == MAP_FAILED)
         return spk_err(SPK_ERR_IO, "%s: mmap of %zu bytes failed: %s", path, size, strerror(e));
+    /* No readahead: a rank reads only its own slices of the weights (it asks for them with
+     * MADV_WILLNEED once it knows them, see spk_llama_shard), never its neighbours' bytes. */
+    madvise(map, size, MADV_RANDOM);
     spk_gguf_file *f = calloc(1, sizeof *f);
     if (!f) {
         munmap(map, size);

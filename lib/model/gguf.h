@@ -90,6 +90,14 @@ spk_status spk_gguf_open_memory(const void *buf, size_t len, spk_gguf_file **out
 /* Unmap (if spk_gguf_open mapped it) and free. NULL is fine. */
 void spk_gguf_close(spk_gguf_file *f);
 
+/* The file's identity: BLAKE2b over its size, its whole header (metadata and tensor directory)
+ * and 4 KiB at the start, middle and end of every tensor's data (about 12 KiB per tensor are
+ * read, so ranks stay within their own slices). Two files that differ in shape, metadata or
+ * weights (another fine-tune, quantization or conversion) differ here; a file edited between
+ * the sampled bytes does not. */
+#define SPK_GGUF_ID_BYTES 32
+void spk_gguf_identity(const spk_gguf_file *f, uint8_t out[SPK_GGUF_ID_BYTES]);
+
 /* Lookups: NULL / NOT_FOUND if absent. Typed getters convert between integer types when the
  * value fits, and report FORMAT (naming the key) when the type is wrong. */
 const spk_gguf_kv *spk_gguf_find(const spk_gguf_file *f, const char *key);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/error.h"
 #include "cpu/matmul.h"
@@ -46,16 +47,26 @@ struct spk_llama {
     float *out;
     int n_rows;
     spk_status ar_status;
+    uint64_t kv_bytes, alloc_bytes; /* the KV cache; everything allocated here incl. the cache */
 };
 
-static void *xcalloc(size_t n, size_t size, spk_status *st)
+static void *xcalloc(spk_llama *m, size_t n, size_t size, spk_status *st)
 {
     if (*st != SPK_OK)
         return NULL;
     void *p = n && size && n <= SIZE_MAX / size ? calloc(n, size) : NULL;
     if (!p)
         *st = spk_err(SPK_ERR_NOMEM, "llama run state: cannot allocate %zu x %zu bytes", n, size);
+    else
+        m->alloc_bytes += (uint64_t)n * size;
     return p;
+}
+
+/* Physical memory of this machine in bytes (0 if unknown). */
+static uint64_t phys_bytes(void)
+{
+    long n = sysconf(_SC_PHYS_PAGES), pg = sysconf(_SC_PAGESIZE);
+    return n > 0 && pg > 0 ? (uint64_t)n * (uint64_t)pg : 0;
 }
 
 static size_t act_need(const spk_wmat *m, int max_tok)
@@ -111,20 +122,35 @@ spk_status spk_llama_create_paged(const spk_hparams *hp, const spk_weights *w, c
     m->q_dim = m->n_heads * hp->head_dim;
     m->n_ff = sh->f1 - sh->f0;
     m->n_out = sh->v1 - sh->v0;
-    spk_status st = spk_pool_create(n_threads, &m->pool);
     const size_t T = (size_t)max_tok, E = (size_t)hp->n_embd;
-    m->x = xcalloc(T * E, sizeof(float), &st);
-    m->xb = xcalloc(T * E, sizeof(float), &st);
-    m->xb2 = xcalloc(T * E, sizeof(float), &st);
-    m->q = xcalloc(T * (size_t)m->q_dim, sizeof(float), &st);
-    m->k = xcalloc(T * (size_t)m->kv_dim, sizeof(float), &st);
-    m->v = xcalloc(T * (size_t)m->kv_dim, sizeof(float), &st);
-    m->att = xcalloc(T * (size_t)m->q_dim, sizeof(float), &st);
-    m->hb = xcalloc(T * (size_t)m->n_ff, sizeof(float), &st);
-    m->hb2 = xcalloc(T * (size_t)m->n_ff, sizeof(float), &st);
-    m->freqs = xcalloc((size_t)hp->rot_dim / 2, sizeof(float), &st);
-    m->scratch = xcalloc((size_t)n_threads * (size_t)n_ctx, sizeof(float), &st);
-    m->rows = xcalloc(T, sizeof(int), &st);
+    /* What the sizes ask for, checked against the machine before anything is allocated: the
+     * sizes may come from a peer (the LOAD command), and a KV cache or gather buffer larger than
+     * memory must be a clear error, not an allocator abort or the OOM killer. */
+    const uint64_t kv_need = 2 * sizeof(spk_f16) * (uint64_t)m->n_layers * m->kv_rows * (uint64_t)m->kv_dim;
+    const uint64_t need = kv_need + 2 * sizeof(spk_f16) * (uint64_t)n_threads * (uint64_t)n_ctx * (uint64_t)hp->head_dim +
+                          sizeof(float) * ((uint64_t)n_threads * (uint64_t)n_ctx +
+                                           T * (3 * E + 2 * (uint64_t)m->q_dim + 2 * (uint64_t)m->kv_dim + 2 * (uint64_t)m->n_ff));
+    const uint64_t have = phys_bytes();
+    if (have && need > have) {
+        free(m);
+        return spk_err(SPK_ERR_NOMEM,
+                       "llama: %d KV blocks of %d positions, n_ctx %d, max_tok %d and %d threads need %.2f GiB; "
+                       "this machine has %.2f GiB", n_blocks, block_size, n_ctx, max_tok, n_threads,
+                       (double)need / 1073741824.0, (double)have / 1073741824.0);
+    }
+    spk_status st = spk_pool_create(n_threads, &m->pool);
+    m->x = xcalloc(m, T * E, sizeof(float), &st);
+    m->xb = xcalloc(m, T * E, sizeof(float), &st);
+    m->xb2 = xcalloc(m, T * E, sizeof(float), &st);
+    m->q = xcalloc(m, T * (size_t)m->q_dim, sizeof(float), &st);
+    m->k = xcalloc(m, T * (size_t)m->kv_dim, sizeof(float), &st);
+    m->v = xcalloc(m, T * (size_t)m->kv_dim, sizeof(float), &st);
+    m->att = xcalloc(m, T * (size_t)m->q_dim, sizeof(float), &st);
+    m->hb = xcalloc(m, T * (size_t)m->n_ff, sizeof(float), &st);
+    m->hb2 = xcalloc(m, T * (size_t)m->n_ff, sizeof(float), &st);
+    m->freqs = xcalloc(m, (size_t)hp->rot_dim / 2, sizeof(float), &st);
+    m->scratch = xcalloc(m, (size_t)n_threads * (size_t)n_ctx, sizeof(float), &st);
+    m->rows = xcalloc(m, T, sizeof(int), &st);
     size_t act = sh->last ? act_need(&w->output, max_tok) : 0;
     for (int l = 0; l < m->n_layers; l++) { /* types may differ per layer */
         const spk_layer *L = &w->layers[l];
@@ -134,16 +160,17 @@ spk_status spk_llama_create_paged(const spk_hparams *hp, const spk_weights *w, c
             act = s > act ? s : act;
         }
     }
-    m->act = xcalloc(act, 1, &st);
+    m->act = xcalloc(m, act, 1, &st);
     size_t kv = (size_t)m->n_layers * m->kv_rows * (size_t)m->kv_dim;
-    m->kc = xcalloc(kv, sizeof(spk_f16), &st);
-    m->vc = xcalloc(kv, sizeof(spk_f16), &st);
+    m->kc = xcalloc(m, kv, sizeof(spk_f16), &st);
+    m->vc = xcalloc(m, kv, sizeof(spk_f16), &st);
+    m->kv_bytes = 2 * (uint64_t)kv * sizeof(spk_f16);
     size_t g = (size_t)n_threads * (size_t)n_ctx * (size_t)hp->head_dim;
-    m->gk = xcalloc(g, sizeof(spk_f16), &st);
-    m->gv = xcalloc(g, sizeof(spk_f16), &st);
-    m->gs = xcalloc((size_t)n_threads, sizeof *m->gs, &st);
-    m->contig = xcalloc((size_t)max_tok, 1, &st);
-    m->rows_need = xcalloc((size_t)max_tok, sizeof(int), &st);
+    m->gk = xcalloc(m, g, sizeof(spk_f16), &st);
+    m->gv = xcalloc(m, g, sizeof(spk_f16), &st);
+    m->gs = xcalloc(m, (size_t)n_threads, sizeof *m->gs, &st);
+    m->contig = xcalloc(m, (size_t)max_tok, 1, &st);
+    m->rows_need = xcalloc(m, (size_t)max_tok, sizeof(int), &st);
     if (st != SPK_OK) {
         spk_llama_free(m);
         return st;
@@ -193,6 +220,8 @@ int spk_llama_block_size(const spk_llama *m) { return m->block_size; }
 int spk_llama_n_blocks(const spk_llama *m) { return m->n_blocks; }
 int spk_llama_max_tok(const spk_llama *m) { return m->max_tok; }
 int spk_llama_n_out(const spk_llama *m) { return m->n_out; }
+uint64_t spk_llama_kv_bytes(const spk_llama *m) { return m->kv_bytes; }
+uint64_t spk_llama_alloc_bytes(const spk_llama *m) { return m->alloc_bytes; }
 
 /* ---- forward ------------------------------------------------------------------------------ */
 
@@ -286,9 +315,17 @@ static void forward_thread(void *arg, int ith, int nth)
 
     if (m->sh.first) {
         const size_t erow = spk_dtype_row_size(w->tok_embd.type, (size_t)E);
-        for (int t = t0; t < t1; t++)
-            spk_dequantize_row(m->x + (size_t)t * E,
-                               (const uint8_t *)w->tok_embd.data + (size_t)b->token[t] * erow, w->tok_embd.type, E);
+        const int split = spk_llama_embd_split(hp, &m->sh), v0 = split ? m->sh.v0 : 0;
+        for (int t = t0; t < t1; t++) {
+            int row = b->token[t] - v0;
+            if (row >= 0 && row < w->tok_embd.n_out)
+                spk_dequantize_row(m->x + (size_t)t * E, (const uint8_t *)w->tok_embd.data + (size_t)row * erow,
+                                   w->tok_embd.type, E);
+            else
+                memset(m->x + (size_t)t * E, 0, sizeof(float) * (size_t)E);
+        }
+        if (split)
+            tp_reduce(m, m->x, T, ith);
     } else {
         memcpy(m->x + (size_t)t0 * E, m->hidden_in + (size_t)t0 * E, sizeof(float) * (size_t)(t1 - t0) * (size_t)E);
     }

@@ -66,6 +66,11 @@ typedef struct spk_shard {
     void *ar_ctx;
 } spk_shard;
 
+/* A first-stage shard of a TP group holds only rows [v0, v1) of the embedding table: it looks up
+ * the tokens it has, zeros for the others, and the group's all-reduce sums the rows (exact:
+ * every element is one row's value plus zeros). */
+bool spk_llama_embd_split(const spk_hparams *hp, const spk_shard *sh);
+
 /* The whole model on one rank. */
 void spk_shard_full(const spk_hparams *hp, spk_shard *sh);
 
@@ -123,5 +128,7 @@ int spk_llama_block_size(const spk_llama *m);
 int spk_llama_n_blocks(const spk_llama *m);
 int spk_llama_max_tok(const spk_llama *m);
 int spk_llama_n_out(const spk_llama *m);   /* logits per row: v1 - v0 */
+uint64_t spk_llama_kv_bytes(const spk_llama *m);    /* bytes of the KV cache */
+uint64_t spk_llama_alloc_bytes(const spk_llama *m); /* bytes of the run state, KV cache included */
 
 #endif

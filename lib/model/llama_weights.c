@@ -246,6 +246,11 @@ void spk_llama_weights_free(spk_weights *w)
 
 /* ---- slicing for pipeline / tensor parallelism -------------------------------------------- */
 
+bool spk_llama_embd_split(const spk_hparams *hp, const spk_shard *sh)
+{
+    return sh->first && sh->allreduce && (sh->v0 > 0 || sh->v1 < hp->n_vocab);
+}
+
 void spk_shard_full(const spk_hparams *hp, spk_shard *sh)
 {
     memset(sh, 0, sizeof *sh);
@@ -278,6 +283,17 @@ static spk_wmat rows_of(const spk_wmat *m, int r0, int r1)
     out.data = (const uint8_t *)m->data + (size_t)r0 * spk_dtype_row_size(m->type, (size_t)m->n_in);
     out.n_out = r1 - r0;
     return out;
+}
+
+/* Ask the kernel to read a view's bytes ahead (the file is mapped MADV_RANDOM, so nothing else
+ * of it is read unless touched). */
+static void willneed(const spk_wmat *m)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)m->data, e = a + spk_dtype_row_size(m->type, (size_t)m->n_in) * (size_t)m->n_out;
+    a &= ~(uintptr_t)(pg - 1);
+    if (e > a)
+        madvise((void *)a, e - a, MADV_WILLNEED);
 }
 
 /* Drop the mapping's pages of a matrix we copied from (they are file-backed: re-read on demand). */
@@ -321,6 +337,14 @@ static spk_status cols_of(spk_weights *w, const spk_wmat *m, int c0, int c1, spk
     return SPK_OK;
 }
 
+static bool owned_by(const spk_weights *w, const void *p)
+{
+    for (int i = 0; i < w->n_owned; i++)
+        if (w->owned[i] == p)
+            return true;
+    return false;
+}
+
 static uint64_t wmat_bytes(const spk_wmat *m)
 {
     return (uint64_t)spk_dtype_row_size(m->type, (size_t)m->n_in) * (uint64_t)m->n_out;
@@ -333,7 +357,9 @@ spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const
     const int HD = hp->head_dim, nl = sh->l1 - sh->l0;
     out->out_norm = full->out_norm;
     out->rope_factors = full->rope_factors;
-    out->tok_embd = full->tok_embd;
+    /* vocabulary-parallel embedding: a TP rank holds its rows of the table and the group sums
+     * the looked-up rows (spk_llama_embd_split); otherwise the whole table */
+    out->tok_embd = spk_llama_embd_split(hp, sh) ? rows_of(&full->tok_embd, sh->v0, sh->v1) : full->tok_embd;
     out->output = rows_of(&full->output, sh->v0, sh->v1);
     out->layers = calloc((size_t)nl, sizeof *out->layers);
     if (!out->layers)
@@ -366,10 +392,23 @@ spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const
     }
     if (sh->first)
         bytes += wmat_bytes(&out->tok_embd);
-    if (sh->last) { /* a tied head on the embedding stage is the same bytes, counted once */
-        bool tied_here = sh->first && full->output.data == full->tok_embd.data;
+    if (sh->last) { /* a tied head on the embedding stage is the same rows, counted once */
+        bool tied_here = sh->first && out->output.data == out->tok_embd.data && out->output.n_out == out->tok_embd.n_out;
         bytes += (tied_here ? 0 : wmat_bytes(&out->output)) + sizeof(float) * (uint64_t)hp->n_embd;
     }
     out->n_bytes = bytes;
+    /* read ahead exactly the mapped slices this rank will use (copied slices are read already;
+     * a whole, unsplit embedding table is read row by row as tokens come) */
+    for (int i = 0; i < nl; i++) {
+        const spk_layer *L = &out->layers[i];
+        const spk_wmat *views[] = {&L->wq, &L->wk, &L->wv, &L->w_gate, &L->w_up, &L->wo, &L->w_down};
+        for (size_t k = 0; k < sizeof views / sizeof *views; k++)
+            if (!owned_by(out, views[k]->data))
+                willneed(views[k]);
+    }
+    if (sh->last)
+        willneed(&out->output);
+    if (spk_llama_embd_split(hp, sh))
+        willneed(&out->tok_embd);
     return SPK_OK;
 }

@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "../../examples/launch.h"
+#include "engine/exec.h"
 #include "model/gguf.h"
 #include "model/llama.h"
 #include "model/synth.h"
@@ -32,6 +33,7 @@ static size_t plen[N_PROMPTS];
 static int32_t ref[N_PROMPTS][GEN];
 static int ref_clear[N_PROMPTS];       /* generated tokens before one rank's first near-tie */
 static spk_rank_stats ref_stats;
+static int ref_n_embd;
 static const char *model_path;         /* the default model, or a synthetic one */
 
 static double now(void)
@@ -97,6 +99,7 @@ static void find_near_ties(void)
     spk_llama *m;
     ck_assert_int_eq(spk_gguf_open(model_path, &f), SPK_OK);
     ck_assert_int_eq(spk_llama_load(f, &hp, &w), SPK_OK);
+    ref_n_embd = hp.n_embd;
     ck_assert_int_eq(spk_llama_create(&hp, &w, NULL, 128, 1, MAX_PROMPT + GEN, 2, &m), SPK_OK);
     float *lg = malloc(sizeof(float) * (MAX_PROMPT + GEN) * (size_t)hp.n_vocab);
     for (int i = 0; i < N_PROMPTS; i++) {
@@ -187,20 +190,31 @@ static void check_layout(int pp, int tp)
         else
             ck_assert_int_ge(same, ref_clear[i]);
     }
+    /* Each rank holds its share: asserted on what the library maps and allocates (weights, KV,
+     * step buffers), never on RSS, which counts whatever file pages the page cache lends. */
+    uint64_t kv_sum = 0, w_sum = 0;
     for (int r = 0; r < pp * tp; r++) {
         spk_rank_stats st = {.struct_size = sizeof st};
         ck_assert_int_eq(spk_model_get_rank_stats(m, r, &st), SPK_OK);
         ck_assert_int_eq(st.rank, r);
-        printf("  rank %d (stage %d, tp %d, layers %d-%d): weights %.1f MiB, resident %.1f MiB\n", r, st.stage,
-               st.tp_rank, st.layer_begin, st.layer_end - 1, st.weight_bytes / 1048576.0,
+        printf("  rank %d (stage %d, tp %d, layers %d-%d): weights %.1f MiB, KV %.1f MiB, owned %.1f MiB "
+               "(1/%d of one rank's: %.1f MiB), resident %.1f MiB\n", r, st.stage, st.tp_rank, st.layer_begin,
+               st.layer_end - 1, st.weight_bytes / 1048576.0, st.kv_cache_bytes / 1048576.0,
+               st.owned_bytes / 1048576.0, pp * tp, ref_stats.owned_bytes / (1048576.0 * pp * tp),
                st.resident_bytes / 1048576.0);
-        /* stage 0 maps the whole embedding table (only looked-up rows are read) */
         ck_assert_uint_lt(st.weight_bytes, ref_stats.weight_bytes * 9 / 10);
-        /* workers hold only their share (the driver also holds the tokenizer and engine); for a
-         * tiny synthetic model the process itself dominates, so only the real model is checked */
-        if (r > 0 && model_path == spk_test_model_path())
-            ck_assert_uint_lt(st.resident_bytes, ref_stats.resident_bytes * 9 / 10);
+        ck_assert_uint_lt(st.owned_bytes, ref_stats.owned_bytes * 9 / 10);
+        ck_assert_uint_ge(st.owned_bytes, st.weight_bytes + st.kv_cache_bytes);
+        kv_sum += st.kv_cache_bytes;
+        w_sum += st.weight_bytes;
     }
+    /* the KV cache is split by layers (PP) and KV heads (TP), nothing held twice */
+    ck_assert_uint_eq(kv_sum, ref_stats.kv_cache_bytes);
+    /* a TP group holds one model between its ranks, embedding table included (vocabulary-parallel
+     * rows); only the small norm vectors are on every rank */
+    if (pp == 1)
+        ck_assert_uint_eq(w_sum, ref_stats.weight_bytes + (uint64_t)(tp - 1) * (2 * (uint64_t)ref_stats.layer_end + 1) *
+                                                          (uint64_t)ref_n_embd * sizeof(float));
     spk_rank_stats bad = {.struct_size = sizeof bad};
     ck_assert_int_eq(spk_model_get_rank_stats(m, pp * tp, &bad), SPK_ERR_INVALID_ARG);
     spk_model_free(m);
@@ -288,6 +302,96 @@ START_TEST(tp2_seeded_sampling_is_reproducible)
 }
 END_TEST
 
+/* A worker that finds another file under the model's path refuses the load with a clear error
+ * (the driver's LOAD carries its file's identity), instead of serving with mixed weights. The
+ * worker is started in another directory and the path is relative, so one name means two files. */
+START_TEST(different_file_is_refused)
+{
+    char dir_a[] = "/tmp/spk-test-a-XXXXXX", dir_b[] = "/tmp/spk-test-b-XXXXXX", cwd[4096];
+    ck_assert_ptr_nonnull(mkdtemp(dir_a));
+    ck_assert_ptr_nonnull(mkdtemp(dir_b));
+    ck_assert_ptr_nonnull(getcwd(cwd, sizeof cwd));
+    spk_synth_params sp;
+    ck_assert_int_eq(spk_synth_preset("tiny-tp4", &sp), SPK_OK);
+    char pa[128], pb[128];
+    snprintf(pa, sizeof pa, "%s/m.gguf", dir_a);
+    snprintf(pb, sizeof pb, "%s/m.gguf", dir_b);
+    sp.seed = 1;
+    ck_assert_int_eq(spk_synth_write(pa, &sp), SPK_OK);
+    sp.seed = 2; /* same shape, other weights */
+    ck_assert_int_eq(spk_synth_write(pb, &sp), SPK_OK);
+    ck_assert_int_eq(chdir(dir_b), 0);
+    spk_cluster *cl = ex_launch_with(WORKER, 2, 1, "tcp", 0);
+    ck_assert_ptr_nonnull(cl);
+    ck_assert_int_eq(chdir(dir_a), 0);
+    spk_model_config mc;
+    spk_model_config_init(&mc);
+    mc.path = "m.gguf";
+    mc.pp = 2;
+    mc.n_ctx = 64;
+    spk_model *m = NULL;
+    spk_status st = spk_model_load(cl, &mc, &m);
+    printf("different file on rank 1: %s: %s\n", spk_status_str(st), spk_last_error());
+    ck_assert_int_ne(st, SPK_OK);
+    ck_assert_ptr_null(m);
+    ck_assert_ptr_nonnull(strstr(spk_last_error(), "not the driver's"));
+    /* the same file on both sides loads */
+    ck_assert_int_eq(chdir(dir_b), 0);
+    ck_assert_msg(spk_model_load(cl, &mc, &m) == SPK_OK, "%s", spk_last_error());
+    spk_model_free(m);
+    spk_cluster_close(cl);
+    ex_reap_workers(5000);
+    ck_assert_int_eq(chdir(cwd), 0);
+    unlink(pa);
+    unlink(pb);
+    rmdir(dir_a);
+    rmdir(dir_b);
+}
+END_TEST
+
+/* LOAD sizes come from a peer: a keyed driver asking for a KV cache larger than the machine gets
+ * a clear refusal naming the sizes, not an allocation of whatever it asked for. */
+START_TEST(oversized_load_is_refused)
+{
+    spk_cluster *cl = ex_launch_with(WORKER, 2, 1, "tcp", 0);
+    ck_assert_ptr_nonnull(cl);
+    spk_gguf_file *f;
+    ck_assert_int_eq(spk_gguf_open(model_path, &f), SPK_OK);
+    uint8_t id[SPK_GGUF_ID_BYTES];
+    spk_gguf_identity(f, id);
+    spk_gguf_close(f);
+    const char *path = model_path;
+    /* 2^26 blocks of 16 positions: 2^30 KV rows per layer, terabytes for any model */
+    uint32_t v[SPK_EXEC_LOAD_WORDS] = {SPK_EXEC_LOAD_VERSION, 2, 1, 128, 1u << 26, 16, 64, (uint32_t)strlen(path), 8};
+    uint8_t msg[sizeof v + sizeof id + 4096];
+    memcpy(msg, v, sizeof v);
+    memcpy(msg + sizeof v, id, sizeof id);
+    memcpy(msg + sizeof v + sizeof id, path, strlen(path));
+    void *rep = NULL;
+    size_t rl = 0;
+    spk_status st = spk_cluster_call(cl, 1, SPK_EXEC_CMD_LOAD, msg, sizeof v + sizeof id + strlen(path), &rep,
+                                     &rl, 60000);
+    printf("oversized LOAD: %s: %s\n", spk_status_str(st), spk_last_error());
+    ck_assert_int_eq(st, SPK_ERR_NOMEM);
+    ck_assert_ptr_nonnull(strstr(spk_last_error(), "this machine has"));
+    free(rep);
+    /* out-of-range sizes are malformed; an old LOAD version is a version error */
+    v[4] = 0x7fffffff;
+    memcpy(msg, v, sizeof v);
+    st = spk_cluster_call(cl, 1, SPK_EXEC_CMD_LOAD, msg, sizeof v + sizeof id + strlen(path), &rep, &rl, 60000);
+    ck_assert_int_eq(st, SPK_ERR_FORMAT);
+    v[0] = 1;
+    memcpy(msg, v, sizeof v);
+    st = spk_cluster_call(cl, 1, SPK_EXEC_CMD_LOAD, msg, sizeof v + sizeof id + strlen(path), &rep, &rl, 60000);
+    ck_assert_int_eq(st, SPK_ERR_VERSION);
+    /* the worker is still there and serves a proper load */
+    spk_model *m = load(cl, 2, 1);
+    spk_model_free(m);
+    spk_cluster_close(cl);
+    ex_reap_workers(5000);
+}
+END_TEST
+
 /* Kill `victim` once tokens flow; the driver's requests must end with an error event. */
 static void kill_during_generation(int pp, int tp, int victim)
 {
@@ -362,6 +466,8 @@ int main(void)
     tcase_add_test(tc, pp2_tp2);
     tcase_add_test(tc, tp4_synthetic);
     tcase_add_test(tc, tp2_seeded_sampling_is_reproducible);
+    tcase_add_test(tc, different_file_is_refused);
+    tcase_add_test(tc, oversized_load_is_refused);
     tcase_add_test(tc, kill_middle_stage);
     tcase_add_test(tc, kill_last_stage);
     tcase_add_test(tc, kill_tp_peer);

@@ -229,9 +229,14 @@ START_TEST(tensor_parallel_layouts_match_within_rounding)
 {
     int bad;
     double mean;
-    /* the slicing itself is exact: over two layers TP2 and TP3 reproduce one rank bit for bit */
-    ck_assert_double_eq(run_layout(1, 2, 2, &mean, &bad), 0.0);
-    ck_assert_double_eq(run_layout(1, 3, 2, &mean, &bad), 0.0);
+    /* the slicing itself is exact; what remains over two layers is the order of the float sums
+     * of the row-parallel matrices (partial sums of column slices, then the all-reduce). Kernels
+     * that sum quant blocks in the same order either way (the AVX-512 path) reproduce one rank
+     * bit for bit; the scalar path (seen on an AVX-only EPYC) differs by float reassociation,
+     * which the 8-bit requantization of the second layer turns into ~0.003 on O(10) logits. A
+     * wrong slice (a head or a column block off by one) gives differences of O(1). */
+    ck_assert_double_lt(run_layout(1, 2, 2, &mean, &bad), 0.05);
+    ck_assert_double_lt(run_layout(1, 3, 2, &mean, &bad), 0.05);
     static const int layouts[][2] = {{1, 2}, {1, 3}, {2, 2}};
     for (size_t i = 0; i < sizeof layouts / sizeof layouts[0]; i++) {
         double d = run_layout(layouts[i][0], layouts[i][1], hp.n_layers, &mean, &bad);

@@ -83,6 +83,8 @@ class spk_rank_stats(ctypes.Structure):
         ("layer_end", ctypes.c_int),
         ("weight_bytes", ctypes.c_uint64),
         ("resident_bytes", ctypes.c_uint64),
+        ("kv_cache_bytes", ctypes.c_uint64),
+        ("owned_bytes", ctypes.c_uint64),
     ]
 
 

@@ -201,7 +201,7 @@ class Model:
         rank = _c_int("spk_model_get_rank_stats", "rank", rank)
         self._call("spk_model_get_rank_stats", _lib.spk_model_get_rank_stats, rank, ctypes.byref(s))
         return RankStats(s.rank, s.stage, s.tp_rank, s.layer_begin, s.layer_end, s.weight_bytes,
-                         s.resident_bytes)
+                         s.resident_bytes, s.kv_cache_bytes, s.owned_bytes)
 
     def stats(self) -> ModelStats:
         """Serving counters now: queue, running requests, KV blocks total/free, preemptions,

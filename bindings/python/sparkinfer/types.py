@@ -57,6 +57,8 @@ class RankStats:
     layer_end: int
     weight_bytes: int
     resident_bytes: int
+    kv_cache_bytes: int
+    owned_bytes: int       # weights + KV cache + run buffers: what the rank holds for the model
 
 
 @dataclasses.dataclass(frozen=True)

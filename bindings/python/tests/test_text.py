@@ -20,6 +20,7 @@ def test_stats_and_rank_stats_of_one_rank(model):
     r = model.rank_stats(0)
     assert (r.rank, r.stage, r.tp_rank, r.layer_begin, r.layer_end) == (0, 0, 0, 0, 30)
     assert r.weight_bytes == model.info.weight_bytes and r.resident_bytes > 0
+    assert 0 < r.kv_cache_bytes and r.weight_bytes + r.kv_cache_bytes <= r.owned_bytes
     with pytest.raises(sparkinfer.InvalidArgument):
         model.rank_stats(1)
 
