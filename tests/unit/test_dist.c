@@ -392,8 +392,11 @@ START_TEST(oversized_load_is_refused)
 }
 END_TEST
 
-/* Kill `victim` once tokens flow; the driver's requests must end with an error event. */
-static void kill_during_generation(int pp, int tp, int victim)
+/* Signal `victim` (SIGKILL: it dies; SIGSTOP: it hangs, silent) once tokens flow; the driver's
+ * requests must end with an error event within the peer timeout, and no process may be left:
+ * the survivors leave on their own, and a stopped victim, resumed, finds its cluster gone and
+ * leaves too. */
+static void fault_during_generation(int pp, int tp, int victim, int sig)
 {
     const int timeout_ms = 2000;
     spk_cluster *cl = ex_launch_with(WORKER, pp * tp, 1, "tcp", timeout_ms);
@@ -417,7 +420,7 @@ static void kill_during_generation(int pp, int tp, int victim)
         ck_assert(ne > 0 || st != SPK_OK);
         for (size_t k = 0; k < ne; k++) {
             if (ev[k].token >= 0 && ++got == 3) {
-                kill(ex_workers[victim - 1], SIGKILL);
+                kill(ex_workers[victim - 1], sig);
                 t_kill = now();
             }
             if (ev[k].finish != SPK_FINISH_NONE) {
@@ -429,24 +432,34 @@ static void kill_during_generation(int pp, int tp, int victim)
         }
     }
     ck_assert(t_kill > 0);
-    printf("pp %d x tp %d: rank %d killed; error event after %.0f ms (peer timeout %d ms)\n", pp, tp, victim,
-           (t_err - t_kill) * 1e3, timeout_ms);
+    printf("pp %d x tp %d: rank %d %s; error event after %.0f ms (peer timeout %d ms)\n", pp, tp, victim,
+           sig == SIGKILL ? "killed" : "stopped", (t_err - t_kill) * 1e3, timeout_ms);
     ck_assert_double_lt(t_err - t_kill, timeout_ms / 1e3 + 1.0);
     ck_assert_int_ne(spk_submit(m, &r, 1, &id), SPK_OK); /* the engine stays failed */
     double t_close = now();
     spk_model_free(m);
     spk_cluster_close(cl);
     ck_assert_double_lt(now() - t_close, timeout_ms / 1e3 + 2.0);
+    if (sig == SIGSTOP)
+        kill(ex_workers[victim - 1], SIGCONT);
     ex_reap_workers(timeout_ms + 2000);
     for (int i = 0; i < pp * tp - 1; i++) /* nobody left behind */
         ck_assert_int_eq(ex_workers[i], 0);
 }
 
-START_TEST(kill_middle_stage) { kill_during_generation(3, 1, 1); }
+START_TEST(kill_middle_stage) { fault_during_generation(3, 1, 1, SIGKILL); }
 END_TEST
-START_TEST(kill_last_stage) { kill_during_generation(2, 1, 1); }
+START_TEST(kill_last_stage) { fault_during_generation(2, 1, 1, SIGKILL); }
 END_TEST
-START_TEST(kill_tp_peer) { kill_during_generation(1, 2, 1); }
+START_TEST(kill_tp_peer) { fault_during_generation(1, 2, 1, SIGKILL); }
+END_TEST
+START_TEST(kill_in_pp2_tp2) { fault_during_generation(2, 2, 3, SIGKILL); }
+END_TEST
+START_TEST(stop_last_stage) { fault_during_generation(2, 1, 1, SIGSTOP); }
+END_TEST
+START_TEST(stop_tp_peer) { fault_during_generation(1, 2, 1, SIGSTOP); }
+END_TEST
+START_TEST(stop_in_pp2_tp2) { fault_during_generation(2, 2, 2, SIGSTOP); }
 END_TEST
 
 int main(void)
@@ -471,6 +484,10 @@ int main(void)
     tcase_add_test(tc, kill_middle_stage);
     tcase_add_test(tc, kill_last_stage);
     tcase_add_test(tc, kill_tp_peer);
+    tcase_add_test(tc, kill_in_pp2_tp2);
+    tcase_add_test(tc, stop_last_stage);
+    tcase_add_test(tc, stop_tp_peer);
+    tcase_add_test(tc, stop_in_pp2_tp2);
     suite_add_tcase(s, tc);
     return spk_test_run(s);
 }
