@@ -133,7 +133,8 @@ typedef struct spk_cluster_config {
     const char *coordinator;    /**< "host:port" rank 0 listens on; NULL: SPK_COORDINATOR,
                                      else "127.0.0.1:29500" */
     const char *cluster_key;    /**< shared secret; NULL: SPK_CLUSTER_KEY, else none */
-    const char *transport;      /**< "auto" (default), "tcp", "nccl", "verbs" or a plugin .so path */
+    const char *transport;      /**< "auto" (default), "tcp", "nccl", "verbs", an absolute plugin
+                                     path or "NAME.so" from the plugin directory (transport.h) */
     int allow_open_cluster;     /**< 1: allow a keyless cluster on a non-loopback address */
     int n_threads;              /**< compute threads per rank; 0: number of online CPUs */
     int connect_timeout_ms;     /**< how long ranks wait for each other at open (default 30000) */
