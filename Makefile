@@ -9,7 +9,7 @@ JOBS       ?= 2
 CMAKE_ARGS ?=
 MODEL      ?= $(shell echo $${SPK_CACHE:-$$HOME/.cache/sparkinfer})/models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: all deps model build build-asan build-tsan test test-fast demo bench clean
+.PHONY: all deps model build build-asan build-tsan test test-fast demo bench clean abi-baseline
 
 all: build
 
@@ -51,6 +51,13 @@ demo: model build
 
 bench: model build
 	bash bench/vs-llamacpp.sh --model $(MODEL) --threads 2 --build-dir $(BUILD)
+
+# The ABI baseline (docs/ABI.md): a debug-info build of the library only, then abidw.
+ABI_BUILD ?= build-abi
+abi-baseline: deps
+	cmake -S . -B $(ABI_BUILD) -DCMAKE_BUILD_TYPE=Debug -DSPK_BUILD_TESTS=OFF -DSPK_BUILD_EXAMPLES=OFF $(CMAKE_ARGS) >/dev/null
+	cmake --build $(ABI_BUILD) -j$(JOBS) --target sparkinfer
+	bash abi/abi.sh dump $(ABI_BUILD)/libsparkinfer.so abi/libsparkinfer.abi
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD)
