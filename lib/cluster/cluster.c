@@ -52,7 +52,7 @@ static spk_status resolve_config(spk_cluster *c, const spk_cluster_config *cfg)
     if (k->coordinator && strlen(k->coordinator) >= sizeof le.coordinator)
         return spk_err(SPK_ERR_INVALID_ARG, "coordinator address too long (%zu bytes)",
                        strlen(k->coordinator));
-    if (k->coordinator) /* "" stays: the default below, as before */
+    if (k->coordinator) /* set in the struct: it wins; "" means the default, as before */
         copy_str(le.coordinator, sizeof le.coordinator,
                  *k->coordinator ? k->coordinator : "127.0.0.1:29500");
     spk_status st = spk_cluster_launch_env(&le);
