@@ -52,5 +52,27 @@ demo: model build
 bench: model build
 	bash bench/vs-llamacpp.sh --model $(MODEL) --threads 2 --build-dir $(BUILD)
 
+# libFuzzer targets (tests/fuzz) for FUZZ_TIME seconds each from the committed seed corpus, in
+# a clang build of their own; part of `make test`.
+FUZZ_BUILD ?= build-fuzz
+FUZZ_TIME  ?= 20
+fuzz: deps
+	cmake -S . -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+		-DSPK_FUZZ=ON -DSPK_BUILD_EXAMPLES=OFF $(CMAKE_ARGS) >/dev/null
+	cmake --build $(FUZZ_BUILD) -j$(JOBS) --target $(notdir $(basename $(wildcard tests/fuzz/fuzz_*.c)))
+	bash tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_TIME)
+test: fuzz
+clean: clean-fuzz-abi
+clean-fuzz-abi:
+	rm -rf $(FUZZ_BUILD) $(ABI_BUILD)
+.PHONY: fuzz abi-baseline clean-fuzz-abi
+
+# The ABI baseline (docs/ABI.md): a debug-info build of the library only, then abidw.
+ABI_BUILD ?= build-abi
+abi-baseline: deps
+	cmake -S . -B $(ABI_BUILD) -DCMAKE_BUILD_TYPE=Debug -DSPK_BUILD_TESTS=OFF -DSPK_BUILD_EXAMPLES=OFF $(CMAKE_ARGS) >/dev/null
+	cmake --build $(ABI_BUILD) -j$(JOBS) --target sparkinfer
+	bash abi/abi.sh dump $(ABI_BUILD)/libsparkinfer.so abi/libsparkinfer.abi
+
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD)

@@ -6,6 +6,7 @@ set -euo pipefail
 PKGS=(build-essential cmake pkg-config clang python3 python3-pip unzip iproute2 procps
       check libsodium-dev libcjson-dev libpcre2-dev libibverbs-dev rdma-core)
 
+PKGS+=(abigail-tools) # abidw/abidiff: tests/sh/abi_check.sh (docs/ABI.md)
 missing=()
 for p in "${PKGS[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

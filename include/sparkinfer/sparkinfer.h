@@ -128,12 +128,17 @@ typedef struct spk_cluster spk_cluster;
 /** Cluster configuration; fill with spk_cluster_config_init() first. */
 typedef struct spk_cluster_config {
     size_t struct_size;         /**< sizeof(spk_cluster_config), set by init */
-    int rank;                   /**< this process's rank; -1: from SPK_RANK, else 0 */
-    int world_size;             /**< number of ranks; 0: from SPK_WORLD_SIZE, else 1 */
-    const char *coordinator;    /**< "host:port" rank 0 listens on; NULL: SPK_COORDINATOR,
-                                     else "127.0.0.1:29500" */
+    int rank;                   /**< this process's rank; -1: from SPK_RANK, else a launcher's
+                                     OMPI_COMM_WORLD_RANK, PMI_RANK or SLURM_PROCID, else 0 */
+    int world_size;             /**< number of ranks; 0: from SPK_WORLD_SIZE, else the same
+                                     launcher's size (OMPI_COMM_WORLD_SIZE, PMI_SIZE,
+                                     SLURM_STEP_NUM_TASKS/SLURM_NTASKS), else 1 */
+    const char *coordinator;    /**< "host:port" rank 0 listens on; NULL: SPK_COORDINATOR, else
+                                     MASTER_ADDR:MASTER_PORT (port default 29500), else
+                                     "127.0.0.1:29500" (docs/LAUNCH.md) */
     const char *cluster_key;    /**< shared secret; NULL: SPK_CLUSTER_KEY, else none */
-    const char *transport;      /**< "auto" (default), "tcp", "nccl", "verbs" or a plugin .so path */
+    const char *transport;      /**< "auto" (default), "tcp", "nccl", "verbs", an absolute plugin
+                                     path or "NAME.so" from the plugin directory (transport.h) */
     int allow_open_cluster;     /**< 1: allow a keyless cluster on a non-loopback address */
     int n_threads;              /**< compute threads per rank; 0: number of online CPUs */
     int connect_timeout_ms;     /**< how long ranks wait for each other at open (default 30000) */

@@ -7,8 +7,11 @@
  *
  *     const spk_transport *spk_transport_plugin_v1(void);
  *
- * which the library dlopen()s when the cluster config names its path (transport =
- * "/path/plugin.so"). NCCL's net plugins are the model.
+ * which the library dlopen()s when the cluster config names it: either an absolute path
+ * (transport = "/path/plugin.so") or a bare "NAME.so" installed in the library's plugin directory
+ * (<libdir>/sparkinfer/plugins of the install prefix). Relative paths are refused
+ * (SPK_ERR_INVALID_ARG); nothing is loaded through the current directory or LD_LIBRARY_PATH.
+ * NCCL's net plugins are the model.
  *
  * Versioning (the ABI promise for plugins):
  *  - `name` and `abi_version` are the first two fields and never move.

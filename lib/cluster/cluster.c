@@ -39,23 +39,6 @@ spk_status spk_cluster_config_init(spk_cluster_config *cfg)
     return SPK_OK;
 }
 
-/* Parse a whole decimal int from the environment variable `name`; 0 if unset. */
-static spk_status env_int(const char *name, int *out, int *set)
-{
-    const char *s = getenv(name);
-    *set = 0;
-    if (!s || !*s)
-        return SPK_OK;
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (*end || errno || v < INT_MIN || v > INT_MAX)
-        return spk_err(SPK_ERR_INVALID_ARG, "%s=\"%s\" is not an integer", name, s);
-    *out = (int)v;
-    *set = 1;
-    return SPK_OK;
-}
-
 static void copy_str(char *dst, size_t cap, const char *src) { snprintf(dst, cap, "%s", src); }
 
 /* Fill c from cfg (struct wins), then the environment, then defaults; validate. */
@@ -65,31 +48,26 @@ static spk_status resolve_config(spk_cluster *c, const spk_cluster_config *cfg)
     memcpy(&c->cfg, cfg, cfg->struct_size < sizeof c->cfg ? cfg->struct_size : sizeof c->cfg);
     c->cfg.struct_size = sizeof c->cfg;
     spk_cluster_config *k = &c->cfg;
-    int v, set;
-    spk_status st;
-    if (k->rank < 0) {
-        if ((st = env_int("SPK_RANK", &v, &set)) != SPK_OK)
-            return st;
-        k->rank = set ? v : 0;
-    }
-    if (k->world_size <= 0) {
-        if ((st = env_int("SPK_WORLD_SIZE", &v, &set)) != SPK_OK)
-            return st;
-        k->world_size = set ? v : 1;
-    }
-    if (k->world_size < 1 || k->world_size > (int)SPK_PROTO_MAX_RANKS)
-        return spk_err(SPK_ERR_INVALID_ARG, "world size %d out of range 1..%u", k->world_size,
-                       SPK_PROTO_MAX_RANKS);
-    if (k->rank < 0 || k->rank >= k->world_size)
-        return spk_err(SPK_ERR_INVALID_ARG, "rank %d out of range 0..%d", k->rank,
-                       k->world_size - 1);
-    const char *coord = k->coordinator ? k->coordinator : getenv("SPK_COORDINATOR");
-    if (!coord || !*coord)
-        coord = "127.0.0.1:29500";
-    if (strlen(coord) >= sizeof c->coordinator)
+    spk_launch_env le = {k->rank, k->world_size, "", "config", "config", "config"};
+    if (k->coordinator && strlen(k->coordinator) >= sizeof le.coordinator)
         return spk_err(SPK_ERR_INVALID_ARG, "coordinator address too long (%zu bytes)",
-                       strlen(coord));
-    copy_str(c->coordinator, sizeof c->coordinator, coord);
+                       strlen(k->coordinator));
+    if (k->coordinator) /* set in the struct: it wins; "" means the default, as before */
+        copy_str(le.coordinator, sizeof le.coordinator,
+                 *k->coordinator ? k->coordinator : "127.0.0.1:29500");
+    spk_status st = spk_cluster_launch_env(&le);
+    if (st != SPK_OK)
+        return st;
+    k->rank = le.rank;
+    k->world_size = le.world_size;
+    if (k->world_size < 1 || k->world_size > (int)SPK_PROTO_MAX_RANKS)
+        return spk_err(SPK_ERR_INVALID_ARG, "world size %d (%s) out of range 1..%u",
+                       k->world_size, le.world_from, SPK_PROTO_MAX_RANKS);
+    if (k->rank < 0 || k->rank >= k->world_size)
+        return spk_err(SPK_ERR_INVALID_ARG, "rank %d (%s) out of range 0..%d", k->rank,
+                       le.rank_from, k->world_size - 1);
+    _Static_assert(sizeof le.coordinator <= sizeof c->coordinator, "coordinator buffers");
+    copy_str(c->coordinator, sizeof c->coordinator, le.coordinator);
     const char *key = k->cluster_key ? k->cluster_key : getenv("SPK_CLUSTER_KEY");
     if (!key)
         key = "";

@@ -110,6 +110,21 @@ spk_status spk_cluster_take(spk_cluster *c, int from, uint16_t type, uint32_t re
 void spk_cluster_frame_free(spk_frame *f);
 void spk_cluster_inbox_free(spk_cluster *c);
 
+/* launch_env.c */
+/* Fill what the configuration left unset from the environment. SPK_RANK, SPK_WORLD_SIZE and
+ * SPK_COORDINATOR win; then the first launcher whose rank variable is set: Open MPI
+ * (OMPI_COMM_WORLD_RANK/SIZE), PMI (PMI_RANK/SIZE), Slurm (SLURM_PROCID, SLURM_STEP_NUM_TASKS or
+ * SLURM_NTASKS); the coordinator from MASTER_ADDR[:MASTER_PORT, default 29500]; else rank 0,
+ * world 1, 127.0.0.1:29500. INVALID_ARG naming the variable for a non-integer value, a launcher
+ * rank without its size, or a too long address. Ranges are checked by the caller. */
+typedef struct spk_launch_env {
+    int rank;                /* in: < 0 to take it from the environment */
+    int world_size;          /* in: <= 0 to take it from the environment */
+    char coordinator[256];   /* in: "" to take it from the environment */
+    const char *rank_from, *world_from, *coord_from; /* in: "config"; out: variable or "default" */
+} spk_launch_env;
+spk_status spk_cluster_launch_env(spk_launch_env *e);
+
 /* bootstrap.c */
 spk_status spk_cluster_transport_connect(spk_cluster *c);
 void spk_cluster_transport_close(spk_cluster *c);

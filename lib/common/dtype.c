@@ -34,6 +34,106 @@ size_t spk_dtype_row_size(spk_dtype t, size_t n)
     return i ? n / i->block * i->type_size : 0;
 }
 
+/* Scan `n` halves (or bfloat16s: same test with mask 0x7f80) at byte offset `off` of blocks of
+ * `stride` bytes; index of the first with an all-ones exponent (Inf or NaN), else n. */
+static size_t scan16(const uint8_t *p, size_t n, size_t stride, size_t off, uint16_t mask)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, p + i * stride + off, 2);
+        if ((h & mask) == mask)
+            return i;
+    }
+    return n;
+}
+
+size_t spk_dtype_find_nonfinite(spk_dtype t, const void *data, size_t n_blocks, const char **field,
+                                float *value)
+{
+    const uint8_t *p = data;
+    size_t bad = n_blocks, stride = 0, off = 0, off2 = 0;
+    const char *name = "d", *name2 = NULL;
+    switch (t) {
+    case SPK_DT_F32: {
+        name = "value";
+        for (size_t i = 0; i < n_blocks && bad == n_blocks; i++) {
+            uint32_t b;
+            memcpy(&b, p + 4 * i, 4);
+            if ((b & 0x7f800000u) == 0x7f800000u)
+                bad = i;
+        }
+        if (bad < n_blocks) {
+            if (field)
+                *field = name;
+            if (value)
+                memcpy(value, p + 4 * bad, 4);
+        }
+        return bad;
+    }
+    case SPK_DT_F16:
+        name = "value";
+        bad = scan16(p, n_blocks, 2, 0, 0x7c00);
+        break;
+    case SPK_DT_BF16:
+        name = "value";
+        bad = scan16(p, n_blocks, 2, 0, 0x7f80);
+        if (bad < n_blocks) {
+            uint16_t h;
+            memcpy(&h, p + 2 * bad, 2);
+            if (field)
+                *field = name;
+            if (value)
+                *value = spk_bf16_to_f32(h);
+        }
+        return bad;
+    case SPK_DT_Q4_0:
+        stride = sizeof(spk_block_q4_0), off = offsetof(spk_block_q4_0, d);
+        break;
+    case SPK_DT_Q8_0:
+        stride = sizeof(spk_block_q8_0), off = offsetof(spk_block_q8_0, d);
+        break;
+    case SPK_DT_Q4_1:
+        stride = sizeof(spk_block_q4_1), off = offsetof(spk_block_q4_1, d);
+        off2 = offsetof(spk_block_q4_1, m), name2 = "m";
+        break;
+    case SPK_DT_Q4_K:
+        stride = sizeof(spk_block_q4_K), off = offsetof(spk_block_q4_K, d);
+        off2 = offsetof(spk_block_q4_K, dmin), name2 = "dmin";
+        break;
+    case SPK_DT_Q6_K:
+        stride = sizeof(spk_block_q6_K), off = offsetof(spk_block_q6_K, d);
+        break;
+    default:
+        return n_blocks;
+    }
+    if (stride && name2) { /* one pass over both halves of each block */
+        for (size_t i = 0; i < n_blocks; i++) {
+            uint16_t a, b;
+            memcpy(&a, p + i * stride + off, 2);
+            memcpy(&b, p + i * stride + off2, 2);
+            if (((a & 0x7c00) == 0x7c00) | ((b & 0x7c00) == 0x7c00)) {
+                bad = i;
+                if ((a & 0x7c00) != 0x7c00)
+                    off = off2, name = name2;
+                break;
+            }
+        }
+    } else if (stride) {
+        bad = scan16(p, n_blocks, stride, off, 0x7c00);
+    } else {
+        stride = 2; /* F16 elements */
+    }
+    if (bad < n_blocks) {
+        uint16_t h;
+        memcpy(&h, p + bad * stride + off, 2);
+        if (field)
+            *field = name;
+        if (value)
+            *value = spk_f16_to_f32(h);
+    }
+    return bad;
+}
+
 float spk_f16_to_f32(spk_f16 h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16;

@@ -58,6 +58,16 @@ const spk_dtype_info *spk_dtype_get(uint32_t type);
 /* Bytes of a row of `n` elements (n must be a multiple of the block size). */
 size_t spk_dtype_row_size(spk_dtype t, size_t n);
 
+/*
+ * First non-finite scale among `n_blocks` blocks of type `t` at `data`: the f16 d (and m of Q4_1,
+ * dmin of Q4_K) of quantized blocks, every element of F32/F16/BF16 data (a "block" of one).
+ * Returns the block index, or n_blocks when every scale is finite (also for types without float
+ * scales). *field ("d", "m", "dmin", "value") and *value (as float) describe the bad one; either
+ * may be NULL. Reads only the scale bytes; no alignment is assumed.
+ */
+size_t spk_dtype_find_nonfinite(spk_dtype t, const void *data, size_t n_blocks, const char **field,
+                                float *value);
+
 float spk_f16_to_f32(spk_f16 h);
 spk_f16 spk_f32_to_f16(float f);
 float spk_bf16_to_f32(uint16_t b);

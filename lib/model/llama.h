@@ -46,6 +46,7 @@ typedef struct spk_weights {
     void **owned;                    /* buffers of copied slices (shards only) */
     int n_owned;
     uint64_t n_params, n_bytes;
+    const char *path;                /* the file's, for messages (lives as long as the file) */
 } spk_weights;
 
 /* Read hyperparameters and locate/validate every weight (shape, type, layer count). Only
@@ -79,7 +80,10 @@ spk_status spk_shard_check(const spk_hparams *hp, const spk_shard *sh);
 
 /* This shard's weights from the full set: row slices are views into the mapping; column slices
  * of the row-parallel matrices (attention output, MLP down) are copied (whole quant blocks) and
- * the mapping's pages they came from are released. Free with spk_llama_weights_free. */
+ * the mapping's pages they came from are released. Every scale of the shard's weights (f16 d/m
+ * of quant blocks, F32/F16/BF16 elements, norm vectors) is checked to be finite: this is the
+ * first pass that reads the weight pages, and only this rank's slices are read. FORMAT naming
+ * the file, tensor, block and value otherwise. Free with spk_llama_weights_free. */
 spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const spk_shard *sh,
                            spk_weights *out);
 

@@ -230,6 +230,7 @@ spk_status spk_llama_load(const spk_gguf_file *f, spk_hparams *hp, spk_weights *
         }
     }
     w->n_params = np;
+    w->path = f->path;
     for (uint64_t i = 0; i < f->n_tensors; i++)
         w->n_bytes += f->tensors[i].nbytes;
     return SPK_OK;
@@ -345,6 +346,73 @@ static bool owned_by(const spk_weights *w, const void *p)
     return false;
 }
 
+/* Refuse a slice whose scales are not all finite (NaN/Inf scales turn every output into
+ * garbage). `m` holds rows [row0, row0 + n_out) and columns [col0, col0 + n_in) of tensor
+ * `name`, whose rows are `full_n_in` wide; the message gives the block index in the tensor. */
+static spk_status check_scales(const char *path, const char *name, const spk_wmat *m, int row0,
+                               int col0, int full_n_in)
+{
+    const spk_dtype_info *ti = spk_dtype_get(m->type);
+    if (!ti || m->n_in <= 0 || m->n_out <= 0)
+        return SPK_OK;
+    size_t per_row = (size_t)m->n_in / ti->block, n = per_row * (size_t)m->n_out;
+    const char *field = "d";
+    float v = 0.0f;
+    size_t bad = spk_dtype_find_nonfinite(m->type, m->data, n, &field, &v);
+    if (bad == n)
+        return SPK_OK;
+    size_t r = (size_t)row0 + bad / per_row, cb = (size_t)col0 / ti->block + bad % per_row;
+    size_t block = r * ((size_t)full_n_in / ti->block) + cb;
+    return spk_err(SPK_ERR_FORMAT,
+                   "%s: tensor '%s' (%s): block %zu (row %zu, columns %zu..%zu) has a non-finite "
+                   "scale %s = %g", path ? path : "model", name, ti->name, block, r, cb * ti->block,
+                   (cb + 1) * ti->block - 1, field, (double)v);
+}
+
+static spk_status check_vec(const char *path, const char *name, const float *x, int n)
+{
+    spk_wmat m = {x, SPK_DT_F32, n, 1};
+    return check_scales(path, name, &m, 0, 0, n);
+}
+
+/* The finite-scale check over everything shard `out` of `full` reads. */
+static spk_status check_shard(const spk_hparams *hp, const spk_weights *full, const spk_shard *sh,
+                              const spk_weights *out)
+{
+    const char *path = full->path;
+    const int HD = hp->head_dim, E = hp->n_embd, Q = hp->n_heads * HD;
+    char name[96];
+    for (int i = 0; i < sh->l1 - sh->l0; i++) {
+        const spk_layer *L = &out->layers[i];
+        const int l = sh->l0 + i;
+#define CHECK(expr, tname)                                                                     \
+    do {                                                                                       \
+        snprintf(name, sizeof name, "blk.%d." tname ".weight", l);                             \
+        TRY(expr);                                                                             \
+    } while (0)
+        CHECK(check_vec(path, name, L->attn_norm, E), "attn_norm");
+        CHECK(check_vec(path, name, L->ffn_norm, E), "ffn_norm");
+        CHECK(check_scales(path, name, &L->wq, sh->h0 * HD, 0, E), "attn_q");
+        CHECK(check_scales(path, name, &L->wk, sh->kv0 * HD, 0, E), "attn_k");
+        CHECK(check_scales(path, name, &L->wv, sh->kv0 * HD, 0, E), "attn_v");
+        CHECK(check_scales(path, name, &L->wo, 0, sh->h0 * HD, Q), "attn_output");
+        CHECK(check_scales(path, name, &L->w_gate, sh->f0, 0, E), "ffn_gate");
+        CHECK(check_scales(path, name, &L->w_up, sh->f0, 0, E), "ffn_up");
+        CHECK(check_scales(path, name, &L->w_down, 0, sh->f0, hp->n_ff), "ffn_down");
+#undef CHECK
+    }
+    const bool tied = full->output.data == full->tok_embd.data;
+    if (sh->first)
+        TRY(check_scales(path, "token_embd.weight", &out->tok_embd, 0, 0, E));
+    if (sh->last) {
+        TRY(check_vec(path, "output_norm.weight", out->out_norm, E));
+        if (!(tied && sh->first && sh->v0 == 0 && sh->v1 == hp->n_vocab)) /* not scanned twice */
+            TRY(check_scales(path, tied ? "token_embd.weight" : "output.weight", &out->output,
+                             sh->v0, 0, E));
+    }
+    return SPK_OK;
+}
+
 static uint64_t wmat_bytes(const spk_wmat *m)
 {
     return (uint64_t)spk_dtype_row_size(m->type, (size_t)m->n_in) * (uint64_t)m->n_out;
@@ -379,6 +447,24 @@ spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const
         if (st == SPK_OK)
             st = cols_of(out, &F->w_down, sh->f0, sh->f1, &L->w_down);
     }
+    out->path = full->path;
+    if (st == SPK_OK) {
+        /* read ahead exactly the mapped slices this rank will use (copied slices are read
+         * already); the first stage's table (its vocabulary rows under TP) is read whole by the
+         * scale check below */
+        for (int i = 0; i < nl; i++) {
+            const spk_layer *L = &out->layers[i];
+            const spk_wmat *views[] = {&L->wq, &L->wk, &L->wv, &L->w_gate, &L->w_up, &L->wo, &L->w_down};
+            for (size_t k = 0; k < sizeof views / sizeof *views; k++)
+                if (!owned_by(out, views[k]->data))
+                    willneed(views[k]);
+        }
+        if (sh->last)
+            willneed(&out->output);
+        if (sh->first)
+            willneed(&out->tok_embd);
+        st = check_shard(hp, full, sh, out); /* the first read of the rank's pages */
+    }
     if (st != SPK_OK) {
         spk_llama_weights_free(out);
         return st;
@@ -397,18 +483,5 @@ spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const
         bytes += (tied_here ? 0 : wmat_bytes(&out->output)) + sizeof(float) * (uint64_t)hp->n_embd;
     }
     out->n_bytes = bytes;
-    /* read ahead exactly the mapped slices this rank will use (copied slices are read already;
-     * a whole, unsplit embedding table is read row by row as tokens come) */
-    for (int i = 0; i < nl; i++) {
-        const spk_layer *L = &out->layers[i];
-        const spk_wmat *views[] = {&L->wq, &L->wk, &L->wv, &L->w_gate, &L->w_up, &L->wo, &L->w_down};
-        for (size_t k = 0; k < sizeof views / sizeof *views; k++)
-            if (!owned_by(out, views[k]->data))
-                willneed(views[k]);
-    }
-    if (sh->last)
-        willneed(&out->output);
-    if (spk_llama_embd_split(hp, sh))
-        willneed(&out->tok_embd);
     return SPK_OK;
 }

@@ -2,9 +2,30 @@
 #include "transport/registry.h"
 
 #include <dlfcn.h>
+#include <limits.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "common/error.h"
+
+#ifndef SPK_PLUGIN_DIR
+#define SPK_PLUGIN_DIR "/usr/local/lib/sparkinfer/plugins"
+#endif
+
+/* Where bare plugin names ("foo.so") are looked up: the installed plugin directory, fixed at
+ * build time (a test may point it elsewhere). Never the current directory, never the dynamic
+ * loader's search path. */
+static const char *plugin_dir = SPK_PLUGIN_DIR;
+
+const char *spk_transport_plugin_dir(void)
+{
+    return plugin_dir;
+}
+
+void spk_transport_test_set_plugin_dir(const char *dir)
+{
+    plugin_dir = dir ? dir : SPK_PLUGIN_DIR;
+}
 
 #if !SPK_HAVE_NCCL
 const spk_transport *spk_transport_nccl(void)
@@ -158,8 +179,24 @@ spk_status spk_transport_select(const char *name, unsigned mem, spk_transport_ha
                        (mem & SPK_TRANSPORT_MEM_CUDA) ? "CUDA device" : "host");
     }
     size_t len = strlen(name);
-    if (strchr(name, '/') || (len > 3 && strcmp(name + len - 3, ".so") == 0))
-        return load_plugin(name, mem, out);
+    if (name[0] == '/')
+        return load_plugin(name, mem, out); /* an absolute path the configuration names */
+    if (strchr(name, '/'))
+        return spk_err(SPK_ERR_INVALID_ARG,
+                       "transport plugin \"%s\": relative paths are refused (they depend on the "
+                       "current directory); give an absolute path or a bare name installed in %s",
+                       name, plugin_dir);
+    if (len > 3 && strcmp(name + len - 3, ".so") == 0) {
+        char path[PATH_MAX];
+        int n = snprintf(path, sizeof path, "%s/%s", plugin_dir, name);
+        if (n < 0 || (size_t)n >= sizeof path)
+            return spk_err(SPK_ERR_INVALID_ARG, "transport plugin \"%s\": path %s/%s too long "
+                           "(%d bytes, at most %zu)", name, plugin_dir, name, n, sizeof path - 1);
+        if (path[0] != '/')
+            return spk_err(SPK_ERR_UNSUPPORTED, "transport plugin \"%s\": plugin directory "
+                           "\"%s\" is not absolute", name, plugin_dir);
+        return load_plugin(path, mem, out);
+    }
     if (strcmp(name, "tcp") == 0)
         return builtin(name, spk_transport_tcp(), mem, 1, out);
     if (strcmp(name, "nccl") == 0)
@@ -167,8 +204,8 @@ spk_status spk_transport_select(const char *name, unsigned mem, spk_transport_ha
     if (strcmp(name, "verbs") == 0)
         return builtin(name, spk_transport_verbs(), mem, 1, out);
     return spk_err(SPK_ERR_NOT_FOUND,
-                   "unknown transport \"%s\" (expected auto, tcp, nccl, verbs or a plugin .so path)",
-                   name);
+                   "unknown transport \"%s\" (expected auto, tcp, nccl, verbs, NAME.so from %s "
+                   "or an absolute plugin path)", name, plugin_dir);
 }
 
 void spk_transport_release(spk_transport_handle *h)

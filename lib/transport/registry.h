@@ -19,16 +19,27 @@ typedef struct spk_transport_handle {
 } spk_transport_handle;
 
 /*
- * Pick a transport. `name_or_path`: "auto" (or NULL), "tcp", "nccl", "verbs", or a path to a
- * plugin .so (anything containing '/' or ending in ".so"). `mem`: the SPK_TRANSPORT_MEM_* kind
+ * Pick a transport. `name_or_path`: "auto" (or NULL), "tcp", "nccl", "verbs", an absolute path
+ * to a plugin .so, or a bare "NAME.so" loaded from the installed plugin directory
+ * (spk_transport_plugin_dir()). Relative paths ("./x.so", "lib/x.so") are refused with
+ * INVALID_ARG: nothing is ever loaded through the current directory or the loader's search
+ * path. `mem`: the SPK_TRANSPORT_MEM_* kind
  * the caller's buffers live in; "auto" picks nccl for CUDA memory, else verbs if a device
  * exists (probe), else tcp. Checks the vtable's abi_version (1..SPK_TRANSPORT_ABI_VERSION) and
  * that every mandatory method is set, and that it accepts `mem`.
  * Errors: NOT_FOUND (unknown name, not compiled in, plugin missing or without the symbol),
  * UNSUPPORTED (probe failed for an explicitly named transport, or memory kind not accepted),
- * VERSION (plugin ABI too new or 0), INVALID_ARG. On error *out is zeroed.
+ * VERSION (plugin ABI too new or 0), INVALID_ARG (relative plugin path, path too long).
+ * On error *out is zeroed.
  */
 spk_status spk_transport_select(const char *name_or_path, unsigned mem, spk_transport_handle *out);
+
+/* The installed plugin directory (absolute; <libdir>/sparkinfer/plugins of the install). */
+const char *spk_transport_plugin_dir(void);
+
+/* Test hook: look bare plugin names up in `dir` instead (NULL: back to the installed one).
+ * Not thread-safe; tests only. */
+void spk_transport_test_set_plugin_dir(const char *dir);
 
 /* Unload a plugin handle (no-op for built-ins); zeroes *h. */
 void spk_transport_release(spk_transport_handle *h);

@@ -1,7 +1,8 @@
 /*
  * libFuzzer target for the GGUF reader: any input must give OK, FORMAT or UNSUPPORTED (never a
  * crash, an out-of-bounds read or a huge allocation), and an accepted file must be consistent:
- * every tensor inside the input, every string array walkable to its count, lookups working.
+ * every tensor inside the input, every string array walkable to its count, lookups working,
+ * and the tokenizer built from its metadata refused with a status or usable.
  * Build: cmake -DSPK_FUZZ=ON with clang (add -fsanitize=fuzzer-no-link to CMAKE_C_FLAGS so the
  * library itself is coverage-instrumented); run: ./fuzz_gguf -max_total_time=60 corpus/
  */
@@ -10,6 +11,7 @@
 #include <string.h>
 
 #include "model/gguf.h"
+#include "model/tokenizer.h"
 
 static volatile uint8_t sink;
 
@@ -85,6 +87,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     sink ^= (uint8_t)spk_gguf_get_bool(f, "tokenizer.ggml.add_bos_token", &b);
     sink ^= (uint8_t)spk_gguf_get_str(f, "general.architecture", &s);
     sink ^= (uint8_t)spk_gguf_get_arr(f, "tokenizer.ggml.tokens", GGUF_STRING, &arr);
+    /* The tokenizer built from this metadata: refused cleanly, or usable. */
+    spk_tok *tok = NULL;
+    st = spk_tok_load(f, 0, &tok);
+    if (st == SPK_OK) {
+        static const char text[] = "ab <|im_end|> caf\xc3\xa9";
+        int32_t ids[64];
+        size_t n = 0;
+        spk_tok_encode(tok, text, sizeof text - 1, true, true, ids, 64, &n);
+        spk_tok_free(tok);
+    } else if (tok) {
+        abort();
+    }
     spk_gguf_close(f);
     free(buf);
     return 0;
