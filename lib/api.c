@@ -43,8 +43,10 @@ static pthread_once_t build_info_once = PTHREAD_ONCE_INIT;
 
 static void build_info_init(void)
 {
-    snprintf(build_info, sizeof build_info, "version=%s;backends=cpu%s;transports=tcp%s%s;simd=%s",
-             SPK_VERSION_STRING, SPK_HAVE_CUDA ? ",cuda" : "", SPK_HAVE_NCCL ? ",nccl" : "",
+    /* backends: the ones the library can run now (the CUDA backend does not exist yet, whatever
+     * the build found of the toolkit) */
+    snprintf(build_info, sizeof build_info, "version=%s;backends=cpu;transports=tcp%s%s;simd=%s",
+             SPK_VERSION_STRING, SPK_HAVE_NCCL ? ",nccl" : "",
              SPK_HAVE_VERBS ? ",verbs" : "", spk_cpu_simd_names());
 }
 

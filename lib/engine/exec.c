@@ -118,7 +118,10 @@ static int get(rbuf *b, void *dst, size_t n)
 static spk_status tp_allreduce(void *ctx, float *buf, size_t n)
 {
     spk_exec *e = ctx;
-    return e->vt->allreduce(e->tp_comm, buf, n, SPK_TRANSPORT_F32, SPK_TRANSPORT_MEM_HOST, DATA_TIMEOUT_MS);
+    /* buf is the backend's (its activations): tell the transport where it lives */
+    uint32_t mem = spk_llama_backend(e->llm)->ops->mem == SPK_MEM_DEVICE ? SPK_TRANSPORT_MEM_CUDA
+                                                                          : SPK_TRANSPORT_MEM_HOST;
+    return e->vt->allreduce(e->tp_comm, buf, n, SPK_TRANSPORT_F32, mem, DATA_TIMEOUT_MS);
 }
 
 /* Connect this rank's groups (collective over all ranks, so done before anything that can fail

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "backend/backend.h"
 #include "common/dtype.h"
 #include "cpu/ops.h"
 #include "cpu/pool.h"
@@ -20,12 +21,6 @@ typedef struct spk_hparams {
     spk_rope_scaling scaling;
 } spk_hparams;
 
-/* A weight matrix [n_out][n_in] inside the mapped file. */
-typedef struct spk_wmat {
-    const void *data;
-    spk_dtype type;
-    int n_in, n_out;
-} spk_wmat;
 
 typedef struct spk_layer {
     const float *attn_norm;          /* [n_embd] */
@@ -134,5 +129,6 @@ int spk_llama_max_tok(const spk_llama *m);
 int spk_llama_n_out(const spk_llama *m);   /* logits per row: v1 - v0 */
 uint64_t spk_llama_kv_bytes(const spk_llama *m);    /* bytes of the KV cache */
 uint64_t spk_llama_alloc_bytes(const spk_llama *m); /* bytes of the run state, KV cache included */
+const spk_backend *spk_llama_backend(const spk_llama *m); /* what it computes on (memory kind, name) */
 
 #endif

@@ -12,7 +12,8 @@ START_TEST(versions_and_status_strings)
 {
     ck_assert_uint_eq(spk_version_number(), SPK_VERSION_NUMBER);
     ck_assert_str_eq(spk_version_string(), SPK_VERSION_STRING);
-    ck_assert_ptr_nonnull(strstr(spk_build_info(), "backends=cpu"));
+    ck_assert_ptr_nonnull(strstr(spk_build_info(), "backends=cpu;"));
+    ck_assert_ptr_null(strstr(spk_build_info(), "cuda")); /* no CUDA backend exists yet */
     ck_assert_ptr_nonnull(strstr(spk_build_info(), "transports=tcp"));
     for (int i = 0; i < SPK_STATUS_COUNT; i++)
         ck_assert_str_ne(spk_status_str((spk_status)i), "unknown status");

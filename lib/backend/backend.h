@@ -1,0 +1,123 @@
+/*
+ * The compute backend seam: the op set a transformer forward pass needs, over buffers in the
+ * backend's memory, so that the layer loop (lib/model/llama.c) is written once for every backend.
+ *
+ * How a forward runs: spk_backend_run(be, fn, arg) calls fn(arg, ith, nth). The CPU backend calls
+ * it on every thread of its pool at once; each op does thread ith's share of the work and
+ * spk_backend_barrier() separates ops that depend on each other (one dispatch per forward, no
+ * per-op wake-ups). A stream backend (CUDA) calls fn once with (0, 1): each op enqueues its kernel
+ * in stream order and the barrier is a no-op. Ops never allocate and never talk to the network;
+ * the TP all-reduce is the model's callback, told the memory kind of the buffer it sums.
+ *
+ * Optional methods say so ("may be NULL"). Internal: this table is not part of the public ABI.
+ */
+#ifndef SPK_BACKEND_BACKEND_H
+#define SPK_BACKEND_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/dtype.h"
+#include "sparkinfer/sparkinfer.h"
+
+/* Where a buffer lives: what a transport must be told when it moves one. */
+typedef enum spk_mem_kind {
+    SPK_MEM_HOST = 0,   /* ordinary (or pinned / unified) host memory */
+    SPK_MEM_DEVICE = 1, /* device memory of the backend's GPU */
+} spk_mem_kind;
+
+/* A weight matrix [n_out][n_in] of `type` rows (quantized or float), in backend memory. */
+typedef struct spk_wmat {
+    const void *data;
+    spk_dtype type;
+    int n_in, n_out;
+} spk_wmat;
+
+/* The paged KV cache of a shard: per layer, `rows` (= blocks x block_size) rows of kv_dim f16. */
+typedef struct spk_kv_cache {
+    spk_f16 *k, *v;     /* [layer][rows][kv_dim] */
+    size_t rows;
+    int kv_dim, n_kv_heads, head_dim, block_size, n_ctx;
+} spk_kv_cache;
+
+/* What attention and the KV store need of a batch (host arrays; a device backend copies them in
+ * begin()). Token i of the batch belongs to sequence seq[i] at position pos[i]; sequence s's cache
+ * blocks are block_table[table_off[s] ...] (NULL block_table: sequence s owns the consecutive
+ * blocks s * ceil(n_ctx / block_size) ...). contig[s]: sequence s's blocks are consecutive. */
+typedef struct spk_step {
+    int n_tok;
+    const int32_t *token, *pos, *seq;
+    const int32_t *table_off, *block_table;
+    const uint8_t *contig;
+} spk_step;
+
+typedef struct spk_backend spk_backend;
+
+typedef struct spk_backend_ops {
+    const char *name;
+    spk_mem_kind mem;
+
+    /* ---- memory and control ---- */
+    /* Zeroed buffer of `bytes` in backend memory (NULL on failure). */
+    void *(*alloc)(spk_backend *be, size_t bytes);
+    void (*free)(spk_backend *be, void *p);
+    /* Per-forward set-up of the batch (device backends upload it). May be NULL. */
+    spk_status (*begin)(spk_backend *be, const spk_step *s);
+    /* Run fn(arg, ith, nth) as described above; returns when every op it issued is done. */
+    void (*run)(spk_backend *be, void (*fn)(void *arg, int ith, int nth), void *arg);
+    void (*barrier)(spk_backend *be);
+
+    /* ---- ops: thread ith of nth does its share ----
+     * Row ops (embed, copy_rows, rmsnorm, quantize, rope_store, swiglu, add) split their n_tok
+     * rows as spk_split(n_tok, 1, ith, nth) does, so a row op may follow another on the same rows
+     * without a barrier; matmul splits output columns and attention (head, token) pairs, which
+     * need a barrier before and after. */
+    /* x[t] = row token[t] - v0 of the embedding table (zeros outside [0, table rows)). */
+    void (*embed)(spk_backend *be, float *x, const spk_wmat *table, const int32_t *token, int n_tok, int v0,
+                  int n_embd, int ith, int nth);
+    /* dst[t] = src[t] for n_tok rows of n floats. */
+    void (*copy_rows)(spk_backend *be, float *dst, const float *src, int n_tok, int n, int ith, int nth);
+    /* out[r] = rmsnorm(x[rows ? rows[r] : r]) * w, for r < n_rows rows of n. */
+    void (*rmsnorm)(spk_backend *be, float *out, const float *x, const int *rows, const float *w, int n_rows,
+                    int n, float eps, int ith, int nth);
+    /* Activations x [n_tok][w->n_in] into the form matmul reads for w's type, into `act`
+     * (spk_backend_act_size bytes). */
+    void (*quantize)(spk_backend *be, void *act, const spk_wmat *w, const float *x, int n_tok, int ith, int nth);
+    size_t (*act_size)(spk_backend *be, const spk_wmat *w, int n_tok);
+    /* out [n_tok][w->n_out] = act W^T. */
+    void (*matmul)(spk_backend *be, float *out, const spk_wmat *w, const void *act, int n_tok, int ith, int nth);
+    /* RoPE on q [n_tok][n_heads*hd] and k [n_tok][kv_dim] at each token's position, then k and v
+     * of every token into `layer` of the cache. */
+    void (*rope_store)(spk_backend *be, float *q, float *k, const float *v, int n_heads, int rot_dim,
+                       const float *freqs, const spk_kv_cache *kv, int layer, const spk_step *s, int ith, int nth);
+    /* Causal attention of n_heads query heads (GQA: n_heads / kv->n_kv_heads per KV head) over
+     * each token's sequence in `layer` of the cache, positions 0..pos: out [n_tok][n_heads*hd]. */
+    void (*attention)(spk_backend *be, float *out, const float *q, int n_heads, float scale,
+                      const spk_kv_cache *kv, int layer, const spk_step *s, int ith, int nth);
+    /* out = silu(gate) * up, n_tok rows of n (out may alias gate). */
+    void (*swiglu)(spk_backend *be, float *out, const float *gate, const float *up, int n_tok, int n, int ith,
+                   int nth);
+    /* out = a + b, n_tok rows of n (out may alias a). */
+    void (*add)(spk_backend *be, float *out, const float *a, const float *b, int n_tok, int n, int ith, int nth);
+
+    /* Bytes the backend holds for itself (scratch, gather buffers). May be NULL. */
+    uint64_t (*held_bytes)(const spk_backend *be);
+    void (*destroy)(spk_backend *be);
+} spk_backend_ops;
+
+struct spk_backend {
+    const spk_backend_ops *ops;
+};
+
+/* The CPU backend: a pool of n_threads; attention gathers scattered KV blocks of up to n_ctx rows
+ * of head_dim per thread. */
+spk_status spk_backend_cpu_create(int n_threads, int n_ctx, int head_dim, spk_backend **out);
+int spk_backend_cpu_threads(const spk_backend *be);
+
+static inline void spk_backend_destroy(spk_backend *be)
+{
+    if (be)
+        be->ops->destroy(be);
+}
+
+#endif
