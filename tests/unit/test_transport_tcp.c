@@ -358,13 +358,14 @@ START_TEST(hello_and_info_roundtrip_little_endian)
     ck_assert_int_eq(spk_tcp_hello_decode(buf, sizeof buf, &d), 0);
     ck_assert_int_eq(memcmp(&h, &d, sizeof h), 0);
     ck_assert_int_eq(spk_tcp_hello_decode(buf, sizeof buf - 1, &d), -1);
-    spk_tcp_info in = {"10.77.0.2", 40001, {1, 2, 3}}, out;
+    spk_tcp_info in = {"10.77.0.2", 40001, {1, 2, 3}, SPK_TCP_INFO_DATA_AUTH}, out;
     uint8_t ib[SPK_TCP_INFO_LEN];
     spk_tcp_info_encode(&in, ib);
     ck_assert_uint_eq(ib[64], 40001 & 0xff);
     ck_assert_int_eq(spk_tcp_info_decode(ib, &out), 0);
     ck_assert_str_eq(out.host, "10.77.0.2");
     ck_assert_uint_eq(out.port, 40001);
+    ck_assert_uint_eq(out.flags, SPK_TCP_INFO_DATA_AUTH);
     memset(ib, 'x', 64); /* host without a terminator is rejected */
     ck_assert_int_eq(spk_tcp_info_decode(ib, &out), -1);
 }
