@@ -401,6 +401,48 @@ START_TEST(fake_driver_error_text_is_not_logged)
 }
 END_TEST
 
+/* The switch for trusted links: the config field on one rank and SPK_DATA_AUTH=0 on the other
+ * agree, and the transport works; a rank left at the default is refused with a clear error. */
+static spk_status open_data_auth(int worker_env_off, pid_t *w, spk_cluster **c)
+{
+    char coord[64];
+    snprintf(coord, sizeof coord, "127.0.0.1:%d", t_free_port());
+    if (worker_env_off)
+        setenv("SPK_DATA_AUTH", "0", 1);
+    t_worker_opts o = {.key = T_KEY};
+    *w = t_spawn_worker(coord, 1, 2, &o);
+    unsetenv("SPK_DATA_AUTH");
+    spk_cluster_config cfg;
+    t_config(&cfg, coord, 0, 2, T_KEY);
+    cfg.transport = "tcp";
+    cfg.unauthenticated_data = 1;
+    *c = NULL;
+    return spk_cluster_open(&cfg, c);
+}
+
+START_TEST(data_auth_switch_must_agree)
+{
+    pid_t w;
+    spk_cluster *c;
+    spk_set_log_callback(NULL, NULL, SPK_LOG_NONE);
+    spk_status st = open_data_auth(1, &w, &c);
+    ck_assert_msg(st == SPK_OK, "open: %s", spk_last_error());
+    uint32_t id = 0, g[2];
+    ck_assert_int_eq(spk_cluster_command_send(c, 1, CMD_COLL, NULL, 0, 1, &id), SPK_OK);
+    ck_assert_int_eq(t_collectives(c, g), 0);
+    ck_assert_int_eq(spk_cluster_command_wait(c, 1, id, 10000, NULL, NULL), SPK_OK);
+    spk_cluster_close(c);
+    ck_assert_int_eq(t_wait_exit(w, 5000), 0);
+
+    st = open_data_auth(0, &w, &c);
+    printf("driver without data auth, worker with: %s: %s\n", spk_status_str(st),
+           spk_last_error());
+    ck_assert_int_ne(st, SPK_OK);
+    ck_assert_ptr_nonnull(strstr(spk_last_error(), "SPK_DATA_AUTH"));
+    ck_assert_int_ne(t_wait_exit(w, 5000), 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("cluster_auth");
@@ -412,6 +454,7 @@ static Suite *suite(void)
     tcase_add_test(t, reordered_frames_are_refused);
     tcase_add_test(t, tampered_allgather_is_refused);
     tcase_add_test(t, fake_driver_error_text_is_not_logged);
+    tcase_add_test(t, data_auth_switch_must_agree);
     suite_add_tcase(s, t);
     return s;
 }
