@@ -446,10 +446,10 @@ spk_status spk_tcp_mesh_connect(const spk_tcp_mesh_cfg *cfg, int *fds, char (*ad
         }
     for (int p = 0; p < m.world; p++) /* one mode for all: the byte streams differ */
         if ((infos[p].flags & SPK_TCP_INFO_DATA_AUTH) != (me.flags & SPK_TCP_INFO_DATA_AUTH)) {
-            st = merr(&m, SPK_ERR_INVALID_ARG, "data-plane authentication is %s on rank %d but %s "
-                      "here: set SPK_DATA_AUTH (or the cluster config's unauthenticated_data) the same "
-                      "on every rank", me.flags ? "off" : "on",
-                      p, me.flags ? "on" : "off");
+            st = merr(&m, SPK_ERR_INVALID_ARG,
+                      "data-plane authentication is %s on rank %d but %s here: set SPK_DATA_AUTH "
+                      "(or the cluster config's unauthenticated_data) the same on every rank",
+                      me.flags ? "off" : "on", p, me.flags ? "on" : "off");
             goto out;
         }
     memcpy(m.comm_id, infos[0].comm_id, SPK_TCP_COMM_ID_LEN);
