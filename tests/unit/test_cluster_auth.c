@@ -175,7 +175,6 @@ static void relay_start(relay *r, mitm_mode mode)
     r->lfd = listen_any(&r->port);
     ck_assert_int_ge(r->lfd, 0);
     r->driver_port = t_free_port();
-    ck_assert_int_eq(pthread_create(&r->th, NULL, relay_main, r), 0);
 }
 
 static void relay_stop(relay *r)
@@ -193,6 +192,8 @@ static spk_status open_through(relay *r, pid_t *worker, spk_cluster **c)
     snprintf(dcoord, sizeof dcoord, "127.0.0.1:%d", r->driver_port);
     t_worker_opts o = {.key = T_KEY};
     *worker = t_spawn_worker(wcoord, 1, 2, &o);
+    /* The relay thread starts after the fork (a forked child gets only the forking thread). */
+    ck_assert_int_eq(pthread_create(&r->th, NULL, relay_main, r), 0);
     spk_cluster_config cfg;
     t_config(&cfg, dcoord, 0, 2, T_KEY);
     memset(t_log, 0, sizeof t_log);
