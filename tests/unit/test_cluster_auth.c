@@ -444,6 +444,28 @@ START_TEST(data_auth_switch_must_agree)
 }
 END_TEST
 
+/* A joiner that proved the key but has another world size is told why, over the sealed channel
+ * (its exit status is the driver's INVALID_ARG, not an authentication failure). */
+START_TEST(proven_joiner_of_another_world_size_is_told_why)
+{
+    char coord[64];
+    snprintf(coord, sizeof coord, "127.0.0.1:%d", t_free_port());
+    t_worker_opts o = {.key = T_KEY};
+    pid_t w = t_spawn_worker(coord, 1, 3, &o);
+    memset(t_log, 0, sizeof t_log);
+    spk_set_log_callback(t_log_fn, NULL, SPK_LOG_WARN);
+    spk_cluster_config cfg;
+    t_config(&cfg, coord, 0, 2, T_KEY);
+    cfg.connect_timeout_ms = 1500;
+    spk_cluster *c = NULL;
+    ck_assert_int_eq(spk_cluster_open(&cfg, &c), SPK_ERR_TIMEOUT);
+    spk_set_log_callback(NULL, NULL, SPK_LOG_WARN);
+    printf("driver log:\n%s", t_log);
+    ck_assert_int_eq(t_wait_exit(w, 3000), SPK_ERR_INVALID_ARG);
+    ck_assert_int_ge(t_log_count("rank 1 has world size 3, the driver has 2"), 1);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("cluster_auth");
@@ -456,6 +478,7 @@ static Suite *suite(void)
     tcase_add_test(t, tampered_allgather_is_refused);
     tcase_add_test(t, fake_driver_error_text_is_not_logged);
     tcase_add_test(t, data_auth_switch_must_agree);
+    tcase_add_test(t, proven_joiner_of_another_world_size_is_told_why);
     suite_add_tcase(s, t);
     return s;
 }
