@@ -56,6 +56,7 @@ typedef struct rank_ctx {
     spk_status init_st, op_st;
     char err[512];
     float *x;
+    int forged; /* rank 0: elements that are neither its own value nor the true sum */
 } rank_ctx;
 
 static _Thread_local char last_err[512];
@@ -242,7 +243,7 @@ static int run_pair(relay_mode mode, const char *opt0, const char *opt1, rank_ct
         memset(&r[k], 0, sizeof r[k]);
         r[k].b = b;
         r[k].rank = k;
-        r[k].x = malloc(N_FLOATS * sizeof(float));
+        r[k].x = calloc(N_FLOATS, sizeof(float));
         pthread_create(&th[k], NULL, rank_main, &r[k]);
     }
     for (int k = 0; k < 2; k++)
@@ -251,14 +252,18 @@ static int run_pair(relay_mode mode, const char *opt0, const char *opt1, rank_ct
     pthread_join(th[2], NULL);
     close(b->lfd);
     int wrong = 0;
-    for (int i = 0; i < N_FLOATS; i++)
-        if (r[0].x[i] != 3.0f * (float)(i % 5))
+    for (int i = 0; i < N_FLOATS; i++) {
+        float v = (float)(i % 5);
+        if (r[0].x[i] != 3.0f * v)
             wrong++;
+        if (r[0].x[i] != 3.0f * v && r[0].x[i] != v)
+            r[0].forged++; /* something other than "not added yet" or "added": forged bytes */
+    }
     int tampered = atomic_load(&b->tampered);
     printf("relay mode %d (options %s / %s): init %d/%d, allreduce %d/%d, tampered %d, %d wrong "
-           "sums on rank 0; rank 0: %s; rank 1: %s\n", (int)mode, opt0 ? opt0 : "-",
-           opt1 ? opt1 : "-", r[0].init_st, r[1].init_st, r[0].op_st, r[1].op_st, tampered, wrong,
-           r[0].err, r[1].err);
+           "(%d forged) sums on rank 0; rank 0: %s; rank 1: %s\n", (int)mode,
+           opt0 ? opt0 : "-", opt1 ? opt1 : "-", r[0].init_st, r[1].init_st, r[0].op_st,
+           r[1].op_st, tampered, wrong, r[0].forged, r[0].err, r[1].err);
     for (int k = 0; k < 2; k++)
         free(r[k].x);
     pthread_mutex_destroy(&b->mu);
@@ -285,7 +290,9 @@ START_TEST(flipped_data_byte_is_refused)
     ck_assert_int_eq(r[0].op_st, SPK_ERR_AUTH);
     ck_assert_ptr_nonnull(strstr(r[0].err, "failed authentication (record 0"));
     ck_assert_ptr_nonnull(strstr(r[0].err, "rank 1"));
-    (void)wrong; /* the buffer of a failed call is undefined */
+    /* Nothing of the failed record was folded into the sums: no value from forged bytes. */
+    ck_assert_int_eq(r[0].forged, 0);
+    (void)wrong;
 }
 END_TEST
 
@@ -295,6 +302,7 @@ START_TEST(replayed_record_is_refused)
     run_pair(R_REPLAY, NULL, NULL, r);
     ck_assert_int_eq(r[0].op_st, SPK_ERR_AUTH);
     ck_assert_ptr_nonnull(strstr(r[0].err, "failed authentication (record 1"));
+    ck_assert_int_eq(r[0].forged, 0);
 }
 END_TEST
 
@@ -306,6 +314,7 @@ START_TEST(without_data_auth_the_flip_goes_through)
     int wrong = run_pair(R_FLIP, "data_auth=0", "data_auth=0", r);
     ck_assert_int_eq(r[0].op_st, SPK_OK);
     ck_assert_int_eq(wrong, 1);
+    ck_assert_int_eq(r[0].forged, 1); /* the forged sum reached the caller */
 }
 END_TEST
 
