@@ -43,6 +43,7 @@
 #define TCP_IO_SLICE (1 << 20)          /* bytes moved per syscall before looking elsewhere */
 #define TCP_AUTH_REC (256 << 10)        /* bytes per authenticated record */
 #define TCP_TAG_LEN 16                  /* crypto_onetimeauth_BYTES */
+#define TCP_MAC_PIECE (64 << 10)        /* a sender MACs and sends a record in pieces of this */
 #define TCP_KEY_LEN 32
 
 typedef struct tcp_peer {
@@ -52,6 +53,7 @@ typedef struct tcp_peer {
     uint64_t tx_rec, rx_rec;       /* authenticated records sent / received so far */
     uint8_t tx_key[TCP_KEY_LEN];   /* data authentication keys of this connection */
     uint8_t rx_key[TCP_KEY_LEN];
+    crypto_onetimeauth_state tx_mac, rx_mac; /* the record in progress each way (one op each) */
 } tcp_peer;
 
 struct spk_transport_comm {
@@ -177,7 +179,8 @@ typedef struct tcp_op {
     spk_transport_dtype dt;
     size_t esz, reduced; /* bytes already folded into acc */
     size_t ok;           /* received bytes that passed authentication (all of done without) */
-    size_t rec_end;      /* authenticated record in progress: its data ends here */
+    size_t rec_start, rec_end; /* authenticated record in progress: its data */
+    size_t mac_pos;      /* the record's data up to here is in `mac` */
     int in_rec;          /* a record is in progress (its data or its tag still moving) */
     unsigned tag_pos;    /* bytes of the record's tag moved */
     uint8_t tag[TCP_TAG_LEN];
@@ -188,16 +191,26 @@ static int op_busy(const tcp_op *o)
     return o->done < o->len || o->in_rec;
 }
 
-/* Tag of one record: Poly1305 under the one-time key BLAKE2b(key, record number). */
-static void rec_tag(const uint8_t key[TCP_KEY_LEN], uint64_t rec, const uint8_t *d, size_t n,
-                    uint8_t tag[TCP_TAG_LEN])
+/* Start the tag of one record: Poly1305 under the one-time key BLAKE2b(key, record number). It
+ * is fed as the data moves (mac_to), so the MAC overlaps the transfer instead of following it. */
+static void rec_begin(tcp_op *o, crypto_onetimeauth_state *st, const uint8_t key[TCP_KEY_LEN],
+                      uint64_t rec)
 {
     uint8_t k[crypto_onetimeauth_KEYBYTES], s[8];
     for (int i = 0; i < 8; i++)
         s[i] = (uint8_t)(rec >> (8 * i));
     crypto_generichash(k, sizeof k, s, sizeof s, key, TCP_KEY_LEN);
-    crypto_onetimeauth(tag, d, n, k);
+    crypto_onetimeauth_init(st, k);
     sodium_memzero(k, sizeof k);
+    o->mac_pos = o->rec_start;
+}
+
+static void mac_to(tcp_op *o, crypto_onetimeauth_state *st, size_t upto)
+{
+    if (upto > o->mac_pos) {
+        crypto_onetimeauth_update(st, o->buf + o->mac_pos, upto - o->mac_pos);
+        o->mac_pos = upto;
+    }
 }
 
 static void op_send(tcp_op *o, int peer, const void *buf, size_t len)
@@ -262,24 +275,35 @@ static spk_status peer_failed(tcp_comm *c, int p, const char *what)
 static spk_status pump(tcp_comm *c, tcp_op *o, const char *what)
 {
     tcp_peer *pe = &c->peers[o->peer];
+    crypto_onetimeauth_state *mac = o->is_recv ? &pe->rx_mac : &pe->tx_mac;
     int fd = pe->fd;
     size_t budget = 4 * (size_t)TCP_IO_SLICE;
     while (op_busy(o) && budget > 0) {
         if (c->auth && !o->in_rec) {
             size_t n = o->len - o->done;
+            o->rec_start = o->done;
             o->rec_end = o->done + (n > TCP_AUTH_REC ? TCP_AUTH_REC : n);
             o->tag_pos = 0;
             o->in_rec = 1;
-            if (!o->is_recv) /* before any of it is sent, so before any fold can touch it */
-                rec_tag(pe->tx_key, pe->tx_rec++, o->buf + o->done, o->rec_end - o->done, o->tag);
+            rec_begin(o, mac, o->is_recv ? pe->rx_key : pe->tx_key,
+                      o->is_recv ? pe->rx_rec++ : pe->tx_rec++);
         }
-        /* One syscall moves the rest of the record's data and its tag together (no separate
-         * 16-byte segment per record). */
+        /* One syscall moves data and, once all of the record's data goes, its tag too (no
+         * separate 16-byte segment per record). A sender MACs each piece just before sending it
+         * (a fold only ever changes bytes already sent), in TCP_MAC_PIECE steps so that the MAC
+         * of one piece overlaps the transfer of the previous one; a receiver MACs what arrived. */
         struct iovec iov[2];
         int niov = 0;
         size_t data_n = (c->auth ? o->rec_end : o->len) - o->done;
         if (data_n > TCP_IO_SLICE)
             data_n = TCP_IO_SLICE;
+        if (c->auth && !o->is_recv && data_n > TCP_MAC_PIECE && o->mac_pos < o->rec_end)
+            data_n = o->mac_pos > o->done + TCP_MAC_PIECE ? o->mac_pos - o->done : TCP_MAC_PIECE;
+        if (c->auth && !o->is_recv && o->mac_pos < o->done + data_n) {
+            mac_to(o, mac, o->done + data_n);
+            if (o->mac_pos == o->rec_end)
+                crypto_onetimeauth_final(mac, o->tag);
+        }
         if (data_n)
             iov[niov++] = (struct iovec){o->buf + o->done, data_n};
         if (c->auth && o->done + data_n == o->rec_end)
@@ -295,21 +319,22 @@ static spk_status pump(tcp_comm *c, tcp_op *o, const char *what)
                 o->ok = o->done;
                 continue;
             }
+            if (o->is_recv)
+                mac_to(o, mac, o->done);
             o->tag_pos += (unsigned)((size_t)r - d);
             if (o->tag_pos < TCP_TAG_LEN)
                 continue;
             o->in_rec = 0;
             if (o->is_recv) {
                 uint8_t want[TCP_TAG_LEN];
-                size_t start = o->ok;
-                uint64_t rec = pe->rx_rec++;
-                rec_tag(pe->rx_key, rec, o->buf + start, o->rec_end - start, want);
+                crypto_onetimeauth_final(mac, want);
                 if (sodium_memcmp(want, o->tag, TCP_TAG_LEN) != 0)
                     return fail(c, SPK_ERR_AUTH,
                                 "tcp rank %d: %s: data from rank %d (%s) failed authentication "
                                 "(record %llu, %zu bytes): changed, forged, replayed or out of "
                                 "order; the communicator is failed", c->rank, what, o->peer,
-                                pe->addr, (unsigned long long)rec, o->rec_end - start);
+                                pe->addr, (unsigned long long)(pe->rx_rec - 1),
+                                o->rec_end - o->rec_start);
                 o->ok = o->rec_end;
             }
             continue;
