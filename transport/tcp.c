@@ -2,6 +2,15 @@
  * TCP transport: a full mesh of data sockets (separate from the control plane) set up through the
  * bootstrap, a poll()-driven full-duplex progress engine, ring collectives for N ranks and direct
  * exchange for small messages or two ranks.
+ *
+ * Data authentication (on unless SPK_DATA_AUTH=0 or the option "data_auth=0", the same on every
+ * rank): each transfer is cut into records of at most TCP_AUTH_REC bytes, each followed on the
+ * wire by a 16-byte Poly1305 tag under a one-time key BLAKE2b(direction key, record number). The
+ * direction keys come from the cluster's session secret (bootstrap cluster_nonce), the
+ * communicator id and both ranks, so every connection and direction has its own, and the record
+ * numbers run per direction: a changed, replayed, reordered, dropped or misplaced record fails
+ * the communicator with SPK_ERR_AUTH. Received bytes are folded into a reduction only after their
+ * record checked out.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -17,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -31,11 +41,19 @@
 #define TCP_DEFAULT_SOCKBUF (4 << 20)
 #define TCP_DIRECT_MAX_BYTES (64 << 10) /* all-reduce: all-to-all below this, ring above */
 #define TCP_IO_SLICE (1 << 20)          /* bytes moved per syscall before looking elsewhere */
+#define TCP_AUTH_REC (256 << 10)        /* bytes per authenticated record */
+#define TCP_TAG_LEN 16                  /* crypto_onetimeauth_BYTES */
+#define TCP_MAC_PIECE (64 << 10)        /* a sender MACs and sends a record in pieces of this */
+#define TCP_KEY_LEN 32
 
 typedef struct tcp_peer {
     int fd;
     int gone; /* hung up outside any operation with us (finished or dead): no longer watched */
     char addr[80]; /* "host:port" for messages */
+    uint64_t tx_rec, rx_rec;       /* authenticated records sent / received so far */
+    uint8_t tx_key[TCP_KEY_LEN];   /* data authentication keys of this connection */
+    uint8_t rx_key[TCP_KEY_LEN];
+    crypto_onetimeauth_state tx_mac, rx_mac; /* the record in progress each way (one op each) */
 } tcp_peer;
 
 struct spk_transport_comm {
@@ -52,6 +70,7 @@ struct spk_transport_comm {
     size_t nonce_len;
     char local_addr[64];
     int sockbuf;
+    int auth;          /* data authentication on (see the top of this file) */
     uint8_t *scratch;
     size_t scratch_cap;
     pthread_mutex_t kids_mu;
@@ -159,7 +178,40 @@ typedef struct tcp_op {
     const struct tcp_op *gate;
     spk_transport_dtype dt;
     size_t esz, reduced; /* bytes already folded into acc */
+    size_t ok;           /* received bytes that passed authentication (all of done without) */
+    size_t rec_start, rec_end; /* authenticated record in progress: its data */
+    size_t mac_pos;      /* the record's data up to here is in `mac` */
+    int in_rec;          /* a record is in progress (its data or its tag still moving) */
+    unsigned tag_pos;    /* bytes of the record's tag moved */
+    uint8_t tag[TCP_TAG_LEN];
 } tcp_op;
+
+static int op_busy(const tcp_op *o)
+{
+    return o->done < o->len || o->in_rec;
+}
+
+/* Start the tag of one record: Poly1305 under the one-time key BLAKE2b(key, record number). It
+ * is fed as the data moves (mac_to), so the MAC overlaps the transfer instead of following it. */
+static void rec_begin(tcp_op *o, crypto_onetimeauth_state *st, const uint8_t key[TCP_KEY_LEN],
+                      uint64_t rec)
+{
+    uint8_t k[crypto_onetimeauth_KEYBYTES], s[8];
+    for (int i = 0; i < 8; i++)
+        s[i] = (uint8_t)(rec >> (8 * i));
+    crypto_generichash(k, sizeof k, s, sizeof s, key, TCP_KEY_LEN);
+    crypto_onetimeauth_init(st, k);
+    sodium_memzero(k, sizeof k);
+    o->mac_pos = o->rec_start;
+}
+
+static void mac_to(tcp_op *o, crypto_onetimeauth_state *st, size_t upto)
+{
+    if (upto > o->mac_pos) {
+        crypto_onetimeauth_update(st, o->buf + o->mac_pos, upto - o->mac_pos);
+        o->mac_pos = upto;
+    }
+}
 
 static void op_send(tcp_op *o, int peer, const void *buf, size_t len)
 {
@@ -182,7 +234,7 @@ static void fold(tcp_op *o)
 {
     if (!o->acc)
         return;
-    size_t upto = o->done;
+    size_t upto = o->ok;
     if (o->gate && o->gate->done < upto)
         upto = o->gate->done;
     upto -= upto % o->esz;
@@ -217,20 +269,74 @@ static spk_status peer_failed(tcp_comm *c, int p, const char *what)
     return peer_lost(c, p, what, "it failed or aborted its communicator");
 }
 
-/* Move bytes for one op as far as the socket allows. Returns OK, or a failure. */
+/* Move bytes for one op as far as the socket allows. Returns OK, or a failure. With data
+ * authentication each record's data is followed by its tag; a received record counts (o->ok) only
+ * once its tag checked out. */
 static spk_status pump(tcp_comm *c, tcp_op *o, const char *what)
 {
-    int fd = c->peers[o->peer].fd;
+    tcp_peer *pe = &c->peers[o->peer];
+    crypto_onetimeauth_state *mac = o->is_recv ? &pe->rx_mac : &pe->tx_mac;
+    int fd = pe->fd;
     size_t budget = 4 * (size_t)TCP_IO_SLICE;
-    while (o->done < o->len && budget > 0) {
-        size_t n = o->len - o->done;
-        if (n > TCP_IO_SLICE)
-            n = TCP_IO_SLICE;
-        ssize_t r = o->is_recv ? recv(fd, o->buf + o->done, n, MSG_DONTWAIT)
-                               : send(fd, o->buf + o->done, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    while (op_busy(o) && budget > 0) {
+        if (c->auth && !o->in_rec) {
+            size_t n = o->len - o->done;
+            o->rec_start = o->done;
+            o->rec_end = o->done + (n > TCP_AUTH_REC ? TCP_AUTH_REC : n);
+            o->tag_pos = 0;
+            o->in_rec = 1;
+            rec_begin(o, mac, o->is_recv ? pe->rx_key : pe->tx_key,
+                      o->is_recv ? pe->rx_rec++ : pe->tx_rec++);
+        }
+        /* One syscall moves data and, once all of the record's data goes, its tag too (no
+         * separate 16-byte segment per record). A sender MACs each piece just before sending it
+         * (a fold only ever changes bytes already sent), in TCP_MAC_PIECE steps so that the MAC
+         * of one piece overlaps the transfer of the previous one; a receiver MACs what arrived. */
+        struct iovec iov[2];
+        int niov = 0;
+        size_t data_n = (c->auth ? o->rec_end : o->len) - o->done;
+        if (data_n > TCP_IO_SLICE)
+            data_n = TCP_IO_SLICE;
+        if (c->auth && !o->is_recv && data_n > TCP_MAC_PIECE && o->mac_pos < o->rec_end)
+            data_n = o->mac_pos > o->done + TCP_MAC_PIECE ? o->mac_pos - o->done : TCP_MAC_PIECE;
+        if (c->auth && !o->is_recv && o->mac_pos < o->done + data_n) {
+            mac_to(o, mac, o->done + data_n);
+            if (o->mac_pos == o->rec_end)
+                crypto_onetimeauth_final(mac, o->tag);
+        }
+        if (data_n)
+            iov[niov++] = (struct iovec){o->buf + o->done, data_n};
+        if (c->auth && o->done + data_n == o->rec_end)
+            iov[niov++] = (struct iovec){o->tag + o->tag_pos, TCP_TAG_LEN - o->tag_pos};
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)niov};
+        ssize_t r = o->is_recv ? recvmsg(fd, &mh, MSG_DONTWAIT)
+                               : sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (r > 0) {
-            o->done += (size_t)r;
             budget = budget > (size_t)r ? budget - (size_t)r : 0;
+            size_t d = (size_t)r < data_n ? (size_t)r : data_n;
+            o->done += d;
+            if (!c->auth) {
+                o->ok = o->done;
+                continue;
+            }
+            if (o->is_recv)
+                mac_to(o, mac, o->done);
+            o->tag_pos += (unsigned)((size_t)r - d);
+            if (o->tag_pos < TCP_TAG_LEN)
+                continue;
+            o->in_rec = 0;
+            if (o->is_recv) {
+                uint8_t want[TCP_TAG_LEN];
+                crypto_onetimeauth_final(mac, want);
+                if (sodium_memcmp(want, o->tag, TCP_TAG_LEN) != 0)
+                    return fail(c, SPK_ERR_AUTH,
+                                "tcp rank %d: %s: data from rank %d (%s) failed authentication "
+                                "(record %llu, %zu bytes): changed, forged, replayed or out of "
+                                "order; the communicator is failed", c->rank, what, o->peer,
+                                pe->addr, (unsigned long long)(pe->rx_rec - 1),
+                                o->rec_end - o->rec_start);
+                o->ok = o->rec_end;
+            }
             continue;
         }
         if (r == 0 && o->is_recv)
@@ -265,7 +371,7 @@ static spk_status run_ops(tcp_comm *c, tcp_op *ops, int n, int timeout_ms, int w
         int pending = 0;
         for (int i = 0; i < n; i++) {
             fold(&ops[i]);
-            if (ops[i].done < ops[i].len || (ops[i].acc && ops[i].reduced < ops[i].len))
+            if (op_busy(&ops[i]) || (ops[i].acc && ops[i].reduced < ops[i].len))
                 pending = 1;
         }
         if (!pending)
@@ -281,7 +387,7 @@ static spk_status run_ops(tcp_comm *c, tcp_op *ops, int n, int timeout_ms, int w
                 continue;
             short ev = 0;
             for (int i = 0; i < n; i++)
-                if (ops[i].peer == p && ops[i].done < ops[i].len)
+                if (ops[i].peer == p && op_busy(&ops[i]))
                     ev |= ops[i].is_recv ? POLLIN : POLLOUT;
             if (!ev && !watch_all)
                 continue;
@@ -295,7 +401,7 @@ static spk_status run_ops(tcp_comm *c, tcp_op *ops, int n, int timeout_ms, int w
             int p = -1;
             size_t got = 0, want = 0;
             for (int i = 0; i < n; i++)
-                if (ops[i].done < ops[i].len) {
+                if (op_busy(&ops[i])) {
                     p = ops[i].peer;
                     got = ops[i].done;
                     want = ops[i].len;
@@ -324,7 +430,7 @@ static spk_status run_ops(tcp_comm *c, tcp_op *ops, int n, int timeout_ms, int w
                 return peer_failed(c, p, what);
             int involved = 0;
             for (int i = 0; i < n; i++) {
-                if (ops[i].peer != p || ops[i].done >= ops[i].len)
+                if (ops[i].peer != p || !op_busy(&ops[i]))
                     continue;
                 involved = 1;
                 spk_status st = pump(c, &ops[i], what);
@@ -599,6 +705,8 @@ static void free_comm(tcp_comm *c)
         close(c->abort_pipe[1]);
     pthread_mutex_destroy(&c->kids_mu);
     free(c->kids);
+    if (c->peers)
+        sodium_memzero(c->peers, (size_t)c->world * sizeof *c->peers);
     free(c->peers);
     free(c->scratch);
     sodium_memzero(c->nonce, sizeof c->nonce);
@@ -654,9 +762,40 @@ static spk_status sub_barrier(void *ctx, int timeout_ms)
     return sub_allgather(ctx, &one, all, 1, timeout_ms);
 }
 
+/* Direction keys of every connection: BLAKE2b(key = H(session secret), label | comm id | from |
+ * to). Both ends compute the same pair; a rank's tx key is its peer's rx key. */
+static void data_keys(tcp_comm *c, const uint8_t comm_id[SPK_TCP_COMM_ID_LEN])
+{
+    static const char label[] = "spk-tcp-data-1";
+    uint8_t k0[TCP_KEY_LEN];
+    crypto_generichash(k0, sizeof k0, c->nonce, c->nonce_len, NULL, 0);
+    for (int p = 0; p < c->world; p++) {
+        if (p == c->rank)
+            continue;
+        for (int dir = 0; dir < 2; dir++) {
+            uint32_t from = (uint32_t)(dir ? p : c->rank), to = (uint32_t)(dir ? c->rank : p);
+            uint8_t ft[8];
+            for (int i = 0; i < 4; i++) {
+                ft[i] = (uint8_t)(from >> (8 * i));
+                ft[4 + i] = (uint8_t)(to >> (8 * i));
+            }
+            crypto_generichash_state h;
+            crypto_generichash_init(&h, k0, sizeof k0, TCP_KEY_LEN);
+            crypto_generichash_update(&h, (const uint8_t *)label, sizeof label);
+            crypto_generichash_update(&h, comm_id, SPK_TCP_COMM_ID_LEN);
+            crypto_generichash_update(&h, ft, sizeof ft);
+            crypto_generichash_final(&h, dir ? c->peers[p].rx_key : c->peers[p].tx_key,
+                                     TCP_KEY_LEN);
+            sodium_memzero(&h, sizeof h);
+        }
+    }
+    sodium_memzero(k0, sizeof k0);
+}
+
 static spk_status comm_create(const spk_transport_init_params *p, const spk_transport_bootstrap *bs,
                               const char *options, tcp_comm *parent, tcp_comm **out)
 {
+    uint8_t comm_id[SPK_TCP_COMM_ID_LEN] = {0};
     tcp_comm *c = calloc(1, sizeof *c);
     if (!c)
         return spk_tr_errf(p->set_error, SPK_ERR_NOMEM, "tcp: out of memory");
@@ -672,6 +811,13 @@ static spk_status comm_create(const spk_transport_init_params *p, const spk_tran
     const char *sb = options ? strstr(options, "sockbuf=") : NULL;
     if (sb)
         c->sockbuf = atoi(sb + 8);
+    /* Data authentication: on unless turned off (for trusted point-to-point links). */
+    const char *da = options ? strstr(options, "data_auth=") : NULL;
+    const char *env = getenv("SPK_DATA_AUTH");
+    c->auth = parent ? parent->auth
+              : da    ? atoi(da + 10) != 0
+              : env && *env ? strcmp(env, "0") != 0
+                            : 1;
     if (bs->cluster_nonce_len > sizeof c->nonce) {
         crypto_generichash(c->nonce, 32, bs->cluster_nonce, bs->cluster_nonce_len, NULL, 0);
         c->nonce_len = 32;
@@ -693,9 +839,11 @@ static spk_status comm_create(const spk_transport_init_params *p, const spk_tran
         for (int i = 0; i < c->world; i++)
             c->peers[i].fd = -1;
         spk_tcp_mesh_cfg mc = {bs, c->nonce, c->nonce_len, c->local_addr, c->sockbuf,
-                               p->timeout_ms, p->set_error, p->log};
+                               p->timeout_ms, p->set_error, p->log, c->auth, comm_id};
         st = spk_tcp_mesh_connect(&mc, fds, addrs);
     }
+    if (st == SPK_OK)
+        data_keys(c, comm_id);
     if (st == SPK_OK)
         for (int i = 0; i < c->world; i++) {
             c->peers[i].fd = fds[i];
@@ -724,8 +872,8 @@ static spk_status comm_create(const spk_transport_init_params *p, const spk_tran
         free_comm(c);
         return st;
     }
-    logf_(c->log, SPK_LOG_DEBUG, "tcp transport rank %d/%d: data mesh up on %s", c->rank, c->world,
-          c->local_addr);
+    logf_(c->log, SPK_LOG_DEBUG, "tcp transport rank %d/%d: data mesh up on %s (data %s)", c->rank,
+          c->world, c->local_addr, c->auth ? "authenticated" : "NOT authenticated: SPK_DATA_AUTH=0");
     *out = c;
     return SPK_OK;
 }

@@ -144,6 +144,13 @@ typedef struct spk_cluster_config {
     int connect_timeout_ms;     /**< how long ranks wait for each other at open (default 30000) */
     int peer_timeout_ms;        /**< a silent peer is declared lost after this (default 10000) */
     int heartbeat_ms;           /**< heartbeat period (default 1000) */
+    /**
+     * 1: send the TCP transport's data (activations, all-reduces) without per-record MACs, for
+     * trusted point-to-point links where their cost matters (see BENCHMARKS.md); every rank must
+     * say the same. 0 (default): authenticated, unless the environment has SPK_DATA_AUTH=0.
+     * The control plane is always authenticated.
+     */
+    int unauthenticated_data;
 } spk_cluster_config;
 
 /** Fill `cfg` with defaults and set struct_size. Returns SPK_ERR_INVALID_ARG on NULL. */

@@ -106,6 +106,8 @@ spk_status spk_cluster_transport_connect(spk_cluster *c)
     free(names);
     spk_transport_init_params p;
     spk_transport_params_init(&p, bs, c->cfg.connect_timeout_ms);
+    if (c->cfg.unauthenticated_data)
+        p.options = "data_auth=0"; /* transports without data MACs ignore it */
     spk_transport_comm *comm = NULL;
     st = c->th.vt->init(&p, &comm);
     if (st != SPK_OK) {

@@ -75,6 +75,11 @@ static spk_status resolve_config(spk_cluster *c, const spk_cluster_config *cfg)
     if (c->key_len >= sizeof c->key)
         return spk_err(SPK_ERR_INVALID_ARG, "cluster key too long (%zu bytes, at most %zu)",
                        c->key_len, sizeof c->key - 1);
+    /* A short key falls to an offline search of one captured handshake in milliseconds. */
+    if (c->key_len && c->key_len < SPK_CLUSTER_KEY_MIN)
+        return spk_err(SPK_ERR_INVALID_ARG,
+                       "cluster key too short (%zu bytes, at least %d); make one with "
+                       "`head -c 32 /dev/urandom | base64`", c->key_len, SPK_CLUSTER_KEY_MIN);
     memcpy(c->key, key, c->key_len + 1);
     const char *tr = k->transport && *k->transport ? k->transport : "auto";
     if (strlen(tr) >= sizeof c->transport_name)
@@ -128,6 +133,8 @@ static void cluster_free(spk_cluster *c)
             if (c->peers[r].fd >= 0)
                 close(c->peers[r].fd);
             free(c->peers[r].rx);
+            sodium_memzero(c->peers[r].tx_key, sizeof c->peers[r].tx_key);
+            sodium_memzero(c->peers[r].rx_key, sizeof c->peers[r].rx_key);
             pthread_mutex_destroy(&c->peers[r].send_mu);
         }
         free(c->peers);

@@ -15,6 +15,7 @@
 #include "transport/registry.h"
 
 #define SPK_CLUSTER_KEY_CAP 1024
+#define SPK_CLUSTER_KEY_MIN 16 /* shortest cluster key accepted (bytes) */
 #define SPK_CLUSTER_FAIL_CAP 768
 
 /* A received frame waiting in the inbox for whoever wants it. */
@@ -36,6 +37,8 @@ typedef struct spk_peer {
     int64_t last_rx_ms;     /* I/O thread */
     uint8_t *rx;            /* partial frame bytes; I/O thread */
     size_t rx_len, rx_cap;
+    uint8_t tx_key[SPK_PROTO_KEY_BYTES]; /* session keys from the handshake: seal what we send */
+    uint8_t rx_key[SPK_PROTO_KEY_BYTES]; /* and check what the peer sends (proto.h) */
     int alive;              /* connection is up and trusted; under cluster mu */
     int eof;                /* the peer closed its side; under cluster mu */
 } spk_peer;
@@ -87,7 +90,7 @@ struct spk_cluster {
 /* join.c */
 spk_status spk_cluster_join_driver(spk_cluster *c, int64_t deadline_ms);
 spk_status spk_cluster_join_worker(spk_cluster *c, int64_t deadline_ms);
-/* HMAC-SHA256 over (label, a, b, rank, world) with the cluster key. */
+/* HMAC-SHA256 over (label, a, b, rank, world) with the cluster key (b may be NULL). */
 void spk_cluster_mac(const spk_cluster *c, const char *label, const uint8_t *a, const uint8_t *b,
                      uint32_t rank, uint32_t world, uint8_t out[SPK_PROTO_MAC_BYTES]);
 

@@ -39,7 +39,7 @@ static void tell_peer(spk_cluster *c, spk_peer *p, spk_status st, int rank, cons
     size_t n = strlen(msg);
     m.u.error.msg_len = (uint32_t)(n > SPK_PROTO_MAX_MSG ? SPK_PROTO_MAX_MSG : n);
     int64_t budget = c->cfg.peer_timeout_ms < 500 ? c->cfg.peer_timeout_ms : 500;
-    spk_net_send_msg(p->fd, &m, spk_net_now_ms() + budget);
+    spk_net_send_msg_key(p->fd, &m, p->tx_key, spk_net_now_ms() + budget);
     pthread_mutex_unlock(&p->send_mu);
 }
 
@@ -139,7 +139,8 @@ spk_status spk_cluster_send(spk_cluster *c, spk_peer *p, spk_proto_msg *m)
         return spk_err(SPK_ERR_PEER_LOST, "rank %d (%s) is no longer connected", p->rank, p->addr);
     pthread_mutex_lock(&p->send_mu);
     m->h.seq = ++p->tx_seq;
-    spk_status st = spk_net_send_msg(p->fd, m, spk_net_now_ms() + c->cfg.peer_timeout_ms);
+    spk_status st =
+        spk_net_send_msg_key(p->fd, m, p->tx_key, spk_net_now_ms() + c->cfg.peer_timeout_ms);
     pthread_mutex_unlock(&p->send_mu);
     if (st == SPK_OK)
         return SPK_OK;
@@ -160,15 +161,17 @@ static void heartbeat(spk_cluster *c, spk_peer *p)
 {
     if (pthread_mutex_trylock(&p->send_mu) != 0)
         return; /* another thread is sending: those bytes are liveness too */
-    uint8_t buf[SPK_PROTO_HEADER_SIZE + 8];
+    uint8_t buf[SPK_PROTO_HEADER_SIZE + 8 + SPK_PROTO_TAG_BYTES];
     spk_proto_msg m = {0};
     size_t n = 0;
     m.h.type = SPK_MSG_HEARTBEAT;
+    m.h.flags = SPK_PROTO_F_SEALED;
     m.h.seq = p->tx_seq + 1;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     m.u.heartbeat.time_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
     spk_proto_encode(&m, buf, sizeof buf, &n);
+    spk_proto_seal(buf, n, p->tx_key);
     ssize_t k = send(p->fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
     spk_status st = SPK_OK;
     if (k > 0) {
@@ -237,15 +240,16 @@ static int dispatch(spk_cluster *c, spk_peer *p, const spk_proto_msg *m, const u
         }
         peer_lost(c, p, "left the cluster (it closed its side)");
         return -1;
-    case SPK_MSG_ERROR:
+    case SPK_MSG_ERROR: {
+        char text[SPK_PROTO_MAX_MSG + 1]; /* authenticated, but still the peer's words */
+        spk_proto_sanitize(text, sizeof text, m->u.error.msg, m->u.error.msg_len);
         if (from_driver)
-            fail_ex(c, (spk_status)m->u.error.status, (int)m->u.error.rank, 0, "%.*s",
-                    (int)m->u.error.msg_len, m->u.error.msg);
+            fail_ex(c, (spk_status)m->u.error.status, (int)m->u.error.rank, 0, "%.700s", text);
         else
             fail_ex(c, (spk_status)m->u.error.status, (int)m->u.error.rank, 1,
-                    "rank %d (%s): %.*s", p->rank, p->addr, (int)m->u.error.msg_len,
-                    m->u.error.msg);
+                    "rank %d (%s): %.400s", p->rank, p->addr, text);
         return -1;
+    }
     case SPK_MSG_COMMAND:
     case SPK_MSG_REPLY:
         if ((m->h.type == SPK_MSG_COMMAND) != from_driver)
@@ -300,6 +304,12 @@ static void read_peer(spk_cluster *c, spk_peer *p)
             spk_proto_msg m;
             size_t used = 0;
             spk_status st = spk_proto_decode(p->rx + off, p->rx_len - off, &m, &used);
+            /* Nothing is acted on before its tag checks out (bit flips, forgeries); the tag
+             * covers the sequence number (replays, reordering, dropped frames). */
+            if (st == SPK_OK && used && spk_proto_verify(p->rx + off, used, p->rx_key) != 0)
+                st = spk_err(SPK_ERR_AUTH, "%s frame %llu failed its session-key check "
+                             "(tampered, forged or not sealed)", spk_proto_type_name(m.h.type),
+                             (unsigned long long)m.h.seq);
             if (st == SPK_OK && used && m.h.version != SPK_PROTO_VERSION)
                 st = spk_err(SPK_ERR_FORMAT, "frame of protocol version %u, expected %u",
                              m.h.version, SPK_PROTO_VERSION);

@@ -1,12 +1,18 @@
 /*
  * Bootstrap: the driver accepts and authenticates ranks until all have joined; a worker connects
- * (retrying with backoff) and proves itself. Handshake on a fresh connection:
+ * (retrying with backoff) and proves itself. Handshake on a fresh connection (protocol 2):
  *   driver -> CHALLENGE {nonce_d, session}
- *   joiner -> HELLO     {rank, world, nonce_w, HMAC(key, "hello" | nonce_d | nonce_w | rank | world)}
- *   driver -> RESPONSE  {HMAC(key, "response" | nonce_w | nonce_d | rank | world)} + VERSION
- *   joiner -> VERSION
- *   driver -> BARRIER round 0 once every rank has joined.
- * Nothing but the fixed-size CHALLENGE/HELLO is parsed before the key is proven.
+ *   joiner -> HELLO     {rank, world, nonce_w, HS("spk2-hello")}
+ *   driver -> RESPONSE  {HS("spk2-response")}
+ *   driver -> VERSION (sealed), or a sealed ERROR if the rank cannot join (world size, duplicate)
+ *   joiner -> VERSION (sealed)
+ *   driver -> BARRIER round 0 (sealed) once every rank has joined.
+ * HS(label) = HMAC-SHA256(cluster key, label | nonce_d | session | nonce_w | rank | world): both
+ * proofs cover both nonces, the driver's session value and the rank, so neither can be replayed
+ * into another connection or session. The per-direction session keys are HS("spk2-key-d2w") and
+ * HS("spk2-key-w2d"); every frame after RESPONSE is sealed with them (proto.h), with its sequence
+ * number under the tag. Nothing but the fixed-size CHALLENGE/HELLO/RESPONSE is parsed before the
+ * peer proved the key, and no text from an unproven peer is logged or put in an error message.
  */
 #include <errno.h>
 #include <poll.h>
@@ -21,8 +27,10 @@
 #include "cluster/cluster_internal.h"
 #include "common/error.h"
 
-#define LABEL_HELLO "spk1-hello"
-#define LABEL_RESPONSE "spk1-response"
+#define LABEL_HELLO "spk2-hello"
+#define LABEL_RESPONSE "spk2-response"
+#define LABEL_KEY_D2W "spk2-key-d2w"
+#define LABEL_KEY_W2D "spk2-key-w2d"
 
 void spk_cluster_mac(const spk_cluster *c, const char *label, const uint8_t *a, const uint8_t *b,
                      uint32_t rank, uint32_t world, uint8_t out[SPK_PROTO_MAC_BYTES])
@@ -42,13 +50,44 @@ void spk_cluster_mac(const spk_cluster *c, const char *label, const uint8_t *a, 
     sodium_memzero(&st, sizeof st);
 }
 
+/* HS(label) of the handshake (see the top of this file); c->session must be set. */
+static void hs_mac(const spk_cluster *c, const char *label, const uint8_t *nonce_d,
+                   const uint8_t *nonce_w, uint32_t rank, uint32_t world,
+                   uint8_t out[SPK_PROTO_MAC_BYTES])
+{
+    static const uint8_t empty_key[1] = {0};
+    crypto_auth_hmacsha256_state st;
+    uint8_t rw[8];
+    spk_le_put32(rw, rank);
+    spk_le_put32(rw + 4, world);
+    crypto_auth_hmacsha256_init(&st, c->key_len ? (const uint8_t *)c->key : empty_key, c->key_len);
+    crypto_auth_hmacsha256_update(&st, (const uint8_t *)label, strlen(label) + 1);
+    crypto_auth_hmacsha256_update(&st, nonce_d, SPK_PROTO_NONCE_BYTES);
+    crypto_auth_hmacsha256_update(&st, c->session, SPK_PROTO_NONCE_BYTES);
+    crypto_auth_hmacsha256_update(&st, nonce_w, SPK_PROTO_NONCE_BYTES);
+    crypto_auth_hmacsha256_update(&st, rw, sizeof rw);
+    crypto_auth_hmacsha256_final(&st, out);
+    sodium_memzero(&st, sizeof st);
+}
+
+/* The two per-direction session keys of one control connection. */
+static void session_keys(const spk_cluster *c, const uint8_t *nonce_d, const uint8_t *nonce_w,
+                         uint32_t rank, uint32_t world, uint8_t d2w[SPK_PROTO_KEY_BYTES],
+                         uint8_t w2d[SPK_PROTO_KEY_BYTES])
+{
+    hs_mac(c, LABEL_KEY_D2W, nonce_d, nonce_w, rank, world, d2w);
+    hs_mac(c, LABEL_KEY_W2D, nonce_d, nonce_w, rank, world, w2d);
+}
+
 static void derive_cluster_nonce(spk_cluster *c)
 {
     spk_cluster_mac(c, "spk1-cluster-nonce", c->session, NULL, 0, (uint32_t)c->world,
                     c->cluster_nonce);
 }
 
-static void send_error(int fd, uint64_t seq, spk_status st, uint32_t rank, const char *text)
+/* Best-effort ERROR; sealed with `key` when the peer proved the cluster key (else NULL). */
+static void send_error(int fd, const uint8_t *key, uint64_t seq, spk_status st, uint32_t rank,
+                       const char *text)
 {
     spk_proto_msg m = {0};
     m.h.type = SPK_MSG_ERROR;
@@ -58,7 +97,7 @@ static void send_error(int fd, uint64_t seq, spk_status st, uint32_t rank, const
     m.u.error.msg = text;
     size_t n = strlen(text);
     m.u.error.msg_len = (uint32_t)(n > SPK_PROTO_MAX_MSG ? SPK_PROTO_MAX_MSG : n);
-    spk_net_send_msg(fd, &m, spk_net_now_ms() + 500); /* best effort */
+    spk_net_send_msg_key(fd, &m, key, spk_net_now_ms() + 500); /* best effort */
 }
 
 static void version_text(char *out, size_t cap, uint32_t lib, uint32_t proto)
@@ -81,6 +120,7 @@ typedef struct pending {
     uint8_t nonce[SPK_PROTO_NONCE_BYTES];
     uint32_t rank;
     uint64_t rx_seq;
+    uint8_t tx_key[SPK_PROTO_KEY_BYTES], rx_key[SPK_PROTO_KEY_BYTES]; /* once HELLO checked out */
     uint8_t buf[SPK_PROTO_HEADER_SIZE + 256];
     size_t len;
 } pending;
@@ -91,8 +131,8 @@ static void refuse(pending *p, int *n_refused, spk_status st, const char *why_lo
                    const char *why_peer)
 {
     spk_log(SPK_LOG_WARN, "cluster: refused connection from %s: %s", p->addr, why_log);
-    if (why_peer)
-        send_error(p->fd, 3, st, SPK_PROTO_NO_RANK, why_peer);
+    if (why_peer) /* before the peer proved the key: our CHALLENGE was frame 1 */
+        send_error(p->fd, NULL, 2, st, SPK_PROTO_NO_RANK, why_peer);
     close(p->fd);
     p->fd = -1;
     (*n_refused)++;
@@ -104,7 +144,7 @@ static void abort_joined(spk_cluster *c, spk_status st, const char *why)
     for (int r = 1; r < c->world; r++) {
         spk_peer *pr = &c->peers[r];
         if (pr->fd >= 0) {
-            send_error(pr->fd, ++pr->tx_seq, st, SPK_PROTO_NO_RANK, why);
+            send_error(pr->fd, pr->tx_key, ++pr->tx_seq, st, SPK_PROTO_NO_RANK, why);
             close(pr->fd);
             pr->fd = -1;
         }
@@ -131,9 +171,17 @@ static int pending_frame(spk_cluster *c, pending *p, const spk_proto_msg *m, int
             refuse(p, n_refused, SPK_ERR_FORMAT, why, NULL);
             return -1;
         }
+        if (m->h.version != SPK_PROTO_VERSION) {
+            snprintf(why, sizeof why, "it speaks wire protocol %u, this driver %u", m->h.version,
+                     SPK_PROTO_VERSION);
+            refuse(p, n_refused, SPK_ERR_VERSION, why, why);
+            return -1;
+        }
+        /* The proof covers the world size the joiner claims, so a proven joiner of another
+         * world size is told why (sealed) instead of being refused as a wrong key. */
+        const uint32_t hw = m->u.hello.world_size;
         uint8_t mac[SPK_PROTO_MAC_BYTES];
-        spk_cluster_mac(c, LABEL_HELLO, p->nonce, m->u.hello.nonce, m->u.hello.rank,
-                        m->u.hello.world_size, mac);
+        hs_mac(c, LABEL_HELLO, p->nonce, m->u.hello.nonce, m->u.hello.rank, hw, mac);
         if (sodium_memcmp(mac, m->u.hello.mac, sizeof mac) != 0) {
             int peer_keyed = (m->h.flags & SPK_PROTO_F_KEYED) != 0;
             snprintf(why, sizeof why, "claims rank %u but failed the cluster key check (%s)",
@@ -144,32 +192,35 @@ static int pending_frame(spk_cluster *c, pending *p, const spk_proto_msg *m, int
             refuse(p, n_refused, SPK_ERR_AUTH, why, "authentication failed: cluster key mismatch");
             return -1;
         }
-        if ((int)m->u.hello.world_size != c->world) {
-            snprintf(why, sizeof why, "rank %u has world size %u, the driver has %d",
-                     m->u.hello.rank, m->u.hello.world_size, c->world);
-            refuse(p, n_refused, SPK_ERR_INVALID_ARG, why, why);
-            return -1;
-        }
-        if (c->peers[m->u.hello.rank].fd >= 0) {
-            snprintf(why, sizeof why, "rank %u already joined from %s", m->u.hello.rank,
-                     c->peers[m->u.hello.rank].addr);
-            refuse(p, n_refused, SPK_ERR_STATE, why, why);
-            return -1;
-        }
         p->rank = m->u.hello.rank;
+        session_keys(c, p->nonce, m->u.hello.nonce, p->rank, hw, p->tx_key, p->rx_key);
         spk_proto_msg out = {0};
         out.h.type = SPK_MSG_RESPONSE;
         out.h.seq = 2;
-        spk_cluster_mac(c, LABEL_RESPONSE, m->u.hello.nonce, p->nonce, p->rank,
-                        (uint32_t)c->world, out.u.response.mac);
+        hs_mac(c, LABEL_RESPONSE, p->nonce, m->u.hello.nonce, p->rank, hw, out.u.response.mac);
         spk_status st = spk_net_send_msg(p->fd, &out, p->deadline);
+        spk_status bad = SPK_OK;
+        if ((int)hw != c->world) {
+            snprintf(why, sizeof why, "rank %u has world size %u, the driver has %d", p->rank, hw,
+                     c->world);
+            bad = SPK_ERR_INVALID_ARG;
+        } else if (c->peers[p->rank].fd >= 0) {
+            snprintf(why, sizeof why, "rank %u already joined from %s", p->rank,
+                     c->peers[p->rank].addr);
+            bad = SPK_ERR_STATE;
+        }
+        if (st == SPK_OK && bad != SPK_OK) {
+            send_error(p->fd, p->tx_key, 3, bad, p->rank, why);
+            refuse(p, n_refused, bad, why, NULL);
+            return -1;
+        }
         if (st == SPK_OK) {
             memset(&out, 0, sizeof out);
             out.h.type = SPK_MSG_VERSION;
             out.h.seq = 3;
             out.u.version.lib_version = c->my_lib_version;
             out.u.version.proto_version = c->my_proto_version;
-            st = spk_net_send_msg(p->fd, &out, p->deadline);
+            st = spk_net_send_msg_key(p->fd, &out, p->tx_key, p->deadline);
         }
         if (st != SPK_OK) {
             snprintf(why, sizeof why, "rank %u: %s", p->rank, spk_err_msg());
@@ -180,9 +231,10 @@ static int pending_frame(spk_cluster *c, pending *p, const spk_proto_msg *m, int
         return 0;
     }
     /* PEND_VERSION */
-    if (m->h.type == SPK_MSG_ERROR) {
-        snprintf(why, sizeof why, "rank %u gave up: %.*s", p->rank, (int)m->u.error.msg_len,
-                 m->u.error.msg);
+    if (m->h.type == SPK_MSG_ERROR) { /* sealed: the rank proved the key; its text is cleaned */
+        char text[SPK_PROTO_MAX_MSG + 1];
+        spk_proto_sanitize(text, sizeof text, m->u.error.msg, m->u.error.msg_len);
+        snprintf(why, sizeof why, "rank %u gave up: %.300s", p->rank, text);
         refuse(p, n_refused, SPK_ERR_STATE, why, NULL);
         if (m->u.error.status == SPK_ERR_VERSION || m->u.error.status == SPK_ERR_AUTH) {
             *fatal = (spk_status)m->u.error.status;
@@ -205,7 +257,7 @@ static int pending_frame(spk_cluster *c, pending *p, const spk_proto_msg *m, int
         snprintf(text, sizeof text, "version mismatch: rank %u (%s) runs %s; the driver runs %s",
                  p->rank, p->addr, theirs, mine);
         spk_log(SPK_LOG_ERROR, "cluster: %s", text);
-        send_error(p->fd, 4, SPK_ERR_VERSION, p->rank, text);
+        send_error(p->fd, p->tx_key, 4, SPK_ERR_VERSION, p->rank, text);
         close(p->fd);
         p->fd = -1;
         *fatal = SPK_ERR_VERSION;
@@ -216,6 +268,8 @@ static int pending_frame(spk_cluster *c, pending *p, const spk_proto_msg *m, int
     pr->fd = p->fd;
     pr->rx_seq = p->rx_seq;
     pr->tx_seq = 3;
+    memcpy(pr->tx_key, p->tx_key, sizeof pr->tx_key);
+    memcpy(pr->rx_key, p->rx_key, sizeof pr->rx_key);
     snprintf(pr->addr, sizeof pr->addr, "%s", p->addr);
     p->fd = -1;
     spk_log(SPK_LOG_INFO, "cluster: rank %u joined from %s", p->rank, pr->addr);
@@ -312,6 +366,11 @@ spk_status spk_cluster_join_driver(spk_cluster *c, int64_t deadline_ms)
                         refuse(p, &n_refused, SPK_ERR_FORMAT, "handshake frame too large", NULL);
                     break;
                 }
+                if (p->state == PEND_VERSION && spk_proto_verify(p->buf, used, p->rx_key) != 0) {
+                    refuse(p, &n_refused, SPK_ERR_AUTH,
+                           "a frame after the handshake failed its session-key check", NULL);
+                    break;
+                }
                 int res = pending_frame(c, p, &m, &n_refused, &fatal);
                 if (res == 1) {
                     joined++; /* the connection now belongs to peers[rank] */
@@ -370,6 +429,7 @@ spk_status spk_cluster_join_driver(spk_cluster *c, int64_t deadline_ms)
     for (int i = 0; i < MAX_PENDING; i++)
         if (pend[i].fd >= 0)
             close(pend[i].fd);
+    sodium_memzero(pend, sizeof pend);
     close(lfd);
 
     if (fatal != SPK_OK) {
@@ -400,7 +460,7 @@ spk_status spk_cluster_join_driver(spk_cluster *c, int64_t deadline_ms)
         m.h.type = SPK_MSG_BARRIER;
         m.h.seq = ++pr->tx_seq;
         m.u.barrier.round = 0;
-        st = spk_net_send_msg(pr->fd, &m, spk_net_now_ms() + c->cfg.peer_timeout_ms);
+        st = spk_net_send_msg_key(pr->fd, &m, pr->tx_key, spk_net_now_ms() + c->cfg.peer_timeout_ms);
         if (st != SPK_OK) {
             char why[512];
             snprintf(why, sizeof why, "cluster driver: rank %d (%s) lost at start: %s", r,
@@ -419,12 +479,35 @@ spk_status spk_cluster_join_driver(spk_cluster *c, int64_t deadline_ms)
 /* Worker                                                                                   */
 /* ---------------------------------------------------------------------------------------- */
 
+/* The driver refused us before it proved the cluster key: its text is not trusted, so the
+ * message is made here from the status alone (anyone can send such a refusal). */
+static spk_status unproven_refusal(spk_cluster *c, spk_status es, int driver_keyed)
+{
+    if (es == SPK_ERR_AUTH)
+        return spk_err(es, "driver at %s refused rank %d: authentication failed (%s)",
+                       c->coordinator, c->rank,
+                       driver_keyed && !c->key_len ? "the driver requires a key; none is set here"
+                       : !driver_keyed && c->key_len ? "the driver has no key; one is set here"
+                                                     : "the keys differ");
+    return spk_err(es, "driver at %s refused rank %d before proving the cluster key (%s; its "
+                       "message is not shown)", c->coordinator, c->rank, spk_status_str(es));
+}
+
+/* An ERROR from the driver after it proved the key: its (cleaned) text is reported. */
+static spk_status proven_refusal(spk_cluster *c, const spk_proto_msg *m, const char *what)
+{
+    char text[SPK_PROTO_MAX_MSG + 1];
+    spk_proto_sanitize(text, sizeof text, m->u.error.msg, m->u.error.msg_len);
+    return spk_err((spk_status)m->u.error.status, "%s: %s", what, text);
+}
+
 /* One join attempt on a connected socket. *retry = 1 if trying again may help. */
 static spk_status worker_handshake(spk_cluster *c, int fd, int64_t deadline_ms, int *retry)
 {
     spk_peer *d = &c->peers[0];
     spk_proto_msg m;
     uint8_t *pl = NULL;
+    char what[512];
     *retry = 0;
     spk_status st = spk_net_recv_frame(fd, deadline_ms, &m, &pl);
     if (st == SPK_ERR_PEER_LOST) {
@@ -441,21 +524,25 @@ static spk_status worker_handshake(spk_cluster *c, int fd, int64_t deadline_ms, 
     if (m.h.type != SPK_MSG_CHALLENGE || m.h.seq != 1)
         return spk_err(SPK_ERR_FORMAT, "driver at %s sent %s first, expected CHALLENGE",
                        c->coordinator, spk_proto_type_name(m.h.type));
+    if (m.h.version != SPK_PROTO_VERSION)
+        return spk_err(SPK_ERR_VERSION, "version mismatch: driver at %s speaks wire protocol %u; "
+                       "rank %d speaks %u", c->coordinator, m.h.version, c->rank,
+                       SPK_PROTO_VERSION);
     int driver_keyed = (m.h.flags & SPK_PROTO_F_KEYED) != 0;
     uint8_t nonce_d[SPK_PROTO_NONCE_BYTES], nonce_w[SPK_PROTO_NONCE_BYTES];
     memcpy(nonce_d, m.u.challenge.nonce, sizeof nonce_d);
     memcpy(c->session, m.u.challenge.session, sizeof c->session);
     randombytes_buf(nonce_w, sizeof nonce_w);
+    const uint32_t rank = (uint32_t)c->rank, world = (uint32_t)c->world;
 
     spk_proto_msg out = {0};
     out.h.type = SPK_MSG_HELLO;
     out.h.flags = c->key_len ? SPK_PROTO_F_KEYED : 0;
     out.h.seq = 1;
-    out.u.hello.rank = (uint32_t)c->rank;
-    out.u.hello.world_size = (uint32_t)c->world;
+    out.u.hello.rank = rank;
+    out.u.hello.world_size = world;
     memcpy(out.u.hello.nonce, nonce_w, sizeof nonce_w);
-    spk_cluster_mac(c, LABEL_HELLO, nonce_d, nonce_w, (uint32_t)c->rank, (uint32_t)c->world,
-                    out.u.hello.mac);
+    hs_mac(c, LABEL_HELLO, nonce_d, nonce_w, rank, world, out.u.hello.mac);
     st = spk_net_send_msg(fd, &out, deadline_ms);
     if (st != SPK_OK)
         return spk_err_prefix(st, "sending HELLO to %s", c->coordinator);
@@ -466,41 +553,33 @@ static spk_status worker_handshake(spk_cluster *c, int fd, int64_t deadline_ms, 
             *retry = 1;
         return spk_err_prefix(st, "waiting for the driver's response from %s", c->coordinator);
     }
-    if (m.h.type == SPK_MSG_ERROR) {
-        spk_status es = (spk_status)m.u.error.status;
-        if (es == SPK_ERR_AUTH)
-            spk_err(es, "driver at %s refused rank %d: %.*s (%s)", c->coordinator, c->rank,
-                    (int)m.u.error.msg_len, m.u.error.msg,
-                    driver_keyed && !c->key_len ? "the driver requires a key; none is set here"
-                    : !driver_keyed && c->key_len ? "the driver has no key; one is set here"
-                                                  : "the keys differ");
-        else
-            spk_err(es, "driver at %s refused rank %d: %.*s", c->coordinator, c->rank,
-                    (int)m.u.error.msg_len, m.u.error.msg);
-        free(pl);
-        return es;
-    }
-    if (m.h.type != SPK_MSG_RESPONSE || m.h.seq != 2) {
-        free(pl);
+    free(pl);
+    if (m.h.type == SPK_MSG_ERROR)
+        return unproven_refusal(c, (spk_status)m.u.error.status, driver_keyed);
+    if (m.h.type != SPK_MSG_RESPONSE || m.h.seq != 2)
         return spk_err(SPK_ERR_FORMAT, "driver at %s sent %s, expected RESPONSE", c->coordinator,
                        spk_proto_type_name(m.h.type));
-    }
     uint8_t mac[SPK_PROTO_MAC_BYTES];
-    spk_cluster_mac(c, LABEL_RESPONSE, nonce_w, nonce_d, (uint32_t)c->rank, (uint32_t)c->world,
-                    mac);
+    hs_mac(c, LABEL_RESPONSE, nonce_d, nonce_w, rank, world, mac);
     int ok = sodium_memcmp(mac, m.u.response.mac, sizeof mac) == 0;
-    free(pl);
     if (!ok) {
         spk_log(SPK_LOG_WARN, "cluster: driver at %s failed the cluster key check", c->coordinator);
         return spk_err(SPK_ERR_AUTH, "driver at %s failed to prove the cluster key",
                        c->coordinator);
     }
+    session_keys(c, nonce_d, nonce_w, rank, world, d->rx_key, d->tx_key);
     derive_cluster_nonce(c);
 
     /* Versions: read the driver's, send ours, then compare (so both sides can report). */
-    st = spk_net_recv_frame(fd, deadline_ms, &m, &pl);
+    st = spk_net_recv_frame_key(fd, deadline_ms, d->rx_key, &m, &pl);
     if (st != SPK_OK)
         return spk_err_prefix(st, "waiting for the driver's VERSION from %s", c->coordinator);
+    if (m.h.type == SPK_MSG_ERROR && m.h.seq == 3) {
+        snprintf(what, sizeof what, "driver at %s refused rank %d", c->coordinator, c->rank);
+        st = proven_refusal(c, &m, what);
+        free(pl);
+        return st;
+    }
     free(pl);
     if (m.h.type != SPK_MSG_VERSION || m.h.seq != 3)
         return spk_err(SPK_ERR_FORMAT, "driver at %s sent %s, expected VERSION", c->coordinator,
@@ -511,7 +590,7 @@ static spk_status worker_handshake(spk_cluster *c, int fd, int64_t deadline_ms, 
     out.h.seq = 2;
     out.u.version.lib_version = c->my_lib_version;
     out.u.version.proto_version = c->my_proto_version;
-    st = spk_net_send_msg(fd, &out, deadline_ms);
+    st = spk_net_send_msg_key(fd, &out, d->tx_key, deadline_ms);
     if (dlib != c->my_lib_version || dproto != c->my_proto_version) {
         char theirs[128], mine[128];
         version_text(theirs, sizeof theirs, dlib, dproto);
@@ -525,7 +604,7 @@ static spk_status worker_handshake(spk_cluster *c, int fd, int64_t deadline_ms, 
         return spk_err_prefix(st, "sending VERSION to %s", c->coordinator);
 
     /* Wait for the start signal: every rank has joined. */
-    st = spk_net_recv_frame(fd, deadline_ms, &m, &pl);
+    st = spk_net_recv_frame_key(fd, deadline_ms, d->rx_key, &m, &pl);
     if (st == SPK_ERR_TIMEOUT)
         return spk_err(SPK_ERR_TIMEOUT, "rank %d joined %s but not all %d ranks arrived within "
                                         "%d ms", c->rank, c->coordinator, c->world,
@@ -534,11 +613,10 @@ static spk_status worker_handshake(spk_cluster *c, int fd, int64_t deadline_ms, 
         return spk_err_prefix(st == SPK_ERR_PEER_LOST ? SPK_ERR_PEER_LOST : st,
                               "rank 0 (driver, %s) lost while waiting for all ranks",
                               c->coordinator);
-    if (m.h.type == SPK_MSG_ERROR) {
-        spk_status es = (spk_status)m.u.error.status;
-        spk_err(es, "the driver gave up: %.*s", (int)m.u.error.msg_len, m.u.error.msg);
+    if (m.h.type == SPK_MSG_ERROR && m.h.seq == 4) {
+        st = proven_refusal(c, &m, "the driver gave up");
         free(pl);
-        return es;
+        return st;
     }
     free(pl);
     if (m.h.type != SPK_MSG_BARRIER || m.h.seq != 4 || m.u.barrier.round != 0)

@@ -177,8 +177,9 @@ spk_status spk_cluster_command_wait(spk_cluster *c, int rank, uint32_t req_id, i
         return st;
     st = (spk_status)f->m.u.reply.status;
     if (st != SPK_OK) {
-        spk_err(st, "rank %d (%s): %.*s", rank, c->peers[rank].addr, (int)f->m.u.reply.msg_len,
-                f->m.u.reply.msg);
+        char text[SPK_PROTO_MAX_MSG + 1];
+        spk_proto_sanitize(text, sizeof text, f->m.u.reply.msg, f->m.u.reply.msg_len);
+        spk_err(st, "rank %d (%s): %s", rank, c->peers[rank].addr, text);
     } else if (f->m.u.reply.len && reply) {
         void *d = malloc(f->m.u.reply.len);
         if (!d) {

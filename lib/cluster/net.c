@@ -276,6 +276,12 @@ spk_status spk_net_recv_all(int fd, void *buf, size_t n, int64_t deadline_ms)
 
 spk_status spk_net_recv_frame(int fd, int64_t deadline_ms, spk_proto_msg *m, uint8_t **payload)
 {
+    return spk_net_recv_frame_key(fd, deadline_ms, NULL, m, payload);
+}
+
+spk_status spk_net_recv_frame_key(int fd, int64_t deadline_ms, const uint8_t *key,
+                                  spk_proto_msg *m, uint8_t **payload)
+{
     uint8_t hb[SPK_PROTO_HEADER_SIZE];
     spk_proto_header h;
     *payload = NULL;
@@ -292,18 +298,30 @@ spk_status spk_net_recv_frame(int fd, int64_t deadline_ms, spk_proto_msg *m, uin
     st = spk_proto_decode_header(hb, sizeof hb, &h);
     if (st != SPK_OK)
         return st;
+    if (key && !(h.flags & SPK_PROTO_F_SEALED))
+        return spk_err(SPK_ERR_AUTH, "unsealed %s frame after the handshake",
+                       spk_proto_type_name(h.type));
+    /* Whole frame in one block so that the tag can be checked over header and payload. */
+    uint8_t *f = malloc(SPK_PROTO_HEADER_SIZE + (size_t)h.length);
+    if (!f)
+        return spk_err(SPK_ERR_NOMEM, "receive: %u-byte frame", h.length);
+    memcpy(f, hb, sizeof hb);
+    st = spk_net_recv_all(fd, f + SPK_PROTO_HEADER_SIZE, h.length, deadline_ms);
+    if (st == SPK_OK && key &&
+        spk_proto_verify(f, SPK_PROTO_HEADER_SIZE + (size_t)h.length, key) != 0)
+        st = spk_err(SPK_ERR_AUTH, "%s frame %llu failed its session-key check (tampered or "
+                     "forged)", spk_proto_type_name(h.type), (unsigned long long)h.seq);
     uint8_t *p = NULL;
-    if (h.length) {
+    if (st == SPK_OK && h.length) {
         p = malloc(h.length);
         if (!p)
-            return spk_err(SPK_ERR_NOMEM, "receive: %u-byte frame", h.length);
-        st = spk_net_recv_all(fd, p, h.length, deadline_ms);
-        if (st != SPK_OK) {
-            free(p);
-            return st;
-        }
+            st = spk_err(SPK_ERR_NOMEM, "receive: %u-byte frame", h.length);
+        else
+            memcpy(p, f + SPK_PROTO_HEADER_SIZE, h.length);
     }
-    st = spk_proto_decode_payload(&h, p, m);
+    free(f);
+    if (st == SPK_OK)
+        st = spk_proto_decode_payload(&h, p, m);
     if (st != SPK_OK) {
         free(p);
         return st;
@@ -314,9 +332,21 @@ spk_status spk_net_recv_frame(int fd, int64_t deadline_ms, spk_proto_msg *m, uin
 
 spk_status spk_net_send_msg(int fd, const spk_proto_msg *m, int64_t deadline_ms)
 {
+    return spk_net_send_msg_key(fd, m, NULL, deadline_ms);
+}
+
+spk_status spk_net_send_msg_key(int fd, const spk_proto_msg *m, const uint8_t *key,
+                                int64_t deadline_ms)
+{
     uint8_t small[512];
     uint8_t *buf = small;
     size_t n = 0;
+    spk_proto_msg sm;
+    if (key) {
+        sm = *m;
+        sm.h.flags |= SPK_PROTO_F_SEALED;
+        m = &sm;
+    }
     spk_status st = spk_proto_encode(m, small, sizeof small, &n);
     if (st == SPK_ERR_TOO_LONG) {
         size_t cap = SPK_PROTO_HEADER_SIZE + SPK_PROTO_MAX_PAYLOAD;
@@ -337,11 +367,14 @@ spk_status spk_net_send_msg(int fd, const spk_proto_msg *m, int64_t deadline_ms)
         }
         if (cap > SPK_PROTO_HEADER_SIZE + SPK_PROTO_MAX_PAYLOAD)
             cap = SPK_PROTO_HEADER_SIZE + SPK_PROTO_MAX_PAYLOAD;
+        cap += SPK_PROTO_TAG_BYTES;
         buf = malloc(cap);
         if (!buf)
             return spk_err(SPK_ERR_NOMEM, "send: %zu-byte frame", cap);
         st = spk_proto_encode(m, buf, cap, &n);
     }
+    if (st == SPK_OK && key)
+        spk_proto_seal(buf, n, key);
     if (st == SPK_OK)
         st = spk_net_send_all(fd, buf, n, deadline_ms);
     if (buf != small)

@@ -63,4 +63,14 @@ spk_status spk_net_recv_frame(int fd, int64_t deadline_ms, spk_proto_msg *m, uin
 /* Encode `m` (its h.seq and h.flags as given) and send it by `deadline_ms`. */
 spk_status spk_net_send_msg(int fd, const spk_proto_msg *m, int64_t deadline_ms);
 
+/*
+ * The same with a session key: key non-NULL sends the frame sealed (SPK_PROTO_F_SEALED, tag made
+ * with `key`); on receive, key non-NULL requires a sealed frame with a valid tag (AUTH if not;
+ * nothing of the frame is decoded before its tag is checked). key NULL: as above.
+ */
+spk_status spk_net_send_msg_key(int fd, const spk_proto_msg *m, const uint8_t *key,
+                                int64_t deadline_ms);
+spk_status spk_net_recv_frame_key(int fd, int64_t deadline_ms, const uint8_t *key,
+                                  spk_proto_msg *m, uint8_t **payload);
+
 #endif

@@ -1,6 +1,7 @@
 /* Control-plane wire protocol: header and payload codecs with explicit bounds checks. */
 #include "cluster/proto.h"
 
+#include <sodium.h>
 #include <string.h>
 
 #include "common/error.h"
@@ -71,6 +72,18 @@ static const type_rule *rule_of(uint32_t type)
     return &rules[type];
 }
 
+/* Flags allowed on `type`: its own, plus SEALED on every type after the handshake's first three. */
+static uint32_t allowed_flags(uint32_t type, const type_rule *r)
+{
+    return r->flags | (type >= SPK_MSG_VERSION ? SPK_PROTO_F_SEALED : 0u);
+}
+
+/* Payload bytes before the tag. */
+static uint32_t body_len(const spk_proto_header *h)
+{
+    return (h->flags & SPK_PROTO_F_SEALED) ? h->length - SPK_PROTO_TAG_BYTES : h->length;
+}
+
 const char *spk_proto_type_name(uint32_t type)
 {
     const type_rule *r = rule_of(type);
@@ -96,12 +109,16 @@ spk_status spk_proto_decode_header(const uint8_t *buf, size_t n, spk_proto_heade
     const type_rule *r = rule_of(h->type);
     if (!r)
         return spk_err(SPK_ERR_FORMAT, "frame header: unknown message type %u", h->type);
-    if (h->flags & ~r->flags)
+    if (h->flags & ~allowed_flags(h->type, r))
         return spk_err(SPK_ERR_FORMAT, "frame header: %s with unknown flags 0x%x", r->name,
-                       h->flags & ~r->flags);
-    if (h->length < r->min_len || h->length > r->max_len)
+                       h->flags & ~allowed_flags(h->type, r));
+    if ((h->flags & SPK_PROTO_F_SEALED) && h->length < SPK_PROTO_TAG_BYTES)
+        return spk_err(SPK_ERR_FORMAT, "frame header: sealed %s of %u bytes has no room for its "
+                       "%u-byte tag", r->name, h->length, SPK_PROTO_TAG_BYTES);
+    const uint32_t body = body_len(h);
+    if (body < r->min_len || body > r->max_len)
         return spk_err(SPK_ERR_FORMAT, "frame header: %s payload of %u bytes (allowed %u..%u)",
-                       r->name, h->length, r->min_len, r->max_len);
+                       r->name, body, r->min_len, r->max_len);
     return SPK_OK;
 }
 
@@ -117,9 +134,12 @@ void spk_proto_encode_header(uint8_t out[SPK_PROTO_HEADER_SIZE], const spk_proto
 
 spk_status spk_proto_decode_payload(const spk_proto_header *h, const uint8_t *p, spk_proto_msg *m)
 {
-    const uint32_t n = h->length;
     const type_rule *r = rule_of(h->type);
-    if (!r || n < r->min_len || n > r->max_len || (n && !p))
+    if (!r || ((h->flags & SPK_PROTO_F_SEALED) && h->length < SPK_PROTO_TAG_BYTES))
+        return spk_err(SPK_ERR_FORMAT, "frame payload: header not validated (type %u, %u bytes)",
+                       h->type, h->length);
+    const uint32_t n = body_len(h);
+    if (n < r->min_len || n > r->max_len || (n && !p))
         return spk_err(SPK_ERR_FORMAT, "frame payload: header not validated (type %u, %u bytes)",
                        h->type, n);
     memset(m, 0, sizeof *m);
@@ -301,21 +321,23 @@ spk_status spk_proto_encode(const spk_proto_msg *m, uint8_t *out, size_t cap, si
         return spk_err(SPK_ERR_TOO_LONG, "encode %s: payload of %llu bytes exceeds the maximum %u",
                        spk_proto_type_name(m->h.type), (unsigned long long)len,
                        SPK_PROTO_MAX_PAYLOAD);
-    if (cap < SPK_PROTO_HEADER_SIZE + len)
+    const uint32_t tag = (m->h.flags & SPK_PROTO_F_SEALED) ? SPK_PROTO_TAG_BYTES : 0u;
+    if (cap < SPK_PROTO_HEADER_SIZE + len + tag)
         return spk_err(SPK_ERR_TOO_LONG, "encode %s: %llu bytes do not fit in %zu",
                        spk_proto_type_name(m->h.type),
-                       (unsigned long long)(SPK_PROTO_HEADER_SIZE + len), cap);
+                       (unsigned long long)(SPK_PROTO_HEADER_SIZE + len + tag), cap);
     spk_proto_header h = m->h;
     h.magic = SPK_PROTO_MAGIC;
     if (h.version == 0)
         h.version = SPK_PROTO_VERSION;
     h.length = (uint32_t)len;
     const type_rule *r = rule_of(h.type);
-    if (h.flags & ~r->flags)
+    if (h.flags & ~allowed_flags(h.type, r))
         return spk_err(SPK_ERR_INVALID_ARG, "encode %s: flags 0x%x not allowed", r->name, h.flags);
     if (h.length < r->min_len || h.length > r->max_len)
         return spk_err(SPK_ERR_INVALID_ARG, "encode %s: payload of %u bytes (allowed %u..%u)",
                        r->name, h.length, r->min_len, r->max_len);
+    h.length += tag;
     spk_proto_encode_header(out, &h);
     uint8_t *p = out + SPK_PROTO_HEADER_SIZE;
     switch ((spk_proto_type)h.type) {
@@ -377,6 +399,49 @@ spk_status spk_proto_encode(const spk_proto_msg *m, uint8_t *out, size_t cap, si
     default:
         return spk_err(SPK_ERR_INVALID_ARG, "encode: unknown message type %u", h.type);
     }
-    *n = SPK_PROTO_HEADER_SIZE + (size_t)len;
+    if (tag)
+        memset(p + len, 0, tag);
+    *n = SPK_PROTO_HEADER_SIZE + (size_t)len + tag;
     return SPK_OK;
+}
+
+static void tag_of(const uint8_t *frame, size_t n, const uint8_t key[SPK_PROTO_KEY_BYTES],
+                   uint8_t out[SPK_PROTO_TAG_BYTES])
+{
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, key, SPK_PROTO_KEY_BYTES, SPK_PROTO_TAG_BYTES);
+    crypto_generichash_update(&st, frame, n - SPK_PROTO_TAG_BYTES);
+    crypto_generichash_final(&st, out, SPK_PROTO_TAG_BYTES);
+    sodium_memzero(&st, sizeof st);
+}
+
+void spk_proto_seal(uint8_t *frame, size_t n, const uint8_t key[SPK_PROTO_KEY_BYTES])
+{
+    if (n >= SPK_PROTO_HEADER_SIZE + SPK_PROTO_TAG_BYTES)
+        tag_of(frame, n, key, frame + n - SPK_PROTO_TAG_BYTES);
+}
+
+int spk_proto_verify(const uint8_t *frame, size_t n, const uint8_t key[SPK_PROTO_KEY_BYTES])
+{
+    if (n < SPK_PROTO_HEADER_SIZE + SPK_PROTO_TAG_BYTES ||
+        !(spk_le_get32(frame + 8) & SPK_PROTO_F_SEALED) ||
+        (size_t)spk_le_get32(frame + 12) + SPK_PROTO_HEADER_SIZE != n)
+        return -1;
+    uint8_t t[SPK_PROTO_TAG_BYTES];
+    tag_of(frame, n, key, t);
+    int ok = sodium_memcmp(t, frame + n - SPK_PROTO_TAG_BYTES, sizeof t) == 0;
+    sodium_memzero(t, sizeof t);
+    return ok ? 0 : -1;
+}
+
+void spk_proto_sanitize(char *out, size_t cap, const char *in, size_t n)
+{
+    if (!cap)
+        return;
+    size_t k = 0;
+    for (size_t i = 0; i < n && in && k + 1 < cap; i++) {
+        unsigned char ch = (unsigned char)in[i];
+        out[k++] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
+    }
+    out[k] = '\0';
 }

@@ -11,6 +11,12 @@
  *   off 16  u64 seq        per-connection, per-direction frame counter starting at 1
  * The header layout and the CHALLENGE/HELLO/RESPONSE/VERSION payloads are frozen across protocol
  * versions so that two different versions can still tell each other what they are.
+ *
+ * Sealed frames (flag SPK_PROTO_F_SEALED, protocol 2): every frame after the handshake's
+ * CHALLENGE/HELLO/RESPONSE ends with a SPK_PROTO_TAG_BYTES tag, counted in `length`:
+ *   tag = BLAKE2b-128(key = the sender's per-direction session key, header || payload)
+ * The header covers the type, flags, length and the sequence number, so a flipped bit, a replayed,
+ * reordered, dropped or spliced frame is refused by the receiver (which also checks seq).
  */
 #ifndef SPK_CLUSTER_PROTO_H
 #define SPK_CLUSTER_PROTO_H
@@ -21,12 +27,14 @@
 #include "sparkinfer/sparkinfer.h"
 
 #define SPK_PROTO_MAGIC 0x434B5053u /* bytes 'S' 'P' 'K' 'C' */
-#define SPK_PROTO_VERSION 1u
+#define SPK_PROTO_VERSION 2u
 #define SPK_PROTO_HEADER_SIZE 24u
 /* Largest payload of any frame. Bulk data goes through a transport, not the control plane. */
 #define SPK_PROTO_MAX_PAYLOAD (16u << 20)
 #define SPK_PROTO_NONCE_BYTES 32u
 #define SPK_PROTO_MAC_BYTES 32u
+#define SPK_PROTO_TAG_BYTES 16u /* tag at the end of a sealed frame */
+#define SPK_PROTO_KEY_BYTES 32u /* per-direction session key */
 /* Longest error/reply message text carried on the wire. */
 #define SPK_PROTO_MAX_MSG 1024u
 /* Largest world size the protocol accepts. */
@@ -50,6 +58,8 @@ typedef enum spk_proto_type {
 /* Flag bits. */
 #define SPK_PROTO_F_KEYED 0x1u   /* CHALLENGE/HELLO: the sender has a cluster key configured */
 #define SPK_PROTO_F_NOREPLY 0x1u /* COMMAND: the driver does not want a REPLY */
+/* Every type after RESPONSE: the payload ends with a session-key tag (see above). */
+#define SPK_PROTO_F_SEALED 0x80000000u
 
 typedef struct spk_proto_header {
     uint32_t magic;
@@ -147,6 +157,21 @@ spk_status spk_proto_decode_payload(const spk_proto_header *h, const uint8_t *pa
  * frame (read more); FORMAT if malformed (never reads outside buf[0..n)).
  */
 spk_status spk_proto_decode(const uint8_t *buf, size_t n, spk_proto_msg *m, size_t *used);
+
+/*
+ * Sealing. spk_proto_encode of a message with SPK_PROTO_F_SEALED in h.flags leaves a zero tag at
+ * the end of the frame; spk_proto_seal fills it. spk_proto_verify checks the tag of a whole
+ * sealed frame (`n` bytes, header included): 0 if authentic, -1 otherwise (not sealed, too
+ * short, or tag mismatch; constant time in the tag comparison).
+ */
+void spk_proto_seal(uint8_t *frame, size_t n, const uint8_t key[SPK_PROTO_KEY_BYTES]);
+int spk_proto_verify(const uint8_t *frame, size_t n, const uint8_t key[SPK_PROTO_KEY_BYTES]);
+
+/*
+ * Copy peer-provided text for a log line or an error message: at most `n` bytes of `in`, every
+ * byte outside printable ASCII replaced by '?', truncated to fit `cap` (NUL-terminated).
+ */
+void spk_proto_sanitize(char *out, size_t cap, const char *in, size_t n);
 
 /*
  * Encode header + payload of `m` into `out` (capacity `cap`). The header's length is computed;

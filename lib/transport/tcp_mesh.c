@@ -61,6 +61,7 @@ void spk_tcp_info_encode(const spk_tcp_info *i, uint8_t out[SPK_TCP_INFO_LEN])
     out[64] = (uint8_t)i->port;
     out[65] = (uint8_t)(i->port >> 8);
     memcpy(out + 66, i->comm_id, SPK_TCP_COMM_ID_LEN);
+    out[66 + SPK_TCP_COMM_ID_LEN] = i->flags;
 }
 
 int spk_tcp_info_decode(const uint8_t in[SPK_TCP_INFO_LEN], spk_tcp_info *i)
@@ -70,6 +71,7 @@ int spk_tcp_info_decode(const uint8_t in[SPK_TCP_INFO_LEN], spk_tcp_info *i)
     memcpy(i->host, in, 64);
     i->port = (uint16_t)(in[64] | in[65] << 8);
     memcpy(i->comm_id, in + 66, SPK_TCP_COMM_ID_LEN);
+    i->flags = in[66 + SPK_TCP_COMM_ID_LEN];
     return 0;
 }
 
@@ -416,7 +418,7 @@ spk_status spk_tcp_mesh_connect(const spk_tcp_mesh_cfg *cfg, int *fds, char (*ad
     if (sodium_init() < 0)
         return merr(&m, SPK_ERR_INTERNAL, "libsodium failed to initialize");
     const char *host = cfg->bind_addr && *cfg->bind_addr ? cfg->bind_addr : "127.0.0.1";
-    spk_tcp_info me = {{0}, 0, {0}};
+    spk_tcp_info me = {{0}, 0, {0}, cfg->data_auth ? SPK_TCP_INFO_DATA_AUTH : 0};
     if (strlen(host) >= sizeof me.host)
         return merr(&m, SPK_ERR_INVALID_ARG, "bind address \"%s\" too long", host);
     snprintf(me.host, sizeof me.host, "%s", host);
@@ -442,7 +444,17 @@ spk_status spk_tcp_mesh_connect(const spk_tcp_mesh_cfg *cfg, int *fds, char (*ad
             st = merr(&m, SPK_ERR_FORMAT, "rank %d sent malformed data-connection info", p);
             goto out;
         }
+    for (int p = 0; p < m.world; p++) /* one mode for all: the byte streams differ */
+        if ((infos[p].flags & SPK_TCP_INFO_DATA_AUTH) != (me.flags & SPK_TCP_INFO_DATA_AUTH)) {
+            st = merr(&m, SPK_ERR_INVALID_ARG,
+                      "data-plane authentication is %s on rank %d but %s here: set SPK_DATA_AUTH "
+                      "(or the cluster config's unauthenticated_data) the same on every rank",
+                      me.flags ? "off" : "on", p, me.flags ? "on" : "off");
+            goto out;
+        }
     memcpy(m.comm_id, infos[0].comm_id, SPK_TCP_COMM_ID_LEN);
+    if (cfg->comm_id_out)
+        memcpy(cfg->comm_id_out, m.comm_id, SPK_TCP_COMM_ID_LEN);
     for (int p = 0; p < m.rank && st == SPK_OK; p++) {
         st = connect_peer(&m, p, &infos[p], &fds[p]);
         snprintf(addrs[p], SPK_TCP_ADDR_LEN, "%s:%u", infos[p].host, infos[p].port);

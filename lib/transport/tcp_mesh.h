@@ -35,8 +35,10 @@ typedef struct spk_tcp_info {
     char host[64];          /* numeric address, NUL-terminated */
     uint16_t port;
     uint8_t comm_id[SPK_TCP_COMM_ID_LEN]; /* random; rank 0's names the communicator */
+    uint8_t flags;          /* SPK_TCP_INFO_DATA_AUTH: this rank authenticates its data */
 } spk_tcp_info;
-#define SPK_TCP_INFO_LEN (64 + 2 + SPK_TCP_COMM_ID_LEN)
+#define SPK_TCP_INFO_LEN (64 + 2 + SPK_TCP_COMM_ID_LEN + 1)
+#define SPK_TCP_INFO_DATA_AUTH 0x1u
 void spk_tcp_info_encode(const spk_tcp_info *i, uint8_t out[SPK_TCP_INFO_LEN]);
 /* -1 if the host is not NUL-terminated within its field. */
 int spk_tcp_info_decode(const uint8_t in[SPK_TCP_INFO_LEN], spk_tcp_info *i);
@@ -50,6 +52,8 @@ typedef struct spk_tcp_mesh_cfg {
     int timeout_ms;
     spk_status (*set_error)(spk_status, const char *);
     void (*log)(spk_log_level, const char *);
+    int data_auth;              /* 1: this rank authenticates data; every rank must agree */
+    uint8_t *comm_id_out;       /* receives the communicator id (SPK_TCP_COMM_ID_LEN), or NULL */
 } spk_tcp_mesh_cfg;
 
 /*

@@ -163,8 +163,8 @@ static void check_commands_and_collectives(spk_cluster *c)
 START_TEST(world_2_across_namespaces)
 {
     snprintf(coord, sizeof coord, ADDR_A ":%d", 20000 + (int)(getpid() % 20000));
-    pid_t w = spawn_in(ns_b, coord, 1, 2, "netkey");
-    spk_cluster *c = driver_in_a(2, "netkey", 0);
+    pid_t w = spawn_in(ns_b, coord, 1, 2, "netns-test-cluster-key-01234567");
+    spk_cluster *c = driver_in_a(2, "netns-test-cluster-key-01234567", 0);
     check_commands_and_collectives(c);
     ck_assert_int_eq(spk_cluster_close(c), SPK_OK);
     ck_assert_int_eq(t_wait_exit(w, 5000), 0);
@@ -174,9 +174,9 @@ END_TEST
 START_TEST(world_3_workers_in_both_namespaces)
 {
     snprintf(coord, sizeof coord, ADDR_A ":%d", 20000 + (int)(getpid() % 20000));
-    pid_t w1 = spawn_in(ns_b, coord, 1, 3, "netkey");
-    pid_t w2 = spawn_in(ns_a, coord, 2, 3, "netkey");
-    spk_cluster *c = driver_in_a(3, "netkey", 0);
+    pid_t w1 = spawn_in(ns_b, coord, 1, 3, "netns-test-cluster-key-01234567");
+    pid_t w2 = spawn_in(ns_a, coord, 2, 3, "netns-test-cluster-key-01234567");
+    spk_cluster *c = driver_in_a(3, "netns-test-cluster-key-01234567", 0);
     check_commands_and_collectives(c);
     ck_assert_int_eq(spk_cluster_close(c), SPK_OK);
     ck_assert_int_eq(t_wait_exit(w1, 5000), 0);
@@ -223,9 +223,9 @@ END_TEST
 START_TEST(cut_link_gives_peer_lost_on_both_sides)
 {
     snprintf(coord, sizeof coord, ADDR_A ":%d", 20000 + (int)(getpid() % 20000));
-    pid_t w = spawn_in(ns_b, coord, 1, 2, "netkey");
+    pid_t w = spawn_in(ns_b, coord, 1, 2, "netns-test-cluster-key-01234567");
     spk_set_log_callback(NULL, NULL, SPK_LOG_NONE);
-    spk_cluster *c = driver_in_a(2, "netkey", 0);
+    spk_cluster *c = driver_in_a(2, "netns-test-cluster-key-01234567", 0);
     t_sleep_ms(300);
     ck_assert_int_eq(spk_cluster_health(c), SPK_OK);
     int64_t t0 = t_now_ms();

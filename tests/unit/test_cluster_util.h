@@ -26,6 +26,8 @@
 #define T_CONNECT_MS 8000
 #define T_PEER_MS 1500
 #define T_HB_MS 200
+/* A cluster key of the accepted length (the library refuses keys under 16 bytes). */
+#define T_KEY "test-cluster-key-0123456789abcdef"
 
 #define CMD_ADD (SPK_CLUSTER_CMD_USER + 0)  /* u32 x -> u32 x + 1000 * rank */
 #define CMD_FAIL (SPK_CLUSTER_CMD_USER + 1) /* always fails with SPK_ERR_IO */

@@ -31,7 +31,7 @@ START_TEST(header_is_explicit_little_endian)
     m.u.command.len = 3;
     size_t n = enc(&m, buf, sizeof buf);
     ck_assert_uint_eq(n, SPK_PROTO_HEADER_SIZE + 8 + 3);
-    const uint8_t want[] = {'S', 'P', 'K', 'C', 1, 0, SPK_MSG_COMMAND, 0, 1, 0, 0, 0, 11, 0, 0, 0,
+    const uint8_t want[] = {'S', 'P', 'K', 'C', SPK_PROTO_VERSION, 0, SPK_MSG_COMMAND, 0, 1, 0, 0, 0, 11, 0, 0, 0,
                             8, 7, 6, 5, 4, 3, 2, 1, 0x44, 0x33, 0x22, 0x11, 0x88, 0x77, 0x66, 0x55,
                             0xAA, 0xBB, 0xCC};
     ck_assert_uint_eq(sizeof want, n);
@@ -264,6 +264,82 @@ START_TEST(encoder_refuses_what_the_decoder_would)
 }
 END_TEST
 
+/* A sealed frame decodes to the same fields, and any changed bit, sequence number or key makes
+ * its tag fail: what the control plane relies on against a man in the middle. */
+START_TEST(sealed_frames_refuse_any_change)
+{
+    uint8_t key[SPK_PROTO_KEY_BYTES], other[SPK_PROTO_KEY_BYTES];
+    for (unsigned i = 0; i < sizeof key; i++) {
+        key[i] = (uint8_t)(i * 7 + 1);
+        other[i] = key[i];
+    }
+    other[5] ^= 1;
+    const char msg[] = "ok", data[] = "token 42";
+    spk_proto_msg m = {0};
+    m.h.type = SPK_MSG_REPLY;
+    m.h.flags = SPK_PROTO_F_SEALED;
+    m.h.seq = 9;
+    m.u.reply.req_id = 77;
+    m.u.reply.msg = msg;
+    m.u.reply.msg_len = 2;
+    m.u.reply.data = (const uint8_t *)data;
+    m.u.reply.len = sizeof data;
+    uint8_t buf[256];
+    size_t n = enc(&m, buf, sizeof buf);
+    ck_assert_uint_eq(n, SPK_PROTO_HEADER_SIZE + 10 + 2 + sizeof data + SPK_PROTO_TAG_BYTES);
+    ck_assert_int_ne(spk_proto_verify(buf, n, key), 0); /* zero tag until sealed */
+    spk_proto_seal(buf, n, key);
+    ck_assert_int_eq(spk_proto_verify(buf, n, key), 0);
+    ck_assert_int_ne(spk_proto_verify(buf, n, other), 0);
+    ck_assert_int_ne(spk_proto_verify(buf, n - 1, key), 0);
+    spk_proto_msg d;
+    size_t used = 0;
+    ck_assert_int_eq(dec(buf, n, &d, &used), SPK_OK);
+    ck_assert_uint_eq(used, n);
+    ck_assert_uint_eq(d.u.reply.req_id, 77);
+    ck_assert_uint_eq(d.u.reply.len, sizeof data); /* the tag is not part of the data */
+    ck_assert_mem_eq(d.u.reply.data, data, sizeof data);
+    for (size_t bit = 0; bit < n * 8; bit++) {
+        buf[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+        ck_assert_msg(spk_proto_verify(buf, n, key) != 0, "bit %zu flipped and still verified",
+                      bit);
+        buf[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+    }
+    /* The same message with the next sequence number does not carry the old tag. */
+    uint8_t buf2[256];
+    m.h.seq = 10;
+    size_t n2 = enc(&m, buf2, sizeof buf2);
+    memcpy(buf2 + n2 - SPK_PROTO_TAG_BYTES, buf + n - SPK_PROTO_TAG_BYTES, SPK_PROTO_TAG_BYTES);
+    ck_assert_int_ne(spk_proto_verify(buf2, n2, key), 0);
+    /* An unsealed frame never verifies; SEALED is refused on the handshake's own frames. */
+    m.h.flags = 0;
+    n2 = enc(&m, buf2, sizeof buf2);
+    ck_assert_int_ne(spk_proto_verify(buf2, n2, key), 0);
+    spk_proto_msg ch = {0};
+    ch.h.type = SPK_MSG_CHALLENGE;
+    ch.h.flags = SPK_PROTO_F_SEALED;
+    ck_assert_int_eq(spk_proto_encode(&ch, buf2, sizeof buf2, &n2), SPK_ERR_INVALID_ARG);
+    /* A sealed header too short for its tag is malformed. */
+    m.h.type = SPK_MSG_SHUTDOWN;
+    m.h.flags = SPK_PROTO_F_SEALED;
+    n2 = enc(&m, buf2, sizeof buf2);
+    ck_assert_uint_eq(n2, SPK_PROTO_HEADER_SIZE + SPK_PROTO_TAG_BYTES);
+    spk_le_put32(buf2 + 12, SPK_PROTO_TAG_BYTES - 1);
+    ck_assert_int_eq(dec(buf2, n2, &d, &used), SPK_ERR_FORMAT);
+}
+END_TEST
+
+START_TEST(peer_text_is_sanitized)
+{
+    char out[16];
+    const char evil[] = "ok\n\x1b[31mFAKE\r\x7f\xff long tail beyond";
+    spk_proto_sanitize(out, sizeof out, evil, sizeof evil - 1);
+    ck_assert_str_eq(out, "ok??[31mFAKE???");
+    spk_proto_sanitize(out, sizeof out, NULL, 5);
+    ck_assert_str_eq(out, "");
+}
+END_TEST
+
 START_TEST(random_and_mutated_bytes_never_crash)
 {
     uint64_t s = 12345;
@@ -319,6 +395,8 @@ static Suite *suite(void)
     tcase_add_test(t, partial_frames_ask_for_more_and_garbage_fails_fast);
     tcase_add_test(t, encoder_refuses_what_the_decoder_would);
     tcase_add_test(t, random_and_mutated_bytes_never_crash);
+    tcase_add_test(t, sealed_frames_refuse_any_change);
+    tcase_add_test(t, peer_text_is_sanitized);
     suite_add_tcase(s, t);
     return s;
 }

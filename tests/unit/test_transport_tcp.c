@@ -12,6 +12,8 @@
 #include "transport/registry.h"
 #include "transport/tcp_mesh.h"
 
+#include <sodium.h>
+
 #define TIMEOUT_MS 20000
 
 static const spk_transport *tcp(void)
@@ -358,13 +360,14 @@ START_TEST(hello_and_info_roundtrip_little_endian)
     ck_assert_int_eq(spk_tcp_hello_decode(buf, sizeof buf, &d), 0);
     ck_assert_int_eq(memcmp(&h, &d, sizeof h), 0);
     ck_assert_int_eq(spk_tcp_hello_decode(buf, sizeof buf - 1, &d), -1);
-    spk_tcp_info in = {"10.77.0.2", 40001, {1, 2, 3}}, out;
+    spk_tcp_info in = {"10.77.0.2", 40001, {1, 2, 3}, SPK_TCP_INFO_DATA_AUTH}, out;
     uint8_t ib[SPK_TCP_INFO_LEN];
     spk_tcp_info_encode(&in, ib);
     ck_assert_uint_eq(ib[64], 40001 & 0xff);
     ck_assert_int_eq(spk_tcp_info_decode(ib, &out), 0);
     ck_assert_str_eq(out.host, "10.77.0.2");
     ck_assert_uint_eq(out.port, 40001);
+    ck_assert_uint_eq(out.flags, SPK_TCP_INFO_DATA_AUTH);
     memset(ib, 'x', 64); /* host without a terminator is rejected */
     ck_assert_int_eq(spk_tcp_info_decode(ib, &out), -1);
 }
@@ -435,6 +438,7 @@ END_TEST
 /* ---- command-line modes (netns test, benchmark) ---- */
 
 static inline int bench(const spk_transport *vt, spk_transport_comm *c);
+static inline double nb_now_ms(void);
 
 static int rank_bench(const spk_transport *vt, th_boot *b, int rfd, void *arg)
 {
@@ -444,6 +448,28 @@ static int rank_bench(const spk_transport *vt, th_boot *b, int rfd, void *arg)
     int rc = bench(vt, c);
     vt->finalize(c);
     return rc;
+}
+
+/* Which data-plane mode the bench runs in, and what the data MAC costs alone on one core
+ * (Poly1305 over 256 KiB records, as transport/tcp.c does on each side). */
+static void bench_auth_line(void)
+{
+    const char *e = getenv("SPK_DATA_AUTH");
+    int on = !(e && !strcmp(e, "0"));
+    size_t n = 256u << 10;
+    uint8_t *b = calloc(n, 1), key[crypto_onetimeauth_KEYBYTES] = {1}, tag[16];
+    if (!b || sodium_init() < 0) {
+        free(b);
+        return;
+    }
+    int it = 400;
+    double t0 = nb_now_ms();
+    for (int i = 0; i < it; i++)
+        crypto_onetimeauth(tag, b, n, key);
+    double gbs = (double)n * it / ((nb_now_ms() - t0) * 1e-3) / 1e9;
+    printf("# data authentication %s (SPK_DATA_AUTH=%s); Poly1305 alone: %.2f GB/s on one core\n",
+           on ? "ON" : "OFF", e ? e : "unset", gbs);
+    free(b);
 }
 
 static int cli(int argc, char **argv)
@@ -467,6 +493,8 @@ static int cli(int argc, char **argv)
             return 2;
         }
     }
+    if (do_bench && (!bootstrap || rank == 0))
+        bench_auth_line();
     if (do_bench && !bootstrap && world >= 1 && world <= TH_MAX_WORLD) /* all ranks forked here */
         return th_run_world(tcp(), world, rank_bench, NULL, 0, -1, NULL, 0, NULL) ? 1 : 0;
     if (rank < 0 || world < 1 || world > TH_MAX_WORLD || rank >= world || !bootstrap) {
