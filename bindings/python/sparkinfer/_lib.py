@@ -35,6 +35,7 @@ class spk_cluster_config(ctypes.Structure):
         ("connect_timeout_ms", ctypes.c_int),
         ("peer_timeout_ms", ctypes.c_int),
         ("heartbeat_ms", ctypes.c_int),
+        ("unauthenticated_data", ctypes.c_int),
     ]
 
 

@@ -30,7 +30,8 @@ class Cluster:
                  coordinator: Optional[str] = None, cluster_key: Union[str, bytes, None] = None,
                  transport: Optional[str] = None, n_threads: Optional[int] = None, *,
                  allow_open_cluster: Optional[bool] = None, connect_timeout_ms: Optional[int] = None,
-                 peer_timeout_ms: Optional[int] = None, heartbeat_ms: Optional[int] = None):
+                 peer_timeout_ms: Optional[int] = None, heartbeat_ms: Optional[int] = None,
+                 unauthenticated_data: Optional[bool] = None):
         self._h = None
         fn = "Cluster"
         cfg, st = _c.init_struct(_lib, _c.spk_cluster_config, "spk_cluster_config_init")
@@ -42,6 +43,8 @@ class Cluster:
                 setattr(cfg, name, _c_int(fn, name, value))
         if allow_open_cluster is not None:
             cfg.allow_open_cluster = 1 if allow_open_cluster else 0
+        if unauthenticated_data is not None:  # trusted links only; every rank must agree
+            cfg.unauthenticated_data = 1 if unauthenticated_data else 0
         # The strings must live until spk_cluster_open returns; keep them with the object.
         self._keep = [_cstr(fn, "coordinator", coordinator), _cstr(fn, "cluster_key", cluster_key),
                       _cstr(fn, "transport", transport)]
