@@ -38,6 +38,8 @@ static int isa_usable(const spk_cpu_features *f, int isa)
 #if defined(__aarch64__)
     case SPK_ISA_NEON:
         return f->neon;
+    case SPK_ISA_NEON_DOTPROD:
+        return f->neon && f->dotprod;
 #endif
     default:
         return 0;

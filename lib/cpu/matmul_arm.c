@@ -1,7 +1,8 @@
 /*
  * aarch64 NEON matmul kernels (NEON is baseline on aarch64): Q4_0, Q4_1, Q8_0 against the Q8
- * planar activations and F32 weights, one row and one token at a time. Missing types fall back
- * to cpu/quant.c. (A dotprod/i8mm tiled path is future work.)
+ * planar activations and F32 weights, one row and one token at a time; and, where the CPU has
+ * SDOT (dotprod), Q4_0, Q4_1, Q8_0 with SDOT, one row and four tokens at a time. Missing types
+ * fall back to the level below (cpu/quant.c at the bottom). (An i8mm path is future work.)
  */
 #if defined(__aarch64__)
 
@@ -98,6 +99,95 @@ static void mm_f32_neon(float *out, int ld, const void *w, size_t wrow, const vo
             out[(size_t)t * (size_t)ld + (size_t)r] = s;
         }
     }
+}
+
+/* ---- NEON + SDOT (FEAT_DotProd): chosen at run time from HWCAP_ASIMDDP --------------------- */
+
+/* Built for Armv8.2-A+dotprod whatever the baseline; called only where the CPU has it. */
+#define SPK_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
+
+/*
+ * One weight row against four tokens: each block's weights are unpacked once and dotted with
+ * the four activation rows with SDOT; lane j of the accumulators belongs to token j. Callers
+ * with fewer than four tokens repeat the last token's row and discard its extra lanes.
+ */
+static SPK_DOTPROD inline float32x4_t dot_row4_dp(int kind, const uint8_t *w, const uint8_t *const a[4],
+                                                  int n)
+{
+    const size_t bs = kind == K_Q4_0 ? 18 : kind == K_Q4_1 ? 20 : 34;
+    const float *ds[4];
+    for (int j = 0; j < 4; j++)
+        ds[j] = (const float *)(a[j] + n);
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (int b = 0; b < n / 32; b++) {
+        const uint8_t *p = w + (size_t)b * bs;
+        int8x16_t w0, w1;
+        if (kind == K_Q8_0) {
+            w0 = vld1q_s8((const int8_t *)p + 2);
+            w1 = vld1q_s8((const int8_t *)p + 18);
+        } else {
+            const uint8x16_t x = vld1q_u8(p + (kind == K_Q4_1 ? 4 : 2));
+            w0 = vreinterpretq_s8_u8(vandq_u8(x, vdupq_n_u8(15)));
+            w1 = vreinterpretq_s8_u8(vshrq_n_u8(x, 4));
+            if (kind == K_Q4_0) {
+                w0 = vsubq_s8(w0, vdupq_n_s8(8));
+                w1 = vsubq_s8(w1, vdupq_n_s8(8));
+            }
+        }
+        int32x4_t d[4];
+        for (int j = 0; j < 4; j++) {
+            const int8_t *q = (const int8_t *)a[j] + 32 * b;
+            d[j] = vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, vld1q_s8(q)), w1, vld1q_s8(q + 16));
+        }
+        /* lane j: token j's integer block dot */
+        const int32x4_t isum = vpaddq_s32(vpaddq_s32(d[0], d[1]), vpaddq_s32(d[2], d[3]));
+        const float dsa[4] = {ds[0][2 * b], ds[1][2 * b], ds[2][2 * b], ds[3][2 * b]};
+        acc = vfmaq_f32(acc, vcvtq_f32_s32(isum), vmulq_n_f32(vld1q_f32(dsa), h2f(p)));
+        if (kind == K_Q4_1) {
+            const float sa[4] = {ds[0][2 * b + 1], ds[1][2 * b + 1], ds[2][2 * b + 1],
+                                 ds[3][2 * b + 1]};
+            acc = vfmaq_n_f32(acc, vld1q_f32(sa), h2f(p + 2));
+        }
+    }
+    return acc;
+}
+
+static SPK_DOTPROD void mm_q_dp(int kind, float *out, int ld, const void *w, size_t wrow,
+                                const void *act, size_t arow, int n, int n_tok, int row0, int row1)
+{
+    for (int t0 = 0; t0 < n_tok; t0 += 4) {
+        const int nt = n_tok - t0 < 4 ? n_tok - t0 : 4;
+        const uint8_t *a[4];
+        for (int j = 0; j < 4; j++)
+            a[j] = (const uint8_t *)act + (size_t)(t0 + (j < nt ? j : nt - 1)) * arow;
+        for (int r = row0; r < row1; r++) {
+            float v[4];
+            vst1q_f32(v, dot_row4_dp(kind, (const uint8_t *)w + (size_t)r * wrow, a, n));
+            for (int j = 0; j < nt; j++)
+                out[(size_t)(t0 + j) * (size_t)ld + (size_t)r] = v[j];
+        }
+    }
+}
+
+#define MM_Q_DP(name, kind)                                                                        \
+    static void name(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, \
+                     int n, int n_tok, int row0, int row1)                                         \
+    {                                                                                              \
+        mm_q_dp(kind, out, ld, w, wrow, act, arow, n, n_tok, row0, row1);                          \
+    }
+
+MM_Q_DP(mm_q4_0_dp, K_Q4_0)
+MM_Q_DP(mm_q4_1_dp, K_Q4_1)
+MM_Q_DP(mm_q8_0_dp, K_Q8_0)
+
+void spk_mm_fill_neon_dotprod(spk_mm_table *t)
+{
+    for (int i = 0; i < SPK_MM_NTYPES; i++)
+        t->mm[i] = 0;
+    t->q8_quantize = 0;
+    t->mm[SPK_DT_Q4_0] = mm_q4_0_dp;
+    t->mm[SPK_DT_Q4_1] = mm_q4_1_dp;
+    t->mm[SPK_DT_Q8_0] = mm_q8_0_dp;
 }
 
 void spk_mm_fill_neon(spk_mm_table *t)
