@@ -44,8 +44,8 @@ test: model build build-asan build-tsan
 	$(MAKE) test-arm64
 
 # aarch64 (the DGX Spark's CPU) on an x86-64 host: cross-built with cmake/aarch64-linux-gnu.cmake
-# and run under qemu-user -cpu max, so the NEON and NEON+dotprod kernels run against the scalar
-# reference (test_matmul fails if the dotprod level is missing). About 4 minutes on 2 cores,
+# and run under qemu-user -cpu max, so the NEON, dotprod and i8mm kernels run against the scalar
+# reference (test_matmul fails if the i8mm level is missing). About 4 minutes on 2 cores,
 # golden (the whole model under emulation) being most of it. Left out, and why:
 #   test_cluster*, test_transport_*, test_dist, sh_*: multi-process ranks over TCP, netns, the
 #     examples; they test sockets and processes, not aarch64 code, and take minutes emulated;

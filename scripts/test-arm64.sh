@@ -19,5 +19,5 @@ cmake -S "$src" -B "$build" -DCMAKE_TOOLCHAIN_FILE="$src/cmake/aarch64-linux-gnu
     -DCMAKE_BUILD_TYPE=Release -DSPK_BUILD_EXAMPLES=OFF >/dev/null
 cmake --build "$build" -j"$jobs" --target "$@"
 regex="^($(IFS='|'; echo "$*"))\$"
-# The matmul test fails, rather than testing less, if the emulated CPU lost the SDOT level.
-cd "$build" && SPK_TEST_REQUIRE_ISA=neon-dotprod ctest --output-on-failure --no-tests=error -j1 -R "$regex"
+# The matmul test fails, rather than testing less, if the emulated CPU lost the i8mm level.
+cd "$build" && SPK_TEST_REQUIRE_ISA=neon-i8mm ctest --output-on-failure --no-tests=error -j1 -R "$regex"

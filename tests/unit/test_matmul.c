@@ -437,13 +437,16 @@ START_TEST(test_support_and_sizes)
     if (f->avx512vnni)
         ck_assert(f->avx512f);
 #if defined(__aarch64__)
-    /* NEON is baseline; the SDOT level is offered exactly where HWCAP says the CPU has it, and
-     * the automatic choice is the best level offered. */
+    /* NEON is baseline; the SDOT and SMMLA levels are offered exactly where HWCAP says the CPU
+     * has them, and the automatic choice is the best level offered. */
     ck_assert(f->neon);
     ck_assert(spk_matmul_isa_usable(SPK_ISA_NEON));
     ck_assert_int_eq(spk_matmul_isa_usable(SPK_ISA_NEON_DOTPROD), f->dotprod != 0);
+    ck_assert_int_eq(spk_matmul_isa_usable(SPK_ISA_NEON_I8MM), f->dotprod && f->i8mm);
     use_isa(-1);
-    ck_assert_str_eq(spk_matmul_isa_name(), f->dotprod ? "neon-dotprod" : "neon");
+    ck_assert_str_eq(spk_matmul_isa_name(), f->dotprod && f->i8mm ? "neon-i8mm"
+                                            : f->dotprod          ? "neon-dotprod"
+                                                                  : "neon");
 #else
     ck_assert(!spk_matmul_isa_usable(SPK_ISA_NEON));
 #endif
@@ -485,8 +488,8 @@ static Suite *suite(void)
 int main(void)
 {
     const spk_cpu_features *f = spk_cpu_get_features();
-    printf("simd: %s (avx2 %d avx512f %d vnni %d neon %d dotprod %d)\n", spk_cpu_simd_names(),
-           f->avx2, f->avx512f, f->avx512vnni, f->neon, f->dotprod);
+    printf("simd: %s (avx2 %d avx512f %d vnni %d neon %d dotprod %d i8mm %d)\n",
+           spk_cpu_simd_names(), f->avx2, f->avx512f, f->avx512vnni, f->neon, f->dotprod, f->i8mm);
     int isas[SPK_ISA_COUNT];
     const int ni = n_isas(isas);
     printf("matmul levels tested:");
