@@ -12,8 +12,12 @@ if [ "$host" != amd64 ]; then
     exit 0
 fi
 
+# libasan8/libubsan1:arm64: the sanitizer runtimes in the multiarch path, next to the arm64 libc
+# (the copies under /usr/aarch64-linux-gnu would pull in that tree's own libc, and mixing the two
+# crashes in fork).
 PKGS=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
-      libc6:arm64 libsodium-dev:arm64 libpcre2-dev:arm64 check:arm64 libcjson-dev:arm64)
+      libc6:arm64 libsodium-dev:arm64 libpcre2-dev:arm64 check:arm64 libcjson-dev:arm64
+      libasan8:arm64 libubsan1:arm64)
 
 SUDO=
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
