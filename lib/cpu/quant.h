@@ -44,7 +44,7 @@ typedef void (*spk_mm_kernel)(float *out, int ld_out, const void *w, size_t wrow
                               size_t arow, int n_in, int n_tok, int row0, int row1);
 typedef void (*spk_act_kernel)(void *dst, const float *x, int n);
 
-/* Instruction-set levels, in increasing order on x86 (1, 2) and on aarch64 (3, 4). */
+/* Instruction-set levels, in increasing order on x86 (1, 2) and on aarch64 (3, 4, 5). */
 enum {
     SPK_ISA_SCALAR = 0,
     SPK_ISA_AVX2 = 1,
