@@ -15,6 +15,9 @@
 #ifndef HWCAP_ASIMDDP
 #define HWCAP_ASIMDDP (1UL << 20)
 #endif
+#ifndef HWCAP2_I8MM
+#define HWCAP2_I8MM (1UL << 13)
+#endif
 #endif
 
 static spk_cpu_features g_features;
@@ -38,6 +41,10 @@ static int isa_usable(const spk_cpu_features *f, int isa)
 #if defined(__aarch64__)
     case SPK_ISA_NEON:
         return f->neon;
+    case SPK_ISA_NEON_DOTPROD:
+        return f->neon && f->dotprod;
+    case SPK_ISA_NEON_I8MM:
+        return f->neon && f->dotprod && f->i8mm;
 #endif
     default:
         return 0;
@@ -69,6 +76,7 @@ static void detect(void)
     f.neon = 1;
 #if defined(__linux__)
     f.dotprod = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+    f.i8mm = (getauxval(AT_HWCAP2) & HWCAP2_I8MM) != 0;
 #endif
 #endif
     g_features = f;
@@ -86,7 +94,11 @@ static void detect(void)
     }
     if (isa_usable(&f, SPK_ISA_NEON)) {
         strcat(g_names, sep);
-        strcat(g_names, f.dotprod ? "neon,dotprod" : "neon");
+        strcat(g_names, "neon");
+        if (isa_usable(&f, SPK_ISA_NEON_DOTPROD))
+            strcat(g_names, ",dotprod");
+        if (isa_usable(&f, SPK_ISA_NEON_I8MM))
+            strcat(g_names, ",i8mm");
     }
 }
 

@@ -3,7 +3,7 @@
 #define SPK_CPU_FEATURES_H
 
 typedef struct spk_cpu_features {
-    int avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512vnni, avxvnni, neon, dotprod;
+    int avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512vnni, avxvnni, neon, dotprod, i8mm;
 } spk_cpu_features;
 
 const spk_cpu_features *spk_cpu_get_features(void);

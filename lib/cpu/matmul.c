@@ -49,6 +49,16 @@ static void init_tables(void)
         inherit(&g_tables[SPK_ISA_NEON], &g_tables[SPK_ISA_SCALAR]);
         g_best = SPK_ISA_NEON;
     }
+    if (spk_cpu_isa_usable(SPK_ISA_NEON_DOTPROD)) {
+        spk_mm_fill_neon_dotprod(&g_tables[SPK_ISA_NEON_DOTPROD]);
+        inherit(&g_tables[SPK_ISA_NEON_DOTPROD], &g_tables[SPK_ISA_NEON]);
+        g_best = SPK_ISA_NEON_DOTPROD;
+    }
+    if (spk_cpu_isa_usable(SPK_ISA_NEON_I8MM)) {
+        spk_mm_fill_neon_i8mm(&g_tables[SPK_ISA_NEON_I8MM]);
+        inherit(&g_tables[SPK_ISA_NEON_I8MM], &g_tables[SPK_ISA_NEON_DOTPROD]);
+        g_best = SPK_ISA_NEON_I8MM;
+    }
 #endif
 }
 
@@ -75,7 +85,8 @@ void spk_matmul_force_isa(int isa)
 
 const char *spk_matmul_isa_name(void)
 {
-    static const char *const names[SPK_ISA_COUNT] = {"scalar", "avx2", "avx512", "neon"};
+    static const char *const names[SPK_ISA_COUNT] = {"scalar", "avx2", "avx512", "neon",
+                                                      "neon-dotprod", "neon-i8mm"};
     return names[current_isa()];
 }
 

@@ -1,23 +1,12 @@
 /*
  * aarch64 NEON matmul kernels (NEON is baseline on aarch64): Q4_0, Q4_1, Q8_0 against the Q8
- * planar activations and F32 weights, one row and one token at a time. Missing types fall back
- * to cpu/quant.c. (A dotprod/i8mm tiled path is future work.)
+ * planar activations and F32 weights, one row and one token at a time. The SDOT and SMMLA
+ * levels live in cpu/matmul_arm_dotprod.c and cpu/matmul_arm_i8mm.c (compiled with their own
+ * -march). Missing types fall back to the level below (cpu/quant.c at the bottom).
  */
 #if defined(__aarch64__)
 
-#include <arm_neon.h>
-#include <stdint.h>
-
-#include "cpu/quant.h"
-
-enum { K_Q4_0, K_Q4_1, K_Q8_0 };
-
-static inline float h2f(const uint8_t *p)
-{
-    spk_f16 h;
-    __builtin_memcpy(&h, p, 2);
-    return spk_f16_to_f32(h);
-}
+#include "cpu/matmul_arm.h"
 
 /* int32 lanes summing w[i] * a[i] over 32 bytes each. */
 static inline int32x4_t dot32(int8x16_t w0, int8x16_t w1, const int8_t *a)
@@ -32,24 +21,13 @@ static inline int32x4_t dot32(int8x16_t w0, int8x16_t w1, const int8_t *a)
 
 static inline float dot_row(int kind, const uint8_t *w, const uint8_t *act, int n)
 {
-    const size_t bs = kind == K_Q4_0 ? 18 : kind == K_Q4_1 ? 20 : 34;
+    const size_t bs = arm_block_bytes(kind);
     const float *ds = (const float *)(act + n);
     float acc = 0.0f;
     for (int b = 0; b < n / 32; b++) {
         const uint8_t *p = w + (size_t)b * bs;
         int8x16_t w0, w1;
-        if (kind == K_Q8_0) {
-            w0 = vld1q_s8((const int8_t *)p + 2);
-            w1 = vld1q_s8((const int8_t *)p + 18);
-        } else {
-            const uint8x16_t x = vld1q_u8(p + (kind == K_Q4_1 ? 4 : 2));
-            w0 = vreinterpretq_s8_u8(vandq_u8(x, vdupq_n_u8(15)));
-            w1 = vreinterpretq_s8_u8(vshrq_n_u8(x, 4));
-            if (kind == K_Q4_0) {
-                w0 = vsubq_s8(w0, vdupq_n_s8(8));
-                w1 = vsubq_s8(w1, vdupq_n_s8(8));
-            }
-        }
+        arm_unpack(kind, p, &w0, &w1);
         const int isum = vaddvq_s32(dot32(w0, w1, (const int8_t *)act + 32 * b));
         acc += h2f(p) * ds[2 * b] * (float)isum;
         if (kind == K_Q4_1)

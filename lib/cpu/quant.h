@@ -44,8 +44,16 @@ typedef void (*spk_mm_kernel)(float *out, int ld_out, const void *w, size_t wrow
                               size_t arow, int n_in, int n_tok, int row0, int row1);
 typedef void (*spk_act_kernel)(void *dst, const float *x, int n);
 
-/* Instruction-set levels, in increasing order on x86. */
-enum { SPK_ISA_SCALAR = 0, SPK_ISA_AVX2 = 1, SPK_ISA_AVX512 = 2, SPK_ISA_NEON = 3, SPK_ISA_COUNT = 4 };
+/* Instruction-set levels, in increasing order on x86 (1, 2) and on aarch64 (3, 4, 5). */
+enum {
+    SPK_ISA_SCALAR = 0,
+    SPK_ISA_AVX2 = 1,
+    SPK_ISA_AVX512 = 2,
+    SPK_ISA_NEON = 3,
+    SPK_ISA_NEON_DOTPROD = 4, /* NEON + the SDOT instruction (Armv8.2 FEAT_DotProd) */
+    SPK_ISA_NEON_I8MM = 5,    /* that + the SMMLA instruction (Armv8.6 FEAT_I8MM) */
+    SPK_ISA_COUNT = 6
+};
 
 /* A kernel table: one matmul kernel per weight type (NULL: not in this ISA) and the Q8 quantizer. */
 #define SPK_MM_NTYPES 31
@@ -62,18 +70,22 @@ void spk_mm_fill_avx2_kquants(spk_mm_table *t); /* sets the Q4_K and Q6_K entrie
 #endif
 #if defined(__aarch64__)
 void spk_mm_fill_neon(spk_mm_table *t);
+void spk_mm_fill_neon_dotprod(spk_mm_table *t); /* Q4_0, Q4_1, Q8_0 only */
+void spk_mm_fill_neon_i8mm(spk_mm_table *t);    /* Q4_0, Q4_1, Q8_0 only */
 #endif
 
 /* Test hooks (cpu/matmul.c): whether an ISA level is usable here, and forcing one
  * (-1: automatic, the best usable). spk_cpu_force_scalar(1) still wins over a forced level. */
 int spk_matmul_isa_usable(int isa);
 void spk_matmul_force_isa(int isa);
-/* Name of the ISA level spk_matmul uses now ("scalar", "avx2", "avx512", "neon"). */
+/* Name of the ISA level spk_matmul uses now ("scalar", "avx2", "avx512", "neon",
+ * "neon-dotprod", "neon-i8mm"). */
 const char *spk_matmul_isa_name(void);
 
 /* cpu/features.c: whether spk_cpu_force_scalar(1) is in effect, and whether this CPU has what
  * the kernels of an ISA level use (x86 AVX2: avx2+fma+f16c; AVX512: that plus avx512 f, bw, vl,
- * vnni; NEON: aarch64). */
+ * vnni; NEON: aarch64; NEON_DOTPROD: aarch64 with HWCAP_ASIMDDP; NEON_I8MM: that and
+ * HWCAP2_I8MM). */
 int spk_cpu_scalar_forced(void);
 int spk_cpu_isa_usable(int isa);
 

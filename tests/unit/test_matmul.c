@@ -436,6 +436,37 @@ START_TEST(test_support_and_sizes)
         ck_assert(f->f16c);
     if (f->avx512vnni)
         ck_assert(f->avx512f);
+#if defined(__aarch64__)
+    /* NEON is baseline; the SDOT and SMMLA levels are offered exactly where HWCAP says the CPU
+     * has them, and the automatic choice is the best level offered. */
+    ck_assert(f->neon);
+    ck_assert(spk_matmul_isa_usable(SPK_ISA_NEON));
+    ck_assert_int_eq(spk_matmul_isa_usable(SPK_ISA_NEON_DOTPROD), f->dotprod != 0);
+    ck_assert_int_eq(spk_matmul_isa_usable(SPK_ISA_NEON_I8MM), f->dotprod && f->i8mm);
+    use_isa(-1);
+    ck_assert_str_eq(spk_matmul_isa_name(), f->dotprod && f->i8mm ? "neon-i8mm"
+                                            : f->dotprod          ? "neon-dotprod"
+                                                                  : "neon");
+#else
+    ck_assert(!spk_matmul_isa_usable(SPK_ISA_NEON));
+#endif
+}
+END_TEST
+
+/* SPK_TEST_REQUIRE_ISA=name (set by `make test-arm64`): fail, rather than test less, when the
+ * named matmul level cannot run here (a CPU model or detection that lost an extension). */
+START_TEST(test_required_isa_is_tested)
+{
+    const char *want = getenv("SPK_TEST_REQUIRE_ISA");
+    int isas[SPK_ISA_COUNT], found = 0;
+    const int ni = n_isas(isas);
+    for (int k = 0; k < ni && want; k++) {
+        use_isa(isas[k]);
+        found |= strcmp(spk_matmul_isa_name(), want) == 0;
+    }
+    use_isa(-1);
+    ck_assert_msg(!want || found, "SPK_TEST_REQUIRE_ISA=%s, but this CPU offers only the levels up to %s",
+                  want, spk_matmul_isa_name());
 }
 END_TEST
 
@@ -449,6 +480,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_act_quantize_matches_reference_bitwise);
     tcase_add_loop_test(tc, test_dequantize_matches_decoder, 0, N_TYPES);
     tcase_add_test(tc, test_support_and_sizes);
+    tcase_add_test(tc, test_required_isa_is_tested);
     suite_add_tcase(s, tc);
     return s;
 }
@@ -456,7 +488,17 @@ static Suite *suite(void)
 int main(void)
 {
     const spk_cpu_features *f = spk_cpu_get_features();
-    printf("simd: %s (avx2 %d avx512f %d vnni %d)\n", spk_cpu_simd_names(), f->avx2, f->avx512f,
-           f->avx512vnni);
+    printf("simd: %s (avx2 %d avx512f %d vnni %d neon %d dotprod %d i8mm %d)\n",
+           spk_cpu_simd_names(), f->avx2, f->avx512f, f->avx512vnni, f->neon, f->dotprod, f->i8mm);
+    int isas[SPK_ISA_COUNT];
+    const int ni = n_isas(isas);
+    printf("matmul levels tested:");
+    for (int k = 0; k < ni; k++) {
+        use_isa(isas[k]);
+        printf(" %s", spk_matmul_isa_name());
+    }
+    use_isa(-1);
+    spk_cpu_force_scalar(0);
+    printf("\n");
     return spk_test_run(suite());
 }

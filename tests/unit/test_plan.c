@@ -187,7 +187,10 @@ static double best_max_cost(int L, int pp, double c, double ef, double el)
             rest = INFINITY;
             for (int n1 = 1; n1 <= L - n0 - 1; n1++) {
                 double m = fmax(n1 * c, (L - n0 - n1) * c + el);
-                rest = fmin(rest, m);
+                /* not fmin(): Debian 12's aarch64 gcc 12.2 -O3 crashes (ICE in
+                 * vect_transform_reduction) vectorizing an fmin reduction */
+                if (m < rest)
+                    rest = m;
             }
         }
         best = fmin(best, fmax(first, rest));
