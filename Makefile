@@ -55,11 +55,11 @@ test: model build build-asan build-tsan
 #   nothing with verbs/NCCL/CUDA: not built for arm64.
 ARM64_BUILD ?= build-arm64
 ARM64_TESTS = test_matmul test_ops test_gguf test_gguf_model test_tokenizer test_tokenizer_model \
-	test_sampler test_plan test_proto test_synth test_pool test_golden
+	test_sampler test_plan test_proto test_synth test_pool test_golden test_backend
 # Again under ASan+UBSan (leak checks off: LSan cannot run under qemu-user): the tests of the
 # code that is aarch64-only (NEON kernels, the pool's spin hint); the rest is the same C the
 # host's ASan run covers, and would double the time.
-ARM64_ASAN_TESTS = test_matmul test_ops test_pool
+ARM64_ASAN_TESTS = test_matmul test_ops test_pool test_backend
 test-arm64: model
 	SPK_TEST_MODEL=$(MODEL) bash scripts/test-arm64.sh $(ARM64_BUILD) $(JOBS) "$(ARM64_TESTS)" \
 		"$(ARM64_ASAN_TESTS)"
