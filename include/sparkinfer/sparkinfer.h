@@ -114,7 +114,10 @@ typedef void (*spk_log_fn)(spk_log_level level, const char *msg, void *user);
 /**
  * Route library log messages of at least `min_level` to `fn` (NULL: default sink, which writes
  * to stderr at WARN and above). The library never writes to stdout. Thread-safe; messages already
- * being emitted may still reach the old sink.
+ * being emitted may still reach the old sink. Logging is rate-limited so that a peer cannot flood
+ * the sink: messages that differ only in their numbers (addresses, ports, counts) are one kind,
+ * each kind gets at most 20 lines per second and all kinds together 200; the rest are counted
+ * and reported later as one line "N similar message(s) suppressed ..., last: <message>".
  */
 SPK_API void spk_set_log_callback(spk_log_fn fn, void *user, spk_log_level min_level);
 

@@ -480,6 +480,7 @@ spk_status spk_cluster_join_driver(spk_cluster *c, int64_t deadline_ms)
         if (pend[i].fd >= 0)
             close(pend[i].fd);
     close(lfd);
+    spk_log_flush(); /* report what the rate limit held back during the join */
 
     if (fatal != SPK_OK) {
         char why[SPK_CLUSTER_FAIL_CAP];
