@@ -148,6 +148,13 @@ START_TEST(idle_flood_does_not_keep_the_real_workers_out)
     for (int r = 1; r < world; r++)
         ck_assert_int_eq(spk_cluster_call(c, r, SPK_CLUSTER_CMD_PING, "x", 1, NULL, NULL, 5000),
                          SPK_OK);
+    /* Every reply was taken: the inbox accounting is back to empty. */
+    spk_cluster_inbox_stats is;
+    spk_cluster_inbox_stats_get(c, &is);
+    ck_assert_uint_eq(is.frames, 0);
+    ck_assert_uint_eq(is.bytes, 0);
+    ck_assert_uint_gt(is.peak_bytes, 0);
+    ck_assert_uint_eq(is.overruns, 0);
     ck_assert_int_eq(spk_cluster_close(c), SPK_OK);
     ck_assert_int_eq(t_wait_exit(orch, 30000), 0);
     printf("driver log (idle flood):\n%s", t_log);
