@@ -290,6 +290,7 @@ static int unsolicited_worker(int n_frames)
     spk_cluster_config cfg;
     t_config(&cfg, coord, 1, 2, "k");
     cfg.transport = "none";
+    cfg.peer_timeout_ms = 10000; /* 16 MiB sends are slow under the sanitizers */
     spk_cluster *c = NULL;
     if (spk_cluster_open(&cfg, &c) != SPK_OK)
         return 10;
