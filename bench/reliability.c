@@ -13,6 +13,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -202,6 +203,58 @@ static void idle_flood(void)
         printf("   %s\n", spk_last_error());
     spk_cluster_close(c);
     wait_exit(orch);
+}
+
+/* A2: the flooder keeps n idle connections open for 10 s, reopening each one the driver closes. */
+static void churning_idle_flood(void)
+{
+    new_coord();
+    enum { N = 100 };
+    const int flood_ms = 10000;
+    fflush(stdout);
+    pid_t flooder = fork();
+    if (flooder == 0) {
+        struct pollfd pf[N];
+        long reopened = 0;
+        for (int i = 0; i < N; i++)
+            pf[i] = (struct pollfd){connect_coord(i == 0 ? 500 : 5), POLLIN, 0};
+        int64_t end = now_ms() + flood_ms;
+        while (now_ms() < end) {
+            if (poll(pf, N, 100) <= 0)
+                continue;
+            for (int i = 0; i < N; i++) {
+                if (!pf[i].revents)
+                    continue;
+                char buf[256];
+                if (recv(pf[i].fd, buf, sizeof buf, MSG_DONTWAIT) > 0)
+                    continue; /* the challenge: stay idle */
+                close(pf[i].fd);
+                pf[i].fd = connect_coord(1);
+                pf[i].revents = 0;
+                reopened++;
+            }
+        }
+        printf("A2. flooder: %d idle connections held for %d ms, %ld reopened after eviction\n", N,
+               flood_ms, reopened);
+        fflush(stdout);
+        _exit(0);
+    }
+    pid_t w = spawn_worker(1, 2, 2000, 0);
+    log_reset();
+    spk_cluster_config cfg;
+    config(&cfg, 0, 2);
+    spk_cluster *c = NULL;
+    int64_t t0 = now_ms();
+    spk_status st = spk_cluster_open(&cfg, &c);
+    int64_t dt = now_ms() - t0;
+    spk_log_flush();
+    spk_set_log_callback(NULL, NULL, SPK_LOG_NONE);
+    printf("A2. worker started 2000 ms into a churning idle flood: driver open %s %lld ms after "
+           "the flood began; %ld log lines, %ld suppressed\n", spk_status_str(st), (long long)dt,
+           log_lines, log_suppressed);
+    spk_cluster_close(c);
+    wait_exit(w);
+    wait_exit(flooder);
 }
 
 static void refused_flood(void)
@@ -436,6 +489,7 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0);
     signal(SIGPIPE, SIG_IGN);
     idle_flood();
+    churning_idle_flood();
     refused_flood();
     inbox_flood();
     rank_race();

@@ -164,6 +164,62 @@ START_TEST(idle_flood_does_not_keep_the_real_workers_out)
 }
 END_TEST
 
+/* Flooder child: keep n idle connections open, reopening each one the driver closes, until
+ * killed (or 30 s). */
+static int churning_flood(int n)
+{
+    struct pollfd pf[128];
+    for (int i = 0; i < n; i++) {
+        pf[i] = (struct pollfd){flood_connect(i == 0 ? 200 : 5), POLLIN, 0};
+        if (pf[i].fd < 0)
+            return 10;
+    }
+    int64_t end = t_now_ms() + 30000;
+    while (t_now_ms() < end) {
+        if (poll(pf, (nfds_t)n, 100) <= 0)
+            continue;
+        for (int i = 0; i < n; i++) {
+            char buf[256];
+            if (!pf[i].revents || recv(pf[i].fd, buf, sizeof buf, MSG_DONTWAIT) > 0)
+                continue; /* nothing, or the challenge: stay idle */
+            close(pf[i].fd);
+            pf[i].fd = flood_connect(1);
+            pf[i].revents = 0;
+        }
+    }
+    return 0;
+}
+
+START_TEST(churning_idle_flood_the_worker_joins_while_it_goes_on)
+{
+    new_coord();
+    fflush(stdout);
+    pid_t flooder = fork();
+    if (flooder == 0)
+        _exit(churning_flood(100));
+    pid_t w = fork();
+    if (w == 0) {
+        t_sleep_ms(500); /* into the flood */
+        t_worker_opts o = {.key = "k"};
+        _exit(t_worker_main(coord, 1, 2, &o));
+    }
+    spk_set_log_callback(NULL, NULL, SPK_LOG_NONE);
+    spk_cluster_config cfg;
+    t_config(&cfg, coord, 0, 2, "k");
+    spk_cluster *c = NULL;
+    spk_status st = spk_cluster_open(&cfg, &c);
+    spk_set_log_callback(NULL, NULL, SPK_LOG_WARN);
+    kill(flooder, SIGKILL);
+    t_wait_exit(flooder, 5000);
+    ck_assert_msg(st == SPK_OK, "driver open while 100 idle connections churn: %s",
+                  spk_last_error());
+    ck_assert_int_eq(spk_cluster_call(c, 1, SPK_CLUSTER_CMD_PING, "x", 1, NULL, NULL, 5000),
+                     SPK_OK);
+    ck_assert_int_eq(spk_cluster_close(c), SPK_OK);
+    ck_assert_int_eq(t_wait_exit(w, 10000), 0);
+}
+END_TEST
+
 /* Orchestrator child: n junk connections one after the other (each refused), then the worker. */
 static int junk_flood_then_worker(int n)
 {
@@ -397,6 +453,7 @@ static Suite *suite(void)
     tcase_add_test(t, log_rate_limit_counts_what_it_drops_per_kind);
     tcase_add_test(t, data_mesh_evicts_the_true_oldest_of_the_busiest_source);
     tcase_add_test(t, idle_flood_does_not_keep_the_real_workers_out);
+    tcase_add_test(t, churning_idle_flood_the_worker_joins_while_it_goes_on);
     tcase_add_test(t, refused_connection_flood_gives_bounded_log_lines_and_a_suppressed_count);
     tcase_add_test(t, two_connections_racing_for_one_rank_one_is_refused_and_no_fd_leaks);
     tcase_add_test(t, unsolicited_big_frames_hit_the_inbox_bound_and_fail_the_peer);
