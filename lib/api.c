@@ -251,6 +251,7 @@ spk_status spk_model_get_stats(spk_model *m, spk_model_stats *stats)
         .struct_size = size, .n_queued = es.n_queued, .n_running = es.n_running,
         .kv_blocks_total = es.kv_blocks_total, .kv_blocks_free = es.kv_blocks_free,
         .kv_block_size = es.kv_block_size, .n_preempted = es.n_preempted, .n_generated = es.n_generated,
+        .n_submit_waiting = es.n_submit_waiting,
     };
     memcpy(stats, &out, size < sizeof out ? size : sizeof out);
     return SPK_OK;
@@ -313,6 +314,19 @@ spk_status spk_submit(spk_model *m, const spk_request *reqs, size_t n, uint64_t 
     if (n > 1 << 20)
         return spk_err(SPK_ERR_INVALID_ARG, "spk_submit: %zu requests at once", n);
     return spk_engine_submit(m->engine, reqs, n, ids);
+}
+
+spk_status spk_submit_wait(spk_model *m, const spk_request *reqs, size_t n, uint64_t *ids,
+                           int timeout_ms)
+{
+    if (!m || (!reqs && n) || (!ids && n))
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_submit_wait: NULL argument");
+    if (n > 1 << 20)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_submit_wait: %zu requests at once", n);
+    if (timeout_ms < -1)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_submit_wait: timeout_ms %d (use -1 for none)",
+                       timeout_ms);
+    return spk_engine_submit_wait(m->engine, reqs, n, ids, timeout_ms);
 }
 
 spk_status spk_poll(spk_model *m, spk_event *events, size_t cap, size_t *n_out, int timeout_ms)

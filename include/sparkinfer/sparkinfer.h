@@ -114,7 +114,10 @@ typedef void (*spk_log_fn)(spk_log_level level, const char *msg, void *user);
 /**
  * Route library log messages of at least `min_level` to `fn` (NULL: default sink, which writes
  * to stderr at WARN and above). The library never writes to stdout. Thread-safe; messages already
- * being emitted may still reach the old sink.
+ * being emitted may still reach the old sink. Logging is rate-limited so that a peer cannot flood
+ * the sink: messages that differ only in their numbers (addresses, ports, counts) are one kind,
+ * each kind gets at most 20 lines per second and all kinds together 200; the rest are counted
+ * and reported later as one line "N similar message(s) suppressed ..., last: <message>".
  */
 SPK_API void spk_set_log_callback(spk_log_fn fn, void *user, spk_log_level min_level);
 
@@ -281,6 +284,7 @@ typedef struct spk_model_stats {
     int kv_block_size;          /**< positions per block */
     uint64_t n_preempted;       /**< sequences preempted for lack of KV blocks (recomputed later) */
     uint64_t n_generated;       /**< tokens generated since load */
+    int n_submit_waiting;       /**< spk_submit_wait callers blocked for queue room */
 } spk_model_stats;
 
 /** Fill `stats` (caller sets stats->struct_size first). Thread-safe. */
@@ -389,9 +393,27 @@ typedef struct spk_event {
  * All-or-nothing: INVALID_ARG if any request is malformed (NULL prompt, n_prompt 0, token out of
  * vocabulary, bad sampling values), BUSY if the queue cannot take all of them. A prompt too long
  * for the context is accepted and then ends with an error event (TOO_LONG). Thread-safe.
+ *
+ * Fairness: the queue is FIFO (requests reach sequence slots in the order they were queued; a
+ * preempted one goes back to the front). spk_submit never waits: it returns BUSY when the queue
+ * is full, and also while spk_submit_wait callers are blocked (they go first), so a caller that
+ * retries BUSY in a loop gets no place in line and, under load, may need many retries. Use
+ * spk_submit_wait to get a place in line instead.
  */
 SPK_API spk_status spk_submit(spk_model *model, const spk_request *reqs, size_t n,
                               uint64_t *ids);
+
+/**
+ * spk_submit that waits up to `timeout_ms` (-1: no limit, 0: same as spk_submit) for queue room.
+ * Blocked callers are served strictly in arrival order: a caller is queued after every caller
+ * that began waiting before it and before every later one, and plain spk_submit does not
+ * overtake it, so under contention no submitter starves or has to retry. Errors as spk_submit;
+ * BUSY when the time ran out (nothing was queued) or at once when `n` exceeds queue_capacity;
+ * STATE if the model is being freed; the engine's fatal error (e.g. PEER_LOST) if it failed
+ * while waiting. Thread-safe; must not race with spk_model_free.
+ */
+SPK_API spk_status spk_submit_wait(spk_model *model, const spk_request *reqs, size_t n,
+                                   uint64_t *ids, int timeout_ms);
 
 /**
  * Wait up to `timeout_ms` (0: do not wait, -1: forever) for events; copy at most `cap` into

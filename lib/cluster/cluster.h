@@ -112,8 +112,31 @@ spk_transport_comm *spk_cluster_transport(const spk_cluster *c, const spk_transp
  * connected by other modules (e.g. split groups). */
 const spk_transport_bootstrap *spk_cluster_bootstrap(spk_cluster *c);
 
+/*
+ * The control inbox (frames received and not yet taken by a waiter) is bounded per peer: at most
+ * SPK_CLUSTER_INBOX_MAX_FRAMES frames and SPK_CLUSTER_INBOX_MAX_BYTES payload bytes from one peer
+ * may wait. A peer that sends more (frames nobody asked for) is treated as lost: the cluster fails
+ * with PEER_LOST naming the rank and the limit, and the frame is not queued.
+ */
+#define SPK_CLUSTER_INBOX_MAX_FRAMES 1024u
+#define SPK_CLUSTER_INBOX_MAX_BYTES (64u << 20)
+
+typedef struct spk_cluster_inbox_stats {
+    size_t frames;      /* frames waiting now, all peers */
+    size_t bytes;       /* their payload bytes */
+    size_t peak_bytes;  /* the most payload bytes ever waiting at once */
+    uint64_t overruns;  /* frames refused because a peer was at its bound */
+} spk_cluster_inbox_stats;
+
+/* Snapshot of the inbox counters. Thread-safe. */
+void spk_cluster_inbox_stats_get(spk_cluster *c, spk_cluster_inbox_stats *out);
+
 /* Test hook: make this process advertise other versions in its VERSION message (0: real one).
  * The environment variable SPK_TEST_FAKE_VERSION="LIB[:PROTO]" does the same at open. */
 void spk_cluster_test_fake_version(uint32_t lib_version, uint32_t proto_version);
+
+/* Test hook: a joining worker of this process waits `ms` after the driver's VERSION before
+ * sending its own (so tests can race two connections for one rank). 0: no wait. */
+void spk_cluster_test_version_delay(int ms);
 
 #endif

@@ -41,6 +41,8 @@ typedef struct spk_peer {
     uint8_t rx_key[SPK_PROTO_KEY_BYTES]; /* and check what the peer sends (proto.h) */
     int alive;              /* connection is up and trusted; under cluster mu */
     int eof;                /* the peer closed its side; under cluster mu */
+    size_t inbox_frames;    /* frames from this peer waiting in the inbox; under cluster mu */
+    size_t inbox_bytes;     /* their payload bytes; under cluster mu */
 } spk_peer;
 
 typedef struct spk_handler_entry {
@@ -64,6 +66,7 @@ struct spk_cluster {
     pthread_mutex_t mu;              /* guards everything below and peers[].alive/eof */
     pthread_cond_t cv;               /* signalled on every inbox/state change */
     spk_frame *inbox_head, *inbox_tail;
+    spk_cluster_inbox_stats inbox;   /* totals over all peers (frames, bytes, peak, overruns) */
     spk_status fail;                 /* sticky cluster failure (SPK_OK while healthy) */
     char fail_msg[SPK_CLUSTER_FAIL_CAP];
     int shutdown_rx;                 /* worker: the driver closed the cluster */

@@ -194,8 +194,26 @@ static void heartbeat(spk_cluster *c, spk_peer *p)
 /* Receiving                                                                                */
 /* ---------------------------------------------------------------------------------------- */
 
-static void enqueue(spk_cluster *c, spk_peer *p, const spk_proto_msg *m, const uint8_t *payload)
+/* Queue one frame for a waiter. Returns 0, or -1 if the peer overran its inbox bound (it is then
+ * lost) or memory ran out (the cluster is then failed). */
+static int enqueue(spk_cluster *c, spk_peer *p, const spk_proto_msg *m, const uint8_t *payload)
 {
+    pthread_mutex_lock(&c->mu);
+    size_t frames = p->inbox_frames, bytes = p->inbox_bytes;
+    int over = frames + 1 > SPK_CLUSTER_INBOX_MAX_FRAMES ||
+               bytes + m->h.length > SPK_CLUSTER_INBOX_MAX_BYTES;
+    if (over)
+        c->inbox.overruns++;
+    pthread_mutex_unlock(&c->mu);
+    if (over) {
+        char why[512];
+        snprintf(why, sizeof why, "control inbox overrun: a %u-byte %s on top of %zu unclaimed "
+                 "frame(s) of %zu bytes from this rank (limit %u frames, %u bytes)", m->h.length,
+                 spk_proto_type_name(m->h.type), frames, bytes, SPK_CLUSTER_INBOX_MAX_FRAMES,
+                 SPK_CLUSTER_INBOX_MAX_BYTES);
+        peer_lost(c, p, why);
+        return -1;
+    }
     spk_frame *f = calloc(1, sizeof *f);
     uint8_t *copy = m->h.length ? malloc(m->h.length) : NULL;
     if (!f || (m->h.length && !copy)) {
@@ -203,7 +221,7 @@ static void enqueue(spk_cluster *c, spk_peer *p, const spk_proto_msg *m, const u
         free(copy);
         fail_ex(c, SPK_ERR_NOMEM, p->rank, 1, "rank %d: out of memory for a %u-byte %s from rank %d",
                 c->rank, m->h.length, spk_proto_type_name(m->h.type), p->rank);
-        return;
+        return -1;
     }
     if (m->h.length)
         memcpy(copy, payload, m->h.length);
@@ -216,8 +234,15 @@ static void enqueue(spk_cluster *c, spk_peer *p, const spk_proto_msg *m, const u
     else
         c->inbox_head = f;
     c->inbox_tail = f;
+    p->inbox_frames++;
+    p->inbox_bytes += m->h.length;
+    c->inbox.frames++;
+    c->inbox.bytes += m->h.length;
+    if (c->inbox.bytes > c->inbox.peak_bytes)
+        c->inbox.peak_bytes = c->inbox.bytes;
     pthread_cond_broadcast(&c->cv);
     pthread_mutex_unlock(&c->mu);
+    return 0;
 }
 
 /* Act on one frame from p. Returns 0 to go on reading p, -1 to stop. */
@@ -254,12 +279,10 @@ static int dispatch(spk_cluster *c, spk_peer *p, const spk_proto_msg *m, const u
     case SPK_MSG_REPLY:
         if ((m->h.type == SPK_MSG_COMMAND) != from_driver)
             break;
-        enqueue(c, p, m, payload);
-        return 0;
+        return enqueue(c, p, m, payload);
     case SPK_MSG_BARRIER:
     case SPK_MSG_ALLGATHER:
-        enqueue(c, p, m, payload);
-        return 0;
+        return enqueue(c, p, m, payload);
     default:
         break;
     }

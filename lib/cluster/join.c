@@ -115,8 +115,11 @@ typedef enum { PEND_HELLO, PEND_VERSION } pend_state;
 typedef struct pending {
     int fd;
     char addr[SPK_NET_ADDR_CAP];
+    char src[SPK_NET_ADDR_CAP]; /* addr without the port: what the per-source cap counts */
+    uint64_t seq;               /* accept order: lower is older */
     pend_state state;
     int64_t deadline;
+    int64_t accepted_ms;
     uint8_t nonce[SPK_PROTO_NONCE_BYTES];
     uint32_t rank;
     uint64_t rx_seq;
@@ -125,7 +128,85 @@ typedef struct pending {
     size_t len;
 } pending;
 
+/*
+ * Pending-handshake policy (a flood of idle or junk connections must not keep a real rank out):
+ *  - at most MAX_PENDING handshakes at once, at most PER_SOURCE_PENDING unauthenticated ones per
+ *    source address;
+ *  - the first frame (HELLO) must arrive within PREAUTH_MS of the accept;
+ *  - a new connection is never refused for lack of room while some pending connection is still
+ *    unauthenticated: the oldest unauthenticated one of the most-represented source (the new
+ *    connection's own source when that is at its cap) is closed instead. A connection whose
+ *    HELLO proved the key (PEND_VERSION) is never evicted.
+ *  - at most ACCEPT_BATCH accepts per loop turn, so pending connections are read between
+ *    batches and a real rank's HELLO is seen before a backlog of strays can push it out.
+ */
 #define MAX_PENDING 64
+#define PER_SOURCE_PENDING 8
+#define PREAUTH_MS 3000
+#define ACCEPT_BATCH 4
+
+/* The source of "host:port" / "[v6]:port": everything before the last ':'. */
+static void addr_source(const char *addr, char *out, size_t cap)
+{
+    const char *colon = strrchr(addr, ':');
+    size_t n = colon ? (size_t)(colon - addr) : strlen(addr);
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(out, addr, n);
+    out[n] = '\0';
+}
+
+/* Which pending slot a new connection from `src` goes into: a free one, else the victim to
+ * evict (*evict = 1), else -1 (every pending connection is authenticated). */
+static int pending_slot(const pending *pend, const char *src, int *evict)
+{
+    int free_slot = -1, n_unauth = 0, mine = 0;
+    *evict = 0;
+    for (int i = 0; i < MAX_PENDING; i++) {
+        if (pend[i].fd < 0) {
+            if (free_slot < 0)
+                free_slot = i;
+            continue;
+        }
+        if (pend[i].state != PEND_HELLO)
+            continue;
+        n_unauth++;
+        if (strcmp(pend[i].src, src) == 0)
+            mine++;
+    }
+    if (free_slot >= 0 && mine < PER_SOURCE_PENDING)
+        return free_slot;
+    if (n_unauth == 0)
+        return free_slot; /* only authenticated handshakes: -1 if full */
+    /* The source to evict from: the new connection's own when it is at its cap, else the one
+     * with the most unauthenticated pending connections. */
+    const char *from = NULL;
+    if (mine >= PER_SOURCE_PENDING) {
+        from = src;
+    } else {
+        int best = 0;
+        for (int i = 0; i < MAX_PENDING; i++) {
+            if (pend[i].fd < 0 || pend[i].state != PEND_HELLO)
+                continue;
+            int n = 0;
+            for (int j = 0; j < MAX_PENDING; j++)
+                if (pend[j].fd >= 0 && pend[j].state == PEND_HELLO &&
+                    strcmp(pend[j].src, pend[i].src) == 0)
+                    n++;
+            if (n > best) {
+                best = n;
+                from = pend[i].src;
+            }
+        }
+    }
+    int victim = -1;
+    for (int i = 0; i < MAX_PENDING; i++)
+        if (pend[i].fd >= 0 && pend[i].state == PEND_HELLO && strcmp(pend[i].src, from) == 0 &&
+            (victim < 0 || pend[i].seq < pend[victim].seq))
+            victim = i;
+    *evict = 1;
+    return victim;
+}
 
 static void refuse(pending *p, int *n_refused, spk_status st, const char *why_log,
                    const char *why_peer)
@@ -154,7 +235,8 @@ static void abort_joined(spk_cluster *c, spk_status st, const char *why)
 /* Handle one complete frame of a pending connection. Returns 1 if the rank joined, 0 to
  * continue, -1 if the connection was dropped, or -2 on a fatal version mismatch (c's error
  * detail set, status in *fatal). */
-static int pending_frame(spk_cluster *c, pending *p, const spk_proto_msg *m, int *n_refused,
+static int pending_frame(spk_cluster *c, pending *pend, pending *p, const spk_proto_msg *m,
+                         int *n_refused, int64_t handshake_ms, int64_t deadline_ms,
                          spk_status *fatal)
 {
     char why[512];
@@ -194,6 +276,9 @@ static int pending_frame(spk_cluster *c, pending *p, const spk_proto_msg *m, int
         }
         p->rank = m->u.hello.rank;
         session_keys(c, p->nonce, m->u.hello.nonce, p->rank, hw, p->tx_key, p->rx_key);
+        /* Authenticated: the rest of the handshake gets the full handshake time. */
+        p->deadline = p->accepted_ms + handshake_ms < deadline_ms ? p->accepted_ms + handshake_ms
+                                                                  : deadline_ms;
         spk_proto_msg out = {0};
         out.h.type = SPK_MSG_RESPONSE;
         out.h.seq = 2;
@@ -208,6 +293,16 @@ static int pending_frame(spk_cluster *c, pending *p, const spk_proto_msg *m, int
             snprintf(why, sizeof why, "rank %u already joined from %s", p->rank,
                      c->peers[p->rank].addr);
             bad = SPK_ERR_STATE;
+        } else {
+            /* The rank is reserved by the first connection that proves the key for it (its
+             * pending entry in PEND_VERSION): a second one racing for the same rank is refused. */
+            for (const pending *q = pend; q < pend + MAX_PENDING; q++) {
+                if (q != p && q->fd >= 0 && q->state == PEND_VERSION && q->rank == p->rank) {
+                    snprintf(why, sizeof why, "rank %u is already joining from %s", p->rank, q->addr);
+                    bad = SPK_ERR_STATE;
+                    break;
+                }
+            }
         }
         if (st == SPK_OK && bad != SPK_OK) {
             send_error(p->fd, p->tx_key, 3, bad, p->rank, why);
@@ -265,6 +360,11 @@ static int pending_frame(spk_cluster *c, pending *p, const spk_proto_msg *m, int
         return -2;
     }
     spk_peer *pr = &c->peers[p->rank];
+    if (pr->fd >= 0) { /* cannot happen with the reservation above; never overwrite a socket */
+        snprintf(why, sizeof why, "rank %u already joined from %s", p->rank, pr->addr);
+        refuse(p, n_refused, SPK_ERR_STATE, why, why);
+        return -1;
+    }
     pr->fd = p->fd;
     pr->rx_seq = p->rx_seq;
     pr->tx_seq = 3;
@@ -289,6 +389,7 @@ spk_status spk_cluster_join_driver(spk_cluster *c, int64_t deadline_ms)
     for (int i = 0; i < MAX_PENDING; i++)
         pend[i].fd = -1;
     int joined = 0, n_refused = 0;
+    uint64_t accept_seq = 0;
     spk_status fatal = SPK_OK;
     int handshake_ms = c->cfg.peer_timeout_ms > 5000 ? c->cfg.peer_timeout_ms : 5000;
 
@@ -304,7 +405,9 @@ spk_status spk_cluster_join_driver(spk_cluster *c, int64_t deadline_ms)
             if (pend[i].fd < 0)
                 continue;
             if (pend[i].deadline <= now) {
-                refuse(&pend[i], &n_refused, SPK_ERR_TIMEOUT, "handshake not finished in time",
+                refuse(&pend[i], &n_refused, SPK_ERR_TIMEOUT,
+                       pend[i].state == PEND_HELLO ? "no HELLO in time (pre-auth deadline)"
+                                                   : "handshake not finished in time",
                        NULL);
                 continue;
             }
@@ -371,7 +474,8 @@ spk_status spk_cluster_join_driver(spk_cluster *c, int64_t deadline_ms)
                            "a frame after the handshake failed its session-key check", NULL);
                     break;
                 }
-                int res = pending_frame(c, p, &m, &n_refused, &fatal);
+                int res = pending_frame(c, pend, p, &m, &n_refused, handshake_ms, deadline_ms,
+                                        &fatal);
                 if (res == 1) {
                     joined++; /* the connection now belongs to peers[rank] */
                     break;
@@ -387,32 +491,37 @@ spk_status spk_cluster_join_driver(spk_cluster *c, int64_t deadline_ms)
         if (fatal != SPK_OK)
             break;
         if (pfd[0].revents & POLLIN) {
-            for (;;) {
+            for (int batch = 0; batch < ACCEPT_BATCH; batch++) {
                 struct sockaddr_storage ss;
                 socklen_t sl = sizeof ss;
                 int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC | SOCK_NONBLOCK);
                 if (fd < 0)
                     break;
                 spk_net_prepare(fd);
-                int slot = -1;
-                for (int i = 0; i < MAX_PENDING && slot < 0; i++)
-                    if (pend[i].fd < 0)
-                        slot = i;
-                char addr[SPK_NET_ADDR_CAP];
+                char addr[SPK_NET_ADDR_CAP], src[SPK_NET_ADDR_CAP];
                 spk_net_addr_str((struct sockaddr *)&ss, sl, addr, sizeof addr);
+                addr_source(addr, src, sizeof src);
+                int evict = 0;
+                int slot = pending_slot(pend, src, &evict);
                 if (slot < 0) {
-                    spk_log(SPK_LOG_WARN, "cluster: refused connection from %s: too many "
-                                          "handshakes in progress", addr);
+                    spk_log(SPK_LOG_WARN, "cluster: refused connection from %s: %d authenticated "
+                                          "handshakes in progress", addr, MAX_PENDING);
                     close(fd);
                     n_refused++;
                     continue;
                 }
+                if (evict)
+                    refuse(&pend[slot], &n_refused, SPK_ERR_BUSY,
+                           "evicted unauthenticated connection (pending handshake limit)", NULL);
                 pending *p = &pend[slot];
                 memset(p, 0, sizeof *p);
                 p->fd = fd;
                 snprintf(p->addr, sizeof p->addr, "%s", addr);
+                snprintf(p->src, sizeof p->src, "%s", src);
+                p->seq = ++accept_seq;
                 p->state = PEND_HELLO;
-                int64_t dl = spk_net_now_ms() + handshake_ms;
+                p->accepted_ms = spk_net_now_ms();
+                int64_t dl = p->accepted_ms + PREAUTH_MS;
                 p->deadline = dl < deadline_ms ? dl : deadline_ms;
                 randombytes_buf(p->nonce, sizeof p->nonce);
                 spk_proto_msg m = {0};
@@ -431,6 +540,7 @@ spk_status spk_cluster_join_driver(spk_cluster *c, int64_t deadline_ms)
             close(pend[i].fd);
     sodium_memzero(pend, sizeof pend);
     close(lfd);
+    spk_log_flush(); /* report what the rate limit held back during the join */
 
     if (fatal != SPK_OK) {
         char why[SPK_CLUSTER_FAIL_CAP];
@@ -501,6 +611,10 @@ static spk_status proven_refusal(spk_cluster *c, const spk_proto_msg *m, const c
     return spk_err((spk_status)m->u.error.status, "%s: %s", what, text);
 }
 
+static int test_version_delay_ms;
+
+void spk_cluster_test_version_delay(int ms) { test_version_delay_ms = ms; }
+
 /* One join attempt on a connected socket. *retry = 1 if trying again may help. */
 static spk_status worker_handshake(spk_cluster *c, int fd, int64_t deadline_ms, int *retry)
 {
@@ -544,8 +658,10 @@ static spk_status worker_handshake(spk_cluster *c, int fd, int64_t deadline_ms, 
     memcpy(out.u.hello.nonce, nonce_w, sizeof nonce_w);
     hs_mac(c, LABEL_HELLO, nonce_d, nonce_w, rank, world, out.u.hello.mac);
     st = spk_net_send_msg(fd, &out, deadline_ms);
-    if (st != SPK_OK)
+    if (st != SPK_OK) {
+        *retry = st == SPK_ERR_PEER_LOST; /* e.g. evicted by the driver's pending-handshake policy */
         return spk_err_prefix(st, "sending HELLO to %s", c->coordinator);
+    }
 
     st = spk_net_recv_frame(fd, deadline_ms, &m, &pl);
     if (st != SPK_OK) {
@@ -585,6 +701,11 @@ static spk_status worker_handshake(spk_cluster *c, int fd, int64_t deadline_ms, 
         return spk_err(SPK_ERR_FORMAT, "driver at %s sent %s, expected VERSION", c->coordinator,
                        spk_proto_type_name(m.h.type));
     uint32_t dlib = m.u.version.lib_version, dproto = m.u.version.proto_version;
+    if (test_version_delay_ms > 0) { /* test hook: widen the HELLO..VERSION window */
+        struct timespec ts = {test_version_delay_ms / 1000,
+                              (long)(test_version_delay_ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     memset(&out, 0, sizeof out);
     out.h.type = SPK_MSG_VERSION;
     out.h.seq = 2;

@@ -42,6 +42,14 @@ void spk_cluster_inbox_free(spk_cluster *c)
         f = n;
     }
     c->inbox_head = c->inbox_tail = NULL;
+    c->inbox.frames = c->inbox.bytes = 0; /* peers[] may be gone already (close) */
+}
+
+void spk_cluster_inbox_stats_get(spk_cluster *c, spk_cluster_inbox_stats *out)
+{
+    pthread_mutex_lock(&c->mu);
+    *out = c->inbox;
+    pthread_mutex_unlock(&c->mu);
 }
 
 /* Wait on c->cv until deadline_ms (-1: no deadline). Caller holds c->mu. 0 on timeout. */
@@ -82,6 +90,10 @@ static spk_frame *unlink_match(spk_cluster *c, int from, uint16_t type, uint32_t
         if (c->inbox_tail == f)
             c->inbox_tail = prev;
         f->next = NULL;
+        c->peers[f->from].inbox_frames--;
+        c->peers[f->from].inbox_bytes -= f->m.h.length;
+        c->inbox.frames--;
+        c->inbox.bytes -= f->m.h.length;
         return f;
     }
     return NULL;

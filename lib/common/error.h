@@ -25,7 +25,16 @@ void spk_err_clear(void);
 /* Current detail (never NULL). */
 const char *spk_err_msg(void);
 
-/* Emit a log line through the user's callback (or stderr for WARN and above by default). */
+/* Emit a log line through the user's callback (or stderr for WARN and above by default).
+ * Rate-limited per kind of message (level + text without digits): a flood of similar lines is
+ * cut to `burst` per window and reported as "N similar message(s) suppressed". */
 void spk_log(spk_log_level level, const char *fmt, ...) SPK_PRINTF(2, 3);
+
+/* Emit the "suppressed" summaries now (e.g. when a flood is over), whatever their window. */
+void spk_log_flush(void);
+
+/* Rate limit: `burst` lines per kind and `global` lines in all per `window_ms` (<= 0: the
+ * defaults 20, 1000 ms, 200). Resets the counters. For tests and tuning. */
+void spk_log_rate_set(int burst, int window_ms, int global);
 
 #endif

@@ -37,6 +37,9 @@ struct spk_engine {
     pthread_mutex_t mu;
     pthread_cond_t work_cv;   /* engine waits for requests / event room */
     pthread_cond_t event_cv;  /* pollers wait for events */
+    pthread_cond_t room_cv;   /* spk_submit_wait callers wait for queue room */
+    struct submit_waiter *wait_head, *wait_tail; /* FIFO of blocked submitters */
+    int n_waiting;
     bool stopping;
     spk_status fatal;
     uint64_t next_id;
@@ -116,9 +119,16 @@ static void finish_slot(spk_engine *e, req *r)
     free_req(r);
 }
 
+/* A blocked spk_submit_wait caller (on its own stack), in arrival order. */
+typedef struct submit_waiter {
+    struct submit_waiter *next;
+} submit_waiter;
+
 /* Caller holds mu: move queued requests into free slots, reject impossible ones. */
 static void admit(spk_engine *e)
 {
+    if (e->queue_head && e->wait_head)
+        pthread_cond_broadcast(&e->room_cv); /* the queue shrinks below: room for a waiter */
     for (int s = 0; s < e->p.max_seqs && e->queue_head; s++) {
         if (e->slots[s])
             continue;
@@ -174,6 +184,7 @@ static void fail_all(spk_engine *e, spk_status st)
     e->queue_tail = NULL;
     e->n_queued = 0;
     e->n_inflight = 0; /* their requests are gone */
+    pthread_cond_broadcast(&e->room_cv); /* blocked submitters get the error */
 }
 
 static bool is_cluster_failure(spk_status st)
@@ -428,10 +439,12 @@ spk_status spk_engine_start(const spk_engine_params *p, spk_engine **out)
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->work_cv, NULL);
     pthread_cond_init(&e->event_cv, NULL);
+    pthread_cond_init(&e->room_cv, NULL);
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         pthread_mutex_destroy(&e->mu);
         pthread_cond_destroy(&e->work_cv);
         pthread_cond_destroy(&e->event_cv);
+        pthread_cond_destroy(&e->room_cv);
         e->thread = 0;
         spk_engine_stop(e);
         return spk_err(SPK_ERR_INTERNAL, "engine: cannot start thread");
@@ -449,11 +462,13 @@ void spk_engine_stop(spk_engine *e)
         e->stopping = true;
         pthread_cond_broadcast(&e->work_cv);
         pthread_cond_broadcast(&e->event_cv);
+        pthread_cond_broadcast(&e->room_cv);
         pthread_mutex_unlock(&e->mu);
         pthread_join(e->thread, NULL);
         pthread_mutex_destroy(&e->mu);
         pthread_cond_destroy(&e->work_cv);
         pthread_cond_destroy(&e->event_cv);
+        pthread_cond_destroy(&e->room_cv);
     }
     while (e->queue_head) {
         req *r = e->queue_head;
@@ -511,6 +526,12 @@ static spk_status check_request(const spk_engine *e, const spk_request *r, size_
 
 spk_status spk_engine_submit(spk_engine *e, const spk_request *reqs, size_t n, uint64_t *ids)
 {
+    return spk_engine_submit_wait(e, reqs, n, ids, 0);
+}
+
+spk_status spk_engine_submit_wait(spk_engine *e, const spk_request *reqs, size_t n, uint64_t *ids,
+                                  int timeout_ms)
+{
     if (n == 0)
         return SPK_OK;
     size_t stride = reqs[0].struct_size;
@@ -560,13 +581,66 @@ spk_status spk_engine_submit(spk_engine *e, const spk_request *reqs, size_t n, u
         made[i] = q;
     }
     if (st == SPK_OK) {
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl);
+        if (timeout_ms > 0) {
+            dl.tv_sec += timeout_ms / 1000;
+            dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+            if (dl.tv_nsec >= 1000000000L) {
+                dl.tv_sec++;
+                dl.tv_nsec -= 1000000000L;
+            }
+        }
+        submit_waiter me = {NULL};
+        bool waiting = false, timed_out = false;
         pthread_mutex_lock(&e->mu);
-        if (e->fatal != SPK_OK) {
-            st = spk_err(e->fatal, "spk_submit: engine stopped after a fatal error");
-        } else if ((size_t)e->n_queued + n > (size_t)e->p.queue_capacity) {
-            st = spk_err(SPK_ERR_BUSY, "spk_submit: queue full (%d queued, capacity %d)", e->n_queued,
-                         e->p.queue_capacity);
-        } else {
+        for (;;) {
+            /* FIFO: only the longest-waiting caller (or anyone when nobody waits) may enqueue. */
+            bool my_turn = e->wait_head == NULL || e->wait_head == &me;
+            if (e->fatal != SPK_OK) {
+                st = spk_err(e->fatal, "spk_submit: engine stopped after a fatal error");
+                break;
+            }
+            if (e->stopping) {
+                st = spk_err(SPK_ERR_STATE, "spk_submit: the model is being freed");
+                break;
+            }
+            if (my_turn && (size_t)e->n_queued + n <= (size_t)e->p.queue_capacity)
+                break;
+            if (n > (size_t)e->p.queue_capacity || timeout_ms == 0 || timed_out) {
+                st = spk_err(SPK_ERR_BUSY, "spk_submit: queue full (%d queued + %zu new, capacity "
+                             "%d; %d submitter(s) waiting first)", e->n_queued, n,
+                             e->p.queue_capacity, e->n_waiting - (waiting ? 1 : 0));
+                break;
+            }
+            if (!waiting) {
+                waiting = true;
+                if (e->wait_tail)
+                    e->wait_tail->next = &me;
+                else
+                    e->wait_head = &me;
+                e->wait_tail = &me;
+                e->n_waiting++;
+            }
+            if (timeout_ms < 0)
+                pthread_cond_wait(&e->room_cv, &e->mu);
+            else if (pthread_cond_timedwait(&e->room_cv, &e->mu, &dl) == ETIMEDOUT)
+                timed_out = true;
+        }
+        if (waiting) {
+            submit_waiter **pp = &e->wait_head;
+            while (*pp != &me)
+                pp = &(*pp)->next;
+            *pp = me.next;
+            if (e->wait_tail == &me) {
+                e->wait_tail = NULL;
+                for (submit_waiter *w = e->wait_head; w; w = w->next)
+                    e->wait_tail = w;
+            }
+            e->n_waiting--;
+            pthread_cond_broadcast(&e->room_cv); /* the next waiter's turn */
+        }
+        if (st == SPK_OK) {
             for (size_t i = 0; i < n; i++) {
                 made[i]->id = e->next_id++;
                 ids[i] = made[i]->id;
@@ -649,5 +723,6 @@ void spk_engine_stats(spk_engine *e, spk_engine_stats_t *st)
     st->kv_block_size = e->block_size;
     st->n_preempted = e->n_preempted;
     st->n_generated = e->n_generated;
+    st->n_submit_waiting = e->n_waiting;
     pthread_mutex_unlock(&e->mu);
 }

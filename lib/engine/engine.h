@@ -30,6 +30,10 @@ spk_status spk_engine_start(const spk_engine_params *p, spk_engine **out);
 void spk_engine_stop(spk_engine *e);
 
 spk_status spk_engine_submit(spk_engine *e, const spk_request *reqs, size_t n, uint64_t *ids);
+/* Wait up to timeout_ms (0: not at all, -1: forever) for queue room; blocked callers are served
+ * in arrival order and plain submits do not overtake them (see spk_submit_wait). */
+spk_status spk_engine_submit_wait(spk_engine *e, const spk_request *reqs, size_t n, uint64_t *ids,
+                                  int timeout_ms);
 spk_status spk_engine_poll(spk_engine *e, spk_event *ev, size_t cap, size_t *n_out, int timeout_ms);
 spk_status spk_engine_cancel(spk_engine *e, uint64_t id);
 
@@ -37,6 +41,7 @@ typedef struct spk_engine_stats_t {
     int n_queued, n_running;
     int kv_blocks_total, kv_blocks_free, kv_block_size;
     uint64_t n_preempted, n_generated;
+    int n_submit_waiting;
 } spk_engine_stats_t;
 void spk_engine_stats(spk_engine *e, spk_engine_stats_t *st);
 

@@ -304,12 +304,35 @@ static spk_status connect_peer(const mesh *m, int p, const spk_tcp_info *info, i
     return SPK_OK;
 }
 
-typedef struct pending {
-    int fd;
-    size_t got;
-    uint8_t buf[SPK_TCP_HELLO_LEN];
-    char addr[SPK_TCP_ADDR_LEN];
-} pending;
+typedef spk_tcp_pending pending;
+
+/* The source of "host:port": its length without the port. */
+static size_t source_len(const char *addr)
+{
+    const char *colon = strrchr(addr, ':');
+    return colon ? (size_t)(colon - addr) : strlen(addr);
+}
+
+static int same_source(const char *a, const char *b)
+{
+    size_t la = source_len(a);
+    return la == source_len(b) && memcmp(a, b, la) == 0;
+}
+
+int spk_tcp_pending_victim(const spk_tcp_pending *pend, int n, const char *new_addr)
+{
+    int victim = -1, best = 0;
+    for (int i = 0; i < n; i++) {
+        int count = same_source(pend[i].addr, new_addr); /* the newcomer counts for its source */
+        for (int j = 0; j < n; j++)
+            count += same_source(pend[j].addr, pend[i].addr);
+        if (count > best || (count == best && pend[i].seq < pend[victim].seq)) {
+            best = count;
+            victim = i;
+        }
+    }
+    return victim;
+}
 
 static void addr_str(const struct sockaddr_storage *ss, char *out, size_t cap)
 {
@@ -332,6 +355,7 @@ static spk_status accept_peers(const mesh *m, int lfd, int *fds, char (*addrs)[S
 {
     enum { MAXP = 32 };
     pending pend[MAXP];
+    uint64_t accept_seq = 0;
     int np = 0, need = m->world - 1 - m->rank;
     spk_status st = SPK_OK;
     while (need > 0) {
@@ -388,14 +412,18 @@ static spk_status accept_peers(const mesh *m, int lfd, int *fds, char (*addrs)[S
             socklen_t sl = sizeof ss;
             int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
             if (fd >= 0) {
-                if (np == MAXP) { /* a flood of strays: drop the oldest */
-                    mlog(m, SPK_LOG_WARN, "dropping unauthenticated connection from %s", pend[0].addr);
-                    close(pend[0].fd);
-                    pend[0] = pend[--np];
+                char addr[SPK_TCP_ADDR_LEN];
+                addr_str(&ss, addr, sizeof addr);
+                if (np == MAXP) { /* a flood of strays: drop the oldest of the busiest source */
+                    int v = spk_tcp_pending_victim(pend, np, addr);
+                    mlog(m, SPK_LOG_WARN, "dropping unauthenticated connection from %s (%d pending)",
+                         pend[v].addr, np);
+                    close(pend[v].fd);
+                    pend[v] = pend[--np];
                 }
                 sockopts(fd, m->cfg->sockbuf);
-                pend[np] = (pending){.fd = fd, .got = 0};
-                addr_str(&ss, pend[np].addr, sizeof pend[np].addr);
+                pend[np] = (pending){.fd = fd, .got = 0, .seq = ++accept_seq};
+                memcpy(pend[np].addr, addr, sizeof addr);
                 np++;
             }
         }

@@ -56,6 +56,24 @@ typedef struct spk_tcp_mesh_cfg {
     uint8_t *comm_id_out;       /* receives the communicator id (SPK_TCP_COMM_ID_LEN), or NULL */
 } spk_tcp_mesh_cfg;
 
+/* A data connection accepted but not yet authenticated (all that ever waits for its hello). */
+typedef struct spk_tcp_pending {
+    int fd;
+    size_t got;
+    uint64_t seq;                 /* accept order: lower is older */
+    uint8_t buf[SPK_TCP_HELLO_LEN];
+    char addr[SPK_TCP_ADDR_LEN];  /* "host:port" */
+} spk_tcp_pending;
+
+/*
+ * Eviction policy when the pending table is full and a connection from `new_addr` arrives: the
+ * index of the oldest (lowest seq) pending connection of the source address (host, port ignored)
+ * with the most pending connections, the newcomer counted for its own source. Pending entries are
+ * unauthenticated by construction: a connection leaves the table the moment its hello checks out.
+ * -1 if n is 0.
+ */
+int spk_tcp_pending_victim(const spk_tcp_pending *pend, int n, const char *new_addr);
+
 /*
  * Build the mesh (collective over cfg->bs). On success fds[p] is a connected, nonblocking socket
  * to rank p (fds[rank] = -1) and addrs[p] names it ("host:port"). Stray or foreign connections to

@@ -99,6 +99,7 @@ class spk_model_stats(ctypes.Structure):
         ("kv_block_size", ctypes.c_int),
         ("n_preempted", ctypes.c_uint64),
         ("n_generated", ctypes.c_uint64),
+        ("n_submit_waiting", ctypes.c_int),
     ]
 
 
@@ -172,6 +173,8 @@ _PROTOTYPES = {
                                     ctypes.c_char_p, _sz, _szp]),
     "spk_request_init": (spk_status, [ctypes.POINTER(spk_request)]),
     "spk_submit": (spk_status, [_vp, ctypes.POINTER(spk_request), _sz, ctypes.POINTER(ctypes.c_uint64)]),
+    "spk_submit_wait": (spk_status, [_vp, ctypes.POINTER(spk_request), _sz, ctypes.POINTER(ctypes.c_uint64),
+                                     ctypes.c_int]),
     "spk_poll": (spk_status, [_vp, ctypes.POINTER(spk_event), _sz, _szp, ctypes.c_int]),
     "spk_cancel": (spk_status, [_vp, ctypes.c_uint64]),
 }
