@@ -487,3 +487,12 @@ const spk_transport *spk_transport_nccl(void)
     };
     return &vt;
 }
+
+#ifdef SPK_TRANSPORT_MODULE
+/* The module's entry point, the public plugin ABI (transport.h): the core loads this file as
+ * plugins/spk_transport_nccl.so, so only the module NEEDs its libraries. */
+__attribute__((visibility("default"))) const spk_transport *spk_transport_plugin_v1(void)
+{
+    return spk_transport_nccl();
+}
+#endif

@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/error.h"
 
@@ -27,18 +28,6 @@ void spk_transport_test_set_plugin_dir(const char *dir)
     plugin_dir = dir ? dir : SPK_PLUGIN_DIR;
 }
 
-#if !SPK_HAVE_NCCL
-const spk_transport *spk_transport_nccl(void)
-{
-    return NULL;
-}
-#endif
-#if !SPK_HAVE_VERBS
-const spk_transport *spk_transport_verbs(void)
-{
-    return NULL;
-}
-#endif
 
 static spk_status lib_set_error(spk_status st, const char *msg)
 {
@@ -132,6 +121,30 @@ static spk_status load_plugin(const char *path, unsigned mem, spk_transport_hand
     return SPK_OK;
 }
 
+/* The NCCL and verbs transports: modules in the plugin directory (they NEED libcudart/libnccl or
+ * libibverbs, which the core must not), checked to accept `mem` and to run on this machine. */
+static spk_status load_module(const char *name, unsigned mem, spk_transport_handle *out)
+{
+    char path[PATH_MAX];
+    int n = snprintf(path, sizeof path, "%s/spk_transport_%s.so", plugin_dir, name);
+    if (n < 0 || (size_t)n >= sizeof path)
+        return spk_err(SPK_ERR_INVALID_ARG, "transport \"%s\": plugin directory path too long", name);
+    if (access(path, R_OK) != 0)
+        return spk_err(SPK_ERR_UNSUPPORTED, "transport \"%s\" is not installed here: no module %s (it is built "
+                       "where %s was found)", name, path, strcmp(name, "nccl") == 0 ? "CUDA + NCCL" : "libibverbs");
+    spk_status st = load_plugin(path, mem, out);
+    if (st == SPK_ERR_NOT_FOUND) /* e.g. the module's libcudart is missing on this machine */
+        return spk_err_prefix(SPK_ERR_UNSUPPORTED, "transport \"%s\" cannot be loaded", name);
+    if (st != SPK_OK)
+        return st;
+    char why[256] = "";
+    if (out->vt->probe(why, sizeof why) != SPK_OK) {
+        spk_transport_release(out);
+        return spk_err(SPK_ERR_UNSUPPORTED, "transport \"%s\" cannot run here: %s", name, why);
+    }
+    return SPK_OK;
+}
+
 static spk_status builtin(const char *name, const spk_transport *vt, unsigned mem, int must_probe,
                           spk_transport_handle *out)
 {
@@ -169,10 +182,10 @@ spk_status spk_transport_select(const char *name, unsigned mem, spk_transport_ha
     memset(out, 0, sizeof *out);
     if (!name || !*name || strcmp(name, "auto") == 0) {
         char why[256] = "";
-        if ((mem & SPK_TRANSPORT_MEM_CUDA) && usable(spk_transport_nccl(), mem, why, sizeof why))
-            return builtin("nccl", spk_transport_nccl(), mem, 0, out);
-        if (usable(spk_transport_verbs(), mem, why, sizeof why))
-            return builtin("verbs", spk_transport_verbs(), mem, 0, out);
+        if ((mem & SPK_TRANSPORT_MEM_CUDA) && load_module("nccl", mem, out) == SPK_OK)
+            return SPK_OK;
+        if (load_module("verbs", mem, out) == SPK_OK)
+            return SPK_OK;
         if (usable(spk_transport_tcp(), mem, why, sizeof why))
             return builtin("tcp", spk_transport_tcp(), mem, 0, out);
         return spk_err(SPK_ERR_UNSUPPORTED, "transport auto: no transport accepts %s memory here",
@@ -199,10 +212,8 @@ spk_status spk_transport_select(const char *name, unsigned mem, spk_transport_ha
     }
     if (strcmp(name, "tcp") == 0)
         return builtin(name, spk_transport_tcp(), mem, 1, out);
-    if (strcmp(name, "nccl") == 0)
-        return builtin(name, spk_transport_nccl(), mem, 1, out);
-    if (strcmp(name, "verbs") == 0)
-        return builtin(name, spk_transport_verbs(), mem, 1, out);
+    if (strcmp(name, "nccl") == 0 || strcmp(name, "verbs") == 0)
+        return load_module(name, mem, out);
     return spk_err(SPK_ERR_NOT_FOUND,
                    "unknown transport \"%s\" (expected auto, tcp, nccl, verbs, NAME.so from %s "
                    "or an absolute plugin path)", name, plugin_dir);

@@ -7,7 +7,8 @@
 
 #include "sparkinfer/transport.h"
 
-/* Built-in vtables (NULL when not compiled in). */
+/* The built-in TCP vtable; NCCL's and verbs' are defined in their modules (transport/nccl.c,
+ * transport/verbs.c, loaded by name from the plugin directory) and in the tests that compile them. */
 const spk_transport *spk_transport_tcp(void);
 const spk_transport *spk_transport_nccl(void);
 const spk_transport *spk_transport_verbs(void);

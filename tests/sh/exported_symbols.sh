@@ -26,4 +26,9 @@ bad=$(nm --defined-only "$A" 2>/dev/null | awk 'NF==3 && $2 ~ /[TDBRCGSV]/ {prin
 if [ -n "$bad" ]; then
     echo "FAIL: global symbols of libsparkinfer.a without the spk_ prefix:"; echo "$bad"; exit 1
 fi
+# GPU and RDMA code lives in modules loaded at run time: the core loads on a machine without them.
+needed=$(objdump -p "$LIB" | awk '/NEEDED/{print $2}')
+if echo "$needed" | grep -E -q 'libcuda|libnccl|libibverbs|libcublas'; then
+    echo "FAIL: $LIB NEEDs GPU/RDMA libraries:"; echo "$needed"; exit 1
+fi
 echo "ok: $n exported symbols, all spk_-prefixed and declared; SONAME $soname"

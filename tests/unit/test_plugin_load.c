@@ -115,6 +115,44 @@ START_TEST(installed_plugin_dir_is_absolute)
 }
 END_TEST
 
+/* NCCL and verbs are modules in the plugin directory: without the module, a clear UNSUPPORTED
+ * naming it; with the module built here (when its libraries were found), it loads through the
+ * plugin ABI and the machine check decides (no GPU / RDMA device here: UNSUPPORTED, why given). */
+START_TEST(gpu_and_rdma_transports_are_modules)
+{
+    static const char *names[] = {"nccl", "verbs"};
+    spk_transport_handle h;
+    spk_transport_test_set_plugin_dir(SPK_TEST_PLUGIN_DIR); /* the test plugin only */
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(spk_transport_select(names[i], SPK_TRANSPORT_MEM_HOST, &h), SPK_ERR_UNSUPPORTED);
+        ck_assert_ptr_nonnull(strstr(spk_last_error(), "is not installed here"));
+        ck_assert_ptr_nonnull(strstr(spk_last_error(), names[i]));
+    }
+    spk_transport_test_set_plugin_dir(SPK_TEST_MODULE_DIR);
+    for (int i = 0; i < 2; i++) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/spk_transport_%s.so", SPK_TEST_MODULE_DIR, names[i]);
+        if (access(path, R_OK) != 0) {
+            printf("SKIP: %s not built here (its libraries were not found)\n", path);
+            continue;
+        }
+        unsigned mem = i == 0 ? SPK_TRANSPORT_MEM_CUDA : SPK_TRANSPORT_MEM_HOST;
+        spk_status st = spk_transport_select(names[i], mem, &h);
+        printf("%s module: %s%s%s\n", names[i], spk_status_str(st), st == SPK_OK ? "" : ": ",
+               st == SPK_OK ? "" : spk_last_error());
+        if (st == SPK_OK) {
+            ck_assert_str_eq(h.vt->name, names[i]);
+            ck_assert_ptr_nonnull(h.dl);
+            spk_transport_release(&h);
+        } else {
+            ck_assert_int_eq(st, SPK_ERR_UNSUPPORTED);
+            ck_assert_ptr_nonnull(strstr(spk_last_error(), "cannot run here"));
+        }
+    }
+    spk_transport_test_set_plugin_dir(NULL);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("plugin_load");
@@ -124,6 +162,7 @@ int main(void)
     tcase_add_test(tc, relative_paths_are_refused);
     tcase_add_test(tc, current_directory_is_not_searched);
     tcase_add_test(tc, installed_plugin_dir_is_absolute);
+    tcase_add_test(tc, gpu_and_rdma_transports_are_modules);
     suite_add_tcase(s, tc);
     return spk_test_run(s);
 }
