@@ -55,6 +55,7 @@ struct spk_exec {
     size_t row_len;                    /* capacity of row, in candidates per TP rank */
     spk_sampler_scratch scratch;
     uint64_t buf_bytes;        /* hidden_in and out */
+    uint32_t act_mem;          /* SPK_TRANSPORT_MEM_* of the backend's activations */
     uint8_t *msg;              /* encoded step (driver) */
     size_t msg_cap;
 };
@@ -118,10 +119,7 @@ static int get(rbuf *b, void *dst, size_t n)
 static spk_status tp_allreduce(void *ctx, float *buf, size_t n)
 {
     spk_exec *e = ctx;
-    /* buf is the backend's (its activations): tell the transport where it lives */
-    uint32_t mem = spk_llama_backend(e->llm)->ops->mem == SPK_MEM_DEVICE ? SPK_TRANSPORT_MEM_CUDA
-                                                                          : SPK_TRANSPORT_MEM_HOST;
-    return e->vt->allreduce(e->tp_comm, buf, n, SPK_TRANSPORT_F32, mem, DATA_TIMEOUT_MS);
+    return e->vt->allreduce(e->tp_comm, buf, n, SPK_TRANSPORT_F32, e->act_mem, DATA_TIMEOUT_MS);
 }
 
 /* Connect this rank's groups (collective over all ranks, so done before anything that can fail
@@ -173,6 +171,9 @@ static spk_status setup(spk_exec *e, const spk_gguf_file *f, const spk_hparams *
     if ((st = spk_llama_create_paged(hp, &e->w, &e->sh, p->n_ctx, p->n_blocks, p->block_size, p->max_tok,
                                      p->n_threads, &e->llm)) != SPK_OK)
         return st;
+    /* the TP all-reduce sums the backend's activations: tell the transport where they live */
+    e->act_mem = spk_llama_backend(e->llm)->ops->mem == SPK_MEM_DEVICE ? SPK_TRANSPORT_MEM_CUDA
+                                                                       : SPK_TRANSPORT_MEM_HOST;
     int n_out = e->sh.v1 - e->sh.v0;
     size_t E = (size_t)hp->n_embd, T = (size_t)p->max_tok;
     /* out: hidden states, or on the last stage logits rows of this vocabulary shard */

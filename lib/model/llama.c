@@ -48,28 +48,17 @@ struct spk_llama {
     uint64_t kv_bytes, alloc_bytes; /* the KV cache; everything allocated here incl. the cache */
 };
 
-/* A zeroed run-state buffer of n x size bytes in backend memory (counted). */
-static void *balloc(spk_llama *m, size_t n, size_t size, spk_status *st)
+/* A zeroed run-state buffer of n x size bytes (counted): in backend memory, or on the host for
+ * the batch metadata the layer loop reads on the host. */
+static void *zalloc(spk_llama *m, int host, size_t n, size_t size, spk_status *st)
 {
     if (*st != SPK_OK)
         return NULL;
-    void *p = n && size && n <= SIZE_MAX / size ? m->be->ops->alloc(m->be, n * size) : NULL;
+    const int ok = n && size && n <= SIZE_MAX / size;
+    void *p = !ok ? NULL : host ? calloc(n, size) : m->be->ops->alloc(m->be, n * size);
     if (!p)
-        *st = spk_err(SPK_ERR_NOMEM, "llama run state: cannot allocate %zu x %zu bytes (%s backend)", n, size,
-                      m->be->ops->name);
-    else
-        m->alloc_bytes += (uint64_t)n * size;
-    return p;
-}
-
-/* Host metadata (block-table flags, row lists). */
-static void *halloc(spk_llama *m, size_t n, size_t size, spk_status *st)
-{
-    if (*st != SPK_OK)
-        return NULL;
-    void *p = n && size && n <= SIZE_MAX / size ? calloc(n, size) : NULL;
-    if (!p)
-        *st = spk_err(SPK_ERR_NOMEM, "llama run state: cannot allocate %zu x %zu bytes", n, size);
+        *st = spk_err(SPK_ERR_NOMEM, "llama run state: cannot allocate %zu x %zu bytes (%s memory)", n, size,
+                      host ? "host" : m->be->ops->name);
     else
         m->alloc_bytes += (uint64_t)n * size;
     return p;
@@ -149,17 +138,17 @@ spk_status spk_llama_create_paged(const spk_hparams *hp, const spk_weights *w, c
         free(m);
         return st;
     }
-    m->x = balloc(m, T * E, sizeof(float), &st);
-    m->xb = balloc(m, T * E, sizeof(float), &st);
-    m->xb2 = balloc(m, T * E, sizeof(float), &st);
-    m->q = balloc(m, T * (size_t)m->q_dim, sizeof(float), &st);
-    m->k = balloc(m, T * (size_t)m->kv_dim, sizeof(float), &st);
-    m->v = balloc(m, T * (size_t)m->kv_dim, sizeof(float), &st);
-    m->att = balloc(m, T * (size_t)m->q_dim, sizeof(float), &st);
-    m->hb = balloc(m, T * (size_t)m->n_ff, sizeof(float), &st);
-    m->hb2 = balloc(m, T * (size_t)m->n_ff, sizeof(float), &st);
-    m->freqs = balloc(m, (size_t)hp->rot_dim / 2, sizeof(float), &st);
-    m->rows = halloc(m, T, sizeof(int), &st);
+    m->x = zalloc(m, 0, T * E, sizeof(float), &st);
+    m->xb = zalloc(m, 0, T * E, sizeof(float), &st);
+    m->xb2 = zalloc(m, 0, T * E, sizeof(float), &st);
+    m->q = zalloc(m, 0, T * (size_t)m->q_dim, sizeof(float), &st);
+    m->k = zalloc(m, 0, T * (size_t)m->kv_dim, sizeof(float), &st);
+    m->v = zalloc(m, 0, T * (size_t)m->kv_dim, sizeof(float), &st);
+    m->att = zalloc(m, 0, T * (size_t)m->q_dim, sizeof(float), &st);
+    m->hb = zalloc(m, 0, T * (size_t)m->n_ff, sizeof(float), &st);
+    m->hb2 = zalloc(m, 0, T * (size_t)m->n_ff, sizeof(float), &st);
+    m->freqs = zalloc(m, 0, (size_t)hp->rot_dim / 2, sizeof(float), &st);
+    m->rows = zalloc(m, 1, T, sizeof(int), &st);
     size_t act = 0;
     if (st == SPK_OK) {
         const spk_backend_ops *o = m->be->ops;
@@ -173,33 +162,27 @@ spk_status spk_llama_create_paged(const spk_hparams *hp, const spk_weights *w, c
             }
         }
     }
-    m->act = balloc(m, act, 1, &st);
+    m->act = zalloc(m, 0, act, 1, &st);
     size_t kv = (size_t)m->n_layers * kv_rows * (size_t)m->kv_dim;
     m->kv = (spk_kv_cache){.rows = kv_rows, .kv_dim = m->kv_dim, .n_kv_heads = m->n_kv, .head_dim = hp->head_dim,
                            .block_size = block_size, .n_ctx = n_ctx};
-    m->kv.k = balloc(m, kv, sizeof(spk_f16), &st);
-    m->kv.v = balloc(m, kv, sizeof(spk_f16), &st);
+    m->kv.k = zalloc(m, 0, kv, sizeof(spk_f16), &st);
+    m->kv.v = zalloc(m, 0, kv, sizeof(spk_f16), &st);
     m->kv_bytes = 2 * (uint64_t)kv * sizeof(spk_f16);
-    m->contig = halloc(m, (size_t)max_tok, 1, &st);
-    m->rows_need = halloc(m, (size_t)max_tok, sizeof(int), &st);
+    m->contig = zalloc(m, 1, (size_t)max_tok, 1, &st);
+    m->rows_need = zalloc(m, 1, (size_t)max_tok, sizeof(int), &st);
     if (st != SPK_OK) {
         spk_llama_free(m);
         return st;
     }
-    float *freqs = malloc(sizeof(float) * (size_t)(hp->rot_dim / 2));
-    if (!freqs) {
-        spk_llama_free(m);
-        return spk_err(SPK_ERR_NOMEM, "llama: out of memory");
-    }
-    spk_rope_freqs(freqs, hp->rot_dim, hp->rope_theta, NULL);
+    /* the CPU backend's memory is host memory; a device backend will upload this table */
+    spk_rope_freqs(m->freqs, hp->rot_dim, hp->rope_theta, NULL);
     for (int i = 0; i < hp->rot_dim / 2; i++) {
         if (hp->scaling.factor > 0)
-            freqs[i] /= hp->scaling.factor;
+            m->freqs[i] /= hp->scaling.factor;
         if (w->rope_factors)
-            freqs[i] /= w->rope_factors[i];
+            m->freqs[i] /= w->rope_factors[i];
     }
-    memcpy(m->freqs, freqs, sizeof(float) * (size_t)(hp->rot_dim / 2)); /* host backend: its memory is ours */
-    free(freqs);
     *out = m;
     return SPK_OK;
 }
