@@ -409,12 +409,13 @@ static int measure(spk_model *m, const int32_t *prompts, int batch, int isl, int
             if (!hit)
                 continue; /* an event of an earlier run */
             int i = hit->idx;
-            if (ev[k].token >= 0) {
+            if (ev[k].token >= 0) { /* the engine's time stamp: a late poll must not merge tokens */
+                double te = (double)ev[k].time_ns * 1e-9;
                 if (cnt[i]++ == 0)
-                    first[i] = t;
-                prev[i] = t;
+                    first[i] = te;
+                prev[i] = te;
                 done_tok++;
-                tlast = t;
+                tlast = te > tlast ? te : tlast;
             }
             if (ev[k].finish != SPK_FINISH_NONE) {
                 done++;

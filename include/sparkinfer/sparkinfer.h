@@ -385,7 +385,9 @@ typedef struct spk_event {
     int32_t position;           /**< index of the token in the sequence (prompt included) */
     int32_t finish;             /**< spk_finish; the last event of a request is non-NONE */
     int32_t status;             /**< spk_status; SPK_OK unless finish == SPK_FINISH_ERROR */
-    int32_t reserved[4];        /**< zero */
+    uint64_t time_ns;           /**< CLOCK_MONOTONIC time at which the engine produced the event:
+                                     measure TTFT/TPOT with it, not with the time of spk_poll */
+    int32_t reserved[2];        /**< zero */
 } spk_event;
 
 /**

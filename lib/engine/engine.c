@@ -87,6 +87,8 @@ static void free_req(req *r)
 /* Caller holds mu. Waits for room unless stopping. */
 static void push_event(spk_engine *e, uint64_t id, int32_t tok, int32_t pos, spk_finish fin, spk_status st)
 {
+    struct timespec now; /* the time the event happened, not when the ring had room */
+    clock_gettime(CLOCK_MONOTONIC, &now);
     while (e->ev_len == e->ev_cap && !e->stopping)
         pthread_cond_wait(&e->work_cv, &e->mu);
     if (e->ev_len == e->ev_cap)
@@ -98,6 +100,7 @@ static void push_event(spk_engine *e, uint64_t id, int32_t tok, int32_t pos, spk
     ev->position = pos;
     ev->finish = fin;
     ev->status = st;
+    ev->time_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
     e->ev_len++;
     pthread_cond_broadcast(&e->event_cv);
 }

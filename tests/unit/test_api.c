@@ -183,6 +183,7 @@ END_TEST
 static spk_event wait_finish(uint64_t id, int32_t *toks, int *n_tok)
 {
     *n_tok = 0;
+    uint64_t last_ns = 0;
     for (;;) {
         spk_event ev[32];
         size_t n;
@@ -190,6 +191,11 @@ static spk_event wait_finish(uint64_t id, int32_t *toks, int *n_tok)
         ck_assert_uint_gt(n, 0);
         for (size_t i = 0; i < n; i++) {
             ck_assert(ev[i].request_id == id);
+            /* the engine stamps each event; a request's events come in time order */
+            ck_assert_uint_gt(ev[i].time_ns, 0);
+            ck_assert_uint_ge(ev[i].time_ns, last_ns);
+            last_ns = ev[i].time_ns;
+            ck_assert(ev[i].reserved[0] == 0 && ev[i].reserved[1] == 0);
             if (ev[i].token >= 0)
                 toks[(*n_tok)++] = ev[i].token;
             if (ev[i].finish != SPK_FINISH_NONE)

@@ -133,7 +133,8 @@ class spk_event(ctypes.Structure):
         ("position", ctypes.c_int32),
         ("finish", ctypes.c_int32),
         ("status", ctypes.c_int32),
-        ("reserved", ctypes.c_int32 * 4),
+        ("time_ns", ctypes.c_uint64),
+        ("reserved", ctypes.c_int32 * 2),
     ]
 
 

@@ -102,13 +102,15 @@ class Event:
 
     ``token``/``position`` are None on an event without a token (e.g. cancelled, error). The
     last event of a request has ``finish`` != Finish.NONE; ``status`` is Status.OK unless
-    ``finish`` is Finish.ERROR.
+    ``finish`` is Finish.ERROR. ``time_ns`` is the CLOCK_MONOTONIC time (``time.monotonic_ns()``)
+    at which the engine produced the event: measure TTFT/TPOT with it, not with the time of poll.
     """
     request_id: int
     token: Optional[int]
     position: Optional[int]
     finish: Finish
     status: Status
+    time_ns: int = 0
 
     @property
     def finished(self) -> bool:
@@ -132,7 +134,7 @@ def _event_from_c(e):
     except ValueError:
         st = e.status
     return Event(int(e.request_id), None if e.token < 0 else int(e.token),
-                 None if e.position < 0 else int(e.position), fin, st)
+                 None if e.position < 0 else int(e.position), fin, st, int(e.time_ns))
 
 
 @dataclasses.dataclass

@@ -20,10 +20,14 @@ def make_prompts(n, seed):
 def wait_finish(model, rid, timeout_s=30):
     """Poll until `rid` finishes; returns (tokens, positions, final event)."""
     toks, pos = [], []
+    last_ns = 0
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for e in model.poll(timeout_ms=1000):
             assert e.request_id == rid
+            # the engine's time stamp, on Python's monotonic clock, in order and not in the future
+            assert last_ns <= e.time_ns <= time.monotonic_ns()
+            last_ns = e.time_ns
             if e.token is not None:
                 toks.append(e.token)
                 pos.append(e.position)
