@@ -88,9 +88,11 @@ static int relay_frame(relay *r, int to, uint8_t *f, size_t n, uint8_t **held, s
         break;
     case MITM_REPLAY_REPLY:
         if (type == SPK_MSG_REPLY && *n_reply == 1) {
+            /* counted before the frames go out: the driver may act on them (and the test read
+             * the count) before this thread runs again */
+            atomic_fetch_add(&r->tampered, 1);
             if (send_all(to, f, n) != 0)
-                return -1;
-            atomic_fetch_add(&r->tampered, 1); /* and the copy goes out below */
+                return -1; /* and the copy goes out below */
         }
         break;
     case MITM_SWAP_REPLIES:
@@ -101,12 +103,12 @@ static int relay_frame(relay *r, int to, uint8_t *f, size_t n, uint8_t **held, s
             return 0;
         }
         if (type == SPK_MSG_REPLY && *n_reply == 2 && *held) {
+            atomic_fetch_add(&r->tampered, 1); /* before the swapped frames go out, as above */
             int rc = send_all(to, f, n);
             if (rc == 0)
                 rc = send_all(to, *held, *held_n);
             free(*held);
             *held = NULL;
-            atomic_fetch_add(&r->tampered, 1);
             return rc;
         }
         break;
