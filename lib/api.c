@@ -43,10 +43,9 @@ static pthread_once_t build_info_once = PTHREAD_ONCE_INIT;
 
 static void build_info_init(void)
 {
-    /* backends: the ones the library can run now (the CUDA backend does not exist yet, whatever
-     * the build found of the toolkit) */
-    snprintf(build_info, sizeof build_info, "version=%s;backends=cpu;transports=tcp%s%s;simd=%s",
-             SPK_VERSION_STRING, SPK_HAVE_NCCL ? ",nccl" : "",
+    /* backends: the ones that run on this machine (the CUDA module loads and finds a GPU) */
+    snprintf(build_info, sizeof build_info, "version=%s;backends=%s;transports=tcp%s%s;simd=%s",
+             SPK_VERSION_STRING, spk_backend_available(), SPK_HAVE_NCCL ? ",nccl" : "",
              SPK_HAVE_VERBS ? ",verbs" : "", spk_cpu_simd_names());
 }
 
@@ -73,6 +72,7 @@ spk_status spk_model_config_init(spk_model_config *cfg)
         return spk_err(SPK_ERR_INVALID_ARG, "spk_model_config_init: cfg is NULL");
     memset(cfg, 0, sizeof *cfg);
     cfg->struct_size = sizeof *cfg;
+    cfg->backend = SPK_BACKEND_CPU;
     return SPK_OK;
 }
 
@@ -107,10 +107,12 @@ spk_status spk_model_load(spk_cluster *cluster, const spk_model_config *cfg_in, 
     if (!cfg.path)
         return spk_err(SPK_ERR_INVALID_ARG, "spk_model_load: path is NULL");
     if (cfg.pp < 0 || cfg.tp < 0 || cfg.n_ctx < 0 || cfg.max_seqs < 0 || cfg.max_seqs > 4096 ||
-        cfg.n_threads < 0 || cfg.n_threads > 1024 || cfg.queue_capacity < 0 || cfg.queue_capacity > 1 << 20)
+        cfg.n_threads < 0 || cfg.n_threads > 1024 || cfg.queue_capacity < 0 || cfg.queue_capacity > 1 << 20 ||
+        cfg.backend < SPK_BACKEND_AUTO || cfg.backend > SPK_BACKEND_CUDA || cfg.device < 0 || cfg.device > 1023)
         return spk_err(SPK_ERR_INVALID_ARG,
-                       "spk_model_load: out of range: pp %d tp %d n_ctx %d max_seqs %d n_threads %d queue %d",
-                       cfg.pp, cfg.tp, cfg.n_ctx, cfg.max_seqs, cfg.n_threads, cfg.queue_capacity);
+                       "spk_model_load: out of range: pp %d tp %d n_ctx %d max_seqs %d n_threads %d queue %d "
+                       "backend %d device %d", cfg.pp, cfg.tp, cfg.n_ctx, cfg.max_seqs, cfg.n_threads,
+                       cfg.queue_capacity, cfg.backend, cfg.device);
     if (spk_cluster_rank(cluster) != 0)
         return spk_err(SPK_ERR_STATE, "spk_model_load: call on rank 0; workers load inside spk_cluster_serve");
     const int world = spk_cluster_world_size(cluster);
@@ -163,7 +165,8 @@ spk_status spk_model_load(spk_cluster *cluster, const spk_model_config *cfg_in, 
                      block_size, (unsigned long long)block_bytes);
         goto fail;
     }
-    spk_exec_params xp = {cfg.path, pp, tp, m->n_ctx, (int)n_blocks, block_size, max_tok, threads, max_seqs};
+    spk_exec_params xp = {cfg.path, pp, tp, m->n_ctx, (int)n_blocks, block_size, max_tok, threads, max_seqs,
+                          cfg.backend, cfg.device};
     if ((st = spk_exec_open(world > 1 ? cluster : NULL, m->file, &m->hp, &m->w, &xp, &m->exec)) != SPK_OK)
         goto fail;
     spk_engine_params ep = {

@@ -193,6 +193,13 @@ SPK_API spk_status spk_cluster_close(spk_cluster *cluster);
 typedef struct spk_model spk_model;
 
 /** Model configuration; fill with spk_model_config_init() first. */
+/** Where a model computes (spk_model_config.backend). */
+typedef enum spk_backend_type {
+    SPK_BACKEND_AUTO = 0,       /**< the GPU when the CUDA backend is installed and finds one, else the CPU */
+    SPK_BACKEND_CPU = 1,
+    SPK_BACKEND_CUDA = 2        /**< UNSUPPORTED at load if the module, its CUDA runtime or a GPU is missing */
+} spk_backend_type;
+
 typedef struct spk_model_config {
     size_t struct_size;         /**< sizeof(spk_model_config), set by init */
     const char *path;           /**< GGUF file (required) */
@@ -205,6 +212,10 @@ typedef struct spk_model_config {
     uint64_t kv_cache_bytes;    /**< KV cache of the whole model (each rank holds its share), in
                                      blocks of 16 positions; 0: max_seqs full contexts. When blocks
                                      run out the newest sequences are preempted and recomputed. */
+    int backend;                /**< spk_backend_type, the same on every rank. Default CPU: the CUDA
+                                     backend is chosen explicitly (or by AUTO) until it has passed
+                                     the GPU suite on hardware (docs/BACKENDS.md) */
+    int device;                 /**< GPU ordinal on each rank (default 0) */
 } spk_model_config;
 
 /** Fill `cfg` with defaults and set struct_size. */

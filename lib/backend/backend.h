@@ -49,6 +49,7 @@ typedef struct spk_step {
     const int32_t *token, *pos, *seq;
     const int32_t *table_off, *block_table;
     const uint8_t *contig;
+    int n_seqs, n_table;        /* entries of table_off and block_table (with a block table) */
 } spk_step;
 
 typedef struct spk_backend spk_backend;
@@ -61,11 +62,23 @@ typedef struct spk_backend_ops {
     /* Zeroed buffer of `bytes` in backend memory (NULL on failure). */
     void *(*alloc)(spk_backend *be, size_t bytes);
     void (*free)(spk_backend *be, void *p);
+    /* Weights: make `bytes` of host memory (the mapped file) readable by the ops; *dev is what
+     * the ops get (the host pointer itself where the device reads host memory in place). NULL
+     * for host backends (they read the mapping). release() undoes one upload. */
+    spk_status (*upload)(spk_backend *be, const void *host, size_t bytes, void **dev);
+    void (*release)(spk_backend *be, void *dev);
+    /* Whether the ops take weights of `type`. May be NULL (every type the library reads). */
+    int (*supports)(spk_backend *be, spk_dtype type);
+    /* Copy between host and backend memory, either way, finished on return. NULL for host backends. */
+    spk_status (*copy)(spk_backend *be, void *dst, const void *src, size_t bytes);
     /* Per-forward set-up of the batch (device backends upload it). May be NULL. */
     spk_status (*begin)(spk_backend *be, const spk_step *s);
-    /* Run fn(arg, ith, nth) as described above; returns when every op it issued is done. */
-    void (*run)(spk_backend *be, void (*fn)(void *arg, int ith, int nth), void *arg);
+    /* Run fn(arg, ith, nth) as described above; returns when every op it issued is done, with
+     * SPK_OK or the status of the first op that failed (error() then says which and why). */
+    spk_status (*run)(spk_backend *be, void (*fn)(void *arg, int ith, int nth), void *arg);
     void (*barrier)(spk_backend *be);
+    /* The message of run()'s failure, into buf. May be NULL (the backend's ops cannot fail). */
+    const char *(*error)(spk_backend *be, char *buf, size_t cap);
 
     /* ---- ops: thread ith of nth does its share ----
      * Row ops (embed, copy_rows, rmsnorm, quantize, rope_store, swiglu, add) split their n_tok
@@ -108,6 +121,14 @@ typedef struct spk_backend_ops {
 struct spk_backend {
     const spk_backend_ops *ops;
 };
+
+/* A backend of `kind` (AUTO: CUDA if its module loads and finds a GPU, else CPU) for a model of
+ * n_ctx positions and head_dim; n_threads for the CPU, device for CUDA (-1: the first). Errors:
+ * UNSUPPORTED naming what is missing (the module, its CUDA runtime, a GPU). lib/backend/loader.c */
+spk_status spk_backend_create(spk_backend_type kind, int device, int n_threads, int n_ctx, int head_dim,
+                              spk_backend **out);
+/* The backends this library can run on this machine, e.g. "cpu" or "cpu,cuda" (cached). */
+const char *spk_backend_available(void);
 
 /* The CPU backend: a pool of n_threads; attention gathers scattered KV blocks of up to n_ctx rows
  * of head_dim per thread. */

@@ -40,7 +40,11 @@ static void cpu_free(spk_backend *be, void *p)
     free(p);
 }
 
-static void cpu_run(spk_backend *be, void (*fn)(void *, int, int), void *arg) { spk_pool_run(cpu(be)->pool, fn, arg); }
+static spk_status cpu_run(spk_backend *be, void (*fn)(void *, int, int), void *arg)
+{
+    spk_pool_run(cpu(be)->pool, fn, arg);
+    return SPK_OK;
+}
 
 static void cpu_barrier(spk_backend *be) { spk_pool_barrier(cpu(be)->pool); }
 

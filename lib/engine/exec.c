@@ -56,6 +56,8 @@ struct spk_exec {
     spk_sampler_scratch scratch;
     uint64_t buf_bytes;        /* hidden_in and out */
     uint32_t act_mem;          /* SPK_TRANSPORT_MEM_* of the backend's activations */
+    float *ar_host;            /* [max_tok][n_embd]: all-reduce staging for a device backend over a
+                                  host-only transport (TCP) */
     uint8_t *msg;              /* encoded step (driver) */
     size_t msg_cap;
 };
@@ -119,7 +121,15 @@ static int get(rbuf *b, void *dst, size_t n)
 static spk_status tp_allreduce(void *ctx, float *buf, size_t n)
 {
     spk_exec *e = ctx;
-    return e->vt->allreduce(e->tp_comm, buf, n, SPK_TRANSPORT_F32, e->act_mem, DATA_TIMEOUT_MS);
+    if (!e->ar_host)
+        return e->vt->allreduce(e->tp_comm, buf, n, SPK_TRANSPORT_F32, e->act_mem, DATA_TIMEOUT_MS);
+    const spk_backend *be = spk_llama_backend(e->llm);
+    spk_status st = be->ops->copy((spk_backend *)be, e->ar_host, buf, n * sizeof(float));
+    if (st == SPK_OK)
+        st = e->vt->allreduce(e->tp_comm, e->ar_host, n, SPK_TRANSPORT_F32, SPK_TRANSPORT_MEM_HOST, DATA_TIMEOUT_MS);
+    if (st == SPK_OK)
+        st = be->ops->copy((spk_backend *)be, buf, e->ar_host, n * sizeof(float));
+    return st;
 }
 
 /* Connect this rank's groups (collective over all ranks, so done before anything that can fail
@@ -169,11 +179,17 @@ static spk_status setup(spk_exec *e, const spk_gguf_file *f, const spk_hparams *
     if ((st = spk_llama_shard(hp, full, &e->sh, &e->w)) != SPK_OK)
         return st;
     if ((st = spk_llama_create_paged(hp, &e->w, &e->sh, p->n_ctx, p->n_blocks, p->block_size, p->max_tok,
-                                     p->n_threads, &e->llm)) != SPK_OK)
+                                     p->n_threads, (spk_backend_type)p->backend, p->device, &e->llm)) != SPK_OK)
         return st;
-    /* the TP all-reduce sums the backend's activations: tell the transport where they live */
+    /* the TP all-reduce sums the backend's activations: tell the transport where they live, or
+     * stage them through the host when the transport takes only host memory */
     e->act_mem = spk_llama_backend(e->llm)->ops->mem == SPK_MEM_DEVICE ? SPK_TRANSPORT_MEM_CUDA
                                                                        : SPK_TRANSPORT_MEM_HOST;
+    if (e->tp_comm && e->act_mem == SPK_TRANSPORT_MEM_CUDA && !(e->vt->mem_flags & SPK_TRANSPORT_MEM_CUDA)) {
+        e->ar_host = malloc(sizeof(float) * (size_t)p->max_tok * (size_t)hp->n_embd);
+        if (!e->ar_host)
+            return spk_err(SPK_ERR_NOMEM, "exec: out of memory");
+    }
     int n_out = e->sh.v1 - e->sh.v0;
     size_t E = (size_t)hp->n_embd, T = (size_t)p->max_tok;
     /* out: hidden states, or on the last stage logits rows of this vocabulary shard */
@@ -199,6 +215,7 @@ static void exec_free(spk_exec *e)
     spk_llama_weights_free(&e->own_full);
     spk_gguf_close(e->own_file);
     free(e->hidden_in);
+    free(e->ar_host);
     free(e->out);
     free(e->cands);
     free(e->all_cands);
@@ -214,7 +231,8 @@ static void encode_load(wbuf *b, const spk_exec_params *p, const uint8_t id[SPK_
 {
     uint32_t v[SPK_EXEC_LOAD_WORDS] = {LOAD_VERSION, (uint32_t)p->pp, (uint32_t)p->tp, (uint32_t)p->n_ctx,
                                        (uint32_t)p->n_blocks, (uint32_t)p->block_size, (uint32_t)p->max_tok,
-                                       (uint32_t)strlen(p->path), (uint32_t)p->max_rows};
+                                       (uint32_t)strlen(p->path), (uint32_t)p->max_rows, (uint32_t)p->backend,
+                                       (uint32_t)p->device};
     put(b, v, sizeof v);
     put(b, id, SPK_GGUF_ID_BYTES);
     put(b, p->path, strlen(p->path));
@@ -522,12 +540,13 @@ static spk_status on_load(spk_cluster *c, uint32_t cmd, const void *data, size_t
     /* sizes from a peer: ranges here, then what this machine can hold (spk_llama_create_paged) */
     if (v[1] < 1 || v[2] < 1 || v[1] * (uint64_t)v[2] != (uint64_t)world || v[3] < 1 || v[3] > 1u << 24 ||
         v[4] < 1 || v[4] > 1u << 30 || v[5] < 1 || v[5] > 4096 || v[6] < 1 || v[6] > 1u << 16 || v[8] < 1 ||
-        v[8] > v[6])
+        v[8] > v[6] || v[9] > SPK_BACKEND_CUDA || v[10] > 1023)
         return spk_err(SPK_ERR_FORMAT,
                        "load command: bad layout pp %u tp %u (world %d) or sizes (n_ctx %u, %u KV blocks of %u, "
-                       "max_tok %u, max_rows %u)", v[1], v[2], world, v[3], v[4], v[5], v[6], v[8]);
+                       "max_tok %u, max_rows %u) or backend %u device %u", v[1], v[2], world, v[3], v[4], v[5], v[6],
+                       v[8], v[9], v[10]);
     spk_exec_params p = {path, (int)v[1], (int)v[2], (int)v[3], (int)v[4], (int)v[5], (int)v[6],
-                         spk_cluster_n_threads(c), (int)v[8]};
+                         spk_cluster_n_threads(c), (int)v[8], (int)v[9], (int)v[10]};
     spk_exec *e = calloc(1, sizeof *e);
     if (!e)
         return spk_err(SPK_ERR_NOMEM, "out of memory");

@@ -28,6 +28,7 @@ typedef struct spk_exec_params {
     int n_blocks, block_size;     /* paged KV cache (every rank holds its share of each block) */
     int max_tok, n_threads;
     int max_rows;                 /* logits rows per step at most (the engine: one per sequence) */
+    int backend, device;          /* spk_backend_type and GPU ordinal, every rank */
 } spk_exec_params;
 
 /*
@@ -74,12 +75,12 @@ spk_status spk_exec_rank_stats(spk_exec *e, int rank, spk_rank_stats *out);
 uint64_t spk_rss_bytes(void);
 
 /* The driver's LOAD command to a worker: u32 version (SPK_EXEC_LOAD_VERSION), pp, tp, n_ctx,
- * n_blocks, block_size, max_tok, path length, max_rows; the driver's spk_gguf_identity of the file; the
+ * n_blocks, block_size, max_tok, path length, max_rows, backend, device; the driver's spk_gguf_identity of the file; the
  * path. A worker checks the sizes against what it can hold and refuses a file whose identity
  * differs from the driver's. */
 #define SPK_EXEC_CMD_LOAD (SPK_CLUSTER_CMD_USER + 0x100)
-#define SPK_EXEC_LOAD_VERSION 2u
-#define SPK_EXEC_LOAD_WORDS 9
+#define SPK_EXEC_LOAD_VERSION 3u
+#define SPK_EXEC_LOAD_WORDS 11
 
 /* Worker side: handle the driver's model commands while spk_cluster_serve runs. The returned
  * state is freed (with any model it holds) by spk_exec_worker_free after serve returns. */

@@ -31,8 +31,13 @@ struct spk_llama {
     int n_ctx, n_seq, max_tok, n_layers, n_heads, n_kv, kv_dim, q_dim, n_ff, n_out;
     int block_size, n_blocks;   /* KV cache: n_blocks blocks of block_size rows per layer */
     spk_backend *be;
+    spk_weights dw;             /* a device backend's view of the weights (w points here then) */
+    spk_layer *dlayers;
+    void **uploads;             /* what upload() returned, for release() */
+    int n_uploads;
     /* backend memory */
     float *x, *xb, *xb2, *q, *k, *v, *att, *hb, *hb2, *freqs;
+    float *io;                  /* a device backend's hidden-state input and output rows */
     void *act;
     spk_kv_cache kv;
     /* host metadata of a batch */
@@ -64,6 +69,71 @@ static void *zalloc(spk_llama *m, int host, size_t n, size_t size, spk_status *s
     return p;
 }
 
+/* Make `bytes` at host pointer *p readable by a device backend; *p becomes what the ops read.
+ * Tensors that share memory (tied embedding and head) are uploaded once. */
+static spk_status upload(spk_llama *m, const void **p, size_t bytes, const char *what)
+{
+    if (!*p)
+        return SPK_OK;
+    for (int i = 0; i < m->n_uploads; i += 2) /* uploads[] holds (host, device) pairs */
+        if (m->uploads[i] == *p) {
+            *p = m->uploads[i + 1];
+            return SPK_OK;
+        }
+    void *dev = NULL;
+    spk_status st = m->be->ops->upload(m->be, *p, bytes, &dev);
+    if (st != SPK_OK)
+        return spk_err(st, "llama: cannot give %s (%zu bytes) to the %s backend", what, bytes, m->be->ops->name);
+    m->uploads[m->n_uploads++] = (void *)*p;
+    m->uploads[m->n_uploads++] = dev;
+    if (dev != *p) /* a copy, not the mapping read in place */
+        m->alloc_bytes += bytes;
+    *p = dev;
+    return SPK_OK;
+}
+
+static size_t wmat_bytes(const spk_wmat *w) { return spk_dtype_row_size(w->type, (size_t)w->n_in) * (size_t)w->n_out; }
+
+/* upload() of a weight matrix the backend's ops can multiply by. */
+static spk_status upload_mat(spk_llama *m, spk_wmat *w, const char *what)
+{
+    const spk_backend_ops *o = m->be->ops;
+    if (w->data && o->supports && !o->supports(m->be, w->type)) {
+        const spk_dtype_info *info = spk_dtype_get((uint32_t)w->type);
+        return spk_err(SPK_ERR_UNSUPPORTED, "llama: %s is %s, which the %s backend cannot multiply by yet", what,
+                       info ? info->name : "an unknown type", o->name);
+    }
+    return upload(m, &w->data, wmat_bytes(w), what);
+}
+
+/* A device backend's copy of the weights this shard reads: m->dw, with m->w pointing at it. */
+static spk_status upload_weights(spk_llama *m, const spk_weights *w)
+{
+    const int L = m->n_layers;
+    const size_t E = sizeof(float) * (size_t)m->hp.n_embd;
+    m->dw = *w;
+    m->dlayers = calloc((size_t)(L > 0 ? L : 1), sizeof *m->dlayers);
+    m->uploads = calloc(2 * (size_t)(4 + 9 * L), sizeof *m->uploads);
+    if (!m->dlayers || !m->uploads)
+        return spk_err(SPK_ERR_NOMEM, "llama: out of memory");
+    memcpy(m->dlayers, w->layers, sizeof *m->dlayers * (size_t)L);
+    m->dw.layers = m->dlayers;
+    m->dw.rope_factors = NULL; /* folded into the frequency table on the host */
+    TRY(upload_mat(m, &m->dw.tok_embd, "the token embedding"));
+    TRY(upload_mat(m, &m->dw.output, "the output head"));
+    TRY(upload(m, (const void **)&m->dw.out_norm, E, "the output norm"));
+    for (int l = 0; l < L; l++) {
+        spk_layer *d = &m->dlayers[l];
+        spk_wmat *mats[] = {&d->wq, &d->wk, &d->wv, &d->wo, &d->w_gate, &d->w_up, &d->w_down};
+        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++)
+            TRY(upload_mat(m, mats[i], "a layer weight"));
+        TRY(upload(m, (const void **)&d->attn_norm, E, "an attention norm"));
+        TRY(upload(m, (const void **)&d->ffn_norm, E, "an MLP norm"));
+    }
+    m->w = &m->dw;
+    return SPK_OK;
+}
+
 /* Physical memory of this machine in bytes (0 if unknown). */
 static uint64_t phys_bytes(void)
 {
@@ -79,14 +149,15 @@ spk_status spk_llama_create(const spk_hparams *hp, const spk_weights *w, const s
         return spk_err(SPK_ERR_INVALID_ARG, "llama: bad n_ctx %d / n_seq %d", n_ctx, n_seq);
     const int bs = 16;
     spk_status st = spk_llama_create_paged(hp, w, sh, n_ctx, n_seq * ((n_ctx + bs - 1) / bs), bs, max_tok,
-                                           n_threads, out);
+                                           n_threads, SPK_BACKEND_CPU, -1, out);
     if (st == SPK_OK)
         (*out)->n_seq = n_seq;
     return st;
 }
 
 spk_status spk_llama_create_paged(const spk_hparams *hp, const spk_weights *w, const spk_shard *sh, int n_ctx,
-                                  int n_blocks, int block_size, int max_tok, int n_threads, spk_llama **out)
+                                  int n_blocks, int block_size, int max_tok, int n_threads, spk_backend_type backend,
+                                  int device, spk_llama **out)
 {
     *out = NULL;
     if (n_ctx < 1 || n_blocks < 1 || block_size < 1 || block_size > 4096 || max_tok < 1 || n_threads < 1 ||
@@ -133,9 +204,13 @@ spk_status spk_llama_create_paged(const spk_hparams *hp, const spk_weights *w, c
                        "this machine has %.2f GiB", n_blocks, block_size, n_ctx, max_tok, n_threads,
                        (double)need / 1073741824.0, (double)have / 1073741824.0);
     }
-    spk_status st = spk_backend_cpu_create(n_threads, n_ctx, hp->head_dim, &m->be);
+    spk_status st = spk_backend_create(backend, device, n_threads, n_ctx, hp->head_dim, &m->be);
     if (st != SPK_OK) {
         free(m);
+        return st;
+    }
+    if (m->be->ops->upload && (st = upload_weights(m, w)) != SPK_OK) {
+        spk_llama_free(m);
         return st;
     }
     m->x = zalloc(m, 0, T * E, sizeof(float), &st);
@@ -149,6 +224,10 @@ spk_status spk_llama_create_paged(const spk_hparams *hp, const spk_weights *w, c
     m->hb2 = zalloc(m, 0, T * (size_t)m->n_ff, sizeof(float), &st);
     m->freqs = zalloc(m, 0, (size_t)hp->rot_dim / 2, sizeof(float), &st);
     m->rows = zalloc(m, 1, T, sizeof(int), &st);
+    if (m->be->ops->mem == SPK_MEM_DEVICE) { /* hidden rows in and out, or the logits rows */
+        const size_t io = T * (E > (size_t)m->n_out ? E : (size_t)m->n_out);
+        m->io = zalloc(m, 0, io, sizeof(float), &st);
+    }
     size_t act = 0;
     if (st == SPK_OK) {
         const spk_backend_ops *o = m->be->ops;
@@ -175,13 +254,27 @@ spk_status spk_llama_create_paged(const spk_hparams *hp, const spk_weights *w, c
         spk_llama_free(m);
         return st;
     }
-    /* the CPU backend's memory is host memory; a device backend will upload this table */
-    spk_rope_freqs(m->freqs, hp->rot_dim, hp->rope_theta, NULL);
+    /* the RoPE frequency table, made on the host and copied where the backend reads it */
+    float *freqs = m->be->ops->copy ? malloc(sizeof(float) * (size_t)(hp->rot_dim / 2 > 0 ? hp->rot_dim / 2 : 1))
+                                    : m->freqs;
+    if (!freqs) {
+        spk_llama_free(m);
+        return spk_err(SPK_ERR_NOMEM, "llama: out of memory");
+    }
+    spk_rope_freqs(freqs, hp->rot_dim, hp->rope_theta, NULL);
     for (int i = 0; i < hp->rot_dim / 2; i++) {
         if (hp->scaling.factor > 0)
-            m->freqs[i] /= hp->scaling.factor;
+            freqs[i] /= hp->scaling.factor;
         if (w->rope_factors)
-            m->freqs[i] /= w->rope_factors[i];
+            freqs[i] /= w->rope_factors[i];
+    }
+    if (freqs != m->freqs) {
+        st = m->be->ops->copy(m->be, m->freqs, freqs, sizeof(float) * (size_t)(hp->rot_dim / 2));
+        free(freqs);
+        if (st != SPK_OK) {
+            spk_llama_free(m);
+            return spk_err(st, "llama: cannot copy the RoPE table to the %s backend", m->be->ops->name);
+        }
     }
     *out = m;
     return SPK_OK;
@@ -193,12 +286,16 @@ void spk_llama_free(spk_llama *m)
         return;
     if (m->be) {
         void *bufs[] = {m->x, m->xb, m->xb2, m->q, m->k, m->v, m->att, m->hb, m->hb2, m->freqs, m->act,
-                        m->kv.k, m->kv.v};
+                        m->kv.k, m->kv.v, m->io};
         for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
             if (bufs[i])
                 m->be->ops->free(m->be, bufs[i]);
+        for (int i = 1; i < m->n_uploads; i += 2)
+            m->be->ops->release(m->be, m->uploads[i]);
         spk_backend_destroy(m->be);
     }
+    free(m->uploads);
+    free(m->dlayers);
     free(m->rows);
     free(m->contig);
     free(m->rows_need);
@@ -360,18 +457,29 @@ spk_status spk_llama_forward(spk_llama *m, const spk_batch *b, const float *hidd
     if (!m->sh.first && !hidden_in)
         return spk_err(SPK_ERR_INVALID_ARG, "llama forward: a later pipeline stage needs its input hidden states");
     m->step = (spk_step){.n_tok = b->n_tok, .token = b->token, .pos = b->pos, .seq = b->seq,
-                         .table_off = b->table_off, .block_table = b->block_table, .contig = m->contig};
-    m->hidden_in = hidden_in;
-    m->out = out;
+                         .table_off = b->table_off, .block_table = b->block_table, .contig = m->contig,
+                         .n_seqs = b->block_table ? b->n_seqs : 0, .n_table = b->block_table ? b->n_table : 0};
+    const spk_backend_ops *o = m->be->ops;
+    const size_t in_bytes = sizeof(float) * (size_t)b->n_tok * (size_t)m->hp.n_embd;
+    const size_t out_bytes = !m->sh.last ? in_bytes : sizeof(float) * (size_t)n_rows * (size_t)m->n_out;
+    spk_status st = SPK_OK;
+    /* a device backend reads and writes its own buffer; the caller's arrays are host memory */
+    m->hidden_in = hidden_in && m->io ? m->io : hidden_in;
+    m->out = m->io ? m->io : out;
     m->n_rows = n_rows;
     m->ar_status = SPK_OK;
-    if (m->be->ops->begin) {
-        spk_status st = m->be->ops->begin(m->be, &m->step);
-        if (st != SPK_OK)
-            return st;
-    }
-    m->be->ops->run(m->be, forward_thread, m);
+    if (o->begin && (st = o->begin(m->be, &m->step)) != SPK_OK)
+        return spk_err_prefix(st, "llama forward: %s backend: batch set-up", o->name);
+    if (hidden_in && m->io && (st = o->copy(m->be, m->io, hidden_in, in_bytes)) != SPK_OK)
+        return spk_err(st, "llama forward: cannot copy the hidden states to the %s backend", o->name);
+    st = o->run(m->be, forward_thread, m);
     if (m->ar_status != SPK_OK)
         return spk_err_prefix(m->ar_status, "llama forward: tensor-parallel all-reduce");
+    if (st != SPK_OK) {
+        char why[256] = "";
+        return spk_err(st, "llama forward: %s backend: %s", o->name, o->error ? o->error(m->be, why, sizeof why) : "failed");
+    }
+    if (m->io && out_bytes && (st = o->copy(m->be, out, m->io, out_bytes)) != SPK_OK)
+        return spk_err(st, "llama forward: cannot copy the results back from the %s backend", o->name);
     return SPK_OK;
 }

@@ -93,9 +93,12 @@ spk_status spk_llama_create(const spk_hparams *hp, const spk_weights *w, const s
 
 /* A paged KV cache of n_blocks blocks of block_size positions (per layer of this shard);
  * every batch carries the block tables of its sequences. */
+/* The forward pass runs on `backend` (spk_backend_create: n_threads for the CPU, device for a
+ * GPU); a device backend gets its own copy of the weights (or reads them in place, see
+ * docs/BACKENDS.md), while hidden states and logits stay host arrays for the caller. */
 spk_status spk_llama_create_paged(const spk_hparams *hp, const spk_weights *w, const spk_shard *sh,
                                   int n_ctx, int n_blocks, int block_size, int max_tok,
-                                  int n_threads, spk_llama **out);
+                                  int n_threads, spk_backend_type backend, int device, spk_llama **out);
 void spk_llama_free(spk_llama *m);
 
 /* One batch: token i of sequence seq[i] at position pos[i] (positions of a sequence must be

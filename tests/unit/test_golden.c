@@ -186,7 +186,7 @@ START_TEST(forward_rejects_bad_batches)
     spk_llama_free(m);
 
     /* a paged cache of 4 blocks of 4: malformed block tables are refused before any use */
-    ck_assert_int_eq(spk_llama_create_paged(&hp, &W, NULL, 16, 4, 4, 4, 1, &m), SPK_OK);
+    ck_assert_int_eq(spk_llama_create_paged(&hp, &W, NULL, 16, 4, 4, 4, 1, SPK_BACKEND_CPU, 0, &m), SPK_OK);
     int32_t toks[2] = {1, 2}, pos[2] = {0, 5}, seq[2] = {0, 0}, off[1] = {0}, tab[2] = {3, 1};
     uint8_t wants[2] = {0, 1};
     spk_batch pb = {.n_tok = 2, .token = toks, .pos = pos, .seq = seq, .want_logits = wants,

@@ -50,6 +50,8 @@ class spk_model_config(ctypes.Structure):
         ("n_threads", ctypes.c_int),
         ("queue_capacity", ctypes.c_int),
         ("kv_cache_bytes", ctypes.c_uint64),
+        ("backend", ctypes.c_int),
+        ("device", ctypes.c_int),
     ]
 
 
