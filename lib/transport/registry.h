@@ -7,8 +7,8 @@
 
 #include "sparkinfer/transport.h"
 
-/* The built-in TCP vtable; NCCL's and verbs' are defined in their modules (transport/nccl.c,
- * transport/verbs.c, loaded by name from the plugin directory) and in the tests that compile them. */
+/* The built-in TCP vtable; NCCL's and verbs' are defined in their modules (transport/nccl/,
+ * transport/verbs/, loaded by name from the plugin directory) and in the tests that compile them. */
 const spk_transport *spk_transport_tcp(void);
 const spk_transport *spk_transport_nccl(void);
 const spk_transport *spk_transport_verbs(void);

@@ -9,7 +9,7 @@
 
 #include "cluster/cluster_internal.h"
 #include "test_cluster_util.h"
-#include "transport/tcp_mesh.h"
+#include "transport/tcp/mesh.h"
 
 static char coord[64];
 

@@ -10,7 +10,7 @@
 #include "test_transport_harness.h"
 #include "transport/reduce.h"
 #include "transport/registry.h"
-#include "transport/tcp_mesh.h"
+#include "transport/tcp/mesh.h"
 
 #include <sodium.h>
 
@@ -451,7 +451,7 @@ static int rank_bench(const spk_transport *vt, th_boot *b, int rfd, void *arg)
 }
 
 /* Which data-plane mode the bench runs in, and what the data MAC costs alone on one core
- * (Poly1305 over 256 KiB records, as transport/tcp.c does on each side). */
+ * (Poly1305 over 256 KiB records, as transport/tcp/tcp.c does on each side). */
 static void bench_auth_line(void)
 {
     const char *e = getenv("SPK_DATA_AUTH");

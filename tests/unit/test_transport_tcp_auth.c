@@ -20,7 +20,7 @@
 
 #include "testutil.h"
 #include "transport/registry.h"
-#include "transport/tcp_mesh.h"
+#include "transport/tcp/mesh.h"
 
 #define TMO 5000
 #define N_FLOATS (300 * 1024) /* 1.2 MB: several 256 KiB records */

@@ -10,7 +10,7 @@
 #include "transport/reduce.h"
 #include "transport/registry.h"
 #include "transport/ring.h"
-#include "transport/verbs_wire.h"
+#include "transport/verbs/wire.h"
 
 START_TEST(conn_record_roundtrips_little_endian)
 {

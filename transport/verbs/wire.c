@@ -1,5 +1,5 @@
 /* Connection-record encoding and chunk schedule of the verbs transport (no device needed). */
-#include "transport/verbs_wire.h"
+#include "transport/verbs/wire.h"
 
 #include <string.h>
 

@@ -35,7 +35,7 @@
 #include "transport/reduce.h"
 #include "transport/registry.h"
 #include "transport/util.h"
-#include "transport/tcp_mesh.h"
+#include "transport/tcp/mesh.h"
 
 #define SPK_TCP_FMT(a, b) __attribute__((format(printf, a, b)))
 #define TCP_DEFAULT_SOCKBUF (4 << 20)
@@ -656,7 +656,7 @@ static spk_status tcp_barrier(tcp_comm *c, int timeout_ms)
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* setup, split, abort, finalize (lib/transport/tcp_mesh.c opens the sockets)              */
+/* setup, split, abort, finalize (mesh.c beside it opens the sockets)                       */
 /* ---------------------------------------------------------------------------------------- */
 
 static int tcp_rank(const tcp_comm *c)

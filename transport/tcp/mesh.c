@@ -1,5 +1,5 @@
 /* TCP data mesh setup: listener, bootstrap exchange of ports, authenticated hellos. */
-#include "transport/tcp_mesh.h"
+#include "transport/tcp/mesh.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

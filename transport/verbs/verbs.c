@@ -20,7 +20,7 @@
 #include "transport/registry.h"
 #include "transport/util.h"
 #include "transport/ring.h"
-#include "transport/verbs_wire.h"
+#include "transport/verbs/wire.h"
 
 #define VB_CHUNK (256u << 10)
 #define VB_SLOTS 4
