@@ -3,9 +3,15 @@
  *
  * A transport moves bytes between the ranks of a cluster: point-to-point send/recv, all-reduce
  * (sum) and all-gather, barrier, abort. The built-in transports (tcp, nccl, verbs) implement
- * exactly this vtable; a third-party transport is a shared object exporting
+ * exactly this vtable; a third-party transport is a shared object exporting, for each ABI version
+ * N it implements,
  *
- *     const spk_transport *spk_transport_plugin_v1(void);
+ *     const spk_transport *spk_transport_plugin_vN(void);   (today: spk_transport_plugin_v1)
+ *
+ * returning a vtable whose abi_version is N (NCCL's net plugins export ncclNetPlugin_vN the same
+ * way). The library takes the newest version it knows that the plugin exports, so an old plugin
+ * keeps loading in newer libraries, and a new one in older libraries if it also exports the older
+ * symbols.
  *
  * which the library dlopen()s when the cluster config names it: either an absolute path
  * (transport = "/path/plugin.so") or a bare "NAME.so" installed in the library's plugin directory
@@ -54,8 +60,10 @@ extern "C" {
 /** ABI version of this header. Version 1 is the method set below. */
 #define SPK_TRANSPORT_ABI_VERSION 1
 
-/** Name of the function a plugin .so exports (returns its static vtable). */
+/** Name of the function a plugin .so exports for this header's version (returns its static
+ *  vtable): SPK_TRANSPORT_PLUGIN_SYMBOL_PREFIX followed by the version number in decimal. */
 #define SPK_TRANSPORT_PLUGIN_SYMBOL "spk_transport_plugin_v1"
+#define SPK_TRANSPORT_PLUGIN_SYMBOL_PREFIX "spk_transport_plugin_v"
 
 /** Memory kinds; `mem_flags` of a transport is the OR of those it accepts in data calls. */
 #define SPK_TRANSPORT_MEM_HOST 1u   /**< ordinary host memory (malloc, mmap, pinned) */

@@ -99,16 +99,36 @@ static spk_status load_plugin(const char *path, unsigned mem, spk_transport_hand
     void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!dl)
         return spk_err(SPK_ERR_NOT_FOUND, "transport plugin %s: dlopen failed: %s", path, dlerror());
-    void *sym = dlsym(dl, SPK_TRANSPORT_PLUGIN_SYMBOL);
+    /* the newest version this library knows that the plugin exports */
+    void *sym = NULL;
+    unsigned version = SPK_TRANSPORT_ABI_VERSION + 1;
+    char name[64];
+    while (!sym && --version >= 1) {
+        snprintf(name, sizeof name, "%s%u", SPK_TRANSPORT_PLUGIN_SYMBOL_PREFIX, version);
+        sym = dlsym(dl, name);
+    }
     if (!sym) {
+        /* say so if it only speaks versions newer than this library */
+        unsigned newer = 0;
+        for (unsigned v = SPK_TRANSPORT_ABI_VERSION + 1; v <= SPK_TRANSPORT_ABI_VERSION + 16 && !newer; v++) {
+            snprintf(name, sizeof name, "%s%u", SPK_TRANSPORT_PLUGIN_SYMBOL_PREFIX, v);
+            newer = dlsym(dl, name) ? v : 0;
+        }
         dlclose(dl);
-        return spk_err(SPK_ERR_NOT_FOUND, "transport plugin %s: no symbol %s", path,
-                       SPK_TRANSPORT_PLUGIN_SYMBOL);
+        if (newer)
+            return spk_err(SPK_ERR_VERSION, "transport plugin %s exports only ABI version %u and later (%s%u); "
+                           "this library speaks versions 1..%d", path, newer, SPK_TRANSPORT_PLUGIN_SYMBOL_PREFIX,
+                           newer, SPK_TRANSPORT_ABI_VERSION);
+        return spk_err(SPK_ERR_NOT_FOUND, "transport plugin %s: no symbol %s1..%d (%s for this version)", path,
+                       SPK_TRANSPORT_PLUGIN_SYMBOL_PREFIX, SPK_TRANSPORT_ABI_VERSION, SPK_TRANSPORT_PLUGIN_SYMBOL);
     }
     spk_transport_plugin_fn fn;
     memcpy(&fn, &sym, sizeof fn); /* object pointer to function pointer, as POSIX allows */
     const spk_transport *vt = fn();
     spk_status st = spk_transport_check_vtable(vt, path);
+    if (st == SPK_OK && vt->abi_version != version)
+        st = spk_err(SPK_ERR_VERSION, "transport plugin %s: %s%u returned a vtable of ABI version %u", path,
+                     SPK_TRANSPORT_PLUGIN_SYMBOL_PREFIX, version, vt->abi_version);
     if (st == SPK_OK)
         st = accept_mem(vt, mem);
     if (st != SPK_OK) {

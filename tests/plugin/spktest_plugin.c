@@ -56,5 +56,12 @@ static const spk_transport vtable = {
     .finalize = p_finalize,
 };
 
+#ifndef SPKTEST_FUTURE
 const spk_transport *spk_transport_plugin_v1(void);
 const spk_transport *spk_transport_plugin_v1(void) { return &vtable; }
+#else
+/* Built a second time as spkfuture.so: a plugin that speaks only an ABI version newer than the
+ * library's (the vtable is not looked at: the library must refuse it by its symbols alone). */
+const spk_transport *spk_transport_plugin_v2(void);
+const spk_transport *spk_transport_plugin_v2(void) { return &vtable; }
+#endif

@@ -103,6 +103,19 @@ START_TEST(current_directory_is_not_searched)
 }
 END_TEST
 
+/* One exported symbol per ABI version: a plugin that exports only a version newer than the
+ * library's is refused by name, saying which version it speaks. */
+START_TEST(plugin_of_a_newer_abi_only_is_refused)
+{
+    spk_transport_handle h;
+    ck_assert_int_eq(spk_transport_select(SPK_TEST_PLUGIN_DIR "/spkfuture.so", SPK_TRANSPORT_MEM_HOST, &h),
+                     SPK_ERR_VERSION);
+    ck_assert_ptr_null(h.vt);
+    ck_assert_msg(strstr(spk_last_error(), "spk_transport_plugin_v2") != NULL, "%s", spk_last_error());
+    ck_assert_ptr_null(dlopen(SPK_TEST_PLUGIN_DIR "/spkfuture.so", RTLD_NOW | RTLD_NOLOAD));
+}
+END_TEST
+
 START_TEST(installed_plugin_dir_is_absolute)
 {
     const char *d = spk_transport_plugin_dir();
@@ -161,6 +174,7 @@ int main(void)
     tcase_add_test(tc, absolute_path_loads);
     tcase_add_test(tc, relative_paths_are_refused);
     tcase_add_test(tc, current_directory_is_not_searched);
+    tcase_add_test(tc, plugin_of_a_newer_abi_only_is_refused);
     tcase_add_test(tc, installed_plugin_dir_is_absolute);
     tcase_add_test(tc, gpu_and_rdma_transports_are_modules);
     suite_add_tcase(s, tc);
