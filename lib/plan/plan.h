@@ -151,15 +151,4 @@ void spk_shape_from_hparams(const struct spk_hparams *hp, spk_shape *out);
  * INVALID_ARG if rank is outside [0, world). */
 spk_status spk_plan_shard(const spk_plan *p, int rank, struct spk_shard *out);
 
-/* The planner's choice for the ranks of `cluster` (world = spk_cluster_world_size) serving
- * `batch` concurrent requests: every valid pp x tp == world is predicted with the cost model
- * (plan/cost.h, balanced 1024/1024 run) and the best is returned; the ranking is logged at
- * INFO. Hardware figures: spk_hw_init's defaults, overridden by the environment variable
- * SPK_PLAN_HW ("mem=273,tflops=100,link=200,link_us=5,ar_us=30,ar_gbps=0.65,overhead_us=0",
- * any subset) until the cluster measures its links. World 1 gives 1 x 1. Errors: INVALID_ARG
- * (NULL, batch < 1, a malformed SPK_PLAN_HW naming the item), the plan's error when no layout
- * is valid. (Defined in plan/choose.c.) */
-spk_status spk_plan_choose_for_cluster(const spk_cluster *cluster, const spk_shape *shape, int batch, int *pp,
-                                       int *tp);
-
 #endif
