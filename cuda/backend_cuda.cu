@@ -419,7 +419,6 @@ static spk_status cuda_copy(spk_backend *be, void *dst, const void *src, size_t 
 static spk_status cuda_begin(spk_backend *be, const spk_step *s)
 {
     cuda_backend *c = cu(be);
-    c->err = cudaSuccess;
     const int T = s->n_tok;
     const size_t n_seqs = s->block_table ? (size_t)s->n_seqs : 0, n_table = s->block_table ? (size_t)s->n_table : 0;
     const size_t need = 3 * (size_t)T + n_seqs + n_table;
@@ -465,6 +464,7 @@ static spk_status cuda_begin(spk_backend *be, const spk_step *s)
 static spk_status cuda_run(spk_backend *be, void (*fn)(void *, int, int), void *arg)
 {
     cuda_backend *c = cu(be);
+    c->err = cudaSuccess; /* begin() reports its own failures */
     fn(arg, 0, 1);
     note(c, cudaStreamSynchronize(c->stream), "stream synchronize");
     return c->err == cudaSuccess ? SPK_OK : SPK_ERR_INTERNAL;
