@@ -78,7 +78,8 @@ void spk_mm_fill_scalar(spk_mm_table *t);
 #if defined(__x86_64__) || defined(__i386__)
 void spk_mm_fill_avx2(spk_mm_table *t);
 void spk_mm_fill_avx512(spk_mm_table *t);
-void spk_mm_fill_avx2_kquants(spk_mm_table *t); /* sets the Q4_K and Q6_K entries only */
+void spk_mm_fill_avx2_kquants(spk_mm_table *t); /* sets the Q2_K..Q6_K entries only */
+void spk_mm_fill_avx2_q5(spk_mm_table *t);       /* sets Q5_0, Q5_1, MXFP4 only */
 #endif
 #if defined(__aarch64__)
 void spk_mm_fill_neon(spk_mm_table *t);
