@@ -83,7 +83,8 @@ void spk_mm_fill_avx2_q5(spk_mm_table *t);       /* sets Q5_0, Q5_1, MXFP4 only 
 #endif
 #if defined(__aarch64__)
 void spk_mm_fill_neon(spk_mm_table *t);
-void spk_mm_fill_neon_dotprod(spk_mm_table *t); /* Q4_0, Q4_1, Q8_0 only */
+void spk_mm_fill_neon_dotprod(spk_mm_table *t); /* Q4_0, Q4_1, Q8_0, and the types of
+                                                   cpu/matmul_arm_types.h */
 void spk_mm_fill_neon_i8mm(spk_mm_table *t);    /* Q4_0, Q4_1, Q8_0 only */
 #endif
 
