@@ -138,7 +138,7 @@ static float make_qkx2(int n, int nmax, const float *x, const float *w, uint8_t 
             const int l = clampi(nearest_int(iscale * (x[i] - min)), 0, nmax);
             Laux[i] = (uint8_t)l;
             sum_l += w[i] * (float)l;
-            sum_l2 += w[i] * (float)(l * l);
+            sum_l2 += w[i] * (float)l * (float)l; /* (w*l)*l, as ggml rounds it */
             sum_xl += w[i] * (float)l * x[i];
         }
         const float D = sum_w * sum_l2 - sum_l * sum_l;
@@ -187,7 +187,7 @@ static float make_q3(int n, int nmax, const float *x, int8_t *L)
         L[i] = (int8_t)l;
         const float w = x[i] * x[i];
         sumlx += w * x[i] * (float)l;
-        suml2 += w * (float)(l * l);
+        suml2 += w * (float)l * (float)l;
     }
     for (int itry = 0; itry < 5; itry++) {
         int changed = 0;
@@ -195,11 +195,11 @@ static float make_q3(int n, int nmax, const float *x, int8_t *L)
             const float w = x[i] * x[i];
             float slx = sumlx - w * x[i] * (float)L[i];
             if (slx > 0) {
-                float sl2 = suml2 - w * (float)(L[i] * L[i]);
+                float sl2 = suml2 - w * (float)L[i] * (float)L[i];
                 const int nl = clampi(nearest_int(x[i] * sl2 / slx), -nmax, nmax - 1);
                 if (nl != L[i]) {
                     slx += w * x[i] * (float)nl;
-                    sl2 += w * (float)(nl * nl);
+                    sl2 += w * (float)nl * (float)nl;
                     if (sl2 > 0 && slx * slx * suml2 > sumlx * sumlx * sl2) {
                         L[i] = (int8_t)nl;
                         sumlx = slx;

@@ -10,17 +10,25 @@
  *    d*q - m into one FMA);
  *  - dequantized values stay within the type's error bound of the input;
  *  - every SIMD matmul level this CPU has agrees with the scalar kernel on ggml's blocks.
+ * And whole models (tests/data/quant/models.json, tests/ref/gen-quant-models.py): a small model
+ * written by our synthetic writer in each type has exactly the tensors llama-quantize --pure
+ * makes of the same weights, and our forward pass on it gives llama.cpp's log-probs.
  */
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/dtype.h"
 #include "cpu/features.h"
 #include "cpu/matmul.h"
 #include "cpu/ops.h"
 #include "cpu/quant.h"
+#include "model/gguf.h"
+#include "model/llama.h"
+#include "model/synth.h"
 #include "testutil.h"
 
 enum { N = 1024 };
@@ -243,6 +251,178 @@ START_TEST(test_simd_matches_scalar_on_ggml_blocks)
 }
 END_TEST
 
+/* What the reference quantizer and the dequantizer refuse: other types, ragged rows. */
+START_TEST(test_refusals)
+{
+    float x[288] = {0}, y[288];
+    uint8_t q[512];
+    ck_assert_uint_eq(spk_quantize_row_ref(q, x, SPK_DT_Q4_0, 32), 0);   /* not a new type */
+    ck_assert_uint_eq(spk_quantize_row_ref(q, x, SPK_DT_Q5_K, 288), 0);  /* 288 % 256 */
+    ck_assert_uint_eq(spk_quantize_row_ref(q, x, SPK_DT_MXFP4, 48), 0);  /* 48 % 32 */
+    ck_assert_uint_eq(spk_quantize_row_ref(q, x, (spk_dtype)16, 256), 0); /* IQ2_XXS: unknown */
+    ck_assert_uint_eq(spk_quantize_row_ref(q, x, SPK_DT_MXFP4, 64), 34);
+    ck_assert_int_eq(spk_quant_dequantize_block(y, q, SPK_DT_Q4_K), 0); /* ops.c decodes it */
+    /* a partial last block decodes to zeros, not to bytes past the row */
+    for (int i = 0; i < 288; i++)
+        y[i] = 1.0f;
+    memset(q, 0x77, sizeof q);
+    spk_dequantize_row(y, q, SPK_DT_Q3_K, 288);
+    for (int i = 256; i < 288; i++)
+        ck_assert(y[i] == 0.0f);
+}
+END_TEST
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001B3ull;
+    return h;
+}
+
+static int cmp_tensor_name(const void *a, const void *b)
+{
+    const spk_gguf_tensor *x = *(const spk_gguf_tensor *const *)a, *y = *(const spk_gguf_tensor *const *)b;
+    const size_t n = x->name.len < y->name.len ? x->name.len : y->name.len;
+    const int c = memcmp(x->name.ptr, y->name.ptr, n);
+    return c ? c : (x->name.len > y->name.len) - (x->name.len < y->name.len);
+}
+
+static spk_dtype type_by_name(const char *s)
+{
+    static const struct { const char *n; spk_dtype t; } k[] = {
+        {"q5_0", SPK_DT_Q5_0}, {"q5_1", SPK_DT_Q5_1}, {"q2_k", SPK_DT_Q2_K},
+        {"q3_k", SPK_DT_Q3_K}, {"q5_k", SPK_DT_Q5_K}, {"mxfp4", SPK_DT_MXFP4},
+    };
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++)
+        if (strcmp(s, k[i].n) == 0)
+            return k[i].t;
+    ck_abort_msg("models.json: unknown type %s", s);
+    return SPK_DT_F32;
+}
+
+static void log_softmax(const float *x, double *lp, int n)
+{
+    double mx = x[0], s = 0;
+    for (int i = 1; i < n; i++)
+        mx = x[i] > mx ? x[i] : mx;
+    for (int i = 0; i < n; i++)
+        s += exp(x[i] - mx);
+    for (int i = 0; i < n; i++)
+        lp[i] = x[i] - mx - log(s);
+}
+
+/* _i indexes models.json's models. */
+START_TEST(test_model_matches_llama_quantize_and_llamacpp)
+{
+    size_t len;
+    char *txt = spk_test_read_file(SPK_TEST_DATA_DIR "/quant/models.json", &len);
+    ck_assert_ptr_nonnull(txt);
+    cJSON *root = cJSON_Parse(txt);
+    ck_assert_ptr_nonnull(root);
+    cJSON *mj = cJSON_GetArrayItem(cJSON_GetObjectItem(root, "models"), _i);
+    ck_assert_ptr_nonnull(mj);
+    const spk_dtype t = type_by_name(cJSON_GetObjectItem(mj, "type")->valuestring);
+    const char *name = spk_dtype_get((uint32_t)t)->name;
+
+    /* gen-quant-models.py's SHAPE */
+    spk_synth_params p;
+    ck_assert_int_eq(spk_synth_preset("smollm2-135m", &p), SPK_OK);
+    p.n_layers = 2, p.n_embd = 256, p.n_heads = 4, p.n_kv_heads = 2, p.n_ff = 768;
+    p.n_vocab = 1024, p.seed = 7, p.wtype = t, p.embd_type = SPK_DT_Q8_0;
+    char path[] = "/tmp/spk-quant-model-XXXXXX";
+    const int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    ck_assert_msg(spk_synth_write(path, &p) == SPK_OK, "%s", spk_last_error());
+    spk_gguf_file *gf;
+    ck_assert_int_eq(spk_gguf_open(path, &gf), SPK_OK);
+    unlink(path); /* the mapping stays */
+
+    /* the tensors, sorted by name: name, u32 type, data */
+    const spk_gguf_tensor **idx = malloc(sizeof *idx * gf->n_tensors);
+    ck_assert_ptr_nonnull(idx);
+    for (uint64_t i = 0; i < gf->n_tensors; i++)
+        idx[i] = &gf->tensors[i];
+    qsort(idx, gf->n_tensors, sizeof *idx, cmp_tensor_name);
+    uint64_t h = 0xCBF29CE484222325ull;
+    for (uint64_t i = 0; i < gf->n_tensors; i++) {
+        const uint32_t ty = (uint32_t)idx[i]->type;
+        const uint8_t le[4] = {(uint8_t)ty, (uint8_t)(ty >> 8), (uint8_t)(ty >> 16), (uint8_t)(ty >> 24)};
+        h = fnv(h, idx[i]->name.ptr, idx[i]->name.len);
+        h = fnv(h, le, 4);
+        h = fnv(h, idx[i]->data, idx[i]->nbytes);
+    }
+    free(idx);
+    char hex[17];
+    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)h);
+    ck_assert_msg(strcmp(hex, cJSON_GetObjectItem(mj, "tensors_fnv")->valuestring) == 0,
+                  "%s: our synthetic file's tensors hash to %s, llama-quantize's to %s", name, hex,
+                  cJSON_GetObjectItem(mj, "tensors_fnv")->valuestring);
+
+    spk_hparams hp;
+    spk_weights W;
+    ck_assert_msg(spk_llama_load(gf, &hp, &W) == SPK_OK, "%s", spk_last_error());
+    cJSON *toks = cJSON_GetObjectItem(root, "tokens"), *pos = cJSON_GetObjectItem(mj, "positions");
+    if (!pos) { /* made without libllama: only the blocks are llama.cpp's, checked above */
+        printf("%s model: tensors = llama.cpp's; no llama.cpp log-probs in models.json "
+               "(gen-quant-models.py ran without --quantize)\n", name);
+        spk_llama_weights_free(&W);
+        spk_gguf_close(gf);
+        cJSON_Delete(root);
+        free(txt);
+        return;
+    }
+    const int n = cJSON_GetArraySize(toks);
+    spk_llama *m;
+    ck_assert_int_eq(spk_llama_create(&hp, &W, NULL, 64, 1, n, 1, &m), SPK_OK);
+    int32_t tk[64], ps[64], sq[64] = {0};
+    uint8_t want[64];
+    ck_assert_int_le(n, 64);
+    for (int i = 0; i < n; i++) {
+        tk[i] = cJSON_GetArrayItem(toks, i)->valueint;
+        ps[i] = i;
+        want[i] = 1;
+    }
+    float *logits = malloc(sizeof(float) * (size_t)n * (size_t)hp.n_vocab);
+    double *lp = malloc(sizeof(double) * (size_t)hp.n_vocab);
+    ck_assert(logits && lp);
+    spk_batch b = {.n_tok = n, .token = tk, .pos = ps, .seq = sq, .want_logits = want};
+    ck_assert_int_eq(spk_llama_forward(m, &b, NULL, logits), SPK_OK);
+    int agree = 0, n_cmp = 0;
+    double max_d = 0, sum_d = 0;
+    for (int i = 0; i < n; i++) {
+        log_softmax(logits + (size_t)i * (size_t)hp.n_vocab, lp, hp.n_vocab);
+        cJSON *top = cJSON_GetArrayItem(pos, i), *pair;
+        int best = 0;
+        for (int v = 1; v < hp.n_vocab; v++)
+            best = lp[v] > lp[best] ? v : best;
+        agree += best == cJSON_GetArrayItem(cJSON_GetArrayItem(top, 0), 0)->valueint;
+        cJSON_ArrayForEach(pair, top)
+        {
+            const double d = fabs(lp[cJSON_GetArrayItem(pair, 0)->valueint] - cJSON_GetArrayItem(pair, 1)->valuedouble);
+            max_d = d > max_d ? d : max_d;
+            sum_d += d;
+            n_cmp++;
+        }
+    }
+    printf("%s model: top-1 agreement with llama.cpp %d/%d; |logprob diff| over its top-5: mean %.4f, max %.4f\n",
+           name, agree, n, sum_d / n_cmp, max_d);
+    /* As test_golden: both sides quantize activations to 8 bits but round differently elsewhere;
+     * a wrong layout or kernel gives differences of whole nats and chance agreement. */
+    ck_assert_int_ge(agree, n * 9 / 10);
+    ck_assert_double_lt(sum_d / n_cmp, 0.1);
+    ck_assert_double_lt(max_d, 0.5);
+    free(logits);
+    free(lp);
+    spk_llama_free(m);
+    spk_llama_weights_free(&W);
+    spk_gguf_close(gf);
+    cJSON_Delete(root);
+    free(txt);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("quant_types");
@@ -252,6 +432,8 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, test_dequantize_matches_ggml, 0, N_TYPES);
     tcase_add_loop_test(tc, test_round_trip_error, 0, N_TYPES);
     tcase_add_loop_test(tc, test_simd_matches_scalar_on_ggml_blocks, 0, N_TYPES);
+    tcase_add_loop_test(tc, test_model_matches_llama_quantize_and_llamacpp, 0, N_TYPES);
+    tcase_add_test(tc, test_refusals);
     suite_add_tcase(s, tc);
     return s;
 }
