@@ -1,6 +1,7 @@
 /* Element type table and scalar half/bfloat16 conversions. */
 #include "common/dtype.h"
 
+#include <math.h>
 #include <string.h>
 
 static const spk_dtype_info infos[] = {
@@ -147,6 +148,16 @@ size_t spk_dtype_find_nonfinite(spk_dtype t, const void *data, size_t n_blocks, 
     case SPK_DT_Q6_K:
         stride = sizeof(spk_block_q6_K), off = offsetof(spk_block_q6_K, d);
         break;
+    case SPK_DT_MXFP4: /* E8M0 0xFF is NaN in the OCP MX spec (ggml would read it as 2^127) */
+        for (size_t i = 0; i < n_blocks; i++)
+            if (p[i * sizeof(spk_block_mxfp4)] == 0xFF) {
+                if (field)
+                    *field = "e";
+                if (value)
+                    *value = NAN;
+                return i;
+            }
+        return n_blocks;
     default:
         return n_blocks;
     }

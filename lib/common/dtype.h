@@ -92,7 +92,7 @@ size_t spk_dtype_row_size(spk_dtype t, size_t n);
 
 /*
  * First non-finite scale among `n_blocks` blocks of type `t` at `data`: the f16 d (and m of
- * Q4_1/Q5_1, dmin of Q2_K/Q4_K/Q5_K) of quantized blocks (MXFP4's E8M0 scale is always finite), every element of F32/F16/BF16 data (a "block" of one).
+ * Q4_1/Q5_1, dmin of Q2_K/Q4_K/Q5_K) of quantized blocks, MXFP4's E8M0 e when it is 0xFF (NaN), every element of F32/F16/BF16 data (a "block" of one).
  * Returns the block index, or n_blocks when every scale is finite (also for types without float
  * scales). *field ("d", "m", "dmin", "value") and *value (as float) describe the bad one; either
  * may be NULL. Reads only the scale bytes; no alignment is assumed.

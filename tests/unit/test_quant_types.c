@@ -16,6 +16,7 @@
  */
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -272,6 +273,37 @@ START_TEST(test_refusals)
 }
 END_TEST
 
+/* The load-time scale check (spk_dtype_find_nonfinite) sees each new type's f16 scales. */
+START_TEST(test_nonfinite_scales_found)
+{
+    static const struct { spk_dtype t; size_t off; const char *field; } k[] = {
+        {SPK_DT_Q5_0, offsetof(spk_block_q5_0, d), "d"},   {SPK_DT_Q5_1, offsetof(spk_block_q5_1, d), "d"},
+        {SPK_DT_Q5_1, offsetof(spk_block_q5_1, m), "m"},   {SPK_DT_Q2_K, offsetof(spk_block_q2_K, d), "d"},
+        {SPK_DT_Q2_K, offsetof(spk_block_q2_K, dmin), "dmin"}, {SPK_DT_Q3_K, offsetof(spk_block_q3_K, d), "d"},
+        {SPK_DT_Q5_K, offsetof(spk_block_q5_K, d), "d"},   {SPK_DT_Q5_K, offsetof(spk_block_q5_K, dmin), "dmin"},
+    };
+    uint8_t buf[4 * 176];
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
+        const size_t bs = spk_dtype_get((uint32_t)k[i].t)->type_size;
+        memset(buf, 0, sizeof buf);
+        ck_assert_uint_eq(spk_dtype_find_nonfinite(k[i].t, buf, 4, NULL, NULL), 4);
+        const uint16_t nan = 0x7e00;
+        memcpy(buf + 2 * bs + k[i].off, &nan, 2);
+        const char *field = NULL;
+        ck_assert_uint_eq(spk_dtype_find_nonfinite(k[i].t, buf, 4, &field, NULL), 2);
+        ck_assert_str_eq(field, k[i].field);
+    }
+    memset(buf, 0xfe, sizeof buf); /* MXFP4: E8M0 0xFE is 2^127, finite; 0xFF is NaN */
+    ck_assert_uint_eq(spk_dtype_find_nonfinite(SPK_DT_MXFP4, buf, 4, NULL, NULL), 4);
+    buf[3 * 17] = 0xff;
+    const char *field = NULL;
+    float v = 0;
+    ck_assert_uint_eq(spk_dtype_find_nonfinite(SPK_DT_MXFP4, buf, 4, &field, &v), 3);
+    ck_assert_str_eq(field, "e");
+    ck_assert(isnan(v));
+}
+END_TEST
+
 static uint64_t fnv(uint64_t h, const void *p, size_t n)
 {
     const uint8_t *b = p;
@@ -434,6 +466,7 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, test_simd_matches_scalar_on_ggml_blocks, 0, N_TYPES);
     tcase_add_loop_test(tc, test_model_matches_llama_quantize_and_llamacpp, 0, N_TYPES);
     tcase_add_test(tc, test_refusals);
+    tcase_add_test(tc, test_nonfinite_scales_found);
     suite_add_tcase(s, tc);
     return s;
 }
