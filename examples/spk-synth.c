@@ -39,7 +39,8 @@ static void usage(FILE *out)
     fprintf(out,
             "\n"
             "  --seed S          weights seed (default 0); equal options give identical files\n"
-            "  --type T          matrices: q4_1 (default), q4_0, q8_0, f16, bf16, f32\n"
+            "  --type T          matrices: q4_1 (default), q4_0, q8_0, f16, bf16, f32,\n"
+            "                    q5_0, q5_1, q2_k, q3_k, q5_k, mxfp4\n"
             "  --embd-type T     token_embd: q8_0 (default) or as --type\n"
             "  --out-type T      output.weight when untied (default q4_1)\n"
             "  --tied / --untied output head shares token_embd or not (default: preset's)\n"
@@ -54,13 +55,15 @@ static int parse_type(const char *s, spk_dtype *out)
     static const struct { const char *n; spk_dtype t; } k[] = {
         {"q4_1", SPK_DT_Q4_1}, {"q4_0", SPK_DT_Q4_0}, {"q8_0", SPK_DT_Q8_0},
         {"f16", SPK_DT_F16},   {"bf16", SPK_DT_BF16}, {"f32", SPK_DT_F32},
+        {"q5_0", SPK_DT_Q5_0}, {"q5_1", SPK_DT_Q5_1}, {"q2_k", SPK_DT_Q2_K},
+        {"q3_k", SPK_DT_Q3_K}, {"q5_k", SPK_DT_Q5_K}, {"mxfp4", SPK_DT_MXFP4},
     };
     for (size_t i = 0; i < sizeof k / sizeof *k; i++)
         if (strcasecmp(s, k[i].n) == 0) {
             *out = k[i].t;
             return 0;
         }
-    fprintf(stderr, "spk-synth: unknown type '%s' (q4_1, q4_0, q8_0, f16, bf16, f32)\n", s);
+    fprintf(stderr, "spk-synth: unknown type '%s' (q4_1, q4_0, q8_0, f16, bf16, f32, q5_0, q5_1, q2_k, q3_k, q5_k, mxfp4)\n", s);
     return -1;
 }
 

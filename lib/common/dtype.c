@@ -1,6 +1,7 @@
 /* Element type table and scalar half/bfloat16 conversions. */
 #include "common/dtype.h"
 
+#include <math.h>
 #include <string.h>
 
 static const spk_dtype_info infos[] = {
@@ -8,15 +9,41 @@ static const spk_dtype_info infos[] = {
     [SPK_DT_F16] = {"F16", 1, 2},
     [SPK_DT_Q4_0] = {"Q4_0", SPK_QK4_0, sizeof(spk_block_q4_0)},
     [SPK_DT_Q4_1] = {"Q4_1", SPK_QK4_1, sizeof(spk_block_q4_1)},
+    [SPK_DT_Q5_0] = {"Q5_0", SPK_QK5_0, sizeof(spk_block_q5_0)},
+    [SPK_DT_Q5_1] = {"Q5_1", SPK_QK5_1, sizeof(spk_block_q5_1)},
     [SPK_DT_Q8_0] = {"Q8_0", SPK_QK8_0, sizeof(spk_block_q8_0)},
+    [SPK_DT_Q2_K] = {"Q2_K", SPK_QK_K, sizeof(spk_block_q2_K)},
+    [SPK_DT_Q3_K] = {"Q3_K", SPK_QK_K, sizeof(spk_block_q3_K)},
     [SPK_DT_Q4_K] = {"Q4_K", SPK_QK_K, sizeof(spk_block_q4_K)},
+    [SPK_DT_Q5_K] = {"Q5_K", SPK_QK_K, sizeof(spk_block_q5_K)},
     [SPK_DT_Q6_K] = {"Q6_K", SPK_QK_K, sizeof(spk_block_q6_K)},
     [SPK_DT_BF16] = {"BF16", 1, 2},
+    [SPK_DT_MXFP4] = {"MXFP4", SPK_QK_MXFP4, sizeof(spk_block_mxfp4)},
 };
+
+_Static_assert(sizeof infos / sizeof infos[0] == SPK_DT_LIMIT, "SPK_DT_LIMIT");
+
+/* ggml's kvalues_mxfp4: the E2M1 values doubled (0, 0.5, 1, 1.5, 2, 3, 4, 6 and negatives). */
+const int8_t spk_mxfp4_values[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+float spk_e8m0_to_f32_half(uint8_t e)
+{
+    /* ggml_e8m0_to_fp32_half: 2^(e-128); e 0 and 1 give the f32 subnormals 2^-128, 2^-127 */
+    const uint32_t bits = e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
 
 _Static_assert(sizeof(spk_block_q4_0) == 18, "q4_0 layout");
 _Static_assert(sizeof(spk_block_q4_1) == 20, "q4_1 layout");
 _Static_assert(sizeof(spk_block_q8_0) == 34, "q8_0 layout");
+_Static_assert(sizeof(spk_block_q5_0) == 22, "q5_0 layout");
+_Static_assert(sizeof(spk_block_q5_1) == 24, "q5_1 layout");
+_Static_assert(sizeof(spk_block_q2_K) == 84, "q2_K layout");
+_Static_assert(sizeof(spk_block_q3_K) == 110, "q3_K layout");
+_Static_assert(sizeof(spk_block_q5_K) == 176, "q5_K layout");
+_Static_assert(sizeof(spk_block_mxfp4) == 17, "mxfp4 layout");
 _Static_assert(sizeof(spk_block_q8_1) == 36, "q8_1 layout");
 _Static_assert(sizeof(spk_block_q4_K) == 144, "q4_K layout");
 _Static_assert(sizeof(spk_block_q6_K) == 210, "q6_K layout");
@@ -96,6 +123,24 @@ size_t spk_dtype_find_nonfinite(spk_dtype t, const void *data, size_t n_blocks, 
         stride = sizeof(spk_block_q4_1), off = offsetof(spk_block_q4_1, d);
         off2 = offsetof(spk_block_q4_1, m), name2 = "m";
         break;
+    case SPK_DT_Q5_0:
+        stride = sizeof(spk_block_q5_0), off = offsetof(spk_block_q5_0, d);
+        break;
+    case SPK_DT_Q5_1:
+        stride = sizeof(spk_block_q5_1), off = offsetof(spk_block_q5_1, d);
+        off2 = offsetof(spk_block_q5_1, m), name2 = "m";
+        break;
+    case SPK_DT_Q2_K:
+        stride = sizeof(spk_block_q2_K), off = offsetof(spk_block_q2_K, d);
+        off2 = offsetof(spk_block_q2_K, dmin), name2 = "dmin";
+        break;
+    case SPK_DT_Q3_K:
+        stride = sizeof(spk_block_q3_K), off = offsetof(spk_block_q3_K, d);
+        break;
+    case SPK_DT_Q5_K:
+        stride = sizeof(spk_block_q5_K), off = offsetof(spk_block_q5_K, d);
+        off2 = offsetof(spk_block_q5_K, dmin), name2 = "dmin";
+        break;
     case SPK_DT_Q4_K:
         stride = sizeof(spk_block_q4_K), off = offsetof(spk_block_q4_K, d);
         off2 = offsetof(spk_block_q4_K, dmin), name2 = "dmin";
@@ -103,6 +148,16 @@ size_t spk_dtype_find_nonfinite(spk_dtype t, const void *data, size_t n_blocks, 
     case SPK_DT_Q6_K:
         stride = sizeof(spk_block_q6_K), off = offsetof(spk_block_q6_K, d);
         break;
+    case SPK_DT_MXFP4: /* E8M0 0xFF is NaN in the OCP MX spec (ggml would read it as 2^127) */
+        for (size_t i = 0; i < n_blocks; i++)
+            if (p[i * sizeof(spk_block_mxfp4)] == 0xFF) {
+                if (field)
+                    *field = "e";
+                if (value)
+                    *value = NAN;
+                return i;
+            }
+        return n_blocks;
     default:
         return n_blocks;
     }

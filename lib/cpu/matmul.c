@@ -94,11 +94,17 @@ spk_dtype spk_act_type(spk_dtype wtype)
 {
     switch (wtype) {
     case SPK_DT_Q4_1:
+    case SPK_DT_Q5_1:
     case SPK_DT_Q4_K:
+    case SPK_DT_Q5_K:
+    case SPK_DT_Q2_K:
         return SPK_DT_Q8_1;
     case SPK_DT_Q4_0:
+    case SPK_DT_Q5_0:
     case SPK_DT_Q8_0:
+    case SPK_DT_Q3_K:
     case SPK_DT_Q6_K:
+    case SPK_DT_MXFP4:
         return SPK_DT_Q8_0;
     default:
         return SPK_DT_F32;
@@ -121,9 +127,15 @@ int spk_matmul_supported(spk_dtype wtype, int n_in)
         return 1;
     case SPK_DT_Q4_0:
     case SPK_DT_Q4_1:
+    case SPK_DT_Q5_0:
+    case SPK_DT_Q5_1:
     case SPK_DT_Q8_0:
+    case SPK_DT_MXFP4:
         return n_in % 32 == 0;
+    case SPK_DT_Q2_K:
+    case SPK_DT_Q3_K:
     case SPK_DT_Q4_K:
+    case SPK_DT_Q5_K:
     case SPK_DT_Q6_K:
         return n_in % SPK_QK_K == 0;
     default:

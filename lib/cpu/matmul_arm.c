@@ -1,5 +1,6 @@
 /*
- * aarch64 NEON matmul kernels (NEON is baseline on aarch64): Q4_0, Q4_1, Q8_0 against the Q8
+ * aarch64 NEON matmul kernels (NEON is baseline on aarch64): Q4_0, Q4_1, Q8_0 (and through
+ * cpu/matmul_arm_types.h Q5_0, Q5_1, MXFP4, Q2_K, Q3_K, Q5_K) against the Q8
  * planar activations and F32 weights, one row and one token at a time. The SDOT and SMMLA
  * levels live in cpu/matmul_arm_dotprod.c and cpu/matmul_arm_i8mm.c (compiled with their own
  * -march). Missing types fall back to the level below (cpu/quant.c at the bottom).
@@ -7,6 +8,7 @@
 #if defined(__aarch64__)
 
 #include "cpu/matmul_arm.h"
+#include "cpu/matmul_arm_types.h"
 
 /* int32 lanes summing w[i] * a[i] over 32 bytes each. */
 static inline int32x4_t dot32(int8x16_t w0, int8x16_t w1, const int8_t *a)
@@ -87,6 +89,7 @@ void spk_mm_fill_neon(spk_mm_table *t)
     t->mm[SPK_DT_Q4_1] = mm_q4_1_neon;
     t->mm[SPK_DT_Q8_0] = mm_q8_0_neon;
     t->mm[SPK_DT_F32] = mm_f32_neon;
+    at_fill(t); /* Q5_0, Q5_1, MXFP4, Q2_K, Q3_K, Q5_K: cpu/matmul_arm_types.h */
 }
 
 #else

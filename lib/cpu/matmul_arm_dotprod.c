@@ -11,6 +11,7 @@
 #endif
 
 #include "cpu/matmul_arm.h"
+#include "cpu/matmul_arm_types.h"
 
 #define MM_Q_DP(name, kind)                                                                        \
     static void name(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, \
@@ -31,6 +32,7 @@ void spk_mm_fill_neon_dotprod(spk_mm_table *t)
     t->mm[SPK_DT_Q4_0] = mm_q4_0_dp;
     t->mm[SPK_DT_Q4_1] = mm_q4_1_dp;
     t->mm[SPK_DT_Q8_0] = mm_q8_0_dp;
+    at_fill(t); /* the types of cpu/matmul_arm_types.h, with SDOT */
 }
 
 #else

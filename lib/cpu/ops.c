@@ -337,8 +337,10 @@ void spk_dequantize_row(float *out, const void *src, spk_dtype type, int n)
     uint32_t bk = info ? info->block : (type == SPK_DT_Q8_1 ? SPK_QK8_1 : 0);
     size_t bsize = info ? info->type_size : (type == SPK_DT_Q8_1 ? sizeof(spk_block_q8_1) : 0);
     int nb = bk ? n / (int)bk : 0;
+    int done = 0;
     for (int i = 0; i < nb; i++, p += bsize) {
         float *y = out + (size_t)i * bk;
+        done += spk_quant_dequantize_block(y, p, type) ? (int)bk : 0;
         switch (type) {
         case SPK_DT_Q4_0: deq_q4_0(y, p); break;
         case SPK_DT_Q4_1: deq_q4_1(y, p); break;
@@ -350,10 +352,9 @@ void spk_dequantize_row(float *out, const void *src, spk_dtype type, int n)
         }
     }
     /* A partial last block or an unknown type cannot be decoded: give zeros, not garbage. */
-    int done = (type == SPK_DT_Q4_0 || type == SPK_DT_Q4_1 || type == SPK_DT_Q8_0 ||
-                type == SPK_DT_Q8_1 || type == SPK_DT_Q4_K || type == SPK_DT_Q6_K)
-                   ? nb * (int)bk
-                   : 0;
+    if (type == SPK_DT_Q4_0 || type == SPK_DT_Q4_1 || type == SPK_DT_Q8_0 ||
+        type == SPK_DT_Q8_1 || type == SPK_DT_Q4_K || type == SPK_DT_Q6_K)
+        done = nb * (int)bk;
     if (done < n)
         memset(out + done, 0, (size_t)(n - done) * sizeof(float));
 }

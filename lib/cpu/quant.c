@@ -74,6 +74,144 @@ static void q6k_unpack(int8_t *q, const spk_block_q6_K *x)
     }
 }
 
+/* The 32 5-bit values (0..31) of a Q5_0/Q5_1 block, in element order: low nibbles of qs hold
+ * elements 0-15, high nibbles 16-31; bit j of the little-endian qh is element j's fifth bit. */
+static void q5_unpack(uint8_t *q, const uint8_t *qh4, const uint8_t *qs)
+{
+    const uint32_t qh = (uint32_t)qh4[0] | (uint32_t)qh4[1] << 8 | (uint32_t)qh4[2] << 16 |
+                        (uint32_t)qh4[3] << 24;
+    for (int j = 0; j < 16; j++) {
+        q[j] = (uint8_t)((qs[j] & 15) | ((qh >> j) & 1) << 4);
+        q[j + 16] = (uint8_t)((qs[j] >> 4) | ((qh >> (j + 16)) & 1) << 4);
+    }
+}
+
+/* The 256 5-bit values (0..31) of a Q5_K super-block, in element order: chunk c of 64 takes
+ * qs[32c..32c+31] (low nibbles first, then high), fifth bits from qh bit 2c and 2c+1. */
+static void q5k_unpack(uint8_t *q, const spk_block_q5_K *x)
+{
+    for (int c = 0; c < 4; c++)
+        for (int l = 0; l < 32; l++) {
+            q[c * 64 + l] = (uint8_t)((x->qs[c * 32 + l] & 15) | ((x->qh[l] >> (2 * c)) & 1) << 4);
+            q[c * 64 + 32 + l] =
+                (uint8_t)((x->qs[c * 32 + l] >> 4) | ((x->qh[l] >> (2 * c + 1)) & 1) << 4);
+        }
+}
+
+/* The 16 signed 6-bit scales (stored + 32, already minus 32 here) of a Q3_K super-block. */
+static void q3k_scales(int *sc, const uint8_t *s)
+{
+    for (int j = 0; j < 16; j++) {
+        const int lo = j < 8 ? s[j] & 15 : s[j - 8] >> 4;
+        const int hi = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+        sc[j] = (lo | hi << 4) - 32;
+    }
+}
+
+/* The 256 values (-4..3) of a Q3_K super-block in element order: element 128h + 32k + l has
+ * its low two bits at qs[32h + l] >> 2k and its high bit (set: no -4) at hmask[l] bit 4h + k. */
+static void q3k_unpack(int8_t *q, const spk_block_q3_K *x)
+{
+    for (int h = 0; h < 2; h++)
+        for (int k = 0; k < 4; k++)
+            for (int l = 0; l < 32; l++) {
+                const int lo = (x->qs[32 * h + l] >> (2 * k)) & 3;
+                const int hb = (x->hmask[l] >> (4 * h + k)) & 1;
+                q[128 * h + 32 * k + l] = (int8_t)(lo - (hb ? 0 : 4));
+            }
+}
+
+/* The 256 values (0..3) of a Q2_K super-block in element order (same packing as Q3_K's qs). */
+static void q2k_unpack(uint8_t *q, const spk_block_q2_K *x)
+{
+    for (int h = 0; h < 2; h++)
+        for (int k = 0; k < 4; k++)
+            for (int l = 0; l < 32; l++)
+                q[128 * h + 32 * k + l] = (uint8_t)((x->qs[32 * h + l] >> (2 * k)) & 3);
+}
+
+/* The 32 doubled E2M1 values of an MXFP4 block, in element order (low nibbles first). */
+static void mxfp4_unpack(int8_t *q, const spk_block_mxfp4 *x)
+{
+    for (int j = 0; j < 16; j++) {
+        q[j] = spk_mxfp4_values[x->qs[j] & 15];
+        q[j + 16] = spk_mxfp4_values[x->qs[j] >> 4];
+    }
+}
+
+/* ---- dequantizing the types added for issue 9 (cpu/ops.c handles the older ones) ----------- */
+
+int spk_quant_dequantize_block(float *y, const void *blk, spk_dtype t)
+{
+    switch (t) {
+    case SPK_DT_Q5_0: {
+        const spk_block_q5_0 *x = blk;
+        uint8_t q[32];
+        q5_unpack(q, x->qh, x->qs);
+        const float d = spk_f16_to_f32(x->d);
+        for (int j = 0; j < 32; j++)
+            y[j] = (float)(q[j] - 16) * d;
+        return 1;
+    }
+    case SPK_DT_Q5_1: {
+        const spk_block_q5_1 *x = blk;
+        uint8_t q[32];
+        q5_unpack(q, x->qh, x->qs);
+        const float d = spk_f16_to_f32(x->d), m = spk_f16_to_f32(x->m);
+        for (int j = 0; j < 32; j++)
+            y[j] = (float)q[j] * d + m;
+        return 1;
+    }
+    case SPK_DT_Q5_K: {
+        const spk_block_q5_K *x = blk;
+        uint8_t q[SPK_QK_K];
+        q5k_unpack(q, x);
+        const float d = spk_f16_to_f32(x->d), dmin = spk_f16_to_f32(x->dmin);
+        for (int j = 0; j < 8; j++) {
+            int sc, m;
+            q4k_scale_min(x->scales, j, &sc, &m);
+            const float d1 = d * (float)sc, m1 = dmin * (float)m;
+            for (int l = 0; l < 32; l++)
+                y[32 * j + l] = d1 * (float)q[32 * j + l] - m1;
+        }
+        return 1;
+    }
+    case SPK_DT_Q3_K: {
+        const spk_block_q3_K *x = blk;
+        int8_t q[SPK_QK_K];
+        int sc[16];
+        q3k_unpack(q, x);
+        q3k_scales(sc, x->scales);
+        const float d = spk_f16_to_f32(x->d);
+        for (int i = 0; i < SPK_QK_K; i++)
+            y[i] = d * (float)sc[i / 16] * (float)q[i];
+        return 1;
+    }
+    case SPK_DT_Q2_K: {
+        const spk_block_q2_K *x = blk;
+        uint8_t q[SPK_QK_K];
+        q2k_unpack(q, x);
+        const float d = spk_f16_to_f32(x->d), dmin = spk_f16_to_f32(x->dmin);
+        for (int i = 0; i < SPK_QK_K; i++) {
+            const uint8_t s = x->scales[i / 16];
+            y[i] = d * (float)(s & 15) * (float)q[i] - dmin * (float)(s >> 4);
+        }
+        return 1;
+    }
+    case SPK_DT_MXFP4: {
+        const spk_block_mxfp4 *x = blk;
+        int8_t q[32];
+        mxfp4_unpack(q, x);
+        const float d = spk_e8m0_to_f32_half(x->e);
+        for (int j = 0; j < 32; j++)
+            y[j] = (float)q[j] * d;
+        return 1;
+    }
+    default:
+        return 0;
+    }
+}
+
 /* ---- scalar dot products: one weight row against one activation row ------------------------- */
 
 static float dot_q4_0(const void *wrow, const uint8_t *act, int n)
@@ -168,6 +306,136 @@ static float dot_q6_K(const void *wrow, const uint8_t *act, int n)
     return acc;
 }
 
+static float dot_q5_0(const void *wrow, const uint8_t *act, int n)
+{
+    const spk_block_q5_0 *w = wrow;
+    const int8_t *a = (const int8_t *)act;
+    const float *ds = (const float *)(act + n);
+    uint8_t q[32];
+    float acc = 0.0f;
+    for (int b = 0; b < n / 32; b++, a += 32) {
+        q5_unpack(q, w[b].qh, w[b].qs);
+        int isum = 0;
+        for (int j = 0; j < 32; j++)
+            isum += (q[j] - 16) * a[j];
+        acc += spk_f16_to_f32(w[b].d) * ds[2 * b] * (float)isum;
+    }
+    return acc;
+}
+
+static float dot_q5_1(const void *wrow, const uint8_t *act, int n)
+{
+    const spk_block_q5_1 *w = wrow;
+    const int8_t *a = (const int8_t *)act;
+    const float *ds = (const float *)(act + n);
+    uint8_t q[32];
+    float acc = 0.0f;
+    for (int b = 0; b < n / 32; b++, a += 32) {
+        q5_unpack(q, w[b].qh, w[b].qs);
+        int isum = 0;
+        for (int j = 0; j < 32; j++)
+            isum += q[j] * a[j];
+        acc += spk_f16_to_f32(w[b].d) * ds[2 * b] * (float)isum +
+               spk_f16_to_f32(w[b].m) * ds[2 * b + 1];
+    }
+    return acc;
+}
+
+static float dot_mxfp4(const void *wrow, const uint8_t *act, int n)
+{
+    const spk_block_mxfp4 *w = wrow;
+    const int8_t *a = (const int8_t *)act;
+    const float *ds = (const float *)(act + n);
+    int8_t q[32];
+    float acc = 0.0f;
+    for (int b = 0; b < n / 32; b++, a += 32) {
+        mxfp4_unpack(q, &w[b]);
+        int isum = 0;
+        for (int j = 0; j < 32; j++)
+            isum += q[j] * a[j];
+        acc += spk_e8m0_to_f32_half(w[b].e) * ds[2 * b] * (float)isum;
+    }
+    return acc;
+}
+
+static float dot_q5_K(const void *wrow, const uint8_t *act, int n)
+{
+    const spk_block_q5_K *w = wrow;
+    const int8_t *a = (const int8_t *)act;
+    const float *ds = (const float *)(act + n);
+    uint8_t q[SPK_QK_K];
+    float acc = 0.0f;
+    for (int b = 0; b < n / SPK_QK_K; b++) {
+        const float d = spk_f16_to_f32(w[b].d), dmin = spk_f16_to_f32(w[b].dmin);
+        q5k_unpack(q, &w[b]);
+        for (int j = 0; j < 8; j++) {
+            const int ab = b * 8 + j;
+            int sc, m, isum = 0;
+            q4k_scale_min(w[b].scales, j, &sc, &m);
+            for (int l = 0; l < 32; l++)
+                isum += q[j * 32 + l] * a[ab * 32 + l];
+            acc += d * (float)sc * ds[2 * ab] * (float)isum - dmin * (float)m * ds[2 * ab + 1];
+        }
+    }
+    return acc;
+}
+
+/* Q3_K: a signed scale per 16 values, so each activation block of 32 meets two scales. */
+static float dot_q3_K(const void *wrow, const uint8_t *act, int n)
+{
+    const spk_block_q3_K *w = wrow;
+    const int8_t *a = (const int8_t *)act;
+    const float *ds = (const float *)(act + n);
+    int8_t q[SPK_QK_K];
+    int sc[16];
+    float acc = 0.0f;
+    for (int b = 0; b < n / SPK_QK_K; b++) {
+        const float d = spk_f16_to_f32(w[b].d);
+        q3k_unpack(q, &w[b]);
+        q3k_scales(sc, w[b].scales);
+        for (int j = 0; j < 8; j++) {
+            const int ab = b * 8 + j;
+            int s0 = 0, s1 = 0;
+            for (int l = 0; l < 16; l++) {
+                s0 += q[j * 32 + l] * a[ab * 32 + l];
+                s1 += q[j * 32 + 16 + l] * a[ab * 32 + 16 + l];
+            }
+            acc += d * ds[2 * ab] * (float)(sc[2 * j] * s0 + sc[2 * j + 1] * s1);
+        }
+    }
+    return acc;
+}
+
+/* Q2_K: scale and min per 16 values; the min meets the sum of those 16 activations. */
+static float dot_q2_K(const void *wrow, const uint8_t *act, int n)
+{
+    const spk_block_q2_K *w = wrow;
+    const int8_t *a = (const int8_t *)act;
+    const float *ds = (const float *)(act + n);
+    uint8_t q[SPK_QK_K];
+    float acc = 0.0f;
+    for (int b = 0; b < n / SPK_QK_K; b++) {
+        const float d = spk_f16_to_f32(w[b].d), dmin = spk_f16_to_f32(w[b].dmin);
+        q2k_unpack(q, &w[b]);
+        for (int j = 0; j < 8; j++) {
+            const int ab = b * 8 + j;
+            int isum = 0, msum = 0;
+            for (int h = 0; h < 2; h++) {
+                const uint8_t s = w[b].scales[2 * j + h];
+                int qa = 0, sa = 0;
+                for (int l = 0; l < 16; l++) {
+                    qa += q[j * 32 + 16 * h + l] * a[ab * 32 + 16 * h + l];
+                    sa += a[ab * 32 + 16 * h + l];
+                }
+                isum += (s & 15) * qa;
+                msum += (s >> 4) * sa;
+            }
+            acc += ds[2 * ab] * (d * (float)isum - dmin * (float)msum);
+        }
+    }
+    return acc;
+}
+
 static float dot_f32(const void *wrow, const uint8_t *act, int n)
 {
     const float *w = wrow, *a = (const float *)act;
@@ -214,6 +482,12 @@ SCALAR_KERNEL(mm_q4_1, dot_q4_1)
 SCALAR_KERNEL(mm_q8_0, dot_q8_0)
 SCALAR_KERNEL(mm_q4_K, dot_q4_K)
 SCALAR_KERNEL(mm_q6_K, dot_q6_K)
+SCALAR_KERNEL(mm_q5_0, dot_q5_0)
+SCALAR_KERNEL(mm_q5_1, dot_q5_1)
+SCALAR_KERNEL(mm_q5_K, dot_q5_K)
+SCALAR_KERNEL(mm_q3_K, dot_q3_K)
+SCALAR_KERNEL(mm_q2_K, dot_q2_K)
+SCALAR_KERNEL(mm_mxfp4, dot_mxfp4)
 SCALAR_KERNEL(mm_f32, dot_f32)
 SCALAR_KERNEL(mm_f16, dot_f16)
 SCALAR_KERNEL(mm_bf16, dot_bf16)
@@ -226,6 +500,12 @@ void spk_mm_fill_scalar(spk_mm_table *t)
     t->mm[SPK_DT_Q8_0] = mm_q8_0;
     t->mm[SPK_DT_Q4_K] = mm_q4_K;
     t->mm[SPK_DT_Q6_K] = mm_q6_K;
+    t->mm[SPK_DT_Q5_0] = mm_q5_0;
+    t->mm[SPK_DT_Q5_1] = mm_q5_1;
+    t->mm[SPK_DT_Q5_K] = mm_q5_K;
+    t->mm[SPK_DT_Q3_K] = mm_q3_K;
+    t->mm[SPK_DT_Q2_K] = mm_q2_K;
+    t->mm[SPK_DT_MXFP4] = mm_mxfp4;
     t->mm[SPK_DT_F32] = mm_f32;
     t->mm[SPK_DT_F16] = mm_f16;
     t->mm[SPK_DT_BF16] = mm_bf16;

@@ -15,7 +15,9 @@
  *   int8_t qs[n]                    q = roundf(x / d), as ggml's reference quantizer
  *   float  ds[2 * n/32]             pairs (d, s) per block of 32: d = amax/127 rounded to f16
  *                                   (as the reference stores it), s = d * sum(q) (exact in f32)
- * The same rows serve Q4_0, Q4_1, Q8_0 (Q8_0/Q8_1 semantics), Q4_K and Q6_K weights.
+ * The same rows serve every quantized weight type: Q4_0, Q5_0, Q8_0, Q3_K, Q6_K, MXFP4 read d
+ * (Q8_0 semantics), Q4_1, Q5_1, Q4_K, Q5_K read d and s (Q8_1), and Q2_K, whose min goes with
+ * each 16 values, sums the int8 values itself.
  * Float weights (F32, F16, BF16) take plain f32 rows, spk_f32_row_bytes(n) apart.
  */
 #define SPK_ACT_BLOCK 32
@@ -34,7 +36,17 @@ static inline size_t spk_f32_row_bytes(int n)
 /* Quantize one row of n floats (n multiple of 32) into a Q8 planar row (portable reference). */
 void spk_q8_quantize_row_ref(void *dst, const float *x, int n);
 
-/* (Dequantizing a row: spk_dequantize_row in cpu/ops.h.) */
+/* (Dequantizing a row: spk_dequantize_row in cpu/ops.h.) Decode one block of Q5_0, Q5_1, Q2_K,
+ * Q3_K, Q5_K or MXFP4 (the types added for the model-families issue) into y[block size];
+ * returns 0, writing nothing, for any other type. */
+int spk_quant_dequantize_block(float *y, const void *blk, spk_dtype t);
+
+/*
+ * Reference quantizers (cpu/quant_ref.c), ports of ggml's quantize_row_*_ref, for tests and the
+ * synthetic-model writer (not a hot path): n floats (a multiple of the block) into blocks of
+ * type t. Q5_0, Q5_1, Q2_K, Q3_K, Q5_K and MXFP4; returns the bytes written, 0 for other types.
+ */
+size_t spk_quantize_row_ref(void *dst, const float *x, spk_dtype t, int n);
 
 /*
  * Kernel signature: out[t * ld_out + r] for r in [row0, row1), t < n_tok.
@@ -56,7 +68,7 @@ enum {
 };
 
 /* A kernel table: one matmul kernel per weight type (NULL: not in this ISA) and the Q8 quantizer. */
-#define SPK_MM_NTYPES 31
+#define SPK_MM_NTYPES SPK_DT_LIMIT
 typedef struct spk_mm_table {
     spk_mm_kernel mm[SPK_MM_NTYPES];
     spk_act_kernel q8_quantize; /* NULL: use the reference */
@@ -66,11 +78,13 @@ void spk_mm_fill_scalar(spk_mm_table *t);
 #if defined(__x86_64__) || defined(__i386__)
 void spk_mm_fill_avx2(spk_mm_table *t);
 void spk_mm_fill_avx512(spk_mm_table *t);
-void spk_mm_fill_avx2_kquants(spk_mm_table *t); /* sets the Q4_K and Q6_K entries only */
+void spk_mm_fill_avx2_kquants(spk_mm_table *t); /* sets the Q2_K..Q6_K entries only */
+void spk_mm_fill_avx2_q5(spk_mm_table *t);       /* sets Q5_0, Q5_1, MXFP4 only */
 #endif
 #if defined(__aarch64__)
 void spk_mm_fill_neon(spk_mm_table *t);
-void spk_mm_fill_neon_dotprod(spk_mm_table *t); /* Q4_0, Q4_1, Q8_0 only */
+void spk_mm_fill_neon_dotprod(spk_mm_table *t); /* Q4_0, Q4_1, Q8_0, and the types of
+                                                   cpu/matmul_arm_types.h */
 void spk_mm_fill_neon_i8mm(spk_mm_table *t);    /* Q4_0, Q4_1, Q8_0 only */
 #endif
 

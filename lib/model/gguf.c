@@ -378,11 +378,16 @@ static spk_status check_tensors(const reader *r, spk_gguf_file *f)
                         "tensor '%.*s': offset %llu is not a multiple of the alignment %llu",
                         shown(t->name), t->name.ptr, (unsigned long long)t->offset,
                         (unsigned long long)f->alignment);
-        if (t->offset > data_size || t->nbytes > data_size - t->offset)
+        if (t->offset > data_size || t->nbytes > data_size - t->offset) {
+            const spk_dtype_info *ti = spk_dtype_get((uint32_t)t->type);
             return fail(r, SPK_ERR_FORMAT,
-                        "tensor '%.*s': offset %llu + size %llu past end of data (%llu bytes)",
+                        "tensor '%.*s': offset %llu + size %llu past end of data (%llu bytes): "
+                        "%llu %s values need %llu blocks of %u bytes",
                         shown(t->name), t->name.ptr, (unsigned long long)t->offset,
-                        (unsigned long long)t->nbytes, (unsigned long long)data_size);
+                        (unsigned long long)t->nbytes, (unsigned long long)data_size,
+                        (unsigned long long)t->n_elements, ti->name,
+                        (unsigned long long)(t->n_elements / ti->block), ti->type_size);
+        }
         t->data = f->base + f->data_offset + t->offset;
     }
     if (f->n_tensors < 2)

@@ -30,7 +30,7 @@ BUILD=$BASE/build
 VENV=$BASE/venv
 JOBS=${SPK_JOBS:-2}
 PYTHON=${PYTHON:-python3}
-TARGETS=(llama llama-bench llama-batched-bench llama-tokenize)
+TARGETS=(llama llama-bench llama-batched-bench llama-tokenize llama-quantize)
 
 log() { printf '[build-llamacpp] %s\n' "$*" >&2; }
 die() { printf '[build-llamacpp] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -83,7 +83,7 @@ log "build step took $(( $(date +%s) - t0 )) s"
 BIN=$BUILD/bin
 LIBDIR=$(dirname "$(find "$BUILD" -name 'libllama.so' -print -quit)")
 if [ ! -f "$LIBDIR/libllama.so" ]; then die "libllama.so not found under $BUILD"; fi
-for t in llama-bench llama-batched-bench llama-tokenize; do
+for t in llama-bench llama-batched-bench llama-tokenize llama-quantize; do
     [ -x "$BIN/$t" ] || die "$BIN/$t was not built"
 done
 
@@ -115,5 +115,6 @@ LLAMACPP_LIB=$LIBDIR
 LLAMA_BENCH=$BIN/llama-bench
 LLAMA_BATCHED_BENCH=$BIN/llama-batched-bench
 LLAMA_TOKENIZE=$BIN/llama-tokenize
+LLAMA_QUANTIZE=$BIN/llama-quantize
 LLAMACPP_VENV_PYTHON=$VENV/bin/python
 EOF

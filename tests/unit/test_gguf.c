@@ -104,6 +104,12 @@ static uint64_t type_nbytes(uint32_t type, const uint64_t *ne, uint32_t n_dims)
     case 3: block = 32, size = 20; break;  /* Q4_1 */
     case 12: block = 256, size = 144; break; /* Q4_K */
     case 14: block = 256, size = 210; break; /* Q6_K */
+    case 6: block = 32, size = 22; break;  /* Q5_0 */
+    case 7: block = 32, size = 24; break;  /* Q5_1 */
+    case 10: block = 256, size = 84; break;  /* Q2_K */
+    case 11: block = 256, size = 110; break; /* Q3_K */
+    case 13: block = 256, size = 176; break; /* Q5_K */
+    case 39: block = 32, size = 17; break;   /* MXFP4 */
     default: return 32;
     }
     uint64_t b = n / block * size;
@@ -225,13 +231,18 @@ static const tspec all_tensors[] = {
     {"q4_0", 2, {32, 3}, 2, -1},        {"q4_1", 1, {32}, 3, -1},
     {"q4_k", 2, {256, 2}, 12, -1},      {"q6_k", 1, {256}, 14, -1},
     {"blk.0.f32_4d", 4, {2, 3, 4, 5}, 0, -1},
+    {"q5_0", 2, {64, 3}, 6, -1},        {"q5_1", 1, {32}, 7, -1},
+    {"q2_k", 2, {256, 3}, 10, -1},      {"q3_k", 1, {512}, 11, -1},
+    {"q5_k", 2, {256, 2}, 13, -1},      {"mxfp4", 3, {64, 3, 2}, 39, -1},
 };
 #define N_ALL (sizeof all_tensors / sizeof all_tensors[0])
-static const uint64_t all_nbytes[N_ALL] = {24, 10, 16, 4 * 34, 3 * 18, 20, 2 * 144, 210, 480};
-static const uint64_t all_nel[N_ALL] = {6, 5, 8, 128, 96, 32, 512, 256, 120};
-static const spk_dtype all_types[N_ALL] = {SPK_DT_F32, SPK_DT_F16, SPK_DT_BF16, SPK_DT_Q8_0,
+static const uint64_t all_nbytes[N_ALL] = {24,  10,     16,     4 * 34, 3 * 18, 20,     2 * 144, 210,
+                                           480, 6 * 22, 24,     3 * 84, 2 * 110, 2 * 176, 12 * 17};
+static const uint64_t all_nel[N_ALL] = {6, 5, 8, 128, 96, 32, 512, 256, 120, 192, 32, 768, 512, 512, 384};
+static const spk_dtype all_types[N_ALL] = {SPK_DT_F32,  SPK_DT_F16,  SPK_DT_BF16, SPK_DT_Q8_0,
                                            SPK_DT_Q4_0, SPK_DT_Q4_1, SPK_DT_Q4_K, SPK_DT_Q6_K,
-                                           SPK_DT_F32};
+                                           SPK_DT_F32,  SPK_DT_Q5_0, SPK_DT_Q5_1, SPK_DT_Q2_K,
+                                           SPK_DT_Q3_K, SPK_DT_Q5_K, SPK_DT_MXFP4};
 
 static void build_all(built *b, uint32_t version, const uint32_t *align)
 {
@@ -739,7 +750,19 @@ MK_T(mk_dim_product_overflow, {"wo", 3, {1ull << 32, 1ull << 32, 2}, 0, -1})
 MK_T(mk_dim_huge, {"wh", 1, {1ull << 63}, 0, -1})
 MK_T(mk_nbytes_overflow, {"wb", 2, {1ull << 31, 1ull << 31}, 0, -1})
 MK_T(mk_type99, {"blk.1.ffn_up.weight", 2, {32, 2}, 99, -1})
-MK_T(mk_type_q5_0, {"blk.2.attn_q.weight", 2, {32, 2}, 6, -1})
+MK_T(mk_type_iq2, {"blk.2.attn_q.weight", 2, {256, 2}, 16, -1})
+MK_T(mk_block_q5_k, {"q5k", 2, {288, 2}, 13, -1})
+MK_T(mk_block_mxfp4, {"mx", 1, {48}, 39, -1})
+/* A Q3_K tensor of 2 rows needs 220 bytes; the next tensor starts after 192. */
+MK_T(mk_q3k_short, {"q3k", 2, {256, 2}, 11, 0}, {"next", 1, {8}, 0, 192})
+
+/* MXFP4 blocks cut short: the file ends 5 bytes into the last 17-byte block. */
+static void mk_mxfp4_cut(wbuf *w)
+{
+    static const tspec ts[] = {{"blk.0.ffn_down_exps.weight", 3, {64, 2, 4}, 39, -1}};
+    mk_tensors(w, ts, 1);
+    w->n -= 12;
+}
 MK_T(mk_type_q8_1, {"q81", 1, {32}, 9, -1})
 MK_T(mk_type_huge, {"qx", 1, {32}, 0xffffffffu, -1})
 MK_T(mk_block_q4_0, {"q40", 2, {48, 2}, 2, -1})
@@ -834,8 +857,16 @@ static const bad_case bad_cases[] = {
     {"dim >= 2^63", mk_dim_huge, SPK_ERR_FORMAT, "'wh'", "9223372036854775808"},
     {"byte size overflow", mk_nbytes_overflow, SPK_ERR_FORMAT, "'wb'", "overflows"},
     {"tensor type 99", mk_type99, SPK_ERR_UNSUPPORTED, "'blk.1.ffn_up.weight'", "type 99"},
-    {"tensor type 6 (Q5_0)", mk_type_q5_0, SPK_ERR_UNSUPPORTED, "'blk.2.attn_q.weight'",
-     "type 6 (Q5_0)"},
+    {"tensor type 16 (IQ2_XXS)", mk_type_iq2, SPK_ERR_UNSUPPORTED, "'blk.2.attn_q.weight'",
+     "type 16 (IQ2_XXS)"},
+    {"ne[0] not a multiple of the Q5_K block", mk_block_q5_k, SPK_ERR_FORMAT, "'q5k'",
+     "ne[0] = 288 is not a multiple of the Q5_K block size 256"},
+    {"ne[0] not a multiple of the MXFP4 block", mk_block_mxfp4, SPK_ERR_FORMAT, "'mx'",
+     "ne[0] = 48 is not a multiple of the MXFP4 block size 32"},
+    {"MXFP4 blocks cut short", mk_mxfp4_cut, SPK_ERR_FORMAT, "'blk.0.ffn_down_exps.weight'",
+     "offset 0 + size 272 past end of data (260 bytes): 512 MXFP4 values need 16 blocks of 17 bytes"},
+    {"Q3_K tensor larger than its room", mk_q3k_short, SPK_ERR_FORMAT,
+     "'q3k' (offset 0, size 220) overlaps", "'next' (offset 192)"},
     {"tensor type 9 (Q8_1)", mk_type_q8_1, SPK_ERR_UNSUPPORTED, "'q81'", "type 9 (Q8_1)"},
     {"tensor type 2^32-1", mk_type_huge, SPK_ERR_UNSUPPORTED, "'qx'", "type 4294967295"},
     {"ne[0] not a multiple of 32", mk_block_q4_0, SPK_ERR_FORMAT, "'q40'",

@@ -27,7 +27,9 @@
 #include "testutil.h"
 
 static const spk_dtype k_types[] = {SPK_DT_Q4_0, SPK_DT_Q4_1, SPK_DT_Q8_0, SPK_DT_Q4_K,
-                                    SPK_DT_Q6_K, SPK_DT_F32,  SPK_DT_F16,  SPK_DT_BF16};
+                                    SPK_DT_Q6_K, SPK_DT_F32,  SPK_DT_F16,  SPK_DT_BF16,
+                                    SPK_DT_Q5_0, SPK_DT_Q5_1, SPK_DT_Q2_K, SPK_DT_Q3_K,
+                                    SPK_DT_Q5_K, SPK_DT_MXFP4};
 #define N_TYPES (int)(sizeof k_types / sizeof k_types[0])
 
 static float f16r(uint64_t *s, float lo, float hi)
@@ -75,6 +77,39 @@ static void fill_blocks(uint8_t *w, spk_dtype t, int n, int rows, uint64_t *s)
             case SPK_DT_Q6_K: {
                 spk_block_q6_K *x = (spk_block_q6_K *)row + b;
                 x->d = spk_f32_to_f16(f16r(s, 0.00001f, 0.0002f));
+                break;
+            }
+            case SPK_DT_Q5_0: {
+                spk_block_q5_0 *x = (spk_block_q5_0 *)row + b;
+                x->d = spk_f32_to_f16(f16r(s, 0.001f, 0.02f));
+                break;
+            }
+            case SPK_DT_Q5_1: {
+                spk_block_q5_1 *x = (spk_block_q5_1 *)row + b;
+                x->d = spk_f32_to_f16(f16r(s, 0.001f, 0.02f));
+                x->m = spk_f32_to_f16(f16r(s, 0.01f, 0.15f));
+                break;
+            }
+            case SPK_DT_Q2_K: { /* scales and mins: all of 0..15 from the random bytes */
+                spk_block_q2_K *x = (spk_block_q2_K *)row + b;
+                x->d = spk_f32_to_f16(f16r(s, 0.0005f, 0.005f));
+                x->dmin = spk_f32_to_f16(f16r(s, 0.0005f, 0.005f));
+                break;
+            }
+            case SPK_DT_Q3_K: { /* scales: all of -32..31 */
+                spk_block_q3_K *x = (spk_block_q3_K *)row + b;
+                x->d = spk_f32_to_f16(f16r(s, 0.0001f, 0.002f));
+                break;
+            }
+            case SPK_DT_Q5_K: {
+                spk_block_q5_K *x = (spk_block_q5_K *)row + b;
+                x->d = spk_f32_to_f16(f16r(s, 0.00005f, 0.0005f));
+                x->dmin = spk_f32_to_f16(f16r(s, 0.0001f, 0.001f));
+                break;
+            }
+            case SPK_DT_MXFP4: { /* e 118..133: 2^-10 .. 2^5 */
+                spk_block_mxfp4 *x = (spk_block_mxfp4 *)row + b;
+                x->e = (uint8_t)(118 + spk_test_rand(s) % 16);
                 break;
             }
             case SPK_DT_F32:
@@ -164,6 +199,87 @@ static void decode_row(double *w, double *mag, const uint8_t *row, spk_dtype t, 
             }
         }
         break;
+    case SPK_DT_Q5_0:
+    case SPK_DT_Q5_1: /* d [m] qh[4] qs[16]: elements j and j+16 share qs[j]; qh bit i is element i's bit 4 */
+        for (int b = 0; b < n / 32; b++) {
+            const int q51 = t == SPK_DT_Q5_1;
+            const uint8_t *p = row + (size_t)b * (q51 ? 24 : 22);
+            const uint16_t *h = (const uint16_t *)p;
+            const double d = spk_f16_to_f32(h[0]);
+            const double m = q51 ? spk_f16_to_f32(h[1]) : -16.0 * d;
+            const uint8_t *qh = p + (q51 ? 4 : 2), *qs = qh + 4;
+            const uint32_t bits = qh[0] | qh[1] << 8 | qh[2] << 16 | (uint32_t)qh[3] << 24;
+            for (int i = 0; i < 32; i++) {
+                const int q = (i < 16 ? qs[i] & 15 : qs[i - 16] >> 4) | (int)((bits >> i) & 1) << 4;
+                w[32 * b + i] = d * q + m;
+                mag[32 * b + i] = fabs(d) * q + fabs(m);
+            }
+        }
+        break;
+    case SPK_DT_MXFP4:
+        for (int b = 0; b < n / 32; b++) {
+            const uint8_t *p = row + (size_t)b * 17;
+            const double scale = ldexp(1.0, p[0] - 127); /* OCP: E8M0 2^(e-127) times E2M1 */
+            static const double e2m1[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};
+            for (int i = 0; i < 32; i++) {
+                const int nib = i < 16 ? p[1 + i] & 15 : p[1 + i - 16] >> 4;
+                w[32 * b + i] = (nib & 8 ? -1 : 1) * e2m1[nib & 7] * scale;
+                mag[32 * b + i] = fabs(w[32 * b + i]);
+            }
+        }
+        break;
+    case SPK_DT_Q2_K:
+        for (int b = 0; b < n / 256; b++) {
+            const spk_block_q2_K *x = (const spk_block_q2_K *)row + b;
+            const double d = spk_f16_to_f32(x->d), dmin = spk_f16_to_f32(x->dmin);
+            for (int i = 0; i < 256; i++) { /* 2 bits at qs[32*(i/128) + i%32] >> 2*((i%128)/32) */
+                const int q = (x->qs[32 * (i / 128) + i % 32] >> (2 * ((i % 128) / 32))) & 3;
+                const int sc = x->scales[i / 16] & 15, m = x->scales[i / 16] >> 4;
+                w[256 * b + i] = d * sc * q - dmin * m;
+                mag[256 * b + i] = fabs(d) * sc * q + fabs(dmin) * m;
+            }
+        }
+        break;
+    case SPK_DT_Q3_K:
+        for (int b = 0; b < n / 256; b++) {
+            const spk_block_q3_K *x = (const spk_block_q3_K *)row + b;
+            const double d = spk_f16_to_f32(x->d);
+            for (int i = 0; i < 256; i++) {
+                const int j = i / 16; /* scale j: low 4 bits in scales[j%8] (nibble j/8), high 2 in scales[8+j%4] */
+                const int sc = (((x->scales[j % 8] >> (4 * (j / 8))) & 15) |
+                                ((x->scales[8 + j % 4] >> (2 * (j / 4))) & 3) << 4) - 32;
+                const int lo = (x->qs[32 * (i / 128) + i % 32] >> (2 * ((i % 128) / 32))) & 3;
+                const int hi = (x->hmask[i % 32] >> (i / 32)) & 1;
+                const int q = lo - (hi ? 0 : 4);
+                w[256 * b + i] = d * sc * q;
+                mag[256 * b + i] = fabs(d * sc) * (abs(q) + 8);
+            }
+        }
+        break;
+    case SPK_DT_Q5_K:
+        for (int b = 0; b < n / 256; b++) {
+            const spk_block_q5_K *x = (const spk_block_q5_K *)row + b;
+            const double d = spk_f16_to_f32(x->d), dmin = spk_f16_to_f32(x->dmin);
+            for (int sb = 0; sb < 8; sb++) {
+                int sc, m;
+                const uint8_t *k = x->scales;
+                if (sb < 4) {
+                    sc = k[sb] & 0x3f;
+                    m = k[sb + 4] & 0x3f;
+                } else {
+                    sc = (k[sb + 4] & 0x0f) | ((k[sb - 4] & 0xc0) >> 2);
+                    m = (k[sb + 4] >> 4) | ((k[sb] & 0xc0) >> 2);
+                }
+                for (int l = 0; l < 32; l++) {
+                    const uint8_t byte = x->qs[(sb / 2) * 32 + l];
+                    const int q = ((sb & 1) ? byte >> 4 : byte & 15) | ((x->qh[l] >> sb) & 1) << 4;
+                    const int i = 256 * b + 32 * sb + l;
+                    w[i] = d * sc * q - dmin * m;
+                    mag[i] = fabs(d) * sc * q + fabs(dmin) * m;
+                }
+            }
+        }
+        break;
     case SPK_DT_F32:
         for (int i = 0; i < n; i++)
             w[i] = ((const float *)row)[i];
@@ -220,6 +336,11 @@ static void use_isa(int isa)
 {
     spk_cpu_force_scalar(isa == SPK_ISA_SCALAR);
     spk_matmul_force_isa(isa);
+}
+
+static int is_kquant(spk_dtype t)
+{
+    return spk_dtype_get((uint32_t)t)->block == 256;
 }
 
 static void check_case(spk_dtype t, int n_in, int n_out, int n_tok, int row0, int row1, uint64_t seed)
@@ -307,7 +428,7 @@ static const int k_ntok[] = {1, 3, 4, 7, 16};
 START_TEST(test_matmul_matches_float64_reference)
 {
     const spk_dtype t = k_types[_i];
-    const int kq = t == SPK_DT_Q4_K || t == SPK_DT_Q6_K;
+    const int kq = is_kquant(t);
     const int sizes[2] = {is_float(t) ? 37 : kq ? 256 : 96, is_float(t) ? 203 : kq ? 512 : 576};
     for (int si = 0; si < 2; si++)
         for (size_t ti = 0; ti < sizeof k_ntok / sizeof k_ntok[0]; ti++) {
@@ -324,7 +445,7 @@ END_TEST
 START_TEST(test_matmul_chunked_rows)
 {
     const spk_dtype t = k_types[_i];
-    const int kq = t == SPK_DT_Q4_K || t == SPK_DT_Q6_K;
+    const int kq = is_kquant(t);
     const int n_in = is_float(t) ? 203 : kq ? 256 : 576;
     check_case(t, n_in, 401, 5, 7, 398, 500u + (uint64_t)_i);
     check_case(t, n_in, 401, 16, 0, 401, 600u + (uint64_t)_i);
@@ -419,7 +540,8 @@ START_TEST(test_support_and_sizes)
     ck_assert(spk_matmul_supported(SPK_DT_Q4_K, 512));
     ck_assert(spk_matmul_supported(SPK_DT_F16, 37));
     ck_assert(!spk_matmul_supported(SPK_DT_Q8_1, 64));
-    ck_assert(!spk_matmul_supported((spk_dtype)7, 64));
+    ck_assert(!spk_matmul_supported((spk_dtype)5, 64));
+    ck_assert(!spk_matmul_supported((spk_dtype)16, 256));
     ck_assert(!spk_matmul_supported(SPK_DT_Q8_0, 0));
     ck_assert_uint_eq(spk_act_size((spk_dtype)99, 64, 1), 0);
     ck_assert_uint_ge(spk_act_size(SPK_DT_Q4_1, 576, 3), 3 * (576 + 18 * 8));

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# vs-llamacpp-types.sh: per weight type, our speed against llama.cpp's on the same file.
+#
+# spk-synth writes one F32 model (default: issue 13's shape, D512 L30 H8/4 FF1536 V49152); for
+# each type llama.cpp's llama-quantize makes a GGUF of it (the ftype names users download:
+# Q5_K_M and Q3_K_M mix in Q6_K/Q4_K tensors as llama.cpp chooses; MXFP4_MOE), then
+# bench/vs-llamacpp.sh runs llama-bench and spk-bench-single on that file (same threads,
+# pp PROMPT / tg GEN, medians of REPS) and the ratios are collected into one table.
+#
+# Usage: bench/vs-llamacpp-types.sh [--threads N] [--types "Q5_0 Q5_1 ..."] [--layers N]
+#                                   [--prompt-tokens N] [--gen-tokens N] [--reps N] [--build-dir DIR]
+# Defaults: 1 thread, types Q5_0 Q5_1 Q2_K Q3_K_M Q5_K_M MXFP4_MOE, 30 layers, pp512, tg128, 3 reps.
+# Files go to $SPK_CACHE/synth/types-L<layers>/ and are reused when present.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
+threads=1 layers=30 p=512 n=128 reps=3 build=$root/build
+types="Q5_0 Q5_1 Q2_K Q3_K_M Q5_K_M MXFP4_MOE"
+die() { printf 'vs-llamacpp-types: %s\n' "$*" >&2; exit 1; }
+while [ "$#" -gt 0 ]; do
+    case $1 in
+        --threads) threads=$2; shift 2 ;;
+        --types) types=$2; shift 2 ;;
+        --layers) layers=$2; shift 2 ;;
+        --prompt-tokens) p=$2; shift 2 ;;
+        --gen-tokens) n=$2; shift 2 ;;
+        --reps) reps=$2; shift 2 ;;
+        --build-dir) build=$2; shift 2 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown option: $1 (see --help)" ;;
+    esac
+done
+env_lines=$("$root/tests/ref/build-llamacpp.sh")
+quantize=$(printf '%s\n' "$env_lines" | sed -n 's/^LLAMA_QUANTIZE=//p')
+[ -x "$quantize" ] || die "llama-quantize not available"
+[ -x "$build/examples/spk-synth" ] || die "$build/examples/spk-synth not found (build first)"
+dir=${SPK_CACHE:-$HOME/.cache/sparkinfer}/synth/types-L$layers
+mkdir -p "$dir"
+f32=$dir/f32.gguf
+if [ ! -f "$f32" ]; then
+    "$build/examples/spk-synth" --preset smollm2-135m --layers "$layers" --embd 512 --heads 8 \
+        --kv-heads 4 --ff 1536 --vocab 49152 --type f32 --embd-type f32 -o "$f32.tmp" >&2
+    mv "$f32.tmp" "$f32"
+fi
+table=$(mktemp)
+trap 'rm -f "$table"' EXIT
+for t in $types; do
+    q=$dir/$t.gguf
+    if [ ! -f "$q" ]; then
+        "$quantize" "$f32" "$q.tmp" "$t" >/dev/null 2>"$dir/$t.quantize.log" \
+            || { tail -5 "$dir/$t.quantize.log" >&2; die "llama-quantize $t failed"; }
+        mv "$q.tmp" "$q"
+    fi
+    echo "== $t ==" >&2
+    out=$(bash "$here/vs-llamacpp.sh" --model "$q" --threads "$threads" --build-dir "$build" \
+        --prompt-tokens "$p" --gen-tokens "$n" --reps "$reps")
+    printf '%s\n' "$out" >&2
+    pre=$(printf '%s\n' "$out" | awk '/^prefill tok\/s/ {print $3, $4, $5}')
+    dec=$(printf '%s\n' "$out" | awk '/^decode tok\/s/ {print $3, $4, $5}')
+    printf '%s %s %s\n' "$t" "$pre" "$dec" >>"$table"
+done
+echo
+echo "threads $threads, pp$p / tg$n, medians of $reps; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+printf '%-10s | %28s | %28s\n' type "prefill ours / llama.cpp" "decode ours / llama.cpp"
+while read -r t po pl pr do_ dl dr; do
+    printf '%-10s | %9s / %8s = %5sx | %9s / %8s = %5sx\n' "$t" "$po" "$pl" "$pr" "$do_" "$dl" "$dr"
+done <"$table"
