@@ -41,6 +41,12 @@ static size_t row_bytes(spk_dtype t, size_t n)
     case SPK_DT_Q8_0: return n / 32 * sizeof(spk_block_q8_0);
     case SPK_DT_Q4_K: return n / 256 * sizeof(spk_block_q4_K);
     case SPK_DT_Q6_K: return n / 256 * sizeof(spk_block_q6_K);
+    case SPK_DT_Q5_0: return n / 32 * sizeof(spk_block_q5_0);
+    case SPK_DT_Q5_1: return n / 32 * sizeof(spk_block_q5_1);
+    case SPK_DT_Q5_K: return n / 256 * sizeof(spk_block_q5_K);
+    case SPK_DT_Q3_K: return n / 256 * sizeof(spk_block_q3_K);
+    case SPK_DT_Q2_K: return n / 256 * sizeof(spk_block_q2_K);
+    case SPK_DT_MXFP4: return n / 32 * sizeof(spk_block_mxfp4);
     default: return 0;
     }
 }
@@ -95,6 +101,76 @@ __device__ __forceinline__ float elem_q6_k(const uint8_t *b, int i)
     return d * (float)sc[half * 8 + 2 * k + l / 16] * (float)((lo | (hi << 4)) - 32);
 }
 
+/* Q5_0 / Q5_1: low nibbles hold elements 0-15, high 16-31; bit i of the little-endian qh is
+ * element i's fifth bit (cpu/quant.c q5_unpack). */
+__device__ __forceinline__ int q5_val(const uint8_t *qh4, const uint8_t *qs, int i)
+{
+    const uint32_t qh = (uint32_t)qh4[0] | (uint32_t)qh4[1] << 8 | (uint32_t)qh4[2] << 16 | (uint32_t)qh4[3] << 24;
+    const int nib = i < 16 ? (qs[i] & 15) : (qs[i - 16] >> 4);
+    return nib | (int)((qh >> i) & 1) << 4;
+}
+
+__device__ __forceinline__ float elem_q5_0(const uint8_t *b, int i) { return ld_half(b) * (float)(q5_val(b + 2, b + 6, i) - 16); }
+
+__device__ __forceinline__ float elem_q5_1(const uint8_t *b, int i)
+{
+    return ld_half(b) * (float)q5_val(b + 4, b + 8, i) + ld_half(b + 2);
+}
+
+/* The 6-bit scale and min of sub-block j of a Q4_K/Q5_K super-block. */
+__device__ __forceinline__ void k4_scale_min(const uint8_t *s, int j, int *sc, int *mn)
+{
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *mn = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+        *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+/* Q5_K: d, dmin, 12 scale bytes, qh[32], qs[128]; chunk c of 64 takes qs[32c..] (low nibbles
+ * first), fifth bits qh[l] bit 2c (low half) and 2c+1 (high half). */
+__device__ __forceinline__ float elem_q5_k(const uint8_t *b, int i)
+{
+    const uint8_t *s = b + 4, *qh = b + 4 + SPK_K_SCALE_SIZE, *qs = qh + SPK_QK_K / 8;
+    const int j = i >> 5, l = i & 31, c = j >> 1, hi = j & 1;
+    int sc, mn;
+    k4_scale_min(s, j, &sc, &mn);
+    const int q = ((qs[c * 32 + l] >> (4 * hi)) & 15) | ((qh[l] >> (2 * c + hi)) & 1) << 4;
+    return ld_half(b) * (float)sc * (float)q - ld_half(b + 2) * (float)mn;
+}
+
+/* Q3_K: hmask[32], qs[64], scales[12], d; element 128h + 32k + l: low bits qs[32h + l] >> 2k,
+ * high bit hmask[l] bit 4h + k (clear: minus 4); 16 signed 6-bit scales biased by 32. */
+__device__ __forceinline__ float elem_q3_k(const uint8_t *b, int i)
+{
+    const uint8_t *hm = b, *qs = b + 32, *s = b + 96;
+    const int h = i >> 7, k = (i >> 5) & 3, l = i & 31, j = i >> 4;
+    const int lo = (qs[32 * h + l] >> (2 * k)) & 3, hb = (hm[l] >> (4 * h + k)) & 1;
+    const int sl = j < 8 ? s[j] & 15 : s[j - 8] >> 4, sh = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+    return ld_half(b + 108) * (float)((sl | sh << 4) - 32) * (float)(lo - (hb ? 0 : 4));
+}
+
+/* Q2_K: scales[16] (4-bit scale low, min high, per 16 values), qs[64], d, dmin. */
+__device__ __forceinline__ float elem_q2_k(const uint8_t *b, int i)
+{
+    const uint8_t *qs = b + 16;
+    const int h = i >> 7, k = (i >> 5) & 3, l = i & 31;
+    const int q = (qs[32 * h + l] >> (2 * k)) & 3;
+    const uint8_t s = b[i >> 4];
+    return ld_half(b + 80) * (float)(s & 15) * (float)q - ld_half(b + 82) * (float)(s >> 4);
+}
+
+/* MXFP4: an E8M0 exponent, then 16 bytes of E2M1 pairs (low nibbles first). */
+__device__ __forceinline__ float elem_mxfp4(const uint8_t *b, int i)
+{
+    const int8_t vals[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12}; /* doubled E2M1 */
+    const uint8_t e = b[0], q = b[1 + (i & 15)];
+    const uint32_t bits = e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23; /* 2^(e-128) */
+    return __uint_as_float(bits) * (float)vals[i < 16 ? (q & 15) : (q >> 4)];
+}
+
 /* Element j of a row of `type` (j < the row's length). */
 __device__ __forceinline__ float row_elem(const uint8_t *row, int type, int j)
 {
@@ -110,6 +186,12 @@ __device__ __forceinline__ float row_elem(const uint8_t *row, int type, int j)
     case SPK_DT_Q8_0: return elem_q8_0(row + (size_t)(j / 32) * sizeof(spk_block_q8_0), j & 31);
     case SPK_DT_Q4_K: return elem_q4_k(row + (size_t)(j / 256) * sizeof(spk_block_q4_K), j & 255);
     case SPK_DT_Q6_K: return elem_q6_k(row + (size_t)(j / 256) * sizeof(spk_block_q6_K), j & 255);
+    case SPK_DT_Q5_0: return elem_q5_0(row + (size_t)(j / 32) * sizeof(spk_block_q5_0), j & 31);
+    case SPK_DT_Q5_1: return elem_q5_1(row + (size_t)(j / 32) * sizeof(spk_block_q5_1), j & 31);
+    case SPK_DT_Q5_K: return elem_q5_k(row + (size_t)(j / 256) * sizeof(spk_block_q5_K), j & 255);
+    case SPK_DT_Q3_K: return elem_q3_k(row + (size_t)(j / 256) * sizeof(spk_block_q3_K), j & 255);
+    case SPK_DT_Q2_K: return elem_q2_k(row + (size_t)(j / 256) * sizeof(spk_block_q2_K), j & 255);
+    case SPK_DT_MXFP4: return elem_mxfp4(row + (size_t)(j / 32) * sizeof(spk_block_mxfp4), j & 31);
     default: return 0.0f;
     }
 }

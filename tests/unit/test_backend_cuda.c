@@ -174,8 +174,9 @@ static void make_rows(uint8_t *dst, spk_dtype t, int n_in, int n_out, uint64_t s
     free(row);
 }
 
-static const spk_dtype k_types[] = {SPK_DT_F32, SPK_DT_F16, SPK_DT_BF16, SPK_DT_Q8_0,
-                                    SPK_DT_Q4_0, SPK_DT_Q4_1, SPK_DT_Q4_K, SPK_DT_Q6_K};
+static const spk_dtype k_types[] = {SPK_DT_F32,  SPK_DT_F16,  SPK_DT_BF16, SPK_DT_Q8_0, SPK_DT_Q4_0,
+                                    SPK_DT_Q4_1, SPK_DT_Q4_K, SPK_DT_Q6_K, SPK_DT_Q5_0, SPK_DT_Q5_1,
+                                    SPK_DT_Q5_K, SPK_DT_Q3_K, SPK_DT_Q2_K, SPK_DT_MXFP4};
 
 START_TEST(matmul_and_embed_match_cpu_every_type)
 {
