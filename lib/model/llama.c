@@ -263,7 +263,12 @@ static void forward_thread(void *arg, int ith, int nth)
         o->matmul(be, m->k, &L->wk, m->act, T, ith, nth);
         o->matmul(be, m->v, &L->wv, m->act, T, ith, nth);
         o->barrier(be);
-        o->rope_store(be, m->q, m->k, m->v, m->n_heads, hp->rot_dim, m->freqs, &m->kv, l, s, ith, nth);
+        if (L->q_norm) { /* qwen3: row ops on the rows rope_store then reads (no barrier) */
+            o->head_rmsnorm(be, m->q, L->q_norm, T, m->n_heads, hp->head_dim, hp->eps, ith, nth);
+            o->head_rmsnorm(be, m->k, L->k_norm, T, m->n_kv, hp->head_dim, hp->eps, ith, nth);
+        }
+        o->rope_store(be, m->q, m->k, m->v, m->n_heads, hp->rot_dim, hp->rope_neox, m->freqs, &m->kv, l, s, ith,
+                      nth);
         o->barrier(be);
         o->attention(be, m->att, m->q, m->n_heads, scale, &m->kv, l, s, ith, nth);
         o->barrier(be);
