@@ -80,6 +80,11 @@ static spk_status read_strs(const spk_gguf_file *f, const spk_gguf_kv *arr, cons
 
 spk_status spk_tok_load(const spk_gguf_file *f, int64_t n_vocab, spk_tok **out)
 {
+    return spk_tok_load_pre(f, n_vocab, NULL, out);
+}
+
+spk_status spk_tok_load_pre(const spk_gguf_file *f, int64_t n_vocab, const char *pre_override, spk_tok **out)
+{
     if (!out)
         return spk_err(SPK_ERR_INVALID_ARG, "spk_tok_load: out is NULL");
     *out = NULL;
@@ -96,7 +101,7 @@ spk_status spk_tok_load(const spk_gguf_file *f, int64_t n_vocab, spk_tok **out)
     spk_tok_spec spec;
     spk_tok_spec_init(&spec);
     spec.model = model;
-    spec.pre = pre;
+    spec.pre = pre_override ? pre_override : pre;
     spec.n_vocab = n_vocab;
     if (strcmp(model, "gpt2") != 0)
         return spk_tok_new(&spec, out); /* reports the unsupported model */

@@ -15,6 +15,10 @@
 typedef enum spk_tok_pre {
     SPK_PRE_SMOLLM = 1,     /* split digits one by one, then the GPT-2 regex */
     SPK_PRE_LLAMA3 = 2,     /* the Llama 3 regex; whole pieces found in the vocab skip merges */
+    SPK_PRE_GPT2 = 3,       /* the GPT-2 regex */
+    SPK_PRE_QWEN2 = 4,      /* Llama 3's regex with single digits (Qwen2, Qwen3) */
+    SPK_PRE_GPT4O = 5,      /* GPT-4o / Llama 4: case-aware words, digits in threes */
+    SPK_PRE_TEKKEN = 6,     /* Mistral Tekken: case-aware words, single digits; skips merges */
 } spk_tok_pre;
 
 #define SPK_TOK_MAX_REGEX 2

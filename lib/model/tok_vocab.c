@@ -376,16 +376,25 @@ spk_status spk_tok_new(const spk_tok_spec *spec, spk_tok **out)
         return spk_err(SPK_ERR_UNSUPPORTED,
                        "tokenizer model '%s' is not supported (only 'gpt2', byte-level BPE)",
                        spec->model ? spec->model : "(none)");
-    spk_tok_pre pre;
+    /* tokenizer.ggml.pre names as llama.cpp maps them (llama-vocab.cpp) for the families here */
+    static const struct {
+        const char *name;
+        spk_tok_pre pre;
+    } k_pre[] = {
+        {"smollm", SPK_PRE_SMOLLM},   {"llama-bpe", SPK_PRE_LLAMA3}, {"llama3", SPK_PRE_LLAMA3},
+        {"llama-v3", SPK_PRE_LLAMA3}, {"pixtral", SPK_PRE_LLAMA3},   {"gpt-2", SPK_PRE_GPT2},
+        {"phi-2", SPK_PRE_GPT2},      {"qwen2", SPK_PRE_QWEN2},      {"deepseek-r1-qwen", SPK_PRE_QWEN2},
+        {"gpt-4o", SPK_PRE_GPT4O},    {"llama4", SPK_PRE_GPT4O},     {"tekken", SPK_PRE_TEKKEN},
+    };
+    spk_tok_pre pre = 0;
     const char *p = spec->pre;
-    if (p && strcmp(p, "smollm") == 0)
-        pre = SPK_PRE_SMOLLM;
-    else if (p && (strcmp(p, "llama-bpe") == 0 || strcmp(p, "llama3") == 0 ||
-                   strcmp(p, "llama-v3") == 0))
-        pre = SPK_PRE_LLAMA3;
-    else
+    for (size_t i = 0; p && i < sizeof k_pre / sizeof k_pre[0] && !pre; i++)
+        if (strcmp(p, k_pre[i].name) == 0)
+            pre = k_pre[i].pre;
+    if (!pre)
         return spk_err(SPK_ERR_UNSUPPORTED,
-                       "tokenizer pre-tokenizer '%s' is not supported (known: smollm, llama-bpe)",
+                       "tokenizer pre-tokenizer '%.64s' is not supported (known: smollm, llama-bpe, llama3, "
+                       "llama-v3, pixtral, gpt-2, phi-2, qwen2, deepseek-r1-qwen, gpt-4o, llama4, tekken)",
                        p ? p : "(none)");
     if (spec->n_tokens == 0 || !spec->tokens)
         return spk_err(SPK_ERR_FORMAT, "tokenizer: empty vocabulary");
@@ -404,13 +413,13 @@ spk_status spk_tok_new(const spk_tok_spec *spec, spk_tok **out)
     if (!tok)
         return spk_err(SPK_ERR_NOMEM, "tokenizer: out of memory");
     tok->pre = pre;
-    tok->ignore_merges = pre == SPK_PRE_LLAMA3;
+    tok->ignore_merges = pre == SPK_PRE_LLAMA3 || pre == SPK_PRE_TEKKEN;
     tok->n_tokens = n;
     tok->bos = spec->bos;
     tok->eos = spec->eos;
     tok->eot = spec->eot;
     tok->eom = spec->eom;
-    tok->add_bos = spec->add_bos >= 0 ? spec->add_bos != 0 : pre == SPK_PRE_LLAMA3;
+    tok->add_bos = spec->add_bos >= 0 ? spec->add_bos != 0 : pre == SPK_PRE_LLAMA3 || pre == SPK_PRE_TEKKEN;
     tok->add_eos = spec->add_eos > 0;
     if (tok->add_bos && tok->bos < 0) {
         st = spk_err(SPK_ERR_FORMAT, "tokenizer: add_bos_token is set but there is no bos token id");
