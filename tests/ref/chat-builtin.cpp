@@ -1,9 +1,8 @@
 // chat-builtin.cpp: llama.cpp's built-in chat renderer (src/llama-chat.cpp, compiled in from the
-// llama.cpp sources; not part of this repo) as a filter for tests/ref/gen-chat-families.py.
-// stdin: JSON-free line protocol:
-//   line 1: template name or "-" (then the template text follows as the next line count + bytes)
-//   see gen-chat-families.py for the exact framing (lengths, then raw bytes).
-// Output: the rendered prompt bytes, or "ERROR <code>" .
+// llama.cpp sources by tests/ref/gen-chat-families.py; nothing of llama.cpp is in this repo) as a
+// filter. stdin, each string as "<byte length>\n<bytes>": the template text (or a renderer name
+// such as "mistral-v7-tekken"), then "<add_assistant 0/1>\n", "<n messages>\n", then role and
+// content of each message. stdout: the rendered prompt, or "ERROR <code>".
 #include <cstdio>
 #include <cstdlib>
 #include <string>
