@@ -400,7 +400,7 @@ static double run_layout(loaded *L, const float *ref, int pp, int tp)
         free(outs[t]);
     free(hidden);
     free(logits);
-    printf("qwen3 pp %d x tp %d: max |logit - one rank| %.3g\n", pp, tp, maxd);
+    printf("%s pp %d x tp %d: max |logit - one rank| %.3g\n", L->hp.arch, pp, tp, maxd);
     return maxd;
 }
 
@@ -492,6 +492,55 @@ START_TEST(malformed_qwen3_files_are_refused)
 }
 END_TEST
 
+/* A llama file as Mistral Small writes it (query width n_heads*head_dim != n_embd, theta 1e8)
+ * loads, and its PP/TP layouts match one rank as qwen3's do; with Llama 3.1's rope_freqs.weight
+ * the frequency table divides by the file's factors. */
+START_TEST(llama_with_query_width_apart_from_embd)
+{
+    spk_synth_params p;
+    ck_assert_int_eq(spk_synth_preset("tiny", &p), SPK_OK);
+    p.n_layers = 2;
+    p.n_embd = 128;
+    p.n_heads = 8;
+    p.n_kv_heads = 4;
+    p.head_dim = 32; /* query width 256 on an embedding of 128 */
+    p.n_ff = 256;
+    p.n_vocab = 512;
+    p.rope_theta = 1e8f;
+    p.llama3_rope = _i == 1;
+    char path[400];
+    snprintf(path, sizeof path, "%s/bad.gguf", g_dir);
+    ck_assert_msg(spk_synth_write(path, &p) == SPK_OK, "%s", spk_last_error());
+    loaded L;
+    load(path, &L);
+    ck_assert_str_eq(L.hp.arch, "llama");
+    ck_assert(!L.hp.qk_norm && !L.hp.rope_neox);
+    ck_assert_int_eq(L.w.layers[0].wq.n_out, 256);
+    ck_assert_int_eq(L.w.layers[0].wo.n_in, 256);
+    ck_assert(_i == 1 ? L.w.rope_factors != NULL : L.w.rope_factors == NULL);
+    const int V = L.hp.n_vocab;
+    for (int i = 0; i < NT; i++) {
+        g_tk[i] = (i * 7919 + 3) % V;
+        g_ps[i] = i;
+        g_sq[i] = 0;
+        g_want[i] = 1;
+    }
+    float *ref = malloc(sizeof(float) * NT * (size_t)V);
+    spk_llama *m;
+    ck_assert_int_eq(spk_llama_create(&L.hp, &L.w, NULL, 64, 1, NT, 1, &m), SPK_OK);
+    spk_batch b = {.n_tok = NT, .token = g_tk, .pos = g_ps, .seq = g_sq, .want_logits = g_want};
+    ck_assert_int_eq(spk_llama_forward(m, &b, NULL, ref), SPK_OK);
+    for (int i = 0; i < NT * V; i++)
+        ck_assert(isfinite(ref[i]));
+    spk_llama_free(m);
+    ck_assert_double_eq(run_layout(&L, ref, 2, 1), 0.0);
+    ck_assert_double_lt(run_layout(&L, ref, 1, 2), 0.05); /* Q4_1 matrices: 8-bit requantization flips */
+    ck_assert_double_lt(run_layout(&L, ref, 1, 4), 0.05);
+    free(ref);
+    unload(&L);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("qwen3");
@@ -503,6 +552,7 @@ int main(void)
     tcase_add_test(tc, q8_0_matches_transformers_within_quantization);
     tcase_add_loop_test(tc, layouts_match_one_rank, 0, 2);
     tcase_add_test(tc, malformed_qwen3_files_are_refused);
+    tcase_add_loop_test(tc, llama_with_query_width_apart_from_embd, 0, 2);
     suite_add_tcase(s, tc);
     return spk_test_run(s);
 }
