@@ -26,7 +26,7 @@ import sys
 import tempfile
 
 SEP = '\n__ggml_vocab_test__\n'
-VOCABS = ['gpt-2', 'qwen2', 'llama-bpe']
+VOCABS = ['gpt-2', 'qwen2', 'llama-bpe', 'llama-spm']
 
 EXTRA = [
     '<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n',
