@@ -75,6 +75,29 @@ static int compare_ids(const spk_tok *tok, const char *vocab, const char *text, 
     return same;
 }
 
+/* decode(encode(text)) is the text (SentencePiece: with the space it puts first). 1 if so. */
+static int round_trip(const spk_tok *tok, const char *vocab, const char *text)
+{
+    int32_t ids[2048];
+    size_t n = 0, got = 0, len = strlen(text);
+    if (len == 0 || spk_tok_encode(tok, text, len, false, false, ids, 2048, &n) != SPK_OK)
+        return len == 0;
+    char buf[8192];
+    ck_assert_int_eq(spk_tok_decode(tok, ids, n, false, buf, sizeof buf, &got), SPK_OK);
+    const bool spm = spk_tok_n_vocab(tok) == 32000 && spk_tok_find(tok, "<0x41>", 6) >= 0;
+    const char *want = text;
+    char sp[4096];
+    if (spm) {
+        snprintf(sp, sizeof sp, " %s", text);
+        want = sp;
+    }
+    if (got != strlen(want) || memcmp(buf, want, got) != 0) {
+        printf("ROUND TRIP %s: '%.60s' decodes to '%.*s'\n", vocab, text, (int)(got > 60 ? 60 : got), buf);
+        return 0;
+    }
+    return 1;
+}
+
 START_TEST(ids_match_llamacpp_per_vocabulary)
 {
     cJSON *v = cJSON_GetArrayItem(cJSON_GetObjectItem(g_ref, "vocabs"), _i);
@@ -99,21 +122,25 @@ START_TEST(ids_match_llamacpp_per_vocabulary)
     ck_assert_msg(spk_gguf_open(path, &f) == SPK_OK, "%s", spk_last_error());
     ck_assert_msg(spk_tok_load_pre(f, 0, cJSON_IsString(pre) ? pre->valuestring : NULL, &tok) == SPK_OK, "%s: %s", name,
                   spk_last_error());
-    int n = 0, ok = 0;
+    int n = 0, ok = 0, n_rt = 0, n_cases = 0;
     cJSON *c;
     cJSON_ArrayForEach(c, cJSON_GetObjectItem(v, "cases"))
     {
         const char *text = cJSON_GetObjectItem(c, "text")->valuestring;
         n++;
+        n_cases++;
         ok += compare_ids(tok, name, text, cJSON_GetObjectItem(c, "ids"), false);
+        n_rt += round_trip(tok, name, text);
         cJSON *sp = cJSON_GetObjectItem(c, "ids_special");
         if (sp) {
             n++;
             ok += compare_ids(tok, name, text, sp, true);
         }
     }
-    printf("%s: %d/%d strings give llama.cpp's ids (%s)\n", name, ok, n, cJSON_GetObjectItem(v, "source")->valuestring);
+    printf("%s: %d/%d strings give llama.cpp's ids (%s); %d decode back to their text\n", name, ok, n,
+           cJSON_GetObjectItem(v, "source")->valuestring, n_rt);
     ck_assert_int_eq(ok, n);
+    ck_assert_int_eq(n_rt, n_cases);
     spk_tok_free(tok);
     spk_gguf_close(f);
 }
