@@ -18,6 +18,8 @@ puts its weights into `transformers.Qwen3ForCausalLM` (built from a Qwen3Config 
                     synthetic file's), the qwen3 keys it wrote, when the llama.cpp sources exist
   llamacpp          llama.cpp's own logprobs on the converted file (same layout as above),
                     when its python binding from tests/ref/build-llamacpp.sh is importable
+  llamacpp_q8_0     the same on the converter's Q8_0 file (--outtype q8_0); "converter"."q8_0"
+                    counts its blocks that differ from our writer's Q8_0 file (--gguf-q8)
 
 Usage: python3 qwen3-reference.py --gguf FILE --out tests/data/ref_qwen3.json
                                   [--llamacpp-src DIR] [--work DIR]
@@ -88,9 +90,11 @@ def read_gguf(path):
             n *= x
         if ty == 0:
             vals = struct.unpack_from('<%df' % n, buf, data0 + o)
+            raw = buf[data0 + o:data0 + o + 4 * n]
         else:
-            vals = None  # only F32 files are read here
-        tensors[name] = (ne, ty, vals)
+            vals = None  # values of F32 tensors only; Q8_0 (type 8) as raw blocks
+            raw = buf[data0 + o:data0 + o + n // 32 * 34] if ty == 8 else None
+        tensors[name] = (ne, ty, vals, raw)
     return kv, tensors, buf
 
 
@@ -130,7 +134,7 @@ def build_model(kv, tensors):
     model = model.double().eval()
 
     def T(name):
-        ne, ty, vals = tensors[name]
+        ne, ty, vals, _ = tensors[name]
         t = torch.tensor(vals, dtype=torch.float64)
         return t.reshape(list(reversed(ne))) if len(ne) > 1 else t
     sd = {'model.embed_tokens.weight': T('token_embd.weight'), 'model.norm.weight': T('output_norm.weight')}
@@ -177,7 +181,7 @@ def transformers_refs(model, seqs):
     return res
 
 
-def convert_with_llamacpp(model, cfg, kv, tensors, src, work, gguf_path):
+def convert_with_llamacpp(model, cfg, kv, tensors, src, work, gguf_path, q8_path=None):
     """save_pretrained, then llama.cpp's convert_hf_to_gguf.py (F32); compare the tensors."""
     import torch
     hf = os.path.join(work, 'hf')
@@ -212,17 +216,36 @@ def convert_with_llamacpp(model, cfg, kv, tensors, src, work, gguf_path):
     subprocess.run([sys.executable, '-c', wrapper], check=True)
     ckv, ct, _ = read_gguf(out)
     diffs = []
-    for name, (ne, ty, vals) in tensors.items():
+    for name, (ne, ty, vals, _) in tensors.items():
         if name not in ct:
             diffs.append('missing ' + name)
             continue
-        cne, cty, cvals = ct[name]
+        cne, cty, cvals, _ = ct[name]
         if cne != ne or cty != ty or cvals != vals:
             diffs.append('%s: shape %s type %d vs %s %d%s' % (name, cne, cty, ne, ty,
                                                               '' if cvals == vals else ', values differ'))
     extra = sorted(set(ct) - set(tensors))
     keys = {k: ckv[k] for k in sorted(ckv) if k.startswith('qwen3.')}
-    return out, {'tensors_equal': not diffs and not extra, 'differences': diffs[:20], 'extra_tensors': extra,
+    out_q8 = None
+    if q8_path:
+        # the converter's Q8_0 of the same model against our writer's Q8_0 file, block by block
+        out_q8 = os.path.join(work, 'converted-q8_0.gguf')
+        subprocess.run([sys.executable, '-c', wrapper.replace("'f32'", "'q8_0'").replace(out, out_q8)], check=True)
+        _, ours, _ = read_gguf(q8_path)
+        _, theirs, _ = read_gguf(out_q8)
+        nb = nd = 0
+        types_differ = []
+        for name, (ne, ty, _, raw) in ours.items():
+            if name not in theirs or theirs[name][1] != ty:
+                types_differ.append(name)
+                continue
+            if ty == 8:
+                r2 = theirs[name][3]
+                for b in range(0, len(raw), 34):
+                    nb += 1
+                    nd += raw[b:b + 34] != r2[b:b + 34]
+        q8 = {'blocks': nb, 'blocks_differing': nd, 'tensors_not_both_q8_0': types_differ}
+    return out, out_q8, {'q8_0': q8 if q8_path else None,'tensors_equal': not diffs and not extra, 'differences': diffs[:20], 'extra_tensors': extra,
                  'qwen3_keys': keys, 'general.architecture': ckv.get('general.architecture')}
 
 
@@ -249,6 +272,7 @@ def llamacpp_refs(path, seqs):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--gguf', required=True)
+    ap.add_argument('--gguf-q8', default=None, help='the same model written by our writer with Q8_0 matrices')
     ap.add_argument('--out', required=True)
     ap.add_argument('--llamacpp-src', default=None)
     ap.add_argument('--work', default='/tmp/spk-qwen3-ref')
@@ -264,14 +288,17 @@ def main():
     out = {'about': 'transformers Qwen3ForCausalLM (float64) on the weights of `spk-synth --preset %s --seed %d`; '
                     'regenerate with tests/ref/qwen3-reference.sh' % (args.preset, args.seed),
            'preset': args.preset, 'seed': args.seed, 'file_fnv1a64': '%016x' % fnv1a64(raw),
+           'file_q8_0_fnv1a64': '%016x' % fnv1a64(open(args.gguf_q8, 'rb').read()) if args.gguf_q8 else None,
            'torch': torch.__version__, 'transformers': transformers.__version__,
            'sequences': transformers_refs(model, seqs)}
     if args.llamacpp_src and os.path.isdir(args.llamacpp_src):
         os.makedirs(args.work, exist_ok=True)
-        conv, out['converter'] = convert_with_llamacpp(model, cfg, kv, tensors, args.llamacpp_src, args.work,
-                                                       args.gguf)
+        conv, conv_q8, out['converter'] = convert_with_llamacpp(model, cfg, kv, tensors, args.llamacpp_src,
+                                                                args.work, args.gguf, args.gguf_q8)
         try:
             out['llamacpp'] = llamacpp_refs(conv, seqs)
+            if conv_q8:
+                out['llamacpp_q8_0'] = llamacpp_refs(conv_q8, seqs)
         except ImportError as e:
             print('qwen3-reference: no llama.cpp binding (%s): llamacpp section left out' % e, file=sys.stderr)
     with open(args.out, 'w') as f:

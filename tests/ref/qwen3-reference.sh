@@ -22,6 +22,7 @@ trap 'rm -rf "$work"' EXIT
 
 [ -x "$build/examples/spk-synth" ] || { echo "qwen3-reference: build $build/examples/spk-synth first" >&2; exit 1; }
 "$build/examples/spk-synth" --preset qwen3-tiny --seed 1 -o "$work/qwen3-tiny.gguf" >&2
+"$build/examples/spk-synth" --preset qwen3-tiny --seed 1 --type q8_0 --embd-type q8_0 -o "$work/qwen3-tiny-q8_0.gguf" >&2
 
 if [ ! -f "$VENV/.spk-ready" ]; then
     python3 -m venv "$VENV"
@@ -38,5 +39,5 @@ if [ "${SPK_QWEN3_REF_NO_LLAMACPP:-0}" != 1 ]; then
     export PYTHONPATH="$(dirname "$(dirname "$LLAMACPP_SRC")")${PYTHONPATH:+:$PYTHONPATH}"
     export LLAMA_CPP_LIB_PATH="$LLAMACPP_LIB"
 fi
-"$VENV/bin/python" "$here/qwen3-reference.py" --gguf "$work/qwen3-tiny.gguf" \
+"$VENV/bin/python" "$here/qwen3-reference.py" --gguf "$work/qwen3-tiny.gguf" --gguf-q8 "$work/qwen3-tiny-q8_0.gguf" \
     --out "$root/tests/data/ref_qwen3.json" --work "$work" "${args[@]}"

@@ -269,6 +269,19 @@ START_TEST(q8_0_matches_transformers_within_quantization)
     ck_assert_int_ge(s.top1_agree, s.n_pos * 85 / 100);
     ck_assert_double_lt(s.sum_diff / s.n_cmp, 0.15);
     ck_assert_double_lt(s.max_diff, 0.8);
+    /* llama.cpp on its converter's Q8_0 file of the same model (when the reference has it) */
+    cJSON *lc = cJSON_GetObjectItem(root, "llamacpp_q8_0"), *h8 = cJSON_GetObjectItem(root, "file_q8_0_fnv1a64");
+    if (lc && cJSON_IsString(h8)) {
+        char got[32];
+        snprintf(got, sizeof got, "%016llx", (unsigned long long)file_fnv(g_q8));
+        ck_assert_msg(strcmp(got, h8->valuestring) == 0, "Q8_0 file hash %s, reference %s: regenerate the reference",
+                      got, h8->valuestring);
+        compare_section(&L, lc, &s);
+        printf("Q8_0 vs llama.cpp Q8_0: top-1 %d/%d, greedy %d/%d, |logprob diff| mean %.3f max %.3f\n", s.top1_agree,
+               s.n_pos, s.greedy_agree, s.n_greedy, s.sum_diff / s.n_cmp, s.max_diff);
+        ck_assert_int_ge(s.top1_agree, s.n_pos * 90 / 100);
+        ck_assert_double_lt(s.sum_diff / s.n_cmp, 0.1);
+    }
     unload(&L);
     cJSON_Delete(root);
     free(txt);
