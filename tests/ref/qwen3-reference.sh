@@ -26,7 +26,7 @@ trap 'rm -rf "$work"' EXIT
 
 if [ ! -f "$VENV/.spk-ready" ]; then
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check torch transformers numpy sentencepiece \
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check torch transformers numpy sentencepiece diskcache \
         safetensors protobuf >&2
     touch "$VENV/.spk-ready"
 fi
