@@ -10,7 +10,7 @@ JOBS       ?= 2
 CMAKE_ARGS ?=
 MODEL      ?= $(shell echo $${SPK_CACHE:-$$HOME/.cache/sparkinfer})/models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: all deps model build build-asan build-tsan test test-fast test-arm64 test-x86-emu demo bench clean
+.PHONY: all deps model refsrc build build-asan build-tsan test test-fast test-arm64 test-x86-emu demo bench clean
 
 all: build
 
@@ -19,6 +19,10 @@ deps:
 
 model: deps
 	@bash scripts/fetch-model.sh >/dev/null
+
+# llama.cpp's sources (no build, ~30 s once): its vocab-only GGUF files are the tokenizer tests' data
+refsrc: deps
+	@bash tests/ref/fetch-llamacpp-src.sh >/dev/null
 
 build: deps
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS) >/dev/null
@@ -35,7 +39,7 @@ build-tsan: deps
 # Every test, in the normal build and again under ASan+UBSan; the threaded ones (engine, API,
 # pool, cluster) also under TSan, with the engine test's smaller request set.
 TSAN_TESTS = test_engine|test_api|test_pool|test_cluster$$|test_cluster_auth|test_transport_tcp_auth|test_submit|test_bounds|test_backend
-test: model build build-asan build-tsan
+test: model refsrc build build-asan build-tsan
 	cd $(BUILD) && SPK_TEST_MODEL=$(MODEL) ctest --output-on-failure -j1
 	cd $(TSAN_BUILD) && SPK_TEST_MODEL=$(MODEL) SPK_TEST_SMALL=1 TSAN_OPTIONS=halt_on_error=1 \
 		ctest --output-on-failure -j1 -R '$(TSAN_TESTS)'

@@ -241,6 +241,23 @@ __global__ void k_rmsnorm(float *out, const float *x, const int *rows, const flo
         o[i] = xr[i] * scale * w[i];
 }
 
+/* Per-head RMSNorm in place: one warp per (token, head) run of head_dim values. grid
+ * (ceil(n_tok * n_heads / 4)), block (32, 4). */
+__global__ void k_head_rmsnorm(float *x, const float *w, int n_runs, int hd, float eps)
+{
+    const int run = blockIdx.x * 4 + threadIdx.y, lane = threadIdx.x;
+    if (run >= n_runs)
+        return;
+    float *r = x + (size_t)run * hd;
+    float ss = 0.0f;
+    for (int i = lane; i < hd; i += WARP)
+        ss += r[i] * r[i];
+    ss = warp_sum(ss);
+    const float scale = rsqrtf(ss / (float)hd + eps);
+    for (int i = lane; i < hd; i += WARP)
+        r[i] = r[i] * scale * w[i];
+}
+
 /* out [n_tok][n_out] = act [n_tok][n_in] x W^T: one warp per output row and a tile of MM_TT
  * tokens, so each weight is decoded once per tile. grid (ceil(n_out / MM_ROWS), ceil(n_tok /
  * MM_TT)), block (32, MM_ROWS). */
@@ -282,10 +299,10 @@ __device__ __forceinline__ size_t kv_row(const int32_t *block_table, const int32
     return (size_t)blk * bs + (size_t)(pos % bs);
 }
 
-/* RoPE on q and k of token t (adjacent pairs, as spk_rope), then k and v into the cache.
+/* RoPE on q and k of token t (as spk_rope / spk_rope_neox), then k and v into the cache.
  * grid (n_tok), block 128. */
 __global__ void k_rope_store(float *q, float *k, const float *v, int n_heads, int n_kv_heads, int hd, int rot_dim,
-                             const float *freqs, __half *kc, __half *vc, size_t layer_off, int kv_dim,
+                             int neox, const float *freqs, __half *kc, __half *vc, size_t layer_off, int kv_dim,
                              const int32_t *pos, const int32_t *seq, const int32_t *block_table,
                              const int32_t *table_off, int n_ctx, int bs)
 {
@@ -296,17 +313,19 @@ __global__ void k_rope_store(float *q, float *k, const float *v, int n_heads, in
         double a = (double)p * (double)freqs[i];
         a -= two_pi * floor(a * (1.0 / two_pi));
         const float c = cosf((float)a), s = sinf((float)a);
+        /* the pair: (2i, 2i+1) in ggml's normal mode, (i, i + rot_dim/2) in NEOX mode */
+        const int a0 = neox ? i : 2 * i, a1 = neox ? i + half : 2 * i + 1;
         for (int h = 0; h < n_heads; h++) {
-            float *x = qt + (size_t)h * hd + 2 * i;
-            const float x0 = x[0], x1 = x[1];
-            x[0] = x0 * c - x1 * s;
-            x[1] = x0 * s + x1 * c;
+            float *x = qt + (size_t)h * hd;
+            const float x0 = x[a0], x1 = x[a1];
+            x[a0] = x0 * c - x1 * s;
+            x[a1] = x0 * s + x1 * c;
         }
         for (int h = 0; h < n_kv_heads; h++) {
-            float *x = kt + (size_t)h * hd + 2 * i;
-            const float x0 = x[0], x1 = x[1];
-            x[0] = x0 * c - x1 * s;
-            x[1] = x0 * s + x1 * c;
+            float *x = kt + (size_t)h * hd;
+            const float x0 = x[a0], x1 = x[a1];
+            x[a0] = x0 * c - x1 * s;
+            x[a1] = x0 * s + x1 * c;
         }
     }
     __syncthreads();
@@ -597,6 +616,17 @@ static void cuda_rmsnorm(spk_backend *be, float *out, const float *x, const int 
     check_launch(c, "rmsnorm");
 }
 
+static void cuda_head_rmsnorm(spk_backend *be, float *x, const float *w, int n_tok, int n_heads, int head_dim,
+                              float eps, int ith, int nth)
+{
+    cuda_backend *c = cu(be);
+    (void)ith;
+    (void)nth;
+    const int runs = n_tok * n_heads;
+    k_head_rmsnorm<<<(unsigned)((runs + 3) / 4), dim3(WARP, 4), 0, c->stream>>>(x, w, runs, head_dim, eps);
+    check_launch(c, "head_rmsnorm");
+}
+
 /* Activations stay f32 on the GPU: quantize is a copy into `act`. */
 static void cuda_quantize(spk_backend *be, void *act, const spk_wmat *w, const float *x, int n_tok, int ith, int nth)
 {
@@ -626,14 +656,14 @@ static void cuda_matmul(spk_backend *be, float *out, const spk_wmat *w, const vo
 }
 
 static void cuda_rope_store(spk_backend *be, float *q, float *k, const float *v, int n_heads, int rot_dim,
-                            const float *freqs, const spk_kv_cache *kv, int layer, const spk_step *s, int ith,
+                            int neox, const float *freqs, const spk_kv_cache *kv, int layer, const spk_step *s, int ith,
                             int nth)
 {
     cuda_backend *c = cu(be);
     (void)ith;
     (void)nth;
     const size_t layer_off = (size_t)layer * kv->rows * (size_t)kv->kv_dim;
-    k_rope_store<<<s->n_tok, 128, 0, c->stream>>>(q, k, v, n_heads, kv->n_kv_heads, kv->head_dim, rot_dim, freqs,
+    k_rope_store<<<s->n_tok, 128, 0, c->stream>>>(q, k, v, n_heads, kv->n_kv_heads, kv->head_dim, rot_dim, neox, freqs,
                                                   (__half *)kv->k, (__half *)kv->v, layer_off, kv->kv_dim, c->d_pos,
                                                   c->d_seq, c->d_block_table, c->d_table_off, kv->n_ctx,
                                                   kv->block_size);
@@ -719,6 +749,7 @@ static const spk_backend_ops cuda_ops = {
     .quantize = cuda_quantize,
     .act_size = cuda_act_size,
     .matmul = cuda_matmul,
+    .head_rmsnorm = cuda_head_rmsnorm,
     .rope_store = cuda_rope_store,
     .attention = cuda_attention,
     .swiglu = cuda_swiglu,

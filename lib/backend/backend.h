@@ -81,7 +81,7 @@ typedef struct spk_backend_ops {
     const char *(*error)(spk_backend *be, char *buf, size_t cap);
 
     /* ---- ops: thread ith of nth does its share ----
-     * Row ops (embed, copy_rows, rmsnorm, quantize, rope_store, swiglu, add) split their n_tok
+     * Row ops (embed, copy_rows, rmsnorm, head_rmsnorm, quantize, rope_store, swiglu, add) split their n_tok
      * rows as spk_split(n_tok, 1, ith, nth) does, so a row op may follow another on the same rows
      * without a barrier; matmul splits output columns and attention (head, token) pairs, which
      * need a barrier before and after. */
@@ -99,9 +99,15 @@ typedef struct spk_backend_ops {
     size_t (*act_size)(spk_backend *be, const spk_wmat *w, int n_tok);
     /* out [n_tok][w->n_out] = act W^T. */
     void (*matmul)(spk_backend *be, float *out, const spk_wmat *w, const void *act, int n_tok, int ith, int nth);
+    /* Per-head RMSNorm in place (Qwen3's Q and K norms): each of the n_heads runs of head_dim
+     * values of the n_tok rows x [n_tok][n_heads*head_dim] becomes rmsnorm(run) * w [head_dim].
+     * A row op (split over n_tok like rope_store, so the two follow each other without a barrier). */
+    void (*head_rmsnorm)(spk_backend *be, float *x, const float *w, int n_tok, int n_heads, int head_dim,
+                         float eps, int ith, int nth);
     /* RoPE on q [n_tok][n_heads*hd] and k [n_tok][kv_dim] at each token's position, then k and v
-     * of every token into `layer` of the cache. */
-    void (*rope_store)(spk_backend *be, float *q, float *k, const float *v, int n_heads, int rot_dim,
+     * of every token into `layer` of the cache. Pairs (2i, 2i+1) of the first rot_dim dims of a
+     * head (ggml "normal" mode: llama GGUFs), or (i, i + rot_dim/2) with `neox` (Qwen2/3). */
+    void (*rope_store)(spk_backend *be, float *q, float *k, const float *v, int n_heads, int rot_dim, int neox,
                        const float *freqs, const spk_kv_cache *kv, int layer, const spk_step *s, int ith, int nth);
     /* Causal attention of n_heads query heads (GQA: n_heads / kv->n_kv_heads per KV head) over
      * each token's sequence in `layer` of the cache, positions 0..pos: out [n_tok][n_heads*hd]. */

@@ -123,7 +123,20 @@ static size_t kv_offset(const spk_kv_cache *kv, const spk_step *s, int layer, in
     return ((size_t)layer * kv->rows + row) * (size_t)kv->kv_dim;
 }
 
-static void cpu_rope_store(spk_backend *be, float *q, float *k, const float *v, int n_heads, int rot_dim,
+static void cpu_head_rmsnorm(spk_backend *be, float *x, const float *w, int n_tok, int n_heads, int head_dim,
+                             float eps, int ith, int nth)
+{
+    (void)be;
+    int t0, t1;
+    spk_split(n_tok, 1, ith, nth, &t0, &t1);
+    for (int t = t0; t < t1; t++)
+        for (int h = 0; h < n_heads; h++) {
+            float *r = x + ((size_t)t * (size_t)n_heads + (size_t)h) * (size_t)head_dim;
+            spk_rmsnorm(r, r, w, head_dim, eps);
+        }
+}
+
+static void cpu_rope_store(spk_backend *be, float *q, float *k, const float *v, int n_heads, int rot_dim, int neox,
                            const float *freqs, const spk_kv_cache *kv, int layer, const spk_step *s, int ith, int nth)
 {
     (void)be;
@@ -132,8 +145,13 @@ static void cpu_rope_store(spk_backend *be, float *q, float *k, const float *v, 
     spk_split(s->n_tok, 1, ith, nth, &t0, &t1);
     for (int t = t0; t < t1; t++) {
         float *qt = q + (size_t)t * q_dim, *kt = k + (size_t)t * kv_dim;
-        spk_rope(qt, n_heads, HD, rot_dim, s->pos[t], freqs);
-        spk_rope(kt, kv->n_kv_heads, HD, rot_dim, s->pos[t], freqs);
+        if (neox) {
+            spk_rope_neox(qt, n_heads, HD, rot_dim, s->pos[t], freqs);
+            spk_rope_neox(kt, kv->n_kv_heads, HD, rot_dim, s->pos[t], freqs);
+        } else {
+            spk_rope(qt, n_heads, HD, rot_dim, s->pos[t], freqs);
+            spk_rope(kt, kv->n_kv_heads, HD, rot_dim, s->pos[t], freqs);
+        }
         size_t off = kv_offset(kv, s, layer, s->seq[t], s->pos[t]);
         spk_f32_to_f16_row(kv->k + off, kt, kv_dim);
         spk_f32_to_f16_row(kv->v + off, v + (size_t)t * kv_dim, kv_dim);
@@ -244,6 +262,7 @@ static const spk_backend_ops cpu_ops = {
     .quantize = cpu_quantize,
     .act_size = cpu_act_size,
     .matmul = cpu_matmul,
+    .head_rmsnorm = cpu_head_rmsnorm,
     .rope_store = cpu_rope_store,
     .attention = cpu_attention,
     .swiglu = cpu_swiglu,

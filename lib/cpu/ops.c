@@ -169,9 +169,11 @@ static void rope_angle(float *c, float *s, int pos, float freq)
     *s = sinf((float)a);
 }
 
-void spk_rope(float *x, int n_heads, int head_dim, int rot_dim, int pos, const float *freqs)
+/* The pair of dims rotated together: (2i, 2i+1) in normal mode, (i, i + rot_dim/2) in NEOX. */
+static void rope_impl(float *x, int n_heads, int head_dim, int rot_dim, int pos, const float *freqs, int neox)
 {
     int half = rot_dim / 2;
+    const int stride = neox ? 1 : 2, other = neox ? half : 1;
     rope_cache *rc = &tl_rope;
     int cached = half <= ROPE_CACHE_MAX;
     if (cached && !(rc->half == half && rc->pos == pos &&
@@ -191,12 +193,22 @@ void spk_rope(float *x, int n_heads, int head_dim, int rot_dim, int pos, const f
             rope_angle(&c, &s, pos, freqs[i]);
         }
         for (int h = 0; h < n_heads; h++) {
-            float *p = x + (size_t)h * head_dim + 2 * i;
-            float x0 = p[0], x1 = p[1];
+            float *p = x + (size_t)h * head_dim + stride * i;
+            float x0 = p[0], x1 = p[other];
             p[0] = x0 * c - x1 * s;
-            p[1] = x0 * s + x1 * c;
+            p[other] = x0 * s + x1 * c;
         }
     }
+}
+
+void spk_rope(float *x, int n_heads, int head_dim, int rot_dim, int pos, const float *freqs)
+{
+    rope_impl(x, n_heads, head_dim, rot_dim, pos, freqs, 0);
+}
+
+void spk_rope_neox(float *x, int n_heads, int head_dim, int rot_dim, int pos, const float *freqs)
+{
+    rope_impl(x, n_heads, head_dim, rot_dim, pos, freqs, 1);
 }
 
 /* ---- f16 rows ---------------------------------------------------------------------------- */

@@ -26,6 +26,9 @@ void spk_rope_freqs(float *freqs, int rot_dim, float theta, const spk_rope_scali
  * (head_dim apart) by angle pos*freqs[i] (ggml "normal" mode, as llama GGUFs use). */
 void spk_rope(float *x, int n_heads, int head_dim, int rot_dim, int pos, const float *freqs);
 
+/* The same rotation of pairs (x[i], x[i + rot_dim/2]) (ggml "NEOX" mode: Qwen2/3, gpt-oss). */
+void spk_rope_neox(float *x, int n_heads, int head_dim, int rot_dim, int pos, const float *freqs);
+
 /* out = silu(gate) * up   (out may alias gate) */
 void spk_swiglu(float *out, const float *gate, const float *up, int n);
 

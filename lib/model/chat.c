@@ -1,6 +1,7 @@
 /*
  * Chat templates rendered natively: ChatML (with the template's own default system message,
- * if it has one) and Llama 3 headers. The template text is only inspected, never interpreted.
+ * if it has one), Qwen3 (ChatML with <think> handling), Llama 3 headers and Mistral v7. The
+ * template text is only inspected, never interpreted.
  */
 #include <string.h>
 
@@ -16,11 +17,41 @@ spk_chat_kind spk_chat_detect(const char *tmpl, size_t len)
 {
     if (!tmpl)
         return SPK_CHAT_UNKNOWN;
+    if (spk_chat_unsupported_family(tmpl, len))
+        return SPK_CHAT_UNKNOWN;
     if (contains(tmpl, len, "<|im_start|>"))
-        return SPK_CHAT_CHATML;
-    if (contains(tmpl, len, "<|start_header_id|>"))
+        return contains(tmpl, len, "enable_thinking") ? SPK_CHAT_QWEN3 : SPK_CHAT_CHATML;
+    if (contains(tmpl, len, "[SYSTEM_PROMPT]") && contains(tmpl, len, "[INST]"))
+        return SPK_CHAT_MISTRAL_V7;
+    if (contains(tmpl, len, "<|start_header_id|>") && contains(tmpl, len, "<|end_header_id|>"))
         return SPK_CHAT_LLAMA3;
     return SPK_CHAT_UNKNOWN;
+}
+
+/* Families llama.cpp knows that we do not render, in llama.cpp's order of detection
+ * (llm_chat_detect_template) where the markers overlap. */
+const char *spk_chat_unsupported_family(const char *t, size_t n)
+{
+    if (!t)
+        return NULL;
+    if (contains(t, n, "<|channel|>") && contains(t, n, "<|start|>"))
+        return "harmony (gpt-oss)";
+    if (contains(t, n, "<|im_start|>"))
+        return contains(t, n, "<|im_sep|>") ? "phi-4" : contains(t, n, "<end_of_utterance>") ? "smolvlm" : NULL;
+    if (contains(t, n, "[INST]") && !contains(t, n, "[SYSTEM_PROMPT]")) {
+        if (contains(t, n, "' [INST] ' + system_message") || contains(t, n, "[AVAILABLE_TOOLS]"))
+            return contains(t, n, " [INST]") ? "mistral-v1" : contains(t, n, "\"[INST]\"") ? "mistral-v3-tekken" : "mistral-v3";
+        return "llama2";
+    }
+    if (contains(t, n, "<|assistant|>") && contains(t, n, "<|end|>"))
+        return "phi-3";
+    if (contains(t, n, "<start_of_turn>"))
+        return "gemma";
+    if (contains(t, n, "<|START_OF_TURN_TOKEN|>"))
+        return "command-r";
+    if (contains(t, n, "### Instruction:") || contains(t, n, "<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>"))
+        return "deepseek";
+    return NULL;
 }
 
 /* Output with capacity semantics: bytes past `cap` are counted, not written. */
@@ -89,9 +120,131 @@ static bool is_space(char c)
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
 }
 
+/* A byte range of a message. */
+typedef struct span {
+    const char *p;
+    size_t n;
+} span;
+
+static span strip_nl(span s, bool left, bool right)
+{
+    while (left && s.n && s.p[0] == '\n')
+        s.p++, s.n--;
+    while (right && s.n && s.p[s.n - 1] == '\n')
+        s.n--;
+    return s;
+}
+
+static const char *find_last(const char *s, size_t n, const char *needle)
+{
+    const size_t k = strlen(needle);
+    for (size_t i = n >= k ? n - k + 1 : 0; i-- > 0;)
+        if (memcmp(s + i, needle, k) == 0)
+            return s + i;
+    return NULL;
+}
+
+static bool starts_ends(const char *c, const char *head, const char *tail)
+{
+    size_t n = strlen(c), h = strlen(head), t = strlen(tail);
+    return n >= h && n >= t && memcmp(c, head, h) == 0 && memcmp(c + n - t, tail, t) == 0;
+}
+
+/* Qwen3's Jinja template (Qwen/Qwen3-*), without tools. */
+static void render_qwen3(out_buf *o, const spk_chat_message *m, size_t n, bool add_assistant, bool no_think)
+{
+    if (n > 0 && strcmp(m[0].role, "system") == 0) {
+        puts_(o, "<|im_start|>system\n");
+        puts_(o, m[0].content);
+        puts_(o, "<|im_end|>\n");
+    }
+    /* the last user message that is not a tool response */
+    size_t last_query = n ? n - 1 : 0;
+    for (size_t i = n; i-- > 0;)
+        if (strcmp(m[i].role, "user") == 0 && !starts_ends(m[i].content, "<tool_response>", "</tool_response>")) {
+            last_query = i;
+            break;
+        }
+    for (size_t i = 0; i < n; i++) {
+        const char *role = m[i].role, *c = m[i].content;
+        const size_t cl = strlen(c);
+        if (strcmp(role, "user") == 0 || (strcmp(role, "system") == 0 && i > 0)) {
+            puts_(o, "<|im_start|>");
+            puts_(o, role);
+            puts_(o, "\n");
+            puts_(o, c);
+            puts_(o, "<|im_end|>\n");
+        } else if (strcmp(role, "assistant") == 0) {
+            span content = {c, cl}, reasoning = {"", 0};
+            const char *close = memmem(c, cl, "</think>", 8);
+            if (close) {
+                const char *last_close = find_last(c, cl, "</think>");
+                content = strip_nl((span){last_close + 8, (size_t)(c + cl - (last_close + 8))}, true, false);
+                span before = strip_nl((span){c, (size_t)(close - c)}, false, true);
+                const char *open = find_last(before.p, before.n, "<think>");
+                if (open)
+                    before = (span){open + 7, (size_t)(before.p + before.n - (open + 7))};
+                reasoning = strip_nl(before, true, false);
+            }
+            puts_(o, "<|im_start|>assistant\n");
+            if (i > last_query && (i == n - 1 || reasoning.n)) {
+                span r = strip_nl(reasoning, true, true);
+                puts_(o, "<think>\n");
+                put(o, r.p, r.n);
+                puts_(o, "\n</think>\n\n");
+                content = strip_nl(content, true, false);
+            }
+            put(o, content.p, content.n);
+            puts_(o, "<|im_end|>\n");
+        } else if (strcmp(role, "tool") == 0) {
+            if (i == 0 || strcmp(m[i - 1].role, "tool") != 0)
+                puts_(o, "<|im_start|>user");
+            puts_(o, "\n<tool_response>\n");
+            puts_(o, c);
+            puts_(o, "\n</tool_response>");
+            if (i == n - 1 || strcmp(m[i + 1].role, "tool") != 0)
+                puts_(o, "<|im_end|>\n");
+        }
+    }
+    if (add_assistant) {
+        puts_(o, "<|im_start|>assistant\n");
+        if (no_think)
+            puts_(o, "<think>\n\n</think>\n\n");
+    }
+}
+
+/* llama.cpp's mistral-v7 / mistral-v7-tekken renderer. */
+static void render_mistral_v7(out_buf *o, const spk_chat_message *m, size_t n, bool tekken)
+{
+    const char *sp = tekken ? "" : " ";
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(m[i].role, "system") == 0) {
+            puts_(o, "[SYSTEM_PROMPT]");
+            puts_(o, sp);
+            puts_(o, m[i].content);
+            puts_(o, "[/SYSTEM_PROMPT]");
+        } else if (strcmp(m[i].role, "user") == 0) {
+            puts_(o, "[INST]");
+            puts_(o, sp);
+            puts_(o, m[i].content);
+            puts_(o, "[/INST]");
+        } else {
+            puts_(o, sp);
+            puts_(o, m[i].content);
+            puts_(o, "</s>");
+        }
+    }
+}
+
 spk_status spk_chat_render_template(const char *tmpl, size_t len, const spk_chat_message *msgs,
                                     size_t n, bool add_assistant, char *buf, size_t cap,
                                     size_t *n_out)
+{
+    return spk_chat_render_template_ex(tmpl, len, 0, msgs, n, add_assistant, buf, cap, n_out);
+}
+
+spk_status spk_chat_render_template_ex(const char *tmpl, size_t len, unsigned flags, const spk_chat_message *msgs,
+                                       size_t n, bool add_assistant, char *buf, size_t cap, size_t *n_out)
 {
     if (n_out)
         *n_out = 0;
@@ -148,11 +301,23 @@ spk_status spk_chat_render_template(const char *tmpl, size_t len, const spk_chat
         if (add_assistant)
             puts_(&o, "<|start_header_id|>assistant<|end_header_id|>\n\n");
         break;
-    default:
+    case SPK_CHAT_QWEN3:
+        render_qwen3(&o, msgs, n, add_assistant, (flags & SPK_CHAT_NO_THINKING) != 0);
+        break;
+    case SPK_CHAT_MISTRAL_V7:
+        render_mistral_v7(&o, msgs, n, (flags & SPK_CHAT_TEKKEN) != 0);
+        break;
+    default: {
+        const char *fam = spk_chat_unsupported_family(tmpl, len);
+        if (fam)
+            return spk_err(SPK_ERR_UNSUPPORTED,
+                           "chat: template family '%s' is not supported (supported: chatml, qwen3, llama3, "
+                           "mistral-v7, mistral-v7-tekken)", fam);
         return spk_err(SPK_ERR_UNSUPPORTED,
-                       "chat: template not recognised (known: ChatML with <|im_start|>, Llama 3 with "
-                       "<|start_header_id|>): '%.*s%s'",
+                       "chat: template not recognised (supported: chatml, qwen3, llama3, mistral-v7, "
+                       "mistral-v7-tekken): '%.*s%s'",
                        (int)(len > 60 ? 60 : len), tmpl, len > 60 ? "..." : "");
+    }
     }
     *n_out = o.n;
     if (o.n > cap)
@@ -166,6 +331,12 @@ spk_status spk_chat_render_template(const char *tmpl, size_t len, const spk_chat
 spk_status spk_chat_render(const spk_gguf_file *f, const spk_chat_message *msgs, size_t n,
                            bool add_assistant, char *buf, size_t cap, size_t *n_out)
 {
+    return spk_chat_render_ex(f, 0, msgs, n, add_assistant, buf, cap, n_out);
+}
+
+spk_status spk_chat_render_ex(const spk_gguf_file *f, unsigned flags, const spk_chat_message *msgs, size_t n,
+                              bool add_assistant, char *buf, size_t cap, size_t *n_out)
+{
     if (n_out)
         *n_out = 0;
     if (!f)
@@ -176,5 +347,9 @@ spk_status spk_chat_render(const spk_gguf_file *f, const spk_chat_message *msgs,
     spk_status st = spk_gguf_get_str(f, "tokenizer.chat_template", &t);
     if (st != SPK_OK)
         return st;
-    return spk_chat_render_template(t.ptr, (size_t)t.len, msgs, n, add_assistant, buf, cap, n_out);
+    spk_gguf_str pre;
+    if (spk_gguf_find(f, "tokenizer.ggml.pre") && spk_gguf_get_str(f, "tokenizer.ggml.pre", &pre) == SPK_OK &&
+        spk_gguf_str_eq(pre, "tekken"))
+        flags |= SPK_CHAT_TEKKEN;
+    return spk_chat_render_template_ex(t.ptr, (size_t)t.len, flags, msgs, n, add_assistant, buf, cap, n_out);
 }

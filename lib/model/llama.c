@@ -113,7 +113,7 @@ static spk_status upload_weights(spk_llama *m, const spk_weights *w)
     const size_t E = sizeof(float) * (size_t)m->hp.n_embd;
     m->dw = *w;
     m->dlayers = calloc((size_t)(L > 0 ? L : 1), sizeof *m->dlayers);
-    m->uploads = calloc(2 * (size_t)(4 + 9 * L), sizeof *m->uploads);
+    m->uploads = calloc(2 * (size_t)(4 + 11 * L), sizeof *m->uploads);
     if (!m->dlayers || !m->uploads)
         return spk_err(SPK_ERR_NOMEM, "llama: out of memory");
     memcpy(m->dlayers, w->layers, sizeof *m->dlayers * (size_t)L);
@@ -128,6 +128,8 @@ static spk_status upload_weights(spk_llama *m, const spk_weights *w)
         for (size_t i = 0; i < sizeof mats / sizeof *mats; i++)
             TRY(upload_mat(m, mats[i], "a layer weight"));
         TRY(upload(m, (const void **)&d->attn_norm, E, "an attention norm"));
+        TRY(upload(m, (const void **)&d->q_norm, sizeof(float) * (size_t)m->hp.head_dim, "a Q norm"));
+        TRY(upload(m, (const void **)&d->k_norm, sizeof(float) * (size_t)m->hp.head_dim, "a K norm"));
         TRY(upload(m, (const void **)&d->ffn_norm, E, "an MLP norm"));
     }
     m->w = &m->dw;
@@ -360,7 +362,12 @@ static void forward_thread(void *arg, int ith, int nth)
         o->matmul(be, m->k, &L->wk, m->act, T, ith, nth);
         o->matmul(be, m->v, &L->wv, m->act, T, ith, nth);
         o->barrier(be);
-        o->rope_store(be, m->q, m->k, m->v, m->n_heads, hp->rot_dim, m->freqs, &m->kv, l, s, ith, nth);
+        if (L->q_norm) { /* qwen3: row ops on the rows rope_store then reads (no barrier) */
+            o->head_rmsnorm(be, m->q, L->q_norm, T, m->n_heads, hp->head_dim, hp->eps, ith, nth);
+            o->head_rmsnorm(be, m->k, L->k_norm, T, m->n_kv, hp->head_dim, hp->eps, ith, nth);
+        }
+        o->rope_store(be, m->q, m->k, m->v, m->n_heads, hp->rot_dim, hp->rope_neox, m->freqs, &m->kv, l, s, ith,
+                      nth);
         o->barrier(be);
         o->attention(be, m->att, m->q, m->n_heads, scale, &m->kv, l, s, ith, nth);
         o->barrier(be);

@@ -1,6 +1,7 @@
 /*
- * The llama architecture family (Llama 2/3, SmolLM2, Mistral-like): hyperparameters and weights
- * taken from a validated GGUF file, and the forward pass over a batch of tokens.
+ * The llama architecture family (Llama 2/3, SmolLM2, Mistral-like) and dense Qwen3 (the same
+ * layer with per-head Q/K norms and NEOX RoPE): hyperparameters and weights taken from a
+ * validated GGUF file, and the forward pass over a batch of tokens.
  */
 #ifndef SPK_MODEL_LLAMA_H
 #define SPK_MODEL_LLAMA_H
@@ -15,16 +16,19 @@
 #include "model/gguf.h"
 
 typedef struct spk_hparams {
-    char arch[32];
+    char arch[32];                   /* "llama" or "qwen3" (general.architecture) */
     int n_layers, n_embd, n_heads, n_kv_heads, head_dim, rot_dim, n_ff, n_vocab, n_ctx_train;
     float eps, rope_theta;
     spk_rope_scaling scaling;
+    bool qk_norm;                    /* qwen3: per-head RMSNorm of Q and K before RoPE */
+    bool rope_neox;                  /* qwen3: RoPE pairs (i, i + rot_dim/2), not (2i, 2i+1) */
 } spk_hparams;
 
 
 typedef struct spk_layer {
     const float *attn_norm;          /* [n_embd] */
     const float *ffn_norm;           /* [n_embd] */
+    const float *q_norm, *k_norm;    /* [head_dim] (qwen3; NULL for llama) */
     spk_wmat wq;                     /* [n_heads*head_dim][n_embd] */
     spk_wmat wk, wv;                 /* [n_kv_heads*head_dim][n_embd] */
     spk_wmat wo;                     /* [n_embd][n_heads*head_dim] */

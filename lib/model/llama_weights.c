@@ -84,10 +84,19 @@ static spk_status load_hparams(const spk_gguf_file *f, spk_hparams *hp)
 {
     spk_gguf_str arch;
     TRY(spk_gguf_get_str(f, "general.architecture", &arch));
-    if (!spk_gguf_str_eq(arch, "llama"))
-        return spk_err(SPK_ERR_UNSUPPORTED, "%s: architecture '%.*s' is not supported (llama only)",
+    memset(hp, 0, sizeof *hp);
+    if (spk_gguf_str_eq(arch, "llama")) {
+        snprintf(hp->arch, sizeof hp->arch, "llama");
+    } else if (spk_gguf_str_eq(arch, "qwen3")) {
+        /* llama's layer plus per-head Q/K RMSNorm before RoPE, and NEOX RoPE (the converter
+         * does not permute Q/K rows for qwen3 as it does for llama) */
+        snprintf(hp->arch, sizeof hp->arch, "qwen3");
+        hp->qk_norm = true;
+        hp->rope_neox = true;
+    } else {
+        return spk_err(SPK_ERR_UNSUPPORTED, "%s: architecture '%.*s' is not supported (llama, qwen3)",
                        f->path, (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
-    snprintf(hp->arch, sizeof hp->arch, "llama");
+    }
     uint32_t n_layers, n_embd, n_heads, n_kv, n_ff, n_ctx, head_dim, rot_dim;
     TRY(get_u32_key(f, hp->arch, "block_count", true, 0, &n_layers));
     TRY(get_u32_key(f, hp->arch, "embedding_length", true, 0, &n_embd));
@@ -101,9 +110,14 @@ static spk_status load_hparams(const spk_gguf_file *f, spk_hparams *hp)
                        "%s: bad hyperparameters: layers %u, embd %u, heads %u, kv heads %u, ff %u, ctx %u",
                        f->path, n_layers, n_embd, n_heads, n_kv, n_ff, n_ctx);
     TRY(get_u32_key(f, hp->arch, "attention.key_length", false, n_embd / n_heads, &head_dim));
+    uint32_t v_dim;
+    TRY(get_u32_key(f, hp->arch, "attention.value_length", false, head_dim, &v_dim));
     TRY(get_u32_key(f, hp->arch, "rope.dimension_count", false, head_dim, &rot_dim));
     if (head_dim < 2 || head_dim > 1024 || head_dim % 2 || rot_dim > head_dim || rot_dim % 2 || rot_dim == 0)
         return spk_err(SPK_ERR_FORMAT, "%s: bad head_dim %u / rope dims %u", f->path, head_dim, rot_dim);
+    if (v_dim != head_dim)
+        return spk_err(SPK_ERR_UNSUPPORTED, "%s: %s.attention.value_length %u differs from key_length %u",
+                       f->path, hp->arch, v_dim, head_dim);
     hp->n_layers = (int)n_layers;
     hp->n_embd = (int)n_embd;
     hp->n_heads = (int)n_heads;
@@ -207,14 +221,18 @@ spk_status spk_llama_load(const spk_gguf_file *f, spk_hparams *hp, spk_weights *
         st = find_mat(f, name, nin, nout, &L->field);                                              \
         np += mat_params(&L->field);                                                               \
     }
-#define VEC(field, tname)                                                                          \
+#define VEC(field, tname, n)                                                                       \
     if (st == SPK_OK) {                                                                            \
         snprintf(name, sizeof name, "blk.%d." tname ".weight", l);                                 \
-        st = find_vec(f, name, E, &L->field);                                                      \
-        np += (uint64_t)E;                                                                         \
+        st = find_vec(f, name, n, &L->field);                                                      \
+        np += (uint64_t)(n);                                                                       \
     }
-        VEC(attn_norm, "attn_norm");
-        VEC(ffn_norm, "ffn_norm");
+        VEC(attn_norm, "attn_norm", E);
+        VEC(ffn_norm, "ffn_norm", E);
+        if (hp->qk_norm) {
+            VEC(q_norm, "attn_q_norm", hp->head_dim);
+            VEC(k_norm, "attn_k_norm", hp->head_dim);
+        }
         MAT(wq, "attn_q", E, Q);
         MAT(wk, "attn_k", E, KV);
         MAT(wv, "attn_v", E, KV);
@@ -392,6 +410,10 @@ static spk_status check_shard(const spk_hparams *hp, const spk_weights *full, co
     } while (0)
         CHECK(check_vec(path, name, L->attn_norm, E), "attn_norm");
         CHECK(check_vec(path, name, L->ffn_norm, E), "ffn_norm");
+        if (L->q_norm) {
+            CHECK(check_vec(path, name, L->q_norm, HD), "attn_q_norm");
+            CHECK(check_vec(path, name, L->k_norm, HD), "attn_k_norm");
+        }
         CHECK(check_scales(path, name, &L->wq, sh->h0 * HD, 0, E), "attn_q");
         CHECK(check_scales(path, name, &L->wk, sh->kv0 * HD, 0, E), "attn_k");
         CHECK(check_scales(path, name, &L->wv, sh->kv0 * HD, 0, E), "attn_v");
@@ -438,6 +460,8 @@ spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const
         spk_layer *L = &out->layers[i];
         L->attn_norm = F->attn_norm;
         L->ffn_norm = F->ffn_norm;
+        L->q_norm = F->q_norm; /* per head: every TP rank holds the whole vector */
+        L->k_norm = F->k_norm;
         L->wq = rows_of(&F->wq, sh->h0 * HD, sh->h1 * HD);
         L->wk = rows_of(&F->wk, sh->kv0 * HD, sh->kv1 * HD);
         L->wv = rows_of(&F->wv, sh->kv0 * HD, sh->kv1 * HD);
@@ -474,7 +498,7 @@ spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const
         const spk_layer *L = &out->layers[i];
         bytes += wmat_bytes(&L->wq) + wmat_bytes(&L->wk) + wmat_bytes(&L->wv) + wmat_bytes(&L->wo) +
                  wmat_bytes(&L->w_gate) + wmat_bytes(&L->w_up) + wmat_bytes(&L->w_down) +
-                 2 * sizeof(float) * (uint64_t)hp->n_embd;
+                 2 * sizeof(float) * (uint64_t)hp->n_embd + (L->q_norm ? 2 * sizeof(float) * (uint64_t)HD : 0);
     }
     if (sh->first)
         bytes += wmat_bytes(&out->tok_embd);

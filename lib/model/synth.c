@@ -21,14 +21,19 @@ typedef struct synth_preset {
     int n_layers, n_embd, n_heads, n_kv_heads, head_dim, n_ff, n_vocab, n_ctx_train;
     bool tied, llama3_rope;
     float rope_theta;
+    spk_synth_arch arch;
+    float rms_eps;          /* 0: 1e-5 */
+    bool f32;               /* every matrix F32 (default: Q4_1 matrices, Q8_0 embeddings) */
 } synth_preset;
 
 static const synth_preset k_presets[] = {
-    {"tiny", 4, 256, 8, 4, 32, 512, 1024, 2048, true, false, 10000.0f},
-    {"tiny-tp4", 4, 256, 8, 4, 32, 512, 1024, 2048, true, false, 10000.0f},
-    {"smollm2-135m", 30, 576, 9, 3, 64, 1536, 49152, 8192, true, false, 100000.0f},
-    {"llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, 131072, false, true, 500000.0f},
-    {"mistral-small-24b", 40, 5120, 32, 8, 128, 32768, 131072, 32768, false, false, 100000000.0f},
+    {"tiny", 4, 256, 8, 4, 32, 512, 1024, 2048, true, false, 10000.0f, SPK_SYNTH_LLAMA, 0, false},
+    {"tiny-tp4", 4, 256, 8, 4, 32, 512, 1024, 2048, true, false, 10000.0f, SPK_SYNTH_LLAMA, 0, false},
+    {"smollm2-135m", 30, 576, 9, 3, 64, 1536, 49152, 8192, true, false, 100000.0f, SPK_SYNTH_LLAMA, 0, false},
+    {"llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, 131072, false, true, 500000.0f, SPK_SYNTH_LLAMA, 0, false},
+    {"mistral-small-24b", 40, 5120, 32, 8, 128, 32768, 131072, 32768, false, false, 100000000.0f, SPK_SYNTH_LLAMA, 0, false},
+    {"qwen3-tiny", 3, 128, 8, 4, 32, 256, 512, 4096, true, false, 1000000.0f, SPK_SYNTH_QWEN3, 1e-6f, true},
+    {"qwen3-8b", 36, 4096, 32, 8, 128, 12288, 151936, 40960, false, false, 1000000.0f, SPK_SYNTH_QWEN3, 1e-6f, false},
 };
 enum { N_PRESETS = (int)(sizeof k_presets / sizeof k_presets[0]) };
 
@@ -58,7 +63,10 @@ static void apply_preset(const synth_preset *s, spk_synth_params *p)
     p->tied = s->tied;
     p->llama3_rope = s->llama3_rope;
     p->rope_theta = s->rope_theta;
-    p->rms_eps = 1e-5f;
+    p->rms_eps = s->rms_eps > 0 ? s->rms_eps : 1e-5f;
+    p->arch = s->arch;
+    if (s->f32)
+        p->wtype = p->embd_type = p->out_type = SPK_DT_F32;
     p->seed = 0;
     snprintf(p->preset, sizeof p->preset, "%s", s->name);
 }
@@ -118,12 +126,13 @@ spk_status spk_synth_check(const spk_synth_params *p)
     const int hd = head_dim_of(p);
     if (p->n_layers < 1 || p->n_layers > 1024 || p->n_embd < 1 || p->n_embd > 65536 || p->n_heads < 1 ||
         p->n_heads > 1024 || p->n_kv_heads < 1 || p->n_heads % p->n_kv_heads != 0 || p->n_ff < 1 ||
-        p->n_ff > 1 << 20 || p->n_ctx_train < 1 || p->head_dim < 0)
+        p->n_ff > 1 << 20 || p->n_ctx_train < 1 || p->head_dim < 0 ||
+        (p->arch != SPK_SYNTH_LLAMA && p->arch != SPK_SYNTH_QWEN3))
         return spk_err(SPK_ERR_INVALID_ARG,
                        "synth: bad shape: layers %d, embd %d, heads %d, kv heads %d (must divide heads), "
-                       "ff %d, ctx %d, head_dim %d",
+                       "ff %d, ctx %d, head_dim %d, arch %d",
                        p->n_layers, p->n_embd, p->n_heads, p->n_kv_heads, p->n_ff, p->n_ctx_train,
-                       p->head_dim);
+                       p->head_dim, (int)p->arch);
     if (hd < 2 || hd > 1024 || hd % 2)
         return spk_err(SPK_ERR_INVALID_ARG, "synth: head_dim %d must be even and in 2..1024 (embd %d, heads %d)",
                        hd, p->n_embd, p->n_heads);
@@ -617,6 +626,10 @@ static int tensor_list(const spk_synth_params *p, tdesc *t)
         ADD(nm, a, b, ty, k);                                                                      \
     } while (0)
         LAYER("attn_norm", E, 0, SPK_DT_F32, T_NORM);
+        if (p->arch == SPK_SYNTH_QWEN3) {
+            LAYER("attn_q_norm", hd, 0, SPK_DT_F32, T_NORM);
+            LAYER("attn_k_norm", hd, 0, SPK_DT_F32, T_NORM);
+        }
         LAYER("attn_q", E, Q, p->wtype, T_MAT);
         LAYER("attn_k", E, KV, p->wtype, T_MAT);
         LAYER("attn_v", E, KV, p->wtype, T_MAT);
@@ -671,11 +684,20 @@ static const char k_chat_template[] =
     "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
     "{% endif %}";
 
+/* "<arch>.<suffix>" in buf. */
+static const char *key(char *buf, const char *arch, const char *suffix)
+{
+    snprintf(buf, 96, "%s.%s", arch, suffix);
+    return buf;
+}
+
 /* Header, metadata and tensor table, then padding to the data section. */
 static void write_header(writer *w, const spk_synth_params *p, const vocab *v, const tdesc *t, int nt)
 {
     const int hd = head_dim_of(p);
     const int n_merges = v->n - SPK_SYNTH_MIN_VOCAB;
+    const char *a = p->arch == SPK_SYNTH_QWEN3 ? "qwen3" : "llama"; /* the keys' prefix */
+    char k[96];
     w_bytes(w, "GGUF", 4);
     w_u32(w, 3);
     w_u64(w, (uint64_t)nt);
@@ -683,23 +705,23 @@ static void write_header(writer *w, const spk_synth_params *p, const vocab *v, c
     char name[128];
     snprintf(name, sizeof name, "synthetic %s seed %llu", p->preset[0] ? p->preset : "custom",
              (unsigned long long)p->seed);
-    kv_cstr(w, "general.architecture", "llama");                          /* 1 */
+    kv_cstr(w, "general.architecture", a);                          /* 1 */
     kv_cstr(w, "general.name", name);                                     /* 2 */
     kv_u32(w, "general.alignment", ALIGN);                                /* 3 */
     kv_u32(w, "general.file_type", file_type(p->wtype));                  /* 4 */
     kv_u32(w, "general.quantization_version", 2);                         /* 5 */
-    kv_u32(w, "llama.block_count", (uint32_t)p->n_layers);                /* 6 */
-    kv_u32(w, "llama.context_length", (uint32_t)p->n_ctx_train);          /* 7 */
-    kv_u32(w, "llama.embedding_length", (uint32_t)p->n_embd);             /* 8 */
-    kv_u32(w, "llama.feed_forward_length", (uint32_t)p->n_ff);            /* 9 */
-    kv_u32(w, "llama.attention.head_count", (uint32_t)p->n_heads);        /* 10 */
-    kv_u32(w, "llama.attention.head_count_kv", (uint32_t)p->n_kv_heads);  /* 11 */
-    kv_u32(w, "llama.attention.key_length", (uint32_t)hd);                /* 12 */
-    kv_u32(w, "llama.attention.value_length", (uint32_t)hd);              /* 13 */
-    kv_u32(w, "llama.rope.dimension_count", (uint32_t)hd);                /* 14 */
-    kv_f32(w, "llama.rope.freq_base", p->rope_theta);                     /* 15 */
-    kv_f32(w, "llama.attention.layer_norm_rms_epsilon", p->rms_eps);      /* 16 */
-    kv_u32(w, "llama.vocab_size", (uint32_t)p->n_vocab);                  /* 17 */
+    kv_u32(w, key(k, a, "block_count"), (uint32_t)p->n_layers);                /* 6 */
+    kv_u32(w, key(k, a, "context_length"), (uint32_t)p->n_ctx_train);          /* 7 */
+    kv_u32(w, key(k, a, "embedding_length"), (uint32_t)p->n_embd);             /* 8 */
+    kv_u32(w, key(k, a, "feed_forward_length"), (uint32_t)p->n_ff);            /* 9 */
+    kv_u32(w, key(k, a, "attention.head_count"), (uint32_t)p->n_heads);        /* 10 */
+    kv_u32(w, key(k, a, "attention.head_count_kv"), (uint32_t)p->n_kv_heads);  /* 11 */
+    kv_u32(w, key(k, a, "attention.key_length"), (uint32_t)hd);                /* 12 */
+    kv_u32(w, key(k, a, "attention.value_length"), (uint32_t)hd);              /* 13 */
+    kv_u32(w, key(k, a, "rope.dimension_count"), (uint32_t)hd);                /* 14 */
+    kv_f32(w, key(k, a, "rope.freq_base"), p->rope_theta);                     /* 15 */
+    kv_f32(w, key(k, a, "attention.layer_norm_rms_epsilon"), p->rms_eps);      /* 16 */
+    kv_u32(w, key(k, a, "vocab_size"), (uint32_t)p->n_vocab);                  /* 17 */
     kv_cstr(w, "tokenizer.ggml.model", "gpt2");                           /* 18 */
     kv_cstr(w, "tokenizer.ggml.pre", "smollm");                           /* 19 */
     kv_key(w, "tokenizer.ggml.tokens", 9 /* ARRAY */);                    /* 20 */

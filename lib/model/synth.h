@@ -13,6 +13,12 @@
 #include "common/dtype.h"
 #include "sparkinfer/sparkinfer.h"
 
+/* general.architecture of a synthetic file. */
+typedef enum spk_synth_arch {
+    SPK_SYNTH_LLAMA = 0,    /* llama keys and tensors */
+    SPK_SYNTH_QWEN3 = 1,    /* qwen3 keys; blk.N.attn_q_norm / attn_k_norm [head_dim] in every layer */
+} spk_synth_arch;
+
 typedef struct spk_synth_params {
     int n_layers, n_embd, n_heads, n_kv_heads;
     int head_dim;           /* 0: n_embd / n_heads */
@@ -28,6 +34,7 @@ typedef struct spk_synth_params {
     float rms_eps;          /* default 1e-5 */
     uint64_t seed;
     char preset[40];        /* shows in general.name ("synthetic <preset> seed N"); "custom" */
+    spk_synth_arch arch;    /* default SPK_SYNTH_LLAMA */
 } spk_synth_params;
 
 /* 256 byte tokens + <|endoftext|>, <|im_start|>, <|im_end|>. */
@@ -49,6 +56,11 @@ void spk_synth_params_init(spk_synth_params *p);
  *                      rope theta 500000 with Llama 3.1 frequency scaling
  *   mistral-small-24b  40 layers, 5120 embd, 32 / 8 heads of 128, ff 32768, vocab 131072,
  *                      untied, rope theta 1e8
+ *   qwen3-tiny         qwen3: 3 layers, 128 embd, 8 heads / 4 KV of 32 (query width 256),
+ *                      ff 256, vocab 512, tied, rope theta 1e6, eps 1e-6, F32 matrices
+ *                      (the transformers reference of tests/ref/qwen3-reference.py)
+ *   qwen3-8b           qwen3: 36 layers, 4096 embd, 32 / 8 heads of 128, ff 12288, vocab 151936,
+ *                      untied, rope theta 1e6, eps 1e-6
  * Big shapes give big files (Q4_1 matrices, Q8_0 embeddings): llama-3.1-8b is about 5.25 GB,
  * mistral-small-24b about 15.0 GB; see spk_synth_file_size. NOT_FOUND (listing the names) for
  * an unknown name, INVALID_ARG for NULL.

@@ -80,6 +80,11 @@ static spk_status read_strs(const spk_gguf_file *f, const spk_gguf_kv *arr, cons
 
 spk_status spk_tok_load(const spk_gguf_file *f, int64_t n_vocab, spk_tok **out)
 {
+    return spk_tok_load_pre(f, n_vocab, NULL, out);
+}
+
+spk_status spk_tok_load_pre(const spk_gguf_file *f, int64_t n_vocab, const char *pre_override, spk_tok **out)
+{
     if (!out)
         return spk_err(SPK_ERR_INVALID_ARG, "spk_tok_load: out is NULL");
     *out = NULL;
@@ -96,14 +101,16 @@ spk_status spk_tok_load(const spk_gguf_file *f, int64_t n_vocab, spk_tok **out)
     spk_tok_spec spec;
     spk_tok_spec_init(&spec);
     spec.model = model;
-    spec.pre = pre;
+    spec.pre = pre_override ? pre_override : pre;
     spec.n_vocab = n_vocab;
-    if (strcmp(model, "gpt2") != 0)
+    const bool spm = strcmp(model, "llama") == 0;
+    if (!spm && strcmp(model, "gpt2") != 0)
         return spk_tok_new(&spec, out); /* reports the unsupported model */
 
     const spk_gguf_kv *tokens = NULL, *types = NULL, *merges = NULL;
     spk_tok_str *tok_strs = NULL, *merge_strs = NULL;
     int32_t *type_vals = NULL;
+    float *score_vals = NULL;
     if ((st = spk_gguf_get_arr(f, "tokenizer.ggml.tokens", GGUF_STRING, &tokens)))
         goto done;
     if ((st = read_strs(f, tokens, "tokenizer.ggml.tokens", &tok_strs)))
@@ -144,6 +151,32 @@ spk_status spk_tok_load(const spk_gguf_file *f, int64_t n_vocab, spk_tok **out)
         spec.n_merges = (size_t)merges->v.arr.count;
         spec.merges = merge_strs;
     }
+    if (spm && spk_gguf_find(f, "tokenizer.ggml.scores")) {
+        const spk_gguf_kv *sc;
+        if ((st = spk_gguf_get_arr(f, "tokenizer.ggml.scores", GGUF_VTYPE_COUNT, &sc)))
+            goto done;
+        if (sc->v.arr.count != tokens->v.arr.count) {
+            st = spk_err(SPK_ERR_FORMAT, "%s: tokenizer.ggml.scores has %llu entries but there are %llu tokens",
+                         f->path, (unsigned long long)sc->v.arr.count, (unsigned long long)tokens->v.arr.count);
+            goto done;
+        }
+        score_vals = malloc((spec.n_tokens ? spec.n_tokens : 1) * sizeof *score_vals);
+        if (!score_vals) {
+            st = spk_err(SPK_ERR_NOMEM, "%s: out of memory for token scores", f->path);
+            goto done;
+        }
+        for (size_t i = 0; i < spec.n_tokens; i++) {
+            double d;
+            if (!spk_gguf_arr_float(sc, i, &d)) {
+                st = spk_err(SPK_ERR_FORMAT, "%s: tokenizer.ggml.scores entry %zu is not a number", f->path, i);
+                goto done;
+            }
+            score_vals[i] = (float)d;
+        }
+        spec.scores = score_vals;
+    }
+    if (spm && (st = opt_bool(f, "tokenizer.ggml.add_space_prefix", &spec.add_space_prefix)))
+        goto done;
     if ((st = opt_id(f, "tokenizer.ggml.bos_token_id", &spec.bos)) ||
         (st = opt_id(f, "tokenizer.ggml.eos_token_id", &spec.eos)) ||
         (st = opt_id(f, "tokenizer.ggml.eot_token_id", &spec.eot)) ||
@@ -151,6 +184,12 @@ spk_status spk_tok_load(const spk_gguf_file *f, int64_t n_vocab, spk_tok **out)
         (st = opt_bool(f, "tokenizer.ggml.add_bos_token", &spec.add_bos)) ||
         (st = opt_bool(f, "tokenizer.ggml.add_eos_token", &spec.add_eos)))
         goto done;
+    if (spm) { /* llama.cpp's SentencePiece defaults when the keys are absent */
+        if (!spk_gguf_find(f, "tokenizer.ggml.bos_token_id") && spec.n_tokens > 1)
+            spec.bos = 1;
+        if (!spk_gguf_find(f, "tokenizer.ggml.eos_token_id") && spec.n_tokens > 2)
+            spec.eos = 2;
+    }
     st = spk_tok_new(&spec, out);
     if (st != SPK_OK)
         spk_err_prefix(st, "%s", f->path);
@@ -158,5 +197,6 @@ done:
     free(tok_strs);
     free(merge_strs);
     free(type_vals);
+    free(score_vals);
     return st;
 }

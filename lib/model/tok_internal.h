@@ -15,13 +15,20 @@
 typedef enum spk_tok_pre {
     SPK_PRE_SMOLLM = 1,     /* split digits one by one, then the GPT-2 regex */
     SPK_PRE_LLAMA3 = 2,     /* the Llama 3 regex; whole pieces found in the vocab skip merges */
+    SPK_PRE_GPT2 = 3,       /* the GPT-2 regex */
+    SPK_PRE_QWEN2 = 4,      /* Llama 3's regex with single digits (Qwen2, Qwen3) */
+    SPK_PRE_GPT4O = 5,      /* GPT-4o / Llama 4: case-aware words, digits in threes */
+    SPK_PRE_TEKKEN = 6,     /* Mistral Tekken: case-aware words, single digits; skips merges */
 } spk_tok_pre;
 
 #define SPK_TOK_MAX_REGEX 2
 #define SPK_TOKF_EOG 0x01u
 
 struct spk_tok {
-    spk_tok_pre pre;
+    spk_tok_pre pre;            /* byte-level BPE only */
+    bool spm;                   /* SentencePiece (tokenizer.ggml.model = "llama") */
+    bool add_space_prefix;      /* SentencePiece: a space before the first text fragment */
+    float *scores;              /* SentencePiece: score of each token (NULL: all 0) */
     bool ignore_merges;
     bool add_bos, add_eos;
     int32_t bos, eos, eot, eom;
@@ -47,7 +54,7 @@ struct spk_tok {
     int32_t *pair_res;
     uint64_t pair_mask;
 
-    int32_t byte_tok[256];  /* token of each single byte */
+    int32_t byte_tok[256];  /* token of each single byte (SentencePiece: its <0xXX> token) */
 
     /* Special tokens matched literally in text, sorted by first byte then length descending;
      * those with first byte b are special[special_first[b] .. special_first[b+1]). */
@@ -98,6 +105,10 @@ void spk_tok_scratch_free(spk_tok_scratch *sc);
 /* BPE-encode one pre-tokenized piece (raw bytes) into `sink`. */
 spk_status spk_tok_bpe_piece(const spk_tok *tok, spk_tok_scratch *sc, const char *p, size_t n,
                              spk_tok_sink *sink);
+
+/* SentencePiece-encode one text fragment (raw bytes; `space_prefix`: a space goes first). */
+spk_status spk_tok_spm_encode(const spk_tok *tok, const char *raw, size_t len, bool space_prefix,
+                              spk_tok_sink *sink);
 
 /* Compile the regexes of tok->pre into tok->re (JIT when available). */
 spk_status spk_tok_pretok_init(spk_tok *tok);

@@ -23,16 +23,44 @@ static const char *const k_llama3[] = {
     "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
 };
 
+/* GPT-2 (llama.cpp's "gpt-2": the GPT-2 regex alone; SmolLM's second stage). */
+static const char *const k_gpt2[] = {
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+",
+};
+
+/* Qwen2/Qwen3 ("qwen2"): Llama 3's regex with single digits. */
+static const char *const k_qwen2[] = {
+    "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
+    "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+};
+
+/* GPT-4o / Llama 4 ("gpt-4o") and Mistral's Tekken ("tekken"): as llama.cpp spells them, where a
+ * letter that is not ASCII a-z counts as upper case and one that is not A-Z as lower case (its
+ * stand-in for \p{Lu}/\p{Ll} classes; non-ASCII letters are both). */
+static const char *const k_gpt4o[] = {
+    "[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))*((?=[\\p{L}])([^A-Z]))+"
+    "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|"
+    "[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))+((?=[\\p{L}])([^A-Z]))*"
+    "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|"
+    "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+};
+static const char *const k_tekken[] = {
+    "[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))*((?=[\\p{L}])([^A-Z]))+|"
+    "[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))+((?=[\\p{L}])([^A-Z]))*|"
+    "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+};
+
 spk_status spk_tok_pretok_init(spk_tok *tok)
 {
     const char *const *res;
-    int n;
-    if (tok->pre == SPK_PRE_SMOLLM) {
-        res = k_smollm;
-        n = 2;
-    } else {
-        res = k_llama3;
-        n = 1;
+    int n = 1;
+    switch (tok->pre) {
+    case SPK_PRE_SMOLLM: res = k_smollm; n = 2; break;
+    case SPK_PRE_GPT2: res = k_gpt2; break;
+    case SPK_PRE_QWEN2: res = k_qwen2; break;
+    case SPK_PRE_GPT4O: res = k_gpt4o; break;
+    case SPK_PRE_TEKKEN: res = k_tekken; break;
+    default: res = k_llama3; break;
     }
     uint32_t opts = PCRE2_UTF | PCRE2_UCP;
 #ifdef PCRE2_MATCH_INVALID_UTF

@@ -116,7 +116,7 @@ void spk_tok_spec_init(spk_tok_spec *spec)
 {
     memset(spec, 0, sizeof *spec);
     spec->bos = spec->eos = spec->eot = spec->eom = -1;
-    spec->add_bos = spec->add_eos = -1;
+    spec->add_bos = spec->add_eos = spec->add_space_prefix = -1;
 }
 
 /* Append the bytes of a stored NORMAL-token text with the GPT-2 mapping undone. A code point
@@ -141,6 +141,30 @@ static size_t decode_stored(const char *s, size_t n, char *dst)
             i += k;
         } else {
             dst[o++] = s[i++]; /* copy through byte by byte */
+        }
+    }
+    return o;
+}
+
+/* A SentencePiece token's bytes: U+2581 is a space; a BYTE token <0xXX> is that byte. */
+static size_t decode_spm(const char *s, size_t n, int type, char *dst)
+{
+    if (type == SPK_TOKTYPE_BYTE && n == 6 && memcmp(s, "<0x", 3) == 0 && s[5] == '>') {
+        int v = 0;
+        for (int k = 3; k < 5; k++) {
+            char c = s[k];
+            v = v * 16 + (c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : 0);
+        }
+        dst[0] = (char)v;
+        return 1;
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        if (i + 3 <= n && memcmp(s + i, "\xe2\x96\x81", 3) == 0) {
+            dst[o++] = ' ';
+            i += 3;
+        } else {
+            dst[o++] = s[i++];
         }
     }
     return o;
@@ -220,7 +244,8 @@ static spk_status build_texts(spk_tok *tok, const spk_tok_spec *spec)
             plen = 0;
             break;
         default:
-            plen = decode_stored(s, len, tok->piece + po);
+            plen = spec->model && strcmp(spec->model, "llama") == 0 ? decode_spm(s, len, t, tok->piece + po)
+                                                                    : decode_stored(s, len, tok->piece + po);
             break;
         }
         po += (uint32_t)plen;
@@ -372,20 +397,30 @@ spk_status spk_tok_new(const spk_tok_spec *spec, spk_tok **out)
     *out = NULL;
     if (!spec)
         return spk_err(SPK_ERR_INVALID_ARG, "spk_tok_new: spec is NULL");
-    if (!spec->model || strcmp(spec->model, "gpt2") != 0)
+    const bool spm = spec->model && strcmp(spec->model, "llama") == 0;
+    if (!spec->model || (!spm && strcmp(spec->model, "gpt2") != 0))
         return spk_err(SPK_ERR_UNSUPPORTED,
-                       "tokenizer model '%s' is not supported (only 'gpt2', byte-level BPE)",
+                       "tokenizer model '%.64s' is not supported ('gpt2': byte-level BPE, 'llama': SentencePiece)",
                        spec->model ? spec->model : "(none)");
-    spk_tok_pre pre;
+    /* tokenizer.ggml.pre names as llama.cpp maps them (llama-vocab.cpp) for the families here */
+    static const struct {
+        const char *name;
+        spk_tok_pre pre;
+    } k_pre[] = {
+        {"smollm", SPK_PRE_SMOLLM},   {"llama-bpe", SPK_PRE_LLAMA3}, {"llama3", SPK_PRE_LLAMA3},
+        {"llama-v3", SPK_PRE_LLAMA3}, {"pixtral", SPK_PRE_LLAMA3},   {"gpt-2", SPK_PRE_GPT2},
+        {"phi-2", SPK_PRE_GPT2},      {"qwen2", SPK_PRE_QWEN2},      {"deepseek-r1-qwen", SPK_PRE_QWEN2},
+        {"gpt-4o", SPK_PRE_GPT4O},    {"llama4", SPK_PRE_GPT4O},     {"tekken", SPK_PRE_TEKKEN},
+    };
+    spk_tok_pre pre = 0;
     const char *p = spec->pre;
-    if (p && strcmp(p, "smollm") == 0)
-        pre = SPK_PRE_SMOLLM;
-    else if (p && (strcmp(p, "llama-bpe") == 0 || strcmp(p, "llama3") == 0 ||
-                   strcmp(p, "llama-v3") == 0))
-        pre = SPK_PRE_LLAMA3;
-    else
+    for (size_t i = 0; p && i < sizeof k_pre / sizeof k_pre[0] && !pre; i++)
+        if (strcmp(p, k_pre[i].name) == 0)
+            pre = k_pre[i].pre;
+    if (!pre && !spm) /* SentencePiece has no pre-tokenizer (llama.cpp ignores the key) */
         return spk_err(SPK_ERR_UNSUPPORTED,
-                       "tokenizer pre-tokenizer '%s' is not supported (known: smollm, llama-bpe)",
+                       "tokenizer pre-tokenizer '%.64s' is not supported (known: smollm, llama-bpe, llama3, "
+                       "llama-v3, pixtral, gpt-2, phi-2, qwen2, deepseek-r1-qwen, gpt-4o, llama4, tekken)",
                        p ? p : "(none)");
     if (spec->n_tokens == 0 || !spec->tokens)
         return spk_err(SPK_ERR_FORMAT, "tokenizer: empty vocabulary");
@@ -404,13 +439,15 @@ spk_status spk_tok_new(const spk_tok_spec *spec, spk_tok **out)
     if (!tok)
         return spk_err(SPK_ERR_NOMEM, "tokenizer: out of memory");
     tok->pre = pre;
-    tok->ignore_merges = pre == SPK_PRE_LLAMA3;
+    tok->spm = spm;
+    tok->add_space_prefix = spm && spec->add_space_prefix != 0;
+    tok->ignore_merges = pre == SPK_PRE_LLAMA3 || pre == SPK_PRE_TEKKEN;
     tok->n_tokens = n;
     tok->bos = spec->bos;
     tok->eos = spec->eos;
     tok->eot = spec->eot;
     tok->eom = spec->eom;
-    tok->add_bos = spec->add_bos >= 0 ? spec->add_bos != 0 : pre == SPK_PRE_LLAMA3;
+    tok->add_bos = spec->add_bos >= 0 ? spec->add_bos != 0 : spm || pre == SPK_PRE_LLAMA3 || pre == SPK_PRE_TEKKEN;
     tok->add_eos = spec->add_eos > 0;
     if (tok->add_bos && tok->bos < 0) {
         st = spk_err(SPK_ERR_FORMAT, "tokenizer: add_bos_token is set but there is no bos token id");
@@ -422,8 +459,24 @@ spk_status spk_tok_new(const spk_tok_spec *spec, spk_tok **out)
     }
     if ((st = build_texts(tok, spec)) || (st = build_map(tok)))
         goto fail;
+    if (spm && spec->scores) {
+        tok->scores = malloc((size_t)n * sizeof *tok->scores);
+        if (!tok->scores) {
+            st = spk_err(SPK_ERR_NOMEM, "tokenizer: out of memory for %u scores", n);
+            goto fail;
+        }
+        memcpy(tok->scores, spec->scores, (size_t)n * sizeof *tok->scores);
+    }
 
-    for (unsigned b = 0; b < 256; b++) {
+    for (unsigned b = 0; b < 256 && spm; b++) { /* byte fallback tokens <0xXX>, else the byte itself */
+        static const char hex[] = "0123456789ABCDEF";
+        const char name[6] = {'<', '0', 'x', hex[b >> 4], hex[b & 15], '>'};
+        const char raw = (char)b;
+        tok->byte_tok[b] = spk_tok_map_find(tok, name, 6);
+        if (tok->byte_tok[b] < 0)
+            tok->byte_tok[b] = spk_tok_map_find(tok, &raw, 1);
+    }
+    for (unsigned b = 0; b < 256 && !spm; b++) {
         uint32_t cp = spk_tok_byte_to_cp((uint8_t)b);
         char u[2];
         size_t ul = 1;
@@ -457,7 +510,7 @@ spk_status spk_tok_new(const spk_tok_spec *spec, spk_tok **out)
     }
     if ((st = build_merges(tok, spec)) || (st = build_specials(tok)))
         goto fail;
-    if ((st = spk_tok_pretok_init(tok)))
+    if (!spm && (st = spk_tok_pretok_init(tok)))
         goto fail;
     *out = tok;
     return SPK_OK;
@@ -482,6 +535,7 @@ void spk_tok_free(spk_tok *tok)
     free(tok->pair_rank);
     free(tok->pair_res);
     free(tok->special);
+    free(tok->scores);
     free(tok);
 }
 

@@ -27,6 +27,19 @@ static int32_t special_at(const spk_tok *tok, const char *s, size_t n, bool pars
     return -1;
 }
 
+/* One fragment of text between special tokens (none if empty, as llama.cpp's partition). */
+static spk_status encode_text(const spk_tok *tok, spk_tok_scratch *sc, const char *s, size_t n, bool *prev_special,
+                              spk_tok_sink *sink)
+{
+    if (n == 0)
+        return SPK_OK;
+    if (!tok->spm)
+        return spk_tok_pretok_encode(tok, sc, s, n, sink);
+    const bool prefix = tok->add_space_prefix && *prev_special;
+    *prev_special = false;
+    return spk_tok_spm_encode(tok, s, n, prefix, sink);
+}
+
 spk_status spk_tok_encode(const spk_tok *tok, const char *text, size_t len, bool add_special,
                           bool parse_special, int32_t *out, size_t cap, size_t *n_out)
 {
@@ -42,6 +55,7 @@ spk_status spk_tok_encode(const spk_tok *tok, const char *text, size_t len, bool
 
     if (add_special && tok->add_bos)
         spk_tok_sink_push(&sink, tok->bos);
+    bool prev_special = true; /* SentencePiece: a space before text at the start or after a special */
     size_t seg = 0;
     for (size_t p = 0; p < len && tok->n_special > 0;) {
         size_t tlen = 0;
@@ -53,13 +67,14 @@ spk_status spk_tok_encode(const spk_tok *tok, const char *text, size_t len, bool
             p++;
             continue;
         }
-        if ((st = spk_tok_pretok_encode(tok, &sc, text + seg, p - seg, &sink)))
+        if ((st = encode_text(tok, &sc, text + seg, p - seg, &prev_special, &sink)))
             goto done;
         spk_tok_sink_push(&sink, id);
+        prev_special = true;
         p += tlen;
         seg = p;
     }
-    if ((st = spk_tok_pretok_encode(tok, &sc, text + seg, len - seg, &sink)))
+    if ((st = encode_text(tok, &sc, text + seg, len - seg, &prev_special, &sink)))
         goto done;
     if (add_special && tok->add_eos)
         spk_tok_sink_push(&sink, tok->eos);

@@ -41,8 +41,8 @@ typedef struct spk_tok_str {
  * after spk_tok_new returns.
  */
 typedef struct spk_tok_spec {
-    const char *model;            /* tokenizer.ggml.model: only "gpt2" */
-    const char *pre;              /* tokenizer.ggml.pre: "smollm" or "llama-bpe" (NULL: error) */
+    const char *model;            /* tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece) */
+    const char *pre;              /* tokenizer.ggml.pre: smollm, llama-bpe, gpt-2, qwen2, gpt-4o, tekken... (NULL: error) */
     size_t n_tokens;
     const spk_tok_str *tokens;    /* token text as stored (GPT-2 byte-to-unicode form) */
     const int32_t *token_types;   /* n_tokens SPK_TOKTYPE_* values; NULL: all NORMAL */
@@ -52,6 +52,8 @@ typedef struct spk_tok_spec {
     int add_bos;                  /* 1/0; -1: the pre-tokenizer's default */
     int add_eos;                  /* 1/0; -1: no */
     int64_t n_vocab;              /* expected token count (e.g. the embedding rows); <= 0: unchecked */
+    const float *scores;          /* SentencePiece: n_tokens scores (NULL: all 0) */
+    int add_space_prefix;         /* SentencePiece: 1/0; -1: yes */
 } spk_tok_spec;
 
 /* Set every field to "absent" (ids -1, add_* -1, NULL arrays). */
@@ -70,6 +72,11 @@ spk_status spk_tok_new(const spk_tok_spec *spec, spk_tok **out);
  * or mistyped keys (message names the key).
  */
 spk_status spk_tok_load(const spk_gguf_file *f, int64_t n_vocab, spk_tok **out);
+
+/* The same with tokenizer.ggml.pre replaced by `pre_override` (NULL: the file's): the tests
+ * run one vocabulary under another pre-tokenizer's regexes, as llama.cpp does for a file whose
+ * pre key names it. */
+spk_status spk_tok_load_pre(const spk_gguf_file *f, int64_t n_vocab, const char *pre_override, spk_tok **out);
 
 void spk_tok_free(spk_tok *tok);
 

@@ -22,11 +22,15 @@ case "$GPU" in
 esac
 declare -a SUMMARY
 t0=$(date +%s)
-# 1. conformance, with a synthetic SmolLM2-shaped model for the whole-model comparison
-"$G/bin/spk-synth" --preset smollm2-135m --seed 1 -o /tmp/spk-smol.gguf >/dev/null
-SPK_TEST_MODEL=/tmp/spk-smol.gguf timeout 300 "$G/bin/test_backend_cuda" 2>&1 | tee "$OUT/conformance.log"
-rc=${PIPESTATUS[0]}
-SUMMARY+=("conformance (test_backend_cuda)|$([ "$rc" = 0 ] && echo pass || echo "FAIL rc=$rc")|$(grep -o 'mean |logit diff| [0-9.]*.*' "$OUT/conformance.log" | head -1)")
+# 1. conformance, the whole-model comparison on a synthetic SmolLM2-shaped llama and a qwen3
+rc=0
+for preset in smollm2-135m qwen3-tiny; do
+    "$G/bin/spk-synth" --preset $preset --seed 1 -o /tmp/spk-$preset.gguf >/dev/null
+    SPK_TEST_MODEL=/tmp/spk-$preset.gguf timeout 300 "$G/bin/test_backend_cuda" 2>&1 | tee "$OUT/conformance-$preset.log"
+    r=${PIPESTATUS[0]}
+    [ "$r" = 0 ] || rc=$r
+    SUMMARY+=("conformance, $preset|$([ "$r" = 0 ] && echo pass || echo "FAIL rc=$r")|$(grep -o 'mean |logit diff| [0-9.]*.*' "$OUT/conformance-$preset.log" | head -1)")
+done
 # 2. benchmarks on 8B-class files
 for t in q4_0 q8_0; do
     f=/tmp/spk-l8-$t.gguf

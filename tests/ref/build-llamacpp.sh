@@ -2,9 +2,9 @@
 # build-llamacpp.sh: build llama.cpp as an independent *reference* (never vendored into this repo).
 #
 # What it does (every step is skipped when its result is already there, so rerunning is cheap):
-#   1. `pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36` into
-#      $SPK_CACHE/llamacpp/dl and checks the sdist's sha256.
-#   2. Extracts it to $SPK_CACHE/llamacpp/src/llama_cpp_python-0.3.36.
+#   1. `pip download --no-deps --no-binary llama-cpp-python llama-cpp-python==0.3.36` into
+#      $SPK_CACHE/llamacpp/dl and checks the sdist's sha256 (tests/ref/fetch-llamacpp-src.sh).
+#   2. Extracts it to $SPK_CACHE/llamacpp/src/llama_cpp_python-0.3.36 (the same script).
 #   3. Configures the vendored llama.cpp with cmake (Release, CPU only, GGML_NATIVE=ON, no OpenSSL,
 #      no server/tests/examples) in $SPK_CACHE/llamacpp/build and builds only the targets we
 #      use: libllama (shared, with libggml*), llama-bench, llama-batched-bench, llama-tokenize.
@@ -19,7 +19,6 @@
 set -euo pipefail
 
 VER=0.3.36
-SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 CACHE=${SPK_CACHE:-$HOME/.cache/sparkinfer}
 BASE=$CACHE/llamacpp
 DL=$BASE/dl
@@ -37,25 +36,8 @@ die() { printf '[build-llamacpp] ERROR: %s\n' "$*" >&2; exit 1; }
 
 mkdir -p "$DL" "$BASE/src"
 
-# 1. sdist
-if [ ! -f "$SDIST" ]; then
-    log "downloading llama-cpp-python==$VER sdist"
-    tmpd=$(mktemp -d "$DL/tmp.XXXXXX")
-    "$PYTHON" -m pip download --quiet --no-deps --no-binary :all: \
-        "llama-cpp-python==$VER" -d "$tmpd" >&2
-    mv "$tmpd/llama_cpp_python-$VER.tar.gz" "$SDIST"
-    rm -rf "$tmpd"
-fi
-got=$(sha256sum "$SDIST" | cut -d' ' -f1)
-[ "$got" = "$SDIST_SHA256" ] || die "sha256 mismatch for $SDIST: got $got, want $SDIST_SHA256 (delete it to refetch)"
-
-# 2. extract
-if [ ! -f "$SRC/.spk-extracted" ]; then
-    log "extracting to $SRC"
-    rm -rf "$SRC"
-    tar -xzf "$SDIST" -C "$BASE/src"
-    touch "$SRC/.spk-extracted"
-fi
+# 1.-2. sdist (checked) and its extraction: tests/ref/fetch-llamacpp-src.sh
+"$(dirname "${BASH_SOURCE[0]}")/fetch-llamacpp-src.sh" > /dev/null
 
 # 3. configure (again when the options below change) + build
 cmake_args=(

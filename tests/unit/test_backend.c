@@ -44,9 +44,10 @@ typedef struct job {
     const spk_kv_cache *kv;
     int layer;
     const spk_step *step;
+    int neox, n_heads;
 } job;
 
-enum { OP_EMBED, OP_COPY, OP_RMSNORM, OP_MATMUL, OP_ROPE_ATTN, OP_SWIGLU, OP_ADD };
+enum { OP_EMBED, OP_COPY, OP_RMSNORM, OP_HEAD_NORM, OP_MATMUL, OP_ROPE_ATTN, OP_SWIGLU, OP_ADD };
 
 static void run_job(void *arg, int ith, int nth)
 {
@@ -57,13 +58,14 @@ static void run_job(void *arg, int ith, int nth)
     case OP_EMBED: o->embed(be, j->out, j->mat, j->token, j->n_tok, j->v0, j->n, ith, nth); break;
     case OP_COPY: o->copy_rows(be, j->out, j->a, j->n_tok, j->n, ith, nth); break;
     case OP_RMSNORM: o->rmsnorm(be, j->out, j->a, j->rows, j->w, j->n_tok, j->n, 1e-5f, ith, nth); break;
+    case OP_HEAD_NORM: o->head_rmsnorm(be, j->a, j->w, j->n_tok, j->n_heads, j->n, 1e-6f, ith, nth); break;
     case OP_MATMUL:
         o->quantize(be, j->act, j->mat, j->a, j->n_tok, ith, nth);
         o->barrier(be);
         o->matmul(be, j->out, j->mat, j->act, j->n_tok, ith, nth);
         break;
     case OP_ROPE_ATTN:
-        o->rope_store(be, j->q, j->k, j->v, NH, ROT, j->freqs, j->kv, j->layer, j->step, ith, nth);
+        o->rope_store(be, j->q, j->k, j->v, NH, ROT, j->neox, j->freqs, j->kv, j->layer, j->step, ith, nth);
         o->barrier(be);
         o->attention(be, j->out, j->q, NH, 1.0f / sqrtf((float)HD), j->kv, j->layer, j->step, ith, nth);
         break;
@@ -102,6 +104,24 @@ START_TEST(rows_ops_match_reference)
             close_to(out[r * E + i], want, 1e-5 * (1 + fabs(want)), "rmsnorm", r * E + i);
         }
     }
+    /* per-head rmsnorm in place: T rows of NH heads of HD, one weight vector of HD */
+    float *hx = malloc(sizeof(float) * T * NH * HD), *hw = malloc(sizeof(float) * HD);
+    spk_test_fill(hx, (size_t)T * NH * HD, 4, -3, 3);
+    spk_test_fill(hw, HD, 5, 0.5f, 1.5f);
+    double *href = malloc(sizeof(double) * T * NH * HD);
+    for (int r = 0; r < T * NH; r++) {
+        double ss = 0;
+        for (int i = 0; i < HD; i++)
+            ss += (double)hx[r * HD + i] * hx[r * HD + i];
+        double inv = 1.0 / sqrt(ss / HD + 1e-6);
+        for (int i = 0; i < HD; i++)
+            href[r * HD + i] = hx[r * HD + i] * inv * hw[i];
+    }
+    j = (job){.be = be, .op = OP_HEAD_NORM, .a = hx, .w = hw, .n_tok = T, .n_heads = NH, .n = HD};
+    be->ops->run(be, run_job, &j);
+    for (int i = 0; i < T * NH * HD; i++)
+        close_to(hx[i], href[i], 1e-5 * (1 + fabs(href[i])), "head_rmsnorm", i);
+    free(hx), free(hw), free(href);
     /* swiglu, add, copy */
     j = (job){.be = be, .op = OP_SWIGLU, .out = out, .a = x, .b = y, .n_tok = T, .n = E};
     be->ops->run(be, run_job, &j);
@@ -197,14 +217,15 @@ START_TEST(matmul_matches_float64_every_type)
 }
 END_TEST
 
-/* Reference RoPE ("normal" mode: pairs 2i, 2i+1) in double. */
-static void rope_ref(double *x, int pos, const float *freqs)
+/* Reference RoPE in double: pairs (2i, 2i+1) ("normal" mode) or (i, i + ROT/2) (NEOX). */
+static void rope_ref(double *x, int pos, const float *freqs, int neox)
 {
     for (int i = 0; i < ROT / 2; i++) {
         double a = pos * (double)freqs[i], c = cos(a), s = sin(a);
-        double x0 = x[2 * i], x1 = x[2 * i + 1];
-        x[2 * i] = x0 * c - x1 * s;
-        x[2 * i + 1] = x0 * s + x1 * c;
+        const int i0 = neox ? i : 2 * i, i1 = neox ? i + ROT / 2 : 2 * i + 1;
+        double x0 = x[i0], x1 = x[i1];
+        x[i0] = x0 * c - x1 * s;
+        x[i1] = x0 * s + x1 * c;
     }
 }
 
@@ -214,10 +235,12 @@ static double f16r(double v) { return spk_f16_to_f32(spk_f32_to_f16((float)v)); 
  * Paged KV: two sequences whose blocks are scattered (and one contiguous), a 6-token prefill
  * each, then one decode token each; every query head attends to its GQA KV head over positions
  * 0..pos of its own sequence. Reference in double over the f16-rounded keys and values.
+ * Both RoPE modes (llama's normal pairs, Qwen3's NEOX halves) with 1 and 3 threads.
  */
 START_TEST(paged_attention_matches_reference)
 {
-    g_threads = k_threads[_i];
+    g_threads = k_threads[_i % 2];
+    const int neox = _i / 2;
     spk_backend *be = make();
     const int L = 2, layer = 1, n_blocks = 12, QD = NH * HD, KVD = NKV * HD;
     spk_kv_cache kv = {.rows = (size_t)n_blocks * BS, .kv_dim = KVD, .n_kv_heads = NKV, .head_dim = HD,
@@ -250,11 +273,11 @@ START_TEST(paged_attention_matches_reference)
             for (int i = 0; i < QD; i++)
                 qref[t * QD + i] = q[t * QD + i];
             for (int h = 0; h < NH; h++)
-                rope_ref(qref + t * QD + h * HD, pos[t], freqs);
+                rope_ref(qref + t * QD + h * HD, pos[t], freqs, neox);
             for (int i = 0; i < KVD; i++)
                 kk[i] = k[t * KVD + i];
             for (int h = 0; h < NKV; h++)
-                rope_ref(kk + h * HD, pos[t], freqs);
+                rope_ref(kk + h * HD, pos[t], freqs, neox);
             for (int i = 0; i < KVD; i++) {
                 kref[seq[t]][pos[t]][i] = f16r(kk[i]);
                 vref[seq[t]][pos[t]][i] = f16r(v[t * KVD + i]);
@@ -263,7 +286,7 @@ START_TEST(paged_attention_matches_reference)
         spk_step s = {.n_tok = T, .token = tokv, .pos = pos, .seq = seq, .table_off = table_off, .block_table = table,
                       .contig = contig};
         job j = {.be = be, .op = OP_ROPE_ATTN, .out = out, .q = q, .k = k, .v = v, .freqs = freqs, .kv = &kv,
-                 .layer = layer, .step = &s};
+                 .layer = layer, .step = &s, .neox = neox};
         be->ops->run(be, run_job, &j);
         for (int t = 0; t < T; t++)
             for (int h = 0; h < NH; h++) {
@@ -319,7 +342,7 @@ int main(void)
     tcase_add_loop_test(tc, rows_ops_match_reference, 0, 2);
     tcase_add_loop_test(tc, embed_matches_dequantized_rows, 0, 2);
     tcase_add_loop_test(tc, matmul_matches_float64_every_type, 0, N_TYPES);
-    tcase_add_loop_test(tc, paged_attention_matches_reference, 0, 2);
+    tcase_add_loop_test(tc, paged_attention_matches_reference, 0, 4);
     tcase_add_test(tc, bad_arguments_are_refused);
     suite_add_tcase(s, tc);
     return spk_test_run(s);

@@ -39,10 +39,11 @@ typedef struct job {
     const float *freqs;
     const spk_kv_cache *kv;
     const spk_step *step;
+    int neox;
     spk_backend *be;
 } job;
 
-enum { OP_EMBED, OP_RMSNORM, OP_MATMUL, OP_ROPE_ATTN, OP_SWIGLU, OP_ADD };
+enum { OP_EMBED, OP_RMSNORM, OP_MATMUL, OP_ROPE_ATTN, OP_SWIGLU, OP_ADD, OP_HEADNORM };
 enum { HD = 64, NH = 8, NKV = 2, ROT = 64, BS = 16, CTX = 256 };
 
 static void run_job(void *arg, int ith, int nth)
@@ -59,12 +60,13 @@ static void run_job(void *arg, int ith, int nth)
         o->matmul(be, j->out, j->mat, j->act, j->n_tok, ith, nth);
         break;
     case OP_ROPE_ATTN:
-        o->rope_store(be, j->q, j->k, j->v, NH, ROT, j->freqs, j->kv, 0, j->step, ith, nth);
+        o->rope_store(be, j->q, j->k, j->v, NH, ROT, j->neox, j->freqs, j->kv, 0, j->step, ith, nth);
         o->barrier(be);
         o->attention(be, j->out, j->q, NH, 1.0f / sqrtf((float)HD), j->kv, 0, j->step, ith, nth);
         break;
     case OP_SWIGLU: o->swiglu(be, j->out, j->a, j->b, j->n_tok, j->n, ith, nth); break;
     case OP_ADD: o->add(be, j->out, j->a, j->b, j->n_tok, j->n, ith, nth); break;
+    case OP_HEADNORM: o->head_rmsnorm(be, j->out, j->w, j->n_tok, NH, HD, 1e-6f, ith, nth); break;
     }
 }
 
@@ -136,6 +138,16 @@ START_TEST(elementwise_and_rmsnorm_match_cpu)
         for (int i = 0; i < n_tok * E; i++)
             close_to(g[i], c[i], 1e-5 * (1 + fabs(c[i])), ops[k] == OP_RMSNORM ? "rmsnorm" : "swiglu/add", i);
     }
+    /* per-head RMSNorm in place (qwen3's Q/K norms): T rows of NH heads of HD */
+    memcpy(c, x, sizeof(float) * T * NH * HD);
+    ck_assert_int_eq(gpu_be->ops->copy(gpu_be, dout, x, sizeof(float) * T * NH * HD), SPK_OK);
+    job jc = {.op = OP_HEADNORM, .out = c, .w = w, .n_tok = T};
+    job jg = {.op = OP_HEADNORM, .out = dout, .w = dw, .n_tok = T};
+    run_on(cpu_be, &jc, NULL);
+    run_on(gpu_be, &jg, NULL);
+    to_host(g, dout, sizeof(float) * T * NH * HD);
+    for (int i = 0; i < T * NH * HD; i++)
+        close_to(g[i], c[i], 1e-5 * (1 + fabs(c[i])), "head_rmsnorm", i);
     gpu_be->ops->free(gpu_be, dx), gpu_be->ops->free(gpu_be, dy), gpu_be->ops->free(gpu_be, dw);
     gpu_be->ops->free(gpu_be, dout);
     free(x), free(y), free(w), free(c), free(g);
@@ -239,9 +251,11 @@ START_TEST(matmul_and_embed_match_cpu_every_type)
 END_TEST
 
 /* Paged KV over scattered blocks: a prefill of two sequences (40 and 23 tokens) then a decode
- * token each, rope + store + attention on both backends, outputs and caches compared. */
+ * token each, rope (normal, then NEOX pairs) + store + attention on both backends, outputs and
+ * caches compared. */
 START_TEST(paged_rope_attention_match_cpu)
 {
+    const int neox = _i;
     const int QD = NH * HD, KVD = NKV * HD, n_blocks = 12;
     spk_kv_cache kc = {.rows = (size_t)n_blocks * BS, .kv_dim = KVD, .n_kv_heads = NKV, .head_dim = HD,
                        .block_size = BS, .n_ctx = CTX};
@@ -273,8 +287,10 @@ START_TEST(paged_rope_attention_match_cpu)
               *dv = dev_copy(v, sizeof(float) * T * KVD), *dout = gpu_be->ops->alloc(gpu_be, sizeof(float) * T * QD);
         spk_step s = {.n_tok = T, .token = tokv, .pos = pos, .seq = seq, .table_off = table_off,
                       .block_table = table, .contig = contig, .n_seqs = 2, .n_table = 5};
-        job jc = {.op = OP_ROPE_ATTN, .out = c, .q = q, .k = k, .v = v, .freqs = freqs, .kv = &kc, .step = &s};
-        job jg = {.op = OP_ROPE_ATTN, .out = dout, .q = dq, .k = dk, .v = dv, .freqs = dfreqs, .kv = &kg, .step = &s};
+        job jc = {.op = OP_ROPE_ATTN, .out = c, .q = q, .k = k, .v = v, .freqs = freqs, .kv = &kc, .step = &s,
+                  .neox = neox};
+        job jg = {.op = OP_ROPE_ATTN, .out = dout, .q = dq, .k = dk, .v = dv, .freqs = dfreqs, .kv = &kg,
+                  .step = &s, .neox = neox};
         run_on(cpu_be, &jc, &s);
         run_on(gpu_be, &jg, &s);
         to_host(g, dout, sizeof(float) * T * QD);
@@ -396,7 +412,7 @@ int main(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, elementwise_and_rmsnorm_match_cpu);
     tcase_add_loop_test(tc, matmul_and_embed_match_cpu_every_type, 0, (int)(sizeof k_types / sizeof *k_types));
-    tcase_add_test(tc, paged_rope_attention_match_cpu);
+    tcase_add_loop_test(tc, paged_rope_attention_match_cpu, 0, 2);
     tcase_add_test(tc, default_model_greedy_matches_cpu);
     suite_add_tcase(s, tc);
     return spk_test_run(s);

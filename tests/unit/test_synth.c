@@ -39,7 +39,7 @@ START_TEST(presets_have_the_documented_shapes)
     int n = 0;
     while (names[n])
         n++;
-    ck_assert_int_eq(n, 5);
+    ck_assert_int_eq(n, 7);
     spk_synth_params p;
     for (int i = 0; i < n; i++) {
         ck_assert_int_eq(spk_synth_preset(names[i], &p), SPK_OK);
@@ -72,6 +72,11 @@ START_TEST(presets_have_the_documented_shapes)
     ck_assert_int_eq(p.n_layers, 40);
     ck_assert_int_eq(p.n_embd, 5120);
     ck_assert_int_eq(p.n_heads * p.head_dim, 4096); /* query width differs from n_embd */
+    ck_assert_int_eq(p.arch, SPK_SYNTH_LLAMA);
+    ck_assert_int_eq(spk_synth_preset("qwen3-tiny", &p), SPK_OK);
+    ck_assert_int_eq(p.arch, SPK_SYNTH_QWEN3);
+    ck_assert_int_eq(p.n_heads * p.head_dim, 2 * p.n_embd); /* query width 256, embd 128 */
+    ck_assert_int_eq(p.wtype, SPK_DT_F32);
     ck_assert_int_eq(spk_synth_preset("smollm2-135m", &p), SPK_OK);
     ck_assert_int_eq(p.n_heads, 9);
     ck_assert_int_eq(p.n_kv_heads, 3);
