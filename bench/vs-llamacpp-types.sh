@@ -3,19 +3,21 @@
 #
 # spk-synth writes one F32 model (default: issue 13's shape, D512 L30 H8/4 FF1536 V49152); for
 # each type llama.cpp's llama-quantize makes a GGUF of it (the ftype names users download:
-# Q5_K_M and Q3_K_M mix in Q6_K/Q4_K tensors as llama.cpp chooses; MXFP4_MOE), then
+# Q5_K_M and Q3_K_M mix in Q6_K/Q4_K tensors as llama.cpp chooses; MXFP4 is MXFP4_MOE with
+# --pure and token_embd in Q8_0, since on a dense model plain MXFP4_MOE leaves every tensor
+# Q8_0 - it quantizes only experts to MXFP4), then
 # bench/vs-llamacpp.sh runs llama-bench and spk-bench-single on that file (same threads,
 # pp PROMPT / tg GEN, medians of REPS) and the ratios are collected into one table.
 #
 # Usage: bench/vs-llamacpp-types.sh [--threads N] [--types "Q5_0 Q5_1 ..."] [--layers N]
 #                                   [--prompt-tokens N] [--gen-tokens N] [--reps N] [--build-dir DIR]
-# Defaults: 1 thread, types Q5_0 Q5_1 Q2_K Q3_K_M Q5_K_M MXFP4_MOE, 30 layers, pp512, tg128, 3 reps.
+# Defaults: 1 thread, types Q5_0 Q5_1 Q2_K Q3_K_M Q5_K_M MXFP4, 30 layers, pp512, tg128, 3 reps.
 # Files go to $SPK_CACHE/synth/types-L<layers>/ and are reused when present.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 threads=1 layers=30 p=512 n=128 reps=3 build=$root/build
-types="Q5_0 Q5_1 Q2_K Q3_K_M Q5_K_M MXFP4_MOE"
+types="Q5_0 Q5_1 Q2_K Q3_K_M Q5_K_M MXFP4"
 die() { printf 'vs-llamacpp-types: %s\n' "$*" >&2; exit 1; }
 while [ "$#" -gt 0 ]; do
     case $1 in
@@ -47,7 +49,9 @@ trap 'rm -f "$table"' EXIT
 for t in $types; do
     q=$dir/$t.gguf
     if [ ! -f "$q" ]; then
-        "$quantize" "$f32" "$q.tmp" "$t" >/dev/null 2>"$dir/$t.quantize.log" \
+        args=("$t")
+        if [ "$t" = MXFP4 ]; then args=(MXFP4_MOE); flags=(--pure --token-embedding-type q8_0); else flags=(); fi
+        "$quantize" "${flags[@]}" "$f32" "$q.tmp" "${args[@]}" >/dev/null 2>"$dir/$t.quantize.log" \
             || { tail -5 "$dir/$t.quantize.log" >&2; die "llama-quantize $t failed"; }
         mv "$q.tmp" "$q"
     fi

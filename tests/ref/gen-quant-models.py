@@ -8,7 +8,7 @@ spk-synth writes one small F32 model (the SHAPE below, seed 7). For each type:
     llama-quantize --pure makes; matrices in the type, token_embd in Q8_0, 1-D tensors F32). The
     test writes the same model with spk-synth --type <type> and must get the same hash: our
     writer's blocks are llama.cpp's, byte for byte, over a whole model.
-  - with --quantize (llama-quantize) and --gguf-py, run in build-llamacpp.sh's virtualenv
+  - with --quantize (llama-quantize), run in build-llamacpp.sh's virtualenv
     (numpy, llama_cpp): llama-quantize --pure makes the file, whose tensors must hash the same,
     and "positions" gets llama.cpp's top-5 next-token log-probs after each prefix of TOKENS (one
     batched eval, 2 threads), which the test compares with our forward pass on our copy.
@@ -43,8 +43,8 @@ BLOCK = {0: (1, 4), 8: (32, 34), 6: (32, 22), 7: (32, 24), 10: (256, 84), 11: (2
          13: (256, 176), 39: (32, 17)}
 
 
-def read_gguf_f32(path):
-    """Minimal GGUF v3 reader (no numpy): {name: (ne, f32 bytes)} of an all-F32 file."""
+def read_gguf(path):
+    """Minimal GGUF v3 reader (no numpy): {name: (ne, ggml type, data bytes)}."""
     import struct
     with open(path, "rb") as f:
         buf = f.read()
@@ -91,16 +91,23 @@ def read_gguf_f32(path):
         name, nd = rd_str(), rd("I")
         ne = [rd("Q") for _ in range(nd)]
         ty, o = rd("I"), rd("Q")
-        assert ty == 0, f"{name}: not F32"
-        infos.append((name, ne, o))
+        infos.append((name, ne, ty, o))
     data = (off + align - 1) // align * align
     out = {}
-    for name, ne, o in infos:
+    for name, ne, ty, o in infos:
         n = 1
         for d in ne:
             n *= d
-        out[name] = (ne, buf[data + o:data + o + 4 * n])
+        blk, bsz = BLOCK[ty]
+        out[name] = (ne, ty, buf[data + o:data + o + n // blk * bsz])
     return out
+
+
+def read_gguf_f32(path):
+    """{name: (ne, f32 bytes)} of an all-F32 file."""
+    t = read_gguf(path)
+    assert all(ty == 0 for _, ty, _ in t.values()), f"{path}: not all F32"
+    return {k: (ne, raw) for k, (ne, _, raw) in t.items()}
 
 
 def fnv_feed(h, data):
@@ -140,28 +147,24 @@ def ggml_model_fnv(lib, f32_tensors, wtype):
     return f"{h:016x}", types
 
 
-def fnv_tensors(path, gguf_py):
-    sys.path.insert(0, gguf_py)
-    import gguf  # llama.cpp's own GGUF reader
-
-    import numpy as np
-
-    r = gguf.GGUFReader(path)
+def fnv_tensors(path):
+    """The same hash over a GGUF file's tensors as they are stored."""
+    t = read_gguf(path)
     h = 0xCBF29CE484222325
-    for t in sorted(r.tensors, key=lambda t: t.name):
-        h = fnv_feed(h, t.name.encode())
-        h = fnv_feed(h, int(t.tensor_type).to_bytes(4, "little"))
-        h = fnv_feed(h, bytes(np.ascontiguousarray(t.data).view(np.uint8).reshape(-1)))
-    return f"{h:016x}", {t.name: int(t.tensor_type) for t in r.tensors}
+    for name in sorted(t):
+        _, ty, data = t[name]
+        h = fnv_feed(h, name.encode())
+        h = fnv_feed(h, ty.to_bytes(4, "little"))
+        h = fnv_feed(h, data)
+    return f"{h:016x}", {k: v[1] for k, v in t.items()}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--synth", required=True, help="spk-synth binary")
     ap.add_argument("--libggml", required=True, help="llama.cpp's libggml-base.so")
-    ap.add_argument("--quantize", help="llama-quantize binary (with --gguf-py: also llama.cpp's "
-                    "log-probs, which need the llama_cpp package of build-llamacpp.sh's venv)")
-    ap.add_argument("--gguf-py", help="llama.cpp's gguf-py directory")
+    ap.add_argument("--quantize", help="llama-quantize binary: also llama.cpp's log-probs, which "
+                    "need numpy and the llama_cpp package of build-llamacpp.sh's venv")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     import ctypes
@@ -183,7 +186,7 @@ def main():
                 subprocess.run([args.quantize, "--pure", "--token-embedding-type", "q8_0", f32, q,
                                 theirs], check=True, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-                qfnv, qtypes = fnv_tensors(q, args.gguf_py)
+                qfnv, qtypes = fnv_tensors(q)
                 if (qfnv, qtypes) != (fnv, types):
                     sys.exit(f"{ours}: llama-quantize's file differs from ggml_quantize_chunk's "
                              f"blocks ({qfnv} vs {fnv})")

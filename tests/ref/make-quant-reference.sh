@@ -17,7 +17,7 @@ cmake --build "$build" -j"${SPK_JOBS:-2}" --target spk-synth >/dev/null
 "$py" "$here/gen-quant-ref.py" "$(get LLAMACPP_LIB)/libggml-base.so" "$root/tests/data/quant"
 extra=()
 if [ -z "${NO_LOGPROBS:-}" ]; then
-    extra=(--quantize "$(get LLAMA_QUANTIZE)" --gguf-py "$(get LLAMACPP_SRC)/gguf-py")
+    extra=(--quantize "$(get LLAMA_QUANTIZE)")
 fi
 "$py" "$here/gen-quant-models.py" --synth "$build/examples/spk-synth" \
     --libggml "$(get LLAMACPP_LIB)/libggml-base.so" "${extra[@]}" \
