@@ -93,6 +93,19 @@ spk_status spk_request_init(spk_request *req)
     return SPK_OK;
 }
 
+#define STRUCT_INIT(fn, type)                                                                           \
+    spk_status fn(type *x)                                                                              \
+    {                                                                                                   \
+        if (!x)                                                                                         \
+            return spk_err(SPK_ERR_INVALID_ARG, #fn ": NULL argument");                                 \
+        memset(x, 0, sizeof *x);                                                                        \
+        x->struct_size = sizeof *x;                                                                     \
+        return SPK_OK;                                                                                  \
+    }
+STRUCT_INIT(spk_model_info_init, spk_model_info)
+STRUCT_INIT(spk_rank_stats_init, spk_rank_stats)
+STRUCT_INIT(spk_model_stats_init, spk_model_stats)
+
 spk_status spk_output_init(spk_output *out)
 {
     if (!out)
