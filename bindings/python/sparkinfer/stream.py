@@ -88,7 +88,10 @@ class Generation:
     """Iterator over the decoded text pieces of one request (see :meth:`Model.generate`).
 
     Attributes: ``request_id``; ``tokens`` (generated so far); ``text`` (pieces so far);
-    ``finish`` (None until the final event) and ``status``. Consume it from one thread at a
+    ``finish`` (None until the final event), ``status`` and ``message`` (the error detail);
+    ``logprobs``: (logprob, top_logprobs) per token when the request asked for them. With
+    ``skip_special`` (the default) the pieces are the library's output text, so stop strings are
+    cut from it. Consume it from one thread at a
     time. ``close()`` (or leaving a ``with`` block / ``for`` loop early) cancels the request.
     """
 
@@ -102,6 +105,9 @@ class Generation:
         self._timeout_ms = -1 if timeout_s is None else max(0, int(timeout_s * 1000))
         self._detok = None
         self._done = False
+        self.message = ""
+        self.logprobs: List = []   # (logprob, top_logprobs) per token, when asked for
+        self._lib_text = skip_special
         self._detok = Detokenizer(model, skip_special)
         try:
             self.request_id = model._submit_owned([request], self._queue)[0]
@@ -135,11 +141,18 @@ class Generation:
             piece = ""
             if e.token is not None:
                 self.tokens.append(e.token)
-                piece = self._detok._push(e.token)
+                if not self._lib_text:
+                    piece = self._detok._push(e.token)
+            if self._lib_text:
+                piece = e.text   # the library's text: stop strings cut, special tokens skipped
+            if e.token is not None and (e.logprob is not None or e.top_logprobs):
+                self.logprobs.append((e.logprob, e.top_logprobs))
             if e.finish != Finish.NONE:
                 self.finish = e.finish
                 self.status = e.status
-                piece += self._detok._push(-1)
+                self.message = e.message
+                if not self._lib_text:
+                    piece += self._detok._push(-1)
                 self._done = True
                 self.model._release_owned(self.request_id, q, True)
                 self._free_detok()
