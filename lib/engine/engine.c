@@ -235,7 +235,7 @@ static void emit(spk_engine *e, const req *r, int32_t tok, int32_t pos, spk_fini
         if (i < 0)
             return;
         spk_output *o = &e->recs[i];
-        memset(o, 0, offsetof(spk_output, top)); /* the rest is written below */
+        memset(o, 0, sizeof *o); /* no stale bytes of an earlier output reach a caller */
         o->struct_size = sizeof *o;
         o->request_id = r->id;
         o->token = first ? tok : -1;

@@ -84,6 +84,9 @@ class Detokenizer:
             pass
 
 
+_CLOSED = object()   # what a wait returns when close() ran in another thread
+
+
 class Generation:
     """Iterator over the decoded text pieces of one request (see :meth:`Model.generate`).
 
@@ -132,7 +135,11 @@ class Generation:
     def __next__(self) -> str:
         while not self._done:
             q = self._queue
-            evs = self.model._wait(lambda: q.popleft() if q else None, self._timeout_ms)
+            # close() from another thread sets _done: the wait ends then (it re-checks in slices)
+            evs = self.model._wait(lambda: q.popleft() if q else (_CLOSED if self._done else None),
+                                   self._timeout_ms)
+            if evs is _CLOSED:
+                break
             if evs is None:
                 self.close()
                 raise make_error(Status.TIMEOUT, "request %d: no event within %d ms"

@@ -70,3 +70,17 @@ def test_error_message_reaches_python(model):
         evs += model.poll(timeout_ms=30000)
     assert evs[-1].request_id == rid and "the context holds 512" in evs[-1].message
     assert evs[-1].n_prompt > 512
+
+
+def test_close_without_wait_from_another_thread_ends_the_consumer(model):
+    import threading
+    g = model.generate("Count to one thousand:", max_tokens=400, temperature=0, ignore_eos=True)
+    got = []
+    t = threading.Thread(target=lambda: got.extend(g))
+    t.start()
+    while not got:
+        t.join(0.01)
+    g.close(wait=False)
+    t.join(10)
+    assert not t.is_alive()   # the consuming thread was not left blocked
+    assert len(g.tokens) < 400
