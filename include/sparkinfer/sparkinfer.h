@@ -405,8 +405,12 @@ typedef struct spk_request {
     int logprobs;               /**< 1: each token output carries the sampled token's log-prob */
     int top_logprobs;           /**< 0..SPK_MAX_TOP_LOGPROBS alternatives per token output
                                      (implies logprobs) */
-    int prompt_logprobs;        /**< reserved: must be 0 (prompt log-probs are not implemented;
-                                     SPK_ERR_UNSUPPORTED) */
+    int prompt_logprobs;        /**< 1: outputs for the prompt tokens come first ("echo"): one
+                                     per prompt position (finish NONE, n_generated 0, no text),
+                                     the first with logprob NAN, each later one the log-prob of
+                                     that prompt token given the ones before, with top_logprobs
+                                     alternatives. Prompts are then computed in chunks of at
+                                     most 32 positions per step */
     int private_events;         /**< 1: this request's outputs go only to spk_poll_request(id),
                                      never to spk_poll / spk_poll_outputs */
 } spk_request;

@@ -21,6 +21,8 @@ typedef struct result {
     int32_t tok[GEN];
     float lp[GEN];
     spk_token_logprob top[GEN][TOP];
+    int n_echo;                 /* prompt outputs (prompt_logprobs) */
+    float echo_lp[64];
     char text[2048];
 } result;
 
@@ -60,6 +62,7 @@ static void run(int pp, int tp, result *res)
     r.min_p = 0.05f;
     r.logprobs = 1;
     r.top_logprobs = TOP;
+    r.prompt_logprobs = 1;
     uint64_t id;
     ck_assert_msg(spk_submit(m, &r, 1, &id) == SPK_OK, "%s", spk_last_error());
     memset(res, 0, sizeof *res);
@@ -74,7 +77,12 @@ static void run(int pp, int tp, result *res)
             ck_assert_int_ne(o[i].finish, SPK_FINISH_ERROR);
             memcpy(res->text + tl, o[i].text, o[i].text_len);
             tl += o[i].text_len;
-            if (o[i].token >= 0) {
+            if (o[i].token >= 0 && o[i].position < o[i].n_prompt) { /* an echoed prompt token */
+                ck_assert_int_eq(o[i].position, res->n_echo);
+                ck_assert_int_lt(res->n_echo, 64);
+                res->echo_lp[res->n_echo++] = o[i].logprob;
+                ck_assert(o[i].position == 0 ? isnan(o[i].logprob) : o[i].logprob <= 0);
+            } else if (o[i].token >= 0) {
                 ck_assert_int_eq(o[i].n_top, TOP);
                 res->tok[res->n] = o[i].token;
                 res->lp[res->n] = o[i].logprob;
@@ -112,6 +120,11 @@ START_TEST(pp2_equals_one_rank)
     run(2, 1, &two);
     printf("one rank: '%s'\npp 2:     '%s'\n", one.text, two.text);
     ck_assert(memcmp(one.tok, two.tok, sizeof one.tok) == 0);
+    ck_assert_int_gt(one.n_echo, 8);
+    ck_assert_int_eq(one.n_echo, two.n_echo);
+    for (int i = 1; i < one.n_echo; i++)
+        ck_assert_msg(fabsf(one.echo_lp[i] - two.echo_lp[i]) < 1e-3f, "prompt %d: %g vs %g", i, one.echo_lp[i],
+                      two.echo_lp[i]);
     for (int i = 0; i < GEN; i++) {
         ck_assert_msg(fabsf(one.lp[i] - two.lp[i]) < 1e-3f, "token %d: %g vs %g", i, one.lp[i], two.lp[i]);
         for (int j = 0; j < TOP; j++)
@@ -140,6 +153,10 @@ START_TEST(tp2_combines_the_shards)
     }
     ck_assert_msg(fabs(shift / 3) < 0.15, "mean shift %g", shift / 3);
     ck_assert_int_eq(one.tok[0], two.tok[0]);
+    ck_assert_int_eq(one.n_echo, two.n_echo);
+    for (int i = 1; i < one.n_echo; i++)
+        ck_assert_msg(fabsf(one.echo_lp[i] - two.echo_lp[i]) < 0.3f, "prompt %d: %g vs %g", i, one.echo_lp[i],
+                      two.echo_lp[i]);
 }
 END_TEST
 

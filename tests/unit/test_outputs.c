@@ -71,7 +71,7 @@ static void collect(uint64_t id, int priv, run *r)
             memcpy(r->text + r->text_len, o[i].text, o[i].text_len);
             r->text_len += o[i].text_len;
             r->text[r->text_len] = '\0';
-            if (o[i].token >= 0) {
+            if (o[i].token >= 0 && o[i].position >= o[i].n_prompt) { /* generated, not an echoed prompt token */
                 r->tok[r->n_tok++] = o[i].token;
                 ck_assert_int_eq(o[i].n_generated, r->n_tok);
             }
@@ -451,8 +451,77 @@ START_TEST(logprobs_of_greedy_tokens)
     r.top_logprobs = SPK_MAX_TOP_LOGPROBS + 1;
     ck_assert_int_eq(spk_submit(model, &r, 1, &id), SPK_ERR_INVALID_ARG);
     r.top_logprobs = 0;
+    r.prompt_logprobs = 2;
+    ck_assert_int_eq(spk_submit(model, &r, 1, &id), SPK_ERR_INVALID_ARG);
+}
+END_TEST
+
+/* prompt_logprobs ("echo"): one output per prompt token first, each with the log-prob the model
+ * gives that token after the ones before it; checked against requests whose prompt ends just
+ * before it. The prompt is longer than a step's 32 prompt rows. */
+START_TEST(prompt_logprobs_echo)
+{
+    const char *text = "The quick brown fox jumps over the lazy dog. The capital of France is Paris, and the "
+                       "capital of Italy is Rome. One, two, three, four, five, six, seven, eight, nine, ten.";
+    int32_t ids[128];
+    size_t np;
+    ck_assert_int_eq(spk_tokenize(model, text, strlen(text), 1, 1, ids, 128, &np), SPK_OK);
+    ck_assert_uint_gt(np, 40);
+    spk_request r;
+    greedy(&r, text, 3);
     r.prompt_logprobs = 1;
-    ck_assert_int_eq(spk_submit(model, &r, 1, &id), SPK_ERR_UNSUPPORTED);
+    r.top_logprobs = 20;
+    uint64_t id;
+    ck_assert_msg(spk_submit(model, &r, 1, &id) == SPK_OK, "%s", spk_last_error());
+    static run a, b;
+    collect(id, 0, &a);
+    ck_assert_int_eq(a.n, (int)np + 3);
+    for (int q = 0; q < (int)np; q++) {
+        const spk_output *o = &a.out[q];
+        ck_assert_int_eq(o->position, q);
+        ck_assert_int_eq(o->token, ids[q]);
+        ck_assert_int_eq(o->n_generated, 0);
+        ck_assert_uint_eq(o->text_len, 0);
+        if (q == 0) {
+            ck_assert(isnan(o->logprob));
+            ck_assert_int_eq(o->n_top, 0);
+        } else {
+            ck_assert(isfinite(o->logprob) && o->logprob <= 0.0f && o->logprob <= o->top[0].logprob + 1e-6f);
+            ck_assert_int_eq(o->n_top, 20);
+        }
+    }
+    ck_assert_int_eq(a.out[np].position, (int)np); /* then the generated tokens */
+    ck_assert(isfinite(a.out[np].logprob));        /* logprobs is implied by top_logprobs */
+    ck_assert_int_eq(a.out[np].n_generated, 1);
+    /* position q's distribution is what a prompt of the first q tokens predicts next */
+    const int qs[3] = {1, 17, (int)np - 1};
+    for (int k = 0; k < 3; k++) {
+        int q = qs[k];
+        spk_request p;
+        greedy(&p, "", 1);
+        p.text = NULL;
+        p.prompt = ids;
+        p.n_prompt = (size_t)q;
+        p.top_logprobs = 20;
+        ck_assert_int_eq(spk_submit(model, &p, 1, &id), SPK_OK);
+        collect(id, 0, &b);
+        const spk_output *e = &a.out[q], *f = &b.out[0];
+        for (int j = 0; j < 20; j++) {
+            ck_assert_int_eq(e->top[j].token, f->top[j].token);
+            ck_assert_msg(fabsf(e->top[j].logprob - f->top[j].logprob) < 1e-3f, "q %d top %d: %g vs %g", q, j,
+                          e->top[j].logprob, f->top[j].logprob);
+            if (f->top[j].token == ids[q])
+                ck_assert(fabsf(e->logprob - f->top[j].logprob) < 1e-3f);
+        }
+    }
+    /* the generated tokens are the ones without echo */
+    r.prompt_logprobs = 0;
+    ck_assert_int_eq(spk_submit(model, &r, 1, &id), SPK_OK);
+    collect(id, 0, &b);
+    ck_assert_int_eq(a.n_tok, 3);
+    ck_assert_int_eq(b.n_tok, 3);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(b.tok[i], a.tok[i]);
 }
 END_TEST
 
@@ -632,6 +701,7 @@ int main(void)
         tcase_add_test(tm, stop_string_across_tokens);
         tcase_add_test(tm, private_requests_poll_their_own);
         tcase_add_test(tm, logprobs_of_greedy_tokens);
+        tcase_add_test(tm, prompt_logprobs_echo);
         tcase_add_test(tm, seed_random_by_default_fixed_when_set);
         tcase_add_test(tm, frequency_penalty_reduces_repetition);
         suite_add_tcase(s, tm);

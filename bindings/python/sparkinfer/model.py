@@ -367,6 +367,7 @@ class Model:
             creq.n_stop_strings = len(stops)
         creq.logprobs = 1 if r.logprobs or r.top_logprobs else 0
         creq.top_logprobs = _c_int(fn, what + " top_logprobs", r.top_logprobs or 0, 0)
+        creq.prompt_logprobs = 1 if r.prompt_logprobs else 0
 
     def _build(self, reqs):
         """The C request array for Request objects (tokenizing text prompts), plus the arrays
@@ -530,6 +531,7 @@ class Model:
         tokens = {}
         texts = {}
         lps = {}
+        echo = {}
         queue = collections.deque()
         pending = 0                     # next request to submit
         running = set()
@@ -572,7 +574,9 @@ class Model:
 
                 for e in self._wait(take, wait_ms):
                     texts[e.request_id].append(e.text)
-                    if e.token is not None:
+                    if e.token is not None and e.position is not None and e.position < e.n_prompt:
+                        echo.setdefault(e.request_id, []).append((e.token, e.logprob, e.top_logprobs))
+                    elif e.token is not None:
                         tokens[e.request_id].append(e.token)
                         lps[e.request_id].append((e.logprob, e.top_logprobs))
                     if e.finish != Finish.NONE:
@@ -588,7 +592,8 @@ class Model:
                         want = r.logprobs or r.top_logprobs
                         results[index[rid]] = Output(rid, toks, text, e.finish, e.status, e.message,
                                                      [x[0] for x in lp] if want else None,
-                                                     [x[1] for x in lp] if r.top_logprobs else None)
+                                                     [x[1] for x in lp] if r.top_logprobs else None,
+                                                     echo.pop(rid, []) if r.prompt_logprobs else None)
         finally:
             for rid in list(running):
                 try:

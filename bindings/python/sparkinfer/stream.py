@@ -110,6 +110,7 @@ class Generation:
         self._done = False
         self.message = ""
         self.logprobs: List = []   # (logprob, top_logprobs) per token, when asked for
+        self.prompt_logprobs: List = []   # (token, logprob, top_logprobs) per prompt token (echo)
         self._lib_text = skip_special
         self._detok = Detokenizer(model, skip_special)
         try:
@@ -146,6 +147,9 @@ class Generation:
                                  % (self.request_id, self._timeout_ms), None, "generate")
             e = evs
             piece = ""
+            if e.token is not None and e.position is not None and e.position < e.n_prompt:
+                self.prompt_logprobs.append((e.token, e.logprob, e.top_logprobs))   # echo
+                continue
             if e.token is not None:
                 self.tokens.append(e.token)
                 if not self._lib_text:

@@ -87,7 +87,9 @@ class Request:
     after any of ``stop_tokens``, when the output text contains one of ``stop`` (up to 16
     strings; the match and what follows are not part of the text), or, unless ``ignore_eos``,
     at the model's end-of-generation tokens. ``logprobs`` asks for each token's log-prob (the
-    model's log-softmax), ``top_logprobs`` (0..20) for that many alternatives too.
+    model's log-softmax), ``top_logprobs`` (0..20) for that many alternatives too;
+    ``prompt_logprobs`` for events of the prompt tokens first (echo: the first one's log-prob is
+    None).
     """
     prompt: Union[str, bytes, Sequence[int]]
     max_tokens: Optional[int] = None
@@ -107,6 +109,7 @@ class Request:
     presence_penalty: Optional[float] = None
     logprobs: bool = False
     top_logprobs: int = 0
+    prompt_logprobs: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,8 +185,9 @@ def _event_from_c(e):
 @dataclasses.dataclass
 class Output:
     """The result of one request of :meth:`Model.generate_many`. ``logprobs`` and
-    ``top_logprobs`` hold one entry per token when the request asked for them; ``message`` is
-    the library's error detail."""
+    ``top_logprobs`` hold one entry per token when the request asked for them;
+    ``prompt_logprobs`` one (token, logprob, top_logprobs) per prompt token with
+    Request.prompt_logprobs; ``message`` is the library's error detail."""
     request_id: int
     tokens: List[int]
     text: str
@@ -192,6 +196,7 @@ class Output:
     message: str = ""
     logprobs: Optional[List[float]] = None
     top_logprobs: Optional[List[Tuple[Tuple[int, float], ...]]] = None
+    prompt_logprobs: Optional[List[Tuple[int, Optional[float], Tuple[Tuple[int, float], ...]]]] = None
 
     def error(self) -> Optional[SparkinferError]:
         """The request's error as an exception (not raised), or None."""
@@ -203,5 +208,5 @@ class Output:
 
 _SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "seed", "stop_tokens", "ignore_eos", "stop", "min_p",
                   "repeat_penalty", "repeat_last_n", "frequency_penalty", "presence_penalty", "logprobs",
-                  "top_logprobs",
+                  "top_logprobs", "prompt_logprobs",
                   "add_special", "parse_special")

@@ -84,3 +84,13 @@ def test_close_without_wait_from_another_thread_ends_the_consumer(model):
     t.join(10)
     assert not t.is_alive()   # the consuming thread was not left blocked
     assert len(g.tokens) < 400
+
+
+def test_prompt_logprobs(model):
+    ids = model.tokenize("The capital of France is")
+    out = model.generate_many([Request(ids, max_tokens=2, temperature=0, prompt_logprobs=True, top_logprobs=2)])[0]
+    assert [t for t, _, _ in out.prompt_logprobs] == ids and len(out.tokens) == 2
+    assert out.prompt_logprobs[0][1] is None and all(lp <= 0 for _, lp, _ in out.prompt_logprobs[1:])
+    alone = model.generate_many([Request(ids[:3], max_tokens=1, temperature=0, top_logprobs=2)])[0]
+    assert out.prompt_logprobs[3][2][0][0] == alone.top_logprobs[0][0][0]
+    assert abs(out.prompt_logprobs[3][2][0][1] - alone.top_logprobs[0][0][1]) < 1e-3
