@@ -38,7 +38,7 @@ build-tsan: deps
 
 # Every test, in the normal build and again under ASan+UBSan; the threaded ones (engine, API,
 # pool, cluster) also under TSan, with the engine test's smaller request set.
-TSAN_TESTS = test_engine|test_api|test_pool|test_cluster$$|test_cluster_auth|test_transport_tcp_auth|test_submit|test_bounds|test_backend
+TSAN_TESTS = test_engine|test_api|test_outputs|test_pool|test_cluster$$|test_cluster_auth|test_transport_tcp_auth|test_submit|test_bounds|test_backend$$
 test: model refsrc build build-asan build-tsan
 	cd $(BUILD) && SPK_TEST_MODEL=$(MODEL) ctest --output-on-failure -j1
 	cd $(TSAN_BUILD) && SPK_TEST_MODEL=$(MODEL) SPK_TEST_SMALL=1 TSAN_OPTIONS=halt_on_error=1 \

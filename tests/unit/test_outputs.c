@@ -690,7 +690,17 @@ int main(void)
     tcase_add_test(tc, penalties_match_reference);
     tcase_add_test(tc, min_p_removes_what_it_should);
     suite_add_tcase(s, tc);
-    if (spk_test_model_path()) {
+    if (spk_test_model_path() && getenv("SPK_TEST_SMALL")) {
+        /* the TSan run (make test): the cases where threads meet (engine thread, several pollers,
+         * the held-back text and stop strings), not the whole suite (5 minutes under TSan) */
+        TCase *tm = tcase_create("model_threads");
+        tcase_add_checked_fixture(tm, model_setup, model_teardown);
+        tcase_set_timeout(tm, 600);
+        tcase_add_test(tm, private_requests_poll_their_own);
+        tcase_add_test(tm, stop_string_across_tokens);
+        suite_add_tcase(s, tm);
+        printf("SPK_TEST_SMALL: the threaded cases only\n");
+    } else if (spk_test_model_path()) {
         TCase *tm = tcase_create("model");
         tcase_add_checked_fixture(tm, model_setup, model_teardown);
         tcase_set_timeout(tm, 600);
