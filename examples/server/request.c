@@ -406,6 +406,8 @@ int spk_srv_req_parse(const spk_srv *s, int chat, const char *body, size_t len, 
         r->seed = d < 0 ? (uint64_t)(int64_t)d : (uint64_t)d;
     if (r->seed == SPK_SEED_RANDOM)
         r->seed--; /* a client's -1 is a seed like any other */
+    if (get_bool(root, "ignore_eos", &r->ignore_eos, err))
+        goto out;
     if (get_bool(root, "stream", &r->stream, err))
         goto out;
     const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");

@@ -92,6 +92,7 @@ typedef struct spk_srv_req {
     int max_tokens;
     float temperature, top_p, min_p, presence, frequency, repeat_penalty;
     int top_k;
+    int ignore_eos;             /* extension (as llama-server): do not stop at end-of-generation */
     uint64_t seed;
 } spk_srv_req;
 
