@@ -22,7 +22,13 @@ failures = 0
 
 
 def check(what, cond, detail=""):
+    """cond: a value, or a function (an exception in it is a failure)."""
     global failures
+    if callable(cond):
+        try:
+            cond = cond()
+        except Exception as e:  # noqa: BLE001
+            cond, detail = False, "%s: %s %s" % (type(e).__name__, e, detail)
     if cond:
         print("ok:", what)
     else:
@@ -97,16 +103,16 @@ lp = client.chat.completions.create(model=NAME, messages=MSG, max_tokens=8, temp
 content = lp.choices[0].logprobs.content
 check("logprobs: one entry per generated token", len(content) == lp.usage.completion_tokens,
       f"{len(content)} vs {lp.usage.completion_tokens}")
-ok = all(e.logprob <= 1e-4 and len(e.top_logprobs) == 3 and
+ok = lambda: len(content) > 0 and all(e.logprob <= 1e-4 and len(e.top_logprobs) == 3 and
          all(a.logprob >= b.logprob - 1e-5 for a, b in zip(e.top_logprobs, e.top_logprobs[1:])) for e in content)
 check("logprobs: <= 0, 3 alternatives, most likely first", ok)
-check("logprobs: greedy picks the most likely alternative",
-      all(e.token == e.top_logprobs[0].token and abs(e.logprob - e.top_logprobs[0].logprob) < 1e-3 for e in content))
+check("logprobs: greedy picks the most likely alternative", lambda:
+      len(content) > 0 and all(len(e.top_logprobs) > 0 and e.token == e.top_logprobs[0].token and abs(e.logprob - e.top_logprobs[0].logprob) < 1e-3 for e in content))
 joined = "".join(e.token for e in content)
 check("logprobs: the tokens spell the answer", joined.startswith(lp.choices[0].message.content),
       repr(joined) + " vs " + repr(lp.choices[0].message.content))
 clp = client.completions.create(model=NAME, prompt=PROMPT, max_tokens=6, temperature=0, logprobs=2).choices[0].logprobs
-check("completion logprobs: tokens, token_logprobs, top_logprobs aligned",
+check("completion logprobs: tokens, token_logprobs, top_logprobs aligned", lambda:
       len(clp.tokens) == len(clp.token_logprobs) == len(clp.top_logprobs) == 6
       and all(len(t) >= 1 for t in clp.top_logprobs), str(clp))
 
