@@ -2,6 +2,7 @@
  * The public API: argument checks, handle lifetimes, version and build info. Work is done by
  * the modules below (model/, engine/, cluster/); nothing else lives here.
  */
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,6 +87,21 @@ spk_status spk_request_init(spk_request *req)
     req->temperature = 0.8f;
     req->top_k = 40;
     req->top_p = 0.95f;
+    req->seed = SPK_SEED_RANDOM;
+    req->repeat_penalty = 1.0f;
+    req->repeat_last_n = 64;
+    return SPK_OK;
+}
+
+spk_status spk_output_init(spk_output *out)
+{
+    if (!out)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_output_init: out is NULL");
+    memset(out, 0, sizeof *out);
+    out->struct_size = sizeof *out;
+    out->token = -1;
+    out->position = -1;
+    out->logprob = NAN;
     return SPK_OK;
 }
 
@@ -169,7 +185,7 @@ spk_status spk_model_load(spk_cluster *cluster, const spk_model_config *cfg_in, 
     spk_engine_params ep = {
         .exec = m->exec, .max_tok = max_tok, .n_blocks = (int)n_blocks, .block_size = block_size,
         .n_vocab = m->hp.n_vocab, .n_ctx = m->n_ctx, .max_seqs = max_seqs,
-        .queue_capacity = cfg.queue_capacity ? cfg.queue_capacity : 1024, .is_eog = eog_cb, .eog_ctx = m->tok,
+        .queue_capacity = cfg.queue_capacity ? cfg.queue_capacity : 1024, .is_eog = eog_cb, .eog_ctx = m->tok, .tok = m->tok,
     };
     if ((st = spk_engine_start(&ep, &m->engine)) != SPK_OK)
         goto fail;
@@ -336,6 +352,45 @@ spk_status spk_poll(spk_model *m, spk_event *events, size_t cap, size_t *n_out, 
     if (!m || !events || cap == 0 || !n_out || timeout_ms < -1)
         return spk_err(SPK_ERR_INVALID_ARG, "spk_poll: NULL argument, zero capacity or timeout %d", timeout_ms);
     return spk_engine_poll(m->engine, events, cap, n_out, timeout_ms);
+}
+
+/* The stride of a caller's output array: out[0].struct_size, at least up to `status`. */
+static spk_status output_stride(const spk_output *out, const char *what, size_t *stride)
+{
+    *stride = out->struct_size;
+    if (*stride < offsetof(spk_output, status) + sizeof(int32_t) || *stride > 65536)
+        return spk_err(SPK_ERR_INVALID_ARG, "%s: out[0].struct_size %zu is not valid (use spk_output_init)", what,
+                       *stride);
+    return SPK_OK;
+}
+
+spk_status spk_poll_outputs(spk_model *m, spk_output *out, size_t cap, size_t *n_out, int timeout_ms)
+{
+    if (n_out)
+        *n_out = 0;
+    if (!m || !out || cap == 0 || !n_out || timeout_ms < -1)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_poll_outputs: NULL argument, zero capacity or timeout %d",
+                       timeout_ms);
+    size_t stride;
+    spk_status st = output_stride(out, "spk_poll_outputs", &stride);
+    if (st != SPK_OK)
+        return st;
+    return spk_engine_poll_outputs(m->engine, out, stride, cap, n_out, timeout_ms);
+}
+
+spk_status spk_poll_request(spk_model *m, uint64_t request_id, spk_output *out, size_t cap, size_t *n_out,
+                            int timeout_ms)
+{
+    if (n_out)
+        *n_out = 0;
+    if (!m || !out || cap == 0 || !n_out || timeout_ms < -1)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_poll_request: NULL argument, zero capacity or timeout %d",
+                       timeout_ms);
+    size_t stride;
+    spk_status st = output_stride(out, "spk_poll_request", &stride);
+    if (st != SPK_OK)
+        return st;
+    return spk_engine_poll_request(m->engine, request_id, out, stride, cap, n_out, timeout_ms);
 }
 
 spk_status spk_cancel(spk_model *m, uint64_t request_id)

@@ -360,11 +360,50 @@ typedef struct spk_request {
     float temperature;          /**< 0: greedy (default 0.8) */
     int top_k;                  /**< 0: off (default 40) */
     float top_p;                /**< 1: off (default 0.95) */
-    uint64_t seed;              /**< RNG seed; the same seed gives the same tokens */
+    uint64_t seed;              /**< RNG seed; the same seed gives the same tokens.
+                                     SPK_SEED_RANDOM (default): a random one per request */
     const int32_t *stop_tokens; /**< generation ends after emitting one of these (copied) */
     size_t n_stop;
     int ignore_eos;             /**< 1: do not stop at the model's end-of-generation tokens */
+    /* ---- appended in 0.1 (issue 11); a caller whose struct_size ends before a field gets its
+     * default. Each field's default is what spk_request_init sets. ---- */
+    const char *text;           /**< prompt as UTF-8, used when prompt == NULL and n_prompt == 0:
+                                     tokenized by the library as spk_tokenize(add_special = 1,
+                                     parse_special = 1) would; copied at submit */
+    size_t text_len;            /**< bytes of text */
+    const char *const *stop_strings; /**< output text that ends the request (SPK_FINISH_STOP); the
+                                     matched text and anything after it are not emitted; matched
+                                     across token boundaries; copied at submit */
+    size_t n_stop_strings;      /**< <= SPK_MAX_STOP_STRINGS; each 1..SPK_MAX_STOP_LEN bytes of
+                                     valid UTF-8, NUL-terminated */
+    float min_p;                /**< 0: off (default). Keeps the tokens whose probability (after
+                                     temperature) is at least min_p times the top token's */
+    float repeat_penalty;       /**< 1: off (default). llama.cpp semantics: a logit of a token
+                                     among the last repeat_last_n tokens of the sequence (prompt
+                                     included) is divided by it if positive, multiplied if not */
+    int repeat_last_n;          /**< window of repeat_penalty (default 64; 0: off; -1: context) */
+    float frequency_penalty;    /**< 0: off; -2..2. OpenAI semantics over the generated tokens:
+                                     logit -= count * frequency_penalty */
+    float presence_penalty;     /**< 0: off; -2..2: logit -= presence_penalty if count > 0 */
+    int logprobs;               /**< 1: each token output carries the sampled token's log-prob */
+    int top_logprobs;           /**< 0..SPK_MAX_TOP_LOGPROBS alternatives per token output
+                                     (implies logprobs) */
+    int prompt_logprobs;        /**< reserved: must be 0 (prompt log-probs are not implemented;
+                                     SPK_ERR_UNSUPPORTED) */
+    int private_events;         /**< 1: this request's outputs go only to spk_poll_request(id),
+                                     never to spk_poll / spk_poll_outputs */
 } spk_request;
+
+/** Limits of spk_request fields. */
+#define SPK_MAX_STOP_STRINGS 16
+#define SPK_MAX_STOP_LEN 256
+#define SPK_MAX_TOP_LOGPROBS 20
+/** Bytes of text[] in spk_output (NUL included). */
+#define SPK_OUTPUT_TEXT_CAP 512
+/** spk_request.seed value that asks the library to draw a random seed (spk_request_init's
+ *  default, from getrandom()); any other value is used as is: the same seed gives the same
+ *  tokens. */
+#define SPK_SEED_RANDOM UINT64_MAX
 
 /** Fill `req` with defaults and set struct_size. */
 SPK_API spk_status spk_request_init(spk_request *req);
@@ -389,6 +428,48 @@ typedef struct spk_event {
                                      measure TTFT/TPOT with it, not with the time of spk_poll */
     int32_t reserved[2];        /**< zero */
 } spk_event;
+
+/** A token and its log-probability. */
+typedef struct spk_token_logprob {
+    int32_t token;
+    float logprob;
+} spk_token_logprob;
+
+/**
+ * A rich output of a request (spk_poll_outputs, spk_poll_request): what a server needs. Fill
+ * (at least out[0]) with spk_output_init() first; arrays of outputs use out[0].struct_size as
+ * their stride, and the library writes min(struct_size, its own size) bytes of each.
+ *
+ * A request's outputs: one per generated token (token >= 0), possibly followed by text-only
+ * outputs (token -1) when its text does not fit text[]; the last output of a request has
+ * finish != SPK_FINISH_NONE (it may carry a token, or be token -1).
+ */
+typedef struct spk_output {
+    size_t struct_size;         /**< sizeof(spk_output), set by spk_output_init */
+    uint64_t request_id;
+    int32_t token;              /**< -1: no token (final output, or text carried over) */
+    int32_t position;           /**< index of the token in the sequence (prompt included); -1 */
+    int32_t finish;             /**< spk_finish */
+    int32_t status;             /**< spk_status; SPK_OK unless finish == SPK_FINISH_ERROR */
+    uint64_t time_ns;           /**< CLOCK_MONOTONIC time the engine produced it (as spk_event) */
+    float logprob;              /**< of token: the model's log-softmax (raw logits, before
+                                     penalties and temperature); NAN unless requested */
+    int32_t n_top;              /**< entries in top[] */
+    spk_token_logprob top[SPK_MAX_TOP_LOGPROBS]; /**< most likely first (same log-softmax) */
+    uint32_t text_len;          /**< bytes in text */
+    char text[SPK_OUTPUT_TEXT_CAP]; /**< UTF-8 this output adds to the request's output text:
+                                     complete characters only, special tokens skipped, held back
+                                     while it could be the start of a stop string;
+                                     NUL-terminated. Longer text continues in outputs with
+                                     token -1 */
+    int32_t n_prompt;           /**< prompt tokens (after tokenizing a text prompt) */
+    int32_t n_generated;        /**< tokens generated so far, this one included */
+    char message[256];          /**< on SPK_FINISH_ERROR: the detail, with numbers (e.g. "prompt
+                                     is 5123 tokens; the context holds 4096"); else "" */
+} spk_output;
+
+/** Fill `out` with an empty output (token -1, logprob NAN) and set struct_size. */
+SPK_API spk_status spk_output_init(spk_output *out);
 
 /**
  * Queue `n` requests (array stride reqs[0].struct_size) and return their ids in `ids` at once.
@@ -421,9 +502,31 @@ SPK_API spk_status spk_submit_wait(spk_model *model, const spk_request *reqs, si
  * Wait up to `timeout_ms` (0: do not wait, -1: forever) for events; copy at most `cap` into
  * `events` and set *n_out. Returns SPK_OK (possibly with *n_out 0 on timeout), or the engine's
  * fatal error (e.g. PEER_LOST). Thread-safe; each event goes to exactly one caller.
+ * Requests with private_events never appear here. Text, log-probs and error messages are not
+ * delivered by spk_poll (use spk_poll_outputs); stop strings still end requests with
+ * SPK_FINISH_STOP.
  */
 SPK_API spk_status spk_poll(spk_model *model, spk_event *events, size_t cap, size_t *n_out,
                             int timeout_ms);
+
+/**
+ * spk_poll with rich outputs: for requests without private_events. Each output goes to exactly
+ * one caller of spk_poll / spk_poll_outputs. `out` holds `cap` outputs of stride
+ * out[0].struct_size (fill out[0] with spk_output_init). Returns as spk_poll. Thread-safe.
+ */
+SPK_API spk_status spk_poll_outputs(spk_model *model, spk_output *out, size_t cap, size_t *n_out,
+                                    int timeout_ms);
+
+/**
+ * Outputs of one request submitted with private_events (as spk_poll_outputs otherwise).
+ * SPK_ERR_NOT_FOUND if the id is unknown, not private, or its final output was already returned
+ * (the id is forgotten then). Thread-safe: any number of threads may each poll their own
+ * requests at once. Bound: a private request holds at most 64 undelivered outputs; while it
+ * holds that many it is not scheduled (its KV stays, other requests run on), so poll it.
+ * Outputs of a private request nobody polls to its end are freed with the model.
+ */
+SPK_API spk_status spk_poll_request(spk_model *model, uint64_t request_id, spk_output *out,
+                                    size_t cap, size_t *n_out, int timeout_ms);
 
 /**
  * Cancel a request: it ends with a SPK_FINISH_CANCELLED event; its KV blocks are freed at the

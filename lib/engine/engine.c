@@ -2,7 +2,10 @@
 #include "engine/engine.h"
 
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
+#include <stdio.h>
+#include <sys/random.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -10,6 +13,22 @@
 #include "common/error.h"
 #include "engine/exec.h"
 #include "engine/sampler.h"
+#include "model/tokenizer.h"
+
+/* Outputs of one private_events request, waiting for spk_poll_request; outlives its request
+ * until the final output is taken (then it is unlinked and freed by the last poller). */
+typedef struct mailbox {
+    uint64_t id;
+    int32_t head, tail;       /* FIFO of record indexes (-1: empty) */
+    int len;
+    int waiters;              /* spk_poll_request callers blocked on cv */
+    bool gone;                /* unlinked: final output taken */
+    pthread_cond_t cv;
+    struct mailbox *next;
+} mailbox;
+
+/* A private request with this many undelivered outputs is not scheduled until they are polled. */
+#define MAILBOX_LIMIT 64
 
 typedef struct req {
     uint64_t id;
@@ -28,6 +47,19 @@ typedef struct req {
     int32_t *blocks;          /* its KV blocks, in position order */
     int n_blocks;
     int slot;                 /* -1 while queued */
+    mailbox *mb;              /* private_events: its outputs' queue; NULL: the shared queue */
+    /* output text: the detokenizer, and bytes not yet emitted (held back while they could
+     * start a stop string); stop strings packed in one block */
+    spk_tok_stream ts;
+    char *pend;
+    int pend_len, pend_cap;
+    char *stops;
+    int n_stops;
+    uint16_t stop_off[SPK_MAX_STOP_STRINGS], stop_len[SPK_MAX_STOP_STRINGS];
+    /* penalties and log-probs */
+    float repeat_penalty, freq_penalty, presence_penalty;
+    int repeat_last_n;        /* -1: whole sequence */
+    int lp;                   /* -1: no log-probs; else the number of alternatives */
     struct req *next;
 } req;
 
@@ -47,8 +79,17 @@ struct spk_engine {
     int n_queued;
     req **slots;              /* [max_seqs] */
     int n_active;
-    spk_event *events;        /* ring */
-    size_t ev_cap, ev_head, ev_len;
+    /* outputs: a pool of ev_cap records; the shared queue and every mailbox are FIFO lists of
+     * record indexes through rec_next. The engine waits when the pool is full. */
+    spk_output *recs;
+    int32_t *rec_next, *rec_free;
+    int ev_cap, n_rec_free;
+    int32_t sq_head, sq_tail;
+    int sq_len;
+    mailbox *mboxes;
+    uint64_t kick;            /* bumped whenever something the engine may wait on changes */
+    /* engine-thread-only scratch: per-token marks for building penalty lists */
+    int32_t *pen_mark;
     /* engine-thread-only: micro-batches in flight (a ring of `depth`, oldest at mb_head) */
     int max_tok;
     int depth, mb_head, n_inflight;
@@ -58,6 +99,7 @@ struct spk_engine {
     int32_t *free_blocks;
     int n_free;
     uint64_t n_preempted, n_generated;
+    int pend_cap;             /* bytes of a request's pending-text buffer */
     struct mbatch *mbs;
 };
 
@@ -72,6 +114,9 @@ typedef struct mbatch {
     int32_t *table_off, *table;
     spk_row *rows;
     int32_t *out;
+    spk_row_lp *lp;           /* per logits row: log-probs when asked */
+    spk_pen *pen;             /* penalty lists of the rows, back to back (grows, then stays) */
+    size_t pen_cap;
 } mbatch;
 
 static void free_req(req *r)
@@ -81,28 +126,151 @@ static void free_req(req *r)
     free(r->tokens);
     free(r->stop);
     free(r->blocks);
+    free(r->pend);
+    free(r->stops);
     free(r);
 }
 
-/* Caller holds mu. Waits for room unless stopping. */
-static void push_event(spk_engine *e, uint64_t id, int32_t tok, int32_t pos, spk_finish fin, spk_status st)
+static void kick(spk_engine *e)
 {
-    struct timespec now; /* the time the event happened, not when the ring had room */
+    e->kick++;
+    pthread_cond_broadcast(&e->work_cv);
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
-    while (e->ev_len == e->ev_cap && !e->stopping)
+    return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+}
+
+/* Caller holds mu: a free output record, waiting for one unless stopping (then -1). */
+static int32_t rec_get(spk_engine *e)
+{
+    while (e->n_rec_free == 0 && !e->stopping)
         pthread_cond_wait(&e->work_cv, &e->mu);
-    if (e->ev_len == e->ev_cap)
-        return;
-    spk_event *ev = &e->events[(e->ev_head + e->ev_len) % e->ev_cap];
-    memset(ev, 0, sizeof *ev);
-    ev->request_id = id;
-    ev->token = tok;
-    ev->position = pos;
-    ev->finish = fin;
-    ev->status = st;
-    ev->time_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
-    e->ev_len++;
-    pthread_cond_broadcast(&e->event_cv);
+    if (e->n_rec_free == 0)
+        return -1;
+    return e->rec_free[--e->n_rec_free];
+}
+
+static void rec_put(spk_engine *e, int32_t i) { e->rec_free[e->n_rec_free++] = i; }
+
+static mailbox *find_mailbox(spk_engine *e, uint64_t id)
+{
+    for (mailbox *m = e->mboxes; m; m = m->next)
+        if (m->id == id)
+            return m;
+    return NULL;
+}
+
+static void unlink_mailbox(spk_engine *e, mailbox *mb)
+{
+    for (mailbox **pp = &e->mboxes; *pp; pp = &(*pp)->next)
+        if (*pp == mb) {
+            *pp = mb->next;
+            break;
+        }
+    mb->gone = true;
+}
+
+static void free_mailbox(spk_engine *e, mailbox *mb)
+{
+    for (int32_t i = mb->head; i >= 0; i = e->rec_next[i])
+        rec_put(e, i);
+    pthread_cond_destroy(&mb->cv);
+    free(mb);
+}
+
+/* Caller holds mu: queue record i to its request's mailbox or the shared queue. */
+static void rec_post(spk_engine *e, mailbox *mb, int32_t i)
+{
+    e->rec_next[i] = -1;
+    if (mb) {
+        if (mb->tail >= 0)
+            e->rec_next[mb->tail] = i;
+        else
+            mb->head = i;
+        mb->tail = i;
+        mb->len++;
+        pthread_cond_broadcast(&mb->cv);
+    } else {
+        if (e->sq_tail >= 0)
+            e->rec_next[e->sq_tail] = i;
+        else
+            e->sq_head = i;
+        e->sq_tail = i;
+        e->sq_len++;
+        pthread_cond_broadcast(&e->event_cv);
+    }
+}
+
+/* What an output carries besides its request, token and finish. */
+typedef struct emit_info {
+    const char *text;
+    size_t text_len;
+    const spk_row_lp *lp;     /* NULL: no log-probs */
+    const char *msg;          /* error detail or NULL */
+} emit_info;
+
+/* Caller holds mu: emit r's output for `tok` at `pos` (tok -1: none) with finish `fin`; text
+ * longer than an output holds continues in text-only outputs, the finish going on the last.
+ * Waits for record room unless stopping. */
+static void emit(spk_engine *e, const req *r, int32_t tok, int32_t pos, spk_finish fin, spk_status st,
+                 const emit_info *info)
+{
+    uint64_t t = now_ns(); /* the time the output happened, not when the pool had room */
+    const char *text = info ? info->text : NULL;
+    size_t left = info ? info->text_len : 0;
+    bool first = true;
+    do {
+        size_t take = left;
+        if (take > SPK_OUTPUT_TEXT_CAP - 1) { /* cut at a character boundary */
+            take = SPK_OUTPUT_TEXT_CAP - 1;
+            while (take > 0 && ((uint8_t)text[take] & 0xC0) == 0x80)
+                take--;
+        }
+        bool last = take == left;
+        int32_t i = rec_get(e);
+        if (i < 0)
+            return;
+        spk_output *o = &e->recs[i];
+        memset(o, 0, offsetof(spk_output, top)); /* the rest is written below */
+        o->struct_size = sizeof *o;
+        o->request_id = r->id;
+        o->token = first ? tok : -1;
+        o->position = first ? pos : -1;
+        o->finish = last ? fin : SPK_FINISH_NONE;
+        o->status = last ? st : SPK_OK;
+        o->time_ns = t;
+        o->logprob = NAN;
+        o->n_top = 0;
+        if (first && info && info->lp) {
+            o->logprob = info->lp->logprob;
+            o->n_top = info->lp->n_top;
+            memcpy(o->top, info->lp->top, sizeof(spk_token_logprob) * (size_t)o->n_top);
+        }
+        o->text_len = (uint32_t)take;
+        if (take)
+            memcpy(o->text, text, take);
+        o->text[take] = '\0';
+        o->n_prompt = r->n_prompt;
+        o->n_generated = r->n_gen;
+        o->message[0] = '\0';
+        if (last && info && info->msg)
+            snprintf(o->message, sizeof o->message, "%s", info->msg);
+        rec_post(e, r->mb, i);
+        text += take;
+        left -= take;
+        first = false;
+    } while (left > 0);
+}
+
+/* Caller holds mu: r ends here without a token (cancelled, error). */
+static void emit_end(spk_engine *e, const req *r, spk_finish fin, spk_status st, const char *msg)
+{
+    emit_info info = {NULL, 0, NULL, msg};
+    emit(e, r, -1, -1, fin, st, &info);
 }
 
 /* Caller holds mu: give r's KV blocks back. */
@@ -142,14 +310,21 @@ static void admit(spk_engine *e)
         e->n_queued--;
         r->next = NULL;
         if (r->cancel) {
-            push_event(e, r->id, -1, -1, SPK_FINISH_CANCELLED, SPK_OK);
+            emit_end(e, r, SPK_FINISH_CANCELLED, SPK_OK, NULL);
             free_req(r);
             s--;
             continue;
         }
         if (r->n_prompt >= e->p.n_ctx || (r->n_tokens + e->block_size) / e->block_size > e->n_blocks) {
             /* longer than the context, or than the whole KV cache: this request's error */
-            push_event(e, r->id, -1, -1, SPK_FINISH_ERROR, SPK_ERR_TOO_LONG);
+            char msg[160];
+            if (r->n_prompt >= e->p.n_ctx)
+                snprintf(msg, sizeof msg, "prompt is %d tokens; the context holds %d (a prompt must leave room "
+                         "for one generated token)", r->n_prompt, e->p.n_ctx);
+            else
+                snprintf(msg, sizeof msg, "sequence is %d tokens; the whole KV cache holds %d (%d blocks of %d)",
+                         r->n_tokens, e->n_blocks * e->block_size, e->n_blocks, e->block_size);
+            emit_end(e, r, SPK_FINISH_ERROR, SPK_ERR_TOO_LONG, msg);
             free_req(r);
             s--;
             continue;
@@ -172,22 +347,27 @@ static bool is_stop(const spk_engine *e, const req *r, int32_t tok)
 static void fail_all(spk_engine *e, spk_status st)
 {
     spk_log(SPK_LOG_ERROR, "engine: step failed: %s", spk_err_msg());
+    char msg[256];
+    snprintf(msg, sizeof msg, "the engine failed: %s", spk_err_msg());
     e->fatal = st;
     for (int s = 0; s < e->p.max_seqs; s++)
         if (e->slots[s]) {
-            push_event(e, e->slots[s]->id, -1, -1, SPK_FINISH_ERROR, st);
+            emit_end(e, e->slots[s], SPK_FINISH_ERROR, st, msg);
             finish_slot(e, e->slots[s]);
         }
     while (e->queue_head) {
         req *r = e->queue_head;
         e->queue_head = r->next;
-        push_event(e, r->id, -1, -1, SPK_FINISH_ERROR, st);
+        emit_end(e, r, SPK_FINISH_ERROR, st, msg);
         free_req(r);
     }
     e->queue_tail = NULL;
     e->n_queued = 0;
     e->n_inflight = 0; /* their requests are gone */
     pthread_cond_broadcast(&e->room_cv); /* blocked submitters get the error */
+    pthread_cond_broadcast(&e->event_cv);
+    for (mailbox *mb = e->mboxes; mb; mb = mb->next)
+        pthread_cond_broadcast(&mb->cv);
 }
 
 static bool is_cluster_failure(spk_status st)
@@ -233,16 +413,43 @@ static bool ensure_blocks(spk_engine *e, req *r, int need)
     return true;
 }
 
+/* Caller holds mu: append r's penalty list for its next token to b->pen at `at`; returns its
+ * length (0 when r has no penalties or memory ran out: then it is sampled without them, logged). */
+static int add_penalties(spk_engine *e, mbatch *b, const req *r, size_t at)
+{
+    bool rep = r->repeat_penalty != 1.0f && r->repeat_last_n != 0;
+    bool fp = r->freq_penalty != 0.0f || r->presence_penalty != 0.0f;
+    if (!rep && !fp)
+        return 0;
+    int win = rep ? (r->repeat_last_n < 0 || r->repeat_last_n > r->n_tokens ? r->n_tokens : r->repeat_last_n) : 0;
+    size_t most = (size_t)win + (fp ? (size_t)(r->n_tokens - r->n_prompt) : 0);
+    if (at + most > b->pen_cap) {
+        size_t cap = (at + most) * 2 + 64;
+        spk_pen *p = realloc(b->pen, sizeof(spk_pen) * cap);
+        if (!p) {
+            spk_log(SPK_LOG_WARN, "engine: out of memory for a penalty list of %zu tokens; request %llu "
+                    "sampled without penalties", most, (unsigned long long)r->id);
+            return 0;
+        }
+        b->pen = p;
+        b->pen_cap = cap;
+    }
+    return spk_penalties_build(r->tokens, r->n_tokens, r->n_prompt, win, rep ? r->repeat_penalty : 1.0f,
+                               fp ? r->freq_penalty : 0.0f, fp ? r->presence_penalty : 0.0f, e->pen_mark,
+                               b->pen + at);
+}
+
 /* Caller holds mu: fill micro-batch b from sequences not awaiting a token, at most max_seqs of
  * them, oldest first: decode tokens first, then prompt chunks in the token budget left. */
 static void build(spk_engine *e, mbatch *b, int max_seqs)
 {
     int n = 0, n_rows = 0, seqs = 0, n_table = 0;
+    size_t n_pen = 0;
     for (int pass = 0; pass < 2; pass++) {
         for (int s = 0; s < e->p.max_seqs && n < e->max_tok && seqs < max_seqs; s++) {
             req *r = e->slots[s];
-            if (!r || r->busy)
-                continue;
+            if (!r || r->busy || (r->mb && r->mb->len >= MAILBOX_LIMIT))
+                continue; /* computing, or a private request whose outputs nobody takes */
             int todo = r->n_tokens - r->n_cached;
             bool decoding = r->n_cached >= r->n_prompt;
             if ((pass == 0) != decoding || todo <= 0)
@@ -256,7 +463,10 @@ static void build(spk_engine *e, mbatch *b, int max_seqs)
                 if (take <= 0) {
                     if (e->n_free + r->n_blocks == e->n_blocks && r->inflight == 0) {
                         /* it holds the whole cache and still needs more: it can never finish */
-                        push_event(e, r->id, -1, -1, SPK_FINISH_ERROR, SPK_ERR_TOO_LONG);
+                        char msg[160];
+                        snprintf(msg, sizeof msg, "sequence of %d tokens needs more than the whole KV cache "
+                                 "(%d positions)", r->n_tokens, e->n_blocks * e->block_size);
+                        emit_end(e, r, SPK_FINISH_ERROR, SPK_ERR_TOO_LONG, msg);
                         finish_slot(e, r);
                     }
                     continue;
@@ -274,7 +484,10 @@ static void build(spk_engine *e, mbatch *b, int max_seqs)
                 b->seq[n] = seqs;
                 b->want[n] = (pos == r->n_tokens - 1);
                 if (b->want[n]) {
-                    b->rows[n_rows] = (spk_row){r->sp, spk_rng_uniform(&r->rng)};
+                    spk_row *row = &b->rows[n_rows];
+                    *row = (spk_row){.sp = r->sp, .u = spk_rng_uniform(&r->rng), .lp = r->lp};
+                    row->n_pen = add_penalties(e, b, r, n_pen);
+                    n_pen += (size_t)row->n_pen;
                     b->rq[n_rows++] = r;
                     r->busy = true;
                 }
@@ -285,10 +498,53 @@ static void build(spk_engine *e, mbatch *b, int max_seqs)
             seqs++;
         }
     }
+    n_pen = 0; /* b->pen may have moved while it grew: point the rows at their lists now */
+    for (int i = 0; i < n_rows; i++) {
+        b->rows[i].pen = b->rows[i].n_pen ? b->pen + n_pen : NULL;
+        n_pen += (size_t)b->rows[i].n_pen;
+    }
     b->n = n;
     b->n_rows = n_rows;
     b->n_seqs = seqs;
     b->n_table = n_table;
+}
+
+/* Earliest match of one of r's stop strings in its pending text: the offset, or -1. */
+static int stop_match(const req *r)
+{
+    int best = -1;
+    for (int k = 0; k < r->n_stops; k++) {
+        const char *m = memmem(r->pend, (size_t)r->pend_len, r->stops + r->stop_off[k], r->stop_len[k]);
+        if (m && (best < 0 || m - r->pend < best))
+            best = (int)(m - r->pend);
+    }
+    return best;
+}
+
+/* Bytes at the end of r's pending text that could be the start of a stop string. */
+static int stop_holdback(const req *r)
+{
+    int hold = 0;
+    for (int k = 0; k < r->n_stops; k++) {
+        const char *st = r->stops + r->stop_off[k];
+        int h = r->stop_len[k] - 1 < r->pend_len ? r->stop_len[k] - 1 : r->pend_len;
+        for (; h > hold; h--)
+            if (memcmp(r->pend + r->pend_len - h, st, (size_t)h) == 0)
+                break;
+        if (h > hold)
+            hold = h;
+    }
+    return hold;
+}
+
+/* Caller holds mu: append the text of `tok` (-1: flush) to r's pending text. */
+static void add_text(req *r, int32_t tok)
+{
+    size_t got = 0;
+    /* pend_cap leaves room for the hold-back plus one token's bytes (see spk_tok_max_piece) */
+    if (spk_tok_stream_push(&r->ts, tok, r->pend + r->pend_len, (size_t)(r->pend_cap - r->pend_len), &got) != SPK_OK)
+        got = 0; /* cannot happen for a sampled token; the text just lacks it */
+    r->pend_len += (int)got;
 }
 
 /* Caller holds mu: hand out the sampled tokens of a finished micro-batch. */
@@ -300,7 +556,7 @@ static void deliver(spk_engine *e, mbatch *b, spk_status st)
         req *r = b->rq[i];
         r->busy = false;
         if (st != SPK_OK) {
-            push_event(e, r->id, -1, -1, SPK_FINISH_ERROR, st);
+            emit_end(e, r, SPK_FINISH_ERROR, st, spk_err_msg());
             finish_slot(e, r);
             continue;
         }
@@ -316,9 +572,27 @@ static void deliver(spk_engine *e, mbatch *b, spk_status st)
             fin = SPK_FINISH_LENGTH;
         if (r->cancel)
             fin = SPK_FINISH_CANCELLED;
-        push_event(e, r->id, tok, pos, fin, SPK_OK);
-        if (fin != SPK_FINISH_NONE)
+        add_text(r, tok);
+        int out_len = r->pend_len;
+        int m = r->n_stops ? stop_match(r) : -1;
+        if (m >= 0) { /* a stop string: the text before it is the last, the request ends */
+            out_len = m;
+            if (fin != SPK_FINISH_CANCELLED)
+                fin = SPK_FINISH_STOP;
+        } else if (fin != SPK_FINISH_NONE) {
+            add_text(r, -1); /* the end: an incomplete character comes out as U+FFFD */
+            out_len = r->pend_len;
+        } else if (r->n_stops) {
+            out_len = r->pend_len - stop_holdback(r);
+        }
+        emit_info info = {r->pend, (size_t)out_len, r->lp >= 0 ? &b->lp[i] : NULL, NULL};
+        emit(e, r, tok, pos, fin, SPK_OK, &info);
+        if (fin != SPK_FINISH_NONE) {
             finish_slot(e, r);
+            continue;
+        }
+        memmove(r->pend, r->pend + out_len, (size_t)(r->pend_len - out_len));
+        r->pend_len -= out_len;
     }
 }
 
@@ -328,15 +602,17 @@ static void deliver(spk_engine *e, mbatch *b, spk_status st)
  * before the next starts; with P stages up to P are in flight, each with about 1/P of the
  * running sequences, so every stage has work. Returns false if there was nothing to do.
  */
-static bool step(spk_engine *e)
+static bool step(spk_engine *e, uint64_t *seen)
 {
     mbatch *b = NULL;
     pthread_mutex_lock(&e->mu);
+    *seen = e->kick;
     admit(e);
     for (int s = 0; s < e->p.max_seqs; s++) {
         req *r = e->slots[s];
         if (r && r->cancel && !r->busy && r->inflight == 0) {
-            push_event(e, r->id, -1, -1, SPK_FINISH_CANCELLED, SPK_OK);
+            emit_info info = {r->pend, (size_t)r->pend_len, NULL, NULL}; /* text held back so far */
+            emit(e, r, -1, -1, SPK_FINISH_CANCELLED, SPK_OK, &info);
             finish_slot(e, r);
         }
     }
@@ -353,7 +629,7 @@ static bool step(spk_engine *e)
         spk_batch batch = {.n_tok = b->n, .token = b->tok, .pos = b->pos, .seq = b->seq, .want_logits = b->want,
                            .n_seqs = b->n_seqs, .table_off = b->table_off, .block_table = b->table,
                            .n_table = b->n_table};
-        spk_status st = spk_exec_begin(e->p.exec, &batch, b->rows, b->n_rows, b->out, &b->t);
+        spk_status st = spk_exec_begin(e->p.exec, &batch, b->rows, b->n_rows, b->out, b->lp, &b->t);
         pthread_mutex_lock(&e->mu);
         if (is_cluster_failure(st))
             fail_all(e, st);
@@ -367,7 +643,7 @@ static bool step(spk_engine *e)
     if (e->n_inflight == 0)
         return false;
     mbatch *o = &e->mbs[e->mb_head];
-    spk_status st = spk_exec_finish(e->p.exec, &o->t, o->out);
+    spk_status st = spk_exec_finish(e->p.exec, &o->t, o->out, o->lp);
     pthread_mutex_lock(&e->mu);
     e->mb_head = (e->mb_head + 1) % e->depth;
     e->n_inflight--;
@@ -382,15 +658,18 @@ static bool step(spk_engine *e)
 static void *engine_main(void *arg)
 {
     spk_engine *e = arg;
+    bool idle = false; /* the last step found nothing to do: wait for a change (a kick) */
+    uint64_t seen = 0;
     for (;;) {
         pthread_mutex_lock(&e->mu);
-        while (!e->stopping && ((e->n_active == 0 && !e->queue_head) || e->fatal != SPK_OK))
+        while (!e->stopping && ((e->n_active == 0 && !e->queue_head) || e->fatal != SPK_OK ||
+                                (idle && e->kick == seen)))
             pthread_cond_wait(&e->work_cv, &e->mu);
         bool stop = e->stopping;
         pthread_mutex_unlock(&e->mu);
         if (stop)
             break;
-        step(e);
+        idle = !step(e, &seen);
     }
     return NULL;
 }
@@ -404,9 +683,17 @@ spk_status spk_engine_start(const spk_engine_params *p, spk_engine **out)
     e->p = *p;
     e->next_id = 1;
     e->max_tok = p->max_tok;
-    e->ev_cap = (size_t)p->queue_capacity * 4 + 4096;
+    e->ev_cap = p->queue_capacity * 4 + 4096;
     e->slots = calloc((size_t)p->max_seqs, sizeof *e->slots);
-    e->events = calloc(e->ev_cap, sizeof *e->events);
+    e->recs = calloc((size_t)e->ev_cap, sizeof *e->recs);
+    e->rec_next = calloc((size_t)e->ev_cap, sizeof *e->rec_next);
+    e->rec_free = calloc((size_t)e->ev_cap, sizeof *e->rec_free);
+    e->pen_mark = calloc((size_t)p->n_vocab, sizeof *e->pen_mark);
+    for (int i = 0; e->rec_free && i < e->ev_cap; i++)
+        e->rec_free[i] = e->ev_cap - 1 - i;
+    e->n_rec_free = e->ev_cap;
+    e->sq_head = e->sq_tail = -1;
+    e->pend_cap = SPK_MAX_STOP_LEN + 3 * (int)spk_tok_max_piece(p->tok) + 16;
     e->depth = spk_exec_depth(p->exec);
     e->block_size = p->block_size;
     e->n_blocks = p->n_blocks;
@@ -419,7 +706,7 @@ spk_status spk_engine_start(const spk_engine_params *p, spk_engine **out)
     if (e->chunk < 32)
         e->chunk = 32;
     e->mbs = calloc((size_t)e->depth, sizeof *e->mbs);
-    bool ok = e->slots && e->events && e->mbs && e->free_blocks;
+    bool ok = e->slots && e->recs && e->rec_next && e->rec_free && e->pen_mark && e->mbs && e->free_blocks;
     for (int i = 0; ok && i < e->depth; i++) {
         mbatch *b = &e->mbs[i];
         size_t T = (size_t)e->max_tok;
@@ -433,7 +720,8 @@ spk_status spk_engine_start(const spk_engine_params *p, spk_engine **out)
         b->table = calloc((size_t)p->max_seqs * (size_t)e->max_blocks_per_seq, sizeof(int32_t));
         b->rows = calloc(T, sizeof(spk_row));
         b->out = calloc(T, sizeof(int32_t));
-        ok = b->tok && b->pos && b->seq && b->want && b->rq && b->sq && b->table_off && b->table && b->rows && b->out;
+        b->lp = calloc(T, sizeof(spk_row_lp));
+        ok = b->lp && b->tok && b->pos && b->seq && b->want && b->rq && b->sq && b->table_off && b->table && b->rows && b->out;
     }
     if (!ok) {
         spk_engine_stop(e);
@@ -482,7 +770,15 @@ void spk_engine_stop(spk_engine *e)
         for (int s = 0; s < e->p.max_seqs; s++)
             free_req(e->slots[s]);
     free(e->slots);
-    free(e->events);
+    while (e->mboxes) {
+        mailbox *mb = e->mboxes;
+        e->mboxes = mb->next;
+        free_mailbox(e, mb);
+    }
+    free(e->recs);
+    free(e->rec_next);
+    free(e->rec_free);
+    free(e->pen_mark);
     for (int i = 0; e->mbs && i < e->depth; i++) {
         mbatch *b = &e->mbs[i];
         free(b->tok);
@@ -495,19 +791,36 @@ void spk_engine_stop(spk_engine *e)
         free(b->table);
         free(b->rows);
         free(b->out);
+        free(b->lp);
+        free(b->pen);
     }
     free(e->mbs);
     free(e->free_blocks);
     free(e);
 }
 
+/* Valid UTF-8 (no overlongs, surrogates or code points past U+10FFFF)? */
+static bool utf8_valid(const uint8_t *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        uint8_t c = s[i];
+        size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+        if (!len || i + len > n || (len == 2 && c < 0xC2) || (len == 4 && c > 0xF4))
+            return false;
+        for (size_t j = 1; j < len; j++)
+            if ((s[i + j] & 0xC0) != 0x80)
+                return false;
+        if ((len == 3 && c == 0xE0 && s[i + 1] < 0xA0) || (len == 3 && c == 0xED && s[i + 1] >= 0xA0) ||
+            (len == 4 && c == 0xF0 && s[i + 1] < 0x90) || (len == 4 && c == 0xF4 && s[i + 1] >= 0x90))
+            return false;
+        i += len;
+    }
+    return true;
+}
+
+/* Fields of a request other than its prompt tokens (checked after a text prompt is tokenized). */
 static spk_status check_request(const spk_engine *e, const spk_request *r, size_t i)
 {
-    if (r->struct_size < offsetof(spk_request, n_stop) + sizeof r->n_stop || r->struct_size > 4096)
-        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: struct_size %zu (use spk_request_init)", i,
-                       r->struct_size);
-    if (!r->prompt || r->n_prompt == 0)
-        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: empty prompt", i);
     if (r->n_prompt > (size_t)1 << 24)
         return spk_err(SPK_ERR_INVALID_ARG, "request %zu: prompt of %zu tokens", i, r->n_prompt);
     for (size_t j = 0; j < r->n_prompt; j++)
@@ -524,7 +837,151 @@ static spk_status check_request(const spk_engine *e, const spk_request *r, size_
         return spk_err(SPK_ERR_INVALID_ARG, "request %zu: top_p %g out of (0, 1]", i, r->top_p);
     if (r->n_stop > 1024 || (r->n_stop && !r->stop_tokens))
         return spk_err(SPK_ERR_INVALID_ARG, "request %zu: %zu stop tokens", i, r->n_stop);
+    if (r->n_stop_strings > SPK_MAX_STOP_STRINGS || (r->n_stop_strings && !r->stop_strings))
+        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: %zu stop strings (at most %d)", i, r->n_stop_strings,
+                       SPK_MAX_STOP_STRINGS);
+    for (size_t k = 0; k < r->n_stop_strings; k++) {
+        const char *ss = r->stop_strings[k];
+        size_t len = ss ? strnlen(ss, SPK_MAX_STOP_LEN + 1) : 0;
+        if (len == 0 || len > SPK_MAX_STOP_LEN)
+            return spk_err(SPK_ERR_INVALID_ARG, "request %zu: stop string %zu is %s (1..%d bytes)", i, k,
+                           !ss ? "NULL" : len == 0 ? "empty" : "too long", SPK_MAX_STOP_LEN);
+        if (!utf8_valid((const uint8_t *)ss, len))
+            return spk_err(SPK_ERR_INVALID_ARG, "request %zu: stop string %zu is not valid UTF-8", i, k);
+    }
+    if (!(r->min_p >= 0.0f && r->min_p <= 1.0f))
+        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: min_p %g out of [0, 1]", i, r->min_p);
+    if (!(r->repeat_penalty > 0.0f && r->repeat_penalty <= 100.0f))
+        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: repeat_penalty %g out of (0, 100]", i, r->repeat_penalty);
+    if (r->repeat_last_n < -1)
+        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: repeat_last_n %d (-1: whole sequence)", i, r->repeat_last_n);
+    if (!(r->frequency_penalty >= -2.0f && r->frequency_penalty <= 2.0f))
+        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: frequency_penalty %g out of [-2, 2]", i,
+                       r->frequency_penalty);
+    if (!(r->presence_penalty >= -2.0f && r->presence_penalty <= 2.0f))
+        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: presence_penalty %g out of [-2, 2]", i,
+                       r->presence_penalty);
+    if (r->logprobs != 0 && r->logprobs != 1)
+        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: logprobs %d (0 or 1)", i, r->logprobs);
+    if (r->top_logprobs < 0 || r->top_logprobs > SPK_MAX_TOP_LOGPROBS)
+        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: top_logprobs %d out of [0, %d]", i, r->top_logprobs,
+                       SPK_MAX_TOP_LOGPROBS);
+    if (r->prompt_logprobs != 0)
+        return spk_err(SPK_ERR_UNSUPPORTED, "request %zu: prompt_logprobs is not implemented", i);
+    if (r->private_events != 0 && r->private_events != 1)
+        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: private_events %d (0 or 1)", i, r->private_events);
     return SPK_OK;
+}
+
+static uint64_t random_seed(void)
+{
+    uint64_t s = 0;
+    if (getrandom(&s, sizeof s, 0) != (ssize_t)sizeof s) { /* no entropy source: time and address */
+        struct timespec t;
+        clock_gettime(CLOCK_REALTIME, &t);
+        static _Atomic uint64_t ctr;
+        s = ((uint64_t)t.tv_sec << 32) ^ (uint64_t)t.tv_nsec ^ (uintptr_t)&t ^ (ctr++ * 0x9E3779B97F4A7C15ull);
+    }
+    return s;
+}
+
+/* Build the engine's copy of request r (checked, text prompt tokenized). */
+static spk_status make_req(spk_engine *e, spk_request *r, size_t i, req **out)
+{
+    *out = NULL;
+    int32_t *tp = NULL; /* a text prompt's tokens */
+    spk_status st;
+    if (!r->prompt && r->n_prompt == 0 && r->text) {
+        if (r->text_len > (size_t)1 << 26)
+            return spk_err(SPK_ERR_INVALID_ARG, "request %zu: text prompt of %zu bytes (at most %d)", i,
+                           r->text_len, 1 << 26);
+        size_t cap = r->text_len + 2, nt = 0; /* a token covers at least one byte, plus BOS */
+        if (!(tp = malloc(sizeof(int32_t) * cap)))
+            return spk_err(SPK_ERR_NOMEM, "request %zu: out of memory tokenizing %zu bytes", i, r->text_len);
+        if ((st = spk_tok_encode(e->p.tok, r->text, r->text_len, true, true, tp, cap, &nt)) != SPK_OK) {
+            free(tp);
+            return spk_err_prefix(st, "request %zu: text prompt", i);
+        }
+        r->prompt = tp;
+        r->n_prompt = nt;
+    }
+    if (!r->prompt || r->n_prompt == 0) {
+        free(tp);
+        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: empty prompt (no tokens%s)", i,
+                       r->text ? " from its text" : " and no text");
+    }
+    if ((st = check_request(e, r, i)) != SPK_OK) {
+        free(tp);
+        return st;
+    }
+    req *q = calloc(1, sizeof *q);
+    size_t cap = r->n_prompt + (size_t)r->max_tokens;
+    if (cap > (size_t)e->p.n_ctx)
+        cap = r->n_prompt > (size_t)e->p.n_ctx ? r->n_prompt : (size_t)e->p.n_ctx;
+    size_t stop_bytes = 0;
+    for (size_t k = 0; k < r->n_stop_strings; k++)
+        stop_bytes += strlen(r->stop_strings[k]);
+    if (q) {
+        q->blocks = malloc(sizeof(int32_t) * (size_t)((e->p.n_ctx + e->block_size - 1) / e->block_size + 1));
+        q->tokens = malloc(cap * sizeof(int32_t));
+        q->stop = r->n_stop ? malloc(r->n_stop * sizeof(int32_t)) : NULL;
+        q->pend = malloc((size_t)e->pend_cap);
+        q->stops = stop_bytes ? malloc(stop_bytes) : NULL;
+        if (r->private_events && (q->mb = calloc(1, sizeof *q->mb)) != NULL) {
+            q->mb->head = q->mb->tail = -1;
+            pthread_cond_init(&q->mb->cv, NULL);
+        }
+    }
+    if (!q || !q->tokens || !q->blocks || (r->n_stop && !q->stop) || !q->pend || (stop_bytes && !q->stops) ||
+        (r->private_events && !q->mb)) {
+        if (q && q->mb) {
+            pthread_cond_destroy(&q->mb->cv);
+            free(q->mb);
+        }
+        free_req(q);
+        free(tp);
+        return spk_err(SPK_ERR_NOMEM, "spk_submit: out of memory for request %zu", i);
+    }
+    memcpy(q->tokens, r->prompt, r->n_prompt * sizeof(int32_t));
+    free(tp);
+    r->prompt = NULL;
+    if (r->n_stop)
+        memcpy(q->stop, r->stop_tokens, r->n_stop * sizeof(int32_t));
+    q->n_prompt = q->n_tokens = (int)r->n_prompt;
+    q->cap = (int)cap;
+    q->max_tokens = r->max_tokens;
+    q->sp = (spk_sampling){r->temperature, r->top_k, r->top_p, r->min_p};
+    spk_rng_seed(&q->rng, r->seed == SPK_SEED_RANDOM ? random_seed() : r->seed);
+    q->n_stop = (int)r->n_stop;
+    q->ignore_eos = r->ignore_eos != 0;
+    q->slot = -1;
+    spk_tok_stream_init(&q->ts, e->p.tok, true);
+    q->pend_cap = e->pend_cap;
+    size_t off = 0;
+    for (size_t k = 0; k < r->n_stop_strings; k++) {
+        size_t len = strlen(r->stop_strings[k]);
+        memcpy(q->stops + off, r->stop_strings[k], len);
+        q->stop_off[k] = (uint16_t)off;
+        q->stop_len[k] = (uint16_t)len;
+        off += len;
+    }
+    q->n_stops = (int)r->n_stop_strings;
+    q->repeat_penalty = r->repeat_penalty;
+    q->repeat_last_n = r->repeat_last_n;
+    q->freq_penalty = r->frequency_penalty;
+    q->presence_penalty = r->presence_penalty;
+    q->lp = r->logprobs || r->top_logprobs ? r->top_logprobs : -1;
+    *out = q;
+    return SPK_OK;
+}
+
+static void discard_req(req *q)
+{
+    if (q && q->mb) {
+        pthread_cond_destroy(&q->mb->cv);
+        free(q->mb);
+    }
+    free_req(q);
 }
 
 spk_status spk_engine_submit(spk_engine *e, const spk_request *reqs, size_t n, uint64_t *ids)
@@ -548,40 +1005,13 @@ spk_status spk_engine_submit_wait(spk_engine *e, const spk_request *reqs, size_t
         spk_request r;
         spk_request_init(&r);
         const spk_request *src = (const spk_request *)((const char *)reqs + i * stride);
-        memcpy(&r, src, src->struct_size < sizeof r ? src->struct_size : sizeof r);
         if (src->struct_size != stride) {
             st = spk_err(SPK_ERR_INVALID_ARG, "request %zu: struct_size %zu differs from the first (%zu)",
                          i, src->struct_size, stride);
             break;
         }
-        if ((st = check_request(e, &r, i)) != SPK_OK)
-            break;
-        req *q = calloc(1, sizeof *q);
-        size_t cap = r.n_prompt + (size_t)r.max_tokens;
-        if (cap > (size_t)e->p.n_ctx)
-            cap = r.n_prompt > (size_t)e->p.n_ctx ? r.n_prompt : (size_t)e->p.n_ctx;
-        if (q) {
-            q->blocks = malloc(sizeof(int32_t) * (size_t)((e->p.n_ctx + e->block_size - 1) / e->block_size + 1));
-            q->tokens = malloc(cap * sizeof(int32_t));
-            q->stop = r.n_stop ? malloc(r.n_stop * sizeof(int32_t)) : NULL;
-        }
-        if (!q || !q->tokens || !q->blocks || (r.n_stop && !q->stop)) {
-            free_req(q);
-            st = spk_err(SPK_ERR_NOMEM, "spk_submit: out of memory for request %zu", i);
-            break;
-        }
-        memcpy(q->tokens, r.prompt, r.n_prompt * sizeof(int32_t));
-        if (r.n_stop)
-            memcpy(q->stop, r.stop_tokens, r.n_stop * sizeof(int32_t));
-        q->n_prompt = q->n_tokens = (int)r.n_prompt;
-        q->cap = (int)cap;
-        q->max_tokens = r.max_tokens;
-        q->sp = (spk_sampling){r.temperature, r.top_k, r.top_p};
-        spk_rng_seed(&q->rng, r.seed);
-        q->n_stop = (int)r.n_stop;
-        q->ignore_eos = r.ignore_eos != 0;
-        q->slot = -1;
-        made[i] = q;
+        memcpy(&r, src, src->struct_size < sizeof r ? src->struct_size : sizeof r);
+        st = make_req(e, &r, i, &made[i]);
     }
     if (st == SPK_OK) {
         struct timespec dl;
@@ -647,6 +1077,11 @@ spk_status spk_engine_submit_wait(spk_engine *e, const spk_request *reqs, size_t
             for (size_t i = 0; i < n; i++) {
                 made[i]->id = e->next_id++;
                 ids[i] = made[i]->id;
+                if (made[i]->mb) {
+                    made[i]->mb->id = made[i]->id;
+                    made[i]->mb->next = e->mboxes;
+                    e->mboxes = made[i]->mb;
+                }
                 if (e->queue_tail)
                     e->queue_tail->next = made[i];
                 else
@@ -655,17 +1090,17 @@ spk_status spk_engine_submit_wait(spk_engine *e, const spk_request *reqs, size_t
                 e->n_queued++;
                 made[i] = NULL;
             }
-            pthread_cond_broadcast(&e->work_cv);
+            kick(e);
         }
         pthread_mutex_unlock(&e->mu);
     }
     for (size_t i = 0; i < n; i++)
-        free_req(made[i]);
+        discard_req(made[i]);
     free(made);
     return st;
 }
 
-spk_status spk_engine_poll(spk_engine *e, spk_event *ev, size_t cap, size_t *n_out, int timeout_ms)
+static struct timespec deadline(int timeout_ms)
 {
     struct timespec dl;
     clock_gettime(CLOCK_REALTIME, &dl);
@@ -677,24 +1112,122 @@ spk_status spk_engine_poll(spk_engine *e, spk_event *ev, size_t cap, size_t *n_o
             dl.tv_nsec -= 1000000000L;
         }
     }
+    return dl;
+}
+
+/* Copy record `o` to the caller's output (its layout: `stride` bytes, possibly an older one). */
+static void copy_output(void *dst, size_t stride, const spk_output *o)
+{
+    memcpy(dst, o, stride < sizeof *o ? stride : sizeof *o);
+    ((spk_output *)dst)->struct_size = stride;
+}
+
+/* Shared queue: spk_poll (events; text-only outputs are dropped) or spk_poll_outputs. */
+static spk_status poll_shared(spk_engine *e, spk_event *ev, void *out, size_t stride, size_t cap, size_t *n_out,
+                              int timeout_ms)
+{
+    struct timespec dl = deadline(timeout_ms);
+    size_t n = 0;
+    bool freed = false;
     pthread_mutex_lock(&e->mu);
-    while (e->ev_len == 0 && timeout_ms != 0 && !e->stopping && e->fatal == SPK_OK) {
+    for (;;) {
+        while (n < cap && e->sq_len > 0) {
+            int32_t i = e->sq_head;
+            e->sq_head = e->rec_next[i];
+            if (e->sq_head < 0)
+                e->sq_tail = -1;
+            e->sq_len--;
+            const spk_output *o = &e->recs[i];
+            if (ev) {
+                if (o->token >= 0 || o->finish != SPK_FINISH_NONE)
+                    ev[n++] = (spk_event){.request_id = o->request_id, .token = o->token, .position = o->position,
+                                          .finish = o->finish, .status = o->status, .time_ns = o->time_ns};
+            } else {
+                copy_output((char *)out + n * stride, stride, o);
+                n++;
+            }
+            rec_put(e, i);
+            freed = true;
+        }
+        if (n > 0 || timeout_ms == 0 || e->stopping || e->fatal != SPK_OK)
+            break;
         if (timeout_ms < 0)
             pthread_cond_wait(&e->event_cv, &e->mu);
         else if (pthread_cond_timedwait(&e->event_cv, &e->mu, &dl) == ETIMEDOUT)
             break;
     }
-    size_t n = e->ev_len < cap ? e->ev_len : cap;
-    for (size_t i = 0; i < n; i++)
-        ev[i] = e->events[(e->ev_head + i) % e->ev_cap];
-    e->ev_head = (e->ev_head + n) % e->ev_cap;
-    e->ev_len -= n;
-    if (n)
-        pthread_cond_broadcast(&e->work_cv);
+    if (freed)
+        kick(e);
     spk_status st = n == 0 && e->fatal != SPK_OK ? e->fatal : SPK_OK;
     pthread_mutex_unlock(&e->mu);
     *n_out = n;
     return st == SPK_OK ? SPK_OK : spk_err(st, "spk_poll: engine failed");
+}
+
+spk_status spk_engine_poll(spk_engine *e, spk_event *ev, size_t cap, size_t *n_out, int timeout_ms)
+{
+    return poll_shared(e, ev, NULL, 0, cap, n_out, timeout_ms);
+}
+
+spk_status spk_engine_poll_outputs(spk_engine *e, spk_output *out, size_t stride, size_t cap, size_t *n_out,
+                                   int timeout_ms)
+{
+    return poll_shared(e, NULL, out, stride, cap, n_out, timeout_ms);
+}
+
+spk_status spk_engine_poll_request(spk_engine *e, uint64_t id, spk_output *out, size_t stride, size_t cap,
+                                   size_t *n_out, int timeout_ms)
+{
+    *n_out = 0;
+    struct timespec dl = deadline(timeout_ms);
+    pthread_mutex_lock(&e->mu);
+    mailbox *mb = find_mailbox(e, id);
+    if (!mb) {
+        pthread_mutex_unlock(&e->mu);
+        return spk_err(SPK_ERR_NOT_FOUND, "spk_poll_request: request %llu is unknown, not private_events, or "
+                       "its final output was already returned", (unsigned long long)id);
+    }
+    mb->waiters++;
+    while (mb->len == 0 && !mb->gone && timeout_ms != 0 && !e->stopping && e->fatal == SPK_OK) {
+        if (timeout_ms < 0)
+            pthread_cond_wait(&mb->cv, &e->mu);
+        else if (pthread_cond_timedwait(&mb->cv, &e->mu, &dl) == ETIMEDOUT)
+            break;
+    }
+    mb->waiters--;
+    if (mb->gone) { /* another thread took the final output while this one waited */
+        if (mb->waiters == 0)
+            free_mailbox(e, mb);
+        pthread_mutex_unlock(&e->mu);
+        return spk_err(SPK_ERR_NOT_FOUND, "spk_poll_request: request %llu ended (another caller took its final "
+                       "output)", (unsigned long long)id);
+    }
+    size_t n = 0;
+    bool final = false;
+    while (n < cap && mb->len > 0 && !final) {
+        int32_t i = mb->head;
+        mb->head = e->rec_next[i];
+        if (mb->head < 0)
+            mb->tail = -1;
+        mb->len--;
+        copy_output((char *)out + n * stride, stride, &e->recs[i]);
+        final = e->recs[i].finish != SPK_FINISH_NONE;
+        rec_put(e, i);
+        n++;
+    }
+    if (final) { /* the id is forgotten */
+        unlink_mailbox(e, mb);
+        if (mb->waiters == 0)
+            free_mailbox(e, mb);
+        else
+            pthread_cond_broadcast(&mb->cv);
+    }
+    if (n)
+        kick(e);
+    spk_status st = n == 0 && e->fatal != SPK_OK ? e->fatal : SPK_OK;
+    pthread_mutex_unlock(&e->mu);
+    *n_out = n;
+    return st == SPK_OK ? SPK_OK : spk_err(st, "spk_poll_request: engine failed");
 }
 
 spk_status spk_engine_cancel(spk_engine *e, uint64_t id)
@@ -709,7 +1242,7 @@ spk_status spk_engine_cancel(spk_engine *e, uint64_t id)
         if (e->slots[s] && e->slots[s]->id == id && !e->slots[s]->cancel)
             e->slots[s]->cancel = found = true;
     if (found)
-        pthread_cond_broadcast(&e->work_cv);
+        kick(e);
     pthread_mutex_unlock(&e->mu);
     if (!found)
         return spk_err(SPK_ERR_NOT_FOUND, "spk_cancel: no pending request %llu", (unsigned long long)id);

@@ -23,6 +23,7 @@ typedef struct spk_engine_params {
     int queue_capacity;
     bool (*is_eog)(const void *ctx, int32_t token);
     const void *eog_ctx;
+    const struct spk_tok *tok;           /* text prompts and output text (outlives the engine) */
 } spk_engine_params;
 
 spk_status spk_engine_start(const spk_engine_params *p, spk_engine **out);
@@ -35,6 +36,12 @@ spk_status spk_engine_submit(spk_engine *e, const spk_request *reqs, size_t n, u
 spk_status spk_engine_submit_wait(spk_engine *e, const spk_request *reqs, size_t n, uint64_t *ids,
                                   int timeout_ms);
 spk_status spk_engine_poll(spk_engine *e, spk_event *ev, size_t cap, size_t *n_out, int timeout_ms);
+/* Rich outputs of the shared queue; `stride` bytes per output (the caller's struct_size). */
+spk_status spk_engine_poll_outputs(spk_engine *e, spk_output *out, size_t stride, size_t cap, size_t *n_out,
+                                   int timeout_ms);
+/* Outputs of one private_events request (NOT_FOUND: unknown, not private, or already ended). */
+spk_status spk_engine_poll_request(spk_engine *e, uint64_t id, spk_output *out, size_t stride, size_t cap,
+                                   size_t *n_out, int timeout_ms);
 spk_status spk_engine_cancel(spk_engine *e, uint64_t id);
 
 typedef struct spk_engine_stats_t {

@@ -13,6 +13,8 @@
  */
 #include "engine/exec.h"
 
+#include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +37,9 @@
 #define CMD_STATS (SPK_CLUSTER_CMD_USER + 0x103)
 #define STEP_MAGIC 0x53504b53u /* "SKPS" */
 #define DATA_TIMEOUT_MS 120000
+/* Per row and rank: entry 0 = {logit: max logit of the shard, raw: sum of exp(logit - max)},
+ * then the shard's best raw logits (id -1: padding). */
+#define LP_STRIDE (SPK_MAX_TOP_LOGPROBS + 1)
 
 struct spk_exec {
     spk_cluster *c;            /* NULL: one process */
@@ -54,6 +59,10 @@ struct spk_exec {
     size_t cands_len;                  /* capacity of cands, in candidates */
     size_t row_len;                    /* capacity of row, in candidates per TP rank */
     spk_sampler_scratch scratch;
+    spk_cand *lpc, *all_lpc, *lptmp;   /* log-prob statistics per row: [max_rows][LP_STRIDE], gathered
+                                          [tp][max_rows][LP_STRIDE], one row's from every rank */
+    float *pen_save;                   /* raw logits of a row's penalized tokens */
+    size_t pen_save_len;
     uint64_t buf_bytes;        /* hidden_in and out */
     uint32_t act_mem;          /* SPK_TRANSPORT_MEM_* of the backend's activations */
     uint8_t *msg;              /* encoded step (driver) */
@@ -183,7 +192,11 @@ static spk_status setup(spk_exec *e, const spk_gguf_file *f, const spk_hparams *
     e->hidden_in = malloc(sizeof(float) * T * E);
     e->out = malloc(sizeof(float) * out_len);
     e->buf_bytes = sizeof(float) * (T * E + out_len);
-    if (!e->hidden_in || !e->out || spk_sampler_scratch_init(&e->scratch, n_out) != 0)
+    e->lpc = malloc(sizeof(spk_cand) * (size_t)p->max_rows * LP_STRIDE);
+    e->all_lpc = malloc(sizeof(spk_cand) * (size_t)p->max_rows * LP_STRIDE * (size_t)p->tp);
+    e->lptmp = malloc(sizeof(spk_cand) * LP_STRIDE * (size_t)p->tp);
+    if (!e->hidden_in || !e->out || !e->lpc || !e->all_lpc || !e->lptmp ||
+        spk_sampler_scratch_init(&e->scratch, n_out) != 0)
         return spk_err(SPK_ERR_NOMEM, "rank %d: out of memory for step buffers", e->rank);
     return SPK_OK;
 }
@@ -203,6 +216,10 @@ static void exec_free(spk_exec *e)
     free(e->cands);
     free(e->all_cands);
     free(e->row);
+    free(e->lpc);
+    free(e->all_lpc);
+    free(e->lptmp);
+    free(e->pen_save);
     free(e->msg);
     spk_sampler_scratch_free(&e->scratch);
     free(e);
@@ -293,8 +310,70 @@ void spk_exec_close(spk_exec *e)
 
 /* ---- one step ----------------------------------------------------------------------------- */
 
-/* This rank's part of a step; on the last stage, tokens for the rows (on every TP rank). */
-static spk_status run_shard(spk_exec *e, const spk_batch *b, const spk_row *rows, int n_rows, int32_t *tokens)
+static int raw_cmp(const void *a, const void *b)
+{
+    const spk_cand *x = a, *y = b;
+    if (x->id < 0 || y->id < 0)
+        return (x->id < 0) - (y->id < 0);
+    if (x->raw != y->raw)
+        return x->raw > y->raw ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+/* Log-prob statistics of one row of this shard's raw logits into L[0..LP_STRIDE). */
+static void lp_stats(spk_exec *e, const float *x, int n_out, int want, spk_cand *L)
+{
+    for (int j = 0; j < LP_STRIDE; j++)
+        L[j] = (spk_cand){0.0f, -1, 0.0f};
+    if (want < 0)
+        return;
+    float m = x[0];
+    for (int j = 1; j < n_out; j++)
+        m = x[j] > m ? x[j] : m;
+    double sum = 0;
+    for (int j = 0; j < n_out; j++)
+        sum += exp((double)(x[j] - m));
+    L[0] = (spk_cand){m, -1, (float)sum};
+    int T = want < n_out ? want : n_out;
+    if (T > 0)
+        spk_top_cands(x, n_out, T, e->sh.v0, L + 1, &e->scratch);
+}
+
+/* Combine every rank's statistics of row i into its log-probs; `row` holds the candidates the
+ * token was sampled from (with raw logits), `per_row` of them. */
+static void lp_finish(spk_exec *e, const spk_cand *all, int n_rows, int i, int want, int32_t tok,
+                      const spk_cand *row, int per_row, spk_row_lp *out)
+{
+    double M = -INFINITY, S = 0;
+    for (int r = 0; r < e->tp; r++) {
+        const spk_cand *L = all + ((size_t)r * (size_t)n_rows + (size_t)i) * LP_STRIDE;
+        M = L[0].logit > M ? L[0].logit : M;
+    }
+    int nt = 0;
+    for (int r = 0; r < e->tp; r++) {
+        const spk_cand *L = all + ((size_t)r * (size_t)n_rows + (size_t)i) * LP_STRIDE;
+        S += (double)L[0].raw * exp((double)L[0].logit - M);
+        for (int j = 1; j < LP_STRIDE; j++)
+            if (L[j].id >= 0)
+                e->lptmp[nt++] = L[j];
+    }
+    const double lse = M + log(S);
+    out->logprob = NAN;
+    for (int j = 0; j < per_row; j++)
+        if (row[j].id == tok) {
+            out->logprob = (float)(row[j].raw - lse);
+            break;
+        }
+    qsort(e->lptmp, (size_t)nt, sizeof(spk_cand), raw_cmp);
+    out->n_top = want < nt ? want : nt;
+    for (int j = 0; j < out->n_top; j++)
+        out->top[j] = (spk_token_logprob){e->lptmp[j].id, (float)(e->lptmp[j].raw - lse)};
+}
+
+/* This rank's part of a step; on the last stage, tokens (and log-probs where asked) for the rows
+ * (on every TP rank). */
+static spk_status run_shard(spk_exec *e, const spk_batch *b, const spk_row *rows, int n_rows, int32_t *tokens,
+                            spk_row_lp *lp)
 {
     const size_t E = (size_t)e->hp.n_embd;
     spk_status st;
@@ -314,9 +393,20 @@ static spk_status run_shard(spk_exec *e, const spk_batch *b, const spk_row *rows
     /* last stage: candidates from this vocabulary shard, merged across the TP group */
     const int n_out = e->sh.v1 - e->sh.v0;
     int k = 1;
+    bool any_lp = false;
+    int max_pen = 0;
     for (int i = 0; i < n_rows; i++) {
         int ki = spk_sample_k(&rows[i].sp, n_out);
         k = ki > k ? ki : k;
+        any_lp |= rows[i].lp >= 0;
+        max_pen = rows[i].n_pen > max_pen ? rows[i].n_pen : max_pen;
+    }
+    if ((size_t)max_pen > e->pen_save_len) { /* grows to the longest list seen, then stays */
+        float *ps = realloc(e->pen_save, sizeof(float) * (size_t)max_pen);
+        if (!ps)
+            return spk_err(SPK_ERR_NOMEM, "rank %d: out of memory for a penalty list of %d", e->rank, max_pen);
+        e->pen_save = ps;
+        e->pen_save_len = (size_t)max_pen;
     }
     if (e->tp > 1) { /* shard sizes differ by a row at most, so k can differ when top-k is off */
         int32_t mine = k, ks[64];
@@ -348,13 +438,31 @@ static spk_status run_shard(spk_exec *e, const spk_batch *b, const spk_row *rows
         e->row_len = (size_t)k;
     }
     for (int i = 0; i < n_rows; i++) {
+        float *x = e->out + (size_t)i * (size_t)n_out;
+        if (any_lp)
+            lp_stats(e, x, n_out, rows[i].lp, e->lpc + (size_t)i * LP_STRIDE);
+        const spk_row *rw = &rows[i];
+        for (int j = 0; j < rw->n_pen; j++) { /* keep the raw logits of the penalized tokens */
+            int32_t t = rw->pen[j].token - e->sh.v0;
+            e->pen_save[j] = t >= 0 && t < n_out ? x[t] : 0.0f;
+        }
+        spk_apply_penalties(x, n_out, e->sh.v0, rw->pen, rw->n_pen);
         spk_cand *c = e->cands + (size_t)i * (size_t)k;
-        int ki = spk_sample_k(&rows[i].sp, n_out);
-        spk_top_cands(e->out + (size_t)i * (size_t)n_out, n_out, ki, e->sh.v0, c, &e->scratch);
+        int ki = spk_sample_k(&rw->sp, n_out);
+        spk_top_cands(x, n_out, ki, e->sh.v0, c, &e->scratch);
         for (int j = ki; j < k; j++)
-            c[j] = (spk_cand){0.0f, -1};
+            c[j] = (spk_cand){0.0f, -1, 0.0f};
+        if (rw->n_pen) {
+            for (int j = 0; j < rw->n_pen; j++) {
+                int32_t t = rw->pen[j].token - e->sh.v0;
+                if (t >= 0 && t < n_out)
+                    x[t] = e->pen_save[j];
+            }
+            for (int j = 0; j < ki; j++)
+                c[j].raw = x[c[j].id - e->sh.v0];
+        }
     }
-    spk_cand *all = e->cands;
+    spk_cand *all = e->cands, *all_lp = e->lpc;
     int per_row = k;
     if (e->tp > 1) {
         size_t bytes = sizeof(spk_cand) * (size_t)n_rows * (size_t)k;
@@ -363,6 +471,13 @@ static spk_status run_shard(spk_exec *e, const spk_batch *b, const spk_row *rows
             return spk_err_prefix(st, "rank %d: gathering sampling candidates", e->rank);
         all = e->all_cands; /* rank-major: [r][row][k] */
         per_row = k * e->tp;
+        if (any_lp) {
+            bytes = sizeof(spk_cand) * (size_t)n_rows * LP_STRIDE;
+            st = e->vt->allgather(e->tp_comm, e->lpc, e->all_lpc, bytes, SPK_TRANSPORT_MEM_HOST, DATA_TIMEOUT_MS);
+            if (st != SPK_OK)
+                return spk_err_prefix(st, "rank %d: gathering log-prob statistics", e->rank);
+            all_lp = e->all_lpc;
+        }
     }
     spk_cand *row = e->row;
     for (int i = 0; i < n_rows; i++) {
@@ -373,6 +488,8 @@ static spk_status run_shard(spk_exec *e, const spk_batch *b, const spk_row *rows
         else
             memcpy(row, all + (size_t)i * (size_t)k, sizeof(spk_cand) * (size_t)k);
         tokens[i] = spk_sample_cands(row, per_row, &rows[i].sp, rows[i].u);
+        if (lp && rows[i].lp >= 0)
+            lp_finish(e, all_lp, n_rows, i, rows[i].lp, tokens[i], row, per_row, &lp[i]);
     }
     return SPK_OK;
 }
@@ -394,23 +511,36 @@ static void encode_step(wbuf *w, const spk_batch *b, const spk_row *rows, int n_
         put(w, &rows[i].sp.temperature, 4);
         put(w, &rows[i].sp.top_k, 4);
         put(w, &rows[i].sp.top_p, 4);
+        put(w, &rows[i].sp.min_p, 4);
         put(w, &rows[i].u, 8);
+        put(w, &rows[i].lp, 4);
+        put(w, &rows[i].n_pen, 4);
+        for (int j = 0; j < rows[i].n_pen; j++) {
+            put(w, &rows[i].pen[j].token, 4);
+            put(w, &rows[i].pen[j].rep, 4);
+            put(w, &rows[i].pen[j].sub, 4);
+        }
     }
 }
 
 int spk_exec_depth(const spk_exec *e) { return e->pp; }
 
 spk_status spk_exec_begin(spk_exec *e, const spk_batch *b, const spk_row *rows, int n_rows, int32_t *tokens,
-                          spk_exec_ticket *t)
+                          spk_row_lp *lp, spk_exec_ticket *t)
 {
     t->req = 0;
     t->n_rows = n_rows;
     t->done = 0;
+    t->lp = 0;
+    for (int i = 0; i < n_rows; i++)
+        t->lp |= rows[i].lp >= 0;
+    if (t->lp && !lp)
+        return spk_err(SPK_ERR_INVALID_ARG, "step: log-probs asked for without a buffer");
     if (n_rows > e->max_rows)
         return spk_err(SPK_ERR_INVALID_ARG, "step: %d logits rows, the executor holds %d", n_rows, e->max_rows);
     if (e->world == 1) {
         t->done = 1;
-        return run_shard(e, b, rows, n_rows, tokens);
+        return run_shard(e, b, rows, n_rows, tokens, lp);
     }
     wbuf w = {e->msg, 0, e->msg_cap, 0};
     encode_step(&w, b, rows, n_rows);
@@ -424,7 +554,7 @@ spk_status spk_exec_begin(spk_exec *e, const spk_batch *b, const spk_row *rows, 
         st = spk_cluster_command_send(e->c, r, CMD_STEP, w.p, w.len, r == last0, r == last0 ? &t->req : NULL);
     if (st != SPK_OK)
         return st;
-    st = run_shard(e, b, rows, n_rows, tokens);
+    st = run_shard(e, b, rows, n_rows, tokens, lp);
     if (st != SPK_OK) {
         /* our part failed (e.g. a peer died); the cluster reports the cause */
         spk_status h = spk_cluster_health(e->c);
@@ -434,19 +564,23 @@ spk_status spk_exec_begin(spk_exec *e, const spk_batch *b, const spk_row *rows, 
     return SPK_OK;
 }
 
-spk_status spk_exec_finish(spk_exec *e, spk_exec_ticket *t, int32_t *tokens)
+spk_status spk_exec_finish(spk_exec *e, spk_exec_ticket *t, int32_t *tokens, spk_row_lp *lp)
 {
     if (t->done)
         return SPK_OK;
     const int last0 = (e->pp - 1) * e->tp;
     void *rep = NULL;
     size_t rl = 0;
+    const size_t tb = sizeof(int32_t) * (size_t)t->n_rows, lb = t->lp ? sizeof(spk_row_lp) * (size_t)t->n_rows : 0;
     spk_status st = spk_cluster_command_wait(e->c, last0, t->req, -1, &rep, &rl);
-    if (st == SPK_OK && rl != sizeof(int32_t) * (size_t)t->n_rows)
-        st = spk_err(SPK_ERR_FORMAT, "step: rank %d returned %zu bytes of tokens, expected %zu", last0, rl,
-                     sizeof(int32_t) * (size_t)t->n_rows);
-    if (st == SPK_OK)
-        memcpy(tokens, rep, rl);
+    if (st == SPK_OK && rl != tb + lb)
+        st = spk_err(SPK_ERR_FORMAT, "step: rank %d returned %zu bytes of tokens and log-probs, expected %zu",
+                     last0, rl, tb + lb);
+    if (st == SPK_OK) {
+        memcpy(tokens, rep, tb);
+        if (lb)
+            memcpy(lp, (const char *)rep + tb, lb);
+    }
     free(rep);
     t->done = 1;
     return st;
@@ -495,7 +629,10 @@ struct spk_exec_worker {
     int32_t *tok, *pos, *seq;
     uint8_t *want;
     spk_row *rows;
-    int32_t *out_tokens;
+    int32_t *out_tokens;          /* reply: tokens, then log-probs when asked */
+    spk_row_lp *out_lp;
+    spk_pen *pen;                 /* the step's penalty lists (grows, then stays) */
+    size_t pen_cap;
 };
 
 static void worker_unload(spk_exec_worker *wk);
@@ -555,12 +692,13 @@ static spk_status on_load(spk_cluster *c, uint32_t cmd, const void *data, size_t
         wk->seq = malloc(sizeof(int32_t) * T);
         wk->want = malloc(T);
         wk->rows = malloc(sizeof(spk_row) * T);
-        wk->out_tokens = malloc(sizeof(int32_t) * T);
+        wk->out_tokens = malloc((sizeof(int32_t) + sizeof(spk_row_lp)) * T);
+        wk->out_lp = malloc(sizeof(spk_row_lp) * T);
         wk->table_off = malloc(sizeof(int32_t) * T);
         wk->table_cap = p.n_blocks; /* a batch's sequences never share blocks */
         wk->table = malloc(sizeof(int32_t) * (size_t)p.n_blocks);
         if (!wk->table_off || !wk->table || !wk->tok || !wk->pos || !wk->seq || !wk->want || !wk->rows ||
-            !wk->out_tokens)
+            !wk->out_tokens || !wk->out_lp)
             st = spk_err(SPK_ERR_NOMEM, "out of memory for step buffers");
     }
     if (st != SPK_OK) {
@@ -602,22 +740,50 @@ static spk_status on_step(spk_cluster *c, uint32_t cmd, const void *data, size_t
         wanted += wk->want[i] != 0;
     if (wanted != n_rows)
         return spk_err(SPK_ERR_FORMAT, "step command: %d rows announced, %d wanted", n_rows, wanted);
+    size_t n_pen = 0;
+    bool any_lp = false;
     for (int i = 0; i < n_rows; i++) {
         spk_row *r = &wk->rows[i];
         if (get(&b, &r->sp.temperature, 4) || get(&b, &r->sp.top_k, 4) || get(&b, &r->sp.top_p, 4) ||
-            get(&b, &r->u, 8))
+            get(&b, &r->sp.min_p, 4) || get(&b, &r->u, 8) || get(&b, &r->lp, 4) || get(&b, &r->n_pen, 4))
             return spk_err(SPK_ERR_FORMAT, "step command: truncated rows");
+        if (r->lp < -1 || r->lp > SPK_MAX_TOP_LOGPROBS || r->n_pen < 0 || (size_t)r->n_pen > (len - b.off) / 12)
+            return spk_err(SPK_ERR_FORMAT, "step command: row %d: %d log-probs, %d penalties", i, r->lp, r->n_pen);
+        any_lp |= r->lp >= 0;
+        if (n_pen + (size_t)r->n_pen > wk->pen_cap) {
+            size_t cap = (n_pen + (size_t)r->n_pen) * 2;
+            spk_pen *p = realloc(wk->pen, sizeof(spk_pen) * cap);
+            if (!p)
+                return spk_err(SPK_ERR_NOMEM, "step command: out of memory for %zu penalties", cap);
+            wk->pen = p;
+            wk->pen_cap = cap;
+        }
+        for (int j = 0; j < r->n_pen; j++) {
+            spk_pen *q = &wk->pen[n_pen + (size_t)j];
+            if (get(&b, &q->token, 4) || get(&b, &q->rep, 4) || get(&b, &q->sub, 4))
+                return spk_err(SPK_ERR_FORMAT, "step command: truncated penalties");
+        }
+        r->pen = NULL;
+        n_pen += (size_t)r->n_pen;
+    }
+    n_pen = 0;
+    for (int i = 0; i < n_rows; i++) {
+        wk->rows[i].pen = wk->rows[i].n_pen ? wk->pen + n_pen : NULL;
+        n_pen += (size_t)wk->rows[i].n_pen;
     }
     if (b.off != len)
         return spk_err(SPK_ERR_FORMAT, "step command: %zu trailing bytes", len - b.off);
     spk_batch batch = {.n_tok = n, .token = wk->tok, .pos = wk->pos, .seq = wk->seq, .want_logits = wk->want,
                        .n_seqs = (int)n_seqs, .table_off = wk->table_off, .block_table = wk->table,
                        .n_table = (int)n_table};
-    spk_status st = run_shard(e, &batch, wk->rows, n_rows, wk->out_tokens);
+    spk_status st = run_shard(e, &batch, wk->rows, n_rows, wk->out_tokens, wk->out_lp);
     if (st != SPK_OK)
         return st;
-    if (e->stage == e->pp - 1 && e->t == 0)
-        return spk_cluster_reply_set(reply, wk->out_tokens, sizeof(int32_t) * (size_t)n_rows);
+    if (e->stage == e->pp - 1 && e->t == 0) {
+        size_t tb = sizeof(int32_t) * (size_t)n_rows, lb = any_lp ? sizeof(spk_row_lp) * (size_t)n_rows : 0;
+        memcpy((char *)wk->out_tokens + tb, wk->out_lp, lb);
+        return spk_cluster_reply_set(reply, wk->out_tokens, tb + lb);
+    }
     return SPK_OK;
 }
 
@@ -643,6 +809,11 @@ static void worker_unload(spk_exec_worker *wk)
     free(wk->want);
     free(wk->rows);
     free(wk->out_tokens);
+    free(wk->out_lp);
+    free(wk->pen);
+    wk->out_lp = NULL;
+    wk->pen = NULL;
+    wk->pen_cap = 0;
     free(wk->table_off);
     free(wk->table);
     wk->table_off = wk->table = NULL;

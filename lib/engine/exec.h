@@ -19,7 +19,18 @@ typedef struct spk_exec spk_exec;
 typedef struct spk_row {
     spk_sampling sp;
     double u;
+    int lp;                       /* -1: no log-probs; else also this many alternatives (<= 20) */
+    int n_pen;                    /* penalties on this row's logits before sampling */
+    const spk_pen *pen;
 } spk_row;
+
+/* Log-probs of a row's sampled token and its top alternatives: the model's log-softmax over the
+ * whole vocabulary (raw logits: before penalties and temperature). */
+typedef struct spk_row_lp {
+    float logprob;
+    int32_t n_top;
+    spk_token_logprob top[SPK_MAX_TOP_LOGPROBS];
+} spk_row_lp;
 
 typedef struct spk_exec_params {
     const char *path;             /* model file (workers open it themselves) */
@@ -43,7 +54,8 @@ void spk_exec_close(spk_exec *e);
 
 /*
  * Run one step in two halves, so a pipeline can hold several micro-batches; tokens[i] is the
- * token sampled for the i-th row with want_logits. begin sends the batch to
+ * token sampled for the i-th row with want_logits, and lp[i] its log-probs when rows[i].lp >= 0
+ * (lp may be NULL when no row asks). begin sends the batch to
  * the workers and runs this rank's stage (returning as soon as its hidden states are handed to
  * the next stage); finish waits for the last stage's tokens. Micro-batches finish in the order
  * they began; at most spk_exec_depth() are worth keeping in flight. `tokens` must stay valid
@@ -53,11 +65,12 @@ typedef struct spk_exec_ticket {
     uint32_t req;
     int n_rows;
     int done;
+    int lp;                       /* some row asked for log-probs: the reply carries them */
 } spk_exec_ticket;
 int spk_exec_depth(const spk_exec *e);
 spk_status spk_exec_begin(spk_exec *e, const spk_batch *b, const spk_row *rows, int n_rows,
-                          int32_t *tokens, spk_exec_ticket *t);
-spk_status spk_exec_finish(spk_exec *e, spk_exec_ticket *t, int32_t *tokens);
+                          int32_t *tokens, spk_row_lp *lp, spk_exec_ticket *t);
+spk_status spk_exec_finish(spk_exec *e, spk_exec_ticket *t, int32_t *tokens, spk_row_lp *lp);
 
 /* Choose pp x tp for the cluster: measures this machine's memory bandwidth and the control link
  * to rank 1 (latency and bandwidth), then asks the cost model (lib/plan/cost.h) for the best
@@ -78,7 +91,7 @@ uint64_t spk_rss_bytes(void);
  * path. A worker checks the sizes against what it can hold and refuses a file whose identity
  * differs from the driver's. */
 #define SPK_EXEC_CMD_LOAD (SPK_CLUSTER_CMD_USER + 0x100)
-#define SPK_EXEC_LOAD_VERSION 2u
+#define SPK_EXEC_LOAD_VERSION 3u
 #define SPK_EXEC_LOAD_WORDS 9
 
 /* Worker side: handle the driver's model commands while spk_cluster_serve runs. The returned

@@ -2,6 +2,7 @@
 #include "engine/sampler.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 
 static uint64_t splitmix(uint64_t *x)
@@ -126,7 +127,7 @@ void spk_top_cands(const float *logits, int n, int k, int32_t base, spk_cand *ou
 {
     if (k == 1) {
         int32_t b = spk_argmax(logits, n);
-        out[0] = (spk_cand){logits[b], b + base};
+        out[0] = (spk_cand){logits[b], b + base, logits[b]};
         return;
     }
     for (int i = 0; i < n; i++)
@@ -134,7 +135,7 @@ void spk_top_cands(const float *logits, int n, int k, int32_t base, spk_cand *ou
     tl_cmp_logits = logits;
     select_top(s->idx, n, k);
     for (int i = 0; i < k; i++)
-        out[i] = (spk_cand){logits[s->idx[i]], s->idx[i] + base};
+        out[i] = (spk_cand){logits[s->idx[i]], s->idx[i] + base, logits[s->idx[i]]};
 }
 
 int32_t spk_sample_cands(spk_cand *c, int n, const spk_sampling *p, double u)
@@ -171,6 +172,17 @@ int32_t spk_sample_cands(spk_cand *c, int n, const spk_sampling *p, double u)
         for (int i = 0; i < keep; i++)
             sum += pr[i];
     }
+    if (p->min_p > 0.0f) { /* pr[0] is the top token's (unnormalized) probability, exp(0) = 1 */
+        int m = 1;
+        while (m < keep && pr[m] >= (double)p->min_p * pr[0])
+            m++;
+        if (m < keep) {
+            keep = m;
+            sum = 0;
+            for (int i = 0; i < keep; i++)
+                sum += pr[i];
+        }
+    }
     double x = u * sum, acc = 0;
     int32_t pick = c[keep - 1].id;
     for (int i = 0; i < keep; i++) {
@@ -204,4 +216,42 @@ int32_t spk_sample_u(const float *logits, int n, const spk_sampling *p, double u
 int32_t spk_sample(const float *logits, int n, const spk_sampling *p, spk_rng *rng, spk_sampler_scratch *s)
 {
     return spk_sample_u(logits, n, p, spk_rng_uniform(rng), s);
+}
+
+void spk_apply_penalties(float *logits, int n, int32_t base, const spk_pen *pen, int n_pen)
+{
+    for (int i = 0; i < n_pen; i++) {
+        int32_t j = pen[i].token - base;
+        if (j < 0 || j >= n)
+            continue;
+        float x = logits[j];
+        if (pen[i].rep != 1.0f)
+            x = x > 0.0f ? x / pen[i].rep : x * pen[i].rep;
+        logits[j] = x - pen[i].sub;
+    }
+}
+
+#define MARK_WIN 0x40000000 /* in the repeat window; the low bits count generated occurrences */
+
+int spk_penalties_build(const int32_t *tokens, int n_tokens, int n_prompt, int last_n, float rep, float freq,
+                        float presence, int32_t *mark, spk_pen *out)
+{
+    int w0 = last_n > 0 && last_n < n_tokens ? n_tokens - last_n : last_n > 0 ? 0 : n_tokens;
+    bool fp = freq != 0.0f || presence != 0.0f;
+    int g0 = fp ? n_prompt : n_tokens;
+    for (int i = w0; i < n_tokens; i++)
+        mark[tokens[i]] |= MARK_WIN;
+    for (int i = g0; i < n_tokens; i++)
+        mark[tokens[i]]++;
+    int n = 0;
+    int lo = w0 < g0 ? w0 : g0;
+    for (int i = lo; i < n_tokens; i++) {
+        int32_t t = tokens[i], m = mark[t];
+        if (m == 0)
+            continue; /* outside both ranges, or listed already */
+        int count = m & ~MARK_WIN;
+        out[n++] = (spk_pen){t, (m & MARK_WIN) ? rep : 1.0f, (float)count * freq + (count > 0 ? presence : 0.0f)};
+        mark[t] = 0;
+    }
+    return n;
 }

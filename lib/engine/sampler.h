@@ -11,6 +11,7 @@ typedef struct spk_sampling {
     float temperature;   /* <= 0: greedy */
     int top_k;           /* <= 0: whole vocabulary */
     float top_p;         /* >= 1: off */
+    float min_p;         /* <= 0: off; keeps tokens with p >= min_p * p(top token), after temperature */
 } spk_sampling;
 
 typedef struct spk_rng {
@@ -46,9 +47,30 @@ int32_t spk_sample_u(const float *logits, int n, const spk_sampling *p, double u
 
 /* A sampling candidate: a vocabulary id and its logit. */
 typedef struct spk_cand {
-    float logit;
+    float logit;         /* after penalties: what sampling uses */
     int32_t id;
+    float raw;           /* the model's logit, before penalties (log-probs) */
 } spk_cand;
+
+/* A penalty on one token's logit: with rep != 1 a positive logit is divided by rep and a
+ * negative one multiplied (llama.cpp's repeat penalty); then sub is subtracted (OpenAI's
+ * count * frequency_penalty + presence_penalty). */
+typedef struct spk_pen {
+    int32_t token;
+    float rep;
+    float sub;
+} spk_pen;
+
+/* Apply penalties to a shard of logits holding ids [base, base + n); ids outside are skipped. */
+void spk_apply_penalties(float *logits, int n, int32_t base, const spk_pen *pen, int n_pen);
+
+/* The penalty list for the next token of a sequence tokens[0..n_tokens) whose first n_prompt
+ * are the prompt: repeat penalty `rep` on the distinct tokens of the last `last_n` (0: none),
+ * frequency/presence on the generated ones by their counts. `mark` is zeroed scratch of the
+ * vocabulary's size, left zeroed. Writes at most last_n + (n_tokens - n_prompt) entries, each
+ * token once, and returns their number. */
+int spk_penalties_build(const int32_t *tokens, int n_tokens, int n_prompt, int last_n, float rep, float freq,
+                        float presence, int32_t *mark, spk_pen *out);
 
 /* How many candidates per row sampling with `p` needs from a shard of n_local logits
  * (1 for greedy, top_k, or all of them when top-k is off). */

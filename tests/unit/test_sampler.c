@@ -20,9 +20,9 @@ START_TEST(greedy_is_argmax)
     ck_assert_int_eq(spk_sampler_scratch_init(&s, NV), 0);
     spk_rng r;
     spk_rng_seed(&r, 1);
-    spk_sampling p = {0.0f, 40, 0.9f};
+    spk_sampling p = {0.0f, 40, 0.9f, 0.0f};
     ck_assert_int_eq(spk_sample(logits, NV, &p, &r, &s), 123);
-    p = (spk_sampling){1.0f, 1, 1.0f}; /* top-k 1 is greedy too */
+    p = (spk_sampling){1.0f, 1, 1.0f, 0.0f}; /* top-k 1 is greedy too */
     ck_assert_int_eq(spk_sample(logits, NV, &p, &r, &s), 123);
     ck_assert_int_eq(spk_argmax(logits, NV), 123);
     spk_sampler_scratch_free(&s);
@@ -34,7 +34,7 @@ START_TEST(same_seed_same_tokens)
     fill();
     spk_sampler_scratch s;
     spk_sampler_scratch_init(&s, NV);
-    spk_sampling p = {0.9f, 50, 0.95f};
+    spk_sampling p = {0.9f, 50, 0.95f, 0.0f};
     int32_t a[64], b[64];
     spk_rng r;
     spk_rng_seed(&r, 99);
@@ -74,7 +74,7 @@ START_TEST(top_k_restricts_support)
                 order[i] = order[j];
                 order[j] = t;
             }
-    spk_sampling p = {5.0f, 5, 1.0f}; /* hot temperature: without top-k anything could come */
+    spk_sampling p = {5.0f, 5, 1.0f, 0.0f}; /* hot temperature: without top-k anything could come */
     spk_rng r;
     spk_rng_seed(&r, 3);
     int seen[5] = {0};
@@ -99,7 +99,7 @@ START_TEST(top_p_keeps_the_nucleus)
     float lg[4] = {logf(0.5f), logf(0.3f), logf(0.15f), logf(0.05f)};
     spk_sampler_scratch s;
     spk_sampler_scratch_init(&s, 4);
-    spk_sampling p = {1.0f, 0, 0.7f};
+    spk_sampling p = {1.0f, 0, 0.7f, 0.0f};
     spk_rng r;
     spk_rng_seed(&r, 5);
     int cnt[4] = {0};
@@ -117,7 +117,7 @@ START_TEST(temperature_follows_softmax)
     float lg[3] = {1.0f, 0.5f, -0.5f};
     spk_sampler_scratch s;
     spk_sampler_scratch_init(&s, 3);
-    spk_sampling p = {0.7f, 0, 1.0f};
+    spk_sampling p = {0.7f, 0, 1.0f, 0.0f};
     spk_rng r;
     spk_rng_seed(&r, 11);
     int cnt[3] = {0};
