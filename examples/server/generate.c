@@ -3,7 +3,9 @@
  * events, poll its own outputs (spk_poll_request), answer with one JSON body or an SSE stream,
  * cancel it when the client goes away, and count it in the metrics.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <math.h>
 #include <poll.h>
 #include <stdio.h>
@@ -351,7 +353,6 @@ enum MHD_Result spk_srv_generate(spk_srv *s, struct MHD_Connection *conn, spk_sr
     rq.n_stop_strings = g->q.n_stops;
     rq.logprobs = g->q.logprobs;
     rq.top_logprobs = g->q.top_logprobs;
-    rq.prompt_logprobs = g->q.echo && g->q.logprobs;
     rq.ignore_eos = g->q.ignore_eos;
     rq.private_events = 1;
     g->t0_ns = now_ns();

@@ -3,7 +3,9 @@
  * within a size limit, the API key check, routing to the endpoints, and replies counted by
  * status in the metrics.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>

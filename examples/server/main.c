@@ -10,7 +10,9 @@
  * local spk-worker processes; with --coordinator this is rank 0 of a cluster started elsewhere.
  * --port 0 binds a free port; the startup line on stdout names it. SIGINT/SIGTERM stop cleanly.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <libgen.h>
 #include <pthread.h>
 #include <signal.h>

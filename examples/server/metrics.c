@@ -2,7 +2,9 @@
  * metrics.c: the server's counters and latency histograms, and GET /metrics in the Prometheus
  * text format (with the engine's queue depth, KV cache use and preemptions from spk_model_stats).
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -2,7 +2,9 @@
  * request.c: an OpenAI request body (chat or completions) parsed and validated into
  * spk_srv_req; every mistake is a 400 (404 for an unknown model) naming the field and value.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -442,6 +444,10 @@ int spk_srv_req_parse(const spk_srv *s, int chat, const char *body, size_t len, 
         r->top_logprobs = d > 0 ? (int)d : 0;
         if (get_bool(root, "echo", &r->echo, err))
             goto out;
+        if (r->echo && r->logprobs) {
+            BAD("echo", "'echo' with 'logprobs' is not supported (no prompt log-probs yet)");
+            goto out;
+        }
     }
     if (parse_stop(cJSON_GetObjectItemCaseSensitive(root, "stop"), r, err))
         goto out;

@@ -3,7 +3,9 @@
  * their streamed chunks as SSE events, log-probs in the chat and the completions layouts,
  * usage, and the model list.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
