@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A bounded load test of spk-server (tests/sh/server_load.py): 64 concurrent streaming clients,
-# 320 short greedy requests (128 in a sanitizer build, which is ~10x slower), each complete,
+# 320 short greedy requests (64 in a sanitizer build, which is ~10x slower), each complete,
 # well-formed SSE, equal to the same request run alone, and /metrics counters adding up; then a
 # clean SIGTERM shutdown (exit 0: under ASan, no leak). Python standard library only.
 # Usage: server_load.sh BUILD_DIR SOURCE_DIR
@@ -10,7 +10,7 @@ S=$(cd "${2:?source dir}" && pwd)
 server_setup "$1"
 PER_CLIENT=5
 if grep -Eq '^(SPK_SANITIZE|SPK_TSAN):BOOL=ON' "$B/CMakeCache.txt" 2>/dev/null; then
-    PER_CLIENT=2
+    PER_CLIENT=1
 fi
 server_start --ctx 256 --max-seqs 16 --queue 128 --max-connections 256 || exit 1
 fail=0
