@@ -111,5 +111,40 @@ check "metrics count the 400s ($n400)" [ "$n400" -ge 20 ]
 check "metrics count the 413 and 415s" [ "$(metric 'spk_server_requests_total{status="413"}')" -eq 1 ] &&
     [ "$(metric 'spk_server_requests_total{status="415"}')" -eq 2 ]
 check "clean shutdown on SIGTERM" server_stop
+
+# ---- a full queue: 429 with Retry-After; a client that leaves a non-streamed request ----
+server_start --ctx 256 --max-seqs 1 --queue 1 || exit 1
+LONG='{"prompt":"Once upon a time","max_tokens":100,"ignore_eos":true,"temperature":0}'
+pids=()
+for i in 1 2 3 4 5; do
+    "${C[@]}" -D "$TMP/h$i" -o /dev/null -w '%{http_code}' "${J[@]}" "$URL/v1/completions" -d "$LONG" >"$TMP/code$i" &
+    pids+=($!)
+done
+wait "${pids[@]}" # (a bare wait would wait for the server too)
+codes=$(cat "$TMP"/code? | tr -d '\n' | fold -w3 | sort | uniq -c | tr -s ' ' | tr '\n' ',')
+busy_ok() { # 1 slot + 1 queue place for 5 requests at once: the rest are refused with Retry-After
+    local n429=0 n200=0
+    for i in 1 2 3 4 5; do
+        case $(cat "$TMP/code$i") in
+        429) n429=$((n429 + 1)); grep -qi '^retry-after: 1' "$TMP/h$i" || return 1 ;;
+        200) n200=$((n200 + 1)) ;;
+        *) return 1 ;;
+        esac
+    done
+    [ $n429 -ge 2 ] && [ $n200 -ge 2 ] && [ "$(metric spk_server_rejected_busy_total)" -eq $n429 ]
+}
+check "a full queue answers 429 with Retry-After (codes:$codes)" busy_ok
+left_cancelled() { # the client gives up after 1 s on a 2000-token request: it is cancelled
+    "${C[@]}" --max-time 1 -o /dev/null "${J[@]}" "$URL/v1/completions" \
+        -d '{"prompt":"Once upon a time","max_tokens":2000,"ignore_eos":true}'
+    for _ in $(seq 1 300); do
+        [ "$(metric 'spk_server_generations_total{finish="cancelled"}')" -eq 1 ] &&
+            [ "$(metric spk_server_requests_in_flight)" -eq 0 ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+check "a client leaving a non-streamed request gets it cancelled" left_cancelled
+check "clean shutdown on SIGTERM (second server)" server_stop
 [ $fail -eq 0 ] || { echo "--- server stderr (tail)"; tail -30 "$TMP/server.err"; exit 1; }
 echo "all HTTP checks passed"
