@@ -93,6 +93,19 @@ spk_status spk_request_init(spk_request *req)
     return SPK_OK;
 }
 
+#define STRUCT_INIT(fn, type)                                                                           \
+    spk_status fn(type *x)                                                                              \
+    {                                                                                                   \
+        if (!x)                                                                                         \
+            return spk_err(SPK_ERR_INVALID_ARG, #fn ": NULL argument");                                 \
+        memset(x, 0, sizeof *x);                                                                        \
+        x->struct_size = sizeof *x;                                                                     \
+        return SPK_OK;                                                                                  \
+    }
+STRUCT_INIT(spk_model_info_init, spk_model_info)
+STRUCT_INIT(spk_rank_stats_init, spk_rank_stats)
+STRUCT_INIT(spk_model_stats_init, spk_model_stats)
+
 spk_status spk_output_init(spk_output *out)
 {
     if (!out)
@@ -179,12 +192,15 @@ spk_status spk_model_load(spk_cluster *cluster, const spk_model_config *cfg_in, 
                      block_size, (unsigned long long)block_bytes);
         goto fail;
     }
-    spk_exec_params xp = {cfg.path, pp, tp, m->n_ctx, (int)n_blocks, block_size, max_tok, threads, max_seqs};
+    /* logits rows per step: one per sequence, plus up to 32 for prompt log-probs */
+    int echo_rows = max_tok - max_seqs < 32 ? (max_tok - max_seqs > 0 ? max_tok - max_seqs : 0) : 32;
+    spk_exec_params xp = {cfg.path, pp, tp, m->n_ctx, (int)n_blocks, block_size, max_tok, threads,
+                          max_seqs + echo_rows};
     if ((st = spk_exec_open(world > 1 ? cluster : NULL, m->file, &m->hp, &m->w, &xp, &m->exec)) != SPK_OK)
         goto fail;
     spk_engine_params ep = {
         .exec = m->exec, .max_tok = max_tok, .n_blocks = (int)n_blocks, .block_size = block_size,
-        .n_vocab = m->hp.n_vocab, .n_ctx = m->n_ctx, .max_seqs = max_seqs,
+        .n_vocab = m->hp.n_vocab, .n_ctx = m->n_ctx, .max_seqs = max_seqs, .echo_rows = echo_rows,
         .queue_capacity = cfg.queue_capacity ? cfg.queue_capacity : 1024, .is_eog = eog_cb, .eog_ctx = m->tok, .tok = m->tok,
     };
     if ((st = spk_engine_start(&ep, &m->engine)) != SPK_OK)

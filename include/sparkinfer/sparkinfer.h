@@ -94,8 +94,15 @@ SPK_API const char *spk_status_str(spk_status status);
 
 /**
  * Detail message of the last error on the calling thread (e.g. "tensor blk.3.attn_q.weight:
- * offset 9120 + size 4096 past end of file (11000 bytes)"). Empty string if none. The pointer is
- * valid until the next library call on this thread. Thread-safe (per-thread storage).
+ * offset 9120 + size 4096 past end of file (11000 bytes)").
+ *  - Every function that returns an error status sets it (on the calling thread) before
+ *    returning; a function that succeeds leaves it as it was (it is not cleared), so read it
+ *    only right after a call that failed. Empty string if no call on this thread has failed.
+ *  - Per thread: another thread's failures never change it. Errors of a request inside the
+ *    engine do not set it: they come in that request's spk_output.message.
+ *  - The pointer stays valid for the thread's lifetime; its contents change at the next failing
+ *    call on this thread (copy the text to keep it).
+ * Thread-safe.
  */
 SPK_API const char *spk_last_error(void);
 
@@ -245,8 +252,11 @@ typedef struct spk_model_info {
     uint64_t weight_bytes;      /**< bytes of weights in the file */
 } spk_model_info;
 
+/** Zero `info` and set struct_size (docs/ABI.md: call before spk_model_get_info). */
+SPK_API spk_status spk_model_info_init(spk_model_info *info);
+
 /**
- * Fill `info` (caller sets info->struct_size first). Thread-safe.
+ * Fill `info` (caller sets info->struct_size first, e.g. with spk_model_info_init). Thread-safe.
  */
 SPK_API spk_status spk_model_get_info(const spk_model *model, spk_model_info *info);
 
@@ -266,6 +276,9 @@ typedef struct spk_rank_stats {
                                      (KV cache, activations, step buffers); independent of the
                                      page cache */
 } spk_rank_stats;
+
+/** Zero `stats` and set struct_size (call before spk_model_get_rank_stats). */
+SPK_API spk_status spk_rank_stats_init(spk_rank_stats *stats);
 
 /**
  * Ask rank `rank` of the model's cluster what it holds (a control-plane round trip for a worker).
@@ -287,7 +300,11 @@ typedef struct spk_model_stats {
     int n_submit_waiting;       /**< spk_submit_wait callers blocked for queue room */
 } spk_model_stats;
 
-/** Fill `stats` (caller sets stats->struct_size first). Thread-safe. */
+/** Zero `stats` and set struct_size (call before spk_model_get_stats). */
+SPK_API spk_status spk_model_stats_init(spk_model_stats *stats);
+
+/** Fill `stats` (caller sets stats->struct_size first, e.g. with spk_model_stats_init).
+ *  Thread-safe. */
 SPK_API spk_status spk_model_get_stats(spk_model *model, spk_model_stats *stats);
 
 /* ---------------------------------------------------------------------------------------- */
@@ -388,8 +405,12 @@ typedef struct spk_request {
     int logprobs;               /**< 1: each token output carries the sampled token's log-prob */
     int top_logprobs;           /**< 0..SPK_MAX_TOP_LOGPROBS alternatives per token output
                                      (implies logprobs) */
-    int prompt_logprobs;        /**< reserved: must be 0 (prompt log-probs are not implemented;
-                                     SPK_ERR_UNSUPPORTED) */
+    int prompt_logprobs;        /**< 1: outputs for the prompt tokens come first ("echo"): one
+                                     per prompt position (finish NONE, n_generated 0, no text),
+                                     the first with logprob NAN, each later one the log-prob of
+                                     that prompt token given the ones before, with top_logprobs
+                                     alternatives. Prompts are then computed in chunks of at
+                                     most 32 positions per step */
     int private_events;         /**< 1: this request's outputs go only to spk_poll_request(id),
                                      never to spk_poll / spk_poll_outputs */
 } spk_request;

@@ -60,6 +60,10 @@ typedef struct req {
     float repeat_penalty, freq_penalty, presence_penalty;
     int repeat_last_n;        /* -1: whole sequence */
     int lp;                   /* -1: no log-probs; else the number of alternatives */
+    bool echo;                /* prompt_logprobs: outputs for the prompt tokens come first */
+    int echo_lp;              /* alternatives per prompt output */
+    int echo_next;            /* prompt positions whose output is scheduled (position 0 needs none) */
+    int n_echoed;             /* prompt outputs emitted */
     struct req *next;
 } req;
 
@@ -235,7 +239,7 @@ static void emit(spk_engine *e, const req *r, int32_t tok, int32_t pos, spk_fini
         if (i < 0)
             return;
         spk_output *o = &e->recs[i];
-        memset(o, 0, offsetof(spk_output, top)); /* the rest is written below */
+        memset(o, 0, sizeof *o); /* no stale bytes of an earlier output reach a caller */
         o->struct_size = sizeof *o;
         o->request_id = r->id;
         o->token = first ? tok : -1;
@@ -443,7 +447,7 @@ static int add_penalties(spk_engine *e, mbatch *b, const req *r, size_t at)
  * them, oldest first: decode tokens first, then prompt chunks in the token budget left. */
 static void build(spk_engine *e, mbatch *b, int max_seqs)
 {
-    int n = 0, n_rows = 0, seqs = 0, n_table = 0;
+    int n = 0, n_rows = 0, seqs = 0, n_table = 0, echo_left = e->p.echo_rows;
     size_t n_pen = 0;
     for (int pass = 0; pass < 2; pass++) {
         for (int s = 0; s < e->p.max_seqs && n < e->max_tok && seqs < max_seqs; s++) {
@@ -457,6 +461,14 @@ static void build(spk_engine *e, mbatch *b, int max_seqs)
             int take = todo < e->max_tok - n ? todo : e->max_tok - n;
             if (!decoding && take > e->chunk)
                 take = e->chunk; /* with a pipeline, prompt chunks overlap across stages */
+            if (r->echo && !decoding) { /* a logits row per prompt position: at most echo_left rows */
+                int first = r->echo_next - 1 > r->n_cached ? r->echo_next - 1 : r->n_cached;
+                int rows = r->n_cached + take < r->n_prompt - 1 ? r->n_cached + take - first : r->n_prompt - 1 - first;
+                if (rows > echo_left)
+                    take = first - r->n_cached + echo_left;
+                if (take <= 0)
+                    continue; /* no rows left in this step */
+            }
             int need = (r->n_cached + take - 1) / e->block_size + 1;
             if (!ensure_blocks(e, r, need)) {
                 take = r->n_blocks * e->block_size - r->n_cached; /* what its blocks still hold */
@@ -483,9 +495,17 @@ static void build(spk_engine *e, mbatch *b, int max_seqs)
                 b->pos[n] = pos;
                 b->seq[n] = seqs;
                 b->want[n] = (pos == r->n_tokens - 1);
-                if (b->want[n]) {
+                if (r->echo && pos + 1 < r->n_prompt && pos + 1 >= r->echo_next) {
+                    /* a prompt row: the log-probs of the next prompt token */
+                    b->want[n] = 1;
+                    b->rows[n_rows] = (spk_row){.sp = {0.0f, 1, 1.0f, 0.0f}, .lp = r->echo_lp,
+                                                .target = r->tokens[pos + 1]};
+                    b->rq[n_rows++] = r;
+                    r->echo_next = pos + 2;
+                    echo_left--;
+                } else if (b->want[n]) {
                     spk_row *row = &b->rows[n_rows];
-                    *row = (spk_row){.sp = r->sp, .u = spk_rng_uniform(&r->rng), .lp = r->lp};
+                    *row = (spk_row){.sp = r->sp, .u = spk_rng_uniform(&r->rng), .lp = r->lp, .target = -1};
                     row->n_pen = add_penalties(e, b, r, n_pen);
                     n_pen += (size_t)row->n_pen;
                     b->rq[n_rows++] = r;
@@ -554,6 +574,23 @@ static void deliver(spk_engine *e, mbatch *b, spk_status st)
         b->sq[i]->inflight--;
     for (int i = 0; i < b->n_rows; i++) {
         req *r = b->rq[i];
+        if (r->echo && r->n_echoed == 0) { /* the first prompt token: no log-prob */
+            emit_info info = {NULL, 0, NULL, NULL};
+            spk_row_lp none = {.logprob = NAN, .n_top = 0};
+            info.lp = &none;
+            r->n_echoed = 1;
+            emit(e, r, r->tokens[0], 0, SPK_FINISH_NONE, SPK_OK, &info);
+        }
+        if (b->rows[i].target >= 0) { /* a prompt row: its output, unless the step failed (the
+                                          request's sampling row reports that) */
+            if (st == SPK_OK) { /* rows come in position order: this is prompt position n_echoed */
+                emit_info info = {NULL, 0, &b->lp[i], NULL};
+                int q = r->n_echoed;
+                r->n_echoed = q + 1;
+                emit(e, r, b->rows[i].target, q, SPK_FINISH_NONE, SPK_OK, &info);
+            }
+            continue;
+        }
         r->busy = false;
         if (st != SPK_OK) {
             emit_end(e, r, SPK_FINISH_ERROR, st, spk_err_msg());
@@ -866,8 +903,11 @@ static spk_status check_request(const spk_engine *e, const spk_request *r, size_
     if (r->top_logprobs < 0 || r->top_logprobs > SPK_MAX_TOP_LOGPROBS)
         return spk_err(SPK_ERR_INVALID_ARG, "request %zu: top_logprobs %d out of [0, %d]", i, r->top_logprobs,
                        SPK_MAX_TOP_LOGPROBS);
-    if (r->prompt_logprobs != 0)
-        return spk_err(SPK_ERR_UNSUPPORTED, "request %zu: prompt_logprobs is not implemented", i);
+    if (r->prompt_logprobs != 0 && r->prompt_logprobs != 1)
+        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: prompt_logprobs %d (0 or 1)", i, r->prompt_logprobs);
+    if (r->prompt_logprobs && e->p.echo_rows < 1)
+        return spk_err(SPK_ERR_UNSUPPORTED, "request %zu: prompt_logprobs needs logits rows this load has no room "
+                       "for (max_seqs too large)", i);
     if (r->private_events != 0 && r->private_events != 1)
         return spk_err(SPK_ERR_INVALID_ARG, "request %zu: private_events %d (0 or 1)", i, r->private_events);
     return SPK_OK;
@@ -971,6 +1011,9 @@ static spk_status make_req(spk_engine *e, spk_request *r, size_t i, req **out)
     q->freq_penalty = r->frequency_penalty;
     q->presence_penalty = r->presence_penalty;
     q->lp = r->logprobs || r->top_logprobs ? r->top_logprobs : -1;
+    q->echo = r->prompt_logprobs != 0;
+    q->echo_lp = r->top_logprobs;
+    q->echo_next = 1;
     *out = q;
     return SPK_OK;
 }

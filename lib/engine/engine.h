@@ -20,6 +20,8 @@ typedef struct spk_engine_params {
     int n_vocab;
     int n_ctx;
     int max_seqs;                        /* sequence slots in the run state */
+    int echo_rows;                       /* logits rows per step for prompt log-probs (the executor
+                                            holds max_seqs + echo_rows rows) */
     int queue_capacity;
     bool (*is_eog)(const void *ctx, int32_t token);
     const void *eog_ctx;

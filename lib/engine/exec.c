@@ -38,8 +38,9 @@
 #define STEP_MAGIC 0x53504b53u /* "SKPS" */
 #define DATA_TIMEOUT_MS 120000
 /* Per row and rank: entry 0 = {logit: max logit of the shard, raw: sum of exp(logit - max)},
- * then the shard's best raw logits (id -1: padding). */
-#define LP_STRIDE (SPK_MAX_TOP_LOGPROBS + 1)
+ * entry 1 = the row's target token's raw logit if this shard holds it (else id -1), then the
+ * shard's best raw logits (id -1: padding). */
+#define LP_STRIDE (SPK_MAX_TOP_LOGPROBS + 2)
 
 struct spk_exec {
     spk_cluster *c;            /* NULL: one process */
@@ -321,7 +322,7 @@ static int raw_cmp(const void *a, const void *b)
 }
 
 /* Log-prob statistics of one row of this shard's raw logits into L[0..LP_STRIDE). */
-static void lp_stats(spk_exec *e, const float *x, int n_out, int want, spk_cand *L)
+static void lp_stats(spk_exec *e, const float *x, int n_out, int want, int32_t target, spk_cand *L)
 {
     for (int j = 0; j < LP_STRIDE; j++)
         L[j] = (spk_cand){0.0f, -1, 0.0f};
@@ -334,9 +335,11 @@ static void lp_stats(spk_exec *e, const float *x, int n_out, int want, spk_cand 
     for (int j = 0; j < n_out; j++)
         sum += exp((double)(x[j] - m));
     L[0] = (spk_cand){m, -1, (float)sum};
+    if (target >= e->sh.v0 && target < e->sh.v1)
+        L[1] = (spk_cand){x[target - e->sh.v0], target, x[target - e->sh.v0]};
     int T = want < n_out ? want : n_out;
     if (T > 0)
-        spk_top_cands(x, n_out, T, e->sh.v0, L + 1, &e->scratch);
+        spk_top_cands(x, n_out, T, e->sh.v0, L + 2, &e->scratch);
 }
 
 /* Combine every rank's statistics of row i into its log-probs; `row` holds the candidates the
@@ -353,13 +356,18 @@ static void lp_finish(spk_exec *e, const spk_cand *all, int n_rows, int i, int w
     for (int r = 0; r < e->tp; r++) {
         const spk_cand *L = all + ((size_t)r * (size_t)n_rows + (size_t)i) * LP_STRIDE;
         S += (double)L[0].raw * exp((double)L[0].logit - M);
-        for (int j = 1; j < LP_STRIDE; j++)
+        for (int j = 2; j < LP_STRIDE; j++)
             if (L[j].id >= 0)
                 e->lptmp[nt++] = L[j];
     }
     const double lse = M + log(S);
     out->logprob = NAN;
-    for (int j = 0; j < per_row; j++)
+    for (int r = 0; r < e->tp; r++) { /* a prompt row: its target's logit, from the shard holding it */
+        const spk_cand *L = all + ((size_t)r * (size_t)n_rows + (size_t)i) * LP_STRIDE;
+        if (L[1].id >= 0 && L[1].id == tok)
+            out->logprob = (float)(L[1].raw - lse);
+    }
+    for (int j = 0; j < per_row && isnan(out->logprob); j++)
         if (row[j].id == tok) {
             out->logprob = (float)(row[j].raw - lse);
             break;
@@ -440,7 +448,7 @@ static spk_status run_shard(spk_exec *e, const spk_batch *b, const spk_row *rows
     for (int i = 0; i < n_rows; i++) {
         float *x = e->out + (size_t)i * (size_t)n_out;
         if (any_lp)
-            lp_stats(e, x, n_out, rows[i].lp, e->lpc + (size_t)i * LP_STRIDE);
+            lp_stats(e, x, n_out, rows[i].lp, rows[i].target, e->lpc + (size_t)i * LP_STRIDE);
         const spk_row *rw = &rows[i];
         for (int j = 0; j < rw->n_pen; j++) { /* keep the raw logits of the penalized tokens */
             int32_t t = rw->pen[j].token - e->sh.v0;
@@ -487,7 +495,7 @@ static spk_status run_shard(spk_exec *e, const spk_batch *b, const spk_row *rows
                        sizeof(spk_cand) * (size_t)k);
         else
             memcpy(row, all + (size_t)i * (size_t)k, sizeof(spk_cand) * (size_t)k);
-        tokens[i] = spk_sample_cands(row, per_row, &rows[i].sp, rows[i].u);
+        tokens[i] = rows[i].target >= 0 ? rows[i].target : spk_sample_cands(row, per_row, &rows[i].sp, rows[i].u);
         if (lp && rows[i].lp >= 0)
             lp_finish(e, all_lp, n_rows, i, rows[i].lp, tokens[i], row, per_row, &lp[i]);
     }
@@ -514,6 +522,7 @@ static void encode_step(wbuf *w, const spk_batch *b, const spk_row *rows, int n_
         put(w, &rows[i].sp.min_p, 4);
         put(w, &rows[i].u, 8);
         put(w, &rows[i].lp, 4);
+        put(w, &rows[i].target, 4);
         put(w, &rows[i].n_pen, 4);
         for (int j = 0; j < rows[i].n_pen; j++) {
             put(w, &rows[i].pen[j].token, 4);
@@ -745,10 +754,12 @@ static spk_status on_step(spk_cluster *c, uint32_t cmd, const void *data, size_t
     for (int i = 0; i < n_rows; i++) {
         spk_row *r = &wk->rows[i];
         if (get(&b, &r->sp.temperature, 4) || get(&b, &r->sp.top_k, 4) || get(&b, &r->sp.top_p, 4) ||
-            get(&b, &r->sp.min_p, 4) || get(&b, &r->u, 8) || get(&b, &r->lp, 4) || get(&b, &r->n_pen, 4))
+            get(&b, &r->sp.min_p, 4) || get(&b, &r->u, 8) || get(&b, &r->lp, 4) || get(&b, &r->target, 4) || get(&b, &r->n_pen, 4))
             return spk_err(SPK_ERR_FORMAT, "step command: truncated rows");
-        if (r->lp < -1 || r->lp > SPK_MAX_TOP_LOGPROBS || r->n_pen < 0 || (size_t)r->n_pen > (len - b.off) / 12)
-            return spk_err(SPK_ERR_FORMAT, "step command: row %d: %d log-probs, %d penalties", i, r->lp, r->n_pen);
+        if (r->lp < -1 || r->lp > SPK_MAX_TOP_LOGPROBS || r->n_pen < 0 || (size_t)r->n_pen > (len - b.off) / 12 ||
+            r->target < -1 || r->target >= e->hp.n_vocab || (r->target >= 0 && r->lp < 0))
+            return spk_err(SPK_ERR_FORMAT, "step command: row %d: %d log-probs, target %d, %d penalties", i, r->lp,
+                           r->target, r->n_pen);
         any_lp |= r->lp >= 0;
         if (n_pen + (size_t)r->n_pen > wk->pen_cap) {
             size_t cap = (n_pen + (size_t)r->n_pen) * 2;

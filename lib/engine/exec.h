@@ -20,6 +20,8 @@ typedef struct spk_row {
     spk_sampling sp;
     double u;
     int lp;                       /* -1: no log-probs; else also this many alternatives (<= 20) */
+    int32_t target;               /* -1: sample; else a prompt row: the token is this one (the next
+                                     prompt token) and only its log-probs are computed (lp >= 0) */
     int n_pen;                    /* penalties on this row's logits before sampling */
     const spk_pen *pen;
 } spk_row;

@@ -1,6 +1,7 @@
 /* The public API: versions, status strings, config init, and every function given NULL, wrong
  * sizes or out-of-range values returns an error code (never crashes). With the default model:
  * load, info, tokenize round trip, submit/poll/cancel behaviour and per-request errors. */
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -59,6 +60,67 @@ START_TEST(null_arguments_are_errors)
     ck_assert_int_eq(spk_poll(NULL, ev, 1, &n, 0), SPK_ERR_INVALID_ARG);
     ck_assert_int_eq(spk_cancel(NULL, 1), SPK_ERR_INVALID_ARG);
     ck_assert_str_ne(spk_last_error(), "");
+}
+END_TEST
+
+static void *fail_on_other_thread(void *arg)
+{
+    (void)arg;
+    spk_request_init(NULL); /* fails: sets this thread's message only */
+    return strstr(spk_last_error(), "spk_request_init") ? (void *)1 : NULL;
+}
+
+START_TEST(last_error_semantics)
+{
+    spk_model_config mc;
+    /* a failing call sets the message, naming the function and the thing */
+    ck_assert_int_eq(spk_model_config_init(NULL), SPK_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(spk_last_error(), "spk_model_config_init: cfg is NULL"));
+    const char *p = spk_last_error();
+    /* successful calls leave it as it was */
+    ck_assert_int_eq(spk_model_config_init(&mc), SPK_OK);
+    ck_assert_uint_ne(spk_version_number(), 0);
+    ck_assert_ptr_nonnull(strstr(spk_last_error(), "spk_model_config_init: cfg is NULL"));
+    ck_assert_ptr_eq(spk_last_error(), p); /* the same per-thread storage */
+    /* another thread's failure does not touch this thread's message */
+    pthread_t th;
+    void *ok = NULL;
+    ck_assert_int_eq(pthread_create(&th, NULL, fail_on_other_thread, NULL), 0);
+    pthread_join(th, &ok);
+    ck_assert_ptr_nonnull(ok);
+    ck_assert_ptr_nonnull(strstr(spk_last_error(), "spk_model_config_init: cfg is NULL"));
+    /* the next failure replaces it */
+    spk_cluster *c = NULL;
+    mc.struct_size = 3;
+    spk_cluster_config cc;
+    spk_cluster_config_init(&cc);
+    cc.n_threads = -2;
+    ck_assert_int_eq(spk_cluster_open(&cc, &c), SPK_ERR_INVALID_ARG);
+    ck_assert_ptr_null(strstr(spk_last_error(), "spk_model_config_init"));
+    ck_assert_str_ne(spk_last_error(), "");
+}
+END_TEST
+
+START_TEST(init_functions_of_filled_structs)
+{
+    spk_model_info mi;
+    spk_rank_stats rs;
+    spk_model_stats ms;
+    memset(&mi, 0x5a, sizeof mi);
+    memset(&rs, 0x5a, sizeof rs);
+    memset(&ms, 0x5a, sizeof ms);
+    ck_assert_int_eq(spk_model_info_init(&mi), SPK_OK);
+    ck_assert_int_eq(spk_rank_stats_init(&rs), SPK_OK);
+    ck_assert_int_eq(spk_model_stats_init(&ms), SPK_OK);
+    ck_assert_uint_eq(mi.struct_size, sizeof mi);
+    ck_assert_uint_eq(rs.struct_size, sizeof rs);
+    ck_assert_uint_eq(ms.struct_size, sizeof ms);
+    ck_assert_int_eq(mi.n_vocab, 0);
+    ck_assert_uint_eq(rs.owned_bytes, 0);
+    ck_assert_int_eq(ms.n_submit_waiting, 0);
+    ck_assert_int_eq(spk_model_info_init(NULL), SPK_ERR_INVALID_ARG);
+    ck_assert_int_eq(spk_rank_stats_init(NULL), SPK_ERR_INVALID_ARG);
+    ck_assert_int_eq(spk_model_stats_init(NULL), SPK_ERR_INVALID_ARG);
 }
 END_TEST
 
@@ -332,6 +394,8 @@ int main(void)
     tcase_add_test(tc, versions_and_status_strings);
     tcase_add_test(tc, null_arguments_are_errors);
     tcase_add_test(tc, cluster_config_sizes_and_ranges);
+    tcase_add_test(tc, last_error_semantics);
+    tcase_add_test(tc, init_functions_of_filled_structs);
     suite_add_tcase(s, tc);
     if (spk_test_model_path()) {
         TCase *tm = tcase_create("model");

@@ -123,6 +123,53 @@ class spk_request(ctypes.Structure):
         ("stop_tokens", ctypes.POINTER(ctypes.c_int32)),
         ("n_stop", ctypes.c_size_t),
         ("ignore_eos", ctypes.c_int),
+        ("text", ctypes.c_char_p),
+        ("text_len", ctypes.c_size_t),
+        ("stop_strings", ctypes.POINTER(ctypes.c_char_p)),
+        ("n_stop_strings", ctypes.c_size_t),
+        ("min_p", ctypes.c_float),
+        ("repeat_penalty", ctypes.c_float),
+        ("repeat_last_n", ctypes.c_int),
+        ("frequency_penalty", ctypes.c_float),
+        ("presence_penalty", ctypes.c_float),
+        ("logprobs", ctypes.c_int),
+        ("top_logprobs", ctypes.c_int),
+        ("prompt_logprobs", ctypes.c_int),
+        ("private_events", ctypes.c_int),
+    ]
+
+
+MAX_STOP_STRINGS = 16
+MAX_STOP_LEN = 256
+MAX_TOP_LOGPROBS = 20
+OUTPUT_TEXT_CAP = 512
+SEED_RANDOM = (1 << 64) - 1
+
+
+class spk_token_logprob(ctypes.Structure):
+    _fields_ = [
+        ("token", ctypes.c_int32),
+        ("logprob", ctypes.c_float),
+    ]
+
+
+class spk_output(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("request_id", ctypes.c_uint64),
+        ("token", ctypes.c_int32),
+        ("position", ctypes.c_int32),
+        ("finish", ctypes.c_int32),
+        ("status", ctypes.c_int32),
+        ("time_ns", ctypes.c_uint64),
+        ("logprob", ctypes.c_float),
+        ("n_top", ctypes.c_int32),
+        ("top", spk_token_logprob * MAX_TOP_LOGPROBS),
+        ("text_len", ctypes.c_uint32),
+        ("text", ctypes.c_char * OUTPUT_TEXT_CAP),
+        ("n_prompt", ctypes.c_int32),
+        ("n_generated", ctypes.c_int32),
+        ("message", ctypes.c_char * 256),
     ]
 
 
@@ -178,6 +225,12 @@ _PROTOTYPES = {
                                      ctypes.c_int]),
     "spk_poll": (spk_status, [_vp, ctypes.POINTER(spk_event), _sz, _szp, ctypes.c_int]),
     "spk_cancel": (spk_status, [_vp, ctypes.c_uint64]),
+    "spk_output_init": (spk_status, [ctypes.POINTER(spk_output)]),
+    "spk_poll_outputs": (spk_status, [_vp, ctypes.POINTER(spk_output), _sz, _szp, ctypes.c_int]),
+    "spk_poll_request": (spk_status, [_vp, ctypes.c_uint64, ctypes.POINTER(spk_output), _sz, _szp, ctypes.c_int]),
+    "spk_model_info_init": (spk_status, [ctypes.POINTER(spk_model_info)]),
+    "spk_rank_stats_init": (spk_status, [ctypes.POINTER(spk_rank_stats)]),
+    "spk_model_stats_init": (spk_status, [ctypes.POINTER(spk_model_stats)]),
 }
 
 

@@ -33,7 +33,7 @@ from .cluster import Cluster
 from .errors import SparkinferError, Status, make_error
 from .stream import Detokenizer, Generation
 from .types import (Event, Finish, ModelInfo, ModelStats, Output, RankStats, Request, _SAMPLING_KEYS,
-                    _event_from_c)
+                    _output_from_c)
 
 _EVBUF = 256             # events fetched per spk_poll
 
@@ -117,7 +117,8 @@ class Model:
         self._owned = {}                    # request id -> deque of its owner
         self._discard = set()               # ids whose owner left before the final event
         self._unowned = collections.deque()  # events for poll()
-        self._evbuf = (_c.spk_event * _EVBUF)()
+        self._evbuf = (_c.spk_output * _EVBUF)()
+        self._evbuf[0].struct_size = ctypes.sizeof(_c.spk_output)   # the stride
         tmpl, st = _c.init_struct(_lib, _c.spk_request, "spk_request_init")
         _check("spk_request_init", st)
         self._req_template = tmpl
@@ -314,17 +315,27 @@ class Model:
         fn = "spk_submit"
         what = "request %d" % i
         prompt = r.prompt
-        if isinstance(prompt, (str, bytes, bytearray)):
-            prompt = self.tokenize(prompt, r.add_special, r.parse_special)
-        parr, n = _tokens_array(fn, what + " prompt", prompt)
-        keep.append(parr)
-        creq.prompt = ctypes.cast(parr, ctypes.POINTER(ctypes.c_int32)) if n else None
-        creq.n_prompt = n
+        if isinstance(prompt, (str, bytes, bytearray)) and r.add_special and r.parse_special:
+            b = _text_bytes(fn, what + " prompt", prompt)   # the library tokenizes it
+            keep.append(b)
+            creq.text = b
+            creq.text_len = len(b)
+            creq.prompt = None
+            creq.n_prompt = 0
+        else:
+            if isinstance(prompt, (str, bytes, bytearray)):
+                prompt = self.tokenize(prompt, r.add_special, r.parse_special)
+            parr, n = _tokens_array(fn, what + " prompt", prompt)
+            keep.append(parr)
+            creq.prompt = ctypes.cast(parr, ctypes.POINTER(ctypes.c_int32)) if n else None
+            creq.n_prompt = n
         if r.max_tokens is not None:
             creq.max_tokens = _c_int(fn, what + " max_tokens", r.max_tokens)
         if r.top_k is not None:
             creq.top_k = _c_int(fn, what + " top_k", r.top_k)
-        for name in ("temperature", "top_p"):
+        if r.repeat_last_n is not None:
+            creq.repeat_last_n = _c_int(fn, what + " repeat_last_n", r.repeat_last_n, -1)
+        for name in ("temperature", "top_p", "min_p", "repeat_penalty", "frequency_penalty", "presence_penalty"):
             v = getattr(r, name)
             if v is None:
                 continue
@@ -344,6 +355,19 @@ class Model:
             creq.stop_tokens = ctypes.cast(sarr, ctypes.POINTER(ctypes.c_int32))
             creq.n_stop = ns
         creq.ignore_eos = 1 if r.ignore_eos else 0
+        stops = r.stop
+        if isinstance(stops, (str, bytes)):
+            stops = [stops]
+        stops = [_cstr(fn, what + " stop string", x) for x in (stops or ())]
+        if stops:
+            sarr = (ctypes.c_char_p * len(stops))(*stops)
+            keep.append(stops)
+            keep.append(sarr)
+            creq.stop_strings = ctypes.cast(sarr, ctypes.POINTER(ctypes.c_char_p))
+            creq.n_stop_strings = len(stops)
+        creq.logprobs = 1 if r.logprobs or r.top_logprobs else 0
+        creq.top_logprobs = _c_int(fn, what + " top_logprobs", r.top_logprobs or 0, 0)
+        creq.prompt_logprobs = 1 if r.prompt_logprobs else 0
 
     def _build(self, reqs):
         """The C request array for Request objects (tokenizing text prompts), plus the arrays
@@ -393,9 +417,9 @@ class Model:
         err = None
         n = ctypes.c_size_t()
         try:
-            st, err = self._call_status("spk_poll", _lib.spk_poll, self._evbuf, _EVBUF, ctypes.byref(n),
-                                        int(timeout_ms))
-            evs = [_event_from_c(self._evbuf[i]) for i in range(n.value)] if not st else []
+            st, err = self._call_status("spk_poll_outputs", _lib.spk_poll_outputs, self._evbuf, _EVBUF,
+                                        ctypes.byref(n), int(timeout_ms))
+            evs = [_output_from_c(self._evbuf[i]) for i in range(n.value)] if not st else []
         finally:
             self._cv.acquire()
             self._pumping = False
@@ -505,6 +529,9 @@ class Model:
         results = [None] * len(reqs)
         index = {}                      # id -> position
         tokens = {}
+        texts = {}
+        lps = {}
+        echo = {}
         queue = collections.deque()
         pending = 0                     # next request to submit
         running = set()
@@ -528,6 +555,8 @@ class Model:
                     for k, rid in enumerate(ids):
                         index[rid] = pending + k
                         tokens[rid] = []
+                        texts[rid] = []
+                        lps[rid] = []
                         running.add(rid)
                     pending += len(ids)
                 if not running:
@@ -544,16 +573,27 @@ class Model:
                     return out
 
                 for e in self._wait(take, wait_ms):
-                    if e.token is not None:
+                    texts[e.request_id].append(e.text)
+                    if e.token is not None and e.position is not None and e.position < e.n_prompt:
+                        echo.setdefault(e.request_id, []).append((e.token, e.logprob, e.top_logprobs))
+                    elif e.token is not None:
                         tokens[e.request_id].append(e.token)
+                        lps[e.request_id].append((e.logprob, e.top_logprobs))
                     if e.finish != Finish.NONE:
                         rid = e.request_id
                         running.discard(rid)
                         with self._cv:
                             self._owned.pop(rid, None)
                         toks = tokens.pop(rid)
-                        results[index[rid]] = Output(rid, toks, self.detokenize(toks, skip_special), e.finish,
-                                                     e.status)
+                        r = reqs[index[rid]]
+                        # the library's text (stop strings cut, special tokens skipped)
+                        text = "".join(texts.pop(rid)) if skip_special else self.detokenize(toks, False)
+                        lp = lps.pop(rid)
+                        want = r.logprobs or r.top_logprobs
+                        results[index[rid]] = Output(rid, toks, text, e.finish, e.status, e.message,
+                                                     [x[0] for x in lp] if want else None,
+                                                     [x[1] for x in lp] if r.top_logprobs else None,
+                                                     echo.pop(rid, []) if r.prompt_logprobs else None)
         finally:
             for rid in list(running):
                 try:

@@ -84,11 +84,17 @@ class Detokenizer:
             pass
 
 
+_CLOSED = object()   # what a wait returns when close() ran in another thread
+
+
 class Generation:
     """Iterator over the decoded text pieces of one request (see :meth:`Model.generate`).
 
     Attributes: ``request_id``; ``tokens`` (generated so far); ``text`` (pieces so far);
-    ``finish`` (None until the final event) and ``status``. Consume it from one thread at a
+    ``finish`` (None until the final event), ``status`` and ``message`` (the error detail);
+    ``logprobs``: (logprob, top_logprobs) per token when the request asked for them. With
+    ``skip_special`` (the default) the pieces are the library's output text, so stop strings are
+    cut from it. Consume it from one thread at a
     time. ``close()`` (or leaving a ``with`` block / ``for`` loop early) cancels the request.
     """
 
@@ -102,6 +108,10 @@ class Generation:
         self._timeout_ms = -1 if timeout_s is None else max(0, int(timeout_s * 1000))
         self._detok = None
         self._done = False
+        self.message = ""
+        self.logprobs: List = []   # (logprob, top_logprobs) per token, when asked for
+        self.prompt_logprobs: List = []   # (token, logprob, top_logprobs) per prompt token (echo)
+        self._lib_text = skip_special
         self._detok = Detokenizer(model, skip_special)
         try:
             self.request_id = model._submit_owned([request], self._queue)[0]
@@ -126,20 +136,34 @@ class Generation:
     def __next__(self) -> str:
         while not self._done:
             q = self._queue
-            evs = self.model._wait(lambda: q.popleft() if q else None, self._timeout_ms)
+            # close() from another thread sets _done: the wait ends then (it re-checks in slices)
+            evs = self.model._wait(lambda: q.popleft() if q else (_CLOSED if self._done else None),
+                                   self._timeout_ms)
+            if evs is _CLOSED:
+                break
             if evs is None:
                 self.close()
                 raise make_error(Status.TIMEOUT, "request %d: no event within %d ms"
                                  % (self.request_id, self._timeout_ms), None, "generate")
             e = evs
             piece = ""
+            if e.token is not None and e.position is not None and e.position < e.n_prompt:
+                self.prompt_logprobs.append((e.token, e.logprob, e.top_logprobs))   # echo
+                continue
             if e.token is not None:
                 self.tokens.append(e.token)
-                piece = self._detok._push(e.token)
+                if not self._lib_text:
+                    piece = self._detok._push(e.token)
+            if self._lib_text:
+                piece = e.text   # the library's text: stop strings cut, special tokens skipped
+            if e.token is not None and (e.logprob is not None or e.top_logprobs):
+                self.logprobs.append((e.logprob, e.top_logprobs))
             if e.finish != Finish.NONE:
                 self.finish = e.finish
                 self.status = e.status
-                piece += self._detok._push(-1)
+                self.message = e.message
+                if not self._lib_text:
+                    piece += self._detok._push(-1)
                 self._done = True
                 self.model._release_owned(self.request_id, q, True)
                 self._free_detok()

@@ -56,7 +56,8 @@ def test_init_functions_fill_the_mirrored_structs_at_the_right_offsets():
         assert ctypes.c_size_t.from_buffer(raw).value == ctypes.sizeof(cls), cls.__name__
     r, st = C.init_struct(sparkinfer._base._lib, C.spk_request, "spk_request_init")
     assert st == 0 and r.struct_size == ctypes.sizeof(C.spk_request)
-    assert (r.max_tokens, r.top_k, r.n_prompt, r.n_stop, r.ignore_eos, r.seed) == (128, 40, 0, 0, 0, 0)
+    assert (r.max_tokens, r.top_k, r.n_prompt, r.n_stop, r.ignore_eos, r.seed) == (128, 40, 0, 0, 0, C.SEED_RANDOM)
+    assert (r.repeat_penalty, r.repeat_last_n, r.min_p, r.logprobs, r.private_events) == (1.0, 64, 0.0, 0, 0)
     assert r.temperature == pytest.approx(0.8) and r.top_p == pytest.approx(0.95)
     c, _ = C.init_struct(sparkinfer._base._lib, C.spk_cluster_config, "spk_cluster_config_init")
     assert (c.rank, c.world_size, c.connect_timeout_ms, c.peer_timeout_ms, c.heartbeat_ms) == (-1, 0, 30000, 10000, 1000)
@@ -74,7 +75,8 @@ def test_struct_mirror_matches_a_c_compiler():
     if not cc:
         pytest.skip("no C compiler to compare the ctypes layout with")
     structs = [C.spk_cluster_config, C.spk_model_config, C.spk_model_info, C.spk_rank_stats,
-               C.spk_model_stats, C.spk_chat_message, C.spk_request, C.spk_event]
+               C.spk_model_stats, C.spk_chat_message, C.spk_request, C.spk_event, C.spk_token_logprob,
+               C.spk_output]
     lines = ["#include <stddef.h>", "#include <stdio.h>", "#include <sparkinfer/sparkinfer.h>",
              "int main(void) {"]
     expect = []
