@@ -59,7 +59,7 @@ static int client_gone(int fd)
 
 static int gone(const gen *g)
 {
-    return g->s->stopping || client_gone(g->fd);
+    return __atomic_load_n(&g->s->stopping, __ATOMIC_RELAXED) || client_gone(g->fd);
 }
 
 static int text_append(spk_srv_result *r, const char *t, size_t n)

@@ -227,7 +227,7 @@ int main(int argc, char **argv)
             nanosleep(&ts, NULL);
         }
         fprintf(stderr, "%s: signal %d: stopping\n", PROG, (int)stop_signal);
-        srv.stopping = 1;
+        __atomic_store_n(&srv.stopping, 1, __ATOMIC_RELAXED);
         MHD_stop_daemon(d);
     }
     spk_model_free(m);

@@ -58,7 +58,7 @@ typedef struct spk_srv {
     unsigned char key_hash[32]; /* BLAKE2b of the API key */
     size_t max_body;            /* bytes */
     int64_t created;            /* unix time the server started */
-    volatile int stopping;      /* set at shutdown: running requests are cancelled */
+    int stopping;               /* set at shutdown (atomically): running requests are cancelled */
     spk_srv_metrics metrics;
 } spk_srv;
 
