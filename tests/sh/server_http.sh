@@ -3,7 +3,9 @@
 # every event "data: JSON" and a blank line, the last "data: [DONE]"), the GET endpoints, and a
 # table of bad requests (truncated JSON, 10 MB body, wrong content type, wrong types, negative
 # max_tokens, NaN temperature, 1000 stop strings, invalid UTF-8, ...): each gets its 4xx with an
-# OpenAI-shaped JSON error, and the server keeps serving; /metrics counts them by status.
+# OpenAI-shaped JSON error, and the server keeps serving; /metrics counts them by status. Then a
+# server with one slot and one queue place: 429 + Retry-After, cancellation of a non-streamed
+# request whose client left, and a slow client (unfinished headers) disconnected by --timeout.
 # Usage: server_http.sh BUILD_DIR SOURCE_DIR
 set -u
 S=$(cd "${2:?source dir}" && pwd)
@@ -113,8 +115,8 @@ check "metrics count the 413 and 415s" [ "$(metric 'spk_server_requests_total{st
 check "clean shutdown on SIGTERM" server_stop
 
 # ---- a full queue: 429 with Retry-After; a client that leaves a non-streamed request ----
-server_start --ctx 256 --max-seqs 1 --queue 1 || exit 1
-LONG='{"prompt":"Once upon a time","max_tokens":100,"ignore_eos":true,"temperature":0}'
+server_start --ctx 256 --max-seqs 1 --queue 1 --timeout 3 || exit 1
+LONG='{"prompt":"Once upon a time","max_tokens":64,"ignore_eos":true,"temperature":0}'
 pids=()
 for i in 1 2 3 4 5; do
     "${C[@]}" -D "$TMP/h$i" -o /dev/null -w '%{http_code}' "${J[@]}" "$URL/v1/completions" -d "$LONG" >"$TMP/code$i" &
@@ -145,6 +147,16 @@ left_cancelled() { # the client gives up after 1 s on a 2000-token request: it i
     return 1
 }
 check "a client leaving a non-streamed request gets it cancelled" left_cancelled
+slow_client_closed() { # headers that never end: the connection is closed after --timeout 3
+    python3 - "$PORT" <<'PY'
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n")
+s.settimeout(60)
+sys.exit(0 if s.recv(100) == b"" else 1)  # b"": closed by the server (a timeout raises)
+PY
+}
+check "a client that stops sending its headers is disconnected (--timeout)" slow_client_closed
 check "clean shutdown on SIGTERM (second server)" server_stop
 [ $fail -eq 0 ] || { echo "--- server stderr (tail)"; tail -30 "$TMP/server.err"; exit 1; }
 echo "all HTTP checks passed"
