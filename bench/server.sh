@@ -3,7 +3,8 @@
 # same GGUF file and the same thread count. For each concurrency level (default 1 8 32 64) a
 # Python (standard library) client keeps C streaming /v1/completions requests in flight until
 # REQUESTS have completed (default max(16, 2C)), each with the same ~PROMPT-word prompt and
-# MAX_TOKENS generated tokens (ignore_eos, greedy), and reports:
+# MAX_TOKENS generated tokens (ignore_eos, greedy; each prompt starts with its own number, so
+# neither server reuses a previous request's KV), and reports:
 #   tok/s       all generated tokens / wall time of the level
 #   TTFT p50/p90/p99   time from sending the request to the first streamed text
 #   TPOT p50/p90/p99   (time of the last token - time of the first) / (tokens - 1), per request
@@ -15,7 +16,8 @@
 # LLAMA_BUILD_SERVER=ON), so the reference harness's default build is left as it is.
 #
 # Usage: bench/server.sh [--model PATH] [--threads N] [--build-dir DIR] [--levels "1 8 32 64"]
-#                        [--requests N] [--prompt-words N] [--max-tokens N] [--ctx N] [--spk-only]
+#                        [--requests N] [--prompt-words N] [--max-tokens N] [--ctx N]
+#                        [--spk-only | --llama-only]
 # Prints one table row per server and level on stdout (and the same as JSON lines in
 # $OUT_JSONL if set). Rerun: run it again; builds and downloads are cached.
 set -euo pipefail
@@ -31,6 +33,7 @@ prompt_words=48
 max_tokens=64
 ctx=512
 spk_only=0
+llama_only=0
 die() { printf 'bench/server.sh: %s\n' "$*" >&2; exit 1; }
 while [ "$#" -gt 0 ]; do
     case $1 in
@@ -43,6 +46,7 @@ while [ "$#" -gt 0 ]; do
     --max-tokens) max_tokens=$2; shift 2 ;;
     --ctx) ctx=$2; shift 2 ;;
     --spk-only) spk_only=1; shift ;;
+    --llama-only) llama_only=1; shift ;;
     -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (--help)" ;;
     esac
@@ -69,16 +73,21 @@ import http.client, json, sys, threading, time
 
 host, port, label, conc, n_req, words, max_tokens = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
 prompt = " ".join(["The quick brown fox jumps over the lazy dog."] * (words // 9 + 1))
-body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True, "ignore_eos": True,
-                   "stream_options": {"include_usage": True}})
+
+def body(i):
+    # each request its own prompt: no server reuses a cached prefix beyond the first token
+    # (llama-server's cache_prompt: false instead made its decode several times slower)
+    return json.dumps({"prompt": "Note %d. %s" % (i, prompt), "max_tokens": max_tokens, "temperature": 0,
+                       "stream": True, "ignore_eos": True,
+                       "stream_options": {"include_usage": True}})
 lock = threading.Lock()
 next_req = [0]
 res = []
 
-def one():
+def one(i):
     t0 = time.perf_counter()
     c = http.client.HTTPConnection(host, port, timeout=600)
-    c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    c.request("POST", "/v1/completions", body(i), {"Content-Type": "application/json"})
     r = c.getresponse()
     if r.status != 200:
         raise RuntimeError("HTTP %d %r" % (r.status, r.read()[:200]))
@@ -114,7 +123,8 @@ def worker():
             if next_req[0] >= n_req:
                 return
             next_req[0] += 1
-        t0, first, last, n = one()
+            i = next_req[0]
+        t0, first, last, n = one(i)
         with lock:
             res.append((t0, first, last, n))
 
@@ -157,6 +167,7 @@ echo "# model $(basename "$model"), $threads threads, prompt ~$prompt_words word
 echo "# server       conc  reqs     tok/s   TTFT ms p50     p90     p99   TPOT ms p50    p90    p99"
 
 # ---- spk-server ----
+if [ $llama_only -eq 0 ]; then
 "$SERVER" --model "$model" --port 0 --threads "$threads" --ctx "$ctx" --max-seqs "$max_level" \
     --queue 1024 >"$TMP/spk.out" 2>"$TMP/spk.err" &
 PIDS+=($!)
@@ -165,6 +176,7 @@ port=$(sed -nE 's|.*listening on http://[^ ]*:([0-9]+),.*|\1|p' "$TMP/spk.out" |
 run_levels spk-server "$port"
 kill -TERM "${PIDS[-1]}"
 wait "${PIDS[-1]}" || true
+fi
 
 # ---- llama-server ----
 if [ $spk_only -eq 0 ]; then
@@ -177,16 +189,25 @@ if [ $spk_only -eq 0 ]; then
         cmake -S "$LLAMACPP_SRC" -B "$LBUILD" ${args/-DLLAMA_BUILD_SERVER=OFF/-DLLAMA_BUILD_SERVER=ON} >&2
         cmake --build "$LBUILD" -j "${SPK_JOBS:-2}" --target llama-server >&2
     fi
-    lport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    # one slot per concurrent request, each with the context spk-server gives a sequence
-    "$LBUILD/bin/llama-server" -m "$model" --host 127.0.0.1 --port "$lport" -t "$threads" -tb "$threads" \
-        -np "$max_level" -c $((ctx * max_level)) --no-webui >"$TMP/llama.out" 2>&1 &
-    PIDS+=($!)
-    for _ in $(seq 1 600); do
-        curl -s --noproxy '*' "http://127.0.0.1:$lport/health" 2>/dev/null | grep -q ok && break
-        kill -0 "${PIDS[-1]}" 2>/dev/null || { tail -20 "$TMP/llama.out"; die "llama-server did not start (port $lport taken?)"; }
-        sleep 0.2
+    # Per level, a fresh llama-server with one slot per concurrent request (-np C), each slot the
+    # context spk-server gives a sequence (-c CTX*C): its best configuration for that load (with
+    # 64 slots at concurrency 1 it is several times slower).
+    for c in $levels; do
+        lport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+        "$LBUILD/bin/llama-server" -m "$model" --host 127.0.0.1 --port "$lport" -t "$threads" -tb "$threads" \
+            -np "$c" -c $((ctx * c)) --no-webui >"$TMP/llama.out" 2>&1 &
+        PIDS+=($!)
+        for _ in $(seq 1 600); do
+            curl -s --noproxy '*' "http://127.0.0.1:$lport/health" 2>/dev/null | grep -q ok && break
+            kill -0 "${PIDS[-1]}" 2>/dev/null || { tail -20 "$TMP/llama.out"; die "llama-server did not start (port $lport taken?)"; }
+            sleep 0.2
+        done
+        levels_save=$levels
+        levels=$c
+        run_levels llama-server "$lport"
+        levels=$levels_save
+        kill "${PIDS[-1]}"
+        wait "${PIDS[-1]}" 2>/dev/null || true
     done
-    run_levels llama-server "$lport"
 fi
 if [ -n "${OUT_JSONL:-}" ]; then cp "$TMP/rows.jsonl" "$OUT_JSONL"; fi
