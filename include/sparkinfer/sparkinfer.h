@@ -12,6 +12,10 @@
  *   spk_request r; spk_request_init(&r); r.prompt = ids; r.n_prompt = n; r.max_tokens = 64;
  *   uint64_t id; spk_submit(m, &r, 1, &id);
  *   spk_event ev[16]; size_t n; spk_poll(m, ev, 16, &n, 1000);  // until a finish event
+ *   // or rich outputs (text, log-probs, error messages): spk_output_init(&out[0]);
+ *   // spk_poll_outputs(m, out, 16, &n, 1000); a request with private_events = 1 is read only
+ *   // with spk_poll_request(m, id, out, 16, &n, 1000), so components sharing a model keep
+ *   // their own outputs.
  *   spk_model_free(m); spk_cluster_close(cl);
  *
  * Conventions:
@@ -461,9 +465,10 @@ typedef struct spk_token_logprob {
  * (at least out[0]) with spk_output_init() first; arrays of outputs use out[0].struct_size as
  * their stride, and the library writes min(struct_size, its own size) bytes of each.
  *
- * A request's outputs: one per generated token (token >= 0), possibly followed by text-only
- * outputs (token -1) when its text does not fit text[]; the last output of a request has
- * finish != SPK_FINISH_NONE (it may carry a token, or be token -1).
+ * A request's outputs: with prompt_logprobs first one per prompt token (position < n_prompt,
+ * n_generated 0); then one per generated token (token >= 0), each possibly followed by
+ * text-only outputs (token -1) when its text does not fit text[]; the last output of a request
+ * has finish != SPK_FINISH_NONE (it may carry a token, or be token -1).
  */
 typedef struct spk_output {
     size_t struct_size;         /**< sizeof(spk_output), set by spk_output_init */

@@ -644,6 +644,8 @@ static bool step(spk_engine *e, uint64_t *seen)
     mbatch *b = NULL;
     pthread_mutex_lock(&e->mu);
     *seen = e->kick;
+    const int q0 = e->n_queued, a0 = e->n_active;
+    bool cancelled = false;
     admit(e);
     for (int s = 0; s < e->p.max_seqs; s++) {
         req *r = e->slots[s];
@@ -651,6 +653,7 @@ static bool step(spk_engine *e, uint64_t *seen)
             emit_info info = {r->pend, (size_t)r->pend_len, NULL, NULL}; /* text held back so far */
             emit(e, r, -1, -1, SPK_FINISH_CANCELLED, SPK_OK, &info);
             finish_slot(e, r);
+            cancelled = true;
         }
     }
     if (e->n_inflight < e->depth && e->fatal == SPK_OK) {
@@ -677,8 +680,14 @@ static bool step(spk_engine *e, uint64_t *seen)
         pthread_mutex_unlock(&e->mu);
         return true;
     }
-    if (e->n_inflight == 0)
-        return false;
+    if (e->n_inflight == 0) {
+        /* nothing to compute; but if this step freed a slot or admitted or ended requests, the
+         * next one may find work (a queued request for the freed slot): no wait for a kick */
+        pthread_mutex_lock(&e->mu);
+        bool changed = cancelled || e->n_queued != q0 || e->n_active != a0;
+        pthread_mutex_unlock(&e->mu);
+        return changed;
+    }
     mbatch *o = &e->mbs[e->mb_head];
     spk_status st = spk_exec_finish(e->p.exec, &o->t, o->out, o->lp);
     pthread_mutex_lock(&e->mu);
