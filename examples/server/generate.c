@@ -354,6 +354,7 @@ enum MHD_Result spk_srv_generate(spk_srv *s, struct MHD_Connection *conn, spk_sr
     rq.logprobs = g->q.logprobs;
     rq.top_logprobs = g->q.top_logprobs;
     rq.ignore_eos = g->q.ignore_eos;
+    rq.prompt_logprobs = g->q.echo && g->q.logprobs;
     rq.private_events = 1;
     g->t0_ns = now_ns();
     spk_status st = spk_submit(s->model, &rq, 1, &g->id);

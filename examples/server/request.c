@@ -444,10 +444,7 @@ int spk_srv_req_parse(const spk_srv *s, int chat, const char *body, size_t len, 
         r->top_logprobs = d > 0 ? (int)d : 0;
         if (get_bool(root, "echo", &r->echo, err))
             goto out;
-        if (r->echo && r->logprobs) {
-            BAD("echo", "'echo' with 'logprobs' is not supported (no prompt log-probs yet)");
-            goto out;
-        }
+
     }
     if (parse_stop(cJSON_GetObjectItemCaseSensitive(root, "stop"), r, err))
         goto out;

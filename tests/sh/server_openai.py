@@ -116,6 +116,13 @@ check("completion logprobs: tokens, token_logprobs, top_logprobs aligned", lambd
       len(clp.tokens) == len(clp.token_logprobs) == len(clp.top_logprobs) == 6
       and all(len(t) >= 1 for t in clp.top_logprobs), str(clp))
 
+ech = client.completions.create(model=NAME, prompt=PROMPT, max_tokens=4, temperature=0, logprobs=1, echo=True)
+elp = ech.choices[0].logprobs
+check("echo + logprobs: the prompt's tokens come first (the first without a log-prob), then the answer",
+      lambda: ech.choices[0].text.startswith(PROMPT) and elp.token_logprobs[0] is None
+      and len(elp.tokens) == ech.usage.prompt_tokens + ech.usage.completion_tokens
+      and all(x is not None and x <= 1e-4 for x in elp.token_logprobs[1:]), str(elp))
+
 # ---- seeds ----
 a = client.completions.create(model=NAME, prompt=PROMPT, max_tokens=12, temperature=1.0, seed=7).choices[0].text
 b = client.completions.create(model=NAME, prompt=PROMPT, max_tokens=12, temperature=1.0, seed=7).choices[0].text
