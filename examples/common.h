@@ -2,6 +2,9 @@
 #ifndef SPK_EXAMPLES_COMMON_H
 #define SPK_EXAMPLES_COMMON_H
 
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -35,6 +38,51 @@ static inline int ex_fail(const char *what, spk_status st)
         return 0;
     fprintf(stderr, "%s: %s: %s\n", what, spk_status_str(st), spk_last_error());
     return 1;
+}
+
+/*
+ * Strict number parsing for command-line options: the whole string must be a number in
+ * [lo, hi] ("abc", "0.5abc", "", "1e999" and out-of-range values are errors). On error print
+ * "PROG: OPT: 'V' is not ..." on stderr and return -1; on success store it and return 0.
+ */
+static inline int ex_parse_int(const char *prog, const char *opt, const char *v, long lo, long hi, int *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long x = v ? strtol(v, &end, 10) : 0;
+    if (!v || !*v || *end || errno || x < lo || x > hi) {
+        fprintf(stderr, "%s: %s: '%s' is not an integer in [%ld, %ld]\n", prog, opt, v ? v : "", lo, hi);
+        return -1;
+    }
+    *out = (int)x;
+    return 0;
+}
+
+static inline int ex_parse_float(const char *prog, const char *opt, const char *v, double lo, double hi,
+                                 float *out)
+{
+    char *end = NULL;
+    errno = 0;
+    double x = v ? strtod(v, &end) : 0;
+    if (!v || !*v || *end || errno || !isfinite(x) || x < lo || x > hi) {
+        fprintf(stderr, "%s: %s: '%s' is not a number in [%g, %g]\n", prog, opt, v ? v : "", lo, hi);
+        return -1;
+    }
+    *out = (float)x;
+    return 0;
+}
+
+static inline int ex_parse_u64(const char *prog, const char *opt, const char *v, uint64_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    unsigned long long x = v && *v != '-' ? strtoull(v, &end, 10) : 0;
+    if (!v || !*v || *v == '-' || *end || errno) {
+        fprintf(stderr, "%s: %s: '%s' is not an unsigned integer\n", prog, opt, v ? v : "");
+        return -1;
+    }
+    *out = (uint64_t)x;
+    return 0;
 }
 
 #endif

@@ -16,7 +16,10 @@
 #include <unistd.h>
 
 #include "cluster/cluster.h"
+#include "common.h"
 #include "net_bench.h"
+
+#define P "spk-bench-net"
 
 static int run_rank(int rank, int world, const char *coord, const char *transport)
 {
@@ -41,26 +44,39 @@ static int run_rank(int rank, int world, const char *coord, const char *transpor
     return rc;
 }
 
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: spk-bench-net (--local N | --coordinator HOST:PORT --rank R --world N)\n"
+               "                     [--transport auto|tcp|nccl|verbs|PLUGIN.so]\n"
+               "Point-to-point latency/bandwidth and all-reduce time, 4 KiB to 64 MiB; rank 0 prints the table.\n"
+               "The cluster key comes from SPK_CLUSTER_KEY (required off loopback).\n");
+}
+
 int main(int argc, char **argv)
 {
     int rank = 0, world = 2, local = 0;
     const char *coord = NULL, *transport = "auto";
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--rank")) rank = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--world")) world = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--local")) local = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--coordinator")) coord = argv[i + 1];
-        else if (!strcmp(argv[i], "--transport")) transport = argv[i + 1];
-        else {
-            fprintf(stderr, "usage: spk-bench-net (--local N | --coordinator HOST:PORT --rank R --world N) "
-                            "[--transport auto|tcp|nccl|verbs|PLUGIN.so]\n");
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
+        else if (!v) { fprintf(stderr, P ": %s needs a value\n", a); usage(stderr); return 2; }
+        else if (!strcmp(a, "--rank")) bad = ex_parse_int(P, a, v, 0, 63, &rank);
+        else if (!strcmp(a, "--world")) bad = ex_parse_int(P, a, v, 2, 64, &world);
+        else if (!strcmp(a, "--local")) bad = ex_parse_int(P, a, v, 2, 64, &local);
+        else if (!strcmp(a, "--coordinator")) coord = v;
+        else if (!strcmp(a, "--transport")) transport = v;
+        else { fprintf(stderr, P ": unknown option %s\n", a); usage(stderr); return 2; }
+        if (bad)
             return 2;
-        }
+        i++;
+    }
+    if (!local && rank >= world) {
+        fprintf(stderr, P ": --rank %d is not below --world %d\n", rank, world);
+        return 2;
     }
     if (!local)
         return world >= 2 ? run_rank(rank, world, coord, transport) : 2;
-    if (local < 2 || local > 64)
-        return 2;
     static char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", 29900 + (int)(getpid() % 90));
     pid_t kids[64];

@@ -16,6 +16,8 @@
 #include "common.h"
 #include "launch.h"
 
+#define P "spk-bench-single"
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -56,24 +58,38 @@ static double run(spk_model *m, const int32_t *prompt, size_t n, int gen, int ba
     return ex_now() - t0;
 }
 
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: spk-bench-single [--model PATH] [--threads N] [--prompt-tokens 512] [--gen-tokens 128]\n"
+               "                        [--reps 3] [--batch B] [--pp P] [--tp T]\n"
+               "Prints the median prefill and decode speeds on stdout (prefill_tok_s=..., decode_tok_s=...).\n");
+}
+
 int main(int argc, char **argv)
 {
     const char *model_path = ex_default_model();
     int threads = 2, n_prompt = 512, n_gen = 128, reps = 3, batch = 1, pp = 1, tp = 1;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--model")) model_path = argv[i + 1];
-        else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--prompt-tokens")) n_prompt = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--gen-tokens")) n_gen = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--reps")) reps = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--batch")) batch = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--pp")) pp = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--tp")) tp = atoi(argv[i + 1]);
-        else { fprintf(stderr, "spk-bench-single: unknown option %s\n", argv[i]); return 2; }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
+        else if (!v) { fprintf(stderr, P ": %s needs a value\n", a); usage(stderr); return 2; }
+        else if (!strcmp(a, "--model")) model_path = v;
+        else if (!strcmp(a, "--threads")) bad = ex_parse_int(P, a, v, 0, 4096, &threads);
+        else if (!strcmp(a, "--prompt-tokens")) bad = ex_parse_int(P, a, v, 1, 1 << 24, &n_prompt);
+        else if (!strcmp(a, "--gen-tokens")) bad = ex_parse_int(P, a, v, 1, 1 << 24, &n_gen);
+        else if (!strcmp(a, "--reps")) bad = ex_parse_int(P, a, v, 1, 100, &reps);
+        else if (!strcmp(a, "--batch")) bad = ex_parse_int(P, a, v, 1, 256, &batch);
+        else if (!strcmp(a, "--pp")) bad = ex_parse_int(P, a, v, 1, 64, &pp);
+        else if (!strcmp(a, "--tp")) bad = ex_parse_int(P, a, v, 1, 64, &tp);
+        else { fprintf(stderr, P ": unknown option %s\n", a); usage(stderr); return 2; }
+        if (bad)
+            return 2;
+        i++;
     }
     if (n_prompt < 1 || n_gen < 1 || reps < 1 || reps > 100 || batch < 1 || batch > 256 || pp < 1 || tp < 1 ||
         pp * tp > 64) {
-        fprintf(stderr, "spk-bench-single: bad sizes\n");
+        fprintf(stderr, P ": --pp x --tp is %d; at most 64 ranks\n", pp * tp);
         return 2;
     }
     spk_cluster *cl = ex_open_cluster(pp * tp, threads, NULL, "tcp");
@@ -102,7 +118,8 @@ int main(int argc, char **argv)
     }
     double *ppr = calloc((size_t)reps, sizeof *ppr), *tg = calloc((size_t)reps, sizeof *tg);
     int ok = 1, rc = 0;
-    run(m, prompt, 16, 4, 1, &ok); /* warm-up: page in the weights */
+    /* warm-up: page in the weights (a prompt of at most --prompt-tokens: the array holds no more) */
+    run(m, prompt, n_prompt < 16 ? (size_t)n_prompt : 16, 4, 1, &ok);
     for (int r = 0; r < reps && ok; r++) {
         double t = run(m, prompt, (size_t)n_prompt, 1, 1, &ok);
         ppr[r] = n_prompt / t;

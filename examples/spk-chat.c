@@ -4,7 +4,10 @@
  * "/reset" forgets the conversation.
  *
  *   spk-chat [--model PATH] [--system TEXT] [--max-tokens N] [--temperature T] [--seed S]
- *            [--threads N] [--pp P] [--tp T]
+ *            [--ctx N] [--threads N] [--pp P] [--tp T]
+ *
+ * When the conversation and the answer's --max-tokens no longer fit the context (--ctx), the
+ * oldest turns (never the system prompt) are dropped, with a note on stderr.
  */
 #include <stdint.h>
 #include <string.h>
@@ -13,29 +16,40 @@
 #include "launch.h"
 
 #define MAX_TURNS 256
+#define P "spk-chat"
 
 static char *roles[MAX_TURNS], *contents[MAX_TURNS];
 static int n_turns;
 
+/* Drop turn i (shifting the later ones down). */
+static void drop_turn(int i)
+{
+    free(roles[i]);
+    free(contents[i]);
+    memmove(&roles[i], &roles[i + 1], sizeof(char *) * (size_t)(n_turns - i - 1));
+    memmove(&contents[i], &contents[i + 1], sizeof(char *) * (size_t)(n_turns - i - 1));
+    n_turns--;
+}
+
+/* The first turn that may be dropped: after the system prompt. */
+static int first_droppable(void)
+{
+    return n_turns > 0 && !strcmp(roles[0], "system") ? 1 : 0;
+}
+
 static void add_turn(const char *role, const char *text, size_t len)
 {
-    if (n_turns == MAX_TURNS) { /* keep the system prompt, drop the oldest exchange */
-        int keep = roles[0] && !strcmp(roles[0], "system") ? 1 : 0;
-        for (int k = 0; k < 2; k++) {
-            free(roles[keep]);
-            free(contents[keep]);
-            memmove(&roles[keep], &roles[keep + 1], sizeof(char *) * (size_t)(n_turns - keep - 1));
-            memmove(&contents[keep], &contents[keep + 1], sizeof(char *) * (size_t)(n_turns - keep - 1));
-            n_turns--;
-        }
-    }
+    if (n_turns == MAX_TURNS) /* keep the system prompt, drop the oldest exchange */
+        for (int k = 0; k < 2; k++)
+            drop_turn(first_droppable());
     roles[n_turns] = strdup(role);
     contents[n_turns] = strndup(text, len);
     n_turns++;
 }
 
-/* Render the conversation with the model's template and answer the last user turn. */
-static int answer(spk_model *m, int max_tokens, float temperature, uint64_t seed)
+/* Render the conversation with the model's template into *text and its tokens into *ids
+ * (both malloc'd); *n tokens. */
+static int render(spk_model *m, char **text, int32_t **ids, size_t *n)
 {
     spk_chat_message msgs[MAX_TURNS];
     for (int i = 0; i < n_turns; i++)
@@ -44,16 +58,54 @@ static int answer(spk_model *m, int max_tokens, float temperature, uint64_t seed
     spk_status st = spk_chat_apply(m, msgs, (size_t)n_turns, 1, NULL, 0, &need);
     if (st != SPK_OK && st != SPK_ERR_TOO_LONG)
         return ex_fail("chat template", st);
-    char *text = malloc(need + 1);
-    int32_t *ids = malloc((need + 16) * sizeof *ids);
+    *text = malloc(need + 1);
+    *ids = malloc((need + 16) * sizeof **ids);
+    if (!*text || !*ids) {
+        fprintf(stderr, P ": out of memory\n");
+        return 1;
+    }
+    return ex_fail("chat template", spk_chat_apply(m, msgs, (size_t)n_turns, 1, *text, need + 1, &need)) ||
+           ex_fail("tokenize", spk_tokenize(m, *text, need, 1, 1, *ids, need + 16, n));
+}
+
+/* Render the conversation, dropping the oldest turns while it and the answer do not fit the
+ * context, and answer the last user turn. Returns 1 on a fatal error. */
+static int answer(spk_model *m, int n_ctx, int max_tokens, float temperature, uint64_t seed)
+{
     size_t n = 0;
-    int rc = 1;
-    char *reply = NULL;
+    int rc = 1, dropped = 0;
+    char *text = NULL, *reply = NULL;
+    int32_t *ids = NULL;
     size_t reply_len = 0;
     spk_detokenizer *dt = NULL;
-    if (!text || !ids || ex_fail("chat template", spk_chat_apply(m, msgs, (size_t)n_turns, 1, text, need + 1, &need)) ||
-        ex_fail("tokenize", spk_tokenize(m, text, need, 1, 1, ids, need + 16, &n)) ||
-        ex_fail("detokenizer", spk_detokenizer_new(m, 1, &dt)))
+    for (;;) {
+        if (render(m, &text, &ids, &n))
+            goto out;
+        if (n + (size_t)max_tokens <= (size_t)n_ctx)
+            break;
+        free(text);
+        free(ids);
+        text = NULL;
+        ids = NULL;
+        int first = first_droppable();
+        if (n_turns - first <= 1) { /* only the new message is left, and it alone is too long */
+            fprintf(stderr, P ": your message is %zu tokens with the template; with --max-tokens %d it does not fit "
+                            "the %d-token context (--ctx): not sent\n", n, max_tokens, n_ctx);
+            drop_turn(n_turns - 1);
+            rc = 0;
+            goto out;
+        }
+        drop_turn(first); /* the oldest turn, and the answer to it with it */
+        dropped++;
+        if (n_turns - first > 1 && !strcmp(roles[first], "assistant")) {
+            drop_turn(first);
+            dropped++;
+        }
+    }
+    if (dropped)
+        fprintf(stderr, "[" P ": the conversation outgrew the %d-token context: dropped the %d oldest turn%s]\n",
+                n_ctx, dropped, dropped > 1 ? "s" : "");
+    if (ex_fail("detokenizer", spk_detokenizer_new(m, 1, &dt)))
         goto out;
     spk_request r;
     spk_request_init(&r);
@@ -65,7 +117,6 @@ static int answer(spk_model *m, int max_tokens, float temperature, uint64_t seed
     uint64_t id;
     if (ex_fail("submit", spk_submit(m, &r, 1, &id)))
         goto out;
-    reply = malloc(1);
     for (int done = 0; !done;) {
         spk_event ev[64];
         size_t ne;
@@ -85,14 +136,14 @@ static int answer(spk_model *m, int max_tokens, float temperature, uint64_t seed
                 }
             }
             if (ev[i].finish == SPK_FINISH_ERROR) {
-                fprintf(stderr, "\nspk-chat: %s\n", spk_status_str(ev[i].status));
+                fprintf(stderr, "\n" P ": %s\n", spk_status_str(ev[i].status));
                 goto out;
             }
             done |= ev[i].finish != SPK_FINISH_NONE;
         }
     }
     printf("\n");
-    add_turn("assistant", reply, reply_len);
+    add_turn("assistant", reply ? reply : "", reply_len);
     rc = 0;
 out:
     spk_detokenizer_free(dt);
@@ -102,30 +153,48 @@ out:
     return rc;
 }
 
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: spk-chat [--model PATH] [--system TEXT] [--max-tokens N] [--temperature T]\n"
+               "                [--seed S] [--ctx N] [--threads N] [--pp P] [--tp T]\n"
+               "Type a message and press Enter; an empty line or EOF quits; /reset forgets the conversation.\n"
+               "When the conversation outgrows the context (--ctx, default 4096 or the model's if smaller),\n"
+               "the oldest turns are dropped.\n");
+}
+
 int main(int argc, char **argv)
 {
     const char *model_path = ex_default_model(), *system = NULL;
-    int max_tokens = 256, threads = 0, pp = 1, tp = 1;
+    int max_tokens = 256, threads = 0, pp = 1, tp = 1, n_ctx = 0;
     float temperature = 0.7f;
     uint64_t seed = 1;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        const char *a = argv[i], *v = argv[i + 1];
-        if (!strcmp(a, "--model")) model_path = v;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
+        else if (!v) { fprintf(stderr, P ": %s needs a value\n", a); usage(stderr); return 2; }
+        else if (!strcmp(a, "--model")) model_path = v;
         else if (!strcmp(a, "--system")) system = v;
-        else if (!strcmp(a, "--max-tokens")) max_tokens = atoi(v);
-        else if (!strcmp(a, "--temperature")) temperature = strtof(v, NULL);
-        else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
-        else if (!strcmp(a, "--threads")) threads = atoi(v);
-        else if (!strcmp(a, "--pp")) pp = atoi(v);
-        else if (!strcmp(a, "--tp")) tp = atoi(v);
-        else {
-            fprintf(stderr, "usage: spk-chat [--model PATH] [--system TEXT] [--max-tokens N] [--temperature T]\n"
-                            "                [--seed S] [--threads N] [--pp P] [--tp T]\n");
+        else if (!strcmp(a, "--max-tokens")) bad = ex_parse_int(P, a, v, 1, 1 << 24, &max_tokens);
+        else if (!strcmp(a, "--temperature")) bad = ex_parse_float(P, a, v, 0, 100, &temperature);
+        else if (!strcmp(a, "--seed")) bad = ex_parse_u64(P, a, v, &seed);
+        else if (!strcmp(a, "--ctx")) bad = ex_parse_int(P, a, v, 16, 1 << 24, &n_ctx);
+        else if (!strcmp(a, "--threads")) bad = ex_parse_int(P, a, v, 0, 4096, &threads);
+        else if (!strcmp(a, "--pp")) bad = ex_parse_int(P, a, v, 1, 64, &pp);
+        else if (!strcmp(a, "--tp")) bad = ex_parse_int(P, a, v, 1, 64, &tp);
+        else { fprintf(stderr, P ": unknown option %s\n", a); usage(stderr); return 2; }
+        if (bad)
             return 2;
-        }
+        i++;
     }
-    if (pp < 1 || tp < 1 || pp * tp > 64 || max_tokens < 1)
+    if (pp * tp > 64) {
+        fprintf(stderr, P ": --pp x --tp is %d; at most 64 ranks\n", pp * tp);
         return 2;
+    }
+    if (n_ctx && max_tokens >= n_ctx) {
+        fprintf(stderr, P ": --max-tokens %d leaves no room for a message in --ctx %d\n", max_tokens, n_ctx);
+        return 2;
+    }
     spk_cluster *cl = ex_open_cluster(pp * tp, threads, NULL, "tcp");
     if (!cl)
         return 1;
@@ -135,10 +204,16 @@ int main(int argc, char **argv)
     mc.max_seqs = 1;
     mc.pp = pp;
     mc.tp = tp;
+    mc.n_ctx = n_ctx;
     spk_model *m = NULL;
     int rc = 0;
-    if (ex_fail(model_path, spk_model_load(cl, &mc, &m))) {
+    spk_model_info info = {.struct_size = sizeof info};
+    if (ex_fail(model_path, spk_model_load(cl, &mc, &m)) || ex_fail("model info", spk_model_get_info(m, &info))) {
         rc = 1;
+    } else if (max_tokens >= info.n_ctx) {
+        fprintf(stderr, P ": --max-tokens %d leaves no room for a message in the %d-token context\n", max_tokens,
+                info.n_ctx);
+        rc = 2;
     } else {
         if (system)
             add_turn("system", system, strlen(system));
@@ -160,7 +235,7 @@ int main(int argc, char **argv)
                 continue;
             }
             add_turn("user", line, len);
-            if (answer(m, max_tokens, temperature, seed++) != 0) {
+            if (answer(m, info.n_ctx, max_tokens, temperature, seed++) != 0) {
                 rc = 1;
                 break;
             }

@@ -17,9 +17,11 @@
 #include "common.h"
 #include "launch.h"
 
-static void usage(void)
+#define P "spk-generate"
+
+static void usage(FILE *f)
 {
-    fprintf(stderr, "usage: spk-generate [--model PATH] --prompt TEXT [--max-tokens N] [--temperature T]\n"
+    fprintf(f, "usage: spk-generate [--model PATH] --prompt TEXT [--max-tokens N] [--temperature T]\n"
                     "                    [--top-k K] [--top-p P] [--seed S] [--chat] [--print-ids]\n"
                     "                    [--threads N] [--ignore-eos] [--pp P|auto] [--tp T|auto]\n"
                     "                    [--coordinator HOST:PORT] [--transport T] [--verbose]\n");
@@ -40,24 +42,24 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--print-ids")) print_ids = 1;
         else if (!strcmp(a, "--ignore-eos")) ignore_eos = 1;
         else if (!strcmp(a, "--verbose")) verbose = 1;
-        else if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(); return 0; }
-        else if (!v) { usage(); return 2; }
+        else if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
+        else if (!v) { fprintf(stderr, P ": %s needs a value\n", a); usage(stderr); return 2; }
         else if (!strcmp(a, "--model")) { model_path = v; i++; }
         else if (!strcmp(a, "--prompt")) { prompt = v; i++; }
-        else if (!strcmp(a, "--max-tokens")) { max_tokens = atoi(v); i++; }
-        else if (!strcmp(a, "--temperature")) { temperature = strtof(v, NULL); i++; }
-        else if (!strcmp(a, "--top-k")) { top_k = atoi(v); i++; }
-        else if (!strcmp(a, "--top-p")) { top_p = strtof(v, NULL); i++; }
-        else if (!strcmp(a, "--seed")) { seed = strtoull(v, NULL, 10); i++; }
-        else if (!strcmp(a, "--threads")) { threads = atoi(v); i++; }
-        else if (!strcmp(a, "--pp")) { pp = strcmp(v, "auto") ? atoi(v) : 0; i++; }
-        else if (!strcmp(a, "--tp")) { tp = strcmp(v, "auto") ? atoi(v) : 0; i++; }
-        else if (!strcmp(a, "--world")) { world = atoi(v); i++; }
+        else if (!strcmp(a, "--max-tokens")) { if (ex_parse_int(P, a, v, 1, 1 << 24, &max_tokens)) return 2; i++; }
+        else if (!strcmp(a, "--temperature")) { if (ex_parse_float(P, a, v, 0, 100, &temperature)) return 2; i++; }
+        else if (!strcmp(a, "--top-k")) { if (ex_parse_int(P, a, v, 0, 1 << 24, &top_k)) return 2; i++; }
+        else if (!strcmp(a, "--top-p")) { if (ex_parse_float(P, a, v, 1e-6, 1, &top_p)) return 2; i++; }
+        else if (!strcmp(a, "--seed")) { if (ex_parse_u64(P, a, v, &seed)) return 2; i++; }
+        else if (!strcmp(a, "--threads")) { if (ex_parse_int(P, a, v, 0, 4096, &threads)) return 2; i++; }
+        else if (!strcmp(a, "--pp")) { if (strcmp(v, "auto") && ex_parse_int(P, a, v, 1, 64, &pp)) return 2; if (!strcmp(v, "auto")) pp = 0; i++; }
+        else if (!strcmp(a, "--tp")) { if (strcmp(v, "auto") && ex_parse_int(P, a, v, 1, 64, &tp)) return 2; if (!strcmp(v, "auto")) tp = 0; i++; }
+        else if (!strcmp(a, "--world")) { if (ex_parse_int(P, a, v, 1, 64, &world)) return 2; i++; }
         else if (!strcmp(a, "--coordinator")) { coordinator = v; i++; }
         else if (!strcmp(a, "--transport")) { transport = v; i++; }
-        else { fprintf(stderr, "spk-generate: unknown option %s\n", a); usage(); return 2; }
+        else { fprintf(stderr, "spk-generate: unknown option %s\n", a); usage(stderr); return 2; }
     }
-    if (!prompt) { usage(); return 2; }
+    if (!prompt) { fprintf(stderr, P ": --prompt is required\n"); usage(stderr); return 2; }
     if (pp < 0 || tp < 0 || pp > 64 || tp > 64) { fprintf(stderr, "spk-generate: bad --pp/--tp\n"); return 2; }
     if (!world)
         world = (pp ? pp : 1) * (tp ? tp : 1);

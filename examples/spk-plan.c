@@ -25,6 +25,7 @@ int main(void)
 }
 #else
 
+#include "common.h"
 #include "common/error.h"
 #include "model/gguf.h"
 #include "plan/cost.h"
@@ -271,10 +272,12 @@ int main(int argc, char **argv)
             model = v;
         } else if (strcmp(a, "--world") == 0) {
             NEEDV();
-            world = atoi(v);
+            if (ex_parse_int("spk-plan", a, v, 1, 1 << 20, &world))
+                return 2;
         } else if (strcmp(a, "--context") == 0) {
             NEEDV();
-            context = atoi(v);
+            if (ex_parse_int("spk-plan", a, v, 1, 1 << 30, &context))
+                return 2;
         } else if (strcmp(a, "--batch") == 0) {
             NEEDV();
             nb = parse_list(v, batches, 32);

@@ -85,9 +85,14 @@ int main(int argc, char **argv)
     const char *preset = NULL, *path = NULL;
     int dry = 0;
     /* First pass: the preset, so the overrides apply on top of it whatever their order. */
-    for (int i = 1; i < argc; i++)
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            usage(stdout);
+            return 0;
+        }
         if (strcmp(argv[i], "--preset") == 0 && i + 1 < argc)
             preset = argv[++i];
+    }
     spk_synth_params p;
     if (!preset) {
         usage(stderr);

@@ -6,6 +6,7 @@ set -euo pipefail
 PKGS=(build-essential cmake pkg-config clang python3 python3-pip unzip iproute2 procps
       check libsodium-dev libcjson-dev libpcre2-dev libibverbs-dev rdma-core)
 
+PKGS+=(libmicrohttpd-dev curl python3-venv) # spk-server and its tests (tests/sh/server_*.sh)
 PKGS+=(abigail-tools) # abidw/abidiff: tests/sh/abi_check.sh (docs/ABI.md)
 missing=()
 for p in "${PKGS[@]}"; do
