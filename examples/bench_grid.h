@@ -42,6 +42,7 @@ typedef struct opts {
     layout lay[MAX_LIST];
     int n_lay;
     int threads, reps;
+    int backend, device;     /* spk_backend_type and GPU ordinal of every rank */
 } opts;
 
 #endif

@@ -58,6 +58,19 @@ static inline int ex_parse_int(const char *prog, const char *opt, const char *v,
     return 0;
 }
 
+/* --backend cpu|cuda|auto into an spk_backend_type. */
+static inline int ex_parse_backend(const char *prog, const char *opt, const char *v, int *out)
+{
+    static const char *names[] = {"auto", "cpu", "cuda"}; /* SPK_BACKEND_AUTO, _CPU, _CUDA */
+    for (int i = 0; v && i < 3; i++)
+        if (!strcmp(v, names[i])) {
+            *out = i;
+            return 0;
+        }
+    fprintf(stderr, "%s: %s: '%s' is not one of cpu, cuda, auto\n", prog, opt, v ? v : "");
+    return -1;
+}
+
 static inline int ex_parse_float(const char *prog, const char *opt, const char *v, double lo, double hi,
                                  float *out)
 {

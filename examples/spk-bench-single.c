@@ -61,14 +61,15 @@ static double run(spk_model *m, const int32_t *prompt, size_t n, int gen, int ba
 static void usage(FILE *f)
 {
     fprintf(f, "usage: spk-bench-single [--model PATH] [--threads N] [--prompt-tokens 512] [--gen-tokens 128]\n"
-               "                        [--reps 3] [--batch B] [--pp P] [--tp T]\n"
+               "                        [--reps 3] [--batch B] [--pp P] [--tp T] [--backend cpu|cuda|auto] [--device N]\n"
                "Prints the median prefill and decode speeds on stdout (prefill_tok_s=..., decode_tok_s=...).\n");
 }
 
 int main(int argc, char **argv)
 {
     const char *model_path = ex_default_model();
-    int threads = 2, n_prompt = 512, n_gen = 128, reps = 3, batch = 1, pp = 1, tp = 1;
+    int threads = 2, n_prompt = 512, n_gen = 128, reps = 3, batch = 1, pp = 1, tp = 1, backend = SPK_BACKEND_CPU,
+        device = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
@@ -76,6 +77,8 @@ int main(int argc, char **argv)
         else if (!v) { fprintf(stderr, P ": %s needs a value\n", a); usage(stderr); return 2; }
         else if (!strcmp(a, "--model")) model_path = v;
         else if (!strcmp(a, "--threads")) bad = ex_parse_int(P, a, v, 0, 4096, &threads);
+        else if (!strcmp(a, "--backend")) bad = ex_parse_backend(P, a, v, &backend);
+        else if (!strcmp(a, "--device")) bad = ex_parse_int(P, a, v, 0, 1023, &device);
         else if (!strcmp(a, "--prompt-tokens")) bad = ex_parse_int(P, a, v, 1, 1 << 24, &n_prompt);
         else if (!strcmp(a, "--gen-tokens")) bad = ex_parse_int(P, a, v, 1, 1 << 24, &n_gen);
         else if (!strcmp(a, "--reps")) bad = ex_parse_int(P, a, v, 1, 100, &reps);
@@ -99,6 +102,8 @@ int main(int argc, char **argv)
     spk_model_config_init(&mc);
     mc.path = model_path;
     mc.max_seqs = batch;
+    mc.backend = backend;
+    mc.device = device;
     mc.pp = pp;
     mc.tp = tp;
     mc.n_ctx = n_prompt + n_gen + 8;

@@ -50,6 +50,7 @@ static void usage(FILE *f)
             "  --layouts LIST     1, ppN, tpN, ppNtpM, auto (the planner picks for 2 ranks), autoN\n"
             "                     (default 1,pp2,tp2,auto); extra ranks are local spk-worker processes\n"
             "  --threads N        total compute threads, split over the ranks (default: online CPUs)\n"
+            "  --backend B        cpu (default), cuda or auto, on every rank; --device N: the GPU\n"
             "  --reps N           repetitions per run; the median tok/s is reported (default 1)\n"
             "  --json FILE        write every run, the parameters and the machine as JSON\n"
             "  --chart FILE       write an SVG chart of output tok/s against batch size\n"
@@ -177,6 +178,7 @@ static int parse_args(int argc, char **argv, opts *o)
     o->reps = 1;
     long nc = sysconf(_SC_NPROCESSORS_ONLN);
     o->threads = nc > 0 ? (int)nc : 1;
+    o->backend = SPK_BACKEND_CPU;
     const char *scen = "balanced,prefill-heavy,decode-heavy", *batch = "1,8,32,64,128", *lays = "1,pp2,tp2,auto";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -216,6 +218,12 @@ static int parse_args(int argc, char **argv, opts *o)
         } else if (!strcmp(a, "--threads")) {
             if (parse_int(v, 1, 1024, &o->threads))
                 return bad("--threads: '%s' is not a thread count in 1..1024%s", v, "");
+        } else if (!strcmp(a, "--backend")) {
+            if (ex_parse_backend("spk-bench", a, v, &o->backend))
+                return 2;
+        } else if (!strcmp(a, "--device")) {
+            if (parse_int(v, 0, 1023, &o->device))
+                return bad("--device: '%s' is not a GPU ordinal in 0..1023%s", v, "");
         } else if (!strcmp(a, "--reps")) {
             if (parse_int(v, 1, MAX_REPS, &o->reps))
                 return bad("--reps: '%s' is not a repetition count in 1..20%s", v, "");
@@ -497,6 +505,8 @@ static void do_run(spk_cluster *cl, const opts *o, const char *path, const spk_s
     mc.tp = L->tp;
     mc.n_ctx = n_ctx;
     mc.max_seqs = r->batch;
+    mc.backend = o->backend;
+    mc.device = o->device;
     mc.queue_capacity = r->batch > 1024 ? r->batch : 0;
     spk_model *m = NULL;
     spk_status st = spk_model_load(cl, &mc, &m);

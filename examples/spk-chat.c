@@ -156,7 +156,8 @@ out:
 static void usage(FILE *f)
 {
     fprintf(f, "usage: spk-chat [--model PATH] [--system TEXT] [--max-tokens N] [--temperature T]\n"
-               "                [--seed S] [--ctx N] [--threads N] [--pp P] [--tp T]\n"
+               "                [--seed S] [--ctx N] [--threads N] [--pp P] [--tp T] [--backend cpu|cuda|auto]\n"
+               "                [--device N]\n"
                "Type a message and press Enter; an empty line or EOF quits; /reset forgets the conversation.\n"
                "When the conversation outgrows the context (--ctx, default 4096 or the model's if smaller),\n"
                "the oldest turns are dropped.\n");
@@ -165,7 +166,7 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     const char *model_path = ex_default_model(), *system = NULL;
-    int max_tokens = 256, threads = 0, pp = 1, tp = 1, n_ctx = 0;
+    int max_tokens = 256, threads = 0, pp = 1, tp = 1, n_ctx = 0, backend = SPK_BACKEND_CPU, device = 0;
     float temperature = 0.7f;
     uint64_t seed = 1;
     for (int i = 1; i < argc; i++) {
@@ -180,6 +181,8 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--seed")) bad = ex_parse_u64(P, a, v, &seed);
         else if (!strcmp(a, "--ctx")) bad = ex_parse_int(P, a, v, 16, 1 << 24, &n_ctx);
         else if (!strcmp(a, "--threads")) bad = ex_parse_int(P, a, v, 0, 4096, &threads);
+        else if (!strcmp(a, "--backend")) bad = ex_parse_backend(P, a, v, &backend);
+        else if (!strcmp(a, "--device")) bad = ex_parse_int(P, a, v, 0, 1023, &device);
         else if (!strcmp(a, "--pp")) bad = ex_parse_int(P, a, v, 1, 64, &pp);
         else if (!strcmp(a, "--tp")) bad = ex_parse_int(P, a, v, 1, 64, &tp);
         else { fprintf(stderr, P ": unknown option %s\n", a); usage(stderr); return 2; }
@@ -202,6 +205,8 @@ int main(int argc, char **argv)
     spk_model_config_init(&mc);
     mc.path = model_path;
     mc.max_seqs = 1;
+    mc.backend = backend;
+    mc.device = device;
     mc.pp = pp;
     mc.tp = tp;
     mc.n_ctx = n_ctx;

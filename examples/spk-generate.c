@@ -24,13 +24,14 @@ static void usage(FILE *f)
     fprintf(f, "usage: spk-generate [--model PATH] --prompt TEXT [--max-tokens N] [--temperature T]\n"
                     "                    [--top-k K] [--top-p P] [--seed S] [--chat] [--print-ids]\n"
                     "                    [--threads N] [--ignore-eos] [--pp P|auto] [--tp T|auto]\n"
+                    "                    [--backend cpu|cuda|auto] [--device N]\n"
                     "                    [--coordinator HOST:PORT] [--transport T] [--verbose]\n");
 }
 
 int main(int argc, char **argv)
 {
     const char *model_path = ex_default_model(), *prompt = NULL;
-    int max_tokens = 128, chat = 0, print_ids = 0, threads = 0, ignore_eos = 0, top_k = 40;
+    int max_tokens = 128, chat = 0, print_ids = 0, threads = 0, ignore_eos = 0, top_k = 40, backend = SPK_BACKEND_CPU, device = 0;
     int pp = 1, tp = 1, world = 0, verbose = 0;
     const char *coordinator = NULL, *transport = NULL;
     float temperature = 0.0f, top_p = 0.95f;
@@ -52,6 +53,8 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--top-p")) { if (ex_parse_float(P, a, v, 1e-6, 1, &top_p)) return 2; i++; }
         else if (!strcmp(a, "--seed")) { if (ex_parse_u64(P, a, v, &seed)) return 2; i++; }
         else if (!strcmp(a, "--threads")) { if (ex_parse_int(P, a, v, 0, 4096, &threads)) return 2; i++; }
+        else if (!strcmp(a, "--backend")) { if (ex_parse_backend(P, a, v, &backend)) return 2; i++; }
+        else if (!strcmp(a, "--device")) { if (ex_parse_int(P, a, v, 0, 1023, &device)) return 2; i++; }
         else if (!strcmp(a, "--pp")) { if (strcmp(v, "auto") && ex_parse_int(P, a, v, 1, 64, &pp)) return 2; if (!strcmp(v, "auto")) pp = 0; i++; }
         else if (!strcmp(a, "--tp")) { if (strcmp(v, "auto") && ex_parse_int(P, a, v, 1, 64, &tp)) return 2; if (!strcmp(v, "auto")) tp = 0; i++; }
         else if (!strcmp(a, "--world")) { if (ex_parse_int(P, a, v, 1, 64, &world)) return 2; i++; }
@@ -77,6 +80,8 @@ int main(int argc, char **argv)
     spk_model_config_init(&mc);
     mc.path = model_path;
     mc.max_seqs = 1;
+    mc.backend = backend;
+    mc.device = device;
     mc.pp = pp;
     mc.tp = tp;
     spk_model *m = NULL;

@@ -33,7 +33,7 @@ static void usage(FILE *f)
             "                  [--ctx N] [--max-seqs N] [--queue N] [--kv-cache-mb N] [--threads N]\n"
             "                  [--pp P|auto] [--tp T|auto] [--world N] [--coordinator HOST:PORT]\n"
             "                  [--transport T] [--max-connections N] [--max-body BYTES] [--timeout S]\n"
-            "                  [--verbose]\n"
+            "                  [--backend cpu|cuda|auto] [--device N] [--verbose]\n"
             "  --host ADDR          address to listen on (default 127.0.0.1)\n"
             "  --port N             TCP port (default 8080; 0: a free one, printed at startup)\n"
             "  --api-key KEY        require 'Authorization: Bearer KEY' (default: $SPK_API_KEY, else none)\n"
@@ -90,7 +90,7 @@ int main(int argc, char **argv)
 {
     const char *model_path = ex_default_model(), *host = "127.0.0.1", *api_key = getenv("SPK_API_KEY");
     const char *coordinator = NULL, *transport = NULL, *model_name = NULL;
-    int port = 8080, threads = 0, pp = 1, tp = 1, world = 0, n_ctx = 0, max_seqs = 8, queue = 64, kv_mb = 0;
+    int port = 8080, threads = 0, pp = 1, tp = 1, world = 0, n_ctx = 0, max_seqs = 8, queue = 64, kv_mb = 0, backend = SPK_BACKEND_CPU, device = 0;
     int max_conns = 256, max_body = 8 << 20, timeout_s = 60, verbose = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -106,6 +106,8 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--transport")) transport = v;
         else if (!strcmp(a, "--port")) bad = ex_parse_int(PROG, a, v, 0, 65535, &port);
         else if (!strcmp(a, "--threads")) bad = ex_parse_int(PROG, a, v, 0, 4096, &threads);
+        else if (!strcmp(a, "--backend")) bad = ex_parse_backend(PROG, a, v, &backend);
+        else if (!strcmp(a, "--device")) bad = ex_parse_int(PROG, a, v, 0, 1023, &device);
         else if (!strcmp(a, "--pp")) { if (strcmp(v, "auto")) bad = ex_parse_int(PROG, a, v, 1, 64, &pp); else pp = 0; }
         else if (!strcmp(a, "--tp")) { if (strcmp(v, "auto")) bad = ex_parse_int(PROG, a, v, 1, 64, &tp); else tp = 0; }
         else if (!strcmp(a, "--world")) bad = ex_parse_int(PROG, a, v, 1, 64, &world);
@@ -175,6 +177,8 @@ int main(int argc, char **argv)
     mc.max_seqs = max_seqs;
     mc.queue_capacity = queue;
     mc.kv_cache_bytes = (uint64_t)kv_mb << 20;
+    mc.backend = backend;
+    mc.device = device;
     loader ld = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, model_path};
     pthread_t prog;
     int have_prog = pthread_create(&prog, NULL, progress, &ld) == 0;

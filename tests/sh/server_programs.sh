@@ -38,6 +38,20 @@ check "spk-generate --seed -1" usage_err "'-1'" spk-generate --prompt hi --seed 
 check "spk-chat --max-tokens 12x" usage_err "'12x'" spk-chat --max-tokens 12x
 check "spk-chat --temperature nan" usage_err "'nan'" spk-chat --temperature nan
 check "spk-chat --ctx abc" usage_err "--ctx" spk-chat --ctx abc
+check "spk-generate --backend gpu" usage_err "'gpu'" spk-generate --prompt hi --backend gpu
+check "spk-bench --backend gpu" usage_err "'gpu'" spk-bench --backend gpu
+check "spk-server --device x" usage_err "'x'" spk-server --device x
+# --backend cuda where no GPU can run it: a clear error naming what is missing, exit 1
+cuda_refused() {
+    timeout 60 "$E/spk-generate" --model "$MODEL" --prompt hi --max-tokens 1 --backend cuda >"$TMP/out" 2>"$TMP/err"
+    local rc=$?
+    [ $rc -eq 1 ] && grep -q "cuda backend" "$TMP/err" || { echo "  rc=$rc:"; cat "$TMP/err"; return 1; }
+}
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+    echo "SKIP (one check): a GPU is present, --backend cuda may run here"
+elif [ -f "$MODEL" ]; then
+    check "spk-generate --backend cuda without a GPU" cuda_refused
+fi
 check "spk-bench-single --prompt-tokens 1e3" usage_err "'1e3'" spk-bench-single --prompt-tokens 1e3
 check "spk-bench-net --local two" usage_err "'two'" spk-bench-net --local two
 check "spk-plan --world 2x" usage_err "'2x'" spk-plan --preset tiny --world 2x

@@ -42,7 +42,8 @@ class Model:
     """A model loaded on a cluster, with its serving engine (spk_model_load).
 
     ``Model(cluster, path, pp=0, tp=0, n_ctx=0, max_seqs=0, n_threads=0, queue_capacity=0,
-    kv_cache_bytes=0)``; 0 means the library's default (pp/tp: the planner's choice; n_ctx:
+    kv_cache_bytes=0, backend="cpu", device=0)``; backend is "cpu", "cuda" or "auto" (the GPU when
+    the CUDA backend runs here, else the CPU), device the GPU ordinal; 0 means the library's default (pp/tp: the planner's choice; n_ctx:
     min(model's, 4096); max_seqs: 8 sequences in flight; n_threads: the cluster's;
     queue_capacity: 1024; kv_cache_bytes: max_seqs full contexts, in blocks of 16 positions;
     when blocks run out the newest sequences are preempted and recomputed).
@@ -57,7 +58,8 @@ class Model:
 
     def __init__(self, cluster: Union[Cluster, str, os.PathLike, None] = None,
                  path: Union[str, os.PathLike, None] = None, pp: int = 0, tp: int = 0, n_ctx: int = 0,
-                 max_seqs: int = 0, n_threads: int = 0, queue_capacity: int = 0, kv_cache_bytes: int = 0):
+                 max_seqs: int = 0, n_threads: int = 0, queue_capacity: int = 0, kv_cache_bytes: int = 0,
+                 backend: str = "cpu", device: int = 0):
         self._h = None
         self._own_cluster = None
         fn = "spk_model_load"
@@ -75,6 +77,11 @@ class Model:
                             ("n_threads", n_threads), ("queue_capacity", queue_capacity)):
             setattr(cfg, name, _c_int(fn, name, value))
         cfg.kv_cache_bytes = _c_int(fn, "kv_cache_bytes", kv_cache_bytes, 0, (1 << 64) - 1)
+        backends = {"auto": 0, "cpu": 1, "cuda": 2}  # spk_backend_type
+        if backend not in backends:
+            raise _arg_error(fn, "backend must be one of cpu, cuda, auto, not %r" % (backend,))
+        cfg.backend = backends[backend]
+        cfg.device = _c_int(fn, "device", device, 0, 1023)
         if cluster is None:
             cluster = self._own_cluster = Cluster()
         elif not isinstance(cluster, Cluster):

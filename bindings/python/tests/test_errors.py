@@ -30,6 +30,24 @@ def test_bad_model_config_values(model_path):
         sparkinfer.Model(path=model_path, pp=2)          # one rank cannot hold two stages
     with pytest.raises(sparkinfer.InvalidArgument):
         sparkinfer.Model(path=model_path, n_ctx=1 << 40)  # does not fit a C int
+    with pytest.raises(sparkinfer.InvalidArgument):
+        sparkinfer.Model(path=model_path, backend="gpu")
+    with pytest.raises(sparkinfer.InvalidArgument):
+        sparkinfer.Model(path=model_path, backend="cpu", device=-1)
+
+
+def test_backends(model_path):
+    """The CPU backend by name; CUDA where no GPU runs it is Unsupported, saying what is missing;
+    auto falls back to the CPU."""
+    with sparkinfer.Model(path=model_path, backend="cpu", n_threads=THREADS, max_seqs=1) as m:
+        assert len(m.generate_many([[1, 2, 3]], max_tokens=2, temperature=0)[0].tokens) == 2
+    if "cuda" in sparkinfer.build_info():
+        pytest.skip("a GPU runs the CUDA backend here")
+    with pytest.raises(sparkinfer.Unsupported) as ei:
+        sparkinfer.Model(path=model_path, backend="cuda")
+    assert "cuda backend" in ei.value.message
+    with sparkinfer.Model(path=model_path, backend="auto", n_threads=THREADS, max_seqs=1) as m:
+        assert len(m.generate_many([[1, 2, 3]], max_tokens=2, temperature=0)[0].tokens) == 2
 
 
 @pytest.mark.parametrize("fields,what", [
