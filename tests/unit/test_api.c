@@ -170,22 +170,7 @@ END_TEST
 static spk_cluster *cl;
 static spk_model *model;
 
-static void model_setup(void)
-{
-    spk_cluster_config cc;
-    spk_cluster_config_init(&cc);
-    cc.world_size = 1;
-    cc.rank = 0;
-    cc.n_threads = 2;
-    ck_assert_int_eq(spk_cluster_open(&cc, &cl), SPK_OK);
-    spk_model_config mc;
-    spk_model_config_init(&mc);
-    mc.path = spk_test_model_path();
-    mc.max_seqs = 4;
-    mc.n_ctx = 256;
-    mc.queue_capacity = 8;
-    ck_assert_msg(spk_model_load(cl, &mc, &model) == SPK_OK, "%s", spk_last_error());
-}
+static void model_setup(void) { model = spk_test_open_model(&cl, 4, 256, 8); }
 
 static void model_teardown(void)
 {

@@ -24,6 +24,7 @@
 #include "plan/plan.h"
 #include "plan/shape.h"
 #include "testutil.h"
+#include "tp_group.h"
 
 static char g_dir[256], g_f32[300], g_q8[300];
 
@@ -293,36 +294,6 @@ END_TEST
 
 /* ---- layouts: PP bit-identical, TP (heads split by KV group, norms replicated) ---- */
 
-typedef struct group {
-    pthread_barrier_t bar;
-    int tp;
-    float *bufs[8];
-    float *sum;
-} group;
-
-typedef struct member {
-    group *g;
-    int t;
-} member;
-
-static spk_status ar(void *ctx, float *buf, size_t n)
-{
-    member *m = ctx;
-    group *g = m->g;
-    g->bufs[m->t] = buf;
-    pthread_barrier_wait(&g->bar);
-    if (m->t == 0)
-        for (size_t i = 0; i < n; i++) {
-            float s = 0;
-            for (int r = 0; r < g->tp; r++)
-                s += g->bufs[r][i];
-            g->sum[i] = s;
-        }
-    pthread_barrier_wait(&g->bar);
-    memcpy(buf, g->sum, n * sizeof(float));
-    pthread_barrier_wait(&g->bar);
-    return SPK_OK;
-}
 
 enum { NT = 16 };
 static int32_t g_tk[NT], g_ps[NT], g_sq[NT];

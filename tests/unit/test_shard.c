@@ -20,6 +20,7 @@
 #include "plan/plan.h"
 #include "plan/shape.h"
 #include "testutil.h"
+#include "tp_group.h"
 
 enum { N = 20 };
 
@@ -30,37 +31,6 @@ static float *ref; /* [N][n_vocab], the whole model on one rank */
 static int32_t tk[N], ps[N], sq[N];
 static uint8_t want[N];
 
-/* In-process all-reduce for one TP group: ordered sum, the same bits on every member. */
-typedef struct group {
-    pthread_barrier_t bar;
-    int tp;
-    float *bufs[8];
-    float *sum;
-} group;
-
-typedef struct member {
-    group *g;
-    int t;
-} member;
-
-static spk_status ar(void *ctx, float *buf, size_t n)
-{
-    member *m = ctx;
-    group *g = m->g;
-    g->bufs[m->t] = buf;
-    pthread_barrier_wait(&g->bar);
-    if (m->t == 0)
-        for (size_t i = 0; i < n; i++) {
-            float s = 0;
-            for (int r = 0; r < g->tp; r++)
-                s += g->bufs[r][i];
-            g->sum[i] = s;
-        }
-    pthread_barrier_wait(&g->bar);
-    memcpy(buf, g->sum, n * sizeof(float));
-    pthread_barrier_wait(&g->bar);
-    return SPK_OK;
-}
 
 typedef struct job {
     spk_llama *m;

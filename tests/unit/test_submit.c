@@ -15,22 +15,7 @@ static spk_cluster *cl;
 static spk_model *model;
 static const int32_t prompt[3] = {1, 504, 3458};
 
-static void setup(void)
-{
-    spk_cluster_config cc;
-    spk_cluster_config_init(&cc);
-    cc.world_size = 1;
-    cc.rank = 0;
-    cc.n_threads = 2;
-    ck_assert_int_eq(spk_cluster_open(&cc, &cl), SPK_OK);
-    spk_model_config mc;
-    spk_model_config_init(&mc);
-    mc.path = spk_test_model_path();
-    mc.max_seqs = 1;
-    mc.n_ctx = 2048;
-    mc.queue_capacity = 2;
-    ck_assert_msg(spk_model_load(cl, &mc, &model) == SPK_OK, "%s", spk_last_error());
-}
+static void setup(void) { model = spk_test_open_model(&cl, 1, 2048, 2); }
 
 static void teardown(void)
 {

@@ -1,5 +1,7 @@
 #include "testutil.h"
 
+#include "sparkinfer/sparkinfer.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,4 +85,23 @@ char *spk_test_read_file(const char *path, size_t *len)
             *len = (size_t)n;
     }
     return buf;
+}
+
+spk_model *spk_test_open_model(spk_cluster **cl, int max_seqs, int n_ctx, int queue_capacity)
+{
+    spk_cluster_config cc;
+    spk_cluster_config_init(&cc);
+    cc.world_size = 1;
+    cc.rank = 0;
+    cc.n_threads = 2;
+    ck_assert_int_eq(spk_cluster_open(&cc, cl), SPK_OK);
+    spk_model_config mc;
+    spk_model_config_init(&mc);
+    mc.path = spk_test_model_path();
+    mc.max_seqs = max_seqs;
+    mc.n_ctx = n_ctx;
+    mc.queue_capacity = queue_capacity;
+    spk_model *m = NULL;
+    ck_assert_msg(spk_model_load(*cl, &mc, &m) == SPK_OK, "%s", spk_last_error());
+    return m;
 }

@@ -25,6 +25,12 @@ void spk_test_fill(float *x, size_t n, uint64_t seed, float lo, float hi);
  * return the process exit code: 0 if all passed. */
 int spk_test_run(Suite *s);
 
+/* The default model on a one-rank cluster of 2 threads (*cl), with max_seqs sequences of n_ctx
+ * positions and a queue of queue_capacity requests; fails the test if it does not load. */
+struct spk_cluster;
+struct spk_model;
+struct spk_model *spk_test_open_model(struct spk_cluster **cl, int max_seqs, int n_ctx, int queue_capacity);
+
 /* Read a whole file into a malloc'd NUL-terminated buffer; NULL on failure. */
 char *spk_test_read_file(const char *path, size_t *len);
 
