@@ -1,5 +1,5 @@
-/* The serving engine: request queue, sequence slots, batched steps, event queue. */
-#include "engine/engine.h"
+/* The serving engine: sequence slots and batched steps (submit.c takes requests in, poll.c hands outputs out). */
+#include "engine/engine_internal.h"
 
 #include <errno.h>
 #include <math.h>
@@ -14,98 +14,6 @@
 #include "engine/exec.h"
 #include "engine/sampler.h"
 #include "model/tokenizer.h"
-
-/* Outputs of one private_events request, waiting for spk_poll_request; outlives its request
- * until the final output is taken (then it is unlinked and freed by the last poller). */
-typedef struct mailbox {
-    uint64_t id;
-    int32_t head, tail;       /* FIFO of record indexes (-1: empty) */
-    int len;
-    int waiters;              /* spk_poll_request callers blocked on cv */
-    bool gone;                /* unlinked: final output taken */
-    pthread_cond_t cv;
-    struct mailbox *next;
-} mailbox;
-
-/* A private request with this many undelivered outputs is not scheduled until they are polled. */
-#define MAILBOX_LIMIT 64
-
-typedef struct req {
-    uint64_t id;
-    int32_t *tokens;          /* prompt followed by generated tokens; capacity cap */
-    int n_prompt, n_tokens, cap;
-    int n_cached;             /* tokens whose KV is in the cache */
-    int max_tokens, n_gen;
-    spk_sampling sp;
-    spk_rng rng;
-    int32_t *stop;
-    int n_stop;
-    bool ignore_eos;
-    bool cancel;
-    bool busy;                /* its next token is being computed in a micro-batch */
-    int inflight;             /* micro-batches in flight holding its tokens */
-    int32_t *blocks;          /* its KV blocks, in position order */
-    int n_blocks;
-    int slot;                 /* -1 while queued */
-    mailbox *mb;              /* private_events: its outputs' queue; NULL: the shared queue */
-    /* output text: the detokenizer, and bytes not yet emitted (held back while they could
-     * start a stop string); stop strings packed in one block */
-    spk_tok_stream ts;
-    char *pend;
-    int pend_len, pend_cap;
-    char *stops;
-    int n_stops;
-    uint16_t stop_off[SPK_MAX_STOP_STRINGS], stop_len[SPK_MAX_STOP_STRINGS];
-    /* penalties and log-probs */
-    float repeat_penalty, freq_penalty, presence_penalty;
-    int repeat_last_n;        /* -1: whole sequence */
-    int lp;                   /* -1: no log-probs; else the number of alternatives */
-    bool echo;                /* prompt_logprobs: outputs for the prompt tokens come first */
-    int echo_lp;              /* alternatives per prompt output */
-    int echo_next;            /* prompt positions whose output is scheduled (position 0 needs none) */
-    int n_echoed;             /* prompt outputs emitted */
-    struct req *next;
-} req;
-
-struct spk_engine {
-    spk_engine_params p;
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t work_cv;   /* engine waits for requests / event room */
-    pthread_cond_t event_cv;  /* pollers wait for events */
-    pthread_cond_t room_cv;   /* spk_submit_wait callers wait for queue room */
-    struct submit_waiter *wait_head, *wait_tail; /* FIFO of blocked submitters */
-    int n_waiting;
-    bool stopping;
-    spk_status fatal;
-    uint64_t next_id;
-    req *queue_head, *queue_tail;
-    int n_queued;
-    req **slots;              /* [max_seqs] */
-    int n_active;
-    /* outputs: a pool of ev_cap records; the shared queue and every mailbox are FIFO lists of
-     * record indexes through rec_next. The engine waits when the pool is full. */
-    spk_output *recs;
-    int32_t *rec_next, *rec_free;
-    int ev_cap, n_rec_free;
-    int32_t sq_head, sq_tail;
-    int sq_len;
-    mailbox *mboxes;
-    uint64_t kick;            /* bumped whenever something the engine may wait on changes */
-    /* engine-thread-only scratch: per-token marks for building penalty lists */
-    int32_t *pen_mark;
-    /* engine-thread-only: micro-batches in flight (a ring of `depth`, oldest at mb_head) */
-    int max_tok;
-    int depth, mb_head, n_inflight;
-    int chunk;                /* prompt tokens per micro-batch and sequence */
-    /* paged KV cache: free block ids (a stack) */
-    int block_size, n_blocks, max_blocks_per_seq;
-    int32_t *free_blocks;
-    int n_free;
-    uint64_t n_preempted, n_generated;
-    int pend_cap;             /* bytes of a request's pending-text buffer */
-    struct mbatch *mbs;
-};
 
 /* One micro-batch: the tokens of a step and, per logits row, its request and sampling. */
 typedef struct mbatch {
@@ -123,7 +31,7 @@ typedef struct mbatch {
     size_t pen_cap;
 } mbatch;
 
-static void free_req(req *r)
+void spk_engine_free_req(req *r)
 {
     if (!r)
         return;
@@ -135,7 +43,7 @@ static void free_req(req *r)
     free(r);
 }
 
-static void kick(spk_engine *e)
+void spk_engine_kick(spk_engine *e)
 {
     e->kick++;
     pthread_cond_broadcast(&e->work_cv);
@@ -158,9 +66,9 @@ static int32_t rec_get(spk_engine *e)
     return e->rec_free[--e->n_rec_free];
 }
 
-static void rec_put(spk_engine *e, int32_t i) { e->rec_free[e->n_rec_free++] = i; }
+void spk_engine_rec_put(spk_engine *e, int32_t i) { e->rec_free[e->n_rec_free++] = i; }
 
-static mailbox *find_mailbox(spk_engine *e, uint64_t id)
+mailbox *spk_engine_find_mailbox(spk_engine *e, uint64_t id)
 {
     for (mailbox *m = e->mboxes; m; m = m->next)
         if (m->id == id)
@@ -168,7 +76,7 @@ static mailbox *find_mailbox(spk_engine *e, uint64_t id)
     return NULL;
 }
 
-static void unlink_mailbox(spk_engine *e, mailbox *mb)
+void spk_engine_unlink_mailbox(spk_engine *e, mailbox *mb)
 {
     for (mailbox **pp = &e->mboxes; *pp; pp = &(*pp)->next)
         if (*pp == mb) {
@@ -178,10 +86,10 @@ static void unlink_mailbox(spk_engine *e, mailbox *mb)
     mb->gone = true;
 }
 
-static void free_mailbox(spk_engine *e, mailbox *mb)
+void spk_engine_free_mailbox(spk_engine *e, mailbox *mb)
 {
     for (int32_t i = mb->head; i >= 0; i = e->rec_next[i])
-        rec_put(e, i);
+        spk_engine_rec_put(e, i);
     pthread_cond_destroy(&mb->cv);
     free(mb);
 }
@@ -291,13 +199,9 @@ static void finish_slot(spk_engine *e, req *r)
     release_blocks(e, r);
     e->slots[r->slot] = NULL;
     e->n_active--;
-    free_req(r);
+    spk_engine_free_req(r);
 }
 
-/* A blocked spk_submit_wait caller (on its own stack), in arrival order. */
-typedef struct submit_waiter {
-    struct submit_waiter *next;
-} submit_waiter;
 
 /* Caller holds mu: move queued requests into free slots, reject impossible ones. */
 static void admit(spk_engine *e)
@@ -315,7 +219,7 @@ static void admit(spk_engine *e)
         r->next = NULL;
         if (r->cancel) {
             emit_end(e, r, SPK_FINISH_CANCELLED, SPK_OK, NULL);
-            free_req(r);
+            spk_engine_free_req(r);
             s--;
             continue;
         }
@@ -329,7 +233,7 @@ static void admit(spk_engine *e)
                 snprintf(msg, sizeof msg, "sequence is %d tokens; the whole KV cache holds %d (%d blocks of %d)",
                          r->n_tokens, e->n_blocks * e->block_size, e->n_blocks, e->block_size);
             emit_end(e, r, SPK_FINISH_ERROR, SPK_ERR_TOO_LONG, msg);
-            free_req(r);
+            spk_engine_free_req(r);
             s--;
             continue;
         }
@@ -363,7 +267,7 @@ static void fail_all(spk_engine *e, spk_status st)
         req *r = e->queue_head;
         e->queue_head = r->next;
         emit_end(e, r, SPK_FINISH_ERROR, st, msg);
-        free_req(r);
+        spk_engine_free_req(r);
     }
     e->queue_tail = NULL;
     e->n_queued = 0;
@@ -810,16 +714,16 @@ void spk_engine_stop(spk_engine *e)
     while (e->queue_head) {
         req *r = e->queue_head;
         e->queue_head = r->next;
-        free_req(r);
+        spk_engine_free_req(r);
     }
     if (e->slots)
         for (int s = 0; s < e->p.max_seqs; s++)
-            free_req(e->slots[s]);
+            spk_engine_free_req(e->slots[s]);
     free(e->slots);
     while (e->mboxes) {
         mailbox *mb = e->mboxes;
         e->mboxes = mb->next;
-        free_mailbox(e, mb);
+        spk_engine_free_mailbox(e, mb);
     }
     free(e->recs);
     free(e->rec_next);
@@ -843,474 +747,4 @@ void spk_engine_stop(spk_engine *e)
     free(e->mbs);
     free(e->free_blocks);
     free(e);
-}
-
-/* Valid UTF-8 (no overlongs, surrogates or code points past U+10FFFF)? */
-static bool utf8_valid(const uint8_t *s, size_t n)
-{
-    for (size_t i = 0; i < n;) {
-        uint8_t c = s[i];
-        size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-        if (!len || i + len > n || (len == 2 && c < 0xC2) || (len == 4 && c > 0xF4))
-            return false;
-        for (size_t j = 1; j < len; j++)
-            if ((s[i + j] & 0xC0) != 0x80)
-                return false;
-        if ((len == 3 && c == 0xE0 && s[i + 1] < 0xA0) || (len == 3 && c == 0xED && s[i + 1] >= 0xA0) ||
-            (len == 4 && c == 0xF0 && s[i + 1] < 0x90) || (len == 4 && c == 0xF4 && s[i + 1] >= 0x90))
-            return false;
-        i += len;
-    }
-    return true;
-}
-
-/* Fields of a request other than its prompt tokens (checked after a text prompt is tokenized). */
-static spk_status check_request(const spk_engine *e, const spk_request *r, size_t i)
-{
-    if (r->n_prompt > (size_t)1 << 24)
-        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: prompt of %zu tokens", i, r->n_prompt);
-    for (size_t j = 0; j < r->n_prompt; j++)
-        if (r->prompt[j] < 0 || r->prompt[j] >= e->p.n_vocab)
-            return spk_err(SPK_ERR_INVALID_ARG, "request %zu: prompt token %zu = %d outside vocabulary (%d)",
-                           i, j, r->prompt[j], e->p.n_vocab);
-    if (r->max_tokens < 1)
-        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: max_tokens %d < 1", i, r->max_tokens);
-    if (!(r->temperature >= 0.0f && r->temperature <= 100.0f))
-        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: temperature %g out of [0, 100]", i, r->temperature);
-    if (r->top_k < 0)
-        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: top_k %d < 0", i, r->top_k);
-    if (!(r->top_p > 0.0f && r->top_p <= 1.0f))
-        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: top_p %g out of (0, 1]", i, r->top_p);
-    if (r->n_stop > 1024 || (r->n_stop && !r->stop_tokens))
-        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: %zu stop tokens", i, r->n_stop);
-    if (r->n_stop_strings > SPK_MAX_STOP_STRINGS || (r->n_stop_strings && !r->stop_strings))
-        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: %zu stop strings (at most %d)", i, r->n_stop_strings,
-                       SPK_MAX_STOP_STRINGS);
-    for (size_t k = 0; k < r->n_stop_strings; k++) {
-        const char *ss = r->stop_strings[k];
-        size_t len = ss ? strnlen(ss, SPK_MAX_STOP_LEN + 1) : 0;
-        if (len == 0 || len > SPK_MAX_STOP_LEN)
-            return spk_err(SPK_ERR_INVALID_ARG, "request %zu: stop string %zu is %s (1..%d bytes)", i, k,
-                           !ss ? "NULL" : len == 0 ? "empty" : "too long", SPK_MAX_STOP_LEN);
-        if (!utf8_valid((const uint8_t *)ss, len))
-            return spk_err(SPK_ERR_INVALID_ARG, "request %zu: stop string %zu is not valid UTF-8", i, k);
-    }
-    if (!(r->min_p >= 0.0f && r->min_p <= 1.0f))
-        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: min_p %g out of [0, 1]", i, r->min_p);
-    if (!(r->repeat_penalty > 0.0f && r->repeat_penalty <= 100.0f))
-        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: repeat_penalty %g out of (0, 100]", i, r->repeat_penalty);
-    if (r->repeat_last_n < -1)
-        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: repeat_last_n %d (-1: whole sequence)", i, r->repeat_last_n);
-    if (!(r->frequency_penalty >= -2.0f && r->frequency_penalty <= 2.0f))
-        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: frequency_penalty %g out of [-2, 2]", i,
-                       r->frequency_penalty);
-    if (!(r->presence_penalty >= -2.0f && r->presence_penalty <= 2.0f))
-        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: presence_penalty %g out of [-2, 2]", i,
-                       r->presence_penalty);
-    if (r->logprobs != 0 && r->logprobs != 1)
-        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: logprobs %d (0 or 1)", i, r->logprobs);
-    if (r->top_logprobs < 0 || r->top_logprobs > SPK_MAX_TOP_LOGPROBS)
-        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: top_logprobs %d out of [0, %d]", i, r->top_logprobs,
-                       SPK_MAX_TOP_LOGPROBS);
-    if (r->prompt_logprobs != 0 && r->prompt_logprobs != 1)
-        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: prompt_logprobs %d (0 or 1)", i, r->prompt_logprobs);
-    if (r->prompt_logprobs && e->p.echo_rows < 1)
-        return spk_err(SPK_ERR_UNSUPPORTED, "request %zu: prompt_logprobs needs logits rows this load has no room "
-                       "for (max_seqs too large)", i);
-    if (r->private_events != 0 && r->private_events != 1)
-        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: private_events %d (0 or 1)", i, r->private_events);
-    return SPK_OK;
-}
-
-static uint64_t random_seed(void)
-{
-    uint64_t s = 0;
-    if (getrandom(&s, sizeof s, 0) != (ssize_t)sizeof s) { /* no entropy source: time and address */
-        struct timespec t;
-        clock_gettime(CLOCK_REALTIME, &t);
-        static _Atomic uint64_t ctr;
-        s = ((uint64_t)t.tv_sec << 32) ^ (uint64_t)t.tv_nsec ^ (uintptr_t)&t ^ (ctr++ * 0x9E3779B97F4A7C15ull);
-    }
-    return s;
-}
-
-/* Build the engine's copy of request r (checked, text prompt tokenized). */
-static spk_status make_req(spk_engine *e, spk_request *r, size_t i, req **out)
-{
-    *out = NULL;
-    int32_t *tp = NULL; /* a text prompt's tokens */
-    spk_status st;
-    if (!r->prompt && r->n_prompt == 0 && r->text) {
-        if (r->text_len > (size_t)1 << 26)
-            return spk_err(SPK_ERR_INVALID_ARG, "request %zu: text prompt of %zu bytes (at most %d)", i,
-                           r->text_len, 1 << 26);
-        size_t cap = r->text_len + 2, nt = 0; /* a token covers at least one byte, plus BOS */
-        if (!(tp = malloc(sizeof(int32_t) * cap)))
-            return spk_err(SPK_ERR_NOMEM, "request %zu: out of memory tokenizing %zu bytes", i, r->text_len);
-        if ((st = spk_tok_encode(e->p.tok, r->text, r->text_len, true, true, tp, cap, &nt)) != SPK_OK) {
-            free(tp);
-            return spk_err_prefix(st, "request %zu: text prompt", i);
-        }
-        r->prompt = tp;
-        r->n_prompt = nt;
-    }
-    if (!r->prompt || r->n_prompt == 0) {
-        free(tp);
-        return spk_err(SPK_ERR_INVALID_ARG, "request %zu: empty prompt (no tokens%s)", i,
-                       r->text ? " from its text" : " and no text");
-    }
-    if ((st = check_request(e, r, i)) != SPK_OK) {
-        free(tp);
-        return st;
-    }
-    req *q = calloc(1, sizeof *q);
-    size_t cap = r->n_prompt + (size_t)r->max_tokens;
-    if (cap > (size_t)e->p.n_ctx)
-        cap = r->n_prompt > (size_t)e->p.n_ctx ? r->n_prompt : (size_t)e->p.n_ctx;
-    size_t stop_bytes = 0;
-    for (size_t k = 0; k < r->n_stop_strings; k++)
-        stop_bytes += strlen(r->stop_strings[k]);
-    if (q) {
-        q->blocks = malloc(sizeof(int32_t) * (size_t)((e->p.n_ctx + e->block_size - 1) / e->block_size + 1));
-        q->tokens = malloc(cap * sizeof(int32_t));
-        q->stop = r->n_stop ? malloc(r->n_stop * sizeof(int32_t)) : NULL;
-        q->pend = malloc((size_t)e->pend_cap);
-        q->stops = stop_bytes ? malloc(stop_bytes) : NULL;
-        if (r->private_events && (q->mb = calloc(1, sizeof *q->mb)) != NULL) {
-            q->mb->head = q->mb->tail = -1;
-            pthread_cond_init(&q->mb->cv, NULL);
-        }
-    }
-    if (!q || !q->tokens || !q->blocks || (r->n_stop && !q->stop) || !q->pend || (stop_bytes && !q->stops) ||
-        (r->private_events && !q->mb)) {
-        if (q && q->mb) {
-            pthread_cond_destroy(&q->mb->cv);
-            free(q->mb);
-        }
-        free_req(q);
-        free(tp);
-        return spk_err(SPK_ERR_NOMEM, "spk_submit: out of memory for request %zu", i);
-    }
-    memcpy(q->tokens, r->prompt, r->n_prompt * sizeof(int32_t));
-    free(tp);
-    r->prompt = NULL;
-    if (r->n_stop)
-        memcpy(q->stop, r->stop_tokens, r->n_stop * sizeof(int32_t));
-    q->n_prompt = q->n_tokens = (int)r->n_prompt;
-    q->cap = (int)cap;
-    q->max_tokens = r->max_tokens;
-    q->sp = (spk_sampling){r->temperature, r->top_k, r->top_p, r->min_p};
-    spk_rng_seed(&q->rng, r->seed == SPK_SEED_RANDOM ? random_seed() : r->seed);
-    q->n_stop = (int)r->n_stop;
-    q->ignore_eos = r->ignore_eos != 0;
-    q->slot = -1;
-    spk_tok_stream_init(&q->ts, e->p.tok, true);
-    q->pend_cap = e->pend_cap;
-    size_t off = 0;
-    for (size_t k = 0; k < r->n_stop_strings; k++) {
-        size_t len = strlen(r->stop_strings[k]);
-        memcpy(q->stops + off, r->stop_strings[k], len);
-        q->stop_off[k] = (uint16_t)off;
-        q->stop_len[k] = (uint16_t)len;
-        off += len;
-    }
-    q->n_stops = (int)r->n_stop_strings;
-    q->repeat_penalty = r->repeat_penalty;
-    q->repeat_last_n = r->repeat_last_n;
-    q->freq_penalty = r->frequency_penalty;
-    q->presence_penalty = r->presence_penalty;
-    q->lp = r->logprobs || r->top_logprobs ? r->top_logprobs : -1;
-    q->echo = r->prompt_logprobs != 0;
-    q->echo_lp = r->top_logprobs;
-    q->echo_next = 1;
-    *out = q;
-    return SPK_OK;
-}
-
-static void discard_req(req *q)
-{
-    if (q && q->mb) {
-        pthread_cond_destroy(&q->mb->cv);
-        free(q->mb);
-    }
-    free_req(q);
-}
-
-spk_status spk_engine_submit(spk_engine *e, const spk_request *reqs, size_t n, uint64_t *ids)
-{
-    return spk_engine_submit_wait(e, reqs, n, ids, 0);
-}
-
-spk_status spk_engine_submit_wait(spk_engine *e, const spk_request *reqs, size_t n, uint64_t *ids,
-                                  int timeout_ms)
-{
-    if (n == 0)
-        return SPK_OK;
-    size_t stride = reqs[0].struct_size;
-    if (stride < offsetof(spk_request, n_stop) + sizeof(size_t) || stride > 4096)
-        return spk_err(SPK_ERR_INVALID_ARG, "spk_submit: struct_size %zu (use spk_request_init)", stride);
-    req **made = calloc(n, sizeof *made);
-    if (!made)
-        return spk_err(SPK_ERR_NOMEM, "spk_submit: out of memory");
-    spk_status st = SPK_OK;
-    for (size_t i = 0; i < n && st == SPK_OK; i++) {
-        spk_request r;
-        spk_request_init(&r);
-        const spk_request *src = (const spk_request *)((const char *)reqs + i * stride);
-        if (src->struct_size != stride) {
-            st = spk_err(SPK_ERR_INVALID_ARG, "request %zu: struct_size %zu differs from the first (%zu)",
-                         i, src->struct_size, stride);
-            break;
-        }
-        memcpy(&r, src, src->struct_size < sizeof r ? src->struct_size : sizeof r);
-        st = make_req(e, &r, i, &made[i]);
-    }
-    if (st == SPK_OK) {
-        struct timespec dl;
-        clock_gettime(CLOCK_REALTIME, &dl);
-        if (timeout_ms > 0) {
-            dl.tv_sec += timeout_ms / 1000;
-            dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-            if (dl.tv_nsec >= 1000000000L) {
-                dl.tv_sec++;
-                dl.tv_nsec -= 1000000000L;
-            }
-        }
-        submit_waiter me = {NULL};
-        bool waiting = false, timed_out = false;
-        pthread_mutex_lock(&e->mu);
-        for (;;) {
-            /* FIFO: only the longest-waiting caller (or anyone when nobody waits) may enqueue. */
-            bool my_turn = e->wait_head == NULL || e->wait_head == &me;
-            if (e->fatal != SPK_OK) {
-                st = spk_err(e->fatal, "spk_submit: engine stopped after a fatal error");
-                break;
-            }
-            if (e->stopping) {
-                st = spk_err(SPK_ERR_STATE, "spk_submit: the model is being freed");
-                break;
-            }
-            if (my_turn && (size_t)e->n_queued + n <= (size_t)e->p.queue_capacity)
-                break;
-            if (n > (size_t)e->p.queue_capacity || timeout_ms == 0 || timed_out) {
-                st = spk_err(SPK_ERR_BUSY, "spk_submit: queue full (%d queued + %zu new, capacity "
-                             "%d; %d submitter(s) waiting first)", e->n_queued, n,
-                             e->p.queue_capacity, e->n_waiting - (waiting ? 1 : 0));
-                break;
-            }
-            if (!waiting) {
-                waiting = true;
-                if (e->wait_tail)
-                    e->wait_tail->next = &me;
-                else
-                    e->wait_head = &me;
-                e->wait_tail = &me;
-                e->n_waiting++;
-            }
-            if (timeout_ms < 0)
-                pthread_cond_wait(&e->room_cv, &e->mu);
-            else if (pthread_cond_timedwait(&e->room_cv, &e->mu, &dl) == ETIMEDOUT)
-                timed_out = true;
-        }
-        if (waiting) {
-            submit_waiter **pp = &e->wait_head;
-            while (*pp != &me)
-                pp = &(*pp)->next;
-            *pp = me.next;
-            if (e->wait_tail == &me) {
-                e->wait_tail = NULL;
-                for (submit_waiter *w = e->wait_head; w; w = w->next)
-                    e->wait_tail = w;
-            }
-            e->n_waiting--;
-            pthread_cond_broadcast(&e->room_cv); /* the next waiter's turn */
-        }
-        if (st == SPK_OK) {
-            for (size_t i = 0; i < n; i++) {
-                made[i]->id = e->next_id++;
-                ids[i] = made[i]->id;
-                if (made[i]->mb) {
-                    made[i]->mb->id = made[i]->id;
-                    made[i]->mb->next = e->mboxes;
-                    e->mboxes = made[i]->mb;
-                }
-                if (e->queue_tail)
-                    e->queue_tail->next = made[i];
-                else
-                    e->queue_head = made[i];
-                e->queue_tail = made[i];
-                e->n_queued++;
-                made[i] = NULL;
-            }
-            kick(e);
-        }
-        pthread_mutex_unlock(&e->mu);
-    }
-    for (size_t i = 0; i < n; i++)
-        discard_req(made[i]);
-    free(made);
-    return st;
-}
-
-static struct timespec deadline(int timeout_ms)
-{
-    struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    if (timeout_ms > 0) {
-        dl.tv_sec += timeout_ms / 1000;
-        dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-        if (dl.tv_nsec >= 1000000000L) {
-            dl.tv_sec++;
-            dl.tv_nsec -= 1000000000L;
-        }
-    }
-    return dl;
-}
-
-/* Copy record `o` to the caller's output (its layout: `stride` bytes, possibly an older one). */
-static void copy_output(void *dst, size_t stride, const spk_output *o)
-{
-    memcpy(dst, o, stride < sizeof *o ? stride : sizeof *o);
-    ((spk_output *)dst)->struct_size = stride;
-}
-
-/* Shared queue: spk_poll (events; text-only outputs are dropped) or spk_poll_outputs. */
-static spk_status poll_shared(spk_engine *e, spk_event *ev, void *out, size_t stride, size_t cap, size_t *n_out,
-                              int timeout_ms)
-{
-    struct timespec dl = deadline(timeout_ms);
-    size_t n = 0;
-    bool freed = false;
-    pthread_mutex_lock(&e->mu);
-    for (;;) {
-        while (n < cap && e->sq_len > 0) {
-            int32_t i = e->sq_head;
-            e->sq_head = e->rec_next[i];
-            if (e->sq_head < 0)
-                e->sq_tail = -1;
-            e->sq_len--;
-            const spk_output *o = &e->recs[i];
-            if (ev) {
-                if (o->token >= 0 || o->finish != SPK_FINISH_NONE)
-                    ev[n++] = (spk_event){.request_id = o->request_id, .token = o->token, .position = o->position,
-                                          .finish = o->finish, .status = o->status, .time_ns = o->time_ns};
-            } else {
-                copy_output((char *)out + n * stride, stride, o);
-                n++;
-            }
-            rec_put(e, i);
-            freed = true;
-        }
-        if (n > 0 || timeout_ms == 0 || e->stopping || e->fatal != SPK_OK)
-            break;
-        if (timeout_ms < 0)
-            pthread_cond_wait(&e->event_cv, &e->mu);
-        else if (pthread_cond_timedwait(&e->event_cv, &e->mu, &dl) == ETIMEDOUT)
-            break;
-    }
-    if (freed)
-        kick(e);
-    spk_status st = n == 0 && e->fatal != SPK_OK ? e->fatal : SPK_OK;
-    pthread_mutex_unlock(&e->mu);
-    *n_out = n;
-    return st == SPK_OK ? SPK_OK : spk_err(st, "spk_poll: engine failed");
-}
-
-spk_status spk_engine_poll(spk_engine *e, spk_event *ev, size_t cap, size_t *n_out, int timeout_ms)
-{
-    return poll_shared(e, ev, NULL, 0, cap, n_out, timeout_ms);
-}
-
-spk_status spk_engine_poll_outputs(spk_engine *e, spk_output *out, size_t stride, size_t cap, size_t *n_out,
-                                   int timeout_ms)
-{
-    return poll_shared(e, NULL, out, stride, cap, n_out, timeout_ms);
-}
-
-spk_status spk_engine_poll_request(spk_engine *e, uint64_t id, spk_output *out, size_t stride, size_t cap,
-                                   size_t *n_out, int timeout_ms)
-{
-    *n_out = 0;
-    struct timespec dl = deadline(timeout_ms);
-    pthread_mutex_lock(&e->mu);
-    mailbox *mb = find_mailbox(e, id);
-    if (!mb) {
-        pthread_mutex_unlock(&e->mu);
-        return spk_err(SPK_ERR_NOT_FOUND, "spk_poll_request: request %llu is unknown, not private_events, or "
-                       "its final output was already returned", (unsigned long long)id);
-    }
-    mb->waiters++;
-    while (mb->len == 0 && !mb->gone && timeout_ms != 0 && !e->stopping && e->fatal == SPK_OK) {
-        if (timeout_ms < 0)
-            pthread_cond_wait(&mb->cv, &e->mu);
-        else if (pthread_cond_timedwait(&mb->cv, &e->mu, &dl) == ETIMEDOUT)
-            break;
-    }
-    mb->waiters--;
-    if (mb->gone) { /* another thread took the final output while this one waited */
-        if (mb->waiters == 0)
-            free_mailbox(e, mb);
-        pthread_mutex_unlock(&e->mu);
-        return spk_err(SPK_ERR_NOT_FOUND, "spk_poll_request: request %llu ended (another caller took its final "
-                       "output)", (unsigned long long)id);
-    }
-    size_t n = 0;
-    bool final = false;
-    while (n < cap && mb->len > 0 && !final) {
-        int32_t i = mb->head;
-        mb->head = e->rec_next[i];
-        if (mb->head < 0)
-            mb->tail = -1;
-        mb->len--;
-        copy_output((char *)out + n * stride, stride, &e->recs[i]);
-        final = e->recs[i].finish != SPK_FINISH_NONE;
-        rec_put(e, i);
-        n++;
-    }
-    if (final) { /* the id is forgotten */
-        unlink_mailbox(e, mb);
-        if (mb->waiters == 0)
-            free_mailbox(e, mb);
-        else
-            pthread_cond_broadcast(&mb->cv);
-    }
-    if (n)
-        kick(e);
-    spk_status st = n == 0 && e->fatal != SPK_OK ? e->fatal : SPK_OK;
-    pthread_mutex_unlock(&e->mu);
-    *n_out = n;
-    return st == SPK_OK ? SPK_OK : spk_err(st, "spk_poll_request: engine failed");
-}
-
-spk_status spk_engine_cancel(spk_engine *e, uint64_t id)
-{
-    /* The engine thread emits the cancelled event and frees the request at its next step. */
-    bool found = false;
-    pthread_mutex_lock(&e->mu);
-    for (req *r = e->queue_head; r && !found; r = r->next)
-        if (r->id == id && !r->cancel)
-            r->cancel = found = true;
-    for (int s = 0; s < e->p.max_seqs && !found; s++)
-        if (e->slots[s] && e->slots[s]->id == id && !e->slots[s]->cancel)
-            e->slots[s]->cancel = found = true;
-    if (found)
-        kick(e);
-    pthread_mutex_unlock(&e->mu);
-    if (!found)
-        return spk_err(SPK_ERR_NOT_FOUND, "spk_cancel: no pending request %llu", (unsigned long long)id);
-    return SPK_OK;
-}
-
-void spk_engine_stats(spk_engine *e, spk_engine_stats_t *st)
-{
-    pthread_mutex_lock(&e->mu);
-    st->n_queued = e->n_queued;
-    st->n_running = e->n_active;
-    st->kv_blocks_total = e->n_blocks;
-    st->kv_blocks_free = e->n_free;
-    st->kv_block_size = e->block_size;
-    st->n_preempted = e->n_preempted;
-    st->n_generated = e->n_generated;
-    st->n_submit_waiting = e->n_waiting;
-    pthread_mutex_unlock(&e->mu);
 }
