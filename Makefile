@@ -109,6 +109,7 @@ ABI_BUILD ?= build-abi
 abi-baseline: deps
 	cmake -S . -B $(ABI_BUILD) -DCMAKE_BUILD_TYPE=Debug -DSPK_BUILD_TESTS=OFF -DSPK_BUILD_EXAMPLES=OFF $(CMAKE_ARGS) >/dev/null
 	cmake --build $(ABI_BUILD) -j$(JOBS) --target sparkinfer
+	bash tests/sh/runpath.sh $(ABI_BUILD) >/dev/null
 	bash abi/abi.sh dump $(ABI_BUILD)/libsparkinfer.so abi/libsparkinfer.abi
 
 clean:

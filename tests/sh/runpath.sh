@@ -12,8 +12,10 @@ while IFS= read -r -d '' f; do
     [ "$(head -c4 "$f" | od -An -c | tr -d ' ')" = '177ELF' ] || continue
     n=$((n + 1))
     for tag in RUNPATH RPATH; do
+        readelf -d "$f" 2>/dev/null | grep -q "(${tag})" || continue
         val=$(readelf -d "$f" 2>/dev/null | sed -n "s/.*(${tag}).*\[\(.*\)\]/\1/p")
-        [ -n "$val" ] || continue
+        # a tag whose value is empty is one empty entry: the working directory
+        [ -n "$val" ] || { bad+="$f: $tag is present and empty"$'\n'; continue; }
         # Split on ':' keeping empty fields: "a:" -> "a", "" (read drops only the last one,
         # which is the ':' appended here).
         IFS=: read -r -a parts <<< "$val:"
