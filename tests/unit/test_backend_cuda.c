@@ -315,14 +315,6 @@ START_TEST(paged_rope_attention_match_cpu)
 }
 END_TEST
 
-static int argmax(const float *x, int n)
-{
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        b = x[i] > x[b] ? i : b;
-    return b;
-}
-
 /* The default model on both backends: a prefill of a prompt, then 24 greedy decode steps, each
  * backend feeding its own choices; logits compared at every step. */
 START_TEST(default_model_greedy_matches_cpu)
@@ -368,8 +360,8 @@ START_TEST(default_model_greedy_matches_cpu)
         for (int i = 0; i < V; i++)
             sum_diff += fabs((double)lc[i] - lg[i]);
         n_cmp += V;
-        tok_c = argmax(lc, V);
-        tok_g = argmax(lg, V);
+        tok_c = spk_test_argmax(lc, V);
+        tok_g = spk_test_argmax(lg, V);
         float second = -INFINITY;
         for (int i = 0; i < V; i++)
             if (i != tok_c && lc[i] > second)

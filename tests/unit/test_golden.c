@@ -29,27 +29,6 @@ static void teardown(void)
     spk_gguf_close(gf);
 }
 
-static void log_softmax(float *x, int n)
-{
-    double mx = x[0], s = 0;
-    for (int i = 1; i < n; i++)
-        mx = x[i] > mx ? x[i] : mx;
-    for (int i = 0; i < n; i++)
-        s += exp(x[i] - mx);
-    double lse = mx + log(s);
-    for (int i = 0; i < n; i++)
-        x[i] = (float)(x[i] - lse);
-}
-
-static int argmax(const float *x, int n)
-{
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b])
-            b = i;
-    return b;
-}
-
 START_TEST(logprobs_match_llamacpp)
 {
     size_t len;
@@ -82,11 +61,11 @@ START_TEST(logprobs_match_llamacpp)
         int seq_agree = 0;
         for (int i = 0; i < n; i++) {
             float *lp = logits + (size_t)i * (size_t)hp.n_vocab;
-            log_softmax(lp, hp.n_vocab);
+            spk_test_log_softmax(lp, hp.n_vocab);
             cJSON *top = cJSON_GetObjectItem(cJSON_GetArrayItem(pos, i), "top");
             int ref_top1 = cJSON_GetArrayItem(cJSON_GetArrayItem(top, 0), 0)->valueint;
             n_pos++;
-            if (argmax(lp, hp.n_vocab) == ref_top1) {
+            if (spk_test_argmax(lp, hp.n_vocab) == ref_top1) {
                 top1_agree++;
                 seq_agree++;
             }

@@ -96,26 +96,6 @@ START_TEST(loads_as_qwen3)
 }
 END_TEST
 
-static void log_softmax(float *x, int n)
-{
-    double mx = x[0], s = 0;
-    for (int i = 1; i < n; i++)
-        mx = x[i] > mx ? x[i] : mx;
-    for (int i = 0; i < n; i++)
-        s += exp(x[i] - mx);
-    double lse = mx + log(s);
-    for (int i = 0; i < n; i++)
-        x[i] = (float)(x[i] - lse);
-}
-
-static int argmax(const float *x, int n)
-{
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        b = x[i] > x[b] ? i : b;
-    return b;
-}
-
 static uint64_t file_fnv(const char *path)
 {
     size_t len;
@@ -159,17 +139,17 @@ static void compare_section(const loaded *L, cJSON *seqs, cmp_stats *st)
         float *lg = malloc(sizeof(float) * (size_t)n * (size_t)V);
         spk_batch b = {.n_tok = n, .token = tk, .pos = ps, .seq = sq, .want_logits = want};
         ck_assert_int_eq(spk_llama_forward(m, &b, NULL, lg), SPK_OK);
-        int next = argmax(lg + (size_t)(n - 1) * V, V);
+        int next = spk_test_argmax(lg + (size_t)(n - 1) * V, V);
         for (int i = 0; i < n; i++) {
             float *lp = lg + (size_t)i * V;
-            log_softmax(lp, V);
+            spk_test_log_softmax(lp, V);
             cJSON *top = cJSON_GetObjectItem(cJSON_GetArrayItem(pos, i), "top");
             cJSON *t0 = cJSON_GetArrayItem(top, 0), *t1 = cJSON_GetArrayItem(top, 1);
             const int ref1 = cJSON_GetArrayItem(t0, 0)->valueint;
             const double margin = cJSON_GetArrayItem(t0, 1)->valuedouble - cJSON_GetArrayItem(t1, 1)->valuedouble;
             st->n_pos++;
             /* a near-tie (< 0.01 nats) may go either way under rounding; count it as agreeing */
-            st->top1_agree += argmax(lp, V) == ref1 || margin < 0.01;
+            st->top1_agree += spk_test_argmax(lp, V) == ref1 || margin < 0.01;
             cJSON *pair;
             cJSON_ArrayForEach(pair, top)
             {
@@ -190,7 +170,7 @@ static void compare_section(const loaded *L, cJSON *seqs, cmp_stats *st)
             uint8_t w1 = 1;
             spk_batch b1 = {.n_tok = 1, .token = &t1, .pos = &p1, .seq = &s1, .want_logits = &w1};
             ck_assert_int_eq(spk_llama_forward(m, &b1, NULL, lg), SPK_OK);
-            next = argmax(lg, V);
+            next = spk_test_argmax(lg, V);
         }
         free(lg);
         spk_llama_free(m);

@@ -2,6 +2,7 @@
 
 #include "sparkinfer/sparkinfer.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,4 +105,24 @@ spk_model *spk_test_open_model(spk_cluster **cl, int max_seqs, int n_ctx, int qu
     spk_model *m = NULL;
     ck_assert_msg(spk_model_load(*cl, &mc, &m) == SPK_OK, "%s", spk_last_error());
     return m;
+}
+
+void spk_test_log_softmax(float *x, int n)
+{
+    double mx = x[0], s = 0;
+    for (int i = 1; i < n; i++)
+        mx = x[i] > mx ? x[i] : mx;
+    for (int i = 0; i < n; i++)
+        s += exp(x[i] - mx);
+    const double lse = mx + log(s);
+    for (int i = 0; i < n; i++)
+        x[i] = (float)(x[i] - lse);
+}
+
+int spk_test_argmax(const float *x, int n)
+{
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        b = x[i] > x[b] ? i : b;
+    return b;
 }

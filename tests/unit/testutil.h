@@ -31,6 +31,10 @@ struct spk_cluster;
 struct spk_model;
 struct spk_model *spk_test_open_model(struct spk_cluster **cl, int max_seqs, int n_ctx, int queue_capacity);
 
+/* Logits in place into log-probabilities (log-sum-exp in double); index of the largest (first). */
+void spk_test_log_softmax(float *x, int n);
+int spk_test_argmax(const float *x, int n);
+
 /* Read a whole file into a malloc'd NUL-terminated buffer; NULL on failure. */
 char *spk_test_read_file(const char *path, size_t *len);
 
