@@ -230,7 +230,7 @@ END_TEST
 static spk_event wait_finish(uint64_t id, int32_t *toks, int *n_tok)
 {
     *n_tok = 0;
-    uint64_t last_ns = 0;
+    uint64_t last_ns = 0, last_tok_ns = 0;
     for (;;) {
         spk_event ev[32];
         size_t n;
@@ -241,7 +241,12 @@ static spk_event wait_finish(uint64_t id, int32_t *toks, int *n_tok)
             /* the engine stamps each event; a request's events come in time order */
             ck_assert_uint_gt(ev[i].time_ns, 0);
             ck_assert_uint_ge(ev[i].time_ns, last_ns);
+            /* each token of a request comes from its own step: a later stamp, strictly */
+            if (ev[i].token >= 0)
+                ck_assert_uint_gt(ev[i].time_ns, last_tok_ns);
             last_ns = ev[i].time_ns;
+            if (ev[i].token >= 0)
+                last_tok_ns = ev[i].time_ns;
             ck_assert(ev[i].reserved[0] == 0 && ev[i].reserved[1] == 0);
             if (ev[i].token >= 0)
                 toks[(*n_tok)++] = ev[i].token;
