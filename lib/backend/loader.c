@@ -16,8 +16,7 @@
 #include "transport/registry.h"
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static void *cuda_dl;               /* kept open for the process's life: kernels stay registered */
-static spk_backend_module_fn cuda_create;
+static spk_backend_module_fn cuda_create; /* the module stays loaded for the process's life */
 
 /* Load the CUDA module once; UNSUPPORTED naming what is missing. Caller holds mu. */
 static spk_status load_cuda(void)
@@ -40,7 +39,6 @@ static spk_status load_cuda(void)
         return spk_err(SPK_ERR_UNSUPPORTED, "cuda backend module %s: no symbol %s", path, SPK_BACKEND_CUDA_SYMBOL);
     }
     memcpy(&cuda_create, &sym, sizeof cuda_create); /* object pointer to function pointer, as POSIX allows */
-    cuda_dl = dl;
     return SPK_OK;
 }
 
