@@ -50,7 +50,10 @@ static void usage(FILE *o)
             "  --act-bytes N          bytes per activation on the wire (default 2)\n"
             "  --dgx-spark            DGX Spark figures incl. the observed all-reduce bandwidth (%.2g GB/s)\n"
             "  --show-plan            print each layout's layer/head/ffn/vocab split and bytes per rank\n"
-            "  --compare-published    predictions vs the published two-Spark study (world 2)\n"
+            "  --no-ep                MoE shapes: leave out the expert-parallel layouts (ppN epM), which are\n"
+            "                         modelled but not executable yet (shown by default, never chosen)\n"
+            "  --compare-published    predictions vs the published two-Spark study (world 2), incl.\n"
+            "                         gpt-oss-120b PP2 vs TP2 (and EP2, modelled) per batch 1..128\n"
             "presets:",
             SPK_DGX_SPARK_AR_BUSBW);
     for (const char *const *n = spk_shape_preset_names(); *n; n++)
@@ -78,14 +81,50 @@ static void print_shape(const spk_shape *s)
 {
     printf("model %s: %d layers, embd %d, heads %d/%d x %d, ", s->name, s->n_layers, s->n_embd, s->n_heads,
            s->n_kv_heads, s->head_dim);
-    if (s->n_experts)
+    if (s->n_experts) {
         printf("%d experts top-%d x ff %d, ", s->n_experts, s->n_experts_used, s->n_ff_expert);
-    else
+        if (s->n_ff)
+            printf("shared-expert ff %d, ", s->n_ff);
+    } else {
         printf("ff %d, ", s->n_ff);
+    }
+    if (s->sliding_window)
+        printf("sliding window %d on %d layers, ", s->sliding_window, s->n_sliding_layers);
     printf("vocab %d; %.3g GB weights (layer %.3g MB, head %.3g MB)\n", s->n_vocab,
            (spk_shape_layer_bytes(s) * s->n_layers + spk_shape_head_bytes(s) +
             (s->tied_embeddings ? 0 : spk_shape_embd_bytes(s))) / 1e9,
            spk_shape_layer_bytes(s) / 1e6, spk_shape_head_bytes(s) / 1e6);
+    printf("parameters: %.4g B total, %.4g B active per token", spk_shape_total_params(s) / 1e9,
+           spk_shape_active_params(s) / 1e9);
+    if (s->n_experts)
+        printf(" (distinct experts per layer a batch touches: b=1 %.1f, b=8 %.1f, b=64 %.1f, b=128 %.1f of %d)",
+               spk_moe_distinct_experts(s->n_experts, s->n_experts_used, 1),
+               spk_moe_distinct_experts(s->n_experts, s->n_experts_used, 8),
+               spk_moe_distinct_experts(s->n_experts, s->n_experts_used, 64),
+               spk_moe_distinct_experts(s->n_experts, s->n_experts_used, 128), s->n_experts);
+    printf("\n");
+}
+
+/* "pp2 tp1" or "pp1 ep2" */
+static const char *layout_name(const spk_cost *c, char *buf, size_t cap)
+{
+    if (c->ep > 1)
+        snprintf(buf, cap, "pp%d ep%d", c->pp, c->ep);
+    else
+        snprintf(buf, cap, "pp%d tp%d", c->pp, c->tp);
+    return buf;
+}
+
+/* The marker after a layout's row: the chosen one is the best executable layout. */
+static const char *row_mark(const spk_cost *c, int *chosen)
+{
+    if (!c->executable)
+        return "  (modelled, not executable yet)";
+    if (!*chosen) {
+        *chosen = 1;
+        return "  <- chosen";
+    }
+    return "";
 }
 
 static void print_hw(const spk_hw *hw)
@@ -119,12 +158,14 @@ static int show_plans(const spk_shape *s, int world)
 }
 
 static int table(const spk_shape *s, int world, const int *batches, int nb, int context, int isl, int osl,
-                 const spk_hw *hw)
+                 const spk_hw *hw, unsigned flags)
 {
     for (int i = 0; i < nb; i++) {
         spk_cost c[64];
-        int n = 0;
-        spk_status st = spk_plan_rank_layouts(s, world, batches[i], isl > 0 ? isl : context, osl, hw, c, 64, &n);
+        int n = 0, chosen = 0;
+        char ln[32];
+        spk_status st =
+            spk_plan_rank_layouts_ex(s, world, batches[i], isl > 0 ? isl : context, osl, hw, flags, c, 64, &n);
         if (st) {
             fprintf(stderr, "spk-plan: %s: %s\n", spk_status_str(st), spk_err_msg());
             return 1;
@@ -135,18 +176,20 @@ static int table(const spk_shape *s, int world, const int *batches, int nb, int 
             printf("\nbatch %d, scenario %d/%d (output tok/s over the run):\n", batches[i], isl, osl);
             printf("  %-10s %10s %10s %10s %4s\n", "layout", "tok/s", "prefill s", "decode s", "mb");
             for (int k = 0; k < n; k++)
-                printf("  pp%-3d tp%-3d %10.1f %10.2f %10.2f %4d%s\n", c[k].pp, c[k].tp, c[k].tok_s, c[k].prefill_s,
-                       c[k].decode_s, c[k].micro_batches, k == 0 ? "  <- chosen" : "");
+                printf("  %-10s %10.1f %10.2f %10.2f %4d%s\n", layout_name(&c[k], ln, sizeof ln), c[k].tok_s,
+                       c[k].prefill_s, c[k].decode_s, c[k].micro_batches, row_mark(&c[k], &chosen));
             continue;
         }
         printf("\nbatch %d, context %d (decode):\n", batches[i], context);
-        printf("  %-10s %9s %9s %4s %5s | %8s %8s %8s %8s %8s  (ms: one micro-batch, busiest stage)\n", "layout",
-               "tok/s", "step ms", "mb", "size", "weights", "kv", "compute", "allred", "xfer");
+        printf("  %-10s %9s %9s %4s %5s | %8s %8s %8s %8s %8s  (ms: one micro-batch, busiest stage;\n"
+               "  %-10s %9s %9s %4s %5s   %8s %8s %8s %8s %8s   coll: TP all-reduces or EP all-to-alls)\n",
+               "layout", "tok/s", "step ms", "mb", "size", "weights", "kv", "compute", "coll", "xfer", "", "", "", "",
+               "", "", "", "", "", "");
         for (int k = 0; k < n; k++)
-            printf("  pp%-3d tp%-3d %9.1f %9.3f %4d %5d | %8.3f %8.3f %8.3f %8.3f %8.3f%s\n", c[k].pp, c[k].tp,
+            printf("  %-10s %9.1f %9.3f %4d %5d | %8.3f %8.3f %8.3f %8.3f %8.3f%s\n", layout_name(&c[k], ln, sizeof ln),
                    c[k].tok_s, c[k].step_s * 1e3, c[k].micro_batches, c[k].micro_batch, c[k].weight_s * 1e3,
                    c[k].kv_s * 1e3, c[k].compute_s * 1e3, c[k].allreduce_s * 1e3, c[k].transfer_s * 1e3,
-                   k == 0 ? "  <- chosen" : "");
+                   row_mark(&c[k], &chosen));
     }
     return 0;
 }
@@ -176,6 +219,8 @@ static const pub published[] = {
     {"mistral-small-24b", "prefill-heavy", 2048, 128, 64, 216.01, 0},
     {"mistral-small-24b", "decode-heavy", 128, 2048, 64, 238.44, 0},
 };
+
+static int compare_by_batch(const spk_hw *hw);
 
 static int compare_published(const spk_hw *hw)
 {
@@ -226,13 +271,76 @@ static int compare_published(const spk_hw *hw)
         }
         printf("\n");
     }
+    return compare_by_batch(hw);
+}
+
+/* gpt-oss-120b PP2 vs TP2 batch by batch beside what BENCHMARKS.md section 1 records of the study
+ * for it: "TP won only at batch 1" and "PP=2 beat TP=2 by 2.20x at batch 128 (554.69 vs ~252 tok/s
+ * balanced)"; so TP at batch 1 and PP at every larger batch it ran. Every verdict below is
+ * computed from the predictions. */
+static int compare_by_batch(const spk_hw *hw)
+{
+    static const int bs[] = {1, 2, 4, 8, 16, 32, 64, 128};
+    enum { NB = (int)(sizeof bs / sizeof bs[0]) };
+    const double pub_pp128 = 554.69, pub_tp128 = 252; /* balanced, batch 128 */
+    spk_shape s;
+    if (spk_shape_preset("gpt-oss-120b", &s)) {
+        fprintf(stderr, "spk-plan: %s\n", spk_err_msg());
+        return 1;
+    }
+    char pred[NB]; /* predicted winner per batch: 'P' or 'T' */
+    double ratio[NB];
+    printf("\ngpt-oss-120b on two Sparks, balanced 1024/1024, output tok/s by batch (predicted vs study;\n"
+           "EP2 = experts split over the two ranks: modelled, not executable yet, not in the verdicts):\n");
+    printf("%5s %10s %10s %10s | %-6s %6s | %-9s | %s\n", "batch", "pred PP2", "pred TP2", "pred EP2", "winner",
+           "ratio", "study", "verdict");
+    for (int i = 0; i < NB; i++) {
+        spk_cost a, b, e;
+        if (spk_cost_scenario(&s, 2, 1, bs[i], 1024, 1024, hw, &a) ||
+            spk_cost_scenario(&s, 1, 2, bs[i], 1024, 1024, hw, &b) ||
+            spk_cost_scenario_ep(&s, 1, 1, 2, bs[i], 1024, 1024, hw, &e)) {
+            fprintf(stderr, "spk-plan: %s\n", spk_err_msg());
+            return 1;
+        }
+        pred[i] = a.tok_s > b.tok_s ? 'P' : 'T';
+        ratio[i] = a.tok_s > b.tok_s ? a.tok_s / b.tok_s : b.tok_s / a.tok_s;
+        char study = bs[i] == 1 ? 'T' : 'P';
+        printf("%5d %10.1f %10.1f %10.1f | %-6s %5.2fx | %-9s | %s\n", bs[i], a.tok_s, b.tok_s, e.tok_s,
+               pred[i] == 'P' ? "PP" : "TP", ratio[i], bs[i] == 128 ? "PP 2.20x" : study == 'P' ? "PP" : "TP",
+               pred[i] == study ? "agrees" : "DISAGREES");
+    }
+    /* the claims, each judged from the rows above */
+    int tp1 = pred[0] == 'T', pp_from64 = 1, tp_only1 = tp1, n_tp_small = 0;
+    char tp_list[64] = "", pp_list[64] = "";
+    int nl = 0, np = 0;
+    for (int i = 0; i < NB; i++) {
+        if (bs[i] >= 64 && pred[i] != 'P')
+            pp_from64 = 0;
+        if (bs[i] > 1 && pred[i] == 'T') {
+            tp_only1 = 0;
+            n_tp_small++;
+        }
+        if (pred[i] == 'T')
+            nl += snprintf(tp_list + nl, sizeof tp_list - (size_t)nl, "%s%d", nl ? "," : "", bs[i]);
+        else
+            np += snprintf(pp_list + np, sizeof pp_list - (size_t)np, "%s%d", np ? "," : "", bs[i]);
+    }
+    printf("predicted: TP ahead at batch {%s}, PP ahead at batch {%s}\n", tp_list, pp_list);
+    printf("claim \"TP ahead at batch 1\": %s\n", tp1 ? "agrees" : "DISAGREES");
+    printf("claim \"PP ahead from batch 64\": %s\n", pp_from64 ? "agrees" : "DISAGREES");
+    printf("claim \"TP won only at batch 1\": %s", tp_only1 ? "agrees" : "DISAGREES");
+    if (!tp_only1 && n_tp_small)
+        printf(" (predicted TP also at %d larger batch size%s)", n_tp_small, n_tp_small > 1 ? "s" : "");
+    printf("\n");
+    printf("claim \"PP %.2fx TP at batch 128\": predicted %s %.2fx: direction %s\n", pub_pp128 / pub_tp128,
+           pred[NB - 1] == 'P' ? "PP" : "TP", ratio[NB - 1], pred[NB - 1] == 'P' ? "agrees" : "DISAGREES");
     return 0;
 }
 
 int main(int argc, char **argv)
 {
     const char *preset = NULL, *model = NULL;
-    int world = 2, context = SPK_COST_DEFAULT_CONTEXT, isl = 0, osl = 0, compare = 0, show = 0;
+    int world = 2, context = SPK_COST_DEFAULT_CONTEXT, isl = 0, osl = 0, compare = 0, show = 0, no_ep = 0;
     int batches[32] = {1, 8, 32, 64, 128}, nb = 5;
     spk_hw hw;
     spk_hw_init(&hw);
@@ -310,6 +418,8 @@ int main(int argc, char **argv)
         } else if (strcmp(a, "--dgx-spark") == 0) {
         } else if (strcmp(a, "--show-plan") == 0) {
             show = 1;
+        } else if (strcmp(a, "--no-ep") == 0) {
+            no_ep = 1;
         } else if (strcmp(a, "--compare-published") == 0) {
             compare = 1;
         } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
@@ -358,7 +468,7 @@ int main(int argc, char **argv)
     print_hw(&hw);
     if (show)
         show_plans(&s, world);
-    return table(&s, world, batches, nb, context, isl, osl, &hw);
+    return table(&s, world, batches, nb, context, isl, osl, &hw, no_ep ? 0u : SPK_PLAN_WITH_MODELLED);
 }
 
 #endif /* SPK_PLAN_INTERNAL */

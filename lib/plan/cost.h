@@ -52,13 +52,33 @@ typedef struct spk_cost {
     double overhead_s;           /* step_overhead_us */
     double weight_bytes;         /* weight bytes the busiest stage reads per micro-batch */
     double prefill_s, decode_s;  /* scenario: the two phases */
+    int ep;                      /* expert-parallel ranks per stage (1: none; then tp may be > 1) */
+    int executable;              /* 1: the executor runs this layout (pp x tp); 0: modelled only
+                                    (expert parallelism, ep > 1) */
 } spk_cost;
+
+/* Expected number of distinct experts that b tokens touch when each is routed to k of n_expert
+ * experts uniformly at random: n(1 - (1 - k/n)^b). b = 1 gives k, it grows with b and tends to
+ * n; 0 for n_expert <= 0, k <= 0 or b <= 0; n for k >= n. Decode reads exactly these experts'
+ * weights, so a MoE model's weight traffic per step grows with the batch until every expert is
+ * touched (docs/PLANNER.md). */
+double spk_moe_distinct_experts(int n_expert, int k, double b);
+
+/* Whether pp x tp x ep can be costed: ep 1 is every plan layout; ep > 1 (expert parallelism:
+ * each of the ep ranks of a stage holds n_experts/ep whole experts and the attention whole)
+ * needs a MoE shape, tp 1 and ep dividing n_experts (UNSUPPORTED naming the constraint). It is
+ * modelled only: the executor does not run EP yet. */
+spk_status spk_plan_check_ep(const spk_shape *s, int pp, int tp, int ep);
 
 /* Decode: `batch` sequences, each with `context` tokens already in its KV cache, each
  * producing one token per step. INVALID_ARG on a bad layout/shape/figure, with the plan's
  * message for layouts the plan rejects (UNSUPPORTED). */
 spk_status spk_cost_decode(const spk_shape *s, int pp, int tp, int batch, int context, const spk_hw *hw,
                            spk_cost *out);
+
+/* spk_cost_decode for a layout with ep expert-parallel ranks per stage (ep 1: spk_cost_decode). */
+spk_status spk_cost_decode_ep(const spk_shape *s, int pp, int tp, int ep, int batch, int context, const spk_hw *hw,
+                              spk_cost *out);
 
 /* Prefill: `n_seq` prompts of `prompt_len` tokens, in chunks of hw->prefill_chunk tokens
  * pipelined over the stages. tok_s is prompt tokens per second. */
@@ -70,6 +90,10 @@ spk_status spk_cost_prefill(const spk_shape *s, int pp, int tp, int n_seq, int p
  * tok_s is output tokens / total time; step_s the total time. */
 spk_status spk_cost_scenario(const spk_shape *s, int pp, int tp, int batch, int isl, int osl,
                              const spk_hw *hw, spk_cost *out);
+
+/* spk_cost_scenario for a layout with ep expert-parallel ranks per stage. */
+spk_status spk_cost_scenario_ep(const spk_shape *s, int pp, int tp, int ep, int batch, int isl, int osl,
+                                const spk_hw *hw, spk_cost *out);
 
 /* The workload spk_plan_choose optimizes: a balanced serving run (the study's "balanced"). */
 #define SPK_COST_DEFAULT_CONTEXT 1024
@@ -84,7 +108,14 @@ spk_status spk_cost_scenario(const spk_shape *s, int pp, int tp, int batch, int 
 spk_status spk_plan_rank_layouts(const spk_shape *s, int world, int batch, int isl, int osl, const spk_hw *hw,
                                  spk_cost *out, int cap, int *n_out);
 
-/* The best layout for `world` ranks serving `batch` concurrent requests: the balanced scenario
+/* spk_plan_rank_layouts with flags: SPK_PLAN_WITH_MODELLED also ranks the layouts the executor
+ * cannot run yet (pp x ep with ep > 1 for a MoE shape; executable 0 in their spk_cost), among the
+ * others by tok/s. Layout choices (spk_plan_choose, spk_plan_choose_for_cluster) never pass it. */
+#define SPK_PLAN_WITH_MODELLED 1u
+spk_status spk_plan_rank_layouts_ex(const spk_shape *s, int world, int batch, int isl, int osl, const spk_hw *hw,
+                                    unsigned flags, spk_cost *out, int cap, int *n_out);
+
+/* The best executable layout (pp x tp, never EP) for `world` ranks serving `batch` concurrent requests: the balanced scenario
  * SPK_COST_DEFAULT_ISL / SPK_COST_DEFAULT_OSL (prefill and decode both count, as in service). */
 spk_status spk_plan_choose(const spk_shape *s, int world, int batch, const spk_hw *hw, int *best_pp,
                            int *best_tp);

@@ -30,6 +30,33 @@ double spk_shape_layer_bytes(const spk_shape *s)
     return b + 2 * E * 4; /* two F32 norms */
 }
 
+/* Parameters of one layer: attention, dense/shared MLP, router, and one expert. */
+static void layer_params(const spk_shape *s, double *attn_mlp, double *expert)
+{
+    const double E = s->n_embd, Q = (double)s->n_heads * s->head_dim, KV = (double)s->n_kv_heads * s->head_dim;
+    *attn_mlp = E * (Q + 2 * KV) + Q * E + 3.0 * s->n_ff * E + (s->n_experts > 0 ? E * s->n_experts : 0);
+    *expert = s->n_experts > 0 ? 3.0 * s->n_ff_expert * E : 0;
+}
+
+double spk_shape_total_params(const spk_shape *s)
+{
+    if (!s)
+        return 0;
+    double a, e;
+    layer_params(s, &a, &e);
+    double head = (double)s->n_vocab * s->n_embd;
+    return s->n_layers * (a + s->n_experts * e) + head + (s->tied_embeddings ? 0 : head);
+}
+
+double spk_shape_active_params(const spk_shape *s)
+{
+    if (!s)
+        return 0;
+    double a, e;
+    layer_params(s, &a, &e);
+    return s->n_layers * (a + (s->n_experts > 0 ? s->n_experts_used : 0) * e) + (double)s->n_vocab * s->n_embd;
+}
+
 double spk_shape_head_bytes(const spk_shape *s)
 {
     return (double)s->n_vocab * s->n_embd * spk_shape_bph(s) + s->n_embd * 4.0;

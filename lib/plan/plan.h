@@ -27,7 +27,10 @@ typedef struct spk_shape {
     int n_heads;                /* query heads */
     int n_kv_heads;             /* must divide n_heads */
     int head_dim;
-    int n_ff;                   /* dense MLP intermediate size; 0 if every layer is MoE */
+    int n_ff;                   /* dense MLP intermediate size. With n_experts > 0 it is the
+                                   always-active shared-expert MLP of every MoE layer (total
+                                   width of the shared experts; 0: none, as in gpt-oss and
+                                   Qwen3-MoE) */
     int n_vocab;
     int n_experts;              /* MoE: experts per layer; 0 for a dense model */
     int n_experts_used;         /* MoE: experts each token is routed to (top-k) */
@@ -44,7 +47,7 @@ typedef struct spk_shape {
 } spk_shape;
 
 /* Fill *out with a named preset shape: "llama-3.1-8b", "mistral-small-24b", "gpt-oss-20b",
- * "gpt-oss-120b", "smollm2-135m", "tiny", "tiny-moe". NOT_FOUND (naming the known presets)
+ * "gpt-oss-120b", "qwen3-30b-a3b", "smollm2-135m", "tiny", "tiny-moe". NOT_FOUND (naming the known presets)
  * for another name. The figures and their sources are in docs/PLANNER.md. */
 spk_status spk_shape_preset(const char *name, spk_shape *out);
 
@@ -130,6 +133,13 @@ char *spk_plan_describe(const spk_plan *p, char *buf, int cap);
 double spk_shape_layer_bytes(const spk_shape *s);
 double spk_shape_head_bytes(const spk_shape *s);
 double spk_shape_embd_bytes(const spk_shape *s);
+
+/* Parameter counts (elements, not bytes; norms and biases left out): every weight of the model
+ * (embedding table counted once more when untied), and those one token uses (attention, dense or
+ * shared MLP, router, n_experts_used experts per layer, output head; the embedding row is not
+ * counted). gpt-oss-120b: 116.8e9 / 5.1e9; qwen3-30b-a3b: 30.5e9 / 3.0e9 (docs/PLANNER.md). */
+double spk_shape_total_params(const spk_shape *s);
+double spk_shape_active_params(const spk_shape *s);
 
 /* Effective values of the defaulted shape fields. */
 int spk_shape_block(const spk_shape *s);
