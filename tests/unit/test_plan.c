@@ -466,6 +466,398 @@ START_TEST(shape_from_default_model_file)
 }
 END_TEST
 
+/* ---- MoE: the distinct-experts formula, presets, expert parallelism, shapes from files -------- */
+
+START_TEST(distinct_experts_formula)
+{
+    const int cases[][2] = {{128, 4}, {32, 4}, {128, 8}, {8, 2}, {4, 4}};
+    for (int c = 0; c < 5; c++) {
+        int n = cases[c][0], k = cases[c][1];
+        /* one token touches exactly its k experts; two touch 2k - k^2/n in expectation */
+        ck_assert(fabs(spk_moe_distinct_experts(n, k, 1) - k) < 1e-9);
+        ck_assert(fabs(spk_moe_distinct_experts(n, k, 2) - (2.0 * k - (double)k * k / n)) < 1e-9);
+        /* monotone in b, bounded by min(n, b*k), tends to n */
+        double prev = 0;
+        for (int b = 1; b <= 4096; b++) {
+            double d = spk_moe_distinct_experts(n, k, b);
+            ck_assert_msg(d >= prev - 1e-12, "n %d k %d b %d: %g < %g", n, k, b, d, prev);
+            ck_assert(d <= n + 1e-9 && d <= (double)b * k + 1e-9);
+            if (k < n && d < n - 1e-6)
+                ck_assert(d > prev); /* strictly growing until every expert is touched */
+            prev = d;
+        }
+        ck_assert(fabs(spk_moe_distinct_experts(n, k, 1e6) - n) < 1e-6);
+    }
+    /* the figures docs/PLANNER.md quotes */
+    ck_assert(fabs(spk_moe_distinct_experts(128, 4, 64) - 111.2) < 0.05);
+    ck_assert(fabs(spk_moe_distinct_experts(128, 8, 8) - 51.6) < 0.05);
+    /* degenerate input */
+    ck_assert(spk_moe_distinct_experts(0, 4, 8) == 0);
+    ck_assert(spk_moe_distinct_experts(128, 0, 8) == 0);
+    ck_assert(spk_moe_distinct_experts(128, 4, 0) == 0);
+}
+END_TEST
+
+START_TEST(moe_presets_match_published_counts)
+{
+    /* totals and active counts the model cards publish (docs/PLANNER.md section 5) */
+    const struct {
+        const char *name;
+        double total, active, tol;
+    } want[] = {{"gpt-oss-120b", 116.83e9, 5.13e9, 0.02}, {"gpt-oss-20b", 20.91e9, 3.61e9, 0.02},
+                {"qwen3-30b-a3b", 30.53e9, 3.04e9, 0.02}};
+    for (int i = 0; i < 3; i++) {
+        spk_shape s = preset(want[i].name);
+        double t = spk_shape_total_params(&s), a = spk_shape_active_params(&s);
+        ck_assert_msg(fabs(t / want[i].total - 1) < want[i].tol, "%s total %g", want[i].name, t);
+        ck_assert_msg(fabs(a / want[i].active - 1) < want[i].tol, "%s active %g", want[i].name, a);
+    }
+    /* Qwen3-30B-A3B's 3.3B active counts the embedding table too */
+    spk_shape q = preset("qwen3-30b-a3b");
+    ck_assert(fabs((spk_shape_active_params(&q) + (double)q.n_vocab * q.n_embd) / 3.35e9 - 1) < 0.02);
+    ck_assert_int_eq(q.n_layers, 48);
+    ck_assert_int_eq(q.n_embd, 2048);
+    ck_assert_int_eq(q.n_heads * q.head_dim, 4096); /* query width twice n_embd */
+    ck_assert_int_eq(q.n_experts, 128);
+    ck_assert_int_eq(q.n_experts_used, 8);
+    ck_assert_int_eq(q.n_ff_expert, 768);
+    ck_assert_int_eq(q.n_ff, 0);
+    spk_shape g = preset("gpt-oss-120b");
+    ck_assert_int_eq(g.sliding_window, 128);
+    ck_assert_int_eq(g.n_sliding_layers, g.n_layers / 2);
+    ck_assert(fabs(g.bytes_per_expert - 17.0 / 32) < 1e-12); /* MXFP4: 4.25 bits per weight */
+    /* a dense shape: active == total minus the embedding table */
+    spk_shape l = preset("llama-3.1-8b");
+    ck_assert(fabs(spk_shape_total_params(&l) - spk_shape_active_params(&l) - (double)l.n_vocab * l.n_embd) < 1);
+}
+END_TEST
+
+START_TEST(moe_decode_bytes_follow_touched_experts)
+{
+    spk_hw hw;
+    spk_hw_init(&hw);
+    const char *models[] = {"qwen3-30b-a3b", "gpt-oss-20b", "gpt-oss-120b"};
+    for (int mi = 0; mi < 3; mi++) {
+        spk_shape s = preset(models[mi]);
+        const double E = s.n_embd, Q = s.n_heads * s.head_dim, KV = s.n_kv_heads * s.head_dim;
+        const double fixed = (E * (Q + 2 * KV) + Q * E + E * s.n_experts) * s.bytes_per_weight;
+        const double expert = 3.0 * s.n_ff_expert * E * spk_shape_bpe(&s);
+        double prev = 0, prev_per_tok = INFINITY;
+        for (int b = 1; b <= 256; b *= 2) {
+            spk_cost c;
+            ck_assert_int_eq(spk_cost_decode(&s, 1, 1, b, 0, &hw, &c), SPK_OK);
+            double want = (fixed + spk_moe_distinct_experts(s.n_experts, s.n_experts_used, b) * expert) * s.n_layers +
+                          (double)s.n_vocab * E * spk_shape_bph(&s) + b * E * spk_shape_bph(&s);
+            ck_assert_msg(fabs(c.weight_bytes - want) < 1e-9 * want, "%s b %d: %g vs %g", s.name, b, c.weight_bytes,
+                          want);
+            ck_assert(c.weight_bytes > prev);   /* grows with the batch ... */
+            ck_assert(c.step_s / b < prev_per_tok); /* ... but slower than the batch: per token it falls */
+            prev = c.weight_bytes;
+            prev_per_tok = c.step_s / b;
+        }
+    }
+}
+END_TEST
+
+START_TEST(ep_is_modelled_never_chosen)
+{
+    spk_hw hw;
+    spk_hw_dgx_spark(&hw);
+    spk_shape g = preset("gpt-oss-120b"), l = preset("llama-3.1-8b"), q = preset("qwen3-30b-a3b");
+    /* constraints */
+    ck_assert_int_eq(spk_plan_check_ep(&g, 1, 1, 2), SPK_OK);
+    ck_assert_int_eq(spk_plan_check_ep(&l, 1, 1, 2), SPK_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "no experts"));
+    ck_assert_int_eq(spk_plan_check_ep(&g, 1, 2, 2), SPK_ERR_UNSUPPORTED);
+    ck_assert_int_eq(spk_plan_check_ep(&g, 1, 1, 3), SPK_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "does not divide the 128 experts"));
+    ck_assert_int_eq(spk_plan_check_ep(&g, 1, 1, 0), SPK_ERR_INVALID_ARG);
+    spk_cost c;
+    ck_assert_int_eq(spk_cost_decode_ep(&l, 1, 1, 2, 8, 100, &hw, &c), SPK_ERR_UNSUPPORTED);
+
+    /* EP at batch 1 on one stage: attention, router and head whole, half of the 4 experts'
+     * bytes (in expectation), two all-to-alls per layer of k routed copies of the token */
+    ck_assert_int_eq(spk_cost_decode_ep(&g, 1, 1, 2, 1, 0, &hw, &c), SPK_OK);
+    ck_assert_int_eq(c.ep, 2);
+    ck_assert_int_eq(c.executable, 0);
+    const double E = g.n_embd, Q = g.n_heads * g.head_dim, KV = g.n_kv_heads * g.head_dim;
+    double want = ((E * (Q + 2 * KV) + Q * E + E * g.n_experts) * g.bytes_per_weight +
+                   4.0 / 2 * 3.0 * g.n_ff_expert * E * spk_shape_bpe(&g)) * g.n_layers +
+                  (double)g.n_vocab * E * spk_shape_bph(&g) + E * spk_shape_bph(&g);
+    ck_assert_msg(fabs(c.weight_bytes - want) < 1e-9 * want, "%g vs %g", c.weight_bytes, want);
+    double a2a = hw.allreduce_latency_us * 1e-6 + 0.5 * 1 * 4 * E * 2 / (hw.allreduce_busbw_GBps * 1e9);
+    ck_assert(fabs(c.allreduce_s - 2 * g.n_layers * a2a) < 1e-12);
+
+    /* ranking: EP only with the flag, marked not executable; the plain ranking has none */
+    spk_cost r[8];
+    int n;
+    ck_assert_int_eq(spk_plan_rank_layouts(&q, 2, 64, 1024, 1024, &hw, r, 8, &n), SPK_OK);
+    ck_assert_int_eq(n, 2);
+    for (int i = 0; i < n; i++)
+        ck_assert(r[i].executable && r[i].ep == 1);
+    ck_assert_int_eq(spk_plan_rank_layouts_ex(&q, 2, 64, 1024, 1024, &hw, SPK_PLAN_WITH_MODELLED, r, 8, &n), SPK_OK);
+    ck_assert_int_eq(n, 3);
+    int n_ep = 0;
+    for (int i = 0; i < n; i++) {
+        n_ep += r[i].ep == 2;
+        ck_assert_int_eq(r[i].executable, r[i].ep == 1);
+        if (i)
+            ck_assert(r[i].tok_s <= r[i - 1].tok_s);
+    }
+    ck_assert_int_eq(n_ep, 1);
+    ck_assert_int_eq(spk_plan_rank_layouts_ex(&l, 2, 64, 1024, 1024, &hw, SPK_PLAN_WITH_MODELLED, r, 8, &n), SPK_OK);
+    ck_assert_int_eq(n, 2); /* dense: nothing to split by experts */
+    ck_assert_int_eq(spk_plan_rank_layouts_ex(&l, 2, 64, 1024, 1024, &hw, 8u, r, 8, &n), SPK_ERR_INVALID_ARG);
+
+    /* a MoE shape with one KV head (TP impossible) and top-1 routing: at batch 64 EP reads half
+     * the experts once per step where PP's two micro-batches each read a whole stage, so EP is
+     * predicted fastest; the choice is still the executable PP */
+    spk_shape m = preset("tiny-moe");
+    m.n_heads = 4;
+    m.n_kv_heads = 1;
+    m.n_experts_used = 1;
+    m.n_ff_expert = 1 << 16; /* large experts, so weight reads dominate the collectives */
+    spk_hw_init(&hw);        /* collectives at link rate */
+    hw.allreduce_latency_us = 5;
+    ck_assert_int_eq(spk_plan_rank_layouts_ex(&m, 2, 64, 64, 0, &hw, SPK_PLAN_WITH_MODELLED, r, 8, &n), SPK_OK);
+    ck_assert_int_eq(n, 2); /* pp2 tp1 and pp1 ep2 (tp 2 > 1 KV head) */
+    ck_assert_msg(r[0].ep == 2 && !r[0].executable, "EP predicted %g, PP %g", r[0].ep == 2 ? r[0].tok_s : r[1].tok_s,
+                  r[0].ep == 2 ? r[1].tok_s : r[0].tok_s);
+    int pp, tp;
+    ck_assert_int_eq(spk_plan_choose(&m, 2, 64, &hw, &pp, &tp), SPK_OK);
+    ck_assert(pp == 2 && tp == 1);
+}
+END_TEST
+
+/* A GGUF v3 file in memory: metadata and tensor infos, zero-filled data. */
+typedef struct gbuf {
+    uint8_t *p;
+    size_t n, cap;
+} gbuf;
+
+static void g_raw(gbuf *g, const void *d, size_t n)
+{
+    if (g->n + n > g->cap) {
+        g->cap = (g->n + n) * 2 + 256;
+        g->p = realloc(g->p, g->cap);
+        ck_assert_ptr_nonnull(g->p);
+    }
+    memcpy(g->p + g->n, d, n);
+    g->n += n;
+}
+static void g_u32(gbuf *g, uint32_t v) { g_raw(g, &v, 4); } /* the test hosts are little-endian */
+static void g_u64(gbuf *g, uint64_t v) { g_raw(g, &v, 8); }
+static void g_str(gbuf *g, const char *s)
+{
+    g_u64(g, strlen(s));
+    g_raw(g, s, strlen(s));
+}
+
+typedef struct gkv {
+    const char *key;
+    int kind; /* 0 u32, 1 string, 2 bool array */
+    uint32_t u;
+    const char *s;
+    const uint8_t *arr;
+} gkv;
+
+typedef struct gtensor {
+    const char *name;
+    uint32_t type; /* 0 F32, 1 F16, 30 BF16, 39 MXFP4 */
+    uint32_t n_dims;
+    uint64_t ne[3];
+} gtensor;
+
+static uint64_t tensor_bytes(const gtensor *t)
+{
+    uint64_t el = 1;
+    for (uint32_t d = 0; d < t->n_dims; d++)
+        el *= t->ne[d];
+    switch (t->type) {
+    case 0: return el * 4;
+    case 39: return el / 32 * 17;
+    default: return el * 2;
+    }
+}
+
+static gbuf make_gguf(const gkv *kv, int nkv, const gtensor *t, int nt)
+{
+    gbuf g = {0};
+    g_raw(&g, "GGUF", 4);
+    g_u32(&g, 3);
+    g_u64(&g, (uint64_t)nt);
+    g_u64(&g, (uint64_t)nkv);
+    for (int i = 0; i < nkv; i++) {
+        g_str(&g, kv[i].key);
+        if (kv[i].kind == 0) {
+            g_u32(&g, 4); /* UINT32 */
+            g_u32(&g, kv[i].u);
+        } else if (kv[i].kind == 1) {
+            g_u32(&g, 8); /* STRING */
+            g_str(&g, kv[i].s);
+        } else {
+            g_u32(&g, 9); /* ARRAY of BOOL */
+            g_u32(&g, 7);
+            g_u64(&g, kv[i].u);
+            g_raw(&g, kv[i].arr, kv[i].u);
+        }
+    }
+    uint64_t off = 0;
+    for (int i = 0; i < nt; i++) {
+        g_str(&g, t[i].name);
+        g_u32(&g, t[i].n_dims);
+        for (uint32_t d = 0; d < t[i].n_dims; d++)
+            g_u64(&g, t[i].ne[d]);
+        g_u32(&g, t[i].type);
+        g_u64(&g, off);
+        off += (tensor_bytes(&t[i]) + 31) / 32 * 32;
+    }
+    uint8_t zero[32] = {0};
+    g_raw(&g, zero, (32 - g.n % 32) % 32);
+    for (uint64_t i = 0; i < off; i += 32)
+        g_raw(&g, zero, 32);
+    return g;
+}
+
+/* Open the file described and read its shape; the status, and *out. */
+static spk_status shape_of(const gkv *kv, int nkv, const gtensor *t, int nt, spk_shape *out)
+{
+    gbuf g = make_gguf(kv, nkv, t, nt);
+    spk_gguf_file *f;
+    spk_status st = spk_gguf_open_memory(g.p, g.n, &f);
+    ck_assert_msg(st == SPK_OK, "%s", spk_err_msg());
+    st = spk_shape_from_gguf(f, out);
+    spk_gguf_close(f);
+    free(g.p);
+    return st;
+}
+
+START_TEST(shape_from_moe_files)
+{
+    spk_shape s;
+    /* qwen3moe as llama.cpp's converter writes it: its dense feed_forward_length (unused by
+     * the MoE layers) and a sliding window its llama.cpp graph never applies are ignored */
+    gkv q[] = {{"general.architecture", 1, 0, "qwen3moe", NULL},
+               {"qwen3moe.block_count", 0, 2, NULL, NULL},
+               {"qwen3moe.embedding_length", 0, 64, NULL, NULL},
+               {"qwen3moe.attention.head_count", 0, 4, NULL, NULL},
+               {"qwen3moe.attention.head_count_kv", 0, 2, NULL, NULL},
+               {"qwen3moe.attention.key_length", 0, 32, NULL, NULL},
+               {"qwen3moe.feed_forward_length", 0, 192, NULL, NULL},
+               {"qwen3moe.expert_count", 0, 8, NULL, NULL},
+               {"qwen3moe.expert_used_count", 0, 2, NULL, NULL},
+               {"qwen3moe.expert_feed_forward_length", 0, 32, NULL, NULL},
+               {"qwen3moe.attention.sliding_window", 0, 4096, NULL, NULL}};
+    gtensor qt[] = {{"token_embd.weight", 1, 2, {64, 100, 1}},
+                    {"output.weight", 1, 2, {64, 100, 1}},
+                    {"blk.0.attn_q.weight", 1, 2, {64, 128, 1}},
+                    {"blk.0.ffn_gate_inp.weight", 0, 2, {64, 8, 1}},
+                    {"blk.0.ffn_gate_exps.weight", 1, 3, {64, 32, 8}},
+                    {"blk.0.ffn_up_exps.weight", 1, 3, {64, 32, 8}},
+                    {"blk.0.ffn_down_exps.weight", 1, 3, {32, 64, 8}}};
+    ck_assert_msg(shape_of(q, 11, qt, 7, &s) == SPK_OK, "%s", spk_err_msg());
+    ck_assert_int_eq(s.n_layers, 2);
+    ck_assert_int_eq(s.head_dim, 32);
+    ck_assert_int_eq(s.n_experts, 8);
+    ck_assert_int_eq(s.n_experts_used, 2);
+    ck_assert_int_eq(s.n_ff_expert, 32);
+    ck_assert_int_eq(s.n_ff, 0);
+    ck_assert_int_eq(s.sliding_window, 0);
+    ck_assert_int_eq(s.n_sliding_layers, 0);
+    ck_assert_int_eq(s.n_vocab, 100);
+    ck_assert(fabs(spk_shape_bpe(&s) - 2) < 1e-12);
+
+    /* the expert count disagrees with the router / the expert tensors: FORMAT, naming both */
+    qt[3].ne[1] = 7;
+    ck_assert_int_eq(shape_of(q, 11, qt, 7, &s), SPK_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "ffn_gate_inp"));
+    qt[3].ne[1] = 8;
+    qt[6].ne[2] = 4;
+    ck_assert_int_eq(shape_of(q, 11, qt, 7, &s), SPK_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "ffn_down_exps"));
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "expert_count 8"));
+    qt[6].ne[2] = 8;
+    q[8].u = 9; /* more experts used than there are */
+    ck_assert_int_eq(shape_of(q, 11, qt, 7, &s), SPK_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "n_experts_used 9"));
+    q[8].u = 2;
+
+    /* gpt-oss: MXFP4 experts, BF16 attention, a 128-token window on alternate layers */
+    gkv o[] = {{"general.architecture", 1, 0, "gpt-oss", NULL},
+               {"gpt-oss.block_count", 0, 4, NULL, NULL},
+               {"gpt-oss.embedding_length", 0, 64, NULL, NULL},
+               {"gpt-oss.attention.head_count", 0, 4, NULL, NULL},
+               {"gpt-oss.attention.head_count_kv", 0, 2, NULL, NULL},
+               {"gpt-oss.attention.key_length", 0, 16, NULL, NULL},
+               {"gpt-oss.feed_forward_length", 0, 64, NULL, NULL},
+               {"gpt-oss.expert_count", 0, 4, NULL, NULL},
+               {"gpt-oss.expert_used_count", 0, 2, NULL, NULL},
+               {"gpt-oss.expert_feed_forward_length", 0, 64, NULL, NULL},
+               {"gpt-oss.attention.sliding_window", 0, 128, NULL, NULL},
+               {"gpt-oss.attention.sliding_window_pattern", 0, 3, NULL, NULL}};
+    gtensor ot[] = {{"token_embd.weight", 30, 2, {64, 100, 1}},
+                    {"output.weight", 30, 2, {64, 100, 1}},
+                    {"blk.0.attn_q.weight", 30, 2, {64, 64, 1}},
+                    {"blk.0.ffn_gate_inp.weight", 0, 2, {64, 4, 1}},
+                    {"blk.0.ffn_gate_exps.weight", 39, 3, {64, 64, 4}},
+                    {"blk.0.ffn_up_exps.weight", 39, 3, {64, 64, 4}},
+                    {"blk.0.ffn_down_exps.weight", 39, 3, {64, 64, 4}}};
+    ck_assert_msg(shape_of(o, 11, ot, 7, &s) == SPK_OK, "%s", spk_err_msg());
+    ck_assert_int_eq(s.n_experts, 4);
+    ck_assert_int_eq(s.n_experts_used, 2);
+    ck_assert_int_eq(s.n_ff_expert, 64);
+    ck_assert_int_eq(s.n_ff, 0);
+    ck_assert_int_eq(s.sliding_window, 128);
+    ck_assert_int_eq(s.n_sliding_layers, 2); /* llama.cpp's default period 2: layers 0 and 2 */
+    ck_assert(fabs(spk_shape_bpe(&s) - 17.0 / 32) < 1e-12);
+    ck_assert(fabs(s.bytes_per_weight - 2) < 1e-12);
+    ck_assert_int_eq(s.tied_embeddings, 0);
+    /* an explicit period 3: layers 0, 1 and 3 slide */
+    ck_assert_int_eq(shape_of(o, 12, ot, 7, &s), SPK_OK);
+    ck_assert_int_eq(s.n_sliding_layers, 3);
+    /* a per-layer bool array */
+    const uint8_t pat[4] = {1, 0, 0, 0};
+    o[11] = (gkv){"gpt-oss.attention.sliding_window_pattern", 2, 4, NULL, pat};
+    ck_assert_int_eq(shape_of(o, 12, ot, 7, &s), SPK_OK);
+    ck_assert_int_eq(s.n_sliding_layers, 1);
+    o[11].u = 3; /* an array that does not cover every layer */
+    ck_assert_int_eq(shape_of(o, 12, ot, 7, &s), SPK_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "3 entries for 4 layers"));
+
+    /* dense qwen3: feed_forward_length is the MLP; head_dim independent of n_embd */
+    gkv d[] = {{"general.architecture", 1, 0, "qwen3", NULL},
+               {"qwen3.block_count", 0, 2, NULL, NULL},
+               {"qwen3.embedding_length", 0, 64, NULL, NULL},
+               {"qwen3.attention.head_count", 0, 4, NULL, NULL},
+               {"qwen3.attention.head_count_kv", 0, 2, NULL, NULL},
+               {"qwen3.attention.key_length", 0, 32, NULL, NULL},
+               {"qwen3.feed_forward_length", 0, 96, NULL, NULL}};
+    gtensor dt[] = {{"token_embd.weight", 1, 2, {64, 100, 1}}, {"blk.0.ffn_down.weight", 1, 2, {96, 64, 1}}};
+    ck_assert_msg(shape_of(d, 7, dt, 2, &s) == SPK_OK, "%s", spk_err_msg());
+    ck_assert_int_eq(s.n_ff, 96);
+    ck_assert_int_eq(s.n_experts, 0);
+    ck_assert_int_eq(s.head_dim, 32);
+    ck_assert_int_eq(s.tied_embeddings, 1);
+    /* a dense file without feed_forward_length: FORMAT naming the key */
+    ck_assert_int_eq(shape_of(d, 6, dt, 2, &s), SPK_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "qwen3.feed_forward_length"));
+
+    /* shared experts (qwen2moe keys): an always-active MLP beside the routed experts */
+    gkv m[] = {{"general.architecture", 1, 0, "qwen2moe", NULL},
+               {"qwen2moe.block_count", 0, 2, NULL, NULL},
+               {"qwen2moe.embedding_length", 0, 64, NULL, NULL},
+               {"qwen2moe.attention.head_count", 0, 4, NULL, NULL},
+               {"qwen2moe.expert_count", 0, 8, NULL, NULL},
+               {"qwen2moe.expert_used_count", 0, 2, NULL, NULL},
+               {"qwen2moe.expert_feed_forward_length", 0, 32, NULL, NULL},
+               {"qwen2moe.expert_shared_feed_forward_length", 0, 96, NULL, NULL}};
+    ck_assert_msg(shape_of(m, 8, dt, 1, &s) == SPK_OK, "%s", spk_err_msg());
+    ck_assert_int_eq(s.n_ff, 96);
+    ck_assert_int_eq(s.n_experts, 8);
+    ck_assert_int_eq(s.head_dim, 16);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("plan");
@@ -480,6 +872,11 @@ int main(void)
     tcase_add_test(tc, moe_reads_only_touched_experts);
     tcase_add_test(tc, more_hardware_is_never_slower);
     tcase_add_test(tc, prefill_and_choose_behave);
+    tcase_add_test(tc, distinct_experts_formula);
+    tcase_add_test(tc, moe_presets_match_published_counts);
+    tcase_add_test(tc, moe_decode_bytes_follow_touched_experts);
+    tcase_add_test(tc, ep_is_modelled_never_chosen);
+    tcase_add_test(tc, shape_from_moe_files);
     if (spk_test_model_path())
         tcase_add_test(tc, shape_from_default_model_file);
     else
