@@ -735,8 +735,9 @@ static spk_status shape_of(const gkv *kv, int nkv, const gtensor *t, int nt, spk
 START_TEST(shape_from_moe_files)
 {
     spk_shape s;
-    /* qwen3moe as llama.cpp's converter writes it: its dense feed_forward_length (unused by
-     * the MoE layers) and a sliding window its llama.cpp graph never applies are ignored */
+    /* qwen3moe as llama.cpp's converter writes it: its dense feed_forward_length (Qwen3-MoE's
+     * intermediate_size, unused by the MoE layers) is ignored; so is a sliding window (the
+     * converter writes none, and llama.cpp's qwen3moe graph would apply none) */
     gkv q[] = {{"general.architecture", 1, 0, "qwen3moe", NULL},
                {"qwen3moe.block_count", 0, 2, NULL, NULL},
                {"qwen3moe.embedding_length", 0, 64, NULL, NULL},
