@@ -75,6 +75,22 @@ def build_model(kv, tensors):
     return cfg, model
 
 
+def dequant_q8_0(path):
+    """The tensors of our writer's Q8_0 file with Q8_0 blocks decoded to floats (F32 ones as they are)."""
+    import struct
+    kv, tensors, _ = q3.read_gguf(path)
+    out = {}
+    for name, (ne, ty, vals, raw) in tensors.items():
+        if ty == 8:
+            vals = []
+            for b in range(0, len(raw), 34):
+                d = struct.unpack_from('<e', raw, b)[0]
+                vals.extend(d * q for q in struct.unpack_from('<32b', raw, b + 2))
+            ty = 0
+        out[name] = (ne, ty, vals, raw)
+    return kv, out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--gguf', required=True)
@@ -97,6 +113,12 @@ def main():
            'file_q8_0_fnv1a64': '%016x' % q3.fnv1a64(open(args.gguf_q8, 'rb').read()) if args.gguf_q8 else None,
            'torch': torch.__version__, 'transformers': transformers.__version__,
            'sequences': q3.transformers_refs(model, seqs)}
+    if args.gguf_q8:
+        # the same model on the Q8_0 file's weights (decoded): what is left against our Q8_0 run is
+        # the 8-bit rounding of the activations (and the expert choices it can flip)
+        kv8, t8 = dequant_q8_0(args.gguf_q8)
+        _, model8 = build_model(kv8, t8)
+        out['sequences_q8_0_weights'] = q3.transformers_refs(model8, seqs)
     if args.llamacpp_src and os.path.isdir(args.llamacpp_src):
         os.makedirs(args.work, exist_ok=True)
         try:
