@@ -54,7 +54,7 @@ typedef struct spk_step {
 
 /* A mixture-of-experts MLP (one layer, this rank's slice): a router picks k of n_expert experts
  * per token and the output is the weighted sum of the chosen experts' gated MLPs. Expert e's
- * matrices are gate/up/down with data at + e * stride_* bytes (views into the stacked 3D GGUF
+ * matrices are gate/up/down with data at + (e - e0) * stride_* bytes (views into the stacked 3D GGUF
  * tensors, or a TP rank's slices of them: gate/up rows [f0, f1) and down columns [f0, f1) of
  * every expert). The flags pick the variant:
  *   SPK_MOE_SOFTMAX_ALL   qwen3moe / Mixtral: softmax over all n_expert logits, then top-k
@@ -64,13 +64,17 @@ typedef struct spk_step {
  *                         out = (u + 1) * g * sigmoid(alpha * g); else silu(gate) * up
  * The bias pointers (NULL: none) are gpt-oss's: router [n_expert], gate/up [n_expert][gate.n_out]
  * (this rank's columns), down [n_expert][n_embd] (give it on one TP rank only: partial sums
- * are added up). Ties in top-k go to the lower expert index. */
+ * are added up). Ties in top-k go to the lower expert index. Routing always runs over all
+ * n_expert logits (the router is whole on every rank). */
 enum { SPK_MOE_SOFTMAX_ALL = 1u << 0, SPK_MOE_NORM_TOPK = 1u << 1, SPK_MOE_SWIGLU_OAI = 1u << 2 };
 typedef struct spk_moe {
     spk_wmat router;                 /* [n_expert][n_embd], replicated on every TP rank */
     spk_wmat gate, up, down;         /* expert 0's: [n_ff][n_embd], [n_ff][n_embd], [n_embd][n_ff] */
     size_t stride_gate, stride_up, stride_down;
     int n_expert, n_used;            /* 0 experts: a dense layer */
+    int e0, e1;                      /* experts this rank runs, [e0, e1) (expert parallelism: the
+                                      * matrices above are expert e0's; a token's other experts add
+                                      * nothing here and the group's all-reduce sums the ranks) */
     unsigned flags;
     const float *router_bias, *gate_bias, *up_bias, *down_bias;
     float alpha, limit;

@@ -371,16 +371,22 @@ static void cpu_moe(spk_backend *be, float *out, const float *x, const spk_moe *
         moe_route(m, logits + (size_t)t * N, sel + (size_t)t * K, wgt + (size_t)t * K);
     spk_pool_barrier(pool);
     /* group the (token, slot) pairs by expert, tokens ascending within an expert */
+    const int e_lo = m->e0, e_hi = m->e1; /* the experts this rank runs */
     if (ith == 0) {
         memset(cnt, 0, sizeof(int) * (size_t)N);
         for (int i = 0; i < R; i++)
             cnt[sel[i]]++;
         off[0] = 0;
         for (int e = 0; e < N; e++)
-            off[e + 1] = off[e] + cnt[e];
+            off[e + 1] = off[e] + (e >= e_lo && e < e_hi ? cnt[e] : 0);
         memset(cnt, 0, sizeof(int) * (size_t)N);
         for (int i = 0; i < R; i++) {
-            const int e = sel[i], p = off[e] + cnt[e]++;
+            const int e = sel[i];
+            if (e < e_lo || e >= e_hi) {
+                gpos[i] = -1;
+                continue;
+            }
+            const int p = off[e] + cnt[e]++;
             rowtok[p] = i / K;
             rowexp[p] = e;
             gpos[i] = p;
@@ -388,7 +394,7 @@ static void cpu_moe(spk_backend *be, float *out, const float *x, const spk_moe *
     }
     spk_pool_barrier(pool);
     int r0, r1;
-    spk_split(R, 1, ith, nth, &r0, &r1);
+    spk_split(off[N], 1, ith, nth, &r0, &r1); /* the (token, expert) pairs this rank runs */
     for (int r = r0; r < r1; r++) {
         const float *xr = x + (size_t)rowtok[r] * E;
         spk_act_quantize(act_g + (size_t)r * rb_g, m->gate.type, xr, E, 0, 1);
@@ -398,12 +404,12 @@ static void cpu_moe(spk_backend *be, float *out, const float *x, const spk_moe *
     spk_pool_barrier(pool);
     /* gate and up: one batched matmul per active expert over its tokens, columns split */
     spk_split(F, 16, ith, nth, &lo, &hi);
-    for (int e = 0; e < N && lo < hi; e++) {
+    for (int e = e_lo; e < e_hi && lo < hi; e++) {
         const int c = off[e + 1] - off[e];
         if (!c)
             continue;
-        const uint8_t *wg = (const uint8_t *)m->gate.data + (size_t)e * m->stride_gate;
-        const uint8_t *wu = (const uint8_t *)m->up.data + (size_t)e * m->stride_up;
+        const uint8_t *wg = (const uint8_t *)m->gate.data + (size_t)(e - e_lo) * m->stride_gate;
+        const uint8_t *wu = (const uint8_t *)m->up.data + (size_t)(e - e_lo) * m->stride_up;
         spk_matmul(hg + (size_t)off[e] * F, F, wg, m->gate.type, act_g + (size_t)off[e] * rb_g, E, c, lo, hi);
         spk_matmul(hu + (size_t)off[e] * F, F, wu, m->up.type, act_u + (size_t)off[e] * rb_u, E, c, lo, hi);
     }
@@ -414,26 +420,32 @@ static void cpu_moe(spk_backend *be, float *out, const float *x, const spk_moe *
     }
     spk_pool_barrier(pool);
     spk_split(E, 16, ith, nth, &lo, &hi);
-    for (int e = 0; e < N && lo < hi; e++) {
+    for (int e = e_lo; e < e_hi && lo < hi; e++) {
         const int c = off[e + 1] - off[e];
         if (!c)
             continue;
-        const uint8_t *wd = (const uint8_t *)m->down.data + (size_t)e * m->stride_down;
+        const uint8_t *wd = (const uint8_t *)m->down.data + (size_t)(e - e_lo) * m->stride_down;
         spk_matmul(og + (size_t)off[e] * E, E, wd, m->down.type, act_d + (size_t)off[e] * rb_d, F, c, lo, hi);
     }
     spk_pool_barrier(pool);
     /* weighted sum of each token's experts, in its top-k order (a row op) */
     for (int t = t0; t < t1; t++) {
         float *o = out + (size_t)t * E;
+        int first = 1;
         for (int j = 0; j < K; j++) {
             const int i = t * K + j, e = sel[i];
+            if (gpos[i] < 0) /* another rank's expert */
+                continue;
             const float w = wgt[i], *y = og + (size_t)gpos[i] * E;
             const float *db = m->down_bias ? m->down_bias + (size_t)e * E : NULL;
             for (int d = 0; d < E; d++) {
                 const float v = w * (y[d] + (db ? db[d] : 0.0f));
-                o[d] = j ? o[d] + v : v;
+                o[d] = first ? v : o[d] + v;
             }
+            first = 0;
         }
+        if (first) /* none of its experts is here */
+            memset(o, 0, sizeof(float) * (size_t)E);
     }
 }
 

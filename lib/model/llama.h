@@ -67,6 +67,9 @@ void spk_llama_weights_free(spk_weights *w);
 typedef struct spk_shard {
     int l0, l1, h0, h1, kv0, kv1, f0, f1, v0, v1;
     bool first, last;
+    /* MoE layers: the experts this rank runs, [e0, e1) (expert parallelism: the TP group's
+     * all-reduce sums the ranks' partial outputs); e1 == 0: all of them */
+    int e0, e1;
     /* Sum `n` floats in place across the tensor-parallel group; NULL when the group is 1. */
     spk_status (*allreduce)(void *ctx, float *buf, size_t n);
     void *ar_ctx;

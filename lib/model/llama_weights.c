@@ -296,6 +296,8 @@ spk_status spk_llama_load(const spk_gguf_file *f, spk_hparams *hp, spk_weights *
 #undef EXPS
             M->n_expert = NX;
             M->n_used = hp->n_expert_used;
+            M->e0 = 0;
+            M->e1 = NX;
             M->flags = SPK_MOE_SOFTMAX_ALL | SPK_MOE_NORM_TOPK; /* qwen3moe: norm_topk_prob */
         } else {
             MAT(w_gate, "ffn_gate", E, hp->n_ff);
@@ -340,6 +342,7 @@ void spk_shard_full(const spk_hparams *hp, spk_shard *sh)
     sh->kv1 = hp->n_kv_heads;
     sh->f1 = hp->n_ff;
     sh->v1 = hp->n_vocab;
+    sh->e1 = hp->n_expert;
     sh->first = sh->last = true;
 }
 
@@ -354,6 +357,9 @@ spk_status spk_shard_check(const spk_hparams *hp, const spk_shard *sh)
                        "the model (%d layers, %d/%d heads, ffn %d, vocab %d)",
                        sh->l0, sh->l1, sh->h0, sh->h1, sh->kv0, sh->kv1, sh->f0, sh->f1, sh->v0, sh->v1,
                        hp->n_layers, hp->n_heads, hp->n_kv_heads, hp->n_ff, hp->n_vocab);
+    if (sh->e1 != 0 && (sh->e0 < 0 || sh->e0 >= sh->e1 || sh->e1 > hp->n_expert))
+        return spk_err(SPK_ERR_INVALID_ARG, "shard: experts [%d,%d) do not fit the model (%d experts%s)", sh->e0,
+                       sh->e1, hp->n_expert, hp->n_expert ? "" : ": not a MoE model");
     return SPK_OK;
 }
 
@@ -486,7 +492,7 @@ static spk_status check_shard(const spk_hparams *hp, const spk_weights *full, co
         const spk_moe *M = &L->moe;
         if (M->n_expert) {
             CHECK(check_scales(path, name, &M->router, 0, 0, E), "ffn_gate_inp");
-            for (int e = 0; e < M->n_expert; e++) { /* block numbers counted within expert e */
+            for (int e = 0; e < M->e1 - M->e0; e++) { /* block numbers counted within an expert */
                 spk_wmat g = M->gate, u = M->up;
                 g.data = (const uint8_t *)g.data + (size_t)e * M->stride_gate;
                 u.data = (const uint8_t *)u.data + (size_t)e * M->stride_up;
@@ -494,8 +500,8 @@ static spk_status check_shard(const spk_hparams *hp, const spk_weights *full, co
                 CHECK(check_scales(path, name, &u, sh->f0, 0, E), "ffn_up_exps");
             }
             spk_wmat d = M->down; /* the experts' slices are consecutive: one scan */
-            d.n_out *= M->n_expert;
-            CHECK(check_scales(path, name, &d, 0, sh->f0, hp->n_ff), "ffn_down_exps");
+            d.n_out *= M->e1 - M->e0;
+            CHECK(check_scales(path, name, &d, M->e0 * E, sh->f0, hp->n_ff), "ffn_down_exps");
         }
 #undef CHECK
     }
@@ -545,11 +551,18 @@ spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const
         if (F->moe.n_expert) {
             /* every expert's columns [f0, f1): rows of gate/up (views, the expert stride stays),
              * columns of down (the stacked [n_expert * n_embd][n_ff] matrix cut at once) */
-            L->moe = F->moe;
-            L->moe.gate = rows_of(&F->moe.gate, sh->f0, sh->f1);
-            L->moe.up = rows_of(&F->moe.up, sh->f0, sh->f1);
-            spk_wmat all = F->moe.down, cut;
-            all.n_out *= F->moe.n_expert;
+            const spk_moe *FM = &F->moe;
+            const int e0 = sh->e1 ? sh->e0 : 0, e1 = sh->e1 ? sh->e1 : FM->n_expert;
+            L->moe = *FM;
+            L->moe.e0 = e0; /* expert parallelism: experts [e0, e1), the matrices from expert e0's */
+            L->moe.e1 = e1;
+            L->moe.gate = rows_of(&FM->gate, sh->f0, sh->f1);
+            L->moe.up = rows_of(&FM->up, sh->f0, sh->f1);
+            L->moe.gate.data = (const uint8_t *)L->moe.gate.data + (size_t)e0 * FM->stride_gate;
+            L->moe.up.data = (const uint8_t *)L->moe.up.data + (size_t)e0 * FM->stride_up;
+            spk_wmat all = FM->down, cut;
+            all.data = (const uint8_t *)all.data + (size_t)e0 * FM->stride_down;
+            all.n_out *= e1 - e0;
             if (st == SPK_OK && (st = cols_of(out, &all, sh->f0, sh->f1, &cut)) == SPK_OK) {
                 cut.n_out = F->moe.down.n_out;
                 L->moe.down = cut;
@@ -576,7 +589,7 @@ spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const
             const spk_moe *M = &L->moe;
             if (M->n_expert)
                 willneed(&M->router);
-            for (int e = 0; e < M->n_expert; e++) {
+            for (int e = 0; e < M->e1 - M->e0; e++) {
                 spk_wmat g = M->gate, u = M->up, d = M->down;
                 g.data = (const uint8_t *)g.data + (size_t)e * M->stride_gate;
                 u.data = (const uint8_t *)u.data + (size_t)e * M->stride_up;
@@ -604,7 +617,7 @@ spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const
                  wmat_bytes(&L->w_gate) + wmat_bytes(&L->w_up) + wmat_bytes(&L->w_down) +
                  2 * sizeof(float) * (uint64_t)hp->n_embd + (L->q_norm ? 2 * sizeof(float) * (uint64_t)HD : 0);
         if (L->moe.n_expert)
-            bytes += wmat_bytes(&L->moe.router) + (uint64_t)L->moe.n_expert * (wmat_bytes(&L->moe.gate) +
+            bytes += wmat_bytes(&L->moe.router) + (uint64_t)(L->moe.e1 - L->moe.e0) * (wmat_bytes(&L->moe.gate) +
                      wmat_bytes(&L->moe.up) + wmat_bytes(&L->moe.down));
     }
     if (sh->first)

@@ -72,7 +72,7 @@ static void make_case(moe_case *c, spk_dtype wtype, int X, int K, int E, int F, 
     make_stack(&c->down, wtype, X, E, F, 2.0f / sqrtf((float)F));
     c->op = (spk_moe){.router = c->router.m, .gate = c->gate.m, .up = c->up.m, .down = c->down.m,
                       .stride_gate = c->gate.stride, .stride_up = c->up.stride, .stride_down = c->down.stride,
-                      .n_expert = X, .n_used = K, .flags = flags, .alpha = 1.702f, .limit = 0.7f};
+                      .n_expert = X, .n_used = K, .e0 = 0, .e1 = X, .flags = flags, .alpha = 1.702f, .limit = 0.7f};
     if (biases) {
         c->rbias = malloc(sizeof(float) * (size_t)X);
         c->gbias = malloc(sizeof(float) * (size_t)X * F);
@@ -361,6 +361,55 @@ START_TEST(tp_slices_sum_to_whole)
 }
 END_TEST
 
+/* Expert parallelism: ranks running experts [0, 3), [3, 5), [5, 8) (matrices from their first
+ * expert's; routing over all 8), summed, are the whole layer; a rank none of a token's experts
+ * is on writes zeros for it. */
+START_TEST(expert_ranges_sum_to_whole)
+{
+    moe_case c;
+    int hits[64];
+    const int E = 64, T = 11, X = 8;
+    make_case(&c, SPK_DT_Q8_0, X, 2, E, 64, T, SPK_MOE_SOFTMAX_ALL | SPK_MOE_NORM_TOPK, 0);
+    const size_t n = (size_t)T * E;
+    float *x = calloc(n, sizeof(float)), *o = malloc(sizeof(float) * n), *sum = calloc(n, sizeof(float));
+    float *whole = malloc(sizeof(float) * n);
+    double *ref = malloc(sizeof(double) * n);
+    for (size_t i = 0; i < n; i++)
+        x[i] = frand();
+    reference(&c, x, ref, 0, c.F, hits);
+    run_op(&c.op, x, whole, T, 2);
+    const int cut[4] = {0, 3, 5, 8};
+    int zero_rows = 0;
+    for (int r = 0; r < 3; r++) {
+        spk_moe m = c.op;
+        m.e0 = cut[r];
+        m.e1 = cut[r + 1];
+        m.gate.data = (const uint8_t *)c.gate.data + (size_t)m.e0 * c.gate.stride;
+        m.up.data = (const uint8_t *)c.up.data + (size_t)m.e0 * c.up.stride;
+        m.down.data = (const uint8_t *)c.down.data + (size_t)m.e0 * c.down.stride;
+        run_op(&m, x, o, T, 3);
+        for (int t = 0; t < T; t++) {
+            int any = 0;
+            for (int d = 0; d < E; d++)
+                any |= o[(size_t)t * E + d] != 0.0f;
+            zero_rows += !any;
+        }
+        for (size_t i = 0; i < n; i++)
+            sum[i] += o[i];
+    }
+    ck_assert_int_gt(zero_rows, 0); /* 11 tokens x 2 experts over 3 ranks: some rank holds none of a token's */
+    double md = 0;
+    for (size_t i = 0; i < n; i++)
+        md = fmax(md, fabs(sum[i] - whole[i]));
+    const double err = rel_err(sum, ref, n);
+    printf("EP 3 ranks summed: max |sum - one rank| %.2e, rel err vs float64 %.2e (%d zero rows)\n", md, err, zero_rows);
+    ck_assert(md < 1e-5);
+    ck_assert(err < 3e-2);
+    free(x), free(o), free(sum), free(whole), free(ref);
+    free_case(&c);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("moe");
@@ -371,6 +420,7 @@ int main(void)
     tcase_add_test(tc, gpt_oss_variant);
     tcase_add_test(tc, weight_types);
     tcase_add_test(tc, tp_slices_sum_to_whole);
+    tcase_add_test(tc, expert_ranges_sum_to_whole);
     suite_add_tcase(s, tc);
     return spk_test_run(s);
 }
