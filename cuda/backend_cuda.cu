@@ -754,6 +754,10 @@ static const spk_backend_ops cuda_ops = {
     .attention = cuda_attention,
     .swiglu = cuda_swiglu,
     .add = cuda_add,
+    /* no MoE op yet: spk_llama_create_paged refuses MoE models on this backend (UNSUPPORTED,
+     * naming the 'moe' op) instead of running them */
+    .moe_size = NULL,
+    .moe = NULL,
     .held_bytes = cuda_held_bytes,
     .destroy = cuda_destroy,
 };

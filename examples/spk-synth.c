@@ -46,6 +46,8 @@ static void usage(FILE *out)
             "  --tied / --untied output head shares token_embd or not (default: preset's)\n"
             "  --layers N --embd N --heads N --kv-heads N --head-dim N --ff N --vocab N --ctx N\n"
             "  --rope-theta F    override the preset's shape\n"
+            "  --experts N --experts-used K   qwen3moe presets: experts per layer / per token\n"
+            "                    (--ff is then each expert's width)\n"
             "  --dry-run         print the file size without writing\n"
             "  -o FILE           output path\n");
 }
@@ -157,6 +159,8 @@ int main(int argc, char **argv)
         INT_OPT("--ff", n_ff)
         INT_OPT("--vocab", n_vocab)
         INT_OPT("--ctx", n_ctx_train)
+        INT_OPT("--experts", n_expert)
+        INT_OPT("--experts-used", n_expert_used)
         else {
             fprintf(stderr, "spk-synth: unknown or incomplete option '%s'\n", a);
             usage(stderr);

@@ -52,6 +52,34 @@ typedef struct spk_step {
     int n_seqs, n_table;        /* entries of table_off and block_table (with a block table) */
 } spk_step;
 
+/* A mixture-of-experts MLP (one layer, this rank's slice): a router picks k of n_expert experts
+ * per token and the output is the weighted sum of the chosen experts' gated MLPs. Expert e's
+ * matrices are gate/up/down with data at + (e - e0) * stride_* bytes (views into the stacked 3D GGUF
+ * tensors, or a TP rank's slices of them: gate/up rows [f0, f1) and down columns [f0, f1) of
+ * every expert). The flags pick the variant:
+ *   SPK_MOE_SOFTMAX_ALL   qwen3moe / Mixtral: softmax over all n_expert logits, then top-k
+ *   SPK_MOE_NORM_TOPK     then the k weights are renormalised to sum to 1 (norm_topk_prob)
+ *   (neither gating flag) gpt-oss: top-k of the raw logits, softmax over the k selected
+ *   SPK_MOE_SWIGLU_OAI    gpt-oss's clamped SwiGLU: g = min(gate, limit), u = clamp(up, +-limit),
+ *                         out = (u + 1) * g * sigmoid(alpha * g); else silu(gate) * up
+ * The bias pointers (NULL: none) are gpt-oss's: router [n_expert], gate/up [n_expert][gate.n_out]
+ * (this rank's columns), down [n_expert][n_embd] (give it on one TP rank only: partial sums
+ * are added up). Ties in top-k go to the lower expert index. Routing always runs over all
+ * n_expert logits (the router is whole on every rank). */
+enum { SPK_MOE_SOFTMAX_ALL = 1u << 0, SPK_MOE_NORM_TOPK = 1u << 1, SPK_MOE_SWIGLU_OAI = 1u << 2 };
+typedef struct spk_moe {
+    spk_wmat router;                 /* [n_expert][n_embd], replicated on every TP rank */
+    spk_wmat gate, up, down;         /* expert 0's: [n_ff][n_embd], [n_ff][n_embd], [n_embd][n_ff] */
+    size_t stride_gate, stride_up, stride_down;
+    int n_expert, n_used;            /* 0 experts: a dense layer */
+    int e0, e1;                      /* experts this rank runs, [e0, e1) (expert parallelism: the
+                                      * matrices above are expert e0's; a token's other experts add
+                                      * nothing here and the group's all-reduce sums the ranks) */
+    unsigned flags;
+    const float *router_bias, *gate_bias, *up_bias, *down_bias;
+    float alpha, limit;
+} spk_moe;
+
 typedef struct spk_backend spk_backend;
 
 typedef struct spk_backend_ops {
@@ -118,6 +146,16 @@ typedef struct spk_backend_ops {
                    int nth);
     /* out = a + b, n_tok rows of n (out may alias a). */
     void (*add)(spk_backend *be, float *out, const float *a, const float *b, int n_tok, int n, int ith, int nth);
+
+    /* The MoE MLP (see spk_moe): out [n_tok][n_embd] = sum over the k experts chosen for each
+     * token of weight * expert(x) (x [n_tok][n_embd], normed). `scratch` holds moe_size(m, n_tok)
+     * bytes of backend memory. Every expert a token picks is a batched matmul over all the
+     * tokens that picked it (its weights read once per call). It starts and ends with row ops
+     * split like the other row ops (no barrier needed before or after from a row op on the same
+     * rows) and synchronises inside. May be NULL (the backend cannot run MoE models). */
+    size_t (*moe_size)(spk_backend *be, const spk_moe *m, int n_tok);
+    void (*moe)(spk_backend *be, float *out, const float *x, const spk_moe *m, void *scratch, int n_tok, int ith,
+                int nth);
 
     /* Bytes the backend holds for itself (scratch, gather buffers). May be NULL. */
     uint64_t (*held_bytes)(const spk_backend *be);

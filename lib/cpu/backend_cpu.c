@@ -3,6 +3,7 @@
  * per forward (each op does thread ith's share; barriers between dependent ops). The kernels are
  * cpu/ops.h and cpu/matmul.h, with their run-time SIMD dispatch.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -229,6 +230,225 @@ static void cpu_add(spk_backend *be, float *out, const float *a, const float *b,
         spk_add(out + (size_t)t * n, a + (size_t)t * n, b + (size_t)t * n, n);
 }
 
+/* ---- mixture of experts ---- */
+
+/* Where each part of the MoE scratch lives (byte offsets, 64-aligned), for n_tok tokens. */
+typedef struct moe_layout {
+    size_t logits, sel, wgt, gpos, off, cnt, rowtok, rowexp, act_r, act_g, act_u, hg, hu, act_d, og, total;
+} moe_layout;
+
+static void moe_lay(const spk_moe *m, int n_tok, moe_layout *L)
+{
+    const size_t T = (size_t)n_tok, N = (size_t)m->n_expert, R = T * (size_t)m->n_used;
+    const size_t E = (size_t)m->router.n_in, F = (size_t)m->gate.n_out;
+    size_t o = 0;
+#define SEG(f, bytes)                                                                              \
+    do {                                                                                           \
+        L->f = o;                                                                                  \
+        o += ((size_t)(bytes) + 63) & ~(size_t)63;                                                 \
+    } while (0)
+    SEG(logits, sizeof(float) * T * N);
+    SEG(sel, sizeof(int) * R);
+    SEG(wgt, sizeof(float) * R);
+    SEG(gpos, sizeof(int) * R);
+    SEG(off, sizeof(int) * (N + 1));
+    SEG(cnt, sizeof(int) * N);
+    SEG(rowtok, sizeof(int) * R);
+    SEG(rowexp, sizeof(int) * R);
+    SEG(act_r, spk_act_size(m->router.type, (int)E, n_tok));
+    SEG(act_g, spk_act_size(m->gate.type, (int)E, (int)R));
+    if (m->up.type != m->gate.type)
+        SEG(act_u, spk_act_size(m->up.type, (int)E, (int)R));
+    else
+        L->act_u = L->act_g;
+    SEG(hg, sizeof(float) * R * F);
+    SEG(hu, sizeof(float) * R * F);
+    SEG(act_d, spk_act_size(m->down.type, (int)F, (int)R));
+    SEG(og, sizeof(float) * R * E);
+#undef SEG
+    L->total = o;
+}
+
+static size_t cpu_moe_size(spk_backend *be, const spk_moe *m, int n_tok)
+{
+    (void)be;
+    moe_layout L;
+    moe_lay(m, n_tok, &L);
+    return L.total;
+}
+
+/* Top-k of row l[n] (largest first; ties to the lower index) into sel[k]. */
+static void top_k(const float *l, int n, int k, int *sel)
+{
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int e = 0; e < n; e++) {
+            int taken = 0;
+            for (int i = 0; i < j && !taken; i++)
+                taken = sel[i] == e;
+            if (!taken && (best < 0 || l[e] > l[best]))
+                best = e;
+        }
+        sel[j] = best;
+    }
+}
+
+/* Router weights of one token: the k experts and their weights (see spk_moe's flags). */
+static void moe_route(const spk_moe *m, float *l, int *sel, float *wgt)
+{
+    const int N = m->n_expert, K = m->n_used;
+    if (m->router_bias)
+        for (int e = 0; e < N; e++)
+            l[e] += m->router_bias[e];
+    top_k(l, N, K, sel);
+    const float mx = l[sel[0]];
+    if (m->flags & SPK_MOE_SOFTMAX_ALL) {
+        double z = 0;
+        for (int e = 0; e < N; e++)
+            z += exp((double)l[e] - mx);
+        double s = 0;
+        for (int j = 0; j < K; j++)
+            s += exp((double)l[sel[j]] - mx);
+        const double d = (m->flags & SPK_MOE_NORM_TOPK) ? s : z;
+        for (int j = 0; j < K; j++)
+            wgt[j] = (float)(exp((double)l[sel[j]] - mx) / d);
+    } else { /* softmax over the selected logits */
+        double s = 0;
+        for (int j = 0; j < K; j++)
+            s += exp((double)l[sel[j]] - mx);
+        for (int j = 0; j < K; j++)
+            wgt[j] = (float)(exp((double)l[sel[j]] - mx) / s);
+    }
+}
+
+static void moe_act(const spk_moe *m, float *g, const float *u, int e, int n)
+{
+    const float *gb = m->gate_bias ? m->gate_bias + (size_t)e * n : NULL;
+    const float *ub = m->up_bias ? m->up_bias + (size_t)e * n : NULL;
+    if (!(m->flags & SPK_MOE_SWIGLU_OAI) && !gb && !ub) {
+        spk_swiglu(g, g, u, n);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        float a = g[i] + (gb ? gb[i] : 0.0f), b = u[i] + (ub ? ub[i] : 0.0f);
+        if (m->flags & SPK_MOE_SWIGLU_OAI) {
+            a = a < m->limit ? a : m->limit;
+            b = b < -m->limit ? -m->limit : b > m->limit ? m->limit : b;
+            g[i] = (b + 1.0f) * (a / (1.0f + expf(-m->alpha * a)));
+        } else {
+            g[i] = b * (a / (1.0f + expf(-a)));
+        }
+    }
+}
+
+static void cpu_moe(spk_backend *be, float *out, const float *x, const spk_moe *m, void *scratch, int n_tok, int ith,
+                    int nth)
+{
+    spk_pool *pool = cpu(be)->pool;
+    moe_layout L;
+    moe_lay(m, n_tok, &L);
+    uint8_t *sb = scratch;
+    float *logits = (float *)(sb + L.logits), *wgt = (float *)(sb + L.wgt), *hg = (float *)(sb + L.hg);
+    float *hu = (float *)(sb + L.hu), *og = (float *)(sb + L.og);
+    int *sel = (int *)(sb + L.sel), *gpos = (int *)(sb + L.gpos), *off = (int *)(sb + L.off);
+    int *cnt = (int *)(sb + L.cnt), *rowtok = (int *)(sb + L.rowtok), *rowexp = (int *)(sb + L.rowexp);
+    uint8_t *act_r = sb + L.act_r, *act_g = sb + L.act_g, *act_u = sb + L.act_u, *act_d = sb + L.act_d;
+    const int T = n_tok, N = m->n_expert, K = m->n_used, E = m->router.n_in, F = m->gate.n_out, R = T * K;
+    const size_t rb_g = spk_act_size(m->gate.type, E, 1), rb_u = spk_act_size(m->up.type, E, 1);
+    const size_t rb_d = spk_act_size(m->down.type, F, 1);
+    int t0, t1, lo, hi;
+
+    /* router logits: a row op, then the matmul over experts */
+    spk_split(T, 1, ith, nth, &t0, &t1);
+    if (t0 < t1)
+        spk_act_quantize(act_r, m->router.type, x, E, t0, t1);
+    spk_pool_barrier(pool);
+    spk_split(N, 16, ith, nth, &lo, &hi);
+    if (lo < hi)
+        spk_matmul(logits, N, m->router.data, m->router.type, act_r, E, T, lo, hi);
+    spk_pool_barrier(pool);
+    for (int t = t0; t < t1; t++)
+        moe_route(m, logits + (size_t)t * N, sel + (size_t)t * K, wgt + (size_t)t * K);
+    spk_pool_barrier(pool);
+    /* group the (token, slot) pairs by expert, tokens ascending within an expert */
+    const int e_lo = m->e0, e_hi = m->e1; /* the experts this rank runs */
+    if (ith == 0) {
+        memset(cnt, 0, sizeof(int) * (size_t)N);
+        for (int i = 0; i < R; i++)
+            cnt[sel[i]]++;
+        off[0] = 0;
+        for (int e = 0; e < N; e++)
+            off[e + 1] = off[e] + (e >= e_lo && e < e_hi ? cnt[e] : 0);
+        memset(cnt, 0, sizeof(int) * (size_t)N);
+        for (int i = 0; i < R; i++) {
+            const int e = sel[i];
+            if (e < e_lo || e >= e_hi) {
+                gpos[i] = -1;
+                continue;
+            }
+            const int p = off[e] + cnt[e]++;
+            rowtok[p] = i / K;
+            rowexp[p] = e;
+            gpos[i] = p;
+        }
+    }
+    spk_pool_barrier(pool);
+    int r0, r1;
+    spk_split(off[N], 1, ith, nth, &r0, &r1); /* the (token, expert) pairs this rank runs */
+    for (int r = r0; r < r1; r++) {
+        const float *xr = x + (size_t)rowtok[r] * E;
+        spk_act_quantize(act_g + (size_t)r * rb_g, m->gate.type, xr, E, 0, 1);
+        if (act_u != act_g)
+            spk_act_quantize(act_u + (size_t)r * rb_u, m->up.type, xr, E, 0, 1);
+    }
+    spk_pool_barrier(pool);
+    /* gate and up: one batched matmul per active expert over its tokens, columns split */
+    spk_split(F, 16, ith, nth, &lo, &hi);
+    for (int e = e_lo; e < e_hi && lo < hi; e++) {
+        const int c = off[e + 1] - off[e];
+        if (!c)
+            continue;
+        const uint8_t *wg = (const uint8_t *)m->gate.data + (size_t)(e - e_lo) * m->stride_gate;
+        const uint8_t *wu = (const uint8_t *)m->up.data + (size_t)(e - e_lo) * m->stride_up;
+        spk_matmul(hg + (size_t)off[e] * F, F, wg, m->gate.type, act_g + (size_t)off[e] * rb_g, E, c, lo, hi);
+        spk_matmul(hu + (size_t)off[e] * F, F, wu, m->up.type, act_u + (size_t)off[e] * rb_u, E, c, lo, hi);
+    }
+    spk_pool_barrier(pool);
+    for (int r = r0; r < r1; r++) {
+        moe_act(m, hg + (size_t)r * F, hu + (size_t)r * F, rowexp[r], F);
+        spk_act_quantize(act_d + (size_t)r * rb_d, m->down.type, hg + (size_t)r * F, F, 0, 1);
+    }
+    spk_pool_barrier(pool);
+    spk_split(E, 16, ith, nth, &lo, &hi);
+    for (int e = e_lo; e < e_hi && lo < hi; e++) {
+        const int c = off[e + 1] - off[e];
+        if (!c)
+            continue;
+        const uint8_t *wd = (const uint8_t *)m->down.data + (size_t)(e - e_lo) * m->stride_down;
+        spk_matmul(og + (size_t)off[e] * E, E, wd, m->down.type, act_d + (size_t)off[e] * rb_d, F, c, lo, hi);
+    }
+    spk_pool_barrier(pool);
+    /* weighted sum of each token's experts, in its top-k order (a row op) */
+    for (int t = t0; t < t1; t++) {
+        float *o = out + (size_t)t * E;
+        int first = 1;
+        for (int j = 0; j < K; j++) {
+            const int i = t * K + j, e = sel[i];
+            if (gpos[i] < 0) /* another rank's expert */
+                continue;
+            const float w = wgt[i], *y = og + (size_t)gpos[i] * E;
+            const float *db = m->down_bias ? m->down_bias + (size_t)e * E : NULL;
+            for (int d = 0; d < E; d++) {
+                const float v = w * (y[d] + (db ? db[d] : 0.0f));
+                o[d] = first ? v : o[d] + v;
+            }
+            first = 0;
+        }
+        if (first) /* none of its experts is here */
+            memset(o, 0, sizeof(float) * (size_t)E);
+    }
+}
+
 static uint64_t cpu_held_bytes(const spk_backend *be)
 {
     const cpu_backend *c = (const cpu_backend *)be;
@@ -267,6 +487,8 @@ static const spk_backend_ops cpu_ops = {
     .attention = cpu_attention,
     .swiglu = cpu_swiglu,
     .add = cpu_add,
+    .moe_size = cpu_moe_size,
+    .moe = cpu_moe,
     .held_bytes = cpu_held_bytes,
     .destroy = cpu_destroy,
 };

@@ -39,6 +39,7 @@ struct spk_llama {
     float *x, *xb, *xb2, *q, *k, *v, *att, *hb, *hb2, *freqs;
     float *io;                  /* a device backend's hidden-state input and output rows */
     void *act;
+    void *moe_scratch;          /* the MoE op's scratch (MoE models) */
     spk_kv_cache kv;
     /* host metadata of a batch */
     uint8_t *contig;            /* per batch sequence: its blocks are consecutive */
@@ -211,6 +212,13 @@ spk_status spk_llama_create_paged(const spk_hparams *hp, const spk_weights *w, c
         free(m);
         return st;
     }
+    if (hp->n_expert && (!m->be->ops->moe || !m->be->ops->moe_size)) {
+        st = spk_err(SPK_ERR_UNSUPPORTED, "llama: %s is a mixture-of-experts model (%d experts, %d per token) and the "
+                     "%s backend has no 'moe' op yet: run it on the CPU backend", hp->arch, hp->n_expert,
+                     hp->n_expert_used, m->be->ops->name);
+        spk_llama_free(m);
+        return st;
+    }
     if (m->be->ops->upload && (st = upload_weights(m, w)) != SPK_OK) {
         spk_llama_free(m);
         return st;
@@ -244,6 +252,14 @@ spk_status spk_llama_create_paged(const spk_hparams *hp, const spk_weights *w, c
         }
     }
     m->act = zalloc(m, 0, act, 1, &st);
+    if (st == SPK_OK && hp->n_expert) {
+        size_t ms = 0;
+        for (int l = 0; l < m->n_layers; l++) {
+            size_t sz = m->be->ops->moe_size(m->be, &w->layers[l].moe, max_tok);
+            ms = sz > ms ? sz : ms;
+        }
+        m->moe_scratch = zalloc(m, 0, ms, 1, &st);
+    }
     size_t kv = (size_t)m->n_layers * kv_rows * (size_t)m->kv_dim;
     m->kv = (spk_kv_cache){.rows = kv_rows, .kv_dim = m->kv_dim, .n_kv_heads = m->n_kv, .head_dim = hp->head_dim,
                            .block_size = block_size, .n_ctx = n_ctx};
@@ -288,7 +304,7 @@ void spk_llama_free(spk_llama *m)
         return;
     if (m->be) {
         void *bufs[] = {m->x, m->xb, m->xb2, m->q, m->k, m->v, m->att, m->hb, m->hb2, m->freqs, m->act,
-                        m->kv.k, m->kv.v, m->io};
+                        m->kv.k, m->kv.v, m->io, m->moe_scratch};
         for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
             if (bufs[i])
                 m->be->ops->free(m->be, bufs[i]);
@@ -378,6 +394,12 @@ static void forward_thread(void *arg, int ith, int nth)
         /* MLP block: this rank's intermediate columns */
         o->add(be, m->x, m->x, m->xb2, T, E, ith, nth);
         o->rmsnorm(be, m->xb, m->x, NULL, L->ffn_norm, T, E, hp->eps, ith, nth);
+        if (L->moe.n_expert) { /* mixture of experts: this rank's columns of every expert */
+            o->moe(be, m->xb2, m->xb, &L->moe, m->moe_scratch, T, ith, nth);
+            tp_reduce(m, m->xb2, T, ith);
+            o->add(be, m->x, m->x, m->xb2, T, E, ith, nth);
+            continue;
+        }
         o->quantize(be, m->act, &L->w_gate, m->xb, T, ith, nth);
         o->barrier(be);
         o->matmul(be, m->hb, &L->w_gate, m->act, T, ith, nth);

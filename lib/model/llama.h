@@ -1,6 +1,7 @@
 /*
- * The llama architecture family (Llama 2/3, SmolLM2, Mistral-like) and dense Qwen3 (the same
- * layer with per-head Q/K norms and NEOX RoPE): hyperparameters and weights taken from a
+ * The llama architecture family (Llama 2/3, SmolLM2, Mistral-like), dense Qwen3 (the same
+ * layer with per-head Q/K norms and NEOX RoPE) and Qwen3-MoE (qwen3 with a mixture-of-experts
+ * MLP): hyperparameters and weights taken from a
  * validated GGUF file, and the forward pass over a batch of tokens.
  */
 #ifndef SPK_MODEL_LLAMA_H
@@ -22,6 +23,9 @@ typedef struct spk_hparams {
     spk_rope_scaling scaling;
     bool qk_norm;                    /* qwen3: per-head RMSNorm of Q and K before RoPE */
     bool rope_neox;                  /* qwen3: RoPE pairs (i, i + rot_dim/2), not (2i, 2i+1) */
+    /* qwen3moe: every layer's MLP is n_expert experts of n_ff (expert_feed_forward_length)
+     * columns, n_expert_used of them per token; 0 experts: dense */
+    int n_expert, n_expert_used;
 } spk_hparams;
 
 
@@ -34,6 +38,7 @@ typedef struct spk_layer {
     spk_wmat wo;                     /* [n_embd][n_heads*head_dim] */
     spk_wmat w_gate, w_up;           /* [n_ff][n_embd] */
     spk_wmat w_down;                 /* [n_embd][n_ff] */
+    spk_moe moe;                     /* MoE layers (moe.n_expert > 0): the MLP instead of w_gate/up/down */
 } spk_layer;
 
 typedef struct spk_weights {
@@ -55,12 +60,16 @@ void spk_llama_weights_free(spk_weights *w);
 
 /*
  * What one rank computes (pipeline stage x tensor-parallel slice): layers [l0, l1); query heads
- * [h0, h1) = KV heads [kv0, kv1) times the group size; MLP intermediate columns [f0, f1); output
+ * [h0, h1) = KV heads [kv0, kv1) times the group size; MLP intermediate columns [f0, f1) (of
+ * every expert in a MoE model; the router is replicated); output
  * vocabulary rows [v0, v1). The first stage embeds, the last applies the final norm and head.
  */
 typedef struct spk_shard {
     int l0, l1, h0, h1, kv0, kv1, f0, f1, v0, v1;
     bool first, last;
+    /* MoE layers: the experts this rank runs, [e0, e1) (expert parallelism: the TP group's
+     * all-reduce sums the ranks' partial outputs); e1 == 0: all of them */
+    int e0, e1;
     /* Sum `n` floats in place across the tensor-parallel group; NULL when the group is 1. */
     spk_status (*allreduce)(void *ctx, float *buf, size_t n);
     void *ar_ctx;

@@ -61,6 +61,31 @@ static spk_status find_mat(const spk_gguf_file *f, const char *name, int n_in, i
     return SPK_OK;
 }
 
+/* A stacked expert tensor [n_exp][n_out][n_in] (GGUF ne = {n_in, n_out, n_exp}): expert 0's matrix
+ * and the bytes between experts. */
+static spk_status find_exps(const spk_gguf_file *f, const char *name, int n_in, int n_out, int n_exp,
+                            spk_wmat *out, size_t *stride)
+{
+    const spk_gguf_tensor *t = spk_gguf_find_tensor(f, name);
+    if (!t)
+        return spk_err(SPK_ERR_FORMAT, "%s: missing tensor '%s'", f->path, name);
+    if (t->n_dims != 3 || t->ne[0] != (uint64_t)n_in || t->ne[1] != (uint64_t)n_out || t->ne[2] != (uint64_t)n_exp)
+        return spk_err(SPK_ERR_FORMAT,
+                       "%s: tensor '%s' has shape [%llu, %llu, %llu] (%u dims), expected [%d, %d, %d] "
+                       "(n_in, n_out, expert_count)", f->path, name, (unsigned long long)t->ne[0],
+                       (unsigned long long)t->ne[1], (unsigned long long)(t->n_dims > 2 ? t->ne[2] : 1), t->n_dims,
+                       n_in, n_out, n_exp);
+    if (!spk_matmul_supported(t->type, n_in))
+        return spk_err(SPK_ERR_UNSUPPORTED, "%s: tensor '%s': type %s not supported for matmul",
+                       f->path, name, spk_dtype_get(t->type) ? spk_dtype_get(t->type)->name : "?");
+    out->data = t->data;
+    out->type = t->type;
+    out->n_in = n_in;
+    out->n_out = n_out;
+    *stride = spk_dtype_row_size(t->type, (size_t)n_in) * (size_t)n_out;
+    return SPK_OK;
+}
+
 static spk_status find_vec(const spk_gguf_file *f, const char *name, int n, const float **out)
 {
     const spk_gguf_tensor *t = spk_gguf_find_tensor(f, name);
@@ -93,8 +118,13 @@ static spk_status load_hparams(const spk_gguf_file *f, spk_hparams *hp)
         snprintf(hp->arch, sizeof hp->arch, "qwen3");
         hp->qk_norm = true;
         hp->rope_neox = true;
+    } else if (spk_gguf_str_eq(arch, "qwen3moe")) {
+        /* qwen3 with a mixture-of-experts MLP in every layer */
+        snprintf(hp->arch, sizeof hp->arch, "qwen3moe");
+        hp->qk_norm = true;
+        hp->rope_neox = true;
     } else {
-        return spk_err(SPK_ERR_UNSUPPORTED, "%s: architecture '%.*s' is not supported (llama, qwen3)",
+        return spk_err(SPK_ERR_UNSUPPORTED, "%s: architecture '%.*s' is not supported (llama, qwen3, qwen3moe)",
                        f->path, (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
     }
     uint32_t n_layers, n_embd, n_heads, n_kv, n_ff, n_ctx, head_dim, rot_dim;
@@ -102,7 +132,20 @@ static spk_status load_hparams(const spk_gguf_file *f, spk_hparams *hp)
     TRY(get_u32_key(f, hp->arch, "embedding_length", true, 0, &n_embd));
     TRY(get_u32_key(f, hp->arch, "attention.head_count", true, 0, &n_heads));
     TRY(get_u32_key(f, hp->arch, "attention.head_count_kv", false, n_heads, &n_kv));
-    TRY(get_u32_key(f, hp->arch, "feed_forward_length", true, 0, &n_ff));
+    const bool moe = strcmp(hp->arch, "qwen3moe") == 0;
+    if (moe) { /* the experts' width; feed_forward_length (a dense MLP's) is unused */
+        uint32_t n_exp, n_used;
+        TRY(get_u32_key(f, hp->arch, "expert_count", true, 0, &n_exp));
+        TRY(get_u32_key(f, hp->arch, "expert_used_count", true, 0, &n_used));
+        TRY(get_u32_key(f, hp->arch, "expert_feed_forward_length", true, 0, &n_ff));
+        if (n_exp < 1 || n_exp > 4096 || n_used < 1 || n_used > n_exp)
+            return spk_err(SPK_ERR_FORMAT, "%s: bad %s.expert_count %u / expert_used_count %u (need 1 <= used <= "
+                           "count <= 4096)", f->path, hp->arch, n_exp, n_used);
+        hp->n_expert = (int)n_exp;
+        hp->n_expert_used = (int)n_used;
+    } else {
+        TRY(get_u32_key(f, hp->arch, "feed_forward_length", true, 0, &n_ff));
+    }
     TRY(get_u32_key(f, hp->arch, "context_length", false, 2048, &n_ctx));
     if (n_layers < 1 || n_layers > 1024 || n_embd < 1 || n_embd > 65536 || n_heads < 1 ||
         n_heads > 1024 || n_kv < 1 || n_heads % n_kv != 0 || n_ff < 1 || n_ff > 1 << 20 || n_ctx < 1)
@@ -237,9 +280,30 @@ spk_status spk_llama_load(const spk_gguf_file *f, spk_hparams *hp, spk_weights *
         MAT(wk, "attn_k", E, KV);
         MAT(wv, "attn_v", E, KV);
         MAT(wo, "attn_output", Q, E);
-        MAT(w_gate, "ffn_gate", E, hp->n_ff);
-        MAT(w_up, "ffn_up", E, hp->n_ff);
-        MAT(w_down, "ffn_down", hp->n_ff, E);
+        if (hp->n_expert) {
+            spk_moe *M = &L->moe;
+            const int NX = hp->n_expert;
+            MAT(moe.router, "ffn_gate_inp", E, NX);
+#define EXPS(field, stride, tname, nin, nout)                                                      \
+    if (st == SPK_OK) {                                                                            \
+        snprintf(name, sizeof name, "blk.%d." tname ".weight", l);                                 \
+        st = find_exps(f, name, nin, nout, NX, &M->field, &M->stride);                             \
+        np += (uint64_t)NX * mat_params(&M->field);                                                \
+    }
+            EXPS(gate, stride_gate, "ffn_gate_exps", E, hp->n_ff);
+            EXPS(up, stride_up, "ffn_up_exps", E, hp->n_ff);
+            EXPS(down, stride_down, "ffn_down_exps", hp->n_ff, E);
+#undef EXPS
+            M->n_expert = NX;
+            M->n_used = hp->n_expert_used;
+            M->e0 = 0;
+            M->e1 = NX;
+            M->flags = SPK_MOE_SOFTMAX_ALL | SPK_MOE_NORM_TOPK; /* qwen3moe: norm_topk_prob */
+        } else {
+            MAT(w_gate, "ffn_gate", E, hp->n_ff);
+            MAT(w_up, "ffn_up", E, hp->n_ff);
+            MAT(w_down, "ffn_down", hp->n_ff, E);
+        }
 #undef MAT
 #undef VEC
         if (st != SPK_OK) {
@@ -278,6 +342,7 @@ void spk_shard_full(const spk_hparams *hp, spk_shard *sh)
     sh->kv1 = hp->n_kv_heads;
     sh->f1 = hp->n_ff;
     sh->v1 = hp->n_vocab;
+    sh->e1 = hp->n_expert;
     sh->first = sh->last = true;
 }
 
@@ -292,6 +357,9 @@ spk_status spk_shard_check(const spk_hparams *hp, const spk_shard *sh)
                        "the model (%d layers, %d/%d heads, ffn %d, vocab %d)",
                        sh->l0, sh->l1, sh->h0, sh->h1, sh->kv0, sh->kv1, sh->f0, sh->f1, sh->v0, sh->v1,
                        hp->n_layers, hp->n_heads, hp->n_kv_heads, hp->n_ff, hp->n_vocab);
+    if (sh->e1 != 0 && (sh->e0 < 0 || sh->e0 >= sh->e1 || sh->e1 > hp->n_expert))
+        return spk_err(SPK_ERR_INVALID_ARG, "shard: experts [%d,%d) do not fit the model (%d experts%s)", sh->e0,
+                       sh->e1, hp->n_expert, hp->n_expert ? "" : ": not a MoE model");
     return SPK_OK;
 }
 
@@ -421,6 +489,20 @@ static spk_status check_shard(const spk_hparams *hp, const spk_weights *full, co
         CHECK(check_scales(path, name, &L->w_gate, sh->f0, 0, E), "ffn_gate");
         CHECK(check_scales(path, name, &L->w_up, sh->f0, 0, E), "ffn_up");
         CHECK(check_scales(path, name, &L->w_down, 0, sh->f0, hp->n_ff), "ffn_down");
+        const spk_moe *M = &L->moe;
+        if (M->n_expert) {
+            CHECK(check_scales(path, name, &M->router, 0, 0, E), "ffn_gate_inp");
+            for (int e = 0; e < M->e1 - M->e0; e++) { /* block numbers counted within an expert */
+                spk_wmat g = M->gate, u = M->up;
+                g.data = (const uint8_t *)g.data + (size_t)e * M->stride_gate;
+                u.data = (const uint8_t *)u.data + (size_t)e * M->stride_up;
+                CHECK(check_scales(path, name, &g, sh->f0, 0, E), "ffn_gate_exps");
+                CHECK(check_scales(path, name, &u, sh->f0, 0, E), "ffn_up_exps");
+            }
+            spk_wmat d = M->down; /* the experts' slices are consecutive: one scan */
+            d.n_out *= M->e1 - M->e0;
+            CHECK(check_scales(path, name, &d, M->e0 * E, sh->f0, hp->n_ff), "ffn_down_exps");
+        }
 #undef CHECK
     }
     const bool tied = full->output.data == full->tok_embd.data;
@@ -465,11 +547,33 @@ spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const
         L->wq = rows_of(&F->wq, sh->h0 * HD, sh->h1 * HD);
         L->wk = rows_of(&F->wk, sh->kv0 * HD, sh->kv1 * HD);
         L->wv = rows_of(&F->wv, sh->kv0 * HD, sh->kv1 * HD);
-        L->w_gate = rows_of(&F->w_gate, sh->f0, sh->f1);
-        L->w_up = rows_of(&F->w_up, sh->f0, sh->f1);
         st = cols_of(out, &F->wo, sh->h0 * HD, sh->h1 * HD, &L->wo);
-        if (st == SPK_OK)
-            st = cols_of(out, &F->w_down, sh->f0, sh->f1, &L->w_down);
+        if (F->moe.n_expert) {
+            /* every expert's columns [f0, f1): rows of gate/up (views, the expert stride stays),
+             * columns of down (the stacked [n_expert * n_embd][n_ff] matrix cut at once) */
+            const spk_moe *FM = &F->moe;
+            const int e0 = sh->e1 ? sh->e0 : 0, e1 = sh->e1 ? sh->e1 : FM->n_expert;
+            L->moe = *FM;
+            L->moe.e0 = e0; /* expert parallelism: experts [e0, e1), the matrices from expert e0's */
+            L->moe.e1 = e1;
+            L->moe.gate = rows_of(&FM->gate, sh->f0, sh->f1);
+            L->moe.up = rows_of(&FM->up, sh->f0, sh->f1);
+            L->moe.gate.data = (const uint8_t *)L->moe.gate.data + (size_t)e0 * FM->stride_gate;
+            L->moe.up.data = (const uint8_t *)L->moe.up.data + (size_t)e0 * FM->stride_up;
+            spk_wmat all = FM->down, cut;
+            all.data = (const uint8_t *)all.data + (size_t)e0 * FM->stride_down;
+            all.n_out *= e1 - e0;
+            if (st == SPK_OK && (st = cols_of(out, &all, sh->f0, sh->f1, &cut)) == SPK_OK) {
+                cut.n_out = F->moe.down.n_out;
+                L->moe.down = cut;
+                L->moe.stride_down = spk_dtype_row_size(cut.type, (size_t)cut.n_in) * (size_t)cut.n_out;
+            }
+        } else {
+            L->w_gate = rows_of(&F->w_gate, sh->f0, sh->f1);
+            L->w_up = rows_of(&F->w_up, sh->f0, sh->f1);
+            if (st == SPK_OK)
+                st = cols_of(out, &F->w_down, sh->f0, sh->f1, &L->w_down);
+        }
     }
     out->path = full->path;
     if (st == SPK_OK) {
@@ -480,8 +584,21 @@ spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const
             const spk_layer *L = &out->layers[i];
             const spk_wmat *views[] = {&L->wq, &L->wk, &L->wv, &L->w_gate, &L->w_up, &L->wo, &L->w_down};
             for (size_t k = 0; k < sizeof views / sizeof *views; k++)
-                if (!owned_by(out, views[k]->data))
+                if (views[k]->data && !owned_by(out, views[k]->data))
                     willneed(views[k]);
+            const spk_moe *M = &L->moe;
+            if (M->n_expert)
+                willneed(&M->router);
+            for (int e = 0; e < M->e1 - M->e0; e++) {
+                spk_wmat g = M->gate, u = M->up, d = M->down;
+                g.data = (const uint8_t *)g.data + (size_t)e * M->stride_gate;
+                u.data = (const uint8_t *)u.data + (size_t)e * M->stride_up;
+                d.data = (const uint8_t *)d.data + (size_t)e * M->stride_down;
+                willneed(&g);
+                willneed(&u);
+                if (!owned_by(out, M->down.data))
+                    willneed(&d);
+            }
         }
         if (sh->last)
             willneed(&out->output);
@@ -499,6 +616,9 @@ spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const
         bytes += wmat_bytes(&L->wq) + wmat_bytes(&L->wk) + wmat_bytes(&L->wv) + wmat_bytes(&L->wo) +
                  wmat_bytes(&L->w_gate) + wmat_bytes(&L->w_up) + wmat_bytes(&L->w_down) +
                  2 * sizeof(float) * (uint64_t)hp->n_embd + (L->q_norm ? 2 * sizeof(float) * (uint64_t)HD : 0);
+        if (L->moe.n_expert)
+            bytes += wmat_bytes(&L->moe.router) + (uint64_t)(L->moe.e1 - L->moe.e0) * (wmat_bytes(&L->moe.gate) +
+                     wmat_bytes(&L->moe.up) + wmat_bytes(&L->moe.down));
     }
     if (sh->first)
         bytes += wmat_bytes(&out->tok_embd);

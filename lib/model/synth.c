@@ -24,16 +24,20 @@ typedef struct synth_preset {
     spk_synth_arch arch;
     float rms_eps;          /* 0: 1e-5 */
     bool f32;               /* every matrix F32 (default: Q4_1 matrices, Q8_0 embeddings) */
+    int n_expert, n_expert_used; /* qwen3moe */
 } synth_preset;
 
 static const synth_preset k_presets[] = {
-    {"tiny", 4, 256, 8, 4, 32, 512, 1024, 2048, true, false, 10000.0f, SPK_SYNTH_LLAMA, 0, false},
-    {"tiny-tp4", 4, 256, 8, 4, 32, 512, 1024, 2048, true, false, 10000.0f, SPK_SYNTH_LLAMA, 0, false},
-    {"smollm2-135m", 30, 576, 9, 3, 64, 1536, 49152, 8192, true, false, 100000.0f, SPK_SYNTH_LLAMA, 0, false},
-    {"llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, 131072, false, true, 500000.0f, SPK_SYNTH_LLAMA, 0, false},
-    {"mistral-small-24b", 40, 5120, 32, 8, 128, 32768, 131072, 32768, false, false, 100000000.0f, SPK_SYNTH_LLAMA, 0, false},
-    {"qwen3-tiny", 3, 128, 8, 4, 32, 256, 512, 4096, true, false, 1000000.0f, SPK_SYNTH_QWEN3, 1e-6f, true},
-    {"qwen3-8b", 36, 4096, 32, 8, 128, 12288, 151936, 40960, false, false, 1000000.0f, SPK_SYNTH_QWEN3, 1e-6f, false},
+    {"tiny", 4, 256, 8, 4, 32, 512, 1024, 2048, true, false, 10000.0f, SPK_SYNTH_LLAMA, 0, false, 0, 0},
+    {"tiny-tp4", 4, 256, 8, 4, 32, 512, 1024, 2048, true, false, 10000.0f, SPK_SYNTH_LLAMA, 0, false, 0, 0},
+    {"smollm2-135m", 30, 576, 9, 3, 64, 1536, 49152, 8192, true, false, 100000.0f, SPK_SYNTH_LLAMA, 0, false, 0, 0},
+    {"llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, 131072, false, true, 500000.0f, SPK_SYNTH_LLAMA, 0, false, 0, 0},
+    {"mistral-small-24b", 40, 5120, 32, 8, 128, 32768, 131072, 32768, false, false, 100000000.0f, SPK_SYNTH_LLAMA, 0, false, 0, 0},
+    {"qwen3-tiny", 3, 128, 8, 4, 32, 256, 512, 4096, true, false, 1000000.0f, SPK_SYNTH_QWEN3, 1e-6f, true, 0, 0},
+    {"qwen3moe-tiny", 3, 128, 8, 4, 32, 64, 512, 4096, true, false, 1000000.0f, SPK_SYNTH_QWEN3MOE, 1e-6f, true, 8, 2},
+    {"qwen3-30b-a3b", 48, 2048, 32, 4, 128, 768, 151936, 40960, false, false, 1000000.0f, SPK_SYNTH_QWEN3MOE, 1e-6f, false,
+     128, 8},
+    {"qwen3-8b", 36, 4096, 32, 8, 128, 12288, 151936, 40960, false, false, 1000000.0f, SPK_SYNTH_QWEN3, 1e-6f, false, 0, 0},
 };
 enum { N_PRESETS = (int)(sizeof k_presets / sizeof k_presets[0]) };
 
@@ -65,6 +69,8 @@ static void apply_preset(const synth_preset *s, spk_synth_params *p)
     p->rope_theta = s->rope_theta;
     p->rms_eps = s->rms_eps > 0 ? s->rms_eps : 1e-5f;
     p->arch = s->arch;
+    p->n_expert = s->n_expert;
+    p->n_expert_used = s->n_expert_used;
     if (s->f32)
         p->wtype = p->embd_type = p->out_type = SPK_DT_F32;
     p->seed = 0;
@@ -127,12 +133,16 @@ spk_status spk_synth_check(const spk_synth_params *p)
     if (p->n_layers < 1 || p->n_layers > 1024 || p->n_embd < 1 || p->n_embd > 65536 || p->n_heads < 1 ||
         p->n_heads > 1024 || p->n_kv_heads < 1 || p->n_heads % p->n_kv_heads != 0 || p->n_ff < 1 ||
         p->n_ff > 1 << 20 || p->n_ctx_train < 1 || p->head_dim < 0 ||
-        (p->arch != SPK_SYNTH_LLAMA && p->arch != SPK_SYNTH_QWEN3))
+        (p->arch != SPK_SYNTH_LLAMA && p->arch != SPK_SYNTH_QWEN3 && p->arch != SPK_SYNTH_QWEN3MOE))
         return spk_err(SPK_ERR_INVALID_ARG,
                        "synth: bad shape: layers %d, embd %d, heads %d, kv heads %d (must divide heads), "
                        "ff %d, ctx %d, head_dim %d, arch %d",
                        p->n_layers, p->n_embd, p->n_heads, p->n_kv_heads, p->n_ff, p->n_ctx_train,
                        p->head_dim, (int)p->arch);
+    if (p->arch == SPK_SYNTH_QWEN3MOE &&
+        (p->n_expert < 1 || p->n_expert > 4096 || p->n_expert_used < 1 || p->n_expert_used > p->n_expert))
+        return spk_err(SPK_ERR_INVALID_ARG, "synth: qwen3moe needs 1 <= experts used %d <= experts %d <= 4096",
+                       p->n_expert_used, p->n_expert);
     if (hd < 2 || hd > 1024 || hd % 2)
         return spk_err(SPK_ERR_INVALID_ARG, "synth: head_dim %d must be even and in 2..1024 (embd %d, heads %d)",
                        hd, p->n_embd, p->n_heads);
@@ -592,6 +602,7 @@ typedef enum tkind { T_MAT, T_EMBD, T_NORM, T_ROPE } tkind;
 typedef struct tdesc {
     char name[48];
     int ne0, ne1;          /* ne1 == 0: a vector */
+    int ne2;               /* > 0: a 3D tensor of ne2 matrices (stacked experts) */
     spk_dtype type;
     tkind kind;
     uint64_t nbytes, offset;
@@ -601,12 +612,14 @@ static int tensor_list(const spk_synth_params *p, tdesc *t)
 {
     const int E = p->n_embd, hd = head_dim_of(p), Q = p->n_heads * hd, KV = p->n_kv_heads * hd;
     int n = 0;
-#define ADD(nm, a, b, ty, k)                                                                       \
+#define ADD(nm, a, b, ty, k) ADD3(nm, a, b, 0, ty, k)
+#define ADD3(nm, a, b, c, ty, k)                                                                   \
     do {                                                                                           \
         if (t) {                                                                                   \
             snprintf(t[n].name, sizeof t[n].name, "%s", nm);                                       \
             t[n].ne0 = (a);                                                                        \
             t[n].ne1 = (b);                                                                        \
+            t[n].ne2 = (c);                                                                        \
             t[n].type = (ty);                                                                      \
             t[n].kind = (k);                                                                       \
         }                                                                                          \
@@ -626,7 +639,7 @@ static int tensor_list(const spk_synth_params *p, tdesc *t)
         ADD(nm, a, b, ty, k);                                                                      \
     } while (0)
         LAYER("attn_norm", E, 0, SPK_DT_F32, T_NORM);
-        if (p->arch == SPK_SYNTH_QWEN3) {
+        if (p->arch == SPK_SYNTH_QWEN3 || p->arch == SPK_SYNTH_QWEN3MOE) {
             LAYER("attn_q_norm", hd, 0, SPK_DT_F32, T_NORM);
             LAYER("attn_k_norm", hd, 0, SPK_DT_F32, T_NORM);
         }
@@ -635,11 +648,23 @@ static int tensor_list(const spk_synth_params *p, tdesc *t)
         LAYER("attn_v", E, KV, p->wtype, T_MAT);
         LAYER("attn_output", Q, E, p->wtype, T_MAT);
         LAYER("ffn_norm", E, 0, SPK_DT_F32, T_NORM);
-        LAYER("ffn_gate", E, p->n_ff, p->wtype, T_MAT);
-        LAYER("ffn_up", E, p->n_ff, p->wtype, T_MAT);
-        LAYER("ffn_down", p->n_ff, E, p->wtype, T_MAT);
+        if (p->arch == SPK_SYNTH_QWEN3MOE) { /* the router stays F32 (as llama.cpp's converter and quantizer keep it) */
+            const int X = p->n_expert;
+            LAYER("ffn_gate_inp", E, X, SPK_DT_F32, T_MAT);
+            snprintf(nm, sizeof nm, "blk.%d.ffn_gate_exps.weight", l);
+            ADD3(nm, E, p->n_ff, X, p->wtype, T_MAT);
+            snprintf(nm, sizeof nm, "blk.%d.ffn_up_exps.weight", l);
+            ADD3(nm, E, p->n_ff, X, p->wtype, T_MAT);
+            snprintf(nm, sizeof nm, "blk.%d.ffn_down_exps.weight", l);
+            ADD3(nm, p->n_ff, E, X, p->wtype, T_MAT);
+        } else {
+            LAYER("ffn_gate", E, p->n_ff, p->wtype, T_MAT);
+            LAYER("ffn_up", E, p->n_ff, p->wtype, T_MAT);
+            LAYER("ffn_down", p->n_ff, E, p->wtype, T_MAT);
+        }
 #undef LAYER
     }
+#undef ADD3
 #undef ADD
     return n;
 }
@@ -652,7 +677,7 @@ static void lay_out(tdesc *t, int n)
 {
     uint64_t off = 0;
     for (int i = 0; i < n; i++) {
-        uint64_t rows = t[i].ne1 ? (uint64_t)t[i].ne1 : 1;
+        uint64_t rows = (t[i].ne1 ? (uint64_t)t[i].ne1 : 1) * (t[i].ne2 ? (uint64_t)t[i].ne2 : 1);
         t[i].nbytes = rows * spk_dtype_row_size(t[i].type, (size_t)t[i].ne0);
         t[i].offset = off;
         off = align_up(off + t[i].nbytes);
@@ -696,12 +721,13 @@ static void write_header(writer *w, const spk_synth_params *p, const vocab *v, c
 {
     const int hd = head_dim_of(p);
     const int n_merges = v->n - SPK_SYNTH_MIN_VOCAB;
-    const char *a = p->arch == SPK_SYNTH_QWEN3 ? "qwen3" : "llama"; /* the keys' prefix */
+    const bool moe = p->arch == SPK_SYNTH_QWEN3MOE;
+    const char *a = moe ? "qwen3moe" : p->arch == SPK_SYNTH_QWEN3 ? "qwen3" : "llama"; /* the keys' prefix */
     char k[96];
     w_bytes(w, "GGUF", 4);
     w_u32(w, 3);
     w_u64(w, (uint64_t)nt);
-    w_u64(w, 30); /* metadata pairs below */
+    w_u64(w, moe ? 33 : 30); /* metadata pairs below */
     char name[128];
     snprintf(name, sizeof name, "synthetic %s seed %llu", p->preset[0] ? p->preset : "custom",
              (unsigned long long)p->seed);
@@ -760,12 +786,19 @@ static void write_header(writer *w, const spk_synth_params *p, const vocab *v, c
     kv_cstr(w, "tokenizer.chat_template", k_chat_template);               /* 29 */
     kv_key(w, "synthetic.seed", 10 /* UINT64 */);                         /* 30 */
     w_u64(w, p->seed);
+    if (moe) {
+        kv_u32(w, key(k, a, "expert_count"), (uint32_t)p->n_expert);               /* 31 */
+        kv_u32(w, key(k, a, "expert_used_count"), (uint32_t)p->n_expert_used);     /* 32 */
+        kv_u32(w, key(k, a, "expert_feed_forward_length"), (uint32_t)p->n_ff);     /* 33 */
+    }
     for (int i = 0; i < nt; i++) {
         w_str(w, t[i].name, strlen(t[i].name));
-        w_u32(w, t[i].ne1 ? 2 : 1);
+        w_u32(w, t[i].ne2 ? 3 : t[i].ne1 ? 2 : 1);
         w_u64(w, (uint64_t)t[i].ne0);
         if (t[i].ne1)
             w_u64(w, (uint64_t)t[i].ne1);
+        if (t[i].ne2)
+            w_u64(w, (uint64_t)t[i].ne2);
         w_u32(w, (uint32_t)t[i].type);
         w_u64(w, t[i].offset);
     }
@@ -804,7 +837,7 @@ static void write_tensor(writer *w, const spk_synth_params *p, const tdesc *t, i
 {
     uint64_t s = p->seed ^ (0xD1B54A32D192ED03ull * (uint64_t)(i + 1));
     splitmix64(&s);
-    const int rows = t->ne1 ? t->ne1 : 1;
+    const int rows = (t->ne1 ? t->ne1 : 1) * (t->ne2 ? t->ne2 : 1);
     float sd, mean = 0.0f;
     if (t->kind == T_EMBD) {
         sd = embd_std(p);

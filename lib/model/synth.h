@@ -17,6 +17,10 @@
 typedef enum spk_synth_arch {
     SPK_SYNTH_LLAMA = 0,    /* llama keys and tensors */
     SPK_SYNTH_QWEN3 = 1,    /* qwen3 keys; blk.N.attn_q_norm / attn_k_norm [head_dim] in every layer */
+    SPK_SYNTH_QWEN3MOE = 2, /* qwen3moe: qwen3's attention, and in every layer an F32 router
+                             * blk.N.ffn_gate_inp [n_expert][n_embd] and stacked experts
+                             * ffn_gate_exps / ffn_up_exps [n_expert][n_ff][n_embd], ffn_down_exps
+                             * [n_expert][n_embd][n_ff] (n_ff = expert_feed_forward_length) */
 } spk_synth_arch;
 
 typedef struct spk_synth_params {
@@ -35,6 +39,7 @@ typedef struct spk_synth_params {
     uint64_t seed;
     char preset[40];        /* shows in general.name ("synthetic <preset> seed N"); "custom" */
     spk_synth_arch arch;    /* default SPK_SYNTH_LLAMA */
+    int n_expert, n_expert_used; /* qwen3moe: experts per layer and per token (else 0) */
 } spk_synth_params;
 
 /* 256 byte tokens + <|endoftext|>, <|im_start|>, <|im_end|>. */
@@ -59,6 +64,10 @@ void spk_synth_params_init(spk_synth_params *p);
  *   qwen3-tiny         qwen3: 3 layers, 128 embd, 8 heads / 4 KV of 32 (query width 256),
  *                      ff 256, vocab 512, tied, rope theta 1e6, eps 1e-6, F32 matrices
  *                      (the transformers reference of tests/ref/qwen3-reference.py)
+ *   qwen3moe-tiny      qwen3moe: 3 layers, 128 embd, 8 heads / 4 KV of 32, 8 experts of ff 64,
+ *                      2 per token, vocab 512, tied, F32 (tests/ref/qwen3moe-reference.py)
+ *   qwen3-30b-a3b      qwen3moe: 48 layers, 2048 embd, 32 / 4 heads of 128, 128 experts of ff 768,
+ *                      8 per token, vocab 151936, untied, rope theta 1e6, eps 1e-6
  *   qwen3-8b           qwen3: 36 layers, 4096 embd, 32 / 8 heads of 128, ff 12288, vocab 151936,
  *                      untied, rope theta 1e6, eps 1e-6
  * Big shapes give big files (Q4_1 matrices, Q8_0 embeddings): llama-3.1-8b is about 5.25 GB,

@@ -39,8 +39,8 @@ spk_status spk_plan_shard(const spk_plan *p, int rank, spk_shard *out)
     out->h1 = r.q1;
     out->kv0 = r.kv0;
     out->kv1 = r.kv1;
-    out->f0 = r.f0;
-    out->f1 = r.f1;
+    out->f0 = p->shape.n_experts > 0 ? r.fe0 : r.f0; /* MoE: every expert's columns (no dense MLP) */
+    out->f1 = p->shape.n_experts > 0 ? r.fe1 : r.f1;
     out->v0 = t->v0; /* every rank gets its part's rows; only the last stage uses them */
     out->v1 = t->v1;
     out->first = r.embeds;

@@ -39,7 +39,7 @@ START_TEST(presets_have_the_documented_shapes)
     int n = 0;
     while (names[n])
         n++;
-    ck_assert_int_eq(n, 7);
+    ck_assert_int_eq(n, 9);
     spk_synth_params p;
     for (int i = 0; i < n; i++) {
         ck_assert_int_eq(spk_synth_preset(names[i], &p), SPK_OK);
@@ -77,6 +77,15 @@ START_TEST(presets_have_the_documented_shapes)
     ck_assert_int_eq(p.arch, SPK_SYNTH_QWEN3);
     ck_assert_int_eq(p.n_heads * p.head_dim, 2 * p.n_embd); /* query width 256, embd 128 */
     ck_assert_int_eq(p.wtype, SPK_DT_F32);
+    ck_assert_int_eq(spk_synth_preset("qwen3-30b-a3b", &p), SPK_OK); /* Qwen3-30B-A3B's shape */
+    ck_assert_int_eq(p.arch, SPK_SYNTH_QWEN3MOE);
+    ck_assert_int_eq(p.n_layers, 48);
+    ck_assert_int_eq(p.n_expert, 128);
+    ck_assert_int_eq(p.n_expert_used, 8);
+    ck_assert_int_eq(p.n_ff, 768);
+    p.n_expert_used = 129; /* more than the experts: named */
+    ck_assert_int_eq(spk_synth_check(&p), SPK_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(spk_last_error(), "experts used 129"));
     ck_assert_int_eq(spk_synth_preset("smollm2-135m", &p), SPK_OK);
     ck_assert_int_eq(p.n_heads, 9);
     ck_assert_int_eq(p.n_kv_heads, 3);

@@ -1,0 +1,528 @@
+/*
+ * The qwen3moe architecture (Qwen3-30B-A3B's layout at a tiny size): qwen3's attention and, in
+ * every layer, a router over 8 experts of which 2 run per token (softmax over all router logits,
+ * top-k, renormalised), the experts stacked in 3D tensors, run by the backend's MoE op.
+ *
+ * Reference: tests/data/ref_qwen3moe.json, the Hugging Face transformers Qwen3MoeForCausalLM in
+ * float64 on exactly the weights of the file this test writes (`spk-synth --preset qwen3moe-tiny
+ * --seed 1`; the JSON records the file's FNV-1a hash and the test checks it first), made by
+ * tests/ref/qwen3moe-reference.sh. `make test` needs neither torch nor llama.cpp.
+ * Also: PP layouts bit-identical to one rank, TP (every expert's columns split) within float
+ * rounding, and malformed MoE files refused with messages naming the tensor or key.
+ */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "model/gguf.h"
+#include "model/llama.h"
+#include "model/synth.h"
+#include "plan/plan.h"
+#include "plan/shape.h"
+#include "testutil.h"
+#include "tp_group.h"
+
+static char g_dir[256], g_f32[300], g_q8[300];
+
+static void write_model(const char *path, spk_dtype wtype)
+{
+    spk_synth_params p;
+    ck_assert_int_eq(spk_synth_preset("qwen3moe-tiny", &p), SPK_OK);
+    p.seed = 1;
+    if (wtype != SPK_DT_F32)
+        p.wtype = p.embd_type = p.out_type = wtype;
+    ck_assert_msg(spk_synth_write(path, &p) == SPK_OK, "%s", spk_last_error());
+}
+
+static void setup(void)
+{
+    snprintf(g_dir, sizeof g_dir, "/tmp/spk-test-qwen3moe.XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(g_dir));
+    snprintf(g_f32, sizeof g_f32, "%s/qwen3moe-tiny.gguf", g_dir);
+    snprintf(g_q8, sizeof g_q8, "%s/qwen3moe-tiny-q8_0.gguf", g_dir);
+    write_model(g_f32, SPK_DT_F32);
+    write_model(g_q8, SPK_DT_Q8_0);
+}
+
+static void teardown(void)
+{
+    char p[400];
+    const char *names[] = {"qwen3moe-tiny.gguf", "qwen3moe-tiny-q8_0.gguf", "bad.gguf"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s/%s", g_dir, names[i]);
+        unlink(p);
+    }
+    rmdir(g_dir);
+}
+
+typedef struct loaded {
+    spk_gguf_file *f;
+    spk_hparams hp;
+    spk_weights w;
+} loaded;
+
+static void load(const char *path, loaded *L)
+{
+    ck_assert_msg(spk_gguf_open(path, &L->f) == SPK_OK, "%s", spk_last_error());
+    ck_assert_msg(spk_llama_load(L->f, &L->hp, &L->w) == SPK_OK, "%s", spk_last_error());
+}
+
+static void unload(loaded *L)
+{
+    spk_llama_weights_free(&L->w);
+    spk_gguf_close(L->f);
+}
+
+START_TEST(loads_as_qwen3moe)
+{
+    loaded L;
+    load(g_f32, &L);
+    ck_assert_str_eq(L.hp.arch, "qwen3moe");
+    ck_assert(L.hp.qk_norm && L.hp.rope_neox);
+    ck_assert_int_eq(L.hp.n_expert, 8);
+    ck_assert_int_eq(L.hp.n_expert_used, 2);
+    ck_assert_int_eq(L.hp.n_ff, 64); /* expert_feed_forward_length */
+    for (int l = 0; l < L.hp.n_layers; l++) {
+        const spk_moe *m = &L.w.layers[l].moe;
+        ck_assert(L.w.layers[l].q_norm && L.w.layers[l].k_norm);
+        ck_assert_int_eq(m->n_expert, 8);
+        ck_assert_int_eq(m->n_used, 2);
+        ck_assert_uint_eq(m->flags, SPK_MOE_SOFTMAX_ALL | SPK_MOE_NORM_TOPK);
+        ck_assert_int_eq(m->router.n_out, 8);
+        ck_assert_int_eq(m->router.n_in, 128);
+        ck_assert_int_eq(m->gate.n_out, 64);
+        ck_assert_int_eq(m->down.n_in, 64);
+        ck_assert_int_eq(m->down.n_out, 128);
+        ck_assert_uint_eq(m->stride_gate, sizeof(float) * 64 * 128);
+        ck_assert_ptr_null(L.w.layers[l].w_gate.data); /* no dense MLP */
+    }
+    unload(&L);
+}
+END_TEST
+
+static uint64_t file_fnv(const char *path)
+{
+    size_t len;
+    char *buf = spk_test_read_file(path, &len);
+    ck_assert_ptr_nonnull(buf);
+    uint64_t h = 0xCBF29CE484222325ull;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t)buf[i]) * 0x100000001B3ull;
+    free(buf);
+    return h;
+}
+
+typedef struct cmp_stats {
+    int n_pos, top1_agree, greedy_agree, n_greedy, n_cmp;
+    double max_diff, sum_diff;
+} cmp_stats;
+
+/* Our log-probs and greedy continuation (incremental decode through the KV cache) against one
+ * reference section (an array of sequences). */
+static void compare_section(const loaded *L, cJSON *seqs, cmp_stats *st)
+{
+    const int V = L->hp.n_vocab;
+    memset(st, 0, sizeof *st);
+    cJSON *seq;
+    cJSON_ArrayForEach(seq, seqs)
+    {
+        cJSON *toks = cJSON_GetObjectItem(seq, "tokens"), *pos = cJSON_GetObjectItem(seq, "positions");
+        cJSON *greedy = cJSON_GetObjectItem(seq, "greedy");
+        const int n = cJSON_GetArraySize(toks), ng = cJSON_GetArraySize(greedy);
+        ck_assert_int_eq(cJSON_GetArraySize(pos), n);
+        spk_llama *m;
+        ck_assert_int_eq(spk_llama_create(&L->hp, &L->w, NULL, 128, 1, n, 2, &m), SPK_OK);
+        int32_t tk[64], ps[64], sq[64] = {0};
+        uint8_t want[64];
+        ck_assert_int_le(n + ng, 64);
+        for (int i = 0; i < n; i++) {
+            tk[i] = cJSON_GetArrayItem(toks, i)->valueint;
+            ps[i] = i;
+            want[i] = 1;
+        }
+        float *lg = malloc(sizeof(float) * (size_t)n * (size_t)V);
+        spk_batch b = {.n_tok = n, .token = tk, .pos = ps, .seq = sq, .want_logits = want};
+        ck_assert_int_eq(spk_llama_forward(m, &b, NULL, lg), SPK_OK);
+        int next = spk_test_argmax(lg + (size_t)(n - 1) * V, V);
+        for (int i = 0; i < n; i++) {
+            float *lp = lg + (size_t)i * V;
+            spk_test_log_softmax(lp, V);
+            cJSON *top = cJSON_GetObjectItem(cJSON_GetArrayItem(pos, i), "top");
+            cJSON *t0 = cJSON_GetArrayItem(top, 0), *t1 = cJSON_GetArrayItem(top, 1);
+            const int ref1 = cJSON_GetArrayItem(t0, 0)->valueint;
+            const double margin = cJSON_GetArrayItem(t0, 1)->valuedouble - cJSON_GetArrayItem(t1, 1)->valuedouble;
+            st->n_pos++;
+            /* a near-tie (< 0.01 nats) may go either way under rounding; count it as agreeing */
+            st->top1_agree += spk_test_argmax(lp, V) == ref1 || margin < 0.01;
+            cJSON *pair;
+            cJSON_ArrayForEach(pair, top)
+            {
+                double d = fabs(lp[cJSON_GetArrayItem(pair, 0)->valueint] - cJSON_GetArrayItem(pair, 1)->valuedouble);
+                st->max_diff = d > st->max_diff ? d : st->max_diff;
+                st->sum_diff += d;
+                st->n_cmp++;
+            }
+        }
+        /* greedy: one token at a time through the cache */
+        for (int g = 0; g < ng; g++) {
+            const int want_id = cJSON_GetArrayItem(greedy, g)->valueint;
+            st->n_greedy++;
+            if (next != want_id)
+                break; /* the rest continues a different text */
+            st->greedy_agree++;
+            int32_t t1 = next, p1 = n + g, s1 = 0;
+            uint8_t w1 = 1;
+            spk_batch b1 = {.n_tok = 1, .token = &t1, .pos = &p1, .seq = &s1, .want_logits = &w1};
+            ck_assert_int_eq(spk_llama_forward(m, &b1, NULL, lg), SPK_OK);
+            next = spk_test_argmax(lg, V);
+        }
+        free(lg);
+        spk_llama_free(m);
+    }
+}
+
+static cJSON *load_ref(char **txt)
+{
+    size_t len;
+    *txt = spk_test_read_file(SPK_TEST_DATA_DIR "/ref_qwen3moe.json", &len);
+    ck_assert_msg(*txt != NULL, "tests/data/ref_qwen3moe.json missing");
+    cJSON *root = cJSON_Parse(*txt);
+    ck_assert_ptr_nonnull(root);
+    char got[32];
+    snprintf(got, sizeof got, "%016llx", (unsigned long long)file_fnv(g_f32));
+    ck_assert_msg(strcmp(got, cJSON_GetObjectItem(root, "file_fnv1a64")->valuestring) == 0,
+                  "the qwen3moe-tiny file is not the one the reference was made from (hash %s, reference %s): "
+                  "the synthetic writer changed; regenerate with tests/ref/qwen3moe-reference.sh",
+                  got, cJSON_GetObjectItem(root, "file_fnv1a64")->valuestring);
+    return root;
+}
+
+/* F32 weights: what is left is our f16 KV cache (and float sums in another order); measured
+ * (AVX-only x86): top-1 73/73, greedy 36/36, mean 1.0e-3, max 4.7e-3; against llama.cpp on the
+ * converter's F32 file of the same model: 73/73, 36/36, mean 9.5e-4, max 5.6e-3. A wrong norm,
+ * rope pairing or head layout moves log-probs by O(1). */
+START_TEST(f32_matches_transformers)
+{
+    char *txt;
+    cJSON *root = load_ref(&txt);
+    loaded L;
+    load(g_f32, &L);
+    cmp_stats s;
+    compare_section(&L, cJSON_GetObjectItem(root, "sequences"), &s);
+    printf("F32 vs transformers (float64): top-1 %d/%d, greedy %d/%d, |logprob diff| over top-8 mean %.2e max %.2e\n",
+           s.top1_agree, s.n_pos, s.greedy_agree, s.n_greedy, s.sum_diff / s.n_cmp, s.max_diff);
+    ck_assert_int_eq(s.top1_agree, s.n_pos);
+    ck_assert_int_eq(s.greedy_agree, s.n_greedy);
+    ck_assert_double_lt(s.max_diff, 0.02);
+    ck_assert_double_lt(s.sum_diff / s.n_cmp, 5e-3);
+    /* llama.cpp on the file its converter wrote from the same transformers model */
+    cJSON *lc = cJSON_GetObjectItem(root, "llamacpp");
+    if (lc) {
+        compare_section(&L, lc, &s);
+        printf("F32 vs llama.cpp: top-1 %d/%d, greedy %d/%d, |logprob diff| mean %.2e max %.2e\n", s.top1_agree,
+               s.n_pos, s.greedy_agree, s.n_greedy, s.sum_diff / s.n_cmp, s.max_diff);
+        ck_assert_int_eq(s.top1_agree, s.n_pos);
+        ck_assert_double_lt(s.max_diff, 1e-2);
+    } else {
+        printf("note: ref_qwen3.json has no llama.cpp section (made without the llama.cpp harness)\n");
+    }
+    cJSON *conv = cJSON_GetObjectItem(root, "converter");
+    if (conv) /* recorded by the generator: llama.cpp's converter wrote the same tensors */
+        ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(conv, "tensors_equal")));
+    unload(&L);
+    cJSON_Delete(root);
+    free(txt);
+}
+END_TEST
+
+/* Q8_0 weights and embeddings (and 8-bit activations): stated tolerance against the float64
+ * reference of the unquantized weights. */
+START_TEST(q8_0_matches_transformers_within_quantization)
+{
+    char *txt;
+    cJSON *root = load_ref(&txt);
+    loaded L;
+    load(g_q8, &L);
+    cmp_stats s, c;
+    compare_section(&L, cJSON_GetObjectItem(root, "sequences"), &s);
+    printf("Q8_0 vs transformers (F32 weights, float64): top-1 %d/%d, greedy %d/%d, |logprob diff| mean %.3f "
+           "max %.3f\n", s.top1_agree, s.n_pos, s.greedy_agree, s.n_greedy, s.sum_diff / s.n_cmp, s.max_diff);
+    cJSON *lc = cJSON_GetObjectItem(root, "llamacpp_q8_0"), *h8 = cJSON_GetObjectItem(root, "file_q8_0_fnv1a64");
+    ck_assert(cJSON_IsString(h8));
+    char got[32];
+    snprintf(got, sizeof got, "%016llx", (unsigned long long)file_fnv(g_q8));
+    ck_assert_msg(strcmp(got, h8->valuestring) == 0, "Q8_0 file hash %s, reference %s: regenerate the reference",
+                  got, h8->valuestring);
+    cmp_stats w;
+    compare_section(&L, cJSON_GetObjectItem(root, "sequences_q8_0_weights"), &w);
+    printf("Q8_0 vs transformers on the Q8_0 weights (float64): top-1 %d/%d, greedy %d/%d, |logprob diff| mean %.3f "
+           "max %.3f\n", w.top1_agree, w.n_pos, w.greedy_agree, w.n_greedy, w.sum_diff / w.n_cmp, w.max_diff);
+    /* Stated tolerances (measured, AVX2 x86: vs the F32 weights top-1 62/73, mean 0.375, max 7.1;
+     * vs transformers on the decoded Q8_0 weights 68/73, mean 0.089, max 1.26; vs llama.cpp's Q8_0
+     * run of the converter's byte-identical file 69/73, mean 0.055, max 2.35). The F32 weights
+     * are the loosest: 8-bit weights move router logits enough to flip some tokens' second expert
+     * (llama.cpp's own Q8_0 run agrees with transformers' F32 top-1 at 63/73 only); on the same
+     * (decoded) weights what is left is our 8-bit activations and the expert choices they flip.
+     * A wrong block layout, scale or expert stride gives means above 1 and top-1 near chance. */
+    ck_assert_int_ge(s.top1_agree, s.n_pos * 75 / 100);
+    ck_assert_double_lt(s.sum_diff / s.n_cmp, 0.6);
+    ck_assert_int_ge(w.top1_agree, w.n_pos * 85 / 100);
+    ck_assert_double_lt(w.sum_diff / w.n_cmp, 0.15);
+    ck_assert_double_lt(w.max_diff, 2.5);
+    if (lc) {
+        compare_section(&L, lc, &c);
+        printf("Q8_0 vs llama.cpp Q8_0: top-1 %d/%d, greedy %d/%d, |logprob diff| mean %.3f max %.3f\n", c.top1_agree,
+               c.n_pos, c.greedy_agree, c.n_greedy, c.sum_diff / c.n_cmp, c.max_diff);
+        ck_assert_int_ge(c.top1_agree, c.n_pos * 85 / 100);
+        ck_assert_double_lt(c.sum_diff / c.n_cmp, 0.1);
+    }
+    unload(&L);
+    cJSON_Delete(root);
+    free(txt);
+}
+END_TEST
+
+/* ---- layouts: PP bit-identical, TP (heads split by KV group, norms replicated) ---- */
+
+
+enum { NT = 16 };
+static int32_t g_tk[NT], g_ps[NT], g_sq[NT];
+static uint8_t g_want[NT];
+
+typedef struct job {
+    spk_llama *m;
+    const float *in;
+    float *out;
+    spk_status st;
+} job;
+
+static void *run_job(void *arg)
+{
+    job *j = arg;
+    spk_batch b = {.n_tok = NT, .token = g_tk, .pos = g_ps, .seq = g_sq, .want_logits = g_want};
+    j->st = spk_llama_forward(j->m, &b, j->in, j->out);
+    return NULL;
+}
+
+/* max |logit - one rank| of layout pp x tp */
+static double run_layout_ep(loaded *L, const float *ref, int pp, int tp, int ep);
+static double run_layout(loaded *L, const float *ref, int pp, int tp) { return run_layout_ep(L, ref, pp, tp, 0); }
+
+/* ep: the TP group splits the experts (each rank every column of experts [e0, e1)) instead of
+ * every expert's columns; attention heads are split as for TP */
+static double run_layout_ep(loaded *L, const float *ref, int pp, int tp, int ep)
+{
+    const int E = L->hp.n_embd, V = L->hp.n_vocab, world = pp * tp;
+    spk_shape shape;
+    spk_plan plan;
+    ck_assert_int_eq(spk_shape_from_gguf(L->f, &shape), SPK_OK);
+    ck_assert_msg(spk_plan_make(&shape, pp, tp, &plan) == SPK_OK, "%s", spk_last_error());
+    spk_shard sh[8];
+    spk_weights w[8];
+    spk_llama *m[8];
+    group g[4];
+    member mem[8];
+    for (int s = 0; s < pp; s++) {
+        g[s].tp = tp;
+        g[s].sum = malloc(sizeof(float) * NT * (size_t)E);
+        pthread_barrier_init(&g[s].bar, NULL, (unsigned)tp);
+    }
+    for (int r = 0; r < world; r++) {
+        ck_assert_int_eq(spk_plan_shard(&plan, r, &sh[r]), SPK_OK);
+        if (ep) {
+            const int t = r % tp, X = L->hp.n_expert;
+            sh[r].f0 = 0;
+            sh[r].f1 = L->hp.n_ff;
+            sh[r].e0 = X * t / tp;
+            sh[r].e1 = X * (t + 1) / tp;
+        }
+        if (tp > 1) {
+            mem[r] = (member){&g[r / tp], r % tp};
+            sh[r].allreduce = ar;
+            sh[r].ar_ctx = &mem[r];
+        }
+        ck_assert_msg(spk_llama_shard(&L->hp, &L->w, &sh[r], &w[r]) == SPK_OK, "%s", spk_last_error());
+        ck_assert(w[r].layers[0].q_norm == L->w.layers[sh[r].l0].q_norm); /* replicated, whole */
+        ck_assert_int_eq(w[r].layers[0].wq.n_out, (sh[r].h1 - sh[r].h0) * L->hp.head_dim);
+        const spk_moe *mo = &w[r].layers[0].moe; /* every expert's columns [f0, f1); router whole */
+        ck_assert_int_eq(mo->e0, ep ? sh[r].e0 : 0);
+        ck_assert_int_eq(mo->e1, ep ? sh[r].e1 : L->hp.n_expert);
+        ck_assert_int_eq(mo->gate.n_out, sh[r].f1 - sh[r].f0);
+        ck_assert_int_eq(mo->down.n_in, sh[r].f1 - sh[r].f0);
+        ck_assert_int_eq(mo->router.n_out, L->hp.n_expert);
+        ck_assert_ptr_eq(mo->router.data, L->w.layers[sh[r].l0].moe.router.data);
+        ck_assert_int_eq(spk_llama_create(&L->hp, &w[r], &sh[r], 64, 1, NT, 1, &m[r]), SPK_OK);
+    }
+    float *hidden = malloc(sizeof(float) * NT * (size_t)E), *logits = malloc(sizeof(float) * NT * (size_t)V);
+    float *outs[8];
+    for (int t = 0; t < tp; t++)
+        outs[t] = malloc(sizeof(float) * NT * (size_t)(V > E ? V : E));
+    for (int s = 0; s < pp; s++) {
+        pthread_t th[8];
+        job j[8];
+        for (int t = 0; t < tp; t++) {
+            j[t] = (job){m[s * tp + t], s ? hidden : NULL, outs[t], SPK_OK};
+            pthread_create(&th[t], NULL, run_job, &j[t]);
+        }
+        for (int t = 0; t < tp; t++) {
+            pthread_join(th[t], NULL);
+            ck_assert_int_eq(j[t].st, SPK_OK);
+        }
+        if (s < pp - 1) {
+            memcpy(hidden, outs[0], sizeof(float) * NT * (size_t)E);
+        } else {
+            for (int t = 0; t < tp; t++) {
+                const spk_shard *x = &sh[s * tp + t];
+                const int nv = x->v1 - x->v0;
+                for (int i = 0; i < NT; i++)
+                    memcpy(logits + (size_t)i * V + x->v0, outs[t] + (size_t)i * nv, sizeof(float) * (size_t)nv);
+            }
+        }
+    }
+    double maxd = 0;
+    for (size_t i = 0; i < (size_t)NT * V; i++) {
+        double d = fabs((double)logits[i] - ref[i]);
+        maxd = d > maxd ? d : maxd;
+    }
+    for (int r = 0; r < world; r++) {
+        spk_llama_free(m[r]);
+        spk_llama_weights_free(&w[r]);
+    }
+    for (int s = 0; s < pp; s++) {
+        free(g[s].sum);
+        pthread_barrier_destroy(&g[s].bar);
+    }
+    for (int t = 0; t < tp; t++)
+        free(outs[t]);
+    free(hidden);
+    free(logits);
+    printf("%s pp %d x %s %d: max |logit - one rank| %.3g\n", L->hp.arch, pp, ep ? "ep" : "tp", tp, maxd);
+    return maxd;
+}
+
+START_TEST(layouts_match_one_rank)
+{
+    loaded L;
+    load(_i ? g_q8 : g_f32, &L);
+    const int V = L.hp.n_vocab;
+    for (int i = 0; i < NT; i++) {
+        g_tk[i] = (i * 104729 + 7) % V;
+        g_ps[i] = i;
+        g_sq[i] = 0;
+        g_want[i] = 1;
+    }
+    float *ref = malloc(sizeof(float) * NT * (size_t)V);
+    spk_llama *m;
+    ck_assert_int_eq(spk_llama_create(&L.hp, &L.w, NULL, 64, 1, NT, 1, &m), SPK_OK);
+    spk_batch b = {.n_tok = NT, .token = g_tk, .pos = g_ps, .seq = g_sq, .want_logits = g_want};
+    ck_assert_int_eq(spk_llama_forward(m, &b, NULL, ref), SPK_OK);
+    spk_llama_free(m);
+    ck_assert_double_eq(run_layout(&L, ref, 2, 1), 0.0);
+    ck_assert_double_eq(run_layout(&L, ref, 3, 1), 0.0);
+    /* TP: heads split by KV group and every expert's 64 columns split (F32: 32+32, 22+21+21,
+     * 16 x 4; Q8_0: whole blocks of 32, so 2 ranks); the router is replicated, so every rank
+     * routes a token to the same experts and only the order of the float sums of the
+     * row-parallel matrices differs (and, for Q8_0, the 8-bit requantization it can flip) */
+    const double tol = _i ? 0.05 : 1e-3;
+    ck_assert_double_lt(run_layout(&L, ref, 1, 2), tol);
+    ck_assert_double_lt(run_layout(&L, ref, 2, 2), tol);
+    if (!_i) {
+        ck_assert_double_lt(run_layout(&L, ref, 1, 3), tol);
+        ck_assert_double_lt(run_layout(&L, ref, 1, 4), tol);
+    }
+    /* expert parallelism inside the TP group (heads split, experts 4+4 / 3+3+2 / 2 each, every
+     * column of a rank's experts): partial sums of whole experts */
+    ck_assert_double_lt(run_layout_ep(&L, ref, 1, 2, 1), tol);
+    ck_assert_double_lt(run_layout_ep(&L, ref, 2, 2, 1), tol);
+    if (!_i) /* (the planner refuses TP 4 of the Q8_0 file's 2 blocks per expert before EP replaces it) */
+        ck_assert_double_lt(run_layout_ep(&L, ref, 1, 4, 1), tol);
+    free(ref);
+    unload(&L);
+}
+END_TEST
+
+/* ---- malformed files ---- */
+
+/* Copy g_f32 to dir/bad.gguf with `n` bytes at (first occurrence of `find`) + `at` replaced. */
+static const char *patched(const void *find, size_t flen, long at, const void *repl, size_t n)
+{
+    static char out[400];
+    size_t len;
+    char *buf = spk_test_read_file(g_f32, &len);
+    ck_assert_ptr_nonnull(buf);
+    char *hit = memmem(buf, len, find, flen);
+    ck_assert_ptr_nonnull(hit);
+    memcpy(hit + at, repl, n);
+    snprintf(out, sizeof out, "%s/bad.gguf", g_dir);
+    FILE *f = fopen(out, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(buf, 1, len, f), len);
+    fclose(f);
+    free(buf);
+    return out;
+}
+
+static void expect_load_error(const char *path, spk_status want, const char *needle1, const char *needle2)
+{
+    spk_gguf_file *f;
+    spk_hparams hp;
+    spk_weights w;
+    ck_assert_msg(spk_gguf_open(path, &f) == SPK_OK, "%s", spk_last_error());
+    spk_status st = spk_llama_load(f, &hp, &w);
+    const char *msg = spk_last_error();
+    ck_assert_msg(st == want, "status %d (%s), want %d", st, msg, want);
+    ck_assert_msg(strstr(msg, needle1) && (!needle2 || strstr(msg, needle2)), "message: %s", msg);
+    printf("refused as expected: %s\n", msg);
+    spk_gguf_close(f);
+}
+
+START_TEST(malformed_qwen3moe_files_are_refused)
+{
+    /* expert_count 16 while the tensors hold 8 experts: the router's shape is named */
+    static const char ec[] = "qwen3moe.expert_count";
+    const uint32_t e16 = 16;
+    expect_load_error(patched(ec, sizeof ec - 1, (long)(sizeof ec - 1) + 4, &e16, 4), SPK_ERR_FORMAT,
+                      "blk.0.ffn_gate_inp.weight", "[128, 16]");
+    /* expert_used_count above expert_count */
+    static const char uc[] = "qwen3moe.expert_used_count";
+    const uint32_t u9 = 9;
+    expect_load_error(patched(uc, sizeof uc - 1, (long)(sizeof uc - 1) + 4, &u9, 4), SPK_ERR_FORMAT,
+                      "expert_used_count 9", "expert_count 8");
+    /* a router of the wrong shape: [n_dims u32][ne0 u64][ne1 u64] follow the name; ne1 7 */
+    static const char gi[] = "blk.1.ffn_gate_inp.weight";
+    const uint64_t ne7 = 7;
+    expect_load_error(patched(gi, sizeof gi - 1, (long)(sizeof gi - 1) + 4 + 8, &ne7, 8), SPK_ERR_FORMAT,
+                      "blk.1.ffn_gate_inp.weight", "[128, 7]");
+    /* an expert tensor holding fewer experts than expert_count (ne2 = 4) */
+    static const char ge[] = "blk.2.ffn_up_exps.weight";
+    const uint64_t ne4 = 4;
+    expect_load_error(patched(ge, sizeof ge - 1, (long)(sizeof ge - 1) + 4 + 16, &ne4, 8), SPK_ERR_FORMAT,
+                      "blk.2.ffn_up_exps.weight", "[128, 64, 4]");
+    /* an expert tensor missing (renamed) */
+    static const char dn[] = "blk.0.ffn_down_exps.weight";
+    expect_load_error(patched(dn, sizeof dn - 1, 0, "blk.0.ffn_down_expz.weight", sizeof dn - 1), SPK_ERR_FORMAT,
+                      "missing tensor 'blk.0.ffn_down_exps.weight'", NULL);
+    /* no expert_count at all */
+    expect_load_error(patched(ec, sizeof ec - 1, 0, "qwen3moe.expert_cOunt", sizeof ec - 1), SPK_ERR_FORMAT,
+                      "missing metadata key 'qwen3moe.expert_count'", NULL);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("qwen3moe");
+    TCase *tc = tcase_create("qwen3moe");
+    tcase_add_unchecked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, loads_as_qwen3moe);
+    tcase_add_test(tc, f32_matches_transformers);
+    tcase_add_test(tc, q8_0_matches_transformers_within_quantization);
+    tcase_add_loop_test(tc, layouts_match_one_rank, 0, 2);
+    tcase_add_test(tc, malformed_qwen3moe_files_are_refused);
+    suite_add_tcase(s, tc);
+    return spk_test_run(s);
+}
