@@ -417,10 +417,10 @@ static spk_status write_metadata(builder *b, const hparams *hp, const cJSON *cfg
     if (hp->have_theta)
         F32("rope.freq_base", hp->theta);
     F32("attention.layer_norm_rms_epsilon", hp->eps);
-    if (hp->head_dim_given) {
-        U32("attention.key_length", hp->head_dim);
-        U32("attention.value_length", hp->head_dim);
-    }
+    /* the converter reads config.json through transformers, whose Llama/Qwen3 configs always
+     * carry head_dim (hidden / heads when absent), so it always writes these */
+    U32("attention.key_length", hp->head_dim);
+    U32("attention.value_length", hp->head_dim);
     if (hp->llama) {
         U32("vocab_size", hp->n_vocab);
         U32("rope.dimension_count", hp->head_dim);

@@ -329,6 +329,35 @@ START_TEST(same_logits_as_converted_gguf)
     load(dir, &A);
     load(gg, &B);
     ck_assert_int_eq(A.hp.n_vocab, B.hp.n_vocab);
+    /* every hyperparameter key the converter wrote, with the same value */
+    int nk = 0;
+    for (uint64_t i = 0; i < B.f->n_kv; i++) {
+        const spk_gguf_kv *kb = &B.f->kv[i];
+        char key[128];
+        snprintf(key, sizeof key, "%.*s", (int)kb->key.len, kb->key.ptr);
+        if (strncmp(key, "llama.", 6) && strncmp(key, "qwen3.", 6))
+            continue;
+        const spk_gguf_kv *ka = spk_gguf_find(A.f, key);
+        ck_assert_msg(ka != NULL, "%s: the converter writes '%s', the directory has none", tv[_i], key);
+        ck_assert_msg(ka->type == kb->type, "%s: '%s' has type %d, the converter's %d", tv[_i], key, ka->type, kb->type);
+        if (kb->type == GGUF_FLOAT32)
+            ck_assert_msg(ka->v.f == kb->v.f, "%s: '%s' = %g, converter %g", tv[_i], key, ka->v.f, kb->v.f);
+        else if (kb->type != GGUF_STRING && kb->type != GGUF_ARRAY)
+            ck_assert_msg(ka->v.u == kb->v.u, "%s: '%s' = %llu, converter %llu", tv[_i], key,
+                          (unsigned long long)ka->v.u, (unsigned long long)kb->v.u);
+        nk++;
+    }
+    ck_assert_int_ge(nk, 8);
+    /* the same tensors: names, types, shapes */
+    ck_assert_uint_eq(A.f->n_tensors, B.f->n_tensors);
+    for (uint64_t i = 0; i < B.f->n_tensors; i++) {
+        const spk_gguf_tensor *tb = &B.f->tensors[i];
+        char nm[128];
+        snprintf(nm, sizeof nm, "%.*s", (int)tb->name.len, tb->name.ptr);
+        const spk_gguf_tensor *ta = spk_gguf_find_tensor(A.f, nm);
+        ck_assert_msg(ta && ta->type == tb->type && ta->ne[0] == tb->ne[0] && ta->ne[1] == tb->ne[1] &&
+                      !memcmp(ta->data, tb->data, tb->nbytes), "%s: tensor %s differs from the converter's", tv[_i], nm);
+    }
     const int V = A.hp.n_vocab, n = 24;
     int32_t tk[24];
     for (int i = 0; i < n; i++)
