@@ -20,10 +20,18 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "model/hf_tok.h"
 #include "model/safetensors.h"
 
 #define MAX_JSON_BYTES (64u << 20) /* config.json, index, tokenizer files */
 #define SHOWN 96
+
+#define TRY(x)                                                                                     \
+    do {                                                                                           \
+        spk_status st_ = (x);                                                                      \
+        if (st_ != SPK_OK)                                                                         \
+            return st_;                                                                            \
+    } while (0)
 
 struct spk_hf_model {
     spk_st_file **shards;
@@ -125,6 +133,101 @@ static spk_status kv_str(builder *b, const char *key, const char *s)
         return nomem();
     kv->v.s = keep_str(b, s, strlen(s));
     return kv->v.s.ptr ? SPK_OK : nomem();
+}
+
+static spk_status kv_bool(builder *b, const char *key, int v)
+{
+    spk_gguf_kv *kv = add_kv(b, key, GGUF_BOOL);
+    if (!kv)
+        return nomem();
+    kv->v.u = v ? 1 : 0;
+    return SPK_OK;
+}
+
+/* An array in GGUF's encoding (what spk_gguf_arr_* walk): strings as u64 length + bytes,
+ * numbers little-endian. `strs` or `vals` (int32 / float32, 4 bytes each). */
+static spk_status kv_arr(builder *b, const char *key, spk_gguf_vtype et, size_t n, const spk_tok_str *strs,
+                         const void *vals)
+{
+    size_t bytes = 0;
+    if (et == GGUF_STRING)
+        for (size_t i = 0; i < n; i++)
+            bytes += 8 + strs[i].len;
+    else
+        bytes = 4 * n;
+    uint8_t *d = keep(b, malloc(bytes ? bytes : 1));
+    spk_gguf_kv *kv = d ? add_kv(b, key, GGUF_ARRAY) : NULL;
+    if (!kv)
+        return nomem();
+    if (et == GGUF_STRING) {
+        uint8_t *p = d;
+        for (size_t i = 0; i < n; i++) {
+            uint64_t l = strs[i].len;
+            for (int k = 0; k < 8; k++)
+                p[k] = (uint8_t)(l >> (8 * k));
+            if (l)
+                memcpy(p + 8, strs[i].ptr, l);
+            p += 8 + l;
+        }
+    } else {
+        const uint8_t *v = vals;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t x;
+            memcpy(&x, v + 4 * i, 4);
+            for (int k = 0; k < 4; k++)
+                d[4 * i + (size_t)k] = (uint8_t)(x >> (8 * k));
+        }
+    }
+    kv->v.arr.type = et;
+    kv->v.arr.count = n;
+    kv->v.arr.data = d;
+    kv->v.arr.nbytes = bytes;
+    return SPK_OK;
+}
+
+/* tokenizer.json / tokenizer_config.json / generation_config.json as the tokenizer.ggml.* keys
+ * and tokenizer.chat_template (model/hf_tok.h says which key gets what). No tokenizer.json:
+ * no keys (the weights still load; spk_model_load then reports the missing tokenizer). */
+static spk_status write_tokenizer(builder *b)
+{
+    char p[1200];
+    snprintf(p, sizeof p, "%s/tokenizer.json", b->dir);
+    if (access(p, F_OK) != 0)
+        return SPK_OK;
+    spk_hf_tok t;
+    TRY(spk_hf_tok_read(b->dir, &t));
+    const spk_tok_spec *s = &t.spec;
+    spk_status st = kv_str(b, "tokenizer.ggml.model", s->model ? s->model : "gpt2");
+    if (st == SPK_OK && s->pre)
+        st = kv_str(b, "tokenizer.ggml.pre", s->pre);
+    if (st == SPK_OK)
+        st = kv_arr(b, "tokenizer.ggml.tokens", GGUF_STRING, s->n_tokens, s->tokens, NULL);
+    if (st == SPK_OK && s->token_types)
+        st = kv_arr(b, "tokenizer.ggml.token_type", GGUF_INT32, s->n_tokens, NULL, s->token_types);
+    if (st == SPK_OK && s->n_merges)
+        st = kv_arr(b, "tokenizer.ggml.merges", GGUF_STRING, s->n_merges, s->merges, NULL);
+    if (st == SPK_OK && s->scores)
+        st = kv_arr(b, "tokenizer.ggml.scores", GGUF_FLOAT32, s->n_tokens, NULL, s->scores);
+    const struct {
+        const char *key;
+        int32_t v;
+    } ids[] = {{"tokenizer.ggml.bos_token_id", s->bos}, {"tokenizer.ggml.eos_token_id", s->eos},
+               {"tokenizer.ggml.eot_token_id", s->eot}, {"tokenizer.ggml.eom_token_id", s->eom}};
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0] && st == SPK_OK; i++)
+        if (ids[i].v >= 0)
+            st = kv_u32(b, ids[i].key, (uint64_t)ids[i].v);
+    if (st == SPK_OK && s->add_bos >= 0)
+        st = kv_bool(b, "tokenizer.ggml.add_bos_token", s->add_bos);
+    if (st == SPK_OK && s->add_eos >= 0)
+        st = kv_bool(b, "tokenizer.ggml.add_eos_token", s->add_eos);
+    if (st == SPK_OK && s->model && !strcmp(s->model, "llama") && s->add_space_prefix >= 0)
+        st = kv_bool(b, "tokenizer.ggml.add_space_prefix", s->add_space_prefix);
+    if (st == SPK_OK && t.n_eog)
+        st = kv_arr(b, "tokenizer.ggml.eog_token_ids", GGUF_INT32, t.n_eog, NULL, t.eog_ids);
+    if (st == SPK_OK && t.chat_template)
+        st = kv_str(b, "tokenizer.chat_template", t.chat_template);
+    spk_hf_tok_free(&t);
+    return st;
 }
 
 static spk_gguf_tensor *add_tensor(builder *b, const char *name)
@@ -311,13 +414,6 @@ static spk_status cfg_num(const char *path, const cJSON *obj, const char *key, d
         *found = 1;
     return SPK_OK;
 }
-
-#define TRY(x)                                                                                     \
-    do {                                                                                           \
-        spk_status st_ = (x);                                                                      \
-        if (st_ != SPK_OK)                                                                         \
-            return st_;                                                                            \
-    } while (0)
 
 static spk_status read_hparams(const char *dir, const cJSON *cfg, hparams *hp)
 {
@@ -1109,6 +1205,8 @@ spk_status spk_hf_open(const char *dir, spk_gguf_file **out)
         factors = keep(&b, malloc(sizeof(float) * (hp.head_dim / 2 + 1)));
         st = factors ? write_metadata(&b, &hp, cfg, factors, &n_factors) : nomem();
     }
+    if (st == SPK_OK)
+        st = write_tokenizer(&b);
     if (st == SPK_OK)
         st = open_shards(&b, &ix);
     if (st == SPK_OK)

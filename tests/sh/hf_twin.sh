@@ -37,3 +37,18 @@ cat "$TMP/out"
 n=$(grep -c "directory vs converted GGUF: max |logit diff| 0, greedy equal" "$TMP/out")
 [ "$n" = 3 ] || { echo "FAIL: expected 3 identical twins, got $n"; exit 1; }
 echo "ok: 3 directories give the logits of their converted GGUF twins"
+# end to end through spk_model_load (tokenizer from tokenizer.json vs the converter's
+# tokenizer.ggml.*): the same prompt gives the same greedy ids, plain and through the chat template
+G=$B/examples/spk-generate
+if [ -x "$G" ]; then
+    for v in llama-f32 qwen3-f32 llama3-hd; do
+        for mode in "" --chat; do
+            a=$("$G" --model "$TMP/$v" --prompt "the cat in the hat" $mode --max-tokens 12 --print-ids --ignore-eos --threads 2 2>"$TMP/err") \
+                || { cat "$TMP/err"; echo "FAIL: spk-generate on the directory $v $mode"; exit 1; }
+            b=$("$G" --model "$TMP/$v.gguf" --prompt "the cat in the hat" $mode --max-tokens 12 --print-ids --ignore-eos --threads 2 2>"$TMP/err") \
+                || { cat "$TMP/err"; echo "FAIL: spk-generate on the converted $v $mode"; exit 1; }
+            [ -n "$a" ] && [ "$a" = "$b" ] || { echo "FAIL: $v $mode: directory gives '$a', converted GGUF '$b'"; exit 1; }
+            echo "ok: $v ${mode:-plain}: spk-generate ids equal ($(echo $a | wc -w) ids)"
+        done
+    done
+fi
