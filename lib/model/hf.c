@@ -804,6 +804,13 @@ static spk_status conv_fp8(const convert *c, const spk_st_tensor *t)
         return spk_err(SPK_ERR_FORMAT, "%s: FP8 tensor '%.*s' has no weight_scale or weight_scale_inv",
                        c->b->dir, SHOWN, t->name);
     se->used = 1;
+    /* static activation scales (compressed-tensors input_scale, fbgemm input_scale_ub): our
+     * activations stay float, so they are not needed */
+    entry *ia = aux(c->ix, c->hfname, "input_scale"), *ib = aux(c->ix, c->hfname, "input_scale_ub");
+    if (ia)
+        ia->used = 1;
+    if (ib)
+        ib->used = 1;
     const spk_st_tensor *s = se->t;
     if (!float_dtype(s->dtype))
         return spk_err(SPK_ERR_UNSUPPORTED, "%s: scale '%.*s' has dtype %s (F32, BF16, F16)", c->b->dir, SHOWN,
@@ -832,8 +839,10 @@ static spk_status conv_fp8(const convert *c, const spk_st_tensor *t)
     for (uint64_t d = 0; d < R; d++) {
         const uint64_t r = src_row(d, R, c->perm_heads);
         const uint8_t *in = t->data + r * C;
+        float sc = mode == 0 ? scalar_at(s, 0) : scalar_at(s, r);
         for (uint64_t j = 0; j < C; j++) {
-            float sc = mode == 0 ? scalar_at(s, 0) : mode == 1 ? scalar_at(s, r) : scalar_at(s, (r / B) * nb + j / B);
+            if (mode == 2 && j % B == 0)
+                sc = scalar_at(s, (r / B) * nb + j / B);
             o[d * C + j] = spk_f32_to_bf16(e4m3_table[in[j]] * sc);
         }
     }
@@ -1003,12 +1012,14 @@ static spk_status build_tensors(builder *b, const hparams *hp, index_t *ix)
     for (size_t i = 0; i < ix->n; i++) {
         entry *e = &ix->e[i];
         const char *n = e->t->name;
-        if (has_suffix(n, "rotary_emb.inv_freq")) {
+        /* rotary tables (recomputed), FP8 KV-cache scales (our cache is f16) */
+        if (has_suffix(n, "rotary_emb.inv_freq") || has_suffix(n, "self_attn.k_scale") ||
+            has_suffix(n, "self_attn.v_scale")) {
             e->used = 1;
             continue;
         }
         if (has_suffix(n, ".weight_scale") || has_suffix(n, ".weight_scale_inv") || has_suffix(n, ".weight_scale_2") ||
-            has_suffix(n, ".input_scale") || has_suffix(n, "_scales"))
+            has_suffix(n, ".input_scale") || has_suffix(n, ".input_scale_ub") || has_suffix(n, "_scales"))
             continue; /* consumed with their weight; leftovers are refused below */
         char hfname[1200], gname[256];
         const spk_st_tensor *scales = NULL;

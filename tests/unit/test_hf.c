@@ -491,6 +491,12 @@ START_TEST(malformed_are_refused)
     /* an FP8 weight whose scale is missing (renamed in place: the header keeps its length) */
     ck_assert_int_eq(sh("sed -i '0,/q_proj.weight_scale\"/s//q_proj.weight_scalf\"/' %s/model.safetensors", d), 0);
     expect_dir(d, SPK_ERR_FORMAT, "FP8 tensor 'model.layers.0.self_attn.q_proj.weight' has no weight_scale");
+    FRESH("llama-f32");
+    ck_assert_int_eq(sh("sed -i 's/layers.0.mlp.up_proj.weight\"/layers.0.mlp.up_proj.bias__\"/' %s/model.safetensors", d), 0);
+    expect_dir(d, SPK_ERR_UNSUPPORTED, "tensor 'model.layers.0.mlp.up_proj.bias__' is not part of a llama model");
+    FRESH("llama-f32");
+    ck_assert_int_eq(sh("sed -i 's/\"dtype\":\"F32\"/\"dtype\":\"Q9\" /' %s/model.safetensors", d), 0);
+    expect_dir(d, SPK_ERR_UNSUPPORTED, "unknown dtype 'Q9'");
 #undef FRESH
     sh("rm -rf %s %s", d, p);
 }
