@@ -1106,7 +1106,7 @@ static spk_status open_shards(builder *b, index_t *ix)
     if (missing) {
         snprintf(p, sizeof p, "%s/model.safetensors", b->dir);
         if (access(p, F_OK) != 0)
-            return spk_err(SPK_ERR_NOT_FOUND, "%s: neither model.safetensors nor model.safetensors.index.json "
+            return spk_err(SPK_ERR_IO, "%s: neither model.safetensors nor model.safetensors.index.json "
                            "(not a Hugging Face checkpoint directory)", b->dir);
         TRY(add_shard(b, "model.safetensors"));
     } else {
@@ -1204,7 +1204,8 @@ spk_status spk_hf_open(const char *dir, spk_gguf_file **out)
     int missing = 0;
     spk_status st = read_small(p, &m->config, &m->config_len, &missing);
     if (st == SPK_OK && missing)
-        st = spk_err(SPK_ERR_NOT_FOUND, "%s: no config.json (a Hugging Face model directory has one)", dir);
+        st = spk_err(SPK_ERR_IO, "%s: a directory without config.json (neither a GGUF file nor a Hugging Face "
+                     "model directory)", dir);
     if (st == SPK_OK)
         st = parse_json(p, m->config, m->config_len, &cfg);
     hparams hp;

@@ -486,7 +486,9 @@ START_TEST(malformed_are_refused)
     expect_dir(d, SPK_ERR_FORMAT, "not a JSON object");
     FRESH("llama-f32");
     ck_assert_int_eq(sh("rm %s/model.safetensors", d), 0);
-    expect_dir(d, SPK_ERR_NOT_FOUND, "neither model.safetensors");
+    expect_dir(d, SPK_ERR_IO, "neither model.safetensors");
+    ck_assert_int_eq(sh("rm %s/config.json", d), 0);
+    expect_dir(d, SPK_ERR_IO, "a directory without config.json");
     FRESH("llama-fp8-tensor");
     /* an FP8 weight whose scale is missing (renamed in place: the header keeps its length) */
     ck_assert_int_eq(sh("sed -i '0,/q_proj.weight_scale\"/s//q_proj.weight_scalf\"/' %s/model.safetensors", d), 0);
