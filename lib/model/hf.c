@@ -1185,6 +1185,9 @@ spk_status spk_hf_open(const char *dir, spk_gguf_file **out)
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, init_tables);
     *out = NULL;
+    if (strlen(dir) >= sizeof((spk_gguf_file *)0)->path - 64)
+        return spk_err(SPK_ERR_IO, "%.64s...: a model directory path of %zu bytes (at most %zu)", dir, strlen(dir),
+                       sizeof((spk_gguf_file *)0)->path - 65);
     spk_gguf_file *f = calloc(1, sizeof *f);
     struct spk_hf_model *m = calloc(1, sizeof *m);
     if (!f || !m) {
