@@ -288,6 +288,16 @@ static void release_source(const spk_st_tensor *t)
         madvise((void *)a, e - a, MADV_DONTNEED);
 }
 
+/* Read a tensor we are about to convert ahead (the files are mapped MADV_RANDOM: without this
+ * every page would be its own fault). */
+static void prefetch(const spk_st_tensor *t)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)t->data & ~(uintptr_t)(pg - 1), e = (uintptr_t)t->data + (t->end - t->begin);
+    if (e > a)
+        madvise((void *)a, e - a, MADV_WILLNEED);
+}
+
 void spk_hf_free(struct spk_hf_model *m)
 {
     if (!m)
@@ -765,6 +775,7 @@ static spk_status conv_float(const convert *c, const spk_st_tensor *t)
     uint8_t *buf = new_buffer(c->b, g->nbytes);
     if (!buf)
         return nomem();
+    prefetch(t);
     const size_t orow = spk_dtype_row_size(ty, (size_t)c->cols), irow = es * c->cols;
     for (uint64_t d = 0; d < c->rows; d++) {
         const uint64_t s = src_row(d, c->rows, c->perm_heads);
@@ -835,6 +846,7 @@ static spk_status conv_fp8(const convert *c, const spk_st_tensor *t)
     uint16_t *o = new_buffer(c->b, g->nbytes);
     if (!o)
         return nomem();
+    prefetch(t);
     const uint64_t nb = (C + B - 1) / B;
     for (uint64_t d = 0; d < R; d++) {
         const uint64_t r = src_row(d, R, c->perm_heads);
@@ -880,6 +892,7 @@ static spk_status conv_nvfp4(const convert *c, const spk_st_tensor *t)
     uint16_t *o = new_buffer(c->b, g->nbytes);
     if (!o)
         return nomem();
+    prefetch(t);
     for (uint64_t d = 0; d < R; d++) {
         const uint64_t r = src_row(d, R, c->perm_heads);
         const uint8_t *in = t->data + r * (C / 2), *sc = se->t->data + r * (C / 16);
@@ -912,6 +925,8 @@ static spk_status conv_mxfp4(const convert *c, const spk_st_tensor *t, const spk
     uint8_t *o = new_buffer(c->b, g->nbytes);
     if (!o)
         return nomem();
+    prefetch(t);
+    prefetch(sc);
     const uint64_t nb = C / 32;
     for (uint64_t d = 0; d < R; d++) {
         const uint64_t r = src_row(d, R, c->perm_heads);
