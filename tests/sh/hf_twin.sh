@@ -30,12 +30,31 @@ cb.TextModel.get_vocab_base_pre = lambda self, tokenizer: 'qwen2'
 sys.argv = ['convert_hf_to_gguf.py', '$TMP/$v', '--outtype', '$t', '--outfile', '$TMP/$v.gguf']
 c.main()" >"$TMP/conv-$v.log" 2>&1 || { tail -20 "$TMP/conv-$v.log"; echo "FAIL: converter on $v"; exit 1; }
 done
+# transformers' own save_pretrained of the same models (F32 and BF16, sharded small so that
+# there is an index): test_hf's save_pretrained_dirs_load compares them with hf_tiny.py's
+python3 "$S/tests/ref/hf_tiny.py" "$TMP" llama-bf16 >/dev/null || { echo "FAIL: hf_tiny.py"; exit 1; }
+"$PY" - "$TMP" >"$TMP/save.log" 2>&1 <<'PY' || { tail -20 "$TMP/save.log"; echo "FAIL: save_pretrained"; exit 1; }
+import os, shutil, sys, torch
+from transformers import AutoModelForCausalLM
+t = sys.argv[1]
+for v, dt, out in [('llama-f32', torch.float32, 'llama-f32-saved'), ('qwen3-f32', torch.float32, 'qwen3-f32-saved'),
+                   ('llama3-hd', torch.bfloat16, 'llama3-hd-saved'), ('llama-f32', torch.bfloat16, 'llama-bf16-saved')]:
+    m = AutoModelForCausalLM.from_pretrained(os.path.join(t, v), dtype=torch.float32)
+    m.to(dt).save_pretrained(os.path.join(t, out), max_shard_size='150KB')
+    for f in ('tokenizer.json', 'tokenizer_config.json'):
+        shutil.copy(os.path.join(t, v, f), os.path.join(t, out, f))
+    print(out, sorted(os.listdir(os.path.join(t, out))))
+PY
 SPK_HF_TWIN_DIR=$TMP "$B/tests/test_hf" >"$TMP/out" 2>&1
 rc=$?
 cat "$TMP/out"
 [ $rc = 0 ] || { echo "FAIL: test_hf with the converted twins"; exit 1; }
 n=$(grep -c "directory vs converted GGUF: max |logit diff| 0, greedy equal" "$TMP/out")
 [ "$n" = 3 ] || { echo "FAIL: expected 3 identical twins, got $n"; exit 1; }
+n=$(grep -c "save_pretrained.*max |logit diff| 0" "$TMP/out")
+[ "$n" = 4 ] || { echo "FAIL: expected 4 save_pretrained directories with identical logits, got $n"; exit 1; }
+echo "ok: transformers' save_pretrained directories (F32, BF16, sharded) give the same logits"
+cat "$TMP/save.log" | grep saved
 echo "ok: 3 directories give the logits of their converted GGUF twins"
 # end to end through spk_model_load (tokenizer from tokenizer.json vs the converter's
 # tokenizer.ggml.*): the same prompt gives the same greedy ids, plain and through the chat template

@@ -380,6 +380,45 @@ START_TEST(same_logits_as_converted_gguf)
 }
 END_TEST
 
+/* transformers' save_pretrained of the same weights (written by tests/sh/hf_twin.sh under
+ * SPK_HF_TWIN_DIR: F32 and BF16, sharded with an index): the same logits as hf_tiny.py's files. */
+START_TEST(save_pretrained_dirs_load)
+{
+    const char *twin = getenv("SPK_HF_TWIN_DIR");
+    if (!twin || !*twin) {
+        printf("SKIP: SPK_HF_TWIN_DIR not set (tests/sh/hf_twin.sh writes save_pretrained directories)\n");
+        return;
+    }
+    static const char *const pairs[][2] = {{"llama-f32-saved", "llama-f32"}, {"qwen3-f32-saved", "qwen3-f32"},
+                                           {"llama3-hd-saved", "llama3-hd"}, {"llama-bf16-saved", "llama-bf16"}};
+    char a[640], b[640];
+    snprintf(a, sizeof a, "%s/%s", twin, pairs[_i][0]);
+    snprintf(b, sizeof b, "%s/%s", twin, pairs[_i][1]);
+    loaded A, B;
+    load(a, &A);
+    load(b, &B);
+    ck_assert_int_eq(A.hp.n_vocab, B.hp.n_vocab);
+    ck_assert_int_eq(A.hp.head_dim, B.hp.head_dim);
+    const int V = A.hp.n_vocab, n = 20;
+    int32_t tk[20];
+    for (int i = 0; i < n; i++)
+        tk[i] = (i * 104729 + 5) % V;
+    float *la = malloc(sizeof(float) * (size_t)n * V), *lb = malloc(sizeof(float) * (size_t)n * V);
+    int ga[6], gb[6];
+    run_seq(&A, tk, n, 6, la, ga);
+    run_seq(&B, tk, n, 6, lb, gb);
+    double maxd = 0;
+    for (size_t i = 0; i < (size_t)n * V; i++)
+        maxd = fmax(maxd, fabs((double)la[i] - lb[i]));
+    printf("%s: save_pretrained vs hf_tiny.py: max |logit diff| %g\n", pairs[_i][0], maxd);
+    ck_assert_msg(maxd == 0.0, "%s differs from %s by %g", a, b, maxd);
+    free(la);
+    free(lb);
+    unload(&A);
+    unload(&B);
+}
+END_TEST
+
 /* ---- malformed inputs ---------------------------------------------------------------------- */
 
 static void write_file(const char *path, const void *data, size_t n)
@@ -513,6 +552,7 @@ int main(void)
     tcase_add_test(tc, virtual_gguf_layout);
     tcase_add_loop_test(tc, matches_transformers, 0, N_VARIANTS);
     tcase_add_loop_test(tc, same_logits_as_converted_gguf, 0, 3);
+    tcase_add_loop_test(tc, save_pretrained_dirs_load, 0, 4);
     tcase_add_test(tc, malformed_are_refused);
     suite_add_tcase(s, tc);
     return spk_test_run(s);
