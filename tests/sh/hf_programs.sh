@@ -30,6 +30,12 @@ for v in qwen3-f32 llama3-hd; do
     chat=$(gen --model "$TMP/$v" --chat)
     [ -n "$chat" ] && echo "ok: $v --chat" || { cat "$TMP/err"; echo "FAIL: $v --chat"; fail=1; }
 done
+# weights without tokenizer.json: spk_model_load refuses, naming what is missing
+cp -r "$TMP/qwen3-f32" "$TMP/notok" && rm "$TMP/notok/tokenizer.json"
+if "$G" --model "$TMP/notok" --prompt hi --max-tokens 2 >/dev/null 2>"$TMP/err"; then
+    echo "FAIL: a directory without tokenizer.json served"; fail=1
+elif grep -q "no tokenizer.json" "$TMP/err"; then echo "ok: no tokenizer.json: $(tail -n 1 "$TMP/err")"; else
+    cat "$TMP/err"; echo "FAIL: no tokenizer.json: unclear message"; fail=1; fi
 if [ -x "$B/examples/spk-plan" ]; then
     "$B/examples/spk-plan" --model "$TMP/qwen3-f32" >"$TMP/plan" 2>&1 && grep -q "model qwen3-f32: 2 layers" "$TMP/plan" \
         && echo "ok: spk-plan" || { cat "$TMP/plan"; echo "FAIL: spk-plan on a directory"; fail=1; }
