@@ -541,8 +541,9 @@ static bool is_replace(const cJSON *o, const char *from, const char *to)
 /* SentencePiece-style: normalizer Sequence[Prepend("▁"), Replace(" ", "▁")] (or without the
  * Prepend), pre_tokenizer null; or normalizer null and pre_tokenizer Metaspace("▁", prepend
  * first/always/never, split false). Sets *prefix (add_space_prefix). */
-static bool spm_chain_ok(const cJSON *norm, const cJSON *pt, int *prefix)
+static bool spm_chain_ok(const cJSON *norm, const cJSON *pt, int *prefix, int *mode)
 {
+    *mode = 0;
     if (norm && !cJSON_IsNull(norm)) {
         if (pt && !cJSON_IsNull(pt))
             return false;
@@ -573,14 +574,17 @@ static bool spm_chain_ok(const cJSON *norm, const cJSON *pt, int *prefix)
     if (split && !cJSON_IsFalse(split))
         return false;
     const cJSON *ps = cJSON_GetObjectItemCaseSensitive(pt, "prepend_scheme");
+    *mode = 1; /* Metaspace never doubles a space the text starts with */
     if (cJSON_IsString(ps)) {
-        if (strcmp(ps->valuestring, "first") == 0 || strcmp(ps->valuestring, "always") == 0)
+        if (strcmp(ps->valuestring, "first") == 0)
+            *prefix = 1, *mode = 2;
+        else if (strcmp(ps->valuestring, "always") == 0)
             *prefix = 1;
         else if (strcmp(ps->valuestring, "never") == 0)
             *prefix = 0;
         else
             return false;
-    } else {
+    } else { /* older files: add_prefix_space, which prepends to every fragment */
         *prefix = json_true(pt, "add_prefix_space") ? 1 : 0;
     }
     return true;
@@ -858,14 +862,15 @@ static spk_status parse_tokenizer(hf_ctx *c, const cJSON *j, spk_hf_tok *out, ch
     if (byte_fallback) { /* SentencePiece-style */
         strcpy(p->model, "llama");
         strcpy(p->pre, "default");
-        int prefix = 1;
-        if (!spm_chain_ok(norm, pt, &prefix))
+        int prefix = 1, mode = 0;
+        if (!spm_chain_ok(norm, pt, &prefix, &mode))
             return spk_err(SPK_ERR_UNSUPPORTED, "%s/%s: byte_fallback BPE with a normalizer/pre_tokenizer other than "
                            "SentencePiece's (Prepend+Replace or Metaspace) is not supported", c->label, c->file);
         if (!spm_decoder_ok(dec))
             return spk_err(SPK_ERR_UNSUPPORTED, "%s/%s: byte_fallback BPE with a decoder other than "
                            "Replace/ByteFallback/Fuse/Strip or Metaspace is not supported", c->label, c->file);
         out->spec.add_space_prefix = prefix;
+        out->spec.spm_prefix_mode = mode;
         if (json_true(model, "ignore_merges"))
             return spk_err(SPK_ERR_UNSUPPORTED, "%s/%s: model.ignore_merges with byte_fallback is not supported",
                            c->label, c->file);

@@ -27,6 +27,8 @@
  * bos/eos/eot/eom (each only when >= 0) -> tokenizer.ggml.{bos,eos,eot,eom}_token_id,
  * add_bos/add_eos (only when >= 0) -> tokenizer.ggml.add_{bos,eos}_token (bool),
  * add_space_prefix (model "llama", when >= 0) -> tokenizer.ggml.add_space_prefix,
+ * spm_prefix_mode (model "llama", when != 0) -> tokenizer.ggml.spm_prefix_mode (INT32; ours, read
+ * by tok_gguf.c: where HF's Metaspace puts the space prefix; no llama.cpp file has the key),
  * chat_template -> tokenizer.chat_template, eog_ids -> tokenizer.ggml.eog_token_ids (array of
  * INT32; an extension of ours, read by tok_gguf.c: extra end-of-generation ids beyond
  * eos/eot/eom, e.g. generation_config.json's eos list; no llama.cpp file has the key).
