@@ -641,15 +641,18 @@ spk_status spk_hf_tok_parse(const char *label, const char *tokenizer_json, size_
     cJSON_Delete(tj);
     if (st)
         goto fail;
-    /* post-processor tokens first, then tokenizer_config overrides, then generation_config fills */
+    /* tokenizer_config's bos/eos, then the tokens the post-processor adds (what HF's
+     * encode(add_special_tokens=True) puts there, so they win for bos/eos; a different
+     * tokenizer_config eos still ends generation), then generation_config fills what is unset */
     int add_bos = out->spec.add_bos, add_eos = out->spec.add_eos;
     out->spec.add_bos = out->spec.add_eos = -1;
-    if (pp_bos[0] && (out->spec.bos = (int32_t)find_token(&c, pp_bos)) < 0) {
+    int32_t pp_bos_id = -1, pp_eos_id = -1;
+    if (pp_bos[0] && (pp_bos_id = (int32_t)find_token(&c, pp_bos)) < 0) {
         st = spk_err(SPK_ERR_FORMAT, "%s/tokenizer.json: post_processor names '%.64s', which is not a token", c.label,
                      pp_bos);
         goto fail;
     }
-    if (pp_eos[0] && (out->spec.eos = (int32_t)find_token(&c, pp_eos)) < 0) {
+    if (pp_eos[0] && (pp_eos_id = (int32_t)find_token(&c, pp_eos)) < 0) {
         st = spk_err(SPK_ERR_FORMAT, "%s/tokenizer.json: post_processor names '%.64s', which is not a token", c.label,
                      pp_eos);
         goto fail;
@@ -659,8 +662,15 @@ spk_status spk_hf_tok_parse(const char *label, const char *tokenizer_json, size_
         if ((st = parse_json(&c, config_json, cfg_len, &cfg)) || (st = read_config(&c, cfg, out)))
             goto fail;
     }
-    /* what the post-processor does is what HF's encode(add_special_tokens=True) does;
-     * tokenizer_config's add_*_token flags are the slow tokenizer's and agree when present */
+    if (pp_bos_id >= 0)
+        out->spec.bos = pp_bos_id;
+    if (pp_eos_id >= 0) {
+        if (out->spec.eos >= 0 && (st = add_eog(&c, out, out->spec.eos)))
+            goto fail;
+        out->spec.eos = pp_eos_id;
+    }
+    /* the post-processor decides what encode adds; tokenizer_config's add_*_token flags are the
+     * slow tokenizer's and count only where there is no TemplateProcessing */
     if (add_bos >= 0)
         out->spec.add_bos = add_bos;
     if (add_eos >= 0)

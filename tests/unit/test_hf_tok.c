@@ -455,6 +455,43 @@ START_TEST(tiny_tokenizer_end_to_end)
 }
 END_TEST
 
+/* A TemplateProcessing that adds a bos and an eos: those are what encode adds, and a different
+ * tokenizer_config eos still ends generation. */
+START_TEST(post_processor_tokens_win)
+{
+    static const char tj[] =
+        "{\"added_tokens\":[{\"id\":5,\"content\":\"<s>\",\"special\":true},{\"id\":6,\"content\":\"</s>\",\"special\":true},"
+        "{\"id\":7,\"content\":\"<|end|>\",\"special\":true}],\"normalizer\":null,"
+        "\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false},"
+        "\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"<s>\",\"type_id\":0}},"
+        "{\"Sequence\":{\"id\":\"A\",\"type_id\":0}},{\"SpecialToken\":{\"id\":\"</s>\",\"type_id\":0}}]},"
+        "\"decoder\":{\"type\":\"ByteLevel\"},"
+        "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"ab\":2,\"\\u0120\":3,\"\\u0120ab\":4},\"merges\":[\"a b\"]}}";
+    spk_hf_tok hf;
+    ck_assert_msg(parse3(tj, "{\"bos_token\":\"<|end|>\",\"eos_token\":\"<|end|>\",\"add_bos_token\":false}", NULL, &hf) ==
+                      SPK_OK, "%s", spk_last_error());
+    ck_assert_int_eq(hf.spec.bos, 5);
+    ck_assert_int_eq(hf.spec.eos, 6);
+    ck_assert_int_eq(hf.spec.add_bos, 1);
+    ck_assert_int_eq(hf.spec.add_eos, 1);
+    ck_assert_uint_eq(hf.n_eog, 2); /* the post-processor's eos and tokenizer_config's */
+    ck_assert_int_eq(hf.eog_ids[0], 6);
+    ck_assert_int_eq(hf.eog_ids[1], 7);
+    spk_tok *tok;
+    ck_assert_msg(spk_tok_new(&hf.spec, &tok) == SPK_OK, "%s", spk_last_error());
+    int32_t ids[8];
+    size_t n;
+    ck_assert_int_eq(spk_tok_encode(tok, "ab", 2, true, true, ids, 8, &n), SPK_OK);
+    ck_assert_uint_eq(n, 3);
+    ck_assert_int_eq(ids[0], 5);
+    ck_assert_int_eq(ids[1], 2);
+    ck_assert_int_eq(ids[2], 6);
+    ck_assert(spk_tok_is_eog(tok, 7) && spk_tok_is_eog(tok, 6));
+    spk_tok_free(tok);
+    spk_hf_tok_free(&hf);
+}
+END_TEST
+
 /* Expect status `want` and every needle in the message. */
 static void expect_err(const char *tj, const char *cfg, const char *gen, spk_status want, const char *n1,
                        const char *n2)
@@ -626,6 +663,7 @@ int main(void)
     tcase_set_timeout(tc, 300);
     tcase_add_loop_test(tc, family_matches_tokenizers, 0, 8);
     tcase_add_test(tc, tiny_tokenizer_end_to_end);
+    tcase_add_test(tc, post_processor_tokens_win);
     tcase_add_test(tc, malformed_files_give_clear_errors);
     tcase_add_test(tc, directory_with_jinja_template);
     suite_add_tcase(s, tc);
