@@ -13,44 +13,13 @@
 #include <sys/stat.h>
 
 #include "common/error.h"
-#include "model/hf_tok.h"
+#include "model/hf_tok_internal.h"
 
 /* Limits: far above any published tokenizer, low enough that a malformed file cannot make us
  * allocate without bound. */
 #define HF_MAX_FILE ((size_t)1 << 30)      /* bytes of one JSON file */
 #define HF_MAX_TOKENS ((size_t)1 << 24)    /* vocabulary entries */
 #define HF_MAX_TOKEN_LEN ((size_t)1 << 16) /* bytes of one token's text */
-
-/* The pre-tokenizer regexes as tokenizer.json spells them (after JSON unescaping). */
-static const char k_re_gpt2[] =
-    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
-static const char k_re_llama3[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
-    "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-static const char k_re_qwen2[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
-    "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-static const char k_re_gpt4o[] =
-    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
-    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
-    "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-static const char k_re_tekken[] =
-    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+|"
-    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*|"
-    "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-
-static const struct {
-    const char *re, *pre;
-    bool ignore_merges; /* what our tokenizer does for that pre-tokenizer (tok_vocab.c) */
-} k_split_res[] = {
-    {k_re_llama3, "llama-bpe", true},
-    {k_re_gpt2, "gpt-2", false},
-    {k_re_qwen2, "qwen2", false},
-    {k_re_gpt4o, "gpt-4o", false},
-    {k_re_tekken, "tekken", true},
-};
-
-#define SPM_SPACE "\xe2\x96\x81" /* U+2581, SentencePiece's space */
 
 /* Owned storage behind spk_hf_tok.priv. */
 typedef struct hf_priv {
@@ -67,13 +36,6 @@ typedef struct hf_priv {
     size_t *sorted;            /* token ids ordered by text (lookups by text) */
     char model[8], pre[16];
 } hf_priv;
-
-typedef struct hf_ctx {
-    const char *label;  /* directory (or "memory") for messages */
-    const char *file;   /* file being read */
-    hf_priv *p;
-    size_t n;           /* tokens */
-} hf_ctx;
 
 static spk_status arena_add(hf_ctx *c, const char *s, size_t n, size_t *off)
 {
@@ -122,30 +84,6 @@ static spk_status json_opt_bool(const hf_ctx *c, const cJSON *obj, const char *k
         return spk_err(SPK_ERR_FORMAT, "%s/%s: %s is not true/false", c->label, c->file, key);
     *out = cJSON_IsTrue(v) ? 1 : 0;
     return SPK_OK;
-}
-
-static const char *json_type_str(const cJSON *obj)
-{
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(obj, "type");
-    return cJSON_IsString(t) ? t->valuestring : NULL;
-}
-
-static bool json_str_eq(const cJSON *obj, const char *key, const char *want)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    return cJSON_IsString(v) && strcmp(v->valuestring, want) == 0;
-}
-
-static bool json_true(const cJSON *obj, const char *key)
-{
-    return cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(obj, key));
-}
-
-/* A key that must be absent, null, false, "" (optional features we do not implement). */
-static bool json_unset(const cJSON *obj, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    return !v || cJSON_IsNull(v) || cJSON_IsFalse(v) || (cJSON_IsString(v) && !v->valuestring[0]);
 }
 
 static spk_status parse_json(const hf_ctx *c, const char *text, size_t len, cJSON **out)
@@ -453,229 +391,6 @@ static spk_status read_merges(hf_ctx *c, const cJSON *model)
     return st;
 }
 
-/* ---- the pre-tokenizer / normalizer / decoder chain ----------------------------------------- */
-
-static bool is_bytelevel(const cJSON *o, bool use_regex)
-{
-    const char *t = json_type_str(o);
-    if (!t || strcmp(t, "ByteLevel") != 0 || json_true(o, "add_prefix_space"))
-        return false;
-    const cJSON *ur = cJSON_GetObjectItemCaseSensitive(o, "use_regex");
-    bool ur_v = !ur || cJSON_IsTrue(ur); /* default true */
-    return ur_v == use_regex;
-}
-
-/* The byte-level pre-tokenizer name for tokenizer.json's pre_tokenizer, or NULL (message set). */
-static const char *byte_level_pre(const hf_ctx *c, const cJSON *pt, bool *ignore_merges)
-{
-    *ignore_merges = false;
-    if (cJSON_IsObject(pt) && is_bytelevel(pt, true))
-        return "gpt-2";
-    const char *t = cJSON_IsObject(pt) ? json_type_str(pt) : NULL;
-    const cJSON *seq = t && strcmp(t, "Sequence") == 0 ? cJSON_GetObjectItemCaseSensitive(pt, "pretokenizers") : NULL;
-    if (cJSON_IsArray(seq) && cJSON_GetArraySize(seq) == 2) {
-        const cJSON *a = seq->child, *b = seq->child->next;
-        const char *ta = cJSON_IsObject(a) ? json_type_str(a) : NULL;
-        if (ta && strcmp(ta, "Digits") == 0 && json_true(a, "individual_digits") && cJSON_IsObject(b) &&
-            is_bytelevel(b, true))
-            return "smollm";
-        if (ta && strcmp(ta, "Split") == 0 && cJSON_IsObject(b) && is_bytelevel(b, false)) {
-            const cJSON *pat = cJSON_GetObjectItemCaseSensitive(a, "pattern");
-            const cJSON *re = cJSON_IsObject(pat) ? cJSON_GetObjectItemCaseSensitive(pat, "Regex") : NULL;
-            if (!cJSON_IsString(re)) {
-                spk_err(SPK_ERR_UNSUPPORTED, "%s/%s: pre_tokenizer Split has no Regex pattern (a String pattern "
-                        "is not supported)", c->label, c->file);
-                return NULL;
-            }
-            if (!json_str_eq(a, "behavior", "Isolated") || json_true(a, "invert")) {
-                spk_err(SPK_ERR_UNSUPPORTED, "%s/%s: pre_tokenizer Split must be behavior Isolated, invert false",
-                        c->label, c->file);
-                return NULL;
-            }
-            for (size_t i = 0; i < sizeof k_split_res / sizeof k_split_res[0]; i++)
-                if (strcmp(re->valuestring, k_split_res[i].re) == 0) {
-                    *ignore_merges = k_split_res[i].ignore_merges;
-                    return k_split_res[i].pre;
-                }
-            spk_err(SPK_ERR_UNSUPPORTED, "%s/%s: pre_tokenizer Split regex '%.200s' is not one we know (known: the "
-                    "Llama 3, Qwen2, GPT-4o and Tekken regexes)", c->label, c->file, re->valuestring);
-            return NULL;
-        }
-    }
-    char *txt = cJSON_PrintUnformatted(pt);
-    spk_err(SPK_ERR_UNSUPPORTED, "%s/%s: pre_tokenizer %.200s is not supported (known: ByteLevel; "
-            "Sequence[Digits, ByteLevel]; Sequence[Split(Regex), ByteLevel(use_regex=false)])",
-            c->label, c->file, txt ? txt : "?");
-    free(txt);
-    return NULL;
-}
-
-/* Normalizer of a byte-level tokenizer: null, NFC, or a Sequence of NFC. */
-static bool normalizer_ok_bpe(const cJSON *n)
-{
-    if (!n || cJSON_IsNull(n))
-        return true;
-    const char *t = json_type_str(n);
-    if (t && strcmp(t, "NFC") == 0)
-        return true;
-    if (t && strcmp(t, "Sequence") == 0) {
-        const cJSON *seq = cJSON_GetObjectItemCaseSensitive(n, "normalizers");
-        if (!cJSON_IsArray(seq))
-            return false;
-        for (const cJSON *e = seq->child; e; e = e->next)
-            if (!normalizer_ok_bpe(e))
-                return false;
-        return true;
-    }
-    return false;
-}
-
-static bool is_replace(const cJSON *o, const char *from, const char *to)
-{
-    const char *t = json_type_str(o);
-    const cJSON *pat = cJSON_GetObjectItemCaseSensitive(o, "pattern");
-    return t && strcmp(t, "Replace") == 0 && cJSON_IsObject(pat) && json_str_eq(pat, "String", from) &&
-           json_str_eq(o, "content", to);
-}
-
-/* SentencePiece-style: normalizer Sequence[Prepend("▁"), Replace(" ", "▁")] (or without the
- * Prepend), pre_tokenizer null; or normalizer null and pre_tokenizer Metaspace("▁", prepend
- * first/always/never, split false). Sets *prefix (add_space_prefix). */
-static bool spm_chain_ok(const cJSON *norm, const cJSON *pt, int *prefix)
-{
-    if (norm && !cJSON_IsNull(norm)) {
-        if (pt && !cJSON_IsNull(pt))
-            return false;
-        const char *t = json_type_str(norm);
-        if (t && strcmp(t, "Replace") == 0) {
-            *prefix = 0;
-            return is_replace(norm, " ", SPM_SPACE);
-        }
-        const cJSON *seq = t && strcmp(t, "Sequence") == 0 ? cJSON_GetObjectItemCaseSensitive(norm, "normalizers") : NULL;
-        if (!cJSON_IsArray(seq))
-            return false;
-        int n = cJSON_GetArraySize(seq);
-        const cJSON *a = seq->child;
-        if (n == 2 && json_str_eq(a, "type", "Prepend") && json_str_eq(a, "prepend", SPM_SPACE) &&
-            is_replace(a->next, " ", SPM_SPACE)) {
-            *prefix = 1;
-            return true;
-        }
-        if (n == 1 && is_replace(a, " ", SPM_SPACE)) {
-            *prefix = 0;
-            return true;
-        }
-        return false;
-    }
-    if (!cJSON_IsObject(pt) || !json_str_eq(pt, "type", "Metaspace") || !json_str_eq(pt, "replacement", SPM_SPACE))
-        return false;
-    const cJSON *split = cJSON_GetObjectItemCaseSensitive(pt, "split");
-    if (split && !cJSON_IsFalse(split))
-        return false;
-    const cJSON *ps = cJSON_GetObjectItemCaseSensitive(pt, "prepend_scheme");
-    if (cJSON_IsString(ps)) {
-        if (strcmp(ps->valuestring, "first") == 0 || strcmp(ps->valuestring, "always") == 0)
-            *prefix = 1;
-        else if (strcmp(ps->valuestring, "never") == 0)
-            *prefix = 0;
-        else
-            return false;
-    } else {
-        *prefix = json_true(pt, "add_prefix_space") ? 1 : 0;
-    }
-    return true;
-}
-
-/* Decoder of a SentencePiece-style tokenizer: Sequence of Replace("▁", " "), ByteFallback, Fuse,
- * Strip(" ", 1, 0); or Metaspace. */
-static bool spm_decoder_ok(const cJSON *d)
-{
-    if (!cJSON_IsObject(d))
-        return false;
-    if (json_str_eq(d, "type", "Metaspace"))
-        return json_str_eq(d, "replacement", SPM_SPACE);
-    const cJSON *seq = json_str_eq(d, "type", "Sequence") ? cJSON_GetObjectItemCaseSensitive(d, "decoders") : NULL;
-    if (!cJSON_IsArray(seq))
-        return false;
-    for (const cJSON *e = seq->child; e; e = e->next) {
-        const char *t = json_type_str(e);
-        if (!t)
-            return false;
-        if (strcmp(t, "ByteFallback") == 0 || strcmp(t, "Fuse") == 0)
-            continue;
-        if (strcmp(t, "Replace") == 0 && is_replace(e, SPM_SPACE, " "))
-            continue;
-        if (strcmp(t, "Strip") == 0 && json_str_eq(e, "content", " "))
-            continue;
-        return false;
-    }
-    return true;
-}
-
-/* add_bos/add_eos implied by a TemplateProcessing post-processor ("single" = [bos] $A [eos]). */
-static spk_status post_processor(const hf_ctx *c, const cJSON *pp, int *add_bos, int *add_eos, char *bos,
-                                 char *eos, size_t cap)
-{
-    if (!pp || cJSON_IsNull(pp))
-        return SPK_OK;
-    const char *t = json_type_str(pp);
-    if (t && strcmp(t, "ByteLevel") == 0) /* offsets only */
-        return SPK_OK;
-    if (t && strcmp(t, "Sequence") == 0) {
-        const cJSON *seq = cJSON_GetObjectItemCaseSensitive(pp, "processors");
-        if (!cJSON_IsArray(seq))
-            return spk_err(SPK_ERR_FORMAT, "%s/%s: post_processor Sequence has no processors array", c->label, c->file);
-        for (const cJSON *e = seq->child; e; e = e->next) {
-            spk_status st = post_processor(c, e, add_bos, add_eos, bos, eos, cap);
-            if (st)
-                return st;
-        }
-        return SPK_OK;
-    }
-    if (!t || strcmp(t, "TemplateProcessing") != 0)
-        return spk_err(SPK_ERR_UNSUPPORTED, "%s/%s: post_processor type '%.64s' is not supported (known: "
-                       "TemplateProcessing, ByteLevel, Sequence)", c->label, c->file, t ? t : "(none)");
-    const cJSON *single = cJSON_GetObjectItemCaseSensitive(pp, "single");
-    if (!cJSON_IsArray(single))
-        return spk_err(SPK_ERR_FORMAT, "%s/%s: post_processor.single is not an array", c->label, c->file);
-    int n = cJSON_GetArraySize(single), seq_at = -1, i = 0;
-    const char *first = NULL, *last = NULL;
-    for (const cJSON *e = single->child; e; e = e->next, i++) {
-        const cJSON *sp = cJSON_GetObjectItemCaseSensitive(e, "SpecialToken");
-        const cJSON *sq = cJSON_GetObjectItemCaseSensitive(e, "Sequence");
-        if (cJSON_IsObject(sq)) {
-            if (seq_at >= 0)
-                return spk_err(SPK_ERR_UNSUPPORTED, "%s/%s: post_processor.single holds two sequences", c->label,
-                               c->file);
-            seq_at = i;
-            continue;
-        }
-        const cJSON *id = cJSON_IsObject(sp) ? cJSON_GetObjectItemCaseSensitive(sp, "id") : NULL;
-        if (!cJSON_IsString(id))
-            return spk_err(SPK_ERR_FORMAT, "%s/%s: post_processor.single entry %d is neither a Sequence nor a "
-                           "SpecialToken with an id", c->label, c->file, i);
-        if (seq_at < 0 && !first)
-            first = id->valuestring;
-        if (seq_at >= 0)
-            last = id->valuestring;
-        if (seq_at < 0 && i > 0)
-            return spk_err(SPK_ERR_UNSUPPORTED, "%s/%s: post_processor.single puts %d tokens before the text",
-                           c->label, c->file, i + 1);
-        if (seq_at >= 0 && i != n - 1)
-            return spk_err(SPK_ERR_UNSUPPORTED, "%s/%s: post_processor.single puts several tokens after the text",
-                           c->label, c->file);
-    }
-    if (seq_at < 0)
-        return spk_err(SPK_ERR_FORMAT, "%s/%s: post_processor.single has no $A sequence", c->label, c->file);
-    *add_bos = first != NULL;
-    *add_eos = last != NULL;
-    if (first)
-        snprintf(bos, cap, "%s", first);
-    if (last)
-        snprintf(eos, cap, "%s", last);
-    return SPK_OK;
-}
-
 /* ---- SentencePiece scores ------------------------------------------------------------------- */
 
 /* HF's BPE form of a SentencePiece model has merges instead of scores; the merges were made from
@@ -858,26 +573,27 @@ static spk_status parse_tokenizer(hf_ctx *c, const cJSON *j, spk_hf_tok *out, ch
     if (byte_fallback) { /* SentencePiece-style */
         strcpy(p->model, "llama");
         strcpy(p->pre, "default");
-        int prefix = 1;
-        if (!spm_chain_ok(norm, pt, &prefix))
+        int prefix = 1, mode = 0;
+        if (!spk_hf_spm_chain_ok(norm, pt, &prefix, &mode))
             return spk_err(SPK_ERR_UNSUPPORTED, "%s/%s: byte_fallback BPE with a normalizer/pre_tokenizer other than "
                            "SentencePiece's (Prepend+Replace or Metaspace) is not supported", c->label, c->file);
-        if (!spm_decoder_ok(dec))
+        if (!spk_hf_spm_decoder_ok(dec))
             return spk_err(SPK_ERR_UNSUPPORTED, "%s/%s: byte_fallback BPE with a decoder other than "
                            "Replace/ByteFallback/Fuse/Strip or Metaspace is not supported", c->label, c->file);
         out->spec.add_space_prefix = prefix;
+        out->spec.spm_prefix_mode = mode;
         if (json_true(model, "ignore_merges"))
             return spk_err(SPK_ERR_UNSUPPORTED, "%s/%s: model.ignore_merges with byte_fallback is not supported",
                            c->label, c->file);
     } else {
         strcpy(p->model, "gpt2");
-        if (!normalizer_ok_bpe(norm)) {
+        if (!spk_hf_bpe_normalizer_ok(norm)) {
             const char *t = cJSON_IsObject(norm) ? json_type_str(norm) : NULL;
             return spk_err(SPK_ERR_UNSUPPORTED, "%s/%s: normalizer '%.64s' is not supported (byte-level BPE: none or "
                            "NFC)", c->label, c->file, t ? t : "?");
         }
         bool ignore = false;
-        const char *pre = byte_level_pre(c, pt, &ignore);
+        const char *pre = spk_hf_byte_level_pre(c, pt, &ignore);
         if (!pre)
             return SPK_ERR_UNSUPPORTED;
         snprintf(p->pre, sizeof p->pre, "%s", pre);
@@ -893,7 +609,7 @@ static spk_status parse_tokenizer(hf_ctx *c, const cJSON *j, spk_hf_tok *out, ch
     if ((st = read_merges(c, model)))
         return st;
     int add_bos = -1, add_eos = -1;
-    if ((st = post_processor(c, cJSON_GetObjectItemCaseSensitive(j, "post_processor"), &add_bos, &add_eos, pp_bos,
+    if ((st = spk_hf_post_processor(c, cJSON_GetObjectItemCaseSensitive(j, "post_processor"), &add_bos, &add_eos, pp_bos,
                              pp_eos, cap)))
         return st;
     out->spec.add_bos = add_bos;
@@ -925,15 +641,18 @@ spk_status spk_hf_tok_parse(const char *label, const char *tokenizer_json, size_
     cJSON_Delete(tj);
     if (st)
         goto fail;
-    /* post-processor tokens first, then tokenizer_config overrides, then generation_config fills */
+    /* tokenizer_config's bos/eos, then the tokens the post-processor adds (what HF's
+     * encode(add_special_tokens=True) puts there, so they win for bos/eos; a different
+     * tokenizer_config eos still ends generation), then generation_config fills what is unset */
     int add_bos = out->spec.add_bos, add_eos = out->spec.add_eos;
     out->spec.add_bos = out->spec.add_eos = -1;
-    if (pp_bos[0] && (out->spec.bos = (int32_t)find_token(&c, pp_bos)) < 0) {
+    int32_t pp_bos_id = -1, pp_eos_id = -1;
+    if (pp_bos[0] && (pp_bos_id = (int32_t)find_token(&c, pp_bos)) < 0) {
         st = spk_err(SPK_ERR_FORMAT, "%s/tokenizer.json: post_processor names '%.64s', which is not a token", c.label,
                      pp_bos);
         goto fail;
     }
-    if (pp_eos[0] && (out->spec.eos = (int32_t)find_token(&c, pp_eos)) < 0) {
+    if (pp_eos[0] && (pp_eos_id = (int32_t)find_token(&c, pp_eos)) < 0) {
         st = spk_err(SPK_ERR_FORMAT, "%s/tokenizer.json: post_processor names '%.64s', which is not a token", c.label,
                      pp_eos);
         goto fail;
@@ -943,8 +662,15 @@ spk_status spk_hf_tok_parse(const char *label, const char *tokenizer_json, size_
         if ((st = parse_json(&c, config_json, cfg_len, &cfg)) || (st = read_config(&c, cfg, out)))
             goto fail;
     }
-    /* what the post-processor does is what HF's encode(add_special_tokens=True) does;
-     * tokenizer_config's add_*_token flags are the slow tokenizer's and agree when present */
+    if (pp_bos_id >= 0)
+        out->spec.bos = pp_bos_id;
+    if (pp_eos_id >= 0) {
+        if (out->spec.eos >= 0 && (st = add_eog(&c, out, out->spec.eos)))
+            goto fail;
+        out->spec.eos = pp_eos_id;
+    }
+    /* the post-processor decides what encode adds; tokenizer_config's add_*_token flags are the
+     * slow tokenizer's and count only where there is no TemplateProcessing */
     if (add_bos >= 0)
         out->spec.add_bos = add_bos;
     if (add_eos >= 0)

@@ -19,6 +19,11 @@
  *    add_bos_token / add_eos_token, chat_template (string, or the list-of-{name,template} form:
  *    the "default" one).
  *  - generation_config.json (optional): bos_token_id, eos_token_id (int or list).
+ *  - chat_template.jinja (optional): the template when tokenizer_config.json has none.
+ * bos/eos: a TemplateProcessing post-processor's tokens (what HF's encode adds) win, then
+ * tokenizer_config.json's, then generation_config.json's; add_bos/add_eos come from the
+ * post-processor, else tokenizer_config.json, else 0. The input is not NFC-normalized (as in
+ * llama.cpp): an NFC normalizer is accepted and text is taken as already NFC.
  *
  * For the in-memory GGUF (the safetensors loader): write spec.model -> tokenizer.ggml.model,
  * spec.pre -> tokenizer.ggml.pre, spec.tokens -> tokenizer.ggml.tokens, spec.token_types ->
@@ -27,6 +32,8 @@
  * bos/eos/eot/eom (each only when >= 0) -> tokenizer.ggml.{bos,eos,eot,eom}_token_id,
  * add_bos/add_eos (only when >= 0) -> tokenizer.ggml.add_{bos,eos}_token (bool),
  * add_space_prefix (model "llama", when >= 0) -> tokenizer.ggml.add_space_prefix,
+ * spm_prefix_mode (model "llama", when != 0) -> tokenizer.ggml.spm_prefix_mode (INT32; ours, read
+ * by tok_gguf.c: where HF's Metaspace puts the space prefix; no llama.cpp file has the key),
  * chat_template -> tokenizer.chat_template, eog_ids -> tokenizer.ggml.eog_token_ids (array of
  * INT32; an extension of ours, read by tok_gguf.c: extra end-of-generation ids beyond
  * eos/eot/eom, e.g. generation_config.json's eos list; no llama.cpp file has the key).
@@ -48,7 +55,7 @@ typedef struct spk_hf_tok {
     spk_tok_spec spec;      /* as GGUF tokenizer.ggml.* would hold it; n_vocab 0 (unchecked) */
     char *chat_template;    /* NUL-terminated; NULL if none */
     int32_t *eog_ids;       /* every end-of-generation id (eos, generation_config eos list,
-                             * tokenizer_config eos), deduplicated, ascending */
+                             * tokenizer_config eos), deduplicated, ascending; == spec.eog_ids */
     size_t n_eog;
     void *priv;             /* owned storage (token texts, arrays) */
 } spk_hf_tok;

@@ -177,6 +177,16 @@ spk_status spk_tok_load_pre(const spk_gguf_file *f, int64_t n_vocab, const char 
     }
     if (spm && (st = opt_bool(f, "tokenizer.ggml.add_space_prefix", &spec.add_space_prefix)))
         goto done;
+    if (spm && spk_gguf_find(f, "tokenizer.ggml.spm_prefix_mode")) { /* ours: HF Metaspace placement */
+        int64_t m;
+        if ((st = spk_gguf_get_i64(f, "tokenizer.ggml.spm_prefix_mode", &m)))
+            goto done;
+        if (m < 0 || m > 2) {
+            st = spk_err(SPK_ERR_FORMAT, "%s: tokenizer.ggml.spm_prefix_mode is %lld (valid: 0..2)", f->path, (long long)m);
+            goto done;
+        }
+        spec.spm_prefix_mode = (int)m;
+    }
     if ((st = opt_id(f, "tokenizer.ggml.bos_token_id", &spec.bos)) ||
         (st = opt_id(f, "tokenizer.ggml.eos_token_id", &spec.eos)) ||
         (st = opt_id(f, "tokenizer.ggml.eot_token_id", &spec.eot)) ||

@@ -447,6 +447,11 @@ spk_status spk_tok_new(const spk_tok_spec *spec, spk_tok **out)
     tok->pre = pre;
     tok->spm = spm;
     tok->add_space_prefix = spm && spec->add_space_prefix != 0;
+    if (spec->spm_prefix_mode < 0 || spec->spm_prefix_mode > 2) {
+        st = spk_err(SPK_ERR_FORMAT, "tokenizer: space prefix mode %d (valid: 0..2)", spec->spm_prefix_mode);
+        goto fail;
+    }
+    tok->spm_prefix_mode = (uint8_t)spec->spm_prefix_mode;
     tok->ignore_merges = pre == SPK_PRE_LLAMA3 || pre == SPK_PRE_TEKKEN;
     tok->n_tokens = n;
     tok->bos = spec->bos;

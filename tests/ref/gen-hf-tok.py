@@ -57,6 +57,9 @@ FAMILIES = [
          eos='<|end_of_text|>', gen_eos=['<|end_of_text|>']),
     dict(name='llama-spm', vocab='llama-spm', pre=None, spm=True, bos_post=True, merges='strings',
          template=None, chat=None, eos='</s>', gen_eos=['</s>']),
+    # the newer (legacy=false) form: Metaspace pre-tokenizer instead of the Prepend/Replace normalizer
+    dict(name='llama-spm-metaspace', vocab='llama-spm', pre=None, spm=True, metaspace=True, bos_post=True,
+         merges='pairs', template=None, chat=None, eos='</s>', gen_eos=['</s>']),
 ]
 
 EXTRA = [
@@ -186,6 +189,9 @@ def make_family(models, fam, out):
             {'type': 'Prepend', 'prepend': '\u2581'},
             {'type': 'Replace', 'pattern': {'String': ' '}, 'content': '\u2581'}]}
         pre_tokenizer = None
+        if fam.get('metaspace'):
+            normalizer = None
+            pre_tokenizer = {'type': 'Metaspace', 'replacement': '\u2581', 'prepend_scheme': 'first', 'split': False}
         decoder = {'type': 'Sequence', 'decoders': [
             {'type': 'Replace', 'pattern': {'String': '\u2581'}, 'content': ' '},
             {'type': 'ByteFallback'}, {'type': 'Fuse'},
@@ -253,7 +259,10 @@ def make_family(models, fam, out):
     eog = sorted(set(gen_eos) | {ids[fam['eos']]})
     meta = {'gguf': 'ggml-vocab-%s.gguf' % fam['vocab'], 'pre': fam['pre'], 'template': fam.get('template'),
             'chat': fam.get('chat'), 'bos': bos_id if fam.get('bos_post') else (bos_id if bos_id is not None else -1),
-            'eos': ids[fam['eos']], 'eog': eog, 'add_bos': bool(fam.get('bos_post'))}
+            'eos': ids[fam['eos']], 'eog': eog, 'add_bos': bool(fam.get('bos_post')),
+            # HF's Metaspace places the space prefix unlike SentencePiece / llama.cpp (not before text
+            # that starts with a space; "first": not after special tokens), so ids differ there
+            'gguf_same_ids': not fam.get('metaspace')}
     with open(os.path.join(d, 'family.json'), 'w', encoding='utf-8') as f:
         json.dump(meta, f, indent=2)
     return d

@@ -97,6 +97,110 @@ static spk_chat_kind kind_of(const char *name)
     return SPK_CHAT_UNKNOWN;
 }
 
+
+/* ---- the spec as GGUF tokenizer.ggml.* keys (what the safetensors loader's in-memory GGUF holds,
+ * per hf_tok.h), written by a tiny writer and read back by our GGUF path ----------------------- */
+
+typedef struct wbuf {
+    uint8_t *p;
+    size_t n, cap;
+} wbuf;
+
+static void w_raw(wbuf *w, const void *d, size_t n)
+{
+    if (w->n + n > w->cap) {
+        size_t cap = w->cap ? w->cap : 256;
+        while (cap < w->n + n)
+            cap *= 2;
+        w->p = realloc(w->p, cap);
+        ck_assert_ptr_nonnull(w->p);
+        w->cap = cap;
+    }
+    if (n)
+        memcpy(w->p + w->n, d, n);
+    w->n += n;
+}
+
+static void w_le(wbuf *w, uint64_t v, unsigned n)
+{
+    uint8_t b[8];
+    for (unsigned i = 0; i < n; i++)
+        b[i] = (uint8_t)(v >> (8 * i));
+    w_raw(w, b, n);
+}
+
+static void w_strn(wbuf *w, const char *s, size_t n)
+{
+    w_le(w, n, 8);
+    w_raw(w, s, n);
+}
+
+static void w_key(wbuf *w, const char *k, uint32_t type)
+{
+    w_strn(w, k, strlen(k));
+    w_le(w, type, 4);
+}
+
+enum { T_I32 = 5, T_BOOL = 7, T_STR = 8, T_ARR = 9, T_F32 = 6 };
+
+/* GGUF bytes holding `spec` (+ `eog`, n_eog) as tokenizer.ggml.* keys; *n_kv_out for the header. */
+static wbuf spec_to_gguf(const spk_tok_spec *spec, const int32_t *eog, size_t n_eog)
+{
+    wbuf w = {0};
+    uint64_t nkv = 0;
+    w_raw(&w, "GGUF", 4);
+    w_le(&w, 3, 4);
+    w_le(&w, 0, 8);
+    size_t kv_at = w.n;
+    w_le(&w, 0, 8);
+    w_key(&w, "general.architecture", T_STR), w_strn(&w, "llama", 5), nkv++;
+    w_key(&w, "tokenizer.ggml.model", T_STR), w_strn(&w, spec->model, strlen(spec->model)), nkv++;
+    w_key(&w, "tokenizer.ggml.pre", T_STR), w_strn(&w, spec->pre, strlen(spec->pre)), nkv++;
+    w_key(&w, "tokenizer.ggml.tokens", T_ARR), w_le(&w, T_STR, 4), w_le(&w, spec->n_tokens, 8), nkv++;
+    for (size_t i = 0; i < spec->n_tokens; i++)
+        w_strn(&w, spec->tokens[i].ptr, spec->tokens[i].len);
+    w_key(&w, "tokenizer.ggml.token_type", T_ARR), w_le(&w, T_I32, 4), w_le(&w, spec->n_tokens, 8), nkv++;
+    for (size_t i = 0; i < spec->n_tokens; i++)
+        w_le(&w, (uint32_t)spec->token_types[i], 4);
+    if (spec->n_merges) {
+        w_key(&w, "tokenizer.ggml.merges", T_ARR), w_le(&w, T_STR, 4), w_le(&w, spec->n_merges, 8), nkv++;
+        for (size_t i = 0; i < spec->n_merges; i++)
+            w_strn(&w, spec->merges[i].ptr, spec->merges[i].len);
+    }
+    if (spec->scores) {
+        w_key(&w, "tokenizer.ggml.scores", T_ARR), w_le(&w, T_F32, 4), w_le(&w, spec->n_tokens, 8), nkv++;
+        for (size_t i = 0; i < spec->n_tokens; i++) {
+            uint32_t b;
+            memcpy(&b, &spec->scores[i], 4);
+            w_le(&w, b, 4);
+        }
+    }
+    const struct {
+        const char *key;
+        int32_t v;
+    } ids[] = {{"tokenizer.ggml.bos_token_id", spec->bos}, {"tokenizer.ggml.eos_token_id", spec->eos},
+               {"tokenizer.ggml.eot_token_id", spec->eot}, {"tokenizer.ggml.eom_token_id", spec->eom}};
+    for (size_t i = 0; i < 4; i++)
+        if (ids[i].v >= 0)
+            w_key(&w, ids[i].key, T_I32), w_le(&w, (uint32_t)ids[i].v, 4), nkv++;
+    if (spec->add_bos >= 0)
+        w_key(&w, "tokenizer.ggml.add_bos_token", T_BOOL), w_le(&w, (unsigned)spec->add_bos, 1), nkv++;
+    if (spec->add_eos >= 0)
+        w_key(&w, "tokenizer.ggml.add_eos_token", T_BOOL), w_le(&w, (unsigned)spec->add_eos, 1), nkv++;
+    if (spec->add_space_prefix >= 0 && !strcmp(spec->model, "llama"))
+        w_key(&w, "tokenizer.ggml.add_space_prefix", T_BOOL), w_le(&w, (unsigned)spec->add_space_prefix, 1), nkv++;
+    if (spec->spm_prefix_mode)
+        w_key(&w, "tokenizer.ggml.spm_prefix_mode", T_I32), w_le(&w, (uint32_t)spec->spm_prefix_mode, 4), nkv++;
+    if (eog) {
+        w_key(&w, "tokenizer.ggml.eog_token_ids", T_ARR), w_le(&w, T_I32, 4), w_le(&w, n_eog, 8), nkv++;
+        for (size_t i = 0; i < n_eog; i++)
+            w_le(&w, (uint32_t)eog[i], 4);
+    }
+    for (unsigned i = 0; i < 8; i++)
+        w.p[kv_at + i] = (uint8_t)(nkv >> (8 * i));
+    return w;
+}
+
 #define MAXIDS 4096
 
 START_TEST(family_matches_tokenizers)
@@ -140,6 +244,12 @@ START_TEST(family_matches_tokenizers)
     if (cJSON_IsString(pre))
         ck_assert_str_eq(hf.spec.pre, pre->valuestring);
     ck_assert_int_eq(spk_tok_n_vocab(tok), spk_tok_n_vocab(gtok));
+    /* the spec through tokenizer.ggml.* keys, as the safetensors loader carries it */
+    wbuf gw = spec_to_gguf(&hf.spec, hf.eog_ids, hf.n_eog);
+    spk_gguf_file *rf = NULL;
+    spk_tok *rtok = NULL;
+    ck_assert_msg(spk_gguf_open_memory(gw.p, gw.n, &rf) == SPK_OK, "%s", spk_last_error());
+    ck_assert_msg(spk_tok_load(rf, 0, &rtok) == SPK_OK, "%s: spec as GGUF: %s", name, spk_last_error());
 
     static int32_t ids[MAXIDS], gids[MAXIDS];
     static char buf[16384];
@@ -147,7 +257,7 @@ START_TEST(family_matches_tokenizers)
     cJSON *want = cJSON_GetObjectItem(fam, "ids");
     cJSON *want_bos = cJSON_GetObjectItem(fam, "ids_add_special");
     cJSON *hf_rt = cJSON_GetObjectItem(fam, "hf_round_trip");
-    int n_txt = cJSON_GetArraySize(texts), ok = 0, ok_gguf = 0, ok_rt = 0, n_rt = 0, ok_bos = 0;
+    int n_txt = cJSON_GetArraySize(texts), ok = 0, ok_gguf = 0, ok_spec_gguf = 0, ok_rt = 0, n_rt = 0, ok_bos = 0;
     const bool spm = !strcmp(hf.spec.model, "llama");
     for (int t = 0; t < n_txt; t++) {
         const char *text = cJSON_GetArrayItem(texts, t)->valuestring;
@@ -167,8 +277,13 @@ START_TEST(family_matches_tokenizers)
         }
         if (gn == n && memcmp(gids, ids, n * sizeof *ids) == 0)
             ok_gguf++;
-        else
+        else if (!cJSON_IsFalse(cJSON_GetObjectItem(meta, "gguf_same_ids")))
             printf("MISMATCH %s vs our GGUF path: '%.60s'\n", name, text);
+        ck_assert_int_eq(spk_tok_encode(rtok, text, len, true, true, gids, MAXIDS, &gn), SPK_OK);
+        ck_assert_int_eq(spk_tok_encode(tok, text, len, true, true, ids, MAXIDS, &n), SPK_OK);
+        if (gn == n && memcmp(gids, ids, n * sizeof *ids) == 0)
+            ok_spec_gguf++;
+        ck_assert_int_eq(spk_tok_encode(tok, text, len, false, true, ids, MAXIDS, &n), SPK_OK);
         if (cJSON_IsTrue(cJSON_GetArrayItem(hf_rt, t))) {
             n_rt++;
             ck_assert_int_eq(spk_tok_decode(tok, ids, n, false, buf, sizeof buf, &got), SPK_OK);
@@ -196,8 +311,22 @@ START_TEST(family_matches_tokenizers)
            "%d/%d decode back\n", name, ok, n_txt, ok_bos, cJSON_GetArraySize(want_bos), ok_gguf, n_txt, ok_rt, n_rt);
     ck_assert_int_eq(ok, n_txt);
     ck_assert_int_eq(ok_bos, cJSON_GetArraySize(want_bos));
-    ck_assert_int_eq(ok_gguf, n_txt);
+    if (cJSON_IsFalse(cJSON_GetObjectItem(meta, "gguf_same_ids")))
+        printf("%s: the llama.cpp GGUF places SentencePiece's space prefix differently (expected; HF Metaspace)\n", name);
+    else
+        ck_assert_int_eq(ok_gguf, n_txt);
     ck_assert_int_eq(ok_rt, n_rt);
+    ck_assert_int_eq(ok_spec_gguf, n_txt);
+    for (int32_t id = 0; id < spk_tok_n_vocab(tok); id++)
+        ck_assert_int_eq(spk_tok_is_eog(rtok, id), spk_tok_is_eog(tok, id));
+    ck_assert_int_eq(spk_tok_bos(rtok), spk_tok_bos(tok));
+    ck_assert_int_eq(spk_tok_eos(rtok), spk_tok_eos(tok));
+    ck_assert_int_eq(spk_tok_add_bos(rtok), spk_tok_add_bos(tok));
+    printf("%s: the spec written as tokenizer.ggml.* keys and read by spk_tok_load gives the same tokenizer "
+           "(ids with add_special, eog set, bos/eos)\n", name);
+    spk_tok_free(rtok);
+    spk_gguf_close(rf);
+    free(gw.p);
 
     /* special ids, add_bos, end of generation */
     ck_assert_int_eq(spk_tok_bos(tok), cJSON_GetObjectItem(meta, "bos")->valueint);
@@ -303,10 +432,63 @@ START_TEST(tiny_tokenizer_end_to_end)
         ck_assert(spk_tok_is_eog(tok, 5));
         ck_assert(!spk_tok_is_eog(tok, 2));
         spk_tok_free(tok);
+        /* GGUF: tokenizer.ggml.eog_token_ids carries the list; out of range is a clear error */
+        wbuf gw = spec_to_gguf(&hf.spec, hf.eog_ids, hf.n_eog);
+        spk_gguf_file *gf;
+        ck_assert_int_eq(spk_gguf_open_memory(gw.p, gw.n, &gf), SPK_OK);
+        ck_assert_msg(spk_tok_load(gf, 0, &tok) == SPK_OK, "%s", spk_last_error());
+        ck_assert(spk_tok_is_eog(tok, 1) && spk_tok_is_eog(tok, 5) && !spk_tok_is_eog(tok, 2));
+        spk_tok_free(tok);
+        spk_gguf_close(gf);
+        free(gw.p);
+        const int32_t bad[2] = {5, 7};
+        gw = spec_to_gguf(&hf.spec, bad, 2);
+        ck_assert_int_eq(spk_gguf_open_memory(gw.p, gw.n, &gf), SPK_OK);
+        ck_assert_int_eq(spk_tok_load(gf, 0, &tok), SPK_ERR_FORMAT);
+        ck_assert_msg(strstr(spk_last_error(), "end-of-generation id 7"), "%s", spk_last_error());
+        spk_gguf_close(gf);
+        free(gw.p);
         spk_hf_tok_free(&hf);
         spk_hf_tok_free(&hf); /* harmless twice */
         free(tj);
     }
+}
+END_TEST
+
+/* A TemplateProcessing that adds a bos and an eos: those are what encode adds, and a different
+ * tokenizer_config eos still ends generation. */
+START_TEST(post_processor_tokens_win)
+{
+    static const char tj[] =
+        "{\"added_tokens\":[{\"id\":5,\"content\":\"<s>\",\"special\":true},{\"id\":6,\"content\":\"</s>\",\"special\":true},"
+        "{\"id\":7,\"content\":\"<|end|>\",\"special\":true}],\"normalizer\":null,"
+        "\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false},"
+        "\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"<s>\",\"type_id\":0}},"
+        "{\"Sequence\":{\"id\":\"A\",\"type_id\":0}},{\"SpecialToken\":{\"id\":\"</s>\",\"type_id\":0}}]},"
+        "\"decoder\":{\"type\":\"ByteLevel\"},"
+        "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"ab\":2,\"\\u0120\":3,\"\\u0120ab\":4},\"merges\":[\"a b\"]}}";
+    spk_hf_tok hf;
+    ck_assert_msg(parse3(tj, "{\"bos_token\":\"<|end|>\",\"eos_token\":\"<|end|>\",\"add_bos_token\":false}", NULL, &hf) ==
+                      SPK_OK, "%s", spk_last_error());
+    ck_assert_int_eq(hf.spec.bos, 5);
+    ck_assert_int_eq(hf.spec.eos, 6);
+    ck_assert_int_eq(hf.spec.add_bos, 1);
+    ck_assert_int_eq(hf.spec.add_eos, 1);
+    ck_assert_uint_eq(hf.n_eog, 2); /* the post-processor's eos and tokenizer_config's */
+    ck_assert_int_eq(hf.eog_ids[0], 6);
+    ck_assert_int_eq(hf.eog_ids[1], 7);
+    spk_tok *tok;
+    ck_assert_msg(spk_tok_new(&hf.spec, &tok) == SPK_OK, "%s", spk_last_error());
+    int32_t ids[8];
+    size_t n;
+    ck_assert_int_eq(spk_tok_encode(tok, "ab", 2, true, true, ids, 8, &n), SPK_OK);
+    ck_assert_uint_eq(n, 3);
+    ck_assert_int_eq(ids[0], 5);
+    ck_assert_int_eq(ids[1], 2);
+    ck_assert_int_eq(ids[2], 6);
+    ck_assert(spk_tok_is_eog(tok, 7) && spk_tok_is_eog(tok, 6));
+    spk_tok_free(tok);
+    spk_hf_tok_free(&hf);
 }
 END_TEST
 
@@ -479,8 +661,9 @@ int main(void)
     TCase *tc = tcase_create("hf_tok");
     tcase_add_unchecked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 300);
-    tcase_add_loop_test(tc, family_matches_tokenizers, 0, 7);
+    tcase_add_loop_test(tc, family_matches_tokenizers, 0, 8);
     tcase_add_test(tc, tiny_tokenizer_end_to_end);
+    tcase_add_test(tc, post_processor_tokens_win);
     tcase_add_test(tc, malformed_files_give_clear_errors);
     tcase_add_test(tc, directory_with_jinja_template);
     suite_add_tcase(s, tc);
