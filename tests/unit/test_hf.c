@@ -286,6 +286,14 @@ START_TEST(virtual_gguf_layout)
     spk_gguf_identity(f2, b);
     ck_assert(!memcmp(a, b, sizeof a));
     spk_gguf_close(f2);
+    /* a copy elsewhere (another node's download) is the same model */
+    ck_assert_int_eq(sh("cp -r %s %s/copy", dir, g_dir), 0);
+    snprintf(p, sizeof p, "%s/copy", g_dir);
+    ck_assert_int_eq(spk_gguf_open(p, &f2), SPK_OK);
+    spk_gguf_identity(f2, b);
+    ck_assert(!memcmp(a, b, sizeof a));
+    spk_gguf_close(f2);
+    sh("rm -rf %s/copy", g_dir);
     snprintf(dir, sizeof dir, "%s/llama-bf16", g_dir);
     ck_assert_int_eq(spk_gguf_open(dir, &f2), SPK_OK);
     spk_gguf_identity(f2, b);
