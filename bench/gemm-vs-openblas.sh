@@ -17,5 +17,5 @@ dpkg-query -W libopenblas-dev >/dev/null 2>&1 || apt-get install -y -qq libopenb
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 cc -O2 -std=c11 -D_GNU_SOURCE -I"$ROOT/include" -I"$ROOT/lib" "$ROOT/bench/gemm_vs_openblas.c" \
-    "$BUILD/libsparkinfer.a" -lopenblas $(pkg-config --libs libsodium libpcre2-8) -lm -lpthread -o "$OUT/g"
+    "$BUILD/libsparkinfer.a" -lopenblas $(pkg-config --libs libsodium libpcre2-8 libcjson) -lm -lpthread -o "$OUT/g"
 OPENBLAS_NUM_THREADS=1 "$OUT/g" "$MODEL"

@@ -25,6 +25,6 @@ if grep -q '^nccl' <<<"$SYMS"; then
 fi
 grep -q '^ibv_' <<<"$SYMS" && EXTRA+=(-libverbs)
 cc -O2 -std=c11 -D_GNU_SOURCE -I"$ROOT/include" -I"$ROOT/lib" "$ROOT/bench/reliability.c" \
-    "$BUILD/libsparkinfer.a" $(pkg-config --libs libsodium libpcre2-8) -ldl "${EXTRA[@]}" -lm -lpthread \
+    "$BUILD/libsparkinfer.a" $(pkg-config --libs libsodium libpcre2-8 libcjson) -ldl "${EXTRA[@]}" -lm -lpthread \
     -o "$OUT/r"
 if [ -f "$MODEL" ]; then "$OUT/r" "$MODEL"; else "$OUT/r"; fi

@@ -38,8 +38,9 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: spk-bench [--model FILE.gguf | --preset NAME] [options]\n"
-            "  --model FILE       GGUF model (default: the default model in the cache)\n"
+            "usage: spk-bench [--model FILE.gguf|DIR | --preset NAME] [options]\n"
+            "  --model PATH       GGUF file or Hugging Face model directory (default: the default\n"
+            "                     model in the cache)\n"
             "  --preset NAME      synthetic model: tiny, tiny-tp4, smollm2-135m, llama-3.1-8b,\n"
             "                     mistral-small-24b (written once to $SPK_CACHE/synth/)\n"
             "  --seed S           weights seed of a preset and prompt seed (default 0)\n"

@@ -35,7 +35,7 @@ int main(void)
 static void usage(FILE *o)
 {
     fprintf(o,
-            "usage: spk-plan (--preset NAME | --model FILE.gguf) [options]\n"
+            "usage: spk-plan (--preset NAME | --model FILE.gguf|DIR) [options]\n"
             "  --world N              ranks (default 2)\n"
             "  --batch LIST           batch sizes, comma separated (default 1,8,32,64,128)\n"
             "  --context N            tokens already in each sequence's cache (default 1024)\n"

@@ -156,6 +156,11 @@ spk_status spk_model_load(spk_cluster *cluster, const spk_model_config *cfg_in, 
         goto fail;
     if ((st = spk_llama_load(m->file, &m->hp, &m->w)) != SPK_OK)
         goto fail;
+    if (m->file->hf && !spk_gguf_find(m->file, "tokenizer.ggml.model")) {
+        st = spk_err(SPK_ERR_NOT_FOUND, "%s: no tokenizer.json (the weights load, but serving a Hugging Face "
+                     "directory needs its tokenizer)", cfg.path);
+        goto fail;
+    }
     if ((st = spk_tok_load(m->file, m->hp.n_vocab, &m->tok)) != SPK_OK)
         goto fail;
     spk_gguf_str name;

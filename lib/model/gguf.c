@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "model/hf.h"
 
 #define GGUF_HEADER_BYTES 24u /* magic, version, n_tensors, n_kv */
 #define GGUF_DEFAULT_ALIGNMENT 32u
@@ -547,6 +548,10 @@ spk_status spk_gguf_open(const char *path, spk_gguf_file **out)
         close(fd);
         return spk_err(SPK_ERR_IO, "%s: fstat failed: %s", path, strerror(e));
     }
+    if (S_ISDIR(sb.st_mode)) {
+        close(fd);
+        return spk_hf_open(path, out);
+    }
     if (!S_ISREG(sb.st_mode)) {
         close(fd);
         return spk_err(SPK_ERR_IO, "%s: not a regular file", path);
@@ -588,6 +593,8 @@ void spk_gguf_close(spk_gguf_file *f)
         return;
     if (f->owns_map && f->base)
         munmap((void *)f->base, f->size);
+    if (f->hf)
+        spk_hf_free(f->hf);
     free(f->kv);
     free(f->tensors);
     free(f);

@@ -68,6 +68,8 @@ typedef struct spk_gguf_file {
     uint64_t n_tensors;
     spk_gguf_tensor *tensors;
     char path[512];
+    struct spk_hf_model *hf;     /* a Hugging Face directory (model/hf.h): owns what the tables
+                                    point to; NULL for a GGUF file */
 } spk_gguf_file;
 
 /* Map `path` read-only (MAP_PRIVATE; the fd is closed before returning) and validate it.
@@ -82,6 +84,8 @@ typedef struct spk_gguf_file {
  * the block size; offsets aligned, inside the data section and not overlapping.
  * The result is read-only and may be shared by threads; spk_gguf_close must not race. */
 spk_status spk_gguf_open(const char *path, spk_gguf_file **out);
+/* A directory path is a Hugging Face checkpoint: spk_gguf_open hands it to spk_hf_open
+ * (model/hf.h), which presents it as the GGUF file llama.cpp's converter would write. */
 
 /* Validate a caller-owned buffer (must outlive the result). Used by tests and the fuzzer.
  * Same checks and errors as spk_gguf_open; messages name the file "<memory>". */

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "model/gguf.h"
+#include "model/hf.h"
 
 /* Bytes of each tensor's data hashed at its start, middle and end. */
 #define SAMPLE 4096
@@ -29,6 +30,10 @@ static void absorb_range(crypto_generichash_state *st, const spk_gguf_file *f, u
 
 void spk_gguf_identity(const spk_gguf_file *f, uint8_t out[SPK_GGUF_ID_BYTES])
 {
+    if (f->hf) {
+        spk_hf_identity(f, out);
+        return;
+    }
     crypto_generichash_state st;
     crypto_generichash_init(&st, (const unsigned char *)"spk-gguf-identity-v1", 20, SPK_GGUF_ID_BYTES);
     absorb_u64(&st, f->size);

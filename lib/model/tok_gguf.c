@@ -109,7 +109,7 @@ spk_status spk_tok_load_pre(const spk_gguf_file *f, int64_t n_vocab, const char 
 
     const spk_gguf_kv *tokens = NULL, *types = NULL, *merges = NULL;
     spk_tok_str *tok_strs = NULL, *merge_strs = NULL;
-    int32_t *type_vals = NULL;
+    int32_t *type_vals = NULL, *eog_vals = NULL;
     float *score_vals = NULL;
     if ((st = spk_gguf_get_arr(f, "tokenizer.ggml.tokens", GGUF_STRING, &tokens)))
         goto done;
@@ -177,6 +177,16 @@ spk_status spk_tok_load_pre(const spk_gguf_file *f, int64_t n_vocab, const char 
     }
     if (spm && (st = opt_bool(f, "tokenizer.ggml.add_space_prefix", &spec.add_space_prefix)))
         goto done;
+    if (spm && spk_gguf_find(f, "tokenizer.ggml.spm_prefix_mode")) { /* ours: HF Metaspace placement */
+        int64_t m;
+        if ((st = spk_gguf_get_i64(f, "tokenizer.ggml.spm_prefix_mode", &m)))
+            goto done;
+        if (m < 0 || m > 2) {
+            st = spk_err(SPK_ERR_FORMAT, "%s: tokenizer.ggml.spm_prefix_mode is %lld (valid: 0..2)", f->path, (long long)m);
+            goto done;
+        }
+        spec.spm_prefix_mode = (int)m;
+    }
     if ((st = opt_id(f, "tokenizer.ggml.bos_token_id", &spec.bos)) ||
         (st = opt_id(f, "tokenizer.ggml.eos_token_id", &spec.eos)) ||
         (st = opt_id(f, "tokenizer.ggml.eot_token_id", &spec.eot)) ||
@@ -184,6 +194,33 @@ spk_status spk_tok_load_pre(const spk_gguf_file *f, int64_t n_vocab, const char 
         (st = opt_bool(f, "tokenizer.ggml.add_bos_token", &spec.add_bos)) ||
         (st = opt_bool(f, "tokenizer.ggml.add_eos_token", &spec.add_eos)))
         goto done;
+    if (spk_gguf_find(f, "tokenizer.ggml.eog_token_ids")) { /* ours: extra end-of-generation ids */
+        const spk_gguf_kv *eg;
+        if ((st = spk_gguf_get_arr(f, "tokenizer.ggml.eog_token_ids", GGUF_VTYPE_COUNT, &eg)))
+            goto done;
+        size_t ne = (size_t)eg->v.arr.count;
+        if (ne > spec.n_tokens) {
+            st = spk_err(SPK_ERR_FORMAT, "%s: tokenizer.ggml.eog_token_ids has %zu entries, more than the %zu tokens",
+                         f->path, ne, spec.n_tokens);
+            goto done;
+        }
+        eog_vals = malloc((ne ? ne : 1) * sizeof *eog_vals);
+        if (!eog_vals) {
+            st = spk_err(SPK_ERR_NOMEM, "%s: out of memory for end-of-generation ids", f->path);
+            goto done;
+        }
+        for (size_t i = 0; i < ne; i++) {
+            int64_t v;
+            if (!spk_gguf_arr_int(eg, i, &v) || v < 0 || v > INT32_MAX) {
+                st = spk_err(SPK_ERR_FORMAT, "%s: tokenizer.ggml.eog_token_ids entry %zu is not a token id",
+                             f->path, i);
+                goto done;
+            }
+            eog_vals[i] = (int32_t)v;
+        }
+        spec.eog_ids = eog_vals;
+        spec.n_eog = ne;
+    }
     if (spm) { /* llama.cpp's SentencePiece defaults when the keys are absent */
         if (!spk_gguf_find(f, "tokenizer.ggml.bos_token_id") && spec.n_tokens > 1)
             spec.bos = 1;
@@ -197,6 +234,7 @@ done:
     free(tok_strs);
     free(merge_strs);
     free(type_vals);
+    free(eog_vals);
     free(score_vals);
     return st;
 }

@@ -28,6 +28,7 @@ struct spk_tok {
     spk_tok_pre pre;            /* byte-level BPE only */
     bool spm;                   /* SentencePiece (tokenizer.ggml.model = "llama") */
     bool add_space_prefix;      /* SentencePiece: a space before the first text fragment */
+    uint8_t spm_prefix_mode;    /* SentencePiece: spk_tok_spec.spm_prefix_mode */
     float *scores;              /* SentencePiece: score of each token (NULL: all 0) */
     bool ignore_merges;
     bool add_bos, add_eos;

@@ -434,6 +434,12 @@ spk_status spk_tok_new(const spk_tok_spec *spec, spk_tok **out)
     if ((st = check_id("bos", spec->bos, n)) || (st = check_id("eos", spec->eos, n)) ||
         (st = check_id("eot", spec->eot, n)) || (st = check_id("eom", spec->eom, n)))
         return st;
+    if (spec->n_eog && !spec->eog_ids)
+        return spk_err(SPK_ERR_INVALID_ARG, "tokenizer: %zu end-of-generation ids but no array", spec->n_eog);
+    for (size_t i = 0; i < spec->n_eog; i++)
+        if (spec->eog_ids[i] < 0 || spec->eog_ids[i] >= (int64_t)n)
+            return spk_err(SPK_ERR_FORMAT, "tokenizer: end-of-generation id %d (entry %zu) out of range "
+                           "(vocabulary has %u tokens)", spec->eog_ids[i], i, n);
 
     spk_tok *tok = calloc(1, sizeof *tok);
     if (!tok)
@@ -441,6 +447,11 @@ spk_status spk_tok_new(const spk_tok_spec *spec, spk_tok **out)
     tok->pre = pre;
     tok->spm = spm;
     tok->add_space_prefix = spm && spec->add_space_prefix != 0;
+    if (spec->spm_prefix_mode < 0 || spec->spm_prefix_mode > 2) {
+        st = spk_err(SPK_ERR_FORMAT, "tokenizer: space prefix mode %d (valid: 0..2)", spec->spm_prefix_mode);
+        goto fail;
+    }
+    tok->spm_prefix_mode = (uint8_t)spec->spm_prefix_mode;
     tok->ignore_merges = pre == SPK_PRE_LLAMA3 || pre == SPK_PRE_TEKKEN;
     tok->n_tokens = n;
     tok->bos = spec->bos;
@@ -498,6 +509,8 @@ spk_status spk_tok_new(const spk_tok_spec *spec, spk_tok **out)
     for (int i = 0; i < 3; i++)
         if (ids[i] >= 0)
             tok->flags[ids[i]] |= SPK_TOKF_EOG;
+    for (size_t i = 0; i < spec->n_eog; i++)
+        tok->flags[spec->eog_ids[i]] |= SPK_TOKF_EOG;
     for (size_t k = 0; k < sizeof k_eog_names / sizeof *k_eog_names; k++) {
         int32_t id = spk_tok_map_find(tok, k_eog_names[k], strlen(k_eog_names[k]));
         if (id >= 0) {

@@ -29,13 +29,17 @@ static int32_t special_at(const spk_tok *tok, const char *s, size_t n, bool pars
 
 /* One fragment of text between special tokens (none if empty, as llama.cpp's partition). */
 static spk_status encode_text(const spk_tok *tok, spk_tok_scratch *sc, const char *s, size_t n, bool *prev_special,
-                              spk_tok_sink *sink)
+                              bool at_start, spk_tok_sink *sink)
 {
     if (n == 0)
         return SPK_OK;
     if (!tok->spm)
         return spk_tok_pretok_encode(tok, sc, s, n, sink);
-    const bool prefix = tok->add_space_prefix && *prev_special;
+    bool prefix = tok->add_space_prefix && *prev_special;
+    if (tok->spm_prefix_mode >= 1 && s[0] == ' ') /* HF Metaspace: text that starts with a space has one */
+        prefix = false;
+    if (tok->spm_prefix_mode == 2 && !at_start)   /* Metaspace "first": only at the start of the input */
+        prefix = false;
     *prev_special = false;
     return spk_tok_spm_encode(tok, s, n, prefix, sink);
 }
@@ -67,14 +71,14 @@ spk_status spk_tok_encode(const spk_tok *tok, const char *text, size_t len, bool
             p++;
             continue;
         }
-        if ((st = encode_text(tok, &sc, text + seg, p - seg, &prev_special, &sink)))
+        if ((st = encode_text(tok, &sc, text + seg, p - seg, &prev_special, seg == 0, &sink)))
             goto done;
         spk_tok_sink_push(&sink, id);
         prev_special = true;
         p += tlen;
         seg = p;
     }
-    if ((st = encode_text(tok, &sc, text + seg, len - seg, &prev_special, &sink)))
+    if ((st = encode_text(tok, &sc, text + seg, len - seg, &prev_special, seg == 0, &sink)))
         goto done;
     if (add_special && tok->add_eos)
         spk_tok_sink_push(&sink, tok->eos);

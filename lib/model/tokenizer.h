@@ -54,6 +54,17 @@ typedef struct spk_tok_spec {
     int64_t n_vocab;              /* expected token count (e.g. the embedding rows); <= 0: unchecked */
     const float *scores;          /* SentencePiece: n_tokens scores (NULL: all 0) */
     int add_space_prefix;         /* SentencePiece: 1/0; -1: yes */
+    const int32_t *eog_ids;       /* extra end-of-generation ids beyond eos/eot/eom (e.g. a Hugging
+                                   * Face generation_config.json eos list; GGUF: our optional
+                                   * tokenizer.ggml.eog_token_ids); NULL/0: none */
+    size_t n_eog;
+    int spm_prefix_mode;          /* SentencePiece, where the space prefix goes (GGUF: our optional
+                                   * tokenizer.ggml.spm_prefix_mode): 0 before text at the start and
+                                   * after each special token, as llama.cpp (and HF's Prepend
+                                   * normalizer) do; 1 the same but not before text that starts with
+                                   * a space (HF Metaspace prepend_scheme "always"); 2 only before
+                                   * text at the very start of the input, not starting with a space
+                                   * (Metaspace "first") */
 } spk_tok_spec;
 
 /* Set every field to "absent" (ids -1, add_* -1, NULL arrays). */

@@ -48,7 +48,9 @@ class Model:
     queue_capacity: 1024; kv_cache_bytes: max_seqs full contexts, in blocks of 16 positions;
     when blocks run out the newest sequences are preempted and recomputed).
     ``cluster`` may be None (or omitted: ``Model("file.gguf")``), in which case the model opens
-    a private one-rank cluster and closes it with itself. Call on rank 0 only.
+    a private one-rank cluster and closes it with itself. Call on rank 0 only. ``path`` is a GGUF
+    file or a Hugging Face model directory (config.json, safetensors, tokenizer.json; see
+    docs/MODELS.md).
 
     Raises: InvalidArgument, IOFailure (file missing or unreadable), FormatError, Unsupported,
     NoMemory. All methods are safe from any thread; see the module docstring for the rules.

@@ -1,0 +1,1312 @@
+/*
+ * A Hugging Face model directory as a virtual GGUF file (see hf.h). The metadata keys, tensor
+ * names, shapes and data are what convert_hf_to_gguf.py writes for llama and qwen3, so that
+ * spk_llama_load, the tokenizer and the planner read a directory exactly as a converted file.
+ */
+#include "model/hf.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "model/hf_tok.h"
+#include "model/safetensors.h"
+
+#define MAX_JSON_BYTES (64u << 20) /* config.json, index, tokenizer files */
+#define SHOWN 96
+
+#define TRY(x)                                                                                     \
+    do {                                                                                           \
+        spk_status st_ = (x);                                                                      \
+        if (st_ != SPK_OK)                                                                         \
+            return st_;                                                                            \
+    } while (0)
+
+struct spk_hf_model {
+    spk_st_file **shards;
+    size_t n_shards;
+    char *config;
+    size_t config_len;
+    void **maps; /* converted tensors: shared anonymous mappings (see new_buffer) */
+    size_t *map_sizes;
+    size_t n_maps, cap_maps;
+    void **allocs; /* keys, strings, arrays, names */
+    size_t n_allocs, cap_allocs;
+};
+
+/* ---- the virtual file under construction --------------------------------------------------- */
+
+typedef struct builder {
+    spk_gguf_file *f;
+    struct spk_hf_model *m;
+    size_t cap_kv, cap_t;
+    const char *dir;
+} builder;
+
+static void *keep(builder *b, void *p)
+{
+    if (!p)
+        return NULL;
+    if (b->m->n_allocs == b->m->cap_allocs) {
+        size_t nc = b->m->cap_allocs ? 2 * b->m->cap_allocs : 64;
+        void **na = realloc(b->m->allocs, nc * sizeof *na);
+        if (!na) {
+            free(p);
+            return NULL;
+        }
+        b->m->allocs = na;
+        b->m->cap_allocs = nc;
+    }
+    b->m->allocs[b->m->n_allocs++] = p;
+    return p;
+}
+
+static spk_gguf_str keep_str(builder *b, const char *s, size_t n)
+{
+    spk_gguf_str r = {NULL, 0};
+    char *c = keep(b, malloc(n + 1));
+    if (c) {
+        memcpy(c, s, n);
+        c[n] = '\0';
+        r.ptr = c;
+        r.len = n;
+    }
+    return r;
+}
+
+static spk_gguf_kv *add_kv(builder *b, const char *key, spk_gguf_vtype type)
+{
+    spk_gguf_file *f = b->f;
+    if (f->n_kv == b->cap_kv) {
+        size_t nc = b->cap_kv ? 2 * b->cap_kv : 32;
+        spk_gguf_kv *n = realloc(f->kv, nc * sizeof *n);
+        if (!n)
+            return NULL;
+        f->kv = n;
+        b->cap_kv = nc;
+    }
+    spk_gguf_kv *kv = &f->kv[f->n_kv];
+    memset(kv, 0, sizeof *kv);
+    kv->key = keep_str(b, key, strlen(key));
+    if (!kv->key.ptr)
+        return NULL;
+    kv->type = type;
+    f->n_kv++;
+    return kv;
+}
+
+static spk_status nomem(void) { return spk_err(SPK_ERR_NOMEM, "hf: out of memory"); }
+
+static spk_status kv_u32(builder *b, const char *key, uint64_t v)
+{
+    spk_gguf_kv *kv = add_kv(b, key, GGUF_UINT32);
+    if (!kv)
+        return nomem();
+    kv->v.u = v;
+    return SPK_OK;
+}
+
+static spk_status kv_f32(builder *b, const char *key, double v)
+{
+    spk_gguf_kv *kv = add_kv(b, key, GGUF_FLOAT32);
+    if (!kv)
+        return nomem();
+    kv->v.f = (double)(float)v;
+    return SPK_OK;
+}
+
+static spk_status kv_str(builder *b, const char *key, const char *s)
+{
+    spk_gguf_kv *kv = add_kv(b, key, GGUF_STRING);
+    if (!kv)
+        return nomem();
+    kv->v.s = keep_str(b, s, strlen(s));
+    return kv->v.s.ptr ? SPK_OK : nomem();
+}
+
+static spk_status kv_bool(builder *b, const char *key, int v)
+{
+    spk_gguf_kv *kv = add_kv(b, key, GGUF_BOOL);
+    if (!kv)
+        return nomem();
+    kv->v.u = v ? 1 : 0;
+    return SPK_OK;
+}
+
+/* An array in GGUF's encoding (what spk_gguf_arr_* walk): strings as u64 length + bytes,
+ * numbers little-endian. `strs` or `vals` (int32 / float32, 4 bytes each). */
+static spk_status kv_arr(builder *b, const char *key, spk_gguf_vtype et, size_t n, const spk_tok_str *strs,
+                         const void *vals)
+{
+    size_t bytes = 0;
+    if (et == GGUF_STRING)
+        for (size_t i = 0; i < n; i++)
+            bytes += 8 + strs[i].len;
+    else
+        bytes = 4 * n;
+    uint8_t *d = keep(b, malloc(bytes ? bytes : 1));
+    spk_gguf_kv *kv = d ? add_kv(b, key, GGUF_ARRAY) : NULL;
+    if (!kv)
+        return nomem();
+    if (et == GGUF_STRING) {
+        uint8_t *p = d;
+        for (size_t i = 0; i < n; i++) {
+            uint64_t l = strs[i].len;
+            for (int k = 0; k < 8; k++)
+                p[k] = (uint8_t)(l >> (8 * k));
+            if (l)
+                memcpy(p + 8, strs[i].ptr, l);
+            p += 8 + l;
+        }
+    } else {
+        const uint8_t *v = vals;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t x;
+            memcpy(&x, v + 4 * i, 4);
+            for (int k = 0; k < 4; k++)
+                d[4 * i + (size_t)k] = (uint8_t)(x >> (8 * k));
+        }
+    }
+    kv->v.arr.type = et;
+    kv->v.arr.count = n;
+    kv->v.arr.data = d;
+    kv->v.arr.nbytes = bytes;
+    return SPK_OK;
+}
+
+/* tokenizer.json / tokenizer_config.json / generation_config.json as the tokenizer.ggml.* keys
+ * and tokenizer.chat_template (model/hf_tok.h says which key gets what). No tokenizer.json:
+ * no keys (the weights still load; spk_model_load then reports the missing tokenizer). */
+static spk_status write_tokenizer(builder *b)
+{
+    char p[1200];
+    snprintf(p, sizeof p, "%s/tokenizer.json", b->dir);
+    if (access(p, F_OK) != 0)
+        return SPK_OK;
+    spk_hf_tok t;
+    TRY(spk_hf_tok_read(b->dir, &t));
+    const spk_tok_spec *s = &t.spec;
+    spk_status st = kv_str(b, "tokenizer.ggml.model", s->model ? s->model : "gpt2");
+    if (st == SPK_OK && s->pre)
+        st = kv_str(b, "tokenizer.ggml.pre", s->pre);
+    if (st == SPK_OK)
+        st = kv_arr(b, "tokenizer.ggml.tokens", GGUF_STRING, s->n_tokens, s->tokens, NULL);
+    if (st == SPK_OK && s->token_types)
+        st = kv_arr(b, "tokenizer.ggml.token_type", GGUF_INT32, s->n_tokens, NULL, s->token_types);
+    if (st == SPK_OK && s->n_merges)
+        st = kv_arr(b, "tokenizer.ggml.merges", GGUF_STRING, s->n_merges, s->merges, NULL);
+    if (st == SPK_OK && s->scores)
+        st = kv_arr(b, "tokenizer.ggml.scores", GGUF_FLOAT32, s->n_tokens, NULL, s->scores);
+    const struct {
+        const char *key;
+        int32_t v;
+    } ids[] = {{"tokenizer.ggml.bos_token_id", s->bos}, {"tokenizer.ggml.eos_token_id", s->eos},
+               {"tokenizer.ggml.eot_token_id", s->eot}, {"tokenizer.ggml.eom_token_id", s->eom}};
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0] && st == SPK_OK; i++)
+        if (ids[i].v >= 0)
+            st = kv_u32(b, ids[i].key, (uint64_t)ids[i].v);
+    if (st == SPK_OK && s->add_bos >= 0)
+        st = kv_bool(b, "tokenizer.ggml.add_bos_token", s->add_bos);
+    if (st == SPK_OK && s->add_eos >= 0)
+        st = kv_bool(b, "tokenizer.ggml.add_eos_token", s->add_eos);
+    if (st == SPK_OK && s->model && !strcmp(s->model, "llama") && s->add_space_prefix >= 0)
+        st = kv_bool(b, "tokenizer.ggml.add_space_prefix", s->add_space_prefix);
+    if (st == SPK_OK && t.n_eog)
+        st = kv_arr(b, "tokenizer.ggml.eog_token_ids", GGUF_INT32, t.n_eog, NULL, t.eog_ids);
+    if (st == SPK_OK && t.chat_template)
+        st = kv_str(b, "tokenizer.chat_template", t.chat_template);
+    spk_hf_tok_free(&t);
+    return st;
+}
+
+static spk_gguf_tensor *add_tensor(builder *b, const char *name)
+{
+    spk_gguf_file *f = b->f;
+    if (f->n_tensors == b->cap_t) {
+        size_t nc = b->cap_t ? 2 * b->cap_t : 64;
+        spk_gguf_tensor *n = realloc(f->tensors, nc * sizeof *n);
+        if (!n)
+            return NULL;
+        f->tensors = n;
+        b->cap_t = nc;
+    }
+    spk_gguf_tensor *t = &f->tensors[f->n_tensors];
+    memset(t, 0, sizeof *t);
+    t->name = keep_str(b, name, strlen(name));
+    if (!t->name.ptr)
+        return NULL;
+    f->n_tensors++;
+    return t;
+}
+
+/* A converted tensor's buffer: MAP_SHARED anonymous memory, so that the loader's
+ * MADV_DONTNEED on pages it copied from (written for file-backed mappings) drops only the page
+ * table entries here too and never the contents. */
+static void *new_buffer(builder *b, size_t n)
+{
+    struct spk_hf_model *m = b->m;
+    if (m->n_maps == m->cap_maps) {
+        size_t nc = m->cap_maps ? 2 * m->cap_maps : 64;
+        void **nm = realloc(m->maps, nc * sizeof *nm);
+        if (!nm)
+            return NULL;
+        m->maps = nm;
+        size_t *ns = realloc(m->map_sizes, nc * sizeof *ns);
+        if (!ns)
+            return NULL;
+        m->map_sizes = ns;
+        m->cap_maps = nc;
+    }
+    void *p = mmap(NULL, n ? n : 1, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    m->maps[m->n_maps] = p;
+    m->map_sizes[m->n_maps++] = n ? n : 1;
+    return p;
+}
+
+/* Drop the source pages of a tensor we converted (file-backed: re-read on demand); only whole
+ * pages inside the tensor, so neighbours used in place keep theirs. */
+static void release_source(const spk_st_tensor *t)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)t->data, e = a + (t->end - t->begin);
+    a = (a + (uintptr_t)pg - 1) & ~(uintptr_t)(pg - 1);
+    e &= ~(uintptr_t)(pg - 1);
+    if (e > a)
+        madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
+/* Read a tensor we are about to convert ahead (the files are mapped MADV_RANDOM: without this
+ * every page would be its own fault). */
+static void prefetch(const spk_st_tensor *t)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)t->data & ~(uintptr_t)(pg - 1), e = (uintptr_t)t->data + (t->end - t->begin);
+    if (e > a)
+        madvise((void *)a, e - a, MADV_WILLNEED);
+}
+
+void spk_hf_free(struct spk_hf_model *m)
+{
+    if (!m)
+        return;
+    for (size_t i = 0; i < m->n_shards; i++)
+        spk_st_close(m->shards[i]);
+    free(m->shards);
+    for (size_t i = 0; i < m->n_maps; i++)
+        munmap(m->maps[i], m->map_sizes[i]);
+    free(m->maps);
+    free(m->map_sizes);
+    for (size_t i = 0; i < m->n_allocs; i++)
+        free(m->allocs[i]);
+    free(m->allocs);
+    free(m->config);
+    free(m);
+}
+
+/* ---- files ------------------------------------------------------------------------------------ */
+
+static spk_status read_small(const char *path, char **out, size_t *len, int *missing)
+{
+    *out = NULL;
+    if (missing)
+        *missing = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (missing && errno == ENOENT) {
+            *missing = 1;
+            return SPK_OK;
+        }
+        return spk_err(SPK_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size < 0 ||
+        (uint64_t)sb.st_size > MAX_JSON_BYTES) {
+        close(fd);
+        return spk_err(SPK_ERR_FORMAT, "%s: not a regular file of at most %u bytes", path, MAX_JSON_BYTES);
+    }
+    size_t n = (size_t)sb.st_size, got = 0;
+    char *buf = malloc(n + 1);
+    if (!buf) {
+        close(fd);
+        return nomem();
+    }
+    while (got < n) {
+        ssize_t r = read(fd, buf + got, n - got);
+        if (r <= 0) {
+            int e = errno;
+            free(buf);
+            close(fd);
+            return spk_err(SPK_ERR_IO, "%s: read failed: %s", path, r ? strerror(e) : "short file");
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    buf[n] = '\0';
+    *out = buf;
+    *len = n;
+    return SPK_OK;
+}
+
+static spk_status parse_json(const char *path, const char *txt, size_t len, cJSON **out)
+{
+    const char *end = NULL;
+    *out = cJSON_ParseWithLengthOpts(txt, len, &end, 0);
+    if (!*out || !cJSON_IsObject(*out)) {
+        const char *at = cJSON_GetErrorPtr();
+        long off = *out ? 0 : at && at >= txt && at <= txt + len ? (long)(at - txt) : -1;
+        cJSON_Delete(*out);
+        *out = NULL;
+        return spk_err(SPK_ERR_FORMAT, "%s: not a JSON object (parse error near byte %ld of %zu)", path, off, len);
+    }
+    return SPK_OK;
+}
+
+static int plain_file_name(const char *s)
+{
+    return s[0] && s[0] != '.' && !strchr(s, '/') && strlen(s) < 256;
+}
+
+/* ---- config.json ------------------------------------------------------------------------------ */
+
+typedef struct hparams {
+    int llama; /* else qwen3 */
+    uint64_t n_layers, n_embd, n_heads, n_kv, n_ff, n_ctx, n_vocab, head_dim;
+    int head_dim_given;
+    double eps, theta;
+    int have_theta;
+    const cJSON *rope; /* rope_scaling / rope_parameters object or NULL */
+    uint64_t block_size; /* FP8 weight_block_size (square), default 128 */
+} hparams;
+
+static spk_status cfg_uint(const char *path, const cJSON *cfg, const char *key, int required, uint64_t dflt,
+                           uint64_t *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
+    if (!v || cJSON_IsNull(v)) {
+        if (required)
+            return spk_err(SPK_ERR_FORMAT, "%s: config.json has no '%s'", path, key);
+        *out = dflt;
+        return SPK_OK;
+    }
+    double d = cJSON_IsNumber(v) ? v->valuedouble : -1;
+    if (!(d >= 1 && d < 4294967296.0) || floor(d) != d)
+        return spk_err(SPK_ERR_FORMAT, "%s: config.json '%s' is not a positive 32-bit integer", path, key);
+    *out = (uint64_t)d;
+    return SPK_OK;
+}
+
+static spk_status cfg_num(const char *path, const cJSON *obj, const char *key, double dflt, double *out, int *found)
+{
+    const cJSON *v = obj ? cJSON_GetObjectItemCaseSensitive(obj, key) : NULL;
+    if (found)
+        *found = 0;
+    if (!v || cJSON_IsNull(v)) {
+        *out = dflt;
+        return SPK_OK;
+    }
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+        return spk_err(SPK_ERR_FORMAT, "%s: config.json '%s' is not a number", path, key);
+    *out = v->valuedouble;
+    if (found)
+        *found = 1;
+    return SPK_OK;
+}
+
+static spk_status read_hparams(const char *dir, const cJSON *cfg, hparams *hp)
+{
+    memset(hp, 0, sizeof *hp);
+    const cJSON *archs = cJSON_GetObjectItemCaseSensitive(cfg, "architectures");
+    const cJSON *a0 = cJSON_IsArray(archs) ? cJSON_GetArrayItem(archs, 0) : NULL;
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(cfg, "model_type");
+    const char *arch = cJSON_IsString(a0) ? a0->valuestring : NULL;
+    const char *mtype = cJSON_IsString(mt) ? mt->valuestring : "";
+    if (arch ? (!strcmp(arch, "LlamaForCausalLM") || !strcmp(arch, "MistralForCausalLM"))
+             : (!strcmp(mtype, "llama") || !strcmp(mtype, "mistral")))
+        hp->llama = 1;
+    else if (arch ? !strcmp(arch, "Qwen3ForCausalLM") : !strcmp(mtype, "qwen3"))
+        hp->llama = 0;
+    else
+        return spk_err(SPK_ERR_UNSUPPORTED,
+                       "%s/config.json: architecture '%.64s' (model_type '%.32s') is not supported "
+                       "(LlamaForCausalLM, MistralForCausalLM, Qwen3ForCausalLM)", dir, arch ? arch : "?", mtype);
+    TRY(cfg_uint(dir, cfg, "num_hidden_layers", 1, 0, &hp->n_layers));
+    TRY(cfg_uint(dir, cfg, "hidden_size", 1, 0, &hp->n_embd));
+    TRY(cfg_uint(dir, cfg, "num_attention_heads", 1, 0, &hp->n_heads));
+    TRY(cfg_uint(dir, cfg, "num_key_value_heads", 0, hp->n_heads, &hp->n_kv));
+    TRY(cfg_uint(dir, cfg, "intermediate_size", 1, 0, &hp->n_ff));
+    TRY(cfg_uint(dir, cfg, "vocab_size", 1, 0, &hp->n_vocab));
+    TRY(cfg_uint(dir, cfg, "max_position_embeddings", 0, 0, &hp->n_ctx));
+    hp->head_dim_given = cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(cfg, "head_dim"));
+    TRY(cfg_uint(dir, cfg, "head_dim", 0, hp->n_embd / hp->n_heads, &hp->head_dim));
+    if (hp->n_layers > 1024 || hp->n_embd > 65536 || hp->n_heads > 1024 || hp->n_kv > hp->n_heads ||
+        hp->n_heads % hp->n_kv || hp->n_ff > (1u << 20) || hp->n_vocab > (1u << 24) || hp->head_dim > 1024 ||
+        hp->head_dim < 2 || hp->head_dim % 2)
+        return spk_err(SPK_ERR_FORMAT,
+                       "%s/config.json: bad hyperparameters: layers %llu, hidden %llu, heads %llu, kv heads %llu, "
+                       "intermediate %llu, vocab %llu, head_dim %llu", dir, (unsigned long long)hp->n_layers,
+                       (unsigned long long)hp->n_embd, (unsigned long long)hp->n_heads,
+                       (unsigned long long)hp->n_kv, (unsigned long long)hp->n_ff,
+                       (unsigned long long)hp->n_vocab, (unsigned long long)hp->head_dim);
+    int found = 0;
+    TRY(cfg_num(dir, cfg, "rms_norm_eps", 1e-6, &hp->eps, &found));
+    hp->rope = cJSON_GetObjectItemCaseSensitive(cfg, "rope_scaling");
+    if (!cJSON_IsObject(hp->rope))
+        hp->rope = cJSON_GetObjectItemCaseSensitive(cfg, "rope_parameters");
+    if (!cJSON_IsObject(hp->rope))
+        hp->rope = NULL;
+    TRY(cfg_num(dir, cfg, "rope_theta", 10000.0, &hp->theta, &hp->have_theta));
+    if (!hp->have_theta && hp->rope)
+        TRY(cfg_num(dir, hp->rope, "rope_theta", 10000.0, &hp->theta, &hp->have_theta));
+    for (const char *k = "attention_bias"; k; k = strcmp(k, "attention_bias") ? NULL : "mlp_bias") {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, k);
+        if (cJSON_IsTrue(v))
+            return spk_err(SPK_ERR_UNSUPPORTED, "%s/config.json: %s = true is not supported", dir, k);
+    }
+    hp->block_size = 128;
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(cfg, "quantization_config");
+    const cJSON *bs = q ? cJSON_GetObjectItemCaseSensitive(q, "weight_block_size") : NULL;
+    if (cJSON_IsArray(bs)) {
+        const cJSON *b0 = cJSON_GetArrayItem(bs, 0), *b1 = cJSON_GetArrayItem(bs, 1);
+        if (cJSON_GetArraySize(bs) != 2 || !cJSON_IsNumber(b0) || !cJSON_IsNumber(b1) ||
+            b0->valuedouble != b1->valuedouble || !(b0->valuedouble >= 1 && b0->valuedouble <= 65536))
+            return spk_err(SPK_ERR_UNSUPPORTED, "%s/config.json: quantization_config.weight_block_size must be "
+                           "two equal positive integers", dir);
+        hp->block_size = (uint64_t)b0->valuedouble;
+    }
+    return SPK_OK;
+}
+
+/* ---- metadata -------------------------------------------------------------------------------- */
+
+static spk_status write_metadata(builder *b, const hparams *hp, const cJSON *cfg, float *rope_factors, int *n_factors)
+{
+    const char *A = hp->llama ? "llama" : "qwen3";
+    char k[128];
+    TRY(kv_str(b, "general.architecture", A));
+    const char *base = strrchr(b->dir, '/');
+    char nm[256];
+    snprintf(nm, sizeof nm, "%s", base && base[1] ? base + 1 : b->dir);
+    size_t nl = strlen(nm);
+    while (nl > 1 && nm[nl - 1] == '/')
+        nm[--nl] = '\0';
+    TRY(kv_str(b, "general.name", nm));
+#define U32(suffix, v)                                                                             \
+    do {                                                                                           \
+        snprintf(k, sizeof k, "%s." suffix, A);                                                    \
+        TRY(kv_u32(b, k, v));                                                                      \
+    } while (0)
+#define F32(suffix, v)                                                                             \
+    do {                                                                                           \
+        snprintf(k, sizeof k, "%s." suffix, A);                                                    \
+        TRY(kv_f32(b, k, v));                                                                      \
+    } while (0)
+    U32("block_count", hp->n_layers);
+    if (hp->n_ctx)
+        U32("context_length", hp->n_ctx);
+    U32("embedding_length", hp->n_embd);
+    U32("feed_forward_length", hp->n_ff);
+    U32("attention.head_count", hp->n_heads);
+    U32("attention.head_count_kv", hp->n_kv);
+    if (hp->have_theta)
+        F32("rope.freq_base", hp->theta);
+    F32("attention.layer_norm_rms_epsilon", hp->eps);
+    /* the converter reads config.json through transformers, whose Llama/Qwen3 configs always
+     * carry head_dim (hidden / heads when absent), so it always writes these */
+    U32("attention.key_length", hp->head_dim);
+    U32("attention.value_length", hp->head_dim);
+    if (hp->llama) {
+        U32("vocab_size", hp->n_vocab);
+        U32("rope.dimension_count", hp->head_dim);
+    }
+    (void)cfg;
+    *n_factors = 0;
+    if (hp->rope) {
+        const cJSON *rt = cJSON_GetObjectItemCaseSensitive(hp->rope, "rope_type");
+        if (!rt)
+            rt = cJSON_GetObjectItemCaseSensitive(hp->rope, "type");
+        const char *type = cJSON_IsString(rt) ? rt->valuestring : "default";
+        double factor = 0;
+        int have_factor = 0;
+        TRY(cfg_num(b->dir, hp->rope, "factor", 0, &factor, &have_factor));
+        if (!strcmp(type, "default")) {
+            /* no scaling */
+        } else if (!strcmp(type, "linear") && have_factor) {
+            snprintf(k, sizeof k, "%s.rope.scaling.type", A);
+            TRY(kv_str(b, k, "linear"));
+            F32("rope.scaling.factor", factor);
+        } else if (!strcmp(type, "llama3") && hp->llama) {
+            /* the converter's generate_extra_tensors: per-frequency divisors (rope_freqs) */
+            double lo, hi, old;
+            TRY(cfg_num(b->dir, hp->rope, "low_freq_factor", 1.0, &lo, NULL));
+            TRY(cfg_num(b->dir, hp->rope, "high_freq_factor", 4.0, &hi, NULL));
+            TRY(cfg_num(b->dir, hp->rope, "original_max_position_embeddings", 8192, &old, NULL));
+            if (!have_factor)
+                factor = 8.0;
+            if (!(factor > 0) || !(hi > lo) || !(old > 0))
+                return spk_err(SPK_ERR_FORMAT, "%s/config.json: bad llama3 rope scaling (factor %g, low %g, "
+                               "high %g, original context %g)", b->dir, factor, lo, hi, old);
+            const int dim = (int)hp->head_dim;
+            const float theta = (float)hp->theta, fac = (float)factor, flo = (float)lo, fhi = (float)hi,
+                        fold = (float)old;
+            const float lo_wl = (float)(old / lo), hi_wl = (float)(old / hi);
+            for (int i = 0; i < dim / 2; i++) {
+                float freq = 1.0f / powf(theta, (float)(2 * i) / (float)dim);
+                float wavelen = (float)(2 * 3.14159265358979323846) / freq;
+                float r;
+                if (wavelen < hi_wl)
+                    r = 1.0f;
+                else if (wavelen > lo_wl)
+                    r = fac;
+                else {
+                    float smooth = (fold / wavelen - flo) / (fhi - flo);
+                    r = 1.0f / ((1.0f - smooth) / fac + smooth);
+                }
+                rope_factors[i] = r;
+            }
+            *n_factors = dim / 2;
+        } else {
+            return spk_err(SPK_ERR_UNSUPPORTED, "%s/config.json: rope scaling type '%.32s' is not supported "
+                           "(default, linear, llama3 for llama)", b->dir, type);
+        }
+    }
+#undef U32
+#undef F32
+    return SPK_OK;
+}
+
+/* ---- tensors ------------------------------------------------------------------------------ */
+
+typedef struct entry {
+    const spk_st_tensor *t;
+    const spk_st_file *shard;
+    int used;
+} entry;
+
+typedef struct index {
+    entry *e;
+    size_t n;
+} index_t;
+
+static int entry_cmp(const void *a, const void *b)
+{
+    return strcmp(((const entry *)a)->t->name, ((const entry *)b)->t->name);
+}
+
+static entry *lookup(index_t *ix, const char *name)
+{
+    spk_st_tensor key = {0};
+    key.name = (char *)name;
+    entry k = {&key, NULL, 0};
+    return bsearch(&k, ix->e, ix->n, sizeof *ix->e, entry_cmp);
+}
+
+enum kind { K_VEC, K_MAT };
+typedef struct role {
+    const char *hf, *gguf;
+    enum kind kind;
+    int perm; /* 1: q rows, 2: k rows */
+} role;
+
+static const role layer_roles[] = {
+    {"input_layernorm", "attn_norm", K_VEC, 0},
+    {"post_attention_layernorm", "ffn_norm", K_VEC, 0},
+    {"self_attn.q_norm", "attn_q_norm", K_VEC, 0},
+    {"self_attn.k_norm", "attn_k_norm", K_VEC, 0},
+    {"self_attn.q_proj", "attn_q", K_MAT, 1},
+    {"self_attn.k_proj", "attn_k", K_MAT, 2},
+    {"self_attn.v_proj", "attn_v", K_MAT, 0},
+    {"self_attn.o_proj", "attn_output", K_MAT, 0},
+    {"mlp.gate_proj", "ffn_gate", K_MAT, 0},
+    {"mlp.up_proj", "ffn_up", K_MAT, 0},
+    {"mlp.down_proj", "ffn_down", K_MAT, 0},
+};
+
+/* Expected torch shape [rows, cols] (vectors: cols only) of a role. */
+static void role_shape(const hparams *hp, const char *gguf, uint64_t *rows, uint64_t *cols)
+{
+    const uint64_t E = hp->n_embd, Q = hp->n_heads * hp->head_dim, KV = hp->n_kv * hp->head_dim, F = hp->n_ff;
+    *rows = 1;
+    if (!strcmp(gguf, "attn_norm") || !strcmp(gguf, "ffn_norm") || !strcmp(gguf, "output_norm"))
+        *cols = E;
+    else if (!strcmp(gguf, "attn_q_norm") || !strcmp(gguf, "attn_k_norm"))
+        *cols = hp->head_dim;
+    else if (!strcmp(gguf, "attn_q"))
+        *rows = Q, *cols = E;
+    else if (!strcmp(gguf, "attn_k") || !strcmp(gguf, "attn_v"))
+        *rows = KV, *cols = E;
+    else if (!strcmp(gguf, "attn_output"))
+        *rows = E, *cols = Q;
+    else if (!strcmp(gguf, "ffn_gate") || !strcmp(gguf, "ffn_up"))
+        *rows = F, *cols = E;
+    else if (!strcmp(gguf, "ffn_down"))
+        *rows = E, *cols = F;
+    else /* token_embd, output */
+        *rows = hp->n_vocab, *cols = E;
+}
+
+static float e4m3_table[256];
+static float e2m1_table[16] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6, -0.0f, -0.5f, -1, -1.5f, -2, -3, -4, -6};
+
+static void init_tables(void)
+{
+    for (int i = 0; i < 256; i++) {
+        int s = i >> 7, e = (i >> 3) & 15, m = i & 7;
+        float v;
+        if (e == 15 && m == 7)
+            v = NAN;
+        else if (e == 0)
+            v = ldexpf((float)m / 8.0f, -6);
+        else
+            v = ldexpf(1.0f + (float)m / 8.0f, e - 7);
+        e4m3_table[i] = s ? -v : v;
+    }
+}
+
+static float scalar_at(const spk_st_tensor *t, uint64_t i)
+{
+    const uint8_t *p = t->data;
+    switch (t->dtype) {
+    case SPK_ST_F32: {
+        float v;
+        memcpy(&v, p + 4 * i, 4);
+        return v;
+    }
+    case SPK_ST_BF16: {
+        uint16_t v;
+        memcpy(&v, p + 2 * i, 2);
+        return spk_bf16_to_f32(v);
+    }
+    case SPK_ST_F16: {
+        uint16_t v;
+        memcpy(&v, p + 2 * i, 2);
+        return spk_f16_to_f32(v);
+    }
+    case SPK_ST_F8_E4M3:
+        return e4m3_table[p[i]];
+    default:
+        return NAN;
+    }
+}
+
+static int float_dtype(spk_st_dtype d) { return d == SPK_ST_F32 || d == SPK_ST_BF16 || d == SPK_ST_F16; }
+
+/* Source row of destination row d under the converter's permute (n_head groups of rows). */
+static uint64_t src_row(uint64_t d, uint64_t rows, uint64_t n_head)
+{
+    if (!n_head)
+        return d;
+    const uint64_t hd = rows / n_head, h = d / hd, r = d % hd;
+    return h * hd + (r % 2) * (hd / 2) + r / 2;
+}
+
+typedef struct convert {
+    builder *b;
+    const hparams *hp;
+    index_t *ix;
+    const char *hfname; /* of the weight (".weight") */
+    const char *gname;
+    enum kind kind;
+    uint64_t rows, cols;
+    uint64_t perm_heads; /* 0: none */
+} convert;
+
+static spk_status shape_err(const convert *c, const spk_st_tensor *t, const char *what)
+{
+    char got[96] = "", *p = got;
+    for (int i = 0; i < t->n_dims && p < got + sizeof got - 24; i++)
+        p += snprintf(p, (size_t)(got + sizeof got - p), "%s%llu", i ? ", " : "", (unsigned long long)t->shape[i]);
+    if (c->kind == K_VEC)
+        return spk_err(SPK_ERR_FORMAT, "%s: tensor '%.*s' (%s) has shape [%s], config.json implies [%llu]",
+                       c->b->dir, SHOWN, t->name, what, got, (unsigned long long)c->cols);
+    return spk_err(SPK_ERR_FORMAT, "%s: tensor '%.*s' (%s) has shape [%s], config.json implies [%llu, %llu]",
+                   c->b->dir, SHOWN, t->name, what, got, (unsigned long long)c->rows, (unsigned long long)c->cols);
+}
+
+static spk_gguf_tensor *out_tensor(const convert *c, spk_dtype type)
+{
+    spk_gguf_tensor *g = add_tensor(c->b, c->gname);
+    if (!g)
+        return NULL;
+    g->type = type;
+    if (c->kind == K_VEC) {
+        g->n_dims = 1;
+        g->ne[0] = c->cols;
+        g->ne[1] = g->ne[2] = g->ne[3] = 1;
+    } else {
+        g->n_dims = 2;
+        g->ne[0] = c->cols;
+        g->ne[1] = c->rows;
+        g->ne[2] = g->ne[3] = 1;
+    }
+    g->n_elements = c->rows * c->cols;
+    g->nbytes = spk_dtype_row_size(type, (size_t)c->cols) * c->rows;
+    return g;
+}
+
+/* BF16/F16/F32 source. Vectors become F32; matrices keep their type (zero-copy unless rows
+ * are permuted or the data is misaligned for its element size). */
+static spk_status conv_float(const convert *c, const spk_st_tensor *t)
+{
+    const size_t es = spk_st_dtype_size(t->dtype);
+    spk_dtype ty = t->dtype == SPK_ST_F32 ? SPK_DT_F32 : t->dtype == SPK_ST_BF16 ? SPK_DT_BF16 : SPK_DT_F16;
+    if (c->kind == K_VEC)
+        ty = SPK_DT_F32;
+    spk_gguf_tensor *g = out_tensor(c, ty);
+    if (!g)
+        return nomem();
+    if (ty == (t->dtype == SPK_ST_F32 ? SPK_DT_F32 : t->dtype == SPK_ST_BF16 ? SPK_DT_BF16 : SPK_DT_F16) &&
+        !c->perm_heads && (uintptr_t)t->data % es == 0) {
+        g->data = t->data;
+        return SPK_OK;
+    }
+    uint8_t *buf = new_buffer(c->b, g->nbytes);
+    if (!buf)
+        return nomem();
+    prefetch(t);
+    const size_t orow = spk_dtype_row_size(ty, (size_t)c->cols), irow = es * c->cols;
+    for (uint64_t d = 0; d < c->rows; d++) {
+        const uint64_t s = src_row(d, c->rows, c->perm_heads);
+        if (ty != SPK_DT_F32 || t->dtype == SPK_ST_F32) {
+            memcpy(buf + d * orow, t->data + s * irow, orow);
+        } else {
+            float *o = (float *)(buf + d * orow);
+            const spk_st_tensor row = {.dtype = t->dtype, .data = t->data + s * irow};
+            for (uint64_t j = 0; j < c->cols; j++)
+                o[j] = scalar_at(&row, j);
+        }
+    }
+    g->data = buf;
+    release_source(t);
+    return SPK_OK;
+}
+
+static entry *aux(index_t *ix, const char *hfname, const char *suffix)
+{
+    char n[1200];
+    size_t l = strlen(hfname);
+    if (l > 7 && !strcmp(hfname + l - 7, ".weight"))
+        l -= 7;
+    snprintf(n, sizeof n, "%.*s.%s", (int)l, hfname, suffix);
+    return lookup(ix, n);
+}
+
+/* FP8 E4M3 weights: value = e4m3 * scale, in float, rounded to BF16. Scale layouts: one value
+ * (per tensor), one per row (per channel: [rows] or [rows, 1]), or one per B x B block
+ * ([ceil(rows/B), ceil(cols/B)], "weight_scale_inv" of block-quantized checkpoints). */
+static spk_status conv_fp8(const convert *c, const spk_st_tensor *t)
+{
+    entry *se = aux(c->ix, c->hfname, "weight_scale");
+    if (!se)
+        se = aux(c->ix, c->hfname, "weight_scale_inv");
+    if (!se)
+        return spk_err(SPK_ERR_FORMAT, "%s: FP8 tensor '%.*s' has no weight_scale or weight_scale_inv",
+                       c->b->dir, SHOWN, t->name);
+    se->used = 1;
+    /* static activation scales (compressed-tensors input_scale, fbgemm input_scale_ub): our
+     * activations stay float, so they are not needed */
+    entry *ia = aux(c->ix, c->hfname, "input_scale"), *ib = aux(c->ix, c->hfname, "input_scale_ub");
+    if (ia)
+        ia->used = 1;
+    if (ib)
+        ib->used = 1;
+    const spk_st_tensor *s = se->t;
+    if (!float_dtype(s->dtype))
+        return spk_err(SPK_ERR_UNSUPPORTED, "%s: scale '%.*s' has dtype %s (F32, BF16, F16)", c->b->dir, SHOWN,
+                       s->name, spk_st_dtype_name(s->dtype));
+    const uint64_t B = c->hp->block_size, R = c->rows, C = c->cols;
+    int mode; /* 0 tensor, 1 channel, 2 block */
+    if (s->n_elements == 1)
+        mode = 0;
+    else if (s->n_elements == R && (s->n_dims == 1 || (s->n_dims == 2 && s->shape[1] == 1)))
+        mode = 1;
+    else if (s->n_dims == 2 && s->shape[0] == (R + B - 1) / B && s->shape[1] == (C + B - 1) / B)
+        mode = 2;
+    else
+        return spk_err(SPK_ERR_FORMAT, "%s: scale '%.*s' of %llu elements fits neither per-tensor, per-channel "
+                       "[%llu] nor %llux%llu blocks [%llu, %llu]", c->b->dir, SHOWN, s->name,
+                       (unsigned long long)s->n_elements, (unsigned long long)R, (unsigned long long)B,
+                       (unsigned long long)B, (unsigned long long)((R + B - 1) / B),
+                       (unsigned long long)((C + B - 1) / B));
+    spk_gguf_tensor *g = out_tensor(c, SPK_DT_BF16);
+    if (!g)
+        return nomem();
+    uint16_t *o = new_buffer(c->b, g->nbytes);
+    if (!o)
+        return nomem();
+    prefetch(t);
+    const uint64_t nb = (C + B - 1) / B;
+    for (uint64_t d = 0; d < R; d++) {
+        const uint64_t r = src_row(d, R, c->perm_heads);
+        const uint8_t *in = t->data + r * C;
+        float sc = mode == 0 ? scalar_at(s, 0) : scalar_at(s, r);
+        for (uint64_t j = 0; j < C; j++) {
+            if (mode == 2 && j % B == 0)
+                sc = scalar_at(s, (r / B) * nb + j / B);
+            o[d * C + j] = spk_f32_to_bf16(e4m3_table[in[j]] * sc);
+        }
+    }
+    g->data = o;
+    release_source(t);
+    return SPK_OK;
+}
+
+/* NVFP4 (ModelOpt): U8 [rows, cols/2] of E2M1 pairs (low nibble first), weight_scale E4M3
+ * [rows, cols/16], weight_scale_2 F32 (one value). value = (e2m1 * e4m3) * scale_2, in float,
+ * rounded to BF16 (e2m1 * e4m3 is exact in float; the product with scale_2 is rounded once). */
+static spk_status conv_nvfp4(const convert *c, const spk_st_tensor *t)
+{
+    entry *se = aux(c->ix, c->hfname, "weight_scale"), *s2 = aux(c->ix, c->hfname, "weight_scale_2");
+    entry *is = aux(c->ix, c->hfname, "input_scale");
+    if (!se || !s2)
+        return spk_err(SPK_ERR_FORMAT, "%s: packed FP4 tensor '%.*s' needs weight_scale and weight_scale_2 "
+                       "(NVFP4)", c->b->dir, SHOWN, t->name);
+    se->used = s2->used = 1;
+    if (is)
+        is->used = 1; /* activation scale: activations stay in float here */
+    const uint64_t R = c->rows, C = c->cols;
+    if (C % 16 || t->n_dims != 2 || t->shape[0] != R || t->shape[1] != C / 2)
+        return shape_err(c, t, "NVFP4: packed pairs, [rows, cols/2]");
+    if (se->t->dtype != SPK_ST_F8_E4M3 || se->t->n_dims != 2 || se->t->shape[0] != R || se->t->shape[1] != C / 16)
+        return spk_err(SPK_ERR_FORMAT, "%s: NVFP4 scale '%.*s' must be F8_E4M3 [%llu, %llu]", c->b->dir, SHOWN,
+                       se->t->name, (unsigned long long)R, (unsigned long long)(C / 16));
+    if (s2->t->n_elements != 1 || !float_dtype(s2->t->dtype))
+        return spk_err(SPK_ERR_FORMAT, "%s: NVFP4 global scale '%.*s' must be one float", c->b->dir, SHOWN,
+                       s2->t->name);
+    const float g2 = scalar_at(s2->t, 0);
+    spk_gguf_tensor *g = out_tensor(c, SPK_DT_BF16);
+    if (!g)
+        return nomem();
+    uint16_t *o = new_buffer(c->b, g->nbytes);
+    if (!o)
+        return nomem();
+    prefetch(t);
+    for (uint64_t d = 0; d < R; d++) {
+        const uint64_t r = src_row(d, R, c->perm_heads);
+        const uint8_t *in = t->data + r * (C / 2), *sc = se->t->data + r * (C / 16);
+        for (uint64_t j = 0; j < C; j++) {
+            const uint8_t q = (uint8_t)(j & 1 ? in[j / 2] >> 4 : in[j / 2] & 15);
+            o[d * C + j] = spk_f32_to_bf16(e2m1_table[q] * e4m3_table[sc[j / 16]] * g2);
+        }
+    }
+    g->data = o;
+    release_source(t);
+    release_source(se->t);
+    return SPK_OK;
+}
+
+/* MXFP4 (gpt-oss): blocks U8 [rows, cols/32, 16] (element 2k in the low nibble of byte k),
+ * scales U8/F8_E8M0 [rows, cols/32] -> ggml's block_mxfp4 {e, qs[16]} with element j in the low
+ * nibble of qs[j] and element j+16 in its high nibble (the converter's repack_mxfp4): exact. */
+static spk_status conv_mxfp4(const convert *c, const spk_st_tensor *t, const spk_st_tensor *sc)
+{
+    const uint64_t R = c->rows, C = c->cols;
+    if (C % 32 || t->n_dims != 3 || t->shape[0] != R || t->shape[1] != C / 32 || t->shape[2] != 16)
+        return shape_err(c, t, "MXFP4 blocks: [rows, cols/32, 16]");
+    if ((sc->dtype != SPK_ST_U8 && sc->dtype != SPK_ST_F8_E8M0) || sc->n_dims != 2 || sc->shape[0] != R ||
+        sc->shape[1] != C / 32)
+        return spk_err(SPK_ERR_FORMAT, "%s: MXFP4 scales '%.*s' must be U8 or F8_E8M0 [%llu, %llu]", c->b->dir,
+                       SHOWN, sc->name, (unsigned long long)R, (unsigned long long)(C / 32));
+    spk_gguf_tensor *g = out_tensor(c, SPK_DT_MXFP4);
+    if (!g)
+        return nomem();
+    uint8_t *o = new_buffer(c->b, g->nbytes);
+    if (!o)
+        return nomem();
+    prefetch(t);
+    prefetch(sc);
+    const uint64_t nb = C / 32;
+    for (uint64_t d = 0; d < R; d++) {
+        const uint64_t r = src_row(d, R, c->perm_heads);
+        for (uint64_t k = 0; k < nb; k++) {
+            const uint8_t *in = t->data + (r * nb + k) * 16;
+            uint8_t *blk = o + (d * nb + k) * 17;
+            blk[0] = sc->data[r * nb + k];
+            for (int j = 0; j < 16; j++) {
+                uint8_t lo = (uint8_t)(j & 1 ? in[j / 2] >> 4 : in[j / 2] & 15);
+                uint8_t hi = (uint8_t)((j + 16) & 1 ? in[(j + 16) / 2] >> 4 : in[(j + 16) / 2] & 15);
+                blk[1 + j] = (uint8_t)(lo | hi << 4);
+            }
+        }
+    }
+    g->data = o;
+    release_source(t);
+    return SPK_OK;
+}
+
+static spk_status convert_one(convert *c, entry *e)
+{
+    const spk_st_tensor *t = e->t;
+    e->used = 1;
+    if (c->kind == K_VEC) {
+        if (!float_dtype(t->dtype))
+            return spk_err(SPK_ERR_UNSUPPORTED, "%s: tensor '%.*s' has dtype %s (vectors: F32, BF16, F16)",
+                           c->b->dir, SHOWN, t->name, spk_st_dtype_name(t->dtype));
+        if (t->n_dims != 1 || t->shape[0] != c->cols)
+            return shape_err(c, t, "vector");
+        return conv_float(c, t);
+    }
+    if (float_dtype(t->dtype) || t->dtype == SPK_ST_F8_E4M3) {
+        if (t->n_dims != 2 || t->shape[0] != c->rows || t->shape[1] != c->cols)
+            return shape_err(c, t, "matrix");
+        return float_dtype(t->dtype) ? conv_float(c, t) : conv_fp8(c, t);
+    }
+    if (t->dtype == SPK_ST_U8 || t->dtype == SPK_ST_I8)
+        return conv_nvfp4(c, t);
+    return spk_err(SPK_ERR_UNSUPPORTED, "%s: tensor '%.*s' has dtype %s (BF16, F16, F32, F8_E4M3, packed FP4)",
+                   c->b->dir, SHOWN, t->name, spk_st_dtype_name(t->dtype));
+}
+
+/* The GGUF name of an HF weight name (".weight" form); 0 if unknown. */
+static int map_name(const hparams *hp, const char *n, char *out, size_t cap, enum kind *kind, int *perm)
+{
+    *perm = 0;
+    if (!strcmp(n, "model.embed_tokens.weight")) {
+        snprintf(out, cap, "token_embd");
+        *kind = K_MAT;
+        return 1;
+    }
+    if (!strcmp(n, "model.norm.weight")) {
+        snprintf(out, cap, "output_norm");
+        *kind = K_VEC;
+        return 1;
+    }
+    if (!strcmp(n, "lm_head.weight")) {
+        snprintf(out, cap, "output");
+        *kind = K_MAT;
+        return 1;
+    }
+    const char *p = "model.layers.";
+    if (strncmp(n, p, strlen(p)) != 0)
+        return 0;
+    const char *q = n + strlen(p);
+    char *endp = NULL;
+    if (*q < '0' || *q > '9')
+        return 0;
+    unsigned long l = strtoul(q, &endp, 10);
+    if (*endp != '.' || l >= hp->n_layers)
+        return -1;
+    const char *rest = endp + 1;
+    for (size_t i = 0; i < sizeof layer_roles / sizeof layer_roles[0]; i++) {
+        size_t rl = strlen(layer_roles[i].hf);
+        if (!strncmp(rest, layer_roles[i].hf, rl) && !strcmp(rest + rl, ".weight")) {
+            if (!hp->llama || !layer_roles[i].perm)
+                *perm = 0;
+            else
+                *perm = layer_roles[i].perm;
+            if (hp->llama && (!strcmp(layer_roles[i].gguf, "attn_q_norm") || !strcmp(layer_roles[i].gguf, "attn_k_norm")))
+                return 0;
+            snprintf(out, cap, "blk.%lu.%s", l, layer_roles[i].gguf);
+            *kind = layer_roles[i].kind;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int has_suffix(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+static spk_status build_tensors(builder *b, const hparams *hp, index_t *ix)
+{
+    for (size_t i = 0; i < ix->n; i++) {
+        entry *e = &ix->e[i];
+        const char *n = e->t->name;
+        /* rotary tables (recomputed), FP8 KV-cache scales (our cache is f16) */
+        if (has_suffix(n, "rotary_emb.inv_freq") || has_suffix(n, "self_attn.k_scale") ||
+            has_suffix(n, "self_attn.v_scale")) {
+            e->used = 1;
+            continue;
+        }
+        if (has_suffix(n, ".weight_scale") || has_suffix(n, ".weight_scale_inv") || has_suffix(n, ".weight_scale_2") ||
+            has_suffix(n, ".input_scale") || has_suffix(n, ".input_scale_ub") || has_suffix(n, "_scales"))
+            continue; /* consumed with their weight; leftovers are refused below */
+        char hfname[1200], gname[256];
+        const spk_st_tensor *scales = NULL;
+        if (has_suffix(n, "_blocks")) {
+            size_t l = strlen(n) - 7;
+            char sn[1200];
+            snprintf(sn, sizeof sn, "%.*s_scales", (int)l, n);
+            entry *se = lookup(ix, sn);
+            if (!se)
+                return spk_err(SPK_ERR_FORMAT, "%s: MXFP4 blocks '%.*s' without '%.*s'", b->dir, SHOWN, n, SHOWN, sn);
+            se->used = 1;
+            scales = se->t;
+            if (l > 7 && !strncmp(n + l - 7, ".weight", 7))
+                snprintf(hfname, sizeof hfname, "%.*s", (int)l, n);
+            else
+                snprintf(hfname, sizeof hfname, "%.*s.weight", (int)l, n);
+        } else {
+            snprintf(hfname, sizeof hfname, "%s", n);
+        }
+        enum kind kind;
+        int perm;
+        int r = map_name(hp, hfname, gname, sizeof gname - 8, &kind, &perm);
+        if (r < 0)
+            return spk_err(SPK_ERR_FORMAT, "%s: tensor '%.*s' is outside num_hidden_layers %llu", b->dir, SHOWN, n,
+                           (unsigned long long)hp->n_layers);
+        if (r == 0)
+            return spk_err(SPK_ERR_UNSUPPORTED, "%s: tensor '%.*s' is not part of a %s model this library runs",
+                           b->dir, SHOWN, n, hp->llama ? "llama" : "qwen3");
+        strcat(gname, ".weight");
+        if (spk_gguf_find_tensor(b->f, gname))
+            return spk_err(SPK_ERR_FORMAT, "%s: two tensors map to '%s' (the second: '%.*s')", b->dir, gname, SHOWN, n);
+        convert c = {.b = b, .hp = hp, .ix = ix, .hfname = hfname, .gname = gname, .kind = kind};
+        char base[64];
+        snprintf(base, sizeof base, "%s", strncmp(gname, "blk.", 4) ? gname : strchr(gname + 4, '.') + 1);
+        *strrchr(base, '.') = '\0';
+        role_shape(hp, base, &c.rows, &c.cols);
+        c.perm_heads = perm == 1 ? hp->n_heads : perm == 2 ? hp->n_kv : 0;
+        spk_status st;
+        if (scales) {
+            e->used = 1;
+            st = kind == K_MAT ? conv_mxfp4(&c, e->t, scales)
+                               : spk_err(SPK_ERR_FORMAT, "%s: '%.*s': MXFP4 vector", b->dir, SHOWN, n);
+        } else {
+            st = convert_one(&c, e);
+        }
+        if (st != SPK_OK)
+            return st;
+    }
+    for (size_t i = 0; i < ix->n; i++)
+        if (!ix->e[i].used)
+            return spk_err(SPK_ERR_UNSUPPORTED, "%s: tensor '%.*s' (in %s) belongs to no weight this loader knows",
+                           b->dir, SHOWN, ix->e[i].t->name, ix->e[i].shard->path);
+    return SPK_OK;
+}
+
+/* ---- shards ------------------------------------------------------------------------------- */
+
+static spk_status add_shard(builder *b, const char *file)
+{
+    struct spk_hf_model *m = b->m;
+    char p[1200];
+    snprintf(p, sizeof p, "%s/%s", b->dir, file);
+    spk_st_file **ns = realloc(m->shards, (m->n_shards + 1) * sizeof *ns);
+    if (!ns)
+        return nomem();
+    m->shards = ns;
+    struct stat sb;
+    if (stat(p, &sb) != 0)
+        return spk_err(SPK_ERR_IO, "%s: shard '%s' is missing: %s", b->dir, file, strerror(errno));
+    TRY(spk_st_open(p, &m->shards[m->n_shards]));
+    m->n_shards++;
+    return SPK_OK;
+}
+
+static spk_status open_shards(builder *b, index_t *ix)
+{
+    char p[1200];
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", b->dir);
+    char *txt = NULL;
+    size_t len = 0;
+    int missing = 0;
+    TRY(read_small(p, &txt, &len, &missing));
+    cJSON *idx = NULL, *wm = NULL;
+    if (missing) {
+        snprintf(p, sizeof p, "%s/model.safetensors", b->dir);
+        if (access(p, F_OK) != 0)
+            return spk_err(SPK_ERR_IO, "%s: neither model.safetensors nor model.safetensors.index.json "
+                           "(not a Hugging Face checkpoint directory)", b->dir);
+        TRY(add_shard(b, "model.safetensors"));
+    } else {
+        spk_status st = parse_json(p, txt, len, &idx);
+        free(txt);
+        if (st != SPK_OK)
+            return st;
+        wm = cJSON_GetObjectItemCaseSensitive(idx, "weight_map");
+        if (!cJSON_IsObject(wm) || !wm->child) {
+            cJSON_Delete(idx);
+            return spk_err(SPK_ERR_FORMAT, "%s: no 'weight_map' object", p);
+        }
+        const cJSON *e;
+        cJSON_ArrayForEach(e, wm)
+        {
+            if (!cJSON_IsString(e) || !plain_file_name(e->valuestring)) {
+                st = spk_err(SPK_ERR_FORMAT, "%s: weight_map['%.*s'] is not a file name in the directory", p,
+                             SHOWN, e->string);
+                break;
+            }
+            int seen = 0;
+            for (const cJSON *f = wm->child; f != e && !seen; f = f->next)
+                seen = !strcmp(f->valuestring, e->valuestring);
+            if (!seen && (st = add_shard(b, e->valuestring)) != SPK_OK)
+                break;
+        }
+        if (st != SPK_OK) {
+            cJSON_Delete(idx);
+            return st;
+        }
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < b->m->n_shards; i++)
+        n += b->m->shards[i]->n_tensors;
+    ix->e = calloc(n ? n : 1, sizeof *ix->e);
+    if (!ix->e) {
+        cJSON_Delete(idx);
+        return nomem();
+    }
+    for (size_t i = 0; i < b->m->n_shards; i++)
+        for (size_t j = 0; j < b->m->shards[i]->n_tensors; j++)
+            ix->e[ix->n++] = (entry){&b->m->shards[i]->tensors[j], b->m->shards[i], 0};
+    qsort(ix->e, ix->n, sizeof *ix->e, entry_cmp);
+    spk_status st = SPK_OK;
+    for (size_t i = 1; i < ix->n && st == SPK_OK; i++)
+        if (!strcmp(ix->e[i - 1].t->name, ix->e[i].t->name))
+            st = spk_err(SPK_ERR_FORMAT, "%s: tensor '%.*s' is in two shards (%s, %s)", b->dir, SHOWN,
+                         ix->e[i].t->name, ix->e[i - 1].shard->path, ix->e[i].shard->path);
+    if (wm && st == SPK_OK) {
+        /* the index names every tensor, in the file that holds it, and nothing else */
+        size_t listed = 0;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, wm)
+        {
+            listed++;
+            entry *x = lookup(ix, e->string);
+            const char *base = x ? strrchr(x->shard->path, '/') + 1 : NULL;
+            if (!x || strcmp(base, e->valuestring)) {
+                st = spk_err(SPK_ERR_FORMAT, "%s: the index puts tensor '%.*s' in %s, which does not hold it",
+                             b->dir, SHOWN, e->string, e->valuestring);
+                break;
+            }
+        }
+        if (st == SPK_OK && listed != ix->n)
+            st = spk_err(SPK_ERR_FORMAT, "%s: the shards hold %zu tensors, the index names %zu", b->dir, ix->n,
+                         listed);
+    }
+    cJSON_Delete(idx);
+    return st;
+}
+
+/* ---- open ---------------------------------------------------------------------------------- */
+
+spk_status spk_hf_open(const char *dir, spk_gguf_file **out)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, init_tables);
+    *out = NULL;
+    if (strlen(dir) >= sizeof((spk_gguf_file *)0)->path - 64)
+        return spk_err(SPK_ERR_IO, "%.64s...: a model directory path of %zu bytes (at most %zu)", dir, strlen(dir),
+                       sizeof((spk_gguf_file *)0)->path - 65);
+    spk_gguf_file *f = calloc(1, sizeof *f);
+    struct spk_hf_model *m = calloc(1, sizeof *m);
+    if (!f || !m) {
+        free(f);
+        free(m);
+        return nomem();
+    }
+    f->hf = m;
+    f->version = 3;
+    f->alignment = 32;
+    snprintf(f->path, sizeof f->path, "%s", dir);
+    builder b = {.f = f, .m = m, .dir = f->path};
+    index_t ix = {0};
+    cJSON *cfg = NULL;
+    char p[1200];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    int missing = 0;
+    spk_status st = read_small(p, &m->config, &m->config_len, &missing);
+    if (st == SPK_OK && missing)
+        st = spk_err(SPK_ERR_IO, "%s: a directory without config.json (neither a GGUF file nor a Hugging Face "
+                     "model directory)", dir);
+    if (st == SPK_OK)
+        st = parse_json(p, m->config, m->config_len, &cfg);
+    hparams hp;
+    if (st == SPK_OK)
+        st = read_hparams(f->path, cfg, &hp);
+    float *factors = NULL;
+    int n_factors = 0;
+    if (st == SPK_OK) {
+        factors = keep(&b, malloc(sizeof(float) * (hp.head_dim / 2 + 1)));
+        st = factors ? write_metadata(&b, &hp, cfg, factors, &n_factors) : nomem();
+    }
+    if (st == SPK_OK)
+        st = write_tokenizer(&b);
+    if (st == SPK_OK)
+        st = open_shards(&b, &ix);
+    if (st == SPK_OK)
+        st = build_tensors(&b, &hp, &ix);
+    if (st == SPK_OK && n_factors) {
+        spk_gguf_tensor *g = add_tensor(&b, "rope_freqs.weight");
+        if (!g)
+            st = nomem();
+        else {
+            g->type = SPK_DT_F32;
+            g->n_dims = 1;
+            g->ne[0] = (uint64_t)n_factors;
+            g->ne[1] = g->ne[2] = g->ne[3] = 1;
+            g->n_elements = (uint64_t)n_factors;
+            g->nbytes = 4u * (uint64_t)n_factors;
+            g->data = factors;
+        }
+    }
+    if (st == SPK_OK && !spk_gguf_find_tensor(f, "token_embd.weight"))
+        st = spk_err(SPK_ERR_FORMAT, "%s: no model.embed_tokens.weight in the checkpoint", dir);
+    free(ix.e);
+    cJSON_Delete(cfg);
+    if (st != SPK_OK) {
+        spk_gguf_close(f);
+        return st;
+    }
+    *out = f;
+    return SPK_OK;
+}
+
+/* ---- identity -------------------------------------------------------------------------------- */
+
+static void absorb_u64(crypto_generichash_state *st, uint64_t v)
+{
+    uint8_t b[8];
+    for (int i = 0; i < 8; i++)
+        b[i] = (uint8_t)(v >> (8 * i));
+    crypto_generichash_update(st, b, sizeof b);
+}
+
+void spk_hf_identity(const spk_gguf_file *f, uint8_t out[SPK_GGUF_ID_BYTES])
+{
+    enum { SAMPLE = 4096 };
+    const struct spk_hf_model *m = f->hf;
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, (const unsigned char *)"spk-hf-identity-v1", 18, SPK_GGUF_ID_BYTES);
+    absorb_u64(&st, m->config_len);
+    crypto_generichash_update(&st, (const unsigned char *)m->config, m->config_len);
+    absorb_u64(&st, m->n_shards);
+    for (size_t i = 0; i < m->n_shards; i++) {
+        const spk_st_file *s = m->shards[i];
+        absorb_u64(&st, s->size);
+        crypto_generichash_update(&st, s->base, 8 + s->header_len);
+    }
+    for (uint64_t i = 0; i < f->n_tensors; i++) {
+        const spk_gguf_tensor *t = &f->tensors[i];
+        const uint8_t *d = t->data;
+        uint64_t n = t->nbytes;
+        absorb_u64(&st, t->name.len);
+        crypto_generichash_update(&st, (const unsigned char *)t->name.ptr, t->name.len);
+        absorb_u64(&st, (uint64_t)t->type);
+        absorb_u64(&st, t->ne[0]);
+        absorb_u64(&st, t->ne[1]);
+        if (n <= 3 * SAMPLE) {
+            crypto_generichash_update(&st, d, n);
+            continue;
+        }
+        crypto_generichash_update(&st, d, SAMPLE);
+        crypto_generichash_update(&st, d + (n / 2 - SAMPLE / 2), SAMPLE);
+        crypto_generichash_update(&st, d + n - SAMPLE, SAMPLE);
+    }
+    crypto_generichash_final(&st, out, SPK_GGUF_ID_BYTES);
+}
