@@ -305,7 +305,8 @@ static int is_float(spk_dtype t)
     return t == SPK_DT_F32 || t == SPK_DT_F16 || t == SPK_DT_BF16;
 }
 
-/* The activation values the kernels see, decoded from the documented Q8 planar layout. */
+/* The activation values the kernels see, decoded from the documented Q8 planar layout (for
+ * K-quant weights, that of the K-quant section, one scale per 256). */
 static void decode_act(double *a, double *dblk, const uint8_t *act, spk_dtype t, int n)
 {
     if (is_float(t)) {
@@ -313,6 +314,8 @@ static void decode_act(double *a, double *dblk, const uint8_t *act, spk_dtype t,
             a[i] = ((const float *)act)[i];
         return;
     }
+    if (spk_dtype_get((uint32_t)t)->block == 256) /* K-quants read the rows' K-quant section */
+        act += spk_q8_row_bytes(n);
     const int8_t *q = (const int8_t *)act;
     const float *ds = (const float *)(act + n);
     for (int i = 0; i < n; i++) {
