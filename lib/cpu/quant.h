@@ -11,13 +11,14 @@
 #include "common/dtype.h"
 
 /*
- * Activation rows for quantized weights ("Q8 planar"), one per token, spk_q8_row_bytes(n) apart:
+ * Activation rows for quantized weights ("Q8 planar"), one per token, spk_q8_row_bytes(n) +
+ * spk_q8k_row_bytes(n) apart (the K-quant section below follows when n is a multiple of 256):
  *   int8_t qs[n]                    q = roundf(x / d), as ggml's reference quantizer
  *   float  ds[2 * n/32]             pairs (d, s) per block of 32: d = amax/127 rounded to f16
  *                                   (as the reference stores it), s = d * sum(q) (exact in f32)
- * The same rows serve every quantized weight type: Q4_0, Q5_0, Q8_0, Q3_K, Q6_K, MXFP4 read d
- * (Q8_0 semantics), Q4_1, Q5_1, Q4_K, Q5_K read d and s (Q8_1), and Q2_K, whose min goes with
- * each 16 values, sums the int8 values itself.
+ * Q4_0, Q5_0, Q8_0, MXFP4 read d (Q8_0 semantics), Q4_1, Q5_1 read d and s (Q8_1). K-quant
+ * weights read the K-quant section instead, the same layout with d per 256 (per-32 kernels:
+ * Q3_K, Q6_K read d, Q4_K, Q5_K d and s, Q2_K sums the int8 values itself).
  * Float weights (F32, F16, BF16) take plain f32 rows, spk_f32_row_bytes(n) apart.
  */
 #define SPK_ACT_BLOCK 32
