@@ -24,6 +24,8 @@ static void inherit(spk_mm_table *t, const spk_mm_table *below)
             t->mm[i] = below->mm[i];
     if (!t->q8_quantize)
         t->q8_quantize = below->q8_quantize;
+    if (!t->q8k_quantize)
+        t->q8k_quantize = below->q8k_quantize;
 }
 
 static void init_tables(void)
@@ -143,9 +145,17 @@ int spk_matmul_supported(spk_dtype wtype, int n_in)
     }
 }
 
+static int is_kquant(spk_dtype t)
+{
+    return t == SPK_DT_Q2_K || t == SPK_DT_Q3_K || t == SPK_DT_Q4_K || t == SPK_DT_Q5_K ||
+           t == SPK_DT_Q6_K;
+}
+
+/* Quantized types: the planar part, then the K-quant section when n allows one (cpu/quant.h),
+ * for every quantized type alike, so rows quantized for one type serve any other. */
 static size_t act_row_bytes(spk_dtype wtype, int n)
 {
-    return is_float_type(wtype) ? spk_f32_row_bytes(n) : spk_q8_row_bytes(n);
+    return is_float_type(wtype) ? spk_f32_row_bytes(n) : spk_q8_row_bytes(n) + spk_q8k_row_bytes(n);
 }
 
 size_t spk_act_size(spk_dtype wtype, int n, int n_tok)
@@ -169,9 +179,15 @@ void spk_act_quantize(void *act, spk_dtype wtype, const float *x, int n, int tok
         }
         return;
     }
-    spk_act_kernel q = g_tables[current_isa()].q8_quantize;
-    for (int t = tok0; t < tok1; t++)
-        q((uint8_t *)act + (size_t)t * rb, x + (size_t)t * (size_t)n, n);
+    const spk_mm_table *tab = &g_tables[current_isa()];
+    const size_t koff = spk_q8_row_bytes(n);
+    const int ksec = spk_q8k_row_bytes(n) != 0;
+    for (int t = tok0; t < tok1; t++) {
+        uint8_t *row = (uint8_t *)act + (size_t)t * rb;
+        tab->q8_quantize(row, x + (size_t)t * (size_t)n, n);
+        if (ksec)
+            tab->q8k_quantize(row + koff, x + (size_t)t * (size_t)n, n);
+    }
 }
 
 void spk_matmul(float *out, int ld_out, const void *w, spk_dtype wtype, const void *act,
@@ -180,6 +196,7 @@ void spk_matmul(float *out, int ld_out, const void *w, spk_dtype wtype, const vo
     if (!spk_matmul_supported(wtype, n_in) || n_tok <= 0 || row0 >= row1)
         return;
     spk_mm_kernel k = g_tables[current_isa()].mm[wtype];
-    k(out, ld_out, w, spk_dtype_row_size(wtype, (size_t)n_in), act, act_row_bytes(wtype, n_in),
+    const uint8_t *a = (const uint8_t *)act + (is_kquant(wtype) ? spk_q8_row_bytes(n_in) : 0);
+    k(out, ld_out, w, spk_dtype_row_size(wtype, (size_t)n_in), a, act_row_bytes(wtype, n_in),
       n_in, n_tok, row0, row1);
 }

@@ -13,7 +13,9 @@
 
 /* Activation format used with weights of type `wtype` (F32 for float weights). Q8_0/Q8_1 name
  * the arithmetic (nearest rounding, d = amax/127 per 32 values, s = d * sum(q)); the bytes are
- * laid out for the kernels, not as GGUF blocks (see cpu/quant.h), and only spk_matmul reads them. */
+ * laid out for the kernels, not as GGUF blocks (see cpu/quant.h), and only spk_matmul reads them.
+ * K-quant weights (Q2_K..Q6_K) read the rows' K-quant section instead, whose d is per 256 values
+ * (llama.cpp's Q8_K arithmetic); this still answers Q8_0/Q8_1 for them (no Q8_K dtype). */
 spk_dtype spk_act_type(spk_dtype wtype);
 
 /* Bytes needed for n_tok quantized activation rows of n values for weights of `wtype`. */

@@ -1,18 +1,49 @@
 /*
- * x86-64 matmul kernels for K-quant weights (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K), AVX2+FMA+F16C, compiled with target
- * attributes like cpu/matmul_x86.c; the AVX-512 table inherits them. One weight row at a time
- * against up to 4 tokens (each super-block is unpacked once per 4 tokens).
+ * x86-64 matmul kernels for K-quant weights (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) against the K-quant
+ * section of the activation rows (cpu/quant.h: one scale per 256 values, int16 sums per 16),
+ * AVX2+FMA+F16C, compiled with target attributes like cpu/matmul_x86.c; the AVX-512 table
+ * inherits them. Also the AVX2 quantizer of that section.
+ *
+ * Arithmetic, as llama.cpp's Q8_K dot products: per super-block and (row, token) the 8 chunks of
+ * 32 values are dotted in integers (maddubs of the unsigned weight codes with the int8
+ * activations, then madd with the sub-block scales), summed as int32 lanes; the offsets of the
+ * codes (Q6_K -32, Q3_K -4) and the mins (Q4_K, Q5_K, Q2_K) meet the activations' sums per 16
+ * (one madd); one float FMA (two with mins) per super-block ends it. Partial sums stay far from
+ * int32 limits (Q6_K: |code| <= 63, |scale| <= 128, 256 values of |a| <= 127: < 2^28).
+ *
+ * Register tiles: R weight rows x T tokens per pass; each super-block's scales are decoded and
+ * each chunk of codes unpacked once per tile, each activation chunk loaded once per R rows.
  */
 #if defined(__x86_64__) || defined(__i386__)
 
 #include <immintrin.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "cpu/quant.h"
 
 #define TGT2 "avx2,fma,f16c"
 #define A2 __attribute__((target(TGT2)))
 #define I2 static inline __attribute__((always_inline, target(TGT2)))
+
+enum { T_Q4K, T_Q5K, T_Q6K, T_Q3K, T_Q2K };
+
+static inline size_t kblock_bytes(int type)
+{
+    switch (type) {
+    case T_Q4K: return sizeof(spk_block_q4_K);
+    case T_Q5K: return sizeof(spk_block_q5_K);
+    case T_Q6K: return sizeof(spk_block_q6_K);
+    case T_Q3K: return sizeof(spk_block_q3_K);
+    default: return sizeof(spk_block_q2_K);
+    }
+}
+
+/* Whether the correction (offsets) has the scale d itself (then it is subtracted in integers). */
+static inline int int_corr(int type)
+{
+    return type == T_Q6K || type == T_Q3K;
+}
 
 I2 float hsum256(__m256 v)
 {
@@ -22,256 +53,327 @@ I2 float hsum256(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-/* The 6-bit scales and mins of the 8 sub-blocks of a Q4_K super-block. */
-static inline void q4k_scales(const uint8_t *k, int *sc, int *m)
+/* Byte masks for vpshufb. k4[j]: int16 lane j of each 128-bit half everywhere (per-32 scales);
+ * k16[k]: low half int16 lane 2k, high half lane 2k+1 (per-16 scales: a chunk of 32 values
+ * spans two, values 0-15 in the low half of maddubs' int16 pairs, 16-31 in the high). */
+static const uint8_t k_mask4[8][32] __attribute__((aligned(32))) = {
+#define M4(j) {2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1, \
+               2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1}
+    M4(0), M4(1), M4(2), M4(3), M4(4), M4(5), M4(6), M4(7)
+#undef M4
+};
+static const uint8_t k_mask16[4][32] __attribute__((aligned(32))) = {
+#define M16(k) {4*k,4*k+1,4*k,4*k+1,4*k,4*k+1,4*k,4*k+1,4*k,4*k+1,4*k,4*k+1,4*k,4*k+1,4*k,4*k+1, \
+                4*k+2,4*k+3,4*k+2,4*k+3,4*k+2,4*k+3,4*k+2,4*k+3,4*k+2,4*k+3,4*k+2,4*k+3,4*k+2,4*k+3,4*k+2,4*k+3}
+    M16(0), M16(1), M16(2), M16(3)
+#undef M16
+};
+
+/* One super-block of one row, decoded for the chunk loop. */
+typedef struct {
+    const uint8_t *x; /* the block */
+    float d, dm;      /* scale of the codes' dot; of the mins (0 for int_corr types) */
+    __m256i s0, s1;   /* scale sources for vpshufb (Q4/Q5_K: s0 only; per-16 types: halves) */
+    __m256i coef;     /* int16 per 16 values, madd with the activation sums: the correction */
+    __m256i hb;       /* Q5_K qh, Q3_K hmask */
+} kblk;
+
+I2 void kprep(int type, kblk *k, const uint8_t *x)
 {
-    for (int j = 0; j < 4; j++) {
-        sc[j] = k[j] & 63;
-        m[j] = k[j + 4] & 63;
-        sc[j + 4] = (k[j + 8] & 15) | ((k[j] >> 6) << 4);
-        m[j + 4] = (k[j + 8] >> 4) | ((k[j + 4] >> 6) << 4);
+    k->x = x;
+    switch (type) {
+    case T_Q4K:
+    case T_Q5K: {
+        const spk_block_q4_K *q4 = (const void *)x;
+        const spk_block_q5_K *q5 = (const void *)x;
+        const uint8_t *sc = type == T_Q4K ? q4->scales : q5->scales;
+        const spk_f16 d = type == T_Q4K ? q4->d : q5->d, dmin = type == T_Q4K ? q4->dmin : q5->dmin;
+        uint32_t u[4];
+        memcpy(u, sc, 12);
+        u[3] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
+        const uint32_t m0 = u[1] & 0x3f3f3f3f;
+        u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
+        u[2] = m0;
+        u[0] &= 0x3f3f3f3f;
+        /* u[0..1]: the 8 scales, u[2..3]: the 8 mins, one byte each */
+        const __m128i sm = _mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]);
+        k->s0 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+        const __m128i mins2 = _mm_shuffle_epi8(
+            sm, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15));
+        k->coef = _mm256_cvtepu8_epi16(mins2);
+        k->d = _cvtsh_ss(d);
+        k->dm = _cvtsh_ss(dmin);
+        if (type == T_Q5K)
+            k->hb = _mm256_loadu_si256((const __m256i *)q5->qh);
+        break;
+    }
+    case T_Q6K: {
+        const spk_block_q6_K *q = (const void *)x;
+        const __m256i s = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)q->scales));
+        k->s0 = _mm256_permute2x128_si256(s, s, 0x00);
+        k->s1 = _mm256_permute2x128_si256(s, s, 0x11);
+        k->coef = _mm256_slli_epi16(s, 5); /* codes are value + 32 */
+        k->d = _cvtsh_ss(q->d);
+        k->dm = 0.0f;
+        break;
+    }
+    case T_Q3K: {
+        const spk_block_q3_K *q = (const void *)x;
+        uint32_t a[3];
+        memcpy(a, q->scales, 12);
+        const __m128i s8 = _mm_sub_epi8(
+            _mm_set_epi32((int)(((a[1] >> 4) & 0x0f0f0f0f) | (((a[2] >> 6) & 0x03030303) << 4)),
+                          (int)(((a[0] >> 4) & 0x0f0f0f0f) | (((a[2] >> 4) & 0x03030303) << 4)),
+                          (int)((a[1] & 0x0f0f0f0f) | (((a[2] >> 2) & 0x03030303) << 4)),
+                          (int)((a[0] & 0x0f0f0f0f) | ((a[2] & 0x03030303) << 4))),
+            _mm_set1_epi8(32));
+        const __m256i s = _mm256_cvtepi8_epi16(s8);
+        k->s0 = _mm256_permute2x128_si256(s, s, 0x00);
+        k->s1 = _mm256_permute2x128_si256(s, s, 0x11);
+        k->coef = _mm256_slli_epi16(s, 2); /* codes are value + 4 */
+        k->d = _cvtsh_ss(q->d);
+        k->dm = 0.0f;
+        k->hb = _mm256_loadu_si256((const __m256i *)q->hmask);
+        break;
+    }
+    default: { /* Q2_K */
+        const spk_block_q2_K *q = (const void *)x;
+        const __m128i sc = _mm_loadu_si128((const __m128i *)q->scales);
+        const __m256i s = _mm256_cvtepu8_epi16(_mm_and_si128(sc, _mm_set1_epi8(15)));
+        k->s0 = _mm256_permute2x128_si256(s, s, 0x00);
+        k->s1 = _mm256_permute2x128_si256(s, s, 0x11);
+        k->coef = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc, 4), _mm_set1_epi8(15)));
+        k->d = _cvtsh_ss(q->d);
+        k->dm = _cvtsh_ss(q->dmin);
+        break;
+    }
     }
 }
 
-/* One Q4_K row against T tokens: sub-block j of 32 values matches activation block j. */
-I2 void tile_q4k_avx2(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act,
-                      size_t arow, int n, int r, int t0)
+/* Unsigned codes of chunk c (values 32c..32c+31 of the super-block). */
+I2 __m256i kcodes(int type, const kblk *k, int c)
 {
-    const spk_block_q4_K *x = (const spk_block_q4_K *)(w + (size_t)r * wrow);
-    const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-    __m256 acc[4];
-    float corr[4];
-    const uint8_t *at[4];
-    for (int t = 0; t < T; t++) {
-        acc[t] = _mm256_setzero_ps();
-        corr[t] = 0.0f;
-        at[t] = act + (size_t)(t0 + t) * arow;
+    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
+    switch (type) {
+    case T_Q4K:
+    case T_Q5K: {
+        const uint8_t *qs = type == T_Q4K ? ((const spk_block_q4_K *)(const void *)k->x)->qs
+                                          : ((const spk_block_q5_K *)(const void *)k->x)->qs;
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * (c / 2)));
+        __m256i v = (c & 1) ? _mm256_and_si256(_mm256_srli_epi16(q, 4), m4) : _mm256_and_si256(q, m4);
+        if (type == T_Q5K) /* fifth bit: bit c of qh[l] */
+            v = _mm256_or_si256(v, _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(k->hb, c), 4),
+                                                    _mm256_set1_epi8(16)));
+        return v;
     }
-    for (int b = 0; b < n / SPK_QK_K; b++) {
-        const float d = _cvtsh_ss(x[b].d), dmin = _cvtsh_ss(x[b].dmin);
-        int sc[8], mn[8];
-        q4k_scales(x[b].scales, sc, mn);
-        for (int j = 0; j < 4; j++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(x[b].qs + 32 * j));
-            const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            const int ab = b * 8 + 2 * j;
+    case T_Q6K: {
+        const spk_block_q6_K *q = (const void *)k->x;
+        const int h = c / 4, j = c % 4;
+        const __m256i l = _mm256_loadu_si256((const __m256i *)(q->ql + 64 * h + 32 * (j & 1)));
+        const __m256i hi = _mm256_loadu_si256((const __m256i *)(q->qh + 32 * h));
+        const __m256i lo4 = (j < 2) ? _mm256_and_si256(l, m4) : _mm256_and_si256(_mm256_srli_epi16(l, 4), m4);
+        const __m256i h2 = _mm256_and_si256(_mm256_srli_epi16(hi, 2 * j), m3);
+        return _mm256_or_si256(lo4, _mm256_slli_epi16(h2, 4));
+    }
+    case T_Q3K: {
+        const spk_block_q3_K *q = (const void *)k->x;
+        const int h = c / 4, j = c % 4;
+        const __m256i qv = _mm256_loadu_si256((const __m256i *)(q->qs + 32 * h));
+        const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * j), m3);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(k->hb, 4 * h + j), _mm256_set1_epi8(1));
+        return _mm256_or_si256(lo, _mm256_slli_epi16(hi, 2));
+    }
+    default: {
+        const spk_block_q2_K *q = (const void *)k->x;
+        const int h = c / 4, j = c % 4;
+        const __m256i qv = _mm256_loadu_si256((const __m256i *)(q->qs + 32 * h));
+        return _mm256_and_si256(_mm256_srli_epi16(qv, 2 * j), m3);
+    }
+    }
+}
+
+/* int16 scales of chunk c, laid out as maddubs' pair sums (low half: values 0-15). */
+I2 __m256i kscales(int type, const kblk *k, int c)
+{
+    if (type == T_Q4K || type == T_Q5K)
+        return _mm256_shuffle_epi8(k->s0, _mm256_load_si256((const __m256i *)k_mask4[c]));
+    return _mm256_shuffle_epi8(c < 4 ? k->s0 : k->s1, _mm256_load_si256((const __m256i *)k_mask16[c % 4]));
+}
+
+/* An empty asm that claims to change v: keeps the chunk sums a running sum in one register each
+ * (GCC otherwise reassociates the 8 integer adds into a tree and spills the products). */
+#define KEEP(v) __asm__("" : "+x"(v))
+
+I2 void tile_k(int type, int R, int T, float *out, int ld, const uint8_t *w, size_t wrow,
+               const uint8_t *act, size_t arow, int n, int r0, int rs, int t0)
+{
+    const int nb = n / SPK_QK_K;
+    const size_t bs = kblock_bytes(type);
+    __m256 acc[4][8];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++)
+            acc[r][t] = _mm256_setzero_ps();
+    const uint8_t *wr[4], *at[8];
+    for (int r = 0; r < R; r++)
+        wr[r] = w + (size_t)(r0 + r * rs) * wrow;
+    for (int t = 0; t < T; t++)
+        at[t] = act + (size_t)(t0 + t) * arow;
+    const size_t ds_off = (size_t)n, bs_off = (size_t)n + (size_t)(n / 32) * 8;
+    for (int b = 0; b < nb; b++) {
+        kblk k[4];
+        for (int r = 0; r < R; r++)
+            kprep(type, &k[r], wr[r] + (size_t)b * bs);
+        __m256i sumi[4][8];
+        for (int r = 0; r < R; r++)
+            for (int t = 0; t < T; t++)
+                sumi[r][t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) {
+            __m256i q[4], s[4];
+            for (int r = 0; r < R; r++) {
+                q[r] = kcodes(type, &k[r], c);
+                s[r] = kscales(type, &k[r], c);
+            }
             for (int t = 0; t < T; t++) {
-                const float *ds = (const float *)(at[t] + n);
-                const __m256i a0 = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * ab));
-                const __m256i a1 = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * ab + 32));
-                const __m256 f0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(lo, a0), ones));
-                const __m256 f1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(hi, a1), ones));
-                acc[t] = _mm256_fmadd_ps(f0, _mm256_set1_ps(d * (float)sc[2 * j] * ds[2 * ab]), acc[t]);
-                acc[t] = _mm256_fmadd_ps(f1, _mm256_set1_ps(d * (float)sc[2 * j + 1] * ds[2 * ab + 2]), acc[t]);
-                corr[t] += dmin * ((float)mn[2 * j] * ds[2 * ab + 1] + (float)mn[2 * j + 1] * ds[2 * ab + 3]);
+                const __m256i a = _mm256_loadu_si256((const __m256i *)(at[t] + 256 * (size_t)b + 32 * c));
+                for (int r = 0; r < R; r++) {
+                    sumi[r][t] = _mm256_add_epi32(sumi[r][t],
+                                                  _mm256_madd_epi16(_mm256_maddubs_epi16(q[r], a), s[r]));
+                    KEEP(sumi[r][t]);
+                }
             }
         }
-    }
-    for (int t = 0; t < T; t++)
-        out[(size_t)(t0 + t) * (size_t)ld + (size_t)r] = hsum256(acc[t]) - corr[t];
-}
-
-/* One Q6_K row against T tokens: 6-bit values minus 32, a signed scale per 16 values. */
-I2 void tile_q6k_avx2(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act,
-                      size_t arow, int n, int r, int t0)
-{
-    const spk_block_q6_K *x = (const spk_block_q6_K *)(w + (size_t)r * wrow);
-    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3), k32 = _mm256_set1_epi8(32);
-    __m256 acc[4];
-    const uint8_t *at[4];
-    for (int t = 0; t < T; t++) {
-        acc[t] = _mm256_setzero_ps();
-        at[t] = act + (size_t)(t0 + t) * arow;
-    }
-    for (int b = 0; b < n / SPK_QK_K; b++) {
-        const float d = _cvtsh_ss(x[b].d);
-        for (int h = 0; h < 2; h++) {
-            const __m256i l0 = _mm256_loadu_si256((const __m256i *)(x[b].ql + 64 * h));
-            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(x[b].ql + 64 * h + 32));
-            const __m256i hb = _mm256_loadu_si256((const __m256i *)(x[b].qh + 32 * h));
-            __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4));
-            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m3), 4));
-            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m3), 4));
-            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m3), 4));
-            for (int k = 0; k < 4; k++) {
-                const __m256i wq = _mm256_sub_epi8(q[k], k32);
-                const __m256i aw = _mm256_sign_epi8(wq, wq);
-                const int8_t *sc = x[b].scales + 8 * h + 2 * k;
-                const __m256i scv = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16(sc[0])),
-                                                            _mm_set1_epi16(sc[1]), 1);
-                const int ab = b * 8 + 4 * h + k;
-                for (int t = 0; t < T; t++) {
-                    const float *ds = (const float *)(at[t] + n);
-                    const __m256i a = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * ab));
-                    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(a, wq)), scv);
-                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * ds[2 * ab]), acc[t]);
+        for (int t = 0; t < T; t++) {
+            const __m256i bsum = _mm256_loadu_si256((const __m256i *)(at[t] + bs_off + 32 * (size_t)b));
+            float da;
+            memcpy(&da, at[t] + ds_off + 64 * (size_t)b, 4);
+            for (int r = 0; r < R; r++) {
+                const __m256i corr = _mm256_madd_epi16(k[r].coef, bsum);
+                if (int_corr(type)) {
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sumi[r][t], corr)),
+                                                _mm256_set1_ps(k[r].d * da), acc[r][t]);
+                } else {
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[r][t]), _mm256_set1_ps(k[r].d * da),
+                                                acc[r][t]);
+                    acc[r][t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(corr), _mm256_set1_ps(k[r].dm * da),
+                                                 acc[r][t]);
                 }
             }
         }
     }
-    for (int t = 0; t < T; t++)
-        out[(size_t)(t0 + t) * (size_t)ld + (size_t)r] = hsum256(acc[t]);
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++)
+            out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + r * rs)] = hsum256(acc[r][t]);
 }
 
-/* One Q5_K row against T tokens: Q4_K's layout plus a fifth bit per value in qh (bit 2c of
- * qh[l] for value l of the first 32 of chunk c, bit 2c+1 for the second 32). */
-I2 void tile_q5k_avx2(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act,
-                      size_t arow, int n, int r, int t0)
+/* Rows cut into chunks of about 64 KiB of weights when there are several token groups, so
+ * weights come from memory once per call (as cpu/matmul_x86.c). */
+static inline int kchunk_rows(size_t wrow, int n_tok, int rows)
 {
-    const spk_block_q5_K *x = (const spk_block_q5_K *)(w + (size_t)r * wrow);
-    const __m256i m4 = _mm256_set1_epi8(15), b1 = _mm256_set1_epi8(1), ones = _mm256_set1_epi16(1);
-    __m256 acc[4];
-    float corr[4];
-    const uint8_t *at[4];
-    for (int t = 0; t < T; t++) {
-        acc[t] = _mm256_setzero_ps();
-        corr[t] = 0.0f;
-        at[t] = act + (size_t)(t0 + t) * arow;
-    }
-    for (int b = 0; b < n / SPK_QK_K; b++) {
-        const float d = _cvtsh_ss(x[b].d), dmin = _cvtsh_ss(x[b].dmin);
-        int sc[8], mn[8];
-        q4k_scales(x[b].scales, sc, mn);
-        const __m256i hb = _mm256_loadu_si256((const __m256i *)x[b].qh);
-        for (int j = 0; j < 4; j++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(x[b].qs + 32 * j));
-            const __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * j), b1);
-            const __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * j + 1), b1);
-            const __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), _mm256_slli_epi16(h0, 4));
-            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
-                                               _mm256_slli_epi16(h1, 4));
-            const int ab = b * 8 + 2 * j;
-            for (int t = 0; t < T; t++) {
-                const float *ds = (const float *)(at[t] + n);
-                const __m256i a0 = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * ab));
-                const __m256i a1 = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * ab + 32));
-                const __m256 f0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(lo, a0), ones));
-                const __m256 f1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(hi, a1), ones));
-                acc[t] = _mm256_fmadd_ps(f0, _mm256_set1_ps(d * (float)sc[2 * j] * ds[2 * ab]), acc[t]);
-                acc[t] = _mm256_fmadd_ps(f1, _mm256_set1_ps(d * (float)sc[2 * j + 1] * ds[2 * ab + 2]), acc[t]);
-                corr[t] += dmin * ((float)mn[2 * j] * ds[2 * ab + 1] + (float)mn[2 * j + 1] * ds[2 * ab + 3]);
+    if (n_tok <= 4)
+        return rows > 0 ? rows : 1;
+    size_t c = (64u << 10) / (wrow ? wrow : 1);
+    return c < 16 ? 16 : (int)c;
+}
+
+/* Rows [row0, row1) against tokens [t, t + T): tiles of RG rows taken q = rows / RG apart (each
+ * tile row its own sequential stream), then the leftover rows one at a time. */
+#define ROWS(RG, T)                                                                                \
+    do {                                                                                           \
+        const int q_ = (c1 - c0) / (RG);                                                           \
+        for (int i_ = 0; i_ < q_; i_++)                                                            \
+            tile_k(type, RG, T, out, ld, w, wrow, act, arow, n, c0 + i_, q_, t);                   \
+        for (int r_ = c0 + (RG) * q_; r_ < c1; r_++)                                               \
+            tile_k(type, 1, T, out, ld, w, wrow, act, arow, n, r_, 0, t);                          \
+    } while (0)
+
+I2 void mm_k_avx2(int type, float *out, int ld, const void *w, size_t wrow, const void *act,
+                  size_t arow, int n, int n_tok, int row0, int row1)
+{
+    const int ch = kchunk_rows(wrow, n_tok, row1 - row0);
+    for (int c0 = row0; c0 < row1; c0 += ch) {
+        const int c1 = row1 - c0 > ch ? c0 + ch : row1;
+        for (int t = 0; t < n_tok;) {
+            const int left = n_tok - t;
+            /* 1 row x 8 tokens measured fastest for prefill (1.2x 2 x 4, 1.4x 2 x 6, which
+             * spill); batch 1 takes 4 rows, a stream each */
+            switch (left >= 8 ? 8 : left >= 4 ? 4 : left) {
+            case 1: ROWS(4, 1); t += 1; break;
+            case 2: ROWS(4, 2); t += 2; break;
+            case 3: ROWS(2, 3); t += 3; break;
+            case 4: ROWS(2, 4); t += 4; break;
+            default: ROWS(1, 8); t += 8; break;
             }
         }
     }
-    for (int t = 0; t < T; t++)
-        out[(size_t)(t0 + t) * (size_t)ld + (size_t)r] = hsum256(acc[t]) - corr[t];
 }
 
-/* int16 lanes: a in the low 128 bits (values 0-15 of a block of 32), b in the high 128. */
-I2 __m256i split16(int a, int b)
-{
-    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16((short)a)),
-                                   _mm_set1_epi16((short)b), 1);
-}
-
-/* The 16 signed scales (-32..31) of a Q3_K super-block. */
-static inline void q3k_scales(const uint8_t *s, int *sc)
-{
-    for (int j = 0; j < 16; j++)
-        sc[j] = (((s[j % 8] >> (4 * (j / 8))) & 15) | ((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4) - 32;
-}
-
-/* One Q3_K row against T tokens: values (low 2 bits | high bit << 2) - 4, i.e. -4..3, a signed
- * scale per 16; activation block 4h + k takes bits 2k of qs[32h..] and bit 4h + k of hmask. */
-I2 void tile_q3k_avx2(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act,
-                      size_t arow, int n, int r, int t0)
-{
-    const spk_block_q3_K *x = (const spk_block_q3_K *)(w + (size_t)r * wrow);
-    const __m256i m3 = _mm256_set1_epi8(3), b1 = _mm256_set1_epi8(1), k4 = _mm256_set1_epi8(4);
-    __m256 acc[4];
-    const uint8_t *at[4];
-    for (int t = 0; t < T; t++) {
-        acc[t] = _mm256_setzero_ps();
-        at[t] = act + (size_t)(t0 + t) * arow;
-    }
-    for (int b = 0; b < n / SPK_QK_K; b++) {
-        const float d = _cvtsh_ss(x[b].d);
-        int sc[16];
-        q3k_scales(x[b].scales, sc);
-        const __m256i hb = _mm256_loadu_si256((const __m256i *)x[b].hmask);
-        for (int h = 0; h < 2; h++) {
-            const __m256i qv = _mm256_loadu_si256((const __m256i *)(x[b].qs + 32 * h));
-            for (int k = 0; k < 4; k++) {
-                const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), m3);
-                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(hb, 4 * h + k), b1);
-                const __m256i wq = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 2)), k4);
-                const __m256i aw = _mm256_sign_epi8(wq, wq);
-                const int ab = b * 8 + 4 * h + k;
-                const __m256i scv = split16(sc[2 * (4 * h + k)], sc[2 * (4 * h + k) + 1]);
-                for (int t = 0; t < T; t++) {
-                    const float *ds = (const float *)(at[t] + n);
-                    const __m256i a = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * ab));
-                    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(a, wq)), scv);
-                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * ds[2 * ab]), acc[t]);
-                }
-            }
-        }
-    }
-    for (int t = 0; t < T; t++)
-        out[(size_t)(t0 + t) * (size_t)ld + (size_t)r] = hsum256(acc[t]);
-}
-
-/* One Q2_K row against T tokens: values 0..3 times a 4-bit scale, minus a 4-bit min, per 16;
- * the mins meet the sums of the int8 activations over each 16 (maddubs with ones). */
-I2 void tile_q2k_avx2(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act,
-                      size_t arow, int n, int r, int t0)
-{
-    const spk_block_q2_K *x = (const spk_block_q2_K *)(w + (size_t)r * wrow);
-    const __m256i m3 = _mm256_set1_epi8(3), u1 = _mm256_set1_epi8(1);
-    __m256 acc[4];
-    const uint8_t *at[4];
-    for (int t = 0; t < T; t++) {
-        acc[t] = _mm256_setzero_ps();
-        at[t] = act + (size_t)(t0 + t) * arow;
-    }
-    for (int b = 0; b < n / SPK_QK_K; b++) {
-        const float d = _cvtsh_ss(x[b].d), dmin = _cvtsh_ss(x[b].dmin);
-        for (int h = 0; h < 2; h++) {
-            const __m256i qv = _mm256_loadu_si256((const __m256i *)(x[b].qs + 32 * h));
-            for (int k = 0; k < 4; k++) {
-                const __m256i q = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), m3);
-                const int ab = b * 8 + 4 * h + k;
-                const uint8_t s0 = x[b].scales[2 * (4 * h + k)], s1 = x[b].scales[2 * (4 * h + k) + 1];
-                const __m256i scv = split16(s0 & 15, s1 & 15), mv = split16(s0 >> 4, s1 >> 4);
-                for (int t = 0; t < T; t++) {
-                    const float *ds = (const float *)(at[t] + n);
-                    const __m256i a = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * ab));
-                    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), scv);
-                    const __m256i m = _mm256_madd_epi16(_mm256_maddubs_epi16(u1, a), mv);
-                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * ds[2 * ab]), acc[t]);
-                    acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(dmin * ds[2 * ab]), acc[t]);
-                }
-            }
-        }
-    }
-    for (int t = 0; t < T; t++)
-        out[(size_t)(t0 + t) * (size_t)ld + (size_t)r] = hsum256(acc[t]);
-}
-
-#define MM_K(name, tile)                                                                           \
+#define MM_K(name, type)                                                                           \
     A2 static void name(float *out, int ld, const void *w, size_t wrow, const void *act,           \
                         size_t arow, int n, int n_tok, int row0, int row1)                         \
     {                                                                                              \
-        for (int r = row0; r < row1; r++)                                                          \
-            for (int t = 0; t < n_tok; t += 4) {                                                   \
-                switch (n_tok - t) {                                                               \
-                case 1: tile(1, out, ld, w, wrow, act, arow, n, r, t); break;                      \
-                case 2: tile(2, out, ld, w, wrow, act, arow, n, r, t); break;                      \
-                case 3: tile(3, out, ld, w, wrow, act, arow, n, r, t); break;                      \
-                default: tile(4, out, ld, w, wrow, act, arow, n, r, t); break;                     \
-                }                                                                                  \
-            }                                                                                      \
+        mm_k_avx2(type, out, ld, w, wrow, act, arow, n, n_tok, row0, row1);                        \
     }
 
-MM_K(mm_q4k_avx2, tile_q4k_avx2)
-MM_K(mm_q6k_avx2, tile_q6k_avx2)
-MM_K(mm_q5k_avx2, tile_q5k_avx2)
-MM_K(mm_q3k_avx2, tile_q3k_avx2)
-MM_K(mm_q2k_avx2, tile_q2k_avx2)
+MM_K(mm_q4k_avx2, T_Q4K)
+MM_K(mm_q5k_avx2, T_Q5K)
+MM_K(mm_q6k_avx2, T_Q6K)
+MM_K(mm_q3k_avx2, T_Q3K)
+MM_K(mm_q2k_avx2, T_Q2K)
+
+/* ---- the K-quant section quantizer (bit-identical to spk_q8k_quantize_row_ref) ---- */
+
+/* roundf(): add 0.5 minus one ulp with the sign of v, truncate, clamp to -127..127. */
+I2 __m256i kround(__m256 v)
+{
+    const __m256 half = _mm256_castsi256_ps(_mm256_set1_epi32(0x3EFFFFFF));
+    const __m256 sign = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000u)));
+    __m256i q = _mm256_cvttps_epi32(_mm256_add_ps(v, _mm256_or_ps(half, sign)));
+    q = _mm256_min_epi32(q, _mm256_set1_epi32(127));
+    return _mm256_max_epi32(q, _mm256_set1_epi32(-127));
+}
+
+I2 int hsum_i32(__m256i s)
+{
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+    return _mm_cvtsi128_si32(s4);
+}
+
+A2 static void q8k_quantize_avx2(void *dst, const float *x, int n)
+{
+    int8_t *q = (int8_t *)dst;
+    float *ds = (float *)((uint8_t *)dst + n);
+    int16_t *bsums = (int16_t *)((uint8_t *)dst + n + (size_t)(n / 32) * 8);
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int b = 0; b < n / 256; b++) {
+        const float *xb = x + 256 * b;
+        __m256 m = _mm256_setzero_ps();
+        for (int j = 0; j < 32; j++)
+            m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(xb + 8 * j), absm));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        const float d = _mm_cvtss_f32(h) / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const __m256 vid = _mm256_set1_ps(id);
+        for (int c = 0; c < 8; c++) {
+            __m256i qi[4];
+            for (int j = 0; j < 4; j++)
+                qi[j] = kround(_mm256_mul_ps(_mm256_loadu_ps(xb + 32 * c + 8 * j), vid));
+            const int s0 = hsum_i32(_mm256_add_epi32(qi[0], qi[1]));
+            const int s1 = hsum_i32(_mm256_add_epi32(qi[2], qi[3]));
+            __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]), _mm256_packs_epi32(qi[2], qi[3]));
+            p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)(q + 256 * b + 32 * c), p);
+            bsums[16 * b + 2 * c] = (int16_t)s0;
+            bsums[16 * b + 2 * c + 1] = (int16_t)s1;
+            ds[2 * (8 * b + c)] = d;
+            ds[2 * (8 * b + c) + 1] = d * (float)(s0 + s1);
+        }
+    }
+}
 
 A2 void spk_mm_fill_avx2_kquants(spk_mm_table *t)
 {
@@ -280,6 +382,7 @@ A2 void spk_mm_fill_avx2_kquants(spk_mm_table *t)
     t->mm[SPK_DT_Q5_K] = mm_q5k_avx2;
     t->mm[SPK_DT_Q3_K] = mm_q3k_avx2;
     t->mm[SPK_DT_Q2_K] = mm_q2k_avx2;
+    t->q8k_quantize = q8k_quantize_avx2;
 }
 
 #else

@@ -35,6 +35,37 @@ void spk_q8_quantize_row_ref(void *dst, const float *x, int n)
     }
 }
 
+void spk_q8k_quantize_row_ref(void *dst, const float *x, int n)
+{
+    int8_t *q = (int8_t *)dst;
+    float *ds = (float *)((uint8_t *)dst + n);
+    int16_t *bsums = (int16_t *)((uint8_t *)dst + n + (size_t)(n / SPK_ACT_BLOCK) * 8);
+    for (int b = 0; b < n / 256; b++) {
+        const float *xb = x + b * 256;
+        float amax = 0.0f;
+        for (int j = 0; j < 256; j++) {
+            float a = fabsf(xb[j]);
+            amax = a > amax ? a : amax;
+        }
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        for (int k = 0; k < 16; k++) {
+            int sum = 0;
+            for (int j = 16 * k; j < 16 * k + 16; j++) {
+                const float r = roundf(xb[j] * id);
+                const int v = (r >= -127.0f && r <= 127.0f) ? (int)r : (r > 0.0f ? 127 : -127);
+                q[b * 256 + j] = (int8_t)v;
+                sum += v;
+            }
+            bsums[b * 16 + k] = (int16_t)sum;
+        }
+        for (int k = 0; k < 8; k++) {
+            ds[2 * (b * 8 + k)] = d;
+            ds[2 * (b * 8 + k) + 1] = d * (float)(bsums[b * 16 + 2 * k] + bsums[b * 16 + 2 * k + 1]);
+        }
+    }
+}
+
 /* ---- K-quant unpacking (for the scalar dot products) ---------------------------------------- */
 
 /* 6-bit scale and min of sub-block j (0..7) of a Q4_K super-block. */
@@ -510,4 +541,5 @@ void spk_mm_fill_scalar(spk_mm_table *t)
     t->mm[SPK_DT_F16] = mm_f16;
     t->mm[SPK_DT_BF16] = mm_bf16;
     t->q8_quantize = spk_q8_quantize_row_ref;
+    t->q8k_quantize = spk_q8k_quantize_row_ref;
 }

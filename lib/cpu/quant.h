@@ -11,13 +11,14 @@
 #include "common/dtype.h"
 
 /*
- * Activation rows for quantized weights ("Q8 planar"), one per token, spk_q8_row_bytes(n) apart:
+ * Activation rows for quantized weights ("Q8 planar"), one per token, spk_q8_row_bytes(n) +
+ * spk_q8k_row_bytes(n) apart (the K-quant section below follows when n is a multiple of 256):
  *   int8_t qs[n]                    q = roundf(x / d), as ggml's reference quantizer
  *   float  ds[2 * n/32]             pairs (d, s) per block of 32: d = amax/127 rounded to f16
  *                                   (as the reference stores it), s = d * sum(q) (exact in f32)
- * The same rows serve every quantized weight type: Q4_0, Q5_0, Q8_0, Q3_K, Q6_K, MXFP4 read d
- * (Q8_0 semantics), Q4_1, Q5_1, Q4_K, Q5_K read d and s (Q8_1), and Q2_K, whose min goes with
- * each 16 values, sums the int8 values itself.
+ * Q4_0, Q5_0, Q8_0, MXFP4 read d (Q8_0 semantics), Q4_1, Q5_1 read d and s (Q8_1). K-quant
+ * weights read the K-quant section instead, the same layout with d per 256 (per-32 kernels:
+ * Q3_K, Q6_K read d, Q4_K, Q5_K d and s, Q2_K sums the int8 values itself).
  * Float weights (F32, F16, BF16) take plain f32 rows, spk_f32_row_bytes(n) apart.
  */
 #define SPK_ACT_BLOCK 32
@@ -35,6 +36,32 @@ static inline size_t spk_f32_row_bytes(int n)
 
 /* Quantize one row of n floats (n multiple of 32) into a Q8 planar row (portable reference). */
 void spk_q8_quantize_row_ref(void *dst, const float *x, int n);
+
+/*
+ * The K-quant section ("Q8_K"): when n is a multiple of 256, every activation row for quantized
+ * weights carries, after its Q8 planar part (spk_q8_row_bytes(n) bytes), a second quantization
+ * of the same values with one scale per 256, as llama.cpp's Q8_K, laid out so that it is itself
+ * a Q8 planar row plus the sums the integer kernels want:
+ *   int8_t  qs[n]                q = roundf(x / d), d = amax/127 over the 256 values (a float,
+ *                                not rounded to f16), clamped to -127..127
+ *   float   ds[2 * n/32]         pairs (d, d * sum of the 32 q) per block of 32 (d repeats 8x)
+ *   int16_t bsums[n/16]          sum of q over each 16
+ * K-quant weights (Q2_K..Q6_K) read only this section (spk_matmul passes its start to their
+ * kernels: per-32 kernels see it as a planar row, the integer ones use d once per super-block
+ * and bsums for mins and offsets); every other quantized type reads only the planar part. Both
+ * parts are always written, so one activation buffer serves weights of any quantized type with
+ * the same n (Q, K and V may differ in type).
+ */
+static inline size_t spk_q8k_row_bytes(int n)
+{
+    if (n % 256 != 0)
+        return 0;
+    size_t b = (size_t)n + (size_t)(n / SPK_ACT_BLOCK) * 8 + (size_t)(n / 16) * 2;
+    return (b + 63) & ~(size_t)63;
+}
+
+/* Quantize one row (n multiple of 256) into the K-quant section (portable reference). */
+void spk_q8k_quantize_row_ref(void *dst, const float *x, int n);
 
 /* (Dequantizing a row: spk_dequantize_row in cpu/ops.h.) Decode one block of Q5_0, Q5_1, Q2_K,
  * Q3_K, Q5_K or MXFP4 (the types added for the model-families issue) into y[block size];
@@ -71,7 +98,8 @@ enum {
 #define SPK_MM_NTYPES SPK_DT_LIMIT
 typedef struct spk_mm_table {
     spk_mm_kernel mm[SPK_MM_NTYPES];
-    spk_act_kernel q8_quantize; /* NULL: use the reference */
+    spk_act_kernel q8_quantize;  /* NULL: use the reference */
+    spk_act_kernel q8k_quantize; /* the K-quant section; NULL: use the reference */
 } spk_mm_table;
 
 void spk_mm_fill_scalar(spk_mm_table *t);

@@ -305,7 +305,8 @@ static int is_float(spk_dtype t)
     return t == SPK_DT_F32 || t == SPK_DT_F16 || t == SPK_DT_BF16;
 }
 
-/* The activation values the kernels see, decoded from the documented Q8 planar layout. */
+/* The activation values the kernels see, decoded from the documented Q8 planar layout (for
+ * K-quant weights, that of the K-quant section, one scale per 256). */
 static void decode_act(double *a, double *dblk, const uint8_t *act, spk_dtype t, int n)
 {
     if (is_float(t)) {
@@ -313,6 +314,8 @@ static void decode_act(double *a, double *dblk, const uint8_t *act, spk_dtype t,
             a[i] = ((const float *)act)[i];
         return;
     }
+    if (spk_dtype_get((uint32_t)t)->block == 256) /* K-quants read the rows' K-quant section */
+        act += spk_q8_row_bytes(n);
     const int8_t *q = (const int8_t *)act;
     const float *ds = (const float *)(act + n);
     for (int i = 0; i < n; i++) {
@@ -507,6 +510,126 @@ START_TEST(test_act_quantize_matches_reference_bitwise)
 }
 END_TEST
 
+/* K-quant weights, every batch size 1..17 (the tiles take 1, 2, 3, 4 and 8 tokens, leftovers
+ * in smaller tiles), an odd row count with ranges that start and end mid-tile, 1 and 3
+ * super-blocks per row. */
+START_TEST(test_kquant_batches)
+{
+    static const spk_dtype kt[] = {SPK_DT_Q2_K, SPK_DT_Q3_K, SPK_DT_Q4_K, SPK_DT_Q5_K, SPK_DT_Q6_K};
+    const spk_dtype t = kt[_i];
+    for (int nt = 1; nt <= 17; nt++) {
+        check_case(t, 256, 37, nt, 0, 37, 700u + (uint64_t)(_i * 40 + nt));
+        check_case(t, 768, 19, nt, 3, 18, 800u + (uint64_t)(_i * 40 + nt));
+    }
+}
+END_TEST
+
+/* The K-quant section: the SIMD quantizers give the reference's bytes exactly; its values are
+ * within d/2 of x, d = amax/127 per 256; the per-32 pairs and the sums per 16 match the codes. */
+START_TEST(test_act_q8k_section)
+{
+    enum { N = 256 * 3 };
+    static float x[N];
+    uint64_t s = 91;
+    for (int i = 0; i < N; i++)
+        x[i] = f16r(&s, 0.0f, 3.0f) * (i % 41 == 3 ? 20.0f : 1.0f);
+    for (int j = 0; j < 256; j++)
+        x[256 + j] = 0.0f; /* super-block 1: all zero */
+    for (int j = 0; j < 254; j++)
+        x[512 + j] = (float)(j % 127) - 63.5f; /* super-block 2: amax 127 below: d == 1, ties */
+    x[766] = 127.0f;
+    x[767] = -127.0f;
+    const size_t rb = spk_act_size(SPK_DT_Q8_0, N, 1), off = spk_q8_row_bytes(N);
+    ck_assert_uint_eq(rb, off + spk_q8k_row_bytes(N));
+    ck_assert_uint_eq(spk_q8k_row_bytes(N + 32), 0);
+    uint8_t *ref = calloc(1, rb), *got = calloc(1, rb);
+    ck_assert(ref && got);
+    spk_q8k_quantize_row_ref(ref + off, x, N);
+    const size_t used = (size_t)N + 8 * (N / 32) + 2 * (N / 16);
+    int isas[SPK_ISA_COUNT];
+    const int ni = n_isas(isas);
+    for (int k = 0; k < ni; k++) {
+        use_isa(isas[k]);
+        memset(got, 0xAA, rb);
+        spk_act_quantize(got, SPK_DT_Q6_K, x, N, 0, 1);
+        ck_assert_msg(memcmp(ref + off, got + off, used) == 0, "isa %s: K-quant section differs from reference",
+                      spk_matmul_isa_name());
+    }
+    use_isa(-1);
+    const int8_t *q = (const int8_t *)(ref + off);
+    const float *ds = (const float *)(ref + off + N);
+    const int16_t *bsums = (const int16_t *)(ref + off + N + 8 * (N / 32));
+    ck_assert(ds[2 * 8] == 0.0f);
+    ck_assert(ds[2 * 16] == 1.0f);
+    ck_assert_int_eq(q[512 + 0], -64); /* -63.5 rounds away from zero */
+    ck_assert_int_eq(q[512 + 126], 63); /* 62.5 */
+    for (int b = 0; b < N / 256; b++) {
+        double amax = 0;
+        for (int j = 0; j < 256; j++) /* (not fmax: aarch64 gcc 12 -O3 crashes vectorizing it) */
+            if (fabs(x[256 * b + j]) > amax)
+                amax = fabs(x[256 * b + j]);
+        const double d = ds[16 * b];
+        ck_assert_msg(fabs(d - amax / 127.0) <= 1e-6 * amax, "super-block %d: d %g, amax %g", b, d, amax);
+        for (int j = 0; j < 256; j++)
+            ck_assert_msg(fabs(x[256 * b + j] - q[256 * b + j] * d) <= 0.5 * d * (1 + 1e-6) + 1e-37,
+                          "element %d: %g vs %d*%g", 256 * b + j, (double)x[256 * b + j], q[256 * b + j], d);
+        for (int c = 0; c < 16; c++) {
+            int sum = 0;
+            for (int j = 0; j < 16; j++)
+                sum += q[256 * b + 16 * c + j];
+            ck_assert_int_eq(bsums[16 * b + c], sum);
+        }
+        for (int c = 0; c < 8; c++) {
+            ck_assert(ds[2 * (8 * b + c)] == ds[16 * b]);
+            ck_assert(ds[2 * (8 * b + c) + 1] ==
+                      ds[16 * b] * (float)(bsums[16 * b + 2 * c] + bsums[16 * b + 2 * c + 1]));
+        }
+    }
+    free(ref);
+    free(got);
+}
+END_TEST
+
+/* One activation buffer serves weights of any quantized type with the same n (a layer's Q, K
+ * and V, or gate and up, may differ in type): rows quantized for Q8_0 give a K-quant matmul the
+ * same bits as rows quantized for that K-quant, and the other way round. */
+START_TEST(test_act_shared_across_types)
+{
+    enum { N = 512, ROWS = 9, TOK = 5 };
+    static const spk_dtype pairs[][2] = {{SPK_DT_Q8_0, SPK_DT_Q4_K}, {SPK_DT_Q4_K, SPK_DT_Q8_0},
+                                         {SPK_DT_Q6_K, SPK_DT_Q4_1}, {SPK_DT_MXFP4, SPK_DT_Q6_K},
+                                         {SPK_DT_Q4_0, SPK_DT_Q2_K}, {SPK_DT_Q3_K, SPK_DT_Q5_0}};
+    uint64_t s = 5;
+    static float x[N * TOK];
+    for (int i = 0; i < N * TOK; i++)
+        x[i] = f16r(&s, 0.01f, 2.0f);
+    int isas[SPK_ISA_COUNT];
+    const int ni = n_isas(isas);
+    for (size_t p = 0; p < sizeof pairs / sizeof pairs[0]; p++) {
+        const spk_dtype qt = pairs[p][0], mt = pairs[p][1];
+        ck_assert_uint_eq(spk_act_size(qt, N, TOK), spk_act_size(mt, N, TOK));
+        const size_t asz = spk_act_size(mt, N, TOK), rb = spk_dtype_row_size(mt, N);
+        uint8_t *a1 = malloc(asz), *a2 = malloc(asz), *w = malloc(rb * ROWS);
+        float o1[ROWS * TOK], o2[ROWS * TOK];
+        ck_assert(a1 && a2 && w);
+        fill_blocks(w, mt, N, ROWS, &s);
+        for (int k = 0; k < ni; k++) {
+            use_isa(isas[k]);
+            spk_act_quantize(a1, qt, x, N, 0, TOK);
+            spk_act_quantize(a2, mt, x, N, 0, TOK);
+            spk_matmul(o1, ROWS, w, mt, a1, N, TOK, 0, ROWS);
+            spk_matmul(o2, ROWS, w, mt, a2, N, TOK, 0, ROWS);
+            ck_assert_msg(memcmp(o1, o2, sizeof o1) == 0, "isa %s: %s rows quantized for %s differ",
+                          spk_matmul_isa_name(), spk_dtype_get(mt)->name, spk_dtype_get(qt)->name);
+        }
+        use_isa(-1);
+        free(a1);
+        free(a2);
+        free(w);
+    }
+}
+END_TEST
+
 /* The per-type dequantizers agree with this test's own decoders. */
 START_TEST(test_dequantize_matches_decoder)
 {
@@ -600,6 +723,9 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, test_matmul_matches_float64_reference, 0, N_TYPES);
     tcase_add_loop_test(tc, test_matmul_chunked_rows, 0, N_TYPES);
     tcase_add_test(tc, test_act_quantize_matches_reference_bitwise);
+    tcase_add_loop_test(tc, test_kquant_batches, 0, 5);
+    tcase_add_test(tc, test_act_q8k_section);
+    tcase_add_test(tc, test_act_shared_across_types);
     tcase_add_loop_test(tc, test_dequantize_matches_decoder, 0, N_TYPES);
     tcase_add_test(tc, test_support_and_sizes);
     tcase_add_test(tc, test_required_isa_is_tested);
