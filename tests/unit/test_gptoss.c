@@ -156,7 +156,7 @@ static void compare_section(const loaded *L, cJSON *seqs, cmp_stats *st)
             cJSON_ArrayForEach(pair, top)
             {
                 double d = fabs(lp[cJSON_GetArrayItem(pair, 0)->valueint] - cJSON_GetArrayItem(pair, 1)->valuedouble);
-                if (d > 0.02 && getenv("SPK_GPTOSS_DEBUG"))
+                if (d > 0.02 && getenv("SPK_GPTOSS_DEBUG")) /* which positions, when it fails */
                     printf("seq of %d, pos %d: token %d diff %.3f ref %.3f\n", n, i, cJSON_GetArrayItem(pair, 0)->valueint,
                            d, cJSON_GetArrayItem(pair, 1)->valuedouble);
                 st->max_diff = d > st->max_diff ? d : st->max_diff;
