@@ -118,6 +118,8 @@ def main():
     ap.add_argument('--gguf', required=True)
     ap.add_argument('--out', required=True)
     ap.add_argument('--preset', default='gpt-oss-tiny')
+    ap.add_argument('--llamacpp-src', default=None)
+    ap.add_argument('--work', default='/tmp/spk-gptoss-ref')
     ap.add_argument('--seed', type=int, default=2)
     args = ap.parse_args()
     import torch
@@ -136,6 +138,19 @@ def main():
            'yarn_inv_freq': [float(x) for x in inv_freq.tolist()], 'yarn_attention_factor': float(attn_factor),
            'sequences': q3.transformers_refs(model, seqs),
            'min_router_margin': router_margins(model, seqs)}
+    if args.llamacpp_src and os.path.isdir(args.llamacpp_src):
+        # llama.cpp's converter on the save_pretrained checkpoint (F32 experts: the non-MXFP4 path of
+        # conversion/gpt_oss.py) and llama.cpp's log-probs; best effort, a failure is recorded
+        os.makedirs(args.work, exist_ok=True)
+        try:
+            conv, _, out['converter'] = q3.convert_with_llamacpp(model, cfg, kv, tensors, args.llamacpp_src,
+                                                                 args.work, args.gguf)
+            ckv, _, _ = q3.read_gguf(conv)
+            out['converter']['gpt_oss_keys'] = {k: v for k, v in ckv.items() if k.startswith('gpt-oss.')}
+            out['llamacpp'] = q3.llamacpp_refs(conv, seqs)
+        except Exception as e:
+            print('gptoss-reference: llama.cpp step failed: %r' % e, file=sys.stderr)
+            out['llamacpp_error'] = repr(e)[:300]
     with open(args.out, 'w') as f:
         json.dump(out, f, indent=None, separators=(',', ':'))
         f.write('\n')

@@ -4,6 +4,8 @@
 #   1. writes the model with this repo's writer: build/examples/spk-synth --preset gpt-oss-tiny --seed 2
 #      (the same bytes tests/unit/test_gptoss.c writes; the JSON records their FNV-1a hash)
 #   2. the virtualenv $SPK_CACHE/hfref-venv with torch + transformers that qwen3moe-reference.sh makes
+#   3. the llama.cpp sources and python binding from tests/ref/build-llamacpp.sh
+#      (SPK_GPTOSS_REF_NO_LLAMACPP=1 skips them): converter check and llama.cpp's log-probs
 # Rerun: tests/ref/gptoss-reference.sh [BUILD_DIR]     ($SPK_CACHE defaults to $HOME/.cache/sparkinfer)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -22,4 +24,12 @@ if [ ! -f "$VENV/.spk-ready" ]; then
         safetensors protobuf >&2
     touch "$VENV/.spk-ready"
 fi
-"$VENV/bin/python" "$here/gptoss-reference.py" --seed 2 --gguf "$work/gpt-oss-tiny.gguf" --out "$root/tests/data/ref_gptoss.json"
+args=()
+if [ "${SPK_GPTOSS_REF_NO_LLAMACPP:-0}" != 1 ]; then   # llama.cpp's converter and log-probs (best effort)
+    eval "$("$here/build-llamacpp.sh")"
+    args=(--llamacpp-src "$LLAMACPP_SRC")
+    export PYTHONPATH="$(dirname "$(dirname "$LLAMACPP_SRC")")${PYTHONPATH:+:$PYTHONPATH}"
+    export LLAMA_CPP_LIB_PATH="$LLAMACPP_LIB"
+fi
+"$VENV/bin/python" "$here/gptoss-reference.py" --seed 2 --gguf "$work/gpt-oss-tiny.gguf" \
+    --out "$root/tests/data/ref_gptoss.json" --work "$work" "${args[@]}"

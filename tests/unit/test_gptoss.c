@@ -255,6 +255,22 @@ START_TEST(f32_matches_transformers)
     ck_assert_int_eq(s.greedy_agree, s.n_greedy);
     ck_assert_double_lt(s.max_diff, 0.02);
     ck_assert_double_lt(s.sum_diff / s.n_cmp, 5e-3);
+    /* llama.cpp's converter, run on the transformers checkpoint, wrote exactly our tensors */
+    cJSON *conv = cJSON_GetObjectItem(root, "converter");
+    if (conv)
+        ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(conv, "tensors_equal")));
+    cJSON *lc = cJSON_GetObjectItem(root, "llamacpp");
+    if (lc) {
+        cmp_stats c;
+        compare_section(&L, lc, &c);
+        printf("F32 vs llama.cpp: top-1 %d/%d, greedy %d/%d, |logprob diff| mean %.2e max %.2e\n", c.top1_agree,
+               c.n_pos, c.greedy_agree, c.n_greedy, c.sum_diff / c.n_cmp, c.max_diff);
+        /* measured (AVX2): top-1 73/73, greedy 26/27 (llama.cpp's third continuation leaves
+         * transformers' at its 3rd token, ours follows transformers), mean 3.7e-3, max 3.5e-2 */
+        ck_assert_int_eq(c.top1_agree, c.n_pos);
+        ck_assert_double_lt(c.sum_diff / c.n_cmp, 1e-2);
+        ck_assert_double_lt(c.max_diff, 0.1);
+    }
     unload(&L);
     cJSON_Delete(root);
     free(txt);
