@@ -213,17 +213,17 @@ spk_status spk_llama_create_paged(const spk_hparams *hp, const spk_weights *w, c
         free(m);
         return st;
     }
-    if (hp->n_expert && (!m->be->ops->moe || !m->be->ops->moe_size)) {
-        st = spk_err(SPK_ERR_UNSUPPORTED, "llama: %s is a mixture-of-experts model (%d experts, %d per token) and the "
-                     "%s backend has no 'moe' op yet: run it on the CPU backend", hp->arch, hp->n_expert,
-                     hp->n_expert_used, m->be->ops->name);
-        spk_llama_free(m);
-        return st;
-    }
     if ((hp->attn_sinks || hp->biases || hp->swa_window) && !m->be->ops->add_bias) {
         st = spk_err(SPK_ERR_UNSUPPORTED, "llama: %s needs learned attention sinks, sliding-window attention (%d) and "
                      "projection biases, which the %s backend does not implement yet: run it on the CPU backend",
                      hp->arch, hp->swa_window, m->be->ops->name);
+        spk_llama_free(m);
+        return st;
+    }
+    if (hp->n_expert && (!m->be->ops->moe || !m->be->ops->moe_size)) {
+        st = spk_err(SPK_ERR_UNSUPPORTED, "llama: %s is a mixture-of-experts model (%d experts, %d per token) and the "
+                     "%s backend has no 'moe' op yet: run it on the CPU backend", hp->arch, hp->n_expert,
+                     hp->n_expert_used, m->be->ops->name);
         spk_llama_free(m);
         return st;
     }

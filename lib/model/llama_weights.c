@@ -589,7 +589,32 @@ static spk_status check_shard(const spk_hparams *hp, const spk_weights *full, co
         CHECK(check_scales(path, name, &L->w_gate, sh->f0, 0, E), "ffn_gate");
         CHECK(check_scales(path, name, &L->w_up, sh->f0, 0, E), "ffn_up");
         CHECK(check_scales(path, name, &L->w_down, 0, sh->f0, hp->n_ff), "ffn_down");
+        if (L->sinks) { /* gpt-oss: this rank's sinks and biases (named by tensor, index within the slice) */
+            const int nh = sh->h1 - sh->h0, nkv = (sh->kv1 - sh->kv0) * HD;
+            CHECK(check_vec(path, name, L->sinks, nh), "attn_sinks");
+            snprintf(name, sizeof name, "blk.%d.attn_q.bias", l);
+            TRY(check_vec(path, name, L->bq, nh * HD));
+            snprintf(name, sizeof name, "blk.%d.attn_k.bias", l);
+            TRY(check_vec(path, name, L->bk, nkv));
+            snprintf(name, sizeof name, "blk.%d.attn_v.bias", l);
+            TRY(check_vec(path, name, L->bv, nkv));
+            snprintf(name, sizeof name, "blk.%d.attn_output.bias", l);
+            TRY(check_vec(path, name, L->bo, E));
+        }
         const spk_moe *M = &L->moe;
+        if (M->n_expert && M->router_bias) {
+            const int nf = M->gate.n_out, NX = M->n_expert;
+            snprintf(name, sizeof name, "blk.%d.ffn_gate_inp.bias", l);
+            TRY(check_vec(path, name, M->router_bias, NX));
+            snprintf(name, sizeof name, "blk.%d.ffn_gate_exps.bias", l);
+            TRY(check_vec(path, name, M->gate_bias, NX * nf));
+            snprintf(name, sizeof name, "blk.%d.ffn_up_exps.bias", l);
+            TRY(check_vec(path, name, M->up_bias, NX * nf));
+            if (M->down_bias) {
+                snprintf(name, sizeof name, "blk.%d.ffn_down_exps.bias", l);
+                TRY(check_vec(path, name, M->down_bias, NX * E));
+            }
+        }
         if (M->n_expert) {
             CHECK(check_scales(path, name, &M->router, 0, 0, E), "ffn_gate_inp");
             for (int e = 0; e < M->e1 - M->e0; e++) { /* block numbers counted within an expert */

@@ -466,6 +466,48 @@ static void expect_load_error(const char *path, spk_status want, const char *nee
     spk_gguf_close(f);
 }
 
+/* g_f32 with element `idx` of tensor `tname` set to NaN, as dir/bad.gguf. */
+static const char *with_nan(const char *tname, int idx)
+{
+    spk_gguf_file *f;
+    ck_assert_int_eq(spk_gguf_open(g_f32, &f), SPK_OK);
+    const spk_gguf_tensor *t = spk_gguf_find_tensor(f, tname);
+    ck_assert_ptr_nonnull(t);
+    const long at = (long)((const uint8_t *)t->data - f->base) + 4L * idx;
+    spk_gguf_close(f);
+    static char out[400];
+    size_t len;
+    char *buf = spk_test_read_file(g_f32, &len);
+    const float nan = NAN;
+    memcpy(buf + at, &nan, 4);
+    snprintf(out, sizeof out, "%s/bad.gguf", g_dir);
+    FILE *o = fopen(out, "wb");
+    ck_assert_ptr_nonnull(o);
+    ck_assert_uint_eq(fwrite(buf, 1, len, o), len);
+    fclose(o);
+    free(buf);
+    return out;
+}
+
+/* A NaN in a sink or a bias: the shard's first read of its weights names the tensor. */
+START_TEST(nonfinite_sinks_and_biases_are_refused)
+{
+    static const char *const names[] = {"blk.1.attn_sinks.weight", "blk.2.attn_v.bias", "blk.3.ffn_down_exps.bias",
+                                        "blk.0.ffn_gate_inp.bias"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        loaded L;
+        load(with_nan(names[i], 5), &L);
+        spk_shard sh;
+        spk_weights w;
+        spk_shard_full(&L.hp, &sh);
+        ck_assert_int_eq(spk_llama_shard(&L.hp, &L.w, &sh, &w), SPK_ERR_FORMAT);
+        ck_assert_msg(strstr(spk_last_error(), names[i]), "message: %s", spk_last_error());
+        printf("refused as expected: %s\n", spk_last_error());
+        unload(&L);
+    }
+}
+END_TEST
+
 START_TEST(malformed_gptoss_files_are_refused)
 {
     /* the sinks of a layer missing (renamed) */
@@ -513,6 +555,7 @@ int main(void)
     tcase_add_test(tc, f32_matches_transformers);
     tcase_add_test(tc, layouts_match_one_rank);
     tcase_add_test(tc, malformed_gptoss_files_are_refused);
+    tcase_add_test(tc, nonfinite_sinks_and_biases_are_refused);
     suite_add_tcase(s, tc);
     return spk_test_run(s);
 }
