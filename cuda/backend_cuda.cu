@@ -670,12 +670,16 @@ static void cuda_rope_store(spk_backend *be, float *q, float *k, const float *v,
     check_launch(c, "rope_store");
 }
 
-static void cuda_attention(spk_backend *be, float *out, const float *q, int n_heads, float scale,
-                           const spk_kv_cache *kv, int layer, const spk_step *s, int ith, int nth)
+static void cuda_attention(spk_backend *be, float *out, const float *q, int n_heads, float scale, const float *sinks,
+                           int window, const spk_kv_cache *kv, int layer, const spk_step *s, int ith, int nth)
 {
     cuda_backend *c = cu(be);
     (void)ith;
     (void)nth;
+    if (sinks || window > 0) { /* gpt-oss; spk_llama_create refuses such a model before it gets here */
+        note(c, cudaErrorNotSupported, sinks ? "attention sinks (gpt-oss)" : "sliding-window attention");
+        return;
+    }
     if (kv->head_dim > 2 * ATT_TILE) {
         note(c, cudaErrorInvalidValue, "attention: head_dim over 256");
         return;
@@ -754,6 +758,7 @@ static const spk_backend_ops cuda_ops = {
     .attention = cuda_attention,
     .swiglu = cuda_swiglu,
     .add = cuda_add,
+    .add_bias = NULL, /* gpt-oss's biases, sinks and sliding window: spk_llama_create refuses it */
     /* no MoE op yet: spk_llama_create_paged refuses MoE models on this backend (UNSUPPORTED,
      * naming the 'moe' op) instead of running them */
     .moe_size = NULL,

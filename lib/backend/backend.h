@@ -138,14 +138,20 @@ typedef struct spk_backend_ops {
     void (*rope_store)(spk_backend *be, float *q, float *k, const float *v, int n_heads, int rot_dim, int neox,
                        const float *freqs, const spk_kv_cache *kv, int layer, const spk_step *s, int ith, int nth);
     /* Causal attention of n_heads query heads (GQA: n_heads / kv->n_kv_heads per KV head) over
-     * each token's sequence in `layer` of the cache, positions 0..pos: out [n_tok][n_heads*hd]. */
-    void (*attention)(spk_backend *be, float *out, const float *q, int n_heads, float scale,
-                      const spk_kv_cache *kv, int layer, const spk_step *s, int ith, int nth);
+     * each token's sequence in `layer` of the cache, positions 0..pos: out [n_tok][n_heads*hd].
+     * gpt-oss: `window` > 0 keeps only positions pos - window + 1 .. pos (sliding window; 0: all);
+     * `sinks` (NULL: none) holds one learned logit per query head of this op ([n_heads]) that joins
+     * the softmax denominator and carries no value. */
+    void (*attention)(spk_backend *be, float *out, const float *q, int n_heads, float scale, const float *sinks,
+                      int window, const spk_kv_cache *kv, int layer, const spk_step *s, int ith, int nth);
     /* out = silu(gate) * up, n_tok rows of n (out may alias gate). */
     void (*swiglu)(spk_backend *be, float *out, const float *gate, const float *up, int n_tok, int n, int ith,
                    int nth);
     /* out = a + b, n_tok rows of n (out may alias a). */
     void (*add)(spk_backend *be, float *out, const float *a, const float *b, int n_tok, int n, int ith, int nth);
+    /* x[t] += bias for n_tok rows of n (gpt-oss's projection biases). A row op. May be NULL (the
+     * backend cannot run models with biases). */
+    void (*add_bias)(spk_backend *be, float *x, const float *bias, int n_tok, int n, int ith, int nth);
 
     /* The MoE MLP (see spk_moe): out [n_tok][n_embd] = sum over the k experts chosen for each
      * token of weight * expert(x) (x [n_tok][n_embd], normed). `scratch` holds moe_size(m, n_tok)

@@ -3,6 +3,7 @@
  * per forward (each op does thread ith's share; barriers between dependent ops). The kernels are
  * cpu/ops.h and cpu/matmul.h, with their run-time SIMD dispatch.
  */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,8 +189,28 @@ static void kv_rows(cpu_backend *c, const spk_kv_cache *kv, const spk_step *s, i
     *stride = HD;
 }
 
-static void cpu_attention(spk_backend *be, float *out, const float *q, int n_heads, float scale,
-                          const spk_kv_cache *kv, int layer, const spk_step *s, int ith, int nth)
+/* The log of the softmax denominator over n scores q.k * scale (for a learned sink's share). */
+static float attn_lse(const float *q, const spk_f16 *k, int n, int hd, int stride, float scale)
+{
+    float mx = -FLT_MAX;
+    double sum = 0.0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int t = 0; t < n; t++) {
+            const spk_f16 *kt = k + (size_t)t * stride;
+            float sc = 0.0f;
+            for (int d = 0; d < hd; d++)
+                sc += q[d] * spk_f16_to_f32(kt[d]);
+            sc *= scale;
+            if (pass == 0)
+                mx = sc > mx ? sc : mx;
+            else
+                sum += exp((double)sc - (double)mx);
+        }
+    return mx + (float)log(sum);
+}
+
+static void cpu_attention(spk_backend *be, float *out, const float *q, int n_heads, float scale, const float *sinks,
+                          int window, const spk_kv_cache *kv, int layer, const spk_step *s, int ith, int nth)
 {
     cpu_backend *c = cpu(be);
     const int T = s->n_tok, HD = kv->head_dim, q_dim = n_heads * HD;
@@ -206,9 +227,28 @@ static void cpu_attention(spk_backend *be, float *out, const float *q, int n_hea
         const spk_f16 *kr, *vr;
         int stride;
         kv_rows(c, kv, s, layer, s->seq[t], kvh, s->pos[t] + 1, ith, &kr, &vr, &stride);
-        spk_attn_head(out + (size_t)t * q_dim + (size_t)h * HD, q + (size_t)t * q_dim + (size_t)h * HD, kr, vr,
-                      s->pos[t] + 1, HD, stride, scale, scratch);
+        /* sliding window: positions pos - window + 1 .. pos */
+        const int p0 = window > 0 && s->pos[t] + 1 > window ? s->pos[t] + 1 - window : 0, n = s->pos[t] + 1 - p0;
+        float *o = out + (size_t)t * q_dim + (size_t)h * HD;
+        const float *qh = q + (size_t)t * q_dim + (size_t)h * HD;
+        kr += (size_t)p0 * stride;
+        vr += (size_t)p0 * stride;
+        spk_attn_head(o, qh, kr, vr, n, HD, stride, scale, scratch);
+        if (sinks) { /* softmax over the n scores and the sink: out * S / (S + e^sink) */
+            const float f = 1.0f / (1.0f + expf(sinks[h] - attn_lse(qh, kr, n, HD, stride, scale)));
+            for (int d = 0; d < HD; d++)
+                o[d] *= f;
+        }
     }
+}
+
+static void cpu_add_bias(spk_backend *be, float *x, const float *bias, int n_tok, int n, int ith, int nth)
+{
+    (void)be;
+    int t0, t1;
+    spk_split(n_tok, 1, ith, nth, &t0, &t1);
+    for (int t = t0; t < t1; t++)
+        spk_add(x + (size_t)t * n, x + (size_t)t * n, bias, n);
 }
 
 static void cpu_swiglu(spk_backend *be, float *out, const float *gate, const float *up, int n_tok, int n, int ith,
@@ -485,6 +525,7 @@ static const spk_backend_ops cpu_ops = {
     .head_rmsnorm = cpu_head_rmsnorm,
     .rope_store = cpu_rope_store,
     .attention = cpu_attention,
+    .add_bias = cpu_add_bias,
     .swiglu = cpu_swiglu,
     .add = cpu_add,
     .moe_size = cpu_moe_size,

@@ -1,6 +1,7 @@
 /*
  * Chat templates rendered natively: ChatML (with the template's own default system message,
- * if it has one), Qwen3 (ChatML with <think> handling), Llama 3 headers and Mistral v7. The
+ * if it has one), Qwen3 (ChatML with <think> handling), Llama 3 headers, Mistral v7 and
+ * Harmony (gpt-oss, llama.cpp's renderer). The
  * template text is only inspected, never interpreted.
  */
 #include <string.h>
@@ -19,6 +20,8 @@ spk_chat_kind spk_chat_detect(const char *tmpl, size_t len)
         return SPK_CHAT_UNKNOWN;
     if (spk_chat_unsupported_family(tmpl, len))
         return SPK_CHAT_UNKNOWN;
+    if (contains(tmpl, len, "<|channel|>") && contains(tmpl, len, "<|start|>")) /* llama.cpp's test for gpt-oss */
+        return SPK_CHAT_HARMONY;
     if (contains(tmpl, len, "<|im_start|>"))
         return contains(tmpl, len, "enable_thinking") ? SPK_CHAT_QWEN3 : SPK_CHAT_CHATML;
     if (contains(tmpl, len, "[SYSTEM_PROMPT]") && contains(tmpl, len, "[INST]"))
@@ -34,8 +37,6 @@ const char *spk_chat_unsupported_family(const char *t, size_t n)
 {
     if (!t)
         return NULL;
-    if (contains(t, n, "<|channel|>") && contains(t, n, "<|start|>"))
-        return "harmony (gpt-oss)";
     if (contains(t, n, "<|im_start|>"))
         return contains(t, n, "<|im_sep|>") ? "phi-4" : contains(t, n, "<end_of_utterance>") ? "smolvlm" : NULL;
     if (contains(t, n, "[INST]") && !contains(t, n, "[SYSTEM_PROMPT]")) {
@@ -307,15 +308,26 @@ spk_status spk_chat_render_template_ex(const char *tmpl, size_t len, unsigned fl
     case SPK_CHAT_MISTRAL_V7:
         render_mistral_v7(&o, msgs, n, (flags & SPK_CHAT_TEKKEN) != 0);
         break;
+    case SPK_CHAT_HARMONY: /* llama.cpp's LLM_CHAT_TEMPLATE_OPENAI_MOE renderer */
+        for (size_t i = 0; i < n; i++) {
+            puts_(&o, "<|start|>");
+            puts_(&o, msgs[i].role);
+            puts_(&o, "<|message|>");
+            puts_(&o, msgs[i].content);
+            puts_(&o, strcmp(msgs[i].role, "assistant") == 0 ? "<|return|>" : "<|end|>");
+        }
+        if (add_assistant)
+            puts_(&o, "<|start|>assistant");
+        break;
     default: {
         const char *fam = spk_chat_unsupported_family(tmpl, len);
         if (fam)
             return spk_err(SPK_ERR_UNSUPPORTED,
                            "chat: template family '%s' is not supported (supported: chatml, qwen3, llama3, "
-                           "mistral-v7, mistral-v7-tekken)", fam);
+                           "mistral-v7, mistral-v7-tekken, harmony)", fam);
         return spk_err(SPK_ERR_UNSUPPORTED,
                        "chat: template not recognised (supported: chatml, qwen3, llama3, mistral-v7, "
-                       "mistral-v7-tekken): '%.*s%s'",
+                       "mistral-v7-tekken, harmony): '%.*s%s'",
                        (int)(len > 60 ? 60 : len), tmpl, len > 60 ? "..." : "");
     }
     }

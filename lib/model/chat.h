@@ -18,6 +18,7 @@ typedef enum spk_chat_kind {
     SPK_CHAT_LLAMA3 = 2,   /* <|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|> */
     SPK_CHAT_QWEN3 = 3,    /* ChatML with Qwen3's <think> handling (template mentions enable_thinking) */
     SPK_CHAT_MISTRAL_V7 = 4, /* [SYSTEM_PROMPT] ...[/SYSTEM_PROMPT][INST] ...[/INST] reply</s> */
+    SPK_CHAT_HARMONY = 5,  /* gpt-oss: <|start|>role<|message|>content<|end|> (<|return|> after replies) */
 } spk_chat_kind;
 
 /* Rendering options (bit flags). */
@@ -29,7 +30,7 @@ enum {
 /* Family of a template text (len bytes, need not be NUL-terminated). */
 spk_chat_kind spk_chat_detect(const char *tmpl, size_t len);
 
-/* Name of a template family we recognise but do not render ("gemma", "harmony", "phi-3",
+/* Name of a template family we recognise but do not render ("gemma", "phi-3",
  * "mistral-v1", "mistral-v3", "mistral-v3-tekken", "llama2", "deepseek", "command-r", "phi-4"),
  * or NULL. */
 const char *spk_chat_unsupported_family(const char *tmpl, size_t len);
@@ -47,6 +48,9 @@ const char *spk_chat_unsupported_family(const char *tmpl, size_t len);
  * - Mistral v7: llama.cpp's "mistral-v7" renderer (a space after [SYSTEM_PROMPT], [INST] and
  *   before replies), or "mistral-v7-tekken" with SPK_CHAT_TEKKEN (no spaces; what the Mistral
  *   Small 3.x Jinja template renders); no default system prompt, no BOS text.
+ * - Harmony (gpt-oss): llama.cpp's built-in renderer: <|start|>role<|message|>content, then
+ *   <|return|> after assistant turns and <|end|> after the others; the opening is
+ *   <|start|>assistant. No default system message (the Jinja template's embeds today's date).
  * `add_assistant` appends the opening of the assistant turn (Mistral has none). NUL-terminates
  * `buf` when there is room; *n_out excludes the NUL; TOO_LONG (with *n_out the size needed) if
  * it exceeds `cap`. UNSUPPORTED for a template of another family (naming it when known);

@@ -38,6 +38,7 @@ struct spk_llama {
     /* backend memory */
     float *x, *xb, *xb2, *q, *k, *v, *att, *hb, *hb2, *freqs;
     float *io;                  /* a device backend's hidden-state input and output rows */
+    float attn_scale;           /* Q.K scale: 1/sqrt(head_dim), times YaRN's attention factor squared */
     void *act;
     void *moe_scratch;          /* the MoE op's scratch (MoE models) */
     spk_kv_cache kv;
@@ -212,6 +213,13 @@ spk_status spk_llama_create_paged(const spk_hparams *hp, const spk_weights *w, c
         free(m);
         return st;
     }
+    if ((hp->attn_sinks || hp->biases || hp->swa_window) && !m->be->ops->add_bias) {
+        st = spk_err(SPK_ERR_UNSUPPORTED, "llama: %s needs learned attention sinks, sliding-window attention (%d) and "
+                     "projection biases, which the %s backend does not implement yet: run it on the CPU backend",
+                     hp->arch, hp->swa_window, m->be->ops->name);
+        spk_llama_free(m);
+        return st;
+    }
     if (hp->n_expert && (!m->be->ops->moe || !m->be->ops->moe_size)) {
         st = spk_err(SPK_ERR_UNSUPPORTED, "llama: %s is a mixture-of-experts model (%d experts, %d per token) and the "
                      "%s backend has no 'moe' op yet: run it on the CPU backend", hp->arch, hp->n_expert,
@@ -279,8 +287,15 @@ spk_status spk_llama_create_paged(const spk_hparams *hp, const spk_weights *w, c
         spk_llama_free(m);
         return spk_err(SPK_ERR_NOMEM, "llama: out of memory");
     }
-    spk_rope_freqs(freqs, hp->rot_dim, hp->rope_theta, NULL);
-    for (int i = 0; i < hp->rot_dim / 2; i++) {
+    m->attn_scale = 1.0f / sqrtf((float)hp->head_dim);
+    if (hp->yarn) {
+        const float af = spk_yarn_freqs(freqs, hp->rot_dim, hp->rope_theta, hp->scaling.factor, hp->scaling.orig_ctx,
+                                        hp->yarn_beta_fast, hp->yarn_beta_slow, hp->yarn_attn_factor);
+        m->attn_scale *= af * af; /* cos and sin times af: Q.K times af^2 */
+    } else {
+        spk_rope_freqs(freqs, hp->rot_dim, hp->rope_theta, NULL);
+    }
+    for (int i = 0; i < hp->rot_dim / 2 && !hp->yarn; i++) {
         if (hp->scaling.factor > 0)
             freqs[i] /= hp->scaling.factor;
         if (w->rope_factors)
@@ -333,6 +348,31 @@ uint64_t spk_llama_alloc_bytes(const spk_llama *m)
 }
 const spk_backend *spk_llama_backend(const spk_llama *m) { return m->be; }
 
+float spk_yarn_freqs(float *freqs, int rot_dim, float theta, float factor, int orig_ctx, float beta_fast,
+                     float beta_slow, float attn_factor)
+{
+    /* transformers' _compute_yarn_parameters with truncate false (gpt-oss's config): the
+     * frequencies of the dims below the correction range are kept (extrapolation), those above
+     * it divided by factor (interpolation), a linear ramp between */
+    const double dim = rot_dim, base = theta, twopi = 6.283185307179586;
+    double lo = dim * log((double)orig_ctx / (beta_fast * twopi)) / (2 * log(base));
+    double hi = dim * log((double)orig_ctx / (beta_slow * twopi)) / (2 * log(base));
+    lo = lo > 0 ? lo : 0;
+    hi = hi < dim - 1 ? hi : dim - 1;
+    if (lo == hi)
+        hi += 0.001;
+    for (int i = 0; i < rot_dim / 2; i++) {
+        const double pf = pow(base, 2.0 * i / dim), ext = 1.0 / pf, itp = 1.0 / (factor * pf);
+        double ramp = ((double)i - lo) / (hi - lo);
+        ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+        const double ef = 1.0 - ramp; /* the share of extrapolation */
+        freqs[i] = (float)(itp * (1.0 - ef) + ext * ef);
+    }
+    if (attn_factor > 0)
+        return attn_factor;
+    return factor <= 1 ? 1.0f : (float)(0.1 * log((double)factor) + 1.0);
+}
+
 /* ---- forward ------------------------------------------------------------------------------ */
 
 /* Sum the partial products of the TP group (one thread talks, the others wait), then barrier. */
@@ -356,7 +396,7 @@ static void forward_thread(void *arg, int ith, int nth)
     const spk_weights *w = m->w;
     const spk_step *s = &m->step;
     const int T = s->n_tok, E = hp->n_embd, F = m->n_ff;
-    const float scale = 1.0f / sqrtf((float)hp->head_dim);
+    const float scale = m->attn_scale;
 
     if (m->sh.first) {
         const int split = spk_llama_embd_split(hp, &m->sh);
@@ -378,6 +418,11 @@ static void forward_thread(void *arg, int ith, int nth)
         o->matmul(be, m->k, &L->wk, m->act, T, ith, nth);
         o->matmul(be, m->v, &L->wv, m->act, T, ith, nth);
         o->barrier(be);
+        if (L->bq) { /* gpt-oss: row ops on the rows rope_store then reads (no barrier) */
+            o->add_bias(be, m->q, L->bq, T, m->q_dim, ith, nth);
+            o->add_bias(be, m->k, L->bk, T, m->kv_dim, ith, nth);
+            o->add_bias(be, m->v, L->bv, T, m->kv_dim, ith, nth);
+        }
         if (L->q_norm) { /* qwen3: row ops on the rows rope_store then reads (no barrier) */
             o->head_rmsnorm(be, m->q, L->q_norm, T, m->n_heads, hp->head_dim, hp->eps, ith, nth);
             o->head_rmsnorm(be, m->k, L->k_norm, T, m->n_kv, hp->head_dim, hp->eps, ith, nth);
@@ -385,12 +430,14 @@ static void forward_thread(void *arg, int ith, int nth)
         o->rope_store(be, m->q, m->k, m->v, m->n_heads, hp->rot_dim, hp->rope_neox, m->freqs, &m->kv, l, s, ith,
                       nth);
         o->barrier(be);
-        o->attention(be, m->att, m->q, m->n_heads, scale, &m->kv, l, s, ith, nth);
+        o->attention(be, m->att, m->q, m->n_heads, scale, L->sinks, L->swa, &m->kv, l, s, ith, nth);
         o->barrier(be);
         o->quantize(be, m->act, &L->wo, m->att, T, ith, nth);
         o->barrier(be);
         o->matmul(be, m->xb2, &L->wo, m->act, T, ith, nth);
         tp_reduce(m, m->xb2, T, ith);
+        if (L->bo) /* gpt-oss: after the TP sum, on every rank (a row op like the add below) */
+            o->add_bias(be, m->xb2, L->bo, T, E, ith, nth);
         /* MLP block: this rank's intermediate columns */
         o->add(be, m->x, m->x, m->xb2, T, E, ith, nth);
         o->rmsnorm(be, m->xb, m->x, NULL, L->ffn_norm, T, E, hp->eps, ith, nth);

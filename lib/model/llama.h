@@ -26,6 +26,14 @@ typedef struct spk_hparams {
     /* qwen3moe: every layer's MLP is n_expert experts of n_ff (expert_feed_forward_length)
      * columns, n_expert_used of them per token; 0 experts: dense */
     int n_expert, n_expert_used;
+    /* gpt-oss: biases on Q/K/V/O, router and experts; learned attention sinks; sliding-window
+     * attention of swa_window positions on the even layers (0, 2, ...: llama.cpp's pattern 2 and
+     * transformers' layer_types); YaRN RoPE (yarn: the frequencies of transformers'
+     * _compute_yarn_parameters with truncate false, attn_factor on cos/sin, i.e. on Q.K squared) */
+    bool attn_sinks, biases;
+    int swa_window;
+    bool yarn;
+    float yarn_beta_fast, yarn_beta_slow, yarn_attn_factor;
 } spk_hparams;
 
 
@@ -39,6 +47,10 @@ typedef struct spk_layer {
     spk_wmat w_gate, w_up;           /* [n_ff][n_embd] */
     spk_wmat w_down;                 /* [n_embd][n_ff] */
     spk_moe moe;                     /* MoE layers (moe.n_expert > 0): the MLP instead of w_gate/up/down */
+    /* gpt-oss (NULL otherwise): biases of this rank's Q/K/V rows, of the output projection (on
+     * every rank: added after the TP sum), the sinks of this rank's query heads */
+    const float *bq, *bk, *bv, *bo, *sinks;
+    int swa;                         /* sliding window of this layer (0: full attention) */
 } spk_layer;
 
 typedef struct spk_weights {
@@ -52,6 +64,11 @@ typedef struct spk_weights {
     uint64_t n_params, n_bytes;
     const char *path;                /* the file's, for messages (lives as long as the file) */
 } spk_weights;
+
+/* gpt-oss's YaRN inverse frequencies (transformers' _compute_yarn_parameters, truncate false):
+ * freqs [rot_dim/2]; returns the attention factor (0.1 ln(factor) + 1 unless given). */
+float spk_yarn_freqs(float *freqs, int rot_dim, float theta, float factor, int orig_ctx, float beta_fast,
+                     float beta_slow, float attn_factor);
 
 /* Read hyperparameters and locate/validate every weight (shape, type, layer count). Only
  * pointers into the mapping are taken: no weight page is touched. */

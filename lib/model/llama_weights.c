@@ -98,6 +98,22 @@ static spk_status find_vec(const spk_gguf_file *f, const char *name, int n, cons
     return SPK_OK;
 }
 
+/* An F32 bias of ne {n0, n1} (n1 1: a vector of n0). */
+static spk_status find_bias(const spk_gguf_file *f, const char *name, int n0, int n1, const float **out)
+{
+    const spk_gguf_tensor *t = spk_gguf_find_tensor(f, name);
+    if (!t)
+        return spk_err(SPK_ERR_FORMAT, "%s: missing tensor '%s'", f->path, name);
+    const bool ok = t->type == SPK_DT_F32 && t->n_elements == (uint64_t)n0 * (uint64_t)n1 && t->ne[0] == (uint64_t)n0 &&
+                    (n1 == 1 ? t->n_dims == 1 : t->n_dims == 2 && t->ne[1] == (uint64_t)n1);
+    if (!ok)
+        return spk_err(SPK_ERR_FORMAT, "%s: tensor '%s' must be F32 [%d, %d], has %u dims [%llu, %llu] of type %d",
+                       f->path, name, n0, n1, t->n_dims, (unsigned long long)t->ne[0],
+                       (unsigned long long)(t->n_dims > 1 ? t->ne[1] : 1), (int)t->type);
+    *out = t->data;
+    return SPK_OK;
+}
+
 #define TRY(x)                                                                                     \
     do {                                                                                           \
         spk_status st_ = (x);                                                                      \
@@ -123,8 +139,15 @@ static spk_status load_hparams(const spk_gguf_file *f, spk_hparams *hp)
         snprintf(hp->arch, sizeof hp->arch, "qwen3moe");
         hp->qk_norm = true;
         hp->rope_neox = true;
+    } else if (spk_gguf_str_eq(arch, "gpt-oss")) {
+        /* MoE in every layer (softmax over the selected logits, clamped SwiGLU), biases, learned
+         * attention sinks, sliding-window attention on alternating layers, NEOX RoPE with YaRN */
+        snprintf(hp->arch, sizeof hp->arch, "gpt-oss");
+        hp->rope_neox = true;
+        hp->attn_sinks = true;
+        hp->biases = true;
     } else {
-        return spk_err(SPK_ERR_UNSUPPORTED, "%s: architecture '%.*s' is not supported (llama, qwen3, qwen3moe)",
+        return spk_err(SPK_ERR_UNSUPPORTED, "%s: architecture '%.*s' is not supported (llama, qwen3, qwen3moe, gpt-oss)",
                        f->path, (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
     }
     uint32_t n_layers, n_embd, n_heads, n_kv, n_ff, n_ctx, head_dim, rot_dim;
@@ -132,7 +155,7 @@ static spk_status load_hparams(const spk_gguf_file *f, spk_hparams *hp)
     TRY(get_u32_key(f, hp->arch, "embedding_length", true, 0, &n_embd));
     TRY(get_u32_key(f, hp->arch, "attention.head_count", true, 0, &n_heads));
     TRY(get_u32_key(f, hp->arch, "attention.head_count_kv", false, n_heads, &n_kv));
-    const bool moe = strcmp(hp->arch, "qwen3moe") == 0;
+    const bool moe = strcmp(hp->arch, "qwen3moe") == 0 || strcmp(hp->arch, "gpt-oss") == 0;
     if (moe) { /* the experts' width; feed_forward_length (a dense MLP's) is unused */
         uint32_t n_exp, n_used;
         TRY(get_u32_key(f, hp->arch, "expert_count", true, 0, &n_exp));
@@ -174,6 +197,13 @@ static spk_status load_hparams(const spk_gguf_file *f, spk_hparams *hp)
     if (!(hp->eps > 0 && hp->eps < 1) || !(hp->rope_theta > 1 && hp->rope_theta < 1e12f))
         return spk_err(SPK_ERR_FORMAT, "%s: bad rms eps %g or rope theta %g", f->path, hp->eps,
                        hp->rope_theta);
+    if (hp->attn_sinks) { /* gpt-oss: the window of the even layers */
+        uint32_t swa;
+        TRY(get_u32_key(f, hp->arch, "attention.sliding_window", true, 0, &swa));
+        if (swa < 1 || swa > 1u << 24)
+            return spk_err(SPK_ERR_FORMAT, "%s: bad %s.attention.sliding_window %u", f->path, hp->arch, swa);
+        hp->swa_window = (int)swa;
+    }
     memset(&hp->scaling, 0, sizeof hp->scaling);
     char key[128];
     snprintf(key, sizeof key, "%s.rope.scaling.type", hp->arch);
@@ -185,6 +215,22 @@ static spk_status load_hparams(const spk_gguf_file *f, spk_hparams *hp)
             if (!(hp->scaling.factor >= 1.0f && hp->scaling.factor < 1e6f))
                 return spk_err(SPK_ERR_FORMAT, "%s: bad rope scaling factor %g", f->path,
                                hp->scaling.factor);
+        } else if (spk_gguf_str_eq(stype, "yarn") && strcmp(hp->arch, "gpt-oss") == 0) {
+            uint32_t orig;
+            TRY(get_f32_key(f, hp->arch, "rope.scaling.factor", 1.0f, &hp->scaling.factor));
+            TRY(get_u32_key(f, hp->arch, "rope.scaling.original_context_length", true, 0, &orig));
+            TRY(get_f32_key(f, hp->arch, "rope.scaling.yarn_beta_fast", 32.0f, &hp->yarn_beta_fast));
+            TRY(get_f32_key(f, hp->arch, "rope.scaling.yarn_beta_slow", 1.0f, &hp->yarn_beta_slow));
+            TRY(get_f32_key(f, hp->arch, "rope.scaling.yarn_attn_factor", 0.0f, &hp->yarn_attn_factor));
+            if (!(hp->scaling.factor >= 1.0f && hp->scaling.factor < 1e6f) || orig < 1 || orig > 1u << 24 ||
+                !(hp->yarn_beta_fast > 0 && hp->yarn_beta_fast < 1e6f) ||
+                !(hp->yarn_beta_slow > 0 && hp->yarn_beta_slow < 1e6f) ||
+                !(hp->yarn_attn_factor >= 0 && hp->yarn_attn_factor < 100))
+                return spk_err(SPK_ERR_FORMAT, "%s: bad YaRN rope scaling: factor %g, original context %u, beta_fast %g, "
+                               "beta_slow %g, attn_factor %g", f->path, hp->scaling.factor, orig, hp->yarn_beta_fast,
+                               hp->yarn_beta_slow, hp->yarn_attn_factor);
+            hp->scaling.orig_ctx = (int)orig;
+            hp->yarn = true;
         } else if (!spk_gguf_str_eq(stype, "none")) {
             return spk_err(SPK_ERR_UNSUPPORTED, "%s: rope scaling type '%.*s' not supported",
                            f->path, (int)(stype.len > 32 ? 32 : stype.len), stype.ptr);
@@ -270,8 +316,28 @@ spk_status spk_llama_load(const spk_gguf_file *f, spk_hparams *hp, spk_weights *
         st = find_vec(f, name, n, &L->field);                                                      \
         np += (uint64_t)(n);                                                                       \
     }
+#define BIAS(field, tname, kind, n0, n1)                                                             \
+    if (st == SPK_OK) {                                                                            \
+        snprintf(name, sizeof name, "blk.%d." tname "." kind, l);                                  \
+        st = find_bias(f, name, n0, n1, &field);                                                   \
+        np += (uint64_t)(n0) * (uint64_t)(n1);                                                     \
+    }
         VEC(attn_norm, "attn_norm", E);
-        VEC(ffn_norm, "ffn_norm", E);
+        if (hp->attn_sinks) { /* gpt-oss: the converter's name of the norm before the MLP */
+            VEC(ffn_norm, "post_attention_norm", E);
+        } else {
+            VEC(ffn_norm, "ffn_norm", E);
+        }
+        if (hp->biases) {
+            BIAS(L->bq, "attn_q", "bias", Q, 1);
+            BIAS(L->bk, "attn_k", "bias", KV, 1);
+            BIAS(L->bv, "attn_v", "bias", KV, 1);
+            BIAS(L->bo, "attn_output", "bias", E, 1);
+        }
+        if (hp->attn_sinks) {
+            BIAS(L->sinks, "attn_sinks", "weight", hp->n_heads, 1);
+            L->swa = l % 2 == 0 ? hp->swa_window : 0;
+        }
         if (hp->qk_norm) {
             VEC(q_norm, "attn_q_norm", hp->head_dim);
             VEC(k_norm, "attn_k_norm", hp->head_dim);
@@ -299,6 +365,16 @@ spk_status spk_llama_load(const spk_gguf_file *f, spk_hparams *hp, spk_weights *
             M->e0 = 0;
             M->e1 = NX;
             M->flags = SPK_MOE_SOFTMAX_ALL | SPK_MOE_NORM_TOPK; /* qwen3moe: norm_topk_prob */
+            if (hp->biases) { /* gpt-oss: softmax over the selected logits, clamped SwiGLU (transformers'
+                               * GptOssConfig swiglu_limit 7.0 and GptOssExperts alpha 1.702), biases */
+                M->flags = SPK_MOE_SWIGLU_OAI;
+                M->alpha = 1.702f;
+                M->limit = 7.0f;
+                BIAS(M->router_bias, "ffn_gate_inp", "bias", NX, 1);
+                BIAS(M->gate_bias, "ffn_gate_exps", "bias", hp->n_ff, NX);
+                BIAS(M->up_bias, "ffn_up_exps", "bias", hp->n_ff, NX);
+                BIAS(M->down_bias, "ffn_down_exps", "bias", E, NX);
+            }
         } else {
             MAT(w_gate, "ffn_gate", E, hp->n_ff);
             MAT(w_up, "ffn_up", E, hp->n_ff);
@@ -306,6 +382,7 @@ spk_status spk_llama_load(const spk_gguf_file *f, spk_hparams *hp, spk_weights *
         }
 #undef MAT
 #undef VEC
+#undef BIAS
         if (st != SPK_OK) {
             spk_llama_weights_free(w);
             return st;
@@ -424,6 +501,29 @@ static spk_status cols_of(spk_weights *w, const spk_wmat *m, int c0, int c1, spk
     return SPK_OK;
 }
 
+/* gpt-oss's expert gate/up biases [n_expert][n_ff] cut to columns [f0, f1) of every expert
+ * (copied: the op reads them [n_expert][f1 - f0]). */
+static spk_status bias_cols(spk_weights *w, const spk_moe *full, int f0, int f1, int n_ff, spk_moe *out)
+{
+    const size_t NX = (size_t)full->n_expert, n = (size_t)(f1 - f0);
+    float *buf = malloc(sizeof(float) * 2 * NX * n);
+    void **owned = realloc(w->owned, sizeof(void *) * (size_t)(w->n_owned + 1));
+    if (owned)
+        w->owned = owned;
+    if (!buf || !owned) {
+        free(buf);
+        return spk_err(SPK_ERR_NOMEM, "shard: out of memory for expert biases");
+    }
+    w->owned[w->n_owned++] = buf;
+    for (size_t e = 0; e < NX; e++) {
+        memcpy(buf + e * n, full->gate_bias + e * (size_t)n_ff + f0, sizeof(float) * n);
+        memcpy(buf + (NX + e) * n, full->up_bias + e * (size_t)n_ff + f0, sizeof(float) * n);
+    }
+    out->gate_bias = buf;
+    out->up_bias = buf + NX * n;
+    return SPK_OK;
+}
+
 static bool owned_by(const spk_weights *w, const void *p)
 {
     for (int i = 0; i < w->n_owned; i++)
@@ -489,7 +589,32 @@ static spk_status check_shard(const spk_hparams *hp, const spk_weights *full, co
         CHECK(check_scales(path, name, &L->w_gate, sh->f0, 0, E), "ffn_gate");
         CHECK(check_scales(path, name, &L->w_up, sh->f0, 0, E), "ffn_up");
         CHECK(check_scales(path, name, &L->w_down, 0, sh->f0, hp->n_ff), "ffn_down");
+        if (L->sinks) { /* gpt-oss: this rank's sinks and biases (named by tensor, index within the slice) */
+            const int nh = sh->h1 - sh->h0, nkv = (sh->kv1 - sh->kv0) * HD;
+            CHECK(check_vec(path, name, L->sinks, nh), "attn_sinks");
+            snprintf(name, sizeof name, "blk.%d.attn_q.bias", l);
+            TRY(check_vec(path, name, L->bq, nh * HD));
+            snprintf(name, sizeof name, "blk.%d.attn_k.bias", l);
+            TRY(check_vec(path, name, L->bk, nkv));
+            snprintf(name, sizeof name, "blk.%d.attn_v.bias", l);
+            TRY(check_vec(path, name, L->bv, nkv));
+            snprintf(name, sizeof name, "blk.%d.attn_output.bias", l);
+            TRY(check_vec(path, name, L->bo, E));
+        }
         const spk_moe *M = &L->moe;
+        if (M->n_expert && M->router_bias) {
+            const int nf = M->gate.n_out, NX = M->n_expert;
+            snprintf(name, sizeof name, "blk.%d.ffn_gate_inp.bias", l);
+            TRY(check_vec(path, name, M->router_bias, NX));
+            snprintf(name, sizeof name, "blk.%d.ffn_gate_exps.bias", l);
+            TRY(check_vec(path, name, M->gate_bias, NX * nf));
+            snprintf(name, sizeof name, "blk.%d.ffn_up_exps.bias", l);
+            TRY(check_vec(path, name, M->up_bias, NX * nf));
+            if (M->down_bias) {
+                snprintf(name, sizeof name, "blk.%d.ffn_down_exps.bias", l);
+                TRY(check_vec(path, name, M->down_bias, NX * E));
+            }
+        }
         if (M->n_expert) {
             CHECK(check_scales(path, name, &M->router, 0, 0, E), "ffn_gate_inp");
             for (int e = 0; e < M->e1 - M->e0; e++) { /* block numbers counted within an expert */
@@ -548,6 +673,14 @@ spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const
         L->wk = rows_of(&F->wk, sh->kv0 * HD, sh->kv1 * HD);
         L->wv = rows_of(&F->wv, sh->kv0 * HD, sh->kv1 * HD);
         st = cols_of(out, &F->wo, sh->h0 * HD, sh->h1 * HD, &L->wo);
+        if (F->bq) { /* gpt-oss: this rank's heads' biases and sinks; the output bias on one rank */
+            L->bq = F->bq + (size_t)sh->h0 * HD;
+            L->bk = F->bk + (size_t)sh->kv0 * HD;
+            L->bv = F->bv + (size_t)sh->kv0 * HD;
+            L->bo = F->bo; /* added after the TP sum */
+        }
+        L->sinks = F->sinks ? F->sinks + sh->h0 : NULL;
+        L->swa = F->swa;
         if (F->moe.n_expert) {
             /* every expert's columns [f0, f1): rows of gate/up (views, the expert stride stays),
              * columns of down (the stacked [n_expert * n_embd][n_ff] matrix cut at once) */
@@ -563,6 +696,10 @@ spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const
             spk_wmat all = FM->down, cut;
             all.data = (const uint8_t *)all.data + (size_t)e0 * FM->stride_down;
             all.n_out *= e1 - e0;
+            if (FM->gate_bias && st == SPK_OK && (sh->f0 > 0 || sh->f1 < hp->n_ff))
+                st = bias_cols(out, FM, sh->f0, sh->f1, hp->n_ff, &L->moe);
+            if (FM->down_bias && sh->f0 > 0) /* added once: by the TP rank holding columns from 0 */
+                L->moe.down_bias = NULL;
             if (st == SPK_OK && (st = cols_of(out, &all, sh->f0, sh->f1, &cut)) == SPK_OK) {
                 cut.n_out = F->moe.down.n_out;
                 L->moe.down = cut;

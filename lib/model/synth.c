@@ -37,6 +37,7 @@ static const synth_preset k_presets[] = {
     {"qwen3moe-tiny", 3, 128, 8, 4, 32, 64, 512, 4096, true, false, 1000000.0f, SPK_SYNTH_QWEN3MOE, 1e-6f, true, 8, 2},
     {"qwen3-30b-a3b", 48, 2048, 32, 4, 128, 768, 151936, 40960, false, false, 1000000.0f, SPK_SYNTH_QWEN3MOE, 1e-6f, false,
      128, 8},
+    {"gpt-oss-tiny", 4, 128, 8, 4, 32, 64, 512, 131072, false, false, 150000.0f, SPK_SYNTH_GPTOSS, 1e-5f, true, 8, 2},
     {"qwen3-8b", 36, 4096, 32, 8, 128, 12288, 151936, 40960, false, false, 1000000.0f, SPK_SYNTH_QWEN3, 1e-6f, false, 0, 0},
 };
 enum { N_PRESETS = (int)(sizeof k_presets / sizeof k_presets[0]) };
@@ -133,15 +134,16 @@ spk_status spk_synth_check(const spk_synth_params *p)
     if (p->n_layers < 1 || p->n_layers > 1024 || p->n_embd < 1 || p->n_embd > 65536 || p->n_heads < 1 ||
         p->n_heads > 1024 || p->n_kv_heads < 1 || p->n_heads % p->n_kv_heads != 0 || p->n_ff < 1 ||
         p->n_ff > 1 << 20 || p->n_ctx_train < 1 || p->head_dim < 0 ||
-        (p->arch != SPK_SYNTH_LLAMA && p->arch != SPK_SYNTH_QWEN3 && p->arch != SPK_SYNTH_QWEN3MOE))
+        (p->arch != SPK_SYNTH_LLAMA && p->arch != SPK_SYNTH_QWEN3 && p->arch != SPK_SYNTH_QWEN3MOE &&
+         p->arch != SPK_SYNTH_GPTOSS))
         return spk_err(SPK_ERR_INVALID_ARG,
                        "synth: bad shape: layers %d, embd %d, heads %d, kv heads %d (must divide heads), "
                        "ff %d, ctx %d, head_dim %d, arch %d",
                        p->n_layers, p->n_embd, p->n_heads, p->n_kv_heads, p->n_ff, p->n_ctx_train,
                        p->head_dim, (int)p->arch);
-    if (p->arch == SPK_SYNTH_QWEN3MOE &&
+    if ((p->arch == SPK_SYNTH_QWEN3MOE || p->arch == SPK_SYNTH_GPTOSS) &&
         (p->n_expert < 1 || p->n_expert > 4096 || p->n_expert_used < 1 || p->n_expert_used > p->n_expert))
-        return spk_err(SPK_ERR_INVALID_ARG, "synth: qwen3moe needs 1 <= experts used %d <= experts %d <= 4096",
+        return spk_err(SPK_ERR_INVALID_ARG, "synth: a MoE model needs 1 <= experts used %d <= experts %d <= 4096",
                        p->n_expert_used, p->n_expert);
     if (hd < 2 || hd > 1024 || hd % 2)
         return spk_err(SPK_ERR_INVALID_ARG, "synth: head_dim %d must be even and in 2..1024 (embd %d, heads %d)",
@@ -597,7 +599,7 @@ static void kv_cstr(writer *w, const char *key, const char *v)
 
 /* ---- the tensor list -------------------------------------------------------------------------- */
 
-typedef enum tkind { T_MAT, T_EMBD, T_NORM, T_ROPE } tkind;
+typedef enum tkind { T_MAT, T_EMBD, T_NORM, T_ROPE, T_BIAS } tkind;
 
 typedef struct tdesc {
     char name[48];
@@ -647,8 +649,21 @@ static int tensor_list(const spk_synth_params *p, tdesc *t)
         LAYER("attn_k", E, KV, p->wtype, T_MAT);
         LAYER("attn_v", E, KV, p->wtype, T_MAT);
         LAYER("attn_output", Q, E, p->wtype, T_MAT);
-        LAYER("ffn_norm", E, 0, SPK_DT_F32, T_NORM);
-        if (p->arch == SPK_SYNTH_QWEN3MOE) { /* the router stays F32 (as llama.cpp's converter and quantizer keep it) */
+        const bool oss = p->arch == SPK_SYNTH_GPTOSS;
+#define BIAS(suffix, a, b)                                                                         \
+    do {                                                                                           \
+        snprintf(nm, sizeof nm, "blk.%d.%s.bias", l, suffix);                                      \
+        ADD(nm, a, b, SPK_DT_F32, T_BIAS);                                                         \
+    } while (0)
+        if (oss) {
+            BIAS("attn_q", Q, 0);
+            BIAS("attn_k", KV, 0);
+            BIAS("attn_v", KV, 0);
+            BIAS("attn_output", E, 0);
+            LAYER("attn_sinks", p->n_heads, 0, SPK_DT_F32, T_BIAS);
+        }
+        LAYER(oss ? "post_attention_norm" : "ffn_norm", E, 0, SPK_DT_F32, T_NORM);
+        if (p->arch == SPK_SYNTH_QWEN3MOE || oss) { /* the router stays F32 (as llama.cpp's converter and quantizer keep it) */
             const int X = p->n_expert;
             LAYER("ffn_gate_inp", E, X, SPK_DT_F32, T_MAT);
             snprintf(nm, sizeof nm, "blk.%d.ffn_gate_exps.weight", l);
@@ -657,6 +672,13 @@ static int tensor_list(const spk_synth_params *p, tdesc *t)
             ADD3(nm, E, p->n_ff, X, p->wtype, T_MAT);
             snprintf(nm, sizeof nm, "blk.%d.ffn_down_exps.weight", l);
             ADD3(nm, p->n_ff, E, X, p->wtype, T_MAT);
+            if (oss) {
+                BIAS("ffn_gate_inp", X, 0);
+                BIAS("ffn_gate_exps", p->n_ff, X);
+                BIAS("ffn_up_exps", p->n_ff, X);
+                BIAS("ffn_down_exps", E, X);
+            }
+#undef BIAS
         } else {
             LAYER("ffn_gate", E, p->n_ff, p->wtype, T_MAT);
             LAYER("ffn_up", E, p->n_ff, p->wtype, T_MAT);
@@ -721,13 +743,13 @@ static void write_header(writer *w, const spk_synth_params *p, const vocab *v, c
 {
     const int hd = head_dim_of(p);
     const int n_merges = v->n - SPK_SYNTH_MIN_VOCAB;
-    const bool moe = p->arch == SPK_SYNTH_QWEN3MOE;
-    const char *a = moe ? "qwen3moe" : p->arch == SPK_SYNTH_QWEN3 ? "qwen3" : "llama"; /* the keys' prefix */
+    const bool oss = p->arch == SPK_SYNTH_GPTOSS, moe = p->arch == SPK_SYNTH_QWEN3MOE || oss;
+    const char *a = oss ? "gpt-oss" : moe ? "qwen3moe" : p->arch == SPK_SYNTH_QWEN3 ? "qwen3" : "llama"; /* keys' prefix */
     char k[96];
     w_bytes(w, "GGUF", 4);
     w_u32(w, 3);
     w_u64(w, (uint64_t)nt);
-    w_u64(w, moe ? 33 : 30); /* metadata pairs below */
+    w_u64(w, oss ? 39 : moe ? 33 : 30); /* metadata pairs below */
     char name[128];
     snprintf(name, sizeof name, "synthetic %s seed %llu", p->preset[0] ? p->preset : "custom",
              (unsigned long long)p->seed);
@@ -791,6 +813,14 @@ static void write_header(writer *w, const spk_synth_params *p, const vocab *v, c
         kv_u32(w, key(k, a, "expert_used_count"), (uint32_t)p->n_expert_used);     /* 32 */
         kv_u32(w, key(k, a, "expert_feed_forward_length"), (uint32_t)p->n_ff);     /* 33 */
     }
+    if (oss) { /* gpt-oss-20b's values (its config.json), the window cut to 4 to matter in short prompts */
+        kv_u32(w, key(k, a, "attention.sliding_window"), 4);                      /* 34 */
+        kv_cstr(w, key(k, a, "rope.scaling.type"), "yarn");                       /* 35 */
+        kv_f32(w, key(k, a, "rope.scaling.factor"), 32.0f);                       /* 36 */
+        kv_u32(w, key(k, a, "rope.scaling.original_context_length"), 4096);       /* 37 */
+        kv_f32(w, key(k, a, "rope.scaling.yarn_beta_fast"), 32.0f);               /* 38 */
+        kv_f32(w, key(k, a, "rope.scaling.yarn_beta_slow"), 1.0f);                /* 39 */
+    }
     for (int i = 0; i < nt; i++) {
         w_str(w, t[i].name, strlen(t[i].name));
         w_u32(w, t[i].ne2 ? 3 : t[i].ne1 ? 2 : 1);
@@ -841,6 +871,8 @@ static void write_tensor(writer *w, const spk_synth_params *p, const tdesc *t, i
     float sd, mean = 0.0f;
     if (t->kind == T_EMBD) {
         sd = embd_std(p);
+    } else if (t->kind == T_BIAS) { /* gpt-oss's biases and sinks */
+        sd = strstr(t->name, "attn_sinks") ? 1.0f : 0.2f;
     } else if (t->kind == T_NORM) {
         sd = 0.01f;
         mean = strcmp(t->name, "output_norm.weight") == 0 ? out_norm_gain(p) : 1.0f;

@@ -21,6 +21,10 @@ typedef enum spk_synth_arch {
                              * blk.N.ffn_gate_inp [n_expert][n_embd] and stacked experts
                              * ffn_gate_exps / ffn_up_exps [n_expert][n_ff][n_embd], ffn_down_exps
                              * [n_expert][n_embd][n_ff] (n_ff = expert_feed_forward_length) */
+    SPK_SYNTH_GPTOSS = 3,   /* gpt-oss: qwen3moe's MoE layout without Q/K norms, with biases on
+                             * Q/K/V/O, router and experts (.bias, F32), blk.N.attn_sinks [n_heads],
+                             * blk.N.post_attention_norm for ffn_norm, sliding window 4 and YaRN keys
+                             * (factor 32, original context 4096, beta 32 / 1) as gpt-oss-20b's */
 } spk_synth_arch;
 
 typedef struct spk_synth_params {

@@ -10,6 +10,7 @@ no llama.cpp. For every template and conversation:
                  tests/ref/chat-builtin.cpp; what llama_chat_apply_template returns
   builtin_tekken the same renderer by name "mistral-v7-tekken" (Mistral templates only): what
                  Mistral's Jinja template renders for tekken models (no spaces around [INST])
+  (harmony: builtin only; the gpt-oss Jinja template writes today's date into its system message)
   jinja          the template rendered by Jinja2 as HF transformers does (trim_blocks,
                  lstrip_blocks; bos_token empty: the tokenizer adds BOS), for templates whose
                  output does not depend on the date (ChatML, Qwen3)
@@ -88,7 +89,7 @@ def main():
     for family, fname in TEMPLATES:
         text = open(os.path.join(src, 'models', 'templates', fname), encoding='utf-8').read()
         entry = {'family': family, 'file': fname, 'template': text, 'cases': []}
-        if family in ('qwen3', 'chatml', 'llama3', 'mistral-v7'):
+        if family in ('qwen3', 'chatml', 'llama3', 'mistral-v7', 'harmony'):
             for conv in CONVERSATIONS:
                 for add_ass in (True, False):
                     if not add_ass and conv[-1][0] != 'assistant':

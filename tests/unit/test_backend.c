@@ -45,6 +45,8 @@ typedef struct job {
     int layer;
     const spk_step *step;
     int neox, n_heads;
+    const float *sinks; /* gpt-oss attention: sinks and window */
+    int window;
 } job;
 
 enum { OP_EMBED, OP_COPY, OP_RMSNORM, OP_HEAD_NORM, OP_MATMUL, OP_ROPE_ATTN, OP_SWIGLU, OP_ADD };
@@ -67,7 +69,8 @@ static void run_job(void *arg, int ith, int nth)
     case OP_ROPE_ATTN:
         o->rope_store(be, j->q, j->k, j->v, NH, ROT, j->neox, j->freqs, j->kv, j->layer, j->step, ith, nth);
         o->barrier(be);
-        o->attention(be, j->out, j->q, NH, 1.0f / sqrtf((float)HD), j->kv, j->layer, j->step, ith, nth);
+        o->attention(be, j->out, j->q, NH, 1.0f / sqrtf((float)HD), j->sinks, j->window, j->kv, j->layer, j->step,
+                     ith, nth);
         break;
     case OP_SWIGLU: o->swiglu(be, j->out, j->a, j->b, j->n_tok, j->n, ith, nth); break;
     case OP_ADD: o->add(be, j->out, j->a, j->b, j->n_tok, j->n, ith, nth); break;
@@ -235,12 +238,17 @@ static double f16r(double v) { return spk_f16_to_f32(spk_f32_to_f16((float)v)); 
  * Paged KV: two sequences whose blocks are scattered (and one contiguous), a 6-token prefill
  * each, then one decode token each; every query head attends to its GQA KV head over positions
  * 0..pos of its own sequence. Reference in double over the f16-rounded keys and values.
- * Both RoPE modes (llama's normal pairs, Qwen3's NEOX halves) with 1 and 3 threads.
+ * Both RoPE modes (llama's normal pairs, Qwen3's NEOX halves) with 1 and 3 threads, and with
+ * gpt-oss's learned sinks (one logit per head in the denominator) and a sliding window of 3.
  */
 START_TEST(paged_attention_matches_reference)
 {
     g_threads = k_threads[_i % 2];
-    const int neox = _i / 2;
+    const int neox = _i / 2 % 2, oss = _i / 4; /* oss: gpt-oss's sinks per head and a window of 3 */
+    float sinks[NH];
+    for (int h = 0; h < NH; h++)
+        sinks[h] = 0.7f * (float)h - 2.0f;
+    const int window = oss ? 3 : 0;
     spk_backend *be = make();
     const int L = 2, layer = 1, n_blocks = 12, QD = NH * HD, KVD = NKV * HD;
     spk_kv_cache kv = {.rows = (size_t)n_blocks * BS, .kv_dim = KVD, .n_kv_heads = NKV, .head_dim = HD,
@@ -286,24 +294,26 @@ START_TEST(paged_attention_matches_reference)
         spk_step s = {.n_tok = T, .token = tokv, .pos = pos, .seq = seq, .table_off = table_off, .block_table = table,
                       .contig = contig};
         job j = {.be = be, .op = OP_ROPE_ATTN, .out = out, .q = q, .k = k, .v = v, .freqs = freqs, .kv = &kv,
-                 .layer = layer, .step = &s, .neox = neox};
+                 .layer = layer, .step = &s, .neox = neox, .sinks = oss ? sinks : NULL, .window = window};
         be->ops->run(be, run_job, &j);
         for (int t = 0; t < T; t++)
             for (int h = 0; h < NH; h++) {
-                const int kvh = h / (NH / NKV), n = pos[t] + 1;
+                const int kvh = h / (NH / NKV), n = pos[t] + 1, p0 = window && n > window ? n - window : 0;
                 double sc[P], mx = -1e300, sum = 0;
-                for (int p = 0; p < n; p++) {
+                for (int p = p0; p < n; p++) {
                     double d = 0;
                     for (int i = 0; i < HD; i++)
                         d += qref[t * QD + h * HD + i] * kref[seq[t]][p][kvh * HD + i];
                     sc[p] = d / sqrt((double)HD);
                     mx = sc[p] > mx ? sc[p] : mx;
                 }
-                for (int p = 0; p < n; p++)
+                for (int p = p0; p < n; p++)
                     sum += (sc[p] = exp(sc[p] - mx));
+                if (oss) /* the sink: in the denominator, no value */
+                    sum += exp((double)sinks[h] - mx);
                 for (int i = 0; i < HD; i++) {
                     double want = 0;
-                    for (int p = 0; p < n; p++)
+                    for (int p = p0; p < n; p++)
                         want += sc[p] / sum * vref[seq[t]][p][kvh * HD + i];
                     close_to(out[t * QD + h * HD + i], want, 1e-4, "attention", (t * NH + h) * HD + i);
                 }
@@ -342,7 +352,7 @@ int main(void)
     tcase_add_loop_test(tc, rows_ops_match_reference, 0, 2);
     tcase_add_loop_test(tc, embed_matches_dequantized_rows, 0, 2);
     tcase_add_loop_test(tc, matmul_matches_float64_every_type, 0, N_TYPES);
-    tcase_add_loop_test(tc, paged_attention_matches_reference, 0, 4);
+    tcase_add_loop_test(tc, paged_attention_matches_reference, 0, 8);
     tcase_add_test(tc, bad_arguments_are_refused);
     suite_add_tcase(s, tc);
     return spk_test_run(s);

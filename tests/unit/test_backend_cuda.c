@@ -62,7 +62,7 @@ static void run_job(void *arg, int ith, int nth)
     case OP_ROPE_ATTN:
         o->rope_store(be, j->q, j->k, j->v, NH, ROT, j->neox, j->freqs, j->kv, 0, j->step, ith, nth);
         o->barrier(be);
-        o->attention(be, j->out, j->q, NH, 1.0f / sqrtf((float)HD), j->kv, 0, j->step, ith, nth);
+        o->attention(be, j->out, j->q, NH, 1.0f / sqrtf((float)HD), NULL, 0, j->kv, 0, j->step, ith, nth);
         break;
     case OP_SWIGLU: o->swiglu(be, j->out, j->a, j->b, j->n_tok, j->n, ith, nth); break;
     case OP_ADD: o->add(be, j->out, j->a, j->b, j->n_tok, j->n, ith, nth); break;

@@ -39,7 +39,7 @@ START_TEST(presets_have_the_documented_shapes)
     int n = 0;
     while (names[n])
         n++;
-    ck_assert_int_eq(n, 9);
+    ck_assert_int_eq(n, 10);
     spk_synth_params p;
     for (int i = 0; i < n; i++) {
         ck_assert_int_eq(spk_synth_preset(names[i], &p), SPK_OK);
@@ -86,6 +86,11 @@ START_TEST(presets_have_the_documented_shapes)
     p.n_expert_used = 129; /* more than the experts: named */
     ck_assert_int_eq(spk_synth_check(&p), SPK_ERR_INVALID_ARG);
     ck_assert_ptr_nonnull(strstr(spk_last_error(), "experts used 129"));
+    ck_assert_int_eq(spk_synth_preset("gpt-oss-tiny", &p), SPK_OK); /* test_gptoss's model */
+    ck_assert_int_eq(p.arch, SPK_SYNTH_GPTOSS);
+    ck_assert_int_eq(p.n_expert, 8);
+    ck_assert_int_eq(p.n_expert_used, 2);
+    ck_assert(!p.tied);
     ck_assert_int_eq(spk_synth_preset("smollm2-135m", &p), SPK_OK);
     ck_assert_int_eq(p.n_heads, 9);
     ck_assert_int_eq(p.n_kv_heads, 3);
