@@ -6,9 +6,11 @@
  * run; the test checks each variant's FNV-1a hash against tests/data/ref_hf.json first).
  * ref_hf.json holds transformers' float64 log-probs and greedy ids for each variant (made by
  * tests/ref/hf-reference.sh; float variants through from_pretrained, quantized ones on the
- * dequantized weights hf_tiny.py computes). With SPK_HF_TWIN_DIR set (tests/sh/hf_twin.sh),
- * the same directories converted by llama.cpp's convert_hf_to_gguf.py must give identical
- * logits. Malformed directories and files must be refused with clear messages.
+ * dequantized weights hf_tiny.py computes). ref_hf_twin.json holds what llama.cpp's
+ * convert_hf_to_gguf.py writes for three of them (keys with value digests, tensors with sha256;
+ * tests/ref/hf-twin-reference.sh): the virtual GGUF must match it without torch. With
+ * SPK_HF_TWIN_DIR set (tests/sh/hf_twin.sh), the same directories converted by the converter
+ * must give identical logits. Malformed directories and files must be refused with clear messages.
  */
 #include <cjson/cJSON.h>
 #include <math.h>
