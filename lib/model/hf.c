@@ -117,6 +117,15 @@ static spk_status kv_u32(builder *b, const char *key, uint64_t v)
     return SPK_OK;
 }
 
+static spk_status kv_i32(builder *b, const char *key, int32_t v)
+{
+    spk_gguf_kv *kv = add_kv(b, key, GGUF_INT32);
+    if (!kv)
+        return nomem();
+    kv->v.i = v;
+    return SPK_OK;
+}
+
 static spk_status kv_f32(builder *b, const char *key, double v)
 {
     spk_gguf_kv *kv = add_kv(b, key, GGUF_FLOAT32);
@@ -222,6 +231,8 @@ static spk_status write_tokenizer(builder *b)
         st = kv_bool(b, "tokenizer.ggml.add_eos_token", s->add_eos);
     if (st == SPK_OK && s->model && !strcmp(s->model, "llama") && s->add_space_prefix >= 0)
         st = kv_bool(b, "tokenizer.ggml.add_space_prefix", s->add_space_prefix);
+    if (st == SPK_OK && s->model && !strcmp(s->model, "llama") && s->spm_prefix_mode != 0)
+        st = kv_i32(b, "tokenizer.ggml.spm_prefix_mode", s->spm_prefix_mode); /* ours: HF Metaspace */
     if (st == SPK_OK && t.n_eog)
         st = kv_arr(b, "tokenizer.ggml.eog_token_ids", GGUF_INT32, t.n_eog, NULL, t.eog_ids);
     if (st == SPK_OK && t.chat_template)

@@ -5,6 +5,11 @@
 # the converted file give bit-identical logits and the same greedy tokens.
 # Needs the llama.cpp sources (make refsrc) and the converter's torch: the virtualenv
 # $SPK_CACHE/hfref-venv of tests/ref/hf-reference.sh; skips (77) when either is absent.
+# This is the full check where the venv exists. The check `make test` always runs, without torch,
+# is test_hf's same_keys_and_tensors_as_converter: the converter's keys (types, value digests) and
+# tensors (names, types, shapes, sha256) for these three directories, recorded with the same
+# settings in tests/data/ref_hf_twin.json by tests/ref/hf-twin-reference.sh, against what
+# spk_gguf_open(dir) builds; the forward pass reads nothing else, so that proves the same logits.
 # Usage: hf_twin.sh BUILD_DIR SOURCE_DIR
 set -u
 B=${1:?build dir}

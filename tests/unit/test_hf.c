@@ -6,9 +6,11 @@
  * run; the test checks each variant's FNV-1a hash against tests/data/ref_hf.json first).
  * ref_hf.json holds transformers' float64 log-probs and greedy ids for each variant (made by
  * tests/ref/hf-reference.sh; float variants through from_pretrained, quantized ones on the
- * dequantized weights hf_tiny.py computes). With SPK_HF_TWIN_DIR set (tests/sh/hf_twin.sh),
- * the same directories converted by llama.cpp's convert_hf_to_gguf.py must give identical
- * logits. Malformed directories and files must be refused with clear messages.
+ * dequantized weights hf_tiny.py computes). ref_hf_twin.json holds what llama.cpp's
+ * convert_hf_to_gguf.py writes for three of them (keys with value digests, tensors with sha256;
+ * tests/ref/hf-twin-reference.sh): the virtual GGUF must match it without torch. With
+ * SPK_HF_TWIN_DIR set (tests/sh/hf_twin.sh), the same directories converted by the converter
+ * must give identical logits. Malformed directories and files must be refused with clear messages.
  */
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -18,6 +20,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <sodium.h>
 
 #include "model/gguf.h"
 #include "model/hf.h"
@@ -320,6 +324,226 @@ START_TEST(virtual_gguf_layout)
 }
 END_TEST
 
+/* ---- the converter's output, recorded (tests/data/ref_hf_twin.json) --------------------------- */
+
+/* sha256 of a metadata value in GGUF's little-endian encoding without key and type field (the
+ * definition in ref_hf_twin.json's comment, tests/ref/hf-twin-reference.py): a number as its
+ * type's bytes (bool 1 byte), a string as uint64 length + bytes, an array as uint32 element type +
+ * uint64 count + the elements so encoded (our arrays hold exactly that encoding). */
+static void le(crypto_hash_sha256_state *h, uint64_t v, int n)
+{
+    uint8_t b[8];
+    for (int i = 0; i < n; i++)
+        b[i] = (uint8_t)(v >> (8 * i));
+    crypto_hash_sha256_update(h, b, (unsigned long long)n);
+}
+
+static int scalar_bytes(spk_gguf_vtype t)
+{
+    switch (t) {
+    case GGUF_UINT8: case GGUF_INT8: case GGUF_BOOL: return 1;
+    case GGUF_UINT16: case GGUF_INT16: return 2;
+    case GGUF_UINT32: case GGUF_INT32: case GGUF_FLOAT32: return 4;
+    default: return 8;
+    }
+}
+
+static void kv_digest(const spk_gguf_kv *kv, char hex[65])
+{
+    crypto_hash_sha256_state h;
+    crypto_hash_sha256_init(&h);
+    if (kv->type == GGUF_STRING) {
+        le(&h, kv->v.s.len, 8);
+        crypto_hash_sha256_update(&h, (const unsigned char *)kv->v.s.ptr, kv->v.s.len);
+    } else if (kv->type == GGUF_ARRAY) {
+        le(&h, (uint64_t)kv->v.arr.type, 4);
+        le(&h, kv->v.arr.count, 8);
+        crypto_hash_sha256_update(&h, kv->v.arr.data, kv->v.arr.nbytes);
+    } else if (kv->type == GGUF_FLOAT32) {
+        float x = (float)kv->v.f;
+        uint32_t u;
+        memcpy(&u, &x, 4);
+        le(&h, u, 4);
+    } else if (kv->type == GGUF_FLOAT64) {
+        uint64_t u;
+        memcpy(&u, &kv->v.f, 8);
+        le(&h, u, 8);
+    } else {
+        const int n = scalar_bytes(kv->type);
+        const int is_signed = kv->type == GGUF_INT8 || kv->type == GGUF_INT16 || kv->type == GGUF_INT32 ||
+                              kv->type == GGUF_INT64;
+        le(&h, is_signed ? (uint64_t)kv->v.i : kv->v.u, n);
+    }
+    uint8_t d[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256_final(&h, d);
+    sodium_bin2hex(hex, 65, d, sizeof d);
+}
+
+/* Keys deliberately not the converter's, with the reason; none is read by the weight loader or
+ * the forward pass. Every other key must be the converter's, with its type and value. */
+enum { CONV_ONLY, OURS_ONLY, OTHER_VALUE };
+static const struct {
+    const char *key;
+    int kind;
+    const char *why;
+} k_exceptions[] = {
+    /* bookkeeping of the converter's output file */
+    {"general.type", CONV_ONLY, "converter bookkeeping ('model')"},
+    {"general.size_label", CONV_ONLY, "converter bookkeeping (parameter count label)"},
+    {"general.file_type", CONV_ONLY, "the converter's --outtype; our tensors keep the checkpoint's types"},
+    {"general.quantization_version", CONV_ONLY, "converter bookkeeping (ggml quantization format version)"},
+    /* a display name: the converter's from the directory name in title case ("Llama F32"), ours
+     * the directory name as it is */
+    {"general.name", OTHER_VALUE, "display name"},
+    /* the tiny byte-level vocabulary has no pre-tokenizer hash llama.cpp knows; the twin runs
+     * patch get_vocab_base_pre to 'qwen2', ours names the pre-tokenizer from tokenizer.json's
+     * regex (model/hf_tok.c); the tokens, merges and token types are the converter's exactly */
+    {"tokenizer.ggml.pre", OTHER_VALUE, "pre-tokenizer name (converter patched to 'qwen2')"},
+    /* model/hf_tok.h: our tokenizer spec writes add_bos/add_eos (from the post-processor or
+     * tokenizer_config.json, 0 by default) and the end-of-generation list (our extension) */
+    {"tokenizer.ggml.add_bos_token", OURS_ONLY, "hf_tok.h: add_bos from tokenizer.json / tokenizer_config.json"},
+    {"tokenizer.ggml.add_eos_token", OURS_ONLY, "hf_tok.h: add_eos from tokenizer.json / tokenizer_config.json"},
+    {"tokenizer.ggml.eog_token_ids", OURS_ONLY, "hf_tok.h: our end-of-generation list extension"},
+};
+
+static int key_exception(const char *key)
+{
+    for (size_t i = 0; i < sizeof k_exceptions / sizeof k_exceptions[0]; i++)
+        if (!strcmp(key, k_exceptions[i].key))
+            return (int)i;
+    return -1;
+}
+
+/* spk_gguf_open(dir) gives what llama.cpp's convert_hf_to_gguf.py writes for the same directory
+ * (recorded with the converter's settings of tests/sh/hf_twin.sh by tests/ref/hf-twin-reference.sh):
+ * the same metadata keys with the same types and values (by digest) and byte-identical tensors
+ * with the same names, types and shapes. The forward pass reads nothing else, so this is the
+ * same-logits check of hf_twin.sh without torch; it always runs. */
+START_TEST(same_keys_and_tensors_as_converter)
+{
+    static const char *const tv[] = {"llama-f32", "qwen3-f32", "llama3-hd"};
+    const char *v = tv[_i];
+    size_t len;
+    char *txt = spk_test_read_file(SPK_TEST_DATA_DIR "/ref_hf_twin.json", &len);
+    ck_assert_msg(txt != NULL, "tests/data/ref_hf_twin.json missing");
+    cJSON *root = cJSON_Parse(txt);
+    ck_assert_ptr_nonnull(root);
+    cJSON *ref = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "variants"), v);
+    ck_assert_msg(ref != NULL, "ref_hf_twin.json has no variant %s", v);
+    char dir[640], got[65];
+    snprintf(dir, sizeof dir, "%s/%s", g_dir, v);
+    snprintf(got, sizeof got, "%016llx", (unsigned long long)dir_fnv(dir));
+    ck_assert_msg(!strcmp(got, cJSON_GetObjectItem(ref, "fnv1a64")->valuestring),
+                  "%s: hf_tiny.py wrote other bytes (%s) than the converter was run on (%s): regenerate with "
+                  "tests/ref/hf-twin-reference.sh", v, got, cJSON_GetObjectItem(ref, "fnv1a64")->valuestring);
+    spk_gguf_file *f;
+    ck_assert_msg(spk_gguf_open(dir, &f) == SPK_OK, "%s: %s", dir, spk_last_error());
+
+    /* every converter key: present, same type, same value */
+    cJSON *keys = cJSON_GetObjectItem(ref, "keys"), *k;
+    int n_same = 0, n_exc = 0, bad = 0;
+    cJSON_ArrayForEach(k, keys)
+    {
+        const int ex = key_exception(k->string);
+        const spk_gguf_kv *kv = spk_gguf_find(f, k->string);
+        ck_assert_msg(ex < 0 || k_exceptions[ex].kind != OURS_ONLY,
+                      "%s: the converter now writes '%s' (listed as ours only): update k_exceptions", v, k->string);
+        if (ex >= 0 && k_exceptions[ex].kind == CONV_ONLY) {
+            ck_assert_msg(kv == NULL, "%s: '%s' is listed as the converter's only, but we write it", v, k->string);
+            n_exc++;
+            continue;
+        }
+        if (!kv) {
+            printf("%s: the converter writes '%s', the directory has none\n", v, k->string);
+            bad++;
+            continue;
+        }
+        const int type = cJSON_GetObjectItem(k, "type")->valueint;
+        if ((int)kv->type != type) {
+            printf("%s: '%s' has type %s, the converter's %s\n", v, k->string, spk_gguf_vtype_name(kv->type),
+                   spk_gguf_vtype_name((uint32_t)type));
+            bad++;
+            continue;
+        }
+        if (kv->type == GGUF_ARRAY &&
+            ((int)kv->v.arr.type != cJSON_GetObjectItem(k, "elem")->valueint ||
+             kv->v.arr.count != (uint64_t)cJSON_GetObjectItem(k, "n")->valuedouble)) {
+            printf("%s: '%s' is an array of %llu %s, the converter's of %.0f %s\n", v, k->string,
+                   (unsigned long long)kv->v.arr.count, spk_gguf_vtype_name(kv->v.arr.type),
+                   cJSON_GetObjectItem(k, "n")->valuedouble,
+                   spk_gguf_vtype_name((uint32_t)cJSON_GetObjectItem(k, "elem")->valueint));
+            bad++;
+            continue;
+        }
+        kv_digest(kv, got);
+        if (ex >= 0) { /* OTHER_VALUE: present with the converter's type; the value may differ */
+            cJSON *cv = cJSON_GetObjectItem(k, "value");
+            printf("%s: '%s' %s: ours '%.*s', the converter's '%s' (%s)\n", v, k->string,
+                   strcmp(got, cJSON_GetObjectItem(k, "sha256")->valuestring) ? "differs" : "equal",
+                   kv->type == GGUF_STRING ? (int)kv->v.s.len : 0, kv->type == GGUF_STRING ? kv->v.s.ptr : "",
+                   cJSON_IsString(cv) ? cv->valuestring : "?", k_exceptions[ex].why);
+            n_exc++;
+            continue;
+        }
+        if (strcmp(got, cJSON_GetObjectItem(k, "sha256")->valuestring)) {
+            char *val = cJSON_PrintUnformatted(cJSON_GetObjectItem(k, "value"));
+            printf("%s: '%s' has another value than the converter's (%s)\n", v, k->string, val ? val : "digest only");
+            free(val);
+            bad++;
+            continue;
+        }
+        n_same++;
+    }
+    /* and no key of ours that the converter does not write */
+    for (uint64_t i = 0; i < f->n_kv; i++) {
+        char key[160];
+        snprintf(key, sizeof key, "%.*s", (int)f->kv[i].key.len, f->kv[i].key.ptr);
+        if (cJSON_GetObjectItem(keys, key))
+            continue;
+        const int ex = key_exception(key);
+        if (ex >= 0 && k_exceptions[ex].kind == OURS_ONLY) {
+            n_exc++;
+            continue;
+        }
+        printf("%s: we write '%s', the converter does not\n", v, key);
+        bad++;
+    }
+    fflush(stdout);
+    ck_assert_msg(bad == 0, "%s: %d metadata keys differ from llama.cpp's converter (listed above)", v, bad);
+    ck_assert_int_ge(n_same, 15);
+
+    /* the same tensors, byte for byte */
+    cJSON *tens = cJSON_GetObjectItem(ref, "tensors"), *t;
+    ck_assert_msg(f->n_tensors == (uint64_t)cJSON_GetArraySize(tens), "%s: %llu tensors, the converter's %d", v,
+                  (unsigned long long)f->n_tensors, cJSON_GetArraySize(tens));
+    cJSON_ArrayForEach(t, tens)
+    {
+        const spk_gguf_tensor *g = spk_gguf_find_tensor(f, t->string);
+        ck_assert_msg(g != NULL, "%s: the converter writes tensor '%s', the directory has none", v, t->string);
+        ck_assert_msg((int)g->type == cJSON_GetObjectItem(t, "type")->valueint, "%s: tensor '%s' is %s, the converter's %s",
+                      v, t->string, spk_gguf_type_name(g->type),
+                      spk_gguf_type_name((uint32_t)cJSON_GetObjectItem(t, "type")->valueint));
+        cJSON *shape = cJSON_GetObjectItem(t, "shape");
+        const int nd = cJSON_GetArraySize(shape);
+        ck_assert_msg((int)g->n_dims == nd, "%s: tensor '%s' has %u dims, the converter's %d", v, t->string, g->n_dims, nd);
+        for (int d = 0; d < nd; d++)
+            ck_assert_msg(g->ne[d] == (uint64_t)cJSON_GetArrayItem(shape, d)->valuedouble,
+                          "%s: tensor '%s' ne[%d] = %llu, the converter's %.0f", v, t->string, d,
+                          (unsigned long long)g->ne[d], cJSON_GetArrayItem(shape, d)->valuedouble);
+        uint8_t dg[crypto_hash_sha256_BYTES];
+        crypto_hash_sha256(dg, g->data, g->nbytes);
+        sodium_bin2hex(got, sizeof got, dg, sizeof dg);
+        ck_assert_msg(!strcmp(got, cJSON_GetObjectItem(t, "sha256")->valuestring),
+                      "%s: tensor '%s' has other bytes than the converter's", v, t->string);
+    }
+    printf("%s: as llama.cpp's converter: %d metadata keys (type and value), %llu tensors (byte for byte); "
+           "%d keys deliberately different (k_exceptions)\n", v, n_same, (unsigned long long)f->n_tensors, n_exc);
+    spk_gguf_close(f);
+    cJSON_Delete(root);
+    free(txt);
+}
+END_TEST
+
 /* llama.cpp's converter on the same directories (tests/sh/hf_twin.sh sets SPK_HF_TWIN_DIR to a
  * directory of <variant>.gguf written from this run's checkpoints): identical logits. */
 START_TEST(same_logits_as_converted_gguf)
@@ -559,6 +783,7 @@ int main(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, virtual_gguf_layout);
     tcase_add_loop_test(tc, matches_transformers, 0, N_VARIANTS);
+    tcase_add_loop_test(tc, same_keys_and_tensors_as_converter, 0, 3);
     tcase_add_loop_test(tc, same_logits_as_converted_gguf, 0, 3);
     tcase_add_loop_test(tc, save_pretrained_dirs_load, 0, 4);
     tcase_add_test(tc, malformed_are_refused);

@@ -7,8 +7,10 @@
  * Llama 2 SentencePiece), spk_hf_tok_read -> spk_tok_new gives exactly the `tokenizers` ids of
  * tests/data/ref_hf_tok.json (add_special_tokens false and true), the same ids as our GGUF path on
  * the GGUF file the directory was made from, decodes back to the text, has the bos/eos/eog ids
- * and add_bos of the files, and the chat template is the family's template byte for byte and is
- * recognised by chat.c as that family. Without SPK_HF_TOK_DIR that part prints SKIP.
+ * and add_bos of the files, gives the same ids when the files sit in a model directory opened with
+ * spk_gguf_open(dir) + spk_tok_load (model/hf.c's tokenizer.ggml.* keys), and the chat template
+ * is the family's template byte for byte and is recognised by chat.c as that family. Without
+ * SPK_HF_TOK_DIR that part prints SKIP.
  *
  * Always: a tiny in-memory tokenizer works end to end (both merge forms, eog list), and malformed
  * files give the expected status with a message naming the file and the item.
@@ -327,6 +329,51 @@ START_TEST(family_matches_tokenizers)
     spk_tok_free(rtok);
     spk_gguf_close(rf);
     free(gw.p);
+
+    /* a model directory with this family's tokenizer files (and the weights of hf_tiny.py's
+     * llama-f32): spk_gguf_open(dir) + spk_tok_load give the ids of spk_hf_tok_read + spk_tok_new
+     * (e.g. Metaspace's space placement, tokenizer.ggml.spm_prefix_mode, survives the directory) */
+    char mdir[] = "/tmp/spk-test-hftok-model.XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(mdir));
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd,
+             "python3 %s/../ref/hf_tiny.py %s llama-f32 >/dev/null && cp %s/*.json %s/*.jinja %s/llama-f32/ 2>/dev/null; "
+             "test -f %s/llama-f32/model.safetensors && cp %s/tokenizer.json %s/llama-f32/",
+             SPK_TEST_DATA_DIR, mdir, dir, dir, mdir, mdir, dir, mdir);
+    ck_assert_msg(system(cmd) == 0, "%s: could not make a model directory (%s)", name, cmd);
+    snprintf(path, sizeof path, "%s/llama-f32", mdir);
+    spk_gguf_file *df = NULL;
+    spk_tok *dtok = NULL;
+    ck_assert_msg(spk_gguf_open(path, &df) == SPK_OK, "%s: %s", name, spk_last_error());
+    ck_assert_msg(spk_tok_load(df, 0, &dtok) == SPK_OK, "%s: the directory's tokenizer: %s", name, spk_last_error());
+    int ok_dir = 0;
+    for (int t = 0; t < n_txt; t++) {
+        const char *text = cJSON_GetArrayItem(texts, t)->valuestring;
+        size_t len = strlen(text), n = 0, gn = 0;
+        int same = 1;
+        for (int sp = 0; sp < 2; sp++) {
+            ck_assert_int_eq(spk_tok_encode(dtok, text, len, sp, true, gids, MAXIDS, &gn), SPK_OK);
+            ck_assert_int_eq(spk_tok_encode(tok, text, len, sp, true, ids, MAXIDS, &n), SPK_OK);
+            same &= gn == n && memcmp(gids, ids, n * sizeof *ids) == 0;
+        }
+        if (same)
+            ok_dir++;
+        else
+            printf("MISMATCH %s through a model directory: '%.60s'\n", name, text);
+    }
+    for (int32_t id = 0; id < spk_tok_n_vocab(tok); id++)
+        ck_assert_int_eq(spk_tok_is_eog(dtok, id), spk_tok_is_eog(tok, id));
+    ck_assert_int_eq(spk_tok_n_vocab(dtok), spk_tok_n_vocab(tok));
+    ck_assert_int_eq(spk_tok_bos(dtok), spk_tok_bos(tok));
+    ck_assert_int_eq(spk_tok_eos(dtok), spk_tok_eos(tok));
+    ck_assert_int_eq(spk_tok_add_bos(dtok), spk_tok_add_bos(tok));
+    printf("%s: %d/%d strings give the same ids through a model directory (spk_gguf_open(dir) + spk_tok_load)%s\n",
+           name, ok_dir, n_txt, hf.spec.spm_prefix_mode ? ", with tokenizer.ggml.spm_prefix_mode" : "");
+    ck_assert_int_eq(ok_dir, n_txt);
+    spk_tok_free(dtok);
+    spk_gguf_close(df);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", mdir);
+    ck_assert_int_eq(system(cmd), 0);
 
     /* special ids, add_bos, end of generation */
     ck_assert_int_eq(spk_tok_bos(tok), cJSON_GetObjectItem(meta, "bos")->valueint);
