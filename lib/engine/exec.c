@@ -581,7 +581,16 @@ static void encode_step(wbuf *w, const spk_batch *b, const spk_row *rows, int n_
     }
 }
 
-int spk_exec_depth(const spk_exec *e) { return e->pp; }
+/* Micro-batches worth keeping in flight: one per stage, unless SPK_PP_DEPTH (1..16) says
+ * otherwise (a tuning knob for measuring the pipeline; one process always takes 1). */
+int spk_exec_depth(const spk_exec *e)
+{
+    if (e->pp == 1)
+        return 1;
+    const char *s = getenv("SPK_PP_DEPTH");
+    int d = s ? atoi(s) : 0;
+    return d >= 1 && d <= 16 ? d : e->pp;
+}
 
 spk_status spk_exec_begin(spk_exec *e, const spk_batch *b, const spk_row *rows, int n_rows, int32_t *tokens,
                           spk_row_lp *lp, spk_exec_ticket *t)
