@@ -407,9 +407,11 @@ static int next_width(spk_pool *pool)
  * After a full-width dispatch of `ns` wall time whose threads waited `stall` ns in total past
  * their spin (descheduled peers): over a window of SPK_POOL_WINDOW such dispatches, the threads
  * did about n*T - S of work in T, i.e. they ran (n*T - S) / T at a time on average. When that
- * is at most n - 1 threads' worth (with 2 threads: the second thread gained nothing, the waits
- * for a descheduled peer ate it), the next narrow_len dispatches run on that many threads
- * (at least 1), so waits for descheduled threads stop; then a full-width window probes again.
+ * is at most one thread's worth (the extra threads gained nothing, the waits for descheduled
+ * peers ate it), the next narrow_len dispatches run on the caller alone, so waits for
+ * descheduled threads stop; then a full-width window probes again. (Only width 1: a narrower
+ * dispatch that still woke the workers would let a late worker read the next dispatch's
+ * parameters under the old generation.)
  * A probe that fails doubles narrow_len (up to SPK_POOL_NARROW_MAX), one that passes resets it.
  * On an idle machine waits end while spinning, S stays 0 and nothing changes.
  */
@@ -422,9 +424,8 @@ static void judge_window(spk_pool *pool, long ns, long stall)
     int n = pool->n_threads;
     double busy = ((double)n * (double)pool->win_ns - (double)pool->win_stall_ns) /
                   (double)(pool->win_ns > 0 ? pool->win_ns : 1);
-    if (busy <= (double)(n - 1) + 0.05) {
-        int w = (int)(busy + 0.5);
-        pool->narrow_width = w < 1 ? 1 : w > n - 1 ? n - 1 : w;
+    if (busy <= 1.05) {
+        pool->narrow_width = 1;
         pool->narrow_left = pool->narrow_len;
         pool->narrow_len = pool->narrow_len * 2 < SPK_POOL_NARROW_MAX ? pool->narrow_len * 2
                                                                       : SPK_POOL_NARROW_MAX;

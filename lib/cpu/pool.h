@@ -21,7 +21,7 @@ int spk_pool_size(const spk_pool *pool);
 /* Run fn on nth threads (ith 0 .. nth-1, the caller is 0) and return when every one of them has
  * returned. nth is the pool size, unless the pool is adaptive (the default) and its recent
  * dispatches were starved (threads waiting on descheduled peers, a machine busier than its
- * cores): then it runs narrower (down to the caller alone) for a while and probes full width
+ * cores): then it runs on the caller alone (nth 1) for a while and probes full width
  * again. fn must split its work by the nth it is given. Not reentrant. */
 void spk_pool_run(spk_pool *pool, spk_pool_fn fn, void *arg);
 
