@@ -62,7 +62,9 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: spk-bench-single [--model PATH] [--threads N] [--prompt-tokens 512] [--gen-tokens 128]\n"
                "                        [--reps 3] [--batch B] [--pp P] [--tp T] [--backend cpu|cuda|auto] [--device N]\n"
-               "Prints the median prefill and decode speeds on stdout (prefill_tok_s=..., decode_tok_s=...).\n");
+               "Prints the median prefill and decode speeds on stdout (prefill_tok_s=..., decode_tok_s=...; with\n"
+               "--pp > 1 also handoff_us=..., the mean pipeline hand-off of the decode runs, and each rank's\n"
+               "per-step timing on stderr).\n");
 }
 
 int main(int argc, char **argv)
@@ -125,11 +127,30 @@ int main(int argc, char **argv)
     int ok = 1, rc = 0;
     /* warm-up: page in the weights (a prompt of at most --prompt-tokens: the array holds no more) */
     run(m, prompt, n_prompt < 16 ? (size_t)n_prompt : 16, 4, 1, &ok);
+    /* step timing of every rank over the decode runs (pipeline hand-offs; spk_rank_stats) */
+    const int world = pp * tp;
+    spk_rank_stats *rs0 = calloc((size_t)world, sizeof *rs0), *rs1 = calloc((size_t)world, sizeof *rs1);
+    uint64_t dstep[64] = {0}, dcomp[64] = {0}, dwait[64] = {0}, dsend[64] = {0}, dhand[64] = {0}, dnh[64] = {0};
     for (int r = 0; r < reps && ok; r++) {
         double t = run(m, prompt, (size_t)n_prompt, 1, 1, &ok);
         ppr[r] = n_prompt / t;
+        for (int k = 0; k < world && rs0; k++) {
+            spk_rank_stats_init(&rs0[k]);
+            spk_model_get_rank_stats(m, k, &rs0[k]);
+        }
         if (ok)
             t = run(m, prompt, 1, n_gen, batch, &ok);
+        for (int k = 0; k < world && rs0 && rs1; k++) {
+            spk_rank_stats_init(&rs1[k]);
+            if (spk_model_get_rank_stats(m, k, &rs1[k]) != SPK_OK)
+                continue;
+            dstep[k] += rs1[k].n_steps - rs0[k].n_steps;
+            dcomp[k] += rs1[k].compute_ns - rs0[k].compute_ns;
+            dwait[k] += rs1[k].recv_wait_ns - rs0[k].recv_wait_ns;
+            dsend[k] += rs1[k].send_ns - rs0[k].send_ns;
+            dhand[k] += rs1[k].handoff_ns - rs0[k].handoff_ns;
+            dnh[k] += rs1[k].n_handoffs - rs0[k].n_handoffs;
+        }
         tg[r] = (double)n_gen * batch / t;
         fprintf(stderr, "rep %d: prefill %.1f tok/s, decode %.1f tok/s\n", r, ppr[r], tg[r]);
     }
@@ -137,12 +158,26 @@ int main(int argc, char **argv)
         qsort(ppr, (size_t)reps, sizeof *ppr, cmp_double);
         qsort(tg, (size_t)reps, sizeof *tg, cmp_double);
         printf("prefill_tok_s=%.2f\ndecode_tok_s=%.2f\n", ppr[reps / 2], tg[reps / 2]);
+        /* per rank, decode runs only: per step (micro-batch) means */
+        uint64_t hsum = 0, hn = 0;
+        for (int k = 0; world > 1 && k < world; k++) {
+            double n = dstep[k] ? (double)dstep[k] : 1.0;
+            fprintf(stderr, "rank %d decode: %llu steps; per step: compute %.1f us, waiting for the previous stage "
+                    "%.1f us, sending %.1f us, hand-off %.1f us\n", k, (unsigned long long)dstep[k], dcomp[k] / n / 1e3,
+                    dwait[k] / n / 1e3, dsend[k] / n / 1e3, dnh[k] ? dhand[k] / (double)dnh[k] / 1e3 : 0.0);
+            hsum += dhand[k];
+            hn += dnh[k];
+        }
+        if (hn)
+            printf("handoff_us=%.2f\n", hsum / (double)hn / 1e3);
     } else {
         fprintf(stderr, "spk-bench-single: a run failed\n");
         rc = 1;
     }
     free(ppr);
     free(tg);
+    free(rs0);
+    free(rs1);
     free(prompt);
     spk_model_free(m);
     spk_cluster_close(cl);

@@ -290,6 +290,18 @@ typedef struct spk_rank_stats {
                                      and copied ones) plus everything it allocated to run them
                                      (KV cache, activations, step buffers); independent of the
                                      page cache */
+    /* Appended (docs/ABI.md): where the rank's step time goes, summed since load. A step is one
+     * micro-batch through this rank. On one machine handoff_ns is exact; across machines it is
+     * only as good as the hosts' wall clocks agree (it compares CLOCK_REALTIME stamps). */
+    uint64_t n_steps;           /**< steps (micro-batches) this rank ran */
+    uint64_t compute_ns;        /**< in the forward pass (its layers; logits on the last stage) */
+    uint64_t recv_wait_ns;      /**< blocked receiving hidden states from the previous stage
+                                     (pipeline bubbles plus the hand-offs; 0 on stage 0) */
+    uint64_t send_ns;           /**< sending hidden states to the next stage */
+    uint64_t handoff_ns;        /**< hand-offs into this stage: from the previous stage finishing
+                                     a micro-batch (or this rank starting to wait for it, if
+                                     later) to this rank holding its hidden states */
+    uint64_t n_handoffs;        /**< hand-offs counted in handoff_ns */
 } spk_rank_stats;
 
 /** Zero `stats` and set struct_size (call before spk_model_get_rank_stats). */

@@ -1,7 +1,8 @@
 /*
  * Persistent compute thread pool: one dispatch runs fn on every thread, barriers inside fn.
- * Waits spin (with a pause instruction) for a bounded time, then sleep on a futex (Linux) or a
- * condition variable (elsewhere), so idle threads cost no CPU between requests.
+ * Waits spin (with a pause instruction) for an adaptive, calibrated time, yield, then sleep on a
+ * futex (Linux) or a condition variable (elsewhere), so idle threads cost no CPU between requests
+ * and a busy machine (more runnable threads than cores) degrades gracefully.
  */
 #include "cpu/pool.h"
 
@@ -27,14 +28,30 @@
 #define SPK_POOL_FUTEX 0
 #endif
 
-/* How long a waiting thread spins before it goes to sleep. A forward pass has hundreds of
- * barriers a few microseconds apart; the gap between two dispatches (sampling, scheduling)
- * is usually well under a millisecond while decoding, and seconds when the engine is idle.
- * Waking a sleeping thread costs tens of microseconds on bare metal and several hundred in
- * some VMs, so waits spin for up to a millisecond (yielding after the first few microseconds). */
-#define SPK_POOL_BARRIER_SPIN_NS 1000000L  /* 1 ms */
-#define SPK_POOL_DISPATCH_SPIN_NS 1000000L /* 1 ms */
-#define SPK_POOL_YIELD_AFTER_NS 20000L     /* pure spinning for the first 20 us */
+/* How a waiting thread waits: it spins (pause), then yields the CPU between polls, then sleeps
+ * on a futex. A forward pass has hundreds of barriers a few microseconds apart; the gap between
+ * two dispatches (sampling, scheduling) is usually well under a millisecond while decoding, and
+ * seconds when the engine is idle. Waking a sleeping thread costs tens of microseconds on bare
+ * metal and several hundred in some VMs, and on a machine with more runnable threads than cores
+ * a sleeper, once woken, may queue behind CPU hogs for milliseconds, while a yielding thread lets
+ * others run yet stays runnable (measured at load 9 on 2 cores: sleeping right after a short
+ * spin made two threads 3x slower than yielding first). So waits spin, yield until
+ * SPK_POOL_YIELD_US, then sleep.
+ * The pure spin (no yield) adapts per pool and per kind of wait, since on a busy machine the
+ * thread a waiter waits for is often descheduled for a whole time slice and spinning only burns
+ * the CPU that thread (or another process) needs: a wait that outlasted SPK_POOL_LONG_WAIT_US
+ * halves the spin budget (down to SPK_POOL_SPIN_MIN_US), a short one grows it by an eighth (up
+ * to SPK_POOL_SPIN_MAX_US); with more than ~15% long waits a pool spins only briefly. The budget
+ * is counted in pause iterations calibrated once per process, so the spin reads no clock. */
+#define SPK_POOL_SPIN_MAX_US 50
+#define SPK_POOL_SPIN_MIN_US 2
+#define SPK_POOL_LONG_WAIT_US 200
+#define SPK_POOL_YIELD_US 1000
+/* Adaptive width (judge_window): full-width dispatches judged together, and the bounds of the
+ * narrow period between two probes. */
+#define SPK_POOL_WINDOW 2
+#define SPK_POOL_NARROW_MIN 16
+#define SPK_POOL_NARROW_MAX 1024
 #define SPK_POOL_MAX_THREADS 1024
 
 #define SPK_CACHELINE 64
@@ -122,29 +139,84 @@ static void ww_wake(waitword *w)
 #endif
 }
 
-/* Wait until w->word != old: spin for about spin_ns, then sleep. Returns the new value with
- * acquire ordering. After a short pure spin the loop also yields the CPU between polls, so a
- * pool with more threads than free cores lets the thread everyone waits for run. */
-static unsigned ww_wait(waitword *w, unsigned old, long spin_ns, long yield_after_ns)
+/* Pause iterations per microsecond, measured once (the pause instruction takes ~10 cycles on
+ * some x86 parts and ~140 on others; aarch64's yield is ~1). The fastest of a few tries, so a
+ * preempted try does not shorten the spins; at least 1. */
+static int g_relax_per_us;
+static pthread_once_t g_calib_once = PTHREAD_ONCE_INIT;
+
+static void calibrate_relax(void)
 {
-    unsigned v;
-    for (int i = 0; i < 128; i++) {
-        if ((v = atomic_load_explicit(&w->word, memory_order_acquire)) != old)
+    const int n = 4096;
+    long best = -1;
+    for (int t = 0; t < 5; t++) {
+        long t0 = now_ns();
+        for (int i = 0; i < n; i++)
+            cpu_relax();
+        long dt = now_ns() - t0;
+        if (dt > 0 && (best < 0 || dt < best))
+            best = dt;
+    }
+    long per_us = best > 0 ? (long)n * 1000L / best : 1000L;
+    g_relax_per_us = (int)(per_us < 1 ? 1 : per_us > 100000 ? 100000 : per_us);
+}
+
+/* The adaptive spin budget of one kind of wait (microseconds), shared by the pool's threads.
+ * Relaxed atomics: it is a hint, a lost update costs nothing. */
+typedef struct spinbudget {
+    alignas(SPK_CACHELINE) atomic_int us;
+    int max_us;
+} spinbudget;
+
+static void sb_init(spinbudget *b, int max_us)
+{
+    b->max_us = max_us;
+    atomic_init(&b->us, max_us);
+}
+
+/* Record one wait of `waited_ns` (long when the spin budget ran out). */
+static void sb_record(spinbudget *b, int cur, long waited_ns)
+{
+    int next;
+    if (waited_ns > SPK_POOL_LONG_WAIT_US * 1000L)
+        next = cur / 2 > SPK_POOL_SPIN_MIN_US ? cur / 2 : SPK_POOL_SPIN_MIN_US;
+    else
+        next = cur + cur / 8 + 1 < b->max_us ? cur + cur / 8 + 1 : b->max_us;
+    if (next != cur)
+        atomic_store_explicit(&b->us, next, memory_order_relaxed);
+}
+
+/* Wait until w->word != old: spin (pause) for the budget's microseconds, then yield the CPU
+ * between polls for up to SPK_POOL_YIELD_US, then sleep on the futex. Returns the new value with acquire ordering. Adapts the
+ * budget: a wait that ends within the spin is short; one that does not is timed and judged, and
+ * its length (spin included) is added to *stall_ns when stall_ns is not NULL. */
+static unsigned ww_wait(waitword *w, unsigned old, spinbudget *b, atomic_long *stall_ns)
+{
+    unsigned v = old;
+    int us = atomic_load_explicit(&b->us, memory_order_relaxed);
+    long iters = (long)us * g_relax_per_us;
+    for (long i = 0; i < iters; i++) {
+        if ((v = atomic_load_explicit(&w->word, memory_order_acquire)) != old) {
+            if (us < b->max_us)
+                sb_record(b, us, 0);
             return v;
+        }
         cpu_relax();
     }
-    long start = now_ns(), t = start;
-    while (t - start < spin_ns) {
-        for (int i = 0; i < 64; i++) {
-            if ((v = atomic_load_explicit(&w->word, memory_order_acquire)) != old)
-                return v;
-            cpu_relax();
-        }
+    long t0 = now_ns(), t = t0;
+    while (t - t0 < SPK_POOL_YIELD_US * 1000L) {
+        sched_yield();
+        if ((v = atomic_load_explicit(&w->word, memory_order_acquire)) != old)
+            break;
         t = now_ns();
-        if (t - start >= yield_after_ns)
-            sched_yield();
     }
-    return ww_sleep(w, old);
+    if (v == old)
+        v = ww_sleep(w, old);
+    long waited = (long)us * 1000L + (now_ns() - t0);
+    sb_record(b, us, waited);
+    if (stall_ns)
+        atomic_fetch_add_explicit(stall_ns, waited, memory_order_relaxed);
+    return v;
 }
 
 struct spk_pool {
@@ -161,8 +233,21 @@ struct spk_pool {
     int stop;
     int n_threads;
     int n_started;
-    long yield_after_ns; /* 0 when there are more threads than CPUs we may run on */
+    spinbudget spin_dispatch; /* workers waiting for the next dispatch */
+    spinbudget spin_barrier;  /* barriers and the caller waiting for the workers */
     pthread_t *threads;
+
+    /* Adaptive width (see spk_pool_run). `width` threads run the current dispatch (written by
+     * the caller before it publishes the dispatch; 1: the caller alone, workers stay asleep). */
+    int width;
+    int adaptive;             /* 0: always all threads (SPK_POOL_ADAPTIVE=0) */
+    alignas(SPK_CACHELINE) atomic_long stall_ns; /* this dispatch: time in waits past the spin */
+    long win_ns, win_stall_ns; /* the current window of full-width dispatches */
+    int win_runs;
+    int narrow_left;          /* dispatches still to run narrow before the next probe */
+    int narrow_len;           /* how long the next narrow period is (doubles while probes fail) */
+    int narrow_width;
+    unsigned long n_wide, n_narrow;
 };
 
 typedef struct worker_arg {
@@ -178,11 +263,14 @@ static void *worker_main(void *p)
     free(wa);
     unsigned seen = 0; /* the generation at creation: no dispatch can be missed */
     for (;;) {
-        seen = ww_wait(&pool->gen, seen, SPK_POOL_DISPATCH_SPIN_NS, pool->yield_after_ns);
-        /* The acquire above makes fn, arg and stop (written before the release) visible. */
+        seen = ww_wait(&pool->gen, seen, &pool->spin_dispatch, NULL);
+        /* The acquire above makes fn, arg, width and stop (written before the release) visible. */
         if (pool->stop)
             break;
-        pool->fn(pool->arg, ith, pool->n_threads);
+        int width = pool->width;
+        if (ith >= width)
+            continue; /* a narrowed dispatch: not counted in `active` */
+        pool->fn(pool->arg, ith, width);
         if (atomic_fetch_sub_explicit(&pool->active.word, 1, memory_order_seq_cst) == 1)
             ww_wake(&pool->active);
     }
@@ -226,7 +314,16 @@ spk_status spk_pool_create(int n_threads, spk_pool **out)
     ww_init(&pool->phase, 0);
     atomic_init(&pool->arrived, 0);
     pool->n_threads = n_threads;
-    pool->yield_after_ns = n_threads > usable_cpus() ? 0 : SPK_POOL_YIELD_AFTER_NS;
+    pthread_once(&g_calib_once, calibrate_relax);
+    /* More threads than CPUs we may run on: some thread is always descheduled, spin briefly. */
+    int spin_max = n_threads > usable_cpus() ? SPK_POOL_SPIN_MIN_US : SPK_POOL_SPIN_MAX_US;
+    sb_init(&pool->spin_dispatch, spin_max);
+    sb_init(&pool->spin_barrier, spin_max);
+    atomic_init(&pool->stall_ns, 0);
+    pool->width = n_threads;
+    const char *ad = getenv("SPK_POOL_ADAPTIVE");
+    pool->adaptive = !(ad && !strcmp(ad, "0"));
+    pool->narrow_len = SPK_POOL_NARROW_MIN;
     if (n_threads > 1) {
         pool->threads = calloc((size_t)n_threads - 1, sizeof *pool->threads);
         if (!pool->threads) {
@@ -275,9 +372,68 @@ void spk_pool_destroy(spk_pool *pool)
     free(pool);
 }
 
+void spk_pool_set_adaptive(spk_pool *pool, int on)
+{
+    pool->adaptive = on != 0;
+    pool->narrow_left = 0;
+    pool->narrow_len = SPK_POOL_NARROW_MIN;
+    pool->win_ns = pool->win_stall_ns = 0;
+    pool->win_runs = 0;
+}
+
+void spk_pool_counts(const spk_pool *pool, unsigned long *wide, unsigned long *narrow)
+{
+    if (wide)
+        *wide = pool ? pool->n_wide : 0;
+    if (narrow)
+        *narrow = pool ? pool->n_narrow : 0;
+}
+
 int spk_pool_size(const spk_pool *pool)
 {
     return pool ? pool->n_threads : 0;
+}
+
+/* Width of the next dispatch: all threads, unless recent full-width dispatches were starved. */
+static int next_width(spk_pool *pool)
+{
+    if (!pool->adaptive || pool->narrow_left == 0)
+        return pool->n_threads;
+    pool->narrow_left--;
+    return pool->narrow_width;
+}
+
+/*
+ * After a full-width dispatch of `ns` wall time whose threads waited `stall` ns in total past
+ * their spin (descheduled peers): over a window of SPK_POOL_WINDOW such dispatches, the threads
+ * did about n*T - S of work in T, i.e. they ran (n*T - S) / T at a time on average. When that
+ * is at most one thread's worth (the extra threads gained nothing, the waits for descheduled
+ * peers ate it), the next narrow_len dispatches run on the caller alone, so waits for
+ * descheduled threads stop; then a full-width window probes again. (Only width 1: a narrower
+ * dispatch that still woke the workers would let a late worker read the next dispatch's
+ * parameters under the old generation.)
+ * A probe that fails doubles narrow_len (up to SPK_POOL_NARROW_MAX), one that passes resets it.
+ * On an idle machine waits end while spinning, S stays 0 and nothing changes.
+ */
+static void judge_window(spk_pool *pool, long ns, long stall)
+{
+    pool->win_ns += ns;
+    pool->win_stall_ns += stall;
+    if (++pool->win_runs < SPK_POOL_WINDOW)
+        return;
+    int n = pool->n_threads;
+    double busy = ((double)n * (double)pool->win_ns - (double)pool->win_stall_ns) /
+                  (double)(pool->win_ns > 0 ? pool->win_ns : 1);
+    if (busy <= 1.05) {
+        pool->narrow_width = 1;
+        pool->narrow_left = pool->narrow_len;
+        pool->narrow_len = pool->narrow_len * 2 < SPK_POOL_NARROW_MAX ? pool->narrow_len * 2
+                                                                      : SPK_POOL_NARROW_MAX;
+    } else {
+        pool->narrow_len = SPK_POOL_NARROW_MIN;
+    }
+    pool->win_ns = pool->win_stall_ns = 0;
+    pool->win_runs = 0;
 }
 
 void spk_pool_run(spk_pool *pool, spk_pool_fn fn, void *arg)
@@ -287,24 +443,43 @@ void spk_pool_run(spk_pool *pool, spk_pool_fn fn, void *arg)
         fn(arg, 0, 1);
         return;
     }
+    int width = next_width(pool);
+    pool->width = width;
+    if (width == 1) {
+        pool->n_narrow++;
+        fn(arg, 0, 1);
+        return;
+    }
+    long t0 = pool->adaptive ? now_ns() : 0;
     pool->fn = fn;
     pool->arg = arg;
-    atomic_store_explicit(&pool->active.word, (unsigned)(nth - 1), memory_order_relaxed);
-    /* Release: publishes fn, arg and active to the workers that acquire the new generation. */
+    atomic_store_explicit(&pool->active.word, (unsigned)(width - 1), memory_order_relaxed);
+    /* Release: publishes fn, arg, width and active to the workers that acquire the new
+     * generation. */
     atomic_fetch_add_explicit(&pool->gen.word, 1, memory_order_seq_cst);
     ww_wake(&pool->gen);
 
-    fn(arg, 0, nth);
+    fn(arg, 0, width);
 
     unsigned left = atomic_load_explicit(&pool->active.word, memory_order_acquire);
     while (left != 0)
-        left = ww_wait(&pool->active, left, SPK_POOL_BARRIER_SPIN_NS, pool->yield_after_ns);
+        left = ww_wait(&pool->active, left, &pool->spin_barrier, &pool->stall_ns);
+    /* Every worker added its stalls before it left (acquire above). */
+    long stall = atomic_exchange_explicit(&pool->stall_ns, 0, memory_order_relaxed);
+    if (width < nth) {
+        pool->n_narrow++;
+    } else {
+        pool->n_wide++;
+        if (pool->adaptive)
+            judge_window(pool, now_ns() - t0, stall);
+    }
 }
 
 void spk_pool_barrier(spk_pool *pool)
 {
-    unsigned nth = (unsigned)pool->n_threads;
-    if (nth == 1)
+    /* The width of the current dispatch: the caller wrote it before publishing (or runs alone). */
+    unsigned nth = (unsigned)pool->width;
+    if (nth <= 1)
         return;
     /* The phase cannot advance before this thread arrives, so this is the current phase. */
     unsigned ph = atomic_load_explicit(&pool->phase.word, memory_order_relaxed);
@@ -315,7 +490,7 @@ void spk_pool_barrier(spk_pool *pool)
         atomic_store_explicit(&pool->phase.word, ph + 1, memory_order_seq_cst);
         ww_wake(&pool->phase);
     } else {
-        ww_wait(&pool->phase, ph, SPK_POOL_BARRIER_SPIN_NS, pool->yield_after_ns);
+        ww_wait(&pool->phase, ph, &pool->spin_barrier, &pool->stall_ns);
     }
 }
 

@@ -14,10 +14,12 @@
 #include "engine/exec.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sodium.h>
@@ -70,7 +72,22 @@ struct spk_exec {
                                   host-only transport (TCP) */
     uint8_t *msg;              /* encoded step (driver) */
     size_t msg_cap;
+    /* step timing (spk_rank_stats): written by the thread running steps, read by the stats call */
+    atomic_uint_least64_t n_steps, compute_ns, recv_wait_ns, send_ns, handoff_ns, n_handoffs;
 };
+
+/* Hidden states between stages carry the sender's wall clock (ns) at the end of its forward
+ * pass in HANDOFF_STAMP bytes after the floats, so the receiver can time the hand-off. */
+#define HANDOFF_STAMP 8
+
+static uint64_t wall_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void stat_add(atomic_uint_least64_t *a, uint64_t v) { atomic_fetch_add_explicit(a, v, memory_order_relaxed); }
 
 uint64_t spk_rss_bytes(void)
 {
@@ -206,8 +223,8 @@ static spk_status setup(spk_exec *e, const spk_gguf_file *f, const spk_hparams *
     size_t out_len = T * E;
     if (e->sh.last && (size_t)p->max_rows * (size_t)n_out > out_len)
         out_len = (size_t)p->max_rows * (size_t)n_out;
-    e->hidden_in = malloc(sizeof(float) * T * E);
-    e->out = malloc(sizeof(float) * out_len);
+    e->hidden_in = malloc(sizeof(float) * T * E + HANDOFF_STAMP);
+    e->out = malloc(sizeof(float) * out_len + HANDOFF_STAMP);
     e->buf_bytes = sizeof(float) * (T * E + out_len);
     e->lpc = malloc(sizeof(spk_cand) * (size_t)p->max_rows * LP_STRIDE);
     e->all_lpc = malloc(sizeof(spk_cand) * (size_t)p->max_rows * LP_STRIDE * (size_t)p->tp);
@@ -401,19 +418,33 @@ static void lp_finish(spk_exec *e, const spk_cand *all, int n_rows, int i, int w
 static spk_status run_shard(spk_exec *e, const spk_batch *b, const spk_row *rows, int n_rows, int32_t *tokens,
                             spk_row_lp *lp)
 {
-    const size_t E = (size_t)e->hp.n_embd;
+    const size_t E = (size_t)e->hp.n_embd, hbytes = sizeof(float) * E * (size_t)b->n_tok;
     spk_status st;
+    uint64_t t0 = wall_ns();
     if (e->stage > 0) {
-        st = e->vt->recv(e->comm, (e->stage - 1) * e->tp + e->t, e->hidden_in, sizeof(float) * E * (size_t)b->n_tok,
+        st = e->vt->recv(e->comm, (e->stage - 1) * e->tp + e->t, e->hidden_in, hbytes + HANDOFF_STAMP,
                          SPK_TRANSPORT_MEM_HOST, DATA_TIMEOUT_MS);
         if (st != SPK_OK)
             return spk_err_prefix(st, "rank %d: receiving hidden states", e->rank);
+        uint64_t t1 = wall_ns(), done;
+        memcpy(&done, (const char *)e->hidden_in + hbytes, sizeof done);
+        uint64_t from = done > t0 ? done : t0;
+        stat_add(&e->recv_wait_ns, t1 - t0);
+        stat_add(&e->handoff_ns, t1 > from ? t1 - from : 0);
+        stat_add(&e->n_handoffs, 1);
+        t0 = t1;
     }
-    if ((st = spk_llama_forward(e->llm, b, e->hidden_in, e->out)) != SPK_OK)
+    st = spk_llama_forward(e->llm, b, e->hidden_in, e->out);
+    uint64_t t1 = wall_ns();
+    stat_add(&e->compute_ns, t1 - t0);
+    stat_add(&e->n_steps, 1);
+    if (st != SPK_OK)
         return st;
     if (e->stage < e->pp - 1) {
-        st = e->vt->send(e->comm, (e->stage + 1) * e->tp + e->t, e->out, sizeof(float) * E * (size_t)b->n_tok,
+        memcpy((char *)e->out + hbytes, &t1, sizeof t1);
+        st = e->vt->send(e->comm, (e->stage + 1) * e->tp + e->t, e->out, hbytes + HANDOFF_STAMP,
                          SPK_TRANSPORT_MEM_HOST, DATA_TIMEOUT_MS);
+        stat_add(&e->send_ns, wall_ns() - t1);
         return st == SPK_OK ? SPK_OK : spk_err_prefix(st, "rank %d: sending hidden states", e->rank);
     }
     /* last stage: candidates from this vocabulary shard, merged across the TP group */
@@ -550,7 +581,16 @@ static void encode_step(wbuf *w, const spk_batch *b, const spk_row *rows, int n_
     }
 }
 
-int spk_exec_depth(const spk_exec *e) { return e->pp; }
+/* Micro-batches worth keeping in flight: one per stage, unless SPK_PP_DEPTH (1..16) says
+ * otherwise (a tuning knob for measuring the pipeline; one process always takes 1). */
+int spk_exec_depth(const spk_exec *e)
+{
+    if (e->pp == 1)
+        return 1;
+    const char *s = getenv("SPK_PP_DEPTH");
+    int d = s ? atoi(s) : 0;
+    return d >= 1 && d <= 16 ? d : e->pp;
+}
 
 spk_status spk_exec_begin(spk_exec *e, const spk_batch *b, const spk_row *rows, int n_rows, int32_t *tokens,
                           spk_row_lp *lp, spk_exec_ticket *t)
@@ -626,6 +666,12 @@ static void fill_stats(const spk_exec *e, spk_rank_stats *st)
     st->resident_bytes = spk_rss_bytes();
     st->kv_cache_bytes = spk_llama_kv_bytes(e->llm);
     st->owned_bytes = e->w.n_bytes + spk_llama_alloc_bytes(e->llm) + e->buf_bytes;
+    st->n_steps = atomic_load_explicit(&e->n_steps, memory_order_relaxed);
+    st->compute_ns = atomic_load_explicit(&e->compute_ns, memory_order_relaxed);
+    st->recv_wait_ns = atomic_load_explicit(&e->recv_wait_ns, memory_order_relaxed);
+    st->send_ns = atomic_load_explicit(&e->send_ns, memory_order_relaxed);
+    st->handoff_ns = atomic_load_explicit(&e->handoff_ns, memory_order_relaxed);
+    st->n_handoffs = atomic_load_explicit(&e->n_handoffs, memory_order_relaxed);
 }
 
 spk_status spk_exec_rank_stats(spk_exec *e, int rank, spk_rank_stats *out)

@@ -88,6 +88,12 @@ class spk_rank_stats(ctypes.Structure):
         ("resident_bytes", ctypes.c_uint64),
         ("kv_cache_bytes", ctypes.c_uint64),
         ("owned_bytes", ctypes.c_uint64),
+        ("n_steps", ctypes.c_uint64),
+        ("compute_ns", ctypes.c_uint64),
+        ("recv_wait_ns", ctypes.c_uint64),
+        ("send_ns", ctypes.c_uint64),
+        ("handoff_ns", ctypes.c_uint64),
+        ("n_handoffs", ctypes.c_uint64),
     ]
 
 
