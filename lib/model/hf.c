@@ -1078,9 +1078,11 @@ static spk_status build_tensors(builder *b, const hparams *hp, index_t *ix)
         if (spk_gguf_find_tensor(b->f, gname))
             return spk_err(SPK_ERR_FORMAT, "%s: two tensors map to '%s' (the second: '%.*s')", b->dir, gname, SHOWN, n);
         convert c = {.b = b, .hp = hp, .ix = ix, .hfname = hfname, .gname = gname, .kind = kind};
-        char base[64];
+        char base[sizeof gname];
         snprintf(base, sizeof base, "%s", strncmp(gname, "blk.", 4) ? gname : strchr(gname + 4, '.') + 1);
-        *strrchr(base, '.') = '\0';
+        char *dot = strrchr(base, '.');
+        if (dot)
+            *dot = '\0';
         role_shape(hp, base, &c.rows, &c.cols);
         c.perm_heads = perm == 1 ? hp->n_heads : perm == 2 ? hp->n_kv : 0;
         spk_status st;
