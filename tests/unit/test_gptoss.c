@@ -25,8 +25,8 @@
 #include "model/synth.h"
 #include "plan/plan.h"
 #include "plan/shape.h"
+#include "refcmp.h"
 #include "testutil.h"
-#include "tp_group.h"
 
 static char g_dir[256], g_f32[300];
 
@@ -98,104 +98,9 @@ START_TEST(loads_as_gptoss)
 }
 END_TEST
 
-static uint64_t file_fnv(const char *path)
-{
-    size_t len;
-    char *buf = spk_test_read_file(path, &len);
-    ck_assert_ptr_nonnull(buf);
-    uint64_t h = 0xCBF29CE484222325ull;
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (uint8_t)buf[i]) * 0x100000001B3ull;
-    free(buf);
-    return h;
-}
-
-typedef struct cmp_stats {
-    int n_pos, top1_agree, greedy_agree, n_greedy, n_cmp;
-    double max_diff, sum_diff;
-} cmp_stats;
-
-/* Our log-probs and greedy continuation (incremental decode through the KV cache) against one
- * reference section (an array of sequences). */
-static void compare_section(const loaded *L, cJSON *seqs, cmp_stats *st)
-{
-    const int V = L->hp.n_vocab;
-    memset(st, 0, sizeof *st);
-    cJSON *seq;
-    cJSON_ArrayForEach(seq, seqs)
-    {
-        cJSON *toks = cJSON_GetObjectItem(seq, "tokens"), *pos = cJSON_GetObjectItem(seq, "positions");
-        cJSON *greedy = cJSON_GetObjectItem(seq, "greedy");
-        const int n = cJSON_GetArraySize(toks), ng = cJSON_GetArraySize(greedy);
-        ck_assert_int_eq(cJSON_GetArraySize(pos), n);
-        spk_llama *m;
-        ck_assert_int_eq(spk_llama_create(&L->hp, &L->w, NULL, 128, 1, n, 2, &m), SPK_OK);
-        int32_t tk[64], ps[64], sq[64] = {0};
-        uint8_t want[64];
-        ck_assert_int_le(n + ng, 64);
-        for (int i = 0; i < n; i++) {
-            tk[i] = cJSON_GetArrayItem(toks, i)->valueint;
-            ps[i] = i;
-            want[i] = 1;
-        }
-        float *lg = malloc(sizeof(float) * (size_t)n * (size_t)V);
-        spk_batch b = {.n_tok = n, .token = tk, .pos = ps, .seq = sq, .want_logits = want};
-        ck_assert_int_eq(spk_llama_forward(m, &b, NULL, lg), SPK_OK);
-        int next = spk_test_argmax(lg + (size_t)(n - 1) * V, V);
-        for (int i = 0; i < n; i++) {
-            float *lp = lg + (size_t)i * V;
-            spk_test_log_softmax(lp, V);
-            cJSON *top = cJSON_GetObjectItem(cJSON_GetArrayItem(pos, i), "top");
-            cJSON *t0 = cJSON_GetArrayItem(top, 0), *t1 = cJSON_GetArrayItem(top, 1);
-            const int ref1 = cJSON_GetArrayItem(t0, 0)->valueint;
-            const double margin = cJSON_GetArrayItem(t0, 1)->valuedouble - cJSON_GetArrayItem(t1, 1)->valuedouble;
-            st->n_pos++;
-            /* a near-tie (< 0.01 nats) may go either way under rounding; count it as agreeing */
-            st->top1_agree += spk_test_argmax(lp, V) == ref1 || margin < 0.01;
-            cJSON *pair;
-            cJSON_ArrayForEach(pair, top)
-            {
-                double d = fabs(lp[cJSON_GetArrayItem(pair, 0)->valueint] - cJSON_GetArrayItem(pair, 1)->valuedouble);
-                if (d > 0.02 && getenv("SPK_GPTOSS_DEBUG")) /* which positions, when it fails */
-                    printf("seq of %d, pos %d: token %d diff %.3f ref %.3f\n", n, i, cJSON_GetArrayItem(pair, 0)->valueint,
-                           d, cJSON_GetArrayItem(pair, 1)->valuedouble);
-                st->max_diff = d > st->max_diff ? d : st->max_diff;
-                st->sum_diff += d;
-                st->n_cmp++;
-            }
-        }
-        /* greedy: one token at a time through the cache */
-        for (int g = 0; g < ng; g++) {
-            const int want_id = cJSON_GetArrayItem(greedy, g)->valueint;
-            st->n_greedy++;
-            if (next != want_id)
-                break; /* the rest continues a different text */
-            st->greedy_agree++;
-            int32_t t1 = next, p1 = n + g, s1 = 0;
-            uint8_t w1 = 1;
-            spk_batch b1 = {.n_tok = 1, .token = &t1, .pos = &p1, .seq = &s1, .want_logits = &w1};
-            ck_assert_int_eq(spk_llama_forward(m, &b1, NULL, lg), SPK_OK);
-            next = spk_test_argmax(lg, V);
-        }
-        free(lg);
-        spk_llama_free(m);
-    }
-}
-
 static cJSON *load_ref(char **txt)
 {
-    size_t len;
-    *txt = spk_test_read_file(SPK_TEST_DATA_DIR "/ref_gptoss.json", &len);
-    ck_assert_msg(*txt != NULL, "tests/data/ref_gptoss.json missing");
-    cJSON *root = cJSON_Parse(*txt);
-    ck_assert_ptr_nonnull(root);
-    char got[32];
-    snprintf(got, sizeof got, "%016llx", (unsigned long long)file_fnv(g_f32));
-    ck_assert_msg(strcmp(got, cJSON_GetObjectItem(root, "file_fnv1a64")->valuestring) == 0,
-                  "the gpt-oss-tiny file is not the one the reference was made from (hash %s, reference %s): "
-                  "the synthetic writer changed; regenerate with tests/ref/gptoss-reference.sh",
-                  got, cJSON_GetObjectItem(root, "file_fnv1a64")->valuestring);
-    return root;
+    return spk_test_load_ref("ref_gptoss.json", g_f32, "gpt-oss-tiny", "tests/ref/gptoss-reference.sh", txt);
 }
 
 /* Our YaRN frequencies and attention factor against transformers' _compute_yarn_parameters
@@ -247,8 +152,8 @@ START_TEST(f32_matches_transformers)
     cJSON *mg;
     cJSON_ArrayForEach(mg, cJSON_GetObjectItem(root, "min_router_margin"))
         ck_assert_double_gt(mg->valuedouble, 1e-3);
-    cmp_stats s;
-    compare_section(&L, cJSON_GetObjectItem(root, "sequences"), &s);
+    spk_test_cmp_stats s;
+    spk_test_compare_section(&L.hp, &L.w, cJSON_GetObjectItem(root, "sequences"), &s, "SPK_GPTOSS_DEBUG");
     printf("F32 vs transformers (float64): top-1 %d/%d, greedy %d/%d, |logprob diff| over top-8 mean %.2e max %.2e\n",
            s.top1_agree, s.n_pos, s.greedy_agree, s.n_greedy, s.sum_diff / s.n_cmp, s.max_diff);
     ck_assert_int_eq(s.top1_agree, s.n_pos);
@@ -261,8 +166,8 @@ START_TEST(f32_matches_transformers)
         ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(conv, "tensors_equal")));
     cJSON *lc = cJSON_GetObjectItem(root, "llamacpp");
     if (lc) {
-        cmp_stats c;
-        compare_section(&L, lc, &c);
+        spk_test_cmp_stats c;
+        spk_test_compare_section(&L.hp, &L.w, lc, &c, "SPK_GPTOSS_DEBUG");
         printf("F32 vs llama.cpp: top-1 %d/%d, greedy %d/%d, |logprob diff| mean %.2e max %.2e\n", c.top1_agree,
                c.n_pos, c.greedy_agree, c.n_greedy, c.sum_diff / c.n_cmp, c.max_diff);
         /* measured (AVX2): top-1 73/73, greedy 26/27 (llama.cpp's third continuation leaves
@@ -284,120 +189,32 @@ enum { NT = 16 };
 static int32_t g_tk[NT], g_ps[NT], g_sq[NT];
 static uint8_t g_want[NT];
 
-typedef struct job {
-    spk_llama *m;
-    const float *in;
-    float *out;
-    spk_status st;
-} job;
-
-static void *run_job(void *arg)
+/* per-rank checks of the shard weights */
+static void check_shard(const spk_hparams *hp, const spk_weights *full, const spk_shard *sh, const spk_weights *part,
+                        int ep)
 {
-    job *j = arg;
-    spk_batch b = {.n_tok = NT, .token = g_tk, .pos = g_ps, .seq = g_sq, .want_logits = g_want};
-    j->st = spk_llama_forward(j->m, &b, j->in, j->out);
-    return NULL;
+    const spk_layer *F0 = &full->layers[sh->l0];
+    ck_assert_ptr_eq(part->layers[0].sinks, F0->sinks + sh->h0); /* this rank's heads' sinks */
+    ck_assert_ptr_eq(part->layers[0].bq, F0->bq + (size_t)sh->h0 * hp->head_dim);
+    ck_assert_int_eq(part->layers[0].swa, F0->swa);
+    ck_assert_ptr_eq(part->layers[0].moe.down_bias, sh->f0 == 0 ? F0->moe.down_bias : NULL);
+    ck_assert_int_eq(part->layers[0].wq.n_out, (sh->h1 - sh->h0) * hp->head_dim);
+    const spk_moe *mo = &part->layers[0].moe; /* every expert's columns [f0, f1); router whole */
+    ck_assert_int_eq(mo->e0, ep ? sh->e0 : 0);
+    ck_assert_int_eq(mo->e1, ep ? sh->e1 : hp->n_expert);
+    ck_assert_int_eq(mo->gate.n_out, sh->f1 - sh->f0);
+    ck_assert_int_eq(mo->down.n_in, sh->f1 - sh->f0);
+    ck_assert_int_eq(mo->router.n_out, hp->n_expert);
+    ck_assert_ptr_eq(mo->router.data, full->layers[sh->l0].moe.router.data);
 }
 
 /* max |logit - one rank| of layout pp x tp */
-static double run_layout_ep(loaded *L, const float *ref, int pp, int tp, int ep);
-static double run_layout(loaded *L, const float *ref, int pp, int tp) { return run_layout_ep(L, ref, pp, tp, 0); }
-
-/* ep: the TP group splits the experts (each rank every column of experts [e0, e1)) instead of
- * every expert's columns; attention heads are split as for TP */
 static double run_layout_ep(loaded *L, const float *ref, int pp, int tp, int ep)
 {
-    const int E = L->hp.n_embd, V = L->hp.n_vocab, world = pp * tp;
-    spk_shape shape;
-    spk_plan plan;
-    ck_assert_int_eq(spk_shape_from_gguf(L->f, &shape), SPK_OK);
-    ck_assert_msg(spk_plan_make(&shape, pp, tp, &plan) == SPK_OK, "%s", spk_last_error());
-    spk_shard sh[8];
-    spk_weights w[8];
-    spk_llama *m[8];
-    group g[4];
-    member mem[8];
-    for (int s = 0; s < pp; s++) {
-        g[s].tp = tp;
-        g[s].sum = malloc(sizeof(float) * NT * (size_t)E);
-        pthread_barrier_init(&g[s].bar, NULL, (unsigned)tp);
-    }
-    for (int r = 0; r < world; r++) {
-        ck_assert_int_eq(spk_plan_shard(&plan, r, &sh[r]), SPK_OK);
-        if (ep) {
-            const int t = r % tp, X = L->hp.n_expert;
-            sh[r].f0 = 0;
-            sh[r].f1 = L->hp.n_ff;
-            sh[r].e0 = X * t / tp;
-            sh[r].e1 = X * (t + 1) / tp;
-        }
-        if (tp > 1) {
-            mem[r] = (member){&g[r / tp], r % tp};
-            sh[r].allreduce = ar;
-            sh[r].ar_ctx = &mem[r];
-        }
-        ck_assert_msg(spk_llama_shard(&L->hp, &L->w, &sh[r], &w[r]) == SPK_OK, "%s", spk_last_error());
-        const spk_layer *F0 = &L->w.layers[sh[r].l0];
-        ck_assert_ptr_eq(w[r].layers[0].sinks, F0->sinks + sh[r].h0); /* this rank's heads' sinks */
-        ck_assert_ptr_eq(w[r].layers[0].bq, F0->bq + (size_t)sh[r].h0 * L->hp.head_dim);
-        ck_assert_int_eq(w[r].layers[0].swa, F0->swa);
-        ck_assert_ptr_eq(w[r].layers[0].moe.down_bias, sh[r].f0 == 0 ? F0->moe.down_bias : NULL);
-        ck_assert_int_eq(w[r].layers[0].wq.n_out, (sh[r].h1 - sh[r].h0) * L->hp.head_dim);
-        const spk_moe *mo = &w[r].layers[0].moe; /* every expert's columns [f0, f1); router whole */
-        ck_assert_int_eq(mo->e0, ep ? sh[r].e0 : 0);
-        ck_assert_int_eq(mo->e1, ep ? sh[r].e1 : L->hp.n_expert);
-        ck_assert_int_eq(mo->gate.n_out, sh[r].f1 - sh[r].f0);
-        ck_assert_int_eq(mo->down.n_in, sh[r].f1 - sh[r].f0);
-        ck_assert_int_eq(mo->router.n_out, L->hp.n_expert);
-        ck_assert_ptr_eq(mo->router.data, L->w.layers[sh[r].l0].moe.router.data);
-        ck_assert_int_eq(spk_llama_create(&L->hp, &w[r], &sh[r], 64, 1, NT, 1, &m[r]), SPK_OK);
-    }
-    float *hidden = malloc(sizeof(float) * NT * (size_t)E), *logits = malloc(sizeof(float) * NT * (size_t)V);
-    float *outs[8];
-    for (int t = 0; t < tp; t++)
-        outs[t] = malloc(sizeof(float) * NT * (size_t)(V > E ? V : E));
-    for (int s = 0; s < pp; s++) {
-        pthread_t th[8];
-        job j[8];
-        for (int t = 0; t < tp; t++) {
-            j[t] = (job){m[s * tp + t], s ? hidden : NULL, outs[t], SPK_OK};
-            pthread_create(&th[t], NULL, run_job, &j[t]);
-        }
-        for (int t = 0; t < tp; t++) {
-            pthread_join(th[t], NULL);
-            ck_assert_int_eq(j[t].st, SPK_OK);
-        }
-        if (s < pp - 1) {
-            memcpy(hidden, outs[0], sizeof(float) * NT * (size_t)E);
-        } else {
-            for (int t = 0; t < tp; t++) {
-                const spk_shard *x = &sh[s * tp + t];
-                const int nv = x->v1 - x->v0;
-                for (int i = 0; i < NT; i++)
-                    memcpy(logits + (size_t)i * V + x->v0, outs[t] + (size_t)i * nv, sizeof(float) * (size_t)nv);
-            }
-        }
-    }
-    double maxd = 0;
-    for (size_t i = 0; i < (size_t)NT * V; i++) {
-        double d = fabs((double)logits[i] - ref[i]);
-        maxd = d > maxd ? d : maxd;
-    }
-    for (int r = 0; r < world; r++) {
-        spk_llama_free(m[r]);
-        spk_llama_weights_free(&w[r]);
-    }
-    for (int s = 0; s < pp; s++) {
-        free(g[s].sum);
-        pthread_barrier_destroy(&g[s].bar);
-    }
-    for (int t = 0; t < tp; t++)
-        free(outs[t]);
-    free(hidden);
-    free(logits);
-    printf("%s pp %d x %s %d: max |logit - one rank| %.3g\n", L->hp.arch, pp, ep ? "ep" : "tp", tp, maxd);
-    return maxd;
+    spk_batch b = {.n_tok = NT, .token = g_tk, .pos = g_ps, .seq = g_sq, .want_logits = g_want};
+    return spk_test_run_layout(L->f, &L->hp, &L->w, &b, ref, pp, tp, ep, check_shard);
 }
+static double run_layout(loaded *L, const float *ref, int pp, int tp) { return run_layout_ep(L, ref, pp, tp, 0); }
 
 START_TEST(layouts_match_one_rank)
 {

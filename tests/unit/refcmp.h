@@ -1,0 +1,53 @@
+/* Helpers shared by the model tests that compare against a reference JSON (test_qwen3,
+ * test_qwen3moe, test_gptoss) and run PP/TP/EP layouts against one rank (those and test_shard). */
+#ifndef SPK_TEST_REFCMP_H
+#define SPK_TEST_REFCMP_H
+
+#include <cjson/cJSON.h>
+#include <stdint.h>
+
+#include "model/gguf.h"
+#include "model/llama.h"
+
+/* FNV-1a 64 of a whole file (fails the test if it cannot be read). */
+uint64_t spk_test_file_fnv(const char *path);
+
+/* Agreement of our log-probs and greedy continuation with one reference section. */
+typedef struct spk_test_cmp_stats {
+    int n_pos, top1_agree, greedy_agree, n_greedy, n_cmp;
+    double max_diff, sum_diff;
+} spk_test_cmp_stats;
+
+/* Our log-probs and greedy continuation (incremental decode through the KV cache) against one
+ * reference section (an array of sequences). debug_env: when that environment variable is set,
+ * print every top-8 entry off by more than 0.02 (NULL: never). */
+void spk_test_compare_section(const spk_hparams *hp, const spk_weights *w, cJSON *seqs, spk_test_cmp_stats *st,
+                              const char *debug_env);
+
+/* Parse tests/data/<ref_name> (*txt: its text, to free after cJSON_Delete) and check that its
+ * "file_fnv1a64" is the hash of model_path, else fail naming model_desc and the script that
+ * regenerates the reference. */
+cJSON *spk_test_load_ref(const char *ref_name, const char *model_path, const char *model_desc, const char *script,
+                         char **txt);
+
+/* One rank's forward of a fixed batch, run on its own thread (spk_test_fwd_run). */
+typedef struct spk_test_fwd_job {
+    spk_llama *m;
+    const spk_batch *b;
+    const float *in;
+    float *out;
+    spk_status st;
+} spk_test_fwd_job;
+void *spk_test_fwd_run(void *arg);
+
+/* Per-rank checks of a layout's shard weights (called after spk_llama_shard, before create). */
+typedef void (*spk_test_shard_check)(const spk_hparams *hp, const spk_weights *full, const spk_shard *sh,
+                                     const spk_weights *part, int ep);
+
+/* max |logit - ref| of batch b (b->n_tok <= 64 tokens, logits for all) on layout pp x tp; with ep the
+ * TP group splits the experts (each rank every column of experts [e0, e1)) instead of every
+ * expert's columns, attention heads split as for TP. Prints "<arch> pp P x tp|ep T: ...". */
+double spk_test_run_layout(spk_gguf_file *f, const spk_hparams *hp, const spk_weights *full, const spk_batch *b,
+                           const float *ref, int pp, int tp, int ep, spk_test_shard_check check);
+
+#endif
