@@ -19,6 +19,7 @@
 #include "model/llama.h"
 #include "plan/plan.h"
 #include "plan/shape.h"
+#include "refcmp.h"
 #include "testutil.h"
 #include "tp_group.h"
 
@@ -31,21 +32,6 @@ static float *ref; /* [N][n_vocab], the whole model on one rank */
 static int32_t tk[N], ps[N], sq[N];
 static uint8_t want[N];
 
-
-typedef struct job {
-    spk_llama *m;
-    const float *in;
-    float *out;
-    spk_status st;
-} job;
-
-static void *run_job(void *arg)
-{
-    job *j = arg;
-    spk_batch b = {.n_tok = N, .token = tk, .pos = ps, .seq = sq, .want_logits = want};
-    j->st = spk_llama_forward(j->m, &b, j->in, j->out);
-    return NULL;
-}
 
 static void setup(void)
 {
@@ -123,10 +109,11 @@ static double run_layout(int pp, int tp, int depth, double *mean, int *top1_bad)
     float *logits = malloc(sizeof(float) * N * (size_t)V);
     for (int s = 0; s < pp; s++) {
         pthread_t th[8];
-        job j[8];
+        spk_test_fwd_job j[8];
+        spk_batch b = {.n_tok = N, .token = tk, .pos = ps, .seq = sq, .want_logits = want};
         for (int t = 0; t < tp; t++) {
-            j[t] = (job){m[s * tp + t], s ? hidden : NULL, outs[t], SPK_OK};
-            pthread_create(&th[t], NULL, run_job, &j[t]);
+            j[t] = (spk_test_fwd_job){m[s * tp + t], &b, s ? hidden : NULL, outs[t], SPK_OK};
+            pthread_create(&th[t], NULL, spk_test_fwd_run, &j[t]);
         }
         for (int t = 0; t < tp; t++) {
             pthread_join(th[t], NULL);
