@@ -12,6 +12,18 @@
 #include "testutil.h"
 #include "tp_group.h"
 
+void spk_test_load(const char *path, spk_test_loaded *L)
+{
+    ck_assert_msg(spk_gguf_open(path, &L->f) == SPK_OK, "%s", spk_last_error());
+    ck_assert_msg(spk_llama_load(L->f, &L->hp, &L->w) == SPK_OK, "%s", spk_last_error());
+}
+
+void spk_test_unload(spk_test_loaded *L)
+{
+    spk_llama_weights_free(&L->w);
+    spk_gguf_close(L->f);
+}
+
 uint64_t spk_test_file_fnv(const char *path)
 {
     size_t len;
@@ -65,8 +77,8 @@ void spk_test_compare_section(const spk_hparams *hp, const spk_weights *w, cJSON
             {
                 double d = fabs(lp[cJSON_GetArrayItem(pair, 0)->valueint] - cJSON_GetArrayItem(pair, 1)->valuedouble);
                 if (d > 0.02 && debug_env && getenv(debug_env)) /* which positions, when it fails */
-                    printf("seq of %d, pos %d: token %d diff %.3f ref %.3f\n", n, i, cJSON_GetArrayItem(pair, 0)->valueint,
-                           d, cJSON_GetArrayItem(pair, 1)->valuedouble);
+                    printf("seq of %d, pos %d: token %d diff %.3f ref %.3f\n", n, i,
+                           cJSON_GetArrayItem(pair, 0)->valueint, d, cJSON_GetArrayItem(pair, 1)->valuedouble);
                 st->max_diff = d > st->max_diff ? d : st->max_diff;
                 st->sum_diff += d;
                 st->n_cmp++;
@@ -107,6 +119,61 @@ cJSON *spk_test_load_ref(const char *ref_name, const char *model_path, const cha
                   "the synthetic writer changed; regenerate with %s",
                   model_desc, got, cJSON_GetObjectItem(root, "file_fnv1a64")->valuestring, script);
     return root;
+}
+
+const char *spk_test_patched(const char *src, const char *dir, const void *find, size_t flen, long at,
+                             const void *repl, size_t n)
+{
+    static char out[400];
+    size_t len;
+    char *buf = spk_test_read_file(src, &len);
+    ck_assert_ptr_nonnull(buf);
+    char *hit = memmem(buf, len, find, flen);
+    ck_assert_ptr_nonnull(hit);
+    memcpy(hit + at, repl, n);
+    snprintf(out, sizeof out, "%s/bad.gguf", dir);
+    FILE *f = fopen(out, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(buf, 1, len, f), len);
+    fclose(f);
+    free(buf);
+    return out;
+}
+
+void spk_test_expect_load_error(const char *path, spk_status want, const char *needle1, const char *needle2)
+{
+    spk_gguf_file *f;
+    spk_hparams hp;
+    spk_weights w;
+    ck_assert_msg(spk_gguf_open(path, &f) == SPK_OK, "%s", spk_last_error());
+    spk_status st = spk_llama_load(f, &hp, &w);
+    const char *msg = spk_last_error();
+    ck_assert_msg(st == want, "status %d (%s), want %d", st, msg, want);
+    ck_assert_msg(strstr(msg, needle1) && (!needle2 || strstr(msg, needle2)), "message: %s", msg);
+    printf("refused as expected: %s\n", msg);
+    spk_gguf_close(f);
+}
+
+void spk_test_tokens_init(spk_test_tokens *t, int n, int vocab, int mul, int add)
+{
+    ck_assert_int_le(n, 64);
+    for (int i = 0; i < n; i++) {
+        t->tk[i] = (i * mul + add) % vocab;
+        t->ps[i] = i;
+        t->sq[i] = 0;
+        t->want[i] = 1;
+    }
+    t->b = (spk_batch){.n_tok = n, .token = t->tk, .pos = t->ps, .seq = t->sq, .want_logits = t->want};
+}
+
+float *spk_test_one_rank_logits(const spk_hparams *hp, const spk_weights *w, const spk_batch *b)
+{
+    float *ref = malloc(sizeof(float) * (size_t)b->n_tok * (size_t)hp->n_vocab);
+    spk_llama *m;
+    ck_assert_int_eq(spk_llama_create(hp, w, NULL, 64, 1, b->n_tok, 1, &m), SPK_OK);
+    ck_assert_int_eq(spk_llama_forward(m, b, NULL, ref), SPK_OK);
+    spk_llama_free(m);
+    return ref;
 }
 
 void *spk_test_fwd_run(void *arg)

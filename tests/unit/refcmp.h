@@ -4,10 +4,20 @@
 #define SPK_TEST_REFCMP_H
 
 #include <cjson/cJSON.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "model/gguf.h"
 #include "model/llama.h"
+
+/* A model file opened and loaded (spk_test_load fails the test if it does not load). */
+typedef struct spk_test_loaded {
+    spk_gguf_file *f;
+    spk_hparams hp;
+    spk_weights w;
+} spk_test_loaded;
+void spk_test_load(const char *path, spk_test_loaded *L);
+void spk_test_unload(spk_test_loaded *L);
 
 /* FNV-1a 64 of a whole file (fails the test if it cannot be read). */
 uint64_t spk_test_file_fnv(const char *path);
@@ -29,6 +39,24 @@ void spk_test_compare_section(const spk_hparams *hp, const spk_weights *w, cJSON
  * regenerates the reference. */
 cJSON *spk_test_load_ref(const char *ref_name, const char *model_path, const char *model_desc, const char *script,
                          char **txt);
+
+/* Copy src to dir/bad.gguf with `n` bytes at (first occurrence of `find`) + `at` replaced; returns
+ * the copy's path (a static buffer). */
+const char *spk_test_patched(const char *src, const char *dir, const void *find, size_t flen, long at,
+                             const void *repl, size_t n);
+/* Open path and expect spk_llama_load to refuse it with status `want` and a message holding
+ * needle1 (and needle2 unless NULL); prints "refused as expected: <message>". */
+void spk_test_expect_load_error(const char *path, spk_status want, const char *needle1, const char *needle2);
+
+/* A batch of n <= 64 tokens (tk[i] = (i * mul + add) % vocab at position i of sequence 0, logits
+ * for all) and the one-rank logits of a model on it (malloc'd [n][n_vocab]). */
+typedef struct spk_test_tokens {
+    int32_t tk[64], ps[64], sq[64];
+    uint8_t want[64];
+    spk_batch b;
+} spk_test_tokens;
+void spk_test_tokens_init(spk_test_tokens *t, int n, int vocab, int mul, int add);
+float *spk_test_one_rank_logits(const spk_hparams *hp, const spk_weights *w, const spk_batch *b);
 
 /* One rank's forward of a fixed batch, run on its own thread (spk_test_fwd_run). */
 typedef struct spk_test_fwd_job {

@@ -52,28 +52,10 @@ static void teardown(void)
     rmdir(g_dir);
 }
 
-typedef struct loaded {
-    spk_gguf_file *f;
-    spk_hparams hp;
-    spk_weights w;
-} loaded;
-
-static void load(const char *path, loaded *L)
-{
-    ck_assert_msg(spk_gguf_open(path, &L->f) == SPK_OK, "%s", spk_last_error());
-    ck_assert_msg(spk_llama_load(L->f, &L->hp, &L->w) == SPK_OK, "%s", spk_last_error());
-}
-
-static void unload(loaded *L)
-{
-    spk_llama_weights_free(&L->w);
-    spk_gguf_close(L->f);
-}
-
 START_TEST(loads_as_gptoss)
 {
-    loaded L;
-    load(g_f32, &L);
+    spk_test_loaded L;
+    spk_test_load(g_f32, &L);
     ck_assert_str_eq(L.hp.arch, "gpt-oss");
     ck_assert(L.hp.rope_neox && !L.hp.qk_norm && L.hp.attn_sinks && L.hp.biases && L.hp.yarn);
     ck_assert_int_eq(L.hp.n_expert, 8);
@@ -94,7 +76,7 @@ START_TEST(loads_as_gptoss)
         ck_assert_int_eq(m->router.n_out, 8);
         ck_assert_ptr_null(y->w_gate.data);
     }
-    unload(&L);
+    spk_test_unload(&L);
 }
 END_TEST
 
@@ -109,8 +91,8 @@ START_TEST(yarn_matches_transformers)
 {
     char *txt;
     cJSON *root = load_ref(&txt);
-    loaded L;
-    load(g_f32, &L);
+    spk_test_loaded L;
+    spk_test_load(g_f32, &L);
     cJSON *ref = cJSON_GetObjectItem(root, "yarn_inv_freq");
     const int n = cJSON_GetArraySize(ref);
     ck_assert_int_eq(n, L.hp.rot_dim / 2);
@@ -131,7 +113,7 @@ START_TEST(yarn_matches_transformers)
     ck_assert_double_lt(maxrel, 1e-6);
     ck_assert(interp > 0 && extrap > 0 && interp + extrap < n); /* all three regions of the ramp */
     ck_assert_double_eq_tol(af, cJSON_GetObjectItem(root, "yarn_attention_factor")->valuedouble, 1e-6);
-    unload(&L);
+    spk_test_unload(&L);
     cJSON_Delete(root);
     free(txt);
 }
@@ -145,8 +127,8 @@ START_TEST(f32_matches_transformers)
 {
     char *txt;
     cJSON *root = load_ref(&txt);
-    loaded L;
-    load(g_f32, &L);
+    spk_test_loaded L;
+    spk_test_load(g_f32, &L);
     /* the reference's prompts hold no router near-tie (gap between the 2nd and 3rd router logit of
      * any position and layer) that float rounding could flip: a flipped expert is a jump, not a bug */
     cJSON *mg;
@@ -176,7 +158,7 @@ START_TEST(f32_matches_transformers)
         ck_assert_double_lt(c.sum_diff / c.n_cmp, 1e-2);
         ck_assert_double_lt(c.max_diff, 0.1);
     }
-    unload(&L);
+    spk_test_unload(&L);
     cJSON_Delete(root);
     free(txt);
 }
@@ -186,8 +168,7 @@ END_TEST
  * them), EP ---- */
 
 enum { NT = 16 };
-static int32_t g_tk[NT], g_ps[NT], g_sq[NT];
-static uint8_t g_want[NT];
+static spk_test_tokens g_tok;
 
 /* per-rank checks of the shard weights */
 static void check_shard(const spk_hparams *hp, const spk_weights *full, const spk_shard *sh, const spk_weights *part,
@@ -209,30 +190,22 @@ static void check_shard(const spk_hparams *hp, const spk_weights *full, const sp
 }
 
 /* max |logit - one rank| of layout pp x tp */
-static double run_layout_ep(loaded *L, const float *ref, int pp, int tp, int ep)
+static double run_layout_ep(spk_test_loaded *L, const float *ref, int pp, int tp, int ep)
 {
-    spk_batch b = {.n_tok = NT, .token = g_tk, .pos = g_ps, .seq = g_sq, .want_logits = g_want};
-    return spk_test_run_layout(L->f, &L->hp, &L->w, &b, ref, pp, tp, ep, check_shard);
+    return spk_test_run_layout(L->f, &L->hp, &L->w, &g_tok.b, ref, pp, tp, ep, check_shard);
 }
-static double run_layout(loaded *L, const float *ref, int pp, int tp) { return run_layout_ep(L, ref, pp, tp, 0); }
+static double run_layout(spk_test_loaded *L, const float *ref, int pp, int tp)
+{
+    return run_layout_ep(L, ref, pp, tp, 0);
+}
 
 START_TEST(layouts_match_one_rank)
 {
-    loaded L;
-    load(g_f32, &L);
+    spk_test_loaded L;
+    spk_test_load(g_f32, &L);
     const int V = L.hp.n_vocab;
-    for (int i = 0; i < NT; i++) {
-        g_tk[i] = (i * 104729 + 7) % V;
-        g_ps[i] = i;
-        g_sq[i] = 0;
-        g_want[i] = 1;
-    }
-    float *ref = malloc(sizeof(float) * NT * (size_t)V);
-    spk_llama *m;
-    ck_assert_int_eq(spk_llama_create(&L.hp, &L.w, NULL, 64, 1, NT, 1, &m), SPK_OK);
-    spk_batch b = {.n_tok = NT, .token = g_tk, .pos = g_ps, .seq = g_sq, .want_logits = g_want};
-    ck_assert_int_eq(spk_llama_forward(m, &b, NULL, ref), SPK_OK);
-    spk_llama_free(m);
+    spk_test_tokens_init(&g_tok, NT, V, 104729, 7);
+    float *ref = spk_test_one_rank_logits(&L.hp, &L.w, &g_tok.b);
     ck_assert_double_eq(run_layout(&L, ref, 2, 1), 0.0);
     ck_assert_double_eq(run_layout(&L, ref, 4, 1), 0.0);
     /* TP/EP: sums of the row-parallel matrices in another order (measured, AVX2: at most 9.7e-4
@@ -244,44 +217,11 @@ START_TEST(layouts_match_one_rank)
     ck_assert_double_lt(run_layout_ep(&L, ref, 1, 2, 1), tol);
     ck_assert_double_lt(run_layout_ep(&L, ref, 1, 4, 1), tol);
     free(ref);
-    unload(&L);
+    spk_test_unload(&L);
 }
 END_TEST
 
 /* ---- malformed files ---- */
-
-/* Copy g_f32 to dir/bad.gguf with `n` bytes at (first occurrence of `find`) + `at` replaced. */
-static const char *patched(const void *find, size_t flen, long at, const void *repl, size_t n)
-{
-    static char out[400];
-    size_t len;
-    char *buf = spk_test_read_file(g_f32, &len);
-    ck_assert_ptr_nonnull(buf);
-    char *hit = memmem(buf, len, find, flen);
-    ck_assert_ptr_nonnull(hit);
-    memcpy(hit + at, repl, n);
-    snprintf(out, sizeof out, "%s/bad.gguf", g_dir);
-    FILE *f = fopen(out, "wb");
-    ck_assert_ptr_nonnull(f);
-    ck_assert_uint_eq(fwrite(buf, 1, len, f), len);
-    fclose(f);
-    free(buf);
-    return out;
-}
-
-static void expect_load_error(const char *path, spk_status want, const char *needle1, const char *needle2)
-{
-    spk_gguf_file *f;
-    spk_hparams hp;
-    spk_weights w;
-    ck_assert_msg(spk_gguf_open(path, &f) == SPK_OK, "%s", spk_last_error());
-    spk_status st = spk_llama_load(f, &hp, &w);
-    const char *msg = spk_last_error();
-    ck_assert_msg(st == want, "status %d (%s), want %d", st, msg, want);
-    ck_assert_msg(strstr(msg, needle1) && (!needle2 || strstr(msg, needle2)), "message: %s", msg);
-    printf("refused as expected: %s\n", msg);
-    spk_gguf_close(f);
-}
 
 /* g_f32 with element `idx` of tensor `tname` set to NaN, as dir/bad.gguf. */
 static const char *with_nan(const char *tname, int idx)
@@ -306,21 +246,27 @@ static const char *with_nan(const char *tname, int idx)
     return out;
 }
 
+/* g_f32 with `n` bytes at (first occurrence of `find`) + `at` replaced, as dir/bad.gguf */
+static const char *patched(const void *find, size_t flen, long at, const void *repl, size_t n)
+{
+    return spk_test_patched(g_f32, g_dir, find, flen, at, repl, n);
+}
+
 /* A NaN in a sink or a bias: the shard's first read of its weights names the tensor. */
 START_TEST(nonfinite_sinks_and_biases_are_refused)
 {
     static const char *const names[] = {"blk.1.attn_sinks.weight", "blk.2.attn_v.bias", "blk.3.ffn_down_exps.bias",
                                         "blk.0.ffn_gate_inp.bias"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
-        loaded L;
-        load(with_nan(names[i], 5), &L);
+        spk_test_loaded L;
+        spk_test_load(with_nan(names[i], 5), &L);
         spk_shard sh;
         spk_weights w;
         spk_shard_full(&L.hp, &sh);
         ck_assert_int_eq(spk_llama_shard(&L.hp, &L.w, &sh, &w), SPK_ERR_FORMAT);
         ck_assert_msg(strstr(spk_last_error(), names[i]), "message: %s", spk_last_error());
         printf("refused as expected: %s\n", spk_last_error());
-        unload(&L);
+        spk_test_unload(&L);
     }
 }
 END_TEST
@@ -329,35 +275,35 @@ START_TEST(malformed_gptoss_files_are_refused)
 {
     /* the sinks of a layer missing (renamed) */
     static const char sk[] = "blk.1.attn_sinks.weight";
-    expect_load_error(patched(sk, sizeof sk - 1, 0, "blk.1.attn_sinkz.weight", sizeof sk - 1), SPK_ERR_FORMAT,
-                      "missing tensor 'blk.1.attn_sinks.weight'", NULL);
+    spk_test_expect_load_error(patched(sk, sizeof sk - 1, 0, "blk.1.attn_sinkz.weight", sizeof sk - 1), SPK_ERR_FORMAT,
+                               "missing tensor 'blk.1.attn_sinks.weight'", NULL);
     /* sinks of the wrong length: [n_dims u32][ne0 u64] follow the name; ne0 7 */
     const uint64_t ne7 = 7;
-    expect_load_error(patched(sk, sizeof sk - 1, (long)(sizeof sk - 1) + 4, &ne7, 8), SPK_ERR_FORMAT,
-                      "blk.1.attn_sinks.weight", "[8, 1]");
+    spk_test_expect_load_error(patched(sk, sizeof sk - 1, (long)(sizeof sk - 1) + 4, &ne7, 8), SPK_ERR_FORMAT,
+                               "blk.1.attn_sinks.weight", "[8, 1]");
     /* a Q bias of the wrong shape */
     static const char qb[] = "blk.2.attn_q.bias";
     const uint64_t ne200 = 200;
-    expect_load_error(patched(qb, sizeof qb - 1, (long)(sizeof qb - 1) + 4, &ne200, 8), SPK_ERR_FORMAT,
-                      "blk.2.attn_q.bias", "[256, 1]");
+    spk_test_expect_load_error(patched(qb, sizeof qb - 1, (long)(sizeof qb - 1) + 4, &ne200, 8), SPK_ERR_FORMAT,
+                               "blk.2.attn_q.bias", "[256, 1]");
     /* an expert bias with too few experts: ne {n_ff, 5} */
     static const char eb[] = "blk.0.ffn_up_exps.bias";
     const uint64_t ne5 = 5;
-    expect_load_error(patched(eb, sizeof eb - 1, (long)(sizeof eb - 1) + 4 + 8, &ne5, 8), SPK_ERR_FORMAT,
-                      "blk.0.ffn_up_exps.bias", "[64, 8]");
+    spk_test_expect_load_error(patched(eb, sizeof eb - 1, (long)(sizeof eb - 1) + 4 + 8, &ne5, 8), SPK_ERR_FORMAT,
+                               "blk.0.ffn_up_exps.bias", "[64, 8]");
     /* the router bias missing */
     static const char rb[] = "blk.3.ffn_gate_inp.bias";
-    expect_load_error(patched(rb, sizeof rb - 1, 0, "blk.3.ffn_gate_inp.bia_", sizeof rb - 1), SPK_ERR_FORMAT,
-                      "missing tensor 'blk.3.ffn_gate_inp.bias'", NULL);
+    spk_test_expect_load_error(patched(rb, sizeof rb - 1, 0, "blk.3.ffn_gate_inp.bia_", sizeof rb - 1), SPK_ERR_FORMAT,
+                               "missing tensor 'blk.3.ffn_gate_inp.bias'", NULL);
     /* no sliding window key */
     static const char sw[] = "gpt-oss.attention.sliding_window";
-    expect_load_error(patched(sw, sizeof sw - 1, 0, "gpt-oss.attention.sliding_windoW", sizeof sw - 1),
-                      SPK_ERR_FORMAT, "missing metadata key 'gpt-oss.attention.sliding_window'", NULL);
+    spk_test_expect_load_error(patched(sw, sizeof sw - 1, 0, "gpt-oss.attention.sliding_windoW", sizeof sw - 1),
+                               SPK_ERR_FORMAT, "missing metadata key 'gpt-oss.attention.sliding_window'", NULL);
     /* a YaRN original context of 0 */
     static const char oc[] = "gpt-oss.rope.scaling.original_context_length";
     const uint32_t zero = 0;
-    expect_load_error(patched(oc, sizeof oc - 1, (long)(sizeof oc - 1) + 4, &zero, 4), SPK_ERR_FORMAT,
-                      "bad YaRN rope scaling", "original context 0");
+    spk_test_expect_load_error(patched(oc, sizeof oc - 1, (long)(sizeof oc - 1) + 4, &zero, 4), SPK_ERR_FORMAT,
+                               "bad YaRN rope scaling", "original context 0");
 }
 END_TEST
 

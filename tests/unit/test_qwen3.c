@@ -59,28 +59,10 @@ static void teardown(void)
     rmdir(g_dir);
 }
 
-typedef struct loaded {
-    spk_gguf_file *f;
-    spk_hparams hp;
-    spk_weights w;
-} loaded;
-
-static void load(const char *path, loaded *L)
-{
-    ck_assert_msg(spk_gguf_open(path, &L->f) == SPK_OK, "%s", spk_last_error());
-    ck_assert_msg(spk_llama_load(L->f, &L->hp, &L->w) == SPK_OK, "%s", spk_last_error());
-}
-
-static void unload(loaded *L)
-{
-    spk_llama_weights_free(&L->w);
-    spk_gguf_close(L->f);
-}
-
 START_TEST(loads_as_qwen3)
 {
-    loaded L;
-    load(g_f32, &L);
+    spk_test_loaded L;
+    spk_test_load(g_f32, &L);
     ck_assert_str_eq(L.hp.arch, "qwen3");
     ck_assert(L.hp.qk_norm && L.hp.rope_neox);
     ck_assert_int_eq(L.hp.n_embd, 128);
@@ -92,7 +74,7 @@ START_TEST(loads_as_qwen3)
     ck_assert_float_eq_tol(L.hp.eps, 1e-6f, 1e-12f);
     for (int l = 0; l < L.hp.n_layers; l++)
         ck_assert(L.w.layers[l].q_norm && L.w.layers[l].k_norm);
-    unload(&L);
+    spk_test_unload(&L);
 }
 END_TEST
 
@@ -109,8 +91,8 @@ START_TEST(f32_matches_transformers)
 {
     char *txt;
     cJSON *root = load_ref(&txt);
-    loaded L;
-    load(g_f32, &L);
+    spk_test_loaded L;
+    spk_test_load(g_f32, &L);
     spk_test_cmp_stats s;
     spk_test_compare_section(&L.hp, &L.w, cJSON_GetObjectItem(root, "sequences"), &s, NULL);
     printf("F32 vs transformers (float64): top-1 %d/%d, greedy %d/%d, |logprob diff| over top-8 mean %.2e max %.2e\n",
@@ -133,7 +115,7 @@ START_TEST(f32_matches_transformers)
     cJSON *conv = cJSON_GetObjectItem(root, "converter");
     if (conv) /* recorded by the generator: llama.cpp's converter wrote the same tensors */
         ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(conv, "tensors_equal")));
-    unload(&L);
+    spk_test_unload(&L);
     cJSON_Delete(root);
     free(txt);
 }
@@ -145,8 +127,8 @@ START_TEST(q8_0_matches_transformers_within_quantization)
 {
     char *txt;
     cJSON *root = load_ref(&txt);
-    loaded L;
-    load(g_q8, &L);
+    spk_test_loaded L;
+    spk_test_load(g_q8, &L);
     spk_test_cmp_stats s;
     spk_test_compare_section(&L.hp, &L.w, cJSON_GetObjectItem(root, "sequences"), &s, NULL);
     printf("Q8_0 vs transformers (F32 weights, float64): top-1 %d/%d, greedy %d/%d, |logprob diff| mean %.3f "
@@ -174,7 +156,7 @@ START_TEST(q8_0_matches_transformers_within_quantization)
         ck_assert_int_ge(s.top1_agree, s.n_pos * 90 / 100);
         ck_assert_double_lt(s.sum_diff / s.n_cmp, 0.1);
     }
-    unload(&L);
+    spk_test_unload(&L);
     cJSON_Delete(root);
     free(txt);
 }
@@ -184,8 +166,7 @@ END_TEST
 
 
 enum { NT = 16 };
-static int32_t g_tk[NT], g_ps[NT], g_sq[NT];
-static uint8_t g_want[NT];
+static spk_test_tokens g_tok;
 
 /* per-rank checks of the shard weights */
 static void check_shard(const spk_hparams *hp, const spk_weights *full, const spk_shard *sh, const spk_weights *part,
@@ -197,29 +178,24 @@ static void check_shard(const spk_hparams *hp, const spk_weights *full, const sp
 }
 
 /* max |logit - one rank| of layout pp x tp */
-static double run_layout(loaded *L, const float *ref, int pp, int tp)
+static double run_layout(spk_test_loaded *L, const float *ref, int pp, int tp)
 {
-    spk_batch b = {.n_tok = NT, .token = g_tk, .pos = g_ps, .seq = g_sq, .want_logits = g_want};
-    return spk_test_run_layout(L->f, &L->hp, &L->w, &b, ref, pp, tp, 0, check_shard);
+    return spk_test_run_layout(L->f, &L->hp, &L->w, &g_tok.b, ref, pp, tp, 0, check_shard);
+}
+
+/* g_f32 with `n` bytes at (first occurrence of `find`) + `at` replaced, as dir/bad.gguf */
+static const char *patched(const void *find, size_t flen, long at, const void *repl, size_t n)
+{
+    return spk_test_patched(g_f32, g_dir, find, flen, at, repl, n);
 }
 
 START_TEST(layouts_match_one_rank)
 {
-    loaded L;
-    load(_i ? g_q8 : g_f32, &L);
+    spk_test_loaded L;
+    spk_test_load(_i ? g_q8 : g_f32, &L);
     const int V = L.hp.n_vocab;
-    for (int i = 0; i < NT; i++) {
-        g_tk[i] = (i * 104729 + 7) % V;
-        g_ps[i] = i;
-        g_sq[i] = 0;
-        g_want[i] = 1;
-    }
-    float *ref = malloc(sizeof(float) * NT * (size_t)V);
-    spk_llama *m;
-    ck_assert_int_eq(spk_llama_create(&L.hp, &L.w, NULL, 64, 1, NT, 1, &m), SPK_OK);
-    spk_batch b = {.n_tok = NT, .token = g_tk, .pos = g_ps, .seq = g_sq, .want_logits = g_want};
-    ck_assert_int_eq(spk_llama_forward(m, &b, NULL, ref), SPK_OK);
-    spk_llama_free(m);
+    spk_test_tokens_init(&g_tok, NT, V, 104729, 7);
+    float *ref = spk_test_one_rank_logits(&L.hp, &L.w, &g_tok.b);
     ck_assert_double_eq(run_layout(&L, ref, 2, 1), 0.0);
     ck_assert_double_eq(run_layout(&L, ref, 3, 1), 0.0);
     /* TP: 4 KV heads split 2+2, 2+1+1 and 1+1+1+1; only the order of the float sums of the
@@ -230,64 +206,31 @@ START_TEST(layouts_match_one_rank)
     ck_assert_double_lt(run_layout(&L, ref, 1, 4), tol);
     ck_assert_double_lt(run_layout(&L, ref, 2, 2), tol);
     free(ref);
-    unload(&L);
+    spk_test_unload(&L);
 }
 END_TEST
 
 /* ---- malformed files ---- */
-
-/* Copy g_f32 to dir/bad.gguf with `n` bytes at (first occurrence of `find`) + `at` replaced. */
-static const char *patched(const void *find, size_t flen, long at, const void *repl, size_t n)
-{
-    static char out[400];
-    size_t len;
-    char *buf = spk_test_read_file(g_f32, &len);
-    ck_assert_ptr_nonnull(buf);
-    char *hit = memmem(buf, len, find, flen);
-    ck_assert_ptr_nonnull(hit);
-    memcpy(hit + at, repl, n);
-    snprintf(out, sizeof out, "%s/bad.gguf", g_dir);
-    FILE *f = fopen(out, "wb");
-    ck_assert_ptr_nonnull(f);
-    ck_assert_uint_eq(fwrite(buf, 1, len, f), len);
-    fclose(f);
-    free(buf);
-    return out;
-}
-
-static void expect_load_error(const char *path, spk_status want, const char *needle1, const char *needle2)
-{
-    spk_gguf_file *f;
-    spk_hparams hp;
-    spk_weights w;
-    ck_assert_msg(spk_gguf_open(path, &f) == SPK_OK, "%s", spk_last_error());
-    spk_status st = spk_llama_load(f, &hp, &w);
-    const char *msg = spk_last_error();
-    ck_assert_msg(st == want, "status %d (%s), want %d", st, msg, want);
-    ck_assert_msg(strstr(msg, needle1) && (!needle2 || strstr(msg, needle2)), "message: %s", msg);
-    printf("refused as expected: %s\n", msg);
-    spk_gguf_close(f);
-}
 
 START_TEST(malformed_qwen3_files_are_refused)
 {
     /* attn_k_norm of 16 values instead of head_dim 32: [n_dims u32][ne0 u64] follow the name */
     static const char kn[] = "blk.1.attn_k_norm.weight";
     const uint64_t ne16 = 16;
-    expect_load_error(patched(kn, sizeof kn - 1, (long)(sizeof kn - 1) + 4, &ne16, 8), SPK_ERR_FORMAT,
-                      "blk.1.attn_k_norm.weight", "[32]");
+    spk_test_expect_load_error(patched(kn, sizeof kn - 1, (long)(sizeof kn - 1) + 4, &ne16, 8), SPK_ERR_FORMAT,
+                               "blk.1.attn_k_norm.weight", "[32]");
     /* no attn_q_norm in layer 0 (renamed) */
     static const char qn[] = "blk.0.attn_q_norm.weight";
-    expect_load_error(patched(qn, sizeof qn - 1, 0, "blk.0.attn_q_nxrm.weight", sizeof qn - 1), SPK_ERR_FORMAT,
-                      "missing tensor 'blk.0.attn_q_norm.weight'", NULL);
+    spk_test_expect_load_error(patched(qn, sizeof qn - 1, 0, "blk.0.attn_q_nxrm.weight", sizeof qn - 1), SPK_ERR_FORMAT,
+                               "missing tensor 'blk.0.attn_q_norm.weight'", NULL);
     /* value_length != key_length */
     static const char vl[] = "qwen3.attention.value_length";
     const uint32_t v16 = 16;
-    expect_load_error(patched(vl, sizeof vl - 1, (long)(sizeof vl - 1) + 4, &v16, 4), SPK_ERR_UNSUPPORTED,
-                      "value_length 16", "key_length 32");
+    spk_test_expect_load_error(patched(vl, sizeof vl - 1, (long)(sizeof vl - 1) + 4, &v16, 4), SPK_ERR_UNSUPPORTED,
+                               "value_length 16", "key_length 32");
     /* an architecture we do not know: named */
     static const char arch[] = "\x05\0\0\0\0\0\0\0qwen3";
-    expect_load_error(patched(arch, sizeof arch - 1, 8, "qwen9", 5), SPK_ERR_UNSUPPORTED, "'qwen9'", "qwen3");
+    spk_test_expect_load_error(patched(arch, sizeof arch - 1, 8, "qwen9", 5), SPK_ERR_UNSUPPORTED, "'qwen9'", "qwen3");
 }
 END_TEST
 
@@ -310,33 +253,23 @@ START_TEST(llama_with_query_width_apart_from_embd)
     char path[400];
     snprintf(path, sizeof path, "%s/bad.gguf", g_dir);
     ck_assert_msg(spk_synth_write(path, &p) == SPK_OK, "%s", spk_last_error());
-    loaded L;
-    load(path, &L);
+    spk_test_loaded L;
+    spk_test_load(path, &L);
     ck_assert_str_eq(L.hp.arch, "llama");
     ck_assert(!L.hp.qk_norm && !L.hp.rope_neox);
     ck_assert_int_eq(L.w.layers[0].wq.n_out, 256);
     ck_assert_int_eq(L.w.layers[0].wo.n_in, 256);
     ck_assert(_i == 1 ? L.w.rope_factors != NULL : L.w.rope_factors == NULL);
     const int V = L.hp.n_vocab;
-    for (int i = 0; i < NT; i++) {
-        g_tk[i] = (i * 7919 + 3) % V;
-        g_ps[i] = i;
-        g_sq[i] = 0;
-        g_want[i] = 1;
-    }
-    float *ref = malloc(sizeof(float) * NT * (size_t)V);
-    spk_llama *m;
-    ck_assert_int_eq(spk_llama_create(&L.hp, &L.w, NULL, 64, 1, NT, 1, &m), SPK_OK);
-    spk_batch b = {.n_tok = NT, .token = g_tk, .pos = g_ps, .seq = g_sq, .want_logits = g_want};
-    ck_assert_int_eq(spk_llama_forward(m, &b, NULL, ref), SPK_OK);
+    spk_test_tokens_init(&g_tok, NT, V, 7919, 3);
+    float *ref = spk_test_one_rank_logits(&L.hp, &L.w, &g_tok.b);
     for (int i = 0; i < NT * V; i++)
         ck_assert(isfinite(ref[i]));
-    spk_llama_free(m);
     ck_assert_double_eq(run_layout(&L, ref, 2, 1), 0.0);
     ck_assert_double_lt(run_layout(&L, ref, 1, 2), 0.05); /* Q4_1 matrices: 8-bit requantization flips */
     ck_assert_double_lt(run_layout(&L, ref, 1, 4), 0.05);
     free(ref);
-    unload(&L);
+    spk_test_unload(&L);
 }
 END_TEST
 

@@ -59,28 +59,10 @@ static void teardown(void)
     rmdir(g_dir);
 }
 
-typedef struct loaded {
-    spk_gguf_file *f;
-    spk_hparams hp;
-    spk_weights w;
-} loaded;
-
-static void load(const char *path, loaded *L)
-{
-    ck_assert_msg(spk_gguf_open(path, &L->f) == SPK_OK, "%s", spk_last_error());
-    ck_assert_msg(spk_llama_load(L->f, &L->hp, &L->w) == SPK_OK, "%s", spk_last_error());
-}
-
-static void unload(loaded *L)
-{
-    spk_llama_weights_free(&L->w);
-    spk_gguf_close(L->f);
-}
-
 START_TEST(loads_as_qwen3moe)
 {
-    loaded L;
-    load(g_f32, &L);
+    spk_test_loaded L;
+    spk_test_load(g_f32, &L);
     ck_assert_str_eq(L.hp.arch, "qwen3moe");
     ck_assert(L.hp.qk_norm && L.hp.rope_neox);
     ck_assert_int_eq(L.hp.n_expert, 8);
@@ -100,7 +82,7 @@ START_TEST(loads_as_qwen3moe)
         ck_assert_uint_eq(m->stride_gate, sizeof(float) * 64 * 128);
         ck_assert_ptr_null(L.w.layers[l].w_gate.data); /* no dense MLP */
     }
-    unload(&L);
+    spk_test_unload(&L);
 }
 END_TEST
 
@@ -117,8 +99,8 @@ START_TEST(f32_matches_transformers)
 {
     char *txt;
     cJSON *root = load_ref(&txt);
-    loaded L;
-    load(g_f32, &L);
+    spk_test_loaded L;
+    spk_test_load(g_f32, &L);
     spk_test_cmp_stats s;
     spk_test_compare_section(&L.hp, &L.w, cJSON_GetObjectItem(root, "sequences"), &s, NULL);
     printf("F32 vs transformers (float64): top-1 %d/%d, greedy %d/%d, |logprob diff| over top-8 mean %.2e max %.2e\n",
@@ -141,7 +123,7 @@ START_TEST(f32_matches_transformers)
     cJSON *conv = cJSON_GetObjectItem(root, "converter");
     if (conv) /* recorded by the generator: llama.cpp's converter wrote the same tensors */
         ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(conv, "tensors_equal")));
-    unload(&L);
+    spk_test_unload(&L);
     cJSON_Delete(root);
     free(txt);
 }
@@ -153,8 +135,8 @@ START_TEST(q8_0_matches_transformers_within_quantization)
 {
     char *txt;
     cJSON *root = load_ref(&txt);
-    loaded L;
-    load(g_q8, &L);
+    spk_test_loaded L;
+    spk_test_load(g_q8, &L);
     spk_test_cmp_stats s, c;
     spk_test_compare_section(&L.hp, &L.w, cJSON_GetObjectItem(root, "sequences"), &s, NULL);
     printf("Q8_0 vs transformers (F32 weights, float64): top-1 %d/%d, greedy %d/%d, |logprob diff| mean %.3f "
@@ -188,7 +170,7 @@ START_TEST(q8_0_matches_transformers_within_quantization)
         ck_assert_int_ge(c.top1_agree, c.n_pos * 85 / 100);
         ck_assert_double_lt(c.sum_diff / c.n_cmp, 0.1);
     }
-    unload(&L);
+    spk_test_unload(&L);
     cJSON_Delete(root);
     free(txt);
 }
@@ -198,8 +180,7 @@ END_TEST
 
 
 enum { NT = 16 };
-static int32_t g_tk[NT], g_ps[NT], g_sq[NT];
-static uint8_t g_want[NT];
+static spk_test_tokens g_tok;
 
 /* per-rank checks of the shard weights */
 static void check_shard(const spk_hparams *hp, const spk_weights *full, const spk_shard *sh, const spk_weights *part,
@@ -217,30 +198,28 @@ static void check_shard(const spk_hparams *hp, const spk_weights *full, const sp
 }
 
 /* max |logit - one rank| of layout pp x tp */
-static double run_layout_ep(loaded *L, const float *ref, int pp, int tp, int ep)
+static double run_layout_ep(spk_test_loaded *L, const float *ref, int pp, int tp, int ep)
 {
-    spk_batch b = {.n_tok = NT, .token = g_tk, .pos = g_ps, .seq = g_sq, .want_logits = g_want};
-    return spk_test_run_layout(L->f, &L->hp, &L->w, &b, ref, pp, tp, ep, check_shard);
+    return spk_test_run_layout(L->f, &L->hp, &L->w, &g_tok.b, ref, pp, tp, ep, check_shard);
 }
-static double run_layout(loaded *L, const float *ref, int pp, int tp) { return run_layout_ep(L, ref, pp, tp, 0); }
+static double run_layout(spk_test_loaded *L, const float *ref, int pp, int tp)
+{
+    return run_layout_ep(L, ref, pp, tp, 0);
+}
+
+/* g_f32 with `n` bytes at (first occurrence of `find`) + `at` replaced, as dir/bad.gguf */
+static const char *patched(const void *find, size_t flen, long at, const void *repl, size_t n)
+{
+    return spk_test_patched(g_f32, g_dir, find, flen, at, repl, n);
+}
 
 START_TEST(layouts_match_one_rank)
 {
-    loaded L;
-    load(_i ? g_q8 : g_f32, &L);
+    spk_test_loaded L;
+    spk_test_load(_i ? g_q8 : g_f32, &L);
     const int V = L.hp.n_vocab;
-    for (int i = 0; i < NT; i++) {
-        g_tk[i] = (i * 104729 + 7) % V;
-        g_ps[i] = i;
-        g_sq[i] = 0;
-        g_want[i] = 1;
-    }
-    float *ref = malloc(sizeof(float) * NT * (size_t)V);
-    spk_llama *m;
-    ck_assert_int_eq(spk_llama_create(&L.hp, &L.w, NULL, 64, 1, NT, 1, &m), SPK_OK);
-    spk_batch b = {.n_tok = NT, .token = g_tk, .pos = g_ps, .seq = g_sq, .want_logits = g_want};
-    ck_assert_int_eq(spk_llama_forward(m, &b, NULL, ref), SPK_OK);
-    spk_llama_free(m);
+    spk_test_tokens_init(&g_tok, NT, V, 104729, 7);
+    float *ref = spk_test_one_rank_logits(&L.hp, &L.w, &g_tok.b);
     ck_assert_double_eq(run_layout(&L, ref, 2, 1), 0.0);
     ck_assert_double_eq(run_layout(&L, ref, 3, 1), 0.0);
     /* TP: heads split by KV group and every expert's 64 columns split (F32: 32+32, 22+21+21,
@@ -261,74 +240,42 @@ START_TEST(layouts_match_one_rank)
     if (!_i) /* (the planner refuses TP 4 of the Q8_0 file's 2 blocks per expert before EP replaces it) */
         ck_assert_double_lt(run_layout_ep(&L, ref, 1, 4, 1), tol);
     free(ref);
-    unload(&L);
+    spk_test_unload(&L);
 }
 END_TEST
 
 /* ---- malformed files ---- */
-
-/* Copy g_f32 to dir/bad.gguf with `n` bytes at (first occurrence of `find`) + `at` replaced. */
-static const char *patched(const void *find, size_t flen, long at, const void *repl, size_t n)
-{
-    static char out[400];
-    size_t len;
-    char *buf = spk_test_read_file(g_f32, &len);
-    ck_assert_ptr_nonnull(buf);
-    char *hit = memmem(buf, len, find, flen);
-    ck_assert_ptr_nonnull(hit);
-    memcpy(hit + at, repl, n);
-    snprintf(out, sizeof out, "%s/bad.gguf", g_dir);
-    FILE *f = fopen(out, "wb");
-    ck_assert_ptr_nonnull(f);
-    ck_assert_uint_eq(fwrite(buf, 1, len, f), len);
-    fclose(f);
-    free(buf);
-    return out;
-}
-
-static void expect_load_error(const char *path, spk_status want, const char *needle1, const char *needle2)
-{
-    spk_gguf_file *f;
-    spk_hparams hp;
-    spk_weights w;
-    ck_assert_msg(spk_gguf_open(path, &f) == SPK_OK, "%s", spk_last_error());
-    spk_status st = spk_llama_load(f, &hp, &w);
-    const char *msg = spk_last_error();
-    ck_assert_msg(st == want, "status %d (%s), want %d", st, msg, want);
-    ck_assert_msg(strstr(msg, needle1) && (!needle2 || strstr(msg, needle2)), "message: %s", msg);
-    printf("refused as expected: %s\n", msg);
-    spk_gguf_close(f);
-}
 
 START_TEST(malformed_qwen3moe_files_are_refused)
 {
     /* expert_count 16 while the tensors hold 8 experts: the router's shape is named */
     static const char ec[] = "qwen3moe.expert_count";
     const uint32_t e16 = 16;
-    expect_load_error(patched(ec, sizeof ec - 1, (long)(sizeof ec - 1) + 4, &e16, 4), SPK_ERR_FORMAT,
-                      "blk.0.ffn_gate_inp.weight", "[128, 16]");
+    spk_test_expect_load_error(patched(ec, sizeof ec - 1, (long)(sizeof ec - 1) + 4, &e16, 4), SPK_ERR_FORMAT,
+                               "blk.0.ffn_gate_inp.weight", "[128, 16]");
     /* expert_used_count above expert_count */
     static const char uc[] = "qwen3moe.expert_used_count";
     const uint32_t u9 = 9;
-    expect_load_error(patched(uc, sizeof uc - 1, (long)(sizeof uc - 1) + 4, &u9, 4), SPK_ERR_FORMAT,
-                      "expert_used_count 9", "expert_count 8");
+    spk_test_expect_load_error(patched(uc, sizeof uc - 1, (long)(sizeof uc - 1) + 4, &u9, 4), SPK_ERR_FORMAT,
+                               "expert_used_count 9", "expert_count 8");
     /* a router of the wrong shape: [n_dims u32][ne0 u64][ne1 u64] follow the name; ne1 7 */
     static const char gi[] = "blk.1.ffn_gate_inp.weight";
     const uint64_t ne7 = 7;
-    expect_load_error(patched(gi, sizeof gi - 1, (long)(sizeof gi - 1) + 4 + 8, &ne7, 8), SPK_ERR_FORMAT,
-                      "blk.1.ffn_gate_inp.weight", "[128, 7]");
+    spk_test_expect_load_error(patched(gi, sizeof gi - 1, (long)(sizeof gi - 1) + 4 + 8, &ne7, 8), SPK_ERR_FORMAT,
+                               "blk.1.ffn_gate_inp.weight", "[128, 7]");
     /* an expert tensor holding fewer experts than expert_count (ne2 = 4) */
     static const char ge[] = "blk.2.ffn_up_exps.weight";
     const uint64_t ne4 = 4;
-    expect_load_error(patched(ge, sizeof ge - 1, (long)(sizeof ge - 1) + 4 + 16, &ne4, 8), SPK_ERR_FORMAT,
-                      "blk.2.ffn_up_exps.weight", "[128, 64, 4]");
+    spk_test_expect_load_error(patched(ge, sizeof ge - 1, (long)(sizeof ge - 1) + 4 + 16, &ne4, 8), SPK_ERR_FORMAT,
+                               "blk.2.ffn_up_exps.weight", "[128, 64, 4]");
     /* an expert tensor missing (renamed) */
     static const char dn[] = "blk.0.ffn_down_exps.weight";
-    expect_load_error(patched(dn, sizeof dn - 1, 0, "blk.0.ffn_down_expz.weight", sizeof dn - 1), SPK_ERR_FORMAT,
-                      "missing tensor 'blk.0.ffn_down_exps.weight'", NULL);
+    spk_test_expect_load_error(patched(dn, sizeof dn - 1, 0, "blk.0.ffn_down_expz.weight", sizeof dn - 1),
+                               SPK_ERR_FORMAT,
+                               "missing tensor 'blk.0.ffn_down_exps.weight'", NULL);
     /* no expert_count at all */
-    expect_load_error(patched(ec, sizeof ec - 1, 0, "qwen3moe.expert_cOunt", sizeof ec - 1), SPK_ERR_FORMAT,
-                      "missing metadata key 'qwen3moe.expert_count'", NULL);
+    spk_test_expect_load_error(patched(ec, sizeof ec - 1, 0, "qwen3moe.expert_cOunt", sizeof ec - 1), SPK_ERR_FORMAT,
+                               "missing metadata key 'qwen3moe.expert_count'", NULL);
 }
 END_TEST
 
