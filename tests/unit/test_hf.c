@@ -122,6 +122,29 @@ static void run_seq(const loaded *L, const int32_t *toks, int n, int ng, float *
     spk_llama_free(m);
 }
 
+/* A and B on n tokens ((i * mul + add) % n_vocab) with greedy continuations of ng: max |logit
+ * diff|; *greedy_equal (unless NULL): whether the continuations are the same. */
+static double logits_diff(const loaded *A, const loaded *B, int n, int mul, int add, int ng, int *greedy_equal)
+{
+    const int V = A->hp.n_vocab;
+    int32_t tk[64];
+    int ga[8], gb[8];
+    ck_assert(n <= 64 && ng <= 8);
+    for (int i = 0; i < n; i++)
+        tk[i] = (i * mul + add) % V;
+    float *la = malloc(sizeof(float) * (size_t)n * V), *lb = malloc(sizeof(float) * (size_t)n * V);
+    run_seq(A, tk, n, ng, la, ga);
+    run_seq(B, tk, n, ng, lb, gb);
+    double maxd = 0;
+    for (size_t i = 0; i < (size_t)n * V; i++)
+        maxd = fmax(maxd, fabs((double)la[i] - lb[i]));
+    if (greedy_equal)
+        *greedy_equal = !memcmp(ga, gb, sizeof(int) * (size_t)ng);
+    free(la);
+    free(lb);
+    return maxd;
+}
+
 static void compare(const loaded *L, cJSON *seqs, cmp_stats *st)
 {
     const int V = L->hp.n_vocab;
@@ -590,23 +613,12 @@ START_TEST(same_logits_as_converted_gguf)
         ck_assert_msg(ta && ta->type == tb->type && ta->ne[0] == tb->ne[0] && ta->ne[1] == tb->ne[1] &&
                       !memcmp(ta->data, tb->data, tb->nbytes), "%s: tensor %s differs from the converter's", tv[_i], nm);
     }
-    const int V = A.hp.n_vocab, n = 24;
-    int32_t tk[24];
-    for (int i = 0; i < n; i++)
-        tk[i] = (i * 7919 + 11) % V;
-    float *la = malloc(sizeof(float) * (size_t)n * V), *lb = malloc(sizeof(float) * (size_t)n * V);
-    int ga[8], gb[8];
-    run_seq(&A, tk, n, 8, la, ga);
-    run_seq(&B, tk, n, 8, lb, gb);
-    double maxd = 0;
-    for (size_t i = 0; i < (size_t)n * V; i++)
-        maxd = fmax(maxd, fabs((double)la[i] - lb[i]));
+    int greedy_equal;
+    const double maxd = logits_diff(&A, &B, 24, 7919, 11, 8, &greedy_equal);
     printf("%s: directory vs converted GGUF: max |logit diff| %.3g, greedy %s\n", tv[_i], maxd,
-           memcmp(ga, gb, sizeof ga) ? "differs" : "equal");
+           greedy_equal ? "equal" : "differs");
     ck_assert_msg(maxd == 0.0, "%s: logits differ from the converted GGUF by up to %g", tv[_i], maxd);
-    ck_assert(!memcmp(ga, gb, sizeof ga));
-    free(la);
-    free(lb);
+    ck_assert(greedy_equal);
     unload(&A);
     unload(&B);
 }
@@ -631,21 +643,9 @@ START_TEST(save_pretrained_dirs_load)
     load(b, &B);
     ck_assert_int_eq(A.hp.n_vocab, B.hp.n_vocab);
     ck_assert_int_eq(A.hp.head_dim, B.hp.head_dim);
-    const int V = A.hp.n_vocab, n = 20;
-    int32_t tk[20];
-    for (int i = 0; i < n; i++)
-        tk[i] = (i * 104729 + 5) % V;
-    float *la = malloc(sizeof(float) * (size_t)n * V), *lb = malloc(sizeof(float) * (size_t)n * V);
-    int ga[6], gb[6];
-    run_seq(&A, tk, n, 6, la, ga);
-    run_seq(&B, tk, n, 6, lb, gb);
-    double maxd = 0;
-    for (size_t i = 0; i < (size_t)n * V; i++)
-        maxd = fmax(maxd, fabs((double)la[i] - lb[i]));
+    const double maxd = logits_diff(&A, &B, 20, 104729, 5, 6, NULL);
     printf("%s: save_pretrained vs hf_tiny.py: max |logit diff| %g\n", pairs[_i][0], maxd);
     ck_assert_msg(maxd == 0.0, "%s differs from %s by %g", a, b, maxd);
-    free(la);
-    free(lb);
     unload(&A);
     unload(&B);
 }
