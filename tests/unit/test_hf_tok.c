@@ -566,82 +566,60 @@ START_TEST(malformed_files_give_clear_errors)
                "not valid JSON");
     expect_err("[1,2]", NULL, NULL, SPK_ERR_FORMAT, "tokenizer.json", "not a JSON object");
     expect_err("{\"model\":{\"type\":\"WordPiece\",\"vocab\":{}}}", NULL, NULL, SPK_ERR_UNSUPPORTED, "WordPiece", NULL);
-    /* a merge naming an unknown token */
-    tj = mk_json("", "\"a zz\"", "", k_bl, "null");
-    expect_err(tj, NULL, NULL, SPK_ERR_FORMAT, "tokenizer.json: merge 0", "unknown token 'zz'");
-    free(tj);
-    tj = mk_json(",\"bb\":5", "\"ab b\"", "", k_bl, "null");
-    expect_err(tj, NULL, NULL, SPK_ERR_FORMAT, "makes 'abb', which is not a token", NULL);
-    free(tj);
-    tj = mk_json("", "\"ab\"", "", k_bl, "null");
-    expect_err(tj, NULL, NULL, SPK_ERR_FORMAT, "merge 0", "'left right'");
-    free(tj);
-    tj = mk_json("", "7", "", k_bl, "null");
-    expect_err(tj, NULL, NULL, SPK_ERR_FORMAT, "merge 0", NULL);
-    free(tj);
-    tj = mk_json("", "[\"a b\",\"c\"]", "", k_bl, "null");
-    expect_err(tj, NULL, NULL, SPK_ERR_UNSUPPORTED, "merge 0", "space");
-    free(tj);
-    /* duplicate ids, a gap, an id far out of range, a non-integer id */
-    tj = mk_json(",\"c\":2", "", "", k_bl, "null");
-    expect_err(tj, NULL, NULL, SPK_ERR_FORMAT, "id 2 to two tokens", NULL);
-    free(tj);
-    tj = mk_json(",\"c\":6", "", "", k_bl, "null");
-    expect_err(tj, NULL, NULL, SPK_ERR_FORMAT, "model.vocab['c'] is 6", NULL);
-    free(tj);
-    tj = mk_json(",\"c\":1e300", "", "", k_bl, "null");
-    expect_err(tj, NULL, NULL, SPK_ERR_FORMAT, "model.vocab['c']", NULL);
-    free(tj);
-    tj = mk_json(",\"c\":5.5", "", "", k_bl, "null");
-    expect_err(tj, NULL, NULL, SPK_ERR_FORMAT, "model.vocab['c']", "not an integer");
-    free(tj);
-    tj = mk_json(",\"c\":\"5\"", "", "", k_bl, "null");
-    expect_err(tj, NULL, NULL, SPK_ERR_FORMAT, "model.vocab['c'] is not a number", NULL);
-    free(tj);
-    /* a duplicate key (the same text twice) */
-    tj = mk_json(",\"ab\":5", "", "", k_bl, "null");
-    expect_err(tj, NULL, NULL, SPK_ERR_FORMAT, "token 'ab' has two ids", NULL);
-    free(tj);
-    /* added tokens: gap, the same id twice, strip flags */
-    tj = mk_json("", "", "{\"id\":6,\"content\":\"<y>\",\"special\":true},{\"id\":0,\"content\":\"<z>\"}", k_bl,
-                 "null");
-    expect_err(tj, NULL, NULL, SPK_ERR_FORMAT, "no token has id 5", NULL);
-    free(tj);
-    tj = mk_json("", "", "{\"id\":5,\"content\":\"<y>\"},{\"id\":5,\"content\":\"<z>\"}", k_bl, "null");
-    expect_err(tj, NULL, NULL, SPK_ERR_FORMAT, "id 5 twice", "'<z>'");
-    free(tj);
-    tj = mk_json("", "", "{\"id\":5,\"content\":\"<y>\",\"lstrip\":true}", k_bl, "null");
-    expect_err(tj, NULL, NULL, SPK_ERR_UNSUPPORTED, "'<y>'", "lstrip");
-    free(tj);
-    /* a huge token */
-    {
-        size_t big = 70000;
-        char *extra = malloc(big + 32);
-        ck_assert_ptr_nonnull(extra);
-        strcpy(extra, ",\"");
-        memset(extra + 2, 'x', big);
-        strcpy(extra + 2 + big, "\":5");
-        tj = mk_json(extra, "", "", k_bl, "null");
-        expect_err(tj, NULL, NULL, SPK_ERR_FORMAT, "70000 bytes long", "limit 65536");
+    /* tokenizer.json variants: mk_json(vocab_extra, merges, added, pre, norm), then the error */
+    static const struct {
+        const char *vocab, *merges, *added, *pre, *norm;
+        spk_status want;
+        const char *n1, *n2;
+    } bad[] = {
+        /* a merge naming an unknown token */
+        {"", "\"a zz\"", "", k_bl, "null", SPK_ERR_FORMAT, "tokenizer.json: merge 0", "unknown token 'zz'"},
+        {",\"bb\":5", "\"ab b\"", "", k_bl, "null", SPK_ERR_FORMAT, "makes 'abb', which is not a token", NULL},
+        {"", "\"ab\"", "", k_bl, "null", SPK_ERR_FORMAT, "merge 0", "'left right'"},
+        {"", "7", "", k_bl, "null", SPK_ERR_FORMAT, "merge 0", NULL},
+        {"", "[\"a b\",\"c\"]", "", k_bl, "null", SPK_ERR_UNSUPPORTED, "merge 0", "space"},
+        /* duplicate ids, a gap, an id far out of range, a non-integer id */
+        {",\"c\":2", "", "", k_bl, "null", SPK_ERR_FORMAT, "id 2 to two tokens", NULL},
+        {",\"c\":6", "", "", k_bl, "null", SPK_ERR_FORMAT, "model.vocab['c'] is 6", NULL},
+        {",\"c\":1e300", "", "", k_bl, "null", SPK_ERR_FORMAT, "model.vocab['c']", NULL},
+        {",\"c\":5.5", "", "", k_bl, "null", SPK_ERR_FORMAT, "model.vocab['c']", "not an integer"},
+        {",\"c\":\"5\"", "", "", k_bl, "null", SPK_ERR_FORMAT, "model.vocab['c'] is not a number", NULL},
+        /* a duplicate key (the same text twice) */
+        {",\"ab\":5", "", "", k_bl, "null", SPK_ERR_FORMAT, "token 'ab' has two ids", NULL},
+        /* added tokens: gap, the same id twice, strip flags */
+        {"", "", "{\"id\":6,\"content\":\"<y>\",\"special\":true},{\"id\":0,\"content\":\"<z>\"}", k_bl, "null",
+         SPK_ERR_FORMAT, "no token has id 5", NULL},
+        {"", "", "{\"id\":5,\"content\":\"<y>\"},{\"id\":5,\"content\":\"<z>\"}", k_bl, "null", SPK_ERR_FORMAT,
+         "id 5 twice", "'<z>'"},
+        {"", "", "{\"id\":5,\"content\":\"<y>\",\"lstrip\":true}", k_bl, "null", SPK_ERR_UNSUPPORTED, "'<y>'",
+         "lstrip"},
+        /* a huge token (a 70000-byte name, built in the loop) */
+        {NULL, "", "", k_bl, "null", SPK_ERR_FORMAT, "70000 bytes long", "limit 65536"},
+        /* pre-tokenizer, normalizer, decoder we do not implement */
+        {"", "", "",
+         "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{\"Regex\":\"\\\\w+|\\\\s\"},"
+         "\"behavior\":\"Isolated\",\"invert\":false},{\"type\":\"ByteLevel\",\"use_regex\":false}]}",
+         "null", SPK_ERR_UNSUPPORTED, "regex '\\w+|\\s'", "not one we know"},
+        {"", "", "", "{\"type\":\"Whitespace\"}", "null", SPK_ERR_UNSUPPORTED, "Whitespace", NULL},
+        {"", "", "", k_bl, "{\"type\":\"NFKC\"}", SPK_ERR_UNSUPPORTED, "normalizer 'NFKC'", NULL},
+        {"", "", "", k_bl, "{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFC\"},{\"type\":\"Lowercase\"}]}",
+         SPK_ERR_UNSUPPORTED, "normalizer", NULL},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char *extra = NULL;
+        if (!bad[i].vocab) {
+            size_t big = 70000;
+            extra = malloc(big + 32);
+            ck_assert_ptr_nonnull(extra);
+            strcpy(extra, ",\"");
+            memset(extra + 2, 'x', big);
+            strcpy(extra + 2 + big, "\":5");
+        }
+        tj = mk_json(extra ? extra : bad[i].vocab, bad[i].merges, bad[i].added, bad[i].pre, bad[i].norm);
+        expect_err(tj, NULL, NULL, bad[i].want, bad[i].n1, bad[i].n2);
         free(tj);
         free(extra);
     }
-    /* pre-tokenizer, normalizer, decoder we do not implement */
-    tj = mk_json("", "", "",
-                 "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{\"Regex\":\"\\\\w+|\\\\s\"},"
-                 "\"behavior\":\"Isolated\",\"invert\":false},{\"type\":\"ByteLevel\",\"use_regex\":false}]}",
-                 "null");
-    expect_err(tj, NULL, NULL, SPK_ERR_UNSUPPORTED, "regex '\\w+|\\s'", "not one we know");
-    free(tj);
-    tj = mk_json("", "", "", "{\"type\":\"Whitespace\"}", "null");
-    expect_err(tj, NULL, NULL, SPK_ERR_UNSUPPORTED, "Whitespace", NULL);
-    free(tj);
-    tj = mk_json("", "", "", k_bl, "{\"type\":\"NFKC\"}");
-    expect_err(tj, NULL, NULL, SPK_ERR_UNSUPPORTED, "normalizer 'NFKC'", NULL);
-    free(tj);
-    tj = mk_json("", "", "", k_bl, "{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFC\"},{\"type\":\"Lowercase\"}]}");
-    expect_err(tj, NULL, NULL, SPK_ERR_UNSUPPORTED, "normalizer", NULL);
-    free(tj);
     /* tokenizer_config / generation_config */
     tj = mk_json("", "", k_added, k_bl, "null");
     expect_err(tj, "{\"eos_token\":\"</s>\"}", NULL, SPK_ERR_FORMAT, "tokenizer_config.json", "'</s>'");
