@@ -183,6 +183,18 @@ void *spk_test_fwd_run(void *arg)
     return NULL;
 }
 
+void spk_test_check_moe_shard(const spk_hparams *hp, const spk_weights *full, const spk_shard *sh,
+                              const spk_weights *part, int ep)
+{
+    const spk_moe *mo = &part->layers[0].moe; /* every expert's columns [f0, f1); router whole */
+    ck_assert_int_eq(mo->e0, ep ? sh->e0 : 0);
+    ck_assert_int_eq(mo->e1, ep ? sh->e1 : hp->n_expert);
+    ck_assert_int_eq(mo->gate.n_out, sh->f1 - sh->f0);
+    ck_assert_int_eq(mo->down.n_in, sh->f1 - sh->f0);
+    ck_assert_int_eq(mo->router.n_out, hp->n_expert);
+    ck_assert_ptr_eq(mo->router.data, full->layers[sh->l0].moe.router.data);
+}
+
 double spk_test_run_layout(spk_gguf_file *f, const spk_hparams *hp, const spk_weights *full, const spk_batch *b,
                            const float *ref, int pp, int tp, int ep, spk_test_shard_check check)
 {

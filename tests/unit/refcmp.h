@@ -72,6 +72,11 @@ void *spk_test_fwd_run(void *arg);
 typedef void (*spk_test_shard_check)(const spk_hparams *hp, const spk_weights *full, const spk_shard *sh,
                                      const spk_weights *part, int ep);
 
+/* The MoE part of a rank's shard weights (layer 0): with ep experts [e0, e1) whole, else every
+ * expert's columns [f0, f1); the router whole (the full model's). */
+void spk_test_check_moe_shard(const spk_hparams *hp, const spk_weights *full, const spk_shard *sh,
+                              const spk_weights *part, int ep);
+
 /* max |logit - ref| of batch b (b->n_tok <= 64 tokens, logits for all) on layout pp x tp; with ep the
  * TP group splits the experts (each rank every column of experts [e0, e1)) instead of every
  * expert's columns, attention heads split as for TP. Prints "<arch> pp P x tp|ep T: ...". */

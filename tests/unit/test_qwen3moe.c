@@ -188,13 +188,7 @@ static void check_shard(const spk_hparams *hp, const spk_weights *full, const sp
 {
     ck_assert(part->layers[0].q_norm == full->layers[sh->l0].q_norm); /* replicated, whole */
     ck_assert_int_eq(part->layers[0].wq.n_out, (sh->h1 - sh->h0) * hp->head_dim);
-    const spk_moe *mo = &part->layers[0].moe; /* every expert's columns [f0, f1); router whole */
-    ck_assert_int_eq(mo->e0, ep ? sh->e0 : 0);
-    ck_assert_int_eq(mo->e1, ep ? sh->e1 : hp->n_expert);
-    ck_assert_int_eq(mo->gate.n_out, sh->f1 - sh->f0);
-    ck_assert_int_eq(mo->down.n_in, sh->f1 - sh->f0);
-    ck_assert_int_eq(mo->router.n_out, hp->n_expert);
-    ck_assert_ptr_eq(mo->router.data, full->layers[sh->l0].moe.router.data);
+    spk_test_check_moe_shard(hp, full, sh, part, ep);
 }
 
 /* max |logit - one rank| of layout pp x tp */
