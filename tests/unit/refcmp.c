@@ -278,3 +278,28 @@ double spk_test_run_layout(spk_gguf_file *f, const spk_hparams *hp, const spk_we
     printf("%s pp %d x %s %d: max |logit - one rank| %.3g\n", hp->arch, pp, ep ? "ep" : "tp", tp, maxd);
     return maxd;
 }
+
+void spk_test_check_f32_reference(cJSON *root, const char *ref_name, const spk_test_loaded *L)
+{
+    spk_test_cmp_stats s;
+    spk_test_compare_section(&L->hp, &L->w, cJSON_GetObjectItem(root, "sequences"), &s, NULL);
+    printf("F32 vs transformers (float64): top-1 %d/%d, greedy %d/%d, |logprob diff| over top-8 mean %.2e max %.2e\n",
+           s.top1_agree, s.n_pos, s.greedy_agree, s.n_greedy, s.sum_diff / s.n_cmp, s.max_diff);
+    ck_assert_int_eq(s.top1_agree, s.n_pos);
+    ck_assert_int_eq(s.greedy_agree, s.n_greedy);
+    ck_assert_double_lt(s.max_diff, 0.02);
+    ck_assert_double_lt(s.sum_diff / s.n_cmp, 5e-3);
+    cJSON *lc = cJSON_GetObjectItem(root, "llamacpp"); /* llama.cpp on the file its converter wrote */
+    if (lc) {
+        spk_test_compare_section(&L->hp, &L->w, lc, &s, NULL);
+        printf("F32 vs llama.cpp: top-1 %d/%d, greedy %d/%d, |logprob diff| mean %.2e max %.2e\n", s.top1_agree,
+               s.n_pos, s.greedy_agree, s.n_greedy, s.sum_diff / s.n_cmp, s.max_diff);
+        ck_assert_int_eq(s.top1_agree, s.n_pos);
+        ck_assert_double_lt(s.max_diff, 1e-2);
+    } else {
+        printf("note: %s has no llama.cpp section (made without the llama.cpp harness)\n", ref_name);
+    }
+    cJSON *conv = cJSON_GetObjectItem(root, "converter");
+    if (conv) /* recorded by the generator: llama.cpp's converter wrote the same tensors */
+        ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(conv, "tensors_equal")));
+}

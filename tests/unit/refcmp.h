@@ -34,6 +34,13 @@ typedef struct spk_test_cmp_stats {
 void spk_test_compare_section(const spk_hparams *hp, const spk_weights *w, cJSON *seqs, spk_test_cmp_stats *st,
                               const char *debug_env);
 
+/* The F32 check shared by the architecture tests: against the reference's "sequences"
+ * (transformers, float64) every top-1 and greedy token agrees, |log-prob diff| max < 0.02 and
+ * mean < 5e-3; against its "llamacpp" section (when the generator had the llama.cpp harness)
+ * every top-1 agrees and max < 1e-2; its "converter" record (when present) says llama.cpp's
+ * converter wrote the same tensors. `ref_name` names the file in messages. */
+void spk_test_check_f32_reference(cJSON *root, const char *ref_name, const spk_test_loaded *L);
+
 /* Parse tests/data/<ref_name> (*txt: its text, to free after cJSON_Delete) and check that its
  * "file_fnv1a64" is the hash of model_path, else fail naming model_desc and the script that
  * regenerates the reference. */

@@ -92,37 +92,16 @@ static cJSON *load_ref(char **txt)
 }
 
 /* F32 weights: what is left is our f16 KV cache (and float sums in another order); measured
- * (AVX-only x86): top-1 73/73, greedy 36/36, mean 1.0e-3, max 4.7e-3; against llama.cpp on the
- * converter's F32 file of the same model: 73/73, 36/36, mean 9.5e-4, max 5.6e-3. A wrong norm,
- * rope pairing or head layout moves log-probs by O(1). */
+ * (AVX2 x86): top-1 73/73, greedy 36/36, mean 1.2e-3, max 5.3e-3; against llama.cpp on the
+ * converter's F32 file of the same model: 73/73, 36/36, mean 1.1e-3, max 6.3e-3. Dropping the
+ * renormalisation of the top-k weights gives top-1 34/73. */
 START_TEST(f32_matches_transformers)
 {
     char *txt;
     cJSON *root = load_ref(&txt);
     spk_test_loaded L;
     spk_test_load(g_f32, &L);
-    spk_test_cmp_stats s;
-    spk_test_compare_section(&L.hp, &L.w, cJSON_GetObjectItem(root, "sequences"), &s, NULL);
-    printf("F32 vs transformers (float64): top-1 %d/%d, greedy %d/%d, |logprob diff| over top-8 mean %.2e max %.2e\n",
-           s.top1_agree, s.n_pos, s.greedy_agree, s.n_greedy, s.sum_diff / s.n_cmp, s.max_diff);
-    ck_assert_int_eq(s.top1_agree, s.n_pos);
-    ck_assert_int_eq(s.greedy_agree, s.n_greedy);
-    ck_assert_double_lt(s.max_diff, 0.02);
-    ck_assert_double_lt(s.sum_diff / s.n_cmp, 5e-3);
-    /* llama.cpp on the file its converter wrote from the same transformers model */
-    cJSON *lc = cJSON_GetObjectItem(root, "llamacpp");
-    if (lc) {
-        spk_test_compare_section(&L.hp, &L.w, lc, &s, NULL);
-        printf("F32 vs llama.cpp: top-1 %d/%d, greedy %d/%d, |logprob diff| mean %.2e max %.2e\n", s.top1_agree,
-               s.n_pos, s.greedy_agree, s.n_greedy, s.sum_diff / s.n_cmp, s.max_diff);
-        ck_assert_int_eq(s.top1_agree, s.n_pos);
-        ck_assert_double_lt(s.max_diff, 1e-2);
-    } else {
-        printf("note: ref_qwen3.json has no llama.cpp section (made without the llama.cpp harness)\n");
-    }
-    cJSON *conv = cJSON_GetObjectItem(root, "converter");
-    if (conv) /* recorded by the generator: llama.cpp's converter wrote the same tensors */
-        ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(conv, "tensors_equal")));
+    spk_test_check_f32_reference(root, "ref_qwen3moe.json", &L);
     spk_test_unload(&L);
     cJSON_Delete(root);
     free(txt);
