@@ -85,17 +85,26 @@ static spk_gguf_str keep_str(builder *b, const char *s, size_t n)
     return r;
 }
 
+/* The table `arr` (capacity *cap elements) with room for element n: arr itself, or a copy twice
+ * as large (`first` elements at first); NULL (arr unchanged) when out of memory. */
+static void *grow(void *arr, size_t *cap, uint64_t n, size_t elem, size_t first)
+{
+    if (n < *cap)
+        return arr;
+    size_t nc = *cap ? 2 * *cap : first;
+    void *a = realloc(arr, nc * elem);
+    if (a)
+        *cap = nc;
+    return a;
+}
+
 static spk_gguf_kv *add_kv(builder *b, const char *key, spk_gguf_vtype type)
 {
     spk_gguf_file *f = b->f;
-    if (f->n_kv == b->cap_kv) {
-        size_t nc = b->cap_kv ? 2 * b->cap_kv : 32;
-        spk_gguf_kv *n = realloc(f->kv, nc * sizeof *n);
-        if (!n)
-            return NULL;
-        f->kv = n;
-        b->cap_kv = nc;
-    }
+    spk_gguf_kv *kvs = grow(f->kv, &b->cap_kv, f->n_kv, sizeof *f->kv, 32);
+    if (!kvs)
+        return NULL;
+    f->kv = kvs;
     spk_gguf_kv *kv = &f->kv[f->n_kv];
     memset(kv, 0, sizeof *kv);
     kv->key = keep_str(b, key, strlen(key));
@@ -244,14 +253,10 @@ static spk_status write_tokenizer(builder *b)
 static spk_gguf_tensor *add_tensor(builder *b, const char *name)
 {
     spk_gguf_file *f = b->f;
-    if (f->n_tensors == b->cap_t) {
-        size_t nc = b->cap_t ? 2 * b->cap_t : 64;
-        spk_gguf_tensor *n = realloc(f->tensors, nc * sizeof *n);
-        if (!n)
-            return NULL;
-        f->tensors = n;
-        b->cap_t = nc;
-    }
+    spk_gguf_tensor *ts = grow(f->tensors, &b->cap_t, f->n_tensors, sizeof *f->tensors, 64);
+    if (!ts)
+        return NULL;
+    f->tensors = ts;
     spk_gguf_tensor *t = &f->tensors[f->n_tensors];
     memset(t, 0, sizeof *t);
     t->name = keep_str(b, name, strlen(name));
