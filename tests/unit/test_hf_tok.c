@@ -47,21 +47,6 @@ static void teardown(void)
     free(g_txt);
 }
 
-static const char *models_dir(void)
-{
-    static char buf[1024];
-    const char *e = getenv("SPK_LLAMACPP_MODELS");
-    if (e && *e)
-        return e;
-    const char *cache = getenv("SPK_CACHE");
-    if (cache && *cache)
-        snprintf(buf, sizeof buf, "%s/llamacpp/src/llama_cpp_python-0.3.36/vendor/llama.cpp/models", cache);
-    else
-        snprintf(buf, sizeof buf, "%s/.cache/sparkinfer/llamacpp/src/llama_cpp_python-0.3.36/vendor/llama.cpp/models",
-                 getenv("HOME") ? getenv("HOME") : "/root");
-    return access(buf, R_OK) == 0 ? buf : NULL;
-}
-
 static bool ids_equal(const int32_t *got, size_t n, const cJSON *want)
 {
     if ((int)n != cJSON_GetArraySize(want))
@@ -215,7 +200,7 @@ START_TEST(family_matches_tokenizers)
     }
     const char *name = fam->string;
     const char *root = getenv("SPK_HF_TOK_DIR");
-    const char *models = models_dir();
+    const char *models = spk_test_llamacpp_models_dir();
     if (!root || !*root || !models) {
         printf("SKIP: %s: %s (tests/sh/hf_tok.sh makes the tokenizer directories from llama.cpp's vocab files and "
                "sets SPK_HF_TOK_DIR)\n", name, !models ? "llama.cpp models directory not found" : "SPK_HF_TOK_DIR not set");

@@ -37,22 +37,6 @@ static void teardown(void)
     free(g_txt);
 }
 
-/* Where llama.cpp's models/ggml-vocab-*.gguf are, or NULL. */
-static const char *models_dir(void)
-{
-    static char buf[1024];
-    const char *e = getenv("SPK_LLAMACPP_MODELS");
-    if (e && *e)
-        return e;
-    const char *cache = getenv("SPK_CACHE");
-    if (cache && *cache)
-        snprintf(buf, sizeof buf, "%s/llamacpp/src/llama_cpp_python-0.3.36/vendor/llama.cpp/models", cache);
-    else
-        snprintf(buf, sizeof buf, "%s/.cache/sparkinfer/llamacpp/src/llama_cpp_python-0.3.36/vendor/llama.cpp/models",
-                 getenv("HOME") ? getenv("HOME") : "/root");
-    return access(buf, R_OK) == 0 ? buf : NULL;
-}
-
 static int compare_ids(const spk_tok *tok, const char *vocab, const char *text, cJSON *want, bool special)
 {
     int32_t ids[2048];
@@ -106,7 +90,7 @@ START_TEST(ids_match_llamacpp_per_vocabulary)
         return;
     }
     const char *name = cJSON_GetObjectItem(v, "name")->valuestring;
-    const char *dir = models_dir();
+    const char *dir = spk_test_llamacpp_models_dir();
     char path[1200];
     if (dir)
         snprintf(path, sizeof path, "%s/%s", dir, cJSON_GetObjectItem(v, "file")->valuestring);

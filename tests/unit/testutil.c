@@ -126,3 +126,18 @@ int spk_test_argmax(const float *x, int n)
         b = x[i] > x[b] ? i : b;
     return b;
 }
+
+const char *spk_test_llamacpp_models_dir(void)
+{
+    static char buf[1024];
+    const char *e = getenv("SPK_LLAMACPP_MODELS");
+    if (e && *e)
+        return e;
+    const char *cache = getenv("SPK_CACHE");
+    if (cache && *cache)
+        snprintf(buf, sizeof buf, "%s/llamacpp/src/llama_cpp_python-0.3.36/vendor/llama.cpp/models", cache);
+    else
+        snprintf(buf, sizeof buf, "%s/.cache/sparkinfer/llamacpp/src/llama_cpp_python-0.3.36/vendor/llama.cpp/models",
+                 getenv("HOME") ? getenv("HOME") : "/root");
+    return access(buf, R_OK) == 0 ? buf : NULL;
+}

@@ -38,4 +38,8 @@ int spk_test_argmax(const float *x, int n);
 /* Read a whole file into a malloc'd NUL-terminated buffer; NULL on failure. */
 char *spk_test_read_file(const char *path, size_t *len);
 
+/* Where llama.cpp's models/ (ggml-vocab-*.gguf, fetched by `make refsrc`) are: $SPK_LLAMACPP_MODELS,
+ * else under $SPK_CACHE (default ~/.cache/sparkinfer); NULL when absent. */
+const char *spk_test_llamacpp_models_dir(void);
+
 #endif
