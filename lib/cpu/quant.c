@@ -291,6 +291,21 @@ static float dot_q8_0(const void *wrow, const uint8_t *act, int n)
     return acc;
 }
 
+/* Q4_K and Q5_K after unpacking: super-block b's 256 values q against activation blocks 8b..8b+7,
+ * added to *acc in block order. */
+static void q45k_block(float *acc, const uint8_t *q, const uint8_t *scales, float d, float dmin, const int8_t *a,
+                       const float *ds, int b)
+{
+    for (int j = 0; j < 8; j++) {
+        const int ab = b * 8 + j; /* activation block */
+        int sc, m, isum = 0;
+        q4k_scale_min(scales, j, &sc, &m);
+        for (int l = 0; l < 32; l++)
+            isum += q[j * 32 + l] * a[ab * 32 + l];
+        *acc += d * (float)sc * ds[2 * ab] * (float)isum - dmin * (float)m * ds[2 * ab + 1];
+    }
+}
+
 static float dot_q4_K(const void *wrow, const uint8_t *act, int n)
 {
     const spk_block_q4_K *w = wrow;
@@ -301,14 +316,7 @@ static float dot_q4_K(const void *wrow, const uint8_t *act, int n)
     for (int b = 0; b < n / SPK_QK_K; b++) {
         const float d = spk_f16_to_f32(w[b].d), dmin = spk_f16_to_f32(w[b].dmin);
         q4k_unpack(q, &w[b]);
-        for (int j = 0; j < 8; j++) {
-            const int ab = b * 8 + j; /* activation block */
-            int sc, m, isum = 0;
-            q4k_scale_min(w[b].scales, j, &sc, &m);
-            for (int l = 0; l < 32; l++)
-                isum += q[j * 32 + l] * a[ab * 32 + l];
-            acc += d * (float)sc * ds[2 * ab] * (float)isum - dmin * (float)m * ds[2 * ab + 1];
-        }
+        q45k_block(&acc, q, w[b].scales, d, dmin, a, ds, b);
     }
     return acc;
 }
@@ -399,14 +407,7 @@ static float dot_q5_K(const void *wrow, const uint8_t *act, int n)
     for (int b = 0; b < n / SPK_QK_K; b++) {
         const float d = spk_f16_to_f32(w[b].d), dmin = spk_f16_to_f32(w[b].dmin);
         q5k_unpack(q, &w[b]);
-        for (int j = 0; j < 8; j++) {
-            const int ab = b * 8 + j;
-            int sc, m, isum = 0;
-            q4k_scale_min(w[b].scales, j, &sc, &m);
-            for (int l = 0; l < 32; l++)
-                isum += q[j * 32 + l] * a[ab * 32 + l];
-            acc += d * (float)sc * ds[2 * ab] * (float)isum - dmin * (float)m * ds[2 * ab + 1];
-        }
+        q45k_block(&acc, q, w[b].scales, d, dmin, a, ds, b);
     }
     return acc;
 }
