@@ -734,13 +734,13 @@ static spk_status on_load(spk_cluster *c, uint32_t cmd, const void *data, size_t
     /* sizes from a peer: ranges here, then what this machine can hold (spk_llama_create_paged) */
     if (v[1] < 1 || v[2] < 1 || v[1] * (uint64_t)v[2] != (uint64_t)world || v[3] < 1 || v[3] > 1u << 24 ||
         v[4] < 1 || v[4] > 1u << 30 || v[5] < 1 || v[5] > 4096 || v[6] < 1 || v[6] > 1u << 16 || v[8] < 1 ||
-        v[8] > v[6] || v[9] > SPK_BACKEND_CUDA || v[10] > 1023 || (v[11] != 1 && v[11] != v[2]))
+        v[8] > v[6] || v[9] > SPK_BACKEND_CUDA || v[10] > 1023 || (v[11] > 1 && v[11] != v[2]))
         return spk_err(SPK_ERR_FORMAT,
                        "load command: bad layout pp %u tp %u ep %u (world %d) or sizes (n_ctx %u, %u KV blocks of %u, "
                        "max_tok %u, max_rows %u) or backend %u device %u", v[1], v[2], v[11], world, v[3], v[4], v[5],
                        v[6], v[8], v[9], v[10]);
     spk_exec_params p = {path, (int)v[1], (int)v[2], (int)v[3], (int)v[4], (int)v[5], (int)v[6],
-                         spk_cluster_n_threads(c), (int)v[8], (int)v[9], (int)v[10], (int)v[11]};
+                         spk_cluster_n_threads(c), (int)v[8], (int)v[9], (int)v[10], v[11] > 1 ? (int)v[11] : 1};
     spk_exec *e = calloc(1, sizeof *e);
     if (!e)
         return spk_err(SPK_ERR_NOMEM, "out of memory");

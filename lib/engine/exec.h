@@ -93,7 +93,8 @@ spk_status spk_exec_rank_stats(spk_exec *e, int rank, spk_rank_stats *out);
 uint64_t spk_rss_bytes(void);
 
 /* The driver's LOAD command to a worker: u32 version (SPK_EXEC_LOAD_VERSION), pp, tp, n_ctx,
- * n_blocks, block_size, max_tok, path length, max_rows, backend, device, ep (version 4); the
+ * n_blocks, block_size, max_tok, path length, max_rows, backend, device, ep (version 4; 0 or 1:
+ * no expert parallelism, else it must equal tp); the
  * driver's spk_gguf_identity of the file; the path. A worker checks the sizes against what it can hold and refuses a file whose identity
  * differs from the driver's. */
 #define SPK_EXEC_CMD_LOAD (SPK_CLUSTER_CMD_USER + 0x100)

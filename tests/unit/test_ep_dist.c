@@ -3,8 +3,8 @@
  * qwen3moe-tiny file (3 layers, 8 experts top-2, written here) loaded with tp 2 + ep 2 through
  * the public config generates the same greedy tokens as one rank, with per-token log-probs within
  * EP_LP_TOL, while each rank holds and runs only its half of the experts (rank stats); ep on a
- * dense model, ep not dividing the experts, ep != tp and an out-of-range ep are clear errors; the
- * planner's automatic layout (pp = tp = ep = 0) loads and matches one rank too.
+ * dense model, ep not dividing the experts, ep != tp and an out-of-range ep are clear errors, and
+ * a worker refuses a LOAD command whose ep is not its tp as malformed; the planner's automatic layout (pp = tp = ep = 0) loads and matches one rank too.
  *
  * Why a tolerance: under EP each rank sums its experts' outputs and the TP group's all-reduce adds
  * the two partial sums, so the float additions happen in another order than on one rank
@@ -19,6 +19,8 @@
 #include <unistd.h>
 
 #include "../../examples/launch.h"
+#include "engine/exec.h"
+#include "model/gguf.h"
 #include "model/synth.h"
 #include "testutil.h"
 
@@ -185,6 +187,26 @@ START_TEST(tp2_ep2_matches_one_rank_and_splits_the_experts)
     ck_assert_int_eq(try_load(cl, moe_path, 1, 2, -1, &m), SPK_ERR_INVALID_ARG);
     ck_assert_int_eq(try_load(cl, moe_path, 1, 2, 65, &m), SPK_ERR_INVALID_ARG);
     ck_assert_ptr_null(m);
+
+    /* a LOAD command whose ep is not tp is malformed on the worker (a peer's bytes are checked) */
+    spk_gguf_file *f;
+    ck_assert_int_eq(spk_gguf_open(moe_path, &f), SPK_OK);
+    uint8_t id[SPK_GGUF_ID_BYTES];
+    spk_gguf_identity(f, id);
+    spk_gguf_close(f);
+    uint32_t v[SPK_EXEC_LOAD_WORDS] = {SPK_EXEC_LOAD_VERSION, 1, 2, 64, 64, 16, 64, (uint32_t)strlen(moe_path), 8,
+                                       SPK_BACKEND_CPU, 0, 3};
+    uint8_t msg[sizeof v + sizeof id + sizeof moe_path];
+    memcpy(msg, v, sizeof v);
+    memcpy(msg + sizeof v, id, sizeof id);
+    memcpy(msg + sizeof v + sizeof id, moe_path, strlen(moe_path));
+    void *rep = NULL;
+    size_t rl = 0;
+    ck_assert_int_eq(spk_cluster_call(cl, 1, SPK_EXEC_CMD_LOAD, msg, sizeof v + sizeof id + strlen(moe_path), &rep,
+                                      &rl, 60000),
+                     SPK_ERR_FORMAT);
+    ck_assert_msg(strstr(spk_last_error(), "tp 2 ep 3"), "%s", spk_last_error());
+    free(rep);
 
     /* tp 2 + ep 2 (tp left 0: ep sets it) */
     ck_assert_msg(try_load(cl, moe_path, 0, 0, 2, &m) == SPK_OK, "%s", spk_last_error());
