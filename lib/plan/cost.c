@@ -33,6 +33,18 @@ void spk_hw_dgx_spark(spk_hw *hw)
         hw->allreduce_busbw_GBps = SPK_DGX_SPARK_AR_BUSBW;
 }
 
+void spk_hw_cpu(spk_hw *hw)
+{
+    spk_hw_init(hw);
+    if (!hw)
+        return;
+    hw->mem_bw_GBps = 18;
+    hw->tflops = 0.1;
+    hw->link_Gbps = 15;
+    hw->link_latency_us = 15;
+    hw->allreduce_latency_us = 55;
+}
+
 static spk_status check_hw(const spk_hw *hw)
 {
     if (!hw)
@@ -161,13 +173,58 @@ static double stage_time(const spk_plan *p, int st, double b, double seqs, doubl
     return total;
 }
 
-/* The plan a layout's stages use. */
-static spk_status prepare(const spk_shape *s, int pp, int tp, int ep, const spk_hw *hw, spk_plan *p)
+typedef struct balance_at {
+    spk_plan p; /* a scratch copy: stage st is given n layers to time it */
+    const spk_hw *hw;
+    double b, ctx;
+} balance_at;
+
+static double stage_time_at(void *ctx, int st, int n)
+{
+    balance_at *x = ctx;
+    x->p.stage[st].l0 = 0;
+    x->p.stage[st].l1 = n;
+    return stage_time(&x->p, st, x->b, x->b, x->ctx, x->hw, NULL);
+}
+
+/* Rebalance p's layers for the time of one decode micro-batch of b tokens at context ctx. */
+static spk_status rebalance(spk_plan *p, const spk_hw *hw, double b, double ctx)
+{
+    balance_at x = {*p, hw, b, ctx};
+    return spk_plan_rebalance(p, stage_time_at, &x);
+}
+
+spk_status spk_plan_make_ep_at(const spk_shape *s, int pp, int tp, int ep, const spk_hw *hw, double batch,
+                               double context, spk_plan *out)
 {
     spk_status st = check_hw(hw);
     if (st)
         return st;
-    return spk_plan_make_ep(s, pp, tp, ep, p);
+    if (!(batch >= 1) || !isfinite(batch) || !(context >= 0) || !isfinite(context))
+        return spk_err(SPK_ERR_INVALID_ARG, "plan: balancing batch %g (>= 1) or context %g (>= 0) invalid", batch,
+                       context);
+    if ((st = spk_plan_make_ep(s, pp, tp, ep, out)) != SPK_OK)
+        return st;
+    return rebalance(out, hw, batch, context);
+}
+
+spk_status spk_plan_make_at(const spk_shape *s, int pp, int tp, const spk_hw *hw, double batch, double context,
+                            spk_plan *out)
+{
+    return spk_plan_make_ep_at(s, pp, tp, 1, hw, batch, context, out);
+}
+
+/* The plan a layout's stages use, its layers balanced for the time of one decode micro-batch of
+ * batch/pp sequences at mean context ctx, as the executor balances them (spk_plan_make_at). */
+static spk_status prepare(const spk_shape *s, int pp, int tp, int ep, const spk_hw *hw, int batch, double ctx,
+                          spk_plan *p)
+{
+    spk_status st = check_hw(hw);
+    if (st)
+        return st;
+    if ((st = spk_plan_make_ep(s, pp, tp, ep, p)) != SPK_OK)
+        return st;
+    return rebalance(p, hw, ceil((double)batch / pp), ctx);
 }
 
 /* Decode step with an already made plan. */
@@ -218,7 +275,7 @@ spk_status spk_cost_decode_ep(const spk_shape *s, int pp, int tp, int ep, int ba
         return spk_err(SPK_ERR_INVALID_ARG, "cost_decode: batch %d must be >= 1 and context %d >= 0", batch,
                        context);
     spk_plan p;
-    spk_status st = prepare(s, pp, tp, ep, hw, &p);
+    spk_status st = prepare(s, pp, tp, ep, hw, batch, context, &p);
     if (st)
         return st;
     decode_with(&p, batch, context, hw, out);
@@ -274,7 +331,7 @@ spk_status spk_cost_prefill(const spk_shape *s, int pp, int tp, int n_seq, int p
         return spk_err(SPK_ERR_INVALID_ARG, "cost_prefill: n_seq %d and prompt_len %d must be >= 1", n_seq,
                        prompt_len);
     spk_plan p;
-    spk_status st = prepare(s, pp, tp, 1, hw, &p);
+    spk_status st = prepare(s, pp, tp, 1, hw, n_seq, prompt_len / 2.0, &p);
     if (st)
         return st;
     prefill_with(&p, n_seq, prompt_len, hw, out);
@@ -315,7 +372,7 @@ spk_status spk_cost_scenario_ep(const spk_shape *s, int pp, int tp, int ep, int 
         return spk_err(SPK_ERR_INVALID_ARG, "cost_scenario: batch %d, isl %d, osl %d must all be >= 1", batch,
                        isl, osl);
     spk_plan p;
-    spk_status st = prepare(s, pp, tp, ep, hw, &p);
+    spk_status st = prepare(s, pp, tp, ep, hw, batch, isl + osl / 2.0, &p);
     if (st)
         return st;
     scenario_with(&p, batch, isl, osl, hw, out);
@@ -364,7 +421,7 @@ spk_status spk_plan_rank_layouts_ex(const spk_shape *s, int world, int batch, in
         for (int e = 0; e < eps; e++) {
             const int ep = e ? tp : 1;
             spk_plan p;
-            st = spk_plan_make_ep(s, world / tp, tp, ep, &p);
+            st = prepare(s, world / tp, tp, ep, hw, batch, osl > 0 ? isl + osl / 2.0 : isl, &p);
             if (st) {
                 if (!first_err) {
                     first_err = st;

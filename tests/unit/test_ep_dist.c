@@ -21,7 +21,7 @@
 #include "../../examples/launch.h"
 #include "engine/exec.h"
 #include "model/gguf.h"
-#include "model/synth.h"
+#include "tools/synth.h"
 #include "testutil.h"
 
 #define WORKER SPK_TEST_BIN_DIR "/examples/spk-worker"
