@@ -170,11 +170,15 @@ int main(int argc, char **argv)
     fflush(stdout);
     for (int r = 0; r < world; r++) {
         spk_rank_stats st = {.struct_size = sizeof st};
-        if (spk_model_get_rank_stats(m, r, &st) == SPK_OK)
-            fprintf(stderr, "rank %d: stage %d, tp %d, layers %d-%d, experts %d-%d, weights %.1f MiB, KV %.1f MiB, "
-                    "owned %.1f MiB, resident %.1f MiB\n", r, st.stage, st.tp_rank, st.layer_begin, st.layer_end - 1,
-                    st.expert_begin, st.expert_end - 1, st.weight_bytes / 1048576.0, st.kv_cache_bytes / 1048576.0,
-                    st.owned_bytes / 1048576.0, st.resident_bytes / 1048576.0);
+        if (spk_model_get_rank_stats(m, r, &st) == SPK_OK) {
+            char ex[48] = "";
+            if (st.expert_end > 0) /* a MoE model: the experts this rank runs */
+                snprintf(ex, sizeof ex, ", experts %d-%d", st.expert_begin, st.expert_end - 1);
+            fprintf(stderr, "rank %d: stage %d, tp %d, layers %d-%d%s, weights %.1f MiB, KV %.1f MiB, owned %.1f MiB, "
+                    "resident %.1f MiB\n", r, st.stage, st.tp_rank, st.layer_begin, st.layer_end - 1, ex,
+                    st.weight_bytes / 1048576.0, st.kv_cache_bytes / 1048576.0, st.owned_bytes / 1048576.0,
+                    st.resident_bytes / 1048576.0);
+        }
     }
     fprintf(stderr, "prefill: %zu tokens, %.1f tok/s; decode: %d tokens, %.1f tok/s\n", n,
             (double)n / (t_first - t0), n_gen - 1, n_gen > 1 ? (n_gen - 1) / (t1 - t_first) : 0.0);
