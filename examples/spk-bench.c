@@ -724,10 +724,6 @@ int main(int argc, char **argv)
     else
         snprintf(model_name, sizeof model_name, "%.150s", strrchr(path, '/') ? strrchr(path, '/') + 1 : path);
     spk_gguf_close(gf);
-    if (shape.n_experts) {
-        fprintf(stderr, "spk-bench: %s: UNSUPPORTED: mixture-of-experts models are not supported yet\n", path);
-        return 1;
-    }
     spk_set_log_callback(NULL, NULL, SPK_LOG_ERROR);
 
     const int n_runs = o.n_lay * o.n_scen * o.n_batch;
