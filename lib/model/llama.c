@@ -88,8 +88,19 @@ static spk_status upload(spk_llama *m, const void **p, size_t bytes, const char 
         return spk_err(st, "llama: cannot give %s (%zu bytes) to the %s backend", what, bytes, m->be->ops->name);
     m->uploads[m->n_uploads++] = (void *)*p;
     m->uploads[m->n_uploads++] = dev;
-    if (dev != *p) /* a copy, not the mapping read in place */
+    if (dev != *p) { /* a copy, not the mapping read in place */
         m->alloc_bytes += bytes;
+    } else { /* the device will read these pages where they lie: fault them in from the CPU first
+              * (a Hugging Face tensor converted on first touch is filled by a CPU fault only) */
+        const volatile uint8_t *b = *p;
+        const size_t pg = 4096;
+        uint8_t sink = 0;
+        for (size_t i = 0; i < bytes; i += pg)
+            sink ^= b[i];
+        if (bytes)
+            sink ^= b[bytes - 1];
+        (void)sink;
+    }
     *p = dev;
     return SPK_OK;
 }
