@@ -341,9 +341,9 @@ __global__ void k_rope_store(float *q, float *k, const float *v, int n_heads, in
  * block ATT_TILE threads; thread d owns output dimensions d and d + ATT_TILE (head_dim <= 256). */
 #define ATT_TILE 128
 __global__ void k_attention(float *out, const float *q, int n_heads, int group, int hd, float scale,
-                            const __half *kc, const __half *vc, size_t layer_off, int kv_dim, const int32_t *pos,
-                            const int32_t *seq, const int32_t *block_table, const int32_t *table_off, int n_ctx,
-                            int bs)
+                            const float *sinks, int window, const __half *kc, const __half *vc, size_t layer_off,
+                            int kv_dim, const int32_t *pos, const int32_t *seq, const int32_t *block_table,
+                            const int32_t *table_off, int n_ctx, int bs)
 {
     __shared__ float qs[256];
     __shared__ float sc[ATT_TILE];
@@ -355,7 +355,9 @@ __global__ void k_attention(float *out, const float *q, int n_heads, int group, 
         qs[d] = qh[d];
     float m = -INFINITY, l = 0.0f, acc0 = 0.0f, acc1 = 0.0f;
     __syncthreads();
-    for (int p0 = 0; p0 < n; p0 += ATT_TILE) {
+    /* sliding window: positions pos - window + 1 .. pos */
+    const int p_first = window > 0 && n > window ? n - window : 0;
+    for (int p0 = p_first; p0 < n; p0 += ATT_TILE) {
         const int p = p0 + tid;
         float sv = -INFINITY;
         if (p < n) {
@@ -397,6 +399,12 @@ __global__ void k_attention(float *out, const float *q, int n_heads, int group, 
         m = m_new;
         __syncthreads();
     }
+    if (sinks) { /* a learned logit per head joins the softmax denominator and carries no value */
+        const float sk = sinks[h], m_new = fmaxf(m, sk), corr = __expf(m - m_new);
+        l = l * corr + __expf(sk - m_new);
+        acc0 *= corr;
+        acc1 *= corr;
+    }
     float *o = out + (size_t)t * n_heads * hd + (size_t)h * hd;
     const float inv = l > 0.0f ? 1.0f / l : 0.0f;
     if (tid < hd)
@@ -417,6 +425,182 @@ __global__ void k_add(float *out, const float *a, const float *b, size_t n)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         out[i] = a[i] + b[i];
+}
+
+__global__ void k_add_bias(float *x, const float *bias, int n, size_t total)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x)
+        x[i] += bias[i % (size_t)n];
+}
+
+/* ---- mixture of experts (spk_moe; the CPU twin is cpu_moe in lib/cpu/backend_cpu.c) ---------- */
+
+/* Routing of token t (one thread per token; n_expert is at most a few hundred): router bias,
+ * top-k (ties to the lower index) and the weights the flags ask for. */
+__global__ void k_moe_route(float *logits, int *sel, float *wgt, const float *router_bias, int T, int N, int K,
+                            unsigned flags)
+{
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= T)
+        return;
+    float *l = logits + (size_t)t * N;
+    int *sl = sel + (size_t)t * K;
+    float *w = wgt + (size_t)t * K;
+    if (router_bias)
+        for (int e = 0; e < N; e++)
+            l[e] += router_bias[e];
+    for (int j = 0; j < K; j++) {
+        int best = -1;
+        for (int e = 0; e < N; e++) {
+            int taken = 0;
+            for (int i = 0; i < j && !taken; i++)
+                taken = sl[i] == e;
+            if (!taken && (best < 0 || l[e] > l[best]))
+                best = e;
+        }
+        sl[j] = best;
+    }
+    const float mx = l[sl[0]];
+    double s = 0;
+    for (int j = 0; j < K; j++)
+        s += exp((double)l[sl[j]] - mx);
+    double d = s;
+    if ((flags & SPK_MOE_SOFTMAX_ALL) && !(flags & SPK_MOE_NORM_TOPK)) {
+        d = 0;
+        for (int e = 0; e < N; e++)
+            d += exp((double)l[e] - mx);
+    }
+    for (int j = 0; j < K; j++)
+        w[j] = (float)(exp((double)l[sl[j]] - mx) / d);
+}
+
+/* Group the (token, slot) pairs of this rank's experts [e0, e1) by expert (one block): off[e] is
+ * where expert e's pairs start, gpos[i] pair i's place (-1: another rank's expert), rowtok and
+ * rowexp the token and expert of each place, and tiles of at most MM_TT places of one expert
+ * (tile_e, tile_p, tile_n; n_tiles of them). The order of pairs within an expert does not change
+ * any value: each place's rows are computed on their own. */
+__global__ void k_moe_group(const int *sel, int R, int K, int N, int e0, int e1, int *cnt, int *off, int *fill,
+                            int *gpos, int *rowtok, int *rowexp, int *tile_e, int *tile_p, int *tile_n, int *n_tiles)
+{
+    for (int e = threadIdx.x; e < N; e += blockDim.x) {
+        cnt[e] = 0;
+        fill[e] = 0;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < R; i += blockDim.x) {
+        const int e = sel[i];
+        if (e >= e0 && e < e1)
+            atomicAdd(&cnt[e], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int o = 0, nt = 0;
+        for (int e = 0; e < N; e++) {
+            off[e] = o;
+            for (int p = 0; p < cnt[e]; p += MM_TT) {
+                tile_e[nt] = e;
+                tile_p[nt] = o + p;
+                tile_n[nt] = min(MM_TT, cnt[e] - p);
+                nt++;
+            }
+            o += cnt[e];
+        }
+        off[N] = o;
+        *n_tiles = nt;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < R; i += blockDim.x) {
+        const int e = sel[i];
+        if (e < e0 || e >= e1) {
+            gpos[i] = -1;
+            continue;
+        }
+        const int p = off[e] + atomicAdd(&fill[e], 1);
+        gpos[i] = p;
+        rowtok[p] = i / K;
+        rowexp[p] = e;
+    }
+}
+
+/* xg[p] = x[rowtok[p]] for the grouped places (grid over places, upper bound R). */
+__global__ void k_moe_gather(float *xg, const float *x, const int *rowtok, const int *off, int N, int E)
+{
+    const int p = blockIdx.x;
+    if (p >= off[N])
+        return;
+    const float *src = x + (size_t)rowtok[p] * E;
+    for (int d = threadIdx.x; d < E; d += blockDim.x)
+        xg[(size_t)p * E + d] = src[d];
+}
+
+/* out[p] = act[p] x W_e^T over the tiles (each tile: places of one expert e, its matrix at
+ * w + (e - e0) * stride). grid (ceil(n_out / MM_ROWS), max tiles), block (32, MM_ROWS); blocks past
+ * n_tiles return. As k_matmul, each weight is decoded once per tile. */
+__global__ void k_moe_matmul(float *out, const uint8_t *w, size_t stride, size_t row_bytes, int type, int n_out,
+                             const float *act, int n_in, int e0, const int *tile_e, const int *tile_p,
+                             const int *tile_n, const int *n_tiles)
+{
+    const int tile = blockIdx.y;
+    if (tile >= *n_tiles)
+        return;
+    const int row = blockIdx.x * MM_ROWS + threadIdx.y, lane = threadIdx.x;
+    if (row >= n_out)
+        return;
+    const int p0 = tile_p[tile], nt = tile_n[tile];
+    const uint8_t *wr = w + (size_t)(tile_e[tile] - e0) * stride + (size_t)row * row_bytes;
+    float acc[MM_TT];
+#pragma unroll
+    for (int t = 0; t < MM_TT; t++)
+        acc[t] = 0.0f;
+    for (int j = lane; j < n_in; j += WARP) {
+        const float wv = row_elem(wr, type, j);
+#pragma unroll
+        for (int t = 0; t < MM_TT; t++)
+            if (t < nt)
+                acc[t] += wv * act[(size_t)(p0 + t) * n_in + j];
+    }
+#pragma unroll
+    for (int t = 0; t < MM_TT; t++) {
+        const float v = warp_sum(acc[t]);
+        if (lane == 0 && t < nt)
+            out[(size_t)(p0 + t) * n_out + row] = v;
+    }
+}
+
+/* The gated activation of each place, into hg (biases by the place's expert). */
+__global__ void k_moe_act(float *hg, const float *hu, const int *rowexp, const int *off, int N, int F,
+                          const float *gate_bias, const float *up_bias, unsigned flags, float alpha, float limit)
+{
+    const size_t total = (size_t)off[N] * F;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t p = i / F, f = i % F, e = (size_t)rowexp[p];
+        float a = hg[i] + (gate_bias ? gate_bias[e * F + f] : 0.0f), b = hu[i] + (up_bias ? up_bias[e * F + f] : 0.0f);
+        if (flags & SPK_MOE_SWIGLU_OAI) {
+            a = fminf(a, limit);
+            b = fminf(fmaxf(b, -limit), limit);
+            hg[i] = (b + 1.0f) * (a / (1.0f + expf(-alpha * a)));
+        } else {
+            hg[i] = b * (a / (1.0f + expf(-a)));
+        }
+    }
+}
+
+/* out[t] = sum over token t's experts here, in top-k order, of weight * (og[place] + down bias). */
+__global__ void k_moe_combine(float *out, const float *og, const int *sel, const float *wgt, const int *gpos, int K,
+                              int E, const float *down_bias)
+{
+    const int t = blockIdx.x;
+    for (int d = threadIdx.x; d < E; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int j = 0; j < K; j++) {
+            const int i = t * K + j;
+            if (gpos[i] < 0)
+                continue;
+            const float y = og[(size_t)gpos[i] * E + d] + (down_bias ? down_bias[(size_t)sel[i] * E + d] : 0.0f);
+            acc += wgt[i] * y;
+        }
+        out[(size_t)t * E + d] = acc;
+    }
 }
 
 /* ---- the backend ---------------------------------------------------------------------------- */
@@ -676,18 +860,14 @@ static void cuda_attention(spk_backend *be, float *out, const float *q, int n_he
     cuda_backend *c = cu(be);
     (void)ith;
     (void)nth;
-    if (sinks || window > 0) { /* gpt-oss; spk_llama_create refuses such a model before it gets here */
-        note(c, cudaErrorNotSupported, sinks ? "attention sinks (gpt-oss)" : "sliding-window attention");
-        return;
-    }
     if (kv->head_dim > 2 * ATT_TILE) {
         note(c, cudaErrorInvalidValue, "attention: head_dim over 256");
         return;
     }
     const size_t layer_off = (size_t)layer * kv->rows * (size_t)kv->kv_dim;
     k_attention<<<dim3((unsigned)n_heads, (unsigned)s->n_tok), ATT_TILE, 0, c->stream>>>(
-        out, q, n_heads, n_heads / kv->n_kv_heads, kv->head_dim, scale, (const __half *)kv->k, (const __half *)kv->v,
-        layer_off, kv->kv_dim, c->d_pos, c->d_seq, c->d_block_table, c->d_table_off, kv->n_ctx, kv->block_size);
+        out, q, n_heads, n_heads / kv->n_kv_heads, kv->head_dim, scale, sinks, window, (const __half *)kv->k,
+        (const __half *)kv->v, layer_off, kv->kv_dim, c->d_pos, c->d_seq, c->d_block_table, c->d_table_off, kv->n_ctx, kv->block_size);
     check_launch(c, "attention");
 }
 
@@ -710,6 +890,119 @@ static void cuda_add(spk_backend *be, float *out, const float *a, const float *b
     const size_t total = (size_t)n_tok * (size_t)n;
     k_add<<<grid_for(total, 256), 256, 0, c->stream>>>(out, a, b, total);
     check_launch(c, "add");
+}
+
+static void cuda_add_bias(spk_backend *be, float *x, const float *bias, int n_tok, int n, int ith, int nth)
+{
+    cuda_backend *c = cu(be);
+    (void)ith;
+    (void)nth;
+    const size_t total = (size_t)n_tok * (size_t)n;
+    k_add_bias<<<grid_for(total, 256), 256, 0, c->stream>>>(x, bias, n, total);
+    check_launch(c, "add_bias");
+}
+
+/* The MoE scratch: routing, grouping and tile tables, then f32 rows of the grouped places. */
+typedef struct moe_layout {
+    size_t logits, sel, wgt, gpos, rowtok, rowexp, cnt, off, fill, tile_e, tile_p, tile_n, n_tiles, xg, hg, hu, og;
+    size_t total;
+    int max_tiles;
+} moe_layout;
+
+static void moe_lay(const spk_moe *m, int n_tok, moe_layout *L)
+{
+    const size_t T = (size_t)n_tok, N = (size_t)m->n_expert, R = T * (size_t)m->n_used;
+    const size_t E = (size_t)m->router.n_in, F = (size_t)m->gate.n_out;
+    L->max_tiles = (int)((R + MM_TT - 1) / MM_TT + N);
+    size_t o = 0;
+#define SEG(f, bytes)                                                                              \
+    do {                                                                                           \
+        L->f = o;                                                                                  \
+        o += ((size_t)(bytes) + 255) & ~(size_t)255;                                               \
+    } while (0)
+    SEG(logits, sizeof(float) * T * N);
+    SEG(sel, sizeof(int) * R);
+    SEG(wgt, sizeof(float) * R);
+    SEG(gpos, sizeof(int) * R);
+    SEG(rowtok, sizeof(int) * R);
+    SEG(rowexp, sizeof(int) * R);
+    SEG(cnt, sizeof(int) * N);
+    SEG(off, sizeof(int) * (N + 1));
+    SEG(fill, sizeof(int) * N);
+    SEG(tile_e, sizeof(int) * (size_t)L->max_tiles);
+    SEG(tile_p, sizeof(int) * (size_t)L->max_tiles);
+    SEG(tile_n, sizeof(int) * (size_t)L->max_tiles);
+    SEG(n_tiles, sizeof(int));
+    SEG(xg, sizeof(float) * R * E);
+    SEG(hg, sizeof(float) * R * F);
+    SEG(hu, sizeof(float) * R * F);
+    SEG(og, sizeof(float) * R * E);
+#undef SEG
+    L->total = o;
+}
+
+static size_t cuda_moe_size(spk_backend *be, const spk_moe *m, int n_tok)
+{
+    (void)be;
+    moe_layout L;
+    moe_lay(m, n_tok, &L);
+    return L.total;
+}
+
+/* All in stream order, no host round trip: router matmul, routing, grouping by expert, gate and up
+ * per expert tile, activation, down per expert tile, weighted sum per token. */
+static void cuda_moe(spk_backend *be, float *out, const float *x, const spk_moe *m, void *scratch, int n_tok, int ith,
+                     int nth)
+{
+    cuda_backend *c = cu(be);
+    (void)ith;
+    (void)nth;
+    if (n_tok <= 0)
+        return;
+    moe_layout L;
+    moe_lay(m, n_tok, &L);
+    uint8_t *sb = (uint8_t *)scratch;
+#define P(T_, f) ((T_ *)(sb + L.f))
+    const int T = n_tok, N = m->n_expert, K = m->n_used, E = m->router.n_in, F = m->gate.n_out, R = T * K;
+    if (L.max_tiles > 65535) {
+        note(c, cudaErrorInvalidValue, "moe: too many expert tiles for one launch");
+        return;
+    }
+    dim3 blk(WARP, MM_ROWS);
+    k_matmul<<<dim3((unsigned)((N + MM_ROWS - 1) / MM_ROWS), (unsigned)((T + MM_TT - 1) / MM_TT)), blk, 0,
+               c->stream>>>(P(float, logits), (const uint8_t *)m->router.data,
+                            row_bytes(m->router.type, (size_t)E), (int)m->router.type, N, x, E, T);
+    check_launch(c, "moe router");
+    k_moe_route<<<(unsigned)((T + 63) / 64), 64, 0, c->stream>>>(P(float, logits), P(int, sel), P(float, wgt),
+                                                                 m->router_bias, T, N, K, m->flags);
+    check_launch(c, "moe route");
+    k_moe_group<<<1, 1024, 0, c->stream>>>(P(int, sel), R, K, N, m->e0, m->e1, P(int, cnt), P(int, off), P(int, fill),
+                                          P(int, gpos), P(int, rowtok), P(int, rowexp), P(int, tile_e), P(int, tile_p),
+                                          P(int, tile_n), P(int, n_tiles));
+    check_launch(c, "moe group");
+    k_moe_gather<<<(unsigned)R, 128, 0, c->stream>>>(P(float, xg), x, P(int, rowtok), P(int, off), N, E);
+    check_launch(c, "moe gather");
+    const dim3 g_f((unsigned)((F + MM_ROWS - 1) / MM_ROWS), (unsigned)L.max_tiles);
+    k_moe_matmul<<<g_f, blk, 0, c->stream>>>(P(float, hg), (const uint8_t *)m->gate.data, m->stride_gate,
+                                             row_bytes(m->gate.type, (size_t)E), (int)m->gate.type, F, P(float, xg), E,
+                                             m->e0, P(int, tile_e), P(int, tile_p), P(int, tile_n), P(int, n_tiles));
+    k_moe_matmul<<<g_f, blk, 0, c->stream>>>(P(float, hu), (const uint8_t *)m->up.data, m->stride_up,
+                                             row_bytes(m->up.type, (size_t)E), (int)m->up.type, F, P(float, xg), E,
+                                             m->e0, P(int, tile_e), P(int, tile_p), P(int, tile_n), P(int, n_tiles));
+    check_launch(c, "moe gate/up");
+    k_moe_act<<<grid_for((size_t)R * F, 256), 256, 0, c->stream>>>(P(float, hg), P(float, hu), P(int, rowexp),
+                                                                    P(int, off), N, F, m->gate_bias, m->up_bias,
+                                                                    m->flags, m->alpha, m->limit);
+    check_launch(c, "moe activation");
+    const dim3 g_e((unsigned)((E + MM_ROWS - 1) / MM_ROWS), (unsigned)L.max_tiles);
+    k_moe_matmul<<<g_e, blk, 0, c->stream>>>(P(float, og), (const uint8_t *)m->down.data, m->stride_down,
+                                             row_bytes(m->down.type, (size_t)F), (int)m->down.type, E, P(float, hg), F,
+                                             m->e0, P(int, tile_e), P(int, tile_p), P(int, tile_n), P(int, n_tiles));
+    check_launch(c, "moe down");
+    k_moe_combine<<<(unsigned)T, 256, 0, c->stream>>>(out, P(float, og), P(int, sel), P(float, wgt), P(int, gpos), K,
+                                                      E, m->down_bias);
+    check_launch(c, "moe combine");
+#undef P
 }
 
 static uint64_t cuda_held_bytes(const spk_backend *be) { return ((const cuda_backend *)be)->held; }
@@ -758,11 +1051,9 @@ static const spk_backend_ops cuda_ops = {
     .attention = cuda_attention,
     .swiglu = cuda_swiglu,
     .add = cuda_add,
-    .add_bias = NULL, /* gpt-oss's biases, sinks and sliding window: spk_llama_create refuses it */
-    /* no MoE op yet: spk_llama_create_paged refuses MoE models on this backend (UNSUPPORTED,
-     * naming the 'moe' op) instead of running them */
-    .moe_size = NULL,
-    .moe = NULL,
+    .add_bias = cuda_add_bias,
+    .moe_size = cuda_moe_size,
+    .moe = cuda_moe,
     .held_bytes = cuda_held_bytes,
     .destroy = cuda_destroy,
 };

@@ -88,8 +88,19 @@ static spk_status upload(spk_llama *m, const void **p, size_t bytes, const char 
         return spk_err(st, "llama: cannot give %s (%zu bytes) to the %s backend", what, bytes, m->be->ops->name);
     m->uploads[m->n_uploads++] = (void *)*p;
     m->uploads[m->n_uploads++] = dev;
-    if (dev != *p) /* a copy, not the mapping read in place */
+    if (dev != *p) { /* a copy, not the mapping read in place */
         m->alloc_bytes += bytes;
+    } else { /* the device will read these pages where they lie: fault them in from the CPU first
+              * (a Hugging Face tensor converted on first touch is filled by a CPU fault only) */
+        const volatile uint8_t *b = *p;
+        const size_t pg = 4096;
+        uint8_t sink = 0;
+        for (size_t i = 0; i < bytes; i += pg)
+            sink ^= b[i];
+        if (bytes)
+            sink ^= b[bytes - 1];
+        (void)sink;
+    }
     *p = dev;
     return SPK_OK;
 }
@@ -108,6 +119,32 @@ static spk_status upload_mat(spk_llama *m, spk_wmat *w, const char *what)
     return upload(m, &w->data, wmat_bytes(w), what);
 }
 
+/* The MoE weights of a layer: router, this rank's experts (stacked, from expert e0's matrices at
+ * their strides) and the biases (indexed by the global expert). */
+static spk_status upload_moe(spk_llama *m, spk_moe *x)
+{
+    const int n_loc = x->e1 - x->e0;
+    const size_t E = (size_t)x->router.n_in, F = (size_t)x->gate.n_out;
+    TRY(upload_mat(m, &x->router, "an MoE router"));
+    spk_wmat *mats[] = {&x->gate, &x->up, &x->down};
+    const size_t strides[] = {x->stride_gate, x->stride_up, x->stride_down};
+    for (int i = 0; i < 3; i++) {
+        const spk_backend_ops *o = m->be->ops;
+        if (mats[i]->data && o->supports && !o->supports(m->be, mats[i]->type)) {
+            const spk_dtype_info *info = spk_dtype_get((uint32_t)mats[i]->type);
+            return spk_err(SPK_ERR_UNSUPPORTED, "llama: the MoE experts are %s, which the %s backend cannot multiply "
+                           "by yet", info ? info->name : "an unknown type", o->name);
+        }
+        TRY(upload(m, &mats[i]->data, (size_t)(n_loc - 1) * strides[i] + wmat_bytes(mats[i]), "MoE experts"));
+    }
+    const size_t N = (size_t)x->n_expert;
+    TRY(upload(m, (const void **)&x->router_bias, sizeof(float) * N, "an MoE router bias"));
+    TRY(upload(m, (const void **)&x->gate_bias, sizeof(float) * N * F, "MoE gate biases"));
+    TRY(upload(m, (const void **)&x->up_bias, sizeof(float) * N * F, "MoE up biases"));
+    TRY(upload(m, (const void **)&x->down_bias, sizeof(float) * N * E, "MoE down biases"));
+    return SPK_OK;
+}
+
 /* A device backend's copy of the weights this shard reads: m->dw, with m->w pointing at it. */
 static spk_status upload_weights(spk_llama *m, const spk_weights *w)
 {
@@ -115,7 +152,7 @@ static spk_status upload_weights(spk_llama *m, const spk_weights *w)
     const size_t E = sizeof(float) * (size_t)m->hp.n_embd;
     m->dw = *w;
     m->dlayers = calloc((size_t)(L > 0 ? L : 1), sizeof *m->dlayers);
-    m->uploads = calloc(2 * (size_t)(4 + 11 * L), sizeof *m->uploads);
+    m->uploads = calloc(2 * (size_t)(4 + 24 * L), sizeof *m->uploads);
     if (!m->dlayers || !m->uploads)
         return spk_err(SPK_ERR_NOMEM, "llama: out of memory");
     memcpy(m->dlayers, w->layers, sizeof *m->dlayers * (size_t)L);
@@ -133,6 +170,14 @@ static spk_status upload_weights(spk_llama *m, const spk_weights *w)
         TRY(upload(m, (const void **)&d->q_norm, sizeof(float) * (size_t)m->hp.head_dim, "a Q norm"));
         TRY(upload(m, (const void **)&d->k_norm, sizeof(float) * (size_t)m->hp.head_dim, "a K norm"));
         TRY(upload(m, (const void **)&d->ffn_norm, E, "an MLP norm"));
+        /* gpt-oss: this rank's Q/K/V bias rows, the output bias and its heads' sinks */
+        TRY(upload(m, (const void **)&d->bq, sizeof(float) * (size_t)m->q_dim, "a Q bias"));
+        TRY(upload(m, (const void **)&d->bk, sizeof(float) * (size_t)m->kv_dim, "a K bias"));
+        TRY(upload(m, (const void **)&d->bv, sizeof(float) * (size_t)m->kv_dim, "a V bias"));
+        TRY(upload(m, (const void **)&d->bo, E, "an output bias"));
+        TRY(upload(m, (const void **)&d->sinks, sizeof(float) * (size_t)(m->q_dim / m->hp.head_dim), "attention sinks"));
+        if (d->moe.n_expert > 0)
+            TRY(upload_moe(m, &d->moe));
     }
     m->w = &m->dw;
     return SPK_OK;

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend/backend.h"
 #include "cpu/ops.h"
@@ -40,10 +41,13 @@ typedef struct job {
     const spk_kv_cache *kv;
     const spk_step *step;
     int neox;
+    const float *sinks;
+    int window;
+    const spk_moe *moe;
     spk_backend *be;
 } job;
 
-enum { OP_EMBED, OP_RMSNORM, OP_MATMUL, OP_ROPE_ATTN, OP_SWIGLU, OP_ADD, OP_HEADNORM };
+enum { OP_EMBED, OP_RMSNORM, OP_MATMUL, OP_ROPE_ATTN, OP_SWIGLU, OP_ADD, OP_HEADNORM, OP_BIAS, OP_MOE };
 enum { HD = 64, NH = 8, NKV = 2, ROT = 64, BS = 16, CTX = 256 };
 
 static void run_job(void *arg, int ith, int nth)
@@ -62,11 +66,14 @@ static void run_job(void *arg, int ith, int nth)
     case OP_ROPE_ATTN:
         o->rope_store(be, j->q, j->k, j->v, NH, ROT, j->neox, j->freqs, j->kv, 0, j->step, ith, nth);
         o->barrier(be);
-        o->attention(be, j->out, j->q, NH, 1.0f / sqrtf((float)HD), NULL, 0, j->kv, 0, j->step, ith, nth);
+        o->attention(be, j->out, j->q, NH, 1.0f / sqrtf((float)HD), j->sinks, j->window, j->kv, 0, j->step, ith,
+                     nth);
         break;
     case OP_SWIGLU: o->swiglu(be, j->out, j->a, j->b, j->n_tok, j->n, ith, nth); break;
     case OP_ADD: o->add(be, j->out, j->a, j->b, j->n_tok, j->n, ith, nth); break;
     case OP_HEADNORM: o->head_rmsnorm(be, j->out, j->w, j->n_tok, NH, HD, 1e-6f, ith, nth); break;
+    case OP_BIAS: o->add_bias(be, j->out, j->w, j->n_tok, j->n, ith, nth); break;
+    case OP_MOE: o->moe(be, j->out, j->a, j->moe, j->act, j->n_tok, ith, nth); break;
     }
 }
 
@@ -138,6 +145,16 @@ START_TEST(elementwise_and_rmsnorm_match_cpu)
         for (int i = 0; i < n_tok * E; i++)
             close_to(g[i], c[i], 1e-5 * (1 + fabs(c[i])), ops[k] == OP_RMSNORM ? "rmsnorm" : "swiglu/add", i);
     }
+    /* gpt-oss's projection biases, in place */
+    memcpy(c, x, sizeof(float) * T * E);
+    ck_assert_int_eq(gpu_be->ops->copy(gpu_be, dout, x, sizeof(float) * T * E), SPK_OK);
+    job bc = {.op = OP_BIAS, .out = c, .w = w, .n_tok = T, .n = E};
+    job bg = {.op = OP_BIAS, .out = dout, .w = dw, .n_tok = T, .n = E};
+    run_on(cpu_be, &bc, NULL);
+    run_on(gpu_be, &bg, NULL);
+    to_host(g, dout, sizeof(float) * T * E);
+    for (int i = 0; i < T * E; i++)
+        close_to(g[i], c[i], 1e-6 * (1 + fabs(c[i])), "add_bias", i);
     /* per-head RMSNorm in place (qwen3's Q/K norms): T rows of NH heads of HD */
     memcpy(c, x, sizeof(float) * T * NH * HD);
     ck_assert_int_eq(gpu_be->ops->copy(gpu_be, dout, x, sizeof(float) * T * NH * HD), SPK_OK);
@@ -255,7 +272,12 @@ END_TEST
  * caches compared. */
 START_TEST(paged_rope_attention_match_cpu)
 {
-    const int neox = _i;
+    /* loops 2 and 3: gpt-oss's learned sinks and a 16-position sliding window (the 40-token
+     * sequence slides past it) */
+    const int neox = _i & 1, gptoss = _i >= 2;
+    float sinks[NH];
+    spk_test_fill(sinks, NH, 77, -2, 2);
+    float *dsinks = dev_copy(sinks, sizeof sinks);
     const int QD = NH * HD, KVD = NKV * HD, n_blocks = 12;
     spk_kv_cache kc = {.rows = (size_t)n_blocks * BS, .kv_dim = KVD, .n_kv_heads = NKV, .head_dim = HD,
                        .block_size = BS, .n_ctx = CTX};
@@ -288,9 +310,9 @@ START_TEST(paged_rope_attention_match_cpu)
         spk_step s = {.n_tok = T, .token = tokv, .pos = pos, .seq = seq, .table_off = table_off,
                       .block_table = table, .contig = contig, .n_seqs = 2, .n_table = 5};
         job jc = {.op = OP_ROPE_ATTN, .out = c, .q = q, .k = k, .v = v, .freqs = freqs, .kv = &kc, .step = &s,
-                  .neox = neox};
+                  .neox = neox, .sinks = gptoss ? sinks : NULL, .window = gptoss ? 16 : 0};
         job jg = {.op = OP_ROPE_ATTN, .out = dout, .q = dq, .k = dk, .v = dv, .freqs = dfreqs, .kv = &kg,
-                  .step = &s, .neox = neox};
+                  .step = &s, .neox = neox, .sinks = gptoss ? dsinks : NULL, .window = gptoss ? 16 : 0};
         run_on(cpu_be, &jc, &s);
         run_on(gpu_be, &jg, &s);
         to_host(g, dout, sizeof(float) * T * QD);
@@ -312,14 +334,116 @@ START_TEST(paged_rope_attention_match_cpu)
     free(hk), free(hv);
     cpu_be->ops->free(cpu_be, kc.k), cpu_be->ops->free(cpu_be, kc.v);
     gpu_be->ops->free(gpu_be, kg.k), gpu_be->ops->free(gpu_be, kg.v), gpu_be->ops->free(gpu_be, dfreqs);
+    gpu_be->ops->free(gpu_be, dsinks);
 }
 END_TEST
 
-/* The default model on both backends: a prefill of a prompt, then 24 greedy decode steps, each
- * backend feeding its own choices; logits compared at every step. */
+/* The MoE op on both backends: 8 experts, 2 per token, stacked expert matrices of one type;
+ * loop variants: qwen3moe routing (softmax over all, renormalised) on every expert, gpt-oss
+ * (softmax over the chosen, clamped SwiGLU, biases), and expert parallelism (experts [2, 6)
+ * here, the others add nothing). Tolerance as the matmul's: the CPU multiplies Q8-quantized
+ * activations; the router is F32 so both pick the same experts. */
+static const spk_dtype k_moe_types[] = {SPK_DT_F32, SPK_DT_Q8_0, SPK_DT_Q4_K, SPK_DT_MXFP4};
+
+START_TEST(moe_matches_cpu)
+{
+    const spk_dtype t = k_moe_types[_i % 4];
+    const int variant = _i / 4; /* 0 qwen3moe, 1 gpt-oss, 2 qwen3moe with EP */
+    enum { N = 8, K = 2, E = 256, F = 256 };
+    const size_t rb_g = spk_dtype_row_size(t, E), rb_d = spk_dtype_row_size(t, F);
+    uint8_t *wg = malloc(rb_g * F * N), *wu = malloc(rb_g * F * N), *wd = malloc(rb_d * E * N);
+    make_rows(wg, t, E, F * N, 300);
+    make_rows(wu, t, E, F * N, 400);
+    make_rows(wd, t, F, E * N, 500);
+    float *wr = malloc(sizeof(float) * E * N), *rb = malloc(sizeof(float) * N), *gb = malloc(sizeof(float) * N * F),
+          *ub = malloc(sizeof(float) * N * F), *db = malloc(sizeof(float) * N * E);
+    spk_test_fill(wr, (size_t)E * N, 600, -0.5f, 0.5f);
+    spk_test_fill(rb, N, 601, -0.5f, 0.5f);
+    spk_test_fill(gb, (size_t)N * F, 602, -0.5f, 0.5f);
+    spk_test_fill(ub, (size_t)N * F, 603, -0.5f, 0.5f);
+    spk_test_fill(db, (size_t)N * E, 604, -0.5f, 0.5f);
+    const int e0 = variant == 2 ? 2 : 0, e1 = variant == 2 ? 6 : N;
+    spk_moe mc = {.router = {wr, SPK_DT_F32, E, N},
+                  .gate = {wg + rb_g * F * (size_t)e0, t, E, F},
+                  .up = {wu + rb_g * F * (size_t)e0, t, E, F},
+                  .down = {wd + rb_d * E * (size_t)e0, t, F, E},
+                  .stride_gate = rb_g * F, .stride_up = rb_g * F, .stride_down = rb_d * E,
+                  .n_expert = N, .n_used = K, .e0 = e0, .e1 = e1,
+                  .flags = variant == 1 ? SPK_MOE_SWIGLU_OAI : SPK_MOE_SOFTMAX_ALL | SPK_MOE_NORM_TOPK,
+                  .alpha = 1.702f, .limit = 7.0f};
+    if (variant == 1) {
+        mc.router_bias = rb;
+        mc.gate_bias = gb;
+        mc.up_bias = ub;
+        mc.down_bias = db;
+    }
+    spk_moe mg = mc;
+    mg.router.data = dev_copy(wr, sizeof(float) * E * N);
+    mg.gate.data = dev_copy(mc.gate.data, rb_g * F * (size_t)(e1 - e0));
+    mg.up.data = dev_copy(mc.up.data, rb_g * F * (size_t)(e1 - e0));
+    mg.down.data = dev_copy(mc.down.data, rb_d * E * (size_t)(e1 - e0));
+    if (variant == 1) {
+        mg.router_bias = dev_copy(rb, sizeof(float) * N);
+        mg.gate_bias = dev_copy(gb, sizeof(float) * N * F);
+        mg.up_bias = dev_copy(ub, sizeof(float) * N * F);
+        mg.down_bias = dev_copy(db, sizeof(float) * N * E);
+    }
+    static const int k_T[] = {1, 13};
+    for (int ti = 0; ti < 2; ti++) {
+        const int T = k_T[ti];
+        float *x = malloc(sizeof(float) * T * E), *c = malloc(sizeof(float) * T * E), *g = malloc(sizeof(float) * T * E);
+        spk_test_fill(x, (size_t)T * E, 700 + (uint64_t)ti, -1, 1);
+        void *sc = cpu_be->ops->alloc(cpu_be, cpu_be->ops->moe_size(cpu_be, &mc, T));
+        void *sg = gpu_be->ops->alloc(gpu_be, gpu_be->ops->moe_size(gpu_be, &mg, T));
+        float *dx = dev_copy(x, sizeof(float) * T * E), *dout = gpu_be->ops->alloc(gpu_be, sizeof(float) * T * E);
+        job jc = {.op = OP_MOE, .out = c, .a = x, .moe = &mc, .act = sc, .n_tok = T};
+        job jg = {.op = OP_MOE, .out = dout, .a = dx, .moe = &mg, .act = sg, .n_tok = T};
+        run_on(cpu_be, &jc, NULL);
+        run_on(gpu_be, &jg, NULL);
+        to_host(g, dout, sizeof(float) * T * E);
+        double mx = 0, worst = 0;
+        for (int i = 0; i < T * E; i++)
+            mx = fmax(mx, fabs(c[i]));
+        const int quant = t != SPK_DT_F32;
+        for (int i = 0; i < T * E; i++) {
+            worst = fmax(worst, fabs((double)g[i] - c[i]));
+            close_to(g[i], c[i], (quant ? 2e-2 : 1e-4) * (mx + 1), spk_dtype_get(t)->name, i);
+        }
+        printf("moe %s variant %d T %d: max |cuda - cpu| %.3g (max |out| %.3g)\n", spk_dtype_get(t)->name, variant, T,
+               worst, mx);
+        cpu_be->ops->free(cpu_be, sc);
+        gpu_be->ops->free(gpu_be, sg), gpu_be->ops->free(gpu_be, dx), gpu_be->ops->free(gpu_be, dout);
+        free(x), free(c), free(g);
+    }
+    gpu_be->ops->free(gpu_be, (void *)mg.router.data), gpu_be->ops->free(gpu_be, (void *)mg.gate.data);
+    gpu_be->ops->free(gpu_be, (void *)mg.up.data), gpu_be->ops->free(gpu_be, (void *)mg.down.data);
+    if (variant == 1) {
+        gpu_be->ops->free(gpu_be, (void *)mg.router_bias), gpu_be->ops->free(gpu_be, (void *)mg.gate_bias);
+        gpu_be->ops->free(gpu_be, (void *)mg.up_bias), gpu_be->ops->free(gpu_be, (void *)mg.down_bias);
+    }
+    free(wg), free(wu), free(wd), free(wr), free(rb), free(gb), free(ub), free(db);
+}
+END_TEST
+
+/* A model on both backends: a prefill of a prompt, then 24 greedy decode steps, each backend
+ * feeding its own choices; logits compared at every step. Loop 0: the default model; 1 and 2: the
+ * synthetic F32 qwen3moe-tiny and gpt-oss-tiny (MoE, sinks, sliding window, biases, YaRN). */
+static const char *const k_synth_models[] = {NULL, "qwen3moe-tiny", "gpt-oss-tiny"};
+
 START_TEST(default_model_greedy_matches_cpu)
 {
+    char dir[64] = "", synth_path[128] = "";
     const char *path = spk_test_model_path();
+    if (_i > 0) {
+        snprintf(dir, sizeof dir, "/tmp/spk-test-cuda-model.XXXXXX");
+        ck_assert_ptr_nonnull(mkdtemp(dir));
+        snprintf(synth_path, sizeof synth_path, "%s/%s.gguf", dir, k_synth_models[_i]);
+        spk_synth_params sp;
+        ck_assert_int_eq(spk_synth_preset(k_synth_models[_i], &sp), SPK_OK);
+        sp.seed = 1;
+        ck_assert_msg(spk_synth_write(synth_path, &sp) == SPK_OK, "%s", spk_last_error());
+        path = synth_path;
+    }
     if (!path) {
         printf("SKIP: default model not found (set SPK_TEST_MODEL)\n");
         return;
@@ -347,8 +471,8 @@ START_TEST(default_model_greedy_matches_cpu)
         int32_t tc[64], tg[64];
         for (int t = 0; t < T; t++) {
             pos[t] = step == 0 ? t : np + step - 1;
-            tc[t] = step == 0 ? prompt[t] : tok_c;
-            tg[t] = step == 0 ? prompt[t] : tok_g;
+            tc[t] = step == 0 ? prompt[t] % hp.n_vocab : tok_c;
+            tg[t] = step == 0 ? prompt[t] % hp.n_vocab : tok_g;
             want[t] = t == T - 1;
         }
         spk_batch bc = {.n_tok = T, .token = tc, .pos = pos, .seq = seq, .want_logits = want, .n_seqs = 1,
@@ -376,14 +500,18 @@ START_TEST(default_model_greedy_matches_cpu)
             break;
     }
     const double mean = sum_diff / n_cmp;
-    printf("cuda vs cpu, default model: mean |logit diff| %.4f over %d logits; %d/%d clear choices equal\n", mean,
-           n_cmp, same, decided);
+    printf("cuda vs cpu, %s: mean |logit diff| %.4f over %d logits; %d/%d clear choices equal\n",
+           _i ? k_synth_models[_i] : "default model", mean, n_cmp, same, decided);
     ck_assert_msg(mean < 0.05, "mean |logit diff| %.4f", mean);
     spk_llama_free(mc);
     spk_llama_free(mg);
     spk_llama_weights_free(&W);
     spk_gguf_close(gf);
     free(lc), free(lg);
+    if (_i > 0) {
+        unlink(synth_path);
+        rmdir(dir);
+    }
 }
 END_TEST
 
@@ -404,8 +532,9 @@ int main(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, elementwise_and_rmsnorm_match_cpu);
     tcase_add_loop_test(tc, matmul_and_embed_match_cpu_every_type, 0, (int)(sizeof k_types / sizeof *k_types));
-    tcase_add_loop_test(tc, paged_rope_attention_match_cpu, 0, 2);
-    tcase_add_test(tc, default_model_greedy_matches_cpu);
+    tcase_add_loop_test(tc, paged_rope_attention_match_cpu, 0, 4);
+    tcase_add_loop_test(tc, moe_matches_cpu, 0, 12);
+    tcase_add_loop_test(tc, default_model_greedy_matches_cpu, 0, 3);
     suite_add_tcase(s, tc);
     return spk_test_run(s);
 }
