@@ -18,6 +18,7 @@ static const struct { const char *name; int isl, osl; } SCEN[] = {
 typedef struct layout {
     char name[24];
     int pp, tp, world;  /* pp == tp == 0: the planner picks for `world` ranks */
+    int ep;             /* tp > 1: 1 experts column-split, == tp experts split whole (spk_model_config.ep) */
 } layout;
 
 typedef struct run {

@@ -3,7 +3,7 @@
  * sections 2 and 4). Prompt tokens are drawn from a fixed seed.
  *
  *   spk-bench-single [--model PATH] [--threads N] [--prompt-tokens 512] [--gen-tokens 128]
- *                    [--reps 3] [--batch B] [--pp P] [--tp T]
+ *                    [--reps 3] [--batch B] [--pp P] [--tp T] [--ep N]
  *
  * Prefill: one prompt of --prompt-tokens. Decode: B concurrent requests of a one-token prompt,
  * each generating --gen-tokens; decode tok/s = all generated tokens / wall time. With --pp/--tp
@@ -61,7 +61,9 @@ static double run(spk_model *m, const int32_t *prompt, size_t n, int gen, int ba
 static void usage(FILE *f)
 {
     fprintf(f, "usage: spk-bench-single [--model PATH] [--threads N] [--prompt-tokens 512] [--gen-tokens 128]\n"
-               "                        [--reps 3] [--batch B] [--pp P] [--tp T] [--backend cpu|cuda|auto] [--device N]\n"
+               "                        [--reps 3] [--batch B] [--pp P] [--tp T] [--ep N] [--backend cpu|cuda|auto]\n"
+               "                        [--device N]\n"
+               "--ep N: a MoE model's experts split whole over the N ranks of each TP group (--tp defaults to N).\n"
                "Prints the median prefill and decode speeds on stdout (prefill_tok_s=..., decode_tok_s=...; with\n"
                "--pp > 1 also handoff_us=..., the mean pipeline hand-off of the decode runs, and each rank's\n"
                "per-step timing on stderr).\n");
@@ -70,8 +72,8 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     const char *model_path = ex_default_model();
-    int threads = 2, n_prompt = 512, n_gen = 128, reps = 3, batch = 1, pp = 1, tp = 1, backend = SPK_BACKEND_CPU,
-        device = 0;
+    int threads = 2, n_prompt = 512, n_gen = 128, reps = 3, batch = 1, pp = 1, tp = 0, backend = SPK_BACKEND_CPU,
+        device = 0, ep = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
@@ -87,11 +89,14 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--batch")) bad = ex_parse_int(P, a, v, 1, 256, &batch);
         else if (!strcmp(a, "--pp")) bad = ex_parse_int(P, a, v, 1, 64, &pp);
         else if (!strcmp(a, "--tp")) bad = ex_parse_int(P, a, v, 1, 64, &tp);
+        else if (!strcmp(a, "--ep")) bad = ex_parse_int(P, a, v, 1, 64, &ep);
         else { fprintf(stderr, P ": unknown option %s\n", a); usage(stderr); return 2; }
         if (bad)
             return 2;
         i++;
     }
+    if (!tp)
+        tp = ep > 1 ? ep : 1;
     if (n_prompt < 1 || n_gen < 1 || reps < 1 || reps > 100 || batch < 1 || batch > 256 || pp < 1 || tp < 1 ||
         pp * tp > 64) {
         fprintf(stderr, P ": --pp x --tp is %d; at most 64 ranks\n", pp * tp);
@@ -108,6 +113,7 @@ int main(int argc, char **argv)
     mc.device = device;
     mc.pp = pp;
     mc.tp = tp;
+    mc.ep = ep;
     mc.n_ctx = n_prompt + n_gen + 8;
     spk_model *m = NULL;
     if (ex_fail(model_path, spk_model_load(cl, &mc, &m))) {

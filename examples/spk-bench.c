@@ -48,7 +48,8 @@ static void usage(FILE *f)
             "                     2048/128, 128/2048; default all)\n"
             "  --scale F          multiply ISL and OSL by F (default 1; lengths at least 1)\n"
             "  --batch LIST       concurrent requests (default 1,8,32,64,128; at most %d)\n"
-            "  --layouts LIST     1, ppN, tpN, ppNtpM, auto (the planner picks for 2 ranks), autoN\n"
+            "  --layouts LIST     1, ppN, tpN, ppNtpM, epN (tpN with a MoE model's experts split whole over\n"
+            "                     the N ranks), ppNepM, auto (the planner picks for 2 ranks), autoN\n"
             "                     (default 1,pp2,tp2,auto); extra ranks are local spk-worker processes\n"
             "  --threads N        total compute threads, split over the ranks (default: online CPUs)\n"
             "  --backend B        cpu (default), cuda or auto, on every rank; --device N: the GPU\n"
@@ -84,7 +85,7 @@ static int parse_int(const char *s, long lo, long hi, int *out)
     return 0;
 }
 
-/* "pp2", "tp2", "pp2tp2", "1", "auto", "auto4" */
+/* "pp2", "tp2", "pp2tp2", "ep2", "pp2ep2", "1", "auto", "auto4" */
 static int parse_layout(const char *s, layout *l)
 {
     memset(l, 0, sizeof *l);
@@ -100,6 +101,18 @@ static int parse_layout(const char *s, layout *l)
         return s[4] ? parse_int(s + 4, 1, EX_MAX_WORKERS, &l->world) : 0;
     }
     int pp = 1, tp = 1, n = 0;
+    l->ep = 1;
+    if ((sscanf(s, "pp%dep%d%n", &pp, &tp, &n) == 2 && !s[n]) ||
+        (pp = 1, tp = 1, sscanf(s, "ep%d%n", &tp, &n) == 1 && !s[n])) {
+        if (strchr(s, ' ') || strchr(s, '+') || strchr(s, '-') || pp < 1 || tp < 2 || pp > EX_MAX_WORKERS ||
+            tp > EX_MAX_WORKERS || pp * tp > EX_MAX_WORKERS)
+            return -1;
+        l->pp = pp;
+        l->tp = l->ep = tp;
+        l->world = pp * tp;
+        return 0;
+    }
+    pp = tp = 1;
     bool ok = (sscanf(s, "pp%dtp%d%n", &pp, &tp, &n) == 2 && !s[n]) ||
               (pp = 1, tp = 1, sscanf(s, "pp%d%n", &pp, &n) == 1 && !s[n]) ||
               (pp = 1, tp = 1, sscanf(s, "tp%d%n", &tp, &n) == 1 && !s[n]);
@@ -158,7 +171,8 @@ static int add_layout(opts *o, const char *t)
     if (o->n_lay >= MAX_LIST)
         return bad("--layouts: more than 16 layouts%s%s", "", "");
     if (parse_layout(t, &o->lay[o->n_lay]))
-        return bad("--layouts: '%s' is not a layout (1, ppN, tpN, ppNtpM, auto, autoN; at most 64 ranks)%s", t,
+        return bad("--layouts: '%s' is not a layout (1, ppN, tpN, ppNtpM, epN, ppNepM, auto, autoN; at most 64 "
+                   "ranks)%s", t,
                    "");
     for (int j = 0; j < o->n_lay; j++)
         if (!strcmp(o->lay[j].name, t))
@@ -504,6 +518,7 @@ static void do_run(spk_cluster *cl, const opts *o, const char *path, const spk_s
     mc.path = path;
     mc.pp = L->pp;
     mc.tp = L->tp;
+    mc.ep = L->ep;
     mc.n_ctx = n_ctx;
     mc.max_seqs = r->batch;
     mc.backend = o->backend;
@@ -709,10 +724,6 @@ int main(int argc, char **argv)
     else
         snprintf(model_name, sizeof model_name, "%.150s", strrchr(path, '/') ? strrchr(path, '/') + 1 : path);
     spk_gguf_close(gf);
-    if (shape.n_experts) {
-        fprintf(stderr, "spk-bench: %s: UNSUPPORTED: mixture-of-experts models are not supported yet\n", path);
-        return 1;
-    }
     spk_set_log_callback(NULL, NULL, SPK_LOG_ERROR);
 
     const int n_runs = o.n_lay * o.n_scen * o.n_batch;

@@ -3,11 +3,12 @@
  *
  *   spk-generate [--model PATH] --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]
  *                [--top-p P] [--seed S] [--chat] [--print-ids] [--threads N] [--ignore-eos]
- *                [--pp P|auto] [--tp T|auto] [--coordinator HOST:PORT] [--transport T] [--verbose]
+ *                [--pp P|auto] [--tp T|auto] [--ep N] [--coordinator HOST:PORT] [--transport T] [--verbose]
  *
  * With --pp/--tp and no --coordinator, the P*T-1 extra ranks are started here as local
  * spk-worker processes on loopback (each with --threads threads). With --coordinator, this is
- * rank 0 of a cluster whose workers were started elsewhere with spk-worker.
+ * rank 0 of a cluster whose workers were started elsewhere with spk-worker. --ep N (a MoE model)
+ * splits the experts whole over the N ranks of each TP group (--tp defaults to N then).
  * Prints the continuation on stdout as it is generated (with --print-ids, then the generated
  * token ids on one line), and prefill / decode speed on stderr.
  */
@@ -23,7 +24,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: spk-generate [--model PATH] --prompt TEXT [--max-tokens N] [--temperature T]\n"
                     "                    [--top-k K] [--top-p P] [--seed S] [--chat] [--print-ids]\n"
-                    "                    [--threads N] [--ignore-eos] [--pp P|auto] [--tp T|auto]\n"
+                    "                    [--threads N] [--ignore-eos] [--pp P|auto] [--tp T|auto] [--ep N]\n"
                     "                    [--backend cpu|cuda|auto] [--device N]\n"
                     "                    [--coordinator HOST:PORT] [--transport T] [--verbose]\n");
 }
@@ -32,7 +33,7 @@ int main(int argc, char **argv)
 {
     const char *model_path = ex_default_model(), *prompt = NULL;
     int max_tokens = 128, chat = 0, print_ids = 0, threads = 0, ignore_eos = 0, top_k = 40, backend = SPK_BACKEND_CPU, device = 0;
-    int pp = 1, tp = 1, world = 0, verbose = 0;
+    int pp = 1, tp = 1, world = 0, verbose = 0, ep = 0, tp_set = 0;
     const char *coordinator = NULL, *transport = NULL;
     float temperature = 0.0f, top_p = 0.95f;
     uint64_t seed = 42;
@@ -56,13 +57,16 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--backend")) { if (ex_parse_backend(P, a, v, &backend)) return 2; i++; }
         else if (!strcmp(a, "--device")) { if (ex_parse_int(P, a, v, 0, 1023, &device)) return 2; i++; }
         else if (!strcmp(a, "--pp")) { if (strcmp(v, "auto") && ex_parse_int(P, a, v, 1, 64, &pp)) return 2; if (!strcmp(v, "auto")) pp = 0; i++; }
-        else if (!strcmp(a, "--tp")) { if (strcmp(v, "auto") && ex_parse_int(P, a, v, 1, 64, &tp)) return 2; if (!strcmp(v, "auto")) tp = 0; i++; }
+        else if (!strcmp(a, "--tp")) { if (strcmp(v, "auto") && ex_parse_int(P, a, v, 1, 64, &tp)) return 2; if (!strcmp(v, "auto")) tp = 0; tp_set = 1; i++; }
+        else if (!strcmp(a, "--ep")) { if (ex_parse_int(P, a, v, 1, 64, &ep)) return 2; i++; }
         else if (!strcmp(a, "--world")) { if (ex_parse_int(P, a, v, 1, 64, &world)) return 2; i++; }
         else if (!strcmp(a, "--coordinator")) { coordinator = v; i++; }
         else if (!strcmp(a, "--transport")) { transport = v; i++; }
         else { fprintf(stderr, "spk-generate: unknown option %s\n", a); usage(stderr); return 2; }
     }
     if (!prompt) { fprintf(stderr, P ": --prompt is required\n"); usage(stderr); return 2; }
+    if (ep > 1 && !tp_set)
+        tp = ep; /* experts are split over the ranks of a TP group */
     if (pp < 0 || tp < 0 || pp > 64 || tp > 64) { fprintf(stderr, "spk-generate: bad --pp/--tp\n"); return 2; }
     if (!world)
         world = (pp ? pp : 1) * (tp ? tp : 1);
@@ -84,6 +88,7 @@ int main(int argc, char **argv)
     mc.device = device;
     mc.pp = pp;
     mc.tp = tp;
+    mc.ep = ep;
     spk_model *m = NULL;
     if (ex_fail(model_path, spk_model_load(cl, &mc, &m))) {
         spk_cluster_close(cl);
@@ -165,11 +170,15 @@ int main(int argc, char **argv)
     fflush(stdout);
     for (int r = 0; r < world; r++) {
         spk_rank_stats st = {.struct_size = sizeof st};
-        if (spk_model_get_rank_stats(m, r, &st) == SPK_OK)
-            fprintf(stderr, "rank %d: stage %d, tp %d, layers %d-%d, weights %.1f MiB, KV %.1f MiB, owned %.1f MiB, "
-                    "resident %.1f MiB\n", r, st.stage, st.tp_rank, st.layer_begin, st.layer_end - 1,
+        if (spk_model_get_rank_stats(m, r, &st) == SPK_OK) {
+            char ex[48] = "";
+            if (st.expert_end > 0) /* a MoE model: the experts this rank runs */
+                snprintf(ex, sizeof ex, ", experts %d-%d", st.expert_begin, st.expert_end - 1);
+            fprintf(stderr, "rank %d: stage %d, tp %d, layers %d-%d%s, weights %.1f MiB, KV %.1f MiB, owned %.1f MiB, "
+                    "resident %.1f MiB\n", r, st.stage, st.tp_rank, st.layer_begin, st.layer_end - 1, ex,
                     st.weight_bytes / 1048576.0, st.kv_cache_bytes / 1048576.0, st.owned_bytes / 1048576.0,
                     st.resident_bytes / 1048576.0);
+        }
     }
     fprintf(stderr, "prefill: %zu tokens, %.1f tok/s; decode: %d tokens, %.1f tok/s\n", n,
             (double)n / (t_first - t0), n_gen - 1, n_gen > 1 ? (n_gen - 1) / (t1 - t_first) : 0.0);

@@ -50,10 +50,10 @@ static void usage(FILE *o)
             "  --act-bytes N          bytes per activation on the wire (default 2)\n"
             "  --dgx-spark            DGX Spark figures incl. the observed all-reduce bandwidth (%.2g GB/s)\n"
             "  --show-plan            print each layout's layer/head/ffn/vocab split and bytes per rank\n"
-            "  --no-ep                MoE shapes: leave out the expert-parallel layouts (ppN epM), which are\n"
-            "                         modelled but not executable yet (shown by default, never chosen)\n"
+            "  --no-ep                MoE shapes: leave out the expert-parallel layouts (ppN epM: tp M with\n"
+            "                         each rank of a TP group holding 1/M of the experts whole)\n"
             "  --compare-published    predictions vs the published two-Spark study (world 2), incl.\n"
-            "                         gpt-oss-120b PP2 vs TP2 (and EP2, modelled) per batch 1..128\n"
+            "                         gpt-oss-120b PP2 vs TP2 (and EP2) per batch 1..128\n"
             "presets:",
             SPK_DGX_SPARK_AR_BUSBW);
     for (const char *const *n = spk_shape_preset_names(); *n; n++)
@@ -105,7 +105,7 @@ static void print_shape(const spk_shape *s)
     printf("\n");
 }
 
-/* "pp2 tp1" or "pp1 ep2" */
+/* "pp2 tp1", or "pp1 ep2" for tp 2 with the experts split whole over the group (ep = tp) */
 static const char *layout_name(const spk_cost *c, char *buf, size_t cap)
 {
     if (c->ep > 1)
@@ -115,11 +115,10 @@ static const char *layout_name(const spk_cost *c, char *buf, size_t cap)
     return buf;
 }
 
-/* The marker after a layout's row: the chosen one is the best executable layout. */
+/* The marker after a layout's row: the chosen one is the best (first) layout. */
 static const char *row_mark(const spk_cost *c, int *chosen)
 {
-    if (!c->executable)
-        return "  (modelled, not executable yet)";
+    (void)c;
     if (!*chosen) {
         *chosen = 1;
         return "  <- chosen";
@@ -141,18 +140,20 @@ static void print_hw(const spk_hw *hw)
 static int show_plans(const spk_shape *s, int world)
 {
     for (int tp = 1; tp <= world; tp++) {
-        if (world % tp)
-            continue;
-        spk_plan p;
-        char buf[512];
-        if (spk_plan_make(s, world / tp, tp, &p) != SPK_OK) {
-            printf("  pp %d x tp %d: invalid: %s\n", world / tp, tp, spk_err_msg());
-            continue;
+        for (int ep = 1; ep <= tp; ep = ep == 1 && tp > 1 ? tp : tp + 1) { /* ep 1, then ep = tp */
+            if (world % tp || (ep > 1 && s->n_experts == 0))
+                continue;
+            spk_plan p;
+            char buf[512];
+            if (spk_plan_make_ep(s, world / tp, tp, ep, &p) != SPK_OK) {
+                printf("  pp %d x tp %d%s: invalid: %s\n", world / tp, tp, ep > 1 ? " + ep" : "", spk_err_msg());
+                continue;
+            }
+            printf("  %s\n   bytes per rank:", spk_plan_describe(&p, buf, sizeof buf));
+            for (int r = 0; r < p.world; r++)
+                printf(" %.3g MB", spk_plan_rank_bytes(&p, r) / 1e6);
+            printf("\n");
         }
-        printf("  %s\n   bytes per rank:", spk_plan_describe(&p, buf, sizeof buf));
-        for (int r = 0; r < p.world; r++)
-            printf(" %.3g MB", spk_plan_rank_bytes(&p, r) / 1e6);
-        printf("\n");
     }
     return 0;
 }
@@ -182,7 +183,7 @@ static int table(const spk_shape *s, int world, const int *batches, int nb, int 
         }
         printf("\nbatch %d, context %d (decode):\n", batches[i], context);
         printf("  %-10s %9s %9s %4s %5s | %8s %8s %8s %8s %8s  (ms: one micro-batch, busiest stage;\n"
-               "  %-10s %9s %9s %4s %5s   %8s %8s %8s %8s %8s   coll: TP all-reduces or EP all-to-alls)\n",
+               "  %-10s %9s %9s %4s %5s   %8s %8s %8s %8s %8s   coll: the TP group's all-reduces)\n",
                "layout", "tok/s", "step ms", "mb", "size", "weights", "kv", "compute", "coll", "xfer", "", "", "", "",
                "", "", "", "", "", "");
         for (int k = 0; k < n; k++)
@@ -291,14 +292,14 @@ static int compare_by_batch(const spk_hw *hw)
     char pred[NB]; /* predicted winner per batch: 'P' or 'T' */
     double ratio[NB];
     printf("\ngpt-oss-120b on two Sparks, balanced 1024/1024, output tok/s by batch (predicted vs study;\n"
-           "EP2 = experts split over the two ranks: modelled, not executable yet, not in the verdicts):\n");
+           "EP2 = TP2 with the experts split whole over the two ranks; not in the verdicts):\n");
     printf("%5s %10s %10s %10s | %-6s %6s | %-9s | %s\n", "batch", "pred PP2", "pred TP2", "pred EP2", "winner",
            "ratio", "study", "verdict");
     for (int i = 0; i < NB; i++) {
         spk_cost a, b, e;
         if (spk_cost_scenario(&s, 2, 1, bs[i], 1024, 1024, hw, &a) ||
             spk_cost_scenario(&s, 1, 2, bs[i], 1024, 1024, hw, &b) ||
-            spk_cost_scenario_ep(&s, 1, 1, 2, bs[i], 1024, 1024, hw, &e)) {
+            spk_cost_scenario_ep(&s, 1, 2, 2, bs[i], 1024, 1024, hw, &e)) {
             fprintf(stderr, "spk-plan: %s\n", spk_err_msg());
             return 1;
         }
@@ -468,7 +469,7 @@ int main(int argc, char **argv)
     print_hw(&hw);
     if (show)
         show_plans(&s, world);
-    return table(&s, world, batches, nb, context, isl, osl, &hw, no_ep ? 0u : SPK_PLAN_WITH_MODELLED);
+    return table(&s, world, batches, nb, context, isl, osl, &hw, no_ep ? SPK_PLAN_NO_EP : 0u);
 }
 
 #endif /* SPK_PLAN_INTERNAL */

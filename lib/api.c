@@ -137,17 +137,24 @@ spk_status spk_model_load(spk_cluster *cluster, const spk_model_config *cfg_in, 
         return spk_err(SPK_ERR_INVALID_ARG, "spk_model_load: path is NULL");
     if (cfg.pp < 0 || cfg.tp < 0 || cfg.n_ctx < 0 || cfg.max_seqs < 0 || cfg.max_seqs > 4096 ||
         cfg.n_threads < 0 || cfg.n_threads > 1024 || cfg.queue_capacity < 0 || cfg.queue_capacity > 1 << 20 ||
-        cfg.backend < SPK_BACKEND_AUTO || cfg.backend > SPK_BACKEND_CUDA || cfg.device < 0 || cfg.device > 1023)
+        cfg.backend < SPK_BACKEND_AUTO || cfg.backend > SPK_BACKEND_CUDA || cfg.device < 0 || cfg.device > 1023 ||
+        cfg.ep < 0 || cfg.ep > 64)
         return spk_err(SPK_ERR_INVALID_ARG,
                        "spk_model_load: out of range: pp %d tp %d n_ctx %d max_seqs %d n_threads %d queue %d "
-                       "backend %d device %d", cfg.pp, cfg.tp, cfg.n_ctx, cfg.max_seqs, cfg.n_threads,
-                       cfg.queue_capacity, cfg.backend, cfg.device);
+                       "backend %d device %d ep %d", cfg.pp, cfg.tp, cfg.n_ctx, cfg.max_seqs, cfg.n_threads,
+                       cfg.queue_capacity, cfg.backend, cfg.device, cfg.ep);
     if (spk_cluster_rank(cluster) != 0)
         return spk_err(SPK_ERR_STATE, "spk_model_load: call on rank 0; workers load inside spk_cluster_serve");
     const int world = spk_cluster_world_size(cluster);
     if ((cfg.pp && world % cfg.pp) || (cfg.tp && world % cfg.tp) || (cfg.pp && cfg.tp && cfg.pp * cfg.tp != world))
         return spk_err(SPK_ERR_INVALID_ARG, "spk_model_load: pp %d x tp %d does not match the cluster's %d ranks",
                        cfg.pp, cfg.tp, world);
+    if (cfg.ep > 1 && cfg.tp && cfg.tp != cfg.ep)
+        return spk_err(SPK_ERR_UNSUPPORTED, "spk_model_load: ep %d with tp %d: experts are split over the ranks of "
+                       "a TP group, so ep must equal tp", cfg.ep, cfg.tp);
+    if (cfg.ep > 1 && (world % cfg.ep || (cfg.pp && cfg.pp * cfg.ep != world)))
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_model_load: ep %d (= tp) with pp %d does not match the cluster's "
+                       "%d ranks", cfg.ep, cfg.pp, world);
     spk_model *m = calloc(1, sizeof *m);
     if (!m)
         return spk_err(SPK_ERR_NOMEM, "spk_model_load: out of memory");
@@ -176,12 +183,25 @@ spk_status spk_model_load(spk_cluster *cluster, const spk_model_config *cfg_in, 
     int max_seqs = cfg.max_seqs ? cfg.max_seqs : 8;
     int threads = cfg.n_threads ? cfg.n_threads : spk_cluster_n_threads(cluster);
     int max_tok = 512;
-    int pp = cfg.pp, tp = cfg.tp;
+    if (cfg.ep > 1 && m->hp.n_expert == 0) {
+        st = spk_err(SPK_ERR_UNSUPPORTED, "spk_model_load: ep %d: %s is a dense model (%s), it has no experts to "
+                     "split", cfg.ep, cfg.path, m->hp.arch);
+        goto fail;
+    }
+    if (cfg.ep > 1 && m->hp.n_expert % cfg.ep != 0) {
+        st = spk_err(SPK_ERR_UNSUPPORTED, "spk_model_load: ep %d does not divide the %d experts of %s (every rank "
+                     "holds as many)", cfg.ep, m->hp.n_expert, cfg.path);
+        goto fail;
+    }
+    int pp = cfg.pp, tp = cfg.tp, n_ep = cfg.ep > 1 ? cfg.ep : 1;
+    if (n_ep > 1 && !tp)
+        tp = n_ep;
     if (!pp && !tp) { /* the planner picks, from the model's shape and measured machine/link figures */
         spk_shape shape;
         if ((st = spk_shape_from_gguf(m->file, &shape)) != SPK_OK)
             goto fail;
-        if ((st = spk_exec_choose_layout(cluster, &shape, max_seqs, NULL, &pp, &tp)) != SPK_OK)
+        if ((st = spk_exec_choose_layout(cluster, &shape, max_seqs, NULL, &pp, &tp, cfg.ep == 0 ? &n_ep : NULL)) !=
+            SPK_OK)
             goto fail;
     } else if (!pp) {
         pp = world / tp;
@@ -202,7 +222,7 @@ spk_status spk_model_load(spk_cluster *cluster, const spk_model_config *cfg_in, 
     /* logits rows per step: one per sequence, plus up to 32 for prompt log-probs */
     int echo_rows = max_tok - max_seqs < 32 ? (max_tok - max_seqs > 0 ? max_tok - max_seqs : 0) : 32;
     spk_exec_params xp = {cfg.path, pp, tp, m->n_ctx, (int)n_blocks, block_size, max_tok, threads,
-                          max_seqs + echo_rows, cfg.backend, cfg.device};
+                          max_seqs + echo_rows, cfg.backend, cfg.device, n_ep};
     if ((st = spk_exec_open(world > 1 ? cluster : NULL, m->file, &m->hp, &m->w, &xp, &m->exec)) != SPK_OK)
         goto fail;
     spk_engine_params ep = {

@@ -227,6 +227,12 @@ typedef struct spk_model_config {
                                      backend is chosen explicitly (or by AUTO) until it has passed
                                      the GPU suite on hardware (docs/BACKENDS.md) */
     int device;                 /**< GPU ordinal on each rank (default 0) */
+    /* Appended (docs/ABI.md). */
+    int ep;                     /**< expert parallelism of a MoE model: 0 auto (the planner may
+                                     choose it when it also picks pp and tp), 1 off, N > 1: the
+                                     experts are split whole over the N ranks of each TP group, so N
+                                     must equal tp and divide the expert count (UNSUPPORTED
+                                     otherwise, and on a dense model) */
 } spk_model_config;
 
 /** Fill `cfg` with defaults and set struct_size. */
@@ -302,6 +308,10 @@ typedef struct spk_rank_stats {
                                      a micro-batch (or this rank starting to wait for it, if
                                      later) to this rank holding its hidden states */
     uint64_t n_handoffs;        /**< hand-offs counted in handoff_ns */
+    /* Appended (docs/ABI.md). */
+    int expert_begin, expert_end; /**< MoE: experts [begin, end) the rank runs (every one of them,
+                                     column-sliced under TP, unless expert parallelism split them
+                                     whole); 0, 0 for a dense model */
 } spk_rank_stats;
 
 /** Zero `stats` and set struct_size (call before spk_model_get_rank_stats). */

@@ -204,8 +204,8 @@ static spk_status setup(spk_exec *e, const spk_gguf_file *f, const spk_hparams *
     else
         spk_hw_cpu(&hw);
     spk_plan plan;
-    st = spk_plan_make_at(&shape, p->pp, p->tp, &hw, ceil((double)(p->max_rows > 0 ? p->max_rows : 1) / p->pp), 0,
-                          &plan);
+    st = spk_plan_make_ep_at(&shape, p->pp, p->tp, p->ep > 1 ? p->ep : 1, &hw,
+                             ceil((double)(p->max_rows > 0 ? p->max_rows : 1) / p->pp), 0, &plan);
     if (st != SPK_OK)
         return st;
     st = spk_plan_shard(&plan, e->rank, &e->sh);
@@ -279,7 +279,7 @@ static void encode_load(wbuf *b, const spk_exec_params *p, const uint8_t id[SPK_
     uint32_t v[SPK_EXEC_LOAD_WORDS] = {LOAD_VERSION, (uint32_t)p->pp, (uint32_t)p->tp, (uint32_t)p->n_ctx,
                                        (uint32_t)p->n_blocks, (uint32_t)p->block_size, (uint32_t)p->max_tok,
                                        (uint32_t)strlen(p->path), (uint32_t)p->max_rows, (uint32_t)p->backend,
-                                       (uint32_t)p->device};
+                                       (uint32_t)p->device, (uint32_t)(p->ep > 1 ? p->ep : 1)};
     put(b, v, sizeof v);
     put(b, id, SPK_GGUF_ID_BYTES);
     put(b, p->path, strlen(p->path));
@@ -684,6 +684,8 @@ static void fill_stats(const spk_exec *e, spk_rank_stats *st)
     st->send_ns = atomic_load_explicit(&e->send_ns, memory_order_relaxed);
     st->handoff_ns = atomic_load_explicit(&e->handoff_ns, memory_order_relaxed);
     st->n_handoffs = atomic_load_explicit(&e->n_handoffs, memory_order_relaxed);
+    st->expert_begin = e->hp.n_expert > 0 ? (e->sh.e1 ? e->sh.e0 : 0) : 0;
+    st->expert_end = e->hp.n_expert > 0 ? (e->sh.e1 ? e->sh.e1 : e->hp.n_expert) : 0;
 }
 
 spk_status spk_exec_rank_stats(spk_exec *e, int rank, spk_rank_stats *out)
@@ -744,13 +746,13 @@ static spk_status on_load(spk_cluster *c, uint32_t cmd, const void *data, size_t
     /* sizes from a peer: ranges here, then what this machine can hold (spk_llama_create_paged) */
     if (v[1] < 1 || v[2] < 1 || v[1] * (uint64_t)v[2] != (uint64_t)world || v[3] < 1 || v[3] > 1u << 24 ||
         v[4] < 1 || v[4] > 1u << 30 || v[5] < 1 || v[5] > 4096 || v[6] < 1 || v[6] > 1u << 16 || v[8] < 1 ||
-        v[8] > v[6] || v[9] > SPK_BACKEND_CUDA || v[10] > 1023)
+        v[8] > v[6] || v[9] > SPK_BACKEND_CUDA || v[10] > 1023 || (v[11] > 1 && v[11] != v[2]))
         return spk_err(SPK_ERR_FORMAT,
-                       "load command: bad layout pp %u tp %u (world %d) or sizes (n_ctx %u, %u KV blocks of %u, "
-                       "max_tok %u, max_rows %u) or backend %u device %u", v[1], v[2], world, v[3], v[4], v[5], v[6],
-                       v[8], v[9], v[10]);
+                       "load command: bad layout pp %u tp %u ep %u (world %d) or sizes (n_ctx %u, %u KV blocks of %u, "
+                       "max_tok %u, max_rows %u) or backend %u device %u", v[1], v[2], v[11], world, v[3], v[4], v[5],
+                       v[6], v[8], v[9], v[10]);
     spk_exec_params p = {path, (int)v[1], (int)v[2], (int)v[3], (int)v[4], (int)v[5], (int)v[6],
-                         spk_cluster_n_threads(c), (int)v[8], (int)v[9], (int)v[10]};
+                         spk_cluster_n_threads(c), (int)v[8], (int)v[9], (int)v[10], v[11] > 1 ? (int)v[11] : 1};
     spk_exec *e = calloc(1, sizeof *e);
     if (!e)
         return spk_err(SPK_ERR_NOMEM, "out of memory");

@@ -42,6 +42,8 @@ typedef struct spk_exec_params {
     int max_tok, n_threads;
     int max_rows;                 /* logits rows per step at most (the engine: one per sequence) */
     int backend, device;          /* spk_backend_type and GPU ordinal, every rank */
+    int ep;                       /* 1 (or 0): experts column-split like the MLP; == tp: split whole
+                                     over the TP group (expert parallelism, spk_plan_make_ep) */
 } spk_exec_params;
 
 /*
@@ -75,13 +77,14 @@ spk_status spk_exec_begin(spk_exec *e, const spk_batch *b, const spk_row *rows, 
                           int32_t *tokens, spk_row_lp *lp, spk_exec_ticket *t);
 spk_status spk_exec_finish(spk_exec *e, spk_exec_ticket *t, int32_t *tokens, spk_row_lp *lp);
 
-/* Choose pp x tp for the cluster: measures this machine's memory bandwidth and the control link
- * to rank 1 (latency and bandwidth), then asks the cost model (lib/plan/cost.h) for the best
- * layout at `batch` concurrent sequences. The figures used go to *hw (may be NULL). */
+/* Choose pp x tp (and, when ep is not NULL, whether a MoE model splits its experts whole over
+ * each TP group: *ep 1 or tp) for the cluster: measures this machine's memory bandwidth and the
+ * control link to rank 1 (latency and bandwidth), then asks the cost model (lib/plan/cost.h) for
+ * the best layout at `batch` concurrent sequences. The figures used go to *hw (may be NULL). */
 struct spk_hw;
 struct spk_shape;
 spk_status spk_exec_choose_layout(spk_cluster *c, const struct spk_shape *shape, int batch,
-                                  struct spk_hw *hw, int *pp, int *tp);
+                                  struct spk_hw *hw, int *pp, int *tp, int *ep);
 
 /* What `rank` holds (a round trip to a worker). */
 spk_status spk_exec_rank_stats(spk_exec *e, int rank, spk_rank_stats *out);
@@ -90,12 +93,13 @@ spk_status spk_exec_rank_stats(spk_exec *e, int rank, spk_rank_stats *out);
 uint64_t spk_rss_bytes(void);
 
 /* The driver's LOAD command to a worker: u32 version (SPK_EXEC_LOAD_VERSION), pp, tp, n_ctx,
- * n_blocks, block_size, max_tok, path length, max_rows, backend, device; the driver's spk_gguf_identity of the file; the
- * path. A worker checks the sizes against what it can hold and refuses a file whose identity
+ * n_blocks, block_size, max_tok, path length, max_rows, backend, device, ep (version 4; 0 or 1:
+ * no expert parallelism, else it must equal tp); the
+ * driver's spk_gguf_identity of the file; the path. A worker checks the sizes against what it can hold and refuses a file whose identity
  * differs from the driver's. */
 #define SPK_EXEC_CMD_LOAD (SPK_CLUSTER_CMD_USER + 0x100)
-#define SPK_EXEC_LOAD_VERSION 3u
-#define SPK_EXEC_LOAD_WORDS 11
+#define SPK_EXEC_LOAD_VERSION 4u
+#define SPK_EXEC_LOAD_WORDS 12
 
 /* Worker side: handle the driver's model commands while spk_cluster_serve runs. The returned
  * state is freed (with any model it holds) by spk_exec_worker_free after serve returns. */

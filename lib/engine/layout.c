@@ -42,7 +42,7 @@ static double measure_mem_bw(void)
 }
 
 spk_status spk_exec_choose_layout(spk_cluster *c, const spk_shape *shape, int batch, spk_hw *hw_out, int *pp,
-                                  int *tp)
+                                  int *tp, int *ep)
 {
     const int world = c ? spk_cluster_world_size(c) : 1;
     spk_hw hw;
@@ -86,13 +86,16 @@ spk_status spk_exec_choose_layout(spk_cluster *c, const spk_shape *shape, int ba
     }
     if (hw_out)
         *hw_out = hw;
+    if (ep)
+        *ep = 1;
     if (world == 1) {
         *pp = *tp = 1;
         return SPK_OK;
     }
-    spk_status st = spk_plan_choose(shape, world, batch, &hw, pp, tp);
+    spk_status st = spk_plan_choose(shape, world, batch, &hw, pp, tp, ep);
     if (st == SPK_OK)
-        spk_log(SPK_LOG_INFO, "planner: measured %.1f GB/s memory, link %.2f Gb/s, %.0f us latency: pp %d x tp %d "
-                "for batch %d", hw.mem_bw_GBps, hw.link_Gbps, hw.link_latency_us, *pp, *tp, batch);
+        spk_log(SPK_LOG_INFO, "planner: measured %.1f GB/s memory, link %.2f Gb/s, %.0f us latency: pp %d x tp %d%s "
+                "for batch %d", hw.mem_bw_GBps, hw.link_Gbps, hw.link_latency_us, *pp, *tp,
+                ep && *ep > 1 ? " + ep" : "", batch);
     return st;
 }

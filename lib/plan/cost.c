@@ -72,6 +72,29 @@ double spk_moe_distinct_experts(int n_expert, int k, double b)
     return n_expert * -expm1(b * log1p(-(double)k / n_expert)); /* n(1 - (1 - k/n)^b), accurate at small k/n */
 }
 
+double spk_moe_max_distinct_per_rank(int n_expert, int k, int ep, double b)
+{
+    if (n_expert <= 0 || k <= 0 || ep < 1 || !(b > 0))
+        return 0;
+    if (ep == 1)
+        return spk_moe_distinct_experts(n_expert, k, b);
+    const int M = n_expert / ep; /* experts per rank */
+    if (M < 1)
+        return 0;
+    const double p = k >= n_expert ? 1.0 : -expm1(b * log1p(-(double)k / n_expert)); /* P(an expert is hit) */
+    if (p >= 1.0)
+        return M;
+    /* E[max of ep iid Binomial(M, p)] = sum_{x=0}^{M-1} (1 - F(x)^ep) */
+    double F = 0, sum = 0, lp = log(p), lq = log1p(-p);
+    for (int x = 0; x < M; x++) {
+        F += exp(lgamma(M + 1.0) - lgamma(x + 1.0) - lgamma(M - x + 1.0) + x * lp + (M - x) * lq);
+        if (F >= 1.0)
+            break;
+        sum += 1.0 - pow(F, ep);
+    }
+    return sum;
+}
+
 /* All-reduce of `bytes` over a group of tp ranks: latency + NCCL bus-bandwidth term. */
 static double allreduce_s(const spk_hw *hw, int tp, double bytes)
 {
@@ -79,17 +102,6 @@ static double allreduce_s(const spk_hw *hw, int tp, double bytes)
         return 0;
     double bw = (hw->allreduce_busbw_GBps > 0 ? hw->allreduce_busbw_GBps : hw->link_Gbps / 8.0) * 1e9;
     return hw->allreduce_latency_us * 1e-6 + 2.0 * (tp - 1) / tp * bytes / bw;
-}
-
-/* All-to-all over ep ranks where each rank sends `bytes` in all (its share for itself included):
- * the (ep-1)/ep that leaves the rank at the collective bandwidth (NCCL's all-to-all bus bandwidth
- * is algbw * (ep-1)/ep), after the collective latency. */
-static double alltoall_s(const spk_hw *hw, int ep, double bytes)
-{
-    if (ep <= 1)
-        return 0;
-    double bw = (hw->allreduce_busbw_GBps > 0 ? hw->allreduce_busbw_GBps : hw->link_Gbps / 8.0) * 1e9;
-    return hw->allreduce_latency_us * 1e-6 + (double)(ep - 1) / ep * bytes / bw;
 }
 
 static double transfer_s(const spk_hw *hw, double bytes)
@@ -100,12 +112,11 @@ static double transfer_s(const spk_hw *hw, double bytes)
 /* One pass of `b` tokens from `seqs` sequences over stage `st`, on TP part 0 (the largest).
  * `ctx` is the mean attention context of a token. Each sequence's cache is read once per pass
  * (decode: one token per sequence; prefill: a chunk's tokens of one sequence share the read).
- * ep > 1 (expert parallelism, the plan then has tp 1): the stage is ep ranks, each holding the
- * attention, router and head whole and n_experts/ep experts; each takes ceil(b/ep) of the tokens
- * (ceil(seqs/ep) of the sequences) through attention, sends their routed copies to the experts'
- * owners and gets the results back (two all-to-alls per layer), and runs the tokens routed to
- * its own experts. Fills the breakdown if bd; returns seconds. */
-static double stage_time(const spk_plan *p, int ep, int st, double b, double seqs, double ctx, const spk_hw *hw,
+ * Expert parallelism (p->ep > 1) changes only the experts: attention, vocabulary and the
+ * all-reduces are TP's, but the rank reads whole experts (every column) of the ones hit in its
+ * n_experts/ep slice, the busiest rank's count (spk_moe_max_distinct_per_rank), where TP reads
+ * its column slice of every hit expert. Fills the breakdown if bd; returns seconds. */
+static double stage_time(const spk_plan *p, int st, double b, double seqs, double ctx, const spk_hw *hw,
                          spk_cost *bd)
 {
     const spk_shape *s = &p->shape;
@@ -119,13 +130,14 @@ static double stage_time(const spk_plan *p, int ep, int st, double b, double seq
     double attn_p = E * (q + 2 * kv) + q * E;
     double dense_p = 3.0 * f * E;
     double router_p = s->n_experts > 0 ? E * s->n_experts : 0;
-    double expert_p = 3.0 * fe * E; /* one expert's slice */
-    const double bl = ep > 1 ? ceil(b / ep) : b, sl = ep > 1 ? ceil(seqs / ep) : seqs; /* this rank's */
+    double expert_p = 3.0 * fe * E; /* one expert's slice (EP: the whole expert) */
+    const int ep = p->ep > 1 ? p->ep : 1;
     double read = (attn_p + dense_p + router_p) * s->bytes_per_weight;
-    double flops = 2.0 * bl * (attn_p + dense_p + router_p) * n;
+    double flops = 2.0 * b * (attn_p + dense_p + router_p) * n;
     if (s->n_experts > 0) {
-        /* the distinct experts the whole micro-batch touches; with EP, this rank's share of them */
-        read += spk_moe_distinct_experts(s->n_experts, s->n_experts_used, b) / ep * expert_p * spk_shape_bpe(s);
+        /* TP: the distinct experts the micro-batch touches, each one's column slice; EP: the
+         * busiest rank's distinct experts of its slice, whole. Flops: the mean rank's share */
+        read += spk_moe_max_distinct_per_rank(s->n_experts, s->n_experts_used, ep, b) * expert_p * spk_shape_bpe(s);
         flops += 2.0 * b * s->n_experts_used / ep * expert_p * n;
     }
     double w_bytes = read * n;
@@ -134,17 +146,16 @@ static double stage_time(const spk_plan *p, int ep, int st, double b, double seq
     double frac_swa = (double)s->n_sliding_layers / s->n_layers;
     double ctx_swa = s->sliding_window > 0 && ctx > s->sliding_window ? s->sliding_window : ctx;
     double ctx_eff = (1.0 - frac_swa) * ctx + frac_swa * ctx_swa;
-    double kv_bytes = sl * ctx_eff * 2.0 * kv * spk_shape_bkv(s) * n;
-    flops += 4.0 * bl * ctx_eff * q * n;
+    double kv_bytes = seqs * ctx_eff * 2.0 * kv * spk_shape_bkv(s) * n;
+    flops += 4.0 * b * ctx_eff * q * n;
 
-    double ar = ep > 1 ? 2.0 * n * alltoall_s(hw, ep, bl * s->n_experts_used * E * act_bytes(hw))
-                       : 2.0 * n * allreduce_s(hw, p->tp, b * E * act_bytes(hw));
+    double ar = 2.0 * n * allreduce_s(hw, p->tp, b * E * act_bytes(hw));
     if (st == 0)
-        w_bytes += bl * E * spk_shape_bph(s); /* embedding rows */
+        w_bytes += b * E * spk_shape_bph(s); /* embedding rows */
     if (st == p->pp - 1) {
         double v = t->v1 - t->v0;
         w_bytes += v * E * spk_shape_bph(s);
-        flops += 2.0 * bl * v * E;
+        flops += 2.0 * b * v * E;
         ar += allreduce_s(hw, p->tp, b * 64.0); /* sharded sampling: exchange of top candidates */
     }
     double bw = hw->mem_bw_GBps * 1e9;
@@ -165,7 +176,6 @@ static double stage_time(const spk_plan *p, int ep, int st, double b, double seq
 typedef struct balance_at {
     spk_plan p; /* a scratch copy: stage st is given n layers to time it */
     const spk_hw *hw;
-    int ep;
     double b, ctx;
 } balance_at;
 
@@ -174,18 +184,18 @@ static double stage_time_at(void *ctx, int st, int n)
     balance_at *x = ctx;
     x->p.stage[st].l0 = 0;
     x->p.stage[st].l1 = n;
-    return stage_time(&x->p, x->ep, st, x->b, x->b, x->ctx, x->hw, NULL);
+    return stage_time(&x->p, st, x->b, x->b, x->ctx, x->hw, NULL);
 }
 
 /* Rebalance p's layers for the time of one decode micro-batch of b tokens at context ctx. */
-static spk_status rebalance(spk_plan *p, int ep, const spk_hw *hw, double b, double ctx)
+static spk_status rebalance(spk_plan *p, const spk_hw *hw, double b, double ctx)
 {
-    balance_at x = {*p, hw, ep, b, ctx};
+    balance_at x = {*p, hw, b, ctx};
     return spk_plan_rebalance(p, stage_time_at, &x);
 }
 
-spk_status spk_plan_make_at(const spk_shape *s, int pp, int tp, const spk_hw *hw, double batch, double context,
-                            spk_plan *out)
+spk_status spk_plan_make_ep_at(const spk_shape *s, int pp, int tp, int ep, const spk_hw *hw, double batch,
+                               double context, spk_plan *out)
 {
     spk_status st = check_hw(hw);
     if (st)
@@ -193,36 +203,18 @@ spk_status spk_plan_make_at(const spk_shape *s, int pp, int tp, const spk_hw *hw
     if (!(batch >= 1) || !isfinite(batch) || !(context >= 0) || !isfinite(context))
         return spk_err(SPK_ERR_INVALID_ARG, "plan: balancing batch %g (>= 1) or context %g (>= 0) invalid", batch,
                        context);
-    if ((st = spk_plan_make(s, pp, tp, out)) != SPK_OK)
+    if ((st = spk_plan_make_ep(s, pp, tp, ep, out)) != SPK_OK)
         return st;
-    return rebalance(out, 1, hw, batch, context);
+    return rebalance(out, hw, batch, context);
 }
 
-spk_status spk_plan_check_ep(const spk_shape *s, int pp, int tp, int ep)
+spk_status spk_plan_make_at(const spk_shape *s, int pp, int tp, const spk_hw *hw, double batch, double context,
+                            spk_plan *out)
 {
-    spk_status st = spk_shape_check(s);
-    if (st)
-        return st;
-    const char *nm = s->name[0] ? s->name : "model";
-    if (ep < 1)
-        return spk_err(SPK_ERR_INVALID_ARG, "%s: ep %d must be >= 1", nm, ep);
-    if (ep == 1)
-        return SPK_OK;
-    if (s->n_experts == 0)
-        return spk_err(SPK_ERR_UNSUPPORTED, "%s: ep %d: a dense model has no experts to split", nm, ep);
-    if (tp != 1)
-        return spk_err(SPK_ERR_UNSUPPORTED, "%s: ep %d with tp %d: expert parallelism is modelled with tp 1 only", nm,
-                       ep, tp);
-    if (s->n_experts % ep != 0)
-        return spk_err(SPK_ERR_UNSUPPORTED, "%s: ep %d does not divide the %d experts (every rank holds as many)", nm,
-                       ep, s->n_experts);
-    if (pp < 1 || (long long)pp * ep > SPK_PLAN_MAX_WORLD)
-        return spk_err(SPK_ERR_INVALID_ARG, "%s: pp %d x ep %d: world must be 1..%d", nm, pp, ep, SPK_PLAN_MAX_WORLD);
-    return SPK_OK;
+    return spk_plan_make_ep_at(s, pp, tp, 1, hw, batch, context, out);
 }
 
-/* The plan a layout's stages use (EP stages are made as tp 1, every rank of a stage holding 1/ep
- * of each layer's experts), its layers balanced for the time of one decode micro-batch of
+/* The plan a layout's stages use, its layers balanced for the time of one decode micro-batch of
  * batch/pp sequences at mean context ctx, as the executor balances them (spk_plan_make_at). */
 static spk_status prepare(const spk_shape *s, int pp, int tp, int ep, const spk_hw *hw, int batch, double ctx,
                           spk_plan *p)
@@ -230,21 +222,19 @@ static spk_status prepare(const spk_shape *s, int pp, int tp, int ep, const spk_
     spk_status st = check_hw(hw);
     if (st)
         return st;
-    if ((st = spk_plan_check_ep(s, pp, tp, ep)) != SPK_OK)
+    if ((st = spk_plan_make_ep(s, pp, tp, ep, p)) != SPK_OK)
         return st;
-    if ((st = spk_plan_make(s, pp, tp, p)) != SPK_OK)
-        return st;
-    return rebalance(p, ep, hw, ceil((double)batch / pp), ctx);
+    return rebalance(p, hw, ceil((double)batch / pp), ctx);
 }
 
 /* Decode step with an already made plan. */
-static void decode_with(const spk_plan *p, int ep, int batch, double ctx, const spk_hw *hw, spk_cost *out)
+static void decode_with(const spk_plan *p, int batch, double ctx, const spk_hw *hw, spk_cost *out)
 {
     memset(out, 0, sizeof *out);
     out->pp = p->pp;
     out->tp = p->tp;
-    out->ep = ep;
-    out->executable = ep == 1;
+    out->ep = p->ep;
+    out->executable = 1;
     const double E = p->shape.n_embd;
     int mmax = batch < p->pp ? batch : p->pp;
     double best = INFINITY;
@@ -253,22 +243,20 @@ static void decode_with(const spk_plan *p, int ep, int batch, double ctx, const 
         double sum = 0, worst = 0;
         int worst_st = 0;
         for (int st = 0; st < p->pp; st++) {
-            double t = stage_time(p, ep, st, b, b, ctx, hw, NULL);
+            double t = stage_time(p, st, b, b, ctx, hw, NULL);
             sum += t;
             if (t > worst) {
                 worst = t;
                 worst_st = st;
             }
         }
-        /* with EP each rank passes its own share of the tokens to its peer in the next stage */
-        double bl = ep > 1 ? ceil((double)b / ep) : b;
-        double xfer = p->pp > 1 ? transfer_s(hw, bl * E * act_bytes(hw)) : 0;
+        double xfer = p->pp > 1 ? transfer_s(hw, b * E * act_bytes(hw)) : 0;
         /* sampled token ids go back to stage 0: one small message */
-        double ring = sum + (p->pp - 1) * xfer + (p->pp > 1 ? transfer_s(hw, bl * 4.0) : 0);
+        double ring = sum + (p->pp - 1) * xfer + (p->pp > 1 ? transfer_s(hw, b * 4.0) : 0);
         double step = fmax(m * worst, ring);
         if (step < best * (1 - 1e-12)) {
             best = step;
-            stage_time(p, ep, worst_st, b, b, ctx, hw, out);
+            stage_time(p, worst_st, b, b, ctx, hw, out);
             out->micro_batches = m;
             out->micro_batch = b;
             out->transfer_s = xfer;
@@ -290,7 +278,7 @@ spk_status spk_cost_decode_ep(const spk_shape *s, int pp, int tp, int ep, int ba
     spk_status st = prepare(s, pp, tp, ep, hw, batch, context, &p);
     if (st)
         return st;
-    decode_with(&p, ep, batch, context, hw, out);
+    decode_with(&p, batch, context, hw, out);
     return SPK_OK;
 }
 
@@ -300,13 +288,13 @@ spk_status spk_cost_decode(const spk_shape *s, int pp, int tp, int batch, int co
     return spk_cost_decode_ep(s, pp, tp, 1, batch, context, hw, out);
 }
 
-static void prefill_with(const spk_plan *p, int ep, int n_seq, int prompt_len, const spk_hw *hw, spk_cost *out)
+static void prefill_with(const spk_plan *p, int n_seq, int prompt_len, const spk_hw *hw, spk_cost *out)
 {
     memset(out, 0, sizeof *out);
     out->pp = p->pp;
     out->tp = p->tp;
-    out->ep = ep;
-    out->executable = ep == 1;
+    out->ep = p->ep;
+    out->executable = 1;
     double total_tok = (double)n_seq * prompt_len;
     int chunk = hw->prefill_chunk > 0 ? hw->prefill_chunk : 2048;
     double c = total_tok < chunk ? total_tok : chunk;
@@ -316,17 +304,17 @@ static void prefill_with(const spk_plan *p, int ep, int n_seq, int prompt_len, c
     double sum = 0, worst = 0;
     int worst_st = 0;
     for (int st = 0; st < p->pp; st++) {
-        double t = stage_time(p, ep, st, c, seqs, ctx, hw, NULL);
+        double t = stage_time(p, st, c, seqs, ctx, hw, NULL);
         sum += t;
         if (t > worst) {
             worst = t;
             worst_st = st;
         }
     }
-    double xfer = p->pp > 1 ? transfer_s(hw, ceil(c / ep) * p->shape.n_embd * act_bytes(hw)) : 0;
+    double xfer = p->pp > 1 ? transfer_s(hw, c * p->shape.n_embd * act_bytes(hw)) : 0;
     /* chunks stream through the pipeline: the busiest stage sets the pace once it is full */
     double total = (n_chunks - 1) * fmax(worst, xfer) + sum + (p->pp - 1) * xfer;
-    stage_time(p, ep, worst_st, c, seqs, ctx, hw, out);
+    stage_time(p, worst_st, c, seqs, ctx, hw, out);
     out->micro_batches = (int)fmin(n_chunks, 1e9);
     out->micro_batch = (int)c;
     out->transfer_s = xfer;
@@ -346,23 +334,23 @@ spk_status spk_cost_prefill(const spk_shape *s, int pp, int tp, int n_seq, int p
     spk_status st = prepare(s, pp, tp, 1, hw, n_seq, prompt_len / 2.0, &p);
     if (st)
         return st;
-    prefill_with(&p, 1, n_seq, prompt_len, hw, out);
+    prefill_with(&p, n_seq, prompt_len, hw, out);
     return SPK_OK;
 }
 
-static void scenario_with(const spk_plan *p, int ep, int batch, int isl, int osl, const spk_hw *hw, spk_cost *out)
+static void scenario_with(const spk_plan *p, int batch, int isl, int osl, const spk_hw *hw, spk_cost *out)
 {
     spk_cost pre, dec;
-    prefill_with(p, ep, batch, isl, hw, &pre);
+    prefill_with(p, batch, isl, hw, &pre);
     /* decode: the context grows from isl to isl + osl; midpoint rule over up to 16 segments */
     int seg = osl < 16 ? osl : 16;
     double dec_s = 0;
     for (int i = 0; i < seg; i++) {
         double a = (double)osl * i / seg, e = (double)osl * (i + 1) / seg;
-        decode_with(p, ep, batch, isl + (a + e) / 2.0, hw, &dec);
+        decode_with(p, batch, isl + (a + e) / 2.0, hw, &dec);
         dec_s += dec.step_s * (e - a);
     }
-    decode_with(p, ep, batch, isl + osl / 2.0, hw, out);
+    decode_with(p, batch, isl + osl / 2.0, hw, out);
     out->prefill_s = pre.step_s;
     out->decode_s = dec_s;
     out->step_s = pre.step_s + dec_s;
@@ -387,7 +375,7 @@ spk_status spk_cost_scenario_ep(const spk_shape *s, int pp, int tp, int ep, int 
     spk_status st = prepare(s, pp, tp, ep, hw, batch, isl + osl / 2.0, &p);
     if (st)
         return st;
-    scenario_with(&p, ep, batch, isl, osl, hw, out);
+    scenario_with(&p, batch, isl, osl, hw, out);
     return SPK_OK;
 }
 
@@ -413,7 +401,7 @@ spk_status spk_plan_rank_layouts_ex(const spk_shape *s, int world, int batch, in
     if (world < 1 || world > SPK_PLAN_MAX_WORLD || batch < 1 || isl < 0 || osl < 0 || (osl > 0 && isl < 1))
         return spk_err(SPK_ERR_INVALID_ARG, "rank_layouts: world %d (1..%d), batch %d, isl %d, osl %d invalid",
                        world, SPK_PLAN_MAX_WORLD, batch, isl, osl);
-    if (flags & ~(unsigned)SPK_PLAN_WITH_MODELLED)
+    if (flags & ~(unsigned)SPK_PLAN_NO_EP)
         return spk_err(SPK_ERR_INVALID_ARG, "rank_layouts: unknown flags 0x%x", flags);
     spk_status st = check_hw(hw);
     if (st)
@@ -424,18 +412,18 @@ spk_status spk_plan_rank_layouts_ex(const spk_shape *s, int world, int batch, in
     int n = 0;
     spk_status first_err = SPK_OK;
     char first_msg[256] = "";
-    /* executable layouts pp x tp, then (if asked, MoE only) the modelled pp x ep ones */
-    for (int pass = 0; pass < 2; pass++) {
-        if (pass == 1 && (!(flags & SPK_PLAN_WITH_MODELLED) || s->n_experts == 0))
-            break;
-        for (int k = pass == 0 ? 1 : 2; k <= world; k++) {
-            if (world % k || (pass == 0 && k > SPK_PLAN_MAX_TP))
-                continue;
-            const int tp = pass == 0 ? k : 1, ep = pass == 0 ? 1 : k;
+    /* every pp x tp, and for a MoE shape each tp > 1 again with its experts split whole (ep = tp);
+     * a layout inserted later goes after an equal one, so a tie keeps TP */
+    for (int tp = 1; tp <= world && tp <= SPK_PLAN_MAX_TP; tp++) {
+        if (world % tp)
+            continue;
+        const int eps = tp > 1 && s->n_experts > 0 && !(flags & SPK_PLAN_NO_EP) ? 2 : 1;
+        for (int e = 0; e < eps; e++) {
+            const int ep = e ? tp : 1;
             spk_plan p;
-            st = prepare(s, world / k, tp, ep, hw, batch, osl > 0 ? isl + osl / 2.0 : isl, &p);
+            st = prepare(s, world / tp, tp, ep, hw, batch, osl > 0 ? isl + osl / 2.0 : isl, &p);
             if (st) {
-                if (!first_err && pass == 0) {
+                if (!first_err) {
                     first_err = st;
                     snprintf(first_msg, sizeof first_msg, "%s", spk_err_msg());
                 }
@@ -443,9 +431,9 @@ spk_status spk_plan_rank_layouts_ex(const spk_shape *s, int world, int batch, in
             }
             spk_cost c;
             if (osl > 0)
-                scenario_with(&p, ep, batch, isl, osl, hw, &c);
+                scenario_with(&p, batch, isl, osl, hw, &c);
             else
-                decode_with(&p, ep, batch, isl, hw, &c);
+                decode_with(&p, batch, isl, hw, &c);
             insert_sorted(out, cap, n, &c);
             n++;
         }
@@ -464,17 +452,19 @@ spk_status spk_plan_rank_layouts(const spk_shape *s, int world, int batch, int i
 }
 
 spk_status spk_plan_choose(const spk_shape *s, int world, int batch, const spk_hw *hw, int *best_pp,
-                           int *best_tp)
+                           int *best_tp, int *best_ep)
 {
     if (!best_pp || !best_tp)
         return spk_err(SPK_ERR_INVALID_ARG, "plan_choose: best_pp or best_tp is NULL");
     spk_cost best;
     int n;
-    spk_status st =
-        spk_plan_rank_layouts(s, world, batch, SPK_COST_DEFAULT_ISL, SPK_COST_DEFAULT_OSL, hw, &best, 1, &n);
+    spk_status st = spk_plan_rank_layouts_ex(s, world, batch, SPK_COST_DEFAULT_ISL, SPK_COST_DEFAULT_OSL, hw,
+                                             best_ep ? 0u : SPK_PLAN_NO_EP, &best, 1, &n);
     if (st)
         return st;
     *best_pp = best.pp;
     *best_tp = best.tp;
+    if (best_ep)
+        *best_ep = best.ep;
     return SPK_OK;
 }

@@ -49,6 +49,10 @@ void spk_hw_cpu(spk_hw *hw);
 spk_status spk_plan_make_at(const spk_shape *shape, int pp, int tp, const spk_hw *hw, double batch, double context,
                             spk_plan *out);
 
+/* spk_plan_make_at for spk_plan_make_ep's layouts (ep 1, or ep == tp: experts split whole). */
+spk_status spk_plan_make_ep_at(const spk_shape *shape, int pp, int tp, int ep, const spk_hw *hw, double batch,
+                               double context, spk_plan *out);
+
 /* A prediction for one layout. Times in seconds. The breakdown is for one micro-batch on the
  * busiest stage (decode) or one chunk (prefill). */
 typedef struct spk_cost {
@@ -68,9 +72,9 @@ typedef struct spk_cost {
     double overhead_s;           /* step_overhead_us */
     double weight_bytes;         /* weight bytes the busiest stage reads per micro-batch */
     double prefill_s, decode_s;  /* scenario: the two phases */
-    int ep;                      /* expert-parallel ranks per stage (1: none; then tp may be > 1) */
-    int executable;              /* 1: the executor runs this layout (pp x tp); 0: modelled only
-                                    (expert parallelism, ep > 1) */
+    int ep;                      /* 1: experts split by columns (TP); == tp: whole experts split
+                                    over the TP group (expert parallelism) */
+    int executable;              /* 1: the executor runs this layout (every layout costed today) */
 } spk_cost;
 
 /* Expected number of distinct experts that b tokens touch when each is routed to k of n_expert
@@ -80,11 +84,13 @@ typedef struct spk_cost {
  * touched (docs/PLANNER.md). */
 double spk_moe_distinct_experts(int n_expert, int k, double b);
 
-/* Whether pp x tp x ep can be costed: ep 1 is every plan layout; ep > 1 (expert parallelism:
- * each of the ep ranks of a stage holds n_experts/ep whole experts and the attention whole)
- * needs a MoE shape, tp 1 and ep dividing n_experts (UNSUPPORTED naming the constraint). It is
- * modelled only: the executor does not run EP yet. */
-spk_status spk_plan_check_ep(const spk_shape *s, int pp, int tp, int ep);
+/* Expected distinct experts of its own n_expert/ep slice that the busiest of ep ranks sees when
+ * b tokens are each routed to k of n_expert experts uniformly at random: E[max over ranks], each
+ * rank's count taken as an independent Binomial(n_expert/ep, 1 - (1 - k/n)^b) (within 3% of a
+ * Monte Carlo of the real, slightly anti-correlated counts for 128 experts, top-4/8, ep 2/4, batch
+ * 1-64; docs/PLANNER.md). ep 1: spk_moe_distinct_experts. Always >= its mean D(b)/ep: at batch 1
+ * one rank gets more than k/ep (Qwen3-30B-A3B, ep 2: 5.1 of the 8). 0 for bad arguments. */
+double spk_moe_max_distinct_per_rank(int n_expert, int k, int ep, double b);
 
 /* Decode: `batch` sequences, each with `context` tokens already in its KV cache, each
  * producing one token per step. INVALID_ARG on a bad layout/shape/figure, with the plan's
@@ -92,7 +98,8 @@ spk_status spk_plan_check_ep(const spk_shape *s, int pp, int tp, int ep);
 spk_status spk_cost_decode(const spk_shape *s, int pp, int tp, int batch, int context, const spk_hw *hw,
                            spk_cost *out);
 
-/* spk_cost_decode for a layout with ep expert-parallel ranks per stage (ep 1: spk_cost_decode). */
+/* spk_cost_decode for a layout whose experts are split whole over the tp ranks of each group
+ * (ep == tp > 1, spk_plan_make_ep), or ep 1: spk_cost_decode. The plan's errors otherwise. */
 spk_status spk_cost_decode_ep(const spk_shape *s, int pp, int tp, int ep, int batch, int context, const spk_hw *hw,
                               spk_cost *out);
 
@@ -107,7 +114,7 @@ spk_status spk_cost_prefill(const spk_shape *s, int pp, int tp, int n_seq, int p
 spk_status spk_cost_scenario(const spk_shape *s, int pp, int tp, int batch, int isl, int osl,
                              const spk_hw *hw, spk_cost *out);
 
-/* spk_cost_scenario for a layout with ep expert-parallel ranks per stage. */
+/* spk_cost_scenario for a layout with expert parallelism (ep == tp, or 1). */
 spk_status spk_cost_scenario_ep(const spk_shape *s, int pp, int tp, int ep, int batch, int isl, int osl,
                                 const spk_hw *hw, spk_cost *out);
 
@@ -116,24 +123,24 @@ spk_status spk_cost_scenario_ep(const spk_shape *s, int pp, int tp, int ep, int 
 #define SPK_COST_DEFAULT_ISL 1024
 #define SPK_COST_DEFAULT_OSL 1024
 
-/* Predict every valid layout pp x tp == world (layouts the plan rejects are skipped), best
- * (highest tok_s) first, into out[0..cap); *n_out is how many were valid (may exceed cap).
+/* Predict every valid layout pp x tp == world, and for a MoE shape every tp > 1 once more with
+ * ep = tp (layouts the plan rejects are skipped), best (highest tok_s; on a tie the one without
+ * EP) first, into out[0..cap); *n_out is how many were valid (may exceed cap).
  * With osl > 0 the figure is spk_cost_scenario(batch, isl, osl); with osl == 0 it is
  * spk_cost_decode(batch, context = isl). INVALID_ARG on bad arguments; if no layout is valid,
  * the plan's error for the first one tried (pp = world, tp = 1). */
 spk_status spk_plan_rank_layouts(const spk_shape *s, int world, int batch, int isl, int osl, const spk_hw *hw,
                                  spk_cost *out, int cap, int *n_out);
 
-/* spk_plan_rank_layouts with flags: SPK_PLAN_WITH_MODELLED also ranks the layouts the executor
- * cannot run yet (pp x ep with ep > 1 for a MoE shape; executable 0 in their spk_cost), among the
- * others by tok/s. Layout choices (spk_plan_choose, spk_plan_choose_for_cluster) never pass it. */
-#define SPK_PLAN_WITH_MODELLED 1u
+/* spk_plan_rank_layouts with flags: SPK_PLAN_NO_EP leaves the expert-parallel layouts out. */
+#define SPK_PLAN_NO_EP 2u
 spk_status spk_plan_rank_layouts_ex(const spk_shape *s, int world, int batch, int isl, int osl, const spk_hw *hw,
                                     unsigned flags, spk_cost *out, int cap, int *n_out);
 
-/* The best executable layout (pp x tp, never EP) for `world` ranks serving `batch` concurrent requests: the balanced scenario
- * SPK_COST_DEFAULT_ISL / SPK_COST_DEFAULT_OSL (prefill and decode both count, as in service). */
+/* The best layout for `world` ranks serving `batch` concurrent requests: the balanced scenario
+ * SPK_COST_DEFAULT_ISL / SPK_COST_DEFAULT_OSL (prefill and decode both count, as in service).
+ * best_ep NULL: pp x tp only; else EP layouts compete too and *best_ep is 1 or tp. */
 spk_status spk_plan_choose(const spk_shape *s, int world, int batch, const spk_hw *hw, int *best_pp,
-                           int *best_tp);
+                           int *best_tp, int *best_ep);
 
 #endif

@@ -230,7 +230,38 @@ spk_status spk_plan_rebalance(spk_plan *p, spk_stage_cost_fn cost, void *ctx)
     return SPK_OK;
 }
 
+static spk_status plan_make(const spk_shape *shape, int pp, int tp, int ep, spk_plan *out);
+
 spk_status spk_plan_make(const spk_shape *shape, int pp, int tp, spk_plan *out)
+{
+    return plan_make(shape, pp, tp, 1, out);
+}
+
+spk_status spk_plan_make_ep(const spk_shape *shape, int pp, int tp, int ep, spk_plan *out)
+{
+    if (!shape || !out)
+        return spk_err(SPK_ERR_INVALID_ARG, "plan: shape or out is NULL");
+    if (ep < 1 || ep > SPK_PLAN_MAX_TP)
+        return spk_err(SPK_ERR_INVALID_ARG, "plan: ep %d out of range [1, %d]", ep, SPK_PLAN_MAX_TP);
+    if (ep > 1) {
+        spk_status st = spk_shape_check(shape);
+        if (st)
+            return st;
+        const char *nm = shape->name[0] ? shape->name : "model";
+        if (shape->n_experts == 0)
+            return spk_err(SPK_ERR_UNSUPPORTED, "%s: ep %d: a dense model has no experts to split", nm, ep);
+        if (ep != tp)
+            return spk_err(SPK_ERR_UNSUPPORTED,
+                           "%s: ep %d with tp %d: experts are split over the ranks of a TP group, so ep must "
+                           "equal tp", nm, ep, tp);
+        if (shape->n_experts % ep != 0)
+            return spk_err(SPK_ERR_UNSUPPORTED, "%s: ep %d does not divide the %d experts (every rank holds as many)",
+                           nm, ep, shape->n_experts);
+    }
+    return plan_make(shape, pp, tp, ep, out);
+}
+
+static spk_status plan_make(const spk_shape *shape, int pp, int tp, int ep, spk_plan *out)
 {
     if (!shape || !out)
         return spk_err(SPK_ERR_INVALID_ARG, "plan: shape or out is NULL");
@@ -260,7 +291,7 @@ spk_status spk_plan_make(const spk_shape *shape, int pp, int tp, spk_plan *out)
     const int blk = spk_shape_block(s);
     const int g = s->n_heads / s->n_kv_heads;
     if (tp > 1) {
-        const int ffs[2] = {s->n_ff, s->n_experts > 0 ? s->n_ff_expert : 0};
+        const int ffs[2] = {s->n_ff, s->n_experts > 0 && ep == 1 ? s->n_ff_expert : 0}; /* EP: whole experts */
         const char *what[2] = {"n_ff", "n_ff_expert"};
         for (int k = 0; k < 2; k++) {
             if (ffs[k] == 0)
@@ -290,6 +321,7 @@ spk_status spk_plan_make(const spk_shape *shape, int pp, int tp, spk_plan *out)
     memset(out, 0, sizeof *out);
     out->pp = pp;
     out->tp = tp;
+    out->ep = ep;
     out->world = (int)world;
     out->group = g;
     out->shape = *s;
@@ -311,11 +343,19 @@ spk_status spk_plan_make(const spk_shape *shape, int pp, int tp, spk_plan *out)
                 t->f0 *= blk;
                 t->f1 *= blk;
             }
-            if (s->n_experts > 0) {
+            if (s->n_experts > 0 && ep == 1) {
                 split_even(s->n_ff_expert / blk, tp, i, &t->fe0, &t->fe1);
                 t->fe0 *= blk;
                 t->fe1 *= blk;
+            } else if (s->n_experts > 0) {
+                t->fe1 = s->n_ff_expert;
             }
+        }
+        if (s->n_experts > 0) {
+            if (ep > 1)
+                split_even(s->n_experts, ep, i, &t->x0, &t->x1);
+            else
+                t->x1 = s->n_experts;
         }
         split_even(s->n_vocab, tp, i, &t->v0, &t->v1);
     }
@@ -346,6 +386,8 @@ spk_status spk_plan_rank(const spk_plan *p, int rank, spk_rank_slice *out)
     out->f1 = t->f1;
     out->fe0 = t->fe0;
     out->fe1 = t->fe1;
+    out->x0 = t->x0;
+    out->x1 = t->x1;
     out->embeds = out->stage == 0;
     out->has_head = out->stage == p->pp - 1;
     if (out->has_head) {
@@ -385,7 +427,7 @@ double spk_plan_rank_bytes(const spk_plan *p, int rank)
     double layer = (E * (q + 2 * kv) + q * E) * s->bytes_per_weight + 3.0 * (r.f1 - r.f0) * E * s->bytes_per_weight +
                    2 * E * 4;
     if (s->n_experts > 0)
-        layer += (double)s->n_experts * 3.0 * (r.fe1 - r.fe0) * E * spk_shape_bpe(s) + E * s->n_experts * s->bytes_per_weight;
+        layer += (double)(r.x1 - r.x0) * 3.0 * (r.fe1 - r.fe0) * E * spk_shape_bpe(s) + E * s->n_experts * s->bytes_per_weight;
     double b = layer * (r.l1 - r.l0);
     if (r.embeds)
         b += spk_shape_embd_bytes(s) / p->tp; /* the table may be split by rows too */
@@ -401,7 +443,8 @@ char *spk_plan_describe(const spk_plan *p, char *buf, int cap)
     buf[0] = 0;
     if (!p)
         return buf;
-    int n = snprintf(buf, (size_t)cap, "pp %d x tp %d (world %d): layers", p->pp, p->tp, p->world);
+    int n = snprintf(buf, (size_t)cap, "pp %d x tp %d%s (world %d): layers", p->pp, p->tp,
+                     p->ep > 1 ? " + ep" : "", p->world);
 #define ADD(...)                                                                                  \
     do {                                                                                          \
         if (n >= 0 && n < cap)                                                                    \
@@ -419,7 +462,11 @@ char *spk_plan_describe(const spk_plan *p, char *buf, int cap)
             for (int i = 0; i < p->tp; i++)
                 ADD("%s%d", i ? "+" : " ", p->part[i].f1 - p->part[i].f0);
         }
-        if (p->shape.n_experts > 0) {
+        if (p->shape.n_experts > 0 && p->ep > 1) {
+            ADD(", ep %d: experts", p->ep);
+            for (int i = 0; i < p->tp; i++)
+                ADD("%s%d", i ? "+" : " ", p->part[i].x1 - p->part[i].x0);
+        } else if (p->shape.n_experts > 0) {
             ADD(", expert ffn");
             for (int i = 0; i < p->tp; i++)
                 ADD("%s%d", i ? "+" : " ", p->part[i].fe1 - p->part[i].fe0);

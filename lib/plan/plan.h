@@ -73,10 +73,14 @@ typedef struct spk_plan_tpart {
     int f0, f1;                 /* dense MLP intermediate [f0, f1), whole quant blocks */
     int fe0, fe1;               /* expert MLP intermediate [fe0, fe1), whole quant blocks */
     int v0, v1;                 /* output-head vocabulary rows [v0, v1) */
+    int x0, x1;                 /* MoE: experts [x0, x1) this part runs (expert parallelism, ep > 1:
+                                   n_experts/ep whole experts each, fe = every column; ep 1: all) */
 } spk_plan_tpart;
 
 typedef struct spk_plan {
     int pp, tp, world;
+    int ep;                     /* 1: experts split by columns like a dense MLP (TP); == tp: each
+                                   rank of a TP group holds n_experts/tp whole experts (EP) */
     int group;                  /* query heads per KV head */
     spk_shape shape;
     spk_plan_stage stage[SPK_PLAN_MAX_PP];
@@ -101,6 +105,17 @@ typedef struct spk_plan {
  */
 spk_status spk_plan_make(const spk_shape *shape, int pp, int tp, spk_plan *out);
 
+/*
+ * spk_plan_make with expert parallelism: ep 1 is spk_plan_make; ep > 1 keeps the TP split of
+ * attention, dense MLP and vocabulary, but each rank of a TP group holds n_experts/ep whole
+ * experts (every intermediate column) instead of a column slice of every expert, and the group's
+ * all-reduce sums the partial MoE outputs. ep > 1 needs a MoE shape (UNSUPPORTED "a dense model
+ * has no experts"), ep == tp (UNSUPPORTED: experts are split over the ranks of a TP group) and ep
+ * dividing n_experts (UNSUPPORTED); ep < 1 or > SPK_PLAN_MAX_TP is INVALID_ARG. The expert
+ * intermediate size is then not split, so its quant-block rule does not apply.
+ */
+spk_status spk_plan_make_ep(const spk_shape *shape, int pp, int tp, int ep, spk_plan *out);
+
 /* Stage st's cost when it holds n layers (stage 0 embeds, stage pp-1 has the head); must not
  * decrease with n and must be the same for every middle stage. */
 typedef double (*spk_stage_cost_fn)(void *ctx, int st, int n_layers);
@@ -119,6 +134,7 @@ typedef struct spk_rank_slice {
     bool embeds;                /* stage 0: looks up token embeddings */
     bool has_head;              /* last stage: final norm, output head, sampling */
     int prev_rank, next_rank;   /* same tp rank in the previous / next stage; -1 at the ends */
+    int x0, x1;                 /* MoE experts [x0, x1) the rank runs (all unless ep > 1) */
 } spk_rank_slice;
 
 /* The slice of `rank`. INVALID_ARG if rank is outside [0, world). */
@@ -167,7 +183,8 @@ struct spk_shard;
 void spk_shape_from_hparams(const struct spk_hparams *hp, spk_shape *out);
 
 /* Fill the forward pass's shard description for `rank` (layers, query/KV heads, MLP columns,
- * vocabulary rows of its TP part, first/last stage); the all-reduce hook is left NULL.
+ * vocabulary rows of its TP part, first/last stage; with ep > 1 its experts [e0, e1) and every
+ * expert column); the all-reduce hook is left NULL.
  * INVALID_ARG if rank is outside [0, world). */
 spk_status spk_plan_shard(const spk_plan *p, int rank, struct spk_shard *out);
 

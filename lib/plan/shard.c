@@ -41,6 +41,10 @@ spk_status spk_plan_shard(const spk_plan *p, int rank, spk_shard *out)
     out->kv1 = r.kv1;
     out->f0 = p->shape.n_experts > 0 ? r.fe0 : r.f0; /* MoE: every expert's columns (no dense MLP) */
     out->f1 = p->shape.n_experts > 0 ? r.fe1 : r.f1;
+    if (p->ep > 1) { /* expert parallelism: whole experts [x0, x1), fe = every column */
+        out->e0 = r.x0;
+        out->e1 = r.x1;
+    }
     out->v0 = t->v0; /* every rank gets its part's rows; only the last stage uses them */
     out->v1 = t->v1;
     out->first = r.embeds;

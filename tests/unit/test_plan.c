@@ -403,9 +403,9 @@ START_TEST(cost_agrees_with_study_direction)
     /* The planner's own choice follows: TP at batch 1, PP at 128 for gpt-oss-120b */
     spk_shape s = preset("gpt-oss-120b");
     int pp, tp;
-    ck_assert_int_eq(spk_plan_choose(&s, 2, 1, &hw, &pp, &tp), SPK_OK);
+    ck_assert_int_eq(spk_plan_choose(&s, 2, 1, &hw, &pp, &tp, NULL), SPK_OK);
     ck_assert(pp == 1 && tp == 2);
-    ck_assert_int_eq(spk_plan_choose(&s, 2, 128, &hw, &pp, &tp), SPK_OK);
+    ck_assert_int_eq(spk_plan_choose(&s, 2, 128, &hw, &pp, &tp, NULL), SPK_OK);
     ck_assert(pp == 2 && tp == 1);
     /* ... and it is the all-reduce bandwidth that decides: at link rate TP wins at 128 too */
     spk_hw fast;
@@ -515,7 +515,7 @@ START_TEST(prefill_and_choose_behave)
     ck_assert(c.step_s < 3 * 2 * (params + 1.05e9) * 4 * 2048 / 100e12);
     /* one rank: the only layout */
     int pp, tp;
-    ck_assert_int_eq(spk_plan_choose(&s, 1, 8, &hw, &pp, &tp), SPK_OK);
+    ck_assert_int_eq(spk_plan_choose(&s, 1, 8, &hw, &pp, &tp, NULL), SPK_OK);
     ck_assert(pp == 1 && tp == 1);
     /* every layout ranked for SmolLM2 on 6 ranks is valid and sorted */
     spk_shape m = preset("smollm2-135m");
@@ -659,72 +659,169 @@ START_TEST(moe_decode_bytes_follow_touched_experts)
 }
 END_TEST
 
-START_TEST(ep_is_modelled_never_chosen)
+/* Expert parallelism as the executor runs it: TP attention, each rank of a TP group holding
+ * n_experts/tp whole experts, the group's all-reduce summing the partial MoE outputs. */
+START_TEST(ep_plans_validate_and_split_whole_experts)
+{
+    spk_shape g = preset("gpt-oss-120b"), l = preset("llama-3.1-8b");
+    spk_plan p, t;
+    /* constraints, each named */
+    ck_assert_int_eq(spk_plan_make_ep(&l, 1, 2, 2, &p), SPK_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "dense model has no experts"));
+    ck_assert_int_eq(spk_plan_make_ep(&g, 2, 1, 2, &p), SPK_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "ep must equal tp"));
+    ck_assert_int_eq(spk_plan_make_ep(&g, 1, 3, 3, &p), SPK_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "ep 3 does not divide the 128 experts"));
+    ck_assert_int_eq(spk_plan_make_ep(&g, 1, 2, 0, &p), SPK_ERR_INVALID_ARG);
+    ck_assert_int_eq(spk_plan_make_ep(&g, 1, 2, 65, &p), SPK_ERR_INVALID_ARG);
+    ck_assert_int_eq(spk_plan_make_ep(&g, 1, 16, 16, &p), SPK_ERR_UNSUPPORTED); /* tp 16 > 8 KV heads */
+    spk_cost c;
+    spk_hw hw;
+    spk_hw_dgx_spark(&hw);
+    ck_assert_int_eq(spk_cost_decode_ep(&l, 1, 2, 2, 8, 100, &hw, &c), SPK_ERR_UNSUPPORTED);
+
+    /* ep 1 is the plain plan; ep 4 keeps TP's heads and vocabulary, splits the experts 32 each,
+     * whole (every column), and holds the same bytes in all as TP 4 */
+    ck_assert_int_eq(spk_plan_make_ep(&g, 2, 4, 1, &p), SPK_OK);
+    ck_assert_int_eq(spk_plan_make(&g, 2, 4, &t), SPK_OK);
+    ck_assert_int_eq(p.ep, 1);
+    ck_assert_int_eq(memcmp(p.part, t.part, sizeof p.part), 0);
+    ck_assert_int_eq(spk_plan_make_ep(&g, 2, 4, 4, &p), SPK_OK);
+    ck_assert_int_eq(p.ep, 4);
+    double bytes_ep = 0, bytes_tp = 0;
+    for (int r = 0; r < 8; r++) {
+        spk_rank_slice a, b;
+        ck_assert_int_eq(spk_plan_rank(&p, r, &a), SPK_OK);
+        ck_assert_int_eq(spk_plan_rank(&t, r, &b), SPK_OK);
+        ck_assert(a.kv0 == b.kv0 && a.kv1 == b.kv1 && a.q0 == b.q0 && a.l0 == b.l0 && a.l1 == b.l1);
+        ck_assert_int_eq(a.x0, 32 * a.tp_rank);
+        ck_assert_int_eq(a.x1, 32 * (a.tp_rank + 1));
+        ck_assert(a.fe0 == 0 && a.fe1 == g.n_ff_expert);
+        ck_assert(b.x0 == 0 && b.x1 == 128 && b.fe1 - b.fe0 < g.n_ff_expert);
+        bytes_ep += spk_plan_rank_bytes(&p, r);
+        bytes_tp += spk_plan_rank_bytes(&t, r);
+    }
+    ck_assert_msg(fabs(bytes_ep - bytes_tp) < 1e-9 * bytes_tp, "%g vs %g", bytes_ep, bytes_tp);
+    char buf[512];
+    ck_assert_ptr_nonnull(strstr(spk_plan_describe(&p, buf, sizeof buf), "ep 4: experts 32+32+32+32"));
+
+    /* experts of one quant block: TP cannot split their columns, EP needs not */
+    spk_shape m = preset("tiny-moe");
+    m.quant_block = 256;
+    m.head_dim = 256; /* rank 1's attention-output slice starts at 4 heads x 256: a whole block */
+    ck_assert_int_eq(spk_plan_make(&m, 1, 2, &p), SPK_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "n_ff_expert 256 has only 1 quant blocks"));
+    ck_assert_msg(spk_plan_make_ep(&m, 1, 2, 2, &p) == SPK_OK, "%s", spk_err_msg());
+    ck_assert(p.part[1].x0 == 4 && p.part[1].x1 == 8 && p.part[1].fe1 == 256);
+}
+END_TEST
+
+START_TEST(ep_busiest_rank_reads_more_than_the_mean)
+{
+    /* E[max over ranks] of the distinct experts hit in each rank's slice */
+    for (int ep = 1; ep <= 8; ep *= 2)
+        for (int k = 1; k <= 8; k *= 2) {
+            double prev = 0;
+            for (double b = 1; b <= 4096; b *= 2) {
+                double d = spk_moe_distinct_experts(128, k, b), x = spk_moe_max_distinct_per_rank(128, k, ep, b);
+                if (ep == 1)
+                    ck_assert_double_eq_tol(x, d, 1e-12);
+                ck_assert_msg(x >= d / ep - 1e-9, "ep %d k %d b %g: max %g < mean %g", ep, k, b, x, d / ep);
+                ck_assert(x <= 128 / ep + 1e-9 && x <= b * k + 1e-9);
+                ck_assert(x >= prev - 1e-9); /* grows with the batch */
+                prev = x;
+            }
+            ck_assert_double_eq_tol(prev, 128.0 / ep, 1e-6); /* every expert of the slice at batch 4096 */
+        }
+    /* batch 1: one rank gets more than k/ep. A Monte Carlo of real top-k routing (docs/PLANNER.md)
+     * gives 5.06 for 128 experts, top-8, ep 2, and 3.49 for ep 4; 16.26 for top-4, ep 2, batch 8 */
+    ck_assert_double_eq_tol(spk_moe_max_distinct_per_rank(128, 8, 2, 1), 5.06, 0.1);
+    ck_assert_double_eq_tol(spk_moe_max_distinct_per_rank(128, 8, 4, 1), 3.49, 0.1);
+    ck_assert_double_eq_tol(spk_moe_max_distinct_per_rank(128, 4, 2, 8), 16.26, 0.2);
+    ck_assert_double_eq(spk_moe_max_distinct_per_rank(0, 8, 2, 1), 0);
+    ck_assert_double_eq(spk_moe_max_distinct_per_rank(128, 8, 0, 1), 0);
+    ck_assert_double_eq(spk_moe_max_distinct_per_rank(128, 8, 2, 0), 0);
+    ck_assert_double_eq(spk_moe_max_distinct_per_rank(128, 128, 2, 1), 64);
+}
+END_TEST
+
+START_TEST(ep_cost_is_tp_with_whole_experts)
 {
     spk_hw hw;
     spk_hw_dgx_spark(&hw);
-    spk_shape g = preset("gpt-oss-120b"), l = preset("llama-3.1-8b"), q = preset("qwen3-30b-a3b");
-    /* constraints */
-    ck_assert_int_eq(spk_plan_check_ep(&g, 1, 1, 2), SPK_OK);
-    ck_assert_int_eq(spk_plan_check_ep(&l, 1, 1, 2), SPK_ERR_UNSUPPORTED);
-    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "no experts"));
-    ck_assert_int_eq(spk_plan_check_ep(&g, 1, 2, 2), SPK_ERR_UNSUPPORTED);
-    ck_assert_int_eq(spk_plan_check_ep(&g, 1, 1, 3), SPK_ERR_UNSUPPORTED);
-    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "does not divide the 128 experts"));
-    ck_assert_int_eq(spk_plan_check_ep(&g, 1, 1, 0), SPK_ERR_INVALID_ARG);
-    spk_cost c;
-    ck_assert_int_eq(spk_cost_decode_ep(&l, 1, 1, 2, 8, 100, &hw, &c), SPK_ERR_UNSUPPORTED);
+    spk_shape q = preset("qwen3-30b-a3b");
+    const double E = q.n_embd, hd = q.head_dim;
+    double prev_ratio = INFINITY;
+    for (int b = 1; b <= 4096; b *= 4) {
+        spk_cost e, t;
+        ck_assert_int_eq(spk_cost_decode_ep(&q, 1, 2, 2, b, 0, &hw, &e), SPK_OK);
+        ck_assert_int_eq(spk_cost_decode(&q, 1, 2, b, 0, &hw, &t), SPK_OK);
+        ck_assert(e.ep == 2 && e.tp == 2 && e.executable && t.ep == 1 && t.executable);
+        /* the same all-reduces as TP (after attention and after the MoE block) */
+        ck_assert_double_eq_tol(e.allreduce_s, t.allreduce_s, 1e-15);
+        /* weight bytes: TP attention half, router whole, the busiest rank's experts whole */
+        const double q2 = q.n_heads / 2 * hd, kv2 = q.n_kv_heads / 2 * hd;
+        double want = ((E * (q2 + 2 * kv2) + q2 * E + E * q.n_experts) * q.bytes_per_weight +
+                       spk_moe_max_distinct_per_rank(128, 8, 2, b) * 3.0 * q.n_ff_expert * E * spk_shape_bpe(&q)) *
+                          q.n_layers +
+                      (double)(q.n_vocab / 2) * E * spk_shape_bph(&q) + b * E * spk_shape_bph(&q);
+        ck_assert_msg(fabs(e.weight_bytes - want) < 1e-9 * want, "b %d: %g vs %g", b, e.weight_bytes, want);
+        /* TP reads half the columns of every hit expert, the mean: EP never reads less, and the gap
+         * closes as the batch touches every expert */
+        double ratio = e.weight_bytes / t.weight_bytes;
+        ck_assert_msg(ratio >= 1 - 1e-12 && ratio <= prev_ratio + 1e-12, "b %d: EP/TP bytes %g", b, ratio);
+        ck_assert(e.tok_s <= t.tok_s * (1 + 1e-12));
+        prev_ratio = ratio;
+    }
+    ck_assert_double_lt(prev_ratio, 1.001);
+}
+END_TEST
 
-    /* EP at batch 1 on one stage: attention, router and head whole, half of the 4 experts'
-     * bytes (in expectation), two all-to-alls per layer of k routed copies of the token */
-    ck_assert_int_eq(spk_cost_decode_ep(&g, 1, 1, 2, 1, 0, &hw, &c), SPK_OK);
-    ck_assert_int_eq(c.ep, 2);
-    ck_assert_int_eq(c.executable, 0);
-    const double E = g.n_embd, Q = g.n_heads * g.head_dim, KV = g.n_kv_heads * g.head_dim;
-    double want = ((E * (Q + 2 * KV) + Q * E + E * g.n_experts) * g.bytes_per_weight +
-                   4.0 / 2 * 3.0 * g.n_ff_expert * E * spk_shape_bpe(&g)) * g.n_layers +
-                  (double)g.n_vocab * E * spk_shape_bph(&g) + E * spk_shape_bph(&g);
-    ck_assert_msg(fabs(c.weight_bytes - want) < 1e-9 * want, "%g vs %g", c.weight_bytes, want);
-    double a2a = hw.allreduce_latency_us * 1e-6 + 0.5 * 1 * 4 * E * 2 / (hw.allreduce_busbw_GBps * 1e9);
-    ck_assert(fabs(c.allreduce_s - 2 * g.n_layers * a2a) < 1e-12);
-
-    /* ranking: EP only with the flag, marked not executable; the plain ranking has none */
+START_TEST(planner_chooses_among_pp_tp_and_ep)
+{
+    spk_hw hw;
+    spk_hw_dgx_spark(&hw);
     spk_cost r[8];
-    int n;
+    int n, pp, tp, ep;
+    /* every executable layout ranked: qwen3-30b-a3b on 2 ranks has pp2, tp2 and tp2+ep2 */
+    spk_shape q = preset("qwen3-30b-a3b"), l = preset("llama-3.1-8b");
     ck_assert_int_eq(spk_plan_rank_layouts(&q, 2, 64, 1024, 1024, &hw, r, 8, &n), SPK_OK);
-    ck_assert_int_eq(n, 2);
-    for (int i = 0; i < n; i++)
-        ck_assert(r[i].executable && r[i].ep == 1);
-    ck_assert_int_eq(spk_plan_rank_layouts_ex(&q, 2, 64, 1024, 1024, &hw, SPK_PLAN_WITH_MODELLED, r, 8, &n), SPK_OK);
     ck_assert_int_eq(n, 3);
     int n_ep = 0;
     for (int i = 0; i < n; i++) {
-        n_ep += r[i].ep == 2;
-        ck_assert_int_eq(r[i].executable, r[i].ep == 1);
+        ck_assert(r[i].executable);
+        n_ep += r[i].ep == 2 && r[i].tp == 2;
         if (i)
             ck_assert(r[i].tok_s <= r[i - 1].tok_s);
     }
     ck_assert_int_eq(n_ep, 1);
-    ck_assert_int_eq(spk_plan_rank_layouts_ex(&l, 2, 64, 1024, 1024, &hw, SPK_PLAN_WITH_MODELLED, r, 8, &n), SPK_OK);
+    ck_assert_int_eq(spk_plan_rank_layouts_ex(&q, 2, 64, 1024, 1024, &hw, SPK_PLAN_NO_EP, r, 8, &n), SPK_OK);
+    ck_assert_int_eq(n, 2);
+    ck_assert_int_eq(spk_plan_rank_layouts(&l, 2, 64, 1024, 1024, &hw, r, 8, &n), SPK_OK);
     ck_assert_int_eq(n, 2); /* dense: nothing to split by experts */
     ck_assert_int_eq(spk_plan_rank_layouts_ex(&l, 2, 64, 1024, 1024, &hw, 8u, r, 8, &n), SPK_ERR_INVALID_ARG);
-
-    /* a MoE shape with one KV head (TP impossible) and top-1 routing: at batch 64 EP reads half
-     * the experts once per step where PP's two micro-batches each read a whole stage, so EP is
-     * predicted fastest; the choice is still the executable PP */
+    /* where TP can split the experts' columns it reads the mean rank's share and EP the busiest
+     * rank's, so gpt-oss-120b at batch 1 stays TP */
+    spk_shape g = preset("gpt-oss-120b");
+    ck_assert_int_eq(spk_plan_choose(&g, 2, 1, &hw, &pp, &tp, &ep), SPK_OK);
+    ck_assert(pp == 1 && tp == 2 && ep == 1);
+    /* experts of one 4096-element quant block: TP cannot split them, EP can; large experts, so
+     * at batch 1 EP (half the attention, ~1.46 of the 2 routed experts on the busiest rank) beats
+     * PP (no speedup at batch 1) and is chosen; without EP the choice is PP */
     spk_shape m = preset("tiny-moe");
-    m.n_heads = 4;
-    m.n_kv_heads = 1;
-    m.n_experts_used = 1;
-    m.n_ff_expert = 1 << 16; /* large experts, so weight reads dominate the collectives */
-    spk_hw_init(&hw);        /* collectives at link rate */
+    m.n_ff_expert = 4096;
+    m.quant_block = 4096;
+    m.head_dim = 1024;
+    m.n_embd = 4096; /* 31 MB experts, so weight reads dominate the all-reduces */
+    spk_hw_init(&hw); /* all-reduces at link rate */
     hw.allreduce_latency_us = 5;
-    ck_assert_int_eq(spk_plan_rank_layouts_ex(&m, 2, 64, 64, 0, &hw, SPK_PLAN_WITH_MODELLED, r, 8, &n), SPK_OK);
-    ck_assert_int_eq(n, 2); /* pp2 tp1 and pp1 ep2 (tp 2 > 1 KV head) */
-    ck_assert_msg(r[0].ep == 2 && !r[0].executable, "EP predicted %g, PP %g", r[0].ep == 2 ? r[0].tok_s : r[1].tok_s,
-                  r[0].ep == 2 ? r[1].tok_s : r[0].tok_s);
-    int pp, tp;
-    ck_assert_int_eq(spk_plan_choose(&m, 2, 64, &hw, &pp, &tp), SPK_OK);
+    ck_assert_int_eq(spk_plan_rank_layouts(&m, 2, 1, 64, 0, &hw, r, 8, &n), SPK_OK);
+    ck_assert_int_eq(n, 2); /* pp2 tp1 and pp1 tp2 + ep2 */
+    ck_assert_msg(r[0].ep == 2 && r[0].tp == 2 && r[0].executable, "first: pp %d tp %d ep %d %g tok/s, then %g",
+                  r[0].pp, r[0].tp, r[0].ep, r[0].tok_s, r[1].tok_s);
+    ck_assert_int_eq(spk_plan_choose(&m, 2, 1, &hw, &pp, &tp, &ep), SPK_OK);
+    ck_assert(pp == 1 && tp == 2 && ep == 2);
+    ck_assert_int_eq(spk_plan_choose(&m, 2, 1, &hw, &pp, &tp, NULL), SPK_OK);
     ck_assert(pp == 2 && tp == 1);
 }
 END_TEST
@@ -978,7 +1075,10 @@ int main(void)
     tcase_add_test(tc, distinct_experts_formula);
     tcase_add_test(tc, moe_presets_match_published_counts);
     tcase_add_test(tc, moe_decode_bytes_follow_touched_experts);
-    tcase_add_test(tc, ep_is_modelled_never_chosen);
+    tcase_add_test(tc, ep_plans_validate_and_split_whole_experts);
+    tcase_add_test(tc, ep_busiest_rank_reads_more_than_the_mean);
+    tcase_add_test(tc, ep_cost_is_tp_with_whole_experts);
+    tcase_add_test(tc, planner_chooses_among_pp_tp_and_ep);
     tcase_add_test(tc, shape_from_moe_files);
     if (spk_test_model_path())
         tcase_add_test(tc, shape_from_default_model_file);

@@ -52,6 +52,7 @@ class spk_model_config(ctypes.Structure):
         ("kv_cache_bytes", ctypes.c_uint64),
         ("backend", ctypes.c_int),
         ("device", ctypes.c_int),
+        ("ep", ctypes.c_int),
     ]
 
 
@@ -94,6 +95,8 @@ class spk_rank_stats(ctypes.Structure):
         ("send_ns", ctypes.c_uint64),
         ("handoff_ns", ctypes.c_uint64),
         ("n_handoffs", ctypes.c_uint64),
+        ("expert_begin", ctypes.c_int),
+        ("expert_end", ctypes.c_int),
     ]
 
 

@@ -42,7 +42,8 @@ class Model:
     """A model loaded on a cluster, with its serving engine (spk_model_load).
 
     ``Model(cluster, path, pp=0, tp=0, n_ctx=0, max_seqs=0, n_threads=0, queue_capacity=0,
-    kv_cache_bytes=0, backend="cpu", device=0)``; backend is "cpu", "cuda" or "auto" (the GPU when
+    kv_cache_bytes=0, backend="cpu", device=0, ep=0)``; ep splits a MoE model's experts whole over
+    the ranks of each TP group (0: the planner may, when it picks pp and tp; 1: off; N: tp N); backend is "cpu", "cuda" or "auto" (the GPU when
     the CUDA backend runs here, else the CPU), device the GPU ordinal; 0 means the library's default (pp/tp: the planner's choice; n_ctx:
     min(model's, 4096); max_seqs: 8 sequences in flight; n_threads: the cluster's;
     queue_capacity: 1024; kv_cache_bytes: max_seqs full contexts, in blocks of 16 positions;
@@ -61,7 +62,7 @@ class Model:
     def __init__(self, cluster: Union[Cluster, str, os.PathLike, None] = None,
                  path: Union[str, os.PathLike, None] = None, pp: int = 0, tp: int = 0, n_ctx: int = 0,
                  max_seqs: int = 0, n_threads: int = 0, queue_capacity: int = 0, kv_cache_bytes: int = 0,
-                 backend: str = "cpu", device: int = 0):
+                 backend: str = "cpu", device: int = 0, ep: int = 0):
         self._h = None
         self._own_cluster = None
         fn = "spk_model_load"
@@ -76,7 +77,7 @@ class Model:
             raise _arg_error(fn, "path contains a NUL byte")
         cfg.path = cpath
         for name, value in (("pp", pp), ("tp", tp), ("n_ctx", n_ctx), ("max_seqs", max_seqs),
-                            ("n_threads", n_threads), ("queue_capacity", queue_capacity)):
+                            ("n_threads", n_threads), ("queue_capacity", queue_capacity), ("ep", ep)):
             setattr(cfg, name, _c_int(fn, name, value))
         cfg.kv_cache_bytes = _c_int(fn, "kv_cache_bytes", kv_cache_bytes, 0, (1 << 64) - 1)
         backends = {"auto": 0, "cpu": 1, "cuda": 2}  # spk_backend_type
@@ -211,7 +212,7 @@ class Model:
         rank = _c_int("spk_model_get_rank_stats", "rank", rank)
         self._call("spk_model_get_rank_stats", _lib.spk_model_get_rank_stats, rank, ctypes.byref(s))
         return RankStats(s.rank, s.stage, s.tp_rank, s.layer_begin, s.layer_end, s.weight_bytes,
-                         s.resident_bytes, s.kv_cache_bytes, s.owned_bytes)
+                         s.resident_bytes, s.kv_cache_bytes, s.owned_bytes, s.expert_begin, s.expert_end)
 
     def stats(self) -> ModelStats:
         """Serving counters now: queue, running requests, KV blocks total/free, preemptions,

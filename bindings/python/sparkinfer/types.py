@@ -60,6 +60,8 @@ class RankStats:
     resident_bytes: int
     kv_cache_bytes: int
     owned_bytes: int       # weights + KV cache + run buffers: what the rank holds for the model
+    expert_begin: int = 0  # MoE: experts [begin, end) the rank runs (a slice under expert parallelism)
+    expert_end: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
