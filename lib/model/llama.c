@@ -82,25 +82,23 @@ static spk_status upload(spk_llama *m, const void **p, size_t bytes, const char 
             *p = m->uploads[i + 1];
             return SPK_OK;
         }
+    /* The device reads these pages (a copy by its driver, or in place): fault them in from the CPU
+     * first, since a Hugging Face tensor converted on first touch is filled by a user-mode fault only. */
+    const volatile uint8_t *b = *p;
+    uint8_t sink = 0;
+    for (size_t i = 0; i < bytes; i += 4096)
+        sink ^= b[i];
+    if (bytes)
+        sink ^= b[bytes - 1];
+    (void)sink;
     void *dev = NULL;
     spk_status st = m->be->ops->upload(m->be, *p, bytes, &dev);
     if (st != SPK_OK)
         return spk_err(st, "llama: cannot give %s (%zu bytes) to the %s backend", what, bytes, m->be->ops->name);
     m->uploads[m->n_uploads++] = (void *)*p;
     m->uploads[m->n_uploads++] = dev;
-    if (dev != *p) { /* a copy, not the mapping read in place */
+    if (dev != *p) /* a copy, not the mapping read in place */
         m->alloc_bytes += bytes;
-    } else { /* the device will read these pages where they lie: fault them in from the CPU first
-              * (a Hugging Face tensor converted on first touch is filled by a CPU fault only) */
-        const volatile uint8_t *b = *p;
-        const size_t pg = 4096;
-        uint8_t sink = 0;
-        for (size_t i = 0; i < bytes; i += pg)
-            sink ^= b[i];
-        if (bytes)
-            sink ^= b[bytes - 1];
-        (void)sink;
-    }
     *p = dev;
     return SPK_OK;
 }
