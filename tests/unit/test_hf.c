@@ -35,7 +35,8 @@ static char *g_ref_txt;
 
 static const char *const variants[] = {"llama-f32",   "llama-bf16",  "llama-fp8-tensor", "llama-fp8-channel",
                                        "llama-fp8-block", "llama-nvfp4", "llama-mxfp4", "llama3-hd",
-                                       "qwen3-f32"};
+                                       "qwen3-f32",   "qwen3moe-f32", "qwen3moe-bf16", "gptoss-f32",
+                                       "gptoss-bf16", "gptoss-mxfp4"};
 #define N_VARIANTS (int)(sizeof variants / sizeof variants[0])
 
 static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -349,6 +350,11 @@ END_TEST
 
 /* ---- the converter's output, recorded (tests/data/ref_hf_twin.json) --------------------------- */
 
+/* the variants tests/ref/hf-twin-reference.sh converts (and tests/sh/hf_twin.sh) */
+static const char *const twin_variants[] = {"llama-f32",    "qwen3-f32",  "llama3-hd",
+                                            "qwen3moe-f32", "gptoss-f32", "gptoss-mxfp4"};
+#define N_TWINS (int)(sizeof twin_variants / sizeof twin_variants[0])
+
 /* sha256 of a metadata value in GGUF's little-endian encoding without key and type field (the
  * definition in ref_hf_twin.json's comment, tests/ref/hf-twin-reference.py): a number as its
  * type's bytes (bool 1 byte), a string as uint64 length + bytes, an array as uint32 element type +
@@ -444,8 +450,7 @@ static int key_exception(const char *key)
  * same-logits check of hf_twin.sh without torch; it always runs. */
 START_TEST(same_keys_and_tensors_as_converter)
 {
-    static const char *const tv[] = {"llama-f32", "qwen3-f32", "llama3-hd"};
-    const char *v = tv[_i];
+    const char *v = twin_variants[_i];
     size_t len;
     char *txt = spk_test_read_file(SPK_TEST_DATA_DIR "/ref_hf_twin.json", &len);
     ck_assert_msg(txt != NULL, "tests/data/ref_hf_twin.json missing");
@@ -576,7 +581,7 @@ START_TEST(same_logits_as_converted_gguf)
         printf("SKIP: SPK_HF_TWIN_DIR not set (tests/sh/hf_twin.sh runs this with llama.cpp's converter)\n");
         return;
     }
-    static const char *const tv[] = {"llama-f32", "qwen3-f32", "llama3-hd"};
+    const char *const *tv = twin_variants;
     char dir[640], gg[640];
     snprintf(dir, sizeof dir, "%s/%s", twin, tv[_i]);
     snprintf(gg, sizeof gg, "%s/%s.gguf", twin, tv[_i]);
@@ -590,7 +595,8 @@ START_TEST(same_logits_as_converted_gguf)
         const spk_gguf_kv *kb = &B.f->kv[i];
         char key[128];
         snprintf(key, sizeof key, "%.*s", (int)kb->key.len, kb->key.ptr);
-        if (strncmp(key, "llama.", 6) && strncmp(key, "qwen3.", 6))
+        if (strncmp(key, "llama.", 6) && strncmp(key, "qwen3.", 6) && strncmp(key, "qwen3moe.", 9) &&
+            strncmp(key, "gpt-oss.", 8))
             continue;
         const spk_gguf_kv *ka = spk_gguf_find(A.f, key);
         ck_assert_msg(ka != NULL, "%s: the converter writes '%s', the directory has none", tv[_i], key);
@@ -611,6 +617,7 @@ START_TEST(same_logits_as_converted_gguf)
         snprintf(nm, sizeof nm, "%.*s", (int)tb->name.len, tb->name.ptr);
         const spk_gguf_tensor *ta = spk_gguf_find_tensor(A.f, nm);
         ck_assert_msg(ta && ta->type == tb->type && ta->ne[0] == tb->ne[0] && ta->ne[1] == tb->ne[1] &&
+                      ta->ne[2] == tb->ne[2] &&
                       !memcmp(ta->data, tb->data, tb->nbytes), "%s: tensor %s differs from the converter's", tv[_i], nm);
     }
     int greedy_equal;
@@ -783,8 +790,8 @@ int main(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, virtual_gguf_layout);
     tcase_add_loop_test(tc, matches_transformers, 0, N_VARIANTS);
-    tcase_add_loop_test(tc, same_keys_and_tensors_as_converter, 0, 3);
-    tcase_add_loop_test(tc, same_logits_as_converted_gguf, 0, 3);
+    tcase_add_loop_test(tc, same_keys_and_tensors_as_converter, 0, N_TWINS);
+    tcase_add_loop_test(tc, same_logits_as_converted_gguf, 0, N_TWINS);
     tcase_add_loop_test(tc, save_pretrained_dirs_load, 0, 4);
     tcase_add_test(tc, malformed_are_refused);
     suite_add_tcase(s, tc);
