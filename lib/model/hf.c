@@ -453,7 +453,9 @@ static spk_status cfg_num(const char *path, const cJSON *obj, const char *key, d
 static spk_status read_moe_hparams(const char *dir, const cJSON *cfg, hparams *hp)
 {
     const int gpt = hp->arch == A_GPTOSS;
-    TRY(cfg_uint(dir, cfg, gpt ? "num_local_experts" : "num_experts", 1, 0, &hp->n_expert));
+    /* the converter's find_hparam order; transformers 5 saves Qwen3-MoE's as num_local_experts */
+    const int local = cJSON_GetObjectItemCaseSensitive(cfg, "num_local_experts") != NULL;
+    TRY(cfg_uint(dir, cfg, local || gpt ? "num_local_experts" : "num_experts", 1, 0, &hp->n_expert));
     const cJSON *used = cJSON_GetObjectItemCaseSensitive(cfg, "num_experts_per_tok");
     TRY(cfg_uint(dir, cfg, used || !gpt ? "num_experts_per_tok" : "experts_per_token", 1, 0, &hp->n_expert_used));
     if (gpt)
@@ -1451,6 +1453,8 @@ static spk_status build_tensors(builder *b, const hparams *hp, index_t *ix)
             continue; /* consumed with their weight; leftovers are refused below */
         if (e->used)
             continue; /* experts (build_experts), MXFP4 scales taken with their blocks */
+        if (hp->n_expert && strstr(n, ".mlp.experts."))
+            break; /* an expert build_experts did not take: refused below */
         char hfname[1200], gname[256];
         const spk_st_tensor *scales = NULL;
         if (has_suffix(n, "_blocks")) {

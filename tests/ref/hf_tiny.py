@@ -28,6 +28,8 @@ Variants (subdirectories of OUTDIR):
   gptoss-mxfp4       experts MXFP4 as published (gate_up_proj_blocks [E, 2F, hidden/32, 16] + _scales,
                      down_proj_blocks [E, hidden, F/32, 16] + _scales), the rest BF16
 Every directory also gets a byte-level BPE tokenizer.json / tokenizer_config.json.
+Written only when named (malformed on purpose, for test_hf):
+  gptoss-mxfp4-short layer 0's gate_up_proj_blocks cut to one block per row (config says two)
 
 Usage: python3 hf_tiny.py OUTDIR      (prints "variant fnv1a64" lines)
 """
@@ -418,8 +420,13 @@ def build(v):
             t, d = q_nvfp4(name, x)
         elif is_proj and v == 'llama-mxfp4':
             t, d = q_mxfp4(name, x)
-        elif v == 'gptoss-mxfp4' and any(name.endswith(p) for p in MXFP4_EXPERTS):
+        elif v.startswith('gptoss-mxfp4') and any(name.endswith(p) for p in MXFP4_EXPERTS):
             t, d = q_mxfp4_experts(name, x)
+            if v == 'gptoss-mxfp4-short' and name == 'model.layers.0.mlp.experts.gate_up_proj':
+                # malformed on purpose (test_hf): each row's blocks cut to the first of its two
+                E, R, NB, _ = t[0][2]
+                t[0] = (t[0][0], 'U8', [E, R, 1, 16], b''.join(t[0][3][(r * NB) * 16:(r * NB + 1) * 16]
+                                                               for r in range(E * R)))
         else:
             t = [(name, float_dt, shape(x), pack(float_dt, flat(x)))]
             d = x if float_dt == 'F32' else rounded(x, bf16)
@@ -439,7 +446,7 @@ def build(v):
                                       'exclude_modules': ['lm_head']}
     elif v == 'llama-mxfp4':
         cfg['quantization_config'] = {'quant_method': 'mxfp4', 'modules_to_not_convert': ['lm_head']}
-    elif v == 'gptoss-mxfp4':
+    elif v.startswith('gptoss-mxfp4'):
         cfg['quantization_config'] = {'quant_method': 'mxfp4', 'modules_to_not_convert': [
             'model.layers.*.self_attn', 'model.layers.*.mlp.router', 'model.embed_tokens', 'lm_head']}
     files = {'model.safetensors': out}

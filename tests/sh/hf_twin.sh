@@ -44,7 +44,8 @@ import os, shutil, sys, torch
 from transformers import AutoModelForCausalLM
 t = sys.argv[1]
 for v, dt, out in [('llama-f32', torch.float32, 'llama-f32-saved'), ('qwen3-f32', torch.float32, 'qwen3-f32-saved'),
-                   ('llama3-hd', torch.bfloat16, 'llama3-hd-saved'), ('llama-f32', torch.bfloat16, 'llama-bf16-saved')]:
+                   ('llama3-hd', torch.bfloat16, 'llama3-hd-saved'), ('llama-f32', torch.bfloat16, 'llama-bf16-saved'),
+                   ('qwen3moe-f32', torch.float32, 'qwen3moe-f32-saved'), ('gptoss-f32', torch.float32, 'gptoss-f32-saved')]:
     m = AutoModelForCausalLM.from_pretrained(os.path.join(t, v), dtype=torch.float32)
     m.to(dt).save_pretrained(os.path.join(t, out), max_shard_size='150KB')
     for f in ('tokenizer.json', 'tokenizer_config.json'):
@@ -58,15 +59,15 @@ cat "$TMP/out"
 n=$(grep -c "directory vs converted GGUF: max |logit diff| 0, greedy equal" "$TMP/out")
 [ "$n" = 6 ] || { echo "FAIL: expected 6 identical twins, got $n"; exit 1; }
 n=$(grep -c "save_pretrained.*max |logit diff| 0" "$TMP/out")
-[ "$n" = 4 ] || { echo "FAIL: expected 4 save_pretrained directories with identical logits, got $n"; exit 1; }
-echo "ok: transformers' save_pretrained directories (F32, BF16, sharded) give the same logits"
+[ "$n" = 6 ] || { echo "FAIL: expected 6 save_pretrained directories with identical logits, got $n"; exit 1; }
+echo "ok: transformers' save_pretrained directories (F32, BF16, sharded; Qwen3-MoE's num_local_experts) give the same logits"
 cat "$TMP/save.log" | grep saved
 echo "ok: 6 directories give the logits of their converted GGUF twins"
 # end to end through spk_model_load (tokenizer from tokenizer.json vs the converter's
 # tokenizer.ggml.*): the same prompt gives the same greedy ids, plain and through the chat template
 G=$B/examples/spk-generate
 if [ -x "$G" ]; then
-    for v in llama-f32 qwen3-f32 llama3-hd; do
+    for v in $TWINS; do
         for mode in "" --chat; do
             a=$("$G" --model "$TMP/$v" --prompt "the cat in the hat" $mode --max-tokens 12 --print-ids --ignore-eos --threads 2 2>"$TMP/err") \
                 || { cat "$TMP/err"; echo "FAIL: spk-generate on the directory $v $mode"; exit 1; }

@@ -641,7 +641,8 @@ START_TEST(save_pretrained_dirs_load)
         return;
     }
     static const char *const pairs[][2] = {{"llama-f32-saved", "llama-f32"}, {"qwen3-f32-saved", "qwen3-f32"},
-                                           {"llama3-hd-saved", "llama3-hd"}, {"llama-bf16-saved", "llama-bf16"}};
+                                           {"llama3-hd-saved", "llama3-hd"}, {"llama-bf16-saved", "llama-bf16"},
+                                           {"qwen3moe-f32-saved", "qwen3moe-f32"}, {"gptoss-f32-saved", "gptoss-f32"}};
     char a[640], b[640];
     snprintf(a, sizeof a, "%s/%s", twin, pairs[_i][0]);
     snprintf(b, sizeof b, "%s/%s", twin, pairs[_i][1]);
@@ -777,6 +778,36 @@ START_TEST(malformed_are_refused)
     FRESH("llama-f32");
     ck_assert_int_eq(sh("sed -i 's/\"dtype\":\"F32\"/\"dtype\":\"Q9\" /' %s/model.safetensors", d), 0);
     expect_dir(d, SPK_ERR_UNSUPPORTED, "unknown dtype 'Q9'");
+    /* MoE: the expert count against the tensors, a fused gate_up of the wrong width, MXFP4
+     * blocks cut short or without their scales, configs the graphs do not compute */
+    FRESH("qwen3moe-f32");
+    ck_assert_int_eq(sh("sed -i 's/\"num_experts\": 8/\"num_experts\": 9/' %s/config.json", d), 0);
+    expect_dir(d, SPK_ERR_FORMAT, "layer 0 has no 'model.layers.0.mlp.experts.8.gate_proj.weight' (config.json: 9 "
+               "experts");
+    FRESH("qwen3moe-f32");
+    ck_assert_int_eq(sh("sed -i 's/\"num_experts\": 8/\"num_experts\": 7/' %s/config.json", d), 0);
+    expect_dir(d, SPK_ERR_FORMAT, "mlp.experts.7.down_proj.weight' (in");
+    ck_assert_msg(strstr(spk_last_error(), "is not one of the 7 experts of config.json"), "%s", spk_last_error());
+    FRESH("qwen3moe-f32");
+    ck_assert_int_eq(sh("sed -i 's/\"norm_topk_prob\": true/\"norm_topk_prob\": false/' %s/config.json", d), 0);
+    expect_dir(d, SPK_ERR_UNSUPPORTED, "norm_topk_prob false");
+    FRESH("gptoss-f32");
+    ck_assert_int_eq(sh("sed -i 's/\"intermediate_size\": 32/\"intermediate_size\": 16/' %s/config.json", d), 0);
+    expect_dir(d, SPK_ERR_FORMAT, "gate_up_proj' (F32) has shape [4, 64, 64], config.json implies [4, 64, 32: "
+               "experts, hidden, 2 x intermediate");
+    FRESH("gptoss-f32");
+    ck_assert_int_eq(sh("sed -i 's/\"truncate\": false/\"truncate\": true/' %s/config.json", d), 0);
+    expect_dir(d, SPK_ERR_UNSUPPORTED, "without \"truncate\": false");
+    FRESH("gptoss-mxfp4");
+    ck_assert_int_eq(sh("truncate -s -100 %s/model.safetensors", d), 0);
+    expect_dir(d, SPK_ERR_FORMAT, "outside the data section");
+    FRESH("gptoss-mxfp4");
+    ck_assert_int_eq(sh("sed -i '0,/down_proj_scales\"/s//down_proj_scalez\"/' %s/model.safetensors", d), 0);
+    expect_dir(d, SPK_ERR_FORMAT, "has neither mlp.experts.down_proj nor mlp.experts.down_proj_blocks + _scales");
+    ck_assert_int_eq(sh("rm -rf %s && python3 %s/../ref/hf_tiny.py %s gptoss-mxfp4-short >/dev/null && mv %s/gptoss-mxfp4-short %s",
+                        d, SPK_TEST_DATA_DIR, g_dir, g_dir, d), 0);
+    expect_dir(d, SPK_ERR_FORMAT, "gate_up_proj_blocks' (U8) has shape [4, 64, 1, 16], config.json implies [4, 64, 2, "
+               "16: experts");
 #undef FRESH
     sh("rm -rf %s %s", d, p);
 }
@@ -792,7 +823,7 @@ int main(void)
     tcase_add_loop_test(tc, matches_transformers, 0, N_VARIANTS);
     tcase_add_loop_test(tc, same_keys_and_tensors_as_converter, 0, N_TWINS);
     tcase_add_loop_test(tc, same_logits_as_converted_gguf, 0, N_TWINS);
-    tcase_add_loop_test(tc, save_pretrained_dirs_load, 0, 4);
+    tcase_add_loop_test(tc, save_pretrained_dirs_load, 0, 6);
     tcase_add_test(tc, malformed_are_refused);
     suite_add_tcase(s, tc);
     return spk_test_run(s);
