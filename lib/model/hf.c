@@ -834,6 +834,12 @@ static float scalar_at(const spk_st_tensor *t, uint64_t i)
     }
 }
 
+static int has_suffix(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
 static int float_dtype(spk_st_dtype d) { return d == SPK_ST_F32 || d == SPK_ST_BF16 || d == SPK_ST_F16; }
 
 /* Source row of destination row d under the converter's permute (n_head groups of rows). */
@@ -1000,14 +1006,21 @@ static spk_status conv_fp8(const convert *c, const spk_st_tensor *t)
 
 /* NVFP4 (ModelOpt): U8 [rows, cols/2] of E2M1 pairs (low nibble first), weight_scale E4M3
  * [rows, cols/16], weight_scale_2 F32 (one value). value = (e2m1 * e4m3) * scale_2, in float,
- * rounded to BF16 (e2m1 * e4m3 is exact in float; the product with scale_2 is rounded once). */
+ * rounded to BF16 (e2m1 * e4m3 is exact in float; the product with scale_2 is rounded once).
+ * compressed-tensors (nvfp4-pack-quantized) names them weight_packed, weight_scale and
+ * weight_global_scale, the reciprocal: value = (e2m1 * e4m3) / global_scale. */
 static spk_status conv_nvfp4(const convert *c, const spk_st_tensor *t)
 {
     entry *se = aux(c->ix, c->hfname, "weight_scale"), *s2 = aux(c->ix, c->hfname, "weight_scale_2");
     entry *is = aux(c->ix, c->hfname, "input_scale");
+    const int ct = has_suffix(t->name, ".weight_packed"); /* compressed-tensors: the reciprocal */
+    if (ct) {
+        s2 = aux(c->ix, c->hfname, "weight_global_scale");
+        is = aux(c->ix, c->hfname, "input_global_scale");
+    }
     if (!se || !s2)
-        return spk_err(SPK_ERR_FORMAT, "%s: packed FP4 tensor '%.*s' needs weight_scale and weight_scale_2 "
-                       "(NVFP4)", c->b->dir, SHOWN, t->name);
+        return spk_err(SPK_ERR_FORMAT, "%s: packed FP4 tensor '%.*s' needs weight_scale and %s (NVFP4)", c->b->dir,
+                       SHOWN, t->name, ct ? "weight_global_scale" : "weight_scale_2");
     se->used = s2->used = 1;
     if (is)
         is->used = 1; /* activation scale: activations stay in float here */
@@ -1021,6 +1034,8 @@ static spk_status conv_nvfp4(const convert *c, const spk_st_tensor *t)
         return spk_err(SPK_ERR_FORMAT, "%s: NVFP4 global scale '%.*s' must be one float", c->b->dir, SHOWN,
                        s2->t->name);
     const float g2 = scalar_at(s2->t, 0);
+    if (!(isfinite(g2) && (ct ? g2 > 0 : g2 >= 0)))
+        return spk_err(SPK_ERR_FORMAT, "%s: NVFP4 global scale '%.*s' is %g", c->b->dir, SHOWN, s2->t->name, g2);
     uint16_t *o = c->dst;
     if (!o) {
         spk_gguf_tensor *g = out_tensor(c, SPK_DT_BF16);
@@ -1034,7 +1049,8 @@ static spk_status conv_nvfp4(const convert *c, const spk_st_tensor *t)
         const uint8_t *in = t->data + r * (C / 2), *sc = se->t->data + r * (C / 16);
         for (uint64_t j = 0; j < C; j++) {
             const uint8_t q = (uint8_t)(j & 1 ? in[j / 2] >> 4 : in[j / 2] & 15);
-            o[d * C + j] = spk_f32_to_bf16(e2m1_table[q] * e4m3_table[sc[j / 16]] * g2);
+            const float v = e2m1_table[q] * e4m3_table[sc[j / 16]];
+            o[d * C + j] = spk_f32_to_bf16(ct ? v / g2 : v * g2);
         }
     }
     release_source(t);
@@ -1107,12 +1123,6 @@ static spk_status convert_one(convert *c, entry *e)
         return conv_nvfp4(c, t);
     return spk_err(SPK_ERR_UNSUPPORTED, "%s: tensor '%.*s' has dtype %s (BF16, F16, F32, F8_E4M3, packed FP4)",
                    c->b->dir, SHOWN, t->name, spk_st_dtype_name(t->dtype));
-}
-
-static int has_suffix(const char *s, const char *suf)
-{
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
 }
 
 /* The GGUF name (with its ".weight" / ".bias") of an HF name (".weight" form for quantized
@@ -1449,7 +1459,8 @@ static spk_status build_tensors(builder *b, const hparams *hp, index_t *ix)
             continue;
         }
         if (has_suffix(n, ".weight_scale") || has_suffix(n, ".weight_scale_inv") || has_suffix(n, ".weight_scale_2") ||
-            has_suffix(n, ".input_scale") || has_suffix(n, ".input_scale_ub") || has_suffix(n, "_scales"))
+            has_suffix(n, ".input_scale") || has_suffix(n, ".input_scale_ub") || has_suffix(n, "_scales") ||
+            has_suffix(n, ".weight_global_scale") || has_suffix(n, ".input_global_scale"))
             continue; /* consumed with their weight; leftovers are refused below */
         if (e->used)
             continue; /* experts (build_experts), MXFP4 scales taken with their blocks */
@@ -1470,6 +1481,8 @@ static spk_status build_tensors(builder *b, const hparams *hp, index_t *ix)
                 snprintf(hfname, sizeof hfname, "%.*s", (int)l, n);
             else
                 snprintf(hfname, sizeof hfname, "%.*s.weight", (int)l, n);
+        } else if (has_suffix(n, ".weight_packed")) { /* compressed-tensors NVFP4 */
+            snprintf(hfname, sizeof hfname, "%.*s.weight", (int)(strlen(n) - 14), n);
         } else {
             snprintf(hfname, sizeof hfname, "%s", n);
         }

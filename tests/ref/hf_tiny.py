@@ -14,6 +14,10 @@ Variants (subdirectories of OUTDIR):
   llama-fp8-block    projections FP8 E4M3, BF16 "weight_scale_inv" per 32x32 block (the block size
                      comes from quantization_config.weight_block_size; published checkpoints use 128)
   llama-nvfp4        projections NVFP4 (ModelOpt): packed E2M1, E4M3 scale per 16, F32 weight_scale_2
+  llama-nvfp4-ct     the same as compressed-tensors writes it (nvfp4-pack-quantized): weight_packed,
+                     weight_scale, weight_global_scale (the reciprocal of weight_scale_2), input_global_scale
+  llama-fp8-block128 hidden 192, intermediate 320: FP8 with 128x128 block scales (whole and partial
+                     blocks), the published block size
   llama-mxfp4        projections MXFP4 (gpt-oss layout): *_blocks [rows, cols/32, 16] + *_scales (E8M0 bytes)
   llama3-hd          Llama with head_dim 32 != hidden/heads (Mistral-shaped), rope_scaling llama3,
                      tied embeddings, BF16, two shards with model.safetensors.index.json
@@ -253,7 +257,10 @@ def q_fp8(name, w, mode, block=32):
     return [(name, 'F8_E4M3', [R, C], bytes(flat(codes)))] + st, deq
 
 
-def q_nvfp4(name, w):
+def q_nvfp4(name, w, ct=False):
+    """ModelOpt's NVFP4 (weight, weight_scale, weight_scale_2 = amax / (6 * 448)), or with ct the
+    compressed-tensors names (weight_packed, weight_scale, weight_global_scale = its reciprocal:
+    value = e2m1 * weight_scale / weight_global_scale)."""
     R, C = len(w), len(w[0])
     amax = max(abs(v) for v in flat(w))
     g2 = f32(amax / (6.0 * 448.0))
@@ -270,8 +277,15 @@ def q_nvfp4(name, w):
         q.append(qrow)
     packed = [q[r][c] | (q[r][c + 1] << 4) for r in range(R) for c in range(0, C, 2)]
     e2m1v = lambda c: (-1 if c & 8 else 1) * E2M1[c & 7]
-    deq = [[bf16(f32(e2m1v(q[r][c]) * e4m3_value(sc[r][c // 16]) * g2)) for c in range(C)] for r in range(R)]
     base = name[:-len('.weight')]
+    if ct:
+        gs = f32(1.0 / g2)
+        deq = [[bf16(f32(f32(e2m1v(q[r][c]) * e4m3_value(sc[r][c // 16])) / gs)) for c in range(C)] for r in range(R)]
+        return [(base + '.weight_packed', 'U8', [R, C // 2], bytes(packed)),
+                (base + '.weight_scale', 'F8_E4M3', [R, C // 16], bytes(flat(sc))),
+                (base + '.weight_global_scale', 'F32', [1], pack('F32', [gs])),
+                (base + '.input_global_scale', 'F32', [1], pack('F32', [1.0]))], deq
+    deq = [[bf16(f32(e2m1v(q[r][c]) * e4m3_value(sc[r][c // 16]) * g2)) for c in range(C)] for r in range(R)]
     return [(name, 'U8', [R, C // 2], bytes(packed)),
             (base + '.weight_scale', 'F8_E4M3', [R, C // 16], bytes(flat(sc))),
             (base + '.weight_scale_2', 'F32', [], pack('F32', [g2])),
@@ -376,6 +390,9 @@ def variant_config(v):
                    max_window_layers=2)
         return cfg, 3
     cfg.update(architectures=['LlamaForCausalLM'], model_type='llama', tie_word_embeddings=False)
+    if v == 'llama-fp8-block128':  # wider, so that 128x128 blocks are whole and partial
+        cfg.update(hidden_size=192, intermediate_size=320)
+        return cfg, 6
     if v == 'llama3-hd':
         cfg.update(head_dim=32, tie_word_embeddings=True, rope_theta=500000.0,
                    rope_scaling={'rope_type': 'llama3', 'factor': 8.0, 'low_freq_factor': 1.0,
@@ -385,7 +402,7 @@ def variant_config(v):
 
 
 VARIANTS = ['llama-f32', 'llama-bf16', 'llama-fp8-tensor', 'llama-fp8-channel', 'llama-fp8-block', 'llama-nvfp4',
-            'llama-mxfp4', 'llama3-hd', 'qwen3-f32', 'qwen3moe-f32', 'qwen3moe-bf16', 'gptoss-f32', 'gptoss-bf16',
+            'llama-mxfp4', 'llama3-hd', 'qwen3-f32', 'llama-fp8-block128', 'llama-nvfp4-ct', 'qwen3moe-f32', 'qwen3moe-bf16', 'gptoss-f32', 'gptoss-bf16',
             'gptoss-mxfp4']
 MXFP4_EXPERTS = ('mlp.experts.gate_up_proj', 'mlp.experts.down_proj')
 
@@ -414,10 +431,14 @@ def build(v):
     cfg['torch_dtype'] = 'float32' if float_dt == 'F32' else 'bfloat16'
     for name, x in w.items():
         is_proj = any(name.endswith(p + '.weight') for p in PROJ)
-        if is_proj and v.startswith('llama-fp8'):
+        if is_proj and v == 'llama-fp8-block128':
+            t, d = q_fp8(name, x, 'block', 128)
+        elif is_proj and v.startswith('llama-fp8'):
             t, d = q_fp8(name, x, v.split('-')[2])
         elif is_proj and v == 'llama-nvfp4':
             t, d = q_nvfp4(name, x)
+        elif is_proj and v == 'llama-nvfp4-ct':
+            t, d = q_nvfp4(name, x, ct=True)
         elif is_proj and v == 'llama-mxfp4':
             t, d = q_mxfp4(name, x)
         elif v.startswith('gptoss-mxfp4') and any(name.endswith(p) for p in MXFP4_EXPERTS):
@@ -433,9 +454,10 @@ def build(v):
         out += t
         deq[name] = d
     if v.startswith('llama-fp8'):
-        if v == 'llama-fp8-block':
+        if v.startswith('llama-fp8-block'):
+            bs = 128 if v == 'llama-fp8-block128' else 32
             cfg['quantization_config'] = {'quant_method': 'fp8', 'activation_scheme': 'dynamic',
-                                          'weight_block_size': [32, 32]}
+                                          'weight_block_size': [bs, bs]}
         else:
             cfg['quantization_config'] = {'quant_method': 'compressed-tensors', 'format': 'float-quantized',
                                           'config_groups': {'group_0': {'targets': ['Linear'], 'weights': {
@@ -444,6 +466,15 @@ def build(v):
     elif v == 'llama-nvfp4':
         cfg['quantization_config'] = {'quant_method': 'modelopt', 'quant_algo': 'NVFP4', 'group_size': 16,
                                       'exclude_modules': ['lm_head']}
+    elif v == 'llama-nvfp4-ct':
+        cfg['quantization_config'] = {
+            'quant_method': 'compressed-tensors', 'format': 'nvfp4-pack-quantized', 'ignore': ['lm_head'],
+            'config_groups': {'group_0': {'targets': ['Linear'], 'format': 'nvfp4-pack-quantized',
+                                          'weights': {'num_bits': 4, 'type': 'float', 'symmetric': True,
+                                                      'strategy': 'tensor_group', 'group_size': 16},
+                                          'input_activations': {'num_bits': 4, 'type': 'float', 'symmetric': True,
+                                                                'strategy': 'tensor_group', 'group_size': 16,
+                                                                'dynamic': 'local'}}}}
     elif v == 'llama-mxfp4':
         cfg['quantization_config'] = {'quant_method': 'mxfp4', 'modules_to_not_convert': ['lm_head']}
     elif v.startswith('gptoss-mxfp4'):

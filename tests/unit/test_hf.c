@@ -35,7 +35,8 @@ static char *g_ref_txt;
 
 static const char *const variants[] = {"llama-f32",   "llama-bf16",  "llama-fp8-tensor", "llama-fp8-channel",
                                        "llama-fp8-block", "llama-nvfp4", "llama-mxfp4", "llama3-hd",
-                                       "qwen3-f32",   "qwen3moe-f32", "qwen3moe-bf16", "gptoss-f32",
+                                       "qwen3-f32",   "llama-fp8-block128", "llama-nvfp4-ct",
+                                       "qwen3moe-f32", "qwen3moe-bf16", "gptoss-f32",
                                        "gptoss-bf16", "gptoss-mxfp4"};
 #define N_VARIANTS (int)(sizeof variants / sizeof variants[0])
 
@@ -778,6 +779,12 @@ START_TEST(malformed_are_refused)
     FRESH("llama-f32");
     ck_assert_int_eq(sh("sed -i 's/\"dtype\":\"F32\"/\"dtype\":\"Q9\" /' %s/model.safetensors", d), 0);
     expect_dir(d, SPK_ERR_UNSUPPORTED, "unknown dtype 'Q9'");
+    FRESH("llama-nvfp4-ct");
+    /* compressed-tensors NVFP4 without its global scale (renamed in place) */
+    ck_assert_int_eq(sh("sed -i '0,/q_proj.weight_global_scale\"/s//q_proj.weight_zlobal_scale\"/' %s/model.safetensors",
+                        d), 0);
+    expect_dir(d, SPK_ERR_FORMAT, "packed FP4 tensor 'model.layers.0.self_attn.q_proj.weight_packed' needs weight_scale "
+               "and weight_global_scale");
     /* MoE: the expert count against the tensors, a fused gate_up of the wrong width, MXFP4
      * blocks cut short or without their scales, configs the graphs do not compute */
     FRESH("qwen3moe-f32");
