@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "model/hf_lazy.h"
 #include "model/hf_tok.h"
 #include "model/safetensors.h"
 
@@ -38,9 +39,7 @@ struct spk_hf_model {
     size_t n_shards;
     char *config;
     size_t config_len;
-    void **maps; /* converted tensors: shared anonymous mappings (see new_buffer) */
-    size_t *map_sizes;
-    size_t n_maps, cap_maps;
+    spk_hf_lazyset *lazy; /* converted tensors (model/hf_lazy.h) */
     void **allocs; /* keys, strings, arrays, names */
     size_t n_allocs, cap_allocs;
 };
@@ -266,65 +265,14 @@ static spk_gguf_tensor *add_tensor(builder *b, const char *name)
     return t;
 }
 
-/* A converted tensor's buffer: MAP_SHARED anonymous memory, so that the loader's
- * MADV_DONTNEED on pages it copied from (written for file-backed mappings) drops only the page
- * table entries here too and never the contents. */
-static void *new_buffer(builder *b, size_t n)
-{
-    struct spk_hf_model *m = b->m;
-    if (m->n_maps == m->cap_maps) {
-        size_t nc = m->cap_maps ? 2 * m->cap_maps : 64;
-        void **nm = realloc(m->maps, nc * sizeof *nm);
-        if (!nm)
-            return NULL;
-        m->maps = nm;
-        size_t *ns = realloc(m->map_sizes, nc * sizeof *ns);
-        if (!ns)
-            return NULL;
-        m->map_sizes = ns;
-        m->cap_maps = nc;
-    }
-    void *p = mmap(NULL, n ? n : 1, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
-        return NULL;
-    m->maps[m->n_maps] = p;
-    m->map_sizes[m->n_maps++] = n ? n : 1;
-    return p;
-}
-
-/* Drop the source pages of a tensor we converted (file-backed: re-read on demand); only whole
- * pages inside the tensor, so neighbours used in place keep theirs. */
-static void release_source(const spk_st_tensor *t)
-{
-    long pg = sysconf(_SC_PAGESIZE);
-    uintptr_t a = (uintptr_t)t->data, e = a + (t->end - t->begin);
-    a = (a + (uintptr_t)pg - 1) & ~(uintptr_t)(pg - 1);
-    e &= ~(uintptr_t)(pg - 1);
-    if (e > a)
-        madvise((void *)a, e - a, MADV_DONTNEED);
-}
-
-/* Read a tensor we are about to convert ahead (the files are mapped MADV_RANDOM: without this
- * every page would be its own fault). */
-static void prefetch(const spk_st_tensor *t)
-{
-    long pg = sysconf(_SC_PAGESIZE);
-    uintptr_t a = (uintptr_t)t->data & ~(uintptr_t)(pg - 1), e = (uintptr_t)t->data + (t->end - t->begin);
-    if (e > a)
-        madvise((void *)a, e - a, MADV_WILLNEED);
-}
-
 void spk_hf_free(struct spk_hf_model *m)
 {
     if (!m)
         return;
+    spk_hf_lazy_free(m->lazy); /* first: its thread reads the shards, its tensors are in allocs */
     for (size_t i = 0; i < m->n_shards; i++)
         spk_st_close(m->shards[i]);
     free(m->shards);
-    for (size_t i = 0; i < m->n_maps; i++)
-        munmap(m->maps[i], m->map_sizes[i]);
-    free(m->maps);
-    free(m->map_sizes);
     for (size_t i = 0; i < m->n_allocs; i++)
         free(m->allocs[i]);
     free(m->allocs);
@@ -861,7 +809,7 @@ typedef struct convert {
     uint64_t rows, cols;
     uint64_t perm_heads; /* 0: none */
     int f32;             /* matrix wanted as F32 (the converter's ffn_gate_inp) */
-    uint16_t *dst;       /* FP8/NVFP4: write the BF16 rows here (one expert of a stack), no tensor */
+    spk_hf_lazy *sub;    /* FP8/NVFP4: fill this (one expert of a stack) instead of making a tensor */
 } convert;
 
 static spk_status shape_err(const convert *c, const spk_st_tensor *t, const char *what)
@@ -897,6 +845,49 @@ static spk_gguf_tensor *out_tensor(const convert *c, spk_dtype type)
     return g;
 }
 
+/* A converted tensor: its rows made by `fill` on first touch (model/hf_lazy.h). */
+static spk_hf_lazy *lazy_new(builder *b, const char *name, size_t row_bytes, uint64_t n_rows, spk_hf_fill_fn fill)
+{
+    spk_hf_lazy *z = keep(b, calloc(1, sizeof *z));
+    if (z) {
+        snprintf(z->name, sizeof z->name, "%s", name);
+        z->row_bytes = row_bytes;
+        z->n_rows = n_rows;
+        z->size = row_bytes * n_rows;
+        z->fill = fill;
+    }
+    return z;
+}
+
+/* z's memory, and g's data in it. */
+static spk_status lazy_add(builder *b, spk_hf_lazy *z, spk_gguf_tensor *g)
+{
+    TRY(spk_hf_lazy_add(b->m->lazy, z));
+    if (g)
+        g->data = z->base;
+    return SPK_OK;
+}
+
+/* p[0] source; u: cols, rows, permuted heads (0: none), F32 output from BF16/F16. */
+static void fill_float(const spk_hf_lazy *z, uint64_t r0, uint64_t r1, uint8_t *dst)
+{
+    const spk_st_tensor *t = z->p[0];
+    const uint64_t C = z->u[0], R = z->u[1], ph = z->u[2];
+    const size_t irow = spk_st_dtype_size(t->dtype) * C;
+    for (uint64_t d = r0; d < r1; d++, dst += z->row_bytes) {
+        const uint64_t s = src_row(d, R, ph);
+        if (!z->u[3] || t->dtype == SPK_ST_F32) {
+            memcpy(dst, t->data + s * irow, z->row_bytes);
+            continue;
+        }
+        const spk_st_tensor row = {.dtype = t->dtype, .data = t->data + s * irow};
+        for (uint64_t j = 0; j < C; j++) {
+            const float v = scalar_at(&row, j);
+            memcpy(dst + 4 * j, &v, 4);
+        }
+    }
+}
+
 /* BF16/F16/F32 source. Vectors become F32; matrices keep their type (zero-copy unless rows
  * are permuted or the data is misaligned for its element size). */
 static spk_status conv_float(const convert *c, const spk_st_tensor *t)
@@ -913,25 +904,15 @@ static spk_status conv_float(const convert *c, const spk_st_tensor *t)
         g->data = t->data;
         return SPK_OK;
     }
-    uint8_t *buf = new_buffer(c->b, g->nbytes);
-    if (!buf)
+    spk_hf_lazy *z = lazy_new(c->b, c->gname, spk_dtype_row_size(ty, (size_t)c->cols), c->rows, fill_float);
+    if (!z)
         return nomem();
-    prefetch(t);
-    const size_t orow = spk_dtype_row_size(ty, (size_t)c->cols), irow = es * c->cols;
-    for (uint64_t d = 0; d < c->rows; d++) {
-        const uint64_t s = src_row(d, c->rows, c->perm_heads);
-        if (ty != SPK_DT_F32 || t->dtype == SPK_ST_F32) {
-            memcpy(buf + d * orow, t->data + s * irow, orow);
-        } else {
-            float *o = (float *)(buf + d * orow);
-            const spk_st_tensor row = {.dtype = t->dtype, .data = t->data + s * irow};
-            for (uint64_t j = 0; j < c->cols; j++)
-                o[j] = scalar_at(&row, j);
-        }
-    }
-    g->data = buf;
-    release_source(t);
-    return SPK_OK;
+    z->p[0] = t;
+    z->u[0] = c->cols;
+    z->u[1] = c->rows;
+    z->u[2] = c->perm_heads;
+    z->u[3] = ty == SPK_DT_F32;
+    return lazy_add(c->b, z, g);
 }
 
 static entry *aux(index_t *ix, const char *hfname, const char *suffix)
@@ -942,6 +923,25 @@ static entry *aux(index_t *ix, const char *hfname, const char *suffix)
         l -= 7;
     snprintf(n, sizeof n, "%.*s.%s", (int)l, hfname, suffix);
     return lookup(ix, n);
+}
+
+/* p[0] E4M3 codes, p[1] scales; u: cols, rows, permuted heads, mode (0 tensor, 1 channel, 2
+ * block), block size. */
+static void fill_fp8(const spk_hf_lazy *z, uint64_t r0, uint64_t r1, uint8_t *dst)
+{
+    const spk_st_tensor *t = z->p[0], *s = z->p[1];
+    const uint64_t C = z->u[0], R = z->u[1], ph = z->u[2], mode = z->u[3], B = z->u[4], nb = (C + B - 1) / B;
+    for (uint64_t d = r0; d < r1; d++, dst += z->row_bytes) {
+        const uint64_t r = src_row(d, R, ph);
+        const uint8_t *in = t->data + r * C;
+        float sc = mode == 0 ? scalar_at(s, 0) : scalar_at(s, r);
+        for (uint64_t j = 0; j < C; j++) {
+            if (mode == 2 && j % B == 0)
+                sc = scalar_at(s, (r / B) * nb + j / B);
+            const uint16_t v = spk_f32_to_bf16(e4m3_table[in[j]] * sc);
+            memcpy(dst + 2 * j, &v, 2);
+        }
+    }
 }
 
 /* FP8 E4M3 weights: value = e4m3 * scale, in float, rounded to BF16. Scale layouts: one value
@@ -981,27 +981,43 @@ static spk_status conv_fp8(const convert *c, const spk_st_tensor *t)
                        (unsigned long long)s->n_elements, (unsigned long long)R, (unsigned long long)B,
                        (unsigned long long)B, (unsigned long long)((R + B - 1) / B),
                        (unsigned long long)((C + B - 1) / B));
-    uint16_t *o = c->dst;
-    if (!o) {
-        spk_gguf_tensor *g = out_tensor(c, SPK_DT_BF16);
-        if (!g || !(o = new_buffer(c->b, g->nbytes)))
-            return nomem();
-        g->data = o;
-    }
-    prefetch(t);
-    const uint64_t nb = (C + B - 1) / B;
-    for (uint64_t d = 0; d < R; d++) {
-        const uint64_t r = src_row(d, R, c->perm_heads);
-        const uint8_t *in = t->data + r * C;
-        float sc = mode == 0 ? scalar_at(s, 0) : scalar_at(s, r);
+    spk_hf_lazy *z = c->sub ? c->sub : lazy_new(c->b, c->gname, 2 * C, R, fill_fp8);
+    if (!z)
+        return nomem();
+    z->fill = fill_fp8;
+    z->row_bytes = 2 * C;
+    z->p[0] = t;
+    z->p[1] = s;
+    z->u[0] = C;
+    z->u[1] = R;
+    z->u[2] = c->perm_heads;
+    z->u[3] = (uint64_t)mode;
+    z->u[4] = B;
+    if (c->sub)
+        return SPK_OK;
+    spk_gguf_tensor *g = out_tensor(c, SPK_DT_BF16);
+    return g ? lazy_add(c->b, z, g) : nomem();
+}
+
+/* p[0] packed E2M1, p[1] E4M3 scales; u: cols, rows, permuted heads, compressed-tensors, the
+ * global scale's bits. */
+static void fill_nvfp4(const spk_hf_lazy *z, uint64_t r0, uint64_t r1, uint8_t *dst)
+{
+    const spk_st_tensor *t = z->p[0], *se = z->p[1];
+    const uint64_t C = z->u[0], R = z->u[1], ph = z->u[2];
+    const int ct = (int)z->u[3];
+    float g2;
+    memcpy(&g2, &z->u[4], sizeof g2);
+    for (uint64_t d = r0; d < r1; d++, dst += z->row_bytes) {
+        const uint64_t r = src_row(d, R, ph);
+        const uint8_t *in = t->data + r * (C / 2), *sc = se->data + r * (C / 16);
         for (uint64_t j = 0; j < C; j++) {
-            if (mode == 2 && j % B == 0)
-                sc = scalar_at(s, (r / B) * nb + j / B);
-            o[d * C + j] = spk_f32_to_bf16(e4m3_table[in[j]] * sc);
+            const uint8_t q = (uint8_t)(j & 1 ? in[j / 2] >> 4 : in[j / 2] & 15);
+            const float v = e2m1_table[q] * e4m3_table[sc[j / 16]];
+            const uint16_t o = spk_f32_to_bf16(ct ? v / g2 : v * g2);
+            memcpy(dst + 2 * j, &o, 2);
         }
     }
-    release_source(t);
-    return SPK_OK;
 }
 
 /* NVFP4 (ModelOpt): U8 [rows, cols/2] of E2M1 pairs (low nibble first), weight_scale E4M3
@@ -1036,26 +1052,22 @@ static spk_status conv_nvfp4(const convert *c, const spk_st_tensor *t)
     const float g2 = scalar_at(s2->t, 0);
     if (!(isfinite(g2) && (ct ? g2 > 0 : g2 >= 0)))
         return spk_err(SPK_ERR_FORMAT, "%s: NVFP4 global scale '%.*s' is %g", c->b->dir, SHOWN, s2->t->name, g2);
-    uint16_t *o = c->dst;
-    if (!o) {
-        spk_gguf_tensor *g = out_tensor(c, SPK_DT_BF16);
-        if (!g || !(o = new_buffer(c->b, g->nbytes)))
-            return nomem();
-        g->data = o;
-    }
-    prefetch(t);
-    for (uint64_t d = 0; d < R; d++) {
-        const uint64_t r = src_row(d, R, c->perm_heads);
-        const uint8_t *in = t->data + r * (C / 2), *sc = se->t->data + r * (C / 16);
-        for (uint64_t j = 0; j < C; j++) {
-            const uint8_t q = (uint8_t)(j & 1 ? in[j / 2] >> 4 : in[j / 2] & 15);
-            const float v = e2m1_table[q] * e4m3_table[sc[j / 16]];
-            o[d * C + j] = spk_f32_to_bf16(ct ? v / g2 : v * g2);
-        }
-    }
-    release_source(t);
-    release_source(se->t);
-    return SPK_OK;
+    spk_hf_lazy *z = c->sub ? c->sub : lazy_new(c->b, c->gname, 2 * C, R, fill_nvfp4);
+    if (!z)
+        return nomem();
+    z->fill = fill_nvfp4;
+    z->row_bytes = 2 * C;
+    z->p[0] = t;
+    z->p[1] = se->t;
+    z->u[0] = C;
+    z->u[1] = R;
+    z->u[2] = c->perm_heads;
+    z->u[3] = (uint64_t)ct;
+    memcpy(&z->u[4], &g2, sizeof g2);
+    if (c->sub)
+        return SPK_OK;
+    spk_gguf_tensor *g = out_tensor(c, SPK_DT_BF16);
+    return g ? lazy_add(c->b, z, g) : nomem();
 }
 
 /* MXFP4 (gpt-oss): blocks U8 [rows, cols/32, 16] (element 2k in the low nibble of byte k),
@@ -1075,6 +1087,17 @@ static void mxfp4_row(uint8_t *o, const uint8_t *blocks, const uint8_t *scales, 
     }
 }
 
+/* p[0] blocks, p[1] scales; u: blocks per row, rows, permuted heads. */
+static void fill_mxfp4(const spk_hf_lazy *z, uint64_t r0, uint64_t r1, uint8_t *dst)
+{
+    const spk_st_tensor *t = z->p[0], *sc = z->p[1];
+    const uint64_t nb = z->u[0];
+    for (uint64_t d = r0; d < r1; d++, dst += z->row_bytes) {
+        const uint64_t r = src_row(d, z->u[1], z->u[2]);
+        mxfp4_row(dst, t->data + r * nb * 16, sc->data + r * nb, nb);
+    }
+}
+
 static spk_status conv_mxfp4(const convert *c, const spk_st_tensor *t, const spk_st_tensor *sc)
 {
     const uint64_t R = c->rows, C = c->cols;
@@ -1085,21 +1108,15 @@ static spk_status conv_mxfp4(const convert *c, const spk_st_tensor *t, const spk
         return spk_err(SPK_ERR_FORMAT, "%s: MXFP4 scales '%.*s' must be U8 or F8_E8M0 [%llu, %llu]", c->b->dir,
                        SHOWN, sc->name, (unsigned long long)R, (unsigned long long)(C / 32));
     spk_gguf_tensor *g = out_tensor(c, SPK_DT_MXFP4);
-    if (!g)
+    spk_hf_lazy *z = g ? lazy_new(c->b, c->gname, C / 32 * 17, R, fill_mxfp4) : NULL;
+    if (!z)
         return nomem();
-    uint8_t *o = new_buffer(c->b, g->nbytes);
-    if (!o)
-        return nomem();
-    prefetch(t);
-    prefetch(sc);
-    const uint64_t nb = C / 32;
-    for (uint64_t d = 0; d < R; d++) {
-        const uint64_t r = src_row(d, R, c->perm_heads);
-        mxfp4_row(o + d * nb * 17, t->data + r * nb * 16, sc->data + r * nb, nb);
-    }
-    g->data = o;
-    release_source(t);
-    return SPK_OK;
+    z->p[0] = t;
+    z->p[1] = sc;
+    z->u[0] = C / 32;
+    z->u[1] = R;
+    z->u[2] = c->perm_heads;
+    return lazy_add(c->b, z, g);
 }
 
 static spk_status convert_one(convert *c, entry *e)
@@ -1192,9 +1209,9 @@ static int map_name(const hparams *hp, const char *n, char *out, size_t cap, enu
 
 /* ---- experts (qwen3moe, gpt-oss) ------------------------------------------------------------ */
 
-/* A stacked tensor of n_dims (2: [ne1][ne0], 3: [ne2][ne1][ne0]) and its buffer. */
-static void *out_stack(builder *b, const char *name, spk_dtype type, int n_dims, uint64_t ne0, uint64_t ne1,
-                       uint64_t ne2)
+/* A stacked tensor of n_dims (2: [ne1][ne0], 3: [ne2][ne1][ne0]), data not set. */
+static spk_gguf_tensor *out_stack(builder *b, const char *name, spk_dtype type, int n_dims, uint64_t ne0,
+                                  uint64_t ne1, uint64_t ne2)
 {
     spk_gguf_tensor *g = spk_gguf_find_tensor(b->f, name) ? NULL : add_tensor(b, name);
     if (!g)
@@ -1207,9 +1224,15 @@ static void *out_stack(builder *b, const char *name, spk_dtype type, int n_dims,
     g->ne[3] = 1;
     g->n_elements = ne0 * ne1 * ne2;
     g->nbytes = spk_dtype_row_size(type, (size_t)ne0) * ne1 * ne2;
-    void *p = new_buffer(b, g->nbytes);
-    g->data = p;
-    return p;
+    return g;
+}
+
+/* A stacked tensor made by `fill` (rows of all experts, expert-major). */
+static spk_hf_lazy *stack_lazy(builder *b, const char *name, spk_dtype type, uint64_t ne0, uint64_t ne1,
+                               uint64_t ne2, spk_hf_fill_fn fill, spk_gguf_tensor **g)
+{
+    *g = out_stack(b, name, type, 3, ne0, ne1, ne2);
+    return *g ? lazy_new(b, name, spk_dtype_row_size(type, (size_t)ne0), ne1 * ne2, fill) : NULL;
 }
 
 static spk_status stack_shape_err(builder *b, const spk_st_tensor *t, const char *want)
@@ -1219,6 +1242,17 @@ static spk_status stack_shape_err(builder *b, const spk_st_tensor *t, const char
         p += snprintf(p, (size_t)(got + sizeof got - p), "%s%llu", i ? ", " : "", (unsigned long long)t->shape[i]);
     return spk_err(SPK_ERR_FORMAT, "%s: tensor '%.*s' (%s) has shape [%s], config.json implies [%s]", b->dir, SHOWN,
                    t->name, spk_st_dtype_name(t->dtype), got, want);
+}
+
+/* p[0] the experts' fills (one per expert, not regions); u[0] rows per expert. */
+static void fill_stack(const spk_hf_lazy *z, uint64_t r0, uint64_t r1, uint8_t *dst)
+{
+    const spk_hf_lazy *sub = z->p[0];
+    const uint64_t R = z->u[0];
+    for (uint64_t r = r0; r < r1; r++, dst += z->row_bytes) {
+        const spk_hf_lazy *x = &sub[r / R];
+        x->fill(x, r % R, r % R + 1, dst);
+    }
 }
 
 /* Qwen3-MoE as published: mlp.experts.N.{gate,up,down}_proj.weight, one matrix per expert,
@@ -1234,8 +1268,9 @@ static spk_status stack_experts(builder *b, const hparams *hp, index_t *ix, unsi
         char hn[256], gname[96];
         snprintf(gname, sizeof gname, "blk.%lu.%s.weight", l, gg[k]);
         spk_dtype ty = SPK_DT_F32;
-        uint8_t *o = NULL;
-        size_t rowb = 0;
+        spk_hf_lazy *sub = keep(b, calloc(NE, sizeof *sub));
+        if (!sub)
+            return nomem();
         for (uint64_t x = 0; x < NE; x++) {
             snprintf(hn, sizeof hn, "model.layers.%lu.mlp.experts.%llu.%s.weight", l, (unsigned long long)x, proj[k]);
             entry *e = lookup(ix, hn);
@@ -1246,24 +1281,22 @@ static spk_status stack_experts(builder *b, const hparams *hp, index_t *ix, unsi
             e->used = 1;
             const spk_dtype et = float_dtype(t->dtype) ? (t->dtype == SPK_ST_F32 ? SPK_DT_F32 :
                                  t->dtype == SPK_ST_BF16 ? SPK_DT_BF16 : SPK_DT_F16) : SPK_DT_BF16;
-            if (x == 0) {
+            if (x == 0)
                 ty = et;
-                rowb = spk_dtype_row_size(ty, (size_t)C);
-                if (!(o = out_stack(b, gname, ty, 3, C, R, NE)))
-                    return nomem();
-            } else if (et != ty) {
+            else if (et != ty)
                 return spk_err(SPK_ERR_FORMAT, "%s: expert tensor '%.*s' is %s, expert 0's is %s (one stack, one "
                                "type)", b->dir, SHOWN, hn, spk_st_dtype_name(t->dtype), spk_gguf_type_name(ty));
-            }
-            uint8_t *dst = o + x * R * rowb;
             convert c = {.b = b, .hp = hp, .ix = ix, .hfname = hn, .gname = gname, .kind = K_MAT, .rows = R,
-                         .cols = C, .dst = (uint16_t *)(void *)dst};
-            spk_status st;
+                         .cols = C, .sub = &sub[x]};
+            spk_status st = SPK_OK;
             if (float_dtype(t->dtype)) {
                 if (t->n_dims != 2 || t->shape[0] != R || t->shape[1] != C)
                     return shape_err(&c, t, "expert matrix");
-                memcpy(dst, t->data, R * rowb);
-                continue;
+                sub[x].fill = fill_float;
+                sub[x].row_bytes = spk_dtype_row_size(ty, (size_t)C);
+                sub[x].p[0] = t;
+                sub[x].u[0] = C;
+                sub[x].u[1] = R;
             } else if (t->dtype == SPK_ST_F8_E4M3) {
                 if (t->n_dims != 2 || t->shape[0] != R || t->shape[1] != C)
                     return shape_err(&c, t, "expert matrix");
@@ -1277,6 +1310,13 @@ static spk_status stack_experts(builder *b, const hparams *hp, index_t *ix, unsi
             if (st != SPK_OK)
                 return st;
         }
+        spk_gguf_tensor *g;
+        spk_hf_lazy *z = stack_lazy(b, gname, ty, C, R, NE, fill_stack, &g);
+        if (!z)
+            return nomem();
+        z->p[0] = sub;
+        z->u[0] = R;
+        TRY(lazy_add(b, z, g));
     }
     return SPK_OK;
 }
@@ -1288,8 +1328,43 @@ static entry *layer_entry(index_t *ix, unsigned long l, const char *rest)
     return lookup(ix, n);
 }
 
-/* A float element of an HF tensor as F32 (biases). */
-static float elem_f32(const spk_st_tensor *t, uint64_t i) { return scalar_at(t, i); }
+/* gpt-oss gate or up (u[2]: 0 gate, 1 up) from gate_up_proj [E, H, 2F]: row (x, f) is column
+ * 2f + u[2] of expert x. p[0] source; u: H, F, which, element size. */
+static void fill_gu(const spk_hf_lazy *z, uint64_t r0, uint64_t r1, uint8_t *dst)
+{
+    const spk_st_tensor *t = z->p[0];
+    const uint64_t H = z->u[0], F = z->u[1], w = z->u[2], es = z->u[3];
+    for (uint64_t r = r0; r < r1; r++, dst += z->row_bytes) {
+        const uint64_t x = r / F, f = r % F;
+        const uint8_t *in = t->data + (x * H * 2 * F + 2 * f + w) * es;
+        for (uint64_t h = 0; h < H; h++)
+            memcpy(dst + h * es, in + h * 2 * F * es, es);
+    }
+}
+
+/* gpt-oss down from down_proj [E, F, H]: row (x, h) is column h of expert x. u: H, F, element size. */
+static void fill_down(const spk_hf_lazy *z, uint64_t r0, uint64_t r1, uint8_t *dst)
+{
+    const spk_st_tensor *t = z->p[0];
+    const uint64_t H = z->u[0], F = z->u[1], es = z->u[2];
+    for (uint64_t r = r0; r < r1; r++, dst += z->row_bytes) {
+        const uint64_t x = r / H, h = r % H;
+        for (uint64_t f = 0; f < F; f++)
+            memcpy(dst + f * es, t->data + ((x * F + f) * H + h) * es, es);
+    }
+}
+
+/* MXFP4 expert rows: row r is source row r * u[1] + u[2] (gate_up: 2r, 2r + 1; down: r).
+ * p[0] blocks, p[1] scales; u[0] blocks per row. */
+static void fill_mx_rows(const spk_hf_lazy *z, uint64_t r0, uint64_t r1, uint8_t *dst)
+{
+    const spk_st_tensor *t = z->p[0], *sc = z->p[1];
+    const uint64_t nb = z->u[0];
+    for (uint64_t r = r0; r < r1; r++, dst += z->row_bytes) {
+        const uint64_t s = r * z->u[1] + z->u[2];
+        mxfp4_row(dst, t->data + s * nb * 16, sc->data + s * nb, nb);
+    }
+}
 
 /* gpt-oss: the experts stacked in transformers' layout: gate_up_proj [E, hidden, 2F] with gate and
  * up interleaved in the last dimension (gate = [..., ::2], up = [..., 1::2]), down_proj [E, F,
@@ -1308,6 +1383,8 @@ static spk_status gptoss_experts(builder *b, const hparams *hp, index_t *ix, uns
     entry *gub = layer_entry(ix, l, "gate_up_proj_blocks"), *gus = layer_entry(ix, l, "gate_up_proj_scales");
     entry *dnb = layer_entry(ix, l, "down_proj_blocks"), *dns = layer_entry(ix, l, "down_proj_scales");
     entry *bgu = layer_entry(ix, l, "gate_up_proj_bias"), *bdn = layer_entry(ix, l, "down_proj_bias");
+    spk_gguf_tensor *g;
+    spk_hf_lazy *z;
     if (!bgu || !bdn)
         return spk_err(SPK_ERR_FORMAT, "%s: layer %lu has no model.layers.%lu.mlp.experts.%s", b->dir, l, l,
                        bgu ? "down_proj_bias" : "gate_up_proj_bias");
@@ -1323,20 +1400,16 @@ static spk_status gptoss_experts(builder *b, const hparams *hp, index_t *ix, uns
         if (t->n_dims != 3 || t->shape[0] != NE || t->shape[1] != H || t->shape[2] != 2 * F)
             return stack_shape_err(b, t, want);
         const spk_dtype ty = t->dtype == SPK_ST_F32 ? SPK_DT_F32 : t->dtype == SPK_ST_BF16 ? SPK_DT_BF16 : SPK_DT_F16;
-        const size_t es = spk_st_dtype_size(t->dtype);
-        uint8_t *og = out_stack(b, gname[0], ty, 3, H, F, NE), *ou = og ? out_stack(b, gname[1], ty, 3, H, F, NE) : NULL;
-        if (!ou)
-            return nomem();
-        prefetch(t);
-        for (uint64_t x = 0; x < NE; x++)
-            for (uint64_t h = 0; h < H; h++) {
-                const uint8_t *in = t->data + ((x * H + h) * 2 * F) * es;
-                for (uint64_t f = 0; f < F; f++) {
-                    memcpy(og + ((x * F + f) * H + h) * es, in + 2 * f * es, es);
-                    memcpy(ou + ((x * F + f) * H + h) * es, in + (2 * f + 1) * es, es);
-                }
-            }
-        release_source(t);
+        for (int w = 0; w < 2; w++) {
+            if (!(z = stack_lazy(b, gname[w], ty, H, F, NE, fill_gu, &g)))
+                return nomem();
+            z->p[0] = t;
+            z->u[0] = H;
+            z->u[1] = F;
+            z->u[2] = (uint64_t)w;
+            z->u[3] = spk_st_dtype_size(t->dtype);
+            TRY(lazy_add(b, z, g));
+        }
     } else if (gub && gus) {
         gub->used = gus->used = 1;
         const spk_st_tensor *t = gub->t, *sc = gus->t;
@@ -1350,17 +1423,16 @@ static spk_status gptoss_experts(builder *b, const hparams *hp, index_t *ix, uns
         if ((sc->dtype != SPK_ST_U8 && sc->dtype != SPK_ST_F8_E8M0) || sc->n_dims != 3 || sc->shape[0] != NE ||
             sc->shape[1] != 2 * F || sc->shape[2] != H / 32)
             return stack_shape_err(b, sc, want);
-        const uint64_t nb = H / 32;
-        uint8_t *og = out_stack(b, gname[0], SPK_DT_MXFP4, 3, H, F, NE);
-        uint8_t *ou = og ? out_stack(b, gname[1], SPK_DT_MXFP4, 3, H, F, NE) : NULL;
-        if (!ou)
-            return nomem();
-        prefetch(t);
-        for (uint64_t r = 0; r < NE * F; r++) { /* row (x, f): source rows (x, 2f) and (x, 2f + 1) */
-            mxfp4_row(og + r * nb * 17, t->data + 2 * r * nb * 16, sc->data + 2 * r * nb, nb);
-            mxfp4_row(ou + r * nb * 17, t->data + (2 * r + 1) * nb * 16, sc->data + (2 * r + 1) * nb, nb);
+        for (int w = 0; w < 2; w++) { /* row (x, f): source rows (x, 2f) and (x, 2f + 1) */
+            if (!(z = stack_lazy(b, gname[w], SPK_DT_MXFP4, H, F, NE, fill_mx_rows, &g)))
+                return nomem();
+            z->p[0] = t;
+            z->p[1] = sc;
+            z->u[0] = H / 32;
+            z->u[1] = 2;
+            z->u[2] = (uint64_t)w;
+            TRY(lazy_add(b, z, g));
         }
-        release_source(t);
     } else {
         return spk_err(SPK_ERR_FORMAT, "%s: layer %lu has neither mlp.experts.gate_up_proj nor "
                        "mlp.experts.gate_up_proj_blocks + _scales", b->dir, l);
@@ -1377,16 +1449,13 @@ static spk_status gptoss_experts(builder *b, const hparams *hp, index_t *ix, uns
         if (t->n_dims != 3 || t->shape[0] != NE || t->shape[1] != F || t->shape[2] != H)
             return stack_shape_err(b, t, want);
         const spk_dtype ty = t->dtype == SPK_ST_F32 ? SPK_DT_F32 : t->dtype == SPK_ST_BF16 ? SPK_DT_BF16 : SPK_DT_F16;
-        const size_t es = spk_st_dtype_size(t->dtype);
-        uint8_t *o = out_stack(b, gname[2], ty, 3, F, H, NE);
-        if (!o)
+        if (!(z = stack_lazy(b, gname[2], ty, F, H, NE, fill_down, &g)))
             return nomem();
-        prefetch(t);
-        for (uint64_t x = 0; x < NE; x++)
-            for (uint64_t f = 0; f < F; f++)
-                for (uint64_t h = 0; h < H; h++)
-                    memcpy(o + ((x * H + h) * F + f) * es, t->data + ((x * F + f) * H + h) * es, es);
-        release_source(t);
+        z->p[0] = t;
+        z->u[0] = H;
+        z->u[1] = F;
+        z->u[2] = spk_st_dtype_size(t->dtype);
+        TRY(lazy_add(b, z, g));
     } else if (dnb && dns) {
         dnb->used = dns->used = 1;
         const spk_st_tensor *t = dnb->t, *sc = dns->t;
@@ -1400,19 +1469,18 @@ static spk_status gptoss_experts(builder *b, const hparams *hp, index_t *ix, uns
         if ((sc->dtype != SPK_ST_U8 && sc->dtype != SPK_ST_F8_E8M0) || sc->n_dims != 3 || sc->shape[0] != NE ||
             sc->shape[1] != H || sc->shape[2] != F / 32)
             return stack_shape_err(b, sc, want);
-        const uint64_t nb = F / 32;
-        uint8_t *o = out_stack(b, gname[2], SPK_DT_MXFP4, 3, F, H, NE);
-        if (!o)
+        if (!(z = stack_lazy(b, gname[2], SPK_DT_MXFP4, F, H, NE, fill_mx_rows, &g)))
             return nomem();
-        prefetch(t);
-        for (uint64_t r = 0; r < NE * H; r++)
-            mxfp4_row(o + r * nb * 17, t->data + r * nb * 16, sc->data + r * nb, nb);
-        release_source(t);
+        z->p[0] = t;
+        z->p[1] = sc;
+        z->u[0] = F / 32;
+        z->u[1] = 1;
+        TRY(lazy_add(b, z, g));
     } else {
         return spk_err(SPK_ERR_FORMAT, "%s: layer %lu has neither mlp.experts.down_proj nor "
                        "mlp.experts.down_proj_blocks + _scales", b->dir, l);
     }
-    /* biases, F32 */
+    /* biases, F32 (small: made now) */
     const spk_st_tensor *tb = bgu->t, *td = bdn->t;
     bgu->used = bdn->used = 1;
     snprintf(want, sizeof want, "%llu, %llu", (unsigned long long)NE, (unsigned long long)(2 * F));
@@ -1425,16 +1493,21 @@ static spk_status gptoss_experts(builder *b, const hparams *hp, index_t *ix, uns
     snprintf(n[0], sizeof n[0], "blk.%lu.ffn_gate_exps.bias", l);
     snprintf(n[1], sizeof n[1], "blk.%lu.ffn_up_exps.bias", l);
     snprintf(n[2], sizeof n[2], "blk.%lu.ffn_down_exps.bias", l);
-    float *bg = out_stack(b, n[0], SPK_DT_F32, 2, F, NE, 1), *bu = bg ? out_stack(b, n[1], SPK_DT_F32, 2, F, NE, 1) : NULL;
-    float *bd = bu ? out_stack(b, n[2], SPK_DT_F32, 2, H, NE, 1) : NULL;
-    if (!bd)
+    spk_gguf_tensor *gb[3] = {out_stack(b, n[0], SPK_DT_F32, 2, F, NE, 1), out_stack(b, n[1], SPK_DT_F32, 2, F, NE, 1),
+                              out_stack(b, n[2], SPK_DT_F32, 2, H, NE, 1)};
+    float *bg = keep(b, malloc(sizeof(float) * NE * F)), *bu = keep(b, malloc(sizeof(float) * NE * F));
+    float *bd = keep(b, malloc(sizeof(float) * NE * H));
+    if (!gb[0] || !gb[1] || !gb[2] || !bg || !bu || !bd)
         return nomem();
     for (uint64_t i = 0; i < NE * F; i++) {
-        bg[i] = elem_f32(tb, 2 * i);
-        bu[i] = elem_f32(tb, 2 * i + 1);
+        bg[i] = scalar_at(tb, 2 * i);
+        bu[i] = scalar_at(tb, 2 * i + 1);
     }
     for (uint64_t i = 0; i < NE * H; i++)
-        bd[i] = elem_f32(td, i);
+        bd[i] = scalar_at(td, i);
+    gb[0]->data = bg;
+    gb[1]->data = bu;
+    gb[2]->data = bd;
     return SPK_OK;
 }
 
@@ -1656,6 +1729,11 @@ spk_status spk_hf_open(const char *dir, spk_gguf_file **out)
         return nomem();
     }
     f->hf = m;
+    if (!(m->lazy = spk_hf_lazy_new())) {
+        free(f);
+        free(m);
+        return nomem();
+    }
     f->version = 3;
     f->alignment = 32;
     snprintf(f->path, sizeof f->path, "%s", dir);
@@ -1702,6 +1780,8 @@ spk_status spk_hf_open(const char *dir, spk_gguf_file **out)
     }
     if (st == SPK_OK && !spk_gguf_find_tensor(f, "token_embd.weight"))
         st = spk_err(SPK_ERR_FORMAT, "%s: no model.embed_tokens.weight in the checkpoint", dir);
+    if (st == SPK_OK)
+        st = spk_hf_lazy_start(m->lazy);
     free(ix.e);
     cJSON_Delete(cfg);
     if (st != SPK_OK) {
@@ -1711,6 +1791,13 @@ spk_status spk_hf_open(const char *dir, spk_gguf_file **out)
     *out = f;
     return SPK_OK;
 }
+
+uint64_t spk_hf_converted_bytes(const spk_gguf_file *f, const char *name)
+{
+    return f && f->hf ? spk_hf_lazy_done(f->hf->lazy, name) : 0;
+}
+
+int spk_hf_lazy_conversion(const spk_gguf_file *f) { return f && f->hf && spk_hf_lazy_is_lazy(f->hf->lazy); }
 
 /* ---- identity -------------------------------------------------------------------------------- */
 
