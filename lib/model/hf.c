@@ -860,8 +860,15 @@ static spk_hf_lazy *lazy_new(builder *b, const char *name, size_t row_bytes, uin
 }
 
 /* z's memory, and g's data in it. */
+static void fill_stack(const spk_hf_lazy *z, uint64_t r0, uint64_t r1, uint8_t *dst);
+
 static spk_status lazy_add(builder *b, spk_hf_lazy *z, spk_gguf_tensor *g)
 {
+    if (z->fill != fill_stack && z->p[0]) { /* every other fill reads its tensor from p[0] */
+        const spk_st_tensor *t = z->p[0];
+        z->src = t->data;
+        z->src_len = t->end - t->begin;
+    }
     TRY(spk_hf_lazy_add(b->m->lazy, z));
     if (g)
         g->data = z->base;

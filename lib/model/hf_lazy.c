@@ -67,6 +67,17 @@ spk_hf_lazyset *spk_hf_lazy_new(void)
 
 int spk_hf_lazy_is_lazy(const spk_hf_lazyset *s) { return s && s->lazy; }
 
+/* Drop the whole pages inside z's source (file-backed: re-read on demand), so that a converted
+ * tensor does not keep both copies resident. */
+static void drop_source(const spk_hf_lazyset *s, const spk_hf_lazy *z)
+{
+    uintptr_t a = (uintptr_t)z->src, e = a + z->src_len;
+    a = (a + s->page - 1) & ~(uintptr_t)(s->page - 1);
+    e &= ~(uintptr_t)(s->page - 1);
+    if (e > a)
+        madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
 spk_status spk_hf_lazy_add(spk_hf_lazyset *s, spk_hf_lazy *z)
 {
     if (s->n == s->cap) {
@@ -95,6 +106,8 @@ spk_status spk_hf_lazy_add(spk_hf_lazyset *s, spk_hf_lazy *z)
     }
     z->fill(z, 0, z->n_rows, z->base);
     atomic_store(&z->done, (uint64_t)z->size);
+    if (z->src)
+        drop_source(s, z);
     return SPK_OK;
 }
 
@@ -136,7 +149,10 @@ static void serve(spk_hf_lazyset *s, uintptr_t addr)
             z->fill(z, r0, r1, s->scratch);
             size_t n = z->size - off < s->page ? z->size - off : s->page;
             memcpy(s->pagebuf, s->scratch + (off - r0 * z->row_bytes), n);
-            atomic_fetch_add(&z->done, (uint64_t)n);
+            if (atomic_fetch_add(&z->done, (uint64_t)n) + n >= z->size && z->src && !z->src_dropped) {
+                drop_source(s, z); /* all made: the source pages are not needed (re-read if ever) */
+                z->src_dropped = 1;
+            }
         }
     }
     struct uffdio_copy c = {.dst = a, .src = (uintptr_t)s->pagebuf, .len = s->page, .mode = 0};

@@ -30,6 +30,9 @@ struct spk_hf_lazy {
     const void *p[4];           /* the fill's parameters (source tensors, scales, sub-fills) */
     uint64_t u[8];
     _Atomic uint64_t done;      /* bytes converted so far (a page at a time when lazy) */
+    const uint8_t *src;         /* the source bytes (file-backed), dropped once every page is made */
+    size_t src_len;
+    int src_dropped;            /* fault thread only */
 };
 
 typedef struct spk_hf_lazyset spk_hf_lazyset;
