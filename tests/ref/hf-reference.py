@@ -52,6 +52,17 @@ def load_model(d, cfg, deq, quantized):
         return m.double().eval()
     c = dict(cfg)
     c.pop('quantization_config')
+    if c['architectures'][0] == 'Qwen3MoeForCausalLM':
+        # per-expert names: through from_pretrained (which stacks them) from the dequantized
+        # values written as F32
+        q = os.path.join(d + '-dequantized')
+        os.makedirs(q, exist_ok=True)
+        c['torch_dtype'] = 'float32'
+        with open(os.path.join(q, 'config.json'), 'w') as f:
+            json.dump(c, f)
+        hf_tiny.write_safetensors(os.path.join(q, 'model.safetensors'), [
+            (k, 'F32', hf_tiny.shape(v), hf_tiny.pack('F32', hf_tiny.flat(v))) for k, v in deq.items()])
+        return load_model(q, c, deq, False)
     c['torch_dtype'] = 'float32'
     conf = AutoConfig.for_model(**c)
     conf._attn_implementation = 'eager'

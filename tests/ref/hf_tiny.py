@@ -25,6 +25,8 @@ Variants (subdirectories of OUTDIR):
   qwen3moe-f32       Qwen3MoeForCausalLM, 8 experts (top 2, norm_topk_prob), per-expert
                      mlp.experts.N.{gate,up,down}_proj as published, F32
   qwen3moe-bf16      the same weights in BF16, two shards (layer 1 in the second)
+  qwen3moe-fp8-block attention and every expert FP8 with 32x32 block scales (as Qwen3-30B-A3B-FP8,
+                     whose blocks are 128), the router and the rest BF16
   gptoss-f32         GptOssForCausalLM: q/k/v/o biases, sinks, router with bias, 4 experts (top 2) with the
                      fused interleaved gate_up_proj [E, hidden, 2F] + biases, sliding window 8 on even
                      layers, YaRN, F32
@@ -402,7 +404,8 @@ def variant_config(v):
 
 
 VARIANTS = ['llama-f32', 'llama-bf16', 'llama-fp8-tensor', 'llama-fp8-channel', 'llama-fp8-block', 'llama-nvfp4',
-            'llama-mxfp4', 'llama3-hd', 'qwen3-f32', 'llama-fp8-block128', 'llama-nvfp4-ct', 'qwen3moe-f32', 'qwen3moe-bf16', 'gptoss-f32', 'gptoss-bf16',
+            'llama-mxfp4', 'llama3-hd', 'qwen3-f32', 'llama-fp8-block128', 'llama-nvfp4-ct', 'qwen3moe-f32', 'qwen3moe-bf16', 'qwen3moe-fp8-block',
+            'gptoss-f32', 'gptoss-bf16',
             'gptoss-mxfp4']
 MXFP4_EXPERTS = ('mlp.experts.gate_up_proj', 'mlp.experts.down_proj')
 
@@ -431,8 +434,12 @@ def build(v):
     cfg['torch_dtype'] = 'float32' if float_dt == 'F32' else 'bfloat16'
     for name, x in w.items():
         is_proj = any(name.endswith(p + '.weight') for p in PROJ)
+        if v == 'qwen3moe-fp8-block' and ('.mlp.experts.' in name or (is_proj and 'self_attn' in name)):
+            is_proj = True
         if is_proj and v == 'llama-fp8-block128':
             t, d = q_fp8(name, x, 'block', 128)
+        elif is_proj and v == 'qwen3moe-fp8-block':
+            t, d = q_fp8(name, x, 'block', 32)
         elif is_proj and v.startswith('llama-fp8'):
             t, d = q_fp8(name, x, v.split('-')[2])
         elif is_proj and v == 'llama-nvfp4':
@@ -453,8 +460,8 @@ def build(v):
             d = x if float_dt == 'F32' else rounded(x, bf16)
         out += t
         deq[name] = d
-    if v.startswith('llama-fp8'):
-        if v.startswith('llama-fp8-block'):
+    if v.startswith('llama-fp8') or v == 'qwen3moe-fp8-block':
+        if v.startswith('llama-fp8-block') or v == 'qwen3moe-fp8-block':
             bs = 128 if v == 'llama-fp8-block128' else 32
             cfg['quantization_config'] = {'quant_method': 'fp8', 'activation_scheme': 'dynamic',
                                           'weight_block_size': [bs, bs]}

@@ -36,7 +36,7 @@ static char *g_ref_txt;
 static const char *const variants[] = {"llama-f32",   "llama-bf16",  "llama-fp8-tensor", "llama-fp8-channel",
                                        "llama-fp8-block", "llama-nvfp4", "llama-mxfp4", "llama3-hd",
                                        "qwen3-f32",   "llama-fp8-block128", "llama-nvfp4-ct",
-                                       "qwen3moe-f32", "qwen3moe-bf16", "gptoss-f32",
+                                       "qwen3moe-f32", "qwen3moe-bf16", "qwen3moe-fp8-block", "gptoss-f32",
                                        "gptoss-bf16", "gptoss-mxfp4"};
 #define N_VARIANTS (int)(sizeof variants / sizeof variants[0])
 
