@@ -12,6 +12,7 @@
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -181,6 +182,27 @@ static void *fault_thread(void *arg)
     return NULL;
 }
 
+/* Lazy start failed: undo the registrations and convert everything now (the regions are plain
+ * private memory again). */
+static spk_status go_eager(spk_hf_lazyset *s, size_t n_registered)
+{
+    for (size_t i = 0; i < n_registered; i++) {
+        struct uffdio_range r = {.start = (uintptr_t)s->z[i]->base, .len = s->z[i]->map_size};
+        ioctl(s->fd, UFFDIO_UNREGISTER, &r);
+    }
+    close(s->fd);
+    s->fd = -1;
+    s->lazy = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        spk_hf_lazy *z = s->z[i];
+        z->fill(z, 0, z->n_rows, z->base);
+        atomic_store(&z->done, (uint64_t)z->size);
+        if (z->src)
+            drop_source(s, z);
+    }
+    return SPK_OK;
+}
+
 spk_status spk_hf_lazy_start(spk_hf_lazyset *s)
 {
     if (!s->lazy || !s->n)
@@ -199,13 +221,18 @@ spk_status spk_hf_lazy_start(spk_hf_lazyset *s)
         struct uffdio_register r = {.range = {.start = (uintptr_t)s->z[i]->base, .len = s->z[i]->map_size},
                                     .mode = UFFDIO_REGISTER_MODE_MISSING};
         if (ioctl(s->fd, UFFDIO_REGISTER, &r) != 0)
-            return spk_err(SPK_ERR_IO, "hf: userfaultfd registration of tensor '%s' failed: %s", s->z[i]->name,
-                           strerror(errno));
+            return go_eager(s, i);
     }
     if (pipe2(s->stop, O_CLOEXEC) != 0)
-        return spk_err(SPK_ERR_IO, "hf: pipe: %s", strerror(errno));
-    if (pthread_create(&s->thread, NULL, fault_thread, s) != 0)
-        return spk_err(SPK_ERR_IO, "hf: cannot start the conversion thread");
+        return go_eager(s, s->n);
+    /* the thread takes no signals: they stay with the application's threads */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    const int rc = pthread_create(&s->thread, NULL, fault_thread, s);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0)
+        return go_eager(s, s->n);
     s->running = 1;
     return SPK_OK;
 }
