@@ -24,7 +24,8 @@ void spk_hf_free(struct spk_hf_model *m);
 /* Bytes of converted tensors made so far: of tensor `name` (GGUF name), or of all (NULL); 0
  * for a GGUF file. Conversion is lazy where userfaultfd works (spk_hf_lazy_conversion 1): a
  * page of a converted tensor is made on its first read, so a rank converts only the rows of the
- * slices it reads; otherwise (or with SPK_HF_EAGER=1) everything is converted at open. */
+ * slices it reads; otherwise (or with SPK_HF_EAGER=1) everything is converted at open. A page
+ * dropped by the loader (MADV_DONTNEED after a column copy) and read again counts again. */
 uint64_t spk_hf_converted_bytes(const spk_gguf_file *f, const char *name);
 int spk_hf_lazy_conversion(const spk_gguf_file *f);
 
