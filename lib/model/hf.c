@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "model/hf_lazy.h"
 #include "model/hf_tok.h"
 #include "model/safetensors.h"
 
@@ -38,9 +39,7 @@ struct spk_hf_model {
     size_t n_shards;
     char *config;
     size_t config_len;
-    void **maps; /* converted tensors: shared anonymous mappings (see new_buffer) */
-    size_t *map_sizes;
-    size_t n_maps, cap_maps;
+    spk_hf_lazyset *lazy; /* converted tensors (model/hf_lazy.h) */
     void **allocs; /* keys, strings, arrays, names */
     size_t n_allocs, cap_allocs;
 };
@@ -266,65 +265,14 @@ static spk_gguf_tensor *add_tensor(builder *b, const char *name)
     return t;
 }
 
-/* A converted tensor's buffer: MAP_SHARED anonymous memory, so that the loader's
- * MADV_DONTNEED on pages it copied from (written for file-backed mappings) drops only the page
- * table entries here too and never the contents. */
-static void *new_buffer(builder *b, size_t n)
-{
-    struct spk_hf_model *m = b->m;
-    if (m->n_maps == m->cap_maps) {
-        size_t nc = m->cap_maps ? 2 * m->cap_maps : 64;
-        void **nm = realloc(m->maps, nc * sizeof *nm);
-        if (!nm)
-            return NULL;
-        m->maps = nm;
-        size_t *ns = realloc(m->map_sizes, nc * sizeof *ns);
-        if (!ns)
-            return NULL;
-        m->map_sizes = ns;
-        m->cap_maps = nc;
-    }
-    void *p = mmap(NULL, n ? n : 1, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
-        return NULL;
-    m->maps[m->n_maps] = p;
-    m->map_sizes[m->n_maps++] = n ? n : 1;
-    return p;
-}
-
-/* Drop the source pages of a tensor we converted (file-backed: re-read on demand); only whole
- * pages inside the tensor, so neighbours used in place keep theirs. */
-static void release_source(const spk_st_tensor *t)
-{
-    long pg = sysconf(_SC_PAGESIZE);
-    uintptr_t a = (uintptr_t)t->data, e = a + (t->end - t->begin);
-    a = (a + (uintptr_t)pg - 1) & ~(uintptr_t)(pg - 1);
-    e &= ~(uintptr_t)(pg - 1);
-    if (e > a)
-        madvise((void *)a, e - a, MADV_DONTNEED);
-}
-
-/* Read a tensor we are about to convert ahead (the files are mapped MADV_RANDOM: without this
- * every page would be its own fault). */
-static void prefetch(const spk_st_tensor *t)
-{
-    long pg = sysconf(_SC_PAGESIZE);
-    uintptr_t a = (uintptr_t)t->data & ~(uintptr_t)(pg - 1), e = (uintptr_t)t->data + (t->end - t->begin);
-    if (e > a)
-        madvise((void *)a, e - a, MADV_WILLNEED);
-}
-
 void spk_hf_free(struct spk_hf_model *m)
 {
     if (!m)
         return;
+    spk_hf_lazy_free(m->lazy); /* first: its thread reads the shards, its tensors are in allocs */
     for (size_t i = 0; i < m->n_shards; i++)
         spk_st_close(m->shards[i]);
     free(m->shards);
-    for (size_t i = 0; i < m->n_maps; i++)
-        munmap(m->maps[i], m->map_sizes[i]);
-    free(m->maps);
-    free(m->map_sizes);
     for (size_t i = 0; i < m->n_allocs; i++)
         free(m->allocs[i]);
     free(m->allocs);
@@ -397,9 +345,15 @@ static int plain_file_name(const char *s)
 
 /* ---- config.json ------------------------------------------------------------------------------ */
 
+enum arch { A_LLAMA, A_QWEN3, A_QWEN3MOE, A_GPTOSS };
+static const char *const arch_gguf[] = {"llama", "qwen3", "qwen3moe", "gpt-oss"};
+
 typedef struct hparams {
-    int llama; /* else qwen3 */
+    int llama; /* arch == A_LLAMA */
+    enum arch arch;
     uint64_t n_layers, n_embd, n_heads, n_kv, n_ff, n_ctx, n_vocab, head_dim;
+    uint64_t n_expert, n_expert_used, n_ff_exp; /* qwen3moe, gpt-oss */
+    uint64_t swa;                               /* gpt-oss: sliding_window */
     int head_dim_given;
     double eps, theta;
     int have_theta;
@@ -441,6 +395,65 @@ static spk_status cfg_num(const char *path, const cJSON *obj, const char *key, d
     return SPK_OK;
 }
 
+/* The experts' hyperparameters (qwen3moe, gpt-oss) and what the architectures fix: where a
+ * config asks for something llama.cpp's qwen3moe / gpt-oss graphs (and ours) do not compute, it
+ * is refused here rather than run differently from transformers. */
+static spk_status read_moe_hparams(const char *dir, const cJSON *cfg, hparams *hp)
+{
+    const int gpt = hp->arch == A_GPTOSS;
+    /* the converter's find_hparam order; transformers 5 saves Qwen3-MoE's as num_local_experts */
+    const int local = cJSON_GetObjectItemCaseSensitive(cfg, "num_local_experts") != NULL;
+    TRY(cfg_uint(dir, cfg, local || gpt ? "num_local_experts" : "num_experts", 1, 0, &hp->n_expert));
+    const cJSON *used = cJSON_GetObjectItemCaseSensitive(cfg, "num_experts_per_tok");
+    TRY(cfg_uint(dir, cfg, used || !gpt ? "num_experts_per_tok" : "experts_per_token", 1, 0, &hp->n_expert_used));
+    if (gpt)
+        hp->n_ff_exp = hp->n_ff;
+    else
+        TRY(cfg_uint(dir, cfg, "moe_intermediate_size", 1, 0, &hp->n_ff_exp));
+    if (hp->n_expert > 4096 || hp->n_expert_used > hp->n_expert || hp->n_ff_exp > (1u << 20))
+        return spk_err(SPK_ERR_FORMAT, "%s/config.json: bad experts: %llu experts, %llu per token, %llu wide", dir,
+                       (unsigned long long)hp->n_expert, (unsigned long long)hp->n_expert_used,
+                       (unsigned long long)hp->n_ff_exp);
+    if (!gpt) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, "norm_topk_prob");
+        const cJSON *ml = cJSON_GetObjectItemCaseSensitive(cfg, "mlp_only_layers");
+        double step = 1;
+        TRY(cfg_num(dir, cfg, "decoder_sparse_step", 1, &step, NULL));
+        if (!cJSON_IsTrue(v))
+            return spk_err(SPK_ERR_UNSUPPORTED, "%s/config.json: qwen3_moe with norm_topk_prob false (or absent) is "
+                           "not supported (the qwen3moe graph renormalizes the top-k weights)", dir);
+        if (step != 1 || (ml && !cJSON_IsNull(ml) && (!cJSON_IsArray(ml) || cJSON_GetArraySize(ml) != 0)))
+            return spk_err(SPK_ERR_UNSUPPORTED, "%s/config.json: qwen3_moe with dense layers (decoder_sparse_step "
+                           "%g, mlp_only_layers) is not supported: every layer must be MoE", dir, step);
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(cfg, "use_sliding_window")))
+            return spk_err(SPK_ERR_UNSUPPORTED, "%s/config.json: qwen3_moe with use_sliding_window is not supported",
+                           dir);
+        return SPK_OK;
+    }
+    TRY(cfg_uint(dir, cfg, "sliding_window", 1, 0, &hp->swa));
+    double limit = 7.0, alpha = 1.702;
+    TRY(cfg_num(dir, cfg, "swiglu_limit", 7.0, &limit, NULL));
+    TRY(cfg_num(dir, cfg, "swiglu_alpha", 1.702, &alpha, NULL));
+    if (limit != 7.0 || fabs(alpha - 1.702) > 1e-9)
+        return spk_err(SPK_ERR_UNSUPPORTED, "%s/config.json: gpt_oss swiglu_limit %g / swiglu_alpha %g (the gpt-oss "
+                       "graph computes 7 and 1.702)", dir, limit, alpha);
+    if (cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(cfg, "attention_bias")))
+        return spk_err(SPK_ERR_UNSUPPORTED, "%s/config.json: gpt_oss without attention biases is not supported", dir);
+    const cJSON *lt = cJSON_GetObjectItemCaseSensitive(cfg, "layer_types");
+    if (lt && !cJSON_IsNull(lt)) {
+        int ok = cJSON_IsArray(lt) && (uint64_t)cJSON_GetArraySize(lt) == hp->n_layers;
+        for (int i = 0; ok && i < cJSON_GetArraySize(lt); i++) {
+            const cJSON *x = cJSON_GetArrayItem(lt, i);
+            ok = cJSON_IsString(x) && !strcmp(x->valuestring, i % 2 ? "full_attention" : "sliding_attention");
+        }
+        if (!ok)
+            return spk_err(SPK_ERR_UNSUPPORTED, "%s/config.json: gpt_oss layer_types must alternate "
+                           "sliding_attention, full_attention (from layer 0) over the %llu layers", dir,
+                           (unsigned long long)hp->n_layers);
+    }
+    return SPK_OK;
+}
+
 static spk_status read_hparams(const char *dir, const cJSON *cfg, hparams *hp)
 {
     memset(hp, 0, sizeof *hp);
@@ -451,13 +464,19 @@ static spk_status read_hparams(const char *dir, const cJSON *cfg, hparams *hp)
     const char *mtype = cJSON_IsString(mt) ? mt->valuestring : "";
     if (arch ? (!strcmp(arch, "LlamaForCausalLM") || !strcmp(arch, "MistralForCausalLM"))
              : (!strcmp(mtype, "llama") || !strcmp(mtype, "mistral")))
-        hp->llama = 1;
+        hp->arch = A_LLAMA;
     else if (arch ? !strcmp(arch, "Qwen3ForCausalLM") : !strcmp(mtype, "qwen3"))
-        hp->llama = 0;
+        hp->arch = A_QWEN3;
+    else if (arch ? !strcmp(arch, "Qwen3MoeForCausalLM") : !strcmp(mtype, "qwen3_moe"))
+        hp->arch = A_QWEN3MOE;
+    else if (arch ? !strcmp(arch, "GptOssForCausalLM") : !strcmp(mtype, "gpt_oss"))
+        hp->arch = A_GPTOSS;
     else
         return spk_err(SPK_ERR_UNSUPPORTED,
                        "%s/config.json: architecture '%.64s' (model_type '%.32s') is not supported "
-                       "(LlamaForCausalLM, MistralForCausalLM, Qwen3ForCausalLM)", dir, arch ? arch : "?", mtype);
+                       "(LlamaForCausalLM, MistralForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM, "
+                       "GptOssForCausalLM)", dir, arch ? arch : "?", mtype);
+    hp->llama = hp->arch == A_LLAMA;
     TRY(cfg_uint(dir, cfg, "num_hidden_layers", 1, 0, &hp->n_layers));
     TRY(cfg_uint(dir, cfg, "hidden_size", 1, 0, &hp->n_embd));
     TRY(cfg_uint(dir, cfg, "num_attention_heads", 1, 0, &hp->n_heads));
@@ -486,11 +505,14 @@ static spk_status read_hparams(const char *dir, const cJSON *cfg, hparams *hp)
     TRY(cfg_num(dir, cfg, "rope_theta", 10000.0, &hp->theta, &hp->have_theta));
     if (!hp->have_theta && hp->rope)
         TRY(cfg_num(dir, hp->rope, "rope_theta", 10000.0, &hp->theta, &hp->have_theta));
-    for (const char *k = "attention_bias"; k; k = strcmp(k, "attention_bias") ? NULL : "mlp_bias") {
+    for (const char *k = "attention_bias"; k && hp->arch != A_GPTOSS;
+         k = strcmp(k, "attention_bias") ? NULL : "mlp_bias") {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, k);
         if (cJSON_IsTrue(v))
             return spk_err(SPK_ERR_UNSUPPORTED, "%s/config.json: %s = true is not supported", dir, k);
     }
+    if (hp->arch == A_QWEN3MOE || hp->arch == A_GPTOSS)
+        TRY(read_moe_hparams(dir, cfg, hp));
     hp->block_size = 128;
     const cJSON *q = cJSON_GetObjectItemCaseSensitive(cfg, "quantization_config");
     const cJSON *bs = q ? cJSON_GetObjectItemCaseSensitive(q, "weight_block_size") : NULL;
@@ -509,7 +531,7 @@ static spk_status read_hparams(const char *dir, const cJSON *cfg, hparams *hp)
 
 static spk_status write_metadata(builder *b, const hparams *hp, const cJSON *cfg, float *rope_factors, int *n_factors)
 {
-    const char *A = hp->llama ? "llama" : "qwen3";
+    const char *A = arch_gguf[hp->arch];
     char k[128];
     TRY(kv_str(b, "general.architecture", A));
     const char *base = strrchr(b->dir, '/');
@@ -547,6 +569,13 @@ static spk_status write_metadata(builder *b, const hparams *hp, const cJSON *cfg
         U32("vocab_size", hp->n_vocab);
         U32("rope.dimension_count", hp->head_dim);
     }
+    if (hp->n_expert) {
+        U32("expert_count", hp->n_expert);
+        U32("expert_used_count", hp->n_expert_used);
+        U32("expert_feed_forward_length", hp->n_ff_exp);
+    }
+    if (hp->swa)
+        U32("attention.sliding_window", hp->swa);
     (void)cfg;
     *n_factors = 0;
     if (hp->rope) {
@@ -593,9 +622,40 @@ static spk_status write_metadata(builder *b, const hparams *hp, const cJSON *cfg
                 rope_factors[i] = r;
             }
             *n_factors = dim / 2;
+        } else if (!strcmp(type, "yarn") && hp->arch == A_GPTOSS && have_factor) {
+            /* the converter's keys; the truncated YaRN of transformers' default is not what
+             * llama.cpp (and we) compute, gpt-oss's config says truncate: false */
+            double orig = 0, x = 0;
+            int have = 0;
+            const cJSON *tr = cJSON_GetObjectItemCaseSensitive(hp->rope, "truncate");
+            if (!cJSON_IsFalse(tr))
+                return spk_err(SPK_ERR_UNSUPPORTED, "%s/config.json: YaRN rope scaling without \"truncate\": false "
+                               "(transformers then truncates the correction range; llama.cpp's YaRN does not)", b->dir);
+            TRY(cfg_num(b->dir, hp->rope, "original_max_position_embeddings", 0, &orig, &have));
+            if (!have || !(orig >= 1 && orig < 4294967296.0) || !(factor > 0))
+                return spk_err(SPK_ERR_FORMAT, "%s/config.json: YaRN rope scaling needs a factor > 0 (%g) and "
+                               "original_max_position_embeddings >= 1 (%g)", b->dir, factor, orig);
+            snprintf(k, sizeof k, "%s.rope.scaling.type", A);
+            TRY(kv_str(b, k, "yarn"));
+            F32("rope.scaling.factor", factor);
+            U32("rope.scaling.original_context_length", (uint64_t)orig);
+            TRY(cfg_num(b->dir, hp->rope, "extrapolation_factor", 0, &x, &have));
+            if (have)
+                F32("rope.scaling.yarn_ext_factor", x);
+            TRY(cfg_num(b->dir, hp->rope, "attention_factor", 0, &x, &have));
+            if (!have)
+                TRY(cfg_num(b->dir, hp->rope, "attn_factor", 0, &x, &have));
+            if (have)
+                F32("rope.scaling.yarn_attn_factor", x);
+            TRY(cfg_num(b->dir, hp->rope, "beta_fast", 0, &x, &have));
+            if (have)
+                F32("rope.scaling.yarn_beta_fast", x);
+            TRY(cfg_num(b->dir, hp->rope, "beta_slow", 0, &x, &have));
+            if (have)
+                F32("rope.scaling.yarn_beta_slow", x);
         } else {
             return spk_err(SPK_ERR_UNSUPPORTED, "%s/config.json: rope scaling type '%.32s' is not supported "
-                           "(default, linear, llama3 for llama)", b->dir, type);
+                           "(default, linear, llama3 for llama, yarn for gpt-oss)", b->dir, type);
         }
     }
 #undef U32
@@ -655,8 +715,13 @@ static void role_shape(const hparams *hp, const char *gguf, uint64_t *rows, uint
 {
     const uint64_t E = hp->n_embd, Q = hp->n_heads * hp->head_dim, KV = hp->n_kv * hp->head_dim, F = hp->n_ff;
     *rows = 1;
-    if (!strcmp(gguf, "attn_norm") || !strcmp(gguf, "ffn_norm") || !strcmp(gguf, "output_norm"))
+    if (!strcmp(gguf, "attn_norm") || !strcmp(gguf, "ffn_norm") || !strcmp(gguf, "output_norm") ||
+        !strcmp(gguf, "post_attention_norm"))
         *cols = E;
+    else if (!strcmp(gguf, "attn_sinks"))
+        *cols = hp->n_heads;
+    else if (!strcmp(gguf, "ffn_gate_inp"))
+        *rows = hp->n_expert, *cols = E;
     else if (!strcmp(gguf, "attn_q_norm") || !strcmp(gguf, "attn_k_norm"))
         *cols = hp->head_dim;
     else if (!strcmp(gguf, "attn_q"))
@@ -717,6 +782,12 @@ static float scalar_at(const spk_st_tensor *t, uint64_t i)
     }
 }
 
+static int has_suffix(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
 static int float_dtype(spk_st_dtype d) { return d == SPK_ST_F32 || d == SPK_ST_BF16 || d == SPK_ST_F16; }
 
 /* Source row of destination row d under the converter's permute (n_head groups of rows). */
@@ -737,6 +808,8 @@ typedef struct convert {
     enum kind kind;
     uint64_t rows, cols;
     uint64_t perm_heads; /* 0: none */
+    int f32;             /* matrix wanted as F32 (the converter's ffn_gate_inp) */
+    spk_hf_lazy *sub;    /* FP8/NVFP4: fill this (one expert of a stack) instead of making a tensor */
 } convert;
 
 static spk_status shape_err(const convert *c, const spk_st_tensor *t, const char *what)
@@ -772,13 +845,63 @@ static spk_gguf_tensor *out_tensor(const convert *c, spk_dtype type)
     return g;
 }
 
+/* A converted tensor: its rows made by `fill` on first touch (model/hf_lazy.h). */
+static spk_hf_lazy *lazy_new(builder *b, const char *name, size_t row_bytes, uint64_t n_rows, spk_hf_fill_fn fill)
+{
+    spk_hf_lazy *z = keep(b, calloc(1, sizeof *z));
+    if (z) {
+        snprintf(z->name, sizeof z->name, "%s", name);
+        z->row_bytes = row_bytes;
+        z->n_rows = n_rows;
+        z->size = row_bytes * n_rows;
+        z->fill = fill;
+    }
+    return z;
+}
+
+/* z's memory, and g's data in it. */
+static void fill_stack(const spk_hf_lazy *z, uint64_t r0, uint64_t r1, uint8_t *dst);
+
+static spk_status lazy_add(builder *b, spk_hf_lazy *z, spk_gguf_tensor *g)
+{
+    if (z->fill != fill_stack && z->p[0]) { /* every other fill reads its tensor from p[0] */
+        const spk_st_tensor *t = z->p[0];
+        z->src = t->data;
+        z->src_len = t->end - t->begin;
+    }
+    TRY(spk_hf_lazy_add(b->m->lazy, z));
+    if (g)
+        g->data = z->base;
+    return SPK_OK;
+}
+
+/* p[0] source; u: cols, rows, permuted heads (0: none), F32 output from BF16/F16. */
+static void fill_float(const spk_hf_lazy *z, uint64_t r0, uint64_t r1, uint8_t *dst)
+{
+    const spk_st_tensor *t = z->p[0];
+    const uint64_t C = z->u[0], R = z->u[1], ph = z->u[2];
+    const size_t irow = spk_st_dtype_size(t->dtype) * C;
+    for (uint64_t d = r0; d < r1; d++, dst += z->row_bytes) {
+        const uint64_t s = src_row(d, R, ph);
+        if (!z->u[3] || t->dtype == SPK_ST_F32) {
+            memcpy(dst, t->data + s * irow, z->row_bytes);
+            continue;
+        }
+        const spk_st_tensor row = {.dtype = t->dtype, .data = t->data + s * irow};
+        for (uint64_t j = 0; j < C; j++) {
+            const float v = scalar_at(&row, j);
+            memcpy(dst + 4 * j, &v, 4);
+        }
+    }
+}
+
 /* BF16/F16/F32 source. Vectors become F32; matrices keep their type (zero-copy unless rows
  * are permuted or the data is misaligned for its element size). */
 static spk_status conv_float(const convert *c, const spk_st_tensor *t)
 {
     const size_t es = spk_st_dtype_size(t->dtype);
     spk_dtype ty = t->dtype == SPK_ST_F32 ? SPK_DT_F32 : t->dtype == SPK_ST_BF16 ? SPK_DT_BF16 : SPK_DT_F16;
-    if (c->kind == K_VEC)
+    if (c->kind == K_VEC || c->f32)
         ty = SPK_DT_F32;
     spk_gguf_tensor *g = out_tensor(c, ty);
     if (!g)
@@ -788,25 +911,15 @@ static spk_status conv_float(const convert *c, const spk_st_tensor *t)
         g->data = t->data;
         return SPK_OK;
     }
-    uint8_t *buf = new_buffer(c->b, g->nbytes);
-    if (!buf)
+    spk_hf_lazy *z = lazy_new(c->b, c->gname, spk_dtype_row_size(ty, (size_t)c->cols), c->rows, fill_float);
+    if (!z)
         return nomem();
-    prefetch(t);
-    const size_t orow = spk_dtype_row_size(ty, (size_t)c->cols), irow = es * c->cols;
-    for (uint64_t d = 0; d < c->rows; d++) {
-        const uint64_t s = src_row(d, c->rows, c->perm_heads);
-        if (ty != SPK_DT_F32 || t->dtype == SPK_ST_F32) {
-            memcpy(buf + d * orow, t->data + s * irow, orow);
-        } else {
-            float *o = (float *)(buf + d * orow);
-            const spk_st_tensor row = {.dtype = t->dtype, .data = t->data + s * irow};
-            for (uint64_t j = 0; j < c->cols; j++)
-                o[j] = scalar_at(&row, j);
-        }
-    }
-    g->data = buf;
-    release_source(t);
-    return SPK_OK;
+    z->p[0] = t;
+    z->u[0] = c->cols;
+    z->u[1] = c->rows;
+    z->u[2] = c->perm_heads;
+    z->u[3] = ty == SPK_DT_F32;
+    return lazy_add(c->b, z, g);
 }
 
 static entry *aux(index_t *ix, const char *hfname, const char *suffix)
@@ -817,6 +930,25 @@ static entry *aux(index_t *ix, const char *hfname, const char *suffix)
         l -= 7;
     snprintf(n, sizeof n, "%.*s.%s", (int)l, hfname, suffix);
     return lookup(ix, n);
+}
+
+/* p[0] E4M3 codes, p[1] scales; u: cols, rows, permuted heads, mode (0 tensor, 1 channel, 2
+ * block), block size. */
+static void fill_fp8(const spk_hf_lazy *z, uint64_t r0, uint64_t r1, uint8_t *dst)
+{
+    const spk_st_tensor *t = z->p[0], *s = z->p[1];
+    const uint64_t C = z->u[0], R = z->u[1], ph = z->u[2], mode = z->u[3], B = z->u[4], nb = (C + B - 1) / B;
+    for (uint64_t d = r0; d < r1; d++, dst += z->row_bytes) {
+        const uint64_t r = src_row(d, R, ph);
+        const uint8_t *in = t->data + r * C;
+        float sc = mode == 0 ? scalar_at(s, 0) : scalar_at(s, r);
+        for (uint64_t j = 0; j < C; j++) {
+            if (mode == 2 && j % B == 0)
+                sc = scalar_at(s, (r / B) * nb + j / B);
+            const uint16_t v = spk_f32_to_bf16(e4m3_table[in[j]] * sc);
+            memcpy(dst + 2 * j, &v, 2);
+        }
+    }
 }
 
 /* FP8 E4M3 weights: value = e4m3 * scale, in float, rounded to BF16. Scale layouts: one value
@@ -856,39 +988,62 @@ static spk_status conv_fp8(const convert *c, const spk_st_tensor *t)
                        (unsigned long long)s->n_elements, (unsigned long long)R, (unsigned long long)B,
                        (unsigned long long)B, (unsigned long long)((R + B - 1) / B),
                        (unsigned long long)((C + B - 1) / B));
+    spk_hf_lazy *z = c->sub ? c->sub : lazy_new(c->b, c->gname, 2 * C, R, fill_fp8);
+    if (!z)
+        return nomem();
+    z->fill = fill_fp8;
+    z->row_bytes = 2 * C;
+    z->p[0] = t;
+    z->p[1] = s;
+    z->u[0] = C;
+    z->u[1] = R;
+    z->u[2] = c->perm_heads;
+    z->u[3] = (uint64_t)mode;
+    z->u[4] = B;
+    if (c->sub)
+        return SPK_OK;
     spk_gguf_tensor *g = out_tensor(c, SPK_DT_BF16);
-    if (!g)
-        return nomem();
-    uint16_t *o = new_buffer(c->b, g->nbytes);
-    if (!o)
-        return nomem();
-    prefetch(t);
-    const uint64_t nb = (C + B - 1) / B;
-    for (uint64_t d = 0; d < R; d++) {
-        const uint64_t r = src_row(d, R, c->perm_heads);
-        const uint8_t *in = t->data + r * C;
-        float sc = mode == 0 ? scalar_at(s, 0) : scalar_at(s, r);
+    return g ? lazy_add(c->b, z, g) : nomem();
+}
+
+/* p[0] packed E2M1, p[1] E4M3 scales; u: cols, rows, permuted heads, compressed-tensors, the
+ * global scale's bits. */
+static void fill_nvfp4(const spk_hf_lazy *z, uint64_t r0, uint64_t r1, uint8_t *dst)
+{
+    const spk_st_tensor *t = z->p[0], *se = z->p[1];
+    const uint64_t C = z->u[0], R = z->u[1], ph = z->u[2];
+    const int ct = (int)z->u[3];
+    float g2;
+    memcpy(&g2, &z->u[4], sizeof g2);
+    for (uint64_t d = r0; d < r1; d++, dst += z->row_bytes) {
+        const uint64_t r = src_row(d, R, ph);
+        const uint8_t *in = t->data + r * (C / 2), *sc = se->data + r * (C / 16);
         for (uint64_t j = 0; j < C; j++) {
-            if (mode == 2 && j % B == 0)
-                sc = scalar_at(s, (r / B) * nb + j / B);
-            o[d * C + j] = spk_f32_to_bf16(e4m3_table[in[j]] * sc);
+            const uint8_t q = (uint8_t)(j & 1 ? in[j / 2] >> 4 : in[j / 2] & 15);
+            const float v = e2m1_table[q] * e4m3_table[sc[j / 16]];
+            const uint16_t o = spk_f32_to_bf16(ct ? v / g2 : v * g2);
+            memcpy(dst + 2 * j, &o, 2);
         }
     }
-    g->data = o;
-    release_source(t);
-    return SPK_OK;
 }
 
 /* NVFP4 (ModelOpt): U8 [rows, cols/2] of E2M1 pairs (low nibble first), weight_scale E4M3
  * [rows, cols/16], weight_scale_2 F32 (one value). value = (e2m1 * e4m3) * scale_2, in float,
- * rounded to BF16 (e2m1 * e4m3 is exact in float; the product with scale_2 is rounded once). */
+ * rounded to BF16 (e2m1 * e4m3 is exact in float; the product with scale_2 is rounded once).
+ * compressed-tensors (nvfp4-pack-quantized) names them weight_packed, weight_scale and
+ * weight_global_scale, the reciprocal: value = (e2m1 * e4m3) / global_scale. */
 static spk_status conv_nvfp4(const convert *c, const spk_st_tensor *t)
 {
     entry *se = aux(c->ix, c->hfname, "weight_scale"), *s2 = aux(c->ix, c->hfname, "weight_scale_2");
     entry *is = aux(c->ix, c->hfname, "input_scale");
+    const int ct = has_suffix(t->name, ".weight_packed"); /* compressed-tensors: the reciprocal */
+    if (ct) {
+        s2 = aux(c->ix, c->hfname, "weight_global_scale");
+        is = aux(c->ix, c->hfname, "input_global_scale");
+    }
     if (!se || !s2)
-        return spk_err(SPK_ERR_FORMAT, "%s: packed FP4 tensor '%.*s' needs weight_scale and weight_scale_2 "
-                       "(NVFP4)", c->b->dir, SHOWN, t->name);
+        return spk_err(SPK_ERR_FORMAT, "%s: packed FP4 tensor '%.*s' needs weight_scale and %s (NVFP4)", c->b->dir,
+                       SHOWN, t->name, ct ? "weight_global_scale" : "weight_scale_2");
     se->used = s2->used = 1;
     if (is)
         is->used = 1; /* activation scale: activations stay in float here */
@@ -902,30 +1057,54 @@ static spk_status conv_nvfp4(const convert *c, const spk_st_tensor *t)
         return spk_err(SPK_ERR_FORMAT, "%s: NVFP4 global scale '%.*s' must be one float", c->b->dir, SHOWN,
                        s2->t->name);
     const float g2 = scalar_at(s2->t, 0);
+    if (!(isfinite(g2) && (ct ? g2 > 0 : g2 >= 0)))
+        return spk_err(SPK_ERR_FORMAT, "%s: NVFP4 global scale '%.*s' is %g", c->b->dir, SHOWN, s2->t->name, g2);
+    spk_hf_lazy *z = c->sub ? c->sub : lazy_new(c->b, c->gname, 2 * C, R, fill_nvfp4);
+    if (!z)
+        return nomem();
+    z->fill = fill_nvfp4;
+    z->row_bytes = 2 * C;
+    z->p[0] = t;
+    z->p[1] = se->t;
+    z->u[0] = C;
+    z->u[1] = R;
+    z->u[2] = c->perm_heads;
+    z->u[3] = (uint64_t)ct;
+    memcpy(&z->u[4], &g2, sizeof g2);
+    if (c->sub)
+        return SPK_OK;
     spk_gguf_tensor *g = out_tensor(c, SPK_DT_BF16);
-    if (!g)
-        return nomem();
-    uint16_t *o = new_buffer(c->b, g->nbytes);
-    if (!o)
-        return nomem();
-    prefetch(t);
-    for (uint64_t d = 0; d < R; d++) {
-        const uint64_t r = src_row(d, R, c->perm_heads);
-        const uint8_t *in = t->data + r * (C / 2), *sc = se->t->data + r * (C / 16);
-        for (uint64_t j = 0; j < C; j++) {
-            const uint8_t q = (uint8_t)(j & 1 ? in[j / 2] >> 4 : in[j / 2] & 15);
-            o[d * C + j] = spk_f32_to_bf16(e2m1_table[q] * e4m3_table[sc[j / 16]] * g2);
-        }
-    }
-    g->data = o;
-    release_source(t);
-    release_source(se->t);
-    return SPK_OK;
+    return g ? lazy_add(c->b, z, g) : nomem();
 }
 
 /* MXFP4 (gpt-oss): blocks U8 [rows, cols/32, 16] (element 2k in the low nibble of byte k),
  * scales U8/F8_E8M0 [rows, cols/32] -> ggml's block_mxfp4 {e, qs[16]} with element j in the low
  * nibble of qs[j] and element j+16 in its high nibble (the converter's repack_mxfp4): exact. */
+static void mxfp4_row(uint8_t *o, const uint8_t *blocks, const uint8_t *scales, uint64_t nb)
+{
+    for (uint64_t k = 0; k < nb; k++) {
+        const uint8_t *in = blocks + k * 16;
+        uint8_t *blk = o + k * 17;
+        blk[0] = scales[k];
+        for (int j = 0; j < 16; j++) {
+            uint8_t lo = (uint8_t)(j & 1 ? in[j / 2] >> 4 : in[j / 2] & 15);
+            uint8_t hi = (uint8_t)((j + 16) & 1 ? in[(j + 16) / 2] >> 4 : in[(j + 16) / 2] & 15);
+            blk[1 + j] = (uint8_t)(lo | hi << 4);
+        }
+    }
+}
+
+/* p[0] blocks, p[1] scales; u: blocks per row, rows, permuted heads. */
+static void fill_mxfp4(const spk_hf_lazy *z, uint64_t r0, uint64_t r1, uint8_t *dst)
+{
+    const spk_st_tensor *t = z->p[0], *sc = z->p[1];
+    const uint64_t nb = z->u[0];
+    for (uint64_t d = r0; d < r1; d++, dst += z->row_bytes) {
+        const uint64_t r = src_row(d, z->u[1], z->u[2]);
+        mxfp4_row(dst, t->data + r * nb * 16, sc->data + r * nb, nb);
+    }
+}
+
 static spk_status conv_mxfp4(const convert *c, const spk_st_tensor *t, const spk_st_tensor *sc)
 {
     const uint64_t R = c->rows, C = c->cols;
@@ -936,30 +1115,15 @@ static spk_status conv_mxfp4(const convert *c, const spk_st_tensor *t, const spk
         return spk_err(SPK_ERR_FORMAT, "%s: MXFP4 scales '%.*s' must be U8 or F8_E8M0 [%llu, %llu]", c->b->dir,
                        SHOWN, sc->name, (unsigned long long)R, (unsigned long long)(C / 32));
     spk_gguf_tensor *g = out_tensor(c, SPK_DT_MXFP4);
-    if (!g)
+    spk_hf_lazy *z = g ? lazy_new(c->b, c->gname, C / 32 * 17, R, fill_mxfp4) : NULL;
+    if (!z)
         return nomem();
-    uint8_t *o = new_buffer(c->b, g->nbytes);
-    if (!o)
-        return nomem();
-    prefetch(t);
-    prefetch(sc);
-    const uint64_t nb = C / 32;
-    for (uint64_t d = 0; d < R; d++) {
-        const uint64_t r = src_row(d, R, c->perm_heads);
-        for (uint64_t k = 0; k < nb; k++) {
-            const uint8_t *in = t->data + (r * nb + k) * 16;
-            uint8_t *blk = o + (d * nb + k) * 17;
-            blk[0] = sc->data[r * nb + k];
-            for (int j = 0; j < 16; j++) {
-                uint8_t lo = (uint8_t)(j & 1 ? in[j / 2] >> 4 : in[j / 2] & 15);
-                uint8_t hi = (uint8_t)((j + 16) & 1 ? in[(j + 16) / 2] >> 4 : in[(j + 16) / 2] & 15);
-                blk[1 + j] = (uint8_t)(lo | hi << 4);
-            }
-        }
-    }
-    g->data = o;
-    release_source(t);
-    return SPK_OK;
+    z->p[0] = t;
+    z->p[1] = sc;
+    z->u[0] = C / 32;
+    z->u[1] = R;
+    z->u[2] = c->perm_heads;
+    return lazy_add(c->b, z, g);
 }
 
 static spk_status convert_one(convert *c, entry *e)
@@ -985,22 +1149,23 @@ static spk_status convert_one(convert *c, entry *e)
                    c->b->dir, SHOWN, t->name, spk_st_dtype_name(t->dtype));
 }
 
-/* The GGUF name of an HF weight name (".weight" form); 0 if unknown. */
+/* The GGUF name (with its ".weight" / ".bias") of an HF name (".weight" form for quantized
+ * weights); 1 known, 0 unknown, -1 a layer past num_hidden_layers. */
 static int map_name(const hparams *hp, const char *n, char *out, size_t cap, enum kind *kind, int *perm)
 {
     *perm = 0;
     if (!strcmp(n, "model.embed_tokens.weight")) {
-        snprintf(out, cap, "token_embd");
+        snprintf(out, cap, "token_embd.weight");
         *kind = K_MAT;
         return 1;
     }
     if (!strcmp(n, "model.norm.weight")) {
-        snprintf(out, cap, "output_norm");
+        snprintf(out, cap, "output_norm.weight");
         *kind = K_VEC;
         return 1;
     }
     if (!strcmp(n, "lm_head.weight")) {
-        snprintf(out, cap, "output");
+        snprintf(out, cap, "output.weight");
         *kind = K_MAT;
         return 1;
     }
@@ -1015,31 +1180,355 @@ static int map_name(const hparams *hp, const char *n, char *out, size_t cap, enu
     if (*endp != '.' || l >= hp->n_layers)
         return -1;
     const char *rest = endp + 1;
+    const int moe = hp->n_expert > 0, gpt = hp->arch == A_GPTOSS;
+    if (gpt && !strcmp(rest, "self_attn.sinks")) {
+        snprintf(out, cap, "blk.%lu.attn_sinks.weight", l);
+        *kind = K_VEC;
+        return 1;
+    }
+    if ((gpt && (!strcmp(rest, "mlp.router.weight") || !strcmp(rest, "mlp.router.bias"))) ||
+        (moe && !gpt && !strcmp(rest, "mlp.gate.weight"))) {
+        snprintf(out, cap, "blk.%lu.ffn_gate_inp.%s", l, has_suffix(rest, ".bias") ? "bias" : "weight");
+        *kind = K_MAT;
+        return 1;
+    }
     for (size_t i = 0; i < sizeof layer_roles / sizeof layer_roles[0]; i++) {
         size_t rl = strlen(layer_roles[i].hf);
-        if (!strncmp(rest, layer_roles[i].hf, rl) && !strcmp(rest + rl, ".weight")) {
-            if (!hp->llama || !layer_roles[i].perm)
-                *perm = 0;
-            else
-                *perm = layer_roles[i].perm;
-            if (hp->llama && (!strcmp(layer_roles[i].gguf, "attn_q_norm") || !strcmp(layer_roles[i].gguf, "attn_k_norm")))
-                return 0;
-            snprintf(out, cap, "blk.%lu.%s", l, layer_roles[i].gguf);
-            *kind = layer_roles[i].kind;
-            return 1;
-        }
+        if (strncmp(rest, layer_roles[i].hf, rl))
+            continue;
+        const int bias = !strcmp(rest + rl, ".bias");
+        if (strcmp(rest + rl, ".weight") && !(bias && gpt && layer_roles[i].kind == K_MAT))
+            continue;
+        const char *g = layer_roles[i].gguf;
+        if ((hp->arch == A_LLAMA || gpt) && (!strcmp(g, "attn_q_norm") || !strcmp(g, "attn_k_norm")))
+            return 0;
+        if (moe && !strncmp(g, "ffn_", 4) && strcmp(g, "ffn_norm"))
+            return 0; /* dense MLP weights in a MoE model */
+        if (gpt && !strcmp(g, "ffn_norm"))
+            g = "post_attention_norm"; /* the converter's name for gpt-oss */
+        *perm = hp->llama ? layer_roles[i].perm : 0;
+        snprintf(out, cap, "blk.%lu.%s.%s", l, g, bias ? "bias" : "weight");
+        *kind = layer_roles[i].kind;
+        return 1;
     }
     return 0;
 }
 
-static int has_suffix(const char *s, const char *suf)
+/* ---- experts (qwen3moe, gpt-oss) ------------------------------------------------------------ */
+
+/* A stacked tensor of n_dims (2: [ne1][ne0], 3: [ne2][ne1][ne0]), data not set. */
+static spk_gguf_tensor *out_stack(builder *b, const char *name, spk_dtype type, int n_dims, uint64_t ne0,
+                                  uint64_t ne1, uint64_t ne2)
 {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
+    spk_gguf_tensor *g = spk_gguf_find_tensor(b->f, name) ? NULL : add_tensor(b, name);
+    if (!g)
+        return NULL;
+    g->type = type;
+    g->n_dims = (uint32_t)n_dims;
+    g->ne[0] = ne0;
+    g->ne[1] = ne1;
+    g->ne[2] = ne2;
+    g->ne[3] = 1;
+    g->n_elements = ne0 * ne1 * ne2;
+    g->nbytes = spk_dtype_row_size(type, (size_t)ne0) * ne1 * ne2;
+    return g;
+}
+
+/* A stacked tensor made by `fill` (rows of all experts, expert-major). */
+static spk_hf_lazy *stack_lazy(builder *b, const char *name, spk_dtype type, uint64_t ne0, uint64_t ne1,
+                               uint64_t ne2, spk_hf_fill_fn fill, spk_gguf_tensor **g)
+{
+    *g = out_stack(b, name, type, 3, ne0, ne1, ne2);
+    return *g ? lazy_new(b, name, spk_dtype_row_size(type, (size_t)ne0), ne1 * ne2, fill) : NULL;
+}
+
+static spk_status stack_shape_err(builder *b, const spk_st_tensor *t, const char *want)
+{
+    char got[96] = "", *p = got;
+    for (int i = 0; i < t->n_dims && p < got + sizeof got - 24; i++)
+        p += snprintf(p, (size_t)(got + sizeof got - p), "%s%llu", i ? ", " : "", (unsigned long long)t->shape[i]);
+    return spk_err(SPK_ERR_FORMAT, "%s: tensor '%.*s' (%s) has shape [%s], config.json implies [%s]", b->dir, SHOWN,
+                   t->name, spk_st_dtype_name(t->dtype), got, want);
+}
+
+/* p[0] the experts' fills (one per expert, not regions); u[0] rows per expert. */
+static void fill_stack(const spk_hf_lazy *z, uint64_t r0, uint64_t r1, uint8_t *dst)
+{
+    const spk_hf_lazy *sub = z->p[0];
+    const uint64_t R = z->u[0];
+    for (uint64_t r = r0; r < r1; r++, dst += z->row_bytes) {
+        const spk_hf_lazy *x = &sub[r / R];
+        x->fill(x, r % R, r % R + 1, dst);
+    }
+}
+
+/* Qwen3-MoE as published: mlp.experts.N.{gate,up,down}_proj.weight, one matrix per expert,
+ * stacked into ffn_{gate,up,down}_exps [n_expert][rows][cols] as the converter's torch.stack:
+ * F32/BF16/F16 copied, FP8 and NVFP4 experts dequantized to BF16 (as the dense weights). */
+static spk_status stack_experts(builder *b, const hparams *hp, index_t *ix, unsigned long l)
+{
+    static const char *const proj[] = {"gate_proj", "up_proj", "down_proj"};
+    static const char *const gg[] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
+    const uint64_t NE = hp->n_expert, F = hp->n_ff_exp, E = hp->n_embd;
+    for (int k = 0; k < 3; k++) {
+        const uint64_t R = k == 2 ? E : F, C = k == 2 ? F : E;
+        char hn[256], gname[96];
+        snprintf(gname, sizeof gname, "blk.%lu.%s.weight", l, gg[k]);
+        spk_dtype ty = SPK_DT_F32;
+        spk_hf_lazy *sub = keep(b, calloc(NE, sizeof *sub));
+        if (!sub)
+            return nomem();
+        for (uint64_t x = 0; x < NE; x++) {
+            snprintf(hn, sizeof hn, "model.layers.%lu.mlp.experts.%llu.%s.weight", l, (unsigned long long)x, proj[k]);
+            entry *e = lookup(ix, hn);
+            if (!e)
+                return spk_err(SPK_ERR_FORMAT, "%s: layer %lu has no '%s' (config.json: %llu experts; each needs "
+                               "gate_proj, up_proj and down_proj)", b->dir, l, hn, (unsigned long long)NE);
+            const spk_st_tensor *t = e->t;
+            e->used = 1;
+            const spk_dtype et = float_dtype(t->dtype) ? (t->dtype == SPK_ST_F32 ? SPK_DT_F32 :
+                                 t->dtype == SPK_ST_BF16 ? SPK_DT_BF16 : SPK_DT_F16) : SPK_DT_BF16;
+            if (x == 0)
+                ty = et;
+            else if (et != ty)
+                return spk_err(SPK_ERR_FORMAT, "%s: expert tensor '%.*s' is %s, expert 0's is %s (one stack, one "
+                               "type)", b->dir, SHOWN, hn, spk_st_dtype_name(t->dtype), spk_gguf_type_name(ty));
+            convert c = {.b = b, .hp = hp, .ix = ix, .hfname = hn, .gname = gname, .kind = K_MAT, .rows = R,
+                         .cols = C, .sub = &sub[x]};
+            spk_status st = SPK_OK;
+            if (float_dtype(t->dtype)) {
+                if (t->n_dims != 2 || t->shape[0] != R || t->shape[1] != C)
+                    return shape_err(&c, t, "expert matrix");
+                sub[x].fill = fill_float;
+                sub[x].row_bytes = spk_dtype_row_size(ty, (size_t)C);
+                sub[x].p[0] = t;
+                sub[x].u[0] = C;
+                sub[x].u[1] = R;
+            } else if (t->dtype == SPK_ST_F8_E4M3) {
+                if (t->n_dims != 2 || t->shape[0] != R || t->shape[1] != C)
+                    return shape_err(&c, t, "expert matrix");
+                st = conv_fp8(&c, t);
+            } else if (t->dtype == SPK_ST_U8 || t->dtype == SPK_ST_I8) {
+                st = conv_nvfp4(&c, t);
+            } else {
+                st = spk_err(SPK_ERR_UNSUPPORTED, "%s: expert tensor '%.*s' has dtype %s (BF16, F16, F32, F8_E4M3, "
+                             "NVFP4)", b->dir, SHOWN, hn, spk_st_dtype_name(t->dtype));
+            }
+            if (st != SPK_OK)
+                return st;
+        }
+        spk_gguf_tensor *g;
+        spk_hf_lazy *z = stack_lazy(b, gname, ty, C, R, NE, fill_stack, &g);
+        if (!z)
+            return nomem();
+        z->p[0] = sub;
+        z->u[0] = R;
+        TRY(lazy_add(b, z, g));
+    }
+    return SPK_OK;
+}
+
+static entry *layer_entry(index_t *ix, unsigned long l, const char *rest)
+{
+    char n[256];
+    snprintf(n, sizeof n, "model.layers.%lu.mlp.experts.%s", l, rest);
+    return lookup(ix, n);
+}
+
+/* gpt-oss gate or up (u[2]: 0 gate, 1 up) from gate_up_proj [E, H, 2F]: row (x, f) is column
+ * 2f + u[2] of expert x. p[0] source; u: H, F, which, element size. */
+static void fill_gu(const spk_hf_lazy *z, uint64_t r0, uint64_t r1, uint8_t *dst)
+{
+    const spk_st_tensor *t = z->p[0];
+    const uint64_t H = z->u[0], F = z->u[1], w = z->u[2], es = z->u[3];
+    for (uint64_t r = r0; r < r1; r++, dst += z->row_bytes) {
+        const uint64_t x = r / F, f = r % F;
+        const uint8_t *in = t->data + (x * H * 2 * F + 2 * f + w) * es;
+        for (uint64_t h = 0; h < H; h++)
+            memcpy(dst + h * es, in + h * 2 * F * es, es);
+    }
+}
+
+/* gpt-oss down from down_proj [E, F, H]: row (x, h) is column h of expert x. u: H, F, element size. */
+static void fill_down(const spk_hf_lazy *z, uint64_t r0, uint64_t r1, uint8_t *dst)
+{
+    const spk_st_tensor *t = z->p[0];
+    const uint64_t H = z->u[0], F = z->u[1], es = z->u[2];
+    for (uint64_t r = r0; r < r1; r++, dst += z->row_bytes) {
+        const uint64_t x = r / H, h = r % H;
+        for (uint64_t f = 0; f < F; f++)
+            memcpy(dst + f * es, t->data + ((x * F + f) * H + h) * es, es);
+    }
+}
+
+/* MXFP4 expert rows: row r is source row r * u[1] + u[2] (gate_up: 2r, 2r + 1; down: r).
+ * p[0] blocks, p[1] scales; u[0] blocks per row. */
+static void fill_mx_rows(const spk_hf_lazy *z, uint64_t r0, uint64_t r1, uint8_t *dst)
+{
+    const spk_st_tensor *t = z->p[0], *sc = z->p[1];
+    const uint64_t nb = z->u[0];
+    for (uint64_t r = r0; r < r1; r++, dst += z->row_bytes) {
+        const uint64_t s = r * z->u[1] + z->u[2];
+        mxfp4_row(dst, t->data + s * nb * 16, sc->data + s * nb, nb);
+    }
+}
+
+/* gpt-oss: the experts stacked in transformers' layout: gate_up_proj [E, hidden, 2F] with gate and
+ * up interleaved in the last dimension (gate = [..., ::2], up = [..., 1::2]), down_proj [E, F,
+ * hidden], biases gate_up_proj_bias [E, 2F] and down_proj_bias [E, hidden]; or MXFP4 as published:
+ * *_blocks [E, rows, cols/32, 16] + *_scales [E, rows, cols/32] of the [out, in] matrices. Into
+ * ffn_{gate,up}_exps {hidden, F, E}, ffn_down_exps {F, hidden, E} and their F32 biases, as the
+ * converter's transpose + split (float) or repack_mxfp4 (exact). */
+static spk_status gptoss_experts(builder *b, const hparams *hp, index_t *ix, unsigned long l)
+{
+    const uint64_t NE = hp->n_expert, F = hp->n_ff_exp, H = hp->n_embd;
+    char gname[3][96], want[128];
+    snprintf(gname[0], sizeof gname[0], "blk.%lu.ffn_gate_exps.weight", l);
+    snprintf(gname[1], sizeof gname[1], "blk.%lu.ffn_up_exps.weight", l);
+    snprintf(gname[2], sizeof gname[2], "blk.%lu.ffn_down_exps.weight", l);
+    entry *gu = layer_entry(ix, l, "gate_up_proj"), *dn = layer_entry(ix, l, "down_proj");
+    entry *gub = layer_entry(ix, l, "gate_up_proj_blocks"), *gus = layer_entry(ix, l, "gate_up_proj_scales");
+    entry *dnb = layer_entry(ix, l, "down_proj_blocks"), *dns = layer_entry(ix, l, "down_proj_scales");
+    entry *bgu = layer_entry(ix, l, "gate_up_proj_bias"), *bdn = layer_entry(ix, l, "down_proj_bias");
+    spk_gguf_tensor *g;
+    spk_hf_lazy *z;
+    if (!bgu || !bdn)
+        return spk_err(SPK_ERR_FORMAT, "%s: layer %lu has no model.layers.%lu.mlp.experts.%s", b->dir, l, l,
+                       bgu ? "down_proj_bias" : "gate_up_proj_bias");
+    /* gate/up */
+    if (gu) {
+        const spk_st_tensor *t = gu->t;
+        gu->used = 1;
+        if (!float_dtype(t->dtype))
+            return spk_err(SPK_ERR_UNSUPPORTED, "%s: tensor '%.*s' has dtype %s (F32, BF16, F16; or MXFP4 "
+                           "_blocks/_scales)", b->dir, SHOWN, t->name, spk_st_dtype_name(t->dtype));
+        snprintf(want, sizeof want, "%llu, %llu, %llu: experts, hidden, 2 x intermediate (gate/up interleaved)",
+                 (unsigned long long)NE, (unsigned long long)H, (unsigned long long)(2 * F));
+        if (t->n_dims != 3 || t->shape[0] != NE || t->shape[1] != H || t->shape[2] != 2 * F)
+            return stack_shape_err(b, t, want);
+        const spk_dtype ty = t->dtype == SPK_ST_F32 ? SPK_DT_F32 : t->dtype == SPK_ST_BF16 ? SPK_DT_BF16 : SPK_DT_F16;
+        for (int w = 0; w < 2; w++) {
+            if (!(z = stack_lazy(b, gname[w], ty, H, F, NE, fill_gu, &g)))
+                return nomem();
+            z->p[0] = t;
+            z->u[0] = H;
+            z->u[1] = F;
+            z->u[2] = (uint64_t)w;
+            z->u[3] = spk_st_dtype_size(t->dtype);
+            TRY(lazy_add(b, z, g));
+        }
+    } else if (gub && gus) {
+        gub->used = gus->used = 1;
+        const spk_st_tensor *t = gub->t, *sc = gus->t;
+        snprintf(want, sizeof want, "%llu, %llu, %llu, 16: experts, 2 x intermediate, hidden / 32, 16 bytes",
+                 (unsigned long long)NE, (unsigned long long)(2 * F), (unsigned long long)(H / 32));
+        if (H % 32 || t->dtype != SPK_ST_U8 || t->n_dims != 4 || t->shape[0] != NE || t->shape[1] != 2 * F ||
+            t->shape[2] != H / 32 || t->shape[3] != 16)
+            return stack_shape_err(b, t, want);
+        snprintf(want, sizeof want, "%llu, %llu, %llu: experts, 2 x intermediate, hidden / 32 (U8 / F8_E8M0)",
+                 (unsigned long long)NE, (unsigned long long)(2 * F), (unsigned long long)(H / 32));
+        if ((sc->dtype != SPK_ST_U8 && sc->dtype != SPK_ST_F8_E8M0) || sc->n_dims != 3 || sc->shape[0] != NE ||
+            sc->shape[1] != 2 * F || sc->shape[2] != H / 32)
+            return stack_shape_err(b, sc, want);
+        for (int w = 0; w < 2; w++) { /* row (x, f): source rows (x, 2f) and (x, 2f + 1) */
+            if (!(z = stack_lazy(b, gname[w], SPK_DT_MXFP4, H, F, NE, fill_mx_rows, &g)))
+                return nomem();
+            z->p[0] = t;
+            z->p[1] = sc;
+            z->u[0] = H / 32;
+            z->u[1] = 2;
+            z->u[2] = (uint64_t)w;
+            TRY(lazy_add(b, z, g));
+        }
+    } else {
+        return spk_err(SPK_ERR_FORMAT, "%s: layer %lu has neither mlp.experts.gate_up_proj nor "
+                       "mlp.experts.gate_up_proj_blocks + _scales", b->dir, l);
+    }
+    /* down */
+    if (dn) {
+        const spk_st_tensor *t = dn->t;
+        dn->used = 1;
+        if (!float_dtype(t->dtype))
+            return spk_err(SPK_ERR_UNSUPPORTED, "%s: tensor '%.*s' has dtype %s (F32, BF16, F16; or MXFP4 "
+                           "_blocks/_scales)", b->dir, SHOWN, t->name, spk_st_dtype_name(t->dtype));
+        snprintf(want, sizeof want, "%llu, %llu, %llu: experts, intermediate, hidden", (unsigned long long)NE,
+                 (unsigned long long)F, (unsigned long long)H);
+        if (t->n_dims != 3 || t->shape[0] != NE || t->shape[1] != F || t->shape[2] != H)
+            return stack_shape_err(b, t, want);
+        const spk_dtype ty = t->dtype == SPK_ST_F32 ? SPK_DT_F32 : t->dtype == SPK_ST_BF16 ? SPK_DT_BF16 : SPK_DT_F16;
+        if (!(z = stack_lazy(b, gname[2], ty, F, H, NE, fill_down, &g)))
+            return nomem();
+        z->p[0] = t;
+        z->u[0] = H;
+        z->u[1] = F;
+        z->u[2] = spk_st_dtype_size(t->dtype);
+        TRY(lazy_add(b, z, g));
+    } else if (dnb && dns) {
+        dnb->used = dns->used = 1;
+        const spk_st_tensor *t = dnb->t, *sc = dns->t;
+        snprintf(want, sizeof want, "%llu, %llu, %llu, 16: experts, hidden, intermediate / 32, 16 bytes",
+                 (unsigned long long)NE, (unsigned long long)H, (unsigned long long)(F / 32));
+        if (F % 32 || t->dtype != SPK_ST_U8 || t->n_dims != 4 || t->shape[0] != NE || t->shape[1] != H ||
+            t->shape[2] != F / 32 || t->shape[3] != 16)
+            return stack_shape_err(b, t, want);
+        snprintf(want, sizeof want, "%llu, %llu, %llu: experts, hidden, intermediate / 32 (U8 / F8_E8M0)",
+                 (unsigned long long)NE, (unsigned long long)H, (unsigned long long)(F / 32));
+        if ((sc->dtype != SPK_ST_U8 && sc->dtype != SPK_ST_F8_E8M0) || sc->n_dims != 3 || sc->shape[0] != NE ||
+            sc->shape[1] != H || sc->shape[2] != F / 32)
+            return stack_shape_err(b, sc, want);
+        if (!(z = stack_lazy(b, gname[2], SPK_DT_MXFP4, F, H, NE, fill_mx_rows, &g)))
+            return nomem();
+        z->p[0] = t;
+        z->p[1] = sc;
+        z->u[0] = F / 32;
+        z->u[1] = 1;
+        TRY(lazy_add(b, z, g));
+    } else {
+        return spk_err(SPK_ERR_FORMAT, "%s: layer %lu has neither mlp.experts.down_proj nor "
+                       "mlp.experts.down_proj_blocks + _scales", b->dir, l);
+    }
+    /* biases, F32 (small: made now) */
+    const spk_st_tensor *tb = bgu->t, *td = bdn->t;
+    bgu->used = bdn->used = 1;
+    snprintf(want, sizeof want, "%llu, %llu", (unsigned long long)NE, (unsigned long long)(2 * F));
+    if (!float_dtype(tb->dtype) || tb->n_dims != 2 || tb->shape[0] != NE || tb->shape[1] != 2 * F)
+        return stack_shape_err(b, tb, want);
+    snprintf(want, sizeof want, "%llu, %llu", (unsigned long long)NE, (unsigned long long)H);
+    if (!float_dtype(td->dtype) || td->n_dims != 2 || td->shape[0] != NE || td->shape[1] != H)
+        return stack_shape_err(b, td, want);
+    char n[3][96];
+    snprintf(n[0], sizeof n[0], "blk.%lu.ffn_gate_exps.bias", l);
+    snprintf(n[1], sizeof n[1], "blk.%lu.ffn_up_exps.bias", l);
+    snprintf(n[2], sizeof n[2], "blk.%lu.ffn_down_exps.bias", l);
+    spk_gguf_tensor *gb[3] = {out_stack(b, n[0], SPK_DT_F32, 2, F, NE, 1), out_stack(b, n[1], SPK_DT_F32, 2, F, NE, 1),
+                              out_stack(b, n[2], SPK_DT_F32, 2, H, NE, 1)};
+    float *bg = keep(b, malloc(sizeof(float) * NE * F)), *bu = keep(b, malloc(sizeof(float) * NE * F));
+    float *bd = keep(b, malloc(sizeof(float) * NE * H));
+    if (!gb[0] || !gb[1] || !gb[2] || !bg || !bu || !bd)
+        return nomem();
+    for (uint64_t i = 0; i < NE * F; i++) {
+        bg[i] = scalar_at(tb, 2 * i);
+        bu[i] = scalar_at(tb, 2 * i + 1);
+    }
+    for (uint64_t i = 0; i < NE * H; i++)
+        bd[i] = scalar_at(td, i);
+    gb[0]->data = bg;
+    gb[1]->data = bu;
+    gb[2]->data = bd;
+    return SPK_OK;
+}
+
+static spk_status build_experts(builder *b, const hparams *hp, index_t *ix)
+{
+    for (unsigned long l = 0; l < hp->n_layers; l++)
+        TRY(hp->arch == A_GPTOSS ? gptoss_experts(b, hp, ix, l) : stack_experts(b, hp, ix, l));
+    return SPK_OK;
 }
 
 static spk_status build_tensors(builder *b, const hparams *hp, index_t *ix)
 {
+    if (hp->n_expert)
+        TRY(build_experts(b, hp, ix));
     for (size_t i = 0; i < ix->n; i++) {
         entry *e = &ix->e[i];
         const char *n = e->t->name;
@@ -1050,8 +1539,13 @@ static spk_status build_tensors(builder *b, const hparams *hp, index_t *ix)
             continue;
         }
         if (has_suffix(n, ".weight_scale") || has_suffix(n, ".weight_scale_inv") || has_suffix(n, ".weight_scale_2") ||
-            has_suffix(n, ".input_scale") || has_suffix(n, ".input_scale_ub") || has_suffix(n, "_scales"))
+            has_suffix(n, ".input_scale") || has_suffix(n, ".input_scale_ub") || has_suffix(n, "_scales") ||
+            has_suffix(n, ".weight_global_scale") || has_suffix(n, ".input_global_scale"))
             continue; /* consumed with their weight; leftovers are refused below */
+        if (e->used)
+            continue; /* experts (build_experts), MXFP4 scales taken with their blocks */
+        if (hp->n_expert && strstr(n, ".mlp.experts."))
+            break; /* an expert build_experts did not take: refused below */
         char hfname[1200], gname[256];
         const spk_st_tensor *scales = NULL;
         if (has_suffix(n, "_blocks")) {
@@ -1067,6 +1561,8 @@ static spk_status build_tensors(builder *b, const hparams *hp, index_t *ix)
                 snprintf(hfname, sizeof hfname, "%.*s", (int)l, n);
             else
                 snprintf(hfname, sizeof hfname, "%.*s.weight", (int)l, n);
+        } else if (has_suffix(n, ".weight_packed")) { /* compressed-tensors NVFP4 */
+            snprintf(hfname, sizeof hfname, "%.*s.weight", (int)(strlen(n) - 14), n);
         } else {
             snprintf(hfname, sizeof hfname, "%s", n);
         }
@@ -1078,8 +1574,7 @@ static spk_status build_tensors(builder *b, const hparams *hp, index_t *ix)
                            (unsigned long long)hp->n_layers);
         if (r == 0)
             return spk_err(SPK_ERR_UNSUPPORTED, "%s: tensor '%.*s' is not part of a %s model this library runs",
-                           b->dir, SHOWN, n, hp->llama ? "llama" : "qwen3");
-        strcat(gname, ".weight");
+                           b->dir, SHOWN, n, arch_gguf[hp->arch]);
         if (spk_gguf_find_tensor(b->f, gname))
             return spk_err(SPK_ERR_FORMAT, "%s: two tensors map to '%s' (the second: '%.*s')", b->dir, gname, SHOWN, n);
         convert c = {.b = b, .hp = hp, .ix = ix, .hfname = hfname, .gname = gname, .kind = kind};
@@ -1089,6 +1584,12 @@ static spk_status build_tensors(builder *b, const hparams *hp, index_t *ix)
         if (dot)
             *dot = '\0';
         role_shape(hp, base, &c.rows, &c.cols);
+        if (has_suffix(gname, ".bias")) { /* gpt-oss: one per output row, F32 */
+            c.kind = K_VEC;
+            c.cols = c.rows;
+            c.rows = 1;
+        }
+        c.f32 = !strcmp(base, "ffn_gate_inp"); /* the converter keeps the router in F32 */
         c.perm_heads = perm == 1 ? hp->n_heads : perm == 2 ? hp->n_kv : 0;
         spk_status st;
         if (scales) {
@@ -1101,10 +1602,16 @@ static spk_status build_tensors(builder *b, const hparams *hp, index_t *ix)
         if (st != SPK_OK)
             return st;
     }
-    for (size_t i = 0; i < ix->n; i++)
-        if (!ix->e[i].used)
-            return spk_err(SPK_ERR_UNSUPPORTED, "%s: tensor '%.*s' (in %s) belongs to no weight this loader knows",
-                           b->dir, SHOWN, ix->e[i].t->name, ix->e[i].shard->path);
+    for (size_t i = 0; i < ix->n; i++) {
+        if (ix->e[i].used)
+            continue;
+        if (hp->n_expert && strstr(ix->e[i].t->name, ".mlp.experts."))
+            return spk_err(SPK_ERR_FORMAT, "%s: tensor '%.*s' (in %s) is not one of the %llu experts of "
+                           "config.json (num_experts / num_local_experts)", b->dir, SHOWN, ix->e[i].t->name,
+                           ix->e[i].shard->path, (unsigned long long)hp->n_expert);
+        return spk_err(SPK_ERR_UNSUPPORTED, "%s: tensor '%.*s' (in %s) belongs to no weight this loader knows",
+                       b->dir, SHOWN, ix->e[i].t->name, ix->e[i].shard->path);
+    }
     return SPK_OK;
 }
 
@@ -1229,6 +1736,11 @@ spk_status spk_hf_open(const char *dir, spk_gguf_file **out)
         return nomem();
     }
     f->hf = m;
+    if (!(m->lazy = spk_hf_lazy_new())) {
+        free(f);
+        free(m);
+        return nomem();
+    }
     f->version = 3;
     f->alignment = 32;
     snprintf(f->path, sizeof f->path, "%s", dir);
@@ -1275,6 +1787,8 @@ spk_status spk_hf_open(const char *dir, spk_gguf_file **out)
     }
     if (st == SPK_OK && !spk_gguf_find_tensor(f, "token_embd.weight"))
         st = spk_err(SPK_ERR_FORMAT, "%s: no model.embed_tokens.weight in the checkpoint", dir);
+    if (st == SPK_OK)
+        st = spk_hf_lazy_start(m->lazy);
     free(ix.e);
     cJSON_Delete(cfg);
     if (st != SPK_OK) {
@@ -1284,6 +1798,13 @@ spk_status spk_hf_open(const char *dir, spk_gguf_file **out)
     *out = f;
     return SPK_OK;
 }
+
+uint64_t spk_hf_converted_bytes(const spk_gguf_file *f, const char *name)
+{
+    return f && f->hf ? spk_hf_lazy_done(f->hf->lazy, name) : 0;
+}
+
+int spk_hf_lazy_conversion(const spk_gguf_file *f) { return f && f->hf && spk_hf_lazy_is_lazy(f->hf->lazy); }
 
 /* ---- identity -------------------------------------------------------------------------------- */
 

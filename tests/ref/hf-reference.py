@@ -11,7 +11,12 @@ safetensors, sharding and rope_scaling handling); quantized ones (FP8, NVFP4, MX
 architecture from the config with the dequantized weights hf_tiny.py computes (exactly the
 values the C loader produces: BF16 for FP8/NVFP4, float for MXFP4). Run in float64.
 
-Usage: hf-reference.py --out tests/data/ref_hf.json [--work DIR]   (needs torch, transformers)
+MoE variants: Qwen3-MoE's per-expert tensors go through from_pretrained (transformers stacks them);
+gpt-oss float variants through from_pretrained, gpt-oss MXFP4 on the dequantized experts in
+transformers' own [E, in, out] layout.
+
+Usage: hf-reference.py --out tests/data/ref_hf.json [--work DIR] [VARIANT...]   (needs torch,
+transformers; with variants named, only those are recomputed and the others kept from --out)
 """
 import argparse
 import json
@@ -42,13 +47,26 @@ def load_model(d, cfg, deq, quantized):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
     if not quantized:
-        m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation='eager')
+        m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation='eager',
+                                                 experts_implementation='eager')  # grouped_mm takes no float64
         return m.double().eval()
     c = dict(cfg)
     c.pop('quantization_config')
+    if c['architectures'][0] == 'Qwen3MoeForCausalLM':
+        # per-expert names: through from_pretrained (which stacks them) from the dequantized
+        # values written as F32
+        q = os.path.join(d + '-dequantized')
+        os.makedirs(q, exist_ok=True)
+        c['torch_dtype'] = 'float32'
+        with open(os.path.join(q, 'config.json'), 'w') as f:
+            json.dump(c, f)
+        hf_tiny.write_safetensors(os.path.join(q, 'model.safetensors'), [
+            (k, 'F32', hf_tiny.shape(v), hf_tiny.pack('F32', hf_tiny.flat(v))) for k, v in deq.items()])
+        return load_model(q, c, deq, False)
     c['torch_dtype'] = 'float32'
     conf = AutoConfig.for_model(**c)
     conf._attn_implementation = 'eager'
+    conf._experts_implementation = 'eager'
     m = AutoModelForCausalLM.from_config(conf).double().eval()
     sd = {k: torch.tensor(v, dtype=torch.float64) for k, v in deq.items()}
     missing, unexpected = m.load_state_dict(sd, strict=False)
@@ -80,13 +98,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--out', required=True)
     ap.add_argument('--work')
+    ap.add_argument('only', nargs='*')
     a = ap.parse_args()
     work = a.work or tempfile.mkdtemp(prefix='spk-hf-ref.')
     out = {'generator': 'tests/ref/hf-reference.sh', 'variants': {}}
+    if a.only and os.path.exists(a.out):
+        with open(a.out) as f:
+            out = json.load(f)
     import transformers
     import torch
     out['versions'] = {'transformers': transformers.__version__, 'torch': torch.__version__}
-    for v in hf_tiny.VARIANTS:
+    for v in a.only or hf_tiny.VARIANTS:
         cfg, deq, h = hf_tiny.write_variant(work, v)
         m = load_model(os.path.join(work, v), cfg, deq, 'quantization_config' in cfg)
         out['variants'][v] = {'fnv1a64': h, 'sequences': refs(m, ref_sequences(cfg['vocab_size']))}

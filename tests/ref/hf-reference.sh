@@ -4,7 +4,8 @@
 # virtualenv $SPK_CACHE/hfref-venv with torch + transformers (made once, as qwen3-reference.sh
 # does; `make test` does not need it: the test writes the same directories with hf_tiny.py).
 #
-# Rerun: tests/ref/hf-reference.sh          ($SPK_CACHE defaults to $HOME/.cache/sparkinfer)
+# Rerun: tests/ref/hf-reference.sh [VARIANT...]   ($SPK_CACHE defaults to $HOME/.cache/sparkinfer;
+#        variants named: only those recomputed)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -18,4 +19,4 @@ if [ ! -f "$VENV/.spk-ready" ]; then
         safetensors protobuf >&2
     touch "$VENV/.spk-ready"
 fi
-"$VENV/bin/python" "$here/hf-reference.py" --out "$root/tests/data/ref_hf.json" --work "$work"
+"$VENV/bin/python" "$here/hf-reference.py" --out "$root/tests/data/ref_hf.json" --work "$work" "$@"

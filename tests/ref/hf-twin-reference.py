@@ -35,7 +35,8 @@ COMMENT = ('llama.cpp convert_hf_to_gguf.py output for hf_tiny.py directories (t
            'a number as its type bytes (bool 1 byte), a string as uint64 length + bytes, an array as uint32 element '
            'type + uint64 count + the elements so encoded; value (short ones): for reading only. tensors: ggml type, shape '
            '(ne, innermost first), sha256 of the data bytes. fnv1a64: hf_tiny.py hash of the safetensors converted.')
-TWINS = [('llama-f32', 'f32'), ('qwen3-f32', 'f32'), ('llama3-hd', 'bf16')]
+TWINS = [('llama-f32', 'f32'), ('qwen3-f32', 'f32'), ('llama3-hd', 'bf16'), ('qwen3moe-f32', 'f32'), ('gptoss-f32', 'f32'),
+         ('gptoss-mxfp4', 'bf16')]
 
 CONVERT = r'''
 import sys

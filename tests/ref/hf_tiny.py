@@ -14,11 +14,28 @@ Variants (subdirectories of OUTDIR):
   llama-fp8-block    projections FP8 E4M3, BF16 "weight_scale_inv" per 32x32 block (the block size
                      comes from quantization_config.weight_block_size; published checkpoints use 128)
   llama-nvfp4        projections NVFP4 (ModelOpt): packed E2M1, E4M3 scale per 16, F32 weight_scale_2
+  llama-nvfp4-ct     the same as compressed-tensors writes it (nvfp4-pack-quantized): weight_packed,
+                     weight_scale, weight_global_scale (the reciprocal of weight_scale_2), input_global_scale
+  llama-fp8-block128 hidden 192, intermediate 320: FP8 with 128x128 block scales (whole and partial
+                     blocks), the published block size
   llama-mxfp4        projections MXFP4 (gpt-oss layout): *_blocks [rows, cols/32, 16] + *_scales (E8M0 bytes)
   llama3-hd          Llama with head_dim 32 != hidden/heads (Mistral-shaped), rope_scaling llama3,
                      tied embeddings, BF16, two shards with model.safetensors.index.json
   qwen3-f32          Qwen3ForCausalLM (q/k norms, head_dim 32, tied embeddings), F32
+  qwen3moe-f32       Qwen3MoeForCausalLM, 8 experts (top 2, norm_topk_prob), per-expert
+                     mlp.experts.N.{gate,up,down}_proj as published, F32
+  qwen3moe-bf16      the same weights in BF16, two shards (layer 1 in the second)
+  qwen3moe-fp8-block attention and every expert FP8 with 32x32 block scales (as Qwen3-30B-A3B-FP8,
+                     whose blocks are 128), the router and the rest BF16
+  gptoss-f32         GptOssForCausalLM: q/k/v/o biases, sinks, router with bias, 4 experts (top 2) with the
+                     fused interleaved gate_up_proj [E, hidden, 2F] + biases, sliding window 8 on even
+                     layers, YaRN, F32
+  gptoss-bf16        the same weights in BF16
+  gptoss-mxfp4       experts MXFP4 as published (gate_up_proj_blocks [E, 2F, hidden/32, 16] + _scales,
+                     down_proj_blocks [E, hidden, F/32, 16] + _scales), the rest BF16
 Every directory also gets a byte-level BPE tokenizer.json / tokenizer_config.json.
+Written only when named (malformed on purpose, for test_hf):
+  gptoss-mxfp4-short layer 0's gate_up_proj_blocks cut to one block per row (config says two)
 
 Usage: python3 hf_tiny.py OUTDIR      (prints "variant fnv1a64" lines)
 """
@@ -106,7 +123,10 @@ class Rng:
 
 
 def make_weights(cfg, seed):
-    """{hf name: rows (list of lists) or vector} in float32 values."""
+    """{hf name: rows (list of lists), stacked matrices (list of those) or vector} in float32 values."""
+    arch = cfg['architectures'][0]
+    if arch in ('Qwen3MoeForCausalLM', 'GptOssForCausalLM'):
+        return make_moe_weights(cfg, seed)
     rng = Rng(seed)
     E, F, V, L = cfg['hidden_size'], cfg['intermediate_size'], cfg['vocab_size'], cfg['num_hidden_layers']
     hd = cfg.get('head_dim') or E // cfg['num_attention_heads']
@@ -129,12 +149,65 @@ def make_weights(cfg, seed):
     return w
 
 
+def make_moe_weights(cfg, seed):
+    """Qwen3-MoE (per-expert tensors, as published) and gpt-oss (stacked experts: gate_up_proj
+    [E, hidden, 2F] with gate/up interleaved in its last dimension, down_proj [E, F, hidden])."""
+    rng = Rng(seed)
+    gpt = cfg['architectures'][0] == 'GptOssForCausalLM'
+    H, V, L = cfg['hidden_size'], cfg['vocab_size'], cfg['num_hidden_layers']
+    NE = cfg['num_local_experts'] if gpt else cfg['num_experts']
+    F = cfg['intermediate_size'] if gpt else cfg['moe_intermediate_size']
+    hd = cfg['head_dim']
+    Q, KV = cfg['num_attention_heads'] * hd, cfg['num_key_value_heads'] * hd
+    small = lambda n, s: [f32((rng.r.random() * 2 - 1) * s) for _ in range(n)]
+    w = {'model.embed_tokens.weight': rng.mat(V, H, 1.0)}
+    for l in range(L):
+        p = 'model.layers.%d.' % l
+        w[p + 'input_layernorm.weight'] = rng.vec(H)
+        w[p + 'post_attention_layernorm.weight'] = rng.vec(H)
+        if not gpt:
+            w[p + 'self_attn.q_norm.weight'] = rng.vec(hd)
+            w[p + 'self_attn.k_norm.weight'] = rng.vec(hd)
+        for name, (r, c) in [('self_attn.q_proj', (Q, H)), ('self_attn.k_proj', (KV, H)),
+                             ('self_attn.v_proj', (KV, H)), ('self_attn.o_proj', (H, Q))]:
+            w[p + name + '.weight'] = rng.mat(r, c, 2.0 / math.sqrt(c))
+            if gpt:
+                w[p + name + '.bias'] = small(r, 0.1)
+        if gpt:
+            w[p + 'self_attn.sinks'] = small(cfg['num_attention_heads'], 1.0)
+            w[p + 'mlp.router.weight'] = rng.mat(NE, H, 2.0 / math.sqrt(H))
+            w[p + 'mlp.router.bias'] = small(NE, 0.5)
+            w[p + 'mlp.experts.gate_up_proj'] = [rng.mat(H, 2 * F, 2.0 / math.sqrt(H)) for _ in range(NE)]
+            w[p + 'mlp.experts.gate_up_proj_bias'] = [small(2 * F, 0.1) for _ in range(NE)]
+            w[p + 'mlp.experts.down_proj'] = [rng.mat(F, H, 2.0 / math.sqrt(F)) for _ in range(NE)]
+            w[p + 'mlp.experts.down_proj_bias'] = [small(H, 0.1) for _ in range(NE)]
+        else:
+            w[p + 'mlp.gate.weight'] = rng.mat(NE, H, 2.0 / math.sqrt(H))
+            for e in range(NE):
+                for name, (r, c) in [('gate_proj', (F, H)), ('up_proj', (F, H)), ('down_proj', (H, F))]:
+                    w[p + 'mlp.experts.%d.%s.weight' % (e, name)] = rng.mat(r, c, 2.0 / math.sqrt(c))
+    w['model.norm.weight'] = rng.vec(H)
+    if not cfg.get('tie_word_embeddings'):
+        w['lm_head.weight'] = rng.mat(V, H, 2.0 / math.sqrt(H))
+    return w
+
+
 def flat(x):
-    return [v for row in x for v in row] if x and isinstance(x[0], list) else list(x)
+    if x and isinstance(x[0], list):
+        return [v for row in x for v in flat(row)] if isinstance(x[0][0], list) else [v for row in x for v in row]
+    return list(x)
 
 
 def shape(x):
-    return [len(x), len(x[0])] if x and isinstance(x[0], list) else [len(x)]
+    return [len(x)] + shape(x[0]) if isinstance(x, list) and x and isinstance(x[0], list) else [len(x)]
+
+
+def rounded(x, fn):
+    return [rounded(a, fn) for a in x] if isinstance(x[0], list) else [fn(a) for a in x]
+
+
+def transpose(m):
+    return [list(r) for r in zip(*m)]
 
 
 def pack(dtype, vals):
@@ -186,7 +259,10 @@ def q_fp8(name, w, mode, block=32):
     return [(name, 'F8_E4M3', [R, C], bytes(flat(codes)))] + st, deq
 
 
-def q_nvfp4(name, w):
+def q_nvfp4(name, w, ct=False):
+    """ModelOpt's NVFP4 (weight, weight_scale, weight_scale_2 = amax / (6 * 448)), or with ct the
+    compressed-tensors names (weight_packed, weight_scale, weight_global_scale = its reciprocal:
+    value = e2m1 * weight_scale / weight_global_scale)."""
     R, C = len(w), len(w[0])
     amax = max(abs(v) for v in flat(w))
     g2 = f32(amax / (6.0 * 448.0))
@@ -203,8 +279,15 @@ def q_nvfp4(name, w):
         q.append(qrow)
     packed = [q[r][c] | (q[r][c + 1] << 4) for r in range(R) for c in range(0, C, 2)]
     e2m1v = lambda c: (-1 if c & 8 else 1) * E2M1[c & 7]
-    deq = [[bf16(f32(e2m1v(q[r][c]) * e4m3_value(sc[r][c // 16]) * g2)) for c in range(C)] for r in range(R)]
     base = name[:-len('.weight')]
+    if ct:
+        gs = f32(1.0 / g2)
+        deq = [[bf16(f32(f32(e2m1v(q[r][c]) * e4m3_value(sc[r][c // 16])) / gs)) for c in range(C)] for r in range(R)]
+        return [(base + '.weight_packed', 'U8', [R, C // 2], bytes(packed)),
+                (base + '.weight_scale', 'F8_E4M3', [R, C // 16], bytes(flat(sc))),
+                (base + '.weight_global_scale', 'F32', [1], pack('F32', [gs])),
+                (base + '.input_global_scale', 'F32', [1], pack('F32', [1.0]))], deq
+    deq = [[bf16(f32(e2m1v(q[r][c]) * e4m3_value(sc[r][c // 16]) * g2)) for c in range(C)] for r in range(R)]
     return [(name, 'U8', [R, C // 2], bytes(packed)),
             (base + '.weight_scale', 'F8_E4M3', [R, C // 16], bytes(flat(sc))),
             (base + '.weight_scale_2', 'F32', [], pack('F32', [g2])),
@@ -287,12 +370,31 @@ def tokenizer_files(d, eos=258):
 
 def variant_config(v):
     cfg = dict(BASE)
+    if v.startswith('qwen3moe'):
+        cfg.update(architectures=['Qwen3MoeForCausalLM'], model_type='qwen3_moe', head_dim=32,
+                   tie_word_embeddings=False, rope_theta=1000000.0, rms_norm_eps=1e-6, num_experts=8,
+                   num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True, decoder_sparse_step=1,
+                   mlp_only_layers=[], use_sliding_window=False, sliding_window=None, max_window_layers=2)
+        return cfg, 4
+    if v.startswith('gptoss'):
+        cfg.update(architectures=['GptOssForCausalLM'], model_type='gpt_oss', head_dim=32, intermediate_size=32,
+                   num_local_experts=4, num_experts_per_tok=2, experts_per_token=2, sliding_window=8,
+                   layer_types=['sliding_attention', 'full_attention'], rope_theta=150000.0,
+                   rope_scaling={'rope_type': 'yarn', 'factor': 32.0, 'beta_fast': 32.0, 'beta_slow': 1.0,
+                                 'truncate': False, 'original_max_position_embeddings': 4096},
+                   max_position_embeddings=131072, initial_context_length=4096, attention_bias=True,
+                   swiglu_limit=7.0, tie_word_embeddings=False, router_aux_loss_coef=0.9,
+                   output_router_logits=False)
+        return cfg, 5
     if v.startswith('qwen3'):
         cfg.update(architectures=['Qwen3ForCausalLM'], model_type='qwen3', head_dim=32, tie_word_embeddings=True,
                    rope_theta=1000000.0, rms_norm_eps=1e-6, use_sliding_window=False, sliding_window=None,
                    max_window_layers=2)
         return cfg, 3
     cfg.update(architectures=['LlamaForCausalLM'], model_type='llama', tie_word_embeddings=False)
+    if v == 'llama-fp8-block128':  # wider, so that 128x128 blocks are whole and partial
+        cfg.update(hidden_size=192, intermediate_size=320)
+        return cfg, 6
     if v == 'llama3-hd':
         cfg.update(head_dim=32, tie_word_embeddings=True, rope_theta=500000.0,
                    rope_scaling={'rope_type': 'llama3', 'factor': 8.0, 'low_freq_factor': 1.0,
@@ -302,7 +404,25 @@ def variant_config(v):
 
 
 VARIANTS = ['llama-f32', 'llama-bf16', 'llama-fp8-tensor', 'llama-fp8-channel', 'llama-fp8-block', 'llama-nvfp4',
-            'llama-mxfp4', 'llama3-hd', 'qwen3-f32']
+            'llama-mxfp4', 'llama3-hd', 'qwen3-f32', 'llama-fp8-block128', 'llama-nvfp4-ct', 'qwen3moe-f32', 'qwen3moe-bf16', 'qwen3moe-fp8-block',
+            'gptoss-f32', 'gptoss-bf16',
+            'gptoss-mxfp4']
+MXFP4_EXPERTS = ('mlp.experts.gate_up_proj', 'mlp.experts.down_proj')
+
+
+def q_mxfp4_experts(name, w):
+    """gpt-oss's stacked experts ([E, in, out] in transformers) as published: the blocks and scales
+    of each expert's [out, in] matrix, stacked; dequantized back in transformers' [E, in, out]."""
+    blocks, scales, deq = [], [], []
+    for m in w:
+        t, d = q_mxfp4('x.weight', transpose(m))
+        blocks.append(t[0][3])
+        scales.append(t[1][3])
+        deq.append(transpose(d))
+        bshape, sshape = t[0][2], t[1][2]
+    n = len(w)
+    return [(name + '_blocks', 'U8', [n] + bshape, b''.join(blocks)),
+            (name + '_scales', 'U8', [n] + sshape, b''.join(scales))], deq
 
 
 def build(v):
@@ -314,22 +434,37 @@ def build(v):
     cfg['torch_dtype'] = 'float32' if float_dt == 'F32' else 'bfloat16'
     for name, x in w.items():
         is_proj = any(name.endswith(p + '.weight') for p in PROJ)
-        if is_proj and v.startswith('llama-fp8'):
+        if v == 'qwen3moe-fp8-block' and ('.mlp.experts.' in name or (is_proj and 'self_attn' in name)):
+            is_proj = True
+        if is_proj and v == 'llama-fp8-block128':
+            t, d = q_fp8(name, x, 'block', 128)
+        elif is_proj and v == 'qwen3moe-fp8-block':
+            t, d = q_fp8(name, x, 'block', 32)
+        elif is_proj and v.startswith('llama-fp8'):
             t, d = q_fp8(name, x, v.split('-')[2])
         elif is_proj and v == 'llama-nvfp4':
             t, d = q_nvfp4(name, x)
+        elif is_proj and v == 'llama-nvfp4-ct':
+            t, d = q_nvfp4(name, x, ct=True)
         elif is_proj and v == 'llama-mxfp4':
             t, d = q_mxfp4(name, x)
+        elif v.startswith('gptoss-mxfp4') and any(name.endswith(p) for p in MXFP4_EXPERTS):
+            t, d = q_mxfp4_experts(name, x)
+            if v == 'gptoss-mxfp4-short' and name == 'model.layers.0.mlp.experts.gate_up_proj':
+                # malformed on purpose (test_hf): each row's blocks cut to the first of its two
+                E, R, NB, _ = t[0][2]
+                t[0] = (t[0][0], 'U8', [E, R, 1, 16], b''.join(t[0][3][(r * NB) * 16:(r * NB + 1) * 16]
+                                                               for r in range(E * R)))
         else:
             t = [(name, float_dt, shape(x), pack(float_dt, flat(x)))]
-            d = x if float_dt == 'F32' else ([[bf16(a) for a in row] for row in x] if isinstance(x[0], list)
-                                             else [bf16(a) for a in x])
+            d = x if float_dt == 'F32' else rounded(x, bf16)
         out += t
         deq[name] = d
-    if v.startswith('llama-fp8'):
-        if v == 'llama-fp8-block':
+    if v.startswith('llama-fp8') or v == 'qwen3moe-fp8-block':
+        if v.startswith('llama-fp8-block') or v == 'qwen3moe-fp8-block':
+            bs = 128 if v == 'llama-fp8-block128' else 32
             cfg['quantization_config'] = {'quant_method': 'fp8', 'activation_scheme': 'dynamic',
-                                          'weight_block_size': [32, 32]}
+                                          'weight_block_size': [bs, bs]}
         else:
             cfg['quantization_config'] = {'quant_method': 'compressed-tensors', 'format': 'float-quantized',
                                           'config_groups': {'group_0': {'targets': ['Linear'], 'weights': {
@@ -338,10 +473,22 @@ def build(v):
     elif v == 'llama-nvfp4':
         cfg['quantization_config'] = {'quant_method': 'modelopt', 'quant_algo': 'NVFP4', 'group_size': 16,
                                       'exclude_modules': ['lm_head']}
+    elif v == 'llama-nvfp4-ct':
+        cfg['quantization_config'] = {
+            'quant_method': 'compressed-tensors', 'format': 'nvfp4-pack-quantized', 'ignore': ['lm_head'],
+            'config_groups': {'group_0': {'targets': ['Linear'], 'format': 'nvfp4-pack-quantized',
+                                          'weights': {'num_bits': 4, 'type': 'float', 'symmetric': True,
+                                                      'strategy': 'tensor_group', 'group_size': 16},
+                                          'input_activations': {'num_bits': 4, 'type': 'float', 'symmetric': True,
+                                                                'strategy': 'tensor_group', 'group_size': 16,
+                                                                'dynamic': 'local'}}}}
     elif v == 'llama-mxfp4':
         cfg['quantization_config'] = {'quant_method': 'mxfp4', 'modules_to_not_convert': ['lm_head']}
+    elif v.startswith('gptoss-mxfp4'):
+        cfg['quantization_config'] = {'quant_method': 'mxfp4', 'modules_to_not_convert': [
+            'model.layers.*.self_attn', 'model.layers.*.mlp.router', 'model.embed_tokens', 'lm_head']}
     files = {'model.safetensors': out}
-    if v == 'llama3-hd':
+    if v in ('llama3-hd', 'qwen3moe-bf16'):
         half = [t for t in out if t[0].startswith('model.layers.1.')]
         files = {'model-00001-of-00002.safetensors': [t for t in out if t not in half],
                  'model-00002-of-00002.safetensors': half}

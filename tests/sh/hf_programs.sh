@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The programs and the Python binding take a Hugging Face model directory where they take a GGUF
 # file: the tiny checkpoints of tests/ref/hf_tiny.py (standard library only) through spk-generate
-# (one rank, --pp 2 and --tp 2 with a local spk-worker: the worker opens the directory itself and
-# its identity must match; PP gives the same greedy ids), --chat, spk-plan, spk-bench, and
+# (one rank, --pp 2 and --tp 2 with a local spk-worker: the worker opens the directory itself,
+# converts what its shard reads, and its identity must match; PP gives the same greedy ids;
+# llama, qwen3, qwen3moe with FP8 experts, gpt-oss), --chat, spk-plan, spk-bench, and
 # sparkinfer.Model(dir) (tokenize, chat template).
 # Usage: hf_programs.sh BUILD_DIR SOURCE_DIR
 set -u
@@ -14,9 +15,10 @@ command -v python3 >/dev/null || { echo "SKIP: python3 not installed"; exit 77; 
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 fail=0
-python3 "$S/tests/ref/hf_tiny.py" "$TMP" qwen3-f32 llama3-hd >/dev/null || { echo "FAIL: hf_tiny.py"; exit 1; }
+python3 "$S/tests/ref/hf_tiny.py" "$TMP" qwen3-f32 llama3-hd qwen3moe-fp8-block gptoss-f32 >/dev/null || { echo "FAIL: hf_tiny.py"; exit 1; }
 gen() { "$G" --prompt "the cat in the hat" --max-tokens 10 --print-ids --ignore-eos --threads 2 "$@" 2>"$TMP/err" | tail -n 1; }
-for v in qwen3-f32 llama3-hd; do
+# the MoE ones: experts stacked, FP8 experts converted on first touch in each worker
+for v in qwen3-f32 llama3-hd qwen3moe-fp8-block gptoss-f32; do
     one=$(gen --model "$TMP/$v")
     [ -n "$one" ] || { cat "$TMP/err"; echo "FAIL: spk-generate on $v"; fail=1; continue; }
     # PP is bit-identical to one rank; TP sums in another order (a near-tie may flip): it

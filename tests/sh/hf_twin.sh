@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The tiny Hugging Face checkpoints of tests/ref/hf_tiny.py (llama F32, qwen3 F32, llama3-rope +
-# head_dim-apart BF16 in two shards) converted by llama.cpp's convert_hf_to_gguf.py (F32; BF16 for
-# the BF16 one), then test_hf's same_logits_as_converted_gguf: loading the directory and loading
+# head_dim-apart BF16 in two shards, qwen3moe F32, gpt-oss F32 and MXFP4) converted by llama.cpp's
+# convert_hf_to_gguf.py (F32; BF16 for llama3-hd and gptoss-mxfp4, whose experts stay MXFP4), then test_hf's same_logits_as_converted_gguf: loading the directory and loading
 # the converted file give bit-identical logits and the same greedy tokens.
 # Needs the llama.cpp sources (make refsrc) and the converter's torch: the virtualenv
 # $SPK_CACHE/hfref-venv of tests/ref/hf-reference.sh; skips (77) when either is absent.
 # This is the full check where the venv exists. The check `make test` always runs, without torch,
 # is test_hf's same_keys_and_tensors_as_converter: the converter's keys (types, value digests) and
-# tensors (names, types, shapes, sha256) for these three directories, recorded with the same
+# tensors (names, types, shapes, sha256) for these six directories, recorded with the same
 # settings in tests/data/ref_hf_twin.json by tests/ref/hf-twin-reference.sh, against what
 # spk_gguf_open(dir) builds; the forward pass reads nothing else, so that proves the same logits.
 # Usage: hf_twin.sh BUILD_DIR SOURCE_DIR
@@ -22,10 +22,11 @@ SRC=$CACHE/llamacpp/src/llama_cpp_python-0.3.36/vendor/llama.cpp
 [ -f "$SRC/convert_hf_to_gguf.py" ] || { echo "SKIP: no llama.cpp sources (make refsrc)"; exit 77; }
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-python3 "$S/tests/ref/hf_tiny.py" "$TMP" llama-f32 qwen3-f32 llama3-hd >/dev/null || { echo "FAIL: hf_tiny.py"; exit 1; }
-for v in llama-f32 qwen3-f32 llama3-hd; do
+TWINS="llama-f32 qwen3-f32 llama3-hd qwen3moe-f32 gptoss-f32 gptoss-mxfp4"
+python3 "$S/tests/ref/hf_tiny.py" "$TMP" $TWINS >/dev/null || { echo "FAIL: hf_tiny.py"; exit 1; }
+for v in $TWINS; do
     t=f32
-    [ "$v" = llama3-hd ] && t=bf16
+    case $v in llama3-hd|gptoss-mxfp4) t=bf16 ;; esac
     # the tiny byte-level vocabulary has no pre-tokenizer hash llama.cpp knows: name it (the
     # vocabulary is not what this compares)
     "$PY" -c "
@@ -43,7 +44,8 @@ import os, shutil, sys, torch
 from transformers import AutoModelForCausalLM
 t = sys.argv[1]
 for v, dt, out in [('llama-f32', torch.float32, 'llama-f32-saved'), ('qwen3-f32', torch.float32, 'qwen3-f32-saved'),
-                   ('llama3-hd', torch.bfloat16, 'llama3-hd-saved'), ('llama-f32', torch.bfloat16, 'llama-bf16-saved')]:
+                   ('llama3-hd', torch.bfloat16, 'llama3-hd-saved'), ('llama-f32', torch.bfloat16, 'llama-bf16-saved'),
+                   ('qwen3moe-f32', torch.float32, 'qwen3moe-f32-saved'), ('gptoss-f32', torch.float32, 'gptoss-f32-saved')]:
     m = AutoModelForCausalLM.from_pretrained(os.path.join(t, v), dtype=torch.float32)
     m.to(dt).save_pretrained(os.path.join(t, out), max_shard_size='150KB')
     for f in ('tokenizer.json', 'tokenizer_config.json'):
@@ -55,17 +57,17 @@ rc=$?
 cat "$TMP/out"
 [ $rc = 0 ] || { echo "FAIL: test_hf with the converted twins"; exit 1; }
 n=$(grep -c "directory vs converted GGUF: max |logit diff| 0, greedy equal" "$TMP/out")
-[ "$n" = 3 ] || { echo "FAIL: expected 3 identical twins, got $n"; exit 1; }
+[ "$n" = 6 ] || { echo "FAIL: expected 6 identical twins, got $n"; exit 1; }
 n=$(grep -c "save_pretrained.*max |logit diff| 0" "$TMP/out")
-[ "$n" = 4 ] || { echo "FAIL: expected 4 save_pretrained directories with identical logits, got $n"; exit 1; }
-echo "ok: transformers' save_pretrained directories (F32, BF16, sharded) give the same logits"
+[ "$n" = 6 ] || { echo "FAIL: expected 6 save_pretrained directories with identical logits, got $n"; exit 1; }
+echo "ok: transformers' save_pretrained directories (F32, BF16, sharded; Qwen3-MoE's num_local_experts) give the same logits"
 cat "$TMP/save.log" | grep saved
-echo "ok: 3 directories give the logits of their converted GGUF twins"
+echo "ok: 6 directories give the logits of their converted GGUF twins"
 # end to end through spk_model_load (tokenizer from tokenizer.json vs the converter's
 # tokenizer.ggml.*): the same prompt gives the same greedy ids, plain and through the chat template
 G=$B/examples/spk-generate
 if [ -x "$G" ]; then
-    for v in llama-f32 qwen3-f32 llama3-hd; do
+    for v in $TWINS; do
         for mode in "" --chat; do
             a=$("$G" --model "$TMP/$v" --prompt "the cat in the hat" $mode --max-tokens 12 --print-ids --ignore-eos --threads 2 2>"$TMP/err") \
                 || { cat "$TMP/err"; echo "FAIL: spk-generate on the directory $v $mode"; exit 1; }

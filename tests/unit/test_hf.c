@@ -35,7 +35,9 @@ static char *g_ref_txt;
 
 static const char *const variants[] = {"llama-f32",   "llama-bf16",  "llama-fp8-tensor", "llama-fp8-channel",
                                        "llama-fp8-block", "llama-nvfp4", "llama-mxfp4", "llama3-hd",
-                                       "qwen3-f32"};
+                                       "qwen3-f32",   "llama-fp8-block128", "llama-nvfp4-ct",
+                                       "qwen3moe-f32", "qwen3moe-bf16", "qwen3moe-fp8-block", "gptoss-f32",
+                                       "gptoss-bf16", "gptoss-mxfp4"};
 #define N_VARIANTS (int)(sizeof variants / sizeof variants[0])
 
 static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -246,6 +248,94 @@ static const spk_gguf_tensor *T(const spk_gguf_file *f, const char *name)
     return t;
 }
 
+/* Bytes of rows [r0, r1) of t as the lazy conversion makes them: whole pages. */
+static uint64_t pages_of(const spk_gguf_tensor *t, uint64_t r0, uint64_t r1)
+{
+    const uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE), rb = t->nbytes / t->ne[1];
+    uint64_t a = r0 * rb / pg * pg, e = (r1 * rb + pg - 1) / pg * pg;
+    return (e < t->nbytes ? e : t->nbytes) - a;
+}
+
+/* Each rank converts only what it uses: opening and loading convert nothing; a pipeline stage's
+ * shard converts its layers' tensors and no other layer's; a tensor-parallel rank converts the
+ * pages of its rows of a row-split matrix (half the heads of attn_q, half the FFN rows of
+ * ffn_gate) and not the other half. Counted by the converter itself (spk_hf_converted_bytes). */
+START_TEST(conversion_follows_the_slice)
+{
+    char dir[640];
+    snprintf(dir, sizeof dir, "%s/llama-fp8-block128", g_dir);
+    loaded L;
+    load(dir, &L);
+    if (!spk_hf_lazy_conversion(L.f)) {
+        uint64_t all = 0;
+        for (uint64_t i = 0; i < L.f->n_tensors; i++)
+            all += spk_hf_converted_bytes(L.f, L.f->tensors[i].name.ptr);
+        ck_assert_uint_eq(spk_hf_converted_bytes(L.f, NULL), all);
+        ck_assert_uint_gt(all, 0);
+        printf("SKIP: userfaultfd is not available here: everything is converted at open (%llu bytes)\n",
+               (unsigned long long)all);
+        unload(&L);
+        return;
+    }
+    ck_assert_uint_eq(spk_hf_converted_bytes(L.f, NULL), 0); /* open + load: nothing converted yet */
+    /* pipeline stage 1 of 2: layer 1 and the head */
+    spk_shard sh;
+    spk_shard_full(&L.hp, &sh);
+    sh.l0 = 1;
+    sh.first = false;
+    spk_weights w;
+    ck_assert_msg(spk_llama_shard(&L.hp, &L.w, &sh, &w) == SPK_OK, "%s", spk_last_error());
+    static const char *const mats[] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+    uint64_t l1 = 0;
+    for (size_t k = 0; k < sizeof mats / sizeof *mats; k++) {
+        char n0[64], n1[64];
+        snprintf(n0, sizeof n0, "blk.0.%s.weight", mats[k]);
+        snprintf(n1, sizeof n1, "blk.1.%s.weight", mats[k]);
+        ck_assert_msg(spk_hf_converted_bytes(L.f, n0) == 0, "stage 1 converted %llu bytes of %s",
+                      (unsigned long long)spk_hf_converted_bytes(L.f, n0), n0);
+        ck_assert_uint_eq(spk_hf_converted_bytes(L.f, n1), T(L.f, n1)->nbytes);
+        l1 += T(L.f, n1)->nbytes;
+    }
+    /* and nothing of layer 0 at all (its norms neither); what is converted, whole */
+    uint64_t other = 0;
+    for (uint64_t i = 0; i < L.f->n_tensors; i++) {
+        const spk_gguf_tensor *t = &L.f->tensors[i];
+        const uint64_t c = spk_hf_converted_bytes(L.f, t->name.ptr);
+        if (!strncmp(t->name.ptr, "blk.0.", 6))
+            ck_assert_msg(c == 0, "stage 1 converted %llu bytes of %s", (unsigned long long)c, t->name.ptr);
+        else if (c)
+            ck_assert_uint_eq(c, t->nbytes);
+        other += c;
+    }
+    printf("pp stage 1 of 2: converted %llu bytes (layer 1's matrices %llu, norms %llu), layer 0's none\n",
+           (unsigned long long)spk_hf_converted_bytes(L.f, NULL), (unsigned long long)l1,
+           (unsigned long long)(other - l1));
+    ck_assert_uint_eq(spk_hf_converted_bytes(L.f, NULL), other);
+    spk_llama_weights_free(&w);
+    unload(&L);
+
+    /* tensor-parallel rank 0 of 2, both layers: heads [0, 2) of 4 (kv head 0), FFN rows [0, 160) of 320 */
+    load(dir, &L);
+    spk_shard_full(&L.hp, &sh);
+    sh.h1 = L.hp.n_heads / 2;
+    sh.kv1 = L.hp.n_kv_heads / 2;
+    sh.f1 = L.hp.n_ff / 2;
+    ck_assert_msg(spk_llama_shard(&L.hp, &L.w, &sh, &w) == SPK_OK, "%s", spk_last_error());
+    const spk_gguf_tensor *q = T(L.f, "blk.0.attn_q.weight"), *g = T(L.f, "blk.0.ffn_gate.weight");
+    const uint64_t hd = q->ne[1] / (uint64_t)L.hp.n_heads;
+    const uint64_t want_q = pages_of(q, 0, (uint64_t)sh.h1 * hd), want_g = pages_of(g, 0, (uint64_t)sh.f1);
+    printf("tp rank 0 of 2: attn_q %llu of %llu bytes, ffn_gate %llu of %llu bytes converted\n",
+           (unsigned long long)spk_hf_converted_bytes(L.f, "blk.0.attn_q.weight"), (unsigned long long)q->nbytes,
+           (unsigned long long)spk_hf_converted_bytes(L.f, "blk.0.ffn_gate.weight"), (unsigned long long)g->nbytes);
+    ck_assert_uint_eq(spk_hf_converted_bytes(L.f, "blk.0.attn_q.weight"), want_q);
+    ck_assert_uint_eq(spk_hf_converted_bytes(L.f, "blk.0.ffn_gate.weight"), want_g);
+    ck_assert_uint_lt(want_g, g->nbytes);
+    ck_assert_uint_lt(want_q, q->nbytes);
+    spk_llama_weights_free(&w);
+    unload(&L);
+}
+END_TEST
+
 /* The virtual file carries the converter's keys, names, types and shapes. */
 START_TEST(virtual_gguf_layout)
 {
@@ -349,6 +439,11 @@ END_TEST
 
 /* ---- the converter's output, recorded (tests/data/ref_hf_twin.json) --------------------------- */
 
+/* the variants tests/ref/hf-twin-reference.sh converts (and tests/sh/hf_twin.sh) */
+static const char *const twin_variants[] = {"llama-f32",    "qwen3-f32",  "llama3-hd",
+                                            "qwen3moe-f32", "gptoss-f32", "gptoss-mxfp4"};
+#define N_TWINS (int)(sizeof twin_variants / sizeof twin_variants[0])
+
 /* sha256 of a metadata value in GGUF's little-endian encoding without key and type field (the
  * definition in ref_hf_twin.json's comment, tests/ref/hf-twin-reference.py): a number as its
  * type's bytes (bool 1 byte), a string as uint64 length + bytes, an array as uint32 element type +
@@ -444,8 +539,7 @@ static int key_exception(const char *key)
  * same-logits check of hf_twin.sh without torch; it always runs. */
 START_TEST(same_keys_and_tensors_as_converter)
 {
-    static const char *const tv[] = {"llama-f32", "qwen3-f32", "llama3-hd"};
-    const char *v = tv[_i];
+    const char *v = twin_variants[_i];
     size_t len;
     char *txt = spk_test_read_file(SPK_TEST_DATA_DIR "/ref_hf_twin.json", &len);
     ck_assert_msg(txt != NULL, "tests/data/ref_hf_twin.json missing");
@@ -576,7 +670,7 @@ START_TEST(same_logits_as_converted_gguf)
         printf("SKIP: SPK_HF_TWIN_DIR not set (tests/sh/hf_twin.sh runs this with llama.cpp's converter)\n");
         return;
     }
-    static const char *const tv[] = {"llama-f32", "qwen3-f32", "llama3-hd"};
+    const char *const *tv = twin_variants;
     char dir[640], gg[640];
     snprintf(dir, sizeof dir, "%s/%s", twin, tv[_i]);
     snprintf(gg, sizeof gg, "%s/%s.gguf", twin, tv[_i]);
@@ -590,7 +684,8 @@ START_TEST(same_logits_as_converted_gguf)
         const spk_gguf_kv *kb = &B.f->kv[i];
         char key[128];
         snprintf(key, sizeof key, "%.*s", (int)kb->key.len, kb->key.ptr);
-        if (strncmp(key, "llama.", 6) && strncmp(key, "qwen3.", 6))
+        if (strncmp(key, "llama.", 6) && strncmp(key, "qwen3.", 6) && strncmp(key, "qwen3moe.", 9) &&
+            strncmp(key, "gpt-oss.", 8))
             continue;
         const spk_gguf_kv *ka = spk_gguf_find(A.f, key);
         ck_assert_msg(ka != NULL, "%s: the converter writes '%s', the directory has none", tv[_i], key);
@@ -611,6 +706,7 @@ START_TEST(same_logits_as_converted_gguf)
         snprintf(nm, sizeof nm, "%.*s", (int)tb->name.len, tb->name.ptr);
         const spk_gguf_tensor *ta = spk_gguf_find_tensor(A.f, nm);
         ck_assert_msg(ta && ta->type == tb->type && ta->ne[0] == tb->ne[0] && ta->ne[1] == tb->ne[1] &&
+                      ta->ne[2] == tb->ne[2] &&
                       !memcmp(ta->data, tb->data, tb->nbytes), "%s: tensor %s differs from the converter's", tv[_i], nm);
     }
     int greedy_equal;
@@ -634,7 +730,8 @@ START_TEST(save_pretrained_dirs_load)
         return;
     }
     static const char *const pairs[][2] = {{"llama-f32-saved", "llama-f32"}, {"qwen3-f32-saved", "qwen3-f32"},
-                                           {"llama3-hd-saved", "llama3-hd"}, {"llama-bf16-saved", "llama-bf16"}};
+                                           {"llama3-hd-saved", "llama3-hd"}, {"llama-bf16-saved", "llama-bf16"},
+                                           {"qwen3moe-f32-saved", "qwen3moe-f32"}, {"gptoss-f32-saved", "gptoss-f32"}};
     char a[640], b[640];
     snprintf(a, sizeof a, "%s/%s", twin, pairs[_i][0]);
     snprintf(b, sizeof b, "%s/%s", twin, pairs[_i][1]);
@@ -770,6 +867,42 @@ START_TEST(malformed_are_refused)
     FRESH("llama-f32");
     ck_assert_int_eq(sh("sed -i 's/\"dtype\":\"F32\"/\"dtype\":\"Q9\" /' %s/model.safetensors", d), 0);
     expect_dir(d, SPK_ERR_UNSUPPORTED, "unknown dtype 'Q9'");
+    FRESH("llama-nvfp4-ct");
+    /* compressed-tensors NVFP4 without its global scale (renamed in place) */
+    ck_assert_int_eq(sh("sed -i '0,/q_proj.weight_global_scale\"/s//q_proj.weight_zlobal_scale\"/' %s/model.safetensors",
+                        d), 0);
+    expect_dir(d, SPK_ERR_FORMAT, "packed FP4 tensor 'model.layers.0.self_attn.q_proj.weight_packed' needs weight_scale "
+               "and weight_global_scale");
+    /* MoE: the expert count against the tensors, a fused gate_up of the wrong width, MXFP4
+     * blocks cut short or without their scales, configs the graphs do not compute */
+    FRESH("qwen3moe-f32");
+    ck_assert_int_eq(sh("sed -i 's/\"num_experts\": 8/\"num_experts\": 9/' %s/config.json", d), 0);
+    expect_dir(d, SPK_ERR_FORMAT, "layer 0 has no 'model.layers.0.mlp.experts.8.gate_proj.weight' (config.json: 9 "
+               "experts");
+    FRESH("qwen3moe-f32");
+    ck_assert_int_eq(sh("sed -i 's/\"num_experts\": 8/\"num_experts\": 7/' %s/config.json", d), 0);
+    expect_dir(d, SPK_ERR_FORMAT, "mlp.experts.7.down_proj.weight' (in");
+    ck_assert_msg(strstr(spk_last_error(), "is not one of the 7 experts of config.json"), "%s", spk_last_error());
+    FRESH("qwen3moe-f32");
+    ck_assert_int_eq(sh("sed -i 's/\"norm_topk_prob\": true/\"norm_topk_prob\": false/' %s/config.json", d), 0);
+    expect_dir(d, SPK_ERR_UNSUPPORTED, "norm_topk_prob false");
+    FRESH("gptoss-f32");
+    ck_assert_int_eq(sh("sed -i 's/\"intermediate_size\": 32/\"intermediate_size\": 16/' %s/config.json", d), 0);
+    expect_dir(d, SPK_ERR_FORMAT, "gate_up_proj' (F32) has shape [4, 64, 64], config.json implies [4, 64, 32: "
+               "experts, hidden, 2 x intermediate");
+    FRESH("gptoss-f32");
+    ck_assert_int_eq(sh("sed -i 's/\"truncate\": false/\"truncate\": true/' %s/config.json", d), 0);
+    expect_dir(d, SPK_ERR_UNSUPPORTED, "without \"truncate\": false");
+    FRESH("gptoss-mxfp4");
+    ck_assert_int_eq(sh("truncate -s -100 %s/model.safetensors", d), 0);
+    expect_dir(d, SPK_ERR_FORMAT, "outside the data section");
+    FRESH("gptoss-mxfp4");
+    ck_assert_int_eq(sh("sed -i '0,/down_proj_scales\"/s//down_proj_scalez\"/' %s/model.safetensors", d), 0);
+    expect_dir(d, SPK_ERR_FORMAT, "has neither mlp.experts.down_proj nor mlp.experts.down_proj_blocks + _scales");
+    ck_assert_int_eq(sh("rm -rf %s && python3 %s/../ref/hf_tiny.py %s gptoss-mxfp4-short >/dev/null && mv %s/gptoss-mxfp4-short %s",
+                        d, SPK_TEST_DATA_DIR, g_dir, g_dir, d), 0);
+    expect_dir(d, SPK_ERR_FORMAT, "gate_up_proj_blocks' (U8) has shape [4, 64, 1, 16], config.json implies [4, 64, 2, "
+               "16: experts");
 #undef FRESH
     sh("rm -rf %s %s", d, p);
 }
@@ -783,10 +916,11 @@ int main(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, virtual_gguf_layout);
     tcase_add_loop_test(tc, matches_transformers, 0, N_VARIANTS);
-    tcase_add_loop_test(tc, same_keys_and_tensors_as_converter, 0, 3);
-    tcase_add_loop_test(tc, same_logits_as_converted_gguf, 0, 3);
-    tcase_add_loop_test(tc, save_pretrained_dirs_load, 0, 4);
+    tcase_add_loop_test(tc, same_keys_and_tensors_as_converter, 0, N_TWINS);
+    tcase_add_loop_test(tc, same_logits_as_converted_gguf, 0, N_TWINS);
+    tcase_add_loop_test(tc, save_pretrained_dirs_load, 0, 6);
     tcase_add_test(tc, malformed_are_refused);
+    tcase_add_test(tc, conversion_follows_the_slice);
     suite_add_tcase(s, tc);
     return spk_test_run(s);
 }
