@@ -48,6 +48,9 @@ static void usage(FILE *out)
             "  --rope-theta F    override the preset's shape\n"
             "  --experts N --experts-used K   qwen3moe presets: experts per layer / per token\n"
             "                    (--ff is then each expert's width)\n"
+            "  --expert-type T   MoE presets: the stacked experts' type (as --type), or 'same' for\n"
+            "                    --type's (default; gpt-oss-20b/-120b: mxfp4, as llama-quantize MXFP4_MOE)\n"
+            "  --window N        gpt-oss: attention.sliding_window (default 4 for gpt-oss-tiny)\n"
             "  --dry-run         print the file size without writing\n"
             "  -o FILE           output path\n");
 }
@@ -136,6 +139,13 @@ int main(int argc, char **argv)
         } else if (strcmp(a, "--out-type") == 0 && v) {
             rc = parse_type(v, &p.out_type);
             i++;
+        } else if (strcmp(a, "--expert-type") == 0 && v) {
+            spk_dtype et = SPK_DT_F32;
+            if (strcmp(v, "same") == 0)
+                p.expert_type = -1;
+            else if (!(rc = parse_type(v, &et)))
+                p.expert_type = (int)et;
+            i++;
         } else if (strcmp(a, "--tied") == 0) {
             p.tied = true;
         } else if (strcmp(a, "--untied") == 0) {
@@ -161,6 +171,7 @@ int main(int argc, char **argv)
         INT_OPT("--ctx", n_ctx_train)
         INT_OPT("--experts", n_expert)
         INT_OPT("--experts-used", n_expert_used)
+        INT_OPT("--window", sliding_window)
         else {
             fprintf(stderr, "spk-synth: unknown or incomplete option '%s'\n", a);
             usage(stderr);
