@@ -39,7 +39,7 @@ static const synth_preset k_presets[] = {
     {"qwen3moe-tiny", 3, 128, 8, 4, 32, 64, 512, 4096, true, false, 1000000.0f, SPK_SYNTH_QWEN3MOE, 1e-6f, true, 8, 2, false, 0},
     {"qwen3-30b-a3b", 48, 2048, 32, 4, 128, 768, 151936, 40960, false, false, 1000000.0f, SPK_SYNTH_QWEN3MOE, 1e-6f, false,
      128, 8, false, 0},
-    {"gpt-oss-tiny", 4, 128, 8, 4, 32, 64, 512, 131072, false, false, 150000.0f, SPK_SYNTH_GPTOSS, 1e-5f, true, 8, 2, false, 0},
+    {"gpt-oss-tiny", 4, 128, 8, 4, 32, 64, 512, 131072, false, false, 150000.0f, SPK_SYNTH_GPTOSS, 1e-5f, true, 8, 2, false, 4},
     {"qwen3-8b", 36, 4096, 32, 8, 128, 12288, 151936, 40960, false, false, 1000000.0f, SPK_SYNTH_QWEN3, 1e-6f, false, 0, 0, false, 0},
     {"gpt-oss-20b", 24, 2880, 64, 8, 64, 2880, 201088, 131072, false, false, 150000.0f, SPK_SYNTH_GPTOSS, 1e-5f, false,
      32, 4, true, 128},
