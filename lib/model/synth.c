@@ -837,7 +837,7 @@ static void write_header(writer *w, const spk_synth_params *p, const vocab *v, c
     kv_u32(w, "tokenizer.ggml.padding_token_id", SPK_SYNTH_TOK_IM_END);   /* 26 */
     kv_bool(w, "tokenizer.ggml.add_bos_token", false);                    /* 27 */
     kv_bool(w, "tokenizer.ggml.add_eos_token", false);                    /* 28 */
-    kv_cstr(w, "tokenizer.chat_template", k_chat_template);               /* 29 */
+    kv_cstr(w, "tokenizer.chat_template", p->chat_template ? p->chat_template : k_chat_template); /* 29 */
     kv_key(w, "synthetic.seed", 10 /* UINT64 */);                         /* 30 */
     w_u64(w, p->seed);
     if (moe) {

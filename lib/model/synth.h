@@ -47,6 +47,7 @@ typedef struct spk_synth_params {
     int expert_type;        /* the stacked experts' spk_dtype; -1 (the default): wtype. MXFP4 experts with
                              * Q8_0 elsewhere is llama-quantize's MXFP4_MOE (general.file_type 38) */
     int sliding_window;     /* gpt-oss: attention.sliding_window (0: 4; the real models' is 128) */
+    const char *chat_template; /* tokenizer.chat_template (NUL-terminated, not copied); NULL: ChatML */
 } spk_synth_params;
 
 /* 256 byte tokens + <|endoftext|>, <|im_start|>, <|im_end|>. */
