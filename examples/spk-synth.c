@@ -51,6 +51,7 @@ static void usage(FILE *out)
             "  --expert-type T   MoE presets: the stacked experts' type (as --type), or 'same' for\n"
             "                    --type's (default; gpt-oss-20b/-120b: mxfp4, as llama-quantize MXFP4_MOE)\n"
             "  --window N        gpt-oss: attention.sliding_window (default 4 for gpt-oss-tiny)\n"
+            "  --chat-template FILE  tokenizer.chat_template from FILE (default: ChatML)\n"
             "  --dry-run         print the file size without writing\n"
             "  -o FILE           output path\n");
 }
@@ -85,8 +86,36 @@ static int parse_int(const char *opt, const char *s, int *out)
     return 0;
 }
 
+static char *tmpl; /* --chat-template's text (freed at exit) */
+
+static void free_tmpl(void) { free(tmpl); }
+
+/* A whole text file (at most 1 MiB), NUL-terminated; NULL with a message. */
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "spk-synth: --chat-template %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = malloc((1u << 20) + 1);
+    size_t n = buf ? fread(buf, 1, (1u << 20) + 1, f) : 0;
+    const int err = ferror(f);
+    fclose(f);
+    if (!buf || err || n == 0 || n > (1u << 20) || memchr(buf, 0, n)) {
+        fprintf(stderr, "spk-synth: --chat-template %s: %s\n", path,
+                !buf ? "out of memory" : err ? "read error" : n == 0 ? "empty file"
+                : n > (1u << 20) ? "larger than 1 MiB" : "holds a NUL byte");
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
 int main(int argc, char **argv)
 {
+    atexit(free_tmpl);
     const char *preset = NULL, *path = NULL;
     int dry = 0;
     /* First pass: the preset, so the overrides apply on top of it whatever their order. */
@@ -145,6 +174,13 @@ int main(int argc, char **argv)
                 p.expert_type = -1;
             else if (!(rc = parse_type(v, &et)))
                 p.expert_type = (int)et;
+            i++;
+        } else if (strcmp(a, "--chat-template") == 0 && v) {
+            free(tmpl);
+            tmpl = read_text(v);
+            if (!tmpl)
+                return 2;
+            p.chat_template = tmpl;
             i++;
         } else if (strcmp(a, "--tied") == 0) {
             p.tied = true;
