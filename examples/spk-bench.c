@@ -31,7 +31,7 @@
 #include "common.h"
 #include "launch.h"
 #include "model/gguf.h"
-#include "model/synth.h"
+#include "tools/synth.h"
 #include "plan/shape.h"
 
 

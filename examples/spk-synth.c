@@ -26,7 +26,7 @@ int main(void)
 #include <strings.h>
 #include <time.h>
 
-#include "model/synth.h"
+#include "tools/synth.h"
 
 static void usage(FILE *out)
 {

@@ -26,6 +26,7 @@
 
 #include "cluster/cluster.h"
 #include "common/error.h"
+#include "plan/cost.h"
 #include "plan/plan.h"
 #include "plan/shape.h"
 
@@ -192,8 +193,19 @@ static spk_status setup(spk_exec *e, const spk_gguf_file *f, const spk_hparams *
     spk_status st = spk_shape_from_gguf(f, &shape); /* real byte rates: the Q8_0 head weighs in */
     if (st != SPK_OK)
         return st;
+    /* Stages balanced by the cost model's time of one decode micro-batch (max_rows / pp
+     * sequences: the pipeline keeps pp in flight) on this backend's figures: on a CPU time follows
+     * flops, so the output head weighs less than its bytes; on a GPU it is close to the byte
+     * balance. Context 0: the KV reads, unknown here, are left out. AUTO balances as the CPU, so
+     * that every rank computes the same split from the same load parameters. */
+    spk_hw hw;
+    if (p->backend == SPK_BACKEND_CUDA)
+        spk_hw_init(&hw);
+    else
+        spk_hw_cpu(&hw);
     spk_plan plan;
-    st = spk_plan_make(&shape, p->pp, p->tp, &plan);
+    st = spk_plan_make_at(&shape, p->pp, p->tp, &hw, ceil((double)(p->max_rows > 0 ? p->max_rows : 1) / p->pp), 0,
+                          &plan);
     if (st != SPK_OK)
         return st;
     st = spk_plan_shard(&plan, e->rank, &e->sh);

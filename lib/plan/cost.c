@@ -33,6 +33,18 @@ void spk_hw_dgx_spark(spk_hw *hw)
         hw->allreduce_busbw_GBps = SPK_DGX_SPARK_AR_BUSBW;
 }
 
+void spk_hw_cpu(spk_hw *hw)
+{
+    spk_hw_init(hw);
+    if (!hw)
+        return;
+    hw->mem_bw_GBps = 18;
+    hw->tflops = 0.1;
+    hw->link_Gbps = 15;
+    hw->link_latency_us = 15;
+    hw->allreduce_latency_us = 55;
+}
+
 static spk_status check_hw(const spk_hw *hw)
 {
     if (!hw)
@@ -150,6 +162,42 @@ static double stage_time(const spk_plan *p, int ep, int st, double b, double seq
     return total;
 }
 
+typedef struct balance_at {
+    spk_plan p; /* a scratch copy: stage st is given n layers to time it */
+    const spk_hw *hw;
+    int ep;
+    double b, ctx;
+} balance_at;
+
+static double stage_time_at(void *ctx, int st, int n)
+{
+    balance_at *x = ctx;
+    x->p.stage[st].l0 = 0;
+    x->p.stage[st].l1 = n;
+    return stage_time(&x->p, x->ep, st, x->b, x->b, x->ctx, x->hw, NULL);
+}
+
+/* Rebalance p's layers for the time of one decode micro-batch of b tokens at context ctx. */
+static spk_status rebalance(spk_plan *p, int ep, const spk_hw *hw, double b, double ctx)
+{
+    balance_at x = {*p, hw, ep, b, ctx};
+    return spk_plan_rebalance(p, stage_time_at, &x);
+}
+
+spk_status spk_plan_make_at(const spk_shape *s, int pp, int tp, const spk_hw *hw, double batch, double context,
+                            spk_plan *out)
+{
+    spk_status st = check_hw(hw);
+    if (st)
+        return st;
+    if (!(batch >= 1) || !isfinite(batch) || !(context >= 0) || !isfinite(context))
+        return spk_err(SPK_ERR_INVALID_ARG, "plan: balancing batch %g (>= 1) or context %g (>= 0) invalid", batch,
+                       context);
+    if ((st = spk_plan_make(s, pp, tp, out)) != SPK_OK)
+        return st;
+    return rebalance(out, 1, hw, batch, context);
+}
+
 spk_status spk_plan_check_ep(const spk_shape *s, int pp, int tp, int ep)
 {
     spk_status st = spk_shape_check(s);
@@ -173,16 +221,20 @@ spk_status spk_plan_check_ep(const spk_shape *s, int pp, int tp, int ep)
     return SPK_OK;
 }
 
-/* The plan a layout's stages use (EP stages are made as tp 1: layers balance the same way,
- * every rank of a stage holding 1/ep of each layer's experts). */
-static spk_status prepare(const spk_shape *s, int pp, int tp, int ep, const spk_hw *hw, spk_plan *p)
+/* The plan a layout's stages use (EP stages are made as tp 1, every rank of a stage holding 1/ep
+ * of each layer's experts), its layers balanced for the time of one decode micro-batch of
+ * batch/pp sequences at mean context ctx, as the executor balances them (spk_plan_make_at). */
+static spk_status prepare(const spk_shape *s, int pp, int tp, int ep, const spk_hw *hw, int batch, double ctx,
+                          spk_plan *p)
 {
     spk_status st = check_hw(hw);
     if (st)
         return st;
     if ((st = spk_plan_check_ep(s, pp, tp, ep)) != SPK_OK)
         return st;
-    return spk_plan_make(s, pp, tp, p);
+    if ((st = spk_plan_make(s, pp, tp, p)) != SPK_OK)
+        return st;
+    return rebalance(p, ep, hw, ceil((double)batch / pp), ctx);
 }
 
 /* Decode step with an already made plan. */
@@ -235,7 +287,7 @@ spk_status spk_cost_decode_ep(const spk_shape *s, int pp, int tp, int ep, int ba
         return spk_err(SPK_ERR_INVALID_ARG, "cost_decode: batch %d must be >= 1 and context %d >= 0", batch,
                        context);
     spk_plan p;
-    spk_status st = prepare(s, pp, tp, ep, hw, &p);
+    spk_status st = prepare(s, pp, tp, ep, hw, batch, context, &p);
     if (st)
         return st;
     decode_with(&p, ep, batch, context, hw, out);
@@ -291,7 +343,7 @@ spk_status spk_cost_prefill(const spk_shape *s, int pp, int tp, int n_seq, int p
         return spk_err(SPK_ERR_INVALID_ARG, "cost_prefill: n_seq %d and prompt_len %d must be >= 1", n_seq,
                        prompt_len);
     spk_plan p;
-    spk_status st = prepare(s, pp, tp, 1, hw, &p);
+    spk_status st = prepare(s, pp, tp, 1, hw, n_seq, prompt_len / 2.0, &p);
     if (st)
         return st;
     prefill_with(&p, 1, n_seq, prompt_len, hw, out);
@@ -332,7 +384,7 @@ spk_status spk_cost_scenario_ep(const spk_shape *s, int pp, int tp, int ep, int 
         return spk_err(SPK_ERR_INVALID_ARG, "cost_scenario: batch %d, isl %d, osl %d must all be >= 1", batch,
                        isl, osl);
     spk_plan p;
-    spk_status st = prepare(s, pp, tp, ep, hw, &p);
+    spk_status st = prepare(s, pp, tp, ep, hw, batch, isl + osl / 2.0, &p);
     if (st)
         return st;
     scenario_with(&p, ep, batch, isl, osl, hw, out);
@@ -381,9 +433,7 @@ spk_status spk_plan_rank_layouts_ex(const spk_shape *s, int world, int batch, in
                 continue;
             const int tp = pass == 0 ? k : 1, ep = pass == 0 ? 1 : k;
             spk_plan p;
-            st = spk_plan_check_ep(s, world / k, tp, ep);
-            if (st == SPK_OK)
-                st = spk_plan_make(s, world / k, tp, &p);
+            st = prepare(s, world / k, tp, ep, hw, batch, osl > 0 ? isl + osl / 2.0 : isl, &p);
             if (st) {
                 if (!first_err && pass == 0) {
                     first_err = st;

@@ -33,6 +33,22 @@ void spk_hw_init(spk_hw *hw);
  * bandwidth measured in practice for 10 KiB - 1 MiB messages (see docs/PLANNER.md). */
 void spk_hw_dgx_spark(spk_hw *hw);
 
+/* One CPU rank, as measured for one thread of this project's 2-core AMD EPYC VM (bench/layouts.sh):
+ * 18 GB/s, 0.1 TFLOP/s, 15 Gb/s loopback, 15 us latency, 55 us all-reduce. Coarse; what matters
+ * for balancing a pipeline is their ratio (flops per byte where a step turns compute-bound). */
+void spk_hw_cpu(spk_hw *hw);
+
+/*
+ * spk_plan_make, with the layers balanced by the cost model's time of one decode micro-batch of
+ * `batch` tokens at mean context `context` on `hw` (stage_time: weight and KV bytes over
+ * bandwidth against flops over peak; stage 0 also embeds, the last stage runs the output head for
+ * every token). At batch 1 on a GPU this is close to the byte balance; on a CPU at batch 32 the
+ * output head weighs by its flops, so the last stage gets more layers than bytes would give it.
+ * Errors: those of spk_plan_make, and INVALID_ARG for bad hw figures, batch < 1 or context < 0.
+ */
+spk_status spk_plan_make_at(const spk_shape *shape, int pp, int tp, const spk_hw *hw, double batch, double context,
+                            spk_plan *out);
+
 /* A prediction for one layout. Times in seconds. The breakdown is for one micro-batch on the
  * busiest stage (decode) or one chunk (prefill). */
 typedef struct spk_cost {

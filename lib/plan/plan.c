@@ -4,6 +4,7 @@
  */
 #include "plan/plan.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,31 +121,43 @@ static void split_even(int n, int parts, int i, int *a, int *b)
     *b = *a + base + (i < rem ? 1 : 0);
 }
 
-/* Contiguous layer ranges over pp stages minimizing the largest stage cost, where every layer
- * costs c and stage 0 / the last stage carry extra e_first / e_last. */
-static void balance_layers(int L, int pp, double c, double e_first, double e_last, int *count)
+/* Contiguous layer ranges over pp stages minimizing the largest stage cost, where cost(ctx, st, n)
+ * is stage st's cost with n layers, non-decreasing in n, and the same for every middle stage.
+ * The optimum equals cost(st, n) for some stage class (first, middle, last) and n: candidates are
+ * tried in increasing order and the smallest feasible one kept. */
+static void balance_layers(int L, int pp, spk_stage_cost_fn cost, void *ctx, int *count)
 {
     if (pp == 1) {
         count[0] = L;
         return;
     }
-    double extra_of[3] = {e_first, 0.0, e_last};
-    /* The optimum equals n*c + e for some layer count n and stage class: try candidates in
-     * increasing order and keep the smallest feasible one. */
+    /* the most layers stage st can hold within T (0 when not even one fits) */
+#define CAP(st, T, cap)                                                                              \
+    do {                                                                                             \
+        int lo_ = 0, hi_ = L;                                                                        \
+        while (lo_ < hi_) {                                                                          \
+            int mid_ = (lo_ + hi_ + 1) / 2;                                                          \
+            if (cost(ctx, (st), mid_) <= (T) * (1 + 1e-12))                                          \
+                lo_ = mid_;                                                                          \
+            else                                                                                     \
+                hi_ = mid_ - 1;                                                                      \
+        }                                                                                            \
+        (cap) = lo_;                                                                                 \
+    } while (0)
+    const int cls_stage[3] = {0, 1, pp - 1};
     double best = -1;
     for (int cls = 0; cls < 3; cls++) {
         if (cls == 1 && pp < 3)
             continue;
         for (int nl = 1; nl <= L; nl++) {
-            double T = nl * c + extra_of[cls];
+            double T = cost(ctx, cls_stage[cls], nl);
             if (best >= 0 && T >= best)
                 break;
             long long total = 0;
             int ok = 1;
-            for (int s = 0; s < pp && ok; s++) {
-                double e = s == 0 ? e_first : s == pp - 1 ? e_last : 0.0;
-                double room = (T - e) / c;
-                long long cap = (long long)(room + 1e-9);
+            for (int st = 0; st < pp && ok; st++) {
+                int cap;
+                CAP(st, T, cap);
                 if (cap < 1)
                     ok = 0;
                 total += cap;
@@ -156,30 +169,65 @@ static void balance_layers(int L, int pp, double c, double e_first, double e_las
     /* Fill to capacity, then give back the excess from the most expensive stages (later
      * stages first on ties) so the ranges come out as even as the optimum allows. */
     long long total = 0;
-    for (int s = 0; s < pp; s++) {
-        double e = s == 0 ? e_first : s == pp - 1 ? e_last : 0.0;
-        long long cap = (long long)((best - e) / c + 1e-9);
-        if (cap > L)
-            cap = L;
-        count[s] = (int)cap;
-        total += cap;
+    for (int st = 0; st < pp; st++) {
+        CAP(st, best, count[st]);
+        total += count[st];
     }
+#undef CAP
     while (total > L) {
         int pick = -1;
         double worst = -1;
-        for (int s = 0; s < pp; s++) {
-            if (count[s] <= 1)
+        for (int st = 0; st < pp; st++) {
+            if (count[st] <= 1)
                 continue;
-            double e = s == 0 ? e_first : s == pp - 1 ? e_last : 0.0;
-            double cost = count[s] * c + e;
-            if (cost >= worst - 1e-9 * (worst > 0 ? worst : 1)) {
-                worst = cost;
-                pick = s;
+            double c = cost(ctx, st, count[st]);
+            if (c >= worst - 1e-9 * (worst > 0 ? worst : 1)) {
+                worst = c;
+                pick = st;
             }
         }
         count[pick]--;
         total--;
     }
+}
+
+/* Stage layers from counts, with each stage's cost. */
+static void set_stages(spk_plan *p, const int *count, spk_stage_cost_fn cost, void *ctx)
+{
+    int l = 0;
+    for (int i = 0; i < p->pp; i++) {
+        p->stage[i].l0 = l;
+        l += count[i];
+        p->stage[i].l1 = l;
+        p->stage[i].cost = cost(ctx, i, count[i]);
+    }
+}
+
+/* Weight bytes of stage st with n layers: the layers, stage 0's embedding row, the last stage's
+ * output head. */
+static double bytes_cost(void *ctx, int st, int n)
+{
+    const spk_plan *p = ctx;
+    const spk_shape *s = &p->shape;
+    return n * spk_shape_layer_bytes(s) + (st == 0 ? s->n_embd * spk_shape_bph(s) : 0) +
+           (st == p->pp - 1 ? spk_shape_head_bytes(s) : 0);
+}
+
+spk_status spk_plan_rebalance(spk_plan *p, spk_stage_cost_fn cost, void *ctx)
+{
+    if (!p || !cost)
+        return spk_err(SPK_ERR_INVALID_ARG, "plan_rebalance: plan or cost is NULL");
+    int count[SPK_PLAN_MAX_PP];
+    for (int st = 0; st < p->pp; st++) {
+        double c1 = cost(ctx, st, 1), cl = cost(ctx, st, p->shape.n_layers);
+        if (!(c1 >= 0) || !(cl >= c1) || !isfinite(cl))
+            return spk_err(SPK_ERR_INVALID_ARG,
+                           "plan_rebalance: stage %d's cost (%g at 1 layer, %g at %d) must be finite, >= 0 and "
+                           "grow with its layers", st, c1, cl, p->shape.n_layers);
+    }
+    balance_layers(p->shape.n_layers, p->pp, cost, ctx, count);
+    set_stages(p, count, cost, ctx);
+    return SPK_OK;
 }
 
 spk_status spk_plan_make(const spk_shape *shape, int pp, int tp, spk_plan *out)
@@ -247,16 +295,8 @@ spk_status spk_plan_make(const spk_shape *shape, int pp, int tp, spk_plan *out)
     out->shape = *s;
 
     int count[SPK_PLAN_MAX_PP];
-    double c = spk_shape_layer_bytes(s);
-    balance_layers(s->n_layers, pp, c, s->n_embd * spk_shape_bph(s), spk_shape_head_bytes(s), count);
-    int l = 0;
-    for (int i = 0; i < pp; i++) {
-        out->stage[i].l0 = l;
-        l += count[i];
-        out->stage[i].l1 = l;
-        out->stage[i].cost = count[i] * c + (i == 0 ? s->n_embd * spk_shape_bph(s) : 0) +
-                             (i == pp - 1 ? spk_shape_head_bytes(s) : 0);
-    }
+    balance_layers(s->n_layers, pp, bytes_cost, out, count);
+    set_stages(out, count, bytes_cost, out);
     for (int i = 0; i < tp; i++) {
         spk_plan_tpart *t = &out->part[i];
         split_even(s->n_kv_heads, tp, i, &t->kv0, &t->kv1);

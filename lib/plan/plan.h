@@ -62,7 +62,8 @@ spk_status spk_shape_check(const spk_shape *s);
  * final norm and the output head. */
 typedef struct spk_plan_stage {
     int l0, l1;
-    double cost;                /* bytes of weights the stage holds (its balancing cost) */
+    double cost;                /* the stage's balancing cost: weight bytes (spk_plan_make), or
+                                   what spk_plan_rebalance's cost function says */
 } spk_plan_stage;
 
 /* One tensor-parallel part (the same for every stage). */
@@ -85,8 +86,9 @@ typedef struct spk_plan {
 /*
  * Make the plan for `pp` stages of `tp` ranks each. Rank r is stage r / tp, tp rank r % tp
  * (a TP group is consecutive ranks, meant to share a node). Layers are split into contiguous
- * ranges minimizing the largest stage cost (layer weights; the last stage also pays the output
- * head), every stage >= 1 layer. Heads are split at KV-group granularity, the MLP and expert
+ * ranges minimizing the largest stage cost, every stage >= 1 layer. The cost here is weight bytes
+ * (the last stage also pays the output head): right while a step is memory-bound. Where compute
+ * counts (batched decode on a CPU), spk_plan_make_at (plan/cost.h) rebalances by predicted time. Heads are split at KV-group granularity, the MLP and expert
  * intermediate dimensions in whole quant blocks, the vocabulary by rows; each as evenly as
  * possible, larger parts first.
  * Errors (message names the constraint and the numbers; *out unspecified):
@@ -98,6 +100,14 @@ typedef struct spk_plan {
  *                tp > n_vocab.
  */
 spk_status spk_plan_make(const spk_shape *shape, int pp, int tp, spk_plan *out);
+
+/* Stage st's cost when it holds n layers (stage 0 embeds, stage pp-1 has the head); must not
+ * decrease with n and must be the same for every middle stage. */
+typedef double (*spk_stage_cost_fn)(void *ctx, int st, int n_layers);
+
+/* Split the plan's layers again, minimizing the largest cost(ctx, st, n) over its stages.
+ * INVALID_ARG: NULL, or a cost that is negative, not finite or shrinks with more layers. */
+spk_status spk_plan_rebalance(spk_plan *p, spk_stage_cost_fn cost, void *ctx);
 
 /* What one rank holds and does. */
 typedef struct spk_rank_slice {

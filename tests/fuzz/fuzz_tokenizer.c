@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "model/gguf.h"
-#include "model/synth.h"
+#include "tools/synth.h"
 #include "model/tokenizer.h"
 
 static spk_tok *g_tok[2]; /* smollm, llama-bpe */

@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include "cluster/cluster_internal.h"
-#include "model/synth.h"
+#include "tools/synth.h"
 #include "testutil.h"
 
 static char g_model[300];

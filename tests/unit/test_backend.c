@@ -12,7 +12,7 @@
 
 #include "backend/backend.h"
 #include "cpu/ops.h"
-#include "model/synth.h"
+#include "tools/synth.h"
 #include "testutil.h"
 
 enum { E = 128, HD = 32, NH = 4, NKV = 2, ROT = 32, BS = 4, CTX = 16 };

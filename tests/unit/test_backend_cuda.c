@@ -19,7 +19,7 @@
 #include "cpu/ops.h"
 #include "model/gguf.h"
 #include "model/llama.h"
-#include "model/synth.h"
+#include "tools/synth.h"
 #include "testutil.h"
 #include "transport/registry.h"
 

@@ -17,7 +17,7 @@
 #include "engine/exec.h"
 #include "model/gguf.h"
 #include "model/llama.h"
-#include "model/synth.h"
+#include "tools/synth.h"
 #include "testutil.h"
 
 #define WORKER SPK_TEST_BIN_DIR "/examples/spk-worker"

@@ -13,7 +13,7 @@
 
 #include "backend/backend.h"
 #include "cpu/ops.h"
-#include "model/synth.h"
+#include "tools/synth.h"
 #include "testutil.h"
 
 static uint64_t g_rng = 0x1234567;

@@ -29,7 +29,7 @@
 #include "cpu/quant.h"
 #include "model/gguf.h"
 #include "model/llama.h"
-#include "model/synth.h"
+#include "tools/synth.h"
 #include "testutil.h"
 
 enum { N = 1024 };

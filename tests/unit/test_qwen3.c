@@ -20,7 +20,7 @@
 
 #include "model/gguf.h"
 #include "model/llama.h"
-#include "model/synth.h"
+#include "tools/synth.h"
 #include "plan/plan.h"
 #include "plan/shape.h"
 #include "refcmp.h"

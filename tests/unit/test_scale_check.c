@@ -10,7 +10,7 @@
 #include "common/dtype.h"
 #include "model/gguf.h"
 #include "model/llama.h"
-#include "model/synth.h"
+#include "tools/synth.h"
 #include "testutil.h"
 
 #define F16_NAN 0x7e00u

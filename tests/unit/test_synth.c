@@ -13,7 +13,7 @@
 #include "cpu/quant.h"
 #include "model/gguf.h"
 #include "model/llama.h"
-#include "model/synth.h"
+#include "tools/synth.h"
 #include "model/tokenizer.h"
 #include "testutil.h"
 

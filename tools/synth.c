@@ -2,7 +2,7 @@
  * Synthetic llama GGUF writer: header, metadata, tensor table, then the tensors one by one
  * (random rows generated, quantized and written a row at a time).
  */
-#include "model/synth.h"
+#include "tools/synth.h"
 
 #include <errno.h>
 #include <math.h>
