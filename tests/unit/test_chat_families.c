@@ -23,7 +23,7 @@
 
 #include "common/error.h"
 #include "model/chat.h"
-#include "model/synth.h"
+#include "tools/synth.h"
 #include "testutil.h"
 
 static cJSON *g_ref;
