@@ -55,9 +55,10 @@ cJSON *spk_test_load_ref(const char *ref_name, const char *model_path, const cha
  * and prints "<name> (<ftype>, <types>) vs llama.cpp: ...". */
 void spk_test_check_quant_case(const char *name, const char *f32_path, const char *path, int ours,
                                spk_test_cmp_stats *st);
-/* Where gptoss-quant-reference.sh leaves llama-quantize's file `file` ($SPK_CACHE/ref-quant/, default
- * ~/.cache/sparkinfer); NULL when it is not there. */
-const char *spk_test_quant_ref_file(const char *file);
+/* The case `name` on llama-quantize's own file `file`, which gptoss-quant-reference.sh leaves in
+ * $SPK_CACHE/ref-quant/ (default ~/.cache/sparkinfer): 1 with *st filled, or 0 after printing
+ * "SKIP: <name> ... absent" when the file is not there. */
+int spk_test_check_cached_quant_case(const char *name, const char *file, spk_test_cmp_stats *st);
 
 /* Copy src to dir/bad.gguf with `n` bytes at (first occurrence of `find`) + `at` replaced; returns
  * the copy's path (a static buffer). */

@@ -217,14 +217,9 @@ END_TEST
  * is not in the cache. */
 START_TEST(q4_k_m_matches_llamacpp)
 {
-    const char *path = spk_test_quant_ref_file("gpt-oss-e256-s2.Q4_K_M.gguf");
-    if (!path) {
-        printf("SKIP: gpt-oss Q4_K_M vs llama.cpp: $SPK_CACHE/ref-quant/gpt-oss-e256-s2.Q4_K_M.gguf is absent "
-               "(tests/ref/gptoss-quant-reference.sh makes it with llama-quantize)\n");
-        return;
-    }
     spk_test_cmp_stats s;
-    spk_test_check_quant_case("gptoss-q4_k_m", NULL, path, 0, &s);
+    if (!spk_test_check_cached_quant_case("gptoss-q4_k_m", "gpt-oss-e256-s2.Q4_K_M.gguf", &s))
+        return;
     ck_assert_int_ge(s.top1_agree, 60);
     ck_assert_double_lt(s.sum_diff / s.n_cmp, 0.25);
     ck_assert_double_lt(s.max_diff, 6.0);

@@ -192,14 +192,9 @@ static const char *patched(const void *find, size_t flen, long at, const void *r
  * and the test skips that check, saying so, without it). */
 START_TEST(q4_k_m_matches_llamacpp)
 {
-    const char *path = spk_test_quant_ref_file("qwen3moe-e256-s1.Q4_K_M.gguf");
-    if (!path) {
-        printf("SKIP: qwen3moe Q4_K_M vs llama.cpp: $SPK_CACHE/ref-quant/qwen3moe-e256-s1.Q4_K_M.gguf is absent "
-               "(tests/ref/gptoss-quant-reference.sh makes it with llama-quantize)\n");
-        return;
-    }
     spk_test_cmp_stats s;
-    spk_test_check_quant_case("qwen3moe-q4_k_m", NULL, path, 0, &s);
+    if (!spk_test_check_cached_quant_case("qwen3moe-q4_k_m", "qwen3moe-e256-s1.Q4_K_M.gguf", &s))
+        return;
     /* measured (AVX2 x86): top-1 69/73, greedy 34/35, mean 0.084, max 1.41 (Q4_K 11, Q5_K 3, Q6_K 2,
      * Q8_0 6 tensors: 8-bit activations and an expert flip now and then, as for Q8_0 above) */
     ck_assert_int_ge(s.top1_agree, 64);
