@@ -42,7 +42,9 @@ static void usage(FILE *f)
             "  --model PATH       GGUF file or Hugging Face model directory (default: the default\n"
             "                     model in the cache)\n"
             "  --preset NAME      synthetic model: tiny, tiny-tp4, smollm2-135m, llama-3.1-8b,\n"
-            "                     mistral-small-24b (written once to $SPK_CACHE/synth/)\n"
+            "                     mistral-small-24b, qwen3-8b, qwen3-30b-a3b, gpt-oss-20b (MXFP4\n"
+            "                     experts), gpt-oss-120b, or any other spk-synth preset (written\n"
+            "                     once to $SPK_CACHE/synth/)\n"
             "  --seed S           weights seed of a preset and prompt seed (default 0)\n"
             "  --scenarios LIST   balanced,prefill-heavy,decode-heavy (ISL/OSL 1024/1024,\n"
             "                     2048/128, 128/2048; default all)\n"
@@ -270,16 +272,6 @@ static int parse_args(int argc, char **argv, opts *o)
 /* The preset's file in the cache, written if absent; 0, or 1/2 with a message. */
 static int preset_file(const char *name, uint64_t seed, char *path, size_t cap)
 {
-    static const char *const moe[] = {"gpt-oss-20b", "gpt-oss-120b", "qwen3-30b-a3b"};
-    for (size_t i = 0; i < sizeof moe / sizeof *moe; i++)
-        if (!strcmp(name, moe[i])) {
-            fprintf(stderr, "spk-bench: preset %s: UNSUPPORTED: it is a mixture-of-experts shape and this library "
-                            "has no MoE support yet (dense presets: ", name);
-            for (const char *const *n = spk_synth_preset_names(); *n; n++)
-                fprintf(stderr, "%s%s", n == spk_synth_preset_names() ? "" : ", ", *n);
-            fprintf(stderr, ")\n");
-            return 1;
-        }
     spk_synth_params p;
     if (spk_synth_preset(name, &p) != SPK_OK) {
         fprintf(stderr, "spk-bench: --preset: %s\n", spk_last_error());

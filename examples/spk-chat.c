@@ -49,13 +49,18 @@ static void add_turn(const char *role, const char *text, size_t len)
 
 /* Render the conversation with the model's template into *text and its tokens into *ids
  * (both malloc'd); *n tokens. */
+static int no_think; /* --no-think: Qwen3's enable_thinking=false */
+
 static int render(spk_model *m, char **text, int32_t **ids, size_t *n)
 {
     spk_chat_message msgs[MAX_TURNS];
     for (int i = 0; i < n_turns; i++)
         msgs[i] = (spk_chat_message){roles[i], contents[i]};
+    spk_chat_options o;
+    spk_chat_options_init(&o);
+    o.enable_thinking = !no_think;
     size_t need = 0;
-    spk_status st = spk_chat_apply(m, msgs, (size_t)n_turns, 1, NULL, 0, &need);
+    spk_status st = spk_chat_apply_opts(m, msgs, (size_t)n_turns, &o, NULL, 0, &need);
     if (st != SPK_OK && st != SPK_ERR_TOO_LONG)
         return ex_fail("chat template", st);
     *text = malloc(need + 1);
@@ -64,7 +69,7 @@ static int render(spk_model *m, char **text, int32_t **ids, size_t *n)
         fprintf(stderr, P ": out of memory\n");
         return 1;
     }
-    return ex_fail("chat template", spk_chat_apply(m, msgs, (size_t)n_turns, 1, *text, need + 1, &need)) ||
+    return ex_fail("chat template", spk_chat_apply_opts(m, msgs, (size_t)n_turns, &o, *text, need + 1, &need)) ||
            ex_fail("tokenize", spk_tokenize(m, *text, need, 1, 1, *ids, need + 16, n));
 }
 
@@ -157,7 +162,9 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: spk-chat [--model PATH] [--system TEXT] [--max-tokens N] [--temperature T]\n"
                "                [--seed S] [--ctx N] [--threads N] [--pp P] [--tp T] [--backend cpu|cuda|auto]\n"
-               "                [--device N]\n"
+               "                [--device N] [--no-think]\n"
+               "--no-think: Qwen3 answers without reasoning (enable_thinking=false: an empty <think> block\n"
+               "opens each reply); other templates ignore it.\n"
                "Type a message and press Enter; an empty line or EOF quits; /reset forgets the conversation.\n"
                "When the conversation outgrows the context (--ctx, default 4096 or the model's if smaller),\n"
                "the oldest turns are dropped.\n");
@@ -173,6 +180,7 @@ int main(int argc, char **argv)
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
+        else if (!strcmp(a, "--no-think")) { no_think = 1; continue; }
         else if (!v) { fprintf(stderr, P ": %s needs a value\n", a); usage(stderr); return 2; }
         else if (!strcmp(a, "--model")) model_path = v;
         else if (!strcmp(a, "--system")) system = v;

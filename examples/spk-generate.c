@@ -2,7 +2,7 @@
  * spk-generate: generate a continuation of a prompt with the default (or a given) model.
  *
  *   spk-generate [--model PATH] --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]
- *                [--top-p P] [--seed S] [--chat] [--print-ids] [--threads N] [--ignore-eos]
+ *                [--top-p P] [--seed S] [--chat [--no-think]] [--print-ids] [--threads N] [--ignore-eos]
  *                [--pp P|auto] [--tp T|auto] [--ep N] [--coordinator HOST:PORT] [--transport T] [--verbose]
  *
  * With --pp/--tp and no --coordinator, the P*T-1 extra ranks are started here as local
@@ -23,17 +23,19 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: spk-generate [--model PATH] --prompt TEXT [--max-tokens N] [--temperature T]\n"
-                    "                    [--top-k K] [--top-p P] [--seed S] [--chat] [--print-ids]\n"
+                    "                    [--top-k K] [--top-p P] [--seed S] [--chat [--no-think]] [--print-ids]\n"
                     "                    [--threads N] [--ignore-eos] [--pp P|auto] [--tp T|auto] [--ep N]\n"
                     "                    [--backend cpu|cuda|auto] [--device N]\n"
-                    "                    [--coordinator HOST:PORT] [--transport T] [--verbose]\n");
+                    "                    [--coordinator HOST:PORT] [--transport T] [--verbose]\n"
+                    "--no-think (with --chat): Qwen3's enable_thinking=false (an empty <think> block opens the\n"
+                    "reply); other templates ignore it.\n");
 }
 
 int main(int argc, char **argv)
 {
     const char *model_path = ex_default_model(), *prompt = NULL;
     int max_tokens = 128, chat = 0, print_ids = 0, threads = 0, ignore_eos = 0, top_k = 40, backend = SPK_BACKEND_CPU, device = 0;
-    int pp = 1, tp = 1, world = 0, verbose = 0, ep = 0, tp_set = 0;
+    int pp = 1, tp = 1, world = 0, verbose = 0, ep = 0, tp_set = 0, no_think = 0;
     const char *coordinator = NULL, *transport = NULL;
     float temperature = 0.0f, top_p = 0.95f;
     uint64_t seed = 42;
@@ -41,6 +43,7 @@ int main(int argc, char **argv)
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--chat")) chat = 1;
+        else if (!strcmp(a, "--no-think")) no_think = 1;
         else if (!strcmp(a, "--print-ids")) print_ids = 1;
         else if (!strcmp(a, "--ignore-eos")) ignore_eos = 1;
         else if (!strcmp(a, "--verbose")) verbose = 1;
@@ -67,6 +70,7 @@ int main(int argc, char **argv)
     if (!prompt) { fprintf(stderr, P ": --prompt is required\n"); usage(stderr); return 2; }
     if (ep > 1 && !tp_set)
         tp = ep; /* experts are split over the ranks of a TP group */
+    if (no_think && !chat) { fprintf(stderr, P ": --no-think applies to --chat only\n"); usage(stderr); return 2; }
     if (pp < 0 || tp < 0 || pp > 64 || tp > 64) { fprintf(stderr, "spk-generate: bad --pp/--tp\n"); return 2; }
     if (!world)
         world = (pp ? pp : 1) * (tp ? tp : 1);
@@ -102,11 +106,14 @@ int main(int argc, char **argv)
     size_t len = strlen(prompt), n = 0;
     if (chat) {
         spk_chat_message msg = {"user", prompt};
+        spk_chat_options o;
+        spk_chat_options_init(&o);
+        o.enable_thinking = !no_think;
         size_t need = 0;
-        spk_status st = spk_chat_apply(m, &msg, 1, 1, NULL, 0, &need);
+        spk_status st = spk_chat_apply_opts(m, &msg, 1, &o, NULL, 0, &need);
         if (st != SPK_OK && st != SPK_ERR_TOO_LONG) { ex_fail("chat template", st); goto out; }
         text = malloc(need + 1);
-        if (!text || ex_fail("chat template", spk_chat_apply(m, &msg, 1, 1, text, need + 1, &need)))
+        if (!text || ex_fail("chat template", spk_chat_apply_opts(m, &msg, 1, &o, text, need + 1, &need)))
             goto out;
         prompt = text;
         len = need;

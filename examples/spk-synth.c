@@ -48,6 +48,10 @@ static void usage(FILE *out)
             "  --rope-theta F    override the preset's shape\n"
             "  --experts N --experts-used K   qwen3moe presets: experts per layer / per token\n"
             "                    (--ff is then each expert's width)\n"
+            "  --expert-type T   MoE presets: the stacked experts' type (as --type), or 'same' for\n"
+            "                    --type's (default; gpt-oss-20b/-120b: mxfp4, as llama-quantize MXFP4_MOE)\n"
+            "  --window N        gpt-oss: attention.sliding_window (default 4 for gpt-oss-tiny)\n"
+            "  --chat-template FILE  tokenizer.chat_template from FILE (default: ChatML)\n"
             "  --dry-run         print the file size without writing\n"
             "  -o FILE           output path\n");
 }
@@ -82,8 +86,36 @@ static int parse_int(const char *opt, const char *s, int *out)
     return 0;
 }
 
+static char *tmpl; /* --chat-template's text (freed at exit) */
+
+static void free_tmpl(void) { free(tmpl); }
+
+/* A whole text file (at most 1 MiB), NUL-terminated; NULL with a message. */
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "spk-synth: --chat-template %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = malloc((1u << 20) + 1);
+    size_t n = buf ? fread(buf, 1, (1u << 20) + 1, f) : 0;
+    const int err = ferror(f);
+    fclose(f);
+    if (!buf || err || n == 0 || n > (1u << 20) || memchr(buf, 0, n)) {
+        fprintf(stderr, "spk-synth: --chat-template %s: %s\n", path,
+                !buf ? "out of memory" : err ? "read error" : n == 0 ? "empty file"
+                : n > (1u << 20) ? "larger than 1 MiB" : "holds a NUL byte");
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
 int main(int argc, char **argv)
 {
+    atexit(free_tmpl);
     const char *preset = NULL, *path = NULL;
     int dry = 0;
     /* First pass: the preset, so the overrides apply on top of it whatever their order. */
@@ -136,6 +168,20 @@ int main(int argc, char **argv)
         } else if (strcmp(a, "--out-type") == 0 && v) {
             rc = parse_type(v, &p.out_type);
             i++;
+        } else if (strcmp(a, "--expert-type") == 0 && v) {
+            spk_dtype et = SPK_DT_F32;
+            if (strcmp(v, "same") == 0)
+                p.expert_type = -1;
+            else if (!(rc = parse_type(v, &et)))
+                p.expert_type = (int)et;
+            i++;
+        } else if (strcmp(a, "--chat-template") == 0 && v) {
+            free(tmpl);
+            tmpl = read_text(v);
+            if (!tmpl)
+                return 2;
+            p.chat_template = tmpl;
+            i++;
         } else if (strcmp(a, "--tied") == 0) {
             p.tied = true;
         } else if (strcmp(a, "--untied") == 0) {
@@ -161,6 +207,7 @@ int main(int argc, char **argv)
         INT_OPT("--ctx", n_ctx_train)
         INT_OPT("--experts", n_expert)
         INT_OPT("--experts-used", n_expert_used)
+        INT_OPT("--window", sliding_window)
         else {
             fprintf(stderr, "spk-synth: unknown or incomplete option '%s'\n", a);
             usage(stderr);

@@ -358,12 +358,41 @@ void spk_detokenizer_free(spk_detokenizer *d) { free(d); }
 spk_status spk_chat_apply(const spk_model *m, const spk_chat_message *msgs, size_t n_msgs, int add_assistant,
                           char *buf, size_t cap, size_t *n_out)
 {
+    spk_chat_options o;
+    spk_chat_options_init(&o);
+    o.add_assistant = add_assistant;
+    return spk_chat_apply_opts(m, msgs, n_msgs, &o, buf, cap, n_out);
+}
+
+spk_status spk_chat_options_init(spk_chat_options *o)
+{
+    if (!o)
+        return spk_err(SPK_ERR_INVALID_ARG, "spk_chat_options_init: NULL argument");
+    memset(o, 0, sizeof *o);
+    o->struct_size = sizeof *o;
+    o->add_assistant = 1;
+    o->enable_thinking = 1;
+    return SPK_OK;
+}
+
+spk_status spk_chat_apply_opts(const spk_model *m, const spk_chat_message *msgs, size_t n_msgs,
+                               const spk_chat_options *opts, char *buf, size_t cap, size_t *n_out)
+{
     if (!m || (!msgs && n_msgs) || (!buf && cap) || !n_out)
         return spk_err(SPK_ERR_INVALID_ARG, "spk_chat_apply: NULL argument");
+    spk_chat_options o;
+    spk_chat_options_init(&o);
+    if (opts) {
+        spk_status st = copy_config(&o, sizeof o, opts, opts->struct_size, sizeof(size_t), "spk_chat_apply_opts");
+        if (st != SPK_OK)
+            return st;
+        o.struct_size = sizeof o;
+    }
     for (size_t i = 0; i < n_msgs; i++)
         if (!msgs[i].role || !msgs[i].content)
             return spk_err(SPK_ERR_INVALID_ARG, "spk_chat_apply: message %zu has a NULL role or content", i);
-    return spk_chat_render(m->file, msgs, n_msgs, add_assistant != 0, buf, cap, n_out);
+    return spk_chat_render_ex(m->file, o.enable_thinking ? 0u : SPK_CHAT_NO_THINKING, msgs, n_msgs,
+                              o.add_assistant != 0, buf, cap, n_out);
 }
 
 spk_status spk_submit(spk_model *m, const spk_request *reqs, size_t n, uint64_t *ids)

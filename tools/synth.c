@@ -25,20 +25,26 @@ typedef struct synth_preset {
     float rms_eps;          /* 0: 1e-5 */
     bool f32;               /* every matrix F32 (default: Q4_1 matrices, Q8_0 embeddings) */
     int n_expert, n_expert_used; /* qwen3moe */
+    bool mxfp4_moe;         /* MXFP4 experts, Q8_0 everything else (llama-quantize's MXFP4_MOE) */
+    int sliding_window;     /* gpt-oss (0: 4) */
 } synth_preset;
 
 static const synth_preset k_presets[] = {
-    {"tiny", 4, 256, 8, 4, 32, 512, 1024, 2048, true, false, 10000.0f, SPK_SYNTH_LLAMA, 0, false, 0, 0},
-    {"tiny-tp4", 4, 256, 8, 4, 32, 512, 1024, 2048, true, false, 10000.0f, SPK_SYNTH_LLAMA, 0, false, 0, 0},
-    {"smollm2-135m", 30, 576, 9, 3, 64, 1536, 49152, 8192, true, false, 100000.0f, SPK_SYNTH_LLAMA, 0, false, 0, 0},
-    {"llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, 131072, false, true, 500000.0f, SPK_SYNTH_LLAMA, 0, false, 0, 0},
-    {"mistral-small-24b", 40, 5120, 32, 8, 128, 32768, 131072, 32768, false, false, 100000000.0f, SPK_SYNTH_LLAMA, 0, false, 0, 0},
-    {"qwen3-tiny", 3, 128, 8, 4, 32, 256, 512, 4096, true, false, 1000000.0f, SPK_SYNTH_QWEN3, 1e-6f, true, 0, 0},
-    {"qwen3moe-tiny", 3, 128, 8, 4, 32, 64, 512, 4096, true, false, 1000000.0f, SPK_SYNTH_QWEN3MOE, 1e-6f, true, 8, 2},
+    {"tiny", 4, 256, 8, 4, 32, 512, 1024, 2048, true, false, 10000.0f, SPK_SYNTH_LLAMA, 0, false, 0, 0, false, 0},
+    {"tiny-tp4", 4, 256, 8, 4, 32, 512, 1024, 2048, true, false, 10000.0f, SPK_SYNTH_LLAMA, 0, false, 0, 0, false, 0},
+    {"smollm2-135m", 30, 576, 9, 3, 64, 1536, 49152, 8192, true, false, 100000.0f, SPK_SYNTH_LLAMA, 0, false, 0, 0, false, 0},
+    {"llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, 131072, false, true, 500000.0f, SPK_SYNTH_LLAMA, 0, false, 0, 0, false, 0},
+    {"mistral-small-24b", 40, 5120, 32, 8, 128, 32768, 131072, 32768, false, false, 100000000.0f, SPK_SYNTH_LLAMA, 0, false, 0, 0, false, 0},
+    {"qwen3-tiny", 3, 128, 8, 4, 32, 256, 512, 4096, true, false, 1000000.0f, SPK_SYNTH_QWEN3, 1e-6f, true, 0, 0, false, 0},
+    {"qwen3moe-tiny", 3, 128, 8, 4, 32, 64, 512, 4096, true, false, 1000000.0f, SPK_SYNTH_QWEN3MOE, 1e-6f, true, 8, 2, false, 0},
     {"qwen3-30b-a3b", 48, 2048, 32, 4, 128, 768, 151936, 40960, false, false, 1000000.0f, SPK_SYNTH_QWEN3MOE, 1e-6f, false,
-     128, 8},
-    {"gpt-oss-tiny", 4, 128, 8, 4, 32, 64, 512, 131072, false, false, 150000.0f, SPK_SYNTH_GPTOSS, 1e-5f, true, 8, 2},
-    {"qwen3-8b", 36, 4096, 32, 8, 128, 12288, 151936, 40960, false, false, 1000000.0f, SPK_SYNTH_QWEN3, 1e-6f, false, 0, 0},
+     128, 8, false, 0},
+    {"gpt-oss-tiny", 4, 128, 8, 4, 32, 64, 512, 131072, false, false, 150000.0f, SPK_SYNTH_GPTOSS, 1e-5f, true, 8, 2, false, 4},
+    {"qwen3-8b", 36, 4096, 32, 8, 128, 12288, 151936, 40960, false, false, 1000000.0f, SPK_SYNTH_QWEN3, 1e-6f, false, 0, 0, false, 0},
+    {"gpt-oss-20b", 24, 2880, 64, 8, 64, 2880, 201088, 131072, false, false, 150000.0f, SPK_SYNTH_GPTOSS, 1e-5f, false,
+     32, 4, true, 128},
+    {"gpt-oss-120b", 36, 2880, 64, 8, 64, 2880, 201088, 131072, false, false, 150000.0f, SPK_SYNTH_GPTOSS, 1e-5f, false,
+     128, 4, true, 128},
 };
 enum { N_PRESETS = (int)(sizeof k_presets / sizeof k_presets[0]) };
 
@@ -74,6 +80,12 @@ static void apply_preset(const synth_preset *s, spk_synth_params *p)
     p->n_expert_used = s->n_expert_used;
     if (s->f32)
         p->wtype = p->embd_type = p->out_type = SPK_DT_F32;
+    p->expert_type = -1;
+    if (s->mxfp4_moe) {
+        p->wtype = p->embd_type = p->out_type = SPK_DT_Q8_0;
+        p->expert_type = SPK_DT_MXFP4;
+    }
+    p->sliding_window = s->sliding_window;
     p->seed = 0;
     snprintf(p->preset, sizeof p->preset, "%s", s->name);
 }
@@ -126,6 +138,12 @@ static int head_dim_of(const spk_synth_params *p)
     return p->head_dim ? p->head_dim : (p->n_heads > 0 ? p->n_embd / p->n_heads : 0);
 }
 
+/* The stacked experts' type: expert_type, or wtype when it is -1. */
+static spk_dtype expert_type_of(const spk_synth_params *p)
+{
+    return p->expert_type < 0 ? p->wtype : (spk_dtype)p->expert_type;
+}
+
 spk_status spk_synth_check(const spk_synth_params *p)
 {
     if (!p)
@@ -166,6 +184,19 @@ spk_status spk_synth_check(const spk_synth_params *p)
         return spk_err(SPK_ERR_INVALID_ARG,
                        "synth: %s needs rows that are multiples of %d: embd %d, ff %d, heads*head_dim %d",
                        type_name(p->wtype), bw, p->n_embd, p->n_ff, q_dim);
+    const bool moe = p->arch == SPK_SYNTH_QWEN3MOE || p->arch == SPK_SYNTH_GPTOSS;
+    if (p->expert_type < -1 || p->expert_type >= SPK_DT_LIMIT || (p->expert_type >= 0 && !moe) ||
+        !type_ok(expert_type_of(p)))
+        return spk_err(SPK_ERR_UNSUPPORTED, "synth: expert type %d (%s) not supported%s", p->expert_type,
+                       p->expert_type >= 0 ? type_name((spk_dtype)p->expert_type) : "-",
+                       moe ? "" : " (only MoE architectures have experts)");
+    const int bx = type_block(expert_type_of(p));
+    if (moe && (p->n_embd % bx || p->n_ff % bx))
+        return spk_err(SPK_ERR_INVALID_ARG, "synth: expert type %s needs rows that are multiples of %d: embd %d, "
+                       "expert ff %d", type_name(expert_type_of(p)), bx, p->n_embd, p->n_ff);
+    if (p->sliding_window < 0 || p->sliding_window > p->n_ctx_train)
+        return spk_err(SPK_ERR_INVALID_ARG, "synth: sliding window %d out of range (0..context %d)",
+                       p->sliding_window, p->n_ctx_train);
     if (p->n_embd % be || (!p->tied && p->n_embd % bo))
         return spk_err(SPK_ERR_INVALID_ARG, "synth: embd %d is not a multiple of the %s/%s block",
                        p->n_embd, type_name(p->embd_type), type_name(p->out_type));
@@ -667,11 +698,11 @@ static int tensor_list(const spk_synth_params *p, tdesc *t)
             const int X = p->n_expert;
             LAYER("ffn_gate_inp", E, X, SPK_DT_F32, T_MAT);
             snprintf(nm, sizeof nm, "blk.%d.ffn_gate_exps.weight", l);
-            ADD3(nm, E, p->n_ff, X, p->wtype, T_MAT);
+            ADD3(nm, E, p->n_ff, X, expert_type_of(p), T_MAT);
             snprintf(nm, sizeof nm, "blk.%d.ffn_up_exps.weight", l);
-            ADD3(nm, E, p->n_ff, X, p->wtype, T_MAT);
+            ADD3(nm, E, p->n_ff, X, expert_type_of(p), T_MAT);
             snprintf(nm, sizeof nm, "blk.%d.ffn_down_exps.weight", l);
-            ADD3(nm, p->n_ff, E, X, p->wtype, T_MAT);
+            ADD3(nm, p->n_ff, E, X, expert_type_of(p), T_MAT);
             if (oss) {
                 BIAS("ffn_gate_inp", X, 0);
                 BIAS("ffn_gate_exps", p->n_ff, X);
@@ -756,7 +787,8 @@ static void write_header(writer *w, const spk_synth_params *p, const vocab *v, c
     kv_cstr(w, "general.architecture", a);                          /* 1 */
     kv_cstr(w, "general.name", name);                                     /* 2 */
     kv_u32(w, "general.alignment", ALIGN);                                /* 3 */
-    kv_u32(w, "general.file_type", file_type(p->wtype));                  /* 4 */
+    kv_u32(w, "general.file_type", moe && expert_type_of(p) == SPK_DT_MXFP4 && p->wtype != SPK_DT_MXFP4
+                                       ? 38u /* MXFP4_MOE */ : file_type(p->wtype)); /* 4 */
     kv_u32(w, "general.quantization_version", 2);                         /* 5 */
     kv_u32(w, key(k, a, "block_count"), (uint32_t)p->n_layers);                /* 6 */
     kv_u32(w, key(k, a, "context_length"), (uint32_t)p->n_ctx_train);          /* 7 */
@@ -805,7 +837,7 @@ static void write_header(writer *w, const spk_synth_params *p, const vocab *v, c
     kv_u32(w, "tokenizer.ggml.padding_token_id", SPK_SYNTH_TOK_IM_END);   /* 26 */
     kv_bool(w, "tokenizer.ggml.add_bos_token", false);                    /* 27 */
     kv_bool(w, "tokenizer.ggml.add_eos_token", false);                    /* 28 */
-    kv_cstr(w, "tokenizer.chat_template", k_chat_template);               /* 29 */
+    kv_cstr(w, "tokenizer.chat_template", p->chat_template ? p->chat_template : k_chat_template); /* 29 */
     kv_key(w, "synthetic.seed", 10 /* UINT64 */);                         /* 30 */
     w_u64(w, p->seed);
     if (moe) {
@@ -813,8 +845,8 @@ static void write_header(writer *w, const spk_synth_params *p, const vocab *v, c
         kv_u32(w, key(k, a, "expert_used_count"), (uint32_t)p->n_expert_used);     /* 32 */
         kv_u32(w, key(k, a, "expert_feed_forward_length"), (uint32_t)p->n_ff);     /* 33 */
     }
-    if (oss) { /* gpt-oss-20b's values (its config.json), the window cut to 4 to matter in short prompts */
-        kv_u32(w, key(k, a, "attention.sliding_window"), 4);                      /* 34 */
+    if (oss) { /* gpt-oss-20b's values (its config.json); the window defaults to 4 to matter in short prompts */
+        kv_u32(w, key(k, a, "attention.sliding_window"), p->sliding_window > 0 ? (uint32_t)p->sliding_window : 4u); /* 34 */
         kv_cstr(w, key(k, a, "rope.scaling.type"), "yarn");                       /* 35 */
         kv_f32(w, key(k, a, "rope.scaling.factor"), 32.0f);                       /* 36 */
         kv_u32(w, key(k, a, "rope.scaling.original_context_length"), 4096);       /* 37 */

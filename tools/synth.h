@@ -44,6 +44,10 @@ typedef struct spk_synth_params {
     char preset[40];        /* shows in general.name ("synthetic <preset> seed N"); "custom" */
     spk_synth_arch arch;    /* default SPK_SYNTH_LLAMA */
     int n_expert, n_expert_used; /* qwen3moe: experts per layer and per token (else 0) */
+    int expert_type;        /* the stacked experts' spk_dtype; -1 (the default): wtype. MXFP4 experts with
+                             * Q8_0 elsewhere is llama-quantize's MXFP4_MOE (general.file_type 38) */
+    int sliding_window;     /* gpt-oss: attention.sliding_window (0: 4; the real models' is 128) */
+    const char *chat_template; /* tokenizer.chat_template (NUL-terminated, not copied); NULL: ChatML */
 } spk_synth_params;
 
 /* 256 byte tokens + <|endoftext|>, <|im_start|>, <|im_end|>. */
@@ -74,6 +78,11 @@ void spk_synth_params_init(spk_synth_params *p);
  *                      8 per token, vocab 151936, untied, rope theta 1e6, eps 1e-6
  *   qwen3-8b           qwen3: 36 layers, 4096 embd, 32 / 8 heads of 128, ff 12288, vocab 151936,
  *                      untied, rope theta 1e6, eps 1e-6
+ *   gpt-oss-20b        gpt-oss: 24 layers, 2880 embd, 64 / 8 heads of 64, 32 experts of ff 2880,
+ *                      4 per token, vocab 201088, untied, rope theta 150000, sliding window 128,
+ *                      MXFP4 experts and Q8_0 everything else (llama-quantize's MXFP4_MOE;
+ *                      the published files keep BF16 outside the experts), about 12.1 GB
+ *   gpt-oss-120b       the same with 36 layers and 128 experts, about 63.4 GB
  * Big shapes give big files (Q4_1 matrices, Q8_0 embeddings): llama-3.1-8b is about 5.25 GB,
  * mistral-small-24b about 15.0 GB; see spk_synth_file_size. NOT_FOUND (listing the names) for
  * an unknown name, INVALID_ARG for NULL.

@@ -33,7 +33,7 @@ static void usage(FILE *f)
             "                  [--ctx N] [--max-seqs N] [--queue N] [--kv-cache-mb N] [--threads N]\n"
             "                  [--pp P|auto] [--tp T|auto] [--world N] [--coordinator HOST:PORT]\n"
             "                  [--transport T] [--max-connections N] [--max-body BYTES] [--timeout S]\n"
-            "                  [--backend cpu|cuda|auto] [--device N] [--verbose]\n"
+            "                  [--backend cpu|cuda|auto] [--device N] [--no-think] [--verbose]\n"
             "  --host ADDR          address to listen on (default 127.0.0.1)\n"
             "  --port N             TCP port (default 8080; 0: a free one, printed at startup)\n"
             "  --api-key KEY        require 'Authorization: Bearer KEY' (default: $SPK_API_KEY, else none)\n"
@@ -44,7 +44,10 @@ static void usage(FILE *f)
             "  --kv-cache-mb N      KV cache size (default: max-seqs full contexts)\n"
             "  --max-connections N  open HTTP connections (default 256)\n"
             "  --max-body BYTES     request body limit (default 8388608)\n"
-            "  --timeout S          close a connection idle this long (default 60)\n");
+            "  --timeout S          close a connection idle this long (default 60)\n"
+            "  --no-think           chat requests render Qwen3's enable_thinking=false (an empty <think>\n"
+            "                       block opens the reply) unless the body's\n"
+            "                       chat_template_kwargs.enable_thinking says otherwise\n");
 }
 
 static volatile sig_atomic_t stop_signal;
@@ -91,12 +94,13 @@ int main(int argc, char **argv)
     const char *model_path = ex_default_model(), *host = "127.0.0.1", *api_key = getenv("SPK_API_KEY");
     const char *coordinator = NULL, *transport = NULL, *model_name = NULL;
     int port = 8080, threads = 0, pp = 1, tp = 1, world = 0, n_ctx = 0, max_seqs = 8, queue = 64, kv_mb = 0, backend = SPK_BACKEND_CPU, device = 0;
-    int max_conns = 256, max_body = 8 << 20, timeout_s = 60, verbose = 0;
+    int max_conns = 256, max_body = 8 << 20, timeout_s = 60, verbose = 0, no_think = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
         else if (!strcmp(a, "--verbose")) { verbose = 1; continue; }
+        else if (!strcmp(a, "--no-think")) { no_think = 1; continue; }
         else if (!v) { fprintf(stderr, "%s: %s needs a value\n", PROG, a); usage(stderr); return 2; }
         else if (!strcmp(a, "--model")) model_path = v;
         else if (!strcmp(a, "--model-name")) model_name = v;
@@ -142,6 +146,7 @@ int main(int argc, char **argv)
     srv.model_path = model_path;
     srv.max_body = (size_t)max_body;
     srv.created = (int64_t)time(NULL);
+    srv.no_think = no_think;
     if (api_key) {
         srv.has_key = 1;
         crypto_generichash(srv.key_hash, sizeof srv.key_hash, (const unsigned char *)api_key, strlen(api_key), NULL,

@@ -189,9 +189,24 @@ static int message_content(const cJSON *msg, size_t i, char **out, spk_srv_err *
     return *out ? 0 : BAD(param, "out of memory");
 }
 
-/* messages -> the model's chat template -> r->text. */
-static int parse_messages(const spk_srv *s, const cJSON *msgs, spk_srv_req *r, spk_srv_err *err)
+/* messages -> the model's chat template -> r->text; chat_template_kwargs {"enable_thinking": bool}
+ * (as llama.cpp's server and vLLM take it; other keys are ignored) is Qwen3's thinking switch,
+ * the server's --no-think its default. */
+static int parse_messages(const spk_srv *s, const cJSON *msgs, const cJSON *kwargs, spk_srv_req *r,
+                          spk_srv_err *err)
 {
+    spk_chat_options opts;
+    spk_chat_options_init(&opts);
+    opts.enable_thinking = !s->no_think;
+    if (kwargs && !cJSON_IsNull(kwargs)) {
+        if (!cJSON_IsObject(kwargs))
+            return BAD("chat_template_kwargs", "'chat_template_kwargs' must be an object");
+        const cJSON *et = cJSON_GetObjectItemCaseSensitive(kwargs, "enable_thinking");
+        if (et && !cJSON_IsBool(et))
+            return BAD("chat_template_kwargs.enable_thinking", "'chat_template_kwargs.enable_thinking' must be a boolean");
+        if (et)
+            opts.enable_thinking = cJSON_IsTrue(et);
+    }
     if (!cJSON_IsArray(msgs))
         return BAD("messages", "%s", msgs ? "'messages' must be an array" : "'messages' is required");
     int n = cJSON_GetArraySize(msgs);
@@ -231,13 +246,13 @@ static int parse_messages(const spk_srv *s, const cJSON *msgs, spk_srv_req *r, s
         i++;
     }
     size_t need = 0;
-    spk_status st = spk_chat_apply(s->model, cm, (size_t)n, 1, NULL, 0, &need);
+    spk_status st = spk_chat_apply_opts(s->model, cm, (size_t)n, &opts, NULL, 0, &need);
     if (st != SPK_OK && st != SPK_ERR_TOO_LONG) {
         BAD("messages", "chat template: %s: %s", spk_status_str(st), spk_last_error());
         goto out;
     }
     r->text = malloc(need + 1);
-    if (!r->text || spk_chat_apply(s->model, cm, (size_t)n, 1, r->text, need + 1, &need) != SPK_OK) {
+    if (!r->text || spk_chat_apply_opts(s->model, cm, (size_t)n, &opts, r->text, need + 1, &need) != SPK_OK) {
         BAD("messages", "chat template failed: %s", spk_last_error());
         goto out;
     }
@@ -350,7 +365,8 @@ int spk_srv_req_parse(const spk_srv *s, int chat, const char *body, size_t len, 
             goto out;
         }
     }
-    if (chat ? parse_messages(s, cJSON_GetObjectItemCaseSensitive(root, "messages"), r, err)
+    if (chat ? parse_messages(s, cJSON_GetObjectItemCaseSensitive(root, "messages"),
+                              cJSON_GetObjectItemCaseSensitive(root, "chat_template_kwargs"), r, err)
              : parse_prompt(s, cJSON_GetObjectItemCaseSensitive(root, "prompt"), r, err))
         goto out;
 

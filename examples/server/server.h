@@ -55,6 +55,8 @@ typedef struct spk_srv {
     int n_ctx, n_vocab;
     int pp, tp, world;
     int has_key;
+    int no_think;               /* --no-think: chat requests render Qwen3's enable_thinking=false unless
+                                 * the body's chat_template_kwargs.enable_thinking says otherwise */
     unsigned char key_hash[32]; /* BLAKE2b of the API key */
     size_t max_body;            /* bytes */
     int64_t created;            /* unix time the server started */

@@ -401,6 +401,29 @@ SPK_API spk_status spk_chat_apply(const spk_model *model, const spk_chat_message
                                   size_t n_msgs, int add_assistant, char *buf, size_t cap,
                                   size_t *n_out);
 
+/** Options of spk_chat_apply_opts; fill with spk_chat_options_init() first. */
+typedef struct spk_chat_options {
+    size_t struct_size;         /**< sizeof(spk_chat_options), set by init */
+    int add_assistant;          /**< append the opening of the assistant turn (default 1) */
+    int enable_thinking;        /**< default 1. 0: Qwen3's enable_thinking=false, as
+                                     transformers' apply_chat_template and llama.cpp render it:
+                                     an empty "<think>\n\n</think>\n\n" after the assistant
+                                     opening, so the model answers without reasoning. Templates
+                                     without a thinking switch ignore it. */
+} spk_chat_options;
+
+/** Defaults: add_assistant 1, enable_thinking 1. INVALID_ARG for NULL. */
+SPK_API spk_status spk_chat_options_init(spk_chat_options *opts);
+
+/**
+ * spk_chat_apply with options (NULL: the defaults, i.e. spk_chat_apply with add_assistant 1).
+ * The library reads min(opts->struct_size, its own size) bytes (docs/ABI.md); a struct_size
+ * below sizeof(size_t) or above 65536 is INVALID_ARG. Otherwise as spk_chat_apply.
+ */
+SPK_API spk_status spk_chat_apply_opts(const spk_model *model, const spk_chat_message *msgs,
+                                       size_t n_msgs, const spk_chat_options *opts, char *buf,
+                                       size_t cap, size_t *n_out);
+
 /* ---------------------------------------------------------------------------------------- */
 /* Requests and events                                                                      */
 /* ---------------------------------------------------------------------------------------- */

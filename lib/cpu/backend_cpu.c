@@ -189,26 +189,6 @@ static void kv_rows(cpu_backend *c, const spk_kv_cache *kv, const spk_step *s, i
     *stride = HD;
 }
 
-/* The log of the softmax denominator over n scores q.k * scale (for a learned sink's share). */
-static float attn_lse(const float *q, const spk_f16 *k, int n, int hd, int stride, float scale)
-{
-    float mx = -FLT_MAX;
-    double sum = 0.0;
-    for (int pass = 0; pass < 2; pass++)
-        for (int t = 0; t < n; t++) {
-            const spk_f16 *kt = k + (size_t)t * stride;
-            float sc = 0.0f;
-            for (int d = 0; d < hd; d++)
-                sc += q[d] * spk_f16_to_f32(kt[d]);
-            sc *= scale;
-            if (pass == 0)
-                mx = sc > mx ? sc : mx;
-            else
-                sum += exp((double)sc - (double)mx);
-        }
-    return mx + (float)log(sum);
-}
-
 static void cpu_attention(spk_backend *be, float *out, const float *q, int n_heads, float scale, const float *sinks,
                           int window, const spk_kv_cache *kv, int layer, const spk_step *s, int ith, int nth)
 {
@@ -233,12 +213,8 @@ static void cpu_attention(spk_backend *be, float *out, const float *q, int n_hea
         const float *qh = q + (size_t)t * q_dim + (size_t)h * HD;
         kr += (size_t)p0 * stride;
         vr += (size_t)p0 * stride;
-        spk_attn_head(o, qh, kr, vr, n, HD, stride, scale, scratch);
-        if (sinks) { /* softmax over the n scores and the sink: out * S / (S + e^sink) */
-            const float f = 1.0f / (1.0f + expf(sinks[h] - attn_lse(qh, kr, n, HD, stride, scale)));
-            for (int d = 0; d < HD; d++)
-                o[d] *= f;
-        }
+        /* a learned sink joins the softmax's denominator (scores computed once) */
+        spk_attn_head(o, qh, kr, vr, n, HD, stride, scale, sinks ? sinks + h : NULL, scratch);
     }
 }
 

@@ -374,9 +374,9 @@ void spk_dequantize_row(float *out, const void *src, spk_dtype type, int n)
 /* ---- attention --------------------------------------------------------------------------- */
 
 void spk_attn_head(float *out, const float *q, const spk_f16 *k, const spk_f16 *v, int n_kv,
-                   int head_dim, int stride, float scale, float *scratch)
+                   int head_dim, int stride, float scale, const float *sink, float *scratch)
 {
-    DISPATCH(spk_attn_head, out, q, k, v, n_kv, head_dim, stride, scale, scratch);
+    DISPATCH(spk_attn_head, out, q, k, v, n_kv, head_dim, stride, scale, sink, scratch);
     for (int d = 0; d < head_dim; d++)
         out[d] = 0.0f;
     if (n_kv <= 0)
@@ -399,6 +399,8 @@ void spk_attn_head(float *out, const float *q, const spk_f16 *k, const spk_f16 *
         for (int d = 0; d < head_dim; d++)
             out[d] += p * spk_f16_to_f32(vt[d]);
     }
+    if (sink) /* the sink's share of the denominator (e^(sink - mx) may be inf: the output is then 0) */
+        sum += expf(*sink - mx);
     float inv = 1.0f / sum;
     for (int d = 0; d < head_dim; d++)
         out[d] *= inv;

@@ -50,8 +50,10 @@ void spk_f16_to_f32_row(float *out, const spk_f16 *x, int n);
  *   out[d] = sum_t softmax_t(scale * q.k_t) * v_t[d]
  * k and v are f16 rows of head_dim values, `stride` elements apart (row t at k + t*stride).
  * `scratch` holds at least n_kv floats.
+ * `sink` (NULL: none) is a learned sink logit (gpt-oss): one more term e^sink in the softmax's
+ * denominator with no value row, so the weights sum to less than 1. The scores are computed once.
  */
 void spk_attn_head(float *out, const float *q, const spk_f16 *k, const spk_f16 *v, int n_kv,
-                   int head_dim, int stride, float scale, float *scratch);
+                   int head_dim, int stride, float scale, const float *sink, float *scratch);
 
 #endif

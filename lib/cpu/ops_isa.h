@@ -28,7 +28,8 @@ int spk_ops_isa_usable(int isa);
     void spk_f32_to_f16_row_##isa(spk_f16 *out, const float *x, int n);                        \
     void spk_f16_to_f32_row_##isa(float *out, const spk_f16 *x, int n);                        \
     void spk_attn_head_##isa(float *out, const float *q, const spk_f16 *k, const spk_f16 *v,  \
-                             int n_kv, int head_dim, int stride, float scale, float *scratch);
+                             int n_kv, int head_dim, int stride, float scale, const float *sink,     \
+                             float *scratch);
 SPK_OPS_DECL(avx2)
 SPK_OPS_DECL(avx512)
 #undef SPK_OPS_DECL

@@ -307,14 +307,17 @@ A2 static float scores_avx2(float *scratch, const float *q, const spk_f16 *k, in
 }
 
 A2 void spk_attn_head_avx2(float *out, const float *q, const spk_f16 *k, const spk_f16 *v,
-                           int n_kv, int head_dim, int stride, float scale, float *scratch)
+                           int n_kv, int head_dim, int stride, float scale, const float *sink, float *scratch)
 {
     for (int d = 0; d < head_dim; d++)
         out[d] = 0.0f;
     if (n_kv <= 0)
         return;
     float mx = scores_avx2(scratch, q, k, n_kv, head_dim, stride, scale);
-    float inv = 1.0f / exp_sub_sum_avx2(scratch, n_kv, mx);
+    float den = exp_sub_sum_avx2(scratch, n_kv, mx);
+    if (sink) /* a learned sink logit: one more term of the denominator */
+        den += expf(*sink - mx);
+    float inv = 1.0f / den;
     /* out += p_t * v_t in tiles of 64 dims (128 bytes of f16 = two cache lines per row), the
      * tile's accumulators held in registers across all t, so each V row is read once. */
     int d0 = 0;
@@ -543,14 +546,17 @@ A5 static float scores_avx512(float *scratch, const float *q, const spk_f16 *k, 
 }
 
 A5 void spk_attn_head_avx512(float *out, const float *q, const spk_f16 *k, const spk_f16 *v,
-                             int n_kv, int head_dim, int stride, float scale, float *scratch)
+                             int n_kv, int head_dim, int stride, float scale, const float *sink, float *scratch)
 {
     for (int d = 0; d < head_dim; d++)
         out[d] = 0.0f;
     if (n_kv <= 0)
         return;
     float mx = scores_avx512(scratch, q, k, n_kv, head_dim, stride, scale);
-    float inv = 1.0f / exp_sub_sum_avx512(scratch, n_kv, mx);
+    float den = exp_sub_sum_avx512(scratch, n_kv, mx);
+    if (sink) /* a learned sink logit: one more term of the denominator */
+        den += expf(*sink - mx);
+    float inv = 1.0f / den;
     /* Tiles of 64 dims with register accumulators, as in the AVX2 version. */
     int d0 = 0;
     for (; d0 + 64 <= head_dim; d0 += 64) {

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "plan/plan.h"
 #include "plan/shape.h"
@@ -302,4 +303,66 @@ void spk_test_check_f32_reference(cJSON *root, const char *ref_name, const spk_t
     cJSON *conv = cJSON_GetObjectItem(root, "converter");
     if (conv) /* recorded by the generator: llama.cpp's converter wrote the same tensors */
         ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(conv, "tensors_equal")));
+}
+
+void spk_test_check_quant_case(const char *name, const char *f32_path, const char *path, int ours,
+                               spk_test_cmp_stats *st)
+{
+    size_t len;
+    char ref[512], got[32];
+    snprintf(ref, sizeof ref, "%s/ref_moe_quant.json", SPK_TEST_DATA_DIR);
+    char *txt = spk_test_read_file(ref, &len);
+    ck_assert_msg(txt != NULL, "tests/data/ref_moe_quant.json missing");
+    cJSON *root = cJSON_Parse(txt);
+    ck_assert_ptr_nonnull(root);
+    cJSON *c = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "cases"), name);
+    ck_assert_msg(c != NULL, "ref_moe_quant.json has no case '%s'", name);
+    if (f32_path) {
+        snprintf(got, sizeof got, "%016llx", (unsigned long long)spk_test_file_fnv(f32_path));
+        ck_assert_msg(strcmp(got, cJSON_GetObjectItem(c, "f32_fnv1a64")->valuestring) == 0,
+                      "%s: our F32 file hashes %s, the reference's input %s: the synthetic writer changed; "
+                      "regenerate with tests/ref/gptoss-quant-reference.sh", name, got,
+                      cJSON_GetObjectItem(c, "f32_fnv1a64")->valuestring);
+    }
+    if (ours) {
+        ck_assert_msg(cJSON_IsTrue(cJSON_GetObjectItem(c, "ours_identical")),
+                      "%s: the reference does not record our writer's file as identical to llama-quantize's", name);
+    } else {
+        snprintf(got, sizeof got, "%016llx", (unsigned long long)spk_test_file_fnv(path));
+        ck_assert_msg(strcmp(got, cJSON_GetObjectItem(c, "file_fnv1a64")->valuestring) == 0,
+                      "%s: %s hashes %s, the reference's %s: regenerate with tests/ref/gptoss-quant-reference.sh",
+                      name, path, got, cJSON_GetObjectItem(c, "file_fnv1a64")->valuestring);
+    }
+    char types[160] = "";
+    size_t n = 0;
+    cJSON *ty;
+    cJSON_ArrayForEach(ty, cJSON_GetObjectItem(c, "tensor_types"))
+        if (n < sizeof types)
+            n += (size_t)snprintf(types + n, sizeof types - n, "%s%s %d", n ? ", " : "", ty->string, ty->valueint);
+    spk_test_loaded L;
+    spk_test_load(path, &L);
+    spk_test_compare_section(&L.hp, &L.w, cJSON_GetObjectItem(c, "llamacpp"), st, "SPK_QUANT_DEBUG");
+    printf("%s (%s: %s) vs llama.cpp on the same weights: top-1 %d/%d, greedy %d/%d, |logprob diff| over top-8 "
+           "mean %.2e max %.2e\n", name, cJSON_GetObjectItem(c, "ftype")->valuestring, types, st->top1_agree, st->n_pos,
+           st->greedy_agree, st->n_greedy, st->sum_diff / st->n_cmp, st->max_diff);
+    spk_test_unload(&L);
+    cJSON_Delete(root);
+    free(txt);
+}
+
+int spk_test_check_cached_quant_case(const char *name, const char *file, spk_test_cmp_stats *st)
+{
+    char buf[4096];
+    const char *cache = getenv("SPK_CACHE");
+    if (cache && *cache)
+        snprintf(buf, sizeof buf, "%s/ref-quant/%s", cache, file);
+    else
+        snprintf(buf, sizeof buf, "%s/.cache/sparkinfer/ref-quant/%s", getenv("HOME") ? getenv("HOME") : "/root", file);
+    if (access(buf, R_OK) != 0) {
+        printf("SKIP: %s vs llama.cpp: %s is absent (tests/ref/gptoss-quant-reference.sh makes it with "
+               "llama.cpp's llama-quantize)\n", name, buf);
+        return 0;
+    }
+    spk_test_check_quant_case(name, NULL, buf, 0, st);
+    return 1;
 }

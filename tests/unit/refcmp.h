@@ -47,6 +47,19 @@ void spk_test_check_f32_reference(cJSON *root, const char *ref_name, const spk_t
 cJSON *spk_test_load_ref(const char *ref_name, const char *model_path, const char *model_desc, const char *script,
                          char **txt);
 
+/* One case of tests/data/ref_moe_quant.json (llama.cpp's log-probs on a file llama-quantize made from our
+ * writer's F32 file; tests/ref/gptoss-quant-reference.sh): `f32_path` must hash as the case's F32 input.
+ * `path` is either our writer's file with the same types per tensor (ours = 1: the case must record
+ * it tensor-for-tensor identical to llama-quantize's) or llama-quantize's own file (ours = 0: its hash
+ * is checked; NULL f32_path skips the F32 check). Fills *st with our run against llama.cpp's section
+ * and prints "<name> (<ftype>, <types>) vs llama.cpp: ...". */
+void spk_test_check_quant_case(const char *name, const char *f32_path, const char *path, int ours,
+                               spk_test_cmp_stats *st);
+/* The case `name` on llama-quantize's own file `file`, which gptoss-quant-reference.sh leaves in
+ * $SPK_CACHE/ref-quant/ (default ~/.cache/sparkinfer): 1 with *st filled, or 0 after printing
+ * "SKIP: <name> ... absent" when the file is not there. */
+int spk_test_check_cached_quant_case(const char *name, const char *file, spk_test_cmp_stats *st);
+
 /* Copy src to dir/bad.gguf with `n` bytes at (first occurrence of `find`) + `at` replaced; returns
  * the copy's path (a static buffer). */
 const char *spk_test_patched(const char *src, const char *dir, const void *find, size_t flen, long at,

@@ -19,8 +19,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <unistd.h>
+
 #include "common/error.h"
 #include "model/chat.h"
+#include "tools/synth.h"
 #include "testutil.h"
 
 static cJSON *g_ref;
@@ -145,6 +148,115 @@ START_TEST(unknown_template_is_refused)
 }
 END_TEST
 
+/* The public switch: a model file carrying Qwen3's real template (a synthetic qwen3-tiny with that
+ * tokenizer.chat_template), rendered through spk_chat_apply_opts with enable_thinking 1 and 0 and
+ * compared with the Jinja reference's "jinja" and "jinja_no_think" (transformers'
+ * apply_chat_template(enable_thinking=False)); spk_chat_apply and NULL options are the default
+ * (thinking on); the options' struct_size follows docs/ABI.md. */
+START_TEST(public_api_thinking_switch)
+{
+    cJSON *t, *q3 = NULL;
+    cJSON_ArrayForEach(t, cJSON_GetObjectItem(g_ref, "templates"))
+        if (!q3 && strcmp(cJSON_GetObjectItem(t, "family")->valuestring, "qwen3") == 0)
+            q3 = t;
+    ck_assert_ptr_nonnull(q3);
+    char dir[] = "/tmp/spk-test-chatfam.XXXXXX", path[64];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/qwen3.gguf", dir);
+    spk_synth_params sp;
+    ck_assert_int_eq(spk_synth_preset("qwen3-tiny", &sp), SPK_OK);
+    sp.chat_template = cJSON_GetObjectItem(q3, "template")->valuestring;
+    ck_assert_msg(spk_synth_write(path, &sp) == SPK_OK, "%s", spk_last_error());
+    spk_cluster_config cc;
+    spk_cluster_config_init(&cc);
+    cc.n_threads = 1;
+    spk_cluster *cl = NULL;
+    ck_assert_int_eq(spk_cluster_open(&cc, &cl), SPK_OK);
+    spk_model_config mc;
+    spk_model_config_init(&mc);
+    mc.path = path;
+    mc.n_ctx = 64;
+    mc.max_seqs = 1;
+    spk_model *m = NULL;
+    ck_assert_msg(spk_model_load(cl, &mc, &m) == SPK_OK, "%s", spk_last_error());
+    int n_cases = 0;
+    cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(q3, "cases"))
+    {
+        spk_chat_message msgs[8];
+        size_t n = 0;
+        cJSON *mj;
+        cJSON_ArrayForEach(mj, cJSON_GetObjectItem(c, "messages"))
+        {
+            msgs[n].role = cJSON_GetArrayItem(mj, 0)->valuestring;
+            msgs[n].content = cJSON_GetArrayItem(mj, 1)->valuestring;
+            n++;
+        }
+        const int add = cJSON_IsTrue(cJSON_GetObjectItem(c, "add_assistant"));
+        for (int think = 0; think <= 1; think++) {
+            const char *want = cJSON_GetObjectItem(c, think ? "jinja" : "jinja_no_think")->valuestring;
+            spk_chat_options o;
+            ck_assert_int_eq(spk_chat_options_init(&o), SPK_OK);
+            ck_assert_int_eq(o.add_assistant, 1);
+            ck_assert_int_eq(o.enable_thinking, 1);
+            o.add_assistant = add;
+            o.enable_thinking = think;
+            char buf[4096];
+            size_t got = 0;
+            ck_assert_msg(spk_chat_apply_opts(m, msgs, n, &o, buf, sizeof buf, &got) == SPK_OK, "%s", spk_last_error());
+            ck_assert_msg(got == strlen(want) && memcmp(buf, want, got) == 0,
+                          "enable_thinking %d, %zu messages, add_assistant %d:\n got  [%.*s]\n want [%s]", think, n,
+                          add, (int)got, buf, want);
+            if (think) { /* the defaults: spk_chat_apply, and NULL options when add_assistant is 1 */
+                ck_assert_int_eq(spk_chat_apply(m, msgs, n, add, buf, sizeof buf, &got), SPK_OK);
+                ck_assert(got == strlen(want) && memcmp(buf, want, got) == 0);
+                if (add) {
+                    ck_assert_int_eq(spk_chat_apply_opts(m, msgs, n, NULL, buf, sizeof buf, &got), SPK_OK);
+                    ck_assert(got == strlen(want) && memcmp(buf, want, got) == 0);
+                }
+            } else if (add) {
+                static const char tail[] = "<|im_start|>assistant\n<think>\n\n</think>\n\n";
+                ck_assert_msg(got >= sizeof tail - 1 && strcmp(buf + got - (sizeof tail - 1), tail) == 0,
+                              "no empty think block at the end: [%s]", buf);
+            }
+            n_cases++;
+        }
+    }
+    printf("qwen3 through spk_chat_apply_opts: %d renderings identical to the Jinja reference\n", n_cases);
+    ck_assert_int_ge(n_cases, 4);
+    /* struct_size: only struct_size known (an older caller) = the defaults; a larger one is accepted;
+     * below sizeof(size_t) or absurd is INVALID_ARG */
+    spk_chat_message hi = {"user", "hi"};
+    char buf[256];
+    size_t got;
+    struct {
+        spk_chat_options o;
+        char newer[16];
+    } big;
+    memset(&big, 0x5a, sizeof big);
+    ck_assert_int_eq(spk_chat_options_init(&big.o), SPK_OK);
+    big.o.struct_size = sizeof big;
+    big.o.enable_thinking = 0;
+    ck_assert_int_eq(spk_chat_apply_opts(m, &hi, 1, &big.o, buf, sizeof buf, &got), SPK_OK);
+    ck_assert_str_eq(buf, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
+    spk_chat_options old;
+    memset(&old, 0, sizeof old); /* zeros past struct_size must not be read */
+    old.struct_size = sizeof(size_t);
+    ck_assert_int_eq(spk_chat_apply_opts(m, &hi, 1, &old, buf, sizeof buf, &got), SPK_OK);
+    ck_assert_str_eq(buf, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    old.struct_size = 4;
+    ck_assert_int_eq(spk_chat_apply_opts(m, &hi, 1, &old, buf, sizeof buf, &got), SPK_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(spk_last_error(), "struct_size 4"));
+    old.struct_size = 1 << 20;
+    ck_assert_int_eq(spk_chat_apply_opts(m, &hi, 1, &old, buf, sizeof buf, &got), SPK_ERR_INVALID_ARG);
+    ck_assert_int_eq(spk_chat_options_init(NULL), SPK_ERR_INVALID_ARG);
+    spk_model_free(m);
+    spk_cluster_close(cl);
+    unlink(path);
+    rmdir(dir);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("chat_families");
@@ -152,6 +264,7 @@ int main(void)
     tcase_add_unchecked_fixture(tc, setup, teardown);
     tcase_add_test(tc, families_render_like_their_reference);
     tcase_add_test(tc, unknown_template_is_refused);
+    tcase_add_test(tc, public_api_thinking_switch);
     suite_add_tcase(s, tc);
     return spk_test_run(s);
 }

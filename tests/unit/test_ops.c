@@ -522,7 +522,9 @@ START_TEST(test_attn_head_matches_float64_softmax_weighted_sum)
 {
     /* q in [-2, 2), K and V f16 in [-1, 1), scale 1/sqrt(head_dim); K/V rows interleaved with
      * other heads (stride 3*head_dim). Reference decodes the same f16 bits in double.
-     * atol 2e-6, rtol 1e-5 on outputs of magnitude <= 1. */
+     * atol 2e-6, rtol 1e-5 on outputs of magnitude <= 1. With a learned sink logit (gpt-oss) the
+     * denominator gains e^sink: sinks below, inside and far above the scores' range (200: every
+     * weight ~0, the output 0, not NaN). */
     const int n_kvs[] = {1, 5, 64, 300};
     const int head_dims[] = {64, 128, 80, 20};
     for (int hi = 0; hi < 4; hi++) {
@@ -551,21 +553,26 @@ START_TEST(test_attn_head_matches_float64_softmax_weighted_sum)
             }
             for (int t = 0; t < n_kv; t++)
                 sum += p[t] = exp(p[t] - mx);
-            for (int j = 0; j < hd; j++) {
-                double o = 0;
-                for (int t = 0; t < n_kv; t++)
-                    o += p[t] * half_bits_to_double(v[(size_t)t * stride + j]);
-                ref[j] = o / sum;
-            }
-            for (int isa = 0; isa <= 2; isa++) {
-                if (!use_isa(isa))
-                    continue;
-                for (int j = 0; j < hd; j++)
-                    out[j] = 1e30f; /* must be overwritten */
-                spk_attn_head(out, q, k, v, n_kv, hd, stride, scale, scratch);
-                char what[64];
-                snprintf(what, sizeof what, "attn head_dim %d n_kv %d", hd, n_kv);
-                check_close(out, ref, hd, 2e-6, 1e-5, what, isa);
+            const float sinks[] = {-4.0f, 0.5f, 2.0f, 200.0f};
+            for (int si = -1; si < 4; si++) {
+                const double den = si < 0 ? sum : sum + exp((double)sinks[si] - mx);
+                for (int j = 0; j < hd; j++) {
+                    double o = 0;
+                    for (int t = 0; t < n_kv; t++)
+                        o += p[t] * half_bits_to_double(v[(size_t)t * stride + j]);
+                    ref[j] = o / den;
+                }
+                for (int isa = 0; isa <= 2; isa++) {
+                    if (!use_isa(isa))
+                        continue;
+                    for (int j = 0; j < hd; j++)
+                        out[j] = 1e30f; /* must be overwritten */
+                    spk_attn_head(out, q, k, v, n_kv, hd, stride, scale, si < 0 ? NULL : &sinks[si], scratch);
+                    char what[80];
+                    snprintf(what, sizeof what, "attn head_dim %d n_kv %d sink %g", hd, n_kv,
+                             si < 0 ? -INFINITY : (double)sinks[si]);
+                    check_close(out, ref, hd, 2e-6, 1e-5, what, isa);
+                }
             }
             free(q), free(out), free(scratch), free(k), free(v), free(ref), free(p);
         }

@@ -39,7 +39,7 @@ START_TEST(presets_have_the_documented_shapes)
     int n = 0;
     while (names[n])
         n++;
-    ck_assert_int_eq(n, 10);
+    ck_assert_int_eq(n, 12);
     spk_synth_params p;
     for (int i = 0; i < n; i++) {
         ck_assert_int_eq(spk_synth_preset(names[i], &p), SPK_OK);
@@ -91,6 +91,41 @@ START_TEST(presets_have_the_documented_shapes)
     ck_assert_int_eq(p.n_expert, 8);
     ck_assert_int_eq(p.n_expert_used, 2);
     ck_assert(!p.tied);
+    ck_assert_int_eq(p.expert_type, -1); /* the experts take wtype */
+    ck_assert_int_eq(p.sliding_window, 4);
+    /* gpt-oss-20b / -120b: the planner's shapes (lib/plan/shape.c), MXFP4 experts and Q8_0 elsewhere
+     * (llama-quantize's MXFP4_MOE), window 128 */
+    const int oss_layers[2] = {24, 36}, oss_experts[2] = {32, 128};
+    const uint64_t oss_gb[2] = {12, 63};
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(spk_synth_preset(i ? "gpt-oss-120b" : "gpt-oss-20b", &p), SPK_OK);
+        ck_assert_int_eq(p.arch, SPK_SYNTH_GPTOSS);
+        ck_assert_int_eq(p.n_layers, oss_layers[i]);
+        ck_assert_int_eq(p.n_embd, 2880);
+        ck_assert_int_eq(p.n_heads, 64);
+        ck_assert_int_eq(p.n_kv_heads, 8);
+        ck_assert_int_eq(p.head_dim, 64);
+        ck_assert_int_eq(p.n_ff, 2880);
+        ck_assert_int_eq(p.n_vocab, 201088);
+        ck_assert_int_eq(p.n_expert, oss_experts[i]);
+        ck_assert_int_eq(p.n_expert_used, 4);
+        ck_assert_int_eq(p.sliding_window, 128);
+        ck_assert_int_eq(p.expert_type, SPK_DT_MXFP4);
+        ck_assert_int_eq(p.wtype, SPK_DT_Q8_0);
+        ck_assert_int_eq(spk_synth_file_size(&p, &size), SPK_OK);
+        ck_assert_uint_eq(size / 1000000000ull, oss_gb[i]); /* 12.10 GB, 63.38 GB */
+    }
+    p.expert_type = SPK_DT_Q4_K; /* no K-quantizer in the writer: named */
+    ck_assert_int_eq(spk_synth_check(&p), SPK_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(spk_last_error(), "expert type 12 (Q4_K) not supported"));
+    ck_assert_int_eq(spk_synth_preset("tiny", &p), SPK_OK);
+    p.expert_type = SPK_DT_MXFP4; /* a dense model has no experts */
+    ck_assert_int_eq(spk_synth_check(&p), SPK_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(spk_last_error(), "only MoE architectures"));
+    ck_assert_int_eq(spk_synth_preset("gpt-oss-tiny", &p), SPK_OK);
+    p.sliding_window = p.n_ctx_train + 1;
+    ck_assert_int_eq(spk_synth_check(&p), SPK_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(spk_last_error(), "sliding window 131073"));
     ck_assert_int_eq(spk_synth_preset("smollm2-135m", &p), SPK_OK);
     ck_assert_int_eq(p.n_heads, 9);
     ck_assert_int_eq(p.n_kv_heads, 3);

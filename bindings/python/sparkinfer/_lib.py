@@ -121,6 +121,14 @@ class spk_chat_message(ctypes.Structure):
     ]
 
 
+class spk_chat_options(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("add_assistant", ctypes.c_int),
+        ("enable_thinking", ctypes.c_int),
+    ]
+
+
 class spk_request(ctypes.Structure):
     _fields_ = [
         ("struct_size", ctypes.c_size_t),
@@ -230,6 +238,9 @@ _PROTOTYPES = {
     "spk_detokenizer_free": (None, [_vp]),
     "spk_chat_apply": (spk_status, [_vp, ctypes.POINTER(spk_chat_message), _sz, ctypes.c_int,
                                     ctypes.c_char_p, _sz, _szp]),
+    "spk_chat_options_init": (spk_status, [ctypes.POINTER(spk_chat_options)]),
+    "spk_chat_apply_opts": (spk_status, [_vp, ctypes.POINTER(spk_chat_message), _sz, ctypes.POINTER(spk_chat_options),
+                                         ctypes.c_char_p, _sz, _szp]),
     "spk_request_init": (spk_status, [ctypes.POINTER(spk_request)]),
     "spk_submit": (spk_status, [_vp, ctypes.POINTER(spk_request), _sz, ctypes.POINTER(ctypes.c_uint64)]),
     "spk_submit_wait": (spk_status, [_vp, ctypes.POINTER(spk_request), _sz, ctypes.POINTER(ctypes.c_uint64),

@@ -272,12 +272,18 @@ class Model:
         """A streaming :class:`Detokenizer` for this model."""
         return Detokenizer(self, skip_special)
 
-    def chat(self, messages: Iterable[Any], add_assistant: bool = True) -> str:
+    def chat(self, messages: Iterable[Any], add_assistant: bool = True, enable_thinking: bool = True) -> str:
         """Render `messages` with the model's chat template. Each message is a dict with "role"
         ("system", "user", "assistant") and "content", or a (role, content) pair.
-        `add_assistant` appends the opening of the assistant turn. Raises Unsupported if the
-        model has no template the library knows."""
-        fn = "spk_chat_apply"
+        `add_assistant` appends the opening of the assistant turn. `enable_thinking=False` is
+        Qwen3's switch (as transformers' apply_chat_template takes it): an empty
+        "<think>\n\n</think>\n\n" after the assistant opening; other templates ignore it.
+        Raises Unsupported if the model has no template the library knows."""
+        fn = "spk_chat_apply_opts"
+        opts = _c.spk_chat_options()
+        _lib.spk_chat_options_init(ctypes.byref(opts))
+        opts.add_assistant = 1 if add_assistant else 0
+        opts.enable_thinking = 1 if enable_thinking else 0
         msgs = list(messages)
         arr = (_c.spk_chat_message * max(1, len(msgs)))()
         keep = []
@@ -303,7 +309,7 @@ class Model:
         for _ in range(3):
             buf = ctypes.create_string_buffer(cap)
             nout = ctypes.c_size_t()
-            st, err = self._call_status(fn, _lib.spk_chat_apply, arr, len(msgs), 1 if add_assistant else 0,
+            st, err = self._call_status(fn, _lib.spk_chat_apply_opts, arr, len(msgs), ctypes.byref(opts),
                                         buf, cap, ctypes.byref(nout))
             if st == Status.TOO_LONG and nout.value + 1 > cap:
                 cap = nout.value + 1

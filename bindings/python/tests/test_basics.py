@@ -75,7 +75,8 @@ def test_struct_mirror_matches_a_c_compiler():
     if not cc:
         pytest.skip("no C compiler to compare the ctypes layout with")
     structs = [C.spk_cluster_config, C.spk_model_config, C.spk_model_info, C.spk_rank_stats,
-               C.spk_model_stats, C.spk_chat_message, C.spk_request, C.spk_event, C.spk_token_logprob,
+               C.spk_model_stats, C.spk_chat_message, C.spk_chat_options, C.spk_request, C.spk_event,
+               C.spk_token_logprob,
                C.spk_output]
     lines = ["#include <stddef.h>", "#include <stdio.h>", "#include <sparkinfer/sparkinfer.h>",
              "int main(void) {"]

@@ -1,4 +1,6 @@
 """Model info, tokenizer round trips, chat template, logging during a load."""
+import os
+
 import pytest
 
 import sparkinfer
@@ -86,6 +88,7 @@ def test_chat_template_is_chatml(model):
                  "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n"
                  "<|im_start|>assistant\n")
     assert model.chat(msgs, add_assistant=False) == s[:-len("<|im_start|>assistant\n")]
+    assert model.chat(msgs, enable_thinking=False) == s    # ChatML has no thinking switch
     long = model.chat([{"role": "user", "content": "x" * 20000}])
     assert "x" * 20000 in long
     with pytest.raises(sparkinfer.InvalidArgument):
@@ -110,3 +113,33 @@ def test_log_callback_sees_the_load_messages(model_path):
     assert got, "loading a model logs at INFO level"
     assert all(isinstance(lvl, sparkinfer.LogLevel) and isinstance(msg, str) for lvl, msg in got)
     assert any("rank 0" in msg for _, msg in got)
+
+
+def test_chat_enable_thinking_false_on_qwen3(build_dir, tmp_path):
+    """Qwen3's real template (tests/data/ref_chat_families.json) on a synthetic qwen3-tiny:
+    enable_thinking=False renders what transformers' apply_chat_template(enable_thinking=False)
+    does (the reference's "jinja_no_think"), the default what it does with thinking on."""
+    import json
+    import subprocess
+    synth = os.path.join(build_dir or "", "examples", "spk-synth")
+    if not build_dir or not os.access(synth, os.X_OK):
+        pytest.skip("spk-synth not found next to $SPARKINFER_LIB")
+    src = os.environ.get("SPK_SOURCE_DIR") or os.path.join(os.path.dirname(__file__), "..", "..", "..")
+    ref = json.load(open(os.path.join(src, "tests", "data", "ref_chat_families.json")))
+    q3 = [t for t in ref["templates"] if t["family"] == "qwen3"][0]
+    (tmp_path / "qwen3.jinja").write_text(q3["template"])
+    path = str(tmp_path / "q3.gguf")
+    subprocess.run([synth, "--preset", "qwen3-tiny", "--chat-template", str(tmp_path / "qwen3.jinja"), "-o", path],
+                   check=True, stdout=subprocess.DEVNULL)
+    m = sparkinfer.Model(path=path, n_ctx=64, max_seqs=1, n_threads=1)
+    try:
+        n = 0
+        for c in q3["cases"]:
+            msgs = [{"role": r, "content": t} for r, t in c["messages"]]
+            add = c["add_assistant"]
+            assert m.chat(msgs, add_assistant=add) == c["jinja"]
+            assert m.chat(msgs, add_assistant=add, enable_thinking=False) == c["jinja_no_think"]
+            n += 1
+        assert n >= 2
+    finally:
+        m.close()
