@@ -137,15 +137,19 @@ static void print_hw(const spk_hw *hw)
     printf("; overhead %.3g us\n", hw->step_overhead_us);
 }
 
-static int show_plans(const spk_shape *s, int world)
+/* Each layout's split, its layers balanced as the executor balances them for `batch` sequences
+ * (one micro-batch of batch/pp on these figures, context 0). */
+static int show_plans(const spk_shape *s, int world, const spk_hw *hw, int batch)
 {
+    printf("layer splits balanced for %d sequences on these figures (as the executor does for max_seqs %d):\n",
+           batch, batch);
     for (int tp = 1; tp <= world; tp++) {
         for (int ep = 1; ep <= tp; ep = ep == 1 && tp > 1 ? tp : tp + 1) { /* ep 1, then ep = tp */
             if (world % tp || (ep > 1 && s->n_experts == 0))
                 continue;
             spk_plan p;
             char buf[512];
-            if (spk_plan_make_ep(s, world / tp, tp, ep, &p) != SPK_OK) {
+            if (spk_plan_make_ep_at(s, world / tp, tp, ep, hw, ceil((double)batch / (world / tp)), 0, &p) != SPK_OK) {
                 printf("  pp %d x tp %d%s: invalid: %s\n", world / tp, tp, ep > 1 ? " + ep" : "", spk_err_msg());
                 continue;
             }
@@ -468,7 +472,7 @@ int main(int argc, char **argv)
     print_shape(&s);
     print_hw(&hw);
     if (show)
-        show_plans(&s, world);
+        show_plans(&s, world, &hw, batches[0]);
     return table(&s, world, batches, nb, context, isl, osl, &hw, no_ep ? SPK_PLAN_NO_EP : 0u);
 }
 
