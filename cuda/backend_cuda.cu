@@ -263,14 +263,11 @@ __global__ void k_head_rmsnorm(float *x, const float *w, int n_runs, int hd, flo
  * MM_TT)), block (32, MM_ROWS). */
 #define MM_ROWS 4
 #define MM_TT 8
-__global__ void k_matmul(float *out, const uint8_t *w, size_t row_bytes, int type, int n_out, const float *act,
-                         int n_in, int n_tok)
+/* Output rows `row` of tokens p0 .. p0+nt-1 (nt <= MM_TT): act rows [p0 + t][n_in] against weight row
+ * wr, each weight decoded once for the tile; one warp, lane `lane`. */
+__device__ __forceinline__ void mm_tile(float *out, const uint8_t *wr, int type, int n_out, int row, const float *act,
+                                        int n_in, int p0, int nt, int lane)
 {
-    const int row = blockIdx.x * MM_ROWS + threadIdx.y, t0 = blockIdx.y * MM_TT, lane = threadIdx.x;
-    if (row >= n_out)
-        return;
-    const int nt = min(MM_TT, n_tok - t0);
-    const uint8_t *wr = w + (size_t)row * row_bytes;
     float acc[MM_TT];
 #pragma unroll
     for (int t = 0; t < MM_TT; t++)
@@ -280,14 +277,23 @@ __global__ void k_matmul(float *out, const uint8_t *w, size_t row_bytes, int typ
 #pragma unroll
         for (int t = 0; t < MM_TT; t++)
             if (t < nt)
-                acc[t] += wv * act[(size_t)(t0 + t) * n_in + j];
+                acc[t] += wv * act[(size_t)(p0 + t) * n_in + j];
     }
 #pragma unroll
     for (int t = 0; t < MM_TT; t++) {
         const float v = warp_sum(acc[t]);
         if (lane == 0 && t < nt)
-            out[(size_t)(t0 + t) * n_out + row] = v;
+            out[(size_t)(p0 + t) * n_out + row] = v;
     }
+}
+
+__global__ void k_matmul(float *out, const uint8_t *w, size_t row_bytes, int type, int n_out, const float *act,
+                         int n_in, int n_tok)
+{
+    const int row = blockIdx.x * MM_ROWS + threadIdx.y, t0 = blockIdx.y * MM_TT;
+    if (row >= n_out)
+        return;
+    mm_tile(out, w + (size_t)row * row_bytes, type, n_out, row, act, n_in, t0, min(MM_TT, n_tok - t0), threadIdx.x);
 }
 
 /* Block i of sequence seq (explicit table or implicit consecutive blocks). */
@@ -543,28 +549,11 @@ __global__ void k_moe_matmul(float *out, const uint8_t *w, size_t stride, size_t
     const int tile = blockIdx.y;
     if (tile >= *n_tiles)
         return;
-    const int row = blockIdx.x * MM_ROWS + threadIdx.y, lane = threadIdx.x;
+    const int row = blockIdx.x * MM_ROWS + threadIdx.y;
     if (row >= n_out)
         return;
-    const int p0 = tile_p[tile], nt = tile_n[tile];
     const uint8_t *wr = w + (size_t)(tile_e[tile] - e0) * stride + (size_t)row * row_bytes;
-    float acc[MM_TT];
-#pragma unroll
-    for (int t = 0; t < MM_TT; t++)
-        acc[t] = 0.0f;
-    for (int j = lane; j < n_in; j += WARP) {
-        const float wv = row_elem(wr, type, j);
-#pragma unroll
-        for (int t = 0; t < MM_TT; t++)
-            if (t < nt)
-                acc[t] += wv * act[(size_t)(p0 + t) * n_in + j];
-    }
-#pragma unroll
-    for (int t = 0; t < MM_TT; t++) {
-        const float v = warp_sum(acc[t]);
-        if (lane == 0 && t < nt)
-            out[(size_t)(p0 + t) * n_out + row] = v;
-    }
+    mm_tile(out, wr, type, n_out, row, act, n_in, tile_p[tile], tile_n[tile], threadIdx.x);
 }
 
 /* The gated activation of each place, into hg (biases by the place's expert). */
