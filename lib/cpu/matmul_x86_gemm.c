@@ -227,10 +227,10 @@ I2 void tile_q4k8(int T, float *out, int ld, const uint8_t *w, size_t wrow, cons
     const size_t bs = sizeof(spk_block_q4_K);
     const size_t ds_off = (size_t)n, bs_off = (size_t)n + (size_t)(n / 32) * 8;
     const __m256i m4 = _mm256_set1_epi8(15), m6 = _mm256_set1_epi8(0x3f), m2 = _mm256_set1_epi8(3);
-    __m256 acc[4];
+    __m256 acc[8];
     for (int t = 0; t < T; t++)
         acc[t] = _mm256_setzero_ps();
-    const uint8_t *wr[8], *at[4];
+    const uint8_t *wr[8], *at[8];
     for (int j = 0; j < 8; j++)
         wr[j] = w + (size_t)(r0 + j) * wrow;
     for (int t = 0; t < T; t++)
@@ -254,7 +254,7 @@ I2 void tile_q4k8(int T, float *out, int ld, const uint8_t *w, size_t wrow, cons
         const __m256i mn03 = _mm256_and_si256(H[2], m6);
         const __m256i mn47 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(H[3], 4), m4),
                                              _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(H[2], 6), m2), 4));
-        __m256i sumi[4];
+        __m256i sumi[8];
         for (int t = 0; t < T; t++)
             sumi[t] = _mm256_setzero_si256();
         for (int pc = 0; pc < 4; pc++) {
@@ -276,7 +276,7 @@ I2 void tile_q4k8(int T, float *out, int ld, const uint8_t *w, size_t wrow, cons
                     W[k] = h ? _mm256_and_si256(_mm256_srli_epi16(L[k], 4), m4) : _mm256_and_si256(L[k], m4);
                 const __m256i sc = _mm256_shuffle_epi8(c < 4 ? sc03 : sc47,
                                                        _mm256_load_si256((const __m256i *)k_scm[c & 3]));
-#pragma GCC unroll 4
+#pragma GCC unroll 8
                 for (int t = 0; t < T; t++) {
                     const uint8_t *a = at[t] + 256 * (size_t)b + 32 * (size_t)c;
                     __m256i s = _mm256_maddubs_epi16(W[0], bcast4(a));
@@ -291,7 +291,7 @@ I2 void tile_q4k8(int T, float *out, int ld, const uint8_t *w, size_t wrow, cons
         const __m256i mp1 = _mm256_shuffle_epi8(mn03, _mm256_load_si256((const __m256i *)k_mnm[1]));
         const __m256i mp2 = _mm256_shuffle_epi8(mn47, _mm256_load_si256((const __m256i *)k_mnm[0]));
         const __m256i mp3 = _mm256_shuffle_epi8(mn47, _mm256_load_si256((const __m256i *)k_mnm[1]));
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int t = 0; t < T; t++) {
             const __m256i v = _mm256_loadu_si256((const __m256i *)(at[t] + bs_off + 32 * (size_t)b));
             const __m256i hs = _mm256_hadd_epi16(v, v); /* sums per 32: [0-3 x2 | 4-7 x2] */
@@ -320,17 +320,19 @@ A2 int spk_mm_gemm8_q4_k_avx2(float *out, int ld, const void *w, size_t wrow, co
     int ch = cr < 8 ? 1 : (int)(cr / 8);
     for (int c0 = 0; c0 < g; c0 += ch) {
         const int c1 = g - c0 > ch ? c0 + ch : g;
-        for (int t = 0; t < n_tok; t += 4) {
-            const int T = n_tok - t >= 4 ? 4 : n_tok - t;
+        for (int t = 0; t < n_tok;) {
+            const int left = n_tok - t, T = left >= 8 ? 8 : left >= 4 ? 4 : left;
             for (int i = c0; i < c1; i++) {
                 const int r = row0 + 8 * i;
                 switch (T) {
                 case 1: tile_q4k8(1, out, ld, w, wrow, act, arow, n, r, t); break;
                 case 2: tile_q4k8(2, out, ld, w, wrow, act, arow, n, r, t); break;
                 case 3: tile_q4k8(3, out, ld, w, wrow, act, arow, n, r, t); break;
-                default: tile_q4k8(4, out, ld, w, wrow, act, arow, n, r, t); break;
+                case 4: tile_q4k8(4, out, ld, w, wrow, act, arow, n, r, t); break;
+                default: tile_q4k8(8, out, ld, w, wrow, act, arow, n, r, t); break;
                 }
             }
+            t += T;
         }
     }
     return 8 * g;
