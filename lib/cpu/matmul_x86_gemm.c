@@ -85,10 +85,10 @@ I2 void tile_g8(int kind, int T, float *out, int ld, const uint8_t *w, size_t wr
     const int nb = n / 32;
     const size_t bs = gblock_bytes(kind), qo = gqs_off(kind);
     const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-    __m256 acc[4];
+    __m256 acc[8];
     for (int t = 0; t < T; t++)
         acc[t] = _mm256_setzero_ps();
-    const uint8_t *wr[8], *at[4];
+    const uint8_t *wr[8], *at[8];
     for (int j = 0; j < 8; j++)
         wr[j] = w + (size_t)(r0 + j) * wrow;
     for (int t = 0; t < T; t++)
@@ -118,7 +118,7 @@ I2 void tile_g8(int kind, int T, float *out, int ld, const uint8_t *w, size_t wr
         __m256 mw = _mm256_setzero_ps();
         if (kind == G_Q4_1)
             mw = ld_f16x8(p, 2);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int t = 0; t < T; t++) {
             const uint8_t *a = at[t] + 32 * (size_t)b;
             __m256i s = _mm256_maddubs_epi16(W[0], bcast4(a));
@@ -156,17 +156,19 @@ I2 int mm_g8(int kind, float *out, int ld, const void *w, size_t wrow, const voi
     int ch = cr < 8 ? 1 : (int)(cr / 8); /* tiles per chunk */
     for (int c0 = 0; c0 < g; c0 += ch) {
         const int c1 = g - c0 > ch ? c0 + ch : g;
-        for (int t = 0; t < n_tok; t += 4) {
-            const int T = n_tok - t >= 4 ? 4 : n_tok - t;
+        for (int t = 0; t < n_tok;) {
+            const int left = n_tok - t, T = left >= 8 ? 8 : left >= 4 ? 4 : left;
             for (int i = c0; i < c1; i++) {
                 const int r = row0 + 8 * i;
                 switch (T) {
                 case 1: tile_g8(kind, 1, out, ld, w, wrow, act, arow, n, r, t); break;
                 case 2: tile_g8(kind, 2, out, ld, w, wrow, act, arow, n, r, t); break;
                 case 3: tile_g8(kind, 3, out, ld, w, wrow, act, arow, n, r, t); break;
-                default: tile_g8(kind, 4, out, ld, w, wrow, act, arow, n, r, t); break;
+                case 4: tile_g8(kind, 4, out, ld, w, wrow, act, arow, n, r, t); break;
+                default: tile_g8(kind, 8, out, ld, w, wrow, act, arow, n, r, t); break;
                 }
             }
+            t += T;
         }
     }
     return 8 * g;
