@@ -524,6 +524,21 @@ START_TEST(test_kquant_batches)
 }
 END_TEST
 
+/* The 8-row batched tiles (x86: Q4_0, Q4_1, Q4_K; cpu/matmul_x86_gemm.c): every batch size 1..17
+ * (tiles of 1, 2, 3, 4 and 8 tokens, leftovers in smaller ones), row ranges that start off a
+ * multiple of 8 and leave rows for the per-row kernels, 1 and several blocks per row. */
+START_TEST(test_gemm8_tiles)
+{
+    static const spk_dtype gt[] = {SPK_DT_Q4_0, SPK_DT_Q4_1, SPK_DT_Q4_K};
+    const spk_dtype t = gt[_i];
+    const int kq = is_kquant(t);
+    for (int nt = 1; nt <= 17; nt++) {
+        check_case(t, kq ? 256 : 32, 37, nt, 0, 37, 900u + (uint64_t)(_i * 40 + nt));
+        check_case(t, kq ? 768 : 224, 29, nt, 3, 28, 1000u + (uint64_t)(_i * 40 + nt));
+    }
+}
+END_TEST
+
 /* The K-quant section: the SIMD quantizers give the reference's bytes exactly; its values are
  * within d/2 of x, d = amax/127 per 256; the per-32 pairs and the sums per 16 match the codes. */
 START_TEST(test_act_q8k_section)
@@ -724,6 +739,7 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, test_matmul_chunked_rows, 0, N_TYPES);
     tcase_add_test(tc, test_act_quantize_matches_reference_bitwise);
     tcase_add_loop_test(tc, test_kquant_batches, 0, 5);
+    tcase_add_loop_test(tc, test_gemm8_tiles, 0, 3);
     tcase_add_test(tc, test_act_q8k_section);
     tcase_add_test(tc, test_act_shared_across_types);
     tcase_add_loop_test(tc, test_dequantize_matches_decoder, 0, N_TYPES);
