@@ -1,8 +1,10 @@
 /*
- * x86-64 AVX2 batched (prefill) kernels for Q4_0 and Q4_1 weights: 8 weight rows x up to 4
- * tokens per tile, the 8 rows' results in the 8 float lanes of one register per token (as
- * llama.cpp's q4_0_8x8 GEMM), so the per-block float work (convert, scale, accumulate) is done
- * once per 8 rows instead of once per row, and no horizontal sum is left at the end.
+ * x86-64 AVX2 kernels for Q4_0, Q4_1 and Q4_K weights in 8-row x up to 8-token tiles, the 8
+ * rows' results in the 8 float lanes of one register per token (as llama.cpp's q4_0_8x8 GEMM),
+ * so the per-block float work (convert, scale, accumulate) is done once per 8 rows instead of
+ * once per row, and no horizontal sum is left at the end. cpu/matmul_x86.c and matmul_x86_k.c
+ * run them on the rows they cover at every token count (a token's result must not depend on the
+ * batch it came in) and their per-row kernels on the leftover rows.
  *
  * Layout in registers: the 16 code bytes of block b of the 8 rows are transposed in 4-byte
  * groups (two 4x4 dword transposes in the halves of 256-bit registers), so dword lane j of
@@ -332,87 +334,6 @@ A2 int spk_mm_gemm8_q4_k_avx2(float *out, int ld, const void *w, size_t wrow, co
                 case 3: tile_q4k8(3, out, ld, w, wrow, act, arow, n, r, t); break;
                 case 4: tile_q4k8(4, out, ld, w, wrow, act, arow, n, r, t); break;
                 default: tile_q4k8(8, out, ld, w, wrow, act, arow, n, r, t); break;
-                }
-            }
-            t += T;
-        }
-    }
-    return 8 * g;
-}
-
-/* ---- Q8_0: 8-row tiles with signed codes ---------------------------------------------------
- * maddubs wants unsigned weights: |w| against sign(a, w) (exact, -128 included: 128 * -a). A pair
- * sum reaches 2 * 128 * 127, too much for int16 sums of two, so each product widens (madd)
- * before the int32 sum. Per block and token: acc += dw * (da * dot). */
-I2 void tile_q8g8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow,
-                  int n, int r0, int t0)
-{
-    const int nb = n / 32;
-    const size_t bs = sizeof(spk_block_q8_0);
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[8];
-    for (int t = 0; t < T; t++)
-        acc[t] = _mm256_setzero_ps();
-    const uint8_t *wr[8], *at[8];
-    for (int j = 0; j < 8; j++)
-        wr[j] = w + (size_t)(r0 + j) * wrow;
-    for (int t = 0; t < T; t++)
-        at[t] = act + (size_t)(t0 + t) * arow;
-    for (int b = 0; b < nb; b++) {
-        const size_t o = (size_t)b * bs;
-        const uint8_t *p[8];
-        for (int j = 0; j < 8; j++)
-            p[j] = wr[j] + o;
-        __m256i x[8], L[8], Z[4];
-        for (int j = 0; j < 8; j++)
-            x[j] = _mm256_loadu_si256((const __m256i *)(p[j] + 2));
-        tr4(Z, _mm256_permute2x128_si256(x[0], x[4], 0x20), _mm256_permute2x128_si256(x[1], x[5], 0x20),
-            _mm256_permute2x128_si256(x[2], x[6], 0x20), _mm256_permute2x128_si256(x[3], x[7], 0x20));
-        L[0] = Z[0], L[1] = Z[1], L[2] = Z[2], L[3] = Z[3];
-        tr4(Z, _mm256_permute2x128_si256(x[0], x[4], 0x31), _mm256_permute2x128_si256(x[1], x[5], 0x31),
-            _mm256_permute2x128_si256(x[2], x[6], 0x31), _mm256_permute2x128_si256(x[3], x[7], 0x31));
-        L[4] = Z[0], L[5] = Z[1], L[6] = Z[2], L[7] = Z[3];
-        __m256i A[8];
-        for (int k = 0; k < 8; k++)
-            A[k] = _mm256_abs_epi8(L[k]);
-        const __m256 dw = ld_f16x8(p, 0);
-#pragma GCC unroll 8
-        for (int t = 0; t < T; t++) {
-            const uint8_t *a = at[t] + 32 * (size_t)b;
-            __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(A[0], _mm256_sign_epi8(bcast4(a), L[0])), ones);
-#pragma GCC unroll 8
-            for (int k = 1; k < 8; k++)
-                s = _mm256_add_epi32(s, _mm256_madd_epi16(
-                                            _mm256_maddubs_epi16(A[k], _mm256_sign_epi8(bcast4(a + 4 * k), L[k])), ones));
-            float da;
-            memcpy(&da, at[t] + n + 8 * (size_t)b, 4);
-            acc[t] = _mm256_fmadd_ps(dw, _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(da)), acc[t]);
-        }
-    }
-    for (int t = 0; t < T; t++)
-        _mm256_storeu_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, acc[t]);
-}
-
-A2 int spk_mm_gemm8_q8_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow,
-                              int n, int n_tok, int row0, int row1)
-{
-    const int g = (row1 - row0) / 8;
-    if (g == 0)
-        return 0;
-    size_t cr = (64u << 10) / (wrow ? wrow : 1);
-    int ch = cr < 8 ? 1 : (int)(cr / 8);
-    for (int c0 = 0; c0 < g; c0 += ch) {
-        const int c1 = g - c0 > ch ? c0 + ch : g;
-        for (int t = 0; t < n_tok;) {
-            const int left = n_tok - t, T = left >= 8 ? 8 : left >= 4 ? 4 : left;
-            for (int i = c0; i < c1; i++) {
-                const int r = row0 + 8 * i;
-                switch (T) {
-                case 1: tile_q8g8(1, out, ld, w, wrow, act, arow, n, r, t); break;
-                case 2: tile_q8g8(2, out, ld, w, wrow, act, arow, n, r, t); break;
-                case 3: tile_q8g8(3, out, ld, w, wrow, act, arow, n, r, t); break;
-                case 4: tile_q8g8(4, out, ld, w, wrow, act, arow, n, r, t); break;
-                default: tile_q8g8(8, out, ld, w, wrow, act, arow, n, r, t); break;
                 }
             }
             t += T;
