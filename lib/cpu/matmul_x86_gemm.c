@@ -1,10 +1,10 @@
 /*
- * x86-64 AVX2 kernels for Q4_0, Q4_1 and Q4_K weights in 8-row x up to 8-token tiles, the 8
- * rows' results in the 8 float lanes of one register per token (as llama.cpp's q4_0_8x8 GEMM),
- * so the per-block float work (convert, scale, accumulate) is done once per 8 rows instead of
- * once per row, and no horizontal sum is left at the end. cpu/matmul_x86.c and matmul_x86_k.c
- * run them on the rows they cover at every token count (a token's result must not depend on the
- * batch it came in) and their per-row kernels on the leftover rows.
+ * x86-64 AVX2 kernel for Q4_0 weights in 8-row x up to 8-token tiles, the 8 rows' results in the
+ * 8 float lanes of one register per token (as llama.cpp's q4_0_8x8 GEMM), so the per-block float
+ * work (convert, scale, accumulate) is done once per 8 rows instead of once per row, and no
+ * horizontal sum is left at the end. cpu/matmul_x86.c runs it on the rows it covers at every
+ * token count (a token's result must not depend on the batch it came in: the tile sums in
+ * another order than the per-row kernels) and its per-row kernels on the leftover rows.
  *
  * Layout in registers: the 16 code bytes of block b of the 8 rows are transposed in 4-byte
  * groups (two 4x4 dword transposes in the halves of 256-bit registers), so dword lane j of
@@ -16,6 +16,14 @@
  *   Q4_1: acc += dw * (da * dot) + mw * s     (value = d * code + m)
  * The weights stay in the file's layout (no repacking): the transposes cost 12 shuffles per
  * block per 8 rows, shared by the tile's tokens.
+ *
+ * Measured and not used (thread CPU time, 512 x 1536, then spk-bench-single decode on the
+ * synthetic D512 L8 files; see BENCHMARKS.md 9c): the Q4_1 form of this tile (prefill kernel
+ * 8.8 -> 4-5 ns per row x token x 256, but batch-1 decode -30%), a Q4_K form (8x8 dword
+ * transposes of the codes, 6-bit scales and mins decoded for 8 rows in SIMD: 4.7 -> 3.9 ns at
+ * 256 tokens, but decode -17%), a Q8_0 form (|w| x sign(a, w): 9.8 -> 7.3 ns at 256 tokens, 2x
+ * slower at 1 token). They are in git history (branch h-kprefill); each needs a batch-1 kernel
+ * with the same per-row arithmetic before it can ship.
  */
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -36,6 +44,7 @@ static inline size_t gblock_bytes(int kind)
 {
     return kind == G_Q4_0 ? sizeof(spk_block_q4_0) : sizeof(spk_block_q4_1);
 }
+/* (G_Q4_1 is kept for the measurements in the header comment: no entry point uses it.) */
 
 static inline size_t gqs_off(int kind)
 {
@@ -180,166 +189,6 @@ A2 int spk_mm_gemm8_q4_0_avx2(float *out, int ld, const void *w, size_t wrow, co
                               int n, int n_tok, int row0, int row1)
 {
     return mm_g8(G_Q4_0, out, ld, w, wrow, act, arow, n, n_tok, row0, row1);
-}
-
-A2 int spk_mm_gemm8_q4_1_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow,
-                              int n, int n_tok, int row0, int row1)
-{
-    return mm_g8(G_Q4_1, out, ld, w, wrow, act, arow, n, n_tok, row0, row1);
-}
-
-/* ---- Q4_K: the same 8-row tiles per super-block of 256 ---------------------------------------
- * Per 32-value chunk c and token: the int16 sums of the 8 maddubs (|sum| <= 30480) meet the
- * rows' 6-bit sub-block scales in one madd (int32 lanes, |sum over 8 chunks| < 2^25); the mins
- * meet the activations' sums per 32 (from the K-quant section's sums per 16) in 4 madds per
- * super-block; two FMAs per super-block end it, as llama.cpp's Q8_K dot:
- *   acc += d * da * sum_c(sc_c * dot_c) - dmin * da * sum_c(m_c * asum_c)
- * Codes of chunk pair p (bytes 32p..32p+31 of qs: low nibbles chunk 2p, high 2p+1) are
- * transposed 8x8 in dwords (24 shuffles per 8 rows, shared by the tile's tokens). */
-
-/* pshufb masks: scale of chunk c' (byte c' of each dword) as two int16; mins of c', c'+1 as a
- * pair of int16 */
-static const uint8_t k_scm[4][32] __attribute__((aligned(32))) = {
-#define SC(c) {c,0x80,c,0x80,4+c,0x80,4+c,0x80,8+c,0x80,8+c,0x80,12+c,0x80,12+c,0x80, \
-               c,0x80,c,0x80,4+c,0x80,4+c,0x80,8+c,0x80,8+c,0x80,12+c,0x80,12+c,0x80}
-    SC(0), SC(1), SC(2), SC(3)
-#undef SC
-};
-static const uint8_t k_mnm[2][32] __attribute__((aligned(32))) = {
-#define MN(c) {c,0x80,c+1,0x80,4+c,0x80,5+c,0x80,8+c,0x80,9+c,0x80,12+c,0x80,13+c,0x80, \
-               c,0x80,c+1,0x80,4+c,0x80,5+c,0x80,8+c,0x80,9+c,0x80,12+c,0x80,13+c,0x80}
-    MN(0), MN(2)
-#undef MN
-};
-
-/* 4x4 dword transposes in both halves: in y0..y3 (rows j | j + 4), out z[k] lane j = dword k of
- * row j. */
-I2 void tr4(__m256i z[4], __m256i y0, __m256i y1, __m256i y2, __m256i y3)
-{
-    const __m256i t0l = _mm256_unpacklo_epi32(y0, y1), t0h = _mm256_unpackhi_epi32(y0, y1);
-    const __m256i t1l = _mm256_unpacklo_epi32(y2, y3), t1h = _mm256_unpackhi_epi32(y2, y3);
-    z[0] = _mm256_unpacklo_epi64(t0l, t1l);
-    z[1] = _mm256_unpackhi_epi64(t0l, t1l);
-    z[2] = _mm256_unpacklo_epi64(t0h, t1h);
-    z[3] = _mm256_unpackhi_epi64(t0h, t1h);
-}
-
-I2 void tile_q4k8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow,
-                  int n, int r0, int t0)
-{
-    const int nb = n / SPK_QK_K;
-    const size_t bs = sizeof(spk_block_q4_K);
-    const size_t ds_off = (size_t)n, bs_off = (size_t)n + (size_t)(n / 32) * 8;
-    const __m256i m4 = _mm256_set1_epi8(15), m6 = _mm256_set1_epi8(0x3f), m2 = _mm256_set1_epi8(3);
-    __m256 acc[8];
-    for (int t = 0; t < T; t++)
-        acc[t] = _mm256_setzero_ps();
-    const uint8_t *wr[8], *at[8];
-    for (int j = 0; j < 8; j++)
-        wr[j] = w + (size_t)(r0 + j) * wrow;
-    for (int t = 0; t < T; t++)
-        at[t] = act + (size_t)(t0 + t) * arow;
-    for (int b = 0; b < nb; b++) {
-        const size_t o = (size_t)b * bs;
-        const uint8_t *p[8];
-        for (int j = 0; j < 8; j++)
-            p[j] = wr[j] + o;
-        /* d, dmin, scales[12]: the first 16 bytes of each row's block */
-        __m256i H[4];
-        tr4(H, ld_pair(p[0], p[4]), ld_pair(p[1], p[5]), ld_pair(p[2], p[6]), ld_pair(p[3], p[7]));
-        const __m256i dd = _mm256_permute4x64_epi64(
-            _mm256_packus_epi32(_mm256_and_si256(H[0], _mm256_set1_epi32(0xffff)), _mm256_srli_epi32(H[0], 16)),
-            0xD8);
-        const __m256 dw = _mm256_cvtph_ps(_mm256_castsi256_si128(dd));
-        const __m256 dmw = _mm256_cvtph_ps(_mm256_extracti128_si256(dd, 1));
-        const __m256i sc03 = _mm256_and_si256(H[1], m6);
-        const __m256i sc47 = _mm256_or_si256(_mm256_and_si256(H[3], m4),
-                                             _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(H[1], 6), m2), 4));
-        const __m256i mn03 = _mm256_and_si256(H[2], m6);
-        const __m256i mn47 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(H[3], 4), m4),
-                                             _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(H[2], 6), m2), 4));
-        __m256i sumi[8];
-        for (int t = 0; t < T; t++)
-            sumi[t] = _mm256_setzero_si256();
-        for (int pc = 0; pc < 4; pc++) {
-            const size_t qo = offsetof(spk_block_q4_K, qs) + 32 * (size_t)pc;
-            __m256i x[8], L[8], Z[4];
-            for (int j = 0; j < 8; j++)
-                x[j] = _mm256_loadu_si256((const __m256i *)(p[j] + qo));
-            /* 8x8: halves first (rows j | j + 4 for dwords 0-3, then 4-7), then 4x4 */
-            tr4(Z, _mm256_permute2x128_si256(x[0], x[4], 0x20), _mm256_permute2x128_si256(x[1], x[5], 0x20),
-                _mm256_permute2x128_si256(x[2], x[6], 0x20), _mm256_permute2x128_si256(x[3], x[7], 0x20));
-            L[0] = Z[0], L[1] = Z[1], L[2] = Z[2], L[3] = Z[3];
-            tr4(Z, _mm256_permute2x128_si256(x[0], x[4], 0x31), _mm256_permute2x128_si256(x[1], x[5], 0x31),
-                _mm256_permute2x128_si256(x[2], x[6], 0x31), _mm256_permute2x128_si256(x[3], x[7], 0x31));
-            L[4] = Z[0], L[5] = Z[1], L[6] = Z[2], L[7] = Z[3];
-            for (int h = 0; h < 2; h++) {
-                const int c = 2 * pc + h;
-                __m256i W[8];
-                for (int k = 0; k < 8; k++)
-                    W[k] = h ? _mm256_and_si256(_mm256_srli_epi16(L[k], 4), m4) : _mm256_and_si256(L[k], m4);
-                const __m256i sc = _mm256_shuffle_epi8(c < 4 ? sc03 : sc47,
-                                                       _mm256_load_si256((const __m256i *)k_scm[c & 3]));
-#pragma GCC unroll 8
-                for (int t = 0; t < T; t++) {
-                    const uint8_t *a = at[t] + 256 * (size_t)b + 32 * (size_t)c;
-                    __m256i s = _mm256_maddubs_epi16(W[0], bcast4(a));
-#pragma GCC unroll 8
-                    for (int k = 1; k < 8; k++)
-                        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(W[k], bcast4(a + 4 * k)));
-                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(s, sc));
-                }
-            }
-        }
-        const __m256i mp0 = _mm256_shuffle_epi8(mn03, _mm256_load_si256((const __m256i *)k_mnm[0]));
-        const __m256i mp1 = _mm256_shuffle_epi8(mn03, _mm256_load_si256((const __m256i *)k_mnm[1]));
-        const __m256i mp2 = _mm256_shuffle_epi8(mn47, _mm256_load_si256((const __m256i *)k_mnm[0]));
-        const __m256i mp3 = _mm256_shuffle_epi8(mn47, _mm256_load_si256((const __m256i *)k_mnm[1]));
-#pragma GCC unroll 8
-        for (int t = 0; t < T; t++) {
-            const __m256i v = _mm256_loadu_si256((const __m256i *)(at[t] + bs_off + 32 * (size_t)b));
-            const __m256i hs = _mm256_hadd_epi16(v, v); /* sums per 32: [0-3 x2 | 4-7 x2] */
-            __m256i mi = _mm256_madd_epi16(mp0, _mm256_permutevar8x32_epi32(hs, _mm256_set1_epi32(0)));
-            mi = _mm256_add_epi32(mi, _mm256_madd_epi16(mp1, _mm256_permutevar8x32_epi32(hs, _mm256_set1_epi32(1))));
-            mi = _mm256_add_epi32(mi, _mm256_madd_epi16(mp2, _mm256_permutevar8x32_epi32(hs, _mm256_set1_epi32(4))));
-            mi = _mm256_add_epi32(mi, _mm256_madd_epi16(mp3, _mm256_permutevar8x32_epi32(hs, _mm256_set1_epi32(5))));
-            float da;
-            memcpy(&da, at[t] + ds_off + 64 * (size_t)b, 4);
-            const __m256 vda = _mm256_set1_ps(da);
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[t]), _mm256_mul_ps(dw, vda), acc[t]);
-            acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mi), _mm256_mul_ps(dmw, vda), acc[t]);
-        }
-    }
-    for (int t = 0; t < T; t++)
-        _mm256_storeu_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, acc[t]);
-}
-
-A2 int spk_mm_gemm8_q4_k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow,
-                              int n, int n_tok, int row0, int row1)
-{
-    const int g = (row1 - row0) / 8;
-    if (g == 0)
-        return 0;
-    size_t cr = (64u << 10) / (wrow ? wrow : 1);
-    int ch = cr < 8 ? 1 : (int)(cr / 8);
-    for (int c0 = 0; c0 < g; c0 += ch) {
-        const int c1 = g - c0 > ch ? c0 + ch : g;
-        for (int t = 0; t < n_tok;) {
-            const int left = n_tok - t, T = left >= 8 ? 8 : left >= 4 ? 4 : left;
-            for (int i = c0; i < c1; i++) {
-                const int r = row0 + 8 * i;
-                switch (T) {
-                case 1: tile_q4k8(1, out, ld, w, wrow, act, arow, n, r, t); break;
-                case 2: tile_q4k8(2, out, ld, w, wrow, act, arow, n, r, t); break;
-                case 3: tile_q4k8(3, out, ld, w, wrow, act, arow, n, r, t); break;
-                case 4: tile_q4k8(4, out, ld, w, wrow, act, arow, n, r, t); break;
-                default: tile_q4k8(8, out, ld, w, wrow, act, arow, n, r, t); break;
-                }
-            }
-            t += T;
-        }
-    }
-    return 8 * g;
 }
 
 #else

@@ -290,11 +290,6 @@ static inline int kchunk_rows(size_t wrow, int n_tok, int rows)
 I2 void mm_k_avx2(int type, float *out, int ld, const void *w, size_t wrow, const void *act,
                   size_t arow, int n, int n_tok, int row0, int row1)
 {
-    if (type == T_Q4K) { /* 8-row tiles (cpu/matmul_x86_gemm.c), the leftover rows below */
-        row0 += spk_mm_gemm8_q4_k_avx2(out, ld, w, wrow, act, arow, n, n_tok, row0, row1);
-        if (row0 >= row1)
-            return;
-    }
     const int ch = kchunk_rows(wrow, n_tok, row1 - row0);
     for (int c0 = row0; c0 < row1; c0 += ch) {
         const int c1 = row1 - c0 > ch ? c0 + ch : row1;

@@ -524,9 +524,9 @@ START_TEST(test_kquant_batches)
 }
 END_TEST
 
-/* The 8-row batched tiles (x86: Q4_0, Q4_1, Q4_K; cpu/matmul_x86_gemm.c): every batch size 1..17
- * (tiles of 1, 2, 3, 4 and 8 tokens, leftovers in smaller ones), row ranges that start off a
- * multiple of 8 and leave rows for the per-row kernels, 1 and several blocks per row. */
+/* The 8-row tiles (x86 Q4_0, cpu/matmul_x86_gemm.c; Q4_1 and Q4_K through the per-row kernels
+ * alike): every batch size 1..17 (tiles of 1, 2, 3, 4 and 8 tokens), row ranges that start off
+ * a multiple of 8 and leave rows for the per-row kernels, 1 and several blocks per row. */
 START_TEST(test_gemm8_tiles)
 {
     static const spk_dtype gt[] = {SPK_DT_Q4_0, SPK_DT_Q4_1, SPK_DT_Q4_K};
