@@ -19,13 +19,13 @@
 # Usage: bench/vs-llamacpp-types.sh [--threads N] [--types "Q5_0 Q5_1 ..."] [--layers N]
 #                                   [--prompt-tokens N] [--gen-tokens N] [--reps N] [--build-dir DIR]
 #                                   [--archs "qwen3 qwen3moe gpt-oss"]
-# Defaults: 1 thread, types Q5_0 Q5_1 Q2_K Q3_K_M Q5_K_M MXFP4, 30 layers, pp512, tg128, 3 reps.
+# Defaults: 1 thread, types Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_M Q4_K_M Q5_K_M Q6_K MXFP4, 30 layers, pp512, tg128, 3 reps.
 # Files go to $SPK_CACHE/synth/types-L<layers>/ (types-<arch>-L<layers>/) and are reused when present.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 threads=1 layers=30 p=512 n=128 reps=3 build=$root/build archs=""
-types="Q5_0 Q5_1 Q2_K Q3_K_M Q5_K_M MXFP4"
+types="Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_M Q4_K_M Q5_K_M Q6_K MXFP4"
 die() { printf 'vs-llamacpp-types: %s\n' "$*" >&2; exit 1; }
 while [ "$#" -gt 0 ]; do
     case $1 in

@@ -108,6 +108,13 @@ void spk_mm_fill_avx2(spk_mm_table *t);
 void spk_mm_fill_avx512(spk_mm_table *t);
 void spk_mm_fill_avx2_kquants(spk_mm_table *t); /* sets the Q2_K..Q6_K entries only */
 void spk_mm_fill_avx2_q5(spk_mm_table *t);       /* sets Q5_0, Q5_1, MXFP4 only */
+/* cpu/matmul_x86_gemm.c: Q4_0 rows [row0, row1) of n_tok tokens in 8-row tiles (kernel
+ * arguments as spk_mm_kernel); returns the rows done from row0 (a multiple of 8), the caller
+ * does the rest with its per-row kernels. Used at every token count, 1 included: a token's
+ * result must not depend on the batch it came in (test_golden's incremental decode matches
+ * batched prefill exactly), and the tiles sum in another order than the per-row kernels. */
+int spk_mm_gemm8_q4_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow,
+                           int n, int n_tok, int row0, int row1);
 #endif
 #if defined(__aarch64__)
 void spk_mm_fill_neon(spk_mm_table *t);

@@ -524,6 +524,63 @@ START_TEST(test_kquant_batches)
 }
 END_TEST
 
+/* The 8-row tiles (x86 Q4_0, cpu/matmul_x86_gemm.c; Q4_1 and Q4_K through the per-row kernels
+ * alike): every batch size 1..17 (tiles of 1, 2, 3, 4 and 8 tokens), row ranges that start off
+ * a multiple of 8 and leave rows for the per-row kernels, 1 and several blocks per row. */
+START_TEST(test_gemm8_tiles)
+{
+    static const spk_dtype gt[] = {SPK_DT_Q4_0, SPK_DT_Q4_1, SPK_DT_Q4_K};
+    const spk_dtype t = gt[_i];
+    const int kq = is_kquant(t);
+    for (int nt = 1; nt <= 17; nt++) {
+        check_case(t, kq ? 256 : 32, 37, nt, 0, 37, 900u + (uint64_t)(_i * 40 + nt));
+        check_case(t, kq ? 768 : 224, 29, nt, 3, 28, 1000u + (uint64_t)(_i * 40 + nt));
+    }
+}
+END_TEST
+
+/* A token's result does not depend on the batch it comes in: every type, every ISA, 13 tokens at
+ * once against each token alone, bit for bit (incremental decode must match batched prefill;
+ * the 8-row tiles and the per-row kernels sum in different orders, so each row must take the
+ * same kernel at every batch size). */
+START_TEST(test_batch_invariant)
+{
+    const spk_dtype t = k_types[_i];
+    const int kq = is_kquant(t), n_in = is_float(t) ? 203 : kq ? 512 : 576, n_out = 45, nt = 13;
+    const size_t rb = spk_dtype_row_size(t, (size_t)n_in), asz = spk_act_size(t, n_in, nt);
+    uint8_t *w = malloc(rb * n_out), *act = malloc(asz);
+    float *x = malloc(sizeof(float) * (size_t)n_in * nt), *all = malloc(sizeof(float) * n_out * nt),
+          *one = malloc(sizeof(float) * n_out);
+    ck_assert(w && act && x && all && one);
+    uint64_t s = 4000u + (uint64_t)_i;
+    fill_blocks(w, t, n_in, n_out, &s);
+    for (int i = 0; i < n_in * nt; i++)
+        x[i] = f16r(&s, 0.01f, 2.0f);
+    int isas[SPK_ISA_COUNT];
+    const int ni = n_isas(isas);
+    for (int k = 0; k < ni; k++) {
+        use_isa(isas[k]);
+        spk_act_quantize(act, t, x, n_in, 0, nt);
+        spk_matmul(all, n_out, w, t, act, n_in, nt, 3, n_out); /* rows off the 8-row grid */
+        const size_t arow = asz / (size_t)nt;
+        for (int tk = 0; tk < nt; tk++) {
+            spk_matmul(one, n_out, w, t, act + (size_t)tk * arow, n_in, 1, 3, n_out);
+            for (int r = 3; r < n_out; r++)
+                ck_assert_msg(memcmp(&one[r], &all[(size_t)tk * n_out + r], sizeof(float)) == 0,
+                              "%s isa %d token %d row %d: alone %.9g, in a batch of %d %.9g",
+                              spk_dtype_get(t)->name, isas[k], tk, r, one[r], nt, all[(size_t)tk * n_out + r]);
+        }
+    }
+    use_isa(-1);
+    spk_cpu_force_scalar(0);
+    free(w);
+    free(act);
+    free(x);
+    free(all);
+    free(one);
+}
+END_TEST
+
 /* The K-quant section: the SIMD quantizers give the reference's bytes exactly; its values are
  * within d/2 of x, d = amax/127 per 256; the per-32 pairs and the sums per 16 match the codes. */
 START_TEST(test_act_q8k_section)
@@ -724,6 +781,8 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, test_matmul_chunked_rows, 0, N_TYPES);
     tcase_add_test(tc, test_act_quantize_matches_reference_bitwise);
     tcase_add_loop_test(tc, test_kquant_batches, 0, 5);
+    tcase_add_loop_test(tc, test_gemm8_tiles, 0, 3);
+    tcase_add_loop_test(tc, test_batch_invariant, 0, N_TYPES);
     tcase_add_test(tc, test_act_q8k_section);
     tcase_add_test(tc, test_act_shared_across_types);
     tcase_add_loop_test(tc, test_dequantize_matches_decoder, 0, N_TYPES);

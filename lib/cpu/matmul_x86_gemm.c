@@ -1,0 +1,196 @@
+/*
+ * x86-64 AVX2 kernel for Q4_0 weights in 8-row x up to 8-token tiles, the 8 rows' results in the
+ * 8 float lanes of one register per token (as llama.cpp's q4_0_8x8 GEMM), so the per-block float
+ * work (convert, scale, accumulate) is done once per 8 rows instead of once per row, and no
+ * horizontal sum is left at the end. cpu/matmul_x86.c runs it on the rows it covers at every
+ * token count (a token's result must not depend on the batch it came in: the tile sums in
+ * another order than the per-row kernels) and its per-row kernels on the leftover rows.
+ *
+ * Layout in registers: the 16 code bytes of block b of the 8 rows are transposed in 4-byte
+ * groups (two 4x4 dword transposes in the halves of 256-bit registers), so dword lane j of
+ * register k holds codes 4k..4k+3 of row j (low nibbles: values 4k..4k+3, high nibbles: values
+ * 16+4k..16+4k+3). Each is multiplied (maddubs, unsigned codes x int8 activations) by the
+ * broadcast 4 activation bytes of the same values; the 8 products per block are summed in int16
+ * (|sum| <= 8 * 2 * 15 * 127 = 30480 < 2^15) and widened once (madd). Then per block and token:
+ *   Q4_0: acc += dw * (da * dot - 8 * s)      (codes are value + 8, s = da * sum(q))
+ *   Q4_1: acc += dw * (da * dot) + mw * s     (value = d * code + m)
+ * The weights stay in the file's layout (no repacking): the transposes cost 12 shuffles per
+ * block per 8 rows, shared by the tile's tokens.
+ *
+ * Measured and not used (thread CPU time, 512 x 1536, then spk-bench-single decode on the
+ * synthetic D512 L8 files; see BENCHMARKS.md 9c): the Q4_1 form of this tile (prefill kernel
+ * 8.8 -> 4-5 ns per row x token x 256, but batch-1 decode -30%), a Q4_K form (8x8 dword
+ * transposes of the codes, 6-bit scales and mins decoded for 8 rows in SIMD: 4.7 -> 3.9 ns at
+ * 256 tokens, but decode -17%), a Q8_0 form (|w| x sign(a, w): 9.8 -> 7.3 ns at 256 tokens, 2x
+ * slower at 1 token). They are in git history (branch h-kprefill); each needs a batch-1 kernel
+ * with the same per-row arithmetic before it can ship.
+ */
+#if defined(__x86_64__) || defined(__i386__)
+
+#include <immintrin.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "cpu/quant.h"
+
+#define TGT2 "avx2,fma,f16c"
+#define A2 __attribute__((target(TGT2)))
+#define I2 static inline __attribute__((always_inline, target(TGT2)))
+
+enum { G_Q4_0, G_Q4_1 };
+
+static inline size_t gblock_bytes(int kind)
+{
+    return kind == G_Q4_0 ? sizeof(spk_block_q4_0) : sizeof(spk_block_q4_1);
+}
+/* (G_Q4_1 is kept for the measurements in the header comment: no entry point uses it.) */
+
+static inline size_t gqs_off(int kind)
+{
+    return kind == G_Q4_0 ? 2 : 4;
+}
+
+static inline int ld_u16(const uint8_t *p)
+{
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+/* 16 bytes of row j (lower half) and row j + 4 (upper half). */
+I2 __m256i ld_pair(const uint8_t *lo, const uint8_t *hi)
+{
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)lo)),
+                                   _mm_loadu_si128((const __m128i *)hi), 1);
+}
+
+/* 4 bytes at p in every dword lane (vpbroadcastd from memory). */
+I2 __m256i bcast4(const uint8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* 8 f16 values, one per row, from p[j] + off into a float vector (lane j). */
+I2 __m256 ld_f16x8(const uint8_t *const p[8], size_t off)
+{
+    __m128i v = _mm_cvtsi32_si128(ld_u16(p[0] + off));
+    v = _mm_insert_epi16(v, ld_u16(p[1] + off), 1);
+    v = _mm_insert_epi16(v, ld_u16(p[2] + off), 2);
+    v = _mm_insert_epi16(v, ld_u16(p[3] + off), 3);
+    v = _mm_insert_epi16(v, ld_u16(p[4] + off), 4);
+    v = _mm_insert_epi16(v, ld_u16(p[5] + off), 5);
+    v = _mm_insert_epi16(v, ld_u16(p[6] + off), 6);
+    v = _mm_insert_epi16(v, ld_u16(p[7] + off), 7);
+    return _mm256_cvtph_ps(v);
+}
+
+/*
+ * Rows r0..r0+7 (consecutive) against tokens t0..t0+T-1 (T <= 4): out[(t0 + t) * ld + r0 + j].
+ */
+I2 void tile_g8(int kind, int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act,
+                size_t arow, int n, int r0, int t0)
+{
+    const int nb = n / 32;
+    const size_t bs = gblock_bytes(kind), qo = gqs_off(kind);
+    const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    __m256 acc[8];
+    for (int t = 0; t < T; t++)
+        acc[t] = _mm256_setzero_ps();
+    const uint8_t *wr[8], *at[8];
+    for (int j = 0; j < 8; j++)
+        wr[j] = w + (size_t)(r0 + j) * wrow;
+    for (int t = 0; t < T; t++)
+        at[t] = act + (size_t)(t0 + t) * arow;
+    for (int b = 0; b < nb; b++) {
+        const size_t o = (size_t)b * bs;
+        const uint8_t *p[8];
+        for (int j = 0; j < 8; j++)
+            p[j] = wr[j] + o;
+        /* rows (0,4), (1,5), (2,6), (3,7) in the two halves; then 4x4 dword transposes */
+        const __m256i y0 = ld_pair(p[0] + qo, p[4] + qo), y1 = ld_pair(p[1] + qo, p[5] + qo);
+        const __m256i y2 = ld_pair(p[2] + qo, p[6] + qo), y3 = ld_pair(p[3] + qo, p[7] + qo);
+        const __m256i t0l = _mm256_unpacklo_epi32(y0, y1), t0h = _mm256_unpackhi_epi32(y0, y1);
+        const __m256i t1l = _mm256_unpacklo_epi32(y2, y3), t1h = _mm256_unpackhi_epi32(y2, y3);
+        const __m256i L0 = _mm256_unpacklo_epi64(t0l, t1l), L1 = _mm256_unpackhi_epi64(t0l, t1l);
+        const __m256i L2 = _mm256_unpacklo_epi64(t0h, t1h), L3 = _mm256_unpackhi_epi64(t0h, t1h);
+        __m256i W[8];
+        W[0] = _mm256_and_si256(L0, m4);
+        W[1] = _mm256_and_si256(L1, m4);
+        W[2] = _mm256_and_si256(L2, m4);
+        W[3] = _mm256_and_si256(L3, m4);
+        W[4] = _mm256_and_si256(_mm256_srli_epi16(L0, 4), m4);
+        W[5] = _mm256_and_si256(_mm256_srli_epi16(L1, 4), m4);
+        W[6] = _mm256_and_si256(_mm256_srli_epi16(L2, 4), m4);
+        W[7] = _mm256_and_si256(_mm256_srli_epi16(L3, 4), m4);
+        const __m256 dw = ld_f16x8(p, 0);
+        __m256 mw = _mm256_setzero_ps();
+        if (kind == G_Q4_1)
+            mw = ld_f16x8(p, 2);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) {
+            const uint8_t *a = at[t] + 32 * (size_t)b;
+            __m256i s = _mm256_maddubs_epi16(W[0], bcast4(a));
+#pragma GCC unroll 8
+            for (int k = 1; k < 8; k++)
+                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(W[k], bcast4(a + 4 * k)));
+            const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(s, ones));
+            float ds[2];
+            memcpy(ds, at[t] + n + 8 * (size_t)b, 8);
+            if (kind == G_Q4_0) {
+                const __m256 x = _mm256_fmadd_ps(dot, _mm256_set1_ps(ds[0]), _mm256_set1_ps(-8.0f * ds[1]));
+                acc[t] = _mm256_fmadd_ps(dw, x, acc[t]);
+            } else {
+                acc[t] = _mm256_fmadd_ps(dw, _mm256_mul_ps(dot, _mm256_set1_ps(ds[0])), acc[t]);
+                acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(ds[1]), acc[t]);
+            }
+        }
+    }
+    for (int t = 0; t < T; t++)
+        _mm256_storeu_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, acc[t]);
+}
+
+/*
+ * Rows [row0, row0 + 8 * g) in tiles of 8 rows, all tokens, cut into chunks of about 64 KiB of
+ * weights so a chunk stays in cache while every token group runs over it. Returns the rows done
+ * (a multiple of 8); the caller's kernel does the rest.
+ */
+I2 int mm_g8(int kind, float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+             int n_tok, int row0, int row1)
+{
+    const int g = (row1 - row0) / 8;
+    if (g == 0)
+        return 0;
+    size_t cr = (64u << 10) / (wrow ? wrow : 1);
+    int ch = cr < 8 ? 1 : (int)(cr / 8); /* tiles per chunk */
+    for (int c0 = 0; c0 < g; c0 += ch) {
+        const int c1 = g - c0 > ch ? c0 + ch : g;
+        for (int t = 0; t < n_tok;) {
+            const int left = n_tok - t, T = left >= 8 ? 8 : left >= 4 ? 4 : left;
+            for (int i = c0; i < c1; i++) {
+                const int r = row0 + 8 * i;
+                switch (T) {
+                case 1: tile_g8(kind, 1, out, ld, w, wrow, act, arow, n, r, t); break;
+                case 2: tile_g8(kind, 2, out, ld, w, wrow, act, arow, n, r, t); break;
+                case 3: tile_g8(kind, 3, out, ld, w, wrow, act, arow, n, r, t); break;
+                case 4: tile_g8(kind, 4, out, ld, w, wrow, act, arow, n, r, t); break;
+                default: tile_g8(kind, 8, out, ld, w, wrow, act, arow, n, r, t); break;
+                }
+            }
+            t += T;
+        }
+    }
+    return 8 * g;
+}
+
+A2 int spk_mm_gemm8_q4_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow,
+                              int n, int n_tok, int row0, int row1)
+{
+    return mm_g8(G_Q4_0, out, ld, w, wrow, act, arow, n, n_tok, row0, row1);
+}
+
+#else
+typedef int spk_matmul_x86_gemm_unused; /* ISO C forbids an empty translation unit */
+#endif
