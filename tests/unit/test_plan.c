@@ -243,8 +243,12 @@ static double brute(const roof *r, int L, int pp, int st)
     if (st == pp - 1)
         return roof_cost((void *)r, st, L);
     double best = INFINITY;
-    for (int n = 1; n <= L - (pp - 1 - st); n++)
-        best = fmin(best, fmax(roof_cost((void *)r, st, n), brute(r, L - n, pp, st + 1)));
+    for (int n = 1; n <= L - (pp - 1 - st); n++) {
+        double here = roof_cost((void *)r, st, n), rest = brute(r, L - n, pp, st + 1);
+        double worst = here > rest ? here : rest;
+        if (worst < best)
+            best = worst;
+    }
     return best;
 }
 
@@ -274,7 +278,8 @@ START_TEST(rebalance_is_optimal_for_any_roofline_cost)
             ck_assert_int_ge(p.stage[st].l1 - p.stage[st].l0, 1);
             l = p.stage[st].l1;
             ck_assert(p.stage[st].cost == roof_cost(&r, st, p.stage[st].l1 - p.stage[st].l0));
-            worst = fmax(worst, p.stage[st].cost);
+            if (p.stage[st].cost > worst) /* (an fmax reduction here crashes aarch64 gcc 12's vectorizer) */
+                worst = p.stage[st].cost;
         }
         ck_assert_int_eq(l, s.n_layers);
         double opt = brute(&r, s.n_layers, pp, 0);
