@@ -352,13 +352,9 @@ void spk_test_check_quant_case(const char *name, const char *f32_path, const cha
 
 int spk_test_check_cached_quant_case(const char *name, const char *file, spk_test_cmp_stats *st)
 {
-    char buf[4096];
-    const char *cache = getenv("SPK_CACHE");
-    if (cache && *cache)
-        snprintf(buf, sizeof buf, "%s/ref-quant/%s", cache, file);
-    else
-        snprintf(buf, sizeof buf, "%s/.cache/sparkinfer/ref-quant/%s", getenv("HOME") ? getenv("HOME") : "/root", file);
-    if (access(buf, R_OK) != 0) {
+    char buf[4096], rel[512];
+    snprintf(rel, sizeof rel, "ref-quant/%s", file);
+    if (!spk_test_cache_path(buf, sizeof buf, rel)) {
         printf("SKIP: %s vs llama.cpp: %s is absent (tests/ref/gptoss-quant-reference.sh makes it with "
                "llama.cpp's llama-quantize)\n", name, buf);
         return 0;

@@ -8,19 +8,23 @@
 #include <string.h>
 #include <unistd.h>
 
+int spk_test_cache_path(char *buf, size_t cap, const char *rel)
+{
+    const char *cache = getenv("SPK_CACHE");
+    if (cache && *cache)
+        snprintf(buf, cap, "%s/%s", cache, rel);
+    else
+        snprintf(buf, cap, "%s/.cache/sparkinfer/%s", getenv("HOME") ? getenv("HOME") : "/root", rel);
+    return access(buf, R_OK) == 0;
+}
+
 const char *spk_test_model_path(void)
 {
     static char buf[4096];
     const char *p = getenv("SPK_TEST_MODEL");
     if (p && *p && access(p, R_OK) == 0)
         return p;
-    const char *cache = getenv("SPK_CACHE");
-    if (cache && *cache)
-        snprintf(buf, sizeof buf, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", cache);
-    else
-        snprintf(buf, sizeof buf, "%s/.cache/sparkinfer/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-                 getenv("HOME") ? getenv("HOME") : "/root");
-    return access(buf, R_OK) == 0 ? buf : NULL;
+    return spk_test_cache_path(buf, sizeof buf, "models/SmolLM2-135M-Instruct.Q4_1.gguf") ? buf : NULL;
 }
 
 void spk_test_skip(const char *reason)
@@ -133,11 +137,6 @@ const char *spk_test_llamacpp_models_dir(void)
     const char *e = getenv("SPK_LLAMACPP_MODELS");
     if (e && *e)
         return e;
-    const char *cache = getenv("SPK_CACHE");
-    if (cache && *cache)
-        snprintf(buf, sizeof buf, "%s/llamacpp/src/llama_cpp_python-0.3.36/vendor/llama.cpp/models", cache);
-    else
-        snprintf(buf, sizeof buf, "%s/.cache/sparkinfer/llamacpp/src/llama_cpp_python-0.3.36/vendor/llama.cpp/models",
-                 getenv("HOME") ? getenv("HOME") : "/root");
-    return access(buf, R_OK) == 0 ? buf : NULL;
+    return spk_test_cache_path(buf, sizeof buf, "llamacpp/src/llama_cpp_python-0.3.36/vendor/llama.cpp/models") ? buf
+                                                                                                            : NULL;
 }

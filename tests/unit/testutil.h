@@ -10,6 +10,8 @@
 #define SPK_TEST_SKIP 77
 
 /* Path of the default model (SPK_TEST_MODEL, else the cache path) or NULL if not present. */
+/* buf = $SPK_CACHE/rel (default ~/.cache/sparkinfer/rel); whether it is readable. */
+int spk_test_cache_path(char *buf, size_t cap, const char *rel);
 const char *spk_test_model_path(void);
 
 /* Print "SKIP: <reason>" and exit SPK_TEST_SKIP. */
