@@ -208,23 +208,12 @@ spk_status spk_plan_make_ep_at(const spk_shape *s, int pp, int tp, int ep, const
     return rebalance(out, hw, batch, context);
 }
 
-spk_status spk_plan_make_at(const spk_shape *s, int pp, int tp, const spk_hw *hw, double batch, double context,
-                            spk_plan *out)
-{
-    return spk_plan_make_ep_at(s, pp, tp, 1, hw, batch, context, out);
-}
-
 /* The plan a layout's stages use, its layers balanced for the time of one decode micro-batch of
- * batch/pp sequences at mean context ctx, as the executor balances them (spk_plan_make_at). */
+ * batch/pp sequences at mean context ctx, as the executor balances them. */
 static spk_status prepare(const spk_shape *s, int pp, int tp, int ep, const spk_hw *hw, int batch, double ctx,
                           spk_plan *p)
 {
-    spk_status st = check_hw(hw);
-    if (st)
-        return st;
-    if ((st = spk_plan_make_ep(s, pp, tp, ep, p)) != SPK_OK)
-        return st;
-    return rebalance(p, hw, ceil((double)batch / pp), ctx);
+    return spk_plan_make_ep_at(s, pp, tp, ep, hw, ceil((double)batch / (pp > 0 ? pp : 1)), ctx, p);
 }
 
 /* Decode step with an already made plan. */

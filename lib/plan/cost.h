@@ -39,17 +39,13 @@ void spk_hw_dgx_spark(spk_hw *hw);
 void spk_hw_cpu(spk_hw *hw);
 
 /*
- * spk_plan_make, with the layers balanced by the cost model's time of one decode micro-batch of
- * `batch` tokens at mean context `context` on `hw` (stage_time: weight and KV bytes over
+ * spk_plan_make_ep (ep 1, or ep == tp: experts split whole), its layers balanced by the cost
+ * model's time of one decode micro-batch of `batch` tokens at mean context `context` on `hw` (stage_time: weight and KV bytes over
  * bandwidth against flops over peak; stage 0 also embeds, the last stage runs the output head for
  * every token). At batch 1 on a GPU this is close to the byte balance; on a CPU at batch 32 the
  * output head weighs by its flops, so the last stage gets more layers than bytes would give it.
- * Errors: those of spk_plan_make, and INVALID_ARG for bad hw figures, batch < 1 or context < 0.
+ * Errors: those of spk_plan_make_ep, and INVALID_ARG for bad hw figures, batch < 1 or context < 0.
  */
-spk_status spk_plan_make_at(const spk_shape *shape, int pp, int tp, const spk_hw *hw, double batch, double context,
-                            spk_plan *out);
-
-/* spk_plan_make_at for spk_plan_make_ep's layouts (ep 1, or ep == tp: experts split whole). */
 spk_status spk_plan_make_ep_at(const spk_shape *shape, int pp, int tp, int ep, const spk_hw *hw, double batch,
                                double context, spk_plan *out);
 

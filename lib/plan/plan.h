@@ -92,7 +92,7 @@ typedef struct spk_plan {
  * (a TP group is consecutive ranks, meant to share a node). Layers are split into contiguous
  * ranges minimizing the largest stage cost, every stage >= 1 layer. The cost here is weight bytes
  * (the last stage also pays the output head): right while a step is memory-bound. Where compute
- * counts (batched decode on a CPU), spk_plan_make_at (plan/cost.h) rebalances by predicted time. Heads are split at KV-group granularity, the MLP and expert
+ * counts (batched decode on a CPU), spk_plan_make_ep_at (plan/cost.h) rebalances by predicted time. Heads are split at KV-group granularity, the MLP and expert
  * intermediate dimensions in whole quant blocks, the vocabulary by rows; each as evenly as
  * possible, larger parts first.
  * Errors (message names the constraint and the numbers; *out unspecified):

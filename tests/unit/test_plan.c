@@ -304,8 +304,8 @@ START_TEST(time_balance_follows_flops_on_a_cpu)
     spk_hw_cpu(&cpu);
     spk_hw_dgx_spark(&gpu);
     ck_assert_int_eq(spk_plan_make(&s, 2, 1, &bytes), SPK_OK);
-    ck_assert_int_eq(spk_plan_make_at(&s, 2, 1, &cpu, 32, 0, &cpu32), SPK_OK);
-    ck_assert_int_eq(spk_plan_make_at(&s, 2, 1, &gpu, 1, 0, &gpu1), SPK_OK);
+    ck_assert_int_eq(spk_plan_make_ep_at(&s, 2, 1, 1, &cpu, 32, 0, &cpu32), SPK_OK);
+    ck_assert_int_eq(spk_plan_make_ep_at(&s, 2, 1, 1, &gpu, 1, 0, &gpu1), SPK_OK);
     int last_b = bytes.stage[1].l1 - bytes.stage[1].l0, last_c = cpu32.stage[1].l1 - cpu32.stage[1].l0,
         last_g = gpu1.stage[1].l1 - gpu1.stage[1].l0;
     /* Bytes: the Q8_0 head (28M weights, 1.06 B each) weighs ~15 Q4_1-sized layers; in flops it is
@@ -320,9 +320,9 @@ START_TEST(time_balance_follows_flops_on_a_cpu)
     ck_assert(cpu32.stage[0].cost > 0 && cpu32.stage[1].cost > 0);
     ck_assert(fmax(cpu32.stage[0].cost, cpu32.stage[1].cost) < 1.15 * fmin(cpu32.stage[0].cost, cpu32.stage[1].cost));
     /* bad arguments */
-    ck_assert_int_eq(spk_plan_make_at(&s, 2, 1, &cpu, 0, 0, &cpu32), SPK_ERR_INVALID_ARG);
-    ck_assert_int_eq(spk_plan_make_at(&s, 2, 1, &cpu, 4, -1, &cpu32), SPK_ERR_INVALID_ARG);
-    ck_assert_int_eq(spk_plan_make_at(&s, 2, 1, NULL, 4, 0, &cpu32), SPK_ERR_INVALID_ARG);
+    ck_assert_int_eq(spk_plan_make_ep_at(&s, 2, 1, 1, &cpu, 0, 0, &cpu32), SPK_ERR_INVALID_ARG);
+    ck_assert_int_eq(spk_plan_make_ep_at(&s, 2, 1, 1, &cpu, 4, -1, &cpu32), SPK_ERR_INVALID_ARG);
+    ck_assert_int_eq(spk_plan_make_ep_at(&s, 2, 1, 1, NULL, 4, 0, &cpu32), SPK_ERR_INVALID_ARG);
     ck_assert_int_eq(spk_plan_rebalance(&bytes, shrinking, NULL), SPK_ERR_INVALID_ARG);
     ck_assert_msg(strstr(spk_err_msg(), "grow with its layers") != NULL, "%s", spk_err_msg());
 }
