@@ -16,15 +16,19 @@
 # types (--types is ignored): qwen3 and qwen3moe Q8_0 Q4_K_M, gpt-oss MXFP4_MOE (MXFP4 experts,
 # Q8_0 elsewhere, as the published files) and Q8_0.
 #
+# With --batched "8 32 64" each file also runs bench/vs-llamacpp-batched.sh (llama-batched-bench's
+# generation tok/s against ours at those batch sizes, same threads) and the table gains one ratio
+# column per batch size.
+#
 # Usage: bench/vs-llamacpp-types.sh [--threads N] [--types "Q5_0 Q5_1 ..."] [--layers N]
 #                                   [--prompt-tokens N] [--gen-tokens N] [--reps N] [--build-dir DIR]
-#                                   [--archs "qwen3 qwen3moe gpt-oss"]
+#                                   [--archs "qwen3 qwen3moe gpt-oss"] [--batched "8 32 64"]
 # Defaults: 1 thread, types Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_M Q4_K_M Q5_K_M Q6_K MXFP4, 30 layers, pp512, tg128, 3 reps.
 # Files go to $SPK_CACHE/synth/types-L<layers>/ (types-<arch>-L<layers>/) and are reused when present.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
-threads=1 layers=30 p=512 n=128 reps=3 build=$root/build archs=""
+threads=1 layers=30 p=512 n=128 reps=3 build=$root/build archs="" batched=""
 types="Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_M Q4_K_M Q5_K_M Q6_K MXFP4"
 die() { printf 'vs-llamacpp-types: %s\n' "$*" >&2; exit 1; }
 while [ "$#" -gt 0 ]; do
@@ -37,6 +41,7 @@ while [ "$#" -gt 0 ]; do
         --reps) reps=$2; shift 2 ;;
         --build-dir) build=$2; shift 2 ;;
         --archs) archs=$2; shift 2 ;;
+        --batched) batched=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option: $1 (see --help)" ;;
     esac
@@ -76,7 +81,16 @@ run_family() {
         printf '%s\n' "$out" >&2
         pre=$(printf '%s\n' "$out" | awk '/^prefill tok\/s/ {print $3, $4, $5}')
         dec=$(printf '%s\n' "$out" | awk '/^decode tok\/s/ {print $3, $4, $5}')
-        printf '%s %s %s\n' "$label${label:+/}$t" "$pre" "$dec" >>"$table"
+        bat=""
+        if [ -n "$batched" ]; then
+            bout=$(bash "$here/vs-llamacpp-batched.sh" --model "$q" --threads "$threads" --build-dir "$build" \
+                --batches "$batched" --gen 32)
+            printf '%s\n' "$bout" >&2
+            for b in $batched; do
+                bat="$bat $(printf '%s\n' "$bout" | awk -v b="$b" '$1 == b { print $4; f = 1 } END { if (!f) print "-" }')"
+            done
+        fi
+        printf '%s %s %s%s\n' "$label${label:+/}$t" "$pre" "$dec" "$bat" >>"$table"
     done
 }
 if [ -z "$archs" ]; then
@@ -96,7 +110,11 @@ for a in $archs; do
 done
 echo
 echo "threads $threads, pp$p / tg$n, medians of $reps; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-printf '%-18s | %28s | %28s\n' type "prefill ours / llama.cpp" "decode ours / llama.cpp"
-while read -r t po pl pr do_ dl dr; do
-    printf '%-18s | %9s / %8s = %5sx | %9s / %8s = %5sx\n' "$t" "$po" "$pl" "$pr" "$do_" "$dl" "$dr"
+hdr=""
+for b in $batched; do hdr="$hdr | $(printf '%7s' "b$b")"; done
+printf '%-18s | %28s | %28s%s\n' type "prefill ours / llama.cpp" "decode ours / llama.cpp" "$hdr"
+while read -r t po pl pr do_ dl dr rest; do
+    cols=""
+    for r in $rest; do cols="$cols | $(printf '%6sx' "$r")"; done
+    printf '%-18s | %9s / %8s = %5sx | %9s / %8s = %5sx%s\n' "$t" "$po" "$pl" "$pr" "$do_" "$dl" "$dr" "$cols"
 done <"$table"
