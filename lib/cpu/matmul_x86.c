@@ -387,6 +387,7 @@ A2 void spk_mm_fill_avx2(spk_mm_table *t)
     t->mm[SPK_DT_Q8_0] = mm_q8_0_avx2;
     spk_mm_fill_avx2_kquants(t); /* cpu/matmul_x86_k.c */
     spk_mm_fill_avx2_q5(t);      /* cpu/matmul_x86_q5.c */
+    t->mm[SPK_DT_MXFP4] = spk_mm_mxfp4_avx2; /* 8-row tiles, every row: cpu/matmul_x86_mxfp4.c */
     t->mm[SPK_DT_F32] = mm_f32_avx2;
     t->mm[SPK_DT_F16] = mm_f16_avx2;
     t->mm[SPK_DT_BF16] = mm_bf16_avx2;

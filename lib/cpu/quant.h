@@ -115,6 +115,10 @@ void spk_mm_fill_avx2_q5(spk_mm_table *t);       /* sets Q5_0, Q5_1, MXFP4 only 
  * batched prefill exactly), and the tiles sum in another order than the per-row kernels. */
 int spk_mm_gemm8_q4_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow,
                            int n, int n_tok, int row0, int row1);
+/* cpu/matmul_x86_mxfp4.c: MXFP4 rows [row0, row1) in 8-row tiles (an spk_mm_kernel: all rows, a
+ * partial tile for the last ones), at every token count for the same reason. */
+void spk_mm_mxfp4_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                       int n_tok, int row0, int row1);
 #endif
 #if defined(__aarch64__)
 void spk_mm_fill_neon(spk_mm_table *t);

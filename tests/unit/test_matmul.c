@@ -224,7 +224,7 @@ static void decode_row(double *w, double *mag, const uint8_t *row, spk_dtype t, 
             for (int i = 0; i < 32; i++) {
                 const int nib = i < 16 ? p[1 + i] & 15 : p[1 + i - 16] >> 4;
                 w[32 * b + i] = (nib & 8 ? -1 : 1) * e2m1[nib & 7] * scale;
-                mag[32 * b + i] = fabs(w[32 * b + i]);
+                mag[32 * b + i] = fabs(w[32 * b + i]) + 6 * scale; /* x86 tile: value + 6 (offset 12 doubled) */
             }
         }
         break;
@@ -772,6 +772,113 @@ START_TEST(test_required_isa_is_tested)
 }
 END_TEST
 
+/* ---- MXFP4 in 8-row tiles (x86 AVX2, cpu/matmul_x86_mxfp4.c) ------------------------------- */
+
+/* Every batch size 1..17 (tiles of 1, 2, 3, 4 and 8 tokens and their leftovers), row counts and
+ * ranges off the 8-row grid (a partial last tile), 1, 3, 18 and 90 blocks per row (90: gpt-oss's
+ * 2880), against the float64 references. */
+START_TEST(test_mxfp4_tiles)
+{
+    static const int n_ins[] = {32, 96, 576, 2880};
+    const int n_in = n_ins[_i];
+    for (int nt = 1; nt <= 17; nt++) {
+        check_case(SPK_DT_MXFP4, n_in, 13, nt, 0, 13, 1100u + (uint64_t)(_i * 40 + nt));
+        check_case(SPK_DT_MXFP4, n_in, 21, nt, 3, 20, 1200u + (uint64_t)(_i * 40 + nt));
+        if (nt % 4 == 1)
+            check_case(SPK_DT_MXFP4, n_in, 7, nt, 2, 3, 1300u + (uint64_t)(_i * 40 + nt));
+    }
+}
+END_TEST
+
+/* Every E8M0 exponent, 0 and 1 (the f32 subnormal scales 2^-128, 2^-127) included, against a
+ * float64 reference of the same quantized activations: the tile's SIMD exponent decode must give
+ * spk_e8m0_to_f32_half's value for each. Exponents up to 240 keep the results finite. */
+START_TEST(test_mxfp4_every_exponent)
+{
+    enum { N = 64, ROWS = 241, TOK = 3 };
+    const size_t rb = spk_dtype_row_size(SPK_DT_MXFP4, N), asz = spk_act_size(SPK_DT_MXFP4, N, TOK);
+    uint8_t *w = malloc(rb * ROWS), *act = malloc(asz);
+    float x[N * TOK], out[ROWS * TOK];
+    double ad[N], dblk[N / 32 + 1];
+    ck_assert(w && act);
+    uint64_t s = 1400;
+    for (size_t i = 0; i < rb * ROWS; i++)
+        w[i] = (uint8_t)spk_test_rand(&s);
+    for (int r = 0; r < ROWS; r++)
+        for (int b = 0; b < N / 32; b++)
+            w[(size_t)r * rb + 17 * (size_t)b] = (uint8_t)r; /* e: the row's exponent in every block */
+    for (int i = 0; i < N * TOK; i++)
+        x[i] = f16r(&s, 0.01f, 2.0f);
+    int isas[SPK_ISA_COUNT];
+    const int ni = n_isas(isas);
+    for (int k = 0; k < ni; k++) {
+        use_isa(isas[k]);
+        spk_act_quantize(act, SPK_DT_MXFP4, x, N, 0, TOK);
+        spk_matmul(out, ROWS, w, SPK_DT_MXFP4, act, N, TOK, 0, ROWS);
+        for (int t = 0; t < TOK; t++) {
+            decode_act(ad, dblk, act + (size_t)t * (asz / TOK), SPK_DT_MXFP4, N);
+            for (int r = 0; r < ROWS; r++) {
+                double wd[N], mag[N], ref = 0, smag = 0;
+                decode_row(wd, mag, w + (size_t)r * rb, SPK_DT_MXFP4, N);
+                for (int i = 0; i < N; i++) {
+                    ref += wd[i] * ad[i];
+                    smag += mag[i] * fabs(ad[i]);
+                }
+                const double bound = 8 * ldexp(1.0, -23) * smag;
+                const float got = out[(size_t)t * ROWS + r];
+                ck_assert_msg(fabs(got - ref) <= bound, "isa %s row %d (e %d) token %d: got %.9g, ref %.9g",
+                              spk_matmul_isa_name(), r, r, t, got, ref);
+            }
+        }
+    }
+    use_isa(-1);
+    free(w);
+    free(act);
+}
+END_TEST
+
+/* A row's result does not depend on the row range it is computed in either (threads split rows
+ * at multiples of 16, MoE experts at any count): the tile's lanes never mix, so the rows of one
+ * call over [0, 45) match, bit for bit, calls over ranges cut at every offset 1..15, at several
+ * batch sizes. */
+START_TEST(test_mxfp4_row_ranges)
+{
+    enum { N = 576, ROWS = 45, TOK = 9 };
+    const size_t rb = spk_dtype_row_size(SPK_DT_MXFP4, N), asz = spk_act_size(SPK_DT_MXFP4, N, TOK);
+    uint8_t *w = malloc(rb * ROWS), *act = malloc(asz);
+    float *x = malloc(sizeof(float) * N * TOK), *all = malloc(sizeof(float) * ROWS * TOK),
+          *cut = malloc(sizeof(float) * ROWS * TOK);
+    ck_assert(w && act && x && all && cut);
+    uint64_t s = 1500;
+    fill_blocks(w, SPK_DT_MXFP4, N, ROWS, &s);
+    for (int i = 0; i < N * TOK; i++)
+        x[i] = f16r(&s, 0.01f, 2.0f);
+    int isas[SPK_ISA_COUNT];
+    const int ni = n_isas(isas);
+    for (int k = 0; k < ni; k++) {
+        use_isa(isas[k]);
+        spk_act_quantize(act, SPK_DT_MXFP4, x, N, 0, TOK);
+        for (int nt = 1; nt <= TOK; nt += 3) {
+            spk_matmul(all, ROWS, w, SPK_DT_MXFP4, act, N, nt, 0, ROWS);
+            for (int c = 1; c < 16; c++) {
+                memset(cut, 0, sizeof(float) * ROWS * TOK);
+                for (int r0 = 0; r0 < ROWS; r0 += c)
+                    spk_matmul(cut, ROWS, w, SPK_DT_MXFP4, act, N, nt, r0, r0 + c < ROWS ? r0 + c : ROWS);
+                ck_assert_msg(memcmp(all, cut, sizeof(float) * ROWS * (size_t)nt) == 0,
+                              "isa %s, %d tokens: rows cut every %d differ from one call", spk_matmul_isa_name(),
+                              nt, c);
+            }
+        }
+    }
+    use_isa(-1);
+    free(w);
+    free(act);
+    free(x);
+    free(all);
+    free(cut);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("matmul");
@@ -788,6 +895,9 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, test_dequantize_matches_decoder, 0, N_TYPES);
     tcase_add_test(tc, test_support_and_sizes);
     tcase_add_test(tc, test_required_isa_is_tested);
+    tcase_add_loop_test(tc, test_mxfp4_tiles, 0, 4);
+    tcase_add_test(tc, test_mxfp4_every_exponent);
+    tcase_add_test(tc, test_mxfp4_row_ranges);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,0 +1,167 @@
+/*
+ * x86-64 AVX2 kernel for MXFP4 weights (gpt-oss's expert type) in 8-row x up to 8-token tiles,
+ * the 8 rows' results in the 8 float lanes of one register per token, as the Q4_0 tile of
+ * cpu/matmul_x86_gemm.c: the per-block float work is shared by 8 rows and no horizontal sum is
+ * left at the end. Every row of every call takes this kernel, at every token count, 1 included
+ * (a token's result must not depend on the batch it came in); rows past the last multiple of 8
+ * run in a tile whose missing rows repeat the last row and are not stored. The lanes never mix,
+ * so a row's result does not depend on which tile, thread slice or batch it came in either.
+ *
+ * Per block: the 16 code bytes of the 8 rows are transposed in 4-byte groups (dword lane j of
+ * register k holds codes 4k..4k+3 of row j: low nibbles values 4k..4k+3, high nibbles values
+ * 16+4k..16+4k+3), and each nibble is looked up (pshufb) in the doubled E2M1 table plus 12, so
+ * the weights are unsigned 0..24 for maddubs against the broadcast int8 activations. Four
+ * products are summed in int16 (|sum| <= 4 * 2 * 24 * 127 = 24384 < 2^15), the two halves
+ * widened (madd) and added: an exact integer u = sum (w + 12) a per row and token. Then
+ *   acc += dw * (da * u - 12 * s)      (s = da * sum(a), dw = 2^(e-128), ggml's half E8M0)
+ * in the float lanes, one step per block per token for all 8 rows.
+ */
+#if defined(__x86_64__) || defined(__i386__)
+
+#include <immintrin.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "cpu/quant.h"
+
+#define TGT2 "avx2,fma,f16c"
+#define A2 __attribute__((target(TGT2)))
+#define I2 static inline __attribute__((always_inline, target(TGT2)))
+
+#define BS ((size_t)sizeof(spk_block_mxfp4)) /* 17: e, qs[16] */
+
+/* 16 bytes of row j (lower half) and row j + 4 (upper half). */
+I2 __m256i ld_pair(const uint8_t *lo, const uint8_t *hi)
+{
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)lo)),
+                                   _mm_loadu_si128((const __m128i *)hi), 1);
+}
+
+/* 4 bytes at p in every dword lane. */
+I2 __m256i bcast4(const uint8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* The E8M0 scales p[j][0] of the 8 rows as floats 2^(e-128) (e 0, 1: the subnormals 2^-128,
+ * 2^-127), bit-identical to spk_e8m0_to_f32_half. */
+I2 __m256 e8m0x8(const uint8_t *const p[8])
+{
+    __m128i v = _mm_cvtsi32_si128(p[0][0]);
+    v = _mm_insert_epi8(v, p[1][0], 1);
+    v = _mm_insert_epi8(v, p[2][0], 2);
+    v = _mm_insert_epi8(v, p[3][0], 3);
+    v = _mm_insert_epi8(v, p[4][0], 4);
+    v = _mm_insert_epi8(v, p[5][0], 5);
+    v = _mm_insert_epi8(v, p[6][0], 6);
+    v = _mm_insert_epi8(v, p[7][0], 7);
+    const __m256i e = _mm256_cvtepu8_epi32(v);
+    const __m256i norm = _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23);
+    const __m256i sub = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), e);
+    const __m256i big = _mm256_cmpgt_epi32(e, _mm256_set1_epi32(1));
+    return _mm256_castsi256_ps(_mm256_blendv_epi8(sub, norm, big));
+}
+
+/*
+ * Rows r0..r0+7 against tokens t0..t0+T-1 (T <= 8): out[(t0 + t) * ld + r0 + j] for the first
+ * nr (1..8) rows; rows from nr on repeat row r0 + nr - 1 and are not stored.
+ */
+I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow,
+              int n, int r0, int nr, int t0)
+{
+    const int nb = n / 32;
+    const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    const __m256i lut = _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0, 12, 13,
+                                         14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
+    __m256 acc[8];
+    for (int t = 0; t < T; t++)
+        acc[t] = _mm256_setzero_ps();
+    const uint8_t *wr[8], *at[8];
+    for (int j = 0; j < 8; j++)
+        wr[j] = w + (size_t)(r0 + (j < nr ? j : nr - 1)) * wrow;
+    for (int t = 0; t < T; t++)
+        at[t] = act + (size_t)(t0 + t) * arow;
+    for (int b = 0; b < nb; b++) {
+        const size_t o = (size_t)b * BS;
+        const uint8_t *p[8];
+        for (int j = 0; j < 8; j++)
+            p[j] = wr[j] + o;
+        const __m256i y0 = ld_pair(p[0] + 1, p[4] + 1), y1 = ld_pair(p[1] + 1, p[5] + 1);
+        const __m256i y2 = ld_pair(p[2] + 1, p[6] + 1), y3 = ld_pair(p[3] + 1, p[7] + 1);
+        const __m256i t0l = _mm256_unpacklo_epi32(y0, y1), t0h = _mm256_unpackhi_epi32(y0, y1);
+        const __m256i t1l = _mm256_unpacklo_epi32(y2, y3), t1h = _mm256_unpackhi_epi32(y2, y3);
+        const __m256i L0 = _mm256_unpacklo_epi64(t0l, t1l), L1 = _mm256_unpackhi_epi64(t0l, t1l);
+        const __m256i L2 = _mm256_unpacklo_epi64(t0h, t1h), L3 = _mm256_unpackhi_epi64(t0h, t1h);
+        __m256i W[8];
+        W[0] = _mm256_shuffle_epi8(lut, _mm256_and_si256(L0, m4));
+        W[1] = _mm256_shuffle_epi8(lut, _mm256_and_si256(L1, m4));
+        W[2] = _mm256_shuffle_epi8(lut, _mm256_and_si256(L2, m4));
+        W[3] = _mm256_shuffle_epi8(lut, _mm256_and_si256(L3, m4));
+        W[4] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(L0, 4), m4));
+        W[5] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(L1, 4), m4));
+        W[6] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(L2, 4), m4));
+        W[7] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(L3, 4), m4));
+        const __m256 dw = e8m0x8(p);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) {
+            const uint8_t *a = at[t] + 32 * (size_t)b;
+            __m256i s0 = _mm256_maddubs_epi16(W[0], bcast4(a));
+            __m256i s1 = _mm256_maddubs_epi16(W[4], bcast4(a + 16));
+#pragma GCC unroll 4
+            for (int k = 1; k < 4; k++) {
+                s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(W[k], bcast4(a + 4 * k)));
+                s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(W[4 + k], bcast4(a + 16 + 4 * k)));
+            }
+            const __m256i u = _mm256_add_epi32(_mm256_madd_epi16(s0, ones), _mm256_madd_epi16(s1, ones));
+            float ds[2];
+            memcpy(ds, at[t] + n + 8 * (size_t)b, 8);
+            const __m256 x =
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(u), _mm256_set1_ps(ds[0]), _mm256_set1_ps(-12.0f * ds[1]));
+            acc[t] = _mm256_fmadd_ps(dw, x, acc[t]);
+        }
+    }
+    if (nr == 8) {
+        for (int t = 0; t < T; t++)
+            _mm256_storeu_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, acc[t]);
+    } else {
+        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        for (int t = 0; t < T; t++)
+            _mm256_maskstore_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, mask, acc[t]);
+    }
+}
+
+/*
+ * Rows [row0, row1), all tokens, in tiles of 8 rows (the last one partial), cut into chunks of
+ * about 64 KiB of weights so a chunk stays in cache while every token group runs over it.
+ */
+A2 void spk_mm_mxfp4_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                          int n_tok, int row0, int row1)
+{
+    const int g = (row1 - row0 + 7) / 8;
+    const size_t cr = (64u << 10) / (wrow ? wrow : 1);
+    const int ch = cr < 8 ? 1 : (int)(cr / 8); /* tiles per chunk */
+    for (int c0 = 0; c0 < g; c0 += ch) {
+        const int c1 = g - c0 > ch ? c0 + ch : g;
+        for (int t = 0; t < n_tok;) {
+            const int left = n_tok - t, T = left >= 8 ? 8 : left >= 4 ? 4 : left;
+            for (int i = c0; i < c1; i++) {
+                const int r = row0 + 8 * i, nr = row1 - r < 8 ? row1 - r : 8;
+                switch (T) {
+                case 1: tile8(1, out, ld, w, wrow, act, arow, n, r, nr, t); break;
+                case 2: tile8(2, out, ld, w, wrow, act, arow, n, r, nr, t); break;
+                case 3: tile8(3, out, ld, w, wrow, act, arow, n, r, nr, t); break;
+                case 4: tile8(4, out, ld, w, wrow, act, arow, n, r, nr, t); break;
+                default: tile8(8, out, ld, w, wrow, act, arow, n, r, nr, t); break;
+                }
+            }
+            t += T;
+        }
+    }
+}
+
+#else
+typedef int spk_matmul_x86_mxfp4_unused; /* ISO C forbids an empty translation unit */
+#endif
