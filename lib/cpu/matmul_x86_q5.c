@@ -1,7 +1,7 @@
 /*
- * x86-64 matmul kernels for the 32-value block types Q5_0, Q5_1 and MXFP4, AVX2+FMA+F16C, with
- * target attributes like cpu/matmul_x86.c (the AVX-512 table inherits them). One weight row
- * against up to 4 tokens: each block is unpacked once per 4 tokens.
+ * x86-64 matmul kernels for the 32-value block types Q5_0 and Q5_1, AVX2+FMA+F16C, with target
+ * attributes like cpu/matmul_x86.c (the AVX-512 table inherits them). One weight row against up
+ * to 4 tokens: each block is unpacked once per 4 tokens. (MXFP4: cpu/matmul_x86_mxfp4.c.)
  */
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -15,7 +15,7 @@
 #define A2 __attribute__((target(TGT2)))
 #define I2 static inline __attribute__((always_inline, target(TGT2)))
 
-enum { K_Q5_0, K_Q5_1, K_MXFP4 };
+enum { K_Q5_0, K_Q5_1 };
 
 I2 float hsum256(__m256 v)
 {
@@ -47,25 +47,20 @@ I2 __m256i nibbles(const uint8_t *qs)
     return _mm256_and_si256(y, _mm256_set1_epi8(15));
 }
 
-I2 __m256i block_dot(__m256i w, __m256i a, int signed_w)
+I2 __m256i block_dot(__m256i w, __m256i a)
 {
-    const __m256i p = signed_w ? _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w))
-                               : _mm256_maddubs_epi16(w, a);
-    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1));
 }
 
 /*
- * One row against T tokens. Q5_0 and Q5_1 dot the unsigned 5-bit values (0..31) and add
- * -16 * d * s (Q5_0) or m * s (Q5_1); MXFP4 looks its nibbles up as signed doubled E2M1 values
- * and scales by 2^(e-128) (ggml's half E8M0 scale).
+ * One row against T tokens: the unsigned 5-bit values (0..31) are dotted, then -16 * d * s
+ * (Q5_0) or m * s (Q5_1) is added.
  */
 I2 void tile_avx2(int kind, int T, float *out, int ld, const uint8_t *w, size_t wrow,
                   const uint8_t *act, size_t arow, int n, int r, int t0)
 {
-    const size_t bs = kind == K_Q5_0 ? sizeof(spk_block_q5_0)
-                      : kind == K_Q5_1 ? sizeof(spk_block_q5_1) : sizeof(spk_block_mxfp4);
+    const size_t bs = kind == K_Q5_0 ? sizeof(spk_block_q5_0) : sizeof(spk_block_q5_1);
     const uint8_t *wr = w + (size_t)r * wrow;
-    const __m256i lut = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)spk_mxfp4_values));
     __m256 acc[4];
     float corr[4];
     const uint8_t *at[4];
@@ -76,27 +71,17 @@ I2 void tile_avx2(int kind, int T, float *out, int ld, const uint8_t *w, size_t 
     }
     for (int b = 0; b < n / 32; b++) {
         const uint8_t *p = wr + (size_t)b * bs;
-        __m256i wv;
-        float dw, mw = 0.0f;
-        if (kind == K_MXFP4) {
-            wv = _mm256_shuffle_epi8(lut, nibbles(p + 1));
-            const uint32_t e = p[0], bits = e < 2 ? 0x00200000u << e : (e - 1) << 23;
-            memcpy(&dw, &bits, 4); /* spk_e8m0_to_f32_half, inlined */
-        } else {
-            uint16_t h[2];
-            memcpy(h, p, 4);
-            dw = _cvtsh_ss(h[0]);
-            mw = kind == K_Q5_1 ? _cvtsh_ss(h[1]) : -16.0f * dw;
-            const uint8_t *qh = p + (kind == K_Q5_1 ? 4 : 2);
-            wv = _mm256_or_si256(nibbles(qh + 4), bit4_bytes(qh));
-        }
+        uint16_t h[2];
+        memcpy(h, p, 4);
+        const float dw = _cvtsh_ss(h[0]), mw = kind == K_Q5_1 ? _cvtsh_ss(h[1]) : -16.0f * dw;
+        const uint8_t *qh = p + (kind == K_Q5_1 ? 4 : 2);
+        const __m256i wv = _mm256_or_si256(nibbles(qh + 4), bit4_bytes(qh));
         for (int t = 0; t < T; t++) {
             const float *ds = (const float *)(at[t] + n);
             const __m256i a = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * b));
-            const __m256 f = _mm256_cvtepi32_ps(block_dot(wv, a, kind == K_MXFP4));
+            const __m256 f = _mm256_cvtepi32_ps(block_dot(wv, a));
             acc[t] = _mm256_fmadd_ps(f, _mm256_set1_ps(dw * ds[2 * b]), acc[t]);
-            if (kind != K_MXFP4)
-                corr[t] += mw * ds[2 * b + 1];
+            corr[t] += mw * ds[2 * b + 1];
         }
     }
     for (int t = 0; t < T; t++)
@@ -126,13 +111,11 @@ I2 void mm_avx2(int kind, float *out, int ld, const void *w, size_t wrow, const 
 
 MM(mm_q5_0_avx2, K_Q5_0)
 MM(mm_q5_1_avx2, K_Q5_1)
-MM(mm_mxfp4_avx2, K_MXFP4)
 
 A2 void spk_mm_fill_avx2_q5(spk_mm_table *t)
 {
     t->mm[SPK_DT_Q5_0] = mm_q5_0_avx2;
     t->mm[SPK_DT_Q5_1] = mm_q5_1_avx2;
-    t->mm[SPK_DT_MXFP4] = mm_mxfp4_avx2;
 }
 
 #else

@@ -107,7 +107,7 @@ void spk_mm_fill_scalar(spk_mm_table *t);
 void spk_mm_fill_avx2(spk_mm_table *t);
 void spk_mm_fill_avx512(spk_mm_table *t);
 void spk_mm_fill_avx2_kquants(spk_mm_table *t); /* sets the Q2_K..Q6_K entries only */
-void spk_mm_fill_avx2_q5(spk_mm_table *t);       /* sets Q5_0, Q5_1, MXFP4 only */
+void spk_mm_fill_avx2_q5(spk_mm_table *t);       /* sets Q5_0 and Q5_1 only */
 /* cpu/matmul_x86_gemm.c: Q4_0 rows [row0, row1) of n_tok tokens in 8-row tiles (kernel
  * arguments as spk_mm_kernel); returns the rows done from row0 (a multiple of 8), the caller
  * does the rest with its per-row kernels. Used at every token count, 1 included: a token's
