@@ -4,17 +4,22 @@
 # with SPK_NO_REPACK=1 and with packing (VmRSS sampled from /proc while it runs: the last sample
 # and VmHWM, the peak). Speed against llama.cpp: bench/vs-llamacpp-types.sh with and without
 # SPK_NO_REPACK=1.
-# Usage: bench/repack.sh [--build-dir build] [--model Q4_0.gguf] [--reps 7]
+# Usage: bench/repack.sh [--build-dir build] [--model Q4_0.gguf] [--reps 7] [--prompt-tokens 64]
+#                        [--gen-tokens 32]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 build=$ROOT/build
 model=${SPK_CACHE:-$HOME/.cache/sparkinfer}/synth/types-L8/Q4_0.gguf
 reps=7
+pt=64
+gt=32
 while [ $# -gt 0 ]; do
     case $1 in
         --build-dir) build=$2; shift 2 ;;
         --model) model=$2; shift 2 ;;
         --reps) reps=$2; shift 2 ;;
+        --prompt-tokens) pt=$2; shift 2 ;;
+        --gen-tokens) gt=$2; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -26,8 +31,8 @@ echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$out/k" 512 1536 "$reps"
 [ -f "$model" ] || { echo "no $model: RSS part skipped (bench/vs-llamacpp-types.sh --types Q4_0 makes it)"; exit 0; }
 rss() { # $1: SPK_NO_REPACK value; prints "last VmRSS, VmHWM" in MiB
-    SPK_NO_REPACK=$1 "$build/examples/spk-bench-single" --model "$model" --threads 1 --prompt-tokens 64 \
-        --gen-tokens 32 --reps 1 >"$out/b.$1" 2>&1 &
+    SPK_NO_REPACK=$1 "$build/examples/spk-bench-single" --model "$model" --threads 1 --prompt-tokens "$pt" \
+        --gen-tokens "$gt" --reps 1 >"$out/b.$1" 2>&1 &
     local pid=$! last=0 hwm=0
     while [ -r /proc/$pid/status ]; do
         l=$(awk '/^VmRSS/{print $2}' /proc/$pid/status 2>/dev/null || true)
