@@ -231,15 +231,34 @@ void spk_matmul_layout(float *out, int ld_out, const void *w, spk_dtype wtype, i
     spk_mm_kernel k = g_r8[isa][wtype];
     if (k) {
         k(out, ld_out, w, wrow, a, arow, n_in, n_tok, row0, r1);
-    } else { /* no packed kernel at this level: each row back in the file's layout, per-row kernel */
+    } else {
+        /* No packed kernel at this level (forced scalar, or a level packed for another): each
+         * group back in the file's layout, through the level's kernel on the group's rows from its
+         * first (as the unpacked matrix's thread shares, which start on the 16-row grid, run it),
+         * so any row blocking of up to 8 sits the same. Slow, exact; the only op path that
+         * allocates (8 rows, and a group cut by the range), since no packing happens at this level. */
         spk_mm_kernel rk = g_tables[isa].mm[wtype];
-        uint8_t stackbuf[16384], *buf = wrow <= sizeof stackbuf ? stackbuf : malloc(wrow);
+        uint8_t stackbuf[16384];
+        uint8_t *buf = 8 * wrow <= sizeof stackbuf ? stackbuf : malloc(8 * wrow);
+        float *tmp = NULL;
         if (!buf)
             return;
-        for (int r = row0; r < r1; r++) {
-            spk_matmul_unpack_row(buf, w, wtype, layout, n_in, n_out, r);
-            rk(out + r, ld_out, buf, wrow, a, arow, n_in, n_tok, 0, 1);
+        for (int g = row0 / 8; g < (r1 + 7) / 8; g++) {
+            const int r = 8 * g, lo = row0 > r ? row0 : r, hi = r1 < r + 8 ? r1 : r + 8;
+            for (int j = 0; j < 8; j++)
+                spk_matmul_unpack_row(buf + (size_t)j * wrow, w, wtype, layout, n_in, n_out, r + j);
+            if (lo == r) {
+                rk(out + r, ld_out, buf, wrow, a, arow, n_in, n_tok, 0, hi - r);
+                continue;
+            }
+            if (!tmp && !(tmp = malloc(sizeof(float) * 8 * (size_t)n_tok)))
+                break;
+            rk(tmp, 8, buf, wrow, a, arow, n_in, n_tok, 0, hi - r);
+            for (int t = 0; t < n_tok; t++)
+                for (int i = lo; i < hi; i++)
+                    out[(size_t)t * (size_t)ld_out + (size_t)i] = tmp[(size_t)t * 8 + (size_t)(i - r)];
         }
+        free(tmp);
         if (buf != stackbuf)
             free(buf);
     }

@@ -59,9 +59,11 @@ int spk_matmul_unpack_row(void *dst, const void *w, spk_dtype wtype, int layout,
 /* Blocks [b0, b1) of row r of it, likewise ((b1 - b0) blocks of the type at dst). */
 int spk_matmul_unpack_blocks(void *dst, const void *w, spk_dtype wtype, int layout, int n_in, int n_out, int r,
                              int b0, int b1);
-/* spk_matmul of weights in `layout` (n_out rows in all). Any row range; results equal
- * spk_matmul's on the unpacked matrix bit for bit. An ISA with no packed kernel for the type
- * (e.g. forced scalar) unpacks row by row into its per-row kernel (slow, exact). */
+/* spk_matmul of weights in `layout` (n_out rows in all), any row range. A packed row's result does
+ * not depend on the range, and equals spk_matmul's on the unpacked matrix bit for bit for ranges
+ * that start on the 8-row grid and end on it or at n_out (spk_split's 16-row thread shares). An
+ * ISA with no packed kernel for the type (e.g. forced scalar) unpacks each 8-row group into its
+ * own kernel (slow, exact). */
 void spk_matmul_layout(float *out, int ld_out, const void *w, spk_dtype wtype, int layout, int n_out,
                        const void *act, int n_in, int n_tok, int row0, int row1);
 
