@@ -1023,6 +1023,7 @@ static const spk_backend_ops cuda_ops = {
     .free = cuda_free,
     .upload = cuda_upload,
     .release = cuda_release,
+    .pack = nullptr, /* device backends never see packed matrices */
     .supports = cuda_supports,
     .copy = cuda_copy,
     .begin = cuda_begin,

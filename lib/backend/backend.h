@@ -26,11 +26,17 @@ typedef enum spk_mem_kind {
     SPK_MEM_DEVICE = 1, /* device memory of the backend's GPU */
 } spk_mem_kind;
 
-/* A weight matrix [n_out][n_in] of `type` rows (quantized or float), in backend memory. */
+/* A weight matrix [n_out][n_in] of `type` rows (quantized or float), in backend memory.
+ * `layout` says how the rows are stored: SPK_WLAYOUT_ROWS, the file's row-major layout (what
+ * every backend and op takes), or a layout the backend's pack() made for its kernels:
+ * SPK_WLAYOUT_R8 (CPU), rows in interleaved groups of 8 (the n_out % 8 leftover rows in the
+ * file's layout, at the file's offsets; see cpu/repack.c). Only matmul and embed read it. */
+enum { SPK_WLAYOUT_ROWS = 0, SPK_WLAYOUT_R8 = 1 };
 typedef struct spk_wmat {
     const void *data;
     spk_dtype type;
     int n_in, n_out;
+    uint8_t layout;
 } spk_wmat;
 
 /* The paged KV cache of a shard: per layer, `rows` (= blocks x block_size) rows of kv_dim f16. */
@@ -95,6 +101,12 @@ typedef struct spk_backend_ops {
      * for host backends (they read the mapping). release() undoes one upload. */
     spk_status (*upload)(spk_backend *be, const void *host, size_t bytes, void **dev);
     void (*release)(spk_backend *be, void *dev);
+    /* Repack a weight matrix that only matmul and embed read into the layout the backend's
+     * kernels want, once, at load: on success with a packed copy, w->data and w->layout name it and
+     * *owned is the copy's buffer (the caller frees it with free() after the model, and may drop
+     * the original's pages); *owned NULL: left as it is (no packed kernel for the type here, or
+     * SPK_NO_REPACK=1 in the environment). May be NULL (nothing is ever packed). */
+    spk_status (*pack)(spk_backend *be, spk_wmat *w, void **owned);
     /* Whether the ops take weights of `type`. May be NULL (every type the library reads). */
     int (*supports)(spk_backend *be, spk_dtype type);
     /* Copy between host and backend memory, either way, finished on return. NULL for host backends. */

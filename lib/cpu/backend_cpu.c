@@ -59,7 +59,18 @@ static void cpu_embed(spk_backend *be, float *x, const spk_wmat *table, const in
     spk_split(n_tok, 1, ith, nth, &t0, &t1);
     for (int t = t0; t < t1; t++) {
         int row = token[t] - v0;
-        if (row >= 0 && row < table->n_out)
+        if (row >= 0 && row < table->n_out && table->layout != SPK_WLAYOUT_ROWS) {
+            /* a packed tied head: its row back in the file's layout, a few blocks at a time */
+            uint8_t buf[2048];
+            const spk_dtype_info *ti = spk_dtype_get((uint32_t)table->type);
+            const int nb = E / (int)ti->block, per = (int)(sizeof buf / ti->type_size);
+            for (int b = 0; b < nb; b += per) {
+                const int b1 = nb - b > per ? b + per : nb;
+                spk_matmul_unpack_blocks(buf, table->data, table->type, table->layout, E, table->n_out, row, b, b1);
+                spk_dequantize_row(x + (size_t)t * E + (size_t)b * ti->block, buf, table->type,
+                                   (b1 - b) * (int)ti->block);
+            }
+        } else if (row >= 0 && row < table->n_out)
             spk_dequantize_row(x + (size_t)t * E, (const uint8_t *)table->data + (size_t)row * erow, table->type, E);
         else
             memset(x + (size_t)t * E, 0, sizeof(float) * (size_t)E);
@@ -105,8 +116,38 @@ static void cpu_matmul(spk_backend *be, float *out, const spk_wmat *w, const voi
     (void)be;
     int lo, hi;
     spk_split(w->n_out, 16, ith, nth, &lo, &hi);
-    if (lo < hi)
+    if (lo < hi && w->layout != SPK_WLAYOUT_ROWS) /* 16-row shares keep 8-row groups whole */
+        spk_matmul_layout(out, w->n_out, w->data, w->type, w->layout, w->n_out, act, w->n_in, n_tok, lo, hi);
+    else if (lo < hi)
         spk_matmul(out, w->n_out, w->data, w->type, act, w->n_in, n_tok, lo, hi);
+}
+
+_Static_assert(SPK_WLAYOUT_R8 == SPK_MM_LAYOUT_R8 && SPK_WLAYOUT_ROWS == SPK_MM_LAYOUT_ROWS,
+               "backend and kernel layout numbers");
+
+static spk_status cpu_pack(spk_backend *be, spk_wmat *w, void **owned)
+{
+    (void)be;
+    *owned = NULL;
+    const char *no = getenv("SPK_NO_REPACK");
+    if ((no && *no && strcmp(no, "0") != 0) || !w->data || w->layout != SPK_WLAYOUT_ROWS || w->n_out < 8)
+        return SPK_OK;
+    const int layout = spk_matmul_pack_layout(w->type, w->n_in);
+    if (layout == SPK_MM_LAYOUT_ROWS)
+        return SPK_OK;
+    const size_t bytes = spk_dtype_row_size(w->type, (size_t)w->n_in) * (size_t)w->n_out;
+    void *buf = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (!buf)
+        return spk_err(SPK_ERR_NOMEM, "cpu backend: cannot allocate %zu bytes to repack a %d x %d weight matrix", bytes,
+                       w->n_out, w->n_in);
+    if (spk_matmul_pack(buf, w->data, w->type, layout, w->n_in, w->n_out) != 0) {
+        free(buf);
+        return SPK_OK;
+    }
+    w->data = buf;
+    w->layout = (uint8_t)layout;
+    *owned = buf;
+    return SPK_OK;
 }
 
 /* Block `i` of sequence `seq`: from its block table, or implicit (consecutive per sequence). */
@@ -489,6 +530,7 @@ static const spk_backend_ops cpu_ops = {
     .mem = SPK_MEM_HOST,
     .alloc = cpu_alloc,
     .free = cpu_free,
+    .pack = cpu_pack,
     .begin = NULL,
     .run = cpu_run,
     .barrier = cpu_barrier,

@@ -7,12 +7,16 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "cpu/features.h"
 #include "cpu/quant.h"
 
 static spk_mm_table g_tables[SPK_ISA_COUNT];
 static int g_best = SPK_ISA_SCALAR;
+/* Packed kernels per ISA and type (cpu/repack.c's layouts; not inherited: a level without its own
+ * packed kernel unpacks into its per-row kernel). */
+static spk_mm_kernel g_r8[SPK_ISA_COUNT][SPK_MM_NTYPES];
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static atomic_int g_forced = -1;
 
@@ -38,6 +42,7 @@ static void init_tables(void)
         spk_mm_fill_avx2(&g_tables[SPK_ISA_AVX2]);
         inherit(&g_tables[SPK_ISA_AVX2], &g_tables[SPK_ISA_SCALAR]);
         g_best = SPK_ISA_AVX2;
+        g_r8[SPK_ISA_AVX2][SPK_DT_Q4_0] = spk_mm_r8_q4_0_avx2;
     }
     if (spk_cpu_isa_usable(SPK_ISA_AVX512)) {
         spk_mm_fill_avx512(&g_tables[SPK_ISA_AVX512]);
@@ -199,4 +204,64 @@ void spk_matmul(float *out, int ld_out, const void *w, spk_dtype wtype, const vo
     const uint8_t *a = (const uint8_t *)act + (is_kquant(wtype) ? spk_q8_row_bytes(n_in) : 0);
     k(out, ld_out, w, spk_dtype_row_size(wtype, (size_t)n_in), a, act_row_bytes(wtype, n_in),
       n_in, n_tok, row0, row1);
+}
+
+int spk_matmul_pack_layout(spk_dtype wtype, int n_in)
+{
+    if (!spk_matmul_supported(wtype, n_in) || (int)wtype < 0 || (int)wtype >= SPK_MM_NTYPES)
+        return SPK_MM_LAYOUT_ROWS;
+    const int isa = current_isa();
+    return g_r8[isa][wtype] && spk_matmul_layout_known(wtype, SPK_MM_LAYOUT_R8) ? SPK_MM_LAYOUT_R8
+                                                                                : SPK_MM_LAYOUT_ROWS;
+}
+
+void spk_matmul_layout(float *out, int ld_out, const void *w, spk_dtype wtype, int layout, int n_out,
+                       const void *act, int n_in, int n_tok, int row0, int row1)
+{
+    if (layout == SPK_MM_LAYOUT_ROWS || row0 >= n_out / 8 * 8) { /* leftover rows: the file's layout */
+        spk_matmul(out, ld_out, w, wtype, act, n_in, n_tok, row0, row1);
+        return;
+    }
+    if (!spk_matmul_supported(wtype, n_in) || n_tok <= 0 || row0 >= row1 || layout != SPK_MM_LAYOUT_R8 ||
+        !spk_matmul_layout_known(wtype, layout))
+        return;
+    const int isa = current_isa(), g_end = n_out / 8 * 8, r1 = row1 < g_end ? row1 : g_end;
+    const size_t wrow = spk_dtype_row_size(wtype, (size_t)n_in), arow = act_row_bytes(wtype, n_in);
+    const uint8_t *a = (const uint8_t *)act + (is_kquant(wtype) ? spk_q8_row_bytes(n_in) : 0);
+    spk_mm_kernel k = g_r8[isa][wtype];
+    if (k) {
+        k(out, ld_out, w, wrow, a, arow, n_in, n_tok, row0, r1);
+    } else {
+        /* No packed kernel at this level (forced scalar, or a level packed for another): each
+         * group back in the file's layout, through the level's kernel on the group's rows from its
+         * first (as the unpacked matrix's thread shares, which start on the 16-row grid, run it),
+         * so any row blocking of up to 8 sits the same. Slow, exact; the only op path that
+         * allocates (8 rows, and a group cut by the range), since no packing happens at this level. */
+        spk_mm_kernel rk = g_tables[isa].mm[wtype];
+        uint8_t stackbuf[16384];
+        uint8_t *buf = 8 * wrow <= sizeof stackbuf ? stackbuf : malloc(8 * wrow);
+        float *tmp = NULL;
+        if (!buf)
+            return;
+        for (int g = row0 / 8; g < (r1 + 7) / 8; g++) {
+            const int r = 8 * g, lo = row0 > r ? row0 : r, hi = r1 < r + 8 ? r1 : r + 8;
+            for (int j = 0; j < 8; j++)
+                spk_matmul_unpack_row(buf + (size_t)j * wrow, w, wtype, layout, n_in, n_out, r + j);
+            if (lo == r) {
+                rk(out + r, ld_out, buf, wrow, a, arow, n_in, n_tok, 0, hi - r);
+                continue;
+            }
+            if (!tmp && !(tmp = malloc(sizeof(float) * 8 * (size_t)n_tok)))
+                break;
+            rk(tmp, 8, buf, wrow, a, arow, n_in, n_tok, 0, hi - r);
+            for (int t = 0; t < n_tok; t++)
+                for (int i = lo; i < hi; i++)
+                    out[(size_t)t * (size_t)ld_out + (size_t)i] = tmp[(size_t)t * 8 + (size_t)(i - r)];
+        }
+        free(tmp);
+        if (buf != stackbuf)
+            free(buf);
+    }
+    if (row1 > g_end)
+        spk_matmul(out, ld_out, w, wtype, act, n_in, n_tok, g_end, row1);
 }

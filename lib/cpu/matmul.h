@@ -36,4 +36,35 @@ int spk_matmul_supported(spk_dtype wtype, int n_in);
 void spk_matmul(float *out, int ld_out, const void *w, spk_dtype wtype, const void *act,
                 int n_in, int n_tok, int row0, int row1);
 
+/*
+ * Packed weight layouts (weight repacking at load, cpu/repack.c). SPK_MM_LAYOUT_ROWS is the
+ * file's row-major layout; SPK_MM_LAYOUT_R8 groups rows 8 at a time in the order a type's 8-row
+ * kernel reads (the leftover n_out % 8 rows stay in the file's layout at their offsets). A packed
+ * matrix has the same size as the file's and the same results, bit for bit, at every ISA.
+ */
+#define SPK_MM_LAYOUT_ROWS 0
+#define SPK_MM_LAYOUT_R8 1
+
+/* The layout the kernels of the ISA in use now want for (wtype, n_in) weights: SPK_MM_LAYOUT_R8
+ * where a packed kernel exists (x86 AVX2: Q4_0), else SPK_MM_LAYOUT_ROWS (nothing to gain). */
+int spk_matmul_pack_layout(spk_dtype wtype, int n_in);
+/* Whether spk_matmul_pack knows (wtype, layout). */
+int spk_matmul_layout_known(spk_dtype wtype, int layout);
+/* The n_out rows at src (file layout) into `layout` at dst (the same size, not overlapping src).
+ * 0, or -1 if (wtype, layout, n_in) is not packable. */
+int spk_matmul_pack(void *dst, const void *src, spk_dtype wtype, int layout, int n_in, int n_out);
+/* Row r of a matrix in `layout` back in the file's layout (spk_dtype_row_size bytes at dst).
+ * 0, or -1 for an unknown layout or a row out of range. */
+int spk_matmul_unpack_row(void *dst, const void *w, spk_dtype wtype, int layout, int n_in, int n_out, int r);
+/* Blocks [b0, b1) of row r of it, likewise ((b1 - b0) blocks of the type at dst). */
+int spk_matmul_unpack_blocks(void *dst, const void *w, spk_dtype wtype, int layout, int n_in, int n_out, int r,
+                             int b0, int b1);
+/* spk_matmul of weights in `layout` (n_out rows in all), any row range. A packed row's result does
+ * not depend on the range, and equals spk_matmul's on the unpacked matrix bit for bit for ranges
+ * that start on the 8-row grid and end on it or at n_out (spk_split's 16-row thread shares). An
+ * ISA with no packed kernel for the type (e.g. forced scalar) unpacks each 8-row group into its
+ * own kernel (slow, exact). */
+void spk_matmul_layout(float *out, int ld_out, const void *w, spk_dtype wtype, int layout, int n_out,
+                       const void *act, int n_in, int n_tok, int row0, int row1);
+
 #endif

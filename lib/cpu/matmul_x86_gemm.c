@@ -14,8 +14,8 @@
  * (|sum| <= 8 * 2 * 15 * 127 = 30480 < 2^15) and widened once (madd). Then per block and token:
  *   Q4_0: acc += dw * (da * dot - 8 * s)      (codes are value + 8, s = da * sum(q))
  *   Q4_1: acc += dw * (da * dot) + mw * s     (value = d * code + m)
- * The weights stay in the file's layout (no repacking): the transposes cost 12 shuffles per
- * block per 8 rows, shared by the tile's tokens.
+ * Weights in the file's layout pay for the transposes, 12 shuffles per block per 8 rows, shared
+ * by the tile's tokens; weights packed at load (tile_p8 below) are read in the registers' order.
  *
  * Measured and not used (thread CPU time, 512 x 1536, then spk-bench-single decode on the
  * synthetic D512 L8 files; see BENCHMARKS.md 9c): the Q4_1 form of this tile (prefill kernel
@@ -189,6 +189,99 @@ A2 int spk_mm_gemm8_q4_0_avx2(float *out, int ld, const void *w, size_t wrow, co
                               int n, int n_tok, int row0, int row1)
 {
     return mm_g8(G_Q4_0, out, ld, w, wrow, act, arow, n, n_tok, row0, row1);
+}
+
+/*
+ * The Q4_0 tile on weights packed at load (SPK_MM_LAYOUT_R8, cpu/repack.c): per 8-row group and
+ * block, the 8 f16 scales (one 16-byte load) and the codes already in the order of the registers
+ * L0..L3 above (four 32-byte loads): no transposes and no scale gathers, which at batch 1 are not
+ * shared by any other token. The arithmetic is tile_g8's, op for op, so the results are the same
+ * bit for bit. The group at gp, tokens act[0..T) (arow apart), results o[t * ld + j].
+ */
+I2 void tile_p8(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
+{
+    const int nb = n / 32;
+    const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    __m256 acc[8];
+    for (int t = 0; t < T; t++)
+        acc[t] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *p = gp + (size_t)b * (8 * sizeof(spk_block_q4_0));
+        const __m256i L0 = _mm256_loadu_si256((const __m256i *)(p + 16));
+        const __m256i L1 = _mm256_loadu_si256((const __m256i *)(p + 48));
+        const __m256i L2 = _mm256_loadu_si256((const __m256i *)(p + 80));
+        const __m256i L3 = _mm256_loadu_si256((const __m256i *)(p + 112));
+        __m256i W[8];
+        W[0] = _mm256_and_si256(L0, m4);
+        W[1] = _mm256_and_si256(L1, m4);
+        W[2] = _mm256_and_si256(L2, m4);
+        W[3] = _mm256_and_si256(L3, m4);
+        W[4] = _mm256_and_si256(_mm256_srli_epi16(L0, 4), m4);
+        W[5] = _mm256_and_si256(_mm256_srli_epi16(L1, 4), m4);
+        W[6] = _mm256_and_si256(_mm256_srli_epi16(L2, 4), m4);
+        W[7] = _mm256_and_si256(_mm256_srli_epi16(L3, 4), m4);
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) {
+            const uint8_t *at = act + (size_t)t * arow, *a = at + 32 * (size_t)b;
+            __m256i s = _mm256_maddubs_epi16(W[0], bcast4(a));
+#pragma GCC unroll 8
+            for (int k = 1; k < 8; k++)
+                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(W[k], bcast4(a + 4 * k)));
+            const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(s, ones));
+            float ds[2];
+            memcpy(ds, at + n + 8 * (size_t)b, 8);
+            const __m256 x = _mm256_fmadd_ps(dot, _mm256_set1_ps(ds[0]), _mm256_set1_ps(-8.0f * ds[1]));
+            acc[t] = _mm256_fmadd_ps(dw, x, acc[t]);
+        }
+    }
+    for (int t = 0; t < T; t++)
+        _mm256_storeu_ps(o + (size_t)t * ld, acc[t]);
+}
+
+I2 void tile_p8_T(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
+{
+    switch (T) {
+    case 1: tile_p8(1, o, ld, gp, act, arow, n); break;
+    case 2: tile_p8(2, o, ld, gp, act, arow, n); break;
+    case 3: tile_p8(3, o, ld, gp, act, arow, n); break;
+    case 4: tile_p8(4, o, ld, gp, act, arow, n); break;
+    default: tile_p8(8, o, ld, gp, act, arow, n); break;
+    }
+}
+
+/* Rows [row0, row1) of the grouped part (row1 <= 8 * floor(n_out / 8)); a group cut by the range
+ * (only off the 16-row grid spk_split gives threads) is computed whole into a buffer. */
+A2 void spk_mm_r8_q4_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                            int n_tok, int row0, int row1)
+{
+    if (row0 >= row1 || n_tok <= 0)
+        return;
+    const uint8_t *W8 = w, *A = act;
+    const int g0 = row0 / 8, g1 = (row1 + 7) / 8;
+    size_t cr = (64u << 10) / (wrow ? wrow : 1);
+    const int ch = cr < 8 ? 1 : (int)(cr / 8); /* groups per chunk, as mm_g8 */
+    for (int c0 = g0; c0 < g1; c0 += ch) {
+        const int c1 = g1 - c0 > ch ? c0 + ch : g1;
+        for (int t = 0; t < n_tok;) {
+            const int left = n_tok - t, T = left >= 8 ? 8 : left >= 4 ? 4 : left;
+            const uint8_t *at = A + (size_t)t * arow;
+            for (int g = c0; g < c1; g++) {
+                const uint8_t *gp = W8 + (size_t)g * 8 * wrow;
+                const int r = 8 * g, lo = r > row0 ? r : row0, hi = r + 8 < row1 ? r + 8 : row1;
+                if (lo == r && hi == r + 8) {
+                    tile_p8_T(T, out + (size_t)t * (size_t)ld + (size_t)r, (size_t)ld, gp, at, arow, n);
+                } else {
+                    float tmp[8 * 8];
+                    tile_p8_T(T, tmp, 8, gp, at, arow, n);
+                    for (int k = 0; k < T; k++)
+                        for (int j = lo; j < hi; j++)
+                            out[(size_t)(t + k) * (size_t)ld + (size_t)j] = tmp[8 * k + (j - r)];
+                }
+            }
+            t += T;
+        }
+    }
 }
 
 #else

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "common/error.h"
@@ -53,6 +54,9 @@ struct spk_llama {
     int n_rows;
     spk_status ar_status;
     uint64_t kv_bytes, alloc_bytes; /* the KV cache; everything allocated here incl. the cache */
+    void **packed;              /* the CPU backend's repacked weight copies (pack_weights) */
+    int n_packed;
+    uint64_t packed_bytes;      /* their size: the same bytes the file's mapping no longer holds */
 };
 
 /* A zeroed run-state buffer of n x size bytes (counted): in backend memory, or on the host for
@@ -181,6 +185,65 @@ static spk_status upload_weights(spk_llama *m, const spk_weights *w)
     return SPK_OK;
 }
 
+/* A host backend's repacking of the dense matrices only matmul reads (and the tied embedding,
+ * which embed reads packed), once: m->dw with m->w pointing at it. Memory-neutral: the packed
+ * copy replaces the mapping's pages of the original, which are dropped (file-backed or Hugging
+ * Face regions: re-read or re-converted if anything touches them again). Left unpacked: MoE
+ * experts and routers (per-expert strides), and buffers the weights own (TP column slices):
+ * packing those would hold two copies. */
+static spk_status pack_weights(spk_llama *m, const spk_weights *w)
+{
+    const int L = m->n_layers;
+    m->dw = *w;
+    m->dlayers = calloc((size_t)(L > 0 ? L : 1), sizeof *m->dlayers);
+    m->packed = calloc((size_t)(1 + 7 * L), sizeof *m->packed);
+    if (!m->dlayers || !m->packed)
+        return spk_err(SPK_ERR_NOMEM, "llama: out of memory");
+    memcpy(m->dlayers, w->layers, sizeof *m->dlayers * (size_t)L);
+    m->dw.layers = m->dlayers;
+    m->w = &m->dw;
+    const long pg = sysconf(_SC_PAGESIZE);
+    for (int i = -1; i < L; i++) {
+        spk_layer *d = i >= 0 ? &m->dlayers[i] : NULL;
+        spk_wmat *list[7] = {0};
+        int n = 0;
+        if (!d) {
+            if (m->sh.last)
+                list[n++] = &m->dw.output;
+        } else if (!d->moe.n_expert) {
+            spk_wmat *lm[] = {&d->wq, &d->wk, &d->wv, &d->wo, &d->w_gate, &d->w_up, &d->w_down};
+            for (int k = 0; k < 7; k++)
+                list[n++] = lm[k];
+        }
+        for (int k = 0; k < n; k++) {
+            spk_wmat *x = list[k];
+            int owned = 0;
+            for (int o = 0; o < w->n_owned && !owned; o++)
+                owned = w->owned[o] == x->data;
+            if (!x->data || owned)
+                continue;
+            const spk_wmat orig = *x;
+            void *buf = NULL;
+            TRY(m->be->ops->pack(m->be, x, &buf));
+            if (!buf)
+                continue;
+            m->packed[m->n_packed++] = buf;
+            m->packed_bytes += wmat_bytes(x);
+            if (!d && m->sh.first && w->tok_embd.data == orig.data && w->tok_embd.n_out == orig.n_out &&
+                w->tok_embd.type == orig.type && w->tok_embd.n_in == orig.n_in)
+                m->dw.tok_embd = *x; /* tied: embed reads the packed head */
+            else if (!d && m->sh.first && w->tok_embd.data == orig.data)
+                continue; /* the embedding still reads these pages */
+            /* the original's whole pages inside the matrix */
+            uintptr_t a = ((uintptr_t)orig.data + (uintptr_t)pg - 1) & ~(uintptr_t)(pg - 1);
+            uintptr_t e = ((uintptr_t)orig.data + wmat_bytes(&orig)) & ~(uintptr_t)(pg - 1);
+            if (e > a)
+                madvise((void *)a, e - a, MADV_DONTNEED);
+        }
+    }
+    return SPK_OK;
+}
+
 /* Physical memory of this machine in bytes (0 if unknown). */
 static uint64_t phys_bytes(void)
 {
@@ -271,6 +334,10 @@ spk_status spk_llama_create_paged(const spk_hparams *hp, const spk_weights *w, c
         return st;
     }
     if (m->be->ops->upload && (st = upload_weights(m, w)) != SPK_OK) {
+        spk_llama_free(m);
+        return st;
+    }
+    if (!m->be->ops->upload && m->be->ops->pack && (st = pack_weights(m, w)) != SPK_OK) {
         spk_llama_free(m);
         return st;
     }
@@ -370,6 +437,9 @@ void spk_llama_free(spk_llama *m)
             m->be->ops->release(m->be, m->uploads[i]);
         spk_backend_destroy(m->be);
     }
+    for (int i = 0; i < m->n_packed; i++)
+        free(m->packed[i]);
+    free(m->packed);
     free(m->uploads);
     free(m->dlayers);
     free(m->rows);
@@ -390,6 +460,7 @@ uint64_t spk_llama_alloc_bytes(const spk_llama *m)
     return m->alloc_bytes + (o->held_bytes ? o->held_bytes(m->be) : 0);
 }
 const spk_backend *spk_llama_backend(const spk_llama *m) { return m->be; }
+uint64_t spk_llama_packed_bytes(const spk_llama *m) { return m->packed_bytes; }
 
 float spk_yarn_freqs(float *freqs, int rot_dim, float theta, float factor, int orig_ctx, float beta_fast,
                      float beta_slow, float attn_factor)

@@ -162,6 +162,9 @@ int spk_llama_max_tok(const spk_llama *m);
 int spk_llama_n_out(const spk_llama *m);   /* logits per row: v1 - v0 */
 uint64_t spk_llama_kv_bytes(const spk_llama *m);    /* bytes of the KV cache */
 uint64_t spk_llama_alloc_bytes(const spk_llama *m); /* bytes of the run state, KV cache included */
+/* Bytes of weight matrices the CPU backend repacked at load (not in alloc_bytes: each packed copy
+ * takes the place of the same bytes of the mapping, whose pages are dropped; SPK_NO_REPACK=1: 0). */
+uint64_t spk_llama_packed_bytes(const spk_llama *m);
 const spk_backend *spk_llama_backend(const spk_llama *m); /* what it computes on (memory kind, name) */
 
 #endif

@@ -557,7 +557,7 @@ static spk_status check_scales(const char *path, const char *name, const spk_wma
 
 static spk_status check_vec(const char *path, const char *name, const float *x, int n)
 {
-    spk_wmat m = {x, SPK_DT_F32, n, 1};
+    spk_wmat m = {x, SPK_DT_F32, n, 1, SPK_WLAYOUT_ROWS};
     return check_scales(path, name, &m, 0, 0, n);
 }
 

@@ -157,7 +157,7 @@ START_TEST(embed_matches_dequantized_rows)
         spk_test_fill(row, E, 10 + (uint64_t)r, -1, 1);
         ck_assert_uint_eq(spk_synth_quantize_row(tab + rb * (size_t)r, row, SPK_DT_Q8_0, E), rb);
     }
-    spk_wmat m = {tab, SPK_DT_Q8_0, E, V};
+    spk_wmat m = {tab, SPK_DT_Q8_0, E, V, 0};
     static const int32_t tok[] = {5, 13, 4, 9, 0, 14};
     float *out = malloc(sizeof(float) * 6 * E);
     job j = {.be = be, .op = OP_EMBED, .out = out, .mat = &m, .token = tok, .n_tok = 6, .v0 = v0, .n = E};
@@ -196,7 +196,7 @@ START_TEST(matmul_matches_float64_every_type)
             spk_dequantize_row(wf + (size_t)r * n_in, wq + rb * (size_t)r, t, n_in); /* the weights as stored */
         }
         spk_test_fill(x, (size_t)T * n_in, 7, -1, 1);
-        spk_wmat m = {wq, t, n_in, n_out};
+        spk_wmat m = {wq, t, n_in, n_out, 0};
         void *act = be->ops->alloc(be, be->ops->act_size(be, &m, T));
         job j = {.be = be, .op = OP_MATMUL, .out = out, .a = x, .mat = &m, .act = act, .n_tok = T};
         be->ops->run(be, run_job, &j);

@@ -219,7 +219,7 @@ START_TEST(matmul_and_embed_match_cpu_every_type)
         spk_dequantize_row(wf + (size_t)r * n_in, wq + rb * (size_t)r, t, n_in);
     void *dwq = NULL;
     ck_assert_int_eq(gpu_be->ops->upload(gpu_be, wq, rb * n_out, &dwq), SPK_OK);
-    spk_wmat mc = {wq, t, n_in, n_out}, mg = {dwq, t, n_in, n_out};
+    spk_wmat mc = {wq, t, n_in, n_out, 0}, mg = {dwq, t, n_in, n_out, 0};
     static const int k_T[] = {1, 5, 17};
     for (size_t ti = 0; ti < 3; ti++) {
         const int T = k_T[ti];

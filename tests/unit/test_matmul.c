@@ -581,6 +581,108 @@ START_TEST(test_batch_invariant)
 }
 END_TEST
 
+/* Weights repacked at load (cpu/repack.c): the packed matrix has the file's size, every row
+ * unpacks to the file's bytes, and spk_matmul_layout gives spk_matmul's results bit for bit at
+ * every ISA (AVX2: the packed tile; others: the unpack fallback) for batches 1..17, row counts
+ * off the 8-row grid (leftover rows in the file's layout), row ranges cut inside a group and the
+ * 16-row thread shares, several n_in. */
+START_TEST(test_repack_matches_unpacked)
+{
+    static const int n_ins[] = {32, 224, 576};
+    static const int n_outs[] = {8, 13, 45, 64};
+    const spk_dtype t = SPK_DT_Q4_0;
+    const int n_in = n_ins[_i], nt_max = 17;
+    int isas[SPK_ISA_COUNT];
+    const int ni = n_isas(isas);
+    for (size_t oi = 0; oi < sizeof n_outs / sizeof *n_outs; oi++) {
+        const int n_out = n_outs[oi];
+        const size_t rb = spk_dtype_row_size(t, (size_t)n_in), asz = spk_act_size(t, n_in, nt_max);
+        uint8_t *w = malloc(rb * (size_t)n_out), *p = malloc(rb * (size_t)n_out), *row = malloc(rb), *act = malloc(asz);
+        float *x = malloc(sizeof(float) * (size_t)n_in * nt_max);
+        float *a = malloc(sizeof(float) * (size_t)n_out * nt_max), *b = malloc(sizeof(float) * (size_t)n_out * nt_max);
+        ck_assert(w && p && row && act && x && a && b);
+        uint64_t s = 7000u + (uint64_t)(_i * 10) + oi;
+        fill_blocks(w, t, n_in, n_out, &s);
+        for (int i = 0; i < n_in * nt_max; i++)
+            x[i] = f16r(&s, 0.01f, 2.0f);
+        ck_assert_int_eq(spk_matmul_pack(p, w, t, SPK_MM_LAYOUT_R8, n_in, n_out), 0);
+        if (n_out >= 8) /* the first group is not the file's bytes any more */
+            ck_assert(memcmp(p, w, 8 * rb) != 0);
+        for (int r = 0; r < n_out; r++) {
+            ck_assert_int_eq(spk_matmul_unpack_row(row, p, t, SPK_MM_LAYOUT_R8, n_in, n_out, r), 0);
+            ck_assert_msg(memcmp(row, w + (size_t)r * rb, rb) == 0, "n_in %d n_out %d: row %d unpacks wrong", n_in,
+                          n_out, r);
+        }
+        /* row ranges as threads get them (spk_split: starts on the 16-row grid, ends there or
+         * at n_out), where the file layout's tiles sit on the same 8-row groups */
+        const int ranges[][2] = {{0, n_out}, {0, n_out < 16 ? n_out : 16}, {n_out < 16 ? 0 : 16, n_out},
+                                 {n_out < 16 ? 0 : 8, n_out}};
+        for (int k = 0; k < ni; k++) {
+            use_isa(isas[k]);
+            for (int nt = 1; nt <= nt_max; nt++) {
+                spk_act_quantize(act, t, x, n_in, 0, nt);
+                for (size_t q = 0; q < sizeof ranges / sizeof *ranges; q++) {
+                    const int r0 = ranges[q][0], r1 = ranges[q][1];
+                    memset(a, 0, sizeof(float) * (size_t)n_out * nt);
+                    memset(b, 0, sizeof(float) * (size_t)n_out * nt);
+                    spk_matmul(a, n_out, w, t, act, n_in, nt, r0, r1);
+                    spk_matmul_layout(b, n_out, p, t, SPK_MM_LAYOUT_R8, n_out, act, n_in, nt, r0, r1);
+                    for (int i = 0; i < n_out * nt; i++)
+                        ck_assert_msg(memcmp(&a[i], &b[i], sizeof(float)) == 0,
+                                      "isa %s n_in %d n_out %d tokens %d rows [%d,%d): token %d row %d: file layout "
+                                      "%.9g, packed %.9g", spk_matmul_isa_name(), n_in, n_out, nt, r0, r1, i / n_out,
+                                      i % n_out, a[i], b[i]);
+                }
+                /* a range cut inside groups: a packed row's result does not depend on the range */
+                const int c0 = 3, c1 = n_out - 2 > 3 ? n_out - 2 : n_out;
+                spk_matmul_layout(a, n_out, p, t, SPK_MM_LAYOUT_R8, n_out, act, n_in, nt, 0, n_out);
+                memset(b, 0, sizeof(float) * (size_t)n_out * nt);
+                spk_matmul_layout(b, n_out, p, t, SPK_MM_LAYOUT_R8, n_out, act, n_in, nt, c0, c1);
+                for (int tk = 0; tk < nt; tk++)
+                    for (int r = 0; r < n_out; r++) {
+                        const float want = r >= c0 && r < c1 ? a[tk * n_out + r] : 0.0f;
+                        ck_assert_msg(memcmp(&want, &b[tk * n_out + r], sizeof(float)) == 0,
+                                      "isa %s n_in %d n_out %d tokens %d rows [%d,%d): token %d row %d: %.9g, "
+                                      "want %.9g", spk_matmul_isa_name(), n_in, n_out, nt, c0, c1, tk, r,
+                                      b[tk * n_out + r], want);
+                    }
+            }
+        }
+        use_isa(-1);
+        spk_cpu_force_scalar(0);
+        free(w);
+        free(p);
+        free(row);
+        free(act);
+        free(x);
+        free(a);
+        free(b);
+    }
+}
+END_TEST
+
+/* Which layouts exist: Q4_0 packs (and on an AVX2 machine the kernels in use want it); other
+ * types and bad arguments are refused, not packed wrong. */
+START_TEST(test_repack_layouts)
+{
+    uint8_t src[18 * 8], dst[18 * 8], row[18];
+    memset(src, 1, sizeof src);
+    ck_assert(spk_matmul_layout_known(SPK_DT_Q4_0, SPK_MM_LAYOUT_R8));
+    ck_assert(spk_matmul_layout_known(SPK_DT_Q4_1, SPK_MM_LAYOUT_ROWS));
+    ck_assert(!spk_matmul_layout_known(SPK_DT_Q4_1, SPK_MM_LAYOUT_R8));
+    ck_assert_int_eq(spk_matmul_pack(dst, src, SPK_DT_Q4_1, SPK_MM_LAYOUT_R8, 32, 4), -1);
+    ck_assert_int_eq(spk_matmul_pack(dst, src, SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, 31, 8), -1);
+    ck_assert_int_eq(spk_matmul_pack(src, src, SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, 32, 8), -1);
+    ck_assert_int_eq(spk_matmul_unpack_row(row, src, SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, 32, 8, 8), -1);
+    ck_assert_int_eq(spk_matmul_unpack_row(row, src, SPK_DT_Q4_0, 7, 32, 8, 0), -1);
+    const int want = spk_matmul_isa_usable(SPK_ISA_AVX2) && !spk_cpu_scalar_forced() &&
+                     !spk_matmul_isa_usable(SPK_ISA_AVX512) ? SPK_MM_LAYOUT_R8 : SPK_MM_LAYOUT_ROWS;
+    ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q4_0, 64), want);
+    ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q4_1, 64), SPK_MM_LAYOUT_ROWS);
+    ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q4_0, 63), SPK_MM_LAYOUT_ROWS);
+}
+END_TEST
+
 /* The K-quant section: the SIMD quantizers give the reference's bytes exactly; its values are
  * within d/2 of x, d = amax/127 per 256; the per-32 pairs and the sums per 16 match the codes. */
 START_TEST(test_act_q8k_section)
@@ -890,6 +992,8 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, test_kquant_batches, 0, 5);
     tcase_add_loop_test(tc, test_gemm8_tiles, 0, 3);
     tcase_add_loop_test(tc, test_batch_invariant, 0, N_TYPES);
+    tcase_add_loop_test(tc, test_repack_matches_unpacked, 0, 3);
+    tcase_add_test(tc, test_repack_layouts);
     tcase_add_test(tc, test_act_q8k_section);
     tcase_add_test(tc, test_act_shared_across_types);
     tcase_add_loop_test(tc, test_dequantize_matches_decoder, 0, N_TYPES);

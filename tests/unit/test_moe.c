@@ -46,7 +46,7 @@ static void make_stack(stack *s, spk_dtype type, int X, int n_out, int n_in, flo
         spk_dequantize_row(s->deq + (size_t)r * n_in, s->data + (size_t)r * rb, type, n_in);
     }
     free(row);
-    s->m = (spk_wmat){s->data, type, n_in, n_out};
+    s->m = (spk_wmat){s->data, type, n_in, n_out, 0};
 }
 
 static void free_stack(stack *s)

@@ -1,0 +1,89 @@
+/*
+ * Q4_0 matmul kernel, file layout against the layout packed at load (cpu/repack.c): thread CPU
+ * time of n_in x n_out random weights (n_in 512 x n_out 1536 by default) at 1, 8 and 256 tokens,
+ * ns per row x token x 256 values, the median of `reps` runs of each, the two layouts alternating.
+ * Built and run by bench/repack.sh. Usage: repack_kernel [n_in n_out reps]
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/dtype.h"
+#include "cpu/matmul.h"
+#include "cpu/quant.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv)
+{
+    const int n_in = argc > 1 ? atoi(argv[1]) : 512, n_out = argc > 2 ? atoi(argv[2]) : 1536;
+    const int reps = argc > 3 ? atoi(argv[3]) : 7;
+    if (!spk_matmul_supported(SPK_DT_Q4_0, n_in) || n_out < 8 || reps < 1 || reps > 101)
+        return fprintf(stderr, "bad sizes\n"), 2;
+    const int layout = spk_matmul_pack_layout(SPK_DT_Q4_0, n_in);
+    const size_t rb = spk_dtype_row_size(SPK_DT_Q4_0, (size_t)n_in), wb = rb * (size_t)n_out;
+    uint8_t *w = malloc(wb), *p = malloc(wb);
+    uint64_t s = 88172645463325252ull;
+    for (size_t i = 0; i < wb; i++) {
+        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+        w[i] = (uint8_t)s;
+    }
+    for (int r = 0; r < n_out; r++)
+        for (int b = 0; b < n_in / 32; b++) {
+            spk_block_q4_0 *x = (spk_block_q4_0 *)(w + (size_t)r * rb) + b;
+            x->d = spk_f32_to_f16(0.01f + 0.001f * (float)((r + b) % 7));
+        }
+    if (layout == SPK_MM_LAYOUT_ROWS || spk_matmul_pack(p, w, SPK_DT_Q4_0, layout, n_in, n_out) != 0) {
+        printf("no packed Q4_0 kernel at this ISA (%s)\n", spk_matmul_isa_name());
+        return 0;
+    }
+    static const int toks[] = {1, 8, 256};
+    printf("isa %s, Q4_0 %d x %d, thread CPU ns per row x token x 256 values, median of %d\n",
+           spk_matmul_isa_name(), n_in, n_out, reps);
+    printf("| tokens | file layout | packed | file / packed |\n|---|---|---|---|\n");
+    for (size_t k = 0; k < sizeof toks / sizeof *toks; k++) {
+        const int nt = toks[k];
+        float *x = malloc(sizeof(float) * (size_t)n_in * nt), *out = malloc(sizeof(float) * (size_t)n_out * nt);
+        void *act = malloc(spk_act_size(SPK_DT_Q4_0, n_in, nt));
+        for (int i = 0; i < n_in * nt; i++)
+            x[i] = (float)((i * 37) % 101 - 50) * 0.02f;
+        spk_act_quantize(act, SPK_DT_Q4_0, x, n_in, 0, nt);
+        /* enough calls per timing for ~20 ms */
+        const int calls = nt >= 256 ? 1 : nt >= 8 ? 30 : 200;
+        double tf[101], tp[101];
+        for (int r = 0; r < reps; r++) {
+            double t0 = now();
+            for (int c = 0; c < calls; c++)
+                spk_matmul(out, n_out, w, SPK_DT_Q4_0, act, n_in, nt, 0, n_out);
+            double t1 = now();
+            for (int c = 0; c < calls; c++)
+                spk_matmul_layout(out, n_out, p, SPK_DT_Q4_0, layout, n_out, act, n_in, nt, 0, n_out);
+            double t2 = now();
+            const double units = (double)calls * n_out * nt * (n_in / 256.0);
+            tf[r] = (t1 - t0) * 1e9 / units;
+            tp[r] = (t2 - t1) * 1e9 / units;
+        }
+        qsort(tf, (size_t)reps, sizeof(double), cmp);
+        qsort(tp, (size_t)reps, sizeof(double), cmp);
+        printf("| %d | %.2f | %.2f | %.2fx |\n", nt, tf[reps / 2], tp[reps / 2], tf[reps / 2] / tp[reps / 2]);
+        free(x);
+        free(out);
+        free(act);
+    }
+    free(w);
+    free(p);
+    return 0;
+}

@@ -1,0 +1,109 @@
+/*
+ * Weight repacking at load (cpu/matmul.h: spk_matmul_pack): the packed layouts the kernels read,
+ * one table entry per (type, layout). A packed matrix has the file's size: its first
+ * 8 * floor(n_out / 8) rows become groups of 8 rows in the kernels' order, the leftover rows stay
+ * in the file's layout at the file's offsets (so group g starts at byte 8 * g * wrow and a
+ * leftover row r at r * wrow, as before packing).
+ *
+ * SPK_MM_LAYOUT_R8 for Q4_0: per group, per block b (144 bytes = 8 file blocks):
+ *   bytes 0..15     the 8 rows' f16 scales d, row j at 2j
+ *   bytes 16..143   the codes, 4 registers of 32 bytes: register k, dword j = code bytes
+ *                   4k..4k+3 of row j (the order cpu/matmul_x86_gemm.c's tile builds with its
+ *                   transposes from the file layout)
+ * Later types (MXFP4, Q8_0, Q4_K) add a pack_group/unpack_row pair and one row of k_formats.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "cpu/matmul.h"
+#include "cpu/quant.h"
+
+typedef struct pack_format {
+    spk_dtype type;
+    int layout;
+    /* the 8 file-layout rows at src (wrow bytes apart, nb blocks each) into one group at dst */
+    void (*pack_group)(uint8_t *dst, const uint8_t *src, size_t wrow, int nb);
+    /* blocks [b0, b1) of row j of the group at grp back into the file layout at dst */
+    void (*unpack_row)(uint8_t *dst, const uint8_t *grp, int j, int b0, int b1);
+} pack_format;
+
+static void pack_q4_0_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
+{
+    for (int b = 0; b < nb; b++) {
+        uint8_t *o = dst + (size_t)b * 8 * sizeof(spk_block_q4_0);
+        for (int j = 0; j < 8; j++) {
+            const spk_block_q4_0 *x = (const spk_block_q4_0 *)(src + (size_t)j * wrow) + b;
+            memcpy(o + 2 * j, &x->d, 2);
+            for (int k = 0; k < 4; k++)
+                memcpy(o + 16 + 32 * k + 4 * j, x->qs + 4 * k, 4);
+        }
+    }
+}
+
+static void unpack_q4_0_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int b1)
+{
+    for (int b = b0; b < b1; b++) {
+        const uint8_t *o = grp + (size_t)b * 8 * sizeof(spk_block_q4_0);
+        spk_block_q4_0 *x = (spk_block_q4_0 *)dst + (b - b0);
+        memcpy(&x->d, o + 2 * j, 2);
+        for (int k = 0; k < 4; k++)
+            memcpy(x->qs + 4 * k, o + 16 + 32 * k + 4 * j, 4);
+    }
+}
+
+static const pack_format k_formats[] = {
+    {SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, pack_q4_0_r8, unpack_q4_0_r8},
+};
+
+static const pack_format *find(spk_dtype t, int layout)
+{
+    for (size_t i = 0; i < sizeof k_formats / sizeof *k_formats; i++)
+        if (k_formats[i].type == t && k_formats[i].layout == layout)
+            return &k_formats[i];
+    return NULL;
+}
+
+int spk_matmul_pack(void *dst, const void *src, spk_dtype wtype, int layout, int n_in, int n_out)
+{
+    const pack_format *f = find(wtype, layout);
+    if (!f || !spk_matmul_supported(wtype, n_in) || n_out < 0 || dst == src)
+        return -1;
+    const size_t wrow = spk_dtype_row_size(wtype, (size_t)n_in);
+    const int nb = n_in / (int)spk_dtype_get((uint32_t)wtype)->block, G = n_out / 8;
+    for (int g = 0; g < G; g++)
+        f->pack_group((uint8_t *)dst + (size_t)g * 8 * wrow, (const uint8_t *)src + (size_t)g * 8 * wrow, wrow, nb);
+    memcpy((uint8_t *)dst + (size_t)G * 8 * wrow, (const uint8_t *)src + (size_t)G * 8 * wrow,
+           (size_t)(n_out - 8 * G) * wrow);
+    return 0;
+}
+
+int spk_matmul_unpack_blocks(void *dst, const void *w, spk_dtype wtype, int layout, int n_in, int n_out, int r,
+                             int b0, int b1)
+{
+    const spk_dtype_info *ti = spk_dtype_get((uint32_t)wtype);
+    if (!ti || !spk_matmul_supported(wtype, n_in) || r < 0 || r >= n_out || b0 < 0 || b0 > b1 ||
+        b1 > n_in / (int)ti->block)
+        return -1;
+    const size_t wrow = spk_dtype_row_size(wtype, (size_t)n_in);
+    if (layout == SPK_MM_LAYOUT_ROWS || r >= n_out / 8 * 8) {
+        memcpy(dst, (const uint8_t *)w + (size_t)r * wrow + (size_t)b0 * ti->type_size,
+               (size_t)(b1 - b0) * ti->type_size);
+        return 0;
+    }
+    const pack_format *f = find(wtype, layout);
+    if (!f)
+        return -1;
+    f->unpack_row(dst, (const uint8_t *)w + (size_t)(r / 8) * 8 * wrow, r % 8, b0, b1);
+    return 0;
+}
+
+int spk_matmul_unpack_row(void *dst, const void *w, spk_dtype wtype, int layout, int n_in, int n_out, int r)
+{
+    const spk_dtype_info *ti = spk_dtype_get((uint32_t)wtype);
+    return ti ? spk_matmul_unpack_blocks(dst, w, wtype, layout, n_in, n_out, r, 0, n_in / (int)ti->block) : -1;
+}
+
+int spk_matmul_layout_known(spk_dtype wtype, int layout)
+{
+    return layout == SPK_MM_LAYOUT_ROWS || find(wtype, layout) != NULL;
+}
