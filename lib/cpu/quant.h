@@ -115,6 +115,10 @@ void spk_mm_fill_avx2_q5(spk_mm_table *t);       /* sets Q5_0, Q5_1, MXFP4 only 
  * batched prefill exactly), and the tiles sum in another order than the per-row kernels. */
 int spk_mm_gemm8_q4_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow,
                            int n, int n_tok, int row0, int row1);
+/* cpu/matmul_x86_q8.c: Q8_0 rows [row0, row1) (kernel arguments as spk_mm_kernel), every row
+ * with the same per-block float steps at every token count (8-row tile from 2 tokens). */
+void spk_mm_q8_0_lanes_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow,
+                            int n, int n_tok, int row0, int row1);
 #endif
 #if defined(__aarch64__)
 void spk_mm_fill_neon(spk_mm_table *t);
