@@ -12,9 +12,9 @@
  *    the 8 rows' products of 4 values (maddubs |w| x sign(a, w), widened by madd: a pair sum
  *    reaches 2 * 128 * 127, so no int16 sums of pairs), the transposes shared by the tile's
  *    tokens and the 8 rows' float steps done in one vector op each;
- *  - rows_q8 (1 token, 1..8 rows; also a batch's odd last token): each row's block dot the per-row way (one 32-byte maddubs,
- *    madd), the 8 rows' int32 partial sums reduced into one vector (hadd tree), then the same
- *    vector float steps. At batch 1 the 8 rows are taken q = rows / 8 apart (8 long sequential
+ *  - rows_q8 (1 token, 1..8 rows; also a batch's last token when one is left over): each row's
+ *    block dot the per-row way (one 32-byte maddubs, madd), the 8 rows' int32 partial sums
+ *    reduced into one vector (hadd tree), then the same vector float steps. At batch 1 the 8 rows are taken q = rows / 8 apart (8 long sequential
  *    streams, as cpu/matmul_x86.c's per-row kernels take 4), which the lane-per-row arithmetic
  *    allows; measured from memory, 8 consecutive rows were 3x slower and 4 streams of row pairs
  *    2x (BENCHMARKS.md 9f).
