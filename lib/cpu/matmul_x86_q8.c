@@ -14,10 +14,10 @@
  *    tokens and the 8 rows' float steps done in one vector op each;
  *  - rows_q8 (1 token, 1..8 rows; also a batch's last token when one is left over): each row's
  *    block dot the per-row way (one 32-byte maddubs, madd), the 8 rows' int32 partial sums
- *    reduced into one vector (hadd tree), then the same vector float steps. At batch 1 the 8 rows are taken q = rows / 8 apart (8 long sequential
- *    streams, as cpu/matmul_x86.c's per-row kernels take 4), which the lane-per-row arithmetic
- *    allows; measured from memory, 8 consecutive rows were 3x slower and 4 streams of row pairs
- *    2x (BENCHMARKS.md 9f).
+ *    reduced into one vector (hadd tree), then the same vector float steps. At batch 1 the 8
+ *    rows are taken q = rows / 8 apart (8 long sequential streams, as cpu/matmul_x86.c's
+ *    per-row kernels take 4), which the lane-per-row arithmetic allows; measured from memory,
+ *    8 consecutive rows were 3x slower and 4 streams of row pairs 2x (BENCHMARKS.md 9f).
  * Leftover rows (fewer than 8) take rows_q8 with the missing lanes pointing at a valid row and
  * not stored.
  *
@@ -119,17 +119,17 @@ I2 void tile_q8t(int T, float *out, int ld, const uint8_t *w, size_t wrow, const
         /* group k outer, tokens inner: the tile's 8 int32 sums and one group's codes in registers */
         __m256i s[8];
 #pragma GCC unroll 8
-        for (int t = 0; t < T; t++)
-            s[t] = _mm256_madd_epi16(_mm256_maddubs_epi16(A[0], _mm256_sign_epi8(bcast4(at[t] + 32 * (size_t)b), L[0])),
-                                     ones);
+        for (int t = 0; t < T; t++) {
+            const __m256i a = _mm256_sign_epi8(bcast4(at[t] + 32 * (size_t)b), L[0]);
+            s[t] = _mm256_madd_epi16(_mm256_maddubs_epi16(A[0], a), ones);
+        }
 #pragma GCC unroll 8
         for (int k = 1; k < 8; k++)
 #pragma GCC unroll 8
-            for (int t = 0; t < T; t++)
-                s[t] = _mm256_add_epi32(
-                    s[t], _mm256_madd_epi16(
-                              _mm256_maddubs_epi16(A[k], _mm256_sign_epi8(bcast4(at[t] + 32 * (size_t)b + 4 * k), L[k])),
-                              ones));
+            for (int t = 0; t < T; t++) {
+                const __m256i a = _mm256_sign_epi8(bcast4(at[t] + 32 * (size_t)b + 4 * k), L[k]);
+                s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(_mm256_maddubs_epi16(A[k], a), ones));
+            }
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++)
             acc[t] = fstep(acc[t], dw, s[t], at[t] + n + 8 * (size_t)b);
