@@ -210,7 +210,13 @@ I2 void mm_q_avx2(int kind, float *out, int ld, const void *w, size_t wrow, cons
 
 A2 MM_Q(avx2, mm_q4_0_avx2, K_Q4_0)
 A2 MM_Q(avx2, mm_q4_1_avx2, K_Q4_1)
-A2 MM_Q(avx2, mm_q8_0_avx2, K_Q8_0)
+/* Q8_0: cpu/matmul_x86_q8.c (an 8-row tile from 2 tokens, a per-row batch-1 kernel, the same
+ * float arithmetic per row in both). */
+static void mm_q8_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow,
+                         int n, int n_tok, int row0, int row1)
+{
+    spk_mm_q8_0_lanes_avx2(out, ld, w, wrow, act, arow, n, n_tok, row0, row1);
+}
 
 /* ---- float weights (F32, F16, BF16) against f32 activations ---- */
 

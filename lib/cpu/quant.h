@@ -119,10 +119,14 @@ int spk_mm_gemm8_q4_0_avx2(float *out, int ld, const void *w, size_t wrow, const
  * partial tile for the last ones), at every token count for the same reason. */
 void spk_mm_mxfp4_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                        int n_tok, int row0, int row1);
-/* The same tile reading Q4_0 packed in SPK_MM_LAYOUT_R8 (cpu/repack.c): rows [row0, row1) of the
+/* cpu/matmul_x86_gemm.c: the Q4_0 tile reading SPK_MM_LAYOUT_R8 (cpu/repack.c): rows [row0, row1) of the
  * grouped part (row1 <= 8 * floor(n_out / 8)), any alignment; same results bit for bit. */
 void spk_mm_r8_q4_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                          int n_tok, int row0, int row1);
+/* cpu/matmul_x86_q8.c: Q8_0 rows [row0, row1) (kernel arguments as spk_mm_kernel), every row
+ * with the same per-block float steps at every token count (8-row tile from 2 tokens). */
+void spk_mm_q8_0_lanes_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow,
+                            int n, int n_tok, int row0, int row1);
 #endif
 #if defined(__aarch64__)
 void spk_mm_fill_neon(spk_mm_table *t);

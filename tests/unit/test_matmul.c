@@ -978,6 +978,103 @@ START_TEST(test_mxfp4_row_ranges)
     free(x);
     free(all);
     free(cut);
+/* ---- Q8_0 on AVX2 (cpu/matmul_x86_q8.c): an 8-row tile from 2 tokens, a per-row kernel at 1 ---- */
+
+/* Against the float64 references: every batch size 1..17 (tiles of 2, 3, 4 and 8 tokens and the
+ * single-token kernel), row counts off the 8-row grid, ranges that start and end mid-tile, 1, 3
+ * and 18 blocks per row, and enough rows for several 64 KiB chunks. */
+START_TEST(test_q8_lanes_batches)
+{
+    for (int nt = 1; nt <= 17; nt++) {
+        check_case(SPK_DT_Q8_0, 32, 37, nt, 0, 37, 1100u + (uint64_t)nt);
+        check_case(SPK_DT_Q8_0, 96, 29, nt, 3, 28, 1200u + (uint64_t)nt);
+        check_case(SPK_DT_Q8_0, 576, 13, nt, 5, 12, 1300u + (uint64_t)nt);
+    }
+    check_case(SPK_DT_Q8_0, 576, 2053, 9, 1, 2050, 1400u);
+}
+END_TEST
+
+/* Q8_0 activations: the int8 codes of row tk and its per-block f16 scale (stored as float). */
+static int q8_act_code(const uint8_t *act, size_t arow, int tk, int i)
+{
+    return ((const int8_t *)(act + (size_t)tk * arow))[i];
+}
+
+static float q8_act_scale(const uint8_t *act, size_t arow, int n, int tk, int b)
+{
+    float d;
+    memcpy(&d, act + (size_t)tk * arow + n + 8 * (size_t)b, 4);
+    return d;
+}
+
+/* The AVX2 Q8_0 kernels compute, per row and token, acc = fma(dw, (float)s * da, acc) over the
+ * blocks in order with s the exact integer block dot: check that bit for bit, whatever kernel
+ * (tile of 2..8 tokens, single-token kernel, leftover rows) a row and token go through, for every
+ * batch size 1..17 and row ranges that do and do not start on the 8-row grid; quants include the
+ * extremes (-128 weights against +-127 activations, every block of row 0). Other ISAs sum in
+ * their own order and are covered by test_q8_lanes_batches. */
+START_TEST(test_q8_lanes_exact)
+{
+    const int n_in = 160, n_out = 45, nb = n_in / 32;
+    const size_t rb = spk_dtype_row_size(SPK_DT_Q8_0, (size_t)n_in);
+    uint8_t *w = malloc(rb * n_out);
+    float *x = malloc(sizeof(float) * (size_t)n_in * 17), *out = malloc(sizeof(float) * n_out * 17);
+    const size_t asz = spk_act_size(SPK_DT_Q8_0, n_in, 17);
+    uint8_t *act = malloc(asz);
+    ck_assert(w && x && out && act);
+    uint64_t s = 1500;
+    fill_blocks(w, SPK_DT_Q8_0, n_in, n_out, &s);
+    for (int b = 0; b < nb; b++) /* row 0: every code -128, scale 1 */
+        memset(w + (size_t)b * sizeof(spk_block_q8_0) + 2, 0x80, 32);
+    const uint16_t one = spk_f32_to_f16(1.0f);
+    for (int b = 0; b < nb; b++)
+        memcpy(w + (size_t)b * sizeof(spk_block_q8_0), &one, 2);
+    for (int i = 0; i < n_in * 17; i++)
+        x[i] = f16r(&s, 0.01f, 2.0f);
+    for (int i = 0; i < n_in; i++)
+        x[i] = (i & 1) ? 3.0f : -3.0f; /* token 0: codes +-127 */
+    int checked = 0;
+    if (spk_matmul_isa_usable(SPK_ISA_AVX2)) {
+        use_isa(SPK_ISA_AVX2);
+        static const int ranges[][2] = {{0, 45}, {3, 45}, {5, 12}, {8, 24}, {40, 45}};
+        for (int nt = 1; nt <= 17; nt++) {
+            spk_act_quantize(act, SPK_DT_Q8_0, x, n_in, 0, nt);
+            const size_t arow = spk_act_size(SPK_DT_Q8_0, n_in, nt) / (size_t)nt;
+            for (size_t ri = 0; ri < sizeof ranges / sizeof ranges[0]; ri++) {
+                const int r0 = ranges[ri][0], r1 = ranges[ri][1];
+                spk_matmul(out, n_out, w, SPK_DT_Q8_0, act, n_in, nt, r0, r1);
+                for (int tk = 0; tk < nt; tk++)
+                    for (int r = r0; r < r1; r++) {
+                        const uint8_t *row = w + (size_t)r * rb;
+                        float acc = 0.0f;
+                        for (int b = 0; b < nb; b++) {
+                            const spk_block_q8_0 *blk = (const spk_block_q8_0 *)row + b;
+                            int32_t dot = 0;
+                            for (int i = 0; i < 32; i++)
+                                dot += (int32_t)blk->qs[i] * q8_act_code(act, arow, tk, 32 * b + i);
+                            const float sa = (float)dot * q8_act_scale(act, arow, n_in, tk, b);
+                            acc = fmaf(spk_f16_to_f32(blk->d), sa, acc);
+                        }
+                        const float got = out[(size_t)tk * n_out + r];
+                        ck_assert_msg(memcmp(&got, &acc, sizeof acc) == 0,
+                                      "Q8_0 avx2 rows [%d,%d) batch %d token %d row %d: %.9g, the "
+                                      "documented arithmetic gives %.9g",
+                                      r0, r1, nt, tk, r, got, acc);
+                        checked++;
+                    }
+            }
+        }
+        ck_assert_int_gt(checked, 0);
+        ck_assert_int_eq(q8_act_code(act, spk_act_size(SPK_DT_Q8_0, n_in, 17) / 17, 0, 0), -127);
+    } else {
+        printf("SKIP: test_q8_lanes_exact: no AVX2 level on this CPU\n");
+    }
+    use_isa(-1);
+    spk_cpu_force_scalar(0);
+    free(w);
+    free(x);
+    free(out);
+    free(act);
 }
 END_TEST
 
@@ -1002,6 +1099,8 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, test_mxfp4_tiles, 0, 4);
     tcase_add_test(tc, test_mxfp4_every_exponent);
     tcase_add_test(tc, test_mxfp4_row_ranges);
+    tcase_add_test(tc, test_q8_lanes_batches);
+    tcase_add_test(tc, test_q8_lanes_exact);
     suite_add_tcase(s, tc);
     return s;
 }

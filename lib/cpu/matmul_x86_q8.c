@@ -1,0 +1,235 @@
+/*
+ * x86-64 AVX2 kernels for Q8_0 weights whose float arithmetic does not depend on the batch size,
+ * so prefill can use a tile that shares work across tokens and decode a kernel that streams rows,
+ * and a token still gets the same bits alone or in a batch (test_matmul's test_batch_invariant).
+ *
+ * Every row r, token t, at every token count: for each block b in order,
+ *     s   = sum_i w[i] * a[i]                 (exact int32, however it is computed)
+ *     acc = fma(dw, (float)s * da, acc)       (acc starts at 0.0f; result = acc)
+ * one float lane per row. Only the way s is computed differs between the kernels:
+ *  - tile_q8t (2..8 tokens, 8 rows): the 32 code bytes of a block of 8 rows are transposed in
+ *    4-byte groups (dword lane j of register k = bytes 4k..4k+3 of row j), so one register holds
+ *    the 8 rows' products of 4 values (maddubs |w| x sign(a, w), widened by madd: a pair sum
+ *    reaches 2 * 128 * 127, so no int16 sums of pairs), the transposes shared by the tile's
+ *    tokens and the 8 rows' float steps done in one vector op each;
+ *  - rows_q8 (1 token, 1..8 rows; also a batch's last token when one is left over): each row's
+ *    block dot the per-row way (one 32-byte maddubs, madd), the 8 rows' int32 partial sums
+ *    reduced into one vector (hadd tree), then the same vector float steps. At batch 1 the 8
+ *    rows are taken q = rows / 8 apart (8 long sequential streams, as cpu/matmul_x86.c's
+ *    per-row kernels take 4), which the lane-per-row arithmetic allows; measured from memory,
+ *    8 consecutive rows were 3x slower and 4 streams of row pairs 2x (BENCHMARKS.md 9f).
+ * Leftover rows (fewer than 8) take rows_q8 with the missing lanes pointing at a valid row and
+ * not stored.
+ *
+ * This replaces cpu/matmul_x86.c's AVX2 Q8_0 per-row kernels (8 float lanes per row, summed
+ * horizontally at the end), so the results differ from those in the last bits; the AVX-512
+ * table keeps its own Q8_0 kernel (it could not be run here).
+ */
+#if defined(__x86_64__) || defined(__i386__)
+
+#include <immintrin.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "cpu/quant.h"
+
+#define TGT2 "avx2,fma,f16c"
+#define A2 __attribute__((target(TGT2)))
+#define I2 static inline __attribute__((always_inline, target(TGT2)))
+
+enum { BS = sizeof(spk_block_q8_0) };
+
+static inline int ld_u16(const uint8_t *p)
+{
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+/* The f16 scales at p[j] (one per row) as 8 floats, lane j. */
+I2 __m256 ld_d8(const uint8_t *const p[8])
+{
+    __m128i v = _mm_cvtsi32_si128(ld_u16(p[0]));
+    v = _mm_insert_epi16(v, ld_u16(p[1]), 1);
+    v = _mm_insert_epi16(v, ld_u16(p[2]), 2);
+    v = _mm_insert_epi16(v, ld_u16(p[3]), 3);
+    v = _mm_insert_epi16(v, ld_u16(p[4]), 4);
+    v = _mm_insert_epi16(v, ld_u16(p[5]), 5);
+    v = _mm_insert_epi16(v, ld_u16(p[6]), 6);
+    v = _mm_insert_epi16(v, ld_u16(p[7]), 7);
+    return _mm256_cvtph_ps(v);
+}
+
+/* The float step shared by both kernels: acc + dw * (s * da), lane per row. */
+I2 __m256 fstep(__m256 acc, __m256 dw, __m256i s, const uint8_t *ds)
+{
+    float da;
+    memcpy(&da, ds, 4);
+    return _mm256_fmadd_ps(dw, _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(da)), acc);
+}
+
+I2 __m256i bcast4(const uint8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* 4x4 dword transposes in both 128-bit halves. */
+I2 void tr4(__m256i z[4], __m256i y0, __m256i y1, __m256i y2, __m256i y3)
+{
+    const __m256i t0l = _mm256_unpacklo_epi32(y0, y1), t0h = _mm256_unpackhi_epi32(y0, y1);
+    const __m256i t1l = _mm256_unpacklo_epi32(y2, y3), t1h = _mm256_unpackhi_epi32(y2, y3);
+    z[0] = _mm256_unpacklo_epi64(t0l, t1l);
+    z[1] = _mm256_unpackhi_epi64(t0l, t1l);
+    z[2] = _mm256_unpacklo_epi64(t0h, t1h);
+    z[3] = _mm256_unpackhi_epi64(t0h, t1h);
+}
+
+/* Rows r0..r0+7 (consecutive) against tokens t0..t0+T-1: out[(t0 + t) * ld + r0 + j]. */
+I2 void tile_q8t(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow,
+                 int n, int r0, int t0)
+{
+    const int nb = n / 32;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[8];
+    for (int t = 0; t < T; t++)
+        acc[t] = _mm256_setzero_ps();
+    const uint8_t *wr[8], *at[8];
+    for (int j = 0; j < 8; j++)
+        wr[j] = w + (size_t)(r0 + j) * wrow;
+    for (int t = 0; t < T; t++)
+        at[t] = act + (size_t)(t0 + t) * arow;
+    for (int b = 0; b < nb; b++) {
+        const size_t o = (size_t)b * BS;
+        const uint8_t *p[8];
+        __m256i x[8], L[8], A[8];
+        for (int j = 0; j < 8; j++) {
+            p[j] = wr[j] + o;
+            x[j] = _mm256_loadu_si256((const __m256i *)(p[j] + 2));
+        }
+        tr4(L, _mm256_permute2x128_si256(x[0], x[4], 0x20), _mm256_permute2x128_si256(x[1], x[5], 0x20),
+            _mm256_permute2x128_si256(x[2], x[6], 0x20), _mm256_permute2x128_si256(x[3], x[7], 0x20));
+        tr4(L + 4, _mm256_permute2x128_si256(x[0], x[4], 0x31), _mm256_permute2x128_si256(x[1], x[5], 0x31),
+            _mm256_permute2x128_si256(x[2], x[6], 0x31), _mm256_permute2x128_si256(x[3], x[7], 0x31));
+        for (int k = 0; k < 8; k++)
+            A[k] = _mm256_sign_epi8(L[k], L[k]);
+        const __m256 dw = ld_d8(p);
+        /* group k outer, tokens inner: the tile's 8 int32 sums and one group's codes in registers */
+        __m256i s[8];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) {
+            const __m256i a = _mm256_sign_epi8(bcast4(at[t] + 32 * (size_t)b), L[0]);
+            s[t] = _mm256_madd_epi16(_mm256_maddubs_epi16(A[0], a), ones);
+        }
+#pragma GCC unroll 8
+        for (int k = 1; k < 8; k++)
+#pragma GCC unroll 8
+            for (int t = 0; t < T; t++) {
+                const __m256i a = _mm256_sign_epi8(bcast4(at[t] + 32 * (size_t)b + 4 * k), L[k]);
+                s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(_mm256_maddubs_epi16(A[k], a), ones));
+            }
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++)
+            acc[t] = fstep(acc[t], dw, s[t], at[t] + n + 8 * (size_t)b);
+    }
+    for (int t = 0; t < T; t++)
+        _mm256_storeu_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, acc[t]);
+}
+
+/* One block of one row against one token's block: 8 int32 partial sums. */
+I2 __m256i dot8(const uint8_t *qs, __m256i a)
+{
+    const __m256i w = _mm256_loadu_si256((const __m256i *)qs);
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w)),
+                             _mm256_set1_epi16(1));
+}
+
+/* Lane j of the result: the sum of v[j]'s 8 lanes. */
+I2 __m256i hsum8x8(const __m256i v[8])
+{
+    const __m256i h01 = _mm256_hadd_epi32(v[0], v[1]), h23 = _mm256_hadd_epi32(v[2], v[3]);
+    const __m256i h45 = _mm256_hadd_epi32(v[4], v[5]), h67 = _mm256_hadd_epi32(v[6], v[7]);
+    const __m256i h0 = _mm256_hadd_epi32(h01, h23), h1 = _mm256_hadd_epi32(h45, h67);
+    /* h0: [rows 0-3 of the low halves | rows 0-3 of the high halves], h1 alike for rows 4-7 */
+    return _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31));
+}
+
+/* R (1..8) rows r[0..R-1] against token t: out[t * ld + r[j]]. */
+I2 void rows_q8(int R, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow,
+                int n, const int r[8], int t)
+{
+    const int nb = n / 32;
+    const uint8_t *wr[8], *at = act + (size_t)t * arow;
+    for (int j = 0; j < 8; j++)
+        wr[j] = w + (size_t)r[j < R ? j : 0] * wrow;
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const size_t o = (size_t)b * BS;
+        const __m256i a = _mm256_loadu_si256((const __m256i *)(at + 32 * (size_t)b));
+        const uint8_t *p[8];
+        __m256i v[8];
+        for (int j = 0; j < 8; j++) {
+            p[j] = wr[j] + o;
+            v[j] = dot8(p[j] + 2, a);
+        }
+        acc = fstep(acc, ld_d8(p), hsum8x8(v), at + n + 8 * (size_t)b);
+    }
+    float f[8];
+    _mm256_storeu_ps(f, acc);
+    for (int j = 0; j < R; j++)
+        out[(size_t)t * (size_t)ld + (size_t)r[j]] = f[j];
+}
+
+A2 void spk_mm_q8_0_lanes_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow,
+                               int n, int n_tok, int row0, int row1)
+{
+    const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;
+    const int g = (row1 - row0) / 8, r8 = row0 + 8 * g;
+    int r[8];
+    if (n_tok == 1) {
+        /* 8 rows q apart per pass: 8 sequential streams through the weights */
+        const int q = g;
+        for (int i = 0; i < q; i++) {
+            for (int j = 0; j < 8; j++)
+                r[j] = row0 + i + j * q;
+            rows_q8(8, out, ld, wb, wrow, ab, arow, n, r, 0);
+        }
+    } else if (g > 0) {
+        /* chunks of about 64 KiB of weights stay in cache while every token group runs over them */
+        const size_t cr = (64u << 10) / (wrow ? wrow : 1);
+        const int ch = cr < 8 ? 1 : (int)(cr / 8);
+        for (int c0 = 0; c0 < g; c0 += ch) {
+            const int c1 = g - c0 > ch ? c0 + ch : g;
+            for (int t = 0; t < n_tok;) {
+                const int left = n_tok - t, T = left >= 8 ? 8 : left >= 4 ? 4 : left;
+                for (int i = c0; i < c1; i++) {
+                    const int rr = row0 + 8 * i;
+                    switch (T) {
+                    case 1:
+                        for (int j = 0; j < 8; j++)
+                            r[j] = rr + j;
+                        rows_q8(8, out, ld, wb, wrow, ab, arow, n, r, t);
+                        break;
+                    case 2: tile_q8t(2, out, ld, wb, wrow, ab, arow, n, rr, t); break;
+                    case 3: tile_q8t(3, out, ld, wb, wrow, ab, arow, n, rr, t); break;
+                    case 4: tile_q8t(4, out, ld, wb, wrow, ab, arow, n, rr, t); break;
+                    default: tile_q8t(8, out, ld, wb, wrow, ab, arow, n, rr, t); break;
+                    }
+                }
+                t += T;
+            }
+        }
+    }
+    if (r8 < row1) {
+        for (int j = 0; j < row1 - r8; j++)
+            r[j] = r8 + j;
+        for (int t = 0; t < n_tok; t++)
+            rows_q8(row1 - r8, out, ld, wb, wrow, ab, arow, n, r, t);
+    }
+}
+
+#else
+typedef int spk_matmul_x86_q8_unused; /* ISO C forbids an empty translation unit */
+#endif
