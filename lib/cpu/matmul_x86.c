@@ -68,12 +68,11 @@ I2 float hsum256(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-/* Weights of one block as 32 bytes in element order (Q4: unsigned 0..15; Q8: signed). */
+/* Q4 weights of one block as 32 unsigned bytes (0..15) in element order. (The AVX2 Q8_0 kernels
+ * are in cpu/matmul_x86_q8.c.) */
 I2 __m256i w_block_avx2(int kind, const uint8_t *bp)
 {
     const uint8_t *qs = bp + kind_qs_off(kind);
-    if (kind == K_Q8_0)
-        return _mm256_loadu_si256((const __m256i *)qs);
     __m128i x = _mm_loadu_si128((const __m128i *)qs);
     __m256i y = _mm256_inserti128_si256(_mm256_castsi128_si256(x), _mm_srli_epi16(x, 4), 1);
     return _mm256_and_si256(y, _mm256_set1_epi8(15));
@@ -86,14 +85,9 @@ I2 __m128 dm_block(int kind, const uint8_t *bp)
     return _mm_cvtph_ps(_mm_cvtsi32_si128((int)v));
 }
 
-I2 __m256i dot_block_avx2(int kind, __m256i w, __m256i a)
+I2 __m256i dot_block_avx2(__m256i w, __m256i a)
 {
-    __m256i p;
-    if (kind == K_Q8_0)
-        p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
-    else
-        p = _mm256_maddubs_epi16(w, a);
-    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1));
 }
 
 I2 void tile_q_avx2(int kind, int R, int T, float *out, int ld, const uint8_t *w, size_t wrow,
@@ -125,11 +119,10 @@ I2 void tile_q_avx2(int kind, int R, int T, float *out, int ld, const uint8_t *w
             const __m128 ds = _mm_castsi128_ps(
                 _mm_loadl_epi64((const __m128i *)(at[t] + n + 8 * (size_t)b)));
             for (int r = 0; r < R; r++) {
-                const __m256 f = _mm256_cvtepi32_ps(dot_block_avx2(kind, wv[r], a));
+                const __m256 f = _mm256_cvtepi32_ps(dot_block_avx2(wv[r], a));
                 const __m128 p = _mm_mul_ps(dm[r], ds); /* [dw*da, m*s or dw*s, 0, 0] */
                 acc[r][t] = _mm256_fmadd_ps(f, _mm256_broadcastss_ps(p), acc[r][t]);
-                if (kind != K_Q8_0)
-                    corr[r][t] = _mm_add_ps(corr[r][t], p);
+                corr[r][t] = _mm_add_ps(corr[r][t], p);
             }
         }
     }
@@ -210,13 +203,6 @@ I2 void mm_q_avx2(int kind, float *out, int ld, const void *w, size_t wrow, cons
 
 A2 MM_Q(avx2, mm_q4_0_avx2, K_Q4_0)
 A2 MM_Q(avx2, mm_q4_1_avx2, K_Q4_1)
-/* Q8_0: cpu/matmul_x86_q8.c (an 8-row tile from 2 tokens, a per-row batch-1 kernel, the same
- * float arithmetic per row in both). */
-static void mm_q8_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow,
-                         int n, int n_tok, int row0, int row1)
-{
-    spk_mm_q8_0_lanes_avx2(out, ld, w, wrow, act, arow, n, n_tok, row0, row1);
-}
 
 /* ---- float weights (F32, F16, BF16) against f32 activations ---- */
 
@@ -390,7 +376,7 @@ A2 void spk_mm_fill_avx2(spk_mm_table *t)
     memset(t, 0, sizeof *t);
     t->mm[SPK_DT_Q4_0] = mm_q4_0_avx2;
     t->mm[SPK_DT_Q4_1] = mm_q4_1_avx2;
-    t->mm[SPK_DT_Q8_0] = mm_q8_0_avx2;
+    t->mm[SPK_DT_Q8_0] = spk_mm_q8_0_lanes_avx2; /* cpu/matmul_x86_q8.c: 8-row tile, batch-1 twin */
     spk_mm_fill_avx2_kquants(t); /* cpu/matmul_x86_k.c */
     spk_mm_fill_avx2_q5(t);      /* cpu/matmul_x86_q5.c */
     t->mm[SPK_DT_MXFP4] = spk_mm_mxfp4_avx2; /* 8-row tiles, every row: cpu/matmul_x86_mxfp4.c */

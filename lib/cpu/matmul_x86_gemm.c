@@ -21,9 +21,10 @@
  * synthetic D512 L8 files; see BENCHMARKS.md 9c): the Q4_1 form of this tile (prefill kernel
  * 8.8 -> 4-5 ns per row x token x 256, but batch-1 decode -30%), a Q4_K form (8x8 dword
  * transposes of the codes, 6-bit scales and mins decoded for 8 rows in SIMD: 4.7 -> 3.9 ns at
- * 256 tokens, but decode -17%), a Q8_0 form (|w| x sign(a, w): 9.8 -> 7.3 ns at 256 tokens, 2x
- * slower at 1 token). They are in git history (branch h-kprefill); each needs a batch-1 kernel
- * with the same per-row arithmetic before it can ship.
+ * 256 tokens, but decode -17%). Each needs a batch-1 kernel with the same per-row arithmetic
+ * before it can ship, as Q8_0 got (cpu/matmul_x86_q8.c: integer block dots are exact, so its
+ * batch-1 kernel computes them per row and then runs the tile's float steps in lanes). MXFP4's
+ * tile is cheap enough at batch 1 as it is (cpu/matmul_x86_mxfp4.c).
  */
 #if defined(__x86_64__) || defined(__i386__)
 

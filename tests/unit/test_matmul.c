@@ -978,6 +978,9 @@ START_TEST(test_mxfp4_row_ranges)
     free(x);
     free(all);
     free(cut);
+}
+END_TEST
+
 /* ---- Q8_0 on AVX2 (cpu/matmul_x86_q8.c): an 8-row tile from 2 tokens, a per-row kernel at 1 ---- */
 
 /* Against the float64 references: every batch size 1..17 (tiles of 2, 3, 4 and 8 tokens and the
