@@ -10,7 +10,7 @@
 #include "model/gguf.h"
 #include "plan/cost.h"
 #include "plan/plan.h"
-#include "plan/shape.h"
+#include "model/llama.h"
 #include "testutil.h"
 
 static spk_shape preset(const char *name)
@@ -549,8 +549,10 @@ START_TEST(shape_from_default_model_file)
 {
     spk_gguf_file *f;
     ck_assert_int_eq(spk_gguf_open(spk_test_model_path(), &f), SPK_OK);
+    spk_hparams hp;
     spk_shape s;
-    ck_assert_msg(spk_shape_from_gguf(f, &s) == SPK_OK, "%s", spk_err_msg());
+    ck_assert_msg(spk_hparams_read(f, &hp) == SPK_OK, "%s", spk_err_msg());
+    ck_assert_msg(spk_shape_from_hparams(&hp, f->path, &s) == SPK_OK, "%s", spk_err_msg());
     spk_gguf_close(f);
     spk_shape p = preset("smollm2-135m");
     ck_assert_int_eq(s.n_layers, p.n_layers);
@@ -921,14 +923,18 @@ static gbuf make_gguf(const gkv *kv, int nkv, const gtensor *t, int nt)
     return g;
 }
 
-/* Open the file described and read its shape; the status, and *out. */
+/* Open the file described and read its shape (hyperparameters, then the shape of them); the
+ * status, and *out. */
 static spk_status shape_of(const gkv *kv, int nkv, const gtensor *t, int nt, spk_shape *out)
 {
     gbuf g = make_gguf(kv, nkv, t, nt);
     spk_gguf_file *f;
     spk_status st = spk_gguf_open_memory(g.p, g.n, &f);
     ck_assert_msg(st == SPK_OK, "%s", spk_err_msg());
-    st = spk_shape_from_gguf(f, out);
+    spk_hparams hp;
+    st = spk_hparams_read(f, &hp);
+    if (st == SPK_OK)
+        st = spk_shape_from_hparams(&hp, "mem.gguf", out);
     spk_gguf_close(f);
     free(g.p);
     return st;
@@ -980,9 +986,9 @@ START_TEST(shape_from_moe_files)
     ck_assert_ptr_nonnull(strstr(spk_err_msg(), "ffn_down_exps"));
     ck_assert_ptr_nonnull(strstr(spk_err_msg(), "expert_count 8"));
     qt[6].ne[2] = 8;
-    q[8].u = 9; /* more experts used than there are */
-    ck_assert_int_eq(shape_of(q, 11, qt, 7, &s), SPK_ERR_INVALID_ARG);
-    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "n_experts_used 9"));
+    q[8].u = 9; /* more experts used than there are: a malformed file, named by its keys */
+    ck_assert_int_eq(shape_of(q, 11, qt, 7, &s), SPK_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "expert_used_count 9"));
     q[8].u = 2;
 
     /* gpt-oss: MXFP4 experts, BF16 attention, a 128-token window on alternate layers */
