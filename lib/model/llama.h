@@ -17,7 +17,7 @@
 #include "model/gguf.h"
 
 typedef struct spk_hparams {
-    char arch[32];                   /* "llama" or "qwen3" (general.architecture) */
+    char arch[32];                   /* general.architecture (any: spk_hparams_read; see spk_llama_load) */
     int n_layers, n_embd, n_heads, n_kv_heads, head_dim, rot_dim, n_ff, n_vocab, n_ctx_train;
     float eps, rope_theta;
     spk_rope_scaling scaling;
