@@ -1067,6 +1067,49 @@ START_TEST(shape_from_moe_files)
 }
 END_TEST
 
+/* One reader for both users: a Mixtral-style llama file (expert_count, no
+ * expert_feed_forward_length: the experts are feed_forward_length wide) has a shape the planner
+ * can cost, while the loader, which runs MoE layers for qwen3moe and gpt-oss only, refuses it
+ * naming the key; an unknown architecture is named before its missing keys. */
+START_TEST(one_reader_for_loader_and_planner)
+{
+    gkv x[] = {{"general.architecture", 1, 0, "llama", NULL},
+               {"llama.block_count", 0, 2, NULL, NULL},
+               {"llama.embedding_length", 0, 64, NULL, NULL},
+               {"llama.attention.head_count", 0, 4, NULL, NULL},
+               {"llama.feed_forward_length", 0, 96, NULL, NULL},
+               {"llama.expert_count", 0, 8, NULL, NULL},
+               {"llama.expert_used_count", 0, 2, NULL, NULL}};
+    gtensor xt[] = {{"token_embd.weight", 1, 2, {64, 100, 1}}};
+    spk_shape s;
+    ck_assert_msg(shape_of(x, 7, xt, 1, &s) == SPK_OK, "%s", spk_err_msg());
+    ck_assert_int_eq(s.n_experts, 8);
+    ck_assert_int_eq(s.n_experts_used, 2);
+    ck_assert_int_eq(s.n_ff_expert, 96);
+    ck_assert_int_eq(s.n_ff, 0);
+
+    gbuf g = make_gguf(x, 7, xt, 1);
+    spk_gguf_file *f;
+    ck_assert_int_eq(spk_gguf_open_memory(g.p, g.n, &f), SPK_OK);
+    spk_hparams hp;
+    spk_weights w;
+    ck_assert_int_eq(spk_llama_load(f, &hp, &w), SPK_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "llama.expert_count 8"));
+    spk_gguf_close(f);
+    free(g.p);
+
+    gkv u[] = {{"general.architecture", 1, 0, "mamba", NULL}};
+    g = make_gguf(u, 1, xt, 1);
+    ck_assert_int_eq(spk_gguf_open_memory(g.p, g.n, &f), SPK_OK);
+    ck_assert_int_eq(spk_hparams_read(f, &hp), SPK_ERR_FORMAT); /* the reader: the key it misses */
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "'mamba.block_count'"));
+    ck_assert_int_eq(spk_llama_load(f, &hp, &w), SPK_ERR_UNSUPPORTED); /* the loader: the architecture */
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "'mamba' is not supported"));
+    spk_gguf_close(f);
+    free(g.p);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("plan");
@@ -1091,6 +1134,7 @@ int main(void)
     tcase_add_test(tc, ep_cost_is_tp_with_whole_experts);
     tcase_add_test(tc, planner_chooses_among_pp_tp_and_ep);
     tcase_add_test(tc, shape_from_moe_files);
+    tcase_add_test(tc, one_reader_for_loader_and_planner);
     if (spk_test_model_path())
         tcase_add_test(tc, shape_from_default_model_file);
     else
