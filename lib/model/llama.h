@@ -91,7 +91,8 @@ float spk_yarn_freqs(float *freqs, int rot_dim, float theta, float factor, int o
 spk_status spk_hparams_read(const spk_gguf_file *f, spk_hparams *hp);
 
 /* spk_hparams_read, UNSUPPORTED unless the architecture is one this forward pass runs (llama,
- * qwen3, qwen3moe, gpt-oss), then locate/validate every weight (shape, type, layer count). Only
+ * qwen3, qwen3moe, gpt-oss; experts only in the last two), then locate/validate every weight
+ * (shape, type, layer count). Only
  * pointers into the mapping are taken: no weight page is touched. */
 spk_status spk_llama_load(const spk_gguf_file *f, spk_hparams *hp, spk_weights *w);
 void spk_llama_weights_free(spk_weights *w);
