@@ -32,7 +32,8 @@
 #include "launch.h"
 #include "model/gguf.h"
 #include "tools/synth.h"
-#include "plan/shape.h"
+#include "model/llama.h"
+#include "plan/plan.h"
 
 
 static void usage(FILE *f)
@@ -705,7 +706,9 @@ int main(int argc, char **argv)
     }
     spk_gguf_file *gf = NULL;
     spk_shape shape;
-    if (ex_fail(path, spk_gguf_open(path, &gf)) || ex_fail(path, spk_shape_from_gguf(gf, &shape))) {
+    spk_hparams hp;
+    if (ex_fail(path, spk_gguf_open(path, &gf)) || ex_fail(path, spk_hparams_read(gf, &hp)) ||
+        ex_fail(path, spk_shape_from_hparams(&hp, path, &shape))) {
         spk_gguf_close(gf);
         return 1;
     }

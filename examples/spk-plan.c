@@ -30,7 +30,7 @@ int main(void)
 #include "model/gguf.h"
 #include "plan/cost.h"
 #include "plan/plan.h"
-#include "plan/shape.h"
+#include "model/llama.h"
 
 static void usage(FILE *o)
 {
@@ -457,7 +457,10 @@ int main(int argc, char **argv)
         spk_gguf_file *f;
         spk_status st = spk_gguf_open(model, &f);
         if (st == SPK_OK) {
-            st = spk_shape_from_gguf(f, &s);
+            spk_hparams hp;
+            st = spk_hparams_read(f, &hp);
+            if (st == SPK_OK)
+                st = spk_shape_from_hparams(&hp, model, &s);
             spk_gguf_close(f);
         }
         if (st) {

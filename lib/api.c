@@ -17,7 +17,6 @@
 #include "model/llama.h"
 #include "model/tokenizer.h"
 #include "plan/plan.h"
-#include "plan/shape.h"
 
 struct spk_model {
     spk_cluster *cluster;
@@ -198,7 +197,7 @@ spk_status spk_model_load(spk_cluster *cluster, const spk_model_config *cfg_in, 
         tp = n_ep;
     if (!pp && !tp) { /* the planner picks, from the model's shape and measured machine/link figures */
         spk_shape shape;
-        if ((st = spk_shape_from_gguf(m->file, &shape)) != SPK_OK)
+        if ((st = spk_shape_from_hparams(&m->hp, cfg.path, &shape)) != SPK_OK)
             goto fail;
         if ((st = spk_exec_choose_layout(cluster, &shape, max_seqs, NULL, &pp, &tp, cfg.ep == 0 ? &n_ep : NULL)) !=
             SPK_OK)

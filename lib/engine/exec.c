@@ -28,7 +28,6 @@
 #include "common/error.h"
 #include "plan/cost.h"
 #include "plan/plan.h"
-#include "plan/shape.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the step protocol is written for little-endian hosts"
@@ -183,14 +182,13 @@ static spk_status make_groups(spk_exec *e, int pp, int tp)
     return SPK_OK;
 }
 
-static spk_status setup(spk_exec *e, const spk_gguf_file *f, const spk_hparams *hp, const spk_weights *full,
-                        const spk_exec_params *p)
+static spk_status setup(spk_exec *e, const spk_hparams *hp, const spk_weights *full, const spk_exec_params *p)
 {
     e->hp = *hp;
     e->max_tok = p->max_tok;
     e->max_rows = p->max_rows;
     spk_shape shape;
-    spk_status st = spk_shape_from_gguf(f, &shape); /* real byte rates: the Q8_0 head weighs in */
+    spk_status st = spk_shape_from_hparams(hp, p->path, &shape); /* real byte rates: the Q8_0 head weighs in */
     if (st != SPK_OK)
         return st;
     /* Stages balanced by the cost model's time of one decode micro-batch (max_rows / pp
@@ -317,7 +315,7 @@ spk_status spk_exec_open(spk_cluster *c, const spk_gguf_file *f, const spk_hpara
     if (st == SPK_OK)
         st = make_groups(e, p->pp, p->tp);
     if (st == SPK_OK)
-        st = setup(e, f, hp, full, p);
+        st = setup(e, hp, full, p);
     if (st == SPK_OK)
         spk_log(SPK_LOG_INFO, "rank 0: stage %d/%d tp %d/%d layers [%d,%d) kv heads [%d,%d) ffn [%d,%d) vocab [%d,%d); "
                 "resident %.1f MiB", e->stage, e->pp, e->t, e->tp, e->sh.l0, e->sh.l1, e->sh.kv0, e->sh.kv1,
@@ -772,7 +770,7 @@ static spk_status on_load(spk_cluster *c, uint32_t cmd, const void *data, size_t
     if (st == SPK_OK)
         st = spk_llama_load(e->own_file, &e->own_hp, &e->own_full);
     if (st == SPK_OK)
-        st = setup(e, e->own_file, &e->own_hp, &e->own_full, &p);
+        st = setup(e, &e->own_hp, &e->own_full, &p);
     if (st == SPK_OK) {
         size_t T = (size_t)p.max_tok;
         wk->tok = malloc(sizeof(int32_t) * T);

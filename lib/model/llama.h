@@ -17,7 +17,7 @@
 #include "model/gguf.h"
 
 typedef struct spk_hparams {
-    char arch[32];                   /* "llama" or "qwen3" (general.architecture) */
+    char arch[32];                   /* general.architecture (any: spk_hparams_read; see spk_llama_load) */
     int n_layers, n_embd, n_heads, n_kv_heads, head_dim, rot_dim, n_ff, n_vocab, n_ctx_train;
     float eps, rope_theta;
     spk_rope_scaling scaling;
@@ -34,6 +34,13 @@ typedef struct spk_hparams {
     int swa_window;
     bool yarn;
     float yarn_beta_fast, yarn_beta_slow, yarn_attn_factor;
+    /* What the planner's shape needs beyond the forward pass: an always-active shared-expert MLP
+     * beside the routed experts (qwen2moe: expert_shared_feed_forward_length x
+     * expert_shared_count; 0 otherwise), the layers that slide (swa_window set), and the stored
+     * weights' bytes per element (attention and dense MLP, experts, output head) and quant block */
+    int n_ff_shared, n_swa_layers, quant_block;
+    bool tied;                       /* no output.weight: the head is token_embd */
+    double bytes_per_weight, bytes_per_expert, bytes_per_head;
 } spk_hparams;
 
 
@@ -70,7 +77,22 @@ typedef struct spk_weights {
 float spk_yarn_freqs(float *freqs, int rot_dim, float theta, float factor, int orig_ctx, float beta_fast,
                      float beta_slow, float attn_factor);
 
-/* Read hyperparameters and locate/validate every weight (shape, type, layer count). Only
+/* The one reader of a model's hyperparameters: the <arch>.* keys of a validated GGUF file (any
+ * architecture: block_count, embedding_length, attention.head_count(_kv), key_length,
+ * value_length, feed_forward_length or expert_count / expert_used_count /
+ * expert_feed_forward_length / expert_shared_*, context_length, rms epsilon, rope base,
+ * dimension count and scaling, sliding_window(_pattern)), the vocabulary from token_embd.weight,
+ * and the byte rates of the stored blk.0 / head tensors. Flags of the forward pass (qk_norm,
+ * rope_neox, sinks, biases) are set for the architectures spk_llama_load runs. FORMAT naming the
+ * key or tensor when one is missing or out of range (blk.0's router / expert tensors must agree
+ * with the expert keys); UNSUPPORTED for a value_length unlike key_length or a rope scaling type
+ * other than none, linear (and yarn for gpt-oss). hp->arch is set as soon as
+ * general.architecture is read, even when a later key fails. Touches no weight page. */
+spk_status spk_hparams_read(const spk_gguf_file *f, spk_hparams *hp);
+
+/* spk_hparams_read, UNSUPPORTED unless the architecture is one this forward pass runs (llama,
+ * qwen3, qwen3moe, gpt-oss; experts only in the last two), then locate/validate every weight
+ * (shape, type, layer count). Only
  * pointers into the mapping are taken: no weight page is touched. */
 spk_status spk_llama_load(const spk_gguf_file *f, spk_hparams *hp, spk_weights *w);
 void spk_llama_weights_free(spk_weights *w);

@@ -1,6 +1,7 @@
 /*
- * llama architecture: hyperparameters and weights from a validated GGUF file (pointers into the
- * mapping, nothing read yet), and the slices of them one rank of a PP x TP layout holds.
+ * llama architecture: the weights of a validated GGUF file (pointers into the mapping, nothing
+ * read yet; the hyperparameters come from model/hparams.c), and the slices of them one rank of a
+ * PP x TP layout holds.
  */
 #include "model/llama.h"
 
@@ -14,32 +15,6 @@
 #include "cpu/matmul.h"
 
 /* ---- loading ------------------------------------------------------------------------------ */
-
-static spk_status get_u32_key(const spk_gguf_file *f, const char *arch, const char *suffix, bool required,
-                              uint32_t dflt, uint32_t *out)
-{
-    char key[128];
-    snprintf(key, sizeof key, "%s.%s", arch, suffix);
-    if (!spk_gguf_find(f, key)) {
-        if (required)
-            return spk_err(SPK_ERR_FORMAT, "%s: missing metadata key '%s'", f->path, key);
-        *out = dflt;
-        return SPK_OK;
-    }
-    return spk_gguf_get_u32(f, key, out);
-}
-
-static spk_status get_f32_key(const spk_gguf_file *f, const char *arch, const char *suffix, float dflt,
-                              float *out)
-{
-    char key[128];
-    snprintf(key, sizeof key, "%s.%s", arch, suffix);
-    if (!spk_gguf_find(f, key)) {
-        *out = dflt;
-        return SPK_OK;
-    }
-    return spk_gguf_get_f32(f, key, out);
-}
 
 static spk_status find_mat(const spk_gguf_file *f, const char *name, int n_in, int n_out, spk_wmat *out)
 {
@@ -121,122 +96,14 @@ static spk_status find_bias(const spk_gguf_file *f, const char *name, int n0, in
             return st_;                                                                            \
     } while (0)
 
-static spk_status load_hparams(const spk_gguf_file *f, spk_hparams *hp)
+/* The architectures this forward pass runs. */
+static bool arch_runs(const char *arch)
 {
-    spk_gguf_str arch;
-    TRY(spk_gguf_get_str(f, "general.architecture", &arch));
-    memset(hp, 0, sizeof *hp);
-    if (spk_gguf_str_eq(arch, "llama")) {
-        snprintf(hp->arch, sizeof hp->arch, "llama");
-    } else if (spk_gguf_str_eq(arch, "qwen3")) {
-        /* llama's layer plus per-head Q/K RMSNorm before RoPE, and NEOX RoPE (the converter
-         * does not permute Q/K rows for qwen3 as it does for llama) */
-        snprintf(hp->arch, sizeof hp->arch, "qwen3");
-        hp->qk_norm = true;
-        hp->rope_neox = true;
-    } else if (spk_gguf_str_eq(arch, "qwen3moe")) {
-        /* qwen3 with a mixture-of-experts MLP in every layer */
-        snprintf(hp->arch, sizeof hp->arch, "qwen3moe");
-        hp->qk_norm = true;
-        hp->rope_neox = true;
-    } else if (spk_gguf_str_eq(arch, "gpt-oss")) {
-        /* MoE in every layer (softmax over the selected logits, clamped SwiGLU), biases, learned
-         * attention sinks, sliding-window attention on alternating layers, NEOX RoPE with YaRN */
-        snprintf(hp->arch, sizeof hp->arch, "gpt-oss");
-        hp->rope_neox = true;
-        hp->attn_sinks = true;
-        hp->biases = true;
-    } else {
-        return spk_err(SPK_ERR_UNSUPPORTED, "%s: architecture '%.*s' is not supported (llama, qwen3, qwen3moe, gpt-oss)",
-                       f->path, (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
-    }
-    uint32_t n_layers, n_embd, n_heads, n_kv, n_ff, n_ctx, head_dim, rot_dim;
-    TRY(get_u32_key(f, hp->arch, "block_count", true, 0, &n_layers));
-    TRY(get_u32_key(f, hp->arch, "embedding_length", true, 0, &n_embd));
-    TRY(get_u32_key(f, hp->arch, "attention.head_count", true, 0, &n_heads));
-    TRY(get_u32_key(f, hp->arch, "attention.head_count_kv", false, n_heads, &n_kv));
-    const bool moe = strcmp(hp->arch, "qwen3moe") == 0 || strcmp(hp->arch, "gpt-oss") == 0;
-    if (moe) { /* the experts' width; feed_forward_length (a dense MLP's) is unused */
-        uint32_t n_exp, n_used;
-        TRY(get_u32_key(f, hp->arch, "expert_count", true, 0, &n_exp));
-        TRY(get_u32_key(f, hp->arch, "expert_used_count", true, 0, &n_used));
-        TRY(get_u32_key(f, hp->arch, "expert_feed_forward_length", true, 0, &n_ff));
-        if (n_exp < 1 || n_exp > 4096 || n_used < 1 || n_used > n_exp)
-            return spk_err(SPK_ERR_FORMAT, "%s: bad %s.expert_count %u / expert_used_count %u (need 1 <= used <= "
-                           "count <= 4096)", f->path, hp->arch, n_exp, n_used);
-        hp->n_expert = (int)n_exp;
-        hp->n_expert_used = (int)n_used;
-    } else {
-        TRY(get_u32_key(f, hp->arch, "feed_forward_length", true, 0, &n_ff));
-    }
-    TRY(get_u32_key(f, hp->arch, "context_length", false, 2048, &n_ctx));
-    if (n_layers < 1 || n_layers > 1024 || n_embd < 1 || n_embd > 65536 || n_heads < 1 ||
-        n_heads > 1024 || n_kv < 1 || n_heads % n_kv != 0 || n_ff < 1 || n_ff > 1 << 20 || n_ctx < 1)
-        return spk_err(SPK_ERR_FORMAT,
-                       "%s: bad hyperparameters: layers %u, embd %u, heads %u, kv heads %u, ff %u, ctx %u",
-                       f->path, n_layers, n_embd, n_heads, n_kv, n_ff, n_ctx);
-    TRY(get_u32_key(f, hp->arch, "attention.key_length", false, n_embd / n_heads, &head_dim));
-    uint32_t v_dim;
-    TRY(get_u32_key(f, hp->arch, "attention.value_length", false, head_dim, &v_dim));
-    TRY(get_u32_key(f, hp->arch, "rope.dimension_count", false, head_dim, &rot_dim));
-    if (head_dim < 2 || head_dim > 1024 || head_dim % 2 || rot_dim > head_dim || rot_dim % 2 || rot_dim == 0)
-        return spk_err(SPK_ERR_FORMAT, "%s: bad head_dim %u / rope dims %u", f->path, head_dim, rot_dim);
-    if (v_dim != head_dim)
-        return spk_err(SPK_ERR_UNSUPPORTED, "%s: %s.attention.value_length %u differs from key_length %u",
-                       f->path, hp->arch, v_dim, head_dim);
-    hp->n_layers = (int)n_layers;
-    hp->n_embd = (int)n_embd;
-    hp->n_heads = (int)n_heads;
-    hp->n_kv_heads = (int)n_kv;
-    hp->n_ff = (int)n_ff;
-    hp->n_ctx_train = (int)(n_ctx > 1u << 24 ? 1u << 24 : n_ctx);
-    hp->head_dim = (int)head_dim;
-    hp->rot_dim = (int)rot_dim;
-    TRY(get_f32_key(f, hp->arch, "attention.layer_norm_rms_epsilon", 1e-5f, &hp->eps));
-    TRY(get_f32_key(f, hp->arch, "rope.freq_base", 10000.0f, &hp->rope_theta));
-    if (!(hp->eps > 0 && hp->eps < 1) || !(hp->rope_theta > 1 && hp->rope_theta < 1e12f))
-        return spk_err(SPK_ERR_FORMAT, "%s: bad rms eps %g or rope theta %g", f->path, hp->eps,
-                       hp->rope_theta);
-    if (hp->attn_sinks) { /* gpt-oss: the window of the even layers */
-        uint32_t swa;
-        TRY(get_u32_key(f, hp->arch, "attention.sliding_window", true, 0, &swa));
-        if (swa < 1 || swa > 1u << 24)
-            return spk_err(SPK_ERR_FORMAT, "%s: bad %s.attention.sliding_window %u", f->path, hp->arch, swa);
-        hp->swa_window = (int)swa;
-    }
-    memset(&hp->scaling, 0, sizeof hp->scaling);
-    char key[128];
-    snprintf(key, sizeof key, "%s.rope.scaling.type", hp->arch);
-    spk_gguf_str stype;
-    if (spk_gguf_find(f, key)) {
-        TRY(spk_gguf_get_str(f, key, &stype));
-        if (spk_gguf_str_eq(stype, "linear")) {
-            TRY(get_f32_key(f, hp->arch, "rope.scaling.factor", 1.0f, &hp->scaling.factor));
-            if (!(hp->scaling.factor >= 1.0f && hp->scaling.factor < 1e6f))
-                return spk_err(SPK_ERR_FORMAT, "%s: bad rope scaling factor %g", f->path,
-                               hp->scaling.factor);
-        } else if (spk_gguf_str_eq(stype, "yarn") && strcmp(hp->arch, "gpt-oss") == 0) {
-            uint32_t orig;
-            TRY(get_f32_key(f, hp->arch, "rope.scaling.factor", 1.0f, &hp->scaling.factor));
-            TRY(get_u32_key(f, hp->arch, "rope.scaling.original_context_length", true, 0, &orig));
-            TRY(get_f32_key(f, hp->arch, "rope.scaling.yarn_beta_fast", 32.0f, &hp->yarn_beta_fast));
-            TRY(get_f32_key(f, hp->arch, "rope.scaling.yarn_beta_slow", 1.0f, &hp->yarn_beta_slow));
-            TRY(get_f32_key(f, hp->arch, "rope.scaling.yarn_attn_factor", 0.0f, &hp->yarn_attn_factor));
-            if (!(hp->scaling.factor >= 1.0f && hp->scaling.factor < 1e6f) || orig < 1 || orig > 1u << 24 ||
-                !(hp->yarn_beta_fast > 0 && hp->yarn_beta_fast < 1e6f) ||
-                !(hp->yarn_beta_slow > 0 && hp->yarn_beta_slow < 1e6f) ||
-                !(hp->yarn_attn_factor >= 0 && hp->yarn_attn_factor < 100))
-                return spk_err(SPK_ERR_FORMAT, "%s: bad YaRN rope scaling: factor %g, original context %u, beta_fast %g, "
-                               "beta_slow %g, attn_factor %g", f->path, hp->scaling.factor, orig, hp->yarn_beta_fast,
-                               hp->yarn_beta_slow, hp->yarn_attn_factor);
-            hp->scaling.orig_ctx = (int)orig;
-            hp->yarn = true;
-        } else if (!spk_gguf_str_eq(stype, "none")) {
-            return spk_err(SPK_ERR_UNSUPPORTED, "%s: rope scaling type '%.*s' not supported",
-                           f->path, (int)(stype.len > 32 ? 32 : stype.len), stype.ptr);
-        }
-    }
-    return SPK_OK;
+    static const char *const runs[] = {"llama", "qwen3", "qwen3moe", "gpt-oss"};
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++)
+        if (strcmp(arch, runs[i]) == 0)
+            return true;
+    return false;
 }
 
 /* Tensors named blk.N.* must have N < n_layers (a file with extra layers is malformed). */
@@ -262,18 +129,14 @@ static uint64_t mat_params(const spk_wmat *m) { return (uint64_t)m->n_in * (uint
 spk_status spk_llama_load(const spk_gguf_file *f, spk_hparams *hp, spk_weights *w)
 {
     memset(w, 0, sizeof *w);
-    TRY(load_hparams(f, hp));
-    const spk_gguf_tensor *te = spk_gguf_find_tensor(f, "token_embd.weight");
-    if (!te)
-        return spk_err(SPK_ERR_FORMAT, "%s: missing tensor 'token_embd.weight'", f->path);
-    if (te->n_dims != 2 || te->ne[1] < 1 || te->ne[1] > 1u << 24)
-        return spk_err(SPK_ERR_FORMAT, "%s: token_embd.weight has a bad shape", f->path);
-    hp->n_vocab = (int)te->ne[1];
-    uint32_t nv;
-    TRY(get_u32_key(f, hp->arch, "vocab_size", false, (uint32_t)hp->n_vocab, &nv));
-    if (nv != (uint32_t)hp->n_vocab)
-        return spk_err(SPK_ERR_FORMAT, "%s: vocab_size %u but token_embd has %d rows", f->path, nv,
-                       hp->n_vocab);
+    spk_status st_hp = spk_hparams_read(f, hp);
+    if (hp->arch[0] && !arch_runs(hp->arch)) /* named before any key of it is missed */
+        return spk_err(SPK_ERR_UNSUPPORTED, "%s: architecture '%s' is not supported (llama, qwen3, qwen3moe, gpt-oss)",
+                       f->path, hp->arch);
+    TRY(st_hp);
+    if (hp->n_expert && (strcmp(hp->arch, "llama") == 0 || strcmp(hp->arch, "qwen3") == 0)) /* Mixtral-like */
+        return spk_err(SPK_ERR_UNSUPPORTED, "%s: %s with %s.expert_count %d: mixture-of-experts layers run for "
+                       "qwen3moe and gpt-oss", f->path, hp->arch, hp->arch, hp->n_expert);
     TRY(check_layer_names(f, hp->n_layers));
 
     const int E = hp->n_embd, Q = hp->n_heads * hp->head_dim, KV = hp->n_kv_heads * hp->head_dim;

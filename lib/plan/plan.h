@@ -177,10 +177,11 @@ double spk_shape_bkv(const spk_shape *s);   /* bytes per KV element */
 struct spk_hparams;
 struct spk_shard;
 
-/* Shape from already validated hyperparameters. The byte rates are unknown there, so every
- * weight counts 1 byte (layers are balanced by parameter count); prefer spk_shape_from_gguf
- * (plan/shape.h), which reads the stored types. quant_block 32. */
-void spk_shape_from_hparams(const struct spk_hparams *hp, spk_shape *out);
+/* A model's shape from its hyperparameters (spk_hparams_read in lib/model reads them, with the
+ * stored weights' byte rates, from the file once; the planner never reads a file): named after
+ * path's last component (the architecture when NULL); KV elements count 2 bytes (fp16 cache).
+ * INVALID_ARG if the result fails spk_shape_check. docs/PLANNER.md section 1. */
+spk_status spk_shape_from_hparams(const struct spk_hparams *hp, const char *path, spk_shape *out);
 
 /* Fill the forward pass's shard description for `rank` (layers, query/KV heads, MLP columns,
  * vocabulary rows of its TP part, first/last stage; with ep > 1 its experts [e0, e1) and every

@@ -2,25 +2,37 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/error.h"
 #include "model/llama.h"
 #include "plan/plan.h"
 
-void spk_shape_from_hparams(const spk_hparams *hp, spk_shape *out)
+spk_status spk_shape_from_hparams(const spk_hparams *hp, const char *path, spk_shape *out)
 {
+    if (!hp || !out)
+        return spk_err(SPK_ERR_INVALID_ARG, "shape_from_hparams: hparams or out is NULL");
     memset(out, 0, sizeof *out);
-    if (!hp)
-        return;
-    snprintf(out->name, sizeof out->name, "%s", hp->arch[0] ? hp->arch : "model");
+    const char *base = path ? strrchr(path, '/') : NULL;
+    snprintf(out->name, sizeof out->name, "%.47s", base ? base + 1 : path ? path : hp->arch);
     out->n_layers = hp->n_layers;
     out->n_embd = hp->n_embd;
     out->n_heads = hp->n_heads;
     out->n_kv_heads = hp->n_kv_heads;
     out->head_dim = hp->head_dim;
-    out->n_ff = hp->n_ff;
     out->n_vocab = hp->n_vocab;
-    out->quant_block = 32;
-    out->bytes_per_weight = 1.0;
+    /* a MoE model's hp->n_ff is the experts' width; its only always-active MLP is the shared one */
+    out->n_experts = hp->n_expert;
+    out->n_experts_used = hp->n_expert_used;
+    out->n_ff_expert = hp->n_expert ? hp->n_ff : 0;
+    out->n_ff = hp->n_expert ? hp->n_ff_shared : hp->n_ff;
+    out->sliding_window = hp->n_swa_layers ? hp->swa_window : 0;
+    out->n_sliding_layers = hp->n_swa_layers;
+    out->tied_embeddings = hp->tied;
+    out->quant_block = hp->quant_block;
+    out->bytes_per_weight = hp->bytes_per_weight;
+    out->bytes_per_expert = hp->bytes_per_expert;
+    out->bytes_per_head = hp->bytes_per_head;
     out->bytes_per_kv = 2.0;
+    return spk_shape_check(out);
 }
 
 spk_status spk_plan_shard(const spk_plan *p, int rank, spk_shard *out)

@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include "plan/plan.h"
-#include "plan/shape.h"
 #include "testutil.h"
 #include "tp_group.h"
 
@@ -203,7 +202,7 @@ double spk_test_run_layout(spk_gguf_file *f, const spk_hparams *hp, const spk_we
     const int E = hp->n_embd, V = hp->n_vocab, world = pp * tp;
     spk_shape shape;
     spk_plan plan;
-    ck_assert_int_eq(spk_shape_from_gguf(f, &shape), SPK_OK);
+    ck_assert_int_eq(spk_shape_from_hparams(hp, f->path, &shape), SPK_OK);
     ck_assert_msg(spk_plan_make(&shape, pp, tp, &plan) == SPK_OK, "%s", spk_last_error());
     spk_shard sh[8];
     spk_weights w[8];

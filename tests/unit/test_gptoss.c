@@ -24,7 +24,6 @@
 #include "model/llama.h"
 #include "tools/synth.h"
 #include "plan/plan.h"
-#include "plan/shape.h"
 #include "refcmp.h"
 #include "testutil.h"
 

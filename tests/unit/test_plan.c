@@ -10,7 +10,7 @@
 #include "model/gguf.h"
 #include "plan/cost.h"
 #include "plan/plan.h"
-#include "plan/shape.h"
+#include "model/llama.h"
 #include "testutil.h"
 
 static spk_shape preset(const char *name)
@@ -549,8 +549,10 @@ START_TEST(shape_from_default_model_file)
 {
     spk_gguf_file *f;
     ck_assert_int_eq(spk_gguf_open(spk_test_model_path(), &f), SPK_OK);
+    spk_hparams hp;
     spk_shape s;
-    ck_assert_msg(spk_shape_from_gguf(f, &s) == SPK_OK, "%s", spk_err_msg());
+    ck_assert_msg(spk_hparams_read(f, &hp) == SPK_OK, "%s", spk_err_msg());
+    ck_assert_msg(spk_shape_from_hparams(&hp, f->path, &s) == SPK_OK, "%s", spk_err_msg());
     spk_gguf_close(f);
     spk_shape p = preset("smollm2-135m");
     ck_assert_int_eq(s.n_layers, p.n_layers);
@@ -921,14 +923,18 @@ static gbuf make_gguf(const gkv *kv, int nkv, const gtensor *t, int nt)
     return g;
 }
 
-/* Open the file described and read its shape; the status, and *out. */
+/* Open the file described and read its shape (hyperparameters, then the shape of them); the
+ * status, and *out. */
 static spk_status shape_of(const gkv *kv, int nkv, const gtensor *t, int nt, spk_shape *out)
 {
     gbuf g = make_gguf(kv, nkv, t, nt);
     spk_gguf_file *f;
     spk_status st = spk_gguf_open_memory(g.p, g.n, &f);
     ck_assert_msg(st == SPK_OK, "%s", spk_err_msg());
-    st = spk_shape_from_gguf(f, out);
+    spk_hparams hp;
+    st = spk_hparams_read(f, &hp);
+    if (st == SPK_OK)
+        st = spk_shape_from_hparams(&hp, "mem.gguf", out);
     spk_gguf_close(f);
     free(g.p);
     return st;
@@ -980,9 +986,9 @@ START_TEST(shape_from_moe_files)
     ck_assert_ptr_nonnull(strstr(spk_err_msg(), "ffn_down_exps"));
     ck_assert_ptr_nonnull(strstr(spk_err_msg(), "expert_count 8"));
     qt[6].ne[2] = 8;
-    q[8].u = 9; /* more experts used than there are */
-    ck_assert_int_eq(shape_of(q, 11, qt, 7, &s), SPK_ERR_INVALID_ARG);
-    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "n_experts_used 9"));
+    q[8].u = 9; /* more experts used than there are: a malformed file, named by its keys */
+    ck_assert_int_eq(shape_of(q, 11, qt, 7, &s), SPK_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "expert_used_count 9"));
     q[8].u = 2;
 
     /* gpt-oss: MXFP4 experts, BF16 attention, a 128-token window on alternate layers */
@@ -1061,6 +1067,49 @@ START_TEST(shape_from_moe_files)
 }
 END_TEST
 
+/* One reader for both users: a Mixtral-style llama file (expert_count, no
+ * expert_feed_forward_length: the experts are feed_forward_length wide) has a shape the planner
+ * can cost, while the loader, which runs MoE layers for qwen3moe and gpt-oss only, refuses it
+ * naming the key; an unknown architecture is named before its missing keys. */
+START_TEST(one_reader_for_loader_and_planner)
+{
+    gkv x[] = {{"general.architecture", 1, 0, "llama", NULL},
+               {"llama.block_count", 0, 2, NULL, NULL},
+               {"llama.embedding_length", 0, 64, NULL, NULL},
+               {"llama.attention.head_count", 0, 4, NULL, NULL},
+               {"llama.feed_forward_length", 0, 96, NULL, NULL},
+               {"llama.expert_count", 0, 8, NULL, NULL},
+               {"llama.expert_used_count", 0, 2, NULL, NULL}};
+    gtensor xt[] = {{"token_embd.weight", 1, 2, {64, 100, 1}}};
+    spk_shape s;
+    ck_assert_msg(shape_of(x, 7, xt, 1, &s) == SPK_OK, "%s", spk_err_msg());
+    ck_assert_int_eq(s.n_experts, 8);
+    ck_assert_int_eq(s.n_experts_used, 2);
+    ck_assert_int_eq(s.n_ff_expert, 96);
+    ck_assert_int_eq(s.n_ff, 0);
+
+    gbuf g = make_gguf(x, 7, xt, 1);
+    spk_gguf_file *f;
+    ck_assert_int_eq(spk_gguf_open_memory(g.p, g.n, &f), SPK_OK);
+    spk_hparams hp;
+    spk_weights w;
+    ck_assert_int_eq(spk_llama_load(f, &hp, &w), SPK_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "llama.expert_count 8"));
+    spk_gguf_close(f);
+    free(g.p);
+
+    gkv u[] = {{"general.architecture", 1, 0, "mamba", NULL}};
+    g = make_gguf(u, 1, xt, 1);
+    ck_assert_int_eq(spk_gguf_open_memory(g.p, g.n, &f), SPK_OK);
+    ck_assert_int_eq(spk_hparams_read(f, &hp), SPK_ERR_FORMAT); /* the reader: the key it misses */
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "'mamba.block_count'"));
+    ck_assert_int_eq(spk_llama_load(f, &hp, &w), SPK_ERR_UNSUPPORTED); /* the loader: the architecture */
+    ck_assert_ptr_nonnull(strstr(spk_err_msg(), "'mamba' is not supported"));
+    spk_gguf_close(f);
+    free(g.p);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("plan");
@@ -1085,6 +1134,7 @@ int main(void)
     tcase_add_test(tc, ep_cost_is_tp_with_whole_experts);
     tcase_add_test(tc, planner_chooses_among_pp_tp_and_ep);
     tcase_add_test(tc, shape_from_moe_files);
+    tcase_add_test(tc, one_reader_for_loader_and_planner);
     if (spk_test_model_path())
         tcase_add_test(tc, shape_from_default_model_file);
     else

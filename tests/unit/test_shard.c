@@ -18,7 +18,6 @@
 #include "model/gguf.h"
 #include "model/llama.h"
 #include "plan/plan.h"
-#include "plan/shape.h"
 #include "refcmp.h"
 #include "testutil.h"
 #include "tp_group.h"
@@ -77,7 +76,7 @@ static double run_layout(int pp, int tp, int depth, double *mean, int *top1_bad)
     }
     spk_shape shape;
     spk_plan plan;
-    ck_assert_int_eq(spk_shape_from_gguf(gf, &shape), SPK_OK);
+    ck_assert_int_eq(spk_shape_from_hparams(&hp, gf->path, &shape), SPK_OK);
     ck_assert_msg(spk_plan_make(&shape, pp, tp, &plan) == SPK_OK, "%s", spk_last_error());
     const int world = pp * tp, E = hp.n_embd, V = hp.n_vocab;
     spk_shard sh[16];
@@ -209,7 +208,7 @@ START_TEST(shards_hold_only_their_share)
 {
     spk_shape shape;
     spk_plan plan;
-    ck_assert_int_eq(spk_shape_from_gguf(gf, &shape), SPK_OK);
+    ck_assert_int_eq(spk_shape_from_hparams(&hp, gf->path, &shape), SPK_OK);
     ck_assert_int_eq(spk_plan_make(&shape, 1, 2, &plan), SPK_OK);
     spk_shard sh;
     spk_weights w;
