@@ -37,4 +37,12 @@ void spk_log_flush(void);
  * defaults 20, 1000 ms, 200). Resets the counters. For tests and tuning. */
 void spk_log_rate_set(int burst, int window_ms, int global);
 
+/* Return the status of x from the calling function unless it is SPK_OK. */
+#define SPK_TRY(x)                                                                                 \
+    do {                                                                                           \
+        spk_status st_ = (x);                                                                      \
+        if (st_ != SPK_OK)                                                                         \
+            return st_;                                                                            \
+    } while (0)
+
 #endif

@@ -27,13 +27,6 @@
 #define MAX_JSON_BYTES (64u << 20) /* config.json, index, tokenizer files */
 #define SHOWN 96
 
-#define TRY(x)                                                                                     \
-    do {                                                                                           \
-        spk_status st_ = (x);                                                                      \
-        if (st_ != SPK_OK)                                                                         \
-            return st_;                                                                            \
-    } while (0)
-
 struct spk_hf_model {
     spk_st_file **shards;
     size_t n_shards;
@@ -212,7 +205,7 @@ static spk_status write_tokenizer(builder *b)
     if (access(p, F_OK) != 0)
         return SPK_OK;
     spk_hf_tok t;
-    TRY(spk_hf_tok_read(b->dir, &t));
+    SPK_TRY(spk_hf_tok_read(b->dir, &t));
     const spk_tok_spec *s = &t.spec;
     spk_status st = kv_str(b, "tokenizer.ggml.model", s->model ? s->model : "gpt2");
     if (st == SPK_OK && s->pre)
@@ -403,13 +396,13 @@ static spk_status read_moe_hparams(const char *dir, const cJSON *cfg, hparams *h
     const int gpt = hp->arch == A_GPTOSS;
     /* the converter's find_hparam order; transformers 5 saves Qwen3-MoE's as num_local_experts */
     const int local = cJSON_GetObjectItemCaseSensitive(cfg, "num_local_experts") != NULL;
-    TRY(cfg_uint(dir, cfg, local || gpt ? "num_local_experts" : "num_experts", 1, 0, &hp->n_expert));
+    SPK_TRY(cfg_uint(dir, cfg, local || gpt ? "num_local_experts" : "num_experts", 1, 0, &hp->n_expert));
     const cJSON *used = cJSON_GetObjectItemCaseSensitive(cfg, "num_experts_per_tok");
-    TRY(cfg_uint(dir, cfg, used || !gpt ? "num_experts_per_tok" : "experts_per_token", 1, 0, &hp->n_expert_used));
+    SPK_TRY(cfg_uint(dir, cfg, used || !gpt ? "num_experts_per_tok" : "experts_per_token", 1, 0, &hp->n_expert_used));
     if (gpt)
         hp->n_ff_exp = hp->n_ff;
     else
-        TRY(cfg_uint(dir, cfg, "moe_intermediate_size", 1, 0, &hp->n_ff_exp));
+        SPK_TRY(cfg_uint(dir, cfg, "moe_intermediate_size", 1, 0, &hp->n_ff_exp));
     if (hp->n_expert > 4096 || hp->n_expert_used > hp->n_expert || hp->n_ff_exp > (1u << 20))
         return spk_err(SPK_ERR_FORMAT, "%s/config.json: bad experts: %llu experts, %llu per token, %llu wide", dir,
                        (unsigned long long)hp->n_expert, (unsigned long long)hp->n_expert_used,
@@ -418,7 +411,7 @@ static spk_status read_moe_hparams(const char *dir, const cJSON *cfg, hparams *h
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, "norm_topk_prob");
         const cJSON *ml = cJSON_GetObjectItemCaseSensitive(cfg, "mlp_only_layers");
         double step = 1;
-        TRY(cfg_num(dir, cfg, "decoder_sparse_step", 1, &step, NULL));
+        SPK_TRY(cfg_num(dir, cfg, "decoder_sparse_step", 1, &step, NULL));
         if (!cJSON_IsTrue(v))
             return spk_err(SPK_ERR_UNSUPPORTED, "%s/config.json: qwen3_moe with norm_topk_prob false (or absent) is "
                            "not supported (the qwen3moe graph renormalizes the top-k weights)", dir);
@@ -430,10 +423,10 @@ static spk_status read_moe_hparams(const char *dir, const cJSON *cfg, hparams *h
                            dir);
         return SPK_OK;
     }
-    TRY(cfg_uint(dir, cfg, "sliding_window", 1, 0, &hp->swa));
+    SPK_TRY(cfg_uint(dir, cfg, "sliding_window", 1, 0, &hp->swa));
     double limit = 7.0, alpha = 1.702;
-    TRY(cfg_num(dir, cfg, "swiglu_limit", 7.0, &limit, NULL));
-    TRY(cfg_num(dir, cfg, "swiglu_alpha", 1.702, &alpha, NULL));
+    SPK_TRY(cfg_num(dir, cfg, "swiglu_limit", 7.0, &limit, NULL));
+    SPK_TRY(cfg_num(dir, cfg, "swiglu_alpha", 1.702, &alpha, NULL));
     if (limit != 7.0 || fabs(alpha - 1.702) > 1e-9)
         return spk_err(SPK_ERR_UNSUPPORTED, "%s/config.json: gpt_oss swiglu_limit %g / swiglu_alpha %g (the gpt-oss "
                        "graph computes 7 and 1.702)", dir, limit, alpha);
@@ -477,15 +470,15 @@ static spk_status read_hparams(const char *dir, const cJSON *cfg, hparams *hp)
                        "(LlamaForCausalLM, MistralForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM, "
                        "GptOssForCausalLM)", dir, arch ? arch : "?", mtype);
     hp->llama = hp->arch == A_LLAMA;
-    TRY(cfg_uint(dir, cfg, "num_hidden_layers", 1, 0, &hp->n_layers));
-    TRY(cfg_uint(dir, cfg, "hidden_size", 1, 0, &hp->n_embd));
-    TRY(cfg_uint(dir, cfg, "num_attention_heads", 1, 0, &hp->n_heads));
-    TRY(cfg_uint(dir, cfg, "num_key_value_heads", 0, hp->n_heads, &hp->n_kv));
-    TRY(cfg_uint(dir, cfg, "intermediate_size", 1, 0, &hp->n_ff));
-    TRY(cfg_uint(dir, cfg, "vocab_size", 1, 0, &hp->n_vocab));
-    TRY(cfg_uint(dir, cfg, "max_position_embeddings", 0, 0, &hp->n_ctx));
+    SPK_TRY(cfg_uint(dir, cfg, "num_hidden_layers", 1, 0, &hp->n_layers));
+    SPK_TRY(cfg_uint(dir, cfg, "hidden_size", 1, 0, &hp->n_embd));
+    SPK_TRY(cfg_uint(dir, cfg, "num_attention_heads", 1, 0, &hp->n_heads));
+    SPK_TRY(cfg_uint(dir, cfg, "num_key_value_heads", 0, hp->n_heads, &hp->n_kv));
+    SPK_TRY(cfg_uint(dir, cfg, "intermediate_size", 1, 0, &hp->n_ff));
+    SPK_TRY(cfg_uint(dir, cfg, "vocab_size", 1, 0, &hp->n_vocab));
+    SPK_TRY(cfg_uint(dir, cfg, "max_position_embeddings", 0, 0, &hp->n_ctx));
     hp->head_dim_given = cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(cfg, "head_dim"));
-    TRY(cfg_uint(dir, cfg, "head_dim", 0, hp->n_embd / hp->n_heads, &hp->head_dim));
+    SPK_TRY(cfg_uint(dir, cfg, "head_dim", 0, hp->n_embd / hp->n_heads, &hp->head_dim));
     if (hp->n_layers > 1024 || hp->n_embd > 65536 || hp->n_heads > 1024 || hp->n_kv > hp->n_heads ||
         hp->n_heads % hp->n_kv || hp->n_ff > (1u << 20) || hp->n_vocab > (1u << 24) || hp->head_dim > 1024 ||
         hp->head_dim < 2 || hp->head_dim % 2)
@@ -496,15 +489,15 @@ static spk_status read_hparams(const char *dir, const cJSON *cfg, hparams *hp)
                        (unsigned long long)hp->n_kv, (unsigned long long)hp->n_ff,
                        (unsigned long long)hp->n_vocab, (unsigned long long)hp->head_dim);
     int found = 0;
-    TRY(cfg_num(dir, cfg, "rms_norm_eps", 1e-6, &hp->eps, &found));
+    SPK_TRY(cfg_num(dir, cfg, "rms_norm_eps", 1e-6, &hp->eps, &found));
     hp->rope = cJSON_GetObjectItemCaseSensitive(cfg, "rope_scaling");
     if (!cJSON_IsObject(hp->rope))
         hp->rope = cJSON_GetObjectItemCaseSensitive(cfg, "rope_parameters");
     if (!cJSON_IsObject(hp->rope))
         hp->rope = NULL;
-    TRY(cfg_num(dir, cfg, "rope_theta", 10000.0, &hp->theta, &hp->have_theta));
+    SPK_TRY(cfg_num(dir, cfg, "rope_theta", 10000.0, &hp->theta, &hp->have_theta));
     if (!hp->have_theta && hp->rope)
-        TRY(cfg_num(dir, hp->rope, "rope_theta", 10000.0, &hp->theta, &hp->have_theta));
+        SPK_TRY(cfg_num(dir, hp->rope, "rope_theta", 10000.0, &hp->theta, &hp->have_theta));
     for (const char *k = "attention_bias"; k && hp->arch != A_GPTOSS;
          k = strcmp(k, "attention_bias") ? NULL : "mlp_bias") {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, k);
@@ -512,7 +505,7 @@ static spk_status read_hparams(const char *dir, const cJSON *cfg, hparams *hp)
             return spk_err(SPK_ERR_UNSUPPORTED, "%s/config.json: %s = true is not supported", dir, k);
     }
     if (hp->arch == A_QWEN3MOE || hp->arch == A_GPTOSS)
-        TRY(read_moe_hparams(dir, cfg, hp));
+        SPK_TRY(read_moe_hparams(dir, cfg, hp));
     hp->block_size = 128;
     const cJSON *q = cJSON_GetObjectItemCaseSensitive(cfg, "quantization_config");
     const cJSON *bs = q ? cJSON_GetObjectItemCaseSensitive(q, "weight_block_size") : NULL;
@@ -533,23 +526,23 @@ static spk_status write_metadata(builder *b, const hparams *hp, const cJSON *cfg
 {
     const char *A = arch_gguf[hp->arch];
     char k[128];
-    TRY(kv_str(b, "general.architecture", A));
+    SPK_TRY(kv_str(b, "general.architecture", A));
     const char *base = strrchr(b->dir, '/');
     char nm[256];
     snprintf(nm, sizeof nm, "%s", base && base[1] ? base + 1 : b->dir);
     size_t nl = strlen(nm);
     while (nl > 1 && nm[nl - 1] == '/')
         nm[--nl] = '\0';
-    TRY(kv_str(b, "general.name", nm));
+    SPK_TRY(kv_str(b, "general.name", nm));
 #define U32(suffix, v)                                                                             \
     do {                                                                                           \
         snprintf(k, sizeof k, "%s." suffix, A);                                                    \
-        TRY(kv_u32(b, k, v));                                                                      \
+        SPK_TRY(kv_u32(b, k, v));                                                                      \
     } while (0)
 #define F32(suffix, v)                                                                             \
     do {                                                                                           \
         snprintf(k, sizeof k, "%s." suffix, A);                                                    \
-        TRY(kv_f32(b, k, v));                                                                      \
+        SPK_TRY(kv_f32(b, k, v));                                                                      \
     } while (0)
     U32("block_count", hp->n_layers);
     if (hp->n_ctx)
@@ -585,19 +578,19 @@ static spk_status write_metadata(builder *b, const hparams *hp, const cJSON *cfg
         const char *type = cJSON_IsString(rt) ? rt->valuestring : "default";
         double factor = 0;
         int have_factor = 0;
-        TRY(cfg_num(b->dir, hp->rope, "factor", 0, &factor, &have_factor));
+        SPK_TRY(cfg_num(b->dir, hp->rope, "factor", 0, &factor, &have_factor));
         if (!strcmp(type, "default")) {
             /* no scaling */
         } else if (!strcmp(type, "linear") && have_factor) {
             snprintf(k, sizeof k, "%s.rope.scaling.type", A);
-            TRY(kv_str(b, k, "linear"));
+            SPK_TRY(kv_str(b, k, "linear"));
             F32("rope.scaling.factor", factor);
         } else if (!strcmp(type, "llama3") && hp->llama) {
             /* the converter's generate_extra_tensors: per-frequency divisors (rope_freqs) */
             double lo, hi, old;
-            TRY(cfg_num(b->dir, hp->rope, "low_freq_factor", 1.0, &lo, NULL));
-            TRY(cfg_num(b->dir, hp->rope, "high_freq_factor", 4.0, &hi, NULL));
-            TRY(cfg_num(b->dir, hp->rope, "original_max_position_embeddings", 8192, &old, NULL));
+            SPK_TRY(cfg_num(b->dir, hp->rope, "low_freq_factor", 1.0, &lo, NULL));
+            SPK_TRY(cfg_num(b->dir, hp->rope, "high_freq_factor", 4.0, &hi, NULL));
+            SPK_TRY(cfg_num(b->dir, hp->rope, "original_max_position_embeddings", 8192, &old, NULL));
             if (!have_factor)
                 factor = 8.0;
             if (!(factor > 0) || !(hi > lo) || !(old > 0))
@@ -631,26 +624,26 @@ static spk_status write_metadata(builder *b, const hparams *hp, const cJSON *cfg
             if (!cJSON_IsFalse(tr))
                 return spk_err(SPK_ERR_UNSUPPORTED, "%s/config.json: YaRN rope scaling without \"truncate\": false "
                                "(transformers then truncates the correction range; llama.cpp's YaRN does not)", b->dir);
-            TRY(cfg_num(b->dir, hp->rope, "original_max_position_embeddings", 0, &orig, &have));
+            SPK_TRY(cfg_num(b->dir, hp->rope, "original_max_position_embeddings", 0, &orig, &have));
             if (!have || !(orig >= 1 && orig < 4294967296.0) || !(factor > 0))
                 return spk_err(SPK_ERR_FORMAT, "%s/config.json: YaRN rope scaling needs a factor > 0 (%g) and "
                                "original_max_position_embeddings >= 1 (%g)", b->dir, factor, orig);
             snprintf(k, sizeof k, "%s.rope.scaling.type", A);
-            TRY(kv_str(b, k, "yarn"));
+            SPK_TRY(kv_str(b, k, "yarn"));
             F32("rope.scaling.factor", factor);
             U32("rope.scaling.original_context_length", (uint64_t)orig);
-            TRY(cfg_num(b->dir, hp->rope, "extrapolation_factor", 0, &x, &have));
+            SPK_TRY(cfg_num(b->dir, hp->rope, "extrapolation_factor", 0, &x, &have));
             if (have)
                 F32("rope.scaling.yarn_ext_factor", x);
-            TRY(cfg_num(b->dir, hp->rope, "attention_factor", 0, &x, &have));
+            SPK_TRY(cfg_num(b->dir, hp->rope, "attention_factor", 0, &x, &have));
             if (!have)
-                TRY(cfg_num(b->dir, hp->rope, "attn_factor", 0, &x, &have));
+                SPK_TRY(cfg_num(b->dir, hp->rope, "attn_factor", 0, &x, &have));
             if (have)
                 F32("rope.scaling.yarn_attn_factor", x);
-            TRY(cfg_num(b->dir, hp->rope, "beta_fast", 0, &x, &have));
+            SPK_TRY(cfg_num(b->dir, hp->rope, "beta_fast", 0, &x, &have));
             if (have)
                 F32("rope.scaling.yarn_beta_fast", x);
-            TRY(cfg_num(b->dir, hp->rope, "beta_slow", 0, &x, &have));
+            SPK_TRY(cfg_num(b->dir, hp->rope, "beta_slow", 0, &x, &have));
             if (have)
                 F32("rope.scaling.yarn_beta_slow", x);
         } else {
@@ -869,7 +862,7 @@ static spk_status lazy_add(builder *b, spk_hf_lazy *z, spk_gguf_tensor *g)
         z->src = t->data;
         z->src_len = t->end - t->begin;
     }
-    TRY(spk_hf_lazy_add(b->m->lazy, z));
+    SPK_TRY(spk_hf_lazy_add(b->m->lazy, z));
     if (g)
         g->data = z->base;
     return SPK_OK;
@@ -1323,7 +1316,7 @@ static spk_status stack_experts(builder *b, const hparams *hp, index_t *ix, unsi
             return nomem();
         z->p[0] = sub;
         z->u[0] = R;
-        TRY(lazy_add(b, z, g));
+        SPK_TRY(lazy_add(b, z, g));
     }
     return SPK_OK;
 }
@@ -1415,7 +1408,7 @@ static spk_status gptoss_experts(builder *b, const hparams *hp, index_t *ix, uns
             z->u[1] = F;
             z->u[2] = (uint64_t)w;
             z->u[3] = spk_st_dtype_size(t->dtype);
-            TRY(lazy_add(b, z, g));
+            SPK_TRY(lazy_add(b, z, g));
         }
     } else if (gub && gus) {
         gub->used = gus->used = 1;
@@ -1438,7 +1431,7 @@ static spk_status gptoss_experts(builder *b, const hparams *hp, index_t *ix, uns
             z->u[0] = H / 32;
             z->u[1] = 2;
             z->u[2] = (uint64_t)w;
-            TRY(lazy_add(b, z, g));
+            SPK_TRY(lazy_add(b, z, g));
         }
     } else {
         return spk_err(SPK_ERR_FORMAT, "%s: layer %lu has neither mlp.experts.gate_up_proj nor "
@@ -1462,7 +1455,7 @@ static spk_status gptoss_experts(builder *b, const hparams *hp, index_t *ix, uns
         z->u[0] = H;
         z->u[1] = F;
         z->u[2] = spk_st_dtype_size(t->dtype);
-        TRY(lazy_add(b, z, g));
+        SPK_TRY(lazy_add(b, z, g));
     } else if (dnb && dns) {
         dnb->used = dns->used = 1;
         const spk_st_tensor *t = dnb->t, *sc = dns->t;
@@ -1482,7 +1475,7 @@ static spk_status gptoss_experts(builder *b, const hparams *hp, index_t *ix, uns
         z->p[1] = sc;
         z->u[0] = F / 32;
         z->u[1] = 1;
-        TRY(lazy_add(b, z, g));
+        SPK_TRY(lazy_add(b, z, g));
     } else {
         return spk_err(SPK_ERR_FORMAT, "%s: layer %lu has neither mlp.experts.down_proj nor "
                        "mlp.experts.down_proj_blocks + _scales", b->dir, l);
@@ -1521,14 +1514,14 @@ static spk_status gptoss_experts(builder *b, const hparams *hp, index_t *ix, uns
 static spk_status build_experts(builder *b, const hparams *hp, index_t *ix)
 {
     for (unsigned long l = 0; l < hp->n_layers; l++)
-        TRY(hp->arch == A_GPTOSS ? gptoss_experts(b, hp, ix, l) : stack_experts(b, hp, ix, l));
+        SPK_TRY(hp->arch == A_GPTOSS ? gptoss_experts(b, hp, ix, l) : stack_experts(b, hp, ix, l));
     return SPK_OK;
 }
 
 static spk_status build_tensors(builder *b, const hparams *hp, index_t *ix)
 {
     if (hp->n_expert)
-        TRY(build_experts(b, hp, ix));
+        SPK_TRY(build_experts(b, hp, ix));
     for (size_t i = 0; i < ix->n; i++) {
         entry *e = &ix->e[i];
         const char *n = e->t->name;
@@ -1629,7 +1622,7 @@ static spk_status add_shard(builder *b, const char *file)
     struct stat sb;
     if (stat(p, &sb) != 0)
         return spk_err(SPK_ERR_IO, "%s: shard '%s' is missing: %s", b->dir, file, strerror(errno));
-    TRY(spk_st_open(p, &m->shards[m->n_shards]));
+    SPK_TRY(spk_st_open(p, &m->shards[m->n_shards]));
     m->n_shards++;
     return SPK_OK;
 }
@@ -1641,14 +1634,14 @@ static spk_status open_shards(builder *b, index_t *ix)
     char *txt = NULL;
     size_t len = 0;
     int missing = 0;
-    TRY(read_small(p, &txt, &len, &missing));
+    SPK_TRY(read_small(p, &txt, &len, &missing));
     cJSON *idx = NULL, *wm = NULL;
     if (missing) {
         snprintf(p, sizeof p, "%s/model.safetensors", b->dir);
         if (access(p, F_OK) != 0)
             return spk_err(SPK_ERR_IO, "%s: neither model.safetensors nor model.safetensors.index.json "
                            "(not a Hugging Face checkpoint directory)", b->dir);
-        TRY(add_shard(b, "model.safetensors"));
+        SPK_TRY(add_shard(b, "model.safetensors"));
     } else {
         spk_status st = parse_json(p, txt, len, &idx);
         free(txt);

@@ -9,13 +9,6 @@
 #include "common/error.h"
 #include "model/llama.h"
 
-#define TRY(x)                                                                                     \
-    do {                                                                                           \
-        spk_status st_ = (x);                                                                      \
-        if (st_ != SPK_OK)                                                                         \
-            return st_;                                                                            \
-    } while (0)
-
 static spk_status get_u32_key(const spk_gguf_file *f, const char *arch, const char *suffix, bool required,
                               uint32_t dflt, uint32_t *out)
 {
@@ -71,7 +64,7 @@ static spk_status sliding_layers(const spk_gguf_file *f, const char *arch, int n
     } else {
         uint32_t period = 2;
         if (kv)
-            TRY(spk_gguf_get_u32(f, key, &period));
+            SPK_TRY(spk_gguf_get_u32(f, key, &period));
         for (int il = 0; il < nl; il++)
             n_swa += period == 0 || (uint32_t)il % period < period - 1;
     }
@@ -164,7 +157,7 @@ spk_status spk_hparams_read(const spk_gguf_file *f, spk_hparams *hp)
         return spk_err(SPK_ERR_INVALID_ARG, "hparams_read: file or hparams is NULL");
     memset(hp, 0, sizeof *hp);
     spk_gguf_str arch;
-    TRY(spk_gguf_get_str(f, "general.architecture", &arch));
+    SPK_TRY(spk_gguf_get_str(f, "general.architecture", &arch));
     if (arch.len == 0 || arch.len >= sizeof hp->arch || memchr(arch.ptr, 0, arch.len))
         return spk_err(SPK_ERR_UNSUPPORTED, "%s: architecture '%.*s' is not supported (%llu bytes: names of 1 to %zu "
                        "bytes without NUL are)", f->path, (int)(arch.len > 64 ? 64 : arch.len), arch.ptr,
@@ -182,22 +175,22 @@ spk_status spk_hparams_read(const spk_gguf_file *f, spk_hparams *hp)
     hp->attn_sinks = hp->biases = gptoss;
 
     uint32_t n_layers, n_embd, n_heads, n_kv, n_ff, n_ctx, head_dim, rot_dim, n_exp;
-    TRY(get_u32_key(f, a, "block_count", true, 0, &n_layers));
-    TRY(get_u32_key(f, a, "embedding_length", true, 0, &n_embd));
-    TRY(get_u32_key(f, a, "attention.head_count", true, 0, &n_heads));
-    TRY(get_u32_key(f, a, "attention.head_count_kv", false, n_heads, &n_kv));
-    TRY(get_u32_key(f, a, "expert_count", moe_arch, 0, &n_exp));
+    SPK_TRY(get_u32_key(f, a, "block_count", true, 0, &n_layers));
+    SPK_TRY(get_u32_key(f, a, "embedding_length", true, 0, &n_embd));
+    SPK_TRY(get_u32_key(f, a, "attention.head_count", true, 0, &n_heads));
+    SPK_TRY(get_u32_key(f, a, "attention.head_count_kv", false, n_heads, &n_kv));
+    SPK_TRY(get_u32_key(f, a, "expert_count", moe_arch, 0, &n_exp));
     if (n_exp || moe_arch) { /* the experts' width; feed_forward_length (a dense MLP's) is unused */
         uint32_t n_used, n_ff_dense, n_shff, n_sh;
-        TRY(get_u32_key(f, a, "expert_used_count", true, 0, &n_used));
-        TRY(get_u32_key(f, a, "feed_forward_length", false, 0, &n_ff_dense));
-        TRY(get_u32_key(f, a, "expert_feed_forward_length", moe_arch, n_ff_dense, &n_ff));
+        SPK_TRY(get_u32_key(f, a, "expert_used_count", true, 0, &n_used));
+        SPK_TRY(get_u32_key(f, a, "feed_forward_length", false, 0, &n_ff_dense));
+        SPK_TRY(get_u32_key(f, a, "expert_feed_forward_length", moe_arch, n_ff_dense, &n_ff));
         if (n_exp < 1 || n_exp > 4096 || n_used < 1 || n_used > n_exp)
             return spk_err(SPK_ERR_FORMAT, "%s: bad %s.expert_count %u / expert_used_count %u (need 1 <= used <= "
                            "count <= 4096)", f->path, a, n_exp, n_used);
         /* shared experts (qwen2moe): an always-active MLP beside the routed experts */
-        TRY(get_u32_key(f, a, "expert_shared_feed_forward_length", false, 0, &n_shff));
-        TRY(get_u32_key(f, a, "expert_shared_count", false, n_shff ? 1 : 0, &n_sh));
+        SPK_TRY(get_u32_key(f, a, "expert_shared_feed_forward_length", false, 0, &n_shff));
+        SPK_TRY(get_u32_key(f, a, "expert_shared_count", false, n_shff ? 1 : 0, &n_sh));
         if (n_shff > 1u << 20 || n_sh > 256 || (uint64_t)n_shff * n_sh > 1u << 24)
             return spk_err(SPK_ERR_FORMAT, "%s: bad %s shared experts: %u x feed-forward %u", f->path, a, n_sh,
                            n_shff);
@@ -205,18 +198,18 @@ spk_status spk_hparams_read(const spk_gguf_file *f, spk_hparams *hp)
         hp->n_expert_used = (int)n_used;
         hp->n_ff_shared = (int)(n_shff * n_sh);
     } else {
-        TRY(get_u32_key(f, a, "feed_forward_length", true, 0, &n_ff));
+        SPK_TRY(get_u32_key(f, a, "feed_forward_length", true, 0, &n_ff));
     }
-    TRY(get_u32_key(f, a, "context_length", false, 2048, &n_ctx));
+    SPK_TRY(get_u32_key(f, a, "context_length", false, 2048, &n_ctx));
     if (n_layers < 1 || n_layers > 1024 || n_embd < 1 || n_embd > 65536 || n_heads < 1 ||
         n_heads > 1024 || n_kv < 1 || n_heads % n_kv != 0 || n_ff < 1 || n_ff > 1 << 20 || n_ctx < 1)
         return spk_err(SPK_ERR_FORMAT,
                        "%s: bad hyperparameters: layers %u, embd %u, heads %u, kv heads %u, ff %u, ctx %u",
                        f->path, n_layers, n_embd, n_heads, n_kv, n_ff, n_ctx);
-    TRY(get_u32_key(f, a, "attention.key_length", false, n_embd / n_heads, &head_dim));
+    SPK_TRY(get_u32_key(f, a, "attention.key_length", false, n_embd / n_heads, &head_dim));
     uint32_t v_dim;
-    TRY(get_u32_key(f, a, "attention.value_length", false, head_dim, &v_dim));
-    TRY(get_u32_key(f, a, "rope.dimension_count", false, head_dim, &rot_dim));
+    SPK_TRY(get_u32_key(f, a, "attention.value_length", false, head_dim, &v_dim));
+    SPK_TRY(get_u32_key(f, a, "rope.dimension_count", false, head_dim, &rot_dim));
     if (head_dim < 2 || head_dim > 1024 || head_dim % 2 || rot_dim > head_dim || rot_dim % 2 || rot_dim == 0)
         return spk_err(SPK_ERR_FORMAT, "%s: bad head_dim %u / rope dims %u", f->path, head_dim, rot_dim);
     if (v_dim != head_dim)
@@ -230,36 +223,36 @@ spk_status spk_hparams_read(const spk_gguf_file *f, spk_hparams *hp)
     hp->n_ctx_train = (int)(n_ctx > 1u << 24 ? 1u << 24 : n_ctx);
     hp->head_dim = (int)head_dim;
     hp->rot_dim = (int)rot_dim;
-    TRY(get_f32_key(f, a, "attention.layer_norm_rms_epsilon", 1e-5f, &hp->eps));
-    TRY(get_f32_key(f, a, "rope.freq_base", 10000.0f, &hp->rope_theta));
+    SPK_TRY(get_f32_key(f, a, "attention.layer_norm_rms_epsilon", 1e-5f, &hp->eps));
+    SPK_TRY(get_f32_key(f, a, "rope.freq_base", 10000.0f, &hp->rope_theta));
     if (!(hp->eps > 0 && hp->eps < 1) || !(hp->rope_theta > 1 && hp->rope_theta < 1e12f))
         return spk_err(SPK_ERR_FORMAT, "%s: bad rms eps %g or rope theta %g", f->path, hp->eps,
                        hp->rope_theta);
     uint32_t swa; /* gpt-oss: the window of the even layers (required) */
-    TRY(get_u32_key(f, a, "attention.sliding_window", gptoss, 0, &swa));
+    SPK_TRY(get_u32_key(f, a, "attention.sliding_window", gptoss, 0, &swa));
     if (swa > 1u << 24 || (gptoss && swa < 1))
         return spk_err(SPK_ERR_FORMAT, "%s: bad %s.attention.sliding_window %u", f->path, a, swa);
     if (swa) {
-        TRY(sliding_layers(f, a, hp->n_layers, &hp->n_swa_layers));
+        SPK_TRY(sliding_layers(f, a, hp->n_layers, &hp->n_swa_layers));
         hp->swa_window = gptoss || hp->n_swa_layers ? (int)swa : 0;
     }
     char key[128];
     snprintf(key, sizeof key, "%s.rope.scaling.type", a);
     spk_gguf_str stype;
     if (spk_gguf_find(f, key)) {
-        TRY(spk_gguf_get_str(f, key, &stype));
+        SPK_TRY(spk_gguf_get_str(f, key, &stype));
         if (spk_gguf_str_eq(stype, "linear")) {
-            TRY(get_f32_key(f, a, "rope.scaling.factor", 1.0f, &hp->scaling.factor));
+            SPK_TRY(get_f32_key(f, a, "rope.scaling.factor", 1.0f, &hp->scaling.factor));
             if (!(hp->scaling.factor >= 1.0f && hp->scaling.factor < 1e6f))
                 return spk_err(SPK_ERR_FORMAT, "%s: bad rope scaling factor %g", f->path,
                                hp->scaling.factor);
         } else if (spk_gguf_str_eq(stype, "yarn") && gptoss) {
             uint32_t orig;
-            TRY(get_f32_key(f, a, "rope.scaling.factor", 1.0f, &hp->scaling.factor));
-            TRY(get_u32_key(f, a, "rope.scaling.original_context_length", true, 0, &orig));
-            TRY(get_f32_key(f, a, "rope.scaling.yarn_beta_fast", 32.0f, &hp->yarn_beta_fast));
-            TRY(get_f32_key(f, a, "rope.scaling.yarn_beta_slow", 1.0f, &hp->yarn_beta_slow));
-            TRY(get_f32_key(f, a, "rope.scaling.yarn_attn_factor", 0.0f, &hp->yarn_attn_factor));
+            SPK_TRY(get_f32_key(f, a, "rope.scaling.factor", 1.0f, &hp->scaling.factor));
+            SPK_TRY(get_u32_key(f, a, "rope.scaling.original_context_length", true, 0, &orig));
+            SPK_TRY(get_f32_key(f, a, "rope.scaling.yarn_beta_fast", 32.0f, &hp->yarn_beta_fast));
+            SPK_TRY(get_f32_key(f, a, "rope.scaling.yarn_beta_slow", 1.0f, &hp->yarn_beta_slow));
+            SPK_TRY(get_f32_key(f, a, "rope.scaling.yarn_attn_factor", 0.0f, &hp->yarn_attn_factor));
             if (!(hp->scaling.factor >= 1.0f && hp->scaling.factor < 1e6f) || orig < 1 || orig > 1u << 24 ||
                 !(hp->yarn_beta_fast > 0 && hp->yarn_beta_fast < 1e6f) ||
                 !(hp->yarn_beta_slow > 0 && hp->yarn_beta_slow < 1e6f) ||
@@ -284,12 +277,12 @@ spk_status spk_hparams_read(const spk_gguf_file *f, spk_hparams *hp)
                        (unsigned long long)(te->n_dims > 1 ? te->ne[1] : 1), te->n_dims, n_embd, 1u << 24);
     hp->n_vocab = (int)te->ne[1];
     uint32_t nv;
-    TRY(get_u32_key(f, a, "vocab_size", false, (uint32_t)hp->n_vocab, &nv));
+    SPK_TRY(get_u32_key(f, a, "vocab_size", false, (uint32_t)hp->n_vocab, &nv));
     if (nv != (uint32_t)hp->n_vocab)
         return spk_err(SPK_ERR_FORMAT, "%s: vocab_size %u but token_embd has %d rows", f->path, nv,
                        hp->n_vocab);
     if (hp->n_expert)
-        TRY(check_experts(f, hp));
+        SPK_TRY(check_experts(f, hp));
     byte_rates(f, hp);
     return SPK_OK;
 }

@@ -16,13 +16,6 @@
 
 #include "common/error.h"
 
-#define TRY(x)                                                                                     \
-    do {                                                                                           \
-        spk_status st_ = (x);                                                                      \
-        if (st_ != SPK_OK)                                                                         \
-            return st_;                                                                            \
-    } while (0)
-
 /* ---- run state ---------------------------------------------------------------------------- */
 
 struct spk_llama {
@@ -127,7 +120,7 @@ static spk_status upload_moe(spk_llama *m, spk_moe *x)
 {
     const int n_loc = x->e1 - x->e0;
     const size_t E = (size_t)x->router.n_in, F = (size_t)x->gate.n_out;
-    TRY(upload_mat(m, &x->router, "an MoE router"));
+    SPK_TRY(upload_mat(m, &x->router, "an MoE router"));
     spk_wmat *mats[] = {&x->gate, &x->up, &x->down};
     const size_t strides[] = {x->stride_gate, x->stride_up, x->stride_down};
     for (int i = 0; i < 3; i++) {
@@ -137,13 +130,13 @@ static spk_status upload_moe(spk_llama *m, spk_moe *x)
             return spk_err(SPK_ERR_UNSUPPORTED, "llama: the MoE experts are %s, which the %s backend cannot multiply "
                            "by yet", info ? info->name : "an unknown type", o->name);
         }
-        TRY(upload(m, &mats[i]->data, (size_t)(n_loc - 1) * strides[i] + wmat_bytes(mats[i]), "MoE experts"));
+        SPK_TRY(upload(m, &mats[i]->data, (size_t)(n_loc - 1) * strides[i] + wmat_bytes(mats[i]), "MoE experts"));
     }
     const size_t N = (size_t)x->n_expert;
-    TRY(upload(m, (const void **)&x->router_bias, sizeof(float) * N, "an MoE router bias"));
-    TRY(upload(m, (const void **)&x->gate_bias, sizeof(float) * N * F, "MoE gate biases"));
-    TRY(upload(m, (const void **)&x->up_bias, sizeof(float) * N * F, "MoE up biases"));
-    TRY(upload(m, (const void **)&x->down_bias, sizeof(float) * N * E, "MoE down biases"));
+    SPK_TRY(upload(m, (const void **)&x->router_bias, sizeof(float) * N, "an MoE router bias"));
+    SPK_TRY(upload(m, (const void **)&x->gate_bias, sizeof(float) * N * F, "MoE gate biases"));
+    SPK_TRY(upload(m, (const void **)&x->up_bias, sizeof(float) * N * F, "MoE up biases"));
+    SPK_TRY(upload(m, (const void **)&x->down_bias, sizeof(float) * N * E, "MoE down biases"));
     return SPK_OK;
 }
 
@@ -160,26 +153,26 @@ static spk_status upload_weights(spk_llama *m, const spk_weights *w)
     memcpy(m->dlayers, w->layers, sizeof *m->dlayers * (size_t)L);
     m->dw.layers = m->dlayers;
     m->dw.rope_factors = NULL; /* folded into the frequency table on the host */
-    TRY(upload_mat(m, &m->dw.tok_embd, "the token embedding"));
-    TRY(upload_mat(m, &m->dw.output, "the output head"));
-    TRY(upload(m, (const void **)&m->dw.out_norm, E, "the output norm"));
+    SPK_TRY(upload_mat(m, &m->dw.tok_embd, "the token embedding"));
+    SPK_TRY(upload_mat(m, &m->dw.output, "the output head"));
+    SPK_TRY(upload(m, (const void **)&m->dw.out_norm, E, "the output norm"));
     for (int l = 0; l < L; l++) {
         spk_layer *d = &m->dlayers[l];
         spk_wmat *mats[] = {&d->wq, &d->wk, &d->wv, &d->wo, &d->w_gate, &d->w_up, &d->w_down};
         for (size_t i = 0; i < sizeof mats / sizeof *mats; i++)
-            TRY(upload_mat(m, mats[i], "a layer weight"));
-        TRY(upload(m, (const void **)&d->attn_norm, E, "an attention norm"));
-        TRY(upload(m, (const void **)&d->q_norm, sizeof(float) * (size_t)m->hp.head_dim, "a Q norm"));
-        TRY(upload(m, (const void **)&d->k_norm, sizeof(float) * (size_t)m->hp.head_dim, "a K norm"));
-        TRY(upload(m, (const void **)&d->ffn_norm, E, "an MLP norm"));
+            SPK_TRY(upload_mat(m, mats[i], "a layer weight"));
+        SPK_TRY(upload(m, (const void **)&d->attn_norm, E, "an attention norm"));
+        SPK_TRY(upload(m, (const void **)&d->q_norm, sizeof(float) * (size_t)m->hp.head_dim, "a Q norm"));
+        SPK_TRY(upload(m, (const void **)&d->k_norm, sizeof(float) * (size_t)m->hp.head_dim, "a K norm"));
+        SPK_TRY(upload(m, (const void **)&d->ffn_norm, E, "an MLP norm"));
         /* gpt-oss: this rank's Q/K/V bias rows, the output bias and its heads' sinks */
-        TRY(upload(m, (const void **)&d->bq, sizeof(float) * (size_t)m->q_dim, "a Q bias"));
-        TRY(upload(m, (const void **)&d->bk, sizeof(float) * (size_t)m->kv_dim, "a K bias"));
-        TRY(upload(m, (const void **)&d->bv, sizeof(float) * (size_t)m->kv_dim, "a V bias"));
-        TRY(upload(m, (const void **)&d->bo, E, "an output bias"));
-        TRY(upload(m, (const void **)&d->sinks, sizeof(float) * (size_t)(m->q_dim / m->hp.head_dim), "attention sinks"));
+        SPK_TRY(upload(m, (const void **)&d->bq, sizeof(float) * (size_t)m->q_dim, "a Q bias"));
+        SPK_TRY(upload(m, (const void **)&d->bk, sizeof(float) * (size_t)m->kv_dim, "a K bias"));
+        SPK_TRY(upload(m, (const void **)&d->bv, sizeof(float) * (size_t)m->kv_dim, "a V bias"));
+        SPK_TRY(upload(m, (const void **)&d->bo, E, "an output bias"));
+        SPK_TRY(upload(m, (const void **)&d->sinks, sizeof(float) * (size_t)(m->q_dim / m->hp.head_dim), "attention sinks"));
         if (d->moe.n_expert > 0)
-            TRY(upload_moe(m, &d->moe));
+            SPK_TRY(upload_moe(m, &d->moe));
     }
     m->w = &m->dw;
     return SPK_OK;
@@ -224,7 +217,7 @@ static spk_status pack_weights(spk_llama *m, const spk_weights *w)
                 continue;
             const spk_wmat orig = *x;
             void *buf = NULL;
-            TRY(m->be->ops->pack(m->be, x, &buf));
+            SPK_TRY(m->be->ops->pack(m->be, x, &buf));
             if (!buf)
                 continue;
             m->packed[m->n_packed++] = buf;
@@ -279,7 +272,7 @@ spk_status spk_llama_create_paged(const spk_hparams *hp, const spk_weights *w, c
         spk_shard_full(hp, &full);
         sh = &full;
     }
-    TRY(spk_shard_check(hp, sh));
+    SPK_TRY(spk_shard_check(hp, sh));
     spk_llama *m = calloc(1, sizeof *m);
     if (!m)
         return spk_err(SPK_ERR_NOMEM, "llama: out of memory");

@@ -89,13 +89,6 @@ static spk_status find_bias(const spk_gguf_file *f, const char *name, int n0, in
     return SPK_OK;
 }
 
-#define TRY(x)                                                                                     \
-    do {                                                                                           \
-        spk_status st_ = (x);                                                                      \
-        if (st_ != SPK_OK)                                                                         \
-            return st_;                                                                            \
-    } while (0)
-
 /* The architectures this forward pass runs. */
 static bool arch_runs(const char *arch)
 {
@@ -133,24 +126,24 @@ spk_status spk_llama_load(const spk_gguf_file *f, spk_hparams *hp, spk_weights *
     if (hp->arch[0] && !arch_runs(hp->arch)) /* named before any key of it is missed */
         return spk_err(SPK_ERR_UNSUPPORTED, "%s: architecture '%s' is not supported (llama, qwen3, qwen3moe, gpt-oss)",
                        f->path, hp->arch);
-    TRY(st_hp);
+    SPK_TRY(st_hp);
     if (hp->n_expert && (strcmp(hp->arch, "llama") == 0 || strcmp(hp->arch, "qwen3") == 0)) /* Mixtral-like */
         return spk_err(SPK_ERR_UNSUPPORTED, "%s: %s with %s.expert_count %d: mixture-of-experts layers run for "
                        "qwen3moe and gpt-oss", f->path, hp->arch, hp->arch, hp->n_expert);
-    TRY(check_layer_names(f, hp->n_layers));
+    SPK_TRY(check_layer_names(f, hp->n_layers));
 
     const int E = hp->n_embd, Q = hp->n_heads * hp->head_dim, KV = hp->n_kv_heads * hp->head_dim;
-    TRY(find_mat(f, "token_embd.weight", E, hp->n_vocab, &w->tok_embd));
-    TRY(find_vec(f, "output_norm.weight", E, &w->out_norm));
+    SPK_TRY(find_mat(f, "token_embd.weight", E, hp->n_vocab, &w->tok_embd));
+    SPK_TRY(find_vec(f, "output_norm.weight", E, &w->out_norm));
     if (spk_gguf_find_tensor(f, "output.weight"))
-        TRY(find_mat(f, "output.weight", E, hp->n_vocab, &w->output));
+        SPK_TRY(find_mat(f, "output.weight", E, hp->n_vocab, &w->output));
     else
         w->output = w->tok_embd;
     /* Llama-3.x rope scaling is stored as per-frequency divisors (converted from the model's
      * rope_scaling config by the GGUF writer). */
     if (spk_gguf_find_tensor(f, "rope_freqs.weight"))
     {
-        TRY(find_vec(f, "rope_freqs.weight", hp->rot_dim / 2, &w->rope_factors));
+        SPK_TRY(find_vec(f, "rope_freqs.weight", hp->rot_dim / 2, &w->rope_factors));
         for (int i = 0; i < hp->rot_dim / 2; i++)
             if (!(w->rope_factors[i] > 0.0f && w->rope_factors[i] < 1e9f))
                 return spk_err(SPK_ERR_FORMAT, "%s: rope_freqs.weight[%d] = %g is not a positive factor",
@@ -437,7 +430,7 @@ static spk_status check_shard(const spk_hparams *hp, const spk_weights *full, co
 #define CHECK(expr, tname)                                                                     \
     do {                                                                                       \
         snprintf(name, sizeof name, "blk.%d." tname ".weight", l);                             \
-        TRY(expr);                                                                             \
+        SPK_TRY(expr);                                                                             \
     } while (0)
         CHECK(check_vec(path, name, L->attn_norm, E), "attn_norm");
         CHECK(check_vec(path, name, L->ffn_norm, E), "ffn_norm");
@@ -456,26 +449,26 @@ static spk_status check_shard(const spk_hparams *hp, const spk_weights *full, co
             const int nh = sh->h1 - sh->h0, nkv = (sh->kv1 - sh->kv0) * HD;
             CHECK(check_vec(path, name, L->sinks, nh), "attn_sinks");
             snprintf(name, sizeof name, "blk.%d.attn_q.bias", l);
-            TRY(check_vec(path, name, L->bq, nh * HD));
+            SPK_TRY(check_vec(path, name, L->bq, nh * HD));
             snprintf(name, sizeof name, "blk.%d.attn_k.bias", l);
-            TRY(check_vec(path, name, L->bk, nkv));
+            SPK_TRY(check_vec(path, name, L->bk, nkv));
             snprintf(name, sizeof name, "blk.%d.attn_v.bias", l);
-            TRY(check_vec(path, name, L->bv, nkv));
+            SPK_TRY(check_vec(path, name, L->bv, nkv));
             snprintf(name, sizeof name, "blk.%d.attn_output.bias", l);
-            TRY(check_vec(path, name, L->bo, E));
+            SPK_TRY(check_vec(path, name, L->bo, E));
         }
         const spk_moe *M = &L->moe;
         if (M->n_expert && M->router_bias) {
             const int nf = M->gate.n_out, NX = M->n_expert;
             snprintf(name, sizeof name, "blk.%d.ffn_gate_inp.bias", l);
-            TRY(check_vec(path, name, M->router_bias, NX));
+            SPK_TRY(check_vec(path, name, M->router_bias, NX));
             snprintf(name, sizeof name, "blk.%d.ffn_gate_exps.bias", l);
-            TRY(check_vec(path, name, M->gate_bias, NX * nf));
+            SPK_TRY(check_vec(path, name, M->gate_bias, NX * nf));
             snprintf(name, sizeof name, "blk.%d.ffn_up_exps.bias", l);
-            TRY(check_vec(path, name, M->up_bias, NX * nf));
+            SPK_TRY(check_vec(path, name, M->up_bias, NX * nf));
             if (M->down_bias) {
                 snprintf(name, sizeof name, "blk.%d.ffn_down_exps.bias", l);
-                TRY(check_vec(path, name, M->down_bias, NX * E));
+                SPK_TRY(check_vec(path, name, M->down_bias, NX * E));
             }
         }
         if (M->n_expert) {
@@ -495,11 +488,11 @@ static spk_status check_shard(const spk_hparams *hp, const spk_weights *full, co
     }
     const bool tied = full->output.data == full->tok_embd.data;
     if (sh->first)
-        TRY(check_scales(path, "token_embd.weight", &out->tok_embd, 0, 0, E));
+        SPK_TRY(check_scales(path, "token_embd.weight", &out->tok_embd, 0, 0, E));
     if (sh->last) {
-        TRY(check_vec(path, "output_norm.weight", out->out_norm, E));
+        SPK_TRY(check_vec(path, "output_norm.weight", out->out_norm, E));
         if (!(tied && sh->first && sh->v0 == 0 && sh->v1 == hp->n_vocab)) /* not scanned twice */
-            TRY(check_scales(path, tied ? "token_embd.weight" : "output.weight", &out->output,
+            SPK_TRY(check_scales(path, tied ? "token_embd.weight" : "output.weight", &out->output,
                              sh->v0, 0, E));
     }
     return SPK_OK;
@@ -513,7 +506,7 @@ static uint64_t wmat_bytes(const spk_wmat *m)
 spk_status spk_llama_shard(const spk_hparams *hp, const spk_weights *full, const spk_shard *sh, spk_weights *out)
 {
     memset(out, 0, sizeof *out);
-    TRY(spk_shard_check(hp, sh));
+    SPK_TRY(spk_shard_check(hp, sh));
     const int HD = hp->head_dim, nl = sh->l1 - sh->l0;
     out->out_norm = full->out_norm;
     out->rope_factors = full->rope_factors;
