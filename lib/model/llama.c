@@ -170,7 +170,8 @@ static spk_status upload_weights(spk_llama *m, const spk_weights *w)
         SPK_TRY(upload(m, (const void **)&d->bk, sizeof(float) * (size_t)m->kv_dim, "a K bias"));
         SPK_TRY(upload(m, (const void **)&d->bv, sizeof(float) * (size_t)m->kv_dim, "a V bias"));
         SPK_TRY(upload(m, (const void **)&d->bo, E, "an output bias"));
-        SPK_TRY(upload(m, (const void **)&d->sinks, sizeof(float) * (size_t)(m->q_dim / m->hp.head_dim), "attention sinks"));
+        SPK_TRY(upload(m, (const void **)&d->sinks, sizeof(float) * (size_t)(m->q_dim / m->hp.head_dim),
+                       "attention sinks"));
         if (d->moe.n_expert > 0)
             SPK_TRY(upload_moe(m, &d->moe));
     }
