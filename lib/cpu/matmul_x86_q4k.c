@@ -1,0 +1,213 @@
+/*
+ * x86-64 AVX2 kernel for Q4_K weights (Q4_K_M files) in 8-row x up to 8-token tiles, the 8 rows'
+ * results in the 8 float lanes of one register per token (as the Q4_0 and MXFP4 tiles of
+ * cpu/matmul_x86_gemm.c and cpu/matmul_x86_mxfp4.c): the per-super-block float work and the
+ * final horizontal sums are shared by 8 rows. Every row of every call takes this kernel, at
+ * every token count, 1 included (a token's result must not depend on the batch it came in);
+ * rows past the last multiple of 8 run in a tile whose missing rows repeat the last row and are
+ * not stored. The lanes never mix, so a row's result does not depend on the tile, thread slice
+ * or batch it came in either.
+ *
+ * Per super-block, row and token, the integer part is cpu/matmul_x86_k.c's: the 8 chunks of 32
+ * codes are dotted with the int8 activations (maddubs), scaled by the 6-bit sub-block scales
+ * (madd) and summed in 8 int32 lanes; the mins meet the activations' sums per 16 (one madd).
+ * Integer sums are exact whatever computes them, so each row's lanes are then reduced with a
+ * horizontal-add tree over the tile's 8 rows into one int32 per row (lane j: row j), both for
+ * the dot I and the min correction M, and one float step per super-block and token ends it:
+ *   acc = fma(float(I), d * da, acc);  acc = fnma(float(M), dmin * da, acc)
+ * with d, dmin the 8 rows' f16 scales (lanes) and da the token's Q8_K scale. Every token count
+ * runs exactly these float steps, so batch invariance holds bit for bit.
+ */
+#if defined(__x86_64__) || defined(__i386__)
+
+#include <immintrin.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "cpu/quant.h"
+
+#define TGT2 "avx2,fma,f16c"
+#define A2 __attribute__((target(TGT2)))
+#define I2 static inline __attribute__((always_inline, target(TGT2)))
+
+#define BS ((size_t)sizeof(spk_block_q4_K)) /* 144: d, dmin, scales[12], qs[128] */
+
+/* vpshufb masks: int16 lane j of each 128-bit half everywhere (the scale of chunk j). */
+static const uint8_t q4k_mask[8][32] __attribute__((aligned(32))) = {
+#define M4(j) {2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1, \
+               2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1}
+    M4(0), M4(1), M4(2), M4(3), M4(4), M4(5), M4(6), M4(7)
+#undef M4
+};
+
+/* Keeps a running sum in one register (GCC otherwise reassociates the adds into a tree). */
+#define KEEP(v) __asm__("" : "+x"(v))
+
+static inline int ld_u16(const uint8_t *p)
+{
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+/* 8 f16 values, one per row, from p[j] + off into a float vector (lane j). */
+I2 __m256 ld_f16x8(const uint8_t *const p[8], size_t off)
+{
+    __m128i v = _mm_cvtsi32_si128(ld_u16(p[0] + off));
+    v = _mm_insert_epi16(v, ld_u16(p[1] + off), 1);
+    v = _mm_insert_epi16(v, ld_u16(p[2] + off), 2);
+    v = _mm_insert_epi16(v, ld_u16(p[3] + off), 3);
+    v = _mm_insert_epi16(v, ld_u16(p[4] + off), 4);
+    v = _mm_insert_epi16(v, ld_u16(p[5] + off), 5);
+    v = _mm_insert_epi16(v, ld_u16(p[6] + off), 6);
+    v = _mm_insert_epi16(v, ld_u16(p[7] + off), 7);
+    return _mm256_cvtph_ps(v);
+}
+
+/*
+ * One super-block x of one row against T tokens: S[t] the dot's 8 int32 partial sums (codes x
+ * activations x sub-block scales), C[t] the mins' (mins x activation sums per 32, as 8 lanes).
+ * a[t]: the tokens' K-quant sections at this super-block's values; bs[t]: its sums per 16.
+ */
+I2 void row_sums(int T, const uint8_t *x, const uint8_t *const a[8], const uint8_t *const bs[8], __m256i S[8],
+                 __m256i C[8])
+{
+    const spk_block_q4_K *q = (const void *)x;
+    uint32_t u[4];
+    memcpy(u, q->scales, 12);
+    u[3] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
+    const uint32_t m0 = u[1] & 0x3f3f3f3f;
+    u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
+    u[2] = m0;
+    u[0] &= 0x3f3f3f3f;
+    /* u[0..1]: the 8 scales, u[2..3]: the 8 mins, one byte each */
+    const __m128i sm = _mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]);
+    const __m256i s0 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+    const __m256i coef = _mm256_cvtepu8_epi16(
+        _mm_shuffle_epi8(sm, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
+    const __m256i m4 = _mm256_set1_epi8(15);
+    for (int t = 0; t < T; t++)
+        S[t] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+    for (int h = 0; h < 4; h++) {
+        const __m256i qv = _mm256_loadu_si256((const __m256i *)(q->qs + 32 * h));
+        const __m256i lo = _mm256_and_si256(qv, m4), hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
+        const __m256i sl = _mm256_shuffle_epi8(s0, _mm256_load_si256((const __m256i *)q4k_mask[2 * h]));
+        const __m256i sh = _mm256_shuffle_epi8(s0, _mm256_load_si256((const __m256i *)q4k_mask[2 * h + 1]));
+        for (int t = 0; t < T; t++) {
+            const __m256i al = _mm256_loadu_si256((const __m256i *)(a[t] + 64 * h));
+            const __m256i ah = _mm256_loadu_si256((const __m256i *)(a[t] + 64 * h + 32));
+            S[t] = _mm256_add_epi32(S[t], _mm256_madd_epi16(_mm256_maddubs_epi16(lo, al), sl));
+            KEEP(S[t]);
+            S[t] = _mm256_add_epi32(S[t], _mm256_madd_epi16(_mm256_maddubs_epi16(hi, ah), sh));
+            KEEP(S[t]);
+        }
+    }
+    for (int t = 0; t < T; t++)
+        C[t] = _mm256_madd_epi16(coef, _mm256_loadu_si256((const __m256i *)bs[t]));
+}
+
+/* Lanes 0-3 of the result: rows 0-3's sums of their low 128-bit halves, 4-7 of their high. */
+I2 __m256i hadd4(__m256i a, __m256i b, __m256i c, __m256i d)
+{
+    return _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+}
+
+/* From two hadd4 results (rows 0-3, rows 4-7): lane j = the whole sum of row j. */
+I2 __m256i fold8(__m256i q0, __m256i q1)
+{
+    return _mm256_add_epi32(_mm256_permute2x128_si256(q0, q1, 0x20), _mm256_permute2x128_si256(q0, q1, 0x31));
+}
+
+/*
+ * Rows r0..r0+7 against tokens t0..t0+T-1 (T <= 8): out[(t0 + t) * ld + r0 + j] for the first
+ * nr (1..8) rows; rows from nr on repeat row r0 + nr - 1 and are not stored.
+ */
+I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow, int n,
+              int r0, int nr, int t0)
+{
+    const int nb = n / SPK_QK_K;
+    const size_t ds_off = (size_t)n, bs_off = (size_t)n + (size_t)(n / 32) * 8;
+    __m256 acc[8];
+    for (int t = 0; t < T; t++)
+        acc[t] = _mm256_setzero_ps();
+    const uint8_t *wr[8], *at[8];
+    for (int j = 0; j < 8; j++)
+        wr[j] = w + (size_t)(r0 + (j < nr ? j : nr - 1)) * wrow;
+    for (int t = 0; t < T; t++)
+        at[t] = act + (size_t)(t0 + t) * arow;
+    for (int b = 0; b < nb; b++) {
+        const size_t o = (size_t)b * BS;
+        const uint8_t *p[8], *a[8], *bsum[8];
+        for (int j = 0; j < 8; j++)
+            p[j] = wr[j] + o;
+        for (int t = 0; t < T; t++) {
+            a[t] = at[t] + 256 * (size_t)b;
+            bsum[t] = at[t] + bs_off + 32 * (size_t)b;
+        }
+        __m256i I4[2][8], M4[2][8];
+        for (int g = 0; g < 2; g++) {
+            __m256i S0[8], C0[8], S1[8], C1[8], S2[8], C2[8], S3[8], C3[8];
+            row_sums(T, p[4 * g + 0], a, bsum, S0, C0);
+            row_sums(T, p[4 * g + 1], a, bsum, S1, C1);
+            row_sums(T, p[4 * g + 2], a, bsum, S2, C2);
+            row_sums(T, p[4 * g + 3], a, bsum, S3, C3);
+            for (int t = 0; t < T; t++) {
+                I4[g][t] = hadd4(S0[t], S1[t], S2[t], S3[t]);
+                M4[g][t] = hadd4(C0[t], C1[t], C2[t], C3[t]);
+            }
+        }
+        const __m256 d = ld_f16x8(p, 0), dm = ld_f16x8(p, 2);
+        for (int t = 0; t < T; t++) {
+            float da;
+            memcpy(&da, at[t] + ds_off + 64 * (size_t)b, 4);
+            const __m256 vda = _mm256_set1_ps(da);
+            const __m256 fi = _mm256_cvtepi32_ps(fold8(I4[0][t], I4[1][t]));
+            const __m256 fm = _mm256_cvtepi32_ps(fold8(M4[0][t], M4[1][t]));
+            acc[t] = _mm256_fmadd_ps(fi, _mm256_mul_ps(d, vda), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(fm, _mm256_mul_ps(dm, vda), acc[t]);
+        }
+    }
+    if (nr == 8) {
+        for (int t = 0; t < T; t++)
+            _mm256_storeu_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, acc[t]);
+    } else {
+        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        for (int t = 0; t < T; t++)
+            _mm256_maskstore_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, mask, acc[t]);
+    }
+}
+
+/*
+ * Rows [row0, row1), all tokens, in tiles of 8 rows (the last one partial), cut into chunks of
+ * about 64 KiB of weights so a chunk stays in cache while every token group runs over it.
+ */
+A2 void spk_mm_q4k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                        int n_tok, int row0, int row1)
+{
+    const int g = (row1 - row0 + 7) / 8;
+    const size_t cr = (64u << 10) / (wrow ? wrow : 1);
+    const int ch = cr < 8 ? 1 : (int)(cr / 8); /* tiles per chunk */
+    for (int c0 = 0; c0 < g; c0 += ch) {
+        const int c1 = g - c0 > ch ? c0 + ch : g;
+        for (int t = 0; t < n_tok;) {
+            const int left = n_tok - t, T = left >= 8 ? 8 : left >= 4 ? 4 : left;
+            for (int i = c0; i < c1; i++) {
+                const int r = row0 + 8 * i, nr = row1 - r < 8 ? row1 - r : 8;
+                switch (T) {
+                case 1: tile8(1, out, ld, w, wrow, act, arow, n, r, nr, t); break;
+                case 2: tile8(2, out, ld, w, wrow, act, arow, n, r, nr, t); break;
+                case 3: tile8(3, out, ld, w, wrow, act, arow, n, r, nr, t); break;
+                case 4: tile8(4, out, ld, w, wrow, act, arow, n, r, nr, t); break;
+                default: tile8(8, out, ld, w, wrow, act, arow, n, r, nr, t); break;
+                }
+            }
+            t += T;
+        }
+    }
+}
+
+#else
+typedef int spk_matmul_x86_q4k_unused; /* ISO C forbids an empty translation unit */
+#endif
