@@ -33,13 +33,39 @@
 
 #define BS ((size_t)sizeof(spk_block_q4_K)) /* 144: d, dmin, scales[12], qs[128] */
 
-/* vpshufb masks: int16 lane j of each 128-bit half everywhere (the scale of chunk j). */
+/* vpshufb masks on a row's decoded scales (bytes 0-7: the 8 scales, 8-15: the 8 mins, in both
+ * 128-bit halves): q4k_mask[c], the scale of chunk c zero-extended into every int16 lane;
+ * q4k_mins, mins 0-3 (low half) and 4-7 (high half) each into two int16 lanes, the pairs of
+ * sums per 16 that make a chunk. */
 static const uint8_t q4k_mask[8][32] __attribute__((aligned(32))) = {
-#define M4(j) {2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1, \
-               2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1}
+#define M4(j) {j,0x80,j,0x80,j,0x80,j,0x80,j,0x80,j,0x80,j,0x80,j,0x80, \
+               j,0x80,j,0x80,j,0x80,j,0x80,j,0x80,j,0x80,j,0x80,j,0x80}
     M4(0), M4(1), M4(2), M4(3), M4(4), M4(5), M4(6), M4(7)
 #undef M4
 };
+static const uint8_t q4k_mins[32] __attribute__((aligned(32))) = {
+    8, 0x80, 8, 0x80, 9, 0x80, 9, 0x80, 10, 0x80, 10, 0x80, 11, 0x80, 11, 0x80,
+    12, 0x80, 12, 0x80, 13, 0x80, 13, 0x80, 14, 0x80, 14, 0x80, 15, 0x80, 15, 0x80};
+
+/*
+ * The 6-bit scales and mins of two rows' super-blocks (12 bytes at x + 4; 16 loaded) in SIMD:
+ * row lo in the low 128-bit half, row hi in the high, each as bytes 0-7 scales, 8-15 mins
+ * (ggml's get_scale_min_k4 for j = 0..7). With u0..u2 the 3 dwords of the 12 bytes:
+ *   dword 0: u0 & 0x3f3f3f3f                     dword 2: u1 & 0x3f3f3f3f
+ *   dword 1: (u2 & 0x0f..) | ((u0 >> 6) & 3) << 4  dword 3: ((u2 >> 4) & 0x0f..) | ((u1 >> 6) & 3) << 4
+ */
+I2 __m256i scales2(const uint8_t *lo, const uint8_t *hi)
+{
+    const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(lo + 4))),
+                                              _mm_loadu_si128((const __m128i *)(hi + 4)), 1);
+    const __m256i x = _mm256_shuffle_epi32(v, 0x98); /* u0 u2 u1 u2 */
+    const __m256i y = _mm256_shuffle_epi32(v, 0x50); /* u0 u0 u1 u1 */
+    const __m256i a = _mm256_and_si256(x, _mm256_set1_epi8(0x3f));
+    const __m256i b = _mm256_or_si256(
+        _mm256_and_si256(_mm256_srlv_epi32(x, _mm256_setr_epi32(0, 0, 0, 4, 0, 0, 0, 4)), _mm256_set1_epi8(0x0f)),
+        _mm256_and_si256(_mm256_srli_epi32(y, 2), _mm256_set1_epi8(0x30)));
+    return _mm256_blend_epi32(a, b, 0xAA);
+}
 
 /* Keeps a running sum in one register (GCC otherwise reassociates the adds into a tree). */
 #define KEEP(v) __asm__("" : "+x"(v))
@@ -66,26 +92,15 @@ I2 __m256 ld_f16x8(const uint8_t *const p[8], size_t off)
 }
 
 /*
- * One super-block x of one row against T tokens: S[t] the dot's 8 int32 partial sums (codes x
+ * One super-block x of one row against T tokens (s0: its scales2 half in both halves): S[t] the dot's 8 int32 partial sums (codes x
  * activations x sub-block scales), C[t] the mins' (mins x activation sums per 32, as 8 lanes).
  * a[t]: the tokens' K-quant sections at this super-block's values; bs[t]: its sums per 16.
  */
-I2 void row_sums(int T, const uint8_t *x, const uint8_t *const a[8], const uint8_t *const bs[8], __m256i S[8],
-                 __m256i C[8])
+I2 void row_sums(int T, const uint8_t *x, __m256i s0, const uint8_t *const a[8], const uint8_t *const bs[8],
+                 __m256i S[8], __m256i C[8])
 {
     const spk_block_q4_K *q = (const void *)x;
-    uint32_t u[4];
-    memcpy(u, q->scales, 12);
-    u[3] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
-    const uint32_t m0 = u[1] & 0x3f3f3f3f;
-    u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
-    u[2] = m0;
-    u[0] &= 0x3f3f3f3f;
-    /* u[0..1]: the 8 scales, u[2..3]: the 8 mins, one byte each */
-    const __m128i sm = _mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]);
-    const __m256i s0 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
-    const __m256i coef = _mm256_cvtepu8_epi16(
-        _mm_shuffle_epi8(sm, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
+    const __m256i coef = _mm256_shuffle_epi8(s0, _mm256_load_si256((const __m256i *)q4k_mins));
     const __m256i m4 = _mm256_set1_epi8(15);
     for (int t = 0; t < T; t++)
         S[t] = _mm256_setzero_si256();
@@ -155,12 +170,18 @@ I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const ui
             bsum[t] = at[t] + bs_off + 32 * (size_t)b;
         }
         /* P[t][j] = hadd(S, C) of row j: its dot's and its mins' lanes, pairwise summed */
+        __m256i sc[8];
+        for (int j = 0; j < 4; j++) {
+            const __m256i v = scales2(p[j], p[j + 4]);
+            sc[j] = _mm256_permute2x128_si256(v, v, 0x00);
+            sc[j + 4] = _mm256_permute2x128_si256(v, v, 0x11);
+        }
         __m256i P[8][8];
         /* (not unrolled: 8 copies of the 8-token row body overflow the op cache, -30% measured) */
 #pragma GCC unroll 1
         for (int j = 0; j < 8; j++) {
             __m256i S[8], C[8];
-            row_sums(T, p[j], a, bsum, S, C);
+            row_sums(T, p[j], sc[j], a, bsum, S, C);
             for (int t = 0; t < T; t++)
                 P[t][j] = _mm256_hadd_epi32(S[t], C[t]);
         }
