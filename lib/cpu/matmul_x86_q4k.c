@@ -144,11 +144,11 @@ I2 void sums8(const __m256i P[8], __m256i *I, __m256i *M)
 }
 
 /*
- * Rows r0..r0+7 against tokens t0..t0+T-1 (T <= 8): out[(t0 + t) * ld + r0 + j] for the first
- * nr (1..8) rows; rows from nr on repeat row r0 + nr - 1 and are not stored.
+ * Rows r0 + j * rs (j = 0..7) against tokens t0..t0+T-1 (T <= 8): out[(t0 + t) * ld + r0 + j * rs]
+ * for the first nr (1..8) rows; rows from nr on repeat row nr - 1 and are not stored.
  */
 I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow, int n,
-              int r0, int nr, int t0)
+              int r0, int rs, int nr, int t0)
 {
     const int nb = n / SPK_QK_K;
     const size_t ds_off = (size_t)n, bs_off = (size_t)n + (size_t)(n / 32) * 8;
@@ -157,7 +157,7 @@ I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const ui
         acc[t] = _mm256_setzero_ps();
     const uint8_t *wr[8], *at[8];
     for (int j = 0; j < 8; j++)
-        wr[j] = w + (size_t)(r0 + (j < nr ? j : nr - 1)) * wrow;
+        wr[j] = w + (size_t)(r0 + (j < nr ? j : nr - 1) * rs) * wrow;
     for (int t = 0; t < T; t++)
         at[t] = act + (size_t)(t0 + t) * arow;
     for (int b = 0; b < nb; b++) {
@@ -197,7 +197,14 @@ I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const ui
             acc[t] = _mm256_fnmadd_ps(fm, _mm256_mul_ps(dm, vda), acc[t]);
         }
     }
-    if (nr == 8) {
+    if (rs != 1) {
+        for (int t = 0; t < T; t++) {
+            float v[8];
+            _mm256_storeu_ps(v, acc[t]);
+            for (int j = 0; j < nr; j++)
+                out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + j * rs)] = v[j];
+        }
+    } else if (nr == 8) {
         for (int t = 0; t < T; t++)
             _mm256_storeu_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, acc[t]);
     } else {
@@ -207,29 +214,41 @@ I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const ui
     }
 }
 
+/* Rows [c0, c1) against tokens [t, t + T): g = (c1 - c0) / 8 tiles whose 8 rows are g apart (each
+ * tile row its own sequential stream: batch-1 decode reads weights from memory, and 8 streams
+ * far apart keep more misses in flight than one), then the leftover rows as one partial tile. */
+#define TILES(T)                                                                                   \
+    do {                                                                                           \
+        const int g_ = (c1 - c0) / 8, left_ = (c1 - c0) - 8 * g_;                                  \
+        for (int i_ = 0; i_ < g_; i_++)                                                            \
+            tile8(T, out, ld, w, wrow, act, arow, n, c0 + i_, g_ > 1 ? g_ : 1, 8, t);               \
+        if (left_ > 0)                                                                             \
+            tile8(T, out, ld, w, wrow, act, arow, n, c0 + 8 * g_, 1, left_, t);                    \
+    } while (0)
+
 /*
- * Rows [row0, row1), all tokens, in tiles of 8 rows (the last one partial), cut into chunks of
- * about 64 KiB of weights so a chunk stays in cache while every token group runs over it.
+ * Rows [row0, row1), all tokens, in tiles of 8 rows (TILES), cut into chunks of about 64 KiB of
+ * weights when there are several token groups, so a chunk stays in cache while every token group
+ * runs over it. Which rows share a tile does not change any row's result (the lanes never mix).
  */
 A2 void spk_mm_q4k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                         int n_tok, int row0, int row1)
 {
-    const int g = (row1 - row0 + 7) / 8;
-    const size_t cr = (64u << 10) / (wrow ? wrow : 1);
-    const int ch = cr < 8 ? 1 : (int)(cr / 8); /* tiles per chunk */
-    for (int c0 = 0; c0 < g; c0 += ch) {
-        const int c1 = g - c0 > ch ? c0 + ch : g;
+    int ch = row1 - row0;
+    if (n_tok > 8) {
+        const size_t cr = (64u << 10) / (wrow ? wrow : 1);
+        ch = cr < 8 ? 8 : (int)cr;
+    }
+    for (int c0 = row0; c0 < row1; c0 += ch) {
+        const int c1 = row1 - c0 > ch ? c0 + ch : row1;
         for (int t = 0; t < n_tok;) {
             const int left = n_tok - t, T = left >= 8 ? 8 : left >= 4 ? 4 : left;
-            for (int i = c0; i < c1; i++) {
-                const int r = row0 + 8 * i, nr = row1 - r < 8 ? row1 - r : 8;
-                switch (T) {
-                case 1: tile8(1, out, ld, w, wrow, act, arow, n, r, nr, t); break;
-                case 2: tile8(2, out, ld, w, wrow, act, arow, n, r, nr, t); break;
-                case 3: tile8(3, out, ld, w, wrow, act, arow, n, r, nr, t); break;
-                case 4: tile8(4, out, ld, w, wrow, act, arow, n, r, nr, t); break;
-                default: tile8(8, out, ld, w, wrow, act, arow, n, r, nr, t); break;
-                }
+            switch (T) {
+            case 1: TILES(1); break;
+            case 2: TILES(2); break;
+            case 3: TILES(3); break;
+            case 4: TILES(4); break;
+            default: TILES(8); break;
             }
             t += T;
         }
