@@ -214,14 +214,19 @@ I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const ui
     }
 }
 
-/* Rows [c0, c1) against tokens [t, t + T): g = (c1 - c0) / 8 tiles whose 8 rows are g apart (each
- * tile row its own sequential stream: batch-1 decode reads weights from memory, and 8 streams
- * far apart keep more misses in flight than one), then the leftover rows as one partial tile. */
+/* Rows [c0, c1) against tokens [t, t + T): g = (c1 - c0) / 8 tiles of 8 rows - with spread, rows
+ * g apart (each tile row its own sequential stream: batch-1 decode reads weights from memory, and
+ * 8 streams far apart keep more misses in flight than one), else consecutive rows - then the
+ * leftover rows as one partial tile. */
 #define TILES(T)                                                                                   \
     do {                                                                                           \
         const int g_ = (c1 - c0) / 8, left_ = (c1 - c0) - 8 * g_;                                  \
-        for (int i_ = 0; i_ < g_; i_++)                                                            \
-            tile8(T, out, ld, w, wrow, act, arow, n, c0 + i_, g_ > 1 ? g_ : 1, 8, t);               \
+        for (int i_ = 0; i_ < g_; i_++) {                                                          \
+            if (spread)                                                                            \
+                tile8(T, out, ld, w, wrow, act, arow, n, c0 + i_, g_ > 1 ? g_ : 1, 8, t);           \
+            else                                                                                   \
+                tile8(T, out, ld, w, wrow, act, arow, n, c0 + 8 * i_, 1, 8, t);                    \
+        }                                                                                          \
         if (left_ > 0)                                                                             \
             tile8(T, out, ld, w, wrow, act, arow, n, c0 + 8 * g_, 1, left_, t);                    \
     } while (0)
@@ -234,6 +239,9 @@ I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const ui
 A2 void spk_mm_q4k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                         int n_tok, int row0, int row1)
 {
+    /* one token group (decode): tiles of rows far apart; several (prefill): rows in a chunk that
+     * is in cache, consecutive rows measured 3-7% faster at 256 tokens */
+    const int spread = n_tok <= 8;
     int ch = row1 - row0;
     if (n_tok > 8) {
         const size_t cr = (64u << 10) / (wrow ? wrow : 1);
