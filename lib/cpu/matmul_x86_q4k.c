@@ -17,6 +17,11 @@
  *   acc = fma(float(I), d * da, acc);  acc = fnma(float(M), dmin * da, acc)
  * with d, dmin the 8 rows' f16 scales (lanes) and da the token's Q8_K scale. Every token count
  * runs exactly these float steps, so batch invariance holds bit for bit.
+ *
+ * Which rows share a tile changes no result, so the driver picks for speed: at one token group
+ * (decode, weights streamed from memory) a tile's rows are spread over the range, 8 sequential
+ * streams (the contiguous tile read one stream and was 35% slower in Q4_K_M decode); with several
+ * groups (prefill) consecutive rows of a 64 KiB chunk that stays in cache. BENCHMARKS.md 9g.
  */
 #if defined(__x86_64__) || defined(__i386__)
 
