@@ -127,6 +127,10 @@ void spk_mm_r8_q4_0_avx2(float *out, int ld, const void *w, size_t wrow, const v
  * with the same per-block float steps at every token count (8-row tile from 2 tokens). */
 void spk_mm_q8_0_lanes_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow,
                             int n, int n_tok, int row0, int row1);
+/* cpu/matmul_x86_q4k.c: Q4_K rows [row0, row1) in 8-row tiles (an spk_mm_kernel: all rows, a
+ * partial tile for the last ones), at every token count for the same reason. */
+void spk_mm_q4k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                     int n_tok, int row0, int row1);
 #endif
 #if defined(__aarch64__)
 void spk_mm_fill_neon(spk_mm_table *t);

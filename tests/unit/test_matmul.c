@@ -1081,6 +1081,75 @@ START_TEST(test_q8_lanes_exact)
 }
 END_TEST
 
+/* ---- Q4_K in 8-row tiles (x86 AVX2, cpu/matmul_x86_q4k.c) --------------------------------- */
+
+/* Every batch size 1..17 (tiles of 1, 2, 3, 4 and 8 tokens and their leftovers), row counts and
+ * ranges off the 8-row grid (a partial last tile), 1, 3, 6 and 10 super-blocks per row (256 ..
+ * 2560), against the float64 references. */
+START_TEST(test_q4k_tiles)
+{
+    static const int n_ins[] = {256, 768, 1536, 2560};
+    const int n_in = n_ins[_i];
+    for (int nt = 1; nt <= 17; nt++) {
+        check_case(SPK_DT_Q4_K, n_in, 13, nt, 0, 13, 1600u + (uint64_t)(_i * 40 + nt));
+        check_case(SPK_DT_Q4_K, n_in, 21, nt, 3, 20, 1700u + (uint64_t)(_i * 40 + nt));
+        if (nt % 4 == 1)
+            check_case(SPK_DT_Q4_K, n_in, 7, nt, 2, 3, 1800u + (uint64_t)(_i * 40 + nt));
+    }
+}
+END_TEST
+
+/* A token's and a row's Q4_K result depend neither on the batch nor on the row range: each token
+ * of batches 1..17 alone, and rows cut every 1..15, match one call over all rows and tokens bit
+ * for bit, for 1 and 10 super-blocks per row (the batch-1 and batched paths share the tile's
+ * float steps; only the integer sums, which are exact, may be computed differently). */
+START_TEST(test_q4k_invariant)
+{
+    enum { ROWS = 29, TOK = 17 };
+    const int n = _i == 0 ? 256 : 2560;
+    const size_t rb = spk_dtype_row_size(SPK_DT_Q4_K, (size_t)n), asz = spk_act_size(SPK_DT_Q4_K, n, TOK);
+    const size_t arow = asz / TOK;
+    uint8_t *w = malloc(rb * ROWS), *act = malloc(asz);
+    float *x = malloc(sizeof(float) * (size_t)n * TOK), *all = malloc(sizeof(float) * ROWS * TOK),
+          *cut = malloc(sizeof(float) * ROWS * TOK);
+    ck_assert(w && act && x && all && cut);
+    uint64_t s = 1900u + (uint64_t)_i;
+    fill_blocks(w, SPK_DT_Q4_K, n, ROWS, &s);
+    for (int i = 0; i < n * TOK; i++)
+        x[i] = f16r(&s, 0.01f, 2.0f) * (i % 53 == 7 ? -6.0f : 1.0f);
+    int isas[SPK_ISA_COUNT];
+    const int ni = n_isas(isas);
+    for (int k = 0; k < ni; k++) {
+        use_isa(isas[k]);
+        spk_act_quantize(act, SPK_DT_Q4_K, x, n, 0, TOK);
+        spk_matmul(all, ROWS, w, SPK_DT_Q4_K, act, n, TOK, 0, ROWS);
+        for (int nt = 1; nt <= TOK; nt++) {
+            /* tokens [TOK - nt, TOK) as one batch of nt */
+            const int t0 = TOK - nt;
+            memset(cut, 0, sizeof(float) * ROWS * TOK);
+            spk_matmul(cut, ROWS, w, SPK_DT_Q4_K, act + (size_t)t0 * arow, n, nt, 0, ROWS);
+            ck_assert_msg(memcmp(all + (size_t)t0 * ROWS, cut, sizeof(float) * ROWS * (size_t)nt) == 0,
+                          "isa %s n_in %d: a batch of %d tokens differs from the batch of %d",
+                          spk_matmul_isa_name(), n, nt, TOK);
+        }
+        for (int c = 1; c < 16; c++) {
+            memset(cut, 0, sizeof(float) * ROWS * TOK);
+            for (int r0 = 0; r0 < ROWS; r0 += c)
+                spk_matmul(cut, ROWS, w, SPK_DT_Q4_K, act, n, TOK, r0, r0 + c < ROWS ? r0 + c : ROWS);
+            ck_assert_msg(memcmp(all, cut, sizeof(float) * ROWS * TOK) == 0,
+                          "isa %s n_in %d: rows cut every %d differ from one call", spk_matmul_isa_name(), n, c);
+        }
+    }
+    use_isa(-1);
+    spk_cpu_force_scalar(0);
+    free(w);
+    free(act);
+    free(x);
+    free(all);
+    free(cut);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("matmul");
@@ -1104,6 +1173,8 @@ static Suite *suite(void)
     tcase_add_test(tc, test_mxfp4_row_ranges);
     tcase_add_test(tc, test_q8_lanes_batches);
     tcase_add_test(tc, test_q8_lanes_exact);
+    tcase_add_loop_test(tc, test_q4k_tiles, 0, 4);
+    tcase_add_loop_test(tc, test_q4k_invariant, 0, 2);
     suite_add_tcase(s, tc);
     return s;
 }

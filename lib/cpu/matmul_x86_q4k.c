@@ -1,0 +1,273 @@
+/*
+ * x86-64 AVX2 kernel for Q4_K weights (Q4_K_M files) in 8-row x up to 8-token tiles, the 8 rows'
+ * results in the 8 float lanes of one register per token (as the Q4_0 and MXFP4 tiles of
+ * cpu/matmul_x86_gemm.c and cpu/matmul_x86_mxfp4.c): the per-super-block float work and the
+ * final horizontal sums are shared by 8 rows. Every row of every call takes this kernel, at
+ * every token count, 1 included (a token's result must not depend on the batch it came in);
+ * rows past the last multiple of 8 run in a tile whose missing rows repeat the last row and are
+ * not stored. The lanes never mix, so a row's result does not depend on the tile, thread slice
+ * or batch it came in either.
+ *
+ * Per super-block, row and token, the integer part is cpu/matmul_x86_k.c's: the 8 chunks of 32
+ * codes are dotted with the int8 activations (maddubs), scaled by the 6-bit sub-block scales
+ * (madd) and summed in 8 int32 lanes; the mins meet the activations' sums per 16 (one madd).
+ * Integer sums are exact whatever computes them, so each row's lanes are then reduced with a
+ * horizontal-add tree over the tile's 8 rows into one int32 per row (lane j: row j), both for
+ * the dot I and the min correction M, and one float step per super-block and token ends it:
+ *   acc = fma(float(I), d * da, acc);  acc = fnma(float(M), dmin * da, acc)
+ * with d, dmin the 8 rows' f16 scales (lanes) and da the token's Q8_K scale. Every token count
+ * runs exactly these float steps, so batch invariance holds bit for bit.
+ *
+ * Which rows share a tile changes no result, so the driver picks for speed: at one token group
+ * (decode, weights streamed from memory) a tile's rows are spread over the range, 8 sequential
+ * streams (the contiguous tile read one stream and was 35% slower in Q4_K_M decode); with several
+ * groups (prefill) consecutive rows of a 64 KiB chunk that stays in cache. BENCHMARKS.md 9g.
+ */
+#if defined(__x86_64__) || defined(__i386__)
+
+#include <immintrin.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "cpu/quant.h"
+
+#define TGT2 "avx2,fma,f16c"
+#define A2 __attribute__((target(TGT2)))
+#define I2 static inline __attribute__((always_inline, target(TGT2)))
+
+#define BS ((size_t)sizeof(spk_block_q4_K)) /* 144: d, dmin, scales[12], qs[128] */
+
+/* vpshufb masks on a row's decoded scales (bytes 0-7: the 8 scales, 8-15: the 8 mins, in both
+ * 128-bit halves): q4k_mask[c], the scale of chunk c zero-extended into every int16 lane;
+ * q4k_mins, mins 0-3 (low half) and 4-7 (high half) each into two int16 lanes, the pairs of
+ * sums per 16 that make a chunk. */
+static const uint8_t q4k_mask[8][32] __attribute__((aligned(32))) = {
+#define M4(j) {j,0x80,j,0x80,j,0x80,j,0x80,j,0x80,j,0x80,j,0x80,j,0x80, \
+               j,0x80,j,0x80,j,0x80,j,0x80,j,0x80,j,0x80,j,0x80,j,0x80}
+    M4(0), M4(1), M4(2), M4(3), M4(4), M4(5), M4(6), M4(7)
+#undef M4
+};
+static const uint8_t q4k_mins[32] __attribute__((aligned(32))) = {
+    8, 0x80, 8, 0x80, 9, 0x80, 9, 0x80, 10, 0x80, 10, 0x80, 11, 0x80, 11, 0x80,
+    12, 0x80, 12, 0x80, 13, 0x80, 13, 0x80, 14, 0x80, 14, 0x80, 15, 0x80, 15, 0x80};
+
+/*
+ * The 6-bit scales and mins of two rows' super-blocks (12 bytes at x + 4; 16 loaded) in SIMD:
+ * row lo in the low 128-bit half, row hi in the high, each as bytes 0-7 scales, 8-15 mins
+ * (ggml's get_scale_min_k4 for j = 0..7). With u0..u2 the 3 dwords of the 12 bytes:
+ *   dword 0: u0 & 0x3f3f3f3f                     dword 2: u1 & 0x3f3f3f3f
+ *   dword 1: (u2 & 0x0f..) | ((u0 >> 6) & 3) << 4  dword 3: ((u2 >> 4) & 0x0f..) | ((u1 >> 6) & 3) << 4
+ */
+I2 __m256i scales2(const uint8_t *lo, const uint8_t *hi)
+{
+    const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(lo + 4))),
+                                              _mm_loadu_si128((const __m128i *)(hi + 4)), 1);
+    const __m256i x = _mm256_shuffle_epi32(v, 0x98); /* u0 u2 u1 u2 */
+    const __m256i y = _mm256_shuffle_epi32(v, 0x50); /* u0 u0 u1 u1 */
+    const __m256i a = _mm256_and_si256(x, _mm256_set1_epi8(0x3f));
+    const __m256i b = _mm256_or_si256(
+        _mm256_and_si256(_mm256_srlv_epi32(x, _mm256_setr_epi32(0, 0, 0, 4, 0, 0, 0, 4)), _mm256_set1_epi8(0x0f)),
+        _mm256_and_si256(_mm256_srli_epi32(y, 2), _mm256_set1_epi8(0x30)));
+    return _mm256_blend_epi32(a, b, 0xAA);
+}
+
+/* Keeps a running sum in one register (GCC otherwise reassociates the adds into a tree). */
+#define KEEP(v) __asm__("" : "+x"(v))
+
+static inline int ld_u16(const uint8_t *p)
+{
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+/* 8 f16 values, one per row, from p[j] + off into a float vector (lane j). */
+I2 __m256 ld_f16x8(const uint8_t *const p[8], size_t off)
+{
+    __m128i v = _mm_cvtsi32_si128(ld_u16(p[0] + off));
+    v = _mm_insert_epi16(v, ld_u16(p[1] + off), 1);
+    v = _mm_insert_epi16(v, ld_u16(p[2] + off), 2);
+    v = _mm_insert_epi16(v, ld_u16(p[3] + off), 3);
+    v = _mm_insert_epi16(v, ld_u16(p[4] + off), 4);
+    v = _mm_insert_epi16(v, ld_u16(p[5] + off), 5);
+    v = _mm_insert_epi16(v, ld_u16(p[6] + off), 6);
+    v = _mm_insert_epi16(v, ld_u16(p[7] + off), 7);
+    return _mm256_cvtph_ps(v);
+}
+
+/*
+ * One super-block x of one row against T tokens (s0: its scales2 half in both halves): S[t] the dot's 8 int32 partial sums (codes x
+ * activations x sub-block scales), C[t] the mins' (mins x activation sums per 32, as 8 lanes).
+ * a[t]: the tokens' K-quant sections at this super-block's values; bs[t]: its sums per 16.
+ */
+I2 void row_sums(int T, const uint8_t *x, __m256i s0, const uint8_t *const a[8], const uint8_t *const bs[8],
+                 __m256i S[8], __m256i C[8])
+{
+    const spk_block_q4_K *q = (const void *)x;
+    const __m256i coef = _mm256_shuffle_epi8(s0, _mm256_load_si256((const __m256i *)q4k_mins));
+    const __m256i m4 = _mm256_set1_epi8(15);
+    for (int t = 0; t < T; t++)
+        S[t] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+    for (int h = 0; h < 4; h++) {
+        const __m256i qv = _mm256_loadu_si256((const __m256i *)(q->qs + 32 * h));
+        const __m256i lo = _mm256_and_si256(qv, m4), hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
+        const __m256i sl = _mm256_shuffle_epi8(s0, _mm256_load_si256((const __m256i *)q4k_mask[2 * h]));
+        const __m256i sh = _mm256_shuffle_epi8(s0, _mm256_load_si256((const __m256i *)q4k_mask[2 * h + 1]));
+        for (int t = 0; t < T; t++) {
+            const __m256i al = _mm256_loadu_si256((const __m256i *)(a[t] + 64 * h));
+            const __m256i ah = _mm256_loadu_si256((const __m256i *)(a[t] + 64 * h + 32));
+            S[t] = _mm256_add_epi32(S[t], _mm256_madd_epi16(_mm256_maddubs_epi16(lo, al), sl));
+            KEEP(S[t]);
+            S[t] = _mm256_add_epi32(S[t], _mm256_madd_epi16(_mm256_maddubs_epi16(hi, ah), sh));
+            KEEP(S[t]);
+        }
+    }
+    for (int t = 0; t < T; t++)
+        C[t] = _mm256_madd_epi16(coef, _mm256_loadu_si256((const __m256i *)bs[t]));
+}
+
+/* From two vectors whose low halves hold rows 0-3's and high halves the same rows' other partial
+ * sums (and likewise rows 4-7): lane j = the whole sum of row j. */
+I2 __m256i fold8(__m256 q0, __m256 q1)
+{
+    const __m256i a = _mm256_castps_si256(q0), b = _mm256_castps_si256(q1);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+/* P[j] = hadd(S_j, C_j) of rows j = 0..7 into I (lane j: row j's dot) and M (its mins' sum). */
+I2 void sums8(const __m256i P[8], __m256i *I, __m256i *M)
+{
+    /* each 128-bit half: (S0, C0, S1, C1) partial sums, the low half over lanes 0-3 of S and C */
+    const __m256 q01 = _mm256_castsi256_ps(_mm256_hadd_epi32(P[0], P[1]));
+    const __m256 q23 = _mm256_castsi256_ps(_mm256_hadd_epi32(P[2], P[3]));
+    const __m256 q45 = _mm256_castsi256_ps(_mm256_hadd_epi32(P[4], P[5]));
+    const __m256 q67 = _mm256_castsi256_ps(_mm256_hadd_epi32(P[6], P[7]));
+    *I = fold8(_mm256_shuffle_ps(q01, q23, 0x88), _mm256_shuffle_ps(q45, q67, 0x88));
+    *M = fold8(_mm256_shuffle_ps(q01, q23, 0xDD), _mm256_shuffle_ps(q45, q67, 0xDD));
+}
+
+/*
+ * Rows r0 + j * rs (j = 0..7) against tokens t0..t0+T-1 (T <= 8): out[(t0 + t) * ld + r0 + j * rs]
+ * for the first nr (1..8) rows; rows from nr on repeat row nr - 1 and are not stored.
+ */
+I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow, int n,
+              int r0, int rs, int nr, int t0)
+{
+    const int nb = n / SPK_QK_K;
+    const size_t ds_off = (size_t)n, bs_off = (size_t)n + (size_t)(n / 32) * 8;
+    __m256 acc[8];
+    for (int t = 0; t < T; t++)
+        acc[t] = _mm256_setzero_ps();
+    const uint8_t *wr[8], *at[8];
+    for (int j = 0; j < 8; j++)
+        wr[j] = w + (size_t)(r0 + (j < nr ? j : nr - 1) * rs) * wrow;
+    for (int t = 0; t < T; t++)
+        at[t] = act + (size_t)(t0 + t) * arow;
+    for (int b = 0; b < nb; b++) {
+        const size_t o = (size_t)b * BS;
+        const uint8_t *p[8], *a[8], *bsum[8];
+        for (int j = 0; j < 8; j++)
+            p[j] = wr[j] + o;
+        for (int t = 0; t < T; t++) {
+            a[t] = at[t] + 256 * (size_t)b;
+            bsum[t] = at[t] + bs_off + 32 * (size_t)b;
+        }
+        /* P[t][j] = hadd(S, C) of row j: its dot's and its mins' lanes, pairwise summed */
+        __m256i sc[8];
+        for (int j = 0; j < 4; j++) {
+            const __m256i v = scales2(p[j], p[j + 4]);
+            sc[j] = _mm256_permute2x128_si256(v, v, 0x00);
+            sc[j + 4] = _mm256_permute2x128_si256(v, v, 0x11);
+        }
+        __m256i P[8][8];
+        /* (not unrolled: 8 copies of the 8-token row body overflow the op cache, -30% measured) */
+#pragma GCC unroll 1
+        for (int j = 0; j < 8; j++) {
+            __m256i S[8], C[8];
+            row_sums(T, p[j], sc[j], a, bsum, S, C);
+            for (int t = 0; t < T; t++)
+                P[t][j] = _mm256_hadd_epi32(S[t], C[t]);
+        }
+        const __m256 d = ld_f16x8(p, 0), dm = ld_f16x8(p, 2);
+        for (int t = 0; t < T; t++) {
+            float da;
+            memcpy(&da, at[t] + ds_off + 64 * (size_t)b, 4);
+            const __m256 vda = _mm256_set1_ps(da);
+            __m256i I, M;
+            sums8(P[t], &I, &M);
+            const __m256 fi = _mm256_cvtepi32_ps(I), fm = _mm256_cvtepi32_ps(M);
+            acc[t] = _mm256_fmadd_ps(fi, _mm256_mul_ps(d, vda), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(fm, _mm256_mul_ps(dm, vda), acc[t]);
+        }
+    }
+    if (rs != 1) {
+        for (int t = 0; t < T; t++) {
+            float v[8];
+            _mm256_storeu_ps(v, acc[t]);
+            for (int j = 0; j < nr; j++)
+                out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + j * rs)] = v[j];
+        }
+    } else if (nr == 8) {
+        for (int t = 0; t < T; t++)
+            _mm256_storeu_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, acc[t]);
+    } else {
+        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        for (int t = 0; t < T; t++)
+            _mm256_maskstore_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, mask, acc[t]);
+    }
+}
+
+/* Rows [c0, c1) against tokens [t, t + T): g = (c1 - c0) / 8 tiles of 8 rows - with spread, rows
+ * g apart (each tile row its own sequential stream: batch-1 decode reads weights from memory, and
+ * 8 streams far apart keep more misses in flight than one), else consecutive rows - then the
+ * leftover rows as one partial tile. */
+#define TILES(T)                                                                                   \
+    do {                                                                                           \
+        const int g_ = (c1 - c0) / 8, left_ = (c1 - c0) - 8 * g_;                                  \
+        for (int i_ = 0; i_ < g_; i_++) {                                                          \
+            if (spread)                                                                            \
+                tile8(T, out, ld, w, wrow, act, arow, n, c0 + i_, g_ > 1 ? g_ : 1, 8, t);           \
+            else                                                                                   \
+                tile8(T, out, ld, w, wrow, act, arow, n, c0 + 8 * i_, 1, 8, t);                    \
+        }                                                                                          \
+        if (left_ > 0)                                                                             \
+            tile8(T, out, ld, w, wrow, act, arow, n, c0 + 8 * g_, 1, left_, t);                    \
+    } while (0)
+
+/*
+ * Rows [row0, row1), all tokens, in tiles of 8 rows (TILES), cut into chunks of about 64 KiB of
+ * weights when there are several token groups, so a chunk stays in cache while every token group
+ * runs over it. Which rows share a tile does not change any row's result (the lanes never mix).
+ */
+A2 void spk_mm_q4k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                        int n_tok, int row0, int row1)
+{
+    /* one token group (decode): tiles of rows far apart; several (prefill): rows in a chunk that
+     * is in cache, consecutive rows measured 3-7% faster at 256 tokens */
+    const int spread = n_tok <= 8;
+    int ch = row1 - row0;
+    if (n_tok > 8) {
+        const size_t cr = (64u << 10) / (wrow ? wrow : 1);
+        ch = cr < 8 ? 8 : (int)cr;
+    }
+    for (int c0 = row0; c0 < row1; c0 += ch) {
+        const int c1 = row1 - c0 > ch ? c0 + ch : row1;
+        for (int t = 0; t < n_tok;) {
+            const int left = n_tok - t, T = left >= 8 ? 8 : left >= 4 ? 4 : left;
+            switch (T) {
+            case 1: TILES(1); break;
+            case 2: TILES(2); break;
+            case 3: TILES(3); break;
+            case 4: TILES(4); break;
+            default: TILES(8); break;
+            }
+            t += T;
+        }
+    }
+}
+
+#else
+typedef int spk_matmul_x86_q4k_unused; /* ISO C forbids an empty translation unit */
+#endif
