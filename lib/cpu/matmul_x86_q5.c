@@ -1,11 +1,31 @@
 /*
- * x86-64 matmul kernels for the 32-value block types Q5_0 and Q5_1, AVX2+FMA+F16C, with target
- * attributes like cpu/matmul_x86.c (the AVX-512 table inherits them). One weight row against up
- * to 4 tokens: each block is unpacked once per 4 tokens. (MXFP4: cpu/matmul_x86_mxfp4.c.)
+ * x86-64 AVX2 kernels for the 32-value block types Q5_0 and Q5_1 whose float arithmetic does not
+ * depend on the batch size (as cpu/matmul_x86_q8.c's Q8_0 kernels), so prefill can use a tile
+ * that shares work across tokens and decode a kernel that streams rows, and a token still gets
+ * the same bits alone or in a batch (test_matmul's test_batch_invariant).
+ *
+ * Every row r, token t, at every token count: for each block b in order, with c[i] = the 5-bit
+ * code (low nibble from qs, 5th bit from qh, 0..31), (da, sa) the activation block's (d, s):
+ *     s   = sum_i c[i] * a[i]                           (exact int32, however it is computed)
+ *     Q5_0: acc = fma(dw, fma((float)s, da, -16 * sa), acc)
+ *     Q5_1: acc = fma(mw, sa, fma(dw, (float)s * da, acc))
+ * (acc starts at 0.0f; result = acc), one float lane per row. Only the way s is computed differs:
+ *  - tile_q5t (2..8 tokens, 8 rows): each row's block unpacked to its 32 codes in element order,
+ *    the 8 rows transposed in 4-byte groups (dword lane j of register k = codes 4k..4k+3 of row
+ *    j), one maddubs per group and token (codes 0..31 unsigned, activations signed: a pair sum is
+ *    at most 2 * 31 * 128, so four groups add in int16 without overflow: 2 madds per block);
+ *  - rows_q5 (1 token, 1..8 rows; also a batch's last token when one is left over): each row's
+ *    block dot the per-row way (32-byte maddubs, madd), the 8 rows' int32 partial sums reduced
+ *    into one vector (hadd tree), then the same vector float steps. At batch 1 the 8 rows are
+ *    taken q = rows / 8 apart (8 sequential streams through the weights).
+ * Leftover rows (fewer than 8) take rows_q5 with the missing lanes pointing at a valid row and
+ * not stored. This replaces the per-row kernels (one row, up to 4 tokens, 8 float lanes summed
+ * horizontally), so results differ from those in the last bits. The AVX-512 table inherits these.
  */
 #if defined(__x86_64__) || defined(__i386__)
 
 #include <immintrin.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -17,12 +37,38 @@
 
 enum { K_Q5_0, K_Q5_1 };
 
-I2 float hsum256(__m256 v)
+static inline int ld_u16(const uint8_t *p)
 {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+/* The f16 values at p[j] + off (one per row) as 8 floats, lane j. */
+I2 __m256 ld_h8(const uint8_t *const p[8], int off)
+{
+    __m128i v = _mm_cvtsi32_si128(ld_u16(p[0] + off));
+    v = _mm_insert_epi16(v, ld_u16(p[1] + off), 1);
+    v = _mm_insert_epi16(v, ld_u16(p[2] + off), 2);
+    v = _mm_insert_epi16(v, ld_u16(p[3] + off), 3);
+    v = _mm_insert_epi16(v, ld_u16(p[4] + off), 4);
+    v = _mm_insert_epi16(v, ld_u16(p[5] + off), 5);
+    v = _mm_insert_epi16(v, ld_u16(p[6] + off), 6);
+    v = _mm_insert_epi16(v, ld_u16(p[7] + off), 7);
+    return _mm256_cvtph_ps(v);
+}
+
+/* The float steps shared by both kernels, lane per row; ds: the activation block's (d, s). */
+I2 __m256 fstep(int kind, __m256 acc, const uint8_t *const p[8], __m256i s, const uint8_t *ds)
+{
+    float f[2];
+    memcpy(f, ds, 8);
+    const __m256 dw = ld_h8(p, 0), sf = _mm256_cvtepi32_ps(s);
+    if (kind == K_Q5_0)
+        return _mm256_fmadd_ps(dw, _mm256_fmadd_ps(sf, _mm256_set1_ps(f[0]), _mm256_set1_ps(-16.0f * f[1])),
+                               acc);
+    acc = _mm256_fmadd_ps(dw, _mm256_mul_ps(sf, _mm256_set1_ps(f[0])), acc);
+    return _mm256_fmadd_ps(ld_h8(p, 2), _mm256_set1_ps(f[1]), acc);
 }
 
 /* 0x10 in byte j where bit j of the 32-bit little-endian qh is set, else 0. */
@@ -39,74 +85,173 @@ I2 __m256i bit4_bytes(const uint8_t *qh)
     return _mm256_and_si256(on, _mm256_set1_epi8(0x10));
 }
 
-/* The 16 nibbles at qs as 32 bytes in element order (low nibbles are elements 0-15). */
-I2 __m256i nibbles(const uint8_t *qs)
+/* The 32 codes (0..31) of the block at p in element order (low nibbles are elements 0-15). */
+I2 __m256i codes(int kind, const uint8_t *p)
 {
-    const __m128i x = _mm_loadu_si128((const __m128i *)qs);
+    const uint8_t *qh = p + (kind == K_Q5_1 ? 4 : 2);
+    const __m128i x = _mm_loadu_si128((const __m128i *)(qh + 4));
     const __m256i y = _mm256_inserti128_si256(_mm256_castsi128_si256(x), _mm_srli_epi16(x, 4), 1);
-    return _mm256_and_si256(y, _mm256_set1_epi8(15));
+    return _mm256_or_si256(_mm256_and_si256(y, _mm256_set1_epi8(15)), bit4_bytes(qh));
 }
 
-I2 __m256i block_dot(__m256i w, __m256i a)
+I2 __m256i bcast4(const uint8_t *p)
 {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1));
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
 }
 
-/*
- * One row against T tokens: the unsigned 5-bit values (0..31) are dotted, then -16 * d * s
- * (Q5_0) or m * s (Q5_1) is added.
- */
-I2 void tile_avx2(int kind, int T, float *out, int ld, const uint8_t *w, size_t wrow,
-                  const uint8_t *act, size_t arow, int n, int r, int t0)
+/* 4x4 dword transposes in both 128-bit halves. */
+I2 void tr4(__m256i z[4], __m256i y0, __m256i y1, __m256i y2, __m256i y3)
+{
+    const __m256i t0l = _mm256_unpacklo_epi32(y0, y1), t0h = _mm256_unpackhi_epi32(y0, y1);
+    const __m256i t1l = _mm256_unpacklo_epi32(y2, y3), t1h = _mm256_unpackhi_epi32(y2, y3);
+    z[0] = _mm256_unpacklo_epi64(t0l, t1l);
+    z[1] = _mm256_unpackhi_epi64(t0l, t1l);
+    z[2] = _mm256_unpacklo_epi64(t0h, t1h);
+    z[3] = _mm256_unpackhi_epi64(t0h, t1h);
+}
+
+/* Rows r0..r0+7 (consecutive) against tokens t0..t0+T-1: out[(t0 + t) * ld + r0 + j]. */
+I2 void tile_q5t(int kind, int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act,
+                 size_t arow, int n, int r0, int t0)
 {
     const size_t bs = kind == K_Q5_0 ? sizeof(spk_block_q5_0) : sizeof(spk_block_q5_1);
-    const uint8_t *wr = w + (size_t)r * wrow;
-    __m256 acc[4];
-    float corr[4];
-    const uint8_t *at[4];
-    for (int t = 0; t < T; t++) {
+    const int nb = n / 32;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[8];
+    for (int t = 0; t < T; t++)
         acc[t] = _mm256_setzero_ps();
-        corr[t] = 0.0f;
+    const uint8_t *wr[8], *at[8];
+    for (int j = 0; j < 8; j++)
+        wr[j] = w + (size_t)(r0 + j) * wrow;
+    for (int t = 0; t < T; t++)
         at[t] = act + (size_t)(t0 + t) * arow;
-    }
-    for (int b = 0; b < n / 32; b++) {
-        const uint8_t *p = wr + (size_t)b * bs;
-        uint16_t h[2];
-        memcpy(h, p, 4);
-        const float dw = _cvtsh_ss(h[0]), mw = kind == K_Q5_1 ? _cvtsh_ss(h[1]) : -16.0f * dw;
-        const uint8_t *qh = p + (kind == K_Q5_1 ? 4 : 2);
-        const __m256i wv = _mm256_or_si256(nibbles(qh + 4), bit4_bytes(qh));
-        for (int t = 0; t < T; t++) {
-            const float *ds = (const float *)(at[t] + n);
-            const __m256i a = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * b));
-            const __m256 f = _mm256_cvtepi32_ps(block_dot(wv, a));
-            acc[t] = _mm256_fmadd_ps(f, _mm256_set1_ps(dw * ds[2 * b]), acc[t]);
-            corr[t] += mw * ds[2 * b + 1];
+    for (int b = 0; b < nb; b++) {
+        const size_t o = (size_t)b * bs;
+        const uint8_t *p[8];
+        __m256i x[8], L[8];
+        for (int j = 0; j < 8; j++) {
+            p[j] = wr[j] + o;
+            x[j] = codes(kind, p[j]);
         }
+        tr4(L, _mm256_permute2x128_si256(x[0], x[4], 0x20), _mm256_permute2x128_si256(x[1], x[5], 0x20),
+            _mm256_permute2x128_si256(x[2], x[6], 0x20), _mm256_permute2x128_si256(x[3], x[7], 0x20));
+        tr4(L + 4, _mm256_permute2x128_si256(x[0], x[4], 0x31), _mm256_permute2x128_si256(x[1], x[5], 0x31),
+            _mm256_permute2x128_si256(x[2], x[6], 0x31), _mm256_permute2x128_si256(x[3], x[7], 0x31));
+        /* groups 0-3 and 4-7 each summed in int16 (|sum| <= 4 * 2 * 31 * 128 = 31744), then madd */
+        __m256i s[8];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) {
+            const uint8_t *a = at[t] + 32 * (size_t)b;
+            __m256i h0 = _mm256_maddubs_epi16(L[0], bcast4(a));
+            __m256i h1 = _mm256_maddubs_epi16(L[4], bcast4(a + 16));
+            h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(L[1], bcast4(a + 4)));
+            h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(L[5], bcast4(a + 20)));
+            h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(L[2], bcast4(a + 8)));
+            h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(L[6], bcast4(a + 24)));
+            h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(L[3], bcast4(a + 12)));
+            h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(L[7], bcast4(a + 28)));
+            s[t] = _mm256_add_epi32(_mm256_madd_epi16(h0, ones), _mm256_madd_epi16(h1, ones));
+        }
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++)
+            acc[t] = fstep(kind, acc[t], p, s[t], at[t] + n + 8 * (size_t)b);
     }
     for (int t = 0; t < T; t++)
-        out[(size_t)(t0 + t) * (size_t)ld + (size_t)r] = hsum256(acc[t]) + corr[t];
+        _mm256_storeu_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, acc[t]);
 }
 
-I2 void mm_avx2(int kind, float *out, int ld, const void *w, size_t wrow, const void *act,
-                size_t arow, int n, int n_tok, int row0, int row1)
+/* Lane j of the result: the sum of v[j]'s 8 lanes. */
+I2 __m256i hsum8x8(const __m256i v[8])
 {
-    for (int r = row0; r < row1; r++)
-        for (int t = 0; t < n_tok; t += 4) {
-            switch (n_tok - t) {
-            case 1: tile_avx2(kind, 1, out, ld, w, wrow, act, arow, n, r, t); break;
-            case 2: tile_avx2(kind, 2, out, ld, w, wrow, act, arow, n, r, t); break;
-            case 3: tile_avx2(kind, 3, out, ld, w, wrow, act, arow, n, r, t); break;
-            default: tile_avx2(kind, 4, out, ld, w, wrow, act, arow, n, r, t); break;
+    const __m256i h01 = _mm256_hadd_epi32(v[0], v[1]), h23 = _mm256_hadd_epi32(v[2], v[3]);
+    const __m256i h45 = _mm256_hadd_epi32(v[4], v[5]), h67 = _mm256_hadd_epi32(v[6], v[7]);
+    const __m256i h0 = _mm256_hadd_epi32(h01, h23), h1 = _mm256_hadd_epi32(h45, h67);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31));
+}
+
+/* R (1..8) rows r[0..R-1] against token t: out[t * ld + r[j]]. */
+I2 void rows_q5(int kind, int R, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act,
+                size_t arow, int n, const int r[8], int t)
+{
+    const size_t bs = kind == K_Q5_0 ? sizeof(spk_block_q5_0) : sizeof(spk_block_q5_1);
+    const int nb = n / 32;
+    const __m256i ones = _mm256_set1_epi16(1);
+    const uint8_t *wr[8], *at = act + (size_t)t * arow;
+    for (int j = 0; j < 8; j++)
+        wr[j] = w + (size_t)r[j < R ? j : 0] * wrow;
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const size_t o = (size_t)b * bs;
+        const __m256i a = _mm256_loadu_si256((const __m256i *)(at + 32 * (size_t)b));
+        const uint8_t *p[8];
+        __m256i v[8];
+        for (int j = 0; j < 8; j++) {
+            p[j] = wr[j] + o;
+            v[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(codes(kind, p[j]), a), ones);
+        }
+        acc = fstep(kind, acc, p, hsum8x8(v), at + n + 8 * (size_t)b);
+    }
+    float f[8];
+    _mm256_storeu_ps(f, acc);
+    for (int j = 0; j < R; j++)
+        out[(size_t)t * (size_t)ld + (size_t)r[j]] = f[j];
+}
+
+I2 void mm_q5(int kind, float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+              int n_tok, int row0, int row1)
+{
+    const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;
+    const int g = (row1 - row0) / 8, r8 = row0 + 8 * g;
+    int r[8];
+    if (n_tok == 1) {
+        /* 8 rows q apart per pass: 8 sequential streams through the weights */
+        const int q = g;
+        for (int i = 0; i < q; i++) {
+            for (int j = 0; j < 8; j++)
+                r[j] = row0 + i + j * q;
+            rows_q5(kind, 8, out, ld, wb, wrow, ab, arow, n, r, 0);
+        }
+    } else if (g > 0) {
+        /* chunks of about 64 KiB of weights stay in cache while every token group runs over them */
+        const size_t cr = (64u << 10) / (wrow ? wrow : 1);
+        const int ch = cr < 8 ? 1 : (int)(cr / 8);
+        for (int c0 = 0; c0 < g; c0 += ch) {
+            const int c1 = g - c0 > ch ? c0 + ch : g;
+            for (int t = 0; t < n_tok;) {
+                const int left = n_tok - t, T = left >= 8 ? 8 : left >= 4 ? 4 : left;
+                for (int i = c0; i < c1; i++) {
+                    const int rr = row0 + 8 * i;
+                    switch (T) {
+                    case 1:
+                        for (int j = 0; j < 8; j++)
+                            r[j] = rr + j;
+                        rows_q5(kind, 8, out, ld, wb, wrow, ab, arow, n, r, t);
+                        break;
+                    case 2: tile_q5t(kind, 2, out, ld, wb, wrow, ab, arow, n, rr, t); break;
+                    case 3: tile_q5t(kind, 3, out, ld, wb, wrow, ab, arow, n, rr, t); break;
+                    case 4: tile_q5t(kind, 4, out, ld, wb, wrow, ab, arow, n, rr, t); break;
+                    default: tile_q5t(kind, 8, out, ld, wb, wrow, ab, arow, n, rr, t); break;
+                    }
+                }
+                t += T;
             }
         }
+    }
+    if (r8 < row1) {
+        for (int j = 0; j < row1 - r8; j++)
+            r[j] = r8 + j;
+        for (int t = 0; t < n_tok; t++)
+            rows_q5(kind, row1 - r8, out, ld, wb, wrow, ab, arow, n, r, t);
+    }
 }
 
 #define MM(name, kind)                                                                             \
     A2 static void name(float *out, int ld, const void *w, size_t wrow, const void *act,           \
                         size_t arow, int n, int n_tok, int row0, int row1)                         \
     {                                                                                              \
-        mm_avx2(kind, out, ld, w, wrow, act, arow, n, n_tok, row0, row1);                          \
+        mm_q5(kind, out, ld, w, wrow, act, arow, n, n_tok, row0, row1);                            \
     }
 
 MM(mm_q5_0_avx2, K_Q5_0)

@@ -1150,6 +1150,111 @@ START_TEST(test_q4k_invariant)
 }
 END_TEST
 
+/* Q5_0 / Q5_1 (cpu/matmul_x86_q5.c at AVX2: 8-row tile, single-token rows kernel, leftover rows)
+ * against the float64 references at every ISA, batches 1..17, row counts off the 8-row grid and
+ * ranges starting inside a tile, n_in 32..2560. _i: 0 Q5_0, 1 Q5_1. */
+START_TEST(test_q5_tiles_batches)
+{
+    const spk_dtype t = _i ? SPK_DT_Q5_1 : SPK_DT_Q5_0;
+    const uint64_t k = 100u * (uint64_t)_i;
+    for (int nt = 1; nt <= 17; nt++) {
+        check_case(t, 32, 37, nt, 0, 37, 2100u + k + (uint64_t)nt);
+        check_case(t, 96, 29, nt, 3, 28, 2200u + k + (uint64_t)nt);
+        check_case(t, 576, 13, nt, 5, 12, 2300u + k + (uint64_t)nt);
+    }
+    check_case(t, 2560, 21, 9, 2, 21, 2400u + k);
+    check_case(t, 2560, 16, 1, 0, 16, 2500u + k);
+    check_case(t, 576, 2053, 9, 1, 2050, 2600u + k);
+}
+END_TEST
+
+/* The 5-bit code of element i of a Q5_0 / Q5_1 block (qs nibble, qh bit i as bit 4). */
+static int q5_code(const uint8_t *qh, const uint8_t *qs, int i)
+{
+    const int nib = i < 16 ? (qs[i] & 15) : (qs[i - 16] >> 4);
+    return nib | (((qh[i / 8] >> (i % 8)) & 1) << 4);
+}
+
+/* The AVX2 Q5 kernels compute, per row and token, over the blocks in order with s the exact
+ * integer dot of the unsigned codes (0..31) and the activation codes, (da, sa) the activation
+ * block's (d, s): Q5_0 acc = fma(dw, fma(s, da, -16 sa), acc), Q5_1 acc = fma(mw, sa, fma(dw,
+ * s * da, acc)). Check that bit for bit whatever kernel a row and token go through, batches
+ * 1..17, ranges on and off the 8-row grid; row 0 holds the extreme codes (all 31 against
+ * +-127, the int16 partial sums' worst case). _i: 0 Q5_0, 1 Q5_1. */
+START_TEST(test_q5_tiles_exact)
+{
+    const spk_dtype t = _i ? SPK_DT_Q5_1 : SPK_DT_Q5_0;
+    const int n_in = 160, n_out = 45, nb = n_in / 32;
+    const size_t rb = spk_dtype_row_size(t, (size_t)n_in), bsz = _i ? sizeof(spk_block_q5_1) : sizeof(spk_block_q5_0);
+    const size_t qho = _i ? 4 : 2;
+    uint8_t *w = malloc(rb * n_out);
+    float *x = malloc(sizeof(float) * (size_t)n_in * 17), *out = malloc(sizeof(float) * n_out * 17);
+    const size_t asz = spk_act_size(t, n_in, 17);
+    uint8_t *act = malloc(asz);
+    ck_assert(w && x && out && act);
+    uint64_t s = 2700u + (uint64_t)_i;
+    fill_blocks(w, t, n_in, n_out, &s);
+    for (int b = 0; b < nb; b++) /* row 0: every code 31 */
+        memset(w + (size_t)b * bsz + qho, 0xff, 20);
+    for (int i = 0; i < n_in * 17; i++)
+        x[i] = f16r(&s, 0.01f, 2.0f);
+    for (int i = 0; i < n_in; i++)
+        x[i] = (i & 1) ? 3.0f : -3.0f; /* token 0: codes +-127 */
+    for (int i = 0; i < n_in; i++)
+        x[n_in + i] = -3.0f; /* token 1: codes -127 */
+    int checked = 0;
+    if (spk_matmul_isa_usable(SPK_ISA_AVX2)) {
+        use_isa(SPK_ISA_AVX2);
+        static const int ranges[][2] = {{0, 45}, {3, 45}, {5, 12}, {8, 24}, {40, 45}, {1, 42}};
+        for (int nt = 1; nt <= 17; nt++) {
+            spk_act_quantize(act, t, x, n_in, 0, nt);
+            const size_t arow = spk_act_size(t, n_in, nt) / (size_t)nt;
+            for (size_t ri = 0; ri < sizeof ranges / sizeof ranges[0]; ri++) {
+                const int r0 = ranges[ri][0], r1 = ranges[ri][1];
+                spk_matmul(out, n_out, w, t, act, n_in, nt, r0, r1);
+                for (int tk = 0; tk < nt; tk++)
+                    for (int r = r0; r < r1; r++) {
+                        const uint8_t *row = w + (size_t)r * rb;
+                        const uint8_t *ar = act + (size_t)tk * arow;
+                        float acc = 0.0f;
+                        for (int b = 0; b < nb; b++) {
+                            const uint8_t *blk = row + (size_t)b * bsz;
+                            int32_t dot = 0;
+                            for (int i = 0; i < 32; i++)
+                                dot += q5_code(blk + qho, blk + qho + 4, i) * (int32_t)((const int8_t *)ar)[32 * b + i];
+                            float ds[2];
+                            memcpy(ds, ar + n_in + 8 * (size_t)b, 8);
+                            uint16_t h[2];
+                            memcpy(h, blk, 4);
+                            const float dw = spk_f16_to_f32(h[0]);
+                            if (_i)
+                                acc = fmaf(spk_f16_to_f32(h[1]), ds[1], fmaf(dw, (float)dot * ds[0], acc));
+                            else
+                                acc = fmaf(dw, fmaf((float)dot, ds[0], -16.0f * ds[1]), acc);
+                        }
+                        const float got = out[(size_t)tk * n_out + r];
+                        ck_assert_msg(memcmp(&got, &acc, sizeof acc) == 0,
+                                      "%s avx2 rows [%d,%d) batch %d token %d row %d: %.9g, the "
+                                      "documented arithmetic gives %.9g",
+                                      spk_dtype_get(t)->name, r0, r1, nt, tk, r, got, acc);
+                        checked++;
+                    }
+            }
+        }
+        ck_assert_int_gt(checked, 0);
+        ck_assert_int_eq(((const int8_t *)act)[0], -127);
+    } else {
+        printf("SKIP: test_q5_tiles_exact: no AVX2 level on this CPU\n");
+    }
+    use_isa(-1);
+    spk_cpu_force_scalar(0);
+    free(w);
+    free(x);
+    free(out);
+    free(act);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("matmul");
@@ -1175,6 +1280,8 @@ static Suite *suite(void)
     tcase_add_test(tc, test_q8_lanes_exact);
     tcase_add_loop_test(tc, test_q4k_tiles, 0, 4);
     tcase_add_loop_test(tc, test_q4k_invariant, 0, 2);
+    tcase_add_loop_test(tc, test_q5_tiles_batches, 0, 2);
+    tcase_add_loop_test(tc, test_q5_tiles_exact, 0, 2);
     suite_add_tcase(s, tc);
     return s;
 }
