@@ -13,13 +13,11 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "cpu/matmul_x86_avx2.h"
 #include "cpu/quant.h"
 
-#define TGT2 "avx2,fma,f16c"
 #define TGT5 "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"
-#define A2 __attribute__((target(TGT2)))
 #define A5 __attribute__((target(TGT5)))
-#define I2 static inline __attribute__((always_inline, target(TGT2)))
 #define I5 static inline __attribute__((always_inline, target(TGT5)))
 
 /* Weight kinds sharing the "int8 dot, per-block scale, per-block correction" kernels. */
@@ -59,14 +57,6 @@ static inline uint32_t ld16(const uint8_t *p)
 }
 
 /* ================================ AVX2 ======================================================= */
-
-I2 float hsum256(__m256 v)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 /* Q4 weights of one block as 32 unsigned bytes (0..15) in element order. (The AVX2 Q8_0 kernels
  * are in cpu/matmul_x86_q8.c.) */

@@ -17,14 +17,13 @@
  * Weights in the file's layout pay for the transposes, 12 shuffles per block per 8 rows, shared
  * by the tile's tokens; weights packed at load (tile_p8 below) are read in the registers' order.
  *
- * Measured and not used (thread CPU time, 512 x 1536, then spk-bench-single decode on the
- * synthetic D512 L8 files; see BENCHMARKS.md 9c): the Q4_1 form of this tile (prefill kernel
- * 8.8 -> 4-5 ns per row x token x 256, but batch-1 decode -30%), a Q4_K form (8x8 dword
- * transposes of the codes, 6-bit scales and mins decoded for 8 rows in SIMD: 4.7 -> 3.9 ns at
- * 256 tokens, but decode -17%). Each needs a batch-1 kernel with the same per-row arithmetic
- * before it can ship, as Q8_0 got (cpu/matmul_x86_q8.c: integer block dots are exact, so its
- * batch-1 kernel computes them per row and then runs the tile's float steps in lanes). MXFP4's
- * tile is cheap enough at batch 1 as it is (cpu/matmul_x86_mxfp4.c).
+ * The other types' tiles live beside this one, each with a batch-1 path that keeps the tile's
+ * per-row float steps (integer block dots are exact, so batch 1 may compute them per row and
+ * then run the tile's float steps in lanes): Q8_0 (cpu/matmul_x86_q8.c), Q4_K (matmul_x86_q4k.c),
+ * Q5_0/Q5_1 (matmul_x86_q5.c); MXFP4's tile is cheap enough at batch 1 as it is
+ * (matmul_x86_mxfp4.c). Measured and not used: the Q4_1 form of this tile (prefill kernel 8.8 ->
+ * 4-5 ns per row x token x 256, but batch-1 decode -30%, BENCHMARKS.md 9c); it needs such a
+ * batch-1 path first.
  */
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -33,11 +32,9 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "cpu/matmul_x86_avx2.h"
 #include "cpu/quant.h"
 
-#define TGT2 "avx2,fma,f16c"
-#define A2 __attribute__((target(TGT2)))
-#define I2 static inline __attribute__((always_inline, target(TGT2)))
 
 enum { G_Q4_0, G_Q4_1 };
 
@@ -57,21 +54,6 @@ static inline int ld_u16(const uint8_t *p)
     uint16_t v;
     memcpy(&v, p, 2);
     return v;
-}
-
-/* 16 bytes of row j (lower half) and row j + 4 (upper half). */
-I2 __m256i ld_pair(const uint8_t *lo, const uint8_t *hi)
-{
-    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)lo)),
-                                   _mm_loadu_si128((const __m128i *)hi), 1);
-}
-
-/* 4 bytes at p in every dword lane (vpbroadcastd from memory). */
-I2 __m256i bcast4(const uint8_t *p)
-{
-    int32_t v;
-    memcpy(&v, p, 4);
-    return _mm256_set1_epi32(v);
 }
 
 /* 8 f16 values, one per row, from p[j] + off into a float vector (lane j). */

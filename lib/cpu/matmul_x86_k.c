@@ -20,11 +20,9 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "cpu/matmul_x86_avx2.h"
 #include "cpu/quant.h"
 
-#define TGT2 "avx2,fma,f16c"
-#define A2 __attribute__((target(TGT2)))
-#define I2 static inline __attribute__((always_inline, target(TGT2)))
 
 enum { T_Q4K, T_Q5K, T_Q6K, T_Q3K, T_Q2K };
 
@@ -43,14 +41,6 @@ static inline size_t kblock_bytes(int type)
 static inline int int_corr(int type)
 {
     return type == T_Q6K || type == T_Q3K;
-}
-
-I2 float hsum256(__m256 v)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
 }
 
 /* Byte masks for vpshufb. k4[j]: int16 lane j of each 128-bit half everywhere (per-32 scales);

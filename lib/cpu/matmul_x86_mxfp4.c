@@ -23,28 +23,11 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "cpu/matmul_x86_avx2.h"
 #include "cpu/quant.h"
 
-#define TGT2 "avx2,fma,f16c"
-#define A2 __attribute__((target(TGT2)))
-#define I2 static inline __attribute__((always_inline, target(TGT2)))
 
 #define BS ((size_t)sizeof(spk_block_mxfp4)) /* 17: e, qs[16] */
-
-/* 16 bytes of row j (lower half) and row j + 4 (upper half). */
-I2 __m256i ld_pair(const uint8_t *lo, const uint8_t *hi)
-{
-    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)lo)),
-                                   _mm_loadu_si128((const __m128i *)hi), 1);
-}
-
-/* 4 bytes at p in every dword lane. */
-I2 __m256i bcast4(const uint8_t *p)
-{
-    int32_t v;
-    memcpy(&v, p, 4);
-    return _mm256_set1_epi32(v);
-}
 
 /* The E8M0 scales p[j][0] of the 8 rows as floats 2^(e-128) (e 0, 1: the subnormals 2^-128,
  * 2^-127), bit-identical to spk_e8m0_to_f32_half. */

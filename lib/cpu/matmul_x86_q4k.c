@@ -30,11 +30,9 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "cpu/matmul_x86_avx2.h"
 #include "cpu/quant.h"
 
-#define TGT2 "avx2,fma,f16c"
-#define A2 __attribute__((target(TGT2)))
-#define I2 static inline __attribute__((always_inline, target(TGT2)))
 
 #define BS ((size_t)sizeof(spk_block_q4_K)) /* 144: d, dmin, scales[12], qs[128] */
 

@@ -29,11 +29,9 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "cpu/matmul_x86_avx2.h"
 #include "cpu/quant.h"
 
-#define TGT2 "avx2,fma,f16c"
-#define A2 __attribute__((target(TGT2)))
-#define I2 static inline __attribute__((always_inline, target(TGT2)))
 
 enum { K_Q5_0, K_Q5_1 };
 
@@ -92,13 +90,6 @@ I2 __m256i codes(int kind, const uint8_t *p)
     const __m128i x = _mm_loadu_si128((const __m128i *)(qh + 4));
     const __m256i y = _mm256_inserti128_si256(_mm256_castsi128_si256(x), _mm_srli_epi16(x, 4), 1);
     return _mm256_or_si256(_mm256_and_si256(y, _mm256_set1_epi8(15)), bit4_bytes(qh));
-}
-
-I2 __m256i bcast4(const uint8_t *p)
-{
-    int32_t v;
-    memcpy(&v, p, 4);
-    return _mm256_set1_epi32(v);
 }
 
 /* 4x4 dword transposes in both 128-bit halves. */
@@ -160,15 +151,6 @@ I2 void tile_q5t(int kind, int T, float *out, int ld, const uint8_t *w, size_t w
     }
     for (int t = 0; t < T; t++)
         _mm256_storeu_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, acc[t]);
-}
-
-/* Lane j of the result: the sum of v[j]'s 8 lanes. */
-I2 __m256i hsum8x8(const __m256i v[8])
-{
-    const __m256i h01 = _mm256_hadd_epi32(v[0], v[1]), h23 = _mm256_hadd_epi32(v[2], v[3]);
-    const __m256i h45 = _mm256_hadd_epi32(v[4], v[5]), h67 = _mm256_hadd_epi32(v[6], v[7]);
-    const __m256i h0 = _mm256_hadd_epi32(h01, h23), h1 = _mm256_hadd_epi32(h45, h67);
-    return _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31));
 }
 
 /* R (1..8) rows r[0..R-1] against token t: out[t * ld + r[j]]. */

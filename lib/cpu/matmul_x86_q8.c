@@ -32,11 +32,9 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "cpu/matmul_x86_avx2.h"
 #include "cpu/quant.h"
 
-#define TGT2 "avx2,fma,f16c"
-#define A2 __attribute__((target(TGT2)))
-#define I2 static inline __attribute__((always_inline, target(TGT2)))
 
 enum { BS = sizeof(spk_block_q8_0) };
 
@@ -67,13 +65,6 @@ I2 __m256 fstep(__m256 acc, __m256 dw, __m256i s, const uint8_t *ds)
     float da;
     memcpy(&da, ds, 4);
     return _mm256_fmadd_ps(dw, _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(da)), acc);
-}
-
-I2 __m256i bcast4(const uint8_t *p)
-{
-    int32_t v;
-    memcpy(&v, p, 4);
-    return _mm256_set1_epi32(v);
 }
 
 /* 4x4 dword transposes in both 128-bit halves. */
@@ -144,16 +135,6 @@ I2 __m256i dot8(const uint8_t *qs, __m256i a)
     const __m256i w = _mm256_loadu_si256((const __m256i *)qs);
     return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w)),
                              _mm256_set1_epi16(1));
-}
-
-/* Lane j of the result: the sum of v[j]'s 8 lanes. */
-I2 __m256i hsum8x8(const __m256i v[8])
-{
-    const __m256i h01 = _mm256_hadd_epi32(v[0], v[1]), h23 = _mm256_hadd_epi32(v[2], v[3]);
-    const __m256i h45 = _mm256_hadd_epi32(v[4], v[5]), h67 = _mm256_hadd_epi32(v[6], v[7]);
-    const __m256i h0 = _mm256_hadd_epi32(h01, h23), h1 = _mm256_hadd_epi32(h45, h67);
-    /* h0: [rows 0-3 of the low halves | rows 0-3 of the high halves], h1 alike for rows 4-7 */
-    return _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31));
 }
 
 /* R (1..8) rows r[0..R-1] against token t: out[t * ld + r[j]]. */

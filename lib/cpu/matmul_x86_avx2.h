@@ -1,0 +1,52 @@
+/*
+ * What the x86-64 AVX2 kernel files share (cpu/matmul_x86*.c): the target attributes that let
+ * one binary carry AVX2 code chosen at run time, and the small register helpers the 8-row tiles
+ * use. Include only inside `#if defined(__x86_64__) || defined(__i386__)`.
+ */
+#ifndef SPK_CPU_MATMUL_X86_AVX2_H
+#define SPK_CPU_MATMUL_X86_AVX2_H
+
+#include <immintrin.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#define TGT2 "avx2,fma,f16c"
+#define A2 __attribute__((target(TGT2)))
+#define I2 static inline __attribute__((always_inline, target(TGT2)))
+
+/* The sum of v's 8 lanes. */
+I2 float hsum256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Lane j of the result: the sum of v[j]'s 8 lanes (exact int32 sums, the rows' block dots). */
+I2 __m256i hsum8x8(const __m256i v[8])
+{
+    const __m256i h01 = _mm256_hadd_epi32(v[0], v[1]), h23 = _mm256_hadd_epi32(v[2], v[3]);
+    const __m256i h45 = _mm256_hadd_epi32(v[4], v[5]), h67 = _mm256_hadd_epi32(v[6], v[7]);
+    const __m256i h0 = _mm256_hadd_epi32(h01, h23), h1 = _mm256_hadd_epi32(h45, h67);
+    /* h0: [rows 0-3 of the low halves | rows 0-3 of the high halves], h1 alike for rows 4-7 */
+    return _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31));
+}
+
+/* 16 bytes of row j (lower half) and row j + 4 (upper half). */
+I2 __m256i ld_pair(const uint8_t *lo, const uint8_t *hi)
+{
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)lo)),
+                                   _mm_loadu_si128((const __m128i *)hi), 1);
+}
+
+/* 4 bytes at p in every dword lane (vpbroadcastd from memory). */
+I2 __m256i bcast4(const uint8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+#endif
