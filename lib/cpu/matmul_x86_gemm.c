@@ -35,7 +35,6 @@
 #include "cpu/matmul_x86_avx2.h"
 #include "cpu/quant.h"
 
-
 enum { G_Q4_0, G_Q4_1 };
 
 static inline size_t gblock_bytes(int kind)

@@ -23,7 +23,6 @@
 #include "cpu/matmul_x86_avx2.h"
 #include "cpu/quant.h"
 
-
 enum { T_Q4K, T_Q5K, T_Q6K, T_Q3K, T_Q2K };
 
 static inline size_t kblock_bytes(int type)

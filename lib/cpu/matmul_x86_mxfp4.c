@@ -26,7 +26,6 @@
 #include "cpu/matmul_x86_avx2.h"
 #include "cpu/quant.h"
 
-
 #define BS ((size_t)sizeof(spk_block_mxfp4)) /* 17: e, qs[16] */
 
 /* The E8M0 scales p[j][0] of the 8 rows as floats 2^(e-128) (e 0, 1: the subnormals 2^-128,

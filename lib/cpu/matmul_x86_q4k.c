@@ -33,7 +33,6 @@
 #include "cpu/matmul_x86_avx2.h"
 #include "cpu/quant.h"
 
-
 #define BS ((size_t)sizeof(spk_block_q4_K)) /* 144: d, dmin, scales[12], qs[128] */
 
 /* vpshufb masks on a row's decoded scales (bytes 0-7: the 8 scales, 8-15: the 8 mins, in both

@@ -32,7 +32,6 @@
 #include "cpu/matmul_x86_avx2.h"
 #include "cpu/quant.h"
 
-
 enum { K_Q5_0, K_Q5_1 };
 
 static inline int ld_u16(const uint8_t *p)

@@ -35,7 +35,6 @@
 #include "cpu/matmul_x86_avx2.h"
 #include "cpu/quant.h"
 
-
 enum { BS = sizeof(spk_block_q8_0) };
 
 static inline int ld_u16(const uint8_t *p)
