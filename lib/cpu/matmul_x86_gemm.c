@@ -48,27 +48,6 @@ static inline size_t gqs_off(int kind)
     return kind == G_Q4_0 ? 2 : 4;
 }
 
-static inline int ld_u16(const uint8_t *p)
-{
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return v;
-}
-
-/* 8 f16 values, one per row, from p[j] + off into a float vector (lane j). */
-I2 __m256 ld_f16x8(const uint8_t *const p[8], size_t off)
-{
-    __m128i v = _mm_cvtsi32_si128(ld_u16(p[0] + off));
-    v = _mm_insert_epi16(v, ld_u16(p[1] + off), 1);
-    v = _mm_insert_epi16(v, ld_u16(p[2] + off), 2);
-    v = _mm_insert_epi16(v, ld_u16(p[3] + off), 3);
-    v = _mm_insert_epi16(v, ld_u16(p[4] + off), 4);
-    v = _mm_insert_epi16(v, ld_u16(p[5] + off), 5);
-    v = _mm_insert_epi16(v, ld_u16(p[6] + off), 6);
-    v = _mm_insert_epi16(v, ld_u16(p[7] + off), 7);
-    return _mm256_cvtph_ps(v);
-}
-
 /*
  * Rows r0..r0+7 (consecutive) against tokens t0..t0+T-1 (T <= 4): out[(t0 + t) * ld + r0 + j].
  */

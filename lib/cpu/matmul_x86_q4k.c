@@ -72,27 +72,6 @@ I2 __m256i scales2(const uint8_t *lo, const uint8_t *hi)
 /* Keeps a running sum in one register (GCC otherwise reassociates the adds into a tree). */
 #define KEEP(v) __asm__("" : "+x"(v))
 
-static inline int ld_u16(const uint8_t *p)
-{
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return v;
-}
-
-/* 8 f16 values, one per row, from p[j] + off into a float vector (lane j). */
-I2 __m256 ld_f16x8(const uint8_t *const p[8], size_t off)
-{
-    __m128i v = _mm_cvtsi32_si128(ld_u16(p[0] + off));
-    v = _mm_insert_epi16(v, ld_u16(p[1] + off), 1);
-    v = _mm_insert_epi16(v, ld_u16(p[2] + off), 2);
-    v = _mm_insert_epi16(v, ld_u16(p[3] + off), 3);
-    v = _mm_insert_epi16(v, ld_u16(p[4] + off), 4);
-    v = _mm_insert_epi16(v, ld_u16(p[5] + off), 5);
-    v = _mm_insert_epi16(v, ld_u16(p[6] + off), 6);
-    v = _mm_insert_epi16(v, ld_u16(p[7] + off), 7);
-    return _mm256_cvtph_ps(v);
-}
-
 /*
  * One super-block x of one row against T tokens (s0: its scales2 half in both halves): S[t] the dot's 8 int32 partial sums (codes x
  * activations x sub-block scales), C[t] the mins' (mins x activation sums per 32, as 8 lanes).

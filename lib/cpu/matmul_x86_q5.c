@@ -34,38 +34,17 @@
 
 enum { K_Q5_0, K_Q5_1 };
 
-static inline int ld_u16(const uint8_t *p)
-{
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return v;
-}
-
-/* The f16 values at p[j] + off (one per row) as 8 floats, lane j. */
-I2 __m256 ld_h8(const uint8_t *const p[8], int off)
-{
-    __m128i v = _mm_cvtsi32_si128(ld_u16(p[0] + off));
-    v = _mm_insert_epi16(v, ld_u16(p[1] + off), 1);
-    v = _mm_insert_epi16(v, ld_u16(p[2] + off), 2);
-    v = _mm_insert_epi16(v, ld_u16(p[3] + off), 3);
-    v = _mm_insert_epi16(v, ld_u16(p[4] + off), 4);
-    v = _mm_insert_epi16(v, ld_u16(p[5] + off), 5);
-    v = _mm_insert_epi16(v, ld_u16(p[6] + off), 6);
-    v = _mm_insert_epi16(v, ld_u16(p[7] + off), 7);
-    return _mm256_cvtph_ps(v);
-}
-
 /* The float steps shared by both kernels, lane per row; ds: the activation block's (d, s). */
 I2 __m256 fstep(int kind, __m256 acc, const uint8_t *const p[8], __m256i s, const uint8_t *ds)
 {
     float f[2];
     memcpy(f, ds, 8);
-    const __m256 dw = ld_h8(p, 0), sf = _mm256_cvtepi32_ps(s);
+    const __m256 dw = ld_f16x8(p, 0), sf = _mm256_cvtepi32_ps(s);
     if (kind == K_Q5_0)
         return _mm256_fmadd_ps(dw, _mm256_fmadd_ps(sf, _mm256_set1_ps(f[0]), _mm256_set1_ps(-16.0f * f[1])),
                                acc);
     acc = _mm256_fmadd_ps(dw, _mm256_mul_ps(sf, _mm256_set1_ps(f[0])), acc);
-    return _mm256_fmadd_ps(ld_h8(p, 2), _mm256_set1_ps(f[1]), acc);
+    return _mm256_fmadd_ps(ld_f16x8(p, 2), _mm256_set1_ps(f[1]), acc);
 }
 
 /* 0x10 in byte j where bit j of the 32-bit little-endian qh is set, else 0. */

@@ -37,27 +37,6 @@
 
 enum { BS = sizeof(spk_block_q8_0) };
 
-static inline int ld_u16(const uint8_t *p)
-{
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return v;
-}
-
-/* The f16 scales at p[j] (one per row) as 8 floats, lane j. */
-I2 __m256 ld_d8(const uint8_t *const p[8])
-{
-    __m128i v = _mm_cvtsi32_si128(ld_u16(p[0]));
-    v = _mm_insert_epi16(v, ld_u16(p[1]), 1);
-    v = _mm_insert_epi16(v, ld_u16(p[2]), 2);
-    v = _mm_insert_epi16(v, ld_u16(p[3]), 3);
-    v = _mm_insert_epi16(v, ld_u16(p[4]), 4);
-    v = _mm_insert_epi16(v, ld_u16(p[5]), 5);
-    v = _mm_insert_epi16(v, ld_u16(p[6]), 6);
-    v = _mm_insert_epi16(v, ld_u16(p[7]), 7);
-    return _mm256_cvtph_ps(v);
-}
-
 /* The float step shared by both kernels: acc + dw * (s * da), lane per row. */
 I2 __m256 fstep(__m256 acc, __m256 dw, __m256i s, const uint8_t *ds)
 {
@@ -105,7 +84,7 @@ I2 void tile_q8t(int T, float *out, int ld, const uint8_t *w, size_t wrow, const
             _mm256_permute2x128_si256(x[2], x[6], 0x31), _mm256_permute2x128_si256(x[3], x[7], 0x31));
         for (int k = 0; k < 8; k++)
             A[k] = _mm256_sign_epi8(L[k], L[k]);
-        const __m256 dw = ld_d8(p);
+        const __m256 dw = ld_f16x8(p, 0);
         /* group k outer, tokens inner: the tile's 8 int32 sums and one group's codes in registers */
         __m256i s[8];
 #pragma GCC unroll 8
@@ -154,7 +133,7 @@ I2 void rows_q8(int R, float *out, int ld, const uint8_t *w, size_t wrow, const 
             p[j] = wr[j] + o;
             v[j] = dot8(p[j] + 2, a);
         }
-        acc = fstep(acc, ld_d8(p), hsum8x8(v), at + n + 8 * (size_t)b);
+        acc = fstep(acc, ld_f16x8(p, 0), hsum8x8(v), at + n + 8 * (size_t)b);
     }
     float f[8];
     _mm256_storeu_ps(f, acc);
