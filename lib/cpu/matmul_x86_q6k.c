@@ -21,10 +21,11 @@
  * exactly these float steps, so batch invariance holds bit for bit.
  *
  * Tile rows: at up to 8 tokens (decode) spread over the range, 8 sequential weight streams, with
- * a software prefetch 8 blocks ahead at 1-3 tokens (without it the 8 streams measured slower than
- * the 4-row tile they replace when the weights come from memory; runs of 2 or 4 consecutive rows
- * per stream were slower still); with more tokens, consecutive rows of a 64 KiB chunk that stays
- * in cache while every token group runs over it. BENCHMARKS.md 9i.
+ * a software prefetch 8 blocks ahead (without it the 8 streams measured slower than the 4-row
+ * tile they replace when the weights come from memory; runs of 2 or 4 consecutive rows per
+ * stream, or streams rotated off 4 KiB multiples, were slower still); with more tokens,
+ * consecutive rows of a 64 KiB chunk that stays in cache while every token group runs over it.
+ * BENCHMARKS.md 9i.
  */
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -125,8 +126,8 @@ I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const ui
 #pragma GCC unroll 1
         for (int j = 0; j < 8; j++) {
             __m256i R[8];
-            if (T < 4) { /* decode: the row's block 8 ahead (in spread tiles, past the row's end: the
-                          * next tile's row), 14% less CPU time at 4096 x 14336 (BENCHMARKS 9i) */
+            { /* the row's block 8 ahead (in spread tiles, past the row's end: the next tile's
+               * row): 10-25% less CPU time at 4096 x 14336, 1 and 8 tokens (BENCHMARKS 9i) */
                 const char *f = (const char *)p[j] + 8 * BS;
                 _mm_prefetch(f, _MM_HINT_T0);
                 _mm_prefetch(f + 64, _MM_HINT_T0);
