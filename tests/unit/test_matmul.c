@@ -1273,13 +1273,15 @@ END_TEST
 
 /* A token's and a row's Q6_K result depend neither on the batch nor on the row range: each token
  * of batches 1..17 alone, and rows cut every 1..15 (ranges starting inside a tile), match one call
- * over all rows and tokens bit for bit, for n_in 256, 1280 and 2560, with extreme codes and scales
+ * over all rows and tokens bit for bit, for n_in 256, 1280, 2560 and 4096 (333 rows: weights past
+ * 1 MiB, where batches up to 8 take spread tiles), with extreme codes and scales
  * in some blocks (the integer sums must stay exact). */
 START_TEST(test_q6k_invariant)
 {
-    enum { ROWS = 37, TOK = 17 };
-    static const int ns[] = {256, 1280, 2560};
+    enum { TOK = 17 };
+    static const int ns[] = {256, 1280, 2560, 4096};
     const int n = ns[_i];
+    const int ROWS = _i == 3 ? 333 : 37; /* 333 x 3360 B: past 1 MiB, the spread decode tiles */
     const size_t rb = spk_dtype_row_size(SPK_DT_Q6_K, (size_t)n), asz = spk_act_size(SPK_DT_Q6_K, n, TOK);
     const size_t arow = asz / TOK;
     uint8_t *w = malloc(rb * ROWS), *act = malloc(asz);
@@ -1366,7 +1368,7 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, test_q5_tiles_batches, 0, 2);
     tcase_add_loop_test(tc, test_q5_tiles_exact, 0, 2);
     tcase_add_loop_test(tc, test_q6k_tiles, 0, 4);
-    tcase_add_loop_test(tc, test_q6k_invariant, 0, 3);
+    tcase_add_loop_test(tc, test_q6k_invariant, 0, 4);
     suite_add_tcase(s, tc);
     return s;
 }
