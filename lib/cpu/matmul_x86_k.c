@@ -306,7 +306,6 @@ I2 void mm_k_avx2(int type, float *out, int ld, const void *w, size_t wrow, cons
 
 /* Q4_K: the 8-row tile of cpu/matmul_x86_q4k.c (T_Q4K here serves Q5_K's shared paths) */
 MM_K(mm_q5k_avx2, T_Q5K)
-MM_K(mm_q6k_avx2, T_Q6K)
 MM_K(mm_q3k_avx2, T_Q3K)
 MM_K(mm_q2k_avx2, T_Q2K)
 
@@ -367,7 +366,7 @@ A2 static void q8k_quantize_avx2(void *dst, const float *x, int n)
 A2 void spk_mm_fill_avx2_kquants(spk_mm_table *t)
 {
     t->mm[SPK_DT_Q4_K] = spk_mm_q4k_avx2; /* 8-row tiles, every row: cpu/matmul_x86_q4k.c */
-    t->mm[SPK_DT_Q6_K] = mm_q6k_avx2;
+    t->mm[SPK_DT_Q6_K] = spk_mm_q6k_avx2; /* 8-row tiles, every row: cpu/matmul_x86_q6k.c */
     t->mm[SPK_DT_Q5_K] = mm_q5k_avx2;
     t->mm[SPK_DT_Q3_K] = mm_q3k_avx2;
     t->mm[SPK_DT_Q2_K] = mm_q2k_avx2;

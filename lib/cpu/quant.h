@@ -131,6 +131,10 @@ void spk_mm_q8_0_lanes_avx2(float *out, int ld, const void *w, size_t wrow, cons
  * partial tile for the last ones), at every token count for the same reason. */
 void spk_mm_q4k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                      int n_tok, int row0, int row1);
+/* cpu/matmul_x86_q6k.c: Q6_K rows [row0, row1) in 8-row tiles (an spk_mm_kernel: all rows, a
+ * partial tile for the last ones), at every token count for the same reason. */
+void spk_mm_q6k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                     int n_tok, int row0, int row1);
 #endif
 #if defined(__aarch64__)
 void spk_mm_fill_neon(spk_mm_table *t);

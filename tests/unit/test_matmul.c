@@ -1255,6 +1255,91 @@ START_TEST(test_q5_tiles_exact)
 }
 END_TEST
 
+/* Q6_K (cpu/matmul_x86_q6k.c at AVX2: 8-row tiles, spread rows at up to 8 tokens, a partial
+ * tile for the last rows) against the float64 reference at every ISA: batches 1..17, row counts
+ * off the 8-row grid, ranges starting inside a tile, n_in 256..2560. */
+START_TEST(test_q6k_tiles)
+{
+    static const int n_ins[] = {256, 768, 1536, 2560};
+    const int n_in = n_ins[_i];
+    for (int nt = 1; nt <= 17; nt++) {
+        check_case(SPK_DT_Q6_K, n_in, 13, nt, 0, 13, 2600u + (uint64_t)(_i * 40 + nt));
+        check_case(SPK_DT_Q6_K, n_in, 21, nt, 3, 20, 2700u + (uint64_t)(_i * 40 + nt));
+        if (nt % 4 == 1)
+            check_case(SPK_DT_Q6_K, n_in, 37, nt, 5, 34, 2800u + (uint64_t)(_i * 40 + nt));
+    }
+}
+END_TEST
+
+/* A token's and a row's Q6_K result depend neither on the batch nor on the row range: each token
+ * of batches 1..17 alone, and rows cut every 1..15 (ranges starting inside a tile), match one call
+ * over all rows and tokens bit for bit, for n_in 256, 1280, 2560 and 4096 (333 rows: weights past
+ * 1 MiB, where batches up to 8 take spread tiles), with extreme codes and scales
+ * in some blocks (the integer sums must stay exact). */
+START_TEST(test_q6k_invariant)
+{
+    enum { TOK = 17 };
+    static const int ns[] = {256, 1280, 2560, 4096};
+    const int n = ns[_i];
+    const int ROWS = _i == 3 ? 333 : 37; /* 333 x 3360 B: past 1 MiB, the spread decode tiles */
+    const size_t rb = spk_dtype_row_size(SPK_DT_Q6_K, (size_t)n), asz = spk_act_size(SPK_DT_Q6_K, n, TOK);
+    const size_t arow = asz / TOK;
+    uint8_t *w = malloc(rb * ROWS), *act = malloc(asz);
+    float *x = malloc(sizeof(float) * (size_t)n * TOK), *all = malloc(sizeof(float) * ROWS * TOK),
+          *cut = malloc(sizeof(float) * ROWS * TOK);
+    ck_assert(w && act && x && all && cut);
+    uint64_t s = 2900u + (uint64_t)_i;
+    fill_blocks(w, SPK_DT_Q6_K, n, ROWS, &s);
+    for (int r = 0; r < ROWS; r += 5) { /* every code 63 or 0, scales -128 / 127 */
+        spk_block_q6_K *x0 = (spk_block_q6_K *)(void *)(w + (size_t)r * rb);
+        memset(x0->ql, r % 10 ? 0x00 : 0xff, sizeof x0->ql);
+        memset(x0->qh, r % 10 ? 0x00 : 0xff, sizeof x0->qh);
+        for (int k = 0; k < 16; k++)
+            x0->scales[k] = (int8_t)(k % 2 ? 127 : -128);
+    }
+    for (int i = 0; i < n * TOK; i++)
+        x[i] = f16r(&s, 0.01f, 2.0f) * (i % 53 == 7 ? -6.0f : 1.0f);
+    int isas[SPK_ISA_COUNT];
+    const int ni = n_isas(isas);
+    for (int k = 0; k < ni; k++) {
+        use_isa(isas[k]);
+        spk_act_quantize(act, SPK_DT_Q6_K, x, n, 0, TOK);
+        spk_matmul(all, ROWS, w, SPK_DT_Q6_K, act, n, TOK, 0, ROWS);
+        for (int nt = 1; nt <= TOK; nt++) {
+            const int t0 = TOK - nt; /* tokens [TOK - nt, TOK) as one batch of nt */
+            memset(cut, 0, sizeof(float) * ROWS * TOK);
+            spk_matmul(cut, ROWS, w, SPK_DT_Q6_K, act + (size_t)t0 * arow, n, nt, 0, ROWS);
+            ck_assert_msg(memcmp(all + (size_t)t0 * ROWS, cut, sizeof(float) * ROWS * (size_t)nt) == 0,
+                          "isa %s n_in %d: a batch of %d tokens differs from the batch of %d",
+                          spk_matmul_isa_name(), n, nt, TOK);
+            for (int c = 1; c < 16; c += 7) { /* and that batch with rows cut every 1, 8, 15 */
+                memset(cut, 0, sizeof(float) * ROWS * TOK);
+                for (int r0 = 0; r0 < ROWS; r0 += c)
+                    spk_matmul(cut, ROWS, w, SPK_DT_Q6_K, act + (size_t)t0 * arow, n, nt, r0,
+                               r0 + c < ROWS ? r0 + c : ROWS);
+                ck_assert_msg(memcmp(all + (size_t)t0 * ROWS, cut, sizeof(float) * ROWS * (size_t)nt) == 0,
+                              "isa %s n_in %d: %d tokens, rows cut every %d differ from one call",
+                              spk_matmul_isa_name(), n, nt, c);
+            }
+        }
+        for (int c = 1; c < 16; c++) {
+            memset(cut, 0, sizeof(float) * ROWS * TOK);
+            for (int r0 = 0; r0 < ROWS; r0 += c)
+                spk_matmul(cut, ROWS, w, SPK_DT_Q6_K, act, n, TOK, r0, r0 + c < ROWS ? r0 + c : ROWS);
+            ck_assert_msg(memcmp(all, cut, sizeof(float) * ROWS * TOK) == 0,
+                          "isa %s n_in %d: rows cut every %d differ from one call", spk_matmul_isa_name(), n, c);
+        }
+    }
+    use_isa(-1);
+    spk_cpu_force_scalar(0);
+    free(w);
+    free(act);
+    free(x);
+    free(all);
+    free(cut);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("matmul");
@@ -1282,6 +1367,8 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, test_q4k_invariant, 0, 2);
     tcase_add_loop_test(tc, test_q5_tiles_batches, 0, 2);
     tcase_add_loop_test(tc, test_q5_tiles_exact, 0, 2);
+    tcase_add_loop_test(tc, test_q6k_tiles, 0, 4);
+    tcase_add_loop_test(tc, test_q6k_invariant, 0, 4);
     suite_add_tcase(s, tc);
     return s;
 }

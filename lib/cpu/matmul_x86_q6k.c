@@ -1,0 +1,211 @@
+/*
+ * x86-64 AVX2 kernel for Q6_K weights (Q6_K files; the output head and some layers of Q4_K_M and
+ * Q5_K_M files) in 8-row x up to 8-token tiles, the 8 rows' results in the 8 float lanes of one
+ * register per token, as the Q4_K tile of cpu/matmul_x86_q4k.c: the per-super-block float work
+ * and the final horizontal sums are shared by 8 rows. Every row of every call takes this kernel,
+ * at every token count, 1 included (a token's result must not depend on the batch it came in);
+ * rows past the last multiple of 8 run in a tile whose missing rows repeat the last row and are
+ * not stored. The lanes never mix, so a row's result depends neither on the tile, thread slice
+ * nor batch it came in.
+ *
+ * Per super-block, row and token, the integer part is cpu/matmul_x86_k.c's: the 8 chunks of 32
+ * 6-bit codes (value + 32, unsigned) are dotted with the int8 activations (maddubs), scaled by
+ * the 16 int8 sub-block scales (madd) and summed in 8 int32 lanes; the codes' offset 32 meets the
+ * activations' sums per 16 (one madd with 32 x the scales) and is subtracted in integers. The
+ * codes are unpacked per half super-block from 3 loads (ql twice, qh once) with one shift and
+ * mask of qh per chunk. Integer sums are exact whatever computes them (|sum| < 2^28), so each
+ * row's lanes are reduced with a horizontal-add tree over the tile's 8 rows into one int32 per
+ * row (lane j: row j), and one float step per super-block and token ends it:
+ *   acc = fma(float(I), d * da, acc)
+ * with d the 8 rows' f16 scales (lanes) and da the token's Q8_K scale. Every token count runs
+ * exactly these float steps, so batch invariance holds bit for bit.
+ *
+ * Tile rows: at up to 8 tokens with the weights past ~1 MiB (decode from memory) spread over the
+ * range, 8 sequential weight streams, with a software prefetch 8 blocks ahead (without it the 8
+ * streams measured slower than the 4-row tile they replace when the weights come from memory;
+ * runs of 2 or 4 consecutive rows per stream, or streams rotated off 4 KiB multiples, were slower still); else consecutive rows, with
+ * more tokens in 64 KiB chunks that stay in cache while every token group runs over them.
+ * BENCHMARKS.md 9i.
+ */
+#if defined(__x86_64__) || defined(__i386__)
+
+#include <immintrin.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "cpu/matmul_x86_avx2.h"
+#include "cpu/quant.h"
+
+#define BS ((size_t)sizeof(spk_block_q6_K)) /* 210: ql[128], qh[64], scales[16], d */
+
+/* vpshufb masks on 8 int16 scales (both 128-bit halves): q6k_mask[k], the low half all lane 2k,
+ * the high half all lane 2k + 1 (a chunk of 32 values spans two scales: maddubs' int16 pairs of
+ * values 0-15 in the low half, 16-31 in the high). */
+static const uint8_t q6k_mask[4][32] __attribute__((aligned(32))) = {
+#define M16(k) {4*k,4*k+1,4*k,4*k+1,4*k,4*k+1,4*k,4*k+1,4*k,4*k+1,4*k,4*k+1,4*k,4*k+1,4*k,4*k+1, \
+                4*k+2,4*k+3,4*k+2,4*k+3,4*k+2,4*k+3,4*k+2,4*k+3,4*k+2,4*k+3,4*k+2,4*k+3,4*k+2,4*k+3,4*k+2,4*k+3}
+    M16(0), M16(1), M16(2), M16(3)
+#undef M16
+};
+
+/* Keeps a running sum in one register (GCC otherwise reassociates the adds into a tree). */
+#define KEEP(v) __asm__("" : "+x"(v))
+
+/*
+ * One super-block x of one row against T tokens: P[t] = the dot's 8 int32 partial sums (codes x
+ * activations x sub-block scales) minus the offsets' (32 x scales x activation sums per 16).
+ * a[t]: the tokens' K-quant sections at this super-block's values; bs[t]: its sums per 16.
+ */
+I2 void row_sums(int T, const uint8_t *x, const uint8_t *const a[8], const uint8_t *const bs[8], __m256i P[8])
+{
+    const spk_block_q6_K *q = (const void *)x;
+    const __m256i s = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)q->scales));
+    const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+    __m256i S[8];
+    for (int t = 0; t < T; t++)
+        S[t] = _mm256_setzero_si256();
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) {
+        /* scales 8h..8h+7 in both halves */
+        const __m256i sh = h ? _mm256_permute2x128_si256(s, s, 0x11) : _mm256_permute2x128_si256(s, s, 0x00);
+        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(q->ql + 64 * h));
+        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(q->ql + 64 * h + 32));
+        const __m256i hb = _mm256_loadu_si256((const __m256i *)(q->qh + 32 * h));
+        __m256i c[4];
+        /* chunk j: 4 low bits from ql (j & 1 picks the 32 bytes, j >= 2 the high nibbles), the
+         * 2 high bits from qh bits 2j, 2j+1 moved to bits 4, 5 */
+        c[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
+        c[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30));
+        c[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m30));
+        c[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                               _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const __m256i sc = _mm256_shuffle_epi8(sh, _mm256_load_si256((const __m256i *)q6k_mask[j]));
+            for (int t = 0; t < T; t++) {
+                const __m256i av = _mm256_loadu_si256((const __m256i *)(a[t] + 128 * h + 32 * j));
+                S[t] = _mm256_add_epi32(S[t], _mm256_madd_epi16(_mm256_maddubs_epi16(c[j], av), sc));
+                KEEP(S[t]);
+            }
+        }
+    }
+    const __m256i coef = _mm256_slli_epi16(s, 5); /* codes are value + 32 */
+    for (int t = 0; t < T; t++)
+        P[t] = _mm256_sub_epi32(S[t], _mm256_madd_epi16(coef, _mm256_loadu_si256((const __m256i *)bs[t])));
+}
+
+/*
+ * Rows r0 + j * rs (j = 0..7) against tokens t0..t0+T-1 (T <= 8): out[(t0 + t) * ld + r0 + j * rs]
+ * for the first nr (1..8) rows; rows from nr on repeat row nr - 1 and are not stored.
+ */
+I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow, int n,
+              int r0, int rs, int nr, int t0)
+{
+    const int nb = n / SPK_QK_K;
+    const size_t ds_off = (size_t)n, bs_off = (size_t)n + (size_t)(n / 32) * 8;
+    __m256 acc[8];
+    for (int t = 0; t < T; t++)
+        acc[t] = _mm256_setzero_ps();
+    const uint8_t *wr[8], *at[8];
+    for (int j = 0; j < 8; j++)
+        wr[j] = w + (size_t)(r0 + (j < nr ? j : nr - 1) * rs) * wrow;
+    for (int t = 0; t < T; t++)
+        at[t] = act + (size_t)(t0 + t) * arow;
+    for (int b = 0; b < nb; b++) {
+        const size_t o = (size_t)b * BS;
+        const uint8_t *p[8], *a[8], *bsum[8];
+        for (int j = 0; j < 8; j++)
+            p[j] = wr[j] + o;
+        for (int t = 0; t < T; t++) {
+            a[t] = at[t] + 256 * (size_t)b;
+            bsum[t] = at[t] + bs_off + 32 * (size_t)b;
+        }
+        __m256i P[8][8];
+        /* (not unrolled over rows, as the Q4_K tile: 8 copies overflow the op cache) */
+#pragma GCC unroll 1
+        for (int j = 0; j < 8; j++) {
+            __m256i R[8];
+            { /* the row's block 8 ahead (in spread tiles, past the row's end: the next tile's
+               * row): 10-25% less CPU time at 4096 x 14336, 1 and 8 tokens (BENCHMARKS 9i) */
+                const char *f = (const char *)p[j] + 8 * BS;
+                _mm_prefetch(f, _MM_HINT_T0);
+                _mm_prefetch(f + 64, _MM_HINT_T0);
+                _mm_prefetch(f + 128, _MM_HINT_T0);
+                _mm_prefetch(f + 192, _MM_HINT_T0);
+            }
+            row_sums(T, p[j], a, bsum, R);
+            for (int t = 0; t < T; t++)
+                P[t][j] = R[t];
+        }
+        const __m256 d = ld_f16x8(p, offsetof(spk_block_q6_K, d));
+        for (int t = 0; t < T; t++) {
+            float da;
+            memcpy(&da, at[t] + ds_off + 64 * (size_t)b, 4);
+            const __m256 fi = _mm256_cvtepi32_ps(hsum8x8(P[t]));
+            acc[t] = _mm256_fmadd_ps(fi, _mm256_mul_ps(d, _mm256_set1_ps(da)), acc[t]);
+        }
+    }
+    if (rs != 1) {
+        for (int t = 0; t < T; t++) {
+            float v[8];
+            _mm256_storeu_ps(v, acc[t]);
+            for (int j = 0; j < nr; j++)
+                out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + j * rs)] = v[j];
+        }
+    } else if (nr == 8) {
+        for (int t = 0; t < T; t++)
+            _mm256_storeu_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, acc[t]);
+    } else {
+        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        for (int t = 0; t < T; t++)
+            _mm256_maskstore_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, mask, acc[t]);
+    }
+}
+
+/* Rows [c0, c1) against tokens [t, t + T): g = (c1 - c0) / 8 tiles of 8 rows - with spread, rows
+ * g apart, else consecutive rows - then the leftover rows as one partial tile. */
+#define TILES(T)                                                                                   \
+    do {                                                                                           \
+        const int g_ = (c1 - c0) / 8, left_ = (c1 - c0) - 8 * g_;                                  \
+        for (int i_ = 0; i_ < g_; i_++) {                                                          \
+            if (spread)                                                                            \
+                tile8(T, out, ld, w, wrow, act, arow, n, c0 + i_, g_ > 1 ? g_ : 1, 8, t);           \
+            else                                                                                   \
+                tile8(T, out, ld, w, wrow, act, arow, n, c0 + 8 * i_, 1, 8, t);                    \
+        }                                                                                          \
+        if (left_ > 0)                                                                             \
+            tile8(T, out, ld, w, wrow, act, arow, n, c0 + 8 * g_, 1, left_, t);                    \
+    } while (0)
+
+A2 void spk_mm_q6k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                        int n_tok, int row0, int row1)
+{
+    /* up to 8 tokens from memory (the rows' weights past ~1 MiB, this VM's L2): 8 spread streams;
+     * in cache, or with several token groups: consecutive rows (measured 1.1-1.2x faster at
+     * 512 x 1536, 1 and 8 tokens; spread 1.4x faster at 8 tokens from memory) */
+    const int spread = n_tok <= 8 && (size_t)(row1 - row0) * wrow > ((size_t)1 << 20);
+    int ch = row1 - row0;
+    if (n_tok > 8) {
+        const size_t cr = (64u << 10) / (wrow ? wrow : 1);
+        ch = cr < 8 ? 8 : (int)cr;
+    }
+    for (int c0 = row0; c0 < row1; c0 += ch) {
+        const int c1 = row1 - c0 > ch ? c0 + ch : row1;
+        for (int t = 0; t < n_tok;) {
+            const int left = n_tok - t, T = left >= 8 ? 8 : left >= 4 ? 4 : left;
+            switch (T) {
+            case 1: TILES(1); break;
+            case 2: TILES(2); break;
+            case 3: TILES(3); break;
+            case 4: TILES(4); break;
+            default: TILES(8); break;
+            }
+            t += T;
+        }
+    }
+}
+
+#else
+typedef int spk_matmul_x86_q6k_unused; /* ISO C forbids an empty translation unit */
+#endif
