@@ -71,4 +71,70 @@ I2 __m256 ld_f16x8(const uint8_t *const p[8], size_t off)
     return _mm256_cvtph_ps(v);
 }
 
+/* A tile's results: acc[t] holds token t0 + t of its nr (1..8) rows r0 + j * rs in lane j; they
+ * go to out[(t0 + t) * ld + r0 + j * rs]. */
+I2 void store_lanes(float *out, int ld, const __m256 *acc, int T, int t0, int r0, int rs, int nr)
+{
+    if (rs != 1) {
+        for (int t = 0; t < T; t++) {
+            float v[8];
+            _mm256_storeu_ps(v, acc[t]);
+            for (int j = 0; j < nr; j++)
+                out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + j * rs)] = v[j];
+        }
+    } else if (nr == 8) {
+        for (int t = 0; t < T; t++)
+            _mm256_storeu_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, acc[t]);
+    } else {
+        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        for (int t = 0; t < T; t++)
+            _mm256_maskstore_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, mask, acc[t]);
+    }
+}
+
+/*
+ * The driver of a lane tile `tile8(T, out, ld, w, wrow, act, arow, n, r0, rs, nr, t0)` (nr rows
+ * r0 + j * rs against tokens t0..t0+T-1, T a constant 1, 2, 3, 4 or 8), as the body of an
+ * spk_mm_kernel whose `spread` says how rows share tiles: rows [row0, row1), all tokens, cut
+ * into chunks of about 64 KiB of weights when there are several token groups (a chunk stays in
+ * cache while every group runs over it); in a chunk [c0, c1), g = (c1 - c0) / 8 tiles of 8
+ * rows - with spread, rows g apart (8 sequential streams through weights read from memory),
+ * else consecutive rows - then the leftover rows as one partial tile. Which rows share a tile
+ * changes no result: the lanes never mix.
+ */
+#define SPK_LANES_TILES_(tile8, T)                                                                 \
+    do {                                                                                           \
+        const int g_ = (c1 - c0) / 8, left_ = (c1 - c0) - 8 * g_;                                  \
+        for (int i_ = 0; i_ < g_; i_++) {                                                          \
+            if (spread)                                                                            \
+                tile8(T, out, ld, w, wrow, act, arow, n, c0 + i_, g_ > 1 ? g_ : 1, 8, t);           \
+            else                                                                                   \
+                tile8(T, out, ld, w, wrow, act, arow, n, c0 + 8 * i_, 1, 8, t);                    \
+        }                                                                                          \
+        if (left_ > 0)                                                                             \
+            tile8(T, out, ld, w, wrow, act, arow, n, c0 + 8 * g_, 1, left_, t);                    \
+    } while (0)
+#define SPK_LANES_DRIVE(tile8, spread)                                                             \
+    do {                                                                                           \
+        int ch = row1 - row0;                                                                      \
+        if (n_tok > 8) {                                                                           \
+            const size_t cr = (64u << 10) / (wrow ? wrow : 1);                                     \
+            ch = cr < 8 ? 8 : (int)cr;                                                             \
+        }                                                                                          \
+        for (int c0 = row0; c0 < row1; c0 += ch) {                                                 \
+            const int c1 = row1 - c0 > ch ? c0 + ch : row1;                                        \
+            for (int t = 0; t < n_tok;) {                                                          \
+                const int left = n_tok - t, T = left >= 8 ? 8 : left >= 4 ? 4 : left;              \
+                switch (T) {                                                                       \
+                case 1: SPK_LANES_TILES_(tile8, 1); break;                                         \
+                case 2: SPK_LANES_TILES_(tile8, 2); break;                                         \
+                case 3: SPK_LANES_TILES_(tile8, 3); break;                                         \
+                case 4: SPK_LANES_TILES_(tile8, 4); break;                                         \
+                default: SPK_LANES_TILES_(tile8, 8); break;                                        \
+                }                                                                                  \
+                t += T;                                                                            \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
+
 #endif

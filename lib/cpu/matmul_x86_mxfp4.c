@@ -105,14 +105,7 @@ I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const ui
             acc[t] = _mm256_fmadd_ps(dw, x, acc[t]);
         }
     }
-    if (nr == 8) {
-        for (int t = 0; t < T; t++)
-            _mm256_storeu_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, acc[t]);
-    } else {
-        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        for (int t = 0; t < T; t++)
-            _mm256_maskstore_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, mask, acc[t]);
-    }
+    store_lanes(out, ld, acc, T, t0, r0, 1, nr);
 }
 
 /*

@@ -178,42 +178,11 @@ I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const ui
             acc[t] = _mm256_fnmadd_ps(fm, _mm256_mul_ps(dm, vda), acc[t]);
         }
     }
-    if (rs != 1) {
-        for (int t = 0; t < T; t++) {
-            float v[8];
-            _mm256_storeu_ps(v, acc[t]);
-            for (int j = 0; j < nr; j++)
-                out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + j * rs)] = v[j];
-        }
-    } else if (nr == 8) {
-        for (int t = 0; t < T; t++)
-            _mm256_storeu_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, acc[t]);
-    } else {
-        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        for (int t = 0; t < T; t++)
-            _mm256_maskstore_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, mask, acc[t]);
-    }
+    store_lanes(out, ld, acc, T, t0, r0, rs, nr);
 }
 
-/* Rows [c0, c1) against tokens [t, t + T): g = (c1 - c0) / 8 tiles of 8 rows - with spread, rows
- * g apart (each tile row its own sequential stream: batch-1 decode reads weights from memory, and
- * 8 streams far apart keep more misses in flight than one), else consecutive rows - then the
- * leftover rows as one partial tile. */
-#define TILES(T)                                                                                   \
-    do {                                                                                           \
-        const int g_ = (c1 - c0) / 8, left_ = (c1 - c0) - 8 * g_;                                  \
-        for (int i_ = 0; i_ < g_; i_++) {                                                          \
-            if (spread)                                                                            \
-                tile8(T, out, ld, w, wrow, act, arow, n, c0 + i_, g_ > 1 ? g_ : 1, 8, t);           \
-            else                                                                                   \
-                tile8(T, out, ld, w, wrow, act, arow, n, c0 + 8 * i_, 1, 8, t);                    \
-        }                                                                                          \
-        if (left_ > 0)                                                                             \
-            tile8(T, out, ld, w, wrow, act, arow, n, c0 + 8 * g_, 1, left_, t);                    \
-    } while (0)
-
 /*
- * Rows [row0, row1), all tokens, in tiles of 8 rows (TILES), cut into chunks of about 64 KiB of
+ * Rows [row0, row1), all tokens, in tiles of 8 rows (SPK_LANES_DRIVE, cpu/matmul_x86_avx2.h), in chunks of 64 KiB of
  * weights when there are several token groups, so a chunk stays in cache while every token group
  * runs over it. Which rows share a tile does not change any row's result (the lanes never mix).
  */
@@ -223,25 +192,7 @@ A2 void spk_mm_q4k_avx2(float *out, int ld, const void *w, size_t wrow, const vo
     /* one token group (decode): tiles of rows far apart; several (prefill): rows in a chunk that
      * is in cache, consecutive rows measured 3-7% faster at 256 tokens */
     const int spread = n_tok <= 8;
-    int ch = row1 - row0;
-    if (n_tok > 8) {
-        const size_t cr = (64u << 10) / (wrow ? wrow : 1);
-        ch = cr < 8 ? 8 : (int)cr;
-    }
-    for (int c0 = row0; c0 < row1; c0 += ch) {
-        const int c1 = row1 - c0 > ch ? c0 + ch : row1;
-        for (int t = 0; t < n_tok;) {
-            const int left = n_tok - t, T = left >= 8 ? 8 : left >= 4 ? 4 : left;
-            switch (T) {
-            case 1: TILES(1); break;
-            case 2: TILES(2); break;
-            case 3: TILES(3); break;
-            case 4: TILES(4); break;
-            default: TILES(8); break;
-            }
-            t += T;
-        }
-    }
+    SPK_LANES_DRIVE(tile8, spread);
 }
 
 #else
