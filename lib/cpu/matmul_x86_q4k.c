@@ -73,8 +73,9 @@ I2 __m256i scales2(const uint8_t *lo, const uint8_t *hi)
 #define KEEP(v) __asm__("" : "+x"(v))
 
 /*
- * One super-block x of one row against T tokens (s0: its scales2 half in both halves): S[t] the dot's 8 int32 partial sums (codes x
- * activations x sub-block scales), C[t] the mins' (mins x activation sums per 32, as 8 lanes).
+ * One super-block x of one row against T tokens (s0: its scales2 half in both halves): S[t] the
+ * dot's 8 int32 partial sums (codes x activations x sub-block scales), C[t] the mins' (mins x
+ * activation sums per 32, as 8 lanes).
  * a[t]: the tokens' K-quant sections at this super-block's values; bs[t]: its sums per 16.
  */
 I2 void row_sums(int T, const uint8_t *x, __m256i s0, const uint8_t *const a[8], const uint8_t *const bs[8],
