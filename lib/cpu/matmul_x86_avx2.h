@@ -137,4 +137,55 @@ I2 void store_lanes(float *out, int ld, const __m256 *acc, int T, int t0, int r0
         }                                                                                          \
     } while (0)
 
+/*
+ * The driver of a type with a single-token rows kernel ROWS(R, r, t) (R rows r[0..R-1], token t)
+ * and a tile TILE(T, r0, t0) (8 consecutive rows from r0, T = 2, 3, 4 or 8 tokens from t0), both
+ * with the same per-row float steps, as the body of an spk_mm_kernel (wb, ab: w and act as bytes):
+ * at 1 token, 8 rows g apart per pass (8 sequential streams through the weights); else chunks of
+ * about 64 KiB of weights stay in cache while every token group runs over them; leftover rows
+ * (row1 - row0 not a multiple of 8) through ROWS.
+ */
+#define SPK_ROWS_TILE_DRIVE(ROWS, TILE)                                                            \
+    do {                                                                                           \
+        const int g = (row1 - row0) / 8, r8 = row0 + 8 * g;                                        \
+        int r[8];                                                                                  \
+        if (n_tok == 1) {                                                                          \
+            for (int i = 0; i < g; i++) {                                                          \
+                for (int j = 0; j < 8; j++)                                                        \
+                    r[j] = row0 + i + j * g;                                                       \
+                ROWS(8, r, 0);                                                                     \
+            }                                                                                      \
+        } else if (g > 0) {                                                                        \
+            const size_t cr = (64u << 10) / (wrow ? wrow : 1);                                     \
+            const int ch = cr < 8 ? 1 : (int)(cr / 8);                                             \
+            for (int c0 = 0; c0 < g; c0 += ch) {                                                   \
+                const int c1 = g - c0 > ch ? c0 + ch : g;                                          \
+                for (int t = 0; t < n_tok;) {                                                      \
+                    const int left = n_tok - t, T = left >= 8 ? 8 : left >= 4 ? 4 : left;          \
+                    for (int i = c0; i < c1; i++) {                                                \
+                        const int rr = row0 + 8 * i;                                               \
+                        switch (T) {                                                               \
+                        case 1:                                                                    \
+                            for (int j = 0; j < 8; j++)                                            \
+                                r[j] = rr + j;                                                     \
+                            ROWS(8, r, t);                                                         \
+                            break;                                                                 \
+                        case 2: TILE(2, rr, t); break;                                             \
+                        case 3: TILE(3, rr, t); break;                                             \
+                        case 4: TILE(4, rr, t); break;                                             \
+                        default: TILE(8, rr, t); break;                                            \
+                        }                                                                          \
+                    }                                                                              \
+                    t += T;                                                                        \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+        if (r8 < row1) {                                                                           \
+            for (int j = 0; j < row1 - r8; j++)                                                    \
+                r[j] = r8 + j;                                                                     \
+            for (int t = 0; t < n_tok; t++)                                                        \
+                ROWS(row1 - r8, r, t);                                                             \
+        }                                                                                          \
+    } while (0)
+
 #endif

@@ -163,48 +163,11 @@ I2 void mm_q5(int kind, float *out, int ld, const void *w, size_t wrow, const vo
               int n_tok, int row0, int row1)
 {
     const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;
-    const int g = (row1 - row0) / 8, r8 = row0 + 8 * g;
-    int r[8];
-    if (n_tok == 1) {
-        /* 8 rows q apart per pass: 8 sequential streams through the weights */
-        const int q = g;
-        for (int i = 0; i < q; i++) {
-            for (int j = 0; j < 8; j++)
-                r[j] = row0 + i + j * q;
-            rows_q5(kind, 8, out, ld, wb, wrow, ab, arow, n, r, 0);
-        }
-    } else if (g > 0) {
-        /* chunks of about 64 KiB of weights stay in cache while every token group runs over them */
-        const size_t cr = (64u << 10) / (wrow ? wrow : 1);
-        const int ch = cr < 8 ? 1 : (int)(cr / 8);
-        for (int c0 = 0; c0 < g; c0 += ch) {
-            const int c1 = g - c0 > ch ? c0 + ch : g;
-            for (int t = 0; t < n_tok;) {
-                const int left = n_tok - t, T = left >= 8 ? 8 : left >= 4 ? 4 : left;
-                for (int i = c0; i < c1; i++) {
-                    const int rr = row0 + 8 * i;
-                    switch (T) {
-                    case 1:
-                        for (int j = 0; j < 8; j++)
-                            r[j] = rr + j;
-                        rows_q5(kind, 8, out, ld, wb, wrow, ab, arow, n, r, t);
-                        break;
-                    case 2: tile_q5t(kind, 2, out, ld, wb, wrow, ab, arow, n, rr, t); break;
-                    case 3: tile_q5t(kind, 3, out, ld, wb, wrow, ab, arow, n, rr, t); break;
-                    case 4: tile_q5t(kind, 4, out, ld, wb, wrow, ab, arow, n, rr, t); break;
-                    default: tile_q5t(kind, 8, out, ld, wb, wrow, ab, arow, n, rr, t); break;
-                    }
-                }
-                t += T;
-            }
-        }
-    }
-    if (r8 < row1) {
-        for (int j = 0; j < row1 - r8; j++)
-            r[j] = r8 + j;
-        for (int t = 0; t < n_tok; t++)
-            rows_q5(kind, row1 - r8, out, ld, wb, wrow, ab, arow, n, r, t);
-    }
+#define ROWS(R, r_, t_) rows_q5(kind, R, out, ld, wb, wrow, ab, arow, n, r_, t_)
+#define TILE(T, r0_, t0_) tile_q5t(kind, T, out, ld, wb, wrow, ab, arow, n, r0_, t0_)
+    SPK_ROWS_TILE_DRIVE(ROWS, TILE);
+#undef ROWS
+#undef TILE
 }
 
 #define MM(name, kind)                                                                             \
