@@ -7,14 +7,22 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "sparkinfer/sparkinfer.h"
 #include "testutil.h"
+#include "tools/synth.h"
 
 enum { N_MAX = 64, MAX_GEN = 24, MAX_PROMPT = 40 };
 
-/* 64 requests; SPK_TEST_SMALL (set for the slow TSan run) uses 12 with prompts of up to 16. */
-static int N_REQ = N_MAX, max_prompt = MAX_PROMPT;
+/* 64 requests on the default model. SPK_TEST_SMALL (set for the TSan run, where a forward pass of
+ * the real model is slow and the races under test are the engine's and the pool's, not the
+ * model's) runs 12 requests with prompts of up to 16 tokens on the synthetic "tiny" llama
+ * (tools/synth.c: 4 layers, width 256, vocab 1024) written to a temporary directory. */
+static int N_REQ = N_MAX, max_prompt = MAX_PROMPT, n_vocab = 49152;
+static const char *model_path;
+/* bytes of one KV block: layers x (K, V) x 16 positions x KV heads x head dim x f16 */
+static uint64_t per_block = 30ull * 2 * 16 * 3 * 64 * 2;
 
 static spk_cluster *cl;
 static int32_t prompts[N_MAX][MAX_PROMPT];
@@ -25,7 +33,7 @@ static spk_model *load(int max_seqs, uint64_t kv_bytes)
 {
     spk_model_config mc;
     spk_model_config_init(&mc);
-    mc.path = spk_test_model_path();
+    mc.path = model_path;
     mc.max_seqs = max_seqs;
     mc.n_ctx = 128;
     mc.kv_cache_bytes = kv_bytes;
@@ -48,7 +56,7 @@ static void setup(void)
         glen[i] = 1 + (int)(spk_test_rand(&s) % MAX_GEN);
         temps[i] = i % 2 ? 0.0f : 0.9f; /* half greedy, half seeded sampling */
         for (int k = 0; k < plen[i]; k++)
-            prompts[i][k] = 100 + (int)(spk_test_rand(&s) % 40000);
+            prompts[i][k] = 100 + (int)(spk_test_rand(&s) % (uint64_t)(n_vocab - 100));
     }
 }
 
@@ -146,7 +154,6 @@ START_TEST(kv_pressure_preempts_and_recomputes)
     run_alone();
     /* 24 (8 for the small run) blocks of 16 positions for sequences of up to 64 tokens each:
      * far too few for all at once */
-    const uint64_t per_block = 30ull * 2 * 16 * 3 * 64 * 2;
     const int blocks = N_REQ == N_MAX ? 24 : 8;
     spk_model *m = load(16, (uint64_t)blocks * per_block);
     static int32_t got[N_MAX][MAX_GEN];
@@ -207,7 +214,6 @@ END_TEST
 START_TEST(kv_cache_smaller_than_one_sequence)
 {
     /* 2 blocks = 32 positions: a 40-token prompt can never fit; a short one can, until it grows */
-    const uint64_t per_block = 30ull * 2 * 16 * 3 * 64 * 2;
     spk_model *m = load(2, 2 * per_block);
     spk_request r;
     make_req(&r, 0);
@@ -246,12 +252,27 @@ END_TEST
 
 int main(void)
 {
-    if (!spk_test_model_path())
-        spk_test_skip("default model not found (run scripts/fetch-model.sh or set SPK_TEST_MODEL)");
+    char dir[] = "/tmp/spk-test-engine.XXXXXX", path[64] = "";
+    model_path = spk_test_model_path();
     if (getenv("SPK_TEST_SMALL")) {
         N_REQ = 12;
         max_prompt = 16;
+        spk_synth_params sp;
+        if (spk_synth_preset("tiny", &sp) != SPK_OK || !mkdtemp(dir)) {
+            fprintf(stderr, "test_engine: cannot make the synthetic model's directory\n");
+            return 1;
+        }
+        snprintf(path, sizeof path, "%s/tiny.gguf", dir);
+        if (spk_synth_write(path, &sp) != SPK_OK) {
+            fprintf(stderr, "test_engine: %s\n", spk_last_error());
+            return 1;
+        }
+        model_path = path;
+        n_vocab = sp.n_vocab;
+        per_block = (uint64_t)sp.n_layers * 2 * 16 * (uint64_t)sp.n_kv_heads * (uint64_t)sp.head_dim * 2;
     }
+    if (!model_path)
+        spk_test_skip("default model not found (run scripts/fetch-model.sh or set SPK_TEST_MODEL)");
     Suite *s = suite_create("engine");
     TCase *tc = tcase_create("engine");
     tcase_add_checked_fixture(tc, setup, teardown);
@@ -261,5 +282,10 @@ int main(void)
     tcase_add_test(tc, cancel_frees_blocks_at_once);
     tcase_add_test(tc, kv_cache_smaller_than_one_sequence);
     suite_add_tcase(s, tc);
-    return spk_test_run(s);
+    const int rc = spk_test_run(s);
+    if (path[0]) {
+        unlink(path);
+        rmdir(dir);
+    }
+    return rc;
 }
