@@ -121,17 +121,20 @@ static void run(spk_model *m, int first, int n, int32_t out[][MAX_GEN], int *n_o
 static int32_t alone[N_MAX][MAX_GEN];
 static int n_alone[N_MAX];
 
+/* Each request alone, once for the whole test case: an unchecked fixture runs in the parent
+ * before the tests are forked, so every test compares against the same runs. */
 static void run_alone(void)
 {
+    setup();
     spk_model *m = load(1, 0);
     for (int i = 0; i < N_REQ; i++)
         run(m, i, 1, alone, n_alone);
     spk_model_free(m);
+    teardown();
 }
 
 START_TEST(concurrent_requests_equal_runs_alone)
 {
-    run_alone();
     spk_model *m = load(N_REQ, 0);
     static int32_t got[N_MAX][MAX_GEN];
     int n_got[N_MAX];
@@ -151,7 +154,6 @@ END_TEST
 
 START_TEST(kv_pressure_preempts_and_recomputes)
 {
-    run_alone();
     /* 24 (8 for the small run) blocks of 16 positions for sequences of up to 64 tokens each:
      * far too few for all at once */
     const int blocks = N_REQ == N_MAX ? 24 : 8;
@@ -275,6 +277,7 @@ int main(void)
         spk_test_skip("default model not found (run scripts/fetch-model.sh or set SPK_TEST_MODEL)");
     Suite *s = suite_create("engine");
     TCase *tc = tcase_create("engine");
+    tcase_add_unchecked_fixture(tc, run_alone, NULL);
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 900);
     tcase_add_test(tc, concurrent_requests_equal_runs_alone);
