@@ -61,6 +61,9 @@ cut_link() {
             --threads 1 --transport tcp --peer-timeout $WORKER_TIMEOUT_MS >"$TMP/w$r.log" 2>&1 &
         PIDS+=($!)
     done
+    # Emptied here, not by the job's own redirection: that runs in the forked child, and a poll
+    # before it would see the previous case's text and cut the link before any token flowed.
+    : >"$TMP/gen.out"
     SPK_CLUSTER_KEY=$KEY ip netns exec "$NS0" "$GEN" --model "$MODEL" --prompt "Once upon a time" \
         --max-tokens 3000 --ignore-eos --pp "$pp" --tp "$tp" --threads 1 --world $world \
         --coordinator 10.78.0.1:$port --transport tcp >"$TMP/gen.out" 2>"$TMP/gen.err" &
