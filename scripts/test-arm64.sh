@@ -34,8 +34,6 @@ run "$build" "$tests" -DCMAKE_BUILD_TYPE=Release
 if [ -n "$asan_tests" ]; then
     # LeakSanitizer cannot stop the world under qemu-user (it fails as "under ptrace"): leaks
     # are left to the host's ASan run of the same code; everything else ASan/UBSan checks runs.
-    # Emulation under ASan is 2-4x slower than the Release run: Check's per-test timeouts (hang
-    # guards sized for native runs) are tripled, ctest's per-program limit still applies.
-    CK_TIMEOUT_MULTIPLIER=3 ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
+    ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
         run "$build-asan" "$asan_tests" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPK_SANITIZE=ON
 fi
