@@ -1,8 +1,9 @@
 /*
- * Q4_0 matmul kernel, file layout against the layout packed at load (cpu/repack.c): thread CPU
- * time of n_in x n_out random weights (n_in 512 x n_out 1536 by default) at 1, 8 and 256 tokens,
- * ns per row x token x 256 values, the median of `reps` runs of each, the two layouts alternating.
- * Built and run by bench/repack.sh. Usage: repack_kernel [n_in n_out reps]
+ * A packed type's matmul kernel (Q4_0 or Q8_0), file layout against the layout packed at load
+ * (cpu/repack.c): thread CPU time of n_in x n_out random weights (n_in 512 x n_out 1536 by
+ * default) at 1, 8 and 256 tokens, ns per row x token x 256 values, the median of `reps` runs of
+ * each, the two layouts alternating. Built and run by bench/repack.sh.
+ * Usage: repack_kernel [n_in n_out reps [q4_0|q8_0]]
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -31,10 +32,15 @@ int main(int argc, char **argv)
 {
     const int n_in = argc > 1 ? atoi(argv[1]) : 512, n_out = argc > 2 ? atoi(argv[2]) : 1536;
     const int reps = argc > 3 ? atoi(argv[3]) : 7;
-    if (!spk_matmul_supported(SPK_DT_Q4_0, n_in) || n_out < 8 || reps < 1 || reps > 101)
+    const int q8 = argc > 4 && strcmp(argv[4], "q8_0") == 0;
+    if (argc > 4 && !q8 && strcmp(argv[4], "q4_0") != 0)
+        return fprintf(stderr, "type: q4_0 or q8_0\n"), 2;
+    const spk_dtype T = q8 ? SPK_DT_Q8_0 : SPK_DT_Q4_0;
+    const char *tn = q8 ? "Q8_0" : "Q4_0";
+    if (!spk_matmul_supported(T, n_in) || n_out < 8 || reps < 1 || reps > 101)
         return fprintf(stderr, "bad sizes\n"), 2;
-    const int layout = spk_matmul_pack_layout(SPK_DT_Q4_0, n_in);
-    const size_t rb = spk_dtype_row_size(SPK_DT_Q4_0, (size_t)n_in), wb = rb * (size_t)n_out;
+    const int layout = spk_matmul_pack_layout(T, n_in);
+    const size_t rb = spk_dtype_row_size(T, (size_t)n_in), wb = rb * (size_t)n_out;
     uint8_t *w = malloc(wb), *p = malloc(wb);
     uint64_t s = 88172645463325252ull;
     for (size_t i = 0; i < wb; i++) {
@@ -42,35 +48,35 @@ int main(int argc, char **argv)
         w[i] = (uint8_t)s;
     }
     for (int r = 0; r < n_out; r++)
-        for (int b = 0; b < n_in / 32; b++) {
-            spk_block_q4_0 *x = (spk_block_q4_0 *)(w + (size_t)r * rb) + b;
-            x->d = spk_f32_to_f16(0.01f + 0.001f * (float)((r + b) % 7));
+        for (int b = 0; b < n_in / 32; b++) { /* the scale d leads both block types */
+            const spk_f16 d = spk_f32_to_f16(0.01f + 0.001f * (float)((r + b) % 7));
+            memcpy(w + (size_t)r * rb + (size_t)b * spk_dtype_get((uint32_t)T)->type_size, &d, 2);
         }
-    if (layout == SPK_MM_LAYOUT_ROWS || spk_matmul_pack(p, w, SPK_DT_Q4_0, layout, n_in, n_out) != 0) {
-        printf("no packed Q4_0 kernel at this ISA (%s)\n", spk_matmul_isa_name());
+    if (layout == SPK_MM_LAYOUT_ROWS || spk_matmul_pack(p, w, T, layout, n_in, n_out) != 0) {
+        printf("no packed %s kernel at this ISA (%s)\n", tn, spk_matmul_isa_name());
         return 0;
     }
     static const int toks[] = {1, 8, 256};
-    printf("isa %s, Q4_0 %d x %d, thread CPU ns per row x token x 256 values, median of %d\n",
-           spk_matmul_isa_name(), n_in, n_out, reps);
+    printf("isa %s, %s %d x %d, thread CPU ns per row x token x 256 values, median of %d\n",
+           spk_matmul_isa_name(), tn, n_in, n_out, reps);
     printf("| tokens | file layout | packed | file / packed |\n|---|---|---|---|\n");
     for (size_t k = 0; k < sizeof toks / sizeof *toks; k++) {
         const int nt = toks[k];
         float *x = malloc(sizeof(float) * (size_t)n_in * nt), *out = malloc(sizeof(float) * (size_t)n_out * nt);
-        void *act = malloc(spk_act_size(SPK_DT_Q4_0, n_in, nt));
+        void *act = malloc(spk_act_size(T, n_in, nt));
         for (int i = 0; i < n_in * nt; i++)
             x[i] = (float)((i * 37) % 101 - 50) * 0.02f;
-        spk_act_quantize(act, SPK_DT_Q4_0, x, n_in, 0, nt);
+        spk_act_quantize(act, T, x, n_in, 0, nt);
         /* enough calls per timing for ~20 ms */
         const int calls = nt >= 256 ? 1 : nt >= 8 ? 30 : 200;
         double tf[101], tp[101];
         for (int r = 0; r < reps; r++) {
             double t0 = now();
             for (int c = 0; c < calls; c++)
-                spk_matmul(out, n_out, w, SPK_DT_Q4_0, act, n_in, nt, 0, n_out);
+                spk_matmul(out, n_out, w, T, act, n_in, nt, 0, n_out);
             double t1 = now();
             for (int c = 0; c < calls; c++)
-                spk_matmul_layout(out, n_out, p, SPK_DT_Q4_0, layout, n_out, act, n_in, nt, 0, n_out);
+                spk_matmul_layout(out, n_out, p, T, layout, n_out, act, n_in, nt, 0, n_out);
             double t2 = now();
             const double units = (double)calls * n_out * nt * (n_in / 256.0);
             tf[r] = (t1 - t0) * 1e9 / units;

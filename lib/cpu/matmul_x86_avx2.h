@@ -188,4 +188,43 @@ I2 void store_lanes(float *out, int ld, const __m256 *acc, int T, int t0, int r0
         }                                                                                          \
     } while (0)
 
+/*
+ * The driver of a packed tile TILE_T(T, o, ld, gp, act, arow, n) (cpu/repack.c's SPK_MM_LAYOUT_R8:
+ * the 8-row group at gp against T = 1..8 tokens from act, results o[t * ld + j]) as the body of
+ * an spk_mm_kernel on rows [row0, row1) of the grouped part, any alignment: chunks of about
+ * 64 KiB of weights stay in cache while every token group (8, then 4, then the rest) runs over
+ * them; a group cut by the range (only off the 16-row grid spk_split gives threads) is computed
+ * whole into a buffer and its rows in the range copied out.
+ */
+#define SPK_R8_DRIVE(TILE_T)                                                                       \
+    do {                                                                                           \
+        if (row0 >= row1 || n_tok <= 0)                                                            \
+            return;                                                                                \
+        const uint8_t *W8 = w, *A = act;                                                           \
+        const int g0 = row0 / 8, g1 = (row1 + 7) / 8;                                              \
+        size_t cr = (64u << 10) / (wrow ? wrow : 1);                                               \
+        const int ch = cr < 8 ? 1 : (int)(cr / 8);                                                 \
+        for (int c0 = g0; c0 < g1; c0 += ch) {                                                     \
+            const int c1 = g1 - c0 > ch ? c0 + ch : g1;                                            \
+            for (int t = 0; t < n_tok;) {                                                          \
+                const int left = n_tok - t, T = left >= 8 ? 8 : left >= 4 ? 4 : left;              \
+                const uint8_t *at = A + (size_t)t * arow;                                          \
+                for (int g = c0; g < c1; g++) {                                                    \
+                    const uint8_t *gp = W8 + (size_t)g * 8 * wrow;                                 \
+                    const int r = 8 * g, lo = r > row0 ? r : row0, hi = r + 8 < row1 ? r + 8 : row1; \
+                    if (lo == r && hi == r + 8) {                                                  \
+                        TILE_T(T, out + (size_t)t * (size_t)ld + (size_t)r, (size_t)ld, gp, at, arow, n); \
+                    } else {                                                                       \
+                        float tmp[8 * 8];                                                          \
+                        TILE_T(T, tmp, 8, gp, at, arow, n);                                        \
+                        for (int k = 0; k < T; k++)                                                \
+                            for (int j = lo; j < hi; j++)                                          \
+                                out[(size_t)(t + k) * (size_t)ld + (size_t)j] = tmp[8 * k + (j - r)]; \
+                    }                                                                              \
+                }                                                                                  \
+                t += T;                                                                            \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
+
 #endif

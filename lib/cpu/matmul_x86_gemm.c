@@ -216,33 +216,7 @@ I2 void tile_p8_T(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *
 A2 void spk_mm_r8_q4_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                             int n_tok, int row0, int row1)
 {
-    if (row0 >= row1 || n_tok <= 0)
-        return;
-    const uint8_t *W8 = w, *A = act;
-    const int g0 = row0 / 8, g1 = (row1 + 7) / 8;
-    size_t cr = (64u << 10) / (wrow ? wrow : 1);
-    const int ch = cr < 8 ? 1 : (int)(cr / 8); /* groups per chunk, as mm_g8 */
-    for (int c0 = g0; c0 < g1; c0 += ch) {
-        const int c1 = g1 - c0 > ch ? c0 + ch : g1;
-        for (int t = 0; t < n_tok;) {
-            const int left = n_tok - t, T = left >= 8 ? 8 : left >= 4 ? 4 : left;
-            const uint8_t *at = A + (size_t)t * arow;
-            for (int g = c0; g < c1; g++) {
-                const uint8_t *gp = W8 + (size_t)g * 8 * wrow;
-                const int r = 8 * g, lo = r > row0 ? r : row0, hi = r + 8 < row1 ? r + 8 : row1;
-                if (lo == r && hi == r + 8) {
-                    tile_p8_T(T, out + (size_t)t * (size_t)ld + (size_t)r, (size_t)ld, gp, at, arow, n);
-                } else {
-                    float tmp[8 * 8];
-                    tile_p8_T(T, tmp, 8, gp, at, arow, n);
-                    for (int k = 0; k < T; k++)
-                        for (int j = lo; j < hi; j++)
-                            out[(size_t)(t + k) * (size_t)ld + (size_t)j] = tmp[8 * k + (j - r)];
-                }
-            }
-            t += T;
-        }
-    }
+    SPK_R8_DRIVE(tile_p8_T);
 }
 
 #else

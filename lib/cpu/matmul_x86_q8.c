@@ -21,6 +21,9 @@
  * Leftover rows (fewer than 8) take rows_q8 with the missing lanes pointing at a valid row and
  * not stored.
  *
+ * Weights packed at load (cpu/repack.c) take spk_mm_r8_q8_0_avx2 at the end of this file, with
+ * the same arithmetic and so the same results.
+ *
  * This replaces cpu/matmul_x86.c's AVX2 Q8_0 per-row kernels (8 float lanes per row, summed
  * horizontally at the end), so the results differ from those in the last bits; the AVX-512
  * table keeps its own Q8_0 kernel (it could not be run here).
@@ -150,6 +153,104 @@ A2 void spk_mm_q8_0_lanes_avx2(float *out, int ld, const void *w, size_t wrow, c
     SPK_ROWS_TILE_DRIVE(ROWS, TILE);
 #undef ROWS
 #undef TILE
+}
+
+/*
+ * The tile on weights packed at load (SPK_MM_LAYOUT_R8, cpu/repack.c): per 8-row group and block,
+ * the 8 f16 scales (one 16-byte load) and the codes already in tile_q8t's registers L[0..7]
+ * (eight 32-byte loads), so no transposes and no scale gathers, at every token count (batch 1
+ * takes tok1_r8q8x4 below where it can). The integer sums are exact and the float steps
+ * tile_q8t's and rows_q8's, so the results are theirs bit for bit. Group k outer, tokens inner:
+ * one group's codes and the T int32 sums stay in registers; the accumulators are touched once
+ * per block.
+ */
+I2 void tile_r8q8(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
+{
+    const int nb = n / 32;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[8];
+    for (int t = 0; t < T; t++)
+        acc[t] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *p = gp + (size_t)b * (8 * BS), *a = act + 32 * (size_t)b;
+        __m256i s[8];
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) {
+            const __m256i L = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * k)), A = _mm256_sign_epi8(L, L);
+#pragma GCC unroll 8
+            for (int t = 0; t < T; t++) {
+                const __m256i x = _mm256_sign_epi8(bcast4(a + (size_t)t * arow + 4 * k), L);
+                const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(A, x), ones);
+                s[t] = k ? _mm256_add_epi32(s[t], d) : d;
+            }
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++)
+            acc[t] = fstep(acc[t], dw, s[t], act + (size_t)t * arow + n + 8 * (size_t)b);
+    }
+    for (int t = 0; t < T; t++)
+        _mm256_storeu_ps(o + (size_t)t * ld, acc[t]);
+}
+
+I2 void tile_r8q8_T(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
+{
+    switch (T) {
+    case 1: tile_r8q8(1, o, ld, gp, act, arow, n); break;
+    case 2: tile_r8q8(2, o, ld, gp, act, arow, n); break;
+    case 3: tile_r8q8(3, o, ld, gp, act, arow, n); break;
+    case 4: tile_r8q8(4, o, ld, gp, act, arow, n); break;
+    default: tile_r8q8(8, o, ld, gp, act, arow, n); break;
+    }
+}
+
+/* One token against the 4 groups gp[0..3] at once (tile_r8q8's arithmetic per group), group i's
+ * results to o[i * os + j]: 4 sequential streams through weights read from memory, where one
+ * stream is slower (BENCHMARKS.md 9j). */
+I2 void tok1_r8q8x4(float *o, size_t os, const uint8_t *const gp[4], const uint8_t *act, int n)
+{
+    const int nb = n / 32;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[4];
+    for (int i = 0; i < 4; i++)
+        acc[i] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *a = act + 32 * (size_t)b;
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            const uint8_t *p = gp[i] + (size_t)b * (8 * BS);
+            __m256i s = _mm256_setzero_si256();
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; k++) {
+                const __m256i L = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * k));
+                const __m256i x = _mm256_sign_epi8(bcast4(a + 4 * k), L);
+                const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(L, L), x), ones);
+                s = k ? _mm256_add_epi32(s, d) : d;
+            }
+            acc[i] = fstep(acc[i], _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)), s, act + n + 8 * (size_t)b);
+        }
+    }
+    for (int i = 0; i < 4; i++)
+        _mm256_storeu_ps(o + (size_t)i * os, acc[i]);
+}
+
+A2 void spk_mm_r8_q8_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                            int n_tok, int row0, int row1)
+{
+    const int gA = (row0 + 7) / 8, gB = row1 / 8, q = (gB - gA) / 4;
+    if (n_tok == 1 && q > 0) { /* whole groups 4 streams at a time; the rest as below */
+        const uint8_t *W8 = w;
+        for (int i = 0; i < q; i++) {
+            const uint8_t *gp[4];
+            for (int j = 0; j < 4; j++)
+                gp[j] = W8 + (size_t)(gA + i + j * q) * 8 * wrow;
+            tok1_r8q8x4(out + 8 * (size_t)(gA + i), 8 * (size_t)q, gp, act, n);
+        }
+        spk_mm_r8_q8_0_avx2(out, ld, w, wrow, act, arow, n, 1, row0, 8 * gA);
+        spk_mm_r8_q8_0_avx2(out, ld, w, wrow, act, arow, n, 1, 8 * (gA + 4 * q), row1);
+        return;
+    }
+    SPK_R8_DRIVE(tile_r8q8_T);
 }
 
 #else

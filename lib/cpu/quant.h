@@ -123,6 +123,10 @@ void spk_mm_mxfp4_avx2(float *out, int ld, const void *w, size_t wrow, const voi
  * grouped part (row1 <= 8 * floor(n_out / 8)), any alignment; same results bit for bit. */
 void spk_mm_r8_q4_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                          int n_tok, int row0, int row1);
+/* cpu/matmul_x86_q8.c: the Q8_0 tile reading SPK_MM_LAYOUT_R8, as spk_mm_r8_q4_0_avx2; the same
+ * results bit for bit as spk_mm_q8_0_lanes_avx2 on the file layout. */
+void spk_mm_r8_q8_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                         int n_tok, int row0, int row1);
 /* cpu/matmul_x86_q8.c: Q8_0 rows [row0, row1) (kernel arguments as spk_mm_kernel), every row
  * with the same per-block float steps at every token count (8-row tile from 2 tokens). */
 void spk_mm_q8_0_lanes_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow,

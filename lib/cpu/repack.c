@@ -10,7 +10,13 @@
  *   bytes 16..143   the codes, 4 registers of 32 bytes: register k, dword j = code bytes
  *                   4k..4k+3 of row j (the order cpu/matmul_x86_gemm.c's tile builds with its
  *                   transposes from the file layout)
- * Later types (MXFP4, Q8_0, Q4_K) add a pack_group/unpack_row pair and one row of k_formats.
+ *
+ * SPK_MM_LAYOUT_R8 for Q8_0: per group, per block b (272 bytes = 8 file blocks):
+ *   bytes 0..15     the 8 rows' f16 scales d, row j at 2j
+ *   bytes 16..271   the codes, 8 registers of 32 bytes: register k, dword j = code bytes
+ *                   4k..4k+3 of row j (cpu/matmul_x86_q8.c's tile_q8t builds the same from the
+ *                   file layout)
+ * Later types (MXFP4, Q4_K) add a pack_group/unpack_row pair and one row of k_formats.
  */
 #include <stdint.h>
 #include <string.h>
@@ -51,8 +57,33 @@ static void unpack_q4_0_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int 
     }
 }
 
+static void pack_q8_0_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
+{
+    for (int b = 0; b < nb; b++) {
+        uint8_t *o = dst + (size_t)b * 8 * sizeof(spk_block_q8_0);
+        for (int j = 0; j < 8; j++) {
+            const spk_block_q8_0 *x = (const spk_block_q8_0 *)(src + (size_t)j * wrow) + b;
+            memcpy(o + 2 * j, &x->d, 2);
+            for (int k = 0; k < 8; k++)
+                memcpy(o + 16 + 32 * k + 4 * j, x->qs + 4 * k, 4);
+        }
+    }
+}
+
+static void unpack_q8_0_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int b1)
+{
+    for (int b = b0; b < b1; b++) {
+        const uint8_t *o = grp + (size_t)b * 8 * sizeof(spk_block_q8_0);
+        spk_block_q8_0 *x = (spk_block_q8_0 *)dst + (b - b0);
+        memcpy(&x->d, o + 2 * j, 2);
+        for (int k = 0; k < 8; k++)
+            memcpy(x->qs + 4 * k, o + 16 + 32 * k + 4 * j, 4);
+    }
+}
+
 static const pack_format k_formats[] = {
     {SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, pack_q4_0_r8, unpack_q4_0_r8},
+    {SPK_DT_Q8_0, SPK_MM_LAYOUT_R8, pack_q8_0_r8, unpack_q8_0_r8},
 };
 
 static const pack_format *find(spk_dtype t, int layout)

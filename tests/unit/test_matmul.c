@@ -581,17 +581,19 @@ START_TEST(test_batch_invariant)
 }
 END_TEST
 
-/* Weights repacked at load (cpu/repack.c): the packed matrix has the file's size, every row
- * unpacks to the file's bytes, and spk_matmul_layout gives spk_matmul's results bit for bit at
- * every ISA (AVX2: the packed tile; others: the unpack fallback) for batches 1..17, row counts
- * off the 8-row grid (leftover rows in the file's layout), row ranges cut inside a group and the
- * 16-row thread shares, several n_in. */
+/* Weights repacked at load (cpu/repack.c), for each packed type (Q4_0, Q8_0): the packed matrix
+ * has the file's size, every row unpacks to the file's bytes, and spk_matmul_layout gives
+ * spk_matmul's results bit for bit at every ISA (AVX2: the packed tile; others: the unpack
+ * fallback) for batches 1..17, row counts off the 8-row grid (leftover rows in the file's
+ * layout), row ranges cut inside a group and the 16-row thread shares, several n_in. 45 and 64
+ * rows give Q8_0's batch-1 kernel whole sets of 4 groups and groups left over. */
 START_TEST(test_repack_matches_unpacked)
 {
     static const int n_ins[] = {32, 224, 576};
     static const int n_outs[] = {8, 13, 45, 64};
-    const spk_dtype t = SPK_DT_Q4_0;
-    const int n_in = n_ins[_i], nt_max = 17;
+    static const spk_dtype types[] = {SPK_DT_Q4_0, SPK_DT_Q8_0};
+    const spk_dtype t = types[_i / 3];
+    const int n_in = n_ins[_i % 3], nt_max = 17;
     int isas[SPK_ISA_COUNT];
     const int ni = n_isas(isas);
     for (size_t oi = 0; oi < sizeof n_outs / sizeof *n_outs; oi++) {
@@ -661,13 +663,14 @@ START_TEST(test_repack_matches_unpacked)
 }
 END_TEST
 
-/* Which layouts exist: Q4_0 packs (and on an AVX2 machine the kernels in use want it); other
- * types and bad arguments are refused, not packed wrong. */
+/* Which layouts exist: Q4_0 and Q8_0 pack (and on an AVX2 machine the kernels in use want it);
+ * other types and bad arguments are refused, not packed wrong. */
 START_TEST(test_repack_layouts)
 {
     uint8_t src[18 * 8], dst[18 * 8], row[18];
     memset(src, 1, sizeof src);
     ck_assert(spk_matmul_layout_known(SPK_DT_Q4_0, SPK_MM_LAYOUT_R8));
+    ck_assert(spk_matmul_layout_known(SPK_DT_Q8_0, SPK_MM_LAYOUT_R8));
     ck_assert(spk_matmul_layout_known(SPK_DT_Q4_1, SPK_MM_LAYOUT_ROWS));
     ck_assert(!spk_matmul_layout_known(SPK_DT_Q4_1, SPK_MM_LAYOUT_R8));
     ck_assert_int_eq(spk_matmul_pack(dst, src, SPK_DT_Q4_1, SPK_MM_LAYOUT_R8, 32, 4), -1);
@@ -678,6 +681,7 @@ START_TEST(test_repack_layouts)
     const int want = spk_matmul_isa_usable(SPK_ISA_AVX2) && !spk_cpu_scalar_forced() &&
                      !spk_matmul_isa_usable(SPK_ISA_AVX512) ? SPK_MM_LAYOUT_R8 : SPK_MM_LAYOUT_ROWS;
     ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q4_0, 64), want);
+    ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q8_0, 64), want);
     ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q4_1, 64), SPK_MM_LAYOUT_ROWS);
     ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q4_0, 63), SPK_MM_LAYOUT_ROWS);
 }
@@ -1362,7 +1366,7 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, test_kquant_batches, 0, 5);
     tcase_add_loop_test(tc, test_gemm8_tiles, 0, 3);
     tcase_add_loop_test(tc, test_batch_invariant, 0, N_TYPES);
-    tcase_add_loop_test(tc, test_repack_matches_unpacked, 0, 3);
+    tcase_add_loop_test(tc, test_repack_matches_unpacked, 0, 6);
     tcase_add_test(tc, test_repack_layouts);
     tcase_add_test(tc, test_act_q8k_section);
     tcase_add_test(tc, test_act_shared_across_types);

@@ -1,6 +1,6 @@
 /*
- * Weight repacking at load (CPU backend, lib/model/llama.c pack_weights): on synthetic Q4_0
- * models (tied Q4_0 embedding read packed by embed, and an untied head; vocabularies off the
+ * Weight repacking at load (CPU backend, lib/model/llama.c pack_weights): on synthetic Q4_0 and
+ * Q8_0 models (tied Q4_0 embedding read packed by embed, and an untied head; vocabularies off the
  * 8-row grid), the logits of a batched prefill and of incremental greedy decode are the same bit
  * for bit with packing and with SPK_NO_REPACK=1, at 1 and 2 threads and as a TP 2 group; the
  * packed model reports its packed bytes (at most the weights' size) and the same owned run-state
@@ -77,7 +77,7 @@ static void run(const char *path, int no_repack, int threads, run_out *r)
     unsetenv("SPK_NO_REPACK");
 }
 
-static void write_model(const char *name, int tied, int n_vocab, char *path, size_t cap)
+static void write_model(const char *name, spk_dtype type, int tied, int n_vocab, char *path, size_t cap)
 {
     snprintf(path, cap, "%s/%s", g_dir, name);
     spk_synth_params p;
@@ -89,9 +89,9 @@ static void write_model(const char *name, int tied, int n_vocab, char *path, siz
     p.n_ff = 224; /* 28 groups of 8 rows */
     p.n_vocab = n_vocab;
     p.n_ctx_train = 256;
-    p.wtype = SPK_DT_Q4_0;
-    p.embd_type = SPK_DT_Q4_0;
-    p.out_type = SPK_DT_Q4_0;
+    p.wtype = type;
+    p.embd_type = type;
+    p.out_type = type;
     p.tied = tied;
     p.seed = 11;
     ck_assert_msg(spk_synth_write(path, &p) == SPK_OK, "%s", spk_last_error());
@@ -99,15 +99,17 @@ static void write_model(const char *name, int tied, int n_vocab, char *path, siz
 
 START_TEST(packed_model_matches_unpacked)
 {
-    static const struct { const char *name; int tied, vocab; } cases[] = {
-        {"tied.gguf", 1, 1021}, /* 127 groups + 5 leftover rows of the head and embedding */
-        {"untied.gguf", 0, 1000},
+    static const struct { const char *name; spk_dtype type; int tied, vocab; } cases[] = {
+        {"tied.gguf", SPK_DT_Q4_0, 1, 1021}, /* 127 groups + 5 leftover rows of the head and embedding */
+        {"untied.gguf", SPK_DT_Q4_0, 0, 1000},
+        {"tied-q8.gguf", SPK_DT_Q8_0, 1, 1021},
     };
     char path[128];
-    write_model(cases[_i].name, cases[_i].tied, cases[_i].vocab, path, sizeof path);
-    const int packs = spk_matmul_pack_layout(SPK_DT_Q4_0, 128) != SPK_MM_LAYOUT_ROWS;
+    write_model(cases[_i].name, cases[_i].type, cases[_i].tied, cases[_i].vocab, path, sizeof path);
+    const char *tn = spk_dtype_get((uint32_t)cases[_i].type)->name;
+    const int packs = spk_matmul_pack_layout(cases[_i].type, 128) != SPK_MM_LAYOUT_ROWS;
     if (!packs)
-        printf("note: no packed Q4_0 kernel at this ISA (%s): comparing two unpacked runs\n", spk_matmul_isa_name());
+        printf("note: no packed %s kernel at this ISA (%s): comparing two unpacked runs\n", tn, spk_matmul_isa_name());
     for (int threads = 1; threads <= 2; threads++) {
         run_out a, b;
         run(path, 1, threads, &a);
@@ -229,7 +231,7 @@ static void run_tp2(const char *path, int no_repack, float *logits, uint64_t *pa
 START_TEST(packed_tp2_matches_unpacked)
 {
     char path[128];
-    write_model("tp.gguf", 1, 1021, path, sizeof path);
+    write_model("tp.gguf", SPK_DT_Q4_0, 1, 1021, path, sizeof path);
     const size_t V = 1021;
     float *a = malloc(sizeof(float) * PROMPT * V), *b = malloc(sizeof(float) * PROMPT * V);
     ck_assert(a && b);
@@ -257,7 +259,7 @@ int main(void)
     Suite *s = suite_create("repack");
     TCase *tc = tcase_create("repack");
     tcase_set_timeout(tc, 300);
-    tcase_add_loop_test(tc, packed_model_matches_unpacked, 0, 2);
+    tcase_add_loop_test(tc, packed_model_matches_unpacked, 0, 3);
     tcase_add_test(tc, packed_tp2_matches_unpacked);
     suite_add_tcase(s, tc);
     const int rc = spk_test_run(s);
