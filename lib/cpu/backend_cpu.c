@@ -459,7 +459,8 @@ static void cpu_moe(spk_backend *be, float *out, const float *x, const spk_moe *
             spk_act_quantize(act_u + (size_t)r * rb_u, m->up.type, xr, E, 0, 1);
     }
     spk_pool_barrier(pool);
-    /* gate and up: one batched matmul per active expert over its tokens, columns split */
+    /* gate and up: one batched matmul per active expert over its tokens, columns split (each
+     * expert's slice in the layout its stack was packed in, lib/model/llama.c pack_weights) */
     spk_split(F, 16, ith, nth, &lo, &hi);
     for (int e = e_lo; e < e_hi && lo < hi; e++) {
         const int c = off[e + 1] - off[e];
@@ -467,8 +468,10 @@ static void cpu_moe(spk_backend *be, float *out, const float *x, const spk_moe *
             continue;
         const uint8_t *wg = (const uint8_t *)m->gate.data + (size_t)(e - e_lo) * m->stride_gate;
         const uint8_t *wu = (const uint8_t *)m->up.data + (size_t)(e - e_lo) * m->stride_up;
-        spk_matmul(hg + (size_t)off[e] * F, F, wg, m->gate.type, act_g + (size_t)off[e] * rb_g, E, c, lo, hi);
-        spk_matmul(hu + (size_t)off[e] * F, F, wu, m->up.type, act_u + (size_t)off[e] * rb_u, E, c, lo, hi);
+        spk_matmul_layout(hg + (size_t)off[e] * F, F, wg, m->gate.type, m->gate.layout, F, act_g + (size_t)off[e] * rb_g,
+                          E, c, lo, hi);
+        spk_matmul_layout(hu + (size_t)off[e] * F, F, wu, m->up.type, m->up.layout, F, act_u + (size_t)off[e] * rb_u, E,
+                          c, lo, hi);
     }
     spk_pool_barrier(pool);
     for (int r = r0; r < r1; r++) {
@@ -482,7 +485,8 @@ static void cpu_moe(spk_backend *be, float *out, const float *x, const spk_moe *
         if (!c)
             continue;
         const uint8_t *wd = (const uint8_t *)m->down.data + (size_t)(e - e_lo) * m->stride_down;
-        spk_matmul(og + (size_t)off[e] * E, E, wd, m->down.type, act_d + (size_t)off[e] * rb_d, F, c, lo, hi);
+        spk_matmul_layout(og + (size_t)off[e] * E, E, wd, m->down.type, m->down.layout, E, act_d + (size_t)off[e] * rb_d,
+                          F, c, lo, hi);
     }
     spk_pool_barrier(pool);
     /* weighted sum of each token's experts, in its top-k order (a row op) */

@@ -14,7 +14,9 @@
  * products are summed in int16 (|sum| <= 4 * 2 * 24 * 127 = 24384 < 2^15), the two halves
  * widened (madd) and added: an exact integer u = sum (w + 12) a per row and token. Then
  *   acc += dw * (da * u - 12 * s)      (s = da * sum(a), dw = 2^(e-128), ggml's half E8M0)
- * in the float lanes, one step per block per token for all 8 rows.
+ * in the float lanes, one step per block per token for all 8 rows. Weights packed at load
+ * (cpu/repack.c) take spk_mm_r8_mxfp4_avx2 at the end of this file: the same steps without the
+ * transposes, so the same results.
  */
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -28,8 +30,18 @@
 
 #define BS ((size_t)sizeof(spk_block_mxfp4)) /* 17: e, qs[16] */
 
-/* The E8M0 scales p[j][0] of the 8 rows as floats 2^(e-128) (e 0, 1: the subnormals 2^-128,
- * 2^-127), bit-identical to spk_e8m0_to_f32_half. */
+/* 8 E8M0 scales (bytes 0-7 of v) as floats 2^(e-128) (e 0, 1: the subnormals 2^-128, 2^-127),
+ * bit-identical to spk_e8m0_to_f32_half. */
+I2 __m256 e8m0f(__m128i v)
+{
+    const __m256i e = _mm256_cvtepu8_epi32(v);
+    const __m256i norm = _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23);
+    const __m256i sub = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), e);
+    const __m256i big = _mm256_cmpgt_epi32(e, _mm256_set1_epi32(1));
+    return _mm256_castsi256_ps(_mm256_blendv_epi8(sub, norm, big));
+}
+
+/* The E8M0 scales p[j][0] of the 8 rows (file layout), as e8m0f. */
 I2 __m256 e8m0x8(const uint8_t *const p[8])
 {
     __m128i v = _mm_cvtsi32_si128(p[0][0]);
@@ -40,11 +52,41 @@ I2 __m256 e8m0x8(const uint8_t *const p[8])
     v = _mm_insert_epi8(v, p[5][0], 5);
     v = _mm_insert_epi8(v, p[6][0], 6);
     v = _mm_insert_epi8(v, p[7][0], 7);
-    const __m256i e = _mm256_cvtepu8_epi32(v);
-    const __m256i norm = _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23);
-    const __m256i sub = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), e);
-    const __m256i big = _mm256_cmpgt_epi32(e, _mm256_set1_epi32(1));
-    return _mm256_castsi256_ps(_mm256_blendv_epi8(sub, norm, big));
+    return e8m0f(v);
+}
+
+/* The weights of one block of 8 rows from the transposed code registers L[0..3] (dword lane j of
+ * L[k]: codes 4k..4k+3 of row j): W[k] values 4k..4k+3, W[4 + k] values 16+4k..16+4k+3, each
+ * the doubled E2M1 value plus 12 (0..24). */
+I2 void weights8(__m256i W[8], const __m256i L[4])
+{
+    const __m256i m4 = _mm256_set1_epi8(15);
+    const __m256i lut = _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0, 12, 13,
+                                         14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
+    for (int k = 0; k < 4; k++) {
+        W[k] = _mm256_shuffle_epi8(lut, _mm256_and_si256(L[k], m4));
+        W[4 + k] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(L[k], 4), m4));
+    }
+}
+
+/* One block's float step for one token (at: its activation row, b: the block): acc + dw * (da * u
+ * - 12 * s) in the 8 row lanes. */
+I2 __m256 step8(__m256 acc, const __m256i W[8], __m256 dw, const uint8_t *at, int b, int n)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    const uint8_t *a = at + 32 * (size_t)b;
+    __m256i s0 = _mm256_maddubs_epi16(W[0], bcast4(a));
+    __m256i s1 = _mm256_maddubs_epi16(W[4], bcast4(a + 16));
+#pragma GCC unroll 4
+    for (int k = 1; k < 4; k++) {
+        s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(W[k], bcast4(a + 4 * k)));
+        s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(W[4 + k], bcast4(a + 16 + 4 * k)));
+    }
+    const __m256i u = _mm256_add_epi32(_mm256_madd_epi16(s0, ones), _mm256_madd_epi16(s1, ones));
+    float ds[2];
+    memcpy(ds, at + n + 8 * (size_t)b, 8);
+    const __m256 x = _mm256_fmadd_ps(_mm256_cvtepi32_ps(u), _mm256_set1_ps(ds[0]), _mm256_set1_ps(-12.0f * ds[1]));
+    return _mm256_fmadd_ps(dw, x, acc);
 }
 
 /*
@@ -55,9 +97,6 @@ I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const ui
               int n, int r0, int nr, int t0)
 {
     const int nb = n / 32;
-    const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-    const __m256i lut = _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0, 12, 13,
-                                         14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
     __m256 acc[8];
     for (int t = 0; t < T; t++)
         acc[t] = _mm256_setzero_ps();
@@ -75,35 +114,14 @@ I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const ui
         const __m256i y2 = ld_pair(p[2] + 1, p[6] + 1), y3 = ld_pair(p[3] + 1, p[7] + 1);
         const __m256i t0l = _mm256_unpacklo_epi32(y0, y1), t0h = _mm256_unpackhi_epi32(y0, y1);
         const __m256i t1l = _mm256_unpacklo_epi32(y2, y3), t1h = _mm256_unpackhi_epi32(y2, y3);
-        const __m256i L0 = _mm256_unpacklo_epi64(t0l, t1l), L1 = _mm256_unpackhi_epi64(t0l, t1l);
-        const __m256i L2 = _mm256_unpacklo_epi64(t0h, t1h), L3 = _mm256_unpackhi_epi64(t0h, t1h);
+        const __m256i L[4] = {_mm256_unpacklo_epi64(t0l, t1l), _mm256_unpackhi_epi64(t0l, t1l),
+                              _mm256_unpacklo_epi64(t0h, t1h), _mm256_unpackhi_epi64(t0h, t1h)};
         __m256i W[8];
-        W[0] = _mm256_shuffle_epi8(lut, _mm256_and_si256(L0, m4));
-        W[1] = _mm256_shuffle_epi8(lut, _mm256_and_si256(L1, m4));
-        W[2] = _mm256_shuffle_epi8(lut, _mm256_and_si256(L2, m4));
-        W[3] = _mm256_shuffle_epi8(lut, _mm256_and_si256(L3, m4));
-        W[4] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(L0, 4), m4));
-        W[5] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(L1, 4), m4));
-        W[6] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(L2, 4), m4));
-        W[7] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(L3, 4), m4));
+        weights8(W, L);
         const __m256 dw = e8m0x8(p);
 #pragma GCC unroll 8
-        for (int t = 0; t < T; t++) {
-            const uint8_t *a = at[t] + 32 * (size_t)b;
-            __m256i s0 = _mm256_maddubs_epi16(W[0], bcast4(a));
-            __m256i s1 = _mm256_maddubs_epi16(W[4], bcast4(a + 16));
-#pragma GCC unroll 4
-            for (int k = 1; k < 4; k++) {
-                s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(W[k], bcast4(a + 4 * k)));
-                s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(W[4 + k], bcast4(a + 16 + 4 * k)));
-            }
-            const __m256i u = _mm256_add_epi32(_mm256_madd_epi16(s0, ones), _mm256_madd_epi16(s1, ones));
-            float ds[2];
-            memcpy(ds, at[t] + n + 8 * (size_t)b, 8);
-            const __m256 x =
-                _mm256_fmadd_ps(_mm256_cvtepi32_ps(u), _mm256_set1_ps(ds[0]), _mm256_set1_ps(-12.0f * ds[1]));
-            acc[t] = _mm256_fmadd_ps(dw, x, acc[t]);
-        }
+        for (int t = 0; t < T; t++)
+            acc[t] = step8(acc[t], W, dw, at[t], b, n);
     }
     store_lanes(out, ld, acc, T, t0, r0, 1, nr);
 }
@@ -135,6 +153,71 @@ A2 void spk_mm_mxfp4_avx2(float *out, int ld, const void *w, size_t wrow, const 
             t += T;
         }
     }
+}
+
+/*
+ * The tile on weights packed at load (SPK_MM_LAYOUT_R8, cpu/repack.c): per 8-row group and block,
+ * the 8 rows' E8M0 scales (one 8-byte load) and the codes already in tile8's registers L[0..3]
+ * (four 32-byte loads): no transposes and no scale gathers, the rest tile8's arithmetic op for op,
+ * so the results are the same bit for bit. G groups gp[0..G-1] (results o + i * os) against T
+ * tokens from act (results o[t * ld + j]): G = 1 at any T, and G = 4 at one token, so batch 1
+ * reads 4 sequential streams (as cpu/matmul_x86_q8.c's Q8_0 kernel).
+ */
+I2 void tile_r8fp4(int G, int T, float *o, size_t os, size_t ld, const uint8_t *const gp[4], const uint8_t *act,
+                   size_t arow, int n)
+{
+    const int nb = n / 32;
+    __m256 acc[8];
+    for (int i = 0; i < G * T; i++)
+        acc[i] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+#pragma GCC unroll 4
+        for (int i = 0; i < G; i++) {
+            const uint8_t *p = gp[i] + (size_t)b * (8 * BS);
+            __m256i L[4], W[8];
+            for (int k = 0; k < 4; k++)
+                L[k] = _mm256_loadu_si256((const __m256i *)(p + 8 + 32 * k));
+            weights8(W, L);
+            const __m256 dw = e8m0f(_mm_loadl_epi64((const __m128i *)p));
+#pragma GCC unroll 8
+            for (int t = 0; t < T; t++)
+                acc[i * T + t] = step8(acc[i * T + t], W, dw, act + (size_t)t * arow, b, n);
+        }
+    }
+    for (int i = 0; i < G; i++)
+        for (int t = 0; t < T; t++)
+            _mm256_storeu_ps(o + (size_t)i * os + (size_t)t * ld, acc[i * T + t]);
+}
+
+I2 void tile_r8fp4_T(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
+{
+    const uint8_t *g[4] = {gp, gp, gp, gp};
+    switch (T) {
+    case 1: tile_r8fp4(1, 1, o, 0, ld, g, act, arow, n); break;
+    case 2: tile_r8fp4(1, 2, o, 0, ld, g, act, arow, n); break;
+    case 3: tile_r8fp4(1, 3, o, 0, ld, g, act, arow, n); break;
+    case 4: tile_r8fp4(1, 4, o, 0, ld, g, act, arow, n); break;
+    default: tile_r8fp4(1, 8, o, 0, ld, g, act, arow, n); break;
+    }
+}
+
+A2 void spk_mm_r8_mxfp4_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                             int n_tok, int row0, int row1)
+{
+    const int gA = (row0 + 7) / 8, gB = row1 / 8, q = (gB - gA) / 4;
+    if (n_tok == 1 && q > 0) { /* whole groups 4 streams at a time; the rest as below */
+        const uint8_t *W8 = w;
+        for (int i = 0; i < q; i++) {
+            const uint8_t *gp[4];
+            for (int j = 0; j < 4; j++)
+                gp[j] = W8 + (size_t)(gA + i + j * q) * 8 * wrow;
+            tile_r8fp4(4, 1, out + 8 * (size_t)(gA + i), 8 * (size_t)q, 0, gp, act, arow, n);
+        }
+        spk_mm_r8_mxfp4_avx2(out, ld, w, wrow, act, arow, n, 1, row0, 8 * gA);
+        spk_mm_r8_mxfp4_avx2(out, ld, w, wrow, act, arow, n, 1, 8 * (gA + 4 * q), row1);
+        return;
+    }
+    SPK_R8_DRIVE(tile_r8fp4_T);
 }
 
 #else

@@ -119,6 +119,10 @@ int spk_mm_gemm8_q4_0_avx2(float *out, int ld, const void *w, size_t wrow, const
  * partial tile for the last ones), at every token count for the same reason. */
 void spk_mm_mxfp4_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                        int n_tok, int row0, int row1);
+/* cpu/matmul_x86_mxfp4.c: the MXFP4 tile reading SPK_MM_LAYOUT_R8, as spk_mm_r8_q4_0_avx2; the same
+ * results bit for bit as spk_mm_mxfp4_avx2 on the file layout. */
+void spk_mm_r8_mxfp4_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                          int n_tok, int row0, int row1);
 /* cpu/matmul_x86_gemm.c: the Q4_0 tile reading SPK_MM_LAYOUT_R8 (cpu/repack.c): rows [row0, row1) of the
  * grouped part (row1 <= 8 * floor(n_out / 8)), any alignment; same results bit for bit. */
 void spk_mm_r8_q4_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,

@@ -16,7 +16,12 @@
  *   bytes 16..271   the codes, 8 registers of 32 bytes: register k, dword j = code bytes
  *                   4k..4k+3 of row j (cpu/matmul_x86_q8.c's tile_q8t builds the same from the
  *                   file layout)
- * Later types (MXFP4, Q4_K) add a pack_group/unpack_row pair and one row of k_formats.
+ *
+ * SPK_MM_LAYOUT_R8 for MXFP4: per group, per block b (136 bytes = 8 file blocks):
+ *   bytes 0..7      the 8 rows' E8M0 scales e, row j at j
+ *   bytes 8..135    the codes, 4 registers of 32 bytes: register k, dword j = code bytes
+ *                   4k..4k+3 of row j (cpu/matmul_x86_mxfp4.c's tile8 builds the same)
+ * Another type adds a pack_group/unpack_row pair and one row of k_formats.
  */
 #include <stdint.h>
 #include <string.h>
@@ -81,9 +86,34 @@ static void unpack_q8_0_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int 
     }
 }
 
+static void pack_mxfp4_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
+{
+    for (int b = 0; b < nb; b++) {
+        uint8_t *o = dst + (size_t)b * 8 * sizeof(spk_block_mxfp4);
+        for (int j = 0; j < 8; j++) {
+            const spk_block_mxfp4 *x = (const spk_block_mxfp4 *)(src + (size_t)j * wrow) + b;
+            o[j] = x->e;
+            for (int k = 0; k < 4; k++)
+                memcpy(o + 8 + 32 * k + 4 * j, x->qs + 4 * k, 4);
+        }
+    }
+}
+
+static void unpack_mxfp4_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int b1)
+{
+    for (int b = b0; b < b1; b++) {
+        const uint8_t *o = grp + (size_t)b * 8 * sizeof(spk_block_mxfp4);
+        spk_block_mxfp4 *x = (spk_block_mxfp4 *)dst + (b - b0);
+        x->e = o[j];
+        for (int k = 0; k < 4; k++)
+            memcpy(x->qs + 4 * k, o + 8 + 32 * k + 4 * j, 4);
+    }
+}
+
 static const pack_format k_formats[] = {
     {SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, pack_q4_0_r8, unpack_q4_0_r8},
     {SPK_DT_Q8_0, SPK_MM_LAYOUT_R8, pack_q8_0_r8, unpack_q8_0_r8},
+    {SPK_DT_MXFP4, SPK_MM_LAYOUT_R8, pack_mxfp4_r8, unpack_mxfp4_r8},
 };
 
 static const pack_format *find(spk_dtype t, int layout)

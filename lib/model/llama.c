@@ -179,12 +179,15 @@ static spk_status upload_weights(spk_llama *m, const spk_weights *w)
     return SPK_OK;
 }
 
-/* A host backend's repacking of the dense matrices only matmul reads (and the tied embedding,
- * which embed reads packed), once: m->dw with m->w pointing at it. Memory-neutral: the packed
- * copy replaces the mapping's pages of the original, which are dropped (file-backed or Hugging
- * Face regions: re-read or re-converted if anything touches them again). Left unpacked: MoE
- * experts and routers (per-expert strides), and buffers the weights own (TP column slices):
- * packing those would hold two copies. */
+/* A host backend's repacking of the matrices only matmul reads (and the tied embedding, which
+ * embed reads packed), once: m->dw with m->w pointing at it. Memory-neutral: the packed copy
+ * replaces the mapping's pages of the original, which are dropped (file-backed or Hugging Face
+ * regions: re-read or re-converted if anything touches them again). A layer's stacked experts
+ * pack as one matrix of n_loc * n_out rows when they lie back to back and n_out is a multiple of
+ * 8 (so no 8-row group spans two experts, and expert e's packed rows start at e * stride as
+ * before): cpu_moe multiplies each expert's slice in its layout. Left unpacked: routers, expert
+ * row slices under TP (the expert stride is not theirs), and buffers the weights own (TP column
+ * slices): packing those would hold two copies. */
 static spk_status pack_weights(spk_llama *m, const spk_weights *w)
 {
     const int L = m->n_layers;
@@ -200,14 +203,25 @@ static spk_status pack_weights(spk_llama *m, const spk_weights *w)
     for (int i = -1; i < L; i++) {
         spk_layer *d = i >= 0 ? &m->dlayers[i] : NULL;
         spk_wmat *list[7] = {0};
+        int mult[7] = {1, 1, 1, 1, 1, 1, 1}; /* matrices stacked back to back (experts) */
         int n = 0;
         if (!d) {
             if (m->sh.last)
                 list[n++] = &m->dw.output;
-        } else if (!d->moe.n_expert) {
+        } else {
             spk_wmat *lm[] = {&d->wq, &d->wk, &d->wv, &d->wo, &d->w_gate, &d->w_up, &d->w_down};
-            for (int k = 0; k < 7; k++)
+            for (int k = 0; k < (d->moe.n_expert ? 4 : 7); k++)
                 list[n++] = lm[k];
+        }
+        if (d && d->moe.n_expert) {
+            spk_moe *x = &d->moe;
+            spk_wmat *em[] = {&x->gate, &x->up, &x->down};
+            const size_t es[] = {x->stride_gate, x->stride_up, x->stride_down};
+            for (int k = 0; k < 3; k++)
+                if (em[k]->n_out % 8 == 0 && es[k] == wmat_bytes(em[k])) {
+                    mult[n] = x->e1 - x->e0;
+                    list[n++] = em[k];
+                }
         }
         for (int k = 0; k < n; k++) {
             spk_wmat *x = list[k];
@@ -216,13 +230,17 @@ static spk_status pack_weights(spk_llama *m, const spk_weights *w)
                 owned = w->owned[o] == x->data;
             if (!x->data || owned)
                 continue;
-            const spk_wmat orig = *x;
+            spk_wmat orig = *x, all = *x;
+            all.n_out *= mult[k];
             void *buf = NULL;
-            SPK_TRY(m->be->ops->pack(m->be, x, &buf));
+            SPK_TRY(m->be->ops->pack(m->be, &all, &buf));
             if (!buf)
                 continue;
+            x->data = all.data;
+            x->layout = all.layout;
+            orig.n_out = all.n_out;
             m->packed[m->n_packed++] = buf;
-            m->packed_bytes += wmat_bytes(x);
+            m->packed_bytes += wmat_bytes(&all);
             if (!d && m->sh.first && w->tok_embd.data == orig.data && w->tok_embd.n_out == orig.n_out &&
                 w->tok_embd.type == orig.type && w->tok_embd.n_in == orig.n_in)
                 m->dw.tok_embd = *x; /* tied: embed reads the packed head */

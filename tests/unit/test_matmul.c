@@ -581,17 +581,17 @@ START_TEST(test_batch_invariant)
 }
 END_TEST
 
-/* Weights repacked at load (cpu/repack.c), for each packed type (Q4_0, Q8_0): the packed matrix
+/* Weights repacked at load (cpu/repack.c), for each packed type (Q4_0, Q8_0, MXFP4): the packed matrix
  * has the file's size, every row unpacks to the file's bytes, and spk_matmul_layout gives
  * spk_matmul's results bit for bit at every ISA (AVX2: the packed tile; others: the unpack
  * fallback) for batches 1..17, row counts off the 8-row grid (leftover rows in the file's
  * layout), row ranges cut inside a group and the 16-row thread shares, several n_in. 45 and 64
- * rows give Q8_0's batch-1 kernel whole sets of 4 groups and groups left over. */
+ * rows give the Q8_0 and MXFP4 batch-1 kernels whole sets of 4 groups and groups left over. */
 START_TEST(test_repack_matches_unpacked)
 {
     static const int n_ins[] = {32, 224, 576};
     static const int n_outs[] = {8, 13, 45, 64};
-    static const spk_dtype types[] = {SPK_DT_Q4_0, SPK_DT_Q8_0};
+    static const spk_dtype types[] = {SPK_DT_Q4_0, SPK_DT_Q8_0, SPK_DT_MXFP4};
     const spk_dtype t = types[_i / 3];
     const int n_in = n_ins[_i % 3], nt_max = 17;
     int isas[SPK_ISA_COUNT];
@@ -663,7 +663,7 @@ START_TEST(test_repack_matches_unpacked)
 }
 END_TEST
 
-/* Which layouts exist: Q4_0 and Q8_0 pack (and on an AVX2 machine the kernels in use want it);
+/* Which layouts exist: Q4_0, Q8_0 and MXFP4 pack (and on an AVX2 machine the kernels in use want it);
  * other types and bad arguments are refused, not packed wrong. */
 START_TEST(test_repack_layouts)
 {
@@ -671,6 +671,7 @@ START_TEST(test_repack_layouts)
     memset(src, 1, sizeof src);
     ck_assert(spk_matmul_layout_known(SPK_DT_Q4_0, SPK_MM_LAYOUT_R8));
     ck_assert(spk_matmul_layout_known(SPK_DT_Q8_0, SPK_MM_LAYOUT_R8));
+    ck_assert(spk_matmul_layout_known(SPK_DT_MXFP4, SPK_MM_LAYOUT_R8));
     ck_assert(spk_matmul_layout_known(SPK_DT_Q4_1, SPK_MM_LAYOUT_ROWS));
     ck_assert(!spk_matmul_layout_known(SPK_DT_Q4_1, SPK_MM_LAYOUT_R8));
     ck_assert_int_eq(spk_matmul_pack(dst, src, SPK_DT_Q4_1, SPK_MM_LAYOUT_R8, 32, 4), -1);
@@ -682,6 +683,7 @@ START_TEST(test_repack_layouts)
                      !spk_matmul_isa_usable(SPK_ISA_AVX512) ? SPK_MM_LAYOUT_R8 : SPK_MM_LAYOUT_ROWS;
     ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q4_0, 64), want);
     ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q8_0, 64), want);
+    ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_MXFP4, 64), want);
     ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q4_1, 64), SPK_MM_LAYOUT_ROWS);
     ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q4_0, 63), SPK_MM_LAYOUT_ROWS);
 }
@@ -1366,7 +1368,7 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, test_kquant_batches, 0, 5);
     tcase_add_loop_test(tc, test_gemm8_tiles, 0, 3);
     tcase_add_loop_test(tc, test_batch_invariant, 0, N_TYPES);
-    tcase_add_loop_test(tc, test_repack_matches_unpacked, 0, 6);
+    tcase_add_loop_test(tc, test_repack_matches_unpacked, 0, 9);
     tcase_add_test(tc, test_repack_layouts);
     tcase_add_test(tc, test_act_q8k_section);
     tcase_add_test(tc, test_act_shared_across_types);

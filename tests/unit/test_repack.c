@@ -1,7 +1,7 @@
 /*
- * Weight repacking at load (CPU backend, lib/model/llama.c pack_weights): on synthetic Q4_0 and
- * Q8_0 models (tied Q4_0 embedding read packed by embed, and an untied head; vocabularies off the
- * 8-row grid), the logits of a batched prefill and of incremental greedy decode are the same bit
+ * Weight repacking at load (CPU backend, lib/model/llama.c pack_weights): on synthetic Q4_0, Q8_0
+ * and MXFP4 models (tied embeddings read packed by embed, and an untied head; vocabularies off the
+ * 8-row grid; a gpt-oss model whose stacked MXFP4 experts pack as one matrix), the logits of a batched prefill and of incremental greedy decode are the same bit
  * for bit with packing and with SPK_NO_REPACK=1, at 1 and 2 threads and as a TP 2 group; the
  * packed model reports its packed bytes (at most the weights' size) and the same owned run-state
  * bytes as the unpacked one (a packed copy takes the place of the mapping's pages, it adds
@@ -77,7 +77,8 @@ static void run(const char *path, int no_repack, int threads, run_out *r)
     unsetenv("SPK_NO_REPACK");
 }
 
-static void write_model(const char *name, spk_dtype type, int tied, int n_vocab, char *path, size_t cap)
+/* moe: gpt-oss's layout, 8 experts (2 per token) of type `type`, Q8_0 elsewhere */
+static void write_model(const char *name, spk_dtype type, int tied, int n_vocab, int moe, char *path, size_t cap)
 {
     snprintf(path, cap, "%s/%s", g_dir, name);
     spk_synth_params p;
@@ -94,18 +95,27 @@ static void write_model(const char *name, spk_dtype type, int tied, int n_vocab,
     p.out_type = type;
     p.tied = tied;
     p.seed = 11;
+    if (moe) {
+        p.arch = SPK_SYNTH_GPTOSS;
+        p.n_expert = 8;
+        p.n_expert_used = 2;
+        p.expert_type = (int)type;
+        p.wtype = p.embd_type = p.out_type = SPK_DT_Q8_0;
+    }
     ck_assert_msg(spk_synth_write(path, &p) == SPK_OK, "%s", spk_last_error());
 }
 
 START_TEST(packed_model_matches_unpacked)
 {
-    static const struct { const char *name; spk_dtype type; int tied, vocab; } cases[] = {
-        {"tied.gguf", SPK_DT_Q4_0, 1, 1021}, /* 127 groups + 5 leftover rows of the head and embedding */
-        {"untied.gguf", SPK_DT_Q4_0, 0, 1000},
-        {"tied-q8.gguf", SPK_DT_Q8_0, 1, 1021},
+    static const struct { const char *name; spk_dtype type; int tied, vocab, moe; } cases[] = {
+        {"tied.gguf", SPK_DT_Q4_0, 1, 1021, 0}, /* 127 groups + 5 leftover rows of the head and embedding */
+        {"untied.gguf", SPK_DT_Q4_0, 0, 1000, 0},
+        {"tied-q8.gguf", SPK_DT_Q8_0, 1, 1021, 0},
+        {"tied-mxfp4.gguf", SPK_DT_MXFP4, 1, 1021, 0},
+        {"gptoss-mxfp4.gguf", SPK_DT_MXFP4, 1, 1021, 1}, /* experts stacked, packed as one matrix */
     };
     char path[128];
-    write_model(cases[_i].name, cases[_i].type, cases[_i].tied, cases[_i].vocab, path, sizeof path);
+    write_model(cases[_i].name, cases[_i].type, cases[_i].tied, cases[_i].vocab, cases[_i].moe, path, sizeof path);
     const char *tn = spk_dtype_get((uint32_t)cases[_i].type)->name;
     const int packs = spk_matmul_pack_layout(cases[_i].type, 128) != SPK_MM_LAYOUT_ROWS;
     if (!packs)
@@ -128,6 +138,8 @@ START_TEST(packed_model_matches_unpacked)
         if (packs) {
             ck_assert_uint_gt(b.packed, 0);
             ck_assert_uint_le(b.packed, b.weights);
+            if (cases[_i].moe) /* the experts are most of the weights */
+                ck_assert_uint_gt(b.packed, b.weights / 2);
         } else {
             ck_assert_uint_eq(b.packed, 0);
         }
@@ -231,7 +243,7 @@ static void run_tp2(const char *path, int no_repack, float *logits, uint64_t *pa
 START_TEST(packed_tp2_matches_unpacked)
 {
     char path[128];
-    write_model("tp.gguf", SPK_DT_Q4_0, 1, 1021, path, sizeof path);
+    write_model("tp.gguf", SPK_DT_Q4_0, 1, 1021, 0, path, sizeof path);
     const size_t V = 1021;
     float *a = malloc(sizeof(float) * PROMPT * V), *b = malloc(sizeof(float) * PROMPT * V);
     ck_assert(a && b);
@@ -259,7 +271,7 @@ int main(void)
     Suite *s = suite_create("repack");
     TCase *tc = tcase_create("repack");
     tcase_set_timeout(tc, 300);
-    tcase_add_loop_test(tc, packed_model_matches_unpacked, 0, 3);
+    tcase_add_loop_test(tc, packed_model_matches_unpacked, 0, 5);
     tcase_add_test(tc, packed_tp2_matches_unpacked);
     suite_add_tcase(s, tc);
     const int rc = spk_test_run(s);
