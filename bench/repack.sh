@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Weight repacking at load (BENCHMARKS.md 9d): the Q4_0 kernel on the file layout against the
-# packed layout (bench/repack_kernel.c), then spk-bench-single's resident memory on a Q4_0 file
+# Weight repacking at load (BENCHMARKS.md 9d, 9j): the Q4_0, Q8_0 and MXFP4 kernels on the file
+# layout against the packed layout (bench/repack_kernel.c; 512 x 1536 stays in cache, 512 x 98304
+# streams from memory as a vocabulary head does), then spk-bench-single's resident memory on a Q4_0 file
 # with SPK_NO_REPACK=1 and with packing (VmRSS sampled from /proc while it runs: the sample at 3/4
 # of the run, while decoding, and VmHWM, the peak). Speed against llama.cpp: bench/vs-llamacpp-types.sh with and without
 # SPK_NO_REPACK=1.
@@ -28,7 +29,10 @@ trap 'rm -rf "$out"' EXIT
 cc -O2 -std=c11 -D_GNU_SOURCE -I"$ROOT/include" -I"$ROOT/lib" "$ROOT/bench/repack_kernel.c" \
     "$build/libsparkinfer.a" $(pkg-config --libs libsodium libpcre2-8 libcjson) -lm -lpthread -ldl -o "$out/k"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-"$out/k" 512 1536 "$reps"
+for t in q4_0 q8_0 mxfp4; do
+    "$out/k" 512 1536 "$reps" "$t"
+    "$out/k" 512 98304 "$reps" "$t"
+done
 [ -f "$model" ] || { echo "no $model: RSS part skipped (bench/vs-llamacpp-types.sh --types Q4_0 makes it)"; exit 0; }
 rss() { # $1: SPK_NO_REPACK value; prints VmRSS at 3/4 of the run (decoding) and VmHWM, in MiB
     SPK_NO_REPACK=$1 "$build/examples/spk-bench-single" --model "$model" --threads 1 --prompt-tokens "$pt" \
