@@ -227,4 +227,28 @@ I2 void store_lanes(float *out, int ld, const __m256 *acc, int T, int t0, int r0
         }                                                                                          \
     } while (0)
 
+/*
+ * SPK_R8_DRIVE with a batch-1 path: at one token the whole groups in [row0, row1) go 4 at a time,
+ * groups q apart (q = groups / 4: 4 sequential streams through weights read from memory, where
+ * one stream is slower), through TOK4(o, os, gp, act, n) (group i of gp[0..3] to o + i * os);
+ * the groups left over and any group cut by the range go back through SELF (the kernel this is
+ * the body of), which takes them to SPK_R8_DRIVE.
+ */
+#define SPK_R8_DRIVE_TOK4(SELF, TOK4, TILE_T)                                                      \
+    do {                                                                                           \
+        const int gA_ = (row0 + 7) / 8, gB_ = row1 / 8, q_ = (gB_ - gA_) / 4;                      \
+        if (n_tok == 1 && q_ > 0) {                                                                \
+            for (int i_ = 0; i_ < q_; i_++) {                                                      \
+                const uint8_t *gp_[4];                                                             \
+                for (int j_ = 0; j_ < 4; j_++)                                                     \
+                    gp_[j_] = (const uint8_t *)w + (size_t)(gA_ + i_ + j_ * q_) * 8 * wrow;        \
+                TOK4(out + 8 * (size_t)(gA_ + i_), 8 * (size_t)q_, gp_, (const uint8_t *)act, n);  \
+            }                                                                                      \
+            SELF(out, ld, w, wrow, act, arow, n, 1, row0, 8 * gA_);                                \
+            SELF(out, ld, w, wrow, act, arow, n, 1, 8 * (gA_ + 4 * q_), row1);                     \
+            return;                                                                                \
+        }                                                                                          \
+        SPK_R8_DRIVE(TILE_T);                                                                      \
+    } while (0)
+
 #endif

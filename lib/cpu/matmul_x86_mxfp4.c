@@ -201,23 +201,15 @@ I2 void tile_r8fp4_T(int T, float *o, size_t ld, const uint8_t *gp, const uint8_
     }
 }
 
+I2 void tok1_r8fp4x4(float *o, size_t os, const uint8_t *const gp[4], const uint8_t *act, int n)
+{
+    tile_r8fp4(4, 1, o, os, 0, gp, act, 0, n);
+}
+
 A2 void spk_mm_r8_mxfp4_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                              int n_tok, int row0, int row1)
 {
-    const int gA = (row0 + 7) / 8, gB = row1 / 8, q = (gB - gA) / 4;
-    if (n_tok == 1 && q > 0) { /* whole groups 4 streams at a time; the rest as below */
-        const uint8_t *W8 = w;
-        for (int i = 0; i < q; i++) {
-            const uint8_t *gp[4];
-            for (int j = 0; j < 4; j++)
-                gp[j] = W8 + (size_t)(gA + i + j * q) * 8 * wrow;
-            tile_r8fp4(4, 1, out + 8 * (size_t)(gA + i), 8 * (size_t)q, 0, gp, act, arow, n);
-        }
-        spk_mm_r8_mxfp4_avx2(out, ld, w, wrow, act, arow, n, 1, row0, 8 * gA);
-        spk_mm_r8_mxfp4_avx2(out, ld, w, wrow, act, arow, n, 1, 8 * (gA + 4 * q), row1);
-        return;
-    }
-    SPK_R8_DRIVE(tile_r8fp4_T);
+    SPK_R8_DRIVE_TOK4(spk_mm_r8_mxfp4_avx2, tok1_r8fp4x4, tile_r8fp4_T);
 }
 
 #else

@@ -205,8 +205,7 @@ I2 void tile_r8q8_T(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t
 }
 
 /* One token against the 4 groups gp[0..3] at once (tile_r8q8's arithmetic per group), group i's
- * results to o[i * os + j]: 4 sequential streams through weights read from memory, where one
- * stream is slower (BENCHMARKS.md 9j). */
+ * results to o[i * os + j] (SPK_R8_DRIVE_TOK4's batch-1 path; BENCHMARKS.md 9j). */
 I2 void tok1_r8q8x4(float *o, size_t os, const uint8_t *const gp[4], const uint8_t *act, int n)
 {
     const int nb = n / 32;
@@ -237,20 +236,7 @@ I2 void tok1_r8q8x4(float *o, size_t os, const uint8_t *const gp[4], const uint8
 A2 void spk_mm_r8_q8_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                             int n_tok, int row0, int row1)
 {
-    const int gA = (row0 + 7) / 8, gB = row1 / 8, q = (gB - gA) / 4;
-    if (n_tok == 1 && q > 0) { /* whole groups 4 streams at a time; the rest as below */
-        const uint8_t *W8 = w;
-        for (int i = 0; i < q; i++) {
-            const uint8_t *gp[4];
-            for (int j = 0; j < 4; j++)
-                gp[j] = W8 + (size_t)(gA + i + j * q) * 8 * wrow;
-            tok1_r8q8x4(out + 8 * (size_t)(gA + i), 8 * (size_t)q, gp, act, n);
-        }
-        spk_mm_r8_q8_0_avx2(out, ld, w, wrow, act, arow, n, 1, row0, 8 * gA);
-        spk_mm_r8_q8_0_avx2(out, ld, w, wrow, act, arow, n, 1, 8 * (gA + 4 * q), row1);
-        return;
-    }
-    SPK_R8_DRIVE(tile_r8q8_T);
+    SPK_R8_DRIVE_TOK4(spk_mm_r8_q8_0_avx2, tok1_r8q8x4, tile_r8q8_T);
 }
 
 #else
