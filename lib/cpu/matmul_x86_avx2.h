@@ -189,38 +189,42 @@ I2 void store_lanes(float *out, int ld, const __m256 *acc, int T, int t0, int r0
     } while (0)
 
 /*
- * The driver of a packed tile TILE_T(T, o, ld, gp, act, arow, n) (cpu/repack.c's SPK_MM_LAYOUT_R8:
- * the 8-row group at gp against T = 1..8 tokens from act, results o[t * ld + j]) as the body of
- * an spk_mm_kernel on rows [row0, row1) of the grouped part, any alignment: chunks of about
- * 64 KiB of weights stay in cache while every token group (8, then 4, then the rest) runs over
- * them; a group cut by the range (only off the 16-row grid spk_split gives threads) is computed
- * whole into a buffer and its rows in the range copied out.
+ * The driver of a packed tile TILE(T, o, ld, gp, act, arow, n) (cpu/repack.c's SPK_MM_LAYOUT_R8:
+ * the 8-row group at gp against T tokens from act, results o[t * ld + j]; T a constant 1, 2, 3,
+ * 4 or 8) as the body of an spk_mm_kernel on rows [row0, row1) of the grouped part, any
+ * alignment: chunks of about 64 KiB of weights stay in cache while every token group (8, then 4,
+ * then the rest) runs over them; a group cut by the range (only off the 16-row grid spk_split
+ * gives threads) is computed whole into a buffer and its rows in the range copied out.
  */
-#define SPK_R8_DRIVE(TILE_T)                                                                       \
+#define SPK_R8_GROUPS_(TILE, T)                                                                    \
+    for (int g = c0; g < c1; g++) {                                                                \
+        const int r = 8 * g, lo = r > row0 ? r : row0, hi = r + 8 < row1 ? r + 8 : row1;           \
+        const int whole = lo == r && hi == r + 8;                                                  \
+        float tmp[8 * 8];                                                                          \
+        TILE(T, whole ? out + (size_t)t * (size_t)ld + (size_t)r : tmp, whole ? (size_t)ld : 8,    \
+             (const uint8_t *)w + (size_t)g * 8 * wrow, at, arow, n);                              \
+        for (int k = 0; k < T && !whole; k++)                                                      \
+            for (int j = lo; j < hi; j++)                                                          \
+                out[(size_t)(t + k) * (size_t)ld + (size_t)j] = tmp[8 * k + (j - r)];              \
+    }
+#define SPK_R8_DRIVE(TILE)                                                                         \
     do {                                                                                           \
         if (row0 >= row1 || n_tok <= 0)                                                            \
             return;                                                                                \
-        const uint8_t *W8 = w, *A = act;                                                           \
         const int g0 = row0 / 8, g1 = (row1 + 7) / 8;                                              \
-        size_t cr = (64u << 10) / (wrow ? wrow : 1);                                               \
+        const size_t cr = (64u << 10) / (wrow ? wrow : 1);                                         \
         const int ch = cr < 8 ? 1 : (int)(cr / 8);                                                 \
         for (int c0 = g0; c0 < g1; c0 += ch) {                                                     \
             const int c1 = g1 - c0 > ch ? c0 + ch : g1;                                            \
             for (int t = 0; t < n_tok;) {                                                          \
                 const int left = n_tok - t, T = left >= 8 ? 8 : left >= 4 ? 4 : left;              \
-                const uint8_t *at = A + (size_t)t * arow;                                          \
-                for (int g = c0; g < c1; g++) {                                                    \
-                    const uint8_t *gp = W8 + (size_t)g * 8 * wrow;                                 \
-                    const int r = 8 * g, lo = r > row0 ? r : row0, hi = r + 8 < row1 ? r + 8 : row1; \
-                    if (lo == r && hi == r + 8) {                                                  \
-                        TILE_T(T, out + (size_t)t * (size_t)ld + (size_t)r, (size_t)ld, gp, at, arow, n); \
-                    } else {                                                                       \
-                        float tmp[8 * 8];                                                          \
-                        TILE_T(T, tmp, 8, gp, at, arow, n);                                        \
-                        for (int k = 0; k < T; k++)                                                \
-                            for (int j = lo; j < hi; j++)                                          \
-                                out[(size_t)(t + k) * (size_t)ld + (size_t)j] = tmp[8 * k + (j - r)]; \
-                    }                                                                              \
+                const uint8_t *at = (const uint8_t *)act + (size_t)t * arow;                       \
+                switch (T) {                                                                       \
+                case 1: SPK_R8_GROUPS_(TILE, 1); break;                                            \
+                case 2: SPK_R8_GROUPS_(TILE, 2); break;                                            \
+                case 3: SPK_R8_GROUPS_(TILE, 3); break;                                            \
+                case 4: SPK_R8_GROUPS_(TILE, 4); break;                                            \
+                default: SPK_R8_GROUPS_(TILE, 8); break;                                           \
                 }                                                                                  \
                 t += T;                                                                            \
             }                                                                                      \
@@ -230,25 +234,23 @@ I2 void store_lanes(float *out, int ld, const __m256 *acc, int T, int t0, int r0
 /*
  * SPK_R8_DRIVE with a batch-1 path: at one token the whole groups in [row0, row1) go 4 at a time,
  * groups q apart (q = groups / 4: 4 sequential streams through weights read from memory, where
- * one stream is slower), through TOK4(o, os, gp, act, n) (group i of gp[0..3] to o + i * os);
- * the groups left over and any group cut by the range go back through SELF (the kernel this is
- * the body of), which takes them to SPK_R8_DRIVE.
+ * one stream is slower), through TOK4(o, os, gp, gs, act, n) (the 4 groups at gp + i * gs, group
+ * i's results to o + i * os); the groups left over and any group cut by the range go back
+ * through SELF (the kernel this is the body of), which takes them to SPK_R8_DRIVE.
  */
-#define SPK_R8_DRIVE_TOK4(SELF, TOK4, TILE_T)                                                      \
+#define SPK_R8_DRIVE_TOK4(SELF, TOK4, TILE)                                                        \
     do {                                                                                           \
         const int gA_ = (row0 + 7) / 8, gB_ = row1 / 8, q_ = (gB_ - gA_) / 4;                      \
         if (n_tok == 1 && q_ > 0) {                                                                \
-            for (int i_ = 0; i_ < q_; i_++) {                                                      \
-                const uint8_t *gp_[4];                                                             \
-                for (int j_ = 0; j_ < 4; j_++)                                                     \
-                    gp_[j_] = (const uint8_t *)w + (size_t)(gA_ + i_ + j_ * q_) * 8 * wrow;        \
-                TOK4(out + 8 * (size_t)(gA_ + i_), 8 * (size_t)q_, gp_, (const uint8_t *)act, n);  \
-            }                                                                                      \
+            for (int i_ = 0; i_ < q_; i_++)                                                        \
+                TOK4(out + 8 * (size_t)(gA_ + i_), 8 * (size_t)q_,                                 \
+                     (const uint8_t *)w + (size_t)(gA_ + i_) * 8 * wrow, (size_t)q_ * 8 * wrow,    \
+                     (const uint8_t *)act, n);                                                     \
             SELF(out, ld, w, wrow, act, arow, n, 1, row0, 8 * gA_);                                \
             SELF(out, ld, w, wrow, act, arow, n, 1, 8 * (gA_ + 4 * q_), row1);                     \
             return;                                                                                \
         }                                                                                          \
-        SPK_R8_DRIVE(TILE_T);                                                                      \
+        SPK_R8_DRIVE(TILE);                                                                        \
     } while (0)
 
 #endif

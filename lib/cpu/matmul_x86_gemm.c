@@ -200,23 +200,12 @@ I2 void tile_p8(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *ac
         _mm256_storeu_ps(o + (size_t)t * ld, acc[t]);
 }
 
-I2 void tile_p8_T(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
-{
-    switch (T) {
-    case 1: tile_p8(1, o, ld, gp, act, arow, n); break;
-    case 2: tile_p8(2, o, ld, gp, act, arow, n); break;
-    case 3: tile_p8(3, o, ld, gp, act, arow, n); break;
-    case 4: tile_p8(4, o, ld, gp, act, arow, n); break;
-    default: tile_p8(8, o, ld, gp, act, arow, n); break;
-    }
-}
-
 /* Rows [row0, row1) of the grouped part (row1 <= 8 * floor(n_out / 8)); a group cut by the range
  * (only off the 16-row grid spk_split gives threads) is computed whole into a buffer. */
 A2 void spk_mm_r8_q4_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                             int n_tok, int row0, int row1)
 {
-    SPK_R8_DRIVE(tile_p8_T);
+    SPK_R8_DRIVE(tile_p8);
 }
 
 #else

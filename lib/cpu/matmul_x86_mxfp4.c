@@ -159,11 +159,11 @@ A2 void spk_mm_mxfp4_avx2(float *out, int ld, const void *w, size_t wrow, const 
  * The tile on weights packed at load (SPK_MM_LAYOUT_R8, cpu/repack.c): per 8-row group and block,
  * the 8 rows' E8M0 scales (one 8-byte load) and the codes already in tile8's registers L[0..3]
  * (four 32-byte loads): no transposes and no scale gathers, the rest tile8's arithmetic op for op,
- * so the results are the same bit for bit. G groups gp[0..G-1] (results o + i * os) against T
+ * so the results are the same bit for bit. G groups gp + i * gs (results o + i * os) against T
  * tokens from act (results o[t * ld + j]): G = 1 at any T, and G = 4 at one token, so batch 1
- * reads 4 sequential streams (as cpu/matmul_x86_q8.c's Q8_0 kernel).
+ * reads 4 sequential streams (SPK_R8_DRIVE_TOK4).
  */
-I2 void tile_r8fp4(int G, int T, float *o, size_t os, size_t ld, const uint8_t *const gp[4], const uint8_t *act,
+I2 void tile_r8fp4(int G, int T, float *o, size_t os, size_t ld, const uint8_t *gp, size_t gs, const uint8_t *act,
                    size_t arow, int n)
 {
     const int nb = n / 32;
@@ -173,7 +173,7 @@ I2 void tile_r8fp4(int G, int T, float *o, size_t os, size_t ld, const uint8_t *
     for (int b = 0; b < nb; b++) {
 #pragma GCC unroll 4
         for (int i = 0; i < G; i++) {
-            const uint8_t *p = gp[i] + (size_t)b * (8 * BS);
+            const uint8_t *p = gp + (size_t)i * gs + (size_t)b * (8 * BS);
             __m256i L[4], W[8];
             for (int k = 0; k < 4; k++)
                 L[k] = _mm256_loadu_si256((const __m256i *)(p + 8 + 32 * k));
@@ -189,27 +189,20 @@ I2 void tile_r8fp4(int G, int T, float *o, size_t os, size_t ld, const uint8_t *
             _mm256_storeu_ps(o + (size_t)i * os + (size_t)t * ld, acc[i * T + t]);
 }
 
-I2 void tile_r8fp4_T(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
+I2 void tile1_r8fp4(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
 {
-    const uint8_t *g[4] = {gp, gp, gp, gp};
-    switch (T) {
-    case 1: tile_r8fp4(1, 1, o, 0, ld, g, act, arow, n); break;
-    case 2: tile_r8fp4(1, 2, o, 0, ld, g, act, arow, n); break;
-    case 3: tile_r8fp4(1, 3, o, 0, ld, g, act, arow, n); break;
-    case 4: tile_r8fp4(1, 4, o, 0, ld, g, act, arow, n); break;
-    default: tile_r8fp4(1, 8, o, 0, ld, g, act, arow, n); break;
-    }
+    tile_r8fp4(1, T, o, 0, ld, gp, 0, act, arow, n);
 }
 
-I2 void tok1_r8fp4x4(float *o, size_t os, const uint8_t *const gp[4], const uint8_t *act, int n)
+I2 void tok1_r8fp4x4(float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
 {
-    tile_r8fp4(4, 1, o, os, 0, gp, act, 0, n);
+    tile_r8fp4(4, 1, o, os, 0, gp, gs, act, 0, n);
 }
 
 A2 void spk_mm_r8_mxfp4_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                              int n_tok, int row0, int row1)
 {
-    SPK_R8_DRIVE_TOK4(spk_mm_r8_mxfp4_avx2, tok1_r8fp4x4, tile_r8fp4_T);
+    SPK_R8_DRIVE_TOK4(spk_mm_r8_mxfp4_avx2, tok1_r8fp4x4, tile1_r8fp4);
 }
 
 #else

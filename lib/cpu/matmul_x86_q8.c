@@ -193,20 +193,9 @@ I2 void tile_r8q8(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *
         _mm256_storeu_ps(o + (size_t)t * ld, acc[t]);
 }
 
-I2 void tile_r8q8_T(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
-{
-    switch (T) {
-    case 1: tile_r8q8(1, o, ld, gp, act, arow, n); break;
-    case 2: tile_r8q8(2, o, ld, gp, act, arow, n); break;
-    case 3: tile_r8q8(3, o, ld, gp, act, arow, n); break;
-    case 4: tile_r8q8(4, o, ld, gp, act, arow, n); break;
-    default: tile_r8q8(8, o, ld, gp, act, arow, n); break;
-    }
-}
-
-/* One token against the 4 groups gp[0..3] at once (tile_r8q8's arithmetic per group), group i's
- * results to o[i * os + j] (SPK_R8_DRIVE_TOK4's batch-1 path; BENCHMARKS.md 9j). */
-I2 void tok1_r8q8x4(float *o, size_t os, const uint8_t *const gp[4], const uint8_t *act, int n)
+/* One token against the 4 groups gp + i * gs at once (tile_r8q8's arithmetic per group), group
+ * i's results to o[i * os + j] (SPK_R8_DRIVE_TOK4's batch-1 path; BENCHMARKS.md 9j). */
+I2 void tok1_r8q8x4(float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
 {
     const int nb = n / 32;
     const __m256i ones = _mm256_set1_epi16(1);
@@ -217,7 +206,7 @@ I2 void tok1_r8q8x4(float *o, size_t os, const uint8_t *const gp[4], const uint8
         const uint8_t *a = act + 32 * (size_t)b;
 #pragma GCC unroll 4
         for (int i = 0; i < 4; i++) {
-            const uint8_t *p = gp[i] + (size_t)b * (8 * BS);
+            const uint8_t *p = gp + (size_t)i * gs + (size_t)b * (8 * BS);
             __m256i s = _mm256_setzero_si256();
 #pragma GCC unroll 8
             for (int k = 0; k < 8; k++) {
@@ -236,7 +225,7 @@ I2 void tok1_r8q8x4(float *o, size_t os, const uint8_t *const gp[4], const uint8
 A2 void spk_mm_r8_q8_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                             int n_tok, int row0, int row1)
 {
-    SPK_R8_DRIVE_TOK4(spk_mm_r8_q8_0_avx2, tok1_r8q8x4, tile_r8q8_T);
+    SPK_R8_DRIVE_TOK4(spk_mm_r8_q8_0_avx2, tok1_r8q8x4, tile_r8q8);
 }
 
 #else
