@@ -230,15 +230,15 @@ static spk_status pack_weights(spk_llama *m, const spk_weights *w)
                 owned = w->owned[o] == x->data;
             if (!x->data || owned)
                 continue;
-            spk_wmat orig = *x, all = *x;
+            spk_wmat all = *x; /* the whole stack: mult matrices back to back */
             all.n_out *= mult[k];
+            const spk_wmat orig = all;
             void *buf = NULL;
             SPK_TRY(m->be->ops->pack(m->be, &all, &buf));
             if (!buf)
                 continue;
             x->data = all.data;
             x->layout = all.layout;
-            orig.n_out = all.n_out;
             m->packed[m->n_packed++] = buf;
             m->packed_bytes += wmat_bytes(&all);
             if (!d && m->sh.first && w->tok_embd.data == orig.data && w->tok_embd.n_out == orig.n_out &&
