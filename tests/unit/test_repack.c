@@ -1,11 +1,11 @@
 /*
  * Weight repacking at load (CPU backend, lib/model/llama.c pack_weights): on synthetic Q4_0, Q8_0
  * and MXFP4 models (tied embeddings read packed by embed, and an untied head; vocabularies off the
- * 8-row grid; a gpt-oss model whose stacked MXFP4 experts pack as one matrix), the logits of a batched prefill and of incremental greedy decode are the same bit
- * for bit with packing and with SPK_NO_REPACK=1, at 1 and 2 threads and as a TP 2 group; the
- * packed model reports its packed bytes (at most the weights' size) and the same owned run-state
- * bytes as the unpacked one (a packed copy takes the place of the mapping's pages, it adds
- * nothing).
+ * 8-row grid; a gpt-oss model whose stacked MXFP4 experts pack as one matrix), the logits of a
+ * batched prefill and of incremental greedy decode are the same bit for bit with packing and
+ * with SPK_NO_REPACK=1, at 1 and 2 threads and as a TP 2 group; the packed model reports its
+ * packed bytes (at most the weights' size) and the same owned run-state bytes as the unpacked one
+ * (a packed copy takes the place of the mapping's pages, it adds nothing).
  */
 #include <stdio.h>
 #include <stdlib.h>
