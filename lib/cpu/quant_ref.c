@@ -1,5 +1,5 @@
 /*
- * Reference quantizers for Q5_0, Q5_1, Q2_K, Q3_K, Q5_K and MXFP4: the algorithms of ggml's
+ * Reference quantizers for Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K and MXFP4: the algorithms of ggml's
  * quantize_row_*_ref (ggml/src/ggml-quants.c), rewritten here, so files we write hold the blocks
  * llama-quantize would write without an importance matrix. Used by tests and the synthetic-model
  * writer only; nothing on the inference path calls them.
@@ -328,59 +328,80 @@ static void quant_q3_K(spk_block_q3_K *y, const float *x, int nb)
 
 /* ---- Q5_K --------------------------------------------------------------------------------- */
 
+/*
+ * Q4_K and Q5_K's super-block (nmax 15 or 31, ggml's make_qkx2_quants parameters rmin, nstep):
+ * the 8 sub-blocks' scales and mins into 6 bits each (scales[12], d, dmin) and the codes
+ * L[256] (0..nmax) they give.
+ */
+static void kx_block(const float *x, int nmax, float rmin, int nstep, uint8_t scales[12], spk_f16 *dd,
+                     spk_f16 *dmin, uint8_t L[SPK_QK_K])
+{
+    uint8_t Laux[32];
+    float w[32], mins[8], sc[8], max_scale = 0, max_min = 0;
+    for (int j = 0; j < 8; j++) {
+        float sum_x2 = 0;
+        for (int l = 0; l < 32; l++)
+            sum_x2 += x[32 * j + l] * x[32 * j + l];
+        const float av_x = sqrtf(sum_x2 / 32);
+        for (int l = 0; l < 32; l++)
+            w[l] = av_x + fabsf(x[32 * j + l]);
+        sc[j] = make_qkx2(32, nmax, x + 32 * j, w, L + 32 * j, &mins[j], Laux, rmin, 0.1f, nstep, 0);
+        max_scale = sc[j] > max_scale ? sc[j] : max_scale;
+        max_min = mins[j] > max_min ? mins[j] : max_min;
+    }
+    const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
+    const float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
+    memset(scales, 0, 12);
+    for (int j = 0; j < 8; j++) {
+        uint8_t ls = (uint8_t)nearest_int(inv_scale * sc[j]);
+        uint8_t lm = (uint8_t)nearest_int(inv_min * mins[j]);
+        ls = ls < 63 ? ls : 63;
+        lm = lm < 63 ? lm : 63;
+        if (j < 4) {
+            scales[j] = ls;
+            scales[j + 4] = lm;
+        } else {
+            scales[j + 4] = (uint8_t)((ls & 15) | (lm & 15) << 4);
+            scales[j - 4] |= (uint8_t)((ls >> 4) << 6);
+            scales[j] |= (uint8_t)((lm >> 4) << 6);
+        }
+    }
+    *dd = spk_f32_to_f16(max_scale / 63.0f);
+    *dmin = spk_f32_to_f16(max_min / 63.0f);
+    for (int j = 0; j < 8; j++) {
+        int s, m;
+        if (j < 4) {
+            s = scales[j] & 63;
+            m = scales[j + 4] & 63;
+        } else {
+            s = (scales[j + 4] & 15) | (scales[j - 4] >> 6) << 4;
+            m = (scales[j + 4] >> 4) | (scales[j] >> 6) << 4;
+        }
+        const float d = spk_f16_to_f32(*dd) * (float)s;
+        if (d == 0.0f)
+            continue;
+        const float dm = spk_f16_to_f32(*dmin) * (float)m;
+        for (int i = 0; i < 32; i++)
+            L[32 * j + i] = (uint8_t)clampi(nearest_int((x[32 * j + i] + dm) / d), 0, nmax);
+    }
+}
+
+static void quant_q4_K(spk_block_q4_K *y, const float *x, int nb)
+{
+    uint8_t L[SPK_QK_K];
+    for (int b = 0; b < nb; b++, x += SPK_QK_K) {
+        kx_block(x, 15, -1.0f, 20, y[b].scales, &y[b].d, &y[b].dmin, L);
+        for (int c = 0; c < 4; c++)
+            for (int l = 0; l < 32; l++)
+                y[b].qs[32 * c + l] = (uint8_t)(L[64 * c + l] | L[64 * c + 32 + l] << 4);
+    }
+}
+
 static void quant_q5_K(spk_block_q5_K *y, const float *x, int nb)
 {
-    uint8_t L[SPK_QK_K], Laux[32];
-    float w[32], mins[8], scales[8];
+    uint8_t L[SPK_QK_K];
     for (int b = 0; b < nb; b++, x += SPK_QK_K) {
-        float max_scale = 0, max_min = 0;
-        for (int j = 0; j < 8; j++) {
-            float sum_x2 = 0;
-            for (int l = 0; l < 32; l++)
-                sum_x2 += x[32 * j + l] * x[32 * j + l];
-            const float av_x = sqrtf(sum_x2 / 32);
-            for (int l = 0; l < 32; l++)
-                w[l] = av_x + fabsf(x[32 * j + l]);
-            scales[j] = make_qkx2(32, 31, x + 32 * j, w, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 0);
-            max_scale = scales[j] > max_scale ? scales[j] : max_scale;
-            max_min = mins[j] > max_min ? mins[j] : max_min;
-        }
-        const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
-        const float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
-        memset(y[b].scales, 0, sizeof y[b].scales);
-        for (int j = 0; j < 8; j++) {
-            uint8_t ls = (uint8_t)nearest_int(inv_scale * scales[j]);
-            uint8_t lm = (uint8_t)nearest_int(inv_min * mins[j]);
-            ls = ls < 63 ? ls : 63;
-            lm = lm < 63 ? lm : 63;
-            if (j < 4) {
-                y[b].scales[j] = ls;
-                y[b].scales[j + 4] = lm;
-            } else {
-                y[b].scales[j + 4] = (uint8_t)((ls & 15) | (lm & 15) << 4);
-                y[b].scales[j - 4] |= (uint8_t)((ls >> 4) << 6);
-                y[b].scales[j] |= (uint8_t)((lm >> 4) << 6);
-            }
-        }
-        y[b].d = spk_f32_to_f16(max_scale / 63.0f);
-        y[b].dmin = spk_f32_to_f16(max_min / 63.0f);
-        for (int j = 0; j < 8; j++) {
-            int sc, m;
-            const uint8_t *k = y[b].scales;
-            if (j < 4) {
-                sc = k[j] & 63;
-                m = k[j + 4] & 63;
-            } else {
-                sc = (k[j + 4] & 15) | (k[j - 4] >> 6) << 4;
-                m = (k[j + 4] >> 4) | (k[j] >> 6) << 4;
-            }
-            const float d = spk_f16_to_f32(y[b].d) * (float)sc;
-            if (d == 0.0f)
-                continue;
-            const float dm = spk_f16_to_f32(y[b].dmin) * (float)m;
-            for (int i = 0; i < 32; i++)
-                L[32 * j + i] = (uint8_t)clampi(nearest_int((x[32 * j + i] + dm) / d), 0, 31);
-        }
+        kx_block(x, 31, -0.5f, 15, y[b].scales, &y[b].d, &y[b].dmin, L);
         memset(y[b].qh, 0, sizeof y[b].qh);
         for (int c = 0; c < 4; c++)
             for (int l = 0; l < 32; l++) {
@@ -409,6 +430,7 @@ size_t spk_quantize_row_ref(void *dst, const float *x, spk_dtype t, int n)
     case SPK_DT_Q5_1: quant_q5_1(dst, x, nb); break;
     case SPK_DT_Q2_K: quant_q2_K(dst, x, nb); break;
     case SPK_DT_Q3_K: quant_q3_K(dst, x, nb); break;
+    case SPK_DT_Q4_K: quant_q4_K(dst, x, nb); break;
     case SPK_DT_Q5_K: quant_q5_K(dst, x, nb); break;
     case SPK_DT_MXFP4: quant_mxfp4(dst, x, nb); break;
     default: return 0;
