@@ -196,6 +196,137 @@ A2 void spk_mm_q4k_avx2(float *out, int ld, const void *w, size_t wrow, const vo
     SPK_LANES_DRIVE(tile8, spread);
 }
 
+/*
+ * The tile on weights packed at load (SPK_MM_LAYOUT_R8, cpu/repack.c): per 8-row group and
+ * super-block, the 8 rows' d and dmin, their 64 scales and 64 mins in a form 256-bit shifts and
+ * masks decode at once, and the codes with dword j of every register from row j. One maddubs of
+ * a register's codes (4 values of each of the 8 rows) against a token's 4 activations broadcast
+ * to every dword gives row j's two pair sums in int16 lanes 2j, 2j + 1; the 8 registers of a
+ * sub-block (32 values) add up in int16 (|sum| <= 8 * 2 * 15 * 127 = 30480: exact) and one madd
+ * with the sub-block's scales, row j's in lanes 2j and 2j + 1, leaves row j's scaled sub-block
+ * dot in int32 lane j. So the multiplies are 1 + 1/8 per 32 products (the file layout's tile:
+ * 2) and no horizontal sums are left; the mins meet the activation sums per 16 the same way (one
+ * madd per sub-block). The integer sums I and M are exact whatever adds them, and the float
+ * steps per super-block and token are tile8's, so the results are tile8's bit for bit.
+ */
+
+/* vpshufb masks: from a 128-bit half (in both halves) holding two sub-blocks' 8 bytes (one per
+ * row, the first sub-block's at byte 0, the second's at 8), the sub-block's bytes of rows 0-3
+ * (low half) and 4-7 (high half), each zero-extended into two int16 lanes. */
+static const uint8_t r8_dup[2][32] __attribute__((aligned(32))) = {
+#define D(o) {o, 0x80, o, 0x80, o + 1, 0x80, o + 1, 0x80, o + 2, 0x80, o + 2, 0x80, o + 3, 0x80, o + 3, 0x80, \
+              o + 4, 0x80, o + 4, 0x80, o + 5, 0x80, o + 5, 0x80, o + 6, 0x80, o + 6, 0x80, o + 7, 0x80, o + 7, 0x80}
+    D(0), D(8)
+#undef D
+};
+
+/* The super-block at p of a packed group: sc[i] (mn[i]), int16 lanes 2j and 2j + 1 = the scale
+ * (min) of sub-block i of row j. */
+I2 void r8_scales(const uint8_t *p, __m256i sc[8], __m256i mn[8])
+{
+    const __m256i L0 = _mm256_loadu_si256((const __m256i *)(p + 32)), L1 = _mm256_loadu_si256((const __m256i *)(p + 64));
+    const __m256i H = _mm256_loadu_si256((const __m256i *)(p + 96));
+    const __m256i m0f = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
+    /* bytes 8i + j (i = 0..3 of the register's four sub-blocks) */
+    const __m256i v[4] = {
+        _mm256_or_si256(_mm256_and_si256(L0, m0f), _mm256_and_si256(_mm256_slli_epi16(H, 4), m30)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L0, 4), m0f), _mm256_and_si256(_mm256_slli_epi16(H, 2), m30)),
+        _mm256_or_si256(_mm256_and_si256(L1, m0f), _mm256_and_si256(H, m30)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L1, 4), m0f), _mm256_and_si256(_mm256_srli_epi16(H, 2), m30)),
+    };
+    const __m256i d0 = _mm256_load_si256((const __m256i *)r8_dup[0]);
+    const __m256i d1 = _mm256_load_si256((const __m256i *)r8_dup[1]);
+    for (int q = 0; q < 2; q++) {
+        for (int hf = 0; hf < 2; hf++) {
+            const __m256i s = hf ? _mm256_permute2x128_si256(v[2 * q], v[2 * q], 0x11)
+                                 : _mm256_permute2x128_si256(v[2 * q], v[2 * q], 0x00);
+            const __m256i m = hf ? _mm256_permute2x128_si256(v[2 * q + 1], v[2 * q + 1], 0x11)
+                                 : _mm256_permute2x128_si256(v[2 * q + 1], v[2 * q + 1], 0x00);
+            sc[4 * q + 2 * hf] = _mm256_shuffle_epi8(s, d0);
+            sc[4 * q + 2 * hf + 1] = _mm256_shuffle_epi8(s, d1);
+            mn[4 * q + 2 * hf] = _mm256_shuffle_epi8(m, d0);
+            mn[4 * q + 2 * hf + 1] = _mm256_shuffle_epi8(m, d1);
+        }
+    }
+}
+
+/* One sub-block's codes (half 0: low nibbles, 1: high) of registers q[0..7] against T <= 4 tokens'
+ * 32 activations at a[t]: I[t] += the 8 rows' scaled dots (lane j: row j). */
+I2 void r8_sub(int T, const uint8_t *q, int half, const uint8_t *const a[4], __m256i scale, __m256i I[4])
+{
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m256i s[4];
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; k++) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(q + 32 * k));
+        const __m256i u = half ? _mm256_and_si256(_mm256_srli_epi16(v, 4), m4) : _mm256_and_si256(v, m4);
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            const __m256i p = _mm256_maddubs_epi16(u, bcast4(a[t] + 4 * k));
+            s[t] = k ? _mm256_add_epi16(s[t], p) : p;
+            KEEP(s[t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++)
+        I[t] = _mm256_add_epi32(I[t], _mm256_madd_epi16(s[t], scale));
+}
+
+I2 void tile_r8q4k(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
+{
+    const int nb = n / SPK_QK_K;
+    const size_t ds_off = (size_t)n, bs_off = (size_t)n + (size_t)(n / 32) * 8;
+    __m256 acc[8];
+    for (int t = 0; t < T; t++)
+        acc[t] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *p = gp + (size_t)b * (8 * BS);
+        __m256i sc[8], mn[8];
+        r8_scales(p, sc, mn);
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+        const __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));
+        for (int t0 = 0; t0 < T; t0 += 4) {
+            const int U = T - t0 < 4 ? T - t0 : 4;
+            const uint8_t *a[4], *a2[4];
+            __m256i I[4], M[4];
+            for (int t = 0; t < U; t++) {
+                a[t] = act + (size_t)(t0 + t) * arow + 256 * (size_t)b;
+                I[t] = M[t] = _mm256_setzero_si256();
+            }
+            /* (not unrolled: the 8 sub-blocks' bodies at 4 tokens would not fit the op cache) */
+#pragma GCC unroll 1
+            for (int h = 0; h < 4; h++) {
+                for (int t = 0; t < U; t++)
+                    a2[t] = a[t] + 64 * h;
+                r8_sub(U, p + 128 + 256 * (size_t)h, 0, a2, sc[2 * h], I);
+                for (int t = 0; t < U; t++)
+                    a2[t] = a[t] + 64 * h + 32;
+                r8_sub(U, p + 128 + 256 * (size_t)h, 1, a2, sc[2 * h + 1], I);
+            }
+            for (int t = 0; t < U; t++) {
+                const uint8_t *at = act + (size_t)(t0 + t) * arow;
+                const uint8_t *bs = at + bs_off + 32 * (size_t)b;
+#pragma GCC unroll 8
+                for (int i = 0; i < 8; i++)
+                    M[t] = _mm256_add_epi32(M[t], _mm256_madd_epi16(mn[i], bcast4(bs + 4 * i)));
+                float da;
+                memcpy(&da, at + ds_off + 64 * (size_t)b, 4);
+                const __m256 vda = _mm256_set1_ps(da);
+                acc[t0 + t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I[t]), _mm256_mul_ps(d, vda), acc[t0 + t]);
+                acc[t0 + t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(M[t]), _mm256_mul_ps(dm, vda), acc[t0 + t]);
+            }
+        }
+    }
+    for (int t = 0; t < T; t++)
+        _mm256_storeu_ps(o + (size_t)t * ld, acc[t]);
+}
+
+A2 void spk_mm_r8_q4k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                           int n_tok, int row0, int row1)
+{
+    SPK_R8_DRIVE(tile_r8q4k);
+}
+
 #else
 typedef int spk_matmul_x86_q4k_unused; /* ISO C forbids an empty translation unit */
 #endif

@@ -21,6 +21,17 @@
  *   bytes 0..7      the 8 rows' E8M0 scales e, row j at j
  *   bytes 8..135    the codes, 4 registers of 32 bytes: register k, dword j = code bytes
  *                   4k..4k+3 of row j (cpu/matmul_x86_mxfp4.c's tile8 builds the same)
+ * SPK_MM_LAYOUT_R8 for Q4_K: per group, per super-block b (1152 bytes = 8 file blocks):
+ *   bytes 0..15     the 8 rows' f16 scales d, row j at 2j
+ *   bytes 16..31    the 8 rows' f16 mins' scales dmin, row j at 16 + 2j
+ *   bytes 32..95    the low 4 bits of the 6-bit sub-block scales s and mins m (the file packs
+ *                   them in 12 bytes per row): byte 32 + 8i + j = (s_i & 15) | (m_i & 15) << 4
+ *                   of row j, sub-block i (32 values) = 0..7
+ *   bytes 96..127   their high 2 bits: byte 96 + 8(i & 3) + j of row j holds, for i < 4, s_i >> 4
+ *                   in bits 0-1 and m_i >> 4 in bits 2-3, for i >= 4 the same in bits 4-5 and 6-7
+ *                   (so 256-bit shifts and masks decode all 64 scales and mins of the group)
+ *   bytes 128..1151 the codes, 32 registers of 32 bytes: register 8h + k, dword j = code bytes
+ *                   32h + 4k..32h + 4k + 3 of row j (low nibbles: sub-block 2h, high: 2h + 1)
  * Another type adds a pack_group/unpack_row pair and one row of k_formats.
  */
 #include <stdint.h>
@@ -110,10 +121,68 @@ static void unpack_mxfp4_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int
     }
 }
 
+/* The 6-bit scale and min of sub-block i of a Q4_K block's 12 scale bytes (ggml's
+ * get_scale_min_k4), and their inverse. */
+static void q4k_scale_min(const uint8_t *q, int i, int *sc, int *m)
+{
+    if (i < 4) {
+        *sc = q[i] & 63;
+        *m = q[i + 4] & 63;
+    } else {
+        *sc = (q[i + 4] & 15) | ((q[i - 4] >> 6) << 4);
+        *m = (q[i + 4] >> 4) | ((q[i] >> 6) << 4);
+    }
+}
+
+static void pack_q4_K_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
+{
+    for (int b = 0; b < nb; b++) {
+        uint8_t *o = dst + (size_t)b * 8 * sizeof(spk_block_q4_K);
+        memset(o + 96, 0, 32);
+        for (int j = 0; j < 8; j++) {
+            const spk_block_q4_K *x = (const spk_block_q4_K *)(src + (size_t)j * wrow) + b;
+            memcpy(o + 2 * j, &x->d, 2);
+            memcpy(o + 16 + 2 * j, &x->dmin, 2);
+            for (int i = 0; i < 8; i++) {
+                int sc, m;
+                q4k_scale_min(x->scales, i, &sc, &m);
+                o[32 + 8 * i + j] = (uint8_t)((sc & 15) | (m & 15) << 4);
+                o[96 + 8 * (i & 3) + j] |= (uint8_t)(((sc >> 4) | (m >> 4) << 2) << (i < 4 ? 0 : 4));
+            }
+            for (int r = 0; r < 32; r++)
+                memcpy(o + 128 + 32 * r + 4 * j, x->qs + 4 * r, 4);
+        }
+    }
+}
+
+static void unpack_q4_K_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int b1)
+{
+    for (int b = b0; b < b1; b++) {
+        const uint8_t *o = grp + (size_t)b * 8 * sizeof(spk_block_q4_K);
+        spk_block_q4_K *x = (spk_block_q4_K *)dst + (b - b0);
+        memcpy(&x->d, o + 2 * j, 2);
+        memcpy(&x->dmin, o + 16 + 2 * j, 2);
+        int sc[8], m[8];
+        for (int i = 0; i < 8; i++) {
+            const int lo = o[32 + 8 * i + j], hi = o[96 + 8 * (i & 3) + j] >> (i < 4 ? 0 : 4);
+            sc[i] = (lo & 15) | (hi & 3) << 4;
+            m[i] = (lo >> 4) | ((hi >> 2) & 3) << 4;
+        }
+        for (int i = 0; i < 4; i++) {
+            x->scales[i] = (uint8_t)(sc[i] | (sc[i + 4] >> 4) << 6);
+            x->scales[i + 4] = (uint8_t)(m[i] | (m[i + 4] >> 4) << 6);
+            x->scales[i + 8] = (uint8_t)((sc[i + 4] & 15) | (m[i + 4] & 15) << 4);
+        }
+        for (int r = 0; r < 32; r++)
+            memcpy(x->qs + 4 * r, o + 128 + 32 * r + 4 * j, 4);
+    }
+}
+
 static const pack_format k_formats[] = {
     {SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, pack_q4_0_r8, unpack_q4_0_r8},
     {SPK_DT_Q8_0, SPK_MM_LAYOUT_R8, pack_q8_0_r8, unpack_q8_0_r8},
     {SPK_DT_MXFP4, SPK_MM_LAYOUT_R8, pack_mxfp4_r8, unpack_mxfp4_r8},
+    {SPK_DT_Q4_K, SPK_MM_LAYOUT_R8, pack_q4_K_r8, unpack_q4_K_r8},
 };
 
 static const pack_format *find(spk_dtype t, int layout)

@@ -1,6 +1,6 @@
 /*
- * Weight repacking at load (CPU backend, lib/model/llama.c pack_weights): on synthetic Q4_0, Q8_0
- * and MXFP4 models (tied embeddings read packed by embed, and an untied head; vocabularies off the
+ * Weight repacking at load (CPU backend, lib/model/llama.c pack_weights): on synthetic Q4_0, Q8_0,
+ * MXFP4 and Q4_K models (tied embeddings read packed by embed, and an untied head; vocabularies off the
  * 8-row grid; a gpt-oss model whose stacked MXFP4 experts pack as one matrix), the logits of a
  * batched prefill and of incremental greedy decode are the same bit for bit with packing and
  * with SPK_NO_REPACK=1, at 1 and 2 threads and as a TP 2 group; the packed model reports its
@@ -88,6 +88,11 @@ static void write_model(const char *name, spk_dtype type, int tied, int n_vocab,
     p.n_heads = 4;
     p.n_kv_heads = 2;
     p.n_ff = 224; /* 28 groups of 8 rows */
+    if (type == SPK_DT_Q4_K) { /* rows of whole 256-value super-blocks */
+        p.n_embd = 256;
+        p.n_ff = 512;
+        p.head_dim = 64;
+    }
     p.n_vocab = n_vocab;
     p.n_ctx_train = 256;
     p.wtype = type;
@@ -113,11 +118,12 @@ START_TEST(packed_model_matches_unpacked)
         {"tied-q8.gguf", SPK_DT_Q8_0, 1, 1021, 0},
         {"tied-mxfp4.gguf", SPK_DT_MXFP4, 1, 1021, 0},
         {"gptoss-mxfp4.gguf", SPK_DT_MXFP4, 1, 1021, 1}, /* experts stacked, packed as one matrix */
+        {"tied-q4k.gguf", SPK_DT_Q4_K, 1, 1021, 0},
     };
     char path[128];
     write_model(cases[_i].name, cases[_i].type, cases[_i].tied, cases[_i].vocab, cases[_i].moe, path, sizeof path);
     const char *tn = spk_dtype_get((uint32_t)cases[_i].type)->name;
-    const int packs = spk_matmul_pack_layout(cases[_i].type, 128) != SPK_MM_LAYOUT_ROWS;
+    const int packs = spk_matmul_pack_layout(cases[_i].type, 256) != SPK_MM_LAYOUT_ROWS;
     if (!packs)
         printf("note: no packed %s kernel at this ISA (%s): comparing two unpacked runs\n", tn, spk_matmul_isa_name());
     for (int threads = 1; threads <= 2; threads++) {
@@ -271,7 +277,7 @@ int main(void)
     Suite *s = suite_create("repack");
     TCase *tc = tcase_create("repack");
     tcase_set_timeout(tc, 300);
-    tcase_add_loop_test(tc, packed_model_matches_unpacked, 0, 5);
+    tcase_add_loop_test(tc, packed_model_matches_unpacked, 0, 6);
     tcase_add_test(tc, packed_tp2_matches_unpacked);
     suite_add_tcase(s, tc);
     const int rc = spk_test_run(s);
