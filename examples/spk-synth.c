@@ -40,7 +40,7 @@ static void usage(FILE *out)
             "\n"
             "  --seed S          weights seed (default 0); equal options give identical files\n"
             "  --type T          matrices: q4_1 (default), q4_0, q8_0, f16, bf16, f32,\n"
-            "                    q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, mxfp4\n"
+            "                    q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, mxfp4\n"
             "  --embd-type T     token_embd: q8_0 (default) or as --type\n"
             "  --out-type T      output.weight when untied (default q4_1)\n"
             "  --tied / --untied output head shares token_embd or not (default: preset's)\n"
@@ -62,14 +62,14 @@ static int parse_type(const char *s, spk_dtype *out)
         {"q4_1", SPK_DT_Q4_1}, {"q4_0", SPK_DT_Q4_0}, {"q8_0", SPK_DT_Q8_0},
         {"f16", SPK_DT_F16},   {"bf16", SPK_DT_BF16}, {"f32", SPK_DT_F32},
         {"q5_0", SPK_DT_Q5_0}, {"q5_1", SPK_DT_Q5_1}, {"q2_k", SPK_DT_Q2_K},
-        {"q3_k", SPK_DT_Q3_K}, {"q4_k", SPK_DT_Q4_K}, {"q5_k", SPK_DT_Q5_K}, {"mxfp4", SPK_DT_MXFP4},
+        {"q3_k", SPK_DT_Q3_K}, {"q4_k", SPK_DT_Q4_K}, {"q5_k", SPK_DT_Q5_K}, {"q6_k", SPK_DT_Q6_K}, {"mxfp4", SPK_DT_MXFP4},
     };
     for (size_t i = 0; i < sizeof k / sizeof *k; i++)
         if (strcasecmp(s, k[i].n) == 0) {
             *out = k[i].t;
             return 0;
         }
-    fprintf(stderr, "spk-synth: unknown type '%s' (q4_1, q4_0, q8_0, f16, bf16, f32, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, mxfp4)\n", s);
+    fprintf(stderr, "spk-synth: unknown type '%s' (q4_1, q4_0, q8_0, f16, bf16, f32, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, mxfp4)\n", s);
     return -1;
 }
 

@@ -118,7 +118,7 @@ static bool type_ok(spk_dtype t)
 {
     return t == SPK_DT_F32 || t == SPK_DT_F16 || t == SPK_DT_BF16 || t == SPK_DT_Q4_0 ||
            t == SPK_DT_Q4_1 || t == SPK_DT_Q8_0 || t == SPK_DT_Q5_0 || t == SPK_DT_Q5_1 ||
-           t == SPK_DT_Q2_K || t == SPK_DT_Q3_K || t == SPK_DT_Q4_K || t == SPK_DT_Q5_K || t == SPK_DT_MXFP4;
+           t == SPK_DT_Q2_K || t == SPK_DT_Q3_K || t == SPK_DT_Q4_K || t == SPK_DT_Q5_K || t == SPK_DT_Q6_K || t == SPK_DT_MXFP4;
 }
 
 static int type_block(spk_dtype t)
@@ -175,7 +175,7 @@ spk_status spk_synth_check(const spk_synth_params *p)
     const char *what[3] = {"matrix type", "token_embd type", "output type"};
     for (int i = 0; i < 3; i++)
         if (!type_ok(types[i]))
-            return spk_err(SPK_ERR_UNSUPPORTED, "synth: %s %d (%s) not supported (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, MXFP4)",
+            return spk_err(SPK_ERR_UNSUPPORTED, "synth: %s %d (%s) not supported (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, MXFP4)",
                            what[i], (int)types[i], type_name(types[i]));
     /* Every row length must be a whole number of blocks of its type. */
     const int q_dim = p->n_heads * hd;
@@ -300,7 +300,7 @@ size_t spk_synth_quantize_row(void *dst, const float *x, spk_dtype type, int n)
     case SPK_DT_Q4_0: quant_q4_0(dst, x, n); break;
     case SPK_DT_Q4_1: quant_q4_1(dst, x, n); break;
     case SPK_DT_Q8_0: quant_q8_0(dst, x, n); break;
-    default: /* Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, MXFP4: ggml's reference quantizers */
+    default: /* Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, MXFP4: ggml's reference quantizers */
         return spk_quantize_row_ref(dst, x, type, n);
     }
     return spk_dtype_row_size(type, (size_t)n);
@@ -752,6 +752,7 @@ static uint32_t file_type(spk_dtype t)
     case SPK_DT_Q3_K: return 12;  /* Q3_K_M's id; the file holds Q3_K only */
     case SPK_DT_Q4_K: return 15;  /* Q4_K_M's id */
     case SPK_DT_Q5_K: return 17;  /* Q5_K_M's id */
+    case SPK_DT_Q6_K: return 18;
     case SPK_DT_MXFP4: return 38; /* MXFP4_MOE */
     case SPK_DT_BF16: return 32;
     default: return 0;

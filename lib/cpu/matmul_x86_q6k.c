@@ -159,6 +159,135 @@ A2 void spk_mm_q6k_avx2(float *out, int ld, const void *w, size_t wrow, const vo
     SPK_LANES_DRIVE(tile8, spread);
 }
 
+/*
+ * The tile on weights packed at load (SPK_MM_LAYOUT_R8, cpu/repack.c), as the Q4_K one of
+ * cpu/matmul_x86_q4k.c: per 8-row group and sub-block of 16 values, 4 registers of codes with
+ * dword j from row j (unpacked from 3 loads by tile8's shifts and masks) against a token's 4
+ * activations broadcast to every dword; two maddubs add up in int16 (|sum| <= 2 * 2 * 63 * 127 =
+ * 32004: exact) before one madd with the sub-block's scales (row j's in lanes 2j, 2j + 1), so
+ * 1 + 1/2 multiplies per 32 products (the file-layout tile: 2) and no horizontal sums. The
+ * offset 32 meets the activation sums per 16 (one madd per two sub-blocks) and is subtracted in
+ * integers; the float step per super-block and token is tile8's, so the results are its bits.
+ */
+/* The scales of the super-block at p of a packed group: sc[i], lanes 2j and 2j + 1 = scale i of
+ * row j; pr[k], lane 2j = scale 2k, lane 2j + 1 = scale 2k + 1 of row j (for the offsets). */
+I2 void r8_scales(const uint8_t *p, __m256i sc[16], __m256i pr[8])
+{
+    for (int k = 0; k < 8; k++) {
+        const __m128i x0 = _mm_loadl_epi64((const __m128i *)(p + 16 + 16 * k));
+        const __m128i x1 = _mm_loadl_epi64((const __m128i *)(p + 24 + 16 * k));
+        sc[2 * k] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x0, x0));
+        sc[2 * k + 1] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x1, x1));
+        pr[k] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x0, x1));
+    }
+}
+
+/* The 4 code registers of sub-block i of the super-block at p (tile8's unpacking). */
+I2 void r8_codes(const uint8_t *p, int i, __m256i c[4])
+{
+    const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+    const uint8_t *u = p + 144 + 96 * (size_t)i;
+    const __m256i l0 = _mm256_loadu_si256((const __m256i *)u), l1 = _mm256_loadu_si256((const __m256i *)(u + 32));
+    const __m256i hb = _mm256_loadu_si256((const __m256i *)(u + 64));
+    c[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
+    c[1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                           _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30));
+    c[2] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(hb, m30));
+    c[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                           _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
+}
+
+/* I += sub-block i's scaled dots of the 8 rows (lane j) against the token's 16 values at a. */
+I2 __m256i r8_dot(__m256i I, const __m256i c[4], const uint8_t *a, __m256i sc)
+{
+    __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(c[0], bcast4(a)), _mm256_maddubs_epi16(c[1], bcast4(a + 4)));
+    I = _mm256_add_epi32(I, _mm256_madd_epi16(s, sc));
+    KEEP(I);
+    s = _mm256_add_epi16(_mm256_maddubs_epi16(c[2], bcast4(a + 8)), _mm256_maddubs_epi16(c[3], bcast4(a + 12)));
+    I = _mm256_add_epi32(I, _mm256_madd_epi16(s, sc));
+    KEEP(I);
+    return I;
+}
+
+/* The float step of one super-block (b) and token (its row at at): tile8's. */
+I2 __m256 r8_step(__m256 acc, __m256i I, const __m256i pr[8], __m256 d, const uint8_t *at, int n, int b)
+{
+    const uint8_t *bs = at + (size_t)n + (size_t)(n / 32) * 8 + 32 * (size_t)b;
+    __m256i O = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; k++)
+        O = _mm256_add_epi32(O, _mm256_madd_epi16(pr[k], bcast4(bs + 4 * k)));
+    float da;
+    memcpy(&da, at + (size_t)n + 64 * (size_t)b, 4);
+    const __m256 fi = _mm256_cvtepi32_ps(_mm256_sub_epi32(I, _mm256_slli_epi32(O, 5)));
+    return _mm256_fmadd_ps(fi, _mm256_mul_ps(d, _mm256_set1_ps(da)), acc);
+}
+
+I2 void tile_r8q6k(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
+{
+    const int nb = n / SPK_QK_K;
+    __m256 acc[8];
+    for (int t = 0; t < T; t++)
+        acc[t] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *p = gp + (size_t)b * (8 * BS);
+        __m256i sc[16], pr[8];
+        r8_scales(p, sc, pr);
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+        for (int t0 = 0; t0 < T; t0 += 8) {
+            const int U = T - t0 < 8 ? T - t0 : 8;
+            __m256i I[8];
+            for (int t = 0; t < U; t++)
+                I[t] = _mm256_setzero_si256();
+#pragma GCC unroll 1
+            for (int i = 0; i < 16; i++) {
+                __m256i c[4];
+                r8_codes(p, i, c);
+#pragma GCC unroll 8
+                for (int t = 0; t < U; t++)
+                    I[t] = r8_dot(I[t], c, act + (size_t)(t0 + t) * arow + 256 * (size_t)b + 16 * i, sc[i]);
+            }
+            for (int t = 0; t < U; t++)
+                acc[t0 + t] = r8_step(acc[t0 + t], I[t], pr, d, act + (size_t)(t0 + t) * arow, n, b);
+        }
+    }
+    for (int t = 0; t < T; t++)
+        _mm256_storeu_ps(o + (size_t)t * ld, acc[t]);
+}
+
+/* One token against the 4 groups gp + g * gs at once (4 sequential streams through weights read
+ * from memory; tile_r8q6k's arithmetic per group), group g's results to o[g * os + j]. */
+I2 void tok1_r8q6kx4(float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
+{
+    const int nb = n / SPK_QK_K;
+    __m256 acc[4];
+    for (int g = 0; g < 4; g++)
+        acc[g] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+#pragma GCC unroll 1
+        for (int g = 0; g < 4; g++) {
+            const uint8_t *p = gp + (size_t)g * gs + (size_t)b * (8 * BS);
+            __m256i sc[16], pr[8], I = _mm256_setzero_si256();
+            r8_scales(p, sc, pr);
+#pragma GCC unroll 2
+            for (int i = 0; i < 16; i++) {
+                __m256i c[4];
+                r8_codes(p, i, c);
+                I = r8_dot(I, c, act + 256 * (size_t)b + 16 * i, sc[i]);
+            }
+            acc[g] = r8_step(acc[g], I, pr, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)), act, n, b);
+        }
+    }
+    for (int g = 0; g < 4; g++)
+        _mm256_storeu_ps(o + (size_t)g * os, acc[g]);
+}
+
+A2 void spk_mm_r8_q6k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                           int n_tok, int row0, int row1)
+{
+    SPK_R8_DRIVE_TOK4(spk_mm_r8_q6k_avx2, tok1_r8q6kx4, tile_r8q6k);
+}
+
 #else
 typedef int spk_matmul_x86_q6k_unused; /* ISO C forbids an empty translation unit */
 #endif

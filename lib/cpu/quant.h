@@ -71,9 +71,12 @@ int spk_quant_dequantize_block(float *y, const void *blk, spk_dtype t);
 /*
  * Reference quantizers (cpu/quant_ref.c), ports of ggml's quantize_row_*_ref, for tests and the
  * synthetic-model writer (not a hot path): n floats (a multiple of the block) into blocks of
- * type t. Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K and MXFP4; returns the bytes written, 0 for other types.
+ * type t. Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K and MXFP4; returns the bytes written, 0 for other
+ * types.
  */
 size_t spk_quantize_row_ref(void *dst, const float *x, spk_dtype t, int n);
+/* A Q6_K block's ql and qh from its 256 codes (0..63, value + 32) in value order. */
+void spk_q6k_set_codes(spk_block_q6_K *y, const uint8_t c[SPK_QK_K]);
 
 /*
  * Kernel signature: out[t * ld_out + r] for r in [row0, row1), t < n_tok.
@@ -147,6 +150,10 @@ void spk_mm_r8_q4k_avx2(float *out, int ld, const void *w, size_t wrow, const vo
  * partial tile for the last ones), at every token count for the same reason. */
 void spk_mm_q6k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                      int n_tok, int row0, int row1);
+/* cpu/matmul_x86_q6k.c: the Q6_K tile reading SPK_MM_LAYOUT_R8, as spk_mm_r8_q4_0_avx2; the same
+ * results bit for bit as spk_mm_q6k_avx2 on the file layout. */
+void spk_mm_r8_q6k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                        int n_tok, int row0, int row1);
 #endif
 #if defined(__aarch64__)
 void spk_mm_fill_neon(spk_mm_table *t);

@@ -1,5 +1,5 @@
 /*
- * Reference quantizers for Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K and MXFP4: the algorithms of ggml's
+ * Reference quantizers for Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K and MXFP4: the algorithms of ggml's
  * quantize_row_*_ref (ggml/src/ggml-quants.c), rewritten here, so files we write hold the blocks
  * llama-quantize would write without an importance matrix. Used by tests and the synthetic-model
  * writer only; nothing on the inference path calls them.
@@ -217,6 +217,51 @@ static float make_q3(int n, int nmax, const float *x, int8_t *L)
     return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
 }
 
+/* ggml's make_qx_quants with rmse_type 1 (x^2 weights) and no importance: signed levels
+ * -nmax..nmax-1 (L stores level + nmax; 0 for an all-zero group), the scale of the best of 19
+ * candidate inverse scales. */
+static float make_qx(int n, int nmax, const float *x, int8_t *L)
+{
+    float max = 0, amax = 0;
+    for (int i = 0; i < n; i++)
+        if (fabsf(x[i]) > amax) {
+            amax = fabsf(x[i]);
+            max = x[i];
+        }
+    if (amax < 1e-15f) {
+        memset(L, 0, (size_t)n);
+        return 0.0f;
+    }
+    float iscale = -(float)nmax / max, sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        const int l = clampi(nearest_int(iscale * x[i]), -nmax, nmax - 1);
+        L[i] = (int8_t)(l + nmax);
+        const float w = x[i] * x[i];
+        sumlx += w * x[i] * (float)l;
+        suml2 += w * (float)l * (float)l;
+    }
+    float scale = suml2 != 0.0f ? sumlx / suml2 : 0.0f, best = scale * sumlx;
+    for (int is = -9; is <= 9; is++) {
+        if (is == 0)
+            continue;
+        iscale = -((float)nmax + 0.1f * (float)is) / max;
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; i++) {
+            const int l = clampi(nearest_int(iscale * x[i]), -nmax, nmax - 1);
+            const float w = x[i] * x[i];
+            sumlx += w * x[i] * (float)l;
+            suml2 += w * (float)l * (float)l;
+        }
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            for (int i = 0; i < n; i++)
+                L[i] = (int8_t)(nmax + clampi(nearest_int(iscale * x[i]), -nmax, nmax - 1));
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
 /* Element order -> the 2-bit packing of Q2_K/Q3_K qs (element 128h + 32k + l at bits 2k of
  * byte 32h + l). */
 static void pack_2bit(uint8_t *qs, const uint8_t *L)
@@ -419,6 +464,53 @@ static void quant_q5_K(spk_block_q5_K *y, const float *x, int nb)
     }
 }
 
+/* ---- Q6_K --------------------------------------------------------------------------------- */
+
+void spk_q6k_set_codes(spk_block_q6_K *y, const uint8_t c[SPK_QK_K])
+{
+    for (int n = 0; n < 2; n++)
+        for (int l = 0; l < 32; l++) {
+            const int v = 128 * n + l;
+            y->ql[64 * n + l] = (uint8_t)((c[v] & 15) | (c[v + 64] & 15) << 4);
+            y->ql[64 * n + l + 32] = (uint8_t)((c[v + 32] & 15) | (c[v + 96] & 15) << 4);
+            y->qh[32 * n + l] = (uint8_t)((c[v] >> 4) | (c[v + 32] >> 4) << 2 | (c[v + 64] >> 4) << 4 |
+                                          (c[v + 96] >> 4) << 6);
+        }
+}
+
+static void quant_q6_K(spk_block_q6_K *y, const float *x, int nb)
+{
+    int8_t L[SPK_QK_K];
+    float scales[SPK_QK_K / 16];
+    for (int b = 0; b < nb; b++, x += SPK_QK_K) {
+        float max_scale = 0, max_abs = 0;
+        for (int j = 0; j < SPK_QK_K / 16; j++) {
+            scales[j] = make_qx(16, 32, x + 16 * j, L + 16 * j);
+            if (fabsf(scales[j]) > max_abs) {
+                max_abs = fabsf(scales[j]);
+                max_scale = scales[j];
+            }
+        }
+        memset(&y[b], 0, sizeof y[b]);
+        if (max_abs < 1e-15f)
+            continue; /* d = 0: all zero */
+        const float iscale = -128.0f / max_scale;
+        y[b].d = spk_f32_to_f16(1 / iscale);
+        for (int j = 0; j < SPK_QK_K / 16; j++) {
+            const int v = nearest_int(iscale * scales[j]);
+            y[b].scales[j] = (int8_t)(v < 127 ? v : 127);
+        }
+        for (int j = 0; j < SPK_QK_K / 16; j++) {
+            const float d = spk_f16_to_f32(y[b].d) * (float)y[b].scales[j];
+            if (d == 0.0f)
+                continue;
+            for (int i = 0; i < 16; i++)
+                L[16 * j + i] = (int8_t)(clampi(nearest_int(x[16 * j + i] / d), -32, 31) + 32);
+        }
+        spk_q6k_set_codes(&y[b], (const uint8_t *)L);
+    }
+}
+
 size_t spk_quantize_row_ref(void *dst, const float *x, spk_dtype t, int n)
 {
     const spk_dtype_info *info = spk_dtype_get((uint32_t)t);
@@ -432,6 +524,7 @@ size_t spk_quantize_row_ref(void *dst, const float *x, spk_dtype t, int n)
     case SPK_DT_Q3_K: quant_q3_K(dst, x, nb); break;
     case SPK_DT_Q4_K: quant_q4_K(dst, x, nb); break;
     case SPK_DT_Q5_K: quant_q5_K(dst, x, nb); break;
+    case SPK_DT_Q6_K: quant_q6_K(dst, x, nb); break;
     case SPK_DT_MXFP4: quant_mxfp4(dst, x, nb); break;
     default: return 0;
     }

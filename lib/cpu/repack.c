@@ -32,6 +32,14 @@
  *                   (so 256-bit shifts and masks decode all 64 scales and mins of the group)
  *   bytes 128..1151 the codes, 32 registers of 32 bytes: register 8h + k, dword j = code bytes
  *                   32h + 4k..32h + 4k + 3 of row j (low nibbles: sub-block 2h, high: 2h + 1)
+ * SPK_MM_LAYOUT_R8 for Q6_K: per group, per super-block b (1680 bytes = 8 file blocks):
+ *   bytes 0..15     the 8 rows' f16 scales d, row j at 2j
+ *   bytes 16..143   the int8 sub-block scales: byte 16 + 8i + j = scale i (16 values) of row j
+ *   then per sub-block i = 0..15, 96 bytes: registers R0..R3 of the codes (6 bits, value + 32),
+ *                   dword j of Rk = the codes of values 16i + 4k..16i + 4k + 3 of row j, as
+ *                   32 bytes R0 | R1 << 4 (low 4 bits), 32 bytes R2 | R3 << 4, and 32 bytes of
+ *                   the high 2 bits R0 | R1 << 2 | R2 << 4 | R3 << 6 (the shifts and masks of
+ *                   cpu/matmul_x86_q6k.c's file-layout unpacking give R0..R3 back)
  * Another type adds a pack_group/unpack_row pair and one row of k_formats.
  */
 #include <stdint.h>
@@ -178,11 +186,70 @@ static void unpack_q4_K_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int 
     }
 }
 
+/* The 256 codes (0..63) of a Q6_K block in value order (spk_q6k_set_codes: back). */
+static void q6k_codes(const spk_block_q6_K *x, uint8_t c[256])
+{
+    for (int n = 0; n < 2; n++)
+        for (int l = 0; l < 32; l++) {
+            const int ql0 = x->ql[64 * n + l], ql1 = x->ql[64 * n + l + 32], qh = x->qh[32 * n + l];
+            c[128 * n + l] = (uint8_t)((ql0 & 15) | (qh & 3) << 4);
+            c[128 * n + l + 32] = (uint8_t)((ql1 & 15) | ((qh >> 2) & 3) << 4);
+            c[128 * n + l + 64] = (uint8_t)((ql0 >> 4) | ((qh >> 4) & 3) << 4);
+            c[128 * n + l + 96] = (uint8_t)((ql1 >> 4) | ((qh >> 6) & 3) << 4);
+        }
+}
+
+static void pack_q6_K_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
+{
+    for (int b = 0; b < nb; b++) {
+        uint8_t *o = dst + (size_t)b * 8 * sizeof(spk_block_q6_K);
+        for (int j = 0; j < 8; j++) {
+            const spk_block_q6_K *x = (const spk_block_q6_K *)(src + (size_t)j * wrow) + b;
+            uint8_t c[256];
+            q6k_codes(x, c);
+            memcpy(o + 2 * j, &x->d, 2);
+            for (int i = 0; i < 16; i++) {
+                o[16 + 8 * i + j] = (uint8_t)x->scales[i];
+                uint8_t *u = o + 144 + 96 * i;
+                for (int e = 0; e < 4; e++) {
+                    const int r[4] = {c[16 * i + e], c[16 * i + 4 + e], c[16 * i + 8 + e], c[16 * i + 12 + e]};
+                    u[4 * j + e] = (uint8_t)((r[0] & 15) | (r[1] & 15) << 4);
+                    u[32 + 4 * j + e] = (uint8_t)((r[2] & 15) | (r[3] & 15) << 4);
+                    u[64 + 4 * j + e] = (uint8_t)((r[0] >> 4) | (r[1] >> 4) << 2 | (r[2] >> 4) << 4 | (r[3] >> 4) << 6);
+                }
+            }
+        }
+    }
+}
+
+static void unpack_q6_K_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int b1)
+{
+    for (int b = b0; b < b1; b++) {
+        const uint8_t *o = grp + (size_t)b * 8 * sizeof(spk_block_q6_K);
+        spk_block_q6_K *x = (spk_block_q6_K *)dst + (b - b0);
+        uint8_t c[256];
+        memcpy(&x->d, o + 2 * j, 2);
+        for (int i = 0; i < 16; i++) {
+            x->scales[i] = (int8_t)o[16 + 8 * i + j];
+            const uint8_t *u = o + 144 + 96 * i;
+            for (int e = 0; e < 4; e++) {
+                const int l0 = u[4 * j + e], l1 = u[32 + 4 * j + e], h = u[64 + 4 * j + e];
+                c[16 * i + e] = (uint8_t)((l0 & 15) | (h & 3) << 4);
+                c[16 * i + 4 + e] = (uint8_t)((l0 >> 4) | ((h >> 2) & 3) << 4);
+                c[16 * i + 8 + e] = (uint8_t)((l1 & 15) | ((h >> 4) & 3) << 4);
+                c[16 * i + 12 + e] = (uint8_t)((l1 >> 4) | ((h >> 6) & 3) << 4);
+            }
+        }
+        spk_q6k_set_codes(x, c);
+    }
+}
+
 static const pack_format k_formats[] = {
     {SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, pack_q4_0_r8, unpack_q4_0_r8},
     {SPK_DT_Q8_0, SPK_MM_LAYOUT_R8, pack_q8_0_r8, unpack_q8_0_r8},
     {SPK_DT_MXFP4, SPK_MM_LAYOUT_R8, pack_mxfp4_r8, unpack_mxfp4_r8},
     {SPK_DT_Q4_K, SPK_MM_LAYOUT_R8, pack_q4_K_r8, unpack_q4_K_r8},
+    {SPK_DT_Q6_K, SPK_MM_LAYOUT_R8, pack_q6_K_r8, unpack_q6_K_r8},
 };
 
 static const pack_format *find(spk_dtype t, int layout)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""gen-quant-models.py: llama.cpp's view of small models in Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, MXFP4,
+"""gen-quant-models.py: llama.cpp's view of small models in Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, MXFP4,
 for tests/unit/test_quant_types.c (writes tests/data/quant/models.json).
 
 spk-synth writes one small F32 model (the SHAPE below, seed 7). For each type:
@@ -29,6 +29,7 @@ TYPES = [  # our --type name, llama-quantize type name
     ("q3_k", "Q3_K"),
     ("q4_k", "Q4_K"),
     ("q5_k", "Q5_K"),
+    ("q6_k", "Q6_K"),
     ("mxfp4", "MXFP4_MOE"),
 ]
 SHAPE = ["--preset", "smollm2-135m", "--layers", "2", "--embd", "256", "--heads", "4",
@@ -38,10 +39,10 @@ TOKENS = [(i * 7919 + 13) % 1024 for i in range(N_TOK)]
 TOP_K = 5
 
 
-GGML_TYPE = {"f32": 0, "q8_0": 8, "q5_0": 6, "q5_1": 7, "q2_k": 10, "q3_k": 11, "q4_k": 12, "q5_k": 13,
+GGML_TYPE = {"f32": 0, "q8_0": 8, "q5_0": 6, "q5_1": 7, "q2_k": 10, "q3_k": 11, "q4_k": 12, "q5_k": 13, "q6_k": 14,
              "mxfp4": 39}
 BLOCK = {0: (1, 4), 8: (32, 34), 6: (32, 22), 7: (32, 24), 10: (256, 84), 11: (256, 110), 12: (256, 144),
-         13: (256, 176), 39: (32, 17)}
+         13: (256, 176), 14: (256, 210), 39: (32, 17)}
 
 
 def read_gguf(path):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""gen-quant-ref.py: reference blocks for the weight types Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, MXFP4,
+"""gen-quant-ref.py: reference blocks for the weight types Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, MXFP4,
 made by llama.cpp's own ggml (libggml-base from tests/ref/build-llamacpp.sh), for
 tests/unit/test_quant_types.c.
 
@@ -22,6 +22,7 @@ TYPES = [  # name, ggml type id, block elements, block bytes
     ("q3_K", 11, 256, 110),
     ("q4_K", 12, 256, 144),
     ("q5_K", 13, 256, 176),
+    ("q6_K", 14, 256, 210),
     ("mxfp4", 39, 32, 17),
 ]
 M64 = (1 << 64) - 1

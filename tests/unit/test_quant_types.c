@@ -1,5 +1,5 @@
 /*
- * The weight types Q5_0, Q5_1, Q2_K, Q3_K, Q5_K, MXFP4 and Q4_K against llama.cpp itself.
+ * The weight types Q5_0, Q5_1, Q2_K, Q3_K, Q5_K, MXFP4, Q4_K and Q6_K against llama.cpp itself.
  *
  * tests/data/quant/<type>.bin (tests/ref/gen-quant-ref.py) holds what ggml's own
  * quantize_row_<type>_ref made of a fixed input, and ggml's dequantize_row_<type> of it. The
@@ -43,7 +43,7 @@ static const struct {
     {"q5_0.bin", SPK_DT_Q5_0, 0.045}, {"q5_1.bin", SPK_DT_Q5_1, 0.045},
     {"q2_k.bin", SPK_DT_Q2_K, 0.35}, {"q3_k.bin", SPK_DT_Q3_K, 0.18},
     {"q5_k.bin", SPK_DT_Q5_K, 0.045}, {"mxfp4.bin", SPK_DT_MXFP4, 0.2},
-    {"q4_k.bin", SPK_DT_Q4_K, 0.09},
+    {"q4_k.bin", SPK_DT_Q4_K, 0.09}, {"q6_k.bin", SPK_DT_Q6_K, 0.03},
 };
 #define N_TYPES (int)(sizeof k_types / sizeof k_types[0])
 
@@ -325,7 +325,7 @@ static spk_dtype type_by_name(const char *s)
 {
     static const struct { const char *n; spk_dtype t; } k[] = {
         {"q5_0", SPK_DT_Q5_0}, {"q5_1", SPK_DT_Q5_1}, {"q2_k", SPK_DT_Q2_K},
-        {"q3_k", SPK_DT_Q3_K}, {"q4_k", SPK_DT_Q4_K}, {"q5_k", SPK_DT_Q5_K}, {"mxfp4", SPK_DT_MXFP4},
+        {"q3_k", SPK_DT_Q3_K}, {"q4_k", SPK_DT_Q4_K}, {"q5_k", SPK_DT_Q5_K}, {"q6_k", SPK_DT_Q6_K}, {"mxfp4", SPK_DT_MXFP4},
     };
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++)
         if (strcmp(s, k[i].n) == 0)

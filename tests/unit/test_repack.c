@@ -1,6 +1,6 @@
 /*
  * Weight repacking at load (CPU backend, lib/model/llama.c pack_weights): on synthetic Q4_0, Q8_0,
- * MXFP4 and Q4_K models (tied embeddings read packed by embed, and an untied head; vocabularies off the
+ * MXFP4, Q4_K and Q6_K models (tied embeddings read packed by embed, and an untied head; vocabularies off the
  * 8-row grid; a gpt-oss model whose stacked MXFP4 experts pack as one matrix), the logits of a
  * batched prefill and of incremental greedy decode are the same bit for bit with packing and
  * with SPK_NO_REPACK=1, at 1 and 2 threads and as a TP 2 group; the packed model reports its
@@ -88,7 +88,7 @@ static void write_model(const char *name, spk_dtype type, int tied, int n_vocab,
     p.n_heads = 4;
     p.n_kv_heads = 2;
     p.n_ff = 224; /* 28 groups of 8 rows */
-    if (type == SPK_DT_Q4_K) { /* rows of whole 256-value super-blocks */
+    if (spk_dtype_get((uint32_t)type)->block == 256) { /* rows of whole super-blocks */
         p.n_embd = 256;
         p.n_ff = 512;
         p.head_dim = 64;
@@ -119,6 +119,7 @@ START_TEST(packed_model_matches_unpacked)
         {"tied-mxfp4.gguf", SPK_DT_MXFP4, 1, 1021, 0},
         {"gptoss-mxfp4.gguf", SPK_DT_MXFP4, 1, 1021, 1}, /* experts stacked, packed as one matrix */
         {"tied-q4k.gguf", SPK_DT_Q4_K, 1, 1021, 0},
+        {"tied-q6k.gguf", SPK_DT_Q6_K, 1, 1021, 0},
     };
     char path[128];
     write_model(cases[_i].name, cases[_i].type, cases[_i].tied, cases[_i].vocab, cases[_i].moe, path, sizeof path);
@@ -277,7 +278,7 @@ int main(void)
     Suite *s = suite_create("repack");
     TCase *tc = tcase_create("repack");
     tcase_set_timeout(tc, 300);
-    tcase_add_loop_test(tc, packed_model_matches_unpacked, 0, 6);
+    tcase_add_loop_test(tc, packed_model_matches_unpacked, 0, 7);
     tcase_add_test(tc, packed_tp2_matches_unpacked);
     suite_add_tcase(s, tc);
     const int rc = spk_test_run(s);

@@ -115,9 +115,9 @@ START_TEST(presets_have_the_documented_shapes)
         ck_assert_int_eq(spk_synth_file_size(&p, &size), SPK_OK);
         ck_assert_uint_eq(size / 1000000000ull, oss_gb[i]); /* 12.10 GB, 63.38 GB */
     }
-    p.expert_type = SPK_DT_Q6_K; /* no Q6_K quantizer in the writer: named */
+    p.expert_type = SPK_DT_Q8_1; /* an activation type, never a weight: named */
     ck_assert_int_eq(spk_synth_check(&p), SPK_ERR_UNSUPPORTED);
-    ck_assert_ptr_nonnull(strstr(spk_last_error(), "expert type 14 (Q6_K) not supported"));
+    ck_assert_ptr_nonnull(strstr(spk_last_error(), "expert type 9 (unknown) not supported"));
     ck_assert_int_eq(spk_synth_preset("tiny", &p), SPK_OK);
     p.expert_type = SPK_DT_MXFP4; /* a dense model has no experts */
     ck_assert_int_eq(spk_synth_check(&p), SPK_ERR_UNSUPPORTED);
@@ -155,7 +155,7 @@ START_TEST(check_rejects_bad_parameters)
     p.wtype = SPK_DT_F32; /* any row length is fine for F32 */
     ck_assert_int_eq(spk_synth_check(&p), SPK_OK);
     spk_synth_params_init(&p);
-    p.wtype = SPK_DT_Q6_K;
+    p.wtype = SPK_DT_Q8_1;
     ck_assert_int_eq(spk_synth_check(&p), SPK_ERR_UNSUPPORTED);
     spk_synth_params_init(&p);
     p.head_dim = 0;
@@ -241,7 +241,7 @@ START_TEST(quantizers_round_trip_within_half_a_step)
     ck_assert_int_eq(b->qs[0], 0 | (8 << 4));   /* round(16 * 15/31) = 8 */
     ck_assert_int_eq(b->qs[15], 7 | (15 << 4)); /* round(15 * 15/31) = 7, 31 -> 15 */
     ck_assert_uint_eq(spk_synth_quantize_row(q, x, SPK_DT_Q4_1, 30), 0); /* not a whole block */
-    ck_assert_uint_eq(spk_synth_quantize_row(q, x, SPK_DT_Q6_K, 256), 0);
+    ck_assert_uint_eq(spk_synth_quantize_row(q, x, SPK_DT_Q8_1, 32), 0);
 }
 END_TEST
 
