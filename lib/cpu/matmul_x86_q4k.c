@@ -321,10 +321,48 @@ I2 void tile_r8q4k(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t 
         _mm256_storeu_ps(o + (size_t)t * ld, acc[t]);
 }
 
+/* One token against the 4 groups gp + g * gs at once (4 sequential streams through weights read
+ * from memory; tile_r8q4k's arithmetic per group), group g's results to o[g * os + j]. */
+I2 void tok1_r8q4kx4(float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
+{
+    const int nb = n / SPK_QK_K;
+    const size_t ds_off = (size_t)n, bs_off = (size_t)n + (size_t)(n / 32) * 8;
+    __m256 acc[4];
+    for (int g = 0; g < 4; g++)
+        acc[g] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *a = act + 256 * (size_t)b, *bs = act + bs_off + 32 * (size_t)b;
+        float da;
+        memcpy(&da, act + ds_off + 64 * (size_t)b, 4);
+        const __m256 vda = _mm256_set1_ps(da);
+#pragma GCC unroll 1
+        for (int g = 0; g < 4; g++) {
+            const uint8_t *p = gp + (size_t)g * gs + (size_t)b * (8 * BS);
+            __m256i sc[8], mn[8], I[4] = {_mm256_setzero_si256()}, M = _mm256_setzero_si256();
+            r8_scales(p, sc, mn);
+#pragma GCC unroll 1
+            for (int h = 0; h < 4; h++) {
+                const uint8_t *a2[4] = {a + 64 * h}, *a3[4] = {a + 64 * h + 32};
+                r8_sub(1, p + 128 + 256 * (size_t)h, 0, a2, sc[2 * h], I);
+                r8_sub(1, p + 128 + 256 * (size_t)h, 1, a3, sc[2 * h + 1], I);
+            }
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++)
+                M = _mm256_add_epi32(M, _mm256_madd_epi16(mn[i], bcast4(bs + 4 * i)));
+            const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+            const __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));
+            acc[g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I[0]), _mm256_mul_ps(d, vda), acc[g]);
+            acc[g] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(M), _mm256_mul_ps(dm, vda), acc[g]);
+        }
+    }
+    for (int g = 0; g < 4; g++)
+        _mm256_storeu_ps(o + (size_t)g * os, acc[g]);
+}
+
 A2 void spk_mm_r8_q4k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                            int n_tok, int row0, int row1)
 {
-    SPK_R8_DRIVE(tile_r8q4k);
+    SPK_R8_DRIVE_TOK4(spk_mm_r8_q4k_avx2, tok1_r8q4kx4, tile_r8q4k);
 }
 
 #else
