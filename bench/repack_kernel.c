@@ -1,9 +1,9 @@
 /*
- * A packed type's matmul kernel (Q4_0, Q8_0, MXFP4, Q4_K or Q6_K), file layout against the layout packed at load
+ * A packed type's matmul kernel (Q4_0, Q8_0, MXFP4, Q4_K, Q5_K or Q6_K), file layout against the layout packed at load
  * (cpu/repack.c): thread CPU time of n_in x n_out random weights (n_in 512 x n_out 1536 by
  * default) at 1, 8 and 256 tokens, ns per row x token x 256 values, the median of `reps` runs of
  * each, the two layouts alternating. Built and run by bench/repack.sh.
- * Usage: repack_kernel [n_in n_out reps [q4_0|q8_0|mxfp4|q4_k|q6_k]]
+ * Usage: repack_kernel [n_in n_out reps [q4_0|q8_0|mxfp4|q4_k|q5_k|q6_k]]
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -35,12 +35,13 @@ int main(int argc, char **argv)
     const int reps = argc > 3 ? atoi(argv[3]) : 7;
     static const struct { const char *arg, *name; spk_dtype t; } types[] = {
         {"q4_0", "Q4_0", SPK_DT_Q4_0}, {"q8_0", "Q8_0", SPK_DT_Q8_0}, {"mxfp4", "MXFP4", SPK_DT_MXFP4},
-        {"q4_k", "Q4_K", SPK_DT_Q4_K}, {"q6_k", "Q6_K", SPK_DT_Q6_K}};
+        {"q4_k", "Q4_K", SPK_DT_Q4_K}, {"q6_k", "Q6_K", SPK_DT_Q6_K},
+        {"q5_k", "Q5_K", SPK_DT_Q5_K}};
     int ti = 0;
-    while (argc > 4 && ti < 5 && strcmp(argv[4], types[ti].arg) != 0)
+    while (argc > 4 && ti < 6 && strcmp(argv[4], types[ti].arg) != 0)
         ti++;
-    if (ti == 5)
-        return fprintf(stderr, "type: q4_0, q8_0, mxfp4, q4_k or q6_k\n"), 2;
+    if (ti == 6)
+        return fprintf(stderr, "type: q4_0, q8_0, mxfp4, q4_k, q5_k or q6_k\n"), 2;
     const spk_dtype T = types[ti].t;
     const char *tn = types[ti].name;
     if (!spk_matmul_supported(T, n_in) || n_out < 8 || reps < 1 || reps > 101)
@@ -63,7 +64,7 @@ int main(int argc, char **argv)
                 memcpy(x + offsetof(spk_block_q6_K, d), &d, 2);
             else
                 memcpy(x, &d, 2);
-            if (T == SPK_DT_Q4_K) /* and dmin */
+            if (T == SPK_DT_Q4_K || T == SPK_DT_Q5_K) /* and dmin */
                 memcpy(x + 2, &d, 2);
         }
     if (layout == SPK_MM_LAYOUT_ROWS || spk_matmul_pack(p, w, T, layout, n_in, n_out) != 0) {

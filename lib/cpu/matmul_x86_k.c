@@ -1,5 +1,6 @@
 /*
- * x86-64 matmul kernels for K-quant weights (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) against the K-quant
+ * x86-64 matmul kernels for K-quant weights (Q2_K, Q3_K; Q4_K, Q5_K and Q6_K have 8-row tiles of
+ * their own in cpu/matmul_x86_q4k.c and cpu/matmul_x86_q6k.c) against the K-quant
  * section of the activation rows (cpu/quant.h: one scale per 256 values, int16 sums per 16),
  * AVX2+FMA+F16C, compiled with target attributes like cpu/matmul_x86.c; the AVX-512 table
  * inherits them. Also the AVX2 quantizer of that section.
@@ -7,9 +8,8 @@
  * Arithmetic, as llama.cpp's Q8_K dot products: per super-block and (row, token) the 8 chunks of
  * 32 values are dotted in integers (maddubs of the unsigned weight codes with the int8
  * activations, then madd with the sub-block scales), summed as int32 lanes; the offsets of the
- * codes (Q6_K -32, Q3_K -4) and the mins (Q4_K, Q5_K, Q2_K) meet the activations' sums per 16
- * (one madd); one float FMA (two with mins) per super-block ends it. Partial sums stay far from
- * int32 limits (Q6_K: |code| <= 63, |scale| <= 128, 256 values of |a| <= 127: < 2^28).
+ * codes (Q3_K -4) and the mins (Q2_K) meet the activations' sums per 16 (one madd); one float FMA
+ * (two with mins) per super-block ends it. Partial sums stay far from int32 limits.
  *
  * Register tiles: R weight rows x T tokens per pass; each super-block's scales are decoded and
  * each chunk of codes unpacked once per tile, each activation chunk loaded once per R rows.
@@ -23,14 +23,11 @@
 #include "cpu/matmul_x86_avx2.h"
 #include "cpu/quant.h"
 
-enum { T_Q4K, T_Q5K, T_Q6K, T_Q3K, T_Q2K };
+enum { T_Q3K, T_Q2K };
 
 static inline size_t kblock_bytes(int type)
 {
     switch (type) {
-    case T_Q4K: return sizeof(spk_block_q4_K);
-    case T_Q5K: return sizeof(spk_block_q5_K);
-    case T_Q6K: return sizeof(spk_block_q6_K);
     case T_Q3K: return sizeof(spk_block_q3_K);
     default: return sizeof(spk_block_q2_K);
     }
@@ -39,18 +36,12 @@ static inline size_t kblock_bytes(int type)
 /* Whether the correction (offsets) has the scale d itself (then it is subtracted in integers). */
 static inline int int_corr(int type)
 {
-    return type == T_Q6K || type == T_Q3K;
+    return type == T_Q3K;
 }
 
-/* Byte masks for vpshufb. k4[j]: int16 lane j of each 128-bit half everywhere (per-32 scales);
- * k16[k]: low half int16 lane 2k, high half lane 2k+1 (per-16 scales: a chunk of 32 values
- * spans two, values 0-15 in the low half of maddubs' int16 pairs, 16-31 in the high). */
-static const uint8_t k_mask4[8][32] __attribute__((aligned(32))) = {
-#define M4(j) {2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1, \
-               2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1,2*j,2*j+1}
-    M4(0), M4(1), M4(2), M4(3), M4(4), M4(5), M4(6), M4(7)
-#undef M4
-};
+/* Byte masks for vpshufb. k16[k]: low half int16 lane 2k, high half lane 2k+1 (per-16 scales: a
+ * chunk of 32 values spans two, values 0-15 in the low half of maddubs' int16 pairs, 16-31 in
+ * the high). */
 static const uint8_t k_mask16[4][32] __attribute__((aligned(32))) = {
 #define M16(k) {4*k,4*k+1,4*k,4*k+1,4*k,4*k+1,4*k,4*k+1,4*k,4*k+1,4*k,4*k+1,4*k,4*k+1,4*k,4*k+1, \
                 4*k+2,4*k+3,4*k+2,4*k+3,4*k+2,4*k+3,4*k+2,4*k+3,4*k+2,4*k+3,4*k+2,4*k+3,4*k+2,4*k+3,4*k+2,4*k+3}
@@ -62,50 +53,15 @@ static const uint8_t k_mask16[4][32] __attribute__((aligned(32))) = {
 typedef struct {
     const uint8_t *x; /* the block */
     float d, dm;      /* scale of the codes' dot; of the mins (0 for int_corr types) */
-    __m256i s0, s1;   /* scale sources for vpshufb (Q4/Q5_K: s0 only; per-16 types: halves) */
+    __m256i s0, s1;   /* scale sources for vpshufb (the halves of the 16 per-16 scales) */
     __m256i coef;     /* int16 per 16 values, madd with the activation sums: the correction */
-    __m256i hb;       /* Q5_K qh, Q3_K hmask */
+    __m256i hb;       /* Q3_K hmask */
 } kblk;
 
 I2 void kprep(int type, kblk *k, const uint8_t *x)
 {
     k->x = x;
     switch (type) {
-    case T_Q4K:
-    case T_Q5K: {
-        const spk_block_q4_K *q4 = (const void *)x;
-        const spk_block_q5_K *q5 = (const void *)x;
-        const uint8_t *sc = type == T_Q4K ? q4->scales : q5->scales;
-        const spk_f16 d = type == T_Q4K ? q4->d : q5->d, dmin = type == T_Q4K ? q4->dmin : q5->dmin;
-        uint32_t u[4];
-        memcpy(u, sc, 12);
-        u[3] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
-        const uint32_t m0 = u[1] & 0x3f3f3f3f;
-        u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
-        u[2] = m0;
-        u[0] &= 0x3f3f3f3f;
-        /* u[0..1]: the 8 scales, u[2..3]: the 8 mins, one byte each */
-        const __m128i sm = _mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]);
-        k->s0 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
-        const __m128i mins2 = _mm_shuffle_epi8(
-            sm, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15));
-        k->coef = _mm256_cvtepu8_epi16(mins2);
-        k->d = _cvtsh_ss(d);
-        k->dm = _cvtsh_ss(dmin);
-        if (type == T_Q5K)
-            k->hb = _mm256_loadu_si256((const __m256i *)q5->qh);
-        break;
-    }
-    case T_Q6K: {
-        const spk_block_q6_K *q = (const void *)x;
-        const __m256i s = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)q->scales));
-        k->s0 = _mm256_permute2x128_si256(s, s, 0x00);
-        k->s1 = _mm256_permute2x128_si256(s, s, 0x11);
-        k->coef = _mm256_slli_epi16(s, 5); /* codes are value + 32 */
-        k->d = _cvtsh_ss(q->d);
-        k->dm = 0.0f;
-        break;
-    }
     case T_Q3K: {
         const spk_block_q3_K *q = (const void *)x;
         uint32_t a[3];
@@ -142,28 +98,8 @@ I2 void kprep(int type, kblk *k, const uint8_t *x)
 /* Unsigned codes of chunk c (values 32c..32c+31 of the super-block). */
 I2 __m256i kcodes(int type, const kblk *k, int c)
 {
-    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
+    const __m256i m3 = _mm256_set1_epi8(3);
     switch (type) {
-    case T_Q4K:
-    case T_Q5K: {
-        const uint8_t *qs = type == T_Q4K ? ((const spk_block_q4_K *)(const void *)k->x)->qs
-                                          : ((const spk_block_q5_K *)(const void *)k->x)->qs;
-        const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * (c / 2)));
-        __m256i v = (c & 1) ? _mm256_and_si256(_mm256_srli_epi16(q, 4), m4) : _mm256_and_si256(q, m4);
-        if (type == T_Q5K) /* fifth bit: bit c of qh[l] */
-            v = _mm256_or_si256(v, _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(k->hb, c), 4),
-                                                    _mm256_set1_epi8(16)));
-        return v;
-    }
-    case T_Q6K: {
-        const spk_block_q6_K *q = (const void *)k->x;
-        const int h = c / 4, j = c % 4;
-        const __m256i l = _mm256_loadu_si256((const __m256i *)(q->ql + 64 * h + 32 * (j & 1)));
-        const __m256i hi = _mm256_loadu_si256((const __m256i *)(q->qh + 32 * h));
-        const __m256i lo4 = (j < 2) ? _mm256_and_si256(l, m4) : _mm256_and_si256(_mm256_srli_epi16(l, 4), m4);
-        const __m256i h2 = _mm256_and_si256(_mm256_srli_epi16(hi, 2 * j), m3);
-        return _mm256_or_si256(lo4, _mm256_slli_epi16(h2, 4));
-    }
     case T_Q3K: {
         const spk_block_q3_K *q = (const void *)k->x;
         const int h = c / 4, j = c % 4;
@@ -184,8 +120,6 @@ I2 __m256i kcodes(int type, const kblk *k, int c)
 /* int16 scales of chunk c, laid out as maddubs' pair sums (low half: values 0-15). */
 I2 __m256i kscales(int type, const kblk *k, int c)
 {
-    if (type == T_Q4K || type == T_Q5K)
-        return _mm256_shuffle_epi8(k->s0, _mm256_load_si256((const __m256i *)k_mask4[c]));
     return _mm256_shuffle_epi8(c < 4 ? k->s0 : k->s1, _mm256_load_si256((const __m256i *)k_mask16[c % 4]));
 }
 
@@ -304,8 +238,7 @@ I2 void mm_k_avx2(int type, float *out, int ld, const void *w, size_t wrow, cons
         mm_k_avx2(type, out, ld, w, wrow, act, arow, n, n_tok, row0, row1);                        \
     }
 
-/* Q4_K: the 8-row tile of cpu/matmul_x86_q4k.c (T_Q4K here serves Q5_K's shared paths) */
-MM_K(mm_q5k_avx2, T_Q5K)
+/* Q4_K and Q5_K: the 8-row tiles of cpu/matmul_x86_q4k.c; Q6_K: cpu/matmul_x86_q6k.c's */
 MM_K(mm_q3k_avx2, T_Q3K)
 MM_K(mm_q2k_avx2, T_Q2K)
 
@@ -367,7 +300,7 @@ A2 void spk_mm_fill_avx2_kquants(spk_mm_table *t)
 {
     t->mm[SPK_DT_Q4_K] = spk_mm_q4k_avx2; /* 8-row tiles, every row: cpu/matmul_x86_q4k.c */
     t->mm[SPK_DT_Q6_K] = spk_mm_q6k_avx2; /* 8-row tiles, every row: cpu/matmul_x86_q6k.c */
-    t->mm[SPK_DT_Q5_K] = mm_q5k_avx2;
+    t->mm[SPK_DT_Q5_K] = spk_mm_q5k_avx2; /* the Q4_K tiles: cpu/matmul_x86_q4k.c */
     t->mm[SPK_DT_Q3_K] = mm_q3k_avx2;
     t->mm[SPK_DT_Q2_K] = mm_q2k_avx2;
     t->q8k_quantize = q8k_quantize_avx2;

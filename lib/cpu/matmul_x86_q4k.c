@@ -1,5 +1,6 @@
 /*
- * x86-64 AVX2 kernel for Q4_K weights (Q4_K_M files) in 8-row x up to 8-token tiles, the 8 rows'
+ * x86-64 AVX2 kernel for Q4_K weights (Q4_K_M files; Q5_K too: the same blocks with a fifth bit
+ * per code from qh, the same arithmetic) in 8-row x up to 8-token tiles, the 8 rows'
  * results in the 8 float lanes of one register per token (as the Q4_0 and MXFP4 tiles of
  * cpu/matmul_x86_gemm.c and cpu/matmul_x86_mxfp4.c): the per-super-block float work and the
  * final horizontal sums are shared by 8 rows. Every row of every call takes this kernel, at
@@ -78,18 +79,25 @@ I2 __m256i scales2(const uint8_t *lo, const uint8_t *hi)
  * activation sums per 32, as 8 lanes).
  * a[t]: the tokens' K-quant sections at this super-block's values; bs[t]: its sums per 16.
  */
-I2 void row_sums(int T, const uint8_t *x, __m256i s0, const uint8_t *const a[8], const uint8_t *const bs[8],
+I2 void row_sums(int q5, int T, const uint8_t *x, __m256i s0, const uint8_t *const a[8], const uint8_t *const bs[8],
                  __m256i S[8], __m256i C[8])
 {
-    const spk_block_q4_K *q = (const void *)x;
+    const uint8_t *qs = q5 ? ((const spk_block_q5_K *)(const void *)x)->qs : ((const spk_block_q4_K *)(const void *)x)->qs;
+    const __m256i hb = q5 ? _mm256_loadu_si256((const __m256i *)((const spk_block_q5_K *)(const void *)x)->qh)
+                          : _mm256_setzero_si256();
     const __m256i coef = _mm256_shuffle_epi8(s0, _mm256_load_si256((const __m256i *)q4k_mins));
     const __m256i m4 = _mm256_set1_epi8(15);
     for (int t = 0; t < T; t++)
         S[t] = _mm256_setzero_si256();
 #pragma GCC unroll 4
     for (int h = 0; h < 4; h++) {
-        const __m256i qv = _mm256_loadu_si256((const __m256i *)(q->qs + 32 * h));
-        const __m256i lo = _mm256_and_si256(qv, m4), hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
+        const __m256i qv = _mm256_loadu_si256((const __m256i *)(qs + 32 * h));
+        __m256i lo = _mm256_and_si256(qv, m4), hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
+        if (q5) { /* Q5_K's fifth bits: bits 2h (low nibbles) and 2h + 1 (high) of qh[l] to bit 4 */
+            const __m256i hv = _mm256_srli_epi16(hb, 2 * h), b4 = _mm256_set1_epi8(16);
+            lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hv, 4), b4));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hv, 3), b4));
+        }
         const __m256i sl = _mm256_shuffle_epi8(s0, _mm256_load_si256((const __m256i *)q4k_mask[2 * h]));
         const __m256i sh = _mm256_shuffle_epi8(s0, _mm256_load_si256((const __m256i *)q4k_mask[2 * h + 1]));
         for (int t = 0; t < T; t++) {
@@ -127,11 +135,13 @@ I2 void sums8(const __m256i P[8], __m256i *I, __m256i *M)
 
 /*
  * Rows r0 + j * rs (j = 0..7) against tokens t0..t0+T-1 (T <= 8): out[(t0 + t) * ld + r0 + j * rs]
- * for the first nr (1..8) rows; rows from nr on repeat row nr - 1 and are not stored.
+ * for the first nr (1..8) rows; rows from nr on repeat row nr - 1 and are not stored. q5: Q5_K
+ * blocks (the same scales and arithmetic, a fifth bit per code).
  */
-I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow, int n,
-              int r0, int rs, int nr, int t0)
+I2 void tile8_k(int q5, int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow,
+                int n, int r0, int rs, int nr, int t0)
 {
+    const size_t BSK = q5 ? sizeof(spk_block_q5_K) : sizeof(spk_block_q4_K);
     const int nb = n / SPK_QK_K;
     const size_t ds_off = (size_t)n, bs_off = (size_t)n + (size_t)(n / 32) * 8;
     __m256 acc[8];
@@ -143,7 +153,7 @@ I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const ui
     for (int t = 0; t < T; t++)
         at[t] = act + (size_t)(t0 + t) * arow;
     for (int b = 0; b < nb; b++) {
-        const size_t o = (size_t)b * BS;
+        const size_t o = (size_t)b * BSK;
         const uint8_t *p[8], *a[8], *bsum[8];
         for (int j = 0; j < 8; j++)
             p[j] = wr[j] + o;
@@ -163,7 +173,7 @@ I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const ui
 #pragma GCC unroll 1
         for (int j = 0; j < 8; j++) {
             __m256i S[8], C[8];
-            row_sums(T, p[j], sc[j], a, bsum, S, C);
+            row_sums(q5, T, p[j], sc[j], a, bsum, S, C);
             for (int t = 0; t < T; t++)
                 P[t][j] = _mm256_hadd_epi32(S[t], C[t]);
         }
@@ -182,6 +192,18 @@ I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const ui
     store_lanes(out, ld, acc, T, t0, r0, rs, nr);
 }
 
+I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow, int n,
+              int r0, int rs, int nr, int t0)
+{
+    tile8_k(0, T, out, ld, w, wrow, act, arow, n, r0, rs, nr, t0);
+}
+
+I2 void tile8_q5(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow, int n,
+                 int r0, int rs, int nr, int t0)
+{
+    tile8_k(1, T, out, ld, w, wrow, act, arow, n, r0, rs, nr, t0);
+}
+
 /*
  * Rows [row0, row1), all tokens, in tiles of 8 rows (SPK_LANES_DRIVE, cpu/matmul_x86_avx2.h), in chunks of 64 KiB of
  * weights when there are several token groups, so a chunk stays in cache while every token group
@@ -194,6 +216,14 @@ A2 void spk_mm_q4k_avx2(float *out, int ld, const void *w, size_t wrow, const vo
      * is in cache, consecutive rows measured 3-7% faster at 256 tokens */
     const int spread = n_tok <= 8;
     SPK_LANES_DRIVE(tile8, spread);
+}
+
+/* Q5_K, the same way (until the Q4_K tile served it, cpu/matmul_x86_k.c's 1-row tiles did). */
+A2 void spk_mm_q5k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                        int n_tok, int row0, int row1)
+{
+    const int spread = n_tok <= 8;
+    SPK_LANES_DRIVE(tile8_q5, spread);
 }
 
 /*
@@ -250,37 +280,49 @@ I2 void r8_scales(const uint8_t *p, __m256i sc[8], __m256i mn[8])
     }
 }
 
-/* One sub-block's codes (half 0: low nibbles, 1: high) of registers q[0..7] against T <= 4 tokens'
- * 32 activations at a[t]: I[t] += the 8 rows' scaled dots (lane j: row j). */
-I2 void r8_sub(int T, const uint8_t *q, int half, const uint8_t *const a[4], __m256i scale, __m256i I[4])
+/* One sub-block i's codes (half 0: low nibbles, 1: high; i = 2h + half) of registers q[0..7]
+ * (Q5_K: with the fifth bits, bit i of the registers qh[0..7]) against T <= 4 tokens' 32
+ * activations at a[t]: I[t] += the 8 rows' scaled dots (lane j: row j). Q5_K's codes reach 31,
+ * so its int16 sums take 4 maddubs (|sum| <= 4 * 2 * 31 * 127 = 31496) per madd. */
+I2 void r8_sub(int q5, int T, const uint8_t *q, const uint8_t *qh, int i, int half, const uint8_t *const a[4],
+               __m256i scale, __m256i I[4])
 {
-    const __m256i m4 = _mm256_set1_epi8(15);
+    const __m256i m4 = _mm256_set1_epi8(15), b4 = _mm256_set1_epi8(16);
+    const __m128i cnt = _mm_cvtsi32_si128(i);
     __m256i s[4];
 #pragma GCC unroll 8
     for (int k = 0; k < 8; k++) {
         const __m256i v = _mm256_loadu_si256((const __m256i *)(q + 32 * k));
-        const __m256i u = half ? _mm256_and_si256(_mm256_srli_epi16(v, 4), m4) : _mm256_and_si256(v, m4);
+        __m256i u = half ? _mm256_and_si256(_mm256_srli_epi16(v, 4), m4) : _mm256_and_si256(v, m4);
+        if (q5)
+            u = _mm256_or_si256(u, _mm256_and_si256(
+                _mm256_slli_epi16(_mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)(qh + 32 * k)), cnt), 4), b4));
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
             const __m256i p = _mm256_maddubs_epi16(u, bcast4(a[t] + 4 * k));
-            s[t] = k ? _mm256_add_epi16(s[t], p) : p;
+            s[t] = k % (q5 ? 4 : 8) ? _mm256_add_epi16(s[t], p) : p;
             KEEP(s[t]);
         }
+        if (q5 && k == 3)
+            for (int t = 0; t < T; t++)
+                I[t] = _mm256_add_epi32(I[t], _mm256_madd_epi16(s[t], scale));
     }
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++)
         I[t] = _mm256_add_epi32(I[t], _mm256_madd_epi16(s[t], scale));
 }
 
-I2 void tile_r8q4k(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
+/* q5: Q5_K groups (Q4_K's layout with the fifth bits after the codes). */
+I2 void tile_r8k(int q5, int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
 {
+    const size_t GB = 8 * (q5 ? sizeof(spk_block_q5_K) : sizeof(spk_block_q4_K));
     const int nb = n / SPK_QK_K;
     const size_t ds_off = (size_t)n, bs_off = (size_t)n + (size_t)(n / 32) * 8;
     __m256 acc[8];
     for (int t = 0; t < T; t++)
         acc[t] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        const uint8_t *p = gp + (size_t)b * (8 * BS);
+        const uint8_t *p = gp + (size_t)b * GB;
         __m256i sc[8], mn[8];
         r8_scales(p, sc, mn);
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
@@ -298,10 +340,10 @@ I2 void tile_r8q4k(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t 
             for (int h = 0; h < 4; h++) {
                 for (int t = 0; t < U; t++)
                     a2[t] = a[t] + 64 * h;
-                r8_sub(U, p + 128 + 256 * (size_t)h, 0, a2, sc[2 * h], I);
+                r8_sub(q5, U, p + 128 + 256 * (size_t)h, p + 1152, 2 * h, 0, a2, sc[2 * h], I);
                 for (int t = 0; t < U; t++)
                     a2[t] = a[t] + 64 * h + 32;
-                r8_sub(U, p + 128 + 256 * (size_t)h, 1, a2, sc[2 * h + 1], I);
+                r8_sub(q5, U, p + 128 + 256 * (size_t)h, p + 1152, 2 * h + 1, 1, a2, sc[2 * h + 1], I);
             }
             for (int t = 0; t < U; t++) {
                 const uint8_t *at = act + (size_t)(t0 + t) * arow;
@@ -323,8 +365,9 @@ I2 void tile_r8q4k(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t 
 
 /* One token against the 4 groups gp + g * gs at once (4 sequential streams through weights read
  * from memory; tile_r8q4k's arithmetic per group), group g's results to o[g * os + j]. */
-I2 void tok1_r8q4kx4(float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
+I2 void tok1_r8kx4(int q5, float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
 {
+    const size_t GB = 8 * (q5 ? sizeof(spk_block_q5_K) : sizeof(spk_block_q4_K));
     const int nb = n / SPK_QK_K;
     const size_t ds_off = (size_t)n, bs_off = (size_t)n + (size_t)(n / 32) * 8;
     __m256 acc[4];
@@ -337,14 +380,18 @@ I2 void tok1_r8q4kx4(float *o, size_t os, const uint8_t *gp, size_t gs, const ui
         const __m256 vda = _mm256_set1_ps(da);
 #pragma GCC unroll 1
         for (int g = 0; g < 4; g++) {
-            const uint8_t *p = gp + (size_t)g * gs + (size_t)b * (8 * BS);
+            const uint8_t *p = gp + (size_t)g * gs + (size_t)b * GB;
+            /* the group's super-block 2 ahead: Q5_K from memory (512 x 98304) measured 0.64-0.74x
+             * the file layout without, 1.21-1.29x with; Q4_K the same either way */
+            for (size_t c = 0; c < GB; c += 64)
+                _mm_prefetch((const char *)p + 2 * GB + c, _MM_HINT_T0);
             __m256i sc[8], mn[8], I[4] = {_mm256_setzero_si256()}, M = _mm256_setzero_si256();
             r8_scales(p, sc, mn);
 #pragma GCC unroll 1
             for (int h = 0; h < 4; h++) {
                 const uint8_t *a2[4] = {a + 64 * h}, *a3[4] = {a + 64 * h + 32};
-                r8_sub(1, p + 128 + 256 * (size_t)h, 0, a2, sc[2 * h], I);
-                r8_sub(1, p + 128 + 256 * (size_t)h, 1, a3, sc[2 * h + 1], I);
+                r8_sub(q5, 1, p + 128 + 256 * (size_t)h, p + 1152, 2 * h, 0, a2, sc[2 * h], I);
+                r8_sub(q5, 1, p + 128 + 256 * (size_t)h, p + 1152, 2 * h + 1, 1, a3, sc[2 * h + 1], I);
             }
 #pragma GCC unroll 8
             for (int i = 0; i < 8; i++)
@@ -359,10 +406,36 @@ I2 void tok1_r8q4kx4(float *o, size_t os, const uint8_t *gp, size_t gs, const ui
         _mm256_storeu_ps(o + (size_t)g * os, acc[g]);
 }
 
+I2 void tile_r8q4k(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
+{
+    tile_r8k(0, T, o, ld, gp, act, arow, n);
+}
+
+I2 void tile_r8q5k(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
+{
+    tile_r8k(1, T, o, ld, gp, act, arow, n);
+}
+
+I2 void tok1_r8q4kx4(float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
+{
+    tok1_r8kx4(0, o, os, gp, gs, act, n);
+}
+
+I2 void tok1_r8q5kx4(float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
+{
+    tok1_r8kx4(1, o, os, gp, gs, act, n);
+}
+
 A2 void spk_mm_r8_q4k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                            int n_tok, int row0, int row1)
 {
     SPK_R8_DRIVE_TOK4(spk_mm_r8_q4k_avx2, tok1_r8q4kx4, tile_r8q4k);
+}
+
+A2 void spk_mm_r8_q5k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                           int n_tok, int row0, int row1)
+{
+    SPK_R8_DRIVE_TOK4(spk_mm_r8_q5k_avx2, tok1_r8q5kx4, tile_r8q5k);
 }
 
 #else

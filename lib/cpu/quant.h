@@ -142,9 +142,15 @@ void spk_mm_q8_0_lanes_avx2(float *out, int ld, const void *w, size_t wrow, cons
  * partial tile for the last ones), at every token count for the same reason. */
 void spk_mm_q4k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                      int n_tok, int row0, int row1);
+/* cpu/matmul_x86_q4k.c: Q5_K rows in the same 8-row tiles (the Q4_K arithmetic, a fifth bit). */
+void spk_mm_q5k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                     int n_tok, int row0, int row1);
 /* cpu/matmul_x86_q4k.c: the Q4_K tile reading SPK_MM_LAYOUT_R8, as spk_mm_r8_q4_0_avx2; the same
  * results bit for bit as spk_mm_q4k_avx2 on the file layout. */
 void spk_mm_r8_q4k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                        int n_tok, int row0, int row1);
+/* The same for Q5_K (spk_mm_q5k_avx2's results). */
+void spk_mm_r8_q5k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                         int n_tok, int row0, int row1);
 /* cpu/matmul_x86_q6k.c: Q6_K rows [row0, row1) in 8-row tiles (an spk_mm_kernel: all rows, a
  * partial tile for the last ones), at every token count for the same reason. */

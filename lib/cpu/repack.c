@@ -32,6 +32,10 @@
  *                   (so 256-bit shifts and masks decode all 64 scales and mins of the group)
  *   bytes 128..1151 the codes, 32 registers of 32 bytes: register 8h + k, dword j = code bytes
  *                   32h + 4k..32h + 4k + 3 of row j (low nibbles: sub-block 2h, high: 2h + 1)
+ * SPK_MM_LAYOUT_R8 for Q5_K: per group, per super-block b (1408 bytes = 8 file blocks): Q4_K's
+ *   1152 bytes, then the fifth bits, 8 registers of 32 bytes: register k, dword j = qh bytes
+ *   4k..4k + 3 of row j (bit i of a byte: code bit 4 of sub-block i at that byte's place)
+ *
  * SPK_MM_LAYOUT_R8 for Q6_K: per group, per super-block b (1680 bytes = 8 file blocks):
  *   bytes 0..15     the 8 rows' f16 scales d, row j at 2j
  *   bytes 16..143   the int8 sub-block scales: byte 16 + 8i + j = scale i (16 values) of row j
@@ -142,6 +146,42 @@ static void q4k_scale_min(const uint8_t *q, int i, int *sc, int *m)
     }
 }
 
+/* Row j of a Q4_K/Q5_K group's super-block at o (o[96..127] zeroed before row 0): d, dmin, the
+ * scales and mins, the 4-bit codes. */
+static void pack_k4_row(uint8_t *o, int j, const spk_f16 *d, const spk_f16 *dmin, const uint8_t *scales,
+                        const uint8_t *qs)
+{
+    memcpy(o + 2 * j, d, 2);
+    memcpy(o + 16 + 2 * j, dmin, 2);
+    for (int i = 0; i < 8; i++) {
+        int sc, m;
+        q4k_scale_min(scales, i, &sc, &m);
+        o[32 + 8 * i + j] = (uint8_t)((sc & 15) | (m & 15) << 4);
+        o[96 + 8 * (i & 3) + j] |= (uint8_t)(((sc >> 4) | (m >> 4) << 2) << (i < 4 ? 0 : 4));
+    }
+    for (int r = 0; r < 32; r++)
+        memcpy(o + 128 + 32 * r + 4 * j, qs + 4 * r, 4);
+}
+
+static void unpack_k4_row(const uint8_t *o, int j, spk_f16 *d, spk_f16 *dmin, uint8_t *scales, uint8_t *qs)
+{
+    memcpy(d, o + 2 * j, 2);
+    memcpy(dmin, o + 16 + 2 * j, 2);
+    int sc[8], m[8];
+    for (int i = 0; i < 8; i++) {
+        const int lo = o[32 + 8 * i + j], hi = o[96 + 8 * (i & 3) + j] >> (i < 4 ? 0 : 4);
+        sc[i] = (lo & 15) | (hi & 3) << 4;
+        m[i] = (lo >> 4) | ((hi >> 2) & 3) << 4;
+    }
+    for (int i = 0; i < 4; i++) {
+        scales[i] = (uint8_t)(sc[i] | (sc[i + 4] >> 4) << 6);
+        scales[i + 4] = (uint8_t)(m[i] | (m[i + 4] >> 4) << 6);
+        scales[i + 8] = (uint8_t)((sc[i + 4] & 15) | (m[i + 4] & 15) << 4);
+    }
+    for (int r = 0; r < 32; r++)
+        memcpy(qs + 4 * r, o + 128 + 32 * r + 4 * j, 4);
+}
+
 static void pack_q4_K_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
 {
     for (int b = 0; b < nb; b++) {
@@ -149,16 +189,7 @@ static void pack_q4_K_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
         memset(o + 96, 0, 32);
         for (int j = 0; j < 8; j++) {
             const spk_block_q4_K *x = (const spk_block_q4_K *)(src + (size_t)j * wrow) + b;
-            memcpy(o + 2 * j, &x->d, 2);
-            memcpy(o + 16 + 2 * j, &x->dmin, 2);
-            for (int i = 0; i < 8; i++) {
-                int sc, m;
-                q4k_scale_min(x->scales, i, &sc, &m);
-                o[32 + 8 * i + j] = (uint8_t)((sc & 15) | (m & 15) << 4);
-                o[96 + 8 * (i & 3) + j] |= (uint8_t)(((sc >> 4) | (m >> 4) << 2) << (i < 4 ? 0 : 4));
-            }
-            for (int r = 0; r < 32; r++)
-                memcpy(o + 128 + 32 * r + 4 * j, x->qs + 4 * r, 4);
+            pack_k4_row(o, j, &x->d, &x->dmin, x->scales, x->qs);
         }
     }
 }
@@ -166,23 +197,33 @@ static void pack_q4_K_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
 static void unpack_q4_K_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int b1)
 {
     for (int b = b0; b < b1; b++) {
-        const uint8_t *o = grp + (size_t)b * 8 * sizeof(spk_block_q4_K);
         spk_block_q4_K *x = (spk_block_q4_K *)dst + (b - b0);
-        memcpy(&x->d, o + 2 * j, 2);
-        memcpy(&x->dmin, o + 16 + 2 * j, 2);
-        int sc[8], m[8];
-        for (int i = 0; i < 8; i++) {
-            const int lo = o[32 + 8 * i + j], hi = o[96 + 8 * (i & 3) + j] >> (i < 4 ? 0 : 4);
-            sc[i] = (lo & 15) | (hi & 3) << 4;
-            m[i] = (lo >> 4) | ((hi >> 2) & 3) << 4;
+        unpack_k4_row(grp + (size_t)b * 8 * sizeof(spk_block_q4_K), j, &x->d, &x->dmin, x->scales, x->qs);
+    }
+}
+
+static void pack_q5_K_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
+{
+    for (int b = 0; b < nb; b++) {
+        uint8_t *o = dst + (size_t)b * 8 * sizeof(spk_block_q5_K);
+        memset(o + 96, 0, 32);
+        for (int j = 0; j < 8; j++) {
+            const spk_block_q5_K *x = (const spk_block_q5_K *)(src + (size_t)j * wrow) + b;
+            pack_k4_row(o, j, &x->d, &x->dmin, x->scales, x->qs);
+            for (int r = 0; r < 8; r++)
+                memcpy(o + 1152 + 32 * r + 4 * j, x->qh + 4 * r, 4);
         }
-        for (int i = 0; i < 4; i++) {
-            x->scales[i] = (uint8_t)(sc[i] | (sc[i + 4] >> 4) << 6);
-            x->scales[i + 4] = (uint8_t)(m[i] | (m[i + 4] >> 4) << 6);
-            x->scales[i + 8] = (uint8_t)((sc[i + 4] & 15) | (m[i + 4] & 15) << 4);
-        }
-        for (int r = 0; r < 32; r++)
-            memcpy(x->qs + 4 * r, o + 128 + 32 * r + 4 * j, 4);
+    }
+}
+
+static void unpack_q5_K_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int b1)
+{
+    for (int b = b0; b < b1; b++) {
+        const uint8_t *o = grp + (size_t)b * 8 * sizeof(spk_block_q5_K);
+        spk_block_q5_K *x = (spk_block_q5_K *)dst + (b - b0);
+        unpack_k4_row(o, j, &x->d, &x->dmin, x->scales, x->qs);
+        for (int r = 0; r < 8; r++)
+            memcpy(x->qh + 4 * r, o + 1152 + 32 * r + 4 * j, 4);
     }
 }
 
@@ -249,6 +290,7 @@ static const pack_format k_formats[] = {
     {SPK_DT_Q8_0, SPK_MM_LAYOUT_R8, pack_q8_0_r8, unpack_q8_0_r8},
     {SPK_DT_MXFP4, SPK_MM_LAYOUT_R8, pack_mxfp4_r8, unpack_mxfp4_r8},
     {SPK_DT_Q4_K, SPK_MM_LAYOUT_R8, pack_q4_K_r8, unpack_q4_K_r8},
+    {SPK_DT_Q5_K, SPK_MM_LAYOUT_R8, pack_q5_K_r8, unpack_q5_K_r8},
     {SPK_DT_Q6_K, SPK_MM_LAYOUT_R8, pack_q6_K_r8, unpack_q6_K_r8},
 };
 
