@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Weight repacking at load (BENCHMARKS.md 9d, 9j): the Q4_0, Q8_0 and MXFP4 kernels on the file
+# Weight repacking at load (BENCHMARKS.md 9d, 9j, 9k): the Q4_0, Q8_0, MXFP4, Q3_K, Q4_K, Q5_K and Q6_K kernels on the file
 # layout against the packed layout (bench/repack_kernel.c; 512 x 1536 stays in cache, 512 x 98304
 # streams from memory as a vocabulary head does), then spk-bench-single's resident memory on a Q4_0 file
 # with SPK_NO_REPACK=1 and with packing (VmRSS sampled from /proc while it runs: the sample at 3/4
@@ -29,7 +29,7 @@ trap 'rm -rf "$out"' EXIT
 cc -O2 -std=c11 -D_GNU_SOURCE -I"$ROOT/include" -I"$ROOT/lib" "$ROOT/bench/repack_kernel.c" \
     "$build/libsparkinfer.a" $(pkg-config --libs libsodium libpcre2-8 libcjson) -lm -lpthread -ldl -o "$out/k"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-for t in q4_0 q8_0 mxfp4; do
+for t in q4_0 q8_0 mxfp4 q3_k q4_k q5_k q6_k; do
     "$out/k" 512 1536 "$reps" "$t"
     "$out/k" 512 98304 "$reps" "$t"
 done

@@ -1,9 +1,9 @@
 /*
- * A packed type's matmul kernel (Q4_0, Q8_0, MXFP4, Q4_K, Q5_K or Q6_K), file layout against the layout packed at load
+ * A packed type's matmul kernel (Q4_0, Q8_0, MXFP4, Q3_K, Q4_K, Q5_K or Q6_K), file layout against the layout packed at load
  * (cpu/repack.c): thread CPU time of n_in x n_out random weights (n_in 512 x n_out 1536 by
  * default) at 1, 8 and 256 tokens, ns per row x token x 256 values, the median of `reps` runs of
  * each, the two layouts alternating. Built and run by bench/repack.sh.
- * Usage: repack_kernel [n_in n_out reps [q4_0|q8_0|mxfp4|q4_k|q5_k|q6_k]]
+ * Usage: repack_kernel [n_in n_out reps [q4_0|q8_0|mxfp4|q3_k|q4_k|q5_k|q6_k]]
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -36,12 +36,12 @@ int main(int argc, char **argv)
     static const struct { const char *arg, *name; spk_dtype t; } types[] = {
         {"q4_0", "Q4_0", SPK_DT_Q4_0}, {"q8_0", "Q8_0", SPK_DT_Q8_0}, {"mxfp4", "MXFP4", SPK_DT_MXFP4},
         {"q4_k", "Q4_K", SPK_DT_Q4_K}, {"q6_k", "Q6_K", SPK_DT_Q6_K},
-        {"q5_k", "Q5_K", SPK_DT_Q5_K}};
+        {"q5_k", "Q5_K", SPK_DT_Q5_K}, {"q3_k", "Q3_K", SPK_DT_Q3_K}};
     int ti = 0;
-    while (argc > 4 && ti < 6 && strcmp(argv[4], types[ti].arg) != 0)
+    while (argc > 4 && ti < 7 && strcmp(argv[4], types[ti].arg) != 0)
         ti++;
-    if (ti == 6)
-        return fprintf(stderr, "type: q4_0, q8_0, mxfp4, q4_k, q5_k or q6_k\n"), 2;
+    if (ti == 7)
+        return fprintf(stderr, "type: q4_0, q8_0, mxfp4, q3_k, q4_k, q5_k or q6_k\n"), 2;
     const spk_dtype T = types[ti].t;
     const char *tn = types[ti].name;
     if (!spk_matmul_supported(T, n_in) || n_out < 8 || reps < 1 || reps > 101)
@@ -55,13 +55,15 @@ int main(int argc, char **argv)
         w[i] = (uint8_t)s;
     }
     for (int r = 0; r < n_out; r++)
-        for (int b = 0; b < n_in / (int)spk_dtype_get((uint32_t)T)->block; b++) { /* the scale leads (Q6_K: ends) every block */
+        for (int b = 0; b < n_in / (int)spk_dtype_get((uint32_t)T)->block; b++) { /* the scale leads (Q3_K, Q6_K: ends) every block */
             uint8_t *x = w + (size_t)r * rb + (size_t)b * spk_dtype_get((uint32_t)T)->type_size;
             const spk_f16 d = spk_f32_to_f16(0.01f + 0.001f * (float)((r + b) % 7));
             if (T == SPK_DT_MXFP4)
                 x[0] = (uint8_t)(120 + (r + b) % 7); /* E8M0 2^-8 .. 2^-2 */
             else if (T == SPK_DT_Q6_K) /* d is last */
                 memcpy(x + offsetof(spk_block_q6_K, d), &d, 2);
+            else if (T == SPK_DT_Q3_K)
+                memcpy(x + offsetof(spk_block_q3_K, d), &d, 2);
             else
                 memcpy(x, &d, 2);
             if (T == SPK_DT_Q4_K || T == SPK_DT_Q5_K) /* and dmin */

@@ -47,6 +47,7 @@ static void init_tables(void)
         g_r8[SPK_ISA_AVX2][SPK_DT_MXFP4] = spk_mm_r8_mxfp4_avx2;
         g_r8[SPK_ISA_AVX2][SPK_DT_Q4_K] = spk_mm_r8_q4k_avx2;
         g_r8[SPK_ISA_AVX2][SPK_DT_Q5_K] = spk_mm_r8_q5k_avx2;
+        g_r8[SPK_ISA_AVX2][SPK_DT_Q3_K] = spk_mm_r8_q3k_avx2;
         g_r8[SPK_ISA_AVX2][SPK_DT_Q6_K] = spk_mm_r8_q6k_avx2;
     }
     if (spk_cpu_isa_usable(SPK_ISA_AVX512)) {

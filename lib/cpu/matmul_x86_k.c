@@ -1,15 +1,15 @@
 /*
- * x86-64 matmul kernels for K-quant weights (Q2_K, Q3_K; Q4_K, Q5_K and Q6_K have 8-row tiles of
- * their own in cpu/matmul_x86_q4k.c and cpu/matmul_x86_q6k.c) against the K-quant
+ * x86-64 matmul kernel for Q2_K weights (Q3_K, Q4_K, Q5_K and Q6_K have 8-row tiles of their own
+ * in cpu/matmul_x86_q4k.c and cpu/matmul_x86_q6k.c) against the K-quant
  * section of the activation rows (cpu/quant.h: one scale per 256 values, int16 sums per 16),
  * AVX2+FMA+F16C, compiled with target attributes like cpu/matmul_x86.c; the AVX-512 table
  * inherits them. Also the AVX2 quantizer of that section.
  *
  * Arithmetic, as llama.cpp's Q8_K dot products: per super-block and (row, token) the 8 chunks of
  * 32 values are dotted in integers (maddubs of the unsigned weight codes with the int8
- * activations, then madd with the sub-block scales), summed as int32 lanes; the offsets of the
- * codes (Q3_K -4) and the mins (Q2_K) meet the activations' sums per 16 (one madd); one float FMA
- * (two with mins) per super-block ends it. Partial sums stay far from int32 limits.
+ * activations, then madd with the sub-block scales), summed as int32 lanes; the mins meet the
+ * activations' sums per 16 (one madd); two float FMAs per super-block end it.
+ * Partial sums stay far from int32 limits.
  *
  * Register tiles: R weight rows x T tokens per pass; each super-block's scales are decoded and
  * each chunk of codes unpacked once per tile, each activation chunk loaded once per R rows.
@@ -23,22 +23,6 @@
 #include "cpu/matmul_x86_avx2.h"
 #include "cpu/quant.h"
 
-enum { T_Q3K, T_Q2K };
-
-static inline size_t kblock_bytes(int type)
-{
-    switch (type) {
-    case T_Q3K: return sizeof(spk_block_q3_K);
-    default: return sizeof(spk_block_q2_K);
-    }
-}
-
-/* Whether the correction (offsets) has the scale d itself (then it is subtracted in integers). */
-static inline int int_corr(int type)
-{
-    return type == T_Q3K;
-}
-
 /* Byte masks for vpshufb. k16[k]: low half int16 lane 2k, high half lane 2k+1 (per-16 scales: a
  * chunk of 32 values spans two, values 0-15 in the low half of maddubs' int16 pairs, 16-31 in
  * the high). */
@@ -49,76 +33,36 @@ static const uint8_t k_mask16[4][32] __attribute__((aligned(32))) = {
 #undef M16
 };
 
-/* One super-block of one row, decoded for the chunk loop. */
+/* One Q2_K super-block of one row, decoded for the chunk loop. */
 typedef struct {
-    const uint8_t *x; /* the block */
-    float d, dm;      /* scale of the codes' dot; of the mins (0 for int_corr types) */
-    __m256i s0, s1;   /* scale sources for vpshufb (the halves of the 16 per-16 scales) */
-    __m256i coef;     /* int16 per 16 values, madd with the activation sums: the correction */
-    __m256i hb;       /* Q3_K hmask */
+    const spk_block_q2_K *x;
+    float d, dm;    /* scale of the codes' dot; of the mins */
+    __m256i s0, s1; /* scale sources for vpshufb (the halves of the 16 per-16 scales) */
+    __m256i coef;   /* the mins, int16 per 16 values: madd with the activation sums */
 } kblk;
 
-I2 void kprep(int type, kblk *k, const uint8_t *x)
+I2 void kprep(kblk *k, const uint8_t *x)
 {
-    k->x = x;
-    switch (type) {
-    case T_Q3K: {
-        const spk_block_q3_K *q = (const void *)x;
-        uint32_t a[3];
-        memcpy(a, q->scales, 12);
-        const __m128i s8 = _mm_sub_epi8(
-            _mm_set_epi32((int)(((a[1] >> 4) & 0x0f0f0f0f) | (((a[2] >> 6) & 0x03030303) << 4)),
-                          (int)(((a[0] >> 4) & 0x0f0f0f0f) | (((a[2] >> 4) & 0x03030303) << 4)),
-                          (int)((a[1] & 0x0f0f0f0f) | (((a[2] >> 2) & 0x03030303) << 4)),
-                          (int)((a[0] & 0x0f0f0f0f) | ((a[2] & 0x03030303) << 4))),
-            _mm_set1_epi8(32));
-        const __m256i s = _mm256_cvtepi8_epi16(s8);
-        k->s0 = _mm256_permute2x128_si256(s, s, 0x00);
-        k->s1 = _mm256_permute2x128_si256(s, s, 0x11);
-        k->coef = _mm256_slli_epi16(s, 2); /* codes are value + 4 */
-        k->d = _cvtsh_ss(q->d);
-        k->dm = 0.0f;
-        k->hb = _mm256_loadu_si256((const __m256i *)q->hmask);
-        break;
-    }
-    default: { /* Q2_K */
-        const spk_block_q2_K *q = (const void *)x;
-        const __m128i sc = _mm_loadu_si128((const __m128i *)q->scales);
-        const __m256i s = _mm256_cvtepu8_epi16(_mm_and_si128(sc, _mm_set1_epi8(15)));
-        k->s0 = _mm256_permute2x128_si256(s, s, 0x00);
-        k->s1 = _mm256_permute2x128_si256(s, s, 0x11);
-        k->coef = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc, 4), _mm_set1_epi8(15)));
-        k->d = _cvtsh_ss(q->d);
-        k->dm = _cvtsh_ss(q->dmin);
-        break;
-    }
-    }
+    const spk_block_q2_K *q = (const void *)x;
+    const __m128i sc = _mm_loadu_si128((const __m128i *)q->scales);
+    const __m256i s = _mm256_cvtepu8_epi16(_mm_and_si128(sc, _mm_set1_epi8(15)));
+    k->x = q;
+    k->s0 = _mm256_permute2x128_si256(s, s, 0x00);
+    k->s1 = _mm256_permute2x128_si256(s, s, 0x11);
+    k->coef = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc, 4), _mm_set1_epi8(15)));
+    k->d = _cvtsh_ss(q->d);
+    k->dm = _cvtsh_ss(q->dmin);
 }
 
-/* Unsigned codes of chunk c (values 32c..32c+31 of the super-block). */
-I2 __m256i kcodes(int type, const kblk *k, int c)
+/* The codes (0..3) of chunk c (values 32c..32c+31 of the super-block). */
+I2 __m256i kcodes(const kblk *k, int c)
 {
-    const __m256i m3 = _mm256_set1_epi8(3);
-    switch (type) {
-    case T_Q3K: {
-        const spk_block_q3_K *q = (const void *)k->x;
-        const int h = c / 4, j = c % 4;
-        const __m256i qv = _mm256_loadu_si256((const __m256i *)(q->qs + 32 * h));
-        const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * j), m3);
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(k->hb, 4 * h + j), _mm256_set1_epi8(1));
-        return _mm256_or_si256(lo, _mm256_slli_epi16(hi, 2));
-    }
-    default: {
-        const spk_block_q2_K *q = (const void *)k->x;
-        const int h = c / 4, j = c % 4;
-        const __m256i qv = _mm256_loadu_si256((const __m256i *)(q->qs + 32 * h));
-        return _mm256_and_si256(_mm256_srli_epi16(qv, 2 * j), m3);
-    }
-    }
+    const __m256i qv = _mm256_loadu_si256((const __m256i *)(k->x->qs + 32 * (c / 4)));
+    return _mm256_and_si256(_mm256_srli_epi16(qv, 2 * (c % 4)), _mm256_set1_epi8(3));
 }
 
 /* int16 scales of chunk c, laid out as maddubs' pair sums (low half: values 0-15). */
-I2 __m256i kscales(int type, const kblk *k, int c)
+I2 __m256i kscales(const kblk *k, int c)
 {
     return _mm256_shuffle_epi8(c < 4 ? k->s0 : k->s1, _mm256_load_si256((const __m256i *)k_mask16[c % 4]));
 }
@@ -127,11 +71,10 @@ I2 __m256i kscales(int type, const kblk *k, int c)
  * (GCC otherwise reassociates the 8 integer adds into a tree and spills the products). */
 #define KEEP(v) __asm__("" : "+x"(v))
 
-I2 void tile_k(int type, int R, int T, float *out, int ld, const uint8_t *w, size_t wrow,
-               const uint8_t *act, size_t arow, int n, int r0, int rs, int t0)
+I2 void tile_k(int R, int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow,
+               int n, int r0, int rs, int t0)
 {
     const int nb = n / SPK_QK_K;
-    const size_t bs = kblock_bytes(type);
     __m256 acc[4][8];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++)
@@ -145,7 +88,7 @@ I2 void tile_k(int type, int R, int T, float *out, int ld, const uint8_t *w, siz
     for (int b = 0; b < nb; b++) {
         kblk k[4];
         for (int r = 0; r < R; r++)
-            kprep(type, &k[r], wr[r] + (size_t)b * bs);
+            kprep(&k[r], wr[r] + (size_t)b * sizeof(spk_block_q2_K));
         __m256i sumi[4][8];
         for (int r = 0; r < R; r++)
             for (int t = 0; t < T; t++)
@@ -154,8 +97,8 @@ I2 void tile_k(int type, int R, int T, float *out, int ld, const uint8_t *w, siz
         for (int c = 0; c < 8; c++) {
             __m256i q[4], s[4];
             for (int r = 0; r < R; r++) {
-                q[r] = kcodes(type, &k[r], c);
-                s[r] = kscales(type, &k[r], c);
+                q[r] = kcodes(&k[r], c);
+                s[r] = kscales(&k[r], c);
             }
             for (int t = 0; t < T; t++) {
                 const __m256i a = _mm256_loadu_si256((const __m256i *)(at[t] + 256 * (size_t)b + 32 * c));
@@ -172,15 +115,8 @@ I2 void tile_k(int type, int R, int T, float *out, int ld, const uint8_t *w, siz
             memcpy(&da, at[t] + ds_off + 64 * (size_t)b, 4);
             for (int r = 0; r < R; r++) {
                 const __m256i corr = _mm256_madd_epi16(k[r].coef, bsum);
-                if (int_corr(type)) {
-                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sumi[r][t], corr)),
-                                                _mm256_set1_ps(k[r].d * da), acc[r][t]);
-                } else {
-                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[r][t]), _mm256_set1_ps(k[r].d * da),
-                                                acc[r][t]);
-                    acc[r][t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(corr), _mm256_set1_ps(k[r].dm * da),
-                                                 acc[r][t]);
-                }
+                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[r][t]), _mm256_set1_ps(k[r].d * da), acc[r][t]);
+                acc[r][t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(corr), _mm256_set1_ps(k[r].dm * da), acc[r][t]);
             }
         }
     }
@@ -205,13 +141,13 @@ static inline int kchunk_rows(size_t wrow, int n_tok, int rows)
     do {                                                                                           \
         const int q_ = (c1 - c0) / (RG);                                                           \
         for (int i_ = 0; i_ < q_; i_++)                                                            \
-            tile_k(type, RG, T, out, ld, w, wrow, act, arow, n, c0 + i_, q_, t);                   \
+            tile_k(RG, T, out, ld, w, wrow, act, arow, n, c0 + i_, q_, t);                         \
         for (int r_ = c0 + (RG) * q_; r_ < c1; r_++)                                               \
-            tile_k(type, 1, T, out, ld, w, wrow, act, arow, n, r_, 0, t);                          \
+            tile_k(1, T, out, ld, w, wrow, act, arow, n, r_, 0, t);                                \
     } while (0)
 
-I2 void mm_k_avx2(int type, float *out, int ld, const void *w, size_t wrow, const void *act,
-                  size_t arow, int n, int n_tok, int row0, int row1)
+A2 static void mm_q2k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                           int n_tok, int row0, int row1)
 {
     const int ch = kchunk_rows(wrow, n_tok, row1 - row0);
     for (int c0 = row0; c0 < row1; c0 += ch) {
@@ -230,17 +166,6 @@ I2 void mm_k_avx2(int type, float *out, int ld, const void *w, size_t wrow, cons
         }
     }
 }
-
-#define MM_K(name, type)                                                                           \
-    A2 static void name(float *out, int ld, const void *w, size_t wrow, const void *act,           \
-                        size_t arow, int n, int n_tok, int row0, int row1)                         \
-    {                                                                                              \
-        mm_k_avx2(type, out, ld, w, wrow, act, arow, n, n_tok, row0, row1);                        \
-    }
-
-/* Q4_K and Q5_K: the 8-row tiles of cpu/matmul_x86_q4k.c; Q6_K: cpu/matmul_x86_q6k.c's */
-MM_K(mm_q3k_avx2, T_Q3K)
-MM_K(mm_q2k_avx2, T_Q2K)
 
 /* ---- the K-quant section quantizer (bit-identical to spk_q8k_quantize_row_ref) ---- */
 
@@ -301,7 +226,7 @@ A2 void spk_mm_fill_avx2_kquants(spk_mm_table *t)
     t->mm[SPK_DT_Q4_K] = spk_mm_q4k_avx2; /* 8-row tiles, every row: cpu/matmul_x86_q4k.c */
     t->mm[SPK_DT_Q6_K] = spk_mm_q6k_avx2; /* 8-row tiles, every row: cpu/matmul_x86_q6k.c */
     t->mm[SPK_DT_Q5_K] = spk_mm_q5k_avx2; /* the Q4_K tiles: cpu/matmul_x86_q4k.c */
-    t->mm[SPK_DT_Q3_K] = mm_q3k_avx2;
+    t->mm[SPK_DT_Q3_K] = spk_mm_q3k_avx2; /* the Q6_K tiles: cpu/matmul_x86_q6k.c */
     t->mm[SPK_DT_Q2_K] = mm_q2k_avx2;
     t->q8k_quantize = q8k_quantize_avx2;
 }

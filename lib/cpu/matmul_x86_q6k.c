@@ -52,16 +52,33 @@ static const uint8_t q6k_mask[4][32] __attribute__((aligned(32))) = {
 /* Keeps a running sum in one register (GCC otherwise reassociates the adds into a tree). */
 #define KEEP(v) __asm__("" : "+x"(v))
 
+/* The 16 int8 sub-block scales of a Q3_K block (6 bits, biased by 32, packed in 12 bytes). */
+I2 __m128i q3k_scales(const spk_block_q3_K *q)
+{
+    uint32_t a[3];
+    memcpy(a, q->scales, 12);
+    return _mm_sub_epi8(_mm_set_epi32((int)(((a[1] >> 4) & 0x0f0f0f0f) | (((a[2] >> 6) & 0x03030303) << 4)),
+                                      (int)(((a[0] >> 4) & 0x0f0f0f0f) | (((a[2] >> 4) & 0x03030303) << 4)),
+                                      (int)((a[1] & 0x0f0f0f0f) | (((a[2] >> 2) & 0x03030303) << 4)),
+                                      (int)((a[0] & 0x0f0f0f0f) | ((a[2] & 0x03030303) << 4))),
+                        _mm_set1_epi8(32));
+}
+
 /*
  * One super-block x of one row against T tokens: P[t] = the dot's 8 int32 partial sums (codes x
  * activations x sub-block scales) minus the offsets' (32 x scales x activation sums per 16).
  * a[t]: the tokens' K-quant sections at this super-block's values; bs[t]: its sums per 16.
+ * q3: a Q3_K block instead: codes 0..7 (2 low bits from qs, the third from hmask; value + 4),
+ * the same scale layout (one per 16 values), offset 4.
  */
-I2 void row_sums(int T, const uint8_t *x, const uint8_t *const a[8], const uint8_t *const bs[8], __m256i P[8])
+I2 void row_sums(int q3, int T, const uint8_t *x, const uint8_t *const a[8], const uint8_t *const bs[8],
+                 __m256i P[8])
 {
     const spk_block_q6_K *q = (const void *)x;
-    const __m256i s = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)q->scales));
+    const spk_block_q3_K *q3b = (const void *)x;
+    const __m256i s = _mm256_cvtepi8_epi16(q3 ? q3k_scales(q3b) : _mm_loadu_si128((const __m128i *)q->scales));
     const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+    const __m256i m3 = _mm256_set1_epi8(3), b2 = _mm256_set1_epi8(4);
     __m256i S[8];
     for (int t = 0; t < T; t++)
         S[t] = _mm256_setzero_si256();
@@ -69,10 +86,18 @@ I2 void row_sums(int T, const uint8_t *x, const uint8_t *const a[8], const uint8
     for (int h = 0; h < 2; h++) {
         /* scales 8h..8h+7 in both halves */
         const __m256i sh = h ? _mm256_permute2x128_si256(s, s, 0x11) : _mm256_permute2x128_si256(s, s, 0x00);
+        __m256i c[4];
+        if (q3) { /* chunk j: bits 2j of qs[32h + l], the third bit from bit 4h + j of hmask[l] */
+            const __m256i qv = _mm256_loadu_si256((const __m256i *)(q3b->qs + 32 * h));
+            const __m256i hm = _mm256_loadu_si256((const __m256i *)q3b->hmask);
+            for (int j = 0; j < 4; j++)
+                c[j] = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(qv, 2 * j), m3),
+                    _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(hm, 4 * h + j), 2), b2));
+        } else {
         const __m256i l0 = _mm256_loadu_si256((const __m256i *)(q->ql + 64 * h));
         const __m256i l1 = _mm256_loadu_si256((const __m256i *)(q->ql + 64 * h + 32));
         const __m256i hb = _mm256_loadu_si256((const __m256i *)(q->qh + 32 * h));
-        __m256i c[4];
         /* chunk j: 4 low bits from ql (j & 1 picks the 32 bytes, j >= 2 the high nibbles), the
          * 2 high bits from qh bits 2j, 2j+1 moved to bits 4, 5 */
         c[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
@@ -80,6 +105,7 @@ I2 void row_sums(int T, const uint8_t *x, const uint8_t *const a[8], const uint8
         c[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m30));
         c[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
                                _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
+        }
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
             const __m256i sc = _mm256_shuffle_epi8(sh, _mm256_load_si256((const __m256i *)q6k_mask[j]));
@@ -90,7 +116,7 @@ I2 void row_sums(int T, const uint8_t *x, const uint8_t *const a[8], const uint8
             }
         }
     }
-    const __m256i coef = _mm256_slli_epi16(s, 5); /* codes are value + 32 */
+    const __m256i coef = q3 ? _mm256_slli_epi16(s, 2) : _mm256_slli_epi16(s, 5); /* codes: value + 4, + 32 */
     for (int t = 0; t < T; t++)
         P[t] = _mm256_sub_epi32(S[t], _mm256_madd_epi16(coef, _mm256_loadu_si256((const __m256i *)bs[t])));
 }
@@ -99,9 +125,10 @@ I2 void row_sums(int T, const uint8_t *x, const uint8_t *const a[8], const uint8
  * Rows r0 + j * rs (j = 0..7) against tokens t0..t0+T-1 (T <= 8): out[(t0 + t) * ld + r0 + j * rs]
  * for the first nr (1..8) rows; rows from nr on repeat row nr - 1 and are not stored.
  */
-I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow, int n,
-              int r0, int rs, int nr, int t0)
+I2 void tile8_k(int q3, int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow,
+                int n, int r0, int rs, int nr, int t0)
 {
+    const size_t BSK = q3 ? sizeof(spk_block_q3_K) : BS;
     const int nb = n / SPK_QK_K;
     const size_t ds_off = (size_t)n, bs_off = (size_t)n + (size_t)(n / 32) * 8;
     __m256 acc[8];
@@ -113,7 +140,7 @@ I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const ui
     for (int t = 0; t < T; t++)
         at[t] = act + (size_t)(t0 + t) * arow;
     for (int b = 0; b < nb; b++) {
-        const size_t o = (size_t)b * BS;
+        const size_t o = (size_t)b * BSK;
         const uint8_t *p[8], *a[8], *bsum[8];
         for (int j = 0; j < 8; j++)
             p[j] = wr[j] + o;
@@ -128,17 +155,17 @@ I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const ui
             __m256i R[8];
             { /* the row's block 8 ahead (in spread tiles, past the row's end: the next tile's
                * row): 10-25% less CPU time at 4096 x 14336, 1 and 8 tokens (BENCHMARKS 9i) */
-                const char *f = (const char *)p[j] + 8 * BS;
+                const char *f = (const char *)p[j] + 8 * BSK;
                 _mm_prefetch(f, _MM_HINT_T0);
                 _mm_prefetch(f + 64, _MM_HINT_T0);
                 _mm_prefetch(f + 128, _MM_HINT_T0);
                 _mm_prefetch(f + 192, _MM_HINT_T0);
             }
-            row_sums(T, p[j], a, bsum, R);
+            row_sums(q3, T, p[j], a, bsum, R);
             for (int t = 0; t < T; t++)
                 P[t][j] = R[t];
         }
-        const __m256 d = ld_f16x8(p, offsetof(spk_block_q6_K, d));
+        const __m256 d = ld_f16x8(p, q3 ? offsetof(spk_block_q3_K, d) : offsetof(spk_block_q6_K, d));
         for (int t = 0; t < T; t++) {
             float da;
             memcpy(&da, at[t] + ds_off + 64 * (size_t)b, 4);
@@ -147,6 +174,18 @@ I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const ui
         }
     }
     store_lanes(out, ld, acc, T, t0, r0, rs, nr);
+}
+
+I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow, int n,
+              int r0, int rs, int nr, int t0)
+{
+    tile8_k(0, T, out, ld, w, wrow, act, arow, n, r0, rs, nr, t0);
+}
+
+I2 void tile8_q3(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow, int n,
+                 int r0, int rs, int nr, int t0)
+{
+    tile8_k(1, T, out, ld, w, wrow, act, arow, n, r0, rs, nr, t0);
 }
 
 A2 void spk_mm_q6k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
@@ -159,6 +198,14 @@ A2 void spk_mm_q6k_avx2(float *out, int ld, const void *w, size_t wrow, const vo
     SPK_LANES_DRIVE(tile8, spread);
 }
 
+/* Q3_K (Q3_K_M files), the same way (until it served Q3_K, cpu/matmul_x86_k.c's 1-row tiles did). */
+A2 void spk_mm_q3k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                        int n_tok, int row0, int row1)
+{
+    const int spread = n_tok <= 8 && (size_t)(row1 - row0) * wrow > ((size_t)1 << 20);
+    SPK_LANES_DRIVE(tile8_q3, spread);
+}
+
 /*
  * The tile on weights packed at load (SPK_MM_LAYOUT_R8, cpu/repack.c), as the Q4_K one of
  * cpu/matmul_x86_q4k.c: per 8-row group and sub-block of 16 values, 4 registers of codes with
@@ -169,10 +216,29 @@ A2 void spk_mm_q6k_avx2(float *out, int ld, const void *w, size_t wrow, const vo
  * offset 32 meets the activation sums per 16 (one madd per two sub-blocks) and is subtracted in
  * integers; the float step per super-block and token is tile8's, so the results are its bits.
  */
-/* The scales of the super-block at p of a packed group: sc[i], lanes 2j and 2j + 1 = scale i of
- * row j; pr[k], lane 2j = scale 2k, lane 2j + 1 = scale 2k + 1 of row j (for the offsets). */
-I2 void r8_scales(const uint8_t *p, __m256i sc[16], __m256i pr[8])
+/* The scales of the super-block at p of a packed group (int8 at p + 16 + 8i + j: scale i of row
+ * j): sc[i], lanes 2j and 2j + 1 = scale i of row j; pr[k], lane 2j = scale 2k, lane 2j + 1 =
+ * scale 2k + 1 of row j (for the offsets). q3: p is a Q3_K group, whose 6-bit scales (the file's
+ * 12 bytes of row j at p + 16 + 8i + j, i = 0..11) are decoded to that layout first. */
+I2 void r8_scales(int q3, const uint8_t *p, __m256i sc[16], __m256i pr[8])
 {
+    uint8_t tmp[144];
+    if (q3) {
+        const __m256i L0 = _mm256_loadu_si256((const __m256i *)(p + 16));
+        const __m256i L1 = _mm256_loadu_si256((const __m256i *)(p + 48));
+        const __m256i H = _mm256_loadu_si256((const __m256i *)(p + 80));
+        const __m256i m0f = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30), b32 = _mm256_set1_epi8(32);
+        const __m256i v[4] = {
+            _mm256_or_si256(_mm256_and_si256(L0, m0f), _mm256_and_si256(_mm256_slli_epi16(H, 4), m30)),
+            _mm256_or_si256(_mm256_and_si256(L1, m0f), _mm256_and_si256(_mm256_slli_epi16(H, 2), m30)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L0, 4), m0f), _mm256_and_si256(H, m30)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L1, 4), m0f),
+                            _mm256_and_si256(_mm256_srli_epi16(H, 2), m30)),
+        };
+        for (int k = 0; k < 4; k++) /* scales 4k..4k + 3 */
+            _mm256_storeu_si256((__m256i *)(tmp + 16 + 32 * k), _mm256_sub_epi8(v[k], b32));
+        p = tmp;
+    }
     for (int k = 0; k < 8; k++) {
         const __m128i x0 = _mm_loadl_epi64((const __m128i *)(p + 16 + 16 * k));
         const __m128i x1 = _mm_loadl_epi64((const __m128i *)(p + 24 + 16 * k));
@@ -182,9 +248,23 @@ I2 void r8_scales(const uint8_t *p, __m256i sc[16], __m256i pr[8])
     }
 }
 
-/* The 4 code registers of sub-block i of the super-block at p (tile8's unpacking). */
-I2 void r8_codes(const uint8_t *p, int i, __m256i c[4])
+/* The 4 code registers of sub-block i of the super-block at p (tile8's unpacking; Q3_K: the 2
+ * low bits at 2k of the pair's register for i, the third at bit k + 4 (i & 1) of its third). */
+I2 void r8_codes(int q3, const uint8_t *p, int i, __m256i c[4])
 {
+    if (q3) {
+        const __m256i m3 = _mm256_set1_epi8(3), b2 = _mm256_set1_epi8(4);
+        const uint8_t *u = p + 112 + 96 * (size_t)(i / 2);
+        const __m256i lo = _mm256_loadu_si256((const __m256i *)(u + 32 * (i & 1)));
+        /* bits 4 (i & 1)..+3 of each byte to 0..3 (a byte's own bits: the bits shifted in from
+         * the next byte land at 4..7, which no code reads) */
+        const __m256i hi = _mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)(u + 64)), _mm_cvtsi32_si128(4 * (i & 1)));
+        c[0] = _mm256_or_si256(_mm256_and_si256(lo, m3), _mm256_and_si256(_mm256_slli_epi16(hi, 2), b2));
+        c[1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo, 2), m3), _mm256_and_si256(_mm256_slli_epi16(hi, 1), b2));
+        c[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo, 4), m3), _mm256_and_si256(hi, b2));
+        c[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo, 6), m3), _mm256_and_si256(_mm256_srli_epi16(hi, 1), b2));
+        return;
+    }
     const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
     const uint8_t *u = p + 144 + 96 * (size_t)i;
     const __m256i l0 = _mm256_loadu_si256((const __m256i *)u), l1 = _mm256_loadu_si256((const __m256i *)(u + 32));
@@ -197,20 +277,25 @@ I2 void r8_codes(const uint8_t *p, int i, __m256i c[4])
                            _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
 }
 
-/* I += sub-block i's scaled dots of the 8 rows (lane j) against the token's 16 values at a. */
-I2 __m256i r8_dot(__m256i I, const __m256i c[4], const uint8_t *a, __m256i sc)
+/* I += sub-block i's scaled dots of the 8 rows (lane j) against the token's 16 values at a: two
+ * maddubs per madd (Q3_K, codes to 7: all four, |sum| <= 4 * 2 * 7 * 127 = 7112). */
+I2 __m256i r8_dot(int q3, __m256i I, const __m256i c[4], const uint8_t *a, __m256i sc)
 {
     __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(c[0], bcast4(a)), _mm256_maddubs_epi16(c[1], bcast4(a + 4)));
-    I = _mm256_add_epi32(I, _mm256_madd_epi16(s, sc));
-    KEEP(I);
-    s = _mm256_add_epi16(_mm256_maddubs_epi16(c[2], bcast4(a + 8)), _mm256_maddubs_epi16(c[3], bcast4(a + 12)));
+    if (!q3) {
+        I = _mm256_add_epi32(I, _mm256_madd_epi16(s, sc));
+        KEEP(I);
+        s = _mm256_setzero_si256();
+    }
+    s = _mm256_add_epi16(s, _mm256_add_epi16(_mm256_maddubs_epi16(c[2], bcast4(a + 8)),
+                                             _mm256_maddubs_epi16(c[3], bcast4(a + 12))));
     I = _mm256_add_epi32(I, _mm256_madd_epi16(s, sc));
     KEEP(I);
     return I;
 }
 
-/* The float step of one super-block (b) and token (its row at at): tile8's. */
-I2 __m256 r8_step(__m256 acc, __m256i I, const __m256i pr[8], __m256 d, const uint8_t *at, int n, int b)
+/* The float step of one super-block (b) and token (its row at at): tile8's (offset 32, Q3_K 4). */
+I2 __m256 r8_step(int q3, __m256 acc, __m256i I, const __m256i pr[8], __m256 d, const uint8_t *at, int n, int b)
 {
     const uint8_t *bs = at + (size_t)n + (size_t)(n / 32) * 8 + 32 * (size_t)b;
     __m256i O = _mm256_setzero_si256();
@@ -219,20 +304,21 @@ I2 __m256 r8_step(__m256 acc, __m256i I, const __m256i pr[8], __m256 d, const ui
         O = _mm256_add_epi32(O, _mm256_madd_epi16(pr[k], bcast4(bs + 4 * k)));
     float da;
     memcpy(&da, at + (size_t)n + 64 * (size_t)b, 4);
-    const __m256 fi = _mm256_cvtepi32_ps(_mm256_sub_epi32(I, _mm256_slli_epi32(O, 5)));
+    const __m256 fi = _mm256_cvtepi32_ps(_mm256_sub_epi32(I, q3 ? _mm256_slli_epi32(O, 2) : _mm256_slli_epi32(O, 5)));
     return _mm256_fmadd_ps(fi, _mm256_mul_ps(d, _mm256_set1_ps(da)), acc);
 }
 
-I2 void tile_r8q6k(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
+I2 void tile_r8k6(int q3, int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
 {
+    const size_t GB = 8 * (q3 ? sizeof(spk_block_q3_K) : BS);
     const int nb = n / SPK_QK_K;
     __m256 acc[8];
     for (int t = 0; t < T; t++)
         acc[t] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        const uint8_t *p = gp + (size_t)b * (8 * BS);
+        const uint8_t *p = gp + (size_t)b * GB;
         __m256i sc[16], pr[8];
-        r8_scales(p, sc, pr);
+        r8_scales(q3, p, sc, pr);
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
         for (int t0 = 0; t0 < T; t0 += 8) {
             const int U = T - t0 < 8 ? T - t0 : 8;
@@ -242,13 +328,13 @@ I2 void tile_r8q6k(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t 
 #pragma GCC unroll 1
             for (int i = 0; i < 16; i++) {
                 __m256i c[4];
-                r8_codes(p, i, c);
+                r8_codes(q3, p, i, c);
 #pragma GCC unroll 8
                 for (int t = 0; t < U; t++)
-                    I[t] = r8_dot(I[t], c, act + (size_t)(t0 + t) * arow + 256 * (size_t)b + 16 * i, sc[i]);
+                    I[t] = r8_dot(q3, I[t], c, act + (size_t)(t0 + t) * arow + 256 * (size_t)b + 16 * i, sc[i]);
             }
             for (int t = 0; t < U; t++)
-                acc[t0 + t] = r8_step(acc[t0 + t], I[t], pr, d, act + (size_t)(t0 + t) * arow, n, b);
+                acc[t0 + t] = r8_step(q3, acc[t0 + t], I[t], pr, d, act + (size_t)(t0 + t) * arow, n, b);
         }
     }
     for (int t = 0; t < T; t++)
@@ -256,9 +342,10 @@ I2 void tile_r8q6k(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t 
 }
 
 /* One token against the 4 groups gp + g * gs at once (4 sequential streams through weights read
- * from memory; tile_r8q6k's arithmetic per group), group g's results to o[g * os + j]. */
-I2 void tok1_r8q6kx4(float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
+ * from memory; tile_r8k6's arithmetic per group), group g's results to o[g * os + j]. */
+I2 void tok1_r8k6x4(int q3, float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
 {
+    const size_t GB = 8 * (q3 ? sizeof(spk_block_q3_K) : BS);
     const int nb = n / SPK_QK_K;
     __m256 acc[4];
     for (int g = 0; g < 4; g++)
@@ -266,26 +353,52 @@ I2 void tok1_r8q6kx4(float *o, size_t os, const uint8_t *gp, size_t gs, const ui
     for (int b = 0; b < nb; b++) {
 #pragma GCC unroll 1
         for (int g = 0; g < 4; g++) {
-            const uint8_t *p = gp + (size_t)g * gs + (size_t)b * (8 * BS);
+            const uint8_t *p = gp + (size_t)g * gs + (size_t)b * GB;
             __m256i sc[16], pr[8], I = _mm256_setzero_si256();
-            r8_scales(p, sc, pr);
+            r8_scales(q3, p, sc, pr);
 #pragma GCC unroll 2
             for (int i = 0; i < 16; i++) {
                 __m256i c[4];
-                r8_codes(p, i, c);
-                I = r8_dot(I, c, act + 256 * (size_t)b + 16 * i, sc[i]);
+                r8_codes(q3, p, i, c);
+                I = r8_dot(q3, I, c, act + 256 * (size_t)b + 16 * i, sc[i]);
             }
-            acc[g] = r8_step(acc[g], I, pr, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)), act, n, b);
+            acc[g] = r8_step(q3, acc[g], I, pr, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)), act, n, b);
         }
     }
     for (int g = 0; g < 4; g++)
         _mm256_storeu_ps(o + (size_t)g * os, acc[g]);
 }
 
+I2 void tile_r8q6k(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
+{
+    tile_r8k6(0, T, o, ld, gp, act, arow, n);
+}
+
+I2 void tile_r8q3k(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
+{
+    tile_r8k6(1, T, o, ld, gp, act, arow, n);
+}
+
+I2 void tok1_r8q6kx4(float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
+{
+    tok1_r8k6x4(0, o, os, gp, gs, act, n);
+}
+
+I2 void tok1_r8q3kx4(float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
+{
+    tok1_r8k6x4(1, o, os, gp, gs, act, n);
+}
+
 A2 void spk_mm_r8_q6k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                            int n_tok, int row0, int row1)
 {
     SPK_R8_DRIVE_TOK4(spk_mm_r8_q6k_avx2, tok1_r8q6kx4, tile_r8q6k);
+}
+
+A2 void spk_mm_r8_q3k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                           int n_tok, int row0, int row1)
+{
+    SPK_R8_DRIVE_TOK4(spk_mm_r8_q3k_avx2, tok1_r8q3kx4, tile_r8q3k);
 }
 
 #else

@@ -156,9 +156,15 @@ void spk_mm_r8_q5k_avx2(float *out, int ld, const void *w, size_t wrow, const vo
  * partial tile for the last ones), at every token count for the same reason. */
 void spk_mm_q6k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                      int n_tok, int row0, int row1);
+/* cpu/matmul_x86_q6k.c: Q3_K rows in the same 8-row tiles (codes 0..7 with offset 4, scales per 16). */
+void spk_mm_q3k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                     int n_tok, int row0, int row1);
 /* cpu/matmul_x86_q6k.c: the Q6_K tile reading SPK_MM_LAYOUT_R8, as spk_mm_r8_q4_0_avx2; the same
  * results bit for bit as spk_mm_q6k_avx2 on the file layout. */
 void spk_mm_r8_q6k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                        int n_tok, int row0, int row1);
+/* The same for Q3_K (spk_mm_q3k_avx2's results). */
+void spk_mm_r8_q3k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                         int n_tok, int row0, int row1);
 #endif
 #if defined(__aarch64__)

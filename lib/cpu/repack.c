@@ -44,6 +44,13 @@
  *                   32 bytes R0 | R1 << 4 (low 4 bits), 32 bytes R2 | R3 << 4, and 32 bytes of
  *                   the high 2 bits R0 | R1 << 2 | R2 << 4 | R3 << 6 (the shifts and masks of
  *                   cpu/matmul_x86_q6k.c's file-layout unpacking give R0..R3 back)
+ * SPK_MM_LAYOUT_R8 for Q3_K: per group, per super-block b (880 bytes = 8 file blocks):
+ *   bytes 0..15     the 8 rows' f16 scales d, row j at 2j
+ *   bytes 16..111   the file's 12 scale bytes, byte i of row j at 16 + 8i + j (so 256-bit shifts
+ *                   and masks decode the 16 scales of all 8 rows at once)
+ *   then per pair of sub-blocks i = 2P, 2P + 1 (16 values each), 96 bytes: for each, 32 bytes
+ *                   of the codes' 2 low bits (bits 2k of byte 4j + e: value 16i + 4k + e of row
+ *                   j), then 32 bytes of their third bits (bit k + 4 (i & 1) of the same byte)
  * Another type adds a pack_group/unpack_row pair and one row of k_formats.
  */
 #include <stdint.h>
@@ -285,11 +292,80 @@ static void unpack_q6_K_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int 
     }
 }
 
+/* The 256 codes (0..7, value + 4) of a Q3_K block in value order, and back. */
+static void q3k_codes(const spk_block_q3_K *x, uint8_t c[256])
+{
+    for (int n = 0; n < 2; n++)
+        for (int jj = 0; jj < 4; jj++)
+            for (int l = 0; l < 32; l++)
+                c[128 * n + 32 * jj + l] = (uint8_t)(((x->qs[32 * n + l] >> (2 * jj)) & 3) |
+                                                     ((x->hmask[l] >> (4 * n + jj)) & 1) << 2);
+}
+
+static void q3k_from_codes(spk_block_q3_K *x, const uint8_t c[256])
+{
+    memset(x->qs, 0, sizeof x->qs);
+    memset(x->hmask, 0, sizeof x->hmask);
+    for (int n = 0; n < 2; n++)
+        for (int jj = 0; jj < 4; jj++)
+            for (int l = 0; l < 32; l++) {
+                const int v = c[128 * n + 32 * jj + l];
+                x->qs[32 * n + l] |= (uint8_t)((v & 3) << (2 * jj));
+                x->hmask[l] |= (uint8_t)((v >> 2) << (4 * n + jj));
+            }
+}
+
+static void pack_q3_K_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
+{
+    for (int b = 0; b < nb; b++) {
+        uint8_t *o = dst + (size_t)b * 8 * sizeof(spk_block_q3_K);
+        memset(o + 112, 0, 768);
+        for (int j = 0; j < 8; j++) {
+            const spk_block_q3_K *x = (const spk_block_q3_K *)(src + (size_t)j * wrow) + b;
+            uint8_t c[256];
+            q3k_codes(x, c);
+            memcpy(o + 2 * j, &x->d, 2);
+            for (int i = 0; i < 12; i++)
+                o[16 + 8 * i + j] = x->scales[i];
+            for (int i = 0; i < 16; i++) {
+                uint8_t *u = o + 112 + 96 * (i / 2);
+                for (int k = 0; k < 4; k++)
+                    for (int e = 0; e < 4; e++) {
+                        const int v = c[16 * i + 4 * k + e];
+                        u[32 * (i & 1) + 4 * j + e] |= (uint8_t)((v & 3) << (2 * k));
+                        u[64 + 4 * j + e] |= (uint8_t)((v >> 2) << (k + 4 * (i & 1)));
+                    }
+            }
+        }
+    }
+}
+
+static void unpack_q3_K_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int b1)
+{
+    for (int b = b0; b < b1; b++) {
+        const uint8_t *o = grp + (size_t)b * 8 * sizeof(spk_block_q3_K);
+        spk_block_q3_K *x = (spk_block_q3_K *)dst + (b - b0);
+        uint8_t c[256];
+        memcpy(&x->d, o + 2 * j, 2);
+        for (int i = 0; i < 12; i++)
+            x->scales[i] = o[16 + 8 * i + j];
+        for (int i = 0; i < 16; i++) {
+            const uint8_t *u = o + 112 + 96 * (i / 2);
+            for (int k = 0; k < 4; k++)
+                for (int e = 0; e < 4; e++)
+                    c[16 * i + 4 * k + e] = (uint8_t)(((u[32 * (i & 1) + 4 * j + e] >> (2 * k)) & 3) |
+                                                      ((u[64 + 4 * j + e] >> (k + 4 * (i & 1))) & 1) << 2);
+        }
+        q3k_from_codes(x, c);
+    }
+}
+
 static const pack_format k_formats[] = {
     {SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, pack_q4_0_r8, unpack_q4_0_r8},
     {SPK_DT_Q8_0, SPK_MM_LAYOUT_R8, pack_q8_0_r8, unpack_q8_0_r8},
     {SPK_DT_MXFP4, SPK_MM_LAYOUT_R8, pack_mxfp4_r8, unpack_mxfp4_r8},
     {SPK_DT_Q4_K, SPK_MM_LAYOUT_R8, pack_q4_K_r8, unpack_q4_K_r8},
+    {SPK_DT_Q3_K, SPK_MM_LAYOUT_R8, pack_q3_K_r8, unpack_q3_K_r8},
     {SPK_DT_Q5_K, SPK_MM_LAYOUT_R8, pack_q5_K_r8, unpack_q5_K_r8},
     {SPK_DT_Q6_K, SPK_MM_LAYOUT_R8, pack_q6_K_r8, unpack_q6_K_r8},
 };
