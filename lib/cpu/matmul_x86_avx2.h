@@ -253,4 +253,24 @@ I2 void store_lanes(float *out, int ld, const __m256 *acc, int T, int t0, int r0
         SPK_R8_DRIVE(TILE);                                                                        \
     } while (0)
 
+/*
+ * A packed kernel `name` (an spk_mm_kernel, SPK_R8_DRIVE_TOK4's) from a tile and a batch-1 kernel
+ * shared by two types and told apart by a constant first argument: tilek(flag, T, o, ld, gp, act,
+ * arow, n) and tok1k(flag, o, os, gp, gs, act, n).
+ */
+#define SPK_R8_KERNEL(name, tilek, tok1k, flag)                                                    \
+    I2 void name##_tile(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n) \
+    {                                                                                              \
+        tilek(flag, T, o, ld, gp, act, arow, n);                                                   \
+    }                                                                                              \
+    I2 void name##_tok1(float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n) \
+    {                                                                                              \
+        tok1k(flag, o, os, gp, gs, act, n);                                                        \
+    }                                                                                              \
+    A2 void name(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n, int n_tok, \
+                 int row0, int row1)                                                               \
+    {                                                                                              \
+        SPK_R8_DRIVE_TOK4(name, name##_tok1, name##_tile);                                         \
+    }
+
 #endif

@@ -9,7 +9,7 @@
  * not stored. The lanes never mix, so a row's result does not depend on the tile, thread slice
  * or batch it came in either.
  *
- * Per super-block, row and token, the integer part is cpu/matmul_x86_k.c's: the 8 chunks of 32
+ * Per super-block, row and token, the integer part is as llama.cpp's Q8_K dot: the 8 chunks of 32
  * codes are dotted with the int8 activations (maddubs), scaled by the 6-bit sub-block scales
  * (madd) and summed in 8 int32 lanes; the mins meet the activations' sums per 16 (one madd).
  * Integer sums are exact whatever computes them, so each row's lanes are then reduced with a
@@ -192,17 +192,9 @@ I2 void tile8_k(int q5, int T, float *out, int ld, const uint8_t *w, size_t wrow
     store_lanes(out, ld, acc, T, t0, r0, rs, nr);
 }
 
-I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow, int n,
-              int r0, int rs, int nr, int t0)
-{
-    tile8_k(0, T, out, ld, w, wrow, act, arow, n, r0, rs, nr, t0);
-}
-
-I2 void tile8_q5(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow, int n,
-                 int r0, int rs, int nr, int t0)
-{
-    tile8_k(1, T, out, ld, w, wrow, act, arow, n, r0, rs, nr, t0);
-}
+/* The tile of each type, for SPK_LANES_DRIVE. */
+#define TILE8_Q4(...) tile8_k(0, __VA_ARGS__)
+#define TILE8_Q5(...) tile8_k(1, __VA_ARGS__)
 
 /*
  * Rows [row0, row1), all tokens, in tiles of 8 rows (SPK_LANES_DRIVE, cpu/matmul_x86_avx2.h), in chunks of 64 KiB of
@@ -215,7 +207,7 @@ A2 void spk_mm_q4k_avx2(float *out, int ld, const void *w, size_t wrow, const vo
     /* one token group (decode): tiles of rows far apart; several (prefill): rows in a chunk that
      * is in cache, consecutive rows measured 3-7% faster at 256 tokens */
     const int spread = n_tok <= 8;
-    SPK_LANES_DRIVE(tile8, spread);
+    SPK_LANES_DRIVE(TILE8_Q4, spread);
 }
 
 /* Q5_K, the same way (until the Q4_K tile served it, cpu/matmul_x86_k.c's 1-row tiles did). */
@@ -223,7 +215,7 @@ A2 void spk_mm_q5k_avx2(float *out, int ld, const void *w, size_t wrow, const vo
                         int n_tok, int row0, int row1)
 {
     const int spread = n_tok <= 8;
-    SPK_LANES_DRIVE(tile8_q5, spread);
+    SPK_LANES_DRIVE(TILE8_Q5, spread);
 }
 
 /*
@@ -237,7 +229,7 @@ A2 void spk_mm_q5k_avx2(float *out, int ld, const void *w, size_t wrow, const vo
  * dot in int32 lane j. So the multiplies are 1 + 1/8 per 32 products (the file layout's tile:
  * 2) and no horizontal sums are left; the mins meet the activation sums per 16 the same way (one
  * madd per sub-block). The integer sums I and M are exact whatever adds them, and the float
- * steps per super-block and token are tile8's, so the results are tile8's bit for bit.
+ * steps per super-block and token are tile8_k's, so the results are tile8_k's bit for bit.
  */
 
 /* vpshufb masks: from a 128-bit half (in both halves) holding two sub-blocks' 8 bytes (one per
@@ -364,7 +356,7 @@ I2 void tile_r8k(int q5, int T, float *o, size_t ld, const uint8_t *gp, const ui
 }
 
 /* One token against the 4 groups gp + g * gs at once (4 sequential streams through weights read
- * from memory; tile_r8q4k's arithmetic per group), group g's results to o[g * os + j]. */
+ * from memory; tile_r8k's arithmetic per group), group g's results to o[g * os + j]. */
 I2 void tok1_r8kx4(int q5, float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
 {
     const size_t GB = 8 * (q5 ? sizeof(spk_block_q5_K) : sizeof(spk_block_q4_K));
@@ -406,37 +398,8 @@ I2 void tok1_r8kx4(int q5, float *o, size_t os, const uint8_t *gp, size_t gs, co
         _mm256_storeu_ps(o + (size_t)g * os, acc[g]);
 }
 
-I2 void tile_r8q4k(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
-{
-    tile_r8k(0, T, o, ld, gp, act, arow, n);
-}
-
-I2 void tile_r8q5k(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
-{
-    tile_r8k(1, T, o, ld, gp, act, arow, n);
-}
-
-I2 void tok1_r8q4kx4(float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
-{
-    tok1_r8kx4(0, o, os, gp, gs, act, n);
-}
-
-I2 void tok1_r8q5kx4(float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
-{
-    tok1_r8kx4(1, o, os, gp, gs, act, n);
-}
-
-A2 void spk_mm_r8_q4k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
-                           int n_tok, int row0, int row1)
-{
-    SPK_R8_DRIVE_TOK4(spk_mm_r8_q4k_avx2, tok1_r8q4kx4, tile_r8q4k);
-}
-
-A2 void spk_mm_r8_q5k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
-                           int n_tok, int row0, int row1)
-{
-    SPK_R8_DRIVE_TOK4(spk_mm_r8_q5k_avx2, tok1_r8q5kx4, tile_r8q5k);
-}
+SPK_R8_KERNEL(spk_mm_r8_q4k_avx2, tile_r8k, tok1_r8kx4, 0)
+SPK_R8_KERNEL(spk_mm_r8_q5k_avx2, tile_r8k, tok1_r8kx4, 1)
 
 #else
 typedef int spk_matmul_x86_q4k_unused; /* ISO C forbids an empty translation unit */

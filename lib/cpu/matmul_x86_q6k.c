@@ -1,6 +1,7 @@
 /*
  * x86-64 AVX2 kernel for Q6_K weights (Q6_K files; the output head and some layers of Q4_K_M and
- * Q5_K_M files) in 8-row x up to 8-token tiles, the 8 rows' results in the 8 float lanes of one
+ * Q5_K_M files; Q3_K too: codes 0..7 with offset 4 and the same per-16 scales, the same arithmetic)
+ * in 8-row x up to 8-token tiles, the 8 rows' results in the 8 float lanes of one
  * register per token, as the Q4_K tile of cpu/matmul_x86_q4k.c: the per-super-block float work
  * and the final horizontal sums are shared by 8 rows. Every row of every call takes this kernel,
  * at every token count, 1 included (a token's result must not depend on the batch it came in);
@@ -8,7 +9,7 @@
  * not stored. The lanes never mix, so a row's result depends neither on the tile, thread slice
  * nor batch it came in.
  *
- * Per super-block, row and token, the integer part is cpu/matmul_x86_k.c's: the 8 chunks of 32
+ * Per super-block, row and token, the integer part is as llama.cpp's Q8_K dot: the 8 chunks of 32
  * 6-bit codes (value + 32, unsigned) are dotted with the int8 activations (maddubs), scaled by
  * the 16 int8 sub-block scales (madd) and summed in 8 int32 lanes; the codes' offset 32 meets the
  * activations' sums per 16 (one madd with 32 x the scales) and is subtracted in integers. The
@@ -123,7 +124,8 @@ I2 void row_sums(int q3, int T, const uint8_t *x, const uint8_t *const a[8], con
 
 /*
  * Rows r0 + j * rs (j = 0..7) against tokens t0..t0+T-1 (T <= 8): out[(t0 + t) * ld + r0 + j * rs]
- * for the first nr (1..8) rows; rows from nr on repeat row nr - 1 and are not stored.
+ * for the first nr (1..8) rows; rows from nr on repeat row nr - 1 and are not stored. q3: Q3_K
+ * blocks (row_sums' q3).
  */
 I2 void tile8_k(int q3, int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow,
                 int n, int r0, int rs, int nr, int t0)
@@ -176,17 +178,9 @@ I2 void tile8_k(int q3, int T, float *out, int ld, const uint8_t *w, size_t wrow
     store_lanes(out, ld, acc, T, t0, r0, rs, nr);
 }
 
-I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow, int n,
-              int r0, int rs, int nr, int t0)
-{
-    tile8_k(0, T, out, ld, w, wrow, act, arow, n, r0, rs, nr, t0);
-}
-
-I2 void tile8_q3(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow, int n,
-                 int r0, int rs, int nr, int t0)
-{
-    tile8_k(1, T, out, ld, w, wrow, act, arow, n, r0, rs, nr, t0);
-}
+/* The tile of each type, for SPK_LANES_DRIVE. */
+#define TILE8_Q6(...) tile8_k(0, __VA_ARGS__)
+#define TILE8_Q3(...) tile8_k(1, __VA_ARGS__)
 
 A2 void spk_mm_q6k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                         int n_tok, int row0, int row1)
@@ -195,7 +189,7 @@ A2 void spk_mm_q6k_avx2(float *out, int ld, const void *w, size_t wrow, const vo
      * in cache, or with several token groups: consecutive rows (measured 1.1-1.2x faster at
      * 512 x 1536, 1 and 8 tokens; spread 1.4x faster at 8 tokens from memory) */
     const int spread = n_tok <= 8 && (size_t)(row1 - row0) * wrow > ((size_t)1 << 20);
-    SPK_LANES_DRIVE(tile8, spread);
+    SPK_LANES_DRIVE(TILE8_Q6, spread);
 }
 
 /* Q3_K (Q3_K_M files), the same way (until it served Q3_K, cpu/matmul_x86_k.c's 1-row tiles did). */
@@ -203,18 +197,18 @@ A2 void spk_mm_q3k_avx2(float *out, int ld, const void *w, size_t wrow, const vo
                         int n_tok, int row0, int row1)
 {
     const int spread = n_tok <= 8 && (size_t)(row1 - row0) * wrow > ((size_t)1 << 20);
-    SPK_LANES_DRIVE(tile8_q3, spread);
+    SPK_LANES_DRIVE(TILE8_Q3, spread);
 }
 
 /*
  * The tile on weights packed at load (SPK_MM_LAYOUT_R8, cpu/repack.c), as the Q4_K one of
  * cpu/matmul_x86_q4k.c: per 8-row group and sub-block of 16 values, 4 registers of codes with
- * dword j from row j (unpacked from 3 loads by tile8's shifts and masks) against a token's 4
+ * dword j from row j (unpacked from 3 loads by tile8_k's shifts and masks) against a token's 4
  * activations broadcast to every dword; two maddubs add up in int16 (|sum| <= 2 * 2 * 63 * 127 =
  * 32004: exact) before one madd with the sub-block's scales (row j's in lanes 2j, 2j + 1), so
  * 1 + 1/2 multiplies per 32 products (the file-layout tile: 2) and no horizontal sums. The
  * offset 32 meets the activation sums per 16 (one madd per two sub-blocks) and is subtracted in
- * integers; the float step per super-block and token is tile8's, so the results are its bits.
+ * integers; the float step per super-block and token is tile8_k's, so the results are its bits.
  */
 /* The scales of the super-block at p of a packed group (int8 at p + 16 + 8i + j: scale i of row
  * j): sc[i], lanes 2j and 2j + 1 = scale i of row j; pr[k], lane 2j = scale 2k, lane 2j + 1 =
@@ -248,7 +242,7 @@ I2 void r8_scales(int q3, const uint8_t *p, __m256i sc[16], __m256i pr[8])
     }
 }
 
-/* The 4 code registers of sub-block i of the super-block at p (tile8's unpacking; Q3_K: the 2
+/* The 4 code registers of sub-block i of the super-block at p (tile8_k's unpacking; Q3_K: the 2
  * low bits at 2k of the pair's register for i, the third at bit k + 4 (i & 1) of its third). */
 I2 void r8_codes(int q3, const uint8_t *p, int i, __m256i c[4])
 {
@@ -294,7 +288,7 @@ I2 __m256i r8_dot(int q3, __m256i I, const __m256i c[4], const uint8_t *a, __m25
     return I;
 }
 
-/* The float step of one super-block (b) and token (its row at at): tile8's (offset 32, Q3_K 4). */
+/* The float step of one super-block (b) and token (its row at at): tile8_k's (offset 32, Q3_K 4). */
 I2 __m256 r8_step(int q3, __m256 acc, __m256i I, const __m256i pr[8], __m256 d, const uint8_t *at, int n, int b)
 {
     const uint8_t *bs = at + (size_t)n + (size_t)(n / 32) * 8 + 32 * (size_t)b;
@@ -369,37 +363,8 @@ I2 void tok1_r8k6x4(int q3, float *o, size_t os, const uint8_t *gp, size_t gs, c
         _mm256_storeu_ps(o + (size_t)g * os, acc[g]);
 }
 
-I2 void tile_r8q6k(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
-{
-    tile_r8k6(0, T, o, ld, gp, act, arow, n);
-}
-
-I2 void tile_r8q3k(int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
-{
-    tile_r8k6(1, T, o, ld, gp, act, arow, n);
-}
-
-I2 void tok1_r8q6kx4(float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
-{
-    tok1_r8k6x4(0, o, os, gp, gs, act, n);
-}
-
-I2 void tok1_r8q3kx4(float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
-{
-    tok1_r8k6x4(1, o, os, gp, gs, act, n);
-}
-
-A2 void spk_mm_r8_q6k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
-                           int n_tok, int row0, int row1)
-{
-    SPK_R8_DRIVE_TOK4(spk_mm_r8_q6k_avx2, tok1_r8q6kx4, tile_r8q6k);
-}
-
-A2 void spk_mm_r8_q3k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
-                           int n_tok, int row0, int row1)
-{
-    SPK_R8_DRIVE_TOK4(spk_mm_r8_q3k_avx2, tok1_r8q3kx4, tile_r8q3k);
-}
+SPK_R8_KERNEL(spk_mm_r8_q6k_avx2, tile_r8k6, tok1_r8k6x4, 0)
+SPK_R8_KERNEL(spk_mm_r8_q3k_avx2, tile_r8k6, tok1_r8k6x4, 1)
 
 #else
 typedef int spk_matmul_x86_q6k_unused; /* ISO C forbids an empty translation unit */

@@ -166,9 +166,8 @@ static float make_qkx2(int n, int nmax, const float *x, const float *w, uint8_t 
     return scale;
 }
 
-/* Signed scale of n values with levels -nmax..nmax-1 (L stores level + nmax), refined by
- * moving single values while the x^2-weighted error drops. */
-static float make_q3(int n, int nmax, const float *x, int8_t *L)
+/* The value of largest magnitude among x[0..n) (the first of equals), 0 for none. */
+static float signed_max(int n, const float *x)
 {
     float max = 0, amax = 0;
     for (int i = 0; i < n; i++)
@@ -176,7 +175,15 @@ static float make_q3(int n, int nmax, const float *x, int8_t *L)
             amax = fabsf(x[i]);
             max = x[i];
         }
-    if (amax < 1e-15f) {
+    return max;
+}
+
+/* Signed scale of n values with levels -nmax..nmax-1 (L stores level + nmax), refined by
+ * moving single values while the x^2-weighted error drops. */
+static float make_q3(int n, int nmax, const float *x, int8_t *L)
+{
+    const float max = signed_max(n, x);
+    if (fabsf(max) < 1e-15f) {
         memset(L, 0, (size_t)n);
         return 0.0f;
     }
@@ -222,13 +229,8 @@ static float make_q3(int n, int nmax, const float *x, int8_t *L)
  * candidate inverse scales. */
 static float make_qx(int n, int nmax, const float *x, int8_t *L)
 {
-    float max = 0, amax = 0;
-    for (int i = 0; i < n; i++)
-        if (fabsf(x[i]) > amax) {
-            amax = fabsf(x[i]);
-            max = x[i];
-        }
-    if (amax < 1e-15f) {
+    const float max = signed_max(n, x);
+    if (fabsf(max) < 1e-15f) {
         memset(L, 0, (size_t)n);
         return 0.0f;
     }
