@@ -56,6 +56,27 @@ static inline int spk_ld_u16(const uint8_t *p)
     return v;
 }
 
+/* The K-quant section (cpu/quant.h) of a token's activation row at `at` (n values), super-block b:
+ * its scale d, and the 8 lanes of sum_i madd(c[i], sums per 16 2i and 2i + 1 broadcast): with
+ * c[i] holding row j's coefficients of those two sums in int16 lanes 2j and 2j + 1, lane j is row
+ * j's mins' (or code offsets') sum for the super-block (the packed K-quant tiles). */
+static inline float spk_kq_d(const uint8_t *at, int n, int b)
+{
+    float d;
+    memcpy(&d, at + (size_t)n + 64 * (size_t)b, 4);
+    return d;
+}
+
+I2 __m256i kq_bsums8(const __m256i c[8], const uint8_t *at, int n, int b)
+{
+    const uint8_t *bs = at + (size_t)n + (size_t)(n / 32) * 8 + 32 * (size_t)b;
+    __m256i s = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        s = _mm256_add_epi32(s, _mm256_madd_epi16(c[i], bcast4(bs + 4 * i)));
+    return s;
+}
+
 /* 8 f16 values, one per row, from p[j] + off into a float vector (lane j): the 8 rows' block
  * scales of a tile. */
 I2 __m256 ld_f16x8(const uint8_t *const p[8], size_t off)

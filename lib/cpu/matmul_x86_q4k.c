@@ -304,12 +304,21 @@ I2 void r8_sub(int q5, int T, const uint8_t *q, const uint8_t *qh, int i, int ha
         I[t] = _mm256_add_epi32(I[t], _mm256_madd_epi16(s[t], scale));
 }
 
+/* The float steps of one super-block (b) and token (its row at at) after its dot I: the mins M
+ * meet the activation sums per 16, then tile8_k's two steps. */
+I2 __m256 r8_step(__m256 acc, __m256i I, const __m256i mn[8], __m256 d, __m256 dm, const uint8_t *at, int n, int b)
+{
+    const __m256i M = kq_bsums8(mn, at, n, b);
+    const __m256 vda = _mm256_set1_ps(spk_kq_d(at, n, b));
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), _mm256_mul_ps(d, vda), acc);
+    return _mm256_fnmadd_ps(_mm256_cvtepi32_ps(M), _mm256_mul_ps(dm, vda), acc);
+}
+
 /* q5: Q5_K groups (Q4_K's layout with the fifth bits after the codes). */
 I2 void tile_r8k(int q5, int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
 {
     const size_t GB = 8 * (q5 ? sizeof(spk_block_q5_K) : sizeof(spk_block_q4_K));
     const int nb = n / SPK_QK_K;
-    const size_t ds_off = (size_t)n, bs_off = (size_t)n + (size_t)(n / 32) * 8;
     __m256 acc[8];
     for (int t = 0; t < T; t++)
         acc[t] = _mm256_setzero_ps();
@@ -322,10 +331,10 @@ I2 void tile_r8k(int q5, int T, float *o, size_t ld, const uint8_t *gp, const ui
         for (int t0 = 0; t0 < T; t0 += 4) {
             const int U = T - t0 < 4 ? T - t0 : 4;
             const uint8_t *a[4], *a2[4];
-            __m256i I[4], M[4];
+            __m256i I[4];
             for (int t = 0; t < U; t++) {
                 a[t] = act + (size_t)(t0 + t) * arow + 256 * (size_t)b;
-                I[t] = M[t] = _mm256_setzero_si256();
+                I[t] = _mm256_setzero_si256();
             }
             /* (not unrolled: the 8 sub-blocks' bodies at 4 tokens would not fit the op cache) */
 #pragma GCC unroll 1
@@ -337,18 +346,8 @@ I2 void tile_r8k(int q5, int T, float *o, size_t ld, const uint8_t *gp, const ui
                     a2[t] = a[t] + 64 * h + 32;
                 r8_sub(q5, U, p + 128 + 256 * (size_t)h, p + 1152, 2 * h + 1, 1, a2, sc[2 * h + 1], I);
             }
-            for (int t = 0; t < U; t++) {
-                const uint8_t *at = act + (size_t)(t0 + t) * arow;
-                const uint8_t *bs = at + bs_off + 32 * (size_t)b;
-#pragma GCC unroll 8
-                for (int i = 0; i < 8; i++)
-                    M[t] = _mm256_add_epi32(M[t], _mm256_madd_epi16(mn[i], bcast4(bs + 4 * i)));
-                float da;
-                memcpy(&da, at + ds_off + 64 * (size_t)b, 4);
-                const __m256 vda = _mm256_set1_ps(da);
-                acc[t0 + t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I[t]), _mm256_mul_ps(d, vda), acc[t0 + t]);
-                acc[t0 + t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(M[t]), _mm256_mul_ps(dm, vda), acc[t0 + t]);
-            }
+            for (int t = 0; t < U; t++)
+                acc[t0 + t] = r8_step(acc[t0 + t], I[t], mn, d, dm, act + (size_t)(t0 + t) * arow, n, b);
         }
     }
     for (int t = 0; t < T; t++)
@@ -361,15 +360,11 @@ I2 void tok1_r8kx4(int q5, float *o, size_t os, const uint8_t *gp, size_t gs, co
 {
     const size_t GB = 8 * (q5 ? sizeof(spk_block_q5_K) : sizeof(spk_block_q4_K));
     const int nb = n / SPK_QK_K;
-    const size_t ds_off = (size_t)n, bs_off = (size_t)n + (size_t)(n / 32) * 8;
     __m256 acc[4];
     for (int g = 0; g < 4; g++)
         acc[g] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        const uint8_t *a = act + 256 * (size_t)b, *bs = act + bs_off + 32 * (size_t)b;
-        float da;
-        memcpy(&da, act + ds_off + 64 * (size_t)b, 4);
-        const __m256 vda = _mm256_set1_ps(da);
+        const uint8_t *a = act + 256 * (size_t)b;
 #pragma GCC unroll 1
         for (int g = 0; g < 4; g++) {
             const uint8_t *p = gp + (size_t)g * gs + (size_t)b * GB;
@@ -377,7 +372,7 @@ I2 void tok1_r8kx4(int q5, float *o, size_t os, const uint8_t *gp, size_t gs, co
              * the file layout without, 1.21-1.29x with; Q4_K the same either way */
             for (size_t c = 0; c < GB; c += 64)
                 _mm_prefetch((const char *)p + 2 * GB + c, _MM_HINT_T0);
-            __m256i sc[8], mn[8], I[4] = {_mm256_setzero_si256()}, M = _mm256_setzero_si256();
+            __m256i sc[8], mn[8], I[4] = {_mm256_setzero_si256()};
             r8_scales(p, sc, mn);
 #pragma GCC unroll 1
             for (int h = 0; h < 4; h++) {
@@ -385,13 +380,8 @@ I2 void tok1_r8kx4(int q5, float *o, size_t os, const uint8_t *gp, size_t gs, co
                 r8_sub(q5, 1, p + 128 + 256 * (size_t)h, p + 1152, 2 * h, 0, a2, sc[2 * h], I);
                 r8_sub(q5, 1, p + 128 + 256 * (size_t)h, p + 1152, 2 * h + 1, 1, a3, sc[2 * h + 1], I);
             }
-#pragma GCC unroll 8
-            for (int i = 0; i < 8; i++)
-                M = _mm256_add_epi32(M, _mm256_madd_epi16(mn[i], bcast4(bs + 4 * i)));
-            const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-            const __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));
-            acc[g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I[0]), _mm256_mul_ps(d, vda), acc[g]);
-            acc[g] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(M), _mm256_mul_ps(dm, vda), acc[g]);
+            acc[g] = r8_step(acc[g], I[0], mn, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)),
+                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16))), act, n, b);
         }
     }
     for (int g = 0; g < 4; g++)

@@ -96,16 +96,16 @@ I2 void row_sums(int q3, int T, const uint8_t *x, const uint8_t *const a[8], con
                     _mm256_and_si256(_mm256_srli_epi16(qv, 2 * j), m3),
                     _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(hm, 4 * h + j), 2), b2));
         } else {
-        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(q->ql + 64 * h));
-        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(q->ql + 64 * h + 32));
-        const __m256i hb = _mm256_loadu_si256((const __m256i *)(q->qh + 32 * h));
-        /* chunk j: 4 low bits from ql (j & 1 picks the 32 bytes, j >= 2 the high nibbles), the
-         * 2 high bits from qh bits 2j, 2j+1 moved to bits 4, 5 */
-        c[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
-        c[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30));
-        c[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m30));
-        c[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                               _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)(q->ql + 64 * h));
+            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(q->ql + 64 * h + 32));
+            const __m256i hb = _mm256_loadu_si256((const __m256i *)(q->qh + 32 * h));
+            /* chunk j: 4 low bits from ql (j & 1 picks the 32 bytes, j >= 2 the high nibbles),
+             * the 2 high bits from qh bits 2j, 2j+1 moved to bits 4, 5 */
+            c[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
+            c[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30));
+            c[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m30));
+            c[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                   _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
         }
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
@@ -291,15 +291,9 @@ I2 __m256i r8_dot(int q3, __m256i I, const __m256i c[4], const uint8_t *a, __m25
 /* The float step of one super-block (b) and token (its row at at): tile8_k's (offset 32, Q3_K 4). */
 I2 __m256 r8_step(int q3, __m256 acc, __m256i I, const __m256i pr[8], __m256 d, const uint8_t *at, int n, int b)
 {
-    const uint8_t *bs = at + (size_t)n + (size_t)(n / 32) * 8 + 32 * (size_t)b;
-    __m256i O = _mm256_setzero_si256();
-#pragma GCC unroll 8
-    for (int k = 0; k < 8; k++)
-        O = _mm256_add_epi32(O, _mm256_madd_epi16(pr[k], bcast4(bs + 4 * k)));
-    float da;
-    memcpy(&da, at + (size_t)n + 64 * (size_t)b, 4);
+    const __m256i O = kq_bsums8(pr, at, n, b);
     const __m256 fi = _mm256_cvtepi32_ps(_mm256_sub_epi32(I, q3 ? _mm256_slli_epi32(O, 2) : _mm256_slli_epi32(O, 5)));
-    return _mm256_fmadd_ps(fi, _mm256_mul_ps(d, _mm256_set1_ps(da)), acc);
+    return _mm256_fmadd_ps(fi, _mm256_mul_ps(d, _mm256_set1_ps(spk_kq_d(at, n, b))), acc);
 }
 
 I2 void tile_r8k6(int q3, int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)

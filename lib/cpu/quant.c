@@ -69,7 +69,7 @@ void spk_q8k_quantize_row_ref(void *dst, const float *x, int n)
 /* ---- K-quant unpacking (for the scalar dot products) ---------------------------------------- */
 
 /* 6-bit scale and min of sub-block j (0..7) of a Q4_K super-block. */
-static void q4k_scale_min(const uint8_t *s, int j, int *sc, int *m)
+void spk_q4k_scale_min(const uint8_t *s, int j, int *sc, int *m)
 {
     if (j < 4) {
         *sc = s[j] & 63;
@@ -91,7 +91,7 @@ static void q4k_unpack(uint8_t *q, const spk_block_q4_K *x)
 }
 
 /* The 256 signed 6-bit values (-32..31) of a Q6_K super-block, in element order. */
-static void q6k_unpack(int8_t *q, const spk_block_q6_K *x)
+void spk_q6k_unpack(int8_t *q, const spk_block_q6_K *x)
 {
     for (int h = 0; h < 2; h++) {
         const uint8_t *ql = x->ql + h * 64, *qh = x->qh + h * 32;
@@ -141,7 +141,7 @@ static void q3k_scales(int *sc, const uint8_t *s)
 
 /* The 256 values (-4..3) of a Q3_K super-block in element order: element 128h + 32k + l has
  * its low two bits at qs[32h + l] >> 2k and its high bit (set: no -4) at hmask[l] bit 4h + k. */
-static void q3k_unpack(int8_t *q, const spk_block_q3_K *x)
+void spk_q3k_unpack(int8_t *q, const spk_block_q3_K *x)
 {
     for (int h = 0; h < 2; h++)
         for (int k = 0; k < 4; k++)
@@ -200,7 +200,7 @@ int spk_quant_dequantize_block(float *y, const void *blk, spk_dtype t)
         const float d = spk_f16_to_f32(x->d), dmin = spk_f16_to_f32(x->dmin);
         for (int j = 0; j < 8; j++) {
             int sc, m;
-            q4k_scale_min(x->scales, j, &sc, &m);
+            spk_q4k_scale_min(x->scales, j, &sc, &m);
             const float d1 = d * (float)sc, m1 = dmin * (float)m;
             for (int l = 0; l < 32; l++)
                 y[32 * j + l] = d1 * (float)q[32 * j + l] - m1;
@@ -211,7 +211,7 @@ int spk_quant_dequantize_block(float *y, const void *blk, spk_dtype t)
         const spk_block_q3_K *x = blk;
         int8_t q[SPK_QK_K];
         int sc[16];
-        q3k_unpack(q, x);
+        spk_q3k_unpack(q, x);
         q3k_scales(sc, x->scales);
         const float d = spk_f16_to_f32(x->d);
         for (int i = 0; i < SPK_QK_K; i++)
@@ -299,7 +299,7 @@ static void q45k_block(float *acc, const uint8_t *q, const uint8_t *scales, floa
     for (int j = 0; j < 8; j++) {
         const int ab = b * 8 + j; /* activation block */
         int sc, m, isum = 0;
-        q4k_scale_min(scales, j, &sc, &m);
+        spk_q4k_scale_min(scales, j, &sc, &m);
         for (int l = 0; l < 32; l++)
             isum += q[j * 32 + l] * a[ab * 32 + l];
         *acc += d * (float)sc * ds[2 * ab] * (float)isum - dmin * (float)m * ds[2 * ab + 1];
@@ -330,7 +330,7 @@ static float dot_q6_K(const void *wrow, const uint8_t *act, int n)
     float acc = 0.0f;
     for (int b = 0; b < n / SPK_QK_K; b++) {
         const float d = spk_f16_to_f32(w[b].d);
-        q6k_unpack(q, &w[b]);
+        spk_q6k_unpack(q, &w[b]);
         for (int j = 0; j < 8; j++) {
             const int ab = b * 8 + j;
             int s0 = 0, s1 = 0;
@@ -423,7 +423,7 @@ static float dot_q3_K(const void *wrow, const uint8_t *act, int n)
     float acc = 0.0f;
     for (int b = 0; b < n / SPK_QK_K; b++) {
         const float d = spk_f16_to_f32(w[b].d);
-        q3k_unpack(q, &w[b]);
+        spk_q3k_unpack(q, &w[b]);
         q3k_scales(sc, w[b].scales);
         for (int j = 0; j < 8; j++) {
             const int ab = b * 8 + j;

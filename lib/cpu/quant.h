@@ -75,8 +75,16 @@ int spk_quant_dequantize_block(float *y, const void *blk, spk_dtype t);
  * types.
  */
 size_t spk_quantize_row_ref(void *dst, const float *x, spk_dtype t, int n);
+/* K-quant block fields (cpu/quant.c): the 6-bit scale and min of sub-block j (0..7) of a Q4_K or
+ * Q5_K block's 12 scale bytes; a Q6_K block's 256 values (-32..31) and a Q3_K block's (-4..3) in
+ * element order. */
+void spk_q4k_scale_min(const uint8_t *s, int j, int *sc, int *m);
+void spk_q6k_unpack(int8_t *q, const spk_block_q6_K *x);
+void spk_q3k_unpack(int8_t *q, const spk_block_q3_K *x);
 /* A Q6_K block's ql and qh from its 256 codes (0..63, value + 32) in value order. */
 void spk_q6k_set_codes(spk_block_q6_K *y, const uint8_t c[SPK_QK_K]);
+/* A Q3_K block's qs and hmask from its 256 codes (0..7, value + 4) in value order. */
+void spk_q3k_set_codes(spk_block_q3_K *y, const uint8_t c[SPK_QK_K]);
 
 /*
  * Kernel signature: out[t * ld_out + r] for r in [row0, row1), t < n_tok.

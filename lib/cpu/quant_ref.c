@@ -358,19 +358,21 @@ static void quant_q3_K(spk_block_q3_K *y, const float *x, int nb)
             for (int i = 0; i < 16; i++)
                 L[16 * j + i] = (int8_t)(clampi(nearest_int(x[16 * j + i] / d), -4, 3) + 4);
         }
-        /* high bit: element j goes to hmask[j % 32] bit j / 32 */
-        memset(y[b].hmask, 0, sizeof y[b].hmask);
-        uint8_t lo[SPK_QK_K];
-        for (int j = 0; j < SPK_QK_K; j++) {
-            int l = L[j];
-            if (l > 3) {
-                y[b].hmask[j % 32] |= (uint8_t)(1u << (j / 32));
-                l -= 4;
-            }
-            lo[j] = (uint8_t)l;
-        }
-        pack_2bit(y[b].qs, lo);
+        spk_q3k_set_codes(&y[b], (const uint8_t *)L);
     }
+}
+
+void spk_q3k_set_codes(spk_block_q3_K *y, const uint8_t c[SPK_QK_K])
+{
+    /* high bit: element j goes to hmask[j % 32] bit j / 32 */
+    memset(y->hmask, 0, sizeof y->hmask);
+    uint8_t lo[SPK_QK_K];
+    for (int j = 0; j < SPK_QK_K; j++) {
+        if (c[j] > 3)
+            y->hmask[j % 32] |= (uint8_t)(1u << (j / 32));
+        lo[j] = (uint8_t)(c[j] & 3);
+    }
+    pack_2bit(y->qs, lo);
 }
 
 /* ---- Q5_K --------------------------------------------------------------------------------- */
@@ -417,13 +419,7 @@ static void kx_block(const float *x, int nmax, float rmin, int nstep, uint8_t sc
     *dmin = spk_f32_to_f16(max_min / 63.0f);
     for (int j = 0; j < 8; j++) {
         int s, m;
-        if (j < 4) {
-            s = scales[j] & 63;
-            m = scales[j + 4] & 63;
-        } else {
-            s = (scales[j + 4] & 15) | (scales[j - 4] >> 6) << 4;
-            m = (scales[j + 4] >> 4) | (scales[j] >> 6) << 4;
-        }
+        spk_q4k_scale_min(scales, j, &s, &m);
         const float d = spk_f16_to_f32(*dd) * (float)s;
         if (d == 0.0f)
             continue;

@@ -140,19 +140,6 @@ static void unpack_mxfp4_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int
     }
 }
 
-/* The 6-bit scale and min of sub-block i of a Q4_K block's 12 scale bytes (ggml's
- * get_scale_min_k4), and their inverse. */
-static void q4k_scale_min(const uint8_t *q, int i, int *sc, int *m)
-{
-    if (i < 4) {
-        *sc = q[i] & 63;
-        *m = q[i + 4] & 63;
-    } else {
-        *sc = (q[i + 4] & 15) | ((q[i - 4] >> 6) << 4);
-        *m = (q[i + 4] >> 4) | ((q[i] >> 6) << 4);
-    }
-}
-
 /* Row j of a Q4_K/Q5_K group's super-block at o (o[96..127] zeroed before row 0): d, dmin, the
  * scales and mins, the 4-bit codes. */
 static void pack_k4_row(uint8_t *o, int j, const spk_f16 *d, const spk_f16 *dmin, const uint8_t *scales,
@@ -162,7 +149,7 @@ static void pack_k4_row(uint8_t *o, int j, const spk_f16 *d, const spk_f16 *dmin
     memcpy(o + 16 + 2 * j, dmin, 2);
     for (int i = 0; i < 8; i++) {
         int sc, m;
-        q4k_scale_min(scales, i, &sc, &m);
+        spk_q4k_scale_min(scales, i, &sc, &m);
         o[32 + 8 * i + j] = (uint8_t)((sc & 15) | (m & 15) << 4);
         o[96 + 8 * (i & 3) + j] |= (uint8_t)(((sc >> 4) | (m >> 4) << 2) << (i < 4 ? 0 : 4));
     }
@@ -234,17 +221,11 @@ static void unpack_q5_K_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int 
     }
 }
 
-/* The 256 codes (0..63) of a Q6_K block in value order (spk_q6k_set_codes: back). */
-static void q6k_codes(const spk_block_q6_K *x, uint8_t c[256])
+/* The 256 codes of a Q6_K (value + 32) or Q3_K (value + 4) block in value order. */
+static void k_codes(uint8_t c[256], const int8_t v[256], int offset)
 {
-    for (int n = 0; n < 2; n++)
-        for (int l = 0; l < 32; l++) {
-            const int ql0 = x->ql[64 * n + l], ql1 = x->ql[64 * n + l + 32], qh = x->qh[32 * n + l];
-            c[128 * n + l] = (uint8_t)((ql0 & 15) | (qh & 3) << 4);
-            c[128 * n + l + 32] = (uint8_t)((ql1 & 15) | ((qh >> 2) & 3) << 4);
-            c[128 * n + l + 64] = (uint8_t)((ql0 >> 4) | ((qh >> 4) & 3) << 4);
-            c[128 * n + l + 96] = (uint8_t)((ql1 >> 4) | ((qh >> 6) & 3) << 4);
-        }
+    for (int i = 0; i < 256; i++)
+        c[i] = (uint8_t)(v[i] + offset);
 }
 
 static void pack_q6_K_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
@@ -253,8 +234,10 @@ static void pack_q6_K_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
         uint8_t *o = dst + (size_t)b * 8 * sizeof(spk_block_q6_K);
         for (int j = 0; j < 8; j++) {
             const spk_block_q6_K *x = (const spk_block_q6_K *)(src + (size_t)j * wrow) + b;
+            int8_t v[256];
             uint8_t c[256];
-            q6k_codes(x, c);
+            spk_q6k_unpack(v, x);
+            k_codes(c, v, 32);
             memcpy(o + 2 * j, &x->d, 2);
             for (int i = 0; i < 16; i++) {
                 o[16 + 8 * i + j] = (uint8_t)x->scales[i];
@@ -292,29 +275,6 @@ static void unpack_q6_K_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int 
     }
 }
 
-/* The 256 codes (0..7, value + 4) of a Q3_K block in value order, and back. */
-static void q3k_codes(const spk_block_q3_K *x, uint8_t c[256])
-{
-    for (int n = 0; n < 2; n++)
-        for (int jj = 0; jj < 4; jj++)
-            for (int l = 0; l < 32; l++)
-                c[128 * n + 32 * jj + l] = (uint8_t)(((x->qs[32 * n + l] >> (2 * jj)) & 3) |
-                                                     ((x->hmask[l] >> (4 * n + jj)) & 1) << 2);
-}
-
-static void q3k_from_codes(spk_block_q3_K *x, const uint8_t c[256])
-{
-    memset(x->qs, 0, sizeof x->qs);
-    memset(x->hmask, 0, sizeof x->hmask);
-    for (int n = 0; n < 2; n++)
-        for (int jj = 0; jj < 4; jj++)
-            for (int l = 0; l < 32; l++) {
-                const int v = c[128 * n + 32 * jj + l];
-                x->qs[32 * n + l] |= (uint8_t)((v & 3) << (2 * jj));
-                x->hmask[l] |= (uint8_t)((v >> 2) << (4 * n + jj));
-            }
-}
-
 static void pack_q3_K_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
 {
     for (int b = 0; b < nb; b++) {
@@ -322,8 +282,10 @@ static void pack_q3_K_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
         memset(o + 112, 0, 768);
         for (int j = 0; j < 8; j++) {
             const spk_block_q3_K *x = (const spk_block_q3_K *)(src + (size_t)j * wrow) + b;
+            int8_t v[256];
             uint8_t c[256];
-            q3k_codes(x, c);
+            spk_q3k_unpack(v, x);
+            k_codes(c, v, 4);
             memcpy(o + 2 * j, &x->d, 2);
             for (int i = 0; i < 12; i++)
                 o[16 + 8 * i + j] = x->scales[i];
@@ -356,7 +318,7 @@ static void unpack_q3_K_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int 
                     c[16 * i + 4 * k + e] = (uint8_t)(((u[32 * (i & 1) + 4 * j + e] >> (2 * k)) & 3) |
                                                       ((u[64 + 4 * j + e] >> (k + 4 * (i & 1))) & 1) << 2);
         }
-        q3k_from_codes(x, c);
+        spk_q3k_set_codes(x, c);
     }
 }
 
