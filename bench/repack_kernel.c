@@ -69,7 +69,7 @@ int main(int argc, char **argv)
             if (T == SPK_DT_Q4_K || T == SPK_DT_Q5_K) /* and dmin */
                 memcpy(x + 2, &d, 2);
         }
-    if (layout == SPK_MM_LAYOUT_ROWS || spk_matmul_pack(p, w, T, layout, n_in, n_out) != 0) {
+    if (layout == SPK_MM_LAYOUT_ROWS || spk_matmul_pack(p, w, T, layout, n_in, n_out, 0) != 0) {
         printf("no packed %s kernel at this ISA (%s)\n", tn, spk_matmul_isa_name());
         return 0;
     }

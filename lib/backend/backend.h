@@ -103,10 +103,12 @@ typedef struct spk_backend_ops {
     void (*release)(spk_backend *be, void *dev);
     /* Repack a weight matrix that only matmul and embed read into the layout the backend's
      * kernels want, once, at load: on success with a packed copy, w->data and w->layout name it and
-     * *owned is the copy's buffer (the caller frees it with free() after the model, and may drop
-     * the original's pages); *owned NULL: left as it is (no packed kernel for the type here, or
-     * SPK_NO_REPACK=1 in the environment). May be NULL (nothing is ever packed). */
-    spk_status (*pack)(spk_backend *be, spk_wmat *w, void **owned);
+     * *owned is the copy's buffer (the caller frees it with free() after the model); with `drop`
+     * the original's whole pages are dropped as they are packed (so the two copies never coexist:
+     * only for mappings that re-read a dropped page). *owned NULL: left as it is, nothing dropped
+     * (no packed kernel for the type here, or SPK_NO_REPACK=1 in the environment). May be NULL
+     * (nothing is ever packed). */
+    spk_status (*pack)(spk_backend *be, spk_wmat *w, int drop, void **owned);
     /* Whether the ops take weights of `type`. May be NULL (every type the library reads). */
     int (*supports)(spk_backend *be, spk_dtype type);
     /* Copy between host and backend memory, either way, finished on return. NULL for host backends. */

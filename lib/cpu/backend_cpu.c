@@ -125,7 +125,7 @@ static void cpu_matmul(spk_backend *be, float *out, const spk_wmat *w, const voi
 _Static_assert(SPK_WLAYOUT_R8 == SPK_MM_LAYOUT_R8 && SPK_WLAYOUT_ROWS == SPK_MM_LAYOUT_ROWS,
                "backend and kernel layout numbers");
 
-static spk_status cpu_pack(spk_backend *be, spk_wmat *w, void **owned)
+static spk_status cpu_pack(spk_backend *be, spk_wmat *w, int drop, void **owned)
 {
     (void)be;
     *owned = NULL;
@@ -140,7 +140,7 @@ static spk_status cpu_pack(spk_backend *be, spk_wmat *w, void **owned)
     if (!buf)
         return spk_err(SPK_ERR_NOMEM, "cpu backend: cannot allocate %zu bytes to repack a %d x %d weight matrix", bytes,
                        w->n_out, w->n_in);
-    if (spk_matmul_pack(buf, w->data, w->type, layout, w->n_in, w->n_out) != 0) {
+    if (spk_matmul_pack(buf, w->data, w->type, layout, w->n_in, w->n_out, drop) != 0) {
         free(buf);
         return SPK_OK;
     }

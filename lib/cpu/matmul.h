@@ -51,8 +51,13 @@ int spk_matmul_pack_layout(spk_dtype wtype, int n_in);
 /* Whether spk_matmul_pack knows (wtype, layout). */
 int spk_matmul_layout_known(spk_dtype wtype, int layout);
 /* The n_out rows at src (file layout) into `layout` at dst (the same size, not overlapping src).
- * 0, or -1 if (wtype, layout, n_in) is not packable. */
-int spk_matmul_pack(void *dst, const void *src, spk_dtype wtype, int layout, int n_in, int n_out);
+ * 0, or -1 if (wtype, layout, n_in) is not packable (checked before anything is read).
+ * With `drop`, src is read about SPK_PACK_CHUNK bytes at a time and the whole pages of src a
+ * chunk came from are dropped (MADV_DONTNEED) before the next is read: packing a mapped matrix then
+ * holds the packed copy and one chunk, not two copies (the caller must be able to lose src's
+ * pages: a file mapping re-reads them if touched again, a private anonymous one reads zeros). */
+#define SPK_PACK_CHUNK ((size_t)1 << 20)
+int spk_matmul_pack(void *dst, const void *src, spk_dtype wtype, int layout, int n_in, int n_out, int drop);
 /* Row r of a matrix in `layout` back in the file's layout (spk_dtype_row_size bytes at dst).
  * 0, or -1 for an unknown layout or a row out of range. */
 int spk_matmul_unpack_row(void *dst, const void *w, spk_dtype wtype, int layout, int n_in, int n_out, int r);

@@ -55,6 +55,8 @@
  */
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "cpu/matmul.h"
 #include "cpu/quant.h"
@@ -340,17 +342,38 @@ static const pack_format *find(spk_dtype t, int layout)
     return NULL;
 }
 
-int spk_matmul_pack(void *dst, const void *src, spk_dtype wtype, int layout, int n_in, int n_out)
+/* Drop the whole pages of [lo, hi) (those that hold nothing outside it); returns where the next
+ * range's whole pages may start. */
+static const uint8_t *drop_pages(const uint8_t *lo, const uint8_t *hi, uintptr_t pg)
+{
+    const uintptr_t a = ((uintptr_t)lo + pg - 1) & ~(pg - 1), e = (uintptr_t)hi & ~(pg - 1);
+    if (e <= a)
+        return lo;
+    madvise((void *)a, e - a, MADV_DONTNEED);
+    return (const uint8_t *)e;
+}
+
+int spk_matmul_pack(void *dst, const void *src, spk_dtype wtype, int layout, int n_in, int n_out, int drop)
 {
     const pack_format *f = find(wtype, layout);
     if (!f || !spk_matmul_supported(wtype, n_in) || n_out < 0 || dst == src)
         return -1;
     const size_t wrow = spk_dtype_row_size(wtype, (size_t)n_in);
     const int nb = n_in / (int)spk_dtype_get((uint32_t)wtype)->block, G = n_out / 8;
-    for (int g = 0; g < G; g++)
-        f->pack_group((uint8_t *)dst + (size_t)g * 8 * wrow, (const uint8_t *)src + (size_t)g * 8 * wrow, wrow, nb);
-    memcpy((uint8_t *)dst + (size_t)G * 8 * wrow, (const uint8_t *)src + (size_t)G * 8 * wrow,
-           (size_t)(n_out - 8 * G) * wrow);
+    const int chunk = SPK_PACK_CHUNK / (8 * wrow) > 0 ? (int)(SPK_PACK_CHUNK / (8 * wrow)) : 1; /* groups */
+    const long pgl = sysconf(_SC_PAGESIZE);
+    const uintptr_t pg = pgl > 0 ? (uintptr_t)pgl : 4096;
+    const uint8_t *s = src, *kept = src; /* pages from `kept` on are still mapped */
+    for (int g0 = 0; g0 < G; g0 += chunk) {
+        const int g1 = G - g0 > chunk ? g0 + chunk : G;
+        for (int g = g0; g < g1; g++)
+            f->pack_group((uint8_t *)dst + (size_t)g * 8 * wrow, s + (size_t)g * 8 * wrow, wrow, nb);
+        if (drop)
+            kept = drop_pages(kept, s + (size_t)g1 * 8 * wrow, pg);
+    }
+    memcpy((uint8_t *)dst + (size_t)G * 8 * wrow, s + (size_t)G * 8 * wrow, (size_t)(n_out - 8 * G) * wrow);
+    if (drop)
+        drop_pages(kept, s + (size_t)n_out * wrow, pg);
     return 0;
 }
 

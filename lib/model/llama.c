@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "common/error.h"
@@ -181,8 +180,9 @@ static spk_status upload_weights(spk_llama *m, const spk_weights *w)
 
 /* A host backend's repacking of the matrices only matmul reads (and the tied embedding, which
  * embed reads packed), once: m->dw with m->w pointing at it. Memory-neutral: the packed copy
- * replaces the mapping's pages of the original, which are dropped (file-backed or Hugging Face
- * regions: re-read or re-converted if anything touches them again). A layer's stacked experts
+ * replaces the mapping's pages of the original, which the backend drops as it packs them, a chunk
+ * at a time, so the peak is one chunk above, not one matrix (file-backed or Hugging Face regions:
+ * re-read or re-converted if anything touches them again). A layer's stacked experts
  * pack as one matrix of n_loc * n_out rows when they lie back to back and n_out is a multiple of
  * 8 (so no 8-row group spans two experts, and expert e's packed rows start at e * stride as
  * before): cpu_moe multiplies each expert's slice in its layout. Left unpacked: routers, expert
@@ -199,7 +199,6 @@ static spk_status pack_weights(spk_llama *m, const spk_weights *w)
     memcpy(m->dlayers, w->layers, sizeof *m->dlayers * (size_t)L);
     m->dw.layers = m->dlayers;
     m->w = &m->dw;
-    const long pg = sysconf(_SC_PAGESIZE);
     for (int i = -1; i < L; i++) {
         spk_layer *d = i >= 0 ? &m->dlayers[i] : NULL;
         spk_wmat *list[7] = {0};
@@ -232,25 +231,21 @@ static spk_status pack_weights(spk_llama *m, const spk_weights *w)
                 continue;
             spk_wmat all = *x; /* the whole stack: mult matrices back to back */
             all.n_out *= mult[k];
-            const spk_wmat orig = all;
+            /* tied to the embedding: embed reads the packed head if it is the same matrix, else
+             * (another shape or type over the same bytes) the original's pages stay */
+            const int tied = !d && m->sh.first && w->tok_embd.data == all.data;
+            const int same = tied && w->tok_embd.n_out == all.n_out && w->tok_embd.type == all.type &&
+                             w->tok_embd.n_in == all.n_in;
             void *buf = NULL;
-            SPK_TRY(m->be->ops->pack(m->be, &all, &buf));
+            SPK_TRY(m->be->ops->pack(m->be, &all, !tied || same, &buf));
             if (!buf)
                 continue;
             x->data = all.data;
             x->layout = all.layout;
             m->packed[m->n_packed++] = buf;
             m->packed_bytes += wmat_bytes(&all);
-            if (!d && m->sh.first && w->tok_embd.data == orig.data && w->tok_embd.n_out == orig.n_out &&
-                w->tok_embd.type == orig.type && w->tok_embd.n_in == orig.n_in)
-                m->dw.tok_embd = *x; /* tied: embed reads the packed head */
-            else if (!d && m->sh.first && w->tok_embd.data == orig.data)
-                continue; /* the embedding still reads these pages */
-            /* the original's whole pages inside the matrix */
-            uintptr_t a = ((uintptr_t)orig.data + (uintptr_t)pg - 1) & ~(uintptr_t)(pg - 1);
-            uintptr_t e = ((uintptr_t)orig.data + wmat_bytes(&orig)) & ~(uintptr_t)(pg - 1);
-            if (e > a)
-                madvise((void *)a, e - a, MADV_DONTNEED);
+            if (same)
+                m->dw.tok_embd = *x;
         }
     }
     return SPK_OK;

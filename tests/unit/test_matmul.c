@@ -18,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "common/dtype.h"
 #include "cpu/features.h"
@@ -608,7 +610,7 @@ START_TEST(test_repack_matches_unpacked)
         fill_blocks(w, t, n_in, n_out, &s);
         for (int i = 0; i < n_in * nt_max; i++)
             x[i] = f16r(&s, 0.01f, 2.0f);
-        ck_assert_int_eq(spk_matmul_pack(p, w, t, SPK_MM_LAYOUT_R8, n_in, n_out), 0);
+        ck_assert_int_eq(spk_matmul_pack(p, w, t, SPK_MM_LAYOUT_R8, n_in, n_out, 0), 0);
         if (n_out >= 8) /* the first group is not the file's bytes any more */
             ck_assert(memcmp(p, w, 8 * rb) != 0);
         for (int r = 0; r < n_out; r++) {
@@ -666,6 +668,44 @@ END_TEST
 
 /* Which layouts exist: Q4_0, Q8_0, MXFP4 and Q3_K-Q6_K pack (and on an AVX2 machine the kernels in use want it);
  * other types and bad arguments are refused, not packed wrong. */
+/* Packing with drop reads the matrix a chunk at a time and drops each chunk's whole pages as it
+ * goes (a mapped matrix is never held twice): from a private anonymous mapping, where a dropped
+ * page reads back as zeros, the packed bytes equal packing a copy without drop, every whole page
+ * inside the matrix is dropped, and the bytes sharing its first and last pages are untouched. */
+START_TEST(test_repack_drop_releases_whole_pages_only)
+{
+    const long pg = sysconf(_SC_PAGESIZE);
+    const spk_dtype t = SPK_DT_Q4_0;
+    const int n_in = 4096, n_out = 8 * 150 + 3; /* about 2.7 MiB: three chunks and leftover rows */
+    const size_t rb = spk_dtype_row_size(t, (size_t)n_in), bytes = rb * (size_t)n_out, off = 100;
+    ck_assert(SPK_PACK_CHUNK < bytes / 2);
+    const size_t map = (off + bytes + 2 * (size_t)pg) & ~((size_t)pg - 1);
+    uint8_t *m = mmap(NULL, map, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ck_assert(m != MAP_FAILED);
+    memset(m, 0xA5, map); /* canaries around the matrix */
+    uint8_t *src = m + off, *copy = malloc(bytes), *want = malloc(bytes), *got = malloc(bytes);
+    ck_assert(copy && want && got);
+    uint64_t s = 4242;
+    fill_blocks(src, t, n_in, n_out, &s);
+    memcpy(copy, src, bytes);
+    ck_assert_int_eq(spk_matmul_pack(want, copy, t, SPK_MM_LAYOUT_R8, n_in, n_out, 0), 0);
+    ck_assert_int_eq(spk_matmul_pack(got, src, t, SPK_MM_LAYOUT_R8, n_in, n_out, 1), 0);
+    ck_assert(memcmp(got, want, bytes) == 0);
+    const size_t a = ((size_t)off + (size_t)pg - 1) & ~((size_t)pg - 1), e = (off + bytes) & ~((size_t)pg - 1);
+    for (size_t i = 0; i < map; i++) {
+        const int inside = i >= off && i < off + bytes;
+        if (i >= a && i < e)
+            ck_assert_msg(m[i] == 0, "byte %zu of a whole page inside the matrix was not dropped", i);
+        else if (!inside)
+            ck_assert_msg(m[i] == 0xA5, "byte %zu outside the matrix changed", i);
+        else
+            ck_assert_msg(m[i] == copy[i - off], "byte %zu on a page shared with other data changed", i);
+    }
+    munmap(m, map);
+    free(copy), free(want), free(got);
+}
+END_TEST
+
 START_TEST(test_repack_layouts)
 {
     uint8_t src[18 * 8], dst[18 * 8], row[18];
@@ -679,9 +719,9 @@ START_TEST(test_repack_layouts)
     ck_assert(spk_matmul_layout_known(SPK_DT_Q3_K, SPK_MM_LAYOUT_R8));
     ck_assert(spk_matmul_layout_known(SPK_DT_Q4_1, SPK_MM_LAYOUT_ROWS));
     ck_assert(!spk_matmul_layout_known(SPK_DT_Q4_1, SPK_MM_LAYOUT_R8));
-    ck_assert_int_eq(spk_matmul_pack(dst, src, SPK_DT_Q4_1, SPK_MM_LAYOUT_R8, 32, 4), -1);
-    ck_assert_int_eq(spk_matmul_pack(dst, src, SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, 31, 8), -1);
-    ck_assert_int_eq(spk_matmul_pack(src, src, SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, 32, 8), -1);
+    ck_assert_int_eq(spk_matmul_pack(dst, src, SPK_DT_Q4_1, SPK_MM_LAYOUT_R8, 32, 4, 0), -1);
+    ck_assert_int_eq(spk_matmul_pack(dst, src, SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, 31, 8, 0), -1);
+    ck_assert_int_eq(spk_matmul_pack(src, src, SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, 32, 8, 0), -1);
     ck_assert_int_eq(spk_matmul_unpack_row(row, src, SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, 32, 8, 8), -1);
     ck_assert_int_eq(spk_matmul_unpack_row(row, src, SPK_DT_Q4_0, 7, 32, 8, 0), -1);
     const int want = spk_matmul_isa_usable(SPK_ISA_AVX2) && !spk_cpu_scalar_forced() &&
@@ -1380,6 +1420,7 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, test_batch_invariant, 0, N_TYPES);
     tcase_add_loop_test(tc, test_repack_matches_unpacked, 0, 21);
     tcase_add_test(tc, test_repack_layouts);
+    tcase_add_test(tc, test_repack_drop_releases_whole_pages_only);
     tcase_add_test(tc, test_act_q8k_section);
     tcase_add_test(tc, test_act_shared_across_types);
     tcase_add_loop_test(tc, test_dequantize_matches_decoder, 0, N_TYPES);
