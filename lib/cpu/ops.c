@@ -1,6 +1,7 @@
 /*
  * Element-wise and attention kernels: the portable scalar versions, dequantization of every
- * stored type, and run-time dispatch to the AVX2 / AVX-512 variants in cpu/ops_x86.c.
+ * stored type, and run-time dispatch to the AVX2 / AVX-512 variants in cpu/ops_x86.c and the NEON
+ * ones in cpu/ops_arm.c.
  */
 #include "cpu/ops.h"
 
@@ -28,6 +29,9 @@ int spk_ops_isa_usable(int isa)
         return avx2;
     if (isa == SPK_OPS_AVX512)
         return avx2 && f->avx512f;
+#elif SPK_OPS_ARM
+    if (isa == SPK_OPS_NEON)
+        return 1;
 #endif
     return 0;
 }
@@ -61,6 +65,14 @@ int spk_ops_isa(void)
         }                                                                                      \
         if (isa_ == SPK_OPS_AVX2) {                                                            \
             name##_avx2(__VA_ARGS__);                                                          \
+            return;                                                                            \
+        }                                                                                      \
+    } while (0)
+#elif SPK_OPS_ARM
+#define DISPATCH(name, ...)                                                                    \
+    do {                                                                                       \
+        if (spk_ops_isa() == SPK_OPS_NEON) {                                                   \
+            name##_neon(__VA_ARGS__);                                                          \
             return;                                                                            \
         }                                                                                      \
     } while (0)

@@ -16,7 +16,11 @@
 
 static const char *isa_name(int isa)
 {
+#if defined(__aarch64__)
+    return isa == SPK_OPS_NEON ? "neon" : "scalar";
+#else
     return isa == SPK_OPS_AVX512 ? "avx512" : isa == SPK_OPS_AVX2 ? "avx2" : "scalar";
+#endif
 }
 
 /* Pin a level; returns 0 if this CPU lacks it (the caller skips that level). */
