@@ -1,9 +1,10 @@
 /*
  * Internal to cpu/matmul_arm.c and cpu/matmul_arm_dotprod.c: aarch64 kernels for Q5_0, Q5_1,
- * MXFP4, Q2_K, Q3_K and Q5_K against the Q8 planar activations. Each includer gets its own copy
- * of the code: with SDOT (__ARM_FEATURE_DOTPROD, the dotprod file's -march) the 16-byte dots use
- * vdotq_s32, otherwise widening multiplies (baseline NEON). One weight row and one token at a
- * time; each block is unpacked into int8 lanes and dotted in integers, as cpu/quant.c does.
+ * MXFP4, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K against the Q8 planar activations. Each includer gets
+ * its own copy of the code: with SDOT (__ARM_FEATURE_DOTPROD, the dotprod file's -march) the
+ * 16-byte dots use vdotq_s32, otherwise widening multiplies (baseline NEON). One weight row and
+ * one token at a time; each block is unpacked into int8 lanes and dotted in integers, as
+ * cpu/quant.c does.
  */
 #ifndef SPK_CPU_MATMUL_ARM_TYPES_H
 #define SPK_CPU_MATMUL_ARM_TYPES_H
@@ -130,6 +131,68 @@ static inline float at_dot_q5k(const uint8_t *w, const uint8_t *act, int n)
     return acc;
 }
 
+/* Q4_K: Q5_K without the fifth bits (values 0..15, 6-bit scale and min per 32). */
+static inline float at_dot_q4k(const uint8_t *w, const uint8_t *act, int n)
+{
+    const spk_block_q4_K *x = (const spk_block_q4_K *)w;
+    const int8_t *a = (const int8_t *)act;
+    const float *ds = (const float *)(act + n);
+    const uint8x16_t m4 = vdupq_n_u8(15);
+    float acc = 0.0f;
+    for (int b = 0; b < n / SPK_QK_K; b++) {
+        const float d = h2f((const uint8_t *)&x[b].d), dmin = h2f((const uint8_t *)&x[b].dmin);
+        int sc[8], mn[8];
+        at_q4k_scales(x[b].scales, sc, mn);
+        for (int c = 0; c < 4; c++) {
+            const uint8x16_t q0 = vld1q_u8(x[b].qs + 32 * c), q1 = vld1q_u8(x[b].qs + 32 * c + 16);
+            const int ab = b * 8 + 2 * c;
+            const int i0 = at_dot32(vreinterpretq_s8_u8(vandq_u8(q0, m4)), vreinterpretq_s8_u8(vandq_u8(q1, m4)),
+                                    a + 32 * ab);
+            const int i1 = at_dot32(vreinterpretq_s8_u8(vshrq_n_u8(q0, 4)), vreinterpretq_s8_u8(vshrq_n_u8(q1, 4)),
+                                    a + 32 * ab + 32);
+            acc += d * ((float)sc[2 * c] * ds[2 * ab] * (float)i0 + (float)sc[2 * c + 1] * ds[2 * ab + 2] * (float)i1) -
+                   dmin * ((float)mn[2 * c] * ds[2 * ab + 1] + (float)mn[2 * c + 1] * ds[2 * ab + 3]);
+        }
+    }
+    return acc;
+}
+
+/* Q6_K: values (4 low bits | 2 high bits << 4) - 32, int8 scale per 16. In each half of 128
+ * values, quarter k (32 values) takes the low (k = 0, 1) or high (k = 2, 3) nibbles of ql bytes
+ * 32 (k & 1).. and bits 2k, 2k+1 of the 32 qh bytes. */
+static inline float at_dot_q6k(const uint8_t *w, const uint8_t *act, int n)
+{
+    const spk_block_q6_K *x = (const spk_block_q6_K *)w;
+    const int8_t *a = (const int8_t *)act;
+    const float *ds = (const float *)(act + n);
+    const uint8x16_t m4 = vdupq_n_u8(15), m3 = vdupq_n_u8(3);
+    const int8x16_t k32 = vdupq_n_s8(32);
+    float acc = 0.0f;
+    for (int b = 0; b < n / SPK_QK_K; b++) {
+        const float d = h2f((const uint8_t *)&x[b].d);
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = x[b].ql + 64 * h, *qh = x[b].qh + 32 * h;
+            const int8_t *sc = x[b].scales + 8 * h;
+            const uint8x16_t h0 = vld1q_u8(qh), h1 = vld1q_u8(qh + 16);
+            for (int k = 0; k < 4; k++) {
+                const uint8x16_t l0 = vld1q_u8(ql + 32 * (k & 1)), l1 = vld1q_u8(ql + 32 * (k & 1) + 16);
+                const uint8x16_t n0 = k < 2 ? vandq_u8(l0, m4) : vshrq_n_u8(l0, 4);
+                const uint8x16_t n1 = k < 2 ? vandq_u8(l1, m4) : vshrq_n_u8(l1, 4);
+                const int8x16_t sh = vdupq_n_s8((int8_t)-(2 * k));
+                const uint8x16_t g0 = vshlq_n_u8(vandq_u8(vshlq_u8(h0, sh), m3), 4);
+                const uint8x16_t g1 = vshlq_n_u8(vandq_u8(vshlq_u8(h1, sh), m3), 4);
+                const int8x16_t w0 = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(n0, g0)), k32);
+                const int8x16_t w1 = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(n1, g1)), k32);
+                const int ab = b * 8 + 4 * h + k;
+                const int i0 = vaddvq_s32(at_dot16(w0, vld1q_s8(a + 32 * ab)));
+                const int i1 = vaddvq_s32(at_dot16(w1, vld1q_s8(a + 32 * ab + 16)));
+                acc += ds[2 * ab] * d * (float)(sc[2 * k] * i0 + sc[2 * k + 1] * i1);
+            }
+        }
+    }
+    return acc;
+}
+
 /* Q3_K (values (2 bits | high bit << 2) - 4, signed scale per 16) and Q2_K (values 0..3,
  * scale and min per 16; the min meets the int8 activation sums of its 16). */
 static inline float at_dot_q23k(int q3, const uint8_t *w, const uint8_t *act, int n)
@@ -209,7 +272,9 @@ static inline float at_dot_q23k(int q3, const uint8_t *w, const uint8_t *act, in
 AT_KERNEL(at_mm_q5_0, at_dot_row32(AT_Q5_0, wr_, ar_, n))
 AT_KERNEL(at_mm_q5_1, at_dot_row32(AT_Q5_1, wr_, ar_, n))
 AT_KERNEL(at_mm_mxfp4, at_dot_row32(AT_MXFP4, wr_, ar_, n))
+AT_KERNEL(at_mm_q4k, at_dot_q4k(wr_, ar_, n))
 AT_KERNEL(at_mm_q5k, at_dot_q5k(wr_, ar_, n))
+AT_KERNEL(at_mm_q6k, at_dot_q6k(wr_, ar_, n))
 AT_KERNEL(at_mm_q3k, at_dot_q23k(1, wr_, ar_, n))
 AT_KERNEL(at_mm_q2k, at_dot_q23k(0, wr_, ar_, n))
 
@@ -218,7 +283,9 @@ static inline void at_fill(spk_mm_table *t)
     t->mm[SPK_DT_Q5_0] = at_mm_q5_0;
     t->mm[SPK_DT_Q5_1] = at_mm_q5_1;
     t->mm[SPK_DT_MXFP4] = at_mm_mxfp4;
+    t->mm[SPK_DT_Q4_K] = at_mm_q4k;
     t->mm[SPK_DT_Q5_K] = at_mm_q5k;
+    t->mm[SPK_DT_Q6_K] = at_mm_q6k;
     t->mm[SPK_DT_Q3_K] = at_mm_q3k;
     t->mm[SPK_DT_Q2_K] = at_mm_q2k;
 }
