@@ -1,7 +1,7 @@
 /*
  * aarch64 NEON matmul kernels (NEON is baseline on aarch64): Q4_0, Q4_1, Q8_0 (and through
- * cpu/matmul_arm_types.h Q5_0, Q5_1, MXFP4, Q2_K, Q3_K, Q5_K) against the Q8
- * planar activations and F32 weights, one row and one token at a time. The SDOT and SMMLA
+ * cpu/matmul_arm_types.h Q5_0, Q5_1, MXFP4, Q2_K-Q6_K) against the Q8 planar activations, and
+ * F32, F16 and BF16 weights against float activations, one row and one token at a time. The SDOT and SMMLA
  * levels live in cpu/matmul_arm_dotprod.c and cpu/matmul_arm_i8mm.c (compiled with their own
  * -march). Missing types fall back to the level below (cpu/quant.c at the bottom).
  */
@@ -59,26 +59,57 @@ MM_Q(mm_q4_0_neon, K_Q4_0)
 MM_Q(mm_q4_1_neon, K_Q4_1)
 MM_Q(mm_q8_0_neon, K_Q8_0)
 
-static void mm_f32_neon(float *out, int ld, const void *w, size_t wrow, const void *act,
-                        size_t arow, int n, int n_tok, int row0, int row1)
+/* Float weights against float activations: 4 weights of row p from element i as floats (F16
+ * widened by FCVTL, BF16 by a 16-bit shift: both exact), and one. */
+enum { FW_F32, FW_F16, FW_BF16 };
+
+static inline float32x4_t fw_ld4(int kind, const void *p, int i)
+{
+    if (kind == FW_F32)
+        return vld1q_f32((const float *)p + i);
+    const uint16x4_t h = vld1_u16((const uint16_t *)p + i);
+    return kind == FW_F16 ? vcvt_f32_f16(vreinterpret_f16_u16(h)) : vreinterpretq_f32_u32(vshll_n_u16(h, 16));
+}
+
+static inline float fw_ld1(int kind, const void *p, int i)
+{
+    if (kind == FW_F32)
+        return ((const float *)p)[i];
+    const uint16_t h = ((const uint16_t *)p)[i];
+    return kind == FW_F16 ? spk_f16_to_f32(h) : spk_bf16_to_f32(h);
+}
+
+static inline void mm_fw(int kind, float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow,
+                         int n, int n_tok, int row0, int row1)
 {
     for (int r = row0; r < row1; r++) {
-        const float *wr = (const float *)((const uint8_t *)w + (size_t)r * wrow);
+        const void *wr = (const uint8_t *)w + (size_t)r * wrow;
         for (int t = 0; t < n_tok; t++) {
             const float *a = (const float *)((const uint8_t *)act + (size_t)t * arow);
             float32x4_t s0 = vdupq_n_f32(0.0f), s1 = vdupq_n_f32(0.0f);
             int i = 0;
             for (; i + 8 <= n; i += 8) {
-                s0 = vfmaq_f32(s0, vld1q_f32(wr + i), vld1q_f32(a + i));
-                s1 = vfmaq_f32(s1, vld1q_f32(wr + i + 4), vld1q_f32(a + i + 4));
+                s0 = vfmaq_f32(s0, fw_ld4(kind, wr, i), vld1q_f32(a + i));
+                s1 = vfmaq_f32(s1, fw_ld4(kind, wr, i + 4), vld1q_f32(a + i + 4));
             }
             float s = vaddvq_f32(vaddq_f32(s0, s1));
             for (; i < n; i++)
-                s += wr[i] * a[i];
+                s += fw_ld1(kind, wr, i) * a[i];
             out[(size_t)t * (size_t)ld + (size_t)r] = s;
         }
     }
 }
+
+#define MM_FW(name, kind)                                                                          \
+    static void name(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, \
+                     int n, int n_tok, int row0, int row1)                                         \
+    {                                                                                              \
+        mm_fw(kind, out, ld, w, wrow, act, arow, n, n_tok, row0, row1);                            \
+    }
+
+MM_FW(mm_f32_neon, FW_F32)
+MM_FW(mm_f16_neon, FW_F16)
+MM_FW(mm_bf16_neon, FW_BF16)
 
 void spk_mm_fill_neon(spk_mm_table *t)
 {
@@ -89,7 +120,9 @@ void spk_mm_fill_neon(spk_mm_table *t)
     t->mm[SPK_DT_Q4_1] = mm_q4_1_neon;
     t->mm[SPK_DT_Q8_0] = mm_q8_0_neon;
     t->mm[SPK_DT_F32] = mm_f32_neon;
-    at_fill(t); /* Q5_0, Q5_1, MXFP4, Q2_K, Q3_K, Q5_K: cpu/matmul_arm_types.h */
+    t->mm[SPK_DT_F16] = mm_f16_neon;
+    t->mm[SPK_DT_BF16] = mm_bf16_neon;
+    at_fill(t); /* Q5_0, Q5_1, MXFP4, Q2_K-Q6_K: cpu/matmul_arm_types.h */
 }
 
 #else
