@@ -101,55 +101,36 @@ static inline void at_q4k_scales(const uint8_t *k, int *sc, int *m)
     }
 }
 
-static inline float at_dot_q5k(const uint8_t *w, const uint8_t *act, int n)
+/* Q4_K (values 0..15) and Q5_K (a fifth bit from qh): 6-bit scale and min per 32 values. */
+static inline float at_dot_q45k(int q5, const uint8_t *w, const uint8_t *act, int n)
 {
-    const spk_block_q5_K *x = (const spk_block_q5_K *)w;
+    const size_t bs = q5 ? sizeof(spk_block_q5_K) : sizeof(spk_block_q4_K);
     const int8_t *a = (const int8_t *)act;
     const float *ds = (const float *)(act + n);
     const uint8x16_t m4 = vdupq_n_u8(15), b1 = vdupq_n_u8(1);
     float acc = 0.0f;
     for (int b = 0; b < n / SPK_QK_K; b++) {
-        const float d = h2f((const uint8_t *)&x[b].d), dmin = h2f((const uint8_t *)&x[b].dmin);
+        const uint8_t *p = w + (size_t)b * bs;
+        const spk_block_q4_K *x4 = (const spk_block_q4_K *)p;
+        const spk_block_q5_K *x5 = (const spk_block_q5_K *)p;
+        const float d = h2f(p), dmin = h2f(p + 2);
+        const uint8_t *qs = q5 ? x5->qs : x4->qs;
         int sc[8], mn[8];
-        at_q4k_scales(x[b].scales, sc, mn);
-        const uint8x16_t hb0 = vld1q_u8(x[b].qh), hb1 = vld1q_u8(x[b].qh + 16);
+        at_q4k_scales(q5 ? x5->scales : x4->scales, sc, mn);
+        const uint8x16_t hb0 = q5 ? vld1q_u8(x5->qh) : vdupq_n_u8(0), hb1 = q5 ? vld1q_u8(x5->qh + 16) : vdupq_n_u8(0);
         for (int c = 0; c < 4; c++) {
-            const uint8x16_t q0 = vld1q_u8(x[b].qs + 32 * c), q1 = vld1q_u8(x[b].qs + 32 * c + 16);
-            const int8x16_t s0 = vdupq_n_s8((int8_t)-(2 * c)), s1 = vdupq_n_s8((int8_t)-(2 * c + 1));
-            /* fifth bits: (qh >> 2c) & 1 and (qh >> 2c+1) & 1, moved to bit 4 */
-            const uint8x16_t l0 = vorrq_u8(vandq_u8(q0, m4), vshlq_n_u8(vandq_u8(vshlq_u8(hb0, s0), b1), 4));
-            const uint8x16_t l1 = vorrq_u8(vandq_u8(q1, m4), vshlq_n_u8(vandq_u8(vshlq_u8(hb1, s0), b1), 4));
-            const uint8x16_t u0 = vorrq_u8(vshrq_n_u8(q0, 4), vshlq_n_u8(vandq_u8(vshlq_u8(hb0, s1), b1), 4));
-            const uint8x16_t u1 = vorrq_u8(vshrq_n_u8(q1, 4), vshlq_n_u8(vandq_u8(vshlq_u8(hb1, s1), b1), 4));
+            const uint8x16_t q0 = vld1q_u8(qs + 32 * c), q1 = vld1q_u8(qs + 32 * c + 16);
+            uint8x16_t l0 = vandq_u8(q0, m4), l1 = vandq_u8(q1, m4), u0 = vshrq_n_u8(q0, 4), u1 = vshrq_n_u8(q1, 4);
+            if (q5) { /* fifth bits: (qh >> 2c) & 1 and (qh >> 2c+1) & 1, moved to bit 4 */
+                const int8x16_t s0 = vdupq_n_s8((int8_t)-(2 * c)), s1 = vdupq_n_s8((int8_t)-(2 * c + 1));
+                l0 = vorrq_u8(l0, vshlq_n_u8(vandq_u8(vshlq_u8(hb0, s0), b1), 4));
+                l1 = vorrq_u8(l1, vshlq_n_u8(vandq_u8(vshlq_u8(hb1, s0), b1), 4));
+                u0 = vorrq_u8(u0, vshlq_n_u8(vandq_u8(vshlq_u8(hb0, s1), b1), 4));
+                u1 = vorrq_u8(u1, vshlq_n_u8(vandq_u8(vshlq_u8(hb1, s1), b1), 4));
+            }
             const int ab = b * 8 + 2 * c;
             const int i0 = at_dot32(vreinterpretq_s8_u8(l0), vreinterpretq_s8_u8(l1), a + 32 * ab);
             const int i1 = at_dot32(vreinterpretq_s8_u8(u0), vreinterpretq_s8_u8(u1), a + 32 * ab + 32);
-            acc += d * ((float)sc[2 * c] * ds[2 * ab] * (float)i0 + (float)sc[2 * c + 1] * ds[2 * ab + 2] * (float)i1) -
-                   dmin * ((float)mn[2 * c] * ds[2 * ab + 1] + (float)mn[2 * c + 1] * ds[2 * ab + 3]);
-        }
-    }
-    return acc;
-}
-
-/* Q4_K: Q5_K without the fifth bits (values 0..15, 6-bit scale and min per 32). */
-static inline float at_dot_q4k(const uint8_t *w, const uint8_t *act, int n)
-{
-    const spk_block_q4_K *x = (const spk_block_q4_K *)w;
-    const int8_t *a = (const int8_t *)act;
-    const float *ds = (const float *)(act + n);
-    const uint8x16_t m4 = vdupq_n_u8(15);
-    float acc = 0.0f;
-    for (int b = 0; b < n / SPK_QK_K; b++) {
-        const float d = h2f((const uint8_t *)&x[b].d), dmin = h2f((const uint8_t *)&x[b].dmin);
-        int sc[8], mn[8];
-        at_q4k_scales(x[b].scales, sc, mn);
-        for (int c = 0; c < 4; c++) {
-            const uint8x16_t q0 = vld1q_u8(x[b].qs + 32 * c), q1 = vld1q_u8(x[b].qs + 32 * c + 16);
-            const int ab = b * 8 + 2 * c;
-            const int i0 = at_dot32(vreinterpretq_s8_u8(vandq_u8(q0, m4)), vreinterpretq_s8_u8(vandq_u8(q1, m4)),
-                                    a + 32 * ab);
-            const int i1 = at_dot32(vreinterpretq_s8_u8(vshrq_n_u8(q0, 4)), vreinterpretq_s8_u8(vshrq_n_u8(q1, 4)),
-                                    a + 32 * ab + 32);
             acc += d * ((float)sc[2 * c] * ds[2 * ab] * (float)i0 + (float)sc[2 * c + 1] * ds[2 * ab + 2] * (float)i1) -
                    dmin * ((float)mn[2 * c] * ds[2 * ab + 1] + (float)mn[2 * c + 1] * ds[2 * ab + 3]);
         }
@@ -272,8 +253,8 @@ static inline float at_dot_q23k(int q3, const uint8_t *w, const uint8_t *act, in
 AT_KERNEL(at_mm_q5_0, at_dot_row32(AT_Q5_0, wr_, ar_, n))
 AT_KERNEL(at_mm_q5_1, at_dot_row32(AT_Q5_1, wr_, ar_, n))
 AT_KERNEL(at_mm_mxfp4, at_dot_row32(AT_MXFP4, wr_, ar_, n))
-AT_KERNEL(at_mm_q4k, at_dot_q4k(wr_, ar_, n))
-AT_KERNEL(at_mm_q5k, at_dot_q5k(wr_, ar_, n))
+AT_KERNEL(at_mm_q4k, at_dot_q45k(0, wr_, ar_, n))
+AT_KERNEL(at_mm_q5k, at_dot_q45k(1, wr_, ar_, n))
 AT_KERNEL(at_mm_q6k, at_dot_q6k(wr_, ar_, n))
 AT_KERNEL(at_mm_q3k, at_dot_q23k(1, wr_, ar_, n))
 AT_KERNEL(at_mm_q2k, at_dot_q23k(0, wr_, ar_, n))
