@@ -1,9 +1,9 @@
 /*
  * aarch64 NEON matmul kernels (NEON is baseline on aarch64): Q4_0, Q4_1, Q8_0 (and through
  * cpu/matmul_arm_types.h Q5_0, Q5_1, MXFP4, Q2_K-Q6_K) against the Q8 planar activations, and
- * F32, F16 and BF16 weights against float activations, one row and one token at a time. The SDOT and SMMLA
- * levels live in cpu/matmul_arm_dotprod.c and cpu/matmul_arm_i8mm.c (compiled with their own
- * -march). Missing types fall back to the level below (cpu/quant.c at the bottom).
+ * F32, F16 and BF16 weights against float activations, one row and one token at a time. The SDOT
+ * and SMMLA levels live in cpu/matmul_arm_dotprod.c and cpu/matmul_arm_i8mm.c (compiled with
+ * their own -march). Missing types fall back to the level below (cpu/quant.c at the bottom).
  */
 #if defined(__aarch64__)
 

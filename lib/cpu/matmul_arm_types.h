@@ -139,8 +139,8 @@ static inline float at_dot_q45k(int q5, const uint8_t *w, const uint8_t *act, in
 }
 
 /* Q6_K: values (4 low bits | 2 high bits << 4) - 32, int8 scale per 16. In each half of 128
- * values, quarter k (32 values) takes the low (k = 0, 1) or high (k = 2, 3) nibbles of ql bytes
- * 32 (k & 1).. and bits 2k, 2k+1 of the 32 qh bytes. */
+ * values (64 ql bytes, 32 qh bytes), quarter k (32 values) takes the low (k = 0, 1) or high
+ * (k = 2, 3) nibbles of ql bytes 32 (k & 1) to 32 (k & 1) + 31, and bits 2k, 2k + 1 of qh. */
 static inline float at_dot_q6k(const uint8_t *w, const uint8_t *act, int n)
 {
     const spk_block_q6_K *x = (const spk_block_q6_K *)w;
