@@ -111,11 +111,47 @@ MM_FW(mm_f32_neon, FW_F32)
 MM_FW(mm_f16_neon, FW_F16)
 MM_FW(mm_bf16_neon, FW_BF16)
 
+/* The Q8 activation rows, bit-identical to spk_q8_quantize_row_ref: FRINTA is roundf (ties
+ * away), values clamped to +-127 and NaN to -127 as the reference's comparisons do, d rounded
+ * through f16 by FCVT (to nearest even). */
+static void q8_quantize_neon(void *dst, const float *x, int n)
+{
+    int8_t *q = (int8_t *)dst;
+    float *ds = (float *)((uint8_t *)dst + n);
+    for (int b = 0; b < n / SPK_ACT_BLOCK; b++) {
+        const float *xb = x + SPK_ACT_BLOCK * b;
+        float32x4_t v[8];
+        float32x4_t m = vdupq_n_f32(0.0f);
+        for (int j = 0; j < 8; j++) {
+            v[j] = vld1q_f32(xb + 4 * j);
+            m = vmaxnmq_f32(m, vabsq_f32(v[j])); /* a NaN is skipped, as by the reference */
+        }
+        const float amax = vmaxnmvq_f32(m);
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        int32x4_t qi[8], sum = vdupq_n_s32(0);
+        for (int j = 0; j < 8; j++) {
+            const float32x4_t r = vrndaq_f32(vmulq_n_f32(v[j], id));
+            const float32x4_t c = vminq_f32(vmaxq_f32(r, vdupq_n_f32(-127.0f)), vdupq_n_f32(127.0f));
+            qi[j] = vbslq_s32(vceqq_f32(r, r), vcvtq_s32_f32(c), vdupq_n_s32(-127));
+            sum = vaddq_s32(sum, qi[j]);
+        }
+        for (int j = 0; j < 8; j += 4) {
+            const int16x8_t lo = vcombine_s16(vmovn_s32(qi[j]), vmovn_s32(qi[j + 1]));
+            const int16x8_t hi = vcombine_s16(vmovn_s32(qi[j + 2]), vmovn_s32(qi[j + 3]));
+            vst1q_s8(q + SPK_ACT_BLOCK * b + 4 * j, vcombine_s8(vmovn_s16(lo), vmovn_s16(hi)));
+        }
+        const float d16 = vgetq_lane_f32(vcvt_f32_f16(vcvt_f16_f32(vdupq_n_f32(d))), 0);
+        ds[2 * b] = d16;
+        ds[2 * b + 1] = d16 * (float)vaddvq_s32(sum);
+    }
+}
+
 void spk_mm_fill_neon(spk_mm_table *t)
 {
     for (int i = 0; i < SPK_MM_NTYPES; i++)
         t->mm[i] = 0;
-    t->q8_quantize = 0;
+    t->q8_quantize = q8_quantize_neon;
     t->mm[SPK_DT_Q4_0] = mm_q4_0_neon;
     t->mm[SPK_DT_Q4_1] = mm_q4_1_neon;
     t->mm[SPK_DT_Q8_0] = mm_q8_0_neon;
