@@ -13,31 +13,19 @@
 
 #include "cpu/ops_isa.h"
 
-#define EXP_HI 88.0f
-#define EXP_LO -87.3f
-#define LOG2E 1.44269504088896341f
-#define LN2_HI 0.693359375f
-#define LN2_LO -2.12194440e-4f
-#define P0 1.9875691500e-4f
-#define P1 1.3981999507e-3f
-#define P2 8.3334519073e-3f
-#define P3 4.1665795894e-2f
-#define P4 1.6666665459e-1f
-#define P5 5.0000001201e-1f
-
 /* exp(x) = 2^n * e^r, n = round(x / ln 2), as exp8 in cpu/ops_x86.c (x clamped to [-87.3, 88]). */
 static inline float32x4_t exp4(float32x4_t x)
 {
-    x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(EXP_LO)), vdupq_n_f32(EXP_HI));
-    const float32x4_t n = vrndnq_f32(vmulq_n_f32(x, LOG2E));
-    float32x4_t r = vfmsq_f32(x, n, vdupq_n_f32(LN2_HI));
-    r = vfmsq_f32(r, n, vdupq_n_f32(LN2_LO));
-    float32x4_t p = vdupq_n_f32(P0);
-    p = vfmaq_f32(vdupq_n_f32(P1), p, r);
-    p = vfmaq_f32(vdupq_n_f32(P2), p, r);
-    p = vfmaq_f32(vdupq_n_f32(P3), p, r);
-    p = vfmaq_f32(vdupq_n_f32(P4), p, r);
-    p = vfmaq_f32(vdupq_n_f32(P5), p, r);
+    x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(SPK_EXP_LO)), vdupq_n_f32(SPK_EXP_HI));
+    const float32x4_t n = vrndnq_f32(vmulq_n_f32(x, SPK_EXP_LOG2E));
+    float32x4_t r = vfmsq_f32(x, n, vdupq_n_f32(SPK_EXP_LN2_HI));
+    r = vfmsq_f32(r, n, vdupq_n_f32(SPK_EXP_LN2_LO));
+    float32x4_t p = vdupq_n_f32(SPK_EXP_P0);
+    p = vfmaq_f32(vdupq_n_f32(SPK_EXP_P1), p, r);
+    p = vfmaq_f32(vdupq_n_f32(SPK_EXP_P2), p, r);
+    p = vfmaq_f32(vdupq_n_f32(SPK_EXP_P3), p, r);
+    p = vfmaq_f32(vdupq_n_f32(SPK_EXP_P4), p, r);
+    p = vfmaq_f32(vdupq_n_f32(SPK_EXP_P5), p, r);
     const float32x4_t r2 = vmulq_f32(r, r);
     p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), p, r2);
     const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
@@ -155,21 +143,33 @@ void spk_f16_to_f32_row_neon(float *out, const spk_f16 *x, int n)
         out[i] = h2f(x[i]);
 }
 
-/* q.k of one f16 row (two accumulators, then the head_dim % 8 last values one by one). */
-static inline float dot_f16(const float *q, const spk_f16 *k, int n)
+/* scale * q.k for the f16 rows k0..k3 (any may repeat), in lanes 0..3: one accumulator per row,
+ * then the head_dim % 4 last values one by one. */
+static inline float32x4_t score4(const float *q, const spk_f16 *k0, const spk_f16 *k1, const spk_f16 *k2,
+                                 const spk_f16 *k3, int head_dim, float scale)
 {
-    float32x4_t a0 = vdupq_n_f32(0), a1 = vdupq_n_f32(0);
-    int d = 0;
-    for (; d + 8 <= n; d += 8) {
-        a0 = vfmaq_f32(a0, vld1q_f32(q + d), ldh4(k + d));
-        a1 = vfmaq_f32(a1, vld1q_f32(q + d + 4), ldh4(k + d + 4));
+    const int hd4 = head_dim & ~3;
+    float32x4_t a0 = vdupq_n_f32(0), a1 = vdupq_n_f32(0), a2 = vdupq_n_f32(0), a3 = vdupq_n_f32(0);
+    for (int d = 0; d < hd4; d += 4) {
+        const float32x4_t qd = vld1q_f32(q + d);
+        a0 = vfmaq_f32(a0, qd, ldh4(k0 + d));
+        a1 = vfmaq_f32(a1, qd, ldh4(k1 + d));
+        a2 = vfmaq_f32(a2, qd, ldh4(k2 + d));
+        a3 = vfmaq_f32(a3, qd, ldh4(k3 + d));
     }
-    for (; d + 4 <= n; d += 4)
-        a0 = vfmaq_f32(a0, vld1q_f32(q + d), ldh4(k + d));
-    float s = vaddvq_f32(vaddq_f32(a0, a1));
-    for (; d < n; d++)
-        s += q[d] * h2f(k[d]);
-    return s;
+    /* pairwise adds: lane j is the sum of row j's accumulator */
+    float32x4_t s4 = vpaddq_f32(vpaddq_f32(a0, a1), vpaddq_f32(a2, a3));
+    if (hd4 < head_dim) {
+        float tail[4] = {0, 0, 0, 0};
+        for (int j = hd4; j < head_dim; j++) {
+            tail[0] += q[j] * h2f(k0[j]);
+            tail[1] += q[j] * h2f(k1[j]);
+            tail[2] += q[j] * h2f(k2[j]);
+            tail[3] += q[j] * h2f(k3[j]);
+        }
+        s4 = vaddq_f32(s4, vld1q_f32(tail));
+    }
+    return vmulq_n_f32(s4, scale);
 }
 
 void spk_attn_head_neon(float *out, const float *q, const spk_f16 *k, const spk_f16 *v, int n_kv, int head_dim,
@@ -179,39 +179,19 @@ void spk_attn_head_neon(float *out, const float *q, const spk_f16 *k, const spk_
         out[d] = 0.0f;
     if (n_kv <= 0)
         return;
-    /* scores, four rows at a time so their FMA chains overlap */
+    /* scores, four rows at a time so their FMA chains overlap; the last n_kv % 4 one by one */
     float mx = -FLT_MAX;
     int t = 0;
-    const int hd4 = head_dim & ~3;
     for (; t + 4 <= n_kv; t += 4) {
-        const spk_f16 *k0 = k + (size_t)t * stride, *k1 = k0 + stride, *k2 = k1 + stride, *k3 = k2 + stride;
-        float32x4_t a0 = vdupq_n_f32(0), a1 = vdupq_n_f32(0), a2 = vdupq_n_f32(0), a3 = vdupq_n_f32(0);
-        for (int d = 0; d < hd4; d += 4) {
-            const float32x4_t qd = vld1q_f32(q + d);
-            a0 = vfmaq_f32(a0, qd, ldh4(k0 + d));
-            a1 = vfmaq_f32(a1, qd, ldh4(k1 + d));
-            a2 = vfmaq_f32(a2, qd, ldh4(k2 + d));
-            a3 = vfmaq_f32(a3, qd, ldh4(k3 + d));
-        }
-        /* pairwise adds: lane j of s4 is the sum of row j's accumulator */
-        float32x4_t s4 = vpaddq_f32(vpaddq_f32(a0, a1), vpaddq_f32(a2, a3));
-        if (hd4 < head_dim) {
-            float tail[4] = {0, 0, 0, 0};
-            for (int j = hd4; j < head_dim; j++) {
-                tail[0] += q[j] * h2f(k0[j]);
-                tail[1] += q[j] * h2f(k1[j]);
-                tail[2] += q[j] * h2f(k2[j]);
-                tail[3] += q[j] * h2f(k3[j]);
-            }
-            s4 = vaddq_f32(s4, vld1q_f32(tail));
-        }
-        s4 = vmulq_n_f32(s4, scale);
+        const spk_f16 *k0 = k + (size_t)t * stride;
+        const float32x4_t s4 = score4(q, k0, k0 + stride, k0 + 2 * stride, k0 + 3 * stride, head_dim, scale);
         vst1q_f32(scratch + t, s4);
         const float m4 = vmaxvq_f32(s4);
         mx = m4 > mx ? m4 : mx;
     }
     for (; t < n_kv; t++) {
-        const float s = scale * dot_f16(q, k + (size_t)t * stride, head_dim);
+        const spk_f16 *kt = k + (size_t)t * stride;
+        const float s = vgetq_lane_f32(score4(q, kt, kt, kt, kt, head_dim, scale), 0);
         scratch[t] = s;
         mx = s > mx ? s : mx;
     }

@@ -7,6 +7,23 @@
 
 #include "common/dtype.h"
 
+/* The vector exp of the SIMD variants (exp8/exp16 in cpu/ops_x86.c, exp4 in cpu/ops_arm.c):
+ * exp(x) = 2^n * e^r with n = round(x / ln 2), r = x - n ln 2 (ln 2 split in two parts so
+ * n*ln2_hi is exact) and a degree-6 polynomial for e^r on [-ln2/2, ln2/2] (Cephes expf
+ * coefficients). x is clamped to [-87.3, 88.0]: results stay finite and normal enough that
+ * softmax and silu never see inf or nan. */
+#define SPK_EXP_HI 88.0f
+#define SPK_EXP_LO -87.3f
+#define SPK_EXP_LOG2E 1.44269504088896341f
+#define SPK_EXP_LN2_HI 0.693359375f
+#define SPK_EXP_LN2_LO -2.12194440e-4f
+#define SPK_EXP_P0 1.9875691500e-4f
+#define SPK_EXP_P1 1.3981999507e-3f
+#define SPK_EXP_P2 8.3334519073e-3f
+#define SPK_EXP_P3 4.1665795894e-2f
+#define SPK_EXP_P4 1.6666665459e-1f
+#define SPK_EXP_P5 5.0000001201e-1f
+
 /* Levels, as cpu/quant.h numbers them: 0 scalar, 1 AVX2 (+FMA, F16C), 2 AVX-512F; on aarch64
  * 1 is NEON (every Armv8-A has it) and there is no 2. */
 enum { SPK_OPS_SCALAR = 0, SPK_OPS_AVX2 = 1, SPK_OPS_AVX512 = 2, SPK_OPS_NEON = 1 };

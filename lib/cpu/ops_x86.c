@@ -20,35 +20,19 @@
 #define I2 static inline __attribute__((always_inline, target(TGT2)))
 #define I5 static inline __attribute__((always_inline, target(TGT5)))
 
-/* exp(x) = 2^n * e^r with n = round(x / ln 2), r = x - n ln 2 (ln 2 split in two parts so
- * n*ln2_hi is exact) and a degree-6 polynomial for e^r on [-ln2/2, ln2/2] (Cephes expf
- * coefficients). x is clamped to [-87.3, 88.0]: results stay finite and normal enough that
- * softmax and silu never see inf or nan. */
-#define EXP_HI 88.0f
-#define EXP_LO -87.3f
-#define LOG2E 1.44269504088896341f
-#define LN2_HI 0.693359375f
-#define LN2_LO -2.12194440e-4f
-#define P0 1.9875691500e-4f
-#define P1 1.3981999507e-3f
-#define P2 8.3334519073e-3f
-#define P3 4.1665795894e-2f
-#define P4 1.6666665459e-1f
-#define P5 5.0000001201e-1f
-
 I2 __m256 exp8(__m256 x)
 {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_LO)), _mm256_set1_ps(EXP_HI));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(SPK_EXP_LO)), _mm256_set1_ps(SPK_EXP_HI));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(SPK_EXP_LOG2E)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
-    __m256 p = _mm256_set1_ps(P0);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P1));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P2));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P3));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P4));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P5));
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(SPK_EXP_LN2_HI), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(SPK_EXP_LN2_LO), r);
+    __m256 p = _mm256_set1_ps(SPK_EXP_P0);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(SPK_EXP_P1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(SPK_EXP_P2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(SPK_EXP_P3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(SPK_EXP_P4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(SPK_EXP_P5));
     __m256 r2 = _mm256_mul_ps(r, r);
     p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
@@ -57,17 +41,17 @@ I2 __m256 exp8(__m256 x)
 
 I5 __m512 exp16(__m512 x)
 {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(EXP_LO)), _mm512_set1_ps(EXP_HI));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(SPK_EXP_LO)), _mm512_set1_ps(SPK_EXP_HI));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(SPK_EXP_LOG2E)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
-    __m512 p = _mm512_set1_ps(P0);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(P1));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(P2));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(P3));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(P4));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(P5));
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(SPK_EXP_LN2_HI), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(SPK_EXP_LN2_LO), r);
+    __m512 p = _mm512_set1_ps(SPK_EXP_P0);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(SPK_EXP_P1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(SPK_EXP_P2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(SPK_EXP_P3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(SPK_EXP_P4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(SPK_EXP_P5));
     __m512 r2 = _mm512_mul_ps(r, r);
     p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     return _mm512_scalef_ps(p, n);
