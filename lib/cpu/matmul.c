@@ -14,22 +14,30 @@
 
 static spk_mm_table g_tables[SPK_ISA_COUNT];
 static int g_best = SPK_ISA_SCALAR;
-/* Packed kernels per ISA and type (cpu/repack.c's layouts; not inherited: a level without its own
- * packed kernel unpacks into its per-row kernel). */
+/* Packed kernels per ISA and type (cpu/repack.c's layouts). A level takes the packed kernel of the
+ * level below for the types whose file-layout kernel it takes from there too (the AVX-512 level
+ * runs the AVX2 tiles of every type but Q4_1), since a packed kernel gives its own level's
+ * file-layout kernel's bits; a type with a kernel of the level's own keeps the file layout (no
+ * packing), and a level with no packed kernel at all unpacks into its file-layout kernel. */
 static spk_mm_kernel g_r8[SPK_ISA_COUNT][SPK_MM_NTYPES];
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static atomic_int g_forced = -1;
 
-/* Missing entries of a level fall back to the level below it (scalar at the bottom). */
-static void inherit(spk_mm_table *t, const spk_mm_table *below)
+/* Missing entries of level `isa` fall back to level `below` (scalar at the bottom), packed kernels
+ * with the file-layout kernels they match. */
+static void inherit(int isa, int below)
 {
+    spk_mm_table *t = &g_tables[isa];
+    const spk_mm_table *b = &g_tables[below];
     for (int i = 0; i < SPK_MM_NTYPES; i++)
-        if (!t->mm[i])
-            t->mm[i] = below->mm[i];
+        if (!t->mm[i]) {
+            t->mm[i] = b->mm[i];
+            g_r8[isa][i] = g_r8[below][i];
+        }
     if (!t->q8_quantize)
-        t->q8_quantize = below->q8_quantize;
+        t->q8_quantize = b->q8_quantize;
     if (!t->q8k_quantize)
-        t->q8k_quantize = below->q8k_quantize;
+        t->q8k_quantize = b->q8k_quantize;
 }
 
 static void init_tables(void)
@@ -40,7 +48,7 @@ static void init_tables(void)
 #if defined(__x86_64__) || defined(__i386__)
     if (spk_cpu_isa_usable(SPK_ISA_AVX2)) {
         spk_mm_fill_avx2(&g_tables[SPK_ISA_AVX2]);
-        inherit(&g_tables[SPK_ISA_AVX2], &g_tables[SPK_ISA_SCALAR]);
+        inherit(SPK_ISA_AVX2, SPK_ISA_SCALAR);
         g_best = SPK_ISA_AVX2;
         g_r8[SPK_ISA_AVX2][SPK_DT_Q4_0] = spk_mm_r8_q4_0_avx2;
         g_r8[SPK_ISA_AVX2][SPK_DT_Q8_0] = spk_mm_r8_q8_0_avx2;
@@ -52,24 +60,24 @@ static void init_tables(void)
     }
     if (spk_cpu_isa_usable(SPK_ISA_AVX512)) {
         spk_mm_fill_avx512(&g_tables[SPK_ISA_AVX512]);
-        inherit(&g_tables[SPK_ISA_AVX512], &g_tables[SPK_ISA_AVX2]);
+        inherit(SPK_ISA_AVX512, SPK_ISA_AVX2);
         g_best = SPK_ISA_AVX512;
     }
 #endif
 #if defined(__aarch64__)
     if (spk_cpu_isa_usable(SPK_ISA_NEON)) {
         spk_mm_fill_neon(&g_tables[SPK_ISA_NEON]);
-        inherit(&g_tables[SPK_ISA_NEON], &g_tables[SPK_ISA_SCALAR]);
+        inherit(SPK_ISA_NEON, SPK_ISA_SCALAR);
         g_best = SPK_ISA_NEON;
     }
     if (spk_cpu_isa_usable(SPK_ISA_NEON_DOTPROD)) {
         spk_mm_fill_neon_dotprod(&g_tables[SPK_ISA_NEON_DOTPROD]);
-        inherit(&g_tables[SPK_ISA_NEON_DOTPROD], &g_tables[SPK_ISA_NEON]);
+        inherit(SPK_ISA_NEON_DOTPROD, SPK_ISA_NEON);
         g_best = SPK_ISA_NEON_DOTPROD;
     }
     if (spk_cpu_isa_usable(SPK_ISA_NEON_I8MM)) {
         spk_mm_fill_neon_i8mm(&g_tables[SPK_ISA_NEON_I8MM]);
-        inherit(&g_tables[SPK_ISA_NEON_I8MM], &g_tables[SPK_ISA_NEON_DOTPROD]);
+        inherit(SPK_ISA_NEON_I8MM, SPK_ISA_NEON_DOTPROD);
         g_best = SPK_ISA_NEON_I8MM;
     }
 #endif

@@ -20,13 +20,13 @@
 #define A5 __attribute__((target(TGT5)))
 #define I5 static inline __attribute__((always_inline, target(TGT5)))
 
-/* Weight kinds sharing the "int8 dot, per-block scale, per-block correction" kernels. */
-enum { K_Q4_0, K_Q4_1, K_Q8_0 };
+/* Weight kinds sharing the "int8 dot, per-block scale, per-block correction" kernels (Q8_0 has
+ * its own, cpu/matmul_x86_q8.c). */
+enum { K_Q4_0, K_Q4_1 };
 
 static inline size_t kind_block_bytes(int kind)
 {
-    return kind == K_Q4_0 ? sizeof(spk_block_q4_0)
-                          : kind == K_Q4_1 ? sizeof(spk_block_q4_1) : sizeof(spk_block_q8_0);
+    return kind == K_Q4_0 ? sizeof(spk_block_q4_0) : sizeof(spk_block_q4_1);
 }
 
 /* Offset of the quants in a block. */
@@ -36,10 +36,10 @@ static inline size_t kind_qs_off(int kind)
 }
 
 /* Factor of the correction sum(dw * s) (or sum(m * s) for Q4_1) in the result: Q4_0 stores
- * q = w/d + 8 (unsigned), the Q8_0 AVX-512 path uses w + 128 (unsigned). */
-static inline float kind_corr(int kind, int avx512)
+ * q = w/d + 8 (unsigned). */
+static inline float kind_corr(int kind)
 {
-    return kind == K_Q4_1 ? 1.0f : kind == K_Q4_0 ? -8.0f : (avx512 ? -128.0f : 0.0f);
+    return kind == K_Q4_1 ? 1.0f : -8.0f;
 }
 
 static inline uint32_t ld32(const uint8_t *p)
@@ -116,7 +116,7 @@ I2 void tile_q_avx2(int kind, int R, int T, float *out, int ld, const uint8_t *w
             }
         }
     }
-    const float k = kind_corr(kind, 0);
+    const float k = kind_corr(kind);
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) {
             float c = _mm_cvtss_f32(_mm_movehdup_ps(corr[r][t]));
@@ -378,106 +378,24 @@ A2 void spk_mm_fill_avx2(spk_mm_table *t)
 
 /* ================================ AVX-512 ==================================================== */
 
-/* Q8_0: two blocks (64 weights) per 512-bit step, in element order, made unsigned (w + 128) for
- * vpdpbusd and corrected with -128 * dw * s. */
-I5 __m512i w_pair_q8(const uint8_t *b0, const uint8_t *b1)
+/* [d0, m0, d1, m1] of two Q4_1 blocks. */
+I5 __m128 dm_pair_q4_1(const uint8_t *b0, const uint8_t *b1)
 {
-    const __m512i v = _mm512_inserti64x4(
-        _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b0 + 2))),
-        _mm256_loadu_si256((const __m256i *)(b1 + 2)), 1);
-    return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
-}
-
-/* [d0, m0, d1, m1] for Q4_1, [d0, d0, d1, d1] otherwise. */
-I5 __m128 dm_pair(int kind, const uint8_t *b0, const uint8_t *b1)
-{
-    if (kind == K_Q4_1)
-        return _mm_cvtph_ps(_mm_insert_epi32(_mm_cvtsi32_si128((int)ld32(b0)), (int)ld32(b1), 1));
-    /* 32 bits from each block: d and two quant bytes; keep d twice */
-    const __m128i h = _mm_insert_epi32(_mm_cvtsi32_si128((int)ld32(b0)), (int)ld32(b1), 1);
-    return _mm_cvtph_ps(_mm_shufflelo_epi16(h, 0xA0));
-}
-
-I5 void tile_q8_512(int kind, int R, int T, float *out, int ld, const uint8_t *w, size_t wrow,
-                   const uint8_t *act, size_t arow, int n, int r0, int rs, int t0)
-{
-    const int nb = n / 32;
-    const size_t bs = kind_block_bytes(kind);
-    /* lane i of the int32 dot comes from block (idx[i] / 2) of the pair */
-    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
-    __m512 acc[4][4];
-    __m128 corr[4][4];
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) {
-            acc[r][t] = _mm512_setzero_ps();
-            corr[r][t] = _mm_setzero_ps();
-        }
-    const uint8_t *wr[4], *at[4];
-    for (int r = 0; r < R; r++)
-        wr[r] = w + (size_t)(r0 + r * rs) * wrow;
-    for (int t = 0; t < T; t++)
-        at[t] = act + (size_t)(t0 + t) * arow;
-    int b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        __m512i wv[4];
-        __m128 dm[4];
-        __m512 dwl[4];
-        for (int r = 0; r < R; r++) {
-            const uint8_t *p = wr[r] + (size_t)b * bs;
-            wv[r] = w_pair_q8(p, p + bs);
-            dm[r] = dm_pair(kind, p, p + bs);
-            dwl[r] = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(dm[r]));
-        }
-        for (int t = 0; t < T; t++) {
-            const __m512i a = _mm512_loadu_si512((const void *)(at[t] + 32 * b));
-            const __m128 ds = _mm_loadu_ps((const float *)(at[t] + n) + 2 * b);
-            const __m512 dal = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(ds));
-            for (int r = 0; r < R; r++) {
-                const __m512i dp = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[r], a);
-                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_mul_ps(dwl[r], dal), acc[r][t]);
-                corr[r][t] = _mm_fmadd_ps(dm[r], ds, corr[r][t]);
-            }
-        }
-    }
-    if (b < nb) { /* odd block count: last block alone, 256 bits */
-        __m256i wv[4];
-        __m128 dm[4];
-        for (int r = 0; r < R; r++) {
-            const uint8_t *p = wr[r] + (size_t)b * bs;
-            wv[r] = _mm256_xor_si256(w_block_avx2(kind, p), _mm256_set1_epi8((char)0x80));
-            dm[r] = dm_block(kind, p);
-        }
-        for (int t = 0; t < T; t++) {
-            const __m256i a = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * b));
-            const __m128 ds = _mm_castsi128_ps(
-                _mm_loadl_epi64((const __m128i *)(at[t] + n + 8 * (size_t)b)));
-            for (int r = 0; r < R; r++) {
-                const __m256i dp = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv[r], a);
-                const __m128 p = _mm_mul_ps(dm[r], ds);
-                const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(dp), _mm256_broadcastss_ps(p));
-                acc[r][t] = _mm512_add_ps(acc[r][t], _mm512_zextps256_ps512(f));
-                corr[r][t] = _mm_add_ps(corr[r][t], p);
-            }
-        }
-    }
-    const float k = kind_corr(kind, 1);
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) {
-            const __m128 h = _mm_movehdup_ps(corr[r][t]); /* lanes 1 and 3 hold the terms */
-            const float c = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehl_ps(h, h)));
-            out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + r * rs)] = _mm512_reduce_add_ps(acc[r][t]) + k * c;
-        }
+    return _mm_cvtph_ps(_mm_insert_epi32(_mm_cvtsi32_si128((int)ld32(b0)), (int)ld32(b1), 1));
 }
 
 /*
- * Q4_0/Q4_1 in 256-bit VNNI (AVX512-VL), two blocks per step: Zen 4 splits 512-bit ops in two
+ * Q4_1 in 256-bit VNNI (AVX512-VL), two blocks per step: Zen 4 splits 512-bit ops in two
  * anyway, and at 256 bits the per-block lane shuffles disappear. The low and high nibbles of
  * both blocks meet the matching activation halves in two chained vpdpbusd, giving int32 lanes
- * [b0 x4, b1 x4].
+ * [b0 x4, b1 x4]. (Q4_1 is the one quantized type with an AVX-512 kernel: it has no packed
+ * layout, and this kernel was 1.4x the AVX2 per-row one at 1 token on Zen 4. Every other type
+ * runs the AVX2 kernels, packed ones included, at the AVX-512 level: see cpu/matmul.c.)
  */
-I5 void tile_qv_512(int kind, int R, int T, float *out, int ld, const uint8_t *w, size_t wrow,
-                    const uint8_t *act, size_t arow, int n, int r0, int rs, int t0)
+I5 void tile_q4_1_512(int R, int T, float *out, int ld, const uint8_t *w, size_t wrow,
+                      const uint8_t *act, size_t arow, int n, int r0, int rs, int t0)
 {
+    const int kind = K_Q4_1;
     const int nb = n / 32;
     const size_t bs = kind_block_bytes(kind), o = kind_qs_off(kind);
     const __m256i idx = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
@@ -505,7 +423,7 @@ I5 void tile_qv_512(int kind, int R, int T, float *out, int ld, const uint8_t *w
                 _mm_loadu_si128((const __m128i *)(p + bs + o)), 1);
             w0[r] = _mm256_and_si256(y, m4);                        /* [b0 lo, b1 lo] */
             w1[r] = _mm256_and_si256(_mm256_srli_epi16(y, 4), m4); /* [b0 hi, b1 hi] */
-            dm[r] = dm_pair(kind, p, p + bs);
+            dm[r] = dm_pair_q4_1(p, p + bs);
         }
         for (int t = 0; t < T; t++) {
             const __m256i x0 = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * b));
@@ -543,7 +461,7 @@ I5 void tile_qv_512(int kind, int R, int T, float *out, int ld, const uint8_t *w
             }
         }
     }
-    const float k = kind_corr(kind, 1);
+    const float k = kind_corr(kind);
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) {
             const __m128 h = _mm_movehdup_ps(corr[r][t]);
@@ -552,18 +470,8 @@ I5 void tile_qv_512(int kind, int R, int T, float *out, int ld, const uint8_t *w
         }
 }
 
-/* Q8_0 keeps the 512-bit tile (its 256-bit form needs a vphaddd per block pair); Q4 types use
- * the 256-bit one (measured on Zen 4: Q4_1 +40% at 1 token, +30% at 4; Q8_0 -20%). */
-#define TQ(...)                                                                                    \
-    do {                                                                                           \
-        if (kind == K_Q8_0)                                                                        \
-            tile_q8_512(__VA_ARGS__);                                                               \
-        else                                                                                       \
-            tile_qv_512(__VA_ARGS__);                                                              \
-    } while (0)
-
-I5 void mm_q_512(int kind, float *out, int ld, const void *w, size_t wrow, const void *act,
-                  size_t arow, int n, int n_tok, int row0, int row1)
+A5 static void mm_q4_1_512(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow,
+                           int n, int n_tok, int row0, int row1)
 {
     const int rows = row1 - row0, ch = chunk_rows(wrow, n_tok, rows);
     for (int c0 = row0; c0 < row1; c0 += ch) {
@@ -575,33 +483,33 @@ I5 void mm_q_512(int kind, float *out, int ld, const void *w, size_t wrow, const
         case 1: {
             const int q = (row1 - row0) / 4;
             for (int i = 0; i < q; i++)
-                TQ(kind, 4, 1, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+                tile_q4_1_512(4, 1, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
             for (int r = row0 + 4 * q; r < row1; r++)
-                TQ(kind, 1, 1, out, ld, w, wrow, act, arow, n, r, 0, t);
+                tile_q4_1_512(1, 1, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
         }
         case 2: {
             const int q = (row1 - row0) / 2;
             for (int i = 0; i < q; i++)
-                TQ(kind, 2, 2, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+                tile_q4_1_512(2, 2, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
             for (int r = row0 + 2 * q; r < row1; r++)
-                TQ(kind, 1, 2, out, ld, w, wrow, act, arow, n, r, 0, t);
+                tile_q4_1_512(1, 2, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
         }
         case 3: {
             const int q = (row1 - row0) / 2;
             for (int i = 0; i < q; i++)
-                TQ(kind, 2, 3, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+                tile_q4_1_512(2, 3, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
             for (int r = row0 + 2 * q; r < row1; r++)
-                TQ(kind, 1, 3, out, ld, w, wrow, act, arow, n, r, 0, t);
+                tile_q4_1_512(1, 3, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
         }
         default: {
             const int q = (row1 - row0) / 2;
             for (int i = 0; i < q; i++)
-                TQ(kind, 2, 4, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+                tile_q4_1_512(2, 4, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
             for (int r = row0 + 2 * q; r < row1; r++)
-                TQ(kind, 1, 4, out, ld, w, wrow, act, arow, n, r, 0, t);
+                tile_q4_1_512(1, 4, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
         }
         }
@@ -610,9 +518,6 @@ I5 void mm_q_512(int kind, float *out, int ld, const void *w, size_t wrow, const
     }
 }
 
-A5 MM_Q(512, mm_q4_0_512, K_Q4_0)
-A5 MM_Q(512, mm_q4_1_512, K_Q4_1)
-A5 MM_Q(512, mm_q8_0_512, K_Q8_0)
 
 /* ---- float weights ---- */
 
@@ -742,9 +647,7 @@ A5 static void q8_quantize_512(void *dst, const float *x, int n)
 A5 void spk_mm_fill_avx512(spk_mm_table *t)
 {
     memset(t, 0, sizeof *t);
-    t->mm[SPK_DT_Q4_0] = mm_q4_0_512;
     t->mm[SPK_DT_Q4_1] = mm_q4_1_512;
-    t->mm[SPK_DT_Q8_0] = mm_q8_0_512;
     t->mm[SPK_DT_F32] = mm_f32_512;
     t->mm[SPK_DT_F16] = mm_f16_512;
     t->mm[SPK_DT_BF16] = mm_bf16_512;

@@ -25,8 +25,8 @@
  * the same arithmetic and so the same results.
  *
  * This replaces cpu/matmul_x86.c's AVX2 Q8_0 per-row kernels (8 float lanes per row, summed
- * horizontally at the end), so the results differ from those in the last bits; the AVX-512
- * table keeps its own Q8_0 kernel (it could not be run here).
+ * horizontally at the end), so the results differ from those in the last bits. The AVX-512
+ * table inherits these and the packed kernel (its own 512-bit Q8_0 kernel is gone, cpu/matmul.c).
  */
 #if defined(__x86_64__) || defined(__i386__)
 
