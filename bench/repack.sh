@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Weight repacking at load (BENCHMARKS.md 9d, 9j, 9k): the Q4_0, Q8_0, MXFP4, Q3_K, Q4_K, Q5_K and Q6_K kernels on the file
+# Weight repacking at load (BENCHMARKS.md 9d, 9j, 9k): the Q4_0, Q5_0, Q5_1, Q8_0, MXFP4, Q3_K, Q4_K, Q5_K and Q6_K kernels on the file
 # layout against the packed layout (bench/repack_kernel.c; 512 x 1536 stays in cache, 512 x 98304
 # streams from memory as a vocabulary head does), then spk-bench-single's resident memory on a Q4_0 file
 # with SPK_NO_REPACK=1 and with packing (VmRSS sampled from /proc while it runs: the sample at 3/4
 # of the run, while decoding, and VmHWM, the peak). Speed against llama.cpp: bench/vs-llamacpp-types.sh with and without
 # SPK_NO_REPACK=1.
 # Usage: bench/repack.sh [--build-dir build] [--model Q4_0.gguf] [--reps 7] [--prompt-tokens 64]
-#                        [--gen-tokens 32]
+#                        [--gen-tokens 32] [--types "q4_0 q5_0 ..."] [--no-rss]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 build=$ROOT/build
@@ -14,6 +14,8 @@ model=${SPK_CACHE:-$HOME/.cache/sparkinfer}/synth/types-L8/Q4_0.gguf
 reps=7
 pt=64
 gt=32
+types="q4_0 q5_0 q5_1 q8_0 mxfp4 q3_k q4_k q5_k q6_k"
+rss_part=1
 while [ $# -gt 0 ]; do
     case $1 in
         --build-dir) build=$2; shift 2 ;;
@@ -21,6 +23,8 @@ while [ $# -gt 0 ]; do
         --reps) reps=$2; shift 2 ;;
         --prompt-tokens) pt=$2; shift 2 ;;
         --gen-tokens) gt=$2; shift 2 ;;
+        --types) types=$2; shift 2 ;;
+        --no-rss) rss_part=0; shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -29,10 +33,11 @@ trap 'rm -rf "$out"' EXIT
 cc -O2 -std=c11 -D_GNU_SOURCE -I"$ROOT/include" -I"$ROOT/lib" "$ROOT/bench/repack_kernel.c" \
     "$build/libsparkinfer.a" $(pkg-config --libs libsodium libpcre2-8 libcjson) -lm -lpthread -ldl -o "$out/k"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-for t in q4_0 q8_0 mxfp4 q3_k q4_k q5_k q6_k; do
+for t in $types; do
     "$out/k" 512 1536 "$reps" "$t"
     "$out/k" 512 98304 "$reps" "$t"
 done
+[ "$rss_part" = 1 ] || exit 0
 [ -f "$model" ] || { echo "no $model: RSS part skipped (bench/vs-llamacpp-types.sh --types Q4_0 makes it)"; exit 0; }
 rss() { # $1: SPK_NO_REPACK value; prints VmRSS at 3/4 of the run (decoding) and VmHWM, in MiB
     SPK_NO_REPACK=$1 "$build/examples/spk-bench-single" --model "$model" --threads 1 --prompt-tokens "$pt" \

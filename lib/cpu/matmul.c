@@ -52,6 +52,8 @@ static void init_tables(void)
         g_best = SPK_ISA_AVX2;
         g_r8[SPK_ISA_AVX2][SPK_DT_Q4_0] = spk_mm_r8_q4_0_avx2;
         g_r8[SPK_ISA_AVX2][SPK_DT_Q8_0] = spk_mm_r8_q8_0_avx2;
+        g_r8[SPK_ISA_AVX2][SPK_DT_Q5_0] = spk_mm_r8_q5_0_avx2;
+        g_r8[SPK_ISA_AVX2][SPK_DT_Q5_1] = spk_mm_r8_q5_1_avx2;
         g_r8[SPK_ISA_AVX2][SPK_DT_MXFP4] = spk_mm_r8_mxfp4_avx2;
         g_r8[SPK_ISA_AVX2][SPK_DT_Q4_K] = spk_mm_r8_q4k_avx2;
         g_r8[SPK_ISA_AVX2][SPK_DT_Q5_K] = spk_mm_r8_q5k_avx2;

@@ -180,6 +180,106 @@ I2 void mm_q5(int kind, float *out, int ld, const void *w, size_t wrow, const vo
 MM(mm_q5_0_avx2, K_Q5_0)
 MM(mm_q5_1_avx2, K_Q5_1)
 
+/*
+ * The tile on weights packed at load (SPK_MM_LAYOUT_R8, cpu/repack.c): per 8-row group and block,
+ * the 8 rows' f16 d (and Q5_1's m) in one 16-byte load each, their fifth bits in one register H
+ * (bit m of byte 4j + e: the fifth bit of value 4m + e of row j) and the low nibbles in the four
+ * code registers of the Q4_0 layout (register k, dword j: qs bytes 4k..4k+3 of row j). Register
+ * m of codes (values 4m..4m+3 of each row in its dword) is then a nibble mask and H shifted so
+ * bit m lands on bit 4: no transposes, no per-row loads or scale gathers. The integer sums are
+ * exact and the float steps fstep's, so the results are tile_q5t's and rows_q5's bit for bit.
+ */
+I2 void r8q5_codes(int kind, const uint8_t *p, __m256i W[8])
+{
+    const __m256i m4 = _mm256_set1_epi8(15), b4 = _mm256_set1_epi8(0x10);
+    const uint8_t *h = p + (kind == K_Q5_0 ? 16 : 32), *c = h + 32;
+    const __m256i H = _mm256_loadu_si256((const __m256i *)h);
+    const __m256i L0 = _mm256_loadu_si256((const __m256i *)c), L1 = _mm256_loadu_si256((const __m256i *)(c + 32));
+    const __m256i L2 = _mm256_loadu_si256((const __m256i *)(c + 64)), L3 = _mm256_loadu_si256((const __m256i *)(c + 96));
+    W[0] = _mm256_or_si256(_mm256_and_si256(L0, m4), _mm256_and_si256(_mm256_slli_epi16(H, 4), b4));
+    W[1] = _mm256_or_si256(_mm256_and_si256(L1, m4), _mm256_and_si256(_mm256_slli_epi16(H, 3), b4));
+    W[2] = _mm256_or_si256(_mm256_and_si256(L2, m4), _mm256_and_si256(_mm256_slli_epi16(H, 2), b4));
+    W[3] = _mm256_or_si256(_mm256_and_si256(L3, m4), _mm256_and_si256(_mm256_slli_epi16(H, 1), b4));
+    W[4] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L0, 4), m4), _mm256_and_si256(H, b4));
+    W[5] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(H, 1), b4));
+    W[6] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L2, 4), m4), _mm256_and_si256(_mm256_srli_epi16(H, 2), b4));
+    W[7] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L3, 4), m4), _mm256_and_si256(_mm256_srli_epi16(H, 3), b4));
+}
+
+/* The block's dot of the group's codes W with the 32 activation bytes at a, row j in lane j (two
+ * halves of 4 maddubs each summed in int16, as tile_q5t). */
+I2 __m256i r8q5_dot(const __m256i W[8], const uint8_t *a)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i h0 = _mm256_maddubs_epi16(W[0], bcast4(a)), h1 = _mm256_maddubs_epi16(W[4], bcast4(a + 16));
+    h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(W[1], bcast4(a + 4)));
+    h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(W[5], bcast4(a + 20)));
+    h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(W[2], bcast4(a + 8)));
+    h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(W[6], bcast4(a + 24)));
+    h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(W[3], bcast4(a + 12)));
+    h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(W[7], bcast4(a + 28)));
+    return _mm256_add_epi32(_mm256_madd_epi16(h0, ones), _mm256_madd_epi16(h1, ones));
+}
+
+/* fstep on a packed group's block at p (d at p, Q5_1's m at p + 16). */
+I2 __m256 r8q5_step(int kind, __m256 acc, const uint8_t *p, __m256i s, const uint8_t *ds)
+{
+    float f[2];
+    memcpy(f, ds, 8);
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)), sf = _mm256_cvtepi32_ps(s);
+    if (kind == K_Q5_0)
+        return _mm256_fmadd_ps(dw, _mm256_fmadd_ps(sf, _mm256_set1_ps(f[0]), _mm256_set1_ps(-16.0f * f[1])),
+                               acc);
+    acc = _mm256_fmadd_ps(dw, _mm256_mul_ps(sf, _mm256_set1_ps(f[0])), acc);
+    return _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16))), _mm256_set1_ps(f[1]), acc);
+}
+
+I2 void tile_r8q5(int kind, int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
+{
+    const size_t gb = 8 * (kind == K_Q5_0 ? sizeof(spk_block_q5_0) : sizeof(spk_block_q5_1));
+    const int nb = n / 32;
+    __m256 acc[8];
+    for (int t = 0; t < T; t++)
+        acc[t] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *p = gp + (size_t)b * gb;
+        __m256i W[8], s[8];
+        r8q5_codes(kind, p, W);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++)
+            s[t] = r8q5_dot(W, act + (size_t)t * arow + 32 * (size_t)b);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++)
+            acc[t] = r8q5_step(kind, acc[t], p, s[t], act + (size_t)t * arow + n + 8 * (size_t)b);
+    }
+    for (int t = 0; t < T; t++)
+        _mm256_storeu_ps(o + (size_t)t * ld, acc[t]);
+}
+
+/* One token against the 4 groups gp + i * gs at once (4 sequential streams; SPK_R8_DRIVE_TOK4). */
+I2 void tok1_r8q5x4(int kind, float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
+{
+    const size_t gb = 8 * (kind == K_Q5_0 ? sizeof(spk_block_q5_0) : sizeof(spk_block_q5_1));
+    const int nb = n / 32;
+    __m256 acc[4];
+    for (int i = 0; i < 4; i++)
+        acc[i] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            const uint8_t *p = gp + (size_t)i * gs + (size_t)b * gb;
+            __m256i W[8];
+            r8q5_codes(kind, p, W);
+            acc[i] = r8q5_step(kind, acc[i], p, r8q5_dot(W, act + 32 * (size_t)b), act + n + 8 * (size_t)b);
+        }
+    }
+    for (int i = 0; i < 4; i++)
+        _mm256_storeu_ps(o + (size_t)i * os, acc[i]);
+}
+
+SPK_R8_KERNEL(spk_mm_r8_q5_0_avx2, tile_r8q5, tok1_r8q5x4, K_Q5_0)
+SPK_R8_KERNEL(spk_mm_r8_q5_1_avx2, tile_r8q5, tok1_r8q5x4, K_Q5_1)
+
 A2 void spk_mm_fill_avx2_q5(spk_mm_table *t)
 {
     t->mm[SPK_DT_Q5_0] = mm_q5_0_avx2;
