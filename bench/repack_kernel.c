@@ -1,5 +1,5 @@
 /*
- * A packed type's matmul kernel (Q4_0, Q5_0, Q5_1, Q8_0, MXFP4, Q3_K, Q4_K, Q5_K or Q6_K), file layout against the layout packed at load
+ * A packed type's matmul kernel (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4, Q3_K, Q4_K, Q5_K or Q6_K), file layout against the layout packed at load
  * (cpu/repack.c): thread CPU time of n_in x n_out random weights (n_in 512 x n_out 1536 by
  * default) at 1, 8 and 256 tokens, ns per row x token x 256 values, the median of `reps` runs of
  * each, the two layouts alternating. Built and run by bench/repack.sh.
@@ -37,13 +37,13 @@ int main(int argc, char **argv)
         {"q4_0", "Q4_0", SPK_DT_Q4_0}, {"q8_0", "Q8_0", SPK_DT_Q8_0}, {"mxfp4", "MXFP4", SPK_DT_MXFP4},
         {"q4_k", "Q4_K", SPK_DT_Q4_K}, {"q6_k", "Q6_K", SPK_DT_Q6_K},
         {"q5_k", "Q5_K", SPK_DT_Q5_K}, {"q3_k", "Q3_K", SPK_DT_Q3_K},
-        {"q5_0", "Q5_0", SPK_DT_Q5_0}, {"q5_1", "Q5_1", SPK_DT_Q5_1}};
+        {"q5_0", "Q5_0", SPK_DT_Q5_0}, {"q5_1", "Q5_1", SPK_DT_Q5_1}, {"q4_1", "Q4_1", SPK_DT_Q4_1}};
     const int nt = (int)(sizeof types / sizeof *types);
     int ti = 0;
     while (argc > 4 && ti < nt && strcmp(argv[4], types[ti].arg) != 0)
         ti++;
     if (ti == nt)
-        return fprintf(stderr, "type: q4_0, q5_0, q5_1, q8_0, mxfp4, q3_k, q4_k, q5_k or q6_k\n"), 2;
+        return fprintf(stderr, "type: q4_0, q4_1, q5_0, q5_1, q8_0, mxfp4, q3_k, q4_k, q5_k or q6_k\n"), 2;
     const spk_dtype T = types[ti].t;
     const char *tn = types[ti].name;
     if (!spk_matmul_supported(T, n_in) || n_out < 8 || reps < 1 || reps > 101)
@@ -68,13 +68,13 @@ int main(int argc, char **argv)
                 memcpy(x + offsetof(spk_block_q3_K, d), &d, 2);
             else
                 memcpy(x, &d, 2);
-            if (T == SPK_DT_Q4_K || T == SPK_DT_Q5_K) /* and dmin */
+            if (T == SPK_DT_Q4_K || T == SPK_DT_Q5_K || T == SPK_DT_Q4_1 || T == SPK_DT_Q5_1) /* and dmin, m */
                 memcpy(x + 2, &d, 2);
         }
-    if (layout == SPK_MM_LAYOUT_ROWS || spk_matmul_pack(p, w, T, layout, n_in, n_out, 0) != 0) {
-        printf("no packed %s kernel at this ISA (%s)\n", tn, spk_matmul_isa_name());
-        return 0;
-    }
+    /* no packed kernel (another ISA, or a library before the type's): the file layout alone */
+    const int packed = layout != SPK_MM_LAYOUT_ROWS && spk_matmul_pack(p, w, T, layout, n_in, n_out, 0) == 0;
+    if (!packed)
+        printf("no packed %s kernel at this ISA (%s): file layout only\n", tn, spk_matmul_isa_name());
     static const int toks[] = {1, 8, 256};
     printf("isa %s, %s %d x %d, thread CPU ns per row x token x 256 values, median of %d\n",
            spk_matmul_isa_name(), tn, n_in, n_out, reps);
@@ -94,7 +94,7 @@ int main(int argc, char **argv)
             for (int c = 0; c < calls; c++)
                 spk_matmul(out, n_out, w, T, act, n_in, nt, 0, n_out);
             double t1 = now();
-            for (int c = 0; c < calls; c++)
+            for (int c = 0; c < calls && packed; c++)
                 spk_matmul_layout(out, n_out, p, T, layout, n_out, act, n_in, nt, 0, n_out);
             double t2 = now();
             const double units = (double)calls * n_out * nt * (n_in / 256.0);
@@ -103,7 +103,10 @@ int main(int argc, char **argv)
         }
         qsort(tf, (size_t)reps, sizeof(double), cmp);
         qsort(tp, (size_t)reps, sizeof(double), cmp);
-        printf("| %d | %.2f | %.2f | %.2fx |\n", nt, tf[reps / 2], tp[reps / 2], tf[reps / 2] / tp[reps / 2]);
+        if (packed)
+            printf("| %d | %.2f | %.2f | %.2fx |\n", nt, tf[reps / 2], tp[reps / 2], tf[reps / 2] / tp[reps / 2]);
+        else
+            printf("| %d | %.2f | - | - |\n", nt, tf[reps / 2]);
         free(x);
         free(out);
         free(act);

@@ -16,7 +16,7 @@ static spk_mm_table g_tables[SPK_ISA_COUNT];
 static int g_best = SPK_ISA_SCALAR;
 /* Packed kernels per ISA and type (cpu/repack.c's layouts). A level takes the packed kernel of the
  * level below for the types whose file-layout kernel it takes from there too (the AVX-512 level
- * runs the AVX2 tiles of every type but Q4_1), since a packed kernel gives its own level's
+ * runs the AVX2 kernels of every quantized type), since a packed kernel gives its own level's
  * file-layout kernel's bits; a type with a kernel of the level's own keeps the file layout (no
  * packing), and a level with no packed kernel at all unpacks into its file-layout kernel. */
 static spk_mm_kernel g_r8[SPK_ISA_COUNT][SPK_MM_NTYPES];
@@ -54,6 +54,7 @@ static void init_tables(void)
         g_r8[SPK_ISA_AVX2][SPK_DT_Q8_0] = spk_mm_r8_q8_0_avx2;
         g_r8[SPK_ISA_AVX2][SPK_DT_Q5_0] = spk_mm_r8_q5_0_avx2;
         g_r8[SPK_ISA_AVX2][SPK_DT_Q5_1] = spk_mm_r8_q5_1_avx2;
+        g_r8[SPK_ISA_AVX2][SPK_DT_Q4_1] = spk_mm_r8_q4_1_avx2;
         g_r8[SPK_ISA_AVX2][SPK_DT_MXFP4] = spk_mm_r8_mxfp4_avx2;
         g_r8[SPK_ISA_AVX2][SPK_DT_Q4_K] = spk_mm_r8_q4k_avx2;
         g_r8[SPK_ISA_AVX2][SPK_DT_Q5_K] = spk_mm_r8_q5k_avx2;

@@ -20,35 +20,6 @@
 #define A5 __attribute__((target(TGT5)))
 #define I5 static inline __attribute__((always_inline, target(TGT5)))
 
-/* Weight kinds sharing the "int8 dot, per-block scale, per-block correction" kernels (Q8_0 has
- * its own, cpu/matmul_x86_q8.c). */
-enum { K_Q4_0, K_Q4_1 };
-
-static inline size_t kind_block_bytes(int kind)
-{
-    return kind == K_Q4_0 ? sizeof(spk_block_q4_0) : sizeof(spk_block_q4_1);
-}
-
-/* Offset of the quants in a block. */
-static inline size_t kind_qs_off(int kind)
-{
-    return kind == K_Q4_1 ? 4 : 2;
-}
-
-/* Factor of the correction sum(dw * s) (or sum(m * s) for Q4_1) in the result: Q4_0 stores
- * q = w/d + 8 (unsigned). */
-static inline float kind_corr(int kind)
-{
-    return kind == K_Q4_1 ? 1.0f : -8.0f;
-}
-
-static inline uint32_t ld32(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
 static inline uint32_t ld16(const uint8_t *p)
 {
     uint16_t v;
@@ -58,21 +29,25 @@ static inline uint32_t ld16(const uint8_t *p)
 
 /* ================================ AVX2 ======================================================= */
 
-/* Q4 weights of one block as 32 unsigned bytes (0..15) in element order. (The AVX2 Q8_0 kernels
- * are in cpu/matmul_x86_q8.c.) */
-I2 __m256i w_block_avx2(int kind, const uint8_t *bp)
+/*
+ * Q4_0 rows one at a time (8 float lanes per row summed at the end): the rows of a Q4_0 matrix
+ * left over below its 8-row tiles (cpu/matmul_x86_gemm.c). The other quantized types have their
+ * own files: Q8_0 matmul_x86_q8.c, Q4_1/Q5_0/Q5_1 matmul_x86_q5.c, MXFP4 matmul_x86_mxfp4.c,
+ * the K-quants matmul_x86_k.c, matmul_x86_q4k.c and matmul_x86_q6k.c.
+ */
+
+/* The weights of one block as 32 unsigned bytes (0..15) in element order. */
+I2 __m256i w_block_q4_0(const uint8_t *bp)
 {
-    const uint8_t *qs = bp + kind_qs_off(kind);
-    __m128i x = _mm_loadu_si128((const __m128i *)qs);
+    __m128i x = _mm_loadu_si128((const __m128i *)(bp + 2));
     __m256i y = _mm256_inserti128_si256(_mm256_castsi128_si256(x), _mm_srli_epi16(x, 4), 1);
     return _mm256_and_si256(y, _mm256_set1_epi8(15));
 }
 
-/* [d, m, 0, 0] for Q4_1, [d, d, 0, 0] otherwise. */
-I2 __m128 dm_block(int kind, const uint8_t *bp)
+/* [d, d, 0, 0] */
+I2 __m128 dd_block(const uint8_t *bp)
 {
-    uint32_t v = kind == K_Q4_1 ? ld32(bp) : (ld16(bp) * 0x10001u);
-    return _mm_cvtph_ps(_mm_cvtsi32_si128((int)v));
+    return _mm_cvtph_ps(_mm_cvtsi32_si128((int)(ld16(bp) * 0x10001u)));
 }
 
 I2 __m256i dot_block_avx2(__m256i w, __m256i a)
@@ -80,11 +55,12 @@ I2 __m256i dot_block_avx2(__m256i w, __m256i a)
     return _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1));
 }
 
-I2 void tile_q_avx2(int kind, int R, int T, float *out, int ld, const uint8_t *w, size_t wrow,
-                    const uint8_t *act, size_t arow, int n, int r0, int rs, int t0)
+/* The codes are w/d + 8, so each row's result is the sum of dw * da * dot less 8 * sum(dw * s). */
+I2 void tile_q4_0(int R, int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act,
+                  size_t arow, int n, int r0, int rs, int t0)
 {
     const int nb = n / 32;
-    const size_t bs = kind_block_bytes(kind);
+    const size_t bs = sizeof(spk_block_q4_0);
     __m256 acc[4][4];
     __m128 corr[4][4];
     for (int r = 0; r < R; r++)
@@ -101,8 +77,8 @@ I2 void tile_q_avx2(int kind, int R, int T, float *out, int ld, const uint8_t *w
         __m256i wv[4];
         __m128 dm[4];
         for (int r = 0; r < R; r++) {
-            wv[r] = w_block_avx2(kind, wr[r] + (size_t)b * bs);
-            dm[r] = dm_block(kind, wr[r] + (size_t)b * bs);
+            wv[r] = w_block_q4_0(wr[r] + (size_t)b * bs);
+            dm[r] = dd_block(wr[r] + (size_t)b * bs);
         }
         for (int t = 0; t < T; t++) {
             const __m256i a = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * b));
@@ -110,17 +86,16 @@ I2 void tile_q_avx2(int kind, int R, int T, float *out, int ld, const uint8_t *w
                 _mm_loadl_epi64((const __m128i *)(at[t] + n + 8 * (size_t)b)));
             for (int r = 0; r < R; r++) {
                 const __m256 f = _mm256_cvtepi32_ps(dot_block_avx2(wv[r], a));
-                const __m128 p = _mm_mul_ps(dm[r], ds); /* [dw*da, m*s or dw*s, 0, 0] */
+                const __m128 p = _mm_mul_ps(dm[r], ds); /* [dw*da, dw*s, 0, 0] */
                 acc[r][t] = _mm256_fmadd_ps(f, _mm256_broadcastss_ps(p), acc[r][t]);
                 corr[r][t] = _mm_add_ps(corr[r][t], p);
             }
         }
     }
-    const float k = kind_corr(kind);
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) {
             float c = _mm_cvtss_f32(_mm_movehdup_ps(corr[r][t]));
-            out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + r * rs)] = hsum256(acc[r][t]) + k * c;
+            out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + r * rs)] = hsum256(acc[r][t]) - 8.0f * c;
         }
 }
 
@@ -139,18 +114,14 @@ static inline int chunk_rows(size_t wrow, int n_tok, int rows)
     return c < 16 ? 16 : (int)c;
 }
 
-I2 void mm_q_avx2(int kind, float *out, int ld, const void *w, size_t wrow, const void *act,
-                  size_t arow, int n, int n_tok, int row0, int row1)
+/* Q4_0 in 8-row tiles (cpu/matmul_x86_gemm.c), the leftover rows below (a row takes the same
+ * kernel at every batch size). */
+A2 static void mm_q4_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                            int n_tok, int row0, int row1)
 {
-    /* Q4_0 in 8-row tiles (cpu/matmul_x86_gemm.c), the leftover rows below. Q4_1 keeps the
-     * per-row kernels: its 8-row tile made prefill 1.3x faster but batch-1 decode 30% slower
-     * (measured on the synthetic D512 L8 file), and a row must take the same kernel at every
-     * batch size. */
-    if (kind == K_Q4_0) {
-        row0 += spk_mm_gemm8_q4_0_avx2(out, ld, w, wrow, act, arow, n, n_tok, row0, row1);
-        if (row0 >= row1)
-            return;
-    }
+    row0 += spk_mm_gemm8_q4_0_avx2(out, ld, w, wrow, act, arow, n, n_tok, row0, row1);
+    if (row0 >= row1)
+        return;
     const int rows = row1 - row0, ch = chunk_rows(wrow, n_tok, rows);
     for (int c0 = row0; c0 < row1; c0 += ch) {
     const int c1 = row1 - c0 > ch ? c0 + ch : row1;
@@ -161,22 +132,22 @@ I2 void mm_q_avx2(int kind, float *out, int ld, const void *w, size_t wrow, cons
         case 1: {
             const int q = (row1 - row0) / 4;
             for (int i = 0; i < q; i++)
-                tile_q_avx2(kind, 4, 1, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
+                tile_q4_0(4, 1, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
             for (int r = row0 + 4 * q; r < row1; r++)
-                tile_q_avx2(kind, 1, 1, out, ld, w, wrow, act, arow, n, r, 0, t);
+                tile_q4_0(1, 1, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
         }
         case 2:
             for (int r = row0; r < row1; r++)
-                tile_q_avx2(kind, 1, 2, out, ld, w, wrow, act, arow, n, r, 0, t);
+                tile_q4_0(1, 2, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
         case 3:
             for (int r = row0; r < row1; r++)
-                tile_q_avx2(kind, 1, 3, out, ld, w, wrow, act, arow, n, r, 0, t);
+                tile_q4_0(1, 3, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
         default:
             for (int r = row0; r < row1; r++)
-                tile_q_avx2(kind, 1, 4, out, ld, w, wrow, act, arow, n, r, 0, t);
+                tile_q4_0(1, 4, out, ld, w, wrow, act, arow, n, r, 0, t);
             break;
         }
         t += tn;
@@ -184,15 +155,6 @@ I2 void mm_q_avx2(int kind, float *out, int ld, const void *w, size_t wrow, cons
     }
 }
 
-#define MM_Q(isa, name, kind)                                                                      \
-    static void name(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, \
-                     int n, int n_tok, int row0, int row1)                                         \
-    {                                                                                              \
-        mm_q_##isa(kind, out, ld, w, wrow, act, arow, n, n_tok, row0, row1);                        \
-    }
-
-A2 MM_Q(avx2, mm_q4_0_avx2, K_Q4_0)
-A2 MM_Q(avx2, mm_q4_1_avx2, K_Q4_1)
 
 /* ---- float weights (F32, F16, BF16) against f32 activations ---- */
 
@@ -365,7 +327,6 @@ A2 void spk_mm_fill_avx2(spk_mm_table *t)
 {
     memset(t, 0, sizeof *t);
     t->mm[SPK_DT_Q4_0] = mm_q4_0_avx2;
-    t->mm[SPK_DT_Q4_1] = mm_q4_1_avx2;
     t->mm[SPK_DT_Q8_0] = spk_mm_q8_0_lanes_avx2; /* cpu/matmul_x86_q8.c: 8-row tile, batch-1 twin */
     spk_mm_fill_avx2_kquants(t); /* cpu/matmul_x86_k.c */
     spk_mm_fill_avx2_q5(t);      /* cpu/matmul_x86_q5.c */
@@ -377,147 +338,6 @@ A2 void spk_mm_fill_avx2(spk_mm_table *t)
 }
 
 /* ================================ AVX-512 ==================================================== */
-
-/* [d0, m0, d1, m1] of two Q4_1 blocks. */
-I5 __m128 dm_pair_q4_1(const uint8_t *b0, const uint8_t *b1)
-{
-    return _mm_cvtph_ps(_mm_insert_epi32(_mm_cvtsi32_si128((int)ld32(b0)), (int)ld32(b1), 1));
-}
-
-/*
- * Q4_1 in 256-bit VNNI (AVX512-VL), two blocks per step: Zen 4 splits 512-bit ops in two
- * anyway, and at 256 bits the per-block lane shuffles disappear. The low and high nibbles of
- * both blocks meet the matching activation halves in two chained vpdpbusd, giving int32 lanes
- * [b0 x4, b1 x4]. (Q4_1 is the one quantized type with an AVX-512 kernel: it has no packed
- * layout, and this kernel was 1.4x the AVX2 per-row one at 1 token on Zen 4. Every other type
- * runs the AVX2 kernels, packed ones included, at the AVX-512 level: see cpu/matmul.c.)
- */
-I5 void tile_q4_1_512(int R, int T, float *out, int ld, const uint8_t *w, size_t wrow,
-                      const uint8_t *act, size_t arow, int n, int r0, int rs, int t0)
-{
-    const int kind = K_Q4_1;
-    const int nb = n / 32;
-    const size_t bs = kind_block_bytes(kind), o = kind_qs_off(kind);
-    const __m256i idx = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
-    const __m256i m4 = _mm256_set1_epi8(15);
-    __m256 acc[4][4];
-    __m128 corr[4][4];
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) {
-            acc[r][t] = _mm256_setzero_ps();
-            corr[r][t] = _mm_setzero_ps();
-        }
-    const uint8_t *wr[4], *at[4];
-    for (int r = 0; r < R; r++)
-        wr[r] = w + (size_t)(r0 + r * rs) * wrow;
-    for (int t = 0; t < T; t++)
-        at[t] = act + (size_t)(t0 + t) * arow;
-    int b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        __m256i w0[4], w1[4];
-        __m128 dm[4];
-        for (int r = 0; r < R; r++) {
-            const uint8_t *p = wr[r] + (size_t)b * bs;
-            const __m256i y = _mm256_inserti128_si256(
-                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(p + o))),
-                _mm_loadu_si128((const __m128i *)(p + bs + o)), 1);
-            w0[r] = _mm256_and_si256(y, m4);                        /* [b0 lo, b1 lo] */
-            w1[r] = _mm256_and_si256(_mm256_srli_epi16(y, 4), m4); /* [b0 hi, b1 hi] */
-            dm[r] = dm_pair_q4_1(p, p + bs);
-        }
-        for (int t = 0; t < T; t++) {
-            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * b));
-            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * b + 32));
-            const __m256i a0 = _mm256_permute2x128_si256(x0, x1, 0x20); /* [a0 lo, a1 lo] */
-            const __m256i a1 = _mm256_permute2x128_si256(x0, x1, 0x31); /* [a0 hi, a1 hi] */
-            const __m128 ds = _mm_loadu_ps((const float *)(at[t] + n) + 2 * b);
-            for (int r = 0; r < R; r++) {
-                const __m256i dp = _mm256_dpbusd_epi32(
-                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), w0[r], a0), w1[r], a1);
-                const __m128 p = _mm_mul_ps(dm[r], ds); /* [d0 da0, m0 s0 (Q4_0: d0 s0), d1 da1, ...] */
-                corr[r][t] = _mm_add_ps(corr[r][t], p);
-                const __m256 sc = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(p), idx);
-                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dp), sc, acc[r][t]);
-            }
-        }
-    }
-    if (b < nb) { /* odd block count: last block alone */
-        __m256i wv[4];
-        __m128 dm[4];
-        for (int r = 0; r < R; r++) {
-            const uint8_t *p = wr[r] + (size_t)b * bs;
-            wv[r] = w_block_avx2(kind, p);
-            dm[r] = dm_block(kind, p);
-        }
-        for (int t = 0; t < T; t++) {
-            const __m256i a = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * b));
-            const __m128 ds = _mm_castsi128_ps(
-                _mm_loadl_epi64((const __m128i *)(at[t] + n + 8 * (size_t)b)));
-            for (int r = 0; r < R; r++) {
-                const __m256i dp = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv[r], a);
-                const __m128 p = _mm_mul_ps(dm[r], ds);
-                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dp), _mm256_broadcastss_ps(p), acc[r][t]);
-                corr[r][t] = _mm_add_ps(corr[r][t], p);
-            }
-        }
-    }
-    const float k = kind_corr(kind);
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) {
-            const __m128 h = _mm_movehdup_ps(corr[r][t]);
-            const float c = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehl_ps(h, h)));
-            out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + r * rs)] = hsum256(acc[r][t]) + k * c;
-        }
-}
-
-A5 static void mm_q4_1_512(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow,
-                           int n, int n_tok, int row0, int row1)
-{
-    const int rows = row1 - row0, ch = chunk_rows(wrow, n_tok, rows);
-    for (int c0 = row0; c0 < row1; c0 += ch) {
-    const int c1 = row1 - c0 > ch ? c0 + ch : row1;
-    for (int t = 0; t < n_tok;) {
-        const int tn = n_tok - t >= 4 ? 4 : n_tok - t;
-        const int row0 = c0, row1 = c1;
-        switch (tn) {
-        case 1: {
-            const int q = (row1 - row0) / 4;
-            for (int i = 0; i < q; i++)
-                tile_q4_1_512(4, 1, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
-            for (int r = row0 + 4 * q; r < row1; r++)
-                tile_q4_1_512(1, 1, out, ld, w, wrow, act, arow, n, r, 0, t);
-            break;
-        }
-        case 2: {
-            const int q = (row1 - row0) / 2;
-            for (int i = 0; i < q; i++)
-                tile_q4_1_512(2, 2, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
-            for (int r = row0 + 2 * q; r < row1; r++)
-                tile_q4_1_512(1, 2, out, ld, w, wrow, act, arow, n, r, 0, t);
-            break;
-        }
-        case 3: {
-            const int q = (row1 - row0) / 2;
-            for (int i = 0; i < q; i++)
-                tile_q4_1_512(2, 3, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
-            for (int r = row0 + 2 * q; r < row1; r++)
-                tile_q4_1_512(1, 3, out, ld, w, wrow, act, arow, n, r, 0, t);
-            break;
-        }
-        default: {
-            const int q = (row1 - row0) / 2;
-            for (int i = 0; i < q; i++)
-                tile_q4_1_512(2, 4, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
-            for (int r = row0 + 2 * q; r < row1; r++)
-                tile_q4_1_512(1, 4, out, ld, w, wrow, act, arow, n, r, 0, t);
-            break;
-        }
-        }
-        t += tn;
-    }
-    }
-}
-
 
 /* ---- float weights ---- */
 
@@ -647,7 +467,6 @@ A5 static void q8_quantize_512(void *dst, const float *x, int n)
 A5 void spk_mm_fill_avx512(spk_mm_table *t)
 {
     memset(t, 0, sizeof *t);
-    t->mm[SPK_DT_Q4_1] = mm_q4_1_512;
     t->mm[SPK_DT_F32] = mm_f32_512;
     t->mm[SPK_DT_F16] = mm_f16_512;
     t->mm[SPK_DT_BF16] = mm_bf16_512;

@@ -12,18 +12,15 @@
  * 16+4k..16+4k+3). Each is multiplied (maddubs, unsigned codes x int8 activations) by the
  * broadcast 4 activation bytes of the same values; the 8 products per block are summed in int16
  * (|sum| <= 8 * 2 * 15 * 127 = 30480 < 2^15) and widened once (madd). Then per block and token:
- *   Q4_0: acc += dw * (da * dot - 8 * s)      (codes are value + 8, s = da * sum(q))
- *   Q4_1: acc += dw * (da * dot) + mw * s     (value = d * code + m)
+ *   acc += dw * (da * dot - 8 * s)      (codes are value + 8, s = da * sum(q))
  * Weights in the file's layout pay for the transposes, 12 shuffles per block per 8 rows, shared
  * by the tile's tokens; weights packed at load (tile_p8 below) are read in the registers' order.
  *
  * The other types' tiles live beside this one, each with a batch-1 path that keeps the tile's
  * per-row float steps (integer block dots are exact, so batch 1 may compute them per row and
  * then run the tile's float steps in lanes): Q8_0 (cpu/matmul_x86_q8.c), Q4_K (matmul_x86_q4k.c),
- * Q5_0/Q5_1 (matmul_x86_q5.c); MXFP4's tile is cheap enough at batch 1 as it is
- * (matmul_x86_mxfp4.c). Measured and not used: the Q4_1 form of this tile (prefill kernel 8.8 ->
- * 4-5 ns per row x token x 256, but batch-1 decode -30%, BENCHMARKS.md 9c); it needs such a
- * batch-1 path first.
+ * Q4_1/Q5_0/Q5_1 (matmul_x86_q5.c); MXFP4's tile is cheap enough at batch 1 as it is
+ * (matmul_x86_mxfp4.c).
  */
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -35,27 +32,14 @@
 #include "cpu/matmul_x86_avx2.h"
 #include "cpu/quant.h"
 
-enum { G_Q4_0, G_Q4_1 };
-
-static inline size_t gblock_bytes(int kind)
-{
-    return kind == G_Q4_0 ? sizeof(spk_block_q4_0) : sizeof(spk_block_q4_1);
-}
-/* (G_Q4_1 is kept for the measurements in the header comment: no entry point uses it.) */
-
-static inline size_t gqs_off(int kind)
-{
-    return kind == G_Q4_0 ? 2 : 4;
-}
-
 /*
  * Rows r0..r0+7 (consecutive) against tokens t0..t0+T-1 (T <= 4): out[(t0 + t) * ld + r0 + j].
  */
-I2 void tile_g8(int kind, int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act,
-                size_t arow, int n, int r0, int t0)
+I2 void tile_g8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow, int n,
+                int r0, int t0)
 {
     const int nb = n / 32;
-    const size_t bs = gblock_bytes(kind), qo = gqs_off(kind);
+    const size_t bs = sizeof(spk_block_q4_0), qo = 2;
     const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
     __m256 acc[8];
     for (int t = 0; t < T; t++)
@@ -87,9 +71,6 @@ I2 void tile_g8(int kind, int T, float *out, int ld, const uint8_t *w, size_t wr
         W[6] = _mm256_and_si256(_mm256_srli_epi16(L2, 4), m4);
         W[7] = _mm256_and_si256(_mm256_srli_epi16(L3, 4), m4);
         const __m256 dw = ld_f16x8(p, 0);
-        __m256 mw = _mm256_setzero_ps();
-        if (kind == G_Q4_1)
-            mw = ld_f16x8(p, 2);
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++) {
             const uint8_t *a = at[t] + 32 * (size_t)b;
@@ -100,13 +81,8 @@ I2 void tile_g8(int kind, int T, float *out, int ld, const uint8_t *w, size_t wr
             const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(s, ones));
             float ds[2];
             memcpy(ds, at[t] + n + 8 * (size_t)b, 8);
-            if (kind == G_Q4_0) {
-                const __m256 x = _mm256_fmadd_ps(dot, _mm256_set1_ps(ds[0]), _mm256_set1_ps(-8.0f * ds[1]));
-                acc[t] = _mm256_fmadd_ps(dw, x, acc[t]);
-            } else {
-                acc[t] = _mm256_fmadd_ps(dw, _mm256_mul_ps(dot, _mm256_set1_ps(ds[0])), acc[t]);
-                acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(ds[1]), acc[t]);
-            }
+            const __m256 x = _mm256_fmadd_ps(dot, _mm256_set1_ps(ds[0]), _mm256_set1_ps(-8.0f * ds[1]));
+            acc[t] = _mm256_fmadd_ps(dw, x, acc[t]);
         }
     }
     for (int t = 0; t < T; t++)
@@ -118,7 +94,7 @@ I2 void tile_g8(int kind, int T, float *out, int ld, const uint8_t *w, size_t wr
  * weights so a chunk stays in cache while every token group runs over it. Returns the rows done
  * (a multiple of 8); the caller's kernel does the rest.
  */
-I2 int mm_g8(int kind, float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+I2 int mm_g8(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
              int n_tok, int row0, int row1)
 {
     const int g = (row1 - row0) / 8;
@@ -133,11 +109,11 @@ I2 int mm_g8(int kind, float *out, int ld, const void *w, size_t wrow, const voi
             for (int i = c0; i < c1; i++) {
                 const int r = row0 + 8 * i;
                 switch (T) {
-                case 1: tile_g8(kind, 1, out, ld, w, wrow, act, arow, n, r, t); break;
-                case 2: tile_g8(kind, 2, out, ld, w, wrow, act, arow, n, r, t); break;
-                case 3: tile_g8(kind, 3, out, ld, w, wrow, act, arow, n, r, t); break;
-                case 4: tile_g8(kind, 4, out, ld, w, wrow, act, arow, n, r, t); break;
-                default: tile_g8(kind, 8, out, ld, w, wrow, act, arow, n, r, t); break;
+                case 1: tile_g8(1, out, ld, w, wrow, act, arow, n, r, t); break;
+                case 2: tile_g8(2, out, ld, w, wrow, act, arow, n, r, t); break;
+                case 3: tile_g8(3, out, ld, w, wrow, act, arow, n, r, t); break;
+                case 4: tile_g8(4, out, ld, w, wrow, act, arow, n, r, t); break;
+                default: tile_g8(8, out, ld, w, wrow, act, arow, n, r, t); break;
                 }
             }
             t += T;
@@ -149,7 +125,7 @@ I2 int mm_g8(int kind, float *out, int ld, const void *w, size_t wrow, const voi
 A2 int spk_mm_gemm8_q4_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow,
                               int n, int n_tok, int row0, int row1)
 {
-    return mm_g8(G_Q4_0, out, ld, w, wrow, act, arow, n, n_tok, row0, row1);
+    return mm_g8(out, ld, w, wrow, act, arow, n, n_tok, row0, row1);
 }
 
 /*

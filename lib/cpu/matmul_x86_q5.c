@@ -1,5 +1,6 @@
 /*
- * x86-64 AVX2 kernels for the 32-value block types Q5_0 and Q5_1 whose float arithmetic does not
+ * x86-64 AVX2 kernels for the 32-value block types Q5_0, Q5_1 and Q4_1 (Q5_1 without the fifth
+ * bits: the same float steps, codes 0..15) whose float arithmetic does not
  * depend on the batch size (as cpu/matmul_x86_q8.c's Q8_0 kernels), so prefill can use a tile
  * that shares work across tokens and decode a kernel that streams rows, and a token still gets
  * the same bits alone or in a batch (test_matmul's test_batch_invariant).
@@ -8,7 +9,7 @@
  * code (low nibble from qs, 5th bit from qh, 0..31), (da, sa) the activation block's (d, s):
  *     s   = sum_i c[i] * a[i]                           (exact int32, however it is computed)
  *     Q5_0: acc = fma(dw, fma((float)s, da, -16 * sa), acc)
- *     Q5_1: acc = fma(mw, sa, fma(dw, (float)s * da, acc))
+ *     Q5_1, Q4_1: acc = fma(mw, sa, fma(dw, (float)s * da, acc))
  * (acc starts at 0.0f; result = acc), one float lane per row. Only the way s is computed differs:
  *  - tile_q5t (2..8 tokens, 8 rows): each row's block unpacked to its 32 codes in element order,
  *    the 8 rows transposed in 4-byte groups (dword lane j of register k = codes 4k..4k+3 of row
@@ -32,7 +33,12 @@
 #include "cpu/matmul_x86_avx2.h"
 #include "cpu/quant.h"
 
-enum { K_Q5_0, K_Q5_1 };
+enum { K_Q5_0, K_Q5_1, K_Q4_1 };
+
+static inline size_t block_bytes(int kind)
+{
+    return kind == K_Q5_0 ? sizeof(spk_block_q5_0) : kind == K_Q5_1 ? sizeof(spk_block_q5_1) : sizeof(spk_block_q4_1);
+}
 
 /* The float steps shared by both kernels, lane per row; ds: the activation block's (d, s). */
 I2 __m256 fstep(int kind, __m256 acc, const uint8_t *const p[8], __m256i s, const uint8_t *ds)
@@ -61,9 +67,15 @@ I2 __m256i bit4_bytes(const uint8_t *qh)
     return _mm256_and_si256(on, _mm256_set1_epi8(0x10));
 }
 
-/* The 32 codes (0..31) of the block at p in element order (low nibbles are elements 0-15). */
+/* The 32 codes (0..31; Q4_1: 0..15) of the block at p in element order (low nibbles are elements
+ * 0-15). */
 I2 __m256i codes(int kind, const uint8_t *p)
 {
+    if (kind == K_Q4_1) {
+        const __m128i x = _mm_loadu_si128((const __m128i *)(p + 4));
+        const __m256i y = _mm256_inserti128_si256(_mm256_castsi128_si256(x), _mm_srli_epi16(x, 4), 1);
+        return _mm256_and_si256(y, _mm256_set1_epi8(15));
+    }
     const uint8_t *qh = p + (kind == K_Q5_1 ? 4 : 2);
     const __m128i x = _mm_loadu_si128((const __m128i *)(qh + 4));
     const __m256i y = _mm256_inserti128_si256(_mm256_castsi128_si256(x), _mm_srli_epi16(x, 4), 1);
@@ -85,7 +97,7 @@ I2 void tr4(__m256i z[4], __m256i y0, __m256i y1, __m256i y2, __m256i y3)
 I2 void tile_q5t(int kind, int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act,
                  size_t arow, int n, int r0, int t0)
 {
-    const size_t bs = kind == K_Q5_0 ? sizeof(spk_block_q5_0) : sizeof(spk_block_q5_1);
+    const size_t bs = block_bytes(kind);
     const int nb = n / 32;
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[8];
@@ -135,7 +147,7 @@ I2 void tile_q5t(int kind, int T, float *out, int ld, const uint8_t *w, size_t w
 I2 void rows_q5(int kind, int R, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act,
                 size_t arow, int n, const int r[8], int t)
 {
-    const size_t bs = kind == K_Q5_0 ? sizeof(spk_block_q5_0) : sizeof(spk_block_q5_1);
+    const size_t bs = block_bytes(kind);
     const int nb = n / 32;
     const __m256i ones = _mm256_set1_epi16(1);
     const uint8_t *wr[8], *at = act + (size_t)t * arow;
@@ -179,10 +191,11 @@ I2 void mm_q5(int kind, float *out, int ld, const void *w, size_t wrow, const vo
 
 MM(mm_q5_0_avx2, K_Q5_0)
 MM(mm_q5_1_avx2, K_Q5_1)
+MM(mm_q4_1_avx2, K_Q4_1)
 
 /*
  * The tile on weights packed at load (SPK_MM_LAYOUT_R8, cpu/repack.c): per 8-row group and block,
- * the 8 rows' f16 d (and Q5_1's m) in one 16-byte load each, their fifth bits in one register H
+ * the 8 rows' f16 d (and Q5_1's and Q4_1's m) in one 16-byte load each, the fifth bits in one register H
  * (bit m of byte 4j + e: the fifth bit of value 4m + e of row j) and the low nibbles in the four
  * code registers of the Q4_0 layout (register k, dword j: qs bytes 4k..4k+3 of row j). Register
  * m of codes (values 4m..4m+3 of each row in its dword) is then a nibble mask and H shifted so
@@ -192,10 +205,21 @@ MM(mm_q5_1_avx2, K_Q5_1)
 I2 void r8q5_codes(int kind, const uint8_t *p, __m256i W[8])
 {
     const __m256i m4 = _mm256_set1_epi8(15), b4 = _mm256_set1_epi8(0x10);
-    const uint8_t *h = p + (kind == K_Q5_0 ? 16 : 32), *c = h + 32;
-    const __m256i H = _mm256_loadu_si256((const __m256i *)h);
+    const uint8_t *h = p + (kind == K_Q5_0 ? 16 : 32), *c = kind == K_Q4_1 ? h : h + 32;
     const __m256i L0 = _mm256_loadu_si256((const __m256i *)c), L1 = _mm256_loadu_si256((const __m256i *)(c + 32));
     const __m256i L2 = _mm256_loadu_si256((const __m256i *)(c + 64)), L3 = _mm256_loadu_si256((const __m256i *)(c + 96));
+    if (kind == K_Q4_1) {
+        W[0] = _mm256_and_si256(L0, m4);
+        W[1] = _mm256_and_si256(L1, m4);
+        W[2] = _mm256_and_si256(L2, m4);
+        W[3] = _mm256_and_si256(L3, m4);
+        W[4] = _mm256_and_si256(_mm256_srli_epi16(L0, 4), m4);
+        W[5] = _mm256_and_si256(_mm256_srli_epi16(L1, 4), m4);
+        W[6] = _mm256_and_si256(_mm256_srli_epi16(L2, 4), m4);
+        W[7] = _mm256_and_si256(_mm256_srli_epi16(L3, 4), m4);
+        return;
+    }
+    const __m256i H = _mm256_loadu_si256((const __m256i *)h);
     W[0] = _mm256_or_si256(_mm256_and_si256(L0, m4), _mm256_and_si256(_mm256_slli_epi16(H, 4), b4));
     W[1] = _mm256_or_si256(_mm256_and_si256(L1, m4), _mm256_and_si256(_mm256_slli_epi16(H, 3), b4));
     W[2] = _mm256_or_si256(_mm256_and_si256(L2, m4), _mm256_and_si256(_mm256_slli_epi16(H, 2), b4));
@@ -221,7 +245,7 @@ I2 __m256i r8q5_dot(const __m256i W[8], const uint8_t *a)
     return _mm256_add_epi32(_mm256_madd_epi16(h0, ones), _mm256_madd_epi16(h1, ones));
 }
 
-/* fstep on a packed group's block at p (d at p, Q5_1's m at p + 16). */
+/* fstep on a packed group's block at p (d at p, Q5_1's and Q4_1's m at p + 16). */
 I2 __m256 r8q5_step(int kind, __m256 acc, const uint8_t *p, __m256i s, const uint8_t *ds)
 {
     float f[2];
@@ -236,7 +260,7 @@ I2 __m256 r8q5_step(int kind, __m256 acc, const uint8_t *p, __m256i s, const uin
 
 I2 void tile_r8q5(int kind, int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
 {
-    const size_t gb = 8 * (kind == K_Q5_0 ? sizeof(spk_block_q5_0) : sizeof(spk_block_q5_1));
+    const size_t gb = 8 * block_bytes(kind);
     const int nb = n / 32;
     __m256 acc[8];
     for (int t = 0; t < T; t++)
@@ -259,7 +283,7 @@ I2 void tile_r8q5(int kind, int T, float *o, size_t ld, const uint8_t *gp, const
 /* One token against the 4 groups gp + i * gs at once (4 sequential streams; SPK_R8_DRIVE_TOK4). */
 I2 void tok1_r8q5x4(int kind, float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
 {
-    const size_t gb = 8 * (kind == K_Q5_0 ? sizeof(spk_block_q5_0) : sizeof(spk_block_q5_1));
+    const size_t gb = 8 * block_bytes(kind);
     const int nb = n / 32;
     __m256 acc[4];
     for (int i = 0; i < 4; i++)
@@ -279,11 +303,13 @@ I2 void tok1_r8q5x4(int kind, float *o, size_t os, const uint8_t *gp, size_t gs,
 
 SPK_R8_KERNEL(spk_mm_r8_q5_0_avx2, tile_r8q5, tok1_r8q5x4, K_Q5_0)
 SPK_R8_KERNEL(spk_mm_r8_q5_1_avx2, tile_r8q5, tok1_r8q5x4, K_Q5_1)
+SPK_R8_KERNEL(spk_mm_r8_q4_1_avx2, tile_r8q5, tok1_r8q5x4, K_Q4_1)
 
 A2 void spk_mm_fill_avx2_q5(spk_mm_table *t)
 {
     t->mm[SPK_DT_Q5_0] = mm_q5_0_avx2;
     t->mm[SPK_DT_Q5_1] = mm_q5_1_avx2;
+    t->mm[SPK_DT_Q4_1] = mm_q4_1_avx2;
 }
 
 #else

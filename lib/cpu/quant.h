@@ -146,11 +146,13 @@ void spk_mm_r8_q8_0_avx2(float *out, int ld, const void *w, size_t wrow, const v
  * with the same per-block float steps at every token count (8-row tile from 2 tokens). */
 void spk_mm_q8_0_lanes_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow,
                             int n, int n_tok, int row0, int row1);
-/* cpu/matmul_x86_q5.c: the Q5_0 and Q5_1 tiles reading SPK_MM_LAYOUT_R8, as spk_mm_r8_q4_0_avx2; the
- * same results bit for bit as the AVX2 table's file-layout Q5_0 and Q5_1 kernels. */
+/* cpu/matmul_x86_q5.c: the Q5_0, Q5_1 and Q4_1 tiles reading SPK_MM_LAYOUT_R8, as spk_mm_r8_q4_0_avx2;
+ * the same results bit for bit as the AVX2 table's file-layout kernels of these types. */
 void spk_mm_r8_q5_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                          int n_tok, int row0, int row1);
 void spk_mm_r8_q5_1_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                         int n_tok, int row0, int row1);
+void spk_mm_r8_q4_1_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                          int n_tok, int row0, int row1);
 /* cpu/matmul_x86_q4k.c: Q4_K rows [row0, row1) in 8-row tiles (an spk_mm_kernel: all rows, a
  * partial tile for the last ones), at every token count for the same reason. */

@@ -51,10 +51,11 @@
  *   then per pair of sub-blocks i = 2P, 2P + 1 (16 values each), 96 bytes: for each, 32 bytes
  *                   of the codes' 2 low bits (bits 2k of byte 4j + e: value 16i + 4k + e of row
  *                   j), then 32 bytes of their third bits (bit k + 4 (i & 1) of the same byte)
- * SPK_MM_LAYOUT_R8 for Q5_0 (Q5_1): per group, per block b (176 (192) bytes = 8 file blocks):
+ * SPK_MM_LAYOUT_R8 for Q5_0, Q5_1, Q4_1: per group, per block b (8 file blocks: 176, 192, 160 bytes):
  *   bytes 0..15     the 8 rows' f16 scales d, row j at 2j
- *  (bytes 16..31    Q5_1: the 8 rows' f16 mins m, row j at 16 + 2j)
- *   then 32 bytes   the fifth bits: bit m of byte 4j + e = bit 4m + e of row j's qh (value 4m + e)
+ *  (bytes 16..31    Q5_1 and Q4_1: the 8 rows' f16 mins m, row j at 16 + 2j)
+ *  (then 32 bytes   Q5_0 and Q5_1: the fifth bits, bit m of byte 4j + e = bit 4m + e of row j's qh,
+ *                   value 4m + e)
  *   then 128 bytes  the low nibbles as Q4_0's codes: register k, dword j = qs bytes 4k..4k+3 of row j
  *                   (cpu/matmul_x86_q5.c's r8q5_codes)
  * Another type adds a pack_group/unpack_row pair and one row of k_formats.
@@ -331,75 +332,79 @@ static void unpack_q3_K_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int 
     }
 }
 
-/* Q5_0 and Q5_1: the file block's qh at qh_off (the codes follow it), the packed group's at
- * 16 + 16 * (qh_off == 4) (after d, and Q5_1's m). */
-static void pack_q5_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb, size_t bs, size_t qh_off)
+/* Q5_0, Q5_1 and Q4_1: the file block's m, qh and qs at m_off, qh_off (0: none) and qs_off; the
+ * packed block's d at 0, m at 16, the fifth bits H next, then the codes. */
+typedef struct q5_shape { size_t bs, m_off, qh_off, qs_off; } q5_shape;
+static const q5_shape k_q5_0 = {sizeof(spk_block_q5_0), 0, offsetof(spk_block_q5_0, qh), offsetof(spk_block_q5_0, qs)};
+static const q5_shape k_q5_1 = {sizeof(spk_block_q5_1), offsetof(spk_block_q5_1, m), offsetof(spk_block_q5_1, qh),
+                                offsetof(spk_block_q5_1, qs)};
+static const q5_shape k_q4_1 = {sizeof(spk_block_q4_1), offsetof(spk_block_q4_1, m), 0, offsetof(spk_block_q4_1, qs)};
+
+static void pack_q5_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb, const q5_shape *f)
 {
-    const size_t ph = qh_off == 4 ? 32 : 16;
+    const size_t ph = f->m_off ? 32 : 16, pc = f->qh_off ? ph + 32 : ph;
     for (int b = 0; b < nb; b++) {
-        uint8_t *o = dst + (size_t)b * 8 * bs;
-        memset(o + ph, 0, 32);
+        uint8_t *o = dst + (size_t)b * 8 * f->bs;
+        memset(o + ph, 0, pc - ph);
         for (int j = 0; j < 8; j++) {
-            const uint8_t *x = src + (size_t)j * wrow + (size_t)b * bs;
+            const uint8_t *x = src + (size_t)j * wrow + (size_t)b * f->bs;
             memcpy(o + 2 * j, x, 2);
-            if (qh_off == 4)
-                memcpy(o + 16 + 2 * j, x + 2, 2);
-            const uint32_t qh = (uint32_t)x[qh_off] | (uint32_t)x[qh_off + 1] << 8 | (uint32_t)x[qh_off + 2] << 16 |
-                                (uint32_t)x[qh_off + 3] << 24;
-            for (int m = 0; m < 8; m++)
-                for (int e = 0; e < 4; e++)
-                    o[ph + 4 * j + e] |= (uint8_t)(((qh >> (4 * m + e)) & 1) << m);
+            if (f->m_off)
+                memcpy(o + 16 + 2 * j, x + f->m_off, 2);
+            if (f->qh_off) {
+                const uint8_t *h = x + f->qh_off;
+                const uint32_t qh = (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 24;
+                for (int m = 0; m < 8; m++)
+                    for (int e = 0; e < 4; e++)
+                        o[ph + 4 * j + e] |= (uint8_t)(((qh >> (4 * m + e)) & 1) << m);
+            }
             for (int k = 0; k < 4; k++)
-                memcpy(o + ph + 32 + 32 * k + 4 * j, x + qh_off + 4 + 4 * k, 4);
+                memcpy(o + pc + 32 * k + 4 * j, x + f->qs_off + 4 * k, 4);
         }
     }
 }
 
-static void unpack_q5_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int b1, size_t bs, size_t qh_off)
+static void unpack_q5_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int b1, const q5_shape *f)
 {
-    const size_t ph = qh_off == 4 ? 32 : 16;
+    const size_t ph = f->m_off ? 32 : 16, pc = f->qh_off ? ph + 32 : ph;
     for (int b = b0; b < b1; b++) {
-        const uint8_t *o = grp + (size_t)b * 8 * bs;
-        uint8_t *x = dst + (size_t)(b - b0) * bs;
+        const uint8_t *o = grp + (size_t)b * 8 * f->bs;
+        uint8_t *x = dst + (size_t)(b - b0) * f->bs;
         memcpy(x, o + 2 * j, 2);
-        if (qh_off == 4)
-            memcpy(x + 2, o + 16 + 2 * j, 2);
-        uint32_t qh = 0;
-        for (int m = 0; m < 8; m++)
-            for (int e = 0; e < 4; e++)
-                qh |= (uint32_t)((o[ph + 4 * j + e] >> m) & 1) << (4 * m + e);
-        for (int i = 0; i < 4; i++)
-            x[qh_off + i] = (uint8_t)(qh >> (8 * i));
+        if (f->m_off)
+            memcpy(x + f->m_off, o + 16 + 2 * j, 2);
+        if (f->qh_off) {
+            uint32_t qh = 0;
+            for (int m = 0; m < 8; m++)
+                for (int e = 0; e < 4; e++)
+                    qh |= (uint32_t)((o[ph + 4 * j + e] >> m) & 1) << (4 * m + e);
+            for (int i = 0; i < 4; i++)
+                x[f->qh_off + i] = (uint8_t)(qh >> (8 * i));
+        }
         for (int k = 0; k < 4; k++)
-            memcpy(x + qh_off + 4 + 4 * k, o + ph + 32 + 32 * k + 4 * j, 4);
+            memcpy(x + f->qs_off + 4 * k, o + pc + 32 * k + 4 * j, 4);
     }
 }
 
-static void pack_q5_0_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
-{
-    pack_q5_r8(dst, src, wrow, nb, sizeof(spk_block_q5_0), offsetof(spk_block_q5_0, qh));
-}
-
-static void unpack_q5_0_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int b1)
-{
-    unpack_q5_r8(dst, grp, j, b0, b1, sizeof(spk_block_q5_0), offsetof(spk_block_q5_0, qh));
-}
-
-static void pack_q5_1_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
-{
-    pack_q5_r8(dst, src, wrow, nb, sizeof(spk_block_q5_1), offsetof(spk_block_q5_1, qh));
-}
-
-static void unpack_q5_1_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int b1)
-{
-    unpack_q5_r8(dst, grp, j, b0, b1, sizeof(spk_block_q5_1), offsetof(spk_block_q5_1, qh));
-}
+#define Q5_FORMAT(name, shape)                                                                     \
+    static void pack_##name##_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)            \
+    {                                                                                              \
+        pack_q5_r8(dst, src, wrow, nb, &shape);                                                    \
+    }                                                                                              \
+    static void unpack_##name##_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int b1)       \
+    {                                                                                              \
+        unpack_q5_r8(dst, grp, j, b0, b1, &shape);                                                 \
+    }
+Q5_FORMAT(q5_0, k_q5_0)
+Q5_FORMAT(q5_1, k_q5_1)
+Q5_FORMAT(q4_1, k_q4_1)
 
 static const pack_format k_formats[] = {
     {SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, pack_q4_0_r8, unpack_q4_0_r8},
     {SPK_DT_Q8_0, SPK_MM_LAYOUT_R8, pack_q8_0_r8, unpack_q8_0_r8},
     {SPK_DT_Q5_0, SPK_MM_LAYOUT_R8, pack_q5_0_r8, unpack_q5_0_r8},
     {SPK_DT_Q5_1, SPK_MM_LAYOUT_R8, pack_q5_1_r8, unpack_q5_1_r8},
+    {SPK_DT_Q4_1, SPK_MM_LAYOUT_R8, pack_q4_1_r8, unpack_q4_1_r8},
     {SPK_DT_MXFP4, SPK_MM_LAYOUT_R8, pack_mxfp4_r8, unpack_mxfp4_r8},
     {SPK_DT_Q4_K, SPK_MM_LAYOUT_R8, pack_q4_K_r8, unpack_q4_K_r8},
     {SPK_DT_Q3_K, SPK_MM_LAYOUT_R8, pack_q3_K_r8, unpack_q3_K_r8},

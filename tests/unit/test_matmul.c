@@ -527,7 +527,7 @@ START_TEST(test_kquant_batches)
 }
 END_TEST
 
-/* The 8-row tiles (x86 Q4_0, cpu/matmul_x86_gemm.c; Q4_1 and Q4_K through the per-row kernels
+/* The 8-row tiles (x86 Q4_0, cpu/matmul_x86_gemm.c; Q4_1 cpu/matmul_x86_q5.c, Q4_K matmul_x86_q4k.c
  * alike): every batch size 1..17 (tiles of 1, 2, 3, 4 and 8 tokens), row ranges that start off
  * a multiple of 8 and leave rows for the per-row kernels, 1 and several blocks per row. */
 START_TEST(test_gemm8_tiles)
@@ -584,7 +584,7 @@ START_TEST(test_batch_invariant)
 }
 END_TEST
 
-/* Weights repacked at load (cpu/repack.c), for each packed type (Q4_0, Q5_0, Q5_1, Q8_0, MXFP4, Q3_K-Q6_K): the packed matrix
+/* Weights repacked at load (cpu/repack.c), for each packed type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4, Q3_K-Q6_K): the packed matrix
  * has the file's size, every row unpacks to the file's bytes, and spk_matmul_layout gives
  * spk_matmul's results bit for bit at every ISA (AVX2: the packed tile; others: the unpack
  * fallback) for batches 1..17, row counts off the 8-row grid (leftover rows in the file's
@@ -595,7 +595,7 @@ START_TEST(test_repack_matches_unpacked)
     static const int n_ins[] = {32, 224, 576}, n_ins_k[] = {256, 512, 1280};
     static const int n_outs[] = {8, 13, 45, 64};
     static const spk_dtype types[] = {SPK_DT_Q4_0, SPK_DT_Q8_0, SPK_DT_MXFP4, SPK_DT_Q4_K, SPK_DT_Q6_K, SPK_DT_Q5_K,
-                                      SPK_DT_Q3_K, SPK_DT_Q5_0, SPK_DT_Q5_1};
+                                      SPK_DT_Q3_K, SPK_DT_Q5_0, SPK_DT_Q5_1, SPK_DT_Q4_1};
     const spk_dtype t = types[_i / 3];
     const int n_in = spk_dtype_get((uint32_t)t)->block == 256 ? n_ins_k[_i % 3] : n_ins[_i % 3], nt_max = 17;
     int isas[SPK_ISA_COUNT];
@@ -763,9 +763,10 @@ START_TEST(test_repack_layouts)
     ck_assert(spk_matmul_layout_known(SPK_DT_Q3_K, SPK_MM_LAYOUT_R8));
     ck_assert(spk_matmul_layout_known(SPK_DT_Q5_0, SPK_MM_LAYOUT_R8));
     ck_assert(spk_matmul_layout_known(SPK_DT_Q5_1, SPK_MM_LAYOUT_R8));
-    ck_assert(spk_matmul_layout_known(SPK_DT_Q4_1, SPK_MM_LAYOUT_ROWS));
-    ck_assert(!spk_matmul_layout_known(SPK_DT_Q4_1, SPK_MM_LAYOUT_R8));
-    ck_assert_int_eq(spk_matmul_pack(dst, src, SPK_DT_Q4_1, SPK_MM_LAYOUT_R8, 32, 4, 0), -1);
+    ck_assert(spk_matmul_layout_known(SPK_DT_Q4_1, SPK_MM_LAYOUT_R8));
+    ck_assert(spk_matmul_layout_known(SPK_DT_Q2_K, SPK_MM_LAYOUT_ROWS));
+    ck_assert(!spk_matmul_layout_known(SPK_DT_Q2_K, SPK_MM_LAYOUT_R8));
+    ck_assert_int_eq(spk_matmul_pack(dst, src, SPK_DT_Q2_K, SPK_MM_LAYOUT_R8, 256, 4, 0), -1);
     ck_assert_int_eq(spk_matmul_pack(dst, src, SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, 31, 8, 0), -1);
     ck_assert_int_eq(spk_matmul_pack(src, src, SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, 32, 8, 0), -1);
     ck_assert_int_eq(spk_matmul_unpack_row(row, src, SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, 32, 8, 8), -1);
@@ -783,7 +784,8 @@ START_TEST(test_repack_layouts)
     ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q5_K, 256), want);
     ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q3_K, 256), want);
     ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q4_K, 64), SPK_MM_LAYOUT_ROWS);
-    ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q4_1, 64), SPK_MM_LAYOUT_ROWS);
+    ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q4_1, 64), want);
+    ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q2_K, 256), SPK_MM_LAYOUT_ROWS);
     ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q4_0, 63), SPK_MM_LAYOUT_ROWS);
 }
 END_TEST
@@ -1467,7 +1469,7 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, test_kquant_batches, 0, 5);
     tcase_add_loop_test(tc, test_gemm8_tiles, 0, 3);
     tcase_add_loop_test(tc, test_batch_invariant, 0, N_TYPES);
-    tcase_add_loop_test(tc, test_repack_matches_unpacked, 0, 27);
+    tcase_add_loop_test(tc, test_repack_matches_unpacked, 0, 30);
     tcase_add_test(tc, test_repack_layouts);
     tcase_add_test(tc, test_repack_drop_releases_whole_pages_only);
     tcase_add_test(tc, test_act_q8k_section);
