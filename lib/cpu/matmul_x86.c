@@ -1,8 +1,12 @@
 /*
- * x86-64 matmul kernels: AVX2+FMA+F16C and AVX-512 (F, BW, VL, VNNI). Each function carries its
- * own target attribute, so the file builds with default flags; cpu/matmul.c only calls a level's
- * table when the CPU has what the level needs. Results agree with cpu/quant.c up to float
- * summation order.
+ * x86-64 matmul kernels for float weights (F32, F16, BF16) and the Q8 activation quantizer, at
+ * AVX2+FMA+F16C and AVX-512 (F, BW, VL, VNNI), and the AVX2 table. The quantized types' kernels
+ * have files of their own (AVX2 only; the AVX-512 level inherits them, cpu/matmul.c): Q4_0, Q4_1,
+ * Q5_0, Q5_1 matmul_x86_q45.c; Q8_0 matmul_x86_q8.c; MXFP4 matmul_x86_mxfp4.c; the K-quants
+ * matmul_x86_k.c, matmul_x86_q4k.c, matmul_x86_q6k.c. Each function carries its own target
+ * attribute, so the file builds with default flags; cpu/matmul.c only calls a level's table
+ * when the CPU has what the level needs. Results agree with cpu/quant.c up to float summation
+ * order.
  *
  * Register tiles: R weight rows x T tokens per pass, so each weight block is loaded and unpacked
  * once per T tokens (batched decode / prefill) and each activation block once per R rows.
@@ -20,84 +24,7 @@
 #define A5 __attribute__((target(TGT5)))
 #define I5 static inline __attribute__((always_inline, target(TGT5)))
 
-static inline uint32_t ld16(const uint8_t *p)
-{
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return v;
-}
-
 /* ================================ AVX2 ======================================================= */
-
-/*
- * Q4_0 rows one at a time (8 float lanes per row summed at the end): the rows of a Q4_0 matrix
- * left over below its 8-row tiles (cpu/matmul_x86_gemm.c). The other quantized types have their
- * own files: Q8_0 matmul_x86_q8.c, Q4_1/Q5_0/Q5_1 matmul_x86_q5.c, MXFP4 matmul_x86_mxfp4.c,
- * the K-quants matmul_x86_k.c, matmul_x86_q4k.c and matmul_x86_q6k.c.
- */
-
-/* The weights of one block as 32 unsigned bytes (0..15) in element order. */
-I2 __m256i w_block_q4_0(const uint8_t *bp)
-{
-    __m128i x = _mm_loadu_si128((const __m128i *)(bp + 2));
-    __m256i y = _mm256_inserti128_si256(_mm256_castsi128_si256(x), _mm_srli_epi16(x, 4), 1);
-    return _mm256_and_si256(y, _mm256_set1_epi8(15));
-}
-
-/* [d, d, 0, 0] */
-I2 __m128 dd_block(const uint8_t *bp)
-{
-    return _mm_cvtph_ps(_mm_cvtsi32_si128((int)(ld16(bp) * 0x10001u)));
-}
-
-I2 __m256i dot_block_avx2(__m256i w, __m256i a)
-{
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1));
-}
-
-/* The codes are w/d + 8, so each row's result is the sum of dw * da * dot less 8 * sum(dw * s). */
-I2 void tile_q4_0(int R, int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act,
-                  size_t arow, int n, int r0, int rs, int t0)
-{
-    const int nb = n / 32;
-    const size_t bs = sizeof(spk_block_q4_0);
-    __m256 acc[4][4];
-    __m128 corr[4][4];
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) {
-            acc[r][t] = _mm256_setzero_ps();
-            corr[r][t] = _mm_setzero_ps();
-        }
-    const uint8_t *wr[4], *at[4];
-    for (int r = 0; r < R; r++)
-        wr[r] = w + (size_t)(r0 + r * rs) * wrow;
-    for (int t = 0; t < T; t++)
-        at[t] = act + (size_t)(t0 + t) * arow;
-    for (int b = 0; b < nb; b++) {
-        __m256i wv[4];
-        __m128 dm[4];
-        for (int r = 0; r < R; r++) {
-            wv[r] = w_block_q4_0(wr[r] + (size_t)b * bs);
-            dm[r] = dd_block(wr[r] + (size_t)b * bs);
-        }
-        for (int t = 0; t < T; t++) {
-            const __m256i a = _mm256_loadu_si256((const __m256i *)(at[t] + 32 * b));
-            const __m128 ds = _mm_castsi128_ps(
-                _mm_loadl_epi64((const __m128i *)(at[t] + n + 8 * (size_t)b)));
-            for (int r = 0; r < R; r++) {
-                const __m256 f = _mm256_cvtepi32_ps(dot_block_avx2(wv[r], a));
-                const __m128 p = _mm_mul_ps(dm[r], ds); /* [dw*da, dw*s, 0, 0] */
-                acc[r][t] = _mm256_fmadd_ps(f, _mm256_broadcastss_ps(p), acc[r][t]);
-                corr[r][t] = _mm_add_ps(corr[r][t], p);
-            }
-        }
-    }
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) {
-            float c = _mm_cvtss_f32(_mm_movehdup_ps(corr[r][t]));
-            out[(size_t)(t0 + t) * (size_t)ld + (size_t)(r0 + r * rs)] = hsum256(acc[r][t]) - 8.0f * c;
-        }
-}
 
 /*
  * Row order of the drivers below. Tiles take their R rows q apart (q = rows / R), so each tile
@@ -113,48 +40,6 @@ static inline int chunk_rows(size_t wrow, int n_tok, int rows)
     size_t c = (64u << 10) / (wrow ? wrow : 1);
     return c < 16 ? 16 : (int)c;
 }
-
-/* Q4_0 in 8-row tiles (cpu/matmul_x86_gemm.c), the leftover rows below (a row takes the same
- * kernel at every batch size). */
-A2 static void mm_q4_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
-                            int n_tok, int row0, int row1)
-{
-    row0 += spk_mm_gemm8_q4_0_avx2(out, ld, w, wrow, act, arow, n, n_tok, row0, row1);
-    if (row0 >= row1)
-        return;
-    const int rows = row1 - row0, ch = chunk_rows(wrow, n_tok, rows);
-    for (int c0 = row0; c0 < row1; c0 += ch) {
-    const int c1 = row1 - c0 > ch ? c0 + ch : row1;
-    for (int t = 0; t < n_tok;) {
-        const int tn = n_tok - t >= 4 ? 4 : n_tok - t;
-        const int row0 = c0, row1 = c1;
-        switch (tn) {
-        case 1: {
-            const int q = (row1 - row0) / 4;
-            for (int i = 0; i < q; i++)
-                tile_q4_0(4, 1, out, ld, w, wrow, act, arow, n, row0 + i, q, t);
-            for (int r = row0 + 4 * q; r < row1; r++)
-                tile_q4_0(1, 1, out, ld, w, wrow, act, arow, n, r, 0, t);
-            break;
-        }
-        case 2:
-            for (int r = row0; r < row1; r++)
-                tile_q4_0(1, 2, out, ld, w, wrow, act, arow, n, r, 0, t);
-            break;
-        case 3:
-            for (int r = row0; r < row1; r++)
-                tile_q4_0(1, 3, out, ld, w, wrow, act, arow, n, r, 0, t);
-            break;
-        default:
-            for (int r = row0; r < row1; r++)
-                tile_q4_0(1, 4, out, ld, w, wrow, act, arow, n, r, 0, t);
-            break;
-        }
-        t += tn;
-    }
-    }
-}
-
 
 /* ---- float weights (F32, F16, BF16) against f32 activations ---- */
 
@@ -326,10 +211,9 @@ A2 static void q8_quantize_avx2(void *dst, const float *x, int n)
 A2 void spk_mm_fill_avx2(spk_mm_table *t)
 {
     memset(t, 0, sizeof *t);
-    t->mm[SPK_DT_Q4_0] = mm_q4_0_avx2;
     t->mm[SPK_DT_Q8_0] = spk_mm_q8_0_lanes_avx2; /* cpu/matmul_x86_q8.c: 8-row tile, batch-1 twin */
     spk_mm_fill_avx2_kquants(t); /* cpu/matmul_x86_k.c */
-    spk_mm_fill_avx2_q5(t);      /* cpu/matmul_x86_q5.c */
+    spk_mm_fill_avx2_q45(t);     /* cpu/matmul_x86_q45.c */
     t->mm[SPK_DT_MXFP4] = spk_mm_mxfp4_avx2; /* 8-row tiles, every row: cpu/matmul_x86_mxfp4.c */
     t->mm[SPK_DT_F32] = mm_f32_avx2;
     t->mm[SPK_DT_F16] = mm_f16_avx2;

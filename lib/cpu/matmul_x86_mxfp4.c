@@ -1,7 +1,7 @@
 /*
  * x86-64 AVX2 kernel for MXFP4 weights (gpt-oss's expert type) in 8-row x up to 8-token tiles,
  * the 8 rows' results in the 8 float lanes of one register per token, as the Q4_0 tile of
- * cpu/matmul_x86_gemm.c: the per-block float work is shared by 8 rows and no horizontal sum is
+ * cpu/matmul_x86_q45.c: the per-block float work is shared by 8 rows and no horizontal sum is
  * left at the end. Every row of every call takes this kernel, at every token count, 1 included
  * (a token's result must not depend on the batch it came in); rows past the last multiple of 8
  * run in a tile whose missing rows repeat the last row and are not stored. The lanes never mix,

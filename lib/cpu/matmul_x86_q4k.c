@@ -2,7 +2,7 @@
  * x86-64 AVX2 kernel for Q4_K weights (Q4_K_M files; Q5_K too: the same blocks with a fifth bit
  * per code from qh, the same arithmetic) in 8-row x up to 8-token tiles, the 8 rows'
  * results in the 8 float lanes of one register per token (as the Q4_0 and MXFP4 tiles of
- * cpu/matmul_x86_gemm.c and cpu/matmul_x86_mxfp4.c): the per-super-block float work and the
+ * cpu/matmul_x86_q45.c and cpu/matmul_x86_mxfp4.c): the per-super-block float work and the
  * final horizontal sums are shared by 8 rows. Every row of every call takes this kernel, at
  * every token count, 1 included (a token's result must not depend on the batch it came in);
  * rows past the last multiple of 8 run in a tile whose missing rows repeat the last row and are

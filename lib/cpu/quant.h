@@ -118,26 +118,16 @@ void spk_mm_fill_scalar(spk_mm_table *t);
 void spk_mm_fill_avx2(spk_mm_table *t);
 void spk_mm_fill_avx512(spk_mm_table *t);
 void spk_mm_fill_avx2_kquants(spk_mm_table *t); /* sets the Q2_K..Q6_K entries only */
-void spk_mm_fill_avx2_q5(spk_mm_table *t);       /* sets Q5_0 and Q5_1 only */
-/* cpu/matmul_x86_gemm.c: Q4_0 rows [row0, row1) of n_tok tokens in 8-row tiles (kernel
- * arguments as spk_mm_kernel); returns the rows done from row0 (a multiple of 8), the caller
- * does the rest with its per-row kernels. Used at every token count, 1 included: a token's
- * result must not depend on the batch it came in (test_golden's incremental decode matches
- * batched prefill exactly), and the tiles sum in another order than the per-row kernels. */
-int spk_mm_gemm8_q4_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow,
-                           int n, int n_tok, int row0, int row1);
+void spk_mm_fill_avx2_q45(spk_mm_table *t);      /* sets Q4_0, Q4_1, Q5_0 and Q5_1 only */
 /* cpu/matmul_x86_mxfp4.c: MXFP4 rows [row0, row1) in 8-row tiles (an spk_mm_kernel: all rows, a
- * partial tile for the last ones), at every token count for the same reason. */
+ * partial tile for the last ones), at every token count: a token's result must not depend on the
+ * batch it came in (test_golden's incremental decode matches batched prefill exactly). */
 void spk_mm_mxfp4_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                        int n_tok, int row0, int row1);
 /* cpu/matmul_x86_mxfp4.c: the MXFP4 tile reading SPK_MM_LAYOUT_R8, as spk_mm_r8_q4_0_avx2; the same
  * results bit for bit as spk_mm_mxfp4_avx2 on the file layout. */
 void spk_mm_r8_mxfp4_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                           int n_tok, int row0, int row1);
-/* cpu/matmul_x86_gemm.c: the Q4_0 tile reading SPK_MM_LAYOUT_R8 (cpu/repack.c): rows [row0, row1) of the
- * grouped part (row1 <= 8 * floor(n_out / 8)), any alignment; same results bit for bit. */
-void spk_mm_r8_q4_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
-                         int n_tok, int row0, int row1);
 /* cpu/matmul_x86_q8.c: the Q8_0 tile reading SPK_MM_LAYOUT_R8, as spk_mm_r8_q4_0_avx2; the same
  * results bit for bit as spk_mm_q8_0_lanes_avx2 on the file layout. */
 void spk_mm_r8_q8_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
@@ -146,8 +136,11 @@ void spk_mm_r8_q8_0_avx2(float *out, int ld, const void *w, size_t wrow, const v
  * with the same per-block float steps at every token count (8-row tile from 2 tokens). */
 void spk_mm_q8_0_lanes_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow,
                             int n, int n_tok, int row0, int row1);
-/* cpu/matmul_x86_q5.c: the Q5_0, Q5_1 and Q4_1 tiles reading SPK_MM_LAYOUT_R8, as spk_mm_r8_q4_0_avx2;
- * the same results bit for bit as the AVX2 table's file-layout kernels of these types. */
+/* cpu/matmul_x86_q45.c: the Q4_0, Q4_1, Q5_0 and Q5_1 tiles reading SPK_MM_LAYOUT_R8 (cpu/repack.c):
+ * rows [row0, row1) of the grouped part (row1 <= 8 * floor(n_out / 8)), any alignment; the same
+ * results bit for bit as the AVX2 table's file-layout kernels of these types. */
+void spk_mm_r8_q4_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                         int n_tok, int row0, int row1);
 void spk_mm_r8_q5_0_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                          int n_tok, int row0, int row1);
 void spk_mm_r8_q5_1_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,

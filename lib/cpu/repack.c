@@ -8,7 +8,7 @@
  * SPK_MM_LAYOUT_R8 for Q4_0: per group, per block b (144 bytes = 8 file blocks):
  *   bytes 0..15     the 8 rows' f16 scales d, row j at 2j
  *   bytes 16..143   the codes, 4 registers of 32 bytes: register k, dword j = code bytes
- *                   4k..4k+3 of row j (the order cpu/matmul_x86_gemm.c's tile builds with its
+ *                   4k..4k+3 of row j (the order cpu/matmul_x86_q45.c's tile builds with its
  *                   transposes from the file layout)
  *
  * SPK_MM_LAYOUT_R8 for Q8_0: per group, per block b (272 bytes = 8 file blocks):
@@ -57,7 +57,7 @@
  *  (then 32 bytes   Q5_0 and Q5_1: the fifth bits, bit m of byte 4j + e = bit 4m + e of row j's qh,
  *                   value 4m + e)
  *   then 128 bytes  the low nibbles as Q4_0's codes: register k, dword j = qs bytes 4k..4k+3 of row j
- *                   (cpu/matmul_x86_q5.c's r8q5_codes)
+ *                   (cpu/matmul_x86_q45.c's r8q5_codes)
  * Another type adds a pack_group/unpack_row pair and one row of k_formats.
  */
 #include <stddef.h>

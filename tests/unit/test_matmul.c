@@ -527,7 +527,7 @@ START_TEST(test_kquant_batches)
 }
 END_TEST
 
-/* The 8-row tiles (x86 Q4_0, cpu/matmul_x86_gemm.c; Q4_1 cpu/matmul_x86_q5.c, Q4_K matmul_x86_q4k.c
+/* The 8-row tiles (x86 Q4_0 and Q4_1, cpu/matmul_x86_q45.c; Q4_K matmul_x86_q4k.c
  * alike): every batch size 1..17 (tiles of 1, 2, 3, 4 and 8 tokens), row ranges that start off
  * a multiple of 8 and leave rows for the per-row kernels, 1 and several blocks per row. */
 START_TEST(test_gemm8_tiles)
@@ -1257,7 +1257,7 @@ START_TEST(test_q4k_invariant)
 }
 END_TEST
 
-/* Q5_0 / Q5_1 (cpu/matmul_x86_q5.c at AVX2: 8-row tile, single-token rows kernel, leftover rows)
+/* Q5_0 / Q5_1 (cpu/matmul_x86_q45.c at AVX2: 8-row tile, single-token rows kernel, leftover rows)
  * against the float64 references at every ISA, batches 1..17, row counts off the 8-row grid and
  * ranges starting inside a tile, n_in 32..2560. _i: 0 Q5_0, 1 Q5_1. */
 START_TEST(test_q5_tiles_batches)

@@ -1,27 +1,28 @@
 /*
- * x86-64 AVX2 kernels for the 32-value block types Q5_0, Q5_1 and Q4_1 (Q5_1 without the fifth
- * bits: the same float steps, codes 0..15) whose float arithmetic does not
- * depend on the batch size (as cpu/matmul_x86_q8.c's Q8_0 kernels), so prefill can use a tile
+ * x86-64 AVX2 kernels for the 32-value nibble block types Q4_0, Q4_1, Q5_0 and Q5_1 (Q4_0 and
+ * Q4_1 are Q5_0 and Q5_1 without the fifth bits: codes 0..15, offset 8 instead of 16) whose float
+ * arithmetic does not depend on the batch size (as cpu/matmul_x86_q8.c's Q8_0 kernels), so prefill can use a tile
  * that shares work across tokens and decode a kernel that streams rows, and a token still gets
  * the same bits alone or in a batch (test_matmul's test_batch_invariant).
  *
  * Every row r, token t, at every token count: for each block b in order, with c[i] = the 5-bit
  * code (low nibble from qs, 5th bit from qh, 0..31), (da, sa) the activation block's (d, s):
  *     s   = sum_i c[i] * a[i]                           (exact int32, however it is computed)
- *     Q5_0: acc = fma(dw, fma((float)s, da, -16 * sa), acc)
- *     Q5_1, Q4_1: acc = fma(mw, sa, fma(dw, (float)s * da, acc))
+ *     Q5_0 (Q4_0): acc = fma(dw, fma((float)s, da, -16 (-8) * sa), acc)
+ *     Q5_1, Q4_1:   acc = fma(mw, sa, fma(dw, (float)s * da, acc))
  * (acc starts at 0.0f; result = acc), one float lane per row. Only the way s is computed differs:
- *  - tile_q5t (2..8 tokens, 8 rows): each row's block unpacked to its 32 codes in element order,
- *    the 8 rows transposed in 4-byte groups (dword lane j of register k = codes 4k..4k+3 of row
- *    j), one maddubs per group and token (codes 0..31 unsigned, activations signed: a pair sum is
+ *  - tile_q5t (2..8 tokens, 8 rows): the 8 rows' codes transposed in 4-byte groups (dword lane
+ *    j of register k = codes 4k..4k+3 of row j; Q4_0/Q4_1 transpose the 16 nibble bytes, then
+ *    split them, as llama.cpp's q4_0_8x8 GEMM), one maddubs per group and token (codes 0..31 unsigned, activations signed: a pair sum is
  *    at most 2 * 31 * 128, so four groups add in int16 without overflow: 2 madds per block);
  *  - rows_q5 (1 token, 1..8 rows; also a batch's last token when one is left over): each row's
  *    block dot the per-row way (32-byte maddubs, madd), the 8 rows' int32 partial sums reduced
  *    into one vector (hadd tree), then the same vector float steps. At batch 1 the 8 rows are
  *    taken q = rows / 8 apart (8 sequential streams through the weights).
  * Leftover rows (fewer than 8) take rows_q5 with the missing lanes pointing at a valid row and
- * not stored. This replaces the per-row kernels (one row, up to 4 tokens, 8 float lanes summed
- * horizontally), so results differ from those in the last bits. The AVX-512 table inherits these.
+ * not stored. Weights packed at load (cpu/repack.c's SPK_MM_LAYOUT_R8) take the packed tile at the
+ * end of this file, with the same integer sums and float steps and so the same bits. The AVX-512
+ * table inherits all of these.
  */
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -33,11 +34,34 @@
 #include "cpu/matmul_x86_avx2.h"
 #include "cpu/quant.h"
 
-enum { K_Q5_0, K_Q5_1, K_Q4_1 };
+enum { K_Q5_0, K_Q5_1, K_Q4_1, K_Q4_0 };
 
 static inline size_t block_bytes(int kind)
 {
-    return kind == K_Q5_0 ? sizeof(spk_block_q5_0) : kind == K_Q5_1 ? sizeof(spk_block_q5_1) : sizeof(spk_block_q4_1);
+    return kind == K_Q5_0   ? sizeof(spk_block_q5_0)
+           : kind == K_Q5_1 ? sizeof(spk_block_q5_1)
+           : kind == K_Q4_1 ? sizeof(spk_block_q4_1)
+                            : sizeof(spk_block_q4_0);
+}
+
+/* Whether the type has fifth bits; where its qs start in a block. */
+static inline int has_qh(int kind)
+{
+    return kind == K_Q5_0 || kind == K_Q5_1;
+}
+
+static inline size_t qs_off(int kind)
+{
+    return kind == K_Q5_0 ? offsetof(spk_block_q5_0, qs)
+           : kind == K_Q5_1 ? offsetof(spk_block_q5_1, qs)
+           : kind == K_Q4_1 ? offsetof(spk_block_q4_1, qs)
+                            : offsetof(spk_block_q4_0, qs);
+}
+
+/* Q5_0 and Q4_0 (no m): the code offset (16, 8) */
+static inline float code_off(int kind)
+{
+    return kind == K_Q5_0 ? 16.0f : 8.0f;
 }
 
 /* The float steps shared by both kernels, lane per row; ds: the activation block's (d, s). */
@@ -46,8 +70,8 @@ I2 __m256 fstep(int kind, __m256 acc, const uint8_t *const p[8], __m256i s, cons
     float f[2];
     memcpy(f, ds, 8);
     const __m256 dw = ld_f16x8(p, 0), sf = _mm256_cvtepi32_ps(s);
-    if (kind == K_Q5_0)
-        return _mm256_fmadd_ps(dw, _mm256_fmadd_ps(sf, _mm256_set1_ps(f[0]), _mm256_set1_ps(-16.0f * f[1])),
+    if (kind == K_Q5_0 || kind == K_Q4_0)
+        return _mm256_fmadd_ps(dw, _mm256_fmadd_ps(sf, _mm256_set1_ps(f[0]), _mm256_set1_ps(-code_off(kind) * f[1])),
                                acc);
     acc = _mm256_fmadd_ps(dw, _mm256_mul_ps(sf, _mm256_set1_ps(f[0])), acc);
     return _mm256_fmadd_ps(ld_f16x8(p, 2), _mm256_set1_ps(f[1]), acc);
@@ -67,12 +91,12 @@ I2 __m256i bit4_bytes(const uint8_t *qh)
     return _mm256_and_si256(on, _mm256_set1_epi8(0x10));
 }
 
-/* The 32 codes (0..31; Q4_1: 0..15) of the block at p in element order (low nibbles are elements
- * 0-15). */
+/* The 32 codes (0..31; Q4_0, Q4_1: 0..15) of the block at p in element order (low nibbles are
+ * elements 0-15). */
 I2 __m256i codes(int kind, const uint8_t *p)
 {
-    if (kind == K_Q4_1) {
-        const __m128i x = _mm_loadu_si128((const __m128i *)(p + 4));
+    if (!has_qh(kind)) {
+        const __m128i x = _mm_loadu_si128((const __m128i *)(p + qs_off(kind)));
         const __m256i y = _mm256_inserti128_si256(_mm256_castsi128_si256(x), _mm_srli_epi16(x, 4), 1);
         return _mm256_and_si256(y, _mm256_set1_epi8(15));
     }
@@ -93,13 +117,28 @@ I2 void tr4(__m256i z[4], __m256i y0, __m256i y1, __m256i y2, __m256i y3)
     z[3] = _mm256_unpackhi_epi64(t0h, t1h);
 }
 
+/* The block's dot of 8 rows' codes W (register k, dword j: codes 4k..4k+3 of row j) with the 32
+ * activation bytes at a, row j in lane j: two halves of 4 maddubs each summed in int16
+ * (|sum| <= 4 * 2 * 31 * 128 = 31744), then madd. */
+I2 __m256i dot8(const __m256i W[8], const uint8_t *a)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i h0 = _mm256_maddubs_epi16(W[0], bcast4(a)), h1 = _mm256_maddubs_epi16(W[4], bcast4(a + 16));
+    h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(W[1], bcast4(a + 4)));
+    h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(W[5], bcast4(a + 20)));
+    h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(W[2], bcast4(a + 8)));
+    h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(W[6], bcast4(a + 24)));
+    h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(W[3], bcast4(a + 12)));
+    h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(W[7], bcast4(a + 28)));
+    return _mm256_add_epi32(_mm256_madd_epi16(h0, ones), _mm256_madd_epi16(h1, ones));
+}
+
 /* Rows r0..r0+7 (consecutive) against tokens t0..t0+T-1: out[(t0 + t) * ld + r0 + j]. */
 I2 void tile_q5t(int kind, int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act,
                  size_t arow, int n, int r0, int t0)
 {
     const size_t bs = block_bytes(kind);
     const int nb = n / 32;
-    const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[8];
     for (int t = 0; t < T; t++)
         acc[t] = _mm256_setzero_ps();
@@ -111,30 +150,31 @@ I2 void tile_q5t(int kind, int T, float *out, int ld, const uint8_t *w, size_t w
     for (int b = 0; b < nb; b++) {
         const size_t o = (size_t)b * bs;
         const uint8_t *p[8];
-        __m256i x[8], L[8];
-        for (int j = 0; j < 8; j++) {
+        __m256i L[8];
+        for (int j = 0; j < 8; j++)
             p[j] = wr[j] + o;
-            x[j] = codes(kind, p[j]);
+        if (!has_qh(kind)) { /* rows (0,4), (1,5), (2,6), (3,7) in the halves, then 4x4 dword transposes */
+            const size_t qo = qs_off(kind);
+            const __m256i m4 = _mm256_set1_epi8(15);
+            tr4(L, ld_pair(p[0] + qo, p[4] + qo), ld_pair(p[1] + qo, p[5] + qo), ld_pair(p[2] + qo, p[6] + qo),
+                ld_pair(p[3] + qo, p[7] + qo));
+            for (int k = 0; k < 4; k++) {
+                L[4 + k] = _mm256_and_si256(_mm256_srli_epi16(L[k], 4), m4);
+                L[k] = _mm256_and_si256(L[k], m4);
+            }
+        } else {
+            __m256i x[8];
+            for (int j = 0; j < 8; j++)
+                x[j] = codes(kind, p[j]);
+            tr4(L, _mm256_permute2x128_si256(x[0], x[4], 0x20), _mm256_permute2x128_si256(x[1], x[5], 0x20),
+                _mm256_permute2x128_si256(x[2], x[6], 0x20), _mm256_permute2x128_si256(x[3], x[7], 0x20));
+            tr4(L + 4, _mm256_permute2x128_si256(x[0], x[4], 0x31), _mm256_permute2x128_si256(x[1], x[5], 0x31),
+                _mm256_permute2x128_si256(x[2], x[6], 0x31), _mm256_permute2x128_si256(x[3], x[7], 0x31));
         }
-        tr4(L, _mm256_permute2x128_si256(x[0], x[4], 0x20), _mm256_permute2x128_si256(x[1], x[5], 0x20),
-            _mm256_permute2x128_si256(x[2], x[6], 0x20), _mm256_permute2x128_si256(x[3], x[7], 0x20));
-        tr4(L + 4, _mm256_permute2x128_si256(x[0], x[4], 0x31), _mm256_permute2x128_si256(x[1], x[5], 0x31),
-            _mm256_permute2x128_si256(x[2], x[6], 0x31), _mm256_permute2x128_si256(x[3], x[7], 0x31));
-        /* groups 0-3 and 4-7 each summed in int16 (|sum| <= 4 * 2 * 31 * 128 = 31744), then madd */
         __m256i s[8];
 #pragma GCC unroll 8
-        for (int t = 0; t < T; t++) {
-            const uint8_t *a = at[t] + 32 * (size_t)b;
-            __m256i h0 = _mm256_maddubs_epi16(L[0], bcast4(a));
-            __m256i h1 = _mm256_maddubs_epi16(L[4], bcast4(a + 16));
-            h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(L[1], bcast4(a + 4)));
-            h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(L[5], bcast4(a + 20)));
-            h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(L[2], bcast4(a + 8)));
-            h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(L[6], bcast4(a + 24)));
-            h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(L[3], bcast4(a + 12)));
-            h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(L[7], bcast4(a + 28)));
-            s[t] = _mm256_add_epi32(_mm256_madd_epi16(h0, ones), _mm256_madd_epi16(h1, ones));
-        }
+        for (int t = 0; t < T; t++)
+            s[t] = dot8(L, at[t] + 32 * (size_t)b);
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++)
             acc[t] = fstep(kind, acc[t], p, s[t], at[t] + n + 8 * (size_t)b);
@@ -192,10 +232,11 @@ I2 void mm_q5(int kind, float *out, int ld, const void *w, size_t wrow, const vo
 MM(mm_q5_0_avx2, K_Q5_0)
 MM(mm_q5_1_avx2, K_Q5_1)
 MM(mm_q4_1_avx2, K_Q4_1)
+MM(mm_q4_0_avx2, K_Q4_0)
 
 /*
  * The tile on weights packed at load (SPK_MM_LAYOUT_R8, cpu/repack.c): per 8-row group and block,
- * the 8 rows' f16 d (and Q5_1's and Q4_1's m) in one 16-byte load each, the fifth bits in one register H
+ * the 8 rows' f16 d (and Q5_1's and Q4_1's m) in one 16-byte load each, Q5's fifth bits in one register H
  * (bit m of byte 4j + e: the fifth bit of value 4m + e of row j) and the low nibbles in the four
  * code registers of the Q4_0 layout (register k, dword j: qs bytes 4k..4k+3 of row j). Register
  * m of codes (values 4m..4m+3 of each row in its dword) is then a nibble mask and H shifted so
@@ -205,10 +246,10 @@ MM(mm_q4_1_avx2, K_Q4_1)
 I2 void r8q5_codes(int kind, const uint8_t *p, __m256i W[8])
 {
     const __m256i m4 = _mm256_set1_epi8(15), b4 = _mm256_set1_epi8(0x10);
-    const uint8_t *h = p + (kind == K_Q5_0 ? 16 : 32), *c = kind == K_Q4_1 ? h : h + 32;
+    const uint8_t *h = p + (kind == K_Q5_0 || kind == K_Q4_0 ? 16 : 32), *c = has_qh(kind) ? h + 32 : h;
     const __m256i L0 = _mm256_loadu_si256((const __m256i *)c), L1 = _mm256_loadu_si256((const __m256i *)(c + 32));
     const __m256i L2 = _mm256_loadu_si256((const __m256i *)(c + 64)), L3 = _mm256_loadu_si256((const __m256i *)(c + 96));
-    if (kind == K_Q4_1) {
+    if (!has_qh(kind)) {
         W[0] = _mm256_and_si256(L0, m4);
         W[1] = _mm256_and_si256(L1, m4);
         W[2] = _mm256_and_si256(L2, m4);
@@ -230,29 +271,14 @@ I2 void r8q5_codes(int kind, const uint8_t *p, __m256i W[8])
     W[7] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L3, 4), m4), _mm256_and_si256(_mm256_srli_epi16(H, 3), b4));
 }
 
-/* The block's dot of the group's codes W with the 32 activation bytes at a, row j in lane j (two
- * halves of 4 maddubs each summed in int16, as tile_q5t). */
-I2 __m256i r8q5_dot(const __m256i W[8], const uint8_t *a)
-{
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i h0 = _mm256_maddubs_epi16(W[0], bcast4(a)), h1 = _mm256_maddubs_epi16(W[4], bcast4(a + 16));
-    h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(W[1], bcast4(a + 4)));
-    h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(W[5], bcast4(a + 20)));
-    h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(W[2], bcast4(a + 8)));
-    h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(W[6], bcast4(a + 24)));
-    h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(W[3], bcast4(a + 12)));
-    h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(W[7], bcast4(a + 28)));
-    return _mm256_add_epi32(_mm256_madd_epi16(h0, ones), _mm256_madd_epi16(h1, ones));
-}
-
 /* fstep on a packed group's block at p (d at p, Q5_1's and Q4_1's m at p + 16). */
 I2 __m256 r8q5_step(int kind, __m256 acc, const uint8_t *p, __m256i s, const uint8_t *ds)
 {
     float f[2];
     memcpy(f, ds, 8);
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)), sf = _mm256_cvtepi32_ps(s);
-    if (kind == K_Q5_0)
-        return _mm256_fmadd_ps(dw, _mm256_fmadd_ps(sf, _mm256_set1_ps(f[0]), _mm256_set1_ps(-16.0f * f[1])),
+    if (kind == K_Q5_0 || kind == K_Q4_0)
+        return _mm256_fmadd_ps(dw, _mm256_fmadd_ps(sf, _mm256_set1_ps(f[0]), _mm256_set1_ps(-code_off(kind) * f[1])),
                                acc);
     acc = _mm256_fmadd_ps(dw, _mm256_mul_ps(sf, _mm256_set1_ps(f[0])), acc);
     return _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16))), _mm256_set1_ps(f[1]), acc);
@@ -271,7 +297,7 @@ I2 void tile_r8q5(int kind, int T, float *o, size_t ld, const uint8_t *gp, const
         r8q5_codes(kind, p, W);
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++)
-            s[t] = r8q5_dot(W, act + (size_t)t * arow + 32 * (size_t)b);
+            s[t] = dot8(W, act + (size_t)t * arow + 32 * (size_t)b);
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++)
             acc[t] = r8q5_step(kind, acc[t], p, s[t], act + (size_t)t * arow + n + 8 * (size_t)b);
@@ -294,7 +320,7 @@ I2 void tok1_r8q5x4(int kind, float *o, size_t os, const uint8_t *gp, size_t gs,
             const uint8_t *p = gp + (size_t)i * gs + (size_t)b * gb;
             __m256i W[8];
             r8q5_codes(kind, p, W);
-            acc[i] = r8q5_step(kind, acc[i], p, r8q5_dot(W, act + 32 * (size_t)b), act + n + 8 * (size_t)b);
+            acc[i] = r8q5_step(kind, acc[i], p, dot8(W, act + 32 * (size_t)b), act + n + 8 * (size_t)b);
         }
     }
     for (int i = 0; i < 4; i++)
@@ -304,14 +330,16 @@ I2 void tok1_r8q5x4(int kind, float *o, size_t os, const uint8_t *gp, size_t gs,
 SPK_R8_KERNEL(spk_mm_r8_q5_0_avx2, tile_r8q5, tok1_r8q5x4, K_Q5_0)
 SPK_R8_KERNEL(spk_mm_r8_q5_1_avx2, tile_r8q5, tok1_r8q5x4, K_Q5_1)
 SPK_R8_KERNEL(spk_mm_r8_q4_1_avx2, tile_r8q5, tok1_r8q5x4, K_Q4_1)
+SPK_R8_KERNEL(spk_mm_r8_q4_0_avx2, tile_r8q5, tok1_r8q5x4, K_Q4_0)
 
-A2 void spk_mm_fill_avx2_q5(spk_mm_table *t)
+A2 void spk_mm_fill_avx2_q45(spk_mm_table *t)
 {
     t->mm[SPK_DT_Q5_0] = mm_q5_0_avx2;
     t->mm[SPK_DT_Q5_1] = mm_q5_1_avx2;
     t->mm[SPK_DT_Q4_1] = mm_q4_1_avx2;
+    t->mm[SPK_DT_Q4_0] = mm_q4_0_avx2;
 }
 
 #else
-typedef int spk_matmul_x86_q5_unused; /* ISO C forbids an empty translation unit */
+typedef int spk_matmul_x86_q45_unused; /* ISO C forbids an empty translation unit */
 #endif
