@@ -11,15 +11,15 @@
  *     Q5_0 (Q4_0): acc = fma(dw, fma((float)s, da, -16 (-8) * sa), acc)
  *     Q5_1, Q4_1:   acc = fma(mw, sa, fma(dw, (float)s * da, acc))
  * (acc starts at 0.0f; result = acc), one float lane per row. Only the way s is computed differs:
- *  - tile_q5t (2..8 tokens, 8 rows): the 8 rows' codes transposed in 4-byte groups (dword lane
+ *  - tile_q45 (2..8 tokens, 8 rows): the 8 rows' codes transposed in 4-byte groups (dword lane
  *    j of register k = codes 4k..4k+3 of row j; Q4_0/Q4_1 transpose the 16 nibble bytes, then
  *    split them, as llama.cpp's q4_0_8x8 GEMM), one maddubs per group and token (codes 0..31 unsigned, activations signed: a pair sum is
  *    at most 2 * 31 * 128, so four groups add in int16 without overflow: 2 madds per block);
- *  - rows_q5 (1 token, 1..8 rows; also a batch's last token when one is left over): each row's
+ *  - rows_q45 (1 token, 1..8 rows; also a batch's last token when one is left over): each row's
  *    block dot the per-row way (32-byte maddubs, madd), the 8 rows' int32 partial sums reduced
  *    into one vector (hadd tree), then the same vector float steps. At batch 1 the 8 rows are
  *    taken q = rows / 8 apart (8 sequential streams through the weights).
- * Leftover rows (fewer than 8) take rows_q5 with the missing lanes pointing at a valid row and
+ * Leftover rows (fewer than 8) take rows_q45 with the missing lanes pointing at a valid row and
  * not stored. Weights packed at load (cpu/repack.c's SPK_MM_LAYOUT_R8) take the packed tile at the
  * end of this file, with the same integer sums and float steps and so the same bits. The AVX-512
  * table inherits all of these.
@@ -64,17 +64,25 @@ static inline float code_off(int kind)
     return kind == K_Q5_0 ? 16.0f : 8.0f;
 }
 
-/* The float steps shared by both kernels, lane per row; ds: the activation block's (d, s). */
-I2 __m256 fstep(int kind, __m256 acc, const uint8_t *const p[8], __m256i s, const uint8_t *ds)
+/* The float steps of every kernel here, lane j for row j: the rows' d (dw) and m (mw: Q4_1 and
+ * Q5_1), their exact block dots s, the activation block's (d, s) at ds. */
+I2 __m256 fstep(int kind, __m256 acc, __m256 dw, __m256 mw, __m256i s, const uint8_t *ds)
 {
     float f[2];
     memcpy(f, ds, 8);
-    const __m256 dw = ld_f16x8(p, 0), sf = _mm256_cvtepi32_ps(s);
+    const __m256 sf = _mm256_cvtepi32_ps(s);
     if (kind == K_Q5_0 || kind == K_Q4_0)
         return _mm256_fmadd_ps(dw, _mm256_fmadd_ps(sf, _mm256_set1_ps(f[0]), _mm256_set1_ps(-code_off(kind) * f[1])),
                                acc);
     acc = _mm256_fmadd_ps(dw, _mm256_mul_ps(sf, _mm256_set1_ps(f[0])), acc);
-    return _mm256_fmadd_ps(ld_f16x8(p, 2), _mm256_set1_ps(f[1]), acc);
+    return _mm256_fmadd_ps(mw, _mm256_set1_ps(f[1]), acc);
+}
+
+/* fstep with the 8 file-layout blocks at p[j] (d first, then Q4_1's and Q5_1's m). */
+I2 __m256 fstep_rows(int kind, __m256 acc, const uint8_t *const p[8], __m256i s, const uint8_t *ds)
+{
+    const int has_m = kind == K_Q4_1 || kind == K_Q5_1;
+    return fstep(kind, acc, ld_f16x8(p, 0), has_m ? ld_f16x8(p, 2) : _mm256_setzero_ps(), s, ds);
 }
 
 /* 0x10 in byte j where bit j of the 32-bit little-endian qh is set, else 0. */
@@ -134,7 +142,7 @@ I2 __m256i dot8(const __m256i W[8], const uint8_t *a)
 }
 
 /* Rows r0..r0+7 (consecutive) against tokens t0..t0+T-1: out[(t0 + t) * ld + r0 + j]. */
-I2 void tile_q5t(int kind, int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act,
+I2 void tile_q45(int kind, int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act,
                  size_t arow, int n, int r0, int t0)
 {
     const size_t bs = block_bytes(kind);
@@ -177,14 +185,14 @@ I2 void tile_q5t(int kind, int T, float *out, int ld, const uint8_t *w, size_t w
             s[t] = dot8(L, at[t] + 32 * (size_t)b);
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++)
-            acc[t] = fstep(kind, acc[t], p, s[t], at[t] + n + 8 * (size_t)b);
+            acc[t] = fstep_rows(kind, acc[t], p, s[t], at[t] + n + 8 * (size_t)b);
     }
     for (int t = 0; t < T; t++)
         _mm256_storeu_ps(out + (size_t)(t0 + t) * (size_t)ld + (size_t)r0, acc[t]);
 }
 
 /* R (1..8) rows r[0..R-1] against token t: out[t * ld + r[j]]. */
-I2 void rows_q5(int kind, int R, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act,
+I2 void rows_q45(int kind, int R, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act,
                 size_t arow, int n, const int r[8], int t)
 {
     const size_t bs = block_bytes(kind);
@@ -203,7 +211,7 @@ I2 void rows_q5(int kind, int R, float *out, int ld, const uint8_t *w, size_t wr
             p[j] = wr[j] + o;
             v[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(codes(kind, p[j]), a), ones);
         }
-        acc = fstep(kind, acc, p, hsum8x8(v), at + n + 8 * (size_t)b);
+        acc = fstep_rows(kind, acc, p, hsum8x8(v), at + n + 8 * (size_t)b);
     }
     float f[8];
     _mm256_storeu_ps(f, acc);
@@ -211,12 +219,12 @@ I2 void rows_q5(int kind, int R, float *out, int ld, const uint8_t *w, size_t wr
         out[(size_t)t * (size_t)ld + (size_t)r[j]] = f[j];
 }
 
-I2 void mm_q5(int kind, float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+I2 void mm_q45(int kind, float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
               int n_tok, int row0, int row1)
 {
     const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;
-#define ROWS(R, r_, t_) rows_q5(kind, R, out, ld, wb, wrow, ab, arow, n, r_, t_)
-#define TILE(T, r0_, t0_) tile_q5t(kind, T, out, ld, wb, wrow, ab, arow, n, r0_, t0_)
+#define ROWS(R, r_, t_) rows_q45(kind, R, out, ld, wb, wrow, ab, arow, n, r_, t_)
+#define TILE(T, r0_, t0_) tile_q45(kind, T, out, ld, wb, wrow, ab, arow, n, r0_, t0_)
     SPK_ROWS_TILE_DRIVE(ROWS, TILE);
 #undef ROWS
 #undef TILE
@@ -226,7 +234,7 @@ I2 void mm_q5(int kind, float *out, int ld, const void *w, size_t wrow, const vo
     A2 static void name(float *out, int ld, const void *w, size_t wrow, const void *act,           \
                         size_t arow, int n, int n_tok, int row0, int row1)                         \
     {                                                                                              \
-        mm_q5(kind, out, ld, w, wrow, act, arow, n, n_tok, row0, row1);                            \
+        mm_q45(kind, out, ld, w, wrow, act, arow, n, n_tok, row0, row1);                            \
     }
 
 MM(mm_q5_0_avx2, K_Q5_0)
@@ -241,9 +249,9 @@ MM(mm_q4_0_avx2, K_Q4_0)
  * code registers of the Q4_0 layout (register k, dword j: qs bytes 4k..4k+3 of row j). Register
  * m of codes (values 4m..4m+3 of each row in its dword) is then a nibble mask and H shifted so
  * bit m lands on bit 4: no transposes, no per-row loads or scale gathers. The integer sums are
- * exact and the float steps fstep's, so the results are tile_q5t's and rows_q5's bit for bit.
+ * exact and the float steps fstep's, so the results are tile_q45's and rows_q45's bit for bit.
  */
-I2 void r8q5_codes(int kind, const uint8_t *p, __m256i W[8])
+I2 void r8_codes(int kind, const uint8_t *p, __m256i W[8])
 {
     const __m256i m4 = _mm256_set1_epi8(15), b4 = _mm256_set1_epi8(0x10);
     const uint8_t *h = p + (kind == K_Q5_0 || kind == K_Q4_0 ? 16 : 32), *c = has_qh(kind) ? h + 32 : h;
@@ -271,20 +279,15 @@ I2 void r8q5_codes(int kind, const uint8_t *p, __m256i W[8])
     W[7] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L3, 4), m4), _mm256_and_si256(_mm256_srli_epi16(H, 3), b4));
 }
 
-/* fstep on a packed group's block at p (d at p, Q5_1's and Q4_1's m at p + 16). */
-I2 __m256 r8q5_step(int kind, __m256 acc, const uint8_t *p, __m256i s, const uint8_t *ds)
+/* fstep on a packed group's block at p (d at p, Q4_1's and Q5_1's m at p + 16). */
+I2 __m256 fstep_r8(int kind, __m256 acc, const uint8_t *p, __m256i s, const uint8_t *ds)
 {
-    float f[2];
-    memcpy(f, ds, 8);
-    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)), sf = _mm256_cvtepi32_ps(s);
-    if (kind == K_Q5_0 || kind == K_Q4_0)
-        return _mm256_fmadd_ps(dw, _mm256_fmadd_ps(sf, _mm256_set1_ps(f[0]), _mm256_set1_ps(-code_off(kind) * f[1])),
-                               acc);
-    acc = _mm256_fmadd_ps(dw, _mm256_mul_ps(sf, _mm256_set1_ps(f[0])), acc);
-    return _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16))), _mm256_set1_ps(f[1]), acc);
+    const int has_m = kind == K_Q4_1 || kind == K_Q5_1;
+    return fstep(kind, acc, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)),
+                 has_m ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16))) : _mm256_setzero_ps(), s, ds);
 }
 
-I2 void tile_r8q5(int kind, int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
+I2 void tile_r8(int kind, int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
 {
     const size_t gb = 8 * block_bytes(kind);
     const int nb = n / 32;
@@ -294,20 +297,20 @@ I2 void tile_r8q5(int kind, int T, float *o, size_t ld, const uint8_t *gp, const
     for (int b = 0; b < nb; b++) {
         const uint8_t *p = gp + (size_t)b * gb;
         __m256i W[8], s[8];
-        r8q5_codes(kind, p, W);
+        r8_codes(kind, p, W);
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++)
             s[t] = dot8(W, act + (size_t)t * arow + 32 * (size_t)b);
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++)
-            acc[t] = r8q5_step(kind, acc[t], p, s[t], act + (size_t)t * arow + n + 8 * (size_t)b);
+            acc[t] = fstep_r8(kind, acc[t], p, s[t], act + (size_t)t * arow + n + 8 * (size_t)b);
     }
     for (int t = 0; t < T; t++)
         _mm256_storeu_ps(o + (size_t)t * ld, acc[t]);
 }
 
 /* One token against the 4 groups gp + i * gs at once (4 sequential streams; SPK_R8_DRIVE_TOK4). */
-I2 void tok1_r8q5x4(int kind, float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
+I2 void tok1_r8x4(int kind, float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
 {
     const size_t gb = 8 * block_bytes(kind);
     const int nb = n / 32;
@@ -319,18 +322,18 @@ I2 void tok1_r8q5x4(int kind, float *o, size_t os, const uint8_t *gp, size_t gs,
         for (int i = 0; i < 4; i++) {
             const uint8_t *p = gp + (size_t)i * gs + (size_t)b * gb;
             __m256i W[8];
-            r8q5_codes(kind, p, W);
-            acc[i] = r8q5_step(kind, acc[i], p, dot8(W, act + 32 * (size_t)b), act + n + 8 * (size_t)b);
+            r8_codes(kind, p, W);
+            acc[i] = fstep_r8(kind, acc[i], p, dot8(W, act + 32 * (size_t)b), act + n + 8 * (size_t)b);
         }
     }
     for (int i = 0; i < 4; i++)
         _mm256_storeu_ps(o + (size_t)i * os, acc[i]);
 }
 
-SPK_R8_KERNEL(spk_mm_r8_q5_0_avx2, tile_r8q5, tok1_r8q5x4, K_Q5_0)
-SPK_R8_KERNEL(spk_mm_r8_q5_1_avx2, tile_r8q5, tok1_r8q5x4, K_Q5_1)
-SPK_R8_KERNEL(spk_mm_r8_q4_1_avx2, tile_r8q5, tok1_r8q5x4, K_Q4_1)
-SPK_R8_KERNEL(spk_mm_r8_q4_0_avx2, tile_r8q5, tok1_r8q5x4, K_Q4_0)
+SPK_R8_KERNEL(spk_mm_r8_q5_0_avx2, tile_r8, tok1_r8x4, K_Q5_0)
+SPK_R8_KERNEL(spk_mm_r8_q5_1_avx2, tile_r8, tok1_r8x4, K_Q5_1)
+SPK_R8_KERNEL(spk_mm_r8_q4_1_avx2, tile_r8, tok1_r8x4, K_Q4_1)
+SPK_R8_KERNEL(spk_mm_r8_q4_0_avx2, tile_r8, tok1_r8x4, K_Q4_0)
 
 A2 void spk_mm_fill_avx2_q45(spk_mm_table *t)
 {

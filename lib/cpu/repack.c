@@ -5,12 +5,6 @@
  * in the file's layout at the file's offsets (so group g starts at byte 8 * g * wrow and a
  * leftover row r at r * wrow, as before packing).
  *
- * SPK_MM_LAYOUT_R8 for Q4_0: per group, per block b (144 bytes = 8 file blocks):
- *   bytes 0..15     the 8 rows' f16 scales d, row j at 2j
- *   bytes 16..143   the codes, 4 registers of 32 bytes: register k, dword j = code bytes
- *                   4k..4k+3 of row j (the order cpu/matmul_x86_q45.c's tile builds with its
- *                   transposes from the file layout)
- *
  * SPK_MM_LAYOUT_R8 for Q8_0: per group, per block b (272 bytes = 8 file blocks):
  *   bytes 0..15     the 8 rows' f16 scales d, row j at 2j
  *   bytes 16..271   the codes, 8 registers of 32 bytes: register k, dword j = code bytes
@@ -51,13 +45,15 @@
  *   then per pair of sub-blocks i = 2P, 2P + 1 (16 values each), 96 bytes: for each, 32 bytes
  *                   of the codes' 2 low bits (bits 2k of byte 4j + e: value 16i + 4k + e of row
  *                   j), then 32 bytes of their third bits (bit k + 4 (i & 1) of the same byte)
- * SPK_MM_LAYOUT_R8 for Q5_0, Q5_1, Q4_1: per group, per block b (8 file blocks: 176, 192, 160 bytes):
+ * SPK_MM_LAYOUT_R8 for Q4_0, Q4_1, Q5_0, Q5_1: per group, per block b (8 file blocks: 144, 160,
+ * 176, 192 bytes):
  *   bytes 0..15     the 8 rows' f16 scales d, row j at 2j
- *  (bytes 16..31    Q5_1 and Q4_1: the 8 rows' f16 mins m, row j at 16 + 2j)
+ *  (bytes 16..31    Q4_1 and Q5_1: the 8 rows' f16 mins m, row j at 16 + 2j)
  *  (then 32 bytes   Q5_0 and Q5_1: the fifth bits, bit m of byte 4j + e = bit 4m + e of row j's qh,
  *                   value 4m + e)
- *   then 128 bytes  the low nibbles as Q4_0's codes: register k, dword j = qs bytes 4k..4k+3 of row j
- *                   (cpu/matmul_x86_q45.c's r8q5_codes)
+ *   then 128 bytes  the codes' low nibbles, 4 registers of 32 bytes: register k, dword j = qs
+ *                   bytes 4k..4k+3 of row j (the order cpu/matmul_x86_q45.c's file-layout tile
+ *                   builds with its transposes; its r8_codes reads them)
  * Another type adds a pack_group/unpack_row pair and one row of k_formats.
  */
 #include <stddef.h>
@@ -77,30 +73,6 @@ typedef struct pack_format {
     /* blocks [b0, b1) of row j of the group at grp back into the file layout at dst */
     void (*unpack_row)(uint8_t *dst, const uint8_t *grp, int j, int b0, int b1);
 } pack_format;
-
-static void pack_q4_0_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
-{
-    for (int b = 0; b < nb; b++) {
-        uint8_t *o = dst + (size_t)b * 8 * sizeof(spk_block_q4_0);
-        for (int j = 0; j < 8; j++) {
-            const spk_block_q4_0 *x = (const spk_block_q4_0 *)(src + (size_t)j * wrow) + b;
-            memcpy(o + 2 * j, &x->d, 2);
-            for (int k = 0; k < 4; k++)
-                memcpy(o + 16 + 32 * k + 4 * j, x->qs + 4 * k, 4);
-        }
-    }
-}
-
-static void unpack_q4_0_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int b1)
-{
-    for (int b = b0; b < b1; b++) {
-        const uint8_t *o = grp + (size_t)b * 8 * sizeof(spk_block_q4_0);
-        spk_block_q4_0 *x = (spk_block_q4_0 *)dst + (b - b0);
-        memcpy(&x->d, o + 2 * j, 2);
-        for (int k = 0; k < 4; k++)
-            memcpy(x->qs + 4 * k, o + 16 + 32 * k + 4 * j, 4);
-    }
-}
 
 static void pack_q8_0_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
 {
@@ -332,13 +304,14 @@ static void unpack_q3_K_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int 
     }
 }
 
-/* Q5_0, Q5_1 and Q4_1: the file block's m, qh and qs at m_off, qh_off (0: none) and qs_off; the
- * packed block's d at 0, m at 16, the fifth bits H next, then the codes. */
+/* Q4_0, Q4_1, Q5_0 and Q5_1: the file block's m, qh and qs at m_off, qh_off (0: none) and qs_off;
+ * the packed block's d at 0, m at 16, the fifth bits H next, then the codes. */
 typedef struct q5_shape { size_t bs, m_off, qh_off, qs_off; } q5_shape;
 static const q5_shape k_q5_0 = {sizeof(spk_block_q5_0), 0, offsetof(spk_block_q5_0, qh), offsetof(spk_block_q5_0, qs)};
 static const q5_shape k_q5_1 = {sizeof(spk_block_q5_1), offsetof(spk_block_q5_1, m), offsetof(spk_block_q5_1, qh),
                                 offsetof(spk_block_q5_1, qs)};
 static const q5_shape k_q4_1 = {sizeof(spk_block_q4_1), offsetof(spk_block_q4_1, m), 0, offsetof(spk_block_q4_1, qs)};
+static const q5_shape k_q4_0 = {sizeof(spk_block_q4_0), 0, 0, offsetof(spk_block_q4_0, qs)};
 
 static void pack_q5_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb, const q5_shape *f)
 {
@@ -398,6 +371,7 @@ static void unpack_q5_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int b1
 Q5_FORMAT(q5_0, k_q5_0)
 Q5_FORMAT(q5_1, k_q5_1)
 Q5_FORMAT(q4_1, k_q4_1)
+Q5_FORMAT(q4_0, k_q4_0)
 
 static const pack_format k_formats[] = {
     {SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, pack_q4_0_r8, unpack_q4_0_r8},
