@@ -9,7 +9,9 @@
 #                  --prompt-tokens 512 --gen-tokens 128 --reps 3
 #              which prints `prefill_tok_s=<float>` and `decode_tok_s=<float>` (medians) on stdout.
 # Both figures are medians over the REPS runs (llama-bench prints a mean; its per-run samples_ts
-# give the median; the mean +- stddev is shown too).
+# give the median; the mean +- stddev is shown too). The runs alternate, one llama-bench -r 1 and
+# one spk-bench-single --reps 1 at a time, so a burst of load from elsewhere on a shared machine
+# falls on both sides rather than on whichever ran then.
 #
 # Usage: bench/vs-llamacpp.sh [--model PATH] [--threads N] [--build-dir DIR]
 #                             [--prompt-tokens N] [--gen-tokens N] [--reps N] [--llamacpp-only]
@@ -70,19 +72,20 @@ llama_bench=$(printf '%s\n' "$env_lines" | sed -n 's/^LLAMA_BENCH=//p')
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-echo "running llama.cpp llama-bench (threads=$threads, p=$prompt_tokens, n=$gen_tokens, r=$reps) ..." >&2
-"$llama_bench" -m "$model" -t "$threads" -p "$prompt_tokens" -n "$gen_tokens" -r "$reps" \
-    -o jsonl >"$tmp/llama.jsonl" 2>"$tmp/llama.err" \
-    || { cat "$tmp/llama.err" >&2; die "llama-bench failed"; }
-
-if [ "$llamacpp_only" -eq 0 ]; then
-    echo "running $ours_bin ..." >&2
-    "$ours_bin" --model "$model" --threads "$threads" --prompt-tokens "$prompt_tokens" \
-        --gen-tokens "$gen_tokens" --reps "$reps" >"$tmp/ours.out" \
-        || die "spk-bench-single failed"
-else
-    : >"$tmp/ours.out"
-fi
+echo "running llama.cpp llama-bench and $ours_bin alternately (threads=$threads, p=$prompt_tokens," \
+    "n=$gen_tokens, $reps runs each) ..." >&2
+: >"$tmp/llama.jsonl"
+: >"$tmp/ours.out"
+for ((i = 0; i < reps; i++)); do
+    "$llama_bench" -m "$model" -t "$threads" -p "$prompt_tokens" -n "$gen_tokens" -r 1 \
+        -o jsonl >>"$tmp/llama.jsonl" 2>"$tmp/llama.err" \
+        || { cat "$tmp/llama.err" >&2; die "llama-bench failed"; }
+    if [ "$llamacpp_only" -eq 0 ]; then
+        "$ours_bin" --model "$model" --threads "$threads" --prompt-tokens "$prompt_tokens" \
+            --gen-tokens "$gen_tokens" --reps 1 >>"$tmp/ours.out" \
+            || die "spk-bench-single failed"
+    fi
+done
 
 python3 - "$tmp/llama.jsonl" "$tmp/ours.out" "$model" "$threads" "$prompt_tokens" "$gen_tokens" \
     "$reps" <<'EOF'
@@ -104,17 +107,24 @@ with open(llama_path) as f:
             key = "decode"
         else:
             continue
-        lc[key] = r
+        if key in lc:  # one record per llama-bench run: gather the runs' samples
+            lc[key]["samples_ts"] = lc[key]["samples_ts"] + r["samples_ts"]
+        else:
+            lc[key] = r
 for key in ("prefill", "decode"):
     if key not in lc:
         sys.exit("vs-llamacpp: llama-bench output lacks the %s test" % key)
+    ts = lc[key]["samples_ts"]
+    lc[key]["avg_ts"] = statistics.mean(ts)
+    lc[key]["stddev_ts"] = statistics.stdev(ts) if len(ts) > 1 else 0.0
 
-ours = {}
+runs = {}
 with open(ours_path) as f:
     for line in f:
         k, sep, v = line.strip().partition("=")
         if sep and k in ("prefill_tok_s", "decode_tok_s"):
-            ours[k.split("_")[0]] = float(v)
+            runs.setdefault(k.split("_")[0], []).append(float(v))
+ours = {k: statistics.median(v) for k, v in runs.items()}
 have_ours = os.path.getsize(ours_path) > 0
 if have_ours and set(ours) != {"prefill", "decode"}:
     sys.exit("vs-llamacpp: spk-bench-single did not print prefill_tok_s= and decode_tok_s=")
