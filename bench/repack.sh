@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Weight repacking at load (BENCHMARKS.md 9d, 9j, 9k): the Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4, Q3_K, Q4_K, Q5_K and Q6_K kernels on the file
+# Weight repacking at load (BENCHMARKS.md 9d, 9j, 9k, 9m): the Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4, Q3_K, Q4_K, Q5_K and Q6_K kernels on the file
 # layout against the packed layout (bench/repack_kernel.c; 512 x 1536 stays in cache, 512 x 98304
 # streams from memory as a vocabulary head does), then spk-bench-single's resident memory on a Q4_0 file
 # with SPK_NO_REPACK=1 and with packing (VmRSS sampled from /proc while it runs: the sample at 3/4
