@@ -49,6 +49,45 @@ I2 __m256i bcast4(const uint8_t *p)
     return _mm256_set1_epi32(v);
 }
 
+/* 4x4 dword transposes in both 128-bit halves. */
+I2 void tr4(__m256i z[4], __m256i y0, __m256i y1, __m256i y2, __m256i y3)
+{
+    const __m256i t0l = _mm256_unpacklo_epi32(y0, y1), t0h = _mm256_unpackhi_epi32(y0, y1);
+    const __m256i t1l = _mm256_unpacklo_epi32(y2, y3), t1h = _mm256_unpackhi_epi32(y2, y3);
+    z[0] = _mm256_unpacklo_epi64(t0l, t1l);
+    z[1] = _mm256_unpackhi_epi64(t0l, t1l);
+    z[2] = _mm256_unpacklo_epi64(t0h, t1h);
+    z[3] = _mm256_unpackhi_epi64(t0h, t1h);
+}
+
+/* The codes of one block of 8 rows from the transposed code bytes L[0..3] (dword lane j of L[k]:
+ * bytes 4k..4k+3 of row j, a nibble each for two values): W[k] the low nibbles (values 4k..4k+3),
+ * W[4 + k] the high nibbles (values 16+4k..16+4k+3), 0..15. */
+I2 void nibbles8(__m256i W[8], const __m256i L[4])
+{
+    const __m256i m4 = _mm256_set1_epi8(15);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) {
+        W[k] = _mm256_and_si256(L[k], m4);
+        W[4 + k] = _mm256_and_si256(_mm256_srli_epi16(L[k], 4), m4);
+    }
+}
+
+/* One block's exact dot of 8 rows' unsigned codes W (register k, dword j: values 4k..4k+3 of row
+ * j, as nibbles8 gives them) with the 32 int8 activations at a, row j in int32 lane j: two halves
+ * of 4 maddubs summed in int16 (codes up to 31: |sum| <= 4 * 2 * 31 * 128 = 31744), then madd. */
+I2 __m256i dot_lanes8(const __m256i W[8], const uint8_t *a)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i h0 = _mm256_maddubs_epi16(W[0], bcast4(a)), h1 = _mm256_maddubs_epi16(W[4], bcast4(a + 16));
+#pragma GCC unroll 4
+    for (int k = 1; k < 4; k++) {
+        h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(W[k], bcast4(a + 4 * k)));
+        h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(W[4 + k], bcast4(a + 16 + 4 * k)));
+    }
+    return _mm256_add_epi32(_mm256_madd_epi16(h0, ones), _mm256_madd_epi16(h1, ones));
+}
+
 static inline int spk_ld_u16(const uint8_t *p)
 {
     uint16_t v;

@@ -60,29 +60,19 @@ I2 __m256 e8m0x8(const uint8_t *const p[8])
  * the doubled E2M1 value plus 12 (0..24). */
 I2 void weights8(__m256i W[8], const __m256i L[4])
 {
-    const __m256i m4 = _mm256_set1_epi8(15);
     const __m256i lut = _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0, 12, 13,
                                          14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
-    for (int k = 0; k < 4; k++) {
-        W[k] = _mm256_shuffle_epi8(lut, _mm256_and_si256(L[k], m4));
-        W[4 + k] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(L[k], 4), m4));
-    }
+    nibbles8(W, L);
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; k++)
+        W[k] = _mm256_shuffle_epi8(lut, W[k]);
 }
 
 /* One block's float step for one token (at: its activation row, b: the block): acc + dw * (da * u
  * - 12 * s) in the 8 row lanes. */
 I2 __m256 step8(__m256 acc, const __m256i W[8], __m256 dw, const uint8_t *at, int b, int n)
 {
-    const __m256i ones = _mm256_set1_epi16(1);
-    const uint8_t *a = at + 32 * (size_t)b;
-    __m256i s0 = _mm256_maddubs_epi16(W[0], bcast4(a));
-    __m256i s1 = _mm256_maddubs_epi16(W[4], bcast4(a + 16));
-#pragma GCC unroll 4
-    for (int k = 1; k < 4; k++) {
-        s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(W[k], bcast4(a + 4 * k)));
-        s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(W[4 + k], bcast4(a + 16 + 4 * k)));
-    }
-    const __m256i u = _mm256_add_epi32(_mm256_madd_epi16(s0, ones), _mm256_madd_epi16(s1, ones));
+    const __m256i u = dot_lanes8(W, at + 32 * (size_t)b);
     float ds[2];
     memcpy(ds, at + n + 8 * (size_t)b, 8);
     const __m256 x = _mm256_fmadd_ps(_mm256_cvtepi32_ps(u), _mm256_set1_ps(ds[0]), _mm256_set1_ps(-12.0f * ds[1]));
@@ -110,13 +100,9 @@ I2 void tile8(int T, float *out, int ld, const uint8_t *w, size_t wrow, const ui
         const uint8_t *p[8];
         for (int j = 0; j < 8; j++)
             p[j] = wr[j] + o;
-        const __m256i y0 = ld_pair(p[0] + 1, p[4] + 1), y1 = ld_pair(p[1] + 1, p[5] + 1);
-        const __m256i y2 = ld_pair(p[2] + 1, p[6] + 1), y3 = ld_pair(p[3] + 1, p[7] + 1);
-        const __m256i t0l = _mm256_unpacklo_epi32(y0, y1), t0h = _mm256_unpackhi_epi32(y0, y1);
-        const __m256i t1l = _mm256_unpacklo_epi32(y2, y3), t1h = _mm256_unpackhi_epi32(y2, y3);
-        const __m256i L[4] = {_mm256_unpacklo_epi64(t0l, t1l), _mm256_unpackhi_epi64(t0l, t1l),
-                              _mm256_unpacklo_epi64(t0h, t1h), _mm256_unpackhi_epi64(t0h, t1h)};
-        __m256i W[8];
+        __m256i L[4], W[8];
+        tr4(L, ld_pair(p[0] + 1, p[4] + 1), ld_pair(p[1] + 1, p[5] + 1), ld_pair(p[2] + 1, p[6] + 1),
+            ld_pair(p[3] + 1, p[7] + 1));
         weights8(W, L);
         const __m256 dw = e8m0x8(p);
 #pragma GCC unroll 8

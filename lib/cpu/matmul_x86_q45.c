@@ -44,10 +44,16 @@ static inline size_t block_bytes(int kind)
                             : sizeof(spk_block_q4_0);
 }
 
-/* Whether the type has fifth bits; where its qs start in a block. */
+/* Whether the type has fifth bits (qh, the 4 bytes before qs) and mins m; where its qs start in a
+ * block. */
 static inline int has_qh(int kind)
 {
     return kind == K_Q5_0 || kind == K_Q5_1;
+}
+
+static inline int has_m(int kind)
+{
+    return kind == K_Q4_1 || kind == K_Q5_1;
 }
 
 static inline size_t qs_off(int kind)
@@ -81,8 +87,7 @@ I2 __m256 fstep(int kind, __m256 acc, __m256 dw, __m256 mw, __m256i s, const uin
 /* fstep with the 8 file-layout blocks at p[j] (d first, then Q4_1's and Q5_1's m). */
 I2 __m256 fstep_rows(int kind, __m256 acc, const uint8_t *const p[8], __m256i s, const uint8_t *ds)
 {
-    const int has_m = kind == K_Q4_1 || kind == K_Q5_1;
-    return fstep(kind, acc, ld_f16x8(p, 0), has_m ? ld_f16x8(p, 2) : _mm256_setzero_ps(), s, ds);
+    return fstep(kind, acc, ld_f16x8(p, 0), has_m(kind) ? ld_f16x8(p, 2) : _mm256_setzero_ps(), s, ds);
 }
 
 /* 0x10 in byte j where bit j of the 32-bit little-endian qh is set, else 0. */
@@ -103,42 +108,11 @@ I2 __m256i bit4_bytes(const uint8_t *qh)
  * elements 0-15). */
 I2 __m256i codes(int kind, const uint8_t *p)
 {
-    if (!has_qh(kind)) {
-        const __m128i x = _mm_loadu_si128((const __m128i *)(p + qs_off(kind)));
-        const __m256i y = _mm256_inserti128_si256(_mm256_castsi128_si256(x), _mm_srli_epi16(x, 4), 1);
-        return _mm256_and_si256(y, _mm256_set1_epi8(15));
-    }
-    const uint8_t *qh = p + (kind == K_Q5_1 ? 4 : 2);
-    const __m128i x = _mm_loadu_si128((const __m128i *)(qh + 4));
+    const uint8_t *qs = p + qs_off(kind);
+    const __m128i x = _mm_loadu_si128((const __m128i *)qs);
     const __m256i y = _mm256_inserti128_si256(_mm256_castsi128_si256(x), _mm_srli_epi16(x, 4), 1);
-    return _mm256_or_si256(_mm256_and_si256(y, _mm256_set1_epi8(15)), bit4_bytes(qh));
-}
-
-/* 4x4 dword transposes in both 128-bit halves. */
-I2 void tr4(__m256i z[4], __m256i y0, __m256i y1, __m256i y2, __m256i y3)
-{
-    const __m256i t0l = _mm256_unpacklo_epi32(y0, y1), t0h = _mm256_unpackhi_epi32(y0, y1);
-    const __m256i t1l = _mm256_unpacklo_epi32(y2, y3), t1h = _mm256_unpackhi_epi32(y2, y3);
-    z[0] = _mm256_unpacklo_epi64(t0l, t1l);
-    z[1] = _mm256_unpackhi_epi64(t0l, t1l);
-    z[2] = _mm256_unpacklo_epi64(t0h, t1h);
-    z[3] = _mm256_unpackhi_epi64(t0h, t1h);
-}
-
-/* The block's dot of 8 rows' codes W (register k, dword j: codes 4k..4k+3 of row j) with the 32
- * activation bytes at a, row j in lane j: two halves of 4 maddubs each summed in int16
- * (|sum| <= 4 * 2 * 31 * 128 = 31744), then madd. */
-I2 __m256i dot8(const __m256i W[8], const uint8_t *a)
-{
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i h0 = _mm256_maddubs_epi16(W[0], bcast4(a)), h1 = _mm256_maddubs_epi16(W[4], bcast4(a + 16));
-    h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(W[1], bcast4(a + 4)));
-    h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(W[5], bcast4(a + 20)));
-    h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(W[2], bcast4(a + 8)));
-    h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(W[6], bcast4(a + 24)));
-    h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(W[3], bcast4(a + 12)));
-    h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(W[7], bcast4(a + 28)));
-    return _mm256_add_epi32(_mm256_madd_epi16(h0, ones), _mm256_madd_epi16(h1, ones));
+    const __m256i lo = _mm256_and_si256(y, _mm256_set1_epi8(15));
+    return has_qh(kind) ? _mm256_or_si256(lo, bit4_bytes(qs - 4)) : lo;
 }
 
 /* Rows r0..r0+7 (consecutive) against tokens t0..t0+T-1: out[(t0 + t) * ld + r0 + j]. */
@@ -163,13 +137,10 @@ I2 void tile_q45(int kind, int T, float *out, int ld, const uint8_t *w, size_t w
             p[j] = wr[j] + o;
         if (!has_qh(kind)) { /* rows (0,4), (1,5), (2,6), (3,7) in the halves, then 4x4 dword transposes */
             const size_t qo = qs_off(kind);
-            const __m256i m4 = _mm256_set1_epi8(15);
-            tr4(L, ld_pair(p[0] + qo, p[4] + qo), ld_pair(p[1] + qo, p[5] + qo), ld_pair(p[2] + qo, p[6] + qo),
+            __m256i B[4];
+            tr4(B, ld_pair(p[0] + qo, p[4] + qo), ld_pair(p[1] + qo, p[5] + qo), ld_pair(p[2] + qo, p[6] + qo),
                 ld_pair(p[3] + qo, p[7] + qo));
-            for (int k = 0; k < 4; k++) {
-                L[4 + k] = _mm256_and_si256(_mm256_srli_epi16(L[k], 4), m4);
-                L[k] = _mm256_and_si256(L[k], m4);
-            }
+            nibbles8(L, B);
         } else {
             __m256i x[8];
             for (int j = 0; j < 8; j++)
@@ -182,7 +153,7 @@ I2 void tile_q45(int kind, int T, float *out, int ld, const uint8_t *w, size_t w
         __m256i s[8];
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++)
-            s[t] = dot8(L, at[t] + 32 * (size_t)b);
+            s[t] = dot_lanes8(L, at[t] + 32 * (size_t)b);
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++)
             acc[t] = fstep_rows(kind, acc[t], p, s[t], at[t] + n + 8 * (size_t)b);
@@ -253,38 +224,30 @@ MM(mm_q4_0_avx2, K_Q4_0)
  */
 I2 void r8_codes(int kind, const uint8_t *p, __m256i W[8])
 {
-    const __m256i m4 = _mm256_set1_epi8(15), b4 = _mm256_set1_epi8(0x10);
-    const uint8_t *h = p + (kind == K_Q5_0 || kind == K_Q4_0 ? 16 : 32), *c = has_qh(kind) ? h + 32 : h;
-    const __m256i L0 = _mm256_loadu_si256((const __m256i *)c), L1 = _mm256_loadu_si256((const __m256i *)(c + 32));
-    const __m256i L2 = _mm256_loadu_si256((const __m256i *)(c + 64)), L3 = _mm256_loadu_si256((const __m256i *)(c + 96));
-    if (!has_qh(kind)) {
-        W[0] = _mm256_and_si256(L0, m4);
-        W[1] = _mm256_and_si256(L1, m4);
-        W[2] = _mm256_and_si256(L2, m4);
-        W[3] = _mm256_and_si256(L3, m4);
-        W[4] = _mm256_and_si256(_mm256_srli_epi16(L0, 4), m4);
-        W[5] = _mm256_and_si256(_mm256_srli_epi16(L1, 4), m4);
-        W[6] = _mm256_and_si256(_mm256_srli_epi16(L2, 4), m4);
-        W[7] = _mm256_and_si256(_mm256_srli_epi16(L3, 4), m4);
+    const uint8_t *h = p + (has_m(kind) ? 32 : 16), *c = has_qh(kind) ? h + 32 : h;
+    __m256i L[4];
+    for (int k = 0; k < 4; k++)
+        L[k] = _mm256_loadu_si256((const __m256i *)(c + 32 * k));
+    nibbles8(W, L);
+    if (!has_qh(kind))
         return;
-    }
-    const __m256i H = _mm256_loadu_si256((const __m256i *)h);
-    W[0] = _mm256_or_si256(_mm256_and_si256(L0, m4), _mm256_and_si256(_mm256_slli_epi16(H, 4), b4));
-    W[1] = _mm256_or_si256(_mm256_and_si256(L1, m4), _mm256_and_si256(_mm256_slli_epi16(H, 3), b4));
-    W[2] = _mm256_or_si256(_mm256_and_si256(L2, m4), _mm256_and_si256(_mm256_slli_epi16(H, 2), b4));
-    W[3] = _mm256_or_si256(_mm256_and_si256(L3, m4), _mm256_and_si256(_mm256_slli_epi16(H, 1), b4));
-    W[4] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L0, 4), m4), _mm256_and_si256(H, b4));
-    W[5] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(H, 1), b4));
-    W[6] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L2, 4), m4), _mm256_and_si256(_mm256_srli_epi16(H, 2), b4));
-    W[7] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L3, 4), m4), _mm256_and_si256(_mm256_srli_epi16(H, 3), b4));
+    const __m256i H = _mm256_loadu_si256((const __m256i *)h), b4 = _mm256_set1_epi8(0x10);
+    W[0] = _mm256_or_si256(W[0], _mm256_and_si256(_mm256_slli_epi16(H, 4), b4));
+    W[1] = _mm256_or_si256(W[1], _mm256_and_si256(_mm256_slli_epi16(H, 3), b4));
+    W[2] = _mm256_or_si256(W[2], _mm256_and_si256(_mm256_slli_epi16(H, 2), b4));
+    W[3] = _mm256_or_si256(W[3], _mm256_and_si256(_mm256_slli_epi16(H, 1), b4));
+    W[4] = _mm256_or_si256(W[4], _mm256_and_si256(H, b4));
+    W[5] = _mm256_or_si256(W[5], _mm256_and_si256(_mm256_srli_epi16(H, 1), b4));
+    W[6] = _mm256_or_si256(W[6], _mm256_and_si256(_mm256_srli_epi16(H, 2), b4));
+    W[7] = _mm256_or_si256(W[7], _mm256_and_si256(_mm256_srli_epi16(H, 3), b4));
 }
 
 /* fstep on a packed group's block at p (d at p, Q4_1's and Q5_1's m at p + 16). */
 I2 __m256 fstep_r8(int kind, __m256 acc, const uint8_t *p, __m256i s, const uint8_t *ds)
 {
-    const int has_m = kind == K_Q4_1 || kind == K_Q5_1;
     return fstep(kind, acc, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)),
-                 has_m ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16))) : _mm256_setzero_ps(), s, ds);
+                 has_m(kind) ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16))) : _mm256_setzero_ps(), s,
+                 ds);
 }
 
 I2 void tile_r8(int kind, int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
@@ -300,7 +263,7 @@ I2 void tile_r8(int kind, int T, float *o, size_t ld, const uint8_t *gp, const u
         r8_codes(kind, p, W);
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++)
-            s[t] = dot8(W, act + (size_t)t * arow + 32 * (size_t)b);
+            s[t] = dot_lanes8(W, act + (size_t)t * arow + 32 * (size_t)b);
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++)
             acc[t] = fstep_r8(kind, acc[t], p, s[t], act + (size_t)t * arow + n + 8 * (size_t)b);
@@ -323,7 +286,7 @@ I2 void tok1_r8x4(int kind, float *o, size_t os, const uint8_t *gp, size_t gs, c
             const uint8_t *p = gp + (size_t)i * gs + (size_t)b * gb;
             __m256i W[8];
             r8_codes(kind, p, W);
-            acc[i] = fstep_r8(kind, acc[i], p, dot8(W, act + 32 * (size_t)b), act + n + 8 * (size_t)b);
+            acc[i] = fstep_r8(kind, acc[i], p, dot_lanes8(W, act + 32 * (size_t)b), act + n + 8 * (size_t)b);
         }
     }
     for (int i = 0; i < 4; i++)

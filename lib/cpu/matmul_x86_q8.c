@@ -48,17 +48,6 @@ I2 __m256 fstep(__m256 acc, __m256 dw, __m256i s, const uint8_t *ds)
     return _mm256_fmadd_ps(dw, _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(da)), acc);
 }
 
-/* 4x4 dword transposes in both 128-bit halves. */
-I2 void tr4(__m256i z[4], __m256i y0, __m256i y1, __m256i y2, __m256i y3)
-{
-    const __m256i t0l = _mm256_unpacklo_epi32(y0, y1), t0h = _mm256_unpackhi_epi32(y0, y1);
-    const __m256i t1l = _mm256_unpacklo_epi32(y2, y3), t1h = _mm256_unpackhi_epi32(y2, y3);
-    z[0] = _mm256_unpacklo_epi64(t0l, t1l);
-    z[1] = _mm256_unpackhi_epi64(t0l, t1l);
-    z[2] = _mm256_unpacklo_epi64(t0h, t1h);
-    z[3] = _mm256_unpackhi_epi64(t0h, t1h);
-}
-
 /* Rows r0..r0+7 (consecutive) against tokens t0..t0+T-1: out[(t0 + t) * ld + r0 + j]. */
 I2 void tile_q8t(int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow,
                  int n, int r0, int t0)
