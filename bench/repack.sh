@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Weight repacking at load (BENCHMARKS.md 9d, 9j, 9k, 9m): the Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4, Q3_K, Q4_K, Q5_K and Q6_K kernels on the file
+# Weight repacking at load (BENCHMARKS.md 9d, 9j, 9k, 9m, 9n): the Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K kernels on the file
 # layout against the packed layout (bench/repack_kernel.c; 512 x 1536 stays in cache, 512 x 98304
 # streams from memory as a vocabulary head does), then spk-bench-single's resident memory on a Q4_0 file
 # with SPK_NO_REPACK=1 and with packing (VmRSS sampled from /proc while it runs: the sample at 3/4
@@ -14,7 +14,7 @@ model=${SPK_CACHE:-$HOME/.cache/sparkinfer}/synth/types-L8/Q4_0.gguf
 reps=7
 pt=64
 gt=32
-types="q4_0 q4_1 q5_0 q5_1 q8_0 mxfp4 q3_k q4_k q5_k q6_k"
+types="q4_0 q4_1 q5_0 q5_1 q8_0 mxfp4 q2_k q3_k q4_k q5_k q6_k"
 rss_part=1
 while [ $# -gt 0 ]; do
     case $1 in

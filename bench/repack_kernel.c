@@ -1,9 +1,9 @@
 /*
- * A packed type's matmul kernel (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4, Q3_K, Q4_K, Q5_K or Q6_K), file layout against the layout packed at load
+ * A packed type's matmul kernel (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4, Q2_K, Q3_K, Q4_K, Q5_K or Q6_K), file layout against the layout packed at load
  * (cpu/repack.c): thread CPU time of n_in x n_out random weights (n_in 512 x n_out 1536 by
  * default) at 1, 8 and 256 tokens, ns per row x token x 256 values, the median of `reps` runs of
  * each, the two layouts alternating. Built and run by bench/repack.sh.
- * Usage: repack_kernel [n_in n_out reps [q4_0|q8_0|mxfp4|q3_k|q4_k|q5_k|q6_k]]
+ * Usage: repack_kernel [n_in n_out reps [q4_0|q4_1|q5_0|q5_1|q8_0|mxfp4|q2_k|q3_k|q4_k|q5_k|q6_k]]
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -37,13 +37,14 @@ int main(int argc, char **argv)
         {"q4_0", "Q4_0", SPK_DT_Q4_0}, {"q8_0", "Q8_0", SPK_DT_Q8_0}, {"mxfp4", "MXFP4", SPK_DT_MXFP4},
         {"q4_k", "Q4_K", SPK_DT_Q4_K}, {"q6_k", "Q6_K", SPK_DT_Q6_K},
         {"q5_k", "Q5_K", SPK_DT_Q5_K}, {"q3_k", "Q3_K", SPK_DT_Q3_K},
-        {"q5_0", "Q5_0", SPK_DT_Q5_0}, {"q5_1", "Q5_1", SPK_DT_Q5_1}, {"q4_1", "Q4_1", SPK_DT_Q4_1}};
+        {"q5_0", "Q5_0", SPK_DT_Q5_0}, {"q5_1", "Q5_1", SPK_DT_Q5_1}, {"q4_1", "Q4_1", SPK_DT_Q4_1},
+        {"q2_k", "Q2_K", SPK_DT_Q2_K}};
     const int nt = (int)(sizeof types / sizeof *types);
     int ti = 0;
     while (argc > 4 && ti < nt && strcmp(argv[4], types[ti].arg) != 0)
         ti++;
     if (ti == nt)
-        return fprintf(stderr, "type: q4_0, q4_1, q5_0, q5_1, q8_0, mxfp4, q3_k, q4_k, q5_k or q6_k\n"), 2;
+        return fprintf(stderr, "type: q4_0, q4_1, q5_0, q5_1, q8_0, mxfp4, q2_k, q3_k, q4_k, q5_k or q6_k\n"), 2;
     const spk_dtype T = types[ti].t;
     const char *tn = types[ti].name;
     if (!spk_matmul_supported(T, n_in) || n_out < 8 || reps < 1 || reps > 101)

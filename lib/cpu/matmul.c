@@ -60,6 +60,7 @@ static void init_tables(void)
         g_r8[SPK_ISA_AVX2][SPK_DT_Q5_K] = spk_mm_r8_q5k_avx2;
         g_r8[SPK_ISA_AVX2][SPK_DT_Q3_K] = spk_mm_r8_q3k_avx2;
         g_r8[SPK_ISA_AVX2][SPK_DT_Q6_K] = spk_mm_r8_q6k_avx2;
+        g_r8[SPK_ISA_AVX2][SPK_DT_Q2_K] = spk_mm_r8_q2k_avx2;
     }
     if (spk_cpu_isa_usable(SPK_ISA_AVX512)) {
         spk_mm_fill_avx512(&g_tables[SPK_ISA_AVX512]);

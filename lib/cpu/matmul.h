@@ -46,7 +46,7 @@ void spk_matmul(float *out, int ld_out, const void *w, spk_dtype wtype, const vo
 #define SPK_MM_LAYOUT_R8 1
 
 /* The layout the kernels of the ISA in use now want for (wtype, n_in) weights: SPK_MM_LAYOUT_R8
- * where a packed kernel exists (x86 AVX2 and AVX-512: every quantized type but Q2_K), else
+ * where a packed kernel exists (x86 AVX2 and AVX-512: every quantized type), else
  * SPK_MM_LAYOUT_ROWS (nothing to gain). */
 int spk_matmul_pack_layout(spk_dtype wtype, int n_in);
 /* Whether spk_matmul_pack knows (wtype, layout). */

@@ -1,7 +1,8 @@
 /*
  * x86-64 AVX2 kernel for Q6_K weights (Q6_K files; the output head and some layers of Q4_K_M and
- * Q5_K_M files; Q3_K too: codes 0..7 with offset 4 and the same per-16 scales, the same arithmetic)
- * in 8-row x up to 8-token tiles, the 8 rows' results in the 8 float lanes of one
+ * Q5_K_M files; Q3_K too: codes 0..7 with offset 4 and the same per-16 scales, the same arithmetic;
+ * and Q2_K: codes 0..3, a 4-bit scale and a 4-bit min per 16 values, the mins' sum a second
+ * integer per super-block with a float step of its own, below) in 8-row x up to 8-token tiles, the 8 rows' results in the 8 float lanes of one
  * register per token, as the Q4_K tile of cpu/matmul_x86_q4k.c: the per-super-block float work
  * and the final horizontal sums are shared by 8 rows. Every row of every call takes this kernel,
  * at every token count, 1 included (a token's result must not depend on the batch it came in);
@@ -38,7 +39,13 @@
 #include "cpu/matmul_x86_avx2.h"
 #include "cpu/quant.h"
 
-#define BS ((size_t)sizeof(spk_block_q6_K)) /* 210: ql[128], qh[64], scales[16], d */
+/* The types of this file, the first argument of its tiles (constant after inlining). */
+enum { K6, K3, K2 };
+
+/* Bytes per block of each, and the offset of its f16 scale d. */
+#define BSK(kind) ((kind) == K6 ? sizeof(spk_block_q6_K) : (kind) == K3 ? sizeof(spk_block_q3_K) : sizeof(spk_block_q2_K))
+#define D_OFF(kind)                                                                                \
+    ((kind) == K6 ? offsetof(spk_block_q6_K, d) : (kind) == K3 ? offsetof(spk_block_q3_K, d) : offsetof(spk_block_q2_K, d))
 
 /* vpshufb masks on 8 int16 scales (both 128-bit halves): q6k_mask[k], the low half all lane 2k,
  * the high half all lane 2k + 1 (a chunk of 32 values spans two scales: maddubs' int16 pairs of
@@ -69,15 +76,22 @@ I2 __m128i q3k_scales(const spk_block_q3_K *q)
  * One super-block x of one row against T tokens: P[t] = the dot's 8 int32 partial sums (codes x
  * activations x sub-block scales) minus the offsets' (32 x scales x activation sums per 16).
  * a[t]: the tokens' K-quant sections at this super-block's values; bs[t]: its sums per 16.
- * q3: a Q3_K block instead: codes 0..7 (2 low bits from qs, the third from hmask; value + 4),
- * the same scale layout (one per 16 values), offset 4.
+ * K3: a Q3_K block instead: codes 0..7 (2 low bits from qs, the third from hmask; value + 4),
+ * the same scale layout (one per 16 values), offset 4. K2: a Q2_K block: codes 0..3 (qs as
+ * Q3_K's), scales the low nibbles of its 16 scale bytes, no offset; M[t] = the mins (the high
+ * nibbles) against the activation sums per 16, 8 int32 partial sums.
  */
-I2 void row_sums(int q3, int T, const uint8_t *x, const uint8_t *const a[8], const uint8_t *const bs[8],
-                 __m256i P[8])
+I2 void row_sums(int kind, int T, const uint8_t *x, const uint8_t *const a[8], const uint8_t *const bs[8],
+                 __m256i P[8], __m256i M[8])
 {
     const spk_block_q6_K *q = (const void *)x;
     const spk_block_q3_K *q3b = (const void *)x;
-    const __m256i s = _mm256_cvtepi8_epi16(q3 ? q3k_scales(q3b) : _mm_loadu_si128((const __m128i *)q->scales));
+    const spk_block_q2_K *q2b = (const void *)x;
+    const __m128i m0f = _mm_set1_epi8(15);
+    const __m128i sc2 = kind == K2 ? _mm_loadu_si128((const __m128i *)q2b->scales) : _mm_setzero_si128();
+    const __m256i s = kind == K2   ? _mm256_cvtepu8_epi16(_mm_and_si128(sc2, m0f))
+                      : kind == K3 ? _mm256_cvtepi8_epi16(q3k_scales(q3b))
+                                   : _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)q->scales));
     const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
     const __m256i m3 = _mm256_set1_epi8(3), b2 = _mm256_set1_epi8(4);
     __m256i S[8];
@@ -88,7 +102,11 @@ I2 void row_sums(int q3, int T, const uint8_t *x, const uint8_t *const a[8], con
         /* scales 8h..8h+7 in both halves */
         const __m256i sh = h ? _mm256_permute2x128_si256(s, s, 0x11) : _mm256_permute2x128_si256(s, s, 0x00);
         __m256i c[4];
-        if (q3) { /* chunk j: bits 2j of qs[32h + l], the third bit from bit 4h + j of hmask[l] */
+        if (kind == K2) { /* chunk j: bits 2j of qs[32h + l] */
+            const __m256i qv = _mm256_loadu_si256((const __m256i *)(q2b->qs + 32 * h));
+            for (int j = 0; j < 4; j++)
+                c[j] = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * j), m3);
+        } else if (kind == K3) { /* chunk j: bits 2j of qs[32h + l], the third bit from bit 4h + j of hmask[l] */
             const __m256i qv = _mm256_loadu_si256((const __m256i *)(q3b->qs + 32 * h));
             const __m256i hm = _mm256_loadu_si256((const __m256i *)q3b->hmask);
             for (int j = 0; j < 4; j++)
@@ -117,20 +135,40 @@ I2 void row_sums(int q3, int T, const uint8_t *x, const uint8_t *const a[8], con
             }
         }
     }
-    const __m256i coef = q3 ? _mm256_slli_epi16(s, 2) : _mm256_slli_epi16(s, 5); /* codes: value + 4, + 32 */
+    if (kind == K2) {
+        const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc2, 4), m0f));
+        for (int t = 0; t < T; t++) {
+            P[t] = S[t];
+            M[t] = _mm256_madd_epi16(mins, _mm256_loadu_si256((const __m256i *)bs[t]));
+        }
+        return;
+    }
+    const __m256i coef = kind == K3 ? _mm256_slli_epi16(s, 2) : _mm256_slli_epi16(s, 5); /* codes: value + 4, + 32 */
     for (int t = 0; t < T; t++)
         P[t] = _mm256_sub_epi32(S[t], _mm256_madd_epi16(coef, _mm256_loadu_si256((const __m256i *)bs[t])));
 }
 
+/* The float step of one super-block and token, shared by the file-layout and packed tiles: I the
+ * 8 rows' integer sums (lane j: row j), d their f16 scales, da the token's Q8_K scale; K2 also
+ * subtracts its mins' sums Mi times the rows' dmin. */
+I2 __m256 kstep(int kind, __m256 acc, __m256i I, __m256i Mi, __m256 d, __m256 dmin, float da)
+{
+    const __m256 vda = _mm256_set1_ps(da);
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), _mm256_mul_ps(d, vda), acc);
+    if (kind == K2)
+        acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(Mi), _mm256_mul_ps(dmin, vda), acc);
+    return acc;
+}
+
 /*
  * Rows r0 + j * rs (j = 0..7) against tokens t0..t0+T-1 (T <= 8): out[(t0 + t) * ld + r0 + j * rs]
- * for the first nr (1..8) rows; rows from nr on repeat row nr - 1 and are not stored. q3: Q3_K
- * blocks (row_sums' q3).
+ * for the first nr (1..8) rows; rows from nr on repeat row nr - 1 and are not stored. kind: the
+ * block type (row_sums').
  */
-I2 void tile8_k(int q3, int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow,
+I2 void tile8_k(int kind, int T, float *out, int ld, const uint8_t *w, size_t wrow, const uint8_t *act, size_t arow,
                 int n, int r0, int rs, int nr, int t0)
 {
-    const size_t BSK = q3 ? sizeof(spk_block_q3_K) : BS;
+    const size_t bsk = BSK(kind);
     const int nb = n / SPK_QK_K;
     const size_t ds_off = (size_t)n, bs_off = (size_t)n + (size_t)(n / 32) * 8;
     __m256 acc[8];
@@ -142,7 +180,7 @@ I2 void tile8_k(int q3, int T, float *out, int ld, const uint8_t *w, size_t wrow
     for (int t = 0; t < T; t++)
         at[t] = act + (size_t)(t0 + t) * arow;
     for (int b = 0; b < nb; b++) {
-        const size_t o = (size_t)b * BSK;
+        const size_t o = (size_t)b * bsk;
         const uint8_t *p[8], *a[8], *bsum[8];
         for (int j = 0; j < 8; j++)
             p[j] = wr[j] + o;
@@ -150,78 +188,95 @@ I2 void tile8_k(int q3, int T, float *out, int ld, const uint8_t *w, size_t wrow
             a[t] = at[t] + 256 * (size_t)b;
             bsum[t] = at[t] + bs_off + 32 * (size_t)b;
         }
-        __m256i P[8][8];
+        __m256i P[8][8], M[8][8];
         /* (not unrolled over rows, as the Q4_K tile: 8 copies overflow the op cache) */
 #pragma GCC unroll 1
         for (int j = 0; j < 8; j++) {
-            __m256i R[8];
+            __m256i R[8], Rm[8];
             { /* the row's block 8 ahead (in spread tiles, past the row's end: the next tile's
                * row): 10-25% less CPU time at 4096 x 14336, 1 and 8 tokens (BENCHMARKS 9i) */
-                const char *f = (const char *)p[j] + 8 * BSK;
-                _mm_prefetch(f, _MM_HINT_T0);
-                _mm_prefetch(f + 64, _MM_HINT_T0);
-                _mm_prefetch(f + 128, _MM_HINT_T0);
-                _mm_prefetch(f + 192, _MM_HINT_T0);
+                const char *f = (const char *)p[j] + 8 * bsk;
+                for (size_t l = 0; l < bsk; l += 64)
+                    _mm_prefetch(f + l, _MM_HINT_T0);
             }
-            row_sums(q3, T, p[j], a, bsum, R);
-            for (int t = 0; t < T; t++)
+            row_sums(kind, T, p[j], a, bsum, R, Rm);
+            for (int t = 0; t < T; t++) {
                 P[t][j] = R[t];
+                if (kind == K2)
+                    M[t][j] = Rm[t];
+            }
         }
-        const __m256 d = ld_f16x8(p, q3 ? offsetof(spk_block_q3_K, d) : offsetof(spk_block_q6_K, d));
+        const __m256 d = ld_f16x8(p, D_OFF(kind));
+        const __m256 dmin = kind == K2 ? ld_f16x8(p, offsetof(spk_block_q2_K, dmin)) : d;
         for (int t = 0; t < T; t++) {
             float da;
             memcpy(&da, at[t] + ds_off + 64 * (size_t)b, 4);
-            const __m256 fi = _mm256_cvtepi32_ps(hsum8x8(P[t]));
-            acc[t] = _mm256_fmadd_ps(fi, _mm256_mul_ps(d, _mm256_set1_ps(da)), acc[t]);
+            acc[t] = kstep(kind, acc[t], hsum8x8(P[t]), kind == K2 ? hsum8x8(M[t]) : P[t][0], d, dmin, da);
         }
     }
     store_lanes(out, ld, acc, T, t0, r0, rs, nr);
 }
 
 /* The tile of each type, for SPK_LANES_DRIVE. */
-#define TILE8_Q6(...) tile8_k(0, __VA_ARGS__)
-#define TILE8_Q3(...) tile8_k(1, __VA_ARGS__)
+#define TILE8_Q6(...) tile8_k(K6, __VA_ARGS__)
+#define TILE8_Q3(...) tile8_k(K3, __VA_ARGS__)
+#define TILE8_Q2(...) tile8_k(K2, __VA_ARGS__)
+
+/* up to 8 tokens from memory (the rows' weights past ~1 MiB, this VM's L2): 8 spread streams; in
+ * cache, or with several token groups: consecutive rows (measured on Q6_K 1.1-1.2x faster at
+ * 512 x 1536, 1 and 8 tokens; spread 1.4x faster at 8 tokens from memory) */
+#define SPREAD() (n_tok <= 8 && (size_t)(row1 - row0) * wrow > ((size_t)1 << 20))
 
 A2 void spk_mm_q6k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                         int n_tok, int row0, int row1)
 {
-    /* up to 8 tokens from memory (the rows' weights past ~1 MiB, this VM's L2): 8 spread streams;
-     * in cache, or with several token groups: consecutive rows (measured 1.1-1.2x faster at
-     * 512 x 1536, 1 and 8 tokens; spread 1.4x faster at 8 tokens from memory) */
-    const int spread = n_tok <= 8 && (size_t)(row1 - row0) * wrow > ((size_t)1 << 20);
+    const int spread = SPREAD();
     SPK_LANES_DRIVE(TILE8_Q6, spread);
 }
 
-/* Q3_K (Q3_K_M files), the same way (until it served Q3_K, cpu/matmul_x86_k.c's 1-row tiles did). */
+/* Q3_K (Q3_K_M files), the same way (until it served Q3_K, 1-row tiles did). */
 A2 void spk_mm_q3k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                         int n_tok, int row0, int row1)
 {
-    const int spread = n_tok <= 8 && (size_t)(row1 - row0) * wrow > ((size_t)1 << 20);
+    const int spread = SPREAD();
     SPK_LANES_DRIVE(TILE8_Q3, spread);
+}
+
+/* Q2_K (Q2_K files), the same way. */
+A2 void spk_mm_q2k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                        int n_tok, int row0, int row1)
+{
+    const int spread = SPREAD();
+    SPK_LANES_DRIVE(TILE8_Q2, spread);
 }
 
 /*
  * The tile on weights packed at load (SPK_MM_LAYOUT_R8, cpu/repack.c), as the Q4_K one of
  * cpu/matmul_x86_q4k.c: per 8-row group and sub-block of 16 values, 4 registers of codes with
- * dword j from row j (unpacked from 3 loads by tile8_k's shifts and masks) against a token's 4
- * activations broadcast to every dword; two maddubs add up in int16 (|sum| <= 2 * 2 * 63 * 127 =
- * 32004: exact) before one madd with the sub-block's scales (row j's in lanes 2j, 2j + 1), so
- * 1 + 1/2 multiplies per 32 products (the file-layout tile: 2) and no horizontal sums. The
- * offset 32 meets the activation sums per 16 (one madd per two sub-blocks) and is subtracted in
- * integers; the float step per super-block and token is tile8_k's, so the results are its bits.
+ * dword j from row j (unpacked from 3 loads by tile8_k's shifts and masks; Q3_K from 2, Q2_K
+ * from 1) against a token's 4 activations broadcast to every dword; two maddubs add up in int16
+ * (|sum| <= 2 * 2 * 63 * 127 = 32004: exact) before one madd with the sub-block's scales (row j's
+ * in lanes 2j, 2j + 1), so 1 + 1/2 multiplies per 32 products (the file-layout tile: 2) and no
+ * horizontal sums. The offset 32 (Q3_K 4; Q2_K: the mins) meets the activation sums per 16 (one
+ * madd per two sub-blocks); the float step per super-block and token is tile8_k's kstep, so the
+ * results are its bits.
  */
-/* The scales of the super-block at p of a packed group (int8 at p + 16 + 8i + j: scale i of row
- * j): sc[i], lanes 2j and 2j + 1 = scale i of row j; pr[k], lane 2j = scale 2k, lane 2j + 1 =
- * scale 2k + 1 of row j (for the offsets). q3: p is a Q3_K group, whose 6-bit scales (the file's
- * 12 bytes of row j at p + 16 + 8i + j, i = 0..11) are decoded to that layout first. */
-I2 void r8_scales(int q3, const uint8_t *p, __m256i sc[16], __m256i pr[8])
+/* The scales of the super-block at p of a packed group: sc[i], lanes 2j and 2j + 1 = scale i of
+ * row j; pr[k], lane 2j = coefficient 2k, lane 2j + 1 = coefficient 2k + 1 of the activation
+ * sums of row j: the scales (Q6_K, Q3_K: the offset's) or the mins (Q2_K). Q6_K: int8 at
+ * p + 16 + 8i + j. Q3_K: its 6-bit scales (the file's 12 bytes of row j at p + 16 + 8i + j,
+ * i = 0..11) are decoded to that layout first. Q2_K: byte p + 32 + 8i + j = the file's scale byte
+ * i of row j, scale in the low nibble, min in the high. */
+I2 void r8_scales(int kind, const uint8_t *p, __m256i sc[16], __m256i pr[8])
 {
-    uint8_t tmp[144];
-    if (q3) {
+    uint8_t tmp[128], tmpm[128];
+    const uint8_t *S = p + 16, *Mn = p + 16; /* scale (coefficient) i of row j at S[8i + j] (Mn[8i + j]) */
+    const __m256i m0f = _mm256_set1_epi8(0x0f);
+    if (kind == K3) {
         const __m256i L0 = _mm256_loadu_si256((const __m256i *)(p + 16));
         const __m256i L1 = _mm256_loadu_si256((const __m256i *)(p + 48));
         const __m256i H = _mm256_loadu_si256((const __m256i *)(p + 80));
-        const __m256i m0f = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30), b32 = _mm256_set1_epi8(32);
+        const __m256i m30 = _mm256_set1_epi8(0x30), b32 = _mm256_set1_epi8(32);
         const __m256i v[4] = {
             _mm256_or_si256(_mm256_and_si256(L0, m0f), _mm256_and_si256(_mm256_slli_epi16(H, 4), m30)),
             _mm256_or_si256(_mm256_and_si256(L1, m0f), _mm256_and_si256(_mm256_slli_epi16(H, 2), m30)),
@@ -230,24 +285,43 @@ I2 void r8_scales(int q3, const uint8_t *p, __m256i sc[16], __m256i pr[8])
                             _mm256_and_si256(_mm256_srli_epi16(H, 2), m30)),
         };
         for (int k = 0; k < 4; k++) /* scales 4k..4k + 3 */
-            _mm256_storeu_si256((__m256i *)(tmp + 16 + 32 * k), _mm256_sub_epi8(v[k], b32));
-        p = tmp;
+            _mm256_storeu_si256((__m256i *)(tmp + 32 * k), _mm256_sub_epi8(v[k], b32));
+        S = Mn = tmp;
+    } else if (kind == K2) {
+        for (int k = 0; k < 4; k++) { /* sub-blocks 4k..4k + 3 */
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(p + 32 + 32 * k));
+            _mm256_storeu_si256((__m256i *)(tmp + 32 * k), _mm256_and_si256(v, m0f));
+            _mm256_storeu_si256((__m256i *)(tmpm + 32 * k), _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f));
+        }
+        S = tmp;
+        Mn = tmpm;
     }
     for (int k = 0; k < 8; k++) {
-        const __m128i x0 = _mm_loadl_epi64((const __m128i *)(p + 16 + 16 * k));
-        const __m128i x1 = _mm_loadl_epi64((const __m128i *)(p + 24 + 16 * k));
+        const __m128i x0 = _mm_loadl_epi64((const __m128i *)(S + 16 * k));
+        const __m128i x1 = _mm_loadl_epi64((const __m128i *)(S + 8 + 16 * k));
         sc[2 * k] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x0, x0));
         sc[2 * k + 1] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x1, x1));
-        pr[k] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x0, x1));
+        pr[k] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(Mn + 16 * k)),
+                                                       _mm_loadl_epi64((const __m128i *)(Mn + 8 + 16 * k))));
     }
 }
 
 /* The 4 code registers of sub-block i of the super-block at p (tile8_k's unpacking; Q3_K: the 2
- * low bits at 2k of the pair's register for i, the third at bit k + 4 (i & 1) of its third). */
-I2 void r8_codes(int q3, const uint8_t *p, int i, __m256i c[4])
+ * low bits at 2k of the pair's register for i, the third at bit k + 4 (i & 1) of its third;
+ * Q2_K: the 2 bits at 2k of register i at p + 160). */
+I2 void r8_codes(int kind, const uint8_t *p, int i, __m256i c[4])
 {
-    if (q3) {
-        const __m256i m3 = _mm256_set1_epi8(3), b2 = _mm256_set1_epi8(4);
+    const __m256i m3 = _mm256_set1_epi8(3);
+    if (kind == K2) {
+        const __m256i lo = _mm256_loadu_si256((const __m256i *)(p + 160 + 32 * (size_t)i));
+        c[0] = _mm256_and_si256(lo, m3);
+        c[1] = _mm256_and_si256(_mm256_srli_epi16(lo, 2), m3);
+        c[2] = _mm256_and_si256(_mm256_srli_epi16(lo, 4), m3);
+        c[3] = _mm256_and_si256(_mm256_srli_epi16(lo, 6), m3);
+        return;
+    }
+    if (kind == K3) {
+        const __m256i b2 = _mm256_set1_epi8(4);
         const uint8_t *u = p + 112 + 96 * (size_t)(i / 2);
         const __m256i lo = _mm256_loadu_si256((const __m256i *)(u + 32 * (i & 1)));
         /* bits 4 (i & 1)..+3 of each byte to 0..3 (a byte's own bits: the bits shifted in from
@@ -272,11 +346,11 @@ I2 void r8_codes(int q3, const uint8_t *p, int i, __m256i c[4])
 }
 
 /* I += sub-block i's scaled dots of the 8 rows (lane j) against the token's 16 values at a: two
- * maddubs per madd (Q3_K, codes to 7: all four, |sum| <= 4 * 2 * 7 * 127 = 7112). */
-I2 __m256i r8_dot(int q3, __m256i I, const __m256i c[4], const uint8_t *a, __m256i sc)
+ * maddubs per madd (Q3_K, Q2_K, codes to 7: all four, |sum| <= 4 * 2 * 7 * 127 = 7112). */
+I2 __m256i r8_dot(int kind, __m256i I, const __m256i c[4], const uint8_t *a, __m256i sc)
 {
     __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(c[0], bcast4(a)), _mm256_maddubs_epi16(c[1], bcast4(a + 4)));
-    if (!q3) {
+    if (kind == K6) {
         I = _mm256_add_epi32(I, _mm256_madd_epi16(s, sc));
         KEEP(I);
         s = _mm256_setzero_si256();
@@ -288,17 +362,22 @@ I2 __m256i r8_dot(int q3, __m256i I, const __m256i c[4], const uint8_t *a, __m25
     return I;
 }
 
-/* The float step of one super-block (b) and token (its row at at): tile8_k's (offset 32, Q3_K 4). */
-I2 __m256 r8_step(int q3, __m256 acc, __m256i I, const __m256i pr[8], __m256 d, const uint8_t *at, int n, int b)
+/* The float step of one super-block (b, at p) and token (its row at at): tile8_k's (offset 32,
+ * Q3_K 4: subtracted in integers; Q2_K: the mins' sums, kstep's second step). */
+I2 __m256 r8_step(int kind, __m256 acc, __m256i I, const __m256i pr[8], const uint8_t *p, const uint8_t *at, int n,
+                  int b)
 {
     const __m256i O = kq_bsums8(pr, at, n, b);
-    const __m256 fi = _mm256_cvtepi32_ps(_mm256_sub_epi32(I, q3 ? _mm256_slli_epi32(O, 2) : _mm256_slli_epi32(O, 5)));
-    return _mm256_fmadd_ps(fi, _mm256_mul_ps(d, _mm256_set1_ps(spk_kq_d(at, n, b))), acc);
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    if (kind == K2)
+        return kstep(K2, acc, I, O, d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16))), spk_kq_d(at, n, b));
+    return kstep(kind, acc, _mm256_sub_epi32(I, kind == K3 ? _mm256_slli_epi32(O, 2) : _mm256_slli_epi32(O, 5)), O, d,
+                 d, spk_kq_d(at, n, b));
 }
 
-I2 void tile_r8k6(int q3, int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
+I2 void tile_r8k6(int kind, int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
 {
-    const size_t GB = 8 * (q3 ? sizeof(spk_block_q3_K) : BS);
+    const size_t GB = 8 * BSK(kind);
     const int nb = n / SPK_QK_K;
     __m256 acc[8];
     for (int t = 0; t < T; t++)
@@ -306,8 +385,7 @@ I2 void tile_r8k6(int q3, int T, float *o, size_t ld, const uint8_t *gp, const u
     for (int b = 0; b < nb; b++) {
         const uint8_t *p = gp + (size_t)b * GB;
         __m256i sc[16], pr[8];
-        r8_scales(q3, p, sc, pr);
-        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+        r8_scales(kind, p, sc, pr);
         for (int t0 = 0; t0 < T; t0 += 8) {
             const int U = T - t0 < 8 ? T - t0 : 8;
             __m256i I[8];
@@ -316,13 +394,13 @@ I2 void tile_r8k6(int q3, int T, float *o, size_t ld, const uint8_t *gp, const u
 #pragma GCC unroll 1
             for (int i = 0; i < 16; i++) {
                 __m256i c[4];
-                r8_codes(q3, p, i, c);
+                r8_codes(kind, p, i, c);
 #pragma GCC unroll 8
                 for (int t = 0; t < U; t++)
-                    I[t] = r8_dot(q3, I[t], c, act + (size_t)(t0 + t) * arow + 256 * (size_t)b + 16 * i, sc[i]);
+                    I[t] = r8_dot(kind, I[t], c, act + (size_t)(t0 + t) * arow + 256 * (size_t)b + 16 * i, sc[i]);
             }
             for (int t = 0; t < U; t++)
-                acc[t0 + t] = r8_step(q3, acc[t0 + t], I[t], pr, d, act + (size_t)(t0 + t) * arow, n, b);
+                acc[t0 + t] = r8_step(kind, acc[t0 + t], I[t], pr, p, act + (size_t)(t0 + t) * arow, n, b);
         }
     }
     for (int t = 0; t < T; t++)
@@ -331,9 +409,9 @@ I2 void tile_r8k6(int q3, int T, float *o, size_t ld, const uint8_t *gp, const u
 
 /* One token against the 4 groups gp + g * gs at once (4 sequential streams through weights read
  * from memory; tile_r8k6's arithmetic per group), group g's results to o[g * os + j]. */
-I2 void tok1_r8k6x4(int q3, float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
+I2 void tok1_r8k6x4(int kind, float *o, size_t os, const uint8_t *gp, size_t gs, const uint8_t *act, int n)
 {
-    const size_t GB = 8 * (q3 ? sizeof(spk_block_q3_K) : BS);
+    const size_t GB = 8 * BSK(kind);
     const int nb = n / SPK_QK_K;
     __m256 acc[4];
     for (int g = 0; g < 4; g++)
@@ -343,22 +421,23 @@ I2 void tok1_r8k6x4(int q3, float *o, size_t os, const uint8_t *gp, size_t gs, c
         for (int g = 0; g < 4; g++) {
             const uint8_t *p = gp + (size_t)g * gs + (size_t)b * GB;
             __m256i sc[16], pr[8], I = _mm256_setzero_si256();
-            r8_scales(q3, p, sc, pr);
+            r8_scales(kind, p, sc, pr);
 #pragma GCC unroll 2
             for (int i = 0; i < 16; i++) {
                 __m256i c[4];
-                r8_codes(q3, p, i, c);
-                I = r8_dot(q3, I, c, act + 256 * (size_t)b + 16 * i, sc[i]);
+                r8_codes(kind, p, i, c);
+                I = r8_dot(kind, I, c, act + 256 * (size_t)b + 16 * i, sc[i]);
             }
-            acc[g] = r8_step(q3, acc[g], I, pr, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)), act, n, b);
+            acc[g] = r8_step(kind, acc[g], I, pr, p, act, n, b);
         }
     }
     for (int g = 0; g < 4; g++)
         _mm256_storeu_ps(o + (size_t)g * os, acc[g]);
 }
 
-SPK_R8_KERNEL(spk_mm_r8_q6k_avx2, tile_r8k6, tok1_r8k6x4, 0)
-SPK_R8_KERNEL(spk_mm_r8_q3k_avx2, tile_r8k6, tok1_r8k6x4, 1)
+SPK_R8_KERNEL(spk_mm_r8_q6k_avx2, tile_r8k6, tok1_r8k6x4, K6)
+SPK_R8_KERNEL(spk_mm_r8_q3k_avx2, tile_r8k6, tok1_r8k6x4, K3)
+SPK_R8_KERNEL(spk_mm_r8_q2k_avx2, tile_r8k6, tok1_r8k6x4, K2)
 
 #else
 typedef int spk_matmul_x86_q6k_unused; /* ISO C forbids an empty translation unit */

@@ -175,6 +175,12 @@ void spk_mm_r8_q6k_avx2(float *out, int ld, const void *w, size_t wrow, const vo
 /* The same for Q3_K (spk_mm_q3k_avx2's results). */
 void spk_mm_r8_q3k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                         int n_tok, int row0, int row1);
+/* cpu/matmul_x86_q6k.c: Q2_K rows in the same 8-row tiles (codes 0..3, a scale and a min per 16),
+ * and its packed tile (spk_mm_q2k_avx2's results). */
+void spk_mm_q2k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                     int n_tok, int row0, int row1);
+void spk_mm_r8_q2k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
+                        int n_tok, int row0, int row1);
 #endif
 #if defined(__aarch64__)
 void spk_mm_fill_neon(spk_mm_table *t);

@@ -45,6 +45,13 @@
  *   then per pair of sub-blocks i = 2P, 2P + 1 (16 values each), 96 bytes: for each, 32 bytes
  *                   of the codes' 2 low bits (bits 2k of byte 4j + e: value 16i + 4k + e of row
  *                   j), then 32 bytes of their third bits (bit k + 4 (i & 1) of the same byte)
+ * SPK_MM_LAYOUT_R8 for Q2_K: per group, per super-block b (672 bytes = 8 file blocks):
+ *   bytes 0..15     the 8 rows' f16 scales d, row j at 2j
+ *   bytes 16..31    the 8 rows' f16 mins' scales dmin, row j at 16 + 2j
+ *   bytes 32..159   the file's 16 scale bytes (scale low nibble, min high), byte i of row j at
+ *                   32 + 8i + j
+ *   bytes 160..671  the codes, 16 registers of 32 bytes, one per sub-block i (16 values): bits 2k
+ *                   of byte 4j + e = value 16i + 4k + e of row j (Q3_K's low-bit registers)
  * SPK_MM_LAYOUT_R8 for Q4_0, Q4_1, Q5_0, Q5_1: per group, per block b (8 file blocks: 144, 160,
  * 176, 192 bytes):
  *   bytes 0..15     the 8 rows' f16 scales d, row j at 2j
@@ -304,6 +311,49 @@ static void unpack_q3_K_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int 
     }
 }
 
+/* Bit offset of value v's 2-bit code in a Q2_K block's qs (and Q3_K's): byte 32 (v / 128) + v % 32,
+ * bits 2 ((v / 32) % 4). */
+static int q2_bit(int v)
+{
+    return 8 * (32 * (v / 128) + v % 32) + 2 * ((v / 32) % 4);
+}
+
+static void pack_q2_K_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
+{
+    for (int b = 0; b < nb; b++) {
+        uint8_t *o = dst + (size_t)b * 8 * sizeof(spk_block_q2_K);
+        memset(o + 160, 0, 512);
+        for (int j = 0; j < 8; j++) {
+            const spk_block_q2_K *x = (const spk_block_q2_K *)(src + (size_t)j * wrow) + b;
+            memcpy(o + 2 * j, &x->d, 2);
+            memcpy(o + 16 + 2 * j, &x->dmin, 2);
+            for (int i = 0; i < 16; i++)
+                o[32 + 8 * i + j] = x->scales[i];
+            for (int v = 0; v < 256; v++) {
+                const int c = (x->qs[q2_bit(v) / 8] >> (q2_bit(v) % 8)) & 3, i = v / 16, k = (v % 16) / 4;
+                o[160 + 32 * i + 4 * j + v % 4] |= (uint8_t)(c << (2 * k));
+            }
+        }
+    }
+}
+
+static void unpack_q2_K_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int b1)
+{
+    for (int b = b0; b < b1; b++) {
+        const uint8_t *o = grp + (size_t)b * 8 * sizeof(spk_block_q2_K);
+        spk_block_q2_K *x = (spk_block_q2_K *)dst + (b - b0);
+        memcpy(&x->d, o + 2 * j, 2);
+        memcpy(&x->dmin, o + 16 + 2 * j, 2);
+        for (int i = 0; i < 16; i++)
+            x->scales[i] = o[32 + 8 * i + j];
+        memset(x->qs, 0, sizeof x->qs);
+        for (int v = 0; v < 256; v++) {
+            const int c = (o[160 + 32 * (v / 16) + 4 * j + v % 4] >> (2 * ((v % 16) / 4))) & 3;
+            x->qs[q2_bit(v) / 8] |= (uint8_t)(c << (q2_bit(v) % 8));
+        }
+    }
+}
+
 /* Q4_0, Q4_1, Q5_0 and Q5_1: the file block's m, qh and qs at m_off, qh_off (0: none) and qs_off;
  * the packed block's d at 0, m at 16, the fifth bits H next, then the codes. */
 typedef struct q5_shape { size_t bs, m_off, qh_off, qs_off; } q5_shape;
@@ -384,6 +434,7 @@ static const pack_format k_formats[] = {
     {SPK_DT_Q3_K, SPK_MM_LAYOUT_R8, pack_q3_K_r8, unpack_q3_K_r8},
     {SPK_DT_Q5_K, SPK_MM_LAYOUT_R8, pack_q5_K_r8, unpack_q5_K_r8},
     {SPK_DT_Q6_K, SPK_MM_LAYOUT_R8, pack_q6_K_r8, unpack_q6_K_r8},
+    {SPK_DT_Q2_K, SPK_MM_LAYOUT_R8, pack_q2_K_r8, unpack_q2_K_r8},
 };
 
 static const pack_format *find(spk_dtype t, int layout)

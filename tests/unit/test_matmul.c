@@ -595,7 +595,7 @@ START_TEST(test_repack_matches_unpacked)
     static const int n_ins[] = {32, 224, 576}, n_ins_k[] = {256, 512, 1280};
     static const int n_outs[] = {8, 13, 45, 64};
     static const spk_dtype types[] = {SPK_DT_Q4_0, SPK_DT_Q8_0, SPK_DT_MXFP4, SPK_DT_Q4_K, SPK_DT_Q6_K, SPK_DT_Q5_K,
-                                      SPK_DT_Q3_K, SPK_DT_Q5_0, SPK_DT_Q5_1, SPK_DT_Q4_1};
+                                      SPK_DT_Q3_K, SPK_DT_Q5_0, SPK_DT_Q5_1, SPK_DT_Q4_1, SPK_DT_Q2_K};
     const spk_dtype t = types[_i / 3];
     const int n_in = spk_dtype_get((uint32_t)t)->block == 256 ? n_ins_k[_i % 3] : n_ins[_i % 3], nt_max = 17;
     int isas[SPK_ISA_COUNT];
@@ -667,8 +667,8 @@ START_TEST(test_repack_matches_unpacked)
 }
 END_TEST
 
-/* Which layouts exist: Q4_0, Q8_0, MXFP4 and Q3_K-Q6_K pack (and on an AVX2 machine the kernels in use want it);
- * other types and bad arguments are refused, not packed wrong. */
+/* Which layouts exist: every quantized type packs (and on an AVX2 machine the kernels in use want it);
+ * float types and bad arguments are refused, not packed wrong. */
 /* VmRSS or VmHWM of this process in KiB (-1 if /proc cannot tell). */
 static long proc_kib(const char *key)
 {
@@ -764,9 +764,10 @@ START_TEST(test_repack_layouts)
     ck_assert(spk_matmul_layout_known(SPK_DT_Q5_0, SPK_MM_LAYOUT_R8));
     ck_assert(spk_matmul_layout_known(SPK_DT_Q5_1, SPK_MM_LAYOUT_R8));
     ck_assert(spk_matmul_layout_known(SPK_DT_Q4_1, SPK_MM_LAYOUT_R8));
-    ck_assert(spk_matmul_layout_known(SPK_DT_Q2_K, SPK_MM_LAYOUT_ROWS));
-    ck_assert(!spk_matmul_layout_known(SPK_DT_Q2_K, SPK_MM_LAYOUT_R8));
-    ck_assert_int_eq(spk_matmul_pack(dst, src, SPK_DT_Q2_K, SPK_MM_LAYOUT_R8, 256, 4, 0), -1);
+    ck_assert(spk_matmul_layout_known(SPK_DT_Q2_K, SPK_MM_LAYOUT_R8));
+    ck_assert(spk_matmul_layout_known(SPK_DT_F16, SPK_MM_LAYOUT_ROWS));
+    ck_assert(!spk_matmul_layout_known(SPK_DT_F16, SPK_MM_LAYOUT_R8));
+    ck_assert_int_eq(spk_matmul_pack(dst, src, SPK_DT_F16, SPK_MM_LAYOUT_R8, 32, 4, 0), -1);
     ck_assert_int_eq(spk_matmul_pack(dst, src, SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, 31, 8, 0), -1);
     ck_assert_int_eq(spk_matmul_pack(src, src, SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, 32, 8, 0), -1);
     ck_assert_int_eq(spk_matmul_unpack_row(row, src, SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, 32, 8, 8), -1);
@@ -785,7 +786,8 @@ START_TEST(test_repack_layouts)
     ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q3_K, 256), want);
     ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q4_K, 64), SPK_MM_LAYOUT_ROWS);
     ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q4_1, 64), want);
-    ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q2_K, 256), SPK_MM_LAYOUT_ROWS);
+    ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q2_K, 256), want);
+    ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_F16, 256), SPK_MM_LAYOUT_ROWS);
     ck_assert_int_eq(spk_matmul_pack_layout(SPK_DT_Q4_0, 63), SPK_MM_LAYOUT_ROWS);
 }
 END_TEST
@@ -1469,7 +1471,7 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, test_kquant_batches, 0, 5);
     tcase_add_loop_test(tc, test_gemm8_tiles, 0, 3);
     tcase_add_loop_test(tc, test_batch_invariant, 0, N_TYPES);
-    tcase_add_loop_test(tc, test_repack_matches_unpacked, 0, 30);
+    tcase_add_loop_test(tc, test_repack_matches_unpacked, 0, 33);
     tcase_add_test(tc, test_repack_layouts);
     tcase_add_test(tc, test_repack_drop_releases_whole_pages_only);
     tcase_add_test(tc, test_act_q8k_section);

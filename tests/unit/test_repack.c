@@ -1,6 +1,6 @@
 /*
  * Weight repacking at load (CPU backend, lib/model/llama.c pack_weights): on synthetic Q4_0, Q8_0,
- * Q4_1, Q5_0, Q5_1, MXFP4, Q3_K, Q4_K, Q5_K and Q6_K models (tied embeddings read packed by embed, and an untied head; vocabularies off the
+ * Q4_1, Q5_0, Q5_1, MXFP4, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K models (tied embeddings read packed by embed, and an untied head; vocabularies off the
  * 8-row grid; a gpt-oss model whose stacked MXFP4 experts pack as one matrix), the logits of a
  * batched prefill and of incremental greedy decode are the same bit for bit with packing and
  * with SPK_NO_REPACK=1, at 1 and 2 threads and as a TP 2 group; the packed model reports its
@@ -125,6 +125,7 @@ START_TEST(packed_model_matches_unpacked)
         {"tied-q5_0.gguf", SPK_DT_Q5_0, 1, 1021, 0},
         {"tied-q5_1.gguf", SPK_DT_Q5_1, 1, 1021, 0},
         {"tied-q4_1.gguf", SPK_DT_Q4_1, 1, 1021, 0},
+        {"tied-q2k.gguf", SPK_DT_Q2_K, 1, 1021, 0},
     };
     char path[128];
     write_model(cases[_i].name, cases[_i].type, cases[_i].tied, cases[_i].vocab, cases[_i].moe, path, sizeof path);
@@ -283,7 +284,7 @@ int main(void)
     Suite *s = suite_create("repack");
     TCase *tc = tcase_create("repack");
     tcase_set_timeout(tc, 300);
-    tcase_add_loop_test(tc, packed_model_matches_unpacked, 0, 12);
+    tcase_add_loop_test(tc, packed_model_matches_unpacked, 0, 13);
     tcase_add_test(tc, packed_tp2_matches_unpacked);
     suite_add_tcase(s, tc);
     const int rc = spk_test_run(s);
