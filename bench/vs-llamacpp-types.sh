@@ -84,7 +84,7 @@ run_family() {
         bat=""
         if [ -n "$batched" ]; then
             bout=$(bash "$here/vs-llamacpp-batched.sh" --model "$q" --threads "$threads" --build-dir "$build" \
-                --batches "$batched" --gen 32)
+                --batches "$batched" --gen 32 --reps "$reps")
             printf '%s\n' "$bout" >&2
             for b in $batched; do
                 bat="$bat $(printf '%s\n' "$bout" | awk -v b="$b" '$1 == b { print $4; f = 1 } END { if (!f) print "-" }')"
