@@ -32,6 +32,9 @@ typedef enum spk_mem_kind {
  * SPK_WLAYOUT_R8 (CPU), rows in interleaved groups of 8 (the n_out % 8 leftover rows in the
  * file's layout, at the file's offsets; see cpu/repack.c). Only matmul and embed read it. */
 enum { SPK_WLAYOUT_ROWS = 0, SPK_WLAYOUT_R8 = 1 };
+/* The modes of spk_backend_ops.pack. */
+enum { SPK_PACK_COPY, SPK_PACK_DROP, SPK_PACK_IN_PLACE };
+
 typedef struct spk_wmat {
     const void *data;
     spk_dtype type;
@@ -102,13 +105,15 @@ typedef struct spk_backend_ops {
     spk_status (*upload)(spk_backend *be, const void *host, size_t bytes, void **dev);
     void (*release)(spk_backend *be, void *dev);
     /* Repack a weight matrix that only matmul and embed read into the layout the backend's
-     * kernels want, once, at load: on success with a packed copy, w->data and w->layout name it and
-     * *owned is the copy's buffer (the caller frees it with free() after the model); with `drop`
-     * the original's whole pages are dropped as they are packed (so the two copies never coexist:
-     * only for mappings that re-read a dropped page). *owned NULL: left as it is, nothing dropped
-     * (no packed kernel for the type here, or SPK_NO_REPACK=1 in the environment). May be NULL
-     * (nothing is ever packed). */
-    spk_status (*pack)(spk_backend *be, spk_wmat *w, int drop, void **owned);
+     * kernels want, once, at load (mode: SPK_PACK_*). SPK_PACK_COPY: on success with a packed copy,
+     * w->data and w->layout name it and *owned is the copy's buffer (the caller frees it with
+     * free() after the model); SPK_PACK_DROP: the same, and the original's whole pages are dropped
+     * as they are packed (so the two copies never coexist: only for mappings that re-read a
+     * dropped page); SPK_PACK_IN_PLACE: w->data is a buffer the caller owns and nothing else
+     * reads, packed where it is (only w->layout changes, *owned stays NULL). *owned NULL and
+     * w->layout unchanged: left as it is, nothing dropped (no packed kernel for the type here, or
+     * SPK_NO_REPACK=1 in the environment). May be NULL (nothing is ever packed). */
+    spk_status (*pack)(spk_backend *be, spk_wmat *w, int mode, void **owned);
     /* Whether the ops take weights of `type`. May be NULL (every type the library reads). */
     int (*supports)(spk_backend *be, spk_dtype type);
     /* Copy between host and backend memory, either way, finished on return. NULL for host backends. */

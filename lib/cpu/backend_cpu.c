@@ -125,7 +125,7 @@ static void cpu_matmul(spk_backend *be, float *out, const spk_wmat *w, const voi
 _Static_assert(SPK_WLAYOUT_R8 == SPK_MM_LAYOUT_R8 && SPK_WLAYOUT_ROWS == SPK_MM_LAYOUT_ROWS,
                "backend and kernel layout numbers");
 
-static spk_status cpu_pack(spk_backend *be, spk_wmat *w, int drop, void **owned)
+static spk_status cpu_pack(spk_backend *be, spk_wmat *w, int mode, void **owned)
 {
     (void)be;
     *owned = NULL;
@@ -135,12 +135,18 @@ static spk_status cpu_pack(spk_backend *be, spk_wmat *w, int drop, void **owned)
     const int layout = spk_matmul_pack_layout(w->type, w->n_in);
     if (layout == SPK_MM_LAYOUT_ROWS)
         return SPK_OK;
+    if (mode == SPK_PACK_IN_PLACE) { /* the caller's own buffer (pack op contract): writable */
+        void *data = (void *)(uintptr_t)w->data;
+        if (spk_matmul_pack(data, data, w->type, layout, w->n_in, w->n_out, 0) == 0)
+            w->layout = (uint8_t)layout;
+        return SPK_OK;
+    }
     const size_t bytes = spk_dtype_row_size(w->type, (size_t)w->n_in) * (size_t)w->n_out;
     void *buf = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
     if (!buf)
         return spk_err(SPK_ERR_NOMEM, "cpu backend: cannot allocate %zu bytes to repack a %d x %d weight matrix", bytes,
                        w->n_out, w->n_in);
-    if (spk_matmul_pack(buf, w->data, w->type, layout, w->n_in, w->n_out, drop) != 0) {
+    if (spk_matmul_pack(buf, w->data, w->type, layout, w->n_in, w->n_out, mode == SPK_PACK_DROP) != 0) {
         free(buf);
         return SPK_OK;
     }

@@ -51,8 +51,10 @@ void spk_matmul(float *out, int ld_out, const void *w, spk_dtype wtype, const vo
 int spk_matmul_pack_layout(spk_dtype wtype, int n_in);
 /* Whether spk_matmul_pack knows (wtype, layout). */
 int spk_matmul_layout_known(spk_dtype wtype, int layout);
-/* The n_out rows at src (file layout) into `layout` at dst (the same size, not overlapping src).
- * 0, or -1 if (wtype, layout, n_in) is not packable (checked before anything is read).
+/* The n_out rows at src (file layout) into `layout` at dst (the same size; dst == src packs in
+ * place, one 8-row group at a time through a group-sized buffer, without `drop`; otherwise not
+ * overlapping src). 0, or -1 if (wtype, layout, n_in) is not packable (checked before anything is
+ * read) or the group buffer cannot be allocated (src untouched).
  * With `drop`, src is read about SPK_PACK_CHUNK bytes at a time and the whole pages of src a
  * chunk came from are dropped (MADV_DONTNEED) before the next is read: packing a mapped matrix then
  * holds the packed copy and one chunk, not two copies (the caller must be able to lose src's

@@ -65,6 +65,7 @@
  */
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -459,10 +460,22 @@ static const uint8_t *drop_pages(const uint8_t *lo, const uint8_t *hi, uintptr_t
 int spk_matmul_pack(void *dst, const void *src, spk_dtype wtype, int layout, int n_in, int n_out, int drop)
 {
     const pack_format *f = find(wtype, layout);
-    if (!f || !spk_matmul_supported(wtype, n_in) || n_out < 0 || dst == src)
+    if (!f || !spk_matmul_supported(wtype, n_in) || n_out < 0 || (dst == src && drop))
         return -1;
     const size_t wrow = spk_dtype_row_size(wtype, (size_t)n_in);
     const int nb = n_in / (int)spk_dtype_get((uint32_t)wtype)->block, G = n_out / 8;
+    if (dst == src) { /* group g's bytes are the 8 rows it is made of: one group at a time */
+        uint8_t *tmp = G ? malloc(8 * wrow) : NULL;
+        if (G && !tmp)
+            return -1;
+        for (int g = 0; g < G; g++) {
+            uint8_t *grp = (uint8_t *)dst + (size_t)g * 8 * wrow;
+            f->pack_group(tmp, grp, wrow, nb);
+            memcpy(grp, tmp, 8 * wrow);
+        }
+        free(tmp);
+        return 0;
+    }
     const int chunk = SPK_PACK_CHUNK / (8 * wrow) > 0 ? (int)(SPK_PACK_CHUNK / (8 * wrow)) : 1; /* groups */
     const long pgl = sysconf(_SC_PAGESIZE);
     const uintptr_t pg = pgl > 0 ? (uintptr_t)pgl : 4096;

@@ -185,9 +185,10 @@ static spk_status upload_weights(spk_llama *m, const spk_weights *w)
  * re-read or re-converted if anything touches them again). A layer's stacked experts
  * pack as one matrix of n_loc * n_out rows when they lie back to back and n_out is a multiple of
  * 8 (so no 8-row group spans two experts, and expert e's packed rows start at e * stride as
- * before): cpu_moe multiplies each expert's slice in its layout. Left unpacked: routers, expert
- * row slices under TP (the expert stride is not theirs), and buffers the weights own (TP column
- * slices): packing those would hold two copies. */
+ * before): cpu_moe multiplies each expert's slice in its layout. Buffers the weights own (the
+ * column slices of a TP shard, which only this model reads: spk_llama_create) are packed in
+ * place, so a TP rank's attention output and MLP down run the packed kernels too. Left unpacked:
+ * routers and expert row slices under TP (the expert stride is not theirs). */
 static spk_status pack_weights(spk_llama *m, const spk_weights *w)
 {
     const int L = m->n_layers;
@@ -227,7 +228,7 @@ static spk_status pack_weights(spk_llama *m, const spk_weights *w)
             int owned = 0;
             for (int o = 0; o < w->n_owned && !owned; o++)
                 owned = w->owned[o] == x->data;
-            if (!x->data || owned)
+            if (!x->data)
                 continue;
             spk_wmat all = *x; /* the whole stack: mult matrices back to back */
             all.n_out *= mult[k];
@@ -237,7 +238,13 @@ static spk_status pack_weights(spk_llama *m, const spk_weights *w)
             const int same = tied && w->tok_embd.n_out == all.n_out && w->tok_embd.type == all.type &&
                              w->tok_embd.n_in == all.n_in;
             void *buf = NULL;
-            SPK_TRY(m->be->ops->pack(m->be, &all, !tied || same, &buf));
+            const int mode = owned ? SPK_PACK_IN_PLACE : !tied || same ? SPK_PACK_DROP : SPK_PACK_COPY;
+            SPK_TRY(m->be->ops->pack(m->be, &all, mode, &buf));
+            if (owned && all.layout != x->layout) {
+                x->layout = all.layout;
+                m->packed_bytes += wmat_bytes(&all);
+                continue;
+            }
             if (!buf)
                 continue;
             x->data = all.data;

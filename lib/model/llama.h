@@ -139,7 +139,9 @@ typedef struct spk_llama spk_llama;
 
 /* n_seq sequences of up to n_ctx tokens each, each with its own slot of the KV cache (batches
  * carry no block tables; seq[i] is the slot); up to max_tok tokens per forward call.
- * `w` comes from spk_llama_shard(sh) (sh NULL: the whole model; w may be the full weights). */
+ * `w` comes from spk_llama_shard(sh) (sh NULL: the whole model; w may be the full weights). The
+ * column slices a shard owns (w->owned) become this model's: a host backend packs them in place
+ * for its kernels, so a shard serves one model and is read after that only to free it. */
 spk_status spk_llama_create(const spk_hparams *hp, const spk_weights *w, const spk_shard *sh,
                             int n_ctx, int n_seq, int max_tok, int n_threads, spk_llama **out);
 

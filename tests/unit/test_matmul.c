@@ -614,6 +614,15 @@ START_TEST(test_repack_matches_unpacked)
         ck_assert_int_eq(spk_matmul_pack(p, w, t, SPK_MM_LAYOUT_R8, n_in, n_out, 0), 0);
         if (n_out >= 8) /* the first group is not the file's bytes any more */
             ck_assert(memcmp(p, w, 8 * rb) != 0);
+        { /* packed in place (a TP rank's own column slices): the same bytes */
+            uint8_t *q = malloc(rb * (size_t)n_out);
+            ck_assert(q);
+            memcpy(q, w, rb * (size_t)n_out);
+            ck_assert_int_eq(spk_matmul_pack(q, q, t, SPK_MM_LAYOUT_R8, n_in, n_out, 0), 0);
+            ck_assert_msg(memcmp(q, p, rb * (size_t)n_out) == 0, "n_in %d n_out %d: packed in place differs", n_in,
+                          n_out);
+            free(q);
+        }
         for (int r = 0; r < n_out; r++) {
             ck_assert_int_eq(spk_matmul_unpack_row(row, p, t, SPK_MM_LAYOUT_R8, n_in, n_out, r), 0);
             ck_assert_msg(memcmp(row, w + (size_t)r * rb, rb) == 0, "n_in %d n_out %d: row %d unpacks wrong", n_in,
@@ -769,7 +778,7 @@ START_TEST(test_repack_layouts)
     ck_assert(!spk_matmul_layout_known(SPK_DT_F16, SPK_MM_LAYOUT_R8));
     ck_assert_int_eq(spk_matmul_pack(dst, src, SPK_DT_F16, SPK_MM_LAYOUT_R8, 32, 4, 0), -1);
     ck_assert_int_eq(spk_matmul_pack(dst, src, SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, 31, 8, 0), -1);
-    ck_assert_int_eq(spk_matmul_pack(src, src, SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, 32, 8, 0), -1);
+    ck_assert_int_eq(spk_matmul_pack(src, src, SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, 32, 8, 1), -1); /* in place: no drop */
     ck_assert_int_eq(spk_matmul_unpack_row(row, src, SPK_DT_Q4_0, SPK_MM_LAYOUT_R8, 32, 8, 8), -1);
     ck_assert_int_eq(spk_matmul_unpack_row(row, src, SPK_DT_Q4_0, 7, 32, 8, 0), -1);
     /* the AVX-512 level packs what AVX2 packs: it runs the AVX2 kernels of these types */

@@ -181,7 +181,25 @@ static void *tp_run(void *arg)
     return NULL;
 }
 
-static void run_tp2(const char *path, int no_repack, float *logits, uint64_t *packed)
+/* The bytes of a shard's matrices that a packed kernel can take (matmul weights of 8 rows or
+ * more: every layer's 7 and the head): with packing, all of them, the column slices the shard
+ * owns (attention output, MLP down) included. */
+static uint64_t packable_bytes(const spk_weights *w, const spk_shard *sh)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < sh->l1 - sh->l0; i++) {
+        const spk_layer *L = &w->layers[i];
+        const spk_wmat *v[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t k = 0; k < sizeof v / sizeof *v; k++)
+            if (v[k]->data && v[k]->n_out >= 8 && spk_matmul_pack_layout(v[k]->type, v[k]->n_in) != SPK_MM_LAYOUT_ROWS)
+                n += spk_dtype_row_size(v[k]->type, (size_t)v[k]->n_in) * (size_t)v[k]->n_out;
+    }
+    if (sh->last && spk_matmul_pack_layout(w->output.type, w->output.n_in) != SPK_MM_LAYOUT_ROWS)
+        n += spk_dtype_row_size(w->output.type, (size_t)w->output.n_in) * (size_t)w->output.n_out;
+    return n;
+}
+
+static void run_tp2(const char *path, int no_repack, float *logits, uint64_t *packed, uint64_t *packable)
 {
     if (no_repack)
         setenv("SPK_NO_REPACK", "1", 1);
@@ -207,7 +225,7 @@ static void run_tp2(const char *path, int no_repack, float *logits, uint64_t *pa
         seq[i] = 0;
         want[i] = 1;
     }
-    *packed = 0;
+    *packed = *packable = 0;
     for (int r = 0; r < 2; r++) {
         spk_shard sh;
         spk_shard_full(&hp, &sh);
@@ -224,6 +242,7 @@ static void run_tp2(const char *path, int no_repack, float *logits, uint64_t *pa
         ck_assert_msg(spk_llama_shard(&hp, &full, &sh, &w[r]) == SPK_OK, "%s", spk_last_error());
         ck_assert_msg(spk_llama_create(&hp, &w[r], &sh, 64, 1, PROMPT, 1, &m[r]) == SPK_OK, "%s", spk_last_error());
         *packed += spk_llama_packed_bytes(m[r]);
+        *packable += packable_bytes(&w[r], &sh);
         outs[r] = malloc(sizeof(float) * PROMPT * (size_t)V);
     }
     spk_batch b = {.n_tok = PROMPT, .token = tok, .pos = pos, .seq = seq, .want_logits = want};
@@ -260,13 +279,16 @@ START_TEST(packed_tp2_matches_unpacked)
     const size_t V = 1021;
     float *a = malloc(sizeof(float) * PROMPT * V), *b = malloc(sizeof(float) * PROMPT * V);
     ck_assert(a && b);
-    uint64_t pa, pb;
-    run_tp2(path, 1, a, &pa);
-    run_tp2(path, 0, b, &pb);
+    uint64_t pa, pb, na, nb;
+    run_tp2(path, 1, a, &pa, &na);
+    run_tp2(path, 0, b, &pb, &nb);
     ck_assert_uint_eq(pa, 0);
+    /* every packable matrix of both ranks packed, their own column slices (in place) too */
+    ck_assert_uint_eq(pb, nb);
     if (spk_matmul_pack_layout(SPK_DT_Q4_0, 128) != SPK_MM_LAYOUT_ROWS)
         ck_assert_uint_gt(pb, 0);
-    printf("TP 2: %llu bytes packed over both ranks\n", (unsigned long long)pb);
+    printf("TP 2: %llu bytes packed over both ranks, of %llu packable\n", (unsigned long long)pb,
+           (unsigned long long)nb);
     for (size_t i = 0; i < PROMPT * V; i++)
         ck_assert_msg(memcmp(&a[i], &b[i], sizeof(float)) == 0, "TP 2: token %zu logit %zu: unpacked %.9g, packed %.9g",
                       i / V, i % V, a[i], b[i]);
