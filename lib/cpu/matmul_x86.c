@@ -3,7 +3,8 @@
  * AVX2+FMA+F16C and AVX-512 (F, BW, VL, VNNI), and the AVX2 table. The quantized types' kernels
  * have files of their own (AVX2 only; the AVX-512 level inherits them, cpu/matmul.c): Q4_0, Q4_1,
  * Q5_0, Q5_1 matmul_x86_q45.c; Q8_0 matmul_x86_q8.c; MXFP4 matmul_x86_mxfp4.c; the K-quants
- * matmul_x86_k.c, matmul_x86_q4k.c, matmul_x86_q6k.c. Each function carries its own target
+ * matmul_x86_q4k.c (Q4_K, Q5_K) and matmul_x86_q6k.c (Q6_K, Q3_K, Q2_K), with their activation
+ * quantizer and table entries in matmul_x86_k.c. Each function carries its own target
  * attribute, so the file builds with default flags; cpu/matmul.c only calls a level's table
  * when the CPU has what the level needs. Results agree with cpu/quant.c up to float summation
  * order.

@@ -210,7 +210,7 @@ A2 void spk_mm_q4k_avx2(float *out, int ld, const void *w, size_t wrow, const vo
     SPK_LANES_DRIVE(TILE8_Q4, spread);
 }
 
-/* Q5_K, the same way (until the Q4_K tile served it, cpu/matmul_x86_k.c's 1-row tiles did). */
+/* Q5_K, the same way (until the Q4_K tile served it, 1-row tiles did). */
 A2 void spk_mm_q5k_avx2(float *out, int ld, const void *w, size_t wrow, const void *act, size_t arow, int n,
                         int n_tok, int row0, int row1)
 {

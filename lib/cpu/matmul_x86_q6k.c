@@ -2,9 +2,10 @@
  * x86-64 AVX2 kernel for Q6_K weights (Q6_K files; the output head and some layers of Q4_K_M and
  * Q5_K_M files; Q3_K too: codes 0..7 with offset 4 and the same per-16 scales, the same arithmetic;
  * and Q2_K: codes 0..3, a 4-bit scale and a 4-bit min per 16 values, the mins' sum a second
- * integer per super-block with a float step of its own, below) in 8-row x up to 8-token tiles, the 8 rows' results in the 8 float lanes of one
- * register per token, as the Q4_K tile of cpu/matmul_x86_q4k.c: the per-super-block float work
- * and the final horizontal sums are shared by 8 rows. Every row of every call takes this kernel,
+ * integer per super-block with a float step of its own, kstep below) in 8-row x up to 8-token
+ * tiles, the 8 rows' results in the 8 float lanes of one register per token, as the Q4_K tile of
+ * cpu/matmul_x86_q4k.c: the per-super-block float work and the final horizontal sums are shared
+ * by 8 rows. Every row of every call takes this kernel,
  * at every token count, 1 included (a token's result must not depend on the batch it came in);
  * rows past the last multiple of 8 run in a tile whose missing rows repeat the last row and are
  * not stored. The lanes never mix, so a row's result depends neither on the tile, thread slice
