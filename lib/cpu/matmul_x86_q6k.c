@@ -103,17 +103,15 @@ I2 void row_sums(int kind, int T, const uint8_t *x, const uint8_t *const a[8], c
         /* scales 8h..8h+7 in both halves */
         const __m256i sh = h ? _mm256_permute2x128_si256(s, s, 0x11) : _mm256_permute2x128_si256(s, s, 0x00);
         __m256i c[4];
-        if (kind == K2) { /* chunk j: bits 2j of qs[32h + l] */
-            const __m256i qv = _mm256_loadu_si256((const __m256i *)(q2b->qs + 32 * h));
+        if (kind != K6) { /* chunk j: bits 2j of qs[32h + l]; Q3_K: the third bit from bit 4h + j of hmask[l] */
+            const __m256i qv = _mm256_loadu_si256((const __m256i *)((kind == K2 ? q2b->qs : q3b->qs) + 32 * h));
             for (int j = 0; j < 4; j++)
                 c[j] = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * j), m3);
-        } else if (kind == K3) { /* chunk j: bits 2j of qs[32h + l], the third bit from bit 4h + j of hmask[l] */
-            const __m256i qv = _mm256_loadu_si256((const __m256i *)(q3b->qs + 32 * h));
-            const __m256i hm = _mm256_loadu_si256((const __m256i *)q3b->hmask);
-            for (int j = 0; j < 4; j++)
-                c[j] = _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(qv, 2 * j), m3),
-                    _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(hm, 4 * h + j), 2), b2));
+            if (kind == K3) {
+                const __m256i hm = _mm256_loadu_si256((const __m256i *)q3b->hmask);
+                for (int j = 0; j < 4; j++)
+                    c[j] = _mm256_or_si256(c[j], _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(hm, 4 * h + j), 2), b2));
+            }
         } else {
             const __m256i l0 = _mm256_loadu_si256((const __m256i *)(q->ql + 64 * h));
             const __m256i l1 = _mm256_loadu_si256((const __m256i *)(q->ql + 64 * h + 32));
@@ -312,26 +310,24 @@ I2 void r8_scales(int kind, const uint8_t *p, __m256i sc[16], __m256i pr[8])
  * Q2_K: the 2 bits at 2k of register i at p + 160). */
 I2 void r8_codes(int kind, const uint8_t *p, int i, __m256i c[4])
 {
-    const __m256i m3 = _mm256_set1_epi8(3);
-    if (kind == K2) {
-        const __m256i lo = _mm256_loadu_si256((const __m256i *)(p + 160 + 32 * (size_t)i));
-        c[0] = _mm256_and_si256(lo, m3);
-        c[1] = _mm256_and_si256(_mm256_srli_epi16(lo, 2), m3);
-        c[2] = _mm256_and_si256(_mm256_srli_epi16(lo, 4), m3);
-        c[3] = _mm256_and_si256(_mm256_srli_epi16(lo, 6), m3);
-        return;
-    }
-    if (kind == K3) {
-        const __m256i b2 = _mm256_set1_epi8(4);
-        const uint8_t *u = p + 112 + 96 * (size_t)(i / 2);
-        const __m256i lo = _mm256_loadu_si256((const __m256i *)(u + 32 * (i & 1)));
-        /* bits 4 (i & 1)..+3 of each byte to 0..3 (a byte's own bits: the bits shifted in from
-         * the next byte land at 4..7, which no code reads) */
-        const __m256i hi = _mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)(u + 64)), _mm_cvtsi32_si128(4 * (i & 1)));
-        c[0] = _mm256_or_si256(_mm256_and_si256(lo, m3), _mm256_and_si256(_mm256_slli_epi16(hi, 2), b2));
-        c[1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo, 2), m3), _mm256_and_si256(_mm256_slli_epi16(hi, 1), b2));
-        c[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo, 4), m3), _mm256_and_si256(hi, b2));
-        c[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo, 6), m3), _mm256_and_si256(_mm256_srli_epi16(hi, 1), b2));
+    if (kind != K6) { /* the 2 low bits: register i (Q2_K), or the pair's register for i (Q3_K) */
+        const __m256i m3 = _mm256_set1_epi8(3);
+        const uint8_t *pair = p + 112 + 96 * (size_t)(i / 2); /* Q3_K */
+        const __m256i lo = _mm256_loadu_si256((const __m256i *)(kind == K2 ? p + 160 + 32 * (size_t)i
+                                                                             : pair + 32 * (size_t)(i & 1)));
+        for (int k = 0; k < 4; k++)
+            c[k] = _mm256_and_si256(_mm256_srli_epi16(lo, 2 * k), m3);
+        if (kind == K3) {
+            /* bits 4 (i & 1)..+3 of each byte of the third register to 0..3 (a byte's own bits: the
+             * bits shifted in from the next byte land at 4..7, which no code reads), then to bit 2 */
+            const __m256i b2 = _mm256_set1_epi8(4);
+            const __m256i hi =
+                _mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)(pair + 64)), _mm_cvtsi32_si128(4 * (i & 1)));
+            c[0] = _mm256_or_si256(c[0], _mm256_and_si256(_mm256_slli_epi16(hi, 2), b2));
+            c[1] = _mm256_or_si256(c[1], _mm256_and_si256(_mm256_slli_epi16(hi, 1), b2));
+            c[2] = _mm256_or_si256(c[2], _mm256_and_si256(hi, b2));
+            c[3] = _mm256_or_si256(c[3], _mm256_and_si256(_mm256_srli_epi16(hi, 1), b2));
+        }
         return;
     }
     const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
@@ -363,17 +359,18 @@ I2 __m256i r8_dot(int kind, __m256i I, const __m256i c[4], const uint8_t *a, __m
     return I;
 }
 
-/* The float step of one super-block (b, at p) and token (its row at at): tile8_k's (offset 32,
- * Q3_K 4: subtracted in integers; Q2_K: the mins' sums, kstep's second step). */
-I2 __m256 r8_step(int kind, __m256 acc, __m256i I, const __m256i pr[8], const uint8_t *p, const uint8_t *at, int n,
-                  int b)
+/* The 8 rows' d (and Q2_K's dmin, at 16) of the packed super-block at p. */
+#define R8_D(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+
+/* The float step of one super-block (b; its rows' d and dmin) and token (its row at at): tile8_k's
+ * (offset 32, Q3_K 4: subtracted in integers; Q2_K: the mins' sums, kstep's second step). */
+I2 __m256 r8_step(int kind, __m256 acc, __m256i I, const __m256i pr[8], __m256 d, __m256 dmin, const uint8_t *at,
+                  int n, int b)
 {
     const __m256i O = kq_bsums8(pr, at, n, b);
-    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-    if (kind == K2)
-        return kstep(K2, acc, I, O, d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16))), spk_kq_d(at, n, b));
-    return kstep(kind, acc, _mm256_sub_epi32(I, kind == K3 ? _mm256_slli_epi32(O, 2) : _mm256_slli_epi32(O, 5)), O, d,
-                 d, spk_kq_d(at, n, b));
+    if (kind != K2)
+        I = _mm256_sub_epi32(I, kind == K3 ? _mm256_slli_epi32(O, 2) : _mm256_slli_epi32(O, 5));
+    return kstep(kind, acc, I, O, d, dmin, spk_kq_d(at, n, b));
 }
 
 I2 void tile_r8k6(int kind, int T, float *o, size_t ld, const uint8_t *gp, const uint8_t *act, size_t arow, int n)
@@ -387,6 +384,7 @@ I2 void tile_r8k6(int kind, int T, float *o, size_t ld, const uint8_t *gp, const
         const uint8_t *p = gp + (size_t)b * GB;
         __m256i sc[16], pr[8];
         r8_scales(kind, p, sc, pr);
+        const __m256 d = R8_D(p), dmin = kind == K2 ? R8_D(p + 16) : d;
         for (int t0 = 0; t0 < T; t0 += 8) {
             const int U = T - t0 < 8 ? T - t0 : 8;
             __m256i I[8];
@@ -401,7 +399,7 @@ I2 void tile_r8k6(int kind, int T, float *o, size_t ld, const uint8_t *gp, const
                     I[t] = r8_dot(kind, I[t], c, act + (size_t)(t0 + t) * arow + 256 * (size_t)b + 16 * i, sc[i]);
             }
             for (int t = 0; t < U; t++)
-                acc[t0 + t] = r8_step(kind, acc[t0 + t], I[t], pr, p, act + (size_t)(t0 + t) * arow, n, b);
+                acc[t0 + t] = r8_step(kind, acc[t0 + t], I[t], pr, d, dmin, act + (size_t)(t0 + t) * arow, n, b);
         }
     }
     for (int t = 0; t < T; t++)
@@ -429,7 +427,7 @@ I2 void tok1_r8k6x4(int kind, float *o, size_t os, const uint8_t *gp, size_t gs,
                 r8_codes(kind, p, i, c);
                 I = r8_dot(kind, I, c, act + 256 * (size_t)b + 16 * i, sc[i]);
             }
-            acc[g] = r8_step(kind, acc[g], I, pr, p, act, n, b);
+            acc[g] = r8_step(kind, acc[g], I, pr, R8_D(p), kind == K2 ? R8_D(p + 16) : R8_D(p), act, n, b);
         }
     }
     for (int g = 0; g < 4; g++)

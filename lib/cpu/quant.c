@@ -153,7 +153,7 @@ void spk_q3k_unpack(int8_t *q, const spk_block_q3_K *x)
 }
 
 /* The 256 values (0..3) of a Q2_K super-block in element order (same packing as Q3_K's qs). */
-static void q2k_unpack(uint8_t *q, const spk_block_q2_K *x)
+void spk_q2k_unpack(uint8_t *q, const spk_block_q2_K *x)
 {
     for (int h = 0; h < 2; h++)
         for (int k = 0; k < 4; k++)
@@ -221,7 +221,7 @@ int spk_quant_dequantize_block(float *y, const void *blk, spk_dtype t)
     case SPK_DT_Q2_K: {
         const spk_block_q2_K *x = blk;
         uint8_t q[SPK_QK_K];
-        q2k_unpack(q, x);
+        spk_q2k_unpack(q, x);
         const float d = spk_f16_to_f32(x->d), dmin = spk_f16_to_f32(x->dmin);
         for (int i = 0; i < SPK_QK_K; i++) {
             const uint8_t s = x->scales[i / 16];
@@ -448,7 +448,7 @@ static float dot_q2_K(const void *wrow, const uint8_t *act, int n)
     float acc = 0.0f;
     for (int b = 0; b < n / SPK_QK_K; b++) {
         const float d = spk_f16_to_f32(w[b].d), dmin = spk_f16_to_f32(w[b].dmin);
-        q2k_unpack(q, &w[b]);
+        spk_q2k_unpack(q, &w[b]);
         for (int j = 0; j < 8; j++) {
             const int ab = b * 8 + j;
             int isum = 0, msum = 0;

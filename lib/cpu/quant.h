@@ -85,6 +85,9 @@ void spk_q3k_unpack(int8_t *q, const spk_block_q3_K *x);
 void spk_q6k_set_codes(spk_block_q6_K *y, const uint8_t c[SPK_QK_K]);
 /* A Q3_K block's qs and hmask from its 256 codes (0..7, value + 4) in value order. */
 void spk_q3k_set_codes(spk_block_q3_K *y, const uint8_t c[SPK_QK_K]);
+/* A Q2_K block's 256 codes (0..3) in value order, and its qs from them (Q3_K's low bits). */
+void spk_q2k_unpack(uint8_t *q, const spk_block_q2_K *x);
+void spk_q2k_set_codes(spk_block_q2_K *y, const uint8_t c[SPK_QK_K]);
 
 /*
  * Kernel signature: out[t * ld_out + r] for r in [row0, row1), t < n_tok.

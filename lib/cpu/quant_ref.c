@@ -375,6 +375,11 @@ void spk_q3k_set_codes(spk_block_q3_K *y, const uint8_t c[SPK_QK_K])
     pack_2bit(y->qs, lo);
 }
 
+void spk_q2k_set_codes(spk_block_q2_K *y, const uint8_t c[SPK_QK_K])
+{
+    pack_2bit(y->qs, c);
+}
+
 /* ---- Q5_K --------------------------------------------------------------------------------- */
 
 /*

@@ -265,6 +265,23 @@ static void unpack_q6_K_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int 
     }
 }
 
+/* The 2 low bits of sub-block i's 16 codes c (value 16i + 4k + e at c[16i + 4k + e]) of row j into
+ * a 32-byte register u of a group: bits 2k of byte 4j + e (Q3_K's and Q2_K's code registers). */
+static void put_2bit(uint8_t *u, const uint8_t *c, int i, int j)
+{
+    for (int k = 0; k < 4; k++)
+        for (int e = 0; e < 4; e++)
+            u[4 * j + e] |= (uint8_t)((c[16 * i + 4 * k + e] & 3) << (2 * k));
+}
+
+/* The inverse: row j's 2-bit codes of sub-block i from register u, or'ed into c. */
+static void get_2bit(uint8_t *c, const uint8_t *u, int i, int j)
+{
+    for (int k = 0; k < 4; k++)
+        for (int e = 0; e < 4; e++)
+            c[16 * i + 4 * k + e] |= (uint8_t)((u[4 * j + e] >> (2 * k)) & 3);
+}
+
 static void pack_q3_K_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
 {
     for (int b = 0; b < nb; b++) {
@@ -281,12 +298,10 @@ static void pack_q3_K_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
                 o[16 + 8 * i + j] = x->scales[i];
             for (int i = 0; i < 16; i++) {
                 uint8_t *u = o + 112 + 96 * (i / 2);
+                put_2bit(u + 32 * (i & 1), c, i, j);
                 for (int k = 0; k < 4; k++)
-                    for (int e = 0; e < 4; e++) {
-                        const int v = c[16 * i + 4 * k + e];
-                        u[32 * (i & 1) + 4 * j + e] |= (uint8_t)((v & 3) << (2 * k));
-                        u[64 + 4 * j + e] |= (uint8_t)((v >> 2) << (k + 4 * (i & 1)));
-                    }
+                    for (int e = 0; e < 4; e++)
+                        u[64 + 4 * j + e] |= (uint8_t)((c[16 * i + 4 * k + e] >> 2) << (k + 4 * (i & 1)));
             }
         }
     }
@@ -297,26 +312,19 @@ static void unpack_q3_K_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int 
     for (int b = b0; b < b1; b++) {
         const uint8_t *o = grp + (size_t)b * 8 * sizeof(spk_block_q3_K);
         spk_block_q3_K *x = (spk_block_q3_K *)dst + (b - b0);
-        uint8_t c[256];
+        uint8_t c[256] = {0};
         memcpy(&x->d, o + 2 * j, 2);
         for (int i = 0; i < 12; i++)
             x->scales[i] = o[16 + 8 * i + j];
         for (int i = 0; i < 16; i++) {
             const uint8_t *u = o + 112 + 96 * (i / 2);
+            get_2bit(c, u + 32 * (i & 1), i, j);
             for (int k = 0; k < 4; k++)
                 for (int e = 0; e < 4; e++)
-                    c[16 * i + 4 * k + e] = (uint8_t)(((u[32 * (i & 1) + 4 * j + e] >> (2 * k)) & 3) |
-                                                      ((u[64 + 4 * j + e] >> (k + 4 * (i & 1))) & 1) << 2);
+                    c[16 * i + 4 * k + e] |= (uint8_t)(((u[64 + 4 * j + e] >> (k + 4 * (i & 1))) & 1) << 2);
         }
         spk_q3k_set_codes(x, c);
     }
-}
-
-/* Bit offset of value v's 2-bit code in a Q2_K block's qs (and Q3_K's): byte 32 (v / 128) + v % 32,
- * bits 2 ((v / 32) % 4). */
-static int q2_bit(int v)
-{
-    return 8 * (32 * (v / 128) + v % 32) + 2 * ((v / 32) % 4);
 }
 
 static void pack_q2_K_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
@@ -326,13 +334,13 @@ static void pack_q2_K_r8(uint8_t *dst, const uint8_t *src, size_t wrow, int nb)
         memset(o + 160, 0, 512);
         for (int j = 0; j < 8; j++) {
             const spk_block_q2_K *x = (const spk_block_q2_K *)(src + (size_t)j * wrow) + b;
+            uint8_t c[256];
+            spk_q2k_unpack(c, x);
             memcpy(o + 2 * j, &x->d, 2);
             memcpy(o + 16 + 2 * j, &x->dmin, 2);
-            for (int i = 0; i < 16; i++)
+            for (int i = 0; i < 16; i++) {
                 o[32 + 8 * i + j] = x->scales[i];
-            for (int v = 0; v < 256; v++) {
-                const int c = (x->qs[q2_bit(v) / 8] >> (q2_bit(v) % 8)) & 3, i = v / 16, k = (v % 16) / 4;
-                o[160 + 32 * i + 4 * j + v % 4] |= (uint8_t)(c << (2 * k));
+                put_2bit(o + 160 + 32 * i, c, i, j);
             }
         }
     }
@@ -343,15 +351,14 @@ static void unpack_q2_K_r8(uint8_t *dst, const uint8_t *grp, int j, int b0, int 
     for (int b = b0; b < b1; b++) {
         const uint8_t *o = grp + (size_t)b * 8 * sizeof(spk_block_q2_K);
         spk_block_q2_K *x = (spk_block_q2_K *)dst + (b - b0);
+        uint8_t c[256] = {0};
         memcpy(&x->d, o + 2 * j, 2);
         memcpy(&x->dmin, o + 16 + 2 * j, 2);
-        for (int i = 0; i < 16; i++)
+        for (int i = 0; i < 16; i++) {
             x->scales[i] = o[32 + 8 * i + j];
-        memset(x->qs, 0, sizeof x->qs);
-        for (int v = 0; v < 256; v++) {
-            const int c = (o[160 + 32 * (v / 16) + 4 * j + v % 4] >> (2 * ((v % 16) / 4))) & 3;
-            x->qs[q2_bit(v) / 8] |= (uint8_t)(c << (q2_bit(v) % 8));
+            get_2bit(c, o + 160 + 32 * i, i, j);
         }
+        spk_q2k_set_codes(x, c);
     }
 }
 
